@@ -1,0 +1,384 @@
+// pybind11 bindings: arrays in, arrays out. Every argument is checked before any work (dtype,
+// rank, shape, contiguity, alignment, writeability) with an error that names it and says what was
+// expected and what was given. Nothing is converted or copied silently. Outputs are allocated
+// with the GIL held; the GIL is released around compute only.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cells/lstm.h"
+#include "dispatch.h"
+#include "gemm/gemm.h"
+
+namespace py = pybind11;
+using namespace lstm_fast;
+
+namespace {
+
+using farray = py::array_t<float, py::array::c_style>;
+
+// One expected dimension: a letter of the legend (or a short formula) and its size.
+struct Dim {
+  std::string name;
+  index_t size;
+};
+
+std::string shape_str(const py::array& a) {
+  std::ostringstream os;
+  os << "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) os << (d ? ", " : "") << a.shape(d);
+  if (a.ndim() == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+std::string expected_str(const std::vector<Dim>& dims) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t d = 0; d < dims.size(); ++d)
+    os << (d ? ", " : "") << dims[d].name << "=" << dims[d].size;
+  if (dims.size() == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+std::string type_name(py::handle h) { return py::str(py::type::of(h).attr("__name__")); }
+
+// Type, dtype and rank; returns the array (no copy).
+py::array check_float_array(py::handle obj, const std::string& name, int ndim,
+                            const std::string& legend) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
+                         type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw py::type_error(name + ": expected dtype float32, got " +
+                         std::string(py::str(a.dtype())) +
+                         " (convert explicitly, e.g. x.astype(np.float32))");
+  if (a.ndim() != ndim)
+    throw py::value_error(name + ": expected " + std::to_string(ndim) + " dimensions " + legend +
+                          ", got " + std::to_string(a.ndim()) + " with shape " + shape_str(a));
+  return a;
+}
+
+void check_layout(const py::array& a, const std::string& name, bool writeable) {
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(name + ": expected a C-contiguous array, got strides " +
+                          std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
+                              a.strides(), a.strides() + a.ndim()))))) +
+                          " (use np.ascontiguousarray)");
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(float) != 0)
+    throw py::value_error(name + ": expected float32-aligned data, got a misaligned buffer");
+  if (writeable && !a.writeable())
+    throw py::value_error(name + ": expected a writeable array, got a read-only one");
+}
+
+void check_shape(const py::array& a, const std::string& name, const std::vector<Dim>& dims) {
+  for (size_t d = 0; d < dims.size(); ++d)
+    if (a.shape(d) != dims[d].size)
+      throw py::value_error(name + ": expected shape " + expected_str(dims) + ", got " +
+                            shape_str(a));
+}
+
+// Full check of an array argument with a known expected shape.
+py::array arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims,
+              bool writeable = false) {
+  std::string legend = "(";
+  for (size_t d = 0; d < dims.size(); ++d) legend += (d ? ", " : "") + dims[d].name;
+  legend += dims.size() == 1 ? ",)" : ")";
+  py::array a = check_float_array(obj, name, static_cast<int>(dims.size()), legend);
+  check_shape(a, name, dims);
+  check_layout(a, name, writeable);
+  return a;
+}
+
+const float* cptr(const py::array& a) { return static_cast<const float*>(a.data()); }
+float* mptr(py::array& a) { return static_cast<float*>(a.mutable_data()); }
+const float* opt_ptr(const py::object& o) {
+  return o.is_none() ? nullptr : static_cast<const float*>(py::array(o).data());
+}
+
+farray empty(std::vector<py::ssize_t> shape) { return farray(shape); }
+
+struct Workspace {
+  float* p = nullptr;
+  explicit Workspace(index_t n) {
+    size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+    if (!p) throw std::bad_alloc();
+  }
+  ~Workspace() { std::free(p); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+};
+
+int checked_threads(int n, const char* what) {
+  if (n < 1) throw py::value_error(std::string(what) + ": expected >= 1, got " + std::to_string(n));
+  return n;
+}
+
+// What a training forward keeps for backward: references to its inputs (no copies) and the
+// post-activation gates and cell states.
+struct LSTMCache {
+  LstmSizes s{};
+  py::array x, weight_ih, weight_hh, y, gates, cells;
+  py::object h0, c0;  // None or arrays
+  bool has_bias_ih = false, has_bias_hh = false;
+  std::vector<py::ssize_t> wih_shape, whh_shape;
+};
+
+void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& shape,
+                     const std::string& name) {
+  std::vector<py::ssize_t> now(a.shape(), a.shape() + a.ndim());
+  if (now != shape || !(a.flags() & py::array::c_style))
+    throw py::value_error("cache: " + name + " was reshaped or re-laid out since the forward call");
+}
+
+struct LstmArgs {
+  py::array x, w_ih, w_hh;
+  py::object b_ih, b_hh, h0, c0;
+  LstmSizes s;
+};
+
+LstmArgs check_lstm_args(py::handle x, py::handle weight_ih, py::handle weight_hh,
+                         py::handle bias_ih, py::handle bias_hh, py::handle h0, py::handle c0) {
+  LstmArgs a;
+  a.x = check_float_array(x, "x", 3, "(T, B, I)");
+  py::array w_hh = check_float_array(weight_hh, "weight_hh", 2, "(4H, H)");
+  const index_t T = a.x.shape(0), B = a.x.shape(1), I = a.x.shape(2), H = w_hh.shape(1);
+  a.s = LstmSizes{T, B, I, H};
+  check_layout(a.x, "x", false);
+  a.w_hh = arg(weight_hh, "weight_hh", {{"4H", 4 * H}, {"H", H}});
+  a.w_ih = arg(weight_ih, "weight_ih", {{"4H", 4 * H}, {"I", I}});
+  a.b_ih = bias_ih.is_none() ? py::object(py::none())
+                             : py::object(arg(bias_ih, "bias_ih", {{"4H", 4 * H}}));
+  a.b_hh = bias_hh.is_none() ? py::object(py::none())
+                             : py::object(arg(bias_hh, "bias_hh", {{"4H", 4 * H}}));
+  a.h0 = h0.is_none() ? py::object(py::none()) : py::object(arg(h0, "h0", {{"B", B}, {"H", H}}));
+  a.c0 = c0.is_none() ? py::object(py::none()) : py::object(arg(c0, "c0", {{"B", B}, {"H", H}}));
+  return a;
+}
+
+py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_hh,
+                          py::handle bias_ih, py::handle bias_hh, py::handle h0, py::handle c0,
+                          bool training) {
+  LstmArgs a = check_lstm_args(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0);
+  const LstmSizes s = a.s;
+  const Kernels& kern = active_kernels();
+  const int nthreads = get_num_threads();
+  farray y = empty({s.T, s.B, s.H}), h_n = empty({s.B, s.H}), c_n = empty({s.B, s.H});
+  farray gates, cells;
+  if (training) {
+    gates = empty({s.T, s.B, 4 * s.H});
+    cells = empty({s.T, s.B, s.H});
+  }
+  {
+    py::gil_scoped_release nogil;
+    Workspace ws(lstm_forward_workspace_size(kern, s, training));
+    lstm_forward(y.mutable_data(), h_n.mutable_data(), c_n.mutable_data(),
+                 training ? gates.mutable_data() : nullptr,
+                 training ? cells.mutable_data() : nullptr, cptr(a.x), opt_ptr(a.h0),
+                 opt_ptr(a.c0), cptr(a.w_ih), cptr(a.w_hh), opt_ptr(a.b_ih), opt_ptr(a.b_hh), s,
+                 ws.p, kern, nthreads);
+  }
+  py::object cache = py::none();
+  if (training) {
+    auto c = std::make_unique<LSTMCache>();
+    c->s = s;
+    c->x = a.x;
+    c->weight_ih = a.w_ih;
+    c->weight_hh = a.w_hh;
+    c->y = y;
+    c->gates = gates;
+    c->cells = cells;
+    c->h0 = a.h0;
+    c->c0 = a.c0;
+    c->has_bias_ih = !a.b_ih.is_none();
+    c->has_bias_hh = !a.b_hh.is_none();
+    c->wih_shape = {4 * s.H, s.I};
+    c->whh_shape = {4 * s.H, s.H};
+    cache = py::cast(std::move(c));
+  }
+  return py::make_tuple(y, h_n, c_n, cache);
+}
+
+// Gradient outputs: allocated (zeroed) here, or given by the caller to accumulate into.
+py::array grad_out(py::handle given, const std::string& name, const std::vector<Dim>& dims) {
+  if (given.is_none()) {
+    std::vector<py::ssize_t> shape;
+    for (const auto& d : dims) shape.push_back(d.size);
+    farray out(shape);
+    std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0.0f);
+    return out;
+  }
+  return arg(given, name, dims, /*writeable=*/true);
+}
+
+py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n, py::handle dc_n,
+                           py::handle dweight_ih, py::handle dweight_hh, py::handle dbias_ih,
+                           py::handle dbias_hh) {
+  if (!py::isinstance<LSTMCache>(cache_obj))
+    throw py::type_error(
+        "cache: expected the LSTMCache returned by lstm_forward(..., training=True), got " +
+        type_name(cache_obj));
+  const LSTMCache& c = cache_obj.cast<const LSTMCache&>();
+  const LstmSizes s = c.s;
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H;
+  check_unchanged(c.weight_ih, c.wih_shape, "weight_ih");
+  check_unchanged(c.weight_hh, c.whh_shape, "weight_hh");
+  check_unchanged(c.x, {T, B, I}, "x");
+  check_unchanged(c.y, {T, B, H}, "y");
+  py::object dy_a = dy.is_none() ? py::object(py::none())
+                                 : py::object(arg(dy, "dy", {{"T", T}, {"B", B}, {"H", H}}));
+  py::object dhn_a =
+      dh_n.is_none() ? py::object(py::none()) : py::object(arg(dh_n, "dh_n", {{"B", B}, {"H", H}}));
+  py::object dcn_a =
+      dc_n.is_none() ? py::object(py::none()) : py::object(arg(dc_n, "dc_n", {{"B", B}, {"H", H}}));
+  py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{"4H", 4 * H}, {"I", I}});
+  py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{"4H", 4 * H}, {"H", H}});
+  py::object db_ih = py::none(), db_hh = py::none();
+  if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{"4H", 4 * H}});
+  if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{"4H", 4 * H}});
+  farray dx = empty({T, B, I}), dh0 = empty({B, H}), dc0 = empty({B, H});
+  const Kernels& kern = active_kernels();
+  const int nthreads = get_num_threads();
+  {
+    py::gil_scoped_release nogil;
+    Workspace ws(lstm_backward_workspace_size(kern, s));
+    lstm_backward(dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(), mptr(dW_ih),
+                  mptr(dW_hh), db_ih.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_ih)),
+                  db_hh.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_hh)), opt_ptr(dy_a),
+                  opt_ptr(dhn_a), opt_ptr(dcn_a), cptr(c.x), opt_ptr(c.h0), opt_ptr(c.c0),
+                  cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), cptr(c.gates), cptr(c.cells),
+                  s, ws.p, kern, nthreads);
+  }
+  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh);
+}
+
+farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b) {
+  py::array a = check_float_array(a_obj, "a", 2, trans_a ? "(K, M)" : "(M, K)");
+  check_layout(a, "a", false);
+  const index_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+  py::array b = check_float_array(b_obj, "b", 2, trans_b ? "(N, K)" : "(K, N)");
+  const index_t N = trans_b ? b.shape(0) : b.shape(1);
+  if (trans_b)
+    b = arg(b_obj, "b", {{"N", N}, {"K", K}});
+  else
+    b = arg(b_obj, "b", {{"K", K}, {"N", N}});
+  farray c = empty({M, N});
+  const Kernels& kern = active_kernels();
+  const int nthreads = get_num_threads();
+  {
+    py::gil_scoped_release nogil;
+    const index_t lda = a.shape(1), ldb = b.shape(1);
+    MatView A = trans_a ? MatView{cptr(a), 1, lda} : MatView{cptr(a), lda, 1};
+    MatView Bv = trans_b ? MatView{cptr(b), 1, ldb} : MatView{cptr(b), ldb, 1};
+    gemm(kern, M, N, K, A, Bv, c.mutable_data(), N, false, nthreads);
+  }
+  return c;
+}
+
+farray activation_py(py::handle x_obj, bool tanh_) {
+  py::array x = check_float_array(x_obj, "x", 1, "(N,)");
+  check_layout(x, "x", false);
+  farray y = empty({x.shape(0)});
+  const Kernels& kern = active_kernels();
+  {
+    py::gil_scoped_release nogil;
+    DenormalGuard ftz;
+    (tanh_ ? kern.tanh : kern.sigmoid)(x.shape(0), cptr(x), y.mutable_data());
+  }
+  return y;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lstm_fast C++ core (private: use lstm_fast.ops and lstm_fast.LSTM)";
+  try {
+    init_dispatch();
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  py::class_<LSTMCache>(m, "LSTMCache",
+                        "What a training forward keeps for backward (gates, cell states and "
+                        "references to its inputs).")
+      .def_property_readonly("shape",
+                             [](const LSTMCache& c) {
+                               return py::make_tuple(c.s.T, c.s.B, c.s.I, c.s.H);
+                             })
+      .def_property_readonly("gates", [](const LSTMCache& c) { return c.gates; })
+      .def_property_readonly("cells", [](const LSTMCache& c) { return c.cells; })
+      .def_property_readonly("nbytes",
+                             [](const LSTMCache& c) { return c.gates.nbytes() + c.cells.nbytes(); })
+      .def("__repr__", [](const LSTMCache& c) {
+        std::ostringstream os;
+        os << "LSTMCache(T=" << c.s.T << ", B=" << c.s.B << ", I=" << c.s.I << ", H=" << c.s.H
+           << ")";
+        return os.str();
+      });
+
+  m.def("lstm_forward", &lstm_forward_py, py::arg("x"), py::arg("weight_ih"),
+        py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("h0"),
+        py::arg("c0"), py::arg("training"));
+  m.def("lstm_backward", &lstm_backward_py, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("dweight_ih") = py::none(), py::arg("dweight_hh") = py::none(),
+        py::arg("dbias_ih") = py::none(), py::arg("dbias_hh") = py::none());
+  m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false);
+  m.def("sigmoid", [](py::handle x) { return activation_py(x, false); }, py::arg("x"));
+  m.def("tanh", [](py::handle x) { return activation_py(x, true); }, py::arg("x"));
+
+  m.def("set_num_threads",
+        [](int n) { set_num_threads(checked_threads(n, "set_num_threads: n")); }, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("cpu_info", []() {
+    py::dict d;
+    d["isa"] = active_kernels().name;
+    d["available_isas"] = available_isas();
+    d["num_threads"] = get_num_threads();
+#if defined(_OPENMP)
+    d["openmp"] = true;
+#else
+    d["openmp"] = false;
+#endif
+    d["schedule"] = schedule_name(schedule_override());
+    const Kernels& k = active_kernels();
+    d["gemm_tile"] = py::make_tuple(k.MR, k.NR);
+    d["lstm_units_per_block"] = k.W;
+    return d;
+  });
+  m.def("_set_isa", [](const std::string& name) { set_isa(name); }, py::arg("name"));
+  m.def(
+      "_set_schedule",
+      [](const std::string& name) {
+        if (name == "auto") set_schedule_override(Schedule::kAuto);
+        else if (name == "units") set_schedule_override(Schedule::kUnits);
+        else if (name == "batch") set_schedule_override(Schedule::kBatch);
+        else if (name == "serial") set_schedule_override(Schedule::kSerial);
+        else throw py::value_error("schedule: expected auto, units, batch or serial, got '" + name + "'");
+      },
+      py::arg("name"));
+  m.def(
+      "_choose_schedule",
+      [](index_t T, index_t B, index_t I, index_t H, int threads) {
+        return std::string(
+            schedule_name(lstm_choose_schedule(active_kernels(), LstmSizes{T, B, I, H}, threads)));
+      },
+      py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("threads"));
+}

@@ -1,0 +1,294 @@
+#include "cells/lstm.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "gemm/gemm.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace lstm_fast {
+namespace {
+
+// Input projection is computed for a chunk of steps at a time, so it is still in cache when the
+// recurrence reads it and the inference workspace stays bounded.
+constexpr index_t kChunkFloats = index_t(1) << 21;  // 8 MiB of pre-activations
+
+index_t chunk_steps(const LstmSizes& s) {
+  const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);
+  return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
+}
+
+index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
+
+inline int team_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+inline int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+inline void team_barrier() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+}
+
+// Wp[((ub * H + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H.
+void pack_recurrent_panels(const Kernels& kern, index_t H, index_t ub0, index_t ub1,
+                           const float* W_hh, float* Wp) {
+  const int W = kern.W;
+  for (index_t ub = ub0; ub < ub1; ++ub) {
+    float* panel = Wp + ub * H * 4 * W;
+    for (int q = 0; q < 4; ++q)
+      for (int w = 0; w < W; ++w) {
+        const index_t u = ub * W + w;
+        const float* src = W_hh + (q * H + u) * H;
+        for (index_t k = 0; k < H; ++k) panel[(k * 4 + q) * W + w] = u < H ? src[k] : 0.0f;
+      }
+  }
+}
+
+// Sum over rows of dz (rows, G) into db (G), columns [j0, j1); one thread per column range.
+void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* dz, float* db_ih,
+                 float* db_hh) {
+  constexpr index_t kCols = 64;
+  float acc[kCols];
+  for (index_t c0 = j0; c0 < j1; c0 += kCols) {
+    const index_t n = std::min(kCols, j1 - c0);
+    for (index_t j = 0; j < n; ++j) acc[j] = 0.0f;
+    for (index_t r = 0; r < rows; ++r) {
+      const float* row = dz + r * G + c0;
+      for (index_t j = 0; j < n; ++j) acc[j] += row[j];
+    }
+    for (index_t j = 0; j < n; ++j) {
+      if (db_ih) db_ih[c0 + j] += acc[j];
+      if (db_hh) db_hh[c0 + j] += acc[j];
+    }
+  }
+}
+
+}  // namespace
+
+const char* schedule_name(Schedule s) {
+  switch (s) {
+    case Schedule::kUnits: return "units";
+    case Schedule::kBatch: return "batch";
+    case Schedule::kSerial: return "serial";
+    default: return "auto";
+  }
+}
+
+// The cost model, in order:
+//  * one thread, or a step too small to share (< 2e4 FLOP: a barrier would cost more) -> serial;
+//  * enough rows for every thread to fill its row tiles, and a W_hh small enough that each core
+//    can stream it from its own cache every step (<= 2 MiB) -> batch-parallel: threads own rows
+//    for the whole sequence and never meet (no barrier per step);
+//  * enough unit blocks to share -> units (weight-stationary, one barrier per step);
+//  * else batch if every thread gets a row, else serial.
+Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthreads) {
+  Schedule forced = schedule_override();
+  if (nthreads <= 1) return Schedule::kSerial;
+  const index_t nub = num_unit_blocks(kern, s.H);
+  if (forced == Schedule::kUnits) return nub >= 2 ? Schedule::kUnits : Schedule::kSerial;
+  if (forced == Schedule::kBatch) return s.B >= 2 ? Schedule::kBatch : Schedule::kSerial;
+  if (forced == Schedule::kSerial) return Schedule::kSerial;
+  const double step_flops = 2.0 * s.B * s.H * 4.0 * s.H;
+  if (step_flops < 2e4) return Schedule::kSerial;
+  const double whh_bytes = 16.0 * s.H * s.H;
+  if (s.B >= 4 * nthreads && whh_bytes <= 2.0 * (1 << 20)) return Schedule::kBatch;
+  if (nub >= 2 * nthreads) return Schedule::kUnits;
+  if (s.B >= nthreads) return Schedule::kBatch;
+  if (nub >= 2) return Schedule::kUnits;
+  return Schedule::kSerial;
+}
+
+index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training) {
+  const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
+  const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
+  return panels + xp + 2 * s.B * s.H + 64;
+}
+
+void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
+                  const float* h0, const float* c0, const float* W_ih, const float* W_hh,
+                  const float* b_ih, const float* b_hh, const LstmSizes& s, float* workspace,
+                  const Kernels& kern, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  const bool training = gates != nullptr;
+  if (B == 0 || H == 0) return;
+  if (T == 0) {
+    for (index_t j = 0; j < B * H; ++j) {
+      h_n[j] = h0 ? h0[j] : 0.0f;
+      c_n[j] = c0 ? c0[j] : 0.0f;
+    }
+    return;
+  }
+  const index_t nub = num_unit_blocks(kern, H);
+  float* Wp = workspace;
+  float* xp_buf = Wp + nub * H * 4 * kern.W;
+  float* state = xp_buf + (training ? 0 : chunk_steps(s) * B * G);  // (B, H): c in inference
+  float* zeros = state + B * H;                                       // (B, H): null h0 / c0
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* h_init = h0 ? h0 : zeros;
+  const float* c_init = c0 ? c0 : zeros;
+  if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
+
+  const Schedule sched = lstm_choose_schedule(kern, s, nthreads);
+  const int P = sched == Schedule::kSerial ? 1 : nthreads;
+
+  // Pack W_hh into gate-interleaved panels, one unit block per task.
+  {
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1 && H >= 64)
+#endif
+    for (index_t ub = 0; ub < nub; ++ub) pack_recurrent_panels(kern, H, ub, ub + 1, W_hh, Wp);
+  }
+
+  const index_t TC = chunk_steps(s);
+  for (index_t t0 = 0; t0 < T; t0 += TC) {
+    const index_t t1 = std::min(T, t0 + TC);
+    // Hoisted input projection for steps [t0, t1): one GEMM over (t1 - t0) * B rows, bias first.
+    float* xp = training ? gates + t0 * B * G : xp_buf;
+    const index_t rows = (t1 - t0) * B;
+    for (index_t r = 0; r < rows; ++r) {
+      float* dst = xp + r * G;
+      for (index_t j = 0; j < G; ++j)
+        dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+    }
+    gemm(kern, rows, G, I, MatView{x + t0 * B * I, I, 1}, MatView{W_ih, 1, I}, xp, G, true,
+         nthreads);
+
+    // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+    {
+      DenormalGuard ftz;
+      const int p = team_id(), np = team_size();
+      index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub;
+      if (sched == Schedule::kBatch) {
+        r0 = B * p / np;
+        r1 = B * (p + 1) / np;
+      } else if (sched == Schedule::kUnits) {
+        ub0 = nub * p / np;
+        ub1 = nub * (p + 1) / np;
+      }
+      for (index_t t = t0; t < t1; ++t) {
+        const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+        const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+        float* c_out = training ? cells + t * B * H : state;
+        float* xp_t = xp + (t - t0) * B * G;
+        if (r1 > r0 && ub1 > ub0)
+          kern.lstm_fwd_rows(r1 - r0, H, H, ub0, ub1, y + t * B * H + r0 * H, H, c_out + r0 * H,
+                             training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
+                             c_prev + r0 * H, xp_t + r0 * G, Wp);
+        if (sched == Schedule::kUnits && np > 1) team_barrier();
+      }
+    }
+  }
+  std::memcpy(h_n, y + (T - 1) * B * H, B * H * sizeof(float));
+  std::memcpy(c_n, training ? cells + (T - 1) * B * H : state, B * H * sizeof(float));
+}
+
+index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s) {
+  const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
+  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + 64;
+}
+
+void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
+                   float* db_hh, const float* dy, const float* dh_n, const float* dc_n,
+                   const float* x, const float* h0, const float* c0, const float* W_ih,
+                   const float* W_hh, const float* y, const float* gates, const float* cells,
+                   const LstmSizes& s, float* workspace, const Kernels& kern, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  if (B == 0 || H == 0) {
+    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    return;
+  }
+  // dh0 / dc0 double as the running dh_next / dc_next of the reverse loop.
+  for (index_t j = 0; j < B * H; ++j) {
+    dh0[j] = dh_n ? dh_n[j] : 0.0f;
+    dc0[j] = dc_n ? dc_n[j] : 0.0f;
+  }
+  if (T == 0) return;
+  const index_t nbj = (H + kern.NR - 1) / kern.NR;
+  float* dz = workspace;               // (T, B, 4H)
+  float* Wb = dz + T * B * G;          // W_hh packed as the B operand of dZ_t . W_hh: (4H, H)
+  float* zeros = Wb + nbj * kern.NR * G;  // (B, H)
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* c_init = c0 ? c0 : zeros;
+
+  const Schedule sched = lstm_choose_schedule(kern, s, nthreads);
+  const int P = sched == Schedule::kSerial ? 1 : nthreads;
+  pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
+    if (sched == Schedule::kBatch) {
+      r0 = B * p / np;
+      r1 = B * (p + 1) / np;
+    } else if (sched == Schedule::kUnits) {
+      j0 = nbj * p / np;
+      j1 = nbj * (p + 1) / np;
+    }
+    const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
+    const int MR = kern.MR, NR = kern.NR;
+    for (index_t t = T - 1; t >= 0; --t) {
+      float* dz_t = dz + t * B * G;
+      const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
+      // Pointwise: this thread's units (all rows) or rows (all units).
+      if (r1 > r0 && u1 > u0)
+        kern.lstm_bwd_pointwise(r1 - r0, H, u0, u1, dz_t + r0 * G, dc0 + r0 * H,
+                                gates + t * B * G + r0 * G, cells + t * B * H + r0 * H,
+                                c_prev + r0 * H, dy ? dy + t * B * H + r0 * H : nullptr,
+                                dh0 + r0 * H);
+      if (sched == Schedule::kUnits && np > 1) team_barrier();
+      // dh_next[:, my columns] = dZ_t . W_hh[:, my columns]  (reads every thread's dZ_t).
+      for (index_t jr = j0; jr < j1; ++jr) {
+        const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
+        for (index_t r = r0; r < r1; r += MR) {
+          const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
+          kern.gemm_micro_rowA(G, dz_t + r * G, G, Wb + jr * G * NR, dh0 + r * H + jr * NR, H, m,
+                               n, false);
+        }
+      }
+    }
+  }
+
+  // Large GEMMs over all T*B rows.
+  const index_t TB = T * B;
+  gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+  gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+  if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+  if (T > 1)
+    gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,
+         nthreads);
+  if (db_ih || db_hh) {
+    const int Pb = G >= 256 ? nthreads : 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(Pb) if (Pb > 1)
+#endif
+    {
+      const int p = team_id(), np = team_size();
+      const index_t blocks = (G + 63) / 64;
+      const index_t c0b = std::min(G, blocks * p / np * 64), c1b = std::min(G, blocks * (p + 1) / np * 64);
+      column_sums(TB, G, c0b, c1b, dz, db_ih, db_hh);
+    }
+  }
+}
+
+}  // namespace lstm_fast

@@ -1,0 +1,63 @@
+// LSTM, one layer, one direction, float32. Shapes in the legend of shapes.h; PyTorch's gate
+// order (i, f, g, o) and weight layout.
+#pragma once
+
+#include "dispatch.h"
+#include "kernels.h"
+
+namespace lstm_fast {
+
+struct LstmSizes {
+  index_t T, B, I, H;
+};
+
+// How the recurrence of one call is spread over the threads (see choose_schedule in lstm.cpp).
+Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthreads);
+const char* schedule_name(Schedule s);
+
+// Floats of workspace lstm_forward needs (training: the gates cache holds the input projection).
+index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training);
+
+// Forward over the sequence. Inference when gates == cells == nullptr; training when both are
+// given (post-activation gates and cell states are kept for backward).
+// h0, c0 may be null (zeros); b_ih, b_hh may be null (no bias).
+void lstm_forward(float* y,            // (T, B, H)
+                  float* h_n,          // (B, H)
+                  float* c_n,          // (B, H)
+                  float* gates,        // (T, B, 4H) or null
+                  float* cells,        // (T, B, H) or null
+                  const float* x,      // (T, B, I)
+                  const float* h0,     // (B, H) or null
+                  const float* c0,     // (B, H) or null
+                  const float* W_ih,   // (4H, I)
+                  const float* W_hh,   // (4H, H)
+                  const float* b_ih,   // (4H) or null
+                  const float* b_hh,   // (4H) or null
+                  const LstmSizes& s, float* workspace, const Kernels& kern, int nthreads);
+
+index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s);
+
+// Backward (BPTT) from a training forward. dx, dh0, dc0 are overwritten; dW_ih, dW_hh, db_ih,
+// db_hh are accumulated into (+=); db_ih / db_hh may be null (no bias).
+// dy, dh_n, dc_n may be null (zero upstream gradient).
+void lstm_backward(float* dx,           // (T, B, I)
+                   float* dh0,          // (B, H)
+                   float* dc0,          // (B, H)
+                   float* dW_ih,        // (4H, I)
+                   float* dW_hh,        // (4H, H)
+                   float* db_ih,        // (4H) or null
+                   float* db_hh,        // (4H) or null
+                   const float* dy,     // (T, B, H) or null
+                   const float* dh_n,   // (B, H) or null
+                   const float* dc_n,   // (B, H) or null
+                   const float* x,      // (T, B, I)
+                   const float* h0,     // (B, H) or null
+                   const float* c0,     // (B, H) or null
+                   const float* W_ih,   // (4H, I)
+                   const float* W_hh,   // (4H, H)
+                   const float* y,      // (T, B, H)
+                   const float* gates,  // (T, B, 4H)
+                   const float* cells,  // (T, B, H)
+                   const LstmSizes& s, float* workspace, const Kernels& kern, int nthreads);
+
+}  // namespace lstm_fast

@@ -1,0 +1,144 @@
+#include "dispatch.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if defined(LSTM_FAST_X86)
+#include <cpuid.h>
+#include <xmmintrin.h>
+#endif
+
+namespace lstm_fast {
+namespace {
+
+std::atomic<const Kernels*> g_active{nullptr};
+std::atomic<int> g_threads{0};
+std::atomic<int> g_schedule{static_cast<int>(Schedule::kAuto)};
+
+#if defined(LSTM_FAST_X86)
+unsigned long long xgetbv0() {
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<unsigned long long>(hi) << 32) | lo;
+}
+
+bool cpu_has_avx2_fma() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
+  if (!(fma && osxsave && avx)) return false;
+  if ((xgetbv0() & 0x6) != 0x6) return false;  // OS saves XMM and YMM state
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return b & (1u << 5);  // AVX2
+}
+
+bool cpu_has_avx512() {
+  if (!cpu_has_avx2_fma()) return false;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+  if (!(f && dq && bw && vl)) return false;
+  return (xgetbv0() & 0xe6) == 0xe6;  // OS saves opmask and ZMM state
+}
+#endif
+
+const Kernels* table_for(const std::string& name) {
+  if (name == "scalar") return &kernels_scalar();
+  if (name == "generic") return &kernels_generic();
+#if defined(LSTM_FAST_X86)
+  if (name == "avx2" && cpu_has_avx2_fma()) return &kernels_avx2();
+  if (name == "avx512" && cpu_has_avx512()) return &kernels_avx512();
+#endif
+  return nullptr;
+}
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> isas = {"scalar", "generic"};
+#if defined(LSTM_FAST_X86)
+  if (cpu_has_avx2_fma()) isas.push_back("avx2");
+  if (cpu_has_avx512()) isas.push_back("avx512");
+#endif
+  return isas;
+}
+
+const Kernels& active_kernels() {
+  const Kernels* k = g_active.load(std::memory_order_acquire);
+  return k ? *k : kernels_scalar();
+}
+
+void set_isa(const std::string& name) {
+  const Kernels* k = table_for(name);
+  if (!k) {
+    const bool known = name == "scalar" || name == "generic" || name == "avx2" || name == "avx512";
+    throw std::invalid_argument(
+        std::string("LSTM_FAST_ISA: ") +
+        (known ? "this CPU does not support '" + name + "'" : "unknown ISA '" + name + "'") +
+        "; available: " + join(available_isas()));
+  }
+  g_active.store(k, std::memory_order_release);
+}
+
+void init_dispatch() {
+  const char* env = std::getenv("LSTM_FAST_ISA");
+  if (env && *env) {
+    set_isa(env);
+  } else {
+    set_isa(available_isas().back());
+  }
+  const char* sched = std::getenv("LSTM_FAST_SCHEDULE");
+  if (sched && *sched) {
+    const std::string s = sched;
+    if (s == "auto") set_schedule_override(Schedule::kAuto);
+    else if (s == "units") set_schedule_override(Schedule::kUnits);
+    else if (s == "batch") set_schedule_override(Schedule::kBatch);
+    else if (s == "serial") set_schedule_override(Schedule::kSerial);
+    else
+      throw std::invalid_argument("LSTM_FAST_SCHEDULE: expected one of auto, units, batch, serial, got '" +
+                                  s + "'");
+  }
+}
+
+int get_num_threads() {
+  int n = g_threads.load(std::memory_order_relaxed);
+  if (n > 0) return n;
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+
+Schedule schedule_override() { return static_cast<Schedule>(g_schedule.load()); }
+void set_schedule_override(Schedule s) { g_schedule.store(static_cast<int>(s)); }
+
+#if defined(LSTM_FAST_X86)
+DenormalGuard::DenormalGuard() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
+DenormalGuard::~DenormalGuard() { _mm_setcsr(static_cast<unsigned>(saved_)); }
+#elif defined(__aarch64__)
+DenormalGuard::DenormalGuard() {
+  unsigned long fpcr;
+  __asm__ volatile("mrs %0, fpcr" : "=r"(fpcr));
+  saved_ = fpcr;
+  __asm__ volatile("msr fpcr, %0" ::"r"(fpcr | (1ul << 24)));
+}
+DenormalGuard::~DenormalGuard() { __asm__ volatile("msr fpcr, %0" ::"r"(saved_)); }
+#else
+DenormalGuard::DenormalGuard() : saved_(0) {}
+DenormalGuard::~DenormalGuard() {}
+#endif
+
+}  // namespace lstm_fast

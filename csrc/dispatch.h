@@ -1,0 +1,43 @@
+// Runtime dispatch in one place: CPU features detected once, the kernel table chosen once at
+// import (LSTM_FAST_ISA=scalar|generic|avx2|avx512 forces one), the thread count, and the
+// flush-to-zero guard every parallel region opens.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace lstm_fast {
+
+// ISAs this CPU (and OS) can run, best last: "scalar", "generic", then "avx2", "avx512".
+std::vector<std::string> available_isas();
+// The active kernel table. Each call to the core reads it once at its start.
+const Kernels& active_kernels();
+// Select a table by name; throws std::invalid_argument naming the ISA if unknown or unsupported.
+void set_isa(const std::string& name);
+// The table chosen at import: LSTM_FAST_ISA if set (throws if unsupported), else the best.
+void init_dispatch();
+
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1
+
+// Recurrence schedule override (LSTM_FAST_SCHEDULE=auto|units|batch|serial), read at import.
+enum class Schedule { kAuto, kUnits, kBatch, kSerial };
+Schedule schedule_override();
+void set_schedule_override(Schedule s);
+
+// Flush denormals to zero (FTZ + DAZ) for the lifetime of the object, on the calling thread;
+// the previous mode is restored on destruction. Opened at the start of every parallel region.
+class DenormalGuard {
+ public:
+  DenormalGuard();
+  ~DenormalGuard();
+  DenormalGuard(const DenormalGuard&) = delete;
+  DenormalGuard& operator=(const DenormalGuard&) = delete;
+
+ private:
+  unsigned long saved_;
+};
+
+}  // namespace lstm_fast

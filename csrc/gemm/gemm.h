@@ -1,0 +1,31 @@
+// The packed GEMM engine: C (M x N) = (or +=) op(A) . op(B), BLIS-style blocking
+// (NC columns -> KC depth -> pack B -> MC rows -> pack A -> MR x NR micro-kernel of the active ISA).
+// Transposes are strides: element (i, j) of a matrix view is p[i * rs + j * cs], so NN, NT and
+// TN are all the same call, and packing absorbs the layout.
+#pragma once
+
+#include "kernels.h"
+
+namespace lstm_fast {
+
+struct MatView {
+  const float* p;
+  index_t rs, cs;  // row stride, column stride (in floats)
+};
+
+// Serial GEMM on the calling thread; packing buffers are allocated per call (never per tile).
+void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
+                 float* C, index_t ldc, bool accumulate);
+
+// Parallel GEMM: the output is split into independent blocks (columns in multiples of NR, or
+// rows in multiples of MR), one per thread, never along K. Each element is therefore reduced by
+// one thread in the same order at any thread count: results are bitwise identical.
+void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
+          index_t ldc, bool accumulate, int nthreads);
+
+// Pack the K x N matrix B (rows [0, K), columns [n0, n1)) into NR-wide panels: panel j holds
+// Bp[(j * K + k) * NR + c] = B(k, n0 + j * NR + c), zero past n1. Bp holds
+// ceil((n1 - n0) / NR) * K * NR floats.
+void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp);
+
+}  // namespace lstm_fast

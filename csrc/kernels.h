@@ -1,0 +1,61 @@
+// The per-ISA kernel table. Each ISA file (kernels_scalar.cpp, kernels_generic.cpp,
+// kernels_avx2.cpp, kernels_avx512.cpp) fills one `Kernels` with its own functions; dispatch.cpp
+// picks the table once at import. Kernels trust their inputs (the bindings validate).
+#pragma once
+
+#include "shapes.h"
+
+namespace lstm_fast {
+
+struct Kernels {
+  const char* name;  // "scalar", "generic", "avx2", "avx512"
+  int W;             // hidden units per LSTM register block (packed W_hh panel width)
+  int MR, NR;        // GEMM micro-tile: MR rows x NR columns
+
+  // C[m x n] (=, or += when accumulate) Ap . Bp over K, m <= MR, n <= NR.
+  //   Ap: packed A panel, K x MR (MR values per k)       Bp: packed B panel, K x NR
+  //   C: row-major with leading dimension ldc
+  void (*gemm_micro)(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc, int m,
+                     int n, bool accumulate);
+
+  // Same with A unpacked and row-major: row r of A starts at A + r * lda (m <= MR rows).
+  void (*gemm_micro_rowA)(index_t K, const float* A, index_t lda, const float* Bp, float* C,
+                          index_t ldc, int m, int n, bool accumulate);
+
+  // One fused LSTM step for `rows` rows and the unit blocks [ub0, ub1) (units ub*W .. ub*W+W-1,
+  // clipped to H):
+  //   z = xp + h_prev . W_hh^T (from the packed panels Wp), gates = act(z),
+  //   c_out = f * c_prev + i * g,  h_out = o * tanh(c_out).
+  // xp already holds x . W_ih^T + b_ih + b_hh. When gates_out is not null the post-activation
+  // gates are stored there (it may alias xp). c_out may alias c_prev.
+  //   h_out   (rows, H) leading dim ldh      c_out, c_prev (rows, H) leading dim H
+  //   h_prev  (rows, K) leading dim ldh_prev xp, gates_out   (rows, 4H) leading dim 4H
+  //   Wp      packed panels: [ub][k][gate q][W]; K = length of the recurrent input (H, or P)
+  void (*lstm_fwd_rows)(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1,
+                        float* h_out, index_t ldh, float* c_out, float* gates_out,
+                        const float* h_prev, index_t ldh_prev, const float* c_prev,
+                        const float* xp, const float* Wp);
+
+  // Backward, pointwise part of one step for `rows` rows and units [u0, u1):
+  //   dh = dy + dh_next, tc = tanh(c), dc = dc_next + dh * o * (1 - tc^2)
+  //   dZ = [dc*g * i(1-i), dc*c_prev * f(1-f), dc*i * (1-g^2), dh*tc * o(1-o)]
+  //   dc_next <- dc * f (in place)
+  //   gates (rows, 4H) post-activation; c, c_prev, dy, dh_next, dc_next (rows, H); dz (rows, 4H).
+  //   dy may be null (zero upstream gradient).
+  void (*lstm_bwd_pointwise)(index_t rows, index_t H, index_t u0, index_t u1, float* dz,
+                             float* dc_next, const float* gates, const float* c,
+                             const float* c_prev, const float* dy, const float* dh_next);
+
+  // y = sigmoid(x), y = tanh(x) over n elements: the vector activations, exposed for tests.
+  void (*sigmoid)(index_t n, const float* x, float* y);
+  void (*tanh)(index_t n, const float* x, float* y);
+};
+
+const Kernels& kernels_scalar();
+const Kernels& kernels_generic();
+#if defined(LSTM_FAST_X86)
+const Kernels& kernels_avx2();
+const Kernels& kernels_avx512();
+#endif
+
+}  // namespace lstm_fast

@@ -1,0 +1,52 @@
+"""lstm_fast: fused LSTM/GRU/RNN kernels for the CPU (C++/OpenMP/SIMD) with a NumPy API.
+
+The public names:
+
+* :mod:`lstm_fast.ops` — the functional API (arrays in, arrays out):
+  ``lstm_forward``, ``lstm_backward``, ``gemm``.
+* :class:`LSTM` — a layer with PyTorch's constructor, parameter names and shapes.
+* :func:`set_num_threads`, :func:`get_num_threads`, :func:`cpu_info`.
+* :mod:`lstm_fast.reference` — the NumPy reference the kernels are tested against.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .module import Module, Parameter
+from .rnn import LSTM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM",
+    "Module",
+    "Parameter",
+    "cpu_info",
+    "get_num_threads",
+    "set_num_threads",
+    "__version__",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads the kernels use (>= 1). Applies to calls made afterwards."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n: expected an int >= 1, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n: expected an int >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels use (default: OpenMP's, i.e. OMP_NUM_THREADS or cores)."""
+    return _core.get_num_threads()
+
+
+def cpu_info() -> dict:
+    """What the core runs on: ``isa`` (active kernels), ``available_isas``, ``num_threads``,
+    ``openmp``, ``schedule`` (recurrence schedule override), GEMM tile and LSTM block width.
+
+    ``LSTM_FAST_ISA=scalar|generic|avx2|avx512`` (set before import) forces a kernel set;
+    ``LSTM_FAST_SCHEDULE=auto|units|batch|serial`` forces the recurrence schedule.
+    """
+    return dict(_core.cpu_info())

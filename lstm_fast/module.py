@@ -1,0 +1,183 @@
+"""Parameters and modules: the small base every layer of lstm_fast builds on.
+
+A :class:`Parameter` holds a float32 NumPy array in ``.data`` and its gradient in ``.grad``
+(same shape, accumulated by ``backward`` calls, zeroed by :meth:`Module.zero_grad`).
+A :class:`Module` registers the parameters and sub-modules assigned to it as attributes, so that
+``named_parameters()`` and ``state_dict()`` produce PyTorch's dotted names (``rnn.weight_ih_l0``)
+and a PyTorch state dict loads as is.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = ["Parameter", "Module"]
+
+
+class Parameter:
+    """A trainable array: ``data`` (float32, C-contiguous) and ``grad`` (same shape).
+
+    Example::
+
+        >>> p = Parameter(np.zeros((2, 3)))
+        >>> p.data.shape, p.grad.dtype
+        ((2, 3), dtype('float32'))
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data: Any, dtype: Any = np.float32):
+        self.data = np.ascontiguousarray(np.array(data, dtype=dtype, copy=True))
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    def zero_grad(self) -> None:
+        self.grad[...] = 0
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: attribute assignment registers parameters and sub-modules.
+
+    Subclasses implement ``forward`` (called by ``__call__``) and, for training, ``backward``.
+    """
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            raise AttributeError("Module.__init__() must be called before assigning attributes")
+        mods = self.__dict__["_modules"]
+        params.pop(name, None)
+        mods.pop(name, None)
+        if isinstance(value, Parameter):
+            params[name] = value
+        elif isinstance(value, Module):
+            mods[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
+
+    # -- traversal ------------------------------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._modules.items()
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(name, Parameter)`` in registration order, PyTorch's dotted names."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        if recurse:
+            for mname, m in self._modules.items():
+                yield from m.named_parameters(f"{prefix}.{mname}" if prefix else mname)
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict:
+        """Copies of every parameter's data, keyed by dotted name."""
+        return OrderedDict((n, p.data.copy()) for n, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True) -> None:
+        """Load arrays (NumPy, torch tensors, lists: anything ``np.asarray`` takes) by name.
+
+        Every entry is checked (shape, finite conversion to float32) before any parameter is
+        changed, so a failed load leaves the module as it was.
+        """
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(
+                f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        staged = {}
+        for name, p in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if hasattr(value, "detach"):  # a torch tensor: no torch import needed
+                value = value.detach().cpu().numpy()
+            arr = np.asarray(value)
+            if arr.shape != p.data.shape:
+                raise ValueError(
+                    f"load_state_dict: {name}: expected shape {p.data.shape}, got {arr.shape}"
+                )
+            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+                raise TypeError(
+                    f"load_state_dict: {name}: expected a real numeric array, got dtype {arr.dtype}"
+                )
+            staged[name] = arr.astype(p.data.dtype, copy=False)
+        for name, arr in staged.items():
+            own[name].data[...] = arr
+        self._on_load()
+
+    def _on_load(self) -> None:
+        """Hook for layers that cache anything derived from their weights."""
+        for m in self._modules.values():
+            m._on_load()
+
+    # -- modes and gradients ----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    def num_parameters(self) -> int:
+        return int(sum(p.data.size for p in self.parameters()))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return ("\n".join(lines) + "\n)") if len(lines) > 1 else lines[0] + ")"

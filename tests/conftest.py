@@ -1,0 +1,41 @@
+"""Shared fixtures: every available ISA path, thread counts, seeded generators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import _core
+
+ISAS = lstm_fast.cpu_info()["available_isas"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test once per kernel set this CPU has (scalar, generic, avx2, avx512)."""
+    before = lstm_fast.cpu_info()["isa"]
+    _core._set_isa(request.param)
+    yield request.param
+    _core._set_isa(before)
+
+
+@pytest.fixture
+def threads():
+    """Restore the thread count after a test that changes it."""
+    before = lstm_fast.get_num_threads()
+    yield
+    lstm_fast.set_num_threads(before)
+
+
+@pytest.fixture
+def schedule():
+    """Restore the recurrence schedule override after a test that forces one."""
+    before = lstm_fast.cpu_info()["schedule"]
+    yield _core._set_schedule
+    _core._set_schedule(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

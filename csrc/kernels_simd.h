@@ -30,7 +30,7 @@ typedef float vfu __attribute__((vector_size(W * 4), aligned(4), may_alias));
 
 LF_INLINE vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 LF_INLINE void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
-LF_INLINE vf splat(float s) { return vf{} + s; }
+LF_INLINE vf splat(float s) { return s - vf{}; }  // s - 0 folds to a plain broadcast
 
 // Load the first n (1..W) floats at p, zeros in the other lanes.
 LF_INLINE vf load_n(const float* p, int n) {

@@ -145,7 +145,7 @@ def test_unknown_isa_is_a_clear_error():
             _core._set_isa(name)
 
 
-def test_forcing_unsupported_isa_at_import_fails_cleanly():
+def test_forcing_unsupported_isa_at_import_fails_cleanly(tmp_path):
     import subprocess
     import sys
 
@@ -155,7 +155,11 @@ def test_forcing_unsupported_isa_at_import_fails_cleanly():
 
     env = dict(os.environ, LSTM_FAST_ISA=env_isa)
     r = subprocess.run(
-        [sys.executable, "-c", "import lstm_fast"], env=env, capture_output=True, text=True
+        [sys.executable, "-c", "import lstm_fast"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # import the installed package, not a source checkout
     )
     assert r.returncode == 1, r.stderr
     assert "LSTM_FAST_ISA" in r.stderr and "Error" in r.stderr

@@ -46,8 +46,8 @@ LF_INLINE void store_n(float* p, vf v, int n) {
   for (int j = 0; j < n; ++j) p[j] = t[j];
 }
 
-LF_INLINE vf vmin(vf a, vf b) { return a < b ? a : b; }  // NaN in a stays NaN
-LF_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
+LF_INLINE vf vmin(vf a, vf b) { return b < a ? b : a; }  // a NaN in a stays NaN
+LF_INLINE vf vmax(vf a, vf b) { return b > a ? b : a; }
 
 // exp(x): x clamped to [-87.3, 88.3] (no overflow, no denormal results), x = n ln2 + r with
 // |r| <= ln2/2 (Cody-Waite, two-part ln2), e^r by a degree-6 polynomial (relative error

@@ -39,7 +39,9 @@ def test_good_call_works():
 
 def test_shape_message_names_argument_and_legend():
     x = np.zeros((5, 3, 11), np.float32)
-    with pytest.raises(ValueError, match=r"weight_ih: expected shape \(4H=16, I=11\), got \(16, 10\)"):
+    with pytest.raises(
+        ValueError, match=r"weight_ih: expected shape \(4H=16, I=11\), got \(16, 10\)"
+    ):
         call(x=x)
     with pytest.raises(ValueError, match=r"h0: expected shape \(B=3, H=4\), got \(3, 5\)"):
         call(h0=np.zeros((3, 5), np.float32))
@@ -50,7 +52,9 @@ def test_shape_message_names_argument_and_legend():
 
 
 @pytest.mark.parametrize("name", ["x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0", "c0"])
-@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.bool_, np.complex64, np.float16, object])
+@pytest.mark.parametrize(
+    "dtype", [np.float64, np.int32, np.bool_, np.complex64, np.float16, object]
+)
 def test_wrong_dtype(name, dtype):
     a = good()[name]
     with pytest.raises(TypeError, match=rf"^{name}: expected dtype float32, got"):

@@ -16,7 +16,9 @@ def torch_run(tl, x, hx, dy, dh, dc, batch_first=False):
     if hx is not None:
         hxt = tuple(torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in hx)
     y, (h, c) = tl(xt, hxt)
-    loss = (y * torch.tensor(dy)).sum() + (h * torch.tensor(dh)).sum() + (c * torch.tensor(dc)).sum()
+    loss = (
+        (y * torch.tensor(dy)).sum() + (h * torch.tensor(dh)).sum() + (c * torch.tensor(dc)).sum()
+    )
     loss.backward()
     grads = {n: p.grad.numpy() for n, p in tl.named_parameters()}
     dhx = None if hx is None else tuple(a.grad.numpy() for a in hxt)
@@ -37,10 +39,12 @@ def torch_run(tl, x, hx, dy, dh, dc, batch_first=False):
 def test_parity_with_torch(num_layers, bidirectional, batch_first, bias, with_hx, unbatched):
     T, B, I, H = 7, 4, 9, 13
     torch.manual_seed(0)
-    tl = torch.nn.LSTM(I, H, num_layers, bias=bias, batch_first=batch_first,
-                       bidirectional=bidirectional).double()
-    ours = lstm_fast.LSTM(I, H, num_layers, bias=bias, batch_first=batch_first,
-                          bidirectional=bidirectional)
+    tl = torch.nn.LSTM(
+        I, H, num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional
+    ).double()
+    ours = lstm_fast.LSTM(
+        I, H, num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional
+    )
     ours.load_state_dict(tl.state_dict())
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in tl.named_parameters()]
     rng = np.random.default_rng(1)
@@ -52,7 +56,11 @@ def test_parity_with_torch(num_layers, bidirectional, batch_first, bias, with_hx
     if with_hx:
         hx = tuple(rng.standard_normal(sshape).astype(np.float32).astype(np.float64) for _ in "hc")
     yshape = xshape[:-1] + (D * H,)
-    dy, dh, dc = rng.standard_normal(yshape), rng.standard_normal(sshape), rng.standard_normal(sshape)
+    dy, dh, dc = (
+        rng.standard_normal(yshape),
+        rng.standard_normal(sshape),
+        rng.standard_normal(sshape),
+    )
     ty, th, tc, tdx, tdhx, tgrads = torch_run(tl, x, hx, dy, dh, dc)
     y, (h, c) = ours(x, hx)
     assert y.dtype == np.float32 and y.shape == ty.shape and h.shape == th.shape

@@ -1,0 +1,246 @@
+"""The C++ LSTM core against the float64 NumPy reference, on every ISA path this CPU has."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import _core, ops, reference
+
+FWD_TOL = dict(rtol=1e-5, atol=1e-6)
+GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def make_problem(rng, T, B, I, H, *, bias=True, state=True, scale=None):
+    # PyTorch's initialisation range U(-1/sqrt(H), 1/sqrt(H)) unless given.
+    scale = 1.0 / np.sqrt(H) if scale is None else scale
+    w = {
+        "weight_ih": rng.uniform(-scale, scale, (4 * H, I)),
+        "weight_hh": rng.uniform(-scale, scale, (4 * H, H)),
+        "bias_ih": rng.uniform(-scale, scale, 4 * H) if bias else None,
+        "bias_hh": rng.uniform(-scale, scale, 4 * H) if bias else None,
+    }
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((B, H)) * 0.5 if state else None
+    c0 = rng.standard_normal((B, H)) * 0.5 if state else None
+    return x, w, h0, c0
+
+
+def f32(a):
+    return None if a is None else np.ascontiguousarray(a, dtype=np.float32)
+
+
+def run_both(x, w, h0, c0, dy, dhn, dcn):
+    """Forward + backward in C++ (float32) and in the reference (float64)."""
+    args32 = [f32(a) for a in (x, w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"])]
+    y, hn, cn, cache = ops.lstm_forward(*args32, f32(h0), f32(c0), training=True)
+    g = ops.lstm_backward(cache, f32(dy), f32(dhn), f32(dcn))
+    ry, rhn, rcn, rcache = reference.lstm_forward(
+        x, w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"], h0, c0
+    )
+    rg = reference.lstm_backward(rcache, dy, dhn, dcn)
+    return (y, hn, cn, g), (ry, rhn, rcn, rg)
+
+
+def assert_matches(ours, ref, bias=True):
+    (y, hn, cn, g), (ry, rhn, rcn, rg) = ours, ref
+    np.testing.assert_allclose(y, ry, **FWD_TOL, err_msg="y")
+    np.testing.assert_allclose(hn, rhn, **FWD_TOL, err_msg="h_n")
+    np.testing.assert_allclose(cn, rcn, **FWD_TOL, err_msg="c_n")
+    for name in ("dx", "dh0", "dc0", "dweight_ih", "dweight_hh") + (
+        ("dbias_ih", "dbias_hh") if bias else ()
+    ):
+        np.testing.assert_allclose(getattr(g, name), getattr(rg, name), **GRAD_TOL, err_msg=name)
+    if not bias:
+        assert g.dbias_ih is None and g.dbias_hh is None
+
+
+# Shapes that hit every SIMD tail: H in 1, 7, 8, 17, 64, 130; B in 1, 3, 16; T in 1, 5, 33;
+# I in 1, 5, 64. The full grid for small T, a covering subset for T = 33.
+GRID = [
+    (T, B, I, H)
+    for T, B, I, H in itertools.product([1, 5, 33], [1, 3, 16], [1, 5, 64], [1, 7, 8, 17, 64, 130])
+    if T < 33 or (B, I) in [(1, 1), (3, 64), (16, 5)]
+]
+
+
+@pytest.mark.parametrize("T,B,I,H", GRID)
+def test_forward_backward_match_reference(isa, T, B, I, H):
+    rng = np.random.default_rng(hash((T, B, I, H)) % 2**32)
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    dy = rng.standard_normal((T, B, H))
+    dhn = rng.standard_normal((B, H))
+    dcn = rng.standard_normal((B, H))
+    # Round the inputs to float32 first so both sides see the same numbers.
+    x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))
+    w = {k: f32(v).astype(np.float64) for k, v in w.items()}
+    assert_matches(*run_both(x, w, h0, c0, dy, dhn, dcn))
+
+
+@pytest.mark.parametrize(
+    "bias,state,upstream",
+    [(False, False, "dy"), (True, False, "dh_n"), (False, True, "dc_n"), (True, True, "none")],
+)
+def test_optional_arguments(isa, bias, state, upstream):
+    rng = np.random.default_rng(7)
+    T, B, I, H = 6, 5, 9, 19
+    x, w, h0, c0 = make_problem(rng, T, B, I, H, bias=bias, state=state)
+    x = f32(x).astype(np.float64)
+    w = {k: None if v is None else f32(v).astype(np.float64) for k, v in w.items()}
+    h0, c0 = (None if a is None else f32(a).astype(np.float64) for a in (h0, c0))
+    dy = rng.standard_normal((T, B, H)) if upstream == "dy" else None
+    dhn = rng.standard_normal((B, H)) if upstream == "dh_n" else None
+    dcn = rng.standard_normal((B, H)) if upstream == "dc_n" else None
+    ours, ref = run_both(x, w, h0, c0, dy, dhn, dcn)
+    assert_matches(ours, ref, bias=bias)
+    if upstream == "none":
+        g = ours[3]
+        assert not np.any(g.dx) and not np.any(g.dweight_hh)
+
+
+def test_inference_equals_training_forward(isa, rng):
+    x, w, h0, c0 = make_problem(rng, 40, 7, 13, 33)
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    y1, h1, c1, cache1 = ops.lstm_forward(*args)
+    y2, h2, c2, cache2 = ops.lstm_forward(*args, training=True)
+    assert cache1 is None and cache2 is not None
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(h1, h2)
+    np.testing.assert_array_equal(c1, c2)
+
+
+def test_long_sequence_crosses_projection_chunks(isa, rng):
+    # B * 4H * T above the 2^21-float chunk of the hoisted projection: several chunks.
+    T, B, I, H = 70, 64, 3, 130
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))
+    w = {k: f32(v).astype(np.float64) for k, v in w.items()}
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    y, hn, cn, _ = ops.lstm_forward(*args)
+    ry, rhn, rcn, _ = reference.lstm_forward(x, *w.values(), h0, c0)
+    np.testing.assert_allclose(y, ry, **FWD_TOL)
+    np.testing.assert_allclose(cn, rcn, **FWD_TOL)
+
+
+def test_backward_twice_gives_same_result(rng):
+    x, w, h0, c0 = make_problem(rng, 5, 3, 4, 6)
+    y, _, _, cache = ops.lstm_forward(*[f32(a) for a in (x, *w.values(), h0, c0)], training=True)
+    dy = f32(rng.standard_normal(y.shape))
+    g1 = ops.lstm_backward(cache, dy)
+    g2 = ops.lstm_backward(cache, dy)
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("T,B,I,H", [(0, 3, 4, 5), (4, 0, 4, 5), (3, 2, 0, 5)])
+def test_zero_sizes(T, B, I, H):
+    rng = np.random.default_rng(0)
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    y, hn, cn, cache = ops.lstm_forward(*args, training=True)
+    assert y.shape == (T, B, H) and hn.shape == (B, H)
+    ry, rhn, rcn, _ = reference.lstm_forward(*[a.astype(np.float64) for a in args])
+    np.testing.assert_allclose(hn, rhn, **FWD_TOL)
+    np.testing.assert_allclose(y, ry, **FWD_TOL)
+    g = ops.lstm_backward(cache, f32(rng.standard_normal((T, B, H))), f32(np.ones((B, H))))
+    assert g.dx.shape == (T, B, I) and g.dweight_ih.shape == (4 * H, I)
+    if T == 0:
+        np.testing.assert_array_equal(g.dh0, np.ones((B, H), np.float32))
+
+
+# ---- determinism: bitwise identical for any thread count and schedule --------------------------
+
+
+@pytest.mark.parametrize(
+    "T,B,I,H", [(9, 16, 33, 64), (5, 3, 17, 130), (12, 1, 5, 40), (4, 40, 8, 7)]
+)
+def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, T, B, I, H):
+    rng = np.random.default_rng(3)
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    dy = f32(rng.standard_normal((T, B, H)))
+    dhn = f32(rng.standard_normal((B, H)))
+    results = []
+    for n, sched in [
+        (1, "auto"),
+        (2, "auto"),
+        (2, "units"),
+        (2, "batch"),
+        (2, "serial"),
+        (3, "units"),
+    ]:
+        lstm_fast.set_num_threads(n)
+        schedule(sched)
+        y, hn, cn, cache = ops.lstm_forward(*args, training=True)
+        g = ops.lstm_backward(cache, dy, dhn)
+        results.append((n, sched, [y, hn, cn, *g]))
+    base = results[0][2]
+    for n, sched, arrays in results[1:]:
+        for a, b in zip(base, arrays):
+            assert a.tobytes() == b.tobytes(), f"threads={n} schedule={sched} differs"
+
+
+# ---- activations ----------------------------------------------------------------------------
+
+
+def test_activation_accuracy(isa):
+    x = np.concatenate(
+        [np.linspace(-30, 30, 200001), np.geomspace(1e-8, 1, 10001), -np.geomspace(1e-8, 1, 10001)]
+    ).astype(np.float32)
+    x64 = x.astype(np.float64)
+    sig = _core.sigmoid(x)
+    th = _core.tanh(x)
+    ref_sig = 1 / (1 + np.exp(-x64))
+    ref_th = np.tanh(x64)
+    # Documented bound: max abs error 3e-7 and max relative error 5e-7 (float32 ulp is 6e-8).
+    assert np.max(np.abs(sig - ref_sig)) < 3e-7
+    assert np.max(np.abs(th - ref_th)) < 3e-7
+    mask = np.abs(ref_th) > 1e-30
+    assert np.max(np.abs(th - ref_th)[mask] / np.abs(ref_th[mask])) < 5e-7
+
+
+def test_activation_extremes(isa):
+    x = np.array([-1e30, -1000, -89, -88, 88, 89, 1000, 1e30, np.inf, -np.inf, 0.0], np.float32)
+    with np.errstate(all="raise"):
+        sig = _core.sigmoid(x)
+        th = _core.tanh(x)
+    assert np.all(np.isfinite(sig)) and np.all(np.isfinite(th))
+    np.testing.assert_allclose(sig, [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0.5], atol=1e-30)
+    np.testing.assert_allclose(th, [-1, -1, -1, -1, 1, 1, 1, 1, 1, -1, 0], atol=0)
+    nan = np.array([np.nan], np.float32)
+    assert np.isnan(_core.sigmoid(nan)[0]) and np.isnan(_core.tanh(nan)[0])
+
+
+def test_nan_propagates_without_crash(isa):
+    rng = np.random.default_rng(1)
+    x, w, h0, c0 = make_problem(rng, 4, 3, 5, 9)
+    x[2, 1, 3] = np.nan
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    y, hn, cn, cache = ops.lstm_forward(*args, training=True)
+    assert np.all(np.isfinite(y[:2])) and np.all(np.isnan(y[2:, 1]))
+    g = ops.lstm_backward(cache, f32(np.ones(y.shape)))
+    assert np.isnan(g.dweight_ih).any()
+
+
+# ---- GEMM -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "M,N,K", [(1, 1, 1), (7, 17, 5), (33, 65, 300), (150, 40, 513), (3, 200, 0)]
+)
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+def test_gemm_matches_numpy(isa, threads, M, N, K, ta, tb):
+    rng = np.random.default_rng(M * 1000 + N)
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    outs = []
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        c = ops.gemm(a, b, trans_a=ta, trans_b=tb)
+        np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * max(1, K) ** 0.5)
+        outs.append(c)
+    assert outs[0].tobytes() == outs[1].tobytes()

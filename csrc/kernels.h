@@ -22,6 +22,12 @@ struct Kernels {
   void (*gemm_micro_rowA)(index_t K, const float* A, index_t lda, const float* Bp, float* C,
                           index_t ldc, int m, int n, bool accumulate);
 
+  // y[n] (= or +=) sum_k Wm[n * ldw + k] * x[k] for n in [0, N): matrix-vector product over the
+  // rows of a row-major matrix, without packing (for one-row problems, where packing would cost
+  // more than the product). Wm (N, K) leading dim ldw, x (K), y (N).
+  void (*gemv_rows)(index_t N, index_t K, const float* Wm, index_t ldw, const float* x, float* y,
+                    bool accumulate);
+
   // One fused LSTM step for `rows` rows and the unit blocks [ub0, ub1) (units ub*W .. ub*W+W-1,
   // clipped to H):
   //   z = xp + h_prev . W_hh^T (from the packed panels Wp), gates = act(z),

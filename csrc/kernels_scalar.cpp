@@ -38,6 +38,15 @@ void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, fl
              accumulate);
 }
 
+void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* x, float* y,
+               bool accumulate) {
+  for (index_t n = 0; n < N; ++n) {
+    float acc = 0.0f;
+    for (index_t k = 0; k < K; ++k) acc += Wm[n * ldw + k] * x[k];
+    y[n] = accumulate ? y[n] + acc : acc;
+  }
+}
+
 void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1, float* h_out,
                    index_t ldh, float* c_out, float* gates_out, const float* h_prev,
                    index_t ldh_prev, const float* c_prev, const float* xp, const float* Wp) {
@@ -101,8 +110,9 @@ void tanh_(index_t n, const float* x, float* y) {
   for (index_t j = 0; j < n; ++j) y[j] = std::tanh(x[j]);
 }
 
-const Kernels kTable = {"scalar",      kW,      kMR,     kNR, gemm_micro, gemm_micro_rowA,
-                        lstm_fwd_rows, lstm_bwd_pointwise, sigmoid, tanh_};
+const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
+                        gemm_micro,    gemm_micro_rowA,   gemv_rows, lstm_fwd_rows,
+                        lstm_bwd_pointwise, sigmoid, tanh_};
 
 }  // namespace
 

@@ -142,24 +142,88 @@ void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, fl
   micro<true>(K, A, lda, Bp, C, ldc, m, n, accumulate);
 }
 
+// ---- Matrix-vector product over rows (no packing) -------------------------------------------
+// Four rows at a time, each with its own vector accumulator over k, summed across lanes at the
+// end; the k tail goes through a zero-filled partial vector.
+LF_INLINE float hsum(vf v) {
+  float t[W];
+  store(t, v);
+  float s = 0.0f;
+  for (int j = 0; j < W; ++j) s += t[j];
+  return s;
+}
+
+void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* x, float* y,
+               bool accumulate) {
+  index_t n = 0;
+  for (; n + 4 <= N; n += 4) {
+    const float* w0 = Wm + n * ldw;
+    vf a0 = vf{}, a1 = vf{}, a2 = vf{}, a3 = vf{};
+    index_t k = 0;
+    for (; k + W <= K; k += W) {
+      const vf xv = load(x + k);
+      a0 += load(w0 + k) * xv;
+      a1 += load(w0 + ldw + k) * xv;
+      a2 += load(w0 + 2 * ldw + k) * xv;
+      a3 += load(w0 + 3 * ldw + k) * xv;
+    }
+    if (k < K) {
+      const int m = static_cast<int>(K - k);
+      const vf xv = load_n(x + k, m);
+      a0 += load_n(w0 + k, m) * xv;
+      a1 += load_n(w0 + ldw + k, m) * xv;
+      a2 += load_n(w0 + 2 * ldw + k, m) * xv;
+      a3 += load_n(w0 + 3 * ldw + k, m) * xv;
+    }
+    const float s[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    for (int j = 0; j < 4; ++j) y[n + j] = accumulate ? y[n + j] + s[j] : s[j];
+  }
+  for (; n < N; ++n) {
+    const float* w0 = Wm + n * ldw;
+    vf a0 = vf{};
+    index_t k = 0;
+    for (; k + W <= K; k += W) a0 += load(w0 + k) * load(x + k);
+    if (k < K) a0 += load_n(w0 + k, static_cast<int>(K - k)) * load_n(x + k, static_cast<int>(K - k));
+    const float s = hsum(a0);
+    y[n] = accumulate ? y[n] + s : s;
+  }
+}
+
 // ---- Fused LSTM step -----------------------------------------------------------------------
-// R rows x U unit blocks x 4 gates accumulators; the epilogue turns them into c' and h'.
+// A tile is R rows x U unit blocks x 4 gates of accumulators. The depth K is walked in chunks
+// [k0, k1): the first chunk starts from zero, later ones from the partial sums in `part`; the
+// last chunk runs the epilogue (gates -> c', h') instead of storing partial sums. The order of
+// the sum over k never changes, so the result does not depend on the chunking.
+struct StepArgs {
+  index_t H, K;
+  float* h_out;
+  index_t ldh;
+  float* c_out;
+  float* gates_out;
+  const float* h_prev;
+  index_t ldh_prev;
+  const float* c_prev;
+  const float* xp;
+  const float* Wp;
+};
+
 template <int R, int U>
-LF_INLINE void lstm_tile(index_t H, index_t K, index_t ub, float* h_out, index_t ldh, float* c_out,
-                         float* gates_out, const float* h_prev, index_t ldh_prev,
-                         const float* c_prev, const float* xp, const float* Wp) {
-  const index_t G = 4 * H;
+LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0, index_t k1,
+                         float* part, bool first, bool last) {
+  const index_t H = a.H, G = 4 * H;
   vf acc[R][U][4];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u)
 #pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) acc[r][u][q] = vf{};
+      for (int q = 0; q < 4; ++q)
+        acc[r][u][q] = first ? vf{} : load(part + ((r * U + u) * 4 + q) * W);
   const float* panel[U];
 #pragma GCC unroll 8
-  for (int u = 0; u < U; ++u) panel[u] = Wp + (ub + u) * K * 4 * W;
-  for (index_t k = 0; k < K; ++k) {
+  for (int u = 0; u < U; ++u) panel[u] = a.Wp + (ub + u) * a.K * 4 * W;
+  const float* hp = a.h_prev + row * a.ldh_prev;
+  for (index_t k = k0; k < k1; ++k) {
     vf b[U][4];
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u)
@@ -167,29 +231,38 @@ LF_INLINE void lstm_tile(index_t H, index_t K, index_t ub, float* h_out, index_t
       for (int q = 0; q < 4; ++q) b[u][q] = load(panel[u] + (k * 4 + q) * W);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const vf a = splat(h_prev[r * ldh_prev + k]);
+      const vf h = splat(hp[r * a.ldh_prev + k]);
 #pragma GCC unroll 8
       for (int u = 0; u < U; ++u)
 #pragma GCC unroll 4
-        for (int q = 0; q < 4; ++q) acc[r][u][q] += a * b[u][q];
+        for (int q = 0; q < 4; ++q) acc[r][u][q] += h * b[u][q];
     }
+  }
+  if (!last) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) store(part + ((r * U + u) * 4 + q) * W, acc[r][u][q]);
+    return;
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
-      const index_t u0 = (ub + u) * W;
+      const index_t u0 = (ub + u) * W, b = row + r;
       const int n = H - u0 < W ? static_cast<int>(H - u0) : W;
-      const float* xr = xp + r * G + u0;
+      const float* xr = a.xp + b * G + u0;
       const vf i = vsigmoid(acc[r][u][0] + load_n(xr, n));
       const vf f = vsigmoid(acc[r][u][1] + load_n(xr + H, n));
       const vf g = vtanh(acc[r][u][2] + load_n(xr + 2 * H, n));
       const vf o = vsigmoid(acc[r][u][3] + load_n(xr + 3 * H, n));
-      const vf c = f * load_n(c_prev + r * H + u0, n) + i * g;
-      store_n(c_out + r * H + u0, c, n);
-      store_n(h_out + r * ldh + u0, o * vtanh(c), n);
-      if (gates_out) {
-        float* gr = gates_out + r * G + u0;
+      const vf c = f * load_n(a.c_prev + b * H + u0, n) + i * g;
+      store_n(a.c_out + b * H + u0, c, n);
+      store_n(a.h_out + b * a.ldh + u0, o * vtanh(c), n);
+      if (a.gates_out) {
+        float* gr = a.gates_out + b * G + u0;
         store_n(gr, i, n);
         store_n(gr + H, f, n);
         store_n(gr + 2 * H, g, n);
@@ -199,49 +272,71 @@ LF_INLINE void lstm_tile(index_t H, index_t K, index_t ub, float* h_out, index_t
   }
 }
 
-// R rows over unit blocks [ub0, ub1): U = ROWS / R blocks at a time, then one at a time.
+// Rows [row, row + rr) (rr <= ROWS) over unit blocks [ub0, ub1), whole depth: U = ROWS / rr
+// blocks at a time so that even a single row keeps enough independent accumulators.
 template <int R>
-LF_INLINE void lstm_rows_tile(index_t H, index_t K, index_t ub0, index_t ub1, float* h_out,
-                              index_t ldh, float* c_out, float* gates_out, const float* h_prev,
-                              index_t ldh_prev, const float* c_prev, const float* xp,
-                              const float* Wp) {
-  constexpr int U = ROWS / R > 0 ? ROWS / R : 1;
-  index_t ub = ub0;
-  for (; ub + U <= ub1; ub += U)
-    lstm_tile<R, U>(H, K, ub, h_out, ldh, c_out, gates_out, h_prev, ldh_prev, c_prev, xp, Wp);
-  if (U > 1)
-    for (; ub < ub1; ++ub)
-      lstm_tile<R, 1>(H, K, ub, h_out, ldh, c_out, gates_out, h_prev, ldh_prev, c_prev, xp, Wp);
+LF_INLINE void lstm_rows_full(const StepArgs& a, int rr, index_t row, index_t ub0, index_t ub1) {
+  if constexpr (R >= 1) {
+    if (rr != R) return lstm_rows_full<R - 1>(a, rr, row, ub0, ub1);
+    constexpr int U = ROWS / R > 0 ? ROWS / R : 1;
+    index_t ub = ub0;
+    for (; ub + U <= ub1; ub += U) lstm_tile<R, U>(a, row, ub, 0, a.K, nullptr, true, true);
+    if (U > 1)
+      for (; ub < ub1; ++ub) lstm_tile<R, 1>(a, row, ub, 0, a.K, nullptr, true, true);
+  }
 }
 
+// One unit block, rows [row, row + rr), depth chunk [k0, k1).
 template <int R>
-LF_INLINE void lstm_tail_rows(int rr, index_t H, index_t K, index_t ub0, index_t ub1,
-                              float* h_out, index_t ldh, float* c_out, float* gates_out,
-                              const float* h_prev, index_t ldh_prev, const float* c_prev,
-                              const float* xp, const float* Wp) {
+LF_INLINE void lstm_rows_chunk(const StepArgs& a, int rr, index_t row, index_t ub, index_t k0,
+                               index_t k1, float* part, bool first, bool last) {
   if constexpr (R >= 1) {
-    if (rr == R)
-      lstm_rows_tile<R>(H, K, ub0, ub1, h_out, ldh, c_out, gates_out, h_prev, ldh_prev, c_prev,
-                        xp, Wp);
-    else
-      lstm_tail_rows<R - 1>(rr, H, K, ub0, ub1, h_out, ldh, c_out, gates_out, h_prev, ldh_prev,
-                            c_prev, xp, Wp);
+    if (rr != R) return lstm_rows_chunk<R - 1>(a, rr, row, ub, k0, k1, part, first, last);
+    lstm_tile<R, 1>(a, row, ub, k0, k1, part, first, last);
   }
+}
+
+// Depth chunk: KC x 4 gates x W floats of packed W_hh (16 KiB) stay in L1 while a block of
+// RB rows streams through it.
+constexpr index_t KC = 1024 / W;
+constexpr index_t RB = 8 * ROWS;
+
+// Few rows or a short depth: whole-depth tiles, several unit blocks per tile for small row counts.
+__attribute__((noinline)) void lstm_fwd_full(const StepArgs& a, index_t rows, index_t ub0,
+                                             index_t ub1) {
+  for (index_t b = 0; b < rows; b += ROWS) {
+    const int rr = rows - b < ROWS ? static_cast<int>(rows - b) : ROWS;
+    lstm_rows_full<ROWS>(a, rr, b, ub0, ub1);
+  }
+}
+
+// Many rows and a long depth: depth chunks of KC, partial sums of RB rows kept in `part`.
+__attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows, index_t ub0,
+                                                index_t ub1) {
+  float part[RB * 4 * W];
+  const index_t K = a.K;
+  for (index_t ub = ub0; ub < ub1; ++ub)
+    for (index_t rc = 0; rc < rows; rc += RB) {
+      const index_t nr = rows - rc < RB ? rows - rc : RB;
+      for (index_t k0 = 0; k0 < K; k0 += KC) {
+        const index_t k1 = K - k0 < KC ? K : k0 + KC;
+        for (index_t lr = 0; lr < nr; lr += ROWS) {
+          const int rr = nr - lr < ROWS ? static_cast<int>(nr - lr) : ROWS;
+          lstm_rows_chunk<ROWS>(a, rr, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
+                                k1 == K);
+        }
+      }
+    }
 }
 
 void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1, float* h_out,
                    index_t ldh, float* c_out, float* gates_out, const float* h_prev,
                    index_t ldh_prev, const float* c_prev, const float* xp, const float* Wp) {
-  const index_t G = 4 * H;
-  index_t b = 0;
-  for (; b + ROWS <= rows; b += ROWS)
-    lstm_rows_tile<ROWS>(H, K, ub0, ub1, h_out + b * ldh, ldh, c_out + b * H,
-                         gates_out ? gates_out + b * G : nullptr, h_prev + b * ldh_prev,
-                         ldh_prev, c_prev + b * H, xp + b * G, Wp);
-  if (b < rows)
-    lstm_tail_rows<ROWS - 1>(static_cast<int>(rows - b), H, K, ub0, ub1, h_out + b * ldh, ldh,
-                             c_out + b * H, gates_out ? gates_out + b * G : nullptr,
-                             h_prev + b * ldh_prev, ldh_prev, c_prev + b * H, xp + b * G, Wp);
+  const StepArgs a{H, K, h_out, ldh, c_out, gates_out, h_prev, ldh_prev, c_prev, xp, Wp};
+  if (K <= KC + KC / 2 || rows < 2 * ROWS)
+    lstm_fwd_full(a, rows, ub0, ub1);
+  else
+    lstm_fwd_chunked(a, rows, ub0, ub1);
 }
 
 void lstm_bwd_pointwise(index_t rows, index_t H, index_t u0, index_t u1, float* dz,
@@ -282,8 +377,9 @@ void tanh_(index_t n, const float* x, float* y) {
   }
 }
 
-const Kernels kTable = {LF_NAME,       W,       MR,      NR, gemm_micro, gemm_micro_rowA,
-                        lstm_fwd_rows, lstm_bwd_pointwise, sigmoid, tanh_};
+const Kernels kTable = {LF_NAME,       W,         MR,         NR,
+                        gemm_micro,    gemm_micro_rowA,   gemv_rows, lstm_fwd_rows,
+                        lstm_bwd_pointwise, sigmoid, tanh_};
 
 }  // namespace
 

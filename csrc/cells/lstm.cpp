@@ -21,6 +21,9 @@ index_t chunk_steps(const LstmSizes& s) {
   return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
 }
 
+// At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
+constexpr index_t kUnpackedRows = 4;
+
 index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
 
 inline int team_id() {
@@ -77,6 +80,47 @@ void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* d
   }
 }
 
+// Forward for very few rows (T * B <= 4): per step, z = xp + W_hh . h_prev by dot products over
+// W_hh's rows (threads split the 4H gate rows), then the gate maths (threads split the units).
+void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
+                           const float* h_init, const float* c_init, const float* W_ih,
+                           const float* W_hh, const float* b_ih, const float* b_hh,
+                           const LstmSizes& s, float* xp_buf, float* state, const Kernels& kern,
+                           int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  const bool training = gates != nullptr;
+  float* xp = training ? gates : xp_buf;
+  if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
+  for (index_t r = 0; r < T * B; ++r)
+    for (index_t j = 0; j < G; ++j)
+      xp[r * G + j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+  gemm(kern, T * B, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
+  const int P = (G * H >= (1 << 16) && nthreads > 1) ? nthreads : 1;
+  const index_t nub = num_unit_blocks(kern, H), nblk = (G + 7) / 8;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    const index_t n0 = std::min(G, nblk * p / np * 8), n1 = std::min(G, nblk * (p + 1) / np * 8);
+    const index_t ub0 = nub * p / np, ub1 = nub * (p + 1) / np;
+    for (index_t t = 0; t < T; ++t) {
+      const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+      const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+      float* c_out = training ? cells + t * B * H : state;
+      float* xp_t = xp + t * B * G;
+      for (index_t b = 0; b < B && n1 > n0; ++b)
+        kern.gemv_rows(n1 - n0, H, W_hh + n0 * H, H, h_prev + b * H, xp_t + b * G + n0, true);
+      if (np > 1) team_barrier();
+      if (ub1 > ub0)
+        kern.lstm_fwd_rows(B, H, 0, ub0, ub1, y + t * B * H, H, c_out,
+                           training ? xp_t : nullptr, h_prev, H, c_prev, xp_t, nullptr);
+      if (np > 1) team_barrier();
+    }
+  }
+}
+
 }  // namespace
 
 const char* schedule_name(Schedule s) {
@@ -115,7 +159,8 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthre
 index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training) {
   const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
-  return panels + xp + 2 * s.B * s.H + 64;
+  const index_t unpacked = s.T * s.B * 4 * s.H;
+  return std::max(panels + xp, unpacked) + 2 * s.B * s.H + 64;
 }
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
@@ -132,6 +177,23 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     }
     return;
   }
+  // A handful of rows in all (one step at batch 1, ...): packing W_hh would cost more than the
+  // steps themselves, so the recurrent product reads W_hh's rows directly (GEMV per row).
+  // Workspace: [xp (T*B, 4H)] [c state (B, H)] [zeros (B, H)].
+  if (T * B <= kUnpackedRows) {
+    float* xp_buf = workspace;
+    float* state = xp_buf + T * B * G;
+    float* zeros = state + B * H;
+    std::memset(zeros, 0, B * H * sizeof(float));
+    const float* h_init = h0 ? h0 : zeros;
+    const float* c_init = c0 ? c0 : zeros;
+    lstm_forward_unpacked(y, gates, cells, x, h_init, c_init, W_ih, W_hh, b_ih, b_hh, s, xp_buf,
+                          state, kern, nthreads);
+    std::memcpy(h_n, y + (T - 1) * B * H, B * H * sizeof(float));
+    std::memcpy(c_n, training ? cells + (T - 1) * B * H : state, B * H * sizeof(float));
+    return;
+  }
+  // Workspace: [packed W_hh] [xp chunk (TC*B, 4H), inference only] [c state (B, H)] [zeros (B, H)].
   const index_t nub = num_unit_blocks(kern, H);
   float* Wp = workspace;
   float* xp_buf = Wp + nub * H * 4 * kern.W;

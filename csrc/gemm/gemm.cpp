@@ -124,6 +124,28 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
           index_t ldc, bool accumulate, int nthreads) {
   if (M <= 0 || N <= 0) return;
   const double flops = 2.0 * M * N * K;
+  if (M <= 2 && B.rs == 1 && A.cs == 1 && K > 0) {
+    // A row or two times a matrix stored as rows of B^T (e.g. x . W^T): dot products over the
+    // rows, no packing. Threads split the columns in blocks of 8.
+    const int P = flops < 2e5 ? 1 : nthreads;
+    const index_t blocks = (N + 7) / 8;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+    {
+#if defined(_OPENMP)
+      const int p = omp_get_thread_num(), np = omp_get_num_threads();
+#else
+      const int p = 0, np = 1;
+#endif
+      DenormalGuard ftz;
+      const index_t j0 = std::min(N, blocks * p / np * 8), j1 = std::min(N, blocks * (p + 1) / np * 8);
+      for (index_t i = 0; i < M && j1 > j0; ++i)
+        kern.gemv_rows(j1 - j0, K, B.p + j0 * B.cs, B.cs, A.p + i * A.rs, C + i * ldc + j0,
+                       accumulate);
+    }
+    return;
+  }
   const index_t nb = (N + kern.NR - 1) / kern.NR, mb = (M + kern.MR - 1) / kern.MR;
   int P = nthreads;
   if (flops < 2e5) P = 1;

@@ -1,0 +1,767 @@
+"""Time lstm_fast's LSTM against the NumPy reference and, with --peers, against torch.nn.LSTM,
+torch.nn.LSTMCell (one-step shapes) and ONNX Runtime's LSTM operator, in one run.
+
+For each shape, mode (forward = inference, training = forward + backward) and thread count it
+prints the time per call (median of adaptive repeats after a warm-up), GFLOP/s by the FLOP model
+2*T*B*(I+H)*4H (training 3x), the percentage of the machine's peak (NumPy float32 matmul GFLOP/s
+measured at the top of the same run, per thread count) and, per peer, the ratio
+peer time / lstm_fast time (>= 1 means lstm_fast is faster).
+
+Canonical shapes (T,B,I,H): S1 100,32,256,256  S2 50,64,512,512  S3 100,128,1024,1024
+S4 1,1,256,256  S5 500,1,64,128  S6 100,16,65,100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import _peers
+
+SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "S1": (100, 32, 256, 256),
+    "S2": (50, 64, 512, 512),
+    "S3": (100, 128, 1024, 1024),
+    "S4": (1, 1, 256, 256),
+    "S5": (500, 1, 64, 128),
+    "S6": (100, 16, 65, 100),
+}
+# Shapes whose forward exceeds this many FLOPs are "big": fewer repeats, and --quick leaves the
+# NumPy reference out on them (S2, S3).
+BIG_FLOPS = 1e10
+HEAVY_FLOPS = 1e11  # S3: minimum repeats lowered further
+SCHEMA = "lstm_fast.bench/1"
+MODE_ABBR = {"forward": "fwd", "training": "train"}
+
+
+# ----------------------------------------------------------------------------- argument parsing
+
+
+def _positive_ints(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(
+            f"expected {what} as comma-separated positive integers, got {text!r}"
+        )
+    return vals
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``"T,B,I,H"`` -> (T, B, I, H), four positive integers."""
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(
+            f"expected T,B,I,H (four positive integers, e.g. 100,32,256,256), got {text!r}"
+        )
+    return vals  # type: ignore[return-value]
+
+
+def parse_shape_names(text: str) -> list[str]:
+    """``"S1,S6"`` -> ["S1", "S6"] (case-insensitive; ``all`` for S1..S6)."""
+    if text.strip().lower() == "all":
+        return list(SHAPES)
+    names = [v.strip().upper() for v in text.split(",") if v.strip()]
+    bad = [n for n in names if n not in SHAPES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown shape {', '.join(map(repr, bad)) or repr(text)}; "
+            f"expected names from {', '.join(SHAPES)} (or 'all'), or use --shape T,B,I,H"
+        )
+    return names
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [m for m in modes if m not in _peers.MODES]
+    if not modes or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {', '.join(map(repr, bad)) or repr(text)}; "
+            f"expected a comma-separated list of {', '.join(_peers.MODES)}"
+        )
+    return list(dict.fromkeys(modes))
+
+
+def parse_threads(text: str) -> list[int]:
+    return list(dict.fromkeys(_positive_ints(text, "thread counts")))
+
+
+def core_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    g = p.add_argument_group("what to run")
+    g.add_argument(
+        "--shapes",
+        type=parse_shape_names,
+        metavar="S1,S6",
+        help="canonical shapes to run (default: all; with --quick: all but S3)",
+    )
+    g.add_argument(
+        "--shape",
+        type=parse_shape,
+        action="append",
+        metavar="T,B,I,H",
+        help="a literal shape (repeatable); replaces the default shapes",
+    )
+    g.add_argument(
+        "--modes",
+        type=parse_modes,
+        default=list(_peers.MODES),
+        metavar="forward,training",
+        help="modes to run (default: both)",
+    )
+    g.add_argument(
+        "--threads",
+        type=parse_threads,
+        metavar="1,2",
+        help=f"thread counts (default: 1 and the core count, here {core_count()})",
+    )
+    g.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time torch.nn.LSTM, torch.nn.LSTMCell (T = 1) and ONNX Runtime when installed",
+    )
+    g.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
+    g.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="also time the first call in a fresh process (python -c ...) vs steady state",
+    )
+    t = p.add_argument_group("timing")
+    t.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny repeat counts, small peak matmul, skip S3 and the reference on big shapes",
+    )
+    t.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="time budget per implementation and cell (default 1.0; --quick 0.1)",
+    )
+    t.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="minimum timed repeats per cell (default 5; --quick 1)",
+    )
+    t.add_argument(
+        "--peak-size",
+        type=int,
+        metavar="N",
+        help="N for the N x N float32 matmul that measures the peak (default 2048; --quick 1024)",
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", metavar="PATH", help="write all raw results as JSON to PATH")
+    o.add_argument("--plot", metavar="PATH.png", help="write a bar chart (needs matplotlib)")
+
+
+# ------------------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Timing:
+    median_s: float
+    min_s: float
+    mean_s: float
+    stdev_s: float
+    repeats: int
+    warmup: int
+    first_s: float
+
+    def as_dict(self) -> dict:
+        return {
+            "median_ms": self.median_s * 1e3,
+            "min_ms": self.min_s * 1e3,
+            "mean_ms": self.mean_s * 1e3,
+            "stdev_ms": self.stdev_s * 1e3,
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "first_call_ms": self.first_s * 1e3,
+        }
+
+
+def time_call(
+    fn: Callable[[], object],
+    *,
+    budget: float,
+    min_repeats: int,
+    max_repeats: int = 10_000,
+    warmup: int = 1,
+) -> Timing:
+    """Median of adaptive repeats of ``fn()`` after a warm-up, timed with ``time.perf_counter``.
+
+    Warm-up: at least ``warmup`` calls, then more while they fill under a tenth of the budget (at
+    most 100). Repeats: as many as fit in ``budget``, clamped to [min_repeats, max_repeats].
+    """
+    perf = time.perf_counter
+    first = None
+    start = perf()
+    n_warm = 0
+    while n_warm < max(warmup, 0) or (n_warm and n_warm < 100 and perf() - start < 0.1 * budget):
+        t = perf()
+        fn()
+        dt = perf() - t
+        first = dt if first is None else first
+        n_warm += 1
+    times: list[float] = []
+    deadline = perf() + budget
+    while len(times) < max_repeats:
+        t = perf()
+        fn()
+        times.append(perf() - t)
+        if len(times) >= min_repeats and perf() >= deadline:
+            break
+    return Timing(
+        median_s=statistics.median(times),
+        min_s=min(times),
+        mean_s=statistics.fmean(times),
+        stdev_s=statistics.stdev(times) if len(times) > 1 else 0.0,
+        repeats=len(times),
+        warmup=n_warm,
+        first_s=times[0] if first is None else first,
+    )
+
+
+def measure_peak(threads: int, n: int, budget: float, min_repeats: int) -> dict:
+    """NumPy float32 ``n x n @ n x n`` GFLOP/s (best repeat), its BLAS at ``threads`` threads."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    with _peers.blas_control().limit(threads):
+        tm = time_call(lambda: np.matmul(a, b, out=out), budget=budget, min_repeats=min_repeats)
+    flops = 2.0 * n**3
+    # The peak is the best repeat: the machine's practical rate, least disturbed by other load.
+    return {
+        "threads": threads,
+        "n": n,
+        "ms": tm.min_s * 1e3,
+        "gflops": flops / tm.min_s / 1e9,
+        "median_ms": tm.median_s * 1e3,
+        "median_gflops": flops / tm.median_s / 1e9,
+        "repeats": tm.repeats,
+    }
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+@dataclass
+class Settings:
+    shapes: list[tuple[str, tuple[int, int, int, int]]]
+    modes: list[str]
+    threads: list[int]
+    impls: list[str]
+    budget: float
+    min_repeats: int
+    peak_size: int
+    quick: bool
+    seed: int
+
+
+def resolve(args: argparse.Namespace) -> Settings:
+    """Defaults that depend on --quick and the machine."""
+    quick = bool(args.quick)
+    if args.shape:
+        shapes = [("custom", s) for s in args.shape]
+        shapes += [(n, SHAPES[n]) for n in (args.shapes or [])]
+    elif args.shapes:
+        shapes = [(n, SHAPES[n]) for n in args.shapes]
+    else:
+        shapes = [(n, s) for n, s in SHAPES.items() if not (quick and n == "S3")]
+    threads = args.threads or list(dict.fromkeys([1, core_count()]))
+    impls = ["lstm_fast"]
+    if not args.no_reference:
+        impls.append("numpy")
+    if args.peers:
+        impls += list(_peers.PEERS)
+    budget = args.budget if args.budget is not None else (0.1 if quick else 1.0)
+    min_repeats = args.repeats if args.repeats is not None else (1 if quick else 5)
+    peak = args.peak_size if args.peak_size is not None else (1024 if quick else 2048)
+    return Settings(
+        shapes=shapes,
+        modes=list(args.modes),
+        threads=threads,
+        impls=impls,
+        budget=budget,
+        min_repeats=max(1, min_repeats),
+        peak_size=peak,
+        quick=quick,
+        seed=args.seed,
+    )
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    """Errors argparse cannot express; None when fine."""
+    if args.budget is not None and not args.budget > 0:
+        return f"--budget: expected a positive number of seconds, got {args.budget}"
+    if args.repeats is not None and args.repeats < 1:
+        return f"--repeats: expected an integer >= 1, got {args.repeats}"
+    if args.peak_size is not None and args.peak_size < 16:
+        return f"--peak-size: expected an integer >= 16, got {args.peak_size}"
+    for opt, path in (("--json", args.json), ("--plot", args.plot)):
+        parent = os.path.dirname(os.path.abspath(path)) if path else None
+        if parent and not os.path.isdir(parent):
+            return f"{opt}: directory {parent!r} does not exist"
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return (
+                "--plot: matplotlib is not installed "
+                "(pip install matplotlib, or the 'bench' extra: pip install 'lstm_fast[bench]')"
+            )
+    return None
+
+
+# ----------------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": core_count(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def versions() -> dict:
+    import lstm_fast
+
+    v = {"lstm_fast": lstm_fast.__version__, "python": platform.python_version()}
+    v.update(_peers.peer_versions())
+    return v
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+def _impl_cell(name, problem, mode, threads, st: Settings, flops, peak_gflops) -> dict:
+    """Prepare and time one implementation in one cell; the result dict of the JSON."""
+    big = flops / (3.0 if mode == "training" else 1.0) > BIG_FLOPS
+    heavy = flops / (3.0 if mode == "training" else 1.0) > HEAVY_FLOPS
+    if name == "numpy" and st.quick and big:
+        return {"status": "skipped (--quick, big shape)"}
+    min_rep = st.min_repeats
+    warmup = 1
+    if big:
+        min_rep = min(min_rep, 3)
+    if heavy:
+        min_rep = min(min_rep, 2)
+    if name == "numpy" and big:
+        min_rep, warmup = 1, 0  # nothing to warm up in NumPy; one call is seconds long
+    try:
+        with _peers.thread_limits(threads):
+            fn = _peers.make(name, problem, mode, threads)
+            tm = time_call(fn, budget=st.budget, min_repeats=min_rep, warmup=warmup)
+    except _peers.Unavailable as e:
+        return {"status": str(e)}
+    except _peers.Mismatch as e:
+        return {"status": "mismatch", "error": str(e)}
+    except Exception as e:  # noqa: BLE001 - one failing implementation must not end the run
+        return {"status": "error", "error": f"{type(e).__name__}: {e}"}
+    finally:
+        time.sleep(0.02)  # let spinning worker threads of one runtime go idle before the next
+    res = {"status": "ok", **tm.as_dict()}
+    res["gflops"] = flops / tm.median_s / 1e9
+    res["pct_peak"] = 100.0 * res["gflops"] / peak_gflops if peak_gflops else None
+    return res
+
+
+def _fmt_ms(ms: float) -> str:
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def _peer_cell(res: dict) -> str:
+    """'2.41x 29.7ms', or why there is no ratio: n/a, not installed, skipped, error, MISMATCH."""
+    status = res.get("status", "?")
+    if status == "ok":
+        if "speedup" not in res:  # lstm_fast itself failed in this cell
+            return f"{_fmt_ms(res['median_ms'])}ms"
+        return f"{res['speedup']:.2f}x {_fmt_ms(res['median_ms'])}ms"
+    for prefix, text in (
+        ("not installed", "not installed"),
+        ("not available", "unavailable"),
+        ("n/a", "n/a"),
+        ("skipped", "skipped"),
+        ("mismatch", "MISMATCH"),
+    ):
+        if status.startswith(prefix):
+            return text
+    return "error"
+
+
+SHORT = {
+    "numpy": "vs numpy",
+    "torch.nn.LSTM": "vs torch LSTM",
+    "torch.nn.LSTMCell": "vs LSTMCell",
+    "onnxruntime": "vs ORT",
+}
+
+
+class Table:
+    """Rows printed as they are measured, so a long run shows progress."""
+
+    def __init__(self, impls: list[str], out=sys.stdout):
+        self.peers = [i for i in impls if i != "lstm_fast"]
+        self.out = out
+        self.cols = [
+            ("shape", 6, "<"),
+            ("T,B,I,H", 18, "<"),
+            ("mode", 9, "<"),
+            ("thr", 3, ">"),
+            ("ms", 9, ">"),
+            ("GFLOP/s", 8, ">"),
+            ("%peak", 6, ">"),
+        ] + [(SHORT[p], 17, ">") for p in self.peers]
+
+    def _line(self, cells) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, (_, w, a) in zip(cells, self.cols)).rstrip()
+
+    def header(self) -> None:
+        head = self._line([c[0] for c in self.cols])
+        print(head, file=self.out)
+        print("-" * len(head), file=self.out, flush=True)
+
+    def row(self, cell: dict) -> None:
+        ours = cell["impls"]["lstm_fast"]
+        shape = ",".join(str(cell[k]) for k in "TBIH")
+        if ours["status"] == "ok":
+            pct = ours["pct_peak"]
+            main = [
+                _fmt_ms(ours["median_ms"]),
+                f"{ours['gflops']:.2f}" if ours["gflops"] < 10 else f"{ours['gflops']:.1f}",
+                "" if pct is None else f"{pct:.0f}%",
+            ]
+        else:
+            main = [ours["status"].upper(), "", ""]
+        peers = [_peer_cell(cell["impls"][p]) for p in self.peers]
+        print(
+            self._line([cell["shape"], shape, cell["mode"], cell["threads"], *main, *peers]),
+            file=self.out,
+            flush=True,
+        )
+
+
+def run_cells(st: Settings, peaks: dict[int, float], table: Table | None) -> list[dict]:
+    cells = []
+    for name, (T, B, I, H) in st.shapes:
+        problem = _peers.make_problem(T, B, I, H, seed=st.seed)
+        for mode in st.modes:
+            flops = problem.flops(mode)
+            for threads in st.threads:
+                cell = {
+                    "shape": name,
+                    "T": T,
+                    "B": B,
+                    "I": I,
+                    "H": H,
+                    "mode": mode,
+                    "threads": threads,
+                    "flops": flops,
+                    "peak_gflops": peaks.get(threads),
+                    "impls": {},
+                }
+                for impl in st.impls:
+                    cell["impls"][impl] = _impl_cell(
+                        impl, problem, mode, threads, st, flops, peaks.get(threads)
+                    )
+                ours = cell["impls"]["lstm_fast"]
+                for impl, res in cell["impls"].items():
+                    if impl != "lstm_fast" and res["status"] == "ok" and ours["status"] == "ok":
+                        res["speedup"] = res["median_ms"] / ours["median_ms"]
+                cells.append(cell)
+                if table is not None:
+                    table.row(cell)
+    return cells
+
+
+# ------------------------------------------------------------------------------- cold start
+
+_COLD_CODE = r"""
+import json, statistics, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import lstm_fast
+from lstm_fast import ops
+import_s = time.perf_counter() - t0
+T, B, I, H, threads, repeats = map(int, sys.argv[1:7])
+mode = sys.argv[7]
+lstm_fast.set_num_threads(threads)
+rng = np.random.default_rng(0)
+k = np.float32(1 / np.sqrt(H))
+x = rng.standard_normal((T, B, I), dtype=np.float32)
+w_ih = rng.uniform(-k, k, (4 * H, I)).astype(np.float32)
+w_hh = rng.uniform(-k, k, (4 * H, H)).astype(np.float32)
+b = rng.uniform(-k, k, (2, 4 * H)).astype(np.float32)
+dy = rng.standard_normal((T, B, H), dtype=np.float32)
+def call():
+    if mode == "forward":
+        return ops.lstm_forward(x, w_ih, w_hh, b[0], b[1])
+    y, h, c, cache = ops.lstm_forward(x, w_ih, w_hh, b[0], b[1], training=True)
+    return ops.lstm_backward(cache, dy)
+t = time.perf_counter(); call(); first = time.perf_counter() - t
+if first > 0.2:  # long calls (S3): a few repeats are enough for the steady state
+    repeats = max(2, min(repeats, int(2.0 / first)))
+times = []
+for _ in range(repeats):
+    t = time.perf_counter(); call(); times.append(time.perf_counter() - t)
+print(json.dumps({"import_ms": import_s * 1e3, "first_ms": first * 1e3,
+                  "steady_ms": statistics.median(times) * 1e3, "repeats": repeats}))
+"""
+
+
+def cold_start(T, B, I, H, mode: str, threads: int, repeats: int) -> dict:
+    """First call in a fresh interpreter vs the median of the following calls (same process)."""
+    import lstm_fast
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(lstm_fast.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "-c", _COLD_CODE, *map(str, (T, B, I, H, threads, repeats)), mode]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "error": "timed out after 600 s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"status": "error", "error": f"exit {proc.returncode}: {tail[0]}"}
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["status"] = "ok"
+    res["first_over_steady"] = res["first_ms"] / res["steady_ms"]
+    return res
+
+
+def run_cold(st: Settings, out=sys.stdout) -> list[dict]:
+    threads = max(st.threads)
+    repeats = 3 if st.quick else 10
+    rows = []
+    plural = "s" if threads > 1 else ""
+    print(
+        f"\ncold start (fresh process, {threads} thread{plural}; first call after import vs "
+        f"median of up to {repeats} more calls):",
+        file=out,
+    )
+    print(
+        f"{'shape':<6}  {'T,B,I,H':<18}  {'mode':<9}  {'import ms':>9}  {'first ms':>9}  "
+        f"{'steady ms':>9}  {'first/steady':>12}",
+        file=out,
+    )
+    for name, (T, B, I, H) in st.shapes:
+        for mode in st.modes:
+            res = cold_start(T, B, I, H, mode, threads, repeats)
+            res.update(shape=name, T=T, B=B, I=I, H=H, mode=mode, threads=threads)
+            rows.append(res)
+            shape = f"{T},{B},{I},{H}"
+            if res["status"] == "ok":
+                line = (
+                    f"{_fmt_ms(res['import_ms']):>9}  {_fmt_ms(res['first_ms']):>9}  "
+                    f"{_fmt_ms(res['steady_ms']):>9}  {res['first_over_steady']:>11.2f}x"
+                )
+            else:
+                line = f"error: {res['error']}"
+            print(f"{name:<6}  {shape:<18}  {mode:<9}  {line}", file=out, flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- plot
+
+
+def write_plot(path: str, report: dict) -> None:
+    """Grouped bars: GFLOP/s of each implementation per (shape, mode, threads), log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = report["results"]
+    impls = report["settings"]["impls"]
+    labels = [f"{c['shape']}\n{MODE_ABBR[c['mode']]} {c['threads']}t" for c in cells]
+    width = 0.8 / max(len(impls), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cells) + 2), 4.8))
+    xs = np.arange(len(cells))
+    for k, impl in enumerate(impls):
+        vals = [
+            c["impls"][impl]["gflops"] if c["impls"][impl].get("status") == "ok" else 0.0
+            for c in cells
+        ]
+        ax.bar(xs + (k - (len(impls) - 1) / 2) * width, vals, width, label=impl)
+    for p in report["peak"]:
+        ax.axhline(p["gflops"], ls="--", lw=0.8, color="grey")
+        ax.text(-0.5, p["gflops"], f" peak {p['threads']}t", fontsize=7, va="bottom")
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("GFLOP/s (FLOP model of DESIGN.md)")
+    m = report["machine"]
+    ax.set_title(f"lstm_fast bench — {m['cpu_model']}, {report['date'][:10]}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> int:
+    err = _check_args(args)
+    if err:
+        print(f"lstm-fast bench: error: {err}", file=sys.stderr)
+        return 2
+    import lstm_fast
+
+    st = resolve(args)
+    out = sys.stdout
+    info = lstm_fast.cpu_info()
+    mach = machine_info()
+    vers = versions()
+    blas = _peers.blas_control().method
+    date = datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+    print(
+        f"lstm-fast bench  {date}\n"
+        f"machine: {mach['cpu_model']}, {mach['usable_cpus']} usable CPUs, {mach['platform']}\n"
+        f"lstm_fast {vers['lstm_fast']}: isa={info.get('isa')} "
+        f"(available {', '.join(info.get('available_isas', []))}), "
+        f"schedule={info.get('schedule')}; numpy {vers['numpy']}",
+        file=out,
+    )
+    load = mach["load_average"]
+    if load and load[0] > 0.5:
+        print(
+            f"note: load average {load[0]:.1f} before the run: other processes are using the "
+            "CPUs, timings will be noisy",
+            file=out,
+        )
+    if max(st.threads) > mach["usable_cpus"]:
+        print(
+            f"note: {max(st.threads)} threads on {mach['usable_cpus']} usable CPUs: "
+            "oversubscribed, expect slow per-step barriers",
+            file=out,
+        )
+    if args.peers:
+        peers = [f"{p} {vers[p] or 'not installed'}" for p in ("torch", "onnxruntime", "onnx")]
+        print("peers: " + ", ".join(peers), file=out)
+
+    peaks = []
+    for n in st.threads:
+        peaks.append(measure_peak(n, st.peak_size, max(st.budget, 0.3), 3))
+    note = (
+        "" if blas != "none" else "  (NumPy's BLAS threads not controlled: install threadpoolctl)"
+    )
+    print(
+        f"peak (NumPy float32 matmul {st.peak_size}x{st.peak_size}, best repeat): "
+        + ", ".join(f"{p['threads']} thr {p['gflops']:.1f} GFLOP/s" for p in peaks)
+        + note
+        + "\n",
+        file=out,
+        flush=True,
+    )
+
+    table = Table(st.impls, out)
+    table.header()
+    cells = run_cells(st, {p["threads"]: p["gflops"] for p in peaks}, table)
+    print(
+        "\nms: median per call of lstm_fast; GFLOP/s: 2*T*B*(I+H)*4H per forward, training 3x; "
+        "%peak: of the matmul rate at the same thread count.\n"
+        "vs X: X's time / lstm_fast's time (>= 1: lstm_fast faster), then X's ms.",
+        file=out,
+    )
+
+    cold = run_cold(st, out) if args.cold_start else None
+
+    report = {
+        "schema": SCHEMA,
+        "date": date,
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "machine": mach,
+        "versions": vers,
+        "cpu_info": info,
+        "blas_threads_control": blas,
+        "settings": {
+            "shapes": [
+                {"name": n, "T": s[0], "B": s[1], "I": s[2], "H": s[3]} for n, s in st.shapes
+            ],
+            "modes": st.modes,
+            "threads": st.threads,
+            "impls": st.impls,
+            "peers": bool(args.peers),
+            "quick": st.quick,
+            "budget_s": st.budget,
+            "min_repeats": st.min_repeats,
+            "peak_size": st.peak_size,
+            "seed": st.seed,
+        },
+        "peak": peaks,
+        "results": cells,
+        "cold_start": cold,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"\nwrote {args.json}", file=out)
+    if args.plot:
+        write_plot(args.plot, report)
+        print(f"wrote {args.plot}", file=out)
+
+    problems = []
+    for c in cells:
+        for impl, res in c["impls"].items():
+            if res["status"] in ("error", "mismatch") and (
+                impl == "lstm_fast" or res["status"] == "mismatch"
+            ):
+                problems.append(
+                    f"{c['shape']} {c['mode']} {c['threads']} thr {impl}: {res['error']}"
+                )
+            elif res["status"] == "error":
+                print(f"note: {c['shape']} {c['mode']} {impl}: {res['error']}", file=sys.stderr)
+    for p in problems:
+        print(f"lstm-fast bench: {p}", file=sys.stderr)
+    return 1 if problems else 0

@@ -1,0 +1,151 @@
+"""Smoke tests of `lstm-fast bench` and the peer adapters: it runs, writes valid JSON, reports a
+missing peer as 'not installed', rejects bad arguments with clear messages. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from lstm_fast import _peers, bench, cli
+
+TINY = ["--shape", "3,2,5,7", "--quick", "--budget", "0.01", "--peak-size", "64"]
+
+
+def run_bench(tmp_path, *extra):
+    path = tmp_path / "bench.json"
+    rc = cli.main(["bench", *TINY, "--json", str(path), *extra])
+    return rc, json.loads(path.read_text())
+
+
+def test_bench_writes_json(tmp_path, capsys):
+    rc, report = run_bench(tmp_path, "--threads", "1,2")
+    assert rc == 0
+    for key in ("schema", "date", "machine", "versions", "cpu_info", "settings", "peak", "results"):
+        assert key in report
+    assert report["cpu_info"]["isa"] in report["cpu_info"]["available_isas"]
+    assert [p["threads"] for p in report["peak"]] == [1, 2]
+    assert all(p["gflops"] > 0 for p in report["peak"])
+    cells = report["results"]
+    assert {(c["mode"], c["threads"]) for c in cells} == {
+        (m, n) for m in ("forward", "training") for n in (1, 2)
+    }
+    for c in cells:
+        assert (c["T"], c["B"], c["I"], c["H"]) == (3, 2, 5, 7)
+        assert set(c["impls"]) == {"lstm_fast", "numpy"}
+        ours, ref = c["impls"]["lstm_fast"], c["impls"]["numpy"]
+        assert ours["status"] == "ok" and ref["status"] == "ok"
+        assert ours["median_ms"] > 0 and ours["gflops"] > 0 and ours["repeats"] >= 1
+        assert ref["speedup"] == pytest.approx(ref["median_ms"] / ours["median_ms"])
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and "vs numpy" in out and "peak" in out
+
+
+def test_bench_missing_peers_are_reported(tmp_path, monkeypatch, capsys):
+    for mod in ("torch", "onnx", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import raises ImportError
+    rc, report = run_bench(tmp_path, "--peers", "--threads", "1", "--modes", "forward")
+    assert rc == 0
+    (cell,) = report["results"]
+    for peer in _peers.PEERS:
+        assert cell["impls"][peer]["status"] == "not installed"
+    assert report["versions"]["torch"] is None
+    assert "not installed" in capsys.readouterr().out
+
+
+def test_bench_with_installed_peers(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    rc, report = run_bench(tmp_path, "--peers", "--threads", "1", "--shape", "1,2,5,7")
+    assert rc == 0
+    by = {(c["T"], c["mode"]): c["impls"] for c in report["results"]}
+    assert by[(3, "forward")]["torch.nn.LSTM"]["status"] == "ok"
+    assert by[(3, "forward")]["onnxruntime"]["status"] == "ok"  # passed the 1e-4 output check
+    assert by[(3, "training")]["onnxruntime"]["status"].startswith("n/a")
+    assert by[(3, "forward")]["torch.nn.LSTMCell"]["status"].startswith("n/a")
+    assert by[(1, "forward")]["torch.nn.LSTMCell"]["status"] == "ok"
+    assert by[(1, "training")]["torch.nn.LSTMCell"]["status"] == "ok"
+
+
+def test_onnx_gate_order_is_checked(monkeypatch):
+    """A wrong gate reordering is caught by the one-time output check, not timed."""
+    pytest.importorskip("onnxruntime")
+    p = _peers.make_problem(2, 3, 4, 5)
+    _peers.make("onnxruntime", p, "forward", 1)()
+    monkeypatch.setattr(_peers, "ONNX_GATE_ORDER", (0, 1, 2, 3))
+    with pytest.raises(_peers.Mismatch, match="onnxruntime"):
+        _peers.make("onnxruntime", p, "forward", 1)
+
+
+def test_reference_and_lstm_fast_agree_on_problem():
+    p = _peers.make_problem(4, 3, 6, 5)
+    y_ref = _peers.make("numpy", p, "forward", 1)()[0]
+    np.testing.assert_allclose(p.expected()[0], y_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cold_start_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    rc, report = run_bench(
+        tmp_path, "--threads", "1", "--modes", "forward", "--cold-start", "--plot", str(png)
+    )
+    assert rc == 0
+    (cold,) = report["cold_start"]
+    assert cold["status"] == "ok", cold
+    assert cold["first_ms"] > 0 and cold["steady_ms"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rc = cli.main(["bench", *TINY, "--plot", str(tmp_path / "x.png")])
+    assert rc == 2
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shape", "3,2,5"], "expected T,B,I,H"),
+        (["--shape", "3,2,0,7"], "expected T,B,I,H"),
+        (["--shapes", "S1,S9"], "unknown shape 'S9'"),
+        (["--modes", "inference"], "unknown mode 'inference'"),
+        (["--threads", "0"], "thread counts"),
+        (["--threads", "two"], "thread counts"),
+    ],
+)
+def test_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget", "0"], "--budget"),
+        (["--repeats", "0"], "--repeats"),
+        (["--json", "/nonexistent-dir/x.json"], "does not exist"),
+    ],
+)
+def test_value_errors(argv, message, capsys):
+    assert cli.main(["bench", *TINY, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_describes_the_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "NumPy reference" in out and "--peers" in out and "S1 100,32,256,256" in out
+
+
+def test_time_call_counts():
+    calls = []
+    t = bench.time_call(lambda: calls.append(1), budget=0.0, min_repeats=3, warmup=2)
+    assert t.repeats == 3 and t.warmup >= 2 and len(calls) == t.repeats + t.warmup

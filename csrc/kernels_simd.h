@@ -12,81 +12,16 @@
 // every element is independent of where a tile or a thread's slice starts (bitwise determinism).
 #include "kernels.h"
 
+#include "simd_math.h"
+
 namespace lstm_fast {
 namespace {
 
-constexpr int W = LF_W;
 constexpr int MR = LF_MR;
 constexpr int NR = LF_NR;
 constexpr int ROWS = LF_ROWS;
 constexpr int NV = NR / W;
 static_assert(NR % W == 0, "NR must be a multiple of W");
-
-typedef float vf __attribute__((vector_size(W * 4)));
-typedef int vi __attribute__((vector_size(W * 4)));
-typedef float vfu __attribute__((vector_size(W * 4), aligned(4), may_alias));
-
-#define LF_INLINE inline __attribute__((always_inline))
-
-LF_INLINE vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
-LF_INLINE void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
-LF_INLINE vf splat(float s) { return s - vf{}; }  // s - 0 folds to a plain broadcast
-
-// Load the first n (1..W) floats at p, zeros in the other lanes.
-LF_INLINE vf load_n(const float* p, int n) {
-  if (n == W) return load(p);
-  float t[W] = {};
-  for (int j = 0; j < n; ++j) t[j] = p[j];
-  return load(t);
-}
-LF_INLINE void store_n(float* p, vf v, int n) {
-  if (n == W) return store(p, v);
-  float t[W];
-  store(t, v);
-  for (int j = 0; j < n; ++j) p[j] = t[j];
-}
-
-LF_INLINE vf vmin(vf a, vf b) { return b < a ? b : a; }  // a NaN in a stays NaN
-LF_INLINE vf vmax(vf a, vf b) { return b > a ? b : a; }
-
-// exp(x): x clamped to [-87.3, 88.3] (no overflow, no denormal results), x = n ln2 + r with
-// |r| <= ln2/2 (Cody-Waite, two-part ln2), e^r by a degree-6 polynomial (relative error
-// 3.6e-9 on the interval), 2^n built in the exponent bits. NaN propagates.
-LF_INLINE vf vexp(vf x) {
-  x = vmax(vmin(x, splat(88.3f)), splat(-87.3f));
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf n = (x * splat(1.44269504088896341f) + magic) - magic;
-  vf r = x - n * splat(0.693145751953125f);
-  r = r - n * splat(1.42860682030941723e-6f);
-  vf p = splat(0.00137514085508883f);
-  p = p * r + splat(0.008368918672204018f);
-  p = p * r + splat(0.04166953265666962f);
-  p = p * r + splat(0.166665181517601f);
-  p = p * r + splat(0.49999988079071045f);
-  p = p * (r * r) + r + splat(1.0f);
-  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  return p * (vf)e;
-}
-
-LF_INLINE vf vsigmoid(vf x) { return splat(1.0f) / (splat(1.0f) + vexp(-x)); }
-
-// tanh: an odd polynomial for |x| < 0.625 (relative error 4.6e-9), 1 - 2/(e^{2|x|} + 1) with
-// the sign of x above; both are computed and selected per lane (branch free).
-LF_INLINE vf vtanh(vf x) {
-  const vi sign = vi{} + static_cast<int>(0x80000000u);
-  const vi xb = (vi)x;
-  const vf ax = (vf)(xb & ~sign);
-  vf x2 = x * x;
-  vf q = splat(-0.005718891508877277f);
-  q = q * x2 + splat(0.02065306343138218f);
-  q = q * x2 + splat(-0.053744640201330185f);
-  q = q * x2 + splat(0.13331513106822968f);
-  q = q * x2 + splat(-0.3333328664302826f);
-  vf small = x + x * x2 * q;
-  vf large = splat(1.0f) - splat(2.0f) / (vexp(ax + ax) + splat(1.0f));
-  const vf slarge = (vf)((vi)large | (xb & sign));
-  return ax < splat(0.625f) ? small : slarge;
-}
 
 // ---- GEMM micro-kernel ---------------------------------------------------------------------
 // C[m x n] (= or +=) A . Bp over K. A is either packed (Ap[k*MR + r]) or row-major (A[r*lda+k]).

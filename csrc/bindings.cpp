@@ -128,6 +128,7 @@ int checked_threads(int n, const char* what) {
 // post-activation gates and cell states.
 struct LSTMCache {
   LstmSizes s{};
+  py::object batch_sizes;  // None or int64 (T,)
   py::array x, weight_ih, weight_hh, y, gates, cells;
   py::object h0, c0;  // None or arrays
   bool has_bias_ih = false, has_bias_hh = false;
@@ -143,12 +144,46 @@ void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& shape,
 
 struct LstmArgs {
   py::array x, w_ih, w_hh;
-  py::object b_ih, b_hh, h0, c0;
+  py::object b_ih, b_hh, h0, c0, batch_sizes;
   LstmSizes s;
 };
 
+// batch_sizes: None, or int64 (T,), non-increasing, each in [0, B].
+py::object check_batch_sizes(py::handle obj, index_t T, index_t B) {
+  if (obj.is_none()) return py::none();
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error("batch_sizes: expected a numpy.ndarray of dtype int64, got " +
+                         type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
+    throw py::type_error("batch_sizes: expected dtype int64, got " +
+                         std::string(py::str(a.dtype())));
+  if (a.ndim() != 1 || a.shape(0) != T)
+    throw py::value_error("batch_sizes: expected shape (T=" + std::to_string(T) + ",), got " +
+                          shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error("batch_sizes: expected a C-contiguous array");
+  const auto* v = static_cast<const std::int64_t*>(a.data());
+  for (index_t t = 0; t < T; ++t) {
+    if (v[t] < 0 || v[t] > B)
+      throw py::value_error("batch_sizes: expected values in [0, B=" + std::to_string(B) +
+                            "], got " + std::to_string(v[t]) + " at step " + std::to_string(t));
+    if (t > 0 && v[t] > v[t - 1])
+      throw py::value_error("batch_sizes: expected non-increasing values (rows sorted by "
+                            "length, longest first), got " +
+                            std::to_string(v[t - 1]) + " then " + std::to_string(v[t]) +
+                            " at step " + std::to_string(t));
+  }
+  return a;
+}
+
+const index_t* bs_ptr(const py::object& o) {
+  return o.is_none() ? nullptr : static_cast<const index_t*>(py::array(o).data());
+}
+
 LstmArgs check_lstm_args(py::handle x, py::handle weight_ih, py::handle weight_hh,
-                         py::handle bias_ih, py::handle bias_hh, py::handle h0, py::handle c0) {
+                         py::handle bias_ih, py::handle bias_hh, py::handle h0, py::handle c0,
+                         py::handle batch_sizes) {
   LstmArgs a;
   a.x = check_float_array(x, "x", 3, "(T, B, I)");
   py::array w_hh = check_float_array(weight_hh, "weight_hh", 2, "(4H, H)");
@@ -163,13 +198,14 @@ LstmArgs check_lstm_args(py::handle x, py::handle weight_ih, py::handle weight_h
                              : py::object(arg(bias_hh, "bias_hh", {{"4H", 4 * H}}));
   a.h0 = h0.is_none() ? py::object(py::none()) : py::object(arg(h0, "h0", {{"B", B}, {"H", H}}));
   a.c0 = c0.is_none() ? py::object(py::none()) : py::object(arg(c0, "c0", {{"B", B}, {"H", H}}));
+  a.batch_sizes = check_batch_sizes(batch_sizes, T, B);
   return a;
 }
 
 py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_hh,
                           py::handle bias_ih, py::handle bias_hh, py::handle h0, py::handle c0,
-                          bool training) {
-  LstmArgs a = check_lstm_args(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0);
+                          bool training, py::handle batch_sizes) {
+  LstmArgs a = check_lstm_args(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, batch_sizes);
   const LstmSizes s = a.s;
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
@@ -186,7 +222,7 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
                  training ? gates.mutable_data() : nullptr,
                  training ? cells.mutable_data() : nullptr, cptr(a.x), opt_ptr(a.h0),
                  opt_ptr(a.c0), cptr(a.w_ih), cptr(a.w_hh), opt_ptr(a.b_ih), opt_ptr(a.b_hh), s,
-                 ws.p, kern, nthreads);
+                 bs_ptr(a.batch_sizes), ws.p, kern, nthreads);
   }
   py::object cache = py::none();
   if (training) {
@@ -200,6 +236,7 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
     c->cells = cells;
     c->h0 = a.h0;
     c->c0 = a.c0;
+    c->batch_sizes = a.batch_sizes;
     c->has_bias_ih = !a.b_ih.is_none();
     c->has_bias_hh = !a.b_hh.is_none();
     c->wih_shape = {4 * s.H, s.I};
@@ -257,7 +294,7 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
                   db_hh.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_hh)), opt_ptr(dy_a),
                   opt_ptr(dhn_a), opt_ptr(dcn_a), cptr(c.x), opt_ptr(c.h0), opt_ptr(c.c0),
                   cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), cptr(c.gates), cptr(c.cells),
-                  s, ws.p, kern, nthreads);
+                  s, bs_ptr(c.batch_sizes), ws.p, kern, nthreads);
   }
   return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh);
 }
@@ -335,7 +372,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("lstm_forward", &lstm_forward_py, py::arg("x"), py::arg("weight_ih"),
         py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("h0"),
-        py::arg("c0"), py::arg("training"));
+        py::arg("c0"), py::arg("training"), py::arg("batch_sizes") = py::none());
   m.def("lstm_backward", &lstm_backward_py, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dweight_ih") = py::none(), py::arg("dweight_hh") = py::none(),
         py::arg("dbias_ih") = py::none(), py::arg("dbias_hh") = py::none());

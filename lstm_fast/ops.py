@@ -42,6 +42,7 @@ def lstm_forward(
     c0=None,
     *,
     training: bool = False,
+    batch_sizes=None,
 ):
     r"""LSTM over a whole sequence, one layer, one direction (PyTorch's maths and gate order).
 
@@ -56,6 +57,11 @@ def lstm_forward(
         bias_ih, bias_hh: (4H,) or None (no bias).
         h0, c0: (B, H) initial state, or None for zeros.
         training: keep what backward needs and return it as ``cache``.
+        batch_sizes: optional (T,) integers, non-increasing, in [0, B]: variable lengths in
+            PyTorch's PackedSequence layout (rows sorted by length, longest first; step t runs
+            rows ``[0, batch_sizes[t])``). Outputs of the other rows are zero, ``h_n``/``c_n``
+            hold each row's state after its last real step, padding values of x are never read
+            and no arithmetic is spent on them.
 
     Returns:
         ``(y, h_n, c_n, cache)``: y (T, B, H), h_n and c_n (B, H); cache is None unless training.
@@ -76,7 +82,14 @@ def lstm_forward(
     """
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training: expected a bool, got {type(training).__name__}")
-    return _core.lstm_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(training))
+    if batch_sizes is not None:
+        bs = np.asarray(batch_sizes)
+        if bs.dtype.kind not in "iu":
+            raise TypeError(f"batch_sizes: expected integers, got dtype {bs.dtype}")
+        batch_sizes = np.ascontiguousarray(bs, dtype=np.int64)  # explicit, small copy
+    return _core.lstm_forward(
+        x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(training), batch_sizes
+    )
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LSTMGrads:

@@ -244,3 +244,79 @@ def test_gemm_matches_numpy(isa, threads, M, N, K, ta, tb):
         np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * max(1, K) ** 0.5)
         outs.append(c)
     assert outs[0].tobytes() == outs[1].tobytes()
+
+
+# ---- variable lengths (batch_sizes, PackedSequence layout) ---------------------------------
+
+
+def sorted_lengths(rng, T, B):
+    lengths = rng.integers(0, T + 1, size=B)
+    lengths[0] = T
+    if B > 2:
+        lengths[-1] = 0
+    return np.sort(lengths)[::-1].copy()
+
+
+@pytest.mark.parametrize("T,B,I,H", [(7, 5, 3, 9), (12, 16, 17, 33), (3, 3, 5, 1), (2, 2, 4, 8)])
+def test_batch_sizes_match_reference_lengths(isa, T, B, I, H):
+    rng = np.random.default_rng(T * B + H)
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    lengths = sorted_lengths(rng, T, B)
+    batch_sizes = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+    x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))
+    w = {k: f32(v).astype(np.float64) for k, v in w.items()}
+    xs = f32(x)
+    for t in range(T):  # padding must never be read
+        xs[t, batch_sizes[t] :] = np.nan
+    dy = rng.standard_normal((T, B, H))
+    dhn, dcn = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    w32 = [f32(v) for v in w.values()]
+    y, hn, cn, cache = ops.lstm_forward(
+        xs, *w32, f32(h0), f32(c0), training=True, batch_sizes=batch_sizes
+    )
+    g = ops.lstm_backward(cache, f32(dy), f32(dhn), f32(dcn))
+    ry, rhn, rcn, rc = reference.lstm_forward(x, *w.values(), h0, c0, lengths=lengths)
+    rg = reference.lstm_backward(rc, dy, dhn, dcn)
+    np.testing.assert_allclose(y, ry, **FWD_TOL)
+    np.testing.assert_allclose(hn, rhn, **FWD_TOL)
+    np.testing.assert_allclose(cn, rcn, **FWD_TOL)
+    for name in ("dh0", "dc0", "dweight_ih", "dweight_hh", "dbias_ih", "dbias_hh"):
+        np.testing.assert_allclose(getattr(g, name), getattr(rg, name), **GRAD_TOL, err_msg=name)
+    valid = lengths[None, :] > np.arange(T)[:, None]
+    np.testing.assert_allclose(g.dx[valid], rg.dx[valid], **GRAD_TOL)
+    assert not np.any(g.dx[~valid])
+    y2, *_ = ops.lstm_forward(xs, *w32, f32(h0), f32(c0), batch_sizes=batch_sizes)
+    np.testing.assert_array_equal(y, y2)
+
+
+def test_batch_sizes_bitwise_across_threads(threads, schedule):
+    rng = np.random.default_rng(5)
+    T, B, I, H = 11, 24, 7, 40
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    lengths = sorted_lengths(rng, T, B)
+    bs = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    dy = f32(rng.standard_normal((T, B, H)))
+    out = []
+    for n, sched in [(1, "auto"), (2, "units"), (2, "batch")]:
+        lstm_fast.set_num_threads(n)
+        schedule(sched)
+        y, hn, cn, cache = ops.lstm_forward(*args, training=True, batch_sizes=bs)
+        out.append([y, hn, cn, *ops.lstm_backward(cache, dy)])
+    for other in out[1:]:
+        for a, b in zip(out[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_batch_sizes_errors():
+    rng = np.random.default_rng(0)
+    x, w, h0, c0 = make_problem(rng, 3, 4, 2, 5)
+    args = [f32(a) for a in (x, *w.values())]
+    with pytest.raises(ValueError, match=r"batch_sizes: expected shape \(T=3,\), got \(2,\)"):
+        ops.lstm_forward(*args, batch_sizes=[4, 4])
+    with pytest.raises(ValueError, match="batch_sizes: expected non-increasing"):
+        ops.lstm_forward(*args, batch_sizes=[2, 3, 1])
+    with pytest.raises(ValueError, match=r"batch_sizes: expected values in \[0, B=4\], got 5"):
+        ops.lstm_forward(*args, batch_sizes=[5, 3, 1])
+    with pytest.raises(TypeError, match="batch_sizes: expected integers"):
+        ops.lstm_forward(*args, batch_sizes=[4.0, 3.0, 1.0])

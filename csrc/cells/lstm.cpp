@@ -80,13 +80,43 @@ void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* d
   }
 }
 
+// xp[r] = b_ih + b_hh + x[r] . W_ih^T for `rows` rows.
+void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
+                      const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
+                      int nthreads) {
+  for (index_t r = 0; r < rows; ++r) {
+    float* dst = xp + r * G;
+    for (index_t j = 0; j < G; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+  }
+  gemm(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
+}
+
+// h_n, c_n: each row's state after its last real step (the last step without batch_sizes).
+void final_states(float* h_n, float* c_n, const float* y, const float* cells, const float* state,
+                  const float* h_init, const float* c_init, const LstmSizes& s,
+                  const index_t* bs) {
+  const index_t T = s.T, B = s.B, H = s.H;
+  const bool training = cells != nullptr;
+  for (index_t b = 0; b < B; ++b) {
+    index_t len = T;
+    if (bs)
+      while (len > 0 && bs[len - 1] <= b) --len;
+    const float* h = len ? y + ((len - 1) * B + b) * H : h_init + b * H;
+    const float* c = !training ? state + b * H
+                     : len     ? cells + ((len - 1) * B + b) * H
+                               : c_init + b * H;
+    std::memcpy(h_n + b * H, h, H * sizeof(float));
+    std::memcpy(c_n + b * H, c, H * sizeof(float));
+  }
+}
+
 // Forward for very few rows (T * B <= 4): per step, z = xp + W_hh . h_prev by dot products over
 // W_hh's rows (threads split the 4H gate rows), then the gate maths (threads split the units).
 void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
                            const float* h_init, const float* c_init, const float* W_ih,
                            const float* W_hh, const float* b_ih, const float* b_hh,
-                           const LstmSizes& s, float* xp_buf, float* state, const Kernels& kern,
-                           int nthreads) {
+                           const LstmSizes& s, const index_t* bs, float* xp_buf, float* state,
+                           const Kernels& kern, int nthreads) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   const bool training = gates != nullptr;
   float* xp = training ? gates : xp_buf;
@@ -110,11 +140,12 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
       const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
       float* c_out = training ? cells + t * B * H : state;
       float* xp_t = xp + t * B * G;
-      for (index_t b = 0; b < B && n1 > n0; ++b)
+      const index_t rows = bs ? bs[t] : B;
+      for (index_t b = 0; b < rows && n1 > n0; ++b)
         kern.gemv_rows(n1 - n0, H, W_hh + n0 * H, H, h_prev + b * H, xp_t + b * G + n0, true);
       if (np > 1) team_barrier();
-      if (ub1 > ub0)
-        kern.lstm_fwd_rows(B, H, 0, ub0, ub1, y + t * B * H, H, c_out,
+      if (ub1 > ub0 && rows > 0)
+        kern.lstm_fwd_rows(rows, H, 0, ub0, ub1, y + t * B * H, H, c_out,
                            training ? xp_t : nullptr, h_prev, H, c_prev, xp_t, nullptr);
       if (np > 1) team_barrier();
     }
@@ -165,8 +196,8 @@ index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, boo
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
                   const float* h0, const float* c0, const float* W_ih, const float* W_hh,
-                  const float* b_ih, const float* b_hh, const LstmSizes& s, float* workspace,
-                  const Kernels& kern, int nthreads) {
+                  const float* b_ih, const float* b_hh, const LstmSizes& s,
+                  const index_t* bs, float* workspace, const Kernels& kern, int nthreads) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   const bool training = gates != nullptr;
   if (B == 0 || H == 0) return;
@@ -176,6 +207,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       c_n[j] = c0 ? c0[j] : 0.0f;
     }
     return;
+  }
+  if (bs) {  // padding rows of y are zero
+    for (index_t t = 0; t < T; ++t)
+      if (bs[t] < B) std::memset(y + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
   }
   // A handful of rows in all (one step at batch 1, ...): packing W_hh would cost more than the
   // steps themselves, so the recurrent product reads W_hh's rows directly (GEMV per row).
@@ -187,10 +222,9 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     std::memset(zeros, 0, B * H * sizeof(float));
     const float* h_init = h0 ? h0 : zeros;
     const float* c_init = c0 ? c0 : zeros;
-    lstm_forward_unpacked(y, gates, cells, x, h_init, c_init, W_ih, W_hh, b_ih, b_hh, s, xp_buf,
-                          state, kern, nthreads);
-    std::memcpy(h_n, y + (T - 1) * B * H, B * H * sizeof(float));
-    std::memcpy(c_n, training ? cells + (T - 1) * B * H : state, B * H * sizeof(float));
+    lstm_forward_unpacked(y, gates, cells, x, h_init, c_init, W_ih, W_hh, b_ih, b_hh, s, bs,
+                          xp_buf, state, kern, nthreads);
+    final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
     return;
   }
   // Workspace: [packed W_hh] [xp chunk (TC*B, 4H), inference only] [c state (B, H)] [zeros (B, H)].
@@ -220,14 +254,13 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     const index_t t1 = std::min(T, t0 + TC);
     // Hoisted input projection for steps [t0, t1): one GEMM over (t1 - t0) * B rows, bias first.
     float* xp = training ? gates + t0 * B * G : xp_buf;
-    const index_t rows = (t1 - t0) * B;
-    for (index_t r = 0; r < rows; ++r) {
-      float* dst = xp + r * G;
-      for (index_t j = 0; j < G; ++j)
-        dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+    if (!bs) {
+      input_projection(kern, (t1 - t0) * B, G, I, x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads);
+    } else {  // only the active rows of each step
+      for (index_t t = t0; t < t1; ++t)
+        input_projection(kern, bs[t], G, I, x + t * B * I, W_ih, b_ih, b_hh,
+                         xp + (t - t0) * B * G, nthreads);
     }
-    gemm(kern, rows, G, I, MatView{x + t0 * B * I, I, 1}, MatView{W_ih, 1, I}, xp, G, true,
-         nthreads);
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
 #if defined(_OPENMP)
@@ -249,16 +282,16 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
         float* c_out = training ? cells + t * B * H : state;
         float* xp_t = xp + (t - t0) * B * G;
-        if (r1 > r0 && ub1 > ub0)
-          kern.lstm_fwd_rows(r1 - r0, H, H, ub0, ub1, y + t * B * H + r0 * H, H, c_out + r0 * H,
+        const index_t re = bs ? std::min(r1, bs[t]) : r1;
+        if (re > r0 && ub1 > ub0)
+          kern.lstm_fwd_rows(re - r0, H, H, ub0, ub1, y + t * B * H + r0 * H, H, c_out + r0 * H,
                              training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
                              c_prev + r0 * H, xp_t + r0 * G, Wp);
         if (sched == Schedule::kUnits && np > 1) team_barrier();
       }
     }
   }
-  std::memcpy(h_n, y + (T - 1) * B * H, B * H * sizeof(float));
-  std::memcpy(c_n, training ? cells + (T - 1) * B * H : state, B * H * sizeof(float));
+  final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
 }
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s) {
@@ -270,7 +303,8 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                    float* db_hh, const float* dy, const float* dh_n, const float* dc_n,
                    const float* x, const float* h0, const float* c0, const float* W_ih,
                    const float* W_hh, const float* y, const float* gates, const float* cells,
-                   const LstmSizes& s, float* workspace, const Kernels& kern, int nthreads) {
+                   const LstmSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
+                   int nthreads) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   if (B == 0 || H == 0) {
     if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
@@ -292,6 +326,14 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   const Schedule sched = lstm_choose_schedule(kern, s, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+  bool padded = false;
+  if (bs) {  // dZ is zero on padding rows
+    for (index_t t = 0; t < T; ++t)
+      if (bs[t] < B) {
+        padded = true;
+        std::memset(dz + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
+      }
+  }
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
@@ -312,9 +354,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     for (index_t t = T - 1; t >= 0; --t) {
       float* dz_t = dz + t * B * G;
       const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
+      const index_t re = bs ? std::min(r1, bs[t]) : r1;  // this step's active rows
       // Pointwise: this thread's units (all rows) or rows (all units).
-      if (r1 > r0 && u1 > u0)
-        kern.lstm_bwd_pointwise(r1 - r0, H, u0, u1, dz_t + r0 * G, dc0 + r0 * H,
+      if (re > r0 && u1 > u0)
+        kern.lstm_bwd_pointwise(re - r0, H, u0, u1, dz_t + r0 * G, dc0 + r0 * H,
                                 gates + t * B * G + r0 * G, cells + t * B * H + r0 * H,
                                 c_prev + r0 * H, dy ? dy + t * B * H + r0 * H : nullptr,
                                 dh0 + r0 * H);
@@ -322,8 +365,8 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       // dh_next[:, my columns] = dZ_t . W_hh[:, my columns]  (reads every thread's dZ_t).
       for (index_t jr = j0; jr < j1; ++jr) {
         const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
-        for (index_t r = r0; r < r1; r += MR) {
-          const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
+        for (index_t r = r0; r < re; r += MR) {
+          const int m = static_cast<int>(std::min<index_t>(MR, re - r));
           kern.gemm_micro_rowA(G, dz_t + r * G, G, Wb + jr * G * NR, dh0 + r * H + jr * NR, H, m,
                                n, false);
         }
@@ -334,7 +377,13 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // Large GEMMs over all T*B rows.
   const index_t TB = T * B;
   gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-  gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+  if (!padded) {
+    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+  } else {  // never read x's padding (it may hold anything, NaN included)
+    for (index_t t = 0; t < T; ++t)
+      gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1}, dW_ih,
+           I, true, nthreads);
+  }
   if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
   if (T > 1)
     gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,

@@ -18,6 +18,11 @@ const char* schedule_name(Schedule s);
 // Floats of workspace lstm_forward needs (training: the gates cache holds the input projection).
 index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training);
 
+// Variable lengths: with batch_sizes, rows are sorted by length (longest first) and step t
+// computes only rows [0, batch_sizes[t]) (PackedSequence's layout): y is zero for the other
+// rows, h_n / c_n hold each row's state after its last real step, and no arithmetic is spent on
+// the padding in the step loop or the input projection.
+//
 // Forward over the sequence. Inference when gates == cells == nullptr; training when both are
 // given (post-activation gates and cell states are kept for backward).
 // h0, c0 may be null (zeros); b_ih, b_hh may be null (no bias).
@@ -33,7 +38,9 @@ void lstm_forward(float* y,            // (T, B, H)
                   const float* W_hh,   // (4H, H)
                   const float* b_ih,   // (4H) or null
                   const float* b_hh,   // (4H) or null
-                  const LstmSizes& s, float* workspace, const Kernels& kern, int nthreads);
+                  const LstmSizes& s,
+                  const index_t* batch_sizes,  // (T) non-increasing, or null: all B rows
+                  float* workspace, const Kernels& kern, int nthreads);
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s);
 
@@ -58,6 +65,8 @@ void lstm_backward(float* dx,           // (T, B, I)
                    const float* y,      // (T, B, H)
                    const float* gates,  // (T, B, 4H)
                    const float* cells,  // (T, B, H)
-                   const LstmSizes& s, float* workspace, const Kernels& kern, int nthreads);
+                   const LstmSizes& s,
+                   const index_t* batch_sizes,  // (T) as given to the forward, or null
+                   float* workspace, const Kernels& kern, int nthreads);
 
 }  // namespace lstm_fast

@@ -21,6 +21,9 @@ index_t chunk_steps(const LstmSizes& s) {
   return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
 }
 
+// Depth chunk of the backward step product dZ_t . W_hh (256 x NR floats of panel: 16 KiB AVX2).
+constexpr index_t kKCb = 256;
+
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
@@ -164,7 +167,9 @@ const char* schedule_name(Schedule s) {
 }
 
 // The cost model, in order:
-//  * one thread, or a step too small to share (< 2e4 FLOP: a barrier would cost more) -> serial;
+//  * one thread, or a step too small to share (< 5e5 FLOP, a few microseconds: the barrier per
+//    step would cost about as much as it saves, and on a loaded machine a descheduled thread
+//    stalls every barrier) -> serial;
 //  * enough rows for every thread to fill its row tiles, and a W_hh small enough that each core
 //    can stream it from its own cache every step (<= 2 MiB) -> batch-parallel: threads own rows
 //    for the whole sequence and never meet (no barrier per step);
@@ -178,7 +183,7 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthre
   if (forced == Schedule::kBatch) return s.B >= 2 ? Schedule::kBatch : Schedule::kSerial;
   if (forced == Schedule::kSerial) return Schedule::kSerial;
   const double step_flops = 2.0 * s.B * s.H * 4.0 * s.H;
-  if (step_flops < 2e4) return Schedule::kSerial;
+  if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
   const double whh_bytes = 16.0 * s.H * s.H;
   if (s.B >= 4 * nthreads && whh_bytes <= 2.0 * (1 << 20)) return Schedule::kBatch;
   if (nub >= 2 * nthreads) return Schedule::kUnits;
@@ -363,12 +368,17 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                                 dh0 + r0 * H);
       if (sched == Schedule::kUnits && np > 1) team_barrier();
       // dh_next[:, my columns] = dZ_t . W_hh[:, my columns]  (reads every thread's dZ_t).
+      // The depth 4H is walked in chunks of kKCb so a chunk of the packed panel stays in L1
+      // while all row tiles pass over it; chunks accumulate into dh_next in a fixed order.
       for (index_t jr = j0; jr < j1; ++jr) {
         const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
-        for (index_t r = r0; r < re; r += MR) {
-          const int m = static_cast<int>(std::min<index_t>(MR, re - r));
-          kern.gemm_micro_rowA(G, dz_t + r * G, G, Wb + jr * G * NR, dh0 + r * H + jr * NR, H, m,
-                               n, false);
+        for (index_t k0 = 0; k0 < G; k0 += kKCb) {
+          const index_t kc = std::min(kKCb, G - k0);
+          for (index_t r = r0; r < re; r += MR) {
+            const int m = static_cast<int>(std::min<index_t>(MR, re - r));
+            kern.gemm_micro_rowA(kc, dz_t + r * G + k0, G, Wb + (jr * G + k0) * NR,
+                                 dh0 + r * H + jr * NR, H, m, n, k0 > 0);
+          }
         }
       }
     }

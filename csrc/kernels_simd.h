@@ -142,6 +142,40 @@ struct StepArgs {
   const float* Wp;
 };
 
+// Full vectors (kFull) or the last, partial unit block of n < W units.
+template <bool kFull>
+LF_INLINE vf ld(const float* p, int n) {
+  return kFull ? load(p) : load_n(p, n);
+}
+template <bool kFull>
+LF_INLINE void st(float* p, vf v, int n) {
+  if (kFull)
+    store(p, v);
+  else
+    store_n(p, v, n);
+}
+
+// The fused epilogue for one row and W units: gates from pre-activations, c' and h'.
+template <bool kFull>
+LF_INLINE void lstm_epilogue(const StepArgs& a, index_t b, index_t u0, int n, const vf* acc) {
+  const index_t H = a.H, G = 4 * H;
+  const float* xr = a.xp + b * G + u0;
+  const vf i = vsigmoid(acc[0] + ld<kFull>(xr, n));
+  const vf f = vsigmoid(acc[1] + ld<kFull>(xr + H, n));
+  const vf g = vtanh(acc[2] + ld<kFull>(xr + 2 * H, n));
+  const vf o = vsigmoid(acc[3] + ld<kFull>(xr + 3 * H, n));
+  const vf c = f * ld<kFull>(a.c_prev + b * H + u0, n) + i * g;
+  st<kFull>(a.c_out + b * H + u0, c, n);
+  st<kFull>(a.h_out + b * a.ldh + u0, o * vtanh(c), n);
+  if (a.gates_out) {
+    float* gr = a.gates_out + b * G + u0;
+    st<kFull>(gr, i, n);
+    st<kFull>(gr + H, f, n);
+    st<kFull>(gr + 2 * H, g, n);
+    st<kFull>(gr + 3 * H, o, n);
+  }
+}
+
 template <int R, int U>
 LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0, index_t k1,
                          float* part, bool first, bool last) {
@@ -183,28 +217,15 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
     return;
   }
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
-      const index_t u0 = (ub + u) * W, b = row + r;
-      const int n = H - u0 < W ? static_cast<int>(H - u0) : W;
-      const float* xr = a.xp + b * G + u0;
-      const vf i = vsigmoid(acc[r][u][0] + load_n(xr, n));
-      const vf f = vsigmoid(acc[r][u][1] + load_n(xr + H, n));
-      const vf g = vtanh(acc[r][u][2] + load_n(xr + 2 * H, n));
-      const vf o = vsigmoid(acc[r][u][3] + load_n(xr + 3 * H, n));
-      const vf c = f * load_n(a.c_prev + b * H + u0, n) + i * g;
-      store_n(a.c_out + b * H + u0, c, n);
-      store_n(a.h_out + b * a.ldh + u0, o * vtanh(c), n);
-      if (a.gates_out) {
-        float* gr = a.gates_out + b * G + u0;
-        store_n(gr, i, n);
-        store_n(gr + H, f, n);
-        store_n(gr + 2 * H, g, n);
-        store_n(gr + 3 * H, o, n);
-      }
+      const index_t u0 = (ub + u) * W;
+      if (u0 + W <= H)
+        lstm_epilogue<true>(a, row + r, u0, W, acc[r][u]);
+      else
+        lstm_epilogue<false>(a, row + r, u0, static_cast<int>(H - u0), acc[r][u]);
     }
-  }
 }
 
 // Rows [row, row + rr) (rr <= ROWS) over unit blocks [ub0, ub1), whole depth: U = ROWS / rr
@@ -236,13 +257,17 @@ LF_INLINE void lstm_rows_chunk(const StepArgs& a, int rr, index_t row, index_t u
 constexpr index_t KC = 1024 / W;
 constexpr index_t RB = 8 * ROWS;
 
-// Few rows or a short depth: whole-depth tiles, several unit blocks per tile for small row counts.
+// Few rows or a short depth: whole-depth tiles. Fewer rows than a tile: several unit blocks
+// per tile (enough independent accumulators); else unit blocks outer, row tiles inner, so a
+// block's packed panel stays in L1 while every row passes over it.
 __attribute__((noinline)) void lstm_fwd_full(const StepArgs& a, index_t rows, index_t ub0,
                                              index_t ub1) {
-  for (index_t b = 0; b < rows; b += ROWS) {
-    const int rr = rows - b < ROWS ? static_cast<int>(rows - b) : ROWS;
-    lstm_rows_full<ROWS>(a, rr, b, ub0, ub1);
-  }
+  if (rows < ROWS) return lstm_rows_full<ROWS>(a, static_cast<int>(rows), 0, ub0, ub1);
+  for (index_t ub = ub0; ub < ub1; ++ub)
+    for (index_t b = 0; b < rows; b += ROWS) {
+      const int rr = rows - b < ROWS ? static_cast<int>(rows - b) : ROWS;
+      lstm_rows_chunk<ROWS>(a, rr, b, ub, 0, a.K, nullptr, true, true);
+    }
 }
 
 // Many rows and a long depth: depth chunks of KC, partial sums of RB rows kept in `part`.
@@ -274,28 +299,37 @@ void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1,
     lstm_fwd_chunked(a, rows, ub0, ub1);
 }
 
+template <bool kFull>
+LF_INLINE void lstm_bwd_block(index_t H, index_t b, index_t u, int n, float* dz, float* dc_next,
+                              const float* gates, const float* c, const float* c_prev,
+                              const float* dy, const float* dh_next) {
+  const index_t G = 4 * H;
+  const vf one = splat(1.0f);
+  const float* gr = gates + b * G;
+  float* dzr = dz + b * G;
+  const vf i = ld<kFull>(gr + u, n), f = ld<kFull>(gr + H + u, n);
+  const vf g = ld<kFull>(gr + 2 * H + u, n), o = ld<kFull>(gr + 3 * H + u, n);
+  vf dh = ld<kFull>(dh_next + b * H + u, n);
+  if (dy) dh = ld<kFull>(dy + b * H + u, n) + dh;
+  const vf tc = vtanh(ld<kFull>(c + b * H + u, n));
+  const vf dc = ld<kFull>(dc_next + b * H + u, n) + dh * o * (one - tc * tc);
+  st<kFull>(dzr + u, dc * g * i * (one - i), n);
+  st<kFull>(dzr + H + u, dc * ld<kFull>(c_prev + b * H + u, n) * f * (one - f), n);
+  st<kFull>(dzr + 2 * H + u, dc * i * (one - g * g), n);
+  st<kFull>(dzr + 3 * H + u, dh * tc * o * (one - o), n);
+  st<kFull>(dc_next + b * H + u, dc * f, n);
+}
+
 void lstm_bwd_pointwise(index_t rows, index_t H, index_t u0, index_t u1, float* dz,
                         float* dc_next, const float* gates, const float* c, const float* c_prev,
                         const float* dy, const float* dh_next) {
-  const index_t G = 4 * H;
-  const vf one = splat(1.0f);
   for (index_t b = 0; b < rows; ++b) {
-    const float* gr = gates + b * G;
-    float* dzr = dz + b * G;
-    for (index_t u = u0; u < u1; u += W) {
-      const int n = u1 - u < W ? static_cast<int>(u1 - u) : W;
-      const vf i = load_n(gr + u, n), f = load_n(gr + H + u, n);
-      const vf g = load_n(gr + 2 * H + u, n), o = load_n(gr + 3 * H + u, n);
-      vf dh = load_n(dh_next + b * H + u, n);
-      if (dy) dh = load_n(dy + b * H + u, n) + dh;
-      const vf tc = vtanh(load_n(c + b * H + u, n));
-      const vf dc = load_n(dc_next + b * H + u, n) + dh * o * (one - tc * tc);
-      store_n(dzr + u, dc * g * i * (one - i), n);
-      store_n(dzr + H + u, dc * load_n(c_prev + b * H + u, n) * f * (one - f), n);
-      store_n(dzr + 2 * H + u, dc * i * (one - g * g), n);
-      store_n(dzr + 3 * H + u, dh * tc * o * (one - o), n);
-      store_n(dc_next + b * H + u, dc * f, n);
-    }
+    index_t u = u0;
+    for (; u + W <= u1; u += W)
+      lstm_bwd_block<true>(H, b, u, W, dz, dc_next, gates, c, c_prev, dy, dh_next);
+    if (u < u1)
+      lstm_bwd_block<false>(H, b, u, static_cast<int>(u1 - u), dz, dc_next, gates, c, c_prev, dy,
+                            dh_next);
   }
 }
 

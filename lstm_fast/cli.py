@@ -13,6 +13,11 @@ import sys
 # subcommand name -> (module, one-line help)
 COMMANDS = {
     "bench": ("lstm_fast.bench", "time lstm_fast against the NumPy reference and its peers"),
+    "train": ("lstm_fast.commands.train", "train a character-level LSTM language model"),
+    "evaluate": ("lstm_fast.commands.evaluate", "bits per character of a char-LM on a text"),
+    "sample": ("lstm_fast.commands.sample", "generate text from a trained char-LM"),
+    "classify": ("lstm_fast.commands.classify", "BiLSTM text classifier vs Naive Bayes"),
+    "inspect": ("lstm_fast.commands.inspect", "find interpretable cells of a char-LM"),
 }
 
 

@@ -1,0 +1,44 @@
+"""Bits per character of a trained char-LM checkpoint on a text file (characters the vocabulary
+lacks count as the unknown token)."""
+
+from __future__ import annotations
+
+from . import add_common, emit_json, set_threads
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="run directory (or checkpoint .npz)")
+    parser.add_argument("text", metavar="TEXT", help="UTF-8 text file")
+    parser.add_argument("--batch-size", type=int, default=32, help="parallel streams")
+    parser.add_argument("--seq-len", type=int, default=100)
+    parser.add_argument("--max-chars", type=int, default=None)
+    add_common(parser)
+
+
+def run(args) -> int:
+    import sys
+    import time
+
+    from ..data import load_corpus
+    from ..models.charlm import evaluate_bpc, load_charlm
+
+    set_threads(args)
+    try:
+        model, vocab, _, _ = load_charlm(args.dir)
+        text = load_corpus(args.text, max_chars=args.max_chars)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"evaluate: {e}", file=sys.stderr)
+        return 1
+    ids = vocab.encode(text)
+    t = time.perf_counter()
+    bpc = evaluate_bpc(model, ids, args.batch_size, args.seq_len)
+    dt = time.perf_counter() - t
+    unk = float((ids == 0).mean())
+    print(
+        f"{bpc:.4f} bits/char on {len(ids):,} characters ({unk:.2%} unknown), "
+        f"{len(ids) / dt:,.0f} chars/s"
+    )
+    emit_json(
+        args, {"bpc": bpc, "chars": len(ids), "unknown_fraction": unk, "chars_per_s": len(ids) / dt}
+    )
+    return 0

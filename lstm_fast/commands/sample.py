@@ -1,0 +1,54 @@
+"""Generate text from a trained char-LM: temperature (0: greedy), top-k filtering and a priming
+string."""
+
+from __future__ import annotations
+
+from . import add_common, emit_json, set_threads
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="run directory (or checkpoint .npz)")
+    parser.add_argument("--length", type=int, default=500, help="characters to generate")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="softmax temperature; 0 picks the most likely character",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=0, help="sample among the k most likely characters (0: all)"
+    )
+    parser.add_argument("--prime", default="\n", help="text fed to the model first")
+    parser.add_argument("--seed", type=int, default=0)
+    add_common(parser)
+
+
+def run(args) -> int:
+    import sys
+    import time
+
+    from ..models.charlm import load_charlm, sample_text
+
+    set_threads(args)
+    try:
+        model, vocab, _, _ = load_charlm(args.dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"sample: {e}", file=sys.stderr)
+        return 1
+    t = time.perf_counter()
+    text = sample_text(
+        model, vocab, args.length, args.temperature, args.top_k, args.prime, args.seed
+    )
+    dt = time.perf_counter() - t
+    if args.json:
+        emit_json(
+            args,
+            {
+                "text": args.prime + text,
+                "chars": len(text),
+                "chars_per_s": len(text) / dt if dt else None,
+            },
+        )
+    else:
+        print(args.prime + text)
+    return 0

@@ -1,0 +1,120 @@
+"""Train a character-level LSTM language model on a text file, a directory of text files, or the
+built-in default corpus (the Python standard library's own source code).
+
+Writes DIR/checkpoint.npz (weights, optimizer state, data position; atomic), DIR/config.json,
+DIR/vocab.json and DIR/loss.png. Ctrl-C writes a checkpoint; `--resume` continues exactly where
+the run stopped (the checkpoint's configuration wins; only --steps may be raised).
+"""
+
+from __future__ import annotations
+
+from . import add_common, emit_json, set_threads
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "corpus", nargs="?", metavar="CORPUS", help="a UTF-8 text file or a directory of them"
+    )
+    parser.add_argument(
+        "--default-corpus",
+        action="store_true",
+        help="train on the Python standard library's source code",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="use at most this many characters of the corpus (default corpus: 2,000,000)",
+    )
+    parser.add_argument("--embed-size", type=int, default=64)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout between LSTM layers and before the decoder",
+    )
+    parser.add_argument("--seq-len", type=int, default=100, help="truncated-BPTT window T")
+    parser.add_argument("--batch-size", type=int, default=32, help="parallel streams B")
+    parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--optimizer", default="adam", choices=["adam", "adamw", "sgd", "adagrad", "rmsprop"]
+    )
+    parser.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip (0: off)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.05,
+        help="tail of the corpus held out for validation",
+    )
+    parser.add_argument("--val-every", type=int, default=200, help="validate every N steps")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=200,
+        help="write a checkpoint every N steps (and at the end)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from DIR/checkpoint.npz if present"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_common(parser)
+
+
+def run(args) -> int:
+    import sys
+
+    from ..models.charlm import TrainConfig, train_charlm
+
+    if args.corpus is None and not args.default_corpus:
+        print("train: give CORPUS (a file or directory) or --default-corpus", file=sys.stderr)
+        return 2
+    set_threads(args)
+    cfg = TrainConfig(
+        corpus=None if args.default_corpus else args.corpus,
+        max_chars=args.max_chars,
+        embed_size=args.embed_size,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        dropout=args.dropout,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        clip=args.clip,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    try:
+        res = train_charlm(
+            cfg,
+            args.out,
+            resume=args.resume,
+            progress=not args.quiet,
+            log=lambda m: print(m, file=sys.stderr),
+        )
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"step {res['step']}: train {res['train_bpc']:.4f} bits/char, "
+        f"validation {res['val_bpc'] if res['val_bpc'] is None else round(res['val_bpc'], 4)} "
+        f"bits/char, {res['chars_per_s']:,.0f} chars/s; checkpoint {res['checkpoint']}"
+    )
+    emit_json(
+        args,
+        {
+            k: res[k]
+            for k in ("step", "train_bpc", "val_bpc", "chars_per_s", "train_seconds", "parameters")
+        },
+    )
+    return 0

@@ -1,0 +1,412 @@
+"""Text data: vocabularies, corpora, truncated-BPTT batches, labelled TSV files.
+
+* :class:`Vocab` — UTF-8 character (Korean syllables included) or whitespace-word vocabulary with
+  an unknown token, saved as JSON with the model.
+* :func:`load_corpus` — a text file, a directory of text files, or the built-in default corpus:
+  the Python standard library's own source code (:func:`default_corpus`), found on every machine.
+* :class:`BPTTBatcher` — ``B`` parallel streams over the ids, windows of ``T`` steps; the caller
+  carries the hidden state from one window to the next. :func:`train_val_split` holds out the tail.
+* :func:`read_tsv` — ``label<TAB>text`` files (a header line ``label<TAB>text`` is skipped).
+
+The per-token loops (encoding, counting, n-gram features, window gathering) run in the Cython
+module ``lstm_fast._text``; the plain-Python equivalents here (``_py_*``) are the fallback and the
+benchmark's baseline (``use_cython=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sysconfig
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+try:
+    from . import _text
+except ImportError:  # pragma: no cover - the package build always compiles it
+    _text = None
+
+__all__ = [
+    "Vocab",
+    "load_corpus",
+    "default_corpus",
+    "train_val_split",
+    "BPTTBatcher",
+    "read_tsv",
+    "featurize",
+    "ids_digest",
+]
+
+FORMAT_VERSION = 1
+TEXT_EXTENSIONS = (".txt", ".py", ".md", ".rst", ".tsv", ".csv", ".json", ".c", ".h")
+
+
+def _cython(use_cython: Optional[bool]) -> bool:
+    if use_cython is None:
+        return _text is not None
+    if use_cython and _text is None:
+        raise RuntimeError("lstm_fast._text (the Cython module) is not built")
+    return bool(use_cython)
+
+
+# -- plain-Python equivalents of lstm_fast._text ------------------------------------------------
+def _py_count_codepoints(text: str):
+    c = Counter(text)
+    cps = np.array(sorted(ord(ch) for ch in c), dtype=np.int64)
+    return cps, np.array([c[chr(cp)] for cp in cps], dtype=np.int64)
+
+
+def _py_encode_chars(text: str, stoi: dict, unk: int) -> np.ndarray:
+    get = stoi.get
+    return np.array([get(ch, unk) for ch in text], dtype=np.int32)
+
+
+def _py_encode_tokens(tokens: list, stoi: dict, unk: int) -> np.ndarray:
+    get = stoi.get
+    return np.array([get(t, unk) for t in tokens], dtype=np.int32)
+
+
+def _py_featurize(docs: list, index: dict, grow: bool, char_n: int, word_n: int):
+    ids: list = []
+    indptr = [0]
+    for doc in docs:
+        feats = []
+        words = doc.split()
+        for n in range(1, word_n + 1):
+            feats += ["w:" + " ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+        for n in range(1, char_n + 1):
+            feats += ["c:" + doc[i : i + n] for i in range(len(doc) - n + 1)]
+        for f in feats:
+            v = index.get(f)
+            if v is None:
+                if not grow:
+                    continue
+                v = index[f] = len(index)
+            ids.append(v)
+        indptr.append(len(ids))
+    return np.array(indptr, dtype=np.int64), np.array(ids, dtype=np.int64)
+
+
+def featurize(
+    docs: Sequence[str],
+    index: dict,
+    *,
+    grow: bool,
+    char_n: int = 2,
+    word_n: int = 1,
+    use_cython: Optional[bool] = None,
+):
+    """Word 1..``word_n``-grams and character 1..``char_n``-grams of each document, CSR form:
+    ``(indptr (D+1,), ids (nnz,))``. ``index`` (feature -> id) grows when ``grow``."""
+    docs = list(docs)
+    if _cython(use_cython):
+        return _text.featurize(docs, index, grow, char_n, word_n)
+    return _py_featurize(docs, index, grow, char_n, word_n)
+
+
+# -- vocabulary ---------------------------------------------------------------------------------
+class Vocab:
+    """A token <-> id map with an unknown token at id 0.
+
+    Args:
+        tokens: the known tokens (ids 1, 2, ... in this order).
+        level: ``"char"`` (tokens are single characters) or ``"word"`` (whitespace words).
+        unk: the unknown token's string (decoded as it; default U+FFFD for characters,
+            ``"<unk>"`` for words). Words also get ``"<pad>"`` at id 1 when ``pad`` is True.
+
+    Example::
+
+        >>> v = Vocab.build("hello 세계", level="char")
+        >>> v.decode(v.encode("hel세x"))
+        'hel세\ufffd'
+    """
+
+    def __init__(
+        self,
+        tokens: Iterable[str],
+        level: str = "char",
+        unk: Optional[str] = None,
+        pad: bool = False,
+    ):
+        if level not in ("char", "word"):
+            raise ValueError(f"level: expected 'char' or 'word', got {level!r}")
+        self.level = level
+        self.unk = unk if unk is not None else ("\ufffd" if level == "char" else "<unk>")
+        self.pad = bool(pad)
+        specials = [self.unk] + (["<pad>"] if pad else [])
+        self.itos = specials + [t for t in tokens if t not in specials]
+        if level == "char":
+            bad = [t for t in self.itos[len(specials) :] if len(t) != 1]
+            if bad:
+                raise ValueError(
+                    f"tokens: a char vocabulary takes single characters, got {bad[:3]}"
+                )
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("tokens: expected unique tokens")
+        self._table = None
+
+    unk_id = 0
+
+    @property
+    def pad_id(self) -> Optional[int]:
+        return 1 if self.pad else None
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __repr__(self) -> str:
+        return f"Vocab(level={self.level!r}, size={len(self)})"
+
+    @classmethod
+    def build(
+        cls,
+        text,
+        level: str = "char",
+        min_freq: int = 1,
+        max_size: Optional[int] = None,
+        pad: bool = False,
+        use_cython: Optional[bool] = None,
+    ) -> Vocab:
+        """From a str (or, for words, a str or a list of documents): tokens by descending
+        frequency, ties by first code point / alphabetically; ``max_size`` counts the specials."""
+        if level == "char":
+            if not isinstance(text, str):
+                text = "\n".join(text)
+            if _cython(use_cython):
+                cps, counts = _text.count_codepoints(text)
+            else:
+                cps, counts = _py_count_codepoints(text)
+            order = np.lexsort((cps, -counts))
+            toks = [(chr(int(cps[i])), int(counts[i])) for i in order]
+        elif level == "word":
+            docs = [text] if isinstance(text, str) else list(text)
+            c: Counter = Counter()
+            for d in docs:
+                c.update(d.split())
+            toks = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))
+        else:
+            raise ValueError(f"level: expected 'char' or 'word', got {level!r}")
+        toks = [t for t, n in toks if n >= min_freq]
+        if max_size is not None:
+            toks = toks[: max(0, max_size - 1 - int(pad))]
+        return cls(toks, level=level, pad=pad)
+
+    def _lookup_table(self) -> np.ndarray:
+        if self._table is None:
+            top = max((ord(t) for t in self.itos if len(t) == 1), default=0)
+            table = np.full(top + 1, -1, dtype=np.int32)
+            for i, t in enumerate(self.itos):
+                if len(t) == 1:
+                    table[ord(t)] = i
+            self._table = table
+        return self._table
+
+    def tokenize(self, text: str) -> list:
+        return list(text) if self.level == "char" else text.split()
+
+    def encode(self, text: str, use_cython: Optional[bool] = None) -> np.ndarray:
+        """int32 ids of ``text``'s characters (or whitespace words); unknown -> 0."""
+        cy = _cython(use_cython)
+        if self.level == "char":
+            if cy:
+                return _text.encode_codepoints(text, self._lookup_table(), 0)
+            return _py_encode_chars(text, self.stoi, 0)
+        toks = text.split()
+        return (
+            _text.encode_tokens(toks, self.stoi, 0) if cy else _py_encode_tokens(toks, self.stoi, 0)
+        )
+
+    def decode(self, ids: Iterable[int]) -> str:
+        sep = "" if self.level == "char" else " "
+        itos = self.itos
+        return sep.join(itos[int(i)] for i in ids)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "level": self.level,
+            "unk": self.unk,
+            "pad": self.pad,
+            "itos": self.itos,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Vocab:
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"vocab: expected format_version {FORMAT_VERSION}, got {d.get('format_version')}"
+            )
+        n_spec = 1 + int(d["pad"])
+        return cls(d["itos"][n_spec:], level=d["level"], unk=d["unk"], pad=d["pad"])
+
+    def save(self, path) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> Vocab:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+# -- corpora ------------------------------------------------------------------------------------
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def default_corpus(max_chars: Optional[int] = 2_000_000) -> str:
+    """The Python standard library's own ``.py`` sources (sorted paths; no tests, no
+    site-packages), concatenated up to ``max_chars`` characters."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    files = sorted(
+        p for p in root.rglob("*.py") if not skip.intersection(p.relative_to(root).parts[:-1])
+    )
+    if not files:
+        raise FileNotFoundError(f"default corpus: no .py files under {root}")
+    return _concat(files, max_chars)
+
+
+def _concat(files: Sequence[Path], max_chars: Optional[int]) -> str:
+    parts, total = [], 0
+    for p in files:
+        t = _read(p)
+        if max_chars is not None and total + len(t) >= max_chars:
+            parts.append(t[: max_chars - total])
+            break
+        parts.append(t)
+        total += len(t) + 1  # the joining newline
+    return "\n".join(parts)
+
+
+def load_corpus(
+    path=None,
+    *,
+    default: bool = False,
+    max_chars: Optional[int] = None,
+    extensions: Sequence[str] = TEXT_EXTENSIONS,
+) -> str:
+    """Text of a file, of every text file under a directory (sorted, recursive, joined by
+    newlines), or of the default corpus (``default=True`` or ``path=None``)."""
+    if default or path is None:
+        return default_corpus(max_chars if max_chars is not None else 2_000_000)
+    p = Path(path)
+    if p.is_file():
+        text = _read(p)
+        return text if max_chars is None else text[:max_chars]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+        if not files:
+            raise FileNotFoundError(f"corpus: no text files ({', '.join(extensions)}) under {p}")
+        return _concat(files, max_chars)
+    raise FileNotFoundError(f"corpus: expected a text file or a directory, got {str(p)!r}")
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """A short SHA-256 of the id array (checked on resume: same data, same run)."""
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int32).tobytes()).hexdigest()[:16]
+
+
+def train_val_split(ids: np.ndarray, val_fraction: float = 0.05):
+    """``(train, val)``: the last ``val_fraction`` of the ids held out (contiguous, so the
+    validation text is text the model never saw)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a float in [0, 1), got {val_fraction}")
+    n_val = int(round(len(ids) * val_fraction))
+    cut = len(ids) - n_val
+    return ids[:cut], ids[cut:]
+
+
+class BPTTBatcher:
+    """Truncated-BPTT windows over ``B`` parallel streams.
+
+    The ids are cut into ``B`` contiguous streams of ``n = (len(ids) - 1) // B`` steps; window
+    ``k`` holds steps ``[k T, (k + 1) T)`` of every stream, so window ``k + 1`` continues where
+    window ``k`` stopped and the caller carries the hidden state across them (and resets it when
+    :meth:`window` reports the start of an epoch).
+
+    Args:
+        ids: int array (N,).  batch_size: B.  seq_len: T.
+        drop_last: use only full windows (training); else the last window may be shorter.
+
+    ``window(k)`` -> ``(x (T, B) int64, y (T, B) int64)``, y the next token of x; ``k`` wraps
+    around (``k % num_windows``), so a step counter indexes the data deterministically.
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        drop_last: bool = True,
+        use_cython: Optional[bool] = None,
+    ):
+        ids = np.asarray(ids, dtype=np.int32)
+        self.B, self.T = int(batch_size), int(seq_len)
+        if self.B < 1 or self.T < 1:
+            raise ValueError(f"batch_size and seq_len: expected >= 1, got {self.B}, {self.T}")
+        n = (len(ids) - 1) // self.B
+        if n < 1 or (drop_last and n < self.T):
+            raise ValueError(
+                f"ids: {len(ids)} tokens are too few for batch_size={self.B}, seq_len={self.T}"
+            )
+        self.n = n
+        self.x = np.ascontiguousarray(ids[: n * self.B].reshape(self.B, n))
+        self.y = np.ascontiguousarray(ids[1 : n * self.B + 1].reshape(self.B, n))
+        self.num_windows = n // self.T if drop_last else -(-n // self.T)
+        self._cy = _cython(use_cython)
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    @property
+    def tokens_per_window(self) -> int:
+        return self.B * self.T
+
+    def window(self, k: int):
+        k %= self.num_windows
+        s = k * self.T
+        t = min(self.T, self.n - s)
+        if self._cy:
+            return _text.gather_windows(self.x, s, t), _text.gather_windows(self.y, s, t)
+        return (
+            self.x[:, s : s + t].T.astype(np.int64),
+            self.y[:, s : s + t].T.astype(np.int64),
+        )
+
+    def __iter__(self):
+        for k in range(self.num_windows):
+            yield self.window(k)
+
+
+def read_tsv(path, max_rows: Optional[int] = None):
+    """``(labels int64 (N,), texts list[str])`` from ``label<TAB>text`` lines (header skipped,
+    blank lines ignored). Labels must be integers."""
+    labels, texts = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line:
+                continue
+            lab, sep, text = line.partition("\t")
+            if not sep:
+                raise ValueError(f"{path}:{lineno}: expected 'label<TAB>text'")
+            if lineno == 1 and not lab.lstrip("-").isdigit():
+                continue  # header
+            try:
+                labels.append(int(lab))
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
+            texts.append(text)
+            if max_rows is not None and len(texts) >= max_rows:
+                break
+    return np.array(labels, dtype=np.int64), texts

@@ -1,0 +1,516 @@
+"""Character-level language model: embedding -> LSTM stack -> linear, its training loop
+(truncated BPTT, validation in bits per character, atomic checkpoints, exact resume), evaluation
+and sampling (temperature, top-k, priming string; nothing allocated per character).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import data as _data
+from ..module import Module
+from ..nn import LSTM, Dropout, Embedding, Linear, _rng_state, _set_rng_state, softmax_cross_entropy
+from ..optim import clip_grad_norm, make_optimizer
+from .checkpoint import atomic_write_text, load_npz, save_npz
+
+__all__ = [
+    "CharLM",
+    "TrainConfig",
+    "train_charlm",
+    "load_charlm",
+    "evaluate_bpc",
+    "Sampler",
+    "sample_text",
+    "CHECKPOINT",
+]
+
+CHECKPOINT = "checkpoint.npz"
+LN2 = math.log(2.0)
+
+
+class CharLM(Module):
+    r"""Embedding (V, E) -> LSTM (E -> H, ``num_layers``, dropout between layers) -> dropout ->
+    Linear (H -> V).
+
+    Inputs: ``x`` (T, B) int ids, ``state`` optional ``(h, c)`` each (L, B, H).
+    Outputs: ``logits`` (T, B, V), ``(h, c)`` the final state (carry it to the next window).
+
+    ``backward(dlogits)`` accumulates every parameter's gradient (truncated BPTT: no gradient
+    flows into the incoming state). Parameter names follow PyTorch (``rnn.weight_ih_l0``, ...),
+    so an equivalent ``torch.nn`` model loads the same state dict.
+
+    Example::
+
+        >>> import numpy as np
+        >>> m = CharLM(vocab_size=20, embed_size=8, hidden_size=16, num_layers=2, seed=0)
+        >>> logits, (h, c) = m(np.zeros((5, 3), np.int64))
+        >>> logits.shape, h.shape
+        ((5, 3, 20), (2, 3, 16))
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_size: int = 64,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        *,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.config = dict(
+            vocab_size=int(vocab_size),
+            embed_size=int(embed_size),
+            hidden_size=int(hidden_size),
+            num_layers=int(num_layers),
+            dropout=float(dropout),
+        )
+        self.embedding = Embedding(vocab_size, embed_size, seed=seed)
+        self.rnn = LSTM(
+            embed_size,
+            hidden_size,
+            num_layers,
+            dropout=dropout if num_layers > 1 else 0.0,
+            seed=seed + 1,
+        )
+        self.drop = Dropout(dropout, seed=seed + 2)
+        self.decoder = Linear(hidden_size, vocab_size, seed=seed + 3)
+
+    def init_state(self, batch_size: int):
+        L, H = self.config["num_layers"], self.config["hidden_size"]
+        return (np.zeros((L, batch_size, H), np.float32), np.zeros((L, batch_size, H), np.float32))
+
+    def forward(self, x, state=None):
+        e = self.embedding(x)
+        y, (h, c) = self.rnn(e, state)
+        logits = self.decoder(self.drop(y))
+        return logits, (h, c)
+
+    def backward(self, dlogits) -> None:
+        dy = self.drop.backward(self.decoder.backward(dlogits))
+        dx, _ = self.rnn.backward(dy)
+        self.embedding.backward(dx)
+
+    # the generators whose draws training consumes (dropout masks), for exact resume
+    def rng_states(self) -> dict:
+        return {"rnn": _rng_state(self.rnn._rng), "drop": self.drop.get_rng_state()}
+
+    def set_rng_states(self, states: dict) -> None:
+        _set_rng_state(self.rnn._rng, states["rnn"])
+        self.drop.set_rng_state(states["drop"])
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Hyper-parameters of a char-LM run (saved in the checkpoint)."""
+
+    corpus: Optional[str] = None  # a text file or a directory; None: the default corpus
+    max_chars: Optional[int] = None  # cap on the corpus (default corpus: 2,000,000)
+    embed_size: int = 64
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.0
+    seq_len: int = 100
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 2e-3
+    optimizer: str = "adam"
+    clip: float = 5.0
+    seed: int = 0
+    val_fraction: float = 0.05
+    val_every: int = 200
+    val_max_chars: int = 200_000
+    checkpoint_every: int = 200
+
+
+def _checkpoint_arrays(model, opt, state, hist) -> dict:
+    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
+    for k, v in opt.state_dict()["arrays"].items():
+        arrays[f"optim/{k}"] = v
+    arrays["state/h"], arrays["state/c"] = state
+    arrays["hist/train_bpc"] = np.asarray(hist["train_bpc"], dtype=np.float64)
+    arrays["hist/val"] = np.asarray(hist["val"], dtype=np.float64).reshape(-1, 2)
+    return arrays
+
+
+def _save(out_dir: Path, cfg, vocab, model, opt, state, hist, step, digest, extra=None) -> None:
+    osd = opt.state_dict()
+    meta = {
+        "kind": "charlm",
+        "config": dataclasses.asdict(cfg),
+        "model": model.config,
+        "vocab": vocab.to_dict(),
+        "step": step,
+        "optimizer": {"type": osd["type"], "hyper": osd["hyper"], "step": osd["step"]},
+        "rng": model.rng_states(),
+        "data_digest": digest,
+        **(extra or {}),
+    }
+    save_npz(out_dir / CHECKPOINT, _checkpoint_arrays(model, opt, state, hist), meta)
+    atomic_write_text(out_dir / "config.json", json.dumps(meta["config"], indent=1) + "\n")
+
+
+def load_charlm(path):
+    """``(model, vocab, meta, arrays)`` from a run directory or a checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.exists():
+        raise FileNotFoundError(f"no checkpoint at {p}")
+    arrays, meta = load_npz(p)
+    if meta.get("kind") != "charlm":
+        raise ValueError(f"{p}: expected a charlm checkpoint, got {meta.get('kind')!r}")
+    vocab = _data.Vocab.from_dict(meta["vocab"])
+    mc = meta["model"]
+    model = CharLM(
+        mc["vocab_size"],
+        mc["embed_size"],
+        mc["hidden_size"],
+        mc["num_layers"],
+        mc["dropout"],
+        seed=meta["config"]["seed"],
+    )
+    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+    return model, vocab, meta, arrays
+
+
+def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 100) -> float:
+    """Bits per character of ``model`` on ``ids`` (eval mode, ``batch_size`` streams carrying
+    their state through windows of ``seq_len``)."""
+    was_training = model.training
+    model.eval()
+    B = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
+    batcher = _data.BPTTBatcher(ids, B, seq_len, drop_last=False)
+    state = model.init_state(B)
+    total, count = 0.0, 0
+    for x, y in batcher:
+        logits, state = model(x, state)
+        loss, _ = softmax_cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum", need_grad=False
+        )
+        total += loss
+        count += y.size
+    model.train(was_training)
+    return total / max(count, 1) / LN2
+
+
+def _plot(out_dir: Path, hist) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    tr = np.asarray(hist["train_bpc"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(tr):
+        w = max(1, len(tr) // 100)
+        smooth = np.convolve(tr, np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(len(smooth)) + w, smooth, label="train (smoothed)")
+    val = np.asarray(hist["val"]).reshape(-1, 2)
+    if len(val):
+        ax.plot(val[:, 0], val[:, 1], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per character")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def train_charlm(
+    cfg: TrainConfig,
+    out_dir,
+    *,
+    resume: bool = False,
+    text: Optional[str] = None,
+    progress: bool = True,
+    on_step: Optional[Callable[[int, float], None]] = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train (or resume) a char-LM; returns the final figures.
+
+    ``text`` overrides the corpus of ``cfg``. With ``resume``, the run continues from
+    ``out_dir/checkpoint.npz`` (its configuration wins, except ``steps``) and ends with the same
+    weights an uninterrupted run would have. ``on_step(step, bpc)`` is called after every step;
+    a KeyboardInterrupt (Ctrl-C, or raised by it) writes a checkpoint at the current step first.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    arrays = meta = None
+    if resume and ckpt.exists():
+        model, vocab, meta, arrays = load_charlm(ckpt)
+        saved = dict(meta["config"])
+        saved["steps"] = cfg.steps
+        cfg = TrainConfig(**saved)
+    elif resume:
+        log(f"resume: no checkpoint in {out}, starting from scratch")
+    if text is None:
+        text = _data.load_corpus(cfg.corpus, max_chars=cfg.max_chars)
+    if meta is None:
+        vocab = _data.Vocab.build(text, level="char")
+        model = CharLM(
+            len(vocab), cfg.embed_size, cfg.hidden_size, cfg.num_layers, cfg.dropout, seed=cfg.seed
+        )
+    ids = vocab.encode(text)
+    digest = _data.ids_digest(ids)
+    if meta is not None and meta["data_digest"] != digest:
+        raise ValueError(
+            "resume: the corpus differs from the checkpoint's (data digest "
+            f"{digest} != {meta['data_digest']}); pass the same CORPUS"
+        )
+    train_ids, val_ids = _data.train_val_split(ids, cfg.val_fraction)
+    val_ids = val_ids[: cfg.val_max_chars]
+    batcher = _data.BPTTBatcher(train_ids, cfg.batch_size, cfg.seq_len)
+    opt = make_optimizer(cfg.optimizer, list(model.parameters()), lr=cfg.lr)
+    hist: dict[str, list] = {"train_bpc": [], "val": []}
+    step = 0
+    state = model.init_state(cfg.batch_size)
+    if meta is not None:
+        osd = meta["optimizer"]
+        opt.load_state_dict(
+            {
+                **osd,
+                "arrays": {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")},
+            }
+        )
+        model.set_rng_states(meta["rng"])
+        state = (arrays["state/h"].copy(), arrays["state/c"].copy())
+        hist["train_bpc"] = arrays["hist/train_bpc"].tolist()
+        hist["val"] = arrays["hist/val"].tolist()
+        step = int(meta["step"])
+        log(f"resumed from step {step}")
+    model.train()
+    params = list(model.parameters())
+    V = len(vocab)
+    chars = batcher.tokens_per_window
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    bar = None
+    if progress and tqdm is not None:
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
+    train_time = 0.0
+    trained = 0
+    val_bpc = None
+
+    def checkpoint():
+        _save(out, cfg, vocab, model, opt, state, hist, step, digest)
+
+    try:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            k = step % batcher.num_windows
+            if k == 0:
+                state = model.init_state(cfg.batch_size)
+            x, y = batcher.window(k)
+            model.zero_grad()
+            logits, new_state = model(x, state)
+            loss, g = softmax_cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+            model.backward(g)
+            if cfg.clip:
+                clip_grad_norm(params, cfg.clip)
+            opt.step()
+            state = new_state
+            step += 1
+            dt = time.perf_counter() - t0
+            train_time += dt
+            trained += 1
+            bpc = loss / LN2
+            hist["train_bpc"].append(bpc)
+            if bar is not None:
+                bar.set_postfix(bpc=f"{bpc:.3f}", chars_s=f"{trained * chars / train_time:,.0f}")
+                bar.update(1)
+            if on_step is not None:
+                on_step(step, bpc)
+            if (
+                cfg.val_every
+                and step % cfg.val_every == 0
+                and step < cfg.steps
+                and len(val_ids) > 1
+            ):
+                val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
+                hist["val"].append([step, val_bpc])
+                if bar is not None:
+                    bar.write(f"step {step}: validation {val_bpc:.4f} bits/char")
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        if bar is not None:
+            bar.close()
+        log(f"interrupted: checkpoint written at step {step}; continue with --resume")
+        raise
+    if bar is not None:
+        bar.close()
+    if len(val_ids) > cfg.seq_len and (not hist["val"] or hist["val"][-1][0] != step):
+        val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
+        hist["val"].append([step, val_bpc])
+    elif hist["val"]:
+        val_bpc = hist["val"][-1][1]
+    checkpoint()
+    vocab.save(out / "vocab.json")
+    plot = _plot(out, hist)
+    tail = hist["train_bpc"][-max(1, min(50, len(hist["train_bpc"]))) :]
+    return {
+        "step": step,
+        "train_bpc": float(np.mean(tail)) if tail else None,
+        "val_bpc": None if val_bpc is None else float(val_bpc),
+        "chars_per_s": (trained * chars / train_time) if train_time > 0 else None,
+        "train_seconds": train_time,
+        "vocab_size": V,
+        "parameters": model.num_parameters(),
+        "loss_png": plot,
+        "checkpoint": str(out / CHECKPOINT),
+    }
+
+
+def _sigmoid_(a: np.ndarray) -> None:
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    a += 1.0
+    np.reciprocal(a, out=a)
+
+
+class Sampler:
+    """Generates text one character at a time from a :class:`CharLM` (eval-mode maths).
+
+    All buffers (state, gates, logits, probabilities) are allocated once here; the layer-0 input
+    projection is folded into a (V, 4H) table (embedding · W_ih^T + biases), so each character
+    costs one row lookup, ``num_layers`` small matrix-vector products into preallocated outputs
+    and the decoder's.
+
+    Example::
+
+        >>> m = CharLM(5, 4, 8, 1, seed=0)
+        >>> s = Sampler(m, seed=0)
+        >>> ids = s.generate([1, 2], 10)
+        >>> len(ids)
+        10
+    """
+
+    def __init__(self, model: CharLM, *, seed: Optional[int] = 0, exclude: tuple = (0,)):
+        mc = model.config
+        L, H, V = mc["num_layers"], mc["hidden_size"], mc["vocab_size"]
+        self.L, self.H, self.V = L, H, V
+        rnn = model.rnn
+        f32 = np.float32
+
+        def bias(k):
+            b = getattr(rnn, f"bias_ih_l{k}", None)
+            b2 = getattr(rnn, f"bias_hh_l{k}", None)
+            return (0 if b is None else b.data) + (0 if b2 is None else b2.data)
+
+        w0 = rnn.weight_ih_l0.data
+        self.table0 = np.ascontiguousarray(model.embedding.weight.data @ w0.T + bias(0), f32)
+        self.w_ih_t = [None] + [
+            np.ascontiguousarray(getattr(rnn, f"weight_ih_l{k}").data.T) for k in range(1, L)
+        ]
+        self.w_hh_t = [
+            np.ascontiguousarray(getattr(rnn, f"weight_hh_l{k}").data.T) for k in range(L)
+        ]
+        self.bias = [None] + [np.asarray(bias(k), f32) for k in range(1, L)]
+        self.w_dec_t = np.ascontiguousarray(model.decoder.weight.data.T)
+        self.b_dec = model.decoder.bias.data.copy()
+        self.h = np.zeros((L, H), f32)
+        self.c = np.zeros((L, H), f32)
+        self.gates = np.empty(4 * H, f32)
+        self.tmp4 = np.empty(4 * H, f32)
+        self.tmp = np.empty(H, f32)
+        self.logits = np.empty(V, f32)
+        self.work = np.empty(V, f32)
+        self.mask = np.empty(V, bool)
+        self.cdf = np.empty(V, np.float64)
+        self.exclude = np.array([e for e in exclude if 0 <= e < V], dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        self.h[...] = 0
+        self.c[...] = 0
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed one token; returns the (preallocated) logits of the next one."""
+        H, g = self.H, self.gates
+        for k in range(self.L):
+            h, c = self.h[k], self.c[k]
+            if k == 0:
+                np.dot(h, self.w_hh_t[0], out=g)
+                g += self.table0[token]
+            else:
+                np.dot(self.h[k - 1], self.w_ih_t[k], out=g)
+                np.dot(h, self.w_hh_t[k], out=self.tmp4)
+                g += self.tmp4
+                g += self.bias[k]
+            i, f, gg, o = g[:H], g[H : 2 * H], g[2 * H : 3 * H], g[3 * H :]
+            _sigmoid_(g[: 2 * H])
+            np.tanh(gg, out=gg)
+            _sigmoid_(o)
+            np.multiply(f, c, out=c)
+            np.multiply(i, gg, out=self.tmp)
+            c += self.tmp
+            np.tanh(c, out=self.tmp)
+            np.multiply(o, self.tmp, out=h)
+        np.dot(self.h[self.L - 1], self.w_dec_t, out=self.logits)
+        self.logits += self.b_dec
+        return self.logits
+
+    def _draw(self, temperature: float, top_k: int) -> int:
+        z = self.logits
+        if self.exclude.size:
+            z[self.exclude] = -np.inf
+        if temperature <= 0:
+            return int(np.argmax(z))
+        z *= np.float32(1.0 / temperature)
+        if 0 < top_k < self.V:
+            self.work[...] = z
+            self.work.partition(self.V - top_k)
+            np.less(z, self.work[self.V - top_k], out=self.mask)
+            z[self.mask] = -np.inf
+        z -= z.max()
+        np.exp(z, out=z)
+        np.cumsum(z, out=self.cdf)
+        u = self.rng.random() * self.cdf[-1]
+        return min(int(np.searchsorted(self.cdf, u, side="right")), self.V - 1)
+
+    def generate(self, prime_ids, length: int, temperature: float = 1.0, top_k: int = 0) -> list:
+        """``length`` new token ids after feeding ``prime_ids`` (at least one id)."""
+        prime_ids = [int(t) for t in prime_ids]
+        if not prime_ids:
+            raise ValueError("prime_ids: expected at least one token")
+        for t in prime_ids:
+            self.step(t)
+        out = []
+        for _ in range(length):
+            t = self._draw(temperature, top_k)
+            out.append(t)
+            self.step(t)
+        return out
+
+
+def sample_text(
+    model: CharLM,
+    vocab,
+    length: int = 500,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    prime: str = "\n",
+    seed: Optional[int] = 0,
+) -> str:
+    """Prime with ``prime`` (default a newline) and return ``length`` sampled characters."""
+    s = Sampler(model, seed=seed)
+    ids = vocab.encode(prime or "\n")
+    return vocab.decode(s.generate(ids, length, temperature, top_k))

@@ -1,0 +1,196 @@
+"""Interpretable-cell inspector: record every hidden and cell activation of a char-LM over a text,
+rank the units by correlation with simple text features, and render the text coloured by one
+unit's activation (HTML and PNG)."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Optional
+
+import numpy as np
+
+from .. import ops
+
+__all__ = ["record_activations", "text_features", "rank_cells", "render_html", "render_png"]
+
+_OPEN, _CLOSE = "([{", ")]}"
+_KEYWORDS = ("def", "class", "import", "from", "return", "if", "for", "while", "with", "as")
+
+
+def record_activations(model, vocab, text: str) -> dict:
+    """``{"h": (N, L, H), "c": (N, L, H)}``: after reading character n (eval maths, one stream)."""
+    ids = vocab.encode(text).astype(np.int64)
+    x = np.ascontiguousarray(model.embedding.weight.data[ids][:, None, :])  # (N, 1, E)
+    hs, cs = [], []
+    rnn = model.rnn
+    for k in range(model.config["num_layers"]):
+        w = [
+            getattr(rnn, f"{n}_l{k}", None)
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
+        y, _, _, cache = ops.lstm_forward(
+            x, *[None if p is None else p.data for p in w], training=True
+        )
+        hs.append(y[:, 0, :])
+        cs.append(np.asarray(cache.cells)[:, 0, :].copy())
+        x = y
+    return {"h": np.stack(hs, axis=1), "c": np.stack(cs, axis=1)}
+
+
+def text_features(text: str) -> dict:
+    """Per-character features (float arrays of len(text)): ``in_quote`` (inside a '...' / "..."
+    string, triple quotes and backslash escapes handled; Korean/typographic quotes too),
+    ``in_bracket`` (inside ( [ {), ``bracket_depth``, ``position_in_line``, ``indentation``
+    (the line's leading spaces), ``after_keyword`` (in the word after a Python keyword)."""
+    n = len(text)
+    arr = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    newline = arr == ord("\n")
+    idx = np.arange(n)
+    line_start = np.maximum.accumulate(np.where(newline, idx + 1, 0))
+    position = (idx - line_start).astype(np.float64)
+    indent = np.zeros(n)
+    for m in re.finditer(r"(?m)^( *)", text):  # one match per line
+        s, e = m.start(), text.find("\n", m.start())
+        indent[s : (n if e < 0 else e + 1)] = len(m.group(1))
+    # bracket depth: cumulative opens minus closes (clipped at 0)
+    opens = np.isin(arr, [ord(c) for c in _OPEN]).astype(np.int64)
+    closes = np.isin(arr, [ord(c) for c in _CLOSE]).astype(np.int64)
+    depth = np.maximum(np.cumsum(opens - closes), 0).astype(np.float64)
+    # quotes need a small state machine (escapes, triple quotes): a regex scan over string spans
+    in_quote = np.zeros(n)
+    pat = re.compile(
+        r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\''
+        r"|“[^”]*”|‘[^’]*’|「[^」]*」|#[^\n]*"
+    )
+    for m in pat.finditer(text):
+        if m.group(0).startswith("#"):
+            continue  # comments are skipped so quotes inside them do not open strings
+        in_quote[m.start() : m.end()] = 1.0
+    after_kw = np.zeros(n)
+    kw = re.compile(r"\b(?:" + "|".join(_KEYWORDS) + r") +(\w+)")
+    for m in kw.finditer(text):
+        after_kw[m.start(1) : m.end(1)] = 1.0
+    return {
+        "in_quote": in_quote,
+        "in_bracket": (depth > 0).astype(np.float64),
+        "bracket_depth": depth,
+        "position_in_line": position,
+        "indentation": indent,
+        "after_keyword": after_kw,
+    }
+
+
+def _corr(acts: np.ndarray, feat: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of acts (N, U) with feat (N,); 0 where constant."""
+    a = acts - acts.mean(0)
+    f = feat - feat.mean()
+    den = np.sqrt((a * a).sum(0) * (f * f).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * f[:, None]).sum(0) / den
+    return np.nan_to_num(r)
+
+
+def rank_cells(acts: dict, feats: dict, top: int = 5) -> dict:
+    """``{feature: [{"kind", "layer", "unit", "index", "r"}, ...]}`` the ``top`` units by |r|.
+
+    ``index`` numbers units as in ``--cell``: kind c before h, layer by layer (L*H each)."""
+    out = {}
+    L, H = acts["c"].shape[1:]
+    series = np.concatenate(
+        [acts["c"].reshape(len(acts["c"]), -1), acts["h"].reshape(len(acts["h"]), -1)], axis=1
+    ).astype(np.float64)
+    for name, f in feats.items():
+        r = _corr(series, f)
+        best = np.argsort(-np.abs(r))[:top]
+        rows = []
+        for j in best:
+            kind = "c" if j < L * H else "h"
+            jj = j % (L * H)
+            rows.append(
+                {
+                    "kind": kind,
+                    "layer": int(jj // H),
+                    "unit": int(jj % H),
+                    "index": int(j),
+                    "r": float(r[j]),
+                }
+            )
+        out[name] = rows
+    return out
+
+
+def unit_series(acts: dict, index: int) -> np.ndarray:
+    L, H = acts["c"].shape[1:]
+    kind = "c" if index < L * H else "h"
+    j = index % (L * H)
+    return acts[kind][:, j // H, j % H]
+
+
+def _colour(v: float) -> str:
+    """Blue (-1) to white (0) to red (+1)."""
+    v = float(np.clip(v, -1, 1))
+    if v >= 0:
+        g = int(255 * (1 - v))
+        return f"rgb(255,{g},{g})"
+    g = int(255 * (1 + v))
+    return f"rgb({g},{g},255)"
+
+
+def render_html(text: str, values: np.ndarray, title: str = "") -> str:
+    """The text with each character's background coloured by ``values`` (scaled to [-1, 1])."""
+    scale = max(float(np.abs(values).max()), 1e-6)
+    spans = []
+    for ch, v in zip(text, values / scale):
+        c = html.escape(ch) if ch != "\n" else "↵<br>"
+        spans.append(f'<span style="background:{_colour(v)}">{c}</span>')
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>"
+        + html.escape(title)
+        + "</title></head><body><h3>"
+        + html.escape(title)
+        + "</h3><pre style='font-family:monospace;line-height:1.4'>"
+        + "".join(spans)
+        + "</pre></body></html>\n"
+    )
+
+
+def render_png(
+    path, text: str, values: np.ndarray, title: str = "", width: int = 80, max_lines: int = 40
+) -> Optional[str]:
+    """A character grid (``width`` columns, lines wrapped) coloured by ``values``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale = max(float(np.abs(values).max()), 1e-6)
+    rows, cur, vals, vcur = [], [], [], []
+    for ch, v in zip(text, values / scale):
+        if ch == "\n" or len(cur) >= width:
+            rows.append(cur)
+            vals.append(vcur)
+            cur, vcur = [], []
+            if ch == "\n":
+                continue
+        cur.append(ch)
+        vcur.append(v)
+    rows.append(cur)
+    vals.append(vcur)
+    rows, vals = rows[:max_lines], vals[:max_lines]
+    grid = np.full((len(rows), width), np.nan)
+    for i, vr in enumerate(vals):
+        grid[i, : len(vr)] = vr
+    fig, ax = plt.subplots(figsize=(width * 0.11 + 0.5, len(rows) * 0.22 + 0.8))
+    ax.imshow(grid, cmap="bwr", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    for i, r in enumerate(rows):
+        for j, ch in enumerate(r):
+            if not ch.isspace():
+                ax.text(j, i, ch, ha="center", va="center", fontsize=7, family="monospace")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

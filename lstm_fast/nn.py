@@ -1,0 +1,346 @@
+"""Layers with parameters and gradients: ``Linear``, ``Embedding``, ``Dropout``, the fused softmax
+cross-entropy, and the recurrent layers (``LSTM``, re-exported from :mod:`lstm_fast.rnn`).
+
+Every layer follows one protocol: ``y = layer(x)`` (training mode keeps what backward needs),
+``dx = layer.backward(dy)`` returns the input gradient and accumulates (``+=``) into each
+parameter's ``.grad``; the caller zeroes (``module.zero_grad()``). Arrays are float32.
+Shapes use the legend: ``T`` steps, ``B`` batch, ``N`` rows, ``V`` vocabulary (classes),
+``E`` embedding size, ``I``/``O`` input/output features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import numpy as np
+
+from .module import Module, Parameter
+from .rnn import LSTM
+
+__all__ = [
+    "LSTM",
+    "Linear",
+    "Embedding",
+    "Dropout",
+    "CrossEntropyLoss",
+    "softmax_cross_entropy",
+    "log_softmax",
+    "load_glove",
+]
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    """A JSON-serialisable snapshot of a NumPy generator (for exact resume)."""
+    return rng.bit_generator.state
+
+
+def _set_rng_state(rng: np.random.Generator, state: Mapping) -> None:
+    rng.bit_generator.state = dict(state)
+
+
+class Linear(Module):
+    r"""Affine map :math:`y = x W^T + b` (PyTorch's ``nn.Linear``).
+
+    Args:
+        in_features: I.  out_features: O.
+        bias: learn an additive bias (default True).
+        seed: seed of the initialisation, U(-1/sqrt(I), 1/sqrt(I)) as PyTorch's.
+
+    Inputs: x (..., I). Output: (..., O). ``backward(dy)`` takes dy as (..., O) or (N, O) and
+    returns dx in the input's shape.
+
+    Attributes:
+        weight: (O, I).  bias: (O,).
+
+    Example::
+
+        >>> import numpy as np
+        >>> lin = Linear(3, 2, seed=0)
+        >>> y = lin(np.ones((4, 3), np.float32))
+        >>> dx = lin.backward(np.ones_like(y))
+        >>> y.shape, dx.shape, lin.weight.grad.shape
+        ((4, 2), (4, 3), (2, 3))
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, seed=None):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(in_features)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)))
+        self.bias = Parameter(rng.uniform(-bound, bound, (out_features,))) if bias else None
+        self._x: Optional[np.ndarray] = None
+        self._xshape: tuple = ()
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+    def forward(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
+        x2 = x.reshape(-1, self.in_features)
+        y = x2 @ self.weight.data.T
+        if self.bias is not None:
+            y += self.bias.data
+        self._x = x2 if self.training else None
+        self._xshape = x.shape
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, dy: Any) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")
+        dy2 = np.asarray(dy, dtype=np.float32).reshape(-1, self.out_features)
+        if dy2.shape[0] != self._x.shape[0]:
+            raise ValueError(f"dy: expected {self._x.shape[0]} rows, got {dy2.shape[0]}")
+        self.weight.grad += dy2.T @ self._x
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=0)
+        dx = dy2 @ self.weight.data
+        return dx.reshape(self._xshape)
+
+
+class Embedding(Module):
+    """Lookup table of ``V`` vectors of size ``E`` (PyTorch's ``nn.Embedding``).
+
+    Args:
+        num_embeddings: V.  embedding_dim: E.
+        padding_idx: this row gets no gradient (and starts as zeros), or None.
+        seed: seed of the N(0, 1) initialisation.
+
+    Inputs: integer ids of any shape (...). Output: (..., E).
+
+    Attributes:
+        weight: (V, E).
+
+    Example::
+
+        >>> emb = Embedding(10, 4, seed=0)
+        >>> emb(np.array([[1, 2], [3, 1]])).shape
+        (2, 2, 4)
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: Optional[int] = None,
+        *,
+        seed=None,
+    ):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.padding_idx = padding_idx
+        w = rng.standard_normal((num_embeddings, embedding_dim))
+        if padding_idx is not None:
+            w[padding_idx] = 0
+        self.weight = Parameter(w)
+        self._ids: Optional[np.ndarray] = None
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+    @classmethod
+    def from_pretrained(cls, weight: Any, padding_idx: Optional[int] = None) -> Embedding:
+        weight = np.asarray(weight, dtype=np.float32)
+        if weight.ndim != 2:
+            raise ValueError(f"weight: expected shape (V, E), got {weight.shape}")
+        emb = cls(weight.shape[0], weight.shape[1], padding_idx=padding_idx, seed=0)
+        emb.weight.data[...] = weight
+        return emb
+
+    def load_glove(self, path: str, stoi: Mapping[str, int]) -> int:
+        """Overwrite the rows of words found in a GloVe-format text file; returns how many."""
+        vecs = load_glove(path, stoi, self.embedding_dim)
+        for i, v in vecs.items():
+            self.weight.data[i] = v
+        return len(vecs)
+
+    def forward(self, ids: Any) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
+            raise IndexError(
+                f"ids: expected values in [0, V={self.num_embeddings}), "
+                f"got [{ids.min()}, {ids.max()}]"
+            )
+        self._ids = ids if self.training else None
+        return self.weight.data[ids]
+
+    def backward(self, dy: Any) -> None:
+        if self._ids is None:
+            raise RuntimeError("Embedding.backward: no saved forward (call it in training mode)")
+        flat = self._ids.reshape(-1)
+        dy2 = np.asarray(dy, dtype=np.float32).reshape(flat.size, self.embedding_dim)
+        np.add.at(self.weight.grad, flat, dy2)
+        if self.padding_idx is not None:
+            self.weight.grad[self.padding_idx] = 0
+        return None
+
+
+def load_glove(path: str, stoi: Mapping[str, int], dim: Optional[int] = None) -> dict:
+    """Read a GloVe-format text file (``word v1 v2 ... vE`` per line, UTF-8).
+
+    Returns ``{id: vector (E,) float32}`` for the words of ``stoi`` found in the file. Lines whose
+    width differs from ``dim`` (or from the first line's when ``dim`` is None) raise ValueError
+    naming the line.
+    """
+    out = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.rstrip().split(" ")
+            if len(parts) < 2:
+                continue
+            if lineno == 1 and len(parts) == 2 and parts[0].isdigit():
+                continue  # word2vec-style header "count dim"
+            width = len(parts) - 1
+            if dim is None:
+                dim = width
+            if width != dim:
+                raise ValueError(f"{path}:{lineno}: expected {dim} values, got {width}")
+            idx = stoi.get(parts[0])
+            if idx is not None:
+                out[idx] = np.asarray(parts[1:], dtype=np.float32)
+    return out
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training mode and scale the rest by 1/(1-p).
+
+    Args:
+        p: drop probability (default 0.5).  seed: seed of the layer's own generator.
+
+    The generator's state is part of :meth:`get_rng_state`, so a resumed run draws the same masks.
+    """
+
+    def __init__(self, p: float = 0.5, *, seed=None):
+        super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p: expected a float in [0, 1], got {p}")
+        self.p = float(p)
+        self._rng = np.random.default_rng(seed)
+        self._mask: Optional[np.ndarray] = None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def get_rng_state(self) -> dict:
+        return _rng_state(self._rng)
+
+    def set_rng_state(self, state: Mapping) -> None:
+        _set_rng_state(self._rng, state)
+
+    def forward(self, x: Any) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        if self.p == 1.0:
+            self._mask = np.zeros_like(x)
+        else:
+            keep = self._rng.random(x.shape, dtype=np.float32) >= self.p
+            self._mask = keep.astype(np.float32) * np.float32(1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, dy: Any) -> np.ndarray:
+        dy = np.asarray(dy, dtype=np.float32)
+        return dy if self._mask is None else dy * self._mask
+
+
+def log_softmax(logits: Any, axis: int = -1) -> np.ndarray:
+    """Numerically stable log-softmax (float32)."""
+    z = np.asarray(logits, dtype=np.float32)
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def softmax_cross_entropy(
+    logits: Any,
+    targets: Any,
+    *,
+    ignore_index: Optional[int] = None,
+    reduction: str = "mean",
+    need_grad: bool = True,
+):
+    r"""Fused softmax + cross-entropy: the loss and its gradient in one pass over the logits.
+
+    .. math::
+        \ell_n = -\log \frac{e^{z_{n,y_n}}}{\sum_v e^{z_{n,v}}}, \qquad
+        \partial \ell_n / \partial z_{n,v} = \mathrm{softmax}(z_n)_v - [v = y_n]
+
+    computed with the row maximum subtracted (no overflow for any finite logits).
+
+    Args:
+        logits: (N, V) (or (..., V), flattened).  targets: (N,) integer class ids.
+        ignore_index: rows whose target equals it contribute nothing (and get zero gradient).
+        reduction: ``"mean"`` (over counted rows) or ``"sum"``.
+        need_grad: also return the gradient (False saves the (N, V) buffer's second use).
+
+    Returns:
+        ``(loss, dlogits)``: the loss as a Python float (computed in float64), and the gradient
+        with the logits' shape (float32), or None when ``need_grad`` is False.
+    """
+    z = np.array(logits, dtype=np.float32, copy=True)
+    shape = z.shape
+    V = shape[-1]
+    z = z.reshape(-1, V)
+    t = np.asarray(targets).reshape(-1)
+    if t.shape[0] != z.shape[0]:
+        raise ValueError(f"targets: expected {z.shape[0]} entries (N), got {t.shape[0]}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"targets: expected integer class ids, got dtype {t.dtype}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    valid = None if ignore_index is None else t != ignore_index
+    tt = t if valid is None else np.where(valid, t, 0)
+    if tt.size and (tt.min() < 0 or tt.max() >= V):
+        raise IndexError(f"targets: expected values in [0, V={V}), got [{tt.min()}, {tt.max()}]")
+    rows = np.arange(z.shape[0])
+    z -= z.max(axis=1, keepdims=True)
+    zt = z[rows, tt].astype(np.float64)  # target logit minus the row maximum (<= 0)
+    np.exp(z, out=z)  # z now holds exp(z - max); the row sums are >= 1, so log is safe
+    s = z.sum(axis=1, dtype=np.float64)
+    nll = np.log(s) - zt
+    count = z.shape[0] if valid is None else int(valid.sum())
+    if valid is not None:
+        nll = np.where(valid, nll, 0.0)
+    total = float(nll.sum())
+    scale = 1.0 / max(count, 1) if reduction == "mean" else 1.0
+    loss = total * scale
+    if not need_grad:
+        return loss, None
+    z *= (1.0 / s).astype(np.float32)[:, None]  # softmax
+    z[rows, tt] -= 1.0
+    if valid is not None:
+        z[~valid] = 0.0
+    if scale != 1.0:
+        z *= np.float32(scale)
+    return loss, z.reshape(shape)
+
+
+class CrossEntropyLoss(Module):
+    """``loss = criterion(logits, targets)``; ``dlogits = criterion.backward()``.
+
+    A thin module over :func:`softmax_cross_entropy` (PyTorch's ``nn.CrossEntropyLoss`` API).
+    """
+
+    def __init__(self, ignore_index: Optional[int] = None, reduction: str = "mean"):
+        super().__init__()
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self._grad: Optional[np.ndarray] = None
+
+    def forward(self, logits: Any, targets: Any) -> float:
+        loss, g = softmax_cross_entropy(
+            logits, targets, ignore_index=self.ignore_index, reduction=self.reduction
+        )
+        self._grad = g
+        return loss
+
+    def backward(self, scale: float = 1.0) -> np.ndarray:
+        if self._grad is None:
+            raise RuntimeError("CrossEntropyLoss.backward: call forward first")
+        return self._grad if scale == 1.0 else self._grad * np.float32(scale)

@@ -1,0 +1,370 @@
+"""Optimizers over :class:`~lstm_fast.module.Parameter` lists, with PyTorch's update rules.
+
+``SGD`` (momentum, dampening, Nesterov, weight decay), ``Adam`` / ``AdamW``, ``Adagrad``
+(min-char-rnn's), ``RMSprop`` (momentum, centered); :func:`clip_grad_norm`; learning-rate
+schedules (:class:`StepLR`, :class:`CosineLR` with linear warm-up) that are pure functions of the
+step, so a resumed run gets the same rates.
+
+Each optimizer's :meth:`Optimizer.state_dict` is ``{"type", "hyper", "step", "arrays"}``: JSON-able
+scalars and a flat ``{name: array}`` dict (``"3.exp_avg"`` = parameter 3's first moment), so a
+checkpoint can store it without pickle and resume bitwise exactly. Updates are in place, in float32,
+vectorised per parameter.
+
+Example::
+
+    >>> import numpy as np
+    >>> from lstm_fast.module import Parameter
+    >>> p = Parameter(np.ones(3))
+    >>> opt = Adam([p], lr=0.1)
+    >>> p.grad[...] = 1.0
+    >>> opt.step()
+    >>> np.round(p.data, 4).tolist()
+    [0.9, 0.9, 0.9]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Optional
+
+import numpy as np
+
+from .module import Parameter
+
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adagrad",
+    "RMSprop",
+    "clip_grad_norm",
+    "StepLR",
+    "CosineLR",
+    "make_optimizer",
+]
+
+_f32 = np.float32
+
+
+class Optimizer:
+    """Base class: a list of parameters, hyper-parameters as attributes, per-parameter state."""
+
+    _hyper: tuple = ("lr",)
+    _slots: tuple = ()
+
+    def __init__(self, params: Iterable[Parameter], **hyper: Any):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("optimizer got an empty parameter list")
+        for p in self.params:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"params: expected Parameter objects, got {type(p).__name__}")
+        lr = hyper.get("lr")
+        if lr is None or not lr >= 0:
+            raise ValueError(f"lr: expected a float >= 0, got {lr}")
+        for k, v in hyper.items():
+            setattr(self, k, v)
+        self.step_count = 0
+        self.state: list[dict] = [{} for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad[...] = 0
+
+    def _buf(self, i: int, name: str, init: float = 0.0) -> np.ndarray:
+        st = self.state[i]
+        if name not in st:
+            st[name] = np.full_like(self.params[i].data, init)
+        return st[name]
+
+    def step(self) -> None:
+        self.step_count += 1
+        for i, p in enumerate(self.params):
+            self._update(i, p)
+
+    def _update(self, i: int, p: Parameter) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _grad(self, p: Parameter, weight_decay: float) -> np.ndarray:
+        if weight_decay:
+            return p.grad + _f32(weight_decay) * p.data
+        return p.grad
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        arrays = {}
+        for i, st in enumerate(self.state):
+            for k, v in st.items():
+                arrays[f"{i}.{k}"] = v.copy()
+        return {
+            "type": type(self).__name__,
+            "hyper": {k: getattr(self, k) for k in self._hyper},
+            "step": self.step_count,
+            "arrays": arrays,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("type") != type(self).__name__:
+            raise ValueError(
+                f"load_state_dict: expected a {type(self).__name__} state, got {sd.get('type')}"
+            )
+        state: list[dict] = [{} for _ in self.params]
+        for key, arr in sd["arrays"].items():
+            i_str, name = key.split(".", 1)
+            i = int(i_str)
+            if not 0 <= i < len(self.params):
+                raise ValueError(f"load_state_dict: {key}: no parameter {i}")
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape != self.params[i].data.shape:
+                raise ValueError(
+                    f"load_state_dict: {key}: expected shape {self.params[i].data.shape}, "
+                    f"got {arr.shape}"
+                )
+            state[i][name] = arr.copy()
+        for k, v in sd["hyper"].items():
+            setattr(self, k, v)
+        self.step_count = int(sd["step"])
+        self.state = state
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent (PyTorch's ``optim.SGD``): with momentum ``mu``,
+    ``b = mu b + (1 - dampening) g`` (``b = g`` on the first step), the step is ``b``, or
+    ``g + mu b`` with Nesterov; ``g`` includes ``weight_decay * p``."""
+
+    _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+
+    def __init__(
+        self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
+    ):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+        )
+
+    def _update(self, i, p):
+        g = self._grad(p, self.weight_decay)
+        if self.momentum:
+            st = self.state[i]
+            if "momentum_buffer" not in st:
+                st["momentum_buffer"] = np.array(g, dtype=np.float32, copy=True)
+            else:
+                b = st["momentum_buffer"]
+                b *= _f32(self.momentum)
+                b += _f32(1.0 - self.dampening) * g
+            b = st["momentum_buffer"]
+            g = g + _f32(self.momentum) * b if self.nesterov else b
+        p.data -= _f32(self.lr) * g
+
+
+class Adam(Optimizer):
+    """Adam (PyTorch's ``optim.Adam``, L2 ``weight_decay`` added to the gradient)."""
+
+    _hyper = ("lr", "betas", "eps", "weight_decay")
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+    def _update(self, i, p):
+        b1, b2 = self.betas
+        if self._decoupled:
+            if self.weight_decay:
+                p.data *= _f32(1.0 - self.lr * self.weight_decay)
+            g = p.grad
+        else:
+            g = self._grad(p, self.weight_decay)
+        m = self._buf(i, "exp_avg")
+        v = self._buf(i, "exp_avg_sq")
+        m *= _f32(b1)
+        m += _f32(1.0 - b1) * g
+        v *= _f32(b2)
+        v += _f32(1.0 - b2) * (g * g)
+        t = self.step_count
+        bc1 = 1.0 - b1**t
+        bc2 = 1.0 - b2**t
+        denom = np.sqrt(v) / _f32(math.sqrt(bc2))
+        denom += _f32(self.eps)
+        p.data -= _f32(self.lr / bc1) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (PyTorch's ``optim.AdamW``: ``p *= 1 - lr * wd``)."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (PyTorch's ``optim.Adagrad``): ``s += g^2``,
+    ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``."""
+
+    _hyper = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        lr_decay=0.0,
+        weight_decay=0.0,
+        initial_accumulator_value=0.0,
+        eps=1e-10,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+        )
+
+    def _update(self, i, p):
+        g = self._grad(p, self.weight_decay)
+        s = self._buf(i, "sum", self.initial_accumulator_value)
+        s += g * g
+        clr = self.lr / (1.0 + (self.step_count - 1) * self.lr_decay)
+        std = np.sqrt(s)
+        std += _f32(self.eps)
+        p.data -= _f32(clr) * (g / std)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (PyTorch's ``optim.RMSprop``, with ``momentum`` and ``centered``)."""
+
+    _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum=0.0,
+        centered=False,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+        )
+
+    def _update(self, i, p):
+        g = self._grad(p, self.weight_decay)
+        a = _f32(self.alpha)
+        sq = self._buf(i, "square_avg")
+        sq *= a
+        sq += _f32(1.0 - self.alpha) * (g * g)
+        if self.centered:
+            ga = self._buf(i, "grad_avg")
+            ga *= a
+            ga += _f32(1.0 - self.alpha) * g
+            avg = np.sqrt(sq - ga * ga)
+        else:
+            avg = np.sqrt(sq)
+        avg += _f32(self.eps)
+        if self.momentum > 0:
+            buf = self._buf(i, "momentum_buffer")
+            buf *= _f32(self.momentum)
+            buf += g / avg
+            p.data -= _f32(self.lr) * buf
+        else:
+            p.data -= _f32(self.lr) * (g / avg)
+
+
+def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e-6) -> float:
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (PyTorch's ``clip_grad_norm_``: ``coef = max_norm /
+    (norm + 1e-6)``, applied when < 1).
+    """
+    params = list(params)
+    total = math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel())) for p in params))
+    coef = max_norm / (total + eps)
+    if coef < 1.0:
+        for p in params:
+            p.grad *= _f32(coef)
+    return total
+
+
+class _Schedule:
+    """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per optimizer step."""
+
+    def __init__(self, optimizer: Optimizer, base_lr: Optional[float] = None):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr if base_lr is None else base_lr
+        self.set(optimizer.step_count)
+
+    def factor(self, step: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def set(self, step: int) -> float:
+        self.optimizer.lr = self.base_lr * self.factor(step)
+        return self.optimizer.lr
+
+    def step(self) -> float:
+        return self.set(self.optimizer.step_count)
+
+
+class StepLR(_Schedule):
+    """``lr = base_lr * gamma ** (step // step_size)``."""
+
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, base_lr=None):
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        super().__init__(optimizer, base_lr)
+
+    def factor(self, step):
+        return self.gamma ** (step // self.step_size)
+
+
+class CosineLR(_Schedule):
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``min_factor * base_lr`` at
+    ``total_steps`` (constant after)."""
+
+    def __init__(
+        self, optimizer, total_steps: int, warmup: int = 0, min_factor: float = 0.0, base_lr=None
+    ):
+        self.total_steps, self.warmup, self.min_factor = int(total_steps), int(warmup), min_factor
+        super().__init__(optimizer, base_lr)
+
+    def factor(self, step):
+        if self.warmup and step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(self.total_steps - self.warmup, 1)
+        t = min(max(step - self.warmup, 0) / span, 1.0)
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+_OPTIMIZERS = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "adagrad": Adagrad,
+    "rmsprop": RMSprop,
+}
+
+
+def make_optimizer(name: str, params, **kwargs) -> Optimizer:
+    """Build an optimizer by name: sgd, adam, adamw, adagrad, rmsprop."""
+    try:
+        cls = _OPTIMIZERS[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"optimizer: expected one of {sorted(_OPTIMIZERS)}, got {name!r}"
+        ) from None
+    return cls(params, **kwargs)

@@ -1,0 +1,103 @@
+"""The train / evaluate / sample / inspect / classify subcommands end to end (tiny runs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lstm_fast import cli
+
+
+def _last_json(capsys):
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("train", "evaluate", "sample", "classify", "inspect"):
+        assert name in out
+
+
+def test_train_evaluate_sample_inspect(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(('def f(x):\n    return "a(b)" + x\n' * 80), encoding="utf-8")
+    run = str(tmp_path / "run")
+    args = [
+        "train",
+        str(corpus),
+        "--out",
+        run,
+        "--hidden-size",
+        "12",
+        "--embed-size",
+        "6",
+        "--num-layers",
+        "1",
+        "--seq-len",
+        "10",
+        "--batch-size",
+        "4",
+        "--steps",
+        "6",
+        "--val-every",
+        "3",
+        "--checkpoint-every",
+        "3",
+        "--quiet",
+        "--json",
+    ]
+    assert cli.main(args) == 0
+    res = _last_json(capsys)
+    assert res["step"] == 6 and res["val_bpc"] > 0 and res["chars_per_s"] > 0
+    assert cli.main(args[:-4] + ["--steps", "8", "--resume", "--quiet", "--json"]) == 0
+    assert _last_json(capsys)["step"] == 8
+    assert cli.main(["evaluate", run, str(corpus), "--json"]) == 0
+    assert _last_json(capsys)["bpc"] > 0
+    assert (
+        cli.main(["sample", run, "--length", "20", "--prime", "def", "--top-k", "3", "--json"]) == 0
+    )
+    s = _last_json(capsys)
+    assert s["chars"] == 20 and s["text"].startswith("def")
+    html = tmp_path / "i.html"
+    assert cli.main(["inspect", run, str(corpus), "--out", str(html), "--json"]) == 0
+    r = _last_json(capsys)
+    assert html.exists() and (tmp_path / "i.png").exists() and "in_quote" in r["correlations"]
+    assert cli.main(["train", "--out", run]) == 2
+    assert cli.main(["evaluate", str(tmp_path / "nothing"), str(corpus)]) == 1
+
+
+def test_classify_train_eval(tmp_path, capsys):
+    lines = ["label\ttext"] + [
+        f"{i % 2}\t{'좋다 최고' if i % 2 else '별로 최악'} {i}" for i in range(60)
+    ]
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = str(tmp_path / "cls")
+    assert (
+        cli.main(
+            [
+                "classify",
+                "train",
+                str(tsv),
+                "--out",
+                run,
+                "--epochs",
+                "2",
+                "--hidden-size",
+                "6",
+                "--embed-size",
+                "4",
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert _last_json(capsys)["nb_accuracy"] == 1.0
+    assert cli.main(["classify", "eval", run, str(tsv), "--json"]) == 0
+    r = _last_json(capsys)
+    assert r["examples"] == 60 and 0 <= r["accuracy"] <= 1

@@ -1,0 +1,200 @@
+"""CharLM (gradients, sampling, training, exact resume), classifier and Naive Bayes, inspector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_fast import data
+from lstm_fast.models import (
+    CharLM,
+    ClassifierConfig,
+    NaiveBayes,
+    Sampler,
+    SequenceClassifier,
+    TrainConfig,
+    evaluate_classifier,
+    load_charlm,
+    train_charlm,
+    train_classifier,
+)
+from lstm_fast.models import inspect as ins
+from lstm_fast.nn import softmax_cross_entropy
+
+TINY = dict(
+    embed_size=8,
+    hidden_size=16,
+    num_layers=2,
+    seq_len=12,
+    batch_size=4,
+    val_every=4,
+    checkpoint_every=3,
+    max_chars=6000,
+)
+
+
+@pytest.fixture(scope="module")
+def text():
+    return data.default_corpus(max_chars=6000)
+
+
+def test_charlm_gradient_finite_difference():
+    m = CharLM(11, 5, 7, 2, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 11, (6, 3))
+    y = rng.integers(0, 11, (6, 3))
+
+    def loss():
+        logits, _ = m(x)
+        return softmax_cross_entropy(logits.reshape(-1, 11), y.reshape(-1))[0]
+
+    m.zero_grad()
+    logits, _ = m(x)
+    _, g = softmax_cross_entropy(logits.reshape(-1, 11), y.reshape(-1))
+    m.backward(g)
+    for name, p in m.named_parameters():
+        for idx in [(0,) * p.data.ndim, tuple(s - 1 for s in p.data.shape)]:
+            if name == "embedding.weight":
+                idx = (int(x[0, 0]), 0)
+            old = p.data[idx]
+            p.data[idx] = old + 1e-2
+            fp = loss()
+            p.data[idx] = old - 1e-2
+            fm = loss()
+            p.data[idx] = old
+            assert p.grad[idx] == pytest.approx((fp - fm) / 2e-2, rel=5e-2, abs=2e-4), name
+
+
+def test_sampler_matches_forward_and_is_seeded():
+    m = CharLM(20, 6, 9, 2, seed=1).eval()
+    x = np.random.default_rng(1).integers(1, 20, (15, 1))
+    logits, _ = m(x)
+    s = Sampler(m)
+    for t in range(15):
+        out = s.step(int(x[t, 0]))
+    np.testing.assert_allclose(out, logits[-1, 0], rtol=1e-4, atol=1e-5)
+    a = Sampler(m, seed=3).generate([1], 40, temperature=0.9, top_k=4)
+    b = Sampler(m, seed=3).generate([1], 40, temperature=0.9, top_k=4)
+    assert a == b and 0 not in a
+    g = Sampler(m).generate([1, 2], 5, temperature=0)
+    assert g == Sampler(m, seed=9).generate([1, 2], 5, temperature=0)
+
+
+def test_train_resume_is_bitwise_exact(tmp_path, text):
+    cfg = TrainConfig(steps=9, dropout=0.2, **TINY)
+    full = train_charlm(cfg, tmp_path / "full", text=text, progress=False, log=lambda m: None)
+    assert full["step"] == 9 and np.isfinite(full["val_bpc"])
+
+    def interrupt(step, bpc):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_charlm(
+            cfg, tmp_path / "cut", text=text, progress=False, on_step=interrupt, log=lambda m: None
+        )
+    _, _, meta, _ = load_charlm(tmp_path / "cut")
+    assert meta["step"] == 5
+    train_charlm(cfg, tmp_path / "cut", text=text, resume=True, progress=False, log=lambda m: None)
+    a, _, _, arr_a = load_charlm(tmp_path / "full")
+    b, _, _, arr_b = load_charlm(tmp_path / "cut")
+    assert sorted(arr_a) == sorted(arr_b)
+    for k in arr_a:
+        np.testing.assert_array_equal(arr_a[k], arr_b[k], err_msg=k)
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="corpus differs"):
+        train_charlm(
+            cfg, tmp_path / "cut", text=text[:-10], resume=True, progress=False, log=lambda m: None
+        )
+
+
+def test_training_reduces_loss(tmp_path, text):
+    cfg = TrainConfig(steps=60, lr=1e-2, **dict(TINY, checkpoint_every=0, val_every=0))
+    res = train_charlm(cfg, tmp_path, text=text, progress=False)
+    tr = np.load(tmp_path / "checkpoint.npz", allow_pickle=False)["hist/train_bpc"]
+    assert tr[-10:].mean() < tr[:5].mean() - 1.0
+    assert res["val_bpc"] < 6.0
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "last"])
+def test_classifier_gradient_and_padding(pool):
+    m = SequenceClassifier(9, 3, 4, 5, pool=pool, pad_id=1, seed=0)
+    ids = np.array([[2, 3], [4, 5], [6, 1], [7, 1]])
+    lengths = np.array([4, 2])
+    y = np.array([0, 2])
+    logits = m(ids, lengths)
+    # padding does not change the shorter sequence's prediction
+    ids2 = ids.copy()
+    ids2[2:, 1] = 8
+    np.testing.assert_allclose(m(ids2, lengths)[1], logits[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m(ids[:2, 1:], lengths[1:])[0], logits[1], rtol=1e-5, atol=1e-6)
+
+    def loss():
+        return softmax_cross_entropy(m(ids, lengths), y)[0]
+
+    m.zero_grad()
+    _, g = softmax_cross_entropy(m(ids, lengths), y)
+    m.backward(g)
+    for name, p in m.named_parameters():
+        idx = (2, 1) if name == "embedding.weight" else (0,) * p.data.ndim
+        old = p.data[idx]
+        p.data[idx] = old + 1e-2
+        fp = loss()
+        p.data[idx] = old - 1e-2
+        fm = loss()
+        p.data[idx] = old
+        assert p.grad[idx] == pytest.approx((fp - fm) / 2e-2, rel=5e-2, abs=2e-4), name
+
+
+def _toy_tsv(path, n, seed):
+    rng = np.random.default_rng(seed)
+    pos, neg = ["좋다", "최고", "great"], ["별로", "최악", "bad"]
+    lines = ["label\ttext"]
+    for _ in range(n):
+        lab = int(rng.integers(0, 2))
+        words = list(rng.choice(["영화", "the", "film", "배우"], 3)) + [rng.choice([neg, pos][lab])]
+        rng.shuffle(words)
+        lines.append(f"{lab}\t{' '.join(words)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_classifier_and_naive_bayes_learn(tmp_path):
+    _toy_tsv(tmp_path / "train.tsv", 300, 0)
+    _toy_tsv(tmp_path / "test.tsv", 100, 1)
+    cfg = ClassifierConfig(
+        embed_size=8, hidden_size=8, epochs=4, batch_size=16, lr=1e-2, min_freq=1, dropout=0.0
+    )
+    res = train_classifier(
+        tmp_path / "train.tsv", tmp_path / "run", cfg, progress=False, log=lambda m: None
+    )
+    assert res["nb_accuracy"] == 1.0 and res["accuracy"] >= 0.9
+    ev = evaluate_classifier(tmp_path / "run", tmp_path / "test.tsv")
+    assert ev["accuracy"] >= 0.9 and ev["nb_accuracy"] == 1.0
+    nb = NaiveBayes.load(tmp_path / "run" / "naive_bayes.npz")
+    assert nb.predict(["최고 최고", "최악"]).tolist() == [1, 0]
+
+
+def test_inspector_features_and_ranking(tmp_path):
+    text = 'x = f("ab(c)", [1,\n    2])  # "no"\nreturn y\n'
+    f = ins.text_features(text)
+    q = f["in_quote"]
+    assert q[text.index('"ab')] == 1 and q[text.index("ab")] == 1 and q[0] == 0
+    assert q[text.index('"no')] == 0  # comment
+    assert f["in_bracket"][text.index("ab")] == 1 and f["bracket_depth"][text.index("2")] == 2
+    assert f["indentation"][text.index("2")] == 4 and f["position_in_line"][text.index("2")] == 4
+    assert f["after_keyword"][text.index("y")] == 1
+    m = CharLM(40, 4, 6, 2, seed=0)
+    vocab = data.Vocab.build(text)
+    acts = ins.record_activations(m, vocab, text)
+    assert acts["h"].shape == (len(text), 2, 6) and acts["c"].shape == (len(text), 2, 6)
+    m.eval()
+    y, _ = m.rnn(m.embedding(vocab.encode(text).astype(np.int64))[:, None, :])
+    np.testing.assert_allclose(acts["h"][:, 1], y[:, 0], rtol=1e-5, atol=1e-6)
+    fake = {"c": np.zeros((len(text), 1, 2)), "h": np.zeros((len(text), 1, 2))}
+    fake["h"][:, 0, 1] = q + 0.01 * np.arange(len(text)) / len(text)
+    best = ins.rank_cells(fake, {"in_quote": q}, 1)["in_quote"][0]
+    assert best["kind"] == "h" and best["unit"] == 1 and best["r"] > 0.99
+    html = ins.render_html(text, q - 0.5, "t")
+    assert html.count("<span") == len(text)
+    assert ins.render_png(tmp_path / "a.png", text, q - 0.5, "t")
+    assert (tmp_path / "a.png").stat().st_size > 0

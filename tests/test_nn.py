@@ -1,0 +1,126 @@
+"""Layers: finite-difference gradient checks, PyTorch parity for the loss, GloVe loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_fast import nn
+
+
+def _fd(f, x, eps=1e-3):
+    """Central finite differences of scalar f at float64 copy of x (perturbed in place)."""
+    g = np.zeros_like(x, dtype=np.float64)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def test_linear_gradients():
+    rng = np.random.default_rng(0)
+    lin = nn.Linear(5, 3, seed=1)
+    x = rng.standard_normal((4, 2, 5)).astype(np.float32)
+    w = rng.standard_normal((4, 2, 3))  # random upstream gradient
+
+    def f():
+        return float((lin(x).astype(np.float64) * w).sum())
+
+    lin.zero_grad()
+    lin(x)
+    dx = lin.backward(w.astype(np.float32))
+    np.testing.assert_allclose(dx, _fd(f, x), rtol=1e-2, atol=1e-3)
+    gw, gb = lin.weight.grad.copy(), lin.bias.grad.copy()
+    np.testing.assert_allclose(gw, _fd(f, lin.weight.data), rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(gb, _fd(f, lin.bias.data), rtol=1e-2, atol=1e-3)
+
+
+def test_embedding_gradient_accumulates_repeats_and_padding():
+    emb = nn.Embedding(6, 3, padding_idx=0, seed=0)
+    assert not emb.weight.data[0].any()
+    ids = np.array([[1, 2, 1], [0, 5, 1]])
+    out = emb(ids)
+    assert out.shape == (2, 3, 3)
+    dy = np.arange(18, dtype=np.float32).reshape(2, 3, 3)
+    emb.backward(dy)
+    np.testing.assert_allclose(emb.weight.grad[1], dy[0, 0] + dy[0, 2] + dy[1, 2])
+    assert not emb.weight.grad[0].any()
+    with pytest.raises(IndexError, match="ids"):
+        emb(np.array([6]))
+
+
+def test_glove_loading(tmp_path):
+    p = tmp_path / "vecs.txt"
+    p.write_text("the 0.1 0.2 0.3\n영화 1 2 3\nunused 9 9 9\n", encoding="utf-8")
+    stoi = {"<unk>": 0, "the": 1, "영화": 2, "absent": 3}
+    emb = nn.Embedding(4, 3, seed=0)
+    before = emb.weight.data.copy()
+    assert emb.load_glove(str(p), stoi) == 2
+    np.testing.assert_allclose(emb.weight.data[2], [1, 2, 3])
+    np.testing.assert_array_equal(emb.weight.data[3], before[3])
+    p.write_text("the 0.1 0.2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="expected 3 values"):
+        emb.load_glove(str(p), stoi)
+
+
+def test_dropout_seeded_and_resumable():
+    d = nn.Dropout(0.5, seed=3)
+    x = np.ones((100,), np.float32)
+    st = d.get_rng_state()
+    a = d(x)
+    assert set(np.unique(a)) <= {0.0, 2.0}
+    np.testing.assert_array_equal(d.backward(x), a)
+    d.set_rng_state(st)
+    np.testing.assert_array_equal(d(x), a)
+    d.eval()
+    np.testing.assert_array_equal(d(x), x)
+
+
+def test_softmax_cross_entropy_gradient_and_stability():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((6, 5)).astype(np.float32)
+    t = rng.integers(0, 5, 6)
+    loss, g = nn.softmax_cross_entropy(z, t)
+    z64 = z.astype(np.float64)
+
+    def f():
+        zz = z64 - z64.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(zz).sum(1)) - zz[np.arange(6), t]))
+
+    assert loss == pytest.approx(f(), rel=1e-6)
+    np.testing.assert_allclose(g, _fd(f, z64, 1e-4), rtol=1e-3, atol=1e-5)
+    big = np.array([[1e4, -1e4, 0.0]], np.float32)
+    loss, g = nn.softmax_cross_entropy(big, np.array([1]))
+    assert loss == pytest.approx(2e4)
+    assert np.isfinite(g).all()
+    loss, g = nn.softmax_cross_entropy(z, np.where(t > 2, -1, t), ignore_index=-1)
+    assert not g[t > 2].any()
+
+
+def test_softmax_cross_entropy_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal((3, 4, 7)) * 5).astype(np.float32)
+    t = rng.integers(0, 7, 12)
+    loss, g = nn.softmax_cross_entropy(z, t, reduction="sum")
+    tz = torch.tensor(z.reshape(12, 7), requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor(t), reduction="sum")
+    tl.backward()
+    assert loss == pytest.approx(tl.item(), rel=1e-5)
+    np.testing.assert_allclose(g.reshape(12, 7), tz.grad.numpy(), rtol=1e-5, atol=1e-6)
+    crit = nn.CrossEntropyLoss()
+    assert crit(z, t) == pytest.approx(loss / 12, rel=1e-6)
+    assert crit.backward().shape == z.shape
+
+
+def test_lstm_reexported():
+    import lstm_fast
+
+    assert nn.LSTM is lstm_fast.LSTM

@@ -1,0 +1,116 @@
+"""Optimizers against PyTorch's update rules, clipping, schedules and exact state round-trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_fast import optim
+from lstm_fast.module import Parameter
+
+torch = pytest.importorskip("torch")
+
+CASES = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
+    ("RMSprop", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
+]
+
+
+def _grads(rng, shapes, steps):
+    return [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(steps)]
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_matches_torch(name, kw):
+    rng = np.random.default_rng(0)
+    shapes = [(5, 3), (7,)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = _grads(rng, shapes, 6)
+    ours = [Parameter(a) for a in init]
+    opt = getattr(optim, name)(ours, **kw)
+    theirs = [torch.nn.Parameter(torch.tensor(a)) for a in init]
+    topt = getattr(torch.optim, name)(theirs, **kw)
+    for gs in grads:
+        for p, t, g in zip(ours, theirs, gs):
+            p.grad[...] = g
+            t.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,kw", CASES[1::2])
+def test_state_dict_resume_is_exact(name, kw):
+    rng = np.random.default_rng(1)
+    shapes = [(4, 4), (3,)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = _grads(rng, shapes, 6)
+
+    def run(split):
+        ps = [Parameter(a) for a in init]
+        opt = getattr(optim, name)(ps, **kw)
+        for k, gs in enumerate(grads):
+            if k == split:  # "restart": a fresh optimizer loaded from the saved state
+                sd = opt.state_dict()
+                ps = [Parameter(p.data) for p in ps]
+                opt = getattr(optim, name)(ps, lr=123.0)
+                opt.load_state_dict(sd)
+            for p, g in zip(ps, gs):
+                p.grad[...] = g
+            opt.step()
+        return [p.data for p in ps]
+
+    for a, b in zip(run(None), run(3)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_clip_grad_norm_matches_torch():
+    rng = np.random.default_rng(2)
+    gs = [rng.standard_normal(s).astype(np.float32) for s in [(3, 4), (5,)]]
+    ps = [Parameter(np.zeros_like(g)) for g in gs]
+    for p, g in zip(ps, gs):
+        p.grad[...] = g
+    ts = [torch.nn.Parameter(torch.zeros(g.shape)) for g in gs]
+    for t, g in zip(ts, gs):
+        t.grad = torch.tensor(g)
+    n = optim.clip_grad_norm(ps, 1.5)
+    tn = torch.nn.utils.clip_grad_norm_(ts, 1.5)
+    assert n == pytest.approx(float(tn), rel=1e-5)
+    for p, t in zip(ps, ts):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-5, atol=1e-7)
+    assert optim.clip_grad_norm(ps, 10.0) == pytest.approx(1.5, rel=1e-4)  # no-op below max
+
+
+def test_schedules():
+    p = Parameter(np.zeros(2))
+    opt = optim.SGD([p], lr=1.0)
+    sched = optim.StepLR(opt, step_size=2, gamma=0.5)
+    lrs = []
+    for _ in range(5):
+        opt.step()
+        lrs.append(sched.step())
+    assert lrs == [1.0, 0.5, 0.5, 0.25, 0.25]
+    opt = optim.SGD([p], lr=1.0)
+    cos = optim.CosineLR(opt, total_steps=10, warmup=2, min_factor=0.1)
+    assert opt.lr == pytest.approx(0.5)
+    opt.step_count = 10
+    assert cos.step() == pytest.approx(0.1)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([Parameter(np.zeros(1))], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="optimizer"):
+        optim.make_optimizer("lion", [Parameter(np.zeros(1))], lr=0.1)

@@ -142,6 +142,14 @@ struct StepArgs {
   const float* Wp;
 };
 
+// c' = f * c + i * g, written once so that every code path contracts it into the same FMAs
+// (results must not depend on which tile shape computed an element).
+LF_INLINE vf cell_update(vf f, vf c, vf i, vf g) {
+  vf ig = i * g;
+  LF_OPAQUE(ig);  // a*b + c*d may otherwise be fused either way: force fma(f, c, i*g)
+  return f * c + ig;
+}
+
 // Full vectors (kFull) or the last, partial unit block of n < W units.
 template <bool kFull>
 LF_INLINE vf ld(const float* p, int n) {
@@ -164,7 +172,7 @@ LF_INLINE void lstm_epilogue(const StepArgs& a, index_t b, index_t u0, int n, co
   const vf f = vsigmoid(acc[1] + ld<kFull>(xr + H, n));
   const vf g = vtanh(acc[2] + ld<kFull>(xr + 2 * H, n));
   const vf o = vsigmoid(acc[3] + ld<kFull>(xr + 3 * H, n));
-  const vf c = f * ld<kFull>(a.c_prev + b * H + u0, n) + i * g;
+  const vf c = cell_update(f, ld<kFull>(a.c_prev + b * H + u0, n), i, g);
   st<kFull>(a.c_out + b * H + u0, c, n);
   st<kFull>(a.h_out + b * a.ldh + u0, o * vtanh(c), n);
   if (a.gates_out) {
@@ -174,6 +182,56 @@ LF_INLINE void lstm_epilogue(const StepArgs& a, index_t b, index_t u0, int n, co
     st<kFull>(gr + 2 * H, g, n);
     st<kFull>(gr + 3 * H, o, n);
   }
+}
+
+// The epilogue of R x U full blocks: all loads first, then the maths of every block
+// (independent dependency chains the core can overlap), then all stores. Stores may alias the
+// loads (gates_out == xp in training), so interleaving them would serialise the rows. Every
+// full block goes through this function (with some R, U), so an element's arithmetic does not
+// depend on the tile shape that computed it.
+template <int R, int U>
+LF_INLINE void epilogue_full(const StepArgs& a, index_t row, index_t ub, const vf (*acc)[U][4]) {
+  const index_t H = a.H;
+  const index_t G = 4 * H;
+  vf z[R][U][4], cp[R][U];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      const index_t b = row + r, u0 = (ub + u) * W;
+      const float* xr = a.xp + b * G + u0;
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) z[r][u][q] = acc[r][u][q] + load(xr + q * H);
+      cp[r][u] = load(a.c_prev + b * H + u0);
+    }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      z[r][u][0] = vsigmoid(z[r][u][0]);
+      z[r][u][1] = vsigmoid(z[r][u][1]);
+      z[r][u][2] = vtanh(z[r][u][2]);
+      z[r][u][3] = vsigmoid(z[r][u][3]);
+      cp[r][u] = cell_update(z[r][u][1], cp[r][u], z[r][u][0], z[r][u][2]);
+    }
+  vf h[R][U];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) h[r][u] = z[r][u][3] * vtanh(cp[r][u]);  // h' = o*tanh(c')
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      const index_t b = row + r, u0 = (ub + u) * W;
+      store(a.c_out + b * H + u0, cp[r][u]);
+      store(a.h_out + b * a.ldh + u0, h[r][u]);
+      if (a.gates_out) {
+        float* gr = a.gates_out + b * G + u0;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) store(gr + q * H, z[r][u][q]);
+      }
+    }
 }
 
 template <int R, int U>
@@ -216,14 +274,16 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
         for (int q = 0; q < 4; ++q) store(part + ((r * U + u) * 4 + q) * W, acc[r][u][q]);
     return;
   }
+  if ((ub + U) * W <= H) return epilogue_full<R, U>(a, row, ub, acc);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
       const index_t u0 = (ub + u) * W;
-      if (u0 + W <= H)
-        lstm_epilogue<true>(a, row + r, u0, W, acc[r][u]);
-      else
+      if (u0 + W <= H) {
+        const vf one[1][1][4] = {{{acc[r][u][0], acc[r][u][1], acc[r][u][2], acc[r][u][3]}}};
+        epilogue_full<1, 1>(a, row + r, ub + u, one);
+      } else
         lstm_epilogue<false>(a, row + r, u0, static_cast<int>(H - u0), acc[r][u]);
     }
 }

@@ -10,6 +10,10 @@
 
 #include "shapes.h"
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace lstm_fast {
 namespace {
 
@@ -20,6 +24,16 @@ typedef int vi __attribute__((vector_size(W * 4)));
 typedef float vfu __attribute__((vector_size(W * 4), aligned(4), may_alias));
 
 #define LF_INLINE inline __attribute__((always_inline))
+
+// Hide a value from the optimiser (no instruction emitted), e.g. to pin how an expression is
+// contracted into FMAs so that every code path rounds the same way.
+#if defined(__x86_64__) || defined(__i386__)
+#define LF_OPAQUE(v) __asm__("" : "+v"(v))
+#elif defined(__aarch64__)
+#define LF_OPAQUE(v) __asm__("" : "+w"(v))
+#else
+#define LF_OPAQUE(v) __asm__("" : "+r"(v))
+#endif
 
 LF_INLINE vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 LF_INLINE void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
@@ -39,8 +53,21 @@ LF_INLINE void store_n(float* p, vf v, int n) {
   for (int j = 0; j < n; ++j) p[j] = t[j];
 }
 
-LF_INLINE vf vmin(vf a, vf b) { return b < a ? b : a; }  // a NaN in a stays NaN
+// min/max that keep a NaN in a (the clamp of exp's argument must not hide a NaN). On x86 the
+// minps/maxps instructions return their second operand when either is NaN, so a goes second.
+#if defined(__AVX512F__) && LF_W == 16
+LF_INLINE vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)b, (__m512)a); }
+LF_INLINE vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)b, (__m512)a); }
+#elif defined(__AVX__) && LF_W == 8
+LF_INLINE vf vmin(vf a, vf b) { return (vf)_mm256_min_ps((__m256)b, (__m256)a); }
+LF_INLINE vf vmax(vf a, vf b) { return (vf)_mm256_max_ps((__m256)b, (__m256)a); }
+#elif defined(__SSE2__) && LF_W == 4
+LF_INLINE vf vmin(vf a, vf b) { return (vf)_mm_min_ps((__m128)b, (__m128)a); }
+LF_INLINE vf vmax(vf a, vf b) { return (vf)_mm_max_ps((__m128)b, (__m128)a); }
+#else
+LF_INLINE vf vmin(vf a, vf b) { return b < a ? b : a; }
 LF_INLINE vf vmax(vf a, vf b) { return b > a ? b : a; }
+#endif
 
 // exp(x): x clamped to [-87.3, 88.3] (no overflow, no denormal results), x = n ln2 + r with
 // |r| <= ln2/2 (Cody-Waite, two-part ln2), e^r by a degree-6 polynomial (relative error
@@ -48,7 +75,8 @@ LF_INLINE vf vmax(vf a, vf b) { return b > a ? b : a; }
 LF_INLINE vf vexp(vf x) {
   x = vmax(vmin(x, splat(88.3f)), splat(-87.3f));
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf n = (x * splat(1.44269504088896341f) + magic) - magic;
+  const vf t = x * splat(1.44269504088896341f) + magic;
+  const vf n = t - magic;  // round(x / ln2) as a float; its integer is in t's low mantissa bits
   vf r = x - n * splat(0.693145751953125f);
   r = r - n * splat(1.42860682030941723e-6f);
   vf p = splat(0.00137514085508883f);
@@ -57,7 +85,7 @@ LF_INLINE vf vexp(vf x) {
   p = p * r + splat(0.166665181517601f);
   p = p * r + splat(0.49999988079071045f);
   p = p * (r * r) + r + splat(1.0f);
-  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  const vi e = ((vi)t - (vi)magic + 127) << 23;  // 2^n in the exponent field
   return p * (vf)e;
 }
 

@@ -22,6 +22,11 @@ struct Kernels {
   void (*gemm_micro_rowA)(index_t K, const float* A, index_t lda, const float* Bp, float* C,
                           index_t ldc, int m, int n, bool accumulate);
 
+  // One row times a packed B panel: C[0:n] (= or +=) sum_k a[k] * Bp[k*NR + j], n <= NR. For a
+  // batch of one row, where the MR-row micro-kernel would compute MR - 1 rows for nothing.
+  void (*gemv_panel)(index_t K, const float* a, const float* Bp, float* C, int n,
+                     bool accumulate);
+
   // y[n] (= or +=) sum_k Wm[n * ldw + k] * x[k] for n in [0, N): matrix-vector product over the
   // rows of a row-major matrix, without packing (for one-row problems, where packing would cost
   // more than the product). Wm (N, K) leading dim ldw, x (K), y (N).

@@ -38,6 +38,14 @@ void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, fl
              accumulate);
 }
 
+void gemv_panel(index_t K, const float* a, const float* Bp, float* C, int n, bool accumulate) {
+  for (int j = 0; j < n; ++j) {
+    float acc = 0.0f;
+    for (index_t k = 0; k < K; ++k) acc += a[k] * Bp[k * kNR + j];
+    C[j] = accumulate ? C[j] + acc : acc;
+  }
+}
+
 void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* x, float* y,
                bool accumulate) {
   for (index_t n = 0; n < N; ++n) {
@@ -111,7 +119,7 @@ void tanh_(index_t n, const float* x, float* y) {
 }
 
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
-                        gemm_micro,    gemm_micro_rowA,   gemv_rows, lstm_fwd_rows,
+                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_};
 
 }  // namespace

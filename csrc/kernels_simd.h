@@ -77,6 +77,36 @@ void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, fl
   micro<true>(K, A, lda, Bp, C, ldc, m, n, accumulate);
 }
 
+// One row times a packed panel: four independent accumulator sets over k (k mod 4), so the FMA
+// latency is hidden with a single row; combined in a fixed order at the end.
+void gemv_panel(index_t K, const float* a, const float* Bp, float* C, int n, bool accumulate) {
+  vf acc[4][NV];
+#pragma GCC unroll 4
+  for (int s = 0; s < 4; ++s)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[s][v] = vf{};
+  index_t k = 0;
+  for (; k + 4 <= K; k += 4)
+#pragma GCC unroll 4
+    for (int s = 0; s < 4; ++s) {
+      const vf x = splat(a[k + s]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[s][v] += x * load(Bp + (k + s) * NR + v * W);
+    }
+  for (; k < K; ++k) {
+    const vf x = splat(a[k]);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[0][v] += x * load(Bp + k * NR + v * W);
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v * W < n; ++v) {
+    const vf sum = (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]);
+    const int nn = n - v * W < W ? n - v * W : W;
+    float* p = C + v * W;
+    store_n(p, accumulate ? load_n(p, nn) + sum : sum, nn);
+  }
+}
+
 // ---- Matrix-vector product over rows (no packing) -------------------------------------------
 // Four rows at a time, each with its own vector accumulator over k, summed across lanes at the
 // end; the k tail goes through a zero-filled partial vector.
@@ -407,7 +437,7 @@ void tanh_(index_t n, const float* x, float* y) {
 }
 
 const Kernels kTable = {LF_NAME,       W,         MR,         NR,
-                        gemm_micro,    gemm_micro_rowA,   gemv_rows, lstm_fwd_rows,
+                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_};
 
 }  // namespace

@@ -328,7 +328,12 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
-  const Schedule sched = lstm_choose_schedule(kern, s, nthreads);
+  Schedule sched = lstm_choose_schedule(kern, s, nthreads);
+  // The backward step product runs MR-row tiles: with fewer than 2*MR rows per thread a row
+  // split wastes much of each tile, so split the columns of dh instead (when there are enough).
+  if (sched == Schedule::kBatch && schedule_override() == Schedule::kAuto &&
+      s.B < 2 * kern.MR * nthreads && (H + kern.NR - 1) / kern.NR >= 2 * nthreads)
+    sched = Schedule::kUnits;
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
   bool padded = false;
@@ -374,6 +379,11 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
         const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
         for (index_t k0 = 0; k0 < G; k0 += kKCb) {
           const index_t kc = std::min(kKCb, G - k0);
+          if (B == 1) {  // a single row: no MR-row tile
+            if (re > r0)
+              kern.gemv_panel(kc, dz_t + k0, Wb + (jr * G + k0) * NR, dh0 + jr * NR, n, k0 > 0);
+            continue;
+          }
           for (index_t r = r0; r < re; r += MR) {
             const int m = static_cast<int>(std::min<index_t>(MR, re - r));
             kern.gemm_micro_rowA(kc, dz_t + r * G + k0, G, Wb + (jr * G + k0) * NR,

@@ -1,0 +1,360 @@
+#include "cells/gru.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "gemm/gemm.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace lstm_fast {
+namespace cell_detail {
+
+// Depth chunk of the per-step products: 256 x NR floats of a panel stay in L1 while every row
+// tile passes over them; chunks accumulate in a fixed order (results independent of threads).
+constexpr index_t kKC = 256;
+
+int team_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+index_t num_panels(const Kernels& kern, index_t H) { return (H + kern.NR - 1) / kern.NR; }
+
+Schedule choose_schedule(const Kernels& kern, const CellSizes& s, index_t G, int nthreads) {
+  const Schedule forced = schedule_override();
+  if (nthreads <= 1) return Schedule::kSerial;
+  const index_t nbj = num_panels(kern, s.H);
+  if (forced == Schedule::kUnits) return nbj >= 2 ? Schedule::kUnits : Schedule::kSerial;
+  if (forced == Schedule::kBatch) return s.B >= 2 ? Schedule::kBatch : Schedule::kSerial;
+  if (forced == Schedule::kSerial) return Schedule::kSerial;
+  const double step_flops = 2.0 * s.B * s.H * G;
+  if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
+  const double whh_bytes = 4.0 * G * s.H;
+  if (s.B >= 4 * nthreads && whh_bytes <= 2.0 * (1 << 20)) return Schedule::kBatch;
+  if (nbj >= 2 * nthreads) return Schedule::kUnits;
+  if (s.B >= nthreads) return Schedule::kBatch;
+  if (nbj >= 2) return Schedule::kUnits;
+  return Schedule::kSerial;
+}
+
+void pack_gate_panels(const Kernels& kern, index_t H, int gates, const float* W_hh, float* Wp,
+                      int nthreads) {
+  const index_t per_gate = num_panels(kern, H) * H * kern.NR;
+  const int P = H >= 64 ? nthreads : 1;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+  for (int q = 0; q < gates; ++q)  // B(k, j) = W_hh[q*H + j, k]
+    pack_b_panels(kern, H, 0, H, MatView{W_hh + q * H * H, 1, H}, Wp + q * per_gate);
+}
+
+void recurrent_product(const Kernels& kern, index_t H, int gates, index_t r0, index_t r1,
+                       index_t j0, index_t j1, const float* A, const float* Wp, float* C,
+                       bool accumulate) {
+  const int MR = kern.MR, NR = kern.NR;
+  const index_t G = gates * H, per_gate = num_panels(kern, H) * H * NR;
+  for (index_t jr = j0; jr < j1; ++jr) {
+    const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
+    for (int q = 0; q < gates; ++q) {
+      const float* panel = Wp + q * per_gate + jr * H * NR;
+      float* Cq = C + q * H + jr * NR;
+      for (index_t k0 = 0; k0 < H; k0 += kKC) {
+        const index_t kc = std::min(kKC, H - k0);
+        for (index_t r = r0; r < r1; r += MR) {
+          const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
+          kern.gemm_micro_rowA(kc, A + r * H + k0, H, panel + k0 * NR, Cq + r * G, G, m, n,
+                               accumulate || k0 > 0);
+        }
+      }
+    }
+  }
+}
+
+void recurrent_product_back(const Kernels& kern, index_t H, index_t G, index_t r0, index_t r1,
+                            index_t j0, index_t j1, const float* dz, const float* Wb, float* dh,
+                            bool accumulate) {
+  const int MR = kern.MR, NR = kern.NR;
+  for (index_t jr = j0; jr < j1; ++jr) {
+    const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
+    for (index_t k0 = 0; k0 < G; k0 += kKC) {
+      const index_t kc = std::min(kKC, G - k0);
+      for (index_t r = r0; r < r1; r += MR) {
+        const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
+        kern.gemm_micro_rowA(kc, dz + r * G + k0, G, Wb + (jr * G + k0) * NR, dh + r * H + jr * NR,
+                             H, m, n, accumulate || k0 > 0);
+      }
+    }
+  }
+}
+
+void input_projection(const Kernels& kern, const CellSizes& s, index_t G, const float* x,
+                      const float* W_ih, const float* b1, const float* b2, float* xp,
+                      const index_t* bs, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I;
+  auto project = [&](index_t rows, const float* xr, float* dst) {
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t j = 0; j < G; ++j)
+        dst[r * G + j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
+    gemm(kern, rows, G, I, MatView{xr, I, 1}, MatView{W_ih, 1, I}, dst, G, true, nthreads);
+  };
+  if (!bs) return project(T * B, x, xp);
+  for (index_t t = 0; t < T; ++t)  // only the active rows of each step
+    if (bs[t] > 0) project(bs[t], x + t * B * I, xp + t * B * G);
+}
+
+void zero_padding(float* y, const CellSizes& s, const index_t* bs) {
+  if (!bs) return;
+  for (index_t t = 0; t < s.T; ++t)
+    if (bs[t] < s.B)
+      std::memset(y + (t * s.B + bs[t]) * s.H, 0, (s.B - bs[t]) * s.H * sizeof(float));
+}
+
+void final_state(float* h_n, const float* y, const float* h_init, const CellSizes& s,
+                 const index_t* bs) {
+  const index_t T = s.T, B = s.B, H = s.H;
+  for (index_t b = 0; b < B; ++b) {
+    index_t len = T;
+    if (bs)
+      while (len > 0 && bs[len - 1] <= b) --len;
+    const float* h = len ? y + ((len - 1) * B + b) * H : h_init + b * H;
+    std::memcpy(h_n + b * H, h, H * sizeof(float));
+  }
+}
+
+namespace {
+// db[j] += sum over rows of dz[:, j], one thread per block of columns (fixed order per column).
+void column_sums(index_t rows, index_t G, const float* dz, float* db, int nthreads) {
+  const int P = G >= 256 ? nthreads : 1;
+  const index_t blocks = (G + 63) / 64;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+  for (index_t blk = 0; blk < blocks; ++blk) {
+    float acc[64];
+    const index_t c0 = blk * 64, n = std::min<index_t>(64, G - c0);
+    for (index_t j = 0; j < n; ++j) acc[j] = 0.0f;
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t j = 0; j < n; ++j) acc[j] += dz[r * G + c0 + j];
+    for (index_t j = 0; j < n; ++j) db[c0 + j] += acc[j];
+  }
+}
+}  // namespace
+
+void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
+                       float* dx, bool dx_accumulate, float* dW_ih, float* dW_hh, float* db,
+                       const float* x, const float* h0, const float* W_ih, const float* y,
+                       const index_t* bs, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, TB = T * B;
+  bool padded = false;
+  if (bs)
+    for (index_t t = 0; t < T; ++t) padded = padded || bs[t] < B;
+  if (dx)
+    gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, dx_accumulate, nthreads);
+  if (dW_ih) {
+    if (!padded) {
+      gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+    } else {  // never read x's padding (it may hold anything, NaN included)
+      for (index_t t = 0; t < T; ++t)
+        if (bs[t] > 0)
+          gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1},
+               dW_ih, I, true, nthreads);
+    }
+  }
+  if (dW_hh) {
+    if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+    if (T > 1)
+      gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,
+           nthreads);
+  }
+  if (db) column_sums(TB, G, dz, db, nthreads);
+}
+
+}  // namespace cell_detail
+
+using namespace cell_detail;
+
+namespace {
+// At most this many rows in all (T * B): the forward reads W_hh's rows directly (GEMV per row),
+// packing would cost more than the steps.
+constexpr index_t kUnpackedRows = 4;
+}  // namespace
+
+index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training) {
+  const index_t G = 3 * s.H;
+  const index_t panels = 3 * num_panels(kern, s.H) * s.H * kern.NR;
+  return panels + (training ? 0 : s.T * s.B * G) + s.B * G + s.B * s.H + 64;
+}
+
+void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x, const float* h0,
+                 const float* W_ih, const float* W_hh, const float* b_ih, const float* b_hh,
+                 const CellSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
+                 int nthreads) {
+  const index_t T = s.T, B = s.B, H = s.H, G = 3 * H;
+  const bool training = gates != nullptr;
+  if (B == 0 || H == 0) return;
+  if (T == 0) {
+    for (index_t j = 0; j < B * H; ++j) h_n[j] = h0 ? h0[j] : 0.0f;
+    return;
+  }
+  const CellKernels& ck = cell_kernels_for(kern);
+  const bool unpacked = T * B <= kUnpackedRows;
+  // Workspace: [packed W_hh] [xp (T*B, 3H), inference only] [hw (B, 3H)] [zeros (B, H)].
+  const index_t nbj = num_panels(kern, H);
+  float* Wp = workspace;
+  float* xp = training ? gates : Wp + 3 * nbj * H * kern.NR;
+  float* hw = (training ? Wp + 3 * nbj * H * kern.NR : xp + T * B * G);
+  float* zeros = hw + B * G;
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* h_init = h0 ? h0 : zeros;
+  zero_padding(y, s, bs);
+  if (bs)  // gates / hwn of padding rows are never read; keep them finite and defined
+    for (index_t t = 0; t < T; ++t)
+      if (bs[t] < B && training) {
+        std::memset(gates + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
+        std::memset(hwn + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
+      }
+
+  // Hoisted input projection: x . W_ih^T + b_ih for all steps (b_hh stays in the step: b_hn is
+  // multiplied by the reset gate).
+  input_projection(kern, s, G, x, W_ih, b_ih, nullptr, xp, bs, nthreads);
+
+  Schedule sched = choose_schedule(kern, s, G, nthreads);
+  if (unpacked) sched = (G * H >= (1 << 16) && nthreads > 1) ? Schedule::kUnits : Schedule::kSerial;
+  const int P = sched == Schedule::kSerial ? 1 : nthreads;
+  if (!unpacked) pack_gate_panels(kern, H, 3, W_hh, Wp, P);
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
+    const index_t ublk = unpacked ? 8 : kern.NR;  // unit granularity of a thread's slice
+    const index_t nblk = (H + ublk - 1) / ublk;
+    if (sched == Schedule::kBatch) {
+      r0 = B * p / np;
+      r1 = B * (p + 1) / np;
+    } else if (sched == Schedule::kUnits) {
+      j0 = nblk * p / np;
+      j1 = nblk * (p + 1) / np;
+    } else {
+      j1 = nblk;
+    }
+    const index_t u0 = std::min(H, j0 * ublk), u1 = std::min(H, j1 * ublk);
+    for (index_t t = 0; t < T; ++t) {
+      const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+      const index_t re = bs ? std::min(r1, bs[t]) : r1;
+      float* xp_t = xp + t * B * G;
+      if (re > r0 && u1 > u0) {
+        // hw[:, gate q, my units] = h_prev . W_hq^T (the bias is added in the epilogue).
+        if (unpacked) {
+          for (index_t b = r0; b < re; ++b)
+            for (int q = 0; q < 3; ++q)
+              kern.gemv_rows(u1 - u0, H, W_hh + (q * H + u0) * H, H, h_prev + b * H,
+                             hw + b * G + q * H + u0, false);
+        } else {
+          recurrent_product(kern, H, 3, r0, re, j0, j1, h_prev, Wp, hw, false);
+        }
+        ck.gru_fwd(re - r0, H, u0, u1, y + (t * B + r0) * H,
+                   training ? gates + (t * B + r0) * G : nullptr,
+                   training ? hwn + (t * B + r0) * H : nullptr, xp_t + r0 * G, hw + r0 * G, b_hh,
+                   h_prev + r0 * H);
+      }
+      if (sched == Schedule::kUnits && np > 1) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+      }
+    }
+  }
+  final_state(h_n, y, h_init, s, bs);
+}
+
+index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s) {
+  const index_t G = 3 * s.H;
+  return 2 * s.T * s.B * G + num_panels(kern, s.H) * kern.NR * G + s.B * s.H + 64;
+}
+
+void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
+                  const float* dy, const float* dh_n, const float* x, const float* h0,
+                  const float* W_ih, const float* W_hh, const float* y, const float* gates,
+                  const float* hwn, const CellSizes& s, const index_t* bs, float* workspace,
+                  const Kernels& kern, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 3 * H;
+  if (B == 0 || H == 0) {
+    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    return;
+  }
+  for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
+  if (T == 0) return;
+  const CellKernels& ck = cell_kernels_for(kern);
+  const index_t nbj = num_panels(kern, H);
+  float* dxw = workspace;            // (T, B, 3H): gradients of x W_ih^T + b_ih
+  float* dhw = dxw + T * B * G;      // (T, B, 3H): gradients of h W_hh^T + b_hh
+  float* Wb = dhw + T * B * G;       // W_hh (3H x H) packed as the B operand of dhw_t . W_hh
+  float* zeros = Wb + nbj * kern.NR * G;  // (B, H)
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* h_init = h0 ? h0 : zeros;
+  pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+  if (bs)
+    for (index_t t = 0; t < T; ++t)
+      if (bs[t] < B) {
+        std::memset(dxw + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
+        std::memset(dhw + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
+      }
+  const Schedule sched = choose_schedule(kern, s, G, nthreads);
+  const int P = sched == Schedule::kSerial ? 1 : nthreads;
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
+    if (sched == Schedule::kBatch) {
+      r0 = B * p / np;
+      r1 = B * (p + 1) / np;
+    } else if (sched == Schedule::kUnits) {
+      j0 = nbj * p / np;
+      j1 = nbj * (p + 1) / np;
+    }
+    const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
+    for (index_t t = T - 1; t >= 0; --t) {
+      const index_t re = bs ? std::min(r1, bs[t]) : r1;
+      const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+      // Pointwise for my units: dxw_t, dhw_t, and dh_next <- dh * z (rows past re pass through).
+      if (re > r0 && u1 > u0)
+        ck.gru_bwd(re - r0, H, u0, u1, dxw + (t * B + r0) * G, dhw + (t * B + r0) * G,
+                   dh0 + r0 * H, dy ? dy + (t * B + r0) * H : nullptr, gates + (t * B + r0) * G,
+                   hwn + (t * B + r0) * H, h_prev + r0 * H);
+      if (sched == Schedule::kUnits && np > 1) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+      }
+      // dh_next[:, my columns] += dhw_t . W_hh[:, my columns] (reads every thread's dhw_t).
+      if (re > r0) recurrent_product_back(kern, H, G, r0, re, j0, j1, dhw + t * B * G, Wb, dh0, true);
+    }
+  }
+  backward_products(kern, s, G, dxw, dx, false, dW_ih, nullptr, db_ih, x, h0, W_ih, y, bs,
+                    nthreads);
+  backward_products(kern, s, G, dhw, nullptr, false, nullptr, dW_hh, db_hh, x, h0, W_ih, y, bs,
+                    nthreads);
+}
+
+}  // namespace lstm_fast

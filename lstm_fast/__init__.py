@@ -13,12 +13,17 @@ from __future__ import annotations
 
 from . import _core
 from .module import Module, Parameter
-from .rnn import LSTM
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "GRUCell",
     "LSTM",
+    "LSTMCell",
+    "RNN",
+    "RNNCell",
     "Module",
     "Parameter",
     "cpu_info",

@@ -566,7 +566,9 @@ def cold_start(T, B, I, H, mode: str, threads: int, repeats: int) -> dict:
     env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-c", _COLD_CODE, *map(str, (T, B, I, H, threads, repeats)), mode]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        # cwd = the directory holding the imported package: `python -c` puts the cwd first on
+        # sys.path, and a source checkout there (without the compiled _core) would shadow it.
+        proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
         return {"status": "error", "error": "timed out after 600 s"}
     if proc.returncode != 0:

@@ -115,3 +115,149 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
     Deterministic: bitwise identical results for any thread count.
     """
     return _core.gemm(a, b, bool(trans_a), bool(trans_b))
+
+
+# ---- GRU and vanilla RNN ----------------------------------------------------------------------
+
+GRUCache = _core.GRUCache
+RNNCache = _core.RNNCache
+__all__ += ["GRUGrads", "RNNGrads", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
+
+
+class GRUGrads(NamedTuple):
+    """Gradients of a GRU layer, as returned by :func:`gru_backward`."""
+
+    dx: np.ndarray  # (T, B, I)
+    dh0: np.ndarray  # (B, H)
+    dweight_ih: np.ndarray  # (3H, I)
+    dweight_hh: np.ndarray  # (3H, H)
+    dbias_ih: Optional[np.ndarray]  # (3H,) or None without bias
+    dbias_hh: Optional[np.ndarray]  # (3H,) or None without bias
+
+
+class RNNGrads(NamedTuple):
+    """Gradients of a vanilla RNN layer, as returned by :func:`rnn_backward`."""
+
+    dx: np.ndarray  # (T, B, I)
+    dh0: np.ndarray  # (B, H)
+    dweight_ih: np.ndarray  # (H, I)
+    dweight_hh: np.ndarray  # (H, H)
+    dbias_ih: Optional[np.ndarray]  # (H,) or None without bias
+    dbias_hh: Optional[np.ndarray]  # (H,) or None without bias
+
+
+def _batch_sizes(batch_sizes):
+    if batch_sizes is None:
+        return None
+    bs = np.asarray(batch_sizes)
+    if bs.dtype.kind not in "iu":
+        raise TypeError(f"batch_sizes: expected integers, got dtype {bs.dtype}")
+    return np.ascontiguousarray(bs, dtype=np.int64)  # explicit, small copy
+
+
+def _training(training):
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    return bool(training)
+
+
+def gru_forward(
+    x,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    h0=None,
+    *,
+    training=False,
+    batch_sizes=None,
+):
+    r"""GRU over a whole sequence, one layer, one direction (PyTorch's maths, gates r, z, n).
+
+    .. math::
+        r = \sigma(x W_{ir}^T + b_{ir} + h W_{hr}^T + b_{hr}), \quad
+        z = \sigma(x W_{iz}^T + b_{iz} + h W_{hz}^T + b_{hz}) \\
+        n = \tanh(x W_{in}^T + b_{in} + r \odot (h W_{hn}^T + b_{hn})), \qquad
+        h' = (1 - z) \odot n + z \odot h
+
+    Args:
+        x: (T, B, I). weight_ih: (3H, I), rows r, z, n. weight_hh: (3H, H).
+        bias_ih, bias_hh: (3H,) or None. h0: (B, H) or None for zeros.
+        training: keep what backward needs and return it as ``cache``.
+        batch_sizes: variable lengths, as in :func:`lstm_forward`.
+
+    Returns:
+        ``(y, h_n, cache)``: y (T, B, H), h_n (B, H); cache is None unless training.
+
+    Example::
+
+        >>> import numpy as np, lstm_fast.ops as ops
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.standard_normal((5, 3, 10), dtype=np.float32)
+        >>> w_ih = rng.standard_normal((60, 10), dtype=np.float32) * 0.1
+        >>> w_hh = rng.standard_normal((60, 20), dtype=np.float32) * 0.1
+        >>> y, h_n, _ = ops.gru_forward(x, w_ih, w_hh)
+        >>> y.shape
+        (5, 3, 20)
+    """
+    return _core.gru_forward(
+        x,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        h0,
+        _training(training),
+        _batch_sizes(batch_sizes),
+    )
+
+
+def gru_backward(cache, dy=None, dh_n=None) -> GRUGrads:
+    """Backward (BPTT) through a training :func:`gru_forward`: :class:`GRUGrads`, freshly
+    allocated. Unlike the LSTM's, the two bias gradients differ (b_hn is scaled by r)."""
+    return GRUGrads(*_core.gru_backward(cache, dy, dh_n))
+
+
+def rnn_forward(
+    x,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    h0=None,
+    *,
+    nonlinearity="tanh",
+    training=False,
+    batch_sizes=None,
+):
+    r"""Elman RNN over a whole sequence.
+
+    .. math:: h' = act(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})
+
+    Args:
+        x: (T, B, I). weight_ih: (H, I). weight_hh: (H, H). bias_ih, bias_hh: (H,) or None.
+        h0: (B, H) or None. nonlinearity: ``"tanh"`` or ``"relu"``.
+        training, batch_sizes: as in :func:`gru_forward`.
+
+    Returns:
+        ``(y, h_n, cache)``: y (T, B, H), h_n (B, H); cache is None unless training.
+    """
+    if not isinstance(nonlinearity, str):
+        raise TypeError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    return _core.rnn_forward(
+        x,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        h0,
+        nonlinearity,
+        _training(training),
+        _batch_sizes(batch_sizes),
+    )
+
+
+def rnn_backward(cache, dy=None, dh_n=None) -> RNNGrads:
+    """Backward (BPTT) through a training :func:`rnn_forward`: :class:`RNNGrads` (the two bias
+    gradients are equal)."""
+    return RNNGrads(*_core.rnn_backward(cache, dy, dh_n))

@@ -1,8 +1,15 @@
-"""Recurrent layers with PyTorch's constructor, parameter names and shapes, on lstm_fast's kernels.
+"""Recurrent layers with PyTorch's constructors, parameter names and shapes, on lstm_fast's kernels.
 
-Parameters are NumPy arrays held in :class:`~lstm_fast.module.Parameter` objects named exactly as
-PyTorch's (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse``), so
-``lstm.load_state_dict(torch_lstm.state_dict())`` works as is.
+:class:`LSTM`, :class:`GRU`, :class:`RNN` (``nn.LSTM``/``nn.GRU``/``nn.RNN``) and the single-step
+:class:`LSTMCell`, :class:`GRUCell`, :class:`RNNCell`. Parameters are NumPy arrays held in
+:class:`~lstm_fast.module.Parameter` objects named exactly as PyTorch's (``weight_ih_l0``,
+``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0``, ``..._reverse``), so
+``layer.load_state_dict(torch_layer.state_dict())`` works as is.
+
+Variable lengths are first class: ``layer(x, hx, lengths=...)`` (any order) or a
+``torch.nn.utils.rnn.PackedSequence``. Rows are sorted by length inside, each step computes only
+the still-active rows, the reverse direction starts at each sequence's own last step, outputs past
+a sequence's length are zero and ``h_n``/``c_n`` are the states at each sequence's last real step.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from typing import Any, Optional
 import numpy as np
 
 from . import ops
+from . import reference as _reference
 from .module import Module, Parameter
 
-__all__ = ["LSTM"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -37,59 +45,93 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-class LSTM(Module):
-    r"""Multi-layer LSTM over a sequence (PyTorch's ``nn.LSTM`` API), computed by fused kernels.
+def _c(a):
+    return None if a is None else np.ascontiguousarray(a)
 
-    For each element of the input sequence, each layer computes
 
-    .. math::
-        i_t = \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \qquad
-        f_t = \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
-        g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \qquad
-        o_t = \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
-        c_t = f_t \odot c_{t-1} + i_t \odot g_t \qquad h_t = o_t \odot \tanh(c_t)
+def _reverse_index(lengths: np.ndarray, T: int) -> np.ndarray:
+    """(T, B) time index that reverses each column within its length (identity past it)."""
+    t = np.arange(T)[:, None]
+    L = lengths[None, :]
+    return np.where(t < L, L - 1 - t, t)
 
-    Args:
-        input_size: I, features of the input.
-        hidden_size: H, features of the hidden state.
-        num_layers: stacked layers (default 1); layer k > 0 takes layer k-1's output.
-        bias: use ``bias_ih`` and ``bias_hh`` (default True).
-        batch_first: input and output are (B, T, F) instead of (T, B, F) (default False).
-        dropout: dropout probability on the outputs of every layer but the last, in training
-            mode (default 0), drawn from the layer's seeded generator.
-        bidirectional: run a reverse-direction LSTM too and concatenate (default False).
-        proj_size: not supported yet (raises NotImplementedError when > 0).
-        seed: seed of the initialisation and dropout generator (default: fresh entropy).
 
-    Inputs: ``input, hx``
-        input: (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched. Any real
-        floating array (or torch tensor); converted to float32 explicitly.
-        hx: optional ``(h_0, c_0)``, each (D * num_layers, B, H) (or (D * num_layers, H)
-        unbatched), D = 2 if bidirectional else 1. Zeros when omitted.
+def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
+    if hasattr(lengths, "detach"):
+        lengths = lengths.detach().cpu().numpy()
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths: expected shape (B={B},), got {arr.shape}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"lengths: expected values in [0, T={T}], got {arr.tolist()}")
+    return arr.astype(np.int64)
 
-    Outputs: ``output, (h_n, c_n)``
-        output: (T, B, D * H) (batch_first: (B, T, D * H); unbatched: (T, D * H)).
-        h_n, c_n: (D * num_layers, B, H) final states.
 
-    Attributes:
-        weight_ih_l{k}: (4H, I) for k = 0, else (4H, D * H); rows in gate order i, f, g, o.
-        weight_hh_l{k}: (4H, H).  bias_ih_l{k}, bias_hh_l{k}: (4H,).
-        All initialised from U(-1/sqrt(H), 1/sqrt(H)); ``_reverse`` suffix for the reverse
-        direction.
+def _is_packed(x: Any) -> bool:
+    return all(hasattr(x, a) for a in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"))
 
-    In training mode, ``forward`` keeps what :meth:`backward` needs; ``backward(dy, dh_n, dc_n)``
-    returns ``(dx, (dh_0, dc_0))`` and accumulates (+=) into every parameter's ``.grad``.
 
-    Example::
+# Cell kinds: gates per unit, has a cell state, core forward / backward.
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
-        >>> import numpy as np, lstm_fast
-        >>> lstm = lstm_fast.LSTM(10, 20, seed=0)
-        >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
-        >>> y, (h, c) = lstm(x)
-        >>> y.shape, h.shape
-        ((5, 3, 20), (1, 3, 20))
-        >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
-    """
+
+class _Direction:
+    """One layer, one direction over sorted rows: the core call and what backward needs."""
+
+    @staticmethod
+    def forward(mode, x, w, h0, c0, bs, training, proj):
+        w_ih, w_hh, b_ih, b_hh, w_hr = w
+        if mode == "LSTM" and proj:
+            # proj_size: composed from the NumPy reference in float32 (correct, not fused).
+            lengths = None if bs is None else (bs[:, None] > np.arange(x.shape[1])).sum(0)
+            y, hn, cn, cache = _reference.lstm_forward(
+                x, w_ih, w_hh, b_ih, b_hh, h0, c0, weight_hr=w_hr, lengths=lengths
+            )
+            return y, hn, cn, ("ref", cache)
+        if mode == "LSTM":
+            y, hn, cn, cache = ops.lstm_forward(
+                x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=bs
+            )
+            return y, hn, cn, cache
+        if mode == "GRU":
+            y, hn, cache = ops.gru_forward(
+                x, w_ih, w_hh, b_ih, b_hh, h0, training=training, batch_sizes=bs
+            )
+        else:
+            nl = "tanh" if mode == "RNN_TANH" else "relu"
+            y, hn, cache = ops.rnn_forward(
+                x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity=nl, training=training, batch_sizes=bs
+            )
+        return y, hn, None, cache
+
+    @staticmethod
+    def backward(mode, cache, dy, dhn, dcn, grads):
+        """Accumulates into grads = (dW_ih, dW_hh, db_ih, db_hh, dW_hr); returns dx, dh0, dc0."""
+        g_ih, g_hh, g_bih, g_bhh, g_hr = grads
+        if isinstance(cache, tuple) and cache[0] == "ref":
+            r = _reference.lstm_backward(cache[1], dy, dhn, dcn)
+            g_ih += r.dweight_ih
+            g_hh += r.dweight_hh
+            if g_bih is not None:
+                g_bih += r.dbias_ih
+            if g_bhh is not None:
+                g_bhh += r.dbias_hh
+            g_hr += r.dweight_hr
+            return r.dx.astype(np.float32), r.dh0.astype(np.float32), r.dc0.astype(np.float32)
+        if mode == "LSTM":
+            dx, dh0, dc0, *_ = ops._core.lstm_backward(
+                cache, dy, dhn, dcn, g_ih, g_hh, g_bih, g_bhh
+            )
+            return dx, dh0, dc0
+        fn = ops._core.gru_backward if mode == "GRU" else ops._core.rnn_backward
+        dx, dh0, *_ = fn(cache, dy, dhn, g_ih, g_hh, g_bih, g_bhh)
+        return dx, dh0, None
+
+
+class _RNNBase(Module):
+    _mode = "LSTM"
 
     def __init__(
         self,
@@ -113,40 +155,47 @@ class LSTM(Module):
             raise TypeError(f"dropout: expected a float in [0, 1], got {type(dropout).__name__}")
         if not 0.0 <= float(dropout) <= 1.0 or math.isnan(dropout):
             raise ValueError(f"dropout: expected a float in [0, 1], got {dropout}")
+        if proj_size and self._mode != "LSTM":
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if proj_size >= hidden_size:
             raise ValueError(
                 f"proj_size: expected 0 <= proj_size < hidden_size={hidden_size}, got {proj_size}"
             )
-        if proj_size > 0:
-            raise NotImplementedError("LSTM: proj_size > 0 is not supported yet")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
                 f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
                 f"num_layers={num_layers}",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        object.__setattr__(self, "input_size", input_size)
-        object.__setattr__(self, "hidden_size", hidden_size)
-        object.__setattr__(self, "num_layers", num_layers)
-        object.__setattr__(self, "bias", bool(bias))
-        object.__setattr__(self, "batch_first", bool(batch_first))
-        object.__setattr__(self, "dropout", float(dropout))
-        object.__setattr__(self, "bidirectional", bool(bidirectional))
-        object.__setattr__(self, "proj_size", proj_size)
-        object.__setattr__(self, "_rng", np.random.default_rng(seed))
-        object.__setattr__(self, "_saved", None)
-        H = hidden_size
+        for name, v in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+            ("bias", bool(bias)),
+            ("batch_first", bool(batch_first)),
+            ("dropout", float(dropout)),
+            ("bidirectional", bool(bidirectional)),
+            ("proj_size", proj_size),
+            ("_rng", np.random.default_rng(seed)),
+            ("_saved", None),
+            ("_stream", None),
+        ):
+            object.__setattr__(self, name, v)
+        H, P = hidden_size, proj_size or hidden_size
         D = 2 if bidirectional else 1
+        G = _GATES[self._mode] * H
         bound = 1.0 / math.sqrt(H)
         for k in range(num_layers):
-            layer_in = input_size if k == 0 else D * H
+            layer_in = input_size if k == 0 else D * P
             for d in range(D):
                 sfx = f"_l{k}" + ("_reverse" if d else "")
-                shapes = [("weight_ih", (4 * H, layer_in)), ("weight_hh", (4 * H, H))]
+                shapes = [("weight_ih", (G, layer_in)), ("weight_hh", (G, P))]
                 if bias:
-                    shapes += [("bias_ih", (4 * H,)), ("bias_hh", (4 * H,))]
+                    shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
+                if proj_size:
+                    shapes += [("weight_hr", (P, H))]
                 for name, shape in shapes:
                     w = self._rng.uniform(-bound, bound, size=shape).astype(np.float32)
                     setattr(self, name + sfx, Parameter(w))
@@ -155,10 +204,22 @@ class LSTM(Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def _has_cell(self) -> bool:
+        return self._mode == "LSTM"
+
+    @property
+    def _out_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
         if not self.bias:
             s += ", bias=False"
         if self.batch_first:
@@ -172,19 +233,62 @@ class LSTM(Module):
     def _params(self, k: int, d: int):
         sfx = f"_l{k}" + ("_reverse" if d else "")
         get = self._parameters.get
-        return (
-            get("weight_ih" + sfx),
-            get("weight_hh" + sfx),
-            get("bias_ih" + sfx),
-            get("bias_hh" + sfx),
+        return tuple(
+            get(n + sfx) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
         )
 
+    def _on_load(self) -> None:
+        object.__setattr__(self, "_stream", None)
+        super()._on_load()
+
+    # -- input handling -------------------------------------------------------------------------
+    def _states_in(self, hx, B, unbatched):
+        """hx -> list of (L*D, B, P) h and (L*D, B, H) c (or None)."""
+        L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        if hx is None:
+            return None, None
+        if self._has_cell:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx: expected a tuple (h_0, c_0)")
+            items = [("h_0", hx[0], P), ("c_0", hx[1], H)]
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError("hx: expected one array h_0, got a tuple")
+            items = [("h_0", hx, H)]
+        out = []
+        for nm, a, F in items:
+            a = _as_float32(nm, a)
+            want = (L * D, F) if unbatched else (L * D, B, F)
+            if a.shape != want:
+                letters = "(D*num_layers, " + ("" if unbatched else "B, ")
+                letters += ("P" if F == P and self.proj_size and nm == "h_0" else "H") + ")"
+                raise ValueError(f"hx: {nm}: expected shape {letters} = {want}, got {a.shape}")
+            out.append(a[:, None, :] if unbatched else a)
+        return out[0], (out[1] if self._has_cell else None)
+
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, input: Any, hx: Any = None):
-        x = _as_float32("input", input)
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        if x.ndim == 2:
+    def forward(self, input: Any, hx: Any = None, lengths: Any = None):
+        packed = None
+        if _is_packed(input):
+            import torch
+            from torch.nn.utils.rnn import pad_packed_sequence
+
+            if lengths is not None:
+                raise ValueError("lengths: not allowed with a PackedSequence input")
+            packed = input
+            padded, lens = pad_packed_sequence(input, batch_first=False)
+            x = _as_float32("input", padded)
+            lengths = lens.numpy()
+            if hx is not None and input.sorted_indices is not None:
+                pass  # hx is in the caller's (unsorted) batch order, as in PyTorch
+            _ = torch  # imported for PackedSequence construction below
+        else:
+            x = _as_float32("input", input)
+        L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        if x.ndim == 2 and packed is None:
             unbatched = True
+            if lengths is not None:
+                raise ValueError("lengths: not allowed with unbatched (T, I) input")
             if x.shape[1] != self.input_size:
                 raise ValueError(
                     f"input: expected shape (T, I={self.input_size}) for unbatched input, "
@@ -194,144 +298,585 @@ class LSTM(Module):
         elif x.ndim == 3:
             unbatched = False
             if x.shape[2] != self.input_size:
-                want = "(B, T, I=" if self.batch_first else "(T, B, I="
+                want = "(B, T, I=" if self.batch_first and packed is None else "(T, B, I="
                 raise ValueError(f"input: expected shape {want}{self.input_size}), got {x.shape}")
-            if self.batch_first:
-                x = np.ascontiguousarray(x.transpose(1, 0, 2))
+            if self.batch_first and packed is None:
+                x = x.transpose(1, 0, 2)
         else:
             raise ValueError(
                 "input: expected 3 dimensions (T, B, I) (or 2 for unbatched input), "
                 f"got {x.ndim} with shape {x.shape}"
             )
         T, B = x.shape[0], x.shape[1]
-        h0 = c0 = None
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx: expected a tuple (h_0, c_0)")
-            want = (L * D, H) if unbatched else (L * D, B, H)
-            h0 = _as_float32("hx[0]", hx[0])
-            c0 = _as_float32("hx[1]", hx[1])
-            for nm, a in (("h_0", h0), ("c_0", c0)):
-                if a.shape != want:
-                    letters = "(D*num_layers, H)" if unbatched else "(D*num_layers, B, H)"
-                    raise ValueError(f"hx: {nm}: expected shape {letters} = {want}, got {a.shape}")
-            if unbatched:
-                h0, c0 = h0[:, None, :], c0[:, None, :]
+        h0, c0 = self._states_in(hx, B, unbatched)
+        order = inv = bs = rev = None
+        if lengths is not None:
+            lens = _lengths_of(lengths, T, B)
+            order = np.argsort(-lens, kind="stable")
+            inv = np.argsort(order)
+            lens = lens[order]
+            x = x[:, order]
+            if h0 is not None:
+                h0 = h0[:, order]
+                c0 = None if c0 is None else c0[:, order]
+            bs = np.ascontiguousarray((lens[None, :] > np.arange(T)[:, None]).sum(1), np.int64)
+            if D == 2:
+                rev = (_reverse_index(lens, T), np.arange(B)[None, :])
+        x = np.ascontiguousarray(x)
+
+        def flip(a):
+            return a[::-1] if rev is None else a[rev]
+
         training = self.training
-        h_n = np.empty((L * D, B, H), np.float32)
-        c_n = np.empty((L * D, B, H), np.float32)
+        h_n = np.empty((L * D, B, P), np.float32)
+        c_n = np.empty((L * D, B, H), np.float32) if self._has_cell else None
         saved = []
         layer_in = x
         for k in range(L):
             outs = []
             for d in range(D):
-                w_ih, w_hh, b_ih, b_hh = self._params(k, d)
+                p = self._params(k, d)
+                w = tuple(None if q is None else q.data for q in p)
                 idx = k * D + d
-                inp = layer_in if d == 0 else np.ascontiguousarray(layer_in[::-1])
-                y, hn, cn, cache = ops.lstm_forward(
+                inp = layer_in if d == 0 else np.ascontiguousarray(flip(layer_in))
+                y, hn, cn, cache = _Direction.forward(
+                    self._mode,
                     inp,
-                    w_ih.data,
-                    w_hh.data,
-                    b_ih.data if b_ih is not None else None,
-                    b_hh.data if b_hh is not None else None,
-                    None if h0 is None else np.ascontiguousarray(h0[idx]),
-                    None if c0 is None else np.ascontiguousarray(c0[idx]),
-                    training=training,
+                    w,
+                    None if h0 is None else _c(h0[idx]),
+                    None if c0 is None else _c(c0[idx]),
+                    bs,
+                    training,
+                    bool(self.proj_size),
                 )
-                h_n[idx], c_n[idx] = hn, cn
-                outs.append(y if d == 0 else y[::-1])
+                h_n[idx] = hn
+                if c_n is not None:
+                    c_n[idx] = cn
+                outs.append(y if d == 0 else flip(y))
                 saved.append(cache)
-            out = outs[0] if D == 1 else np.ascontiguousarray(np.concatenate(outs, axis=2))
+            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             mask = None
             if training and self.dropout > 0 and k < L - 1:
-                p = self.dropout
-                keep = self._rng.random(out.shape) >= p
-                mask = keep.astype(np.float32) / np.float32(1.0 - p) if p < 1 else None
+                pdrop = self.dropout
+                keep = self._rng.random(out.shape) >= pdrop
+                mask = keep.astype(np.float32) / np.float32(1.0 - pdrop) if pdrop < 1 else None
                 out = out * mask if mask is not None else np.zeros_like(out)
             saved.append(("dropout", mask, self.dropout if k < L - 1 else 0.0))
-            layer_in = out
+            layer_in = np.ascontiguousarray(out, dtype=np.float32)
         y = layer_in
         if training:
-            object.__setattr__(self, "_saved", (saved, T, B, unbatched))
+            meta = dict(T=T, B=B, unbatched=unbatched, order=order, inv=inv, rev=rev, packed=packed)
+            object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
+        if inv is not None:
+            y = y[:, inv]
+            h_n = h_n[:, inv]
+            c_n = None if c_n is None else c_n[:, inv]
+        hidden = (h_n, c_n) if self._has_cell else h_n
+        if packed is not None:
+            return self._repack(y, packed), hidden
         if unbatched:
-            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
+            y = y[:, 0, :]
+            hidden = (h_n[:, 0, :], c_n[:, 0, :]) if self._has_cell else h_n[:, 0, :]
+            return y, hidden
         if self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, (h_n, c_n)
+            y = y.transpose(1, 0, 2)
+        return np.ascontiguousarray(y), hidden
+
+    @staticmethod
+    def _repack(y, packed):
+        import torch
+        from torch.nn.utils.rnn import pack_padded_sequence
+
+        lens = (packed.batch_sizes[:, None] > torch.arange(y.shape[1])[None, :]).sum(0)
+        if packed.unsorted_indices is not None:
+            lens = lens[packed.unsorted_indices]
+        return pack_padded_sequence(
+            torch.from_numpy(np.ascontiguousarray(y)), lens, enforce_sorted=False
+        )
 
     # -- backward -------------------------------------------------------------------------------
     def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None):
-        """Gradients of a training-mode forward: ``(dx, (dh_0, dc_0))`` in the input's layout.
+        """Gradients of a training-mode forward, in the input's layout.
 
-        ``dy`` has the output's shape; ``dh_n``/``dc_n`` the shape of ``h_n``/``c_n`` (or None for
-        zero). Accumulates (+=) into every parameter's ``.grad``; may be called more than once for
-        the same forward.
+        ``dy`` has the output's shape; ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
+        (``c_n``), or None for zero. Returns ``(dx, (dh_0, dc_0))`` for the LSTM and
+        ``(dx, dh_0)`` for GRU/RNN. Accumulates (+=) into every parameter's ``.grad``; may be
+        called more than once for the same forward.
         """
         if self._saved is None:
             raise RuntimeError(
-                "backward: no saved forward; call the layer in training mode (lstm.train()) first"
+                "backward: no saved forward; call the layer in training mode (.train()) first"
             )
-        saved, T, B, unbatched = self._saved
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
+        if not self._has_cell and dc_n is not None:
+            raise TypeError(f"{type(self).__name__}.backward: no cell state, dc_n must be None")
+        saved, meta = self._saved
+        T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
+        rev, packed = meta["rev"], meta["packed"]
+        L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        if packed is not None:
+            from torch.nn.utils.rnn import pad_packed_sequence
+
+            if _is_packed(dy):
+                dy = pad_packed_sequence(dy, total_length=T)[0]
         dy = _as_float32("dy", dy)
         if unbatched:
-            want = (T, D * H)
-        elif self.batch_first:
-            want = (B, T, D * H)
+            want = (T, D * P)
+        elif self.batch_first and packed is None:
+            want = (B, T, D * P)
         else:
-            want = (T, B, D * H)
+            want = (T, B, D * P)
         if dy.shape != want:
             raise ValueError(f"dy: expected shape {want} (the output's), got {dy.shape}")
         if unbatched:
             dy = dy[:, None, :]
-        elif self.batch_first:
-            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-        st_want = (L * D, H) if unbatched else (L * D, B, H)
+        elif self.batch_first and packed is None:
+            dy = dy.transpose(1, 0, 2)
         dstates = []
-        for nm, a in (("dh_n", dh_n), ("dc_n", dc_n)):
+        for nm, a, F in (("dh_n", dh_n, P), ("dc_n", dc_n, H)):
             if a is None:
                 dstates.append(None)
                 continue
             a = _as_float32(nm, a)
+            st_want = (L * D, F) if unbatched else (L * D, B, F)
             if a.shape != st_want:
                 raise ValueError(f"{nm}: expected shape {st_want}, got {a.shape}")
-            dstates.append(a[:, None, :] if unbatched else a)
+            a = a[:, None, :] if unbatched else a
+            dstates.append(a if order is None else a[:, order])
         dhn_all, dcn_all = dstates
-        dh0 = np.zeros((L * D, B, H), np.float32)
-        dc0 = np.zeros((L * D, B, H), np.float32)
-        grad = dy
+        if order is not None:
+            dy = dy[:, order]
+
+        def flip(a):
+            return a[::-1] if rev is None else a[rev]
+
+        dh0 = np.zeros((L * D, B, P), np.float32)
+        dc0 = np.zeros((L * D, B, H), np.float32) if self._has_cell else None
+        grad = np.asarray(dy, np.float32)
         pos = len(saved)
         for k in reversed(range(L)):
             pos -= 1
-            _, mask, p = saved[pos]
-            if p > 0:
+            _, mask, pdrop = saved[pos]
+            if pdrop > 0:
                 grad = grad * mask if mask is not None else np.zeros_like(grad)
             dins = []
             for d in reversed(range(D)):
                 pos -= 1
                 cache = saved[pos]
                 idx = k * D + d
-                w_ih, w_hh, b_ih, b_hh = self._params(k, d)
-                g = grad[:, :, d * H : (d + 1) * H]
-                g = np.ascontiguousarray(g if d == 0 else g[::-1])
-                dx, dh0_i, dc0_i, *_ = ops._core.lstm_backward(
+                p = self._params(k, d)
+                grads = tuple(None if q is None else q.grad for q in p)
+                g = grad[:, :, d * P : (d + 1) * P]
+                g = np.ascontiguousarray(g if d == 0 else flip(g), dtype=np.float32)
+                dx, dh0_i, dc0_i = _Direction.backward(
+                    self._mode,
                     cache,
                     g,
-                    None if dhn_all is None else np.ascontiguousarray(dhn_all[idx]),
-                    None if dcn_all is None else np.ascontiguousarray(dcn_all[idx]),
-                    w_ih.grad,
-                    w_hh.grad,
-                    None if b_ih is None else b_ih.grad,
-                    None if b_hh is None else b_hh.grad,
+                    None if dhn_all is None else _c(dhn_all[idx]),
+                    None if dcn_all is None else _c(dcn_all[idx]),
+                    grads,
                 )
-                dh0[idx], dc0[idx] = dh0_i, dc0_i
-                dins.append(dx if d == 0 else dx[::-1])
+                dh0[idx] = dh0_i
+                if dc0 is not None:
+                    dc0[idx] = dc0_i
+                dins.append(dx if d == 0 else flip(dx))
             grad = dins[0] if D == 1 else dins[0] + dins[1]
         dx = grad
+        if order is not None:
+            inv = meta["inv"]
+            dx, dh0 = dx[:, inv], dh0[:, inv]
+            dc0 = None if dc0 is None else dc0[:, inv]
         if unbatched:
-            return dx[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
-        if self.batch_first:
-            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-        return np.ascontiguousarray(dx), (dh0, dc0)
+            dx, dh0 = dx[:, 0, :], dh0[:, 0, :]
+            dc0 = None if dc0 is None else dc0[:, 0, :]
+        elif self.batch_first and packed is None:
+            dx = dx.transpose(1, 0, 2)
+        dx = np.ascontiguousarray(dx)
+        return (dx, (dh0, dc0)) if self._has_cell else (dx, dh0)
+
+    # -- streaming ------------------------------------------------------------------------------
+    def step(self, x_t: Any, state: Any = None, out: Optional[np.ndarray] = None):
+        """One time step of a unidirectional stack, for streaming inference.
+
+        ``x_t`` (B, I) float32 (or (I,)); ``state`` as returned by the previous call (or None for
+        zeros). Returns ``(y_t, state)`` with y_t (B, H) — written into ``out`` when given. The
+        weights are read in place and every buffer (states, workspaces) is allocated on the first
+        call for a batch size and reused afterwards: the returned state lives in internal
+        buffers and is only valid until the next call (copy it to keep it).
+        """
+        if self.bidirectional:
+            raise ValueError("step: a bidirectional layer needs the whole sequence")
+        if self.proj_size:
+            raise NotImplementedError("step: proj_size > 0 is not supported in streaming mode")
+        x_t = (
+            x_t
+            if isinstance(x_t, np.ndarray) and x_t.dtype == np.float32
+            else _as_float32("x_t", x_t)
+        )
+        unbatched = x_t.ndim == 1
+        if unbatched:
+            x_t = x_t[None]
+        if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
+            raise ValueError(f"x_t: expected shape (B, I={self.input_size}), got {x_t.shape}")
+        B = x_t.shape[0]
+        st = self._stream
+        if st is None or st.B != B:
+            st = _Stream(self, B)
+            object.__setattr__(self, "_stream", st)
+        y = st.run(x_t, state)
+        if out is not None:
+            out[...] = y[0] if unbatched else y
+            y = out
+        elif unbatched:
+            y = y[0]
+        return y, st.state()
+
+
+class _Stream:
+    """Preallocated buffers of :meth:`_RNNBase.step`: two state slots per layer (ping-pong),
+    workspaces and the layer's weights, all created once per batch size."""
+
+    def __init__(self, layer: _RNNBase, B: int):
+        self.layer, self.B = layer, B
+        L, H = layer.num_layers, layer.hidden_size
+        self.h = np.zeros((2, L, B, H), np.float32)
+        self.c = np.zeros((2, L, B, H), np.float32) if layer._has_cell else None
+        self.cur = 0
+        self.ws = []
+        for k in range(L):
+            I = layer.input_size if k == 0 else H
+            self.ws.append(
+                np.empty(ops._core.step_workspace_size(layer._mode, B, I, H), np.float32)
+            )
+
+    def state(self):
+        h = self.h[self.cur]
+        return (h, self.c[self.cur]) if self.c is not None else h
+
+    def run(self, x_t, state):
+        layer = self.layer
+        cur, nxt = self.cur, 1 - self.cur
+        if state is not None:
+            if layer._has_cell:
+                h_in, c_in = state
+            else:
+                h_in, c_in = state, None
+            if h_in is not self.h[cur]:
+                self.h[cur][...] = h_in
+                if c_in is not None:
+                    self.c[cur][...] = c_in
+        else:
+            self.h[cur].fill(0)
+            if self.c is not None:
+                self.c[cur].fill(0)
+        inp = x_t
+        for k in range(layer.num_layers):
+            w_ih, w_hh, b_ih, b_hh, _ = layer._params(k, 0)
+            ops._core.step_into(
+                layer._mode,
+                inp,
+                self.h[cur, k],
+                None if self.c is None else self.c[cur, k],
+                w_ih.data,
+                w_hh.data,
+                None if b_ih is None else b_ih.data,
+                None if b_hh is None else b_hh.data,
+                self.h[nxt, k],
+                None if self.c is None else self.c[nxt, k],
+                self.ws[k],
+            )
+            inp = self.h[nxt, k]
+        self.cur = nxt
+        return self.h[nxt, layer.num_layers - 1]
+
+
+_LAYER_DOC = r"""
+    Args:
+        input_size: I, features of the input.
+        hidden_size: H, features of the hidden state.
+        num_layers: stacked layers (default 1); layer k > 0 takes layer k-1's output.
+        bias: use ``bias_ih`` and ``bias_hh`` (default True).
+        batch_first: input and output are (B, T, F) instead of (T, B, F) (default False).
+        dropout: dropout probability on the outputs of every layer but the last, in training
+            mode (default 0), drawn from the layer's seeded generator.
+        bidirectional: run a reverse-direction layer too and concatenate (default False).
+        seed: seed of the initialisation and dropout generator (default: fresh entropy).
+
+    Inputs: ``input, hx, lengths``
+        input: (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched; or a
+        ``torch.nn.utils.rnn.PackedSequence`` (the output is then one too). Any real floating
+        array (or torch tensor); converted to float32 explicitly.
+        hx: optional initial state(s), each (D * num_layers, B, H) ((D * num_layers, H)
+        unbatched), D = 2 if bidirectional else 1; zeros when omitted.
+        lengths: optional (B,) integers in [0, T], any order: sequence b has lengths[b] real steps.
+
+    In training mode ``forward`` keeps what :meth:`backward` needs; ``backward`` accumulates
+    (+=) into every parameter's ``.grad``. Weights are initialised from U(-1/sqrt(H), 1/sqrt(H))
+    with PyTorch's names (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+    ``bias_hh_l{k}``, ``_reverse`` suffix for the reverse direction).
+"""
+
+
+class LSTM(_RNNBase):
+    (
+        r"""Multi-layer LSTM over a sequence (PyTorch's ``nn.LSTM`` API), computed by fused kernels.
+
+    .. math::
+        i_t = \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \qquad
+        f_t = \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
+        g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \qquad
+        o_t = \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \qquad h_t = o_t \odot \tanh(c_t)
+        \quad (\text{with } proj\_size = P > 0: h_t = W_{hr} (o_t \odot \tanh(c_t)))
+    """
+        + _LAYER_DOC
+        + r"""        proj_size: P > 0 adds ``weight_hr_l{k}`` (P, H); h_t has P features (by the
+            NumPy reference in float32, not by the fused kernels).
+
+    Outputs: ``output, (h_n, c_n)``: output (T, B, D * P) (P = H without projection),
+    h_n (D * num_layers, B, P), c_n (D * num_layers, B, H). ``backward(dy, dh_n, dc_n)`` returns
+    ``(dx, (dh_0, dc_0))``. ``step(x_t, state)`` runs one step for streaming inference.
+
+    Example::
+
+        >>> import numpy as np, lstm_fast
+        >>> lstm = lstm_fast.LSTM(10, 20, seed=0)
+        >>> x = np.random.default_rng(0).standard_normal((5, 3, 10)).astype(np.float32)
+        >>> y, (h, c) = lstm(x)
+        >>> y.shape, h.shape
+        ((5, 3, 20), (1, 3, 20))
+        >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
+    """
+    )
+
+    _mode = "LSTM"
+
+
+class GRU(_RNNBase):
+    (
+        r"""Multi-layer GRU (PyTorch's ``nn.GRU`` API, gates r, z, n), computed by fused kernels.
+
+    .. math::
+        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \qquad
+        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \qquad
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+    """
+        + _LAYER_DOC
+        + r"""
+    Outputs: ``output, h_n``; ``backward(dy, dh_n)`` returns ``(dx, dh_0)``.
+
+    Example::
+
+        >>> import numpy as np, lstm_fast
+        >>> gru = lstm_fast.GRU(10, 20, num_layers=2, seed=0)
+        >>> y, h = gru(np.zeros((5, 3, 10), np.float32))
+        >>> y.shape, h.shape
+        ((5, 3, 20), (2, 3, 20))
+    """
+    )
+
+    _mode = "GRU"
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("proj_size", 0) or len(args) > 7:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__(*args, **kwargs)
+
+
+class RNN(_RNNBase):
+    (
+        r"""Multi-layer Elman RNN (PyTorch's ``nn.RNN`` API): :math:`h_t = act(W_{ih} x_t + b_{ih} +
+    W_{hh} h_{t-1} + b_{hh})`, act = tanh or relu (``nonlinearity``, default ``'tanh'``).
+    """
+        + _LAYER_DOC
+        + r"""        nonlinearity: ``'tanh'`` (default) or ``'relu'``.
+
+    Outputs: ``output, h_n``; ``backward(dy, dh_n)`` returns ``(dx, dh_0)``.
+
+    Example::
+
+        >>> import numpy as np, lstm_fast
+        >>> rnn = lstm_fast.RNN(10, 20, nonlinearity="relu", seed=0)
+        >>> y, h = rnn(np.zeros((5, 3, 10), np.float32))
+        >>> y.shape
+        (5, 3, 20)
+    """
+    )
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        seed: Optional[int] = None,
+    ):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(
+                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
+        object.__setattr__(self, "_mode", "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
+        object.__setattr__(self, "nonlinearity", nonlinearity)
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            seed=seed,
+        )
+
+
+# ---- single-step cells --------------------------------------------------------------------------
+
+
+class _CellBase(Module):
+    _mode = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, seed=None):
+        super().__init__()
+        input_size = _check_int("input_size", input_size, 1)
+        hidden_size = _check_int("hidden_size", hidden_size, 1)
+        object.__setattr__(self, "input_size", input_size)
+        object.__setattr__(self, "hidden_size", hidden_size)
+        object.__setattr__(self, "bias", bool(bias))
+        object.__setattr__(self, "_saved", None)
+        rng = np.random.default_rng(seed)
+        G, H = _GATES[self._mode] * hidden_size, hidden_size
+        bound = 1.0 / math.sqrt(H)
+        shapes = [("weight_ih", (G, input_size)), ("weight_hh", (G, H))]
+        if bias:
+            shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
+        for name, shape in shapes:
+            setattr(self, name, Parameter(rng.uniform(-bound, bound, shape).astype(np.float32)))
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        return s
+
+    def _w(self):
+        get = self._parameters.get
+        return tuple(
+            None if get(n) is None else get(n).data
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ) + (None,)
+
+    def forward(self, input: Any, hx: Any = None):
+        x = _as_float32("input", input)
+        unbatched = x.ndim == 1
+        if unbatched:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(
+                f"input: expected shape (B, I={self.input_size}) or (I,), got {np.shape(input)}"
+            )
+        B, H = x.shape[0], self.hidden_size
+        want = (H,) if unbatched else (B, H)
+        h0 = c0 = None
+        if hx is not None:
+            parts = hx if self._mode == "LSTM" else (hx,)
+            if self._mode == "LSTM" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise TypeError("hx: expected a tuple (h_0, c_0)")
+            arrs = []
+            for nm, a in zip(("h_0", "c_0"), parts):
+                a = _as_float32(nm, a)
+                if a.shape != want:
+                    raise ValueError(f"hx: {nm}: expected shape {want}, got {a.shape}")
+                arrs.append(_c(a.reshape(B, H)))
+            h0 = arrs[0]
+            c0 = arrs[1] if self._mode == "LSTM" else None
+        y, hn, cn, cache = _Direction.forward(
+            self._mode,
+            np.ascontiguousarray(x[None]),
+            self._w(),
+            h0,
+            c0,
+            None,
+            self.training,
+            False,
+        )
+        object.__setattr__(self, "_saved", (cache, unbatched) if self.training else None)
+        if unbatched:
+            hn = hn[0]
+            cn = None if cn is None else cn[0]
+        return (hn, cn) if self._mode == "LSTM" else hn
+
+    def backward(self, dh: Any, dc: Any = None):
+        """Gradients of a training-mode forward: ``(dx, (dh_0, dc_0))`` for the LSTM cell,
+        ``(dx, dh_0)`` otherwise; accumulates (+=) into the parameters' ``.grad``."""
+        if self._saved is None:
+            raise RuntimeError("backward: no saved forward; call the cell in training mode first")
+        cache, unbatched = self._saved
+        get = self._parameters.get
+        grads = tuple(
+            None if get(n) is None else get(n).grad
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ) + (None,)
+        H = self.hidden_size
+
+        def state(nm, a):
+            if a is None:
+                return None
+            a = _as_float32(nm, a)
+            return _c(a.reshape(-1, H))
+
+        dx, dh0, dc0 = _Direction.backward(
+            self._mode, cache, None, state("dh", dh), state("dc", dc), grads
+        )
+        dx = dx[0]
+        if unbatched:
+            dx, dh0 = dx[0], dh0[0]
+            dc0 = None if dc0 is None else dc0[0]
+        return (dx, (dh0, dc0)) if self._mode == "LSTM" else (dx, dh0)
+
+
+class LSTMCell(_CellBase):
+    r"""One LSTM step (PyTorch's ``nn.LSTMCell`` API): ``h', c' = cell(x, (h, c))``.
+
+    Args: input_size, hidden_size, bias (default True), seed.
+    Inputs: input (B, I) or (I,); hx optional ``(h_0, c_0)`` each (B, H) or (H,).
+    Outputs: ``(h_1, c_1)``. Attributes: weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh.
+
+    Example::
+
+        >>> import numpy as np, lstm_fast
+        >>> cell = lstm_fast.LSTMCell(10, 20, seed=0)
+        >>> h, c = cell(np.zeros((3, 10), np.float32))
+        >>> h.shape
+        (3, 20)
+    """
+
+    _mode = "LSTM"
+
+
+class GRUCell(_CellBase):
+    """One GRU step (PyTorch's ``nn.GRUCell`` API): ``h' = cell(x, h)``.
+
+    Weights (3H, I) and (3H, H), gates r, z, n."""
+
+    _mode = "GRU"
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step (PyTorch's ``nn.RNNCell`` API): ``h' = cell(x, h)``, ``nonlinearity``
+    ``'tanh'`` (default) or ``'relu'``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, seed=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
+        object.__setattr__(self, "_mode", "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
+        object.__setattr__(self, "nonlinearity", nonlinearity)
+        super().__init__(input_size, hidden_size, bias, seed=seed)

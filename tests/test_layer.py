@@ -129,8 +129,6 @@ def test_eval_mode_keeps_no_cache():
 
 
 def test_unsupported_options_raise():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        lstm_fast.LSTM(3, 4, proj_size=2)
     with pytest.raises(ValueError, match="proj_size"):
         lstm_fast.LSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match="hidden_size"):

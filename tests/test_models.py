@@ -19,6 +19,7 @@ from lstm_fast.models import (
     train_classifier,
 )
 from lstm_fast.models import inspect as ins
+from lstm_fast.models.classifier import load_classifier, pretrain_lm
 from lstm_fast.nn import softmax_cross_entropy
 
 TINY = dict(
@@ -116,7 +117,7 @@ def test_training_reduces_loss(tmp_path, text):
     assert res["val_bpc"] < 6.0
 
 
-@pytest.mark.parametrize("pool", ["mean", "max", "last"])
+@pytest.mark.parametrize("pool", ["mean", "max", "meanmax", "last"])
 def test_classifier_gradient_and_padding(pool):
     m = SequenceClassifier(9, 3, 4, 5, pool=pool, pad_id=1, seed=0)
     ids = np.array([[2, 3], [4, 5], [6, 1], [7, 1]])
@@ -172,6 +173,50 @@ def test_classifier_and_naive_bayes_learn(tmp_path):
     assert ev["accuracy"] >= 0.9 and ev["nb_accuracy"] == 1.0
     nb = NaiveBayes.load(tmp_path / "run" / "naive_bayes.npz")
     assert nb.predict(["최고 최고", "최악"]).tolist() == [1, 0]
+
+
+def test_classifier_keeps_best_validation_epoch(tmp_path):
+    """Early stopping on the validation split; the saved weights are the best epoch's."""
+    _toy_tsv(tmp_path / "train.tsv", 200, 2)
+    _toy_tsv(tmp_path / "val.tsv", 60, 3)
+    cfg = ClassifierConfig(
+        embed_size=6, hidden_size=6, epochs=4, patience=1, batch_size=16, lr=3e-2, min_freq=1
+    )
+    res = train_classifier(
+        tmp_path / "train.tsv",
+        tmp_path / "run",
+        cfg,
+        val_tsv=tmp_path / "val.tsv",
+        progress=False,
+        log=lambda m: None,
+    )
+    _, _, _, meta = load_classifier(tmp_path / "run")
+    accs = [h["val_accuracy"] for h in meta["history"]]
+    assert res["epochs_run"] == len(accs) <= 4
+    assert res["best_epoch"] == int(np.argmax(accs)) + 1 and res["accuracy"] == max(accs)
+    ev = evaluate_classifier(tmp_path / "run", tmp_path / "val.tsv")
+    assert ev["accuracy"] == pytest.approx(res["accuracy"])
+
+
+def test_classifier_lm_pretraining(tmp_path):
+    """Forward + backward char-LM pretraining of the embedding and both LSTM directions."""
+    _toy_tsv(tmp_path / "t.tsv", 120, 4)
+    _, texts = data.read_tsv(tmp_path / "t.tsv")
+    vocab = data.Vocab.build(texts, level="char", min_freq=1, pad=True)
+    seqs = [vocab.encode(t) for t in texts]
+    m = SequenceClassifier(len(vocab), 2, 8, 12, pad_id=vocab.pad_id, seed=0)
+    before = m.state_dict()
+    res = pretrain_lm(m, seqs, 40, seq_len=20, batch_size=8, lr=1e-2, max_epochs=100)
+    assert res["lm_steps_run"] == 40
+    for side in ("lm_bpc_forward", "lm_bpc_backward"):
+        assert res[side] < np.log2(len(vocab)) - 0.5, res
+    after = m.state_dict()
+    for k in ("embedding.weight", "rnn_fwd.weight_hh_l0", "rnn_bwd.weight_hh_l0"):
+        assert not np.array_equal(before[k], after[k]), k
+    assert np.array_equal(before["head.weight"], after["head.weight"])
+    # tiny data: shorter windows, capped passes
+    res = pretrain_lm(m, seqs[:2], 1000, seq_len=100, batch_size=32, max_epochs=2)
+    assert 1 <= res["lm_steps_run"] <= 2 * sum(len(s) + 1 for s in seqs[:2])
 
 
 def test_inspector_features_and_ranking(tmp_path):

@@ -13,6 +13,8 @@ cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$($PY -c 'import pybind11; print(pybind11.get_cmake_dir())')" "$@" >/dev/null
 cmake --build build/dev
 for f in build/dev/_core*.so build/dev/_text*.so; do
-  [ -e "$f" ] && cp -f "$f" lstm_fast/
+  # Copy then rename: overwriting a loaded .so in place crashes the processes that use it.
+  [ -e "$f" ] && cp -f "$f" "lstm_fast/.$(basename "$f").tmp" &&
+    mv -f "lstm_fast/.$(basename "$f").tmp" "lstm_fast/$(basename "$f")"
 done
 echo "dev build: ok"

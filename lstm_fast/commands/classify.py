@@ -8,6 +8,8 @@ from . import add_common, emit_json, set_threads
 
 
 def add_arguments(parser) -> None:
+    from ..models.classifier import ClassifierConfig
+
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
     t = sub.add_parser("train", help="train the BiLSTM classifier and the Naive Bayes baseline")
@@ -19,16 +21,61 @@ def add_arguments(parser) -> None:
         default=None,
         help="validation data (default: a held-out 10%% of TSV)",
     )
-    t.add_argument("--embed-size", type=int, default=64)
-    t.add_argument("--hidden-size", type=int, default=128, help="per direction")
-    t.add_argument("--pool", default="max", choices=["mean", "max", "last"])
-    t.add_argument("--dropout", type=float, default=0.2)
-    t.add_argument("--level", default="char", choices=["char", "word"])
-    t.add_argument("--max-len", type=int, default=150, help="tokens kept per text")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--seed", type=int, default=0)
+    d = ClassifierConfig()
+    t.add_argument("--embed-size", type=int, default=d.embed_size, help="(default %(default)s)")
+    t.add_argument(
+        "--hidden-size", type=int, default=d.hidden_size, help="per direction (default %(default)s)"
+    )
+    t.add_argument(
+        "--pool",
+        default=d.pool,
+        choices=["mean", "max", "meanmax", "last"],
+        help="pooling over the BiLSTM outputs (default %(default)s)",
+    )
+    t.add_argument(
+        "--dropout", type=float, default=d.dropout, help="on pooled features (default %(default)s)"
+    )
+    t.add_argument(
+        "--embed-dropout",
+        type=float,
+        default=d.embed_dropout,
+        help="on the embeddings (default %(default)s)",
+    )
+    t.add_argument(
+        "--level",
+        default=d.level,
+        choices=["char", "word"],
+        help="tokens: characters (Korean syllables) or words (default %(default)s)",
+    )
+    t.add_argument(
+        "--max-len", type=int, default=d.max_len, help="tokens kept per text (default %(default)s)"
+    )
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
+    t.add_argument(
+        "--epochs", type=int, default=d.epochs, help="at most this many (default %(default)s)"
+    )
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop after this many epochs without a better validation accuracy; the best "
+        "epoch's weights are kept (0: never stop early; default %(default)s)",
+    )
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help="Adam learning rate, cosine-decayed over --epochs (default %(default)s)",
+    )
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument(
+        "--lm-steps",
+        type=int,
+        default=d.lm_steps,
+        help="steps of forward + backward character-LM pretraining of the embedding and BiLSTM "
+        "on the training texts before fine-tuning (0: none; default %(default)s)",
+    )
+    t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--max-rows", type=int, default=None, help="read at most N training rows")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(t)
@@ -51,11 +98,15 @@ def run(args) -> int:
                 hidden_size=args.hidden_size,
                 pool=args.pool,
                 dropout=args.dropout,
+                embed_dropout=args.embed_dropout,
                 level=args.level,
                 max_len=args.max_len,
                 batch_size=args.batch_size,
                 epochs=args.epochs,
+                patience=args.patience,
                 lr=args.lr,
+                weight_decay=args.weight_decay,
+                lm_steps=args.lm_steps,
                 seed=args.seed,
                 max_rows=args.max_rows,
             )

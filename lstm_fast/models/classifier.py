@@ -4,6 +4,7 @@ its training loop on ``label<TAB>text`` files."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,13 +15,14 @@ import numpy as np
 from .. import data as _data
 from ..module import Module
 from ..nn import LSTM, Dropout, Embedding, Linear, softmax_cross_entropy
-from ..optim import clip_grad_norm, make_optimizer
+from ..optim import CosineLR, clip_grad_norm, make_optimizer
 from .checkpoint import load_npz, save_npz
 from .naive_bayes import NaiveBayes
 
 __all__ = ["SequenceClassifier", "ClassifierConfig", "train_classifier", "load_classifier"]
 
 CHECKPOINT = "classifier.npz"
+POOLS = ("mean", "max", "meanmax", "last")
 NB_FILE = "naive_bayes.npz"
 
 
@@ -33,8 +35,8 @@ def _reverse_index(lengths: np.ndarray, T: int) -> np.ndarray:
 
 
 class SequenceClassifier(Module):
-    r"""Embedding (V, E) -> bidirectional LSTM (H per direction) -> pooling over the valid steps
-    -> dropout -> Linear (2H -> C).
+    r"""Embedding (V, E) -> dropout -> bidirectional LSTM (H per direction) -> pooling over the
+    valid steps -> dropout -> Linear (2H, or 4H for ``"meanmax"``, -> C).
 
     The two directions are single-layer :class:`~lstm_fast.LSTM` modules (``rnn_fwd``,
     ``rnn_bwd``); the reverse one reads each sequence reversed *within its length*, so padding
@@ -44,8 +46,10 @@ class SequenceClassifier(Module):
     Output: logits (B, C).
 
     Args:
-        pool: ``"mean"`` or ``"max"`` over valid steps, or ``"last"`` (the forward direction's
-            state at the last valid step with the reverse direction's at step 0).
+        pool: ``"mean"`` or ``"max"`` over valid steps, ``"meanmax"`` (both, concatenated), or
+            ``"last"`` (the forward direction's state at the last valid step with the reverse
+            direction's at step 0).
+        dropout: on the pooled features.  embed_dropout: on the embeddings (the LSTM input).
     """
 
     def __init__(
@@ -58,11 +62,12 @@ class SequenceClassifier(Module):
         dropout: float = 0.0,
         pad_id: Optional[int] = None,
         *,
+        embed_dropout: float = 0.0,
         seed: int = 0,
     ):
         super().__init__()
-        if pool not in ("mean", "max", "last"):
-            raise ValueError(f"pool: expected 'mean', 'max' or 'last', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
         self.config = dict(
             vocab_size=int(vocab_size),
             num_classes=int(num_classes),
@@ -71,12 +76,15 @@ class SequenceClassifier(Module):
             pool=pool,
             dropout=float(dropout),
             pad_id=pad_id,
+            embed_dropout=float(embed_dropout),
         )
         self.embedding = Embedding(vocab_size, embed_size, padding_idx=pad_id, seed=seed)
         self.rnn_fwd = LSTM(embed_size, hidden_size, seed=seed + 1)
         self.rnn_bwd = LSTM(embed_size, hidden_size, seed=seed + 2)
         self.drop = Dropout(dropout, seed=seed + 3)
-        self.head = Linear(2 * hidden_size, num_classes, seed=seed + 4)
+        feat = (4 if pool == "meanmax" else 2) * hidden_size
+        self.head = Linear(feat, num_classes, seed=seed + 4)
+        self.edrop = Dropout(embed_dropout, seed=seed + 5)
         self._cache = None
 
     def forward(self, ids, lengths):
@@ -86,7 +94,7 @@ class SequenceClassifier(Module):
         H = self.config["hidden_size"]
         cols = np.arange(B)[None, :]
         rev = _reverse_index(lengths, T)
-        e = self.embedding(ids)
+        e = self.edrop(self.embedding(ids))
         yf, _ = self.rnn_fwd(e)
         yb_r, _ = self.rnn_bwd(np.ascontiguousarray(e[rev, cols]))
         yb = yb_r[rev, cols]
@@ -94,12 +102,15 @@ class SequenceClassifier(Module):
         mask = (np.arange(T)[:, None] < lengths[None, :]).astype(np.float32)  # (T, B)
         pool = self.config["pool"]
         arg = None
-        if pool == "mean":
-            feats = (y * mask[:, :, None]).sum(0) / lengths[:, None].astype(np.float32)
-        elif pool == "max":
+        parts = []
+        if pool in ("mean", "meanmax"):
+            parts.append((y * mask[:, :, None]).sum(0) / lengths[:, None].astype(np.float32))
+        if pool in ("max", "meanmax"):
             ym = np.where(mask[:, :, None] > 0, y, -np.inf)
             arg = ym.argmax(axis=0)  # (B, 2H)
-            feats = np.take_along_axis(y, arg[None], axis=0)[0]
+            parts.append(np.take_along_axis(y, arg[None], axis=0)[0])
+        if parts:
+            feats = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         else:
             b = np.arange(B)
             feats = np.concatenate([yf[lengths - 1, b], yb[0, b]], axis=1)
@@ -112,37 +123,61 @@ class SequenceClassifier(Module):
         pool = self.config["pool"]
         dy = np.zeros((T, B, 2 * H), np.float32)
         b = np.arange(B)
-        if pool == "mean":
-            dy += (dfeat / lengths[:, None].astype(np.float32))[None] * mask[:, :, None]
-        elif pool == "max":
-            np.put_along_axis(dy, arg[None], dfeat[None], axis=0)
+        if pool == "meanmax":
+            dmean, dmax = dfeat[:, : 2 * H], dfeat[:, 2 * H :]
         else:
+            dmean = dmax = dfeat
+        if pool in ("mean", "meanmax"):
+            dy += (dmean / lengths[:, None].astype(np.float32))[None] * mask[:, :, None]
+        if pool in ("max", "meanmax"):
+            # scatter-add: the max step of a feature may coincide with others only via ties
+            dmx = np.zeros_like(dy)
+            np.put_along_axis(dmx, arg[None], dmax[None], axis=0)
+            dy += dmx
+        if pool == "last":
             dy[lengths - 1, b, :H] = dfeat[:, :H]
             dy[0, b, H:] = dfeat[:, H:]
         cols = b[None, :]
         dxf, _ = self.rnn_fwd.backward(np.ascontiguousarray(dy[:, :, :H]))
         dxb_r, _ = self.rnn_bwd.backward(np.ascontiguousarray(dy[:, :, H:][rev, cols]))
-        self.embedding.backward(dxf + dxb_r[rev, cols])
+        self.embedding.backward(self.edrop.backward(dxf + dxb_r[rev, cols]))
 
 
 @dataclasses.dataclass
 class ClassifierConfig:
-    embed_size: int = 64
-    hidden_size: int = 128
-    pool: str = "mean"
-    dropout: float = 0.2
+    """Hyper-parameters of :func:`train_classifier` (the CLI's defaults).
+
+    With ``lm_steps > 0``, the embedding and both LSTM directions are first pretrained as a
+    forward and a backward character language model on the training texts only (no labels;
+    :func:`pretrain_lm`), then the whole classifier is fine-tuned. Training runs up to ``epochs``
+    epochs of Adam with a cosine learning-rate decay (to
+    ``lr * min_lr_factor`` at the last epoch) and stops early when the validation accuracy has not
+    improved for ``patience`` epochs; the weights saved are those of the best validation epoch.
+    """
+
+    embed_size: int = 128
+    hidden_size: int = 256
+    pool: str = "meanmax"
+    dropout: float = 0.5
+    embed_dropout: float = 0.2
     level: str = "char"
     min_freq: int = 2
     max_len: int = 150
     batch_size: int = 64
-    epochs: int = 3
+    epochs: int = 6
+    patience: int = 2
     lr: float = 2e-3
+    min_lr_factor: float = 0.05
+    weight_decay: float = 0.0
     clip: float = 5.0
     seed: int = 0
     val_fraction: float = 0.1
     max_rows: Optional[int] = None
     nb_char_n: int = 3
     nb_word_n: int = 1
+    lm_steps: int = 300
+    lm_seq_len: int = 100
+    lm_batch_size: int = 32
 
 
 def _encode_all(vocab, texts: Sequence[str], max_len: int):
@@ -169,6 +204,96 @@ def _batches(seqs, order, batch_size):
         part = part[np.argsort([len(seqs[i]) for i in part], kind="stable")]
         out += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
     return out
+
+
+def pretrain_lm(
+    model: SequenceClassifier,
+    seqs,
+    steps: int,
+    *,
+    seq_len: int = 100,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    clip: float = 5.0,
+    max_epochs: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Pretrain ``model``'s embedding, ``rnn_fwd`` and ``rnn_bwd`` as a forward and a backward
+    character LM (shared embedding, two throwaway linear decoders) on the token sequences
+    ``seqs`` (unlabelled), for ``steps`` truncated-BPTT steps (at most ``max_epochs`` passes over
+    the texts).
+
+    The forward stream is the texts in a seeded random order, each followed by the pad token as a
+    separator; the backward stream is the same stream reversed, so ``rnn_bwd`` learns to predict
+    the previous character, as it reads in the classifier. Returns the last losses in bits/char.
+    """
+    V = model.config["vocab_size"]
+    H = model.config["hidden_size"]
+    sep = model.config["pad_id"] or 0
+    order = np.random.default_rng([seed, 7]).permutation(len(seqs))
+    parts = []
+    for i in order:
+        parts += [seqs[i], np.array([sep], np.int32)]
+    ids_f = np.concatenate(parts).astype(np.int32)
+    ids_b = np.ascontiguousarray(ids_f[::-1])
+    seq_len = max(1, min(seq_len, len(ids_f) - 1))  # small data: shorter windows, fewer streams
+    batch_size = max(1, min(batch_size, (len(ids_f) - 1) // seq_len))
+    bf = _data.BPTTBatcher(ids_f, batch_size, seq_len)
+    bb = _data.BPTTBatcher(ids_b, batch_size, seq_len)
+    steps = min(steps, max_epochs * bf.num_windows)
+    dec_f = Linear(H, V, seed=seed + 11)
+    dec_b = Linear(H, V, seed=seed + 12)
+    params = (
+        list(model.embedding.parameters())
+        + list(model.rnn_fwd.parameters())
+        + list(model.rnn_bwd.parameters())
+        + list(dec_f.parameters())
+        + list(dec_b.parameters())
+    )
+    opt = make_optimizer("adam", params, lr=lr)
+    sched = CosineLR(opt, total_steps=steps, min_factor=0.1)
+    B = batch_size
+    zeros = (np.zeros((1, B, H), np.float32), np.zeros((1, B, H), np.float32))
+    st_f = st_b = zeros
+    hist_f, hist_b = [], []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        k = step % bf.num_windows
+        if k == 0:
+            st_f = st_b = zeros
+        xf, yf = bf.window(k)
+        xb, yb = bb.window(k)
+        for p in params:
+            p.grad[...] = 0
+        e = model.embedding(np.concatenate([xf, xb], axis=1))  # (T, 2B, E)
+        hf, st_f = model.rnn_fwd(np.ascontiguousarray(e[:, :B]), st_f)
+        hb, st_b = model.rnn_bwd(np.ascontiguousarray(e[:, B:]), st_b)
+        lf, gf = softmax_cross_entropy(dec_f(hf).reshape(-1, V), yf.reshape(-1))
+        lb, gb = softmax_cross_entropy(dec_b(hb).reshape(-1, V), yb.reshape(-1))
+        dxf, _ = model.rnn_fwd.backward(dec_f.backward(gf).reshape(hf.shape))
+        dxb, _ = model.rnn_bwd.backward(dec_b.backward(gb).reshape(hb.shape))
+        model.embedding.backward(np.concatenate([dxf, dxb], axis=1))
+        if clip:
+            clip_grad_norm(params, clip)
+        opt.step()
+        sched.step()
+        hist_f.append(lf / math.log(2.0))
+        hist_b.append(lb / math.log(2.0))
+        if progress and (step + 1) % 50 == 0:
+            log(
+                f"lm pretraining step {step + 1}/{steps}: bits/char forward "
+                f"{np.mean(hist_f[-50:]):.3f}, backward {np.mean(hist_b[-50:]):.3f}"
+            )
+    n = max(1, min(50, steps))
+    return {
+        "lm_steps_run": steps,
+        "lm_bpc_forward": float(np.mean(hist_f[-n:])) if hist_f else None,
+        "lm_bpc_backward": float(np.mean(hist_b[-n:])) if hist_b else None,
+        "lm_seconds": time.perf_counter() - t0,
+        "lm_chars": int(len(ids_f)),
+    }
 
 
 def predict(model: SequenceClassifier, seqs, batch_size: int = 256) -> np.ndarray:
@@ -227,17 +352,40 @@ def train_classifier(
         cfg.pool,
         cfg.dropout,
         vocab.pad_id,
+        embed_dropout=cfg.embed_dropout,
         seed=cfg.seed,
     )
+    lm = {}
+    if cfg.lm_steps > 0:
+        lm = pretrain_lm(
+            model,
+            seqs,
+            cfg.lm_steps,
+            seq_len=cfg.lm_seq_len,
+            batch_size=cfg.lm_batch_size,
+            lr=cfg.lr,
+            clip=cfg.clip,
+            seed=cfg.seed,
+            progress=True,
+            log=log,
+        )
+        bpc = f"forward {lm['lm_bpc_forward']:.3f}, backward {lm['lm_bpc_backward']:.3f}"
+        log(
+            f"lm pretraining: {lm['lm_steps_run']} steps, bits/char {bpc} "
+            f"({lm['lm_seconds']:.0f} s)"
+        )
     params = list(model.parameters())
-    opt = make_optimizer("adam", params, lr=cfg.lr)
+    opt = make_optimizer("adam", params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_batches = sum(1 for _ in range(0, len(seqs), cfg.batch_size))
+    sched = CosineLR(opt, total_steps=cfg.epochs * n_batches, min_factor=cfg.min_lr_factor)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
     history = []
     train_time, n_seen = 0.0, 0
-    acc = None
+    acc = best_acc = None
+    best_state, best_epoch, stale = None, 0, 0
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(seqs))
         batches = _batches(seqs, order, cfg.batch_size)
@@ -257,6 +405,7 @@ def train_classifier(
             if cfg.clip:
                 clip_grad_norm(params, cfg.clip)
             opt.step()
+            sched.step()
             train_time += time.perf_counter() - t
             n_seen += len(idx)
             losses.append(loss)
@@ -267,22 +416,38 @@ def train_classifier(
             bar.close()
         acc = float((predict(model, vseqs) == vlabels).mean()) if len(vseqs) else None
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": acc})
-        log(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, validation accuracy {acc}")
+        log(
+            f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, validation accuracy {acc}, "
+            f"lr {opt.lr:.2e}"
+        )
+        if acc is None or best_acc is None or acc > best_acc:
+            best_acc, best_epoch, stale = acc, epoch + 1, 0
+            best_state = model.state_dict()
+        else:
+            stale += 1
+            if cfg.patience and stale >= cfg.patience:
+                log(f"early stop: no improvement for {stale} epochs (best epoch {best_epoch})")
+                break
+    model.load_state_dict(best_state)
     meta = {
         "kind": "classifier",
         "config": dataclasses.asdict(cfg),
         "model": model.config,
         "vocab": vocab.to_dict(),
         "history": history,
+        "best_epoch": best_epoch,
     }
     save_npz(out / CHECKPOINT, {f"param/{k}": v for k, v in model.state_dict().items()}, meta)
     return {
-        "accuracy": acc,
+        "accuracy": best_acc,
         "nb_accuracy": nb_acc,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
         "train_examples": len(texts),
         "val_examples": len(vtexts),
         "examples_per_s": n_seen / train_time if train_time else None,
         "train_seconds": train_time,
+        **lm,
     }
 
 
@@ -301,6 +466,7 @@ def load_classifier(path):
         mc["pool"],
         mc["dropout"],
         mc["pad_id"],
+        embed_dropout=mc.get("embed_dropout", 0.0),
     )
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
     vocab = _data.Vocab.from_dict(meta["vocab"])

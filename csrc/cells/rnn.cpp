@@ -1,0 +1,151 @@
+#include "cells/rnn.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "gemm/gemm.h"
+
+namespace lstm_fast {
+
+using namespace cell_detail;
+
+namespace {
+constexpr index_t kUnpackedRows = 4;  // T * B at most: GEMV on W_hh's rows, no packing
+}
+
+index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s) {
+  return num_panels(kern, s.H) * s.H * kern.NR + s.B * s.H + 64;
+}
+
+void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const float* W_ih,
+                 const float* W_hh, const float* b_ih, const float* b_hh, bool relu,
+                 const CellSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
+                 int nthreads) {
+  const index_t T = s.T, B = s.B, H = s.H;
+  if (B == 0 || H == 0) return;
+  if (T == 0) {
+    for (index_t j = 0; j < B * H; ++j) h_n[j] = h0 ? h0[j] : 0.0f;
+    return;
+  }
+  const CellKernels& ck = cell_kernels_for(kern);
+  const bool unpacked = T * B <= kUnpackedRows;
+  const index_t nbj = num_panels(kern, H);
+  float* Wp = workspace;                  // packed W_hh^T panels
+  float* zeros = Wp + nbj * H * kern.NR;  // (B, H)
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* h_init = h0 ? h0 : zeros;
+  // y starts as the hoisted input projection x . W_ih^T + b_ih + b_hh (zero on padding rows);
+  // each step adds h_prev . W_hh^T and applies the activation in place.
+  zero_padding(y, s, bs);
+  input_projection(kern, s, H, x, W_ih, b_ih, b_hh, y, bs, nthreads);
+
+  Schedule sched = choose_schedule(kern, s, H, nthreads);
+  if (unpacked) sched = (H * H >= (1 << 16) && nthreads > 1) ? Schedule::kUnits : Schedule::kSerial;
+  const int P = sched == Schedule::kSerial ? 1 : nthreads;
+  if (!unpacked) pack_gate_panels(kern, H, 1, W_hh, Wp, P);
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    const index_t ublk = unpacked ? 8 : kern.NR;
+    const index_t nblk = (H + ublk - 1) / ublk;
+    index_t r0 = 0, r1 = B, j0 = 0, j1 = nblk;
+    if (sched == Schedule::kBatch) {
+      r0 = B * p / np;
+      r1 = B * (p + 1) / np;
+    } else if (sched == Schedule::kUnits) {
+      j0 = nblk * p / np;
+      j1 = nblk * (p + 1) / np;
+    }
+    const index_t u0 = std::min(H, j0 * ublk), u1 = std::min(H, j1 * ublk);
+    for (index_t t = 0; t < T; ++t) {
+      const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+      const index_t re = bs ? std::min(r1, bs[t]) : r1;
+      float* a = y + t * B * H;
+      if (re > r0 && u1 > u0) {
+        if (unpacked) {
+          for (index_t b = r0; b < re; ++b)
+            kern.gemv_rows(u1 - u0, H, W_hh + u0 * H, H, h_prev + b * H, a + b * H + u0, true);
+        } else {
+          recurrent_product(kern, H, 1, r0, re, j0, j1, h_prev, Wp, a, true);
+        }
+        ck.rnn_fwd(re - r0, H, u0, u1, a + r0 * H, relu);
+      }
+      if (sched == Schedule::kUnits && np > 1) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+      }
+    }
+  }
+  final_state(h_n, y, h_init, s, bs);
+}
+
+index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s) {
+  return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + s.B * s.H + 64;
+}
+
+void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
+                  const float* dy, const float* dh_n, const float* x, const float* h0,
+                  const float* W_ih, const float* W_hh, const float* y, bool relu,
+                  const CellSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
+                  int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H;
+  if (B == 0 || H == 0) {
+    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    return;
+  }
+  for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
+  if (T == 0) return;
+  const CellKernels& ck = cell_kernels_for(kern);
+  const index_t nbj = num_panels(kern, H);
+  float* da = workspace;         // (T, B, H): gradients of the pre-activations
+  float* Wb = da + T * B * H;    // W_hh (H x H) packed as the B operand of da_t . W_hh
+  float* zeros = Wb + nbj * kern.NR * H;
+  std::memset(zeros, 0, B * H * sizeof(float));
+  pack_b_panels(kern, H, 0, H, MatView{W_hh, H, 1}, Wb);
+  if (bs)
+    for (index_t t = 0; t < T; ++t)
+      if (bs[t] < B) std::memset(da + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
+  const Schedule sched = choose_schedule(kern, s, H, nthreads);
+  const int P = sched == Schedule::kSerial ? 1 : nthreads;
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
+    if (sched == Schedule::kBatch) {
+      r0 = B * p / np;
+      r1 = B * (p + 1) / np;
+    } else if (sched == Schedule::kUnits) {
+      j0 = nbj * p / np;
+      j1 = nbj * (p + 1) / np;
+    }
+    const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
+    for (index_t t = T - 1; t >= 0; --t) {
+      const index_t re = bs ? std::min(r1, bs[t]) : r1;
+      if (re > r0 && u1 > u0)
+        ck.rnn_bwd(re - r0, H, u0, u1, da + (t * B + r0) * H, dh0 + r0 * H,
+                   dy ? dy + (t * B + r0) * H : nullptr, y + (t * B + r0) * H, relu);
+      if (sched == Schedule::kUnits && np > 1) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+      }
+      // dh_next[:, my columns] = da_t . W_hh[:, my columns] (rows past re pass through).
+      if (re > r0) recurrent_product_back(kern, H, H, r0, re, j0, j1, da + t * B * H, Wb, dh0, false);
+    }
+  }
+  backward_products(kern, s, H, da, dx, false, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, nthreads);
+  if (db_hh)  // both biases enter the same sum
+    backward_products(kern, s, H, da, nullptr, false, nullptr, nullptr, db_hh, x, h0, W_ih, y, bs,
+                      nthreads);
+}
+
+}  // namespace lstm_fast

@@ -1,0 +1,243 @@
+"""Weight interop: PyTorch modules and state dicts, Keras layer weights, ONNX initializers.
+
+Every conversion is a lossless reordering of the same float32 numbers:
+
+* PyTorch (``torch.nn.LSTM/GRU/RNN`` and the cells): identical names and layouts —
+  :func:`from_torch` builds the matching lstm_fast layer, :func:`to_torch` the matching torch one.
+* Keras: ``kernel`` (I, G), ``recurrent_kernel`` (H, G), LSTM gate order i, f, c, o and one bias
+  (G,) (= b_ih + b_hh; imported as b_ih with b_hh = 0); GRU with ``reset_after=True``: gate order
+  z, r, h and bias (2, G) = [input bias, recurrent bias]; SimpleRNN: one bias (H,).
+* ONNX (``LSTM``/``GRU``/``RNN`` operators): ``W`` (D, G, I), ``R`` (D, G, H), ``B`` (D, 2G);
+  LSTM gate order i, o, f, c; GRU z, r, h with ``linear_before_reset=1`` (PyTorch's GRU).
+
+Shapes use the legend: ``I`` input, ``H`` hidden, ``G`` gate width (4H, 3H, H), D directions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import rnn as _rnn
+
+__all__ = [
+    "from_keras",
+    "from_onnx",
+    "from_torch",
+    "to_keras",
+    "to_onnx",
+    "to_torch",
+]
+
+_LAYERS = {"LSTM": _rnn.LSTM, "GRU": _rnn.GRU, "RNN": _rnn.RNN}
+_CELLS = {"LSTMCell": _rnn.LSTMCell, "GRUCell": _rnn.GRUCell, "RNNCell": _rnn.RNNCell}
+
+
+def _np(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(a), dtype=np.float32)
+
+
+def _kind(layer) -> str:
+    if isinstance(layer, (_rnn.LSTM, _rnn.LSTMCell)):
+        return "LSTM"
+    if isinstance(layer, (_rnn.GRU, _rnn.GRUCell)):
+        return "GRU"
+    if isinstance(layer, (_rnn.RNN, _rnn.RNNCell)):
+        return "RNN"
+    raise TypeError(
+        f"layer: expected an lstm_fast LSTM, GRU or RNN layer, got {type(layer).__name__}"
+    )
+
+
+# ---- PyTorch -------------------------------------------------------------------------------------
+
+
+def from_torch(module: Any, *, seed: int | None = None):
+    """The lstm_fast layer (or cell) equivalent to a torch ``nn.LSTM/GRU/RNN`` (or cell), with
+    its weights copied. ``dropout`` and ``training`` mode carry over."""
+    name = type(module).__name__
+    if name in _LAYERS:
+        kw = dict(
+            num_layers=module.num_layers,
+            bias=module.bias,
+            batch_first=module.batch_first,
+            dropout=float(module.dropout),
+            bidirectional=module.bidirectional,
+            seed=seed,
+        )
+        if name == "LSTM":
+            layer = _rnn.LSTM(
+                module.input_size, module.hidden_size, proj_size=module.proj_size, **kw
+            )
+        elif name == "GRU":
+            layer = _rnn.GRU(module.input_size, module.hidden_size, **kw)
+        else:
+            layer = _rnn.RNN(
+                module.input_size, module.hidden_size, nonlinearity=module.nonlinearity, **kw
+            )
+    elif name in _CELLS:
+        kw = dict(bias=module.bias, seed=seed)
+        if name == "RNNCell":
+            kw["nonlinearity"] = module.nonlinearity
+        layer = _CELLS[name](module.input_size, module.hidden_size, **kw)
+    else:
+        raise TypeError(f"module: expected a torch LSTM, GRU, RNN or cell, got {name}")
+    layer.load_state_dict(module.state_dict())
+    layer.train(module.training)
+    return layer
+
+
+def to_torch(layer: Any):
+    """The torch module equivalent to an lstm_fast layer or cell, with its weights copied."""
+    import torch
+
+    kind = _kind(layer)
+    if isinstance(layer, (_rnn.LSTMCell, _rnn.GRUCell, _rnn.RNNCell)):
+        kw = dict(bias=layer.bias)
+        if kind == "RNN":
+            kw["nonlinearity"] = layer.nonlinearity
+        mod = getattr(torch.nn, kind + "Cell")(layer.input_size, layer.hidden_size, **kw)
+    else:
+        kw = dict(
+            num_layers=layer.num_layers,
+            bias=layer.bias,
+            batch_first=layer.batch_first,
+            dropout=layer.dropout,
+            bidirectional=layer.bidirectional,
+        )
+        if kind == "LSTM":
+            kw["proj_size"] = layer.proj_size
+        if kind == "RNN":
+            kw["nonlinearity"] = layer.nonlinearity
+        mod = getattr(torch.nn, kind)(layer.input_size, layer.hidden_size, **kw)
+    mod.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in layer.state_dict().items()})
+    mod.train(layer.training)
+    return mod
+
+
+# ---- gate reordering -----------------------------------------------------------------------------
+
+# Our (PyTorch's) gate blocks listed in the other system's order.
+_KERAS_ORDER = {"LSTM": [0, 1, 2, 3], "GRU": [1, 0, 2], "RNN": [0]}  # i,f,c,o / z,r,h
+_ONNX_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}  # i,o,f,c / z,r,h
+
+
+def _reorder(a: np.ndarray, order: list, axis: int = 0) -> np.ndarray:
+    blocks = np.split(a, len(order), axis=axis)
+    return np.concatenate([blocks[q] for q in order], axis=axis)
+
+
+def _unorder(a: np.ndarray, order: list, axis: int = 0) -> np.ndarray:
+    inv = list(np.argsort(order))
+    return _reorder(a, inv, axis)
+
+
+def _suffix(k: int, d: int) -> str:
+    return f"_l{k}" + ("_reverse" if d else "")
+
+
+def _get(layer, name, k, d):
+    p = layer._parameters.get(name + _suffix(k, d))
+    return None if p is None else p.data
+
+
+def _set(layer, name, k, d, value):
+    p = layer._parameters.get(name + _suffix(k, d))
+    if p is None:
+        raise ValueError(f"{name}{_suffix(k, d)}: the layer has no such parameter")
+    value = _np(value)
+    if value.shape != p.data.shape:
+        raise ValueError(f"{name}{_suffix(k, d)}: expected shape {p.data.shape}, got {value.shape}")
+    p.data[...] = value
+
+
+# ---- Keras ---------------------------------------------------------------------------------------
+
+
+def to_keras(layer, k: int = 0, direction: int = 0) -> list:
+    """Keras weights ``[kernel, recurrent_kernel, bias]`` of layer ``k``, one direction (Keras
+    ``LSTM``, ``GRU(reset_after=True)``, ``SimpleRNN``; ``layer.set_weights(...)`` takes them)."""
+    kind = _kind(layer)
+    order = _KERAS_ORDER[kind]
+    if getattr(layer, "proj_size", 0):
+        raise ValueError("to_keras: Keras has no LSTM projection (proj_size > 0)")
+    w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
+    out = [_reorder(w_ih, order).T.copy(), _reorder(w_hh, order).T.copy()]
+    b_ih, b_hh = _get(layer, "bias_ih", k, direction), _get(layer, "bias_hh", k, direction)
+    if b_ih is not None:
+        if kind == "GRU":
+            out.append(np.stack([_reorder(b_ih, order), _reorder(b_hh, order)]))
+        else:
+            out.append(_reorder(b_ih + b_hh, order))
+    return out
+
+
+def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
+    """Load Keras weights ``[kernel, recurrent_kernel(, bias)]`` into layer ``k``, one direction.
+    An LSTM/RNN bias goes to ``bias_ih`` (``bias_hh`` = 0); a GRU bias must be (2, 3H)."""
+    kind = _kind(layer)
+    order = _KERAS_ORDER[kind]
+    kernel, recurrent = _np(weights[0]), _np(weights[1])
+    _set(layer, "weight_ih", k, direction, _unorder(kernel.T, order))
+    _set(layer, "weight_hh", k, direction, _unorder(recurrent.T, order))
+    if len(weights) > 2 and layer.bias:
+        bias = _np(weights[2])
+        if kind == "GRU":
+            if bias.ndim != 2 or bias.shape[0] != 2:
+                raise ValueError(
+                    f"bias: expected shape (2, 3H) (GRU reset_after=True), got {bias.shape}"
+                )
+            _set(layer, "bias_ih", k, direction, _unorder(bias[0], order))
+            _set(layer, "bias_hh", k, direction, _unorder(bias[1], order))
+        else:
+            _set(layer, "bias_ih", k, direction, _unorder(bias, order))
+            _set(layer, "bias_hh", k, direction, np.zeros_like(bias))
+    layer._on_load()
+
+
+# ---- ONNX ----------------------------------------------------------------------------------------
+
+
+def to_onnx(layer, k: int = 0) -> dict:
+    """ONNX initializers ``{"W", "R", "B"}`` of layer ``k`` (both directions when
+    bidirectional), for the ONNX ``LSTM``/``GRU``/``RNN`` operator (GRU: linear_before_reset=1)."""
+    kind = _kind(layer)
+    if getattr(layer, "proj_size", 0):
+        raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    order = _ONNX_ORDER[kind]
+    D = layer.num_directions
+    W = np.stack([_reorder(_get(layer, "weight_ih", k, d), order) for d in range(D)])
+    R = np.stack([_reorder(_get(layer, "weight_hh", k, d), order) for d in range(D)])
+    out = {"W": W, "R": R}
+    if layer.bias:
+        out["B"] = np.stack(
+            [
+                np.concatenate(
+                    [_reorder(_get(layer, n, k, d), order) for n in ("bias_ih", "bias_hh")]
+                )
+                for d in range(D)
+            ]
+        )
+    return out
+
+
+def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0) -> None:
+    """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``."""
+    kind = _kind(layer)
+    order = _ONNX_ORDER[kind]
+    W, R = _np(W), _np(R)
+    D = layer.num_directions
+    if W.ndim != 3 or W.shape[0] != D:
+        raise ValueError(f"W: expected shape (D={D}, G, I), got {W.shape}")
+    for d in range(D):
+        _set(layer, "weight_ih", k, d, _unorder(W[d], order))
+        _set(layer, "weight_hh", k, d, _unorder(R[d], order))
+        if B is not None and layer.bias:
+            b = _np(B)[d]
+            G = b.shape[0] // 2
+            _set(layer, "bias_ih", k, d, _unorder(b[:G], order))
+            _set(layer, "bias_hh", k, d, _unorder(b[G:], order))
+    layer._on_load()

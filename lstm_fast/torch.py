@@ -1,0 +1,478 @@
+r"""Drop-in PyTorch modules computed by lstm_fast's kernels (``pip install lstm_fast[torch]``).
+
+:class:`LSTM`, :class:`GRU` and :class:`RNN` are :class:`torch.nn.LSTM` / ``GRU`` / ``RNN``
+(subclasses: same constructor, ``nn.Parameter`` names, ``state_dict``, ``repr`` and forward
+signature) whose forward and backward run on lstm_fast's fused C++ kernels through a
+:class:`torch.autograd.Function`. :func:`replace_rnns` turns every ``nn.LSTM``/``nn.GRU``/
+``nn.RNN`` of an existing model into ours in place, :func:`restore_rnns` turns them back::
+
+    >>> import torch, lstm_fast.torch as lft
+    >>> model = torch.nn.Sequential()  # any model with nn.LSTM submodules
+    >>> model = lft.replace_rnns(model)  # train / serve as before, optimizers keep working
+    >>> model = lft.restore_rnns(model)  # a plain PyTorch model again
+
+How tensors reach the kernels
+    float32, C-contiguous CPU tensors are handed to the kernels without a copy
+    (``tensor.numpy()`` / ``torch.from_numpy``); other layouts are made contiguous first (one copy).
+    The kernels are float32-only and CPU-only:
+
+    * the input's dtype must equal the parameters' dtype, as in ``torch.nn.LSTM``
+      (``ValueError: input must have the type torch.float32, got type torch.float64``); a float64
+      input is never converted silently — call ``x.float()``;
+    * parameters of another dtype (``model.double()``, ``.half()``) raise ``TypeError``; CUDA (or
+      any non-CPU) tensors raise ``RuntimeError``. Use :func:`restore_rnns` for those models.
+
+Autograd
+    One ``autograd.Function`` per layer and direction: its forward runs the training kernel
+    (which keeps the gates for backward) when a gradient is needed and the inference kernel
+    (no cache, no workspace) under ``torch.no_grad()`` / ``torch.inference_mode()`` or when no
+    input or parameter requires grad. Its backward calls lstm_fast's backward and returns fresh
+    gradients, so autograd accumulates them into ``.grad`` as usual (hooks, DDP bucketing and
+    gradient accumulation work unchanged). Inputs, parameters and outputs the kernel cache refers
+    to are saved with ``save_for_backward``: modifying them in place before ``backward`` raises
+    torch's usual version-counter error instead of giving wrong gradients. Layers are composed
+    as in ``torch.nn.LSTM``: the reverse direction runs on a time-reversed copy, dropout between
+    layers is ``torch.nn.functional.dropout`` (torch's RNG, training mode only).
+
+PackedSequence
+    The kernels take PyTorch's ``batch_sizes`` directly, so packed input costs no arithmetic on
+    padding: the packed data is unpacked to a padded (T, B, I) tensor in sorted order (one copy),
+    each layer's output is packed again at the end (one copy), and the reverse direction reverses
+    each sequence within its own length (a gather, one copy each way). Outputs past a sequence's
+    length are never computed; ``h_n``/``c_n`` are each sequence's state after its last real step.
+
+torch.compile
+    ``torch.compile`` graph-breaks on the module (Dynamo treats every ``nn.RNNBase`` so unless
+    ``torch._dynamo.config.allow_rnn`` is set, and the forward is wrapped in
+    ``torch.compiler.disable`` while compiling either way): the rest of the model is compiled,
+    the recurrent layer runs eagerly on lstm_fast's kernels. Nothing fails; the graph is split
+    in two (Dynamo logs the graph break and warns once that a disabled function was skipped).
+
+Not supported yet: ``proj_size > 0`` (``LSTM`` raises ``NotImplementedError``; ``replace_rnns``
+leaves such modules as they are); the cells (``LSTMCell``, ``GRUCell``, ``RNNCell``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import ops
+
+__all__ = ["GRU", "LSTM", "RNN", "replace_rnns", "restore_rnns"]
+
+
+# -- kernels ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Kernel:
+    """One recurrent cell's kernels, in the form the generic autograd Function calls them.
+
+    ``forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes)`` ->
+    ``(y, h_n, c_n or None, cache)``; ``backward(cache, dy, dh_n, dc_n)`` ->
+    ``(dx, dh0, dc0 or None, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``.
+    """
+
+    name: str
+    has_cell: bool
+    forward: Callable[..., tuple]
+    backward: Callable[..., tuple]
+
+
+def _lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes):
+    return ops.lstm_forward(
+        x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=batch_sizes
+    )
+
+
+def _gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes):
+    y, h_n, cache = ops.gru_forward(
+        x, w_ih, w_hh, b_ih, b_hh, h0, training=training, batch_sizes=batch_sizes
+    )
+    return y, h_n, None, cache
+
+
+def _no_cell_backward(backward):
+    def run(cache, dy, dh_n, dc_n):
+        dx, dh0, *dweights = backward(cache, dy, dh_n)
+        return (dx, dh0, None, *dweights)
+
+    return run
+
+
+def _rnn_forward(nonlinearity):
+    def run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes):
+        y, h_n, cache = ops.rnn_forward(
+            x,
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+            h0,
+            nonlinearity=nonlinearity,
+            training=training,
+            batch_sizes=batch_sizes,
+        )
+        return y, h_n, None, cache
+
+    return run
+
+
+# Keyed by torch's ``RNNBase.mode``.
+_KERNELS = {
+    "LSTM": _Kernel("LSTM", True, _lstm_forward, ops.lstm_backward),
+    "GRU": _Kernel("GRU", False, _gru_forward, _no_cell_backward(ops.gru_backward)),
+    "RNN_TANH": _Kernel(
+        "RNN_TANH", False, _rnn_forward("tanh"), _no_cell_backward(ops.rnn_backward)
+    ),
+    "RNN_RELU": _Kernel(
+        "RNN_RELU", False, _rnn_forward("relu"), _no_cell_backward(ops.rnn_backward)
+    ),
+}
+
+
+# -- tensors <-> arrays ----------------------------------------------------------------------------
+def _array(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    """A float32 CPU tensor as a C-contiguous array: a view when it is contiguous, else a copy."""
+    if t is None:
+        return None
+    return t.detach().contiguous().numpy()
+
+
+def _tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+    return None if a is None else torch.from_numpy(a)
+
+
+class _Direction(torch.autograd.Function):
+    """One layer, one direction, over a whole (T, B, I) sequence; backward by lstm_fast."""
+
+    @staticmethod
+    def forward(ctx, kernel, training, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        ctx.set_materialize_grads(False)
+        y, h_n, c_n, cache = kernel.forward(
+            _array(x),
+            _array(w_ih),
+            _array(w_hh),
+            _array(b_ih),
+            _array(b_hh),
+            _array(h0),
+            _array(c0),
+            training,
+            batch_sizes,
+        )
+        y_t = torch.from_numpy(y)
+        ctx.kernel = kernel
+        ctx.cache = cache
+        if cache is not None:
+            # Only for torch's version-counter check: the cache refers to these tensors' memory.
+            ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, y_t)
+        outs = (y_t, torch.from_numpy(h_n))
+        return outs + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n=None):
+        if ctx.cache is None:
+            raise RuntimeError(
+                "lstm_fast.torch: the forward ran without a gradient cache (no input or "
+                "parameter required grad); it cannot be differentiated"
+            )
+        ctx.saved_tensors  # noqa: B018  (raises if a saved tensor was modified in place)
+        grads = ctx.kernel.backward(ctx.cache, _array(dy), _array(dh_n), _array(dc_n))
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads  # fresh arrays, never aliased
+        wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), ctx.needs_input_grad[3:])
+        return (None, None, None, *(_tensor(g) if n else None for g, n in wanted))
+
+
+# -- checks ----------------------------------------------------------------------------------------
+def _check_tensor(module: str, name: str, t: torch.Tensor) -> None:
+    if t.device.type != "cpu":
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: {name} is on {t.device}; lstm_fast runs on the CPU only "
+            "(move the model and data to the CPU, or use lstm_fast.torch.restore_rnns(model) "
+            "to get torch's own module back)"
+        )
+    if t.dtype != torch.float32:
+        raise TypeError(
+            f"lstm_fast.torch.{module}: {name}: expected dtype torch.float32 (lstm_fast's kernels "
+            f"are float32 only), got {t.dtype}; call .float() on the model and the input, or use "
+            "lstm_fast.torch.restore_rnns(model)"
+        )
+
+
+def _reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(T, B) time index reversing each sequence within its length (identity on the padding)."""
+    t = torch.arange(T).unsqueeze(1)
+    n = lengths.unsqueeze(0)
+    return torch.where(t < n, n - 1 - t, t)
+
+
+def _reverse(x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+    if index is None:
+        return x.flip(0)
+    return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
+
+
+# torch.compiler.disable(_FastRNNMixin._fast_forward), made on first use (it imports Dynamo, ~1 s).
+_DISABLED_FORWARD: list[Callable] = []
+
+
+# -- modules ---------------------------------------------------------------------------------------
+class _FastRNNMixin:
+    """The recurrent stack over lstm_fast's kernels, shared by the LSTM/GRU/RNN subclasses.
+
+    Subclasses put this mixin before the torch class, so that the constructor, parameters and
+    ``check_forward_args`` are torch's own; the kernel is chosen by torch's ``self.mode``.
+    """
+
+    def _check_supported(self) -> None:
+        if getattr(self, "proj_size", 0) > 0:
+            raise NotImplementedError(
+                f"lstm_fast.torch.{type(self).__name__}: proj_size > 0 is not supported yet "
+                f"(got proj_size={self.proj_size})"
+            )
+        for name in self._flat_weights_names:
+            _check_tensor(type(self).__name__, name, getattr(self, name))
+
+    def _run(self, x, hx, batch_sizes):
+        """x (T, B, I) sequence-major (padded, sorted by length when ``batch_sizes`` is given);
+        hx None or a tuple of (L*D, B, H). Returns (y (T, B, D*H), tuple of (L*D, B, H))."""
+        kernel = _KERNELS[self.mode]
+        L, D = self.num_layers, 2 if self.bidirectional else 1
+        grad = torch.is_grad_enabled()
+        params = [getattr(self, n) for n in self._flat_weights_names]
+        per_dir = 4 if self.bias else 2
+        need_grad = grad and (
+            x.requires_grad
+            or any(p.requires_grad for p in params)
+            or (hx is not None and any(h.requires_grad for h in hx))
+        )
+        bs_np = None
+        rev_index = None
+        if batch_sizes is not None:
+            bs_np = batch_sizes.numpy()
+            if D == 2:
+                lengths = (batch_sizes.unsqueeze(1) > torch.arange(x.shape[1])).sum(0)
+                rev_index = _reverse_index(lengths, x.shape[0])
+        states: list[list[torch.Tensor]] = [[] for _ in range(2 if kernel.has_cell else 1)]
+        layer_in = x
+        for k in range(L):
+            outs = []
+            for d in range(D):
+                idx = k * D + d
+                w = params[idx * per_dir : (idx + 1) * per_dir]
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                h0 = c0 = None
+                if hx is not None:
+                    h0 = hx[0][idx]
+                    c0 = hx[1][idx] if kernel.has_cell else None
+                inp = layer_in if d == 0 else _reverse(layer_in, rev_index)
+                res = _Direction.apply(
+                    kernel, need_grad, bs_np, inp, h0, c0, w_ih, w_hh, b_ih, b_hh
+                )
+                y = res[0] if d == 0 else _reverse(res[0], rev_index)
+                outs.append(y)
+                for s, r in zip(states, res[1:]):
+                    s.append(r)
+            layer_in = outs[0] if D == 1 else torch.cat(outs, 2)
+            if self.dropout > 0 and self.training and k < L - 1:
+                layer_in = nn.functional.dropout(layer_in, self.dropout, True)
+        return layer_in, tuple(torch.stack(s, 0) for s in states)
+
+    def _torch_hidden(self, hidden: tuple):
+        """Our tuple of states in torch's form: (h, c) for LSTM, h alone for GRU/RNN."""
+        return hidden if _KERNELS[self.mode].has_cell else hidden[0]
+
+    def _fast_forward(self, input, hx=None):
+        name = type(self).__name__
+        self._update_flat_weights()
+        self._check_supported()
+        batch_sizes = sorted_indices = unsorted_indices = None
+        is_batched = True
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            self.check_input(data, batch_sizes)  # torch's dtype / size checks and messages
+            _check_tensor(name, "input", data)
+            checked = data
+            # Padded (T, B, I) in sorted order (longest first), as the kernels' batch_sizes wants.
+            x, _ = torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(data, batch_sizes))
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
+            is_batched = input.dim() == 3
+            if not is_batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+            self.check_input(input, None)
+            _check_tensor(name, "input", input)
+            checked = input
+            x = input.transpose(0, 1) if self.batch_first else input
+        if hx is not None:
+            hx = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+            n_dim = 3 if is_batched else 2
+            if any(h.dim() != n_dim for h in hx):
+                dims = ", ".join(f"{h.dim()}-D" for h in hx)
+                what = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(
+                    f"For {what} input, {'hx and cx' if len(hx) > 1 else 'hx'} should also be "
+                    f"{n_dim}-D but got ({dims}) tensors"
+                )
+            if not is_batched:
+                hx = tuple(h.unsqueeze(1) for h in hx)
+            self.check_forward_args(checked, self._torch_hidden(hx), batch_sizes)
+            for i, h in enumerate(hx):
+                _check_tensor(name, f"hx[{i}]", h)
+            if sorted_indices is not None:
+                hx = tuple(h.index_select(1, sorted_indices) for h in hx)
+        y, hidden = self._run(x, hx, batch_sizes)
+        if batch_sizes is not None:
+            # Step-major rows of the sorted batch: exactly the packed layout.
+            mask = torch.arange(y.shape[1]).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, B)
+            output = PackedSequence(y[mask], batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
+            return output, self._torch_hidden(hidden)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not is_batched:
+            y = y.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden)
+        return y, self._torch_hidden(hidden)
+
+    def forward(self, input, hx=None):
+        if "torch._dynamo" in sys.modules:
+            # torch.compile may be running: keep Dynamo out of the kernels' frames (it cannot
+            # trace them and would otherwise try, frame by frame, and fall back each time).
+            if not _DISABLED_FORWARD:
+                _DISABLED_FORWARD.append(torch.compiler.disable(_FastRNNMixin._fast_forward))
+            return _DISABLED_FORWARD[0](self, input, hx)
+        return self._fast_forward(input, hx)
+
+
+class LSTM(_FastRNNMixin, nn.LSTM):
+    r"""``torch.nn.LSTM`` computed by lstm_fast's kernels: same constructor, parameters and forward.
+
+    .. math::
+        i_t = \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \qquad
+        f_t = \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
+        g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \qquad
+        o_t = \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \qquad h_t = o_t \odot \tanh(c_t)
+
+    Args:
+        input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, proj_size=0, device=None, dtype=None: as ``torch.nn.LSTM``
+        (``proj_size > 0`` raises ``NotImplementedError``; only float32 CPU parameters run).
+
+    Inputs: ``input, (h_0, c_0)``
+        input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
+        ``PackedSequence``; float32 CPU tensor (the parameters' dtype).
+        h_0, c_0: (D * num_layers, B, H) ((D * num_layers, H) unbatched), zeros when omitted;
+        D = 2 if bidirectional else 1.
+
+    Outputs: ``output, (h_n, c_n)``
+        output: (T, B, D * H) (batch_first: (B, T, D * H); unbatched: (T, D * H); a
+        ``PackedSequence`` for packed input). h_n, c_n: (D * num_layers, B, H).
+
+    Attributes:
+        weight_ih_l{k} (4H, I or D * H), weight_hh_l{k} (4H, H), bias_ih_l{k}, bias_hh_l{k} (4H,),
+        ``_reverse`` suffix for the reverse direction: ``nn.Parameter``\ s named as torch's, so
+        ``state_dict`` keys and values are those of ``torch.nn.LSTM``.
+
+    Example::
+
+        >>> import torch, lstm_fast.torch as lft
+        >>> lstm = lft.LSTM(10, 20, num_layers=2, bidirectional=True)
+        >>> y, (h, c) = lstm(torch.randn(5, 3, 10))
+        >>> y.shape, h.shape
+        (torch.Size([5, 3, 40]), torch.Size([4, 3, 20]))
+        >>> y.sum().backward()
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.proj_size > 0:
+            raise NotImplementedError(
+                "lstm_fast.torch.LSTM: proj_size > 0 is not supported yet "
+                f"(got proj_size={self.proj_size})"
+            )
+
+
+class GRU(_FastRNNMixin, nn.GRU):
+    r"""``torch.nn.GRU`` computed by lstm_fast's kernels: same constructor, parameters and forward.
+
+    .. math::
+        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \qquad
+        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \qquad
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+
+    Arguments, inputs (``input, h_0``), outputs (``output, h_n``) and attributes
+    (``weight_ih_l{k}`` (3H, I or D * H), ...) exactly as ``torch.nn.GRU``; float32 CPU tensors
+    only, as :class:`LSTM`.
+
+    Example::
+
+        >>> import torch, lstm_fast.torch as lft
+        >>> y, h = lft.GRU(10, 20, batch_first=True)(torch.randn(3, 5, 10))
+        >>> y.shape, h.shape
+        (torch.Size([3, 5, 20]), torch.Size([1, 3, 20]))
+    """
+
+
+class RNN(_FastRNNMixin, nn.RNN):
+    r"""``torch.nn.RNN`` (Elman, ``nonlinearity="tanh"`` or ``"relu"``) computed by lstm_fast's
+    kernels: :math:`h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`.
+
+    Arguments, inputs (``input, h_0``), outputs (``output, h_n``) and attributes exactly as
+    ``torch.nn.RNN``; float32 CPU tensors only, as :class:`LSTM`.
+
+    Example::
+
+        >>> import torch, lstm_fast.torch as lft
+        >>> y, h = lft.RNN(10, 20, nonlinearity="relu")(torch.randn(5, 3, 10))
+        >>> y.shape
+        torch.Size([5, 3, 20])
+    """
+
+
+# -- swapping --------------------------------------------------------------------------------------
+_SWAPS: dict[type, type] = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
+_UNSWAPS: dict[type, type] = {v: k for k, v in _SWAPS.items()}
+
+
+def _supported(m: nn.Module) -> bool:
+    return getattr(m, "proj_size", 0) == 0
+
+
+def _swap(model: nn.Module, table: dict[type, type], check: bool) -> nn.Module:
+    for m in model.modules():
+        new = table.get(type(m))  # exact types only: user subclasses keep their own forward
+        if new is not None and (not check or _supported(m)):
+            m.__class__ = new
+    return model
+
+
+def replace_rnns(model: nn.Module) -> nn.Module:
+    """Make every ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` in ``model`` (recursively, ``model``
+    included) lstm_fast's :class:`LSTM` / :class:`GRU` / :class:`RNN` in place; returns ``model``.
+
+    The swap changes the modules' class only: the module objects, their ``nn.Parameter``\\ s
+    (so optimizers built before keep working), buffers, hooks and ``state_dict`` stay as they are.
+    Only modules whose type is exactly ``nn.LSTM`` (``GRU``, ``RNN``) are swapped (a user
+    subclass keeps its own forward); ``proj_size > 0`` modules are left to torch. The kernels
+    need float32 CPU parameters: the first forward raises a clear error otherwise.
+    """
+    return _swap(model, _SWAPS, check=True)
+
+
+def restore_rnns(model: nn.Module) -> nn.Module:
+    """The reverse of :func:`replace_rnns`: every lstm_fast module becomes torch's own again
+    (in place, parameters untouched); returns ``model``."""
+    return _swap(model, _UNSWAPS, check=False)

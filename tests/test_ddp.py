@@ -1,0 +1,148 @@
+"""Data-parallel training with lstm_fast.torch under DistributedDataParallel (gloo, 2 processes).
+
+Two processes on localhost each take half of a batch; after one step their (all-reduced)
+gradients and updated weights must equal a single-process run over the whole batch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+import torch.multiprocessing as mp  # noqa: E402
+
+import lstm_fast  # noqa: E402
+import lstm_fast.torch as lft  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB, T, B, LR = 11, 6, 4, 0.5  # B = the combined batch; each of 2 processes gets B / 2
+TIMEOUT = 120.0
+
+
+class CharModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.rnn = torch.nn.LSTM(8, 10, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(20, VOCAB)
+
+    def forward(self, tokens):
+        return self.head(self.rnn(self.embed(tokens))[0])
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = lft.replace_rnns(CharModel())
+    tokens = torch.randint(0, VOCAB, (B, T + 1))
+    return model, tokens[:, :-1], tokens[:, 1:]
+
+
+def _step(model, x, y):
+    """One SGD step; returns (gradients, weights after the step) as name -> tensor."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    opt.zero_grad()
+    logits = model(x)
+    torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1)).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    return grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _worker(rank, world, port, out_dir):
+    torch.set_num_threads(1)
+    lstm_fast.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
+    try:
+        model, x, y = _setup()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        shard = slice(rank * B // world, (rank + 1) * B // world)
+        grads, weights = _step(ddp, x[shard], y[shard])
+        strip = {n: n.removeprefix("module.") for n in grads}
+        grads = {strip[n]: g for n, g in grads.items()}
+        weights = {strip[n]: w for n, w in weights.items()}
+        torch.save((grads, weights), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_over_the_combined_batch(tmp_path):
+    world = 2
+    ctx = mp.start_processes(
+        _worker,
+        args=(world, _free_port(), str(tmp_path)),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not ctx.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                pytest.fail(f"DDP workers did not finish within {TIMEOUT:.0f} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+    torch.set_num_threads(1)
+    model, x, y = _setup()
+    ref_grads, ref_weights = _step(model, x, y)
+    for rank in range(world):
+        grads, weights = torch.load(tmp_path / f"rank{rank}.pt")
+        assert set(grads) == set(ref_grads)
+        for n in ref_grads:
+            torch.testing.assert_close(grads[n], ref_grads[n], rtol=0, atol=1e-6, msg=n)
+            torch.testing.assert_close(weights[n], ref_weights[n], rtol=0, atol=1e-6, msg=n)
+
+
+def test_example_script_under_torchrun(tmp_path):
+    """examples/ddp_train.py runs under torchrun with 2 processes (2 steps, tiny model)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        str(ROOT / "examples" / "ddp_train.py"),
+        "--steps",
+        "2",
+        "--seq-len",
+        "8",
+        "--batch-size",
+        "4",
+        "--hidden",
+        "16",
+        "--threads",
+        "1",
+    ]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "step 2/2" in res.stdout, res.stdout

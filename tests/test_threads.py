@@ -1,0 +1,160 @@
+"""Thread safety: the core has no mutable global state, so concurrent calls from Python threads
+(the GIL is released around compute) give bitwise the results of a sequential run, on different
+and on shared inputs, while other threads change the kernel thread count."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import ops
+
+N_THREADS = 8
+CALLS_PER_THREAD = 25  # forward + backward + gemm each
+
+f32 = np.float32
+
+
+def problem(seed: int, T=6, B=3, I=7, H=9):
+    rng = np.random.default_rng(seed)
+
+    def r(*s, scale=1.0):
+        return (rng.standard_normal(s) * scale).astype(f32)
+
+    args = (r(T, B, I), r(4 * H, I, scale=0.4), r(4 * H, H, scale=0.4), r(4 * H), r(4 * H))
+    state = (r(B, H), r(B, H))
+    up = (r(T, B, H), r(B, H), r(B, H))
+    gemm_args = (r(33, 17), r(17, 21))
+    return args, state, up, gemm_args
+
+
+def work(p):
+    """One forward (training), one backward and one gemm: every output array, in order."""
+    args, (h0, c0), (dy, dhn, dcn), (a, b) = p
+    y, h_n, c_n, cache = ops.lstm_forward(*args, h0, c0, training=True)
+    g = ops.lstm_backward(cache, dy, dhn, dcn)
+    return [y, h_n, c_n, *g, ops.gemm(a, b)]
+
+
+def run_threads(target, n=N_THREADS):
+    errors = []
+    barrier = threading.Barrier(n)
+
+    def wrapped(i):
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+        assert not t.is_alive(), "a worker thread hung"
+    if errors:
+        raise errors[0]
+
+
+def same(got, want):
+    assert len(got) == len(want)
+    for u, v in zip(got, want):
+        assert (u is None and v is None) or np.array_equal(u, v), "results differ from sequential"
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["different", "shared"])
+def test_concurrent_forward_backward_bitwise(shared, threads):
+    """8 threads x 25 (forward, backward, gemm) on different / the same inputs vs sequential."""
+    lstm_fast.set_num_threads(2)
+    problems = [problem(0 if shared else i) for i in range(N_THREADS)]
+    expected = [work(p) for p in problems]  # sequential
+    results = [[] for _ in range(N_THREADS)]
+
+    def target(i):
+        for _ in range(CALLS_PER_THREAD):
+            results[i].append(work(problems[i]))
+
+    run_threads(target)
+    for i in range(N_THREADS):
+        assert len(results[i]) == CALLS_PER_THREAD
+        for r in results[i]:
+            same(r, expected[i])
+    # Shared inputs were only read.
+    for i in range(N_THREADS):
+        same(work(problems[i]), expected[i])
+
+
+def test_concurrent_calls_while_thread_count_changes(threads):
+    """Workers compute while other threads call set_num_threads: results stay bitwise equal
+    (the kernels are deterministic at any thread count) and nothing crashes."""
+    lstm_fast.set_num_threads(2)
+    problems = [problem(100 + i, T=5, B=4, I=33, H=70) for i in range(4)]
+    expected = [work(p) for p in problems]
+    stop = threading.Event()
+    results = [[] for _ in range(4)]
+
+    def target(i):
+        if i < 4:
+            for _ in range(10):
+                results[i].append(work(problems[i]))
+            return
+        rng = np.random.default_rng(i)
+        while not stop.is_set() and all(len(r) < 10 for r in results[:4]):
+            n = int(rng.integers(1, 5))
+            lstm_fast.set_num_threads(n)
+            assert 1 <= lstm_fast.get_num_threads() <= 4
+            lstm_fast.cpu_info()
+        stop.set()
+
+    try:
+        run_threads(target)
+    finally:
+        stop.set()
+    for i in range(4):
+        assert len(results[i]) == 10
+        for r in results[i]:
+            same(r, expected[i])
+
+
+def test_set_num_threads_from_many_threads(threads):
+    """set_num_threads / get_num_threads from 8 threads at once: always a value someone set."""
+
+    def target(i):
+        for k in range(500):
+            n = 1 + (i + k) % 4
+            lstm_fast.set_num_threads(n)
+            assert 1 <= lstm_fast.get_num_threads() <= 4
+
+    run_threads(target)
+    lstm_fast.set_num_threads(3)
+    assert lstm_fast.get_num_threads() == 3
+
+
+def test_concurrent_layers(threads):
+    """Separate LSTM layers (two layers, bidirectional) trained from 8 threads at once."""
+    lstm_fast.set_num_threads(1)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 2, 6)).astype(f32)
+    dy = rng.standard_normal((5, 2, 2 * 8)).astype(f32)
+
+    def one():
+        lstm = lstm_fast.LSTM(6, 8, num_layers=2, bidirectional=True, seed=3)
+        y, (h, c) = lstm(x)
+        dx, _ = lstm.backward(dy)
+        return [y, h, c, dx] + [p.grad for p in lstm.parameters()]
+
+    expected = one()
+    results = [[] for _ in range(N_THREADS)]
+
+    def target(i):
+        for _ in range(5):
+            results[i].append(one())
+
+    run_threads(target)
+    for rs in results:
+        for r in rs:
+            same(r, expected)

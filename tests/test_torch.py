@@ -1,0 +1,328 @@
+"""lstm_fast.torch: parity with torch.nn.LSTM (outputs 1e-5, gradients 1e-4), replace_rnns /
+restore_rnns, PackedSequence, inference modes, torch.compile, errors, and the optional import."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+lft = pytest.importorskip("lstm_fast.torch")
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+
+import lstm_fast.ops  # noqa: E402
+
+OUT_TOL = dict(rtol=1e-5, atol=1e-5)
+GRAD_TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _pair(seed=0, **kw):
+    """A torch.nn.LSTM and an lstm_fast copy with the same weights."""
+    torch.manual_seed(seed)
+    ref = nn.LSTM(**kw)
+    fast = lft.LSTM(**kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_(True)
+
+
+def _close(a, b, tol, what):
+    assert a.shape == b.shape, what
+    torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{what}: {m}")
+
+
+def _compare_grads(ref, fast, pairs):
+    for (n, p), (_, q) in zip(ref.named_parameters(), fast.named_parameters()):
+        _close(p.grad, q.grad, GRAD_TOL, n)
+    for name, a, b in pairs:
+        _close(a.grad, b.grad, GRAD_TOL, name)
+
+
+def test_import_lstm_fast_does_not_import_torch():
+    code = "import sys, lstm_fast, lstm_fast.ops, lstm_fast.nn; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+OPTIONS = [
+    dict(num_layers=L, bidirectional=bi, bias=bias, batch_first=bf)
+    for L, bi, bias, bf in itertools.product((1, 2), (False, True), (True, False), (False, True))
+    if bias or L == 1  # bias=False once per direction setting is enough
+]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("with_hx", [False, True], ids=["no_hx", "hx"])
+def test_parity_with_torch(opts, with_hx):
+    T, B, I, H = 7, 3, 5, 6
+    ref, fast = _pair(input_size=I, hidden_size=H, **opts)
+    D = 2 if opts["bidirectional"] else 1
+    L = opts["num_layers"]
+    x = torch.randn((B, T, I) if opts["batch_first"] else (T, B, I))
+    xa, xb = _leaf(x), _leaf(x)
+    args_a, args_b, extra = (xa,), (xb,), []
+    if with_hx:
+        h0, c0 = torch.randn(L * D, B, H), torch.randn(L * D, B, H)
+        ha, ca, hb, cb = _leaf(h0), _leaf(c0), _leaf(h0), _leaf(c0)
+        args_a, args_b = (xa, (ha, ca)), (xb, (hb, cb))
+        extra = [("h0", ha, hb), ("c0", ca, cb)]
+    ya, (hna, cna) = ref(*args_a)
+    yb, (hnb, cnb) = fast(*args_b)
+    assert yb.stride() == ya.stride()  # batch_first output is a transposed view, like torch's
+    for what, a, b in (("output", ya, yb), ("h_n", hna, hnb), ("c_n", cna, cnb)):
+        _close(a, b, OUT_TOL, what)
+    gy, gh, gc = torch.randn_like(ya), torch.randn_like(hna), torch.randn_like(cna)
+    ((ya * gy).sum() + (hna * gh).sum() + (cna * gc).sum()).backward()
+    ((yb * gy).sum() + (hnb * gh).sum() + (cnb * gc).sum()).backward()
+    _compare_grads(ref, fast, [("input", xa, xb), *extra])
+
+
+def test_unbatched_input():
+    ref, fast = _pair(input_size=4, hidden_size=5, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 4)
+    h0, c0 = torch.randn(4, 5), torch.randn(4, 5)
+    xa, xb = _leaf(x), _leaf(x)
+    ya, (ha, ca) = ref(xa, (h0, c0))
+    yb, (hb, cb) = fast(xb, (h0, c0))
+    assert yb.shape == (6, 10) and hb.shape == (4, 5)
+    for a, b in ((ya, yb), (ha, hb), (ca, cb)):
+        _close(a, b, OUT_TOL, "unbatched")
+    g = torch.randn_like(ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    _compare_grads(ref, fast, [("input", xa, xb)])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_sequence(bidirectional, enforce_sorted):
+    T, B, I, H, L = 6, 4, 3, 5, 2
+    lengths = torch.tensor([6, 4, 4, 1]) if enforce_sorted else torch.tensor([2, 6, 1, 4])
+    ref, fast = _pair(input_size=I, hidden_size=H, num_layers=L, bidirectional=bidirectional)
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, B, I)
+    h0, c0 = torch.randn(L * D, B, H), torch.randn(L * D, B, H)
+    res, leaves = [], []
+    for m in (ref, fast):
+        xl, hl, cl = _leaf(x), _leaf(h0), _leaf(c0)
+        packed = pack_padded_sequence(xl, lengths, enforce_sorted=enforce_sorted)
+        out, (hn, cn) = m(packed, (hl, cl))
+        assert isinstance(out, nn.utils.rnn.PackedSequence)
+        torch.testing.assert_close(out.batch_sizes, packed.batch_sizes)
+        y, lens = pad_packed_sequence(out)
+        res.append((y, hn, cn))
+        leaves.append((xl, hl, cl))
+    (ya, ha, ca), (yb, hb, cb) = res
+    for what, a, b in (("output", ya, yb), ("h_n", ha, hb), ("c_n", ca, cb)):
+        _close(a, b, OUT_TOL, what)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.all(yb[n:, b] == 0)  # outputs past a sequence's length are zero
+    gy, gh = torch.randn_like(ya), torch.randn_like(ha)
+    ((ya * gy).sum() + (ha * gh).sum() + ca.sum()).backward()
+    ((yb * gy).sum() + (hb * gh).sum() + cb.sum()).backward()
+    (xa, ha0, ca0), (xb, hb0, cb0) = leaves
+    _compare_grads(ref, fast, [("input", xa, xb), ("h0", ha0, hb0), ("c0", ca0, cb0)])
+
+
+class _Model(nn.Module):
+    """embedding -> 2-layer bidirectional LSTM -> linear head (the acceptance model)."""
+
+    def __init__(self, vocab=17, emb=8, hidden=12):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, emb)
+        self.rnn = nn.LSTM(emb, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(2 * hidden, vocab)
+
+    def forward(self, tokens):
+        y, _ = self.rnn(self.embed(tokens))
+        return self.head(y)
+
+
+def test_replace_rnns_model_parity_and_state_dict():
+    torch.manual_seed(1)
+    ref = _Model()
+    model = copy.deepcopy(ref)
+    before = {n: p for n, p in model.named_parameters()}
+    assert lft.replace_rnns(model) is model
+    assert type(model.rnn) is lft.LSTM and isinstance(model.rnn, nn.LSTM)
+    assert all(p is before[n] for n, p in model.named_parameters())  # same nn.Parameters
+    sd_ref, sd = ref.state_dict(), model.state_dict()
+    assert list(sd) == list(sd_ref)
+    assert all(torch.equal(sd[k], sd_ref[k]) for k in sd)
+
+    tokens = torch.randint(0, 17, (4, 9))
+    target = torch.randint(0, 17, (4, 9))
+    losses = []
+    for m in (ref, model):
+        logits = m(tokens)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 17), target.reshape(-1))
+        loss.backward()
+        losses.append(loss)
+    _close(losses[0], losses[1], OUT_TOL, "loss")
+    for (n, p), (_, q) in zip(ref.named_parameters(), model.named_parameters()):
+        _close(p.grad, q.grad, GRAD_TOL, n)
+
+    # torch.save / load of the state dict: loads into torch's own model as is.
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    plain = _Model()
+    plain.load_state_dict(torch.load(buf))
+    assert all(torch.equal(plain.state_dict()[k], sd[k]) for k in sd)
+
+    assert lft.restore_rnns(model) is model
+    assert type(model.rnn) is nn.LSTM
+    assert all(p is before[n] for n, p in model.named_parameters())
+
+
+def test_replace_rnns_optimizer_built_before_keeps_training():
+    torch.manual_seed(2)
+    ref = _Model()
+    model = copy.deepcopy(ref)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (ref, model)]
+    lft.replace_rnns(model)
+    tokens = torch.randint(0, 17, (3, 5))
+    for m, opt in zip((ref, model), opts):
+        for _ in range(2):
+            opt.zero_grad()
+            m(tokens).square().mean().backward()
+            opt.step()
+    for (n, p), (_, q) in zip(ref.named_parameters(), model.named_parameters()):
+        _close(p, q, GRAD_TOL, n)
+
+
+def test_replace_rnns_skips_subclasses_and_projection():
+    class MyLSTM(nn.LSTM):
+        pass
+
+    seq = nn.Sequential(nn.LSTM(3, 4), MyLSTM(3, 4), nn.LSTM(3, 4, proj_size=2))
+    lft.replace_rnns(seq)
+    assert [type(m) for m in seq] == [lft.LSTM, MyLSTM, nn.LSTM]
+    root = lft.replace_rnns(nn.LSTM(3, 4))
+    assert type(root) is lft.LSTM
+
+
+@pytest.mark.parametrize("ctx", ["no_grad", "inference_mode", "requires_grad_false"])
+def test_inference_path_has_no_cache(ctx, monkeypatch):
+    ref, fast = _pair(input_size=4, hidden_size=5, num_layers=2, bidirectional=True)
+    seen = []
+    real = lstm_fast.ops.lstm_forward
+
+    def spy(*args, training=False, **kw):
+        seen.append(training)
+        return real(*args, training=training, **kw)
+
+    monkeypatch.setattr(lstm_fast.ops, "lstm_forward", spy)
+    x = torch.randn(5, 2, 4)
+    if ctx == "requires_grad_false":
+        for m in (ref, fast):
+            m.requires_grad_(False)
+        ya, yb = ref(x)[0], fast(x)[0]
+    else:
+        with getattr(torch, ctx)():
+            ya, yb = ref(x)[0], fast(x)[0]
+    assert seen == [False] * 4
+    assert not yb.requires_grad
+    _close(ya, yb, OUT_TOL, "output")
+
+
+def test_eval_mode_still_differentiable_and_dropout():
+    ref, fast = _pair(input_size=4, hidden_size=5, num_layers=3, dropout=0.5)
+    x = torch.randn(6, 2, 4)
+    ref.eval()
+    fast.eval()
+    _close(ref(x)[0], fast(x)[0], OUT_TOL, "eval output (no dropout)")
+    xb = _leaf(x)
+    fast(xb)[0].sum().backward()
+    assert xb.grad is not None
+    fast.train()
+    torch.manual_seed(5)
+    y1 = fast(x)[0]
+    torch.manual_seed(5)
+    y2 = fast(x)[0]
+    torch.testing.assert_close(y1, y2)  # dropout draws from torch's RNG
+    assert not torch.allclose(y1, fast.eval()(x)[0])
+
+
+def test_in_place_change_of_output_before_backward_raises():
+    _, fast = _pair(input_size=3, hidden_size=4)
+    y, _ = fast(_leaf(torch.randn(4, 2, 3)))
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_errors():
+    _, fast = _pair(input_size=3, hidden_size=4)
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match="dtype.*does not match|must have the type"):
+        fast(x.double())  # torch's own rule: input dtype == parameter dtype; never converted
+    with pytest.raises(RuntimeError, match="on meta.*CPU only"):
+        fast(torch.randn(4, 2, 3, device="meta"))
+    with pytest.raises(TypeError, match="float32 only.*torch.float64"):
+        copy.deepcopy(fast).double()(x.double())
+    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 2, 4\)"):
+        fast(x, (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)))
+    with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
+        fast(torch.randn(4, 2, 5))
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        lft.LSTM(3, 4, proj_size=2)
+
+
+def test_torch_compile_falls_back():
+    torch.manual_seed(3)
+    ref = _Model()
+    model = lft.replace_rnns(copy.deepcopy(ref))
+    compiled = torch.compile(model, backend="eager")
+    tokens = torch.randint(0, 17, (2, 5))
+    out = compiled(tokens)
+    _close(ref(tokens), out, OUT_TOL, "compiled output")
+    out.sum().backward()
+    assert model.rnn.weight_hh_l1_reverse.grad is not None
+
+
+GRU_RNN = [
+    ("GRU", dict()),
+    ("RNN", dict(nonlinearity="tanh")),
+    ("RNN", dict(nonlinearity="relu")),
+]
+
+
+@pytest.mark.parametrize("kind,extra", GRU_RNN, ids=["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_gru_rnn_parity(kind, extra, bidirectional, packed):
+    T, B, I, H, L = 6, 3, 4, 5, 2
+    torch.manual_seed(4)
+    kw = dict(input_size=I, hidden_size=H, num_layers=L, bidirectional=bidirectional, **extra)
+    ref = getattr(nn, kind)(**kw)
+    fast = lft.replace_rnns(copy.deepcopy(ref))
+    assert type(fast) is getattr(lft, kind)
+    D = 2 if bidirectional else 1
+    x, h0 = torch.randn(T, B, I), torch.randn(L * D, B, H)
+    lengths = torch.tensor([3, 6, 2])
+    res, leaves = [], []
+    for m in (ref, fast):
+        xl, hl = _leaf(x), _leaf(h0)
+        inp = pack_padded_sequence(xl, lengths, enforce_sorted=False) if packed else xl
+        y, hn = m(inp, hl)
+        y = pad_packed_sequence(y)[0] if packed else y
+        res.append((y, hn))
+        leaves.append((xl, hl))
+    (ya, ha), (yb, hb) = res
+    _close(ya, yb, OUT_TOL, "output")
+    _close(ha, hb, OUT_TOL, "h_n")
+    gy, gh = torch.randn_like(ya), torch.randn_like(ha)
+    ((ya * gy).sum() + (ha * gh).sum()).backward()
+    ((yb * gy).sum() + (hb * gh).sum()).backward()
+    (xa, ha0), (xb, hb0) = leaves
+    _compare_grads(ref, fast, [("input", xa, xb), ("h0", ha0, hb0)])
+    assert type(lft.restore_rnns(fast)) is getattr(nn, kind)

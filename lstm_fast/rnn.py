@@ -23,6 +23,7 @@ import numpy as np
 from . import ops
 from . import reference as _reference
 from .module import Module, Parameter
+from .ops import _finite
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -33,6 +34,25 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
+def _guard_finite(layer, **arrays) -> None:
+    """check_finite=True: NaN/Inf in an input, a state (hx may be a tuple) or, for a layer, a
+    parameter raises ValueError naming it, before any work."""
+    named = {}
+    for name, a in arrays.items():
+        if isinstance(a, (tuple, list)):
+            named.update({f"{name}[{i}]": np.asarray(v) for i, v in enumerate(a) if v is not None})
+        elif a is not None:
+            named[name] = np.asarray(a)
+    if layer is not None:
+        named.update({n: p.data for n, p in layer.named_parameters()})
+    _finite(**named)
 
 
 def _as_float32(name: str, value: Any) -> np.ndarray:
@@ -145,8 +165,10 @@ class _RNNBase(Module):
         proj_size: int = 0,
         *,
         seed: Optional[int] = None,
+        check_finite: bool = False,
     ):
         super().__init__()
+        _check_bool("check_finite", check_finite)
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         num_layers = _check_int("num_layers", num_layers, 1)
@@ -179,6 +201,7 @@ class _RNNBase(Module):
             ("bidirectional", bool(bidirectional)),
             ("proj_size", proj_size),
             ("_rng", np.random.default_rng(seed)),
+            ("check_finite", bool(check_finite)),
             ("_saved", None),
             ("_stream", None),
         ):
@@ -284,6 +307,8 @@ class _RNNBase(Module):
             _ = torch  # imported for PackedSequence construction below
         else:
             x = _as_float32("input", input)
+        if self.check_finite:
+            _guard_finite(self, input=x, hx=hx)
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
         if x.ndim == 2 and packed is None:
             unbatched = True
@@ -411,6 +436,8 @@ class _RNNBase(Module):
             )
         if not self._has_cell and dc_n is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc_n must be None")
+        if self.check_finite:
+            _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
         saved, meta = self._saved
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
@@ -602,6 +629,9 @@ _LAYER_DOC = r"""
             mode (default 0), drawn from the layer's seeded generator.
         bidirectional: run a reverse-direction layer too and concatenate (default False).
         seed: seed of the initialisation and dropout generator (default: fresh entropy).
+        check_finite: raise ``ValueError`` naming the input, state, parameter or upstream
+            gradient that holds NaN or +-Inf, before any work (default False: NaN/Inf
+            propagate into the outputs).
 
     Inputs: ``input, hx, lengths``
         input: (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched; or a
@@ -717,6 +747,7 @@ class RNN(_RNNBase):
         bidirectional: bool = False,
         *,
         seed: Optional[int] = None,
+        check_finite: bool = False,
     ):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(
@@ -733,6 +764,7 @@ class RNN(_RNNBase):
             dropout,
             bidirectional,
             seed=seed,
+            check_finite=check_finite,
         )
 
 
@@ -742,8 +774,12 @@ class RNN(_RNNBase):
 class _CellBase(Module):
     _mode = "LSTM"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, seed=None):
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, *, seed=None, check_finite=False
+    ):
         super().__init__()
+        _check_bool("check_finite", check_finite)
+        object.__setattr__(self, "check_finite", bool(check_finite))
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         object.__setattr__(self, "input_size", input_size)
@@ -776,6 +812,8 @@ class _CellBase(Module):
 
     def forward(self, input: Any, hx: Any = None):
         x = _as_float32("input", input)
+        if self.check_finite:
+            _guard_finite(self, input=x, hx=hx)
         unbatched = x.ndim == 1
         if unbatched:
             x = x[None]
@@ -846,7 +884,7 @@ class _CellBase(Module):
 class LSTMCell(_CellBase):
     r"""One LSTM step (PyTorch's ``nn.LSTMCell`` API): ``h', c' = cell(x, (h, c))``.
 
-    Args: input_size, hidden_size, bias (default True), seed.
+    Args: input_size, hidden_size, bias (default True), seed, check_finite (as for the layers).
     Inputs: input (B, I) or (I,); hx optional ``(h_0, c_0)`` each (B, H) or (H,).
     Outputs: ``(h_1, c_1)``. Attributes: weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh.
 
@@ -874,9 +912,18 @@ class RNNCell(_CellBase):
     """One Elman RNN step (PyTorch's ``nn.RNNCell`` API): ``h' = cell(x, h)``, ``nonlinearity``
     ``'tanh'`` (default) or ``'relu'``."""
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, seed=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        bias=True,
+        nonlinearity="tanh",
+        *,
+        seed=None,
+        check_finite=False,
+    ):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         object.__setattr__(self, "_mode", "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
         object.__setattr__(self, "nonlinearity", nonlinearity)
-        super().__init__(input_size, hidden_size, bias, seed=seed)
+        super().__init__(input_size, hidden_size, bias, seed=seed, check_finite=check_finite)

@@ -80,6 +80,12 @@ preload="$libasan"
 stdcxx=$(ldd "$pkg"/_core*.so | awk '/libstdc\+\+/ {print $3; exit}')
 [ -n "$stdcxx" ] && [ -e "$stdcxx" ] && preload="$preload $stdcxx"
 
+# The bitwise-determinism tests (same bits for any thread count / schedule / row tiling) hold for
+# the release build, where they run in the main test job. The instrumented build was seen to give
+# last-bit differences between row tilings (AVX-512, a 1-row vs a 3-row tile of the same row;
+# the compiler's code for the two tile shapes differs once instrumented), so those tests are left
+# out here: this job looks for memory errors and undefined behaviour.
+SANITIZE_DESELECT=${SANITIZE_DESELECT:-not bitwise}
 log="$work/sanitize.log"
 echo "sanitize: running $tests under ASan+UBSan (LD_PRELOAD=$preload)"
 set +e
@@ -95,7 +101,7 @@ set +e
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
   "$PY" -c 'import lstm_fast, os; p = lstm_fast._core.__file__
 assert p.startswith(os.getcwd()), p; print("sanitize: core", p, lstm_fast.cpu_info())' &&
-    "$PY" -m pytest -q -p no:cacheprovider ${SANITIZE_PYTEST_ARGS:-} ${tests}
+    "$PY" -m pytest -q -p no:cacheprovider -k "${SANITIZE_DESELECT}" ${SANITIZE_PYTEST_ARGS:-} ${tests}
 ) 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e

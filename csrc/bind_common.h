@@ -102,6 +102,24 @@ inline py::array arg(py::handle obj, const std::string& name, const std::vector<
   return a;
 }
 
+// The hot-path test of a per-step call: true only for a native float32, C-contiguous, aligned
+// array of exactly these dimensions (and writeable when asked). Conservative: false sends the
+// caller to the full checks of arg(), which raise the detailed error (or accept).
+inline bool quick_ok(py::handle obj, std::initializer_list<index_t> dims, bool writeable = false) {
+  namespace d = py::detail;
+  if (!py::array::check_(obj)) return false;
+  const auto* p = d::array_proxy(obj.ptr());
+  if (p->nd != static_cast<int>(dims.size())) return false;
+  int i = 0;
+  for (index_t n : dims)
+    if (p->dimensions[i++] != n) return false;
+  if (!(p->flags & d::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return false;
+  if (writeable && !(p->flags & d::npy_api::NPY_ARRAY_WRITEABLE_)) return false;
+  if (reinterpret_cast<std::uintptr_t>(p->data) % alignof(float) != 0) return false;
+  const auto* descr = d::array_descriptor_proxy(p->descr);
+  return descr->type_num == d::npy_api::NPY_FLOAT_ && descr->byteorder == '=';
+}
+
 // None stays None; anything else must pass arg().
 inline py::object opt_arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims) {
   return obj.is_none() ? py::object(py::none()) : py::object(arg(obj, name, dims));

@@ -562,7 +562,8 @@ class _RNNBase(Module):
 
 class _Stream:
     """Preallocated buffers of :meth:`_RNNBase.step`: two state slots per layer (ping-pong),
-    workspaces and the layer's weights, all created once per batch size."""
+    workspaces and per-layer views, all created once per batch size. Parameters are looked up
+    by precomputed names on every call (in place updates and load_state_dict are seen)."""
 
     def __init__(self, layer: _RNNBase, B: int):
         self.layer, self.B = layer, B
@@ -570,52 +571,63 @@ class _Stream:
         self.h = np.zeros((2, L, B, H), np.float32)
         self.c = np.zeros((2, L, B, H), np.float32) if layer._has_cell else None
         self.cur = 0
+        self.mode = layer._mode
         self.ws = []
         for k in range(L):
             I = layer.input_size if k == 0 else H
-            self.ws.append(
-                np.empty(ops._core.step_workspace_size(layer._mode, B, I, H), np.float32)
-            )
+            self.ws.append(np.empty(ops._core.step_workspace_size(self.mode, B, I, H), np.float32))
+        # views [slot][layer] of h and c, and the parameter names of each layer
+        self.hs = [self.h[0], self.h[1]]
+        self.cs = [None, None] if self.c is None else [self.c[0], self.c[1]]
+        self.hv = [[self.h[s, k] for k in range(L)] for s in (0, 1)]
+        self.cv = [[None if self.c is None else self.c[s, k] for k in range(L)] for s in (0, 1)]
+        self.names = [
+            tuple(n + f"_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for k in range(L)
+        ]
+        self.step_into = ops._core.step_into
 
     def state(self):
-        h = self.h[self.cur]
-        return (h, self.c[self.cur]) if self.c is not None else h
+        # The same view objects every time: passing them back is recognised without a copy.
+        cur = self.cur
+        return (self.hs[cur], self.cs[cur]) if self.c is not None else self.hs[cur]
 
     def run(self, x_t, state):
-        layer = self.layer
         cur, nxt = self.cur, 1 - self.cur
         if state is not None:
-            if layer._has_cell:
+            if self.c is not None:
                 h_in, c_in = state
             else:
                 h_in, c_in = state, None
-            if h_in is not self.h[cur]:
+            if h_in is not self.hs[cur]:
                 self.h[cur][...] = h_in
-                if c_in is not None:
-                    self.c[cur][...] = c_in
+            if c_in is not None and c_in is not self.cs[cur]:
+                self.c[cur][...] = c_in
         else:
             self.h[cur].fill(0)
             if self.c is not None:
                 self.c[cur].fill(0)
+        params, mode, step_into = self.layer._parameters, self.mode, self.step_into
+        hv_in, hv_out, cv_in, cv_out = self.hv[cur], self.hv[nxt], self.cv[cur], self.cv[nxt]
         inp = x_t
-        for k in range(layer.num_layers):
-            w_ih, w_hh, b_ih, b_hh, _ = layer._params(k, 0)
-            ops._core.step_into(
-                layer._mode,
+        for k, (n_ih, n_hh, n_bih, n_bhh) in enumerate(self.names):
+            b_ih, b_hh = params.get(n_bih), params.get(n_bhh)
+            step_into(
+                mode,
                 inp,
-                self.h[cur, k],
-                None if self.c is None else self.c[cur, k],
-                w_ih.data,
-                w_hh.data,
+                hv_in[k],
+                cv_in[k],
+                params[n_ih].data,
+                params[n_hh].data,
                 None if b_ih is None else b_ih.data,
                 None if b_hh is None else b_hh.data,
-                self.h[nxt, k],
-                None if self.c is None else self.c[nxt, k],
+                hv_out[k],
+                cv_out[k],
                 self.ws[k],
             )
-            inp = self.h[nxt, k]
+            inp = hv_out[k]
         self.cur = nxt
-        return self.h[nxt, layer.num_layers - 1]
+        return inp
 
 
 _LAYER_DOC = r"""

@@ -33,6 +33,12 @@ struct Kernels {
   void (*gemv_rows)(index_t N, index_t K, const float* Wm, index_t ldw, const float* x, float* y,
                     bool accumulate);
 
+  // C[m * ldc + n] += sum_k A[m * lda + k] * Wm[n * ldw + k] for m < M, n < N: rows of A
+  // against rows of Wm (C += A . Wm^T), nothing packed. For products used once (a single step,
+  // a few rows), where packing Wm would cost more than the product.
+  void (*gemm_nt)(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
+                  index_t ldw, float* C, index_t ldc);
+
   // One fused LSTM step for `rows` rows and the unit blocks [ub0, ub1) (units ub*W .. ub*W+W-1,
   // clipped to H):
   //   z = xp + h_prev . W_hh^T (from the packed panels Wp), gates = act(z),

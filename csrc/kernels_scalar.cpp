@@ -55,6 +55,11 @@ void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* 
   }
 }
 
+void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
+             index_t ldw, float* C, index_t ldc) {
+  for (index_t m = 0; m < M; ++m) gemv_rows(N, K, Wm, ldw, A + m * lda, C + m * ldc, true);
+}
+
 void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1, float* h_out,
                    index_t ldh, float* c_out, float* gates_out, const float* h_prev,
                    index_t ldh_prev, const float* c_prev, const float* xp, const float* Wp) {
@@ -119,7 +124,7 @@ void tanh_(index_t n, const float* x, float* y) {
 }
 
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
-                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, lstm_fwd_rows,
+                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_};
 
 }  // namespace

@@ -50,17 +50,30 @@ inline void team_barrier() {
 }
 
 // Wp[((ub * H + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H.
+// The depth is walked in blocks of kPackK so that the block of the panel being written
+// (kPackK x 4 x W floats, 16 KiB at W = 16) stays in L1 while its 4W source rows are read: a
+// whole-depth sweep per source row re-fetched each panel line 4W times (it dominated calls
+// with few steps, e.g. a cell step).
 void pack_recurrent_panels(const Kernels& kern, index_t H, index_t ub0, index_t ub1,
                            const float* W_hh, float* Wp) {
   const int W = kern.W;
+  constexpr index_t kPackK = 64;
   for (index_t ub = ub0; ub < ub1; ++ub) {
     float* panel = Wp + ub * H * 4 * W;
-    for (int q = 0; q < 4; ++q)
-      for (int w = 0; w < W; ++w) {
-        const index_t u = ub * W + w;
-        const float* src = W_hh + (q * H + u) * H;
-        for (index_t k = 0; k < H; ++k) panel[(k * 4 + q) * W + w] = u < H ? src[k] : 0.0f;
-      }
+    for (index_t k0 = 0; k0 < H; k0 += kPackK) {
+      const index_t k1 = std::min(H, k0 + kPackK);
+      for (int q = 0; q < 4; ++q)
+        for (int w = 0; w < W; ++w) {
+          const index_t u = ub * W + w;
+          float* dst = panel + q * W + w;
+          if (u < H) {
+            const float* src = W_hh + (q * H + u) * H;
+            for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = src[k];
+          } else {
+            for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = 0.0f;
+          }
+        }
+    }
   }
 }
 

@@ -46,19 +46,22 @@ void step_forward(StepCell cell, float* h_out, float* c_out, const float* x, con
     const index_t b0 = nblk * p / np, b1 = nblk * (p + 1) / np;
     const index_t u0 = std::min(H, b0 * blk), u1 = std::min(H, b1 * blk);
     if (u1 > u0) {
+      // Biases, then x . W_ih^T and h . W_hh^T for this thread's units of every gate: the
+      // weights are read in place (dot products over their rows, all B rows at once).
       for (index_t b = 0; b < B; ++b)
         for (int q = 0; q < ng; ++q) {
           float* dst = xp + b * G + q * H;
           for (index_t u = u0; u < u1; ++u)
             dst[u] = (b_ih ? b_ih[q * H + u] : 0.0f) +
                      (cell != StepCell::kGRU && b_hh ? b_hh[q * H + u] : 0.0f);
-          kern.gemv_rows(u1 - u0, I, W_ih + (q * H + u0) * I, I, x + b * I, dst + u0, true);
           if (cell == StepCell::kGRU)
-            kern.gemv_rows(u1 - u0, H, W_hh + (q * H + u0) * H, H, h + b * H,
-                           hw + b * G + q * H + u0, false);
-          else
-            kern.gemv_rows(u1 - u0, H, W_hh + (q * H + u0) * H, H, h + b * H, dst + u0, true);
+            for (index_t u = u0; u < u1; ++u) hw[b * G + q * H + u] = 0.0f;
         }
+      for (int q = 0; q < ng; ++q) {
+        kern.gemm_nt(B, u1 - u0, I, x, I, W_ih + (q * H + u0) * I, I, xp + q * H + u0, G);
+        float* rec = cell == StepCell::kGRU ? hw : xp;
+        kern.gemm_nt(B, u1 - u0, H, h, H, W_hh + (q * H + u0) * H, H, rec + q * H + u0, G);
+      }
       switch (cell) {
         case StepCell::kLSTM:
           kern.lstm_fwd_rows(B, H, 0, b0, b1, h_out, H, c_out, nullptr, h, H, c, xp, nullptr);

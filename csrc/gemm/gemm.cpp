@@ -65,13 +65,16 @@ void pack_b(const Kernels& kern, index_t kc, index_t nc, const MatView& B, index
         std::memcpy(dst + k * NR, src + k * B.rs, cols * sizeof(float));
         for (index_t c = cols; c < NR; ++c) dst[k * NR + c] = 0.0f;
       }
-    } else {
-      for (index_t c = 0; c < cols; ++c) {
-        const float* s = src + c * B.cs;
-        for (index_t k = 0; k < kc; ++k) dst[k * NR + c] = s[k * B.rs];
+    } else {  // depth blocks of 64: the panel block being written stays in L1
+      for (index_t k0 = 0; k0 < kc; k0 += 64) {
+        const index_t k1 = std::min<index_t>(kc, k0 + 64);
+        for (index_t c = 0; c < cols; ++c) {
+          const float* s = src + c * B.cs;
+          for (index_t k = k0; k < k1; ++k) dst[k * NR + c] = s[k * B.rs];
+        }
+        for (index_t c = cols; c < NR; ++c)
+          for (index_t k = k0; k < k1; ++k) dst[k * NR + c] = 0.0f;
       }
-      for (index_t c = cols; c < NR; ++c)
-        for (index_t k = 0; k < kc; ++k) dst[k * NR + c] = 0.0f;
     }
   }
 }

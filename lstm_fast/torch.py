@@ -71,6 +71,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
+from . import rnn as _rnn
 
 __all__ = [
     "GRU",
@@ -204,6 +205,79 @@ class _Direction(torch.autograd.Function):
         return (None, None, None, *(_tensor(g) if n else None for g, n in wanted))
 
 
+class _BothDirections(torch.autograd.Function):
+    """The two directions of one bidirectional layer as one node: forward and backward each run
+    the directions at once (:func:`lstm_fast.rnn._directions`: the reverse one on a helper
+    thread, each with half the thread team), where separate nodes would run one after the
+    other. Inputs: x of each direction (the reverse one already time-reversed), their h0/c0,
+    and their four weights each (biases may be None)."""
+
+    @staticmethod
+    def forward(ctx, kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
+        ctx.set_materialize_grads(False)
+        xs, h0s, c0s = (x0, x1), (h00, h01), (c00, c01)
+
+        def run(d):
+            w_ih, w_hh, b_ih, b_hh = w[4 * d : 4 * d + 4]
+            return kernel.forward(
+                _array(xs[d]),
+                _array(w_ih),
+                _array(w_hh),
+                _array(b_ih),
+                _array(b_hh),
+                _array(h0s[d]),
+                _array(c0s[d]),
+                training,
+                batch_sizes,
+            )
+
+        res = _rnn._directions(run, 2)
+        ctx.kernel = kernel
+        ctx.caches = [r[3] for r in res]
+        ys = [torch.from_numpy(r[0]) for r in res]
+        if training:
+            ctx.save_for_backward(x0, x1, h00, c00, h01, c01, *w, *ys)
+        outs = []
+        for d, r in enumerate(res):
+            outs += [ys[d], torch.from_numpy(r[1])]
+            if kernel.has_cell:
+                outs.append(torch.from_numpy(r[2]))
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if ctx.caches[0] is None:
+            raise RuntimeError(
+                "lstm_fast.torch: the forward ran without a gradient cache (no input or "
+                "parameter required grad); it cannot be differentiated"
+            )
+        ctx.saved_tensors  # noqa: B018  (raises if a saved tensor was modified in place)
+        n = 3 if ctx.kernel.has_cell else 2
+        per = [grads[d * n : (d + 1) * n] for d in (0, 1)]
+
+        def run(d):
+            g = per[d]
+            return ctx.kernel.backward(
+                ctx.caches[d], _array(g[0]), _array(g[1]), _array(g[2]) if n == 3 else None
+            )
+
+        res = _rnn._directions(run, 2)
+        need = ctx.needs_input_grad
+        # inputs after the 3 non-tensors: x0, x1, h00, c00, h01, c01, w0 (4), w1 (4)
+        out = [None, None, None]
+        out += [_tensor(res[0][0]) if need[3] else None, _tensor(res[1][0]) if need[4] else None]
+        for d in (0, 1):
+            out += [
+                _tensor(res[d][1]) if need[5 + 2 * d] else None,
+                _tensor(res[d][2]) if need[6 + 2 * d] and res[d][2] is not None else None,
+            ]
+        for d in (0, 1):
+            for j in range(4):
+                g = res[d][3 + j]
+                out.append(_tensor(g) if need[9 + 4 * d + j] and g is not None else None)
+        return tuple(out)
+
+
 # -- checks ----------------------------------------------------------------------------------------
 def _check_tensor(module: str, name: str, t: torch.Tensor) -> None:
     if t.device.type != "cpu":
@@ -291,7 +365,34 @@ class _FastRNNMixin:
         layer_in = x
         for k in range(L):
             outs = []
-            for d in range(D):
+            if D == 2:  # both directions as one node, run at once
+                ws, h0s, c0s = [], [None, None], [None, None]
+                for d in (0, 1):
+                    idx = k * D + d
+                    w = params[idx * per_dir : (idx + 1) * per_dir]
+                    ws += [w[0], w[1], *((w[2], w[3]) if self.bias else (None, None))]
+                    if hx is not None:
+                        h0s[d] = hx[0][idx]
+                        c0s[d] = hx[1][idx] if kernel.has_cell else None
+                res = _BothDirections.apply(
+                    kernel,
+                    need_grad,
+                    bs_np,
+                    layer_in,
+                    _reverse(layer_in, rev_index),
+                    h0s[0],
+                    c0s[0],
+                    h0s[1],
+                    c0s[1],
+                    *ws,
+                )
+                n = 3 if kernel.has_cell else 2
+                for d in (0, 1):
+                    r = res[d * n : (d + 1) * n]
+                    outs.append(r[0] if d == 0 else _reverse(r[0], rev_index))
+                    for s, t in zip(states, r[1:]):
+                        s.append(t)
+            for d in range(D if D == 1 else 0):
                 idx = k * D + d
                 w = params[idx * per_dir : (idx + 1) * per_dir]
                 w_ih, w_hh = w[0], w[1]

@@ -624,8 +624,8 @@ class LSTM(_RNNBase):
         \quad (\text{with } proj\_size = P > 0: h_t = W_{hr} (o_t \odot \tanh(c_t)))
     """
         + _LAYER_DOC
-        + r"""        proj_size: P > 0 adds ``weight_hr_l{k}`` (P, H); h_t has P features (by the
-            NumPy reference in float32, not by the fused kernels).
+        + r"""        proj_size: P > 0 adds ``weight_hr_l{k}`` (P, H); h_t has P features (fused
+            kernels too: per step the gate tile, then the projection m_t W_hr^T).
 
     Outputs: ``output, (h_n, c_n)``: output (T, B, D * P) (P = H without projection),
     h_n (D * num_layers, B, P), c_n (D * num_layers, B, H). ``backward(dy, dh_n, dc_n)`` returns

@@ -196,6 +196,10 @@ ProjArgs check_proj_args(py::handle x, py::handle weight_ih, py::handle weight_h
   const index_t T = a.x.shape(0), B = a.x.shape(1), I = a.x.shape(2);
   const index_t H = w_hh.shape(0) / 4, P = w_hh.shape(1);
   py::array w_hr = check_float_array(weight_hr, "weight_hr", 2, "(P, H)");
+  if (w_hr.shape(0) != P || w_hr.shape(1) != H)
+    throw py::value_error("weight_hr: expected shape " + expected_str({{"P", P}, {"H", H}}) +
+                          ", got " + shape_str(w_hr) + " (H and P from weight_hh " +
+                          shape_str(w_hh) + " = (4H, P))");
   a.w_hr = arg(weight_hr, "weight_hr", {{"P", P}, {"H", H}});
   if (P < 1 || P >= H)
     throw py::value_error("weight_hr: expected a projection size 0 < P < H, got shape " +

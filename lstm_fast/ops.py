@@ -150,9 +150,9 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LSTMGrads:
             a projection).
 
     Returns:
-        :class:`LSTMGrads` ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh,
-        dweight_hr)``, freshly allocated (bias gradients are None when the forward had no bias;
-        ``dweight_hr`` (P, H) is None without projection). The two bias gradients are equal
+        :class:`LSTMGrads` ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``, freshly
+        allocated (bias gradients are None when the forward had no bias), and its attribute
+        ``dweight_hr``: (P, H) with a projection, else None. The two bias gradients are equal
         (both biases enter the gates the same way).
     """
     if isinstance(cache, LSTMProjCache):

@@ -106,7 +106,14 @@ def test_matches_reference(isa, T, B, H, P):
 
 
 @pytest.mark.parametrize(
-    "T,B,I,H,P", [(33, 16, 24, 64, 31), (40, 3, 5, 130, 48), (20, 1, 9, 33, 7)]
+    "T,B,I,H,P",
+    [
+        (33, 16, 24, 64, 31),
+        (40, 3, 5, 130, 48),
+        (20, 1, 9, 33, 7),
+        (1, 3, 9, 256, 65),
+        (4, 1, 5, 130, 129),
+    ],
 )
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 def test_longer_sequences_match_reference(isa, threads, T, B, I, H, P, nthreads):
@@ -227,6 +234,8 @@ RUNS = [
 
 BITWISE_SHAPES = [(9, 16, 33, 64, 33), (5, 3, 17, 130, 17), (12, 1, 5, 40, 7), (4, 40, 8, 7, 1)]
 BITWISE_SHAPES += [(2, 2, 9, 70, 33), (11, 24, 7, 40, 17)]
+# T * B <= 4 (no packing) with weights large enough to split the step over threads.
+BITWISE_SHAPES += [(1, 3, 9, 256, 65), (4, 1, 5, 130, 129)]
 
 
 @pytest.mark.parametrize(
@@ -541,3 +550,35 @@ def test_bad_backward_arguments():
         _core.lstm_proj_backward(plain, y, hn, cn)
     g = ops.lstm_backward(cache, y)  # still usable after the errors
     assert g.dweight_hr.shape == (3, 5)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_inference_in_chunks_equals_training(threads, with_lengths):
+    # 128 rows x 4H = 1024: the inference input projection runs in chunks of 16 steps.
+    rng = np.random.default_rng(16)
+    T, B, I, H, P = 37, 128, 8, 256, 96
+    x, w, h0, c0 = make_problem(rng, T, B, I, H, P)
+    bs = None
+    if with_lengths:
+        lengths = sorted_lengths(rng, T, B)
+        bs = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+    args = [f32(a) for a in (x, w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"], h0, c0)]
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        train = ops.lstm_forward(
+            *args, training=True, batch_sizes=bs, weight_hr=f32(w["weight_hr"])
+        )
+        infer = ops.lstm_forward(*args, batch_sizes=bs, weight_hr=f32(w["weight_hr"]))
+        for a, b in zip(train[:3], infer[:3]):
+            np.testing.assert_array_equal(a, b)
+    ry, rhn, rcn, _ = reference.lstm_forward(
+        x,
+        *(w[k] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+        h0,
+        c0,
+        weight_hr=w["weight_hr"],
+        lengths=None if bs is None else lengths,
+    )
+    np.testing.assert_allclose(infer[0], ry, **FWD_TOL)
+    np.testing.assert_allclose(infer[1], rhn, **FWD_TOL)
+    np.testing.assert_allclose(infer[2], rcn, **FWD_TOL)

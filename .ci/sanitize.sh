@@ -16,7 +16,9 @@ cd "$(dirname "$0")/.."
 root=$PWD
 PY=${PYTHON:-python3}
 PY=$("$PY" -c 'import sys; print(sys.executable)')
-tests=${SANITIZE_TESTS:-tests/test_lstm_core.py tests/test_bad_input.py tests/test_layer.py}
+tests=${SANITIZE_TESTS:-tests/test_lstm_core.py tests/test_bad_input.py tests/test_layer.py tests/test_gru_rnn.py tests/test_threads.py tests/test_fuzz.py}
+# The fuzz suite at a third of its examples under the sanitizers (the main job runs all of it).
+export LSTM_FAST_FUZZ_SCALE=${LSTM_FAST_FUZZ_SCALE:-0.3}
 
 # Build tools, from pip when the environment lacks them (the pyproject build backend pulls
 # cmake/ninja into an isolated build environment only, not into the venv).
@@ -80,6 +82,12 @@ preload="$libasan"
 stdcxx=$(ldd "$pkg"/_core*.so | awk '/libstdc\+\+/ {print $3; exit}')
 [ -n "$stdcxx" ] && [ -e "$stdcxx" ] && preload="$preload $stdcxx"
 
+# The bitwise-determinism tests (same bits for any thread count / schedule / row tiling) hold for
+# the release build, where they run in the main test job. The instrumented build was seen to give
+# last-bit differences between row tilings (AVX-512, a 1-row vs a 3-row tile of the same row;
+# the compiler's code for the two tile shapes differs once instrumented), so those tests are left
+# out here: this job looks for memory errors and undefined behaviour.
+SANITIZE_DESELECT=${SANITIZE_DESELECT:-not bitwise}
 log="$work/sanitize.log"
 echo "sanitize: running $tests under ASan+UBSan (LD_PRELOAD=$preload)"
 set +e
@@ -95,7 +103,7 @@ set +e
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
   "$PY" -c 'import lstm_fast, os; p = lstm_fast._core.__file__
 assert p.startswith(os.getcwd()), p; print("sanitize: core", p, lstm_fast.cpu_info())' &&
-    "$PY" -m pytest -q -p no:cacheprovider ${SANITIZE_PYTEST_ARGS:-} ${tests}
+    "$PY" -m pytest -q -p no:cacheprovider -k "${SANITIZE_DESELECT}" ${SANITIZE_PYTEST_ARGS:-} ${tests}
 ) 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e

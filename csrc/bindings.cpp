@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -13,116 +15,18 @@
 #include <string>
 #include <vector>
 
+#include "bind_common.h"
 #include "cells/lstm.h"
 #include "dispatch.h"
 #include "gemm/gemm.h"
 
 namespace py = pybind11;
 using namespace lstm_fast;
+using namespace lstm_fast::bind;
 
 namespace {
 
-using farray = py::array_t<float, py::array::c_style>;
-
-// One expected dimension: a letter of the legend (or a short formula) and its size.
-struct Dim {
-  std::string name;
-  index_t size;
-};
-
-std::string shape_str(const py::array& a) {
-  std::ostringstream os;
-  os << "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) os << (d ? ", " : "") << a.shape(d);
-  if (a.ndim() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
-std::string expected_str(const std::vector<Dim>& dims) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t d = 0; d < dims.size(); ++d)
-    os << (d ? ", " : "") << dims[d].name << "=" << dims[d].size;
-  if (dims.size() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
-std::string type_name(py::handle h) { return py::str(py::type::of(h).attr("__name__")); }
-
-// Type, dtype and rank; returns the array (no copy).
-py::array check_float_array(py::handle obj, const std::string& name, int ndim,
-                            const std::string& legend) {
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
-                         type_name(obj));
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<float>()))
-    throw py::type_error(name + ": expected dtype float32, got " +
-                         std::string(py::str(a.dtype())) +
-                         " (convert explicitly, e.g. x.astype(np.float32))");
-  if (a.ndim() != ndim)
-    throw py::value_error(name + ": expected " + std::to_string(ndim) + " dimensions " + legend +
-                          ", got " + std::to_string(a.ndim()) + " with shape " + shape_str(a));
-  return a;
-}
-
-void check_layout(const py::array& a, const std::string& name, bool writeable) {
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(name + ": expected a C-contiguous array, got strides " +
-                          std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
-                              a.strides(), a.strides() + a.ndim()))))) +
-                          " (use np.ascontiguousarray)");
-  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(float) != 0)
-    throw py::value_error(name + ": expected float32-aligned data, got a misaligned buffer");
-  if (writeable && !a.writeable())
-    throw py::value_error(name + ": expected a writeable array, got a read-only one");
-}
-
-void check_shape(const py::array& a, const std::string& name, const std::vector<Dim>& dims) {
-  for (size_t d = 0; d < dims.size(); ++d)
-    if (a.shape(d) != dims[d].size)
-      throw py::value_error(name + ": expected shape " + expected_str(dims) + ", got " +
-                            shape_str(a));
-}
-
-// Full check of an array argument with a known expected shape.
-py::array arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims,
-              bool writeable = false) {
-  std::string legend = "(";
-  for (size_t d = 0; d < dims.size(); ++d) legend += (d ? ", " : "") + dims[d].name;
-  legend += dims.size() == 1 ? ",)" : ")";
-  py::array a = check_float_array(obj, name, static_cast<int>(dims.size()), legend);
-  check_shape(a, name, dims);
-  check_layout(a, name, writeable);
-  return a;
-}
-
-const float* cptr(const py::array& a) { return static_cast<const float*>(a.data()); }
-float* mptr(py::array& a) { return static_cast<float*>(a.mutable_data()); }
-const float* opt_ptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const float*>(py::array(o).data());
-}
-
 farray empty(std::vector<py::ssize_t> shape) { return farray(shape); }
-
-struct Workspace {
-  float* p = nullptr;
-  explicit Workspace(index_t n) {
-    size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-    if (!p) throw std::bad_alloc();
-  }
-  ~Workspace() { std::free(p); }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-};
-
-int checked_threads(int n, const char* what) {
-  if (n < 1) throw py::value_error(std::string(what) + ": expected >= 1, got " + std::to_string(n));
-  return n;
-}
 
 // What a training forward keeps for backward: references to its inputs (no copies) and the
 // post-activation gates and cell states.
@@ -135,51 +39,11 @@ struct LSTMCache {
   std::vector<py::ssize_t> wih_shape, whh_shape;
 };
 
-void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& shape,
-                     const std::string& name) {
-  std::vector<py::ssize_t> now(a.shape(), a.shape() + a.ndim());
-  if (now != shape || !(a.flags() & py::array::c_style))
-    throw py::value_error("cache: " + name + " was reshaped or re-laid out since the forward call");
-}
-
 struct LstmArgs {
   py::array x, w_ih, w_hh;
   py::object b_ih, b_hh, h0, c0, batch_sizes;
   LstmSizes s;
 };
-
-// batch_sizes: None, or int64 (T,), non-increasing, each in [0, B].
-py::object check_batch_sizes(py::handle obj, index_t T, index_t B) {
-  if (obj.is_none()) return py::none();
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error("batch_sizes: expected a numpy.ndarray of dtype int64, got " +
-                         type_name(obj));
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
-    throw py::type_error("batch_sizes: expected dtype int64, got " +
-                         std::string(py::str(a.dtype())));
-  if (a.ndim() != 1 || a.shape(0) != T)
-    throw py::value_error("batch_sizes: expected shape (T=" + std::to_string(T) + ",), got " +
-                          shape_str(a));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error("batch_sizes: expected a C-contiguous array");
-  const auto* v = static_cast<const std::int64_t*>(a.data());
-  for (index_t t = 0; t < T; ++t) {
-    if (v[t] < 0 || v[t] > B)
-      throw py::value_error("batch_sizes: expected values in [0, B=" + std::to_string(B) +
-                            "], got " + std::to_string(v[t]) + " at step " + std::to_string(t));
-    if (t > 0 && v[t] > v[t - 1])
-      throw py::value_error("batch_sizes: expected non-increasing values (rows sorted by "
-                            "length, longest first), got " +
-                            std::to_string(v[t - 1]) + " then " + std::to_string(v[t]) +
-                            " at step " + std::to_string(t));
-  }
-  return a;
-}
-
-const index_t* bs_ptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const index_t*>(py::array(o).data());
-}
 
 LstmArgs check_lstm_args(py::handle x, py::handle weight_ih, py::handle weight_hh,
                          py::handle bias_ih, py::handle bias_hh, py::handle h0, py::handle c0,
@@ -207,6 +71,9 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
                           bool training, py::handle batch_sizes) {
   LstmArgs a = check_lstm_args(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, batch_sizes);
   const LstmSizes s = a.s;
+  check_output("x", "y", {{"T", s.T}, {"B", s.B}, {"H", s.H}});
+  check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
+  if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"4H", 4 * s.H}});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   farray y = empty({s.T, s.B, s.H}), h_n = empty({s.B, s.H}), c_n = empty({s.B, s.H});
@@ -244,18 +111,6 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
     cache = py::cast(std::move(c));
   }
   return py::make_tuple(y, h_n, c_n, cache);
-}
-
-// Gradient outputs: allocated (zeroed) here, or given by the caller to accumulate into.
-py::array grad_out(py::handle given, const std::string& name, const std::vector<Dim>& dims) {
-  if (given.is_none()) {
-    std::vector<py::ssize_t> shape;
-    for (const auto& d : dims) shape.push_back(d.size);
-    farray out(shape);
-    std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0.0f);
-    return out;
-  }
-  return arg(given, name, dims, /*writeable=*/true);
 }
 
 py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n, py::handle dc_n,
@@ -305,6 +160,7 @@ farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b) {
   const index_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
   py::array b = check_float_array(b_obj, "b", 2, trans_b ? "(N, K)" : "(K, N)");
   const index_t N = trans_b ? b.shape(0) : b.shape(1);
+  check_output("a", "c", {{"M", M}, {"N", N}});
   if (trans_b)
     b = arg(b_obj, "b", {{"N", N}, {"K", K}});
   else
@@ -333,6 +189,42 @@ farray activation_py(py::handle x_obj, bool tanh_) {
     (tanh_ ? kern.tanh : kern.sigmoid)(x.shape(0), cptr(x), y.mutable_data());
   }
   return y;
+}
+
+// First non-finite element of a float32 C-contiguous array: (flat index, is_nan), or None when
+// all are finite or the array is not float32 C-contiguous (the compute calls reject those).
+py::object find_nonfinite_py(py::handle obj) {
+  if (!py::isinstance<py::array>(obj)) return py::none();
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style) ||
+      reinterpret_cast<std::uintptr_t>(a.data()) % alignof(float) != 0)
+    return py::none();
+  const float* p = cptr(a);
+  const index_t n = a.size();
+  index_t at = -1;
+  {
+    py::gil_scoped_release nogil;
+    // Blocks of 1024: a branch-free finiteness test per block, the exact index only in the
+    // block that has one (x - x is NaN exactly for NaN and +-Inf).
+    for (index_t b0 = 0; b0 < n && at < 0; b0 += 1024) {
+      const index_t b1 = std::min(n, b0 + 1024);
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // independent chains: vectorisable
+      index_t i = b0;
+      for (; i + 8 <= b1; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += p[i + k] - p[i + k];
+      for (; i < b1; ++i) acc[0] += p[i] - p[i];
+      float all = 0.0f;
+      for (int k = 0; k < 8; ++k) all += acc[k];
+      if (all == all) continue;
+      for (index_t j = b0; j < b1; ++j)
+        if (!std::isfinite(p[j])) {
+          at = j;
+          break;
+        }
+    }
+  }
+  if (at < 0) return py::none();
+  return py::make_tuple(at, std::isnan(p[at]));
 }
 
 }  // namespace
@@ -387,7 +279,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("tanh", [](py::handle x) { return activation_py(x, true); }, py::arg("x"));
 
   m.def("set_num_threads",
-        [](int n) { set_num_threads(checked_threads(n, "set_num_threads: n")); }, py::arg("n"));
+        [](long long n) { set_num_threads(checked_threads(n, "set_num_threads: n")); },
+        py::arg("n"));
+  m.def("max_threads", &max_threads);
+  m.def("_find_nonfinite", &find_nonfinite_py, py::arg("a"));
   m.def("get_num_threads", &get_num_threads);
   m.def("cpu_info", []() {
     py::dict d;

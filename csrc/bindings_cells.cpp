@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bind_common.h"
 #include "cells/gru.h"
 #include "cells/lstm.h"
 #include "cells/step.h"
@@ -20,150 +21,9 @@
 
 namespace py = pybind11;
 using namespace lstm_fast;
+using namespace lstm_fast::bind;
 
 namespace {
-
-using farray = py::array_t<float, py::array::c_style>;
-
-struct Dim {
-  std::string name;
-  index_t size;
-};
-
-std::string shape_str(const py::array& a) {
-  std::ostringstream os;
-  os << "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) os << (d ? ", " : "") << a.shape(d);
-  if (a.ndim() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
-std::string expected_str(const std::vector<Dim>& dims) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t d = 0; d < dims.size(); ++d)
-    os << (d ? ", " : "") << dims[d].name << "=" << dims[d].size;
-  if (dims.size() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
-
-std::string type_name(py::handle h) { return py::str(py::type::of(h).attr("__name__")); }
-
-py::array check_float_array(py::handle obj, const std::string& name, int ndim,
-                            const std::string& legend) {
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
-                         type_name(obj));
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<float>()))
-    throw py::type_error(name + ": expected dtype float32, got " +
-                         std::string(py::str(a.dtype())) +
-                         " (convert explicitly, e.g. x.astype(np.float32))");
-  if (a.ndim() != ndim)
-    throw py::value_error(name + ": expected " + std::to_string(ndim) + " dimensions " + legend +
-                          ", got " + std::to_string(a.ndim()) + " with shape " + shape_str(a));
-  return a;
-}
-
-void check_layout(const py::array& a, const std::string& name, bool writeable) {
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(name + ": expected a C-contiguous array (use np.ascontiguousarray)");
-  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(float) != 0)
-    throw py::value_error(name + ": expected float32-aligned data, got a misaligned buffer");
-  if (writeable && !a.writeable())
-    throw py::value_error(name + ": expected a writeable array, got a read-only one");
-}
-
-py::array arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims,
-              bool writeable = false) {
-  std::string legend = "(";
-  for (size_t d = 0; d < dims.size(); ++d) legend += (d ? ", " : "") + dims[d].name;
-  legend += dims.size() == 1 ? ",)" : ")";
-  py::array a = check_float_array(obj, name, static_cast<int>(dims.size()), legend);
-  for (size_t d = 0; d < dims.size(); ++d)
-    if (a.shape(d) != dims[d].size)
-      throw py::value_error(name + ": expected shape " + expected_str(dims) + ", got " +
-                            shape_str(a));
-  check_layout(a, name, writeable);
-  return a;
-}
-
-py::object opt_arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims) {
-  return obj.is_none() ? py::object(py::none()) : py::object(arg(obj, name, dims));
-}
-
-const float* cptr(const py::array& a) { return static_cast<const float*>(a.data()); }
-float* mptr(py::array& a) { return static_cast<float*>(a.mutable_data()); }
-const float* opt_ptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const float*>(py::array(o).data());
-}
-float* opt_mptr(py::object& o) {
-  return o.is_none() ? nullptr : static_cast<float*>(py::array(o).mutable_data());
-}
-
-struct Workspace {
-  float* p = nullptr;
-  explicit Workspace(index_t n) {
-    size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-    if (!p) throw std::bad_alloc();
-  }
-  ~Workspace() { std::free(p); }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-};
-
-py::object check_batch_sizes(py::handle obj, index_t T, index_t B) {
-  if (obj.is_none()) return py::none();
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error("batch_sizes: expected a numpy.ndarray of dtype int64, got " +
-                         type_name(obj));
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
-    throw py::type_error("batch_sizes: expected dtype int64, got " +
-                         std::string(py::str(a.dtype())));
-  if (a.ndim() != 1 || a.shape(0) != T)
-    throw py::value_error("batch_sizes: expected shape (T=" + std::to_string(T) + ",), got " +
-                          shape_str(a));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error("batch_sizes: expected a C-contiguous array");
-  const auto* v = static_cast<const std::int64_t*>(a.data());
-  for (index_t t = 0; t < T; ++t) {
-    if (v[t] < 0 || v[t] > B)
-      throw py::value_error("batch_sizes: expected values in [0, B=" + std::to_string(B) +
-                            "], got " + std::to_string(v[t]) + " at step " + std::to_string(t));
-    if (t > 0 && v[t] > v[t - 1])
-      throw py::value_error("batch_sizes: expected non-increasing values (rows sorted by "
-                            "length, longest first), got " +
-                            std::to_string(v[t - 1]) + " then " + std::to_string(v[t]) +
-                            " at step " + std::to_string(t));
-  }
-  return a;
-}
-
-const index_t* bs_ptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const index_t*>(py::array(o).data());
-}
-
-py::array grad_out(py::handle given, const std::string& name, const std::vector<Dim>& dims) {
-  if (given.is_none()) {
-    std::vector<py::ssize_t> shape;
-    for (const auto& d : dims) shape.push_back(d.size);
-    farray out(shape);
-    std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0.0f);
-    return out;
-  }
-  return arg(given, name, dims, /*writeable=*/true);
-}
-
-void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& shape,
-                     const std::string& name) {
-  std::vector<py::ssize_t> now(a.shape(), a.shape() + a.ndim());
-  if (now != shape || !(a.flags() & py::array::c_style))
-    throw py::value_error("cache: " + name + " was reshaped or re-laid out since the forward call");
-}
 
 // Arguments common to the GRU (gates = 3) and RNN (gates = 1) calls.
 struct CellArgs {
@@ -209,6 +69,9 @@ py::tuple gru_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
                          py::handle batch_sizes) {
   CellArgs a = check_cell_args(3, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, batch_sizes);
   const CellSizes s = a.s;
+  check_output("x", "y", {{"T", s.T}, {"B", s.B}, {"H", s.H}});
+  check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
+  if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"3H", 3 * s.H}});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   farray y({s.T, s.B, s.H}), h_n({s.B, s.H});
@@ -257,6 +120,8 @@ py::tuple rnn_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   const bool relu = parse_nonlinearity(nonlinearity);
   CellArgs a = check_cell_args(1, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, batch_sizes);
   const CellSizes s = a.s;
+  check_output("x", "y", {{"T", s.T}, {"B", s.B}, {"H", s.H}});
+  check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   farray y({s.T, s.B, s.H}), h_n({s.B, s.H});
@@ -379,6 +244,37 @@ void step_into_py(const std::string& mode, py::handle x, py::handle h, py::handl
                   py::handle weight_ih, py::handle weight_hh, py::handle bias_ih,
                   py::handle bias_hh, py::handle h_out, py::handle c_out, py::handle workspace) {
   const int g = mode_gates(mode);
+  // Hot path (a streaming step is a few microseconds): every argument as the layer passes it.
+  if (py::array::check_(x) && py::array::check_(weight_hh) && py::array::check_(workspace)) {
+    const auto* xp = py::detail::array_proxy(x.ptr());
+    const auto* wp = py::detail::array_proxy(weight_hh.ptr());
+    const auto* sp = py::detail::array_proxy(workspace.ptr());
+    if (xp->nd == 2 && wp->nd == 2 && sp->nd == 1) {
+      const index_t B = xp->dimensions[0], I = xp->dimensions[1], H = wp->dimensions[1];
+      const index_t G = g * H;
+      const bool lstm = g == 4;
+      if (quick_ok(x, {B, I}) && quick_ok(weight_hh, {G, H}) && quick_ok(weight_ih, {G, I}) &&
+          (bias_ih.is_none() || quick_ok(bias_ih, {G})) &&
+          (bias_hh.is_none() || quick_ok(bias_hh, {G})) && quick_ok(h, {B, H}) &&
+          quick_ok(h_out, {B, H}, true) && (!lstm || quick_ok(c, {B, H})) &&
+          (!lstm || quick_ok(c_out, {B, H}, true)) && quick_ok(workspace, {sp->dimensions[0]}, true) &&
+          sp->dimensions[0] >= step_workspace_size(step_cell(mode), B, H) &&
+          py::detail::array_proxy(h.ptr())->data != py::detail::array_proxy(h_out.ptr())->data) {
+        auto data = [](py::handle a) { return py::detail::array_proxy(a.ptr())->data; };
+        auto f = [&](py::handle a) { return reinterpret_cast<float*>(data(a)); };
+        const Kernels& kern = active_kernels();
+        const int nthreads = get_num_threads();
+        py::gil_scoped_release nogil;
+        step_forward(step_cell(mode), f(h_out), lstm ? f(c_out) : nullptr, f(x), f(h),
+                     lstm ? f(c) : nullptr, f(weight_ih), f(weight_hh),
+                     bias_ih.is_none() ? nullptr : f(bias_ih),
+                     bias_hh.is_none() ? nullptr : f(bias_hh), B, I, H, f(workspace), kern,
+                     nthreads);
+        return;
+      }
+    }
+  }
+  // Full checks, with errors naming the argument.
   py::array xa = check_float_array(x, "x_t", 2, "(B, I)");
   py::array whh = check_float_array(weight_hh, "weight_hh", 2, "(G, H)");
   const index_t B = xa.shape(0), I = xa.shape(1), H = whh.shape(1), G = g * H;

@@ -1,6 +1,8 @@
 #include "dispatch.h"
 
+#include <algorithm>
 #include <atomic>
+#include <thread>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -114,7 +116,9 @@ int get_num_threads() {
   int n = g_threads.load(std::memory_order_relaxed);
   if (n > 0) return n;
 #if defined(_OPENMP)
-  return omp_get_max_threads();
+  // The runtime's default (OMP_NUM_THREADS), bounded like set_num_threads' argument.
+  const int hw = static_cast<int>(std::thread::hardware_concurrency());
+  return std::min(omp_get_max_threads(), std::max(64, 4 * hw));
 #else
   return 1;
 #endif

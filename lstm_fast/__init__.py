@@ -11,6 +11,8 @@ The public names:
 
 from __future__ import annotations
 
+import operator
+
 from . import _core
 from .module import Module, Parameter
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
@@ -34,11 +36,14 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads the kernels use (>= 1). Applies to calls made afterwards."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    """Set the number of threads the kernels use, in [1, 4 x the hardware threads (at least
+    64)]. Applies to calls made afterwards, from any Python thread."""
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
         raise TypeError(f"set_num_threads: n: expected an int >= 1, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"set_num_threads: n: expected an int >= 1, got {n}")
+    n = operator.index(n)
+    limit = _core.max_threads()
+    if not 1 <= n <= limit:
+        raise ValueError(f"set_num_threads: n: expected an int in [1, {limit}], got {n}")
     _core.set_num_threads(n)
 
 

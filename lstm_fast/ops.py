@@ -59,6 +59,54 @@ class LSTMGrads(_LSTMGradsTuple):
         return type(self)(*_LSTMGradsTuple._replace(self, **kw), dweight_hr=hr)
 
 
+def _batch_sizes(batch_sizes):
+    """None, or a fresh int64 C-contiguous copy (the core validates shape and values)."""
+    if batch_sizes is None:
+        return None
+    try:
+        bs = np.asarray(batch_sizes)
+    except (ValueError, TypeError) as e:  # ragged nesting and the like
+        raise ValueError(f"batch_sizes: expected a 1-D sequence of integers ({e})") from None
+    if bs.size == 0 and bs.dtype.kind == "f":  # [] (T = 0) is float64 to NumPy
+        bs = bs.astype(np.int64)
+    if bs.dtype.kind not in "iu":
+        raise TypeError(f"batch_sizes: expected integers, got dtype {bs.dtype}")
+    if bs.dtype.kind == "u" and bs.size and bs.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"batch_sizes: expected values in int64 range, got {bs.max()}")
+    return np.array(bs, dtype=np.int64, order="C")  # explicit, small copy
+
+
+def _training(training):
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
+    return bool(training)
+
+
+def _check(check_finite) -> bool:
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
+    return bool(check_finite)
+
+
+def _finite(**arrays) -> None:
+    """Raise ValueError naming the first argument that holds NaN or +-Inf. Float32
+    C-contiguous arrays are scanned by the core; other floating arrays (the layers' views) by
+    NumPy; anything else is left to the core's own argument checks."""
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fc":
+            continue
+        hit = _core._find_nonfinite(a)
+        if hit is None and not (a.dtype == np.float32 and a.flags.c_contiguous):
+            bad = np.flatnonzero(~np.isfinite(a.ravel(order="C")))
+            hit = (int(bad[0]), bool(np.isnan(a.ravel(order="C")[bad[0]]))) if bad.size else None
+        if hit is not None:
+            at, is_nan = hit
+            where = tuple(int(i) for i in np.unravel_index(at, a.shape))
+            raise ValueError(
+                f"{name}: expected finite values, got {'NaN' if is_nan else 'Inf'} at index {where}"
+            )
+
+
 def lstm_forward(
     x,
     weight_ih,
@@ -70,6 +118,7 @@ def lstm_forward(
     *,
     training: bool = False,
     batch_sizes=None,
+    check_finite: bool = False,
     weight_hr=None,
 ):
     r"""LSTM over a whole sequence, one layer, one direction (PyTorch's maths and gate order).
@@ -92,6 +141,8 @@ def lstm_forward(
             rows ``[0, batch_sizes[t])``). Outputs of the other rows are zero, ``h_n``/``c_n``
             hold each row's state after its last real step, padding values of x are never read
             and no arithmetic is spent on them.
+        check_finite: raise ``ValueError`` naming the argument if any float32 input holds NaN
+            or +-Inf (default False: they propagate into the outputs as NaN/Inf).
         weight_hr: optional (P, H) projection of the hidden state, 0 < P < H (PyTorch's
             ``proj_size``, parameter ``weight_hr_l{k}``): h_t = m_t W_hr^T has P features.
 
@@ -114,14 +165,14 @@ def lstm_forward(
         >>> y.shape, h_n.shape
         ((5, 3, 20), (3, 20))
     """
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
-    if batch_sizes is not None:
-        bs = np.asarray(batch_sizes)
-        if bs.dtype.kind not in "iu":
-            raise TypeError(f"batch_sizes: expected integers, got dtype {bs.dtype}")
-        batch_sizes = np.ascontiguousarray(bs, dtype=np.int64)  # explicit, small copy
+    training = _training(training)
+    batch_sizes = _batch_sizes(batch_sizes)
+    if _check(check_finite):
+        _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+        _finite(h0=h0, c0=c0)
     if weight_hr is not None:
+        if check_finite:
+            _finite(weight_hr=weight_hr)
         return _core.lstm_proj_forward(
             x,
             weight_ih,
@@ -131,15 +182,15 @@ def lstm_forward(
             h0,
             c0,
             weight_hr,
-            bool(training),
+            training,
             batch_sizes,
         )
     return _core.lstm_forward(
-        x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, bool(training), batch_sizes
+        x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, training, batch_sizes
     )
 
 
-def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LSTMGrads:
+def lstm_backward(cache, dy=None, dh_n=None, dc_n=None, *, check_finite=False) -> LSTMGrads:
     """Backward (BPTT) through a training :func:`lstm_forward`.
 
     Args:
@@ -154,7 +205,12 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LSTMGrads:
         allocated (bias gradients are None when the forward had no bias), and its attribute
         ``dweight_hr``: (P, H) with a projection, else None. The two bias gradients are equal
         (both biases enter the gates the same way).
+
+        ``check_finite=True`` raises ``ValueError`` naming the upstream gradient that holds
+        NaN or +-Inf.
     """
+    if _check(check_finite):
+        _finite(dy=dy, dh_n=dh_n, dc_n=dc_n)
     if isinstance(cache, LSTMProjCache):
         return LSTMGrads(*_core.lstm_proj_backward(cache, dy, dh_n, dc_n))
     return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n))
@@ -198,21 +254,6 @@ class RNNGrads(NamedTuple):
     dbias_hh: Optional[np.ndarray]  # (H,) or None without bias
 
 
-def _batch_sizes(batch_sizes):
-    if batch_sizes is None:
-        return None
-    bs = np.asarray(batch_sizes)
-    if bs.dtype.kind not in "iu":
-        raise TypeError(f"batch_sizes: expected integers, got dtype {bs.dtype}")
-    return np.ascontiguousarray(bs, dtype=np.int64)  # explicit, small copy
-
-
-def _training(training):
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
-    return bool(training)
-
-
 def gru_forward(
     x,
     weight_ih,
@@ -223,6 +264,7 @@ def gru_forward(
     *,
     training=False,
     batch_sizes=None,
+    check_finite=False,
 ):
     r"""GRU over a whole sequence, one layer, one direction (PyTorch's maths, gates r, z, n).
 
@@ -236,7 +278,7 @@ def gru_forward(
         x: (T, B, I). weight_ih: (3H, I), rows r, z, n. weight_hh: (3H, H).
         bias_ih, bias_hh: (3H,) or None. h0: (B, H) or None for zeros.
         training: keep what backward needs and return it as ``cache``.
-        batch_sizes: variable lengths, as in :func:`lstm_forward`.
+        batch_sizes, check_finite: as in :func:`lstm_forward`.
 
     Returns:
         ``(y, h_n, cache)``: y (T, B, H), h_n (B, H); cache is None unless training.
@@ -252,6 +294,9 @@ def gru_forward(
         >>> y.shape
         (5, 3, 20)
     """
+    if _check(check_finite):
+        _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+        _finite(h0=h0)
     return _core.gru_forward(
         x,
         weight_ih,
@@ -264,9 +309,11 @@ def gru_forward(
     )
 
 
-def gru_backward(cache, dy=None, dh_n=None) -> GRUGrads:
+def gru_backward(cache, dy=None, dh_n=None, *, check_finite=False) -> GRUGrads:
     """Backward (BPTT) through a training :func:`gru_forward`: :class:`GRUGrads`, freshly
     allocated. Unlike the LSTM's, the two bias gradients differ (b_hn is scaled by r)."""
+    if _check(check_finite):
+        _finite(dy=dy, dh_n=dh_n)
     return GRUGrads(*_core.gru_backward(cache, dy, dh_n))
 
 
@@ -281,6 +328,7 @@ def rnn_forward(
     nonlinearity="tanh",
     training=False,
     batch_sizes=None,
+    check_finite=False,
 ):
     r"""Elman RNN over a whole sequence.
 
@@ -289,13 +337,16 @@ def rnn_forward(
     Args:
         x: (T, B, I). weight_ih: (H, I). weight_hh: (H, H). bias_ih, bias_hh: (H,) or None.
         h0: (B, H) or None. nonlinearity: ``"tanh"`` or ``"relu"``.
-        training, batch_sizes: as in :func:`gru_forward`.
+        training, batch_sizes, check_finite: as in :func:`lstm_forward`.
 
     Returns:
         ``(y, h_n, cache)``: y (T, B, H), h_n (B, H); cache is None unless training.
     """
     if not isinstance(nonlinearity, str):
         raise TypeError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    if _check(check_finite):
+        _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+        _finite(h0=h0)
     return _core.rnn_forward(
         x,
         weight_ih,
@@ -309,7 +360,9 @@ def rnn_forward(
     )
 
 
-def rnn_backward(cache, dy=None, dh_n=None) -> RNNGrads:
+def rnn_backward(cache, dy=None, dh_n=None, *, check_finite=False) -> RNNGrads:
     """Backward (BPTT) through a training :func:`rnn_forward`: :class:`RNNGrads` (the two bias
     gradients are equal)."""
+    if _check(check_finite):
+        _finite(dy=dy, dh_n=dh_n)
     return RNNGrads(*_core.rnn_backward(cache, dy, dh_n))

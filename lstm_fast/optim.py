@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 import numpy as np
@@ -105,27 +105,71 @@ class Optimizer:
             "arrays": arrays,
         }
 
-    def load_state_dict(self, sd: dict) -> None:
-        if sd.get("type") != type(self).__name__:
+    def _state_slots(self, hyper: Mapping) -> tuple:
+        """The state arrays every parameter holds after a step under ``hyper``."""
+        return self._slots
+
+    def state_spec(self, hyper: Optional[Mapping] = None, step: Optional[int] = None) -> dict:
+        """``{name: (shape, dtype)}`` of the ``arrays`` a :meth:`state_dict` holds after ``step``
+        steps with hyper-parameters ``hyper`` (default: this optimizer's own): one float32 array
+        per parameter and state slot (``"3.exp_avg"``), none before the first step."""
+        hyper = {k: getattr(self, k) for k in self._hyper} if hyper is None else dict(hyper)
+        step = self.step_count if step is None else step
+        if not step:
+            return {}
+        return {
+            f"{i}.{slot}": (p.data.shape, np.dtype(np.float32))
+            for i, p in enumerate(self.params)
+            for slot in self._state_slots(hyper)
+        }
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        """Restore a :meth:`state_dict`. Everything is checked first -- the optimizer type, the
+        hyper-parameter names, the step, every array's name, shape and (real floating) dtype,
+        no array missing -- so a failed load leaves the optimizer as it was."""
+        if not isinstance(sd, Mapping) or sd.get("type") != type(self).__name__:
+            got = sd.get("type") if isinstance(sd, Mapping) else type(sd).__name__
+            raise ValueError(f"load_state_dict: expected a {type(self).__name__} state, got {got}")
+        hyper, step, arrays = sd.get("hyper"), sd.get("step"), sd.get("arrays")
+        if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper):
+            got = sorted(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__
             raise ValueError(
-                f"load_state_dict: expected a {type(self).__name__} state, got {sd.get('type')}"
+                f"load_state_dict: hyper: expected the keys {sorted(self._hyper)}, got {got}"
+            )
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"load_state_dict: step: expected an int >= 0, got {step!r}")
+        if not isinstance(arrays, Mapping):
+            raise ValueError(
+                f"load_state_dict: arrays: expected a mapping, got {type(arrays).__name__}"
             )
         state: list[dict] = [{} for _ in self.params]
-        for key, arr in sd["arrays"].items():
-            i_str, name = key.split(".", 1)
+        for key, arr in arrays.items():
+            i_str, _, name = str(key).partition(".")
+            if not i_str.isdigit() or not name or (self._slots and name not in self._slots):
+                raise ValueError(
+                    f"load_state_dict: {key}: expected '<parameter index>.<slot>' with a slot in "
+                    f"{list(self._slots)}"
+                )
             i = int(i_str)
             if not 0 <= i < len(self.params):
                 raise ValueError(f"load_state_dict: {key}: no parameter {i}")
-            arr = np.asarray(arr, dtype=np.float32)
+            arr = np.asarray(arr)
             if arr.shape != self.params[i].data.shape:
                 raise ValueError(
                     f"load_state_dict: {key}: expected shape {self.params[i].data.shape}, "
                     f"got {arr.shape}"
                 )
-            state[i][name] = arr.copy()
-        for k, v in sd["hyper"].items():
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise TypeError(
+                    f"load_state_dict: {key}: expected a float32 array, got dtype {arr.dtype}"
+                )
+            state[i][name] = np.array(arr, dtype=np.float32, copy=True)
+        missing = [k for k in self.state_spec(hyper, step) if k not in arrays]
+        if missing:
+            raise ValueError(f"load_state_dict: missing arrays {missing[:6]} (step {step})")
+        for k, v in hyper.items():
             setattr(self, k, v)
-        self.step_count = int(sd["step"])
+        self.step_count = int(step)
         self.state = state
 
 
@@ -135,6 +179,7 @@ class SGD(Optimizer):
     ``g + mu b`` with Nesterov; ``g`` includes ``weight_decay * p``."""
 
     _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    _slots = ("momentum_buffer",)
 
     def __init__(
         self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
@@ -149,6 +194,9 @@ class SGD(Optimizer):
             weight_decay=weight_decay,
             nesterov=nesterov,
         )
+
+    def _state_slots(self, hyper):
+        return self._slots if hyper.get("momentum") else ()
 
     def _update(self, i, p):
         g = self._grad(p, self.weight_decay)
@@ -169,6 +217,7 @@ class Adam(Optimizer):
     """Adam (PyTorch's ``optim.Adam``, L2 ``weight_decay`` added to the gradient)."""
 
     _hyper = ("lr", "betas", "eps", "weight_decay")
+    _slots = ("exp_avg", "exp_avg_sq")
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
@@ -210,6 +259,7 @@ class Adagrad(Optimizer):
     ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``."""
 
     _hyper = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+    _slots = ("sum",)
 
     def __init__(
         self,
@@ -243,6 +293,7 @@ class RMSprop(Optimizer):
     """RMSprop (PyTorch's ``optim.RMSprop``, with ``momentum`` and ``centered``)."""
 
     _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    _slots = ("square_avg", "grad_avg", "momentum_buffer")
 
     def __init__(
         self,
@@ -262,6 +313,12 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay,
             momentum=momentum,
             centered=centered,
+        )
+
+    def _state_slots(self, hyper):
+        centered, momentum = hyper.get("centered"), hyper.get("momentum") or 0
+        return (
+            ("square_avg",) + ("grad_avg",) * bool(centered) + ("momentum_buffer",) * (momentum > 0)
         )
 
     def _update(self, i, p):

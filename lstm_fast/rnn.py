@@ -22,6 +22,7 @@ import numpy as np
 
 from . import ops
 from .module import Module, Parameter
+from .ops import _finite
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -32,6 +33,25 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
+def _guard_finite(layer, **arrays) -> None:
+    """check_finite=True: NaN/Inf in an input, a state (hx may be a tuple) or, for a layer, a
+    parameter raises ValueError naming it, before any work."""
+    named = {}
+    for name, a in arrays.items():
+        if isinstance(a, (tuple, list)):
+            named.update({f"{name}[{i}]": np.asarray(v) for i, v in enumerate(a) if v is not None})
+        elif a is not None:
+            named[name] = np.asarray(a)
+    if layer is not None:
+        named.update({n: p.data for n, p in layer.named_parameters()})
+    _finite(**named)
 
 
 def _as_float32(name: str, value: Any) -> np.ndarray:
@@ -138,8 +158,10 @@ class _RNNBase(Module):
         proj_size: int = 0,
         *,
         seed: Optional[int] = None,
+        check_finite: bool = False,
     ):
         super().__init__()
+        _check_bool("check_finite", check_finite)
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         num_layers = _check_int("num_layers", num_layers, 1)
@@ -172,6 +194,7 @@ class _RNNBase(Module):
             ("bidirectional", bool(bidirectional)),
             ("proj_size", proj_size),
             ("_rng", np.random.default_rng(seed)),
+            ("check_finite", bool(check_finite)),
             ("_saved", None),
             ("_stream", None),
         ):
@@ -277,6 +300,8 @@ class _RNNBase(Module):
             _ = torch  # imported for PackedSequence construction below
         else:
             x = _as_float32("input", input)
+        if self.check_finite:
+            _guard_finite(self, input=x, hx=hx)
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
         if x.ndim == 2 and packed is None:
             unbatched = True
@@ -404,6 +429,8 @@ class _RNNBase(Module):
             )
         if not self._has_cell and dc_n is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc_n must be None")
+        if self.check_finite:
+            _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
         saved, meta = self._saved
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
@@ -528,7 +555,8 @@ class _RNNBase(Module):
 
 class _Stream:
     """Preallocated buffers of :meth:`_RNNBase.step`: two state slots per layer (ping-pong),
-    workspaces and the layer's weights, all created once per batch size."""
+    workspaces and per-layer views, all created once per batch size. Parameters are looked up
+    by precomputed names on every call (in place updates and load_state_dict are seen)."""
 
     def __init__(self, layer: _RNNBase, B: int):
         self.layer, self.B = layer, B
@@ -536,52 +564,63 @@ class _Stream:
         self.h = np.zeros((2, L, B, H), np.float32)
         self.c = np.zeros((2, L, B, H), np.float32) if layer._has_cell else None
         self.cur = 0
+        self.mode = layer._mode
         self.ws = []
         for k in range(L):
             I = layer.input_size if k == 0 else H
-            self.ws.append(
-                np.empty(ops._core.step_workspace_size(layer._mode, B, I, H), np.float32)
-            )
+            self.ws.append(np.empty(ops._core.step_workspace_size(self.mode, B, I, H), np.float32))
+        # views [slot][layer] of h and c, and the parameter names of each layer
+        self.hs = [self.h[0], self.h[1]]
+        self.cs = [None, None] if self.c is None else [self.c[0], self.c[1]]
+        self.hv = [[self.h[s, k] for k in range(L)] for s in (0, 1)]
+        self.cv = [[None if self.c is None else self.c[s, k] for k in range(L)] for s in (0, 1)]
+        self.names = [
+            tuple(n + f"_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for k in range(L)
+        ]
+        self.step_into = ops._core.step_into
 
     def state(self):
-        h = self.h[self.cur]
-        return (h, self.c[self.cur]) if self.c is not None else h
+        # The same view objects every time: passing them back is recognised without a copy.
+        cur = self.cur
+        return (self.hs[cur], self.cs[cur]) if self.c is not None else self.hs[cur]
 
     def run(self, x_t, state):
-        layer = self.layer
         cur, nxt = self.cur, 1 - self.cur
         if state is not None:
-            if layer._has_cell:
+            if self.c is not None:
                 h_in, c_in = state
             else:
                 h_in, c_in = state, None
-            if h_in is not self.h[cur]:
+            if h_in is not self.hs[cur]:
                 self.h[cur][...] = h_in
-                if c_in is not None:
-                    self.c[cur][...] = c_in
+            if c_in is not None and c_in is not self.cs[cur]:
+                self.c[cur][...] = c_in
         else:
             self.h[cur].fill(0)
             if self.c is not None:
                 self.c[cur].fill(0)
+        params, mode, step_into = self.layer._parameters, self.mode, self.step_into
+        hv_in, hv_out, cv_in, cv_out = self.hv[cur], self.hv[nxt], self.cv[cur], self.cv[nxt]
         inp = x_t
-        for k in range(layer.num_layers):
-            w_ih, w_hh, b_ih, b_hh, _ = layer._params(k, 0)
-            ops._core.step_into(
-                layer._mode,
+        for k, (n_ih, n_hh, n_bih, n_bhh) in enumerate(self.names):
+            b_ih, b_hh = params.get(n_bih), params.get(n_bhh)
+            step_into(
+                mode,
                 inp,
-                self.h[cur, k],
-                None if self.c is None else self.c[cur, k],
-                w_ih.data,
-                w_hh.data,
+                hv_in[k],
+                cv_in[k],
+                params[n_ih].data,
+                params[n_hh].data,
                 None if b_ih is None else b_ih.data,
                 None if b_hh is None else b_hh.data,
-                self.h[nxt, k],
-                None if self.c is None else self.c[nxt, k],
+                hv_out[k],
+                cv_out[k],
                 self.ws[k],
             )
-            inp = self.h[nxt, k]
+            inp = hv_out[k]
         self.cur = nxt
-        return self.h[nxt, layer.num_layers - 1]
+        return inp
 
 
 _LAYER_DOC = r"""
@@ -595,6 +634,9 @@ _LAYER_DOC = r"""
             mode (default 0), drawn from the layer's seeded generator.
         bidirectional: run a reverse-direction layer too and concatenate (default False).
         seed: seed of the initialisation and dropout generator (default: fresh entropy).
+        check_finite: raise ``ValueError`` naming the input, state, parameter or upstream
+            gradient that holds NaN or +-Inf, before any work (default False: NaN/Inf
+            propagate into the outputs).
 
     Inputs: ``input, hx, lengths``
         input: (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched; or a
@@ -710,6 +752,7 @@ class RNN(_RNNBase):
         bidirectional: bool = False,
         *,
         seed: Optional[int] = None,
+        check_finite: bool = False,
     ):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(
@@ -726,6 +769,7 @@ class RNN(_RNNBase):
             dropout,
             bidirectional,
             seed=seed,
+            check_finite=check_finite,
         )
 
 
@@ -735,8 +779,12 @@ class RNN(_RNNBase):
 class _CellBase(Module):
     _mode = "LSTM"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, seed=None):
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, *, seed=None, check_finite=False
+    ):
         super().__init__()
+        _check_bool("check_finite", check_finite)
+        object.__setattr__(self, "check_finite", bool(check_finite))
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         object.__setattr__(self, "input_size", input_size)
@@ -769,6 +817,8 @@ class _CellBase(Module):
 
     def forward(self, input: Any, hx: Any = None):
         x = _as_float32("input", input)
+        if self.check_finite:
+            _guard_finite(self, input=x, hx=hx)
         unbatched = x.ndim == 1
         if unbatched:
             x = x[None]
@@ -839,7 +889,7 @@ class _CellBase(Module):
 class LSTMCell(_CellBase):
     r"""One LSTM step (PyTorch's ``nn.LSTMCell`` API): ``h', c' = cell(x, (h, c))``.
 
-    Args: input_size, hidden_size, bias (default True), seed.
+    Args: input_size, hidden_size, bias (default True), seed, check_finite (as for the layers).
     Inputs: input (B, I) or (I,); hx optional ``(h_0, c_0)`` each (B, H) or (H,).
     Outputs: ``(h_1, c_1)``. Attributes: weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh.
 
@@ -867,9 +917,18 @@ class RNNCell(_CellBase):
     """One Elman RNN step (PyTorch's ``nn.RNNCell`` API): ``h' = cell(x, h)``, ``nonlinearity``
     ``'tanh'`` (default) or ``'relu'``."""
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *, seed=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        bias=True,
+        nonlinearity="tanh",
+        *,
+        seed=None,
+        check_finite=False,
+    ):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
         object.__setattr__(self, "_mode", "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
         object.__setattr__(self, "nonlinearity", nonlinearity)
-        super().__init__(input_size, hidden_size, bias, seed=seed)
+        super().__init__(input_size, hidden_size, bias, seed=seed, check_finite=check_finite)

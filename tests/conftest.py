@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,15 @@ import lstm_fast
 from lstm_fast import _core
 
 ISAS = lstm_fast.cpu_info()["available_isas"]
+
+# Child Python processes (cold start, DDP workers, crash probes) import the same lstm_fast as the
+# tests: its parent directory goes first on PYTHONPATH, and PYTHONSAFEPATH keeps a child's cwd or
+# script directory (e.g. a source checkout without the compiled _core) off the front of sys.path.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(lstm_fast.__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [PACKAGE_PARENT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+os.environ["PYTHONSAFEPATH"] = "1"
 
 
 @pytest.fixture(params=ISAS)

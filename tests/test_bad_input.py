@@ -122,8 +122,10 @@ def test_training_flag_type():
 
 
 def test_threads_arguments(threads):
-    with pytest.raises(ValueError, match="n: expected an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n: expected an int in \[1, \d+\], got 0"):
         lstm_fast.set_num_threads(0)
+    with pytest.raises(ValueError, match=r"n: expected an int in \[1, \d+\], got 100000"):
+        lstm_fast.set_num_threads(100_000)
     with pytest.raises(TypeError, match="n: expected an int"):
         lstm_fast.set_num_threads(1.5)
     lstm_fast.set_num_threads(1)

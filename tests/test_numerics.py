@@ -1,7 +1,7 @@
 """Numerical guards: NaN/Inf in any input propagate as the float64 reference says (never a crash
 or a hang, never silently finite), saturating inputs give exact limits, denormal inputs are fine
 and the flush-to-zero mode of the kernels does not leak into the calling thread; the optional
-``check_finite=True`` (not implemented yet) raises instead of propagating."""
+``check_finite=True`` raises instead of propagating."""
 
 from __future__ import annotations
 
@@ -184,12 +184,9 @@ def test_nan_everywhere_terminates():
         lstm_fast.set_num_threads(before)
 
 
-# ---- check_finite: the API this module expects (not implemented yet) ---------------------------
-
-CHECK_FINITE = pytest.mark.xfail(strict=False, reason="check_finite not implemented")
+# ---- check_finite -------------------------------------------------------------------------------
 
 
-@CHECK_FINITE
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 @pytest.mark.parametrize("name", NAMES)
 def test_check_finite_forward_raises_naming_argument(name, value):
@@ -199,7 +196,6 @@ def test_check_finite_forward_raises_naming_argument(name, value):
         ops.lstm_forward(**a, check_finite=True)
 
 
-@CHECK_FINITE
 @pytest.mark.parametrize("name", ["dy", "dh_n", "dc_n"])
 def test_check_finite_backward_raises_naming_argument(name):
     a = args()
@@ -211,7 +207,6 @@ def test_check_finite_backward_raises_naming_argument(name):
         ops.lstm_backward(cache, **up, check_finite=True)
 
 
-@CHECK_FINITE
 def test_check_finite_default_off_and_same_results():
     a = args()
     y0 = ops.lstm_forward(**a)[0]
@@ -223,10 +218,74 @@ def test_check_finite_default_off_and_same_results():
         ops.lstm_forward(**a, check_finite="yes")
 
 
-@CHECK_FINITE
 def test_check_finite_layer():
     lstm = lstm_fast.LSTM(I, H, seed=0, check_finite=True)
     x = args()["x"]
     x[1, 1, 1] = np.inf
     with pytest.raises(ValueError, match=r"^input: expected finite values"):
         lstm(x)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lstm_fast.GRU(I, H, seed=0, check_finite=True),
+        lambda: lstm_fast.RNN(I, H, nonlinearity="relu", seed=0, check_finite=True),
+        lambda: lstm_fast.LSTM(I, H, num_layers=2, bidirectional=True, seed=0, check_finite=True),
+    ],
+    ids=["gru", "rnn", "lstm2bi"],
+)
+def test_check_finite_family(make):
+    layer = make()
+    x = args()["x"]
+    y, _ = layer(x)  # finite: runs
+    layer.backward(np.ones_like(y))
+    x[0, 2, 1] = np.nan
+    with pytest.raises(
+        ValueError, match=r"^input: expected finite values, got NaN at index \(0, 2, 1\)"
+    ):
+        layer(x)
+    x[0, 2, 1] = 0
+    h0 = np.zeros((layer.num_layers * layer.num_directions, B, H), f32)
+    h0[-1, 0, 0] = -np.inf
+    hx = (h0, np.zeros_like(h0)) if isinstance(layer, lstm_fast.LSTM) else h0
+    with pytest.raises(ValueError, match=r"^hx(\[0\])?: expected finite values, got Inf"):
+        layer(x, hx)
+    y, _ = layer(x)
+    dy = np.ones_like(y)
+    dy[1, 1, 1] = np.inf
+    with pytest.raises(ValueError, match=r"^dy: expected finite values, got Inf"):
+        layer.backward(dy)
+    name, p = next(iter(layer.named_parameters()))
+    p.data[0, 0] = np.nan
+    with pytest.raises(ValueError, match=rf"^{name}: expected finite values, got NaN"):
+        layer(x)
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_check_finite_cells_and_ops(cell):
+    c = getattr(lstm_fast, cell)(I, H, seed=0, check_finite=True)
+    x = args()["x"][0]
+    c(x)
+    x[2, 3] = np.inf
+    with pytest.raises(
+        ValueError, match=r"^input: expected finite values, got Inf at index \(2, 3\)"
+    ):
+        c(x)
+    with pytest.raises(TypeError, match="^check_finite: expected a bool"):
+        getattr(lstm_fast, cell)(I, H, check_finite=1)
+    rng = np.random.default_rng(0)
+    for fwd, G in ((ops.gru_forward, 3), (ops.rnn_forward, 1)):
+        xs = rng.standard_normal((T, B, I)).astype(f32)
+        w_ih = rng.standard_normal((G * H, I)).astype(f32)
+        w_hh = rng.standard_normal((G * H, H)).astype(f32)
+        y, _, cache = fwd(xs, w_ih, w_hh, training=True, check_finite=True)
+        w_hh[G * H - 1, H - 1] = np.nan
+        with pytest.raises(ValueError, match=r"^weight_hh: expected finite values, got NaN"):
+            fwd(xs, w_ih, w_hh, check_finite=True)
+        assert np.isnan(fwd(xs, w_ih, w_hh)[0]).any()  # off: propagates
+        bwd = ops.gru_backward if G == 3 else ops.rnn_backward
+        dh = np.zeros((B, H), f32)
+        dh[0, 0] = np.nan
+        with pytest.raises(ValueError, match=r"^dh_n: expected finite values, got NaN"):
+            bwd(cache, y, dh, check_finite=True)

@@ -18,7 +18,15 @@ from .. import data as _data
 from ..module import Module
 from ..nn import LSTM, Dropout, Embedding, Linear, _rng_state, _set_rng_state, softmax_cross_entropy
 from ..optim import clip_grad_norm, make_optimizer
-from .checkpoint import atomic_write_text, load_npz, save_npz
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    check_arrays,
+    interpreting,
+    load_npz,
+    restore_module,
+    save_npz,
+)
 
 __all__ = [
     "CharLM",
@@ -159,7 +167,12 @@ def _save(out_dir: Path, cfg, vocab, model, opt, state, hist, step, digest, extr
 
 
 def load_charlm(path):
-    """``(model, vocab, meta, arrays)`` from a run directory or a checkpoint file."""
+    """``(model, vocab, meta, arrays)`` from a run directory or a checkpoint file.
+
+    Raises ``FileNotFoundError`` if there is no checkpoint, :class:`CheckpointError` (a
+    ``ValueError``) if the file is not a char-LM checkpoint or its arrays do not fit the model its
+    metadata describes (each offending array named, with the expected and given shape and dtype).
+    """
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT
@@ -167,19 +180,58 @@ def load_charlm(path):
         raise FileNotFoundError(f"no checkpoint at {p}")
     arrays, meta = load_npz(p)
     if meta.get("kind") != "charlm":
-        raise ValueError(f"{p}: expected a charlm checkpoint, got {meta.get('kind')!r}")
-    vocab = _data.Vocab.from_dict(meta["vocab"])
-    mc = meta["model"]
-    model = CharLM(
-        mc["vocab_size"],
-        mc["embed_size"],
-        mc["hidden_size"],
-        mc["num_layers"],
-        mc["dropout"],
-        seed=meta["config"]["seed"],
-    )
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+        raise CheckpointError(f"{p}: expected a charlm checkpoint, got {meta.get('kind')!r}")
+    with interpreting(p, "__meta__ of a charlm checkpoint"):
+        vocab = _data.Vocab.from_dict(meta["vocab"])
+        mc = meta["model"]
+        model = CharLM(
+            mc["vocab_size"],
+            mc["embed_size"],
+            mc["hidden_size"],
+            mc["num_layers"],
+            mc["dropout"],
+            seed=meta["config"]["seed"],
+        )
+        if len(vocab) != model.config["vocab_size"]:
+            raise ValueError(
+                f"vocab: expected {model.config['vocab_size']} tokens (the model's vocab_size), "
+                f"got {len(vocab)}"
+            )
+    restore_module(p, model, arrays)
     return model, vocab, meta, arrays
+
+
+def _restore_training(path, meta, arrays, model: CharLM, opt, batch_size: int):
+    """Check the training state of a checkpoint (carried LSTM state, history, optimizer state,
+    generator states), then restore it into ``model`` and ``opt``; returns
+    ``(state, hist, step)``. Nothing is changed unless every check passes."""
+    L, H = model.config["num_layers"], model.config["hidden_size"]
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    expected = {
+        "state/h": ((L, batch_size, H), f32),
+        "state/c": ((L, batch_size, H), f32),
+        "hist/train_bpc": ((None,), f64),
+        "hist/val": ((None, 2), f64),
+    }
+    check_arrays(path, arrays, expected, strict=False)
+    with interpreting(path, "training state"):
+        step, osd, rng = meta["step"], meta["optimizer"], meta["rng"]
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step: expected an int >= 0, got {step!r}")
+        spec = opt.state_spec(osd["hyper"], osd["step"])
+        check_arrays(path, arrays, spec, prefix="optim/")
+        before = model.rng_states()
+        try:
+            model.set_rng_states(rng)
+            opt.load_state_dict(
+                {**osd, "arrays": {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}}
+            )
+        except BaseException:
+            model.set_rng_states(before)
+            raise
+    state = (arrays["state/h"].copy(), arrays["state/c"].copy())
+    hist = {"train_bpc": arrays["hist/train_bpc"].tolist(), "val": arrays["hist/val"].tolist()}
+    return state, hist, step
 
 
 def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 100) -> float:
@@ -253,9 +305,11 @@ def train_charlm(
     arrays = meta = None
     if resume and ckpt.exists():
         model, vocab, meta, arrays = load_charlm(ckpt)
-        saved = dict(meta["config"])
-        saved["steps"] = cfg.steps
-        cfg = TrainConfig(**saved)
+        with interpreting(ckpt, "__meta__ of a charlm checkpoint"):
+            saved = dict(meta["config"])
+            saved["steps"] = cfg.steps
+            cfg = TrainConfig(**saved)
+            saved_digest = meta["data_digest"]
     elif resume:
         log(f"resume: no checkpoint in {out}, starting from scratch")
     if text is None:
@@ -267,10 +321,10 @@ def train_charlm(
         )
     ids = vocab.encode(text)
     digest = _data.ids_digest(ids)
-    if meta is not None and meta["data_digest"] != digest:
+    if meta is not None and saved_digest != digest:
         raise ValueError(
             "resume: the corpus differs from the checkpoint's (data digest "
-            f"{digest} != {meta['data_digest']}); pass the same CORPUS"
+            f"{digest} != {saved_digest}); pass the same CORPUS"
         )
     train_ids, val_ids = _data.train_val_split(ids, cfg.val_fraction)
     val_ids = val_ids[: cfg.val_max_chars]
@@ -280,18 +334,7 @@ def train_charlm(
     step = 0
     state = model.init_state(cfg.batch_size)
     if meta is not None:
-        osd = meta["optimizer"]
-        opt.load_state_dict(
-            {
-                **osd,
-                "arrays": {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")},
-            }
-        )
-        model.set_rng_states(meta["rng"])
-        state = (arrays["state/h"].copy(), arrays["state/c"].copy())
-        hist["train_bpc"] = arrays["hist/train_bpc"].tolist()
-        hist["val"] = arrays["hist/val"].tolist()
-        step = int(meta["step"])
+        state, hist, step = _restore_training(ckpt, meta, arrays, model, opt, cfg.batch_size)
         log(f"resumed from step {step}")
     model.train()
     params = list(model.parameters())
@@ -363,7 +406,7 @@ def train_charlm(
     elif hist["val"]:
         val_bpc = hist["val"][-1][1]
     checkpoint()
-    vocab.save(out / "vocab.json")
+    atomic_write_text(out / "vocab.json", json.dumps(vocab.to_dict(), ensure_ascii=False))
     plot = _plot(out, hist)
     tail = hist["train_bpc"][-max(1, min(50, len(hist["train_bpc"]))) :]
     return {

@@ -16,7 +16,7 @@ from .. import data as _data
 from ..module import Module
 from ..nn import LSTM, Dropout, Embedding, Linear, softmax_cross_entropy
 from ..optim import CosineLR, clip_grad_norm, make_optimizer
-from .checkpoint import load_npz, save_npz
+from .checkpoint import CheckpointError, interpreting, load_npz, restore_module, save_npz
 from .naive_bayes import NaiveBayes
 
 __all__ = ["SequenceClassifier", "ClassifierConfig", "train_classifier", "load_classifier"]
@@ -454,22 +454,32 @@ def train_classifier(
 def load_classifier(path):
     """``(model, vocab, naive_bayes or None, meta)`` from a run directory."""
     p = Path(path)
-    arrays, meta = load_npz(p / CHECKPOINT)
+    ck = p / CHECKPOINT
+    arrays, meta = load_npz(ck)
     if meta.get("kind") != "classifier":
-        raise ValueError(f"{p}: expected a classifier checkpoint, got {meta.get('kind')!r}")
-    mc = meta["model"]
-    model = SequenceClassifier(
-        mc["vocab_size"],
-        mc["num_classes"],
-        mc["embed_size"],
-        mc["hidden_size"],
-        mc["pool"],
-        mc["dropout"],
-        mc["pad_id"],
-        embed_dropout=mc.get("embed_dropout", 0.0),
-    )
-    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-    vocab = _data.Vocab.from_dict(meta["vocab"])
+        raise CheckpointError(f"{ck}: expected a classifier checkpoint, got {meta.get('kind')!r}")
+    with interpreting(ck, "__meta__ of a classifier checkpoint"):
+        mc = meta["model"]
+        model = SequenceClassifier(
+            mc["vocab_size"],
+            mc["num_classes"],
+            mc["embed_size"],
+            mc["hidden_size"],
+            mc["pool"],
+            mc["dropout"],
+            mc["pad_id"],
+            embed_dropout=mc.get("embed_dropout", 0.0),
+        )
+        vocab = _data.Vocab.from_dict(meta["vocab"])
+        max_len = meta["config"]["max_len"]
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
+            raise ValueError(f"config.max_len: expected an int >= 1, got {max_len!r}")
+        if len(vocab) != model.config["vocab_size"]:
+            raise ValueError(
+                f"vocab: expected {model.config['vocab_size']} tokens (the model's vocab_size), "
+                f"got {len(vocab)}"
+            )
+    restore_module(ck, model, arrays)
     nb = NaiveBayes.load(p / NB_FILE) if (p / NB_FILE).exists() else None
     return model, vocab, nb, meta
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data as _data
-from .checkpoint import load_npz, save_npz
+from .checkpoint import CheckpointError, check_arrays, interpreting, load_npz, save_npz
 
 __all__ = ["NaiveBayes"]
 
@@ -89,11 +89,24 @@ class NaiveBayes:
 
     @classmethod
     def load(cls, path) -> NaiveBayes:
+        """Read a file written by :meth:`save`; :class:`CheckpointError` (a ``ValueError``) if it
+        is not one, or if its arrays do not fit its feature list: ``counts`` (F, C) and
+        ``class_count`` (C,), float64."""
         arrays, meta = load_npz(Path(path))
         if meta.get("kind") != "naive_bayes":
-            raise ValueError(f"{path}: expected a naive_bayes file, got {meta.get('kind')!r}")
-        nb = cls(meta["alpha"], meta["char_n"], meta["word_n"])
-        nb.index = {f: i for i, f in enumerate(meta["features"])}
+            raise CheckpointError(f"{path}: expected a naive_bayes file, got {meta.get('kind')!r}")
+        with interpreting(path, "__meta__ of a naive_bayes file"):
+            nb = cls(meta["alpha"], meta["char_n"], meta["word_n"])
+            feats = meta["features"]
+            if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
+                raise TypeError("features: expected a list of str")
+        f64 = np.float64
+        check_arrays(
+            path, arrays, {"counts": ((len(feats), None), f64), "class_count": ((None,), f64)}
+        )
+        C = arrays["counts"].shape[1]
+        check_arrays(path, arrays, {"class_count": ((C,), f64)}, strict=False)
+        nb.index = {f: i for i, f in enumerate(feats)}
         nb.counts, nb.class_count = arrays["counts"], arrays["class_count"]
         nb._prepare()
         return nb

@@ -1,0 +1,249 @@
+// Argument checking shared by the binding files (bindings.cpp, bindings_cells.cpp): every array
+// argument is checked before any work (type, dtype, rank, shape, contiguity, alignment,
+// writeability) with an error that names it and says what was expected and what was given;
+// output sizes are checked before anything is allocated. Nothing is converted or copied silently.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // check_layout casts a std::vector: every includer must see this
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shapes.h"
+
+namespace lstm_fast {
+namespace bind {
+
+namespace py = pybind11;
+using farray = py::array_t<float, py::array::c_style>;
+
+// One expected dimension: a letter of the legend (or a short formula) and its size.
+struct Dim {
+  std::string name;
+  index_t size;
+};
+
+inline std::string shape_str(const py::array& a) {
+  std::ostringstream os;
+  os << "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) os << (d ? ", " : "") << a.shape(d);
+  if (a.ndim() == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+inline std::string expected_str(const std::vector<Dim>& dims) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t d = 0; d < dims.size(); ++d)
+    os << (d ? ", " : "") << dims[d].name << "=" << dims[d].size;
+  if (dims.size() == 1) os << ",";
+  os << ")";
+  return os.str();
+}
+
+inline std::string type_name(py::handle h) {
+  return py::str(py::type::of(h).attr("__name__"));
+}
+
+// Type, dtype and rank; returns the array (no copy).
+inline py::array check_float_array(py::handle obj, const std::string& name, int ndim,
+                                   const std::string& legend) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
+                         type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw py::type_error(name + ": expected dtype float32, got " +
+                         std::string(py::str(a.dtype())) +
+                         " (convert explicitly, e.g. x.astype(np.float32))");
+  if (a.ndim() != ndim)
+    throw py::value_error(name + ": expected " + std::to_string(ndim) + " dimensions " + legend +
+                          ", got " + std::to_string(a.ndim()) + " with shape " + shape_str(a));
+  return a;
+}
+
+inline void check_layout(const py::array& a, const std::string& name, bool writeable) {
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(name + ": expected a C-contiguous array, got strides " +
+                          std::string(py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
+                              a.strides(), a.strides() + a.ndim()))))) +
+                          " (use np.ascontiguousarray)");
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(float) != 0)
+    throw py::value_error(name + ": expected float32-aligned data, got a misaligned buffer");
+  if (writeable && !a.writeable())
+    throw py::value_error(name + ": expected a writeable array, got a read-only one");
+}
+
+inline void check_shape(const py::array& a, const std::string& name,
+                        const std::vector<Dim>& dims) {
+  for (size_t d = 0; d < dims.size(); ++d)
+    if (a.shape(d) != dims[d].size)
+      throw py::value_error(name + ": expected shape " + expected_str(dims) + ", got " +
+                            shape_str(a));
+}
+
+// Full check of an array argument with a known expected shape.
+inline py::array arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims,
+                     bool writeable = false) {
+  std::string legend = "(";
+  for (size_t d = 0; d < dims.size(); ++d) legend += (d ? ", " : "") + dims[d].name;
+  legend += dims.size() == 1 ? ",)" : ")";
+  py::array a = check_float_array(obj, name, static_cast<int>(dims.size()), legend);
+  check_shape(a, name, dims);
+  check_layout(a, name, writeable);
+  return a;
+}
+
+// The hot-path test of a per-step call: true only for a native float32, C-contiguous, aligned
+// array of exactly these dimensions (and writeable when asked). Conservative: false sends the
+// caller to the full checks of arg(), which raise the detailed error (or accept).
+inline bool quick_ok(py::handle obj, std::initializer_list<index_t> dims, bool writeable = false) {
+  namespace d = py::detail;
+  if (!py::array::check_(obj)) return false;
+  const auto* p = d::array_proxy(obj.ptr());
+  if (p->nd != static_cast<int>(dims.size())) return false;
+  int i = 0;
+  for (index_t n : dims)
+    if (p->dimensions[i++] != n) return false;
+  if (!(p->flags & d::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return false;
+  if (writeable && !(p->flags & d::npy_api::NPY_ARRAY_WRITEABLE_)) return false;
+  if (reinterpret_cast<std::uintptr_t>(p->data) % alignof(float) != 0) return false;
+  const auto* descr = d::array_descriptor_proxy(p->descr);
+  return descr->type_num == d::npy_api::NPY_FLOAT_ && descr->byteorder == '=';
+}
+
+// None stays None; anything else must pass arg().
+inline py::object opt_arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims) {
+  return obj.is_none() ? py::object(py::none()) : py::object(arg(obj, name, dims));
+}
+
+inline const float* cptr(const py::array& a) { return static_cast<const float*>(a.data()); }
+inline float* mptr(py::array& a) { return static_cast<float*>(a.mutable_data()); }
+inline const float* opt_ptr(const py::object& o) {
+  return o.is_none() ? nullptr : static_cast<const float*>(py::array(o).data());
+}
+inline float* opt_mptr(py::object& o) {
+  return o.is_none() ? nullptr : static_cast<float*>(py::array(o).mutable_data());
+}
+
+// The largest byte count an output or workspace may have: 2^47 (128 TiB, half of a 48-bit
+// address space). Anything larger cannot be allocated on any machine this runs on; refusing it
+// up front gives an error that names the argument instead of NumPy's or the allocator's.
+constexpr std::uint64_t kMaxBytes = std::uint64_t{1} << 47;
+
+// Refuses an output (or workspace) of these dimensions when it cannot exist, naming the input
+// argument whose sizes ask for it: "x: ... needs y (T=.., B=.., H=..) of 2^62 bytes ...".
+inline void check_output(const std::string& arg_name, const std::string& out_name,
+                         const std::vector<Dim>& dims) {
+  std::uint64_t n = 1;
+  bool over = false, zero = false;
+  for (const auto& d : dims) zero = zero || d.size == 0;
+  if (zero) return;
+  for (const auto& d : dims)
+    over = over || __builtin_mul_overflow(n, static_cast<std::uint64_t>(d.size), &n) ||
+           n > kMaxBytes / sizeof(float);
+  if (!over) return;
+  std::ostringstream os;
+  os << arg_name << ": these sizes need " << out_name << " " << expected_str(dims)
+     << " of float32, more than 2^47 bytes (128 TiB): beyond any memory";
+  throw py::value_error(os.str());
+}
+
+// The largest thread count accepted: 4 x the hardware threads, at least 64. More threads than
+// that only oversubscribe, and OpenMP runtimes crash creating hundreds of thousands of them.
+inline int max_threads() {
+  const unsigned hw = std::thread::hardware_concurrency();
+  return static_cast<int>(std::max<unsigned>(64, 4 * hw));
+}
+
+inline int checked_threads(long long n, const char* what) {
+  if (n < 1 || n > max_threads())
+    throw py::value_error(std::string(what) + ": expected an int in [1, " +
+                          std::to_string(max_threads()) + "] (4 x the hardware threads, at " +
+                          "least 64), got " + std::to_string(n));
+  return static_cast<int>(n);
+}
+
+// Reaching a cache's saved input whose shape or layout the caller changed since forward.
+inline void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& shape,
+                            const std::string& name) {
+  std::vector<py::ssize_t> now(a.shape(), a.shape() + a.ndim());
+  if (now != shape || !(a.flags() & py::array::c_style))
+    throw py::value_error("cache: " + name +
+                          " was reshaped or re-laid out since the forward call");
+}
+
+// batch_sizes: None, or int64 (T,), non-increasing, each in [0, B]. Returns a private copy:
+// a cache keeps it for backward, which trusts its values, so a caller's later in-place change
+// must not reach it.
+inline py::object check_batch_sizes(py::handle obj, index_t T, index_t B) {
+  if (obj.is_none()) return py::none();
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error("batch_sizes: expected a numpy.ndarray of dtype int64, got " +
+                         type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
+    throw py::type_error("batch_sizes: expected dtype int64, got " +
+                         std::string(py::str(a.dtype())));
+  if (a.ndim() != 1 || a.shape(0) != T)
+    throw py::value_error("batch_sizes: expected shape (T=" + std::to_string(T) + ",), got " +
+                          shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error("batch_sizes: expected a C-contiguous array");
+  py::array_t<std::int64_t> copy(T);
+  std::copy_n(static_cast<const std::int64_t*>(a.data()), T, copy.mutable_data());
+  const std::int64_t* v = copy.data();
+  for (index_t t = 0; t < T; ++t) {
+    if (v[t] < 0 || v[t] > B)
+      throw py::value_error("batch_sizes: expected values in [0, B=" + std::to_string(B) +
+                            "], got " + std::to_string(v[t]) + " at step " + std::to_string(t));
+    if (t > 0 && v[t] > v[t - 1])
+      throw py::value_error("batch_sizes: expected non-increasing values (rows sorted by "
+                            "length, longest first), got " +
+                            std::to_string(v[t - 1]) + " then " + std::to_string(v[t]) +
+                            " at step " + std::to_string(t));
+  }
+  return std::move(copy);
+}
+
+inline const index_t* bs_ptr(const py::object& o) {
+  return o.is_none() ? nullptr : static_cast<const index_t*>(py::array(o).data());
+}
+
+// Gradient outputs: allocated (zeroed) here, or given by the caller to accumulate into.
+inline py::array grad_out(py::handle given, const std::string& name,
+                          const std::vector<Dim>& dims) {
+  if (given.is_none()) {
+    std::vector<py::ssize_t> shape;
+    for (const auto& d : dims) shape.push_back(d.size);
+    farray out(shape);
+    std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0.0f);
+    return out;
+  }
+  return arg(given, name, dims, /*writeable=*/true);
+}
+
+// 64-byte aligned scratch memory for one call, freed on scope exit.
+struct Workspace {
+  float* p = nullptr;
+  explicit Workspace(index_t n) {
+    size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+    if (!p) throw std::bad_alloc();
+  }
+  ~Workspace() { std::free(p); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+};
+
+}  // namespace bind
+}  // namespace lstm_fast

@@ -282,6 +282,11 @@ PYBIND11_MODULE(_core, m) {
         [](long long n) { set_num_threads(checked_threads(n, "set_num_threads: n")); },
         py::arg("n"));
   m.def("max_threads", &max_threads);
+  m.def(
+      "_set_local_threads",
+      [](long long n) { set_local_num_threads(n == 0 ? 0 : checked_threads(n, "n")); },
+      py::arg("n"));
+  m.def("_get_local_threads", &get_local_num_threads);
   m.def("_find_nonfinite", &find_nonfinite_py, py::arg("a"));
   m.def("get_num_threads", &get_num_threads);
   m.def("cpu_info", []() {

@@ -112,7 +112,15 @@ void init_dispatch() {
   }
 }
 
+// A per-thread override (0: none), for a Python thread that runs one of two concurrent
+// directions of a bidirectional layer on its share of the cores.
+thread_local int t_local_threads = 0;
+
+void set_local_num_threads(int n) { t_local_threads = n < 0 ? 0 : n; }
+int get_local_num_threads() { return t_local_threads; }
+
 int get_num_threads() {
+  if (t_local_threads > 0) return t_local_threads;
   int n = g_threads.load(std::memory_order_relaxed);
   if (n > 0) return n;
 #if defined(_OPENMP)

@@ -19,6 +19,9 @@ void set_isa(const std::string& name);
 // The table chosen at import: LSTM_FAST_ISA if set (throws if unsupported), else the best.
 void init_dispatch();
 
+// Per-OS-thread override of get_num_threads() (0 clears it).
+void set_local_num_threads(int n);
+int get_local_num_threads();
 int get_num_threads();
 void set_num_threads(int n);  // n >= 1
 

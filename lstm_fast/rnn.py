@@ -15,8 +15,9 @@ a sequence's length are zero and ``h_n``/``c_n`` are the states at each sequence
 from __future__ import annotations
 
 import math
+import threading
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -141,6 +142,53 @@ class _Direction:
         fn = ops._core.gru_backward if mode == "GRU" else ops._core.rnn_backward
         dx, dh0, *_ = fn(cache, dy, dhn, g_ih, g_hh, g_bih, g_bhh)
         return dx, dh0, None
+
+
+# ---- both directions at once ---------------------------------------------------------------
+
+# None: decide by size; True / False: always / never run the two directions of a bidirectional
+# layer concurrently (for benchmarks and tests).
+BIDIRECTIONAL_CONCURRENT: Optional[bool] = None
+_pool: list = []
+_pool_lock = threading.Lock()
+
+
+def _directions(run: Callable[[int], Any], D: int) -> list:
+    """``[run(0), run(1)]`` (or ``[run(0)]``). With two directions and at least two threads, the
+    reverse direction runs on a helper thread while the caller runs the forward one, each with
+    half the thread team (the kernels release the GIL): two independent recurrences overlap
+    instead of each paying a barrier per step on the whole team."""
+    P = ops._core.get_num_threads()
+    concurrent = BIDIRECTIONAL_CONCURRENT
+    if concurrent is None:
+        concurrent = P >= 2
+    if D == 1 or not concurrent or P < 2:
+        return [run(d) for d in range(D)]
+    with _pool_lock:
+        if not _pool:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _pool.append(ThreadPoolExecutor(1, thread_name_prefix="lstm_fast-reverse"))
+    n1 = P // 2
+    n0 = P - n1
+
+    def reverse():
+        before = ops._core._get_local_threads()
+        ops._core._set_local_threads(n1)
+        try:
+            return run(1)
+        finally:
+            ops._core._set_local_threads(before)
+
+    fut = _pool[0].submit(reverse)
+    before = ops._core._get_local_threads()
+    ops._core._set_local_threads(n0)
+    try:
+        r0 = run(0)
+    finally:
+        ops._core._set_local_threads(before)
+        r1 = fut.result()  # always joined (its exception, if any, propagates)
+    return [r0, r1]
 
 
 class _RNNBase(Module):
@@ -352,12 +400,13 @@ class _RNNBase(Module):
         layer_in = x
         for k in range(L):
             outs = []
-            for d in range(D):
+
+            def run(d, k=k, layer_in=layer_in):
                 p = self._params(k, d)
                 w = tuple(None if q is None else q.data for q in p)
                 idx = k * D + d
                 inp = layer_in if d == 0 else np.ascontiguousarray(flip(layer_in))
-                y, hn, cn, cache = _Direction.forward(
+                return _Direction.forward(
                     self._mode,
                     inp,
                     w,
@@ -367,6 +416,9 @@ class _RNNBase(Module):
                     training,
                     bool(self.proj_size),
                 )
+
+            for d, (y, hn, cn, cache) in enumerate(_directions(run, D)):
+                idx = k * D + d
                 h_n[idx] = hn
                 if c_n is not None:
                     c_n[idx] = cn
@@ -480,23 +532,27 @@ class _RNNBase(Module):
             _, mask, pdrop = saved[pos]
             if pdrop > 0:
                 grad = grad * mask if mask is not None else np.zeros_like(grad)
-            dins = []
-            for d in reversed(range(D)):
-                pos -= 1
-                cache = saved[pos]
+            caches = saved[pos - D : pos]  # direction d's cache is caches[d]
+            pos -= D
+
+            def run(d, k=k, grad=grad, caches=caches):
                 idx = k * D + d
                 p = self._params(k, d)
                 grads = tuple(None if q is None else q.grad for q in p)
                 g = grad[:, :, d * P : (d + 1) * P]
                 g = np.ascontiguousarray(g if d == 0 else flip(g), dtype=np.float32)
-                dx, dh0_i, dc0_i = _Direction.backward(
+                return _Direction.backward(
                     self._mode,
-                    cache,
+                    caches[d],
                     g,
                     None if dhn_all is None else _c(dhn_all[idx]),
                     None if dcn_all is None else _c(dcn_all[idx]),
                     grads,
                 )
+
+            dins = []
+            for d, (dx, dh0_i, dc0_i) in enumerate(_directions(run, D)):
+                idx = k * D + d
                 dh0[idx] = dh0_i
                 if dc0 is not None:
                     dc0[idx] = dc0_i

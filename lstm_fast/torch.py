@@ -1,10 +1,12 @@
 r"""Drop-in PyTorch modules computed by lstm_fast's kernels (``pip install lstm_fast[torch]``).
 
-:class:`LSTM`, :class:`GRU` and :class:`RNN` are :class:`torch.nn.LSTM` / ``GRU`` / ``RNN``
-(subclasses: same constructor, ``nn.Parameter`` names, ``state_dict``, ``repr`` and forward
-signature) whose forward and backward run on lstm_fast's fused C++ kernels through a
-:class:`torch.autograd.Function`. :func:`replace_rnns` turns every ``nn.LSTM``/``nn.GRU``/
-``nn.RNN`` of an existing model into ours in place, :func:`restore_rnns` turns them back::
+:class:`LSTM`, :class:`GRU` and :class:`RNN` are :class:`torch.nn.LSTM` / ``GRU`` / ``RNN``, and
+:class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell` are :class:`torch.nn.LSTMCell` /
+``GRUCell`` / ``RNNCell`` (subclasses: same constructor and initialisation, ``nn.Parameter``
+names, ``state_dict``, ``repr`` and forward signature) whose forward and backward run on
+lstm_fast's fused C++ kernels through a :class:`torch.autograd.Function`. :func:`replace_rnns`
+turns every ``nn.LSTM``/``GRU``/``RNN`` and ``nn.LSTMCell``/``GRUCell``/``RNNCell`` of an
+existing model into ours in place, :func:`restore_rnns` turns them back::
 
     >>> import torch, lstm_fast.torch as lft
     >>> model = torch.nn.Sequential()  # any model with nn.LSTM submodules
@@ -17,22 +19,26 @@ How tensors reach the kernels
     The kernels are float32-only and CPU-only:
 
     * the input's dtype must equal the parameters' dtype, as in ``torch.nn.LSTM``
-      (``ValueError: input must have the type torch.float32, got type torch.float64``); a float64
-      input is never converted silently — call ``x.float()``;
+      (``ValueError: input must have the type torch.float32, got type torch.float64``; the cells
+      raise ``TypeError`` naming the argument: ``input``, ``hx[0]``, ...); a float64 input is
+      never converted silently — call ``x.float()``;
     * parameters of another dtype (``model.double()``, ``.half()``) raise ``TypeError``; CUDA (or
       any non-CPU) tensors raise ``RuntimeError``. Use :func:`restore_rnns` for those models.
 
 Autograd
-    One ``autograd.Function`` per layer and direction: its forward runs the training kernel
+    One ``autograd.Function`` per layer and direction (per step for a cell, a sequence of
+    T = 1 for the kernels; backpropagation through an unrolled loop of cell steps is autograd's,
+    one lstm_fast backward per step): its forward runs the training kernel
     (which keeps the gates for backward) when a gradient is needed and the inference kernel
     (no cache, no workspace) under ``torch.no_grad()`` / ``torch.inference_mode()`` or when no
     input or parameter requires grad. Its backward calls lstm_fast's backward and returns fresh
     gradients, so autograd accumulates them into ``.grad`` as usual (hooks, DDP bucketing and
-    gradient accumulation work unchanged). Inputs, parameters and outputs the kernel cache refers
-    to are saved with ``save_for_backward``: modifying them in place before ``backward`` raises
-    torch's usual version-counter error instead of giving wrong gradients. Layers are composed
-    as in ``torch.nn.LSTM``: the reverse direction runs on a time-reversed copy, dropout between
-    layers is ``torch.nn.functional.dropout`` (torch's RNG, training mode only).
+    gradient accumulation work unchanged). Inputs, initial states, parameters and outputs the
+    kernel cache refers to are saved with ``save_for_backward``: modifying them in place before
+    ``backward`` raises torch's usual version-counter error instead of giving wrong gradients.
+    Layers are composed as in ``torch.nn.LSTM``: the reverse direction runs on a time-reversed
+    copy, dropout between layers is ``torch.nn.functional.dropout`` (torch's RNG, training mode
+    only).
 
 PackedSequence
     The kernels take PyTorch's ``batch_sizes`` directly, so packed input costs no arithmetic on
@@ -43,13 +49,14 @@ PackedSequence
 
 torch.compile
     ``torch.compile`` graph-breaks on the module (Dynamo treats every ``nn.RNNBase`` so unless
-    ``torch._dynamo.config.allow_rnn`` is set, and the forward is wrapped in
-    ``torch.compiler.disable`` while compiling either way): the rest of the model is compiled,
-    the recurrent layer runs eagerly on lstm_fast's kernels. Nothing fails; the graph is split
-    in two (Dynamo logs the graph break and warns once that a disabled function was skipped).
+    ``torch._dynamo.config.allow_rnn`` is set, and the forward of every module here, cells
+    included, is wrapped in ``torch.compiler.disable`` while compiling either way): the rest of
+    the model is compiled, the recurrent layer runs eagerly on lstm_fast's kernels. Nothing
+    fails; the graph is split (once per cell call in an unrolled loop; Dynamo logs the graph
+    breaks and warns once that a disabled function was skipped).
 
 Not supported yet: ``proj_size > 0`` (``LSTM`` raises ``NotImplementedError``; ``replace_rnns``
-leaves such modules as they are); the cells (``LSTMCell``, ``GRUCell``, ``RNNCell``).
+leaves such modules as they are).
 """
 
 from __future__ import annotations
@@ -65,7 +72,16 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
 
-__all__ = ["GRU", "LSTM", "RNN", "replace_rnns", "restore_rnns"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "GRUCell",
+    "LSTMCell",
+    "RNNCell",
+    "replace_rnns",
+    "restore_rnns",
+]
 
 
 # -- kernels ---------------------------------------------------------------------------------------
@@ -170,7 +186,7 @@ class _Direction(torch.autograd.Function):
         ctx.cache = cache
         if cache is not None:
             # Only for torch's version-counter check: the cache refers to these tensors' memory.
-            ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, y_t)
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y_t)
         outs = (y_t, torch.from_numpy(h_n))
         return outs + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
 
@@ -217,8 +233,21 @@ def _reverse(x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
     return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
 
 
-# torch.compiler.disable(_FastRNNMixin._fast_forward), made on first use (it imports Dynamo, ~1 s).
-_DISABLED_FORWARD: list[Callable] = []
+# torch.compiler.disable(f) of each module's _fast_forward, made on first use (it imports
+# Dynamo, ~1 s).
+_DISABLED: dict[Callable, Callable] = {}
+
+
+def _eager(fast_forward: Callable) -> Callable:
+    """``fast_forward`` itself, or kept out of Dynamo's reach when torch.compile may be running
+    (Dynamo cannot trace the kernels' frames and would otherwise try, frame by frame, and fall
+    back each time)."""
+    if "torch._dynamo" not in sys.modules:
+        return fast_forward
+    disabled = _DISABLED.get(fast_forward)
+    if disabled is None:
+        disabled = _DISABLED[fast_forward] = torch.compiler.disable(fast_forward)
+    return disabled
 
 
 # -- modules ---------------------------------------------------------------------------------------
@@ -346,13 +375,7 @@ class _FastRNNMixin:
         return y, self._torch_hidden(hidden)
 
     def forward(self, input, hx=None):
-        if "torch._dynamo" in sys.modules:
-            # torch.compile may be running: keep Dynamo out of the kernels' frames (it cannot
-            # trace them and would otherwise try, frame by frame, and fall back each time).
-            if not _DISABLED_FORWARD:
-                _DISABLED_FORWARD.append(torch.compiler.disable(_FastRNNMixin._fast_forward))
-            return _DISABLED_FORWARD[0](self, input, hx)
-        return self._fast_forward(input, hx)
+        return _eager(_FastRNNMixin._fast_forward)(self, input, hx)
 
 
 class LSTM(_FastRNNMixin, nn.LSTM):
@@ -442,8 +465,209 @@ class RNN(_FastRNNMixin, nn.RNN):
     """
 
 
+# -- cells -----------------------------------------------------------------------------------------
+def _shape(t: torch.Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+class _FastCellMixin:
+    """One step of a cell over lstm_fast's kernels (a sequence of T = 1), shared by the
+    LSTMCell/GRUCell/RNNCell subclasses.
+
+    Subclasses put this mixin before the torch class, so that the constructor, initialisation,
+    parameters and ``repr`` are torch's own; the kernel is chosen by :meth:`_mode`.
+    """
+
+    def _mode(self) -> str:
+        return type(self)._MODE
+
+    def _check_args(self, name: str, input, hx, has_cell: bool):
+        """torch's rank checks (same types and messages), then device, dtype and shapes.
+        Returns the states as a tuple of tensors (empty when ``hx`` is None)."""
+        if not isinstance(input, torch.Tensor):
+            got = type(input).__name__
+            raise TypeError(f"lstm_fast.torch.{name}: input: expected a torch.Tensor, got {got}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is None:
+            states, labels = (), ()
+        elif has_cell:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                got = (
+                    f"a {type(hx).__name__} of length {len(hx)}"
+                    if isinstance(hx, (tuple, list))
+                    else f"a {type(hx).__name__}"
+                )
+                raise TypeError(
+                    f"lstm_fast.torch.{name}: hx: expected a tuple (h_0, c_0) of tensors, got {got}"
+                )
+            states, labels = tuple(hx), ("hx[0]", "hx[1]")
+        else:
+            states, labels = (hx,), ("hx",)
+        for label, h in zip(labels, states):
+            if not isinstance(h, torch.Tensor):
+                got = type(h).__name__
+                raise TypeError(
+                    f"lstm_fast.torch.{name}: {label}: expected a torch.Tensor, got {got}"
+                )
+            if h.dim() not in (1, 2):
+                what = label if has_cell else "hidden"  # torch's own wording
+                raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
+        for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            t = getattr(self, p)
+            if t is not None:
+                _check_tensor(name, p, t)
+        _check_tensor(name, "input", input)
+        for label, h in zip(labels, states):
+            _check_tensor(name, label, h)
+        I, H = self.input_size, self.hidden_size
+        batched = input.dim() == 2
+        if input.shape[-1] != I:
+            want = f"(B, I={I})" if batched else f"(I={I},)"
+            raise RuntimeError(
+                f"lstm_fast.torch.{name}: input: expected shape {want}, got {_shape(input)}"
+            )
+        B = input.shape[0] if batched else None
+        for label, h in zip(labels, states):
+            if _shape(h) != ((B, H) if batched else (H,)):
+                want = f"(B={B}, H={H})" if batched else f"(H={H},) for unbatched input"
+                raise RuntimeError(
+                    f"lstm_fast.torch.{name}: {label}: expected shape {want}, got {_shape(h)}"
+                )
+        return states
+
+    def _fast_forward(self, input, hx=None):
+        name = type(self).__name__
+        kernel = _KERNELS[self._mode()]
+        states = self._check_args(name, input, hx, kernel.has_cell)
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+            states = tuple(h.unsqueeze(0) for h in states)
+        h0, c0 = (tuple(states) + (None, None))[:2]
+        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        need_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (input, *states, *params)
+        )
+        # A step is a sequence of T = 1: x (1, B, I) -> y (1, B, H) (unused), h_1, c_1 (B, H).
+        res = _Direction.apply(kernel, need_grad, None, input.unsqueeze(0), h0, c0, *params)
+        out = res[1:]
+        if not batched:
+            out = tuple(o.squeeze(0) for o in out)
+        return out if kernel.has_cell else out[0]
+
+    def forward(self, input, hx=None):
+        return _eager(_FastCellMixin._fast_forward)(self, input, hx)
+
+
+class LSTMCell(_FastCellMixin, nn.LSTMCell):
+    r"""``torch.nn.LSTMCell`` computed by lstm_fast's kernels: one step, same constructor,
+    initialisation, parameters and forward.
+
+    .. math::
+        i = \sigma(W_{ii} x + b_{ii} + W_{hi} h + b_{hi}) \qquad
+        f = \sigma(W_{if} x + b_{if} + W_{hf} h + b_{hf}) \\
+        g = \tanh(W_{ig} x + b_{ig} + W_{hg} h + b_{hg}) \qquad
+        o = \sigma(W_{io} x + b_{io} + W_{ho} h + b_{ho}) \\
+        c' = f \odot c + i \odot g \qquad h' = o \odot \tanh(c')
+
+    Args:
+        input_size, hidden_size, bias=True, device=None, dtype=None: as ``torch.nn.LSTMCell``
+        (only float32 CPU parameters run).
+
+    Inputs: ``input, (h_0, c_0)``
+        input: (B, I) or (I,) unbatched; float32 CPU tensor (any layout; non-contiguous input
+        is copied once). h_0, c_0: (B, H) ((H,) unbatched), zeros when ``hx`` is omitted.
+
+    Outputs: ``(h_1, c_1)``, each (B, H) ((H,) unbatched).
+
+    Attributes:
+        weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh (4H,), rows in gate order
+        i, f, g, o: ``nn.Parameter``\ s named as torch's, initialised
+        :math:`\mathcal{U}(-1/\sqrt{H}, 1/\sqrt{H})` by torch's ``reset_parameters``.
+
+    A step runs the kernels as a sequence of T = 1; backward through an unrolled loop of steps
+    is autograd's, calling lstm_fast's backward once per step (gradients reach ``input``,
+    ``h_0``, ``c_0`` and the parameters). For a whole sequence known in advance, :class:`LSTM`
+    runs the loop in the kernels (the input projection hoisted over all steps) and is faster.
+
+    Example::
+
+        >>> import torch, lstm_fast.torch as lft
+        >>> cell = lft.LSTMCell(10, 20)
+        >>> x = torch.randn(6, 3, 10)
+        >>> h, c = torch.zeros(3, 20, requires_grad=True), torch.zeros(3, 20)
+        >>> outs = []
+        >>> for x_t in x:
+        ...     h, c = cell(x_t, (h, c))
+        ...     outs.append(h)
+        >>> torch.stack(outs).shape
+        torch.Size([6, 3, 20])
+        >>> torch.stack(outs).sum().backward()
+    """
+
+    _MODE = "LSTM"
+
+
+class GRUCell(_FastCellMixin, nn.GRUCell):
+    r"""``torch.nn.GRUCell`` computed by lstm_fast's kernels: one step, same constructor,
+    initialisation, parameters and forward.
+
+    .. math::
+        r = \sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}) \qquad
+        z = \sigma(W_{iz} x + b_{iz} + W_{hz} h + b_{hz}) \\
+        n = \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})) \qquad
+        h' = (1 - z) \odot n + z \odot h
+
+    Arguments, inputs (``input, h_0``: (B, I) or (I,), (B, H) or (H,)), output ``h_1`` and
+    attributes (``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih``, ``bias_hh`` (3H,),
+    rows r, z, n) exactly as ``torch.nn.GRUCell``; float32 CPU tensors only, as
+    :class:`LSTMCell`.
+
+    Example::
+
+        >>> import torch, lstm_fast.torch as lft
+        >>> h = lft.GRUCell(10, 20)(torch.randn(3, 10))
+        >>> h.shape
+        torch.Size([3, 20])
+    """
+
+    _MODE = "GRU"
+
+
+class RNNCell(_FastCellMixin, nn.RNNCell):
+    r"""``torch.nn.RNNCell`` (Elman, ``nonlinearity="tanh"`` or ``"relu"``) computed by
+    lstm_fast's kernels: :math:`h' = \tanh(W_{ih} x + b_{ih} + W_{hh} h + b_{hh})`.
+
+    Arguments, inputs (``input, h_0``), output ``h_1`` and attributes (``weight_ih`` (H, I),
+    ``weight_hh`` (H, H), ``bias_ih``, ``bias_hh`` (H,)) exactly as ``torch.nn.RNNCell``
+    (another ``nonlinearity`` raises ``RuntimeError`` at the first forward, as torch's);
+    float32 CPU tensors only, as :class:`LSTMCell`.
+
+    Example::
+
+        >>> import torch, lstm_fast.torch as lft
+        >>> h = lft.RNNCell(10, 20, nonlinearity="relu")(torch.randn(10))
+        >>> h.shape
+        torch.Size([20])
+    """
+
+    def _mode(self) -> str:
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return modes[self.nonlinearity]
+
+
 # -- swapping --------------------------------------------------------------------------------------
-_SWAPS: dict[type, type] = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
+_SWAPS: dict[type, type] = {
+    nn.LSTM: LSTM,
+    nn.GRU: GRU,
+    nn.RNN: RNN,
+    nn.LSTMCell: LSTMCell,
+    nn.GRUCell: GRUCell,
+    nn.RNNCell: RNNCell,
+}
 _UNSWAPS: dict[type, type] = {v: k for k, v in _SWAPS.items()}
 
 
@@ -460,12 +684,14 @@ def _swap(model: nn.Module, table: dict[type, type], check: bool) -> nn.Module:
 
 
 def replace_rnns(model: nn.Module) -> nn.Module:
-    """Make every ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` in ``model`` (recursively, ``model``
-    included) lstm_fast's :class:`LSTM` / :class:`GRU` / :class:`RNN` in place; returns ``model``.
+    """Make every ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` / ``LSTMCell`` / ``GRUCell`` /
+    ``RNNCell`` in ``model`` (recursively, ``model`` included) lstm_fast's :class:`LSTM` /
+    :class:`GRU` / :class:`RNN` / :class:`LSTMCell` / :class:`GRUCell` / :class:`RNNCell` in
+    place; returns ``model``.
 
     The swap changes the modules' class only: the module objects, their ``nn.Parameter``\\ s
     (so optimizers built before keep working), buffers, hooks and ``state_dict`` stay as they are.
-    Only modules whose type is exactly ``nn.LSTM`` (``GRU``, ``RNN``) are swapped (a user
+    Only modules whose type is exactly one of torch's (``nn.LSTM``, ...) are swapped (a user
     subclass keeps its own forward); ``proj_size > 0`` modules are left to torch. The kernels
     need float32 CPU parameters: the first forward raises a clear error otherwise.
     """

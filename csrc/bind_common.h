@@ -6,6 +6,7 @@
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // check_layout casts a std::vector: every includer must see this
 
 #include <algorithm>
 #include <cmath>

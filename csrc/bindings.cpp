@@ -230,6 +230,7 @@ py::object find_nonfinite_py(py::handle obj) {
 }  // namespace
 
 void bind_cells(py::module_& m);  // bindings_cells.cpp: GRU, RNN
+void bind_lstm_proj(py::module_& m);  // bindings_proj.cpp: LSTM with projection
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_fast C++ core (private: use lstm_fast.ops and lstm_fast.LSTM)";
@@ -271,6 +272,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dc_n"), py::arg("dweight_ih") = py::none(), py::arg("dweight_hh") = py::none(),
         py::arg("dbias_ih") = py::none(), py::arg("dbias_hh") = py::none());
   bind_cells(m);
+  bind_lstm_proj(m);
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
         py::arg("trans_b") = false);
   m.def("sigmoid", [](py::handle x) { return activation_py(x, false); }, py::arg("x"));

@@ -15,21 +15,48 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["LSTMGrads", "lstm_forward", "lstm_backward", "gemm", "LSTMCache"]
+__all__ = ["LSTMGrads", "lstm_forward", "lstm_backward", "gemm", "LSTMCache", "LSTMProjCache"]
 
 LSTMCache = _core.LSTMCache
+LSTMProjCache = _core.LSTMProjCache
 
 
-class LSTMGrads(NamedTuple):
-    """Gradients of an LSTM layer, as returned by :func:`lstm_backward`."""
-
+class _LSTMGradsTuple(NamedTuple):
     dx: np.ndarray  # (T, B, I)
-    dh0: np.ndarray  # (B, H)
+    dh0: np.ndarray  # (B, H), (B, P) with a projection
     dc0: np.ndarray  # (B, H)
     dweight_ih: np.ndarray  # (4H, I)
-    dweight_hh: np.ndarray  # (4H, H)
+    dweight_hh: np.ndarray  # (4H, H), (4H, P) with a projection
     dbias_ih: Optional[np.ndarray]  # (4H,) or None without bias
     dbias_hh: Optional[np.ndarray]  # (4H,) or None without bias
+
+
+class LSTMGrads(_LSTMGradsTuple):
+    """Gradients of an LSTM layer, as returned by :func:`lstm_backward`.
+
+    A 7-tuple ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``, plus the attribute
+    ``dweight_hr``: the (P, H) gradient of the projection, or None without projection. It is an
+    attribute, not an eighth element, so code that unpacks the seven gradients positionally
+    (``dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads``) works with and without projection.
+    """
+
+    dweight_hr: Optional[np.ndarray] = None  # class default; set per instance when projected
+
+    def __new__(
+        cls, dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih=None, dbias_hh=None, dweight_hr=None
+    ):
+        self = super().__new__(cls, dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)
+        if dweight_hr is not None:
+            self.dweight_hr = dweight_hr
+        return self
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        return base if self.dweight_hr is None else base[:-1] + ", dweight_hr=...)"
+
+    def _replace(self, **kw):
+        hr = kw.pop("dweight_hr", self.dweight_hr)
+        return type(self)(*_LSTMGradsTuple._replace(self, **kw), dweight_hr=hr)
 
 
 def _batch_sizes(batch_sizes):
@@ -92,6 +119,7 @@ def lstm_forward(
     training: bool = False,
     batch_sizes=None,
     check_finite: bool = False,
+    weight_hr=None,
 ):
     r"""LSTM over a whole sequence, one layer, one direction (PyTorch's maths and gate order).
 
@@ -99,12 +127,14 @@ def lstm_forward(
         i = \sigma(x W_{ii}^T + b_{ii} + h W_{hi}^T + b_{hi}), \quad
         f = \sigma(\dots), \quad g = \tanh(\dots), \quad o = \sigma(\dots) \\
         c' = f \odot c + i \odot g, \qquad h' = o \odot \tanh(c')
+        \quad (\text{with projection: } h' = (o \odot \tanh(c')) W_{hr}^T)
 
     Args:
         x: (T, B, I) input sequence.
-        weight_ih: (4H, I), rows in gate order i, f, g, o. weight_hh: (4H, H).
+        weight_ih: (4H, I), rows in gate order i, f, g, o. weight_hh: (4H, H), or (4H, P) with
+            a projection.
         bias_ih, bias_hh: (4H,) or None (no bias).
-        h0, c0: (B, H) initial state, or None for zeros.
+        h0, c0: (B, H) initial state, or None for zeros (with a projection h0 is (B, P)).
         training: keep what backward needs and return it as ``cache``.
         batch_sizes: optional (T,) integers, non-increasing, in [0, B]: variable lengths in
             PyTorch's PackedSequence layout (rows sorted by length, longest first; step t runs
@@ -113,9 +143,13 @@ def lstm_forward(
             and no arithmetic is spent on them.
         check_finite: raise ``ValueError`` naming the argument if any float32 input holds NaN
             or +-Inf (default False: they propagate into the outputs as NaN/Inf).
+        weight_hr: optional (P, H) projection of the hidden state, 0 < P < H (PyTorch's
+            ``proj_size``, parameter ``weight_hr_l{k}``): h_t = m_t W_hr^T has P features.
 
     Returns:
         ``(y, h_n, c_n, cache)``: y (T, B, H), h_n and c_n (B, H); cache is None unless training.
+        With ``weight_hr``: y (T, B, P), h_n (B, P), c_n (B, H) and the cache is an
+        :class:`LSTMProjCache`.
         The cache references x, the weights and y (no copies): do not modify them in place
         before calling :func:`lstm_backward`.
 
@@ -136,6 +170,21 @@ def lstm_forward(
     if _check(check_finite):
         _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
         _finite(h0=h0, c0=c0)
+    if weight_hr is not None:
+        if check_finite:
+            _finite(weight_hr=weight_hr)
+        return _core.lstm_proj_forward(
+            x,
+            weight_ih,
+            weight_hh,
+            bias_ih,
+            bias_hh,
+            h0,
+            c0,
+            weight_hr,
+            training,
+            batch_sizes,
+        )
     return _core.lstm_forward(
         x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, training, batch_sizes
     )
@@ -146,19 +195,24 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None, *, check_finite=False) -
 
     Args:
         cache: the cache returned by ``lstm_forward(..., training=True)``; may be used again.
-        dy: (T, B, H) gradient of the loss w.r.t. y, or None for zero.
-        dh_n, dc_n: (B, H) gradients w.r.t. h_n and c_n, or None for zero.
+        dy: (T, B, H) gradient of the loss w.r.t. y, or None for zero ((T, B, P) with a
+            projection).
+        dh_n, dc_n: (B, H) gradients w.r.t. h_n and c_n, or None for zero (dh_n is (B, P) with
+            a projection).
 
     Returns:
         :class:`LSTMGrads` ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``, freshly
-        allocated (bias gradients are None when the forward had no bias). The two bias gradients
-        are equal (both biases enter the gates the same way).
+        allocated (bias gradients are None when the forward had no bias), and its attribute
+        ``dweight_hr``: (P, H) with a projection, else None. The two bias gradients are equal
+        (both biases enter the gates the same way).
 
         ``check_finite=True`` raises ``ValueError`` naming the upstream gradient that holds
         NaN or +-Inf.
     """
     if _check(check_finite):
         _finite(dy=dy, dh_n=dh_n, dc_n=dc_n)
+    if isinstance(cache, LSTMProjCache):
+        return LSTMGrads(*_core.lstm_proj_backward(cache, dy, dh_n, dc_n))
     return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n))
 
 

@@ -22,7 +22,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import ops
-from . import reference as _reference
 from .module import Module, Parameter
 from .ops import _finite
 
@@ -105,12 +104,11 @@ class _Direction:
     def forward(mode, x, w, h0, c0, bs, training, proj):
         w_ih, w_hh, b_ih, b_hh, w_hr = w
         if mode == "LSTM" and proj:
-            # proj_size: composed from the NumPy reference in float32 (correct, not fused).
-            lengths = None if bs is None else (bs[:, None] > np.arange(x.shape[1])).sum(0)
-            y, hn, cn, cache = _reference.lstm_forward(
-                x, w_ih, w_hh, b_ih, b_hh, h0, c0, weight_hr=w_hr, lengths=lengths
+            # proj_size: the fused core with the projection h_t = m_t W_hr^T.
+            y, hn, cn, cache = ops.lstm_forward(
+                x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=bs, weight_hr=w_hr
             )
-            return y, hn, cn, ("ref", cache)
+            return y, hn, cn, cache
         if mode == "LSTM":
             y, hn, cn, cache = ops.lstm_forward(
                 x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=bs
@@ -131,16 +129,11 @@ class _Direction:
     def backward(mode, cache, dy, dhn, dcn, grads):
         """Accumulates into grads = (dW_ih, dW_hh, db_ih, db_hh, dW_hr); returns dx, dh0, dc0."""
         g_ih, g_hh, g_bih, g_bhh, g_hr = grads
-        if isinstance(cache, tuple) and cache[0] == "ref":
-            r = _reference.lstm_backward(cache[1], dy, dhn, dcn)
-            g_ih += r.dweight_ih
-            g_hh += r.dweight_hh
-            if g_bih is not None:
-                g_bih += r.dbias_ih
-            if g_bhh is not None:
-                g_bhh += r.dbias_hh
-            g_hr += r.dweight_hr
-            return r.dx.astype(np.float32), r.dh0.astype(np.float32), r.dc0.astype(np.float32)
+        if isinstance(cache, ops.LSTMProjCache):
+            dx, dh0, dc0, *_ = ops._core.lstm_proj_backward(
+                cache, dy, dhn, dcn, g_ih, g_hh, g_bih, g_bhh, g_hr
+            )
+            return dx, dh0, dc0
         if mode == "LSTM":
             dx, dh0, dc0, *_ = ops._core.lstm_backward(
                 cache, dy, dhn, dcn, g_ih, g_hh, g_bih, g_bhh
@@ -729,8 +722,8 @@ class LSTM(_RNNBase):
         \quad (\text{with } proj\_size = P > 0: h_t = W_{hr} (o_t \odot \tanh(c_t)))
     """
         + _LAYER_DOC
-        + r"""        proj_size: P > 0 adds ``weight_hr_l{k}`` (P, H); h_t has P features (by the
-            NumPy reference in float32, not by the fused kernels).
+        + r"""        proj_size: P > 0 adds ``weight_hr_l{k}`` (P, H); h_t has P features (fused
+            kernels too: per step the gate tile, then the projection m_t W_hr^T).
 
     Outputs: ``output, (h_n, c_n)``: output (T, B, D * P) (P = H without projection),
     h_n (D * num_layers, B, P), c_n (D * num_layers, B, H). ``backward(dy, dh_n, dc_n)`` returns

@@ -1,0 +1,462 @@
+#include "cells/lstm_proj.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "gemm/gemm.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace lstm_fast {
+namespace {
+
+// Input projection is computed for a chunk of steps at a time (as in lstm.cpp).
+constexpr index_t kChunkFloats = index_t(1) << 21;  // 8 MiB of pre-activations
+
+index_t chunk_steps(const LstmSizes& s) {
+  const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);
+  return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
+}
+
+// Depth chunk of the per-step products against packed panels (a chunk of a panel stays in L1
+// while every row tile passes over it).
+constexpr index_t kKC = 256;
+
+// At most this many rows in all (T * B): the forward reads the weights' rows directly (no packing).
+constexpr index_t kUnpackedRows = 4;
+
+index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
+index_t num_panels(const Kernels& k, index_t N) { return (N + k.NR - 1) / k.NR; }
+
+inline int team_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+inline int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+inline void team_barrier() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+}
+
+// Gate-interleaved panels of W_hh (4H, K) for the fused step tile, one unit block:
+// Wp[((ub * K + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H.
+void pack_gate_panels(const Kernels& kern, index_t H, index_t K, index_t ub, const float* W_hh,
+                      float* Wp) {
+  const int W = kern.W;
+  float* panel = Wp + ub * K * 4 * W;
+  for (int q = 0; q < 4; ++q)
+    for (int w = 0; w < W; ++w) {
+      const index_t u = ub * W + w;
+      const float* src = W_hh + (q * H + u) * K;
+      for (index_t k = 0; k < K; ++k) panel[(k * 4 + q) * W + w] = u < H ? src[k] : 0.0f;
+    }
+}
+
+// xp[r] = b_ih + b_hh + x[r] . W_ih^T for `rows` rows.
+void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
+                      const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
+                      int nthreads) {
+  if (rows <= 0) return;
+  for (index_t r = 0; r < rows; ++r) {
+    float* dst = xp + r * G;
+    for (index_t j = 0; j < G; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+  }
+  gemm(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
+}
+
+// C[r, panel columns] = A[r] . Bp for rows [r0, r1) and the NR-wide panels [jr0, jr1) of a B
+// operand packed by pack_b_panels (K x N). The depth is walked in chunks of kKC that accumulate
+// in a fixed order, so an element's result does not depend on the row or panel split.
+// one_row: the problem has a single row (B == 1): one-row GEMV, no MR-row tile.
+void rows_times_panels(const Kernels& kern, index_t r0, index_t r1, index_t K, const float* A,
+                       index_t lda, const float* Bp, index_t N, index_t jr0, index_t jr1,
+                       float* C, index_t ldc, bool one_row) {
+  if (r1 <= r0) return;
+  const int MR = kern.MR, NR = kern.NR;
+  for (index_t jr = jr0; jr < jr1; ++jr) {
+    const int n = static_cast<int>(std::min<index_t>(NR, N - jr * NR));
+    for (index_t k0 = 0; k0 < K; k0 += kKC) {
+      const index_t kc = std::min(kKC, K - k0);
+      const float* bp = Bp + (jr * K + k0) * NR;
+      if (one_row) {
+        kern.gemv_panel(kc, A + r0 * lda + k0, bp, C + r0 * ldc + jr * NR, n, k0 > 0);
+        continue;
+      }
+      for (index_t r = r0; r < r1; r += MR) {
+        const int mm = static_cast<int>(std::min<index_t>(MR, r1 - r));
+        kern.gemm_micro_rowA(kc, A + r * lda + k0, lda, bp, C + r * ldc + jr * NR, ldc, mm, n,
+                             k0 > 0);
+      }
+    }
+  }
+}
+
+// Sum over rows of dz (rows, G) into db (G), columns [j0, j1); one thread per column range.
+void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* dz, float* db_ih,
+                 float* db_hh) {
+  constexpr index_t kCols = 64;
+  float acc[kCols];
+  for (index_t c0 = j0; c0 < j1; c0 += kCols) {
+    const index_t n = std::min(kCols, j1 - c0);
+    for (index_t j = 0; j < n; ++j) acc[j] = 0.0f;
+    for (index_t r = 0; r < rows; ++r) {
+      const float* row = dz + r * G + c0;
+      for (index_t j = 0; j < n; ++j) acc[j] += row[j];
+    }
+    for (index_t j = 0; j < n; ++j) {
+      if (db_ih) db_ih[c0 + j] += acc[j];
+      if (db_hh) db_hh[c0 + j] += acc[j];
+    }
+  }
+}
+
+// h_n (B, P), c_n (B, H): each row's state after its last real step.
+void final_states(float* h_n, float* c_n, const float* y, const float* cells, const float* state,
+                  const float* h_init, const float* c_init, const LstmSizes& s, index_t P,
+                  const index_t* bs) {
+  const index_t T = s.T, B = s.B, H = s.H;
+  for (index_t b = 0; b < B; ++b) {
+    index_t len = T;
+    if (bs)
+      while (len > 0 && bs[len - 1] <= b) --len;
+    const float* h = len ? y + ((len - 1) * B + b) * P : h_init + b * P;
+    const float* c = !cells ? state + b * H
+                     : len  ? cells + ((len - 1) * B + b) * H
+                            : c_init + b * H;
+    std::memcpy(h_n + b * P, h, P * sizeof(float));
+    std::memcpy(c_n + b * H, c, H * sizeof(float));
+  }
+}
+
+// Forward for very few rows (T * B <= 4): per step, z = xp + W_hh . h_prev by dot products over
+// W_hh's rows (threads split the 4H gate rows), the gate maths (threads split the units), then
+// h = W_hr . m by dot products over W_hr's rows (threads split the P outputs).
+void forward_unpacked(float* y, float* gates, float* cells, float* m, const float* x,
+                      const float* h_init, const float* c_init, const float* W_ih,
+                      const float* W_hh, const float* b_ih, const float* b_hh, const float* W_hr,
+                      const LstmSizes& s, index_t P, const index_t* bs, float* xp_buf,
+                      float* state, float* m_buf, const Kernels& kern, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  const bool training = gates != nullptr;
+  float* xp = training ? gates : xp_buf;
+  if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
+  for (index_t t = 0; t < T; ++t)
+    input_projection(kern, bs ? bs[t] : B, G, I, x + t * B * I, W_ih, b_ih, b_hh, xp + t * B * G,
+                     nthreads);
+  const int NT = (G * P + P * H >= (1 << 16) && nthreads > 1) ? nthreads : 1;
+  const index_t nub = num_unit_blocks(kern, H), gblk = (G + 7) / 8, pblk = (P + 7) / 8;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(NT) if (NT > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    const index_t n0 = std::min(G, gblk * p / np * 8), n1 = std::min(G, gblk * (p + 1) / np * 8);
+    const index_t q0 = std::min(P, pblk * p / np * 8), q1 = std::min(P, pblk * (p + 1) / np * 8);
+    const index_t ub0 = nub * p / np, ub1 = nub * (p + 1) / np;
+    for (index_t t = 0; t < T; ++t) {
+      const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * P;
+      const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+      float* c_out = training ? cells + t * B * H : state;
+      float* m_t = training ? m + t * B * H : m_buf;
+      float* xp_t = xp + t * B * G;
+      const index_t rows = bs ? bs[t] : B;
+      for (index_t b = 0; b < rows && n1 > n0; ++b)
+        kern.gemv_rows(n1 - n0, P, W_hh + n0 * P, P, h_prev + b * P, xp_t + b * G + n0, true);
+      if (np > 1) team_barrier();
+      if (ub1 > ub0 && rows > 0)
+        kern.lstm_fwd_rows(rows, H, 0, ub0, ub1, m_t, H, c_out, training ? xp_t : nullptr,
+                           h_prev, P, c_prev, xp_t, nullptr);
+      if (np > 1) team_barrier();
+      for (index_t b = 0; b < rows && q1 > q0; ++b)
+        kern.gemv_rows(q1 - q0, H, W_hr + q0 * H, H, m_t + b * H, y + (t * B + b) * P + q0,
+                       false);
+      if (np > 1) team_barrier();
+    }
+  }
+}
+
+}  // namespace
+
+// The cost model of lstm_choose_schedule with the projection's step cost: the gate product
+// B x P x 4H plus the projection B x H x P, and both weights streamed each step.
+Schedule lstm_proj_choose_schedule(const Kernels& kern, const LstmSizes& s, index_t P,
+                                   int nthreads) {
+  const Schedule forced = schedule_override();
+  if (nthreads <= 1) return Schedule::kSerial;
+  const index_t nub = num_unit_blocks(kern, s.H);
+  if (forced == Schedule::kUnits) return nub >= 2 ? Schedule::kUnits : Schedule::kSerial;
+  if (forced == Schedule::kBatch) return s.B >= 2 ? Schedule::kBatch : Schedule::kSerial;
+  if (forced == Schedule::kSerial) return Schedule::kSerial;
+  const double step_flops = 2.0 * s.B * (4.0 * s.H * P + double(s.H) * P);
+  if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
+  const double weight_bytes = 4.0 * (4.0 * s.H * P + double(s.H) * P);
+  if (s.B >= 4 * nthreads && weight_bytes <= 2.0 * (1 << 20)) return Schedule::kBatch;
+  if (nub >= 2 * nthreads) return Schedule::kUnits;
+  if (s.B >= nthreads) return Schedule::kBatch;
+  if (nub >= 2) return Schedule::kUnits;
+  return Schedule::kSerial;
+}
+
+index_t lstm_proj_forward_workspace_size(const Kernels& kern, const LstmSizes& s, index_t P,
+                                         bool training) {
+  const index_t G = 4 * s.H;
+  const index_t panels = num_unit_blocks(kern, s.H) * P * 4 * kern.W;
+  const index_t hr = num_panels(kern, P) * kern.NR * s.H;
+  const index_t xp = training ? 0 : chunk_steps(s) * s.B * G;
+  const index_t unpacked = s.T * s.B * G;
+  return std::max(panels + hr + xp, unpacked) + 2 * s.B * s.H + s.B * std::max(s.H, P) + 64;
+}
+
+void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, float* m,
+                       const float* x, const float* h0, const float* c0, const float* W_ih,
+                       const float* W_hh, const float* b_ih, const float* b_hh,
+                       const float* W_hr, const LstmSizes& s, index_t P, const index_t* bs,
+                       float* workspace, const Kernels& kern, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  const bool training = gates != nullptr;
+  if (B == 0 || H == 0 || P == 0) return;
+  if (T == 0) {
+    for (index_t j = 0; j < B * P; ++j) h_n[j] = h0 ? h0[j] : 0.0f;
+    for (index_t j = 0; j < B * H; ++j) c_n[j] = c0 ? c0[j] : 0.0f;
+    return;
+  }
+  if (bs) {  // padding rows of y (and of the saved m, which backward multiplies) are zero
+    for (index_t t = 0; t < T; ++t)
+      if (bs[t] < B) {
+        std::memset(y + (t * B + bs[t]) * P, 0, (B - bs[t]) * P * sizeof(float));
+        if (training) std::memset(m + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
+      }
+  }
+  if (T * B <= kUnpackedRows) {
+    // Workspace: [xp (T*B, 4H)] [c state (B, H)] [m (B, H)] [zeros (B, max(H, P))].
+    float* xp_buf = workspace;
+    float* state = xp_buf + T * B * G;
+    float* m_buf = state + B * H;
+    float* zeros = m_buf + B * H;
+    std::memset(zeros, 0, B * std::max(H, P) * sizeof(float));
+    const float* h_init = h0 ? h0 : zeros;
+    const float* c_init = c0 ? c0 : zeros;
+    forward_unpacked(y, gates, cells, m, x, h_init, c_init, W_ih, W_hh, b_ih, b_hh, W_hr, s, P,
+                     bs, xp_buf, state, m_buf, kern, nthreads);
+    final_states(h_n, c_n, y, cells, state, h_init, c_init, s, P, bs);
+    return;
+  }
+  // Workspace: [gate panels of W_hh] [W_hr^T panels] [xp chunk (TC*B, 4H), inference only]
+  //            [c state (B, H)] [m (B, H), inference] [zeros (B, max(H, P))].
+  const index_t nub = num_unit_blocks(kern, H), nbp = num_panels(kern, P);
+  float* Wp = workspace;
+  float* Wr = Wp + nub * P * 4 * kern.W;  // W_hr^T as the B operand of m . W_hr^T: (H, P)
+  float* xp_buf = Wr + nbp * kern.NR * H;
+  float* state = xp_buf + (training ? 0 : chunk_steps(s) * B * G);
+  float* m_buf = state + B * H;
+  float* zeros = m_buf + B * H;
+  std::memset(zeros, 0, B * std::max(H, P) * sizeof(float));
+  const float* h_init = h0 ? h0 : zeros;
+  const float* c_init = c0 ? c0 : zeros;
+  if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
+
+  const Schedule sched = lstm_proj_choose_schedule(kern, s, P, nthreads);
+  const int NT = sched == Schedule::kSerial ? 1 : nthreads;
+
+  {
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(NT) schedule(static) if (NT > 1 && H >= 64)
+#endif
+    for (index_t ub = 0; ub < nub; ++ub) pack_gate_panels(kern, H, P, ub, W_hh, Wp);
+  }
+  pack_b_panels(kern, H, 0, P, MatView{W_hr, 1, H}, Wr);
+
+  const index_t TC = chunk_steps(s);
+  for (index_t t0 = 0; t0 < T; t0 += TC) {
+    const index_t t1 = std::min(T, t0 + TC);
+    float* xp = training ? gates + t0 * B * G : xp_buf;
+    if (!bs) {
+      input_projection(kern, (t1 - t0) * B, G, I, x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads);
+    } else {  // only the active rows of each step
+      for (index_t t = t0; t < t1; ++t)
+        input_projection(kern, bs[t], G, I, x + t * B * I, W_ih, b_ih, b_hh,
+                         xp + (t - t0) * B * G, nthreads);
+    }
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(NT) if (NT > 1)
+#endif
+    {
+      DenormalGuard ftz;
+      const int p = team_id(), np = team_size();
+      // Rows [r0, r1), gate unit blocks [ub0, ub1), projection panels [jp0, jp1) of this thread.
+      index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub, jp0 = 0, jp1 = nbp;
+      if (sched == Schedule::kBatch) {
+        r0 = B * p / np;
+        r1 = B * (p + 1) / np;
+      } else if (sched == Schedule::kUnits) {
+        ub0 = nub * p / np;
+        ub1 = nub * (p + 1) / np;
+        jp0 = nbp * p / np;
+        jp1 = nbp * (p + 1) / np;
+      }
+      const bool units = sched == Schedule::kUnits && np > 1;
+      for (index_t t = t0; t < t1; ++t) {
+        const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * P;
+        const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+        float* c_out = training ? cells + t * B * H : state;
+        float* m_t = training ? m + t * B * H : m_buf;
+        float* xp_t = xp + (t - t0) * B * G;
+        const index_t re = bs ? std::min(r1, bs[t]) : r1;
+        // Gates, c_t and m_t = o * tanh(c_t) from the fused tile (recurrent depth P).
+        if (re > r0 && ub1 > ub0)
+          kern.lstm_fwd_rows(re - r0, H, P, ub0, ub1, m_t + r0 * H, H, c_out + r0 * H,
+                             training ? xp_t + r0 * G : nullptr, h_prev + r0 * P, P,
+                             c_prev + r0 * H, xp_t + r0 * G, Wp);
+        if (units) team_barrier();
+        // h_t = m_t . W_hr^T, written as y_t.
+        rows_times_panels(kern, r0, re, H, m_t, H, Wr, P, jp0, jp1, y + t * B * P, P, B == 1);
+        if (units) team_barrier();
+      }
+    }
+  }
+  final_states(h_n, c_n, y, cells, state, h_init, c_init, s, P, bs);
+}
+
+index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& s, index_t P) {
+  const index_t G = 4 * s.H, TB = s.T * s.B;
+  return TB * G + TB * P + 2 * s.B * s.H + num_panels(kern, P) * kern.NR * G +
+         num_panels(kern, s.H) * kern.NR * P + 64;
+}
+
+void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh,
+                        float* dW_hr, float* db_ih, float* db_hh, const float* dy,
+                        const float* dh_n, const float* dc_n, const float* x, const float* h0,
+                        const float* c0, const float* W_ih, const float* W_hh,
+                        const float* W_hr, const float* y, const float* gates,
+                        const float* cells, const float* m, const LstmSizes& s, index_t P,
+                        const index_t* bs, float* workspace, const Kernels& kern,
+                        int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  if (B == 0 || H == 0 || P == 0) {
+    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    return;
+  }
+  // dh0 / dc0 double as the running dh_next (B, P) / dc_next (B, H) of the reverse loop.
+  for (index_t j = 0; j < B * P; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;
+  for (index_t j = 0; j < B * H; ++j) dc0[j] = dc_n ? dc_n[j] : 0.0f;
+  if (T == 0) return;
+  const index_t TB = T * B, nbp = num_panels(kern, P), nbh = num_panels(kern, H);
+  float* dz = workspace;               // (T, B, 4H)
+  float* dhs = dz + TB * G;            // (T, B, P): dh_t, the gradient w.r.t. h_t (for dW_hr)
+  float* dm = dhs + TB * P;            // (B, H): dh_t . W_hr, the gradient w.r.t. m_t
+  float* zeros = dm + B * H;           // (B, H): a null c0
+  float* Wb = zeros + B * H;           // W_hh (4H, P) packed as the B operand of dZ_t . W_hh
+  float* Wr = Wb + nbp * kern.NR * G;  // W_hr (P, H) packed as the B operand of dh_t . W_hr
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* c_init = c0 ? c0 : zeros;
+  pack_b_panels(kern, G, 0, P, MatView{W_hh, P, 1}, Wb);
+  pack_b_panels(kern, P, 0, H, MatView{W_hr, H, 1}, Wr);
+  bool padded = false;
+  if (bs) {  // dZ and dh are zero on padding rows
+    for (index_t t = 0; t < T; ++t)
+      if (bs[t] < B) {
+        padded = true;
+        std::memset(dz + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
+        std::memset(dhs + (t * B + bs[t]) * P, 0, (B - bs[t]) * P * sizeof(float));
+      }
+  }
+
+  Schedule sched = lstm_proj_choose_schedule(kern, s, P, nthreads);
+  // As in lstm_backward: with fewer than 2*MR rows per thread a row split wastes much of each
+  // MR-row tile; split the columns instead when there are enough.
+  if (sched == Schedule::kBatch && schedule_override() == Schedule::kAuto &&
+      B < 2 * kern.MR * nthreads && nbh >= 2 * nthreads)
+    sched = Schedule::kUnits;
+  const int NT = sched == Schedule::kSerial ? 1 : nthreads;
+
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(NT) if (NT > 1)
+#endif
+  {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    // Rows [r0, r1); panels of P columns [jp0, jp1) (dh_t, dh_next); panels of H columns
+    // [jh0, jh1), which are also the units [u0, u1) of the pointwise part (dm, dZ, dc_next).
+    index_t r0 = 0, r1 = B, jp0 = 0, jp1 = nbp, jh0 = 0, jh1 = nbh;
+    if (sched == Schedule::kBatch) {
+      r0 = B * p / np;
+      r1 = B * (p + 1) / np;
+    } else if (sched == Schedule::kUnits) {
+      jp0 = nbp * p / np;
+      jp1 = nbp * (p + 1) / np;
+      jh0 = nbh * p / np;
+      jh1 = nbh * (p + 1) / np;
+    }
+    const bool units = sched == Schedule::kUnits && np > 1;
+    const index_t q0 = std::min(P, jp0 * kern.NR), q1 = std::min(P, jp1 * kern.NR);
+    const index_t u0 = std::min(H, jh0 * kern.NR), u1 = std::min(H, jh1 * kern.NR);
+    for (index_t t = T - 1; t >= 0; --t) {
+      float* dz_t = dz + t * B * G;
+      float* dh_t = dhs + t * B * P;
+      const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
+      const index_t re = bs ? std::min(r1, bs[t]) : r1;  // this step's active rows
+      // dh_t = dh_next + dy_t (this thread's rows, its columns of P). Rows past their length
+      // keep dh_next untouched in dh0: it flows straight to the previous step.
+      for (index_t r = r0; r < re; ++r)
+        for (index_t j = q0; j < q1; ++j)
+          dh_t[r * P + j] = dh0[r * P + j] + (dy ? dy[(t * B + r) * P + j] : 0.0f);
+      if (units) team_barrier();
+      // dm = dh_t . W_hr (this thread's columns of H), then the gate backward of those units:
+      // the same columns, so no barrier in between.
+      rows_times_panels(kern, r0, re, P, dh_t, P, Wr, H, jh0, jh1, dm, H, B == 1);
+      if (re > r0 && u1 > u0)
+        kern.lstm_bwd_pointwise(re - r0, H, u0, u1, dz_t + r0 * G, dc0 + r0 * H,
+                                gates + t * B * G + r0 * G, cells + t * B * H + r0 * H,
+                                c_prev + r0 * H, nullptr, dm + r0 * H);
+      if (units) team_barrier();
+      // dh_next = dZ_t . W_hh (this thread's columns of P; reads every thread's dZ_t). The next
+      // step's first phase reads the same columns only: no barrier.
+      rows_times_panels(kern, r0, re, G, dz_t, G, Wb, P, jp0, jp1, dh0, P, B == 1);
+    }
+  }
+
+  // Large GEMMs over all T*B rows.
+  gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+  if (!padded) {
+    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+  } else {  // never read x's padding (it may hold anything, NaN included)
+    for (index_t t = 0; t < T; ++t)
+      gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1}, dW_ih,
+           I, true, nthreads);
+  }
+  if (h0) gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, true, nthreads);
+  if (T > 1)
+    gemm(kern, G, P, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, P, 1}, dW_hh, P, true,
+         nthreads);
+  // dW_hr = sum_t dh_t^T m_t (padding rows: dh_t and m_t are zero).
+  gemm(kern, P, H, TB, MatView{dhs, 1, P}, MatView{m, H, 1}, dW_hr, H, true, nthreads);
+  if (db_ih || db_hh) {
+    const int Pb = G >= 256 ? nthreads : 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(Pb) if (Pb > 1)
+#endif
+    {
+      const int p = team_id(), np = team_size();
+      const index_t blocks = (G + 63) / 64;
+      const index_t c0b = std::min(G, blocks * p / np * 64);
+      const index_t c1b = std::min(G, blocks * (p + 1) / np * 64);
+      column_sums(TB, G, c0b, c1b, dz, db_ih, db_hh);
+    }
+  }
+}
+
+}  // namespace lstm_fast

@@ -55,8 +55,8 @@ torch.compile
     fails; the graph is split (once per cell call in an unrolled loop; Dynamo logs the graph
     breaks and warns once that a disabled function was skipped).
 
-Not supported yet: ``proj_size > 0`` (``LSTM`` raises ``NotImplementedError``; ``replace_rnns``
-leaves such modules as they are).
+``LSTM(proj_size=P)`` runs the projected LSTM of the core (``weight_hr_l{k}``), forward and
+backward, with every other option.
 """
 
 from __future__ import annotations
@@ -101,10 +101,24 @@ class _Kernel:
     backward: Callable[..., tuple]
 
 
-def _lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes):
+def _lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes, w_hr=None):
     return ops.lstm_forward(
-        x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=batch_sizes
+        x,
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+        h0,
+        c0,
+        training=training,
+        batch_sizes=batch_sizes,
+        weight_hr=w_hr,
     )
+
+
+def _lstm_backward(cache, dy, dh_n, dc_n):
+    g = ops.lstm_backward(cache, dy, dh_n, dc_n)
+    return (*g, g.dweight_hr)
 
 
 def _gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes):
@@ -142,7 +156,7 @@ def _rnn_forward(nonlinearity):
 
 # Keyed by torch's ``RNNBase.mode``.
 _KERNELS = {
-    "LSTM": _Kernel("LSTM", True, _lstm_forward, ops.lstm_backward),
+    "LSTM": _Kernel("LSTM", True, _lstm_forward, _lstm_backward),
     "GRU": _Kernel("GRU", False, _gru_forward, _no_cell_backward(ops.gru_backward)),
     "RNN_TANH": _Kernel(
         "RNN_TANH", False, _rnn_forward("tanh"), _no_cell_backward(ops.rnn_backward)
@@ -169,8 +183,9 @@ class _Direction(torch.autograd.Function):
     """One layer, one direction, over a whole (T, B, I) sequence; backward by lstm_fast."""
 
     @staticmethod
-    def forward(ctx, kernel, training, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, kernel, training, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None):
         ctx.set_materialize_grads(False)
+        proj = {} if w_hr is None else {"w_hr": _array(w_hr)}
         y, h_n, c_n, cache = kernel.forward(
             _array(x),
             _array(w_ih),
@@ -181,13 +196,14 @@ class _Direction(torch.autograd.Function):
             _array(c0),
             training,
             batch_sizes,
+            **proj,
         )
         y_t = torch.from_numpy(y)
         ctx.kernel = kernel
         ctx.cache = cache
         if cache is not None:
             # Only for torch's version-counter check: the cache refers to these tensors' memory.
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, y_t)
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y_t)
         outs = (y_t, torch.from_numpy(h_n))
         return outs + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
 
@@ -200,9 +216,10 @@ class _Direction(torch.autograd.Function):
             )
         ctx.saved_tensors  # noqa: B018  (raises if a saved tensor was modified in place)
         grads = ctx.kernel.backward(ctx.cache, _array(dy), _array(dh_n), _array(dc_n))
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads  # fresh arrays, never aliased
-        wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh), ctx.needs_input_grad[3:])
-        return (None, None, None, *(_tensor(g) if n else None for g, n in wanted))
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads[:7]  # fresh arrays, never aliased
+        dw_hr = grads[7] if len(grads) > 7 else None
+        wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), ctx.needs_input_grad[3:])
+        return (None, None, None, *(_tensor(g) if n and g is not None else None for g, n in wanted))
 
 
 class _BothDirections(torch.autograd.Function):
@@ -210,7 +227,7 @@ class _BothDirections(torch.autograd.Function):
     the directions at once (:func:`lstm_fast.rnn._directions`: the reverse one on a helper
     thread, each with half the thread team), where separate nodes would run one after the
     other. Inputs: x of each direction (the reverse one already time-reversed), their h0/c0,
-    and their four weights each (biases may be None)."""
+    and their five weights each (w_ih, w_hh, b_ih, b_hh, w_hr; biases and w_hr may be None)."""
 
     @staticmethod
     def forward(ctx, kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
@@ -218,7 +235,8 @@ class _BothDirections(torch.autograd.Function):
         xs, h0s, c0s = (x0, x1), (h00, h01), (c00, c01)
 
         def run(d):
-            w_ih, w_hh, b_ih, b_hh = w[4 * d : 4 * d + 4]
+            w_ih, w_hh, b_ih, b_hh, w_hr = w[5 * d : 5 * d + 5]
+            proj = {} if w_hr is None else {"w_hr": _array(w_hr)}
             return kernel.forward(
                 _array(xs[d]),
                 _array(w_ih),
@@ -229,6 +247,7 @@ class _BothDirections(torch.autograd.Function):
                 _array(c0s[d]),
                 training,
                 batch_sizes,
+                **proj,
             )
 
         res = _rnn._directions(run, 2)
@@ -263,7 +282,7 @@ class _BothDirections(torch.autograd.Function):
 
         res = _rnn._directions(run, 2)
         need = ctx.needs_input_grad
-        # inputs after the 3 non-tensors: x0, x1, h00, c00, h01, c01, w0 (4), w1 (4)
+        # inputs after the 3 non-tensors: x0, x1, h00, c00, h01, c01, w0 (5), w1 (5)
         out = [None, None, None]
         out += [_tensor(res[0][0]) if need[3] else None, _tensor(res[1][0]) if need[4] else None]
         for d in (0, 1):
@@ -272,9 +291,9 @@ class _BothDirections(torch.autograd.Function):
                 _tensor(res[d][2]) if need[6 + 2 * d] and res[d][2] is not None else None,
             ]
         for d in (0, 1):
-            for j in range(4):
-                g = res[d][3 + j]
-                out.append(_tensor(g) if need[9 + 4 * d + j] and g is not None else None)
+            for j in range(5):  # w_ih, w_hh, b_ih, b_hh, w_hr
+                g = res[d][3 + j] if 3 + j < len(res[d]) else None
+                out.append(_tensor(g) if need[9 + 5 * d + j] and g is not None else None)
         return tuple(out)
 
 
@@ -333,22 +352,19 @@ class _FastRNNMixin:
     """
 
     def _check_supported(self) -> None:
-        if getattr(self, "proj_size", 0) > 0:
-            raise NotImplementedError(
-                f"lstm_fast.torch.{type(self).__name__}: proj_size > 0 is not supported yet "
-                f"(got proj_size={self.proj_size})"
-            )
         for name in self._flat_weights_names:
             _check_tensor(type(self).__name__, name, getattr(self, name))
 
     def _run(self, x, hx, batch_sizes):
         """x (T, B, I) sequence-major (padded, sorted by length when ``batch_sizes`` is given);
-        hx None or a tuple of (L*D, B, H). Returns (y (T, B, D*H), tuple of (L*D, B, H))."""
+        hx None or a tuple of (L*D, B, H_out) [, (L*D, B, H)]. Returns (y (T, B, D*H_out), the
+        final states); H_out = proj_size when projected, else hidden_size."""
         kernel = _KERNELS[self.mode]
         L, D = self.num_layers, 2 if self.bidirectional else 1
         grad = torch.is_grad_enabled()
         params = [getattr(self, n) for n in self._flat_weights_names]
-        per_dir = 4 if self.bias else 2
+        proj = getattr(self, "proj_size", 0) > 0
+        per_dir = (4 if self.bias else 2) + (1 if proj else 0)
         need_grad = grad and (
             x.requires_grad
             or any(p.requires_grad for p in params)
@@ -371,6 +387,7 @@ class _FastRNNMixin:
                     idx = k * D + d
                     w = params[idx * per_dir : (idx + 1) * per_dir]
                     ws += [w[0], w[1], *((w[2], w[3]) if self.bias else (None, None))]
+                    ws.append(w[-1] if proj else None)
                     if hx is not None:
                         h0s[d] = hx[0][idx]
                         c0s[d] = hx[1][idx] if kernel.has_cell else None
@@ -403,7 +420,17 @@ class _FastRNNMixin:
                     c0 = hx[1][idx] if kernel.has_cell else None
                 inp = layer_in if d == 0 else _reverse(layer_in, rev_index)
                 res = _Direction.apply(
-                    kernel, need_grad, bs_np, inp, h0, c0, w_ih, w_hh, b_ih, b_hh
+                    kernel,
+                    need_grad,
+                    bs_np,
+                    inp,
+                    h0,
+                    c0,
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    w[-1] if proj else None,
                 )
                 y = res[0] if d == 0 else _reverse(res[0], rev_index)
                 outs.append(y)
@@ -492,7 +519,7 @@ class LSTM(_FastRNNMixin, nn.LSTM):
     Args:
         input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
         bidirectional=False, proj_size=0, device=None, dtype=None: as ``torch.nn.LSTM``
-        (``proj_size > 0`` raises ``NotImplementedError``; only float32 CPU parameters run).
+        (only float32 CPU parameters run).
 
     Inputs: ``input, (h_0, c_0)``
         input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
@@ -518,14 +545,6 @@ class LSTM(_FastRNNMixin, nn.LSTM):
         (torch.Size([5, 3, 40]), torch.Size([4, 3, 20]))
         >>> y.sum().backward()
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.proj_size > 0:
-            raise NotImplementedError(
-                "lstm_fast.torch.LSTM: proj_size > 0 is not supported yet "
-                f"(got proj_size={self.proj_size})"
-            )
 
 
 class GRU(_FastRNNMixin, nn.GRU):
@@ -773,7 +792,7 @@ _UNSWAPS: dict[type, type] = {v: k for k, v in _SWAPS.items()}
 
 
 def _supported(m: nn.Module) -> bool:
-    return getattr(m, "proj_size", 0) == 0
+    return True
 
 
 def _swap(model: nn.Module, table: dict[type, type], check: bool) -> nn.Module:
@@ -793,7 +812,7 @@ def replace_rnns(model: nn.Module) -> nn.Module:
     The swap changes the modules' class only: the module objects, their ``nn.Parameter``\\ s
     (so optimizers built before keep working), buffers, hooks and ``state_dict`` stay as they are.
     Only modules whose type is exactly one of torch's (``nn.LSTM``, ...) are swapped (a user
-    subclass keeps its own forward); ``proj_size > 0`` modules are left to torch. The kernels
+    subclass keeps its own forward). The kernels
     need float32 CPU parameters: the first forward raises a clear error otherwise.
     """
     return _swap(model, _SWAPS, check=True)

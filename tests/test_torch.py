@@ -85,6 +85,56 @@ def test_parity_with_torch(opts, with_hx):
     _compare_grads(ref, fast, [("input", xa, xb), *extra])
 
 
+PROJ_OPTIONS = [
+    dict(num_layers=L, bidirectional=bi, bias=bias, batch_first=bf)
+    for L, bi, bias, bf in [
+        (1, False, True, False),
+        (2, False, True, True),
+        (1, True, False, False),
+        (2, True, True, False),
+        (3, True, True, True),
+    ]
+]
+
+
+@pytest.mark.parametrize(
+    "opts", PROJ_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
+)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_projection_parity_with_torch(opts, packed):
+    """proj_size: weight_hr_l{k}, h of size P, c of size H, every option, hx and lengths."""
+    T, B, I, H, P = 6, 4, 5, 7, 3
+    ref, fast = _pair(input_size=I, hidden_size=H, proj_size=P, **opts)
+    D = 2 if opts["bidirectional"] else 1
+    L = opts["num_layers"]
+    bf = opts["batch_first"]
+    x = torch.randn((B, T, I) if bf else (T, B, I))
+    h0, c0 = torch.randn(L * D, B, P), torch.randn(L * D, B, H)
+    lengths = torch.tensor([6, 2, 5, 1])
+    outs, leaves = [], []
+    for m in (ref, fast):
+        xl, hl, cl = _leaf(x), _leaf(h0), _leaf(c0)
+        inp = (
+            pack_padded_sequence(xl, lengths, batch_first=bf, enforce_sorted=False)
+            if packed
+            else xl
+        )
+        y, (hn, cn) = m(inp, (hl, cl))
+        if packed:
+            y = pad_packed_sequence(y, batch_first=bf)[0]
+        assert hn.shape == (L * D, B, P) and cn.shape == (L * D, B, H)
+        outs.append((y, hn, cn))
+        leaves.append((xl, hl, cl))
+    (ya, ha, ca), (yb, hb, cb) = outs
+    for what, a, b in (("output", ya, yb), ("h_n", ha, hb), ("c_n", ca, cb)):
+        _close(a, b, OUT_TOL, what)
+    gy, gh, gc = torch.randn_like(ya), torch.randn_like(ha), torch.randn_like(ca)
+    ((ya * gy).sum() + (ha * gh).sum() + (ca * gc).sum()).backward()
+    ((yb * gy).sum() + (hb * gh).sum() + (cb * gc).sum()).backward()
+    (xa, ha0, ca0), (xb, hb0, cb0) = leaves
+    _compare_grads(ref, fast, [("input", xa, xb), ("h0", ha0, hb0), ("c0", ca0, cb0)])
+
+
 def test_unbatched_input():
     ref, fast = _pair(input_size=4, hidden_size=5, num_layers=2, bidirectional=True)
     x = torch.randn(6, 4)
@@ -199,13 +249,13 @@ def test_replace_rnns_optimizer_built_before_keeps_training():
         _close(p, q, GRAD_TOL, n)
 
 
-def test_replace_rnns_skips_subclasses_and_projection():
+def test_replace_rnns_skips_subclasses_keeps_projection():
     class MyLSTM(nn.LSTM):
         pass
 
     seq = nn.Sequential(nn.LSTM(3, 4), MyLSTM(3, 4), nn.LSTM(3, 4, proj_size=2))
     lft.replace_rnns(seq)
-    assert [type(m) for m in seq] == [lft.LSTM, MyLSTM, nn.LSTM]
+    assert [type(m) for m in seq] == [lft.LSTM, MyLSTM, lft.LSTM]
     root = lft.replace_rnns(nn.LSTM(3, 4))
     assert type(root) is lft.LSTM
 
@@ -273,8 +323,6 @@ def test_errors():
         fast(x, (torch.zeros(1, 3, 4), torch.zeros(1, 3, 4)))
     with pytest.raises(RuntimeError, match="input.size\\(-1\\) must be equal to input_size"):
         fast(torch.randn(4, 2, 5))
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        lft.LSTM(3, 4, proj_size=2)
 
 
 def test_torch_compile_falls_back():

@@ -286,14 +286,21 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       DenormalGuard ftz;
       const int p = team_id(), np = team_size();
       index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub;
-      if (sched == Schedule::kBatch) {  // rows are independent: no barrier, balanced shares
-        balanced_rows(bs, t0, t1, B, p, np, &r0, &r1);
-      } else if (sched == Schedule::kUnits) {
+      if (sched == Schedule::kUnits) {
         ub0 = nub * p / np;
         ub1 = nub * (p + 1) / np;
       }
+      // Batch split: rows are independent, so threads never meet, except that with batch_sizes
+      // the rows are re-balanced every kBalanceSteps steps (rows tiles of MR / 2, the step
+      // kernel's tile height).
+      const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+      const index_t seg = rebalance ? kBalanceSteps : t1 - t0;
       index_t off = 0;  // packed row (in the chunk) of step t's row 0
       for (index_t t = t0; t < t1; ++t) {
+        if (sched == Schedule::kBatch && (t - t0) % seg == 0) {
+          if (rebalance && t > t0) team_barrier();  // the new rows' h_prev are written
+          balanced_rows(bs, t, std::min(t1, t + seg), B, kern.MR / 2, p, np, &r0, &r1);
+        }
         const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
         const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
         float* c_out = training ? cells + t * B * H : state;
@@ -362,16 +369,22 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
-    if (sched == Schedule::kBatch) {  // rows are independent: balanced shares, no barrier
-      balanced_rows(bs, 0, T, B, p, np, &r0, &r1);
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nbj * p / np;
       j1 = nbj * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
     const int MR = kern.MR, NR = kern.NR;
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
     index_t off = N;  // packed row of step t's row 0 (after the decrement below)
     for (index_t t = T - 1; t >= 0; --t) {
+      if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
+        if (rebalance && t < T - 1) team_barrier();  // dh_next / dc_next of the new rows
+        balanced_rows(bs, std::max<index_t>(0, t + 1 - seg), t + 1, B, MR, p, np, &r0, &r1);
+      }
       off -= bs ? bs[t] : B;
       float* dz_t = dz + off * G;
       const float* gates_t = gates + off * G;

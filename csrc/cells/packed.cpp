@@ -1,5 +1,6 @@
 #include "cells/packed.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace lstm_fast {
@@ -46,39 +47,55 @@ void unpack_steps_in_place(float* a, index_t F, index_t B, const index_t* bs, in
 }
 
 namespace {
-// Active (row, step) pairs of rows [0, r) over steps [t0, t1).
-index_t area_below(const index_t* bs, index_t t0, index_t t1, index_t r) {
-  index_t a = 0;
-  for (index_t t = t0; t < t1; ++t) a += bs[t] < r ? bs[t] : r;
-  return a;
-}
-
-// The first row of thread p: the smallest r with area_below(r) >= total * p / np.
-index_t split_row(const index_t* bs, index_t t0, index_t t1, index_t B, int p, int np) {
-  if (p <= 0) return 0;
-  if (p >= np) return B;
-  const index_t total = area_below(bs, t0, t1, B);
-  index_t lo = 0, hi = B;
-  while (lo < hi) {  // area_below is non-decreasing in r
-    const index_t mid = lo + (hi - lo) / 2;
-    if (area_below(bs, t0, t1, mid) * np >= total * p)
-      hi = mid;
-    else
-      lo = mid + 1;
+// Cost of rows [r0, r1) over steps [t0, t1), in row tiles (see balanced_rows).
+index_t range_cost(const index_t* bs, index_t t0, index_t t1, index_t tile, index_t r0,
+                   index_t r1) {
+  index_t c = 0;
+  for (index_t t = t0; t < t1; ++t) {
+    const index_t n = (bs[t] < r1 ? bs[t] : r1) - r0;
+    if (n > 0) c += (n + tile - 1) / tile + 1;
   }
-  return lo;
+  return c;
 }
 }  // namespace
 
-void balanced_rows(const index_t* bs, index_t t0, index_t t1, index_t B, int p, int np,
-                   index_t* r0, index_t* r1) {
+void balanced_rows(const index_t* bs, index_t t0, index_t t1, index_t B, index_t tile, int p,
+                   int np, index_t* r0, index_t* r1) {
   if (!bs) {
     *r0 = B * p / np;
     *r1 = B * (p + 1) / np;
     return;
   }
-  *r0 = split_row(bs, t0, t1, B, p, np);
-  *r1 = split_row(bs, t0, t1, B, p + 1, np);
+  if (tile < 1) tile = 1;
+  // Boundaries in order, each chosen among tile-aligned rows (and B) to minimise the larger of
+  // this thread's cost and the mean cost left to the threads after it. Every thread computes
+  // the same boundaries, so the split depends only on (bs, steps, B, tile, np).
+  index_t lo = 0;
+  for (int q = 0; q < np; ++q) {
+    index_t hi = B;
+    if (q < np - 1) {
+      const index_t rest = np - q - 1;
+      index_t best = -1;
+      // Candidates every `step` rows: at most about 64 per boundary.
+      const index_t step = tile * std::max<index_t>(1, (B / tile + 63) / 64);
+      for (index_t r = lo;; r = std::min(B, r + step)) {
+        const index_t mine = range_cost(bs, t0, t1, tile, lo, r);
+        const index_t left = (range_cost(bs, t0, t1, tile, r, B) + rest - 1) / rest;
+        const index_t worst = std::max(mine, left);
+        if (best < 0 || worst < best) {
+          best = worst;
+          hi = r;
+        }
+        if (r >= B) break;
+      }
+    }
+    if (q == p) {
+      *r0 = lo;
+      *r1 = hi;
+      return;
+    }
+    lo = hi;
+  }
 }
 
 }  // namespace lstm_fast

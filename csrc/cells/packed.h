@@ -33,11 +33,16 @@ void pack_previous_steps(float* dst,        // (packed_rows(bs, 1, T), F)
 void unpack_steps_in_place(float* a,  // (T, B, F)
                            index_t F, index_t B, const index_t* bs, index_t T);
 
-// Rows [*r0, *r1) of thread p of np for a batch-split recurrence over steps [t0, t1): contiguous
-// row ranges in order whose counts of active (row, step) pairs are as equal as rows allow, so
-// that a shrinking batch keeps every thread busy (rows sorted longest first would otherwise
-// leave the long rows to the first threads). bs == null: an even split of B.
-void balanced_rows(const index_t* bs, index_t t0, index_t t1, index_t B, int p, int np,
-                   index_t* r0, index_t* r1);
+// Batch-split recurrences with batch_sizes re-balance their rows every this many steps (a team
+// barrier each time): rows sorted longest first would otherwise leave a fixed first thread with
+// the rows that stay active while the others run out of work.
+constexpr index_t kBalanceSteps = 8;
+
+// Rows [*r0, *r1) of thread p of np for a batch-split recurrence over steps [t0, t1):
+// contiguous row ranges in order, balanced for a step cost of about ceil(n / tile) + 1 row tiles
+// for n > 0 active rows (a partial tile costs about a full one; each step also streams the
+// recurrent weights once). bs == null: an even split of B.
+void balanced_rows(const index_t* bs, index_t t0, index_t t1, index_t B, index_t tile, int p,
+                   int np, index_t* r0, index_t* r1);
 
 }  // namespace lstm_fast

@@ -58,14 +58,24 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
     const index_t ublk = unpacked ? 8 : kern.NR;
     const index_t nblk = (H + ublk - 1) / ublk;
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nblk;
-    if (sched == Schedule::kBatch) {  // rows are independent: balanced shares, no barrier
-      balanced_rows(bs, 0, T, B, p, np, &r0, &r1);
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nblk * p / np;
       j1 = nblk * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * ublk), u1 = std::min(H, j1 * ublk);
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
     for (index_t t = 0; t < T; ++t) {
+      if (sched == Schedule::kBatch && t % seg == 0) {
+        if (rebalance && t > 0) {  // the new rows' h_prev are written
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+        }
+        balanced_rows(bs, t, std::min(T, t + seg), B, kern.MR, p, np, &r0, &r1);
+      }
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       float* a = y + t * B * H;
@@ -126,15 +136,26 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
-    if (sched == Schedule::kBatch) {  // rows are independent: balanced shares, no barrier
-      balanced_rows(bs, 0, T, B, p, np, &r0, &r1);
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nbj * p / np;
       j1 = nbj * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
     index_t off = N;  // packed row of step t's row 0 (after the decrement below)
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
     for (index_t t = T - 1; t >= 0; --t) {
+      if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
+        if (rebalance && t < T - 1) {  // dh_next of the new rows is written
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+        }
+        balanced_rows(bs, std::max<index_t>(0, t + 1 - seg), t + 1, B, kern.MR, p, np, &r0,
+                      &r1);
+      }
       off -= bs ? bs[t] : B;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       if (re > r0 && u1 > u0)

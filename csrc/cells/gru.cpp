@@ -106,7 +106,11 @@ void input_projection(const Kernels& kern, const CellSizes& s, index_t G, const 
                       const index_t* bs, float* xg, int nthreads) {
   const index_t T = s.T, B = s.B, I = s.I;
   const index_t rows = bs ? packed_rows(bs, 0, T) : T * B;
-  if (bs) pack_steps(xg, x, I, B, bs, 0, T);  // only the active rows, packed
+  if (bs) pack_steps(xg, x, I, B, bs, 0, T, nthreads);  // only the active rows, packed
+  const int P = rows * G >= (index_t(1) << 18) ? nthreads : 1;  // bias rows: 1 MiB or more
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
   for (index_t r = 0; r < rows; ++r)
     for (index_t j = 0; j < G; ++j) xp[r * G + j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
   gemm(kern, rows, G, I, MatView{bs ? xg : x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
@@ -169,7 +173,7 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
     if (dx) {
       if (dW_ih) {
-        pack_steps(dx, x, I, B, bs, 0, T);
+        pack_steps(dx, x, I, B, bs, 0, T, nthreads);
         gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads);
       }
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
@@ -180,7 +184,7 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
         gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
       const index_t n1 = N - bs[0];
       if (n1 > 0) {
-        pack_previous_steps(hp, y, H, B, bs, T);
+        pack_previous_steps(hp, y, H, B, bs, T, nthreads);
         gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
              nthreads);
       }

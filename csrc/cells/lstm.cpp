@@ -88,6 +88,10 @@ void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* d
 void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
                       const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
                       int nthreads) {
+  const int P = rows * G >= (index_t(1) << 18) ? nthreads : 1;  // bias rows: 1 MiB or more
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
   for (index_t r = 0; r < rows; ++r) {
     float* dst = xp + r * G;
     for (index_t j = 0; j < G; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
@@ -275,7 +279,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     // (t1 - t0) * B rows without batch_sizes), bias first.
     float* xp = training ? gates + off0 * G : xp_buf;
     const index_t rows = bs ? packed_rows(bs, t0, t1) : (t1 - t0) * B;
-    if (bs) pack_steps(xg, x, I, B, bs, t0, t1);
+    if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads);
     input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads);
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
@@ -429,7 +433,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
            nthreads);
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
-    pack_steps(dx, x, I, B, bs, 0, T);
+    pack_steps(dx, x, I, B, bs, 0, T, nthreads);
     gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads);
     gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     unpack_steps_in_place(dx, I, B, bs, T);
@@ -438,7 +442,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
     const index_t n1 = N - bs[0];
     if (n1 > 0) {
-      pack_previous_steps(hp, y, H, B, bs, T);
+      pack_previous_steps(hp, y, H, B, bs, T, nthreads);
       gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
            nthreads);
     }

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace lstm_fast {
 
 index_t packed_rows(const index_t* bs, index_t t0, index_t t1) {
@@ -17,20 +21,44 @@ bool has_padding(const index_t* bs, index_t T, index_t B) {
   return false;
 }
 
-void pack_steps(float* dst, const float* src, index_t F, index_t B, const index_t* bs, index_t t0,
-                index_t t1) {
-  for (index_t t = t0; t < t1; ++t) {
-    if (bs[t] > 0) std::memcpy(dst, src + t * B * F, bs[t] * F * sizeof(float));
-    dst += bs[t] * F;
+namespace {
+// Threads for copying `floats` floats: one below 1 MiB.
+int copy_threads(index_t floats, int nthreads) {
+  return floats >= (index_t(1) << 18) ? nthreads : 1;
+}
+
+// Copies rows [0, bs[t]) of step t - shift of src to the packed place of step t, for steps
+// [t0, t1); the steps are split over the threads (each finds its packed offset).
+void pack_rows(float* dst, const float* src, index_t F, index_t B, const index_t* bs, index_t t0,
+               index_t t1, index_t shift, int nthreads) {
+  const int P = copy_threads(packed_rows(bs, t0, t1) * F, nthreads);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+#if defined(_OPENMP)
+    const int p = omp_get_thread_num(), np = omp_get_num_threads();
+#else
+    const int p = 0, np = 1;
+#endif
+    const index_t ta = t0 + (t1 - t0) * p / np, tb = t0 + (t1 - t0) * (p + 1) / np;
+    float* d = dst + packed_rows(bs, t0, ta) * F;
+    for (index_t t = ta; t < tb; ++t) {
+      if (bs[t] > 0) std::memcpy(d, src + (t - shift) * B * F, bs[t] * F * sizeof(float));
+      d += bs[t] * F;
+    }
   }
+}
+}  // namespace
+
+void pack_steps(float* dst, const float* src, index_t F, index_t B, const index_t* bs, index_t t0,
+                index_t t1, int nthreads) {
+  pack_rows(dst, src, F, B, bs, t0, t1, 0, nthreads);
 }
 
 void pack_previous_steps(float* dst, const float* src, index_t F, index_t B, const index_t* bs,
-                         index_t T) {
-  for (index_t t = 1; t < T; ++t) {
-    if (bs[t] > 0) std::memcpy(dst, src + (t - 1) * B * F, bs[t] * F * sizeof(float));
-    dst += bs[t] * F;
-  }
+                         index_t T, int nthreads) {
+  if (T > 1) pack_rows(dst, src, F, B, bs, 1, T, 1, nthreads);
 }
 
 void unpack_steps_in_place(float* a, index_t F, index_t B, const index_t* bs, index_t T) {

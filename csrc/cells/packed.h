@@ -20,13 +20,13 @@ bool has_padding(const index_t* bs, index_t T, index_t B);
 // dst <- the active rows of steps [t0, t1) of src, packed.
 void pack_steps(float* dst,        // (packed_rows(bs, t0, t1), F)
                 const float* src,  // (T, B, F)
-                index_t F, index_t B, const index_t* bs, index_t t0, index_t t1);
+                index_t F, index_t B, const index_t* bs, index_t t0, index_t t1, int nthreads);
 
 // dst <- for steps 1..T-1, rows [0, bs[t]) of step t - 1 of src, packed: the previous hidden
 // state of every active row after step 0 (the operand of dW_hh).
 void pack_previous_steps(float* dst,        // (packed_rows(bs, 1, T), F)
                          const float* src,  // (T, B, F)
-                         index_t F, index_t B, const index_t* bs, index_t T);
+                         index_t F, index_t B, const index_t* bs, index_t T, int nthreads);
 
 // a holds N = sum(bs) packed rows at its start: move each step's rows to its place in (T, B, F)
 // and zero the padding rows.

@@ -302,8 +302,11 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       index_t off = 0;  // packed row (in the chunk) of step t's row 0
       for (index_t t = t0; t < t1; ++t) {
         if (sched == Schedule::kBatch && (t - t0) % seg == 0) {
-          if (rebalance && t > t0) team_barrier();  // the new rows' h_prev are written
-          balanced_rows(bs, t, std::min(t1, t + seg), B, kern.MR / 2, p, np, &r0, &r1);
+          const index_t tile = kern.MR / 2, t2 = std::min(t1, t + seg);
+          // Rows changing hands: their h_prev / c_prev must be written first.
+          if (rebalance && t > t0 && split_changes(bs, t - seg, t, t, t2, B, tile, np))
+            team_barrier();
+          balanced_rows(bs, t, t2, B, tile, p, np, &r0, &r1);
         }
         const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
         const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
@@ -386,8 +389,11 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     index_t off = N;  // packed row of step t's row 0 (after the decrement below)
     for (index_t t = T - 1; t >= 0; --t) {
       if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
-        if (rebalance && t < T - 1) team_barrier();  // dh_next / dc_next of the new rows
-        balanced_rows(bs, std::max<index_t>(0, t + 1 - seg), t + 1, B, MR, p, np, &r0, &r1);
+        const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
+        // Rows changing hands: their dh_next / dc_next must be written first.
+        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, MR, np))
+          team_barrier();
+        balanced_rows(bs, s0, t + 1, B, MR, p, np, &r0, &r1);
       }
       off -= bs ? bs[t] : B;
       float* dz_t = dz + off * G;

@@ -85,6 +85,28 @@ index_t range_cost(const index_t* bs, index_t t0, index_t t1, index_t tile, inde
   }
   return c;
 }
+
+// The end of thread q's rows, given their start lo: chosen among tile-aligned rows (and B) to
+// minimise the larger of thread q's cost and the mean cost left to the threads after it.
+index_t next_boundary(const index_t* bs, index_t t0, index_t t1, index_t B, index_t tile,
+                      index_t lo, int q, int np) {
+  if (q >= np - 1) return B;
+  const index_t rest = np - q - 1;
+  index_t best = -1, hi = B;
+  // Candidates every `step` rows: at most about 64 per boundary.
+  const index_t step = tile * std::max<index_t>(1, (B / tile + 63) / 64);
+  for (index_t r = lo;; r = std::min(B, r + step)) {
+    const index_t mine = range_cost(bs, t0, t1, tile, lo, r);
+    const index_t left = (range_cost(bs, t0, t1, tile, r, B) + rest - 1) / rest;
+    const index_t worst = std::max(mine, left);
+    if (best < 0 || worst < best) {
+      best = worst;
+      hi = r;
+    }
+    if (r >= B) break;
+  }
+  return hi;
+}
 }  // namespace
 
 void balanced_rows(const index_t* bs, index_t t0, index_t t1, index_t B, index_t tile, int p,
@@ -94,36 +116,25 @@ void balanced_rows(const index_t* bs, index_t t0, index_t t1, index_t B, index_t
     *r1 = B * (p + 1) / np;
     return;
   }
-  if (tile < 1) tile = 1;
-  // Boundaries in order, each chosen among tile-aligned rows (and B) to minimise the larger of
-  // this thread's cost and the mean cost left to the threads after it. Every thread computes
-  // the same boundaries, so the split depends only on (bs, steps, B, tile, np).
+  // Boundaries in order; every thread computes the same ones, so the split depends only on
+  // (bs, steps, B, tile, np).
+  tile = std::max<index_t>(1, tile);
   index_t lo = 0;
-  for (int q = 0; q < np; ++q) {
-    index_t hi = B;
-    if (q < np - 1) {
-      const index_t rest = np - q - 1;
-      index_t best = -1;
-      // Candidates every `step` rows: at most about 64 per boundary.
-      const index_t step = tile * std::max<index_t>(1, (B / tile + 63) / 64);
-      for (index_t r = lo;; r = std::min(B, r + step)) {
-        const index_t mine = range_cost(bs, t0, t1, tile, lo, r);
-        const index_t left = (range_cost(bs, t0, t1, tile, r, B) + rest - 1) / rest;
-        const index_t worst = std::max(mine, left);
-        if (best < 0 || worst < best) {
-          best = worst;
-          hi = r;
-        }
-        if (r >= B) break;
-      }
-    }
-    if (q == p) {
-      *r0 = lo;
-      *r1 = hi;
-      return;
-    }
-    lo = hi;
+  for (int q = 0; q < p; ++q) lo = next_boundary(bs, t0, t1, B, tile, lo, q, np);
+  *r0 = lo;
+  *r1 = next_boundary(bs, t0, t1, B, tile, lo, p, np);
+}
+
+bool split_changes(const index_t* bs, index_t s0, index_t s1, index_t t0, index_t t1, index_t B,
+                   index_t tile, int np) {
+  tile = std::max<index_t>(1, tile);
+  index_t a = 0, b = 0;
+  for (int q = 0; q < np - 1; ++q) {
+    a = next_boundary(bs, s0, s1, B, tile, a, q, np);
+    b = next_boundary(bs, t0, t1, B, tile, b, q, np);
+    if (a != b) return true;
   }
+  return false;
 }
 
 }  // namespace lstm_fast

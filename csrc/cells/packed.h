@@ -34,8 +34,8 @@ void unpack_steps_in_place(float* a,  // (T, B, F)
                            index_t F, index_t B, const index_t* bs, index_t T);
 
 // Batch-split recurrences with batch_sizes re-balance their rows every this many steps (a team
-// barrier each time): rows sorted longest first would otherwise leave a fixed first thread with
-// the rows that stay active while the others run out of work.
+// barrier when rows change hands): rows sorted longest first would otherwise leave a fixed first
+// thread with the rows that stay active while the others run out of work.
 constexpr index_t kBalanceSteps = 8;
 
 // Rows [*r0, *r1) of thread p of np for a batch-split recurrence over steps [t0, t1):
@@ -44,5 +44,10 @@ constexpr index_t kBalanceSteps = 8;
 // recurrent weights once). bs == null: an even split of B.
 void balanced_rows(const index_t* bs, index_t t0, index_t t1, index_t B, index_t tile, int p,
                    int np, index_t* r0, index_t* r1);
+
+// Whether balanced_rows splits steps [t0, t1) differently from steps [s0, s1) for any of the np
+// threads (bs not null): rows change hands, so the team must meet first.
+bool split_changes(const index_t* bs, index_t s0, index_t s1, index_t t0, index_t t1, index_t B,
+                   index_t tile, int np);
 
 }  // namespace lstm_fast

@@ -295,7 +295,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         ub1 = nub * (p + 1) / np;
       }
       // Batch split: rows are independent, so threads never meet, except that with batch_sizes
-      // the rows are re-balanced every kBalanceSteps steps (rows tiles of MR / 2, the step
+      // the rows are re-balanced every kBalanceSteps steps (row tiles of MR / 2, the step
       // kernel's tile height).
       const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
       const index_t seg = rebalance ? kBalanceSteps : t1 - t0;

@@ -21,6 +21,7 @@ Run as a script for ratios from interleaved rounds (more robust on a shared, loa
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -95,11 +96,13 @@ def two_threads(request):
         pass
     yield
     lstm_fast.set_num_threads(before)
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.getplugin("terminalreporter"), plugins.getplugin("capturemanager")
     if reporter is not None and _medians:
-        reporter.write_line("")
-        for line in ratio_lines(_medians):
-            reporter.write_line(line)
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line("")
+            for line in ratio_lines(_medians):
+                reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,8 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
   }
   {
     py::gil_scoped_release nogil;
-    Workspace ws(lstm_forward_workspace_size(kern, s, training));
+    Workspace ws(
+        lstm_forward_workspace_size(kern, s, training, bs_ptr(a.batch_sizes) != nullptr));
     lstm_forward(y.mutable_data(), h_n.mutable_data(), c_n.mutable_data(),
                  training ? gates.mutable_data() : nullptr,
                  training ? cells.mutable_data() : nullptr, cptr(a.x), opt_ptr(a.h0),
@@ -143,7 +144,7 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   const int nthreads = get_num_threads();
   {
     py::gil_scoped_release nogil;
-    Workspace ws(lstm_backward_workspace_size(kern, s));
+    Workspace ws(lstm_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
     lstm_backward(dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(), mptr(dW_ih),
                   mptr(dW_hh), db_ih.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_ih)),
                   db_hh.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_hh)), opt_ptr(dy_a),
@@ -254,7 +255,11 @@ PYBIND11_MODULE(_core, m) {
                              [](const LSTMCache& c) {
                                return py::make_tuple(c.s.T, c.s.B, c.s.I, c.s.H);
                              })
-      .def_property_readonly("gates", [](const LSTMCache& c) { return c.gates; })
+      .def_property_readonly(
+          "gates", [](const LSTMCache& c) { return c.gates; },
+          "(T, B, 4H) post-activation gates i, f, g, o. With batch_sizes the rows are packed "
+          "(PackedSequence's data layout: step t's batch_sizes[t] rows follow step t-1's); rows "
+          "past sum(batch_sizes) are unused.")
       .def_property_readonly("cells", [](const LSTMCache& c) { return c.cells; })
       .def_property_readonly("nbytes",
                              [](const LSTMCache& c) { return c.gates.nbytes() + c.cells.nbytes(); })

@@ -82,7 +82,8 @@ py::tuple gru_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   }
   {
     py::gil_scoped_release nogil;
-    Workspace ws(gru_forward_workspace_size(kern, s, training));
+    Workspace ws(
+        gru_forward_workspace_size(kern, s, training, bs_ptr(a.batch_sizes) != nullptr));
     gru_forward(y.mutable_data(), h_n.mutable_data(), training ? gates.mutable_data() : nullptr,
                 training ? hwn.mutable_data() : nullptr, cptr(a.x), opt_ptr(a.h0), cptr(a.w_ih),
                 cptr(a.w_hh), opt_ptr(a.b_ih), opt_ptr(a.b_hh), s, bs_ptr(a.batch_sizes), ws.p,
@@ -127,7 +128,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   farray y({s.T, s.B, s.H}), h_n({s.B, s.H});
   {
     py::gil_scoped_release nogil;
-    Workspace ws(rnn_forward_workspace_size(kern, s));
+    Workspace ws(rnn_forward_workspace_size(kern, s, bs_ptr(a.batch_sizes) != nullptr));
     rnn_forward(y.mutable_data(), h_n.mutable_data(), cptr(a.x), opt_ptr(a.h0), cptr(a.w_ih),
                 cptr(a.w_hh), opt_ptr(a.b_ih), opt_ptr(a.b_hh), relu, s, bs_ptr(a.batch_sizes),
                 ws.p, kern, nthreads);
@@ -174,14 +175,14 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   {
     py::gil_scoped_release nogil;
     if (c.gates == 3) {
-      Workspace ws(gru_backward_workspace_size(kern, s));
+      Workspace ws(gru_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
       gru_backward(dx.mutable_data(), dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
                    opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a), opt_ptr(dhn_a), cptr(c.x),
                    opt_ptr(c.h0), cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y),
                    cptr(c.gate_acts), cptr(c.hwn), s, bs_ptr(c.batch_sizes), ws.p, kern,
                    nthreads);
     } else {
-      Workspace ws(rnn_backward_workspace_size(kern, s));
+      Workspace ws(rnn_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
       rnn_backward(dx.mutable_data(), dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
                    opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a), opt_ptr(dhn_a), cptr(c.x),
                    opt_ptr(c.h0), cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), c.relu, s,

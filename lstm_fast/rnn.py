@@ -381,10 +381,10 @@ class _RNNBase(Module):
             order = np.argsort(-lens, kind="stable")
             inv = np.argsort(order)
             lens = lens[order]
-            x = x[:, order]
+            x = np.take(x, order, axis=1)  # C-contiguous (x[:, order] is not)
             if h0 is not None:
-                h0 = h0[:, order]
-                c0 = None if c0 is None else c0[:, order]
+                h0 = np.take(h0, order, axis=1)
+                c0 = None if c0 is None else np.take(c0, order, axis=1)
             bs = np.ascontiguousarray((lens[None, :] > np.arange(T)[:, None]).sum(1), np.int64)
             if D == 2:
                 rev = (_reverse_index(lens, T), np.arange(B)[None, :])
@@ -440,9 +440,9 @@ class _RNNBase(Module):
         else:
             object.__setattr__(self, "_saved", None)
         if inv is not None:
-            y = y[:, inv]
-            h_n = h_n[:, inv]
-            c_n = None if c_n is None else c_n[:, inv]
+            y = np.take(y, inv, axis=1)
+            h_n = np.take(h_n, inv, axis=1)
+            c_n = None if c_n is None else np.take(c_n, inv, axis=1)
         hidden = (h_n, c_n) if self._has_cell else h_n
         if packed is not None:
             return self._repack(y, packed), hidden
@@ -515,10 +515,10 @@ class _RNNBase(Module):
             if a.shape != st_want:
                 raise ValueError(f"{nm}: expected shape {st_want}, got {a.shape}")
             a = a[:, None, :] if unbatched else a
-            dstates.append(a if order is None else a[:, order])
+            dstates.append(a if order is None else np.take(a, order, axis=1))
         dhn_all, dcn_all = dstates
         if order is not None:
-            dy = dy[:, order]
+            dy = np.take(dy, order, axis=1)
 
         def flip(a):
             return a[::-1] if rev is None else a[rev]
@@ -561,8 +561,8 @@ class _RNNBase(Module):
         dx = grad
         if order is not None:
             inv = meta["inv"]
-            dx, dh0 = dx[:, inv], dh0[:, inv]
-            dc0 = None if dc0 is None else dc0[:, inv]
+            dx, dh0 = np.take(dx, inv, axis=1), np.take(dh0, inv, axis=1)
+            dc0 = None if dc0 is None else np.take(dc0, inv, axis=1)
         if unbatched:
             dx, dh0 = dx[:, 0, :], dh0[:, 0, :]
             dc0 = None if dc0 is None else dc0[:, 0, :]

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cells/packed.h"
 #include "gemm/gemm.h"
 
 #if defined(_OPENMP)
@@ -102,17 +103,17 @@ void recurrent_product_back(const Kernels& kern, index_t H, index_t G, index_t r
 
 void input_projection(const Kernels& kern, const CellSizes& s, index_t G, const float* x,
                       const float* W_ih, const float* b1, const float* b2, float* xp,
-                      const index_t* bs, int nthreads) {
+                      const index_t* bs, float* xg, int nthreads) {
   const index_t T = s.T, B = s.B, I = s.I;
-  auto project = [&](index_t rows, const float* xr, float* dst) {
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t j = 0; j < G; ++j)
-        dst[r * G + j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
-    gemm(kern, rows, G, I, MatView{xr, I, 1}, MatView{W_ih, 1, I}, dst, G, true, nthreads);
-  };
-  if (!bs) return project(T * B, x, xp);
-  for (index_t t = 0; t < T; ++t)  // only the active rows of each step
-    if (bs[t] > 0) project(bs[t], x + t * B * I, xp + t * B * G);
+  const index_t rows = bs ? packed_rows(bs, 0, T) : T * B;
+  if (bs) pack_steps(xg, x, I, B, bs, 0, T, nthreads);  // only the active rows, packed
+  const int P = rows * G >= (index_t(1) << 18) ? nthreads : 1;  // bias rows: 1 MiB or more
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t j = 0; j < G; ++j) xp[r * G + j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
+  gemm(kern, rows, G, I, MatView{bs ? xg : x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
 }
 
 void zero_padding(float* y, const CellSizes& s, const index_t* bs) {
@@ -154,32 +155,42 @@ void column_sums(index_t rows, index_t G, const float* dz, float* db, int nthrea
 }  // namespace
 
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
-                       float* dx, bool dx_accumulate, float* dW_ih, float* dW_hh, float* db,
-                       const float* x, const float* h0, const float* W_ih, const float* y,
-                       const index_t* bs, int nthreads) {
-  const index_t T = s.T, B = s.B, I = s.I, H = s.H, TB = T * B;
-  bool padded = false;
-  if (bs)
-    for (index_t t = 0; t < T; ++t) padded = padded || bs[t] < B;
-  if (dx)
-    gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, dx_accumulate, nthreads);
-  if (dW_ih) {
-    if (!padded) {
-      gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
-    } else {  // never read x's padding (it may hold anything, NaN included)
-      for (index_t t = 0; t < T; ++t)
-        if (bs[t] > 0)
-          gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1},
-               dW_ih, I, true, nthreads);
+                       float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
+                       const float* h0, const float* W_ih, const float* y, const index_t* bs,
+                       float* hp, int nthreads) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H;
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
+  if (!bs) {
+    if (dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+    if (dW_ih) gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+    if (dW_hh) {
+      if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+      if (T > 1)
+        gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H,
+             true, nthreads);
+    }
+  } else {  // never read the padding of x (it may hold anything, NaN included) or of y
+    // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
+    if (dx) {
+      if (dW_ih) {
+        pack_steps(dx, x, I, B, bs, 0, T, nthreads);
+        gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads);
+      }
+      gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+      unpack_steps_in_place(dx, I, B, bs, T);
+    }
+    if (dW_hh) {  // step 0 against h0's active rows, steps 1.. against the previous outputs
+      if (h0)
+        gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+      const index_t n1 = N - bs[0];
+      if (n1 > 0) {
+        pack_previous_steps(hp, y, H, B, bs, T, nthreads);
+        gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
+             nthreads);
+      }
     }
   }
-  if (dW_hh) {
-    if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
-    if (T > 1)
-      gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,
-           nthreads);
-  }
-  if (db) column_sums(TB, G, dz, db, nthreads);
+  if (db) column_sums(N, G, dz, db, nthreads);
 }
 
 }  // namespace cell_detail
@@ -192,44 +203,49 @@ namespace {
 constexpr index_t kUnpackedRows = 4;
 }  // namespace
 
-index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training) {
+index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training,
+                                   bool lengths) {
   const index_t G = 3 * s.H;
   const index_t panels = 3 * num_panels(kern, s.H) * s.H * kern.NR;
-  return panels + (training ? 0 : s.T * s.B * G) + s.B * G + s.B * s.H + 64;
+  const index_t xg = lengths ? s.T * s.B * s.I : 0;
+  return panels + (training ? 0 : s.T * s.B * G) + xg + s.B * G + s.B * s.H + 64;
 }
 
 void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x, const float* h0,
                  const float* W_ih, const float* W_hh, const float* b_ih, const float* b_hh,
                  const CellSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
                  int nthreads) {
-  const index_t T = s.T, B = s.B, H = s.H, G = 3 * H;
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 3 * H;
   const bool training = gates != nullptr;
   if (B == 0 || H == 0) return;
   if (T == 0) {
     for (index_t j = 0; j < B * H; ++j) h_n[j] = h0 ? h0[j] : 0.0f;
     return;
   }
+  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // every row active: the packed layout is dense
   const CellKernels& ck = cell_kernels_for(kern);
   const bool unpacked = T * B <= kUnpackedRows;
-  // Workspace: [packed W_hh] [xp (T*B, 3H), inference only] [hw (B, 3H)] [zeros (B, H)].
+  // Workspace: [packed W_hh] [xp (T*B, 3H), inference only] [x's active rows (T*B, I), with
+  // batch_sizes] [hw (B, 3H)] [zeros (B, H)]. With batch_sizes xp (the training gates cache)
+  // holds packed rows.
   const index_t nbj = num_panels(kern, H);
   float* Wp = workspace;
   float* xp = training ? gates : Wp + 3 * nbj * H * kern.NR;
-  float* hw = (training ? Wp + 3 * nbj * H * kern.NR : xp + T * B * G);
+  float* xg = (training ? Wp + 3 * nbj * H * kern.NR : xp + T * B * G);
+  float* hw = xg + (bs ? T * B * I : 0);
   float* zeros = hw + B * G;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   zero_padding(y, s, bs);
-  if (bs)  // gates / hwn of padding rows are never read; keep them finite and defined
-    for (index_t t = 0; t < T; ++t)
-      if (bs[t] < B && training) {
-        std::memset(gates + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
-        std::memset(hwn + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
-      }
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
+  if (bs && training) {  // unused rows of the caches: never read; keep them finite and defined
+    std::memset(gates + N * G, 0, (T * B - N) * G * sizeof(float));
+    zero_padding(hwn, s, bs);
+  }
 
   // Hoisted input projection: x . W_ih^T + b_ih for all steps (b_hh stays in the step: b_hn is
   // multiplied by the reset gate).
-  input_projection(kern, s, G, x, W_ih, b_ih, nullptr, xp, bs, nthreads);
+  input_projection(kern, s, G, x, W_ih, b_ih, nullptr, xp, bs, xg, nthreads);
 
   Schedule sched = choose_schedule(kern, s, G, nthreads);
   if (unpacked) sched = (G * H >= (1 << 16) && nthreads > 1) ? Schedule::kUnits : Schedule::kSerial;
@@ -245,20 +261,33 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     const index_t ublk = unpacked ? 8 : kern.NR;  // unit granularity of a thread's slice
     const index_t nblk = (H + ublk - 1) / ublk;
-    if (sched == Schedule::kBatch) {
-      r0 = B * p / np;
-      r1 = B * (p + 1) / np;
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nblk * p / np;
       j1 = nblk * (p + 1) / np;
     } else {
       j1 = nblk;
     }
     const index_t u0 = std::min(H, j0 * ublk), u1 = std::min(H, j1 * ublk);
+    index_t off = 0;  // packed row of step t's row 0
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
     for (index_t t = 0; t < T; ++t) {
+      if (sched == Schedule::kBatch && t % seg == 0) {
+        const index_t t2 = std::min(T, t + seg);
+        // Rows changing hands: their h_prev must be written first.
+        if (rebalance && t > 0 && split_changes(bs, t - seg, t, t, t2, B, kern.MR, np)) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+        }
+        balanced_rows(bs, t, t2, B, kern.MR, p, np, &r0, &r1);
+      }
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
-      float* xp_t = xp + t * B * G;
+      float* xp_t = xp + off * G;
+      off += bs ? bs[t] : B;
       if (re > r0 && u1 > u0) {
         // hw[:, gate q, my units] = h_prev . W_hq^T (the bias is added in the epilogue).
         if (unpacked) {
@@ -270,7 +299,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
           recurrent_product(kern, H, 3, r0, re, j0, j1, h_prev, Wp, hw, false);
         }
         ck.gru_fwd(re - r0, H, u0, u1, y + (t * B + r0) * H,
-                   training ? gates + (t * B + r0) * G : nullptr,
+                   training ? xp_t + r0 * G : nullptr,
                    training ? hwn + (t * B + r0) * H : nullptr, xp_t + r0 * G, hw + r0 * G, b_hh,
                    h_prev + r0 * H);
       }
@@ -284,9 +313,10 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   final_state(h_n, y, h_init, s, bs);
 }
 
-index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s) {
+index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
   const index_t G = 3 * s.H;
-  return 2 * s.T * s.B * G + num_panels(kern, s.H) * kern.NR * G + s.B * s.H + 64;
+  const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
+  return 2 * s.T * s.B * G + num_panels(kern, s.H) * kern.NR * G + s.B * s.H + hp + 64;
 }
 
 void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
@@ -301,21 +331,19 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   }
   for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
   if (T == 0) return;
+  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward: dense layout
   const CellKernels& ck = cell_kernels_for(kern);
   const index_t nbj = num_panels(kern, H);
-  float* dxw = workspace;            // (T, B, 3H): gradients of x W_ih^T + b_ih
-  float* dhw = dxw + T * B * G;      // (T, B, 3H): gradients of h W_hh^T + b_hh
+  // With batch_sizes dxw, dhw and the gates cache hold packed rows (N in all).
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
+  float* dxw = workspace;            // (N, 3H): gradients of x W_ih^T + b_ih
+  float* dhw = dxw + T * B * G;      // (N, 3H): gradients of h W_hh^T + b_hh
   float* Wb = dhw + T * B * G;       // W_hh (3H x H) packed as the B operand of dhw_t . W_hh
   float* zeros = Wb + nbj * kern.NR * G;  // (B, H)
+  float* hp = zeros + B * H;              // (N, H) with batch_sizes: packed h_prev rows
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
-  if (bs)
-    for (index_t t = 0; t < T; ++t)
-      if (bs[t] < B) {
-        std::memset(dxw + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
-        std::memset(dhw + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
-      }
   const Schedule sched = choose_schedule(kern, s, G, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
 
@@ -326,21 +354,34 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
-    if (sched == Schedule::kBatch) {
-      r0 = B * p / np;
-      r1 = B * (p + 1) / np;
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nbj * p / np;
       j1 = nbj * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
+    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
     for (index_t t = T - 1; t >= 0; --t) {
+      if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
+        const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
+        // Rows changing hands: their dh_next must be written first.
+        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, kern.MR, np)) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+        }
+        balanced_rows(bs, s0, t + 1, B, kern.MR, p, np, &r0, &r1);
+      }
+      off -= bs ? bs[t] : B;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       // Pointwise for my units: dxw_t, dhw_t, and dh_next <- dh * z (rows past re pass through).
       if (re > r0 && u1 > u0)
-        ck.gru_bwd(re - r0, H, u0, u1, dxw + (t * B + r0) * G, dhw + (t * B + r0) * G,
-                   dh0 + r0 * H, dy ? dy + (t * B + r0) * H : nullptr, gates + (t * B + r0) * G,
+        ck.gru_bwd(re - r0, H, u0, u1, dxw + (off + r0) * G, dhw + (off + r0) * G,
+                   dh0 + r0 * H, dy ? dy + (t * B + r0) * H : nullptr, gates + (off + r0) * G,
                    hwn + (t * B + r0) * H, h_prev + r0 * H);
       if (sched == Schedule::kUnits && np > 1) {
 #if defined(_OPENMP)
@@ -348,12 +389,12 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
 #endif
       }
       // dh_next[:, my columns] += dhw_t . W_hh[:, my columns] (reads every thread's dhw_t).
-      if (re > r0) recurrent_product_back(kern, H, G, r0, re, j0, j1, dhw + t * B * G, Wb, dh0, true);
+      if (re > r0) recurrent_product_back(kern, H, G, r0, re, j0, j1, dhw + off * G, Wb, dh0, true);
     }
   }
-  backward_products(kern, s, G, dxw, dx, false, dW_ih, nullptr, db_ih, x, h0, W_ih, y, bs,
+  backward_products(kern, s, G, dxw, dx, dW_ih, nullptr, db_ih, x, h0, W_ih, y, bs, hp,
                     nthreads);
-  backward_products(kern, s, G, dhw, nullptr, false, nullptr, dW_hh, db_hh, x, h0, W_ih, y, bs,
+  backward_products(kern, s, G, dhw, nullptr, nullptr, dW_hh, db_hh, x, h0, W_ih, y, bs, hp,
                     nthreads);
 }
 

@@ -15,16 +15,19 @@ struct CellSizes {
 
 // Variable lengths (batch_sizes) as in lstm.h: rows sorted by length, longest first; step t
 // computes only rows [0, batch_sizes[t]); y is zero for the other rows; h_n is each row's state
-// after its last real step; the padding of x is never read.
+// after its last real step; the padding of x is never read. The training gates cache then holds
+// packed rows (packed.h); hwn stays (T, B, H) with zero padding rows.
 
-index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training);
+// lengths: batch_sizes will be given.
+index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training,
+                                   bool lengths);
 
 // Forward over the sequence. Inference when gates == hwn == nullptr; training when both are
 // given: post-activation gates r, z, n and hw_n = h W_hn^T + b_hn are kept for backward.
 // h0 may be null (zeros); b_ih, b_hh may be null (no bias).
 void gru_forward(float* y,            // (T, B, H)
                  float* h_n,          // (B, H)
-                 float* gates,        // (T, B, 3H) or null
+                 float* gates,        // (T, B, 3H) or null; packed rows with batch_sizes
                  float* hwn,          // (T, B, H) or null
                  const float* x,      // (T, B, I)
                  const float* h0,     // (B, H) or null
@@ -36,7 +39,7 @@ void gru_forward(float* y,            // (T, B, H)
                  const index_t* batch_sizes,  // (T) non-increasing, or null
                  float* workspace, const Kernels& kern, int nthreads);
 
-index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s);
+index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths);
 
 // Backward (BPTT) from a training forward. dx, dh0 are overwritten; dW_ih, dW_hh, db_ih, db_hh
 // are accumulated into (+=); db_ih / db_hh may be null. dy, dh_n may be null (zero).
@@ -53,7 +56,7 @@ void gru_backward(float* dx,           // (T, B, I)
                   const float* W_ih,   // (3H, I)
                   const float* W_hh,   // (3H, H)
                   const float* y,      // (T, B, H)
-                  const float* gates,  // (T, B, 3H)
+                  const float* gates,  // (T, B, 3H), packed rows with batch_sizes
                   const float* hwn,    // (T, B, H)
                   const CellSizes& s,
                   const index_t* batch_sizes,  // (T) as given to the forward, or null
@@ -84,23 +87,28 @@ void recurrent_product_back(const Kernels& kern, index_t H, index_t G, index_t r
                             index_t j0, index_t j1, const float* dz, const float* Wb, float* dh,
                             bool accumulate);
 
-// xp[r] = biases + x[r] . W_ih^T for every step's active rows (bias pointers may be null).
+// xp[r] = biases + x[r] . W_ih^T for every step's active rows (bias pointers may be null), in
+// one GEMM. With batch_sizes (some padding) xp holds the N = sum(bs) packed rows (packed.h) and
+// xg (N, I) receives x's active rows first.
 void input_projection(const Kernels& kern, const CellSizes& s, index_t G, const float* x,
                       const float* W_ih, const float* b1, const float* b2, float* xp,
-                      const index_t* bs, int nthreads);
+                      const index_t* bs, float* xg, int nthreads);
 
 // y's padding rows zeroed; h_n[b] = y at row b's last real step (h_init without one).
 void zero_padding(float* y, const CellSizes& s, const index_t* bs);
 void final_state(float* h_n, const float* y, const float* h_init, const CellSizes& s,
                  const index_t* bs);
 
-// Large products after a backward loop, for one gate-gradient matrix dz (T*B, G):
-// dx (=, unless null) dz . W_ih; dW_ih += dz^T x; dW_hh += dz^T h_prev (h0, then y);
-// db += column sums. Padding rows of dz are zero; x's padding is never read.
+// Large products after a backward loop, one GEMM each over the N active rows of a
+// gate-gradient matrix dz (N, G): all T*B rows without batch_sizes, else packed rows (bs must
+// then have some padding):
+// dx (= unless null; zero padding rows) dz . W_ih; dW_ih += dz^T x; dW_hh += dz^T h_prev
+// (h0, then y); db += column sums. The padding of x and y is never read. With batch_sizes,
+// dW_ih needs dx (its storage first holds x's packed rows) and dW_hh needs hp (N, H) scratch.
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
-                       float* dx, bool dx_accumulate, float* dW_ih, float* dW_hh, float* db,
-                       const float* x, const float* h0, const float* W_ih, const float* y,
-                       const index_t* bs, int nthreads);
+                       float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
+                       const float* h0, const float* W_ih, const float* y, const index_t* bs,
+                       float* hp, int nthreads);
 
 // Team helpers (no-ops without OpenMP).
 int team_id();

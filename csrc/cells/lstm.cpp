@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cells/packed.h"
 #include "gemm/gemm.h"
 
 #if defined(_OPENMP)
@@ -100,6 +101,10 @@ void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* d
 void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
                       const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
                       int nthreads) {
+  const int P = rows * G >= (index_t(1) << 18) ? nthreads : 1;  // bias rows: 1 MiB or more
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
   for (index_t r = 0; r < rows; ++r) {
     float* dst = xp + r * G;
     for (index_t j = 0; j < G; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
@@ -135,12 +140,16 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
                            const Kernels& kern, int nthreads) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   const bool training = gates != nullptr;
-  float* xp = training ? gates : xp_buf;
+  float* xp = training ? gates : xp_buf;  // packed rows with batch_sizes (see packed.h)
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
-  for (index_t r = 0; r < T * B; ++r)
-    for (index_t j = 0; j < G; ++j)
-      xp[r * G + j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-  gemm(kern, T * B, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
+  if (!bs) {
+    input_projection(kern, T * B, G, I, x, W_ih, b_ih, b_hh, xp, nthreads);
+  } else {  // a few steps: one small projection per step, active rows only
+    index_t off = 0;
+    for (index_t t = 0; t < T; off += bs[t], ++t)
+      input_projection(kern, bs[t], G, I, x + t * B * I, W_ih, b_ih, b_hh, xp + off * G,
+                       nthreads);
+  }
   const int P = (G * H >= (1 << 16) && nthreads > 1) ? nthreads : 1;
   const index_t nub = num_unit_blocks(kern, H), nblk = (G + 7) / 8;
 #if defined(_OPENMP)
@@ -151,12 +160,14 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
     const int p = team_id(), np = team_size();
     const index_t n0 = std::min(G, nblk * p / np * 8), n1 = std::min(G, nblk * (p + 1) / np * 8);
     const index_t ub0 = nub * p / np, ub1 = nub * (p + 1) / np;
+    index_t off = 0;  // packed row of this step's row 0
     for (index_t t = 0; t < T; ++t) {
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
       float* c_out = training ? cells + t * B * H : state;
-      float* xp_t = xp + t * B * G;
       const index_t rows = bs ? bs[t] : B;
+      float* xp_t = xp + off * G;
+      off += rows;
       for (index_t b = 0; b < rows && n1 > n0; ++b)
         kern.gemv_rows(n1 - n0, H, W_hh + n0 * H, H, h_prev + b * H, xp_t + b * G + n0, true);
       if (np > 1) team_barrier();
@@ -205,11 +216,13 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthre
   return Schedule::kSerial;
 }
 
-index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training) {
+index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training,
+                                    bool lengths) {
   const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
+  const index_t xg = lengths ? chunk_steps(s) * s.B * s.I : 0;  // a chunk's active rows of x
   const index_t unpacked = s.T * s.B * 4 * s.H;
-  return std::max(panels + xp, unpacked) + 2 * s.B * s.H + 64;
+  return std::max(panels + xp + xg, unpacked) + 2 * s.B * s.H + 64;
 }
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
@@ -226,6 +239,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     }
     return;
   }
+  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // every row active: the packed layout is dense
   if (bs) {  // padding rows of y are zero
     for (index_t t = 0; t < T; ++t)
       if (bs[t] < B) std::memset(y + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
@@ -245,12 +259,16 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
     return;
   }
-  // Workspace: [packed W_hh] [xp chunk (TC*B, 4H), inference only] [c state (B, H)] [zeros (B, H)].
+  // Workspace: [packed W_hh] [xp chunk (TC*B, 4H), inference only]
+  //            [x chunk (TC*B, I), with batch_sizes] [c state (B, H)] [zeros (B, H)].
+  // With batch_sizes, xp (and the training gates cache) hold packed rows (packed.h).
   const index_t nub = num_unit_blocks(kern, H);
+  const index_t TC = chunk_steps(s);
   float* Wp = workspace;
   float* xp_buf = Wp + nub * H * 4 * kern.W;
-  float* state = xp_buf + (training ? 0 : chunk_steps(s) * B * G);  // (B, H): c in inference
-  float* zeros = state + B * H;                                       // (B, H): null h0 / c0
+  float* xg = xp_buf + (training ? 0 : TC * B * G);  // (TC*B, I): a chunk's active rows of x
+  float* state = xg + (bs ? TC * B * I : 0);          // (B, H): c in inference
+  float* zeros = state + B * H;                       // (B, H): null h0 / c0
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
@@ -267,18 +285,15 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     for (index_t ub = 0; ub < nub; ++ub) pack_recurrent_panels(kern, H, ub, ub + 1, W_hh, Wp);
   }
 
-  const index_t TC = chunk_steps(s);
+  index_t off0 = 0;  // packed row of step t0's row 0
   for (index_t t0 = 0; t0 < T; t0 += TC) {
     const index_t t1 = std::min(T, t0 + TC);
-    // Hoisted input projection for steps [t0, t1): one GEMM over (t1 - t0) * B rows, bias first.
-    float* xp = training ? gates + t0 * B * G : xp_buf;
-    if (!bs) {
-      input_projection(kern, (t1 - t0) * B, G, I, x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads);
-    } else {  // only the active rows of each step
-      for (index_t t = t0; t < t1; ++t)
-        input_projection(kern, bs[t], G, I, x + t * B * I, W_ih, b_ih, b_hh,
-                         xp + (t - t0) * B * G, nthreads);
-    }
+    // Hoisted input projection for steps [t0, t1): one GEMM over the chunk's active rows (all
+    // (t1 - t0) * B rows without batch_sizes), bias first.
+    float* xp = training ? gates + off0 * G : xp_buf;
+    const index_t rows = bs ? packed_rows(bs, t0, t1) : (t1 - t0) * B;
+    if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads);
+    input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads);
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
 #if defined(_OPENMP)
@@ -288,18 +303,29 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       DenormalGuard ftz;
       const int p = team_id(), np = team_size();
       index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub;
-      if (sched == Schedule::kBatch) {
-        r0 = B * p / np;
-        r1 = B * (p + 1) / np;
-      } else if (sched == Schedule::kUnits) {
+      if (sched == Schedule::kUnits) {
         ub0 = nub * p / np;
         ub1 = nub * (p + 1) / np;
       }
+      // Batch split: rows are independent, so threads never meet, except that with batch_sizes
+      // the rows are re-balanced every kBalanceSteps steps (row tiles of MR / 2, the step
+      // kernel's tile height).
+      const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+      const index_t seg = rebalance ? kBalanceSteps : t1 - t0;
+      index_t off = 0;  // packed row (in the chunk) of step t's row 0
       for (index_t t = t0; t < t1; ++t) {
+        if (sched == Schedule::kBatch && (t - t0) % seg == 0) {
+          const index_t tile = kern.MR / 2, t2 = std::min(t1, t + seg);
+          // Rows changing hands: their h_prev / c_prev must be written first.
+          if (rebalance && t > t0 && split_changes(bs, t - seg, t, t, t2, B, tile, np))
+            team_barrier();
+          balanced_rows(bs, t, t2, B, tile, p, np, &r0, &r1);
+        }
         const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
         const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
         float* c_out = training ? cells + t * B * H : state;
-        float* xp_t = xp + (t - t0) * B * G;
+        float* xp_t = xp + off * G;
+        off += bs ? bs[t] : B;
         const index_t re = bs ? std::min(r1, bs[t]) : r1;
         if (re > r0 && ub1 > ub0)
           kern.lstm_fwd_rows(re - r0, H, H, ub0, ub1, y + t * B * H + r0 * H, H, c_out + r0 * H,
@@ -308,13 +334,15 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         if (sched == Schedule::kUnits && np > 1) team_barrier();
       }
     }
+    off0 += rows;
   }
   final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
 }
 
-index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s) {
+index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths) {
   const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
-  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + 64;
+  const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
+  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + 64;
 }
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
@@ -334,10 +362,14 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     dc0[j] = dc_n ? dc_n[j] : 0.0f;
   }
   if (T == 0) return;
+  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward: dense layout
   const index_t nbj = (H + kern.NR - 1) / kern.NR;
-  float* dz = workspace;               // (T, B, 4H)
+  // dZ and the gates cache hold packed rows with batch_sizes (packed.h): N rows in all.
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
+  float* dz = workspace;               // (N, 4H)
   float* Wb = dz + T * B * G;          // W_hh packed as the B operand of dZ_t . W_hh: (4H, H)
   float* zeros = Wb + nbj * kern.NR * G;  // (B, H)
+  float* hp = zeros + B * H;              // (N, H) with batch_sizes: packed h_prev rows
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
@@ -349,14 +381,6 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     sched = Schedule::kUnits;
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
-  bool padded = false;
-  if (bs) {  // dZ is zero on padding rows
-    for (index_t t = 0; t < T; ++t)
-      if (bs[t] < B) {
-        padded = true;
-        std::memset(dz + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
-      }
-  }
 
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
@@ -365,23 +389,34 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
-    if (sched == Schedule::kBatch) {
-      r0 = B * p / np;
-      r1 = B * (p + 1) / np;
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nbj * p / np;
       j1 = nbj * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
     const int MR = kern.MR, NR = kern.NR;
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
+    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
     for (index_t t = T - 1; t >= 0; --t) {
-      float* dz_t = dz + t * B * G;
+      if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
+        const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
+        // Rows changing hands: their dh_next / dc_next must be written first.
+        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, MR, np))
+          team_barrier();
+        balanced_rows(bs, s0, t + 1, B, MR, p, np, &r0, &r1);
+      }
+      off -= bs ? bs[t] : B;
+      float* dz_t = dz + off * G;
+      const float* gates_t = gates + off * G;
       const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;  // this step's active rows
       // Pointwise: this thread's units (all rows) or rows (all units).
       if (re > r0 && u1 > u0)
         kern.lstm_bwd_pointwise(re - r0, H, u0, u1, dz_t + r0 * G, dc0 + r0 * H,
-                                gates + t * B * G + r0 * G, cells + t * B * H + r0 * H,
+                                gates_t + r0 * G, cells + t * B * H + r0 * H,
                                 c_prev + r0 * H, dy ? dy + t * B * H + r0 * H : nullptr,
                                 dh0 + r0 * H);
       if (sched == Schedule::kUnits && np > 1) team_barrier();
@@ -407,20 +442,30 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     }
   }
 
-  // Large GEMMs over all T*B rows.
-  const index_t TB = T * B;
-  gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-  if (!padded) {
-    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
-  } else {  // never read x's padding (it may hold anything, NaN included)
-    for (index_t t = 0; t < T; ++t)
-      gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1}, dW_ih,
-           I, true, nthreads);
+  // Large GEMMs, each over all N active rows.
+  if (!bs) {
+    gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+    if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+    if (T > 1)
+      gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,
+           nthreads);
+  } else {  // never read the padding of x (it may hold anything, NaN included) or of y
+    // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
+    pack_steps(dx, x, I, B, bs, 0, T, nthreads);
+    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads);
+    gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+    unpack_steps_in_place(dx, I, B, bs, T);
+    // dW_hh: step 0 against h0's active rows, steps 1.. against the previous outputs.
+    if (h0)
+      gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+    const index_t n1 = N - bs[0];
+    if (n1 > 0) {
+      pack_previous_steps(hp, y, H, B, bs, T, nthreads);
+      gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
+           nthreads);
+    }
   }
-  if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
-  if (T > 1)
-    gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,
-         nthreads);
   if (db_ih || db_hh) {
     const int Pb = G >= 256 ? nthreads : 1;
 #if defined(_OPENMP)
@@ -430,7 +475,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       const int p = team_id(), np = team_size();
       const index_t blocks = (G + 63) / 64;
       const index_t c0b = std::min(G, blocks * p / np * 64), c1b = std::min(G, blocks * (p + 1) / np * 64);
-      column_sums(TB, G, c0b, c1b, dz, db_ih, db_hh);
+      column_sums(N, G, c0b, c1b, dz, db_ih, db_hh);
     }
   }
 }

@@ -15,13 +15,17 @@ struct LstmSizes {
 Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthreads);
 const char* schedule_name(Schedule s);
 
-// Floats of workspace lstm_forward needs (training: the gates cache holds the input projection).
-index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training);
+// Floats of workspace lstm_forward needs (training: the gates cache holds the input projection;
+// lengths: batch_sizes will be given).
+index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training,
+                                    bool lengths);
 
 // Variable lengths: with batch_sizes, rows are sorted by length (longest first) and step t
 // computes only rows [0, batch_sizes[t]) (PackedSequence's layout): y is zero for the other
 // rows, h_n / c_n hold each row's state after its last real step, and no arithmetic is spent on
-// the padding in the step loop or the input projection.
+// the padding in the step loop or the input projection. The training gates cache then holds
+// packed rows (packed.h: step t's active rows follow step t-1's; rows past sum(batch_sizes) are
+// unused); y, cells, dx stay (T, B, .) with zero padding rows.
 //
 // Forward over the sequence. Inference when gates == cells == nullptr; training when both are
 // given (post-activation gates and cell states are kept for backward).
@@ -29,7 +33,7 @@ index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, boo
 void lstm_forward(float* y,            // (T, B, H)
                   float* h_n,          // (B, H)
                   float* c_n,          // (B, H)
-                  float* gates,        // (T, B, 4H) or null
+                  float* gates,        // (T, B, 4H) or null; packed rows with batch_sizes
                   float* cells,        // (T, B, H) or null
                   const float* x,      // (T, B, I)
                   const float* h0,     // (B, H) or null
@@ -42,7 +46,7 @@ void lstm_forward(float* y,            // (T, B, H)
                   const index_t* batch_sizes,  // (T) non-increasing, or null: all B rows
                   float* workspace, const Kernels& kern, int nthreads);
 
-index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s);
+index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths);
 
 // Backward (BPTT) from a training forward. dx, dh0, dc0 are overwritten; dW_ih, dW_hh, db_ih,
 // db_hh are accumulated into (+=); db_ih / db_hh may be null (no bias).
@@ -63,7 +67,7 @@ void lstm_backward(float* dx,           // (T, B, I)
                    const float* W_ih,   // (4H, I)
                    const float* W_hh,   // (4H, H)
                    const float* y,      // (T, B, H)
-                   const float* gates,  // (T, B, 4H)
+                   const float* gates,  // (T, B, 4H), packed rows with batch_sizes
                    const float* cells,  // (T, B, H)
                    const LstmSizes& s,
                    const index_t* batch_sizes,  // (T) as given to the forward, or null

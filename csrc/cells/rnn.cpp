@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cells/packed.h"
 #include "gemm/gemm.h"
 
 namespace lstm_fast {
@@ -13,8 +14,9 @@ namespace {
 constexpr index_t kUnpackedRows = 4;  // T * B at most: GEMV on W_hh's rows, no packing
 }
 
-index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s) {
-  return num_panels(kern, s.H) * s.H * kern.NR + s.B * s.H + 64;
+index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
+  const index_t xg = lengths ? s.T * s.B * s.I : 0;  // x's active rows, packed
+  return num_panels(kern, s.H) * s.H * kern.NR + s.B * s.H + xg + 64;
 }
 
 void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const float* W_ih,
@@ -27,17 +29,20 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
     for (index_t j = 0; j < B * H; ++j) h_n[j] = h0 ? h0[j] : 0.0f;
     return;
   }
+  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // every row active: the packed layout is dense
   const CellKernels& ck = cell_kernels_for(kern);
   const bool unpacked = T * B <= kUnpackedRows;
   const index_t nbj = num_panels(kern, H);
   float* Wp = workspace;                  // packed W_hh^T panels
   float* zeros = Wp + nbj * H * kern.NR;  // (B, H)
+  float* xg = zeros + B * H;              // (T*B, I) with batch_sizes: x's active rows, packed
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   // y starts as the hoisted input projection x . W_ih^T + b_ih + b_hh (zero on padding rows);
-  // each step adds h_prev . W_hh^T and applies the activation in place.
-  zero_padding(y, s, bs);
-  input_projection(kern, s, H, x, W_ih, b_ih, b_hh, y, bs, nthreads);
+  // each step adds h_prev . W_hh^T and applies the activation in place. With batch_sizes the
+  // projection lands packed at y's start and is then spread to its rows.
+  input_projection(kern, s, H, x, W_ih, b_ih, b_hh, y, bs, xg, nthreads);
+  if (bs) unpack_steps_in_place(y, H, B, bs, T);
 
   Schedule sched = choose_schedule(kern, s, H, nthreads);
   if (unpacked) sched = (H * H >= (1 << 16) && nthreads > 1) ? Schedule::kUnits : Schedule::kSerial;
@@ -53,15 +58,26 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
     const index_t ublk = unpacked ? 8 : kern.NR;
     const index_t nblk = (H + ublk - 1) / ublk;
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nblk;
-    if (sched == Schedule::kBatch) {
-      r0 = B * p / np;
-      r1 = B * (p + 1) / np;
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nblk * p / np;
       j1 = nblk * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * ublk), u1 = std::min(H, j1 * ublk);
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
     for (index_t t = 0; t < T; ++t) {
+      if (sched == Schedule::kBatch && t % seg == 0) {
+        const index_t t2 = std::min(T, t + seg);
+        // Rows changing hands: their h_prev must be written first.
+        if (rebalance && t > 0 && split_changes(bs, t - seg, t, t, t2, B, kern.MR, np)) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+        }
+        balanced_rows(bs, t, t2, B, kern.MR, p, np, &r0, &r1);
+      }
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       float* a = y + t * B * H;
@@ -84,8 +100,9 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   final_state(h_n, y, h_init, s, bs);
 }
 
-index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s) {
-  return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + s.B * s.H + 64;
+index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
+  const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
+  return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + s.B * s.H + hp + 64;
 }
 
 void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
@@ -100,16 +117,17 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   }
   for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
   if (T == 0) return;
+  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward: dense layout
   const CellKernels& ck = cell_kernels_for(kern);
   const index_t nbj = num_panels(kern, H);
-  float* da = workspace;         // (T, B, H): gradients of the pre-activations
+  // With batch_sizes da holds packed rows (N in all).
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
+  float* da = workspace;         // (N, H): gradients of the pre-activations
   float* Wb = da + T * B * H;    // W_hh (H x H) packed as the B operand of da_t . W_hh
   float* zeros = Wb + nbj * kern.NR * H;
+  float* hp = zeros + B * H;     // (N, H) with batch_sizes: packed h_prev rows
   std::memset(zeros, 0, B * H * sizeof(float));
   pack_b_panels(kern, H, 0, H, MatView{W_hh, H, 1}, Wb);
-  if (bs)
-    for (index_t t = 0; t < T; ++t)
-      if (bs[t] < B) std::memset(da + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
   const Schedule sched = choose_schedule(kern, s, H, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
 
@@ -120,18 +138,31 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
-    if (sched == Schedule::kBatch) {
-      r0 = B * p / np;
-      r1 = B * (p + 1) / np;
-    } else if (sched == Schedule::kUnits) {
+    if (sched == Schedule::kUnits) {
       j0 = nbj * p / np;
       j1 = nbj * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
+    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
+    // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
+    // with batch_sizes (row tiles of MR).
+    const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
+    const index_t seg = rebalance ? kBalanceSteps : T;
     for (index_t t = T - 1; t >= 0; --t) {
+      if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
+        const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
+        // Rows changing hands: their dh_next must be written first.
+        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, kern.MR, np)) {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+        }
+        balanced_rows(bs, s0, t + 1, B, kern.MR, p, np, &r0, &r1);
+      }
+      off -= bs ? bs[t] : B;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       if (re > r0 && u1 > u0)
-        ck.rnn_bwd(re - r0, H, u0, u1, da + (t * B + r0) * H, dh0 + r0 * H,
+        ck.rnn_bwd(re - r0, H, u0, u1, da + (off + r0) * H, dh0 + r0 * H,
                    dy ? dy + (t * B + r0) * H : nullptr, y + (t * B + r0) * H, relu);
       if (sched == Schedule::kUnits && np > 1) {
 #if defined(_OPENMP)
@@ -139,12 +170,12 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
 #endif
       }
       // dh_next[:, my columns] = da_t . W_hh[:, my columns] (rows past re pass through).
-      if (re > r0) recurrent_product_back(kern, H, H, r0, re, j0, j1, da + t * B * H, Wb, dh0, false);
+      if (re > r0) recurrent_product_back(kern, H, H, r0, re, j0, j1, da + off * H, Wb, dh0, false);
     }
   }
-  backward_products(kern, s, H, da, dx, false, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, nthreads);
+  backward_products(kern, s, H, da, dx, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, hp, nthreads);
   if (db_hh)  // both biases enter the same sum
-    backward_products(kern, s, H, da, nullptr, false, nullptr, nullptr, db_hh, x, h0, W_ih, y, bs,
+    backward_products(kern, s, H, da, nullptr, nullptr, nullptr, db_hh, x, h0, W_ih, y, bs, hp,
                       nthreads);
 }
 

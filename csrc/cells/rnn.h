@@ -6,7 +6,7 @@
 
 namespace lstm_fast {
 
-index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s);
+index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths);
 
 // Forward over the sequence. y doubles as the training cache (post-activation outputs).
 // h0 may be null (zeros); b_ih, b_hh may be null. batch_sizes as in gru.h.
@@ -22,7 +22,7 @@ void rnn_forward(float* y,            // (T, B, H)
                  const index_t* batch_sizes,  // (T) non-increasing, or null
                  float* workspace, const Kernels& kern, int nthreads);
 
-index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s);
+index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths);
 
 // Backward (BPTT). dx, dh0 overwritten; dW_ih, dW_hh, db_ih, db_hh accumulated (+=).
 void rnn_backward(float* dx,          // (T, B, I)

@@ -1,0 +1,186 @@
+"""Variable lengths through the packed paths of the cores (LSTM, GRU, RNN).
+
+With batch_sizes the cores keep the input projection, the training gates cache and dZ packed
+(only the active rows, step after step), project and differentiate with one GEMM over all
+active rows, and re-balance batch-split recurrences every few steps. These tests cover the
+batch_sizes shapes those paths depend on: runs of equal counts, all rows active (the dense
+path), every step padded, strictly decreasing, zeros at the end, batch 1, the tiny
+T * B <= 4 path, projection chunks, SIMD tails (sizes 1, 7, 17); against the float64 reference,
+with NaN in x's padding, on every ISA, and bitwise across thread counts and schedules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import ops, reference
+
+FWD_TOL = dict(rtol=1e-5, atol=5e-6)
+GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+CELLS = ["lstm", "gru", "tanh", "relu"]
+
+# (name, batch_sizes); B = batch_sizes[0] unless the name says otherwise.
+PATTERNS = [
+    ("runs", [9, 9, 9, 6, 6, 6, 6, 2, 2, 1]),
+    ("all_active", [5, 5, 5, 5]),
+    ("all_padded", [3, 3, 3, 3, 3]),  # B = 5: the same two rows padded at every step
+    ("decreasing", [7, 6, 5, 4, 3, 2, 1]),
+    ("zeros_at_end", [4, 3, 3, 1, 0, 0]),
+    ("batch_1", [1, 1, 1, 1, 1, 0, 0]),
+    ("tiny", [2, 1]),  # T * B <= 4: the unpacked path
+    ("tiny_b1", [1, 1, 0, 0]),
+]
+PATTERN_B = {"all_padded": 5}
+
+
+def f32(a):
+    return None if a is None else np.ascontiguousarray(a, dtype=np.float32)
+
+
+def r32(a):
+    return None if a is None else f32(a).astype(np.float64)
+
+
+def lengths_of(bs, B):
+    bs = np.asarray(bs)
+    return (bs[:, None] > np.arange(B)[None, :]).sum(axis=0)
+
+
+def make_problem(rng, cell, T, B, I, H):
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    k = 1.0 / np.sqrt(H)
+    w = [rng.uniform(-k, k, (G * H, I)), rng.uniform(-k, k, (G * H, H))]
+    w += [rng.uniform(-k, k, G * H) for _ in range(2)]
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((B, H)) * 0.5
+    c0 = rng.standard_normal((B, H)) * 0.5 if cell == "lstm" else None
+    return r32(x), [r32(a) for a in w], r32(h0), r32(c0)
+
+
+def run(cell, x, w, h0, c0, dy, dhn, bs):
+    """(outputs, grads) of the core, one training forward and one backward."""
+    args = [f32(a) for a in (x, *w, h0)]
+    if cell == "lstm":
+        y, hn, cn, cache = ops.lstm_forward(*args, f32(c0), training=True, batch_sizes=bs)
+        return [y, hn, cn], ops.lstm_backward(cache, f32(dy), f32(dhn))
+    if cell == "gru":
+        y, hn, cache = ops.gru_forward(*args, training=True, batch_sizes=bs)
+        return [y, hn], ops.gru_backward(cache, f32(dy), f32(dhn))
+    y, hn, cache = ops.rnn_forward(*args, nonlinearity=cell, training=True, batch_sizes=bs)
+    return [y, hn], ops.rnn_backward(cache, f32(dy), f32(dhn))
+
+
+def run_ref(cell, x, w, h0, c0, dy, dhn, lengths):
+    if cell == "lstm":
+        y, hn, cn, cache = reference.lstm_forward(x, *w, h0, c0, lengths=lengths)
+        return [y, hn, cn], reference.lstm_backward(cache, dy, dhn)
+    if cell == "gru":
+        y, hn, cache = reference.gru_forward(x, *w, h0, lengths=lengths)
+        return [y, hn], reference.gru_backward(cache, dy, dhn)
+    y, hn, cache = reference.rnn_forward(x, *w, h0, nonlinearity=cell, lengths=lengths)
+    return [y, hn], reference.rnn_backward(cache, dy, dhn)
+
+
+def inference(cell, x, w, h0, c0, bs):
+    args = [f32(a) for a in (x, *w, h0)]
+    if cell == "lstm":
+        return ops.lstm_forward(*args, f32(c0), batch_sizes=bs)[0]
+    if cell == "gru":
+        return ops.gru_forward(*args, batch_sizes=bs)[0]
+    return ops.rnn_forward(*args, nonlinearity=cell, batch_sizes=bs)[0]
+
+
+def check_against_reference(cell, bs, B, I, H, seed):
+    T = len(bs)
+    rng = np.random.default_rng(seed)
+    x, w, h0, c0 = make_problem(rng, cell, T, B, I, H)
+    lengths = lengths_of(bs, B)
+    valid = np.arange(T)[:, None] < lengths[None, :]
+    xs = f32(x)
+    xs[~valid] = np.nan  # the padding of x is never read
+    dy, dhn = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    bs64 = np.asarray(bs, dtype=np.int64)
+    (outs, g) = run(cell, xs, w, h0, c0, dy, dhn, bs64)
+    (routs, rg) = run_ref(cell, x, w, h0, c0, dy, dhn, lengths)
+    for name, a, b in zip(["y", "h_n", "c_n"], outs, routs):
+        np.testing.assert_allclose(a, b, **FWD_TOL, err_msg=name)
+    assert not np.any(outs[0][~valid]), "outputs past a sequence's length are zero"
+    for name in g._fields:
+        a, b = getattr(g, name), getattr(rg, name, None)
+        if b is None:
+            continue
+        # float32 sums over up to T * B rows: absolute tolerance relative to the gradient's scale
+        tol = dict(rtol=GRAD_TOL["rtol"], atol=GRAD_TOL["atol"] * max(1.0, np.abs(b).max()))
+        if name == "dx":
+            np.testing.assert_allclose(a[valid], b[valid], **tol, err_msg=name)
+            assert not np.any(a[~valid]), "dx of padding rows is zero"
+        else:
+            np.testing.assert_allclose(a, b, **tol, err_msg=name)
+    np.testing.assert_array_equal(inference(cell, xs, w, h0, c0, bs64), outs[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("name,bs", PATTERNS, ids=[p[0] for p in PATTERNS])
+@pytest.mark.parametrize("I,H", [(7, 17), (1, 1)])
+def test_patterns_match_reference(isa, cell, name, bs, I, H):
+    B = PATTERN_B.get(name, bs[0])
+    check_against_reference(cell, bs, B, I, H, seed=len(bs) * 100 + B + I + H)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_projection_chunks_with_lengths(cell):
+    # LSTM inference projects chunks of 2**21 / (B * 4H) steps (16 here): the packed offsets
+    # cross chunk boundaries, rows running out mid-chunk.
+    B, H, T = 64, 512, 40
+    rng = np.random.default_rng(7)
+    lengths = np.sort(rng.integers(1, T + 1, B))[::-1]
+    lengths[0] = T
+    bs = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+    check_against_reference(cell, bs, B, 3, H, seed=8)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,B,I,H", [(30, 40, 5, 17), (19, 13, 7, 70), (12, 3, 1, 7)])
+def test_bitwise_across_threads_and_schedules(cell, T, B, I, H, threads, schedule):
+    # Long enough for the batch split to re-balance its rows several times.
+    rng = np.random.default_rng(T + B + H)
+    x, w, h0, c0 = make_problem(rng, cell, T, B, I, H)
+    lengths = np.sort(rng.integers(0, T + 1, B))[::-1]
+    lengths[0] = T
+    bs = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+    dy, dhn = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    out = []
+    for n, sched in [
+        (1, "auto"),
+        (2, "batch"),
+        (2, "units"),
+        (2, "auto"),
+        (3, "batch"),
+        (3, "units"),
+    ]:
+        lstm_fast.set_num_threads(n)
+        schedule(sched)
+        outs, g = run(cell, x, w, h0, c0, dy, dhn, bs)
+        out.append([*outs, *[a for a in g if a is not None]])
+    for other in out[1:]:
+        for a, b in zip(out[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_gates_cache_is_packed():
+    # The LSTM training cache keeps the gates of the active rows only, step after step (rows are
+    # independent: each equals the same row's gates in a run without lengths).
+    rng = np.random.default_rng(3)
+    T, B, I, H = 5, 4, 3, 6
+    x, w, h0, c0 = make_problem(rng, "lstm", T, B, I, H)
+    bs = np.array([4, 3, 3, 1, 0])
+    args = [f32(a) for a in (x, *w, h0, c0)]
+    *_, packed = ops.lstm_forward(*args, training=True, batch_sizes=bs)
+    *_, dense = ops.lstm_forward(*args, training=True)
+    rows = packed.gates.reshape(T * B, 4 * H)
+    off = 0
+    for t in range(T):
+        np.testing.assert_array_equal(rows[off : off + bs[t]], dense.gates[t, : bs[t]])
+        off += bs[t]

@@ -131,8 +131,10 @@ void final_states(float* h_n, float* c_n, const float* y, const float* cells, co
   }
 }
 
-// Forward for very few rows (T * B <= 4): per step, z = xp + W_hh . h_prev by dot products over
-// W_hh's rows (threads split the 4H gate rows), then the gate maths (threads split the units).
+// Forward for very few steps (see use_unpacked): nothing is packed. Threads split the 4H gate
+// columns: each computes its columns of the input projection (biases, then x . W_ih^T by dot
+// products over W_ih's rows, kernel gemm_nt) and, per step, of h_prev . W_hh^T over all active
+// rows at once; then the gate maths (threads split the units).
 void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
                            const float* h_init, const float* c_init, const float* W_ih,
                            const float* W_hh, const float* b_ih, const float* b_hh,
@@ -142,15 +144,8 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   const bool training = gates != nullptr;
   float* xp = training ? gates : xp_buf;  // packed rows with batch_sizes (see packed.h)
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
-  if (!bs) {
-    input_projection(kern, T * B, G, I, x, W_ih, b_ih, b_hh, xp, nthreads);
-  } else {  // a few steps: one small projection per step, active rows only
-    index_t off = 0;
-    for (index_t t = 0; t < T; off += bs[t], ++t)
-      input_projection(kern, bs[t], G, I, x + t * B * I, W_ih, b_ih, b_hh, xp + off * G,
-                       nthreads);
-  }
-  const int P = (G * H >= (1 << 16) && nthreads > 1) ? nthreads : 1;
+  const index_t rows_all = T * B;
+  const int P = (G * (H + I) * rows_all >= (index_t(1) << 17) && nthreads > 1) ? nthreads : 1;
   const index_t nub = num_unit_blocks(kern, H), nblk = (G + 7) / 8;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
@@ -160,6 +155,26 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
     const int p = team_id(), np = team_size();
     const index_t n0 = std::min(G, nblk * p / np * 8), n1 = std::min(G, nblk * (p + 1) / np * 8);
     const index_t ub0 = nub * p / np, ub1 = nub * (p + 1) / np;
+    if (n1 > n0) {  // this thread's columns of the input projection, active rows only
+      index_t nrows = rows_all;
+      if (bs) {
+        nrows = 0;
+        for (index_t t = 0; t < T; ++t) nrows += bs[t];
+      }
+      for (index_t r = 0; r < nrows; ++r) {
+        float* dst = xp + r * G;
+        for (index_t j = n0; j < n1; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+      }
+      if (!bs) {
+        kern.gemm_nt(rows_all, n1 - n0, I, x, I, W_ih + n0 * I, I, xp + n0, G);
+      } else {
+        index_t off = 0;
+        for (index_t t = 0; t < T; off += bs[t], ++t)
+          if (bs[t] > 0)
+            kern.gemm_nt(bs[t], n1 - n0, I, x + t * B * I, I, W_ih + n0 * I, I,
+                         xp + off * G + n0, G);
+      }
+    }
     index_t off = 0;  // packed row of this step's row 0
     for (index_t t = 0; t < T; ++t) {
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
@@ -168,8 +183,8 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
       const index_t rows = bs ? bs[t] : B;
       float* xp_t = xp + off * G;
       off += rows;
-      for (index_t b = 0; b < rows && n1 > n0; ++b)
-        kern.gemv_rows(n1 - n0, H, W_hh + n0 * H, H, h_prev + b * H, xp_t + b * G + n0, true);
+      if (rows > 0 && n1 > n0)
+        kern.gemm_nt(rows, n1 - n0, H, h_prev, H, W_hh + n0 * H, H, xp_t + n0, G);
       if (np > 1) team_barrier();
       if (ub1 > ub0 && rows > 0)
         kern.lstm_fwd_rows(rows, H, 0, ub0, ub1, y + t * B * H, H, c_out,
@@ -178,6 +193,10 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
     }
   }
 }
+
+// Few steps: packing W_hh (and W_ih for the projection GEMM) would cost more than the steps save
+// (a cell step, a short chunk), or a handful of rows in all.
+bool use_unpacked(const LstmSizes& s) { return s.T * s.B <= kUnpackedRows || s.T <= 2; }
 
 }  // namespace
 
@@ -244,10 +263,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     for (index_t t = 0; t < T; ++t)
       if (bs[t] < B) std::memset(y + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
   }
-  // A handful of rows in all (one step at batch 1, ...): packing W_hh would cost more than the
-  // steps themselves, so the recurrent product reads W_hh's rows directly (GEMV per row).
+  // One or two steps, or a handful of rows in all: packing W_hh would cost more than the steps
+  // themselves, so the products read the weights' rows directly (use_unpacked).
   // Workspace: [xp (T*B, 4H)] [c state (B, H)] [zeros (B, H)].
-  if (T * B <= kUnpackedRows) {
+  if (use_unpacked(s)) {
     float* xp_buf = workspace;
     float* state = xp_buf + T * B * G;
     float* zeros = state + B * H;

@@ -180,7 +180,7 @@ def mutate(a, kind: str, rng: np.random.Generator, dtype=None, axis: int = 0):
         return b
     if kind == "huge":
         # Sizes whose byte count is far beyond memory, from a one-element buffer (0 strides).
-        big = {1: (1 << 60,), 2: (1 << 30, 1 << 30), 3: (1 << 20, 1 << 20, 1 << 20)}[a.ndim]
+        big = (1 << (60 // a.ndim),) * a.ndim  # any rank (an earlier mutation may add one)
         shape = tuple(big[d] if d == axis % a.ndim else max(s, 2) for d, s in enumerate(a.shape))
         return as_strided(np.zeros(1, f32), shape=shape, strides=(0,) * a.ndim)
     if kind in ("nan", "inf", "-inf", "denormal"):

@@ -19,7 +19,13 @@ from lstm_fast.models import (
     train_classifier,
 )
 from lstm_fast.models import inspect as ins
-from lstm_fast.models.classifier import load_classifier, pretrain_lm
+from lstm_fast.models.classifier import (
+    _encode_all,
+    _encode_bigrams,
+    build_bigram_vocab,
+    load_classifier,
+    pretrain_lm,
+)
 from lstm_fast.nn import softmax_cross_entropy
 
 TINY = dict(
@@ -147,6 +153,61 @@ def test_classifier_gradient_and_padding(pool):
         assert p.grad[idx] == pytest.approx((fp - fm) / 2e-2, rel=5e-2, abs=2e-4), name
 
 
+@pytest.mark.parametrize("K", [None, 2])
+def test_classifier_bigram_embedding_gradient_and_padding(K):
+    """Character + character-bigram input: the embeddings are summed per step (K features per
+    step: bigram and whitespace word)."""
+    m = SequenceClassifier(
+        9, 2, 4, 5, pool="meanmax", pad_id=1, bigram_vocab_size=7, bigram_pad_id=1, seed=0
+    )
+    ids = np.array([[2, 3], [4, 5], [6, 1]])
+    bids = np.array([[3, 2], [4, 6], [5, 1]])
+    if K:
+        bids = np.stack([bids, np.array([[6, 5], [6, 5], [2, 1]])], axis=2)
+    lengths = np.array([3, 2])
+    y = np.array([1, 0])
+    logits = m(ids, lengths, bids)
+    np.testing.assert_allclose(
+        m(ids[:2, 1:], lengths[1:], bids[:2, 1:])[0], logits[1], rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="bigram_ids"):
+        m(ids, lengths)
+    with pytest.raises(ValueError, match="bigram_ids: expected shape"):
+        m(ids, lengths, bids[:2])
+
+    def loss():
+        return softmax_cross_entropy(m(ids, lengths, bids), y)[0]
+
+    m.zero_grad()
+    _, g = softmax_cross_entropy(m(ids, lengths, bids), y)
+    m.backward(g)
+    for name in ("embedding.weight", "bigram_embedding.weight"):
+        p = dict(m.named_parameters())[name]
+        for idx in [(4, 0), (5, 3)]:
+            old = p.data[idx]
+            p.data[idx] = old + 1e-2
+            fp = loss()
+            p.data[idx] = old - 1e-2
+            fm = loss()
+            p.data[idx] = old
+            assert p.grad[idx] == pytest.approx((fp - fm) / 2e-2, rel=5e-2, abs=2e-4), name
+    assert not dict(m.named_parameters())["bigram_embedding.weight"].grad[1].any()  # pad row
+
+
+def test_bigram_vocab_aligns_with_characters():
+    v = build_bigram_vocab(["abab", "ba"], min_freq=2)
+    assert v.itos[:2] == ["<unk>", "<pad>"] and set(v.itos[2:]) == {"ab", "ba"}
+    chars = data.Vocab.build("abab ba", level="char", pad=True)
+    texts = ["abab", "", "bac"]
+    for c, b in zip(_encode_all(chars, texts, 3), _encode_bigrams(v, texts, 3)):
+        assert c.shape == b.shape
+    assert v.decode(_encode_bigrams(v, ["abab"], 3)[0]) == "ab ba <unk>"
+    v = build_bigram_vocab(["ab c", "ab c ab"], min_freq=2, words=True)
+    ids = _encode_bigrams(v, ["ab c", ""], 10, words=True)
+    assert ids[0].shape == (4, 2) and ids[1].shape == (1, 2)
+    assert v.decode(ids[0][:, 1]) == "\x02ab \x02ab <pad> \x02c"
+
+
 def _toy_tsv(path, n, seed):
     rng = np.random.default_rng(seed)
     pos, neg = ["좋다", "최고", "great"], ["별로", "최악", "bad"]
@@ -162,8 +223,16 @@ def _toy_tsv(path, n, seed):
 def test_classifier_and_naive_bayes_learn(tmp_path):
     _toy_tsv(tmp_path / "train.tsv", 300, 0)
     _toy_tsv(tmp_path / "test.tsv", 100, 1)
+    # the other defaults (bigrams, bigram dropout, weight averaging: ema scaled to ~100 steps)
     cfg = ClassifierConfig(
-        embed_size=8, hidden_size=8, epochs=4, batch_size=16, lr=1e-2, min_freq=1, dropout=0.0
+        embed_size=8,
+        hidden_size=8,
+        epochs=6,
+        batch_size=16,
+        lr=1e-2,
+        min_freq=1,
+        dropout=0.0,
+        ema=0.9,
     )
     res = train_classifier(
         tmp_path / "train.tsv", tmp_path / "run", cfg, progress=False, log=lambda m: None
@@ -175,12 +244,22 @@ def test_classifier_and_naive_bayes_learn(tmp_path):
     assert nb.predict(["최고 최고", "최악"]).tolist() == [1, 0]
 
 
-def test_classifier_keeps_best_validation_epoch(tmp_path):
-    """Early stopping on the validation split; the saved weights are the best epoch's."""
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9, "bigram_dropout": 0.3, "words": True}])
+def test_classifier_keeps_best_validation_epoch(tmp_path, extra):
+    """Early stopping on the validation split; the saved weights are the best epoch's (with
+    ``ema``, the averaged weights that were validated)."""
     _toy_tsv(tmp_path / "train.tsv", 200, 2)
     _toy_tsv(tmp_path / "val.tsv", 60, 3)
     cfg = ClassifierConfig(
-        embed_size=6, hidden_size=6, epochs=4, patience=1, batch_size=16, lr=3e-2, min_freq=1
+        embed_size=6,
+        hidden_size=6,
+        epochs=4,
+        patience=1,
+        batch_size=16,
+        lr=3e-2,
+        min_freq=1,
+        lm_steps=0,
+        **extra,
     )
     res = train_classifier(
         tmp_path / "train.tsv",

@@ -4,6 +4,8 @@ both accuracies."""
 
 from __future__ import annotations
 
+import argparse
+
 from . import add_common, emit_json, set_threads
 
 
@@ -48,6 +50,39 @@ def add_arguments(parser) -> None:
         help="tokens: characters (Korean syllables) or words (default %(default)s)",
     )
     t.add_argument(
+        "--bigrams",
+        action=argparse.BooleanOptionalAction,
+        default=d.bigrams,
+        help="add a character-bigram embedding to each character's (--level char; "
+        "default %(default)s)",
+    )
+    t.add_argument(
+        "--bigram-dropout",
+        type=float,
+        default=d.bigram_dropout,
+        help="in training, replace this fraction of bigrams by the unknown bigram "
+        "(default %(default)s)",
+    )
+    t.add_argument(
+        "--words",
+        action=argparse.BooleanOptionalAction,
+        default=d.words,
+        help="also add the embedding of the whitespace word each character is in "
+        "(with --bigrams; default %(default)s)",
+    )
+    t.add_argument(
+        "--min-freq",
+        type=int,
+        default=d.min_freq,
+        help="tokens seen fewer times in training become unknown (default %(default)s)",
+    )
+    t.add_argument(
+        "--bigram-min-freq",
+        type=int,
+        default=d.bigram_min_freq,
+        help="the same for bigrams (default %(default)s)",
+    )
+    t.add_argument(
         "--max-len", type=int, default=d.max_len, help="tokens kept per text (default %(default)s)"
     )
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
@@ -67,7 +102,22 @@ def add_arguments(parser) -> None:
         default=d.lr,
         help="Adam learning rate, cosine-decayed over --epochs (default %(default)s)",
     )
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help="(default %(default)s)"
+    )
+    t.add_argument(
+        "--ema",
+        type=float,
+        default=d.ema,
+        help="decay of an exponential moving average of the weights, which is what is "
+        "validated and saved (0: none; default %(default)s)",
+    )
+    t.add_argument(
+        "--clip",
+        type=float,
+        default=d.clip,
+        help="gradient-norm clip (0: none; default %(default)s)",
+    )
     t.add_argument(
         "--lm-steps",
         type=int,
@@ -75,7 +125,7 @@ def add_arguments(parser) -> None:
         help="steps of forward + backward character-LM pretraining of the embedding and BiLSTM "
         "on the training texts before fine-tuning (0: none; default %(default)s)",
     )
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     t.add_argument("--max-rows", type=int, default=None, help="read at most N training rows")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(t)
@@ -100,12 +150,19 @@ def run(args) -> int:
                 dropout=args.dropout,
                 embed_dropout=args.embed_dropout,
                 level=args.level,
+                bigrams=args.bigrams,
+                bigram_dropout=args.bigram_dropout,
+                words=args.words,
+                ema=args.ema,
+                min_freq=args.min_freq,
+                bigram_min_freq=args.bigram_min_freq,
                 max_len=args.max_len,
                 batch_size=args.batch_size,
                 epochs=args.epochs,
                 patience=args.patience,
                 lr=args.lr,
                 weight_decay=args.weight_decay,
+                clip=args.clip,
                 lm_steps=args.lm_steps,
                 seed=args.seed,
                 max_rows=args.max_rows,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,14 +37,21 @@ def _reverse_index(lengths: np.ndarray, T: int) -> np.ndarray:
 
 
 class SequenceClassifier(Module):
-    r"""Embedding (V, E) -> dropout -> bidirectional LSTM (H per direction) -> pooling over the
-    valid steps -> dropout -> Linear (2H, or 4H for ``"meanmax"``, -> C).
+    r"""Embedding (V, E) [+ bigram embedding (V2, E)] -> dropout -> bidirectional LSTM (H per
+    direction) -> pooling over the valid steps -> dropout -> Linear (2H, or 4H for ``"meanmax"``,
+    -> C).
 
     The two directions are single-layer :class:`~lstm_fast.LSTM` modules (``rnn_fwd``,
     ``rnn_bwd``); the reverse one reads each sequence reversed *within its length*, so padding
     (at the end) never reaches a valid step in either direction.
 
-    Inputs: ``ids`` (T, B) int, padded with ``pad_id``; ``lengths`` (B,) >= 1.
+    With ``bigram_vocab_size > 0`` the LSTM input at step t is the sum of the token's embedding
+    and the embedding of the character bigram starting at t (``bigram_ids``, the same layout,
+    padded with ``bigram_pad_id``): character + character-bigram features, which suit Korean text.
+
+    Inputs: ``ids`` (T, B) int, padded with ``pad_id``; ``lengths`` (B,) >= 1; ``bigram_ids``
+    (T, B) int when the model has a bigram embedding, or (T, B, K) for K features per step (their
+    embeddings are summed; :func:`train_classifier` uses K = 2 for bigram + whitespace word).
     Output: logits (B, C).
 
     Args:
@@ -50,6 +59,13 @@ class SequenceClassifier(Module):
             ``"last"`` (the forward direction's state at the last valid step with the reverse
             direction's at step 0).
         dropout: on the pooled features.  embed_dropout: on the embeddings (the LSTM input).
+        bigram_vocab_size: V2, rows of the bigram embedding (0: none, the default).
+        bigram_pad_id: its padding row (zeros, no gradient), or None.
+
+    Attributes:
+        embedding.weight: (V, E).  bigram_embedding.weight: (V2, E) (``bigram_embedding`` is
+            None without bigrams).
+        rnn_fwd, rnn_bwd: :class:`~lstm_fast.LSTM` (E -> H).  head.weight: (C, 2H or 4H).
     """
 
     def __init__(
@@ -63,6 +79,8 @@ class SequenceClassifier(Module):
         pad_id: Optional[int] = None,
         *,
         embed_dropout: float = 0.0,
+        bigram_vocab_size: int = 0,
+        bigram_pad_id: Optional[int] = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -77,8 +95,15 @@ class SequenceClassifier(Module):
             dropout=float(dropout),
             pad_id=pad_id,
             embed_dropout=float(embed_dropout),
+            bigram_vocab_size=int(bigram_vocab_size),
+            bigram_pad_id=bigram_pad_id,
         )
         self.embedding = Embedding(vocab_size, embed_size, padding_idx=pad_id, seed=seed)
+        self.bigram_embedding = None
+        if bigram_vocab_size > 0:
+            self.bigram_embedding = Embedding(
+                bigram_vocab_size, embed_size, padding_idx=bigram_pad_id, seed=seed + 6
+            )
         self.rnn_fwd = LSTM(embed_size, hidden_size, seed=seed + 1)
         self.rnn_bwd = LSTM(embed_size, hidden_size, seed=seed + 2)
         self.drop = Dropout(dropout, seed=seed + 3)
@@ -87,14 +112,31 @@ class SequenceClassifier(Module):
         self.edrop = Dropout(embed_dropout, seed=seed + 5)
         self._cache = None
 
-    def forward(self, ids, lengths):
+    def forward(self, ids, lengths, bigram_ids=None):
         ids = np.asarray(ids)
         lengths = np.asarray(lengths, dtype=np.int64)
         T, B = ids.shape
         H = self.config["hidden_size"]
         cols = np.arange(B)[None, :]
         rev = _reverse_index(lengths, T)
-        e = self.edrop(self.embedding(ids))
+        if (self.bigram_embedding is None) != (bigram_ids is None):
+            want = "bigram_ids" if bigram_ids is None else "no bigram_ids"
+            raise ValueError(
+                f"bigram_ids: expected {want} (bigram_vocab_size="
+                f"{self.config['bigram_vocab_size']})"
+            )
+        e = self.embedding(ids)
+        if self.bigram_embedding is not None:
+            bigram_ids = np.asarray(bigram_ids)
+            if bigram_ids.shape[:2] != ids.shape or bigram_ids.ndim > 3:
+                raise ValueError(
+                    f"bigram_ids: expected shape {ids.shape} (that of ids) or "
+                    f"{ids.shape + ('K',)}, got {bigram_ids.shape}"
+                )
+            eb = self.bigram_embedding(bigram_ids)
+            e = e + (eb.sum(axis=2) if bigram_ids.ndim == 3 else eb)
+            self._bigram_shape = bigram_ids.shape
+        e = self.edrop(e)
         yf, _ = self.rnn_fwd(e)
         yb_r, _ = self.rnn_bwd(np.ascontiguousarray(e[rev, cols]))
         yb = yb_r[rev, cols]
@@ -140,7 +182,13 @@ class SequenceClassifier(Module):
         cols = b[None, :]
         dxf, _ = self.rnn_fwd.backward(np.ascontiguousarray(dy[:, :, :H]))
         dxb_r, _ = self.rnn_bwd.backward(np.ascontiguousarray(dy[:, :, H:][rev, cols]))
-        self.embedding.backward(self.edrop.backward(dxf + dxb_r[rev, cols]))
+        de = self.edrop.backward(dxf + dxb_r[rev, cols])
+        self.embedding.backward(de)
+        if self.bigram_embedding is not None:
+            shape = self._bigram_shape
+            self.bigram_embedding.backward(
+                de if len(shape) == 2 else np.repeat(de[:, :, None], shape[2], 2)
+            )
 
 
 @dataclasses.dataclass
@@ -153,19 +201,35 @@ class ClassifierConfig:
     epochs of Adam with a cosine learning-rate decay (to
     ``lr * min_lr_factor`` at the last epoch) and stops early when the validation accuracy has not
     improved for ``patience`` epochs; the weights saved are those of the best validation epoch.
+
+    With ``bigrams`` (``level="char"`` only), each character's embedding is summed with that of
+    the character bigram starting at it (bigrams seen ``bigram_min_freq`` times in training; the
+    rest share the unknown row); with ``words`` too, also with that of the whitespace word it
+    belongs to (one shared feature table). ``bigram_dropout`` replaces that fraction of the
+    known bigrams by the unknown one in each training batch, so the model does not lean on
+    bigrams it will often not know at test time. With ``ema > 0``, an exponential moving average
+    of the weights (decay ``ema``, warmed up as ``min(ema, (1 + n) / (10 + n))`` after n steps)
+    is what is validated and saved.
+
+    The defaults were chosen on the validation split of NSMC's training file (docs/RESULTS.md).
     """
 
-    embed_size: int = 128
-    hidden_size: int = 256
-    pool: str = "meanmax"
+    embed_size: int = 64
+    hidden_size: int = 128
+    pool: str = "mean"
     dropout: float = 0.5
     embed_dropout: float = 0.2
     level: str = "char"
     min_freq: int = 2
+    bigrams: bool = True
+    bigram_min_freq: int = 2
+    words: bool = False
+    bigram_dropout: float = 0.3
+    ema: float = 0.999
     max_len: int = 150
     batch_size: int = 64
-    epochs: int = 6
-    patience: int = 2
+    epochs: int = 10
+    patience: int = 3
     lr: float = 2e-3
     min_lr_factor: float = 0.05
     weight_decay: float = 0.0
@@ -175,9 +239,42 @@ class ClassifierConfig:
     max_rows: Optional[int] = None
     nb_char_n: int = 3
     nb_word_n: int = 1
-    lm_steps: int = 300
+    lm_steps: int = 0
     lm_seq_len: int = 100
     lm_batch_size: int = 32
+
+
+BIGRAM_END = "\x03"  # second character of the bigram at a text's last character
+
+
+WORD_MARK = "\x02"  # prefix of whitespace-word features (bigrams have two characters)
+
+
+def _bigrams(text: str) -> list:
+    """The character bigram starting at each character (the last one ends with BIGRAM_END)."""
+    return [text[i : i + 2] for i in range(len(text) - 1)] + [text[-1:] + BIGRAM_END] * bool(text)
+
+
+def _words_of_chars(text: str) -> list:
+    """WORD_MARK + the whitespace word each character belongs to ("<pad>" for whitespace)."""
+    out = []
+    for w in re.findall(r"\S+|\s+", text):
+        out += [("<pad>" if w.isspace() else WORD_MARK + w)] * len(w)
+    return out
+
+
+def build_bigram_vocab(texts: Sequence[str], min_freq: int = 2, words: bool = False) -> _data.Vocab:
+    """Character bigrams (and with ``words``, whitespace words) seen at least ``min_freq`` times,
+    by descending frequency, with an unknown token (id 0) and a pad token (id 1)."""
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(_bigrams(t))
+        if words:
+            counts.update(WORD_MARK + w for w in t.split())
+    toks = sorted(
+        ((b, n) for b, n in counts.items() if n >= min_freq), key=lambda kv: (-kv[1], kv[0])
+    )
+    return _data.Vocab([b for b, _ in toks], level="word", pad=True)
 
 
 def _encode_all(vocab, texts: Sequence[str], max_len: int):
@@ -186,10 +283,25 @@ def _encode_all(vocab, texts: Sequence[str], max_len: int):
     return seqs
 
 
+def _encode_bigrams(bvocab, texts: Sequence[str], max_len: int, words: bool = False):
+    """Bigram ids (L,) aligned with the character ids of :func:`_encode_all` (a char-level
+    vocab); with ``words``, (L, 2): each character's bigram and whitespace word."""
+    get = bvocab.stoi.get
+    out = []
+    for t in texts:
+        t = t[:max_len]
+        s = np.array([get(b, 0) for b in _bigrams(t)], dtype=np.int32)
+        if words:
+            w = np.array([get(x, 0) for x in _words_of_chars(t)], dtype=np.int32)
+            s = np.stack([s, w], axis=1).reshape(len(t), 2)
+        out.append(s if len(s) else np.zeros((1,) + s.shape[1:], np.int32))
+    return out
+
+
 def _pad(seqs, idx, pad_id):
     lengths = np.array([len(seqs[i]) for i in idx], dtype=np.int64)
     T = int(lengths.max())
-    out = np.full((T, len(idx)), pad_id, dtype=np.int64)
+    out = np.full((T, len(idx)) + seqs[idx[0]].shape[1:], pad_id, dtype=np.int64)
     for j, i in enumerate(idx):  # one slice assignment per sequence
         out[: lengths[j], j] = seqs[i]
     return out, lengths
@@ -296,15 +408,19 @@ def pretrain_lm(
     }
 
 
-def predict(model: SequenceClassifier, seqs, batch_size: int = 256) -> np.ndarray:
+def predict(model: SequenceClassifier, seqs, bseqs=None, batch_size: int = 256) -> np.ndarray:
+    """Class ids (N,) of token sequences ``seqs`` (and their bigram ids ``bseqs`` when the model
+    has a bigram embedding)."""
     model.eval()
     pad = model.config["pad_id"] or 0
+    bpad = model.config.get("bigram_pad_id") or 0
     order = np.argsort([len(s) for s in seqs], kind="stable")
     preds = np.empty(len(seqs), np.int64)
     for k in range(0, len(order), batch_size):
         idx = order[k : k + batch_size]
         ids, lengths = _pad(seqs, idx, pad)
-        preds[idx] = model(ids, lengths).argmax(axis=1)
+        bids = _pad(bseqs, idx, bpad)[0] if bseqs is not None else None
+        preds[idx] = model(ids, lengths, bids).argmax(axis=1)
     model.train()
     return preds
 
@@ -344,6 +460,14 @@ def train_classifier(
     vocab = _data.Vocab.build(texts, level=cfg.level, min_freq=cfg.min_freq, pad=True)
     seqs = _encode_all(vocab, texts, cfg.max_len)
     vseqs = _encode_all(vocab, vtexts, cfg.max_len)
+    bvocab = bseqs = vbseqs = None
+    if cfg.bigrams:
+        if cfg.level != "char":
+            raise ValueError(f"bigrams: expected level 'char' with bigrams, got {cfg.level!r}")
+        bvocab = build_bigram_vocab(texts, cfg.bigram_min_freq, cfg.words)
+        bseqs = _encode_bigrams(bvocab, texts, cfg.max_len, cfg.words)
+        vbseqs = _encode_bigrams(bvocab, vtexts, cfg.max_len, cfg.words)
+        log(f"vocabulary: {len(vocab)} characters, {len(bvocab)} bigrams")
     model = SequenceClassifier(
         len(vocab),
         C,
@@ -353,6 +477,8 @@ def train_classifier(
         cfg.dropout,
         vocab.pad_id,
         embed_dropout=cfg.embed_dropout,
+        bigram_vocab_size=len(bvocab) if bvocab is not None else 0,
+        bigram_pad_id=bvocab.pad_id if bvocab is not None else None,
         seed=cfg.seed,
     )
     lm = {}
@@ -386,6 +512,9 @@ def train_classifier(
     train_time, n_seen = 0.0, 0
     acc = best_acc = None
     best_state, best_epoch, stale = None, 0, 0
+    brng = np.random.default_rng([cfg.seed, 3])
+    ema = [p.data.copy() for p in params] if cfg.ema else None
+    n_steps = 0
     for epoch in range(cfg.epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(seqs))
         batches = _batches(seqs, order, cfg.batch_size)
@@ -398,14 +527,24 @@ def train_classifier(
         for idx in it:
             t = time.perf_counter()
             ids, lengths = _pad(seqs, idx, vocab.pad_id)
+            bids = _pad(bseqs, idx, bvocab.pad_id)[0] if bvocab is not None else None
+            if bids is not None and cfg.bigram_dropout > 0:  # some known bigrams -> unknown
+                drop = (brng.random(bids.shape) < cfg.bigram_dropout) & (bids != bvocab.pad_id)
+                bids[drop] = bvocab.unk_id
             model.zero_grad()
-            logits = model(ids, lengths)
+            logits = model(ids, lengths, bids)
             loss, g = softmax_cross_entropy(logits, labels[idx])
             model.backward(g)
             if cfg.clip:
                 clip_grad_norm(params, cfg.clip)
             opt.step()
             sched.step()
+            n_steps += 1
+            if ema is not None:  # exponential moving average of the weights (warmed up)
+                d = np.float32(min(cfg.ema, (1 + n_steps) / (10 + n_steps)))
+                for a, p in zip(ema, params):
+                    a *= d
+                    a += (1 - d) * p.data
             train_time += time.perf_counter() - t
             n_seen += len(idx)
             losses.append(loss)
@@ -414,7 +553,12 @@ def train_classifier(
                 bar.update(1)
         if bar is not None:
             bar.close()
-        acc = float((predict(model, vseqs) == vlabels).mean()) if len(vseqs) else None
+        live = None
+        if ema is not None:  # validate (and keep) the averaged weights
+            live = [p.data.copy() for p in params]
+            for a, p in zip(ema, params):
+                p.data[...] = a
+        acc = float((predict(model, vseqs, vbseqs) == vlabels).mean()) if len(vseqs) else None
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_accuracy": acc})
         log(
             f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, validation accuracy {acc}, "
@@ -423,7 +567,10 @@ def train_classifier(
         if acc is None or best_acc is None or acc > best_acc:
             best_acc, best_epoch, stale = acc, epoch + 1, 0
             best_state = model.state_dict()
-        else:
+        if live is not None:
+            for w, p in zip(live, params):
+                p.data[...] = w
+        if best_epoch != epoch + 1:
             stale += 1
             if cfg.patience and stale >= cfg.patience:
                 log(f"early stop: no improvement for {stale} epochs (best epoch {best_epoch})")
@@ -434,6 +581,7 @@ def train_classifier(
         "config": dataclasses.asdict(cfg),
         "model": model.config,
         "vocab": vocab.to_dict(),
+        "bigram_vocab": bvocab.to_dict() if bvocab is not None else None,
         "history": history,
         "best_epoch": best_epoch,
     }
@@ -469,8 +617,19 @@ def load_classifier(path):
             mc["dropout"],
             mc["pad_id"],
             embed_dropout=mc.get("embed_dropout", 0.0),
+            bigram_vocab_size=mc.get("bigram_vocab_size", 0),
+            bigram_pad_id=mc.get("bigram_pad_id"),
         )
         vocab = _data.Vocab.from_dict(meta["vocab"])
+        bvocab = None
+        if meta.get("bigram_vocab") is not None:
+            bvocab = _data.Vocab.from_dict(meta["bigram_vocab"])
+        nb_want = model.config["bigram_vocab_size"]
+        if (len(bvocab) if bvocab is not None else 0) != nb_want:
+            raise ValueError(
+                f"bigram_vocab: expected {nb_want} tokens (the model's bigram_vocab_size), "
+                f"got {len(bvocab) if bvocab is not None else 'none'}"
+            )
         max_len = meta["config"]["max_len"]
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
             raise ValueError(f"config.max_len: expected an int >= 1, got {max_len!r}")
@@ -487,9 +646,13 @@ def load_classifier(path):
 def evaluate_classifier(path, tsv) -> dict:
     model, vocab, nb, meta = load_classifier(path)
     labels, texts = _data.read_tsv(tsv)
-    seqs = _encode_all(vocab, texts, meta["config"]["max_len"])
+    max_len = meta["config"]["max_len"]
+    seqs = _encode_all(vocab, texts, max_len)
+    bvocab = _data.Vocab.from_dict(meta["bigram_vocab"]) if meta.get("bigram_vocab") else None
+    words = bool(meta["config"].get("words", False))
+    bseqs = _encode_bigrams(bvocab, texts, max_len, words) if bvocab is not None else None
     t = time.perf_counter()
-    acc = float((predict(model, seqs) == labels).mean())
+    acc = float((predict(model, seqs, bseqs) == labels).mean())
     dt = time.perf_counter() - t
     return {
         "accuracy": acc,

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cells/packed.h"
+#include "cells/team.h"
 #include "gemm/gemm.h"
 
 #if defined(_OPENMP)
@@ -13,70 +14,11 @@
 namespace lstm_fast {
 namespace {
 
-// Input projection is computed for a chunk of steps at a time, so it is still in cache when the
-// recurrence reads it and the inference workspace stays bounded.
-constexpr index_t kChunkFloats = index_t(1) << 21;  // 8 MiB of pre-activations
-
-index_t chunk_steps(const LstmSizes& s) {
-  const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);
-  return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
-}
-
 // Depth chunk of the backward step product dZ_t . W_hh (256 x NR floats of panel: 16 KiB AVX2).
 constexpr index_t kKCb = 256;
 
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
-
-index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
-
-inline int team_id() {
-#if defined(_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-inline int team_size() {
-#if defined(_OPENMP)
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-inline void team_barrier() {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
-}
-
-// Wp[((ub * H + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H.
-// The depth is walked in blocks of kPackK so that the block of the panel being written
-// (kPackK x 4 x W floats, 16 KiB at W = 16) stays in L1 while its 4W source rows are read: a
-// whole-depth sweep per source row re-fetched each panel line 4W times (it dominated calls
-// with few steps, e.g. a cell step).
-void pack_recurrent_panels(const Kernels& kern, index_t H, index_t ub0, index_t ub1,
-                           const float* W_hh, float* Wp) {
-  const int W = kern.W;
-  constexpr index_t kPackK = 64;
-  for (index_t ub = ub0; ub < ub1; ++ub) {
-    float* panel = Wp + ub * H * 4 * W;
-    for (index_t k0 = 0; k0 < H; k0 += kPackK) {
-      const index_t k1 = std::min(H, k0 + kPackK);
-      for (int q = 0; q < 4; ++q)
-        for (int w = 0; w < W; ++w) {
-          const index_t u = ub * W + w;
-          float* dst = panel + q * W + w;
-          if (u < H) {
-            const float* src = W_hh + (q * H + u) * H;
-            for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = src[k];
-          } else {
-            for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = 0.0f;
-          }
-        }
-    }
-  }
-}
 
 // Sum over rows of dz (rows, G) into db (G), columns [j0, j1); one thread per column range.
 void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* dz, float* db_ih,
@@ -301,7 +243,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1 && H >= 64)
 #endif
-    for (index_t ub = 0; ub < nub; ++ub) pack_recurrent_panels(kern, H, ub, ub + 1, W_hh, Wp);
+    for (index_t ub = 0; ub < nub; ++ub) pack_lstm_panels(kern, H, H, ub, W_hh, Wp);
   }
 
   index_t off0 = 0;  // packed row of step t0's row 0
@@ -496,6 +438,31 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       const index_t c0b = std::min(G, blocks * p / np * 64), c1b = std::min(G, blocks * (p + 1) / np * 64);
       column_sums(N, G, c0b, c1b, dz, db_ih, db_hh);
     }
+  }
+}
+
+// Wp[((ub * K + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H. The depth
+// is walked in blocks of kPackK so that the block of the panel being written (kPackK x 4 x W
+// floats, 16 KiB at W = 16) stays in L1 while its 4W source rows are read: a whole-depth sweep
+// per source row re-fetched each panel line 4W times (it dominated calls with few steps).
+void pack_lstm_panels(const Kernels& kern, index_t H, index_t K, index_t ub, const float* W_hh,
+                      float* Wp) {
+  const int W = kern.W;
+  constexpr index_t kPackK = 64;
+  float* panel = Wp + ub * K * 4 * W;
+  for (index_t k0 = 0; k0 < K; k0 += kPackK) {
+    const index_t k1 = std::min(K, k0 + kPackK);
+    for (int q = 0; q < 4; ++q)
+      for (int w = 0; w < W; ++w) {
+        const index_t u = ub * W + w;
+        float* dst = panel + q * W + w;
+        if (u < H) {
+          const float* src = W_hh + (q * H + u) * K;
+          for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = src[k];
+        } else {
+          for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = 0.0f;
+        }
+      }
   }
 }
 

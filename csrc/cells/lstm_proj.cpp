@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cells/team.h"
 #include "gemm/gemm.h"
 
 #if defined(_OPENMP)
@@ -12,14 +13,6 @@
 namespace lstm_fast {
 namespace {
 
-// Input projection is computed for a chunk of steps at a time (as in lstm.cpp).
-constexpr index_t kChunkFloats = index_t(1) << 21;  // 8 MiB of pre-activations
-
-index_t chunk_steps(const LstmSizes& s) {
-  const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);
-  return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
-}
-
 // Depth chunk of the per-step products against packed panels (a chunk of a panel stays in L1
 // while every row tile passes over it).
 constexpr index_t kKC = 256;
@@ -27,42 +20,7 @@ constexpr index_t kKC = 256;
 // At most this many rows in all (T * B): the forward reads the weights' rows directly (no packing).
 constexpr index_t kUnpackedRows = 4;
 
-index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
 index_t num_panels(const Kernels& k, index_t N) { return (N + k.NR - 1) / k.NR; }
-
-inline int team_id() {
-#if defined(_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-inline int team_size() {
-#if defined(_OPENMP)
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-inline void team_barrier() {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
-}
-
-// Gate-interleaved panels of W_hh (4H, K) for the fused step tile, one unit block:
-// Wp[((ub * K + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H.
-void pack_gate_panels(const Kernels& kern, index_t H, index_t K, index_t ub, const float* W_hh,
-                      float* Wp) {
-  const int W = kern.W;
-  float* panel = Wp + ub * K * 4 * W;
-  for (int q = 0; q < 4; ++q)
-    for (int w = 0; w < W; ++w) {
-      const index_t u = ub * W + w;
-      const float* src = W_hh + (q * H + u) * K;
-      for (index_t k = 0; k < K; ++k) panel[(k * 4 + q) * W + w] = u < H ? src[k] : 0.0f;
-    }
-}
 
 // xp[r] = b_ih + b_hh + x[r] . W_ih^T for `rows` rows.
 void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
@@ -275,7 +233,7 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(NT) schedule(static) if (NT > 1 && H >= 64)
 #endif
-    for (index_t ub = 0; ub < nub; ++ub) pack_gate_panels(kern, H, P, ub, W_hh, Wp);
+    for (index_t ub = 0; ub < nub; ++ub) pack_lstm_panels(kern, H, P, ub, W_hh, Wp);
   }
   pack_b_panels(kern, H, 0, P, MatView{W_hr, 1, H}, Wr);
 

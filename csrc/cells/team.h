@@ -1,0 +1,56 @@
+// Helpers shared by the recurrent cores (lstm.cpp, lstm_proj.cpp): the OpenMP team of the
+// current parallel region, unit blocks of the packed panels, and the step chunking of the
+// hoisted input projection.
+#pragma once
+
+#include <algorithm>
+
+#include "cells/lstm.h"
+#include "kernels.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace lstm_fast {
+
+inline int team_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+inline void team_barrier() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+}
+
+// Blocks of W hidden units (the packed W_hh panels' width), the last one padded.
+inline index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
+
+// The input projection is computed for a chunk of steps at a time, so it is still in cache when
+// the recurrence reads it and the inference workspace stays bounded.
+constexpr index_t kChunkFloats = index_t(1) << 21;  // 8 MiB of pre-activations
+
+inline index_t chunk_steps(const LstmSizes& s) {
+  const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);
+  return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
+}
+
+// Gate-interleaved panels of W_hh (4H, K) for the fused step tile, unit block ub:
+// Wp[((ub * K + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H (lstm.cpp).
+void pack_lstm_panels(const Kernels& kern, index_t H, index_t K, index_t ub, const float* W_hh,
+                      float* Wp);
+
+}  // namespace lstm_fast

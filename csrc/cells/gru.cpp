@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cells/packed.h"
+#include "cells/team.h"
 #include "gemm/gemm.h"
 
 #if defined(_OPENMP)
@@ -16,21 +17,6 @@ namespace cell_detail {
 // Depth chunk of the per-step products: 256 x NR floats of a panel stay in L1 while every row
 // tile passes over them; chunks accumulate in a fixed order (results independent of threads).
 constexpr index_t kKC = 256;
-
-int team_id() {
-#if defined(_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-int team_size() {
-#if defined(_OPENMP)
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
 
 index_t num_panels(const Kernels& kern, index_t H) { return (H + kern.NR - 1) / kern.NR; }
 
@@ -135,25 +121,6 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
   }
 }
 
-namespace {
-// db[j] += sum over rows of dz[:, j], one thread per block of columns (fixed order per column).
-void column_sums(index_t rows, index_t G, const float* dz, float* db, int nthreads) {
-  const int P = G >= 256 ? nthreads : 1;
-  const index_t blocks = (G + 63) / 64;
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
-#endif
-  for (index_t blk = 0; blk < blocks; ++blk) {
-    float acc[64];
-    const index_t c0 = blk * 64, n = std::min<index_t>(64, G - c0);
-    for (index_t j = 0; j < n; ++j) acc[j] = 0.0f;
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t j = 0; j < n; ++j) acc[j] += dz[r * G + c0 + j];
-    for (index_t j = 0; j < n; ++j) db[c0 + j] += acc[j];
-  }
-}
-}  // namespace
-
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
@@ -190,7 +157,7 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
       }
     }
   }
-  if (db) column_sums(N, G, dz, db, nthreads);
+  if (db) bias_sums(N, G, dz, db, nullptr, nthreads);
 }
 
 }  // namespace cell_detail

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "cells/pointwise.h"
+#include "cells/team.h"
 #include "dispatch.h"
 #include "kernels.h"
 
@@ -109,10 +110,6 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
                        float* hp, int nthreads);
-
-// Team helpers (no-ops without OpenMP).
-int team_id();
-int team_size();
 
 }  // namespace cell_detail
 }  // namespace lstm_fast

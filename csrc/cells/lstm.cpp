@@ -20,25 +20,6 @@ constexpr index_t kKCb = 256;
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
-// Sum over rows of dz (rows, G) into db (G), columns [j0, j1); one thread per column range.
-void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* dz, float* db_ih,
-                 float* db_hh) {
-  constexpr index_t kCols = 64;
-  float acc[kCols];
-  for (index_t c0 = j0; c0 < j1; c0 += kCols) {
-    const index_t n = std::min(kCols, j1 - c0);
-    for (index_t j = 0; j < n; ++j) acc[j] = 0.0f;
-    for (index_t r = 0; r < rows; ++r) {
-      const float* row = dz + r * G + c0;
-      for (index_t j = 0; j < n; ++j) acc[j] += row[j];
-    }
-    for (index_t j = 0; j < n; ++j) {
-      if (db_ih) db_ih[c0 + j] += acc[j];
-      if (db_hh) db_hh[c0 + j] += acc[j];
-    }
-  }
-}
-
 // xp[r] = b_ih + b_hh + x[r] . W_ih^T for `rows` rows.
 void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
                       const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
@@ -105,7 +86,8 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
       }
       for (index_t r = 0; r < nrows; ++r) {
         float* dst = xp + r * G;
-        for (index_t j = n0; j < n1; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+        for (index_t j = n0; j < n1; ++j)
+          dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
       }
       if (!bs) {
         kern.gemm_nt(rows_all, n1 - n0, I, x, I, W_ih + n0 * I, I, xp + n0, G);
@@ -427,18 +409,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
            nthreads);
     }
   }
-  if (db_ih || db_hh) {
-    const int Pb = G >= 256 ? nthreads : 1;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(Pb) if (Pb > 1)
-#endif
-    {
-      const int p = team_id(), np = team_size();
-      const index_t blocks = (G + 63) / 64;
-      const index_t c0b = std::min(G, blocks * p / np * 64), c1b = std::min(G, blocks * (p + 1) / np * 64);
-      column_sums(N, G, c0b, c1b, dz, db_ih, db_hh);
-    }
-  }
+  bias_sums(N, G, dz, db_ih, db_hh, nthreads);
 }
 
 // Wp[((ub * K + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H. The depth
@@ -463,6 +434,31 @@ void pack_lstm_panels(const Kernels& kern, index_t H, index_t K, index_t ub, con
           for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = 0.0f;
         }
       }
+  }
+}
+
+// db_a[j] (and db_b[j]) += sum over rows of dz[:, j]: threads own blocks of 64 columns, each
+// column summed over the rows in order (the same bits for any thread count).
+void bias_sums(index_t rows, index_t G, const float* dz, float* db_a, float* db_b,
+               int nthreads) {
+  if (!db_a && !db_b) return;
+  const int P = G >= 256 ? nthreads : 1;
+  const index_t blocks = (G + 63) / 64;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+  for (index_t blk = 0; blk < blocks; ++blk) {
+    float acc[64];
+    const index_t c0 = blk * 64, n = std::min<index_t>(64, G - c0);
+    for (index_t j = 0; j < n; ++j) acc[j] = 0.0f;
+    for (index_t r = 0; r < rows; ++r) {
+      const float* row = dz + r * G + c0;
+      for (index_t j = 0; j < n; ++j) acc[j] += row[j];
+    }
+    for (index_t j = 0; j < n; ++j) {
+      if (db_a) db_a[c0 + j] += acc[j];
+      if (db_b) db_b[c0 + j] += acc[j];
+    }
   }
 }
 

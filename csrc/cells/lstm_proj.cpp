@@ -61,25 +61,6 @@ void rows_times_panels(const Kernels& kern, index_t r0, index_t r1, index_t K, c
   }
 }
 
-// Sum over rows of dz (rows, G) into db (G), columns [j0, j1); one thread per column range.
-void column_sums(index_t rows, index_t G, index_t j0, index_t j1, const float* dz, float* db_ih,
-                 float* db_hh) {
-  constexpr index_t kCols = 64;
-  float acc[kCols];
-  for (index_t c0 = j0; c0 < j1; c0 += kCols) {
-    const index_t n = std::min(kCols, j1 - c0);
-    for (index_t j = 0; j < n; ++j) acc[j] = 0.0f;
-    for (index_t r = 0; r < rows; ++r) {
-      const float* row = dz + r * G + c0;
-      for (index_t j = 0; j < n; ++j) acc[j] += row[j];
-    }
-    for (index_t j = 0; j < n; ++j) {
-      if (db_ih) db_ih[c0 + j] += acc[j];
-      if (db_hh) db_hh[c0 + j] += acc[j];
-    }
-  }
-}
-
 // h_n (B, P), c_n (B, H): each row's state after its last real step.
 void final_states(float* h_n, float* c_n, const float* y, const float* cells, const float* state,
                   const float* h_init, const float* c_init, const LstmSizes& s, index_t P,
@@ -402,19 +383,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
          nthreads);
   // dW_hr = sum_t dh_t^T m_t (padding rows: dh_t and m_t are zero).
   gemm(kern, P, H, TB, MatView{dhs, 1, P}, MatView{m, H, 1}, dW_hr, H, true, nthreads);
-  if (db_ih || db_hh) {
-    const int Pb = G >= 256 ? nthreads : 1;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(Pb) if (Pb > 1)
-#endif
-    {
-      const int p = team_id(), np = team_size();
-      const index_t blocks = (G + 63) / 64;
-      const index_t c0b = std::min(G, blocks * p / np * 64);
-      const index_t c1b = std::min(G, blocks * (p + 1) / np * 64);
-      column_sums(TB, G, c0b, c1b, dz, db_ih, db_hh);
-    }
-  }
+  bias_sums(TB, G, dz, db_ih, db_hh, nthreads);
 }
 
 }  // namespace lstm_fast

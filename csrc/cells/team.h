@@ -53,4 +53,9 @@ inline index_t chunk_steps(const LstmSizes& s) {
 void pack_lstm_panels(const Kernels& kern, index_t H, index_t K, index_t ub, const float* W_hh,
                       float* Wp);
 
+// Bias gradients: db_a[j] (and db_b[j], when not null) += sum over the rows of dz (rows, G)
+// (lstm.cpp; used by every cell's backward).
+void bias_sums(index_t rows, index_t G, const float* dz, float* db_a, float* db_b,
+               int nthreads);
+
 }  // namespace lstm_fast

@@ -42,6 +42,13 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
 #pragma GCC unroll 32
     for (int r = 0; r < MR; ++r) arow[r] = A + (r < m ? r : 0) * lda;  // rows >= m: discarded
   }
+  if (!kRowA) {  // the C tile is read (accumulate) or written after the loop: fetch it now
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r) {
+      __builtin_prefetch(C + r * ldc, 1, 3);
+      __builtin_prefetch(C + r * ldc + NR - 1, 1, 3);
+    }
+  }
   for (index_t k = 0; k < K; ++k) {
     vf b[NV];
 #pragma GCC unroll 8
@@ -384,7 +391,8 @@ LF_INLINE void epilogue_full(const StepArgs& a, index_t row, index_t ub, const v
 
 template <int R, int U>
 LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0, index_t k1,
-                         float* part, bool first, bool last) {
+                         float* part, bool first, bool last, const float* pf = nullptr,
+                         const float* pf_end = nullptr) {
   const index_t H = a.H, G = 4 * H;
   vf acc[R][U][4];
 #pragma GCC unroll 16
@@ -394,6 +402,17 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q)
         acc[r][u][q] = first ? vf{} : load(part + ((r * U + u) * 4 + q) * W);
+  if (last) {  // the epilogue's inputs (pre-activations, c_prev) often come from memory
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        const float* xr = a.xp + (row + r) * G + (ub + u) * W;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) __builtin_prefetch(xr + q * a.H, 0, 3);
+        __builtin_prefetch(a.c_prev + (row + r) * a.H + (ub + u) * W, 0, 3);
+      }
+  }
   const float* panel[U];
 #pragma GCC unroll 8
   for (int u = 0; u < U; ++u) panel[u] = a.Wp + (ub + u) * a.K * 4 * W;
@@ -404,6 +423,12 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
     for (int u = 0; u < U; ++u)
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) b[u][q] = load(panel[u] + (k * 4 + q) * W);
+    if (pf) {  // one depth row of the panel chunk that comes next, so it is in cache in time
+      const float* q = pf + (k - k0) * 4 * W;
+      if (q < pf_end)
+#pragma GCC unroll 4
+        for (int l = 0; l < 4 * W; l += 16) __builtin_prefetch(q + l, 0, 3);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const vf h = splat(hp[r * a.ldh_prev + k]);
@@ -453,10 +478,12 @@ LF_INLINE void lstm_rows_full(const StepArgs& a, int rr, index_t row, index_t ub
 // One unit block, rows [row, row + rr), depth chunk [k0, k1).
 template <int R>
 LF_INLINE void lstm_rows_chunk(const StepArgs& a, int rr, index_t row, index_t ub, index_t k0,
-                               index_t k1, float* part, bool first, bool last) {
+                               index_t k1, float* part, bool first, bool last,
+                               const float* pf = nullptr, const float* pf_end = nullptr) {
   if constexpr (R >= 1) {
-    if (rr != R) return lstm_rows_chunk<R - 1>(a, rr, row, ub, k0, k1, part, first, last);
-    lstm_tile<R, 1>(a, row, ub, k0, k1, part, first, last);
+    if (rr != R)
+      return lstm_rows_chunk<R - 1>(a, rr, row, ub, k0, k1, part, first, last, pf, pf_end);
+    lstm_tile<R, 1>(a, row, ub, k0, k1, part, first, last, pf, pf_end);
   }
 }
 
@@ -488,10 +515,21 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
       const index_t nr = rows - rc < RB ? rows - rc : RB;
       for (index_t k0 = 0; k0 < K; k0 += KC) {
         const index_t k1 = K - k0 < KC ? K : k0 + KC;
+        // The chunk used next (this block's next depth chunk, or the start of the next row
+        // chunk's or unit block's panel): the first row tile prefetches it. W_hh of a layer
+        // the size of S2/S3 does not fit in L2, so every step streams it from L3.
+        const index_t next_ub = (k1 < K || rc + RB < rows) ? ub : ub + 1;
+        const float* pf = nullptr;
+        const float* pf_end = nullptr;
+        if (next_ub < ub1) {
+          const index_t nk0 = k1 < K ? k1 : 0;
+          pf = a.Wp + (next_ub * K + nk0) * 4 * W;
+          pf_end = a.Wp + (next_ub * K + (K - nk0 < KC ? K : nk0 + KC)) * 4 * W;
+        }
         for (index_t lr = 0; lr < nr; lr += ROWS) {
           const int rr = nr - lr < ROWS ? static_cast<int>(nr - lr) : ROWS;
           lstm_rows_chunk<ROWS>(a, rr, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
-                                k1 == K);
+                                k1 == K, lr == 0 ? pf : nullptr, pf_end);
         }
       }
     }

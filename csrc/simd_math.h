@@ -89,7 +89,19 @@ LF_INLINE vf vexp(vf x) {
   return p * (vf)e;
 }
 
-LF_INLINE vf vsigmoid(vf x) { return splat(1.0f) / (splat(1.0f) + vexp(-x)); }
+// 1 / d for d >= 1 (the activations divide only by such values). With AVX-512: the 14-bit
+// reciprocal estimate and one Newton step (relative error about 2^-27, plus rounding), which
+// issues as 3 instructions where a 16-lane division is a long, poorly pipelined one.
+LF_INLINE vf vrecip(vf d) {
+#if defined(__AVX512F__) && LF_W == 16
+  const vf r = (vf)_mm512_rcp14_ps((__m512)d);
+  return r + r * (splat(1.0f) - d * r);
+#else
+  return splat(1.0f) / d;
+#endif
+}
+
+LF_INLINE vf vsigmoid(vf x) { return vrecip(splat(1.0f) + vexp(-x)); }
 
 // tanh: an odd polynomial for |x| < 0.625 (relative error 4.6e-9), 1 - 2/(e^{2|x|} + 1) with
 // the sign of x above; both are computed and selected per lane (branch free).
@@ -104,7 +116,7 @@ LF_INLINE vf vtanh(vf x) {
   q = q * x2 + splat(0.13331513106822968f);
   q = q * x2 + splat(-0.3333328664302826f);
   vf small = x + x * x2 * q;
-  vf large = splat(1.0f) - splat(2.0f) / (vexp(ax + ax) + splat(1.0f));
+  vf large = splat(1.0f) - splat(2.0f) * vrecip(vexp(ax + ax) + splat(1.0f));
   const vf slarge = (vf)((vi)large | (xb & sign));
   return ax < splat(0.625f) ? small : slarge;
 }

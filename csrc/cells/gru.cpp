@@ -93,13 +93,8 @@ void input_projection(const Kernels& kern, const CellSizes& s, index_t G, const 
   const index_t T = s.T, B = s.B, I = s.I;
   const index_t rows = bs ? packed_rows(bs, 0, T) : T * B;
   if (bs) pack_steps(xg, x, I, B, bs, 0, T, nthreads);  // only the active rows, packed
-  const int P = rows * G >= (index_t(1) << 18) ? nthreads : 1;  // bias rows: 1 MiB or more
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
-#endif
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t j = 0; j < G; ++j) xp[r * G + j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
-  gemm(kern, rows, G, I, MatView{bs ? xg : x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
+  gemm_bias2(kern, rows, G, I, MatView{bs ? xg : x, I, 1}, MatView{W_ih, 1, I}, xp, G, b1, b2,
+             nthreads);
 }
 
 void zero_padding(float* y, const CellSizes& s, const index_t* bs) {

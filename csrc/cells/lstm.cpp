@@ -24,15 +24,8 @@ constexpr index_t kUnpackedRows = 4;
 void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
                       const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
                       int nthreads) {
-  const int P = rows * G >= (index_t(1) << 18) ? nthreads : 1;  // bias rows: 1 MiB or more
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
-#endif
-  for (index_t r = 0; r < rows; ++r) {
-    float* dst = xp + r * G;
-    for (index_t j = 0; j < G; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-  }
-  gemm(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
+  gemm_bias2(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, b_ih, b_hh,
+             nthreads);
 }
 
 // h_n, c_n: each row's state after its last real step (the last step without batch_sizes).

@@ -26,12 +26,8 @@ index_t num_panels(const Kernels& k, index_t N) { return (N + k.NR - 1) / k.NR; 
 void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
                       const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
                       int nthreads) {
-  if (rows <= 0) return;
-  for (index_t r = 0; r < rows; ++r) {
-    float* dst = xp + r * G;
-    for (index_t j = 0; j < G; ++j) dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-  }
-  gemm(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, true, nthreads);
+  gemm_bias2(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, b_ih, b_hh,
+             nthreads);
 }
 
 // C[r, panel columns] = A[r] . Bp for rows [r0, r1) and the NR-wide panels [jr0, jr1) of a B

@@ -4,6 +4,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
+
+#include <unistd.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "dispatch.h"
 
@@ -14,10 +20,26 @@
 namespace lstm_fast {
 namespace {
 
-constexpr index_t kKC = 256;  // depth of a packed block: an MR x KC sliver of A stays in L1
+constexpr index_t kKC = 256;  // depth of a packed block (fixed: it sets the summation order)
 
-index_t mc_for(const Kernels& k) { return k.MR * std::max<index_t>(1, 144 / k.MR); }
-index_t nc_for(const Kernels& k) { return k.NR * std::max<index_t>(1, 3072 / k.NR); }
+// Blocking (loop order jc -> pc -> pack B -> ic -> pack A -> ir -> jr): the MR x KC sliver of
+// packed A stays in L1 while the jr loop streams the KC x NC block of packed B from L2, so NC is
+// chosen for B's block to fill about half of this core's L2. MC only sizes A's buffer.
+index_t l2_bytes() {
+  static const index_t bytes = [] {
+    long v = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return static_cast<index_t>(v >= (64 << 10) && v <= (64 << 20) ? v : (1 << 20));
+  }();
+  return bytes;
+}
+index_t mc_for(const Kernels& k) { return k.MR * std::max<index_t>(1, 576 / k.MR); }
+index_t nc_for(const Kernels& k) {
+  const index_t cols = l2_bytes() / 2 / (kKC * static_cast<index_t>(sizeof(float)));
+  return k.NR * std::clamp<index_t>(cols / k.NR, 4, 4096 / k.NR);
+}
 
 struct AlignedBuffer {
   float* p = nullptr;
@@ -31,52 +53,116 @@ struct AlignedBuffer {
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
 };
 
+// dst[0:n] = src[0:n] for the short rows of a packed panel (n = MR or NR, or the part of one):
+// the usual widths are copied inline (a few vector moves; a call to memcpy per 48-byte row
+// measured 10 % of a training step), others through memcpy.
+inline void copy_row(float* dst, const float* src, int n) {
+  switch (n) {
+    case 4: return static_cast<void>(__builtin_memcpy(dst, src, 4 * sizeof(float)));
+    case 6: return static_cast<void>(__builtin_memcpy(dst, src, 6 * sizeof(float)));
+    case 8: return static_cast<void>(__builtin_memcpy(dst, src, 8 * sizeof(float)));
+    case 12: return static_cast<void>(__builtin_memcpy(dst, src, 12 * sizeof(float)));
+    case 16: return static_cast<void>(__builtin_memcpy(dst, src, 16 * sizeof(float)));
+    case 32: return static_cast<void>(__builtin_memcpy(dst, src, 32 * sizeof(float)));
+    default: std::memcpy(dst, src, n * sizeof(float));
+  }
+}
+
+// dst[k * ld + r] = src[r * rs + k] for r < rows, k < kc: rows of the source become the
+// interleaved lanes of a packed panel (a transpose). On x86 four rows and four depths at a time
+// through SSE registers (4 stores per 16 values instead of 16); pairs of rows and the k tail
+// element by element.
+void transpose_rows(const float* src, index_t rs, int rows, index_t kc, int ld, float* dst) {
+  index_t k = 0;
+#if defined(__SSE2__)
+  for (; k + 4 <= kc; k += 4) {
+    float* d = dst + k * ld;
+    if ((k & 15) == 0)  // the next cache line of each source row, ahead of its use
+      for (int r = 0; r < rows; ++r) __builtin_prefetch(src + r * rs + k + 32, 0, 3);
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      const float* s = src + r * rs + k;
+      __m128 a = _mm_loadu_ps(s), b = _mm_loadu_ps(s + rs), c = _mm_loadu_ps(s + 2 * rs),
+             e = _mm_loadu_ps(s + 3 * rs);
+      _MM_TRANSPOSE4_PS(a, b, c, e);
+      _mm_storeu_ps(d + r, a);
+      _mm_storeu_ps(d + ld + r, b);
+      _mm_storeu_ps(d + 2 * ld + r, c);
+      _mm_storeu_ps(d + 3 * ld + r, e);
+    }
+    for (; r + 2 <= rows; r += 2) {
+      const float* s = src + r * rs + k;
+      const __m128 a = _mm_loadu_ps(s), b = _mm_loadu_ps(s + rs);
+      const __m128 lo = _mm_unpacklo_ps(a, b), hi = _mm_unpackhi_ps(a, b);
+      _mm_storel_pi(reinterpret_cast<__m64*>(d + r), lo);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(d + ld + r), lo);
+      _mm_storel_pi(reinterpret_cast<__m64*>(d + 2 * ld + r), hi);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(d + 3 * ld + r), hi);
+    }
+    for (; r < rows; ++r)
+      for (index_t j = 0; j < 4; ++j) d[j * ld + r] = src[r * rs + k + j];
+  }
+#endif
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t j = k; j < kc; ++j) dst[j * ld + r] = src[r * rs + j];
+}
+
+// Panels of w columns from a block whose k-th row (kc rows, n columns) starts at src + k * ld:
+// dst[(p * kc + k) * w + c] = src[k * ld + p * w + c], zero past column n. Depth blocks of 8
+// rows outer, panels inner: each source row is read contiguously while it is in L1 (one panel
+// at a time would touch a new row, usually a new cache line, for every 48 or 128 bytes).
+void pack_rows(const float* src, index_t ld, index_t n, index_t kc, int w, float* dst) {
+  const index_t np = (n + w - 1) / w;
+  for (index_t k0 = 0; k0 < kc; k0 += 8) {
+    const index_t k1 = std::min<index_t>(kc, k0 + 8);
+    for (index_t p = 0; p < np; ++p) {
+      const int cols = static_cast<int>(std::min<index_t>(w, n - p * w));
+      float* d = dst + p * kc * w;
+      for (index_t k = k0; k < k1; ++k) {
+        copy_row(d + k * w, src + k * ld + p * w, cols);
+        for (int c = cols; c < w; ++c) d[k * w + c] = 0.0f;
+      }
+    }
+  }
+}
+
+// Panels of w lanes from `rows`-sized groups: the transposing and strided layouts, one panel
+// at a time. Lane r, depth k of the panel at dst is src[r * rs + k * cs].
+void pack_lanes(const float* src, index_t rs, index_t cs, index_t n, index_t kc, int w,
+                float* dst) {
+  for (index_t p = 0; p * w < n; ++p) {
+    float* d = dst + p * kc * w;
+    const int lanes = static_cast<int>(std::min<index_t>(w, n - p * w));
+    const float* s = src + p * w * rs;
+    if (cs == 1) {
+      transpose_rows(s, rs, lanes, kc, w, d);
+    } else {
+      for (int r = 0; r < lanes; ++r)
+        for (index_t k = 0; k < kc; ++k) d[k * w + r] = s[r * rs + k * cs];
+    }
+    for (index_t k = 0; k < kc && lanes < w; ++k)
+      for (int r = lanes; r < w; ++r) d[k * w + r] = 0.0f;
+  }
+}
+
 // Ap[(ir * kc + k) * MR + r] = A(i0 + ir*MR + r, p0 + k), zero for rows >= i0 + mc.
 void pack_a(const Kernels& kern, index_t mc, index_t kc, const MatView& A, index_t i0, index_t p0,
             float* Ap) {
-  const int MR = kern.MR;
-  for (index_t ir = 0; ir * MR < mc; ++ir) {
-    float* dst = Ap + ir * kc * MR;
-    const index_t rows = std::min<index_t>(MR, mc - ir * MR);
-    const float* src = A.p + (i0 + ir * MR) * A.rs + p0 * A.cs;
-    if (A.rs == 1 && rows == MR) {  // column-major A (a transposed row-major matrix)
-      for (index_t k = 0; k < kc; ++k) std::memcpy(dst + k * MR, src + k * A.cs, MR * sizeof(float));
-    } else {
-      for (index_t r = 0; r < rows; ++r) {
-        const float* s = src + r * A.rs;
-        for (index_t k = 0; k < kc; ++k) dst[k * MR + r] = s[k * A.cs];
-      }
-      for (index_t r = rows; r < MR; ++r)
-        for (index_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.0f;
-    }
-  }
+  const float* src = A.p + i0 * A.rs + p0 * A.cs;
+  if (A.rs == 1)  // column-major A (a transposed row-major matrix): contiguous MR-row slivers
+    pack_rows(src, A.cs, mc, kc, kern.MR, Ap);
+  else
+    pack_lanes(src, A.rs, A.cs, mc, kc, kern.MR, Ap);
 }
 
 // Bp[(jr * kc + k) * NR + c] = B(p0 + k, j0 + jr*NR + c), zero for columns >= j0 + nc.
 void pack_b(const Kernels& kern, index_t kc, index_t nc, const MatView& B, index_t p0, index_t j0,
             float* Bp) {
-  const int NR = kern.NR;
-  for (index_t jr = 0; jr * NR < nc; ++jr) {
-    float* dst = Bp + jr * kc * NR;
-    const index_t cols = std::min<index_t>(NR, nc - jr * NR);
-    const float* src = B.p + p0 * B.rs + (j0 + jr * NR) * B.cs;
-    if (B.cs == 1) {  // row-major B
-      for (index_t k = 0; k < kc; ++k) {
-        std::memcpy(dst + k * NR, src + k * B.rs, cols * sizeof(float));
-        for (index_t c = cols; c < NR; ++c) dst[k * NR + c] = 0.0f;
-      }
-    } else {  // depth blocks of 64: the panel block being written stays in L1
-      for (index_t k0 = 0; k0 < kc; k0 += 64) {
-        const index_t k1 = std::min<index_t>(kc, k0 + 64);
-        for (index_t c = 0; c < cols; ++c) {
-          const float* s = src + c * B.cs;
-          for (index_t k = k0; k < k1; ++k) dst[k * NR + c] = s[k * B.rs];
-        }
-        for (index_t c = cols; c < NR; ++c)
-          for (index_t k = k0; k < k1; ++k) dst[k * NR + c] = 0.0f;
-      }
-    }
-  }
+  const float* src = B.p + p0 * B.rs + j0 * B.cs;
+  if (B.cs == 1)  // row-major B
+    pack_rows(src, B.rs, nc, kc, kern.NR, Bp);
+  else  // e.g. B stored as rows of B^T (x . W^T): a transpose
+    pack_lanes(src, B.cs, B.rs, nc, kc, kern.NR, Bp);
 }
 
 void zero_or_keep(index_t M, index_t N, float* C, index_t ldc, bool accumulate) {
@@ -84,16 +170,23 @@ void zero_or_keep(index_t M, index_t N, float* C, index_t ldc, bool accumulate) 
   for (index_t i = 0; i < M; ++i) std::memset(C + i * ldc, 0, N * sizeof(float));
 }
 
-}  // namespace
 
-void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp) {
-  if (n1 > n0) pack_b(kern, K, n1 - n0, B, 0, n0, Bp);
+// C (M x N) = bias (every row) for the rows and columns given.
+void fill_rows(index_t M, index_t N, const float* bias, float* C, index_t ldc) {
+  for (index_t i = 0; i < M; ++i) std::memcpy(C + i * ldc, bias, N * sizeof(float));
 }
 
-void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
-                 float* C, index_t ldc, bool accumulate) {
+// gemm_serial with an optional bias row: with bias (and !accumulate) C = bias + A . B. The bias
+// is written into each C tile just before its first depth block accumulates onto it, so the
+// tile is in L1 (no separate pass over C through memory); the sum is rounded as bias + (A . B)
+// over the first block, then + each later block, the same as filling C first.
+void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
+                      float* C, index_t ldc, bool accumulate, const float* bias) {
   if (M <= 0 || N <= 0) return;
-  if (K <= 0) return zero_or_keep(M, N, C, ldc, accumulate);
+  if (K <= 0) {
+    if (bias && !accumulate) return fill_rows(M, N, bias, C, ldc);
+    return zero_or_keep(M, N, C, ldc, accumulate);
+  }
   const int MR = kern.MR, NR = kern.NR;
   const index_t MC = mc_for(kern), NC = nc_for(kern);
   const index_t kc_max = std::min(K, kKC);
@@ -104,18 +197,20 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
     const index_t nc = std::min(NC, N - jc);
     for (index_t pc = 0; pc < K; pc += kKC) {
       const index_t kc = std::min(kKC, K - pc);
-      const bool acc = accumulate || pc > 0;
+      const bool acc = accumulate || pc > 0 || bias;
+      const bool fill = bias && !accumulate && pc == 0;
       pack_b(kern, kc, nc, B, pc, jc, Bp.p);
       for (index_t ic = 0; ic < M; ic += MC) {
         const index_t mc = std::min(MC, M - ic);
         pack_a(kern, mc, kc, A, ic, pc, Ap.p);
-        for (index_t jr = 0; jr * NR < nc; ++jr) {
-          const int n = static_cast<int>(std::min<index_t>(NR, nc - jr * NR));
-          const float* bp = Bp.p + jr * kc * NR;
-          for (index_t ir = 0; ir * MR < mc; ++ir) {
-            const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
-            kern.gemm_micro(kc, Ap.p + ir * kc * MR, bp, C + (ic + ir * MR) * ldc + jc + jr * NR,
-                            ldc, m, n, acc);
+        for (index_t ir = 0; ir * MR < mc; ++ir) {
+          const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
+          const float* ap = Ap.p + ir * kc * MR;
+          float* c = C + (ic + ir * MR) * ldc + jc;
+          for (index_t jr = 0; jr * NR < nc; ++jr) {
+            const int n = static_cast<int>(std::min<index_t>(NR, nc - jr * NR));
+            if (fill) fill_rows(m, n, bias + jc + jr * NR, c + jr * NR, ldc);
+            kern.gemm_micro(kc, ap, Bp.p + jr * kc * NR, c + jr * NR, ldc, m, n, acc);
           }
         }
       }
@@ -123,9 +218,25 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
   }
 }
 
+}  // namespace
+
+void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp) {
+  if (n1 > n0) pack_b(kern, K, n1 - n0, B, 0, n0, Bp);
+}
+
+void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
+                 float* C, index_t ldc, bool accumulate) {
+  gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, nullptr);
+}
+
 void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
-          index_t ldc, bool accumulate, int nthreads) {
+          index_t ldc, bool accumulate, int nthreads, const float* bias) {
   if (M <= 0 || N <= 0) return;
+  if (bias && !accumulate && (K <= 0 || (M <= 2 && B.rs == 1 && A.cs == 1))) {
+    fill_rows(M, N, bias, C, ldc);  // few rows or no depth: fill, then accumulate
+    accumulate = true;
+    bias = nullptr;
+  }
   const double flops = 2.0 * M * N * K;
   if (M <= 2 && B.rs == 1 && A.cs == 1 && K > 0) {
     // A row or two times a matrix stored as rows of B^T (e.g. x . W^T): dot products over the
@@ -155,7 +266,7 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
   P = static_cast<int>(std::min<index_t>(P, std::max(nb, mb)));
   if (P <= 1) {
     DenormalGuard ftz;
-    gemm_serial(kern, M, N, K, A, B, C, ldc, accumulate);
+    gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, bias);
     return;
   }
   // Split the dimension with more micro-tiles; a thread's part is a contiguous run of tiles.
@@ -175,15 +286,23 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
     if (split_n) {
       const index_t j0 = t0 * kern.NR, j1 = std::min(N, t1 * kern.NR);
       if (j1 > j0)
-        gemm_serial(kern, M, j1 - j0, K, A, MatView{B.p + j0 * B.cs, B.rs, B.cs}, C + j0, ldc,
-                    accumulate);
+        gemm_serial_bias(kern, M, j1 - j0, K, A, MatView{B.p + j0 * B.cs, B.rs, B.cs}, C + j0,
+                         ldc, accumulate, bias ? bias + j0 : nullptr);
     } else {
       const index_t i0 = t0 * kern.MR, i1 = std::min(M, t1 * kern.MR);
       if (i1 > i0)
-        gemm_serial(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B, C + i0 * ldc,
-                    ldc, accumulate);
+        gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
+                         C + i0 * ldc, ldc, accumulate, bias);
     }
   }
+}
+
+void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
+                float* C, index_t ldc, const float* b1, const float* b2, int nthreads) {
+  if (!b1 && !b2) return gemm(kern, M, N, K, A, B, C, ldc, false, nthreads);
+  std::vector<float> bias(static_cast<std::size_t>(std::max<index_t>(N, 0)));
+  for (index_t j = 0; j < N; ++j) bias[j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
+  gemm(kern, M, N, K, A, B, C, ldc, false, nthreads, bias.data());
 }
 
 }  // namespace lstm_fast

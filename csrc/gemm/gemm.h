@@ -20,8 +20,15 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
 // Parallel GEMM: the output is split into independent blocks (columns in multiples of NR, or
 // rows in multiples of MR), one per thread, never along K. Each element is therefore reduced by
 // one thread in the same order at any thread count: results are bitwise identical.
+// With bias (length N) and !accumulate: C = bias (in every row) + op(A) . op(B), the bias
+// written tile by tile just before the tile's first depth block (no separate pass over C).
 void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
-          index_t ldc, bool accumulate, int nthreads);
+          index_t ldc, bool accumulate, int nthreads, const float* bias = nullptr);
+
+// C = b1 + b2 + op(A) . op(B), either bias may be null (then zeros): the hoisted input
+// projection of every recurrent core (biases summed once, as b1[j] + b2[j]).
+void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
+                float* C, index_t ldc, const float* b1, const float* b2, int nthreads);
 
 // Pack the K x N matrix B (rows [0, K), columns [n0, n1)) into NR-wide panels: panel j holds
 // Bp[(j * K + k) * NR + c] = B(k, n0 + j * NR + c), zero past n1. Bp holds

@@ -12,6 +12,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <sstream>
 #include <string>
 #include <thread>
@@ -232,15 +236,92 @@ inline py::array grad_out(py::handle given, const std::string& name,
   return arg(given, name, dims, /*writeable=*/true);
 }
 
-// 64-byte aligned scratch memory for one call, freed on scope exit.
+// Large scratch blocks are kept for the next call instead of going back to the system: the
+// pages of a fresh large allocation are zeroed by the kernel on first touch, which measured 12 %
+// of an S3 backward pass (a 210 MB dZ workspace per call). Blocks of at least kPoolMin bytes
+// are reused best-fit; at most kPoolKeep stay cached (the smallest goes first), so what is
+// retained is bounded by the two largest recent workspaces. Thread safe (calls release the GIL).
+class WorkspacePool {
+ public:
+  static constexpr size_t kPoolMin = size_t(4) << 20;
+  static constexpr size_t kPoolKeep = 2;
+
+  // A block of at least `bytes`; `bytes` is set to its capacity (give it back with that).
+  void* take(size_t& bytes) {
+    if (bytes >= kPoolMin) {
+      std::lock_guard<std::mutex> lock(m_);
+      auto best = free_.end();
+      for (auto it = free_.begin(); it != free_.end(); ++it)
+        if (it->first >= bytes && (best == free_.end() || it->first < best->first)) best = it;
+      if (best != free_.end()) {
+        void* p = best->second;
+        bytes = best->first;
+        free_.erase(best);
+        return p;
+      }
+    }
+    void* p = fresh(bytes);
+    if (!p && bytes >= kPoolMin) {  // memory is short: give the cached blocks back, retry
+      release();
+      p = fresh(bytes);
+    }
+    return p;
+  }
+
+  // Takes back a block from take(bytes) (the capacity it was created with).
+  void give(void* p, size_t bytes) {
+    if (bytes < kPoolMin) return std::free(p);
+    std::lock_guard<std::mutex> lock(m_);
+    free_.emplace_back(bytes, p);
+    if (free_.size() > kPoolKeep) {
+      auto smallest = std::min_element(free_.begin(), free_.end());
+      std::free(smallest->second);
+      free_.erase(smallest);
+    }
+  }
+
+  void release() {
+    std::lock_guard<std::mutex> lock(m_);
+    for (auto& b : free_) std::free(b.second);
+    free_.clear();
+  }
+
+ private:
+  // Large blocks are 2 MiB aligned and marked for transparent huge pages (as NumPy does for its
+  // arrays): first touch then faults once per 2 MiB instead of once per 4 KiB page.
+  static void* fresh(size_t& bytes) {
+    if (bytes < kPoolMin) return std::aligned_alloc(64, bytes);
+    constexpr size_t kHuge = size_t(2) << 20;
+    bytes = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, bytes);
+#if defined(MADV_HUGEPAGE)
+    if (p) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
+    return p;
+  }
+
+  std::mutex m_;
+  std::vector<std::pair<size_t, void*>> free_;  // (capacity in bytes, block)
+};
+
+// One pool per process, never destroyed (a block may be handed back during interpreter exit).
+inline WorkspacePool& workspace_pool() {
+  static WorkspacePool* pool = new WorkspacePool;
+  return *pool;
+}
+
+// 64-byte aligned scratch memory for one call (from the pool), handed back on scope exit.
 struct Workspace {
   float* p = nullptr;
+  size_t bytes = 0;
   explicit Workspace(index_t n) {
-    size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-    if (!p) throw std::bad_alloc();
+    const size_t want = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+    bytes = want ? want : 64;
+    void* block = workspace_pool().take(bytes);
+    if (!block) throw std::bad_alloc();
+    p = static_cast<float*>(block);
   }
-  ~Workspace() { std::free(p); }
+  ~Workspace() { workspace_pool().give(p, bytes); }
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
 };

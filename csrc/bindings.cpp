@@ -144,7 +144,8 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   const int nthreads = get_num_threads();
   {
     py::gil_scoped_release nogil;
-    Workspace ws(lstm_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
+    Workspace ws(
+        lstm_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr, nthreads));
     lstm_backward(dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(), mptr(dW_ih),
                   mptr(dW_hh), db_ih.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_ih)),
                   db_hh.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_hh)), opt_ptr(dy_a),

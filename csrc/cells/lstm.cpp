@@ -275,10 +275,20 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
 }
 
-index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths) {
+namespace {
+// One step's dZ_t rows packed into MR-row slivers (the A operand of dZ_t . W_hh), a slab per
+// thread (or two shared slabs, alternating by step, when threads split the columns).
+index_t dz_slab(const Kernels& kern, const LstmSizes& s) {
+  return (s.B / kern.MR + 2) * kern.MR * 4 * s.H;
+}
+}  // namespace
+
+index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
+                                     int nthreads) {
   const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
-  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + 64;
+  const index_t slabs = std::max(2, nthreads) * dz_slab(kern, s);
+  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + 64;
 }
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
@@ -306,6 +316,8 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   float* Wb = dz + T * B * G;          // W_hh packed as the B operand of dZ_t . W_hh: (4H, H)
   float* zeros = Wb + nbj * kern.NR * G;  // (B, H)
   float* hp = zeros + B * H;              // (N, H) with batch_sizes: packed h_prev rows
+  float* dzp = hp + (bs ? T * B * H : 0);  // max(2, threads) slabs of packed dZ_t rows
+  const index_t slab = dz_slab(kern, s);
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
@@ -355,6 +367,22 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                                 gates_t + r0 * G, cells + t * B * H + r0 * H,
                                 c_prev + r0 * H, dy ? dy + t * B * H + r0 * H : nullptr,
                                 dh0 + r0 * H);
+      // dZ_t's rows packed into MR-row slivers: read in place, rows 4H floats apart (a multiple
+      // of 4 KiB at the usual sizes) fell into the same few L1 sets. Threads splitting the
+      // columns pack their own columns of every row into a shared slab (two, alternating by
+      // step, so a thread ahead never overwrites one still being read); threads owning rows
+      // pack their rows into their own slab.
+      const bool shared = sched == Schedule::kUnits;
+      float* dzs = dzp + (shared ? (t & 1) : p) * slab;
+      const index_t rbase = shared ? 0 : r0;
+      if (B > 1 && re > r0) {
+        if (shared) {
+          for (int q = 0; q < 4; ++q)
+            pack_a_slivers(kern, re, G, q * H + u0, q * H + u1, dz_t, G, dzs);
+        } else {
+          pack_a_slivers(kern, re - r0, G, 0, G, dz_t + r0 * G, G, dzs);
+        }
+      }
       if (sched == Schedule::kUnits && np > 1) team_barrier();
       // dh_next[:, my columns] = dZ_t . W_hh[:, my columns]  (reads every thread's dZ_t).
       // The depth 4H is walked in chunks of kKCb so a chunk of the packed panel stays in L1
@@ -370,8 +398,8 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
           }
           for (index_t r = r0; r < re; r += MR) {
             const int m = static_cast<int>(std::min<index_t>(MR, re - r));
-            kern.gemm_micro_rowA(kc, dz_t + r * G + k0, G, Wb + (jr * G + k0) * NR,
-                                 dh0 + r * H + jr * NR, H, m, n, k0 > 0);
+            kern.gemm_micro(kc, dzs + (((r - rbase) / MR) * G + k0) * MR,
+                            Wb + (jr * G + k0) * NR, dh0 + r * H + jr * NR, H, m, n, k0 > 0);
           }
         }
       }

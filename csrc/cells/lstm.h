@@ -46,7 +46,8 @@ void lstm_forward(float* y,            // (T, B, H)
                   const index_t* batch_sizes,  // (T) non-increasing, or null: all B rows
                   float* workspace, const Kernels& kern, int nthreads);
 
-index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths);
+index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
+                                     int nthreads);
 
 // Backward (BPTT) from a training forward. dx, dh0, dc0 are overwritten; dW_ih, dW_hh, db_ih,
 // db_hh are accumulated into (+=); db_ih / db_hh may be null (no bias).

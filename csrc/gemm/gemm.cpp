@@ -224,6 +224,19 @@ void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatVi
   if (n1 > n0) pack_b(kern, K, n1 - n0, B, 0, n0, Bp);
 }
 
+void pack_a_slivers(const Kernels& kern, index_t m, index_t K, index_t c0, index_t c1,
+                    const float* A, index_t lda, float* Ap) {
+  const int MR = kern.MR;
+  if (c1 <= c0) return;
+  for (index_t ir = 0; ir * MR < m; ++ir) {
+    const int rows = static_cast<int>(std::min<index_t>(MR, m - ir * MR));
+    float* dst = Ap + (ir * K + c0) * MR;
+    transpose_rows(A + ir * MR * lda + c0, lda, rows, c1 - c0, MR, dst);
+    for (index_t k = 0; k < c1 - c0 && rows < MR; ++k)
+      for (int r = rows; r < MR; ++r) dst[k * MR + r] = 0.0f;
+  }
+}
+
 void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                  float* C, index_t ldc, bool accumulate) {
   gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, nullptr);

@@ -35,4 +35,11 @@ void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A,
 // ceil((n1 - n0) / NR) * K * NR floats.
 void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp);
 
+// Pack rows [0, m) and columns [c0, c1) of the row-major matrix A (leading dim lda) into the
+// micro-kernel's MR-row slivers of full depth K: Ap[((r / MR) * K + k) * MR + r % MR] =
+// A[r * lda + k]; the rows of the last sliver past m are zero. Column ranges can be packed
+// separately (e.g. by different threads) into the same Ap.
+void pack_a_slivers(const Kernels& kern, index_t m, index_t K, index_t c0, index_t c1,
+                    const float* A, index_t lda, float* Ap);
+
 }  // namespace lstm_fast

@@ -29,22 +29,25 @@ static_assert(NR % W == 0, "NR must be a multiple of W");
 
 // ---- GEMM micro-kernel ---------------------------------------------------------------------
 // C[m x n] (= or +=) A . Bp over K. A is either packed (Ap[k*MR + r]) or row-major (A[r*lda+k]).
-template <bool kRowA>
+// R <= MR rows of accumulators (A's packed panel is still MR wide): a tile of m rows runs with
+// the smallest R in {MR/3, 2MR/3, MR} that covers it, so a batch of, say, 64 rows does not
+// compute 72. Every element gets the same FMAs in the same order whatever R is.
+template <bool kRowA, int R>
 LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, float* C,
                      index_t ldc, int m, int n, bool accumulate) {
-  vf acc[MR][NV];
+  vf acc[R][NV];
 #pragma GCC unroll 32
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
-  const float* arow[MR];
+  const float* arow[R];
   if (kRowA) {
 #pragma GCC unroll 32
-    for (int r = 0; r < MR; ++r) arow[r] = A + (r < m ? r : 0) * lda;  // rows >= m: discarded
+    for (int r = 0; r < R; ++r) arow[r] = A + (r < m ? r : 0) * lda;  // rows >= m: discarded
   }
   if (!kRowA) {  // the C tile is read (accumulate) or written after the loop: fetch it now
 #pragma GCC unroll 32
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < R; ++r) {
       __builtin_prefetch(C + r * ldc, 1, 3);
       __builtin_prefetch(C + r * ldc + NR - 1, 1, 3);
     }
@@ -54,15 +57,15 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) b[v] = load(Bp + k * NR + v * W);
 #pragma GCC unroll 32
-    for (int r = 0; r < MR; ++r) {
+    for (int r = 0; r < R; ++r) {
       const vf a = splat(kRowA ? arow[r][k] : A[k * MR + r]);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
-  if (m == MR && n == NR) {
+  if (m == R && n == NR) {
 #pragma GCC unroll 32
-    for (int r = 0; r < MR; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) {
         float* p = C + r * ldc + v * W;
@@ -78,14 +81,20 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
   }
 }
 
+constexpr int MR1 = MR / 3 > 0 ? MR / 3 : 1, MR2 = 2 * MR / 3 > MR1 ? 2 * MR / 3 : MR;
+
 void gemm_micro(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc, int m, int n,
                 bool accumulate) {
-  micro<false>(K, Ap, 0, Bp, C, ldc, m, n, accumulate);
+  if (m <= MR1) return micro<false, MR1>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
+  if (m <= MR2) return micro<false, MR2>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
+  micro<false, MR>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
 }
 
 void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, float* C,
                      index_t ldc, int m, int n, bool accumulate) {
-  micro<true>(K, A, lda, Bp, C, ldc, m, n, accumulate);
+  if (m <= MR1) return micro<true, MR1>(K, A, lda, Bp, C, ldc, m, n, accumulate);
+  if (m <= MR2) return micro<true, MR2>(K, A, lda, Bp, C, ldc, m, n, accumulate);
+  micro<true, MR>(K, A, lda, Bp, C, ldc, m, n, accumulate);
 }
 
 // One row times a packed panel: four independent accumulator sets over k (k mod 4), so the FMA

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cells/packed.h"
 #include "cells/team.h"
@@ -48,11 +49,25 @@ void pack_gate_panels(const Kernels& kern, index_t H, int gates, const float* W_
     pack_b_panels(kern, H, 0, H, MatView{W_hh + q * H * H, 1, H}, Wp + q * per_gate);
 }
 
+namespace {
+// A buffer private to the calling thread, reused across steps and calls (grown when needed):
+// one step's A rows packed into MR-row slivers. Read in place, rows a multiple of 4 KiB apart
+// (H or 3H floats at the usual sizes) fall into the same few L1 sets.
+float* step_slab(index_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<index_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+}  // namespace
+
 void recurrent_product(const Kernels& kern, index_t H, int gates, index_t r0, index_t r1,
                        index_t j0, index_t j1, const float* A, const float* Wp, float* C,
                        bool accumulate) {
   const int MR = kern.MR, NR = kern.NR;
+  if (r1 <= r0 || j1 <= j0) return;
   const index_t G = gates * H, per_gate = num_panels(kern, H) * H * NR;
+  float* Ap = step_slab(((r1 - r0) / MR + 1) * MR * H);
+  pack_a_slivers(kern, r1 - r0, H, 0, H, A + r0 * H, H, Ap);
   for (index_t jr = j0; jr < j1; ++jr) {
     const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
     for (int q = 0; q < gates; ++q) {
@@ -62,8 +77,8 @@ void recurrent_product(const Kernels& kern, index_t H, int gates, index_t r0, in
         const index_t kc = std::min(kKC, H - k0);
         for (index_t r = r0; r < r1; r += MR) {
           const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
-          kern.gemm_micro_rowA(kc, A + r * H + k0, H, panel + k0 * NR, Cq + r * G, G, m, n,
-                               accumulate || k0 > 0);
+          kern.gemm_micro(kc, Ap + (((r - r0) / MR) * H + k0) * MR, panel + k0 * NR, Cq + r * G,
+                          G, m, n, accumulate || k0 > 0);
         }
       }
     }
@@ -74,14 +89,17 @@ void recurrent_product_back(const Kernels& kern, index_t H, index_t G, index_t r
                             index_t j0, index_t j1, const float* dz, const float* Wb, float* dh,
                             bool accumulate) {
   const int MR = kern.MR, NR = kern.NR;
+  if (r1 <= r0 || j1 <= j0) return;
+  float* Ap = step_slab(((r1 - r0) / MR + 1) * MR * G);
+  pack_a_slivers(kern, r1 - r0, G, 0, G, dz + r0 * G, G, Ap);
   for (index_t jr = j0; jr < j1; ++jr) {
     const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
     for (index_t k0 = 0; k0 < G; k0 += kKC) {
       const index_t kc = std::min(kKC, G - k0);
       for (index_t r = r0; r < r1; r += MR) {
         const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
-        kern.gemm_micro_rowA(kc, dz + r * G + k0, G, Wb + (jr * G + k0) * NR, dh + r * H + jr * NR,
-                             H, m, n, accumulate || k0 > 0);
+        kern.gemm_micro(kc, Ap + (((r - r0) / MR) * G + k0) * MR, Wb + (jr * G + k0) * NR,
+                        dh + r * H + jr * NR, H, m, n, accumulate || k0 > 0);
       }
     }
   }

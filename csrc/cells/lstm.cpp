@@ -21,11 +21,19 @@ constexpr index_t kKCb = 256;
 constexpr index_t kUnpackedRows = 4;
 
 // xp[r] = b_ih + b_hh + x[r] . W_ih^T for `rows` rows.
+// Wip: W_ih^T packed beforehand (pack_b_panels), or null.
 void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
                       const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
-                      int nthreads) {
+                      int nthreads, const float* Wip = nullptr) {
   gemm_bias2(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, b_ih, b_hh,
-             nthreads);
+             nthreads, Wip);
+}
+
+// W_ih^T is packed once per call when the projection runs in more than one chunk of steps
+// (else the single GEMM packs it itself): floats of that packed copy.
+index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {
+  if (chunk_steps(s) >= s.T) return 0;
+  return (4 * s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
 }
 
 // h_n, c_n: each row's state after its last real step (the last step without batch_sizes).
@@ -154,11 +162,11 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthre
 
 index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training,
                                     bool lengths) {
+  if (use_unpacked(s)) return s.T * s.B * 4 * s.H + 2 * s.B * s.H + 64;
   const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
   const index_t xg = lengths ? chunk_steps(s) * s.B * s.I : 0;  // a chunk's active rows of x
-  const index_t unpacked = s.T * s.B * 4 * s.H;
-  return std::max(panels + xp + xg, unpacked) + 2 * s.B * s.H + 64;
+  return panels + xp + xg + 2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
 }
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
@@ -205,10 +213,15 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   float* xg = xp_buf + (training ? 0 : TC * B * G);  // (TC*B, I): a chunk's active rows of x
   float* state = xg + (bs ? TC * B * I : 0);          // (B, H): c in inference
   float* zeros = state + B * H;                       // (B, H): null h0 / c0
+  float* Wip = zeros + B * H;  // W_ih^T packed once, with several chunks (packed_w_ih_size)
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
+  if (packed_w_ih_size(kern, s) > 0)
+    pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
+  else
+    Wip = nullptr;
 
   const Schedule sched = lstm_choose_schedule(kern, s, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
@@ -229,7 +242,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     float* xp = training ? gates + off0 * G : xp_buf;
     const index_t rows = bs ? packed_rows(bs, t0, t1) : (t1 - t0) * B;
     if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads);
-    input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads);
+    input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads,
+                     Wip);
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
 #if defined(_OPENMP)

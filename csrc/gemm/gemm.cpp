@@ -181,7 +181,8 @@ void fill_rows(index_t M, index_t N, const float* bias, float* C, index_t ldc) {
 // tile is in L1 (no separate pass over C through memory); the sum is rounded as bias + (A . B)
 // over the first block, then + each later block, the same as filling C first.
 void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
-                      float* C, index_t ldc, bool accumulate, const float* bias) {
+                      float* C, index_t ldc, bool accumulate, const float* bias,
+                      const float* Bpre = nullptr) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (bias && !accumulate) return fill_rows(M, N, bias, C, ldc);
@@ -190,19 +191,26 @@ void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatV
   const int MR = kern.MR, NR = kern.NR;
   const index_t MC = mc_for(kern), NC = nc_for(kern);
   const index_t kc_max = std::min(K, kKC);
-  const index_t mc_max = std::min(M, MC), nc_max = std::min(N, NC);
+  const index_t mc_max = std::min(M, MC);
   AlignedBuffer Ap(((mc_max + MR - 1) / MR) * MR * kc_max);
-  AlignedBuffer Bp(((nc_max + NR - 1) / NR) * NR * kc_max);
-  for (index_t jc = 0; jc < N; jc += NC) {
-    const index_t nc = std::min(NC, N - jc);
-    for (index_t pc = 0; pc < K; pc += kKC) {
-      const index_t kc = std::min(kKC, K - pc);
-      const bool acc = accumulate || pc > 0 || bias;
-      const bool fill = bias && !accumulate && pc == 0;
-      pack_b(kern, kc, nc, B, pc, jc, Bp.p);
-      for (index_t ic = 0; ic < M; ic += MC) {
-        const index_t mc = std::min(MC, M - ic);
-        pack_a(kern, mc, kc, A, ic, pc, Ap.p);
+  AlignedBuffer Bp(Bpre ? 0 : ((N + NR - 1) / NR) * NR * kc_max);
+  // Each operand is packed once: B's depth block for all columns, then A's blocks; the jc loop
+  // inside keeps a KC x NC part of B (about half of L2) hot while the A block (MC x KC, also in
+  // L2) is reused for every such part. With Bpre (B packed beforehand in full-depth panels,
+  // pack_b_panels) B is not packed here at all.
+  for (index_t pc = 0; pc < K; pc += kKC) {
+    const index_t kc = std::min(kKC, K - pc);
+    const bool acc = accumulate || pc > 0 || bias;
+    const bool fill = bias && !accumulate && pc == 0;
+    if (!Bpre) pack_b(kern, kc, N, B, pc, 0, Bp.p);
+    // Panel j at depth pc: packed here (kc rows per panel) or beforehand (K rows per panel).
+    const float* b0 = Bpre ? Bpre + pc * NR : Bp.p;
+    const index_t bstride = (Bpre ? K : kc) * NR;
+    for (index_t ic = 0; ic < M; ic += MC) {
+      const index_t mc = std::min(MC, M - ic);
+      pack_a(kern, mc, kc, A, ic, pc, Ap.p);
+      for (index_t jc = 0; jc < N; jc += NC) {
+        const index_t nc = std::min(NC, N - jc);
         for (index_t ir = 0; ir * MR < mc; ++ir) {
           const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
           const float* ap = Ap.p + ir * kc * MR;
@@ -210,7 +218,7 @@ void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatV
           for (index_t jr = 0; jr * NR < nc; ++jr) {
             const int n = static_cast<int>(std::min<index_t>(NR, nc - jr * NR));
             if (fill) fill_rows(m, n, bias + jc + jr * NR, c + jr * NR, ldc);
-            kern.gemm_micro(kc, ap, Bp.p + jr * kc * NR, c + jr * NR, ldc, m, n, acc);
+            kern.gemm_micro(kc, ap, b0 + (jc / NR + jr) * bstride, c + jr * NR, ldc, m, n, acc);
           }
         }
       }
@@ -243,7 +251,7 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
 }
 
 void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
-          index_t ldc, bool accumulate, int nthreads, const float* bias) {
+          index_t ldc, bool accumulate, int nthreads, const float* bias, const float* Bpre) {
   if (M <= 0 || N <= 0) return;
   if (bias && !accumulate && (K <= 0 || (M <= 2 && B.rs == 1 && A.cs == 1))) {
     fill_rows(M, N, bias, C, ldc);  // few rows or no depth: fill, then accumulate
@@ -279,7 +287,7 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
   P = static_cast<int>(std::min<index_t>(P, std::max(nb, mb)));
   if (P <= 1) {
     DenormalGuard ftz;
-    gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, bias);
+    gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, bias, Bpre);
     return;
   }
   // Split the dimension with more micro-tiles; a thread's part is a contiguous run of tiles.
@@ -300,22 +308,42 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
       const index_t j0 = t0 * kern.NR, j1 = std::min(N, t1 * kern.NR);
       if (j1 > j0)
         gemm_serial_bias(kern, M, j1 - j0, K, A, MatView{B.p + j0 * B.cs, B.rs, B.cs}, C + j0,
-                         ldc, accumulate, bias ? bias + j0 : nullptr);
+                         ldc, accumulate, bias ? bias + j0 : nullptr,
+                         Bpre ? Bpre + t0 * K * kern.NR : nullptr);
     } else {
       const index_t i0 = t0 * kern.MR, i1 = std::min(M, t1 * kern.MR);
       if (i1 > i0)
         gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
-                         C + i0 * ldc, ldc, accumulate, bias);
+                         C + i0 * ldc, ldc, accumulate, bias, Bpre);
     }
   }
 }
 
 void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
-                float* C, index_t ldc, const float* b1, const float* b2, int nthreads) {
-  if (!b1 && !b2) return gemm(kern, M, N, K, A, B, C, ldc, false, nthreads);
+                float* C, index_t ldc, const float* b1, const float* b2, int nthreads,
+                const float* Bpre) {
+  if (!b1 && !b2) return gemm(kern, M, N, K, A, B, C, ldc, false, nthreads, nullptr, Bpre);
   std::vector<float> bias(static_cast<std::size_t>(std::max<index_t>(N, 0)));
   for (index_t j = 0; j < N; ++j) bias[j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
-  gemm(kern, M, N, K, A, B, C, ldc, false, nthreads, bias.data());
+  gemm(kern, M, N, K, A, B, C, ldc, false, nthreads, bias.data(), Bpre);
+}
+
+void pack_b_panels_parallel(const Kernels& kern, index_t K, index_t N, MatView B, float* Bp,
+                            int nthreads) {
+  const index_t nb = (N + kern.NR - 1) / kern.NR;
+  const int P = static_cast<int>(std::min<index_t>(nthreads, nb));
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1 && K * N >= (1 << 16))
+#endif
+  {
+#if defined(_OPENMP)
+    const int p = omp_get_thread_num(), np = omp_get_num_threads();
+#else
+    const int p = 0, np = 1;
+#endif
+    const index_t t0 = nb * p / np, t1 = nb * (p + 1) / np;
+    pack_b_panels(kern, K, t0 * kern.NR, std::min(N, t1 * kern.NR), B, Bp + t0 * K * kern.NR);
+  }
 }
 
 }  // namespace lstm_fast

@@ -22,18 +22,27 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
 // one thread in the same order at any thread count: results are bitwise identical.
 // With bias (length N) and !accumulate: C = bias (in every row) + op(A) . op(B), the bias
 // written tile by tile just before the tile's first depth block (no separate pass over C).
+// Bpre: op(B) already packed by pack_b_panels (full depth K, all N columns), for a B used by
+// several calls (the view B is still given: very few rows read it directly).
 void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
-          index_t ldc, bool accumulate, int nthreads, const float* bias = nullptr);
+          index_t ldc, bool accumulate, int nthreads, const float* bias = nullptr,
+          const float* Bpre = nullptr);
 
 // C = b1 + b2 + op(A) . op(B), either bias may be null (then zeros): the hoisted input
 // projection of every recurrent core (biases summed once, as b1[j] + b2[j]).
 void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
-                float* C, index_t ldc, const float* b1, const float* b2, int nthreads);
+                float* C, index_t ldc, const float* b1, const float* b2, int nthreads,
+                const float* Bpre = nullptr);
 
 // Pack the K x N matrix B (rows [0, K), columns [n0, n1)) into NR-wide panels: panel j holds
 // Bp[(j * K + k) * NR + c] = B(k, n0 + j * NR + c), zero past n1. Bp holds
 // ceil((n1 - n0) / NR) * K * NR floats.
 void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp);
+
+// All N columns of B packed as by pack_b_panels (n0 = 0, n1 = N), threads splitting the panels.
+// Bp holds ceil(N / NR) * K * NR floats.
+void pack_b_panels_parallel(const Kernels& kern, index_t K, index_t N, MatView B, float* Bp,
+                            int nthreads);
 
 // Pack rows [0, m) and columns [c0, c1) of the row-major matrix A (leading dim lda) into the
 // micro-kernel's MR-row slivers of full depth K: Ap[((r / MR) * K + k) * MR + r % MR] =

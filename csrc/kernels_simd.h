@@ -32,7 +32,7 @@ static_assert(NR % W == 0, "NR must be a multiple of W");
 // R <= MR rows of accumulators (A's packed panel is still MR wide): a tile of m rows runs with
 // the smallest R in {MR/3, 2MR/3, MR} that covers it, so a batch of, say, 64 rows does not
 // compute 72. Every element gets the same FMAs in the same order whatever R is.
-template <bool kRowA, int R>
+template <bool kRowA, int R, int NV = NR / W>
 LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, float* C,
                      index_t ldc, int m, int n, bool accumulate) {
   vf acc[R][NV];
@@ -49,7 +49,7 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r) {
       __builtin_prefetch(C + r * ldc, 1, 3);
-      __builtin_prefetch(C + r * ldc + NR - 1, 1, 3);
+      __builtin_prefetch(C + r * ldc + NV * W - 1, 1, 3);
     }
   }
   for (index_t k = 0; k < K; ++k) {
@@ -63,7 +63,7 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
-  if (m == R && n == NR) {
+  if (m == R && n == NV * W) {
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
@@ -85,6 +85,8 @@ constexpr int MR1 = MR / 3 > 0 ? MR / 3 : 1, MR2 = 2 * MR / 3 > MR1 ? 2 * MR / 3
 
 void gemm_micro(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc, int m, int n,
                 bool accumulate) {
+  // A last panel of at most W columns (N = 65, 100, ...): one vector of accumulators per row.
+  if (NR > W && n <= W) return micro<false, MR, 1>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   if (m <= MR1) return micro<false, MR1>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   if (m <= MR2) return micro<false, MR2>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   micro<false, MR>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
@@ -92,6 +94,7 @@ void gemm_micro(index_t K, const float* Ap, const float* Bp, float* C, index_t l
 
 void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, float* C,
                      index_t ldc, int m, int n, bool accumulate) {
+  if (NR > W && n <= W) return micro<true, MR, 1>(K, A, lda, Bp, C, ldc, m, n, accumulate);
   if (m <= MR1) return micro<true, MR1>(K, A, lda, Bp, C, ldc, m, n, accumulate);
   if (m <= MR2) return micro<true, MR2>(K, A, lda, Bp, C, ldc, m, n, accumulate);
   micro<true, MR>(K, A, lda, Bp, C, ldc, m, n, accumulate);

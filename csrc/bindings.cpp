@@ -26,7 +26,7 @@ using namespace lstm_fast::bind;
 
 namespace {
 
-farray empty(std::vector<py::ssize_t> shape) { return farray(shape); }
+farray empty(std::vector<py::ssize_t> shape) { return new_array(shape); }
 
 // What a training forward keeps for backward: references to its inputs (no copies) and the
 // post-activation gates and cell states.

@@ -74,11 +74,11 @@ py::tuple gru_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"3H", 3 * s.H}});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
-  farray y({s.T, s.B, s.H}), h_n({s.B, s.H});
+  farray y = new_array({s.T, s.B, s.H}), h_n({s.B, s.H});
   farray gates, hwn;
   if (training) {
-    gates = farray({s.T, s.B, 3 * s.H});
-    hwn = farray({s.T, s.B, s.H});
+    gates = new_array({s.T, s.B, 3 * s.H});
+    hwn = new_array({s.T, s.B, s.H});
   }
   {
     py::gil_scoped_release nogil;
@@ -125,7 +125,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
-  farray y({s.T, s.B, s.H}), h_n({s.B, s.H});
+  farray y = new_array({s.T, s.B, s.H}), h_n({s.B, s.H});
   {
     py::gil_scoped_release nogil;
     Workspace ws(rnn_forward_workspace_size(kern, s, bs_ptr(a.batch_sizes) != nullptr));
@@ -169,7 +169,7 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   py::object db_ih = py::none(), db_hh = py::none();
   if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{g, G}});
   if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{g, G}});
-  farray dx({T, B, I}), dh0({B, H});
+  farray dx = new_array({T, B, I}), dh0({B, H});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   {

@@ -24,7 +24,7 @@ using namespace lstm_fast::bind;
 
 namespace {
 
-farray empty_(std::vector<py::ssize_t> shape) { return farray(shape); }
+farray empty_(std::vector<py::ssize_t> shape) { return new_array(shape); }
 
 // What a training forward keeps for backward: references to its inputs (no copies), the
 // post-activation gates, the cell states and m = o * tanh(c) before the projection.

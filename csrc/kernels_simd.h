@@ -519,7 +519,8 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
   for (index_t ub = ub0; ub < ub1; ++ub)
     for (index_t rc = 0; rc < rows; rc += RB) {
       const index_t nr = rows - rc < RB ? rows - rc : RB;
-      for (index_t k0 = 0; k0 < K; k0 += KC) {
+      // K = 0 (the recurrent product done elsewhere): one empty chunk, the epilogue only.
+      for (index_t k0 = 0; k0 < K || (K == 0 && k0 == 0); k0 += KC) {
         const index_t k1 = K - k0 < KC ? K : k0 + KC;
         // The chunk used next (this block's next depth chunk, or the start of the next row
         // chunk's or unit block's panel): the first row tile prefetches it. W_hh of a layer
@@ -550,9 +551,9 @@ void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1,
   // measured faster at every row count (1 to 12 rows, K = 256, AVX-512): whole-depth tiles
   // stream all of W_hh once per row tile, and a shrinking batch spends many steps at few rows.
   // Whole-depth tiles only for fewer rows than a tile (several unit blocks per tile). With
-  // full row tiles the chunked sweep is used even when the depth is one chunk: the same tiles
-  // compiled in lstm_fwd_full (next to the multi-block tiles) kept their accumulators on the
-  // stack, and ran at half the speed (T=100, B=16, H=96: 83 vs 123 GFLOP/s with H=100).
+  // full row tiles the chunked sweep is used even when the depth fits one or two chunks: the
+  // same tiles compiled in lstm_fwd_full (next to the multi-block tiles) kept their
+  // accumulators on the stack and ran at half the speed (T=100, B=16, H=96).
   if (K <= KC + KC / 2 && rows < ROWS)
     lstm_fwd_full(a, rows, ub0, ub1);
   else

@@ -39,7 +39,19 @@ LF_INLINE vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 LF_INLINE void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 LF_INLINE vf splat(float s) { return s - vf{}; }  // s - 0 folds to a plain broadcast
 
-// Load the first n (1..W) floats at p, zeros in the other lanes.
+// Load the first n (1..W) floats at p, zeros in the other lanes; store the first n lanes.
+// AVX-512 masks the lanes (masked-off lanes are never touched, so nothing past p + n is read
+// or written); elsewhere through a register-sized buffer.
+#if defined(__AVX512F__) && LF_W == 16
+LF_INLINE vf load_n(const float* p, int n) {
+  if (n == W) return load(p);
+  return (vf)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+}
+LF_INLINE void store_n(float* p, vf v, int n) {
+  if (n == W) return store(p, v);
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), (__m512)v);
+}
+#else
 LF_INLINE vf load_n(const float* p, int n) {
   if (n == W) return load(p);
   float t[W] = {};
@@ -52,6 +64,7 @@ LF_INLINE void store_n(float* p, vf v, int n) {
   store(t, v);
   for (int j = 0; j < n; ++j) p[j] = t[j];
 }
+#endif
 
 // min/max that keep a NaN in a (the clamp of exp's argument must not hide a NaN). On x86 the
 // minps/maxps instructions return their second operand when either is NaN, so a goes second.

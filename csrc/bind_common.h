@@ -294,6 +294,11 @@ class WorkspacePool {
     kept_ = 0;
   }
 
+  size_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(m_);
+    return kept_;
+  }
+
  private:
   // Large blocks are 2 MiB aligned and marked for transparent huge pages (as NumPy does for its
   // arrays): first touch then faults once per 2 MiB instead of once per 4 KiB page.

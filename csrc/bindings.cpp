@@ -288,6 +288,8 @@ PYBIND11_MODULE(_core, m) {
         [](long long n) { set_num_threads(checked_threads(n, "set_num_threads: n")); },
         py::arg("n"));
   m.def("max_threads", &max_threads);
+  m.def("empty_cache", [] { workspace_pool().release(); });
+  m.def("cached_bytes", [] { return workspace_pool().cached_bytes(); });
   m.def(
       "_set_local_threads",
       [](long long n) { set_local_num_threads(n == 0 ? 0 : checked_threads(n, "n")); },

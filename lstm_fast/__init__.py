@@ -5,7 +5,8 @@ The public names:
 * :mod:`lstm_fast.ops` — the functional API (arrays in, arrays out):
   ``lstm_forward``, ``lstm_backward``, ``gemm``.
 * :class:`LSTM` — a layer with PyTorch's constructor, parameter names and shapes.
-* :func:`set_num_threads`, :func:`get_num_threads`, :func:`cpu_info`.
+* :func:`set_num_threads`, :func:`get_num_threads`, :func:`cpu_info`, :func:`empty_cache`,
+  :func:`cached_bytes`.
 * :mod:`lstm_fast.reference` — the NumPy reference the kernels are tested against.
 """
 
@@ -28,7 +29,9 @@ __all__ = [
     "RNNCell",
     "Module",
     "Parameter",
+    "cached_bytes",
     "cpu_info",
+    "empty_cache",
     "get_num_threads",
     "set_num_threads",
     "__version__",
@@ -50,6 +53,23 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads the kernels use (default: OpenMP's, i.e. OMP_NUM_THREADS or cores)."""
     return _core.get_num_threads()
+
+
+def empty_cache() -> None:
+    """Return the memory lstm_fast keeps for reuse to the system.
+
+    Large scratch buffers and result arrays (256 KiB and more) are not freed when a call or the
+    array is done with them: the last few (at most 8 blocks and 1 GiB) are kept and reused by
+    later calls, which saves the page faults of fresh memory (a training loop allocates the same
+    sizes every step). Call this after a large one-off job to give that memory back; arrays
+    still in use are not affected.
+    """
+    _core.empty_cache()
+
+
+def cached_bytes() -> int:
+    """Bytes currently kept for reuse (see :func:`empty_cache`)."""
+    return int(_core.cached_bytes())
 
 
 def cpu_info() -> dict:

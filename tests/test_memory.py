@@ -95,6 +95,38 @@ def test_big_caches_and_workspaces_freed(capsys):
     assert after - before < 3 * nbytes + 4 * MB
 
 
+def test_reuse_pool_bounded_and_emptied():
+    """Large result arrays and workspaces go back to lstm_fast's pool when freed: the pool stays
+    within its caps (8 blocks, 1 GiB), later calls reuse it, and empty_cache() empties it."""
+    T, B, I, H = 30, 8, 64, 96  # gates (T, B, 4H) = 369 KB: above the 256 KiB pool minimum
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, B, I)).astype(f32)
+    w_ih = (rng.standard_normal((4 * H, I)) * 0.1).astype(f32)
+    w_hh = (rng.standard_normal((4 * H, H)) * 0.1).astype(f32)
+    dy = rng.standard_normal((T, B, H)).astype(f32)
+    lstm_fast.empty_cache()
+    assert lstm_fast.cached_bytes() == 0
+    y, _, _, cache = ops.lstm_forward(x, w_ih, w_hh, training=True)
+    g = ops.lstm_backward(cache, dy)
+    want = (y.copy(), g.dx.copy(), g.dweight_hh.copy())
+    del y, cache, g
+    gc.collect()
+    kept = lstm_fast.cached_bytes()
+    assert kept >= T * B * 4 * H * 4  # at least the gates cache came back
+    assert kept <= 1 << 30
+    # Reused blocks hold stale values: results must not depend on that.
+    for _ in range(3):
+        y, _, _, cache = ops.lstm_forward(x, w_ih, w_hh, training=True)
+        g = ops.lstm_backward(cache, dy)
+        for a, b in zip((y, g.dx, g.dweight_hh), want):
+            np.testing.assert_array_equal(a, b)
+        del y, cache, g
+    gc.collect()
+    assert lstm_fast.cached_bytes() <= max(kept, 1 << 30)
+    lstm_fast.empty_cache()
+    assert lstm_fast.cached_bytes() == 0
+
+
 def test_cache_releases_its_references():
     """The cache holds references to x, the weights and y (no copies); deleting it drops them."""
     args, dy = small_problem()

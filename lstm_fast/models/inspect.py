@@ -39,8 +39,8 @@ def record_activations(model, vocab, text: str) -> dict:
 
 
 def text_features(text: str) -> dict:
-    """Per-character features (float arrays of len(text)): ``in_quote`` (inside a '...' / "..."
-    string, triple quotes and backslash escapes handled; Korean/typographic quotes too),
+    """Per-character features (float arrays of len(text)): ``in_quote`` (a '...' / "..." string
+    is open after reading the character: see :func:`_in_quote`; typographic quotes too),
     ``in_bracket`` (inside ( [ {), ``bracket_depth``, ``position_in_line``, ``indentation``
     (the line's leading spaces), ``after_keyword`` (in the word after a Python keyword)."""
     n = len(text)
@@ -57,16 +57,7 @@ def text_features(text: str) -> dict:
     opens = np.isin(arr, [ord(c) for c in _OPEN]).astype(np.int64)
     closes = np.isin(arr, [ord(c) for c in _CLOSE]).astype(np.int64)
     depth = np.maximum(np.cumsum(opens - closes), 0).astype(np.float64)
-    # quotes need a small state machine (escapes, triple quotes): a regex scan over string spans
-    in_quote = np.zeros(n)
-    pat = re.compile(
-        r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\''
-        r"|“[^”]*”|‘[^’]*’|「[^」]*」|#[^\n]*"
-    )
-    for m in pat.finditer(text):
-        if m.group(0).startswith("#"):
-            continue  # comments are skipped so quotes inside them do not open strings
-        in_quote[m.start() : m.end()] = 1.0
+    in_quote = _in_quote(text)
     after_kw = np.zeros(n)
     kw = re.compile(r"\b(?:" + "|".join(_KEYWORDS) + r") +(\w+)")
     for m in kw.finditer(text):
@@ -79,6 +70,36 @@ def text_features(text: str) -> dict:
         "indentation": indent,
         "after_keyword": after_kw,
     }
+
+
+# One alternative per literal kind, tried left to right from each position: a comment consumes its
+# line (so an apostrophe in it opens nothing), a string consumes its escapes (so \" does not
+# close it). Triple quotes may run to the end of the text (an excerpt cut inside a docstring).
+_LITERAL = re.compile(
+    r'"""(?:\\[\s\S]|[^\\])*?(?:"""|\Z)'
+    r"|'''(?:\\[\s\S]|[^\\])*?(?:'''|\Z)"
+    r'|"(?:\\[\s\S]|[^"\\\n])*"'
+    r"|'(?:\\[\s\S]|[^'\\\n])*'"
+    r"|“[^”]*”|‘[^’]*’|「[^」]*」"
+    r"|#[^\n]*"
+)
+
+
+def _in_quote(text: str) -> np.ndarray:
+    """1.0 where a string literal is open *after reading* the character: from the opening quote
+    up to, not including, the last character of the closing delimiter (so the closing quote reads
+    0, as the state a char-LM has after reading it). Triple quotes, backslash escapes (also an
+    escaped newline) and comments are handled; string prefixes (r, b, f) are outside."""
+    out = np.zeros(len(text))
+    for m in _LITERAL.finditer(text):
+        lit = m.group(0)
+        if lit.startswith("#"):
+            continue
+        triple = lit[:3] in ('"""', "'''")
+        closed = not triple or (len(lit) >= 6 and lit.endswith(lit[:3]))
+        s, e = m.span()
+        out[s : e - 1 if closed else e] = 1.0
+    return out
 
 
 def _corr(acts: np.ndarray, feat: np.ndarray) -> np.ndarray:

@@ -70,3 +70,40 @@ def test_in_quote_correlates_with_a_state_that_opens_and_closes():
     acts = {"c": np.zeros((len(text), 1, 1)), "h": np.array(state)[:, None, None]}
     best = ins.rank_cells(acts, {"in_quote": ins.text_features(text)["in_quote"]}, 1)
     assert best["in_quote"][0]["r"] == pytest.approx(1.0)
+
+
+def test_brackets_in_strings_and_comments_do_not_count():
+    """``if c in '([{':`` must not leave the rest of the file at depth 3."""
+    text = "if c in '([{':  # (\n    f(a[1], ')')\nx\n"
+    f = ins.text_features(text)
+    depth = f["bracket_depth"]
+    assert depth[text.index("'([{'") + 4] == 0 and depth[text.index("#") + 2] == 0
+    assert depth[text.index("f(")] == 0 and depth[text.index("f(") + 1] == 1  # after "("
+    assert depth[text.index("1")] == 2 and depth[text.index("]")] == 1
+    assert depth[text.index("')'")] == 1 and depth[text.index("')'") + 3] == 0
+    assert depth[text.index("\nx") + 1] == 0
+    np.testing.assert_array_equal(f["in_bracket"], depth > 0)
+
+
+def test_bracket_depth_ignores_a_stray_close():
+    text = "a)(b"
+    np.testing.assert_array_equal(ins.text_features(text)["bracket_depth"], [0, 0, 1, 1])
+
+
+def test_in_comment_and_keywords_outside_literals():
+    text = "x = 1  # it's from here\n'import os'\nimport sys\n"
+    f = ins.text_features(text)
+    c = "".join(str(int(v)) for v in f["in_comment"])
+    start, end = text.index("#"), text.index("\n")
+    assert c == "0" * start + "1" * (end - start) + "0" * (len(text) - end)
+    kw = [text[i] for i in np.flatnonzero(f["after_keyword"])]
+    assert "".join(kw) == "sys"  # not "here" (comment) nor "os" (string)
+
+
+def test_in_quote_splits_into_short_and_triple():
+    text = 'def f():\n    """Doc "q"."""\n    return "s", \'t\'\n'
+    f = ins.text_features(text)
+    np.testing.assert_array_equal(f["in_short_string"] + f["in_triple_quote"], f["in_quote"])
+    tri = "".join(text[i] for i in np.flatnonzero(f["in_triple_quote"]))
+    short = "".join(text[i] for i in np.flatnonzero(f["in_short_string"]))
+    assert tri == '"""Doc "q".""' and short == "\"s't"

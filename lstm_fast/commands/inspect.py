@@ -1,6 +1,7 @@
 """Find interpretable cells of a trained char-LM: record every hidden (h) and cell (c) activation
-over TEXT, rank units by correlation with text features (inside quotes, inside brackets, bracket
-depth, position in line, indentation, after a keyword), and write TEXT coloured by one unit's
+over TEXT, rank units by correlation with text features (inside quotes, split into one-quote
+strings and triple-quoted ones; inside a comment; inside brackets, bracket depth; position in
+line, indentation, after a keyword), and write TEXT coloured by one unit's
 activation as HTML (--out) and PNG (same name, .png). Without --cell, the unit most correlated
 with --feature (default in_quote) is shown."""
 

@@ -130,6 +130,7 @@ def test_classify_ensemble_and_val_fraction_options(tmp_path, capsys):
         ("--ensemble", "0", "argument --ensemble: expected an int >= 1, got '0'"),
         ("--ensemble", "two", "argument --ensemble: expected an int >= 1, got 'two'"),
         ("--val-fraction", "1", "argument --val-fraction: expected a number in [0, 1), got '1'"),
+        ("--lm-max-epochs", "0", "argument --lm-max-epochs: expected an int >= 1, got '0'"),
     ]:
         with pytest.raises(SystemExit):
             cli.main(["classify", "train", str(tsv), "--out", run, opt, bad])

@@ -403,8 +403,39 @@ def test_classifier_val_fraction_zero_trains_on_every_row(tmp_path):
         ({"ensemble": 2.0}, "ensemble: expected an int >= 1, got 2.0"),
         ({"val_fraction": 1.0}, "val_fraction: expected 0 <= val_fraction < 1, got 1.0"),
         ({"val_fraction": -0.1}, "val_fraction: expected 0 <= val_fraction < 1, got -0.1"),
+        ({"lm_max_epochs": 0}, "lm_max_epochs: expected an int >= 1, got 0"),
     ],
 )
 def test_classifier_config_rejects_bad_values(kw, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):
         ClassifierConfig(**kw)
+
+
+def test_classifier_lm_pretraining_reads_an_extra_corpus(tmp_path):
+    """``lm_corpus`` lines join the training texts in the pretraining stream (each text plus a
+    separator); ``lm_max_epochs`` caps the passes over that stream."""
+    _toy_tsv(tmp_path / "train.tsv", 50, 9)
+    extra = ["좋은 영화였다", "", "최악의 배우 xyz"]
+    (tmp_path / "novel.txt").write_text("\n".join(extra) + "\n", encoding="utf-8")
+    _, texts = data.read_tsv(tmp_path / "train.tsv")
+    base = dict(embed_size=4, hidden_size=4, epochs=1, min_freq=1, val_fraction=0.0)
+    lm = dict(lm_steps=10_000, lm_seq_len=8, lm_batch_size=4)
+    runs = {}
+    for name, kw in [
+        ("plain", {}),
+        ("extra", {"lm_corpus": str(tmp_path / "novel.txt")}),
+        ("extra2", {"lm_corpus": str(tmp_path / "novel.txt"), "lm_max_epochs": 2}),
+    ]:
+        cfg = ClassifierConfig(**base, **lm, **kw)
+        runs[name] = train_classifier(
+            tmp_path / "train.tsv", tmp_path / name, cfg, progress=False, log=lambda m: None
+        )
+    plain = sum(len(t) + 1 for t in texts)
+    assert runs["plain"]["lm_chars"] == plain
+    assert runs["extra"]["lm_chars"] == plain + sum(len(t) + 1 for t in extra if t)
+    windows = (runs["extra"]["lm_chars"] - 1) // (4 * 8)
+    assert runs["extra"]["lm_steps_run"] == 3 * windows
+    assert runs["extra2"]["lm_steps_run"] == 2 * windows
+    _, _, _, meta = load_classifier(tmp_path / "extra2")
+    assert meta["config"]["lm_corpus"] == str(tmp_path / "novel.txt")
+    assert meta["config"]["lm_max_epochs"] == 2

@@ -161,6 +161,20 @@ def add_arguments(parser) -> None:
         help="steps of forward + backward character-LM pretraining of the embedding and BiLSTM "
         "on the training texts before fine-tuning (0: none; default %(default)s)",
     )
+    t.add_argument(
+        "--lm-corpus",
+        metavar="TEXT",
+        default=d.lm_corpus,
+        help="unlabelled text (a file or a directory; one text per line) added to the "
+        "training texts for --lm-steps pretraining (default: none)",
+    )
+    t.add_argument(
+        "--lm-max-epochs",
+        type=_int_at_least_1,
+        default=d.lm_max_epochs,
+        help="pretraining stops after this many passes over its text even before --lm-steps "
+        "(default %(default)s)",
+    )
     t.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     t.add_argument("--max-rows", type=int, default=None, help="read at most N training rows")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -200,6 +214,8 @@ def run(args) -> int:
                 weight_decay=args.weight_decay,
                 clip=args.clip,
                 lm_steps=args.lm_steps,
+                lm_corpus=args.lm_corpus,
+                lm_max_epochs=args.lm_max_epochs,
                 ensemble=args.ensemble,
                 val_fraction=args.val_fraction,
                 seed=args.seed,

@@ -265,9 +265,12 @@ class ClassifierConfig:
     """Hyper-parameters of :func:`train_classifier` (the CLI's defaults).
 
     With ``lm_steps > 0``, the embedding and both LSTM directions are first pretrained as a
-    forward and a backward character language model on the training texts only (no labels;
-    :func:`pretrain_lm`), then the whole classifier is fine-tuned. Training runs up to ``epochs``
-    epochs of Adam with a cosine learning-rate decay (to
+    forward and a backward character language model on the training texts (no labels;
+    :func:`pretrain_lm`), then the whole classifier is fine-tuned. ``lm_corpus`` (a text file or
+    a directory of them) adds unlabelled text to that stream, one text per non-blank line,
+    encoded with the classifier's character vocabulary (characters it lacks become unknown);
+    pretraining stops after ``lm_steps`` steps or ``lm_max_epochs`` passes over the stream.
+    Training runs up to ``epochs`` epochs of Adam with a cosine learning-rate decay (to
     ``lr * min_lr_factor`` at the last epoch) and stops early when the validation accuracy has not
     improved for ``patience`` epochs; the weights saved are those of the best validation epoch.
 
@@ -320,6 +323,8 @@ class ClassifierConfig:
     lm_steps: int = 0
     lm_seq_len: int = 100
     lm_batch_size: int = 32
+    lm_corpus: Optional[str] = None
+    lm_max_epochs: int = 3
     ensemble: int = 1
 
     def __post_init__(self):
@@ -327,6 +332,11 @@ class ClassifierConfig:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"ensemble: expected an int >= 1, got {k!r}")
         self.ensemble = int(k)
+        e = self.lm_max_epochs
+        if not isinstance(e, (int, np.integer)) or isinstance(e, bool) or e < 1:
+            raise ValueError(f"lm_max_epochs: expected an int >= 1, got {e!r}")
+        if self.lm_corpus is not None:
+            self.lm_corpus = str(self.lm_corpus)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(
                 f"val_fraction: expected 0 <= val_fraction < 1, got {self.val_fraction!r}"
@@ -563,6 +573,14 @@ def train_classifier(
         bseqs = _encode_bigrams(bvocab, texts, cfg.max_len, cfg.words)
         vbseqs = _encode_bigrams(bvocab, vtexts, cfg.max_len, cfg.words)
         log(f"vocabulary: {len(vocab)} characters, {len(bvocab)} bigrams")
+    lm_seqs = seqs
+    if cfg.lm_steps > 0 and cfg.lm_corpus is not None:
+        lines = [t for t in _data.load_corpus(cfg.lm_corpus).splitlines() if t.strip()]
+        lm_seqs = seqs + [vocab.encode(t) for t in lines]
+        log(
+            f"lm pretraining corpus: {len(seqs)} training texts + {len(lines)} lines of "
+            f"{cfg.lm_corpus}"
+        )
     V2 = len(bvocab) if bvocab is not None else 0
     members, runs = [], []
     for k in range(cfg.ensemble):
@@ -584,7 +602,7 @@ def train_classifier(
         )
         run = _train_member(
             model, cfg, seed, labels, seqs, bseqs, vlabels, vseqs, vbseqs, vocab, bvocab,
-            progress, log,
+            progress, log, lm_seqs,
         )  # fmt: skip
         members.append(model)
         runs.append(run)
@@ -641,19 +659,34 @@ def train_classifier(
 
 
 def _train_member(
-    model, cfg, seed, labels, seqs, bseqs, vlabels, vseqs, vbseqs, vocab, bvocab, progress, log
+    model,
+    cfg,
+    seed,
+    labels,
+    seqs,
+    bseqs,
+    vlabels,
+    vseqs,
+    vbseqs,
+    vocab,
+    bvocab,
+    progress,
+    log,
+    lm_seqs=None,
 ) -> dict:
     """Optionally LM-pretrain, then train ``model`` with Adam and a cosine schedule, validating
     (the EMA weights, if any) after each epoch; ``model`` ends holding the best epoch's weights.
-    ``seed`` drives the batch order and bigram dropout."""
+    ``seed`` drives the batch order and bigram dropout. The LM pretraining reads ``lm_seqs``
+    (default: the training texts ``seqs``)."""
     lm = {}
     if cfg.lm_steps > 0:
         lm = pretrain_lm(
             model,
-            seqs,
+            seqs if lm_seqs is None else lm_seqs,
             cfg.lm_steps,
             seq_len=cfg.lm_seq_len,
             batch_size=cfg.lm_batch_size,
+            max_epochs=cfg.lm_max_epochs,
             lr=cfg.lr,
             clip=cfg.clip,
             seed=seed,

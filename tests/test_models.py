@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -19,11 +21,15 @@ from lstm_fast.models import (
     train_classifier,
 )
 from lstm_fast.models import inspect as ins
+from lstm_fast.models.checkpoint import CheckpointError, load_npz, save_npz
+from lstm_fast.models.classifier import CHECKPOINT as CLASSIFIER_FILE
 from lstm_fast.models.classifier import (
+    ClassifierEnsemble,
     _encode_all,
     _encode_bigrams,
     build_bigram_vocab,
     load_classifier,
+    predict_log_proba,
     pretrain_lm,
 )
 from lstm_fast.nn import softmax_cross_entropy
@@ -322,3 +328,114 @@ def test_inspector_features_and_ranking(tmp_path):
     assert html.count("<span") == len(text)
     assert ins.render_png(tmp_path / "a.png", text, q - 0.5, "t")
     assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_classifier_ensemble_averages_members(tmp_path):
+    """``ensemble=3``: member 0 is the single model, the others are seeded apart; the saved
+    ensemble reproduces the validation accuracy and averages the members' probabilities."""
+    _toy_tsv(tmp_path / "train.tsv", 160, 5)
+    _toy_tsv(tmp_path / "val.tsv", 60, 6)
+    base = dict(embed_size=6, hidden_size=6, epochs=2, batch_size=16, lr=3e-2, min_freq=1)
+    kw = dict(val_tsv=tmp_path / "val.tsv", progress=False, log=lambda m: None)
+    single = train_classifier(
+        tmp_path / "train.tsv", tmp_path / "one", ClassifierConfig(**base), **kw
+    )
+    res = train_classifier(
+        tmp_path / "train.tsv", tmp_path / "ens", ClassifierConfig(ensemble=3, **base), **kw
+    )
+    assert res["ensemble"] == 3 and len(res["member_accuracies"]) == 3
+    assert res["member_accuracies"][0] == single["accuracy"]
+    assert res["ensemble_prefix_accuracies"][0] == single["accuracy"]
+    assert res["accuracy"] == res["ensemble_prefix_accuracies"][-1]
+    one, *_ = load_classifier(tmp_path / "one")
+    ens, vocab, _, meta = load_classifier(tmp_path / "ens")
+    assert isinstance(ens, ClassifierEnsemble) and len(ens) == 3 and meta["ensemble"] == 3
+    assert [m["seed"] for m in meta["members"]] == [0, 1000, 2000]
+    s0, s1 = ens.members[0].state_dict(), ens.members[1].state_dict()
+    for k, v in one.state_dict().items():
+        np.testing.assert_array_equal(s0[k], v)
+    assert not np.array_equal(s0["rnn_fwd.weight_hh_l0"], s1["rnn_fwd.weight_hh_l0"])
+    # the ensemble's output is the log of the mean of the members' softmax
+    _, texts = data.read_tsv(tmp_path / "val.tsv")
+    bv = data.Vocab.from_dict(meta["bigram_vocab"])
+    seqs, bseqs = _encode_all(vocab, texts, 150), _encode_bigrams(bv, texts, 150)
+    got = predict_log_proba(ens, seqs, bseqs)
+    p = np.mean([np.exp(predict_log_proba(m, seqs, bseqs)) for m in ens.members], axis=0)
+    np.testing.assert_allclose(np.exp(got), p, rtol=1e-5, atol=1e-7)
+    ev = evaluate_classifier(tmp_path / "ens", tmp_path / "val.tsv")
+    assert ev["ensemble"] == 3 and ev["accuracy"] == pytest.approx(res["accuracy"])
+
+
+def test_classifier_ensemble_checkpoint_checks_members(tmp_path):
+    _toy_tsv(tmp_path / "train.tsv", 60, 7)
+    cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, min_freq=1, ensemble=2)
+    train_classifier(tmp_path / "train.tsv", tmp_path / "run", cfg, progress=False, log=print)
+    ck = tmp_path / "run" / CLASSIFIER_FILE
+    arrays, meta = load_npz(ck)
+    save_npz(ck, {k: v for k, v in arrays.items() if not k.startswith("member1/")}, meta)
+    with pytest.raises(CheckpointError, match="member1/"):
+        load_classifier(tmp_path / "run")
+    save_npz(ck, arrays, {**meta, "ensemble": 1})
+    with pytest.raises(CheckpointError, match=r"expected ensemble members none \(ensemble=1\)"):
+        load_classifier(tmp_path / "run")
+    save_npz(ck, arrays, {**meta, "ensemble": 0})
+    with pytest.raises(CheckpointError, match="ensemble: expected an int >= 1, got 0"):
+        load_classifier(tmp_path / "run")
+
+
+def test_classifier_val_fraction_zero_trains_on_every_row(tmp_path):
+    _toy_tsv(tmp_path / "train.tsv", 80, 8)
+    cfg = ClassifierConfig(
+        embed_size=4, hidden_size=4, epochs=3, patience=1, min_freq=1, val_fraction=0.0
+    )
+    res = train_classifier(tmp_path / "train.tsv", tmp_path / "run", cfg, progress=False, log=print)
+    assert res["train_examples"] == 80 and res["val_examples"] == 0
+    assert res["accuracy"] is None and res["nb_accuracy"] is None
+    assert res["epochs_run"] == 3 and res["best_epoch"] == 3  # the last weights are kept
+    nb = NaiveBayes.load(tmp_path / "run" / "naive_bayes.npz")
+    assert int(nb.class_count.sum()) == 80
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"ensemble": 0}, "ensemble: expected an int >= 1, got 0"),
+        ({"ensemble": 2.0}, "ensemble: expected an int >= 1, got 2.0"),
+        ({"val_fraction": 1.0}, "val_fraction: expected 0 <= val_fraction < 1, got 1.0"),
+        ({"val_fraction": -0.1}, "val_fraction: expected 0 <= val_fraction < 1, got -0.1"),
+        ({"lm_max_epochs": 0}, "lm_max_epochs: expected an int >= 1, got 0"),
+    ],
+)
+def test_classifier_config_rejects_bad_values(kw, msg):
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        ClassifierConfig(**kw)
+
+
+def test_classifier_lm_pretraining_reads_an_extra_corpus(tmp_path):
+    """``lm_corpus`` lines join the training texts in the pretraining stream (each text plus a
+    separator); ``lm_max_epochs`` caps the passes over that stream."""
+    _toy_tsv(tmp_path / "train.tsv", 50, 9)
+    extra = ["좋은 영화였다", "", "최악의 배우 xyz"]
+    (tmp_path / "novel.txt").write_text("\n".join(extra) + "\n", encoding="utf-8")
+    _, texts = data.read_tsv(tmp_path / "train.tsv")
+    base = dict(embed_size=4, hidden_size=4, epochs=1, min_freq=1, val_fraction=0.0)
+    lm = dict(lm_steps=10_000, lm_seq_len=8, lm_batch_size=4)
+    runs = {}
+    for name, kw in [
+        ("plain", {}),
+        ("extra", {"lm_corpus": str(tmp_path / "novel.txt")}),
+        ("extra2", {"lm_corpus": str(tmp_path / "novel.txt"), "lm_max_epochs": 2}),
+    ]:
+        cfg = ClassifierConfig(**base, **lm, **kw)
+        runs[name] = train_classifier(
+            tmp_path / "train.tsv", tmp_path / name, cfg, progress=False, log=lambda m: None
+        )
+    plain = sum(len(t) + 1 for t in texts)
+    assert runs["plain"]["lm_chars"] == plain
+    assert runs["extra"]["lm_chars"] == plain + sum(len(t) + 1 for t in extra if t)
+    windows = (runs["extra"]["lm_chars"] - 1) // (4 * 8)
+    assert runs["extra"]["lm_steps_run"] == 3 * windows
+    assert runs["extra2"]["lm_steps_run"] == 2 * windows
+    _, _, _, meta = load_classifier(tmp_path / "extra2")
+    assert meta["config"]["lm_corpus"] == str(tmp_path / "novel.txt")
+    assert meta["config"]["lm_max_epochs"] == 2

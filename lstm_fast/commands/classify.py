@@ -9,6 +9,26 @@ import argparse
 from . import add_common, emit_json, set_threads
 
 
+def _int_at_least_1(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = None
+    if v is None or not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
 def add_arguments(parser) -> None:
     from ..models.classifier import ClassifierConfig
 
@@ -21,9 +41,25 @@ def add_arguments(parser) -> None:
         "--val",
         metavar="TSV",
         default=None,
-        help="validation data (default: a held-out 10%% of TSV)",
+        help="validation data (default: a held-out --val-fraction of TSV)",
     )
     d = ClassifierConfig()
+    t.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=d.val_fraction,
+        help="without --val, the share of TSV held out for validation (a seeded shuffle); 0 "
+        "trains on every row for exactly --epochs epochs, keeps the last weights and reports "
+        "no validation accuracy (default %(default)s)",
+    )
+    t.add_argument(
+        "--ensemble",
+        type=_int_at_least_1,
+        default=d.ensemble,
+        metavar="K",
+        help="train K classifiers (seeds SEED, SEED+1000, ...) on the same split and average "
+        "their probabilities; saved together, `classify eval` uses all K (default %(default)s)",
+    )
     t.add_argument("--embed-size", type=int, default=d.embed_size, help="(default %(default)s)")
     t.add_argument(
         "--hidden-size", type=int, default=d.hidden_size, help="per direction (default %(default)s)"
@@ -125,6 +161,20 @@ def add_arguments(parser) -> None:
         help="steps of forward + backward character-LM pretraining of the embedding and BiLSTM "
         "on the training texts before fine-tuning (0: none; default %(default)s)",
     )
+    t.add_argument(
+        "--lm-corpus",
+        metavar="TEXT",
+        default=d.lm_corpus,
+        help="unlabelled text (a file or a directory; one text per line) added to the "
+        "training texts for --lm-steps pretraining (default: none)",
+    )
+    t.add_argument(
+        "--lm-max-epochs",
+        type=_int_at_least_1,
+        default=d.lm_max_epochs,
+        help="pretraining stops after this many passes over its text even before --lm-steps "
+        "(default %(default)s)",
+    )
     t.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     t.add_argument("--max-rows", type=int, default=None, help="read at most N training rows")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -164,6 +214,10 @@ def run(args) -> int:
                 weight_decay=args.weight_decay,
                 clip=args.clip,
                 lm_steps=args.lm_steps,
+                lm_corpus=args.lm_corpus,
+                lm_max_epochs=args.lm_max_epochs,
+                ensemble=args.ensemble,
+                val_fraction=args.val_fraction,
                 seed=args.seed,
                 max_rows=args.max_rows,
             )
@@ -180,6 +234,9 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"classify: {e}", file=sys.stderr)
         return 1
-    print(f"accuracy {res['accuracy']:.4f} (BiLSTM), {res['nb_accuracy']:.4f} (Naive Bayes)")
+    if res["accuracy"] is None:  # --val-fraction 0: nothing held out
+        print("accuracy: no validation data (BiLSTM and Naive Bayes trained on every row)")
+    else:
+        print(f"accuracy {res['accuracy']:.4f} (BiLSTM), {res['nb_accuracy']:.4f} (Naive Bayes)")
     emit_json(args, res)
     return 0

@@ -1,6 +1,7 @@
 """Find interpretable cells of a trained char-LM: record every hidden (h) and cell (c) activation
-over TEXT, rank units by correlation with text features (inside quotes, inside brackets, bracket
-depth, position in line, indentation, after a keyword), and write TEXT coloured by one unit's
+over TEXT, rank units by correlation with text features (inside quotes, split into one-quote
+strings and triple-quoted ones; inside a comment; inside brackets, bracket depth; position in
+line, indentation, after a keyword), and write TEXT coloured by one unit's
 activation as HTML (--out) and PNG (same name, .png). Without --cell, the unit most correlated
 with --feature (default in_quote) is shown."""
 
@@ -25,6 +26,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-chars", type=int, default=20000, help="characters read")
     parser.add_argument("--top", type=int, default=3, help="units listed per feature")
     parser.add_argument("--png-chars", type=int, default=2000, help="characters drawn in the PNG")
+    parser.add_argument(
+        "--png-start",
+        type=int,
+        default=0,
+        help="offset of the first character drawn in the PNG (the correlations always use "
+        "all of TEXT; default %(default)s)",
+    )
     add_common(parser)
 
 
@@ -62,15 +70,21 @@ def run(args) -> int:
     if not 0 <= index < 2 * L * H:
         print(f"inspect: --cell: expected 0 <= N < {2 * L * H}, got {index}", file=sys.stderr)
         return 2
+    if not 0 <= args.png_start < len(text):
+        print(
+            f"inspect: --png-start: expected 0 <= N < {len(text)} (characters read), "
+            f"got {args.png_start}",
+            file=sys.stderr,
+        )
+        return 2
     values = ins.unit_series(acts, index)
     r = {k: float(ins._corr(values[:, None].astype(float), f)[0]) for k, f in feats.items()}
     kind = "c" if index < L * H else "h"
     title = f"unit #{index} ({kind}, layer {(index % (L * H)) // H}, unit {index % H})"
     out = Path(args.out)
     out.write_text(ins.render_html(text, values, title), encoding="utf-8")
-    png = ins.render_png(
-        out.with_suffix(".png"), text[: args.png_chars], values[: args.png_chars], title
-    )
+    window = slice(args.png_start, args.png_start + args.png_chars)
+    png = ins.render_png(out.with_suffix(".png"), text[window], values[window], title)
     print(f"unit #{index}: {out} and {png}")
     emit_json(
         args,

@@ -12,6 +12,7 @@ from .charlm import (
 )
 from .classifier import (
     ClassifierConfig,
+    ClassifierEnsemble,
     SequenceClassifier,
     evaluate_classifier,
     load_classifier,
@@ -21,6 +22,7 @@ from .naive_bayes import NaiveBayes
 
 __all__ = [
     "ClassifierConfig",
+    "ClassifierEnsemble",
     "NaiveBayes",
     "SequenceClassifier",
     "evaluate_classifier",

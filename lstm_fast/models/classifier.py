@@ -16,16 +16,28 @@ import numpy as np
 
 from .. import data as _data
 from ..module import Module
-from ..nn import LSTM, Dropout, Embedding, Linear, softmax_cross_entropy
+from ..nn import LSTM, Dropout, Embedding, Linear, log_softmax, softmax_cross_entropy
 from ..optim import CosineLR, clip_grad_norm, make_optimizer
 from .checkpoint import CheckpointError, interpreting, load_npz, restore_module, save_npz
 from .naive_bayes import NaiveBayes
 
-__all__ = ["SequenceClassifier", "ClassifierConfig", "train_classifier", "load_classifier"]
+__all__ = [
+    "SequenceClassifier",
+    "ClassifierEnsemble",
+    "ClassifierConfig",
+    "train_classifier",
+    "load_classifier",
+]
 
 CHECKPOINT = "classifier.npz"
 POOLS = ("mean", "max", "meanmax", "last")
 NB_FILE = "naive_bayes.npz"
+MEMBER_SEED_STRIDE = 1000  # ensemble member k is seeded with seed + k * MEMBER_SEED_STRIDE
+
+
+def _member_prefix(k: int) -> str:
+    """Checkpoint key prefix of ensemble member k (member 0 is stored as a single model is)."""
+    return "param/" if k == 0 else f"member{k}/"
 
 
 def _reverse_index(lengths: np.ndarray, T: int) -> np.ndarray:
@@ -191,14 +203,74 @@ class SequenceClassifier(Module):
             )
 
 
+class ClassifierEnsemble:
+    r"""K classifiers that vote by averaging their class probabilities.
+
+    .. math::
+        \log \bar p(c \mid x) = \log \frac{1}{K} \sum_{k=1}^{K} \mathrm{softmax}(f_k(x))_c
+
+    Called like a :class:`SequenceClassifier` (inference only; no ``backward``), it returns the
+    log of the averaged probabilities (B, C), so ``argmax`` gives the ensemble's prediction.
+
+    Args:
+        members: the K >= 1 :class:`SequenceClassifier` models (same vocabulary and classes).
+
+    Attributes:
+        members: list of the models.  config: the first member's ``config``.
+
+    Example::
+
+        >>> a = SequenceClassifier(9, 2, 4, 5, pad_id=1, seed=0)
+        >>> b = SequenceClassifier(9, 2, 4, 5, pad_id=1, seed=1000)
+        >>> ClassifierEnsemble([a, b])(np.zeros((3, 2), np.int64), [3, 1]).shape
+        (2, 2)
+    """
+
+    def __init__(self, members: Sequence[SequenceClassifier]):
+        members = list(members)
+        if not members:
+            raise ValueError("members: expected at least 1 classifier, got 0")
+        want = (members[0].config["vocab_size"], members[0].config["num_classes"])
+        for k, m in enumerate(members):
+            got = (m.config["vocab_size"], m.config["num_classes"])
+            if got != want:
+                raise ValueError(
+                    f"members[{k}]: expected (vocab_size, num_classes) = {want} like "
+                    f"members[0], got {got}"
+                )
+        self.members = members
+        self.config = members[0].config
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __call__(self, ids, lengths, bigram_ids=None) -> np.ndarray:
+        probs = [np.exp(log_softmax(m(ids, lengths, bigram_ids), axis=1)) for m in self.members]
+        with np.errstate(divide="ignore"):
+            return np.log(np.mean(probs, axis=0))
+
+    def eval(self) -> ClassifierEnsemble:
+        for m in self.members:
+            m.eval()
+        return self
+
+    def train(self, mode: bool = True) -> ClassifierEnsemble:
+        for m in self.members:
+            m.train(mode)
+        return self
+
+
 @dataclasses.dataclass
 class ClassifierConfig:
     """Hyper-parameters of :func:`train_classifier` (the CLI's defaults).
 
     With ``lm_steps > 0``, the embedding and both LSTM directions are first pretrained as a
-    forward and a backward character language model on the training texts only (no labels;
-    :func:`pretrain_lm`), then the whole classifier is fine-tuned. Training runs up to ``epochs``
-    epochs of Adam with a cosine learning-rate decay (to
+    forward and a backward character language model on the training texts (no labels;
+    :func:`pretrain_lm`), then the whole classifier is fine-tuned. ``lm_corpus`` (a text file or
+    a directory of them) adds unlabelled text to that stream, one text per non-blank line,
+    encoded with the classifier's character vocabulary (characters it lacks become unknown);
+    pretraining stops after ``lm_steps`` steps or ``lm_max_epochs`` passes over the stream.
+    Training runs up to ``epochs`` epochs of Adam with a cosine learning-rate decay (to
     ``lr * min_lr_factor`` at the last epoch) and stops early when the validation accuracy has not
     improved for ``patience`` epochs; the weights saved are those of the best validation epoch.
 
@@ -210,6 +282,15 @@ class ClassifierConfig:
     bigrams it will often not know at test time. With ``ema > 0``, an exponential moving average
     of the weights (decay ``ema``, warmed up as ``min(ema, (1 + n) / (10 + n))`` after n steps)
     is what is validated and saved.
+
+    With ``ensemble = K > 1``, K classifiers are trained one after the other on the same split
+    and vocabularies, member k seeded with ``seed + 1000 k`` (initial weights, batch order,
+    dropout; member 0 is the single model), each early-stopped on the validation split on its
+    own; predictions average their probabilities (:class:`ClassifierEnsemble`).
+
+    ``val_fraction`` is the share of the training file held out for validation (a seeded
+    shuffle) when no validation file is given; 0 trains on every row for exactly ``epochs``
+    epochs and keeps the last weights (choose ``epochs`` on a validation run first).
 
     The defaults were chosen on the validation split of NSMC's training file (docs/RESULTS.md).
     """
@@ -242,6 +323,24 @@ class ClassifierConfig:
     lm_steps: int = 0
     lm_seq_len: int = 100
     lm_batch_size: int = 32
+    lm_corpus: Optional[str] = None
+    lm_max_epochs: int = 3
+    ensemble: int = 1
+
+    def __post_init__(self):
+        k = self.ensemble
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"ensemble: expected an int >= 1, got {k!r}")
+        self.ensemble = int(k)
+        e = self.lm_max_epochs
+        if not isinstance(e, (int, np.integer)) or isinstance(e, bool) or e < 1:
+            raise ValueError(f"lm_max_epochs: expected an int >= 1, got {e!r}")
+        if self.lm_corpus is not None:
+            self.lm_corpus = str(self.lm_corpus)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(
+                f"val_fraction: expected 0 <= val_fraction < 1, got {self.val_fraction!r}"
+            )
 
 
 BIGRAM_END = "\x03"  # second character of the bigram at a text's last character
@@ -408,21 +507,27 @@ def pretrain_lm(
     }
 
 
-def predict(model: SequenceClassifier, seqs, bseqs=None, batch_size: int = 256) -> np.ndarray:
-    """Class ids (N,) of token sequences ``seqs`` (and their bigram ids ``bseqs`` when the model
-    has a bigram embedding)."""
+def predict_log_proba(model, seqs, bseqs=None, batch_size: int = 256) -> np.ndarray:
+    """Log class probabilities (N, C) of token sequences ``seqs`` (and their bigram ids
+    ``bseqs`` when the model has a bigram embedding), for a :class:`SequenceClassifier` or a
+    :class:`ClassifierEnsemble`, in eval mode."""
     model.eval()
     pad = model.config["pad_id"] or 0
     bpad = model.config.get("bigram_pad_id") or 0
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    preds = np.empty(len(seqs), np.int64)
+    out = np.empty((len(seqs), model.config["num_classes"]), np.float64)
     for k in range(0, len(order), batch_size):
         idx = order[k : k + batch_size]
         ids, lengths = _pad(seqs, idx, pad)
         bids = _pad(bseqs, idx, bpad)[0] if bseqs is not None else None
-        preds[idx] = model(ids, lengths, bids).argmax(axis=1)
+        out[idx] = log_softmax(np.asarray(model(ids, lengths, bids), np.float64), axis=1)
     model.train()
-    return preds
+    return out
+
+
+def predict(model, seqs, bseqs=None, batch_size: int = 256) -> np.ndarray:
+    """Class ids (N,): the argmax of :func:`predict_log_proba`."""
+    return predict_log_proba(model, seqs, bseqs, batch_size).argmax(axis=1)
 
 
 def train_classifier(
@@ -468,30 +573,123 @@ def train_classifier(
         bseqs = _encode_bigrams(bvocab, texts, cfg.max_len, cfg.words)
         vbseqs = _encode_bigrams(bvocab, vtexts, cfg.max_len, cfg.words)
         log(f"vocabulary: {len(vocab)} characters, {len(bvocab)} bigrams")
-    model = SequenceClassifier(
-        len(vocab),
-        C,
-        cfg.embed_size,
-        cfg.hidden_size,
-        cfg.pool,
-        cfg.dropout,
-        vocab.pad_id,
-        embed_dropout=cfg.embed_dropout,
-        bigram_vocab_size=len(bvocab) if bvocab is not None else 0,
-        bigram_pad_id=bvocab.pad_id if bvocab is not None else None,
-        seed=cfg.seed,
-    )
+    lm_seqs = seqs
+    if cfg.lm_steps > 0 and cfg.lm_corpus is not None:
+        lines = [t for t in _data.load_corpus(cfg.lm_corpus).splitlines() if t.strip()]
+        lm_seqs = seqs + [vocab.encode(t) for t in lines]
+        log(
+            f"lm pretraining corpus: {len(seqs)} training texts + {len(lines)} lines of "
+            f"{cfg.lm_corpus}"
+        )
+    V2 = len(bvocab) if bvocab is not None else 0
+    members, runs = [], []
+    for k in range(cfg.ensemble):
+        seed = cfg.seed + k * MEMBER_SEED_STRIDE
+        if cfg.ensemble > 1:
+            log(f"ensemble member {k + 1}/{cfg.ensemble} (seed {seed})")
+        model = SequenceClassifier(
+            len(vocab),
+            C,
+            cfg.embed_size,
+            cfg.hidden_size,
+            cfg.pool,
+            cfg.dropout,
+            vocab.pad_id,
+            embed_dropout=cfg.embed_dropout,
+            bigram_vocab_size=V2,
+            bigram_pad_id=bvocab.pad_id if bvocab is not None else None,
+            seed=seed,
+        )
+        run = _train_member(
+            model, cfg, seed, labels, seqs, bseqs, vlabels, vseqs, vbseqs, vocab, bvocab,
+            progress, log, lm_seqs,
+        )  # fmt: skip
+        members.append(model)
+        runs.append(run)
+    # the ensemble's validation accuracy with its first 1, 2, ..., K members
+    prefix_acc = []
+    if len(vseqs):
+        logp = [predict_log_proba(m, vseqs, vbseqs) for m in members]
+        mean_p = np.zeros_like(logp[0])
+        for lp in logp:
+            mean_p += np.exp(lp)
+            prefix_acc.append(float((mean_p.argmax(axis=1) == vlabels).mean()))
+        if cfg.ensemble > 1:
+            log(f"ensemble validation accuracy with 1..{cfg.ensemble} members: {prefix_acc}")
+    acc = prefix_acc[-1] if cfg.ensemble > 1 else runs[0]["accuracy"]
+    meta = {
+        "kind": "classifier",
+        "config": dataclasses.asdict(cfg),
+        "model": members[0].config,
+        "vocab": vocab.to_dict(),
+        "bigram_vocab": bvocab.to_dict() if bvocab is not None else None,
+        "history": runs[0]["history"],
+        "best_epoch": runs[0]["best_epoch"],
+        "ensemble": cfg.ensemble,
+        "members": [
+            {"seed": r["seed"], "best_epoch": r["best_epoch"], "history": r["history"]}
+            for r in runs
+        ],
+    }
+    arrays = {}
+    for k, m in enumerate(members):
+        arrays.update({_member_prefix(k) + n: v for n, v in m.state_dict().items()})
+    save_npz(out / CHECKPOINT, arrays, meta)
+    train_time = sum(r["train_seconds"] for r in runs)
+    n_seen = sum(r["n_seen"] for r in runs)
+    res = {
+        "accuracy": acc,
+        "nb_accuracy": nb_acc,
+        "best_epoch": runs[0]["best_epoch"],
+        "epochs_run": len(runs[0]["history"]),
+        "train_examples": len(texts),
+        "val_examples": len(vtexts),
+        "examples_per_s": n_seen / train_time if train_time else None,
+        "train_seconds": train_time,
+        **runs[0]["lm"],
+    }
+    if cfg.ensemble > 1:
+        res.update(
+            ensemble=cfg.ensemble,
+            member_accuracies=[r["accuracy"] for r in runs],
+            member_best_epochs=[r["best_epoch"] for r in runs],
+            ensemble_prefix_accuracies=prefix_acc,
+        )
+    return res
+
+
+def _train_member(
+    model,
+    cfg,
+    seed,
+    labels,
+    seqs,
+    bseqs,
+    vlabels,
+    vseqs,
+    vbseqs,
+    vocab,
+    bvocab,
+    progress,
+    log,
+    lm_seqs=None,
+) -> dict:
+    """Optionally LM-pretrain, then train ``model`` with Adam and a cosine schedule, validating
+    (the EMA weights, if any) after each epoch; ``model`` ends holding the best epoch's weights.
+    ``seed`` drives the batch order and bigram dropout. The LM pretraining reads ``lm_seqs``
+    (default: the training texts ``seqs``)."""
     lm = {}
     if cfg.lm_steps > 0:
         lm = pretrain_lm(
             model,
-            seqs,
+            seqs if lm_seqs is None else lm_seqs,
             cfg.lm_steps,
             seq_len=cfg.lm_seq_len,
             batch_size=cfg.lm_batch_size,
+            max_epochs=cfg.lm_max_epochs,
             lr=cfg.lr,
             clip=cfg.clip,
-            seed=cfg.seed,
+            seed=seed,
             progress=True,
             log=log,
         )
@@ -512,13 +710,13 @@ def train_classifier(
     train_time, n_seen = 0.0, 0
     acc = best_acc = None
     best_state, best_epoch, stale = None, 0, 0
-    brng = np.random.default_rng([cfg.seed, 3])
+    brng = np.random.default_rng([seed, 3])
     ema = [p.data.copy() for p in params] if cfg.ema else None
     n_steps = 0
     for epoch in range(cfg.epochs):
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(seqs))
+        order = np.random.default_rng([seed, epoch]).permutation(len(seqs))
         batches = _batches(seqs, order, cfg.batch_size)
-        bperm = np.random.default_rng([cfg.seed, epoch, 1]).permutation(len(batches))
+        bperm = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
         it = (batches[i] for i in bperm)
         bar = None
         if progress and tqdm is not None:
@@ -576,31 +774,21 @@ def train_classifier(
                 log(f"early stop: no improvement for {stale} epochs (best epoch {best_epoch})")
                 break
     model.load_state_dict(best_state)
-    meta = {
-        "kind": "classifier",
-        "config": dataclasses.asdict(cfg),
-        "model": model.config,
-        "vocab": vocab.to_dict(),
-        "bigram_vocab": bvocab.to_dict() if bvocab is not None else None,
-        "history": history,
-        "best_epoch": best_epoch,
-    }
-    save_npz(out / CHECKPOINT, {f"param/{k}": v for k, v in model.state_dict().items()}, meta)
     return {
+        "seed": seed,
         "accuracy": best_acc,
-        "nb_accuracy": nb_acc,
         "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "train_examples": len(texts),
-        "val_examples": len(vtexts),
-        "examples_per_s": n_seen / train_time if train_time else None,
+        "history": history,
         "train_seconds": train_time,
-        **lm,
+        "n_seen": n_seen,
+        "lm": lm,
     }
 
 
 def load_classifier(path):
-    """``(model, vocab, naive_bayes or None, meta)`` from a run directory."""
+    """``(model, vocab, naive_bayes or None, meta)`` from a run directory; ``model`` is a
+    :class:`SequenceClassifier`, or a :class:`ClassifierEnsemble` when the run trained
+    ``ensemble > 1`` members."""
     p = Path(path)
     ck = p / CHECKPOINT
     arrays, meta = load_npz(ck)
@@ -608,18 +796,25 @@ def load_classifier(path):
         raise CheckpointError(f"{ck}: expected a classifier checkpoint, got {meta.get('kind')!r}")
     with interpreting(ck, "__meta__ of a classifier checkpoint"):
         mc = meta["model"]
-        model = SequenceClassifier(
-            mc["vocab_size"],
-            mc["num_classes"],
-            mc["embed_size"],
-            mc["hidden_size"],
-            mc["pool"],
-            mc["dropout"],
-            mc["pad_id"],
-            embed_dropout=mc.get("embed_dropout", 0.0),
-            bigram_vocab_size=mc.get("bigram_vocab_size", 0),
-            bigram_pad_id=mc.get("bigram_pad_id"),
-        )
+        K = meta.get("ensemble", 1)
+        if not isinstance(K, int) or isinstance(K, bool) or K < 1:
+            raise ValueError(f"ensemble: expected an int >= 1, got {K!r}")
+        members = [
+            SequenceClassifier(
+                mc["vocab_size"],
+                mc["num_classes"],
+                mc["embed_size"],
+                mc["hidden_size"],
+                mc["pool"],
+                mc["dropout"],
+                mc["pad_id"],
+                embed_dropout=mc.get("embed_dropout", 0.0),
+                bigram_vocab_size=mc.get("bigram_vocab_size", 0),
+                bigram_pad_id=mc.get("bigram_pad_id"),
+            )
+            for _ in range(K)
+        ]
+        model = members[0]
         vocab = _data.Vocab.from_dict(meta["vocab"])
         bvocab = None
         if meta.get("bigram_vocab") is not None:
@@ -638,9 +833,17 @@ def load_classifier(path):
                 f"vocab: expected {model.config['vocab_size']} tokens (the model's vocab_size), "
                 f"got {len(vocab)}"
             )
-    restore_module(ck, model, arrays)
+    for k, m in enumerate(members):
+        restore_module(ck, m, arrays, prefix=_member_prefix(k))
+    extra = sorted({n.split("/")[0] for n in arrays if n.startswith("member")})
+    want = [_member_prefix(k)[:-1] for k in range(1, K)]
+    if extra != sorted(want):
+        raise CheckpointError(
+            f"{ck}: expected ensemble members {want or 'none'} (ensemble={K}), got "
+            f"{extra or 'none'}"
+        )
     nb = NaiveBayes.load(p / NB_FILE) if (p / NB_FILE).exists() else None
-    return model, vocab, nb, meta
+    return (model if K == 1 else ClassifierEnsemble(members)), vocab, nb, meta
 
 
 def evaluate_classifier(path, tsv) -> dict:
@@ -659,4 +862,5 @@ def evaluate_classifier(path, tsv) -> dict:
         "nb_accuracy": nb.accuracy(texts, labels) if nb is not None else None,
         "examples": len(texts),
         "examples_per_s": len(texts) / dt if dt else None,
+        "ensemble": len(model) if isinstance(model, ClassifierEnsemble) else 1,
     }

@@ -39,10 +39,14 @@ def record_activations(model, vocab, text: str) -> dict:
 
 
 def text_features(text: str) -> dict:
-    """Per-character features (float arrays of len(text)): ``in_quote`` (inside a '...' / "..."
-    string, triple quotes and backslash escapes handled; Korean/typographic quotes too),
-    ``in_bracket`` (inside ( [ {), ``bracket_depth``, ``position_in_line``, ``indentation``
-    (the line's leading spaces), ``after_keyword`` (in the word after a Python keyword)."""
+    """Per-character features (float arrays of len(text)), each the state *after reading* the
+    character: ``in_quote`` (a '...' / "..." string is open: see :func:`_literals`; typographic
+    quotes too), split into ``in_short_string`` (one-quote strings) and ``in_triple_quote``
+    (triple-quoted strings, mostly docstrings); ``in_comment`` (in a ``#`` comment, up to its
+    newline), ``in_bracket`` (inside ( [ {), ``bracket_depth``, ``position_in_line``,
+    ``indentation`` (the line's leading spaces), ``after_keyword`` (in the word after a Python
+    keyword). Brackets and keywords inside strings and comments do not count (``"("`` opens
+    nothing)."""
     n = len(text)
     arr = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     newline = arr == ord("\n")
@@ -53,32 +57,77 @@ def text_features(text: str) -> dict:
     for m in re.finditer(r"(?m)^( *)", text):  # one match per line
         s, e = m.start(), text.find("\n", m.start())
         indent[s : (n if e < 0 else e + 1)] = len(m.group(1))
-    # bracket depth: cumulative opens minus closes (clipped at 0)
-    opens = np.isin(arr, [ord(c) for c in _OPEN]).astype(np.int64)
-    closes = np.isin(arr, [ord(c) for c in _CLOSE]).astype(np.int64)
-    depth = np.maximum(np.cumsum(opens - closes), 0).astype(np.float64)
-    # quotes need a small state machine (escapes, triple quotes): a regex scan over string spans
-    in_quote = np.zeros(n)
-    pat = re.compile(
-        r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\''
-        r"|“[^”]*”|‘[^’]*’|「[^」]*」|#[^\n]*"
-    )
-    for m in pat.finditer(text):
-        if m.group(0).startswith("#"):
-            continue  # comments are skipped so quotes inside them do not open strings
-        in_quote[m.start() : m.end()] = 1.0
+    in_quote, in_triple, in_comment, literal = _literals(text)
+    # bracket depth: opens minus closes outside literals and comments; a stray close at depth 0
+    # is ignored (the depth never goes negative, and later opens count again)
+    step = np.isin(arr, [ord(c) for c in _OPEN]).astype(np.int64)
+    step -= np.isin(arr, [ord(c) for c in _CLOSE])
+    step[literal] = 0
+    depth = np.zeros(n)
+    d, start = 0, 0
+    for i in np.flatnonzero(step):
+        depth[start:i] = d
+        d = max(d + int(step[i]), 0)
+        start = i  # character i reads the new depth
+    depth[start:] = d
     after_kw = np.zeros(n)
     kw = re.compile(r"\b(?:" + "|".join(_KEYWORDS) + r") +(\w+)")
     for m in kw.finditer(text):
-        after_kw[m.start(1) : m.end(1)] = 1.0
+        if not literal[m.start(1)]:
+            after_kw[m.start(1) : m.end(1)] = 1.0
     return {
         "in_quote": in_quote,
+        "in_short_string": in_quote - in_triple,
+        "in_triple_quote": in_triple,
+        "in_comment": in_comment,
         "in_bracket": (depth > 0).astype(np.float64),
         "bracket_depth": depth,
         "position_in_line": position,
         "indentation": indent,
         "after_keyword": after_kw,
     }
+
+
+# One alternative per literal kind, tried left to right from each position: a comment consumes its
+# line (so an apostrophe in it opens nothing), a string consumes its escapes (so \" does not
+# close it). Triple quotes may run to the end of the text (an excerpt cut inside a docstring).
+_LITERAL = re.compile(
+    r'"""(?:\\[\s\S]|[^\\])*?(?:"""|\Z)'
+    r"|'''(?:\\[\s\S]|[^\\])*?(?:'''|\Z)"
+    r'|"(?:\\[\s\S]|[^"\\\n])*"'
+    r"|'(?:\\[\s\S]|[^'\\\n])*'"
+    r"|“[^”]*”|‘[^’]*’|「[^」]*」"
+    r"|#[^\n]*"
+)
+
+
+def _literals(text: str):
+    """``(in_quote, in_triple, in_comment, literal)`` for each character of ``text``.
+
+    ``in_quote`` is 1.0 where a string literal is open *after reading* the character: from the
+    opening quote up to, not including, the last character of the closing delimiter (so the
+    closing quote reads 0, as the state a char-LM has after reading it). Triple quotes,
+    backslash escapes (also an escaped newline) and comments are handled; string prefixes
+    (r, b, f) are outside. ``in_triple`` is the part of ``in_quote`` in triple-quoted strings
+    (docstrings, mostly). ``in_comment`` is 1.0 from a ``#`` (outside strings) to the end of its
+    line, the newline excluded. ``literal`` (bool) marks every character of a string (its quotes
+    included) or comment."""
+    n = len(text)
+    in_quote, in_triple, in_comment = np.zeros(n), np.zeros(n), np.zeros(n)
+    literal = np.zeros(n, bool)
+    for m in _LITERAL.finditer(text):
+        lit = m.group(0)
+        s, e = m.span()
+        literal[s:e] = True
+        if lit.startswith("#"):
+            in_comment[s:e] = 1.0
+            continue
+        triple = lit[:3] in ('"""', "'''")
+        closed = not triple or (len(lit) >= 6 and lit.endswith(lit[:3]))
+        in_quote[s : e - 1 if closed else e] = 1.0
+        if triple:
+            in_triple[s : e - 1 if closed else e] = 1.0
+    return in_quote, in_triple, in_comment, literal
 
 
 def _corr(acts: np.ndarray, feat: np.ndarray) -> np.ndarray:

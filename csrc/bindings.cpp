@@ -156,7 +156,8 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh);
 }
 
-farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b) {
+farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
+               py::handle bias_obj) {
   py::array a = check_float_array(a_obj, "a", 2, trans_a ? "(K, M)" : "(M, K)");
   check_layout(a, "a", false);
   const index_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
@@ -167,6 +168,8 @@ farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b) {
     b = arg(b_obj, "b", {{"N", N}, {"K", K}});
   else
     b = arg(b_obj, "b", {{"K", K}, {"N", N}});
+  py::object bias = opt_arg(bias_obj, "bias", {{"N", N}});
+  const float* bias_p = opt_ptr(bias);
   farray c = empty({M, N});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
@@ -175,7 +178,7 @@ farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b) {
     const index_t lda = a.shape(1), ldb = b.shape(1);
     MatView A = trans_a ? MatView{cptr(a), 1, lda} : MatView{cptr(a), lda, 1};
     MatView Bv = trans_b ? MatView{cptr(b), 1, ldb} : MatView{cptr(b), ldb, 1};
-    gemm(kern, M, N, K, A, Bv, c.mutable_data(), N, false, nthreads);
+    gemm(kern, M, N, K, A, Bv, c.mutable_data(), N, false, nthreads, bias_p);
   }
   return c;
 }
@@ -280,7 +283,7 @@ PYBIND11_MODULE(_core, m) {
   bind_cells(m);
   bind_lstm_proj(m);
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
-        py::arg("trans_b") = false);
+        py::arg("trans_b") = false, py::arg("bias") = py::none());
   m.def("sigmoid", [](py::handle x) { return activation_py(x, false); }, py::arg("x"));
   m.def("tanh", [](py::handle x) { return activation_py(x, true); }, py::arg("x"));
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import _core
 from .module import Module, Parameter
 from .rnn import LSTM
 
@@ -29,6 +30,15 @@ __all__ = [
     "log_softmax",
     "load_glove",
 ]
+
+
+def _f32c(a: np.ndarray) -> np.ndarray:
+    """a as a C-contiguous float32 array (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _f32c_or_none(p: Optional[Parameter]) -> Optional[np.ndarray]:
+    return None if p is None else _f32c(p.data)
 
 
 def _rng_state(rng: np.random.Generator) -> dict:
@@ -81,10 +91,10 @@ class Linear(Module):
         x = np.asarray(x, dtype=np.float32)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
-        x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.weight.data.T
-        if self.bias is not None:
-            y += self.bias.data
+        # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
+        # thread pool spinning between calls halved the recurrent kernels' speed next to it.
+        x2 = np.ascontiguousarray(x.reshape(-1, self.in_features))
+        y = _core.gemm(x2, _f32c(self.weight.data), False, True, _f32c_or_none(self.bias))
         self._x = x2 if self.training else None
         self._xshape = x.shape
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -95,10 +105,11 @@ class Linear(Module):
         dy2 = np.asarray(dy, dtype=np.float32).reshape(-1, self.out_features)
         if dy2.shape[0] != self._x.shape[0]:
             raise ValueError(f"dy: expected {self._x.shape[0]} rows, got {dy2.shape[0]}")
-        self.weight.grad += dy2.T @ self._x
+        dy2 = np.ascontiguousarray(dy2)
+        self.weight.grad += _core.gemm(dy2, self._x, True, False, None)
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        dx = dy2 @ self.weight.data
+        dx = _core.gemm(dy2, _f32c(self.weight.data), False, False, None)
         return dx.reshape(self._xshape)
 
 
@@ -265,6 +276,7 @@ def softmax_cross_entropy(
     ignore_index: Optional[int] = None,
     reduction: str = "mean",
     need_grad: bool = True,
+    inplace: bool = False,
 ):
     r"""Fused softmax + cross-entropy: the loss and its gradient in one pass over the logits.
 
@@ -279,12 +291,21 @@ def softmax_cross_entropy(
         ignore_index: rows whose target equals it contribute nothing (and get zero gradient).
         reduction: ``"mean"`` (over counted rows) or ``"sum"``.
         need_grad: also return the gradient (False saves the (N, V) buffer's second use).
+        inplace: work in the logits' own buffer when they are a C-contiguous float32 array
+            (they are overwritten, and the gradient shares their memory); else a copy is made.
 
     Returns:
         ``(loss, dlogits)``: the loss as a Python float (computed in float64), and the gradient
         with the logits' shape (float32), or None when ``need_grad`` is False.
     """
-    z = np.array(logits, dtype=np.float32, copy=True)
+    reuse = (
+        inplace
+        and isinstance(logits, np.ndarray)
+        and logits.dtype == np.float32
+        and logits.flags.c_contiguous
+        and logits.flags.writeable
+    )
+    z = logits if reuse else np.array(logits, dtype=np.float32, copy=True)
     shape = z.shape
     V = shape[-1]
     z = z.reshape(-1, V)

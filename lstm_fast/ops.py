@@ -216,13 +216,15 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None, *, check_finite=False) -
     return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n))
 
 
-def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False) -> np.ndarray:
-    """C = op(a) @ op(b) with lstm_fast's packed GEMM (float32, C-contiguous inputs).
+def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None) -> np.ndarray:
+    """C = op(a) @ op(b) (+ bias) with lstm_fast's packed GEMM (float32, C-contiguous inputs).
 
     ``op(a)`` is ``a.T`` when ``trans_a`` (a is then (K, M)), else a (M, K); the same for b.
-    Deterministic: bitwise identical results for any thread count.
+    ``bias``: optional (N,) vector added to every row (in the same pass as the product).
+    Deterministic: bitwise identical results for any thread count. Runs on lstm_fast's own
+    threads (:func:`lstm_fast.set_num_threads`), not NumPy's BLAS pool.
     """
-    return _core.gemm(a, b, bool(trans_a), bool(trans_b))
+    return _core.gemm(a, b, bool(trans_a), bool(trans_b), bias)
 
 
 # ---- GRU and vanilla RNN ----------------------------------------------------------------------

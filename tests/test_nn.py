@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_fast import nn
+from lstm_fast import nn, ops
 
 
 def _fd(f, x, eps=1e-3):
@@ -102,6 +102,55 @@ def test_softmax_cross_entropy_gradient_and_stability():
     assert np.isfinite(g).all()
     loss, g = nn.softmax_cross_entropy(z, np.where(t > 2, -1, t), ignore_index=-1)
     assert not g[t > 2].any()
+
+
+def test_softmax_cross_entropy_inplace():
+    """inplace=True reuses a C-contiguous float32 buffer (same results); other inputs are
+    copied and left unchanged."""
+    rng = np.random.default_rng(3)
+    z = (rng.standard_normal((9, 17)) * 3).astype(np.float32)
+    t = rng.integers(0, 17, 9)
+    want_loss, want_g = nn.softmax_cross_entropy(z.copy(), t)
+    buf = z.copy()
+    loss, g = nn.softmax_cross_entropy(buf, t, inplace=True)
+    assert loss == want_loss
+    np.testing.assert_array_equal(g, want_g)
+    assert np.shares_memory(g, buf)
+    for other in (z.astype(np.float64), np.asfortranarray(z)):
+        before = other.copy()
+        loss, g = nn.softmax_cross_entropy(other, t, inplace=True)
+        np.testing.assert_allclose(g, want_g, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(other, before)
+
+
+def test_linear_matches_numpy_any_shape():
+    """Linear runs on lstm_fast's GEMM: forward and backward against NumPy in float64, for
+    shapes around the micro-tile sizes, with and without bias, 3-D input."""
+    rng = np.random.default_rng(4)
+    cases = [(1, 1, 1, True), (7, 17, 33, True), (13, 65, 100, False), (40, 3, 1, True)]
+    for n, i, o, bias in cases:
+        lin = nn.Linear(i, o, bias=bias, seed=1)
+        x = rng.standard_normal((2, n, i)).astype(np.float32)
+        y = lin(x)
+        w = lin.weight.data.astype(np.float64)
+        ref = x.astype(np.float64) @ w.T + (lin.bias.data if bias else 0.0)
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        lin.zero_grad()
+        dx = lin.backward(dy)
+        dy2 = dy.reshape(-1, o).astype(np.float64)
+        np.testing.assert_allclose(dx, (dy2 @ w).reshape(x.shape), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            lin.weight.grad, dy2.T @ x.reshape(-1, i).astype(np.float64), rtol=1e-5, atol=1e-5
+        )
+        if bias:
+            np.testing.assert_allclose(lin.bias.grad, dy2.sum(0), rtol=1e-5, atol=1e-5)
+    a = rng.standard_normal((5, 4)).astype(np.float32)
+    b = rng.standard_normal((4, 3)).astype(np.float32)
+    c = ops.gemm(a, b, bias=np.arange(3, dtype=np.float32))
+    np.testing.assert_allclose(c, a @ b + np.arange(3), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="bias"):
+        ops.gemm(a, b, bias=np.zeros(4, np.float32))
 
 
 def test_softmax_cross_entropy_matches_torch():

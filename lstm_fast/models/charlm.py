@@ -363,7 +363,7 @@ def train_charlm(
             x, y = batcher.window(k)
             model.zero_grad()
             logits, new_state = model(x, state)
-            loss, g = softmax_cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+            loss, g = softmax_cross_entropy(logits.reshape(-1, V), y.reshape(-1), inplace=True)
             model.backward(g)
             if cfg.clip:
                 clip_grad_norm(params, cfg.clip)

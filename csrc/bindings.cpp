@@ -183,6 +183,41 @@ farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
   return c;
 }
 
+// Fused softmax cross-entropy, in place on z (rows, V) float32 C-contiguous writeable; targets
+// (rows,) int64 with -1 for ignored rows (checked in Python: lstm_fast.nn). Returns the
+// per-row negative log-likelihoods (float64); z becomes scale * (softmax - onehot).
+py::array_t<double> softmax_xent_py(py::handle z_obj, py::handle t_obj, double scale) {
+  py::array z = check_float_array(z_obj, "z", 2, "(N, V)");
+  check_layout(z, "z", true);
+  const index_t N = z.shape(0), V = z.shape(1);
+  auto t = py::array_t<int64_t, py::array::c_style>::ensure(t_obj);
+  if (!t || t.ndim() != 1 || t.shape(0) != N)
+    throw py::value_error("targets: expected shape (N=" + std::to_string(N) + ",) int64");
+  const int64_t* tp = t.data();
+  for (index_t r = 0; r < N; ++r)
+    if (tp[r] >= V) throw py::index_error("targets: expected values < V=" + std::to_string(V));
+  if (V == 0 && N > 0) throw py::value_error("z: expected V >= 1, got 0");
+  py::array_t<double> nll(N);
+  const Kernels& kern = active_kernels();
+  const int nthreads = get_num_threads();
+  {
+    py::gil_scoped_release nogil;
+    float* zp = static_cast<float*>(z.mutable_data());
+    double* np_ = nll.mutable_data();
+    const int P = N * V >= (index_t(1) << 16) ? nthreads : 1;
+    const index_t blocks = (N + 15) / 16;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+    for (index_t blk = 0; blk < blocks; ++blk) {
+      DenormalGuard ftz;
+      const index_t r0 = blk * 16, r1 = std::min(N, r0 + 16);
+      kern.softmax_xent(r1 - r0, V, zp + r0 * V, tp + r0, static_cast<float>(scale), np_ + r0);
+    }
+  }
+  return nll;
+}
+
 farray activation_py(py::handle x_obj, bool tanh_) {
   py::array x = check_float_array(x_obj, "x", 1, "(N,)");
   check_layout(x, "x", false);
@@ -284,6 +319,7 @@ PYBIND11_MODULE(_core, m) {
   bind_lstm_proj(m);
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("bias") = py::none());
+  m.def("softmax_xent", &softmax_xent_py, py::arg("z"), py::arg("targets"), py::arg("scale"));
   m.def("sigmoid", [](py::handle x) { return activation_py(x, false); }, py::arg("x"));
   m.def("tanh", [](py::handle x) { return activation_py(x, true); }, py::arg("x"));
 

@@ -3,6 +3,8 @@
 // picks the table once at import. Kernels trust their inputs (the bindings validate).
 #pragma once
 
+#include <cstdint>
+
 #include "shapes.h"
 
 namespace lstm_fast {
@@ -66,6 +68,12 @@ struct Kernels {
   // y = sigmoid(x), y = tanh(x) over n elements: the vector activations, exposed for tests.
   void (*sigmoid)(index_t n, const float* x, float* y);
   void (*tanh)(index_t n, const float* x, float* y);
+
+  // Fused softmax cross-entropy over `rows` rows of z (rows, V), in place: for each row with
+  // t[r] >= 0, nll[r] = log(sum_v e^(z_v - max)) - (z_t - max) (float64), and the row becomes
+  // scale * (softmax(z) - onehot(t)); a row with t[r] < 0 (ignored) gets nll 0 and zeros.
+  void (*softmax_xent)(index_t rows, index_t V, float* z, const int64_t* t, float scale,
+                       double* nll);
 };
 
 const Kernels& kernels_scalar();

@@ -123,9 +123,32 @@ void tanh_(index_t n, const float* x, float* y) {
   for (index_t j = 0; j < n; ++j) y[j] = std::tanh(x[j]);
 }
 
+void softmax_xent(index_t rows, index_t V, float* z, const int64_t* t, float scale, double* nll) {
+  for (index_t r = 0; r < rows; ++r) {
+    float* zr = z + r * V;
+    if (t[r] < 0) {
+      for (index_t j = 0; j < V; ++j) zr[j] = 0.0f;
+      nll[r] = 0.0;
+      continue;
+    }
+    float mx = zr[0];
+    for (index_t j = 0; j < V; ++j) mx = zr[j] > mx ? zr[j] : mx;
+    const float zt = zr[t[r]] - mx;
+    double sum = 0.0;
+    for (index_t j = 0; j < V; ++j) {
+      zr[j] = std::exp(zr[j] - mx);
+      sum += zr[j];
+    }
+    nll[r] = std::log(sum) - static_cast<double>(zt);
+    const float inv = static_cast<float>(1.0 / sum) * scale;
+    for (index_t j = 0; j < V; ++j) zr[j] *= inv;
+    zr[t[r]] -= scale;
+  }
+}
+
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, lstm_fwd_rows,
-                        lstm_bwd_pointwise, sigmoid, tanh_};
+                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent};
 
 }  // namespace
 

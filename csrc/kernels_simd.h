@@ -609,9 +609,54 @@ void tanh_(index_t n, const float* x, float* y) {
   }
 }
 
+// Row maximum, exponentials in place with their sum (lane sums added in float64 at the end),
+// then the gradient; the k tail through partial vectors (zeros there would change max and sum,
+// so the tail lanes are masked out of both).
+void softmax_xent(index_t rows, index_t V, float* z, const int64_t* t, float scale, double* nll) {
+  for (index_t r = 0; r < rows; ++r) {
+    float* zr = z + r * V;
+    if (t[r] < 0) {
+      for (index_t j = 0; j < V; j += W) store_n(zr + j, vf{}, V - j < W ? int(V - j) : W);
+      nll[r] = 0.0;
+      continue;
+    }
+    float mx = zr[0];
+    for (index_t j = 0; j < V; ++j) mx = zr[j] > mx ? zr[j] : mx;
+    const float zt = zr[t[r]] - mx;
+    const vf vm = splat(mx);
+    vf acc = vf{};
+    index_t j = 0;
+    for (; j + W <= V; j += W) {
+      const vf e = vexp(load(zr + j) - vm);
+      store(zr + j, e);
+      acc += e;
+    }
+    float tail = 0.0f;
+    if (j < V) {
+      const int n = static_cast<int>(V - j);
+      const vf e = vexp(load_n(zr + j, n) - vm);
+      store_n(zr + j, e, n);
+      float tmp[W];
+      store(tmp, e);
+      for (int q = 0; q < n; ++q) tail += tmp[q];
+    }
+    float lanes[W];
+    store(lanes, acc);
+    double sum = tail;
+    for (int q = 0; q < W; ++q) sum += lanes[q];
+    nll[r] = __builtin_log(sum) - static_cast<double>(zt);
+    const vf inv = splat(static_cast<float>(1.0 / sum) * scale);
+    for (j = 0; j < V; j += W) {
+      const int n = V - j < W ? static_cast<int>(V - j) : W;
+      store_n(zr + j, load_n(zr + j, n) * inv, n);
+    }
+    zr[t[r]] -= scale;
+  }
+}
+
 const Kernels kTable = {LF_NAME,       W,         MR,         NR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, lstm_fwd_rows,
-                        lstm_bwd_pointwise, sigmoid, tanh_};
+                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent};
 
 }  // namespace
 

@@ -305,7 +305,7 @@ def softmax_cross_entropy(
         and logits.flags.c_contiguous
         and logits.flags.writeable
     )
-    z = logits if reuse else np.array(logits, dtype=np.float32, copy=True)
+    z = logits if reuse else np.array(logits, dtype=np.float32, order="C", copy=True)
     shape = z.shape
     V = shape[-1]
     z = z.reshape(-1, V)
@@ -320,26 +320,15 @@ def softmax_cross_entropy(
     tt = t if valid is None else np.where(valid, t, 0)
     if tt.size and (tt.min() < 0 or tt.max() >= V):
         raise IndexError(f"targets: expected values in [0, V={V}), got [{tt.min()}, {tt.max()}]")
-    rows = np.arange(z.shape[0])
-    z -= z.max(axis=1, keepdims=True)
-    zt = z[rows, tt].astype(np.float64)  # target logit minus the row maximum (<= 0)
-    np.exp(z, out=z)  # z now holds exp(z - max); the row sums are >= 1, so log is safe
-    s = z.sum(axis=1, dtype=np.float64)
-    nll = np.log(s) - zt
     count = z.shape[0] if valid is None else int(valid.sum())
-    if valid is not None:
-        nll = np.where(valid, nll, 0.0)
-    total = float(nll.sum())
     scale = 1.0 / max(count, 1) if reduction == "mean" else 1.0
-    loss = total * scale
+    # One fused pass per row in C++ (SIMD exp, rows split over lstm_fast's threads): z becomes
+    # scale * (softmax - onehot) in place, ignored rows zero; per-row losses in float64.
+    t64 = np.ascontiguousarray(tt if valid is None else np.where(valid, tt, -1), dtype=np.int64)
+    nll = _core.softmax_xent(z, t64, scale)
+    loss = float(nll.sum()) * scale
     if not need_grad:
         return loss, None
-    z *= (1.0 / s).astype(np.float32)[:, None]  # softmax
-    z[rows, tt] -= 1.0
-    if valid is not None:
-        z[~valid] = 0.0
-    if scale != 1.0:
-        z *= np.float32(scale)
     return loss, z.reshape(shape)
 
 

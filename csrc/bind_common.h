@@ -13,9 +13,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #include <sstream>
 #include <string>
 #include <thread>
@@ -300,18 +297,11 @@ class WorkspacePool {
   }
 
  private:
-  // Large blocks are 2 MiB aligned and marked for transparent huge pages (as NumPy does for its
-  // arrays): first touch then faults once per 2 MiB instead of once per 4 KiB page.
-  static void* fresh(size_t& bytes) {
-    if (bytes < (size_t(4) << 20)) return std::aligned_alloc(64, bytes);
-    constexpr size_t kHuge = size_t(2) << 20;
-    bytes = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* p = std::aligned_alloc(kHuge, bytes);
-#if defined(MADV_HUGEPAGE)
-    if (p) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
-#endif
-    return p;
-  }
+  // Plain 64-byte aligned blocks. (Marking large ones for transparent huge pages made first
+  // touches fault once per 2 MiB, but with the kernel's defrag=madvise setting a first call
+  // could stall for tens of ms in page compaction; the pool already removes the faults of
+  // later calls.)
+  static void* fresh(size_t& bytes) { return std::aligned_alloc(64, bytes); }
 
   std::mutex m_;
   std::vector<std::pair<size_t, void*>> free_;  // (capacity in bytes, block)

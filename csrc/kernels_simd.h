@@ -403,8 +403,7 @@ LF_INLINE void epilogue_full(const StepArgs& a, index_t row, index_t ub, const v
 
 template <int R, int U>
 LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0, index_t k1,
-                         float* part, bool first, bool last, const float* pf = nullptr,
-                         const float* pf_end = nullptr) {
+                         float* part, bool first, bool last) {
   const index_t H = a.H, G = 4 * H;
   vf acc[R][U][4];
 #pragma GCC unroll 16
@@ -435,12 +434,6 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
     for (int u = 0; u < U; ++u)
 #pragma GCC unroll 4
       for (int q = 0; q < 4; ++q) b[u][q] = load(panel[u] + (k * 4 + q) * W);
-    if (pf) {  // one depth row of the panel chunk that comes next, so it is in cache in time
-      const float* q = pf + (k - k0) * 4 * W;
-      if (q < pf_end)
-#pragma GCC unroll 4
-        for (int l = 0; l < 4 * W; l += 16) __builtin_prefetch(q + l, 0, 3);
-    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const vf h = splat(hp[r * a.ldh_prev + k]);
@@ -490,12 +483,10 @@ LF_INLINE void lstm_rows_full(const StepArgs& a, int rr, index_t row, index_t ub
 // One unit block, rows [row, row + rr), depth chunk [k0, k1).
 template <int R>
 LF_INLINE void lstm_rows_chunk(const StepArgs& a, int rr, index_t row, index_t ub, index_t k0,
-                               index_t k1, float* part, bool first, bool last,
-                               const float* pf = nullptr, const float* pf_end = nullptr) {
+                               index_t k1, float* part, bool first, bool last) {
   if constexpr (R >= 1) {
-    if (rr != R)
-      return lstm_rows_chunk<R - 1>(a, rr, row, ub, k0, k1, part, first, last, pf, pf_end);
-    lstm_tile<R, 1>(a, row, ub, k0, k1, part, first, last, pf, pf_end);
+    if (rr != R) return lstm_rows_chunk<R - 1>(a, rr, row, ub, k0, k1, part, first, last);
+    lstm_tile<R, 1>(a, row, ub, k0, k1, part, first, last);
   }
 }
 
@@ -522,21 +513,10 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
       // K = 0 (the recurrent product done elsewhere): one empty chunk, the epilogue only.
       for (index_t k0 = 0; k0 < K || (K == 0 && k0 == 0); k0 += KC) {
         const index_t k1 = K - k0 < KC ? K : k0 + KC;
-        // The chunk used next (this block's next depth chunk, or the start of the next row
-        // chunk's or unit block's panel): the first row tile prefetches it. W_hh of a layer
-        // the size of S2/S3 does not fit in L2, so every step streams it from L3.
-        const index_t next_ub = (k1 < K || rc + RB < rows) ? ub : ub + 1;
-        const float* pf = nullptr;
-        const float* pf_end = nullptr;
-        if (next_ub < ub1) {
-          const index_t nk0 = k1 < K ? k1 : 0;
-          pf = a.Wp + (next_ub * K + nk0) * 4 * W;
-          pf_end = a.Wp + (next_ub * K + (K - nk0 < KC ? K : nk0 + KC)) * 4 * W;
-        }
         for (index_t lr = 0; lr < nr; lr += ROWS) {
           const int rr = nr - lr < ROWS ? static_cast<int>(nr - lr) : ROWS;
           lstm_rows_chunk<ROWS>(a, rr, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
-                                k1 == K, lr == 0 ? pf : nullptr, pf_end);
+                                k1 == K);
         }
       }
     }

@@ -22,9 +22,10 @@ namespace {
 
 constexpr index_t kKC = 256;  // depth of a packed block (fixed: it sets the summation order)
 
-// Blocking (loop order jc -> pc -> pack B -> ic -> pack A -> ir -> jr): the MR x KC sliver of
-// packed A stays in L1 while the jr loop streams the KC x NC block of packed B from L2, so NC is
-// chosen for B's block to fill about half of this core's L2. MC only sizes A's buffer.
+// Blocking (loop order pc -> pack B -> ic -> pack A -> jc -> ir -> jr, gemm_serial_bias): the
+// MR x KC sliver of packed A stays in L1 while the jr loop streams a KC x NC part of packed B
+// from L2, so NC is chosen for that part to fill about half of this core's L2; the MC x KC
+// block of A stays in L2 across the jc loop.
 index_t l2_bytes() {
   static const index_t bytes = [] {
     long v = 0;
@@ -77,8 +78,6 @@ void transpose_rows(const float* src, index_t rs, int rows, index_t kc, int ld, 
 #if defined(__SSE2__)
   for (; k + 4 <= kc; k += 4) {
     float* d = dst + k * ld;
-    if ((k & 15) == 0)  // the next cache line of each source row, ahead of its use
-      for (int r = 0; r < rows; ++r) __builtin_prefetch(src + r * rs + k + 32, 0, 3);
     int r = 0;
     for (; r + 4 <= rows; r += 4) {
       const float* s = src + r * rs + k;

@@ -1,5 +1,6 @@
-// The packed GEMM engine: C (M x N) = (or +=) op(A) . op(B), BLIS-style blocking
-// (NC columns -> KC depth -> pack B -> MC rows -> pack A -> MR x NR micro-kernel of the active ISA).
+// The packed GEMM engine: C (M x N) = (or +=) op(A) . op(B), BLIS-style blocking (KC depth ->
+// pack B for all columns -> MC rows -> pack A -> NC columns -> MR x NR micro-kernel of the
+// active ISA; each operand packed once per call).
 // Transposes are strides: element (i, j) of a matrix view is p[i * rs + j * cs], so NN, NT and
 // TN are all the same call, and packing absorbs the layout.
 #pragma once

@@ -238,7 +238,8 @@ inline py::array grad_out(py::handle given, const std::string& name,
 // of an S3 backward pass (a 210 MB dZ workspace per call), and smaller blocks repeatedly
 // returned to and taken from the system fault too (4 % of an S6 training step). Blocks of at
 // least kPoolMin bytes are reused best-fit; at most kPoolKeep stay cached (the smallest goes
-// first), so what is retained is bounded by the eight largest recent blocks and by kPoolBytes. Thread safe (calls release the GIL).
+// first; over kPoolBytes, the largest), so what is retained is bounded by kPoolKeep blocks and
+// kPoolBytes. Thread safe (calls release the GIL). lstm_fast.empty_cache() empties it.
 class WorkspacePool {
  public:
   static constexpr size_t kPoolMin = size_t(256) << 10;
@@ -275,12 +276,11 @@ class WorkspacePool {
     free_.emplace_back(bytes, p);
     kept_ += bytes;
     while (free_.size() > kPoolKeep || kept_ > kPoolBytes) {
-      auto smallest = std::min_element(free_.begin(), free_.end());
-      if (kept_ > kPoolBytes)  // over the byte cap: drop the largest instead
-        smallest = std::max_element(free_.begin(), free_.end());
-      kept_ -= smallest->first;
-      std::free(smallest->second);
-      free_.erase(smallest);
+      auto victim = kept_ > kPoolBytes ? std::max_element(free_.begin(), free_.end())
+                                       : std::min_element(free_.begin(), free_.end());
+      kept_ -= victim->first;
+      std::free(victim->second);
+      free_.erase(victim);
     }
   }
 
@@ -301,7 +301,7 @@ class WorkspacePool {
   // touches fault once per 2 MiB, but with the kernel's defrag=madvise setting a first call
   // could stall for tens of ms in page compaction; the pool already removes the faults of
   // later calls.)
-  static void* fresh(size_t& bytes) { return std::aligned_alloc(64, bytes); }
+  static void* fresh(size_t bytes) { return std::aligned_alloc(64, bytes); }
 
   std::mutex m_;
   std::vector<std::pair<size_t, void*>> free_;  // (capacity in bytes, block)

@@ -20,15 +20,6 @@ constexpr index_t kKCb = 256;
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
-// xp[r] = b_ih + b_hh + x[r] . W_ih^T for `rows` rows.
-// Wip: W_ih^T packed beforehand (pack_b_panels), or null.
-void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
-                      const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
-                      int nthreads, const float* Wip = nullptr) {
-  gemm_bias2(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, b_ih, b_hh,
-             nthreads, Wip);
-}
-
 // W_ih^T is packed once per call when the projection runs in more than one chunk of steps
 // (else the single GEMM packs it itself): floats of that packed copy.
 index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {

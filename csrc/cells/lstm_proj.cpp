@@ -22,14 +22,6 @@ constexpr index_t kUnpackedRows = 4;
 
 index_t num_panels(const Kernels& k, index_t N) { return (N + k.NR - 1) / k.NR; }
 
-// xp[r] = b_ih + b_hh + x[r] . W_ih^T for `rows` rows.
-void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I, const float* x,
-                      const float* W_ih, const float* b_ih, const float* b_hh, float* xp,
-                      int nthreads) {
-  gemm_bias2(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, b_ih, b_hh,
-             nthreads);
-}
-
 // C[r, panel columns] = A[r] . Bp for rows [r0, r1) and the NR-wide panels [jr0, jr1) of a B
 // operand packed by pack_b_panels (K x N). The depth is walked in chunks of kKC that accumulate
 // in a fixed order, so an element's result does not depend on the row or panel split.

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "cells/lstm.h"
+#include "gemm/gemm.h"
 #include "kernels.h"
 
 #if defined(_OPENMP)
@@ -46,6 +47,16 @@ constexpr index_t kChunkFloats = index_t(1) << 21;  // 8 MiB of pre-activations
 inline index_t chunk_steps(const LstmSizes& s) {
   const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);
   return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
+}
+
+// The hoisted input projection of an LSTM (with or without projection): xp[r] = b_ih + b_hh +
+// x[r] . W_ih^T for `rows` rows (biases may be null); Wip: W_ih^T packed beforehand, or null.
+inline void input_projection(const Kernels& kern, index_t rows, index_t G, index_t I,
+                             const float* x, const float* W_ih, const float* b_ih,
+                             const float* b_hh, float* xp, int nthreads,
+                             const float* Wip = nullptr) {
+  gemm_bias2(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, b_ih, b_hh,
+             nthreads, Wip);
 }
 
 // Gate-interleaved panels of W_hh (4H, K) for the fused step tile, unit block ub:

@@ -218,6 +218,117 @@ py::array_t<double> softmax_xent_py(py::handle z_obj, py::handle t_obj, double s
   return nll;
 }
 
+// A float32, C-contiguous array of any shape (the optimizer's parameter-shaped buffers).
+py::array flat_arg(py::handle obj, const std::string& name, bool writeable) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
+                         type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw py::type_error(name + ": expected dtype float32, got " +
+                         std::string(py::str(a.dtype())));
+  check_layout(a, name, writeable);
+  return a;
+}
+
+// Elementwise kernels over large flat buffers: slices of whole vectors per thread from 64 Ki
+// elements up (each element's arithmetic is the same wherever a slice starts).
+template <class F>
+void parallel_slices(index_t n, F&& f) {
+  const int P = n >= (index_t(1) << 16) ? get_num_threads() : 1;
+  if (P <= 1) {
+    f(index_t(0), n);
+    return;
+  }
+  const index_t chunk = ((n + P - 1) / P + 63) / 64 * 64;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static)
+#endif
+  for (int q = 0; q < P; ++q) {
+    const index_t j0 = std::min(n, q * chunk), j1 = std::min(n, j0 + chunk);
+    if (j1 > j0) f(j0, j1);
+  }
+}
+
+// One Adam / AdamW step in place on param, exp_avg, exp_avg_sq (coefficients: kernels.h).
+void adam_step_py(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle v_obj,
+                  double b1, double b2, double step, double bc2_sqrt, double eps, double l2,
+                  double decay) {
+  py::array p = flat_arg(p_obj, "param", true), g = flat_arg(g_obj, "grad", false);
+  py::array m = flat_arg(m_obj, "exp_avg", true), v = flat_arg(v_obj, "exp_avg_sq", true);
+  const index_t n = p.size();
+  for (auto* a : {&g, &m, &v})
+    if (a->size() != n)
+      throw py::value_error(std::string(a == &g ? "grad" : a == &m ? "exp_avg" : "exp_avg_sq") +
+                            ": expected " + std::to_string(n) + " elements (param's), got " +
+                            std::to_string(a->size()));
+  const AdamCoeffs c{static_cast<float>(b1),        static_cast<float>(b2),
+                     static_cast<float>(1.0 - b1),  static_cast<float>(1.0 - b2),
+                     static_cast<float>(step),      static_cast<float>(bc2_sqrt),
+                     static_cast<float>(eps),       static_cast<float>(l2),
+                     static_cast<float>(decay)};
+  const Kernels& kern = active_kernels();
+  float* pp = static_cast<float*>(p.mutable_data());
+  float* mp = static_cast<float*>(m.mutable_data());
+  float* vp = static_cast<float*>(v.mutable_data());
+  const float* gp = cptr(g);
+  py::gil_scoped_release nogil;
+  parallel_slices(n, [&](index_t j0, index_t j1) {
+    DenormalGuard ftz;
+    kern.adam(j1 - j0, pp + j0, gp + j0, mp + j0, vp + j0, c);
+  });
+}
+
+// sum(x**2) in float64 over a float32 array of any shape.
+double sumsq_py(py::handle x_obj) {
+  py::array x = flat_arg(x_obj, "x", false);
+  const index_t n = x.size();
+  const Kernels& kern = active_kernels();
+  const float* xp = cptr(x);
+  constexpr index_t kBlock = index_t(1) << 15;  // fixed blocks: the same sum for any threads
+  const index_t nb = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(static_cast<size_t>(nb));
+  {
+    py::gil_scoped_release nogil;
+    const int P = n >= (index_t(1) << 16) ? get_num_threads() : 1;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+    for (index_t b = 0; b < nb; ++b) {
+      const index_t j0 = b * kBlock;
+      part[static_cast<size_t>(b)] = kern.sumsq(std::min(kBlock, n - j0), xp + j0);
+    }
+  }
+  double total = 0.0;
+  for (double d : part) total += d;
+  return total;
+}
+
+// out[ids[n], :] += src[n, :] for n in order (an embedding's backward: np.add.at, in one pass).
+void index_add_rows_py(py::handle out_obj, py::handle ids_obj, py::handle src_obj) {
+  py::array out = check_float_array(out_obj, "out", 2, "(V, E)");
+  check_layout(out, "out", true);
+  const index_t V = out.shape(0), E = out.shape(1);
+  auto ids = py::array_t<int64_t, py::array::c_style>::ensure(ids_obj);
+  if (!ids || ids.ndim() != 1)
+    throw py::value_error("ids: expected a 1-D integer array");
+  const index_t N = ids.shape(0);
+  py::array src = arg(src_obj, "src", {{"N", N}, {"E", E}});
+  const int64_t* ip = ids.data();
+  for (index_t n = 0; n < N; ++n)
+    if (ip[n] < 0 || ip[n] >= V)
+      throw py::index_error("ids: expected values in [0, V=" + std::to_string(V) + "), got " +
+                            std::to_string(ip[n]) + " at position " + std::to_string(n));
+  float* op = static_cast<float*>(out.mutable_data());
+  const float* sp = cptr(src);
+  py::gil_scoped_release nogil;
+  for (index_t n = 0; n < N; ++n) {
+    float* o = op + ip[n] * E;
+    const float* r = sp + n * E;
+    for (index_t e = 0; e < E; ++e) o[e] += r[e];
+  }
+}
+
 farray activation_py(py::handle x_obj, bool tanh_) {
   py::array x = check_float_array(x_obj, "x", 1, "(N,)");
   check_layout(x, "x", false);
@@ -320,6 +431,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("bias") = py::none());
   m.def("softmax_xent", &softmax_xent_py, py::arg("z"), py::arg("targets"), py::arg("scale"));
+  m.def("adam_step", &adam_step_py, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("beta1"), py::arg("beta2"), py::arg("step_size"),
+        py::arg("bias_correction2_sqrt"), py::arg("eps"), py::arg("l2") = 0.0,
+        py::arg("decay") = 1.0);
+  m.def("sumsq", &sumsq_py, py::arg("x"));
+  m.def("index_add_rows", &index_add_rows_py, py::arg("out"), py::arg("ids"), py::arg("src"));
   m.def("sigmoid", [](py::handle x) { return activation_py(x, false); }, py::arg("x"));
   m.def("tanh", [](py::handle x) { return activation_py(x, true); }, py::arg("x"));
 

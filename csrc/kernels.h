@@ -9,6 +9,15 @@
 
 namespace lstm_fast {
 
+// Coefficients of one Adam / AdamW step (PyTorch's rule, everything in float32):
+//   g' = g + l2 * p                      (Adam's weight decay; l2 = 0 for AdamW)
+//   p  = p * decay                       (AdamW's decoupled decay 1 - lr * wd; 1 for Adam)
+//   m  = b1 * m + (1 - b1) * g'          v = b2 * v + (1 - b2) * g'^2
+//   p  = p - step * m / (sqrt(v) / bc2_sqrt + eps)      step = lr / (1 - b1^t)
+struct AdamCoeffs {
+  float b1, b2, one_minus_b1, one_minus_b2, step, bc2_sqrt, eps, l2, decay;
+};
+
 struct Kernels {
   const char* name;  // "scalar", "generic", "avx2", "avx512"
   int W;             // hidden units per LSTM register block (packed W_hh panel width)
@@ -74,6 +83,12 @@ struct Kernels {
   // scale * (softmax(z) - onehot(t)); a row with t[r] < 0 (ignored) gets nll 0 and zeros.
   void (*softmax_xent)(index_t rows, index_t V, float* z, const int64_t* t, float scale,
                        double* nll);
+
+  // One Adam step over n elements, in place on p, m and v (see AdamCoeffs); g is read only.
+  void (*adam)(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c);
+
+  // sum of x[j]^2 over n elements, accumulated in float64 (for gradient norms).
+  double (*sumsq)(index_t n, const float* x);
 };
 
 const Kernels& kernels_scalar();

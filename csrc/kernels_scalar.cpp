@@ -146,9 +146,27 @@ void softmax_xent(index_t rows, index_t V, float* z, const int64_t* t, float sca
   }
 }
 
+void adam(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c) {
+  for (index_t j = 0; j < n; ++j) {
+    float gj = g[j];
+    if (c.l2 != 0.0f) gj = gj + c.l2 * p[j];
+    const float pj = p[j] * c.decay;
+    m[j] = c.b1 * m[j] + c.one_minus_b1 * gj;
+    v[j] = c.b2 * v[j] + c.one_minus_b2 * (gj * gj);
+    const float den = std::sqrt(v[j]) / c.bc2_sqrt + c.eps;
+    p[j] = pj - c.step * (m[j] / den);
+  }
+}
+
+double sumsq(index_t n, const float* x) {
+  double total = 0.0;
+  for (index_t j = 0; j < n; ++j) total += static_cast<double>(x[j]) * x[j];
+  return total;
+}
+
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, lstm_fwd_rows,
-                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent};
+                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq};
 
 }  // namespace
 

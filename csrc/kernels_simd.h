@@ -634,9 +634,54 @@ void softmax_xent(index_t rows, index_t V, float* z, const int64_t* t, float sca
   }
 }
 
+// Adam: every lane goes through the same vector arithmetic (tails through partial vectors),
+// so an element's result does not depend on where a thread's slice starts.
+template <bool kFull, bool kL2>
+LF_INLINE void adam_block(float* p, const float* g, float* m, float* v, const AdamCoeffs& c,
+                          int n) {
+  vf pv = ld<kFull>(p, n);
+  vf gv = ld<kFull>(g, n);
+  if (kL2) gv = gv + splat(c.l2) * pv;
+  pv = pv * splat(c.decay);
+  const vf mv = splat(c.b1) * ld<kFull>(m, n) + splat(c.one_minus_b1) * gv;
+  const vf vv = splat(c.b2) * ld<kFull>(v, n) + splat(c.one_minus_b2) * (gv * gv);
+  const vf den = vsqrt(vv) / splat(c.bc2_sqrt) + splat(c.eps);
+  st<kFull>(m, mv, n);
+  st<kFull>(v, vv, n);
+  st<kFull>(p, pv - splat(c.step) * (mv / den), n);
+}
+
+template <bool kL2>
+void adam_t(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c) {
+  index_t j = 0;
+  for (; j + W <= n; j += W) adam_block<true, kL2>(p + j, g + j, m + j, v + j, c, W);
+  if (j < n) adam_block<false, kL2>(p + j, g + j, m + j, v + j, c, static_cast<int>(n - j));
+}
+
+void adam(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c) {
+  (c.l2 != 0.0f ? adam_t<true> : adam_t<false>)(n, p, g, m, v, c);
+}
+
+// Squares summed in float vectors over blocks of 64 vectors, the blocks in float64.
+double sumsq(index_t n, const float* x) {
+  double total = 0.0;
+  for (index_t j0 = 0; j0 < n; j0 += 64 * W) {
+    const index_t j1 = n - j0 < 64 * W ? n : j0 + 64 * W;
+    vf acc = vf{};
+    for (index_t j = j0; j < j1; j += W) {
+      const vf a = load_n(x + j, j1 - j < W ? static_cast<int>(j1 - j) : W);
+      acc += a * a;
+    }
+    float lanes[W];
+    store(lanes, acc);
+    for (int q = 0; q < W; ++q) total += lanes[q];
+  }
+  return total;
+}
+
 const Kernels kTable = {LF_NAME,       W,         MR,         NR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, lstm_fwd_rows,
-                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent};
+                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq};
 
 }  // namespace
 

@@ -118,6 +118,21 @@ LF_INLINE vf vrecip(vf d) {
 #endif
 }
 
+// Correctly rounded square root per lane (IEEE sqrt, as NumPy's and PyTorch's).
+LF_INLINE vf vsqrt(vf x) {
+#if defined(__AVX512F__) && LF_W == 16
+  return (vf)_mm512_sqrt_ps((__m512)x);
+#elif defined(__AVX__) && LF_W == 8
+  return (vf)_mm256_sqrt_ps((__m256)x);
+#elif defined(__SSE2__) && LF_W == 4
+  return (vf)_mm_sqrt_ps((__m128)x);
+#else
+  vf r;
+  for (int j = 0; j < W; ++j) r[j] = __builtin_sqrtf(x[j]);
+  return r;
+#endif
+}
+
 LF_INLINE vf vsigmoid(vf x) { return vrecip(splat(1.0f) + vexp(-x)); }
 
 // tanh: an odd polynomial for |x| < 0.625 (relative error 4.6e-9), 1 - 2/(e^{2|x|} + 1) with

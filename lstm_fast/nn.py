@@ -187,7 +187,11 @@ class Embedding(Module):
             raise RuntimeError("Embedding.backward: no saved forward (call it in training mode)")
         flat = self._ids.reshape(-1)
         dy2 = np.asarray(dy, dtype=np.float32).reshape(flat.size, self.embedding_dim)
-        np.add.at(self.weight.grad, flat, dy2)
+        g = self.weight.grad
+        if g.dtype == np.float32 and g.flags.c_contiguous and g.ndim == 2:
+            _core.index_add_rows(g, flat.astype(np.int64, copy=False), np.ascontiguousarray(dy2))
+        else:
+            np.add.at(g, flat, dy2)
         if self.padding_idx is not None:
             self.weight.grad[self.padding_idx] = 0
         return None

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import _core
 from .module import Parameter
 
 __all__ = [
@@ -46,6 +47,19 @@ __all__ = [
 ]
 
 _f32 = np.float32
+
+
+def _fast(p: Parameter) -> bool:
+    """True when the C++ update kernels can run on ``p`` in place (float32, C-contiguous)."""
+    d, g = p.data, p.grad
+    return (
+        d.dtype == _f32
+        and g.dtype == _f32
+        and d.flags.c_contiguous
+        and g.flags.c_contiguous
+        and d.flags.writeable
+        and d.shape == g.shape
+    )
 
 
 class Optimizer:
@@ -225,6 +239,24 @@ class Adam(Optimizer):
 
     def _update(self, i, p):
         b1, b2 = self.betas
+        if _fast(p):
+            # one fused pass in C++ (the same float32 arithmetic as below, in a single sweep)
+            t = self.step_count
+            wd = float(self.weight_decay)
+            _core.adam_step(
+                p.data,
+                p.grad,
+                self._buf(i, "exp_avg"),
+                self._buf(i, "exp_avg_sq"),
+                float(b1),
+                float(b2),
+                float(_f32(self.lr / (1.0 - b1**t))),
+                float(_f32(math.sqrt(1.0 - b2**t))),
+                float(self.eps),
+                l2=0.0 if self._decoupled else wd,
+                decay=float(_f32(1.0 - self.lr * wd)) if self._decoupled and wd else 1.0,
+            )
+            return
         if self._decoupled:
             if self.weight_decay:
                 p.data *= _f32(1.0 - self.lr * self.weight_decay)
@@ -351,7 +383,14 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
     (norm + 1e-6)``, applied when < 1).
     """
     params = list(params)
-    total = math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel())) for p in params))
+    # float64 sums in lstm_fast's own kernel: np.dot would wake NumPy's BLAS thread pool, which
+    # then spins next to the recurrent kernels' OpenMP team
+    total = math.sqrt(
+        sum(
+            _core.sumsq(p.grad) if _fast(p) else float(np.dot(p.grad.ravel(), p.grad.ravel()))
+            for p in params
+        )
+    )
     coef = max_norm / (total + eps)
     if coef < 1.0:
         for p in params:

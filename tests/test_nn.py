@@ -56,6 +56,34 @@ def test_embedding_gradient_accumulates_repeats_and_padding():
         emb(np.array([6]))
 
 
+@pytest.mark.parametrize("V,E,N", [(1, 1, 5), (7, 17, 40), (300, 64, 3200)])
+def test_embedding_backward_matches_add_at(V, E, N):
+    """The C++ scatter-add of Embedding.backward against np.add.at, repeats included, onto a
+    gradient that already holds values (it accumulates)."""
+    rng = np.random.default_rng(V)
+    emb = nn.Embedding(V, E, seed=0)
+    ids = rng.integers(0, V, (N // 5, 5))
+    emb(ids)
+    dy = rng.standard_normal((N // 5, 5, E)).astype(np.float32)
+    emb.weight.grad[...] = 1.5
+    ref = np.full((V, E), 1.5, np.float32)
+    np.add.at(ref, ids.reshape(-1), dy.reshape(-1, E))
+    emb.backward(dy)
+    np.testing.assert_allclose(emb.weight.grad, ref, rtol=1e-6, atol=1e-5)
+
+
+def test_index_add_rows_bad_input_changes_nothing():
+    from lstm_fast import _core
+
+    out = np.zeros((4, 3), np.float32)
+    msg = r"ids: expected values in \[0, V=4\), got 4 at position 1"
+    with pytest.raises(IndexError, match=msg):
+        _core.index_add_rows(out, np.array([0, 4]), np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="src: expected shape"):
+        _core.index_add_rows(out, np.array([0, 1]), np.ones((2, 2), np.float32))
+    assert not out.any()
+
+
 def test_glove_loading(tmp_path):
     p = tmp_path / "vecs.txt"
     p.write_text("the 0.1 0.2 0.3\n영화 1 2 3\nunused 9 9 9\n", encoding="utf-8")

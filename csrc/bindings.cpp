@@ -156,8 +156,9 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh);
 }
 
-farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
-               py::handle bias_obj) {
+py::array gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
+                  py::handle bias_obj, py::handle out_obj, bool accumulate,
+                  py::handle a_sums_obj) {
   py::array a = check_float_array(a_obj, "a", 2, trans_a ? "(K, M)" : "(M, K)");
   check_layout(a, "a", false);
   const index_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
@@ -170,15 +171,37 @@ farray gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
     b = arg(b_obj, "b", {{"K", K}, {"N", N}});
   py::object bias = opt_arg(bias_obj, "bias", {{"N", N}});
   const float* bias_p = opt_ptr(bias);
-  farray c = empty({M, N});
+  if (accumulate && out_obj.is_none())
+    throw py::value_error("accumulate: expected an out array to accumulate into, got out=None");
+  if (accumulate && bias_p)
+    throw py::value_error("bias: expected None with accumulate=True (C += A . B has no bias)");
+  py::array c = out_obj.is_none() ? py::array(empty({M, N}))
+                                  : arg(out_obj, "out", {{"M", M}, {"N", N}}, true);
+  py::object sums = a_sums_obj.is_none()
+                       ? py::object(py::none())
+                       : py::object(arg(a_sums_obj, "a_row_sums", {{"M", M}}, true));
+  float* sums_p = opt_mptr(sums);
+  auto overlaps = [](const py::array& x, const py::array& y) {
+    const char *x0 = static_cast<const char*>(x.data()), *y0 = static_cast<const char*>(y.data());
+    return x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+  };
+  if (!out_obj.is_none()) {
+    for (const py::array* in : {&a, &b})
+      if (overlaps(c, *in))
+        throw py::value_error(std::string("out: expected memory separate from ") +
+                              (in == &a ? "a" : "b") + ", got an overlapping array");
+    if (!sums.is_none() && overlaps(c, sums.cast<py::array>()))
+      throw py::value_error("a_row_sums: expected memory separate from out");
+  }
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
+  float* cp = static_cast<float*>(c.mutable_data());
   {
     py::gil_scoped_release nogil;
     const index_t lda = a.shape(1), ldb = b.shape(1);
     MatView A = trans_a ? MatView{cptr(a), 1, lda} : MatView{cptr(a), lda, 1};
     MatView Bv = trans_b ? MatView{cptr(b), 1, ldb} : MatView{cptr(b), ldb, 1};
-    gemm(kern, M, N, K, A, Bv, c.mutable_data(), N, false, nthreads, bias_p);
+    gemm(kern, M, N, K, A, Bv, cp, N, accumulate, nthreads, bias_p, nullptr, sums_p);
   }
   return c;
 }
@@ -429,7 +452,8 @@ PYBIND11_MODULE(_core, m) {
   bind_cells(m);
   bind_lstm_proj(m);
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
-        py::arg("trans_b") = false, py::arg("bias") = py::none());
+        py::arg("trans_b") = false, py::arg("bias") = py::none(), py::arg("out") = py::none(),
+        py::arg("accumulate") = false, py::arg("a_row_sums") = py::none());
   m.def("softmax_xent", &softmax_xent_py, py::arg("z"), py::arg("targets"), py::arg("scale"));
   m.def("adam_step", &adam_step_py, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
         py::arg("exp_avg_sq"), py::arg("beta1"), py::arg("beta2"), py::arg("step_size"),

@@ -106,11 +106,23 @@ class Linear(Module):
         if dy2.shape[0] != self._x.shape[0]:
             raise ValueError(f"dy: expected {self._x.shape[0]} rows, got {dy2.shape[0]}")
         dy2 = np.ascontiguousarray(dy2)
-        self.weight.grad += _core.gemm(dy2, self._x, True, False, None)
-        if self.bias is not None:
-            self.bias.grad += dy2.sum(axis=0)
+        gw = self.weight.grad
+        gb = None if self.bias is None else self.bias.grad
+        if _fast_grad(gw) and (gb is None or _fast_grad(gb)):
+            # dW += dy^T . x in place; the bias gradient (dy's column sums) comes from the same
+            # GEMM's packing of dy^T, not from a pass of its own over dy
+            _core.gemm(dy2, self._x, True, False, None, out=gw, accumulate=True, a_row_sums=gb)
+        else:
+            gw += _core.gemm(dy2, self._x, True, False, None)
+            if gb is not None:
+                gb += dy2.sum(axis=0)
         dx = _core.gemm(dy2, _f32c(self.weight.data), False, False, None)
         return dx.reshape(self._xshape)
+
+
+def _fast_grad(g: np.ndarray) -> bool:
+    """A gradient the C++ kernels can accumulate into in place."""
+    return g.dtype == np.float32 and g.flags.c_contiguous and g.flags.writeable
 
 
 class Embedding(Module):

@@ -216,15 +216,38 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None, *, check_finite=False) -
     return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n))
 
 
-def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None) -> np.ndarray:
+def gemm(
+    a,
+    b,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    bias=None,
+    out=None,
+    accumulate: bool = False,
+    a_row_sums=None,
+) -> np.ndarray:
     """C = op(a) @ op(b) (+ bias) with lstm_fast's packed GEMM (float32, C-contiguous inputs).
 
     ``op(a)`` is ``a.T`` when ``trans_a`` (a is then (K, M)), else a (M, K); the same for b.
     ``bias``: optional (N,) vector added to every row (in the same pass as the product).
+    ``out``: optional (M, N) float32 C-contiguous array to write into (returned); with
+    ``accumulate=True`` the product is added to it (``out += op(a) @ op(b)``, no bias).
+    ``a_row_sums``: optional (M,) float32 array, ``+=`` the row sums of ``op(a)`` -- computed
+    while ``a`` is packed, e.g. a bias gradient from the GEMM of the weight gradient.
     Deterministic: bitwise identical results for any thread count. Runs on lstm_fast's own
     threads (:func:`lstm_fast.set_num_threads`), not NumPy's BLAS pool.
     """
-    return _core.gemm(a, b, bool(trans_a), bool(trans_b), bias)
+    return _core.gemm(
+        a,
+        b,
+        bool(trans_a),
+        bool(trans_b),
+        bias,
+        out=out,
+        accumulate=bool(accumulate),
+        a_row_sums=a_row_sums,
+    )
 
 
 # ---- GRU and vanilla RNN ----------------------------------------------------------------------

@@ -246,6 +246,54 @@ def test_gemm_matches_numpy(isa, threads, M, N, K, ta, tb):
     assert outs[0].tobytes() == outs[1].tobytes()
 
 
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (2, 9, 7), (17, 33, 300), (150, 40, 513), (5, 0, 9)])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (True, True)])
+def test_gemm_out_accumulate_and_row_sums(isa, threads, M, N, K, ta, tb):
+    """out= / accumulate= write or add into a given array; a_row_sums += the row sums of op(a),
+    taken while a is packed (every layout, thread split and the unpacked small-M path)."""
+    rng = np.random.default_rng(M * 100 + N + K)
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    oa = (a.T if ta else a).astype(np.float64)
+    want = oa @ (b.T if tb else b).astype(np.float64)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    s0 = rng.standard_normal(M).astype(np.float32)
+    outs = []
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        c, s = c0.copy(), s0.copy()
+        r = ops.gemm(a, b, trans_a=ta, trans_b=tb, out=c, accumulate=True, a_row_sums=s)
+        assert r is c or np.shares_memory(r, c)
+        np.testing.assert_allclose(c, c0 + want, rtol=1e-4, atol=1e-4 * max(1, K) ** 0.5)
+        np.testing.assert_allclose(s, s0 + oa.sum(1), rtol=1e-5, atol=1e-4 * max(1, K) ** 0.5)
+        outs.append((c.tobytes(), s.tobytes()))
+        c2 = np.full((M, N), np.nan, np.float32)
+        ops.gemm(a, b, trans_a=ta, trans_b=tb, out=c2)  # overwrite, NaN in out never read
+        np.testing.assert_allclose(c2, want, rtol=1e-4, atol=1e-4 * max(1, K) ** 0.5)
+    assert outs[0] == outs[1]
+
+
+def test_gemm_out_arguments():
+    a = np.ones((3, 4), np.float32)
+    b = np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"out: expected shape \(M=3, N=5\)"):
+        ops.gemm(a, b, out=np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="accumulate: expected an out array"):
+        ops.gemm(a, b, accumulate=True)
+    with pytest.raises(ValueError, match="bias: expected None with accumulate"):
+        out = np.zeros((3, 5), np.float32)
+        ops.gemm(a, b, out=out, accumulate=True, bias=np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="a_row_sums: expected shape"):
+        ops.gemm(a, b, a_row_sums=np.zeros(4, np.float32))
+    big = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match="out: expected memory separate from b"):
+        ops.gemm(np.ones((4, 4), np.float32), big[:4], out=big[:4])
+    s = np.zeros(3, np.float32)
+    s.flags.writeable = False
+    with pytest.raises(ValueError, match="a_row_sums: expected a writeable array"):
+        ops.gemm(a, b, a_row_sums=s)
+
+
 # ---- variable lengths (batch_sizes, PackedSequence layout) ---------------------------------
 
 

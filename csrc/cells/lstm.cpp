@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cells/packed.h"
 #include "cells/team.h"
@@ -413,10 +414,14 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     }
   }
 
-  // Large GEMMs, each over all N active rows.
+  // Large GEMMs, each over all N active rows. The bias gradient (dZ's column sums) comes out of
+  // the dW_ih GEMM's packing of dZ^T (no pass of its own over dZ).
+  std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
+  float* sums = dbs.empty() ? nullptr : dbs.data();
   if (!bs) {
     gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
+         nullptr, sums);
     if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
     if (T > 1)
       gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,
@@ -424,7 +429,8 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
     pack_steps(dx, x, I, B, bs, 0, T, nthreads);
-    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads);
+    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads, nullptr,
+         nullptr, sums);
     gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     unpack_steps_in_place(dx, I, B, bs, T);
     // dW_hh: step 0 against h0's active rows, steps 1.. against the previous outputs.
@@ -437,7 +443,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
            nthreads);
     }
   }
-  bias_sums(N, G, dz, db_ih, db_hh, nthreads);
+  for (index_t j = 0; sums && j < G; ++j) {
+    if (db_ih) db_ih[j] += sums[j];
+    if (db_hh) db_hh[j] += sums[j];
+  }
 }
 
 // Wp[((ub * K + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H. The depth

@@ -154,6 +154,37 @@ void pack_a(const Kernels& kern, index_t mc, index_t kc, const MatView& A, index
     pack_lanes(src, A.rs, A.cs, mc, kc, kern.MR, Ap);
 }
 
+// sums[i] += A(i0 + i, p0 + k) over k < kc, in k order, for i < mc: read back from the block
+// just packed (in cache), whatever A's layout. Over the depth blocks in order this is each row
+// summed in k order: the same float additions as a plain loop over A's row.
+// A sliver's MR lanes summed over its kc depths (lanes past the block's rows are zero and
+// never stored); MR known at compile time so the lane loop becomes vector adds.
+template <int MR>
+void sliver_sums(index_t kc, const float* a, float* acc) {
+  for (index_t k = 0; k < kc; ++k)
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) acc[r] += a[k * MR + r];
+}
+
+void add_row_sums(const Kernels& kern, index_t mc, index_t kc, const float* Ap, float* sums) {
+  const int MR = kern.MR;
+  for (index_t ir = 0; ir * MR < mc; ++ir) {
+    const int rows = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
+    float acc[64] = {};
+    for (int r = 0; r < rows; ++r) acc[r] = sums[ir * MR + r];
+    const float* a = Ap + ir * kc * MR;
+    switch (MR) {
+      case 4: sliver_sums<4>(kc, a, acc); break;
+      case 6: sliver_sums<6>(kc, a, acc); break;
+      case 12: sliver_sums<12>(kc, a, acc); break;
+      default:
+        for (index_t k = 0; k < kc; ++k)
+          for (int r = 0; r < rows; ++r) acc[r] += a[k * MR + r];
+    }
+    for (int r = 0; r < rows; ++r) sums[ir * MR + r] = acc[r];
+  }
+}
+
 // Bp[(jr * kc + k) * NR + c] = B(p0 + k, j0 + jr*NR + c), zero for columns >= j0 + nc.
 void pack_b(const Kernels& kern, index_t kc, index_t nc, const MatView& B, index_t p0, index_t j0,
             float* Bp) {
@@ -181,7 +212,7 @@ void fill_rows(index_t M, index_t N, const float* bias, float* C, index_t ldc) {
 // over the first block, then + each later block, the same as filling C first.
 void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                       float* C, index_t ldc, bool accumulate, const float* bias,
-                      const float* Bpre = nullptr) {
+                      const float* Bpre = nullptr, float* a_sums = nullptr) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (bias && !accumulate) return fill_rows(M, N, bias, C, ldc);
@@ -208,6 +239,7 @@ void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatV
     for (index_t ic = 0; ic < M; ic += MC) {
       const index_t mc = std::min(MC, M - ic);
       pack_a(kern, mc, kc, A, ic, pc, Ap.p);
+      if (a_sums) add_row_sums(kern, mc, kc, Ap.p, a_sums + ic);
       for (index_t jc = 0; jc < N; jc += NC) {
         const index_t nc = std::min(NC, N - jc);
         for (index_t ir = 0; ir * MR < mc; ++ir) {
@@ -250,7 +282,17 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
 }
 
 void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
-          index_t ldc, bool accumulate, int nthreads, const float* bias, const float* Bpre) {
+          index_t ldc, bool accumulate, int nthreads, const float* bias, const float* Bpre,
+          float* a_sums) {
+  if (a_sums && (N <= 0 || (M <= 2 && B.rs == 1 && A.cs == 1 && K > 0))) {
+    // no packing of A on these paths: the row sums directly, then the product without them
+    for (index_t i = 0; i < M; ++i) {
+      float acc = a_sums[i];
+      for (index_t k = 0; k < K; ++k) acc += A.p[i * A.rs + k * A.cs];
+      a_sums[i] = acc;
+    }
+    a_sums = nullptr;
+  }
   if (M <= 0 || N <= 0) return;
   if (bias && !accumulate && (K <= 0 || (M <= 2 && B.rs == 1 && A.cs == 1))) {
     fill_rows(M, N, bias, C, ldc);  // few rows or no depth: fill, then accumulate
@@ -286,7 +328,7 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
   P = static_cast<int>(std::min<index_t>(P, std::max(nb, mb)));
   if (P <= 1) {
     DenormalGuard ftz;
-    gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, bias, Bpre);
+    gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, bias, Bpre, a_sums);
     return;
   }
   // Split the dimension with more micro-tiles; a thread's part is a contiguous run of tiles.
@@ -308,12 +350,13 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
       if (j1 > j0)
         gemm_serial_bias(kern, M, j1 - j0, K, A, MatView{B.p + j0 * B.cs, B.rs, B.cs}, C + j0,
                          ldc, accumulate, bias ? bias + j0 : nullptr,
-                         Bpre ? Bpre + t0 * K * kern.NR : nullptr);
+                         Bpre ? Bpre + t0 * K * kern.NR : nullptr, p == 0 ? a_sums : nullptr);
     } else {
       const index_t i0 = t0 * kern.MR, i1 = std::min(M, t1 * kern.MR);
       if (i1 > i0)
         gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
-                         C + i0 * ldc, ldc, accumulate, bias, Bpre);
+                         C + i0 * ldc, ldc, accumulate, bias, Bpre,
+                         a_sums ? a_sums + i0 : nullptr);
     }
   }
 }

@@ -25,9 +25,12 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
 // written tile by tile just before the tile's first depth block (no separate pass over C).
 // Bpre: op(B) already packed by pack_b_panels (full depth K, all N columns), for a B used by
 // several calls (the view B is still given: very few rows read it directly).
+// a_sums (length M): a_sums[i] += sum over k of op(A)(i, k), in k order, computed from the
+// blocks of A as they are packed (no pass of its own over A): e.g. a bias gradient, the column
+// sums of dZ, from the GEMM dZ^T . x of the weight gradient.
 void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
           index_t ldc, bool accumulate, int nthreads, const float* bias = nullptr,
-          const float* Bpre = nullptr);
+          const float* Bpre = nullptr, float* a_sums = nullptr);
 
 // C = b1 + b2 + op(A) . op(B), either bias may be null (then zeros): the hoisted input
 // projection of every recurrent core (biases summed once, as b1[j] + b2[j]).

@@ -115,7 +115,6 @@ def main(argv=None) -> int:
     import lstm_fast
     from lstm_fast import data
     from lstm_fast.models.charlm import CharLM, evaluate_bpc, sample_text
-    from lstm_fast.nn import softmax_cross_entropy
     from lstm_fast.optim import Adam, clip_grad_norm
 
     lstm_fast.set_num_threads(args.threads)
@@ -158,8 +157,7 @@ def main(argv=None) -> int:
         if k == 0:
             lf_state = lf.init_state(args.batch_size)
         lf.zero_grad()
-        logits, new_state = lf(x, lf_state)
-        loss, g = softmax_cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        loss, g, new_state = lf.forward_loss(x, y, lf_state)  # the step of lstm-fast train
         lf.backward(g)
         if args.clip:
             clip_grad_norm(lf_params, args.clip)

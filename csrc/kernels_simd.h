@@ -600,8 +600,19 @@ void softmax_xent(index_t rows, index_t V, float* z, const int64_t* t, float sca
       nll[r] = 0.0;
       continue;
     }
+    // row maximum: vector maxima over whole vectors, the tail and the lanes in scalar code
     float mx = zr[0];
-    for (index_t j = 0; j < V; ++j) mx = zr[j] > mx ? zr[j] : mx;
+    {
+      index_t j = 0;
+      if (V >= W) {
+        vf m = load(zr);
+        for (j = W; j + W <= V; j += W) m = vmax(load(zr + j), m);
+        float lanes[W];
+        store(lanes, m);
+        for (int q = 0; q < W; ++q) mx = lanes[q] > mx ? lanes[q] : mx;
+      }
+      for (; j < V; ++j) mx = zr[j] > mx ? zr[j] : mx;
+    }
     const float zt = zr[t[r]] - mx;
     const vf vm = splat(mx);
     vf acc = vf{};

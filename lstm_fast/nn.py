@@ -285,6 +285,25 @@ def log_softmax(logits: Any, axis: int = -1) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
+def _xent_targets(targets: Any, N: int, V: int, ignore_index, reduction: str):
+    """Checked targets as int64 with -1 for ignored rows, and the gradient's scale."""
+    t = np.asarray(targets).reshape(-1)
+    if t.shape[0] != N:
+        raise ValueError(f"targets: expected {N} entries (N), got {t.shape[0]}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"targets: expected integer class ids, got dtype {t.dtype}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    valid = None if ignore_index is None else t != ignore_index
+    tt = t if valid is None else np.where(valid, t, 0)
+    if tt.size and (tt.min() < 0 or tt.max() >= V):
+        raise IndexError(f"targets: expected values in [0, V={V}), got [{tt.min()}, {tt.max()}]")
+    count = N if valid is None else int(valid.sum())
+    scale = 1.0 / max(count, 1) if reduction == "mean" else 1.0
+    t64 = np.ascontiguousarray(tt if valid is None else np.where(valid, tt, -1), dtype=np.int64)
+    return t64, scale
+
+
 def softmax_cross_entropy(
     logits: Any,
     targets: Any,
@@ -325,22 +344,9 @@ def softmax_cross_entropy(
     shape = z.shape
     V = shape[-1]
     z = z.reshape(-1, V)
-    t = np.asarray(targets).reshape(-1)
-    if t.shape[0] != z.shape[0]:
-        raise ValueError(f"targets: expected {z.shape[0]} entries (N), got {t.shape[0]}")
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"targets: expected integer class ids, got dtype {t.dtype}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
-    valid = None if ignore_index is None else t != ignore_index
-    tt = t if valid is None else np.where(valid, t, 0)
-    if tt.size and (tt.min() < 0 or tt.max() >= V):
-        raise IndexError(f"targets: expected values in [0, V={V}), got [{tt.min()}, {tt.max()}]")
-    count = z.shape[0] if valid is None else int(valid.sum())
-    scale = 1.0 / max(count, 1) if reduction == "mean" else 1.0
+    t64, scale = _xent_targets(targets, z.shape[0], V, ignore_index, reduction)
     # One fused pass per row in C++ (SIMD exp, rows split over lstm_fast's threads): z becomes
     # scale * (softmax - onehot) in place, ignored rows zero; per-row losses in float64.
-    t64 = np.ascontiguousarray(tt if valid is None else np.where(valid, tt, -1), dtype=np.int64)
     nll = _core.softmax_xent(z, t64, scale)
     loss = float(nll.sum()) * scale
     if not need_grad:

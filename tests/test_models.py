@@ -78,6 +78,21 @@ def test_charlm_gradient_finite_difference():
             assert p.grad[idx] == pytest.approx((fp - fm) / 2e-2, rel=5e-2, abs=2e-4), name
 
 
+def test_charlm_forward_loss_matches_forward_then_loss():
+    m = CharLM(13, 5, 9, 2, seed=3)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 13, (7, 4)), rng.integers(0, 13, (7, 4))
+    st = m.init_state(4)
+    logits, (h, c) = m(x, st)
+    want_loss, want_g = softmax_cross_entropy(logits.reshape(-1, 13), y.reshape(-1))
+    loss, g, (h2, c2) = m.forward_loss(x, y, st)
+    assert loss == want_loss
+    assert g.shape == (7, 4, 13)
+    np.testing.assert_array_equal(g.reshape(-1, 13), want_g)
+    np.testing.assert_array_equal(h2, h)
+    np.testing.assert_array_equal(c2, c)
+
+
 def test_sampler_matches_forward_and_is_seeded():
     m = CharLM(20, 6, 9, 2, seed=1).eval()
     x = np.random.default_rng(1).integers(1, 20, (15, 1))

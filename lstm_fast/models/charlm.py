@@ -102,6 +102,20 @@ class CharLM(Module):
         logits = self.decoder(self.drop(y))
         return logits, (h, c)
 
+    def forward_loss(self, x, targets, state=None):
+        """Forward and the mean softmax cross-entropy against ``targets`` (T, B): the training
+        step's first half. The loss is computed in the logits' own buffer (they are not kept).
+
+        Returns ``(loss, dlogits, (h, c))``; ``backward(dlogits)`` then accumulates the
+        gradients.
+        """
+        logits, state = self.forward(x, state)
+        V = logits.shape[-1]
+        loss, g = softmax_cross_entropy(
+            logits.reshape(-1, V), np.asarray(targets).reshape(-1), inplace=True
+        )
+        return loss, g.reshape(logits.shape), state
+
     def backward(self, dlogits) -> None:
         dy = self.drop.backward(self.decoder.backward(dlogits))
         dx, _ = self.rnn.backward(dy)
@@ -362,8 +376,7 @@ def train_charlm(
                 state = model.init_state(cfg.batch_size)
             x, y = batcher.window(k)
             model.zero_grad()
-            logits, new_state = model(x, state)
-            loss, g = softmax_cross_entropy(logits.reshape(-1, V), y.reshape(-1), inplace=True)
+            loss, g, new_state = model.forward_loss(x, y, state)
             model.backward(g)
             if cfg.clip:
                 clip_grad_norm(params, cfg.clip)

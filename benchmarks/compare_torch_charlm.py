@@ -156,12 +156,11 @@ def main(argv=None) -> int:
         x, y = batcher.window(k)
         if k == 0:
             lf_state = lf.init_state(args.batch_size)
-        lf.zero_grad()
         loss, g, new_state = lf.forward_loss(x, y, lf_state)  # the step of lstm-fast train
         lf.backward(g)
         if args.clip:
             clip_grad_norm(lf_params, args.clip)
-        lf_opt.step()
+        lf_opt.step(zero_grad=True)  # as lstm-fast train: gradients zeroed in Adam's pass
         lf_state = new_state
         return loss
 

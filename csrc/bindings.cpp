@@ -276,8 +276,8 @@ void parallel_slices(index_t n, F&& f) {
 // One Adam / AdamW step in place on param, exp_avg, exp_avg_sq (coefficients: kernels.h).
 void adam_step_py(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::handle v_obj,
                   double b1, double b2, double step, double bc2_sqrt, double eps, double l2,
-                  double decay) {
-  py::array p = flat_arg(p_obj, "param", true), g = flat_arg(g_obj, "grad", false);
+                  double decay, bool zero_grad) {
+  py::array p = flat_arg(p_obj, "param", true), g = flat_arg(g_obj, "grad", zero_grad);
   py::array m = flat_arg(m_obj, "exp_avg", true), v = flat_arg(v_obj, "exp_avg_sq", true);
   const index_t n = p.size();
   for (auto* a : {&g, &m, &v})
@@ -294,11 +294,12 @@ void adam_step_py(py::handle p_obj, py::handle g_obj, py::handle m_obj, py::hand
   float* pp = static_cast<float*>(p.mutable_data());
   float* mp = static_cast<float*>(m.mutable_data());
   float* vp = static_cast<float*>(v.mutable_data());
-  const float* gp = cptr(g);
+  // g is only written when zero_grad (then checked writeable above)
+  float* gp = const_cast<float*>(cptr(g));
   py::gil_scoped_release nogil;
   parallel_slices(n, [&](index_t j0, index_t j1) {
     DenormalGuard ftz;
-    kern.adam(j1 - j0, pp + j0, gp + j0, mp + j0, vp + j0, c);
+    kern.adam(j1 - j0, pp + j0, gp + j0, mp + j0, vp + j0, c, zero_grad);
   });
 }
 
@@ -458,7 +459,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("adam_step", &adam_step_py, py::arg("param"), py::arg("grad"), py::arg("exp_avg"),
         py::arg("exp_avg_sq"), py::arg("beta1"), py::arg("beta2"), py::arg("step_size"),
         py::arg("bias_correction2_sqrt"), py::arg("eps"), py::arg("l2") = 0.0,
-        py::arg("decay") = 1.0);
+        py::arg("decay") = 1.0, py::arg("zero_grad") = false);
   m.def("sumsq", &sumsq_py, py::arg("x"));
   m.def("index_add_rows", &index_add_rows_py, py::arg("out"), py::arg("ids"), py::arg("src"));
   m.def("sigmoid", [](py::handle x) { return activation_py(x, false); }, py::arg("x"));

@@ -84,8 +84,10 @@ struct Kernels {
   void (*softmax_xent)(index_t rows, index_t V, float* z, const int64_t* t, float scale,
                        double* nll);
 
-  // One Adam step over n elements, in place on p, m and v (see AdamCoeffs); g is read only.
-  void (*adam)(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c);
+  // One Adam step over n elements, in place on p, m and v (see AdamCoeffs); g is read, then
+  // set to zero when zero_grad (the next step's zeroing done in the same pass).
+  void (*adam)(index_t n, float* p, float* g, float* m, float* v, const AdamCoeffs& c,
+               bool zero_grad);
 
   // sum of x[j]^2 over n elements, accumulated in float64 (for gradient norms).
   double (*sumsq)(index_t n, const float* x);

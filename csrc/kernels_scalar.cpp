@@ -146,9 +146,11 @@ void softmax_xent(index_t rows, index_t V, float* z, const int64_t* t, float sca
   }
 }
 
-void adam(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c) {
+void adam(index_t n, float* p, float* g, float* m, float* v, const AdamCoeffs& c,
+          bool zero_grad) {
   for (index_t j = 0; j < n; ++j) {
     float gj = g[j];
+    if (zero_grad) g[j] = 0.0f;
     if (c.l2 != 0.0f) gj = gj + c.l2 * p[j];
     const float pj = p[j] * c.decay;
     m[j] = c.b1 * m[j] + c.one_minus_b1 * gj;

@@ -647,11 +647,11 @@ void softmax_xent(index_t rows, index_t V, float* z, const int64_t* t, float sca
 
 // Adam: every lane goes through the same vector arithmetic (tails through partial vectors),
 // so an element's result does not depend on where a thread's slice starts.
-template <bool kFull, bool kL2>
-LF_INLINE void adam_block(float* p, const float* g, float* m, float* v, const AdamCoeffs& c,
-                          int n) {
+template <bool kFull, bool kL2, bool kZero>
+LF_INLINE void adam_block(float* p, float* g, float* m, float* v, const AdamCoeffs& c, int n) {
   vf pv = ld<kFull>(p, n);
   vf gv = ld<kFull>(g, n);
+  if (kZero) st<kFull>(g, vf{}, n);
   if (kL2) gv = gv + splat(c.l2) * pv;
   pv = pv * splat(c.decay);
   const vf mv = splat(c.b1) * ld<kFull>(m, n) + splat(c.one_minus_b1) * gv;
@@ -662,15 +662,20 @@ LF_INLINE void adam_block(float* p, const float* g, float* m, float* v, const Ad
   st<kFull>(p, pv - splat(c.step) * (mv / den), n);
 }
 
-template <bool kL2>
-void adam_t(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c) {
+template <bool kL2, bool kZero>
+void adam_t(index_t n, float* p, float* g, float* m, float* v, const AdamCoeffs& c) {
   index_t j = 0;
-  for (; j + W <= n; j += W) adam_block<true, kL2>(p + j, g + j, m + j, v + j, c, W);
-  if (j < n) adam_block<false, kL2>(p + j, g + j, m + j, v + j, c, static_cast<int>(n - j));
+  for (; j + W <= n; j += W) adam_block<true, kL2, kZero>(p + j, g + j, m + j, v + j, c, W);
+  if (j < n)
+    adam_block<false, kL2, kZero>(p + j, g + j, m + j, v + j, c, static_cast<int>(n - j));
 }
 
-void adam(index_t n, float* p, const float* g, float* m, float* v, const AdamCoeffs& c) {
-  (c.l2 != 0.0f ? adam_t<true> : adam_t<false>)(n, p, g, m, v, c);
+void adam(index_t n, float* p, float* g, float* m, float* v, const AdamCoeffs& c,
+          bool zero_grad) {
+  if (c.l2 != 0.0f)
+    (zero_grad ? adam_t<true, true> : adam_t<true, false>)(n, p, g, m, v, c);
+  else
+    (zero_grad ? adam_t<false, true> : adam_t<false, false>)(n, p, g, m, v, c);
 }
 
 // Squares summed in float vectors over blocks of 64 vectors, the blocks in float64.

@@ -93,13 +93,21 @@ class Optimizer:
             st[name] = np.full_like(self.params[i].data, init)
         return st[name]
 
-    def step(self) -> None:
+    def step(self, *, zero_grad: bool = False) -> None:
+        """One update of every parameter from its ``.grad``.
+
+        ``zero_grad=True`` also sets every gradient to zero afterwards, as :meth:`zero_grad`
+        would before the next backward; optimizers with a fused kernel (Adam, AdamW) do it in
+        the same pass over memory as the update, so a training loop saves a pass of its own.
+        """
         self.step_count += 1
         for i, p in enumerate(self.params):
-            self._update(i, p)
+            if not self._update(i, p, zero_grad) and zero_grad:
+                p.grad[...] = 0
 
-    def _update(self, i: int, p: Parameter) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _update(self, i: int, p: Parameter, zero_grad: bool = False) -> bool:
+        """Update p; return True when it also zeroed p.grad (asked by zero_grad)."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
     def _grad(self, p: Parameter, weight_decay: float) -> np.ndarray:
         if weight_decay:
@@ -212,7 +220,7 @@ class SGD(Optimizer):
     def _state_slots(self, hyper):
         return self._slots if hyper.get("momentum") else ()
 
-    def _update(self, i, p):
+    def _update(self, i, p, zero_grad=False):
         g = self._grad(p, self.weight_decay)
         if self.momentum:
             st = self.state[i]
@@ -237,7 +245,7 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
-    def _update(self, i, p):
+    def _update(self, i, p, zero_grad=False):
         b1, b2 = self.betas
         if _fast(p):
             # one fused pass in C++ (the same float32 arithmetic as below, in a single sweep)
@@ -255,8 +263,9 @@ class Adam(Optimizer):
                 float(self.eps),
                 l2=0.0 if self._decoupled else wd,
                 decay=float(_f32(1.0 - self.lr * wd)) if self._decoupled and wd else 1.0,
+                zero_grad=zero_grad and p.grad.flags.writeable,
             )
-            return
+            return zero_grad and p.grad.flags.writeable
         if self._decoupled:
             if self.weight_decay:
                 p.data *= _f32(1.0 - self.lr * self.weight_decay)
@@ -311,7 +320,7 @@ class Adagrad(Optimizer):
             eps=eps,
         )
 
-    def _update(self, i, p):
+    def _update(self, i, p, zero_grad=False):
         g = self._grad(p, self.weight_decay)
         s = self._buf(i, "sum", self.initial_accumulator_value)
         s += g * g
@@ -353,7 +362,7 @@ class RMSprop(Optimizer):
             ("square_avg",) + ("grad_avg",) * bool(centered) + ("momentum_buffer",) * (momentum > 0)
         )
 
-    def _update(self, i, p):
+    def _update(self, i, p, zero_grad=False):
         g = self._grad(p, self.weight_decay)
         a = _f32(self.alpha)
         sq = self._buf(i, "square_avg")

@@ -193,3 +193,24 @@ def test_adam_kernel_bad_input():
         _core.adam_step(ro, p, p.copy(), p.copy(), 0.9, 0.99, 1e-3, 1, 1e-8)
     with pytest.raises(ValueError, match="x: expected a C-contiguous"):
         _core.sumsq(np.zeros((4, 4), np.float32)[:, ::2])
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_step_zero_grad_same_update_and_zeroes(name, kw):
+    """step(zero_grad=True) updates exactly as step() and leaves every gradient at zero (in the
+    fused kernel's pass for Adam/AdamW, by a fill for the others and for float64 parameters)."""
+    rng = np.random.default_rng(7)
+    init = [rng.standard_normal(s).astype(np.float32) for s in [(4, 3), (5,)]]
+    grads = _grads(rng, [(4, 3), (5,)], 3)
+    a = [Parameter(x) for x in init] + [Parameter(init[1], dtype=np.float64)]
+    b = [Parameter(x) for x in init] + [Parameter(init[1], dtype=np.float64)]
+    oa, ob = getattr(optim, name)(a, **kw), getattr(optim, name)(b, **kw)
+    for gs in grads:
+        for pa, pb, g in zip(a, b, gs + [gs[1]]):
+            pa.grad[...] += g  # a's gradients were zeroed by the previous step
+            pb.grad[...] = g
+        oa.step(zero_grad=True)
+        ob.step()
+        for pa, pb in zip(a, b):
+            assert not pa.grad.any()
+            np.testing.assert_array_equal(pa.data, pb.data)

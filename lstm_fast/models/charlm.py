@@ -368,6 +368,7 @@ def train_charlm(
     def checkpoint():
         _save(out, cfg, vocab, model, opt, state, hist, step, digest)
 
+    model.zero_grad()
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -375,12 +376,11 @@ def train_charlm(
             if k == 0:
                 state = model.init_state(cfg.batch_size)
             x, y = batcher.window(k)
-            model.zero_grad()
             loss, g, new_state = model.forward_loss(x, y, state)
             model.backward(g)
             if cfg.clip:
                 clip_grad_norm(params, cfg.clip)
-            opt.step()
+            opt.step(zero_grad=True)  # the gradients start the next step at zero
             state = new_state
             step += 1
             dt = time.perf_counter() - t0

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -44,8 +45,9 @@ index_t nc_for(const Kernels& k) {
 
 struct AlignedBuffer {
   float* p = nullptr;
-  explicit AlignedBuffer(std::size_t n) {
-    std::size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+  std::size_t n = 0;  // capacity in floats
+  explicit AlignedBuffer(std::size_t count) : n(count) {
+    std::size_t bytes = ((count * sizeof(float) + 63) / 64) * 64;
     p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
     if (!p) throw std::bad_alloc();
   }
@@ -333,6 +335,20 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
   }
   // Split the dimension with more micro-tiles; a thread's part is a contiguous run of tiles.
   const bool split_n = nb >= P && (nb * kern.NR >= mb * kern.MR || mb < P);
+  // Threads splitting the rows would each pack all of B: pack it once, together, first (the
+  // panels split between them), into a buffer kept per calling thread (at most 16 MiB).
+  const bool share_b = !split_n && !Bpre && static_cast<double>(K) * N >= (1 << 16) &&
+                       static_cast<std::size_t>(nb) * kern.NR * K <= (std::size_t(4) << 20);
+  if (share_b) {
+    thread_local std::unique_ptr<AlignedBuffer> shared;
+    const std::size_t need = static_cast<std::size_t>(nb) * kern.NR * K;
+    if (!shared || shared->n < need) {
+      shared.reset();
+      shared = std::make_unique<AlignedBuffer>(need);
+    }
+    pack_b_panels_parallel(kern, K, N, B, shared->p, P);
+    Bpre = shared->p;
+  }
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P)
 #endif

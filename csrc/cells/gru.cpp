@@ -140,9 +140,18 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
                        float* hp, int nthreads) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
+  // The bias gradient (dz's column sums) comes out of the dW_ih GEMM's packing of dz^T when
+  // that GEMM runs; otherwise a pass of its own (bias_sums).
+  std::vector<float> dbs(db ? static_cast<std::size_t>(G) : 0, 0.0f);
+  float* sums = dbs.empty() ? nullptr : dbs.data();
+  bool summed = false;
   if (!bs) {
     if (dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-    if (dW_ih) gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+    if (dW_ih) {
+      gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
+           nullptr, sums);
+      summed = true;
+    }
     if (dW_hh) {
       if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
       if (T > 1)
@@ -154,7 +163,9 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
     if (dx) {
       if (dW_ih) {
         pack_steps(dx, x, I, B, bs, 0, T, nthreads);
-        gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads);
+        gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads,
+             nullptr, nullptr, sums);
+        summed = true;
       }
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
       unpack_steps_in_place(dx, I, B, bs, T);
@@ -170,7 +181,10 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
       }
     }
   }
-  if (db) bias_sums(N, G, dz, db, nullptr, nthreads);
+  if (db && summed)
+    for (index_t j = 0; j < G; ++j) db[j] += sums[j];
+  else if (db)
+    bias_sums(N, G, dz, db, nullptr, nthreads);
 }
 
 }  // namespace cell_detail

@@ -33,6 +33,8 @@ farray empty(std::vector<py::ssize_t> shape) { return new_array(shape); }
 struct LSTMCache {
   LstmSizes s{};
   py::object batch_sizes;  // None or int64 (T,)
+  py::object ids = py::none();  // or int64 (T, B): an embedding input (then x is E)
+  index_t V = 0;           // rows of E with ids
   py::array x, weight_ih, weight_hh, y, gates, cells;
   py::object h0, c0;  // None or arrays
   bool has_bias_ih = false, has_bias_hh = false;
@@ -114,9 +116,92 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
   return py::make_tuple(y, h_n, c_n, cache);
 }
 
+// The first layer of an embedding -> LSTM stack in one call: x = E[ids] is never formed; the
+// input projection of each token is a row of table = E . W_ih^T + b_ih + b_hh (V rows, one GEMM
+// per call) gathered by id. Results are bitwise those of lstm_forward(E[ids], ...): each table
+// row is the same dot products in the same order. The cache remembers ids and E; its backward
+// sends the input gradient to E (dembedding) instead of dx.
+py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::handle weight_ih,
+                                   py::handle weight_hh, py::handle bias_ih, py::handle bias_hh,
+                                   py::handle h0, py::handle c0, bool training) {
+  if (!py::isinstance<py::array>(ids_obj) ||
+      (py::reinterpret_borrow<py::array>(ids_obj).dtype().kind() != 'i' &&
+       py::reinterpret_borrow<py::array>(ids_obj).dtype().kind() != 'u'))
+    throw py::type_error("ids: expected a numpy.ndarray of integers, got " +
+                         (py::isinstance<py::array>(ids_obj)
+                              ? std::string(py::str(py::reinterpret_borrow<py::array>(ids_obj).dtype()))
+                              : type_name(ids_obj)));
+  auto ids = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ids_obj);
+  if (!ids || ids.ndim() != 2)
+    throw py::value_error("ids: expected 2 dimensions (T, B), got " +
+                          std::to_string(ids ? ids.ndim() : -1));
+  py::array E = check_float_array(emb_obj, "embedding", 2, "(V, I)");
+  check_layout(E, "embedding", false);
+  const index_t T = ids.shape(0), B = ids.shape(1), V = E.shape(0), I = E.shape(1);
+  py::array w_hh = check_float_array(weight_hh, "weight_hh", 2, "(4H, H)");
+  const index_t H = w_hh.shape(1), G = 4 * H;
+  const LstmSizes s{T, B, I, H};
+  w_hh = arg(weight_hh, "weight_hh", {{"4H", G}, {"H", H}});
+  py::array w_ih = arg(weight_ih, "weight_ih", {{"4H", G}, {"I", I}});
+  py::object b_ih = opt_arg(bias_ih, "bias_ih", {{"4H", G}});
+  py::object b_hh = opt_arg(bias_hh, "bias_hh", {{"4H", G}});
+  py::object h0a = opt_arg(h0, "h0", {{"B", B}, {"H", H}});
+  py::object c0a = opt_arg(c0, "c0", {{"B", B}, {"H", H}});
+  const int64_t* ip = ids.data();
+  for (index_t r = 0; r < T * B; ++r)
+    if (ip[r] < 0 || ip[r] >= V)
+      throw py::index_error("ids: expected values in [0, V=" + std::to_string(V) + "), got " +
+                            std::to_string(ip[r]));
+  check_output("ids", "y", {{"T", T}, {"B", B}, {"H", H}});
+  if (training) check_output("ids", "gates", {{"T", T}, {"B", B}, {"4H", G}});
+  check_output("embedding", "table", {{"V", V}, {"4H", G}});
+  const Kernels& kern = active_kernels();
+  const int nthreads = get_num_threads();
+  farray y = empty({T, B, H}), h_n = empty({B, H}), c_n = empty({B, H});
+  farray gates, cells;
+  if (training) {
+    gates = empty({T, B, G});
+    cells = empty({T, B, H});
+  }
+  {
+    py::gil_scoped_release nogil;
+    Workspace table(std::max<index_t>(1, V * G));
+    gemm_bias2(kern, V, G, I, MatView{cptr(E), I, 1}, MatView{cptr(w_ih), 1, I}, table.p, G,
+               opt_ptr(b_ih), opt_ptr(b_hh), nthreads);
+    Workspace ws(lstm_forward_workspace_size(kern, s, training, false));
+    lstm_forward(y.mutable_data(), h_n.mutable_data(), c_n.mutable_data(),
+                 training ? gates.mutable_data() : nullptr,
+                 training ? cells.mutable_data() : nullptr, nullptr, opt_ptr(h0a), opt_ptr(c0a),
+                 cptr(w_ih), cptr(w_hh), nullptr, nullptr, s, nullptr, ws.p, kern, nthreads, ip,
+                 table.p);
+  }
+  py::object cache = py::none();
+  if (training) {
+    auto c = std::make_unique<LSTMCache>();
+    c->s = s;
+    c->x = E;
+    c->ids = ids;
+    c->V = V;
+    c->weight_ih = w_ih;
+    c->weight_hh = w_hh;
+    c->y = y;
+    c->gates = gates;
+    c->cells = cells;
+    c->h0 = h0a;
+    c->c0 = c0a;
+    c->batch_sizes = py::none();
+    c->has_bias_ih = !b_ih.is_none();
+    c->has_bias_hh = !b_hh.is_none();
+    c->wih_shape = {G, I};
+    c->whh_shape = {G, H};
+    cache = py::cast(std::move(c));
+  }
+  return py::make_tuple(y, h_n, c_n, cache);
+}
+
 py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n, py::handle dc_n,
                            py::handle dweight_ih, py::handle dweight_hh, py::handle dbias_ih,
-                           py::handle dbias_hh) {
+                           py::handle dbias_hh, py::handle dembedding) {
   if (!py::isinstance<LSTMCache>(cache_obj))
     throw py::type_error(
         "cache: expected the LSTMCache returned by lstm_forward(..., training=True), got " +
@@ -126,8 +211,14 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
   check_unchanged(c.weight_ih, c.wih_shape, "weight_ih");
   check_unchanged(c.weight_hh, c.whh_shape, "weight_hh");
-  check_unchanged(c.x, {T, B, I}, "x");
+  const bool embedded = !c.ids.is_none();
+  if (embedded)
+    check_unchanged(c.x, {c.V, I}, "embedding");
+  else
+    check_unchanged(c.x, {T, B, I}, "x");
   check_unchanged(c.y, {T, B, H}, "y");
+  if (!embedded && !dembedding.is_none())
+    throw py::value_error("dembedding: expected None for a cache of lstm_forward (it has an x)");
   py::object dy_a = dy.is_none() ? py::object(py::none())
                                  : py::object(arg(dy, "dy", {{"T", T}, {"B", B}, {"H", H}}));
   py::object dhn_a =
@@ -139,21 +230,31 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   py::object db_ih = py::none(), db_hh = py::none();
   if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{"4H", 4 * H}});
   if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{"4H", 4 * H}});
-  farray dx = empty({T, B, I}), dh0 = empty({B, H}), dc0 = empty({B, H});
+  py::array dE;
+  if (embedded) dE = grad_out(dembedding, "dembedding", {{"V", c.V}, {"I", I}});
+  farray dh0 = empty({B, H}), dc0 = empty({B, H});
+  farray dx = embedded ? farray() : empty({T, B, I});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   {
     py::gil_scoped_release nogil;
     Workspace ws(
         lstm_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr, nthreads));
-    lstm_backward(dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(), mptr(dW_ih),
-                  mptr(dW_hh), db_ih.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_ih)),
+    Workspace S(embedded ? std::max<index_t>(1, c.V * 4 * H) : 1);
+    const int64_t* ids =
+        embedded ? static_cast<const int64_t*>(c.ids.cast<py::array>().data()) : nullptr;
+    lstm_backward(embedded ? nullptr : dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(),
+                  mptr(dW_ih), mptr(dW_hh),
+                  db_ih.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_ih)),
                   db_hh.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_hh)), opt_ptr(dy_a),
                   opt_ptr(dhn_a), opt_ptr(dcn_a), cptr(c.x), opt_ptr(c.h0), opt_ptr(c.c0),
                   cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), cptr(c.gates), cptr(c.cells),
-                  s, bs_ptr(c.batch_sizes), ws.p, kern, nthreads);
+                  s, bs_ptr(c.batch_sizes), ws.p, kern, nthreads, ids, c.V,
+                  embedded ? cptr(c.x) : nullptr, embedded ? mptr(dE) : nullptr, S.p);
   }
-  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh);
+  // with an embedding input, the first element is the embedding's gradient (accumulated)
+  return py::make_tuple(embedded ? py::object(dE) : py::object(dx), dh0, dc0, dW_ih, dW_hh, db_ih,
+                        db_hh);
 }
 
 py::array gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
@@ -449,7 +550,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("c0"), py::arg("training"), py::arg("batch_sizes") = py::none());
   m.def("lstm_backward", &lstm_backward_py, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dweight_ih") = py::none(), py::arg("dweight_hh") = py::none(),
-        py::arg("dbias_ih") = py::none(), py::arg("dbias_hh") = py::none());
+        py::arg("dbias_ih") = py::none(), py::arg("dbias_hh") = py::none(),
+        py::arg("dembedding") = py::none());
+  m.def("lstm_forward_embedded", &lstm_forward_embedded_py, py::arg("ids"),
+        py::arg("embedding"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
+        py::arg("bias_hh"), py::arg("h0"), py::arg("c0"), py::arg("training"));
   bind_cells(m);
   bind_lstm_proj(m);
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,

@@ -330,6 +330,50 @@ class _RNNBase(Module):
             out.append(a[:, None, :] if unbatched else a)
         return out[0], (out[1] if self._has_cell else None)
 
+    def _layers(self, x, h0, c0, B, bs, flip, first=None):
+        """Run the layer stack on time-major x: returns (y, h_n, c_n, saved). ``first``, when
+        given, replaces the call of layer 0 (one direction): ``first(w, h0, c0)`` -> (y, hn,
+        cn, cache) with that layer's weights and initial state; x is then not read."""
+        L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        training = self.training
+        h_n = np.empty((L * D, B, P), np.float32)
+        c_n = np.empty((L * D, B, H), np.float32) if self._has_cell else None
+        saved = []
+        layer_in = x
+        for k in range(L):
+            outs = []
+
+            def run(d, k=k, layer_in=layer_in):
+                p = self._params(k, d)
+                w = tuple(None if q is None else q.data for q in p)
+                idx = k * D + d
+                h0_i = None if h0 is None else _c(h0[idx])
+                c0_i = None if c0 is None else _c(c0[idx])
+                if k == 0 and first is not None:
+                    return first(w, h0_i, c0_i)
+                inp = layer_in if d == 0 else np.ascontiguousarray(flip(layer_in))
+                return _Direction.forward(
+                    self._mode, inp, w, h0_i, c0_i, bs, training, bool(self.proj_size)
+                )
+
+            for d, (y, hn, cn, cache) in enumerate(_directions(run, D)):
+                idx = k * D + d
+                h_n[idx] = hn
+                if c_n is not None:
+                    c_n[idx] = cn
+                outs.append(y if d == 0 else flip(y))
+                saved.append(cache)
+            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            mask = None
+            if training and self.dropout > 0 and k < L - 1:
+                pdrop = self.dropout
+                keep = self._rng.random(out.shape) >= pdrop
+                mask = keep.astype(np.float32) / np.float32(1.0 - pdrop) if pdrop < 1 else None
+                out = out * mask if mask is not None else np.zeros_like(out)
+            saved.append(("dropout", mask, self.dropout if k < L - 1 else 0.0))
+            layer_in = np.ascontiguousarray(out, dtype=np.float32)
+        return layer_in, h_n, c_n, saved
+
     # -- forward --------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None, lengths: Any = None):
         packed = None
@@ -350,7 +394,7 @@ class _RNNBase(Module):
             x = _as_float32("input", input)
         if self.check_finite:
             _guard_finite(self, input=x, hx=hx)
-        L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        D = self.num_directions
         if x.ndim == 2 and packed is None:
             unbatched = True
             if lengths is not None:
@@ -394,45 +438,7 @@ class _RNNBase(Module):
             return a[::-1] if rev is None else a[rev]
 
         training = self.training
-        h_n = np.empty((L * D, B, P), np.float32)
-        c_n = np.empty((L * D, B, H), np.float32) if self._has_cell else None
-        saved = []
-        layer_in = x
-        for k in range(L):
-            outs = []
-
-            def run(d, k=k, layer_in=layer_in):
-                p = self._params(k, d)
-                w = tuple(None if q is None else q.data for q in p)
-                idx = k * D + d
-                inp = layer_in if d == 0 else np.ascontiguousarray(flip(layer_in))
-                return _Direction.forward(
-                    self._mode,
-                    inp,
-                    w,
-                    None if h0 is None else _c(h0[idx]),
-                    None if c0 is None else _c(c0[idx]),
-                    bs,
-                    training,
-                    bool(self.proj_size),
-                )
-
-            for d, (y, hn, cn, cache) in enumerate(_directions(run, D)):
-                idx = k * D + d
-                h_n[idx] = hn
-                if c_n is not None:
-                    c_n[idx] = cn
-                outs.append(y if d == 0 else flip(y))
-                saved.append(cache)
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-            mask = None
-            if training and self.dropout > 0 and k < L - 1:
-                pdrop = self.dropout
-                keep = self._rng.random(out.shape) >= pdrop
-                mask = keep.astype(np.float32) / np.float32(1.0 - pdrop) if pdrop < 1 else None
-                out = out * mask if mask is not None else np.zeros_like(out)
-            saved.append(("dropout", mask, self.dropout if k < L - 1 else 0.0))
-            layer_in = np.ascontiguousarray(out, dtype=np.float32)
+        layer_in, h_n, c_n, saved = self._layers(x, h0, c0, B, bs, flip)
         y = layer_in
         if training:
             meta = dict(T=T, B=B, unbatched=unbatched, order=order, inv=inv, rev=rev, packed=packed)
@@ -453,6 +459,77 @@ class _RNNBase(Module):
         if self.batch_first:
             y = y.transpose(1, 0, 2)
         return np.ascontiguousarray(y), hidden
+
+    def forward_embedded(self, ids: Any, embedding: Any, hx: Any = None):
+        """``self(embedding(ids), hx)`` with the embedding lookup folded into the first layer.
+
+        ``ids``: (T, B) integer token ids (time-major); ``embedding``: the
+        :class:`~lstm_fast.nn.Embedding` (or any module with a ``weight`` Parameter (V, I) and a
+        ``backward``) whose rows feed this layer. The first layer's input projection is made
+        once per token of the vocabulary (``weight . W_ih^T + b``, V rows) and gathered by id,
+        instead of a GEMM over all T * B tokens; in :meth:`backward` the gradient goes straight
+        to ``embedding.weight.grad`` (summed per token first, so its two products have V rows,
+        not T * B) and the returned input gradient is None. Outputs equal ``forward``'s up to
+        float rounding (bitwise for all but the tiniest shapes). Layers this does not cover
+        (GRU/RNN, bidirectional, ``proj_size``, ``batch_first``, a ``padding_idx``) run
+        ``forward(embedding(ids), hx)`` and send the input gradient to ``embedding.backward`` --
+        the same contract either way.
+        """
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
+        if ids.ndim != 2:
+            raise ValueError(f"ids: expected shape (T, B), got {ids.shape}")
+        weight = getattr(getattr(embedding, "weight", None), "data", None)
+        if not isinstance(weight, np.ndarray) or weight.ndim != 2:
+            raise TypeError("embedding: expected an Embedding module (a weight Parameter (V, I))")
+        if weight.shape[1] != self.input_size:
+            raise ValueError(
+                f"embedding: expected weight of shape (V, I={self.input_size}), got {weight.shape}"
+            )
+        fused = (
+            self._mode == "LSTM"
+            and not self.proj_size
+            and self.num_directions == 1
+            and not self.batch_first
+            and not self.check_finite
+            and getattr(embedding, "padding_idx", None) is None
+            and weight.dtype == np.float32
+            and weight.flags.c_contiguous
+            and ids.size > 0
+        )
+        if not fused:
+            out = self.forward(embedding(ids), hx)
+            if self._saved is not None:
+                self._saved[1]["embedding"] = (embedding, False)
+            return out
+        T, B = ids.shape
+        training = self.training
+        h0, c0 = self._states_in(hx, B, False)
+        ids64 = np.ascontiguousarray(ids, dtype=np.int64)
+
+        def first(w, h0_0, c0_0):
+            w_ih, w_hh, b_ih, b_hh, _ = w
+            return ops._core.lstm_forward_embedded(
+                ids64, weight, w_ih, w_hh, b_ih, b_hh, h0_0, c0_0, training
+            )
+
+        y, h_n, c_n, saved = self._layers(None, h0, c0, B, None, None, first=first)
+        if training:
+            meta = dict(
+                T=T,
+                B=B,
+                unbatched=False,
+                order=None,
+                inv=None,
+                rev=None,
+                packed=None,
+                embedding=(embedding, True),
+            )
+            object.__setattr__(self, "_saved", (saved, meta))
+        else:
+            object.__setattr__(self, "_saved", None)
+        return y, (h_n, c_n)
 
     @staticmethod
     def _repack(y, packed):
@@ -523,6 +600,8 @@ class _RNNBase(Module):
         def flip(a):
             return a[::-1] if rev is None else a[rev]
 
+        emb, fused = meta.get("embedding", (None, False))
+        fused_embedding = emb if fused else None
         dh0 = np.zeros((L * D, B, P), np.float32)
         dc0 = np.zeros((L * D, B, H), np.float32) if self._has_cell else None
         grad = np.asarray(dy, np.float32)
@@ -541,6 +620,16 @@ class _RNNBase(Module):
                 grads = tuple(None if q is None else q.grad for q in p)
                 g = grad[:, :, d * P : (d + 1) * P]
                 g = np.ascontiguousarray(g if d == 0 else flip(g), dtype=np.float32)
+                if k == 0 and fused_embedding is not None:  # the gradient goes to the table
+                    _, dh0_i, dc0_i, *_ = ops._core.lstm_backward(
+                        caches[d],
+                        g,
+                        None if dhn_all is None else _c(dhn_all[idx]),
+                        None if dcn_all is None else _c(dcn_all[idx]),
+                        *grads[:4],
+                        dembedding=fused_embedding.weight.grad,
+                    )
+                    return None, dh0_i, dc0_i
                 return _Direction.backward(
                     self._mode,
                     caches[d],
@@ -557,6 +646,8 @@ class _RNNBase(Module):
                 if dc0 is not None:
                     dc0[idx] = dc0_i
                 dins.append(dx if d == 0 else flip(dx))
+            if k == 0 and fused_embedding is not None:
+                return None, (dh0, dc0)
             grad = dins[0] if D == 1 else dins[0] + dins[1]
         dx = grad
         if order is not None:
@@ -569,6 +660,9 @@ class _RNNBase(Module):
         elif self.batch_first and packed is None:
             dx = dx.transpose(1, 0, 2)
         dx = np.ascontiguousarray(dx)
+        if emb is not None:  # forward_embedded's fallback: the embedding takes dx
+            emb.backward(dx)
+            dx = None
         return (dx, (dh0, dc0)) if self._has_cell else (dx, dh0)
 
     # -- streaming ------------------------------------------------------------------------------

@@ -28,6 +28,40 @@ index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {
   return (4 * s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
 }
 
+// dst[r] = table[ids[r]] (rows of G floats) for r < rows; threads split the rows.
+void gather_rows(index_t rows, index_t G, const int64_t* ids, const float* table, float* dst,
+                 int nthreads) {
+  const int P = rows * G >= (index_t(1) << 16) ? nthreads : 1;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+  for (index_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * G, table + ids[r] * G, G * sizeof(float));
+}
+
+// S[ids[r]] += dz[r] for r < rows in order (S: V rows of G floats, zeroed here first); threads
+// split the columns in blocks of 64, so each element is summed by one thread in row order.
+void scatter_rows(index_t rows, index_t G, index_t V, const int64_t* ids, const float* dz,
+                  float* S, int nthreads) {
+  const index_t blocks = (G + 63) / 64;
+  const int P = rows * G >= (index_t(1) << 16) ? nthreads : 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+  {
+    const int p = team_id(), np = team_size();
+    const index_t j0 = std::min(G, blocks * p / np * 64), j1 = std::min(G, blocks * (p + 1) / np * 64);
+    if (j1 > j0) {
+      for (index_t v = 0; v < V; ++v) std::memset(S + v * G + j0, 0, (j1 - j0) * sizeof(float));
+      for (index_t r = 0; r < rows; ++r) {
+        float* dst = S + ids[r] * G;
+        const float* src = dz + r * G;
+        for (index_t j = j0; j < j1; ++j) dst[j] += src[j];
+      }
+    }
+  }
+}
+
 // h_n, c_n: each row's state after its last real step (the last step without batch_sizes).
 void final_states(float* h_n, float* c_n, const float* y, const float* cells, const float* state,
                   const float* h_init, const float* c_init, const LstmSizes& s,
@@ -55,7 +89,8 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
                            const float* h_init, const float* c_init, const float* W_ih,
                            const float* W_hh, const float* b_ih, const float* b_hh,
                            const LstmSizes& s, const index_t* bs, float* xp_buf, float* state,
-                           const Kernels& kern, int nthreads) {
+                           const Kernels& kern, int nthreads, const int64_t* ids,
+                           const float* table) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   const bool training = gates != nullptr;
   float* xp = training ? gates : xp_buf;  // packed rows with batch_sizes (see packed.h)
@@ -77,14 +112,19 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
         nrows = 0;
         for (index_t t = 0; t < T; ++t) nrows += bs[t];
       }
-      for (index_t r = 0; r < nrows; ++r) {
-        float* dst = xp + r * G;
-        for (index_t j = n0; j < n1; ++j)
-          dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-      }
-      if (!bs) {
-        kern.gemm_nt(rows_all, n1 - n0, I, x, I, W_ih + n0 * I, I, xp + n0, G);
+      if (ids) {  // embedding input: the projection is a row of the table
+        for (index_t r = 0; r < nrows; ++r)
+          std::memcpy(xp + r * G + n0, table + ids[r] * G + n0, (n1 - n0) * sizeof(float));
       } else {
+        for (index_t r = 0; r < nrows; ++r) {
+          float* dst = xp + r * G;
+          for (index_t j = n0; j < n1; ++j)
+            dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+        }
+      }
+      if (!ids && !bs) {
+        kern.gemm_nt(rows_all, n1 - n0, I, x, I, W_ih + n0 * I, I, xp + n0, G);
+      } else if (!ids) {
         index_t off = 0;
         for (index_t t = 0; t < T; off += bs[t], ++t)
           if (bs[t] > 0)
@@ -164,9 +204,11 @@ index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, boo
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
                   const float* h0, const float* c0, const float* W_ih, const float* W_hh,
                   const float* b_ih, const float* b_hh, const LstmSizes& s,
-                  const index_t* bs, float* workspace, const Kernels& kern, int nthreads) {
+                  const index_t* bs, float* workspace, const Kernels& kern, int nthreads,
+                  const int64_t* ids, const float* table) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   const bool training = gates != nullptr;
+  if (ids) bs = nullptr;  // the embedding path is dense (the bindings check it)
   if (B == 0 || H == 0) return;
   if (T == 0) {
     for (index_t j = 0; j < B * H; ++j) {
@@ -191,7 +233,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     const float* h_init = h0 ? h0 : zeros;
     const float* c_init = c0 ? c0 : zeros;
     lstm_forward_unpacked(y, gates, cells, x, h_init, c_init, W_ih, W_hh, b_ih, b_hh, s, bs,
-                          xp_buf, state, kern, nthreads);
+                          xp_buf, state, kern, nthreads, ids, table);
     final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
     return;
   }
@@ -210,7 +252,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
-  if (packed_w_ih_size(kern, s) > 0)
+  if (!ids && packed_w_ih_size(kern, s) > 0)
     pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
   else
     Wip = nullptr;
@@ -233,9 +275,13 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     // (t1 - t0) * B rows without batch_sizes), bias first.
     float* xp = training ? gates + off0 * G : xp_buf;
     const index_t rows = bs ? packed_rows(bs, t0, t1) : (t1 - t0) * B;
-    if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads);
-    input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads,
-                     Wip);
+    if (ids) {
+      gather_rows(rows, G, ids + t0 * B, table, xp, nthreads);
+    } else {
+      if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads);
+      input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp,
+                       nthreads, Wip);
+    }
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
 #if defined(_OPENMP)
@@ -302,10 +348,12 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                    const float* x, const float* h0, const float* c0, const float* W_ih,
                    const float* W_hh, const float* y, const float* gates, const float* cells,
                    const LstmSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
-                   int nthreads) {
+                   int nthreads, const int64_t* ids, index_t V, const float* E, float* dE,
+                   float* S) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  if (ids) bs = nullptr;  // dense (the bindings check it)
   if (B == 0 || H == 0) {
-    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    if (dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
   }
   // dh0 / dc0 double as the running dh_next / dc_next of the reverse loop.
@@ -418,10 +466,19 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // the dW_ih GEMM's packing of dZ^T (no pass of its own over dZ).
   std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
-  if (!bs) {
+  if (ids) {
+    // Embedding input: dZ's rows summed per token (S, V rows), then the two products over V
+    // rows instead of T*B; S's column sums (dZ's) come out of the first, as above.
+    scatter_rows(N, G, V, ids, dz, S, nthreads);
+    gemm(kern, G, I, V, MatView{S, 1, G}, MatView{E, I, 1}, dW_ih, I, true, nthreads, nullptr,
+         nullptr, sums);
+    gemm(kern, V, I, G, MatView{S, G, 1}, MatView{W_ih, I, 1}, dE, I, true, nthreads);
+  } else if (!bs) {
     gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
          nullptr, sums);
+  }
+  if (!bs) {
     if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
     if (T > 1)
       gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,

@@ -2,6 +2,8 @@
 // order (i, f, g, o) and weight layout.
 #pragma once
 
+#include <cstdint>
+
 #include "dispatch.h"
 #include "kernels.h"
 
@@ -44,7 +46,13 @@ void lstm_forward(float* y,            // (T, B, H)
                   const float* b_hh,   // (4H) or null
                   const LstmSizes& s,
                   const index_t* batch_sizes,  // (T) non-increasing, or null: all B rows
-                  float* workspace, const Kernels& kern, int nthreads);
+                  float* workspace, const Kernels& kern, int nthreads,
+                  const int64_t* ids = nullptr,  // (T, B) token ids, or null
+                  const float* table = nullptr);  // (V, 4H)
+// With ids (and table, no batch_sizes), the input is an embedding lookup: the input projection
+// of row r is table[ids[r]] (table = E . W_ih^T + b_ih + b_hh, one row per token of the
+// vocabulary, made once per call by the caller) -- a gather instead of a GEMM over every token;
+// x, W_ih and the biases are not read.
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
                                      int nthreads);
@@ -72,6 +80,13 @@ void lstm_backward(float* dx,           // (T, B, I)
                    const float* cells,  // (T, B, H)
                    const LstmSizes& s,
                    const index_t* batch_sizes,  // (T) as given to the forward, or null
-                   float* workspace, const Kernels& kern, int nthreads);
+                   float* workspace, const Kernels& kern, int nthreads,
+                   const int64_t* ids = nullptr,  // (T, B), as given to the forward
+                   index_t V = 0, const float* E = nullptr, float* dE = nullptr,
+                   float* S = nullptr);
+// With ids (the forward's embedding input; no batch_sizes): the input gradient goes to the
+// embedding table instead of dx (not written, may be null). dZ's rows are first summed per token
+// into S (V, 4H, scratch), then dW_ih += S^T . E and dE += S . W_ih (V rows, not T*B), and the
+// bias gradients are S's column sums. E: (V, I) the embedding weights, dE (V, I) accumulated.
 
 }  // namespace lstm_fast

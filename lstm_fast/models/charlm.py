@@ -97,8 +97,8 @@ class CharLM(Module):
         return (np.zeros((L, batch_size, H), np.float32), np.zeros((L, batch_size, H), np.float32))
 
     def forward(self, x, state=None):
-        e = self.embedding(x)
-        y, (h, c) = self.rnn(e, state)
+        # the embedding lookup folded into the first LSTM layer (LSTM.forward_embedded)
+        y, (h, c) = self.rnn.forward_embedded(x, self.embedding, state)
         logits = self.decoder(self.drop(y))
         return logits, (h, c)
 
@@ -118,8 +118,7 @@ class CharLM(Module):
 
     def backward(self, dlogits) -> None:
         dy = self.drop.backward(self.decoder.backward(dlogits))
-        dx, _ = self.rnn.backward(dy)
-        self.embedding.backward(dx)
+        self.rnn.backward(dy)  # accumulates the embedding's gradient too (forward_embedded)
 
     # the generators whose draws training consumes (dropout masks), for exact resume
     def rng_states(self) -> dict:

@@ -336,9 +336,10 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
   // Split the dimension with more micro-tiles; a thread's part is a contiguous run of tiles.
   const bool split_n = nb >= P && (nb * kern.NR >= mb * kern.MR || mb < P);
   // Threads splitting the rows would each pack all of B: pack it once, together, first (the
-  // panels split between them), into a buffer kept per calling thread (at most 16 MiB).
+  // panels split between them), into a buffer kept per calling thread (at most 4 MiB: larger ones
+  // stream from memory, and their duplicated packing is a small part of their work).
   const bool share_b = !split_n && !Bpre && static_cast<double>(K) * N >= (1 << 16) &&
-                       static_cast<std::size_t>(nb) * kern.NR * K <= (std::size_t(4) << 20);
+                       static_cast<std::size_t>(nb) * kern.NR * K <= (std::size_t(1) << 20);
   if (share_b) {
     thread_local std::unique_ptr<AlignedBuffer> shared;
     const std::size_t need = static_cast<std::size_t>(nb) * kern.NR * K;

@@ -304,13 +304,20 @@ def same_finiteness(got, want, what: str, structural_zero: bool = False):
     close(got[both], want[both], what)
 
 
+def _small_arrays(arrays) -> list:
+    # Huge 0-stride views (zeros, never denormal or non-finite) are left out: not materialised.
+    return [a for a in arrays if isinstance(a, np.ndarray) and a.dtype == f32 and a.size <= 1 << 24]
+
+
+def has_denormal(*arrays) -> bool:
+    return any(((a != 0) & (np.abs(a) < np.finfo(f32).tiny)).any() for a in _small_arrays(arrays))
+
+
 def denormal_and_nonfinite(*arrays) -> bool:
     """Denormals with Inf/NaN: the kernels may treat denormals as zero (DAZ), so 1e-45 * inf
     is NaN there and inf in float64: only shapes and no-crash are checked then."""
-    # Huge 0-stride views (zeros, never denormal or non-finite) are left out: not materialised.
-    arrs = [a for a in arrays if isinstance(a, np.ndarray) and a.dtype == f32 and a.size <= 1 << 24]
-    den = any(((a != 0) & (np.abs(a) < np.finfo(f32).tiny)).any() for a in arrs)
-    return den and not all(np.isfinite(a).all() for a in arrs)
+    arrs = _small_arrays(arrays)
+    return has_denormal(*arrs) and not all(np.isfinite(a).all() for a in arrs)
 
 
 @st.composite
@@ -714,6 +721,11 @@ def test_fuzz_gru_rnn(case):
         assert err is None
         for u, v in zip(g, g2):
             assert (u is None and v is None) or np.array_equal(u, v, equal_nan=True)
+        if cell == "rnn" and nonlin == "relu" and has_denormal(*a.values()):
+            # A pre-activation in float32's denormal range is 0 in the kernels (DAZ/FTZ) and
+            # positive in the float64 reference: the ReLU's gradient is 0 on one side, 1 on the
+            # other. Forward compared above; the gradients are not comparable at that kink.
+            return
         r = (ref.gru_backward if cell == "gru" else ref.rnn_backward)(
             cache_r, as64(up["dy"]), as64(up["dh_n"])
         )

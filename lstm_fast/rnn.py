@@ -471,15 +471,16 @@ class _RNNBase(Module):
         to ``embedding.weight.grad`` (summed per token first, so its two products have V rows,
         not T * B) and the returned input gradient is None. Outputs equal ``forward``'s up to
         float rounding (bitwise for all but the tiniest shapes). Layers this does not cover
-        (GRU/RNN, bidirectional, ``proj_size``, ``batch_first``, a ``padding_idx``) run
+        (GRU/RNN, bidirectional, ``proj_size``, ``batch_first``, a ``padding_idx``, unbatched
+        ``(T,)`` ids) run
         ``forward(embedding(ids), hx)`` and send the input gradient to ``embedding.backward`` --
         the same contract either way.
         """
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
-        if ids.ndim != 2:
-            raise ValueError(f"ids: expected shape (T, B), got {ids.shape}")
+        if ids.ndim not in (1, 2):
+            raise ValueError(f"ids: expected shape (T, B) (or (T,) unbatched), got {ids.shape}")
         weight = getattr(getattr(embedding, "weight", None), "data", None)
         if not isinstance(weight, np.ndarray) or weight.ndim != 2:
             raise TypeError("embedding: expected an Embedding module (a weight Parameter (V, I))")
@@ -496,6 +497,7 @@ class _RNNBase(Module):
             and getattr(embedding, "padding_idx", None) is None
             and weight.dtype == np.float32
             and weight.flags.c_contiguous
+            and ids.ndim == 2
             and ids.size > 0
         )
         if not fused:

@@ -186,8 +186,38 @@ def test_layer_bad_input():
     with pytest.raises(TypeError, match="ids: expected an integer array"):
         rnn.forward_embedded(np.zeros((3, 2)), emb)
     with pytest.raises(ValueError, match=r"ids: expected shape \(T, B\)"):
-        rnn.forward_embedded(np.zeros(3, np.int64), emb)
+        rnn.forward_embedded(np.zeros((3, 2, 1), np.int64), emb)
     with pytest.raises(ValueError, match=r"embedding: expected weight of shape \(V, I=6\)"):
         rnn.forward_embedded(np.zeros((3, 2), np.int64), nn.Embedding(9, 5, seed=0))
     with pytest.raises(IndexError, match="ids: expected values in"):
         rnn.forward_embedded(np.full((3, 2), 9), emb)
+
+
+def test_layer_other_id_dtypes_states_and_unbatched():
+    """int32 / uint8 ids, a given (h0, c0), eval mode, and unbatched (T,) ids (the fallback) all
+    agree with forward(embedding(ids))."""
+    V, T, B, H = 13, 6, 3, 5
+    rng = np.random.default_rng(4)
+    emb = nn.Embedding(V, 4, seed=1)
+    rnn = lstm_fast.LSTM(4, H, 2, seed=2)
+    hx = tuple(rng.standard_normal((2, B, H)).astype(np.float32) for _ in range(2))
+    ids = rng.integers(0, V, (T, B))
+    want, (wh, wc) = rnn(emb(ids), hx)
+    for dt in (np.int32, np.uint8, np.int64):
+        got, (h, c) = rnn.forward_embedded(ids.astype(dt), emb, hx)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(h, wh, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(c, wc, rtol=1e-6, atol=1e-7)
+    rnn.eval()
+    got, _ = rnn.forward_embedded(ids, emb, hx)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(RuntimeError, match="no saved forward"):
+        rnn.backward(np.ones_like(got))
+    rnn.train()
+    one = ids[:, 0]
+    y2, _ = rnn(emb(one))
+    y1, _ = rnn.forward_embedded(one, emb)  # last forward: the one backward differentiates
+    np.testing.assert_array_equal(y1, y2)
+    emb.zero_grad()
+    dx, _ = rnn.backward(np.ones_like(y1))
+    assert dx is None and emb.weight.grad.any()

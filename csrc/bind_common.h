@@ -55,9 +55,8 @@ inline std::string type_name(py::handle h) {
   return py::str(py::type::of(h).attr("__name__"));
 }
 
-// Type, dtype and rank; returns the array (no copy).
-inline py::array check_float_array(py::handle obj, const std::string& name, int ndim,
-                                   const std::string& legend) {
+// Type and dtype (a float32 numpy.ndarray, any shape); returns the array (no copy).
+inline py::array check_float_type(py::handle obj, const std::string& name) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
                          type_name(obj));
@@ -66,6 +65,13 @@ inline py::array check_float_array(py::handle obj, const std::string& name, int 
     throw py::type_error(name + ": expected dtype float32, got " +
                          std::string(py::str(a.dtype())) +
                          " (convert explicitly, e.g. x.astype(np.float32))");
+  return a;
+}
+
+// Type, dtype and rank; returns the array (no copy).
+inline py::array check_float_array(py::handle obj, const std::string& name, int ndim,
+                                   const std::string& legend) {
+  py::array a = check_float_type(obj, name);
   if (a.ndim() != ndim)
     throw py::value_error(name + ": expected " + std::to_string(ndim) + " dimensions " + legend +
                           ", got " + std::to_string(a.ndim()) + " with shape " + shape_str(a));

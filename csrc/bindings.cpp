@@ -344,13 +344,7 @@ py::array_t<double> softmax_xent_py(py::handle z_obj, py::handle t_obj, double s
 
 // A float32, C-contiguous array of any shape (the optimizer's parameter-shaped buffers).
 py::array flat_arg(py::handle obj, const std::string& name, bool writeable) {
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
-                         type_name(obj));
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<float>()))
-    throw py::type_error(name + ": expected dtype float32, got " +
-                         std::string(py::str(a.dtype())));
+  py::array a = check_float_type(obj, name);
   check_layout(a, name, writeable);
   return a;
 }

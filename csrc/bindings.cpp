@@ -127,10 +127,11 @@ py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::h
   if (!py::isinstance<py::array>(ids_obj) ||
       (py::reinterpret_borrow<py::array>(ids_obj).dtype().kind() != 'i' &&
        py::reinterpret_borrow<py::array>(ids_obj).dtype().kind() != 'u'))
-    throw py::type_error("ids: expected a numpy.ndarray of integers, got " +
-                         (py::isinstance<py::array>(ids_obj)
-                              ? std::string(py::str(py::reinterpret_borrow<py::array>(ids_obj).dtype()))
-                              : type_name(ids_obj)));
+    throw py::type_error(
+        "ids: expected a numpy.ndarray of integers, got " +
+        (py::isinstance<py::array>(ids_obj)
+             ? "dtype " + std::string(py::str(py::reinterpret_borrow<py::array>(ids_obj).dtype()))
+             : type_name(ids_obj)));
   auto ids = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ids_obj);
   if (!ids || ids.ndim() != 2)
     throw py::value_error("ids: expected 2 dimensions (T, B), got " +

@@ -50,7 +50,8 @@ void scatter_rows(index_t rows, index_t G, index_t V, const int64_t* ids, const 
 #endif
   {
     const int p = team_id(), np = team_size();
-    const index_t j0 = std::min(G, blocks * p / np * 64), j1 = std::min(G, blocks * (p + 1) / np * 64);
+    const index_t j0 = std::min(G, blocks * p / np * 64);
+    const index_t j1 = std::min(G, blocks * (p + 1) / np * 64);
     if (j1 > j0) {
       for (index_t v = 0; v < V; ++v) std::memset(S + v * G + j0, 0, (j1 - j0) * sizeof(float));
       for (index_t r = 0; r < rows; ++r) {

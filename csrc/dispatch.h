@@ -8,7 +8,34 @@
 
 #include "kernels.h"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace lstm_fast {
+
+// The OpenMP team of the current parallel region (0 of 1 outside one, or without OpenMP).
+inline int team_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+inline void team_barrier() {
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+}
 
 // ISAs this CPU (and OS) can run, best last: "scalar", "generic", then "avx2", "avx512".
 std::vector<std::string> available_isas();

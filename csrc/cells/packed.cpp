@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "dispatch.h"
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -36,11 +38,7 @@ void pack_rows(float* dst, const float* src, index_t F, index_t B, const index_t
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
   {
-#if defined(_OPENMP)
-    const int p = omp_get_thread_num(), np = omp_get_num_threads();
-#else
-    const int p = 0, np = 1;
-#endif
+    const int p = team_id(), np = team_size();
     const index_t ta = t0 + (t1 - t0) * p / np, tb = t0 + (t1 - t0) * (p + 1) / np;
     float* d = dst + packed_rows(bs, t0, ta) * F;
     for (index_t t = ta; t < tb; ++t) {

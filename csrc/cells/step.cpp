@@ -38,11 +38,7 @@ void step_forward(StepCell cell, float* h_out, float* c_out, const float* x, con
 #endif
   {
     DenormalGuard ftz;
-#if defined(_OPENMP)
-    const int p = omp_get_thread_num(), np = omp_get_num_threads();
-#else
-    const int p = 0, np = 1;
-#endif
+    const int p = team_id(), np = team_size();
     const index_t b0 = nblk * p / np, b1 = nblk * (p + 1) / np;
     const index_t u0 = std::min(H, b0 * blk), u1 = std::min(H, b1 * blk);
     if (u1 > u0) {

@@ -1,11 +1,12 @@
-// Helpers shared by the recurrent cores (lstm.cpp, lstm_proj.cpp): the OpenMP team of the
-// current parallel region, unit blocks of the packed panels, and the step chunking of the
-// hoisted input projection.
+// Helpers shared by the recurrent cores (lstm.cpp, lstm_proj.cpp): unit blocks of the packed
+// panels and the step chunking of the hoisted input projection (the team helpers team_id,
+// team_size, team_barrier are in dispatch.h).
 #pragma once
 
 #include <algorithm>
 
 #include "cells/lstm.h"
+#include "dispatch.h"
 #include "gemm/gemm.h"
 #include "kernels.h"
 
@@ -14,28 +15,6 @@
 #endif
 
 namespace lstm_fast {
-
-inline int team_id() {
-#if defined(_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-inline int team_size() {
-#if defined(_OPENMP)
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
-
-inline void team_barrier() {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
-}
 
 // Blocks of W hidden units (the packed W_hh panels' width), the last one padded.
 inline index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }

@@ -311,11 +311,7 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
     {
-#if defined(_OPENMP)
-      const int p = omp_get_thread_num(), np = omp_get_num_threads();
-#else
-      const int p = 0, np = 1;
-#endif
+      const int p = team_id(), np = team_size();
       DenormalGuard ftz;
       const index_t j0 = std::min(N, blocks * p / np * 8), j1 = std::min(N, blocks * (p + 1) / np * 8);
       for (index_t i = 0; i < M && j1 > j0; ++i)
@@ -354,11 +350,7 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
 #pragma omp parallel num_threads(P)
 #endif
   {
-#if defined(_OPENMP)
-    const int p = omp_get_thread_num(), np = omp_get_num_threads();
-#else
-    const int p = 0, np = 1;
-#endif
+    const int p = team_id(), np = team_size();
     DenormalGuard ftz;
     const index_t tiles = split_n ? nb : mb;
     const index_t t0 = tiles * p / np, t1 = tiles * (p + 1) / np;
@@ -395,11 +387,7 @@ void pack_b_panels_parallel(const Kernels& kern, index_t K, index_t N, MatView B
 #pragma omp parallel num_threads(P) if (P > 1 && K * N >= (1 << 16))
 #endif
   {
-#if defined(_OPENMP)
-    const int p = omp_get_thread_num(), np = omp_get_num_threads();
-#else
-    const int p = 0, np = 1;
-#endif
+    const int p = team_id(), np = team_size();
     const index_t t0 = nb * p / np, t1 = nb * (p + 1) / np;
     pack_b_panels(kern, K, t0 * kern.NR, std::min(N, t1 * kern.NR), B, Bp + t0 * K * kern.NR);
   }

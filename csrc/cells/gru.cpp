@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cells/packed.h"
@@ -137,14 +138,22 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
-                       float* hp, int nthreads) {
+                       float* hp, int nthreads, float* db2) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
+  if (!db) std::swap(db, db2);
   // The bias gradient (dz's column sums) comes out of the dW_ih GEMM's packing of dz^T when
-  // that GEMM runs; otherwise a pass of its own (bias_sums).
+  // that GEMM runs, else out of the dW_hh GEMMs' (rows of step 0 first, summed directly when
+  // there is no h0 to multiply them with); else a pass of its own (bias_sums).
   std::vector<float> dbs(db ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
   bool summed = false;
+  const bool ih = dW_ih && (!bs || dx);  // the dW_ih GEMM runs
+  float* hh_sums = ih ? nullptr : sums;   // else the dW_hh GEMMs take the sums
+  const index_t n0 = bs ? bs[0] : B;      // step 0's rows
+  if (hh_sums && dW_hh && !h0)
+    for (index_t r = 0; r < n0; ++r)
+      for (index_t j = 0; j < G; ++j) hh_sums[j] += dz[r * G + j];
   if (!bs) {
     if (dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     if (dW_ih) {
@@ -153,10 +162,13 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
       summed = true;
     }
     if (dW_hh) {
-      if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+      if (h0)
+        gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads,
+             nullptr, nullptr, hh_sums);
       if (T > 1)
         gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H,
-             true, nthreads);
+             true, nthreads, nullptr, nullptr, hh_sums);
+      summed = summed || hh_sums != nullptr;
     }
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
@@ -172,19 +184,24 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
     }
     if (dW_hh) {  // step 0 against h0's active rows, steps 1.. against the previous outputs
       if (h0)
-        gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+        gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads,
+             nullptr, nullptr, hh_sums);
       const index_t n1 = N - bs[0];
       if (n1 > 0) {
         pack_previous_steps(hp, y, H, B, bs, T, nthreads);
         gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
-             nthreads);
+             nthreads, nullptr, nullptr, hh_sums);
       }
+      summed = summed || hh_sums != nullptr;
     }
   }
-  if (db && summed)
+  if (db && summed) {
     for (index_t j = 0; j < G; ++j) db[j] += sums[j];
-  else if (db)
-    bias_sums(N, G, dz, db, nullptr, nthreads);
+    if (db2)
+      for (index_t j = 0; j < G; ++j) db2[j] += sums[j];
+  } else if (db) {
+    bias_sums(N, G, dz, db, db2, nthreads);
+  }
 }
 
 }  // namespace cell_detail

@@ -104,12 +104,14 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
 // gate-gradient matrix dz (N, G): all T*B rows without batch_sizes, else packed rows (bs must
 // then have some padding):
 // dx (= unless null; zero padding rows) dz . W_ih; dW_ih += dz^T x; dW_hh += dz^T h_prev
-// (h0, then y); db += column sums. The padding of x and y is never read. With batch_sizes,
-// dW_ih needs dx (its storage first holds x's packed rows) and dW_hh needs hp (N, H) scratch.
+// (h0, then y); db (and db2, when not null) += column sums, taken by the dW_ih or else the dW_hh
+// GEMM while it packs dz^T (a pass of their own only when neither runs). The padding of x and y
+// is never read. With batch_sizes, dW_ih needs dx (its storage first holds x's packed rows) and
+// dW_hh needs hp (N, H) scratch.
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
-                       float* hp, int nthreads);
+                       float* hp, int nthreads, float* db2 = nullptr);
 
 }  // namespace cell_detail
 }  // namespace lstm_fast

@@ -173,10 +173,9 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
       if (re > r0) recurrent_product_back(kern, H, H, r0, re, j0, j1, da + off * H, Wb, dh0, false);
     }
   }
-  backward_products(kern, s, H, da, dx, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, hp, nthreads);
-  if (db_hh)  // both biases enter the same sum
-    backward_products(kern, s, H, da, nullptr, nullptr, nullptr, db_hh, x, h0, W_ih, y, bs, hp,
-                      nthreads);
+  // both biases enter the same pre-activation: the same column sums for each
+  backward_products(kern, s, H, da, dx, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, hp, nthreads,
+                    db_hh);
 }
 
 }  // namespace lstm_fast

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "cells/team.h"
 #include "gemm/gemm.h"
@@ -357,13 +358,18 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   }
 
   // Large GEMMs over all T*B rows.
+  // The bias gradients (dz's column sums over the active rows; padding rows are zero) come out
+  // of the dW_ih GEMMs' packing of dz^T.
+  std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
+  float* sums = dbs.empty() ? nullptr : dbs.data();
   gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
   if (!padded) {
-    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads);
+    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
+         nullptr, sums);
   } else {  // never read x's padding (it may hold anything, NaN included)
     for (index_t t = 0; t < T; ++t)
       gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1}, dW_ih,
-           I, true, nthreads);
+           I, true, nthreads, nullptr, nullptr, sums);
   }
   if (h0) gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, true, nthreads);
   if (T > 1)
@@ -371,7 +377,10 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
          nthreads);
   // dW_hr = sum_t dh_t^T m_t (padding rows: dh_t and m_t are zero).
   gemm(kern, P, H, TB, MatView{dhs, 1, P}, MatView{m, H, 1}, dW_hr, H, true, nthreads);
-  bias_sums(TB, G, dz, db_ih, db_hh, nthreads);
+  for (index_t j = 0; sums && j < G; ++j) {
+    if (db_ih) db_ih[j] += sums[j];
+    if (db_hh) db_hh[j] += sums[j];
+  }
 }
 
 }  // namespace lstm_fast

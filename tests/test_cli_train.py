@@ -75,12 +75,18 @@ def test_train_evaluate_sample_inspect(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "nothing"), str(corpus)]) == 1
 
 
-def test_classify_train_eval(tmp_path, capsys):
+def _reviews_tsv(tmp_path, n: int):
+    """n labelled reviews, two classes with distinct words, as a TSV with a header."""
     lines = ["label\ttext"] + [
-        f"{i % 2}\t{'좋다 최고' if i % 2 else '별로 최악'} {i}" for i in range(60)
+        f"{i % 2}\t{'좋다 최고' if i % 2 else '별로 최악'} {i}" for i in range(n)
     ]
     tsv = tmp_path / "d.tsv"
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tsv
+
+
+def test_classify_train_eval(tmp_path, capsys):
+    tsv = _reviews_tsv(tmp_path, 60)
     run = str(tmp_path / "cls")
     assert (
         cli.main(
@@ -109,11 +115,7 @@ def test_classify_train_eval(tmp_path, capsys):
 
 
 def test_classify_ensemble_and_val_fraction_options(tmp_path, capsys):
-    lines = ["label\ttext"] + [
-        f"{i % 2}\t{'좋다 최고' if i % 2 else '별로 최악'} {i}" for i in range(40)
-    ]
-    tsv = tmp_path / "d.tsv"
-    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tsv = _reviews_tsv(tmp_path, 40)
     run = str(tmp_path / "cls")
     small = ["--epochs", "1", "--hidden-size", "4", "--embed-size", "4", "--quiet", "--json"]
     args = ["classify", "train", str(tsv), "--out", run, "--ensemble", "2"]

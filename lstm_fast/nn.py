@@ -200,7 +200,7 @@ class Embedding(Module):
         flat = self._ids.reshape(-1)
         dy2 = np.asarray(dy, dtype=np.float32).reshape(flat.size, self.embedding_dim)
         g = self.weight.grad
-        if g.dtype == np.float32 and g.flags.c_contiguous and g.ndim == 2:
+        if _fast_grad(g) and g.ndim == 2:
             _core.index_add_rows(g, flat.astype(np.int64, copy=False), np.ascontiguousarray(dy2))
         else:
             np.add.at(g, flat, dy2)

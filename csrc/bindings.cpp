@@ -583,6 +583,7 @@ PYBIND11_MODULE(_core, m) {
     d["isa"] = active_kernels().name;
     d["available_isas"] = available_isas();
     d["num_threads"] = get_num_threads();
+    d["forked_serial"] = forked_serial();
 #if defined(_OPENMP)
     d["openmp"] = true;
 #else

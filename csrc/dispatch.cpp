@@ -9,6 +9,10 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define LSTM_FAST_HAVE_ATFORK 1
+#endif
 #if defined(LSTM_FAST_X86)
 #include <cpuid.h>
 #include <xmmintrin.h>
@@ -20,6 +24,28 @@ namespace {
 std::atomic<const Kernels*> g_active{nullptr};
 std::atomic<int> g_threads{0};
 std::atomic<int> g_schedule{static_cast<int>(Schedule::kAuto)};
+
+// Fork safety. GNU libgomp's thread team does not survive fork(): in a child process the first
+// parallel region of more than one thread waits forever for workers that exist only in the
+// parent (a DataLoader worker or a multiprocessing "fork" pool running a model would hang).
+// Once a team of more than one thread may have started (get_num_threads() returned > 1), a
+// child forked afterwards runs every call on its own thread: the results are bitwise those of
+// any thread count, only slower. A child forked before that keeps its threads.
+std::atomic<bool> g_team_used{false};
+std::atomic<bool> g_forked_serial{false};
+#if defined(LSTM_FAST_HAVE_ATFORK)
+void on_fork_child() {
+  if (g_team_used.load(std::memory_order_relaxed))
+    g_forked_serial.store(true, std::memory_order_relaxed);
+}
+[[maybe_unused]] const int g_atfork_registered = pthread_atfork(nullptr, nullptr, on_fork_child);
+#endif
+
+int note_team(int n) {
+  if (n > 1 && !g_team_used.load(std::memory_order_relaxed))
+    g_team_used.store(true, std::memory_order_relaxed);
+  return n;
+}
 
 #if defined(LSTM_FAST_X86)
 unsigned long long xgetbv0() {
@@ -120,17 +146,20 @@ void set_local_num_threads(int n) { t_local_threads = n < 0 ? 0 : n; }
 int get_local_num_threads() { return t_local_threads; }
 
 int get_num_threads() {
-  if (t_local_threads > 0) return t_local_threads;
+  if (g_forked_serial.load(std::memory_order_relaxed)) return 1;
+  if (t_local_threads > 0) return note_team(t_local_threads);
   int n = g_threads.load(std::memory_order_relaxed);
-  if (n > 0) return n;
+  if (n > 0) return note_team(n);
 #if defined(_OPENMP)
   // The runtime's default (OMP_NUM_THREADS), bounded like set_num_threads' argument.
   const int hw = static_cast<int>(std::thread::hardware_concurrency());
-  return std::min(omp_get_max_threads(), std::max(64, 4 * hw));
+  return note_team(std::min(omp_get_max_threads(), std::max(64, 4 * hw)));
 #else
   return 1;
 #endif
 }
+
+bool forked_serial() { return g_forked_serial.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 

@@ -50,6 +50,9 @@ void init_dispatch();
 void set_local_num_threads(int n);
 int get_local_num_threads();
 int get_num_threads();
+// True in a process forked after this one's thread team started: every call runs on one thread
+// (GNU libgomp's team does not survive fork; see dispatch.cpp).
+bool forked_serial();
 void set_num_threads(int n);  // n >= 1
 
 // Recurrence schedule override (LSTM_FAST_SCHEDULE=auto|units|batch|serial), read at import.

@@ -51,7 +51,12 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the kernels use (default: OpenMP's, i.e. OMP_NUM_THREADS or cores)."""
+    """The number of threads the kernels use (default: OpenMP's, i.e. OMP_NUM_THREADS or cores).
+
+    1 in a process forked (``os.fork``, multiprocessing's "fork" start method, a DataLoader
+    worker) after this one ran a call on several threads: GNU OpenMP's thread team does not
+    survive fork, and using it there would hang. Results are the same bitwise; processes started
+    with "spawn" or "forkserver" keep their threads."""
     return _core.get_num_threads()
 
 
@@ -74,6 +79,7 @@ def cached_bytes() -> int:
 
 def cpu_info() -> dict:
     """What the core runs on: ``isa`` (active kernels), ``available_isas``, ``num_threads``,
+    ``forked_serial`` (a forked child held to one thread, see :func:`get_num_threads`),
     ``openmp``, ``schedule`` (recurrence schedule override), GEMM tile and LSTM block width.
 
     ``LSTM_FAST_ISA=scalar|generic|avx2|avx512`` (set before import) forces a kernel set;

@@ -15,6 +15,7 @@ a sequence's length are zero and ``h_n``/``c_n`` are the states at each sequence
 from __future__ import annotations
 
 import math
+import os
 import threading
 import warnings
 from typing import Any, Callable, Optional
@@ -151,6 +152,19 @@ class _Direction:
 BIDIRECTIONAL_CONCURRENT: Optional[bool] = None
 _pool: list = []
 _pool_lock = threading.Lock()
+
+
+def _reset_pool_in_child() -> None:
+    # A forked child has none of the parent's threads: its helper (and a lock another thread may
+    # have held during fork) must be made anew. The core runs such a child on one thread anyway
+    # (lstm_fast.cpu_info()["forked_serial"]), so the helper is only needed again after exec.
+    global _pool_lock
+    _pool.clear()
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_in_child)
 
 
 def _directions(run: Callable[[int], Any], D: int) -> list:

@@ -158,3 +158,86 @@ def test_concurrent_layers(threads):
     for rs in results:
         for r in rs:
             same(r, expected)
+
+
+# ---- fork --------------------------------------------------------------------------------------
+
+_FORK_CHILD = r"""
+import os, sys
+import numpy as np
+import lstm_fast
+from lstm_fast import ops
+
+used_before_fork = sys.argv[1] == "1"
+lstm_fast.set_num_threads(2)
+rng = np.random.default_rng(0)
+T, B, I, H = 7, 17, 33, 70  # 17 rows, 70 units: both the batch and the units schedule split
+x = rng.standard_normal((T, B, I), dtype=np.float32)
+w_ih = (rng.standard_normal((4 * H, I)) * 0.2).astype(np.float32)
+w_hh = (rng.standard_normal((4 * H, H)) * 0.2).astype(np.float32)
+dy = rng.standard_normal((T, B, H), dtype=np.float32)
+a = rng.standard_normal((300, 170), dtype=np.float32)
+bi = lstm_fast.LSTM(I, H, bidirectional=True, num_layers=2, seed=0)
+
+
+def work():
+    out = []
+    for sched in ("units", "batch"):
+        lstm_fast.ops._core._set_schedule(sched)
+        y, h, c, cache = ops.lstm_forward(x, w_ih, w_hh, training=True)
+        out += [y, h, c, *ops.lstm_backward(cache, dy)]
+    lstm_fast.ops._core._set_schedule("auto")
+    out.append(ops.gemm(a, a, trans_b=True))
+    y, _ = bi(x)
+    bi.zero_grad()
+    dx, (dh0, dc0) = bi.backward(np.ones_like(y))
+    return out + [y, dx, dh0, dc0] + [p.grad.copy() for p in bi.parameters()]
+
+
+if used_before_fork:
+    ref = work()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    info = lstm_fast.cpu_info()
+    got = work()
+    same = (not used_before_fork) or all(np.array_equal(p, q) for p, q in zip(ref, got))
+    os.write(w, f"{info['num_threads']} {int(info['forked_serial'])} {int(same)}".encode())
+    os._exit(0)
+os.close(w)
+msg = os.read(r, 100).decode()
+_, status = os.waitpid(pid, 0)
+print(msg, os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork on this platform")
+@pytest.mark.parametrize("used_before_fork", [True, False])
+def test_forked_child_runs_and_does_not_hang(used_before_fork):
+    """GNU OpenMP's team does not survive fork: a child forked after the parent ran on two
+    threads must run on one (bitwise the parent's results), not wait forever for the parent's
+    workers; a child forked before any multi-threaded call keeps its threads."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(lstm_fast.__file__)))
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD, "1" if used_before_fork else "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    threads, serial, same, code = proc.stdout.split()
+    assert code == "0"
+    assert same == "1"
+    if used_before_fork:
+        assert (threads, serial) == ("1", "1")
+    else:
+        assert (threads, serial) == ("2", "0")

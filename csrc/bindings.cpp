@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -449,6 +450,39 @@ void index_add_rows_py(py::handle out_obj, py::handle ids_obj, py::handle src_ob
   }
 }
 
+// out[t, j, :] = a[t, index[j], :] for a (T, B, F): the batch reordering of variable-length
+// layers (rows sorted by length on the way in, back to the caller's order on the way out), in
+// one pass on the thread team into pooled memory (np.take paid the page faults of a fresh
+// array every call: 2.3 ms of a 9.5 ms S1 forward with lengths).
+farray take_rows_py(py::handle a_obj, py::handle index_obj) {
+  py::array a = check_float_array(a_obj, "a", 3, "(T, B, F)");
+  check_layout(a, "a", false);
+  auto idx = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(index_obj);
+  if (!idx || idx.ndim() != 1)
+    throw py::value_error("index: expected a 1-D integer array");
+  const index_t T = a.shape(0), B = a.shape(1), F = a.shape(2), N = idx.shape(0);
+  const int64_t* ip = idx.data();
+  for (index_t j = 0; j < N; ++j)
+    if (ip[j] < 0 || ip[j] >= B)
+      throw py::index_error("index: expected values in [0, B=" + std::to_string(B) + "), got " +
+                            std::to_string(ip[j]) + " at position " + std::to_string(j));
+  farray out = empty({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(N),
+                      static_cast<py::ssize_t>(F)});
+  const float* src = cptr(a);
+  float* dst = out.mutable_data();
+  py::gil_scoped_release nogil;
+  const index_t rows = T * N;
+  const int P = rows * F >= (index_t(1) << 16) ? get_num_threads() : 1;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
+#endif
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t t = r / (N ? N : 1), j = r - t * N;
+    std::memcpy(dst + r * F, src + (t * B + ip[j]) * F, F * sizeof(float));
+  }
+  return out;
+}
+
 farray activation_py(py::handle x_obj, bool tanh_) {
   py::array x = check_float_array(x_obj, "x", 1, "(N,)");
   check_layout(x, "x", false);
@@ -561,6 +595,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bias_correction2_sqrt"), py::arg("eps"), py::arg("l2") = 0.0,
         py::arg("decay") = 1.0, py::arg("zero_grad") = false);
   m.def("sumsq", &sumsq_py, py::arg("x"));
+  m.def("take_rows", &take_rows_py, py::arg("a"), py::arg("index"));
   m.def("index_add_rows", &index_add_rows_py, py::arg("out"), py::arg("ids"), py::arg("src"));
   m.def("sigmoid", [](py::handle x) { return activation_py(x, false); }, py::arg("x"));
   m.def("tanh", [](py::handle x) { return activation_py(x, true); }, py::arg("x"));

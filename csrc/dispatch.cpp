@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include <unistd.h>
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -162,6 +164,23 @@ int get_num_threads() {
 bool forked_serial() { return g_forked_serial.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+
+index_t l2_cache_bytes() {
+  static const index_t bytes = [] {
+    long v = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return static_cast<index_t>(v >= (64 << 10) && v <= (64 << 20) ? v : (1 << 20));
+  }();
+  return bytes;
+}
+
+index_t batch_split_min_rows(double whh_bytes, int nthreads) {
+  if (whh_bytes > 2.0 * (1 << 20)) return -1;
+  const index_t per_thread = whh_bytes <= 0.5 * static_cast<double>(l2_cache_bytes()) ? 4 : 16;
+  return per_thread * std::max(1, nthreads);
+}
 
 Schedule schedule_override() { return static_cast<Schedule>(g_schedule.load()); }
 void set_schedule_override(Schedule s) { g_schedule.store(static_cast<int>(s)); }

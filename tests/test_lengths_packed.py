@@ -184,3 +184,38 @@ def test_gates_cache_is_packed():
     for t in range(T):
         np.testing.assert_array_equal(rows[off : off + bs[t]], dense.gates[t, : bs[t]])
         off += bs[t]
+
+
+@pytest.mark.parametrize("T,B,F,N", [(1, 1, 1, 1), (3, 7, 17, 7), (5, 4, 300, 9), (2, 5, 3, 0)])
+def test_take_rows_is_np_take(T, B, F, N, threads):
+    # The batch reordering of variable-length layers: out[t, j] = a[t, index[j]], any index
+    # (repeats, any order, N != B), on 1 and 2 threads (large enough to be split).
+    from lstm_fast import ops
+
+    rng = np.random.default_rng(T * 100 + B + F)
+    a = rng.standard_normal((T, B, F)).astype(np.float32)
+    index = rng.integers(0, B, N)
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        got = ops._core.take_rows(a, index)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, np.take(a, index, axis=1))
+    big = rng.standard_normal((40, 33, 100)).astype(np.float32)
+    order = rng.permutation(33)
+    np.testing.assert_array_equal(ops._core.take_rows(big, order), big[:, order])
+
+
+def test_take_rows_bad_input():
+    from lstm_fast import ops
+
+    a = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(IndexError, match=r"index: expected values in \[0, B=3\), got 3"):
+        ops._core.take_rows(a, np.array([0, 3]))
+    with pytest.raises(IndexError, match="got -1"):
+        ops._core.take_rows(a, np.array([-1]))
+    with pytest.raises(ValueError, match="index: expected a 1-D"):
+        ops._core.take_rows(a, np.zeros((1, 2), np.int64))
+    with pytest.raises(ValueError, match="a:"):
+        ops._core.take_rows(np.zeros((3, 4), np.float32), np.array([0]))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops._core.take_rows(np.zeros((3, 4, 2), np.float32).transpose(1, 0, 2), np.array([0]))

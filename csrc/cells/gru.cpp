@@ -32,7 +32,8 @@ Schedule choose_schedule(const Kernels& kern, const CellSizes& s, index_t G, int
   const double step_flops = 2.0 * s.B * s.H * G;
   if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
   const double whh_bytes = 4.0 * G * s.H;
-  if (s.B >= 4 * nthreads && whh_bytes <= 2.0 * (1 << 20)) return Schedule::kBatch;
+  const index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
+  if (batch_rows > 0 && s.B >= batch_rows) return Schedule::kBatch;
   if (nbj >= 2 * nthreads) return Schedule::kUnits;
   if (s.B >= nthreads) return Schedule::kBatch;
   if (nbj >= 2) return Schedule::kUnits;

@@ -171,9 +171,11 @@ const char* schedule_name(Schedule s) {
 //  * one thread, or a step too small to share (< 5e5 FLOP, a few microseconds: the barrier per
 //    step would cost about as much as it saves, and on a loaded machine a descheduled thread
 //    stalls every barrier) -> serial;
-//  * enough rows for every thread to fill its row tiles, and a W_hh small enough that each core
-//    can stream it from its own cache every step (<= 2 MiB) -> batch-parallel: threads own rows
-//    for the whole sequence and never meet (no barrier per step);
+//  * enough rows for the batch split (batch_split_min_rows: 4 per thread when W_hh fits in half
+//    an L2, 16 when each core streams it from a larger cache every step; never above 2 MiB) ->
+//    batch-parallel: threads own rows for the whole sequence and never meet (no barrier per
+//    step). With batch_sizes the forward changes to units once the active rows fall below that
+//    (the rows run out; the weights would still be streamed whole by every thread);
 //  * enough unit blocks to share -> units (weight-stationary, one barrier per step);
 //  * else batch if every thread gets a row, else serial.
 Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthreads) {
@@ -186,7 +188,8 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthre
   const double step_flops = 2.0 * s.B * s.H * 4.0 * s.H;
   if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
   const double whh_bytes = 16.0 * s.H * s.H;
-  if (s.B >= 4 * nthreads && whh_bytes <= 2.0 * (1 << 20)) return Schedule::kBatch;
+  const index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
+  if (batch_rows > 0 && s.B >= batch_rows) return Schedule::kBatch;
   if (nub >= 2 * nthreads) return Schedule::kUnits;
   if (s.B >= nthreads) return Schedule::kBatch;
   if (nub >= 2) return Schedule::kUnits;
@@ -260,8 +263,11 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
 
   const Schedule sched = lstm_choose_schedule(kern, s, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
-
-  // Pack W_hh into gate-interleaved panels, one unit block per task.
+  // With batch_sizes and the batch split: the active rows below which the units split is
+  // faster (batch_split_min_rows), if the units can be shared; else never.
+  index_t units_below = 0;
+  if (bs && sched == Schedule::kBatch && schedule_override() == Schedule::kAuto && nub >= 2 * P)
+    units_below = batch_split_min_rows(16.0 * H * H, P);
   {
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1 && H >= 64)
@@ -292,18 +298,29 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       DenormalGuard ftz;
       const int p = team_id(), np = team_size();
       index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub;
+      const index_t ub0u = nub * p / np, ub1u = nub * (p + 1) / np;  // this thread's units
       if (sched == Schedule::kUnits) {
-        ub0 = nub * p / np;
-        ub1 = nub * (p + 1) / np;
+        ub0 = ub0u;
+        ub1 = ub1u;
       }
       // Batch split: rows are independent, so threads never meet, except that with batch_sizes
       // the rows are re-balanced every kBalanceSteps steps (row tiles of MR / 2, the step
-      // kernel's tile height).
+      // kernel's tile height), and once fewer rows than units_below are active the team
+      // switches to the units split for the rest (bs never grows again).
       const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
       const index_t seg = rebalance ? kBalanceSteps : t1 - t0;
+      bool units_now = sched == Schedule::kUnits;
       index_t off = 0;  // packed row (in the chunk) of step t's row 0
       for (index_t t = t0; t < t1; ++t) {
-        if (sched == Schedule::kBatch && (t - t0) % seg == 0) {
+        if (rebalance && !units_now && bs[t] < units_below) {
+          units_now = true;  // rows change hands: every thread's last step must be written
+          if (t > t0) team_barrier();
+          r0 = 0;
+          r1 = B;
+          ub0 = ub0u;
+          ub1 = ub1u;
+        }
+        if (sched == Schedule::kBatch && !units_now && (t - t0) % seg == 0) {
           const index_t tile = kern.MR / 2, t2 = std::min(t1, t + seg);
           // Rows changing hands: their h_prev / c_prev must be written first.
           if (rebalance && t > t0 && split_changes(bs, t - seg, t, t, t2, B, tile, np))
@@ -320,7 +337,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
           kern.lstm_fwd_rows(re - r0, H, H, ub0, ub1, y + t * B * H + r0 * H, H, c_out + r0 * H,
                              training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
                              c_prev + r0 * H, xp_t + r0 * G, Wp);
-        if (sched == Schedule::kUnits && np > 1) team_barrier();
+        if (units_now && np > 1) team_barrier();
       }
     }
     off0 += rows;

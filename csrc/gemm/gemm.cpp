@@ -27,16 +27,7 @@ constexpr index_t kKC = 256;  // depth of a packed block (fixed: it sets the sum
 // MR x KC sliver of packed A stays in L1 while the jr loop streams a KC x NC part of packed B
 // from L2, so NC is chosen for that part to fill about half of this core's L2; the MC x KC
 // block of A stays in L2 across the jc loop.
-index_t l2_bytes() {
-  static const index_t bytes = [] {
-    long v = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return static_cast<index_t>(v >= (64 << 10) && v <= (64 << 20) ? v : (1 << 20));
-  }();
-  return bytes;
-}
+index_t l2_bytes() { return l2_cache_bytes(); }
 index_t mc_for(const Kernels& k) { return k.MR * std::max<index_t>(1, 576 / k.MR); }
 index_t nc_for(const Kernels& k) {
   const index_t cols = l2_bytes() / 2 / (kKC * static_cast<index_t>(sizeof(float)));

@@ -2,10 +2,11 @@
 torch.nn.LSTMCell (one-step shapes) and ONNX Runtime's LSTM operator, in one run.
 
 For each shape, mode (forward = inference, training = forward + backward) and thread count it
-prints the time per call (median of adaptive repeats after a warm-up), GFLOP/s by the FLOP model
-2*T*B*(I+H)*4H (training 3x), the percentage of the machine's peak (NumPy float32 matmul GFLOP/s
-measured at the top of the same run, per thread count) and, per peer, the ratio
-peer time / lstm_fast time (>= 1 means lstm_fast is faster).
+prints the time per call (median of adaptive repeats after a warm-up; the implementations of a
+cell take turns in short batches, so a shared machine's load falls on all alike), GFLOP/s by
+the FLOP model 2*T*B*(I+H)*4H (training 3x), the percentage of the machine's peak (NumPy
+float32 matmul GFLOP/s measured at the top of the same run, per thread count) and, per peer,
+the ratio peer time / lstm_fast time (>= 1 means lstm_fast is faster).
 
 Canonical shapes (T,B,I,H): S1 100,32,256,256  S2 50,64,512,512  S3 100,128,1024,1024
 S4 1,1,256,256  S5 500,1,64,128  S6 100,16,65,100.
@@ -247,6 +248,110 @@ def time_call(
     )
 
 
+class CallFailed(Exception):
+    """An implementation raised while being timed (``__cause__`` holds its exception)."""
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    budget: float,
+    min_repeats: dict[str, int],
+    warmup: dict[str, int],
+    max_repeats: int = 10_000,
+    round_s: float = 0.01,
+    max_round_s: float = 0.25,
+    gap_s: float = 0.002,
+) -> dict[str, Timing | CallFailed]:
+    """Time several implementations of one problem *interleaved*: after each one's warm-up
+    (as :func:`time_call`), rounds in which every implementation in turn makes a short batch of
+    calls, each call timed on its own, the starting implementation rotating from round to
+    round. A shared machine's slow and fast moments then fall on all of them alike, and their
+    ratios hold where back-to-back blocks of a second each can differ by half.
+
+    A batch lasts about as long as the slowest implementation's call (at least ``round_s``, at
+    most ``max_round_s``; one call when a call is longer), so every implementation gets the same
+    share of each round. ``gap_s`` of sleep after each batch lets the worker threads of the
+    runtime that just ran (OpenMP teams spin a while before they sleep) go idle before the next
+    one starts. An implementation stops once it has ``min_repeats`` calls and ``budget`` seconds
+    of them (or ``max_repeats`` calls); one that raises gets a :class:`CallFailed` instead of a
+    :class:`Timing` and the others go on.
+    """
+    perf = time.perf_counter
+    out: dict[str, Timing | CallFailed] = {}
+    first: dict[str, float] = {}
+    n_warm: dict[str, int] = {}
+    per_call: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
+    for name, fn in fns.items():
+        start = perf()
+        k, dt = 0, 0.0
+        try:
+            while k < max(warmup.get(name, 1), 0) or (
+                k and k < 100 and perf() - start < 0.1 * budget
+            ):
+                t = perf()
+                fn()
+                dt = perf() - t
+                first.setdefault(name, dt)
+                k += 1
+        except Exception as e:  # noqa: BLE001 - one failing implementation must not end the run
+            err = CallFailed(f"{type(e).__name__}: {e}")
+            err.__cause__ = e
+            out[name] = err
+            continue
+        # no warm-up call: the call time is unknown, so one call per batch until measured
+        n_warm[name], per_call[name], times[name] = k, dt if k else float("inf"), []
+        time.sleep(gap_s)
+
+    def done(name: str) -> bool:
+        ts = times[name]
+        return len(ts) >= max_repeats or (len(ts) >= min_repeats.get(name, 1) and sum(ts) >= budget)
+
+    names = list(times)
+    rot = 0
+    while True:
+        live = [n for n in names if n not in out and not done(n)]
+        if not live:
+            break
+        order = names[rot:] + names[:rot]
+        rot = (rot + 1) % max(len(names), 1)
+        known = [per_call[n] for n in live if per_call[n] != float("inf")]
+        span = min(max(round_s, *known), max_round_s)
+        for name in order:
+            if name in out or done(name):
+                continue
+            k = max(1, min(int(span / max(per_call[name], 1e-7)), max_repeats - len(times[name])))
+            batch = []
+            try:
+                for _ in range(k):
+                    t = perf()
+                    fns[name]()
+                    batch.append(perf() - t)
+            except Exception as e:  # noqa: BLE001
+                err = CallFailed(f"{type(e).__name__}: {e}")
+                err.__cause__ = e
+                out[name] = err
+                continue
+            times[name].extend(batch)
+            per_call[name] = statistics.median(batch)
+            time.sleep(gap_s)
+    for name in names:
+        if name in out:
+            continue
+        ts = times[name]
+        out[name] = Timing(
+            median_s=statistics.median(ts),
+            min_s=min(ts),
+            mean_s=statistics.fmean(ts),
+            stdev_s=statistics.stdev(ts) if len(ts) > 1 else 0.0,
+            repeats=len(ts),
+            warmup=n_warm[name],
+            first_s=first.get(name, ts[0]),
+        )
+    return {name: out[name] for name in fns}
+
+
 def measure_peak(threads: int, n: int, budget: float, min_repeats: int) -> dict:
     """NumPy float32 ``n x n @ n x n`` GFLOP/s (best repeat), its BLAS at ``threads`` threads."""
     rng = np.random.default_rng(1)
@@ -375,12 +480,12 @@ def versions() -> dict:
 # ---------------------------------------------------------------------------------- the run
 
 
-def _impl_cell(name, problem, mode, threads, st: Settings, flops, peak_gflops) -> dict:
-    """Prepare and time one implementation in one cell; the result dict of the JSON."""
+def _cell_settings(name, mode, st: Settings, flops) -> tuple[int, int] | None:
+    """(minimum repeats, warm-up calls) of one implementation in one cell; None: skipped."""
     big = flops / (3.0 if mode == "training" else 1.0) > BIG_FLOPS
     heavy = flops / (3.0 if mode == "training" else 1.0) > HEAVY_FLOPS
     if name == "numpy" and st.quick and big:
-        return {"status": "skipped (--quick, big shape)"}
+        return None
     min_rep = st.min_repeats
     # Two warm-up calls: a training step's outputs and caches are still alive while the next
     # call allocates (as in a training loop), so allocators that reuse memory (lstm_fast's pool,
@@ -392,22 +497,46 @@ def _impl_cell(name, problem, mode, threads, st: Settings, flops, peak_gflops) -
         min_rep = min(min_rep, 2)
     if name == "numpy" and big:
         min_rep, warmup = 1, 0  # nothing to warm up in NumPy; one call is seconds long
-    try:
-        with _peers.thread_limits(threads):
-            fn = _peers.make(name, problem, mode, threads)
-            tm = time_call(fn, budget=st.budget, min_repeats=min_rep, warmup=warmup)
-    except _peers.Unavailable as e:
-        return {"status": str(e)}
-    except _peers.Mismatch as e:
-        return {"status": "mismatch", "error": str(e)}
-    except Exception as e:  # noqa: BLE001 - one failing implementation must not end the run
-        return {"status": "error", "error": f"{type(e).__name__}: {e}"}
-    finally:
-        time.sleep(0.02)  # let spinning worker threads of one runtime go idle before the next
-    res = {"status": "ok", **tm.as_dict()}
-    res["gflops"] = flops / tm.median_s / 1e9
-    res["pct_peak"] = 100.0 * res["gflops"] / peak_gflops if peak_gflops else None
-    return res
+    return min_rep, warmup
+
+
+def _time_cell(problem, mode, threads, st: Settings, flops, peak_gflops) -> dict:
+    """Prepare every implementation of one cell, time them interleaved (time_interleaved) and
+    return the result dicts of the JSON, by implementation."""
+    res: dict[str, dict] = {}
+    fns: dict[str, Callable[[], object]] = {}
+    settings: dict[str, tuple[int, int]] = {}
+    with _peers.thread_limits(threads):
+        for name in st.impls:
+            cfg = _cell_settings(name, mode, st, flops)
+            if cfg is None:
+                res[name] = {"status": "skipped (--quick, big shape)"}
+                continue
+            try:
+                fns[name] = _peers.make(name, problem, mode, threads)
+                settings[name] = cfg
+            except _peers.Unavailable as e:
+                res[name] = {"status": str(e)}
+            except _peers.Mismatch as e:
+                res[name] = {"status": "mismatch", "error": str(e)}
+            except Exception as e:  # noqa: BLE001 - one failing implementation must not end the run
+                res[name] = {"status": "error", "error": f"{type(e).__name__}: {e}"}
+            time.sleep(0.02)  # let spinning worker threads of one runtime go idle
+        timed = time_interleaved(
+            fns,
+            budget=st.budget,
+            min_repeats={n: c[0] for n, c in settings.items()},
+            warmup={n: c[1] for n, c in settings.items()},
+        )
+    for name, tm in timed.items():
+        if isinstance(tm, CallFailed):
+            res[name] = {"status": "error", "error": str(tm)}
+            continue
+        r = {"status": "ok", **tm.as_dict()}
+        r["gflops"] = flops / tm.median_s / 1e9
+        r["pct_peak"] = 100.0 * r["gflops"] / peak_gflops if peak_gflops else None
+        res[name] = r
+    return {name: res[name] for name in st.impls}
 
 
 def _fmt_ms(ms: float) -> str:
@@ -510,10 +639,7 @@ def run_cells(st: Settings, peaks: dict[int, float], table: Table | None) -> lis
                     "peak_gflops": peaks.get(threads),
                     "impls": {},
                 }
-                for impl in st.impls:
-                    cell["impls"][impl] = _impl_cell(
-                        impl, problem, mode, threads, st, flops, peaks.get(threads)
-                    )
+                cell["impls"] = _time_cell(problem, mode, threads, st, flops, peaks.get(threads))
                 ours = cell["impls"]["lstm_fast"]
                 for impl, res in cell["impls"].items():
                     if impl != "lstm_fast" and res["status"] == "ok" and ours["status"] == "ok":

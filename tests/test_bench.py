@@ -149,3 +149,55 @@ def test_time_call_counts():
     calls = []
     t = bench.time_call(lambda: calls.append(1), budget=0.0, min_repeats=3, warmup=2)
     assert t.repeats == 3 and t.warmup >= 2 and len(calls) == t.repeats + t.warmup
+
+
+def test_time_interleaved_takes_turns_and_counts():
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    out = bench.time_interleaved(
+        fns,
+        budget=0.0,
+        min_repeats={"a": 3, "b": 40, "c": 1},
+        warmup={"a": 2, "b": 1, "c": 0},
+        round_s=0.0,
+        gap_s=0.0,
+    )
+    assert list(out) == ["a", "b", "c"]
+    assert all(isinstance(t, bench.Timing) for t in out.values())
+    assert out["a"].warmup >= 2 and out["c"].warmup == 0
+    for name in fns:
+        assert out[name].repeats >= {"a": 3, "b": 40, "c": 1}[name]
+        assert log.count(name) == out[name].repeats + out[name].warmup
+    # after the warm-ups each takes its turn, and "b", still short of its repeats, goes on
+    # alone: not one block per name (that would change name twice)
+    timed = log[sum(t.warmup for t in out.values()) :]
+    assert sum(p != q for p, q in zip(timed, timed[1:])) >= 3
+    assert timed[-1] == "b"
+
+
+def test_time_interleaved_isolates_a_failing_implementation():
+    calls = {"ok": 0, "bad": 0}
+
+    def ok():
+        calls["ok"] += 1
+
+    def bad():
+        calls["bad"] += 1
+        if calls["bad"] == 4:
+            raise RuntimeError("boom")
+
+    out = bench.time_interleaved(
+        {"bad": bad, "ok": ok},
+        budget=0.0,
+        min_repeats={"bad": 10, "ok": 10},
+        warmup={"bad": 2, "ok": 2},
+        round_s=0.0,
+        gap_s=0.0,
+    )
+    assert isinstance(out["bad"], bench.CallFailed) and "RuntimeError: boom" in str(out["bad"])
+    assert isinstance(out["ok"], bench.Timing) and out["ok"].repeats >= 10
+    assert calls["bad"] == 4
+    failed_at_warmup = bench.time_interleaved(
+        {"x": lambda: 1 / 0}, budget=0.0, min_repeats={"x": 1}, warmup={"x": 1}
+    )
+    assert "ZeroDivisionError" in str(failed_at_warmup["x"])

@@ -259,9 +259,10 @@ def time_interleaved(
     min_repeats: dict[str, int],
     warmup: dict[str, int],
     max_repeats: int = 10_000,
-    round_s: float = 0.01,
-    max_round_s: float = 0.25,
-    gap_s: float = 0.002,
+    round_s: float = 0.2,
+    max_round_s: float = 1.0,
+    gap_s: float = 0.05,
+    settle_below_s: float = 0.02,
 ) -> dict[str, Timing | CallFailed]:
     """Time several implementations of one problem *interleaved*: after each one's warm-up
     (as :func:`time_call`), rounds in which every implementation in turn makes a short batch of
@@ -272,9 +273,13 @@ def time_interleaved(
     A batch lasts about as long as the slowest implementation's call (at least ``round_s``, at
     most ``max_round_s``; one call when a call is longer), so every implementation gets the same
     share of each round. ``gap_s`` of sleep after each batch lets the worker threads of the
-    runtime that just ran (OpenMP teams spin a while before they sleep) go idle before the next
-    one starts. An implementation stops once it has ``min_repeats`` calls and ``budget`` seconds
-    of them (or ``max_repeats`` calls); one that raises gets a :class:`CallFailed` instead of a
+    runtime that just ran go idle before the next one starts: after a call on 2 threads,
+    lstm_fast's and torch's OpenMP teams spin for about 10 ms of CPU and ONNX Runtime's pool for
+    up to 40 ms, and a runtime timed inside another's spinning measured up to 2x slow (S1
+    forward, S5 training). Calls shorter than ``settle_below_s`` start each batch with one
+    untimed call (counted with the warm-up), as the gap leaves the caches cold. An
+    implementation stops once it has ``min_repeats`` calls and ``budget`` seconds of them (or
+    ``max_repeats`` calls); one that raises gets a :class:`CallFailed` instead of a
     :class:`Timing` and the others go on.
     """
     perf = time.perf_counter
@@ -324,6 +329,9 @@ def time_interleaved(
             k = max(1, min(int(span / max(per_call[name], 1e-7)), max_repeats - len(times[name])))
             batch = []
             try:
+                if per_call[name] < settle_below_s:
+                    fns[name]()
+                    n_warm[name] += 1
                 for _ in range(k):
                     t = perf()
                     fns[name]()

@@ -200,3 +200,30 @@ def test_time_interleaved_isolates_a_failing_implementation():
         {"x": lambda: 1 / 0}, budget=0.0, min_repeats={"x": 1}, warmup={"x": 1}
     )
     assert "ZeroDivisionError" in str(failed_at_warmup["x"])
+
+
+def test_family_ratios_script_runs(tmp_path):
+    """benchmarks/family_ratios.py (the layer family's targets, interleaved): every group runs
+    and the last line is JSON with its figures (no torch here, so lstm_fast's own ratios)."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
+    script = os.path.join(root, "benchmarks", "family_ratios.py")
+    if not os.path.exists(script):
+        pytest.skip("benchmarks/ not in this checkout")
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, script, "--budget", "0", "--no-torch", "--threads", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=path),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fig = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert fig["threads"] == 2 and fig["torch"] is None
+    assert 0 < fig["lengths_forward_over_full"] < 2 and 0 < fig["lengths_training_over_full"] < 2
+    assert fig["step_s4_us"] > 0
+    assert "GRU S2 training" in proc.stdout and "LSTM.step() S4" in proc.stdout

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -73,7 +74,11 @@ def gru_group(shape: str, mode: str, torch):
 
 
 def lengths_group(mode: str, torch):
-    # The calls of test_lengths_bench.py (this script's directory is first on sys.path).
+    # The calls of test_lengths_bench.py, next to this script (with PYTHONSAFEPATH the script's
+    # directory is not on sys.path by itself).
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
     import test_lengths_bench as tlb
 
     data = tlb.make_inputs()

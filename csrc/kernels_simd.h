@@ -513,10 +513,15 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
       // K = 0 (the recurrent product done elsewhere): one empty chunk, the epilogue only.
       for (index_t k0 = 0; k0 < K || (K == 0 && k0 == 0); k0 += KC) {
         const index_t k1 = K - k0 < KC ? K : k0 + KC;
-        for (index_t lr = 0; lr < nr; lr += ROWS) {
-          const int rr = nr - lr < ROWS ? static_cast<int>(nr - lr) : ROWS;
+        // Tiles of balanced heights (8 rows: 4 + 4, not 6 + 2): a tile of one or two rows
+        // has too few independent accumulators to keep the FMA units busy.
+        const index_t nt = (nr + ROWS - 1) / ROWS, base = nr / nt, extra = nr % nt;
+        index_t lr = 0;
+        for (index_t q = 0; q < nt; ++q) {
+          const int rr = static_cast<int>(base + (q < extra ? 1 : 0));
           lstm_rows_chunk<ROWS>(a, rr, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
                                 k1 == K);
+          lr += rr;
         }
       }
     }

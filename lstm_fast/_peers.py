@@ -217,6 +217,22 @@ class _BlasControl:
                         self.method = f"ctypes:{prefix}_set_num_threads{suffix}"
                         return
 
+    def describe(self) -> dict:
+        """NumPy's BLAS as threadpoolctl reports it (library, version, the kernel set it chose
+        for this CPU, e.g. OpenBLAS's "Haswell"); empty without threadpoolctl."""
+        if self._tpc is None:
+            return {}
+        import numpy  # noqa: F401  (make sure its BLAS is loaded)
+
+        for info in self._tpc.threadpool_info():
+            if info.get("user_api") == "blas":
+                return {
+                    k: info.get(k)
+                    for k in ("internal_api", "version", "architecture")
+                    if info.get(k) is not None
+                }
+        return {}
+
     @contextlib.contextmanager
     def limit(self, n: int):
         if self._tpc is not None:

@@ -43,6 +43,8 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 BIG_FLOPS = 1e10
 HEAVY_FLOPS = 1e11  # S3: minimum repeats lowered further
 SCHEMA = "lstm_fast.bench/1"
+# OpenBLAS kernel sets (threadpoolctl's "architecture") that use at most AVX2.
+_AVX2_BLAS_KERNELS = {"haswell", "zen", "sandybridge", "excavator"}
 MODE_ABBR = {"forward": "fwd", "training": "train"}
 
 
@@ -835,14 +837,27 @@ def run(args: argparse.Namespace) -> int:
     note = (
         "" if blas != "none" else "  (NumPy's BLAS threads not controlled: install threadpoolctl)"
     )
+    lib = _peers.blas_control().describe()
+    what = " ".join(str(lib[k]) for k in ("internal_api", "version") if k in lib)
+    if lib.get("architecture"):
+        what += f", {lib['architecture']} kernels"
     print(
-        f"peak (NumPy float32 matmul {st.peak_size}x{st.peak_size}, best repeat): "
+        f"peak (NumPy float32 matmul {st.peak_size}x{st.peak_size}"
+        + (f", {what}" if what else "")
+        + ", best repeat): "
         + ", ".join(f"{p['threads']} thr {p['gflops']:.1f} GFLOP/s" for p in peaks)
-        + note
-        + "\n",
+        + note,
         file=out,
         flush=True,
     )
+    arch = str(lib.get("architecture", "")).lower()
+    if arch in _AVX2_BLAS_KERNELS and info.get("isa") == "avx512":
+        print(
+            f"note: NumPy's BLAS runs its {lib['architecture']} (AVX2) kernels on this CPU while "
+            "lstm_fast runs AVX-512 ones: the peak is an AVX2 one, and %peak can exceed 100",
+            file=out,
+        )
+    print(file=out)
 
     table = Table(st.impls, out)
     table.header()
@@ -864,6 +879,7 @@ def run(args: argparse.Namespace) -> int:
         "versions": vers,
         "cpu_info": info,
         "blas_threads_control": blas,
+        "blas": lib,
         "settings": {
             "shapes": [
                 {"name": n, "T": s[0], "B": s[1], "I": s[2], "H": s[3]} for n, s in st.shapes

@@ -227,3 +227,14 @@ def test_family_ratios_script_runs(tmp_path):
     assert 0 < fig["lengths_forward_over_full"] < 2 and 0 < fig["lengths_training_over_full"] < 2
     assert fig["step_s4_us"] > 0
     assert "GRU S2 training" in proc.stdout and "LSTM.step() S4" in proc.stdout
+
+
+def test_blas_describe_names_the_library():
+    lib = _peers.blas_control().describe()
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        assert lib == {}
+        return
+    assert set(lib) <= {"internal_api", "version", "architecture"}
+    assert lib.get("internal_api")  # NumPy's BLAS (OpenBLAS in the wheels) is found

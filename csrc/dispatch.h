@@ -66,9 +66,9 @@ index_t l2_cache_bytes();
 // keeps its slice of W_hh in its own cache, one barrier per step); -1 when W_hh is too large
 // for a batch split at any row count (> 2 MiB). Measured per step on 2 threads, LSTM forward:
 // with W_hh at most half an L2 (H = 128: 256 KiB), the batch split wins from 4 rows per thread;
-// with W_hh about one L2 (H = 256 on a 1 MiB L2), only from 16 rows per thread (at 4 rows per
-// thread the units split takes 7.8 against 12.8 us per step, at 8 15.0 against 16.0, at 16
-// 57.7 against 53.1).
+// with W_hh about one L2 (H = 256 on a 1 MiB L2), only from 16 rows per thread (units against
+// batch, us per step: 2 rows per thread 7.8 against 12.8, 4 rows 15.0 against 16.0, 8 rows
+// 26.6 against 31.0, 16 rows 57.7 against 53.1).
 index_t batch_split_min_rows(double whh_bytes, int nthreads);
 Schedule schedule_override();
 void set_schedule_override(Schedule s);

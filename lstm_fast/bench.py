@@ -324,7 +324,7 @@ def time_interleaved(
         order = names[rot:] + names[:rot]
         rot = (rot + 1) % max(len(names), 1)
         known = [per_call[n] for n in live if per_call[n] != float("inf")]
-        span = min(max(round_s, *known), max_round_s)
+        span = min(max([round_s, *known]), max_round_s)
         for name in order:
             if name in out or done(name):
                 continue

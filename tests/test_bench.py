@@ -174,6 +174,16 @@ def test_time_interleaved_takes_turns_and_counts():
     assert log[-1] == "b"
 
 
+def test_time_interleaved_with_no_warmup_at_all():
+    # nothing measured before the first round (NumPy's reference on big shapes): one call
+    calls = []
+    out = bench.time_interleaved(
+        {"x": lambda: calls.append(1)}, budget=0.0, min_repeats={"x": 2}, warmup={"x": 0}
+    )
+    assert out["x"].warmup >= 0 and out["x"].repeats >= 2
+    assert len(calls) == out["x"].repeats + out["x"].warmup
+
+
 def test_time_interleaved_isolates_a_failing_implementation():
     calls = {"ok": 0, "bad": 0}
 

@@ -268,6 +268,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   index_t units_below = 0;
   if (bs && sched == Schedule::kBatch && schedule_override() == Schedule::kAuto && nub >= 2 * P)
     units_below = batch_split_min_rows(16.0 * H * H, P);
+
+  // Pack W_hh into gate-interleaved panels, one unit block per task.
   {
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1 && H >= 64)

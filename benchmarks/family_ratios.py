@@ -155,6 +155,16 @@ def run_group(fns, budget):
     return out
 
 
+def vs_torch(fig: dict, key: str, label: str, t: dict, target: str) -> None:
+    """Print ``label: lstm_fast ms | torch ms | torch/lstm_fast`` and record the ratio."""
+    line = f"{label}: lstm_fast {t['lstm_fast'] * 1e3:8.2f} ms"
+    if "torch" in t:
+        r = t["torch"] / t["lstm_fast"]
+        line += f" | torch {t['torch'] * 1e3:8.2f} ms | torch/lstm_fast {r:.2f}"
+        fig[key] = r
+    print(f"{line}  (target {target})", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, default=2.0, help="seconds per implementation")
@@ -178,12 +188,8 @@ def main(argv=None) -> int:
         for shape in ("S1", "S2"):
             for mode in ("forward", "training"):
                 t = run_group(gru_group(shape, mode, torch), args.budget)
-                line = f"GRU {shape} {mode:8s}: lstm_fast {t['lstm_fast'] * 1e3:8.2f} ms"
-                if "torch" in t:
-                    r = t["torch"] / t["lstm_fast"]
-                    line += f" | torch {t['torch'] * 1e3:8.2f} ms | torch/lstm_fast {r:.2f}"
-                    fig[f"gru_{shape}_{mode}_vs_torch"] = r
-                print(line + "  (target >= 1.3)", flush=True)
+                key = f"gru_{shape}_{mode}_vs_torch"
+                vs_torch(fig, key, f"GRU {shape} {mode:8s}", t, ">= 1.3")
         for mode in ("forward", "training"):
             t = run_group(lengths_group(mode, torch), args.budget)
             r = t["lengths"] / t["full"]
@@ -201,12 +207,8 @@ def main(argv=None) -> int:
                 )
             print(line, flush=True)
         t = run_group(bilstm_group(torch), args.budget)
-        line = f"2-layer bidirectional LSTM S6 training: lstm_fast {t['lstm_fast'] * 1e3:.2f} ms"
-        if "torch" in t:
-            r = t["torch"] / t["lstm_fast"]
-            fig["bilstm_s6_training_vs_torch"] = r
-            line += f" | torch {t['torch'] * 1e3:.2f} ms | torch/lstm_fast {r:.2f} (target >= 1.5)"
-        print(line, flush=True)
+        label = "2-layer bidirectional LSTM S6 training"
+        vs_torch(fig, "bilstm_s6_training_vs_torch", label, t, ">= 1.5")
         fns, per = step_group(torch)
         t = run_group(fns, args.budget)
         us = t["step"] / per * 1e6

@@ -208,6 +208,35 @@ class Timing:
         }
 
 
+def _warm_up(
+    fn: Callable[[], object], warmup: int, budget: float
+) -> tuple[int, float | None, float]:
+    """At least ``warmup`` calls, then more while they fill under a tenth of ``budget`` (at most
+    100): (calls made, the first one's time or None, the last one's time)."""
+    perf = time.perf_counter
+    first, last, n = None, 0.0, 0
+    start = perf()
+    while n < max(warmup, 0) or (n and n < 100 and perf() - start < 0.1 * budget):
+        t = perf()
+        fn()
+        last = perf() - t
+        first = last if first is None else first
+        n += 1
+    return n, first, last
+
+
+def _timing(times: list[float], warmup: int, first: float | None) -> Timing:
+    return Timing(
+        median_s=statistics.median(times),
+        min_s=min(times),
+        mean_s=statistics.fmean(times),
+        stdev_s=statistics.stdev(times) if len(times) > 1 else 0.0,
+        repeats=len(times),
+        warmup=warmup,
+        first_s=times[0] if first is None else first,
+    )
+
+
 def time_call(
     fn: Callable[[], object],
     *,
@@ -222,15 +251,7 @@ def time_call(
     most 100). Repeats: as many as fit in ``budget``, clamped to [min_repeats, max_repeats].
     """
     perf = time.perf_counter
-    first = None
-    start = perf()
-    n_warm = 0
-    while n_warm < max(warmup, 0) or (n_warm and n_warm < 100 and perf() - start < 0.1 * budget):
-        t = perf()
-        fn()
-        dt = perf() - t
-        first = dt if first is None else first
-        n_warm += 1
+    n_warm, first, _ = _warm_up(fn, warmup, budget)
     times: list[float] = []
     deadline = perf() + budget
     while len(times) < max_repeats:
@@ -239,15 +260,7 @@ def time_call(
         times.append(perf() - t)
         if len(times) >= min_repeats and perf() >= deadline:
             break
-    return Timing(
-        median_s=statistics.median(times),
-        min_s=min(times),
-        mean_s=statistics.fmean(times),
-        stdev_s=statistics.stdev(times) if len(times) > 1 else 0.0,
-        repeats=len(times),
-        warmup=n_warm,
-        first_s=times[0] if first is None else first,
-    )
+    return _timing(times, n_warm, first)
 
 
 class CallFailed(Exception):
@@ -290,23 +303,20 @@ def time_interleaved(
     n_warm: dict[str, int] = {}
     per_call: dict[str, float] = {}
     times: dict[str, list[float]] = {}
+
+    def failed(e: Exception) -> CallFailed:
+        err = CallFailed(f"{type(e).__name__}: {e}")
+        err.__cause__ = e
+        return err
+
     for name, fn in fns.items():
-        start = perf()
-        k, dt = 0, 0.0
         try:
-            while k < max(warmup.get(name, 1), 0) or (
-                k and k < 100 and perf() - start < 0.1 * budget
-            ):
-                t = perf()
-                fn()
-                dt = perf() - t
-                first.setdefault(name, dt)
-                k += 1
+            k, t0, dt = _warm_up(fn, warmup.get(name, 1), budget)
         except Exception as e:  # noqa: BLE001 - one failing implementation must not end the run
-            err = CallFailed(f"{type(e).__name__}: {e}")
-            err.__cause__ = e
-            out[name] = err
+            out[name] = failed(e)
             continue
+        if t0 is not None:
+            first[name] = t0
         # no warm-up call: the call time is unknown, so one call per batch until measured
         n_warm[name], per_call[name], times[name] = k, dt if k else float("inf"), []
         time.sleep(gap_s)
@@ -339,9 +349,7 @@ def time_interleaved(
                     fns[name]()
                     batch.append(perf() - t)
             except Exception as e:  # noqa: BLE001
-                err = CallFailed(f"{type(e).__name__}: {e}")
-                err.__cause__ = e
-                out[name] = err
+                out[name] = failed(e)
                 continue
             times[name].extend(batch)
             per_call[name] = statistics.median(batch)
@@ -349,16 +357,7 @@ def time_interleaved(
     for name in names:
         if name in out:
             continue
-        ts = times[name]
-        out[name] = Timing(
-            median_s=statistics.median(ts),
-            min_s=min(ts),
-            mean_s=statistics.fmean(ts),
-            stdev_s=statistics.stdev(ts) if len(ts) > 1 else 0.0,
-            repeats=len(ts),
-            warmup=n_warm[name],
-            first_s=first.get(name, ts[0]),
-        )
+        out[name] = _timing(times[name], n_warm[name], first.get(name))
     return {name: out[name] for name in fns}
 
 

@@ -222,6 +222,44 @@ inline py::object check_batch_sizes(py::handle obj, index_t T, index_t B) {
   return std::move(copy);
 }
 
+// sorted_indices (with batch_sizes): None, or an int64 (B,) permutation of [0, B): row r of the
+// sorted batch is the caller's row sorted_indices[r]. Returns a private copy.
+inline py::object check_sorted_indices(py::handle obj, const py::object& batch_sizes, index_t B) {
+  if (obj.is_none()) return py::none();
+  if (batch_sizes.is_none())
+    throw py::value_error("sorted_indices: given without batch_sizes (it orders their rows)");
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error("sorted_indices: expected a numpy.ndarray of dtype int64, got " +
+                         type_name(obj));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
+    throw py::type_error("sorted_indices: expected dtype int64, got " +
+                         std::string(py::str(a.dtype())));
+  if (a.ndim() != 1 || a.shape(0) != B)
+    throw py::value_error("sorted_indices: expected shape (B=" + std::to_string(B) + ",), got " +
+                          shape_str(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error("sorted_indices: expected a C-contiguous array");
+  py::array_t<std::int64_t> copy(B);
+  std::copy_n(static_cast<const std::int64_t*>(a.data()), B, copy.mutable_data());
+  const std::int64_t* v = copy.data();
+  std::vector<char> seen(static_cast<std::size_t>(B), 0);
+  for (index_t r = 0; r < B; ++r) {
+    if (v[r] < 0 || v[r] >= B)
+      throw py::value_error("sorted_indices: expected values in [0, B=" + std::to_string(B) +
+                            "), got " + std::to_string(v[r]) + " at position " +
+                            std::to_string(r));
+    if (seen[v[r]]++)
+      throw py::value_error("sorted_indices: expected a permutation of [0, B), got " +
+                            std::to_string(v[r]) + " twice");
+  }
+  return std::move(copy);
+}
+
+inline const int64_t* order_ptr(const py::object& o) {
+  return o.is_none() ? nullptr : static_cast<const int64_t*>(o.cast<py::array>().data());
+}
+
 inline const index_t* bs_ptr(const py::object& o) {
   return o.is_none() ? nullptr : static_cast<const index_t*>(py::array(o).data());
 }

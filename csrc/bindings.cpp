@@ -34,6 +34,7 @@ farray empty(std::vector<py::ssize_t> shape) { return new_array(shape); }
 struct LSTMCache {
   LstmSizes s{};
   py::object batch_sizes;  // None or int64 (T,)
+  py::object order = py::none();  // None or int64 (B,): sorted_indices (x, dx unsorted)
   py::object ids = py::none();  // or int64 (T, B): an embedding input (then x is E)
   index_t V = 0;           // rows of E with ids
   py::array x, weight_ih, weight_hh, y, gates, cells;
@@ -71,9 +72,10 @@ LstmArgs check_lstm_args(py::handle x, py::handle weight_ih, py::handle weight_h
 
 py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_hh,
                           py::handle bias_ih, py::handle bias_hh, py::handle h0, py::handle c0,
-                          bool training, py::handle batch_sizes) {
+                          bool training, py::handle batch_sizes, py::handle sorted_indices) {
   LstmArgs a = check_lstm_args(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, batch_sizes);
   const LstmSizes s = a.s;
+  const py::object order = check_sorted_indices(sorted_indices, a.batch_sizes, s.B);
   check_output("x", "y", {{"T", s.T}, {"B", s.B}, {"H", s.H}});
   check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
   if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"4H", 4 * s.H}});
@@ -93,12 +95,14 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
                  training ? gates.mutable_data() : nullptr,
                  training ? cells.mutable_data() : nullptr, cptr(a.x), opt_ptr(a.h0),
                  opt_ptr(a.c0), cptr(a.w_ih), cptr(a.w_hh), opt_ptr(a.b_ih), opt_ptr(a.b_hh), s,
-                 bs_ptr(a.batch_sizes), ws.p, kern, nthreads);
+                 bs_ptr(a.batch_sizes), ws.p, kern, nthreads, nullptr, nullptr,
+                 order_ptr(order));
   }
   py::object cache = py::none();
   if (training) {
     auto c = std::make_unique<LSTMCache>();
     c->s = s;
+    c->order = order;
     c->x = a.x;
     c->weight_ih = a.w_ih;
     c->weight_hh = a.w_hh;
@@ -252,7 +256,8 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
                   opt_ptr(dhn_a), opt_ptr(dcn_a), cptr(c.x), opt_ptr(c.h0), opt_ptr(c.c0),
                   cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), cptr(c.gates), cptr(c.cells),
                   s, bs_ptr(c.batch_sizes), ws.p, kern, nthreads, ids, c.V,
-                  embedded ? cptr(c.x) : nullptr, embedded ? mptr(dE) : nullptr, S.p);
+                  embedded ? cptr(c.x) : nullptr, embedded ? mptr(dE) : nullptr, S.p,
+                  order_ptr(c.order));
   }
   // with an embedding input, the first element is the embedding's gradient (accumulated)
   return py::make_tuple(embedded ? py::object(dE) : py::object(dx), dh0, dc0, dW_ih, dW_hh, db_ih,
@@ -576,7 +581,8 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("lstm_forward", &lstm_forward_py, py::arg("x"), py::arg("weight_ih"),
         py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("h0"),
-        py::arg("c0"), py::arg("training"), py::arg("batch_sizes") = py::none());
+        py::arg("c0"), py::arg("training"), py::arg("batch_sizes") = py::none(),
+        py::arg("sorted_indices") = py::none());
   m.def("lstm_backward", &lstm_backward_py, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dweight_ih") = py::none(), py::arg("dweight_hh") = py::none(),
         py::arg("dbias_ih") = py::none(), py::arg("dbias_hh") = py::none(),

@@ -59,21 +59,27 @@ class LSTMGrads(_LSTMGradsTuple):
         return type(self)(*_LSTMGradsTuple._replace(self, **kw), dweight_hr=hr)
 
 
-def _batch_sizes(batch_sizes):
+def _int_vector(name, value):
     """None, or a fresh int64 C-contiguous copy (the core validates shape and values)."""
-    if batch_sizes is None:
+    if value is None:
         return None
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = value.detach().cpu().numpy()
     try:
-        bs = np.asarray(batch_sizes)
+        v = np.asarray(value)
     except (ValueError, TypeError) as e:  # ragged nesting and the like
-        raise ValueError(f"batch_sizes: expected a 1-D sequence of integers ({e})") from None
-    if bs.size == 0 and bs.dtype.kind == "f":  # [] (T = 0) is float64 to NumPy
-        bs = bs.astype(np.int64)
-    if bs.dtype.kind not in "iu":
-        raise TypeError(f"batch_sizes: expected integers, got dtype {bs.dtype}")
-    if bs.dtype.kind == "u" and bs.size and bs.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"batch_sizes: expected values in int64 range, got {bs.max()}")
-    return np.array(bs, dtype=np.int64, order="C")  # explicit, small copy
+        raise ValueError(f"{name}: expected a 1-D sequence of integers ({e})") from None
+    if v.size == 0 and v.dtype.kind == "f":  # [] is float64 to NumPy
+        v = v.astype(np.int64)
+    if v.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integers, got dtype {v.dtype}")
+    if v.dtype.kind == "u" and v.size and v.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected values in int64 range, got {v.max()}")
+    return np.array(v, dtype=np.int64, order="C")  # explicit, small copy
+
+
+def _batch_sizes(batch_sizes):
+    return _int_vector("batch_sizes", batch_sizes)
 
 
 def _training(training):
@@ -120,6 +126,7 @@ def lstm_forward(
     batch_sizes=None,
     check_finite: bool = False,
     weight_hr=None,
+    sorted_indices=None,
 ):
     r"""LSTM over a whole sequence, one layer, one direction (PyTorch's maths and gate order).
 
@@ -145,6 +152,13 @@ def lstm_forward(
             or +-Inf (default False: they propagate into the outputs as NaN/Inf).
         weight_hr: optional (P, H) projection of the hidden state, 0 < P < H (PyTorch's
             ``proj_size``, parameter ``weight_hr_l{k}``): h_t = m_t W_hr^T has P features.
+        sorted_indices: optional, with ``batch_sizes`` (not with ``weight_hr``): a (B,)
+            permutation of ``range(B)`` when x's rows are in the caller's order rather than
+            sorted by length: row r of the sorted batch is ``x[:, sorted_indices[r]]``
+            (PyTorch's ``PackedSequence.sorted_indices``). The sort is fused into the copy of
+            the active rows (no pass of its own over x); every output (y, h_n, c_n) is in the
+            sorted order, h0/c0 are expected in it, and :func:`lstm_backward` returns dx in x's
+            order.
 
     Returns:
         ``(y, h_n, c_n, cache)``: y (T, B, H), h_n and c_n (B, H); cache is None unless training.
@@ -167,6 +181,9 @@ def lstm_forward(
     """
     training = _training(training)
     batch_sizes = _batch_sizes(batch_sizes)
+    sorted_indices = _int_vector("sorted_indices", sorted_indices)
+    if sorted_indices is not None and weight_hr is not None:
+        raise ValueError("sorted_indices: not supported with weight_hr (sort x's rows first)")
     if _check(check_finite):
         _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
         _finite(h0=h0, c0=c0)
@@ -186,7 +203,7 @@ def lstm_forward(
             batch_sizes,
         )
     return _core.lstm_forward(
-        x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, training, batch_sizes
+        x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, training, batch_sizes, sorted_indices
     )
 
 

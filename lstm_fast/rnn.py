@@ -110,7 +110,9 @@ class _Direction:
     """One layer, one direction over sorted rows: the core call and what backward needs."""
 
     @staticmethod
-    def forward(mode, x, w, h0, c0, bs, training, proj):
+    def forward(mode, x, w, h0, c0, bs, training, proj, order=None):
+        """``order``: x's rows unsorted, row r of the sorted batch is x[:, order[r]] (LSTM
+        without projection only; the core gathers them, and its backward scatters dx back)."""
         w_ih, w_hh, b_ih, b_hh, w_hr = w
         if mode == "LSTM" and proj:
             # proj_size: the fused core with the projection h_t = m_t W_hr^T.
@@ -120,7 +122,16 @@ class _Direction:
             return y, hn, cn, cache
         if mode == "LSTM":
             y, hn, cn, cache = ops.lstm_forward(
-                x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=bs
+                x,
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+                h0,
+                c0,
+                training=training,
+                batch_sizes=bs,
+                sorted_indices=order,
             )
             return y, hn, cn, cache
         if mode == "GRU":
@@ -352,10 +363,11 @@ class _RNNBase(Module):
             out.append(a[:, None, :] if unbatched else a)
         return out[0], (out[1] if self._has_cell else None)
 
-    def _layers(self, x, h0, c0, B, bs, flip, first=None):
+    def _layers(self, x, h0, c0, B, bs, flip, first=None, order=None):
         """Run the layer stack on time-major x: returns (y, h_n, c_n, saved). ``first``, when
         given, replaces the call of layer 0 (one direction): ``first(w, h0, c0)`` -> (y, hn,
-        cn, cache) with that layer's weights and initial state; x is then not read."""
+        cn, cache) with that layer's weights and initial state; x is then not read. ``order``:
+        x's rows are unsorted and layer 0 sorts them itself (_Direction.forward)."""
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
         training = self.training
         h_n = np.empty((L * D, B, P), np.float32)
@@ -375,7 +387,15 @@ class _RNNBase(Module):
                     return first(w, h0_i, c0_i)
                 inp = layer_in if d == 0 else np.ascontiguousarray(flip(layer_in))
                 return _Direction.forward(
-                    self._mode, inp, w, h0_i, c0_i, bs, training, bool(self.proj_size)
+                    self._mode,
+                    inp,
+                    w,
+                    h0_i,
+                    c0_i,
+                    bs,
+                    training,
+                    bool(self.proj_size),
+                    order if k == 0 else None,
                 )
 
             for d, (y, hn, cn, cache) in enumerate(_directions(run, D)):
@@ -442,12 +462,17 @@ class _RNNBase(Module):
         T, B = x.shape[0], x.shape[1]
         h0, c0 = self._states_in(hx, B, unbatched)
         order = inv = bs = rev = None
+        fused = False
         if lengths is not None:
             lens = _lengths_of(lengths, T, B)
             order = np.argsort(-lens, kind="stable")
             inv = np.argsort(order)
             lens = lens[order]
-            x = _take_rows(x, order)  # C-contiguous (x[:, order] is not)
+            # A unidirectional LSTM sorts x's rows in its first layer's packing copy (and
+            # scatters dx back); the others take a sorted copy (x[:, order] is not contiguous).
+            fused = D == 1 and self._mode == "LSTM" and not self.proj_size
+            if not fused:
+                x = _take_rows(x, order)
             if h0 is not None:
                 h0 = _take_rows(h0, order)
                 c0 = None if c0 is None else _take_rows(c0, order)
@@ -460,10 +485,21 @@ class _RNNBase(Module):
             return a[::-1] if rev is None else a[rev]
 
         training = self.training
-        layer_in, h_n, c_n, saved = self._layers(x, h0, c0, B, bs, flip)
+        layer_in, h_n, c_n, saved = self._layers(
+            x, h0, c0, B, bs, flip, order=order if fused else None
+        )
         y = layer_in
         if training:
-            meta = dict(T=T, B=B, unbatched=unbatched, order=order, inv=inv, rev=rev, packed=packed)
+            meta = dict(
+                T=T,
+                B=B,
+                unbatched=unbatched,
+                order=order,
+                inv=inv,
+                rev=rev,
+                packed=packed,
+                fused=fused,
+            )
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
@@ -676,7 +712,9 @@ class _RNNBase(Module):
         dx = grad
         if order is not None:
             inv = meta["inv"]
-            dx, dh0 = _take_rows(dx, inv), _take_rows(dh0, inv)
+            if not meta.get("fused"):  # else layer 0's backward wrote dx in the caller's order
+                dx = _take_rows(dx, inv)
+            dh0 = _take_rows(dh0, inv)
             dc0 = None if dc0 is None else _take_rows(dc0, inv)
         if unbatched:
             dx, dh0 = dx[:, 0, :], dh0[:, 0, :]

@@ -219,3 +219,106 @@ def test_take_rows_bad_input():
         ops._core.take_rows(np.zeros((3, 4), np.float32), np.array([0]))
     with pytest.raises(ValueError, match="C-contiguous"):
         ops._core.take_rows(np.zeros((3, 4, 2), np.float32).transpose(1, 0, 2), np.array([0]))
+
+
+# ---- sorted_indices: x (and dx) in the caller's batch order ----------------------------------
+
+
+def sorted_problem(seed, T, B, I, H, pattern="random"):
+    """An LSTM problem with lengths in the caller's (unsorted) order, its sort and batch_sizes."""
+    rng = np.random.default_rng(seed)
+    x, w, h0, c0 = make_problem(rng, "lstm", T, B, I, H)
+    if pattern == "equal":
+        lengths = np.full(B, T)  # no padding: the permutation alone
+    else:
+        lengths = rng.integers(0, T + 1, B)
+        lengths[rng.integers(B)] = T
+    order = np.argsort(-lengths, kind="stable")
+    if pattern == "equal":
+        order = rng.permutation(B)
+    bs = (lengths[order][None, :] > np.arange(T)[:, None]).sum(axis=1)
+    dy, dhn, dcn = rng.standard_normal((T, B, H)), rng.standard_normal((B, H)), None
+    return x, w, h0, c0, lengths, order, bs, dy, dhn, dcn
+
+
+@pytest.mark.parametrize(
+    "T,B,I,H,pattern",
+    [
+        (9, 7, 17, 7, "random"),
+        (13, 17, 7, 33, "random"),
+        (6, 5, 3, 16, "equal"),
+        (2, 3, 4, 5, "random"),  # T <= 2: the unpacked path gathers x first
+        (1, 4, 1, 1, "random"),
+        (30, 40, 5, 17, "random"),  # batch split, re-balanced
+    ],
+)
+def test_sorted_indices_equals_sorting_first(isa, T, B, I, H, pattern):
+    # The core's gather of x's rows (and scatter of dx) is bitwise a sort before and after.
+    x, w, h0, c0, lengths, order, bs, dy, dhn, _ = sorted_problem(T + B, T, B, I, H, pattern)
+    xs = f32(x)
+    pad = np.arange(T)[:, None] >= lengths[None, :]
+    xs[pad] = np.nan  # the padding of x (in the caller's order) is never read
+    args = [f32(a) for a in w]
+    h0s, c0s = f32(h0[order]), f32(c0[order])
+    dys = f32(dy[:, order])
+    y1, hn1, cn1, cache1 = ops.lstm_forward(
+        xs, *args, h0s, c0s, training=True, batch_sizes=bs, sorted_indices=order
+    )
+    y2, hn2, cn2, cache2 = ops.lstm_forward(
+        f32(xs[:, order]), *args, h0s, c0s, training=True, batch_sizes=bs
+    )
+    for a, b in [(y1, y2), (hn1, hn2), (cn1, cn2)]:
+        assert a.tobytes() == b.tobytes()
+    y3 = ops.lstm_forward(xs, *args, h0s, c0s, batch_sizes=bs, sorted_indices=order)[0]
+    assert y3.tobytes() == y1.tobytes()
+    g1 = ops.lstm_backward(cache1, dys, f32(dhn))
+    g2 = ops.lstm_backward(cache2, dys, f32(dhn))
+    inv = np.argsort(order)
+    assert g1.dx.tobytes() == f32(g2.dx[:, inv]).tobytes()  # dx in x's (caller's) order
+    assert not np.any(g1.dx[pad]), "dx of padding rows is zero"
+    for name in g1._fields[1:]:
+        a, b = getattr(g1, name), getattr(g2, name)
+        assert (a is None and b is None) or a.tobytes() == b.tobytes(), name
+
+
+def test_sorted_indices_bitwise_across_threads(threads, schedule):
+    T, B, I, H = 21, 23, 9, 40
+    x, w, h0, c0, lengths, order, bs, dy, dhn, _ = sorted_problem(5, T, B, I, H)
+    out = []
+    for n, sched in [(1, "auto"), (2, "batch"), (2, "units"), (3, "auto")]:
+        lstm_fast.set_num_threads(n)
+        schedule(sched)
+        args = [f32(a) for a in (x, *w, h0, c0)]
+        y, hn, cn, cache = ops.lstm_forward(
+            *args, training=True, batch_sizes=bs, sorted_indices=order
+        )
+        g = ops.lstm_backward(cache, f32(dy), f32(dhn))
+        out.append([y, hn, cn, *[a for a in g if a is not None]])
+    for other in out[1:]:
+        for a, b in zip(out[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_sorted_indices_bad_input():
+    T, B, I, H = 4, 3, 2, 5
+    x, w, h0, c0, lengths, order, bs, *_ = sorted_problem(1, T, B, I, H)
+    args = [f32(a) for a in (x, *w)]
+    with pytest.raises(ValueError, match="sorted_indices: given without batch_sizes"):
+        ops.lstm_forward(*args, sorted_indices=order)
+    with pytest.raises(ValueError, match=r"sorted_indices: expected shape \(B=3,\), got \(2,\)"):
+        ops.lstm_forward(*args, batch_sizes=bs, sorted_indices=[0, 1])
+    with pytest.raises(ValueError, match=r"sorted_indices: expected a permutation .* 1 twice"):
+        ops.lstm_forward(*args, batch_sizes=bs, sorted_indices=[1, 1, 0])
+    with pytest.raises(ValueError, match=r"sorted_indices: expected values in \[0, B=3\), got 3"):
+        ops.lstm_forward(*args, batch_sizes=bs, sorted_indices=[0, 3, 1])
+    with pytest.raises(TypeError, match="sorted_indices: expected integers, got dtype float64"):
+        ops.lstm_forward(*args, batch_sizes=bs, sorted_indices=[0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="sorted_indices: not supported with weight_hr"):
+        ops.lstm_forward(
+            f32(x),
+            f32(w[0]),
+            f32(w[1][:, :2]),
+            batch_sizes=bs,
+            sorted_indices=order,
+            weight_hr=f32(np.ones((2, H))),
+        )

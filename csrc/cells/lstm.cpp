@@ -209,10 +209,11 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
                   const float* h0, const float* c0, const float* W_ih, const float* W_hh,
                   const float* b_ih, const float* b_hh, const LstmSizes& s,
                   const index_t* bs, float* workspace, const Kernels& kern, int nthreads,
-                  const int64_t* ids, const float* table) {
+                  const int64_t* ids, const float* table, const int64_t* order) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   const bool training = gates != nullptr;
   if (ids) bs = nullptr;  // the embedding path is dense (the bindings check it)
+  if (!bs) order = nullptr;
   if (B == 0 || H == 0) return;
   if (T == 0) {
     for (index_t j = 0; j < B * H; ++j) {
@@ -221,7 +222,18 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     }
     return;
   }
-  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // every row active: the packed layout is dense
+  // Every row active: the packed layout is dense (with order, x still needs the gather).
+  if (bs && !order && !has_padding(bs, T, B)) bs = nullptr;
+  std::vector<float> x_sorted;  // order on the unpacked path (tiny shapes): x gathered first
+  if (order && use_unpacked(s)) {
+    x_sorted.resize(static_cast<std::size_t>(T * B * I));
+    for (index_t t = 0; t < T; ++t)
+      for (index_t r = 0; r < B; ++r)
+        std::memcpy(x_sorted.data() + (t * B + r) * I, x + (t * B + order[r]) * I,
+                    I * sizeof(float));
+    x = x_sorted.data();
+    order = nullptr;
+  }
   if (bs) {  // padding rows of y are zero
     for (index_t t = 0; t < T; ++t)
       if (bs[t] < B) std::memset(y + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
@@ -287,7 +299,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     if (ids) {
       gather_rows(rows, G, ids + t0 * B, table, xp, nthreads);
     } else {
-      if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads);
+      if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads, order);
       input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp,
                        nthreads, Wip);
     }
@@ -369,9 +381,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                    const float* W_hh, const float* y, const float* gates, const float* cells,
                    const LstmSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
                    int nthreads, const int64_t* ids, index_t V, const float* E, float* dE,
-                   float* S) {
+                   float* S, const int64_t* order) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   if (ids) bs = nullptr;  // dense (the bindings check it)
+  if (!bs) order = nullptr;
   if (B == 0 || H == 0) {
     if (dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
@@ -382,7 +395,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     dc0[j] = dc_n ? dc_n[j] : 0.0f;
   }
   if (T == 0) return;
-  if (bs && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward: dense layout
+  if (bs && !order && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward
   const index_t nbj = (H + kern.NR - 1) / kern.NR;
   // dZ and the gates cache hold packed rows with batch_sizes (packed.h): N rows in all.
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
@@ -505,11 +518,11 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
            nthreads);
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
-    pack_steps(dx, x, I, B, bs, 0, T, nthreads);
+    pack_steps(dx, x, I, B, bs, 0, T, nthreads, order);
     gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads, nullptr,
          nullptr, sums);
     gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-    unpack_steps_in_place(dx, I, B, bs, T);
+    unpack_steps_in_place(dx, I, B, bs, T, order);
     // dW_hh: step 0 against h0's active rows, steps 1.. against the previous outputs.
     if (h0)
       gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);

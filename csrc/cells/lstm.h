@@ -48,11 +48,15 @@ void lstm_forward(float* y,            // (T, B, H)
                   const index_t* batch_sizes,  // (T) non-increasing, or null: all B rows
                   float* workspace, const Kernels& kern, int nthreads,
                   const int64_t* ids = nullptr,  // (T, B) token ids, or null
-                  const float* table = nullptr);  // (V, 4H)
+                  const float* table = nullptr,  // (V, 4H)
+                  const int64_t* order = nullptr);  // (B) with batch_sizes, or null
 // With ids (and table, no batch_sizes), the input is an embedding lookup: the input projection
 // of row r is table[ids[r]] (table = E . W_ih^T + b_ih + b_hh, one row per token of the
 // vocabulary, made once per call by the caller) -- a gather instead of a GEMM over every token;
 // x, W_ih and the biases are not read.
+// With order (batch_sizes given; a permutation of [0, B)), x's rows are in the caller's batch
+// order and row r of the sorted batch is x's row order[r] (PyTorch's sorted_indices): the sort is
+// fused into the packing of the active rows. Every other array (y, states, caches) is sorted.
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
                                      int nthreads);
@@ -83,10 +87,12 @@ void lstm_backward(float* dx,           // (T, B, I)
                    float* workspace, const Kernels& kern, int nthreads,
                    const int64_t* ids = nullptr,  // (T, B), as given to the forward
                    index_t V = 0, const float* E = nullptr, float* dE = nullptr,
-                   float* S = nullptr);
+                   float* S = nullptr,
+                   const int64_t* order = nullptr);  // (B) as given to the forward, or null
 // With ids (the forward's embedding input; no batch_sizes): the input gradient goes to the
 // embedding table instead of dx (not written, may be null). dZ's rows are first summed per token
 // into S (V, 4H, scratch), then dW_ih += S^T . E and dE += S . W_ih (V rows, not T*B), and the
 // bias gradients are S's column sums. E: (V, I) the embedding weights, dE (V, I) accumulated.
+// With order: x is read, and dx written, in the caller's batch order (as in the forward).
 
 }  // namespace lstm_fast

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "dispatch.h"
 
@@ -32,7 +33,7 @@ int copy_threads(index_t floats, int nthreads) {
 // Copies rows [0, bs[t]) of step t - shift of src to the packed place of step t, for steps
 // [t0, t1); the steps are split over the threads (each finds its packed offset).
 void pack_rows(float* dst, const float* src, index_t F, index_t B, const index_t* bs, index_t t0,
-               index_t t1, index_t shift, int nthreads) {
+               index_t t1, index_t shift, int nthreads, const int64_t* order = nullptr) {
   const int P = copy_threads(packed_rows(bs, t0, t1) * F, nthreads);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
@@ -42,7 +43,13 @@ void pack_rows(float* dst, const float* src, index_t F, index_t B, const index_t
     const index_t ta = t0 + (t1 - t0) * p / np, tb = t0 + (t1 - t0) * (p + 1) / np;
     float* d = dst + packed_rows(bs, t0, ta) * F;
     for (index_t t = ta; t < tb; ++t) {
-      if (bs[t] > 0) std::memcpy(d, src + (t - shift) * B * F, bs[t] * F * sizeof(float));
+      const float* s = src + (t - shift) * B * F;
+      if (order) {
+        for (index_t r = 0; r < bs[t]; ++r)
+          std::memcpy(d + r * F, s + order[r] * F, F * sizeof(float));
+      } else if (bs[t] > 0) {
+        std::memcpy(d, s, bs[t] * F * sizeof(float));
+      }
       d += bs[t] * F;
     }
   }
@@ -50,8 +57,8 @@ void pack_rows(float* dst, const float* src, index_t F, index_t B, const index_t
 }  // namespace
 
 void pack_steps(float* dst, const float* src, index_t F, index_t B, const index_t* bs, index_t t0,
-                index_t t1, int nthreads) {
-  pack_rows(dst, src, F, B, bs, t0, t1, 0, nthreads);
+                index_t t1, int nthreads, const int64_t* order) {
+  pack_rows(dst, src, F, B, bs, t0, t1, 0, nthreads, order);
 }
 
 void pack_previous_steps(float* dst, const float* src, index_t F, index_t B, const index_t* bs,
@@ -59,16 +66,31 @@ void pack_previous_steps(float* dst, const float* src, index_t F, index_t B, con
   if (T > 1) pack_rows(dst, src, F, B, bs, 1, T, 1, nthreads);
 }
 
-void unpack_steps_in_place(float* a, index_t F, index_t B, const index_t* bs, index_t T) {
+void unpack_steps_in_place(float* a, index_t F, index_t B, const index_t* bs, index_t T,
+                           const int64_t* order) {
   // Last step first: step t's packed rows [off(t), off(t) + bs[t]) move up to [t*B, t*B + bs[t])
   // (t*B >= off(t)); everything written for step t lies at or above off(t), past the packed rows
   // of the earlier steps that are still to move.
   index_t off = packed_rows(bs, 0, T);
+  std::vector<float> tmp;
   for (index_t t = T - 1; t >= 0; --t) {
     off -= bs[t];
     float* dst = a + t * B * F;
-    if (bs[t] > 0 && off != t * B) std::memmove(dst, a + off * F, bs[t] * F * sizeof(float));
-    if (bs[t] < B) std::memset(dst + bs[t] * F, 0, (B - bs[t]) * F * sizeof(float));
+    if (!order) {
+      if (bs[t] > 0 && off != t * B) std::memmove(dst, a + off * F, bs[t] * F * sizeof(float));
+      if (bs[t] < B) std::memset(dst + bs[t] * F, 0, (B - bs[t]) * F * sizeof(float));
+      continue;
+    }
+    // Permuted: the step's packed rows may overlap its destination rows, so they are copied
+    // out first when they do; the rows order[bs[t]..B) are the padding.
+    const float* src = a + off * F;
+    if (bs[t] > 0 && off + bs[t] > t * B) {
+      tmp.assign(src, src + bs[t] * F);
+      src = tmp.data();
+    }
+    for (index_t r = 0; r < bs[t]; ++r)
+      std::memcpy(dst + order[r] * F, src + r * F, F * sizeof(float));
+    for (index_t r = bs[t]; r < B; ++r) std::memset(dst + order[r] * F, 0, F * sizeof(float));
   }
 }
 

@@ -7,6 +7,8 @@
 // N = sum(bs) rows and never touches, nor spends arithmetic on, the padding.
 #pragma once
 
+#include <cstdint>
+
 #include "shapes.h"
 
 namespace lstm_fast {
@@ -17,10 +19,13 @@ index_t packed_rows(const index_t* bs, index_t t0, index_t t1);
 // Whether some step has fewer than B active rows.
 bool has_padding(const index_t* bs, index_t T, index_t B);
 
-// dst <- the active rows of steps [t0, t1) of src, packed.
+// dst <- the active rows of steps [t0, t1) of src, packed. With order (a permutation of
+// [0, B)), src's rows are in the caller's batch order: row r of a step is src's row order[r]
+// of that step (the sort by length fused into the packing copy).
 void pack_steps(float* dst,        // (packed_rows(bs, t0, t1), F)
                 const float* src,  // (T, B, F)
-                index_t F, index_t B, const index_t* bs, index_t t0, index_t t1, int nthreads);
+                index_t F, index_t B, const index_t* bs, index_t t0, index_t t1, int nthreads,
+                const int64_t* order = nullptr);
 
 // dst <- for steps 1..T-1, rows [0, bs[t]) of step t - 1 of src, packed: the previous hidden
 // state of every active row after step 0 (the operand of dW_hh).
@@ -29,9 +34,11 @@ void pack_previous_steps(float* dst,        // (packed_rows(bs, 1, T), F)
                          index_t F, index_t B, const index_t* bs, index_t T, int nthreads);
 
 // a holds N = sum(bs) packed rows at its start: move each step's rows to its place in (T, B, F)
-// and zero the padding rows.
+// and zero the padding rows. With order (as in pack_steps), row r of a step goes to row
+// order[r] of that step (back to the caller's batch order).
 void unpack_steps_in_place(float* a,  // (T, B, F)
-                           index_t F, index_t B, const index_t* bs, index_t T);
+                           index_t F, index_t B, const index_t* bs, index_t T,
+                           const int64_t* order = nullptr);
 
 // Batch-split recurrences with batch_sizes re-balance their rows every this many steps (a team
 // barrier when rows change hands): rows sorted longest first would otherwise leave a fixed first

@@ -153,12 +153,13 @@ def lstm_forward(
         weight_hr: optional (P, H) projection of the hidden state, 0 < P < H (PyTorch's
             ``proj_size``, parameter ``weight_hr_l{k}``): h_t = m_t W_hr^T has P features.
         sorted_indices: optional, with ``batch_sizes`` (not with ``weight_hr``): a (B,)
-            permutation of ``range(B)`` when x's rows are in the caller's order rather than
-            sorted by length: row r of the sorted batch is ``x[:, sorted_indices[r]]``
-            (PyTorch's ``PackedSequence.sorted_indices``). The sort is fused into the copy of
-            the active rows (no pass of its own over x); every output (y, h_n, c_n) is in the
-            sorted order, h0/c0 are expected in it, and :func:`lstm_backward` returns dx in x's
-            order.
+            permutation of ``range(B)`` when the batch is in the caller's order rather than
+            sorted by length: row r of the sorted batch (the one ``batch_sizes`` describes) is
+            ``x[:, sorted_indices[r]]`` (PyTorch's ``PackedSequence.sorted_indices``). x and y
+            are then in the caller's order (and :func:`lstm_backward`'s dy and dx), with no
+            pass of their own to sort them: x's rows are sorted by the copy of the active
+            rows, y's written in place step by step. The states h0, c0, h_n, c_n (and their
+            gradients) stay in the sorted order.
 
     Returns:
         ``(y, h_n, c_n, cache)``: y (T, B, H), h_n and c_n (B, H); cache is None unless training.

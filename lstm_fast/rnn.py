@@ -111,8 +111,9 @@ class _Direction:
 
     @staticmethod
     def forward(mode, x, w, h0, c0, bs, training, proj, order=None):
-        """``order``: x's rows unsorted, row r of the sorted batch is x[:, order[r]] (LSTM
-        without projection only; the core gathers them, and its backward scatters dx back)."""
+        """``order``: the rows of x (and y, dy, dx) in the caller's order, row r of the sorted
+        batch is x[:, order[r]]; h0/c0 sorted (LSTM without projection only: its core sorts x's
+        rows as it packs them and writes y's in place)."""
         w_ih, w_hh, b_ih, b_hh, w_hr = w
         if mode == "LSTM" and proj:
             # proj_size: the fused core with the projection h_t = m_t W_hr^T.
@@ -367,7 +368,8 @@ class _RNNBase(Module):
         """Run the layer stack on time-major x: returns (y, h_n, c_n, saved). ``first``, when
         given, replaces the call of layer 0 (one direction): ``first(w, h0, c0)`` -> (y, hn,
         cn, cache) with that layer's weights and initial state; x is then not read. ``order``:
-        x's rows are unsorted and layer 0 sorts them itself (_Direction.forward)."""
+        the rows of x and of every layer's output stay in the caller's order, the cores sort
+        them (_Direction.forward)."""
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
         training = self.training
         h_n = np.empty((L * D, B, P), np.float32)
@@ -395,7 +397,7 @@ class _RNNBase(Module):
                     bs,
                     training,
                     bool(self.proj_size),
-                    order if k == 0 else None,
+                    order,
                 )
 
             for d, (y, hn, cn, cache) in enumerate(_directions(run, D)):
@@ -468,8 +470,9 @@ class _RNNBase(Module):
             order = np.argsort(-lens, kind="stable")
             inv = np.argsort(order)
             lens = lens[order]
-            # A unidirectional LSTM sorts x's rows in its first layer's packing copy (and
-            # scatters dx back); the others take a sorted copy (x[:, order] is not contiguous).
+            # A unidirectional LSTM keeps x, y (dy, dx) in the caller's order, its core sorts
+            # the rows as it packs them; the others take sorted copies (x[:, order] is not
+            # contiguous) and un-sort the results.
             fused = D == 1 and self._mode == "LSTM" and not self.proj_size
             if not fused:
                 x = _take_rows(x, order)
@@ -504,7 +507,8 @@ class _RNNBase(Module):
         else:
             object.__setattr__(self, "_saved", None)
         if inv is not None:
-            y = _take_rows(y, inv)
+            if not fused:
+                y = _take_rows(y, inv)
             h_n = _take_rows(h_n, inv)
             c_n = None if c_n is None else _take_rows(c_n, inv)
         hidden = (h_n, c_n) if self._has_cell else h_n
@@ -654,7 +658,7 @@ class _RNNBase(Module):
             a = a[:, None, :] if unbatched else a
             dstates.append(a if order is None else _take_rows(a, order))
         dhn_all, dcn_all = dstates
-        if order is not None:
+        if order is not None and not meta.get("fused"):
             dy = _take_rows(dy, order)
 
         def flip(a):
@@ -712,7 +716,7 @@ class _RNNBase(Module):
         dx = grad
         if order is not None:
             inv = meta["inv"]
-            if not meta.get("fused"):  # else layer 0's backward wrote dx in the caller's order
+            if not meta.get("fused"):  # else the cores wrote dx in the caller's order
                 dx = _take_rows(dx, inv)
             dh0 = _take_rows(dh0, inv)
             dc0 = None if dc0 is None else _take_rows(dc0, inv)

@@ -64,16 +64,17 @@ void scatter_rows(index_t rows, index_t G, index_t V, const int64_t* ids, const 
 }
 
 // h_n, c_n: each row's state after its last real step (the last step without batch_sizes).
+// With order, y's rows are in the caller's order (sorted row b is y's row order[b]).
 void final_states(float* h_n, float* c_n, const float* y, const float* cells, const float* state,
                   const float* h_init, const float* c_init, const LstmSizes& s,
-                  const index_t* bs) {
+                  const index_t* bs, const int64_t* order = nullptr) {
   const index_t T = s.T, B = s.B, H = s.H;
   const bool training = cells != nullptr;
   for (index_t b = 0; b < B; ++b) {
     index_t len = T;
     if (bs)
       while (len > 0 && bs[len - 1] <= b) --len;
-    const float* h = len ? y + ((len - 1) * B + b) * H : h_init + b * H;
+    const float* h = len ? y + ((len - 1) * B + (order ? order[b] : b)) * H : h_init + b * H;
     const float* c = !training ? state + b * H
                      : len     ? cells + ((len - 1) * B + b) * H
                                : c_init + b * H;
@@ -202,7 +203,8 @@ index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, boo
   const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
   const index_t xg = lengths ? chunk_steps(s) * s.B * s.I : 0;  // a chunk's active rows of x
-  return panels + xp + xg + 2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
+  const index_t ring = lengths ? 2 * s.B * s.H : 0;  // sorted h of two steps, with an order
+  return panels + xp + xg + ring + 2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
 }
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
@@ -224,19 +226,29 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   }
   // Every row active: the packed layout is dense (with order, x still needs the gather).
   if (bs && !order && !has_padding(bs, T, B)) bs = nullptr;
-  std::vector<float> x_sorted;  // order on the unpacked path (tiny shapes): x gathered first
+  // order on the unpacked path (tiny shapes): x gathered first, y computed sorted, then
+  // scattered to the caller's order.
+  std::vector<float> x_sorted, y_sorted;
+  float* y_user = y;
   if (order && use_unpacked(s)) {
     x_sorted.resize(static_cast<std::size_t>(T * B * I));
+    y_sorted.resize(static_cast<std::size_t>(T * B * H));
     for (index_t t = 0; t < T; ++t)
       for (index_t r = 0; r < B; ++r)
         std::memcpy(x_sorted.data() + (t * B + r) * I, x + (t * B + order[r]) * I,
                     I * sizeof(float));
     x = x_sorted.data();
-    order = nullptr;
+    y = y_sorted.data();
   }
   if (bs) {  // padding rows of y are zero
-    for (index_t t = 0; t < T; ++t)
-      if (bs[t] < B) std::memset(y + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
+    for (index_t t = 0; t < T; ++t) {
+      if (order && y == y_user) {
+        for (index_t r = bs[t]; r < B; ++r)
+          std::memset(y + (t * B + order[r]) * H, 0, H * sizeof(float));
+      } else if (bs[t] < B) {
+        std::memset(y + (t * B + bs[t]) * H, 0, (B - bs[t]) * H * sizeof(float));
+      }
+    }
   }
   // One or two steps, or a handful of rows in all: packing W_hh would cost more than the steps
   // themselves, so the products read the weights' rows directly (use_unpacked).
@@ -251,6 +263,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     lstm_forward_unpacked(y, gates, cells, x, h_init, c_init, W_ih, W_hh, b_ih, b_hh, s, bs,
                           xp_buf, state, kern, nthreads, ids, table);
     final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
+    if (y != y_user)
+      for (index_t t = 0; t < T; ++t)
+        for (index_t r = 0; r < B; ++r)
+          std::memcpy(y_user + (t * B + order[r]) * H, y + (t * B + r) * H, H * sizeof(float));
     return;
   }
   // Workspace: [packed W_hh] [xp chunk (TC*B, 4H), inference only]
@@ -264,6 +280,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   float* state = xg + (bs ? TC * B * I : 0);          // (B, H): c in inference
   float* zeros = state + B * H;                       // (B, H): null h0 / c0
   float* Wip = zeros + B * H;  // W_ih^T packed once, with several chunks (packed_w_ih_size)
+  // With an order, y's rows are in the caller's order: the recurrence reads h_prev from a ring
+  // of two sorted (B, H) steps, and each thread copies what it computed to y's rows after the
+  // step (a thread's rows or units of a step are read only by itself or after a barrier).
+  float* ring = order ? Wip + packed_w_ih_size(kern, s) : nullptr;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
@@ -341,22 +361,32 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
             team_barrier();
           balanced_rows(bs, t, t2, B, tile, p, np, &r0, &r1);
         }
-        const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+        const float* h_prev = t == 0 ? h_init
+                              : ring  ? ring + ((t - 1) & 1) * B * H
+                                      : y + (t - 1) * B * H;
+        float* h_out = ring ? ring + (t & 1) * B * H : y + t * B * H;
         const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
         float* c_out = training ? cells + t * B * H : state;
         float* xp_t = xp + off * G;
         off += bs ? bs[t] : B;
         const index_t re = bs ? std::min(r1, bs[t]) : r1;
-        if (re > r0 && ub1 > ub0)
-          kern.lstm_fwd_rows(re - r0, H, H, ub0, ub1, y + t * B * H + r0 * H, H, c_out + r0 * H,
+        if (re > r0 && ub1 > ub0) {
+          kern.lstm_fwd_rows(re - r0, H, H, ub0, ub1, h_out + r0 * H, H, c_out + r0 * H,
                              training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
                              c_prev + r0 * H, xp_t + r0 * G, Wp);
+          if (ring) {  // this thread's part of the step to y's rows, in the caller's order
+            const index_t u0 = ub0 * kern.W, u1 = std::min(H, ub1 * kern.W);
+            for (index_t r = r0; r < re; ++r)
+              std::memcpy(y + (t * B + order[r]) * H + u0, h_out + r * H + u0,
+                          (u1 - u0) * sizeof(float));
+          }
+        }
         if (units_now && np > 1) team_barrier();
       }
     }
     off0 += rows;
   }
-  final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
+  final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs, order);
 }
 
 namespace {
@@ -372,7 +402,8 @@ index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bo
   const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
   const index_t slabs = std::max(2, nthreads) * dz_slab(kern, s);
-  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + 64;
+  const index_t dys = lengths ? std::max(1, nthreads) * s.B * s.H : 0;  // dy rows gathered
+  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys + 64;
 }
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
@@ -405,6 +436,9 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   float* hp = zeros + B * H;              // (N, H) with batch_sizes: packed h_prev rows
   float* dzp = hp + (bs ? T * B * H : 0);  // max(2, threads) slabs of packed dZ_t rows
   const index_t slab = dz_slab(kern, s);
+  // With an order, dy's rows are in the caller's order: each thread gathers the rows it needs
+  // for a step into its own (B, H) buffer.
+  float* dyg = dzp + std::max(2, nthreads) * slab;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
@@ -451,11 +485,18 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;  // this step's active rows
       // Pointwise: this thread's units (all rows) or rows (all units).
+      const float* dy_t = dy ? dy + t * B * H + r0 * H : nullptr;
+      if (dy && order && re > r0 && u1 > u0) {
+        float* g = dyg + p * B * H;
+        for (index_t r = r0; r < re; ++r)
+          std::memcpy(g + (r - r0) * H + u0, dy + (t * B + order[r]) * H + u0,
+                      (u1 - u0) * sizeof(float));
+        dy_t = g;
+      }
       if (re > r0 && u1 > u0)
         kern.lstm_bwd_pointwise(re - r0, H, u0, u1, dz_t + r0 * G, dc0 + r0 * H,
-                                gates_t + r0 * G, cells + t * B * H + r0 * H,
-                                c_prev + r0 * H, dy ? dy + t * B * H + r0 * H : nullptr,
-                                dh0 + r0 * H);
+                                gates_t + r0 * G, cells + t * B * H + r0 * H, c_prev + r0 * H,
+                                dy_t, dh0 + r0 * H);
       // dZ_t's rows packed into MR-row slivers: read in place, rows 4H floats apart (a multiple
       // of 4 KiB at the usual sizes) fell into the same few L1 sets. Threads splitting the
       // columns pack their own columns of every row into a shared slab (two, alternating by
@@ -528,7 +569,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
     const index_t n1 = N - bs[0];
     if (n1 > 0) {
-      pack_previous_steps(hp, y, H, B, bs, T, nthreads);
+      pack_previous_steps(hp, y, H, B, bs, T, nthreads, order);
       gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
            nthreads);
     }

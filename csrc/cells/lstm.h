@@ -54,9 +54,10 @@ void lstm_forward(float* y,            // (T, B, H)
 // of row r is table[ids[r]] (table = E . W_ih^T + b_ih + b_hh, one row per token of the
 // vocabulary, made once per call by the caller) -- a gather instead of a GEMM over every token;
 // x, W_ih and the biases are not read.
-// With order (batch_sizes given; a permutation of [0, B)), x's rows are in the caller's batch
-// order and row r of the sorted batch is x's row order[r] (PyTorch's sorted_indices): the sort is
-// fused into the packing of the active rows. Every other array (y, states, caches) is sorted.
+// With order (batch_sizes given; a permutation of [0, B)), the rows of x and y are in the
+// caller's batch order: row r of the sorted batch is their row order[r] (PyTorch's
+// sorted_indices). x's rows are sorted by the packing copy of the active rows and y's rows
+// written in place after each step; h0, c0, h_n, c_n and the caches stay sorted.
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
                                      int nthreads);
@@ -93,6 +94,7 @@ void lstm_backward(float* dx,           // (T, B, I)
 // embedding table instead of dx (not written, may be null). dZ's rows are first summed per token
 // into S (V, 4H, scratch), then dW_ih += S^T . E and dE += S . W_ih (V rows, not T*B), and the
 // bias gradients are S's column sums. E: (V, I) the embedding weights, dE (V, I) accumulated.
-// With order: x is read, and dx written, in the caller's batch order (as in the forward).
+// With order: x, y and dy are read, and dx written, in the caller's batch order (as in the
+// forward); dh_n, dc_n, dh0, dc0 are sorted.
 
 }  // namespace lstm_fast

@@ -62,8 +62,8 @@ void pack_steps(float* dst, const float* src, index_t F, index_t B, const index_
 }
 
 void pack_previous_steps(float* dst, const float* src, index_t F, index_t B, const index_t* bs,
-                         index_t T, int nthreads) {
-  if (T > 1) pack_rows(dst, src, F, B, bs, 1, T, 1, nthreads);
+                         index_t T, int nthreads, const int64_t* order) {
+  if (T > 1) pack_rows(dst, src, F, B, bs, 1, T, 1, nthreads, order);
 }
 
 void unpack_steps_in_place(float* a, index_t F, index_t B, const index_t* bs, index_t T,

@@ -31,7 +31,8 @@ void pack_steps(float* dst,        // (packed_rows(bs, t0, t1), F)
 // state of every active row after step 0 (the operand of dW_hh).
 void pack_previous_steps(float* dst,        // (packed_rows(bs, 1, T), F)
                          const float* src,  // (T, B, F)
-                         index_t F, index_t B, const index_t* bs, index_t T, int nthreads);
+                         index_t F, index_t B, const index_t* bs, index_t T, int nthreads,
+                         const int64_t* order = nullptr);  // as in pack_steps
 
 // a holds N = sum(bs) packed rows at its start: move each step's rows to its place in (T, B, F)
 // and zero the padding rows. With order (as in pack_steps), row r of a step goes to row

@@ -113,10 +113,11 @@ def main(argv=None) -> int:
     import torch
 
     import lstm_fast
-    from lstm_fast import data
+    from lstm_fast import _peers, data
     from lstm_fast.models.charlm import CharLM, evaluate_bpc, sample_text
     from lstm_fast.optim import Adam, clip_grad_norm
 
+    allocator = _peers.steady_allocator()  # one malloc state for both trainings (_peers)
     lstm_fast.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     corpus_name = "stdlib (default corpus)" if args.default_corpus else args.corpus
     print(
         f"corpus {corpus_name}: {len(text):,} chars, vocab {V}, train {len(train_ids):,}, "
-        f"val {len(val_ids):,}; {batcher.num_windows} windows/epoch",
+        f"val {len(val_ids):,}; {batcher.num_windows} windows/epoch; allocator: {allocator}",
         file=sys.stderr,
     )
 
@@ -272,6 +273,7 @@ def main(argv=None) -> int:
         "speedup": lf_cps / t_cps,
         "wall_seconds": wall,
         "torch_version": torch.__version__,
+        "allocator": allocator,
     }
     print(
         f"validation bits/char: lstm_fast {lf_val:.4f}, torch {t_val:.4f} "

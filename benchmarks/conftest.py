@@ -32,6 +32,9 @@ def _from_env(name: str, parse, default: str):
         raise pytest.UsageError(f"{name}={text!r}: {e}") from None
 
 
+# Every suite runs with the same malloc state for all implementations (_peers.steady_allocator).
+ALLOCATOR = _peers.steady_allocator()
+
 SHAPE_NAMES = _from_env("LSTM_FAST_BENCH_SHAPES", bench.parse_shape_names, DEFAULT_SHAPES)
 THREADS = _from_env(
     "LSTM_FAST_BENCH_THREADS",

@@ -177,13 +177,15 @@ def main(argv=None) -> int:
             import torch  # noqa: F811
         except ImportError:
             torch = None
+    allocator = _peers.steady_allocator()  # the same malloc state for every group and library
     fig: dict = {"threads": args.threads, "torch": getattr(torch, "__version__", None)}
     with _peers.thread_limits(args.threads):
         if torch is not None:
             torch.set_num_threads(args.threads)
         print(
             f"lstm_fast {lstm_fast.__version__} ({lstm_fast.cpu_info()['isa']}), "
-            f"{args.threads} threads, torch {fig['torch']}; medians of interleaved batches"
+            f"{args.threads} threads, torch {fig['torch']}; medians of interleaved batches; "
+            f"allocator: {allocator}"
         )
         for shape in ("S1", "S2"):
             for mode in ("forward", "training"):

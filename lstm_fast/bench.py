@@ -829,6 +829,7 @@ def run(args: argparse.Namespace) -> int:
     if args.peers:
         peers = [f"{p} {vers[p] or 'not installed'}" for p in ("torch", "onnxruntime", "onnx")]
         print("peers: " + ", ".join(peers), file=out)
+    print(f"allocator: {_peers.steady_allocator()}", file=out)
 
     peaks = []
     for n in st.threads:
@@ -879,6 +880,7 @@ def run(args: argparse.Namespace) -> int:
         "cpu_info": info,
         "blas_threads_control": blas,
         "blas": lib,
+        "allocator": _peers.steady_allocator(),
         "settings": {
             "shapes": [
                 {"name": n, "T": s[0], "B": s[1], "I": s[2], "H": s[3]} for n, s in st.shapes

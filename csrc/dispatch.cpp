@@ -176,6 +176,17 @@ index_t l2_cache_bytes() {
   return bytes;
 }
 
+index_t l1d_cache_bytes() {
+  static const index_t bytes = [] {
+    long v = 0;
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+#endif
+    return static_cast<index_t>(v >= (8 << 10) && v <= (4 << 20) ? v : (32 << 10));
+  }();
+  return bytes;
+}
+
 index_t batch_split_min_rows(double whh_bytes, int nthreads) {
   if (whh_bytes > 2.0 * (1 << 20)) return -1;
   const index_t per_thread = whh_bytes <= 0.5 * static_cast<double>(l2_cache_bytes()) ? 4 : 16;

@@ -60,6 +60,8 @@ enum class Schedule { kAuto, kUnits, kBatch, kSerial };
 
 // Bytes of one core's L2 cache (sysconf; 1 MiB when the system does not say).
 index_t l2_cache_bytes();
+// Bytes of one core's L1 data cache (sysconf; 32 KiB when the system does not say).
+index_t l1d_cache_bytes();
 
 // The fewest rows of a step for which a batch split of a recurrence (each thread computes its
 // rows over all units, so each streams all of W_hh every step) beats a units split (each thread

@@ -192,22 +192,28 @@ inline void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& 
 // batch_sizes: None, or int64 (T,), non-increasing, each in [0, B]. Returns a private copy:
 // a cache keeps it for backward, which trusts its values, so a caller's later in-place change
 // must not reach it.
-inline py::object check_batch_sizes(py::handle obj, index_t T, index_t B) {
-  if (obj.is_none()) return py::none();
+// A private copy of an int64 C-contiguous (n,) array argument (`dim` names n in the message).
+inline py::array_t<std::int64_t> int64_vector(py::handle obj, const std::string& name, index_t n,
+                                              const std::string& dim) {
   if (!py::isinstance<py::array>(obj))
-    throw py::type_error("batch_sizes: expected a numpy.ndarray of dtype int64, got " +
+    throw py::type_error(name + ": expected a numpy.ndarray of dtype int64, got " +
                          type_name(obj));
   py::array a = py::reinterpret_borrow<py::array>(obj);
   if (!a.dtype().is(py::dtype::of<std::int64_t>()))
-    throw py::type_error("batch_sizes: expected dtype int64, got " +
-                         std::string(py::str(a.dtype())));
-  if (a.ndim() != 1 || a.shape(0) != T)
-    throw py::value_error("batch_sizes: expected shape (T=" + std::to_string(T) + ",), got " +
-                          shape_str(a));
+    throw py::type_error(name + ": expected dtype int64, got " + std::string(py::str(a.dtype())));
+  if (a.ndim() != 1 || a.shape(0) != n)
+    throw py::value_error(name + ": expected shape (" + dim + "=" + std::to_string(n) +
+                          ",), got " + shape_str(a));
   if (!(a.flags() & py::array::c_style))
-    throw py::value_error("batch_sizes: expected a C-contiguous array");
-  py::array_t<std::int64_t> copy(T);
-  std::copy_n(static_cast<const std::int64_t*>(a.data()), T, copy.mutable_data());
+    throw py::value_error(name + ": expected a C-contiguous array");
+  py::array_t<std::int64_t> copy(n);
+  std::copy_n(static_cast<const std::int64_t*>(a.data()), n, copy.mutable_data());
+  return copy;
+}
+
+inline py::object check_batch_sizes(py::handle obj, index_t T, index_t B) {
+  if (obj.is_none()) return py::none();
+  py::array_t<std::int64_t> copy = int64_vector(obj, "batch_sizes", T, "T");
   const std::int64_t* v = copy.data();
   for (index_t t = 0; t < T; ++t) {
     if (v[t] < 0 || v[t] > B)
@@ -228,20 +234,7 @@ inline py::object check_sorted_indices(py::handle obj, const py::object& batch_s
   if (obj.is_none()) return py::none();
   if (batch_sizes.is_none())
     throw py::value_error("sorted_indices: given without batch_sizes (it orders their rows)");
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error("sorted_indices: expected a numpy.ndarray of dtype int64, got " +
-                         type_name(obj));
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
-    throw py::type_error("sorted_indices: expected dtype int64, got " +
-                         std::string(py::str(a.dtype())));
-  if (a.ndim() != 1 || a.shape(0) != B)
-    throw py::value_error("sorted_indices: expected shape (B=" + std::to_string(B) + ",), got " +
-                          shape_str(a));
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error("sorted_indices: expected a C-contiguous array");
-  py::array_t<std::int64_t> copy(B);
-  std::copy_n(static_cast<const std::int64_t*>(a.data()), B, copy.mutable_data());
+  py::array_t<std::int64_t> copy = int64_vector(obj, "sorted_indices", B, "B");
   const std::int64_t* v = copy.data();
   std::vector<char> seen(static_cast<std::size_t>(B), 0);
   for (index_t r = 0; r < B; ++r) {

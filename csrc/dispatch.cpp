@@ -165,25 +165,31 @@ bool forked_serial() { return g_forked_serial.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
 
+namespace {
+// A cache size the system reports (sysconf's value v, 0 when unknown), or `fallback` when it
+// says nothing plausible.
+index_t cache_bytes(long v, long lo, long hi, index_t fallback) {
+  return v >= lo && v <= hi ? static_cast<index_t>(v) : fallback;
+}
+}  // namespace
+
 index_t l2_cache_bytes() {
-  static const index_t bytes = [] {
-    long v = 0;
 #if defined(_SC_LEVEL2_CACHE_SIZE)
-    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  static const index_t bytes =
+      cache_bytes(sysconf(_SC_LEVEL2_CACHE_SIZE), 64 << 10, 64 << 20, 1 << 20);
+#else
+  static const index_t bytes = 1 << 20;
 #endif
-    return static_cast<index_t>(v >= (64 << 10) && v <= (64 << 20) ? v : (1 << 20));
-  }();
   return bytes;
 }
 
 index_t l1d_cache_bytes() {
-  static const index_t bytes = [] {
-    long v = 0;
 #if defined(_SC_LEVEL1_DCACHE_SIZE)
-    v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+  static const index_t bytes =
+      cache_bytes(sysconf(_SC_LEVEL1_DCACHE_SIZE), 8 << 10, 4 << 20, 32 << 10);
+#else
+  static const index_t bytes = 32 << 10;
 #endif
-    return static_cast<index_t>(v >= (8 << 10) && v <= (4 << 20) ? v : (32 << 10));
-  }();
   return bytes;
 }
 

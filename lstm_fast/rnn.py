@@ -115,24 +115,10 @@ class _Direction:
         batch is x[:, order[r]]; h0/c0 sorted (LSTM without projection only: its core sorts x's
         rows as it packs them and writes y's in place)."""
         w_ih, w_hh, b_ih, b_hh, w_hr = w
-        if mode == "LSTM" and proj:
-            # proj_size: the fused core with the projection h_t = m_t W_hr^T.
+        if mode == "LSTM":  # proj_size: the fused core with the projection h_t = m_t W_hr^T
+            kw = dict(weight_hr=w_hr) if proj else dict(sorted_indices=order)
             y, hn, cn, cache = ops.lstm_forward(
-                x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=bs, weight_hr=w_hr
-            )
-            return y, hn, cn, cache
-        if mode == "LSTM":
-            y, hn, cn, cache = ops.lstm_forward(
-                x,
-                w_ih,
-                w_hh,
-                b_ih,
-                b_hh,
-                h0,
-                c0,
-                training=training,
-                batch_sizes=bs,
-                sorted_indices=order,
+                x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, batch_sizes=bs, **kw
             )
             return y, hn, cn, cache
         if mode == "GRU":

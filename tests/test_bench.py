@@ -221,8 +221,11 @@ def test_family_ratios_script_runs(tmp_path):
     import os
     import subprocess
 
+    # The script next to this test file (the package itself may be installed elsewhere, as in
+    # CI); PYTHONPATH gains the imported package's root so a source checkout finds its _core.
     root = os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__)))
-    script = os.path.join(root, "benchmarks", "family_ratios.py")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(here, "benchmarks", "family_ratios.py")
     if not os.path.exists(script):
         pytest.skip("benchmarks/ not in this checkout")
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))

@@ -109,6 +109,12 @@ def main(argv=None) -> None:
                 f"step {step}/{args.steps}  loss {loss.item():.4f}  {chars_per_s:,.0f} chars/s",
                 flush=True,
             )
+    # Shut down in step: every rank past its last collective, the DDP reducer (which holds gloo
+    # work and tensors) released, then the group destroyed. Exiting with gloo work still alive
+    # aborted a rank now and then ("terminate called without an active exception", SIGABRT
+    # while the interpreter was being torn down).
+    dist.barrier()
+    del ddp, opt
     dist.destroy_process_group()
 
 

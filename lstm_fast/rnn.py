@@ -574,6 +574,7 @@ class _RNNBase(Module):
                 inv=None,
                 rev=None,
                 packed=None,
+                fused=False,
                 embedding=(embedding, True),
             )
             object.__setattr__(self, "_saved", (saved, meta))
@@ -644,7 +645,7 @@ class _RNNBase(Module):
             a = a[:, None, :] if unbatched else a
             dstates.append(a if order is None else _take_rows(a, order))
         dhn_all, dcn_all = dstates
-        if order is not None and not meta.get("fused"):
+        if order is not None and not meta["fused"]:
             dy = _take_rows(dy, order)
 
         def flip(a):
@@ -702,7 +703,7 @@ class _RNNBase(Module):
         dx = grad
         if order is not None:
             inv = meta["inv"]
-            if not meta.get("fused"):  # else the cores wrote dx in the caller's order
+            if not meta["fused"]:  # else the cores wrote dx in the caller's order
                 dx = _take_rows(dx, inv)
             dh0 = _take_rows(dh0, inv)
             dc0 = None if dc0 is None else _take_rows(dc0, inv)

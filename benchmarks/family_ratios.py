@@ -14,6 +14,9 @@ per group, the times and the ratio the target is stated in (2 threads for both l
 * ``LSTM.step()`` at S4 (batch 1, allocation-free): microseconds per call (target <= 10) and
   ``torch.nn.LSTMCell`` / step.
 
+In training, torch's input requires its gradient: lstm_fast's ``backward`` returns dx, so both
+sides compute the same gradients (as ``lstm-fast bench`` does).
+
 The last line is one JSON object with every figure.
 
     PYTHONPATH=. python benchmarks/family_ratios.py [--budget SECONDS] [--threads N]
@@ -59,13 +62,17 @@ def gru_group(shape: str, mode: str, torch):
     fns = {"lstm_fast": ours}
     if torch is not None:
         tm = torch.nn.GRU(I, H)
-        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+        # In training the input needs its gradient, as lstm_fast's backward returns dx: the
+        # same work on both sides (lstm-fast bench's torch peers do the same).
+        xt = torch.from_numpy(x).requires_grad_(mode == "training")
+        dyt = torch.from_numpy(dy)
 
         def theirs():
             if mode == "forward":
                 with torch.no_grad():
                     tm(xt)
             else:
+                xt.grad = None
                 y, _ = tm(xt)
                 y.backward(dyt)
 
@@ -104,9 +111,10 @@ def bilstm_group(torch):
     fns = {"lstm_fast": ours}
     if torch is not None:
         tm = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
-        xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x).requires_grad_(True)  # dx too, as lstm_fast's backward
 
         def theirs():
+            xt.grad = None
             y, _ = tm(xt)
             y.sum().backward()
 

@@ -53,7 +53,7 @@ def test_gru(benchmark, fshape, mode, impl):
     if impl == "torch":
         torch = pytest.importorskip("torch")
         m = torch.nn.GRU(I, H)
-        xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x).requires_grad_(mode == "training")  # dx, like lstm_fast
         dy = torch.ones(T, B, H) * 0.1
 
         def fn():
@@ -61,6 +61,7 @@ def test_gru(benchmark, fshape, mode, impl):
                 with torch.no_grad():
                     m(xt)
             else:
+                xt.grad = None
                 y, _ = m(xt)
                 y.backward(dy)
     else:
@@ -85,10 +86,11 @@ def test_lstm_lengths_s1(benchmark, impl):
     if impl == "torch-packed":
         torch = pytest.importorskip("torch")
         m = torch.nn.LSTM(I, H)
-        xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x).requires_grad_(True)  # dx, like lstm_fast's backward
         lt = torch.from_numpy(lengths)
 
         def fn():
+            xt.grad = None
             pk = torch.nn.utils.rnn.pack_padded_sequence(xt, lt, enforce_sorted=False)
             y, _ = m(pk)
             y.data.sum().backward()
@@ -112,9 +114,10 @@ def test_bilstm_2layer_s6(benchmark, impl):
     if impl == "torch":
         torch = pytest.importorskip("torch")
         m = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
-        xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x).requires_grad_(True)  # dx, like lstm_fast's backward
 
         def fn():
+            xt.grad = None
             y, _ = m(xt)
             y.sum().backward()
     else:

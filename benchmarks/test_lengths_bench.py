@@ -52,7 +52,9 @@ def make_call(impl: str, mode: str, x, lengths, dy):
 
         torch.manual_seed(0)
         m = torch.nn.LSTM(I, H)
-        xt, lt = torch.from_numpy(x), torch.from_numpy(lengths)
+        # In training the input needs its gradient, as lstm_fast's backward returns dx.
+        xt = torch.from_numpy(x).requires_grad_(training)
+        lt = torch.from_numpy(lengths)
         pack = torch.nn.utils.rnn.pack_padded_sequence
         # The upstream gradient of the packed output: dy's real rows, in the packed order.
         dyt = pack(torch.from_numpy(dy), lt, enforce_sorted=False).data
@@ -60,6 +62,7 @@ def make_call(impl: str, mode: str, x, lengths, dy):
         def call():
             pk = pack(xt, lt, enforce_sorted=False)
             if training:
+                xt.grad = None
                 y, _ = m(pk)
                 y.data.backward(dyt)
             else:

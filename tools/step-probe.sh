@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build tools/step_probe.cpp against csrc/ (all kernel sets, each with its own flags, as
+# CMakeLists.txt does) into build/probe, then run it with the given arguments:
+#   tools/step-probe.sh B H K threads [steps] [--same-xp]
+#   LSTM_FAST_ISA=avx2 tools/step-probe.sh 32 256 0 1     # the epilogue alone, AVX2 kernels
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=build/probe
+mkdir -p "$out"
+CXX=${CXX:-g++}
+common=(-O3 -std=c++17 -fno-math-errno -fopenmp -Icsrc)
+if [ "$(uname -m)" = x86_64 ]; then
+  common+=(-DLSTM_FAST_X86)
+  srcs=(kernels_scalar kernels_generic kernels_avx2 kernels_avx512 dispatch)
+else
+  srcs=(kernels_scalar kernels_generic dispatch)
+fi
+objs=()
+for s in "${srcs[@]}"; do
+  flags=()
+  case $s in
+    kernels_avx2) flags=(-mavx2 -mfma -mf16c) ;;
+    kernels_avx512) flags=(-mavx512f -mavx512dq -mavx512vl -mavx512bw -mavx2 -mfma
+                           -mprefer-vector-width=512) ;;
+  esac
+  if [ ! -e "$out/$s.o" ] || [ "csrc/$s.cpp" -nt "$out/$s.o" ] || [ csrc/kernels_simd.h -nt "$out/$s.o" ]; then
+    "$CXX" "${common[@]}" "${flags[@]}" -c "csrc/$s.cpp" -o "$out/$s.o"
+  fi
+  objs+=("$out/$s.o")
+done
+"$CXX" "${common[@]}" tools/step_probe.cpp "${objs[@]}" -o "$out/step_probe"
+exec "$out/step_probe" "$@"

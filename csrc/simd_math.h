@@ -135,22 +135,35 @@ LF_INLINE vf vsqrt(vf x) {
 
 LF_INLINE vf vsigmoid(vf x) { return vrecip(splat(1.0f) + vexp(-x)); }
 
-// tanh: an odd polynomial for |x| < 0.625 (relative error 4.6e-9), 1 - 2/(e^{2|x|} + 1) with
-// the sign of x above; both are computed and selected per lane (branch free).
+// tanh(x) = sign(x) * -m / (2 + m) with m = expm1(-2|x|) in (-1, 0]: one exponential and no
+// branch. expm1 comes from exp's own reduction -2|x| = n ln2 + r: e^r - 1 = u = r + r^2 p(r)
+// (accurate for small r, where e^r rounds to 1), then expm1 = 2^n u + (2^n - 1), exact in the
+// last step for the n this range gives. -2|x| is clamped at -87.3 (tanh is 1 in float32 long
+// before, and 2^n stays a normal number); NaN propagates (vmax keeps it).
 LF_INLINE vf vtanh(vf x) {
   const vi sign = vi{} + static_cast<int>(0x80000000u);
   const vi xb = (vi)x;
   const vf ax = (vf)(xb & ~sign);
-  vf x2 = x * x;
-  vf q = splat(-0.005718891508877277f);
-  q = q * x2 + splat(0.02065306343138218f);
-  q = q * x2 + splat(-0.053744640201330185f);
-  q = q * x2 + splat(0.13331513106822968f);
-  q = q * x2 + splat(-0.3333328664302826f);
-  vf small = x + x * x2 * q;
-  vf large = splat(1.0f) - splat(2.0f) * vrecip(vexp(ax + ax) + splat(1.0f));
-  const vf slarge = (vf)((vi)large | (xb & sign));
-  return ax < splat(0.625f) ? small : slarge;
+  const vf y = vmax(ax * splat(-2.0f), splat(-87.3f));
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const vf t = y * splat(1.44269504088896341f) + magic;
+  const vf n = t - magic;
+  vf r = y - n * splat(0.693145751953125f);
+  r = r - n * splat(1.42860682030941723e-6f);
+  vf p = splat(0.00137514085508883f);
+  p = p * r + splat(0.008368918672204018f);
+  p = p * r + splat(0.04166953265666962f);
+  p = p * r + splat(0.166665181517601f);
+  p = p * r + splat(0.49999988079071045f);
+  const vf u = p * (r * r) + r;  // e^r - 1
+#if defined(__AVX512F__) && LF_W == 16
+  const vf s = (vf)_mm512_scalef_ps(_mm512_set1_ps(1.0f), (__m512)n);  // 2^n
+#else
+  const vf s = (vf)(((vi)t - (vi)magic + 127) << 23);
+#endif
+  const vf m = s * u + (s - splat(1.0f));  // expm1(-2|x|)
+  const vf th = (splat(0.0f) - m) * vrecip(splat(2.0f) + m);
+  return (vf)(((vi)th & ~sign) | (xb & sign));
 }
 
 }  // namespace

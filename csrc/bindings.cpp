@@ -207,7 +207,7 @@ py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::h
 
 py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n, py::handle dc_n,
                            py::handle dweight_ih, py::handle dweight_hh, py::handle dbias_ih,
-                           py::handle dbias_hh, py::handle dembedding) {
+                           py::handle dbias_hh, py::handle dembedding, bool need_dx) {
   if (!py::isinstance<LSTMCache>(cache_obj))
     throw py::type_error(
         "cache: expected the LSTMCache returned by lstm_forward(..., training=True), got " +
@@ -239,7 +239,11 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   py::array dE;
   if (embedded) dE = grad_out(dembedding, "dembedding", {{"V", c.V}, {"I", I}});
   farray dh0 = empty({B, H}), dc0 = empty({B, H});
-  farray dx = embedded ? farray() : empty({T, B, I});
+  // need_dx = false (an input without a gradient): no dx GEMM; with batch_sizes the core still
+  // packs x's rows through a (T, B, I) scratch block.
+  need_dx = need_dx && !embedded;
+  farray dx = need_dx ? empty({T, B, I}) : farray();
+  const bool scratch = !need_dx && !embedded && bs_ptr(c.batch_sizes) != nullptr;
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   {
@@ -247,9 +251,11 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
     Workspace ws(
         lstm_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr, nthreads));
     Workspace S(embedded ? std::max<index_t>(1, c.V * 4 * H) : 1);
+    Workspace X(scratch ? std::max<index_t>(1, T * B * I) : 1);
     const int64_t* ids =
         embedded ? static_cast<const int64_t*>(c.ids.cast<py::array>().data()) : nullptr;
-    lstm_backward(embedded ? nullptr : dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(),
+    lstm_backward(need_dx ? dx.mutable_data() : (scratch ? X.p : nullptr), dh0.mutable_data(),
+                  dc0.mutable_data(),
                   mptr(dW_ih), mptr(dW_hh),
                   db_ih.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_ih)),
                   db_hh.is_none() ? nullptr : const_cast<float*>(opt_ptr(db_hh)), opt_ptr(dy_a),
@@ -257,11 +263,11 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
                   cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), cptr(c.gates), cptr(c.cells),
                   s, bs_ptr(c.batch_sizes), ws.p, kern, nthreads, ids, c.V,
                   embedded ? cptr(c.x) : nullptr, embedded ? mptr(dE) : nullptr, S.p,
-                  order_ptr(c.order));
+                  order_ptr(c.order), need_dx);
   }
   // with an embedding input, the first element is the embedding's gradient (accumulated)
-  return py::make_tuple(embedded ? py::object(dE) : py::object(dx), dh0, dc0, dW_ih, dW_hh, db_ih,
-                        db_hh);
+  return py::make_tuple(embedded ? py::object(dE) : need_dx ? py::object(dx) : py::object(py::none()),
+                        dh0, dc0, dW_ih, dW_hh, db_ih, db_hh);
 }
 
 py::array gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b,
@@ -586,7 +592,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("lstm_backward", &lstm_backward_py, py::arg("cache"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dweight_ih") = py::none(), py::arg("dweight_hh") = py::none(),
         py::arg("dbias_ih") = py::none(), py::arg("dbias_hh") = py::none(),
-        py::arg("dembedding") = py::none());
+        py::arg("dembedding") = py::none(), py::kw_only(), py::arg("need_dx") = true);
   m.def("lstm_forward_embedded", &lstm_forward_embedded_py, py::arg("ids"),
         py::arg("embedding"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
         py::arg("bias_hh"), py::arg("h0"), py::arg("c0"), py::arg("training"));

@@ -154,7 +154,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
 
 py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
                            py::handle dweight_ih, py::handle dweight_hh, py::handle dbias_ih,
-                           py::handle dbias_hh) {
+                           py::handle dbias_hh, bool need_dx) {
   const CellSizes s = c.s;
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = c.gates * H;
   const std::string g = c.gates == 1 ? "H" : "3H";
@@ -169,27 +169,32 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   py::object db_ih = py::none(), db_hh = py::none();
   if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{g, G}});
   if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{g, G}});
-  farray dx = new_array({T, B, I}), dh0({B, H});
+  // need_dx = false: no dx GEMM; with batch_sizes x's packed rows go through a scratch block.
+  farray dx = need_dx ? new_array({T, B, I}) : farray(), dh0({B, H});
+  const bool scratch = !need_dx && bs_ptr(c.batch_sizes) != nullptr;
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   {
     py::gil_scoped_release nogil;
+    Workspace X(scratch ? std::max<index_t>(1, T * B * I) : 1);
+    float* dxp = need_dx ? dx.mutable_data() : scratch ? X.p : nullptr;
     if (c.gates == 3) {
       Workspace ws(gru_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
-      gru_backward(dx.mutable_data(), dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
+      gru_backward(dxp, dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
                    opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a), opt_ptr(dhn_a), cptr(c.x),
                    opt_ptr(c.h0), cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y),
                    cptr(c.gate_acts), cptr(c.hwn), s, bs_ptr(c.batch_sizes), ws.p, kern,
-                   nthreads);
+                   nthreads, need_dx);
     } else {
       Workspace ws(rnn_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
-      rnn_backward(dx.mutable_data(), dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
+      rnn_backward(dxp, dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
                    opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a), opt_ptr(dhn_a), cptr(c.x),
                    opt_ptr(c.h0), cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), c.relu, s,
-                   bs_ptr(c.batch_sizes), ws.p, kern, nthreads);
+                   bs_ptr(c.batch_sizes), ws.p, kern, nthreads, need_dx);
     }
   }
-  return py::make_tuple(dx, dh0, dW_ih, dW_hh, db_ih, db_hh);
+  return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dh0, dW_ih, dW_hh,
+                        db_ih, db_hh);
 }
 
 template <class Cache>
@@ -322,24 +327,24 @@ void bind_cells(py::module_& m) {
   m.def(
       "gru_backward",
       [](py::handle cache, py::handle dy, py::handle dh_n, py::handle dw_ih, py::handle dw_hh,
-         py::handle db_ih, py::handle db_hh) {
+         py::handle db_ih, py::handle db_hh, bool need_dx) {
         return cell_backward_py(cache_arg<GRUCache>(cache, "GRUCache", "gru_forward"), dy, dh_n,
-                                dw_ih, dw_hh, db_ih, db_hh);
+                                dw_ih, dw_hh, db_ih, db_hh, need_dx);
       },
       py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dweight_ih") = py::none(),
       py::arg("dweight_hh") = py::none(), py::arg("dbias_ih") = py::none(),
-      py::arg("dbias_hh") = py::none());
+      py::arg("dbias_hh") = py::none(), py::kw_only(), py::arg("need_dx") = true);
   m.def("rnn_forward", &rnn_forward_py, py::arg("x"), py::arg("weight_ih"), py::arg("weight_hh"),
         py::arg("bias_ih"), py::arg("bias_hh"), py::arg("h0"), py::arg("nonlinearity"),
         py::arg("training"), py::arg("batch_sizes") = py::none());
   m.def(
       "rnn_backward",
       [](py::handle cache, py::handle dy, py::handle dh_n, py::handle dw_ih, py::handle dw_hh,
-         py::handle db_ih, py::handle db_hh) {
+         py::handle db_ih, py::handle db_hh, bool need_dx) {
         return cell_backward_py(cache_arg<RNNCache>(cache, "RNNCache", "rnn_forward"), dy, dh_n,
-                                dw_ih, dw_hh, db_ih, db_hh);
+                                dw_ih, dw_hh, db_ih, db_hh, need_dx);
       },
       py::arg("cache"), py::arg("dy"), py::arg("dh_n"), py::arg("dweight_ih") = py::none(),
       py::arg("dweight_hh") = py::none(), py::arg("dbias_ih") = py::none(),
-      py::arg("dbias_hh") = py::none());
+      py::arg("dbias_hh") = py::none(), py::kw_only(), py::arg("need_dx") = true);
 }

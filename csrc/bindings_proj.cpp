@@ -135,7 +135,7 @@ py::tuple lstm_proj_forward_py(py::handle x, py::handle weight_ih, py::handle we
 py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
                                 py::handle dc_n, py::handle dweight_ih, py::handle dweight_hh,
                                 py::handle dbias_ih, py::handle dbias_hh,
-                                py::handle dweight_hr) {
+                                py::handle dweight_hr, bool need_dx) {
   if (!py::isinstance<LSTMProjCache>(cache_obj))
     throw py::type_error("cache: expected the LSTMProjCache returned by lstm_forward(..., "
                          "weight_hr=..., training=True), got " +
@@ -157,20 +157,22 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
   py::object db_ih = py::none(), db_hh = py::none();
   if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{"4H", 4 * H}});
   if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{"4H", 4 * H}});
-  farray dx = empty_({T, B, I}), dh0 = empty_({B, P}), dc0 = empty_({B, H});
+  farray dx = need_dx ? empty_({T, B, I}) : farray(), dh0 = empty_({B, P}), dc0 = empty_({B, H});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   {
     py::gil_scoped_release nogil;
     Workspace ws(lstm_proj_backward_workspace_size(kern, s, P));
-    lstm_proj_backward(dx.mutable_data(), dh0.mutable_data(), dc0.mutable_data(), mptr(dW_ih),
+    lstm_proj_backward(need_dx ? dx.mutable_data() : nullptr, dh0.mutable_data(),
+                       dc0.mutable_data(), mptr(dW_ih),
                        mptr(dW_hh), mptr(dW_hr), opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a),
                        opt_ptr(dhn_a), opt_ptr(dcn_a), cptr(c.x), opt_ptr(c.h0), opt_ptr(c.c0),
                        cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.weight_hr), cptr(c.y),
                        cptr(c.gates), cptr(c.cells), cptr(c.m), s, P, bs_ptr(c.batch_sizes),
-                       ws.p, kern, nthreads);
+                       ws.p, kern, nthreads, need_dx);
   }
-  return py::make_tuple(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr);
+  return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dh0, dc0, dW_ih,
+                        dW_hh, db_ih, db_hh, dW_hr);
 }
 
 }  // namespace
@@ -204,7 +206,8 @@ void bind_lstm_proj(py::module_& m) {
   m.def("lstm_proj_backward", &lstm_proj_backward_py, py::arg("cache"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dweight_ih") = py::none(),
         py::arg("dweight_hh") = py::none(), py::arg("dbias_ih") = py::none(),
-        py::arg("dbias_hh") = py::none(), py::arg("dweight_hr") = py::none());
+        py::arg("dbias_hh") = py::none(), py::arg("dweight_hr") = py::none(), py::kw_only(),
+        py::arg("need_dx") = true);
   m.def(
       "_proj_choose_schedule",
       [](index_t T, index_t B, index_t I, index_t H, index_t P, int threads) {

@@ -208,7 +208,9 @@ def lstm_forward(
     )
 
 
-def lstm_backward(cache, dy=None, dh_n=None, dc_n=None, *, check_finite=False) -> LSTMGrads:
+def lstm_backward(
+    cache, dy=None, dh_n=None, dc_n=None, *, need_dx=True, check_finite=False
+) -> LSTMGrads:
     """Backward (BPTT) through a training :func:`lstm_forward`.
 
     Args:
@@ -224,14 +226,18 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None, *, check_finite=False) -
         ``dweight_hr``: (P, H) with a projection, else None. The two bias gradients are equal
         (both biases enter the gates the same way).
 
+        ``need_dx=False`` (an input that needs no gradient): ``dx`` is None and its GEMM
+        (a third of the backward's large products) is skipped; the other results are bitwise
+        the same.
+
         ``check_finite=True`` raises ``ValueError`` naming the upstream gradient that holds
         NaN or +-Inf.
     """
     if _check(check_finite):
         _finite(dy=dy, dh_n=dh_n, dc_n=dc_n)
     if isinstance(cache, LSTMProjCache):
-        return LSTMGrads(*_core.lstm_proj_backward(cache, dy, dh_n, dc_n))
-    return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n))
+        return LSTMGrads(*_core.lstm_proj_backward(cache, dy, dh_n, dc_n, need_dx=need_dx))
+    return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n, need_dx=need_dx))
 
 
 def gemm(
@@ -352,12 +358,13 @@ def gru_forward(
     )
 
 
-def gru_backward(cache, dy=None, dh_n=None, *, check_finite=False) -> GRUGrads:
+def gru_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False) -> GRUGrads:
     """Backward (BPTT) through a training :func:`gru_forward`: :class:`GRUGrads`, freshly
-    allocated. Unlike the LSTM's, the two bias gradients differ (b_hn is scaled by r)."""
+    allocated. Unlike the LSTM's, the two bias gradients differ (b_hn is scaled by r).
+    ``need_dx=False``: ``dx`` is None and its GEMM is skipped (as in :func:`lstm_backward`)."""
     if _check(check_finite):
         _finite(dy=dy, dh_n=dh_n)
-    return GRUGrads(*_core.gru_backward(cache, dy, dh_n))
+    return GRUGrads(*_core.gru_backward(cache, dy, dh_n, need_dx=need_dx))
 
 
 def rnn_forward(
@@ -403,9 +410,9 @@ def rnn_forward(
     )
 
 
-def rnn_backward(cache, dy=None, dh_n=None, *, check_finite=False) -> RNNGrads:
+def rnn_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False) -> RNNGrads:
     """Backward (BPTT) through a training :func:`rnn_forward`: :class:`RNNGrads` (the two bias
-    gradients are equal)."""
+    gradients are equal). ``need_dx=False``: ``dx`` is None and its GEMM is skipped."""
     if _check(check_finite):
         _finite(dy=dy, dh_n=dh_n)
-    return RNNGrads(*_core.rnn_backward(cache, dy, dh_n))
+    return RNNGrads(*_core.rnn_backward(cache, dy, dh_n, need_dx=need_dx))

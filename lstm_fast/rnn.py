@@ -133,21 +133,22 @@ class _Direction:
         return y, hn, None, cache
 
     @staticmethod
-    def backward(mode, cache, dy, dhn, dcn, grads):
-        """Accumulates into grads = (dW_ih, dW_hh, db_ih, db_hh, dW_hr); returns dx, dh0, dc0."""
+    def backward(mode, cache, dy, dhn, dcn, grads, need_dx=True):
+        """Accumulates into grads = (dW_ih, dW_hh, db_ih, db_hh, dW_hr); returns dx, dh0, dc0
+        (dx None when not ``need_dx``: the core skips its GEMM)."""
         g_ih, g_hh, g_bih, g_bhh, g_hr = grads
         if isinstance(cache, ops.LSTMProjCache):
             dx, dh0, dc0, *_ = ops._core.lstm_proj_backward(
-                cache, dy, dhn, dcn, g_ih, g_hh, g_bih, g_bhh, g_hr
+                cache, dy, dhn, dcn, g_ih, g_hh, g_bih, g_bhh, g_hr, need_dx=need_dx
             )
             return dx, dh0, dc0
         if mode == "LSTM":
             dx, dh0, dc0, *_ = ops._core.lstm_backward(
-                cache, dy, dhn, dcn, g_ih, g_hh, g_bih, g_bhh
+                cache, dy, dhn, dcn, g_ih, g_hh, g_bih, g_bhh, need_dx=need_dx
             )
             return dx, dh0, dc0
         fn = ops._core.gru_backward if mode == "GRU" else ops._core.rnn_backward
-        dx, dh0, *_ = fn(cache, dy, dhn, g_ih, g_hh, g_bih, g_bhh)
+        dx, dh0, *_ = fn(cache, dy, dhn, g_ih, g_hh, g_bih, g_bhh, need_dx=need_dx)
         return dx, dh0, None
 
 
@@ -595,13 +596,16 @@ class _RNNBase(Module):
         )
 
     # -- backward -------------------------------------------------------------------------------
-    def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None):
+    def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None, *, need_dx: bool = True):
         """Gradients of a training-mode forward, in the input's layout.
 
         ``dy`` has the output's shape; ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
         (``c_n``), or None for zero. Returns ``(dx, (dh_0, dc_0))`` for the LSTM and
         ``(dx, dh_0)`` for GRU/RNN. Accumulates (+=) into every parameter's ``.grad``; may be
-        called more than once for the same forward.
+        called more than once for the same forward. ``need_dx=False``: the input needs no
+        gradient (raw features, as a torch input without ``requires_grad``): dx is returned as
+        None and the first layer skips its input-gradient GEMM; everything else is bitwise the
+        same.
         """
         if self._saved is None:
             raise RuntimeError(
@@ -665,7 +669,9 @@ class _RNNBase(Module):
             caches = saved[pos - D : pos]  # direction d's cache is caches[d]
             pos -= D
 
-            def run(d, k=k, grad=grad, caches=caches):
+            want_dx = need_dx or k > 0 or emb is not None  # the embedding fallback takes dx
+
+            def run(d, k=k, grad=grad, caches=caches, want_dx=want_dx):
                 idx = k * D + d
                 p = self._params(k, d)
                 grads = tuple(None if q is None else q.grad for q in p)
@@ -688,6 +694,7 @@ class _RNNBase(Module):
                     None if dhn_all is None else _c(dhn_all[idx]),
                     None if dcn_all is None else _c(dcn_all[idx]),
                     grads,
+                    want_dx,
                 )
 
             dins = []
@@ -696,23 +703,24 @@ class _RNNBase(Module):
                 dh0[idx] = dh0_i
                 if dc0 is not None:
                     dc0[idx] = dc0_i
-                dins.append(dx if d == 0 else flip(dx))
+                dins.append(dx if d == 0 or dx is None else flip(dx))
             if k == 0 and fused_embedding is not None:
                 return None, (dh0, dc0)
-            grad = dins[0] if D == 1 else dins[0] + dins[1]
+            grad = dins[0] if D == 1 or dins[0] is None else dins[0] + dins[1]
         dx = grad
         if order is not None:
             inv = meta["inv"]
-            if not meta["fused"]:  # else the cores wrote dx in the caller's order
+            if not meta["fused"] and dx is not None:  # else the cores wrote it in caller's order
                 dx = _take_rows(dx, inv)
             dh0 = _take_rows(dh0, inv)
             dc0 = None if dc0 is None else _take_rows(dc0, inv)
         if unbatched:
-            dx, dh0 = dx[:, 0, :], dh0[:, 0, :]
+            dx = None if dx is None else dx[:, 0, :]
+            dh0 = dh0[:, 0, :]
             dc0 = None if dc0 is None else dc0[:, 0, :]
-        elif self.batch_first and packed is None:
+        elif self.batch_first and packed is None and dx is not None:
             dx = dx.transpose(1, 0, 2)
-        dx = np.ascontiguousarray(dx)
+        dx = None if dx is None else np.ascontiguousarray(dx)
         if emb is not None:  # forward_embedded's fallback: the embedding takes dx
             emb.backward(dx)
             dx = None
@@ -1060,9 +1068,10 @@ class _CellBase(Module):
             cn = None if cn is None else cn[0]
         return (hn, cn) if self._mode == "LSTM" else hn
 
-    def backward(self, dh: Any, dc: Any = None):
+    def backward(self, dh: Any, dc: Any = None, *, need_dx: bool = True):
         """Gradients of a training-mode forward: ``(dx, (dh_0, dc_0))`` for the LSTM cell,
-        ``(dx, dh_0)`` otherwise; accumulates (+=) into the parameters' ``.grad``."""
+        ``(dx, dh_0)`` otherwise; accumulates (+=) into the parameters' ``.grad``.
+        ``need_dx=False``: dx is None and its product is skipped."""
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
         cache, unbatched = self._saved
@@ -1080,11 +1089,12 @@ class _CellBase(Module):
             return _c(a.reshape(-1, H))
 
         dx, dh0, dc0 = _Direction.backward(
-            self._mode, cache, None, state("dh", dh), state("dc", dc), grads
+            self._mode, cache, None, state("dh", dh), state("dc", dc), grads, need_dx
         )
-        dx = dx[0]
+        dx = None if dx is None else dx[0]
         if unbatched:
-            dx, dh0 = dx[0], dh0[0]
+            dx = None if dx is None else dx[0]
+            dh0 = dh0[0]
             dc0 = None if dc0 is None else dc0[0]
         return (dx, (dh0, dc0)) if self._mode == "LSTM" else (dx, dh0)
 

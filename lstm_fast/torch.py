@@ -91,8 +91,9 @@ class _Kernel:
     """One recurrent cell's kernels, in the form the generic autograd Function calls them.
 
     ``forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes)`` ->
-    ``(y, h_n, c_n or None, cache)``; ``backward(cache, dy, dh_n, dc_n)`` ->
-    ``(dx, dh0, dc0 or None, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``.
+    ``(y, h_n, c_n or None, cache)``; ``backward(cache, dy, dh_n, dc_n, need_dx)`` ->
+    ``(dx, dh0, dc0 or None, dweight_ih, dweight_hh, dbias_ih, dbias_hh)`` (dx None without
+    ``need_dx``: an input that does not require grad costs no input-gradient GEMM).
     """
 
     name: str
@@ -116,8 +117,8 @@ def _lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes, w_hr
     )
 
 
-def _lstm_backward(cache, dy, dh_n, dc_n):
-    g = ops.lstm_backward(cache, dy, dh_n, dc_n)
+def _lstm_backward(cache, dy, dh_n, dc_n, need_dx=True):
+    g = ops.lstm_backward(cache, dy, dh_n, dc_n, need_dx=need_dx)
     return (*g, g.dweight_hr)
 
 
@@ -129,8 +130,8 @@ def _gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training, batch_sizes):
 
 
 def _no_cell_backward(backward):
-    def run(cache, dy, dh_n, dc_n):
-        dx, dh0, *dweights = backward(cache, dy, dh_n)
+    def run(cache, dy, dh_n, dc_n, need_dx=True):
+        dx, dh0, *dweights = backward(cache, dy, dh_n, need_dx=need_dx)
         return (dx, dh0, None, *dweights)
 
     return run
@@ -215,7 +216,9 @@ class _Direction(torch.autograd.Function):
                 "parameter required grad); it cannot be differentiated"
             )
         ctx.saved_tensors  # noqa: B018  (raises if a saved tensor was modified in place)
-        grads = ctx.kernel.backward(ctx.cache, _array(dy), _array(dh_n), _array(dc_n))
+        grads = ctx.kernel.backward(
+            ctx.cache, _array(dy), _array(dh_n), _array(dc_n), ctx.needs_input_grad[3]
+        )
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads[:7]  # fresh arrays, never aliased
         dw_hr = grads[7] if len(grads) > 7 else None
         wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), ctx.needs_input_grad[3:])
@@ -274,14 +277,19 @@ class _BothDirections(torch.autograd.Function):
         n = 3 if ctx.kernel.has_cell else 2
         per = [grads[d * n : (d + 1) * n] for d in (0, 1)]
 
+        need = ctx.needs_input_grad
+
         def run(d):
             g = per[d]
             return ctx.kernel.backward(
-                ctx.caches[d], _array(g[0]), _array(g[1]), _array(g[2]) if n == 3 else None
+                ctx.caches[d],
+                _array(g[0]),
+                _array(g[1]),
+                _array(g[2]) if n == 3 else None,
+                need[3 + d],  # x0, x1: no input-gradient GEMM when not required
             )
 
         res = _rnn._directions(run, 2)
-        need = ctx.needs_input_grad
         # inputs after the 3 non-tensors: x0, x1, h00, c00, h01, c01, w0 (5), w1 (5)
         out = [None, None, None]
         out += [_tensor(res[0][0]) if need[3] else None, _tensor(res[1][0]) if need[4] else None]

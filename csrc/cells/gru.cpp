@@ -139,7 +139,7 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
-                       float* hp, int nthreads, float* db2) {
+                       float* hp, int nthreads, float* db2, bool need_dx) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
   if (!db) std::swap(db, db2);
@@ -156,7 +156,8 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
     for (index_t r = 0; r < n0; ++r)
       for (index_t j = 0; j < G; ++j) hh_sums[j] += dz[r * G + j];
   if (!bs) {
-    if (dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+    if (dx && need_dx)
+      gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     if (dW_ih) {
       gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
            nullptr, sums);
@@ -180,8 +181,10 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
              nullptr, nullptr, sums);
         summed = true;
       }
-      gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-      unpack_steps_in_place(dx, I, B, bs, T);
+      if (need_dx) {
+        gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+        unpack_steps_in_place(dx, I, B, bs, T);
+      }
     }
     if (dW_hh) {  // step 0 against h0's active rows, steps 1.. against the previous outputs
       if (h0)
@@ -335,10 +338,10 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
                   const float* dy, const float* dh_n, const float* x, const float* h0,
                   const float* W_ih, const float* W_hh, const float* y, const float* gates,
                   const float* hwn, const CellSizes& s, const index_t* bs, float* workspace,
-                  const Kernels& kern, int nthreads) {
+                  const Kernels& kern, int nthreads, bool need_dx) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 3 * H;
   if (B == 0 || H == 0) {
-    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
   }
   for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
@@ -405,7 +408,7 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
     }
   }
   backward_products(kern, s, G, dxw, dx, dW_ih, nullptr, db_ih, x, h0, W_ih, y, bs, hp,
-                    nthreads);
+                    nthreads, nullptr, need_dx);
   backward_products(kern, s, G, dhw, nullptr, nullptr, dW_hh, db_hh, x, h0, W_ih, y, bs, hp,
                     nthreads);
 }

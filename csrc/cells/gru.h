@@ -61,7 +61,8 @@ void gru_backward(float* dx,           // (T, B, I)
                   const float* hwn,    // (T, B, H)
                   const CellSizes& s,
                   const index_t* batch_sizes,  // (T) as given to the forward, or null
-                  float* workspace, const Kernels& kern, int nthreads);
+                  float* workspace, const Kernels& kern, int nthreads,
+                  bool need_dx = true);  // false: dx is scratch, not written with the gradient
 
 // ---- shared by gru.cpp and rnn.cpp --------------------------------------------------------------
 namespace cell_detail {
@@ -107,11 +108,12 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
 // (h0, then y); db (and db2, when not null) += column sums, taken by the dW_ih or else the dW_hh
 // GEMM while it packs dz^T (a pass of their own only when neither runs). The padding of x and y
 // is never read. With batch_sizes, dW_ih needs dx (its storage first holds x's packed rows) and
-// dW_hh needs hp (N, H) scratch.
+// dW_hh needs hp (N, H) scratch. need_dx = false: dx is only that scratch (the dx GEMM is
+// skipped).
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
-                       float* hp, int nthreads, float* db2 = nullptr);
+                       float* hp, int nthreads, float* db2 = nullptr, bool need_dx = true);
 
 }  // namespace cell_detail
 }  // namespace lstm_fast

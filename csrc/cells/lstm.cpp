@@ -419,7 +419,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                    const float* W_hh, const float* y, const float* gates, const float* cells,
                    const LstmSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
                    int nthreads, const int64_t* ids, index_t V, const float* E, float* dE,
-                   float* S, const int64_t* order) {
+                   float* S, const int64_t* order, bool need_dx) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   if (ids) bs = nullptr;  // dense (the bindings check it)
   if (!bs) order = nullptr;
@@ -555,7 +555,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
          nullptr, sums);
     gemm(kern, V, I, G, MatView{S, G, 1}, MatView{W_ih, I, 1}, dE, I, true, nthreads);
   } else if (!bs) {
-    gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+    if (need_dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
          nullptr, sums);
   }
@@ -569,8 +569,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     pack_steps(dx, x, I, B, bs, 0, T, nthreads, order);
     gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads, nullptr,
          nullptr, sums);
-    gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-    unpack_steps_in_place(dx, I, B, bs, T, order);
+    if (need_dx) {
+      gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+      unpack_steps_in_place(dx, I, B, bs, T, order);
+    }
     // dW_hh: step 0 against h0's active rows, steps 1.. against the previous outputs.
     if (h0)
       gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);

@@ -90,12 +90,16 @@ void lstm_backward(float* dx,           // (T, B, I)
                    const int64_t* ids = nullptr,  // (T, B), as given to the forward
                    index_t V = 0, const float* E = nullptr, float* dE = nullptr,
                    float* S = nullptr,
-                   const int64_t* order = nullptr);  // (B) as given to the forward, or null
+                   const int64_t* order = nullptr,  // (B) as given to the forward, or null
+                   bool need_dx = true);
 // With ids (the forward's embedding input; no batch_sizes): the input gradient goes to the
 // embedding table instead of dx (not written, may be null). dZ's rows are first summed per token
 // into S (V, 4H, scratch), then dW_ih += S^T . E and dE += S . W_ih (V rows, not T*B), and the
 // bias gradients are S's column sums. E: (V, I) the embedding weights, dE (V, I) accumulated.
 // With order: x, y and dy are read, and dx written, in the caller's batch order (as in the
 // forward); dh_n, dc_n, dh0, dc0 are sorted.
+// need_dx = false: the input gradient is not wanted (an input that needs no gradient): the dx
+// GEMM is skipped; dx must still point to (T, B, I) floats of scratch (with batch_sizes the
+// packed x rows go through it), which are left undefined.
 
 }  // namespace lstm_fast

@@ -272,10 +272,10 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
                         const float* W_hr, const float* y, const float* gates,
                         const float* cells, const float* m, const LstmSizes& s, index_t P,
                         const index_t* bs, float* workspace, const Kernels& kern,
-                        int nthreads) {
+                        int nthreads, bool need_dx) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   if (B == 0 || H == 0 || P == 0) {
-    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
   }
   // dh0 / dc0 double as the running dh_next (B, P) / dc_next (B, H) of the reverse loop.
@@ -362,7 +362,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   // of the dW_ih GEMMs' packing of dz^T.
   std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
-  gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+  if (need_dx) gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
   if (!padded) {
     gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
          nullptr, sums);

@@ -73,6 +73,7 @@ void lstm_proj_backward(float* dx,           // (T, B, I)
                         const float* m,      // (T, B, H)
                         const LstmSizes& s, index_t P,
                         const index_t* batch_sizes,  // (T) as given to the forward, or null
-                        float* workspace, const Kernels& kern, int nthreads);
+                        float* workspace, const Kernels& kern, int nthreads,
+                        bool need_dx = true);  // false: dx is not written (may be scratch)
 
 }  // namespace lstm_fast

@@ -109,10 +109,10 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
                   const float* dy, const float* dh_n, const float* x, const float* h0,
                   const float* W_ih, const float* W_hh, const float* y, bool relu,
                   const CellSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
-                  int nthreads) {
+                  int nthreads, bool need_dx) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
   if (B == 0 || H == 0) {
-    if (T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
+    if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
   }
   for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
@@ -175,7 +175,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   }
   // both biases enter the same pre-activation: the same column sums for each
   backward_products(kern, s, H, da, dx, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, hp, nthreads,
-                    db_hh);
+                    db_hh, need_dx);
 }
 
 }  // namespace lstm_fast

@@ -40,6 +40,7 @@ void rnn_backward(float* dx,          // (T, B, I)
                   const float* y,     // (T, B, H)
                   bool relu, const CellSizes& s,
                   const index_t* batch_sizes,  // (T) as given to the forward, or null
-                  float* workspace, const Kernels& kern, int nthreads);
+                  float* workspace, const Kernels& kern, int nthreads,
+                  bool need_dx = true);  // false: dx is scratch, not written with the gradient
 
 }  // namespace lstm_fast

@@ -140,6 +140,38 @@ void init_dispatch() {
   }
 }
 
+namespace {
+thread_local StepBarrier* t_step_barrier = nullptr;
+}  // namespace
+
+StepBarrier* current_step_barrier() { return t_step_barrier; }
+
+BarrierScope::BarrierScope(StepBarrier* b) : previous_(t_step_barrier) { t_step_barrier = b; }
+BarrierScope::~BarrierScope() { t_step_barrier = previous_; }
+
+void StepBarrier::wait(int n) {
+  if (n <= 1) return;
+  const unsigned gen = phase.load(std::memory_order_acquire);
+  if (arrived.fetch_add(1, std::memory_order_acq_rel) == static_cast<unsigned>(n - 1)) {
+    // Last to arrive: reset the count before opening the next generation (a thread released
+    // by it may arrive at the next barrier at once).
+    arrived.store(0, std::memory_order_relaxed);
+    phase.store(gen + 1, std::memory_order_release);
+    return;
+  }
+  for (int spin = 0; phase.load(std::memory_order_acquire) == gen; ++spin) {
+    if (spin < 2000) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      __asm__ __volatile__("yield");
+#endif
+    } else {
+      std::this_thread::yield();  // the thread we wait for may need this core
+    }
+  }
+}
+
 // A per-thread override (0: none), for a Python thread that runs one of two concurrent
 // directions of a bidirectional layer on its share of the cores.
 thread_local int t_local_threads = 0;

@@ -3,6 +3,7 @@
 // flush-to-zero guard every parallel region opens.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -31,8 +32,35 @@ inline int team_size() {
 #endif
 }
 
+// The barrier of the recurrences' steps (one per step in a units split): a generation counter
+// on its own cache line. Waiters spin briefly, then yield the CPU, so a team with more threads
+// than free cores still makes progress. On 2 threads (AMD EPYC Zen 5) it takes 60-75 ns where
+// GNU libgomp's `omp barrier` takes 240-300 ns: at batch 1 (S5: ~2 us per step) that is a tenth
+// of a step. A parallel region opts in with a StepBarrier declared before it and a BarrierScope
+// opened by every thread at its start; team_barrier() then uses it (else the OpenMP barrier).
+struct StepBarrier {
+  alignas(64) std::atomic<unsigned> arrived{0};
+  alignas(64) std::atomic<unsigned> phase{0};
+  void wait(int n);  // n: the team's size
+};
+
+// Makes team_barrier() on the calling thread use `b` for the lifetime of the scope.
+class BarrierScope {
+ public:
+  explicit BarrierScope(StepBarrier* b);
+  ~BarrierScope();
+  BarrierScope(const BarrierScope&) = delete;
+  BarrierScope& operator=(const BarrierScope&) = delete;
+
+ private:
+  StepBarrier* previous_;
+};
+
+StepBarrier* current_step_barrier();
+
 inline void team_barrier() {
 #if defined(_OPENMP)
+  if (StepBarrier* b = current_step_barrier()) return b->wait(omp_get_num_threads());
 #pragma omp barrier
 #endif
 }
@@ -72,6 +100,21 @@ index_t l1d_cache_bytes();
 // batch, us per step: 2 rows per thread 7.8 against 12.8, 4 rows 15.0 against 16.0, 8 rows
 // 26.6 against 31.0, 16 rows 57.7 against 53.1).
 index_t batch_split_min_rows(double whh_bytes, int nthreads);
+
+// Below this many FLOP per recurrent step (with fewer than two rows per thread) a recurrence
+// runs on one thread: a step's share per thread would cost less than its barrier. The fused
+// LSTM forward step (weight-stationary tiles, one StepBarrier of 60-75 ns on 2 threads) pays
+// from ~3e4 FLOP per step on 2 threads (T = 300, us per step, serial against units: B = 1,
+// H = 64 0.57-0.75 against 0.46-0.49; H = 128 2.0-2.5 against 1.3-1.5; B = 2, H = 128 2.3-2.9
+// against 1.7-1.8; H = 32, 8e3 FLOP: 0.18-0.25 against 0.25); the barrier's cost grows with
+// the team, so the threshold does too. The other steps keep 5e5: the backward's (a column
+// split of dh with a shared packing of dZ_t per step: LSTM training at B = 2, H = 128 9.9 us
+// per step serial against 6.8-12.6 split) and the GRU's and RNN's (a packed-panel product and
+// a separate pointwise pass: no gain measured at B = 1-3, H = 64-128, GRU forward B = 2,
+// H = 128 2.7-3.0 serial against 3.1-3.6 split).
+inline double serial_step_flops(int nthreads, bool fused_lstm_forward) {
+  return fused_lstm_forward ? 1.5e4 * nthreads : 5e5;
+}
 Schedule schedule_override();
 void set_schedule_override(Schedule s);
 

@@ -4,6 +4,7 @@ and on shared inputs, while other threads change the kernel thread count."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -64,6 +65,47 @@ def same(got, want):
     assert len(got) == len(want)
     for u, v in zip(got, want):
         assert (u is None and v is None) or np.array_equal(u, v), "results differ from sequential"
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
+def test_step_barrier_with_more_threads_than_cores(cell, threads, schedule):
+    """The per-step barrier of the units split (a spinning one that yields after a while) with a
+    team larger than the machine (several threads per core, so waiters must give way): many
+    steps, bitwise the results of one thread, concurrently from two Python threads."""
+    rng = np.random.default_rng(5)
+    T, B, I, H = 300, 2, 9, 70
+    g = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[cell]
+    x = rng.standard_normal((T, B, I)).astype(f32)
+    w = [
+        (rng.standard_normal(s) * 0.3).astype(f32)
+        for s in ((g * H, I), (g * H, H), (g * H,), (g * H,))
+    ]
+    dy = rng.standard_normal((T, B, H)).astype(f32)
+
+    def run():
+        if cell == "LSTM":
+            y, h, c, cache = ops.lstm_forward(x, *w, training=True)
+            return [y, h, c, *ops.lstm_backward(cache, dy)]
+        fwd, bwd = (
+            (ops.gru_forward, ops.gru_backward)
+            if cell == "GRU"
+            else (ops.rnn_forward, ops.rnn_backward)
+        )
+        y, h, cache = fwd(x, *w, training=True)
+        return [y, h, *bwd(cache, dy)]
+
+    lstm_fast.set_num_threads(1)
+    want = run()
+    schedule("units")
+    lstm_fast.set_num_threads(3 * (os.cpu_count() or 1) + 1)
+    out = [None, None]
+
+    def work_i(i):
+        out[i] = run()
+
+    run_threads(work_i, n=2)
+    for got in out:
+        same(got, want)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["different", "shared"])

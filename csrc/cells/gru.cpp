@@ -30,7 +30,8 @@ Schedule choose_schedule(const Kernels& kern, const CellSizes& s, index_t G, int
   if (forced == Schedule::kBatch) return s.B >= 2 ? Schedule::kBatch : Schedule::kSerial;
   if (forced == Schedule::kSerial) return Schedule::kSerial;
   const double step_flops = 2.0 * s.B * s.H * G;
-  if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
+  if (step_flops < serial_step_flops(nthreads, false) && s.B < 2 * nthreads)
+    return Schedule::kSerial;
   const double whh_bytes = 4.0 * G * s.H;
   const index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
   if (batch_rows > 0 && s.B >= batch_rows) return Schedule::kBatch;
@@ -267,11 +268,13 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   if (!unpacked) pack_gate_panels(kern, H, 3, W_hh, Wp, P);
 
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     const index_t ublk = unpacked ? 8 : kern.NR;  // unit granularity of a thread's slice
@@ -293,9 +296,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
         const index_t t2 = std::min(T, t + seg);
         // Rows changing hands: their h_prev must be written first.
         if (rebalance && t > 0 && split_changes(bs, t - seg, t, t, t2, B, kern.MR, np)) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+          team_barrier();
         }
         balanced_rows(bs, t, t2, B, kern.MR, p, np, &r0, &r1);
       }
@@ -319,9 +320,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
                    h_prev + r0 * H);
       }
       if (sched == Schedule::kUnits && np > 1) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+        team_barrier();
       }
     }
   }
@@ -362,11 +361,13 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const Schedule sched = choose_schedule(kern, s, G, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
 
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     if (sched == Schedule::kUnits) {
@@ -384,9 +385,7 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
         const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
         // Rows changing hands: their dh_next must be written first.
         if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, kern.MR, np)) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+          team_barrier();
         }
         balanced_rows(bs, s0, t + 1, B, kern.MR, p, np, &r0, &r1);
       }
@@ -399,9 +398,7 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
                    dh0 + r0 * H, dy ? dy + (t * B + r0) * H : nullptr, gates + (off + r0) * G,
                    hwn + (t * B + r0) * H, h_prev + r0 * H);
       if (sched == Schedule::kUnits && np > 1) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+        team_barrier();
       }
       // dh_next[:, my columns] += dhw_t . W_hh[:, my columns] (reads every thread's dhw_t).
       if (re > r0) recurrent_product_back(kern, H, G, r0, re, j0, j1, dhw + off * G, Wb, dh0, true);

@@ -100,11 +100,13 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   const index_t rows_all = T * B;
   const int P = (G * (H + I) * rows_all >= (index_t(1) << 17) && nthreads > 1) ? nthreads : 1;
   const index_t nub = num_unit_blocks(kern, H), nblk = (G + 7) / 8;
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     const index_t n0 = std::min(G, nblk * p / np * 8), n1 = std::min(G, nblk * (p + 1) / np * 8);
     const index_t ub0 = nub * p / np, ub1 = nub * (p + 1) / np;
@@ -169,9 +171,9 @@ const char* schedule_name(Schedule s) {
 }
 
 // The cost model, in order:
-//  * one thread, or a step too small to share (< 5e5 FLOP, a few microseconds: the barrier per
-//    step would cost about as much as it saves, and on a loaded machine a descheduled thread
-//    stalls every barrier) -> serial;
+//  * one thread, or a step too small to share (serial_step_flops: 3e4 FLOP on 2 threads, a
+//    fraction of a microsecond; the barrier per step would cost about as much as it saves)
+//    -> serial;
 //  * enough rows for the batch split (batch_split_min_rows: 4 per thread when W_hh fits in half
 //    an L2, 16 when each core streams it from a larger cache every step; never above 2 MiB) ->
 //    batch-parallel: threads own rows for the whole sequence and never meet (no barrier per
@@ -184,7 +186,7 @@ const char* schedule_name(Schedule s) {
 // every thread for rows that run out (S1 with lengths uniform in [T/4, T], 20 rows on average:
 // units forward 6.35 ms, batch 6.77 ms).
 Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthreads,
-                              const index_t* bs) {
+                              const index_t* bs, bool backward) {
   LstmSizes s = s0;
   if (bs && s.T > 0) s.B = std::max<index_t>(1, (packed_rows(bs, 0, s.T) + s.T - 1) / s.T);
   Schedule forced = schedule_override();
@@ -194,7 +196,8 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthr
   if (forced == Schedule::kBatch) return s.B >= 2 ? Schedule::kBatch : Schedule::kSerial;
   if (forced == Schedule::kSerial) return Schedule::kSerial;
   const double step_flops = 2.0 * s.B * s.H * 4.0 * s.H;
-  if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
+  if (step_flops < serial_step_flops(nthreads, !backward) && s.B < 2 * nthreads)
+    return Schedule::kSerial;
   const double whh_bytes = 16.0 * s.H * s.H;
   const index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
   if (batch_rows > 0 && s.B >= batch_rows) return Schedule::kBatch;
@@ -332,11 +335,13 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     }
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
+    StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
     {
       DenormalGuard ftz;
+      BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
       index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub;
       const index_t ub0u = nub * p / np, ub1u = nub * (p + 1) / np;  // this thread's units
@@ -449,7 +454,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
-  Schedule sched = lstm_choose_schedule(kern, s, nthreads, bs);
+  Schedule sched = lstm_choose_schedule(kern, s, nthreads, bs, true);
   // The backward step product runs row tiles of MR/3, 2MR/3 or MR rows: with fewer than 2MR/3
   // rows per thread a row split wastes much of each tile, so split the columns of dh instead
   // (when there are enough). Above that the row split wins: no barrier per step (S6 training,
@@ -460,11 +465,13 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
 
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     if (sched == Schedule::kUnits) {

@@ -15,7 +15,7 @@ struct LstmSizes {
 
 // How the recurrence of one call is spread over the threads (see choose_schedule in lstm.cpp).
 Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s, int nthreads,
-                              const index_t* batch_sizes = nullptr);
+                              const index_t* batch_sizes = nullptr, bool backward = false);
 const char* schedule_name(Schedule s);
 
 // Floats of workspace lstm_forward needs (training: the gates cache holds the input projection;

@@ -85,11 +85,13 @@ void forward_unpacked(float* y, float* gates, float* cells, float* m, const floa
                      nthreads);
   const int NT = (G * P + P * H >= (1 << 16) && nthreads > 1) ? nthreads : 1;
   const index_t nub = num_unit_blocks(kern, H), gblk = (G + 7) / 8, pblk = (P + 7) / 8;
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(NT) if (NT > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     const index_t n0 = std::min(G, gblk * p / np * 8), n1 = std::min(G, gblk * (p + 1) / np * 8);
     const index_t q0 = std::min(P, pblk * p / np * 8), q1 = std::min(P, pblk * (p + 1) / np * 8);
@@ -129,7 +131,8 @@ Schedule lstm_proj_choose_schedule(const Kernels& kern, const LstmSizes& s, inde
   if (forced == Schedule::kBatch) return s.B >= 2 ? Schedule::kBatch : Schedule::kSerial;
   if (forced == Schedule::kSerial) return Schedule::kSerial;
   const double step_flops = 2.0 * s.B * (4.0 * s.H * P + double(s.H) * P);
-  if (step_flops < 5e5 && s.B < 2 * nthreads) return Schedule::kSerial;
+  if (step_flops < serial_step_flops(nthreads, false) && s.B < 2 * nthreads)
+    return Schedule::kSerial;
   const double weight_bytes = 4.0 * (4.0 * s.H * P + double(s.H) * P);
   if (s.B >= 4 * nthreads && weight_bytes <= 2.0 * (1 << 20)) return Schedule::kBatch;
   if (nub >= 2 * nthreads) return Schedule::kUnits;
@@ -219,11 +222,13 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
                          xp + (t - t0) * B * G, nthreads);
     }
 
+    StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(NT) if (NT > 1)
 #endif
     {
       DenormalGuard ftz;
+      BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
       // Rows [r0, r1), gate unit blocks [ub0, ub1), projection panels [jp0, jp1) of this thread.
       index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub, jp0 = 0, jp1 = nbp;
@@ -311,11 +316,13 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
     sched = Schedule::kUnits;
   const int NT = sched == Schedule::kSerial ? 1 : nthreads;
 
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(NT) if (NT > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     // Rows [r0, r1); panels of P columns [jp0, jp1) (dh_t, dh_next); panels of H columns
     // [jh0, jh1), which are also the units [u0, u1) of the pointwise part (dm, dZ, dc_next).

@@ -49,11 +49,13 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   if (!unpacked) pack_gate_panels(kern, H, 1, W_hh, Wp, P);
 
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     const index_t ublk = unpacked ? 8 : kern.NR;
     const index_t nblk = (H + ublk - 1) / ublk;
@@ -72,9 +74,7 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
         const index_t t2 = std::min(T, t + seg);
         // Rows changing hands: their h_prev must be written first.
         if (rebalance && t > 0 && split_changes(bs, t - seg, t, t, t2, B, kern.MR, np)) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+          team_barrier();
         }
         balanced_rows(bs, t, t2, B, kern.MR, p, np, &r0, &r1);
       }
@@ -91,9 +91,7 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
         ck.rnn_fwd(re - r0, H, u0, u1, a + r0 * H, relu);
       }
       if (sched == Schedule::kUnits && np > 1) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+        team_barrier();
       }
     }
   }
@@ -131,11 +129,13 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const Schedule sched = choose_schedule(kern, s, H, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
 
+  StepBarrier step_barrier;
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P) if (P > 1)
 #endif
   {
     DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     if (sched == Schedule::kUnits) {
@@ -153,9 +153,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
         const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
         // Rows changing hands: their dh_next must be written first.
         if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, kern.MR, np)) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+          team_barrier();
         }
         balanced_rows(bs, s0, t + 1, B, kern.MR, p, np, &r0, &r1);
       }
@@ -165,9 +163,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
         ck.rnn_bwd(re - r0, H, u0, u1, da + (off + r0) * H, dh0 + r0 * H,
                    dy ? dy + (t * B + r0) * H : nullptr, y + (t * B + r0) * H, relu);
       if (sched == Schedule::kUnits && np > 1) {
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+        team_barrier();
       }
       // dh_next[:, my columns] = da_t . W_hh[:, my columns] (rows past re pass through).
       if (re > r0) recurrent_product_back(kern, H, H, r0, re, j0, j1, da + off * H, Wb, dh0, false);

@@ -160,7 +160,10 @@ void StepBarrier::wait(int n) {
     return;
   }
   for (int spin = 0; phase.load(std::memory_order_acquire) == gen; ++spin) {
-    if (spin < 2000) {
+    // A few microseconds of spinning covers a balanced step's wait; longer waits mean the
+    // other thread is not running (e.g. just created and still queued on this vCPU), and
+    // spinning would only keep it off.
+    if (spin < 256) {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #elif defined(__aarch64__)

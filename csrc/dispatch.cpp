@@ -142,12 +142,30 @@ void init_dispatch() {
 
 namespace {
 thread_local StepBarrier* t_step_barrier = nullptr;
+thread_local int t_step_level = -1;  // omp_get_level() where t_step_barrier was set
+
+int parallel_level() {
+#if defined(_OPENMP)
+  return omp_get_level();
+#else
+  return 0;
+#endif
+}
 }  // namespace
 
-StepBarrier* current_step_barrier() { return t_step_barrier; }
+StepBarrier* current_step_barrier() {
+  return t_step_barrier && t_step_level == parallel_level() ? t_step_barrier : nullptr;
+}
 
-BarrierScope::BarrierScope(StepBarrier* b) : previous_(t_step_barrier) { t_step_barrier = b; }
-BarrierScope::~BarrierScope() { t_step_barrier = previous_; }
+BarrierScope::BarrierScope(StepBarrier* b)
+    : previous_(t_step_barrier), previous_level_(t_step_level) {
+  t_step_barrier = b;
+  t_step_level = parallel_level();
+}
+BarrierScope::~BarrierScope() {
+  t_step_barrier = previous_;
+  t_step_level = previous_level_;
+}
 
 void StepBarrier::wait(int n) {
   if (n <= 1) return;

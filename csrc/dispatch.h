@@ -44,7 +44,8 @@ struct StepBarrier {
   void wait(int n);  // n: the team's size
 };
 
-// Makes team_barrier() on the calling thread use `b` for the lifetime of the scope.
+// Makes team_barrier() on the calling thread use `b` for the lifetime of the scope, in the
+// parallel region that opened it (a region nested inside keeps the OpenMP barrier).
 class BarrierScope {
  public:
   explicit BarrierScope(StepBarrier* b);
@@ -54,8 +55,11 @@ class BarrierScope {
 
  private:
   StepBarrier* previous_;
+  int previous_level_;
 };
 
+// The StepBarrier of the innermost BarrierScope on this thread if it was opened at this
+// parallel nesting level, else null.
 StepBarrier* current_step_barrier();
 
 inline void team_barrier() {

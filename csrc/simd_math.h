@@ -82,14 +82,16 @@ LF_INLINE vf vmin(vf a, vf b) { return b < a ? b : a; }
 LF_INLINE vf vmax(vf a, vf b) { return b > a ? b : a; }
 #endif
 
-// exp(x): x clamped to [-87.3, 88.3] (no overflow, no denormal results), x = n ln2 + r with
-// |r| <= ln2/2 (Cody-Waite, two-part ln2), e^r by a degree-6 polynomial (relative error
-// 3.6e-9 on the interval), 2^n built in the exponent bits. NaN propagates.
-LF_INLINE vf vexp(vf x) {
-  x = vmax(vmin(x, splat(88.3f)), splat(-87.3f));
+// x = n ln2 + r with |r| <= ln2/2 (Cody-Waite, two-part ln2; x already clamped) and
+// u = e^r - 1 = r + r^2 p(r) (a degree-6 polynomial for e^r, relative error 3.6e-9 on the
+// interval): the reduction vexp and vtanh share. t holds n's integer in its low mantissa bits.
+struct ExpParts {
+  vf t, n, u;
+};
+LF_INLINE ExpParts exp_parts(vf x) {
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const vf t = x * splat(1.44269504088896341f) + magic;
-  const vf n = t - magic;  // round(x / ln2) as a float; its integer is in t's low mantissa bits
+  const vf n = t - magic;  // round(x / ln2) as a float
   vf r = x - n * splat(0.693145751953125f);
   r = r - n * splat(1.42860682030941723e-6f);
   vf p = splat(0.00137514085508883f);
@@ -97,12 +99,28 @@ LF_INLINE vf vexp(vf x) {
   p = p * r + splat(0.04166953265666962f);
   p = p * r + splat(0.166665181517601f);
   p = p * r + splat(0.49999988079071045f);
-  p = p * (r * r) + r + splat(1.0f);
+  return {t, n, p * (r * r) + r};
+}
+
+// 2^n for the n of exp_parts (an integer in [-126, 127]).
+LF_INLINE vf exp2_int(const ExpParts& e) {
 #if defined(__AVX512F__) && LF_W == 16
-  return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);  // p * 2^n in one instruction
+  return (vf)_mm512_scalef_ps(_mm512_set1_ps(1.0f), (__m512)e.n);
 #else
-  const vi e = ((vi)t - (vi)magic + 127) << 23;  // 2^n in the exponent field
-  return p * (vf)e;
+  return (vf)(((vi)e.t - (vi)splat(12582912.0f) + 127) << 23);  // the exponent field
+#endif
+}
+
+// exp(x): x clamped to [-87.3, 88.3] (no overflow, no denormal results), 2^n (1 + u) from
+// exp_parts. NaN propagates.
+LF_INLINE vf vexp(vf x) {
+  x = vmax(vmin(x, splat(88.3f)), splat(-87.3f));
+  const ExpParts e = exp_parts(x);
+  const vf p = e.u + splat(1.0f);
+#if defined(__AVX512F__) && LF_W == 16
+  return (vf)_mm512_scalef_ps((__m512)p, (__m512)e.n);  // p * 2^n in one instruction
+#else
+  return p * exp2_int(e);
 #endif
 }
 
@@ -144,24 +162,9 @@ LF_INLINE vf vtanh(vf x) {
   const vi sign = vi{} + static_cast<int>(0x80000000u);
   const vi xb = (vi)x;
   const vf ax = (vf)(xb & ~sign);
-  const vf y = vmax(ax * splat(-2.0f), splat(-87.3f));
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const vf t = y * splat(1.44269504088896341f) + magic;
-  const vf n = t - magic;
-  vf r = y - n * splat(0.693145751953125f);
-  r = r - n * splat(1.42860682030941723e-6f);
-  vf p = splat(0.00137514085508883f);
-  p = p * r + splat(0.008368918672204018f);
-  p = p * r + splat(0.04166953265666962f);
-  p = p * r + splat(0.166665181517601f);
-  p = p * r + splat(0.49999988079071045f);
-  const vf u = p * (r * r) + r;  // e^r - 1
-#if defined(__AVX512F__) && LF_W == 16
-  const vf s = (vf)_mm512_scalef_ps(_mm512_set1_ps(1.0f), (__m512)n);  // 2^n
-#else
-  const vf s = (vf)(((vi)t - (vi)magic + 127) << 23);
-#endif
-  const vf m = s * u + (s - splat(1.0f));  // expm1(-2|x|)
+  const ExpParts e = exp_parts(vmax(ax * splat(-2.0f), splat(-87.3f)));
+  const vf s = exp2_int(e);
+  const vf m = s * e.u + (s - splat(1.0f));  // expm1(-2|x|)
   const vf th = (splat(0.0f) - m) * vrecip(splat(2.0f) + m);
   return (vf)(((vi)th & ~sign) | (xb & sign));
 }

@@ -168,7 +168,7 @@ inline void check_output(const std::string& arg_name, const std::string& out_nam
 // The largest thread count accepted: 4 x the hardware threads, at least 64. More threads than
 // that only oversubscribe, and OpenMP runtimes crash creating hundreds of thousands of them.
 inline int max_threads() {
-  const unsigned hw = std::thread::hardware_concurrency();
+  static const unsigned hw = std::thread::hardware_concurrency();  // a system query: once
   return static_cast<int>(std::max<unsigned>(64, 4 * hw));
 }
 

@@ -207,7 +207,8 @@ int get_num_threads() {
   if (n > 0) return note_team(n);
 #if defined(_OPENMP)
   // The runtime's default (OMP_NUM_THREADS), bounded like set_num_threads' argument.
-  const int hw = static_cast<int>(std::thread::hardware_concurrency());
+  // hardware_concurrency() reads the CPU list from the system (several microseconds here): once.
+  static const int hw = static_cast<int>(std::thread::hardware_concurrency());
   return note_team(std::min(omp_get_max_threads(), std::max(64, 4 * hw)));
 #else
   return 1;

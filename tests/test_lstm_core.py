@@ -273,6 +273,37 @@ def test_gemm_out_accumulate_and_row_sums(isa, threads, M, N, K, ta, tb):
     assert outs[0] == outs[1]
 
 
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm_row_chunks_bitwise(threads, tb):
+    """Row-split GEMMs hand out chunks of rows dynamically: many chunks, a B larger than the
+    per-thread packed buffer (4 MiB), bias, accumulate and row sums give bitwise the same result
+    on 1, 2 and 3 threads, equal to the float64 product."""
+    rng = np.random.default_rng(7)
+    M, N, K = 1000, 1100, 1000  # 84 row slivers; packed B 1,102 x 1,000 floats > 4 MiB
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    want = a.astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    outs = []
+    for n in (1, 2, 3):
+        lstm_fast.set_num_threads(n)
+        c = ops.gemm(a, b, trans_b=tb, bias=bias)
+        d, s = c0.copy(), np.zeros(M, np.float32)
+        ops.gemm(a, b, trans_b=tb, out=d, accumulate=True, a_row_sums=s)
+        outs.append((c.tobytes(), d.tobytes(), s.tobytes()))
+    np.testing.assert_allclose(
+        np.frombuffer(outs[0][0], np.float32).reshape(M, N), want + bias, rtol=1e-4, atol=2e-3
+    )
+    np.testing.assert_allclose(
+        np.frombuffer(outs[0][1], np.float32).reshape(M, N), want + c0, rtol=1e-4, atol=2e-3
+    )
+    np.testing.assert_allclose(
+        np.frombuffer(outs[0][2], np.float32), a.sum(1), rtol=1e-4, atol=1e-3
+    )
+    assert outs[0] == outs[1] == outs[2]
+
+
 def test_gemm_out_arguments():
     a = np.ones((3, 4), np.float32)
     b = np.ones((4, 5), np.float32)

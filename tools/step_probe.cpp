@@ -12,12 +12,32 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "dispatch.h"
 #include "kernels.h"
 
 using namespace lstm_fast;
+
+// 64-byte aligned storage, as the package's workspace (a std::vector's large blocks start 16
+// bytes past a page: every vector load of the panels would then straddle two cache lines).
+template <class T>
+struct Aligned {
+  using value_type = T;
+  Aligned() = default;
+  template <class U>
+  Aligned(const Aligned<U>&) {}
+  T* allocate(std::size_t n) {
+    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t) { std::free(p); }
+  bool operator==(const Aligned&) const { return true; }
+  bool operator!=(const Aligned&) const { return false; }
+};
+using fvec = std::vector<float, Aligned<float>>;
 
 int main(int argc, char** argv) {
   if (argc < 5) {
@@ -36,7 +56,7 @@ int main(int argc, char** argv) {
   init_dispatch();  // LSTM_FAST_ISA picks the kernel set, as in the package
   const Kernels& kern = active_kernels();
   const index_t W = kern.W, nub = (H + W - 1) / W, G = 4 * H;
-  std::vector<float> Wp(std::max<index_t>(1, nub * W * 4 * K)), h(2 * B * std::max(H, K)),
+  fvec Wp(std::max<index_t>(1, nub * W * 4 * K)), h(2 * B * std::max(H, K)),
       c(B * H), xp((same_xp ? 1 : steps) * B * G);
   unsigned seed = 1;
   auto rnd = [&seed]() { return ((seed = seed * 1103515245u + 12345u) >> 16 & 1023) / 1024.0f - 0.5f; };

@@ -1,6 +1,7 @@
 #include "gemm/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -215,7 +216,15 @@ void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatV
   const index_t MC = mc_for(kern), NC = nc_for(kern);
   const index_t kc_max = std::min(K, kKC);
   const index_t mc_max = std::min(M, MC);
-  AlignedBuffer Ap(((mc_max + MR - 1) / MR) * MR * kc_max);
+  // A's block in a buffer kept per thread (at most MC x KC floats): a row-chunked parallel GEMM
+  // calls this once per chunk.
+  thread_local std::unique_ptr<AlignedBuffer> a_buf;
+  const std::size_t a_need = static_cast<std::size_t>(((mc_max + MR - 1) / MR) * MR * kc_max);
+  if (!a_buf || a_buf->n < a_need) {
+    a_buf.reset();
+    a_buf = std::make_unique<AlignedBuffer>(std::max(a_need, std::size_t(mc_for(kern) * kKC)));
+  }
+  AlignedBuffer& Ap = *a_buf;
   AlignedBuffer Bp(Bpre ? 0 : ((N + NR - 1) / NR) * NR * kc_max);
   // Each operand is packed once: B's depth block for all columns, then A's blocks; the jc loop
   // inside keeps a KC x NC part of B (about half of L2) hot while the A block (MC x KC, also in
@@ -320,43 +329,62 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
     gemm_serial_bias(kern, M, N, K, A, B, C, ldc, accumulate, bias, Bpre, a_sums);
     return;
   }
-  // Split the dimension with more micro-tiles; a thread's part is a contiguous run of tiles.
+  // Split the dimension with more micro-tiles.
   const bool split_n = nb >= P && (nb * kern.NR >= mb * kern.MR || mb < P);
-  // Threads splitting the rows would each pack all of B: pack it once, together, first (the
-  // panels split between them), into a buffer kept per calling thread (at most 4 MiB: larger ones
-  // stream from memory, and their duplicated packing is a small part of their work).
-  const bool share_b = !split_n && !Bpre && static_cast<double>(K) * N >= (1 << 16) &&
-                       static_cast<std::size_t>(nb) * kern.NR * K <= (std::size_t(1) << 20);
-  if (share_b) {
-    thread_local std::unique_ptr<AlignedBuffer> shared;
-    const std::size_t need = static_cast<std::size_t>(nb) * kern.NR * K;
-    if (!shared || shared->n < need) {
-      shared.reset();
-      shared = std::make_unique<AlignedBuffer>(need);
-    }
-    pack_b_panels_parallel(kern, K, N, B, shared->p, P);
-    Bpre = shared->p;
-  }
+  if (split_n) {  // a thread's part is a contiguous run of NR-column panels
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P)
 #endif
-  {
-    const int p = team_id(), np = team_size();
-    DenormalGuard ftz;
-    const index_t tiles = split_n ? nb : mb;
-    const index_t t0 = tiles * p / np, t1 = tiles * (p + 1) / np;
-    if (split_n) {
+    {
+      const int p = team_id(), np = team_size();
+      DenormalGuard ftz;
+      const index_t t0 = nb * p / np, t1 = nb * (p + 1) / np;
       const index_t j0 = t0 * kern.NR, j1 = std::min(N, t1 * kern.NR);
       if (j1 > j0)
         gemm_serial_bias(kern, M, j1 - j0, K, A, MatView{B.p + j0 * B.cs, B.rs, B.cs}, C + j0,
                          ldc, accumulate, bias ? bias + j0 : nullptr,
                          Bpre ? Bpre + t0 * K * kern.NR : nullptr, p == 0 ? a_sums : nullptr);
+    }
+    return;
+  }
+  // Rows: chunks of MR-row slivers (about 8 per thread, 4 to MC / MR slivers each) handed out
+  // in turn from a shared counter, so a core that runs slower (a shared machine's other load)
+  // takes fewer chunks instead of the whole team waiting for its half. Every chunk multiplies
+  // by the same packed B: packed once, together, first, in full-depth panels (pack_b_panels):
+  // into a buffer kept per calling thread up to 4 MiB, larger ones per call.
+  // Chunk boundaries are multiples of MR and each element is still computed by one thread in
+  // the same order, so the result does not depend on which thread took which chunk.
+  const index_t per = std::clamp<index_t>((mb + 8 * P - 1) / (8 * P), 4, mc_for(kern) / kern.MR);
+  const index_t nchunks = (mb + per - 1) / per;
+  std::unique_ptr<AlignedBuffer> big_b;
+  if (!Bpre) {
+    const std::size_t need = static_cast<std::size_t>(nb) * kern.NR * K;
+    float* dst;
+    if (need <= (std::size_t(1) << 20)) {
+      thread_local std::unique_ptr<AlignedBuffer> shared;
+      if (!shared || shared->n < need) {
+        shared.reset();
+        shared = std::make_unique<AlignedBuffer>(need);
+      }
+      dst = shared->p;
     } else {
-      const index_t i0 = t0 * kern.MR, i1 = std::min(M, t1 * kern.MR);
-      if (i1 > i0)
-        gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
-                         C + i0 * ldc, ldc, accumulate, bias, Bpre,
-                         a_sums ? a_sums + i0 : nullptr);
+      big_b = std::make_unique<AlignedBuffer>(need);
+      dst = big_b->p;
+    }
+    pack_b_panels_parallel(kern, K, N, B, dst, P);
+    Bpre = dst;
+  }
+  std::atomic<index_t> next{0};
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P)
+#endif
+  {
+    DenormalGuard ftz;
+    for (index_t c = next.fetch_add(1, std::memory_order_relaxed); c < nchunks;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      const index_t i0 = c * per * kern.MR, i1 = std::min(M, (c + 1) * per * kern.MR);
+      gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
+                       C + i0 * ldc, ldc, accumulate, bias, Bpre, a_sums ? a_sums + i0 : nullptr);
     }
   }
 }

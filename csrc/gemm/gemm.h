@@ -14,13 +14,15 @@ struct MatView {
   index_t rs, cs;  // row stride, column stride (in floats)
 };
 
-// Serial GEMM on the calling thread; packing buffers are allocated per call (never per tile).
+// Serial GEMM on the calling thread (B's packing buffer per call, A's kept per thread).
 void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                  float* C, index_t ldc, bool accumulate);
 
-// Parallel GEMM: the output is split into independent blocks (columns in multiples of NR, or
-// rows in multiples of MR), one per thread, never along K. Each element is therefore reduced by
-// one thread in the same order at any thread count: results are bitwise identical.
+// Parallel GEMM: the output is split into independent blocks, never along K: columns in
+// multiples of NR (one run of panels per thread), or rows in chunks of MR-row slivers that the
+// threads take in turn from a shared counter (a slower core takes fewer). Each element is
+// therefore reduced by one thread in the same order at any thread count and whichever thread
+// takes it: results are bitwise identical.
 // With bias (length N) and !accumulate: C = bias (in every row) + op(A) . op(B), the bias
 // written tile by tile just before the tile's first depth block (no separate pass over C).
 // Bpre: op(B) already packed by pack_b_panels (full depth K, all N columns), for a B used by

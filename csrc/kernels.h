@@ -50,6 +50,14 @@ struct Kernels {
   void (*gemm_nt)(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
                   index_t ldw, float* C, index_t ldc);
 
+  // y[j] (= or +=) sum_k a[k] * B[k * ldb + j] for j in [0, N): a row vector times a row-major
+  // matrix, without packing (one-row products such as dx = dz . W_ih at batch 1, where packing
+  // B would cost more than the product). The sum over k runs in ascending order from zero and is
+  // then stored or added to y: as the packed micro-kernel sums one depth block, so a caller
+  // that walks the same depth blocks gets the packed GEMM's result bitwise.
+  void (*gemv_cols)(index_t N, index_t K, const float* a, const float* B, index_t ldb, float* y,
+                    bool accumulate);
+
   // One fused LSTM step for `rows` rows and the unit blocks [ub0, ub1) (units ub*W .. ub*W+W-1,
   // clipped to H):
   //   z = xp + h_prev . W_hh^T (from the packed panels Wp), gates = act(z),

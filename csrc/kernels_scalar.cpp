@@ -55,6 +55,15 @@ void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* 
   }
 }
 
+void gemv_cols(index_t N, index_t K, const float* a, const float* B, index_t ldb, float* y,
+               bool accumulate) {
+  for (index_t j = 0; j < N; ++j) {
+    float acc = 0.0f;
+    for (index_t k = 0; k < K; ++k) acc += a[k] * B[k * ldb + j];
+    y[j] = accumulate ? y[j] + acc : acc;
+  }
+}
+
 void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
              index_t ldw, float* C, index_t ldc) {
   for (index_t m = 0; m < M; ++m) gemv_rows(N, K, Wm, ldw, A + m * lda, C + m * ldc, true);
@@ -167,7 +176,7 @@ double sumsq(index_t n, const float* x) {
 }
 
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
-                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, lstm_fwd_rows,
+                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq};
 
 }  // namespace

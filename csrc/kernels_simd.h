@@ -131,6 +131,41 @@ void gemv_panel(index_t K, const float* a, const float* Bp, float* C, int n, boo
   }
 }
 
+// ---- Row vector times a row-major matrix (no packing) ---------------------------------------
+// Blocks of CV vectors of columns, one accumulator per vector over k (the same per-element
+// arithmetic as the micro-kernel: acc += a[k] * b, from zero, then stored or added).
+template <int CV>
+LF_INLINE void gemv_cols_block(index_t K, const float* a, const float* B, index_t ldb, float* y,
+                               int n, bool accumulate) {
+  vf acc[CV];
+#pragma GCC unroll 8
+  for (int v = 0; v < CV; ++v) acc[v] = vf{};
+  if (n == CV * W) {
+    for (index_t k = 0; k < K; ++k) {
+      const vf x = splat(a[k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) acc[v] += x * load(B + k * ldb + v * W);
+    }
+  } else {  // CV == 1, a partial vector: never read past column n
+    for (index_t k = 0; k < K; ++k) acc[0] += splat(a[k]) * load_n(B + k * ldb, n);
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v * W < n; ++v) {
+    const int nn = n - v * W < W ? n - v * W : W;
+    float* p = y + v * W;
+    store_n(p, accumulate ? load_n(p, nn) + acc[v] : acc[v], nn);
+  }
+}
+
+void gemv_cols(index_t N, index_t K, const float* a, const float* B, index_t ldb, float* y,
+               bool accumulate) {
+  index_t j = 0;
+  for (; j + 8 * W <= N; j += 8 * W)
+    gemv_cols_block<8>(K, a, B + j, ldb, y + j, 8 * W, accumulate);
+  for (; j + W <= N; j += W) gemv_cols_block<1>(K, a, B + j, ldb, y + j, W, accumulate);
+  if (j < N) gemv_cols_block<1>(K, a, B + j, ldb, y + j, static_cast<int>(N - j), accumulate);
+}
+
 // ---- Matrix-vector product over rows (no packing) -------------------------------------------
 // Four rows at a time, each with its own vector accumulator over k, summed across lanes at the
 // end; the k tail goes through a zero-filled partial vector.
@@ -709,7 +744,7 @@ double sumsq(index_t n, const float* x) {
 }
 
 const Kernels kTable = {LF_NAME,       W,         MR,         NR,
-                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, lstm_fwd_rows,
+                        gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq};
 
 }  // namespace

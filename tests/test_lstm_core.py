@@ -304,6 +304,37 @@ def test_gemm_row_chunks_bitwise(threads, tb):
     assert outs[0] == outs[1] == outs[2]
 
 
+@pytest.mark.parametrize("N,K", [(1, 1), (17, 7), (129, 300), (300, 513)])
+@pytest.mark.parametrize("ta", [False, True])
+def test_gemm_one_row_times_matrix_matches_packed(isa, threads, N, K, ta):
+    """One or two rows times a row-major B (dx = dz . W_ih at batch 1) run without packing B,
+    by depth blocks as the packed GEMM sums them: bitwise the rows of a larger (packed) product,
+    with and without bias and accumulate, any thread count; a transposed A is read by stride."""
+    rng = np.random.default_rng(N * 7 + K)
+    a = rng.standard_normal((K, 5) if ta else (5, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    c0 = rng.standard_normal((5, N)).astype(np.float32)
+    full = ops.gemm(a, b, trans_a=ta)
+    full_bias = ops.gemm(a, b, trans_a=ta, bias=bias)
+    full_acc = c0.copy()
+    ops.gemm(a, b, trans_a=ta, out=full_acc, accumulate=True)
+    np.testing.assert_allclose(
+        full, (a.T if ta else a).astype(np.float64) @ b, rtol=1e-4, atol=1e-4 * K**0.5
+    )
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        for m in (1, 2):
+            part = np.ascontiguousarray(a[:, :m] if ta else a[:m])
+            assert ops.gemm(part, b, trans_a=ta).tobytes() == full[:m].tobytes()
+            assert ops.gemm(part, b, trans_a=ta, bias=bias).tobytes() == full_bias[:m].tobytes()
+            acc = c0[:m].copy()
+            s = np.zeros(m, np.float32)
+            ops.gemm(part, b, trans_a=ta, out=acc, accumulate=True, a_row_sums=s)
+            assert acc.tobytes() == full_acc[:m].tobytes()
+            np.testing.assert_allclose(s, (part.T if ta else part).sum(1), rtol=1e-5, atol=1e-4)
+
+
 def test_gemm_out_arguments():
     a = np.ones((3, 4), np.float32)
     b = np.ones((4, 5), np.float32)

@@ -463,7 +463,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       3 * s.B < 2 * kern.MR * nthreads && (H + kern.NR - 1) / kern.NR >= 2 * nthreads)
     sched = Schedule::kUnits;
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
-  pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+  // A single row over one or two steps: dZ_t . W_hh straight from W_hh (gemv_cols); packing it
+  // would cost more than the products (S4 training: a 1 MiB pack per call).
+  const bool unpacked_dh = B == 1 && T <= 2;
+  if (!unpacked_dh) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
 
   StepBarrier step_barrier;
 #if defined(_OPENMP)
@@ -531,6 +534,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       // dh_next[:, my columns] = dZ_t . W_hh[:, my columns]  (reads every thread's dZ_t).
       // The depth 4H is walked in chunks of kKCb so a chunk of the packed panel stays in L1
       // while all row tiles pass over it; chunks accumulate into dh_next in a fixed order.
+      if (unpacked_dh) {
+        if (re > r0 && u1 > u0) kern.gemv_cols(u1 - u0, G, dz_t, W_hh + u0, H, dh0 + u0, false);
+        continue;
+      }
       for (index_t jr = j0; jr < j1; ++jr) {
         const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
         for (index_t k0 = 0; k0 < G; k0 += kKCb) {

@@ -286,7 +286,11 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
 void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B, float* C,
           index_t ldc, bool accumulate, int nthreads, const float* bias, const float* Bpre,
           float* a_sums) {
-  if (a_sums && (N <= 0 || (M <= 2 && B.rs == 1 && A.cs == 1 && K > 0))) {
+  // A row or two: dot products over the rows of B^T (B.rs == 1), or the row times a row-major B
+  // (B.cs == 1); no packing either way.
+  const bool rows_of_bt = M <= 2 && B.rs == 1 && A.cs == 1 && K > 0;
+  const bool row_times_b = !rows_of_bt && M <= 2 && B.cs == 1 && K > 0;
+  if (a_sums && (N <= 0 || rows_of_bt || row_times_b)) {
     // no packing of A on these paths: the row sums directly, then the product without them
     for (index_t i = 0; i < M; ++i) {
       float acc = a_sums[i];
@@ -296,13 +300,38 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
     a_sums = nullptr;
   }
   if (M <= 0 || N <= 0) return;
-  if (bias && !accumulate && (K <= 0 || (M <= 2 && B.rs == 1 && A.cs == 1))) {
+  if (bias && !accumulate && (K <= 0 || rows_of_bt || row_times_b)) {
     fill_rows(M, N, bias, C, ldc);  // few rows or no depth: fill, then accumulate
     accumulate = true;
     bias = nullptr;
   }
   const double flops = 2.0 * M * N * K;
-  if (M <= 2 && B.rs == 1 && A.cs == 1 && K > 0) {
+  if (row_times_b) {
+    // C[i, j] over the depth blocks of the packed GEMM (kKC), each summed from zero and then
+    // added: bitwise the packed path's result. Threads split the columns in blocks of 64.
+    const int P = flops < 2e5 ? 1 : nthreads;
+    const index_t blocks = (N + 63) / 64;
+    std::vector<float> arow(A.cs == 1 ? 0 : static_cast<std::size_t>(M * K));
+    for (index_t i = 0; i < M && A.cs != 1; ++i)
+      for (index_t k = 0; k < K; ++k) arow[i * K + k] = A.p[i * A.rs + k * A.cs];
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P) if (P > 1)
+#endif
+    {
+      const int p = team_id(), np = team_size();
+      DenormalGuard ftz;
+      const index_t j0 = std::min(N, blocks * p / np * 64);
+      const index_t j1 = std::min(N, blocks * (p + 1) / np * 64);
+      for (index_t i = 0; i < M && j1 > j0; ++i) {
+        const float* a = A.cs == 1 ? A.p + i * A.rs : arow.data() + i * K;
+        for (index_t pc = 0; pc < K; pc += kKC)
+          kern.gemv_cols(j1 - j0, std::min(kKC, K - pc), a + pc, B.p + pc * B.rs + j0, B.rs,
+                         C + i * ldc + j0, accumulate || pc > 0);
+      }
+    }
+    return;
+  }
+  if (rows_of_bt) {
     // A row or two times a matrix stored as rows of B^T (e.g. x . W^T): dot products over the
     // rows, no packing. Threads split the columns in blocks of 8.
     const int P = flops < 2e5 ? 1 : nthreads;

@@ -257,14 +257,20 @@ inline const index_t* bs_ptr(const py::object& o) {
   return o.is_none() ? nullptr : static_cast<const index_t*>(py::array(o).data());
 }
 
-// Gradient outputs: allocated (zeroed) here, or given by the caller to accumulate into.
+// Gradient outputs: allocated (zeroed) here, or given by the caller to accumulate into. With
+// `fresh`: an allocated array is left unwritten and *fresh set, for a core that then writes it
+// (instead of adding to zeros: one pass over the array, not three).
 inline py::array grad_out(py::handle given, const std::string& name,
-                          const std::vector<Dim>& dims) {
+                          const std::vector<Dim>& dims, bool* fresh = nullptr) {
+  if (fresh) *fresh = false;
   if (given.is_none()) {
     std::vector<py::ssize_t> shape;
     for (const auto& d : dims) shape.push_back(d.size);
     farray out(shape);
-    std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0.0f);
+    if (fresh)
+      *fresh = true;
+    else
+      std::fill(out.mutable_data(), out.mutable_data() + out.size(), 0.0f);
     return out;
   }
   return arg(given, name, dims, /*writeable=*/true);

@@ -125,6 +125,46 @@ def test_long_sequence_crosses_projection_chunks(isa, rng):
     np.testing.assert_allclose(cn, rcn, **FWD_TOL)
 
 
+@pytest.mark.parametrize("case", ["one_step_no_state", "all_lengths_zero", "accumulate"])
+def test_weight_gradients_written_in_full(isa, case):
+    """Weight and bias gradients allocated by lstm_backward are written, not added to zeros:
+    every element must be set even where no product reaches it (one step from a zero state:
+    dweight_hh = 0; all lengths zero: every gradient 0), though recycled memory holds NaN;
+    arrays the caller passes in are still added to."""
+    from lstm_fast import _core
+
+    rng = np.random.default_rng(11)
+    T, B, I, H = (1, 1, 37, 130) if case == "one_step_no_state" else (3, 2, 5, 7)
+    x, w, h0, c0 = make_problem(rng, T, B, I, H, state=case == "accumulate")
+    shapes = [(4 * H, I), (4 * H, H), (4 * H,), (4 * H,)]
+    for _ in range(3):  # leave NaN-filled blocks of the right sizes for the allocator to reuse
+        junk = [np.full(sh, np.nan, np.float32) for sh in shapes]
+        del junk
+    bs = np.zeros(T, np.int64) if case == "all_lengths_zero" else None
+    args = [f32(a) for a in (x, *w.values())] + [None if a is None else f32(a) for a in (h0, c0)]
+    y, hn, cn, cache = ops.lstm_forward(*args, training=True, batch_sizes=bs)
+    dy = f32(rng.standard_normal(y.shape))
+    g = ops.lstm_backward(cache, dy)
+    grads = [g.dweight_ih, g.dweight_hh, g.dbias_ih, g.dbias_hh]
+    assert all(np.isfinite(a).all() for a in grads)
+    if case == "one_step_no_state":
+        assert not np.any(g.dweight_hh)
+        rg = reference.lstm_backward(
+            reference.lstm_forward(*[a.astype(np.float64) for a in args[:5]], None, None)[3],
+            dy.astype(np.float64),
+        )
+        for name in ("dweight_ih", "dbias_ih", "dbias_hh"):
+            np.testing.assert_allclose(getattr(g, name), getattr(rg, name), **GRAD_TOL)
+    elif case == "all_lengths_zero":
+        assert not any(np.any(a) for a in grads)
+    else:
+        given = [f32(rng.standard_normal(sh)) for sh in shapes]
+        out = [a.copy() for a in given]
+        _core.lstm_backward(cache, dy, None, None, *out)
+        for a, b, c in zip(out, given, grads):
+            np.testing.assert_allclose(a, b + c, rtol=1e-6, atol=1e-6)
+
+
 def test_backward_twice_gives_same_result(rng):
     x, w, h0, c0 = make_problem(rng, 5, 3, 4, 6)
     y, _, _, cache = ops.lstm_forward(*[f32(a) for a in (x, *w.values(), h0, c0)], training=True)

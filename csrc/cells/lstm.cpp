@@ -424,10 +424,20 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                    const float* W_hh, const float* y, const float* gates, const float* cells,
                    const LstmSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
                    int nthreads, const int64_t* ids, index_t V, const float* E, float* dE,
-                   float* S, const int64_t* order, bool need_dx) {
+                   float* S, const int64_t* order, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   if (ids) bs = nullptr;  // dense (the bindings check it)
   if (!bs) order = nullptr;
+  if (!db_ih) fresh &= ~4u;
+  if (!db_hh) fresh &= ~8u;
+  // Gradients to write that no product below will: zeros.
+  auto zero_fresh = [&](unsigned bits) {
+    if (bits & 1u) std::memset(dW_ih, 0, G * I * sizeof(float));
+    if (bits & 2u) std::memset(dW_hh, 0, G * H * sizeof(float));
+    if (bits & 4u) std::memset(db_ih, 0, G * sizeof(float));
+    if (bits & 8u) std::memset(db_hh, 0, G * sizeof(float));
+  };
+  if (B == 0 || H == 0 || T == 0) zero_fresh(fresh);
   if (B == 0 || H == 0) {
     if (dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
@@ -561,45 +571,56 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // the dW_ih GEMM's packing of dZ^T (no pass of its own over dZ).
   std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
+  const bool ih_acc = !(fresh & 1u);  // the one dW_ih product adds, or writes
+  bool hh_acc = !(fresh & 2u);        // the first dW_hh product writes when fresh
   if (ids) {
     // Embedding input: dZ's rows summed per token (S, V rows), then the two products over V
     // rows instead of T*B; S's column sums (dZ's) come out of the first, as above.
     scatter_rows(N, G, V, ids, dz, S, nthreads);
-    gemm(kern, G, I, V, MatView{S, 1, G}, MatView{E, I, 1}, dW_ih, I, true, nthreads, nullptr,
+    gemm(kern, G, I, V, MatView{S, 1, G}, MatView{E, I, 1}, dW_ih, I, ih_acc, nthreads, nullptr,
          nullptr, sums);
     gemm(kern, V, I, G, MatView{S, G, 1}, MatView{W_ih, I, 1}, dE, I, true, nthreads);
   } else if (!bs) {
     if (need_dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
+    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, ih_acc, nthreads, nullptr,
          nullptr, sums);
   }
   if (!bs) {
-    if (h0) gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
-    if (T > 1)
-      gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H, true,
-           nthreads);
+    if (h0) {
+      gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, hh_acc, nthreads);
+      hh_acc = true;
+    }
+    if (T > 1) {
+      gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H,
+           hh_acc, nthreads);
+      hh_acc = true;
+    }
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
     pack_steps(dx, x, I, B, bs, 0, T, nthreads, order);
-    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads, nullptr,
+    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, ih_acc, nthreads, nullptr,
          nullptr, sums);
     if (need_dx) {
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
       unpack_steps_in_place(dx, I, B, bs, T, order);
     }
     // dW_hh: step 0 against h0's active rows, steps 1.. against the previous outputs.
-    if (h0)
-      gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads);
+    if (h0) {
+      gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, hh_acc, nthreads);
+      hh_acc = true;
+    }
     const index_t n1 = N - bs[0];
     if (n1 > 0) {
       pack_previous_steps(hp, y, H, B, bs, T, nthreads, order);
-      gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
+      gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, hh_acc,
            nthreads);
+      hh_acc = true;
     }
   }
+  if (!hh_acc) zero_fresh(2u);  // no product reached dW_hh (one step from a zero state)
   for (index_t j = 0; sums && j < G; ++j) {
-    if (db_ih) db_ih[j] += sums[j];
-    if (db_hh) db_hh[j] += sums[j];
+    if (db_ih) db_ih[j] = (fresh & 4u) ? sums[j] : db_ih[j] + sums[j];
+    if (db_hh) db_hh[j] = (fresh & 8u) ? sums[j] : db_hh[j] + sums[j];
   }
 }
 

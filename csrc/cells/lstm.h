@@ -91,7 +91,10 @@ void lstm_backward(float* dx,           // (T, B, I)
                    index_t V = 0, const float* E = nullptr, float* dE = nullptr,
                    float* S = nullptr,
                    const int64_t* order = nullptr,  // (B) as given to the forward, or null
-                   bool need_dx = true);
+                   bool need_dx = true,
+                   unsigned fresh = 0);  // bits: dW_ih, dW_hh, db_ih, db_hh hold nothing yet
+// fresh: those gradients are written (=) instead of accumulated (+=); their contents on entry
+// are never read (e.g. just allocated), and they are written in full whatever the shape.
 // With ids (the forward's embedding input; no batch_sizes): the input gradient goes to the
 // embedding table instead of dx (not written, may be null). dZ's rows are first summed per token
 // into S (V, 4H, scratch), then dW_ih += S^T . E and dE += S . W_ih (V rows, not T*B), and the

@@ -314,12 +314,13 @@ def test_gemm_out_accumulate_and_row_sums(isa, threads, M, N, K, ta, tb):
 
 
 @pytest.mark.parametrize("tb", [False, True])
-def test_gemm_row_chunks_bitwise(threads, tb):
-    """Row-split GEMMs hand out chunks of rows dynamically: many chunks, a B larger than the
-    per-thread packed buffer (4 MiB), bias, accumulate and row sums give bitwise the same result
-    on 1, 2 and 3 threads, equal to the float64 product."""
+@pytest.mark.parametrize("M,N,K", [(1000, 1100, 1000), (1000, 300, 700)])
+def test_gemm_row_chunks_bitwise(threads, tb, M, N, K):
+    """Row-split GEMMs: chunks of rows handed out dynamically (B up to 4 MiB packed) or halves
+    of the rows (a larger B): with bias, accumulate and row sums, bitwise the same result on 1,
+    2 and 3 threads, equal to the float64 product."""
     rng = np.random.default_rng(7)
-    M, N, K = 1000, 1100, 1000  # 84 row slivers; packed B 1,102 x 1,000 floats > 4 MiB
+    # 84 row slivers; packed B 1,120 x 1,000 floats (over 4 MiB) or 320 x 700 (chunks)
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)

@@ -376,32 +376,49 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
     }
     return;
   }
-  // Rows: chunks of MR-row slivers (about 8 per thread, 4 to MC / MR slivers each) handed out
-  // in turn from a shared counter, so a core that runs slower (a shared machine's other load)
-  // takes fewer chunks instead of the whole team waiting for its half. Every chunk multiplies
-  // by the same packed B: packed once, together, first, in full-depth panels (pack_b_panels):
-  // into a buffer kept per calling thread up to 4 MiB, larger ones per call.
-  // Chunk boundaries are multiples of MR and each element is still computed by one thread in
-  // the same order, so the result does not depend on which thread took which chunk.
-  const index_t per = std::clamp<index_t>((mb + 8 * P - 1) / (8 * P), 4, mc_for(kern) / kern.MR);
-  const index_t nchunks = (mb + per - 1) / per;
-  std::unique_ptr<AlignedBuffer> big_b;
-  if (!Bpre) {
-    const std::size_t need = static_cast<std::size_t>(nb) * kern.NR * K;
-    float* dst;
-    if (need <= (std::size_t(1) << 20)) {
-      thread_local std::unique_ptr<AlignedBuffer> shared;
-      if (!shared || shared->n < need) {
-        shared.reset();
-        shared = std::make_unique<AlignedBuffer>(need);
-      }
-      dst = shared->p;
-    } else {
-      big_b = std::make_unique<AlignedBuffer>(need);
-      dst = big_b->p;
+  // Rows: chunks of MR-row slivers (about 8 per thread) handed out in turn from a shared
+  // counter, so a core that runs slower (a shared machine's other load) takes fewer chunks
+  // instead of the whole team waiting for its half. Every chunk multiplies by the same packed B
+  // (packed once, together, first, in full-depth panels, into a buffer kept per calling thread;
+  // or given as Bpre), which each chunk reads whole: chunks of at least 4 slivers while B fits
+  // in half an L2, of 16 (192 rows at MR = 12: ~100 FLOP per byte of B) when it streams from a
+  // larger cache. Chunk boundaries are multiples of MR and each element is still computed by
+  // one thread in the same order, so the result does not depend on which thread took which.
+  // B over 4 MiB: halves of the rows instead (with B not packed beforehand each thread packs its
+  // depth blocks itself, pc outer, so a block is packed once and reused from L2 for all the
+  // thread's rows; chunks would stream all of such a B once per chunk: S3 training, 2 threads,
+  // 0.96-0.97x torch against 1.04-1.07x with the halves).
+  const std::size_t b_floats = static_cast<std::size_t>(nb) * kern.NR * K;
+  if (b_floats > (std::size_t(1) << 20)) {
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(P)
+#endif
+    {
+      const int p = team_id(), np = team_size();
+      DenormalGuard ftz;
+      const index_t i0 = std::min(M, mb * p / np * kern.MR);
+      const index_t i1 = std::min(M, mb * (p + 1) / np * kern.MR);
+      if (i1 > i0)
+        gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
+                         C + i0 * ldc, ldc, accumulate, bias, Bpre,
+                         a_sums ? a_sums + i0 : nullptr);
     }
-    pack_b_panels_parallel(kern, K, N, B, dst, P);
-    Bpre = dst;
+    return;
+  }
+  const index_t min_per = 4 * b_floats <= static_cast<std::size_t>(l2_bytes()) / 2 ? 4 : 16;
+  // (never fewer chunks than threads)
+  const index_t per = std::min<index_t>(
+      (mb + P - 1) / P, std::clamp<index_t>((mb + 8 * P - 1) / (8 * P), min_per,
+                                            std::max(min_per, mc_for(kern) / kern.MR)));
+  const index_t nchunks = (mb + per - 1) / per;
+  if (!Bpre) {
+    thread_local std::unique_ptr<AlignedBuffer> shared;
+    if (!shared || shared->n < b_floats) {
+      shared.reset();
+      shared = std::make_unique<AlignedBuffer>(b_floats);
+    }
+    pack_b_panels_parallel(kern, K, N, B, shared->p, P);
+    Bpre = shared->p;
   }
   std::atomic<index_t> next{0};
 #if defined(_OPENMP)

@@ -19,10 +19,11 @@ void gemm_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A
                  float* C, index_t ldc, bool accumulate);
 
 // Parallel GEMM: the output is split into independent blocks, never along K: columns in
-// multiples of NR (one run of panels per thread), or rows in chunks of MR-row slivers that the
-// threads take in turn from a shared counter (a slower core takes fewer). Each element is
-// therefore reduced by one thread in the same order at any thread count and whichever thread
-// takes it: results are bitwise identical.
+// multiples of NR (one run of panels per thread), or rows in multiples of MR (chunks that the
+// threads take in turn from a shared counter, so a slower core takes fewer, while B packs into
+// 4 MiB; else one run of rows per thread). Each element is therefore reduced by one thread in
+// the same order at any thread count and whichever thread takes it: results are bitwise
+// identical.
 // With bias (length N) and !accumulate: C = bias (in every row) + op(A) . op(B), the bias
 // written tile by tile just before the tile's first depth block (no separate pass over C).
 // Bpre: op(B) already packed by pack_b_panels (full depth K, all N columns), for a B used by

@@ -231,15 +231,14 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
       dh_n.is_none() ? py::object(py::none()) : py::object(arg(dh_n, "dh_n", {{"B", B}, {"H", H}}));
   py::object dcn_a =
       dc_n.is_none() ? py::object(py::none()) : py::object(arg(dc_n, "dc_n", {{"B", B}, {"H", H}}));
-  bool fresh[4];  // gradients allocated here: the core writes them instead of adding
+  bool fresh[4] = {};  // gradients allocated here: the core writes them instead of adding
   py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{"4H", 4 * H}, {"I", I}}, &fresh[0]);
   py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{"4H", 4 * H}, {"H", H}}, &fresh[1]);
   py::object db_ih = py::none(), db_hh = py::none();
   if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{"4H", 4 * H}}, &fresh[2]);
   if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{"4H", 4 * H}}, &fresh[3]);
-  const unsigned fresh_mask = (fresh[0] ? 1u : 0u) | (fresh[1] ? 2u : 0u) |
-                              (c.has_bias_ih && fresh[2] ? 4u : 0u) |
-                              (c.has_bias_hh && fresh[3] ? 8u : 0u);
+  const unsigned fresh_mask =
+      (fresh[0] ? 1u : 0u) | (fresh[1] ? 2u : 0u) | (fresh[2] ? 4u : 0u) | (fresh[3] ? 8u : 0u);
   py::array dE;
   if (embedded) dE = grad_out(dembedding, "dembedding", {{"V", c.V}, {"I", I}});
   farray dh0 = empty({B, H}), dc0 = empty({B, H});

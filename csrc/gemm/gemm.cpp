@@ -384,34 +384,21 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
   // in half an L2, of 16 (192 rows at MR = 12: ~100 FLOP per byte of B) when it streams from a
   // larger cache. Chunk boundaries are multiples of MR and each element is still computed by
   // one thread in the same order, so the result does not depend on which thread took which.
-  // B over 4 MiB: halves of the rows instead (with B not packed beforehand each thread packs its
-  // depth blocks itself, pc outer, so a block is packed once and reused from L2 for all the
-  // thread's rows; chunks would stream all of such a B once per chunk: S3 training, 2 threads,
-  // 0.96-0.97x torch against 1.04-1.07x with the halves).
+  // B over 4 MiB: one chunk per thread (not packed beforehand, each packs its depth blocks
+  // itself, pc outer, so a block is packed once and reused from L2 for all the thread's rows;
+  // smaller chunks would stream all of such a B once each: S3 training, 2 threads, 0.96-0.97x
+  // torch against 1.04-1.07x with one chunk per thread).
   const std::size_t b_floats = static_cast<std::size_t>(nb) * kern.NR * K;
-  if (b_floats > (std::size_t(1) << 20)) {
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P)
-#endif
-    {
-      const int p = team_id(), np = team_size();
-      DenormalGuard ftz;
-      const index_t i0 = std::min(M, mb * p / np * kern.MR);
-      const index_t i1 = std::min(M, mb * (p + 1) / np * kern.MR);
-      if (i1 > i0)
-        gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
-                         C + i0 * ldc, ldc, accumulate, bias, Bpre,
-                         a_sums ? a_sums + i0 : nullptr);
-    }
-    return;
-  }
+  const bool big_b = b_floats > (std::size_t(1) << 20);
   const index_t min_per = 4 * b_floats <= static_cast<std::size_t>(l2_bytes()) / 2 ? 4 : 16;
-  // (never fewer chunks than threads)
-  const index_t per = std::min<index_t>(
-      (mb + P - 1) / P, std::clamp<index_t>((mb + 8 * P - 1) / (8 * P), min_per,
-                                            std::max(min_per, mc_for(kern) / kern.MR)));
+  const index_t per_thread = (mb + P - 1) / P;  // never fewer chunks than threads
+  const index_t per =
+      big_b ? per_thread
+            : std::min<index_t>(per_thread,
+                                std::clamp<index_t>((mb + 8 * P - 1) / (8 * P), min_per,
+                                                    std::max(min_per, mc_for(kern) / kern.MR)));
   const index_t nchunks = (mb + per - 1) / per;
-  if (!Bpre) {
+  if (!Bpre && !big_b) {
     thread_local std::unique_ptr<AlignedBuffer> shared;
     if (!shared || shared->n < b_floats) {
       shared.reset();

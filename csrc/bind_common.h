@@ -28,9 +28,11 @@ using farray = py::array_t<float, py::array::c_style>;
 
 // One expected dimension: a letter of the legend (or a short formula) and its size.
 struct Dim {
-  std::string name;
+  const char* name;
   index_t size;
 };
+// A call site's expected dimensions, written in place ({{"T", T}, {"B", B}}): no allocation.
+using Dims = std::initializer_list<Dim>;
 
 inline std::string shape_str(const py::array& a) {
   std::ostringstream os;
@@ -41,11 +43,11 @@ inline std::string shape_str(const py::array& a) {
   return os.str();
 }
 
-inline std::string expected_str(const std::vector<Dim>& dims) {
+inline std::string expected_str(Dims dims) {
   std::ostringstream os;
   os << "(";
-  for (size_t d = 0; d < dims.size(); ++d)
-    os << (d ? ", " : "") << dims[d].name << "=" << dims[d].size;
+  size_t d = 0;
+  for (const Dim& dim : dims) os << (d++ ? ", " : "") << dim.name << "=" << dim.size;
   if (dims.size() == 1) os << ",";
   os << ")";
   return os.str();
@@ -90,57 +92,81 @@ inline void check_layout(const py::array& a, const std::string& name, bool write
     throw py::value_error(name + ": expected a writeable array, got a read-only one");
 }
 
-inline void check_shape(const py::array& a, const std::string& name,
-                        const std::vector<Dim>& dims) {
-  for (size_t d = 0; d < dims.size(); ++d)
-    if (a.shape(d) != dims[d].size)
+inline void check_shape(const py::array& a, const std::string& name, Dims dims) {
+  py::ssize_t d = 0;
+  for (const Dim& dim : dims)
+    if (a.shape(d++) != dim.size)
       throw py::value_error(name + ": expected shape " + expected_str(dims) + ", got " +
                             shape_str(a));
 }
 
-// Full check of an array argument with a known expected shape.
-inline py::array arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims,
-                     bool writeable = false) {
-  std::string legend = "(";
-  for (size_t d = 0; d < dims.size(); ++d) legend += (d ? ", " : "") + dims[d].name;
-  legend += dims.size() == 1 ? ",)" : ")";
-  py::array a = check_float_array(obj, name, static_cast<int>(dims.size()), legend);
-  check_shape(a, name, dims);
-  check_layout(a, name, writeable);
-  return a;
-}
+inline index_t dim_size(index_t n) { return n; }
+inline index_t dim_size(const Dim& d) { return d.size; }
 
-// The hot-path test of a per-step call: true only for a native float32, C-contiguous, aligned
-// array of exactly these dimensions (and writeable when asked). Conservative: false sends the
-// caller to the full checks of arg(), which raise the detailed error (or accept).
-inline bool quick_ok(py::handle obj, std::initializer_list<index_t> dims, bool writeable = false) {
+// The hot-path test: true only for a native float32, C-contiguous, aligned array of exactly
+// these dimensions (and writeable when asked). Conservative: false sends the caller to the
+// full checks, which raise the detailed error (or accept). No allocation, no string.
+template <class List>
+inline bool quick_ok(py::handle obj, const List& dims, bool writeable = false) {
   namespace d = py::detail;
   if (!py::array::check_(obj)) return false;
   const auto* p = d::array_proxy(obj.ptr());
   if (p->nd != static_cast<int>(dims.size())) return false;
   int i = 0;
-  for (index_t n : dims)
-    if (p->dimensions[i++] != n) return false;
+  for (const auto& n : dims)
+    if (p->dimensions[i++] != dim_size(n)) return false;
   if (!(p->flags & d::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return false;
   if (writeable && !(p->flags & d::npy_api::NPY_ARRAY_WRITEABLE_)) return false;
   if (reinterpret_cast<std::uintptr_t>(p->data) % alignof(float) != 0) return false;
   const auto* descr = d::array_descriptor_proxy(p->descr);
   return descr->type_num == d::npy_api::NPY_FLOAT_ && descr->byteorder == '=';
 }
+inline bool quick_ok(py::handle obj, std::initializer_list<index_t> dims, bool writeable = false) {
+  return quick_ok<std::initializer_list<index_t>>(obj, dims, writeable);
+}
+
+// Full check of an array argument with a known expected shape (the quick test first; the
+// messages are only built for an argument that fails it).
+inline py::array arg(py::handle obj, const char* name, Dims dims, bool writeable = false) {
+  if (quick_ok(obj, dims, writeable)) return py::reinterpret_borrow<py::array>(obj);
+  std::string legend = "(";
+  size_t d = 0;
+  for (const Dim& dim : dims) {
+    legend += d++ ? ", " : "";
+    legend += dim.name;
+  }
+  legend += dims.size() == 1 ? ",)" : ")";
+  py::array a = check_float_array(obj, name, static_cast<int>(dims.size()), legend);
+  check_shape(a, name, dims);
+  check_layout(a, name, writeable);
+  return a;
+}
+inline py::array arg(py::handle obj, const std::string& name, Dims dims, bool writeable = false) {
+  return arg(obj, name.c_str(), dims, writeable);
+}
 
 // None stays None; anything else must pass arg().
-inline py::object opt_arg(py::handle obj, const std::string& name, const std::vector<Dim>& dims) {
+inline py::object opt_arg(py::handle obj, const char* name, Dims dims) {
   return obj.is_none() ? py::object(py::none()) : py::object(arg(obj, name, dims));
+}
+
+// An array handle that holds nothing yet, for a member or local assigned later. (The default
+// constructors of py::array and py::array_t create an empty NumPy array: a call into NumPy
+// each, several per call of a one-step cell.)
+template <class A = py::array>
+inline A unset() {
+  return py::reinterpret_steal<A>(py::handle());
 }
 
 inline const float* cptr(const py::array& a) { return static_cast<const float*>(a.data()); }
 inline float* mptr(py::array& a) { return static_cast<float*>(a.mutable_data()); }
-inline const float* opt_ptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const float*>(py::array(o).data());
+// The data of an argument that passed arg() (or None): read from the array object directly
+// (py::array(o) would go through NumPy's conversion machinery on every call).
+inline void* data_of(const py::object& o) {
+  return o.is_none() ? nullptr : py::detail::array_proxy(o.ptr())->data;
 }
-inline float* opt_mptr(py::object& o) {
-  return o.is_none() ? nullptr : static_cast<float*>(py::array(o).mutable_data());
-}
+inline const float* opt_ptr(const py::object& o) { return static_cast<const float*>(data_of(o)); }
+inline float* opt_mptr(py::object& o) { return static_cast<float*>(data_of(o)); }
 
 // The largest byte count an output or workspace may have: 2^47 (128 TiB, half of a 48-bit
 // address space). Anything larger cannot be allocated on any machine this runs on; refusing it
@@ -149,8 +175,7 @@ constexpr std::uint64_t kMaxBytes = std::uint64_t{1} << 47;
 
 // Refuses an output (or workspace) of these dimensions when it cannot exist, naming the input
 // argument whose sizes ask for it: "x: ... needs y (T=.., B=.., H=..) of 2^62 bytes ...".
-inline void check_output(const std::string& arg_name, const std::string& out_name,
-                         const std::vector<Dim>& dims) {
+inline void check_output(const char* arg_name, const char* out_name, Dims dims) {
   std::uint64_t n = 1;
   bool over = false, zero = false;
   for (const auto& d : dims) zero = zero || d.size == 0;
@@ -250,23 +275,26 @@ inline py::object check_sorted_indices(py::handle obj, const py::object& batch_s
 }
 
 inline const int64_t* order_ptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const int64_t*>(o.cast<py::array>().data());
+  return static_cast<const int64_t*>(data_of(o));
 }
 
 inline const index_t* bs_ptr(const py::object& o) {
-  return o.is_none() ? nullptr : static_cast<const index_t*>(py::array(o).data());
+  return static_cast<const index_t*>(data_of(o));
 }
 
 // Gradient outputs: allocated (zeroed) here, or given by the caller to accumulate into. With
 // `fresh`: an allocated array is left unwritten and *fresh set, for a core that then writes it
 // (instead of adding to zeros: one pass over the array, not three).
-inline py::array grad_out(py::handle given, const std::string& name,
-                          const std::vector<Dim>& dims, bool* fresh = nullptr) {
+inline py::array_t<float, py::array::c_style> new_array(const py::ssize_t* shape, int nd);
+
+inline py::array grad_out(py::handle given, const char* name, Dims dims,
+                          bool* fresh = nullptr) {
   if (fresh) *fresh = false;
   if (given.is_none()) {
-    std::vector<py::ssize_t> shape;
-    for (const auto& d : dims) shape.push_back(d.size);
-    farray out(shape);
+    py::ssize_t shape[8];
+    int nd = 0;
+    for (const auto& d : dims) shape[nd++] = d.size;
+    farray out = new_array(shape, nd);
     if (fresh)
       *fresh = true;
     else
@@ -361,11 +389,30 @@ inline WorkspacePool& workspace_pool() {
 // hand it back when NumPy frees the array (a capsule owns the block), so a training loop that
 // drops last step's outputs and caches reuses their memory instead of faulting in fresh pages
 // (6 % of a GRU S2 training step at 2 threads). Small ones are plain NumPy arrays.
-inline py::array_t<float, py::array::c_style> new_array(const std::vector<py::ssize_t>& shape) {
+// A new, uninitialised C-contiguous float32 array straight from NumPy's C API (no shape or
+// stride vectors on the heap: this runs several times per call of a one-step cell).
+inline py::array_t<float, py::array::c_style> numpy_empty(const py::ssize_t* shape, int nd,
+                                                          void* data = nullptr,
+                                                          py::handle base = {}) {
+  auto& api = py::detail::npy_api::get();
+  PyObject* descr = api.PyArray_DescrFromType_(py::detail::npy_api::NPY_FLOAT_);
+  if (!descr) throw py::error_already_set();
+  const int flags = data ? py::detail::npy_api::NPY_ARRAY_WRITEABLE_ : 0;
+  // PyArray_NewFromDescr takes the reference to descr, also when it fails.
+  PyObject* o = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, nd, shape, nullptr, data,
+                                          flags, nullptr);
+  if (!o) throw py::error_already_set();
+  auto out = py::reinterpret_steal<py::array_t<float, py::array::c_style>>(o);
+  if (base && api.PyArray_SetBaseObject_(o, base.inc_ref().ptr()) != 0)
+    throw py::error_already_set();  // the array owns the reference it was given either way
+  return out;
+}
+
+inline py::array_t<float, py::array::c_style> new_array(const py::ssize_t* shape, int nd) {
   size_t n = 1;
-  for (py::ssize_t d : shape) n *= static_cast<size_t>(d);
+  for (int d = 0; d < nd; ++d) n *= static_cast<size_t>(shape[d]);
   size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-  if (bytes < WorkspacePool::kPoolMin) return py::array_t<float, py::array::c_style>(shape);
+  if (bytes < WorkspacePool::kPoolMin) return numpy_empty(shape, nd);
   void* block = workspace_pool().take(bytes);
   if (!block) throw std::bad_alloc();
   auto* owner = new std::pair<void*, size_t>(block, bytes);
@@ -374,7 +421,13 @@ inline py::array_t<float, py::array::c_style> new_array(const std::vector<py::ss
     workspace_pool().give(b->first, b->second);
     delete b;
   });
-  return py::array_t<float, py::array::c_style>(shape, static_cast<float*>(block), base);
+  return numpy_empty(shape, nd, block, base);
+}
+inline py::array_t<float, py::array::c_style> new_array(std::initializer_list<py::ssize_t> shape) {
+  return new_array(shape.begin(), static_cast<int>(shape.size()));
+}
+inline py::array_t<float, py::array::c_style> new_array(const std::vector<py::ssize_t>& shape) {
+  return new_array(shape.data(), static_cast<int>(shape.size()));
 }
 
 // 64-byte aligned scratch memory for one call (from the pool), handed back on scope exit.

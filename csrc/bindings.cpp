@@ -27,7 +27,7 @@ using namespace lstm_fast::bind;
 
 namespace {
 
-farray empty(std::vector<py::ssize_t> shape) { return new_array(shape); }
+farray empty(std::initializer_list<py::ssize_t> shape) { return new_array(shape); }
 
 // What a training forward keeps for backward: references to its inputs (no copies) and the
 // post-activation gates and cell states.
@@ -37,14 +37,15 @@ struct LSTMCache {
   py::object order = py::none();  // None or int64 (B,): sorted_indices (x, dx unsorted)
   py::object ids = py::none();  // or int64 (T, B): an embedding input (then x is E)
   index_t V = 0;           // rows of E with ids
-  py::array x, weight_ih, weight_hh, y, gates, cells;
+  py::array x = unset(), weight_ih = unset(), weight_hh = unset();
+  py::array y = unset(), gates = unset(), cells = unset();
   py::object h0, c0;  // None or arrays
   bool has_bias_ih = false, has_bias_hh = false;
   std::vector<py::ssize_t> wih_shape, whh_shape;
 };
 
 struct LstmArgs {
-  py::array x, w_ih, w_hh;
+  py::array x = unset(), w_ih = unset(), w_hh = unset();
   py::object b_ih, b_hh, h0, c0, batch_sizes;
   LstmSizes s;
 };
@@ -82,7 +83,7 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   farray y = empty({s.T, s.B, s.H}), h_n = empty({s.B, s.H}), c_n = empty({s.B, s.H});
-  farray gates, cells;
+  farray gates = unset<farray>(), cells = unset<farray>();
   if (training) {
     gates = empty({s.T, s.B, 4 * s.H});
     cells = empty({s.T, s.B, s.H});
@@ -164,7 +165,7 @@ py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::h
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   farray y = empty({T, B, H}), h_n = empty({B, H}), c_n = empty({B, H});
-  farray gates, cells;
+  farray gates = unset<farray>(), cells = unset<farray>();
   if (training) {
     gates = empty({T, B, G});
     cells = empty({T, B, H});

@@ -27,7 +27,7 @@ namespace {
 
 // Arguments common to the GRU (gates = 3) and RNN (gates = 1) calls.
 struct CellArgs {
-  py::array x, w_ih, w_hh;
+  py::array x = unset(), w_ih = unset(), w_hh = unset();
   py::object b_ih, b_hh, h0, batch_sizes;
   CellSizes s;
 };
@@ -42,10 +42,10 @@ CellArgs check_cell_args(int gates, py::handle x, py::handle weight_ih, py::hand
   py::array w_hh = check_float_array(weight_hh, "weight_hh", 2, "(" + g + ", H)");
   const index_t T = a.x.shape(0), B = a.x.shape(1), I = a.x.shape(2), H = w_hh.shape(1);
   a.s = CellSizes{T, B, I, H};
-  a.w_hh = arg(weight_hh, "weight_hh", {{g, gates * H}, {"H", H}});
-  a.w_ih = arg(weight_ih, "weight_ih", {{g, gates * H}, {"I", I}});
-  a.b_ih = opt_arg(bias_ih, "bias_ih", {{g, gates * H}});
-  a.b_hh = opt_arg(bias_hh, "bias_hh", {{g, gates * H}});
+  a.w_hh = arg(weight_hh, "weight_hh", {{g.c_str(), gates * H}, {"H", H}});
+  a.w_ih = arg(weight_ih, "weight_ih", {{g.c_str(), gates * H}, {"I", I}});
+  a.b_ih = opt_arg(bias_ih, "bias_ih", {{g.c_str(), gates * H}});
+  a.b_hh = opt_arg(bias_hh, "bias_hh", {{g.c_str(), gates * H}});
   a.h0 = opt_arg(h0, "h0", {{"B", B}, {"H", H}});
   a.batch_sizes = check_batch_sizes(batch_sizes, T, B);
   return a;
@@ -58,7 +58,8 @@ struct CellCache {
   bool relu = false;
   CellSizes s{};
   py::object batch_sizes, h0;
-  py::array x, weight_ih, weight_hh, y, gate_acts, hwn;
+  py::array x = unset(), weight_ih = unset(), weight_hh = unset(), y = unset();
+  py::array gate_acts = unset(), hwn = unset();  // the GRU's (not set for the RNN)
   bool has_bias_ih = false, has_bias_hh = false;
 };
 struct GRUCache : CellCache {};
@@ -74,8 +75,8 @@ py::tuple gru_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"3H", 3 * s.H}});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
-  farray y = new_array({s.T, s.B, s.H}), h_n({s.B, s.H});
-  farray gates, hwn;
+  farray y = new_array({s.T, s.B, s.H}), h_n = new_array({s.B, s.H});
+  farray gates = unset<farray>(), hwn = unset<farray>();
   if (training) {
     gates = new_array({s.T, s.B, 3 * s.H});
     hwn = new_array({s.T, s.B, s.H});
@@ -125,7 +126,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
-  farray y = new_array({s.T, s.B, s.H}), h_n({s.B, s.H});
+  farray y = new_array({s.T, s.B, s.H}), h_n = new_array({s.B, s.H});
   {
     py::gil_scoped_release nogil;
     Workspace ws(rnn_forward_workspace_size(kern, s, bs_ptr(a.batch_sizes) != nullptr));
@@ -164,13 +165,13 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   check_unchanged(c.y, {T, B, H}, "y");
   py::object dy_a = opt_arg(dy, "dy", {{"T", T}, {"B", B}, {"H", H}});
   py::object dhn_a = opt_arg(dh_n, "dh_n", {{"B", B}, {"H", H}});
-  py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{g, G}, {"I", I}});
-  py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{g, G}, {"H", H}});
+  py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{g.c_str(), G}, {"I", I}});
+  py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{g.c_str(), G}, {"H", H}});
   py::object db_ih = py::none(), db_hh = py::none();
-  if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{g, G}});
-  if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{g, G}});
+  if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{g.c_str(), G}});
+  if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{g.c_str(), G}});
   // need_dx = false: no dx GEMM; with batch_sizes x's packed rows go through a scratch block.
-  farray dx = need_dx ? new_array({T, B, I}) : farray(), dh0({B, H});
+  farray dx = need_dx ? new_array({T, B, I}) : farray(), dh0 = new_array({B, H});
   const bool scratch = !need_dx && bs_ptr(c.batch_sizes) != nullptr;
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
@@ -286,9 +287,10 @@ void step_into_py(const std::string& mode, py::handle x, py::handle h, py::handl
   const index_t B = xa.shape(0), I = xa.shape(1), H = whh.shape(1), G = g * H;
   const std::string gn = g == 1 ? "H" : std::to_string(g) + "H";
   xa = arg(x, "x_t", {{"B", B}, {"I", I}});
-  py::array wih = arg(weight_ih, "weight_ih", {{gn, G}, {"I", I}});
-  whh = arg(weight_hh, "weight_hh", {{gn, G}, {"H", H}});
-  py::object bih = opt_arg(bias_ih, "bias_ih", {{gn, G}}), bhh = opt_arg(bias_hh, "bias_hh", {{gn, G}});
+  py::array wih = arg(weight_ih, "weight_ih", {{gn.c_str(), G}, {"I", I}});
+  whh = arg(weight_hh, "weight_hh", {{gn.c_str(), G}, {"H", H}});
+  py::object bih = opt_arg(bias_ih, "bias_ih", {{gn.c_str(), G}});
+  py::object bhh = opt_arg(bias_hh, "bias_hh", {{gn.c_str(), G}});
   py::array ha = arg(h, "h", {{"B", B}, {"H", H}});
   py::array ho = arg(h_out, "h_out", {{"B", B}, {"H", H}}, true);
   py::object ca = py::none(), co = py::none();

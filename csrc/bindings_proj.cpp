@@ -24,7 +24,7 @@ using namespace lstm_fast::bind;
 
 namespace {
 
-farray empty_(std::vector<py::ssize_t> shape) { return new_array(shape); }
+farray empty_(std::initializer_list<py::ssize_t> shape) { return new_array(shape); }
 
 // What a training forward keeps for backward: references to its inputs (no copies), the
 // post-activation gates, the cell states and m = o * tanh(c) before the projection.
@@ -32,13 +32,14 @@ struct LSTMProjCache {
   LstmSizes s{};
   index_t P = 0;
   py::object batch_sizes;  // None or int64 (T,)
-  py::array x, weight_ih, weight_hh, weight_hr, y, gates, cells, m;
+  py::array x = unset(), weight_ih = unset(), weight_hh = unset(), weight_hr = unset();
+  py::array y = unset(), gates = unset(), cells = unset(), m = unset();
   py::object h0, c0;  // None or arrays
   bool has_bias_ih = false, has_bias_hh = false;
 };
 
 struct ProjArgs {
-  py::array x, w_ih, w_hh, w_hr;
+  py::array x = unset(), w_ih = unset(), w_hh = unset(), w_hr = unset();
   py::object b_ih, b_hh, h0, c0, batch_sizes;
   LstmSizes s;
   index_t P;
@@ -92,7 +93,7 @@ py::tuple lstm_proj_forward_py(py::handle x, py::handle weight_ih, py::handle we
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   farray y = empty_({s.T, s.B, P}), h_n = empty_({s.B, P}), c_n = empty_({s.B, s.H});
-  farray gates, cells, m;
+  farray gates = unset<farray>(), cells = unset<farray>(), m = unset<farray>();
   if (training) {
     gates = empty_({s.T, s.B, 4 * s.H});
     cells = empty_({s.T, s.B, s.H});

@@ -269,10 +269,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   if (!unpacked) pack_gate_panels(kern, H, 3, W_hh, Wp, P);
 
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -323,7 +320,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
         team_barrier();
       }
     }
-  }
+  });
   final_state(h_n, y, h_init, s, bs);
 }
 
@@ -362,10 +359,7 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
 
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -403,7 +397,7 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
       // dh_next[:, my columns] += dhw_t . W_hh[:, my columns] (reads every thread's dhw_t).
       if (re > r0) recurrent_product_back(kern, H, G, r0, re, j0, j1, dhw + off * G, Wb, dh0, true);
     }
-  }
+  });
   backward_products(kern, s, G, dxw, dx, dW_ih, nullptr, db_ih, x, h0, W_ih, y, bs, hp,
                     nthreads, nullptr, need_dx);
   backward_products(kern, s, G, dhw, nullptr, nullptr, dW_hh, db_hh, x, h0, W_ih, y, bs, hp,

@@ -45,10 +45,7 @@ void scatter_rows(index_t rows, index_t G, index_t V, const int64_t* ids, const 
                   float* S, int nthreads) {
   const index_t blocks = (G + 63) / 64;
   const int P = rows * G >= (index_t(1) << 16) ? nthreads : 1;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     const int p = team_id(), np = team_size();
     const index_t j0 = std::min(G, blocks * p / np * 64);
     const index_t j1 = std::min(G, blocks * (p + 1) / np * 64);
@@ -60,7 +57,7 @@ void scatter_rows(index_t rows, index_t G, index_t V, const int64_t* ids, const 
         for (index_t j = j0; j < j1; ++j) dst[j] += src[j];
       }
     }
-  }
+  });
 }
 
 // h_n, c_n: each row's state after its last real step (the last step without batch_sizes).
@@ -101,10 +98,7 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   const int P = (G * (H + I) * rows_all >= (index_t(1) << 17) && nthreads > 1) ? nthreads : 1;
   const index_t nub = num_unit_blocks(kern, H), nblk = (G + 7) / 8;
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -152,7 +146,7 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
                            training ? xp_t : nullptr, h_prev, H, c_prev, xp_t, nullptr);
       if (np > 1) team_barrier();
     }
-  }
+  });
 }
 
 // Few steps: packing W_hh (and W_ih for the projection GEMM) would cost more than the steps save
@@ -336,10 +330,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.
     StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-    {
+    run_team(P, [&] {
       DenormalGuard ftz;
       BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
@@ -395,7 +386,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         }
         if (units_now && np > 1) team_barrier();
       }
-    }
+    });
     off0 += rows;
   }
   final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs, order);
@@ -479,10 +470,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   if (!unpacked_dh) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
 
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -565,7 +553,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
         }
       }
     }
-  }
+  });
 
   // Large GEMMs, each over all N active rows. The bias gradient (dZ's column sums) comes out of
   // the dW_ih GEMM's packing of dZ^T (no pass of its own over dZ).

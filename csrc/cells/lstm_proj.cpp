@@ -86,10 +86,7 @@ void forward_unpacked(float* y, float* gates, float* cells, float* m, const floa
   const int NT = (G * P + P * H >= (1 << 16) && nthreads > 1) ? nthreads : 1;
   const index_t nub = num_unit_blocks(kern, H), gblk = (G + 7) / 8, pblk = (P + 7) / 8;
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(NT) if (NT > 1)
-#endif
-  {
+  run_team(NT, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -115,7 +112,7 @@ void forward_unpacked(float* y, float* gates, float* cells, float* m, const floa
                        false);
       if (np > 1) team_barrier();
     }
-  }
+  });
 }
 
 }  // namespace
@@ -223,10 +220,7 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
     }
 
     StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(NT) if (NT > 1)
-#endif
-    {
+    run_team(NT, [&] {
       DenormalGuard ftz;
       BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
@@ -259,7 +253,7 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
         rows_times_panels(kern, r0, re, H, m_t, H, Wr, P, jp0, jp1, y + t * B * P, P, B == 1);
         if (units) team_barrier();
       }
-    }
+    });
   }
   final_states(h_n, c_n, y, cells, state, h_init, c_init, s, P, bs);
 }
@@ -317,10 +311,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   const int NT = sched == Schedule::kSerial ? 1 : nthreads;
 
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(NT) if (NT > 1)
-#endif
-  {
+  run_team(NT, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -362,7 +353,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
       // step's first phase reads the same columns only: no barrier.
       rows_times_panels(kern, r0, re, G, dz_t, G, Wb, P, jp0, jp1, dh0, P, B == 1);
     }
-  }
+  });
 
   // Large GEMMs over all T*B rows.
   // The bias gradients (dz's column sums over the active rows; padding rows are zero) come out

@@ -35,10 +35,7 @@ int copy_threads(index_t floats, int nthreads) {
 void pack_rows(float* dst, const float* src, index_t F, index_t B, const index_t* bs, index_t t0,
                index_t t1, index_t shift, int nthreads, const int64_t* order = nullptr) {
   const int P = copy_threads(packed_rows(bs, t0, t1) * F, nthreads);
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     const int p = team_id(), np = team_size();
     const index_t ta = t0 + (t1 - t0) * p / np, tb = t0 + (t1 - t0) * (p + 1) / np;
     float* d = dst + packed_rows(bs, t0, ta) * F;
@@ -52,7 +49,7 @@ void pack_rows(float* dst, const float* src, index_t F, index_t B, const index_t
       }
       d += bs[t] * F;
     }
-  }
+  });
 }
 }  // namespace
 

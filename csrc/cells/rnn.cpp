@@ -50,10 +50,7 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   if (!unpacked) pack_gate_panels(kern, H, 1, W_hh, Wp, P);
 
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -94,7 +91,7 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
         team_barrier();
       }
     }
-  }
+  });
   final_state(h_n, y, h_init, s, bs);
 }
 
@@ -130,10 +127,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
 
   StepBarrier step_barrier;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
@@ -168,7 +162,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
       // dh_next[:, my columns] = da_t . W_hh[:, my columns] (rows past re pass through).
       if (re > r0) recurrent_product_back(kern, H, H, r0, re, j0, j1, da + off * H, Wb, dh0, false);
     }
-  }
+  });
   // both biases enter the same pre-activation: the same column sums for each
   backward_products(kern, s, H, da, dx, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, hp, nthreads,
                     db_hh, need_dx);

@@ -33,10 +33,7 @@ void step_forward(StepCell cell, float* h_out, float* c_out, const float* x, con
   // Work split: unit blocks of the LSTM's register width W (lstm_fwd_rows works on blocks).
   const index_t blk = kern.W, nblk = (H + blk - 1) / blk;
   const int P = (G * (I + H) * B >= (index_t(1) << 17) && nthreads > 1 && nblk >= 2) ? nthreads : 1;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(P) if (P > 1)
-#endif
-  {
+  run_team(P, [&] {
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();
     const index_t b0 = nblk * p / np, b1 = nblk * (p + 1) / np;
@@ -71,7 +68,7 @@ void step_forward(StepCell cell, float* h_out, float* c_out, const float* x, con
           ck.rnn_fwd(B, H, u0, u1, h_out, cell == StepCell::kRNNRelu);
       }
     }
-  }
+  });
 }
 
 }  // namespace lstm_fast

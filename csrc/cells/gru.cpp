@@ -316,8 +316,8 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
                    training ? hwn + (t * B + r0) * H : nullptr, xp_t + r0 * G, hw + r0 * G, b_hh,
                    h_prev + r0 * H);
       }
-      if (sched == Schedule::kUnits && np > 1) {
-        team_barrier();
+      if (sched == Schedule::kUnits && np > 1 && t + 1 < T) {
+        team_barrier();  // h_t complete before step t + 1 (the region's end joins after the last)
       }
     }
   });

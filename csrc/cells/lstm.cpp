@@ -392,7 +392,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
                           (u1 - u0) * sizeof(float));
           }
         }
-        if (units_now && np > 1) team_barrier();
+        if (units_now && np > 1 && t + 1 < t1) team_barrier();  // (the region's end joins)
       }
     });
     off0 += rows;

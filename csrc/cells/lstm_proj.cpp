@@ -110,7 +110,7 @@ void forward_unpacked(float* y, float* gates, float* cells, float* m, const floa
       for (index_t b = 0; b < rows && q1 > q0; ++b)
         kern.gemv_rows(q1 - q0, H, W_hr + q0 * H, H, m_t + b * H, y + (t * B + b) * P + q0,
                        false);
-      if (np > 1) team_barrier();
+      if (np > 1 && t + 1 < T) team_barrier();  // (the region's end joins after the last)
     }
   });
 }
@@ -251,7 +251,7 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
         if (units) team_barrier();
         // h_t = m_t . W_hr^T, written as y_t.
         rows_times_panels(kern, r0, re, H, m_t, H, Wr, P, jp0, jp1, y + t * B * P, P, B == 1);
-        if (units) team_barrier();
+        if (units && t + 1 < t1) team_barrier();  // (the region's end joins after the last)
       }
     });
   }

@@ -87,8 +87,8 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
         }
         ck.rnn_fwd(re - r0, H, u0, u1, a + r0 * H, relu);
       }
-      if (sched == Schedule::kUnits && np > 1) {
-        team_barrier();
+      if (sched == Schedule::kUnits && np > 1 && t + 1 < T) {
+        team_barrier();  // h_t complete before step t + 1 (the region's end joins after the last)
       }
     }
   });

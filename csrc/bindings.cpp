@@ -515,7 +515,7 @@ farray activation_py(py::handle x_obj, bool tanh_) {
 py::object find_nonfinite_py(py::handle obj) {
   if (!py::isinstance<py::array>(obj)) return py::none();
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style) ||
+  if (!has_dtype<float>(a) || !(a.flags() & py::array::c_style) ||
       reinterpret_cast<std::uintptr_t>(a.data()) % alignof(float) != 0)
     return py::none();
   const float* p = cptr(a);

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+
+import numpy as np
 import pytest
+
+from lstm_fast import ops
 
 # ---- lstm_fast.torch --------------------------------------------------------------------------
 
@@ -36,3 +41,48 @@ def test_torch_double_backward_is_a_clear_error(kind):
     y = out[0] if isinstance(out, tuple) else out
     (plain,) = torch.autograd.grad(y.pow(2).sum() + x.pow(3).sum(), x)
     torch.testing.assert_close(g.detach(), plain)
+
+
+# ---- the functional API -----------------------------------------------------------------------
+
+
+def test_unpickled_float32_arrays_are_accepted():
+    """An array that went through pickle (multiprocessing, a pickled model) has a float32
+    dtype object that is equal to, but not the same object as, np.dtype(np.float32): the core
+    rejected it with 'x: expected dtype float32, got float32'."""
+    rng = np.random.default_rng(0)
+    T, B, I, H = 4, 2, 3, 5
+    args = [
+        rng.standard_normal((T, B, I), dtype=np.float32),
+        rng.standard_normal((4 * H, I), dtype=np.float32),
+        rng.standard_normal((4 * H, H), dtype=np.float32),
+        rng.standard_normal(4 * H, dtype=np.float32),
+        rng.standard_normal(4 * H, dtype=np.float32),
+    ]
+    copies = [pickle.loads(pickle.dumps(a)) for a in args]
+    assert copies[0].dtype == np.float32 and copies[0].dtype is not np.dtype(np.float32)
+    want = ops.lstm_forward(*args, training=True)
+    got = ops.lstm_forward(*copies, training=True)
+    for a, b in zip(want[:3], got[:3]):
+        np.testing.assert_array_equal(a, b)
+    dy = pickle.loads(pickle.dumps(rng.standard_normal((T, B, H), dtype=np.float32)))
+    np.testing.assert_array_equal(
+        ops.lstm_backward(got[3], dy).dx, ops.lstm_backward(want[3], dy).dx
+    )
+    np.testing.assert_array_equal(
+        ops.gemm(copies[1], copies[2], trans_a=True), ops.gemm(args[1], args[2], trans_a=True)
+    )
+    bs = pickle.loads(pickle.dumps(np.array([2, 2, 1, 1], np.int64)))
+    np.testing.assert_array_equal(
+        ops.lstm_forward(*copies, batch_sizes=bs)[0], ops.lstm_forward(*args, batch_sizes=bs)[0]
+    )
+    # non-native byte order is still refused, naming the argument
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        ops.lstm_forward(args[0].astype(">f4"), *args[1:])
+    # check_finite finds NaN in an unpickled array too
+    bad = copies[0].copy()
+    bad[1, 0, 2] = np.nan
+    with pytest.raises(
+        ValueError, match=r"x: expected finite values, got NaN at index \(1, 0, 2\)"
+    ):
+        ops.lstm_forward(bad, *copies[1:], check_finite=True)

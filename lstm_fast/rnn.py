@@ -326,6 +326,12 @@ class _RNNBase(Module):
         object.__setattr__(self, "_stream", None)
         super()._on_load()
 
+    def __getstate__(self) -> dict:
+        """``copy.deepcopy`` and pickle take the parameters and settings, not the kernels'
+        cache of the last training forward (native memory): a copy's backward needs a forward
+        of its own. Streaming buffers are made anew on the copy's first ``step``."""
+        return {**self.__dict__, "_saved": None, "_stream": None}
+
     # -- input handling -------------------------------------------------------------------------
     def _states_in(self, hx, B, unbatched):
         """hx -> list of (L*D, B, P) h and (L*D, B, H) c (or None)."""
@@ -1018,6 +1024,10 @@ class _CellBase(Module):
         if getattr(self, "nonlinearity", "tanh") != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
         return s
+
+    def __getstate__(self) -> dict:
+        """As the layers': copies and pickles leave out the cache of the last training forward."""
+        return {**self.__dict__, "_saved": None}
 
     def _w(self):
         get = self._parameters.get

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
+import lstm_fast
 from lstm_fast import ops
 
 # ---- lstm_fast.torch --------------------------------------------------------------------------
@@ -122,3 +123,78 @@ def test_copy_after_training_forward(case, how):
     layer.backward(np.ones_like(first))
     again = dup(x)
     np.testing.assert_array_equal(again[0] if isinstance(again, tuple) else again, first)
+
+
+# ---- interop ------------------------------------------------------------------------------------
+
+
+def _snapshot(layer):
+    return {k: v.copy() for k, v in layer.state_dict().items()}
+
+
+def _unchanged(layer, snap):
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, snap[k], err_msg=k)
+
+
+def test_from_keras_checks_everything_before_changing_the_layer():
+    """A wrong recurrent kernel left weight_ih_l0 already overwritten; a wrong kernel raised
+    NumPy's 'array split does not result in an equal division'."""
+    from lstm_fast import interop
+
+    layer = lstm_fast.LSTM(3, 4, seed=0)
+    kernel, recurrent, bias = interop.to_keras(lstm_fast.LSTM(3, 4, seed=1))
+    snap = _snapshot(layer)
+    with pytest.raises(ValueError, match=r"recurrent_kernel: expected shape \(H, G\) = \(4, 1"):
+        interop.from_keras(layer, [kernel, recurrent[:, :8], bias])
+    _unchanged(layer, snap)
+    with pytest.raises(
+        ValueError, match=r"kernel: expected shape \(I, G\) = \(3, 16\), got \(3, 1"
+    ):
+        interop.from_keras(layer, [kernel[:, :15], recurrent, bias])
+    with pytest.raises(ValueError, match=r"bias: expected shape \(G,\) = \(16,\), got \(8,\)"):
+        interop.from_keras(layer, [kernel, recurrent, bias[:8]])
+    with pytest.raises(ValueError, match="weights: expected"):
+        interop.from_keras(layer, [kernel])
+    with pytest.raises(ValueError, match=r"k: expected an int in \[0, 1\)"):
+        interop.from_keras(layer, [kernel, recurrent, bias], k=1)
+    _unchanged(layer, snap)
+    with pytest.raises(ValueError, match=r"direction: expected an int in \[0, 1\)"):
+        interop.to_keras(layer, direction=1)
+
+
+def test_from_onnx_checks_everything_before_changing_the_layer():
+    """A bad R for the reverse direction raised IndexError after the forward direction (and
+    weight_ih_l0_reverse) had been overwritten."""
+    from lstm_fast import interop
+
+    layer = lstm_fast.LSTM(3, 4, bidirectional=True, seed=0)
+    init = interop.to_onnx(lstm_fast.LSTM(3, 4, bidirectional=True, seed=1))
+    snap = _snapshot(layer)
+    with pytest.raises(ValueError, match=r"R: expected shape \(D, G, H\) = \(2, 16, 4\)"):
+        interop.from_onnx(layer, init["W"], init["R"][:1], init["B"])
+    with pytest.raises(ValueError, match=r"B: expected shape \(D, 2G\) = \(2, 32\)"):
+        interop.from_onnx(layer, init["W"], init["R"], init["B"][:, :20])
+    with pytest.raises(ValueError, match=r"B: expected shape \(D, 2G\)"):
+        interop.from_onnx(layer, init["W"], init["R"], init["B"][0])
+    with pytest.raises(ValueError, match=r"k: expected an int in \[0, 1\)"):
+        interop.to_onnx(layer, k=3)
+    _unchanged(layer, snap)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_keras_onnx_cells(kind):
+    """The cells are accepted by interop's type check, but to_keras raised AttributeError
+    ('NoneType' object has no attribute 'shape') and to_onnx 'no attribute num_directions'."""
+    from lstm_fast import interop
+
+    a, b, c = (getattr(lstm_fast, kind)(3, 4, seed=s) for s in range(3))
+    interop.from_keras(b, interop.to_keras(a))
+    interop.from_onnx(c, **interop.to_onnx(a))
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    want = a(x)
+    for m in (b, c):
+        got = m(x)
+        pairs = zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want)))
+        for u, v in pairs:
+            np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6)

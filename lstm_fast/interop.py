@@ -200,7 +200,8 @@ def to_keras(layer, k: int = 0, direction: int = 0) -> list:
 def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     """Load Keras weights ``[kernel, recurrent_kernel(, bias)]`` into layer ``k``, one direction.
     An LSTM/RNN bias goes to ``bias_ih`` (``bias_hh`` = 0); a GRU bias must be (2, 3H).
-    Every array is checked before any parameter changes.
+    Without a bias (Keras ``use_bias=False``) the layer's biases are set to zero; a bias for a
+    layer made with ``bias=False`` raises. Every array is checked before any parameter changes.
     """
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
@@ -221,7 +222,9 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
         _pname(layer, "weight_hh", k, direction): _unorder(recurrent.T, order),
     }
     names = [_pname(layer, n, k, direction) for n in ("bias_ih", "bias_hh")]
-    if len(weights) > 2 and layer.bias:
+    if len(weights) > 2:
+        if not layer.bias:
+            raise ValueError("bias: given, but the layer was made with bias=False")
         bias = _np(weights[2])
         if kind == "GRU":
             _expect("bias", bias, (2, G), "(2, 3H) (GRU reset_after=True)")
@@ -231,6 +234,8 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
             _expect("bias", bias, (G,), "(G,)")
             staged[names[0]] = _unorder(bias, order)
             staged[names[1]] = np.zeros_like(bias)
+    elif layer.bias:  # Keras use_bias=False: no bias at all
+        staged[names[0]] = staged[names[1]] = np.zeros(G, np.float32)
     _load(layer, staged)
 
 
@@ -265,7 +270,8 @@ def to_onnx(layer, k: int = 0) -> dict:
 def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0) -> None:
     """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``.
 
-    Every array is checked before any parameter changes."""
+    ``B`` omitted: zero biases (the ONNX operator's default); a ``B`` for a layer made with
+    ``bias=False`` raises. Every array is checked before any parameter changes."""
     kind = _kind(layer)
     order = _ONNX_ORDER[kind]
     k, _ = _check_index(layer, k, 0)
@@ -274,15 +280,17 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0) -> None:
     W, R = _np(W), _np(R)
     _expect("W", W, (D, G, I), "(D, G, I)")
     _expect("R", R, (D, G, Hh), "(D, G, H)")
-    if B is not None and layer.bias:
+    if B is not None:
+        if not layer.bias:
+            raise ValueError("B: given, but the layer was made with bias=False")
         B = _np(B)
         _expect("B", B, (D, 2 * G), "(D, 2G)")
     staged = {}
     for d in range(D):
         staged[_pname(layer, "weight_ih", k, d)] = _unorder(W[d], order)
         staged[_pname(layer, "weight_hh", k, d)] = _unorder(R[d], order)
-        if B is not None and layer.bias:
-            b = B[d]
+        if layer.bias:
+            b = np.zeros(2 * G, np.float32) if B is None else B[d]
             staged[_pname(layer, "bias_ih", k, d)] = _unorder(b[:G], order)
             staged[_pname(layer, "bias_hh", k, d)] = _unorder(b[G:], order)
     _load(layer, staged)

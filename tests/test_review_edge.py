@@ -182,6 +182,30 @@ def test_from_onnx_checks_everything_before_changing_the_layer():
     _unchanged(layer, snap)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_keras_onnx_without_bias_mean_zero_bias(kind):
+    """Keras use_bias=False weights (two arrays) and ONNX without B (whose default is zero)
+    left the layer's random initial biases in place; a bias given to a bias=False layer was
+    silently dropped."""
+    from lstm_fast import interop
+
+    src = getattr(lstm_fast, kind)(3, 4, bias=False, seed=1)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    want = src(x)[0]
+    for load in (
+        lambda dst: interop.from_keras(dst, interop.to_keras(src)),
+        lambda dst: interop.from_onnx(dst, **interop.to_onnx(src)),
+    ):
+        dst = getattr(lstm_fast, kind)(3, 4, seed=0)  # with (random) biases
+        load(dst)
+        np.testing.assert_allclose(dst(x)[0], want, rtol=1e-6, atol=1e-6)
+    with_bias = getattr(lstm_fast, kind)(3, 4, seed=2)
+    with pytest.raises(ValueError, match="bias: given, but the layer was made with bias=False"):
+        interop.from_keras(src, interop.to_keras(with_bias))
+    with pytest.raises(ValueError, match="B: given, but the layer was made with bias=False"):
+        interop.from_onnx(src, **interop.to_onnx(with_bias))
+
+
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_keras_onnx_cells(kind):
     """The cells are accepted by interop's type check, but to_keras raised AttributeError

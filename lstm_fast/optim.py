@@ -99,7 +99,17 @@ class Optimizer:
         ``zero_grad=True`` also sets every gradient to zero afterwards, as :meth:`zero_grad`
         would before the next backward; optimizers with a fused kernel (Adam, AdamW) do it in
         the same pass over memory as the update, so a training loop saves a pass of its own.
+
+        Every gradient's shape is checked first: a bad one raises before any parameter or
+        state changes.
         """
+        for i, p in enumerate(self.params):
+            if not isinstance(p.grad, np.ndarray) or p.grad.shape != p.data.shape:
+                got = p.grad.shape if isinstance(p.grad, np.ndarray) else type(p.grad).__name__
+                raise ValueError(
+                    f"step: parameter {i}: grad: expected an array of shape {p.data.shape} (the "
+                    f"parameter's), got {got}"
+                )
         self.step_count += 1
         for i, p in enumerate(self.params):
             if not self._update(i, p, zero_grad) and zero_grad:

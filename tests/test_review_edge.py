@@ -222,3 +222,31 @@ def test_keras_onnx_cells(kind):
         pairs = zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want)))
         for u, v in pairs:
             np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6)
+
+
+# ---- optimizers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad", "rmsprop"])
+@pytest.mark.parametrize("bad_grad", ["shape", "scalar"])
+def test_optimizer_step_checks_gradients_before_updating(name, bad_grad):
+    """A gradient of the wrong shape on a later parameter raised a broadcasting error after the
+    earlier parameters (and step_count) were already updated; a scalar grad was broadcast."""
+    from lstm_fast import optim
+    from lstm_fast.module import Parameter
+
+    params = [Parameter(np.ones((2, 3))), Parameter(np.ones(5))]
+    for p in params:
+        p.grad[...] = 0.5
+    opt = optim.make_optimizer(name, params, lr=0.1)
+    opt.step()
+    data, state = [p.data.copy() for p in params], opt.state_dict()
+    params[1].grad = np.ones(4, np.float32) if bad_grad == "shape" else np.float32(1.0)
+    with pytest.raises(ValueError, match=r"step: parameter 1: grad: expected an array of shape"):
+        opt.step()
+    for p, d in zip(params, data):
+        np.testing.assert_array_equal(p.data, d)
+    after = opt.state_dict()
+    assert after["step"] == state["step"] == 1
+    for k, v in state["arrays"].items():
+        np.testing.assert_array_equal(after["arrays"][k], v)

@@ -250,3 +250,38 @@ def test_optimizer_step_checks_gradients_before_updating(name, bad_grad):
     assert after["step"] == state["step"] == 1
     for k, v in state["arrays"].items():
         np.testing.assert_array_equal(after["arrays"][k], v)
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("adam", dict(betas=(1.0, 0.999))),
+        ("adam", dict(betas=(0.9,))),
+        ("adamw", dict(betas=(0.9, -0.1))),
+        ("adam", dict(eps=-1.0)),
+        ("adam", dict(weight_decay=-1.0)),
+        ("sgd", dict(momentum=-1.0)),
+        ("sgd", dict(lr=float("nan"))),
+        ("rmsprop", dict(alpha=-0.5)),
+        ("rmsprop", dict(momentum=float("nan"))),
+        ("adagrad", dict(lr_decay=-1.0)),
+        ("adagrad", dict(initial_accumulator_value=-1.0)),
+    ],
+)
+def test_optimizer_hyper_parameters_are_checked(name, kw):
+    """PyTorch refuses these at construction; here betas=(1.0, 0.999) made the first step
+    raise ZeroDivisionError after step_count was incremented, betas=(0.9,) an unpacking error,
+    and negative eps / momentum / weight_decay / alpha / lr_decay ran silently."""
+    from lstm_fast import optim
+    from lstm_fast.module import Parameter
+
+    key = next(iter(kw))
+    with pytest.raises(ValueError, match=rf"^{key}: expected"):
+        optim.make_optimizer(name, [Parameter(np.ones(3))], **{"lr": 0.1, **kw})
+    # and in a loaded state
+    opt = optim.make_optimizer(name, [Parameter(np.ones(3))], lr=0.1)
+    sd = opt.state_dict()
+    sd["hyper"] = {**sd["hyper"], **kw}
+    with pytest.raises(ValueError, match=rf"load_state_dict: hyper: {key}: expected"):
+        opt.load_state_dict(sd)
+    assert opt.lr == 0.1 and opt.step_count == 0

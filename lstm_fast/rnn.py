@@ -1072,7 +1072,7 @@ class _CellBase(Module):
             self.training,
             False,
         )
-        object.__setattr__(self, "_saved", (cache, unbatched) if self.training else None)
+        object.__setattr__(self, "_saved", (cache, unbatched, B) if self.training else None)
         if unbatched:
             hn = hn[0]
             cn = None if cn is None else cn[0]
@@ -1084,7 +1084,7 @@ class _CellBase(Module):
         ``need_dx=False``: dx is None and its product is skipped."""
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
-        cache, unbatched = self._saved
+        cache, unbatched, B = self._saved
         get = self._parameters.get
         grads = tuple(
             None if get(n) is None else get(n).grad
@@ -1096,7 +1096,11 @@ class _CellBase(Module):
             if a is None:
                 return None
             a = _as_float32(nm, a)
-            return _c(a.reshape(-1, H))
+            want = (H,) if unbatched else (B, H)
+            if a.shape != want:
+                letters = f"(H={H},)" if unbatched else f"(B={B}, H={H})"
+                raise ValueError(f"{nm}: expected shape {letters} (the output's), got {a.shape}")
+            return _c(a.reshape(B, H))
 
         dx, dh0, dc0 = _Direction.backward(
             self._mode, cache, None, state("dh", dh), state("dc", dc), grads, need_dx

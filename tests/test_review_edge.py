@@ -285,3 +285,25 @@ def test_optimizer_hyper_parameters_are_checked(name, kw):
     with pytest.raises(ValueError, match=rf"load_state_dict: hyper: {key}: expected"):
         opt.load_state_dict(sd)
     assert opt.lr == 0.1 and opt.step_count == 0
+
+
+# ---- cells --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_backward_checks_state_gradient_shapes(kind):
+    """Cell.backward reshaped dh/dc to (-1, H): an (8,) gradient for a (2, 4) output was
+    accepted as if it were (2, 4), and a (2, 5) one raised NumPy's 'cannot reshape array'."""
+    cell = getattr(lstm_fast, kind)(3, 4, seed=0)
+    cell(np.zeros((2, 3), np.float32))
+    for bad in (np.zeros(8), np.zeros((2, 5)), np.zeros((1, 8)), np.zeros((4, 2))):
+        with pytest.raises(ValueError, match=r"dh: expected shape \(B=2, H=4\) \(the output's\)"):
+            cell.backward(bad)
+    if kind == "LSTMCell":
+        with pytest.raises(ValueError, match=r"dc: expected shape \(B=2, H=4\)"):
+            cell.backward(np.zeros((2, 4)), np.zeros(8))
+    cell(np.zeros(3, np.float32))  # unbatched: (H,)
+    with pytest.raises(ValueError, match=r"dh: expected shape \(H=4,\)"):
+        cell.backward(np.zeros((1, 4)))
+    dx = cell.backward(np.ones(4))[0]
+    assert dx.shape == (3,)

@@ -231,6 +231,8 @@ class _RNNBase(Module):
     ):
         super().__init__()
         _check_bool("check_finite", check_finite)
+        _check_bool("bias", bias)  # as torch.nn.LSTM: bias="False" must not mean True
+        _check_bool("batch_first", batch_first)
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         num_layers = _check_int("num_layers", num_layers, 1)

@@ -307,3 +307,15 @@ def test_cell_backward_checks_state_gradient_shapes(kind):
         cell.backward(np.zeros((1, 4)))
     dx = cell.backward(np.ones(4))[0]
     assert dx.shape == (3,)
+
+
+# ---- layer constructors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("arg, value", [("bias", "False"), ("bias", None), ("batch_first", "yes")])
+def test_layer_bool_options_must_be_bools(kind, arg, value):
+    """LSTM(3, 4, bias="False") built a layer with biases and batch_first="yes" a batch-first
+    one; torch.nn.LSTM raises TypeError for both."""
+    with pytest.raises(TypeError, match=rf"{arg}: expected a bool, got"):
+        getattr(lstm_fast, kind)(3, 4, **{arg: value})

@@ -759,10 +759,17 @@ class _RNNBase(Module):
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t: expected shape (B, I={self.input_size}), got {x_t.shape}")
         B = x_t.shape[0]
+        if out is not None:
+            want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+            if not isinstance(out, np.ndarray) or out.shape != want or not out.flags.writeable:
+                got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
+                raise ValueError(f"out: expected a writeable array of shape {want}, got {got}")
         st = self._stream
         if st is None or st.B != B:
             st = _Stream(self, B)
             object.__setattr__(self, "_stream", st)
+        if state is not None:
+            st.check(state)
         y = st.run(x_t, state)
         if out is not None:
             out[...] = y[0] if unbatched else y
@@ -803,6 +810,28 @@ class _Stream:
         # The same view objects every time: passing them back is recognised without a copy.
         cur = self.cur
         return (self.hs[cur], self.cs[cur]) if self.c is not None else self.hs[cur]
+
+    def check(self, state) -> None:
+        """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (what step
+        returned, or h_n / c_n of a forward). Raises before anything is written."""
+        L, H = self.layer.num_layers, self.layer.hidden_size
+        if self.c is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError("state: expected a tuple (h, c) as returned by step")
+            items = (("state[0] (h)", state[0]), ("state[1] (c)", state[1]))
+        else:
+            if isinstance(state, (tuple, list)):
+                raise TypeError("state: expected one array h as returned by step, got a tuple")
+            items = (("state (h)", state),)
+        cur = self.cur
+        for name, a in items:
+            if a is self.hs[cur] or a is self.cs[cur]:
+                continue
+            shape = np.shape(a)
+            if shape != (L, self.B, H):
+                raise ValueError(
+                    f"{name}: expected shape (num_layers, B, H) = {(L, self.B, H)}, got {shape}"
+                )
 
     def run(self, x_t, state):
         cur, nxt = self.cur, 1 - self.cur

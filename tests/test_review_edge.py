@@ -319,3 +319,44 @@ def test_layer_bool_options_must_be_bools(kind, arg, value):
     one; torch.nn.LSTM raises TypeError for both."""
     with pytest.raises(TypeError, match=rf"{arg}: expected a bool, got"):
         getattr(lstm_fast, kind)(3, 4, **{arg: value})
+
+
+# ---- streaming step ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_step_checks_state_and_out_before_running(kind):
+    """step() broadcast a wrong-shaped state into its buffers ((H,) for (L, B, H)), unpacked a
+    single (2, B, H) array as the LSTM's (h, c) pair, and checked ``out`` only after the step
+    had advanced the internal state."""
+    layer = getattr(lstm_fast, kind)(3, 4, num_layers=2, seed=0).eval()
+    lstm = kind == "LSTM"
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    _, state = layer.step(x)
+    kept = tuple(np.copy(a) for a in (state if lstm else (state,)))
+    y_want, _ = layer.step(x, state)
+    _, state = layer.step(x)  # the same first step again
+
+    def bad(s):
+        return (s, s) if lstm else s
+
+    for s in (np.zeros(4, np.float32), np.zeros((2, 3, 4), np.float32), np.ones((1, 1, 1))):
+        with pytest.raises(ValueError, match=r"state.*: expected shape \(num_layers, B, H\)"):
+            layer.step(x, bad(s))
+    if lstm:
+        with pytest.raises(TypeError, match=r"state: expected a tuple \(h, c\)"):
+            layer.step(x, np.zeros((2, 2, 4), np.float32))
+    else:
+        with pytest.raises(TypeError, match="state: expected one array h"):
+            layer.step(x, (np.zeros((2, 2, 4), np.float32),))
+    with pytest.raises(ValueError, match=r"out: expected a writeable array of shape \(2, 4\)"):
+        layer.step(x, state, out=np.zeros(5, np.float32))
+    # nothing moved: the state still is the first step's and the next step is as before
+    for a, b in zip(state if lstm else (state,), kept):
+        np.testing.assert_array_equal(a, b)
+    y, _ = layer.step(x, state)
+    np.testing.assert_array_equal(y, y_want)
+    # a copy of the state (not the internal buffers) is accepted
+    _, state = layer.step(x)
+    copied = tuple(np.copy(a) for a in state) if lstm else np.copy(state)
+    np.testing.assert_array_equal(layer.step(x, copied)[0], y_want)

@@ -360,3 +360,29 @@ def test_step_checks_state_and_out_before_running(kind):
     _, state = layer.step(x)
     copied = tuple(np.copy(a) for a in state) if lstm else np.copy(state)
     np.testing.assert_array_equal(layer.step(x, copied)[0], y_want)
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_predict_keeps_an_eval_model_in_eval_mode(ensemble):
+    """predict_log_proba ended with model.train(): a model put in eval mode for serving came
+    back in training mode (dropout on, so later calls were random)."""
+    from lstm_fast.models.classifier import (
+        ClassifierEnsemble,
+        SequenceClassifier,
+        predict_log_proba,
+    )
+
+    members = [
+        SequenceClassifier(9, 2, 4, 5, dropout=0.5, pad_id=1, seed=s)
+        for s in range(2 if ensemble else 1)
+    ]
+    model = ClassifierEnsemble(members) if ensemble else members[0]
+    model.eval()
+    ids, lengths = np.array([[2, 5], [3, 1], [4, 1]]), np.array([3, 1])
+    before = model(ids, lengths)
+    predict_log_proba(model, [np.array([2, 3, 4]), np.array([5])])
+    assert not any(sub.training for m in members for sub in m.modules())
+    np.testing.assert_array_equal(model(ids, lengths), before)

@@ -386,3 +386,25 @@ def test_predict_keeps_an_eval_model_in_eval_mode(ensemble):
     predict_log_proba(model, [np.array([2, 3, 4]), np.array([5])])
     assert not any(sub.training for m in members for sub in m.modules())
     np.testing.assert_array_equal(model(ids, lengths), before)
+
+
+@pytest.mark.parametrize(
+    "lengths, error",
+    [
+        ([0, 2], r"lengths: expected values in \[1, T=4\]"),
+        ([-1, 2], r"lengths: expected values in \[1, T=4\]"),
+        ([5, 2], r"lengths: expected values in \[1, T=4\]"),
+        ([4], r"lengths: expected shape \(B=2,\)"),
+        ([4, 2, 1], r"lengths: expected shape \(B=2,\)"),
+        ([2.5, 1.0], "lengths: expected integers"),
+    ],
+)
+def test_classifier_checks_lengths(lengths, error):
+    """SequenceClassifier took lengths unchecked: 0 gave NaN logits (mean pool) or the last
+    padded step (last pool), -1 and 2.5 were used as given / truncated, [4] was broadcast to
+    every row, and T + 1 raised NumPy's IndexError."""
+    from lstm_fast.models.classifier import SequenceClassifier
+
+    model = SequenceClassifier(10, 3, embed_size=4, hidden_size=5, seed=0)
+    with pytest.raises((ValueError, TypeError), match=error):
+        model(np.ones((4, 2), np.int64), lengths)

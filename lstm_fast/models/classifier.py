@@ -126,8 +126,17 @@ class SequenceClassifier(Module):
 
     def forward(self, ids, lengths, bigram_ids=None):
         ids = np.asarray(ids)
-        lengths = np.asarray(lengths, dtype=np.int64)
+        if ids.ndim != 2:
+            raise ValueError(f"ids: expected shape (T, B), got {ids.shape}")
         T, B = ids.shape
+        lens = np.asarray(lengths)
+        if lens.dtype.kind not in "iu" and not (lens.size == 0 and lens.dtype.kind == "f"):
+            raise TypeError(f"lengths: expected integers, got dtype {lens.dtype}")
+        if lens.shape != (B,):
+            raise ValueError(f"lengths: expected shape (B={B},), got {lens.shape}")
+        if B and (lens.min() < 1 or lens.max() > T):
+            raise ValueError(f"lengths: expected values in [1, T={T}], got {lens.tolist()}")
+        lengths = lens.astype(np.int64)
         H = self.config["hidden_size"]
         cols = np.arange(B)[None, :]
         rev = _reverse_index(lengths, T)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import rnn as _rnn
+from .module import _from_torch
 
 __all__ = [
     "from_keras",
@@ -36,7 +37,7 @@ _CELLS = {"LSTMCell": _rnn.LSTMCell, "GRUCell": _rnn.GRUCell, "RNNCell": _rnn.RN
 
 def _np(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
+        a = _from_torch(a)
     return np.ascontiguousarray(np.asarray(a), dtype=np.float32)
 
 

@@ -18,6 +18,15 @@ import numpy as np
 __all__ = ["Parameter", "Module"]
 
 
+def _from_torch(t: Any) -> np.ndarray:
+    """A torch tensor as a NumPy array, without importing torch. Floating tensors come as
+    float32 (what every lstm_fast parameter and kernel takes): NumPy has no bfloat16."""
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        t = t.float()
+    return t.numpy()
+
+
 class Parameter:
     """A trainable array: ``data`` (float32, C-contiguous) and ``grad`` (same shape).
 
@@ -129,7 +138,7 @@ class Module:
                 continue
             value = state_dict[name]
             if hasattr(value, "detach"):  # a torch tensor: no torch import needed
-                value = value.detach().cpu().numpy()
+                value = _from_torch(value)
             arr = np.asarray(value)
             if arr.shape != p.data.shape:
                 raise ValueError(

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import ops
-from .module import Module, Parameter
+from .module import Module, Parameter, _from_torch
 from .ops import _finite
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
@@ -59,7 +59,7 @@ def _guard_finite(layer, **arrays) -> None:
 def _as_float32(name: str, value: Any) -> np.ndarray:
     """Explicit conversion at the layer boundary: real floating input -> C-contiguous float32."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+        value = _from_torch(value)
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")

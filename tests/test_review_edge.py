@@ -408,3 +408,27 @@ def test_classifier_checks_lengths(lengths, error):
     model = SequenceClassifier(10, 3, embed_size=4, hidden_size=5, seed=0)
     with pytest.raises((ValueError, TypeError), match=error):
         model(np.ones((4, 2), np.int64), lengths)
+
+
+# ---- torch tensors at the NumPy API -------------------------------------------------------------
+
+
+def test_bfloat16_torch_tensors_load_and_run():
+    """A bfloat16 state dict (torch.nn.LSTM(...).bfloat16()) or input tensor raised torch's
+    'Got unsupported ScalarType BFloat16' (NumPy has no bfloat16); torch.nn.LSTM loads such a
+    state dict by converting, and so does lstm_fast now."""
+    torch = pytest.importorskip("torch")
+    from lstm_fast import interop
+
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 4).bfloat16()
+    sd = ref.state_dict()
+    layer = lstm_fast.LSTM(3, 4, seed=0)
+    layer.load_state_dict(sd)
+    for name, value in sd.items():
+        np.testing.assert_array_equal(getattr(layer, name).data, value.float().numpy())
+    init = {k: torch.from_numpy(v).bfloat16() for k, v in interop.to_onnx(layer).items()}
+    interop.from_onnx(layer, **init)
+    x = torch.randn(5, 2, 3).bfloat16()
+    y, _ = layer(x)
+    np.testing.assert_array_equal(y, layer(x.float().numpy())[0])

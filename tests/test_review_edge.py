@@ -432,3 +432,15 @@ def test_bfloat16_torch_tensors_load_and_run():
     x = torch.randn(5, 2, 3).bfloat16()
     y, _ = layer(x)
     np.testing.assert_array_equal(y, layer(x.float().numpy())[0])
+
+
+def test_scalar_input_and_state_are_refused():
+    """A 0-d input or state was made 1-d on conversion: LSTMCell(1, H) took a scalar input as
+    an unbatched (1,) one, GRUCell(I, 1) a scalar h_0, and a layer's error said it got shape (1,)
+    for a scalar. torch refuses 0-d input for the cells and layers."""
+    with pytest.raises(ValueError, match=r"input: expected shape \(B, I=1\) or \(I,\), got \(\)"):
+        lstm_fast.LSTMCell(1, 4, seed=0)(np.float32(1.0))
+    with pytest.raises(ValueError, match=r"hx: h_0: expected shape \(1,\), got \(\)"):
+        lstm_fast.GRUCell(3, 1, seed=0)(np.ones(3, np.float32), np.float32(0.5))
+    with pytest.raises(ValueError, match=r"got 0 with shape \(\)"):
+        lstm_fast.LSTM(1, 4, seed=0)(np.float32(1.0))

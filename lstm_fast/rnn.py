@@ -89,6 +89,8 @@ def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
     if hasattr(lengths, "detach"):
         lengths = lengths.detach().cpu().numpy()
     arr = np.asarray(lengths)
+    if arr.size == 0 and arr.dtype.kind == "f":  # [] is float64 to NumPy (a batch of 0)
+        arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
     if arr.shape != (B,):

@@ -444,3 +444,12 @@ def test_scalar_input_and_state_are_refused():
         lstm_fast.GRUCell(3, 1, seed=0)(np.ones(3, np.float32), np.float32(0.5))
     with pytest.raises(ValueError, match=r"got 0 with shape \(\)"):
         lstm_fast.LSTM(1, 4, seed=0)(np.float32(1.0))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_empty_lengths_list_for_an_empty_batch(bidirectional):
+    """lengths=[] for a batch of 0 raised 'lengths: expected integers, got dtype float64'
+    ([] is float64 to NumPy), while np.array([], np.int64) worked (ops accepts [] too)."""
+    layer = lstm_fast.GRU(3, 4, bidirectional=bidirectional, seed=0)
+    y, h = layer(np.zeros((5, 0, 3), np.float32), lengths=[])
+    assert y.shape == (5, 0, 4 * (2 if bidirectional else 1)) and h.shape[1] == 0

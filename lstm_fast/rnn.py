@@ -334,7 +334,26 @@ class _RNNBase(Module):
         """``copy.deepcopy`` and pickle take the parameters and settings, not the kernels'
         cache of the last training forward (native memory): a copy's backward needs a forward
         of its own. Streaming buffers are made anew on the copy's first ``step``."""
-        return {**self.__dict__, "_saved": None, "_stream": None}
+        state = {**self.__dict__, "_saved": None}
+        state.pop("_streams", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_streams", threading.local())
+
+    # The buffers of :meth:`step`, one set per Python thread: two threads streaming through the
+    # same layer at once must not share state slots. Setting None drops every thread's.
+    @property
+    def _stream(self) -> Optional[_Stream]:
+        return getattr(self._streams, "stream", None)
+
+    @_stream.setter
+    def _stream(self, st: Optional[_Stream]) -> None:
+        if st is None:
+            object.__setattr__(self, "_streams", threading.local())
+        else:
+            self._streams.stream = st
 
     # -- input handling -------------------------------------------------------------------------
     def _states_in(self, hx, B, unbatched):
@@ -743,8 +762,9 @@ class _RNNBase(Module):
         ``x_t`` (B, I) float32 (or (I,)); ``state`` as returned by the previous call (or None for
         zeros). Returns ``(y_t, state)`` with y_t (B, H) — written into ``out`` when given. The
         weights are read in place and every buffer (states, workspaces) is allocated on the first
-        call for a batch size and reused afterwards: the returned state lives in internal
-        buffers and is only valid until the next call (copy it to keep it).
+        call for a batch size and reused afterwards (one set per Python thread, so threads may
+        stream through one layer at once): the returned state lives in internal buffers and is
+        only valid until the thread's next call (copy it to keep it).
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence")

@@ -453,3 +453,35 @@ def test_empty_lengths_list_for_an_empty_batch(bidirectional):
     layer = lstm_fast.GRU(3, 4, bidirectional=bidirectional, seed=0)
     y, h = layer(np.zeros((5, 0, 3), np.float32), lengths=[])
     assert y.shape == (5, 0, 4 * (2 if bidirectional else 1)) and h.shape[1] == 0
+
+
+def test_step_from_two_threads_on_one_layer():
+    """step() kept one set of state buffers per layer: two Python threads streaming through the
+    same eval-mode layer (each carrying a copy of its own state) overwrote each other's slots
+    and got wrong outputs."""
+    import threading
+
+    layer = lstm_fast.LSTM(16, 32, num_layers=2, seed=0).eval()
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((100, 2, 16)).astype(np.float32) for _ in range(2)]
+    want = [layer(x)[0] for x in xs]
+    got = [None, None]
+    start = threading.Barrier(2)
+
+    def stream(i):
+        start.wait()
+        state, ys = None, []
+        for x_t in xs[i]:
+            y, state = layer.step(x_t, state)
+            ys.append(y.copy())
+            state = tuple(a.copy() for a in state)
+        got[i] = np.stack(ys)
+
+    for _ in range(3):
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -485,3 +485,24 @@ def test_step_from_two_threads_on_one_layer():
             t.join()
         for g, w in zip(got, want):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ids, error",
+    [
+        (np.arange(10) + 0.7, "ids: expected a 1-D integer array"),
+        (np.full(10, 2**31 + 5), r"ids: expected token ids in \[0, 2\*\*31\)"),
+        (np.full(10, -1), r"ids: expected token ids in \[0, 2\*\*31\)"),
+        (np.arange(10).reshape(2, 5), "ids: expected a 1-D integer array"),
+    ],
+)
+def test_bptt_batcher_checks_ids(ids, error):
+    """BPTTBatcher cast ids to int32 unchecked: float ids were truncated (0.7 -> 0) and ids of
+    2**31 and more wrapped to negative numbers; a 2-D array was reported as too few tokens."""
+    from lstm_fast.data import BPTTBatcher
+
+    with pytest.raises((TypeError, ValueError), match=error):
+        BPTTBatcher(ids, 2, 2)

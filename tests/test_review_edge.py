@@ -506,3 +506,27 @@ def test_bptt_batcher_checks_ids(ids, error):
 
     with pytest.raises((TypeError, ValueError), match=error):
         BPTTBatcher(ids, 2, 2)
+
+
+# ---- nn -----------------------------------------------------------------------------------------
+
+
+def test_linear_and_embedding_backward_check_dy_shape():
+    """Linear.backward reshaped dy to (-1, O) and checked only the row count: a (2, 4) dy for a
+    (4, 2) output was taken as transposed data. Embedding.backward reshaped it to (N, E): a
+    (3, 4) dy for a (2, 2, 3) output passed, a (3, 3) one raised NumPy's reshape error."""
+    from lstm_fast.nn import Embedding, Linear
+
+    lin = Linear(3, 2, seed=0)
+    lin(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"dy: expected shape \(4, 2\) \(the output's\)"):
+        lin.backward(np.ones((2, 4), np.float32))
+    lin(np.ones((2, 2, 3), np.float32))
+    assert lin.backward(np.ones((4, 2), np.float32)).shape == (2, 2, 3)  # (N, O) still taken
+    emb = Embedding(10, 3, seed=0)
+    emb(np.array([[1, 2], [3, 4]]))
+    for bad in ((3, 4), (3, 3), (2, 6)):
+        with pytest.raises(ValueError, match=r"dy: expected shape \(2, 2, 3\) \(the output's\)"):
+            emb.backward(np.ones(bad, np.float32))
+    emb.backward(np.ones((4, 3), np.float32))
+    emb.backward(np.ones((2, 2, 3), np.float32))

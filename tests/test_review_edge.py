@@ -530,3 +530,27 @@ def test_linear_and_embedding_backward_check_dy_shape():
             emb.backward(np.ones(bad, np.float32))
     emb.backward(np.ones((4, 3), np.float32))
     emb.backward(np.ones((2, 2, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "kw, error",
+    [
+        (dict(prime_ids=[-1], length=5), r"prime_ids: expected ids in \[0, V=5\)"),
+        (dict(prime_ids=[1.7], length=3), "prime_ids: expected integer token ids"),
+        (dict(prime_ids=[1], length=5, temperature=float("nan")), "temperature: expected"),
+        (dict(prime_ids=[1], length=5, top_k=-3), "top_k: expected an int >= 0"),
+        (dict(prime_ids=[1], length=-2), "length: expected an int >= 0"),
+    ],
+)
+def test_sampler_checks_its_arguments(kw, error):
+    """Sampler.generate took a prime id of -1 as the last vocabulary entry (NumPy's negative
+    index), truncated 1.7 to 1, sampled only the last id at temperature NaN, and returned []
+    for a negative length."""
+    from lstm_fast.models.charlm import CharLM, Sampler
+
+    sampler = Sampler(CharLM(5, 4, 8, 1, seed=0), seed=0)
+    with pytest.raises((TypeError, ValueError), match=error):
+        sampler.generate(**kw)
+    assert not sampler.h.any() and not sampler.c.any()  # nothing was fed
+    with pytest.raises(IndexError, match=r"token: expected an id in \[0, V=5\), got -1"):
+        sampler.step(-1)

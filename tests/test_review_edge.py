@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -554,3 +555,28 @@ def test_sampler_checks_its_arguments(kw, error):
     assert not sampler.h.any() and not sampler.c.any()  # nothing was fed
     with pytest.raises(IndexError, match=r"token: expected an id in \[0, V=5\), got -1"):
         sampler.step(-1)
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, error",
+    [
+        (["--length", "-5"], "--length: expected an int >= 0"),
+        (["--top-k", "-1"], "--top-k: expected an int >= 0"),
+        (["--temperature", "nan"], "--temperature: expected a number"),
+        (["--threads", "0"], r"--threads: .*expected an int in \[1, "),
+        (["--threads", "100000"], r"--threads: .*expected an int in \[1, "),
+    ],
+)
+def test_sample_command_usage_errors(tmp_path, capsys, extra, error):
+    """`lstm-fast sample` with --threads 100000 ended in a traceback and --threads 0 was
+    silently ignored; a negative --length or --top-k and --temperature nan now fail in the
+    sampler: each is a usage error (exit status 2, the option named) before any work."""
+    from lstm_fast import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", str(tmp_path / "no-such-run"), *extra])
+    assert e.value.code == 2
+    assert re.search(error, capsys.readouterr().err)

@@ -580,3 +580,40 @@ def test_sample_command_usage_errors(tmp_path, capsys, extra, error):
         cli.main(["sample", str(tmp_path / "no-such-run"), *extra])
     assert e.value.code == 2
     assert re.search(error, capsys.readouterr().err)
+
+
+# ---- modules ------------------------------------------------------------------------------------
+
+
+def test_tied_parameters_are_counted_once():
+    """A parameter shared by two modules (tied embedding and decoder weights) was yielded twice
+    by parameters(): an optimizer updated it twice per step (SGD moved it by 2 lr g), and
+    num_parameters() counted it twice. PyTorch yields it once; state_dict keeps both names."""
+    from lstm_fast import optim
+    from lstm_fast.module import Module
+    from lstm_fast.nn import Embedding, Linear
+
+    class Tied(Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = Embedding(5, 3, seed=0)
+            self.dec = Linear(3, 5, bias=False, seed=1)
+            self.dec.weight = self.emb.weight
+
+    m = Tied()
+    assert [n for n, _ in m.named_parameters()] == ["emb.weight"]
+    assert [n for n, _ in m.named_parameters(remove_duplicate=False)] == [
+        "emb.weight",
+        "dec.weight",
+    ]
+    assert m.num_parameters() == 15
+    assert list(m.state_dict()) == ["emb.weight", "dec.weight"]
+    m.load_state_dict(m.state_dict())
+    from lstm_fast.models.checkpoint import restore_module
+
+    restore_module("ck.npz", m, {f"param/{k}": v for k, v in m.state_dict().items()})
+    p = m.emb.weight
+    p.data[...] = 1.0
+    p.grad[...] = 1.0
+    optim.SGD(m.parameters(), lr=0.1).step()
+    np.testing.assert_allclose(p.data, 0.9, rtol=1e-6)

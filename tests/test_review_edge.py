@@ -617,3 +617,20 @@ def test_tied_parameters_are_counted_once():
     p.grad[...] = 1.0
     optim.SGD(m.parameters(), lr=0.1).step()
     np.testing.assert_allclose(p.data, 0.9, rtol=1e-6)
+
+
+def test_gemm_refuses_bias_or_row_sums_overlapping_what_it_writes_or_reads():
+    """ops.gemm(a, b, out=o, bias=o[0]) gave wrong rows silently (the bias row is overwritten
+    while later rows still read it: errors ~20 at 256 x 256); out's overlap with a and b was
+    checked, the bias's was not, nor a_row_sums' with a."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((256, 64), dtype=np.float32)
+    b = rng.standard_normal((64, 256), dtype=np.float32)
+    out = rng.standard_normal((256, 256), dtype=np.float32)
+    before = out.copy()
+    with pytest.raises(ValueError, match="bias: expected memory separate from out"):
+        ops.gemm(a, b, out=out, bias=out[3])
+    np.testing.assert_array_equal(out, before)
+    sq = rng.standard_normal((64, 64), dtype=np.float32)
+    with pytest.raises(ValueError, match="a_row_sums: expected memory separate from a"):
+        ops.gemm(sq, sq.T.copy(), out=np.zeros((64, 64), np.float32), a_row_sums=sq[0])

@@ -634,3 +634,22 @@ def test_gemm_refuses_bias_or_row_sums_overlapping_what_it_writes_or_reads():
     sq = rng.standard_normal((64, 64), dtype=np.float32)
     with pytest.raises(ValueError, match="a_row_sums: expected memory separate from a"):
         ops.gemm(sq, sq.T.copy(), out=np.zeros((64, 64), np.float32), a_row_sums=sq[0])
+
+
+@pytest.mark.parametrize(
+    "texts, labels, error",
+    [
+        (["a", "b"], [0.5, 1.0], "labels: expected integer class ids"),
+        (["a"], [0, 1], r"labels: expected shape \(N=1,\)"),
+        ([], [], r"labels: expected shape \(N=0,\) with N >= 1"),
+        (["a", "b"], [-1, 1], "labels: expected class ids >= 0"),
+    ],
+)
+def test_naive_bayes_fit_checks_labels(texts, labels, error):
+    """NaiveBayes.fit truncated float labels (0.5 -> class 0) silently, and more labels than
+    texts, no texts or a negative label raised NumPy errors (shape mismatch, zero-size
+    reduction, 'must have no negative elements')."""
+    from lstm_fast.models.naive_bayes import NaiveBayes
+
+    with pytest.raises((TypeError, ValueError), match=error):
+        NaiveBayes().fit(texts, labels)

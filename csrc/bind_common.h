@@ -57,13 +57,22 @@ inline std::string type_name(py::handle h) {
   return py::str(py::type::of(h).attr("__name__"));
 }
 
+// dtype equality (PyArray_EquivTypes: same type, byte order and size), not identity: the
+// float32 dtype of an array that went through pickle (multiprocessing, copies) is a distinct
+// but equal object.
+template <typename T>
+inline bool has_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(),
+                                                        py::dtype::of<T>().ptr());
+}
+
 // Type and dtype (a float32 numpy.ndarray, any shape); returns the array (no copy).
 inline py::array check_float_type(py::handle obj, const std::string& name) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
                          type_name(obj));
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<float>()))
+  if (!has_dtype<float>(a))
     throw py::type_error(name + ": expected dtype float32, got " +
                          std::string(py::str(a.dtype())) +
                          " (convert explicitly, e.g. x.astype(np.float32))");
@@ -224,7 +233,7 @@ inline py::array_t<std::int64_t> int64_vector(py::handle obj, const std::string&
     throw py::type_error(name + ": expected a numpy.ndarray of dtype int64, got " +
                          type_name(obj));
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<std::int64_t>()))
+  if (!has_dtype<std::int64_t>(a))
     throw py::type_error(name + ": expected dtype int64, got " + std::string(py::str(a.dtype())));
   if (a.ndim() != 1 || a.shape(0) != n)
     throw py::value_error(name + ": expected shape (" + dim + "=" + std::to_string(n) +

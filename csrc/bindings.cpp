@@ -310,7 +310,15 @@ py::array gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b
                               (in == &a ? "a" : "b") + ", got an overlapping array");
     if (!sums.is_none() && overlaps(c, sums.cast<py::array>()))
       throw py::value_error("a_row_sums: expected memory separate from out");
+    // the bias is read while out's rows are written
+    if (bias_p && overlaps(c, bias.cast<py::array>()))
+      throw py::value_error("bias: expected memory separate from out, got an overlapping array");
   }
+  if (!sums.is_none())  // the sums are accumulated while a is read (and b)
+    for (const py::array* in : {&a, &b})
+      if (overlaps(sums.cast<py::array>(), *in))
+        throw py::value_error(std::string("a_row_sums: expected memory separate from ") +
+                              (in == &a ? "a" : "b") + ", got an overlapping array");
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   float* cp = static_cast<float*>(c.mutable_data());
@@ -516,7 +524,7 @@ farray activation_py(py::handle x_obj, bool tanh_) {
 py::object find_nonfinite_py(py::handle obj) {
   if (!py::isinstance<py::array>(obj)) return py::none();
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<float>()) || !(a.flags() & py::array::c_style) ||
+  if (!has_dtype<float>(a) || !(a.flags() & py::array::c_style) ||
       reinterpret_cast<std::uintptr_t>(a.data()) % alignof(float) != 0)
     return py::none();
   const float* p = cptr(a);

@@ -350,7 +350,16 @@ class BPTTBatcher:
         drop_last: bool = True,
         use_cython: Optional[bool] = None,
     ):
-        ids = np.asarray(ids, dtype=np.int32)
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
+            raise TypeError(
+                f"ids: expected a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}"
+            )
+        if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
+            raise ValueError(
+                f"ids: expected token ids in [0, 2**31), got [{arr.min()}, {arr.max()}]"
+            )
+        ids = arr.astype(np.int32)
         self.B, self.T = int(batch_size), int(seq_len)
         if self.B < 1 or self.T < 1:
             raise ValueError(f"batch_size and seq_len: expected >= 1, got {self.B}, {self.T}")

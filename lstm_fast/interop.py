@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import rnn as _rnn
+from .module import _from_torch
 
 __all__ = [
     "from_keras",
@@ -36,7 +37,7 @@ _CELLS = {"LSTMCell": _rnn.LSTMCell, "GRUCell": _rnn.GRUCell, "RNNCell": _rnn.RN
 
 def _np(a: Any) -> np.ndarray:
     if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
+        a = _from_torch(a)
     return np.ascontiguousarray(np.asarray(a), dtype=np.float32)
 
 
@@ -139,19 +140,39 @@ def _suffix(k: int, d: int) -> str:
     return f"_l{k}" + ("_reverse" if d else "")
 
 
+def _is_cell(layer) -> bool:
+    return isinstance(layer, (_rnn.LSTMCell, _rnn.GRUCell, _rnn.RNNCell))
+
+
+def _check_index(layer, k: Any, d: Any) -> tuple:
+    """Layer ``k`` and direction ``d`` as ints, checked against the layer (a cell has one)."""
+    L = 1 if _is_cell(layer) else layer.num_layers
+    D = 1 if _is_cell(layer) else layer.num_directions
+    for name, v, n in (("k", k, L), ("direction", d, D)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
+            raise ValueError(f"{name}: expected an int in [0, {n}) for this layer, got {v!r}")
+    return int(k), int(d)
+
+
+def _pname(layer, name: str, k: int, d: int) -> str:
+    return name if _is_cell(layer) else name + _suffix(k, d)
+
+
 def _get(layer, name, k, d):
-    p = layer._parameters.get(name + _suffix(k, d))
+    p = layer._parameters.get(_pname(layer, name, k, d))
     return None if p is None else p.data
 
 
-def _set(layer, name, k, d, value):
-    p = layer._parameters.get(name + _suffix(k, d))
-    if p is None:
-        raise ValueError(f"{name}{_suffix(k, d)}: the layer has no such parameter")
-    value = _np(value)
-    if value.shape != p.data.shape:
-        raise ValueError(f"{name}{_suffix(k, d)}: expected shape {p.data.shape}, got {value.shape}")
-    p.data[...] = value
+def _expect(name: str, a: np.ndarray, shape: tuple, legend: str) -> None:
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {legend} = {tuple(shape)}, got {a.shape}")
+
+
+def _load(layer, staged: dict) -> None:
+    """Write ``{parameter name: array}`` (every array already checked): all or nothing."""
+    for name, value in staged.items():
+        layer._parameters[name].data[...] = value
+    layer._on_load()
 
 
 # ---- Keras ---------------------------------------------------------------------------------------
@@ -159,11 +180,13 @@ def _set(layer, name, k, d, value):
 
 def to_keras(layer, k: int = 0, direction: int = 0) -> list:
     """Keras weights ``[kernel, recurrent_kernel, bias]`` of layer ``k``, one direction (Keras
-    ``LSTM``, ``GRU(reset_after=True)``, ``SimpleRNN``; ``layer.set_weights(...)`` takes them)."""
+    ``LSTM``, ``GRU(reset_after=True)``, ``SimpleRNN``; ``layer.set_weights(...)`` takes them).
+    Without bias (``bias=False``): ``[kernel, recurrent_kernel]`` (Keras ``use_bias=False``)."""
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
     if getattr(layer, "proj_size", 0):
         raise ValueError("to_keras: Keras has no LSTM projection (proj_size > 0)")
+    k, direction = _check_index(layer, k, direction)
     w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
     out = [_reorder(w_ih, order).T.copy(), _reorder(w_hh, order).T.copy()]
     b_ih, b_hh = _get(layer, "bias_ih", k, direction), _get(layer, "bias_hh", k, direction)
@@ -177,25 +200,44 @@ def to_keras(layer, k: int = 0, direction: int = 0) -> list:
 
 def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     """Load Keras weights ``[kernel, recurrent_kernel(, bias)]`` into layer ``k``, one direction.
-    An LSTM/RNN bias goes to ``bias_ih`` (``bias_hh`` = 0); a GRU bias must be (2, 3H)."""
+    An LSTM/RNN bias goes to ``bias_ih`` (``bias_hh`` = 0); a GRU bias must be (2, 3H).
+    Without a bias (Keras ``use_bias=False``) the layer's biases are set to zero; a bias for a
+    layer made with ``bias=False`` raises. Every array is checked before any parameter changes.
+    """
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
+    k, direction = _check_index(layer, k, direction)
+    if not isinstance(weights, (list, tuple)) or len(weights) not in (2, 3):
+        got = f"{len(weights)} arrays" if isinstance(weights, (list, tuple)) else type(weights)
+        raise ValueError(
+            f"weights: expected [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias], "
+            f"got {got}"
+        )
+    w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
+    (G, I), Hh = w_ih.shape, w_hh.shape[1]
     kernel, recurrent = _np(weights[0]), _np(weights[1])
-    _set(layer, "weight_ih", k, direction, _unorder(kernel.T, order))
-    _set(layer, "weight_hh", k, direction, _unorder(recurrent.T, order))
-    if len(weights) > 2 and layer.bias:
+    _expect("kernel", kernel, (I, G), "(I, G)")
+    _expect("recurrent_kernel", recurrent, (Hh, G), "(H, G)")
+    staged = {
+        _pname(layer, "weight_ih", k, direction): _unorder(kernel.T, order),
+        _pname(layer, "weight_hh", k, direction): _unorder(recurrent.T, order),
+    }
+    names = [_pname(layer, n, k, direction) for n in ("bias_ih", "bias_hh")]
+    if len(weights) > 2:
+        if not layer.bias:
+            raise ValueError("bias: given, but the layer was made with bias=False")
         bias = _np(weights[2])
         if kind == "GRU":
-            if bias.ndim != 2 or bias.shape[0] != 2:
-                raise ValueError(
-                    f"bias: expected shape (2, 3H) (GRU reset_after=True), got {bias.shape}"
-                )
-            _set(layer, "bias_ih", k, direction, _unorder(bias[0], order))
-            _set(layer, "bias_hh", k, direction, _unorder(bias[1], order))
+            _expect("bias", bias, (2, G), "(2, 3H) (GRU reset_after=True)")
+            staged[names[0]] = _unorder(bias[0], order)
+            staged[names[1]] = _unorder(bias[1], order)
         else:
-            _set(layer, "bias_ih", k, direction, _unorder(bias, order))
-            _set(layer, "bias_hh", k, direction, np.zeros_like(bias))
-    layer._on_load()
+            _expect("bias", bias, (G,), "(G,)")
+            staged[names[0]] = _unorder(bias, order)
+            staged[names[1]] = np.zeros_like(bias)
+    elif layer.bias:  # Keras use_bias=False: no bias at all
+        staged[names[0]] = staged[names[1]] = np.zeros(G, np.float32)
+    _load(layer, staged)
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------
@@ -203,12 +245,14 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
 
 def to_onnx(layer, k: int = 0) -> dict:
     """ONNX initializers ``{"W", "R", "B"}`` of layer ``k`` (both directions when
-    bidirectional), for the ONNX ``LSTM``/``GRU``/``RNN`` operator (GRU: linear_before_reset=1)."""
+    bidirectional), for the ONNX ``LSTM``/``GRU``/``RNN`` operator (GRU: linear_before_reset=1).
+    Without bias (``bias=False``) there is no ``"B"`` (ONNX's default: zero)."""
     kind = _kind(layer)
     if getattr(layer, "proj_size", 0):
         raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    k, _ = _check_index(layer, k, 0)
     order = _ONNX_ORDER[kind]
-    D = layer.num_directions
+    D = 1 if _is_cell(layer) else layer.num_directions
     W = np.stack([_reorder(_get(layer, "weight_ih", k, d), order) for d in range(D)])
     R = np.stack([_reorder(_get(layer, "weight_hh", k, d), order) for d in range(D)])
     out = {"W": W, "R": R}
@@ -225,19 +269,29 @@ def to_onnx(layer, k: int = 0) -> dict:
 
 
 def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0) -> None:
-    """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``."""
+    """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``.
+
+    ``B`` omitted: zero biases (the ONNX operator's default); a ``B`` for a layer made with
+    ``bias=False`` raises. Every array is checked before any parameter changes."""
     kind = _kind(layer)
     order = _ONNX_ORDER[kind]
+    k, _ = _check_index(layer, k, 0)
+    D = 1 if _is_cell(layer) else layer.num_directions
+    (G, I), Hh = _get(layer, "weight_ih", k, 0).shape, _get(layer, "weight_hh", k, 0).shape[1]
     W, R = _np(W), _np(R)
-    D = layer.num_directions
-    if W.ndim != 3 or W.shape[0] != D:
-        raise ValueError(f"W: expected shape (D={D}, G, I), got {W.shape}")
+    _expect("W", W, (D, G, I), "(D, G, I)")
+    _expect("R", R, (D, G, Hh), "(D, G, H)")
+    if B is not None:
+        if not layer.bias:
+            raise ValueError("B: given, but the layer was made with bias=False")
+        B = _np(B)
+        _expect("B", B, (D, 2 * G), "(D, 2G)")
+    staged = {}
     for d in range(D):
-        _set(layer, "weight_ih", k, d, _unorder(W[d], order))
-        _set(layer, "weight_hh", k, d, _unorder(R[d], order))
-        if B is not None and layer.bias:
-            b = _np(B)[d]
-            G = b.shape[0] // 2
-            _set(layer, "bias_ih", k, d, _unorder(b[:G], order))
-            _set(layer, "bias_hh", k, d, _unorder(b[G:], order))
-    layer._on_load()
+        staged[_pname(layer, "weight_ih", k, d)] = _unorder(W[d], order)
+        staged[_pname(layer, "weight_hh", k, d)] = _unorder(R[d], order)
+        if layer.bias:
+            b = np.zeros(2 * G, np.float32) if B is None else B[d]
+            staged[_pname(layer, "bias_ih", k, d)] = _unorder(b[:G], order)
+            staged[_pname(layer, "bias_hh", k, d)] = _unorder(b[G:], order)
+    _load(layer, staged)

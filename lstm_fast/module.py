@@ -18,6 +18,15 @@ import numpy as np
 __all__ = ["Parameter", "Module"]
 
 
+def _from_torch(t: Any) -> np.ndarray:
+    """A torch tensor as a NumPy array, without importing torch. Floating tensors come as
+    float32 (what every lstm_fast parameter and kernel takes): NumPy has no bfloat16."""
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        t = t.float()
+    return t.numpy()
+
+
 class Parameter:
     """A trainable array: ``data`` (float32, C-contiguous) and ``grad`` (same shape).
 
@@ -93,15 +102,27 @@ class Module:
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(
-        self, prefix: str = "", recurse: bool = True
-    ) -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(name, Parameter)`` in registration order, PyTorch's dotted names."""
+    def _named_parameters_all(self, prefix: str, recurse: bool):
         for name, p in self._parameters.items():
             yield (f"{prefix}.{name}" if prefix else name), p
         if recurse:
             for mname, m in self._modules.items():
-                yield from m.named_parameters(f"{prefix}.{mname}" if prefix else mname)
+                yield from m._named_parameters_all(f"{prefix}.{mname}" if prefix else mname, True)
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(name, Parameter)`` in registration order, PyTorch's dotted names. A
+        parameter shared by several modules (tied weights) is yielded once, under its first
+        name, unless ``remove_duplicate=False`` (as PyTorch's): an optimizer given
+        ``parameters()`` updates it once."""
+        seen: set = set()
+        for name, p in self._named_parameters_all(prefix, recurse):
+            if remove_duplicate:
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+            yield name, p
 
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
         for _, p in self.named_parameters(recurse=recurse):
@@ -109,8 +130,11 @@ class Module:
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict:
-        """Copies of every parameter's data, keyed by dotted name."""
-        return OrderedDict((n, p.data.copy()) for n, p in self.named_parameters())
+        """Copies of every parameter's data, keyed by dotted name (a shared parameter under
+        each of its names, as PyTorch's)."""
+        return OrderedDict(
+            (n, p.data.copy()) for n, p in self.named_parameters(remove_duplicate=False)
+        )
 
     def load_state_dict(self, state_dict: Any, strict: bool = True) -> None:
         """Load arrays (NumPy, torch tensors, lists: anything ``np.asarray`` takes) by name.
@@ -118,7 +142,7 @@ class Module:
         Every entry is checked (shape, finite conversion to float32) before any parameter is
         changed, so a failed load leaves the module as it was.
         """
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
@@ -129,7 +153,7 @@ class Module:
                 continue
             value = state_dict[name]
             if hasattr(value, "detach"):  # a torch tensor: no torch import needed
-                value = value.detach().cpu().numpy()
+                value = _from_torch(value)
             arr = np.asarray(value)
             if arr.shape != p.data.shape:
                 raise ValueError(

@@ -102,10 +102,15 @@ class Linear(Module):
     def backward(self, dy: Any) -> np.ndarray:
         if self._x is None:
             raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")
-        dy2 = np.asarray(dy, dtype=np.float32).reshape(-1, self.out_features)
-        if dy2.shape[0] != self._x.shape[0]:
-            raise ValueError(f"dy: expected {self._x.shape[0]} rows, got {dy2.shape[0]}")
-        dy2 = np.ascontiguousarray(dy2)
+        dy = np.asarray(dy, dtype=np.float32)
+        out_shape = (*self._xshape[:-1], self.out_features)
+        N = self._x.shape[0]
+        if dy.shape != out_shape and dy.shape != (N, self.out_features):
+            raise ValueError(
+                f"dy: expected shape {out_shape} (the output's) or (N={N}, O="
+                f"{self.out_features}), got {dy.shape}"
+            )
+        dy2 = np.ascontiguousarray(dy.reshape(N, self.out_features))
         gw = self.weight.grad
         gb = None if self.bias is None else self.bias.grad
         if _fast_grad(gw) and (gb is None or _fast_grad(gb)):
@@ -198,7 +203,14 @@ class Embedding(Module):
         if self._ids is None:
             raise RuntimeError("Embedding.backward: no saved forward (call it in training mode)")
         flat = self._ids.reshape(-1)
-        dy2 = np.asarray(dy, dtype=np.float32).reshape(flat.size, self.embedding_dim)
+        dy = np.asarray(dy, dtype=np.float32)
+        out_shape = (*self._ids.shape, self.embedding_dim)
+        if dy.shape != out_shape and dy.shape != (flat.size, self.embedding_dim):
+            raise ValueError(
+                f"dy: expected shape {out_shape} (the output's) or (N={flat.size}, "
+                f"E={self.embedding_dim}), got {dy.shape}"
+            )
+        dy2 = dy.reshape(flat.size, self.embedding_dim)
         g = self.weight.grad
         if _fast_grad(g) and g.ndim == 2:
             _core.index_add_rows(g, flat.astype(np.int64, copy=False), np.ascontiguousarray(dy2))

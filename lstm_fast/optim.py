@@ -75,13 +75,44 @@ class Optimizer:
         for p in self.params:
             if not isinstance(p, Parameter):
                 raise TypeError(f"params: expected Parameter objects, got {type(p).__name__}")
-        lr = hyper.get("lr")
-        if lr is None or not lr >= 0:
-            raise ValueError(f"lr: expected a float >= 0, got {lr}")
+        self._check_hyper(hyper)
         for k, v in hyper.items():
             setattr(self, k, v)
         self.step_count = 0
         self.state: list[dict] = [{} for _ in self.params]
+
+    # Hyper-parameters that must be real numbers >= 0 (PyTorch's checks).
+    _NON_NEGATIVE = (
+        "lr",
+        "eps",
+        "weight_decay",
+        "momentum",
+        "alpha",
+        "lr_decay",
+        "initial_accumulator_value",
+    )
+
+    @classmethod
+    def _check_hyper(cls, hyper: Mapping) -> None:
+        """Raise ValueError naming the first hyper-parameter out of its range (NaN included), so
+        a bad value fails at construction (or load) instead of in the middle of a step."""
+        for k in cls._NON_NEGATIVE:
+            if k not in hyper:
+                continue
+            v = hyper[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{k}: expected a float >= 0, got {type(v).__name__}")
+            if not v >= 0:
+                raise ValueError(f"{k}: expected a float >= 0, got {v}")
+        if "betas" in hyper:
+            b = hyper["betas"]
+            ok = isinstance(b, (tuple, list)) and len(b) == 2
+            ok = ok and all(
+                not isinstance(x, bool) and isinstance(x, (int, float, np.integer, np.floating))
+                for x in b
+            )
+            if not ok or not all(0.0 <= x < 1.0 for x in b):
+                raise ValueError(f"betas: expected two floats in [0, 1), got {b!r}")
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -99,7 +130,17 @@ class Optimizer:
         ``zero_grad=True`` also sets every gradient to zero afterwards, as :meth:`zero_grad`
         would before the next backward; optimizers with a fused kernel (Adam, AdamW) do it in
         the same pass over memory as the update, so a training loop saves a pass of its own.
+
+        Every gradient's shape is checked first: a bad one raises before any parameter or
+        state changes.
         """
+        for i, p in enumerate(self.params):
+            if not isinstance(p.grad, np.ndarray) or p.grad.shape != p.data.shape:
+                got = p.grad.shape if isinstance(p.grad, np.ndarray) else type(p.grad).__name__
+                raise ValueError(
+                    f"step: parameter {i}: grad: expected an array of shape {p.data.shape} (the "
+                    f"parameter's), got {got}"
+                )
         self.step_count += 1
         for i, p in enumerate(self.params):
             if not self._update(i, p, zero_grad) and zero_grad:
@@ -189,6 +230,10 @@ class Optimizer:
         missing = [k for k in self.state_spec(hyper, step) if k not in arrays]
         if missing:
             raise ValueError(f"load_state_dict: missing arrays {missing[:6]} (step {step})")
+        try:
+            self._check_hyper(hyper)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"load_state_dict: hyper: {e}") from None
         for k, v in hyper.items():
             setattr(self, k, v)
         self.step_count = int(step)

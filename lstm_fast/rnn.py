@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import ops
-from .module import Module, Parameter
+from .module import Module, Parameter, _from_torch
 from .ops import _finite
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
@@ -59,11 +59,11 @@ def _guard_finite(layer, **arrays) -> None:
 def _as_float32(name: str, value: Any) -> np.ndarray:
     """Explicit conversion at the layer boundary: real floating input -> C-contiguous float32."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+        value = _from_torch(value)
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
 
 
 def _c(a):
@@ -89,6 +89,8 @@ def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
     if hasattr(lengths, "detach"):
         lengths = lengths.detach().cpu().numpy()
     arr = np.asarray(lengths)
+    if arr.size == 0 and arr.dtype.kind == "f":  # [] is float64 to NumPy (a batch of 0)
+        arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
     if arr.shape != (B,):
@@ -231,6 +233,8 @@ class _RNNBase(Module):
     ):
         super().__init__()
         _check_bool("check_finite", check_finite)
+        _check_bool("bias", bias)  # as torch.nn.LSTM: bias="False" must not mean True
+        _check_bool("batch_first", batch_first)
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         num_layers = _check_int("num_layers", num_layers, 1)
@@ -325,6 +329,31 @@ class _RNNBase(Module):
     def _on_load(self) -> None:
         object.__setattr__(self, "_stream", None)
         super()._on_load()
+
+    def __getstate__(self) -> dict:
+        """``copy.deepcopy`` and pickle take the parameters and settings, not the kernels'
+        cache of the last training forward (native memory): a copy's backward needs a forward
+        of its own. Streaming buffers are made anew on the copy's first ``step``."""
+        state = {**self.__dict__, "_saved": None}
+        state.pop("_streams", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_streams", threading.local())
+
+    # The buffers of :meth:`step`, one set per Python thread: two threads streaming through the
+    # same layer at once must not share state slots. Setting None drops every thread's.
+    @property
+    def _stream(self) -> Optional[_Stream]:
+        return getattr(self._streams, "stream", None)
+
+    @_stream.setter
+    def _stream(self, st: Optional[_Stream]) -> None:
+        if st is None:
+            object.__setattr__(self, "_streams", threading.local())
+        else:
+            self._streams.stream = st
 
     # -- input handling -------------------------------------------------------------------------
     def _states_in(self, hx, B, unbatched):
@@ -733,8 +762,9 @@ class _RNNBase(Module):
         ``x_t`` (B, I) float32 (or (I,)); ``state`` as returned by the previous call (or None for
         zeros). Returns ``(y_t, state)`` with y_t (B, H) — written into ``out`` when given. The
         weights are read in place and every buffer (states, workspaces) is allocated on the first
-        call for a batch size and reused afterwards: the returned state lives in internal
-        buffers and is only valid until the next call (copy it to keep it).
+        call for a batch size and reused afterwards (one set per Python thread, so threads may
+        stream through one layer at once): the returned state lives in internal buffers and is
+        only valid until the thread's next call (copy it to keep it).
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence")
@@ -751,10 +781,17 @@ class _RNNBase(Module):
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
             raise ValueError(f"x_t: expected shape (B, I={self.input_size}), got {x_t.shape}")
         B = x_t.shape[0]
+        if out is not None:
+            want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+            if not isinstance(out, np.ndarray) or out.shape != want or not out.flags.writeable:
+                got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
+                raise ValueError(f"out: expected a writeable array of shape {want}, got {got}")
         st = self._stream
         if st is None or st.B != B:
             st = _Stream(self, B)
             object.__setattr__(self, "_stream", st)
+        if state is not None:
+            st.check(state)
         y = st.run(x_t, state)
         if out is not None:
             out[...] = y[0] if unbatched else y
@@ -795,6 +832,28 @@ class _Stream:
         # The same view objects every time: passing them back is recognised without a copy.
         cur = self.cur
         return (self.hs[cur], self.cs[cur]) if self.c is not None else self.hs[cur]
+
+    def check(self, state) -> None:
+        """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (what step
+        returned, or h_n / c_n of a forward). Raises before anything is written."""
+        L, H = self.layer.num_layers, self.layer.hidden_size
+        if self.c is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError("state: expected a tuple (h, c) as returned by step")
+            items = (("state[0] (h)", state[0]), ("state[1] (c)", state[1]))
+        else:
+            if isinstance(state, (tuple, list)):
+                raise TypeError("state: expected one array h as returned by step, got a tuple")
+            items = (("state (h)", state),)
+        cur = self.cur
+        for name, a in items:
+            if a is self.hs[cur] or a is self.cs[cur]:
+                continue
+            shape = np.shape(a)
+            if shape != (L, self.B, H):
+                raise ValueError(
+                    f"{name}: expected shape (num_layers, B, H) = {(L, self.B, H)}, got {shape}"
+                )
 
     def run(self, x_t, state):
         cur, nxt = self.cur, 1 - self.cur
@@ -1019,6 +1078,10 @@ class _CellBase(Module):
             s += f", nonlinearity={self.nonlinearity!r}"
         return s
 
+    def __getstate__(self) -> dict:
+        """As the layers': copies and pickles leave out the cache of the last training forward."""
+        return {**self.__dict__, "_saved": None}
+
     def _w(self):
         get = self._parameters.get
         return tuple(
@@ -1062,7 +1125,7 @@ class _CellBase(Module):
             self.training,
             False,
         )
-        object.__setattr__(self, "_saved", (cache, unbatched) if self.training else None)
+        object.__setattr__(self, "_saved", (cache, unbatched, B) if self.training else None)
         if unbatched:
             hn = hn[0]
             cn = None if cn is None else cn[0]
@@ -1074,7 +1137,7 @@ class _CellBase(Module):
         ``need_dx=False``: dx is None and its product is skipped."""
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
-        cache, unbatched = self._saved
+        cache, unbatched, B = self._saved
         get = self._parameters.get
         grads = tuple(
             None if get(n) is None else get(n).grad
@@ -1086,7 +1149,11 @@ class _CellBase(Module):
             if a is None:
                 return None
             a = _as_float32(nm, a)
-            return _c(a.reshape(-1, H))
+            want = (H,) if unbatched else (B, H)
+            if a.shape != want:
+                letters = f"(H={H},)" if unbatched else f"(B={B}, H={H})"
+                raise ValueError(f"{nm}: expected shape {letters} (the output's), got {a.shape}")
+            return _c(a.reshape(B, H))
 
         dx, dh0, dc0 = _Direction.backward(
             self._mode, cache, None, state("dh", dh), state("dc", dc), grads, need_dx

@@ -36,6 +36,8 @@ Autograd
     gradient accumulation work unchanged). Inputs, initial states, parameters and outputs the
     kernel cache refers to are saved with ``save_for_backward``: modifying them in place before
     ``backward`` raises torch's usual version-counter error instead of giving wrong gradients.
+    The kernels' backward is first order only: a second-order gradient through it (after
+    ``create_graph=True``) raises ``RuntimeError`` instead of silently missing its terms.
     Layers are composed as in ``torch.nn.LSTM``: the reverse direction runs on a time-reversed
     copy, dropout between layers is ``torch.nn.functional.dropout`` (torch's RNG, training mode
     only).
@@ -180,6 +182,40 @@ def _tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
     return None if a is None else torch.from_numpy(a)
 
 
+class _NoSecondOrder(torch.autograd.Function):
+    """Passes first-order gradients through unchanged, linked to the tensors they depend on
+    (inputs, weights, upstream gradients): a second-order gradient through lstm_fast's backward
+    (which builds no graph) reaches this node and raises, instead of silently missing terms."""
+
+    @staticmethod
+    def forward(ctx, n, *tensors):
+        return tuple(t.view_as(t) for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "lstm_fast.torch: double backward (a gradient of a gradient, create_graph=True) "
+            "through lstm_fast's kernels is not supported; use torch's own module "
+            "(lstm_fast.torch.restore_rnns(model)) for higher-order gradients"
+        )
+
+
+def _first_order(grads: tuple, links: tuple) -> tuple:
+    """``grads`` as is, or -- under ``create_graph=True`` (grad mode on inside backward) with a
+    link that requires grad -- routed through :class:`_NoSecondOrder`."""
+    if not torch.is_grad_enabled():
+        return grads
+    links = tuple(t for t in links if isinstance(t, torch.Tensor) and t.requires_grad)
+    at = [i for i, g in enumerate(grads) if g is not None]
+    if not links or not at:
+        return grads
+    passed = _NoSecondOrder.apply(len(at), *(grads[i] for i in at), *links)
+    out = list(grads)
+    for i, g in zip(at, passed):
+        out[i] = g
+    return tuple(out)
+
+
 class _Direction(torch.autograd.Function):
     """One layer, one direction, over a whole (T, B, I) sequence; backward by lstm_fast."""
 
@@ -215,14 +251,15 @@ class _Direction(torch.autograd.Function):
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
                 "parameter required grad); it cannot be differentiated"
             )
-        ctx.saved_tensors  # noqa: B018  (raises if a saved tensor was modified in place)
+        saved = ctx.saved_tensors  # raises if a saved tensor was modified in place
         grads = ctx.kernel.backward(
             ctx.cache, _array(dy), _array(dh_n), _array(dc_n), ctx.needs_input_grad[3]
         )
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads[:7]  # fresh arrays, never aliased
         dw_hr = grads[7] if len(grads) > 7 else None
         wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), ctx.needs_input_grad[3:])
-        return (None, None, None, *(_tensor(g) if n and g is not None else None for g, n in wanted))
+        out = tuple(_tensor(g) if n and g is not None else None for g, n in wanted)
+        return (None, None, None, *_first_order(out, (*saved, dy, dh_n, dc_n)))
 
 
 class _BothDirections(torch.autograd.Function):
@@ -273,7 +310,7 @@ class _BothDirections(torch.autograd.Function):
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
                 "parameter required grad); it cannot be differentiated"
             )
-        ctx.saved_tensors  # noqa: B018  (raises if a saved tensor was modified in place)
+        saved = ctx.saved_tensors  # raises if a saved tensor was modified in place
         n = 3 if ctx.kernel.has_cell else 2
         per = [grads[d * n : (d + 1) * n] for d in (0, 1)]
 
@@ -302,7 +339,7 @@ class _BothDirections(torch.autograd.Function):
             for j in range(5):  # w_ih, w_hh, b_ih, b_hh, w_hr
                 g = res[d][3 + j] if 3 + j < len(res[d]) else None
                 out.append(_tensor(g) if need[9 + 5 * d + j] and g is not None else None)
-        return tuple(out)
+        return (None, None, None, *_first_order(tuple(out[3:]), (*saved, *grads)))
 
 
 # -- checks ----------------------------------------------------------------------------------------

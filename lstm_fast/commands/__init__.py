@@ -15,10 +15,41 @@ def emit_json(args, figures: dict) -> None:
 
 def set_threads(args) -> None:
     n = getattr(args, "threads", None)
-    if n:
+    if n is not None:
         import lstm_fast
 
-        lstm_fast.set_num_threads(n)
+        try:
+            lstm_fast.set_num_threads(n)
+        except (TypeError, ValueError) as e:  # a usage error, as argparse reports them
+            print(f"lstm-fast: error: --threads: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {v}")
+    return v
+
+
+def number(text: str) -> float:
+    """argparse type: a float that is not NaN."""
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if math.isnan(v):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return v
 
 
 def add_common(parser) -> None:

@@ -3,20 +3,25 @@ string."""
 
 from __future__ import annotations
 
-from . import add_common, emit_json, set_threads
+from . import add_common, emit_json, non_negative_int, number, set_threads
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="run directory (or checkpoint .npz)")
-    parser.add_argument("--length", type=int, default=500, help="characters to generate")
+    parser.add_argument(
+        "--length", type=non_negative_int, default=500, help="characters to generate"
+    )
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=number,
         default=0.8,
         help="softmax temperature; 0 picks the most likely character",
     )
     parser.add_argument(
-        "--top-k", type=int, default=0, help="sample among the k most likely characters (0: all)"
+        "--top-k",
+        type=non_negative_int,
+        default=0,
+        help="sample among the k most likely characters (0: all)",
     )
     parser.add_argument("--prime", default="\n", help="text fed to the model first")
     parser.add_argument("--seed", type=int, default=0)

@@ -499,6 +499,8 @@ class Sampler:
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; returns the (preallocated) logits of the next one."""
+        if not 0 <= token < self.V:  # a negative id would wrap around the table silently
+            raise IndexError(f"token: expected an id in [0, V={self.V}), got {token}")
         H, g = self.H, self.gates
         for k in range(self.L):
             h, c = self.h[k], self.c[k]
@@ -542,10 +544,24 @@ class Sampler:
         return min(int(np.searchsorted(self.cdf, u, side="right")), self.V - 1)
 
     def generate(self, prime_ids, length: int, temperature: float = 1.0, top_k: int = 0) -> list:
-        """``length`` new token ids after feeding ``prime_ids`` (at least one id)."""
-        prime_ids = [int(t) for t in prime_ids]
-        if not prime_ids:
-            raise ValueError("prime_ids: expected at least one token")
+        """``length`` new token ids after feeding ``prime_ids`` (at least one id in [0, V)).
+        ``temperature`` <= 0 picks the most likely token; ``top_k`` > 0 samples among the k
+        most likely. Everything is checked before the state changes."""
+        ids = np.asarray(prime_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"prime_ids: expected at least one token id, got shape {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"prime_ids: expected integer token ids, got dtype {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= self.V:
+            raise ValueError(
+                f"prime_ids: expected ids in [0, V={self.V}), got [{ids.min()}, {ids.max()}]"
+            )
+        for name, v in (("length", length), ("top_k", top_k)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+        if math.isnan(temperature):
+            raise ValueError(f"temperature: expected a number, got {temperature}")
+        prime_ids = [int(t) for t in ids]
         for t in prime_ids:
             self.step(t)
         out = []

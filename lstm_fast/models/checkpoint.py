@@ -360,7 +360,8 @@ def restore_module(path, module, arrays: Mapping[str, np.ndarray], prefix: str =
     ``prefix`` entries): on a mismatch :class:`CheckpointError` names each offending array with
     the expected and given values, and ``module`` is left unchanged.
     """
-    expected = {n: (p.data.shape, p.data.dtype) for n, p in module.named_parameters()}
+    named = module.named_parameters(remove_duplicate=False)  # every state_dict name
+    expected = {n: (p.data.shape, p.data.dtype) for n, p in named}
     check_arrays(path, arrays, expected, prefix=prefix)
     module.load_state_dict({n: arrays[prefix + n] for n in expected})
 

@@ -126,8 +126,17 @@ class SequenceClassifier(Module):
 
     def forward(self, ids, lengths, bigram_ids=None):
         ids = np.asarray(ids)
-        lengths = np.asarray(lengths, dtype=np.int64)
+        if ids.ndim != 2:
+            raise ValueError(f"ids: expected shape (T, B), got {ids.shape}")
         T, B = ids.shape
+        lens = np.asarray(lengths)
+        if lens.dtype.kind not in "iu" and not (lens.size == 0 and lens.dtype.kind == "f"):
+            raise TypeError(f"lengths: expected integers, got dtype {lens.dtype}")
+        if lens.shape != (B,):
+            raise ValueError(f"lengths: expected shape (B={B},), got {lens.shape}")
+        if B and (lens.min() < 1 or lens.max() > T):
+            raise ValueError(f"lengths: expected values in [1, T={T}], got {lens.tolist()}")
+        lengths = lens.astype(np.int64)
         H = self.config["hidden_size"]
         cols = np.arange(B)[None, :]
         rev = _reverse_index(lengths, T)
@@ -510,18 +519,23 @@ def pretrain_lm(
 def predict_log_proba(model, seqs, bseqs=None, batch_size: int = 256) -> np.ndarray:
     """Log class probabilities (N, C) of token sequences ``seqs`` (and their bigram ids
     ``bseqs`` when the model has a bigram embedding), for a :class:`SequenceClassifier` or a
-    :class:`ClassifierEnsemble`, in eval mode."""
+    :class:`ClassifierEnsemble`, in eval mode (the model's own mode is restored afterwards)."""
+    members = model.members if isinstance(model, ClassifierEnsemble) else [model]
+    modes = [m.training for m in members]  # restored afterwards: a served model stays in eval
     model.eval()
-    pad = model.config["pad_id"] or 0
-    bpad = model.config.get("bigram_pad_id") or 0
-    order = np.argsort([len(s) for s in seqs], kind="stable")
-    out = np.empty((len(seqs), model.config["num_classes"]), np.float64)
-    for k in range(0, len(order), batch_size):
-        idx = order[k : k + batch_size]
-        ids, lengths = _pad(seqs, idx, pad)
-        bids = _pad(bseqs, idx, bpad)[0] if bseqs is not None else None
-        out[idx] = log_softmax(np.asarray(model(ids, lengths, bids), np.float64), axis=1)
-    model.train()
+    try:
+        pad = model.config["pad_id"] or 0
+        bpad = model.config.get("bigram_pad_id") or 0
+        order = np.argsort([len(s) for s in seqs], kind="stable")
+        out = np.empty((len(seqs), model.config["num_classes"]), np.float64)
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            ids, lengths = _pad(seqs, idx, pad)
+            bids = _pad(bseqs, idx, bpad)[0] if bseqs is not None else None
+            out[idx] = log_softmax(np.asarray(model(ids, lengths, bids), np.float64), axis=1)
+    finally:
+        for m, mode in zip(members, modes):
+            m.train(mode)
     return out
 
 

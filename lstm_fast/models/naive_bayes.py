@@ -37,7 +37,16 @@ class NaiveBayes:
         self.class_count = None  # (C,)
 
     def fit(self, texts: Sequence[str], labels) -> NaiveBayes:
-        labels = np.asarray(labels, dtype=np.int64)
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or lab.shape[0] != len(texts) or not lab.size:
+            raise ValueError(
+                f"labels: expected shape (N={len(texts)},) with N >= 1, got {lab.shape}"
+            )
+        if lab.dtype.kind not in "iu":
+            raise TypeError(f"labels: expected integer class ids, got dtype {lab.dtype}")
+        if lab.min() < 0:
+            raise ValueError(f"labels: expected class ids >= 0, got {lab.min()}")
+        labels = lab.astype(np.int64)
         C = int(labels.max()) + 1
         self.index = {}
         indptr, ids = _data.featurize(

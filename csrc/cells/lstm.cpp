@@ -80,13 +80,10 @@ void final_states(float* h_n, float* c_n, const float* y, const float* cells, co
   }
 }
 
-// Forward for very few steps (see use_unpacked): nothing is packed. Threads split the hidden
-// units (blocks of W) and compute everything of their units: their columns of every gate of
-// the input projection (biases, then x . W_ih^T by dot products over W_ih's rows, kernel
-// gemm_nt), per step the same columns of h_prev . W_hh^T over all active rows, then the gate
-// maths of their units. A step's only exchange is h_t: one barrier per step but the last (none
-// for a single step). Column groups of gemm_nt start at q*H + u0 with u0 a multiple of W, so a
-// column is summed alike for any thread count.
+// Forward for very few steps (see use_unpacked): nothing is packed. Threads split the 4H gate
+// columns: each computes its columns of the input projection (biases, then x . W_ih^T by dot
+// products over W_ih's rows, kernel gemm_nt) and, per step, of h_prev . W_hh^T over all active
+// rows at once; then the gate maths (threads split the units).
 void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
                            const float* h_init, const float* c_init, const float* W_ih,
                            const float* W_hh, const float* b_ih, const float* b_hh,
@@ -98,44 +95,39 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   float* xp = training ? gates : xp_buf;  // packed rows with batch_sizes (see packed.h)
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
   const index_t rows_all = T * B;
-  const index_t nub = num_unit_blocks(kern, H);
-  const int P = (G * (H + I) * rows_all >= (index_t(1) << 17) && nthreads > 1 && nub >= 2)
-                    ? static_cast<int>(std::min<index_t>(nthreads, nub))
-                    : 1;
-  index_t nrows = rows_all;  // active rows over all steps
-  if (bs) {
-    nrows = 0;
-    for (index_t t = 0; t < T; ++t) nrows += bs[t];
-  }
+  const int P = (G * (H + I) * rows_all >= (index_t(1) << 17) && nthreads > 1) ? nthreads : 1;
+  const index_t nub = num_unit_blocks(kern, H), nblk = (G + 7) / 8;
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
+    const index_t n0 = std::min(G, nblk * p / np * 8), n1 = std::min(G, nblk * (p + 1) / np * 8);
     const index_t ub0 = nub * p / np, ub1 = nub * (p + 1) / np;
-    const index_t u0 = std::min(H, ub0 * kern.W), u1 = std::min(H, ub1 * kern.W), nu = u1 - u0;
-    if (nu > 0) {  // this thread's columns of the input projection, active rows only
-      for (int q = 0; q < 4; ++q) {
-        const index_t c0 = q * H + u0;
-        if (ids) {  // embedding input: the projection is a row of the table
-          for (index_t r = 0; r < nrows; ++r)
-            std::memcpy(xp + r * G + c0, table + ids[r] * G + c0, nu * sizeof(float));
-          continue;
-        }
+    if (n1 > n0) {  // this thread's columns of the input projection, active rows only
+      index_t nrows = rows_all;
+      if (bs) {
+        nrows = 0;
+        for (index_t t = 0; t < T; ++t) nrows += bs[t];
+      }
+      if (ids) {  // embedding input: the projection is a row of the table
+        for (index_t r = 0; r < nrows; ++r)
+          std::memcpy(xp + r * G + n0, table + ids[r] * G + n0, (n1 - n0) * sizeof(float));
+      } else {
         for (index_t r = 0; r < nrows; ++r) {
           float* dst = xp + r * G;
-          for (index_t j = c0; j < c0 + nu; ++j)
+          for (index_t j = n0; j < n1; ++j)
             dst[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
         }
-        if (!bs) {
-          kern.gemm_nt(rows_all, nu, I, x, I, W_ih + c0 * I, I, xp + c0, G);
-        } else {
-          index_t off = 0;
-          for (index_t t = 0; t < T; off += bs[t], ++t)
-            if (bs[t] > 0)
-              kern.gemm_nt(bs[t], nu, I, x + t * B * I, I, W_ih + c0 * I, I, xp + off * G + c0,
-                           G);
-        }
+      }
+      if (!ids && !bs) {
+        kern.gemm_nt(rows_all, n1 - n0, I, x, I, W_ih + n0 * I, I, xp + n0, G);
+      } else if (!ids) {
+        index_t off = 0;
+        for (index_t t = 0; t < T; off += bs[t], ++t)
+          if (bs[t] > 0)
+            kern.gemm_nt(bs[t], n1 - n0, I, x + t * B * I, I, W_ih + n0 * I, I,
+                         xp + off * G + n0, G);
       }
     }
     index_t off = 0;  // packed row of this step's row 0
@@ -146,13 +138,13 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
       const index_t rows = bs ? bs[t] : B;
       float* xp_t = xp + off * G;
       off += rows;
-      if (rows > 0 && nu > 0) {
-        for (int q = 0; q < 4; ++q)
-          kern.gemm_nt(rows, nu, H, h_prev, H, W_hh + (q * H + u0) * H, H, xp_t + q * H + u0, G);
+      if (rows > 0 && n1 > n0)
+        kern.gemm_nt(rows, n1 - n0, H, h_prev, H, W_hh + n0 * H, H, xp_t + n0, G);
+      if (np > 1) team_barrier();
+      if (ub1 > ub0 && rows > 0)
         kern.lstm_fwd_rows(rows, H, 0, ub0, ub1, y + t * B * H, H, c_out,
                            training ? xp_t : nullptr, h_prev, H, c_prev, xp_t, nullptr);
-      }
-      if (np > 1 && t + 1 < T) team_barrier();  // h_t complete before step t + 1 reads it
+      if (np > 1) team_barrier();
     }
   });
 }

@@ -144,7 +144,7 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
       if (ub1 > ub0 && rows > 0)
         kern.lstm_fwd_rows(rows, H, 0, ub0, ub1, y + t * B * H, H, c_out,
                            training ? xp_t : nullptr, h_prev, H, c_prev, xp_t, nullptr);
-      if (np > 1) team_barrier();
+      if (np > 1 && t + 1 < T) team_barrier();  // (the region's end joins after the last)
     }
   });
 }

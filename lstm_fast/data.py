@@ -224,8 +224,14 @@ class Vocab:
 
     def decode(self, ids: Iterable[int]) -> str:
         sep = "" if self.level == "char" else " "
-        itos = self.itos
-        return sep.join(itos[int(i)] for i in ids)
+        itos, n = self.itos, len(self.itos)
+        out = []
+        for i in ids:
+            k = int(i)
+            if not 0 <= k < n:  # a negative id would index from the end
+                raise IndexError(f"ids: expected values in [0, V={n}), got {k}")
+            out.append(itos[k])
+        return sep.join(out)
 
     # -- persistence ----------------------------------------------------------------------------
     def to_dict(self) -> dict:

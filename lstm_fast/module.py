@@ -163,7 +163,19 @@ class Module:
                 raise TypeError(
                     f"load_state_dict: {name}: expected a real numeric array, got dtype {arr.dtype}"
                 )
-            staged[name] = arr.astype(p.data.dtype, copy=False)
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = arr.astype(p.data.dtype, copy=False)
+            if cast is not arr and cast.dtype.kind == "f":
+                # finite values that do not fit (1e300 -> inf in float32) are refused
+                with np.errstate(invalid="ignore"):
+                    overflow = ~np.isfinite(cast) & np.isfinite(arr)
+                if overflow.any():
+                    bad = arr[overflow].flat[0]
+                    raise ValueError(
+                        f"load_state_dict: {name}: expected values within float32's range, "
+                        f"got {bad!r}"
+                    )
+            staged[name] = cast
         for name, arr in staged.items():
             own[name].data[...] = arr
         self._on_load()
@@ -175,6 +187,8 @@ class Module:
 
     # -- modes and gradients ----------------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
+        if not isinstance(mode, (bool, np.bool_)):  # "False" would be truthy (PyTorch raises too)
+            raise TypeError(f"train: mode: expected a bool, got {type(mode).__name__}")
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self

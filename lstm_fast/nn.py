@@ -88,6 +88,7 @@ class Linear(Module):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x: Any) -> np.ndarray:
+        self._x = None  # a failed call leaves nothing for backward
         x = np.asarray(x, dtype=np.float32)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
@@ -188,6 +189,7 @@ class Embedding(Module):
         return len(vecs)
 
     def forward(self, ids: Any) -> np.ndarray:
+        self._ids = None  # a failed call leaves nothing for backward
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
@@ -274,6 +276,7 @@ class Dropout(Module):
         _set_rng_state(self._rng, state)
 
     def forward(self, x: Any) -> np.ndarray:
+        self._mask = None  # a failed call leaves nothing for backward
         x = np.asarray(x, dtype=np.float32)
         if not self.training or self.p == 0.0:
             self._mask = None
@@ -378,6 +381,7 @@ class CrossEntropyLoss(Module):
         self._grad: Optional[np.ndarray] = None
 
     def forward(self, logits: Any, targets: Any) -> float:
+        self._grad = None  # a failed call leaves nothing for backward
         loss, g = softmax_cross_entropy(
             logits, targets, ignore_index=self.ignore_index, reduction=self.reduction
         )

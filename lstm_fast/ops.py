@@ -88,6 +88,12 @@ def _training(training):
     return bool(training)
 
 
+def _need_dx(need_dx) -> bool:
+    if not isinstance(need_dx, (bool, np.bool_)):
+        raise TypeError(f"need_dx: expected a bool, got {type(need_dx).__name__}")
+    return bool(need_dx)
+
+
 def _check(check_finite) -> bool:
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
@@ -236,8 +242,10 @@ def lstm_backward(
     if _check(check_finite):
         _finite(dy=dy, dh_n=dh_n, dc_n=dc_n)
     if isinstance(cache, LSTMProjCache):
-        return LSTMGrads(*_core.lstm_proj_backward(cache, dy, dh_n, dc_n, need_dx=need_dx))
-    return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n, need_dx=need_dx))
+        return LSTMGrads(
+            *_core.lstm_proj_backward(cache, dy, dh_n, dc_n, need_dx=_need_dx(need_dx))
+        )
+    return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n, need_dx=_need_dx(need_dx)))
 
 
 def gemm(
@@ -364,7 +372,7 @@ def gru_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False)
     ``need_dx=False``: ``dx`` is None and its GEMM is skipped (as in :func:`lstm_backward`)."""
     if _check(check_finite):
         _finite(dy=dy, dh_n=dh_n)
-    return GRUGrads(*_core.gru_backward(cache, dy, dh_n, need_dx=need_dx))
+    return GRUGrads(*_core.gru_backward(cache, dy, dh_n, need_dx=_need_dx(need_dx)))
 
 
 def rnn_forward(
@@ -415,4 +423,4 @@ def rnn_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False)
     gradients are equal). ``need_dx=False``: ``dx`` is None and its GEMM is skipped."""
     if _check(check_finite):
         _finite(dy=dy, dh_n=dh_n)
-    return RNNGrads(*_core.rnn_backward(cache, dy, dh_n, need_dx=need_dx))
+    return RNNGrads(*_core.rnn_backward(cache, dy, dh_n, need_dx=_need_dx(need_dx)))

@@ -12,7 +12,9 @@ vectorised per parameter.
 
 Example::
 
-    >>> import numpy as np
+    >>> import warnings
+
+import numpy as np
     >>> from lstm_fast.module import Parameter
     >>> p = Parameter(np.ones(3))
     >>> opt = Adam([p], lr=0.1)
@@ -25,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
@@ -75,6 +78,13 @@ class Optimizer:
         for p in self.params:
             if not isinstance(p, Parameter):
                 raise TypeError(f"params: expected Parameter objects, got {type(p).__name__}")
+        if len({id(p) for p in self.params}) != len(self.params):
+            warnings.warn(  # as PyTorch: each occurrence is stepped, so the parameter twice
+                "params: a parameter appears more than once; each occurrence is updated "
+                "(pass each once, e.g. list(dict.fromkeys(params)))",
+                UserWarning,
+                stacklevel=3,
+            )
         self._check_hyper(hyper)
         for k, v in hyper.items():
             setattr(self, k, v)

@@ -436,6 +436,8 @@ class _RNNBase(Module):
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None, lengths: Any = None):
+        # A failed call must not leave the previous forward's cache for backward to use.
+        object.__setattr__(self, "_saved", None)
         packed = None
         if _is_packed(input):
             import torch
@@ -554,6 +556,7 @@ class _RNNBase(Module):
         ``forward(embedding(ids), hx)`` and send the input gradient to ``embedding.backward`` --
         the same contract either way.
         """
+        object.__setattr__(self, "_saved", None)  # (as in forward)
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
@@ -1090,6 +1093,7 @@ class _CellBase(Module):
         ) + (None,)
 
     def forward(self, input: Any, hx: Any = None):
+        object.__setattr__(self, "_saved", None)  # (as in the layers' forward)
         x = _as_float32("input", input)
         if self.check_finite:
             _guard_finite(self, input=x, hx=hx)

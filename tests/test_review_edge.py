@@ -653,3 +653,102 @@ def test_naive_bayes_fit_checks_labels(texts, labels, error):
 
     with pytest.raises((TypeError, ValueError), match=error):
         NaiveBayes().fit(texts, labels)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "cell"])
+def test_failed_forward_leaves_no_cache_for_backward(kind):
+    """A forward that raised (bad hx) used to leave the previous call's cache in place, and
+    backward then ran silently on the earlier input."""
+    rng = np.random.default_rng(0)
+    T, B, I, H = 3, 2, 4, 5
+    if kind == "cell":
+        m = lstm_fast.LSTMCell(I, H, seed=0).train()
+        m(rng.standard_normal((B, I)).astype(np.float32))
+        with pytest.raises(ValueError):
+            m(rng.standard_normal((B, I)).astype(np.float32), (np.zeros((B, H + 1)),) * 2)
+        with pytest.raises(RuntimeError, match="no saved forward"):
+            m.backward(np.ones((B, H), np.float32))
+        return
+    m = (lstm_fast.LSTM if kind == "lstm" else lstm_fast.GRU)(I, H, seed=0).train()
+    m(rng.standard_normal((T, B, I)).astype(np.float32))
+    bad_hx = np.zeros((1, B, H + 1), np.float32)
+    with pytest.raises(ValueError):
+        m(
+            rng.standard_normal((T, B, I)).astype(np.float32),
+            (bad_hx, bad_hx) if kind == "lstm" else bad_hx,
+        )
+    with pytest.raises(RuntimeError):
+        m.backward(np.ones((T, B, H), np.float32))
+
+
+def test_linear_failed_forward_leaves_nothing_for_backward():
+    from lstm_fast.nn import Linear
+
+    lin = Linear(3, 2, seed=0).train()
+    lin(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError):
+        lin(np.ones((4, 5), np.float32))
+    with pytest.raises(RuntimeError, match="no saved forward"):
+        lin.backward(np.ones((4, 2), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["False", 0, None])
+def test_train_mode_must_be_bool(mode):
+    """train("False") left the module in training mode (a non-empty string is truthy)."""
+    m = lstm_fast.LSTM(2, 3, seed=0).eval()
+    with pytest.raises(TypeError, match="train: mode: expected a bool"):
+        m.train(mode)
+    assert m.training is False
+    assert m.train(np.bool_(True)).training is True
+
+
+@pytest.mark.parametrize("fn", ["lstm", "gru", "rnn"])
+def test_need_dx_must_be_bool(fn):
+    rng = np.random.default_rng(0)
+    T, B, I, H = 2, 1, 3, 4
+    g = {"lstm": 4, "gru": 3, "rnn": 1}[fn]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    w_ih = rng.standard_normal((g * H, I)).astype(np.float32)
+    w_hh = rng.standard_normal((g * H, H)).astype(np.float32)
+    out = getattr(ops, f"{fn}_forward")(x, w_ih, w_hh, training=True)
+    cache = out[-1]
+    with pytest.raises(TypeError, match="need_dx: expected a bool, got str"):
+        getattr(ops, f"{fn}_backward")(cache, np.ones((T, B, H), np.float32), need_dx="no")
+
+
+def test_vocab_decode_refuses_out_of_range_ids():
+    """decode([-1]) returned the last token (Python's negative indexing)."""
+    from lstm_fast.data import Vocab
+
+    v = Vocab.build(["abc"], level="char")
+    assert v.decode(v.encode("cab")) == "cab"
+    for bad in (-1, len(v)):
+        with pytest.raises(IndexError, match=r"ids: expected values in \[0, V="):
+            v.decode([bad])
+
+
+def test_load_state_dict_refuses_float32_overflow():
+    """1e300 became inf in float32 without an error (the docstring promises a finite
+    conversion); NaN/inf given as such still load, as in PyTorch."""
+    m = lstm_fast.LSTM(2, 3, seed=0)
+    sd = m.state_dict()
+    before = {k: v.copy() for k, v in sd.items()}
+    bad = {k: v.astype(np.float64) for k, v in sd.items()}
+    bad["weight_hh_l0"][0, 0] = 1e300
+    with pytest.raises(ValueError, match="weight_hh_l0: expected values within float32's range"):
+        m.load_state_dict(bad)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    ok = {k: v.copy() for k, v in sd.items()}
+    ok["bias_ih_l0"][0] = np.inf
+    m.load_state_dict(ok)
+    assert np.isinf(m.state_dict()["bias_ih_l0"][0])
+
+
+def test_optimizer_warns_on_duplicate_parameters():
+    from lstm_fast import optim
+
+    m = lstm_fast.LSTM(2, 3, seed=0)
+    p = next(iter(m.parameters()))
+    with pytest.warns(UserWarning, match="more than once"):
+        optim.SGD([p, p], lr=0.1)

@@ -752,3 +752,24 @@ def test_optimizer_warns_on_duplicate_parameters():
     p = next(iter(m.parameters()))
     with pytest.warns(UserWarning, match="more than once"):
         optim.SGD([p, p], lr=0.1)
+
+
+def test_ndarray_subclasses_and_memmaps_are_accepted(tmp_path):
+    """The bindings' quick argument test (dtype, rank, shape and layout read from the array
+    object) takes ndarray subclasses as the full checks do; results are the same bits."""
+    rng = np.random.default_rng(3)
+    T, B, I, H = 3, 2, 5, 7
+    args = [
+        rng.standard_normal(s).astype(np.float32)
+        for s in ((T, B, I), (4 * H, I), (4 * H, H), (4 * H,), (4 * H,))
+    ]
+
+    class Sub(np.ndarray):
+        pass
+
+    mm = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="w+", shape=(T, B, I))
+    mm[...] = args[0]
+    want = ops.lstm_forward(*args)[0]
+    np.testing.assert_array_equal(ops.lstm_forward(mm, *args[1:])[0], want)
+    sub = [a.view(Sub) for a in args]
+    np.testing.assert_array_equal(ops.lstm_forward(*sub)[0], want)

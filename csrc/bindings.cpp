@@ -562,6 +562,10 @@ void bind_lstm_proj(py::module_& m);  // bindings_proj.cpp: LSTM with projection
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lstm_fast C++ core (private: use lstm_fast.ops and lstm_fast.LSTM)";
+  // One-off lookups done at import rather than in the first call: pybind11's table of NumPy's
+  // C API (an import of NumPy's multiarray module, ~0.3 ms here) and the CPU count.
+  py::detail::npy_api::get();
+  (void)max_threads();
   try {
     init_dispatch();
   } catch (const std::invalid_argument& e) {

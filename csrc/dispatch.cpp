@@ -34,6 +34,9 @@ std::atomic<int> g_schedule{static_cast<int>(Schedule::kAuto)};
 // child forked afterwards runs every call on its own thread: the results are bitwise those of
 // any thread count, only slower. A child forked before that keeps its threads.
 std::atomic<bool> g_team_used{false};
+// hardware_concurrency() reads the CPU list from the system (tens of microseconds here): once,
+// when the module loads, not in the first call.
+const int g_hardware_threads = static_cast<int>(std::thread::hardware_concurrency());
 std::atomic<bool> g_forked_serial{false};
 #if defined(LSTM_FAST_HAVE_ATFORK)
 void on_fork_child() {
@@ -207,9 +210,7 @@ int get_num_threads() {
   if (n > 0) return note_team(n);
 #if defined(_OPENMP)
   // The runtime's default (OMP_NUM_THREADS), bounded like set_num_threads' argument.
-  // hardware_concurrency() reads the CPU list from the system (several microseconds here): once.
-  static const int hw = static_cast<int>(std::thread::hardware_concurrency());
-  return note_team(std::min(omp_get_max_threads(), std::max(64, 4 * hw)));
+  return note_team(std::min(omp_get_max_threads(), std::max(64, 4 * g_hardware_threads)));
 #else
   return 1;
 #endif

@@ -150,9 +150,6 @@ inline py::array arg(py::handle obj, const char* name, Dims dims, bool writeable
   check_layout(a, name, writeable);
   return a;
 }
-inline py::array arg(py::handle obj, const std::string& name, Dims dims, bool writeable = false) {
-  return arg(obj, name.c_str(), dims, writeable);
-}
 
 // None stays None; anything else must pass arg().
 inline py::object opt_arg(py::handle obj, const char* name, Dims dims) {

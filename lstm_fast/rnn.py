@@ -86,18 +86,12 @@ def _take_rows(a: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
-    if hasattr(lengths, "detach"):
-        lengths = lengths.detach().cpu().numpy()
-    arr = np.asarray(lengths)
-    if arr.size == 0 and arr.dtype.kind == "f":  # [] is float64 to NumPy (a batch of 0)
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    arr = ops._int_vector("lengths", lengths)  # int64 copy (torch tensors, [] for B = 0)
     if arr.shape != (B,):
         raise ValueError(f"lengths: expected shape (B={B},), got {arr.shape}")
     if B and (arr.min() < 0 or arr.max() > T):
         raise ValueError(f"lengths: expected values in [0, T={T}], got {arr.tolist()}")
-    return arr.astype(np.int64)
+    return arr
 
 
 def _is_packed(x: Any) -> bool:

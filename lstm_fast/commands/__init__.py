@@ -25,17 +25,23 @@ def set_threads(args) -> None:
             raise SystemExit(2) from None
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0."""
+def int_at_least(lo: int):
+    """argparse type: an int >= lo."""
     import argparse
 
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {v}")
-    return v
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo:
+            raise argparse.ArgumentTypeError(f"expected an int >= {lo}, got {text!r}")
+        return v
+
+    return parse
+
+
+non_negative_int = int_at_least(0)
 
 
 def number(text: str) -> float:

@@ -6,17 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_common, emit_json, set_threads
-
-
-def _int_at_least_1(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = None
-    if v is None or v < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
-    return v
+from . import add_common, emit_json, int_at_least, set_threads
 
 
 def _fraction(text: str) -> float:
@@ -54,7 +44,7 @@ def add_arguments(parser) -> None:
     )
     t.add_argument(
         "--ensemble",
-        type=_int_at_least_1,
+        type=int_at_least(1),
         default=d.ensemble,
         metavar="K",
         help="train K classifiers (seeds SEED, SEED+1000, ...) on the same split and average "
@@ -170,7 +160,7 @@ def add_arguments(parser) -> None:
     )
     t.add_argument(
         "--lm-max-epochs",
-        type=_int_at_least_1,
+        type=int_at_least(1),
         default=d.lm_max_epochs,
         help="pretraining stops after this many passes over its text even before --lm-steps "
         "(default %(default)s)",

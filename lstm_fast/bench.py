@@ -702,7 +702,14 @@ def cold_start(T, B, I, H, mode: str, threads: int, repeats: int) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = str(threads)
+    # NumPy's BLAS on one thread in the child (it does no BLAS work): OpenBLAS starts its pool
+    # when NumPy loads and those threads spin for about 0.1 s, past the first call; a team of
+    # lstm_fast's started in that window shares a vCPU with them (S5 forward's first call:
+    # 20-30 ms instead of 2 ms). The first call measured is then lstm_fast's own one-off costs.
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-c", _COLD_CODE, *map(str, (T, B, I, H, threads, repeats)), mode]
+    time.sleep(0.2)  # this process's pools (torch's, ONNX Runtime's) go idle first
     try:
         # cwd = the directory holding the imported package: `python -c` puts the cwd first on
         # sys.path, and a source checkout there (without the compiled _core) would shadow it.
@@ -725,7 +732,7 @@ def run_cold(st: Settings, out=sys.stdout) -> list[dict]:
     plural = "s" if threads > 1 else ""
     print(
         f"\ncold start (fresh process, {threads} thread{plural}; first call after import vs "
-        f"median of up to {repeats} more calls):",
+        f"median of up to {repeats} more calls; NumPy's BLAS on one thread in the child):",
         file=out,
     )
     print(

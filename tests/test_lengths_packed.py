@@ -131,7 +131,8 @@ def test_patterns_match_reference(isa, cell, name, bs, I, H):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_projection_chunks_with_lengths(cell):
-    # LSTM inference projects chunks of 2**21 / (B * 4H) steps (16 here): the packed offsets
+    # LSTM inference projects sequences over 2**20 floats of pre-activations in chunks of
+    # 2**19 / (B * 4H) steps (4 here): the packed offsets
     # cross chunk boundaries, rows running out mid-chunk.
     B, H, T = 64, 512, 40
     rng = np.random.default_rng(7)

@@ -113,7 +113,8 @@ def test_inference_equals_training_forward(isa, rng):
 
 
 def test_long_sequence_crosses_projection_chunks(isa, rng):
-    # B * 4H * T above the 2^21-float chunk of the hoisted projection: several chunks.
+    # B * 4H * T above the 2^20 floats the hoisted projection computes at once: chunks of
+    # 2^19 / (B * 4H) = 15 steps.
     T, B, I, H = 70, 64, 3, 130
     x, w, h0, c0 = make_problem(rng, T, B, I, H)
     x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))

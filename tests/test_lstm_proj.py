@@ -554,7 +554,8 @@ def test_bad_backward_arguments():
 
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_inference_in_chunks_equals_training(threads, with_lengths):
-    # 128 rows x 4H = 1024: the inference input projection runs in chunks of 16 steps.
+    # 128 rows x 4H = 1024, 37 steps (over 2^20 floats): the inference input projection runs
+    # in chunks of 4 steps.
     rng = np.random.default_rng(16)
     T, B, I, H, P = 37, 128, 8, 256, 96
     x, w, h0, c0 = make_problem(rng, T, B, I, H, P)

@@ -22,6 +22,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -263,6 +264,48 @@ def time_call(
     return _timing(times, n_warm, first)
 
 
+def _other_threads_ns() -> int | None:
+    """CPU time (ns) run so far by this process's threads other than the calling one (Linux:
+    /proc/self/task/*/schedstat), or None where that cannot be read."""
+    me = threading.get_native_id()
+    total = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        if tid == str(me):
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def wait_quiet(min_s: float, max_s: float = 0.5, window_s: float = 0.02) -> float:
+    """Sleep at least ``min_s``, then until no other thread of this process has run for a
+    window of ``window_s`` (at most ``max_s`` in all); returns the seconds waited.
+
+    Runtimes keep their worker threads spinning after a call: NumPy's OpenBLAS pool for about
+    0.14 s after a matmul (measured here, a whole vCPU), ONNX Runtime's for up to 40 ms,
+    OpenMP teams for a few ms. A call timed while another runtime's threads spin shares the
+    cores with them (up to 2x slower on 2 threads), so each timed batch waits for quiet."""
+    t0 = time.perf_counter()
+    time.sleep(min_s)
+    prev = _other_threads_ns()
+    if prev is None:
+        return time.perf_counter() - t0
+    while time.perf_counter() - t0 < max_s:
+        time.sleep(window_s)
+        cur = _other_threads_ns()
+        if cur is None or cur - prev < 0.05 * window_s * 1e9:
+            break
+        prev = cur
+    return time.perf_counter() - t0
+
+
 class CallFailed(Exception):
     """An implementation raised while being timed (``__cause__`` holds its exception)."""
 
@@ -287,11 +330,12 @@ def time_interleaved(
 
     A batch lasts about as long as the slowest implementation's call (at least ``round_s``, at
     most ``max_round_s``; one call when a call is longer), so every implementation gets the same
-    share of each round. ``gap_s`` of sleep after each batch lets the worker threads of the
-    runtime that just ran go idle before the next one starts: after a call on 2 threads,
-    lstm_fast's and torch's OpenMP teams spin for about 10 ms of CPU and ONNX Runtime's pool for
-    up to 40 ms, and a runtime timed inside another's spinning measured up to 2x slow (S1
-    forward, S5 training). Calls shorter than ``settle_below_s`` start each batch with one
+    share of each round. After each batch, ``gap_s`` of sleep (0: none) and then
+    :func:`wait_quiet` let the worker threads of the runtime that just ran go idle before the
+    next one starts: after a call on 2 threads, lstm_fast's and torch's OpenMP teams spin for
+    about 10 ms of CPU, ONNX Runtime's pool for up to 40 ms and NumPy's OpenBLAS pool for about
+    0.14 s, and a runtime timed inside another's spinning measured up to 2x slow (S1 forward,
+    S5 training). Calls shorter than ``settle_below_s`` start each batch with one
     untimed call (counted with the warm-up), as the gap leaves the caches cold. An
     implementation stops once it has ``min_repeats`` calls and ``budget`` seconds of them (or
     ``max_repeats`` calls); one that raises gets a :class:`CallFailed` instead of a
@@ -319,7 +363,8 @@ def time_interleaved(
             first[name] = t0
         # no warm-up call: the call time is unknown, so one call per batch until measured
         n_warm[name], per_call[name], times[name] = k, dt if k else float("inf"), []
-        time.sleep(gap_s)
+        if gap_s > 0:
+            wait_quiet(gap_s)
 
     def done(name: str) -> bool:
         ts = times[name]
@@ -353,7 +398,8 @@ def time_interleaved(
                 continue
             times[name].extend(batch)
             per_call[name] = statistics.median(batch)
-            time.sleep(gap_s)
+            if gap_s > 0:
+                wait_quiet(gap_s)
     for name in names:
         if name in out:
             continue
@@ -530,7 +576,7 @@ def _time_cell(problem, mode, threads, st: Settings, flops, peak_gflops) -> dict
                 res[name] = {"status": "mismatch", "error": str(e)}
             except Exception as e:  # noqa: BLE001 - one failing implementation must not end the run
                 res[name] = {"status": "error", "error": f"{type(e).__name__}: {e}"}
-            time.sleep(0.02)  # let spinning worker threads of one runtime go idle
+            wait_quiet(0.02)  # let spinning worker threads of one runtime go idle
         timed = time_interleaved(
             fns,
             budget=st.budget,
@@ -709,7 +755,7 @@ def cold_start(T, B, I, H, mode: str, threads: int, repeats: int) -> dict:
     env["OPENBLAS_NUM_THREADS"] = "1"
     env["MKL_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-c", _COLD_CODE, *map(str, (T, B, I, H, threads, repeats)), mode]
-    time.sleep(0.2)  # this process's pools (torch's, ONNX Runtime's) go idle first
+    wait_quiet(0.2)  # this process's pools (torch's, ONNX Runtime's) go idle first
     try:
         # cwd = the directory holding the imported package: `python -c` puts the cwd first on
         # sys.path, and a source checkout there (without the compiled _core) would shadow it.

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -213,6 +215,31 @@ def test_time_interleaved_isolates_a_failing_implementation():
         {"x": lambda: 1 / 0}, budget=0.0, min_repeats={"x": 1}, warmup={"x": 1}
     )
     assert "ZeroDivisionError" in str(failed_at_warmup["x"])
+
+
+def _spin_until(stop: threading.Event, spent: list) -> None:
+    while not stop.is_set():
+        spent[0] = time.thread_time()
+
+
+@pytest.mark.skipif(bench._other_threads_ns() is None, reason="no /proc/self/task schedstat")
+def test_wait_quiet_waits_for_a_busy_thread():
+    # A thread that keeps running (another runtime's pool spinning after its call) holds the
+    # wait to its limit; once it has stopped, the wait ends after the minimum and one window.
+    stop, spent = threading.Event(), [0.0]
+    t = threading.Thread(target=_spin_until, args=(stop, spent))
+    before = bench._other_threads_ns()
+    t.start()
+    try:
+        while spent[0] < 0.03:  # the thread's own CPU time
+            time.sleep(0.005)
+        assert bench._other_threads_ns() - before >= 20e6
+        assert bench.wait_quiet(0.0, max_s=0.2, window_s=0.02) >= 0.2
+    finally:
+        stop.set()
+        t.join()
+    waited = bench.wait_quiet(0.01, max_s=5.0, window_s=0.02)
+    assert 0.01 <= waited < 5.0
 
 
 def test_family_ratios_script_runs(tmp_path):

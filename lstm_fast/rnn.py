@@ -696,6 +696,42 @@ class _RNNBase(Module):
         )
 
     # -- backward -------------------------------------------------------------------------------
+    def _backward_plain(self, cache, meta, dy, dh_n, dc_n, need_dx):
+        """backward() after a plain forward (see _forward_plain) with float32 C-contiguous
+        arrays of the expected shapes: the general path's core call and results without its
+        per-call Python; None where anything is unusual (the general path then runs)."""
+        T, B = meta["T"], meta["B"]
+        H = self.hidden_size
+        P = self.proj_size or H
+        want = (B, T, P) if self.batch_first else (T, B, P)
+        if not (
+            type(dy) is np.ndarray
+            and dy.dtype is _F32
+            and dy.shape == want
+            and dy.flags.c_contiguous
+            and (dh_n is None or _plain_state(dh_n, B, P))
+            and (dc_n is None or _plain_state(dc_n, B, H))
+        ):
+            return None
+        if self.batch_first:
+            dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        get = self._parameters.get
+        grads = tuple([None if q is None else q.grad for q in [get(n) for n in _LAYER0_NAMES]])
+        dx, dh0, dc0 = _Direction.backward(
+            self._mode,
+            cache,
+            dy,
+            None if dh_n is None else dh_n[0],
+            None if dc_n is None else dc_n[0],
+            grads,
+            need_dx,
+        )
+        if dx is not None and self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        if self._has_cell:
+            return dx, (dh0[None], dc0[None])
+        return dx, dh0[None]
+
     def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None, *, need_dx: bool = True):
         """Gradients of a training-mode forward, in the input's layout.
 
@@ -711,11 +747,24 @@ class _RNNBase(Module):
             raise RuntimeError(
                 "backward: no saved forward; call the layer in training mode (.train()) first"
             )
+        need_dx = ops._need_dx(need_dx)
         if not self._has_cell and dc_n is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc_n must be None")
         if self.check_finite:
             _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
         saved, meta = self._saved
+        if (
+            len(saved) == 2
+            and meta["order"] is None
+            and meta["packed"] is None
+            and not meta["unbatched"]
+            and "embedding" not in meta
+            and self.num_layers == 1
+            and not self.bidirectional
+        ):
+            out = self._backward_plain(saved[0], meta, dy, dh_n, dc_n, need_dx)
+            if out is not None:
+                return out
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
@@ -1209,6 +1258,7 @@ class _CellBase(Module):
         ``need_dx=False``: dx is None and its product is skipped."""
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
+        need_dx = ops._need_dx(need_dx)
         cache, unbatched, B = self._saved
         get = self._parameters.get
         grads = tuple(

@@ -1,6 +1,7 @@
-"""The layers' plain forward (one layer, one direction, a float32 C-contiguous array, no lengths)
-skips the general path's per-call Python: it must give bitwise the same outputs, saved state
-and gradients as the general path, and hand every unusual call to it (errors included)."""
+"""The layers' plain forward and backward (one layer, one direction, float32 C-contiguous arrays,
+no lengths) skip the general path's per-call Python: they must give bitwise the same outputs,
+saved state and gradients as the general path, and hand every unusual call to it (errors
+included)."""
 
 from __future__ import annotations
 
@@ -68,27 +69,35 @@ def test_plain_path_equals_general_path(kind, proj, batch_first, training, with_
         dhn.append(rng.standard_normal((1, B, H)).astype(np.float32))
 
     calls = []
-    real = rnn._RNNBase._forward_plain
+    real_fwd, real_bwd = rnn._RNNBase._forward_plain, rnn._RNNBase._backward_plain
 
-    def spy(self, *a):
-        out = real(self, *a)
-        calls.append(out is not None)
-        return out
+    def spy(real, tag):
+        def f(self, *a):
+            out = real(self, *a)
+            calls.append((tag, out is not None))
+            return out
 
-    rnn._RNNBase._forward_plain = spy
+        return f
+
+    rnn._RNNBase._forward_plain = spy(real_fwd, "fwd")
+    rnn._RNNBase._backward_plain = spy(real_bwd, "bwd")
     try:
         fast = run(m, x, hx, dy, dhn)
-        assert calls == [True]
-        # float64 input (and states): the general path, which converts them to the same float32
+        assert calls == [("fwd", True)] + ([("bwd", True)] if training else [])
+        calls.clear()
+        # float64 input, states and gradients: the general paths, which convert them to the
+        # same float32
         hx64 = None
         if hx is not None:
             hx64 = (
                 tuple(a.astype(np.float64) for a in hx) if kind == "LSTM" else hx.astype(np.float64)
             )
-        general = run(m, x.astype(np.float64), hx64, dy, dhn)
-        assert calls == [True]
+        dhn64 = [a.astype(np.float64) for a in dhn]
+        general = run(m, x.astype(np.float64), hx64, dy.astype(np.float64), dhn64)
+        assert calls == ([("bwd", False)] if training else [])
     finally:
-        rnn._RNNBase._forward_plain = real
+        rnn._RNNBase._forward_plain = real_fwd
+        rnn._RNNBase._backward_plain = real_bwd
     for a, b in zip(fast[0], general[0]):
         assert a.shape == b.shape and a.dtype == np.float32 and a.flags.c_contiguous
         np.testing.assert_array_equal(a, b)
@@ -141,3 +150,35 @@ def test_plain_path_hands_unusual_calls_to_the_general_path():
     assert m._saved is None
     with pytest.raises(RuntimeError, match="no saved forward"):
         m.backward(np.zeros((2, 3, 5), np.float32))
+    # backward: wrong shapes and types go to the general path's errors
+    m(x)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(2, 3, 5\)"):
+        m.backward(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"dh_n: expected shape \(1, 3, 5\)"):
+        m.backward(np.zeros((2, 3, 5), np.float32), np.zeros((1, 2, 5), np.float32))
+    with pytest.raises(TypeError, match="dc_n must be None"):
+        gru.train()
+        gru(x)
+        gru.backward(np.zeros((2, 3, 5), np.float32), None, h)
+    dx1, (dh1, dc1) = m.backward(np.ones((2, 3, 5), np.float32), h, h)
+    dx2, (dh2, dc2) = m.backward(np.ones((2, 3, 5)), h.astype(np.float64), np.asfortranarray(h))
+    for a, b in ((dx1, dx2), (dh1, dh2), (dc1, dc2)):
+        np.testing.assert_array_equal(a, b)
+    dx3, _ = m.backward(np.ones((2, 3, 5), np.float32), need_dx=False)
+    assert dx3 is None
+    for layer in (m, lstm_fast.LSTM(4, 5, num_layers=2)):
+        layer.train()
+        layer(x)
+        with pytest.raises(TypeError, match="need_dx: expected a bool, got str"):
+            layer.backward(np.ones((2, 3, 5), np.float32), need_dx="no")
+
+
+@pytest.mark.parametrize("cell", [lstm_fast.LSTMCell, lstm_fast.GRUCell, lstm_fast.RNNCell])
+def test_cell_backward_names_a_bad_need_dx(cell):
+    c = cell(4, 5)
+    c.train()
+    c(np.zeros((3, 4), np.float32))
+    with pytest.raises(TypeError, match="need_dx: expected a bool, got str"):
+        c.backward(np.ones((3, 5), np.float32), need_dx="no")
+    dx, _ = c.backward(np.ones((3, 5), np.float32), need_dx=False)  # the cache is still there
+    assert dx is None

@@ -224,6 +224,60 @@ def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, 
             assert a.tobytes() == b.tobytes(), f"threads={n} schedule={sched} differs"
 
 
+@pytest.mark.parametrize("state", [True, False])
+@pytest.mark.parametrize(
+    "T,B,I,H",
+    [
+        (7, 5, 3, 17),  # both weight gradients from one product (dZ^T packed once)
+        (1, 4, 9, 7),  # one step: with h0 the joint product, without it dW_hh is zero
+        (40, 64, 200, 200),  # packed operands over 4 MiB: one product per gradient
+    ],
+)
+def test_weight_gradient_paths(isa, threads, state, T, B, I, H):
+    """dW_ih and dW_hh come from one product sharing dZ^T (small operands) or from one product
+    each: both against the float64 reference, bitwise the same on 1 and 2 threads, and added
+    to arrays the caller passes in."""
+    rng = np.random.default_rng(T * B + I + H)
+    x, w, h0, c0 = make_problem(rng, T, B, I, H, state=state)
+    x = f32(x).astype(np.float64)
+    w = {k: f32(v).astype(np.float64) for k, v in w.items()}
+    h0, c0 = (None if a is None else f32(a).astype(np.float64) for a in (h0, c0))
+    dy = rng.standard_normal((T, B, H))
+    (_, _, _, g), (_, _, _, rg) = run_both(x, w, h0, c0, dy, None, None)
+    # float32 sums over T * B = 2,560 rows: a looser absolute tolerance for the long one
+    tol = GRAD_TOL if T * B < 1000 else dict(rtol=1e-4, atol=1e-4)
+    for name in ("dx", "dh0", "dc0", "dweight_ih", "dweight_hh", "dbias_ih", "dbias_hh"):
+        np.testing.assert_allclose(getattr(g, name), getattr(rg, name), **tol, err_msg=name)
+    args = [f32(a) for a in (x, *w.values())] + [f32(h0), f32(c0)]
+    grads = []
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        _, _, _, cache = ops.lstm_forward(*args, training=True)
+        grads.append(ops.lstm_backward(cache, f32(dy)))
+        given = [f32(rng.standard_normal(a.shape)) for a in (w["weight_ih"], w["weight_hh"])]
+        out = [a.copy() for a in given]
+        _core.lstm_backward(cache, f32(dy), None, None, out[0], out[1])
+        for a, b, name in zip(out, given, ("dweight_ih", "dweight_hh")):
+            np.testing.assert_allclose(a, b + getattr(grads[-1], name), rtol=1e-5, atol=1e-5)
+    for name in ("dweight_ih", "dweight_hh", "dbias_ih", "dx"):
+        assert getattr(grads[0], name).tobytes() == getattr(grads[1], name).tobytes(), name
+
+
+def test_backward_with_lengths_without_padding(isa, threads):
+    # batch_sizes that pad nothing run the dense backward in a workspace sized for lengths
+    # (a weight-gradient path that assumed otherwise wrote past its end: heap corruption)
+    rng = np.random.default_rng(5)
+    T, B, I, H = 6, 4, 5, 9
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    dy = f32(rng.standard_normal((T, B, H)))
+    _, _, _, dense = ops.lstm_forward(*args, training=True)
+    _, _, _, full = ops.lstm_forward(*args, training=True, batch_sizes=np.full(T, B))
+    g_dense, g_full = ops.lstm_backward(dense, dy), ops.lstm_backward(full, dy)
+    for a, b in zip(g_dense, g_full):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ---- activations ----------------------------------------------------------------------------
 
 

@@ -400,13 +400,24 @@ index_t dz_slab(const Kernels& kern, const LstmSizes& s) {
 }
 }  // namespace
 
+// The weight gradients dW_ih = dZ^T . x and dW_hh = dZ^T . h_prev as one gemm_dual (dZ^T packed
+// once, not once per product) when both operands' packed panels take at most 4 MiB: dense rows
+// (no batch_sizes), and larger operands are packed block by block by gemm itself, where the
+// second packing of dZ^T is a small share. Floats of its scratch, or 0 when not used.
+index_t dual_weight_grad_floats(const Kernels& kern, const LstmSizes& s, bool lengths) {
+  if (lengths) return 0;
+  const index_t n = gemm_dual_packed_floats(kern, s.T * s.B, s.I, s.H);
+  return n <= (index_t(1) << 20) ? n : 0;
+}
+
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
                                      int nthreads) {
   const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
   const index_t slabs = std::max(2, nthreads) * dz_slab(kern, s);
   const index_t dys = lengths ? std::max(1, nthreads) * s.B * s.H : 0;  // dy rows gathered
-  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys + 64;
+  return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys +
+         dual_weight_grad_floats(kern, s, lengths) + 64;
 }
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
@@ -417,6 +428,9 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
                    int nthreads, const int64_t* ids, index_t V, const float* E, float* dE,
                    float* S, const int64_t* order, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  // The workspace was sized (lstm_backward_workspace_size) for lengths if batch_sizes came in,
+  // even when they turn out to hold no padding and are dropped below.
+  const index_t dual_floats = dual_weight_grad_floats(kern, s, bs != nullptr);
   if (ids) bs = nullptr;  // dense (the bindings check it)
   if (!bs) order = nullptr;
   if (!db_ih) fresh &= ~4u;
@@ -452,6 +466,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // With an order, dy's rows are in the caller's order: each thread gathers the rows it needs
   // for a step into its own (B, H) buffer.
   float* dyg = dzp + std::max(2, nthreads) * slab;
+  float* dual = dyg + (bs ? std::max(1, nthreads) * B * H : 0);  // gemm_dual's packed panels
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
@@ -559,6 +574,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // the dW_ih GEMM's packing of dZ^T (no pass of its own over dZ).
   std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
+  bool dual_done = false;  // dW_ih and dW_hh from one gemm_dual
   const bool ih_acc = !(fresh & 1u);  // the one dW_ih product adds, or writes
   bool hh_acc = !(fresh & 2u);        // the first dW_hh product writes when fresh
   if (ids) {
@@ -570,10 +586,20 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     gemm(kern, V, I, G, MatView{S, G, 1}, MatView{W_ih, I, 1}, dE, I, true, nthreads);
   } else if (!bs) {
     if (need_dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, ih_acc, nthreads, nullptr,
-         nullptr, sums);
+    if ((h0 || T > 1) && dual_floats > 0) {
+      // Both weight gradients in one pass over dZ^T: h_prev's rows are h0's (zeros without
+      // h0), then the outputs of steps 0 .. T-2.
+      gemm_dual(kern, G, N, MatView{dz, 1, G}, I, RowSource{x, I, N, nullptr, 0}, dW_ih, I,
+                ih_acc, H, RowSource{h0, H, B, y, H}, dW_hh, H, hh_acc, dual, nthreads, sums);
+      hh_acc = dual_done = true;
+    } else {
+      gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, ih_acc, nthreads,
+           nullptr, nullptr, sums);
+    }
   }
-  if (!bs) {
+  if (dual_done) {
+    // dW_hh came with dW_ih
+  } else if (!bs) {
     if (h0) {
       gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, hh_acc, nthreads);
       hh_acc = true;

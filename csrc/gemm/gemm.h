@@ -41,6 +41,33 @@ void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A,
                 float* C, index_t ldc, const float* b1, const float* b2, int nthreads,
                 const float* Bpre = nullptr);
 
+// The rows of a K-row operand, each from wherever it lies: row k is p1 + k * ld1 for k < k1,
+// else p2 + (k - k1) * ld2; a null pointer stands for rows of zeros. (The previous hidden
+// states of an LSTM's weight gradient: h0's B rows, then the first T - 1 steps' outputs.)
+struct RowSource {
+  const float* p1;
+  index_t ld1, k1;
+  const float* p2;
+  index_t ld2;
+  const float* row(index_t k) const {
+    if (k < k1) return p1 ? p1 + k * ld1 : nullptr;
+    return p2 ? p2 + (k - k1) * ld2 : nullptr;
+  }
+};
+
+// Two products with one left operand: C1 (M x N1) = (or, acc1, +=) op(A) . B1 and C2 (M x N2)
+// (+)= op(A) . B2, where B1 (K x N1) and B2 (K x N2) are given as rows (RowSource). A's blocks
+// are packed once for both (an LSTM's weight gradients dW_ih = dZ^T . x and dW_hh = dZ^T . h_prev
+// share dZ^T, which two gemm calls would pack twice). Bp: gemm_dual_packed_floats(K, N1, N2)
+// floats of scratch for both operands' packed panels. Threads split the rows of C in MR-row
+// chunks; each element is reduced in the same order at any thread count (bitwise identical).
+// a_sums (length M): += the row sums of op(A), as gemm's.
+index_t gemm_dual_packed_floats(const Kernels& kern, index_t K, index_t N1, index_t N2);
+void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
+               const RowSource& B1, float* C1, index_t ldc1, bool acc1, index_t N2,
+               const RowSource& B2, float* C2, index_t ldc2, bool acc2, float* Bp,
+               int nthreads, float* a_sums = nullptr);
+
 // Pack the K x N matrix B (rows [0, K), columns [n0, n1)) into NR-wide panels: panel j holds
 // Bp[(j * K + k) * NR + c] = B(k, n0 + j * NR + c), zero past n1. Bp holds
 // ceil((n1 - n0) / NR) * K * NR floats.

@@ -230,13 +230,14 @@ def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, 
     [
         (7, 5, 3, 17),  # both weight gradients from one product (dZ^T packed once)
         (1, 4, 9, 7),  # one step: with h0 the joint product, without it dW_hh is zero
-        (40, 64, 200, 200),  # packed operands over 4 MiB: one product per gradient
+        (40, 64, 200, 200),  # ten depth blocks of the joint product
+        (2, 3, 1100, 1000),  # a depth block wider than half of any L2: one product each
     ],
 )
 def test_weight_gradient_paths(isa, threads, state, T, B, I, H):
-    """dW_ih and dW_hh come from one product sharing dZ^T (small operands) or from one product
-    each: both against the float64 reference, bitwise the same on 1 and 2 threads, and added
-    to arrays the caller passes in."""
+    """dW_ih and dW_hh come from one product sharing dZ^T (gemm_dual) or from one product each
+    (wide operands): both against the float64 reference, bitwise the same on 1 and 2 threads,
+    and added to arrays the caller passes in."""
     rng = np.random.default_rng(T * B + I + H)
     x, w, h0, c0 = make_problem(rng, T, B, I, H, state=state)
     x = f32(x).astype(np.float64)
@@ -244,8 +245,8 @@ def test_weight_gradient_paths(isa, threads, state, T, B, I, H):
     h0, c0 = (None if a is None else f32(a).astype(np.float64) for a in (h0, c0))
     dy = rng.standard_normal((T, B, H))
     (_, _, _, g), (_, _, _, rg) = run_both(x, w, h0, c0, dy, None, None)
-    # float32 sums over T * B = 2,560 rows: a looser absolute tolerance for the long one
-    tol = GRAD_TOL if T * B < 1000 else dict(rtol=1e-4, atol=1e-4)
+    # float32 sums over T * B = 2,560 rows or I + H = 2,100 columns: a looser absolute tolerance
+    tol = GRAD_TOL if T * B < 1000 and I + H < 1000 else dict(rtol=1e-4, atol=1e-4)
     for name in ("dx", "dh0", "dc0", "dweight_ih", "dweight_hh", "dbias_ih", "dbias_hh"):
         np.testing.assert_allclose(getattr(g, name), getattr(rg, name), **tol, err_msg=name)
     args = [f32(a) for a in (x, *w.values())] + [f32(h0), f32(c0)]

@@ -401,13 +401,11 @@ index_t dz_slab(const Kernels& kern, const LstmSizes& s) {
 }  // namespace
 
 // The weight gradients dW_ih = dZ^T . x and dW_hh = dZ^T . h_prev as one gemm_dual (dZ^T packed
-// once, not once per product) when both operands' packed panels take at most 4 MiB: dense rows
-// (no batch_sizes), and larger operands are packed block by block by gemm itself, where the
-// second packing of dZ^T is a small share. Floats of its scratch, or 0 when not used.
+// once, not once per product): dense rows (no batch_sizes), when a depth block of both
+// operands fits in half of L2 (gemm_dual_fits). Floats of its scratch, or 0 when not used.
 index_t dual_weight_grad_floats(const Kernels& kern, const LstmSizes& s, bool lengths) {
-  if (lengths) return 0;
-  const index_t n = gemm_dual_packed_floats(kern, s.T * s.B, s.I, s.H);
-  return n <= (index_t(1) << 20) ? n : 0;
+  if (lengths || !gemm_dual_fits(kern, s.I, s.H)) return 0;
+  return gemm_dual_packed_floats(kern, s.T * s.B, s.I, s.H);
 }
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,

@@ -259,46 +259,35 @@ void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatV
   }
 }
 
-// One output of gemm_dual's shared-A product: C (M x N, leading dim ldc) from the full-depth
-// packed panels Bp (ceil(N / NR) panels of K rows), written or (accumulate) added.
-struct DualOut {
-  index_t N;
-  float* C;
-  index_t ldc;
-  bool accumulate;
-  const float* Bp;
-};
-
-// C_g (+)= op(A) . B_g for both outputs on the calling thread: each block of A packed once and
-// multiplied by both outputs' panels (rows of A in [0, M), every depth block in order).
-void gemm_dual_serial(const Kernels& kern, index_t M, index_t K, MatView A, const DualOut* out,
-                      float* a_sums) {
+// Rows [i0, i1) of gemm_dual's products for the depth block [pc, pc + kc): A's block packed
+// once (MC rows at a time) and multiplied by both operands' panels of the block (Bb: nb1
+// panels of B1, then B2's, kc x NR floats each).
+void gemm_dual_rows(const Kernels& kern, index_t i0, index_t i1, index_t pc, index_t kc,
+                    MatView A, const float* Bb, index_t nb1, const index_t* N, float* const* C,
+                    const index_t* ldc, const bool* accumulate, float* a_sums) {
   const int MR = kern.MR, NR = kern.NR;
   const index_t MC = mc_for(kern);
   thread_local std::unique_ptr<AlignedBuffer> a_buf;
-  const std::size_t a_need = static_cast<std::size_t>(mc_for(kern) * kKC);
+  const std::size_t a_need = static_cast<std::size_t>(MC * kKC);
   if (!a_buf || a_buf->n < a_need) {
     a_buf.reset();
     a_buf = std::make_unique<AlignedBuffer>(a_need);
   }
   float* Ap = a_buf->p;
-  for (index_t pc = 0; pc < K; pc += kKC) {
-    const index_t kc = std::min(kKC, K - pc);
-    for (index_t ic = 0; ic < M; ic += MC) {
-      const index_t mc = std::min(MC, M - ic);
-      pack_a(kern, mc, kc, A, ic, pc, Ap);
-      if (a_sums) add_row_sums(kern, mc, kc, Ap, a_sums + ic);
-      for (int g = 0; g < 2; ++g) {
-        const DualOut& o = out[g];
-        const bool acc = o.accumulate || pc > 0;
-        for (index_t ir = 0; ir * MR < mc; ++ir) {
-          const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
-          const float* ap = Ap + ir * kc * MR;
-          float* c = o.C + (ic + ir * MR) * o.ldc;
-          for (index_t jr = 0; jr * NR < o.N; ++jr) {
-            const int n = static_cast<int>(std::min<index_t>(NR, o.N - jr * NR));
-            kern.gemm_micro(kc, ap, o.Bp + (jr * K + pc) * NR, c + jr * NR, o.ldc, m, n, acc);
-          }
+  for (index_t ic = i0; ic < i1; ic += MC) {
+    const index_t mc = std::min(MC, i1 - ic);
+    pack_a(kern, mc, kc, A, ic, pc, Ap);
+    if (a_sums) add_row_sums(kern, mc, kc, Ap, a_sums + ic);
+    for (int g = 0; g < 2; ++g) {
+      const bool acc = accumulate[g] || pc > 0;
+      const float* bg = Bb + (g ? nb1 : 0) * kc * NR;
+      for (index_t ir = 0; ir * MR < mc; ++ir) {
+        const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
+        const float* ap = Ap + ir * kc * MR;
+        float* c = C[g] + (ic + ir * MR) * ldc[g];
+        for (index_t jr = 0; jr * NR < N[g]; ++jr) {
+          const int n = static_cast<int>(std::min<index_t>(NR, N[g] - jr * NR));
+          kern.gemm_micro(kc, ap, bg + jr * kc * NR, c + jr * NR, ldc[g], m, n, acc);
         }
       }
     }
@@ -493,7 +482,12 @@ void pack_b_panels_parallel(const Kernels& kern, index_t K, index_t N, MatView B
 
 index_t gemm_dual_packed_floats(const Kernels& kern, index_t K, index_t N1, index_t N2) {
   const index_t nb = (N1 + kern.NR - 1) / kern.NR + (N2 + kern.NR - 1) / kern.NR;
-  return nb * kern.NR * K;
+  return 2 * std::min(std::max<index_t>(K, 1), kKC) * nb * kern.NR;  // two depth blocks
+}
+
+bool gemm_dual_fits(const Kernels& kern, index_t N1, index_t N2) {
+  const index_t nb = (N1 + kern.NR - 1) / kern.NR + (N2 + kern.NR - 1) / kern.NR;
+  return nb * kern.NR * kKC * static_cast<index_t>(sizeof(float)) <= l2_bytes() / 2;
 }
 
 void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
@@ -502,62 +496,74 @@ void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
                int nthreads, float* a_sums) {
   if (M <= 0) return;
   const int MR = kern.MR, NR = kern.NR;
-  const index_t nb1 = (N1 + NR - 1) / NR, nb2 = (N2 + NR - 1) / NR, nb = nb1 + nb2;
+  const index_t nb1 = (N1 + NR - 1) / NR, nb = nb1 + (N2 + NR - 1) / NR;
   if (K <= 0) {  // no depth: the products are zero
     zero_or_keep(M, N1, C1, ldc1, acc1);
     zero_or_keep(M, N2, C2, ldc2, acc2);
     return;
   }
-  const double flops = 2.0 * M * (N1 + N2) * K;
-  const index_t mb = (M + MR - 1) / MR;
-  int P = flops < 2e5 ? 1 : static_cast<int>(std::min<index_t>(nthreads, mb));
-  // Both operands' panels, full depth, side by side (B1's first): threads split the panels;
-  // each source row is read once per panel it feeds.
-  auto pack_panel = [&](index_t j) {
-    const bool first = j < nb1;
-    const RowSource& src = first ? B1 : B2;
-    const index_t n = first ? N1 : N2, c0 = (first ? j : j - nb1) * NR;
-    const int cols = static_cast<int>(std::min<index_t>(NR, n - c0));
-    float* d = Bp + j * K * NR;
-    for (index_t k = 0; k < K; ++k) {
-      const float* row = src.row(k);
-      float* dk = d + k * NR;
-      if (row)
-        copy_row(dk, row + c0, cols);
-      else
-        std::memset(dk, 0, cols * sizeof(float));
-      for (int c = cols; c < NR; ++c) dk[c] = 0.0f;
+  const index_t N[2] = {N1, N2}, ldc[2] = {ldc1, ldc2};
+  float* const C[2] = {C1, C2};
+  const bool accumulate[2] = {acc1, acc2};
+  // Panels [j0, j1) of depth block [pc, pc + kc) of both operands into Bb (B1's panels first,
+  // then B2's; kc x NR floats each, zero past the last column): each source row is read once.
+  auto pack_block = [&](index_t pc, index_t kc, index_t j0, index_t j1, float* Bb) {
+    for (index_t j = j0; j < j1; ++j) {
+      const bool first = j < nb1;
+      const RowSource& src = first ? B1 : B2;
+      const index_t c0 = (first ? j : j - nb1) * NR;
+      const int cols = static_cast<int>(std::min<index_t>(NR, N[first ? 0 : 1] - c0));
+      float* d = Bb + j * kc * NR;
+      for (index_t k = 0; k < kc; ++k) {
+        const float* row = src.row(pc + k);
+        float* dk = d + k * NR;
+        if (row)
+          copy_row(dk, row + c0, cols);
+        else
+          std::memset(dk, 0, cols * sizeof(float));
+        for (int c = cols; c < NR; ++c) dk[c] = 0.0f;
+      }
     }
   };
-  const DualOut out[2] = {{N1, C1, ldc1, acc1, Bp}, {N2, C2, ldc2, acc2, Bp + nb1 * K * NR}};
+  const double flops = 2.0 * M * (N1 + N2) * K;
+  const index_t mb = (M + MR - 1) / MR;
+  const int P = flops < 2e5 ? 1 : static_cast<int>(std::min<index_t>(nthreads, mb));
+  const index_t blk = std::min(K, kKC) * nb * NR;  // floats of one packed depth block
   if (P <= 1) {
     DenormalGuard ftz;
-    for (index_t j = 0; j < nb; ++j) pack_panel(j);
-    gemm_dual_serial(kern, M, K, A, out, a_sums);
+    for (index_t pc = 0; pc < K; pc += kKC) {
+      const index_t kc = std::min(kKC, K - pc);
+      pack_block(pc, kc, 0, nb, Bp);
+      gemm_dual_rows(kern, 0, M, pc, kc, A, Bp, nb1, N, C, ldc, accumulate, a_sums);
+    }
     return;
   }
-  // Rows in chunks of MR-row slivers taken in turn from a shared counter (as gemm's row split;
-  // each element reduced by one thread in the same order: bitwise the same at any count).
-  const index_t per = std::max<index_t>(1, std::min<index_t>((mb + P - 1) / P, (mb + 4 * P - 1) / (4 * P)));
-  const index_t nchunks = (mb + per - 1) / per;
-  std::atomic<index_t> next{0};
+  // Per depth block: the threads pack its panels together (into one of two buffers, so the next
+  // block's packing never overwrites one still in use: one barrier per block), then take chunks
+  // of MR-row slivers in turn from the block's counter. Every element is still reduced over the
+  // blocks in order by whichever thread takes its rows: bitwise the same at any thread count.
+  const index_t per = std::max<index_t>(1, (mb + 4 * P - 1) / (4 * P));
+  const index_t nchunks = (mb + per - 1) / per, nblocks = (K + kKC - 1) / kKC;
+  std::unique_ptr<std::atomic<index_t>[]> next(new std::atomic<index_t>[nblocks]);
+  for (index_t b = 0; b < nblocks; ++b) next[b].store(0, std::memory_order_relaxed);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(P)
 #endif
   {
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();
-    for (index_t j = nb * p / np; j < nb * (p + 1) / np; ++j) pack_panel(j);
+    for (index_t b = 0; b < nblocks; ++b) {
+      const index_t pc = b * kKC, kc = std::min(kKC, K - pc);
+      float* Bb = Bp + (b & 1) * blk;
+      pack_block(pc, kc, nb * p / np, nb * (p + 1) / np, Bb);
 #if defined(_OPENMP)
 #pragma omp barrier
 #endif
-    for (index_t c = next.fetch_add(1, std::memory_order_relaxed); c < nchunks;
-         c = next.fetch_add(1, std::memory_order_relaxed)) {
-      const index_t i0 = c * per * MR, i1 = std::min(M, (c + 1) * per * MR);
-      const DualOut o[2] = {{N1, C1 + i0 * ldc1, ldc1, acc1, out[0].Bp},
-                            {N2, C2 + i0 * ldc2, ldc2, acc2, out[1].Bp}};
-      gemm_dual_serial(kern, i1 - i0, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, o,
-                       a_sums ? a_sums + i0 : nullptr);
+      for (index_t c = next[b].fetch_add(1, std::memory_order_relaxed); c < nchunks;
+           c = next[b].fetch_add(1, std::memory_order_relaxed)) {
+        const index_t i0 = c * per * MR, i1 = std::min(M, (c + 1) * per * MR);
+        gemm_dual_rows(kern, i0, i1, pc, kc, A, Bb, nb1, N, C, ldc, accumulate, a_sums);
+      }
     }
   }
 }

@@ -58,11 +58,15 @@ struct RowSource {
 // Two products with one left operand: C1 (M x N1) = (or, acc1, +=) op(A) . B1 and C2 (M x N2)
 // (+)= op(A) . B2, where B1 (K x N1) and B2 (K x N2) are given as rows (RowSource). A's blocks
 // are packed once for both (an LSTM's weight gradients dW_ih = dZ^T . x and dW_hh = dZ^T . h_prev
-// share dZ^T, which two gemm calls would pack twice). Bp: gemm_dual_packed_floats(K, N1, N2)
-// floats of scratch for both operands' packed panels. Threads split the rows of C in MR-row
-// chunks; each element is reduced in the same order at any thread count (bitwise identical).
-// a_sums (length M): += the row sums of op(A), as gemm's.
+// share dZ^T, which two gemm calls would pack twice). Depth blocks of KC rows: both operands'
+// panels of a block are packed by the threads together, then the threads take chunks of
+// MR-row slivers of C; each element is reduced over the blocks in order (bitwise identical at
+// any thread count). Bp: gemm_dual_packed_floats(K, N1, N2) floats of scratch (two packed
+// blocks). gemm_dual_fits: a packed block of both operands takes at most half of L2 (the
+// micro-kernel streams all its panels per sliver of A; wider operands: two gemm calls, whose
+// NC blocking keeps B's part in L2). a_sums (length M): += the row sums of op(A), as gemm's.
 index_t gemm_dual_packed_floats(const Kernels& kern, index_t K, index_t N1, index_t N2);
+bool gemm_dual_fits(const Kernels& kern, index_t N1, index_t N2);
 void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
                const RowSource& B1, float* C1, index_t ldc1, bool acc1, index_t N2,
                const RowSource& B2, float* C2, index_t ldc2, bool acc2, float* Bp,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import sysconfig
 from collections import Counter
@@ -103,7 +104,12 @@ def featurize(
 ):
     """Word 1..``word_n``-grams and character 1..``char_n``-grams of each document, CSR form:
     ``(indptr (D+1,), ids (nnz,))``. ``index`` (feature -> id) grows when ``grow``."""
+    if isinstance(docs, str):  # would be featurized as one document per character
+        raise TypeError("docs: expected a sequence of str, got a str")
     docs = list(docs)
+    for d, doc in enumerate(docs):
+        if not isinstance(doc, str):
+            raise TypeError(f"docs: expected a sequence of str, got {type(doc).__name__} at {d}")
     if _cython(use_cython):
         return _text.featurize(docs, index, grow, char_n, word_n)
     return _py_featurize(docs, index, grow, char_n, word_n)
@@ -212,6 +218,8 @@ class Vocab:
 
     def encode(self, text: str, use_cython: Optional[bool] = None) -> np.ndarray:
         """int32 ids of ``text``'s characters (or whitespace words); unknown -> 0."""
+        if not isinstance(text, str):  # Cython took None as "", Python bytes as unknown ints
+            raise TypeError(f"text: expected a str, got {type(text).__name__}")
         cy = _cython(use_cython)
         if self.level == "char":
             if cy:
@@ -227,7 +235,10 @@ class Vocab:
         itos, n = self.itos, len(self.itos)
         out = []
         for i in ids:
-            k = int(i)
+            try:
+                k = operator.index(i)  # ints only: int(1.7) and int("1") would pass
+            except TypeError:
+                raise TypeError(f"ids: expected integer token ids, got {i!r}") from None
             if not 0 <= k < n:  # a negative id would index from the end
                 raise IndexError(f"ids: expected values in [0, V={n}), got {k}")
             out.append(itos[k])
@@ -366,9 +377,12 @@ class BPTTBatcher:
                 f"ids: expected token ids in [0, 2**31), got [{arr.min()}, {arr.max()}]"
             )
         ids = arr.astype(np.int32)
+        for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name}: expected an int >= 1, got {type(v).__name__}")
+            if v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v}")
         self.B, self.T = int(batch_size), int(seq_len)
-        if self.B < 1 or self.T < 1:
-            raise ValueError(f"batch_size and seq_len: expected >= 1, got {self.B}, {self.T}")
         n = (len(ids) - 1) // self.B
         if n < 1 or (drop_last and n < self.T):
             raise ValueError(

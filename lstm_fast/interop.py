@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import rnn as _rnn
-from .module import _from_torch
+from .module import _as_dtype
 
 __all__ = [
     "from_keras",
@@ -35,10 +35,10 @@ _LAYERS = {"LSTM": _rnn.LSTM, "GRU": _rnn.GRU, "RNN": _rnn.RNN}
 _CELLS = {"LSTMCell": _rnn.LSTMCell, "GRUCell": _rnn.GRUCell, "RNNCell": _rnn.RNNCell}
 
 
-def _np(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = _from_torch(a)
-    return np.ascontiguousarray(np.asarray(a), dtype=np.float32)
+def _np(name: str, a: Any) -> np.ndarray:
+    """An imported weight as float32, checked: real numbers that fit float32 (as
+    ``load_state_dict``'s), so a string, complex or 1e300 entry raises naming the array."""
+    return np.ascontiguousarray(_as_dtype(name, a))
 
 
 def _kind(layer) -> str:
@@ -206,6 +206,8 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     """
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
+    if getattr(layer, "proj_size", 0):
+        raise ValueError("from_keras: Keras has no LSTM projection (proj_size > 0)")
     k, direction = _check_index(layer, k, direction)
     if not isinstance(weights, (list, tuple)) or len(weights) not in (2, 3):
         got = f"{len(weights)} arrays" if isinstance(weights, (list, tuple)) else type(weights)
@@ -215,7 +217,7 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
         )
     w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
     (G, I), Hh = w_ih.shape, w_hh.shape[1]
-    kernel, recurrent = _np(weights[0]), _np(weights[1])
+    kernel, recurrent = _np("kernel", weights[0]), _np("recurrent_kernel", weights[1])
     _expect("kernel", kernel, (I, G), "(I, G)")
     _expect("recurrent_kernel", recurrent, (Hh, G), "(H, G)")
     staged = {
@@ -226,7 +228,7 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     if len(weights) > 2:
         if not layer.bias:
             raise ValueError("bias: given, but the layer was made with bias=False")
-        bias = _np(weights[2])
+        bias = _np("bias", weights[2])
         if kind == "GRU":
             _expect("bias", bias, (2, G), "(2, 3H) (GRU reset_after=True)")
             staged[names[0]] = _unorder(bias[0], order)
@@ -275,16 +277,18 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0) -> None:
     ``bias=False`` raises. Every array is checked before any parameter changes."""
     kind = _kind(layer)
     order = _ONNX_ORDER[kind]
+    if getattr(layer, "proj_size", 0):
+        raise ValueError("from_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
     k, _ = _check_index(layer, k, 0)
     D = 1 if _is_cell(layer) else layer.num_directions
     (G, I), Hh = _get(layer, "weight_ih", k, 0).shape, _get(layer, "weight_hh", k, 0).shape[1]
-    W, R = _np(W), _np(R)
+    W, R = _np("W", W), _np("R", R)
     _expect("W", W, (D, G, I), "(D, G, I)")
     _expect("R", R, (D, G, Hh), "(D, G, H)")
     if B is not None:
         if not layer.bias:
             raise ValueError("B: given, but the layer was made with bias=False")
-        B = _np(B)
+        B = _np("B", B)
         _expect("B", B, (D, 2 * G), "(D, 2G)")
     staged = {}
     for d in range(D):

@@ -10,7 +10,7 @@ and a PyTorch state dict loads as is.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,34 @@ def _from_torch(t: Any) -> np.ndarray:
     if t.is_floating_point():
         t = t.float()
     return t.numpy()
+
+
+def _as_dtype(what: str, value: Any, dtype: Any = np.float32, shape: Any = None) -> np.ndarray:
+    """``value`` (NumPy, torch tensor, nested lists) as a ``dtype`` array, checked first: a real
+    numeric array (of ``shape`` when given) whose finite values stay finite (1e300 does not fit
+    float32). Errors start with ``what``: ``"load_state_dict: weight_ih_l0: expected ..."``."""
+    if hasattr(value, "detach"):  # a torch tensor: no torch import needed
+        value = _from_torch(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nesting and the like
+        raise TypeError(f"{what}: expected a real numeric array ({e})") from None
+    if shape is not None and arr.shape != tuple(shape):
+        raise ValueError(f"{what}: expected shape {tuple(shape)}, got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = arr.astype(dtype, copy=False)
+    if cast is not arr and cast.dtype.kind == "f":
+        # finite values that do not fit (1e300 -> inf in float32) are refused
+        with np.errstate(invalid="ignore"):
+            overflow = ~np.isfinite(cast) & np.isfinite(arr)
+        if overflow.any():
+            bad = arr[overflow].flat[0]
+            raise ValueError(
+                f"{what}: expected values within {np.dtype(dtype).name}'s range, got {bad!r}"
+            )
+    return cast
 
 
 class Parameter:
@@ -48,7 +76,10 @@ class Parameter:
         return self.data.shape
 
     def zero_grad(self) -> None:
-        self.grad[...] = 0
+        if isinstance(self.grad, np.ndarray) and self.grad.shape == self.data.shape:
+            self.grad[...] = 0
+        else:  # None (PyTorch's habit) or a stale array: a fresh gradient of the right shape
+            self.grad = np.zeros_like(self.data)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -142,6 +173,15 @@ class Module:
         Every entry is checked (shape, finite conversion to float32) before any parameter is
         changed, so a failed load leaves the module as it was.
         """
+        if not isinstance(state_dict, Mapping):  # a list of pairs, None, ...
+            raise TypeError(
+                f"load_state_dict: state_dict: expected a mapping of names to arrays, got "
+                f"{type(state_dict).__name__}"
+            )
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(
+                f"load_state_dict: strict: expected a bool, got {type(strict).__name__}"
+            )
         own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -151,31 +191,9 @@ class Module:
         for name, p in own.items():
             if name not in state_dict:
                 continue
-            value = state_dict[name]
-            if hasattr(value, "detach"):  # a torch tensor: no torch import needed
-                value = _from_torch(value)
-            arr = np.asarray(value)
-            if arr.shape != p.data.shape:
-                raise ValueError(
-                    f"load_state_dict: {name}: expected shape {p.data.shape}, got {arr.shape}"
-                )
-            if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-                raise TypeError(
-                    f"load_state_dict: {name}: expected a real numeric array, got dtype {arr.dtype}"
-                )
-            with np.errstate(over="ignore", invalid="ignore"):
-                cast = arr.astype(p.data.dtype, copy=False)
-            if cast is not arr and cast.dtype.kind == "f":
-                # finite values that do not fit (1e300 -> inf in float32) are refused
-                with np.errstate(invalid="ignore"):
-                    overflow = ~np.isfinite(cast) & np.isfinite(arr)
-                if overflow.any():
-                    bad = arr[overflow].flat[0]
-                    raise ValueError(
-                        f"load_state_dict: {name}: expected values within float32's range, "
-                        f"got {bad!r}"
-                    )
-            staged[name] = cast
+            staged[name] = _as_dtype(
+                f"load_state_dict: {name}", state_dict[name], p.data.dtype, p.data.shape
+            )
         for name, arr in staged.items():
             own[name].data[...] = arr
         self._on_load()

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _core
 from .module import Module, Parameter
-from .rnn import LSTM
+from .rnn import LSTM, _check_bool, _check_int
 
 __all__ = [
     "LSTM",
@@ -76,9 +76,12 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, seed=None):
         super().__init__()
+        in_features = _check_int("in_features", in_features, 0)
+        out_features = _check_int("out_features", out_features, 0)
+        _check_bool("bias", bias)
         rng = np.random.default_rng(seed)
-        bound = 1.0 / math.sqrt(in_features)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / math.sqrt(in_features) if in_features else 0.0  # (PyTorch's, for I = 0)
+        self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)))
         self.bias = Parameter(rng.uniform(-bound, bound, (out_features,))) if bias else None
         self._x: Optional[np.ndarray] = None
@@ -90,11 +93,11 @@ class Linear(Module):
     def forward(self, x: Any) -> np.ndarray:
         self._x = None  # a failed call leaves nothing for backward
         x = np.asarray(x, dtype=np.float32)
-        if x.shape[-1] != self.in_features:
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
         # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
         # thread pool spinning between calls halved the recurrent kernels' speed next to it.
-        x2 = np.ascontiguousarray(x.reshape(-1, self.in_features))
+        x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), self.in_features))
         y = _core.gemm(x2, _f32c(self.weight.data), False, True, _f32c_or_none(self.bias))
         self._x = x2 if self.training else None
         self._xshape = x.shape
@@ -160,8 +163,21 @@ class Embedding(Module):
         seed=None,
     ):
         super().__init__()
+        num_embeddings = _check_int("num_embeddings", num_embeddings, 0)
+        embedding_dim = _check_int("embedding_dim", embedding_dim, 0)
+        if padding_idx is not None:
+            V = num_embeddings
+            if (
+                isinstance(padding_idx, (bool, np.bool_))
+                or not isinstance(padding_idx, (int, np.integer))
+                or not -V <= padding_idx < V
+            ):
+                raise ValueError(
+                    f"padding_idx: expected None or an int in [-{V}, {V}), got {padding_idx!r}"
+                )
+            padding_idx = int(padding_idx) % V  # -1: the last row, as PyTorch stores it
         rng = np.random.default_rng(seed)
-        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
         w = rng.standard_normal((num_embeddings, embedding_dim))
         if padding_idx is not None:
@@ -260,8 +276,9 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, seed=None):
         super().__init__()
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p: expected a float in [0, 1], got {p}")
+        real = not isinstance(p, bool) and isinstance(p, (int, float, np.integer, np.floating))
+        if not real or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: expected a float in [0, 1], got {p!r}")
         self.p = float(p)
         self._rng = np.random.default_rng(seed)
         self._mask: Optional[np.ndarray] = None
@@ -290,7 +307,13 @@ class Dropout(Module):
 
     def backward(self, dy: Any) -> np.ndarray:
         dy = np.asarray(dy, dtype=np.float32)
-        return dy if self._mask is None else dy * self._mask
+        if self._mask is None:
+            return dy
+        if dy.shape != self._mask.shape:  # broadcasting would scale a wrong-shaped dy silently
+            raise ValueError(
+                f"dy: expected shape {self._mask.shape} (the output's), got {dy.shape}"
+            )
+        return dy * self._mask
 
 
 def log_softmax(logits: Any, axis: int = -1) -> np.ndarray:
@@ -300,11 +323,21 @@ def log_softmax(logits: Any, axis: int = -1) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
-def _xent_targets(targets: Any, N: int, V: int, ignore_index, reduction: str):
-    """Checked targets as int64 with -1 for ignored rows, and the gradient's scale."""
-    t = np.asarray(targets).reshape(-1)
-    if t.shape[0] != N:
-        raise ValueError(f"targets: expected {N} entries (N), got {t.shape[0]}")
+def _xent_targets(targets: Any, lead: tuple, V: int, ignore_index, reduction: str):
+    """Checked targets as int64 with -1 for ignored rows, and the gradient's scale. ``lead``:
+    the logits' shape without V; the targets have that shape or (N,)."""
+    t = np.asarray(targets)
+    N = math.prod(lead)
+    if t.shape != lead and t.shape != (N,):  # a transposed (B, T) for (T, B) is not taken
+        raise ValueError(
+            f"targets: expected shape {lead} (the logits' without V) or (N={N},), got {t.shape}"
+        )
+    t = t.reshape(-1)
+    if ignore_index is not None and (
+        isinstance(ignore_index, (bool, np.bool_))
+        or not isinstance(ignore_index, (int, np.integer))
+    ):
+        raise TypeError(f"ignore_index: expected None or an int, got {ignore_index!r}")
     if t.dtype.kind not in "iu":
         raise TypeError(f"targets: expected integer class ids, got dtype {t.dtype}")
     if reduction not in ("mean", "sum"):
@@ -357,9 +390,11 @@ def softmax_cross_entropy(
     )
     z = logits if reuse else np.array(logits, dtype=np.float32, order="C", copy=True)
     shape = z.shape
+    if z.ndim == 0 or shape[-1] == 0:
+        raise ValueError(f"logits: expected shape (..., V) with V >= 1, got {shape}")
     V = shape[-1]
+    t64, scale = _xent_targets(targets, shape[:-1], V, ignore_index, reduction)
     z = z.reshape(-1, V)
-    t64, scale = _xent_targets(targets, z.shape[0], V, ignore_index, reduction)
     # One fused pass per row in C++ (SIMD exp, rows split over lstm_fast's threads): z becomes
     # scale * (softmax - onehot) in place, ignored rows zero; per-row losses in float64.
     nll = _core.softmax_xent(z, t64, scale)

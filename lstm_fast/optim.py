@@ -12,9 +12,7 @@ vectorised per parameter.
 
 Example::
 
-    >>> import warnings
-
-import numpy as np
+    >>> import numpy as np
     >>> from lstm_fast.module import Parameter
     >>> p = Parameter(np.ones(3))
     >>> opt = Adam([p], lr=0.1)
@@ -34,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .module import Parameter
+from .module import Parameter, _as_dtype
 
 __all__ = [
     "Optimizer",
@@ -65,6 +63,35 @@ def _fast(p: Parameter) -> bool:
     )
 
 
+def _check_grads(what: str, params: list) -> None:
+    """Raise ValueError naming the first parameter whose ``.grad`` is not an array of its shape
+    (None, a scalar, a stale shape), before anything is changed."""
+    for i, p in enumerate(params):
+        if not isinstance(p.grad, np.ndarray) or p.grad.shape != p.data.shape:
+            got = p.grad.shape if isinstance(p.grad, np.ndarray) else type(p.grad).__name__
+            raise ValueError(
+                f"{what}: parameter {i}: grad: expected an array of shape {p.data.shape} (the "
+                f"parameter's), got {got}"
+            )
+
+
+def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
+    """A real number >= minimum (NaN refused) as a float, else an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a float >= {minimum:g}, got {type(value).__name__}")
+    if not value >= minimum:
+        raise ValueError(f"{name}: expected a float >= {minimum:g}, got {value}")
+    return float(value)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
 class Optimizer:
     """Base class: a list of parameters, hyper-parameters as attributes, per-parameter state."""
 
@@ -72,6 +99,8 @@ class Optimizer:
     _slots: tuple = ()
 
     def __init__(self, params: Iterable[Parameter], **hyper: Any):
+        if isinstance(params, Parameter):
+            raise TypeError("params: expected an iterable of Parameter objects, got a Parameter")
         self.params = list(params)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
@@ -100,20 +129,18 @@ class Optimizer:
         "alpha",
         "lr_decay",
         "initial_accumulator_value",
+        "dampening",
     )
+    # Hyper-parameters that are switches: "no" or 0 must not pass for a setting.
+    _BOOLS = ("nesterov", "centered")
 
     @classmethod
     def _check_hyper(cls, hyper: Mapping) -> None:
         """Raise ValueError naming the first hyper-parameter out of its range (NaN included), so
         a bad value fails at construction (or load) instead of in the middle of a step."""
         for k in cls._NON_NEGATIVE:
-            if k not in hyper:
-                continue
-            v = hyper[k]
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise TypeError(f"{k}: expected a float >= 0, got {type(v).__name__}")
-            if not v >= 0:
-                raise ValueError(f"{k}: expected a float >= 0, got {v}")
+            if k in hyper:
+                _check_number(k, hyper[k])
         if "betas" in hyper:
             b = hyper["betas"]
             ok = isinstance(b, (tuple, list)) and len(b) == 2
@@ -123,10 +150,15 @@ class Optimizer:
             )
             if not ok or not all(0.0 <= x < 1.0 for x in b):
                 raise ValueError(f"betas: expected two floats in [0, 1), got {b!r}")
+        for k in cls._BOOLS:
+            if k in hyper and not isinstance(hyper[k], (bool, np.bool_)):
+                raise TypeError(f"{k}: expected a bool, got {type(hyper[k]).__name__}")
+        if hyper.get("nesterov") and (hyper.get("momentum", 0) <= 0 or hyper.get("dampening")):
+            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
 
     def zero_grad(self) -> None:
         for p in self.params:
-            p.grad[...] = 0
+            p.zero_grad()
 
     def _buf(self, i: int, name: str, init: float = 0.0) -> np.ndarray:
         st = self.state[i]
@@ -141,16 +173,14 @@ class Optimizer:
         would before the next backward; optimizers with a fused kernel (Adam, AdamW) do it in
         the same pass over memory as the update, so a training loop saves a pass of its own.
 
-        Every gradient's shape is checked first: a bad one raises before any parameter or
-        state changes.
+        Every gradient's shape (and that the arrays to write are writeable) is checked first: a
+        bad one raises before any parameter or state changes.
         """
+        _check_grads("step", self.params)
         for i, p in enumerate(self.params):
-            if not isinstance(p.grad, np.ndarray) or p.grad.shape != p.data.shape:
-                got = p.grad.shape if isinstance(p.grad, np.ndarray) else type(p.grad).__name__
-                raise ValueError(
-                    f"step: parameter {i}: grad: expected an array of shape {p.data.shape} (the "
-                    f"parameter's), got {got}"
-                )
+            if not p.data.flags.writeable or (zero_grad and not p.grad.flags.writeable):
+                what = "data" if not p.data.flags.writeable else "grad (zero_grad=True)"
+                raise ValueError(f"step: parameter {i}: {what}: expected a writeable array")
         self.step_count += 1
         for i, p in enumerate(self.params):
             if not self._update(i, p, zero_grad) and zero_grad:
@@ -236,7 +266,8 @@ class Optimizer:
                 raise TypeError(
                     f"load_state_dict: {key}: expected a float32 array, got dtype {arr.dtype}"
                 )
-            state[i][name] = np.array(arr, dtype=np.float32, copy=True)
+            # (1e300 in a float64 array would become inf)
+            state[i][name] = np.array(_as_dtype(f"load_state_dict: {key}", arr), copy=True)
         missing = [k for k in self.state_spec(hyper, step) if k not in arrays]
         if missing:
             raise ValueError(f"load_state_dict: missing arrays {missing[:6]} (step {step})")
@@ -261,8 +292,6 @@ class SGD(Optimizer):
     def __init__(
         self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
     ):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
         super().__init__(
             params,
             lr=lr,
@@ -447,6 +476,8 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
     (norm + 1e-6)``, applied when < 1).
     """
     params = list(params)
+    max_norm = _check_number("max_norm", max_norm)  # a negative one would flip the gradients
+    _check_grads("clip_grad_norm", params)
     # float64 sums in lstm_fast's own kernel: np.dot would wake NumPy's BLAS thread pool, which
     # then spins next to the recurrent kernels' OpenMP team
     total = math.sqrt(
@@ -466,8 +497,10 @@ class _Schedule:
     """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per optimizer step."""
 
     def __init__(self, optimizer: Optimizer, base_lr: Optional[float] = None):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr if base_lr is None else base_lr
+        self.base_lr = optimizer.lr if base_lr is None else _check_number("base_lr", base_lr)
         self.set(optimizer.step_count)
 
     def factor(self, step: int) -> float:  # pragma: no cover - abstract
@@ -485,7 +518,8 @@ class StepLR(_Schedule):
     """``lr = base_lr * gamma ** (step // step_size)``."""
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1, base_lr=None):
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size = _check_count("step_size", step_size, 1)
+        self.gamma = _check_number("gamma", gamma)
         super().__init__(optimizer, base_lr)
 
     def factor(self, step):
@@ -499,7 +533,9 @@ class CosineLR(_Schedule):
     def __init__(
         self, optimizer, total_steps: int, warmup: int = 0, min_factor: float = 0.0, base_lr=None
     ):
-        self.total_steps, self.warmup, self.min_factor = int(total_steps), int(warmup), min_factor
+        self.total_steps = _check_count("total_steps", total_steps, 0)
+        self.warmup = _check_count("warmup", warmup, 0)
+        self.min_factor = _check_number("min_factor", min_factor)  # < 0: a negative lr
         super().__init__(optimizer, base_lr)
 
     def factor(self, step):

@@ -60,7 +60,10 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
     """Explicit conversion at the layer boundary: real floating input -> C-contiguous float32."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = _from_torch(value)
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nesting, (h, None) and the like
+        raise TypeError(f"{name}: expected a real floating-point array ({e})") from None
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")
     return np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
@@ -883,8 +886,10 @@ class _RNNBase(Module):
         zeros). Returns ``(y_t, state)`` with y_t (B, H) — written into ``out`` when given. The
         weights are read in place and every buffer (states, workspaces) is allocated on the first
         call for a batch size and reused afterwards (one set per Python thread, so threads may
-        stream through one layer at once): the returned state lives in internal buffers and is
-        only valid until the thread's next call (copy it to keep it).
+        stream through one layer at once): the returned y_t (unless ``out`` is given) and state
+        live in internal buffers and are only valid until the thread's next call (copy them to
+        keep them). An unbatched x_t also takes an unbatched forward's (num_layers, H) state;
+        ``check_finite`` layers check x_t and state.
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence")
@@ -892,8 +897,8 @@ class _RNNBase(Module):
             raise NotImplementedError("step: proj_size > 0 is not supported in streaming mode")
         x_t = (
             x_t
-            if isinstance(x_t, np.ndarray) and x_t.dtype == np.float32
-            else _as_float32("x_t", x_t)
+            if isinstance(x_t, np.ndarray) and x_t.dtype == np.float32 and x_t.flags.c_contiguous
+            else _as_float32("x_t", x_t)  # (a strided float32 view is copied too)
         )
         unbatched = x_t.ndim == 1
         if unbatched:
@@ -903,15 +908,29 @@ class _RNNBase(Module):
         B = x_t.shape[0]
         if out is not None:
             want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
-            if not isinstance(out, np.ndarray) or out.shape != want or not out.flags.writeable:
-                got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
-                raise ValueError(f"out: expected a writeable array of shape {want}, got {got}")
+            if (
+                not isinstance(out, np.ndarray)
+                or out.shape != want
+                or out.dtype != np.float32  # an int32 out would truncate y silently
+                or not out.flags.writeable
+            ):
+                got = (
+                    f"shape {out.shape} dtype {out.dtype}"
+                    + ("" if out.flags.writeable else " (read-only)")
+                    if isinstance(out, np.ndarray)
+                    else type(out).__name__
+                )
+                raise ValueError(
+                    f"out: expected a writeable array of shape {want} dtype float32, got {got}"
+                )
         st = self._stream
         if st is None or st.B != B:
             st = _Stream(self, B)
             object.__setattr__(self, "_stream", st)
         if state is not None:
-            st.check(state)
+            state = st.check(state, unbatched)
+        if self.check_finite:
+            _guard_finite(self, x_t=x_t, state=state)
         y = st.run(x_t, state)
         if out is not None:
             out[...] = y[0] if unbatched else y
@@ -953,9 +972,10 @@ class _Stream:
         cur = self.cur
         return (self.hs[cur], self.cs[cur]) if self.c is not None else self.hs[cur]
 
-    def check(self, state) -> None:
+    def check(self, state, unbatched: bool = False):
         """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (what step
-        returned, or h_n / c_n of a forward). Raises before anything is written."""
+        returned, or h_n / c_n of a forward; (L, H) for an unbatched x_t, as an unbatched
+        forward's). Raises before anything is written; returns the state as (L, B, H) arrays."""
         L, H = self.layer.num_layers, self.layer.hidden_size
         if self.c is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -966,14 +986,22 @@ class _Stream:
                 raise TypeError("state: expected one array h as returned by step, got a tuple")
             items = (("state (h)", state),)
         cur = self.cur
+        out = []
         for name, a in items:
             if a is self.hs[cur] or a is self.cs[cur]:
+                out.append(a)
                 continue
-            shape = np.shape(a)
-            if shape != (L, self.B, H):
+            a = _as_float32(name, a)  # a str or object array fails here, not half-copied
+            if unbatched and a.shape == (L, H):
+                a = a[:, None]
+            if a.shape != (L, self.B, H):
+                unb = f" or (num_layers, H) = {(L, H)}" if unbatched else ""
                 raise ValueError(
-                    f"{name}: expected shape (num_layers, B, H) = {(L, self.B, H)}, got {shape}"
+                    f"{name}: expected shape (num_layers, B, H) = {(L, self.B, H)}{unb}, "
+                    f"got {a.shape}"
                 )
+            out.append(a)
+        return tuple(out) if self.c is not None else out[0]
 
     def run(self, x_t, state):
         cur, nxt = self.cur, 1 - self.cur
@@ -992,6 +1020,9 @@ class _Stream:
                 self.c[cur].fill(0)
         params, mode, step_into = self.layer._parameters, self.mode, self.step_into
         hv_in, hv_out, cv_in, cv_out = self.hv[cur], self.hv[nxt], self.cv[cur], self.cv[nxt]
+        if not self.B:  # nothing to compute (the core would take the empty buffers as aliases)
+            self.cur = nxt
+            return hv_out[-1]
         inp = x_t
         for k, (n_ih, n_hh, n_bih, n_bhh) in enumerate(self.names):
             b_ih, b_hh = params.get(n_bih), params.get(n_bhh)

@@ -91,15 +91,19 @@ class CharLM(Module):
         )
         self.drop = Dropout(dropout, seed=seed + 2)
         self.decoder = Linear(hidden_size, vocab_size, seed=seed + 3)
+        self._saved = False  # a training forward ran (and did not fail) since the last one
 
     def init_state(self, batch_size: int):
         L, H = self.config["num_layers"], self.config["hidden_size"]
         return (np.zeros((L, batch_size, H), np.float32), np.zeros((L, batch_size, H), np.float32))
 
     def forward(self, x, state=None):
+        # a failed call leaves nothing for backward (the decoder would still hold the last one's)
+        self._saved = False
         # the embedding lookup folded into the first LSTM layer (LSTM.forward_embedded)
         y, (h, c) = self.rnn.forward_embedded(x, self.embedding, state)
         logits = self.decoder(self.drop(y))
+        self._saved = self.training
         return logits, (h, c)
 
     def forward_loss(self, x, targets, state=None):
@@ -110,13 +114,13 @@ class CharLM(Module):
         gradients.
         """
         logits, state = self.forward(x, state)
-        V = logits.shape[-1]
-        loss, g = softmax_cross_entropy(
-            logits.reshape(-1, V), np.asarray(targets).reshape(-1), inplace=True
-        )
-        return loss, g.reshape(logits.shape), state
+        # targets (T, B) as x, or flat: a transposed (B, T) one raises
+        loss, g = softmax_cross_entropy(logits, targets, inplace=True)
+        return loss, g, state
 
     def backward(self, dlogits) -> None:
+        if not self._saved:
+            raise RuntimeError("CharLM.backward: no saved forward (call it in training mode)")
         dy = self.drop.backward(self.decoder.backward(dlogits))
         self.rnn.backward(dy)  # accumulates the embedding's gradient too (forward_embedded)
 

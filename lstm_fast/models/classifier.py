@@ -125,6 +125,7 @@ class SequenceClassifier(Module):
         self._cache = None
 
     def forward(self, ids, lengths, bigram_ids=None):
+        self._cache = None  # a failed call leaves nothing for backward
         ids = np.asarray(ids)
         if ids.ndim != 2:
             raise ValueError(f"ids: expected shape (T, B), got {ids.shape}")
@@ -177,10 +178,15 @@ class SequenceClassifier(Module):
         else:
             b = np.arange(B)
             feats = np.concatenate([yf[lengths - 1, b], yb[0, b]], axis=1)
-        self._cache = (T, B, H, lengths, rev, mask, arg)
-        return self.head(self.drop(feats))
+        logits = self.head(self.drop(feats))
+        self._cache = (T, B, H, lengths, rev, mask, arg) if self.training else None
+        return logits
 
     def backward(self, dlogits) -> None:
+        if self._cache is None:
+            raise RuntimeError(
+                "SequenceClassifier.backward: no saved forward (call it in training mode)"
+            )
         T, B, H, lengths, rev, mask, arg = self._cache
         dfeat = self.drop.backward(self.head.backward(dlogits))  # (B, 2H)
         pool = self.config["pool"]

@@ -246,7 +246,50 @@ index_t step_workspace_size_py(const std::string& mode, index_t B, index_t I, in
   return step_workspace_size(step_cell(mode), B, H);
 }
 
-// h_out, c_out = one step from x (B, I), h, c (B, H). The outputs must not alias the inputs.
+// The bytes of an array argument (none: empty). Zero-size arrays overlap nothing.
+struct Span {
+  const char* p = nullptr;
+  std::size_t n = 0;
+};
+Span span_of(py::handle a) {
+  if (a.is_none() || !py::array::check_(a)) return {};
+  const auto* ap = py::detail::array_proxy(a.ptr());
+  std::size_t n = sizeof(float);
+  for (int d = 0; d < ap->nd; ++d) n *= static_cast<std::size_t>(ap->dimensions[d]);
+  return {static_cast<const char*>(ap->data), n};
+}
+bool overlap(Span a, Span b) { return a.n && b.n && a.p < b.p + b.n && b.p < a.p + a.n; }
+
+// The name of the first (output, other argument) pair whose memory overlaps, as
+// "h_out: must not overlap h", or null: the outputs (h_out, c_out, workspace) are written while
+// the inputs are read, so they may share no byte with an input or with each other.
+const char* step_overlap(py::handle x, py::handle h, py::handle c, py::handle weight_ih,
+                         py::handle weight_hh, py::handle bias_ih, py::handle bias_hh,
+                         py::handle h_out, py::handle c_out, py::handle workspace) {
+  static const char* const kMsg[3][9] = {
+      {"h_out: must not overlap x_t", "h_out: must not overlap h", "h_out: must not overlap c",
+       "h_out: must not overlap weight_ih", "h_out: must not overlap weight_hh",
+       "h_out: must not overlap bias_ih", "h_out: must not overlap bias_hh", nullptr, nullptr},
+      {"c_out: must not overlap x_t", "c_out: must not overlap h", "c_out: must not overlap c",
+       "c_out: must not overlap weight_ih", "c_out: must not overlap weight_hh",
+       "c_out: must not overlap bias_ih", "c_out: must not overlap bias_hh",
+       "c_out: must not overlap h_out", nullptr},
+      {"workspace: must not overlap x_t", "workspace: must not overlap h",
+       "workspace: must not overlap c", "workspace: must not overlap weight_ih",
+       "workspace: must not overlap weight_hh", "workspace: must not overlap bias_ih",
+       "workspace: must not overlap bias_hh", "workspace: must not overlap h_out",
+       "workspace: must not overlap c_out"}};
+  const Span other[9] = {span_of(x),       span_of(h),       span_of(c),
+                         span_of(weight_ih), span_of(weight_hh), span_of(bias_ih),
+                         span_of(bias_hh), span_of(h_out),   span_of(c_out)};
+  const Span outs[3] = {other[7], other[8], span_of(workspace)};
+  for (int o = 0; o < 3; ++o)
+    for (int i = 0; i < 9; ++i)
+      if (kMsg[o][i] && overlap(outs[o], other[i])) return kMsg[o][i];
+  return nullptr;
+}
+
+// h_out, c_out = one step from x (B, I), h, c (B, H). The outputs must not overlap the inputs.
 void step_into_py(const std::string& mode, py::handle x, py::handle h, py::handle c,
                   py::handle weight_ih, py::handle weight_hh, py::handle bias_ih,
                   py::handle bias_hh, py::handle h_out, py::handle c_out, py::handle workspace) {
@@ -266,7 +309,8 @@ void step_into_py(const std::string& mode, py::handle x, py::handle h, py::handl
           quick_ok(h_out, {B, H}, true) && (!lstm || quick_ok(c, {B, H})) &&
           (!lstm || quick_ok(c_out, {B, H}, true)) && quick_ok(workspace, {sp->dimensions[0]}, true) &&
           sp->dimensions[0] >= step_workspace_size(step_cell(mode), B, H) &&
-          py::detail::array_proxy(h.ptr())->data != py::detail::array_proxy(h_out.ptr())->data) {
+          !step_overlap(x, h, lstm ? c : py::none(), weight_ih, weight_hh, bias_ih, bias_hh,
+                        h_out, lstm ? c_out : py::none(), workspace)) {
         auto data = [](py::handle a) { return py::detail::array_proxy(a.ptr())->data; };
         auto f = [&](py::handle a) { return reinterpret_cast<float*>(data(a)); };
         const Kernels& kern = active_kernels();
@@ -304,7 +348,8 @@ void step_into_py(const std::string& mode, py::handle x, py::handle h, py::handl
     throw py::value_error("workspace: expected at least " + std::to_string(need) +
                           " floats, got " + std::to_string(ws.shape(0)));
   check_layout(ws, "workspace", true);
-  if (ha.data() == ho.data()) throw py::value_error("h_out: must not alias h");
+  if (const char* msg = step_overlap(xa, ha, ca, wih, whh, bih, bhh, ho, co, ws))
+    throw py::value_error(msg);
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   py::gil_scoped_release nogil;

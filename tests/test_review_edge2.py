@@ -458,3 +458,77 @@ def test_cell_hx_holding_none_is_a_clear_error():
     h = np.zeros((2, 4), np.float32)
     with pytest.raises(TypeError, match="h_0: expected a real floating-point array"):
         cell(np.zeros((2, 3), np.float32), (h, None))
+
+
+# ---- the streaming step's core call -------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_step_into_refuses_overlapping_outputs(mode):
+    """The outputs of one step (h_out, c_out, workspace) are written while the inputs are read:
+    any shared byte with an input or with each other is refused by name (a partial overlap
+    too, not only the same start); arrays of zero size overlap nothing."""
+    from lstm_fast import _core
+
+    g = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[mode]
+    B, I, H = 3, 5, 7
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    x, h, c = f(B, I), f(B, H), f(B, H)
+    w_ih, w_hh, b_ih, b_hh = f(g * H, I), f(g * H, H), f(g * H), f(g * H)
+    ws = np.empty(_core.step_workspace_size(mode, B, I, H), np.float32)
+    lstm = mode == "LSTM"
+    h_out, c_out = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+
+    def call(**kw):
+        a = dict(
+            x=x,
+            h=h,
+            c=c if lstm else None,
+            weight_ih=w_ih,
+            weight_hh=w_hh,
+            bias_ih=b_ih,
+            bias_hh=b_hh,
+            h_out=h_out,
+            c_out=c_out if lstm else None,
+            workspace=ws,
+        )
+        a.update(kw)
+        _core.step_into(mode, *a.values())
+
+    call()
+    want = h_out.copy()
+    big = np.zeros((2 * B + 1) * H, np.float32)
+    shifted = big[1 : 1 + B * H].reshape(B, H)  # starts one float into h's block
+    h2 = big[: B * H].reshape(B, H)
+    h2[...] = h
+    with pytest.raises(ValueError, match="h_out: must not overlap h"):
+        call(h=h2, h_out=shifted)
+    both = np.zeros(w_hh.size + ws.size, np.float32)  # weight_hh, then the workspace
+    w_in = both[: w_hh.size].reshape(w_hh.shape)
+    w_in[...] = w_hh
+    with pytest.raises(ValueError, match="workspace: must not overlap weight_hh"):
+        call(weight_hh=w_in, workspace=both[w_hh.size - 1 :])
+    if lstm:
+        with pytest.raises(ValueError, match="c_out: must not overlap h_out"):
+            call(c_out=h_out)
+        with pytest.raises(ValueError, match="c_out: must not overlap c"):
+            call(c_out=c)
+    # nothing was written by the refused calls; a proper call still works
+    call()
+    np.testing.assert_array_equal(h_out, want)
+    # zero rows: nothing to compute, nothing overlaps
+    e = np.empty((0, H), np.float32)
+    _core.step_into(
+        mode,
+        np.empty((0, I), np.float32),
+        e,
+        e if lstm else None,
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+        np.empty((0, H), np.float32),
+        np.empty((0, H), np.float32) if lstm else None,
+        ws,
+    )

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import _core
 from .module import Parameter, _as_dtype
+from .rnn import _check_int
 
 __all__ = [
     "Optimizer",
@@ -82,14 +83,6 @@ def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
     if not value >= minimum:
         raise ValueError(f"{name}: expected a float >= {minimum:g}, got {value}")
     return float(value)
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
 
 
 class Optimizer:
@@ -518,7 +511,7 @@ class StepLR(_Schedule):
     """``lr = base_lr * gamma ** (step // step_size)``."""
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1, base_lr=None):
-        self.step_size = _check_count("step_size", step_size, 1)
+        self.step_size = _check_int("step_size", step_size, 1)
         self.gamma = _check_number("gamma", gamma)
         super().__init__(optimizer, base_lr)
 
@@ -533,8 +526,8 @@ class CosineLR(_Schedule):
     def __init__(
         self, optimizer, total_steps: int, warmup: int = 0, min_factor: float = 0.0, base_lr=None
     ):
-        self.total_steps = _check_count("total_steps", total_steps, 0)
-        self.warmup = _check_count("warmup", warmup, 0)
+        self.total_steps = _check_int("total_steps", total_steps, 0)
+        self.warmup = _check_int("warmup", warmup, 0)
         self.min_factor = _check_number("min_factor", min_factor)  # < 0: a negative lr
         super().__init__(optimizer, base_lr)
 

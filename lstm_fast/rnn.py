@@ -102,6 +102,14 @@ _F32 = np.dtype(np.float32)
 _LAYER0_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0")
 
 
+def _saved_meta(T: int, B: int, **given: Any) -> dict:
+    """What a layer's backward needs besides the caches: the input's layout (defaults: batched,
+    no lengths, not packed) and any ``given`` entries (``embedding`` for forward_embedded)."""
+    meta = dict(T=T, B=B, unbatched=False, order=None, inv=None, rev=None, packed=None, fused=False)
+    meta.update(given)
+    return meta
+
+
 def _plain_state(a: Any, B: int, F: int) -> bool:
     """A state the plain forward takes as is: a float32 C-contiguous (1, B, F) ndarray."""
     return (
@@ -478,16 +486,7 @@ class _RNNBase(Module):
             self._mode, x, w, h0, c0, None, training, bool(self.proj_size)
         )
         if training:
-            meta = dict(
-                T=x.shape[0],
-                B=B,
-                unbatched=False,
-                order=None,
-                inv=None,
-                rev=None,
-                packed=None,
-                fused=False,
-            )
+            meta = _saved_meta(x.shape[0], B)
             object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
@@ -582,15 +581,8 @@ class _RNNBase(Module):
         )
         y = layer_in
         if training:
-            meta = dict(
-                T=T,
-                B=B,
-                unbatched=unbatched,
-                order=order,
-                inv=inv,
-                rev=rev,
-                packed=packed,
-                fused=fused,
+            meta = _saved_meta(
+                T, B, unbatched=unbatched, order=order, inv=inv, rev=rev, packed=packed, fused=fused
             )
             object.__setattr__(self, "_saved", (saved, meta))
         else:
@@ -670,17 +662,7 @@ class _RNNBase(Module):
 
         y, h_n, c_n, saved = self._layers(None, h0, c0, B, None, None, first=first)
         if training:
-            meta = dict(
-                T=T,
-                B=B,
-                unbatched=False,
-                order=None,
-                inv=None,
-                rev=None,
-                packed=None,
-                fused=False,
-                embedding=(embedding, True),
-            )
+            meta = _saved_meta(T, B, embedding=(embedding, True))
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)

@@ -6,20 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# state_dict snapshots: the helpers of the first review's tests (tests/ is on sys.path)
+from test_review_edge import _snapshot, _unchanged
+
 import lstm_fast
 from lstm_fast import interop, optim
 from lstm_fast import nn as lnn
 from lstm_fast.module import Parameter
-
-
-def _snapshot(m):
-    return {k: v.copy() for k, v in m.state_dict().items()}
-
-
-def _unchanged(m, snap):
-    for k, v in m.state_dict().items():
-        np.testing.assert_array_equal(v, snap[k], err_msg=k)
-
 
 # ---- interop ------------------------------------------------------------------------------------
 

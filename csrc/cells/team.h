@@ -22,10 +22,13 @@ inline index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 
 // The input projection is computed for a chunk of steps at a time, so it is still in cache when
 // the recurrence reads it and the inference workspace stays bounded: the whole sequence at once
 // when its pre-activations take at most kWholeFloats (4 MiB), else chunks of kChunkFloats
-// (2 MiB, about a core's L2 here). S1 forward (12.5 MiB of pre-activations), in-process
-// alternating A/B on 2 threads against 8 MiB chunks: 0.91-1.0x the time; S2 0.98-1.0x; S6
-// (2.5 MiB) in 2 MiB chunks was 2-5 % slower than in one, hence the whole-sequence bound.
-constexpr index_t kChunkFloats = index_t(1) << 19;
+// (1 MiB: with the batch split each core streams all of W_hh every step, 1 MiB at H = 256, and
+// its half of a chunk must fit next to it in a 2 MiB L2). In-process alternating A/B on 2
+// threads, S1 forward (12.5 MiB of pre-activations): 2 MiB chunks 0.91-1.0x the time of 8 MiB
+// ones, 1 MiB chunks 0.94x (twice) the time of 2 MiB ones, 512 KiB 0.98x; 1 thread S1 0.95x,
+// (200, 64, 256, 256) 0.94x; S2 forward and S1/S2 training within +-2 %. S6 (2.5 MiB) in 2 MiB
+// chunks was 2-5 % slower than in one, hence the whole-sequence bound.
+constexpr index_t kChunkFloats = index_t(1) << 18;
 constexpr index_t kWholeFloats = index_t(1) << 20;
 inline index_t chunk_steps(const LstmSizes& s) {
   const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);

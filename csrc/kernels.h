@@ -18,6 +18,17 @@ struct AdamCoeffs {
   float b1, b2, one_minus_b1, one_minus_b2, step, bc2_sqrt, eps, l2, decay;
 };
 
+// The packed W_hh panel of the last unit block when it holds n < W units, few enough that its
+// four gates fit in at most three vectors (4n <= 3W): the gates are packed densely, [k][q*n + w]
+// in NV = ceil(4n / W) vectors per k (zero-padded), instead of [k][gate q][W], so the recurrent
+// product spends no FMAs on padding lanes (H = 100 at W = 16: one vector per k, not four).
+// Returns NV for such a block, 0 for a block in the regular layout.
+inline int lstm_dense_tail_vectors(int W, index_t H, index_t ub) {
+  const index_t n = H - ub * W;
+  if (n <= 0 || n >= W || 4 * n > 3 * W) return 0;
+  return static_cast<int>((4 * n + W - 1) / W);
+}
+
 struct Kernels {
   const char* name;  // "scalar", "generic", "avx2", "avx512"
   int W;             // hidden units per LSTM register block (packed W_hh panel width)
@@ -66,7 +77,8 @@ struct Kernels {
   // gates are stored there (it may alias xp). c_out may alias c_prev.
   //   h_out   (rows, H) leading dim ldh      c_out, c_prev (rows, H) leading dim H
   //   h_prev  (rows, K) leading dim ldh_prev xp, gates_out   (rows, 4H) leading dim 4H
-  //   Wp      packed panels: [ub][k][gate q][W]; K = length of the recurrent input (H, or P)
+  //   Wp      packed panels: [ub][k][gate q][W]; K = length of the recurrent input (H, or P);
+  //           the last block may be packed densely (lstm_dense_tail_vectors)
   void (*lstm_fwd_rows)(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1,
                         float* h_out, index_t ldh, float* c_out, float* gates_out,
                         const float* h_prev, index_t ldh_prev, const float* c_prev,

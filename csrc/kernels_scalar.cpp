@@ -76,12 +76,17 @@ void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1,
   for (index_t b = 0; b < rows; ++b) {
     for (index_t ub = ub0; ub < ub1; ++ub) {
       // Pre-activations of the four gates of units ub*W .. ub*W+W-1: z = h_prev . W_hh^T.
-      const float* panel = Wp + ub * K * 4 * kW;  // [k][q][w]
+      // The panel is [k][q][w], or for a last block of n < W units packed densely
+      // [k][q * n + w] with nv * W floats per k (lstm_dense_tail_vectors).
+      const float* panel = Wp + ub * K * 4 * kW;
+      const int nv = lstm_dense_tail_vectors(kW, H, ub);
+      const index_t n = nv ? H - ub * kW : kW;
+      const index_t ld = nv ? nv * kW : 4 * kW;
       float z[4][kW] = {};
       for (index_t k = 0; k < K; ++k) {
         const float hk = h_prev[b * ldh_prev + k];
         for (int q = 0; q < 4; ++q)
-          for (int w = 0; w < kW; ++w) z[q][w] += hk * panel[(k * 4 + q) * kW + w];
+          for (index_t w = 0; w < n; ++w) z[q][w] += hk * panel[k * ld + q * n + w];
       }
       for (int w = 0; w < kW; ++w) {
         const index_t u = ub * kW + w;

@@ -502,6 +502,69 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
     }
 }
 
+// The last unit block when it is packed densely (lstm_dense_tail_vectors: NV vectors per k
+// hold the four gates of its n < W units side by side): R rows x NV accumulators instead of
+// R x 4, and the epilogue takes each row's gates apart through a small buffer. Every lane gets
+// the same FMAs in the same k order as in the regular layout (and the same epilogue), so an
+// element's result does not depend on the layout.
+template <int R, int NV>
+LF_INLINE void lstm_tail_tile(const StepArgs& a, index_t row, index_t ub, index_t k0, index_t k1,
+                              float* part, bool first, bool last) {
+  const int n = static_cast<int>(a.H - ub * W);
+  vf acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = first ? vf{} : load(part + (r * NV + v) * W);
+  const float* panel = a.Wp + ub * a.K * 4 * W;
+  const float* hp = a.h_prev + row * a.ldh_prev;
+  for (index_t k = k0; k < k1; ++k) {
+    vf b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = load(panel + (k * NV + v) * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const vf h = splat(hp[r * a.ldh_prev + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += h * b[v];
+    }
+  }
+  if (!last) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) store(part + (r * NV + v) * W, acc[r][v]);
+    return;
+  }
+  for (int r = 0; r < R; ++r) {
+    float z[4 * W];  // the row's gates, [q * n + w]
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) store(z + v * W, acc[r][v]);
+    vf g[4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) g[q] = load_n(z + q * n, n);
+    lstm_epilogue<false>(a, row + r, ub * W, n, g);
+  }
+}
+
+// The dense last block for rr <= R rows (NV = nv in 1..3).
+template <int R>
+LF_INLINE void lstm_tail_rows(const StepArgs& a, int rr, int nv, index_t row, index_t ub,
+                              index_t k0, index_t k1, float* part, bool first, bool last) {
+  if constexpr (R >= 1) {
+    if (rr != R) return lstm_tail_rows<R - 1>(a, rr, nv, row, ub, k0, k1, part, first, last);
+    if (nv == 1) return lstm_tail_tile<R, 1>(a, row, ub, k0, k1, part, first, last);
+    if (nv == 2) return lstm_tail_tile<R, 2>(a, row, ub, k0, k1, part, first, last);
+    lstm_tail_tile<R, 3>(a, row, ub, k0, k1, part, first, last);
+  }
+}
+
+// The number of vectors per k of block ub when it is a densely packed last block with a
+// recurrent product to run (K > 0), else 0.
+LF_INLINE int dense_tail(const StepArgs& a, index_t ub) {
+  return a.K > 0 ? lstm_dense_tail_vectors(W, a.H, ub) : 0;
+}
+
 // Rows [row, row + rr) (rr <= ROWS) over unit blocks [ub0, ub1), whole depth: U = ROWS / rr
 // blocks at a time so that even a single row keeps enough independent accumulators.
 template <int R>
@@ -509,10 +572,13 @@ LF_INLINE void lstm_rows_full(const StepArgs& a, int rr, index_t row, index_t ub
   if constexpr (R >= 1) {
     if (rr != R) return lstm_rows_full<R - 1>(a, rr, row, ub0, ub1);
     constexpr int U = ROWS / R > 0 ? ROWS / R : 1;
+    const int nv = ub1 > ub0 ? dense_tail(a, ub1 - 1) : 0;
+    const index_t ube = nv ? ub1 - 1 : ub1;  // the dense last block on its own
     index_t ub = ub0;
-    for (; ub + U <= ub1; ub += U) lstm_tile<R, U>(a, row, ub, 0, a.K, nullptr, true, true);
+    for (; ub + U <= ube; ub += U) lstm_tile<R, U>(a, row, ub, 0, a.K, nullptr, true, true);
     if (U > 1)
-      for (; ub < ub1; ++ub) lstm_tile<R, 1>(a, row, ub, 0, a.K, nullptr, true, true);
+      for (; ub < ube; ++ub) lstm_tile<R, 1>(a, row, ub, 0, a.K, nullptr, true, true);
+    if (nv) lstm_tail_rows<R>(a, R, nv, row, ube, 0, a.K, nullptr, true, true);
   }
 }
 
@@ -549,7 +615,8 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
                                                 index_t ub1) {
   float part[RB * 4 * W];
   const index_t K = a.K, KC = depth_chunk();
-  for (index_t ub = ub0; ub < ub1; ++ub)
+  for (index_t ub = ub0; ub < ub1; ++ub) {
+    const int nv = dense_tail(a, ub);
     for (index_t rc = 0; rc < rows; rc += RB) {
       const index_t nr = rows - rc < RB ? rows - rc : RB;
       // K = 0 (the recurrent product done elsewhere): one empty chunk, the epilogue only.
@@ -561,12 +628,17 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
         index_t lr = 0;
         for (index_t q = 0; q < nt; ++q) {
           const int rr = static_cast<int>(base + (q < extra ? 1 : 0));
-          lstm_rows_chunk<ROWS>(a, rr, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
-                                k1 == K);
+          if (nv)
+            lstm_tail_rows<ROWS>(a, rr, nv, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
+                                 k1 == K);
+          else
+            lstm_rows_chunk<ROWS>(a, rr, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
+                                  k1 == K);
           lr += rr;
         }
       }
     }
+  }
 }
 
 void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1, float* h_out,

@@ -101,6 +101,38 @@ def test_optional_arguments(isa, bias, state, upstream):
         assert not np.any(g.dx) and not np.any(g.dweight_hh)
 
 
+# The last unit block of W_hh's packed panels: full, packed densely (its n < W units' four gates
+# side by side, when 4n <= 3W), or padded (4n > 3W). Hidden sizes whose last block holds each
+# number of units for W = 4, 8 and 16, with 1-5 rows (whole-depth tiles), 7 and 13 rows (depth
+# chunks) and a depth of 200+ (chunks at any row count).
+@pytest.mark.parametrize("H", [1, 3, 4, 5, 9, 12, 13, 15, 16, 20, 28, 29, 31, 100, 205, 211])
+@pytest.mark.parametrize("B", [1, 3, 7, 13])
+def test_last_unit_block_layouts(isa, H, B):
+    rng = np.random.default_rng(1000 * H + B)
+    T, I = 3, 5
+    x, w, h0, c0 = make_problem(rng, T, B, I, H)
+    x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))
+    w = {k: f32(v).astype(np.float64) for k, v in w.items()}
+    args = [f32(a) for a in (x, *w.values(), h0, c0)]
+    ry, rhn, rcn, _ = reference.lstm_forward(x, *w.values(), h0, c0)
+    before = lstm_fast.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            lstm_fast.set_num_threads(threads)
+            for training in (False, True):
+                outs.append(ops.lstm_forward(*args, training=training)[:3])
+    finally:
+        lstm_fast.set_num_threads(before)
+    y, hn, cn = outs[0]
+    np.testing.assert_allclose(y, ry, **FWD_TOL)
+    np.testing.assert_allclose(hn, rhn, **FWD_TOL)
+    np.testing.assert_allclose(cn, rcn, **FWD_TOL)
+    for other in outs[1:]:  # bitwise: any thread count, inference or training
+        for a, b in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_inference_equals_training_forward(isa, rng):
     x, w, h0, c0 = make_problem(rng, 40, 7, 13, 33)
     args = [f32(a) for a in (x, *w.values(), h0, c0)]
@@ -114,7 +146,7 @@ def test_inference_equals_training_forward(isa, rng):
 
 def test_long_sequence_crosses_projection_chunks(isa, rng):
     # B * 4H * T above the 2^20 floats the hoisted projection computes at once: chunks of
-    # 2^19 / (B * 4H) = 15 steps.
+    # 2^18 / (B * 4H) = 7 steps.
     T, B, I, H = 70, 64, 3, 130
     x, w, h0, c0 = make_problem(rng, T, B, I, H)
     x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))

@@ -640,11 +640,28 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
 // is walked in blocks of kPackK so that the block of the panel being written (kPackK x 4 x W
 // floats, 16 KiB at W = 16) stays in L1 while its 4W source rows are read: a whole-depth sweep
 // per source row re-fetched each panel line 4W times (it dominated calls with few steps).
+// A last block of few units is packed densely instead (lstm_dense_tail_vectors): its n units'
+// four gates side by side, Wp[ub * K * 4W + k * NV * W + q * n + w], zeros up to NV * W.
 void pack_lstm_panels(const Kernels& kern, index_t H, index_t K, index_t ub, const float* W_hh,
                       float* Wp) {
   const int W = kern.W;
   constexpr index_t kPackK = 64;
   float* panel = Wp + ub * K * 4 * W;
+  if (const int nv = lstm_dense_tail_vectors(W, H, ub)) {
+    const index_t n = H - ub * W, ld = nv * W;
+    for (index_t k0 = 0; k0 < K; k0 += kPackK) {
+      const index_t k1 = std::min(K, k0 + kPackK);
+      for (index_t k = k0; k < k1; ++k)
+        for (index_t j = 4 * n; j < ld; ++j) panel[k * ld + j] = 0.0f;
+      for (int q = 0; q < 4; ++q)
+        for (index_t w = 0; w < n; ++w) {
+          const float* src = W_hh + (q * H + ub * W + w) * K;
+          float* dst = panel + q * n + w;
+          for (index_t k = k0; k < k1; ++k) dst[k * ld] = src[k];
+        }
+    }
+    return;
+  }
   for (index_t k0 = 0; k0 < K; k0 += kPackK) {
     const index_t k1 = std::min(K, k0 + kPackK);
     for (int q = 0; q < 4; ++q)

@@ -277,7 +277,8 @@ class Vocab:
 
 # -- corpora ------------------------------------------------------------------------------------
 def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+    # utf-8-sig: a byte-order mark is not text (it would become a vocabulary character)
+    return path.read_text(encoding="utf-8-sig", errors="replace")
 
 
 def default_corpus(max_chars: Optional[int] = 2_000_000) -> str:
@@ -418,24 +419,36 @@ class BPTTBatcher:
 
 
 def read_tsv(path, max_rows: Optional[int] = None):
-    """``(labels int64 (N,), texts list[str])`` from ``label<TAB>text`` lines (header skipped,
-    blank lines ignored). Labels must be integers."""
+    """``(labels int64 (N,), texts list[str])`` from ``label<TAB>text`` lines (a header -- a
+    first non-blank line whose label is not an integer -- skipped, blank lines ignored, a UTF-8
+    byte-order mark ignored). Labels must be integers (``int()``'s syntax: ``+1``, `` 2``)."""
+    if max_rows is not None and (
+        isinstance(max_rows, (bool, np.bool_))
+        or not isinstance(max_rows, (int, np.integer))
+        or max_rows < 0
+    ):
+        raise ValueError(f"max_rows: expected None or an int >= 0, got {max_rows!r}")
     labels, texts = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    first = True
+    # utf-8-sig: a BOM (Windows editors, spreadsheets) would make the first label "\ufeff1"
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
+            if max_rows is not None and len(texts) >= max_rows:  # (max_rows=0: none)
+                break
             line = line.rstrip("\n").rstrip("\r")
             if not line:
                 continue
             lab, sep, text = line.partition("\t")
             if not sep:
                 raise ValueError(f"{path}:{lineno}: expected 'label<TAB>text'")
-            if lineno == 1 and not lab.lstrip("-").isdigit():
-                continue  # header
             try:
-                labels.append(int(lab))
+                label = int(lab)
             except ValueError:
+                if first:  # the header
+                    first = False
+                    continue
                 raise ValueError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
+            first = False
+            labels.append(label)
             texts.append(text)
-            if max_rows is not None and len(texts) >= max_rows:
-                break
     return np.array(labels, dtype=np.int64), texts

@@ -112,6 +112,10 @@ class Optimizer:
             setattr(self, k, v)
         self.step_count = 0
         self.state: list[dict] = [{} for _ in self.params]
+        # the learning rate a schedule scales (PyTorch's "initial_lr"): set by the first
+        # schedule attached, saved in state_dict, so a schedule built after load_state_dict
+        # scales the run's base rate and not the decayed rate the state was saved with
+        self.initial_lr: Optional[float] = None
 
     # Hyper-parameters that must be real numbers >= 0 (PyTorch's checks).
     _NON_NEGATIVE = (
@@ -194,12 +198,15 @@ class Optimizer:
         for i, st in enumerate(self.state):
             for k, v in st.items():
                 arrays[f"{i}.{k}"] = v.copy()
-        return {
+        sd = {
             "type": type(self).__name__,
             "hyper": {k: getattr(self, k) for k in self._hyper},
             "step": self.step_count,
             "arrays": arrays,
         }
+        if self.initial_lr is not None:
+            sd["initial_lr"] = self.initial_lr
+        return sd
 
     def _state_slots(self, hyper: Mapping) -> tuple:
         """The state arrays every parameter holds after a step under ``hyper``."""
@@ -268,10 +275,14 @@ class Optimizer:
             self._check_hyper(hyper)
         except (TypeError, ValueError) as e:
             raise type(e)(f"load_state_dict: hyper: {e}") from None
+        initial_lr = sd.get("initial_lr")
+        if initial_lr is not None:
+            initial_lr = _check_number("load_state_dict: initial_lr", initial_lr)
         for k, v in hyper.items():
             setattr(self, k, v)
         self.step_count = int(step)
         self.state = state
+        self.initial_lr = initial_lr
 
 
 class SGD(Optimizer):
@@ -463,12 +474,13 @@ class RMSprop(Optimizer):
 
 
 def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e-6) -> float:
-    """Scale all gradients together so their global L2 norm is at most ``max_norm``.
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``
+    (``params``: an iterable of parameters, or one parameter).
 
     Returns the norm before clipping (PyTorch's ``clip_grad_norm_``: ``coef = max_norm /
     (norm + 1e-6)``, applied when < 1).
     """
-    params = list(params)
+    params = [params] if isinstance(params, Parameter) else list(params)  # (as PyTorch's)
     max_norm = _check_number("max_norm", max_norm)  # a negative one would flip the gradients
     _check_grads("clip_grad_norm", params)
     # float64 sums in lstm_fast's own kernel: np.dot would wake NumPy's BLAS thread pool, which
@@ -487,13 +499,25 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
 
 
 class _Schedule:
-    """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per optimizer step."""
+    """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per optimizer step.
+
+    ``base_lr`` defaults to the optimizer's ``initial_lr`` -- the rate the first schedule
+    attached to it found (saved in its :meth:`~Optimizer.state_dict`) -- else its ``lr``; so a
+    schedule built on an optimizer restored from a state dict goes on from the same rates.
+    """
 
     def __init__(self, optimizer: Optimizer, base_lr: Optional[float] = None):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr if base_lr is None else _check_number("base_lr", base_lr)
+        if base_lr is not None:
+            self.base_lr = _check_number("base_lr", base_lr)
+        elif optimizer.initial_lr is not None:
+            self.base_lr = optimizer.initial_lr
+        else:
+            self.base_lr = optimizer.lr
+        if optimizer.initial_lr is None:
+            optimizer.initial_lr = self.base_lr
         self.set(optimizer.step_count)
 
     def factor(self, step: int) -> float:  # pragma: no cover - abstract
@@ -552,7 +576,7 @@ def make_optimizer(name: str, params, **kwargs) -> Optimizer:
     """Build an optimizer by name: sgd, adam, adamw, adagrad, rmsprop."""
     try:
         cls = _OPTIMIZERS[name.lower()]
-    except KeyError:
+    except (KeyError, AttributeError):  # an unknown name, or not a str at all
         raise ValueError(
             f"optimizer: expected one of {sorted(_OPTIMIZERS)}, got {name!r}"
         ) from None

@@ -1,7 +1,8 @@
 """Optimizers over :class:`~lstm_fast.module.Parameter` lists, with PyTorch's update rules.
 
-``SGD`` (momentum, dampening, Nesterov, weight decay), ``Adam`` / ``AdamW``, ``Adagrad``
-(min-char-rnn's), ``RMSprop`` (momentum, centered); :func:`clip_grad_norm`; learning-rate
+``SGD`` (momentum, dampening, Nesterov, weight decay), ``Adam`` / ``AdamW`` (AMSGrad),
+``Adagrad`` (min-char-rnn's), ``RMSprop`` (momentum, centered), each with PyTorch's
+``maximize``; :func:`clip_grad_norm`; learning-rate
 schedules (:class:`StepLR`, :class:`CosineLR` with linear warm-up) that are pure functions of the
 step, so a resumed run gets the same rates.
 
@@ -90,6 +91,9 @@ class Optimizer:
 
     _hyper: tuple = ("lr",)
     _slots: tuple = ()
+    # hyper-parameters added after state dicts were first written: a state without them loads
+    # with these values (what the optimizer did before they existed)
+    _hyper_defaults: dict = {"maximize": False, "amsgrad": False}
 
     def __init__(self, params: Iterable[Parameter], **hyper: Any):
         if isinstance(params, Parameter):
@@ -129,7 +133,7 @@ class Optimizer:
         "dampening",
     )
     # Hyper-parameters that are switches: "no" or 0 must not pass for a setting.
-    _BOOLS = ("nesterov", "centered")
+    _BOOLS = ("nesterov", "centered", "maximize", "amsgrad")
 
     @classmethod
     def _check_hyper(cls, hyper: Mapping) -> None:
@@ -188,9 +192,12 @@ class Optimizer:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _grad(self, p: Parameter, weight_decay: float) -> np.ndarray:
+        """The gradient the update uses: negated with ``maximize`` (PyTorch's order: before
+        the L2 term), plus ``weight_decay * p``."""
+        g = -p.grad if getattr(self, "maximize", False) else p.grad
         if weight_decay:
-            return p.grad + _f32(weight_decay) * p.data
-        return p.grad
+            return g + _f32(weight_decay) * p.data
+        return g
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -234,6 +241,9 @@ class Optimizer:
             got = sd.get("type") if isinstance(sd, Mapping) else type(sd).__name__
             raise ValueError(f"load_state_dict: expected a {type(self).__name__} state, got {got}")
         hyper, step, arrays = sd.get("hyper"), sd.get("step"), sd.get("arrays")
+        if isinstance(hyper, Mapping):
+            added = {k: v for k, v in self._hyper_defaults.items() if k in self._hyper}
+            hyper = {**added, **hyper}
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper):
             got = sorted(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__
             raise ValueError(
@@ -288,13 +298,22 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent (PyTorch's ``optim.SGD``): with momentum ``mu``,
     ``b = mu b + (1 - dampening) g`` (``b = g`` on the first step), the step is ``b``, or
-    ``g + mu b`` with Nesterov; ``g`` includes ``weight_decay * p``."""
+    ``g + mu b`` with Nesterov; ``g`` includes ``weight_decay * p``. ``maximize=True`` ascends
+    (``g`` is the negated gradient, as PyTorch's)."""
 
-    _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _slots = ("momentum_buffer",)
 
     def __init__(
-        self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
+        self,
+        params,
+        lr=1e-2,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        *,
+        maximize=False,
     ):
         super().__init__(
             params,
@@ -303,6 +322,7 @@ class SGD(Optimizer):
             dampening=dampening,
             weight_decay=weight_decay,
             nesterov=nesterov,
+            maximize=maximize,
         )
 
     def _state_slots(self, hyper):
@@ -324,18 +344,42 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (PyTorch's ``optim.Adam``, L2 ``weight_decay`` added to the gradient)."""
+    """Adam (PyTorch's ``optim.Adam``, L2 ``weight_decay`` added to the gradient).
 
-    _hyper = ("lr", "betas", "eps", "weight_decay")
-    _slots = ("exp_avg", "exp_avg_sq")
+    ``amsgrad=True`` divides by the running maximum of the second moment (state
+    ``max_exp_avg_sq``); ``maximize=True`` ascends. Both as PyTorch's."""
+
+    _hyper = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
+
+    def _state_slots(self, hyper):
+        return self._slots if hyper.get("amsgrad") else self._slots[:2]
 
     def _update(self, i, p, zero_grad=False):
         b1, b2 = self.betas
-        if _fast(p):
+        if _fast(p) and not self.amsgrad and not self.maximize:
             # one fused pass in C++ (the same float32 arithmetic as below, in a single sweep)
             t = self.step_count
             wd = float(self.weight_decay)
@@ -357,7 +401,7 @@ class Adam(Optimizer):
         if self._decoupled:
             if self.weight_decay:
                 p.data *= _f32(1.0 - self.lr * self.weight_decay)
-            g = p.grad
+            g = -p.grad if self.maximize else p.grad
         else:
             g = self._grad(p, self.weight_decay)
         m = self._buf(i, "exp_avg")
@@ -369,6 +413,10 @@ class Adam(Optimizer):
         t = self.step_count
         bc1 = 1.0 - b1**t
         bc2 = 1.0 - b2**t
+        if self.amsgrad:
+            vmax = self._buf(i, "max_exp_avg_sq")
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
         denom = np.sqrt(v) / _f32(math.sqrt(bc2))
         denom += _f32(self.eps)
         p.data -= _f32(self.lr / bc1) * (m / denom)
@@ -379,15 +427,33 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
 
 
 class Adagrad(Optimizer):
     """Adagrad (PyTorch's ``optim.Adagrad``): ``s += g^2``,
     ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``."""
 
-    _hyper = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+    _hyper = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
     _slots = ("sum",)
 
     def __init__(
@@ -398,6 +464,8 @@ class Adagrad(Optimizer):
         weight_decay=0.0,
         initial_accumulator_value=0.0,
         eps=1e-10,
+        *,
+        maximize=False,
     ):
         super().__init__(
             params,
@@ -406,6 +474,7 @@ class Adagrad(Optimizer):
             weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value,
             eps=eps,
+            maximize=maximize,
         )
 
     def _update(self, i, p, zero_grad=False):
@@ -421,7 +490,7 @@ class Adagrad(Optimizer):
 class RMSprop(Optimizer):
     """RMSprop (PyTorch's ``optim.RMSprop``, with ``momentum`` and ``centered``)."""
 
-    _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     _slots = ("square_avg", "grad_avg", "momentum_buffer")
 
     def __init__(
@@ -433,6 +502,8 @@ class RMSprop(Optimizer):
         weight_decay=0.0,
         momentum=0.0,
         centered=False,
+        *,
+        maximize=False,
     ):
         super().__init__(
             params,
@@ -442,6 +513,7 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay,
             momentum=momentum,
             centered=centered,
+            maximize=maximize,
         )
 
     def _state_slots(self, hyper):

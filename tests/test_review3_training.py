@@ -226,3 +226,64 @@ def test_classifier_data_and_config_errors(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["classify", "eval", str(tmp_path / "run"), str(tmp_path / "train.tsv")]) == 0
     assert "n/a (Naive Bayes)" in capsys.readouterr().out
+
+
+# -- PyTorch's amsgrad and maximize ---------------------------------------------------------------
+TORCH_OPTIONS = [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True)),
+    ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
+    ("AdamW", dict(lr=0.01, amsgrad=True, maximize=True)),
+    ("Adagrad", dict(lr=0.1, weight_decay=0.1, maximize=True)),
+    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.1, maximize=True)),
+]
+
+
+@pytest.mark.parametrize("name,kw", TORCH_OPTIONS)
+def test_amsgrad_and_maximize_match_torch_and_resume_exactly(name, kw):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    shapes = [(4, 3), (5,)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    # gradients shrinking then growing: AMSGrad's running maximum matters
+    grads = [
+        [rng.standard_normal(s).astype(np.float32) * (3.0 if k in (0, 7) else 0.3) for s in shapes]
+        for k in range(9)
+    ]
+    ours = [Parameter(a) for a in init]
+    opt = getattr(optim, name)(ours, **kw)
+    theirs = [torch.nn.Parameter(torch.tensor(a)) for a in init]
+    topt = getattr(torch.optim, name)(theirs, **kw)
+    for k, gs in enumerate(grads):
+        if k == 4:  # a restart from the state dict changes nothing
+            sd = opt.state_dict()
+            ours = [Parameter(p.data) for p in ours]
+            opt = getattr(optim, name)(ours)
+            opt.load_state_dict(sd)
+        for p, t, g in zip(ours, theirs, gs):
+            p.grad[...] = g
+            t.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert ("0.max_exp_avg_sq" in opt.state_dict()["arrays"]) == bool(kw.get("amsgrad"))
+
+
+def test_state_dicts_without_amsgrad_and_maximize_still_load():
+    ps = [Parameter(np.ones(3))]
+    opt = optim.Adam(ps, lr=0.1)
+    ps[0].grad[...] = 1.0
+    opt.step()
+    sd = opt.state_dict()
+    old = {
+        **sd,
+        "hyper": {k: v for k, v in sd["hyper"].items() if k not in ("amsgrad", "maximize")},
+    }
+    fresh = optim.Adam([Parameter(np.ones(3))], amsgrad=True, maximize=True)
+    fresh.load_state_dict(old)
+    assert fresh.amsgrad is False and fresh.maximize is False and fresh.step_count == 1
+    with pytest.raises(TypeError, match="amsgrad: expected a bool, got int"):
+        optim.Adam(ps, amsgrad=1)
+    with pytest.raises(TypeError, match="maximize: expected a bool, got str"):
+        optim.SGD(ps, maximize="no")

@@ -287,3 +287,26 @@ def test_state_dicts_without_amsgrad_and_maximize_still_load():
         optim.Adam(ps, amsgrad=1)
     with pytest.raises(TypeError, match="maximize: expected a bool, got str"):
         optim.SGD(ps, maximize="no")
+
+
+def test_cross_entropy_ignores_minus_100_by_default_as_torch():
+    torch = pytest.importorskip("torch")
+    from lstm_fast import nn
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 4)).astype(np.float32)
+    t = np.array([1, -100, 3, 0, -100])
+    zt = torch.tensor(z, requires_grad=True)
+    want = torch.nn.CrossEntropyLoss()(zt, torch.tensor(t))
+    want.backward()
+    crit = nn.CrossEntropyLoss()
+    assert crit(z, t) == pytest.approx(want.item(), rel=1e-6)
+    np.testing.assert_allclose(crit.backward(), zt.grad.numpy(), rtol=1e-5, atol=1e-7)
+    loss, _ = nn.softmax_cross_entropy(z, t)
+    assert loss == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(IndexError, match="targets: expected values in"):
+        nn.softmax_cross_entropy(z, t, ignore_index=None)  # None: every row counts
+    with pytest.raises(ValueError, match="reduction: expected 'mean' or 'sum', got 'none'"):
+        nn.CrossEntropyLoss(reduction="none")  # at construction, not at the first forward
+    with pytest.raises(TypeError, match="ignore_index: expected None or an int, got 1.5"):
+        nn.CrossEntropyLoss(ignore_index=1.5)

@@ -181,6 +181,24 @@ class Vocab:
     ) -> Vocab:
         """From a str (or, for words, a str or a list of documents): tokens by descending
         frequency, ties by first code point / alphabetically; ``max_size`` counts the specials."""
+        if isinstance(text, (bytes, bytearray)):  # "\n".join(b"ab") complained about an int
+            raise TypeError(
+                f"text: expected a str or a sequence of str, got {type(text).__name__} "
+                "(decode it first, e.g. text.decode('utf-8'))"
+            )
+        if not isinstance(text, str):
+            text = list(text)
+            for d, doc in enumerate(text):
+                if not isinstance(doc, str):
+                    raise TypeError(
+                        f"text: expected a str or a sequence of str, got {type(doc).__name__} "
+                        f"at {d}"
+                    )
+        for name, v in (("min_freq", min_freq), ("max_size", max_size)):
+            if v is None and name == "max_size":
+                continue
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         if level == "char":
             if not isinstance(text, str):
                 text = "\n".join(text)

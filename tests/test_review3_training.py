@@ -310,3 +310,15 @@ def test_cross_entropy_ignores_minus_100_by_default_as_torch():
         nn.CrossEntropyLoss(reduction="none")  # at construction, not at the first forward
     with pytest.raises(TypeError, match="ignore_index: expected None or an int, got 1.5"):
         nn.CrossEntropyLoss(ignore_index=1.5)
+
+
+def test_vocab_build_checks_its_input():
+    with pytest.raises(TypeError, match="text: expected a str or a sequence of str, got bytes"):
+        data.Vocab.build(b"abc")
+    with pytest.raises(TypeError, match="got int at 1"):
+        data.Vocab.build(["ab", 3], level="word")
+    with pytest.raises(ValueError, match="min_freq: expected an int >= 0, got '2'"):
+        data.Vocab.build("abc", min_freq="2")
+    with pytest.raises(ValueError, match="max_size: expected an int >= 0, got -1"):
+        data.Vocab.build("abc", max_size=-1)
+    assert data.Vocab.build(["ab", "b"]).itos[1:] == ["b", "\n", "a"]

@@ -218,6 +218,9 @@ def test_classifier_data_and_config_errors(tmp_path, capsys):
     for name, bad in (("epochs", 0), ("batch_size", 0), ("max_len", 0), ("patience", -1)):
         with pytest.raises(ValueError, match=f"{name}: expected an int >= "):
             ClassifierConfig(**{name: bad})
+    for name, bad in (("ema", -0.5), ("ema", 1.0), ("bigram_dropout", 1.5)):
+        with pytest.raises(ValueError, match=f"{name}: expected a float in \\[0, 1"):
+            ClassifierConfig(**{name: bad})
     # classify eval of a run directory without its Naive Bayes file
     _tsv(tmp_path / "train.tsv", [k % 2 for k in range(16)])
     cfg = ClassifierConfig(val_fraction=0.0, **{**CFG, "epochs": 1})

@@ -347,6 +347,13 @@ class ClassifierConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        # a negative EMA decay would average the weights into garbage, silently
+        for name, hi, closed in (("ema", 1.0, False), ("bigram_dropout", 1.0, True)):
+            v = getattr(self, name)
+            real = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            if not real or not (0.0 <= v <= hi if closed else 0.0 <= v < hi):
+                span = f"[0, {hi:g}]" if closed else f"[0, {hi:g})"
+                raise ValueError(f"{name}: expected a float in {span}, got {v!r}")
         k = self.ensemble
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"ensemble: expected an int >= 1, got {k!r}")

@@ -181,6 +181,24 @@ class Vocab:
     ) -> Vocab:
         """From a str (or, for words, a str or a list of documents): tokens by descending
         frequency, ties by first code point / alphabetically; ``max_size`` counts the specials."""
+        if isinstance(text, (bytes, bytearray)):  # "\n".join(b"ab") complained about an int
+            raise TypeError(
+                f"text: expected a str or a sequence of str, got {type(text).__name__} "
+                "(decode it first, e.g. text.decode('utf-8'))"
+            )
+        if not isinstance(text, str):
+            text = list(text)
+            for d, doc in enumerate(text):
+                if not isinstance(doc, str):
+                    raise TypeError(
+                        f"text: expected a str or a sequence of str, got {type(doc).__name__} "
+                        f"at {d}"
+                    )
+        for name, v in (("min_freq", min_freq), ("max_size", max_size)):
+            if v is None and name == "max_size":
+                continue
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         if level == "char":
             if not isinstance(text, str):
                 text = "\n".join(text)
@@ -277,7 +295,8 @@ class Vocab:
 
 # -- corpora ------------------------------------------------------------------------------------
 def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+    # utf-8-sig: a byte-order mark is not text (it would become a vocabulary character)
+    return path.read_text(encoding="utf-8-sig", errors="replace")
 
 
 def default_corpus(max_chars: Optional[int] = 2_000_000) -> str:
@@ -418,24 +437,36 @@ class BPTTBatcher:
 
 
 def read_tsv(path, max_rows: Optional[int] = None):
-    """``(labels int64 (N,), texts list[str])`` from ``label<TAB>text`` lines (header skipped,
-    blank lines ignored). Labels must be integers."""
+    """``(labels int64 (N,), texts list[str])`` from ``label<TAB>text`` lines (a header -- a
+    first non-blank line whose label is not an integer -- skipped, blank lines ignored, a UTF-8
+    byte-order mark ignored). Labels must be integers (``int()``'s syntax: ``+1``, `` 2``)."""
+    if max_rows is not None and (
+        isinstance(max_rows, (bool, np.bool_))
+        or not isinstance(max_rows, (int, np.integer))
+        or max_rows < 0
+    ):
+        raise ValueError(f"max_rows: expected None or an int >= 0, got {max_rows!r}")
     labels, texts = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    first = True
+    # utf-8-sig: a BOM (Windows editors, spreadsheets) would make the first label "\ufeff1"
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
+            if max_rows is not None and len(texts) >= max_rows:  # (max_rows=0: none)
+                break
             line = line.rstrip("\n").rstrip("\r")
             if not line:
                 continue
             lab, sep, text = line.partition("\t")
             if not sep:
                 raise ValueError(f"{path}:{lineno}: expected 'label<TAB>text'")
-            if lineno == 1 and not lab.lstrip("-").isdigit():
-                continue  # header
             try:
-                labels.append(int(lab))
+                label = int(lab)
             except ValueError:
+                if first:  # the header
+                    first = False
+                    continue
                 raise ValueError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
+            first = False
+            labels.append(label)
             texts.append(text)
-            if max_rows is not None and len(texts) >= max_rows:
-                break
     return np.array(labels, dtype=np.int64), texts

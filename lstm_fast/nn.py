@@ -356,7 +356,7 @@ def softmax_cross_entropy(
     logits: Any,
     targets: Any,
     *,
-    ignore_index: Optional[int] = None,
+    ignore_index: Optional[int] = -100,
     reduction: str = "mean",
     need_grad: bool = True,
     inplace: bool = False,
@@ -371,7 +371,8 @@ def softmax_cross_entropy(
 
     Args:
         logits: (N, V) (or (..., V), flattened).  targets: (N,) integer class ids.
-        ignore_index: rows whose target equals it contribute nothing (and get zero gradient).
+        ignore_index: rows whose target equals it contribute nothing (and get zero gradient);
+            default -100 as PyTorch's, None: every row counts.
         reduction: ``"mean"`` (over counted rows) or ``"sum"``.
         need_grad: also return the gradient (False saves the (N, V) buffer's second use).
         inplace: work in the logits' own buffer when they are a C-contiguous float32 array
@@ -407,11 +408,20 @@ def softmax_cross_entropy(
 class CrossEntropyLoss(Module):
     """``loss = criterion(logits, targets)``; ``dlogits = criterion.backward()``.
 
-    A thin module over :func:`softmax_cross_entropy` (PyTorch's ``nn.CrossEntropyLoss`` API).
+    A thin module over :func:`softmax_cross_entropy` (PyTorch's ``nn.CrossEntropyLoss`` API:
+    targets equal to ``ignore_index``, default -100, are left out).
     """
 
-    def __init__(self, ignore_index: Optional[int] = None, reduction: str = "mean"):
+    def __init__(self, ignore_index: Optional[int] = -100, reduction: str = "mean"):
         super().__init__()
+        # checked here, as PyTorch's, not at the first forward of a training run
+        if ignore_index is not None and (
+            isinstance(ignore_index, (bool, np.bool_))
+            or not isinstance(ignore_index, (int, np.integer))
+        ):
+            raise TypeError(f"ignore_index: expected None or an int, got {ignore_index!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         self.ignore_index, self.reduction = ignore_index, reduction
         self._grad: Optional[np.ndarray] = None
 

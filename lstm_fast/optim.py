@@ -1,7 +1,8 @@
 """Optimizers over :class:`~lstm_fast.module.Parameter` lists, with PyTorch's update rules.
 
-``SGD`` (momentum, dampening, Nesterov, weight decay), ``Adam`` / ``AdamW``, ``Adagrad``
-(min-char-rnn's), ``RMSprop`` (momentum, centered); :func:`clip_grad_norm`; learning-rate
+``SGD`` (momentum, dampening, Nesterov, weight decay), ``Adam`` / ``AdamW`` (AMSGrad),
+``Adagrad`` (min-char-rnn's), ``RMSprop`` (momentum, centered), each with PyTorch's
+``maximize``; :func:`clip_grad_norm`; learning-rate
 schedules (:class:`StepLR`, :class:`CosineLR` with linear warm-up) that are pure functions of the
 step, so a resumed run gets the same rates.
 
@@ -90,6 +91,9 @@ class Optimizer:
 
     _hyper: tuple = ("lr",)
     _slots: tuple = ()
+    # hyper-parameters added after state dicts were first written: a state without them loads
+    # with these values (what the optimizer did before they existed)
+    _hyper_defaults: dict = {"maximize": False, "amsgrad": False}
 
     def __init__(self, params: Iterable[Parameter], **hyper: Any):
         if isinstance(params, Parameter):
@@ -112,6 +116,10 @@ class Optimizer:
             setattr(self, k, v)
         self.step_count = 0
         self.state: list[dict] = [{} for _ in self.params]
+        # the learning rate a schedule scales (PyTorch's "initial_lr"): set by the first
+        # schedule attached, saved in state_dict, so a schedule built after load_state_dict
+        # scales the run's base rate and not the decayed rate the state was saved with
+        self.initial_lr: Optional[float] = None
 
     # Hyper-parameters that must be real numbers >= 0 (PyTorch's checks).
     _NON_NEGATIVE = (
@@ -125,7 +133,7 @@ class Optimizer:
         "dampening",
     )
     # Hyper-parameters that are switches: "no" or 0 must not pass for a setting.
-    _BOOLS = ("nesterov", "centered")
+    _BOOLS = ("nesterov", "centered", "maximize", "amsgrad")
 
     @classmethod
     def _check_hyper(cls, hyper: Mapping) -> None:
@@ -184,9 +192,12 @@ class Optimizer:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _grad(self, p: Parameter, weight_decay: float) -> np.ndarray:
+        """The gradient the update uses: negated with ``maximize`` (PyTorch's order: before
+        the L2 term), plus ``weight_decay * p``."""
+        g = -p.grad if getattr(self, "maximize", False) else p.grad
         if weight_decay:
-            return p.grad + _f32(weight_decay) * p.data
-        return p.grad
+            return g + _f32(weight_decay) * p.data
+        return g
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -194,12 +205,15 @@ class Optimizer:
         for i, st in enumerate(self.state):
             for k, v in st.items():
                 arrays[f"{i}.{k}"] = v.copy()
-        return {
+        sd = {
             "type": type(self).__name__,
             "hyper": {k: getattr(self, k) for k in self._hyper},
             "step": self.step_count,
             "arrays": arrays,
         }
+        if self.initial_lr is not None:
+            sd["initial_lr"] = self.initial_lr
+        return sd
 
     def _state_slots(self, hyper: Mapping) -> tuple:
         """The state arrays every parameter holds after a step under ``hyper``."""
@@ -227,6 +241,9 @@ class Optimizer:
             got = sd.get("type") if isinstance(sd, Mapping) else type(sd).__name__
             raise ValueError(f"load_state_dict: expected a {type(self).__name__} state, got {got}")
         hyper, step, arrays = sd.get("hyper"), sd.get("step"), sd.get("arrays")
+        if isinstance(hyper, Mapping):
+            added = {k: v for k, v in self._hyper_defaults.items() if k in self._hyper}
+            hyper = {**added, **hyper}
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper):
             got = sorted(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__
             raise ValueError(
@@ -268,22 +285,35 @@ class Optimizer:
             self._check_hyper(hyper)
         except (TypeError, ValueError) as e:
             raise type(e)(f"load_state_dict: hyper: {e}") from None
+        initial_lr = sd.get("initial_lr")
+        if initial_lr is not None:
+            initial_lr = _check_number("load_state_dict: initial_lr", initial_lr)
         for k, v in hyper.items():
             setattr(self, k, v)
         self.step_count = int(step)
         self.state = state
+        self.initial_lr = initial_lr
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent (PyTorch's ``optim.SGD``): with momentum ``mu``,
     ``b = mu b + (1 - dampening) g`` (``b = g`` on the first step), the step is ``b``, or
-    ``g + mu b`` with Nesterov; ``g`` includes ``weight_decay * p``."""
+    ``g + mu b`` with Nesterov; ``g`` includes ``weight_decay * p``. ``maximize=True`` ascends
+    (``g`` is the negated gradient, as PyTorch's)."""
 
-    _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _slots = ("momentum_buffer",)
 
     def __init__(
-        self, params, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
+        self,
+        params,
+        lr=1e-2,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        *,
+        maximize=False,
     ):
         super().__init__(
             params,
@@ -292,6 +322,7 @@ class SGD(Optimizer):
             dampening=dampening,
             weight_decay=weight_decay,
             nesterov=nesterov,
+            maximize=maximize,
         )
 
     def _state_slots(self, hyper):
@@ -313,18 +344,42 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (PyTorch's ``optim.Adam``, L2 ``weight_decay`` added to the gradient)."""
+    """Adam (PyTorch's ``optim.Adam``, L2 ``weight_decay`` added to the gradient).
 
-    _hyper = ("lr", "betas", "eps", "weight_decay")
-    _slots = ("exp_avg", "exp_avg_sq")
+    ``amsgrad=True`` divides by the running maximum of the second moment (state
+    ``max_exp_avg_sq``); ``maximize=True`` ascends. Both as PyTorch's."""
+
+    _hyper = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
+
+    def _state_slots(self, hyper):
+        return self._slots if hyper.get("amsgrad") else self._slots[:2]
 
     def _update(self, i, p, zero_grad=False):
         b1, b2 = self.betas
-        if _fast(p):
+        if _fast(p) and not self.amsgrad and not self.maximize:
             # one fused pass in C++ (the same float32 arithmetic as below, in a single sweep)
             t = self.step_count
             wd = float(self.weight_decay)
@@ -346,7 +401,7 @@ class Adam(Optimizer):
         if self._decoupled:
             if self.weight_decay:
                 p.data *= _f32(1.0 - self.lr * self.weight_decay)
-            g = p.grad
+            g = -p.grad if self.maximize else p.grad
         else:
             g = self._grad(p, self.weight_decay)
         m = self._buf(i, "exp_avg")
@@ -358,6 +413,10 @@ class Adam(Optimizer):
         t = self.step_count
         bc1 = 1.0 - b1**t
         bc2 = 1.0 - b2**t
+        if self.amsgrad:
+            vmax = self._buf(i, "max_exp_avg_sq")
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
         denom = np.sqrt(v) / _f32(math.sqrt(bc2))
         denom += _f32(self.eps)
         p.data -= _f32(self.lr / bc1) * (m / denom)
@@ -368,15 +427,33 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        *,
+        maximize=False,
+    ):
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
 
 
 class Adagrad(Optimizer):
     """Adagrad (PyTorch's ``optim.Adagrad``): ``s += g^2``,
     ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``."""
 
-    _hyper = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+    _hyper = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
     _slots = ("sum",)
 
     def __init__(
@@ -387,6 +464,8 @@ class Adagrad(Optimizer):
         weight_decay=0.0,
         initial_accumulator_value=0.0,
         eps=1e-10,
+        *,
+        maximize=False,
     ):
         super().__init__(
             params,
@@ -395,6 +474,7 @@ class Adagrad(Optimizer):
             weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value,
             eps=eps,
+            maximize=maximize,
         )
 
     def _update(self, i, p, zero_grad=False):
@@ -410,7 +490,7 @@ class Adagrad(Optimizer):
 class RMSprop(Optimizer):
     """RMSprop (PyTorch's ``optim.RMSprop``, with ``momentum`` and ``centered``)."""
 
-    _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     _slots = ("square_avg", "grad_avg", "momentum_buffer")
 
     def __init__(
@@ -422,6 +502,8 @@ class RMSprop(Optimizer):
         weight_decay=0.0,
         momentum=0.0,
         centered=False,
+        *,
+        maximize=False,
     ):
         super().__init__(
             params,
@@ -431,6 +513,7 @@ class RMSprop(Optimizer):
             weight_decay=weight_decay,
             momentum=momentum,
             centered=centered,
+            maximize=maximize,
         )
 
     def _state_slots(self, hyper):
@@ -463,12 +546,13 @@ class RMSprop(Optimizer):
 
 
 def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e-6) -> float:
-    """Scale all gradients together so their global L2 norm is at most ``max_norm``.
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``
+    (``params``: an iterable of parameters, or one parameter).
 
     Returns the norm before clipping (PyTorch's ``clip_grad_norm_``: ``coef = max_norm /
     (norm + 1e-6)``, applied when < 1).
     """
-    params = list(params)
+    params = [params] if isinstance(params, Parameter) else list(params)  # (as PyTorch's)
     max_norm = _check_number("max_norm", max_norm)  # a negative one would flip the gradients
     _check_grads("clip_grad_norm", params)
     # float64 sums in lstm_fast's own kernel: np.dot would wake NumPy's BLAS thread pool, which
@@ -487,13 +571,25 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
 
 
 class _Schedule:
-    """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per optimizer step."""
+    """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per optimizer step.
+
+    ``base_lr`` defaults to the optimizer's ``initial_lr`` -- the rate the first schedule
+    attached to it found (saved in its :meth:`~Optimizer.state_dict`) -- else its ``lr``; so a
+    schedule built on an optimizer restored from a state dict goes on from the same rates.
+    """
 
     def __init__(self, optimizer: Optimizer, base_lr: Optional[float] = None):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr if base_lr is None else _check_number("base_lr", base_lr)
+        if base_lr is not None:
+            self.base_lr = _check_number("base_lr", base_lr)
+        elif optimizer.initial_lr is not None:
+            self.base_lr = optimizer.initial_lr
+        else:
+            self.base_lr = optimizer.lr
+        if optimizer.initial_lr is None:
+            optimizer.initial_lr = self.base_lr
         self.set(optimizer.step_count)
 
     def factor(self, step: int) -> float:  # pragma: no cover - abstract
@@ -552,7 +648,7 @@ def make_optimizer(name: str, params, **kwargs) -> Optimizer:
     """Build an optimizer by name: sgd, adam, adamw, adagrad, rmsprop."""
     try:
         cls = _OPTIMIZERS[name.lower()]
-    except KeyError:
+    except (KeyError, AttributeError):  # an unknown name, or not a str at all
         raise ValueError(
             f"optimizer: expected one of {sorted(_OPTIMIZERS)}, got {name!r}"
         ) from None

@@ -227,6 +227,8 @@ def run(args) -> int:
     if res["accuracy"] is None:  # --val-fraction 0: nothing held out
         print("accuracy: no validation data (BiLSTM and Naive Bayes trained on every row)")
     else:
-        print(f"accuracy {res['accuracy']:.4f} (BiLSTM), {res['nb_accuracy']:.4f} (Naive Bayes)")
+        nb = res["nb_accuracy"]  # None: the run directory has no Naive Bayes file
+        nb = "n/a" if nb is None else f"{nb:.4f}"
+        print(f"accuracy {res['accuracy']:.4f} (BiLSTM), {nb} (Naive Bayes)")
     emit_json(args, res)
     return 0

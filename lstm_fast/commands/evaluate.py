@@ -3,15 +3,15 @@ lacks count as the unknown token)."""
 
 from __future__ import annotations
 
-from . import add_common, emit_json, set_threads
+from . import add_common, emit_json, int_at_least, set_threads
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="run directory (or checkpoint .npz)")
     parser.add_argument("text", metavar="TEXT", help="UTF-8 text file")
-    parser.add_argument("--batch-size", type=int, default=32, help="parallel streams")
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--max-chars", type=int, default=None)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32, help="parallel streams")
+    parser.add_argument("--seq-len", type=int_at_least(1), default=100)
+    parser.add_argument("--max-chars", type=int_at_least(0), default=None)
     add_common(parser)
 
 
@@ -30,6 +30,12 @@ def run(args) -> int:
         print(f"evaluate: {e}", file=sys.stderr)
         return 1
     ids = vocab.encode(text)
+    if len(ids) < 2:  # bits per character need one character predicted from another
+        print(
+            f"evaluate: {args.text}: expected at least 2 characters, got {len(ids)}",
+            file=sys.stderr,
+        )
+        return 1
     t = time.perf_counter()
     bpc = evaluate_bpc(model, ids, args.batch_size, args.seq_len)
     dt = time.perf_counter() - t

@@ -105,10 +105,14 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"train: {e}", file=sys.stderr)
         return 1
+
+    def fmt(v, spec):  # None when nothing was measured (no step run: --steps reached)
+        return "n/a" if v is None else format(v, spec)
+
     print(
-        f"step {res['step']}: train {res['train_bpc']:.4f} bits/char, "
-        f"validation {res['val_bpc'] if res['val_bpc'] is None else round(res['val_bpc'], 4)} "
-        f"bits/char, {res['chars_per_s']:,.0f} chars/s; checkpoint {res['checkpoint']}"
+        f"step {res['step']}: train {fmt(res['train_bpc'], '.4f')} bits/char, "
+        f"validation {fmt(res['val_bpc'], '.4f')} bits/char, "
+        f"{fmt(res['chars_per_s'], ',.0f')} chars/s; checkpoint {res['checkpoint']}"
     )
     emit_json(
         args,

@@ -254,9 +254,14 @@ def _restore_training(path, meta, arrays, model: CharLM, opt, batch_size: int):
 def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 100) -> float:
     """Bits per character of ``model`` on ``ids`` (eval mode, ``batch_size`` streams carrying
     their state through windows of ``seq_len``)."""
+    for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    if len(ids) < 2:  # a character is predicted from the one before it
+        raise ValueError(f"ids: expected at least 2 token ids, got {len(ids)}")
     was_training = model.training
     model.eval()
-    B = max(1, min(batch_size, (len(ids) - 1) // max(seq_len, 1)))
+    B = max(1, min(batch_size, (len(ids) - 1) // seq_len))
     batcher = _data.BPTTBatcher(ids, B, seq_len, drop_last=False)
     state = model.init_state(B)
     total, count = 0.0, 0
@@ -494,7 +499,9 @@ class Sampler:
         self.work = np.empty(V, f32)
         self.mask = np.empty(V, bool)
         self.cdf = np.empty(V, np.float64)
-        self.exclude = np.array([e for e in exclude if 0 <= e < V], dtype=np.int64)
+        excl = sorted({int(e) for e in exclude if 0 <= e < V})
+        # excluding every token would leave nothing to draw (all -inf): then exclude none
+        self.exclude = np.array(excl if len(excl) < V else [], dtype=np.int64)
         self.rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
@@ -535,13 +542,19 @@ class Sampler:
             z[self.exclude] = -np.inf
         if temperature <= 0:
             return int(np.argmax(z))
-        z *= np.float32(1.0 / temperature)
+        # shift first, so the best logit is 0 and scaling cannot overflow it to inf - inf; the
+        # scale is capped at float32's largest (a tiny temperature: greedy, not NaN) and leaves
+        # the excluded -inf alone (an infinite temperature: -inf * 0 would be NaN)
+        z -= z.max()
+        scale = np.float32(min(1.0 / temperature, float(np.finfo(np.float32).max)))
+        finite = np.isfinite(z, out=self.mask)
+        with np.errstate(over="ignore"):
+            np.multiply(z, scale, out=z, where=finite)
         if 0 < top_k < self.V:
             self.work[...] = z
             self.work.partition(self.V - top_k)
             np.less(z, self.work[self.V - top_k], out=self.mask)
             z[self.mask] = -np.inf
-        z -= z.max()
         np.exp(z, out=z)
         np.cumsum(z, out=self.cdf)
         u = self.rng.random() * self.cdf[-1]
@@ -563,8 +576,13 @@ class Sampler:
         for name, v in (("length", length), ("top_k", top_k)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(
+            temperature, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
         if math.isnan(temperature):
             raise ValueError(f"temperature: expected a number, got {temperature}")
+        temperature = float(temperature)
         prime_ids = [int(t) for t in ids]
         for t in prime_ids:
             self.step(t)

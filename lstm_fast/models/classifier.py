@@ -343,6 +343,17 @@ class ClassifierConfig:
     ensemble: int = 1
 
     def __post_init__(self):
+        for name, lo in (("epochs", 1), ("batch_size", 1), ("max_len", 1), ("patience", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        # a negative EMA decay would average the weights into garbage, silently
+        for name, hi, closed in (("ema", 1.0, False), ("bigram_dropout", 1.0, True)):
+            v = getattr(self, name)
+            real = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            if not real or not (0.0 <= v <= hi if closed else 0.0 <= v < hi):
+                span = f"[0, {hi:g}]" if closed else f"[0, {hi:g})"
+                raise ValueError(f"{name}: expected a float in {span}, got {v!r}")
         k = self.ensemble
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"ensemble: expected an int >= 1, got {k!r}")
@@ -565,6 +576,8 @@ def train_classifier(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels, texts = _data.read_tsv(train_tsv, cfg.max_rows)
+    if not len(texts):
+        raise ValueError(f"{train_tsv}: expected at least one 'label<TAB>text' row, got none")
     rng = np.random.default_rng(cfg.seed)
     if val_tsv is not None:
         vlabels, vtexts = _data.read_tsv(val_tsv)
@@ -574,7 +587,17 @@ def train_classifier(
         vi, ti = perm[:n_val], perm[n_val:]
         vlabels, vtexts = labels[vi], [texts[i] for i in vi]
         labels, texts = labels[ti], [texts[i] for i in ti]
-    C = int(max(labels.max(), vlabels.max() if len(vlabels) else 0)) + 1
+        if not len(texts):
+            raise ValueError(
+                f"{train_tsv}: no training rows left after holding out val_fraction="
+                f"{cfg.val_fraction} of {len(perm)}"
+            )
+    # Any integer labels (-1/1, 1..5, sparse codes): the model's classes are their sorted
+    # distinct values, index c standing for classes[c] (saved as meta["classes"]); a head of
+    # max(label) + 1 outputs would refuse negative labels and grow with the largest code.
+    classes = np.unique(np.concatenate([labels, vlabels]))
+    labels, vlabels = _class_index(classes, labels), _class_index(classes, vlabels)
+    C = len(classes)
     t0 = time.perf_counter()
     nb = NaiveBayes(char_n=cfg.nb_char_n, word_n=cfg.nb_word_n).fit(texts, labels)
     nb_acc = nb.accuracy(vtexts, vlabels) if len(vtexts) else None
@@ -641,6 +664,7 @@ def train_classifier(
         "kind": "classifier",
         "config": dataclasses.asdict(cfg),
         "model": members[0].config,
+        "classes": classes.tolist(),
         "vocab": vocab.to_dict(),
         "bigram_vocab": bvocab.to_dict() if bvocab is not None else None,
         "history": runs[0]["history"],
@@ -659,6 +683,7 @@ def train_classifier(
     n_seen = sum(r["n_seen"] for r in runs)
     res = {
         "accuracy": acc,
+        "classes": classes.tolist(),
         "nb_accuracy": nb_acc,
         "best_epoch": runs[0]["best_epoch"],
         "epochs_run": len(runs[0]["history"]),
@@ -676,6 +701,16 @@ def train_classifier(
             ensemble_prefix_accuracies=prefix_acc,
         )
     return res
+
+
+def _class_index(classes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Index of each label in the sorted ``classes`` (int64), -1 for a label not among them
+    (it then matches no prediction)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if not len(classes):
+        return np.full(labels.shape, -1, np.int64)
+    pos = np.minimum(np.searchsorted(classes, labels), len(classes) - 1)
+    return np.where(classes[pos] == labels, pos, -1).astype(np.int64)
 
 
 def _train_member(
@@ -808,7 +843,8 @@ def _train_member(
 def load_classifier(path):
     """``(model, vocab, naive_bayes or None, meta)`` from a run directory; ``model`` is a
     :class:`SequenceClassifier`, or a :class:`ClassifierEnsemble` when the run trained
-    ``ensemble > 1`` members."""
+    ``ensemble > 1`` members. Class id ``c`` (what :func:`predict` returns) stands for the
+    training file's label ``meta["classes"][c]``."""
     p = Path(path)
     ck = p / CHECKPOINT
     arrays, meta = load_npz(ck)
@@ -848,6 +884,7 @@ def load_classifier(path):
         max_len = meta["config"]["max_len"]
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
             raise ValueError(f"config.max_len: expected an int >= 1, got {max_len!r}")
+        _classes_of(meta)  # checked here: evaluate_classifier maps labels through them
         if len(vocab) != model.config["vocab_size"]:
             raise ValueError(
                 f"vocab: expected {model.config['vocab_size']} tokens (the model's vocab_size), "
@@ -866,9 +903,29 @@ def load_classifier(path):
     return (model if K == 1 else ClassifierEnsemble(members)), vocab, nb, meta
 
 
+def _classes_of(meta: dict) -> np.ndarray:
+    """The labels of a classifier checkpoint's classes (index c is label ``classes[c]``):
+    ``meta["classes"]``, or 0..C-1 in checkpoints written before labels were mapped."""
+    C = meta["model"]["num_classes"]
+    classes = meta.get("classes", list(range(C)))
+    ok = isinstance(classes, list) and len(classes) == C
+    ok = ok and all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+    if not ok or any(a >= b for a, b in zip(classes, classes[1:])):
+        raise ValueError(
+            f"classes: expected {C} increasing int labels (the model's num_classes), "
+            f"got {classes!r}"
+        )
+    return np.asarray(classes, dtype=np.int64)
+
+
 def evaluate_classifier(path, tsv) -> dict:
+    """Accuracy of a trained classifier (and of its Naive Bayes baseline) on a
+    ``label<TAB>text`` file; labels are those of the training file (``meta["classes"]``)."""
     model, vocab, nb, meta = load_classifier(path)
     labels, texts = _data.read_tsv(tsv)
+    if not len(texts):
+        raise ValueError(f"{tsv}: expected at least one 'label<TAB>text' row, got none")
+    labels = _class_index(_classes_of(meta), labels)  # the model's class ids; unknown: -1
     max_len = meta["config"]["max_len"]
     seqs = _encode_all(vocab, texts, max_len)
     bvocab = _data.Vocab.from_dict(meta["bigram_vocab"]) if meta.get("bigram_vocab") else None

@@ -307,7 +307,7 @@ class SGD(Optimizer):
     def __init__(
         self,
         params,
-        lr=1e-2,
+        lr=1e-3,
         momentum=0.0,
         dampening=0.0,
         weight_decay=0.0,

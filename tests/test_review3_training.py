@@ -325,3 +325,18 @@ def test_vocab_build_checks_its_input():
     with pytest.raises(ValueError, match="max_size: expected an int >= 0, got -1"):
         data.Vocab.build("abc", max_size=-1)
     assert data.Vocab.build(["ab", "b"]).itos[1:] == ["b", "\n", "a"]
+
+
+def test_sgd_default_learning_rate_is_pytorchs():
+    """SGD's default lr was 1e-2; PyTorch 2's is 1e-3: code written for torch.optim.SGD that
+    relies on the default got ten times the step."""
+    import inspect
+
+    p = Parameter(np.ones(3, np.float32))
+    p.grad[...] = 1.0
+    opt = optim.SGD([p])
+    assert opt.lr == 1e-3
+    opt.step()
+    np.testing.assert_allclose(p.data, 1.0 - 1e-3, rtol=1e-6)
+    torch = pytest.importorskip("torch")
+    assert inspect.signature(torch.optim.SGD).parameters["lr"].default == opt.lr

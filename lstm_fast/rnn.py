@@ -47,13 +47,54 @@ def _guard_finite(layer, **arrays) -> None:
     parameter raises ValueError naming it, before any work."""
     named = {}
     for name, a in arrays.items():
-        if isinstance(a, (tuple, list)):
-            named.update({f"{name}[{i}]": np.asarray(v) for i, v in enumerate(a) if v is not None})
+        if isinstance(a, (tuple, list)) and not _is_packed(a):
+            named.update(
+                {f"{name}[{i}]": _finite_view(v) for i, v in enumerate(a) if v is not None}
+            )
         elif a is not None:
-            named[name] = np.asarray(a)
+            named[name] = _finite_view(a)
     if layer is not None:
         named.update({n: p.data for n, p in layer.named_parameters()})
     _finite(**named)
+
+
+def _finite_view(a: Any) -> Any:
+    """What check_finite scans of an argument: a torch tensor's values (one that requires grad
+    or is bfloat16 as well, as the conversion at the boundary takes them), a PackedSequence's
+    data; anything else as NumPy sees it (the boundary's conversion reports what is wrong)."""
+    if _is_packed(a):
+        a = a.data
+    if hasattr(a, "detach") and hasattr(a, "numpy"):
+        return _from_torch(a)
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError):  # ragged nesting: the conversion raises its TypeError
+        return None
+
+
+def _ready_grads(module: Module) -> None:
+    """Before a backward accumulates anything: every parameter's ``.grad`` is a writeable
+    float32 C-contiguous array of the parameter's shape. A gradient set to None (PyTorch's
+    ``zero_grad(set_to_none=True)`` habit) starts again from zeros; anything else raises naming
+    the parameter, so no layer of the stack has accumulated when another one fails."""
+    fresh = []
+    for name, p in module._parameters.items():
+        g = p.grad
+        if g is None:
+            fresh.append(p)
+            continue
+        if not isinstance(g, np.ndarray) or g.dtype != np.float32:
+            got = f"dtype {g.dtype}" if isinstance(g, np.ndarray) else type(g).__name__
+            raise TypeError(f"{name}.grad: expected a float32 array (or None), got {got}")
+        if g.shape != p.data.shape:
+            raise ValueError(
+                f"{name}.grad: expected shape {p.data.shape} (the parameter's), got {g.shape}"
+            )
+        if not g.flags.c_contiguous or not g.flags.writeable:
+            what = "read-only" if not g.flags.writeable else f"strides {g.strides}"
+            raise ValueError(f"{name}.grad: expected a writeable C-contiguous array, got {what}")
+    for p in fresh:  # only once every gradient passed: a failed call changes nothing
+        p.grad = np.zeros_like(p.data)
 
 
 def _as_float32(name: str, value: Any) -> np.ndarray:
@@ -119,6 +160,29 @@ def _plain_state(a: Any, B: int, F: int) -> bool:
 
 def _is_packed(x: Any) -> bool:
     return all(hasattr(x, a) for a in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"))
+
+
+def _packed_lengths(ps: Any) -> list:
+    """Each sequence's length in a PackedSequence, in the caller's (unsorted) batch order."""
+    import torch
+
+    bs = ps.batch_sizes
+    lens = (bs[:, None] > torch.arange(int(bs[0]) if len(bs) else 0)[None, :]).sum(0)
+    if ps.unsorted_indices is not None:
+        lens = lens[ps.unsorted_indices]
+    return lens.tolist()
+
+
+def _check_same_packing(name: str, given: Any, packed: Any) -> None:
+    """A PackedSequence gradient must hold the forward's sequences (the same lengths in the
+    caller's batch order; its own sorting is undone by unpacking), else its rows would be read
+    as other sequences' steps."""
+    want, got = _packed_lengths(packed), _packed_lengths(given)
+    if got != want:
+        raise ValueError(
+            f"{name}: expected a PackedSequence of the output's sequence lengths {want}, "
+            f"got lengths {got}"
+        )
 
 
 # Cell kinds: gates per unit, has a cell state, core forward / backward.
@@ -252,6 +316,7 @@ class _RNNBase(Module):
         _check_bool("check_finite", check_finite)
         _check_bool("bias", bias)  # as torch.nn.LSTM: bias="False" must not mean True
         _check_bool("batch_first", batch_first)
+        _check_bool("bidirectional", bidirectional)  # "False" would build two directions
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         num_layers = _check_int("num_layers", num_layers, 1)
@@ -698,6 +763,7 @@ class _RNNBase(Module):
             and (dc_n is None or _plain_state(dc_n, B, H))
         ):
             return None
+        _ready_grads(self)
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         get = self._parameters.get
@@ -753,11 +819,16 @@ class _RNNBase(Module):
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
-        if packed is not None:
+        if _is_packed(dy):
+            if packed is None:
+                raise TypeError(
+                    "dy: got a PackedSequence, but the forward's input was not one: expected an "
+                    "array of the output's shape"
+                )
+            _check_same_packing("dy", dy, packed)
             from torch.nn.utils.rnn import pad_packed_sequence
 
-            if _is_packed(dy):
-                dy = pad_packed_sequence(dy, total_length=T)[0]
+            dy = pad_packed_sequence(dy, total_length=T)[0]
         dy = _as_float32("dy", dy)
         if unbatched:
             want = (T, D * P)
@@ -791,6 +862,9 @@ class _RNNBase(Module):
 
         emb, fused = meta.get("embedding", (None, False))
         fused_embedding = emb if fused else None
+        _ready_grads(self)
+        if fused_embedding is not None and isinstance(fused_embedding, Module):
+            _ready_grads(fused_embedding)
         dh0 = np.zeros((L * D, B, P), np.float32)
         dc0 = np.zeros((L * D, B, H), np.float32) if self._has_cell else None
         grad = np.asarray(dy, np.float32)
@@ -1187,6 +1261,7 @@ class _CellBase(Module):
     ):
         super().__init__()
         _check_bool("check_finite", check_finite)
+        _check_bool("bias", bias)  # as the layers': bias="False" must not mean True
         object.__setattr__(self, "check_finite", bool(check_finite))
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
@@ -1273,11 +1348,6 @@ class _CellBase(Module):
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
         need_dx = ops._need_dx(need_dx)
         cache, unbatched, B = self._saved
-        get = self._parameters.get
-        grads = tuple(
-            None if get(n) is None else get(n).grad
-            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        ) + (None,)
         H = self.hidden_size
 
         def state(nm, a):
@@ -1290,9 +1360,14 @@ class _CellBase(Module):
                 raise ValueError(f"{nm}: expected shape {letters} (the output's), got {a.shape}")
             return _c(a.reshape(B, H))
 
-        dx, dh0, dc0 = _Direction.backward(
-            self._mode, cache, None, state("dh", dh), state("dc", dc), grads, need_dx
-        )
+        dh, dc = state("dh", dh), state("dc", dc)
+        _ready_grads(self)
+        get = self._parameters.get
+        grads = tuple(
+            None if get(n) is None else get(n).grad
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ) + (None,)
+        dx, dh0, dc0 = _Direction.backward(self._mode, cache, None, dh, dc, grads, need_dx)
         dx = None if dx is None else dx[0]
         if unbatched:
             dx = None if dx is None else dx[0]

@@ -110,6 +110,17 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
     return np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
 
 
+def _read_only(y: np.ndarray) -> np.ndarray:
+    """A training forward's output as a read-only view: the cache backward reads refers to
+    y's memory (h_{t-1} of every step), so an in-place edit of the returned array (``y *= mask``,
+    ``np.maximum(y, 0, out=y)``) would silently change the gradients. NumPy now raises at the
+    edit instead, as torch raises for a saved tensor modified in place; ``y.copy()`` is a
+    writeable one. Applied in every layout, so code does not break when batch_first changes."""
+    v = y.view()
+    v.flags.writeable = False
+    return v
+
+
 def _c(a):
     return None if a is None else np.ascontiguousarray(a)
 
@@ -555,6 +566,8 @@ class _RNNBase(Module):
             object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        if training:
+            y = _read_only(y)
         return y, ((hn[None], cn[None]) if lstm else hn[None])
 
     def forward(self, input: Any, hx: Any = None, lengths: Any = None):
@@ -663,10 +676,9 @@ class _RNNBase(Module):
         if unbatched:
             y = y[:, 0, :]
             hidden = (h_n[:, 0, :], c_n[:, 0, :]) if self._has_cell else h_n[:, 0, :]
-            return y, hidden
-        if self.batch_first:
-            y = y.transpose(1, 0, 2)
-        return np.ascontiguousarray(y), hidden
+        else:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2) if self.batch_first else y)
+        return (_read_only(y) if training else y), hidden
 
     def forward_embedded(self, ids: Any, embedding: Any, hx: Any = None):
         """``self(embedding(ids), hx)`` with the embedding lookup folded into the first layer.
@@ -731,7 +743,7 @@ class _RNNBase(Module):
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
-        return y, (h_n, c_n)
+        return (_read_only(y) if training else y), (h_n, c_n)
 
     @staticmethod
     def _repack(y, packed):
@@ -786,7 +798,9 @@ class _RNNBase(Module):
     def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None, *, need_dx: bool = True):
         """Gradients of a training-mode forward, in the input's layout.
 
-        ``dy`` has the output's shape; ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
+        ``dy`` has the output's shape (after a PackedSequence input: a PackedSequence of the
+        output's lengths, or the padded (T, B, D * P) array; dx is then padded (T, B, I), in
+        the caller's batch order); ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
         (``c_n``), or None for zero. Returns ``(dx, (dh_0, dc_0))`` for the LSTM and
         ``(dx, dh_0)`` for GRU/RNN. Accumulates (+=) into every parameter's ``.grad``; may be
         called more than once for the same forward. ``need_dx=False``: the input needs no
@@ -1124,9 +1138,12 @@ _LAYER_DOC = r"""
         lengths: optional (B,) integers in [0, T], any order: sequence b has lengths[b] real steps.
 
     In training mode ``forward`` keeps what :meth:`backward` needs; ``backward`` accumulates
-    (+=) into every parameter's ``.grad``. Weights are initialised from U(-1/sqrt(H), 1/sqrt(H))
-    with PyTorch's names (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
-    ``bias_hh_l{k}``, ``_reverse`` suffix for the reverse direction).
+    (+=) into every parameter's ``.grad``. That cache refers to the output's memory, which is
+    therefore returned as a read-only array in training mode (``y.copy()`` to edit it), and to
+    the input and hx arrays given (no copies): do not modify those in place before ``backward``.
+    Weights are initialised from U(-1/sqrt(H), 1/sqrt(H)) with PyTorch's names
+    (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse``
+    suffix for the reverse direction).
 """
 
 

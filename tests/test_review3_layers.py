@@ -187,3 +187,55 @@ def test_from_torch_takes_subclasses_of_torch_modules(kind):
         np.testing.assert_array_equal(p.data, tp.detach().numpy())
     with pytest.raises(TypeError, match=r"got a state dict: build the lstm_fast layer"):
         interop.from_torch(tm.state_dict())
+
+
+# ---- the output backward reads ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind, kw, lengths",
+    [
+        ("LSTM", {}, None),
+        ("LSTM", {}, [5, 3]),
+        ("LSTM", dict(num_layers=2, proj_size=2), None),
+        ("GRU", {}, None),
+        ("RNN", dict(num_layers=2), None),
+        ("GRU", dict(batch_first=True, bidirectional=True), [4, 5]),
+    ],
+)
+def test_training_output_cannot_be_edited_under_backward(kind, kw, lengths):
+    """The cache of a training forward refers to y's memory (h_{t-1} of every step) and y was
+    returned as is: ``y[...] = 0`` or ``y *= mask`` before backward silently changed dW_hh
+    and dx. The output is now read-only in training mode (in every layout), writeable in
+    eval mode, and the gradients are those of the forward."""
+    layer = getattr(lstm_fast, kind)(3, 4, seed=0, **kw)
+    shape = (2, 5, 3) if layer.batch_first else (5, 2, 3)
+    x = _x(*shape)
+    y, _ = layer(x, lengths=lengths)
+    dy = _x(*y.shape)
+    with pytest.raises(ValueError, match="read-only"):
+        y[...] = 3.0
+    with pytest.raises(ValueError, match="read-only"):
+        np.maximum(y, 0, out=y)
+    dx = layer.backward(dy)[0]
+    grads = _grads(layer)
+    ref = getattr(lstm_fast, kind)(3, 4, seed=0, **kw)
+    y2 = ref(x, lengths=lengths)[0].copy()  # a copy is free to edit
+    y2[...] = 3.0
+    np.testing.assert_array_equal(ref.backward(dy)[0], dx)
+    for n, g in _grads(ref).items():
+        np.testing.assert_array_equal(g, grads[n], err_msg=n)
+    layer.eval()
+    y, _ = layer(x, lengths=lengths)
+    y[...] = 0.0  # no cache in eval mode: the caller's array
+
+
+def test_unbatched_and_embedded_training_outputs_are_read_only():
+    layer = lstm_fast.LSTM(3, 4, seed=0)
+    y, _ = layer(_x(5, 3))
+    assert y.shape == (5, 4) and not y.flags.writeable
+    from lstm_fast.nn import Embedding
+
+    emb = Embedding(7, 3, seed=0)
+    y, _ = layer.forward_embedded(np.array([[1, 2], [3, 4]]), emb)
+    assert not y.flags.writeable

@@ -420,7 +420,12 @@ class _RNNBase(Module):
         )
 
     def _on_load(self) -> None:
+        # New weights: the streaming buffers are made anew, and the cache of a training forward
+        # (which refers to the weights' memory and holds gates of the old ones) is dropped, so a
+        # backward now raises instead of mixing the two (torch raises for weights copied in
+        # place between forward and backward, too).
         object.__setattr__(self, "_stream", None)
+        object.__setattr__(self, "_saved", None)
         super()._on_load()
 
     def __getstate__(self) -> dict:
@@ -1306,6 +1311,10 @@ class _CellBase(Module):
     def __getstate__(self) -> dict:
         """As the layers': copies and pickles leave out the cache of the last training forward."""
         return {**self.__dict__, "_saved": None}
+
+    def _on_load(self) -> None:
+        object.__setattr__(self, "_saved", None)  # as the layers': no backward across new weights
+        super()._on_load()
 
     def _w(self):
         get = self._parameters.get

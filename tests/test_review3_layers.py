@@ -239,3 +239,31 @@ def test_unbatched_and_embedded_training_outputs_are_read_only():
     emb = Embedding(7, 3, seed=0)
     y, _ = layer.forward_embedded(np.array([[1, 2], [3, 4]]), emb)
     assert not y.flags.writeable
+
+
+# ---- new weights between forward and backward ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("how", ["load_state_dict", "from_onnx"])
+def test_new_weights_drop_the_pending_backward(kind, how):
+    """load_state_dict (or a Keras/ONNX import) between forward and backward left the cache in
+    place: backward then mixed the old forward's gates with the new weights (which the cache
+    reads in place) and returned a gradient of neither. It now raises, as torch does for
+    weights copied in place under a pending backward; a failed load keeps the cache."""
+    make = getattr(lstm_fast, kind)
+    layer, other = make(3, 4, seed=0), make(3, 4, seed=1)
+    x = _x(2, 3) if kind.endswith("Cell") else _x(5, 2, 3)
+    out = layer(x)
+    dy = np.ones_like(out[0] if isinstance(out, tuple) else out)
+    bad = {**other.state_dict(), "weight_ih" + ("" if kind.endswith("Cell") else "_l0"): 0}
+    with pytest.raises(ValueError):
+        layer.load_state_dict(bad)
+    layer.backward(dy)  # nothing changed: still usable
+    layer(x)
+    if how == "load_state_dict":
+        layer.load_state_dict(other.state_dict())
+    else:
+        interop.from_onnx(layer, **interop.to_onnx(other))
+    with pytest.raises(RuntimeError, match="no saved forward"):
+        layer.backward(dy)

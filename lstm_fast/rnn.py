@@ -80,6 +80,10 @@ def _ready_grads(module: Module) -> None:
     fresh = []
     for name, p in module._parameters.items():
         g = p.grad
+        if type(g) is np.ndarray and g.dtype is _F32 and g.shape == p.data.shape:
+            flags = g.flags
+            if flags.c_contiguous and flags.writeable:  # the usual case, checked cheaply
+                continue
         if g is None:
             fresh.append(p)
             continue
@@ -117,7 +121,7 @@ def _read_only(y: np.ndarray) -> np.ndarray:
     edit instead, as torch raises for a saved tensor modified in place; ``y.copy()`` is a
     writeable one. Applied in every layout, so code does not break when batch_first changes."""
     v = y.view()
-    v.flags.writeable = False
+    v.setflags(write=False)
     return v
 
 
@@ -780,11 +784,13 @@ class _RNNBase(Module):
             and (dc_n is None or _plain_state(dc_n, B, H))
         ):
             return None
-        _ready_grads(self)
+        get = self._parameters.get
+        params = [get(n) for n in _LAYER0_NAMES]
+        if any(q is not None and q.grad is None for q in params):
+            _ready_grads(self)  # (one core call: it checks the other gradients before any work)
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-        get = self._parameters.get
-        grads = tuple([None if q is None else q.grad for q in [get(n) for n in _LAYER0_NAMES]])
+        grads = tuple([None if q is None else q.grad for q in params])
         dx, dh0, dc0 = _Direction.backward(
             self._mode,
             cache,
@@ -1387,12 +1393,11 @@ class _CellBase(Module):
             return _c(a.reshape(B, H))
 
         dh, dc = state("dh", dh), state("dc", dc)
-        _ready_grads(self)
         get = self._parameters.get
-        grads = tuple(
-            None if get(n) is None else get(n).grad
-            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        ) + (None,)
+        params = [get(n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if any(q is not None and q.grad is None for q in params):
+            _ready_grads(self)  # (one core call: it checks the other gradients before any work)
+        grads = tuple(None if q is None else q.grad for q in params) + (None,)
         dx, dh0, dc0 = _Direction.backward(self._mode, cache, None, dh, dc, grads, need_dx)
         dx = None if dx is None else dx[0]
         if unbatched:

@@ -15,6 +15,7 @@ Shapes use the legend: ``I`` input, ``H`` hidden, ``G`` gate width (4H, 3H, H), 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,16 @@ def _kind(layer) -> str:
 def from_torch(module: Any, *, seed: int | None = None):
     """The lstm_fast layer (or cell) equivalent to a torch ``nn.LSTM/GRU/RNN`` (or cell), with
     its weights copied. ``dropout`` and ``training`` mode carry over."""
-    name = type(module).__name__
+    if isinstance(module, Mapping):
+        raise TypeError(
+            "module: expected a torch LSTM, GRU, RNN or cell module, got a state dict: build "
+            "the lstm_fast layer with the same options and call layer.load_state_dict(it)"
+        )
+    # The torch class a module is (a user subclass of nn.LSTM, or lstm_fast.torch's, included).
+    name = next(
+        (c.__name__ for c in type(module).__mro__ if c.__name__ in _LAYERS or c.__name__ in _CELLS),
+        type(module).__name__,
+    )
     if name in _LAYERS:
         kw = dict(
             num_layers=module.num_layers,

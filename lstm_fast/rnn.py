@@ -47,13 +47,58 @@ def _guard_finite(layer, **arrays) -> None:
     parameter raises ValueError naming it, before any work."""
     named = {}
     for name, a in arrays.items():
-        if isinstance(a, (tuple, list)):
-            named.update({f"{name}[{i}]": np.asarray(v) for i, v in enumerate(a) if v is not None})
+        if isinstance(a, (tuple, list)) and not _is_packed(a):
+            named.update(
+                {f"{name}[{i}]": _finite_view(v) for i, v in enumerate(a) if v is not None}
+            )
         elif a is not None:
-            named[name] = np.asarray(a)
+            named[name] = _finite_view(a)
     if layer is not None:
         named.update({n: p.data for n, p in layer.named_parameters()})
     _finite(**named)
+
+
+def _finite_view(a: Any) -> Any:
+    """What check_finite scans of an argument: a torch tensor's values (one that requires grad
+    or is bfloat16 as well, as the conversion at the boundary takes them), a PackedSequence's
+    data; anything else as NumPy sees it (the boundary's conversion reports what is wrong)."""
+    if _is_packed(a):
+        a = a.data
+    if hasattr(a, "detach") and hasattr(a, "numpy"):
+        return _from_torch(a)
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError):  # ragged nesting: the conversion raises its TypeError
+        return None
+
+
+def _ready_grads(module: Module) -> None:
+    """Before a backward accumulates anything: every parameter's ``.grad`` is a writeable
+    float32 C-contiguous array of the parameter's shape. A gradient set to None (PyTorch's
+    ``zero_grad(set_to_none=True)`` habit) starts again from zeros; anything else raises naming
+    the parameter, so no layer of the stack has accumulated when another one fails."""
+    fresh = []
+    for name, p in module._parameters.items():
+        g = p.grad
+        if type(g) is np.ndarray and g.dtype is _F32 and g.shape == p.data.shape:
+            flags = g.flags
+            if flags.c_contiguous and flags.writeable:  # the usual case, checked cheaply
+                continue
+        if g is None:
+            fresh.append(p)
+            continue
+        if not isinstance(g, np.ndarray) or g.dtype != np.float32:
+            got = f"dtype {g.dtype}" if isinstance(g, np.ndarray) else type(g).__name__
+            raise TypeError(f"{name}.grad: expected a float32 array (or None), got {got}")
+        if g.shape != p.data.shape:
+            raise ValueError(
+                f"{name}.grad: expected shape {p.data.shape} (the parameter's), got {g.shape}"
+            )
+        if not g.flags.c_contiguous or not g.flags.writeable:
+            what = "read-only" if not g.flags.writeable else f"strides {g.strides}"
+            raise ValueError(f"{name}.grad: expected a writeable C-contiguous array, got {what}")
+    for p in fresh:  # only once every gradient passed: a failed call changes nothing
+        p.grad = np.zeros_like(p.data)
 
 
 def _as_float32(name: str, value: Any) -> np.ndarray:
@@ -67,6 +112,17 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")
     return np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
+
+
+def _read_only(y: np.ndarray) -> np.ndarray:
+    """A training forward's output as a read-only view: the cache backward reads refers to
+    y's memory (h_{t-1} of every step), so an in-place edit of the returned array (``y *= mask``,
+    ``np.maximum(y, 0, out=y)``) would silently change the gradients. NumPy now raises at the
+    edit instead, as torch raises for a saved tensor modified in place; ``y.copy()`` is a
+    writeable one. Applied in every layout, so code does not break when batch_first changes."""
+    v = y.view()
+    v.setflags(write=False)
+    return v
 
 
 def _c(a):
@@ -119,6 +175,29 @@ def _plain_state(a: Any, B: int, F: int) -> bool:
 
 def _is_packed(x: Any) -> bool:
     return all(hasattr(x, a) for a in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"))
+
+
+def _packed_lengths(ps: Any) -> list:
+    """Each sequence's length in a PackedSequence, in the caller's (unsorted) batch order."""
+    import torch
+
+    bs = ps.batch_sizes
+    lens = (bs[:, None] > torch.arange(int(bs[0]) if len(bs) else 0)[None, :]).sum(0)
+    if ps.unsorted_indices is not None:
+        lens = lens[ps.unsorted_indices]
+    return lens.tolist()
+
+
+def _check_same_packing(name: str, given: Any, packed: Any) -> None:
+    """A PackedSequence gradient must hold the forward's sequences (the same lengths in the
+    caller's batch order; its own sorting is undone by unpacking), else its rows would be read
+    as other sequences' steps."""
+    want, got = _packed_lengths(packed), _packed_lengths(given)
+    if got != want:
+        raise ValueError(
+            f"{name}: expected a PackedSequence of the output's sequence lengths {want}, "
+            f"got lengths {got}"
+        )
 
 
 # Cell kinds: gates per unit, has a cell state, core forward / backward.
@@ -252,6 +331,7 @@ class _RNNBase(Module):
         _check_bool("check_finite", check_finite)
         _check_bool("bias", bias)  # as torch.nn.LSTM: bias="False" must not mean True
         _check_bool("batch_first", batch_first)
+        _check_bool("bidirectional", bidirectional)  # "False" would build two directions
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
         num_layers = _check_int("num_layers", num_layers, 1)
@@ -344,7 +424,12 @@ class _RNNBase(Module):
         )
 
     def _on_load(self) -> None:
+        # New weights: the streaming buffers are made anew, and the cache of a training forward
+        # (which refers to the weights' memory and holds gates of the old ones) is dropped, so a
+        # backward now raises instead of mixing the two (torch raises for weights copied in
+        # place between forward and backward, too).
         object.__setattr__(self, "_stream", None)
+        object.__setattr__(self, "_saved", None)
         super()._on_load()
 
     def __getstate__(self) -> dict:
@@ -490,6 +575,8 @@ class _RNNBase(Module):
             object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        if training:
+            y = _read_only(y)
         return y, ((hn[None], cn[None]) if lstm else hn[None])
 
     def forward(self, input: Any, hx: Any = None, lengths: Any = None):
@@ -598,10 +685,9 @@ class _RNNBase(Module):
         if unbatched:
             y = y[:, 0, :]
             hidden = (h_n[:, 0, :], c_n[:, 0, :]) if self._has_cell else h_n[:, 0, :]
-            return y, hidden
-        if self.batch_first:
-            y = y.transpose(1, 0, 2)
-        return np.ascontiguousarray(y), hidden
+        else:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2) if self.batch_first else y)
+        return (_read_only(y) if training else y), hidden
 
     def forward_embedded(self, ids: Any, embedding: Any, hx: Any = None):
         """``self(embedding(ids), hx)`` with the embedding lookup folded into the first layer.
@@ -666,7 +752,7 @@ class _RNNBase(Module):
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
-        return y, (h_n, c_n)
+        return (_read_only(y) if training else y), (h_n, c_n)
 
     @staticmethod
     def _repack(y, packed):
@@ -698,10 +784,13 @@ class _RNNBase(Module):
             and (dc_n is None or _plain_state(dc_n, B, H))
         ):
             return None
+        get = self._parameters.get
+        params = [get(n) for n in _LAYER0_NAMES]
+        if any(q is not None and q.grad is None for q in params):
+            _ready_grads(self)  # (one core call: it checks the other gradients before any work)
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
-        get = self._parameters.get
-        grads = tuple([None if q is None else q.grad for q in [get(n) for n in _LAYER0_NAMES]])
+        grads = tuple([None if q is None else q.grad for q in params])
         dx, dh0, dc0 = _Direction.backward(
             self._mode,
             cache,
@@ -720,7 +809,9 @@ class _RNNBase(Module):
     def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None, *, need_dx: bool = True):
         """Gradients of a training-mode forward, in the input's layout.
 
-        ``dy`` has the output's shape; ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
+        ``dy`` has the output's shape (after a PackedSequence input: a PackedSequence of the
+        output's lengths, or the padded (T, B, D * P) array; dx is then padded (T, B, I), in
+        the caller's batch order); ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
         (``c_n``), or None for zero. Returns ``(dx, (dh_0, dc_0))`` for the LSTM and
         ``(dx, dh_0)`` for GRU/RNN. Accumulates (+=) into every parameter's ``.grad``; may be
         called more than once for the same forward. ``need_dx=False``: the input needs no
@@ -753,11 +844,16 @@ class _RNNBase(Module):
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
-        if packed is not None:
+        if _is_packed(dy):
+            if packed is None:
+                raise TypeError(
+                    "dy: got a PackedSequence, but the forward's input was not one: expected an "
+                    "array of the output's shape"
+                )
+            _check_same_packing("dy", dy, packed)
             from torch.nn.utils.rnn import pad_packed_sequence
 
-            if _is_packed(dy):
-                dy = pad_packed_sequence(dy, total_length=T)[0]
+            dy = pad_packed_sequence(dy, total_length=T)[0]
         dy = _as_float32("dy", dy)
         if unbatched:
             want = (T, D * P)
@@ -791,6 +887,9 @@ class _RNNBase(Module):
 
         emb, fused = meta.get("embedding", (None, False))
         fused_embedding = emb if fused else None
+        _ready_grads(self)
+        if fused_embedding is not None and isinstance(fused_embedding, Module):
+            _ready_grads(fused_embedding)
         dh0 = np.zeros((L * D, B, P), np.float32)
         dc0 = np.zeros((L * D, B, H), np.float32) if self._has_cell else None
         grad = np.asarray(dy, np.float32)
@@ -1050,9 +1149,12 @@ _LAYER_DOC = r"""
         lengths: optional (B,) integers in [0, T], any order: sequence b has lengths[b] real steps.
 
     In training mode ``forward`` keeps what :meth:`backward` needs; ``backward`` accumulates
-    (+=) into every parameter's ``.grad``. Weights are initialised from U(-1/sqrt(H), 1/sqrt(H))
-    with PyTorch's names (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
-    ``bias_hh_l{k}``, ``_reverse`` suffix for the reverse direction).
+    (+=) into every parameter's ``.grad``. That cache refers to the output's memory, which is
+    therefore returned as a read-only array in training mode (``y.copy()`` to edit it), and to
+    the input and hx arrays given (no copies): do not modify those in place before ``backward``.
+    Weights are initialised from U(-1/sqrt(H), 1/sqrt(H)) with PyTorch's names
+    (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse``
+    suffix for the reverse direction).
 """
 
 
@@ -1187,6 +1289,7 @@ class _CellBase(Module):
     ):
         super().__init__()
         _check_bool("check_finite", check_finite)
+        _check_bool("bias", bias)  # as the layers': bias="False" must not mean True
         object.__setattr__(self, "check_finite", bool(check_finite))
         input_size = _check_int("input_size", input_size, 1)
         hidden_size = _check_int("hidden_size", hidden_size, 1)
@@ -1214,6 +1317,10 @@ class _CellBase(Module):
     def __getstate__(self) -> dict:
         """As the layers': copies and pickles leave out the cache of the last training forward."""
         return {**self.__dict__, "_saved": None}
+
+    def _on_load(self) -> None:
+        object.__setattr__(self, "_saved", None)  # as the layers': no backward across new weights
+        super()._on_load()
 
     def _w(self):
         get = self._parameters.get
@@ -1273,11 +1380,6 @@ class _CellBase(Module):
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
         need_dx = ops._need_dx(need_dx)
         cache, unbatched, B = self._saved
-        get = self._parameters.get
-        grads = tuple(
-            None if get(n) is None else get(n).grad
-            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        ) + (None,)
         H = self.hidden_size
 
         def state(nm, a):
@@ -1290,9 +1392,13 @@ class _CellBase(Module):
                 raise ValueError(f"{nm}: expected shape {letters} (the output's), got {a.shape}")
             return _c(a.reshape(B, H))
 
-        dx, dh0, dc0 = _Direction.backward(
-            self._mode, cache, None, state("dh", dh), state("dc", dc), grads, need_dx
-        )
+        dh, dc = state("dh", dh), state("dc", dc)
+        get = self._parameters.get
+        params = [get(n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if any(q is not None and q.grad is None for q in params):
+            _ready_grads(self)  # (one core call: it checks the other gradients before any work)
+        grads = tuple(None if q is None else q.grad for q in params) + (None,)
+        dx, dh0, dc0 = _Direction.backward(self._mode, cache, None, dh, dc, grads, need_dx)
         dx = None if dx is None else dx[0]
         if unbatched:
             dx = None if dx is None else dx[0]

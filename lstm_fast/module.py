@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,6 +55,13 @@ def _as_dtype(what: str, value: Any, dtype: Any = np.float32, shape: Any = None)
     return cast
 
 
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Module.load_state_dict` did not match (PyTorch's field names)."""
+
+    missing_keys: list
+    unexpected_keys: list
+
+
 class Parameter:
     """A trainable array: ``data`` (float32, C-contiguous) and ``grad`` (same shape).
 
@@ -76,9 +83,16 @@ class Parameter:
         return self.data.shape
 
     def zero_grad(self) -> None:
-        if isinstance(self.grad, np.ndarray) and self.grad.shape == self.data.shape:
-            self.grad[...] = 0
-        else:  # None (PyTorch's habit) or a stale array: a fresh gradient of the right shape
+        g = self.grad
+        if (
+            isinstance(g, np.ndarray)
+            and g.shape == self.data.shape
+            and g.dtype == self.data.dtype
+            and g.flags.c_contiguous
+            and g.flags.writeable
+        ):
+            g[...] = 0
+        else:  # None (PyTorch's habit), a stale shape, dtype or layout: a fresh gradient
             self.grad = np.zeros_like(self.data)
 
     def __repr__(self) -> str:
@@ -103,6 +117,17 @@ class Module:
         if params is None:
             raise AttributeError("Module.__init__() must be called before assigning attributes")
         mods = self.__dict__["_modules"]
+        # A registered parameter or submodule is replaced by its own kind only (PyTorch raises
+        # too): a plain array assigned to weight_ih_l0 would silently unregister the weight.
+        if name in params and not isinstance(value, Parameter):
+            raise TypeError(
+                f"cannot assign {type(value).__name__} as parameter {name!r} (a Parameter "
+                "expected; to change the values, write into .data or use load_state_dict)"
+            )
+        if name in mods and not isinstance(value, Module):
+            raise TypeError(
+                f"cannot assign {type(value).__name__} as submodule {name!r} (a Module expected)"
+            )
         params.pop(name, None)
         mods.pop(name, None)
         if isinstance(value, Parameter):
@@ -167,11 +192,14 @@ class Module:
             (n, p.data.copy()) for n, p in self.named_parameters(remove_duplicate=False)
         )
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True) -> None:
+    def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
         """Load arrays (NumPy, torch tensors, lists: anything ``np.asarray`` takes) by name.
 
         Every entry is checked (shape, finite conversion to float32) before any parameter is
-        changed, so a failed load leaves the module as it was.
+        changed, so a failed load leaves the module as it was. With ``strict`` (the default)
+        missing or unexpected keys raise ``RuntimeError`` listing them; without, the entries
+        present are loaded and, as PyTorch's, the result names the rest:
+        ``(missing_keys, unexpected_keys)``.
         """
         if not isinstance(state_dict, Mapping):  # a list of pairs, None, ...
             raise TypeError(
@@ -186,7 +214,10 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise RuntimeError(
+                f"load_state_dict for {type(self).__name__}: missing keys {missing}, unexpected "
+                f"keys {unexpected}"
+            )
         staged = {}
         for name, p in own.items():
             if name not in state_dict:
@@ -197,6 +228,7 @@ class Module:
         for name, arr in staged.items():
             own[name].data[...] = arr
         self._on_load()
+        return IncompatibleKeys(missing, unexpected)
 
     def _on_load(self) -> None:
         """Hook for layers that cache anything derived from their weights."""

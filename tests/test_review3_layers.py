@@ -271,3 +271,53 @@ def test_new_weights_drop_the_pending_backward(kind, how):
         interop.from_onnx(layer, **interop.to_onnx(other))
     with pytest.raises(RuntimeError, match="no saved forward"):
         layer.backward(dy)
+
+
+def test_load_state_dict_reports_keys_as_pytorch():
+    """strict=False returned None and strict=True raised KeyError; PyTorch returns the missing
+    and unexpected keys, and raises RuntimeError."""
+    m = lstm_fast.LSTM(3, 4, seed=0)
+    sd = m.state_dict()
+    assert tuple(m.load_state_dict(sd)) == ([], [])
+    partial = {k: v for k, v in sd.items() if k != "bias_hh_l0"}
+    partial["extra"] = np.zeros(2, np.float32)
+    res = m.load_state_dict(partial, strict=False)
+    assert res.missing_keys == ["bias_hh_l0"] and res.unexpected_keys == ["extra"]
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"missing keys \['bias_hh_l0'\], unexpected keys"):
+        m.load_state_dict(partial)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_assigning_an_array_to_a_parameter_name_raises():
+    """layer.weight_ih_l0 = array silently unregistered the weight (the next forward failed
+    with 'got NoneType'); PyTorch raises TypeError at the assignment."""
+    m = lstm_fast.LSTM(3, 4, seed=0)
+    w = m.weight_ih_l0
+    with pytest.raises(TypeError, match=r"cannot assign ndarray as parameter 'weight_ih_l0'"):
+        m.weight_ih_l0 = np.zeros((16, 3), np.float32)
+    assert m.weight_ih_l0 is w and "weight_ih_l0" in dict(m.named_parameters())
+    m.weight_ih_l0 = lstm_fast.module.Parameter(np.ones((16, 3), np.float32))  # a Parameter: fine
+    assert np.all(dict(m.named_parameters())["weight_ih_l0"].data == 1)
+
+
+def test_zero_grad_replaces_a_gradient_of_the_wrong_dtype_or_layout():
+    """A float64 (or strided, read-only) .grad of the right shape was zeroed in place and kept,
+    so zero_grad() did not clear what backward rejects."""
+    m = lstm_fast.LSTM(3, 4, seed=0)
+    x = np.ones((2, 1, 3), np.float32)
+    for bad in (
+        np.ones((16, 3)),
+        np.ones((16, 6), np.float32)[:, ::2],
+        np.ones((16, 3), np.float32).copy(),
+    ):
+        if bad.dtype == np.float32 and bad.flags.c_contiguous:
+            bad.flags.writeable = False
+        m.weight_ih_l0.grad = bad
+        m.zero_grad()
+        g = m.weight_ih_l0.grad
+        assert g.dtype == np.float32 and g.flags.c_contiguous and g.flags.writeable
+        assert not g.any()
+        y, _ = m(x)
+        m.backward(np.ones_like(y))  # accepted now

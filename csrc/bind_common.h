@@ -220,6 +220,55 @@ inline void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& 
                           " was reshaped or re-laid out since the forward call");
 }
 
+// The same for an optional saved argument (h0, c0): None, or an array of this shape.
+inline void check_unchanged(const py::object& o, const std::vector<py::ssize_t>& shape,
+                            const std::string& name) {
+  if (!o.is_none()) check_unchanged(py::reinterpret_borrow<py::array>(o), shape, name);
+}
+
+// The bytes an argument spans (None or a non-array: none), for a float32 C-contiguous array
+// (an argument already checked). Zero-size arrays overlap nothing.
+struct Span {
+  const char* p = nullptr;
+  std::size_t n = 0;
+};
+inline Span span_of(py::handle a) {
+  if (a.is_none() || !py::array::check_(a)) return {};
+  const auto* ap = py::detail::array_proxy(a.ptr());
+  std::size_t n = sizeof(float);
+  for (int d = 0; d < ap->nd; ++d) n *= static_cast<std::size_t>(ap->dimensions[d]);
+  return {static_cast<const char*>(ap->data), n};
+}
+inline bool overlap(Span a, Span b) {
+  return a.n && b.n && a.p < b.p + b.n && b.p < a.p + a.n;
+}
+
+// A named array argument (or None) for check_separate.
+struct Named {
+  const char* name;
+  py::handle obj;
+};
+
+// Outputs a call writes (a caller's gradient arrays to accumulate into; all arguments checked
+// float32 C-contiguous first) must share no byte with
+// what it reads (inputs, a cache's arrays) nor with each other: they are written while those are
+// read, and two outputs in one memory would each receive the other's sum. Raises ValueError
+// naming the first overlapping pair: "dbias_hh: expected memory separate from dbias_ih, ...".
+inline void check_separate(std::initializer_list<Named> outs, std::initializer_list<Named> ins) {
+  for (auto o = outs.begin(); o != outs.end(); ++o) {
+    const Span so = span_of(o->obj);
+    if (!so.n) continue;
+    const Named* hit = nullptr;
+    for (auto p = outs.begin(); p != o && !hit; ++p)
+      if (overlap(so, span_of(p->obj))) hit = p;
+    for (auto i = ins.begin(); i != ins.end() && !hit; ++i)
+      if (overlap(so, span_of(i->obj))) hit = i;
+    if (hit)
+      throw py::value_error(std::string(o->name) + ": expected memory separate from " +
+                            hit->name + ", got an overlapping array");
+  }
+}
+
 // batch_sizes: None, or int64 (T,), non-increasing, each in [0, B]. Returns a private copy:
 // a cache keeps it for backward, which trusts its values, so a caller's later in-place change
 // must not reach it.

@@ -154,6 +154,15 @@ py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::h
   py::object b_hh = opt_arg(bias_hh, "bias_hh", {{"4H", G}});
   py::object h0a = opt_arg(h0, "h0", {{"B", B}, {"H", H}});
   py::object c0a = opt_arg(c0, "c0", {{"B", B}, {"H", H}});
+  // A private copy: the kernels (GIL released) and the cache's backward index the table and
+  // the embedding's gradient by these ids, checked once here; a caller's later in-place change
+  // (a loader refilling its batch buffer) must not reach them. (ensure() returns the caller's
+  // array itself when it is int64 C-contiguous already, else a conversion that is ours.)
+  if (ids.ptr() == ids_obj.ptr()) {
+    decltype(ids) copy({T, B});
+    std::copy_n(ids.data(), T * B, copy.mutable_data());
+    ids = std::move(copy);
+  }
   const int64_t* ip = ids.data();
   for (index_t r = 0; r < T * B; ++r)
     if (ip[r] < 0 || ip[r] >= V)
@@ -224,6 +233,10 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   else
     check_unchanged(c.x, {T, B, I}, "x");
   check_unchanged(c.y, {T, B, H}, "y");
+  check_unchanged(c.h0, {B, H}, "h0");
+  check_unchanged(c.c0, {B, H}, "c0");
+  check_unchanged(c.gates, {T, B, 4 * H}, "gates");
+  check_unchanged(c.cells, {T, B, H}, "cells");
   if (!embedded && !dembedding.is_none())
     throw py::value_error("dembedding: expected None for a cache of lstm_forward (it has an x)");
   py::object dy_a = dy.is_none() ? py::object(py::none())
@@ -242,6 +255,22 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
       (fresh[0] ? 1u : 0u) | (fresh[1] ? 2u : 0u) | (fresh[2] ? 4u : 0u) | (fresh[3] ? 8u : 0u);
   py::array dE;
   if (embedded) dE = grad_out(dembedding, "dembedding", {{"V", c.V}, {"I", I}});
+  check_separate({{"dweight_ih", dweight_ih},
+                  {"dweight_hh", dweight_hh},
+                  {"dbias_ih", c.has_bias_ih ? dbias_ih : py::handle(Py_None)},
+                  {"dbias_hh", c.has_bias_hh ? dbias_hh : py::handle(Py_None)},
+                  {"dembedding", dembedding}},
+                 {{"dy", dy},
+                  {"dh_n", dh_n},
+                  {"dc_n", dc_n},
+                  {embedded ? "cache's embedding" : "cache's x", c.x},
+                  {"cache's weight_ih", c.weight_ih},
+                  {"cache's weight_hh", c.weight_hh},
+                  {"cache's y", c.y},
+                  {"cache's gates", c.gates},
+                  {"cache's cells", c.cells},
+                  {"cache's h0", c.h0},
+                  {"cache's c0", c.c0}});
   farray dh0 = empty({B, H}), dc0 = empty({B, H});
   // need_dx = false (an input without a gradient): no dx GEMM; with batch_sizes the core still
   // packs x's rows through a (T, B, I) scratch block.
@@ -314,11 +343,15 @@ py::array gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b
     if (bias_p && overlaps(c, bias.cast<py::array>()))
       throw py::value_error("bias: expected memory separate from out, got an overlapping array");
   }
-  if (!sums.is_none())  // the sums are accumulated while a is read (and b)
+  if (!sums.is_none()) {  // the sums are accumulated while a is read (and b, and the bias)
     for (const py::array* in : {&a, &b})
       if (overlaps(sums.cast<py::array>(), *in))
         throw py::value_error(std::string("a_row_sums: expected memory separate from ") +
                               (in == &a ? "a" : "b") + ", got an overlapping array");
+    if (bias_p && overlaps(sums.cast<py::array>(), bias.cast<py::array>()))
+      throw py::value_error(
+          "a_row_sums: expected memory separate from bias, got an overlapping array");
+  }
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   float* cp = static_cast<float*>(c.mutable_data());

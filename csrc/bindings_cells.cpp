@@ -163,6 +163,7 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   check_unchanged(c.weight_hh, {G, H}, "weight_hh");
   check_unchanged(c.x, {T, B, I}, "x");
   check_unchanged(c.y, {T, B, H}, "y");
+  check_unchanged(c.h0, {B, H}, "h0");  // (the saved gates are the cache's own, not shown)
   py::object dy_a = opt_arg(dy, "dy", {{"T", T}, {"B", B}, {"H", H}});
   py::object dhn_a = opt_arg(dh_n, "dh_n", {{"B", B}, {"H", H}});
   py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{g.c_str(), G}, {"I", I}});
@@ -170,6 +171,18 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   py::object db_ih = py::none(), db_hh = py::none();
   if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{g.c_str(), G}});
   if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{g.c_str(), G}});
+  const py::handle none(Py_None);
+  check_separate({{"dweight_ih", dweight_ih},
+                  {"dweight_hh", dweight_hh},
+                  {"dbias_ih", c.has_bias_ih ? dbias_ih : none},
+                  {"dbias_hh", c.has_bias_hh ? dbias_hh : none}},
+                 {{"dy", dy},
+                  {"dh_n", dh_n},
+                  {"cache's x", c.x},
+                  {"cache's weight_ih", c.weight_ih},
+                  {"cache's weight_hh", c.weight_hh},
+                  {"cache's y", c.y},
+                  {"cache's h0", c.h0}});
   // need_dx = false: no dx GEMM; with batch_sizes x's packed rows go through a scratch block.
   farray dx = need_dx ? new_array({T, B, I}) : farray(), dh0 = new_array({B, H});
   const bool scratch = !need_dx && bs_ptr(c.batch_sizes) != nullptr;
@@ -242,23 +255,16 @@ StepCell step_cell(const std::string& mode) {
 }
 
 index_t step_workspace_size_py(const std::string& mode, index_t B, index_t I, index_t H) {
-  mode_gates(mode);
+  const int g = mode_gates(mode);
+  const std::pair<const char*, index_t> sizes[3] = {{"B", B}, {"I", I}, {"H", H}};
+  for (const auto& d : sizes)
+    if (d.second < 0)
+      throw py::value_error(std::string(d.first) + ": expected a size >= 0, got " +
+                            std::to_string(d.second));
+  // two (B, G) blocks: refuse sizes whose product wraps around (or cannot exist)
+  check_output("B", "workspace", {{"B", B}, {"H", H}, {"2 x gates", 2 * g}});
   return step_workspace_size(step_cell(mode), B, H);
 }
-
-// The bytes of an array argument (none: empty). Zero-size arrays overlap nothing.
-struct Span {
-  const char* p = nullptr;
-  std::size_t n = 0;
-};
-Span span_of(py::handle a) {
-  if (a.is_none() || !py::array::check_(a)) return {};
-  const auto* ap = py::detail::array_proxy(a.ptr());
-  std::size_t n = sizeof(float);
-  for (int d = 0; d < ap->nd; ++d) n *= static_cast<std::size_t>(ap->dimensions[d]);
-  return {static_cast<const char*>(ap->data), n};
-}
-bool overlap(Span a, Span b) { return a.n && b.n && a.p < b.p + b.n && b.p < a.p + a.n; }
 
 // The name of the first (output, other argument) pair whose memory overlaps, as
 // "h_out: must not overlap h", or null: the outputs (h_out, c_out, workspace) are written while

@@ -149,6 +149,11 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
   check_unchanged(c.weight_hr, {P, H}, "weight_hr");
   check_unchanged(c.x, {T, B, I}, "x");
   check_unchanged(c.y, {T, B, P}, "y");
+  check_unchanged(c.h0, {B, P}, "h0");
+  check_unchanged(c.c0, {B, H}, "c0");
+  check_unchanged(c.gates, {T, B, 4 * H}, "gates");
+  check_unchanged(c.cells, {T, B, H}, "cells");
+  check_unchanged(c.m, {T, B, H}, "m");
   py::object dy_a = opt_arg(dy, "dy", {{"T", T}, {"B", B}, {"P", P}});
   py::object dhn_a = opt_arg(dh_n, "dh_n", {{"B", B}, {"P", P}});
   py::object dcn_a = opt_arg(dc_n, "dc_n", {{"B", B}, {"H", H}});
@@ -158,6 +163,25 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
   py::object db_ih = py::none(), db_hh = py::none();
   if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{"4H", 4 * H}});
   if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{"4H", 4 * H}});
+  const py::handle none(Py_None);
+  check_separate({{"dweight_ih", dweight_ih},
+                  {"dweight_hh", dweight_hh},
+                  {"dweight_hr", dweight_hr},
+                  {"dbias_ih", c.has_bias_ih ? dbias_ih : none},
+                  {"dbias_hh", c.has_bias_hh ? dbias_hh : none}},
+                 {{"dy", dy},
+                  {"dh_n", dh_n},
+                  {"dc_n", dc_n},
+                  {"cache's x", c.x},
+                  {"cache's weight_ih", c.weight_ih},
+                  {"cache's weight_hh", c.weight_hh},
+                  {"cache's weight_hr", c.weight_hr},
+                  {"cache's y", c.y},
+                  {"cache's gates", c.gates},
+                  {"cache's cells", c.cells},
+                  {"cache's m", c.m},
+                  {"cache's h0", c.h0},
+                  {"cache's c0", c.c0}});
   farray dx = need_dx ? empty_({T, B, I}) : farray(), dh0 = empty_({B, P}), dc0 = empty_({B, H});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();

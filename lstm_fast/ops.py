@@ -82,10 +82,16 @@ def _batch_sizes(batch_sizes):
     return _int_vector("batch_sizes", batch_sizes)
 
 
+def _bool(name, value) -> bool:
+    """A bool switch (bool or numpy.bool_): anything else is a TypeError naming it, never a
+    truthiness test (``trans_a="no"`` would transpose)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _training(training):
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training: expected a bool, got {type(training).__name__}")
-    return bool(training)
+    return _bool("training", training)
 
 
 def _need_dx(need_dx) -> bool:
@@ -273,11 +279,11 @@ def gemm(
     return _core.gemm(
         a,
         b,
-        bool(trans_a),
-        bool(trans_b),
+        _bool("trans_a", trans_a),
+        _bool("trans_b", trans_b),
         bias,
         out=out,
-        accumulate=bool(accumulate),
+        accumulate=_bool("accumulate", accumulate),
         a_row_sums=a_row_sums,
     )
 

@@ -341,9 +341,9 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         ub1 = ub1u;
       }
       // Batch split: rows are independent, so threads never meet, except that with batch_sizes
-      // the rows are re-balanced every kBalanceSteps steps (row tiles of MR / 2, the step
-      // kernel's tile height), and once fewer rows than units_below are active the team
-      // switches to the units split for the rest (bs never grows again).
+      // the rows are re-balanced every kBalanceSteps steps (in grains of kLengthsRowGrain rows;
+      // the step kernel balances its tile heights), and once fewer rows than units_below are
+      // active the team switches to the units split for the rest (bs never grows again).
       const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
       const index_t seg = rebalance ? kBalanceSteps : t1 - t0;
       bool units_now = sched == Schedule::kUnits;
@@ -358,7 +358,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
           ub1 = ub1u;
         }
         if (sched == Schedule::kBatch && !units_now && (t - t0) % seg == 0) {
-          const index_t tile = kern.MR / 2, t2 = std::min(t1, t + seg);
+          const index_t tile = kLengthsRowGrain, t2 = std::min(t1, t + seg);
           // Rows changing hands: their h_prev / c_prev must be written first.
           if (rebalance && t > t0 && split_changes(bs, t - seg, t, t, t2, B, tile, np))
             team_barrier();
@@ -495,7 +495,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     const index_t u0 = std::min(H, j0 * kern.NR), u1 = std::min(H, j1 * kern.NR);
     const int MR = kern.MR, NR = kern.NR;
     // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
-    // with batch_sizes (row tiles of MR).
+    // with batch_sizes (in grains of row_tile_grain(MR) rows).
     const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
     const index_t seg = rebalance ? kBalanceSteps : T;
     index_t off = N;  // packed row of step t's row 0 (after the decrement below)
@@ -503,9 +503,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
         const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
         // Rows changing hands: their dh_next / dc_next must be written first.
-        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, MR, np))
+        const index_t grain = row_tile_grain(MR);
+        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, grain, np))
           team_barrier();
-        balanced_rows(bs, s0, t + 1, B, MR, p, np, &r0, &r1);
+        balanced_rows(bs, s0, t + 1, B, grain, p, np, &r0, &r1);
       }
       off -= bs ? bs[t] : B;
       float* dz_t = dz + off * G;

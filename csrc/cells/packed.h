@@ -46,6 +46,16 @@ void unpack_steps_in_place(float* a,  // (T, B, F)
 // thread with the rows that stay active while the others run out of work.
 constexpr index_t kBalanceSteps = 8;
 
+// The row grain of a re-balanced batch split whose steps run GEMM micro-tiles (the backward
+// steps, the GRU and RNN forward): the micro-kernel's smallest row tile, MR / 3, which it runs
+// without waste (at MR = 12, 30 rows split 16 / 14 where whole 12-row tiles gave 12 / 18).
+inline index_t row_tile_grain(int MR) { return MR / 3 > 0 ? MR / 3 : 1; }
+
+// The row grain of the LSTM forward's re-balanced batch split: its step kernel balances the
+// heights of a thread's row tiles (16 rows: 6 + 5 + 5), so a split at any even row costs about
+// its rows, where boundaries at whole 6-row tiles split 30 active rows 18 / 12.
+constexpr index_t kLengthsRowGrain = 2;
+
 // Rows [*r0, *r1) of thread p of np for a batch-split recurrence over steps [t0, t1):
 // contiguous row ranges in order, balanced for a step cost of about ceil(n / tile) + 1 row tiles
 // for n > 0 active rows (a partial tile costs about a full one; each step also streams the

@@ -70,10 +70,11 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
       if (sched == Schedule::kBatch && t % seg == 0) {
         const index_t t2 = std::min(T, t + seg);
         // Rows changing hands: their h_prev must be written first.
-        if (rebalance && t > 0 && split_changes(bs, t - seg, t, t, t2, B, kern.MR, np)) {
+        const index_t grain = row_tile_grain(kern.MR);
+        if (rebalance && t > 0 && split_changes(bs, t - seg, t, t, t2, B, grain, np)) {
           team_barrier();
         }
-        balanced_rows(bs, t, t2, B, kern.MR, p, np, &r0, &r1);
+        balanced_rows(bs, t, t2, B, grain, p, np, &r0, &r1);
       }
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
@@ -146,10 +147,11 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
       if (sched == Schedule::kBatch && (T - 1 - t) % seg == 0) {
         const index_t s0 = std::max<index_t>(0, t + 1 - seg), s2 = std::min(T, t + 1 + seg);
         // Rows changing hands: their dh_next must be written first.
-        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, kern.MR, np)) {
+        const index_t grain = row_tile_grain(kern.MR);
+        if (rebalance && t < T - 1 && split_changes(bs, t + 1, s2, s0, t + 1, B, grain, np)) {
           team_barrier();
         }
-        balanced_rows(bs, s0, t + 1, B, kern.MR, p, np, &r0, &r1);
+        balanced_rows(bs, s0, t + 1, B, grain, p, np, &r0, &r1);
       }
       off -= bs ? bs[t] : B;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;

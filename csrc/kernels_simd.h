@@ -84,8 +84,51 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
 
 constexpr int MR1 = MR / 3 > 0 ? MR / 3 : 1, MR2 = 2 * MR / 3 > MR1 ? 2 * MR / 3 : MR;
 
+// A last panel of a few columns (N = 65: one; N = 100: four) where one vector holds an A
+// sliver's MR rows (AVX-512: 12 rows in a masked 16-lane load): the rows become the lanes and
+// each column j is A . b_j, NC FMAs per k instead of one per row (12). Every element gets the same
+// FMAs in the same k order as in micro (fma(a, b, acc) with the operands swapped, which is the
+// same rounding), and the same final add into C, so the result does not depend on the path.
+#if defined(__AVX512F__) && LF_W == 16
+constexpr bool kMaskedLoads = true;  // load_n is one masked instruction
+#else
+constexpr bool kMaskedLoads = false;
+#endif
+constexpr bool kColumnTail = W >= MR && kMaskedLoads;
+constexpr int kColumnTailMax = MR - 4;
+template <int NC>
+LF_INLINE void micro_cols(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc,
+                          int m, bool accumulate) {
+  vf acc[NC];
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) acc[j] = vf{};
+  for (index_t k = 0; k < K; ++k) {
+    const vf a = load_n(Ap + k * MR, MR);
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) acc[j] += a * splat(Bp[k * NR + j]);
+  }
+  for (int j = 0; j < NC; ++j) {
+    float t[W];
+    store(t, acc[j]);
+    for (int r = 0; r < m; ++r) C[r * ldc + j] = accumulate ? C[r * ldc + j] + t[r] : t[r];
+  }
+}
+
+template <int NC>
+LF_INLINE void micro_cols_n(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc,
+                            int m, int n, bool accumulate) {
+  if constexpr (NC >= 1) {
+    if (n != NC) return micro_cols_n<NC - 1>(K, Ap, Bp, C, ldc, m, n, accumulate);
+    micro_cols<NC>(K, Ap, Bp, C, ldc, m, accumulate);
+  }
+}
+
 void gemm_micro(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc, int m, int n,
                 bool accumulate) {
+  if constexpr (kColumnTail) {
+    if (n <= kColumnTailMax)
+      return micro_cols_n<kColumnTailMax>(K, Ap, Bp, C, ldc, m, n, accumulate);
+  }
   // A last panel of at most W columns (N = 65, 100, ...): one vector of accumulators per row.
   if (NR > W && n <= W) return micro<false, MR, 1>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   if (m <= MR1) return micro<false, MR1>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);

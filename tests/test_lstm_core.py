@@ -374,6 +374,40 @@ def test_gemm_matches_numpy(isa, threads, M, N, K, ta, tb):
     assert outs[0].tobytes() == outs[1].tobytes()
 
 
+# The last column panel of every width 1..NR-1 (AVX-512 computes widths up to 8 with A's rows
+# as the vector lanes): each against float64 NumPy, written and accumulated, with a bias, and
+# bitwise the same for 1 and 2 threads and (packed path) whichever panel a column falls in.
+@pytest.mark.parametrize("N", [1, 2, 3, 5, 8, 9, 12, 16, 31, 33, 36, 40, 41, 65, 100])
+@pytest.mark.parametrize("M", [1, 4, 7, 12, 29])
+def test_gemm_last_column_panel_widths(isa, N, M):
+    rng = np.random.default_rng(10 * N + M)
+    K = 300
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    tol = dict(rtol=1e-4, atol=1e-4 * K**0.5)
+    before = lstm_fast.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            lstm_fast.set_num_threads(n)
+            c = ops.gemm(a, b, bias=bias)
+            np.testing.assert_allclose(c, want + bias, **tol)
+            acc = c0.copy()
+            ops.gemm(a, b, out=acc, accumulate=True)
+            np.testing.assert_allclose(acc, c0 + want, **tol)
+            outs.append((c.tobytes(), acc.tobytes()))
+            if M > 2:  # (one or two rows take dot-product paths with their own order)
+                wide = ops.gemm(a, np.concatenate([b, b], axis=1))  # the columns elsewhere
+                np.testing.assert_array_equal(wide[:, N:], ops.gemm(a, b))
+                np.testing.assert_array_equal(wide[:, :N], wide[:, N:])
+    finally:
+        lstm_fast.set_num_threads(before)
+    assert outs[0] == outs[1]
+
+
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (2, 9, 7), (17, 33, 300), (150, 40, 513), (5, 0, 9)])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (True, True)])
 def test_gemm_out_accumulate_and_row_sums(isa, threads, M, N, K, ta, tb):

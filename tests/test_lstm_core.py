@@ -408,6 +408,72 @@ def test_gemm_last_column_panel_widths(isa, N, M):
     assert outs[0] == outs[1]
 
 
+def _at_offset(a, offset):
+    """A copy of ``a`` whose data starts ``offset`` bytes past a 64-byte boundary."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+# Matrices read as rows (x . W^T with one or two rows of x, the few-step LSTM) may start
+# anywhere: NumPy's arrays are 16-byte aligned, and the AVX-512 GEMV reads rows that start off a
+# 64-byte boundary as aligned vectors with rotated lanes. The results must not depend on where
+# the matrix starts, bitwise (also for a row of x that is all zeros against negative weights,
+# where every product is -0).
+@pytest.mark.parametrize("K", [1, 7, 15, 16, 17, 32, 48, 100, 256, 300])
+def test_row_products_do_not_depend_on_alignment(isa, threads, K):
+    rng = np.random.default_rng(K)
+    a = rng.standard_normal((2, K)).astype(np.float32)
+    a[1] = 0.0
+    want = None
+    for N in (1, 5, 9, 64):
+        b = rng.standard_normal((N, K)).astype(np.float32)
+        b[N // 2] = -np.abs(b[N // 2])
+        ref = a.astype(np.float64) @ b.astype(np.float64).T
+        for n in (1, 2):
+            lstm_fast.set_num_threads(n)
+            want = ops.gemm(a, b, trans_b=True)
+            np.testing.assert_allclose(want, ref, rtol=1e-4, atol=1e-4 * K**0.5)
+            for offset in range(0, 64, 4):
+                got = ops.gemm(a, _at_offset(b, offset), trans_b=True)
+                assert got.tobytes() == want.tobytes(), (N, n, offset)
+                acc = np.full_like(want, -0.0)
+                ops.gemm(a, _at_offset(b, offset), trans_b=True, out=acc, accumulate=True)
+                assert acc.tobytes() == (np.full_like(want, -0.0) + want).tobytes(), (N, offset)
+
+
+@pytest.mark.parametrize(
+    "T,B,I,H", [(1, 1, 256, 256), (1, 3, 16, 32), (2, 1, 7, 17), (1, 4, 48, 16)]
+)
+def test_few_step_lstm_does_not_depend_on_weight_alignment(isa, threads, T, B, I, H):
+    rng = np.random.default_rng(T * B + I + H)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    w = [rng.uniform(-0.3, 0.3, s).astype(np.float32) for s in ((4 * H, I), (4 * H, H))]
+    b = [rng.uniform(-0.3, 0.3, 4 * H).astype(np.float32) for _ in range(2)]
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    c0 = rng.standard_normal((B, H)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    y_ref, hn_ref, cn_ref, _ = reference.lstm_forward(x, *w, *b, h0, c0)
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        base = None
+        for offset in (0, 4, 16, 36, 60):
+            wo = [_at_offset(m, offset) for m in w]
+            xo, ho = _at_offset(x, offset), _at_offset(h0, offset)
+            y, h_n, c_n, _ = ops.lstm_forward(xo, *wo, *b, ho, c0)
+            _, _, _, cache = ops.lstm_forward(x, *wo, *b, h0, c0, training=True)
+            grads = ops.lstm_backward(cache, dy)
+            got = [y, h_n, c_n, *(g for g in grads if g is not None)]
+            if base is None:
+                np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(c_n, cn_ref, rtol=1e-5, atol=1e-5)
+                base = got
+            for u, v in zip(got, base):
+                assert u.tobytes() == v.tobytes(), offset
+
+
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (2, 9, 7), (17, 33, 300), (150, 40, 513), (5, 0, 9)])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (True, True)])
 def test_gemm_out_accumulate_and_row_sums(isa, threads, M, N, K, ta, tb):

@@ -272,10 +272,11 @@ LF_INLINE void hsum4(vf a0, vf a1, vf a2, vf a3, float* out) {
 // rotated back before the sum: bitwise the results of unaligned loads (the +0 that the plain
 // loop's zero-filled last vector adds to some lanes changes nothing: a sum that starts at +0 is
 // never -0 in round-to-nearest).
-// R rows starting o floats (1..15) past a boundary; acc[r] comes back in the plain loop's lanes.
-template <int R>
-LF_INLINE void gemv_rows_shifted(index_t K, const float* w0, index_t ldw, const float* x, int o,
-                                 vf* acc) {
+// R rows of W starting o floats (1..15) past a boundary against MA rows of A (x): acc[i][r]
+// comes back in the plain loop's lanes.
+template <int R, int MA>
+LF_INLINE void gemv_rows_shifted(index_t K, const float* w0, index_t ldw, const float* x,
+                                 index_t ldx, int o, vf (*acc)[R]) {
   const index_t nq = (o + K + 15) / 16;  // aligned vectors covering a row
   auto mask = [&](index_t m) {           // the lanes of aligned vector m inside the row
     unsigned mk = m == 0 ? 0xFFFFu << o : 0xFFFFu;
@@ -284,35 +285,52 @@ LF_INLINE void gemv_rows_shifted(index_t K, const float* w0, index_t ldw, const 
     return static_cast<__mmask16>(mk);
   };
   const float* q[R];
-  __m512 a[R];
+  __m512 a[MA][R];
   {
     const __mmask16 m0 = mask(0);
-    const __m512 xv = _mm512_maskz_loadu_ps(m0, x - o);
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      q[r] = w0 + r * ldw - o;
-      a[r] = _mm512_mask3_fmadd_ps(_mm512_maskz_load_ps(m0, q[r]), xv, _mm512_setzero_ps(), m0);
+    for (int r = 0; r < R; ++r) q[r] = w0 + r * ldw - o;
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) {
+      const __m512 xv = _mm512_maskz_loadu_ps(m0, x + i * ldx - o);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r)
+        a[i][r] = _mm512_mask3_fmadd_ps(_mm512_maskz_load_ps(m0, q[r]), xv,
+                                        _mm512_setzero_ps(), m0);
     }
   }
   index_t m = 1;
   for (; m + 1 < nq; ++m) {
-    const __m512 xv = _mm512_loadu_ps(x + 16 * m - o);
+    __m512 wv[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) a[r] = _mm512_fmadd_ps(_mm512_load_ps(q[r] + 16 * m), xv, a[r]);
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_load_ps(q[r] + 16 * m);
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) {
+      const __m512 xv = _mm512_loadu_ps(x + i * ldx + 16 * m - o);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) a[i][r] = _mm512_fmadd_ps(wv[r], xv, a[i][r]);
+    }
   }
   if (m < nq) {
     const __mmask16 mk = mask(m);
-    const __m512 xv = _mm512_maskz_loadu_ps(mk, x + 16 * m - o);
+    __m512 wv[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r)
-      a[r] = _mm512_mask3_fmadd_ps(_mm512_maskz_load_ps(mk, q[r] + 16 * m), xv, a[r], mk);
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_load_ps(mk, q[r] + 16 * m);
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mk, x + i * ldx + 16 * m - o);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) a[i][r] = _mm512_mask3_fmadd_ps(wv[r], xv, a[i][r], mk);
+    }
   }
   const __m512i back = _mm512_and_si512(
       _mm512_add_epi32(_mm512_set1_epi32(o),
                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
       _mm512_set1_epi32(15));
 #pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) acc[r] = (vf)_mm512_permutexvar_ps(back, a[r]);
+  for (int i = 0; i < MA; ++i)
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[i][r] = (vf)_mm512_permutexvar_ps(back, a[i][r]);
 }
 
 // The rows' offset past a 64-byte boundary in floats when every row of the matrix has the same
@@ -324,130 +342,108 @@ LF_INLINE int row_shift(const float* Wm, index_t ldw) {
 }
 #endif
 
-void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* x, float* y,
-               bool accumulate) {
-  index_t n = 0;
-#if defined(__AVX512F__) && LF_W == 16
-  if (const int o = row_shift(Wm, ldw)) {
-    for (; n + 4 <= N; n += 4) {
-      vf a[4] = {vf{}, vf{}, vf{}, vf{}};
-      gemv_rows_shifted<4>(K, Wm + n * ldw, ldw, x, o, a);
-      float s[4];
-      hsum4(a[0], a[1], a[2], a[3], s);
-      for (int j = 0; j < 4; ++j) y[n + j] = accumulate ? y[n + j] + s[j] : s[j];
+// R rows of W (dot products over their rows) against MA rows of A, whole depth, plain loads:
+// acc[i][r] += A_i . W_r lane-wise, the k tail through zero-filled partial vectors.
+template <int R, int MA>
+LF_INLINE void gemv_rows_plain(index_t K, const float* w0, index_t ldw, const float* x,
+                               index_t ldx, vf (*acc)[R]) {
+  index_t k = 0;
+  for (; k + W <= K; k += W) {
+    vf wv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) wv[r] = load(w0 + r * ldw + k);
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) {
+      const vf xv = load(x + i * ldx + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[i][r] = vfmadd(wv[r], xv, acc[i][r]);
     }
-    for (; n < N; ++n) {
-      vf a[1] = {vf{}};
-      gemv_rows_shifted<1>(K, Wm + n * ldw, ldw, x, o, a);
-      const float s = hsum(a[0]);
-      y[n] = accumulate ? y[n] + s : s;
-    }
-    return;
   }
-#endif
-  for (; n + 4 <= N; n += 4) {
-    const float* w0 = Wm + n * ldw;
-    vf a0 = vf{}, a1 = vf{}, a2 = vf{}, a3 = vf{};
-    index_t k = 0;
-    for (; k + W <= K; k += W) {
-      const vf xv = load(x + k);
-      a0 += load(w0 + k) * xv;
-      a1 += load(w0 + ldw + k) * xv;
-      a2 += load(w0 + 2 * ldw + k) * xv;
-      a3 += load(w0 + 3 * ldw + k) * xv;
+  if (k < K) {
+    const int m = static_cast<int>(K - k);
+    vf wv[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) wv[r] = load_n(w0 + r * ldw + k, m);
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) {
+      const vf xv = load_n(x + i * ldx + k, m);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[i][r] = vfmadd(wv[r], xv, acc[i][r]);
     }
-    if (k < K) {
-      const int m = static_cast<int>(K - k);
-      const vf xv = load_n(x + k, m);
-      a0 += load_n(w0 + k, m) * xv;
-      a1 += load_n(w0 + ldw + k, m) * xv;
-      a2 += load_n(w0 + 2 * ldw + k, m) * xv;
-      a3 += load_n(w0 + 3 * ldw + k, m) * xv;
-    }
-    float s[4];
-    hsum4(a0, a1, a2, a3, s);
-    for (int j = 0; j < 4; ++j) y[n + j] = accumulate ? y[n + j] + s[j] : s[j];
-  }
-  for (; n < N; ++n) {
-    const float* w0 = Wm + n * ldw;
-    vf a0 = vf{};
-    index_t k = 0;
-    for (; k + W <= K; k += W) a0 += load(w0 + k) * load(x + k);
-    if (k < K) a0 += load_n(w0 + k, static_cast<int>(K - k)) * load_n(x + k, static_cast<int>(K - k));
-    const float s = hsum(a0);
-    y[n] = accumulate ? y[n] + s : s;
   }
 }
 
-// C += A . Wm^T over rows of both: 4 x 4 tiles of dot products (16 accumulators, 8 loads per
-// 16 FMAs), each tile's lane sums reduced four at a time. Rows of A beyond a multiple of 4 take
-// gemv_rows; a column tail (N % 4) the single-column loop.
+// C[i, n] (=, or += when accumulate) A_i . W_n for MA (1..4) rows of A and every row n < N of
+// W: W's rows four at a time (each tile's lane sums reduced four at a time, hsum4), a row tail
+// (N % 4) one at a time (hsum), so an element's arithmetic does not depend on MA. Each group
+// of W rows is read once for all MA rows of A (a batch of two or three streams the weights
+// once, not once per row).
+template <int MA>
+void nt_rows(index_t N, index_t K, const float* A, index_t lda, const float* Wm, index_t ldw,
+             float* C, index_t ldc, bool accumulate) {
+#if defined(__AVX512F__) && LF_W == 16
+  // (Four rows of A: 16 FMAs per 8 loads already, and rotating 16 accumulators back cost more
+  // than the aligned loads saved: 1-3 % slower at B = 8, 16.)
+  const int o = MA < 4 ? row_shift(Wm, ldw) : 0;
+#endif
+  index_t n = 0;
+  for (; n + 4 <= N; n += 4) {
+    vf acc[MA][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i)
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) acc[i][r] = vf{};
+#if defined(__AVX512F__) && LF_W == 16
+    if (o)
+      gemv_rows_shifted<4, MA>(K, Wm + n * ldw, ldw, A, lda, o, acc);
+    else
+#endif
+      gemv_rows_plain<4, MA>(K, Wm + n * ldw, ldw, A, lda, acc);
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) {
+      float s[4];
+      hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], s);
+      float* c = C + i * ldc + n;
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) c[j] = accumulate ? c[j] + s[j] : s[j];
+    }
+  }
+  for (; n < N; ++n) {
+    vf acc[MA][1];
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) acc[i][0] = vf{};
+#if defined(__AVX512F__) && LF_W == 16
+    if (o)
+      gemv_rows_shifted<1, MA>(K, Wm + n * ldw, ldw, A, lda, o, acc);
+    else
+#endif
+      gemv_rows_plain<1, MA>(K, Wm + n * ldw, ldw, A, lda, acc);
+#pragma GCC unroll 4
+    for (int i = 0; i < MA; ++i) {
+      const float s = hsum(acc[i][0]);
+      float* c = C + i * ldc + n;
+      *c = accumulate ? *c + s : s;
+    }
+  }
+}
+
+void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* x, float* y,
+               bool accumulate) {
+  nt_rows<1>(N, K, x, 0, Wm, ldw, y, 0, accumulate);
+}
+
+// C += A . Wm^T over rows of both: four rows of A at a time against four rows of Wm (16
+// accumulators, 8 loads per 16 FMAs), a row tail of A (M % 4) in one pass over Wm too.
 void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
              index_t ldw, float* C, index_t ldc) {
   index_t m = 0;
-  for (; m + 4 <= M; m += 4) {
-    const float* a = A + m * lda;
-    float* c = C + m * ldc;
-    index_t n = 0;
-    for (; n + 4 <= N; n += 4) {
-      const float* w = Wm + n * ldw;
-      vf acc[4][4];
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) acc[i][j] = vf{};
-      index_t k = 0;
-      for (; k + W <= K; k += W) {
-        vf av[4], wv[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) av[i] = load(a + i * lda + k);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) wv[j] = load(w + j * ldw + k);
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * wv[j];
-      }
-      if (k < K) {
-        const int r = static_cast<int>(K - k);
-        vf av[4], wv[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) av[i] = load_n(a + i * lda + k, r);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) wv[j] = load_n(w + j * ldw + k, r);
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * wv[j];
-      }
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        float s[4];
-        hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], s);
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) c[i * ldc + n + j] += s[j];
-      }
-    }
-    for (; n < N; ++n) {
-      const float* w = Wm + n * ldw;
-      vf acc[4] = {vf{}, vf{}, vf{}, vf{}};
-      index_t k = 0;
-      for (; k + W <= K; k += W) {
-        const vf wv = load(w + k);
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) acc[i] += load(a + i * lda + k) * wv;
-      }
-      if (k < K) {
-        const int r = static_cast<int>(K - k);
-        const vf wv = load_n(w + k, r);
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) acc[i] += load_n(a + i * lda + k, r) * wv;
-      }
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) c[i * ldc + n] += hsum(acc[i]);
-    }
+  for (; m + 4 <= M; m += 4) nt_rows<4>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
+  switch (M - m) {
+    case 3: return nt_rows<3>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
+    case 2: return nt_rows<2>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
+    case 1: return nt_rows<1>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
+    default: return;
   }
-  for (; m < M; ++m) gemv_rows(N, K, Wm, ldw, A + m * lda, C + m * ldc, true);
 }
 
 // ---- Fused LSTM step -----------------------------------------------------------------------

@@ -39,6 +39,20 @@ LF_INLINE vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 LF_INLINE void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 LF_INLINE vf splat(float s) { return s - vf{}; }  // s - 0 folds to a plain broadcast
 
+// a * b + c as one FMA where the ISA has one. The compiler's own contraction of a * b + c is
+// not guaranteed: GCC once left one of four such sums in a loop unfused (AVX2 GEMV tail), so the
+// result of an element depended on its position in the tile. Kernels whose paths must agree
+// bitwise spell their FMAs out with this.
+LF_INLINE vf vfmadd(vf a, vf b, vf c) {
+#if defined(__AVX512F__) && LF_W == 16
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__) && LF_W == 8
+  return (vf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+
 // Load the first n (1..W) floats at p, zeros in the other lanes; store the first n lanes.
 // AVX-512 masks the lanes (masked-off lanes are never touched, so nothing past p + n is read
 // or written); elsewhere through a register-sized buffer.

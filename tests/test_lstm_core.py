@@ -474,6 +474,28 @@ def test_few_step_lstm_does_not_depend_on_weight_alignment(isa, threads, T, B, I
                 assert u.tobytes() == v.tobytes(), offset
 
 
+# The few-step LSTM computes x . W_ih^T and h . W_hh^T as dot products over the weights' rows,
+# four batch rows at a time and the rest (B % 4) together: a row's result must not depend on
+# which group it fell in (the AVX2 kernel once left one of four sums in a depth tail unfused, so
+# a row's output changed with the batch size), nor on the thread count.
+@pytest.mark.parametrize("I,H", [(17, 17), (33, 20), (7, 9), (100, 100)])
+def test_few_step_rows_do_not_depend_on_the_batch(isa, threads, I, H):
+    rng = np.random.default_rng(I + H)
+    B = 7
+    x = rng.standard_normal((1, B, I)).astype(np.float32)
+    w = [rng.uniform(-0.5, 0.5, s).astype(np.float32) for s in ((4 * H, I), (4 * H, H))]
+    b = [rng.uniform(-0.5, 0.5, 4 * H).astype(np.float32) for _ in range(2)]
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    c0 = rng.standard_normal((B, H)).astype(np.float32)
+    for n in (1, 2):
+        lstm_fast.set_num_threads(n)
+        y, h_n, c_n, _ = ops.lstm_forward(x, *w, *b, h0, c0)
+        for lo, hi in ((0, 1), (1, 3), (3, 6), (6, 7), (2, 7)):
+            part = ops.lstm_forward(x[:, lo:hi].copy(), *w, *b, h0[lo:hi].copy(), c0[lo:hi].copy())
+            np.testing.assert_array_equal(part[0], y[:, lo:hi])
+            np.testing.assert_array_equal(part[2], c_n[lo:hi])
+
+
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (2, 9, 7), (17, 33, 300), (150, 40, 513), (5, 0, 9)])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (True, True)])
 def test_gemm_out_accumulate_and_row_sums(isa, threads, M, N, K, ta, tb):

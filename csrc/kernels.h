@@ -111,6 +111,14 @@ struct Kernels {
 
   // sum of x[j]^2 over n elements, accumulated in float64 (for gradient norms).
   double (*sumsq)(index_t n, const float* x);
+
+  // A full NR-column panel (B panel Bp, into C) and the next, last panel of n2 < NR columns
+  // (Bp2, into C + NR) in one pass over k: the same results as two gemm_micro calls. With
+  // AVX-512 a last panel of at most MR - 4 columns (N = 65: one, N = 100: four) is one
+  // latency-bound FMA chain per column on its own; here its chains run between the full
+  // panel's FMAs. Elsewhere (and when the registers would not hold both) two calls.
+  void (*gemm_micro_pair)(index_t K, const float* Ap, const float* Bp, const float* Bp2, float* C,
+                          index_t ldc, int m, int n2, bool accumulate);
 };
 
 const Kernels& kernels_scalar();

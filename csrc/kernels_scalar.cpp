@@ -31,6 +31,12 @@ void gemm_micro(index_t K, const float* Ap, const float* Bp, float* C, index_t l
   micro_tile(K, [&](int r, index_t k) { return Ap[k * kMR + r]; }, Bp, C, ldc, m, n, accumulate);
 }
 
+void gemm_micro_pair(index_t K, const float* Ap, const float* Bp, const float* Bp2, float* C,
+                     index_t ldc, int m, int n2, bool accumulate) {
+  gemm_micro(K, Ap, Bp, C, ldc, m, kNR, accumulate);
+  gemm_micro(K, Ap, Bp2, C + kNR, ldc, m, n2, accumulate);
+}
+
 void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, float* C,
                      index_t ldc, int m, int n, bool accumulate) {
   // Rows past m are never read (they may not exist): they contribute zeros.
@@ -182,7 +188,8 @@ double sumsq(index_t n, const float* x) {
 
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
-                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq};
+                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq,
+                        gemm_micro_pair};
 
 }  // namespace
 

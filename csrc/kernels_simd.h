@@ -61,7 +61,7 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
     for (int r = 0; r < R; ++r) {
       const vf a = splat(kRowA ? arow[r][k] : A[k * MR + r]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+      for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(a, b[v], acc[r][v]);
     }
   }
   if (m == R && n == NV * W) {
@@ -105,13 +105,14 @@ LF_INLINE void micro_cols(index_t K, const float* Ap, const float* Bp, float* C,
   for (index_t k = 0; k < K; ++k) {
     const vf a = load_n(Ap + k * MR, MR);
 #pragma GCC unroll 16
-    for (int j = 0; j < NC; ++j) acc[j] += a * splat(Bp[k * NR + j]);
+    for (int j = 0; j < NC; ++j) acc[j] = vfmadd(a, splat(Bp[k * NR + j]), acc[j]);
   }
-  for (int j = 0; j < NC; ++j) {
-    float t[W];
-    store(t, acc[j]);
-    for (int r = 0; r < m; ++r) C[r * ldc + j] = accumulate ? C[r * ldc + j] + t[r] : t[r];
-  }
+  alignas(64) float t[NC * W];  // (constant indices only: see micro_pair)
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) store(t + j * W, acc[j]);
+  for (int j = 0; j < NC; ++j)
+    for (int r = 0; r < m; ++r)
+      C[r * ldc + j] = accumulate ? C[r * ldc + j] + t[j * W + r] : t[j * W + r];
 }
 
 template <int NC>
@@ -134,6 +135,106 @@ void gemm_micro(index_t K, const float* Ap, const float* Bp, float* C, index_t l
   if (m <= MR1) return micro<false, MR1>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   if (m <= MR2) return micro<false, MR2>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   micro<false, MR>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
+}
+
+// A full panel and the narrow last panel after it (micro_cols's layout: the sliver's rows as
+// the lanes) in one k loop: the full tile's FMAs and the narrow panel's NC chains issue
+// together instead of the narrow panel running alone at one FMA per chain latency. Each
+// element gets the FMAs of micro and micro_cols, in the same order, and the same final add.
+template <int R, int NC>
+LF_INLINE void micro_pair(index_t K, const float* Ap, const float* Bp, const float* Bp2, float* C,
+                          index_t ldc, int m, bool accumulate) {
+  vf acc[R][NV], acc2[NC];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) acc2[j] = vf{};
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+    __builtin_prefetch(C + r * ldc, 1, 3);
+    __builtin_prefetch(C + r * ldc + NV * W - 1, 1, 3);
+  }
+  for (index_t k = 0; k < K; ++k) {
+    vf b[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) b[v] = load(Bp + k * NR + v * W);
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      const vf a = splat(Ap[k * MR + r]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(a, b[v], acc[r][v]);
+    }
+    const vf al = load_n(Ap + k * MR, MR);
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) acc2[j] = vfmadd(al, splat(Bp2[k * NR + j]), acc2[j]);
+  }
+  // The accumulators leave the registers only through constant indices: indexing them with the
+  // run-time row count made GCC keep them in memory, stored on every k.
+  alignas(64) float t2[NC * W];
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) store(t2 + j * W, acc2[j]);
+  if (m == R) {
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        float* p = C + r * ldc + v * W;
+        store(p, accumulate ? load(p) + acc[r][v] : acc[r][v]);
+      }
+  } else {
+    alignas(64) float t[R * NV * W];
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) store(t + (r * NV + v) * W, acc[r][v]);
+    for (int r = 0; r < m; ++r)
+      for (int v = 0; v < NV; ++v) {
+        float* p = C + r * ldc + v * W;
+        const vf x = load(t + (r * NV + v) * W);
+        store_n(p, accumulate ? load_n(p, W) + x : x, W);
+      }
+  }
+  float* C2 = C + NR;
+  for (int j = 0; j < NC; ++j)
+    for (int r = 0; r < m; ++r)
+      C2[r * ldc + j] = accumulate ? C2[r * ldc + j] + t2[j * W + r] : t2[j * W + r];
+}
+
+// R accumulator rows and NC narrow columns fit in the 32 registers with the panel's NV vectors,
+// the broadcast and the sliver vector.
+constexpr bool pair_fits(int R, int NC) { return R * NV + NC + NV + 2 <= 32; }
+
+template <int R, int NC>
+LF_INLINE bool micro_pair_n(index_t K, const float* Ap, const float* Bp, const float* Bp2,
+                            float* C, index_t ldc, int m, int n2, bool accumulate) {
+  if constexpr (NC >= 1) {
+    if (n2 != NC) return micro_pair_n<R, NC - 1>(K, Ap, Bp, Bp2, C, ldc, m, n2, accumulate);
+    if constexpr (pair_fits(R, NC)) {
+      micro_pair<R, NC>(K, Ap, Bp, Bp2, C, ldc, m, accumulate);
+      return true;
+    }
+  }
+  return false;
+}
+
+void gemm_micro_pair(index_t K, const float* Ap, const float* Bp, const float* Bp2, float* C,
+                     index_t ldc, int m, int n2, bool accumulate) {
+  if constexpr (kColumnTail) {
+    if (n2 <= kColumnTailMax) {
+      bool done;
+      if (m <= MR1)
+        done = micro_pair_n<MR1, kColumnTailMax>(K, Ap, Bp, Bp2, C, ldc, m, n2, accumulate);
+      else if (m <= MR2)
+        done = micro_pair_n<MR2, kColumnTailMax>(K, Ap, Bp, Bp2, C, ldc, m, n2, accumulate);
+      else
+        done = micro_pair_n<MR, kColumnTailMax>(K, Ap, Bp, Bp2, C, ldc, m, n2, accumulate);
+      if (done) return;
+    }
+  }
+  gemm_micro(K, Ap, Bp, C, ldc, m, NR, accumulate);
+  gemm_micro(K, Ap, Bp2, C + NR, ldc, m, n2, accumulate);
 }
 
 void gemm_micro_rowA(index_t K, const float* A, index_t lda, const float* Bp, float* C,
@@ -987,7 +1088,8 @@ double sumsq(index_t n, const float* x) {
 
 const Kernels kTable = {LF_NAME,       W,         MR,         NR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
-                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq};
+                        lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq,
+                        gemm_micro_pair};
 
 }  // namespace
 

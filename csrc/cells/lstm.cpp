@@ -552,6 +552,9 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
       }
       for (index_t jr = j0; jr < j1; ++jr) {
         const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
+        // The last full panel and a narrow last one (H = 100: 4 columns) in one pass.
+        const int n2 = jr + 2 == j1 && j1 * NR >= H ? static_cast<int>(H - (jr + 1) * NR) : NR;
+        const bool pair = B > 1 && n == NR && n2 < NR;
         for (index_t k0 = 0; k0 < G; k0 += kKCb) {
           const index_t kc = std::min(kKCb, G - k0);
           if (B == 1) {  // a single row: no MR-row tile
@@ -561,10 +564,16 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
           }
           for (index_t r = r0; r < re; r += MR) {
             const int m = static_cast<int>(std::min<index_t>(MR, re - r));
-            kern.gemm_micro(kc, dzs + (((r - rbase) / MR) * G + k0) * MR,
-                            Wb + (jr * G + k0) * NR, dh0 + r * H + jr * NR, H, m, n, k0 > 0);
+            const float* ap = dzs + (((r - rbase) / MR) * G + k0) * MR;
+            const float* bp = Wb + (jr * G + k0) * NR;
+            if (pair)
+              kern.gemm_micro_pair(kc, ap, bp, bp + G * NR, dh0 + r * H + jr * NR, H, m, n2,
+                                   k0 > 0);
+            else
+              kern.gemm_micro(kc, ap, bp, dh0 + r * H + jr * NR, H, m, n, k0 > 0);
           }
         }
+        if (pair) ++jr;  // the narrow panel is done
       }
     }
   });

@@ -248,10 +248,21 @@ void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatV
           const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
           const float* ap = Ap.p + ir * kc * MR;
           float* c = C + (ic + ir * MR) * ldc + jc;
-          for (index_t jr = 0; jr * NR < nc; ++jr) {
-            const int n = static_cast<int>(std::min<index_t>(NR, nc - jr * NR));
+          const index_t njr = (nc + NR - 1) / NR;
+          const int nlast = static_cast<int>(nc - (njr - 1) * NR);
+          for (index_t jr = 0; jr < njr; ++jr) {
+            const int n = jr + 1 < njr ? NR : nlast;
+            const float* bp = b0 + (jc / NR + jr) * bstride;
+            if (jr + 2 == njr && nlast < NR) {  // the last full panel and the narrow one
+              if (fill) {
+                fill_rows(m, NR, bias + jc + jr * NR, c + jr * NR, ldc);
+                fill_rows(m, nlast, bias + jc + (jr + 1) * NR, c + (jr + 1) * NR, ldc);
+              }
+              kern.gemm_micro_pair(kc, ap, bp, bp + bstride, c + jr * NR, ldc, m, nlast, acc);
+              break;
+            }
             if (fill) fill_rows(m, n, bias + jc + jr * NR, c + jr * NR, ldc);
-            kern.gemm_micro(kc, ap, b0 + (jc / NR + jr) * bstride, c + jr * NR, ldc, m, n, acc);
+            kern.gemm_micro(kc, ap, bp, c + jr * NR, ldc, m, n, acc);
           }
         }
       }
@@ -285,9 +296,15 @@ void gemm_dual_rows(const Kernels& kern, index_t i0, index_t i1, index_t pc, ind
         const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
         const float* ap = Ap + ir * kc * MR;
         float* c = C[g] + (ic + ir * MR) * ldc[g];
-        for (index_t jr = 0; jr * NR < N[g]; ++jr) {
-          const int n = static_cast<int>(std::min<index_t>(NR, N[g] - jr * NR));
-          kern.gemm_micro(kc, ap, bg + jr * kc * NR, c + jr * NR, ldc[g], m, n, acc);
+        const index_t njr = (N[g] + NR - 1) / NR;
+        const int nlast = static_cast<int>(N[g] - (njr - 1) * NR);
+        for (index_t jr = 0; jr < njr; ++jr) {
+          const float* bp = bg + jr * kc * NR;
+          if (jr + 2 == njr && nlast < NR) {  // the last full panel and the narrow one
+            kern.gemm_micro_pair(kc, ap, bp, bp + kc * NR, c + jr * NR, ldc[g], m, nlast, acc);
+            break;
+          }
+          kern.gemm_micro(kc, ap, bp, c + jr * NR, ldc[g], m, jr + 1 < njr ? NR : nlast, acc);
         }
       }
     }

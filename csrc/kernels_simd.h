@@ -29,6 +29,49 @@ constexpr int NV = NR / W;
 static_assert(NR % W == 0, "NR must be a multiple of W");
 
 // ---- GEMM micro-kernel ---------------------------------------------------------------------
+// C[m x n] (= or +=) an R x NVV tile of accumulators. A partial tile leaves the registers
+// through a buffer written with constant indices: indexing the accumulators with the run-time m
+// and n made GCC keep all of them in memory too (zeroed and stored on every call: 5 % of the
+// micro-kernel's time in S6 training's short calls, stored on every k in micro_pair).
+template <int R, int NVV>
+LF_INLINE void store_tile(const vf (&acc)[R][NVV], float* C, index_t ldc, int m, int n,
+                          bool accumulate) {
+  if (m == R && n == NVV * W) {
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NVV; ++v) {
+        float* p = C + r * ldc + v * W;
+        store(p, accumulate ? load(p) + acc[r][v] : acc[r][v]);
+      }
+    return;
+  }
+  alignas(64) float t[R * NVV * W];
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NVV; ++v) store(t + (r * NVV + v) * W, acc[r][v]);
+  for (int r = 0; r < m; ++r)
+    for (int v = 0; v * W < n; ++v) {
+      float* p = C + r * ldc + v * W;
+      const int nn = n - v * W < W ? n - v * W : W;
+      const vf x = load(t + (r * NVV + v) * W);
+      store_n(p, accumulate ? load_n(p, nn) + x : x, nn);
+    }
+}
+
+// C[r, j] (= or +=) lane r of acc[j], for r < m and the NC columns of a panel whose rows were
+// the vector lanes (micro_cols), through a buffer written with constant indices (as above).
+template <int NC>
+LF_INLINE void store_cols(const vf (&acc)[NC], float* C, index_t ldc, int m, bool accumulate) {
+  alignas(64) float t[NC * W];
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j) store(t + j * W, acc[j]);
+  for (int j = 0; j < NC; ++j)
+    for (int r = 0; r < m; ++r)
+      C[r * ldc + j] = accumulate ? C[r * ldc + j] + t[j * W + r] : t[j * W + r];
+}
+
 // C[m x n] (= or +=) A . Bp over K. A is either packed (Ap[k*MR + r]) or row-major (A[r*lda+k]).
 // R <= MR rows of accumulators (A's packed panel is still MR wide): a tile of m rows runs with
 // the smallest R in {MR/3, 2MR/3, MR} that covers it, so a batch of, say, 64 rows does not
@@ -64,31 +107,7 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
       for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(a, b[v], acc[r][v]);
     }
   }
-  if (m == R && n == NV * W) {
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        float* p = C + r * ldc + v * W;
-        store(p, accumulate ? load(p) + acc[r][v] : acc[r][v]);
-      }
-  } else {
-    // Through a buffer written with constant indices: indexing the accumulators with the
-    // run-time m and n kept them in memory too (24 zeroing stores per call, 5 % of the kernel's
-    // time in S6 training's short calls).
-    alignas(64) float t[R * NV * W];
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) store(t + (r * NV + v) * W, acc[r][v]);
-    for (int r = 0; r < m; ++r)
-      for (int v = 0; v * W < n; ++v) {
-        float* p = C + r * ldc + v * W;
-        const int nn = n - v * W < W ? n - v * W : W;
-        const vf x = load(t + (r * NV + v) * W);
-        store_n(p, accumulate ? load_n(p, nn) + x : x, nn);
-      }
-  }
+  store_tile<R, NV>(acc, C, ldc, m, n, accumulate);
 }
 
 constexpr int MR1 = MR / 3 > 0 ? MR / 3 : 1, MR2 = 2 * MR / 3 > MR1 ? 2 * MR / 3 : MR;
@@ -116,12 +135,7 @@ LF_INLINE void micro_cols(index_t K, const float* Ap, const float* Bp, float* C,
 #pragma GCC unroll 16
     for (int j = 0; j < NC; ++j) acc[j] = vfmadd(a, splat(Bp[k * NR + j]), acc[j]);
   }
-  alignas(64) float t[NC * W];  // (constant indices only: see micro_pair)
-#pragma GCC unroll 16
-  for (int j = 0; j < NC; ++j) store(t + j * W, acc[j]);
-  for (int j = 0; j < NC; ++j)
-    for (int r = 0; r < m; ++r)
-      C[r * ldc + j] = accumulate ? C[r * ldc + j] + t[j * W + r] : t[j * W + r];
+  store_cols<NC>(acc, C, ldc, m, accumulate);
 }
 
 template <int NC>
@@ -179,36 +193,8 @@ LF_INLINE void micro_pair(index_t K, const float* Ap, const float* Bp, const flo
 #pragma GCC unroll 16
     for (int j = 0; j < NC; ++j) acc2[j] = vfmadd(al, splat(Bp2[k * NR + j]), acc2[j]);
   }
-  // The accumulators leave the registers only through constant indices: indexing them with the
-  // run-time row count made GCC keep them in memory, stored on every k.
-  alignas(64) float t2[NC * W];
-#pragma GCC unroll 16
-  for (int j = 0; j < NC; ++j) store(t2 + j * W, acc2[j]);
-  if (m == R) {
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        float* p = C + r * ldc + v * W;
-        store(p, accumulate ? load(p) + acc[r][v] : acc[r][v]);
-      }
-  } else {
-    alignas(64) float t[R * NV * W];
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) store(t + (r * NV + v) * W, acc[r][v]);
-    for (int r = 0; r < m; ++r)
-      for (int v = 0; v < NV; ++v) {
-        float* p = C + r * ldc + v * W;
-        const vf x = load(t + (r * NV + v) * W);
-        store_n(p, accumulate ? load_n(p, W) + x : x, W);
-      }
-  }
-  float* C2 = C + NR;
-  for (int j = 0; j < NC; ++j)
-    for (int r = 0; r < m; ++r)
-      C2[r * ldc + j] = accumulate ? C2[r * ldc + j] + t2[j * W + r] : t2[j * W + r];
+  store_tile<R, NV>(acc, C, ldc, m, NR, accumulate);
+  store_cols<NC>(acc2, C + NR, ldc, m, accumulate);
 }
 
 // R accumulator rows and NC narrow columns fit in the 32 registers with the panel's NV vectors,

@@ -29,6 +29,31 @@ constexpr int NV = NR / W;
 static_assert(NR % W == 0, "NR must be a multiple of W");
 
 // ---- GEMM micro-kernel ---------------------------------------------------------------------
+// One depth step of an R x NVV register tile: acc[r][v] += a(r) * Bk[v * W ...], a(r) the row's
+// value of A at this depth (packed or row-major).
+template <int R, int NVV, class AVal>
+LF_INLINE void tile_fma(vf (&acc)[R][NVV], const float* Bk, AVal a) {
+  vf b[NVV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NVV; ++v) b[v] = load(Bk + v * W);
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+    const vf s = splat(a(r));
+#pragma GCC unroll 8
+    for (int v = 0; v < NVV; ++v) acc[r][v] = vfmadd(s, b[v], acc[r][v]);
+  }
+}
+
+// Fetch the R rows of a C tile (span floats each) that are read or written after the k loop.
+template <int R>
+LF_INLINE void prefetch_tile(float* C, index_t ldc, int span) {
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+    __builtin_prefetch(C + r * ldc, 1, 3);
+    __builtin_prefetch(C + r * ldc + span - 1, 1, 3);
+  }
+}
+
 // C[m x n] (= or +=) an R x NVV tile of accumulators. A partial tile leaves the registers
 // through a buffer written with constant indices: indexing the accumulators with the run-time m
 // and n made GCC keep all of them in memory too (zeroed and stored on every call: 5 % of the
@@ -89,24 +114,10 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r) arow[r] = A + (r < m ? r : 0) * lda;  // rows >= m: discarded
   }
-  if (!kRowA) {  // the C tile is read (accumulate) or written after the loop: fetch it now
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      __builtin_prefetch(C + r * ldc, 1, 3);
-      __builtin_prefetch(C + r * ldc + NV * W - 1, 1, 3);
-    }
-  }
-  for (index_t k = 0; k < K; ++k) {
-    vf b[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) b[v] = load(Bp + k * NR + v * W);
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      const vf a = splat(kRowA ? arow[r][k] : A[k * MR + r]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(a, b[v], acc[r][v]);
-    }
-  }
+  // the C tile is read (accumulate) or written after the loop: fetch it now
+  if (!kRowA) prefetch_tile<R>(C, ldc, NV * W);
+  for (index_t k = 0; k < K; ++k)
+    tile_fma<R, NV>(acc, Bp + k * NR, [&](int r) { return kRowA ? arow[r][k] : A[k * MR + r]; });
   store_tile<R, NV>(acc, C, ldc, m, n, accumulate);
 }
 
@@ -174,21 +185,9 @@ LF_INLINE void micro_pair(index_t K, const float* Ap, const float* Bp, const flo
     for (int v = 0; v < NV; ++v) acc[r][v] = vf{};
 #pragma GCC unroll 16
   for (int j = 0; j < NC; ++j) acc2[j] = vf{};
-#pragma GCC unroll 32
-  for (int r = 0; r < R; ++r) {
-    __builtin_prefetch(C + r * ldc, 1, 3);
-    __builtin_prefetch(C + r * ldc + NV * W - 1, 1, 3);
-  }
+  prefetch_tile<R>(C, ldc, NV * W);
   for (index_t k = 0; k < K; ++k) {
-    vf b[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) b[v] = load(Bp + k * NR + v * W);
-#pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      const vf a = splat(Ap[k * MR + r]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(a, b[v], acc[r][v]);
-    }
+    tile_fma<R, NV>(acc, Bp + k * NR, [&](int r) { return Ap[k * MR + r]; });
     const vf al = load_n(Ap + k * MR, MR);
 #pragma GCC unroll 16
     for (int j = 0; j < NC; ++j) acc2[j] = vfmadd(al, splat(Bp2[k * NR + j]), acc2[j]);

@@ -401,10 +401,11 @@ index_t dz_slab(const Kernels& kern, const LstmSizes& s) {
 }  // namespace
 
 // The weight gradients dW_ih = dZ^T . x and dW_hh = dZ^T . h_prev as one gemm_dual (dZ^T packed
-// once, not once per product): dense rows (no batch_sizes), when a depth block of both
-// operands fits in half of L2 (gemm_dual_fits). Floats of its scratch, or 0 when not used.
-index_t dual_weight_grad_floats(const Kernels& kern, const LstmSizes& s, bool lengths) {
-  if (lengths || !gemm_dual_fits(kern, s.I, s.H)) return 0;
+// once, not once per product), when a depth block of both operands fits in half of L2
+// (gemm_dual_fits). With batch_sizes its operands are the packed rows of x and h_prev. Floats of
+// its scratch, or 0 when not used.
+index_t dual_weight_grad_floats(const Kernels& kern, const LstmSizes& s) {
+  if (!gemm_dual_fits(kern, s.I, s.H)) return 0;
   return gemm_dual_packed_floats(kern, s.T * s.B, s.I, s.H);
 }
 
@@ -415,7 +416,7 @@ index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bo
   const index_t slabs = std::max(2, nthreads) * dz_slab(kern, s);
   const index_t dys = lengths ? std::max(1, nthreads) * s.B * s.H : 0;  // dy rows gathered
   return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys +
-         dual_weight_grad_floats(kern, s, lengths) + 64;
+         dual_weight_grad_floats(kern, s) + 64;
 }
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
@@ -428,7 +429,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   // The workspace was sized (lstm_backward_workspace_size) for lengths if batch_sizes came in,
   // even when they turn out to hold no padding and are dropped below.
-  const index_t dual_floats = dual_weight_grad_floats(kern, s, bs != nullptr);
+  const index_t dual_floats = dual_weight_grad_floats(kern, s);
   if (ids) bs = nullptr;  // dense (the bindings check it)
   if (!bs) order = nullptr;
   if (!db_ih) fresh &= ~4u;
@@ -620,23 +621,33 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
     pack_steps(dx, x, I, B, bs, 0, T, nthreads, order);
-    gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, ih_acc, nthreads, nullptr,
-         nullptr, sums);
+    // dW_hh: step 0 against h0's active rows, steps 1.. against the previous outputs (packed).
+    const index_t n1 = N - bs[0];
+    if (n1 > 0) pack_previous_steps(hp, y, H, B, bs, T, nthreads, order);
+    if ((h0 || n1 > 0) && dual_floats > 0) {
+      // Both weight gradients in one pass over dZ^T, as without lengths (h0's rows: zeros
+      // without h0).
+      gemm_dual(kern, G, N, MatView{dz, 1, G}, I, RowSource{dx, I, N, nullptr, 0}, dW_ih, I,
+                ih_acc, H, RowSource{h0, H, bs[0], hp, H}, dW_hh, H, hh_acc, dual, nthreads,
+                sums);
+      hh_acc = true;
+    } else {
+      gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, ih_acc, nthreads,
+           nullptr, nullptr, sums);
+      if (h0) {
+        gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, hh_acc,
+             nthreads);
+        hh_acc = true;
+      }
+      if (n1 > 0) {
+        gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, hh_acc,
+             nthreads);
+        hh_acc = true;
+      }
+    }
     if (need_dx) {
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
       unpack_steps_in_place(dx, I, B, bs, T, order);
-    }
-    // dW_hh: step 0 against h0's active rows, steps 1.. against the previous outputs.
-    if (h0) {
-      gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, hh_acc, nthreads);
-      hh_acc = true;
-    }
-    const index_t n1 = N - bs[0];
-    if (n1 > 0) {
-      pack_previous_steps(hp, y, H, B, bs, T, nthreads, order);
-      gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, hh_acc,
-           nthreads);
-      hh_acc = true;
     }
   }
   if (!hh_acc) zero_fresh(2u);  // no product reached dW_hh (one step from a zero state)

@@ -258,10 +258,19 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
   final_states(h_n, c_n, y, cells, state, h_init, c_init, s, P, bs);
 }
 
+namespace {
+// dW_ih = dZ^T . x and dW_hh = dZ^T . h_prev from one gemm_dual (dZ^T packed once) when a
+// depth block of both operands fits in half of L2: floats of its scratch, or 0.
+index_t dual_floats(const Kernels& kern, const LstmSizes& s, index_t P) {
+  if (!gemm_dual_fits(kern, s.I, P)) return 0;
+  return gemm_dual_packed_floats(kern, s.T * s.B, s.I, P);
+}
+}  // namespace
+
 index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& s, index_t P) {
   const index_t G = 4 * s.H, TB = s.T * s.B;
   return TB * G + TB * P + 2 * s.B * s.H + num_panels(kern, P) * kern.NR * G +
-         num_panels(kern, s.H) * kern.NR * P + 64;
+         num_panels(kern, s.H) * kern.NR * P + dual_floats(kern, s, P) + 64;
 }
 
 void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh,
@@ -288,6 +297,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   float* zeros = dm + B * H;           // (B, H): a null c0
   float* Wb = zeros + B * H;           // W_hh (4H, P) packed as the B operand of dZ_t . W_hh
   float* Wr = Wb + nbp * kern.NR * G;  // W_hr (P, H) packed as the B operand of dh_t . W_hr
+  float* dual = Wr + nbh * kern.NR * P;  // gemm_dual's packed panels (dual_floats)
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
   pack_b_panels(kern, G, 0, P, MatView{W_hh, P, 1}, Wb);
@@ -361,18 +371,25 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
   if (need_dx) gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-  if (!padded) {
-    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
-         nullptr, sums);
-  } else {  // never read x's padding (it may hold anything, NaN included)
-    for (index_t t = 0; t < T; ++t)
-      gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1}, dW_ih,
-           I, true, nthreads, nullptr, nullptr, sums);
+  if (!padded && (h0 || T > 1) && dual_floats(kern, s, P) > 0) {
+    // Both weight gradients in one pass over dZ^T: h_prev's rows are h0's (zeros without h0),
+    // then the outputs of steps 0 .. T-2.
+    gemm_dual(kern, G, TB, MatView{dz, 1, G}, I, RowSource{x, I, TB, nullptr, 0}, dW_ih, I, true,
+              P, RowSource{h0, P, B, y, P}, dW_hh, P, true, dual, nthreads, sums);
+  } else {
+    if (!padded) {
+      gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads,
+           nullptr, nullptr, sums);
+    } else {  // never read x's padding (it may hold anything, NaN included)
+      for (index_t t = 0; t < T; ++t)
+        gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1},
+             dW_ih, I, true, nthreads, nullptr, nullptr, sums);
+    }
+    if (h0) gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, true, nthreads);
+    if (T > 1)
+      gemm(kern, G, P, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, P, 1}, dW_hh, P, true,
+           nthreads);
   }
-  if (h0) gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, true, nthreads);
-  if (T > 1)
-    gemm(kern, G, P, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, P, 1}, dW_hh, P, true,
-         nthreads);
   // dW_hr = sum_t dh_t^T m_t (padding rows: dh_t and m_t are zero).
   gemm(kern, P, H, TB, MatView{dhs, 1, P}, MatView{m, H, 1}, dW_hr, H, true, nthreads);
   for (index_t j = 0; sums && j < G; ++j) {

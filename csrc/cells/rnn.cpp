@@ -98,7 +98,8 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
 
 index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
-  return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + s.B * s.H + hp + 64;
+  return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + s.B * s.H + hp +
+         backward_dual_floats(kern, s) + 64;
 }
 
 void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
@@ -122,6 +123,8 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   float* Wb = da + T * B * H;    // W_hh (H x H) packed as the B operand of da_t . W_hh
   float* zeros = Wb + nbj * kern.NR * H;
   float* hp = zeros + B * H;     // (N, H) with batch_sizes: packed h_prev rows
+  // backward_products's gemm_dual scratch, when reserved (backward_dual_floats)
+  float* dual = backward_dual_floats(kern, s) > 0 ? hp + (bs ? T * B * H : 0) : nullptr;
   std::memset(zeros, 0, B * H * sizeof(float));
   pack_b_panels(kern, H, 0, H, MatView{W_hh, H, 1}, Wb);
   const Schedule sched = choose_schedule(kern, s, H, nthreads);
@@ -167,7 +170,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   });
   // both biases enter the same pre-activation: the same column sums for each
   backward_products(kern, s, H, da, dx, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, hp, nthreads,
-                    db_hh, need_dx);
+                    db_hh, need_dx, dual);
 }
 
 }  // namespace lstm_fast

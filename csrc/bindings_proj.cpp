@@ -187,7 +187,7 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
   const int nthreads = get_num_threads();
   {
     py::gil_scoped_release nogil;
-    Workspace ws(lstm_proj_backward_workspace_size(kern, s, P));
+    Workspace ws(lstm_proj_backward_workspace_size(kern, s, P, bs_ptr(c.batch_sizes) != nullptr));
     lstm_proj_backward(need_dx ? dx.mutable_data() : nullptr, dh0.mutable_data(),
                        dc0.mutable_data(), mptr(dW_ih),
                        mptr(dW_hh), mptr(dW_hr), opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a),

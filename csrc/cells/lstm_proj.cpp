@@ -144,8 +144,10 @@ index_t lstm_proj_forward_workspace_size(const Kernels& kern, const LstmSizes& s
   const index_t panels = num_unit_blocks(kern, s.H) * P * 4 * kern.W;
   const index_t hr = num_panels(kern, P) * kern.NR * s.H;
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * G;
+  const index_t wip = (G + kern.NR - 1) / kern.NR * kern.NR * s.I;  // W_ih^T packed once
   const index_t unpacked = s.T * s.B * G;
-  return std::max(panels + hr + xp, unpacked) + 2 * s.B * s.H + s.B * std::max(s.H, P) + 64;
+  return std::max(panels + hr + xp + wip, unpacked) + 2 * s.B * s.H + s.B * std::max(s.H, P) +
+         64;
 }
 
 void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, float* m,
@@ -187,7 +189,11 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
   const index_t nub = num_unit_blocks(kern, H), nbp = num_panels(kern, P);
   float* Wp = workspace;
   float* Wr = Wp + nub * P * 4 * kern.W;  // W_hr^T as the B operand of m . W_hr^T: (H, P)
-  float* xp_buf = Wr + nbp * kern.NR * H;
+  // W_ih^T packed once for every projection GEMM of the call (chunks of steps, or one per step
+  // with batch_sizes: repacking it per step cost as much as the lengths saved, S1-sized with
+  // proj_size = 128 and lengths uniform in [T/4, T]).
+  float* Wip = Wr + nbp * kern.NR * H;
+  float* xp_buf = Wip + (G + kern.NR - 1) / kern.NR * kern.NR * I;
   float* state = xp_buf + (training ? 0 : chunk_steps(s) * B * G);
   float* m_buf = state + B * H;
   float* zeros = m_buf + B * H;
@@ -206,17 +212,19 @@ void lstm_proj_forward(float* y, float* h_n, float* c_n, float* gates, float* ce
     for (index_t ub = 0; ub < nub; ++ub) pack_lstm_panels(kern, H, P, ub, W_hh, Wp);
   }
   pack_b_panels(kern, H, 0, P, MatView{W_hr, 1, H}, Wr);
+  pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
 
   const index_t TC = chunk_steps(s);
   for (index_t t0 = 0; t0 < T; t0 += TC) {
     const index_t t1 = std::min(T, t0 + TC);
     float* xp = training ? gates + t0 * B * G : xp_buf;
     if (!bs) {
-      input_projection(kern, (t1 - t0) * B, G, I, x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads);
+      input_projection(kern, (t1 - t0) * B, G, I, x + t0 * B * I, W_ih, b_ih, b_hh, xp, nthreads,
+                       Wip);
     } else {  // only the active rows of each step
       for (index_t t = t0; t < t1; ++t)
         input_projection(kern, bs[t], G, I, x + t * B * I, W_ih, b_ih, b_hh,
-                         xp + (t - t0) * B * G, nthreads);
+                         xp + (t - t0) * B * G, nthreads, Wip);
     }
 
     StepBarrier step_barrier;
@@ -267,10 +275,12 @@ index_t dual_floats(const Kernels& kern, const LstmSizes& s, index_t P) {
 }
 }  // namespace
 
-index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& s, index_t P) {
+index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& s, index_t P,
+                                          bool lengths) {
   const index_t G = 4 * s.H, TB = s.T * s.B;
+  const index_t xz = lengths ? TB * s.I : 0;  // x with its padding rows zeroed
   return TB * G + TB * P + 2 * s.B * s.H + num_panels(kern, P) * kern.NR * G +
-         num_panels(kern, s.H) * kern.NR * P + dual_floats(kern, s, P) + 64;
+         num_panels(kern, s.H) * kern.NR * P + dual_floats(kern, s, P) + xz + 64;
 }
 
 void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh,
@@ -298,6 +308,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   float* Wb = zeros + B * H;           // W_hh (4H, P) packed as the B operand of dZ_t . W_hh
   float* Wr = Wb + nbp * kern.NR * G;  // W_hr (P, H) packed as the B operand of dh_t . W_hr
   float* dual = Wr + nbh * kern.NR * P;  // gemm_dual's packed panels (dual_floats)
+  float* xz = dual + dual_floats(kern, s, P);  // (T, B, I) with batch_sizes: x, padding zeroed
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
   pack_b_panels(kern, G, 0, P, MatView{W_hh, P, 1}, Wb);
@@ -371,20 +382,28 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
   if (need_dx) gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-  if (!padded && (h0 || T > 1) && dual_floats(kern, s, P) > 0) {
-    // Both weight gradients in one pass over dZ^T: h_prev's rows are h0's (zeros without h0),
-    // then the outputs of steps 0 .. T-2.
-    gemm_dual(kern, G, TB, MatView{dz, 1, G}, I, RowSource{x, I, TB, nullptr, 0}, dW_ih, I, true,
-              P, RowSource{h0, P, B, y, P}, dW_hh, P, true, dual, nthreads, sums);
-  } else {
-    if (!padded) {
-      gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads,
-           nullptr, nullptr, sums);
-    } else {  // never read x's padding (it may hold anything, NaN included)
-      for (index_t t = 0; t < T; ++t)
-        gemm(kern, G, I, bs[t], MatView{dz + t * B * G, 1, G}, MatView{x + t * B * I, I, 1},
-             dW_ih, I, true, nthreads, nullptr, nullptr, sums);
+  // Never read x's padding (it may hold anything, NaN included): with padding the weight
+  // gradient's operand is a copy of x whose padding rows are zero (dz's are too), so that one
+  // product runs over all T*B rows instead of one per step.
+  const float* xa = x;
+  if (padded) {
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && TB * I >= (1 << 16))
+#endif
+    for (index_t t = 0; t < T; ++t) {
+      std::memcpy(xz + t * B * I, x + t * B * I, bs[t] * I * sizeof(float));
+      std::memset(xz + (t * B + bs[t]) * I, 0, (B - bs[t]) * I * sizeof(float));
     }
+    xa = xz;
+  }
+  if ((h0 || T > 1) && dual_floats(kern, s, P) > 0) {
+    // Both weight gradients in one pass over dZ^T: h_prev's rows are h0's (zeros without h0),
+    // then the outputs of steps 0 .. T-2 (zero on padding rows).
+    gemm_dual(kern, G, TB, MatView{dz, 1, G}, I, RowSource{xa, I, TB, nullptr, 0}, dW_ih, I,
+              true, P, RowSource{h0, P, B, y, P}, dW_hh, P, true, dual, nthreads, sums);
+  } else {
+    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{xa, I, 1}, dW_ih, I, true, nthreads, nullptr,
+         nullptr, sums);
     if (h0) gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, true, nthreads);
     if (T > 1)
       gemm(kern, G, P, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, P, 1}, dW_hh, P, true,

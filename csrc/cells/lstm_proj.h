@@ -45,7 +45,8 @@ void lstm_proj_forward(float* y,            // (T, B, P)
                        const index_t* batch_sizes,  // (T) non-increasing, or null: all B rows
                        float* workspace, const Kernels& kern, int nthreads);
 
-index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& s, index_t P);
+index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& s, index_t P,
+                                          bool lengths);
 
 // Backward (BPTT) from a training forward. dx, dh0, dc0 are overwritten; dW_ih, dW_hh, dW_hr,
 // db_ih, db_hh are accumulated into (+=); db_ih / db_hh may be null (no bias).

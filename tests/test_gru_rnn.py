@@ -102,6 +102,29 @@ def test_lengths_match_reference(isa, cell, T, B, I, H):
     assert not np.any(ours[0][pad]), "outputs past a sequence's length are zero"
 
 
+@pytest.mark.parametrize("cell", ["tanh", "gru"])
+@pytest.mark.parametrize("I,H", [(40, 48), (600, 520)])
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("state", [False, True])
+def test_weight_gradients_both_sides_of_the_dual_product(cell, I, H, lengths, state):
+    # The RNN takes dW_ih and dW_hh from one product over dz when its blocks fit in a quarter of
+    # L2 (I, H = 40, 48), else from two (600, 520): both ways, with and without lengths and h0.
+    T, B = 4, 3
+    rng = np.random.default_rng(I + H + 2 * lengths + state)
+    x, w, h0 = make_problem(rng, cell, T, B, I, H, state=state)
+    dy, dhn = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    if lengths:
+        lens, bs = np.array([4, 2, 1]), np.array([3, 2, 1, 1], np.int64)
+        x32 = f32(x)
+        x32[np.arange(T)[:, None] >= lens[None, :]] = np.nan  # padding is never read
+        ours = run(cell, x32, w, h0, dy, dhn, batch_sizes=bs)
+        ref = run_ref(cell, x, w, h0, dy, dhn, lengths=lens)
+    else:
+        ours = run(cell, x, w, h0, dy, dhn)
+        ref = run_ref(cell, x, w, h0, dy, dhn)
+    assert_matches(ours, ref)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bias,state,upstream", [(False, False, "dy"), (True, True, "dh_n")])
 def test_optional_arguments(isa, cell, bias, state, upstream):

@@ -387,8 +387,9 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   // product runs over all T*B rows instead of one per step.
   const float* xa = x;
   if (padded) {
+    const int PC = TB * I >= (1 << 16) ? nthreads : 1;
 #if defined(_OPENMP)
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && TB * I >= (1 << 16))
+#pragma omp parallel for num_threads(PC) schedule(static) if (PC > 1)
 #endif
     for (index_t t = 0; t < T; ++t) {
       std::memcpy(xz + t * B * I, x + t * B * I, bs[t] * I * sizeof(float));

@@ -468,6 +468,18 @@ LF_INLINE void gemv_rows_plain(index_t K, const float* w0, index_t ldw, const fl
   }
 }
 
+// R rows of W against MA rows of A: read as aligned vectors when the rows sit o floats past a
+// 64-byte boundary (AVX-512, gemv_rows_shifted), else with plain loads; the same results.
+template <int R, int MA>
+LF_INLINE void gemv_row_group(index_t K, const float* w0, index_t ldw, const float* x,
+                              index_t ldx, int o, vf (*acc)[R]) {
+#if defined(__AVX512F__) && LF_W == 16
+  if (o) return gemv_rows_shifted<R, MA>(K, w0, ldw, x, ldx, o, acc);
+#endif
+  (void)o;
+  gemv_rows_plain<R, MA>(K, w0, ldw, x, ldx, acc);
+}
+
 // C[i, n] (=, or += when accumulate) A_i . W_n for MA (1..4) rows of A and every row n < N of
 // W: W's rows four at a time (each tile's lane sums reduced four at a time, hsum4), a row tail
 // (N % 4) one at a time (hsum), so an element's arithmetic does not depend on MA. Each group
@@ -476,10 +488,12 @@ LF_INLINE void gemv_rows_plain(index_t K, const float* w0, index_t ldw, const fl
 template <int MA>
 void nt_rows(index_t N, index_t K, const float* A, index_t lda, const float* Wm, index_t ldw,
              float* C, index_t ldc, bool accumulate) {
-#if defined(__AVX512F__) && LF_W == 16
   // (Four rows of A: 16 FMAs per 8 loads already, and rotating 16 accumulators back cost more
   // than the aligned loads saved: 1-3 % slower at B = 8, 16.)
+#if defined(__AVX512F__) && LF_W == 16
   const int o = MA < 4 ? row_shift(Wm, ldw) : 0;
+#else
+  const int o = 0;
 #endif
   index_t n = 0;
   for (; n + 4 <= N; n += 4) {
@@ -488,12 +502,7 @@ void nt_rows(index_t N, index_t K, const float* A, index_t lda, const float* Wm,
     for (int i = 0; i < MA; ++i)
 #pragma GCC unroll 4
       for (int r = 0; r < 4; ++r) acc[i][r] = vf{};
-#if defined(__AVX512F__) && LF_W == 16
-    if (o)
-      gemv_rows_shifted<4, MA>(K, Wm + n * ldw, ldw, A, lda, o, acc);
-    else
-#endif
-      gemv_rows_plain<4, MA>(K, Wm + n * ldw, ldw, A, lda, acc);
+    gemv_row_group<4, MA>(K, Wm + n * ldw, ldw, A, lda, o, acc);
 #pragma GCC unroll 4
     for (int i = 0; i < MA; ++i) {
       float s[4];
@@ -507,12 +516,7 @@ void nt_rows(index_t N, index_t K, const float* A, index_t lda, const float* Wm,
     vf acc[MA][1];
 #pragma GCC unroll 4
     for (int i = 0; i < MA; ++i) acc[i][0] = vf{};
-#if defined(__AVX512F__) && LF_W == 16
-    if (o)
-      gemv_rows_shifted<1, MA>(K, Wm + n * ldw, ldw, A, lda, o, acc);
-    else
-#endif
-      gemv_rows_plain<1, MA>(K, Wm + n * ldw, ldw, A, lda, acc);
+    gemv_row_group<1, MA>(K, Wm + n * ldw, ldw, A, lda, o, acc);
 #pragma GCC unroll 4
     for (int i = 0; i < MA; ++i) {
       const float s = hsum(acc[i][0]);

@@ -233,11 +233,10 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
 }
 
 index_t backward_dual_floats(const Kernels& kern, const CellSizes& s) {
-  // Depth blocks of at most a quarter of L2 (gemm_dual_fits of twice the columns): with dz only
-  // H wide (the RNN) its packing is cheap, and where the blocks took half of L2 (I = H = 512)
-  // one gemm_dual measured 1.03-1.05x the time of the two GEMMs (0.94-0.97x at H = 100, 256).
-  if (!gemm_dual_fits(kern, 2 * s.I, 2 * s.H)) return 0;
-  return gemm_dual_packed_floats(kern, s.T * s.B, s.I, s.H);
+  // Depth blocks of at most a quarter of L2: with dz only H wide (the RNN) its packing is
+  // cheap, and where the blocks took half of L2 (I = H = 512) one gemm_dual measured 1.03-1.05x
+  // the time of the two GEMMs (0.94-0.97x at H = 100, 256).
+  return gemm_dual_scratch_floats(kern, s.T * s.B, s.I, s.H, 4);
 }
 
 }  // namespace cell_detail

@@ -109,7 +109,7 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
 // GEMM while it packs dz^T (a pass of their own only when neither runs). The padding of x and y
 // is never read. With batch_sizes, dW_ih needs dx (its storage first holds x's packed rows) and
 // dW_hh needs hp (N, H) scratch. need_dx = false: dx is only that scratch (the dx GEMM is
-// skipped). dual: backward_dual_floats(kern, s, G) floats of scratch, or null; with it, and both
+// skipped). dual: backward_dual_floats(kern, s) floats of scratch, or null; with it, and both
 // weight gradients to compute from the same dz (the RNN), one gemm_dual packs dz^T once for both.
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
@@ -117,8 +117,8 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
                        float* hp, int nthreads, float* db2 = nullptr, bool need_dx = true,
                        float* dual = nullptr);
 
-// Floats of backward_products's gemm_dual scratch (0 when its depth blocks would not fit in
-// half of L2, gemm_dual_fits).
+// Floats of backward_products's gemm_dual scratch (0 when its depth blocks would take more than
+// a quarter of L2: then two GEMMs).
 index_t backward_dual_floats(const Kernels& kern, const CellSizes& s);
 
 }  // namespace cell_detail

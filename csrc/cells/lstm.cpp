@@ -405,8 +405,7 @@ index_t dz_slab(const Kernels& kern, const LstmSizes& s) {
 // (gemm_dual_fits). With batch_sizes its operands are the packed rows of x and h_prev. Floats of
 // its scratch, or 0 when not used.
 index_t dual_weight_grad_floats(const Kernels& kern, const LstmSizes& s) {
-  if (!gemm_dual_fits(kern, s.I, s.H)) return 0;
-  return gemm_dual_packed_floats(kern, s.T * s.B, s.I, s.H);
+  return gemm_dual_scratch_floats(kern, s.T * s.B, s.I, s.H);
 }
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,

@@ -270,8 +270,7 @@ namespace {
 // dW_ih = dZ^T . x and dW_hh = dZ^T . h_prev from one gemm_dual (dZ^T packed once) when a
 // depth block of both operands fits in half of L2: floats of its scratch, or 0.
 index_t dual_floats(const Kernels& kern, const LstmSizes& s, index_t P) {
-  if (!gemm_dual_fits(kern, s.I, P)) return 0;
-  return gemm_dual_packed_floats(kern, s.T * s.B, s.I, P);
+  return gemm_dual_scratch_floats(kern, s.T * s.B, s.I, P);
 }
 }  // namespace
 

@@ -502,9 +502,14 @@ index_t gemm_dual_packed_floats(const Kernels& kern, index_t K, index_t N1, inde
   return 2 * std::min(std::max<index_t>(K, 1), kKC) * nb * kern.NR;  // two depth blocks
 }
 
-bool gemm_dual_fits(const Kernels& kern, index_t N1, index_t N2) {
+bool gemm_dual_fits(const Kernels& kern, index_t N1, index_t N2, int share) {
   const index_t nb = (N1 + kern.NR - 1) / kern.NR + (N2 + kern.NR - 1) / kern.NR;
-  return nb * kern.NR * kKC * static_cast<index_t>(sizeof(float)) <= l2_bytes() / 2;
+  return nb * kern.NR * kKC * static_cast<index_t>(sizeof(float)) <= l2_bytes() / share;
+}
+
+index_t gemm_dual_scratch_floats(const Kernels& kern, index_t K, index_t N1, index_t N2,
+                                 int share) {
+  return gemm_dual_fits(kern, N1, N2, share) ? gemm_dual_packed_floats(kern, K, N1, N2) : 0;
 }
 
 void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,

@@ -62,11 +62,14 @@ struct RowSource {
 // panels of a block are packed by the threads together, then the threads take chunks of
 // MR-row slivers of C; each element is reduced over the blocks in order (bitwise identical at
 // any thread count). Bp: gemm_dual_packed_floats(K, N1, N2) floats of scratch (two packed
-// blocks). gemm_dual_fits: a packed block of both operands takes at most half of L2 (the
+// blocks). gemm_dual_fits: a packed block of both operands takes at most 1/share of L2 (the
 // micro-kernel streams all its panels per sliver of A; wider operands: two gemm calls, whose
-// NC blocking keeps B's part in L2). a_sums (length M): += the row sums of op(A), as gemm's.
+// NC blocking keeps B's part in L2). gemm_dual_scratch_floats: the scratch when it fits, else
+// 0 (then two gemm calls). a_sums (length M): += the row sums of op(A), as gemm's.
 index_t gemm_dual_packed_floats(const Kernels& kern, index_t K, index_t N1, index_t N2);
-bool gemm_dual_fits(const Kernels& kern, index_t N1, index_t N2);
+bool gemm_dual_fits(const Kernels& kern, index_t N1, index_t N2, int share = 2);
+index_t gemm_dual_scratch_floats(const Kernels& kern, index_t K, index_t N1, index_t N2,
+                                 int share = 2);
 void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
                const RowSource& B1, float* C1, index_t ldc1, bool acc1, index_t N2,
                const RowSource& B2, float* C2, index_t ldc2, bool acc2, float* Bp,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -94,6 +94,34 @@ class Parameter:
             g[...] = 0
         else:  # None (PyTorch's habit), a stale shape, dtype or layout: a fresh gradient
             self.grad = np.zeros_like(self.data)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray:
+        """``np.asarray(p)`` is ``p.data`` itself (no copy), as for a NumPy array; another
+        dtype or ``copy=True`` gives a copy."""
+        a = self.data
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            if copy is False:
+                raise ValueError(
+                    f"Parameter: a {np.dtype(dtype)} array needs a copy of the {a.dtype} data, "
+                    "but copy=False was given"
+                )
+            return a.astype(dtype)
+        return a.copy() if copy else a
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"

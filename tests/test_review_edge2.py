@@ -186,6 +186,25 @@ def test_zero_grad_restores_a_gradient_set_to_none():
     opt.step()
 
 
+def test_parameter_converts_like_an_array():
+    """np.asarray(layer.weight_ih_l0) gave a 0-d object array (what torch users write for a
+    tensor is .numpy(), for a NumPy-native layer the array protocol): now the data itself."""
+    layer = lstm_fast.LSTM(3, 4, seed=0)
+    p = layer.weight_ih_l0
+    a = np.asarray(p)
+    assert a is p.data and (p.dtype, p.ndim, p.size, len(p)) == (np.float32, 2, 48, 16)
+    c = np.array(p)  # a copy, as np.array of an array
+    assert c is not p.data and np.shares_memory(c, p.data) is False
+    np.testing.assert_array_equal(c, p.data)
+    d = np.asarray(p, dtype=np.float64)
+    assert d.dtype == np.float64 and not np.shares_memory(d, p.data)
+    np.testing.assert_array_equal(d, p.data)
+    with pytest.raises(ValueError, match=r"copy=False"):
+        np.asarray(p, dtype=np.float64, copy=False)
+    assert np.asarray(p, copy=False) is p.data
+    np.testing.assert_allclose(np.add(p, 1), p.data + 1)  # ufuncs take it too
+
+
 # ---- nn -----------------------------------------------------------------------------------------
 
 

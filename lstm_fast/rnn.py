@@ -972,6 +972,33 @@ class _RNNBase(Module):
         keep them). An unbatched x_t also takes an unbatched forward's (num_layers, H) state;
         ``check_finite`` layers check x_t and state.
         """
+        st = self._stream
+        # The streaming loop's call (a batched float32 x_t of the stream's batch size, the state
+        # this stream returned last or None, out None or a float32 array of y's shape) skips the
+        # general checks below: the same outcome, a few microseconds less per call.
+        if (
+            st is not None
+            and type(x_t) is np.ndarray
+            and x_t.shape == st.xshape
+            and x_t.dtype is _F32
+            and x_t.flags.c_contiguous
+            and (state is None or state is st.states[st.cur])
+            and (
+                out is None
+                or (
+                    type(out) is np.ndarray
+                    and out.shape == st.yshape
+                    and out.dtype is _F32
+                    and out.flags.writeable
+                )
+            )
+            and not self.check_finite
+        ):
+            y = st.run(x_t, state)
+            if out is not None:
+                out[...] = y
+                y = out
+            return y, st.states[st.cur]
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence")
         if self.proj_size:
@@ -1004,7 +1031,6 @@ class _RNNBase(Module):
                 raise ValueError(
                     f"out: expected a writeable array of shape {want} dtype float32, got {got}"
                 )
-        st = self._stream
         if st is None or st.B != B:
             st = _Stream(self, B)
             object.__setattr__(self, "_stream", st)
@@ -1018,7 +1044,7 @@ class _RNNBase(Module):
             y = out
         elif unbatched:
             y = y[0]
-        return y, st.state()
+        return y, st.states[st.cur]
 
 
 class _Stream:
@@ -1042,16 +1068,39 @@ class _Stream:
         self.cs = [None, None] if self.c is None else [self.c[0], self.c[1]]
         self.hv = [[self.h[s, k] for k in range(L)] for s in (0, 1)]
         self.cv = [[None if self.c is None else self.c[s, k] for k in range(L)] for s in (0, 1)]
-        self.names = [
-            tuple(n + f"_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        # The same state objects every time (per slot): passing them back is recognised
+        # without a copy, or a check.
+        self.states = [
+            (self.hs[s], self.cs[s]) if self.c is not None else self.hs[s] for s in (0, 1)
+        ]
+        self.xshape, self.yshape = (B, layer.input_size), (B, H)
+        # Per slot, per layer: parameter names (the biases' None without them), workspace and
+        # the state views read and written.
+        names = [
+            tuple(
+                n + f"_l{k}" if layer.bias or n.startswith("weight") else None
+                for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            )
             for k in range(L)
+        ]
+        self.plan = [
+            [
+                (
+                    *names[k],
+                    self.ws[k],
+                    self.hv[s][k],
+                    self.cv[s][k],
+                    self.hv[1 - s][k],
+                    self.cv[1 - s][k],
+                )
+                for k in range(L)
+            ]
+            for s in (0, 1)
         ]
         self.step_into = ops._core.step_into
 
     def state(self):
-        # The same view objects every time: passing them back is recognised without a copy.
-        cur = self.cur
-        return (self.hs[cur], self.cs[cur]) if self.c is not None else self.hs[cur]
+        return self.states[self.cur]
 
     def check(self, state, unbatched: bool = False):
         """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (what step
@@ -1100,27 +1149,25 @@ class _Stream:
             if self.c is not None:
                 self.c[cur].fill(0)
         params, mode, step_into = self.layer._parameters, self.mode, self.step_into
-        hv_in, hv_out, cv_in, cv_out = self.hv[cur], self.hv[nxt], self.cv[cur], self.cv[nxt]
         if not self.B:  # nothing to compute (the core would take the empty buffers as aliases)
             self.cur = nxt
-            return hv_out[-1]
+            return self.hv[nxt][-1]
         inp = x_t
-        for k, (n_ih, n_hh, n_bih, n_bhh) in enumerate(self.names):
-            b_ih, b_hh = params.get(n_bih), params.get(n_bhh)
+        for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
             step_into(
                 mode,
                 inp,
-                hv_in[k],
-                cv_in[k],
+                h_in,
+                c_in,
                 params[n_ih].data,
                 params[n_hh].data,
-                None if b_ih is None else b_ih.data,
-                None if b_hh is None else b_hh.data,
-                hv_out[k],
-                cv_out[k],
-                self.ws[k],
+                None if n_bih is None else params[n_bih].data,
+                None if n_bhh is None else params[n_bhh].data,
+                h_out,
+                c_out,
+                ws,
             )
-            inp = hv_out[k]
+            inp = h_out
         self.cur = nxt
         return inp
 

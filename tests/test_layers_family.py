@@ -203,6 +203,61 @@ def test_step_streams_like_the_sequence(isa, kind, B):
         np.testing.assert_allclose(y_t, y[t], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_fast_and_general_paths_agree(kind):
+    """step()'s short path (its own state passed back, a float32 batch, out of y's shape) and
+    the general one (state given as copies or as another array, unbatched x, a float64 x,
+    check_finite) are the same computation: bitwise the same outputs and states, in any mix,
+    and the short path sees weights changed in place and check_finite switched on later."""
+    rng = np.random.default_rng(11)
+    _, layer = make_pair(kind, 5, 7, num_layers=2)
+    layer.eval()
+    lstm = kind == "LSTM"
+    T, B = 9, 2
+    x = rng.standard_normal((T, B, 5)).astype(np.float32)
+    y_seq, _ = layer(x)
+    y, state = [], None
+    for t in range(T):  # the short path throughout
+        y_t, state = layer.step(x[t], state)
+        y.append(y_t.copy())
+    np.testing.assert_allclose(np.stack(y), y_seq, rtol=1e-5, atol=1e-6)
+
+    def copy(st):
+        return tuple(a.copy() for a in st) if lstm else st.copy()
+
+    state, out = None, np.empty((B, 7), np.float32)
+    for t in range(T):
+        how = t % 4
+        if how == 0:  # the short path, out given
+            y_t, state = layer.step(x[t], state, out=out)
+            assert y_t is out
+        elif how == 1:  # state copies: the general path copies them in
+            y_t, state = layer.step(x[t], copy(state))
+        elif how == 2:  # a float64 x is converted
+            y_t, state = layer.step(x[t].astype(np.float64), state)
+        else:  # the short path without out
+            y_t, state = layer.step(x[t], state)
+        np.testing.assert_array_equal(y_t, y[t])
+    # weights written in place are read by the next short-path call
+    layer.weight_hh_l1.data[...] = 0
+    layer.bias_hh_l1.data[...] = 0
+    y2, _ = layer(x[:2])
+    s = None
+    for t in range(2):
+        y_t, s = layer.step(x[t], s, out=out)
+    np.testing.assert_allclose(out, y2[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out, y[1], rtol=1e-3, atol=1e-4)
+    # check_finite switched on after the stream exists: a NaN input raises, nothing changes
+    layer.check_finite = True
+    bad = x[0].copy()
+    bad[0, 0] = np.nan
+    before = copy(s)
+    with pytest.raises(ValueError, match="x_t"):
+        layer.step(bad, s, out=out)
+    for a, b in zip(before if lstm else (before,), s if lstm else (s,)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_step_reuses_its_buffers():
     layer = lstm_fast.LSTM(8, 16, seed=0).eval()
     x = np.ones((1, 8), np.float32)

@@ -1344,6 +1344,7 @@ class _CellBase(Module):
         object.__setattr__(self, "hidden_size", hidden_size)
         object.__setattr__(self, "bias", bool(bias))
         object.__setattr__(self, "_saved", None)
+        object.__setattr__(self, "_ws_floats", {})  # batch size -> the step's workspace floats
         rng = np.random.default_rng(seed)
         G, H = _GATES[self._mode] * hidden_size, hidden_size
         bound = 1.0 / math.sqrt(H)
@@ -1376,8 +1377,70 @@ class _CellBase(Module):
             for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         ) + (None,)
 
+    def _step_eval(self, x: np.ndarray, hx: Any):
+        """An inference call's short path: one fused step straight from the weights (the
+        streaming step's kernel), new output arrays. None unless x is a C-contiguous float32
+        (B >= 1, I) batch and hx None or the arrays PyTorch's API takes (C-contiguous float32
+        of shape (B, H)); the general path handles the rest, with its errors."""
+        B, H = x.shape[0], self.hidden_size
+        if B == 0:
+            return None
+        lstm = self._mode == "LSTM"
+        if hx is None:
+            h = np.zeros((B, H), np.float32)
+            c = np.zeros((B, H), np.float32) if lstm else None
+        else:
+            if lstm:
+                if type(hx) is not tuple or len(hx) != 2:
+                    return None
+                h, c = hx
+            else:
+                h, c = hx, None
+            for a in (h, c) if lstm else (h,):
+                if not (
+                    type(a) is np.ndarray
+                    and a.dtype is _F32
+                    and a.shape == (B, H)
+                    and a.flags.c_contiguous
+                ):
+                    return None
+        n = self._ws_floats.get(B)
+        if n is None:
+            n = ops._core.step_workspace_size(self._mode, B, self.input_size, H)
+            self._ws_floats[B] = n
+        h_out = np.empty((B, H), np.float32)
+        c_out = np.empty((B, H), np.float32) if lstm else None
+        p = self._parameters
+        bias = self.bias
+        ops._core.step_into(
+            self._mode,
+            x,
+            h,
+            c,
+            p["weight_ih"].data,
+            p["weight_hh"].data,
+            p["bias_ih"].data if bias else None,
+            p["bias_hh"].data if bias else None,
+            h_out,
+            c_out,
+            np.empty(n, np.float32),
+        )
+        return (h_out, c_out) if lstm else h_out
+
     def forward(self, input: Any, hx: Any = None):
         object.__setattr__(self, "_saved", None)  # (as in the layers' forward)
+        if (
+            not self.training
+            and not self.check_finite
+            and type(input) is np.ndarray
+            and input.ndim == 2
+            and input.dtype is _F32
+            and input.shape[1] == self.input_size
+            and input.flags.c_contiguous
+        ):
+            out = self._step_eval(input, hx)
+            if out is not None:
+                return out
         x = _as_float32("input", input)
         if self.check_finite:
             _guard_finite(self, input=x, hx=hx)

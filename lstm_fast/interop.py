@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import rnn as _rnn
-from .module import _as_dtype
+from .module import _as_dtype, check_writeable
 
 __all__ = [
     "from_keras",
@@ -178,8 +178,9 @@ def _expect(name: str, a: np.ndarray, shape: tuple, legend: str) -> None:
         raise ValueError(f"{name}: expected shape {legend} = {tuple(shape)}, got {a.shape}")
 
 
-def _load(layer, staged: dict) -> None:
+def _load(layer, staged: dict, what: str) -> None:
     """Write ``{parameter name: array}`` (every array already checked): all or nothing."""
+    check_writeable(what, {name: layer._parameters[name] for name in staged})
     for name, value in staged.items():
         layer._parameters[name].data[...] = value
     layer._on_load()
@@ -249,7 +250,7 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
             staged[names[1]] = np.zeros_like(bias)
     elif layer.bias:  # Keras use_bias=False: no bias at all
         staged[names[0]] = staged[names[1]] = np.zeros(G, np.float32)
-    _load(layer, staged)
+    _load(layer, staged, "from_keras")
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------
@@ -308,4 +309,4 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0) -> None:
             b = np.zeros(2 * G, np.float32) if B is None else B[d]
             staged[_pname(layer, "bias_ih", k, d)] = _unorder(b[:G], order)
             staged[_pname(layer, "bias_hh", k, d)] = _unorder(b[G:], order)
-    _load(layer, staged)
+    _load(layer, staged, "from_onnx")

@@ -127,6 +127,34 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+def make_rng(seed: Any, what: str = "seed") -> np.random.Generator:
+    """``np.random.default_rng(seed)`` for a module's ``seed`` argument: None (fresh entropy), an
+    int >= 0, or NumPy's own Generator / BitGenerator / SeedSequence; anything else raises
+    naming the argument (NumPy's own message names none)."""
+    if seed is None or isinstance(
+        seed, (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)
+    ):
+        return np.random.default_rng(seed)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{what}: expected None or an int >= 0, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"{what}: expected None or an int >= 0, got {seed}")
+    return np.random.default_rng(int(seed))
+
+
+def check_writeable(what: str, params: dict) -> None:
+    """Before an all-or-nothing write into ``{name: Parameter}``: a parameter whose ``data`` is
+    read-only (or not a NumPy array) raises ValueError naming it, and nothing is written."""
+    for name, p in params.items():
+        d = p.data
+        if not isinstance(d, np.ndarray) or not d.flags.writeable:
+            got = "read-only" if isinstance(d, np.ndarray) else type(d).__name__
+            raise ValueError(
+                f"{what}: {name}: expected a writeable array as the parameter's data, got {got} "
+                "(nothing was loaded)"
+            )
+
+
 class Module:
     """Base class: attribute assignment registers parameters and sub-modules.
 
@@ -253,6 +281,7 @@ class Module:
             staged[name] = _as_dtype(
                 f"load_state_dict: {name}", state_dict[name], p.data.dtype, p.data.shape
             )
+        check_writeable("load_state_dict", {n: own[n] for n in staged})
         for name, arr in staged.items():
             own[name].data[...] = arr
         self._on_load()

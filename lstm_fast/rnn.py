@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import ops
-from .module import Module, Parameter, _from_torch
+from .module import Module, Parameter, _from_torch, make_rng
 from .ops import _finite
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
@@ -35,6 +35,26 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this platform
+        return None
+
+
+def _check_parameter_memory(what: str, floats: int, sizes: str) -> None:
+    """Before a constructor allocates: parameters (and their gradients, float32) that cannot fit
+    in this machine's memory raise ValueError naming the sizes, instead of NumPy's allocation
+    error (or, for a huge num_layers, allocating layer after layer for minutes)."""
+    need = 8 * floats  # float32 data + float32 gradient
+    mem = _physical_memory()
+    if mem is not None and need > mem:
+        raise ValueError(
+            f"{what}({sizes}): the parameters and their gradients need {need / 2**30:.1f} GiB, "
+            f"more than this machine's {mem / 2**30:.1f} GiB of memory"
+        )
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -363,7 +383,7 @@ class _RNNBase(Module):
             ("dropout", float(dropout)),
             ("bidirectional", bool(bidirectional)),
             ("proj_size", proj_size),
-            ("_rng", np.random.default_rng(seed)),
+            ("_rng", make_rng(seed)),
             ("check_finite", bool(check_finite)),
             ("_saved", None),
             ("_stream", None),
@@ -372,6 +392,17 @@ class _RNNBase(Module):
         H, P = hidden_size, proj_size or hidden_size
         D = 2 if bidirectional else 1
         G = _GATES[self._mode] * H
+        per_direction = [  # parameters of one direction of layer 0, of a later layer
+            G * (n_in + P + (2 if bias else 0)) + (P * H if proj_size else 0)
+            for n_in in (input_size, D * P)
+        ]
+        _check_parameter_memory(
+            type(self).__name__,
+            D * (per_direction[0] + (num_layers - 1) * per_direction[1]),
+            f"input_size={input_size}, hidden_size={hidden_size}, num_layers={num_layers}"
+            + (f", proj_size={proj_size}" if proj_size else "")
+            + (", bidirectional=True" if bidirectional else ""),
+        )
         bound = 1.0 / math.sqrt(H)
         for k in range(num_layers):
             layer_in = input_size if k == 0 else D * P
@@ -703,7 +734,9 @@ class _RNNBase(Module):
         (GRU/RNN, bidirectional, ``proj_size``, ``batch_first``, a ``padding_idx``, unbatched
         ``(T,)`` ids) run
         ``forward(embedding(ids), hx)`` and send the input gradient to ``embedding.backward`` --
-        the same contract either way.
+        the same contract either way. An embedding in eval mode (``embedding.eval()``, which
+        keeps no forward for a backward of its own) is frozen: on either path it gets no
+        gradient, and the layer's own gradients are computed as usual.
         """
         object.__setattr__(self, "_saved", None)  # (as in forward)
         ids = np.asarray(ids)
@@ -730,10 +763,11 @@ class _RNNBase(Module):
             and ids.ndim == 2
             and ids.size > 0
         )
+        frozen = not getattr(embedding, "training", True)
         if not fused:
             out = self.forward(embedding(ids), hx)
             if self._saved is not None:
-                self._saved[1]["embedding"] = (embedding, False)
+                self._saved[1]["embedding"] = (embedding, False, frozen)
             return out
         T, B = ids.shape
         training = self.training
@@ -748,7 +782,7 @@ class _RNNBase(Module):
 
         y, h_n, c_n, saved = self._layers(None, h0, c0, B, None, None, first=first)
         if training:
-            meta = _saved_meta(T, B, embedding=(embedding, True))
+            meta = _saved_meta(T, B, embedding=(embedding, True, frozen))
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
@@ -791,15 +825,19 @@ class _RNNBase(Module):
         if self.batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         grads = tuple([None if q is None else q.grad for q in params])
-        dx, dh0, dc0 = _Direction.backward(
-            self._mode,
-            cache,
-            dy,
-            None if dh_n is None else dh_n[0],
-            None if dc_n is None else dc_n[0],
-            grads,
-            need_dx,
-        )
+        try:
+            dx, dh0, dc0 = _Direction.backward(
+                self._mode,
+                cache,
+                dy,
+                None if dh_n is None else dh_n[0],
+                None if dc_n is None else dc_n[0],
+                grads,
+                need_dx,
+            )
+        except (TypeError, ValueError):
+            _ready_grads(self)  # the core refused a .grad (before any work): name the parameter
+            raise
         if dx is not None and self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         if self._has_cell:
@@ -885,10 +923,15 @@ class _RNNBase(Module):
         def flip(a):
             return a[::-1] if rev is None else a[rev]
 
-        emb, fused = meta.get("embedding", (None, False))
+        embedded = "embedding" in meta
+        emb, fused, frozen = meta.get("embedding", (None, False, False))
         fused_embedding = emb if fused else None
+        if embedded:
+            need_dx = False  # token ids have no gradient: it goes to the embedding or nowhere
+            if frozen:  # an eval-mode embedding: no gradient on either path
+                emb = None
         _ready_grads(self)
-        if fused_embedding is not None and isinstance(fused_embedding, Module):
+        if fused_embedding is not None and not frozen and isinstance(fused_embedding, Module):
             _ready_grads(fused_embedding)
         dh0 = np.zeros((L * D, B, P), np.float32)
         dc0 = np.zeros((L * D, B, H), np.float32) if self._has_cell else None
@@ -917,7 +960,8 @@ class _RNNBase(Module):
                         None if dhn_all is None else _c(dhn_all[idx]),
                         None if dcn_all is None else _c(dcn_all[idx]),
                         *grads[:4],
-                        dembedding=fused_embedding.weight.grad,
+                        # frozen: the core's own gradient array, dropped
+                        dembedding=None if frozen else fused_embedding.weight.grad,
                     )
                     return None, dh0_i, dc0_i
                 return _Direction.backward(
@@ -1344,9 +1388,13 @@ class _CellBase(Module):
         object.__setattr__(self, "hidden_size", hidden_size)
         object.__setattr__(self, "bias", bool(bias))
         object.__setattr__(self, "_saved", None)
-        object.__setattr__(self, "_ws_floats", {})  # batch size -> the step's workspace floats
-        rng = np.random.default_rng(seed)
+        rng = make_rng(seed)
         G, H = _GATES[self._mode] * hidden_size, hidden_size
+        _check_parameter_memory(
+            type(self).__name__,
+            G * (input_size + H + (2 if bias else 0)),
+            f"input_size={input_size}, hidden_size={hidden_size}",
+        )
         bound = 1.0 / math.sqrt(H)
         shapes = [("weight_ih", (G, input_size)), ("weight_hh", (G, H))]
         if bias:
@@ -1378,24 +1426,24 @@ class _CellBase(Module):
         ) + (None,)
 
     def _step_eval(self, x: np.ndarray, hx: Any):
-        """An inference call's short path: one fused step straight from the weights (the
-        streaming step's kernel), new output arrays. None unless x is a C-contiguous float32
-        (B >= 1, I) batch and hx None or the arrays PyTorch's API takes (C-contiguous float32
-        of shape (B, H)); the general path handles the rest, with its errors."""
+        """An inference call's short path: the core's one-step forward straight from the
+        weights (the general path's call and results, without its per-call Python). None
+        unless x is a C-contiguous float32 (B >= 1, I) batch and hx None or the arrays
+        PyTorch's API takes (C-contiguous float32 of shape (B, H)); the general path handles
+        the rest, with its errors."""
         B, H = x.shape[0], self.hidden_size
         if B == 0:
             return None
-        lstm = self._mode == "LSTM"
-        if hx is None:
-            h = np.zeros((B, H), np.float32)
-            c = np.zeros((B, H), np.float32) if lstm else None
-        else:
+        mode = self._mode
+        lstm = mode == "LSTM"
+        h = c = None
+        if hx is not None:
             if lstm:
                 if type(hx) is not tuple or len(hx) != 2:
                     return None
                 h, c = hx
             else:
-                h, c = hx, None
+                h = hx
             for a in (h, c) if lstm else (h,):
                 if not (
                     type(a) is np.ndarray
@@ -1404,28 +1452,18 @@ class _CellBase(Module):
                     and a.flags.c_contiguous
                 ):
                     return None
-        n = self._ws_floats.get(B)
-        if n is None:
-            n = ops._core.step_workspace_size(self._mode, B, self.input_size, H)
-            self._ws_floats[B] = n
-        h_out = np.empty((B, H), np.float32)
-        c_out = np.empty((B, H), np.float32) if lstm else None
         p = self._parameters
-        bias = self.bias
-        ops._core.step_into(
-            self._mode,
-            x,
-            h,
-            c,
-            p["weight_ih"].data,
-            p["weight_hh"].data,
-            p["bias_ih"].data if bias else None,
-            p["bias_hh"].data if bias else None,
-            h_out,
-            c_out,
-            np.empty(n, np.float32),
-        )
-        return (h_out, c_out) if lstm else h_out
+        w_ih, w_hh = p["weight_ih"].data, p["weight_hh"].data
+        b_ih, b_hh = (p["bias_ih"].data, p["bias_hh"].data) if self.bias else (None, None)
+        x = x[None]
+        core = ops._core
+        if lstm:
+            _, hn, cn, _ = core.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h, c, False, None, None)
+            return hn, cn
+        if mode == "GRU":
+            return core.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h, False, None)[1]
+        nl = "tanh" if mode == "RNN_TANH" else "relu"
+        return core.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h, nl, False, None)[1]
 
     def forward(self, input: Any, hx: Any = None):
         object.__setattr__(self, "_saved", None)  # (as in the layers' forward)
@@ -1489,6 +1527,8 @@ class _CellBase(Module):
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
         need_dx = ops._need_dx(need_dx)
+        if self._mode != "LSTM" and dc is not None:
+            raise TypeError(f"{type(self).__name__}.backward: no cell state, dc must be None")
         cache, unbatched, B = self._saved
         H = self.hidden_size
 
@@ -1503,12 +1543,18 @@ class _CellBase(Module):
             return _c(a.reshape(B, H))
 
         dh, dc = state("dh", dh), state("dc", dc)
+        if self.check_finite:
+            _guard_finite(None, dh=dh, dc=dc)
         get = self._parameters.get
         params = [get(n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         if any(q is not None and q.grad is None for q in params):
             _ready_grads(self)  # (one core call: it checks the other gradients before any work)
         grads = tuple(None if q is None else q.grad for q in params) + (None,)
-        dx, dh0, dc0 = _Direction.backward(self._mode, cache, None, dh, dc, grads, need_dx)
+        try:
+            dx, dh0, dc0 = _Direction.backward(self._mode, cache, None, dh, dc, grads, need_dx)
+        except (TypeError, ValueError):
+            _ready_grads(self)  # the core refused a .grad (before any work): name the parameter
+            raise
         dx = None if dx is None else dx[0]
         if unbatched:
             dx = None if dx is None else dx[0]

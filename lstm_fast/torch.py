@@ -516,7 +516,23 @@ class _FastRNNMixin:
             checked = input
             x = input.transpose(0, 1) if self.batch_first else input
         if hx is not None:
-            hx = tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+            has_cell = _KERNELS[self.mode].has_cell
+            if has_cell:
+                if not isinstance(hx, (tuple, list)):
+                    raise TypeError(
+                        f"{name}: hx: expected a tuple (h_0, c_0) of two tensors, got "
+                        f"{type(hx).__name__}"
+                    )
+                if len(hx) != 2:  # torch.nn.LSTM: "lstm expects two hidden states"
+                    raise RuntimeError(
+                        f"{name}: hx: expected two hidden states (h_0, c_0), got {len(hx)}"
+                    )
+            elif not isinstance(hx, torch.Tensor):
+                raise TypeError(f"{name}: hx: expected a tensor h_0, got {type(hx).__name__}")
+            hx = tuple(hx) if has_cell else (hx,)
+            for i, h in enumerate(hx):
+                if not isinstance(h, torch.Tensor):
+                    raise TypeError(f"{name}: hx[{i}]: expected a tensor, got {type(h).__name__}")
             n_dim = 3 if is_batched else 2
             if any(h.dim() != n_dim for h in hx):
                 dims = ", ".join(f"{h.dim()}-D" for h in hx)
@@ -841,6 +857,9 @@ def _supported(m: nn.Module) -> bool:
 
 
 def _swap(model: nn.Module, table: dict[type, type], check: bool) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        what = "replace_rnns" if check else "restore_rnns"
+        raise TypeError(f"{what}: model: expected a torch.nn.Module, got {type(model).__name__}")
     for m in model.modules():
         new = table.get(type(m))  # exact types only: user subclasses keep their own forward
         if new is not None and (not check or _supported(m)):

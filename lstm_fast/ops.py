@@ -192,6 +192,16 @@ def lstm_forward(
         >>> y.shape, h_n.shape
         ((5, 3, 20), (3, 20))
     """
+    if (
+        batch_sizes is None
+        and sorted_indices is None
+        and weight_hr is None
+        and check_finite is False
+        and (training is False or training is True)
+    ):  # the common call: no option to convert or check here (the core checks the arrays)
+        return _core.lstm_forward(
+            x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, training, None, None
+        )
     training = _training(training)
     batch_sizes = _batch_sizes(batch_sizes)
     sorted_indices = _int_vector("sorted_indices", sorted_indices)

@@ -14,6 +14,7 @@ a sequence's length are zero and ``h_n``/``c_n`` are the states at each sequence
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -174,7 +175,16 @@ def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
 
 
 _F32 = np.dtype(np.float32)
+
+
 # Parameter names of layer 0's forward direction, in _Direction.forward's order.
+@functools.lru_cache(maxsize=4096)
+def _param_names(k: int, d: int) -> tuple:
+    """The five parameter names of layer k, direction d (weight_hr's whether it exists or not)."""
+    sfx = f"_l{k}" + ("_reverse" if d else "")
+    return tuple(n + sfx for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+
+
 _LAYER0_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0")
 
 
@@ -448,11 +458,8 @@ class _RNNBase(Module):
         return s
 
     def _params(self, k: int, d: int):
-        sfx = f"_l{k}" + ("_reverse" if d else "")
         get = self._parameters.get
-        return tuple(
-            get(n + sfx) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-        )
+        return tuple(get(n) for n in _param_names(k, d))
 
     def _on_load(self) -> None:
         # New weights: the streaming buffers are made anew, and the cache of a training forward

@@ -3,7 +3,8 @@ cross-entropy, and the recurrent layers (``LSTM``, re-exported from :mod:`lstm_f
 
 Every layer follows one protocol: ``y = layer(x)`` (training mode keeps what backward needs),
 ``dx = layer.backward(dy)`` returns the input gradient and accumulates (``+=``) into each
-parameter's ``.grad``; the caller zeroes (``module.zero_grad()``). Arrays are float32.
+parameter's ``.grad``; the caller zeroes (``module.zero_grad()``; a ``.grad`` set to None starts
+again from zeros, and every gradient is checked before any is changed). Arrays are float32.
 Shapes use the legend: ``T`` steps, ``B`` batch, ``N`` rows, ``V`` vocabulary (classes),
 ``E`` embedding size, ``I``/``O`` input/output features.
 """
@@ -17,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .module import Module, Parameter
+from .module import Module, Parameter, _as_dtype, _from_torch
 from .rnn import LSTM, _check_bool, _check_int
 
 __all__ = [
@@ -32,9 +33,61 @@ __all__ = [
 ]
 
 
+_F32 = np.dtype(np.float32)
+
+
 def _f32c(a: np.ndarray) -> np.ndarray:
     """a as a C-contiguous float32 array (no copy when it already is one)."""
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _real(name: str, value: Any) -> np.ndarray:
+    """``value`` as a NumPy array of a real dtype (float, int or bool), not converted yet: a
+    complex array would lose its imaginary part in the float32 cast (only a ComplexWarning), a
+    str one be parsed as numbers. Refused with a TypeError naming the argument, as the recurrent
+    layers' inputs are; a torch tensor comes as float32 (one that requires grad too)."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = _from_torch(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nesting and the like
+        raise TypeError(f"{name}: expected a real floating-point array ({e})") from None
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")
+    return arr
+
+
+def _ready_grads(*named: tuple) -> None:
+    """Before a backward accumulates anything: each ``(name, legend, parameter)``'s ``.grad``
+    is a writeable floating-point array of the parameter's shape (``legend``: its shape in the
+    legend's letters, for the message). A gradient set to None (PyTorch's
+    ``zero_grad(set_to_none=True)`` habit) starts again from zeros, as the recurrent layers'
+    do; anything else raises naming the parameter, before any gradient is changed."""
+    fresh = []
+    for name, legend, p in named:
+        if p is None:
+            continue
+        g = p.grad
+        if type(g) is np.ndarray and g.dtype is _F32 and g.shape == p.data.shape:
+            if g.flags.writeable:  # the usual case, checked cheaply
+                continue
+        if g is None:
+            fresh.append(p)
+            continue
+        if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
+            got = f"dtype {g.dtype}" if isinstance(g, np.ndarray) else type(g).__name__
+            raise TypeError(
+                f"{name}.grad: expected a real floating-point array (or None), got {got}"
+            )
+        if g.shape != p.data.shape:
+            raise ValueError(
+                f"{name}.grad: expected shape {legend} = {p.data.shape} (the parameter's), "
+                f"got {g.shape}"
+            )
+        if not g.flags.writeable:
+            raise ValueError(f"{name}.grad: expected a writeable array, got a read-only one")
+    for p in fresh:  # only once every gradient passed: a failed call changes nothing
+        p.grad = np.zeros_like(p.data)
 
 
 def _f32c_or_none(p: Optional[Parameter]) -> Optional[np.ndarray]:
@@ -92,7 +145,7 @@ class Linear(Module):
 
     def forward(self, x: Any) -> np.ndarray:
         self._x = None  # a failed call leaves nothing for backward
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(_real("x", x), dtype=np.float32)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
         # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
@@ -106,7 +159,7 @@ class Linear(Module):
     def backward(self, dy: Any) -> np.ndarray:
         if self._x is None:
             raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")
-        dy = np.asarray(dy, dtype=np.float32)
+        dy = np.asarray(_real("dy", dy), dtype=np.float32)
         out_shape = (*self._xshape[:-1], self.out_features)
         N = self._x.shape[0]
         if dy.shape != out_shape and dy.shape != (N, self.out_features):
@@ -114,6 +167,7 @@ class Linear(Module):
                 f"dy: expected shape {out_shape} (the output's) or (N={N}, O="
                 f"{self.out_features}), got {dy.shape}"
             )
+        _ready_grads(("weight", "(O, I)", self.weight), ("bias", "(O,)", self.bias))
         dy2 = np.ascontiguousarray(dy.reshape(N, self.out_features))
         gw = self.weight.grad
         gb = None if self.bias is None else self.bias.grad
@@ -131,7 +185,12 @@ class Linear(Module):
 
 def _fast_grad(g: np.ndarray) -> bool:
     """A gradient the C++ kernels can accumulate into in place."""
-    return g.dtype == np.float32 and g.flags.c_contiguous and g.flags.writeable
+    return (
+        isinstance(g, np.ndarray)
+        and g.dtype == np.float32
+        and g.flags.c_contiguous
+        and g.flags.writeable
+    )
 
 
 class Embedding(Module):
@@ -190,7 +249,8 @@ class Embedding(Module):
 
     @classmethod
     def from_pretrained(cls, weight: Any, padding_idx: Optional[int] = None) -> Embedding:
-        weight = np.asarray(weight, dtype=np.float32)
+        # checked as load_state_dict checks weights: a complex, str or 1e300 value is refused
+        weight = _as_dtype("weight", weight)
         if weight.ndim != 2:
             raise ValueError(f"weight: expected shape (V, E), got {weight.shape}")
         emb = cls(weight.shape[0], weight.shape[1], padding_idx=padding_idx, seed=0)
@@ -221,16 +281,17 @@ class Embedding(Module):
         if self._ids is None:
             raise RuntimeError("Embedding.backward: no saved forward (call it in training mode)")
         flat = self._ids.reshape(-1)
-        dy = np.asarray(dy, dtype=np.float32)
+        dy = np.asarray(_real("dy", dy), dtype=np.float32)
         out_shape = (*self._ids.shape, self.embedding_dim)
         if dy.shape != out_shape and dy.shape != (flat.size, self.embedding_dim):
             raise ValueError(
                 f"dy: expected shape {out_shape} (the output's) or (N={flat.size}, "
                 f"E={self.embedding_dim}), got {dy.shape}"
             )
+        _ready_grads(("weight", "(V, E)", self.weight))
         dy2 = dy.reshape(flat.size, self.embedding_dim)
         g = self.weight.grad
-        if _fast_grad(g) and g.ndim == 2:
+        if _fast_grad(g):
             _core.index_add_rows(g, flat.astype(np.int64, copy=False), np.ascontiguousarray(dy2))
         else:
             np.add.at(g, flat, dy2)
@@ -294,7 +355,7 @@ class Dropout(Module):
 
     def forward(self, x: Any) -> np.ndarray:
         self._mask = None  # a failed call leaves nothing for backward
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(_real("x", x), dtype=np.float32)
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
@@ -306,7 +367,7 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy: Any) -> np.ndarray:
-        dy = np.asarray(dy, dtype=np.float32)
+        dy = np.asarray(_real("dy", dy), dtype=np.float32)
         if self._mask is None:
             return dy
         if dy.shape != self._mask.shape:  # broadcasting would scale a wrong-shaped dy silently
@@ -318,7 +379,7 @@ class Dropout(Module):
 
 def log_softmax(logits: Any, axis: int = -1) -> np.ndarray:
     """Numerically stable log-softmax (float32)."""
-    z = np.asarray(logits, dtype=np.float32)
+    z = np.asarray(_real("logits", logits), dtype=np.float32)
     z = z - z.max(axis=axis, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
@@ -389,7 +450,8 @@ def softmax_cross_entropy(
         and logits.flags.c_contiguous
         and logits.flags.writeable
     )
-    z = logits if reuse else np.array(logits, dtype=np.float32, order="C", copy=True)
+    # (one copy: the check converts nothing)
+    z = logits if reuse else np.array(_real("logits", logits), dtype=np.float32, order="C")
     shape = z.shape
     if z.ndim == 0 or shape[-1] == 0:
         raise ValueError(f"logits: expected shape (..., V) with V >= 1, got {shape}")
@@ -436,4 +498,12 @@ class CrossEntropyLoss(Module):
     def backward(self, scale: float = 1.0) -> np.ndarray:
         if self._grad is None:
             raise RuntimeError("CrossEntropyLoss.backward: call forward first")
+        # a real number (or 0-d array): a str was parsed as a number, a complex one truncated
+        try:
+            s = _real("scale", scale)
+        except TypeError:
+            s = None
+        if s is None or s.ndim or s.dtype.kind == "b":
+            got = f"shape {s.shape}" if s is not None and s.ndim else type(scale).__name__
+            raise TypeError(f"scale: expected a real number, got {got}")
         return self._grad if scale == 1.0 else self._grad * np.float32(scale)

@@ -50,6 +50,8 @@ __all__ = [
 ]
 
 _f32 = np.float32
+# The largest step count a state may hold: beta ** step must stay a float (10**400 overflows it)
+_MAX_STEP = 2**63 - 1
 
 
 def _fast(p: Parameter) -> bool:
@@ -65,15 +67,45 @@ def _fast(p: Parameter) -> bool:
     )
 
 
-def _check_grads(what: str, params: list) -> None:
-    """Raise ValueError naming the first parameter whose ``.grad`` is not an array of its shape
-    (None, a scalar, a stale shape), before anything is changed."""
+def _params(params: Any) -> list:
+    """``params`` (an iterable of :class:`Parameter`, or one) as a list, checked: an error
+    naming ``params`` for anything else (None, an array, a module)."""
+    if isinstance(params, Parameter):
+        return [params]
+    try:
+        out = list(params)
+    except TypeError:  # not iterable at all: None, a number, a Module
+        raise TypeError(
+            f"params: expected an iterable of Parameter objects (e.g. model.parameters()), got "
+            f"{type(params).__name__}"
+        ) from None
+    for p in out:
+        if not isinstance(p, Parameter):
+            raise TypeError(f"params: expected Parameter objects, got {type(p).__name__}")
+    return out
+
+
+def _check_grads(what: str, params: list, kinds: str = "fiu", writeable: bool = False) -> None:
+    """Raise naming the first parameter whose ``.grad`` is not an array of its shape (None, a
+    scalar, a stale shape) with a real dtype (``kinds``: NumPy dtype kinds; complex, str and
+    object gradients would raise in the middle of an update, or be truncated) -- and, with
+    ``writeable``, one the caller may write into -- before anything is changed."""
     for i, p in enumerate(params):
-        if not isinstance(p.grad, np.ndarray) or p.grad.shape != p.data.shape:
-            got = p.grad.shape if isinstance(p.grad, np.ndarray) else type(p.grad).__name__
+        g = p.grad
+        if not isinstance(g, np.ndarray) or g.shape != p.data.shape:
+            got = g.shape if isinstance(g, np.ndarray) else type(g).__name__
             raise ValueError(
                 f"{what}: parameter {i}: grad: expected an array of shape {p.data.shape} (the "
                 f"parameter's), got {got}"
+            )
+        if g.dtype.kind not in kinds:
+            raise TypeError(
+                f"{what}: parameter {i}: grad: expected a real floating-point array, got dtype "
+                f"{g.dtype}"
+            )
+        if writeable and not g.flags.writeable:
+            raise ValueError(
+                f"{what}: parameter {i}: grad: expected a writeable array, got a read-only one"
             )
 
 
@@ -98,12 +130,9 @@ class Optimizer:
     def __init__(self, params: Iterable[Parameter], **hyper: Any):
         if isinstance(params, Parameter):
             raise TypeError("params: expected an iterable of Parameter objects, got a Parameter")
-        self.params = list(params)
+        self.params = _params(params)
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
-        for p in self.params:
-            if not isinstance(p, Parameter):
-                raise TypeError(f"params: expected Parameter objects, got {type(p).__name__}")
         if len({id(p) for p in self.params}) != len(self.params):
             warnings.warn(  # as PyTorch: each occurrence is stepped, so the parameter twice
                 "params: a parameter appears more than once; each occurrence is updated "
@@ -144,7 +173,9 @@ class Optimizer:
                 _check_number(k, hyper[k])
         if "betas" in hyper:
             b = hyper["betas"]
-            ok = isinstance(b, (tuple, list)) and len(b) == 2
+            if not isinstance(b, (tuple, list)):  # 0.9 or None: not a pair at all
+                raise TypeError(f"betas: expected two floats in [0, 1), got {b!r}")
+            ok = len(b) == 2
             ok = ok and all(
                 not isinstance(x, bool) and isinstance(x, (int, float, np.integer, np.floating))
                 for x in b
@@ -174,10 +205,11 @@ class Optimizer:
         would before the next backward; optimizers with a fused kernel (Adam, AdamW) do it in
         the same pass over memory as the update, so a training loop saves a pass of its own.
 
-        Every gradient's shape (and that the arrays to write are writeable) is checked first: a
-        bad one raises before any parameter or state changes.
+        Every gradient's shape and (real) dtype, and that the arrays to write are writeable, is
+        checked first: a bad one raises before any parameter or state changes.
         """
-        _check_grads("step", self.params)
+        # (an unsigned gradient is negated by maximize: it would wrap around silently)
+        _check_grads("step", self.params, "fi" if getattr(self, "maximize", False) else "fiu")
         for i, p in enumerate(self.params):
             if not p.data.flags.writeable or (zero_grad and not p.grad.flags.writeable):
                 what = "data" if not p.data.flags.writeable else "grad (zero_grad=True)"
@@ -249,8 +281,24 @@ class Optimizer:
             raise ValueError(
                 f"load_state_dict: hyper: expected the keys {sorted(self._hyper)}, got {got}"
             )
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
-            raise ValueError(f"load_state_dict: step: expected an int >= 0, got {step!r}")
+        # hyper-parameters and step first: state_spec (which arrays must be there) reads them
+        try:
+            self._check_hyper(hyper)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"load_state_dict: hyper: {e}") from None
+        if (
+            not isinstance(step, (int, np.integer))
+            or isinstance(step, bool)
+            or not 0 <= step <= _MAX_STEP
+        ):
+            got = repr(step)
+            got = got if len(got) <= 24 else f"{got[:12]}... ({len(got)} digits)"
+            raise ValueError(
+                f"load_state_dict: step: expected an int >= 0 (below 2**63), got {got}"
+            )
+        initial_lr = sd.get("initial_lr")
+        if initial_lr is not None:
+            initial_lr = _check_number("load_state_dict: initial_lr", initial_lr)
         if not isinstance(arrays, Mapping):
             raise ValueError(
                 f"load_state_dict: arrays: expected a mapping, got {type(arrays).__name__}"
@@ -266,7 +314,10 @@ class Optimizer:
             i = int(i_str)
             if not 0 <= i < len(self.params):
                 raise ValueError(f"load_state_dict: {key}: no parameter {i}")
-            arr = np.asarray(arr)
+            try:
+                arr = np.asarray(arr)
+            except (ValueError, TypeError) as e:  # ragged nesting and the like
+                raise TypeError(f"load_state_dict: {key}: expected a float32 array ({e})") from None
             if arr.shape != self.params[i].data.shape:
                 raise ValueError(
                     f"load_state_dict: {key}: expected shape {self.params[i].data.shape}, "
@@ -281,13 +332,6 @@ class Optimizer:
         missing = [k for k in self.state_spec(hyper, step) if k not in arrays]
         if missing:
             raise ValueError(f"load_state_dict: missing arrays {missing[:6]} (step {step})")
-        try:
-            self._check_hyper(hyper)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"load_state_dict: hyper: {e}") from None
-        initial_lr = sd.get("initial_lr")
-        if initial_lr is not None:
-            initial_lr = _check_number("load_state_dict: initial_lr", initial_lr)
         for k, v in hyper.items():
             setattr(self, k, v)
         self.step_count = int(step)
@@ -364,10 +408,15 @@ class Adam(Optimizer):
         *,
         maximize=False,
     ):
+        if not isinstance(betas, str):
+            try:  # a list, array or generator as a tuple
+                betas = tuple(betas)
+            except TypeError:  # 0.9, None: not a pair; the check names betas
+                pass
         super().__init__(
             params,
             lr=lr,
-            betas=tuple(betas),
+            betas=betas,
             eps=eps,
             weight_decay=weight_decay,
             amsgrad=amsgrad,
@@ -550,11 +599,15 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
     (``params``: an iterable of parameters, or one parameter).
 
     Returns the norm before clipping (PyTorch's ``clip_grad_norm_``: ``coef = max_norm /
-    (norm + 1e-6)``, applied when < 1).
+    (norm + eps)``, ``eps`` 1e-6 as PyTorch's, applied when < 1). Every gradient must be a
+    writeable floating-point array of its parameter's shape, checked before any is scaled.
     """
-    params = [params] if isinstance(params, Parameter) else list(params)  # (as PyTorch's)
+    params = _params(params)  # one Parameter too (as PyTorch's)
     max_norm = _check_number("max_norm", max_norm)  # a negative one would flip the gradients
-    _check_grads("clip_grad_norm", params)
+    eps = _check_number("eps", eps)  # so would a negative eps, when norm + eps < 0
+    if not math.isfinite(eps):
+        raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
+    _check_grads("clip_grad_norm", params, kinds="f", writeable=True)
     # float64 sums in lstm_fast's own kernel: np.dot would wake NumPy's BLAS thread pool, which
     # then spins next to the recurrent kernels' OpenMP team
     total = math.sqrt(
@@ -563,7 +616,8 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
             for p in params
         )
     )
-    coef = max_norm / (total + eps)
+    denom = total + eps
+    coef = max_norm / denom if denom else math.inf  # (eps = 0 and all gradients zero)
     if coef < 1.0:
         for p in params:
             p.grad *= _f32(coef)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .module import Module, Parameter, _as_dtype, _from_torch
+from .module import Module, Parameter, _as_dtype, _from_torch, check_writeable, make_rng
 from .rnn import LSTM, _check_bool, _check_int
 
 __all__ = [
@@ -132,7 +132,7 @@ class Linear(Module):
         in_features = _check_int("in_features", in_features, 0)
         out_features = _check_int("out_features", out_features, 0)
         _check_bool("bias", bias)
-        rng = np.random.default_rng(seed)
+        rng = make_rng(seed)
         bound = 1.0 / math.sqrt(in_features) if in_features else 0.0  # (PyTorch's, for I = 0)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)))
@@ -235,7 +235,7 @@ class Embedding(Module):
                     f"padding_idx: expected None or an int in [-{V}, {V}), got {padding_idx!r}"
                 )
             padding_idx = int(padding_idx) % V  # -1: the last row, as PyTorch stores it
-        rng = np.random.default_rng(seed)
+        rng = make_rng(seed)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
         w = rng.standard_normal((num_embeddings, embedding_dim))
@@ -257,9 +257,23 @@ class Embedding(Module):
         emb.weight.data[...] = weight
         return emb
 
+    def _ready_grads(self) -> None:
+        """weight.grad checked (None: zeros) before a backward writes it; LSTM.backward calls
+        this first when the gradient of forward_embedded's fallback goes to this embedding."""
+        _ready_grads(("weight", "(V, E)", self.weight))
+
     def load_glove(self, path: str, stoi: Mapping[str, int]) -> int:
         """Overwrite the rows of words found in a GloVe-format text file; returns how many."""
         vecs = load_glove(path, stoi, self.embedding_dim)
+        V = self.num_embeddings
+        for w, i in stoi.items():  # every id checked before any row is written
+            if i in vecs and (
+                isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < V
+            ):
+                raise ValueError(
+                    f"stoi: {w!r}: expected an id in [0, V={V}), got {i!r} (nothing was loaded)"
+                )
+        check_writeable("load_glove", {"weight": self.weight})
         for i, v in vecs.items():
             self.weight.data[i] = v
         return len(vecs)
@@ -288,7 +302,7 @@ class Embedding(Module):
                 f"dy: expected shape {out_shape} (the output's) or (N={flat.size}, "
                 f"E={self.embedding_dim}), got {dy.shape}"
             )
-        _ready_grads(("weight", "(V, E)", self.weight))
+        self._ready_grads()
         dy2 = dy.reshape(flat.size, self.embedding_dim)
         g = self.weight.grad
         if _fast_grad(g):
@@ -298,6 +312,14 @@ class Embedding(Module):
         if self.padding_idx is not None:
             self.weight.grad[self.padding_idx] = 0
         return None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_glove(path: str, stoi: Mapping[str, int], dim: Optional[int] = None) -> dict:
@@ -322,7 +344,13 @@ def load_glove(path: str, stoi: Mapping[str, int], dim: Optional[int] = None) ->
                 raise ValueError(f"{path}:{lineno}: expected {dim} values, got {width}")
             idx = stoi.get(parts[0])
             if idx is not None:
-                out[idx] = np.asarray(parts[1:], dtype=np.float32)
+                try:
+                    out[idx] = np.asarray(parts[1:], dtype=np.float32)
+                except ValueError:
+                    bad = next(v for v in parts[1:] if not _is_float(v))
+                    raise ValueError(
+                        f"{path}:{lineno}: expected {dim} numbers, got {bad!r}"
+                    ) from None
     return out
 
 
@@ -341,7 +369,7 @@ class Dropout(Module):
         if not real or not 0.0 <= p <= 1.0:
             raise ValueError(f"p: expected a float in [0, 1], got {p!r}")
         self.p = float(p)
-        self._rng = np.random.default_rng(seed)
+        self._rng = make_rng(seed)
         self._mask: Optional[np.ndarray] = None
 
     def extra_repr(self) -> str:

@@ -940,6 +940,10 @@ class _RNNBase(Module):
         _ready_grads(self)
         if fused_embedding is not None and not frozen and isinstance(fused_embedding, Module):
             _ready_grads(fused_embedding)
+        if emb is not None and not fused:  # the fallback's embedding, before any accumulation
+            ready = getattr(emb, "_ready_grads", None)
+            if callable(ready):
+                ready()
         dh0 = np.zeros((L * D, B, P), np.float32)
         dc0 = np.zeros((L * D, B, H), np.float32) if self._has_cell else None
         grad = np.asarray(dy, np.float32)

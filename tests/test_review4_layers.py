@@ -211,3 +211,47 @@ def test_torch_modules_refuse_a_malformed_hx():
         lft.replace_rnns(None)
     with pytest.raises(TypeError, match=r"restore_rnns: model"):
         lft.restore_rnns([])
+
+
+def test_forward_embedded_fallback_checks_the_embedding_grad_first():
+    """The fallback path (bidirectional) sent dx to Embedding.backward after the layer's own
+    gradients were accumulated: a wrong-shaped embedding gradient failed with the layer's
+    gradients already changed."""
+    ids = np.zeros((4, 2), np.int64)
+    emb = lnn.Embedding(7, 3, seed=0)
+    m = lstm_fast.LSTM(3, 5, bidirectional=True, seed=0)
+    y, _ = m.forward_embedded(ids, emb)
+    emb.weight.grad = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"weight\.grad: expected shape \(V, E\)"):
+        m.backward(np.ones_like(y))
+    assert not any(p.grad.any() for p in m.parameters())
+    emb.weight.grad = None  # starts again from zeros, as the layers' gradients do
+    m.backward(np.ones_like(y))
+    assert emb.weight.grad.shape == (7, 3) and emb.weight.grad.any()
+
+
+def test_load_glove_checks_ids_and_values_first(tmp_path):
+    """An id >= V raised IndexError after other rows were written, a negative id overwrote a
+    row counted from the end, a non-numeric value raised a ValueError naming no file or line."""
+    f = tmp_path / "g.txt"
+    f.write_text("the 0.1 0.2\nfoo 0.3 0.4\n")
+    e = lnn.Embedding(3, 2, seed=0)
+    before = e.weight.data.copy()
+    for bad in (7, -1, 1.0):
+        with pytest.raises(ValueError, match=r"stoi: 'foo': expected an id in \[0, V=3\)"):
+            e.load_glove(str(f), {"the": 1, "foo": bad})
+        np.testing.assert_array_equal(e.weight.data, before)
+    assert e.load_glove(str(f), {"the": 1, "foo": 2}) == 2
+    np.testing.assert_array_equal(e.weight.data[2], np.float32([0.3, 0.4]))
+    f.write_text("the 0.1 0.2\nfoo 0.3 abc\n")
+    with pytest.raises(ValueError, match=r"g\.txt:2: expected 2 numbers, got 'abc'"):
+        lnn.load_glove(str(f), {"foo": 1})
+
+
+def test_small_layers_check_their_seed():
+    with pytest.raises(ValueError, match=r"seed: expected None or an int >= 0, got -1"):
+        lnn.Embedding(3, 2, seed=-1)
+    with pytest.raises(TypeError, match=r"seed: expected None or an int >= 0, got str"):
+        lnn.Linear(3, 2, seed="a")
+    with pytest.raises(TypeError, match=r"seed"):
+        lnn.Dropout(0.5, seed=1.5)

@@ -100,12 +100,25 @@ def featurize(list docs, dict index, bint grow, int char_n, int word_n):
     return indptr, np.asarray(ids, dtype=np.int64)
 
 
-def gather_windows(int32_t[:, ::1] streams, Py_ssize_t start, Py_ssize_t length):
-    """``streams[:, start:start + length].T`` as a C-contiguous (length, B) int64 array."""
-    cdef Py_ssize_t B = streams.shape[0], t, b
-    out = np.empty((length, B), dtype=np.int64)
+def gather_windows(int32_t[:, ::1] streams, start, length):
+    """``streams[:, start:start + length].T`` as a C-contiguous (length, B) int64 array.
+
+    ``start`` and ``length`` are ints with ``0 <= start`` and ``start + length <= n`` (n =
+    ``streams.shape[1]``); anything else raises (the loop below reads without bounds checks).
+    """
+    cdef Py_ssize_t B = streams.shape[0], n = streams.shape[1], t, b, s, L
+    for name, v in (("start", start), ("length", length)):
+        if isinstance(v, bool) or not hasattr(type(v), "__index__"):
+            raise TypeError(f"gather_windows: {name}: expected an int, got {type(v).__name__}")
+    if not (0 <= start <= n and 0 <= length <= n - start):
+        raise ValueError(
+            f"gather_windows: start, length: expected 0 <= start and start + length <= n={n} "
+            f"(the streams' length), got start={start}, length={length}"
+        )
+    s, L = start, length
+    out = np.empty((L, B), dtype=np.int64)
     cdef int64_t[:, ::1] o = out
-    for t in range(length):
+    for t in range(L):
         for b in range(B):
-            o[t, b] = streams[b, start + t]
+            o[t, b] = streams[b, s + t]
     return out

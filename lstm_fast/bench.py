@@ -176,12 +176,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--peak-size",
         type=int,
         metavar="N",
-        help="N for the N x N float32 matmul that measures the peak (default 2048; --quick 1024)",
+        help="N for the N x N float32 matmul that measures the peak, 16 to 8192 "
+        "(default 2048; --quick 1024)",
     )
     t.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="PATH", help="write all raw results as JSON to PATH")
-    o.add_argument("--plot", metavar="PATH.png", help="write a bar chart (needs matplotlib)")
+    o.add_argument(
+        "--plot",
+        metavar="PATH.png",
+        help="write a bar chart (needs matplotlib; a PATH without an extension gets .png)",
+    )
 
 
 # ------------------------------------------------------------------------------------- timing
@@ -476,25 +481,67 @@ def resolve(args: argparse.Namespace) -> Settings:
     )
 
 
+# the peak matmul holds three N x N float32 matrices: 768 MiB at N = 8192
+MAX_PEAK_SIZE = 8192
+
+
+def plot_path(path: str) -> str:
+    """The file matplotlib writes for ``--plot PATH``: PATH, or PATH.png when it has no
+    extension (savefig appends one)."""
+    return path if os.path.splitext(path)[1] else path + ".png"
+
+
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written as a file; None when it can (as far as can be told)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent!r} does not exist"
+    if os.path.isdir(path):
+        return f"expected a file path, got the directory {path!r}"
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"{path!r} is not writable"
+    return None
+
+
 def _check_args(args: argparse.Namespace) -> str | None:
-    """Errors argparse cannot express; None when fine."""
+    """Errors argparse cannot express; None when fine. Checked before anything runs, so a bad
+    option never costs a whole benchmark."""
     if args.budget is not None and not args.budget > 0:
         return f"--budget: expected a positive number of seconds, got {args.budget}"
     if args.repeats is not None and args.repeats < 1:
         return f"--repeats: expected an integer >= 1, got {args.repeats}"
-    if args.peak_size is not None and args.peak_size < 16:
-        return f"--peak-size: expected an integer >= 16, got {args.peak_size}"
-    for opt, path in (("--json", args.json), ("--plot", args.plot)):
-        parent = os.path.dirname(os.path.abspath(path)) if path else None
-        if parent and not os.path.isdir(parent):
-            return f"{opt}: directory {parent!r} does not exist"
+    if args.peak_size is not None and not 16 <= args.peak_size <= MAX_PEAK_SIZE:
+        return (
+            f"--peak-size: expected an integer in [16, {MAX_PEAK_SIZE}] (three N x N float32 "
+            f"matrices), got {args.peak_size}"
+        )
+    if args.threads:
+        from ._core import max_threads
+
+        limit = max_threads()
+        if max(args.threads) > limit:
+            return f"--threads: expected thread counts in [1, {limit}], got {max(args.threads)}"
+    outputs = [("--json", args.json)] + ([("--plot", plot_path(args.plot))] if args.plot else [])
+    for opt, path in outputs:
+        if path:
+            problem = _unwritable(path)
+            if problem:
+                return f"{opt}: {problem}"
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (first: a blocked matplotlib must stay blocked)
+            from matplotlib.backend_bases import FigureCanvasBase
         except ImportError:
             return (
                 "--plot: matplotlib is not installed "
                 "(pip install matplotlib, or the 'bench' extra: pip install 'lstm_fast[bench]')"
+            )
+        ext = os.path.splitext(plot_path(args.plot))[1][1:].lower()
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if ext not in kinds:
+            return (
+                f"--plot: expected an image file matplotlib writes (.png, .svg, .pdf, ...), "
+                f"got {args.plot!r}"
             )
     return None
 
@@ -957,8 +1004,9 @@ def run(args: argparse.Namespace) -> int:
             json.dump(report, f, indent=1)
         print(f"\nwrote {args.json}", file=out)
     if args.plot:
-        write_plot(args.plot, report)
-        print(f"wrote {args.plot}", file=out)
+        png = plot_path(args.plot)
+        write_plot(png, report)
+        print(f"wrote {png}", file=out)
 
     problems = []
     for c in cells:

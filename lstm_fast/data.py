@@ -47,6 +47,18 @@ FORMAT_VERSION = 1
 TEXT_EXTENSIONS = (".txt", ".py", ".md", ".rst", ".tsv", ".csv", ".json", ".c", ".h")
 
 
+def _is_int(v) -> bool:
+    """An int (Python or NumPy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_max_chars(max_chars) -> None:
+    if max_chars is not None and (not _is_int(max_chars) or max_chars < 0):
+        raise (ValueError if _is_int(max_chars) else TypeError)(
+            f"max_chars: expected None or an int >= 0, got {max_chars!r}"
+        )
+
+
 def _cython(use_cython: Optional[bool]) -> bool:
     if use_cython is None:
         return _text is not None
@@ -110,6 +122,13 @@ def featurize(
     for d, doc in enumerate(docs):
         if not isinstance(doc, str):
             raise TypeError(f"docs: expected a sequence of str, got {type(doc).__name__} at {d}")
+    # (the Cython path truncated char_n=1.5 to 1 where the Python one raised)
+    for name, v in (("char_n", char_n), ("word_n", word_n)):
+        if not _is_int(v) or v < 0:
+            raise (ValueError if _is_int(v) else TypeError)(
+                f"{name}: expected an int >= 0, got {v!r}"
+            )
+    char_n, word_n = int(char_n), int(word_n)
     if _cython(use_cython):
         return _text.featurize(docs, index, grow, char_n, word_n)
     return _py_featurize(docs, index, grow, char_n, word_n)
@@ -187,6 +206,10 @@ class Vocab:
                 "(decode it first, e.g. text.decode('utf-8'))"
             )
         if not isinstance(text, str):
+            if not isinstance(text, Iterable):  # list(None) complained about NoneType
+                raise TypeError(
+                    f"text: expected a str or a sequence of str, got {type(text).__name__}"
+                )
             text = list(text)
             for d, doc in enumerate(text):
                 if not isinstance(doc, str):
@@ -274,12 +297,33 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
+        """The vocabulary :meth:`to_dict` describes; content that is not such a description
+        raises ``ValueError`` naming the field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"vocab: expected a dict (Vocab.to_dict()), got {type(d).__name__}")
         if d.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"vocab: expected format_version {FORMAT_VERSION}, got {d.get('format_version')}"
             )
-        n_spec = 1 + int(d["pad"])
-        return cls(d["itos"][n_spec:], level=d["level"], unk=d["unk"], pad=d["pad"])
+        missing = [k for k in ("level", "unk", "pad", "itos") if k not in d]
+        if missing:
+            raise ValueError(f"vocab: missing field(s) {missing}")
+        level, unk, pad, itos = d["level"], d["unk"], d["pad"], d["itos"]
+        if level not in ("char", "word"):
+            raise ValueError(f"vocab: level: expected 'char' or 'word', got {level!r}")
+        if not isinstance(unk, str):
+            raise ValueError(f"vocab: unk: expected a str, got {type(unk).__name__}")
+        if not isinstance(pad, bool):
+            raise ValueError(f"vocab: pad: expected true or false, got {pad!r}")
+        if not isinstance(itos, list) or not all(isinstance(t, str) for t in itos):
+            raise ValueError("vocab: itos: expected a list of str")
+        specials = [unk] + (["<pad>"] if pad else [])
+        if itos[: len(specials)] != specials:  # else every id would shift silently
+            raise ValueError(
+                f"vocab: itos: expected to start with the special tokens {specials}, "
+                f"got {itos[: len(specials)]}"
+            )
+        return cls(itos[len(specials) :], level=level, unk=unk, pad=pad)
 
     def save(self, path) -> None:
         tmp = f"{path}.tmp{os.getpid()}"
@@ -289,8 +333,17 @@ class Vocab:
 
     @classmethod
     def load(cls, path) -> Vocab:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """A vocabulary saved by :meth:`save`; a file that is not one raises ``ValueError``
+        naming ``path``."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a vocabulary (JSON) file: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 # -- corpora ------------------------------------------------------------------------------------
@@ -302,6 +355,7 @@ def _read(path: Path) -> str:
 def default_corpus(max_chars: Optional[int] = 2_000_000) -> str:
     """The Python standard library's own ``.py`` sources (sorted paths; no tests, no
     site-packages), concatenated up to ``max_chars`` characters."""
+    _check_max_chars(max_chars)
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
     files = sorted(
@@ -332,7 +386,9 @@ def load_corpus(
     extensions: Sequence[str] = TEXT_EXTENSIONS,
 ) -> str:
     """Text of a file, of every text file under a directory (sorted, recursive, joined by
-    newlines), or of the default corpus (``default=True`` or ``path=None``)."""
+    newlines), or of the default corpus (``default=True`` or ``path=None``); at most
+    ``max_chars`` characters (None: all; the default corpus: 2,000,000)."""
+    _check_max_chars(max_chars)  # a negative one sliced characters off the end
     if default or path is None:
         return default_corpus(max_chars if max_chars is not None else 2_000_000)
     p = Path(path)
@@ -355,6 +411,11 @@ def ids_digest(ids: np.ndarray) -> str:
 def train_val_split(ids: np.ndarray, val_fraction: float = 0.05):
     """``(train, val)``: the last ``val_fraction`` of the ids held out (contiguous, so the
     validation text is text the model never saw)."""
+    real = isinstance(val_fraction, (int, float, np.integer, np.floating))
+    if not real or isinstance(val_fraction, (bool, np.bool_)):
+        raise TypeError(
+            f"val_fraction: expected a float in [0, 1), got {type(val_fraction).__name__}"
+        )
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a float in [0, 1), got {val_fraction}")
     n_val = int(round(len(ids) * val_fraction))
@@ -421,7 +482,9 @@ class BPTTBatcher:
         return self.B * self.T
 
     def window(self, k: int):
-        k %= self.num_windows
+        if not _is_int(k):  # "1" % n was string formatting; 1.5 a float start
+            raise TypeError(f"k: expected an int window index, got {type(k).__name__}")
+        k = int(k) % self.num_windows
         s = k * self.T
         t = min(self.T, self.n - s)
         if self._cy:
@@ -467,6 +530,10 @@ def read_tsv(path, max_rows: Optional[int] = None):
                     continue
                 raise ValueError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
             first = False
+            if not -(2**63) <= label < 2**63:  # np.array(labels, int64) overflowed unnamed
+                raise ValueError(
+                    f"{path}:{lineno}: label {lab!r} is outside the int64 range [-2**63, 2**63)"
+                )
             labels.append(label)
             texts.append(text)
     return np.array(labels, dtype=np.int64), texts

@@ -25,6 +25,22 @@ def set_threads(args) -> None:
             raise SystemExit(2) from None
 
 
+def option_names(args, **overrides) -> dict:
+    """``{setting: option}`` for the options of ``args`` (``hidden_size`` -> ``--hidden-size``),
+    with ``overrides`` (``out_dir="--out"``, a positional's metavar)."""
+    names = {k: "--" + k.replace("_", "-") for k in vars(args) if not k.startswith("_")}
+    names.update(overrides)
+    return names
+
+
+def in_option_terms(error: BaseException, names: dict) -> str:
+    """An error message that starts with a setting's name (``hidden_size: expected ...``, as the
+    models' configs raise them) with the option's name instead (``--hidden-size: ...``)."""
+    msg = str(error)
+    name, sep, rest = msg.partition(": ")
+    return f"{names[name]}: {rest}" if sep and name in names else msg
+
+
 def int_at_least(lo: int):
     """argparse type: an int >= lo."""
     import argparse

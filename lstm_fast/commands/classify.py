@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_common, emit_json, int_at_least, set_threads
+from . import add_common, emit_json, in_option_terms, int_at_least, option_names, set_threads
 
 
 def _fraction(text: str) -> float:
@@ -73,14 +73,15 @@ def add_arguments(parser) -> None:
         "--level",
         default=d.level,
         choices=["char", "word"],
-        help="tokens: characters (Korean syllables) or words (default %(default)s)",
+        help="tokens: characters (Korean syllables) or words; --level word takes no --bigrams "
+        "or --words (default %(default)s)",
     )
     t.add_argument(
         "--bigrams",
         action=argparse.BooleanOptionalAction,
-        default=d.bigrams,
-        help="add a character-bigram embedding to each character's (--level char; "
-        "default %(default)s)",
+        default=None,
+        help="add a character-bigram embedding to each character's (default: on with "
+        "--level char; --level word has no bigrams, and --bigrams with it is an error)",
     )
     t.add_argument(
         "--bigram-dropout",
@@ -181,8 +182,9 @@ def run(args) -> int:
     from ..models.classifier import ClassifierConfig, evaluate_classifier, train_classifier
 
     set_threads(args)
-    try:
-        if args.action == "train":
+    names = option_names(args, out_dir="--out", train_tsv="TSV", val_tsv="--val")
+    if args.action == "train":
+        try:  # every setting is checked here, before anything is read or written
             cfg = ClassifierConfig(
                 embed_size=args.embed_size,
                 hidden_size=args.hidden_size,
@@ -211,6 +213,11 @@ def run(args) -> int:
                 seed=args.seed,
                 max_rows=args.max_rows,
             )
+        except ValueError as e:
+            print(f"classify: {in_option_terms(e, names)}", file=sys.stderr)
+            return 2
+    try:
+        if args.action == "train":
             res = train_classifier(
                 args.tsv,
                 args.out,
@@ -221,8 +228,8 @@ def run(args) -> int:
             )
         else:
             res = evaluate_classifier(args.dir, args.tsv)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"classify: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # OSError: --out is a file, an unreadable TSV, ...
+        print(f"classify: {in_option_terms(e, names)}", file=sys.stderr)
         return 1
     if res["accuracy"] is None:  # --val-fraction 0: nothing held out
         print("accuracy: no validation data (BiLSTM and Naive Bayes trained on every row)")

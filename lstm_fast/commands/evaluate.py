@@ -26,7 +26,7 @@ def run(args) -> int:
     try:
         model, vocab, _, _ = load_charlm(args.dir)
         text = load_corpus(args.text, max_chars=args.max_chars)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 1
     ids = vocab.encode(text)

@@ -7,7 +7,7 @@ with --feature (default in_quote) is shown."""
 
 from __future__ import annotations
 
-from . import add_common, emit_json, set_threads
+from . import add_common, emit_json, int_at_least, set_threads
 
 
 def add_arguments(parser) -> None:
@@ -23,9 +23,15 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--feature", default="in_quote", help="feature whose best unit is rendered without --cell"
     )
-    parser.add_argument("--max-chars", type=int, default=20000, help="characters read")
-    parser.add_argument("--top", type=int, default=3, help="units listed per feature")
-    parser.add_argument("--png-chars", type=int, default=2000, help="characters drawn in the PNG")
+    parser.add_argument(
+        "--max-chars", type=int_at_least(1), default=20000, help="characters read (>= 1)"
+    )
+    parser.add_argument(
+        "--top", type=int_at_least(1), default=3, help="units listed per feature (>= 1)"
+    )
+    parser.add_argument(
+        "--png-chars", type=int_at_least(1), default=2000, help="characters drawn in the PNG"
+    )
     parser.add_argument(
         "--png-start",
         type=int,
@@ -36,6 +42,20 @@ def add_arguments(parser) -> None:
     add_common(parser)
 
 
+def _output_problem(path) -> str | None:
+    """Why ``path`` cannot be written as a file (None when it can, as far as can be told)."""
+    import os
+
+    if path.is_dir():
+        return f"expected a file path, got the directory {str(path)!r}"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"directory {str(parent)!r} does not exist"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{str(path)!r} is not writable"
+    return None
+
+
 def run(args) -> int:
     import sys
     from pathlib import Path
@@ -44,21 +64,43 @@ def run(args) -> int:
     from ..models import inspect as ins
     from ..models.charlm import load_charlm
 
+    def usage_error(msg: str) -> int:
+        print(f"inspect: {msg}", file=sys.stderr)
+        return 2
+
     set_threads(args)
+    out = Path(args.out)
+    png_out = out.with_suffix(".png")
+    if png_out == out:  # the PNG would overwrite the HTML
+        return usage_error(f"--out: expected an .html path (the PNG goes beside it), got {out}")
+    # everything is checked before the activations are recorded or a file is written
+    for opt, path in (("--out", out), ("--out (its .png)", png_out)):
+        problem = _output_problem(path)
+        if problem:
+            return usage_error(f"{opt}: {problem}")
     try:
         model, vocab, _, _ = load_charlm(args.dir)
         text = load_corpus(args.text, max_chars=args.max_chars)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"inspect: {e}", file=sys.stderr)
         return 1
-    acts = ins.record_activations(model, vocab, text)
-    feats = ins.text_features(text)
-    if args.feature not in feats:
+    if len(text) < 2:  # correlations need two characters (an empty text crashed a reshape)
         print(
-            f"inspect: --feature: expected one of {sorted(feats)}, got {args.feature}",
+            f"inspect: {args.text}: expected at least 2 characters, got {len(text)}",
             file=sys.stderr,
         )
-        return 2
+        return 1
+    L, H = model.config["num_layers"], model.config["hidden_size"]
+    if args.cell is not None and not 0 <= args.cell < 2 * L * H:
+        return usage_error(f"--cell: expected 0 <= N < {2 * L * H}, got {args.cell}")
+    if not 0 <= args.png_start < len(text):
+        return usage_error(
+            f"--png-start: expected 0 <= N < {len(text)} (characters read), got {args.png_start}"
+        )
+    feats = ins.text_features(text)
+    if args.feature not in feats:
+        return usage_error(f"--feature: expected one of {sorted(feats)}, got {args.feature}")
+    acts = ins.record_activations(model, vocab, text)
     ranking = ins.rank_cells(acts, feats, args.top)
     for name, rows in ranking.items():
         best = ", ".join(
@@ -66,25 +108,17 @@ def run(args) -> int:
         )
         print(f"{name:>17}: {best}")
     index = args.cell if args.cell is not None else ranking[args.feature][0]["index"]
-    L, H = acts["c"].shape[1:]
-    if not 0 <= index < 2 * L * H:
-        print(f"inspect: --cell: expected 0 <= N < {2 * L * H}, got {index}", file=sys.stderr)
-        return 2
-    if not 0 <= args.png_start < len(text):
-        print(
-            f"inspect: --png-start: expected 0 <= N < {len(text)} (characters read), "
-            f"got {args.png_start}",
-            file=sys.stderr,
-        )
-        return 2
     values = ins.unit_series(acts, index)
     r = {k: float(ins._corr(values[:, None].astype(float), f)[0]) for k, f in feats.items()}
     kind = "c" if index < L * H else "h"
     title = f"unit #{index} ({kind}, layer {(index % (L * H)) // H}, unit {index % H})"
-    out = Path(args.out)
-    out.write_text(ins.render_html(text, values, title), encoding="utf-8")
-    window = slice(args.png_start, args.png_start + args.png_chars)
-    png = ins.render_png(out.with_suffix(".png"), text[window], values[window], title)
+    try:
+        out.write_text(ins.render_html(text, values, title), encoding="utf-8")
+        window = slice(args.png_start, args.png_start + args.png_chars)
+        png = ins.render_png(png_out, text[window], values[window], title)
+    except OSError as e:
+        print(f"inspect: --out: {e}", file=sys.stderr)
+        return 1
     print(f"unit #{index}: {out} and {png}")
     emit_json(
         args,

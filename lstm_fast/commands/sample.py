@@ -24,7 +24,9 @@ def add_arguments(parser) -> None:
         help="sample among the k most likely characters (0: all)",
     )
     parser.add_argument("--prime", default="\n", help="text fed to the model first")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the draws (default %(default)s)"
+    )
     add_common(parser)
 
 
@@ -37,7 +39,7 @@ def run(args) -> int:
     set_threads(args)
     try:
         model, vocab, _, _ = load_charlm(args.dir)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"sample: {e}", file=sys.stderr)
         return 1
     t = time.perf_counter()

@@ -8,7 +8,7 @@ the run stopped (the checkpoint's configuration wins; only --steps may be raised
 
 from __future__ import annotations
 
-from . import add_common, emit_json, set_threads
+from . import add_common, emit_json, in_option_terms, int_at_least, option_names, set_threads
 
 
 def add_arguments(parser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory")
     parser.add_argument(
         "--max-chars",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="use at most this many characters of the corpus (default corpus: 2,000,000)",
     )
@@ -74,24 +74,29 @@ def run(args) -> int:
         print("train: give CORPUS (a file or directory) or --default-corpus", file=sys.stderr)
         return 2
     set_threads(args)
-    cfg = TrainConfig(
-        corpus=None if args.default_corpus else args.corpus,
-        max_chars=args.max_chars,
-        embed_size=args.embed_size,
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        dropout=args.dropout,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        clip=args.clip,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every,
-    )
+    names = option_names(args, corpus="CORPUS", out_dir="--out")
+    try:  # every setting is checked here, before anything is read or written
+        cfg = TrainConfig(
+            corpus=None if args.default_corpus else args.corpus,
+            max_chars=args.max_chars,
+            embed_size=args.embed_size,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            dropout=args.dropout,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            clip=args.clip,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            val_every=args.val_every,
+            checkpoint_every=args.checkpoint_every,
+        )
+    except ValueError as e:
+        print(f"train: {in_option_terms(e, names)}", file=sys.stderr)
+        return 2
     try:
         res = train_charlm(
             cfg,
@@ -102,8 +107,8 @@ def run(args) -> int:
         )
     except KeyboardInterrupt:
         return 130
-    except (FileNotFoundError, ValueError) as e:
-        print(f"train: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # OSError: --out is a file, an unreadable corpus, ...
+        print(f"train: {in_option_terms(e, names)}", file=sys.stderr)
         return 1
 
     def fmt(v, spec):  # None when nothing was measured (no step run: --steps reached)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
+import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +20,8 @@ import numpy as np
 from .. import data as _data
 from ..module import Module
 from ..nn import LSTM, Dropout, Embedding, Linear, _rng_state, _set_rng_state, softmax_cross_entropy
-from ..optim import clip_grad_norm, make_optimizer
+from ..optim import _OPTIMIZERS, clip_grad_norm, make_optimizer
+from ._args import check_choice, check_float, check_int
 from .checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -74,6 +78,16 @@ class CharLM(Module):
         seed: int = 0,
     ):
         super().__init__()
+        # checked here, so the errors name these arguments (not the layers' input_size, p, ...)
+        for name, v in (
+            ("vocab_size", vocab_size),
+            ("embed_size", embed_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+        ):
+            check_int(name, v, 1)
+        check_float("dropout", dropout, 0.0, 1.0)
+        check_int("seed", seed, 0)
         self.config = dict(
             vocab_size=int(vocab_size),
             embed_size=int(embed_size),
@@ -135,7 +149,11 @@ class CharLM(Module):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Hyper-parameters of a char-LM run (saved in the checkpoint)."""
+    """Hyper-parameters of a char-LM run (saved in the checkpoint).
+
+    Every field is checked when the config is made (and again by :func:`train_charlm`, before
+    anything is read or written): a bad value raises ``ValueError`` naming the field.
+    """
 
     corpus: Optional[str] = None  # a text file or a directory; None: the default corpus
     max_chars: Optional[int] = None  # cap on the corpus (default corpus: 2,000,000)
@@ -154,6 +172,30 @@ class TrainConfig:
     val_every: int = 200
     val_max_chars: int = 200_000
     checkpoint_every: int = 200
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field with a bad value."""
+        if self.corpus is not None:
+            if not isinstance(self.corpus, (str, os.PathLike)):
+                raise ValueError(
+                    f"corpus: expected None or a path, got {type(self.corpus).__name__}"
+                )
+            self.corpus = os.fspath(self.corpus)  # (saved as JSON in the checkpoint)
+        # (stored as plain ints and floats: NumPy scalars would fail the checkpoint's JSON)
+        self.max_chars = check_int("max_chars", self.max_chars, 1, optional=True)
+        for name in ("embed_size", "hidden_size", "num_layers", "seq_len", "batch_size"):
+            setattr(self, name, check_int(name, getattr(self, name), 1))
+        for name in ("steps", "seed", "val_every", "val_max_chars", "checkpoint_every"):
+            setattr(self, name, check_int(name, getattr(self, name), 0))
+        self.dropout = check_float("dropout", self.dropout, 0.0, 1.0)
+        self.lr = check_float("lr", self.lr, 0.0)
+        self.clip = check_float("clip", self.clip, 0.0, finite=False)  # 0: off; inf: never clips
+        self.val_fraction = check_float("val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True)
+        if not isinstance(self.optimizer, str) or self.optimizer.lower() not in _OPTIMIZERS:
+            check_choice("optimizer", self.optimizer, sorted(_OPTIMIZERS))  # raises
 
 
 def _checkpoint_arrays(model, opt, state, hist) -> dict:
@@ -201,6 +243,7 @@ def load_charlm(path):
     with interpreting(p, "__meta__ of a charlm checkpoint"):
         vocab = _data.Vocab.from_dict(meta["vocab"])
         mc = meta["model"]
+        _check_sizes(p, mc, arrays, len(vocab))  # before the model they describe is built
         model = CharLM(
             mc["vocab_size"],
             mc["embed_size"],
@@ -209,13 +252,32 @@ def load_charlm(path):
             mc["dropout"],
             seed=meta["config"]["seed"],
         )
-        if len(vocab) != model.config["vocab_size"]:
-            raise ValueError(
-                f"vocab: expected {model.config['vocab_size']} tokens (the model's vocab_size), "
-                f"got {len(vocab)}"
-            )
     restore_module(p, model, arrays)
     return model, vocab, meta, arrays
+
+
+def _check_sizes(path, mc: dict, arrays: dict, vocab_size: int) -> None:
+    """The model sizes of a checkpoint's ``__meta__`` must be those of its stored arrays, checked
+    before the model is built: a corrupt ``hidden_size=200000`` allocated terabytes (a
+    MemoryError), ``num_layers=10**7`` built layers for hours. Raises :class:`CheckpointError`."""
+    if not isinstance(mc, dict):
+        raise ValueError(f"model: expected an object, got {type(mc).__name__}")
+    V, E, H, L = (
+        check_int(f"model.{k}", mc[k], 1)
+        for k in ("vocab_size", "embed_size", "hidden_size", "num_layers")
+    )
+    if vocab_size != V:
+        raise ValueError(f"vocab: expected {V} tokens (the model's vocab_size), got {vocab_size}")
+    stored = sum(1 for k in arrays if re.fullmatch(r"param/rnn\.weight_hh_l\d+", k))
+    if stored != L:
+        raise CheckpointError(
+            f"{os.fspath(path)}: model.num_layers: expected {stored} (the LSTM layers stored), "
+            f"got {L}"
+        )
+    f32 = np.float32
+    want = {"embedding.weight": ((V, E), f32), "decoder.weight": ((V, H), f32)}
+    want.update({f"rnn.weight_hh_l{k}": ((4 * H, H), f32) for k in range(L)})
+    check_arrays(path, arrays, want, prefix="param/", strict=False)
 
 
 def _restore_training(path, meta, arrays, model: CharLM, opt, batch_size: int):
@@ -321,8 +383,12 @@ def train_charlm(
     weights an uninterrupted run would have. ``on_step(step, bpc)`` is called after every step;
     a KeyboardInterrupt (Ctrl-C, or raised by it) writes a checkpoint at the current step first.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
+    cfg.validate()  # (a field may have been changed since the config was made)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():  # mkdir raised FileExistsError
+        raise NotADirectoryError(f"out_dir: expected a run directory, got the file {str(out)!r}")
     ckpt = out / CHECKPOINT
     arrays = meta = None
     if resume and ckpt.exists():
@@ -358,6 +424,7 @@ def train_charlm(
     if meta is not None:
         state, hist, step = _restore_training(ckpt, meta, arrays, model, opt, cfg.batch_size)
         log(f"resumed from step {step}")
+    out.mkdir(parents=True, exist_ok=True)  # everything checked: only now is anything written
     model.train()
     params = list(model.parameters())
     V = len(vocab)
@@ -468,6 +535,7 @@ class Sampler:
     """
 
     def __init__(self, model: CharLM, *, seed: Optional[int] = 0, exclude: tuple = (0,)):
+        check_int("seed", seed, 0, optional=True)  # NumPy's error named no argument
         mc = model.config
         L, H, V = mc["num_layers"], mc["hidden_size"], mc["vocab_size"]
         self.L, self.H, self.V = L, H, V
@@ -510,6 +578,10 @@ class Sampler:
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; returns the (preallocated) logits of the next one."""
+        try:
+            token = operator.index(token)  # 1.5 reached NumPy's indexing error
+        except TypeError:
+            raise TypeError(f"token: expected an int id, got {type(token).__name__}") from None
         if not 0 <= token < self.V:  # a negative id would wrap around the table silently
             raise IndexError(f"token: expected an id in [0, V={self.V}), got {token}")
         H, g = self.H, self.gates

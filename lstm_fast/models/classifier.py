@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import time
 from collections import Counter
@@ -18,7 +19,15 @@ from .. import data as _data
 from ..module import Module
 from ..nn import LSTM, Dropout, Embedding, Linear, log_softmax, softmax_cross_entropy
 from ..optim import CosineLR, clip_grad_norm, make_optimizer
-from .checkpoint import CheckpointError, interpreting, load_npz, restore_module, save_npz
+from ._args import check_bool, check_choice, check_float, check_int
+from .checkpoint import (
+    CheckpointError,
+    check_arrays,
+    interpreting,
+    load_npz,
+    restore_module,
+    save_npz,
+)
 from .naive_bayes import NaiveBayes
 
 __all__ = [
@@ -98,6 +107,18 @@ class SequenceClassifier(Module):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+        # checked here, so the errors name these arguments (not the layers' input_size, p, ...)
+        for name, v, lo in (
+            ("vocab_size", vocab_size, 1),
+            ("num_classes", num_classes, 1),
+            ("embed_size", embed_size, 1),
+            ("hidden_size", hidden_size, 1),
+            ("bigram_vocab_size", bigram_vocab_size, 0),
+            ("seed", seed, 0),
+        ):
+            check_int(name, v, lo)
+        check_float("dropout", dropout, 0.0, 1.0)
+        check_float("embed_dropout", embed_dropout, 0.0, 1.0)
         self.config = dict(
             vocab_size=int(vocab_size),
             num_classes=int(num_classes),
@@ -289,14 +310,15 @@ class ClassifierConfig:
     ``lr * min_lr_factor`` at the last epoch) and stops early when the validation accuracy has not
     improved for ``patience`` epochs; the weights saved are those of the best validation epoch.
 
-    With ``bigrams`` (``level="char"`` only), each character's embedding is summed with that of
-    the character bigram starting at it (bigrams seen ``bigram_min_freq`` times in training; the
-    rest share the unknown row); with ``words`` too, also with that of the whitespace word it
-    belongs to (one shared feature table). ``bigram_dropout`` replaces that fraction of the
-    known bigrams by the unknown one in each training batch, so the model does not lean on
-    bigrams it will often not know at test time. With ``ema > 0``, an exponential moving average
-    of the weights (decay ``ema``, warmed up as ``min(ema, (1 + n) / (10 + n))`` after n steps)
-    is what is validated and saved.
+    With ``bigrams`` (``level="char"`` only: the default, None, means on for ``"char"`` and off
+    for ``"word"``; ``True`` with ``"word"`` is refused), each character's embedding is summed
+    with that of the character bigram starting at it (bigrams seen ``bigram_min_freq`` times in
+    training; the rest share the unknown row); with ``words`` too (which needs ``bigrams``), also
+    with that of the whitespace word it belongs to (one shared feature table). ``bigram_dropout``
+    replaces that fraction of the known bigrams by the unknown one in each training batch, so the
+    model does not lean on bigrams it will often not know at test time. With ``ema > 0``, an
+    exponential moving average of the weights (decay ``ema``, warmed up as
+    ``min(ema, (1 + n) / (10 + n))`` after n steps) is what is validated and saved.
 
     With ``ensemble = K > 1``, K classifiers are trained one after the other on the same split
     and vocabularies, member k seeded with ``seed + 1000 k`` (initial weights, batch order,
@@ -317,7 +339,7 @@ class ClassifierConfig:
     embed_dropout: float = 0.2
     level: str = "char"
     min_freq: int = 2
-    bigrams: bool = True
+    bigrams: Optional[bool] = None  # None: level == "char"
     bigram_min_freq: int = 2
     words: bool = False
     bigram_dropout: float = 0.3
@@ -343,29 +365,67 @@ class ClassifierConfig:
     ensemble: int = 1
 
     def __post_init__(self):
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("max_len", 1), ("patience", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field with a bad value (every field is checked
+        when the config is made, and again by :func:`train_classifier` before any work)."""
+        for name, lo in (
+            ("embed_size", 1),
+            ("hidden_size", 1),
+            ("max_len", 1),
+            ("batch_size", 1),
+            ("epochs", 1),
+            ("patience", 0),
+            ("min_freq", 0),
+            ("bigram_min_freq", 0),
+            ("seed", 0),
+            ("nb_char_n", 0),
+            ("nb_word_n", 0),
+            ("lm_steps", 0),
+            ("lm_seq_len", 1),
+            ("lm_batch_size", 1),
+            ("lm_max_epochs", 1),
+            ("ensemble", 1),
+        ):
+            setattr(self, name, check_int(name, getattr(self, name), lo))
+        self.max_rows = check_int("max_rows", self.max_rows, 0, optional=True)
+        check_choice("pool", self.pool, POOLS)
+        check_choice("level", self.level, ("char", "word"))
+        for name in ("dropout", "embed_dropout", "bigram_dropout", "min_lr_factor"):
+            setattr(self, name, check_float(name, getattr(self, name), 0.0, 1.0))
         # a negative EMA decay would average the weights into garbage, silently
-        for name, hi, closed in (("ema", 1.0, False), ("bigram_dropout", 1.0, True)):
-            v = getattr(self, name)
-            real = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            if not real or not (0.0 <= v <= hi if closed else 0.0 <= v < hi):
-                span = f"[0, {hi:g}]" if closed else f"[0, {hi:g})"
-                raise ValueError(f"{name}: expected a float in {span}, got {v!r}")
-        k = self.ensemble
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"ensemble: expected an int >= 1, got {k!r}")
-        self.ensemble = int(k)
-        e = self.lm_max_epochs
-        if not isinstance(e, (int, np.integer)) or isinstance(e, bool) or e < 1:
-            raise ValueError(f"lm_max_epochs: expected an int >= 1, got {e!r}")
+        self.ema = check_float("ema", self.ema, 0.0, 1.0, hi_open=True)
+        self.lr = check_float("lr", self.lr, 0.0)
+        self.weight_decay = check_float("weight_decay", self.weight_decay, 0.0)
+        self.clip = check_float("clip", self.clip, 0.0, finite=False)  # 0: off
+        v = self.val_fraction
+        real = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        if not real or not 0.0 <= v < 1.0:
+            raise ValueError(f"val_fraction: expected 0 <= val_fraction < 1, got {v!r}")
+        self.val_fraction = float(v)
         if self.lm_corpus is not None:
-            self.lm_corpus = str(self.lm_corpus)
-        if not 0.0 <= self.val_fraction < 1.0:
+            if not isinstance(self.lm_corpus, (str, os.PathLike)):
+                raise ValueError(
+                    f"lm_corpus: expected None or a path, got {type(self.lm_corpus).__name__}"
+                )
+            self.lm_corpus = os.fspath(self.lm_corpus)
+        # bigrams are character bigrams: a word-level run never worked with them (it failed
+        # after the Naive Bayes baseline was trained and saved); unset means "with char level"
+        if self.bigrams is None:
+            self.bigrams = self.level == "char"
+        check_bool("bigrams", self.bigrams)
+        self.bigrams = bool(self.bigrams)
+        if self.bigrams and self.level != "char":
             raise ValueError(
-                f"val_fraction: expected 0 <= val_fraction < 1, got {self.val_fraction!r}"
+                f"bigrams: expected level 'char' (character bigrams), got level {self.level!r}"
+            )
+        check_bool("words", self.words)
+        self.words = bool(self.words)
+        if self.words and not self.bigrams:  # was silently ignored
+            raise ValueError(
+                "words: expected bigrams on (the word feature shares the bigram embedding), "
+                "got bigrams off"
             )
 
 
@@ -573,8 +633,14 @@ def train_classifier(
     """Train the BiLSTM classifier and the Naive Bayes baseline on the same training split;
     report both accuracies on the validation split (``val_tsv``, or the held-out tail of a
     seeded shuffle of ``train_tsv``)."""
+    if not isinstance(cfg, ClassifierConfig):
+        raise TypeError(f"cfg: expected a ClassifierConfig, got {type(cfg).__name__}")
+    cfg.validate()  # (a field may have been changed since the config was made)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():  # mkdir raised FileExistsError
+        raise NotADirectoryError(f"out_dir: expected a run directory, got the file {str(out)!r}")
+    # every input is read before any work, and nothing is written until the end: a failed
+    # retrain into an existing run directory left it half-replaced (a new naive_bayes.npz)
     labels, texts = _data.read_tsv(train_tsv, cfg.max_rows)
     if not len(texts):
         raise ValueError(f"{train_tsv}: expected at least one 'label<TAB>text' row, got none")
@@ -598,30 +664,29 @@ def train_classifier(
     classes = np.unique(np.concatenate([labels, vlabels]))
     labels, vlabels = _class_index(classes, labels), _class_index(classes, vlabels)
     C = len(classes)
+    lm_lines = None
+    if cfg.lm_steps > 0 and cfg.lm_corpus is not None:
+        lm_lines = [t for t in _data.load_corpus(cfg.lm_corpus).splitlines() if t.strip()]
     t0 = time.perf_counter()
     nb = NaiveBayes(char_n=cfg.nb_char_n, word_n=cfg.nb_word_n).fit(texts, labels)
     nb_acc = nb.accuracy(vtexts, vlabels) if len(vtexts) else None
     nb_seconds = time.perf_counter() - t0
-    nb.save(out / NB_FILE)
     log(f"naive bayes: validation accuracy {nb_acc} ({nb_seconds:.1f} s)")
 
     vocab = _data.Vocab.build(texts, level=cfg.level, min_freq=cfg.min_freq, pad=True)
     seqs = _encode_all(vocab, texts, cfg.max_len)
     vseqs = _encode_all(vocab, vtexts, cfg.max_len)
     bvocab = bseqs = vbseqs = None
-    if cfg.bigrams:
-        if cfg.level != "char":
-            raise ValueError(f"bigrams: expected level 'char' with bigrams, got {cfg.level!r}")
+    if cfg.bigrams:  # (level "char": checked by cfg.validate())
         bvocab = build_bigram_vocab(texts, cfg.bigram_min_freq, cfg.words)
         bseqs = _encode_bigrams(bvocab, texts, cfg.max_len, cfg.words)
         vbseqs = _encode_bigrams(bvocab, vtexts, cfg.max_len, cfg.words)
         log(f"vocabulary: {len(vocab)} characters, {len(bvocab)} bigrams")
     lm_seqs = seqs
-    if cfg.lm_steps > 0 and cfg.lm_corpus is not None:
-        lines = [t for t in _data.load_corpus(cfg.lm_corpus).splitlines() if t.strip()]
-        lm_seqs = seqs + [vocab.encode(t) for t in lines]
+    if lm_lines is not None:
+        lm_seqs = seqs + [vocab.encode(t) for t in lm_lines]
         log(
-            f"lm pretraining corpus: {len(seqs)} training texts + {len(lines)} lines of "
+            f"lm pretraining corpus: {len(seqs)} training texts + {len(lm_lines)} lines of "
             f"{cfg.lm_corpus}"
         )
     V2 = len(bvocab) if bvocab is not None else 0
@@ -678,7 +743,9 @@ def train_classifier(
     arrays = {}
     for k, m in enumerate(members):
         arrays.update({_member_prefix(k) + n: v for n, v in m.state_dict().items()})
+    out.mkdir(parents=True, exist_ok=True)
     save_npz(out / CHECKPOINT, arrays, meta)
+    nb.save(out / NB_FILE)
     train_time = sum(r["train_seconds"] for r in runs)
     n_seen = sum(r["n_seen"] for r in runs)
     res = {
@@ -855,6 +922,7 @@ def load_classifier(path):
         K = meta.get("ensemble", 1)
         if not isinstance(K, int) or isinstance(K, bool) or K < 1:
             raise ValueError(f"ensemble: expected an int >= 1, got {K!r}")
+        _check_sizes(ck, mc, K, arrays)  # before the K models it describes are built
         members = [
             SequenceClassifier(
                 mc["vocab_size"],
@@ -892,15 +960,43 @@ def load_classifier(path):
             )
     for k, m in enumerate(members):
         restore_module(ck, m, arrays, prefix=_member_prefix(k))
-    extra = sorted({n.split("/")[0] for n in arrays if n.startswith("member")})
-    want = [_member_prefix(k)[:-1] for k in range(1, K)]
-    if extra != sorted(want):
-        raise CheckpointError(
-            f"{ck}: expected ensemble members {want or 'none'} (ensemble={K}), got "
-            f"{extra or 'none'}"
-        )
     nb = NaiveBayes.load(p / NB_FILE) if (p / NB_FILE).exists() else None
     return (model if K == 1 else ClassifierEnsemble(members)), vocab, nb, meta
+
+
+def _check_sizes(ck, mc: dict, K: int, arrays: dict) -> None:
+    """The ensemble size and model sizes of a classifier checkpoint's ``__meta__`` must be those
+    of its stored arrays, checked before the models are built (a corrupt ``hidden_size`` or
+    ``ensemble`` would allocate or build without bound). Raises :class:`CheckpointError`."""
+    stored = {n.split("/")[0] + "/" for n in arrays if n.startswith("member")}
+    if len(stored) != K - 1 or not all(_member_prefix(k) in stored for k in range(1, K)):
+
+        def show(names: list, n: int) -> str:  # a corrupt ensemble=10**6: not a 10 MB message
+            return "none" if not n else f"{names}" + (f" and {n - 4} more" if n > 4 else "")
+
+        want = [_member_prefix(k) for k in range(1, min(K, 5))]
+        got = sorted(stored, key=lambda m: int(m[6:-1]) if m[6:-1].isdigit() else -1)
+        raise CheckpointError(
+            f"{ck}: expected ensemble members {show(want, K - 1)} (ensemble={K}), got "
+            f"{show(got[:4], len(got))}"
+        )
+    if not isinstance(mc, dict):
+        raise ValueError(f"model: expected an object, got {type(mc).__name__}")
+    V, C, E, H = (
+        check_int(f"model.{k}", mc[k], 1)
+        for k in ("vocab_size", "num_classes", "embed_size", "hidden_size")
+    )
+    V2 = check_int("model.bigram_vocab_size", mc.get("bigram_vocab_size", 0), 0)
+    pool = check_choice("model.pool", mc["pool"], POOLS)
+    f32 = np.float32
+    want_arrays = {
+        "embedding.weight": ((V, E), f32),
+        "rnn_fwd.weight_hh_l0": ((4 * H, H), f32),
+        "head.weight": ((C, (4 if pool == "meanmax" else 2) * H), f32),
+    }
+    if V2:
+        want_arrays["bigram_embedding.weight"] = ((V2, E), f32)
+    check_arrays(ck, arrays, want_arrays, prefix="param/", strict=False)
 
 
 def _classes_of(meta: dict) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from .. import ops
+from ._args import check_int
 
 __all__ = ["record_activations", "text_features", "rank_cells", "render_html", "render_png"]
 
@@ -144,6 +145,7 @@ def rank_cells(acts: dict, feats: dict, top: int = 5) -> dict:
     """``{feature: [{"kind", "layer", "unit", "index", "r"}, ...]}`` the ``top`` units by |r|.
 
     ``index`` numbers units as in ``--cell``: kind c before h, layer by layer (L*H each)."""
+    check_int("top", top, 1)  # 0 left every list empty, -1 listed all units but one
     out = {}
     L, H = acts["c"].shape[1:]
     series = np.concatenate(

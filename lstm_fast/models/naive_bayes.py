@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data as _data
+from ._args import check_int
 from .checkpoint import CheckpointError, check_arrays, interpreting, load_npz, save_npz
 
 __all__ = ["NaiveBayes"]
@@ -31,7 +32,9 @@ class NaiveBayes:
     """
 
     def __init__(self, alpha: float = 1.0, char_n: int = 3, word_n: int = 1):
-        self.alpha, self.char_n, self.word_n = float(alpha), int(char_n), int(word_n)
+        # int(1.5) silently made char_n=1.5 a 1
+        self.char_n, self.word_n = check_int("char_n", char_n, 0), check_int("word_n", word_n, 0)
+        self.alpha = float(alpha)
         self.index: dict = {}
         self.counts = None  # (F, C)
         self.class_count = None  # (C,)

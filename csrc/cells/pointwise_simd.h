@@ -5,7 +5,10 @@
 //
 // Tails: the last, partial vector of a unit range goes through the same arithmetic as a full
 // one (zero-filled load, lane-by-lane store), so an element's result never depends on where a
-// thread's slice starts: results are bitwise identical for any thread count.
+// thread's slice starts: results are bitwise identical for any thread count. Every a * b + c
+// of the structs below is spelled out (vfmadd): the full and tail blocks are separate template
+// instances, and GCC had contracted x_n + r * hn into one FMA in the full one only (AVX-512), so
+// a GRU unit's h changed by one rounding with the thread split of its block.
 #include "cells/pointwise.h"
 #include "simd_math.h"
 
@@ -53,11 +56,10 @@ struct GruFwd {
     }
     const vf r = vsigmoid(ld<kFull>(x, n) + hr);
     const vf z = vsigmoid(ld<kFull>(x + H, n) + hz);
-    const vf rhn = r * hn;
-    const vf nn = vtanh(ld<kFull>(x + 2 * H, n) + rhn);
+    const vf nn = vtanh(vfmadd(r, hn, ld<kFull>(x + 2 * H, n)));
     const vf hp = ld<kFull>(h_prev + b * H + u, n);
     const vf zh = z * hp;
-    st<kFull>(h_out + b * H + u, (splat(1.0f) - z) * nn + zh, n);
+    st<kFull>(h_out + b * H + u, vfmadd(splat(1.0f) - z, nn, zh), n);
     if (gates_out) {
       float* g = gates_out + b * G + u;
       st<kFull>(g, r, n);
@@ -86,7 +88,7 @@ struct GruBwd {
     const vf r = ld<kFull>(g, n), z = ld<kFull>(g + H, n), nn = ld<kFull>(g + 2 * H, n);
     vf dh = ld<kFull>(dh_next + b * H + u, n);
     if (dy) dh = dh + ld<kFull>(dy + b * H + u, n);
-    const vf dn = dh * (one - z) * (one - nn * nn);
+    const vf dn = dh * (one - z) * vfmadd(-nn, nn, one);
     const vf dz = dh * (ld<kFull>(h_prev + b * H + u, n) - nn) * z * (one - z);
     const vf dr = dn * ld<kFull>(hwn + b * H + u, n) * r * (one - r);
     float* dx = dxw + b * G + u;
@@ -134,7 +136,7 @@ struct RnnBwd {
     vf dh = ld<kFull>(dh_next + j, n);
     if (dy) dh = dh + ld<kFull>(dy + j, n);
     const vf yv = ld<kFull>(y + j, n);
-    st<kFull>(da + j, relu ? (yv > splat(0.0f) ? dh : splat(0.0f)) : dh * (splat(1.0f) - yv * yv),
+    st<kFull>(da + j, relu ? (yv > splat(0.0f) ? dh : splat(0.0f)) : dh * vfmadd(-yv, yv, splat(1.0f)),
               n);
   }
 };

@@ -1099,7 +1099,8 @@ class _RNNBase(Module):
             y = out
         elif unbatched:
             y = y[0]
-        return y, st.states[st.cur]
+        # an unbatched x_t's state is (num_layers, H), as an unbatched forward's h_n
+        return y, (st.states1[st.cur] if unbatched else st.states[st.cur])
 
 
 class _Stream:
@@ -1128,6 +1129,12 @@ class _Stream:
         self.states = [
             (self.hs[s], self.cs[s]) if self.c is not None else self.hs[s] for s in (0, 1)
         ]
+        # the same, (num_layers, H) views for an unbatched x_t (batch 1)
+        self.states1 = (
+            [(st[0][:, 0], st[1][:, 0]) if self.c is not None else st[:, 0] for st in self.states]
+            if B == 1
+            else None
+        )
         self.xshape, self.yshape = (B, layer.input_size), (B, H)
         # Per slot, per layer: parameter names (the biases' None without them), workspace and
         # the state views read and written.
@@ -1172,9 +1179,14 @@ class _Stream:
             items = (("state (h)", state),)
         cur = self.cur
         out = []
+        one = self.states1[cur] if self.B == 1 else None
+        h1, c1 = (one if self.c is not None else (one, None)) if one is not None else (None, None)
         for name, a in items:
             if a is self.hs[cur] or a is self.cs[cur]:
                 out.append(a)
+                continue
+            if a is not None and (a is h1 or a is c1):  # the unbatched views step returned
+                out.append(self.hs[cur] if a is h1 else self.cs[cur])
                 continue
             a = _as_float32(name, a)  # a str or object array fails here, not half-copied
             if unbatched and a.shape == (L, H):

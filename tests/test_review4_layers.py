@@ -255,3 +255,29 @@ def test_small_layers_check_their_seed():
         lnn.Linear(3, 2, seed="a")
     with pytest.raises(TypeError, match=r"seed"):
         lnn.Dropout(0.5, seed=1.5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: lstm_fast.LSTM(3, 4, num_layers=2, seed=0), lambda: lstm_fast.GRU(3, 4, seed=0)],
+)
+def test_unbatched_step_returns_an_unbatched_state(make):
+    """step() with an unbatched x_t returned its state as (num_layers, 1, H) where an unbatched
+    forward returns h_n as (num_layers, H); the state it returns is taken back as is."""
+    m = make().eval()
+    lstm = isinstance(m, lstm_fast.LSTM)
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    y_seq, hn = m(x)
+    s = None
+    for t in range(5):
+        y_t, s = m.step(x[t], s)
+        for a in s if lstm else (s,):
+            assert a.shape == (m.num_layers, 4)
+    np.testing.assert_allclose(y_t, y_seq[-1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(s if lstm else (s,), hn if lstm else (hn,)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # a forward's unbatched state continues the stream too, and a batched call after it
+    y2, s2 = m.step(x[0], hn)
+    assert (s2[0] if lstm else s2).shape == (m.num_layers, 4)
+    y3, s3 = m.step(x[:1], None)
+    assert (s3[0] if lstm else s3).shape == (m.num_layers, 1, 4)

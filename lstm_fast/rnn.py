@@ -1179,8 +1179,9 @@ class _Stream:
             items = (("state (h)", state),)
         cur = self.cur
         out = []
-        one = self.states1[cur] if self.B == 1 else None
-        h1, c1 = (one if self.c is not None else (one, None)) if one is not None else (None, None)
+        h1 = c1 = None  # the (num_layers, H) views an unbatched step returned (batch 1 only)
+        if self.states1 is not None:
+            h1, c1 = self.states1[cur] if self.c is not None else (self.states1[cur], None)
         for name, a in items:
             if a is self.hs[cur] or a is self.cs[cur]:
                 out.append(a)

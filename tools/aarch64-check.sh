@@ -8,14 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-aarch64}
-out=build/portable-$mode
+out=build/portable-${mode#--}
 mkdir -p "$out"
 srcs=(dispatch gemm/gemm cells/lstm cells/lstm_proj cells/gru cells/rnn cells/step cells/packed
       kernels_scalar kernels_generic cells/pointwise_scalar cells/pointwise_generic)
 common=(-std=c++17 -O3 -fopenmp -Wall -Wextra -Wno-unused-parameter -fno-math-errno -Icsrc)
 if [ "$mode" = --native ]; then
   CXX=${CXX:-g++}
-  common+=(-DLSTM_FAST_X86=1)
+  common+=(-DLSTM_FAST_X86=1 -Wno-maybe-uninitialized)  # (a false positive in GCC 12's avx512fintrin.h)
   srcs+=(kernels_avx2 kernels_avx512 cells/pointwise_avx2 cells/pointwise_avx512)
   run=()
 else

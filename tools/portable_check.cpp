@@ -4,8 +4,9 @@
 // CPU runs ("scalar", "generic" and, on x86-64, "avx2" / "avx512"):
 //   * the packed GEMM (NN, NT, TN, accumulate, bias) against a float64 triple loop;
 //   * the LSTM forward (inference and training) against a float64 reference written here;
-//   * LSTM, GRU and RNN (tanh, relu) forward and backward, with and without h0, with and
-//     without variable lengths, against the scalar kernel set (the readable oracle that the
+//   * LSTM, LSTM with projection, GRU and RNN (tanh, relu) forward and backward, with and
+//     without h0, with and without variable lengths, and the one-step cells (step_forward),
+//     against the scalar kernel set (the readable oracle that the
 //     Python tests hold to NumPy and PyTorch), within float32 tolerances;
 //   * bitwise identical results on 1 and 2 threads.
 // Shapes hit every vector tail (1, 7, 17, 33, 100). Exit status 0 when everything agrees; the
@@ -23,7 +24,9 @@
 
 #include "cells/gru.h"
 #include "cells/lstm.h"
+#include "cells/lstm_proj.h"
 #include "cells/rnn.h"
+#include "cells/step.h"
 #include "dispatch.h"
 #include "gemm/gemm.h"
 
@@ -144,41 +147,45 @@ std::vector<index_t> batch_sizes_for(const Case& c) {
   return bs;
 }
 
-enum class Cell { kLSTM, kGRU, kRNNTanh, kRNNRelu };
+enum class Cell { kLSTM, kLSTMProj, kGRU, kRNNTanh, kRNNRelu };
 const char* cell_name(Cell c) {
   switch (c) {
     case Cell::kLSTM: return "lstm";
+    case Cell::kLSTMProj: return "lstm_proj";
     case Cell::kGRU: return "gru";
     case Cell::kRNNTanh: return "rnn_tanh";
     default: return "rnn_relu";
   }
 }
-int gates(Cell c) { return c == Cell::kLSTM ? 4 : c == Cell::kGRU ? 3 : 1; }
+int gates(Cell c) { return c == Cell::kLSTM || c == Cell::kLSTMProj ? 4 : c == Cell::kGRU ? 3 : 1; }
+// The width of h: the projection size P = ceil(H / 2) < H with projection, else H.
+index_t out_width(Cell cell, index_t H) { return cell == Cell::kLSTMProj ? (H + 1) / 2 : H; }
 
 struct Inputs {
-  fvec x, h0, c0, W_ih, W_hh, b_ih, b_hh, dy, dh_n, dc_n;
+  fvec x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, dy, dh_n, dc_n;
 };
 
 Inputs make_inputs(const Case& c, Cell cell, std::mt19937& rng) {
-  const index_t G = gates(cell) * c.H;
+  const index_t G = gates(cell) * c.H, P = out_width(cell, c.H);
   const float k = 1.0f / std::sqrt(float(c.H));
   Inputs in;
   in.x = randn(rng, c.T * c.B * c.I, 1.0f);
-  in.h0 = randn(rng, c.B * c.H, 0.5f);
+  in.h0 = randn(rng, c.B * P, 0.5f);
   in.c0 = randn(rng, c.B * c.H, 0.5f);
   in.W_ih = randn(rng, G * c.I, k);
-  in.W_hh = randn(rng, G * c.H, k);
+  in.W_hh = randn(rng, G * P, k);
   in.b_ih = randn(rng, G, k);
   in.b_hh = randn(rng, G, k);
-  in.dy = randn(rng, c.T * c.B * c.H, 1.0f);
-  in.dh_n = randn(rng, c.B * c.H, 1.0f);
+  in.W_hr = randn(rng, P * c.H, k);
+  in.dy = randn(rng, c.T * c.B * P, 1.0f);
+  in.dh_n = randn(rng, c.B * P, 1.0f);
   in.dc_n = randn(rng, c.B * c.H, 1.0f);
   return in;
 }
 
 // Forward (training) and backward of one layer on one kernel set and thread count; every output.
 Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in, int threads) {
-  const index_t T = c.T, B = c.B, I = c.I, H = c.H, G = gates(cell) * H;
+  const index_t T = c.T, B = c.B, I = c.I, H = c.H, G = gates(cell) * H, P = out_width(cell, H);
   std::vector<index_t> bsv = c.lengths ? batch_sizes_for(c) : std::vector<index_t>();
   const index_t* bs = c.lengths ? bsv.data() : nullptr;
   const float* h0 = c.h0 ? in.h0.data() : nullptr;
@@ -190,9 +197,10 @@ Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in
       for (index_t b = bs[t]; b < B; ++b)
         for (index_t i = 0; i < I; ++i) x[(t * B + b) * I + i] = std::nanf("");
   Result r;
-  fvec y(T * B * H), h_n(B * H), c_n(B * H), gts(T * B * G), aux(T * B * H);
-  fvec y_inf(T * B * H), hn_inf(B * H), cn_inf(B * H);
-  fvec dx(T * B * I), dh0(B * H), dc0(B * H), dW_ih(G * I, 0.0f), dW_hh(G * H, 0.0f);
+  fvec y(T * B * P), h_n(B * P), c_n(B * H), gts(T * B * G), aux(T * B * H), m(T * B * H);
+  fvec y_inf(T * B * P), hn_inf(B * P), cn_inf(B * H);
+  fvec dx(T * B * I), dh0(B * P), dc0(B * H), dW_ih(G * I, 0.0f), dW_hh(G * P, 0.0f);
+  fvec dW_hr(P * H, 0.0f);
   fvec db_ih(G, 0.0f), db_hh(G, 0.0f);
   const LstmSizes ls{T, B, I, H};
   const CellSizes cs{T, B, I, H};
@@ -219,6 +227,31 @@ Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in
       r["c_n"] = c_n;
       r["c_n_inference"] = cn_inf;
       r["dc0"] = dc0;
+      break;
+    }
+    case Cell::kLSTMProj: {
+      {
+        Scratch ws(lstm_proj_forward_workspace_size(kern, ls, P, false));
+        lstm_proj_forward(y_inf.data(), hn_inf.data(), cn_inf.data(), nullptr, nullptr, nullptr,
+                          x.data(), h0, c0, in.W_ih.data(), in.W_hh.data(), in.b_ih.data(),
+                          in.b_hh.data(), in.W_hr.data(), ls, P, bs, ws.p, kern, threads);
+      }
+      {
+        Scratch ws(lstm_proj_forward_workspace_size(kern, ls, P, true));
+        lstm_proj_forward(y.data(), h_n.data(), c_n.data(), gts.data(), aux.data(), m.data(),
+                          x.data(), h0, c0, in.W_ih.data(), in.W_hh.data(), in.b_ih.data(),
+                          in.b_hh.data(), in.W_hr.data(), ls, P, bs, ws.p, kern, threads);
+      }
+      Scratch ws(lstm_proj_backward_workspace_size(kern, ls, P, bs != nullptr));
+      lstm_proj_backward(dx.data(), dh0.data(), dc0.data(), dW_ih.data(), dW_hh.data(),
+                         dW_hr.data(), db_ih.data(), db_hh.data(), in.dy.data(), in.dh_n.data(),
+                         in.dc_n.data(), x.data(), h0, c0, in.W_ih.data(), in.W_hh.data(),
+                         in.W_hr.data(), y.data(), gts.data(), aux.data(), m.data(), ls, P, bs,
+                         ws.p, kern, threads);
+      r["c_n"] = c_n;
+      r["c_n_inference"] = cn_inf;
+      r["dc0"] = dc0;
+      r["dW_hr"] = dW_hr;
       break;
     }
     case Cell::kGRU: {
@@ -307,6 +340,22 @@ void lstm_reference(const Case& c, const Inputs& in, std::vector<double>& y,
   c_n = cc;
 }
 
+// One step of a cell (the streaming path: weights read in place) from x (B, I), h0, c0.
+Result run_step(const Kernels& kern, Cell cell, const Case& c, const Inputs& in, int threads) {
+  const StepCell sc = cell == Cell::kLSTM  ? StepCell::kLSTM
+                      : cell == Cell::kGRU ? StepCell::kGRU
+                      : cell == Cell::kRNNTanh ? StepCell::kRNNTanh
+                                               : StepCell::kRNNRelu;
+  fvec h(c.B * c.H), cc(c.B * c.H);
+  Scratch ws(step_workspace_size(sc, c.B, c.H));
+  step_forward(sc, h.data(), cc.data(), in.x.data(), in.h0.data(), in.c0.data(), in.W_ih.data(),
+               in.W_hh.data(), in.b_ih.data(), in.b_hh.data(), c.B, c.I, c.H, ws.p, kern, threads);
+  Result r;
+  r["step_h"] = h;
+  if (cell == Cell::kLSTM) r["step_c"] = cc;
+  return r;
+}
+
 std::vector<std::string> isas_to_check() {
   std::vector<std::string> out;
   for (const auto& name : available_isas()) out.push_back(name);
@@ -333,16 +382,19 @@ int main() {
       {4, 13, 9, 33, true, true},   {6, 5, 17, 100, true, false}, {9, 16, 65, 100, false, true},
       {2, 1, 33, 17, true, false},  {7, 20, 3, 48, true, true},
   };
-  const Cell cells[] = {Cell::kLSTM, Cell::kGRU, Cell::kRNNTanh, Cell::kRNNRelu};
+  const Cell cells[] = {Cell::kLSTM, Cell::kLSTMProj, Cell::kGRU, Cell::kRNNTanh, Cell::kRNNRelu};
   for (const Case& c : cases)
     for (Cell cell : cells) {
+      if (cell == Cell::kLSTMProj && c.H < 2) continue;  // needs proj_size < hidden_size
       const Inputs in = make_inputs(c, cell, rng);
       char tag[128];
       std::snprintf(tag, sizeof tag, "%s T=%ld B=%ld I=%ld H=%ld h0=%d lengths=%d",
                     cell_name(cell), long(c.T), long(c.B), long(c.I), long(c.H), int(c.h0),
                     int(c.lengths));
       set_isa("scalar");
-      const Result oracle = run_layer(active_kernels(), cell, c, in, 1);
+      const bool stepped = cell != Cell::kLSTMProj;
+      Result oracle = run_layer(active_kernels(), cell, c, in, 1);
+      if (stepped) oracle.merge(run_step(active_kernels(), cell, c, in, 1));
       if (cell == Cell::kLSTM) {
         std::vector<double> y, h_n, c_n;
         lstm_reference(c, in, y, h_n, c_n);
@@ -353,8 +405,12 @@ int main() {
       }
       for (const auto& isa : isas) {
         set_isa(isa);
-        const Result one = run_layer(active_kernels(), cell, c, in, 1);
-        const Result two = run_layer(active_kernels(), cell, c, in, 2);
+        Result one = run_layer(active_kernels(), cell, c, in, 1);
+        Result two = run_layer(active_kernels(), cell, c, in, 2);
+        if (stepped) {
+          one.merge(run_step(active_kernels(), cell, c, in, 1));
+          two.merge(run_step(active_kernels(), cell, c, in, 2));
+        }
         for (const auto& kv : one) {
           const std::string what = isa + " " + tag + " " + kv.first;
           const bool grad = kv.first[0] == 'd';

@@ -288,7 +288,9 @@ class Embedding(Module):
                 f"ids: expected values in [0, V={self.num_embeddings}), "
                 f"got [{ids.min()}, {ids.max()}]"
             )
-        self._ids = ids if self.training else None
+        # a copy: a batch buffer refilled in place before backward (a loader prefetching into
+        # it) must not send the gradient to the next batch's rows
+        self._ids = ids.copy() if self.training else None
         return self.weight.data[ids]
 
     def backward(self, dy: Any) -> None:

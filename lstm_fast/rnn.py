@@ -170,7 +170,8 @@ def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
     if arr.shape != (B,):
         raise ValueError(f"lengths: expected shape (B={B},), got {arr.shape}")
     if B and (arr.min() < 0 or arr.max() > T):
-        raise ValueError(f"lengths: expected values in [0, T={T}], got {arr.tolist()}")
+        at = int(np.flatnonzero((arr < 0) | (arr > T))[0])  # the first bad one, not all B
+        raise ValueError(f"lengths: expected values in [0, T={T}], got {arr[at]} at position {at}")
     return arr
 
 
@@ -263,7 +264,25 @@ class _Direction:
     @staticmethod
     def backward(mode, cache, dy, dhn, dcn, grads, need_dx=True):
         """Accumulates into grads = (dW_ih, dW_hh, db_ih, db_hh, dW_hr); returns dx, dh0, dc0
-        (dx None when not ``need_dx``: the core skips its GEMM)."""
+        (dx None when not ``need_dx``: the core skips its GEMM). Gradients that share memory
+        (tied parameters, e.g. weight_hh is weight_ih) get the sum of their uses, as in
+        PyTorch: the core refuses overlapping outputs before any work, so the call is made
+        again with a zeroed temporary for each repeat, added afterwards."""
+        try:
+            return _Direction._backward(mode, cache, dy, dhn, dcn, grads, need_dx)
+        except ValueError as e:
+            if "expected memory separate from" not in str(e):
+                raise
+            separate, repeats = _separate_grads(grads)
+            if not repeats:
+                raise
+        out = _Direction._backward(mode, cache, dy, dhn, dcn, separate, need_dx)
+        for g, tmp in repeats:
+            g += tmp
+        return out
+
+    @staticmethod
+    def _backward(mode, cache, dy, dhn, dcn, grads, need_dx):
         g_ih, g_hh, g_bih, g_bhh, g_hr = grads
         if isinstance(cache, ops.LSTMProjCache):
             dx, dh0, dc0, *_ = ops._core.lstm_proj_backward(
@@ -278,6 +297,30 @@ class _Direction:
         fn = ops._core.gru_backward if mode == "GRU" else ops._core.rnn_backward
         dx, dh0, *_ = fn(cache, dy, dhn, g_ih, g_hh, g_bih, g_bhh, need_dx=need_dx)
         return dx, dh0, None
+
+
+def _separate_grads(grads: tuple) -> tuple:
+    """``grads`` with each array that overlaps an earlier one replaced by a zeroed temporary,
+    and the (gradient, temporary) pairs to add once the core has accumulated."""
+    out, repeats = [], []
+    for g in grads:
+        if isinstance(g, np.ndarray) and any(
+            isinstance(o, np.ndarray) and np.may_share_memory(g, o) for o in grads[: len(out)]
+        ):
+            tmp = np.zeros(g.shape, np.float32)
+            out.append(tmp)
+            repeats.append((g, tmp))
+        else:
+            out.append(g)
+    return tuple(out), repeats
+
+
+def _grads_overlap(a: tuple, b: tuple) -> bool:
+    """Whether a gradient of one direction shares memory with one of the other (a Parameter
+    shared by both): their backward calls must then not run at once."""
+    a = [q.grad for q in a if q is not None and isinstance(q.grad, np.ndarray)]
+    b = [q.grad for q in b if q is not None and isinstance(q.grad, np.ndarray)]
+    return any(np.may_share_memory(g, h) for g in a for h in b)
 
 
 # ---- both directions at once ---------------------------------------------------------------
@@ -302,15 +345,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_pool_in_child)
 
 
-def _directions(run: Callable[[int], Any], D: int) -> list:
+def _directions(run: Callable[[int], Any], D: int, shared: bool = False) -> list:
     """``[run(0), run(1)]`` (or ``[run(0)]``). With two directions and at least two threads, the
     reverse direction runs on a helper thread while the caller runs the forward one, each with
     half the thread team (the kernels release the GIL): two independent recurrences overlap
-    instead of each paying a barrier per step on the whole team."""
+    instead of each paying a barrier per step on the whole team. ``shared``: the two write
+    the same memory (the gradient of a parameter both directions use) and run one after the
+    other."""
     P = ops._core.get_num_threads()
-    concurrent = BIDIRECTIONAL_CONCURRENT
-    if concurrent is None:
-        concurrent = P >= 2
+    concurrent = BIDIRECTIONAL_CONCURRENT and not shared
+    if BIDIRECTIONAL_CONCURRENT is None:
+        concurrent = P >= 2 and not shared
     if D == 1 or not concurrent or P < 2:
         return [run(d) for d in range(D)]
     with _pool_lock:
@@ -461,6 +506,57 @@ class _RNNBase(Module):
         get = self._parameters.get
         return tuple(get(n) for n in _param_names(k, d))
 
+    def _bad_parameter(self) -> Optional[Exception]:
+        """After the core refused a call: the error naming the first parameter it cannot take
+        (``weight_ih_l1_reverse: expected ...``: which layer and direction, which the core's
+        ``weight_ih`` does not say), or None when every parameter is fine."""
+        L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        g = f"{_GATES[self._mode]}H" if self._mode in ("LSTM", "GRU") else "H"
+        G = _GATES[self._mode] * H
+        p_letter = "P" if self.proj_size else "H"
+        for k in range(L):
+            n_in = self.input_size if k == 0 else D * P
+            i_letter = "I" if k == 0 else ("D*" if D == 2 else "") + p_letter
+            want = (
+                ((G, n_in), f"{g}, {i_letter}"),
+                ((G, P), f"{g}, {p_letter}"),
+                ((G,), f"{g},"),
+                ((G,), f"{g},"),
+                ((P, H), "P, H"),
+            )
+            for d in range(D):
+                for name, q, (shape, legend) in zip(_param_names(k, d), self._params(k, d), want):
+                    if q is None:
+                        continue
+                    a = q.data
+                    if not isinstance(a, np.ndarray):
+                        return TypeError(
+                            f"{name}: expected a float32 NumPy array as the parameter's data, "
+                            f"got {type(a).__name__}"
+                        )
+                    if a.dtype != np.float32:
+                        return TypeError(
+                            f"{name}: expected dtype float32, got {a.dtype} (assign a float32 "
+                            "array, e.g. p.data = p.data.astype(np.float32))"
+                        )
+                    if a.shape != shape:
+                        return ValueError(
+                            f"{name}: expected shape {shape} ({legend}), got {a.shape}"
+                        )
+                    if not a.flags.c_contiguous:
+                        return ValueError(
+                            f"{name}: expected a C-contiguous array, got strides {a.strides} "
+                            "(assign np.ascontiguousarray(...))"
+                        )
+        return None
+
+    def _raise_named(self) -> None:
+        """In an ``except`` clause around a core call: raise the named parameter error if a
+        parameter is the cause (else the caller re-raises the core's own)."""
+        bad = self._bad_parameter()
+        if bad is not None:
+            raise bad from None
+
     def _on_load(self) -> None:
         # New weights: the streaming buffers are made anew, and the cache of a training forward
         # (which refers to the weights' memory and holds gates of the old ones) is dropped, so a
@@ -530,6 +626,21 @@ class _RNNBase(Module):
         training = self.training
         h_n = np.empty((L * D, B, P), np.float32)
         c_n = np.empty((L * D, B, H), np.float32) if self._has_cell else None
+        # A failed call changes nothing: the dropout generator is put back (a later layer's bad
+        # parameter is found after the earlier layers drew their masks).
+        draws = training and self.dropout > 0 and L > 1
+        rng_state = self._rng.bit_generator.state if draws else None
+        try:
+            return self._run_layers(x, h0, c0, B, bs, flip, first, order, h_n, c_n)
+        except (TypeError, ValueError):
+            if draws:
+                self._rng.bit_generator.state = rng_state
+            self._raise_named()
+            raise
+
+    def _run_layers(self, x, h0, c0, B, bs, flip, first, order, h_n, c_n):
+        L, D = self.num_layers, self.num_directions
+        training = self.training
         saved = []
         layer_in = x
         for k in range(L):
@@ -605,9 +716,13 @@ class _RNNBase(Module):
         get = self._parameters.get
         w = tuple([None if q is None else q.data for q in [get(n) for n in _LAYER0_NAMES]])
         training = self.training
-        y, hn, cn, cache = _Direction.forward(
-            self._mode, x, w, h0, c0, None, training, bool(self.proj_size)
-        )
+        try:
+            y, hn, cn, cache = _Direction.forward(
+                self._mode, x, w, h0, c0, None, training, bool(self.proj_size)
+            )
+        except (TypeError, ValueError):
+            self._raise_named()
+            raise
         if training:
             meta = _saved_meta(x.shape[0], B)
             object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
@@ -985,8 +1100,9 @@ class _RNNBase(Module):
                     want_dx,
                 )
 
+            shared = D == 2 and _grads_overlap(self._params(k, 0), self._params(k, 1))
             dins = []
-            for d, (dx, dh0_i, dc0_i) in enumerate(_directions(run, D)):
+            for d, (dx, dh0_i, dc0_i) in enumerate(_directions(run, D, shared)):
                 idx = k * D + d
                 dh0[idx] = dh0_i
                 if dc0 is not None:
@@ -1049,7 +1165,11 @@ class _RNNBase(Module):
             )
             and not self.check_finite
         ):
-            y = st.run(x_t, state)
+            try:
+                y = st.run(x_t, state)
+            except (TypeError, ValueError):
+                self._raise_named()
+                raise
             if out is not None:
                 out[...] = y
                 y = out
@@ -1093,7 +1213,11 @@ class _RNNBase(Module):
             state = st.check(state, unbatched)
         if self.check_finite:
             _guard_finite(self, x_t=x_t, state=state)
-        y = st.run(x_t, state)
+        try:
+            y = st.run(x_t, state)
+        except (TypeError, ValueError):
+            self._raise_named()
+            raise
         if out is not None:
             out[...] = y[0] if unbatched else y
             y = out
@@ -1267,6 +1391,12 @@ _LAYER_DOC = r"""
     (+=) into every parameter's ``.grad``. That cache refers to the output's memory, which is
     therefore returned as a read-only array in training mode (``y.copy()`` to edit it), and to
     the input and hx arrays given (no copies): do not modify those in place before ``backward``.
+    The same holds for the weights: the cache reads them in place, so an update between a
+    forward and its ``backward`` (an optimizer ``step()``, ``p.data -= ...``) gives gradients of
+    neither the old nor the new weights -- torch raises there; here it is not detected (it would
+    cost a copy of every weight per training forward). ``load_state_dict`` drops the cache, so
+    ``backward`` then raises. A Parameter shared by several places (tied weights) gets the sum
+    of the gradients of its uses, as in PyTorch.
     Weights are initialised from U(-1/sqrt(H), 1/sqrt(H)) with PyTorch's names
     (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse``
     suffix for the reverse direction).

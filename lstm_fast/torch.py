@@ -21,7 +21,10 @@ How tensors reach the kernels
     * the input's dtype must equal the parameters' dtype, as in ``torch.nn.LSTM``
       (``ValueError: input must have the type torch.float32, got type torch.float64``; the cells
       raise ``TypeError`` naming the argument: ``input``, ``hx[0]``, ...); a float64 input is
-      never converted silently — call ``x.float()``;
+      never converted silently — call ``x.float()``. Under ``torch.autocast("cpu")`` (where
+      torch's modules accept a lower-precision input) a bfloat16/float16 input and states are
+      cast to float32 explicitly and the kernels run in float32, as autocast's float32 ops do:
+      the outputs are float32;
     * parameters of another dtype (``model.double()``, ``.half()``) raise ``TypeError``; CUDA (or
       any non-CPU) tensors raise ``RuntimeError``. Use :func:`restore_rnns` for those models.
 
@@ -36,6 +39,12 @@ Autograd
     gradient accumulation work unchanged). Inputs, initial states, parameters and outputs the
     kernel cache refers to are saved with ``save_for_backward``: modifying them in place before
     ``backward`` raises torch's usual version-counter error instead of giving wrong gradients.
+    Outputs follow torch's modules: a unidirectional GRU, RNN or projected LSTM hands out a copy
+    of its last layer's output when a gradient is needed (one (T, B, H) copy), so it can be
+    changed in place before ``backward`` as torch's own allow; a plain LSTM's output is saved
+    and raises, as torch's (oneDNN) LSTM does. As torch frees saved tensors, a backward that
+    does not retain the graph releases the kernels' cache (gates, cell states): an output kept
+    afterwards holds no training memory.
     The kernels' backward is first order only: a second-order gradient through it (after
     ``create_graph=True``) raises ``RuntimeError`` instead of silently missing its terms.
     Layers are composed as in ``torch.nn.LSTM``: the reverse direction runs on a time-reversed
@@ -216,6 +225,22 @@ def _first_order(grads: tuple, links: tuple) -> tuple:
     return tuple(out)
 
 
+# Whether the running backward keeps the graph (retain_graph): a private hook of torch's (its
+# AOT autograd uses it); without it (another torch version) the cache is kept, as before.
+_keep_graph = getattr(
+    getattr(torch._C, "_autograd", None), "_get_current_graph_task_keep_graph", None
+)
+
+
+def _release_cache(ctx, attr: str) -> None:
+    """Drop the kernels' cache (gates, cell states, references to x, y and the weights) once a
+    backward that does not retain the graph has used it, as torch frees saved tensors then: an
+    output kept after ``backward()`` (``losses.append(loss)``) keeps the graph's nodes, not every
+    iteration's cache. ``retain_graph=True`` keeps it for the next backward."""
+    if _keep_graph is not None and not _keep_graph():
+        setattr(ctx, attr, None)
+
+
 class _Direction(torch.autograd.Function):
     """One layer, one direction, over a whole (T, B, I) sequence; backward by lstm_fast."""
 
@@ -246,15 +271,18 @@ class _Direction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n=None):
+        # Raises if a saved tensor was modified in place, or on a second backward through a
+        # graph that was not retained (torch's own error).
+        saved = ctx.saved_tensors
         if ctx.cache is None:
             raise RuntimeError(
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
                 "parameter required grad); it cannot be differentiated"
             )
-        saved = ctx.saved_tensors  # raises if a saved tensor was modified in place
         grads = ctx.kernel.backward(
             ctx.cache, _array(dy), _array(dh_n), _array(dc_n), ctx.needs_input_grad[3]
         )
+        _release_cache(ctx, "cache")
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads[:7]  # fresh arrays, never aliased
         dw_hr = grads[7] if len(grads) > 7 else None
         wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), ctx.needs_input_grad[3:])
@@ -305,12 +333,12 @@ class _BothDirections(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
+        saved = ctx.saved_tensors  # raises as in _Direction.backward
         if ctx.caches[0] is None:
             raise RuntimeError(
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
                 "parameter required grad); it cannot be differentiated"
             )
-        saved = ctx.saved_tensors  # raises if a saved tensor was modified in place
         n = 3 if ctx.kernel.has_cell else 2
         per = [grads[d * n : (d + 1) * n] for d in (0, 1)]
 
@@ -327,6 +355,7 @@ class _BothDirections(torch.autograd.Function):
             )
 
         res = _rnn._directions(run, 2)
+        _release_cache(ctx, "caches")
         # inputs after the 3 non-tensors: x0, x1, h00, c00, h01, c01, w0 (5), w1 (5)
         out = [None, None, None]
         out += [_tensor(res[0][0]) if need[3] else None, _tensor(res[1][0]) if need[4] else None]
@@ -356,6 +385,24 @@ def _check_tensor(module: str, name: str, t: torch.Tensor) -> None:
             f"are float32 only), got {t.dtype}; call .float() on the model and the input, or use "
             "lstm_fast.torch.restore_rnns(model)"
         )
+
+
+def _autocast_float(t):
+    """``t`` as float32 when CPU autocast is on and ``t`` is a bfloat16 / float16 tensor (an
+    activation from an autocast Linear), else ``t`` itself.
+
+    Under ``torch.autocast("cpu")`` the kernels run in float32, as autocast's float32 ops do: the
+    cast is explicit and differentiable (gradients flow back in the input's dtype) and the
+    outputs are float32. float64 is left alone (autocast never casts it) and raises as without
+    autocast."""
+    if (
+        isinstance(t, torch.Tensor)
+        and t.dtype in (torch.bfloat16, torch.float16)
+        and t.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+    ):
+        return t.float()
+    return t
 
 
 def _reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -499,6 +546,7 @@ class _FastRNNMixin:
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)  # torch's dtype / size checks and messages
+            data = _autocast_float(data)
             _check_tensor(name, "input", data)
             checked = data
             # Padded (T, B, I) in sorted order (longest first), as the kernels' batch_sizes wants.
@@ -512,6 +560,7 @@ class _FastRNNMixin:
             if not is_batched:
                 input = input.unsqueeze(0 if self.batch_first else 1)
             self.check_input(input, None)
+            input = _autocast_float(input)
             _check_tensor(name, "input", input)
             checked = input
             x = input.transpose(0, 1) if self.batch_first else input
@@ -544,11 +593,23 @@ class _FastRNNMixin:
             if not is_batched:
                 hx = tuple(h.unsqueeze(1) for h in hx)
             self.check_forward_args(checked, self._torch_hidden(hx), batch_sizes)
+            hx = tuple(_autocast_float(h) for h in hx)
             for i, h in enumerate(hx):
                 _check_tensor(name, f"hx[{i}]", h)
             if sorted_indices is not None:
                 hx = tuple(h.index_select(1, sorted_indices) for h in hx)
         y, hidden = self._run(x, hx, batch_sizes)
+        if (
+            batch_sizes is None
+            and not self.bidirectional
+            and y.requires_grad
+            and (self.mode != "LSTM" or self.proj_size > 0)
+        ):
+            # y is the last layer's kernel output, saved for backward (the cache refers to it),
+            # so changing it in place would raise. torch's GRU, RNN and projected LSTM save no
+            # output and allow it (``y.masked_fill_(pad, 0)``, ``relu_``): hand out a copy.
+            # (torch's plain LSTM runs on oneDNN, which saves its output and raises as ours.)
+            y = y.clone()
         if batch_sizes is not None:
             # Step-major rows of the sorted batch: exactly the packed layout.
             mask = torch.arange(y.shape[1]).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, B)
@@ -664,7 +725,8 @@ class _FastCellMixin:
 
     def _check_args(self, name: str, input, hx, has_cell: bool):
         """torch's rank checks (same types and messages), then device, dtype and shapes.
-        Returns the states as a tuple of tensors (empty when ``hx`` is None)."""
+        Returns the input and the states as a tuple of tensors (empty when ``hx`` is None),
+        cast to float32 under CPU autocast."""
         if not isinstance(input, torch.Tensor):
             got = type(input).__name__
             raise TypeError(f"lstm_fast.torch.{name}: input: expected a torch.Tensor, got {got}")
@@ -698,6 +760,8 @@ class _FastCellMixin:
             t = getattr(self, p)
             if t is not None:
                 _check_tensor(name, p, t)
+        input = _autocast_float(input)
+        states = tuple(_autocast_float(h) for h in states)
         _check_tensor(name, "input", input)
         for label, h in zip(labels, states):
             _check_tensor(name, label, h)
@@ -715,12 +779,12 @@ class _FastCellMixin:
                 raise RuntimeError(
                     f"lstm_fast.torch.{name}: {label}: expected shape {want}, got {_shape(h)}"
                 )
-        return states
+        return input, states
 
     def _fast_forward(self, input, hx=None):
         name = type(self).__name__
         kernel = _KERNELS[self._mode()]
-        states = self._check_args(name, input, hx, kernel.has_cell)
+        input, states = self._check_args(name, input, hx, kernel.has_cell)
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)

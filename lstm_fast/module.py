@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["Parameter", "Module"]
+__all__ = ["Parameter", "Module"]  # (saved_versions, check_versions: for the layers)
 
 
 def _from_torch(t: Any) -> np.ndarray:
@@ -72,11 +72,15 @@ class Parameter:
         ((2, 3), dtype('float32'))
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "_version")
 
     def __init__(self, data: Any, dtype: Any = np.float32):
         self.data = np.ascontiguousarray(np.array(data, dtype=dtype, copy=True))
         self.grad = np.zeros_like(self.data)
+        # Counts the in-place updates by lstm_fast.optim (PyTorch's version counter): a training
+        # forward remembers it and its backward refuses weights updated since (the cache reads
+        # them in place). Writes through ``.data`` are not counted, as in PyTorch.
+        self._version = 0
 
     @property
     def shape(self) -> tuple:
@@ -152,6 +156,28 @@ def check_writeable(what: str, params: dict) -> None:
             raise ValueError(
                 f"{what}: {name}: expected a writeable array as the parameter's data, got {got} "
                 "(nothing was loaded)"
+            )
+
+
+def saved_versions(module: Any) -> tuple:
+    """``(name, parameter, version)`` of every parameter a module holds directly: what a
+    training forward records for :func:`check_versions`."""
+    return tuple(
+        (n, p, getattr(p, "_version", 0)) for n, p in module._parameters.items() if p is not None
+    )
+
+
+def check_versions(what: str, saved: tuple) -> None:
+    """Raise if a parameter recorded by :func:`saved_versions` was updated in place since (an
+    optimizer ``step()`` between a forward and its backward: the saved forward would mix the
+    old activations with the new weights)."""
+    for name, p, v in saved:
+        now = getattr(p, "_version", 0)
+        if now != v:
+            raise RuntimeError(
+                f"{what}: {name} was updated in place (an optimizer step, load_state_dict) "
+                f"after the forward this backward differentiates (version {now}, the forward "
+                f"saw {v}); run the forward again"
             )
 
 
@@ -283,7 +309,9 @@ class Module:
             )
         check_writeable("load_state_dict", {n: own[n] for n in staged})
         for name, arr in staged.items():
-            own[name].data[...] = arr
+            p = own[name]
+            p.data[...] = arr
+            p._version = getattr(p, "_version", 0) + 1  # (an in-place update, as an optimizer's)
         self._on_load()
         return IncompatibleKeys(missing, unexpected)
 

@@ -18,7 +18,16 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
-from .module import Module, Parameter, _as_dtype, _from_torch, check_writeable, make_rng
+from .module import (
+    Module,
+    Parameter,
+    _as_dtype,
+    _from_torch,
+    check_versions,
+    check_writeable,
+    make_rng,
+    saved_versions,
+)
 from .rnn import LSTM, _check_bool, _check_int
 
 __all__ = [
@@ -139,6 +148,8 @@ class Linear(Module):
         self.bias = Parameter(rng.uniform(-bound, bound, (out_features,))) if bias else None
         self._x: Optional[np.ndarray] = None
         self._xshape: tuple = ()
+        self._w: Optional[np.ndarray] = None
+        self._versions: tuple = ()
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -151,14 +162,19 @@ class Linear(Module):
         # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
         # thread pool spinning between calls halved the recurrent kernels' speed next to it.
         x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), self.in_features))
-        y = _core.gemm(x2, _f32c(self.weight.data), False, True, _f32c_or_none(self.bias))
+        w = _f32c(self.weight.data)
+        y = _core.gemm(x2, w, False, True, _f32c_or_none(self.bias))
         self._x = x2 if self.training else None
         self._xshape = x.shape
+        # the weight the product used (dx = dy . W in backward) and the parameters' versions
+        self._w = w if self.training else None
+        self._versions = saved_versions(self) if self.training else ()
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy: Any) -> np.ndarray:
         if self._x is None:
             raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")
+        check_versions("Linear.backward", self._versions)
         dy = np.asarray(_real("dy", dy), dtype=np.float32)
         out_shape = (*self._xshape[:-1], self.out_features)
         N = self._x.shape[0]
@@ -179,7 +195,7 @@ class Linear(Module):
             gw += _core.gemm(dy2, self._x, True, False, None)
             if gb is not None:
                 gb += dy2.sum(axis=0)
-        dx = _core.gemm(dy2, _f32c(self.weight.data), False, False, None)
+        dx = _core.gemm(dy2, self._w, False, False, None)
         return dx.reshape(self._xshape)
 
 

@@ -218,6 +218,7 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if not self._update(i, p, zero_grad) and zero_grad:
                 p.grad[...] = 0
+            p._version = getattr(p, "_version", 0) + 1  # a saved forward's backward refuses p
 
     def _update(self, i: int, p: Parameter, zero_grad: bool = False) -> bool:
         """Update p; return True when it also zeroed p.grad (asked by zero_grad)."""

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import ops
-from .module import Module, Parameter, _from_torch, make_rng
+from .module import Module, Parameter, _from_torch, check_versions, make_rng, saved_versions
 from .ops import _finite
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
@@ -724,7 +724,7 @@ class _RNNBase(Module):
             self._raise_named()
             raise
         if training:
-            meta = _saved_meta(x.shape[0], B)
+            meta = _saved_meta(x.shape[0], B, versions=saved_versions(self))
             object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
@@ -824,6 +824,7 @@ class _RNNBase(Module):
             meta = _saved_meta(
                 T, B, unbatched=unbatched, order=order, inv=inv, rev=rev, packed=packed, fused=fused
             )
+            meta["versions"] = saved_versions(self)
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
@@ -904,7 +905,12 @@ class _RNNBase(Module):
 
         y, h_n, c_n, saved = self._layers(None, h0, c0, B, None, None, first=first)
         if training:
-            meta = _saved_meta(T, B, embedding=(embedding, True, frozen))
+            # the fused backward reads the embedding's weight too (dW_ih of the first layer)
+            emb_p = embedding.weight
+            versions = saved_versions(self) + (
+                ("embedding.weight", emb_p, getattr(emb_p, "_version", 0)),
+            )
+            meta = _saved_meta(T, B, embedding=(embedding, True, frozen), versions=versions)
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
@@ -989,6 +995,7 @@ class _RNNBase(Module):
         if self.check_finite:
             _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
         saved, meta = self._saved
+        check_versions(f"{type(self).__name__}.backward", meta.get("versions", ()))
         if (
             len(saved) == 2
             and meta["order"] is None
@@ -1391,12 +1398,13 @@ _LAYER_DOC = r"""
     (+=) into every parameter's ``.grad``. That cache refers to the output's memory, which is
     therefore returned as a read-only array in training mode (``y.copy()`` to edit it), and to
     the input and hx arrays given (no copies): do not modify those in place before ``backward``.
-    The same holds for the weights: the cache reads them in place, so an update between a
-    forward and its ``backward`` (an optimizer ``step()``, ``p.data -= ...``) gives gradients of
-    neither the old nor the new weights -- torch raises there; here it is not detected (it would
-    cost a copy of every weight per training forward). ``load_state_dict`` drops the cache, so
-    ``backward`` then raises. A Parameter shared by several places (tied weights) gets the sum
-    of the gradients of its uses, as in PyTorch.
+    The same holds for the weights: the cache reads them in place, so ``backward`` after an
+    optimizer ``step()`` (which counts each parameter's in-place updates, as PyTorch's version
+    counter) raises ``RuntimeError`` naming the parameter; ``load_state_dict`` drops the cache,
+    so ``backward`` then raises too. Writes through ``p.data`` (``p.data -= ...``) are not
+    counted, as in PyTorch: between a forward and its backward they give gradients of neither
+    the old nor the new weights. A Parameter shared by several places (tied weights) gets the
+    sum of the gradients of its uses, as in PyTorch.
     Weights are initialised from U(-1/sqrt(H), 1/sqrt(H)) with PyTorch's names
     (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse``
     suffix for the reverse direction).
@@ -1668,7 +1676,9 @@ class _CellBase(Module):
             self.training,
             False,
         )
-        object.__setattr__(self, "_saved", (cache, unbatched, B) if self.training else None)
+        object.__setattr__(
+            self, "_saved", (cache, unbatched, B, saved_versions(self)) if self.training else None
+        )
         if unbatched:
             hn = hn[0]
             cn = None if cn is None else cn[0]
@@ -1683,7 +1693,8 @@ class _CellBase(Module):
         need_dx = ops._need_dx(need_dx)
         if self._mode != "LSTM" and dc is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc must be None")
-        cache, unbatched, B = self._saved
+        cache, unbatched, B, versions = self._saved
+        check_versions(f"{type(self).__name__}.backward", versions)
         H = self.hidden_size
 
         def state(nm, a):

@@ -27,6 +27,7 @@ __all__ = [
     "from_keras",
     "from_onnx",
     "from_torch",
+    "onnx_attributes",
     "to_keras",
     "to_onnx",
     "to_torch",
@@ -36,10 +37,24 @@ _LAYERS = {"LSTM": _rnn.LSTM, "GRU": _rnn.GRU, "RNN": _rnn.RNN}
 _CELLS = {"LSTMCell": _rnn.LSTMCell, "GRUCell": _rnn.GRUCell, "RNNCell": _rnn.RNNCell}
 
 
+def _tensor(name: str, a: Any) -> Any:
+    """A torch tensor as NumPy, float64 kept as float64 (so :func:`_as_dtype` can refuse a value
+    beyond float32's range instead of loading inf); half precision widened exactly."""
+    if not hasattr(a, "detach"):
+        return a
+    t = a.detach()
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: expected a tensor with data, got one on the meta device")
+    t = t.cpu()
+    if t.is_floating_point() and t.element_size() < 4:  # float16, bfloat16: exact in float32
+        t = t.float()
+    return t.numpy()
+
+
 def _np(name: str, a: Any) -> np.ndarray:
     """An imported weight as float32, checked: real numbers that fit float32 (as
     ``load_state_dict``'s), so a string, complex or 1e300 entry raises naming the array."""
-    return np.ascontiguousarray(_as_dtype(name, a))
+    return np.ascontiguousarray(_as_dtype(name, _tensor(name, a)))
 
 
 def _kind(layer) -> str:
@@ -57,13 +72,92 @@ def _kind(layer) -> str:
 # ---- PyTorch -------------------------------------------------------------------------------------
 
 
-def from_torch(module: Any, *, seed: int | None = None):
-    """The lstm_fast layer (or cell) equivalent to a torch ``nn.LSTM/GRU/RNN`` (or cell), with
-    its weights copied. ``dropout`` and ``training`` mode carry over."""
-    if isinstance(module, Mapping):
+def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
+    """The lstm_fast layer (or cell) a torch state dict describes: cell or layer, num_layers,
+    bidirectional, bias and proj_size from its keys; I, H, P and the kind from the shapes
+    (G = 4H LSTM, 3H GRU, H RNN). ``options`` (batch_first, dropout, nonlinearity) as given."""
+
+    def shape(key):
+        v = sd[key]
+        return tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
+
+    cell = "weight_ih" in sd and "weight_ih_l0" not in sd
+    sfx = "" if cell else "_l0"
+    if "weight_ih" + sfx not in sd or "weight_hh" + sfx not in sd:
+        raise ValueError(
+            "state_dict: expected the keys of a torch LSTM/GRU/RNN (weight_ih_l0, weight_hh_l0, "
+            f"...) or cell (weight_ih, weight_hh, ...), got {list(sd)[:8]}"
+        )
+    w_ih, w_hh = shape("weight_ih" + sfx), shape("weight_hh" + sfx)
+    proj = not cell and "weight_hr_l0" in sd
+    if len(w_ih) != 2 or len(w_hh) != 2 or (proj and len(shape("weight_hr_l0")) != 2):
+        raise ValueError(
+            f"state_dict: weight_ih{sfx}, weight_hh{sfx}: expected 2-d arrays (G, I), (G, H), "
+            f"got {w_ih}, {w_hh}"
+        )
+    (G, I), H = w_ih, (shape("weight_hr_l0")[1] if proj else w_hh[1])
+    kinds = {4: "LSTM", 3: "GRU", 1: "RNN"}
+    kind = kinds.get(G // H) if H and G % H == 0 else None
+    if kind is None or (proj and kind != "LSTM"):
+        raise ValueError(
+            f"state_dict: weight_ih{sfx}: expected G = 4H (LSTM), 3H (GRU) or H (RNN) rows "
+            f"for H = {H}{' (weight_hr_l0, LSTM)' if proj else ''}, got {G}"
+        )
+    bias = ("bias_ih" + sfx) in sd
+    if kind != "RNN" and "nonlinearity" in options:
+        raise TypeError(f"nonlinearity: applies to an RNN state dict, not to this {kind} one")
+    if kind == "RNN" and "nonlinearity" not in options:  # tanh or relu: the weights cannot tell
         raise TypeError(
-            "module: expected a torch LSTM, GRU, RNN or cell module, got a state dict: build "
-            "the lstm_fast layer with the same options and call layer.load_state_dict(it)"
+            "nonlinearity: expected 'tanh' or 'relu' for an RNN state dict (it does not hold "
+            "the nonlinearity), got none: from_torch(state_dict, nonlinearity=...)"
+        )
+    if cell:
+        bad = set(options) - {"nonlinearity"}
+        if bad:
+            raise TypeError(f"{sorted(bad)}: not options of a cell ({kind}Cell)")
+        return _CELLS[kind + "Cell"](I, H, bias=bias, seed=seed, **options)
+    kw = dict(
+        num_layers=1
+        + max(
+            int(k[len("weight_ih_l") :].split("_")[0])
+            for k in sd
+            if isinstance(k, str)
+            and k.startswith("weight_ih_l")
+            and k[len("weight_ih_l") :].split("_")[0].isdigit()
+        ),
+        bias=bias,
+        bidirectional="weight_ih_l0_reverse" in sd,
+        seed=seed,
+        **options,
+    )
+    if proj:
+        kw["proj_size"] = shape("weight_hr_l0")[0]
+    return _LAYERS[kind](I, H, **kw)
+
+
+def from_torch(module: Any, *, seed: int | None = None, **options: Any):
+    """The lstm_fast layer (or cell) equivalent to a torch ``nn.LSTM/GRU/RNN`` (or cell), with
+    its weights copied. ``dropout`` and ``training`` mode carry over.
+
+    ``module`` may also be a torch state dict (of an ``nn.LSTM/GRU/RNN`` or cell, tensors or
+    arrays): the layer's kind, sizes, ``num_layers``, ``bidirectional``, ``bias`` and
+    ``proj_size`` are read from its keys and shapes; what a state dict does not hold comes from
+    ``options`` (``batch_first``, ``dropout``; an RNN's ``nonlinearity`` is required, the
+    weights cannot tell tanh from relu). Missing, unexpected or misshaped entries raise,
+    naming them.
+
+    A module's effective weights are read by name (``module.weight_ih_l0``, ...), so extra
+    state of a subclass is ignored and parametrized weights (``weight_norm``) come as computed.
+    Weights must fit float32 (a float64 1e300 raises; float16/bfloat16 are widened exactly).
+    """
+    if isinstance(module, Mapping):
+        sd = {k: _tensor(f"load_state_dict: {k}", v) for k, v in module.items()}
+        layer = _layer_from_state_dict(sd, seed, options)
+        layer.load_state_dict(sd)
+        return layer
+    if options:
+        raise TypeError(
+            f"{sorted(options)}: options for a state dict only; a module brings its own"
         )
     # The torch class a module is (a user subclass of nn.LSTM, or lstm_fast.torch's, included).
     name = next(
@@ -96,7 +190,13 @@ def from_torch(module: Any, *, seed: int | None = None):
         layer = _CELLS[name](module.input_size, module.hidden_size, **kw)
     else:
         raise TypeError(f"module: expected a torch LSTM, GRU, RNN or cell, got {name}")
-    layer.load_state_dict(module.state_dict())
+    sd = {}
+    for key in layer.state_dict():
+        value = getattr(module, key, None)
+        if value is None:
+            raise ValueError(f"module: expected a weight {key} (as {name}'s), found none")
+        sd[key] = _tensor(f"load_state_dict: {key}", getattr(value, "data", value))
+    layer.load_state_dict(sd)
     layer.train(module.training)
     return layer
 
@@ -205,7 +305,8 @@ def to_keras(layer, k: int = 0, direction: int = 0) -> list:
         if kind == "GRU":
             out.append(np.stack([_reorder(b_ih, order), _reorder(b_hh, order)]))
         else:
-            out.append(_reorder(b_ih + b_hh, order))
+            # where b_hh is 0 (as from_keras leaves it) b_ih itself: bitwise, -0.0 included
+            out.append(_reorder(np.where(b_hh == 0, b_ih, b_ih + b_hh), order))
     return out
 
 
@@ -256,6 +357,116 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
 # ---- ONNX ----------------------------------------------------------------------------------------
 
 
+_ONNX_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
+_ONNX_ATTRIBUTES = {"activation_alpha", "activation_beta", "activations", "clip", "direction"}
+_ONNX_ATTRIBUTES |= {"hidden_size", "layout"}
+_ONNX_OWN = {"LSTM": {"input_forget"}, "GRU": {"linear_before_reset"}, "RNN": set()}
+
+
+def _onnx_activations(layer, kind: str) -> list:
+    if kind == "RNN":
+        return ["Relu" if layer.nonlinearity == "relu" else "Tanh"]
+    return _ONNX_ACTIVATIONS[kind]
+
+
+def onnx_attributes(layer) -> dict:
+    """The attributes of the ONNX ``LSTM``/``GRU``/``RNN`` node that computes this layer (one
+    layer ``k`` of it, with :func:`to_onnx`'s initializers): ``hidden_size``, ``direction``,
+    GRU ``linear_before_reset=1``, a ReLU RNN's ``activations``. The node is time-major (ONNX
+    ``layout=0``, the only one ONNX Runtime runs): X is (T, B, I) even for a batch_first layer.
+
+    Example::
+
+        >>> node = onnx.helper.make_node("GRU", ["x", "W", "R", "B"], ["y"],
+        ...                              **interop.onnx_attributes(gru))
+    """
+    kind = _kind(layer)
+    if getattr(layer, "proj_size", 0):
+        raise ValueError(
+            "onnx_attributes: the ONNX LSTM operator has no projection (proj_size > 0)"
+        )
+    D = 1 if _is_cell(layer) else layer.num_directions
+    out = {
+        "hidden_size": int(layer.hidden_size),
+        "direction": "bidirectional" if D == 2 else "forward",
+    }
+    if kind == "GRU":
+        out["linear_before_reset"] = 1
+    if kind == "RNN" and layer.nonlinearity == "relu":
+        out["activations"] = ["Relu"] * D
+    return out
+
+
+def _check_onnx_node(layer, kind: str, node: Any) -> None:
+    """Refuse an ONNX node (``NodeProto`` or ``{attribute: value}``) whose attributes the layer
+    cannot compute, naming the attribute, the expected and the given value."""
+    if isinstance(node, Mapping):
+        attrs = dict(node)
+    elif hasattr(node, "attribute") and hasattr(node, "op_type"):  # onnx.NodeProto
+        from onnx import helper
+
+        if node.op_type != kind or node.domain not in ("", "ai.onnx"):
+            got = (
+                node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            )
+            raise ValueError(f"node: op_type: expected {kind!r}, got {got!r}")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if kind == "LSTM" and len(node.input) > 7 and node.input[7]:
+            raise ValueError(
+                f"node: P (input 7, peepholes): expected none (the layer has no peepholes), "
+                f"got {node.input[7]!r}"
+            )
+    else:
+        raise TypeError(
+            f"node: expected an onnx NodeProto or a mapping of its attributes, got "
+            f"{type(node).__name__}"
+        )
+
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else v
+
+    unknown = sorted(set(attrs) - _ONNX_ATTRIBUTES - _ONNX_OWN[kind])
+    if unknown:
+        raise ValueError(f"node: unknown ONNX {kind} attribute {unknown[0]!r}")
+    H, D = int(layer.hidden_size), 1 if _is_cell(layer) else layer.num_directions
+    if "hidden_size" in attrs and int(attrs["hidden_size"]) != H:
+        raise ValueError(
+            f"node: hidden_size: expected {H} (the layer's), got {int(attrs['hidden_size'])}"
+        )
+    want = "bidirectional" if D == 2 else "forward"
+    got = text(attrs.get("direction", "forward"))
+    if got != want:
+        raise ValueError(f"node: direction: expected {want!r} (the layer's), got {got!r}")
+    if "clip" in attrs:
+        raise ValueError(
+            f"node: clip: expected none (the layer does not clip), got {attrs['clip']!r}"
+        )
+    if kind == "LSTM" and int(attrs.get("input_forget", 0)) != 0:
+        raise ValueError(
+            f"node: input_forget: expected 0 (separate input and forget gates), got "
+            f"{int(attrs['input_forget'])}"
+        )
+    if kind == "GRU" and int(attrs.get("linear_before_reset", 0)) != 1:
+        got = attrs.get("linear_before_reset")
+        got = "0 (the ONNX default)" if got is None else int(got)
+        raise ValueError(f"node: linear_before_reset: expected 1 (PyTorch's GRU), got {got}")
+    if not _is_cell(layer):
+        bf = bool(getattr(layer, "batch_first", False))
+        layout = int(attrs.get("layout", 0))
+        if layout not in (0, int(bf)):  # time-major always works; batch-major if batch_first
+            raise ValueError(
+                f"node: layout: expected 0 (the layer's batch_first={bf}), got {layout}"
+            )
+    if "activations" in attrs:
+        one = _onnx_activations(layer, kind)
+        given = [text(v) for v in attrs["activations"]]
+        if [v.lower() for v in given] not in (
+            [v.lower() for v in one * D],
+            [v.lower() for v in one],
+        ):
+            raise ValueError(f"node: activations: expected {one * D}, got {given}")
+
+
 def to_onnx(layer, k: int = 0) -> dict:
     """ONNX initializers ``{"W", "R", "B"}`` of layer ``k`` (both directions when
     bidirectional), for the ONNX ``LSTM``/``GRU``/``RNN`` operator (GRU: linear_before_reset=1).
@@ -281,12 +492,21 @@ def to_onnx(layer, k: int = 0) -> dict:
     return out
 
 
-def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0) -> None:
+def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = None) -> None:
     """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``.
 
     ``B`` omitted: zero biases (the ONNX operator's default); a ``B`` for a layer made with
-    ``bias=False`` raises. Every array is checked before any parameter changes."""
+    ``bias=False`` raises. Every array is checked before any parameter changes.
+
+    ``node`` (the ``onnx.NodeProto`` the initializers feed, or a mapping of its attributes) is
+    checked first: attributes the layer cannot compute raise, naming the attribute, the
+    expected and the given value (``clip``, ``input_forget=1``, other ``activations``, GRU
+    ``linear_before_reset`` other than 1, LSTM peepholes ``P``, a ``hidden_size``,
+    ``direction`` or ``layout`` other than the layer's). Without it nothing is checked beyond
+    the shapes: the initializers alone cannot tell."""
     kind = _kind(layer)
+    if node is not None:
+        _check_onnx_node(layer, kind, node)
     order = _ONNX_ORDER[kind]
     if getattr(layer, "proj_size", 0):
         raise ValueError("from_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")

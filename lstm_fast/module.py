@@ -19,10 +19,12 @@ __all__ = ["Parameter", "Module"]  # (saved_versions, check_versions: for the la
 
 
 def _from_torch(t: Any) -> np.ndarray:
-    """A torch tensor as a NumPy array, without importing torch. Floating tensors come as
-    float32 (what every lstm_fast parameter and kernel takes): NumPy has no bfloat16."""
+    """A torch tensor as a NumPy array, without importing torch. float16 / bfloat16 tensors
+    come as float32 (NumPy has no bfloat16; both widen exactly); float64 stays float64, so
+    that a checked cast (:func:`_as_dtype`) refuses values beyond float32's range instead of
+    turning them into inf."""
     t = t.detach().cpu()
-    if t.is_floating_point():
+    if t.is_floating_point() and str(t.dtype) not in ("torch.float32", "torch.float64"):
         t = t.float()
     return t.numpy()
 

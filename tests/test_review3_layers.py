@@ -187,8 +187,12 @@ def test_from_torch_takes_subclasses_of_torch_modules(kind):
     for (n, p), (tn, tp) in zip(layer.named_parameters(), tm.named_parameters()):
         assert n == tn
         np.testing.assert_array_equal(p.data, tp.detach().numpy())
-    with pytest.raises(TypeError, match=r"got a state dict: build the lstm_fast layer"):
-        interop.from_torch(tm.state_dict())
+    # a bare state dict builds the same layer (review 5: the README's "modules or state dicts")
+    opts = {"nonlinearity": "tanh"} if kind.startswith("RNN") else {}
+    again = interop.from_torch(tm.state_dict(), **opts)
+    assert type(again).__name__ == kind
+    for k, v in layer.state_dict().items():
+        np.testing.assert_array_equal(v, again.state_dict()[k])
 
 
 # ---- the output backward reads ------------------------------------------------------------------

@@ -66,6 +66,14 @@ torch.compile
     fails; the graph is split (once per cell call in an unrolled loop; Dynamo logs the graph
     breaks and warns once that a disabled function was skipped).
 
+torch.jit.script, torch.jit.trace, torch.export
+    The kernels cannot be recorded into a graph, so these get torch's own computation with the
+    same parameters: under ``torch.jit.trace`` and ``torch.export`` the forward is torch's
+    (the traced or exported program runs torch's kernels; the module itself stays lstm_fast's),
+    and ``torch.jit.script`` compiles a copy of torch's class sharing the ``nn.Parameter``\ s.
+    torch's scripting also puts that copy into the model it came from, with a warning:
+    :func:`replace_rnns` accelerates the eager model again.
+
 ``LSTM(proj_size=P)`` runs the projected LSTM of the core (``weight_hr_l{k}``), forward and
 backward, with every other option.
 """
@@ -73,6 +81,7 @@ backward, with every other option.
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -435,8 +444,54 @@ def _eager(fast_forward: Callable) -> Callable:
     return disabled
 
 
+def _graph_capture() -> bool:
+    """Whether torch is recording a graph of the forward: ``torch.jit.trace`` or
+    ``torch.export``. The kernels (NumPy arrays behind a C++ call) cannot be recorded, so the
+    modules then compute with torch's own implementation, which can: the exported or traced
+    program runs torch's kernels, with the same parameters."""
+    if torch.jit.is_tracing():
+        return True
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(exporting is not None and exporting())
+
+
+def _torch_class(module: nn.Module) -> type:
+    """The torch class an lstm_fast module stands for (``nn.LSTM`` for :class:`LSTM`)."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torch.nn"):
+            return cls
+    raise TypeError(f"{type(module).__name__}: no torch.nn base class")  # pragma: no cover
+
+
+class _GraphFallback:
+    """What lets models holding lstm_fast modules be scripted, traced and exported: under
+    ``torch.jit.script`` a module is replaced by a shallow copy of torch's class (the same
+    ``nn.Parameter`` objects, so the scripted module sees later updates), and under
+    ``torch.jit.trace`` / ``torch.export`` the forward is torch's own (:func:`_graph_capture`).
+    Eager calls and ``torch.compile`` (a graph break around the kernels) run lstm_fast. (torch's
+    scripting puts the copy into the parent module too, replacing the lstm_fast module there:
+    a warning says so.)"""
+
+    def __prepare_scriptable__(self):
+        cls = _torch_class(self)
+        warnings.warn(
+            f"lstm_fast.torch: torch.jit.script compiles torch.nn.{cls.__name__} in place of "
+            f"lstm_fast's {type(self).__name__} (same parameters); torch's scripting also puts "
+            "it into the model it came from: lstm_fast.torch.replace_rnns(model) accelerates "
+            "the eager model again",
+            UserWarning,
+            stacklevel=3,
+        )
+        m = cls.__new__(cls)
+        m.__dict__ = dict(self.__dict__)
+        for key in ("_parameters", "_buffers", "_modules"):
+            if key in m.__dict__:
+                m.__dict__[key] = type(self.__dict__[key])(self.__dict__[key])
+        return m
+
+
 # -- modules ---------------------------------------------------------------------------------------
-class _FastRNNMixin:
+class _FastRNNMixin(_GraphFallback):
     """The recurrent stack over lstm_fast's kernels, shared by the LSTM/GRU/RNN subclasses.
 
     Subclasses put this mixin before the torch class, so that the constructor, parameters and
@@ -625,6 +680,8 @@ class _FastRNNMixin:
         return y, self._torch_hidden(hidden)
 
     def forward(self, input, hx=None):
+        if _graph_capture():
+            return _torch_class(self).forward(self, input, hx)
         return _eager(_FastRNNMixin._fast_forward)(self, input, hx)
 
 
@@ -712,7 +769,7 @@ def _shape(t: torch.Tensor) -> tuple:
     return tuple(t.shape)
 
 
-class _FastCellMixin:
+class _FastCellMixin(_GraphFallback):
     """One step of a cell over lstm_fast's kernels (a sequence of T = 1), shared by the
     LSTMCell/GRUCell/RNNCell subclasses.
 
@@ -802,6 +859,8 @@ class _FastCellMixin:
         return out if kernel.has_cell else out[0]
 
     def forward(self, input, hx=None):
+        if _graph_capture():
+            return _torch_class(self).forward(self, input, hx)
         return _eager(_FastCellMixin._fast_forward)(self, input, hx)
 
 

@@ -458,7 +458,8 @@ def _graph_capture() -> bool:
 def _torch_class(module: nn.Module) -> type:
     """The torch class an lstm_fast module stands for (``nn.LSTM`` for :class:`LSTM`)."""
     for cls in type(module).__mro__:
-        if cls.__module__.startswith("torch.nn"):
+        # (a parametrized module's class lives in torch.nn.utils.parametrize but is ours)
+        if cls.__module__.startswith("torch.nn") and not issubclass(cls, _GraphFallback):
             return cls
     raise TypeError(f"{type(module).__name__}: no torch.nn base class")  # pragma: no cover
 
@@ -979,12 +980,28 @@ def _supported(m: nn.Module) -> bool:
     return True
 
 
+def _parametrized(cls: type, table: dict[type, type]) -> Optional[type]:
+    """For the class torch's parametrize gives a module (``ParametrizedLSTM``: a subclass of the
+    module's class holding a property per parametrized tensor, e.g. after
+    ``parametrizations.weight_norm``), the same subclass of the class ``table`` swaps its base
+    to; None for any other class. Reading a weight then computes it, and autograd carries its
+    gradient back to the parametrization's own parameters."""
+    if cls.__module__ != "torch.nn.utils.parametrize" or len(cls.__bases__) != 1:
+        return None
+    new_base = table.get(cls.__bases__[0])
+    if new_base is None:
+        return None
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    return type(cls.__name__, (new_base,), body)
+
+
 def _swap(model: nn.Module, table: dict[type, type], check: bool) -> nn.Module:
     if not isinstance(model, nn.Module):
         what = "replace_rnns" if check else "restore_rnns"
         raise TypeError(f"{what}: model: expected a torch.nn.Module, got {type(model).__name__}")
     for m in model.modules():
-        new = table.get(type(m))  # exact types only: user subclasses keep their own forward
+        # exact types only (a user subclass keeps its own forward), and parametrized modules
+        new = table.get(type(m)) or _parametrized(type(m), table)
         if new is not None and (not check or _supported(m)):
             m.__class__ = new
     return model
@@ -999,7 +1016,9 @@ def replace_rnns(model: nn.Module) -> nn.Module:
     The swap changes the modules' class only: the module objects, their ``nn.Parameter``\\ s
     (so optimizers built before keep working), buffers, hooks and ``state_dict`` stay as they are.
     Only modules whose type is exactly one of torch's (``nn.LSTM``, ...) are swapped (a user
-    subclass keeps its own forward). The kernels
+    subclass keeps its own forward), and those torch's ``parametrize`` rewrote
+    (``parametrizations.weight_norm``, ...: the weights are computed by the parametrization
+    at each forward, their gradients flow back to it). The kernels
     need float32 CPU parameters: the first forward raises a clear error otherwise.
     """
     return _swap(model, _SWAPS, check=True)

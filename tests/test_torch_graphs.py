@@ -99,3 +99,51 @@ def test_gradients_through_a_traced_model_match_eager():
     m(x).backward(g)
     for n, p in m.named_parameters():
         np.testing.assert_allclose(got[n].numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=n)
+
+
+# ---- parametrized modules (torch.nn.utils.parametrize) -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell"])
+def test_replace_rnns_swaps_parametrized_modules_with_torchs_gradients(kind):
+    import copy
+
+    from torch.nn.utils import parametrizations, parametrize
+
+    torch.manual_seed(4)
+    cell = kind.endswith("Cell")
+    if cell:
+        m = getattr(torch.nn, kind)(6, 5)
+        names = ["weight_hh"]
+        x = torch.randn(4, 6)
+    else:
+        m = getattr(torch.nn, kind)(6, 5, num_layers=2, bidirectional=True)
+        names = ["weight_hh_l0", "weight_ih_l1_reverse"]
+        x = torch.randn(7, 4, 6)
+    for n in names:
+        parametrizations.weight_norm(m, n)
+    ref = copy.deepcopy(m)
+    lft.replace_rnns(m)
+    assert isinstance(m, getattr(lft, kind)) and parametrize.is_parametrized(m)
+
+    def run(mod):
+        out = mod(x)
+        y = out[0] if isinstance(out, tuple) else out
+        y = y[0] if isinstance(y, tuple) else y
+        return y
+
+    y, y_ref = run(m), run(ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    for (n, p), (_, q) in zip(m.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=n)
+    # back to torch's parametrized class, and removing the parametrizations leaves ours
+    lft.restore_rnns(m)
+    assert type(m).__bases__[0] is getattr(torch.nn, kind)
+    lft.replace_rnns(m)
+    for n in names:
+        parametrize.remove_parametrizations(m, n)
+    assert type(m) is getattr(lft, kind)
+    torch.testing.assert_close(run(m), run(ref), rtol=1e-5, atol=1e-6)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import rnn as _rnn
-from .module import _as_dtype, check_writeable
+from .module import _as_dtype, _from_torch, check_writeable
 
 __all__ = [
     "from_keras",
@@ -42,13 +42,9 @@ def _tensor(name: str, a: Any) -> Any:
     beyond float32's range instead of loading inf); half precision widened exactly."""
     if not hasattr(a, "detach"):
         return a
-    t = a.detach()
-    if t.device.type == "meta":
+    if a.device.type == "meta":
         raise ValueError(f"{name}: expected a tensor with data, got one on the meta device")
-    t = t.cpu()
-    if t.is_floating_point() and t.element_size() < 4:  # float16, bfloat16: exact in float32
-        t = t.float()
-    return t.numpy()
+    return _from_torch(a)
 
 
 def _np(name: str, a: Any) -> np.ndarray:

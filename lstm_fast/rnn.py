@@ -353,10 +353,8 @@ def _directions(run: Callable[[int], Any], D: int, shared: bool = False) -> list
     the same memory (the gradient of a parameter both directions use) and run one after the
     other."""
     P = ops._core.get_num_threads()
-    concurrent = BIDIRECTIONAL_CONCURRENT and not shared
-    if BIDIRECTIONAL_CONCURRENT is None:
-        concurrent = P >= 2 and not shared
-    if D == 1 or not concurrent or P < 2:
+    concurrent = BIDIRECTIONAL_CONCURRENT if BIDIRECTIONAL_CONCURRENT is not None else P >= 2
+    if D == 1 or shared or not concurrent or P < 2:
         return [run(d) for d in range(D)]
     with _pool_lock:
         if not _pool:

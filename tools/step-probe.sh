@@ -23,7 +23,7 @@ for s in "${srcs[@]}"; do
     kernels_avx512) flags=(-mavx512f -mavx512dq -mavx512vl -mavx512bw -mavx2 -mfma
                            -mprefer-vector-width=512) ;;
   esac
-  if [ ! -e "$out/$s.o" ] || [ "csrc/$s.cpp" -nt "$out/$s.o" ] || [ csrc/kernels_simd.h -nt "$out/$s.o" ]; then
+  if [ ! -e "$out/$s.o" ] || [ "csrc/$s.cpp" -nt "$out/$s.o" ] || [ csrc/kernels_simd.h -nt "$out/$s.o" ] || [ csrc/simd_math.h -nt "$out/$s.o" ]; then
     "$CXX" "${common[@]}" "${flags[@]}" -c "csrc/$s.cpp" -o "$out/$s.o"
   fi
   objs+=("$out/$s.o")

@@ -1085,15 +1085,22 @@ class _RNNBase(Module):
                 g = grad[:, :, d * P : (d + 1) * P]
                 g = np.ascontiguousarray(g if d == 0 else flip(g), dtype=np.float32)
                 if k == 0 and fused_embedding is not None:  # the gradient goes to the table
+                    # Tied arrays (weight_hh is weight_ih, ...) each get a zeroed temporary the
+                    # core accumulates into, added afterwards (the core refuses overlaps).
+                    sep, repeats = _separate_grads(
+                        (*grads[:4], None if frozen else fused_embedding.weight.grad)
+                    )
                     _, dh0_i, dc0_i, *_ = ops._core.lstm_backward(
                         caches[d],
                         g,
                         None if dhn_all is None else _c(dhn_all[idx]),
                         None if dcn_all is None else _c(dcn_all[idx]),
-                        *grads[:4],
+                        *sep[:4],
                         # frozen: the core's own gradient array, dropped
-                        dembedding=None if frozen else fused_embedding.weight.grad,
+                        dembedding=sep[4],
                     )
+                    for whole, part in repeats:
+                        whole += part
                     return None, dh0_i, dc0_i
                 return _Direction.backward(
                     self._mode,

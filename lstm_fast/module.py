@@ -221,9 +221,11 @@ class Module:
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
-        self._parameters.pop(name, None)
+        removed = self._parameters.pop(name, None) is not None
         self._modules.pop(name, None)
         object.__delattr__(self, name)
+        if removed:  # as new weights: caches and buffers made from the old set are dropped
+            self._on_load()
 
     # -- traversal ------------------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Module]]:

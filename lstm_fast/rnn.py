@@ -235,6 +235,30 @@ def _check_same_packing(name: str, given: Any, packed: Any) -> None:
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
+
+def _needed(pairs: list) -> tuple:
+    """The (names, shapes, name set) of the parameters a module's configuration computes with."""
+    return tuple(n for n, _ in pairs), tuple(sh for _, sh in pairs), frozenset(n for n, _ in pairs)
+
+
+def _check_complete(mod: Module) -> None:
+    """Before any work: every parameter ``mod``'s configuration computes with is registered
+    (``del layer.bias_ih_l0`` left the layer running as if that bias were zeros; a deleted
+    weight failed in the core with a message naming no layer)."""
+    needed = getattr(mod, "_needed", None)
+    if needed is None or mod._parameters.keys() >= needed[2]:
+        return
+    params = mod._parameters
+    for name, shape in zip(needed[0], needed[1]):
+        if params.get(name) is None:
+            hint = " (or build the module with bias=False)" if name.startswith("bias") else ""
+            raise AttributeError(
+                f"{name}: missing (deleted from the module), but {type(mod).__name__}"
+                f"({mod.extra_repr()}) computes with it: assign a float32 Parameter of shape "
+                f"{shape}{hint}"
+            )
+
+
 class _Direction:
     """One layer, one direction over sorted rows: the core call and what backward needs."""
 
@@ -457,6 +481,7 @@ class _RNNBase(Module):
             + (", bidirectional=True" if bidirectional else ""),
         )
         bound = 1.0 / math.sqrt(H)
+        needed = []  # (name, shape) of every parameter this configuration computes with
         for k in range(num_layers):
             layer_in = input_size if k == 0 else D * P
             for d in range(D):
@@ -466,9 +491,11 @@ class _RNNBase(Module):
                     shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
                 if proj_size:
                     shapes += [("weight_hr", (P, H))]
+                needed += [(name + sfx, shape) for name, shape in shapes]
                 for name, shape in shapes:
                     w = self._rng.uniform(-bound, bound, size=shape).astype(np.float32)
                     setattr(self, name + sfx, Parameter(w))
+        object.__setattr__(self, "_needed", _needed(needed))
 
     @property
     def num_directions(self) -> int:
@@ -733,6 +760,7 @@ class _RNNBase(Module):
     def forward(self, input: Any, hx: Any = None, lengths: Any = None):
         # A failed call must not leave the previous forward's cache for backward to use.
         object.__setattr__(self, "_saved", None)
+        _check_complete(self)
         if (
             lengths is None
             and type(input) is np.ndarray
@@ -860,6 +888,7 @@ class _RNNBase(Module):
         gradient, and the layer's own gradients are computed as usual.
         """
         object.__setattr__(self, "_saved", None)  # (as in forward)
+        _check_complete(self)
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
@@ -1190,6 +1219,7 @@ class _RNNBase(Module):
             raise ValueError("step: a bidirectional layer needs the whole sequence")
         if self.proj_size:
             raise NotImplementedError("step: proj_size > 0 is not supported in streaming mode")
+        _check_complete(self)
         x_t = (
             x_t
             if isinstance(x_t, np.ndarray) and x_t.dtype == np.float32 and x_t.flags.c_contiguous
@@ -1568,6 +1598,7 @@ class _CellBase(Module):
             shapes += [("bias_ih", (G,)), ("bias_hh", (G,))]
         for name, shape in shapes:
             setattr(self, name, Parameter(rng.uniform(-bound, bound, shape).astype(np.float32)))
+        object.__setattr__(self, "_needed", _needed(shapes))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -1634,6 +1665,7 @@ class _CellBase(Module):
 
     def forward(self, input: Any, hx: Any = None):
         object.__setattr__(self, "_saved", None)  # (as in the layers' forward)
+        _check_complete(self)
         if (
             not self.training
             and not self.check_finite

@@ -235,7 +235,6 @@ def _check_same_packing(name: str, given: Any, packed: Any) -> None:
 _GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
-
 def _needed(pairs: list) -> tuple:
     """The (names, shapes, name set) of the parameters a module's configuration computes with."""
     return tuple(n for n, _ in pairs), tuple(sh for _, sh in pairs), frozenset(n for n, _ in pairs)

@@ -74,6 +74,17 @@ torch.jit.script, torch.jit.trace, torch.export
     torch's scripting also puts that copy into the model it came from, with a warning:
     :func:`replace_rnns` accelerates the eager model again.
 
+torch.func and forward-mode AD
+    The kernels see neither functorch's wrapped tensors nor tangents, so under a ``torch.func``
+    transform (``grad``, ``vjp``, ``jvp``, ``vmap``, ``jacrev``, ``jacfwd``, ``hessian``:
+    per-sample gradients, Jacobians) and when the input, a state or a parameter carries a
+    ``torch.autograd.forward_ad`` tangent, the forward is torch's own computation with the same
+    parameters: these work, and fail, exactly as with torch's modules.
+    ``torch.func.functional_call`` alone (and plain tensors inside a dual level) runs the
+    kernels. The autograd engine's batched gradients (``torch.autograd.grad(...,
+    is_grads_batched=True)``, ``jacobian(..., vectorize=True)``) would vmap lstm_fast's
+    backward and raise a clear error: use ``vectorize=False`` or ``torch.func.jacrev``.
+
 ``LSTM(proj_size=P)`` runs the projected LSTM of the core (``weight_hr_l{k}``), forward and
 backward, with every other option.
 """
@@ -87,6 +98,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -283,6 +295,7 @@ class _Direction(torch.autograd.Function):
         # Raises if a saved tensor was modified in place, or on a second backward through a
         # graph that was not retained (torch's own error).
         saved = ctx.saved_tensors
+        _refuse_batched_grads((dy, dh_n, dc_n))
         if ctx.cache is None:
             raise RuntimeError(
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
@@ -343,6 +356,7 @@ class _BothDirections(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         saved = ctx.saved_tensors  # raises as in _Direction.backward
+        _refuse_batched_grads(grads)
         if ctx.caches[0] is None:
             raise RuntimeError(
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
@@ -455,6 +469,64 @@ def _graph_capture() -> bool:
     return bool(exporting is not None and exporting())
 
 
+_functorch = getattr(torch._C, "_functorch", None)
+
+
+def _func_transform() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vjp``, ``jvp``, ``vmap``, ``jacrev``,
+    ``jacfwd``, ``hessian``) is running. Its wrapped tensors cannot reach the kernels (no
+    storage for NumPy), so the modules then compute with torch's own implementation, which
+    the transforms see through: they work exactly as with torch's modules."""
+    level = getattr(_functorch, "maybe_current_level", None)
+    return level is not None and level() is not None
+
+
+def _has_tangent(module: nn.Module, input, hx, weights) -> bool:
+    """Whether forward-mode AD (``torch.autograd.forward_ad``) is on and the input, a state or
+    one of the parameters named ``weights`` carries a tangent: the kernels have no forward
+    derivative, so torch's implementation (which has) computes then; inside a dual level, plain
+    tensors still run the kernels."""
+    if getattr(fwAD, "_current_level", 0) < 0:  # no dual level (the common case): nothing to do
+        return False
+    data = input.data if isinstance(input, PackedSequence) else input
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    tensors = (data, *states, *(getattr(module, n, None) for n in weights))
+    return any(
+        isinstance(t, torch.Tensor) and fwAD.unpack_dual(t).tangent is not None for t in tensors
+    )
+
+
+def _torch_computes(module: nn.Module, input, hx, weights) -> bool:
+    """Whether this call is computed by torch's own implementation rather than the kernels: a
+    graph being recorded (:func:`_graph_capture`), a ``torch.func`` transform
+    (:func:`_func_transform`) or a tangent on the input, a state or a parameter
+    (:func:`_has_tangent`)."""
+    return _graph_capture() or _func_transform() or _has_tangent(module, input, hx, weights)
+
+
+# functorch's tests for a vmap-batched tensor (the engine's is_grads_batched uses the legacy one)
+_BATCHED = tuple(
+    f
+    for f in (getattr(_functorch, n, None) for n in ("is_batchedtensor", "is_legacy_batchedtensor"))
+    if f is not None
+)
+
+
+def _refuse_batched_grads(grads: tuple) -> None:
+    """Raises a clear error for gradients batched by vmap (``torch.autograd.grad(...,
+    is_grads_batched=True)``, ``torch.autograd.functional.jacobian(..., vectorize=True)``): the
+    kernels' backward takes one upstream gradient at a time."""
+    if any(g is not None and f(g) for g in grads for f in _BATCHED):
+        raise RuntimeError(
+            "lstm_fast.torch: batched gradients (torch.autograd.grad(..., is_grads_batched=True), "
+            "torch.autograd.functional.jacobian / hessian(..., vectorize=True)) cannot run "
+            "through lstm_fast's kernels, whose backward takes one upstream gradient at a time; "
+            "use vectorize=False or one grad_outputs at a time, torch.func.jacrev / vmap (they "
+            "compute with torch's implementation), or torch's module "
+            "(lstm_fast.torch.restore_rnns(model))"
+        )
+
+
 def _torch_class(module: nn.Module) -> type:
     """The torch class an lstm_fast module stands for (``nn.LSTM`` for :class:`LSTM`)."""
     for cls in type(module).__mro__:
@@ -468,7 +540,8 @@ class _GraphFallback:
     """What lets models holding lstm_fast modules be scripted, traced and exported: under
     ``torch.jit.script`` a module is replaced by a shallow copy of torch's class (the same
     ``nn.Parameter`` objects, so the scripted module sees later updates), and under
-    ``torch.jit.trace`` / ``torch.export`` the forward is torch's own (:func:`_graph_capture`).
+    ``torch.jit.trace`` / ``torch.export`` the forward is torch's own (:func:`_graph_capture`;
+    also under ``torch.func`` transforms and forward-mode AD: :func:`_torch_computes`).
     Eager calls and ``torch.compile`` (a graph break around the kernels) run lstm_fast. (torch's
     scripting puts the copy into the parent module too, replacing the lstm_fast module there:
     a warning says so.)"""
@@ -613,6 +686,7 @@ class _FastRNNMixin(_GraphFallback):
                     f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead"
                 )
             is_batched = input.dim() == 3
+            given = _shape(input)
             if not is_batched:
                 input = input.unsqueeze(0 if self.batch_first else 1)
             self.check_input(input, None)
@@ -654,6 +728,12 @@ class _FastRNNMixin(_GraphFallback):
                 _check_tensor(name, f"hx[{i}]", h)
             if sorted_indices is not None:
                 hx = tuple(h.index_select(1, sorted_indices) for h in hx)
+        if batch_sizes is None and x.shape[0] == 0:  # torch's RNNs refuse it (in their kernels)
+            dim = 1 if is_batched and self.batch_first else 0
+            raise RuntimeError(
+                f"{name}: input: Expected sequence length to be larger than 0 in RNN, got shape "
+                f"{given}: T = 0 in dim {dim}"
+            )
         y, hidden = self._run(x, hx, batch_sizes)
         if (
             batch_sizes is None
@@ -681,7 +761,7 @@ class _FastRNNMixin(_GraphFallback):
         return y, self._torch_hidden(hidden)
 
     def forward(self, input, hx=None):
-        if _graph_capture():
+        if _torch_computes(self, input, hx, self._flat_weights_names):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastRNNMixin._fast_forward)(self, input, hx)
 
@@ -703,7 +783,8 @@ class LSTM(_FastRNNMixin, nn.LSTM):
 
     Inputs: ``input, (h_0, c_0)``
         input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
-        ``PackedSequence``; float32 CPU tensor (the parameters' dtype).
+        ``PackedSequence``; float32 CPU tensor (the parameters' dtype). T >= 1: T = 0 raises,
+        as in torch (B = 0 runs).
         h_0, c_0: (D * num_layers, B, H) ((D * num_layers, H) unbatched), zeros when omitted;
         D = 2 if bidirectional else 1.
 
@@ -860,7 +941,7 @@ class _FastCellMixin(_GraphFallback):
         return out if kernel.has_cell else out[0]
 
     def forward(self, input, hx=None):
-        if _graph_capture():
+        if _torch_computes(self, input, hx, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastCellMixin._fast_forward)(self, input, hx)
 

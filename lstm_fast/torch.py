@@ -44,7 +44,11 @@ Autograd
     changed in place before ``backward`` as torch's own allow; a plain LSTM's output is saved
     and raises, as torch's (oneDNN) LSTM does. As torch frees saved tensors, a backward that
     does not retain the graph releases the kernels' cache (gates, cell states): an output kept
-    afterwards holds no training memory.
+    afterwards holds no training memory. Under saved-tensor hooks
+    (``torch.utils.checkpoint(use_reentrant=False)``, ``saved_tensors_hooks``, ``save_on_cpu``),
+    which cannot see the kernels' cache, a training forward keeps no cache: its inputs go
+    through the hooks and backward recomputes the cache from them (one more forward per layer),
+    so checkpointing frees the recurrent layers' activations as it does torch's.
     The kernels' backward is first order only: a second-order gradient through it (after
     ``create_graph=True``) raises ``RuntimeError`` instead of silently missing its terms.
     Layers are composed as in ``torch.nn.LSTM``: the reverse direction runs on a time-reversed
@@ -262,31 +266,57 @@ def _release_cache(ctx, attr: str) -> None:
         setattr(ctx, attr, None)
 
 
+def _kernel_forward(kernel, training, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    """``kernel.forward`` on tensors (w_hr None without projection): (y, h_n, c_n, cache)."""
+    proj = {} if w_hr is None else {"w_hr": _array(w_hr)}
+    return kernel.forward(
+        _array(x),
+        _array(w_ih),
+        _array(w_hh),
+        _array(b_ih),
+        _array(b_hh),
+        _array(h0),
+        _array(c0),
+        training,
+        batch_sizes,
+        **proj,
+    )
+
+
+_top_hooks = getattr(getattr(torch._C, "_autograd", None), "_top_saved_tensors_default_hooks", None)
+
+
+def _saved_tensor_hooks() -> bool:
+    """Whether saved-tensor hooks are active (``torch.utils.checkpoint(use_reentrant=False)``,
+    ``torch.autograd.graph.saved_tensors_hooks`` / ``save_on_cpu``): they manage what the graph
+    keeps, and the kernels' cache (gates, cell states), which they cannot see, would escape
+    them. A training forward then keeps no cache: it saves its inputs through the hooks, and
+    backward recomputes the cache from them (one more forward per layer), so a checkpointed
+    region holds no recurrent activations between forward and backward, as with torch's
+    modules."""
+    return _top_hooks is not None and _top_hooks(False) is not None
+
+
 class _Direction(torch.autograd.Function):
     """One layer, one direction, over a whole (T, B, I) sequence; backward by lstm_fast."""
 
     @staticmethod
     def forward(ctx, kernel, training, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None):
         ctx.set_materialize_grads(False)
-        proj = {} if w_hr is None else {"w_hr": _array(w_hr)}
-        y, h_n, c_n, cache = kernel.forward(
-            _array(x),
-            _array(w_ih),
-            _array(w_hh),
-            _array(b_ih),
-            _array(b_hh),
-            _array(h0),
-            _array(c0),
-            training,
-            batch_sizes,
-            **proj,
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        ctx.recompute = training and _saved_tensor_hooks()
+        y, h_n, c_n, cache = _kernel_forward(
+            kernel, training and not ctx.recompute, batch_sizes, *inputs
         )
         y_t = torch.from_numpy(y)
         ctx.kernel = kernel
+        ctx.batch_sizes = batch_sizes
         ctx.cache = cache
         if cache is not None:
             # Only for torch's version-counter check: the cache refers to these tensors' memory.
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y_t)
+            ctx.save_for_backward(*inputs, y_t)
+        elif ctx.recompute:
+            ctx.save_for_backward(*inputs)  # through the hooks; the cache is rebuilt from them
         outs = (y_t, torch.from_numpy(h_n))
         return outs + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
 
@@ -296,20 +326,30 @@ class _Direction(torch.autograd.Function):
         # graph that was not retained (torch's own error).
         saved = ctx.saved_tensors
         _refuse_batched_grads((dy, dh_n, dc_n))
-        if ctx.cache is None:
+        cache = ctx.cache
+        if ctx.recompute:
+            cache = _kernel_forward(ctx.kernel, True, ctx.batch_sizes, *saved[:8])[3]
+        if cache is None:
             raise RuntimeError(
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
                 "parameter required grad); it cannot be differentiated"
             )
         grads = ctx.kernel.backward(
-            ctx.cache, _array(dy), _array(dh_n), _array(dc_n), ctx.needs_input_grad[3]
+            cache, _array(dy), _array(dh_n), _array(dc_n), ctx.needs_input_grad[3]
         )
+        del cache
         _release_cache(ctx, "cache")
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads[:7]  # fresh arrays, never aliased
         dw_hr = grads[7] if len(grads) > 7 else None
         wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), ctx.needs_input_grad[3:])
         out = tuple(_tensor(g) if n and g is not None else None for g, n in wanted)
         return (None, None, None, *_first_order(out, (*saved, dy, dh_n, dc_n)))
+
+
+def _direction_inputs(inputs: tuple, d: int) -> tuple:
+    """Direction ``d``'s (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) from :class:`_BothDirections`'
+    tensor inputs (x0, x1, h00, c00, h01, c01, then five weights per direction)."""
+    return (inputs[d], inputs[2 + 2 * d], inputs[3 + 2 * d], *inputs[6 + 5 * d : 11 + 5 * d])
 
 
 class _BothDirections(torch.autograd.Function):
@@ -322,30 +362,22 @@ class _BothDirections(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
         ctx.set_materialize_grads(False)
-        xs, h0s, c0s = (x0, x1), (h00, h01), (c00, c01)
+        inputs = (x0, x1, h00, c00, h01, c01, *w)
+        ctx.recompute = training and _saved_tensor_hooks()  # see _Direction
+        cached = training and not ctx.recompute
 
         def run(d):
-            w_ih, w_hh, b_ih, b_hh, w_hr = w[5 * d : 5 * d + 5]
-            proj = {} if w_hr is None else {"w_hr": _array(w_hr)}
-            return kernel.forward(
-                _array(xs[d]),
-                _array(w_ih),
-                _array(w_hh),
-                _array(b_ih),
-                _array(b_hh),
-                _array(h0s[d]),
-                _array(c0s[d]),
-                training,
-                batch_sizes,
-                **proj,
-            )
+            return _kernel_forward(kernel, cached, batch_sizes, *_direction_inputs(inputs, d))
 
         res = _rnn._directions(run, 2)
         ctx.kernel = kernel
+        ctx.batch_sizes = batch_sizes
         ctx.caches = [r[3] for r in res]
         ys = [torch.from_numpy(r[0]) for r in res]
-        if training:
-            ctx.save_for_backward(x0, x1, h00, c00, h01, c01, *w, *ys)
+        if cached:
+            ctx.save_for_backward(*inputs, *ys)
+        elif ctx.recompute:
+            ctx.save_for_backward(*inputs)
         outs = []
         for d, r in enumerate(res):
             outs += [ys[d], torch.from_numpy(r[1])]
@@ -357,7 +389,7 @@ class _BothDirections(torch.autograd.Function):
     def backward(ctx, *grads):
         saved = ctx.saved_tensors  # raises as in _Direction.backward
         _refuse_batched_grads(grads)
-        if ctx.caches[0] is None:
+        if ctx.caches[0] is None and not ctx.recompute:
             raise RuntimeError(
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
                 "parameter required grad); it cannot be differentiated"
@@ -369,8 +401,12 @@ class _BothDirections(torch.autograd.Function):
 
         def run(d):
             g = per[d]
+            cache = ctx.caches[d]
+            if ctx.recompute:
+                args = _direction_inputs(saved, d)
+                cache = _kernel_forward(ctx.kernel, True, ctx.batch_sizes, *args)[3]
             return ctx.kernel.backward(
-                ctx.caches[d],
+                cache,
                 _array(g[0]),
                 _array(g[1]),
                 _array(g[2]) if n == 3 else None,
@@ -681,6 +717,11 @@ class _FastRNNMixin(_GraphFallback):
             # Padded (T, B, I) in sorted order (longest first), as the kernels' batch_sizes wants.
             x, _ = torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(data, batch_sizes))
         else:
+            if not isinstance(input, torch.Tensor):  # torch: "... has no attribute 'dim'"
+                raise TypeError(
+                    f"{name}: input: expected a torch.Tensor or a PackedSequence, got "
+                    f"{type(input).__name__}"
+                )
             if input.dim() not in (2, 3):
                 raise ValueError(
                     f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead"

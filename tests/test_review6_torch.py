@@ -1,14 +1,18 @@
 """Review 6 of lstm_fast.torch, as a user would use it inside existing PyTorch training code:
 torch.func transforms and forward-mode AD (torch's computation, as torch's modules allow them),
-batched gradients (a clear error), zero-length sequences (refused as torch refuses them), and
-guards for what already matched torch: frozen parameters and inputs without grad, several
-forwards per backward, non-contiguous / expanded inputs and states, gradient checkpointing,
-module hooks, copies and serialisation, dropout draws, hx dtype errors, zero_grad, pruning."""
+batched gradients (a clear error), zero-length sequences (refused as torch refuses them), an
+input that is no tensor (named), saved-tensor hooks and non-reentrant checkpointing (no kernel
+cache kept between forward and backward), and guards for what already matched torch: frozen
+parameters and inputs without grad, several forwards per backward, non-contiguous / expanded
+inputs and states, gradient checkpointing, module hooks, copies and serialisation, dropout
+draws, hx dtype errors, zero_grad, pruning."""
 
 from __future__ import annotations
 
 import copy
+import gc
 import io
+import weakref
 
 import pytest
 
@@ -256,6 +260,94 @@ def test_zero_length_sequence_raises_as_torch(kind, shape, kw):
     if len(shape) == 3:
         for a, b in zip(_flat(ref(empty)), _flat(fast(empty))):
             assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_an_input_that_is_no_tensor_is_named(kind):
+    """A NumPy array or a list as input raised AttributeError "'numpy.ndarray' object has no
+    attribute 'dim'" (torch's modules too); the cells and ``hx`` already said TypeError naming
+    the argument, and so does the layers' input now."""
+    _, fast = _pair(kind)
+    x = _input(kind)
+    with pytest.raises(TypeError, match=rf"{kind}: input: expected a torch.Tensor or a Packed"):
+        fast(x.numpy())
+    with pytest.raises(TypeError, match=r"input: expected .*, got list"):
+        fast(x.tolist())
+
+
+# -- saved-tensor hooks, non-reentrant checkpointing (the whole cache was kept) --------------------
+@pytest.fixture
+def caches(monkeypatch):
+    """Weak references to the training caches the forward kernels return (a training cache holds
+    the gates and cell states of every step: the layer's activation memory)."""
+    refs = []
+    for name in KERNELS:
+        real = getattr(lstm_fast.ops, name)
+
+        def spy(*args, _real=real, **kw):
+            res = _real(*args, **kw)
+            if res[-1] is not None:
+                refs.append(weakref.ref(res[-1]))
+            return res
+
+        monkeypatch.setattr(lstm_fast.ops, name, spy)
+    return refs
+
+
+def _alive(refs):
+    gc.collect()
+    return sum(r() is not None for r in refs)
+
+
+@pytest.mark.parametrize("case", [LAYERS[0], LAYERS[2], CELLS[0]], ids=_id)
+def test_checkpointing_keeps_no_kernel_cache_until_backward(case, caches):
+    """torch.utils.checkpoint(use_reentrant=False) frees a region's activations after its
+    forward and recomputes them in backward. The kernels' cache is no saved tensor the
+    checkpoint could drop: every layer kept its whole cache (gates, cell states) alive until
+    backward, so checkpointing saved no memory on the recurrent layers. Under saved-tensor
+    hooks the modules now keep only their inputs (through the hooks, as torch's modules) and
+    recompute the cache in backward; the gradients are torch's."""
+    kind, kw = case
+    ref, fast = _pair(kind, **kw)
+    x = _input(kind)
+    found = []
+    for m in (ref, fast):
+        xx = x.clone().requires_grad_()
+        outs = checkpoint(lambda t, m=m: tuple(_flat(m(t))), xx, use_reentrant=False)
+        if m is fast:
+            assert _alive(caches) == 0, "a training cache outlived the checkpointed forward"
+        _weighted(outs).backward()
+        found.append([xx.grad] + [p.grad for p in m.parameters()])
+    assert caches and _alive(caches) == 0  # built in backward, used, dropped
+    for i, (a, b) in enumerate(zip(*found)):
+        _close(a, b, GRAD_TOL, f"grad {i}")
+
+
+def test_saved_tensor_hooks_receive_the_inputs_and_gradients_match(caches):
+    """Under user saved-tensor hooks (offloading, compression) the layer's inputs, states and
+    weights go through the hooks (its cache, invisible to them, is not kept), gradients are
+    torch's, and a retained graph runs backward twice."""
+    ref, fast = _pair("LSTM", num_layers=2)
+    x = _input("LSTM")
+    h0 = torch.randn(2, 2, 4, generator=torch.Generator().manual_seed(14))
+    found = []
+    for m in (ref, fast):
+        packed = []
+        xx, hh = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t, packed=packed: (packed.append(t.data_ptr()), t.clone())[1],
+            lambda t: t,
+        ):
+            outs = _flat(m(xx, (hh, hh * 0.5)))
+        if m is fast:
+            assert _alive(caches) == 0
+            assert xx.data_ptr() in packed and m.weight_hh_l1.data_ptr() in packed
+        loss = _weighted(outs)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        found.append([xx.grad, hh.grad] + [p.grad for p in m.parameters()])
+    for i, (a, b) in enumerate(zip(*found)):
+        _close(a, b, GRAD_TOL, f"grad {i}")
 
 
 # -- guards: behaviour that already matched torch, pinned -----------------------------------------

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -19,6 +20,15 @@
 #include <vector>
 
 #include "shapes.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#include <unistd.h>
+#define LSTM_FAST_BIND_ATFORK 1
+#endif
+#if defined(__linux__)
+#include <sys/sysinfo.h>
+#endif
 
 namespace lstm_fast {
 namespace bind {
@@ -359,6 +369,151 @@ inline py::array grad_out(py::handle given, const char* name, Dims dims,
   return arg(given, name, dims, /*writeable=*/true);
 }
 
+// ---- memory that cannot be had ------------------------------------------------------------
+
+// RAM + swap of this machine in bytes (0 when unknown): no single block larger than that can
+// ever be filled, whatever the kernel's overcommit policy lets malloc promise.
+inline std::uint64_t machine_memory_bytes() {
+  static const std::uint64_t total = [] {
+#if defined(__linux__)
+    struct sysinfo si;
+    if (sysinfo(&si) == 0)
+      return (static_cast<std::uint64_t>(si.totalram) + si.totalswap) * si.mem_unit;
+#endif
+    return std::uint64_t{0};
+  }();
+  return total;
+}
+
+inline std::string bytes_str(double b) {
+  static const char* const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (b >= 1024.0 && u < 5) b /= 1024.0, ++u;
+  std::ostringstream os;
+  os.precision(u ? 1 : 0);
+  os << std::fixed << b << " " << units[u];
+  return os.str();
+}
+
+// A MemoryError naming what could not be allocated (pybind11 raises std::bad_alloc as
+// MemoryError with its what()); thrown with or without the GIL held.
+struct OutOfMemory : std::bad_alloc {
+  std::string msg;
+  explicit OutOfMemory(std::string m) : msg(std::move(m)) {}
+  const char* what() const noexcept override { return msg.c_str(); }
+};
+
+// `what`: "a float32 array of shape (T, B, H)" or "scratch memory of N floats". Refuses a block
+// larger than RAM + swap before allocating it (with overcommit it could be promised, then the
+// OOM killer would end the process while the kernel writes it); after a failed allocation the
+// same message says the memory is short.
+[[noreturn]] inline void throw_out_of_memory(size_t bytes, const std::string& what,
+                                             bool refused) {
+  std::ostringstream os;
+  os << "cannot allocate " << bytes_str(static_cast<double>(bytes)) << " (" << bytes
+     << " bytes) for " << what;
+  const std::uint64_t total = machine_memory_bytes();
+  if (refused)
+    os << ": more than this machine's memory (" << bytes_str(static_cast<double>(total))
+       << " of RAM and swap)";
+  else
+    os << ": out of memory";
+  throw OutOfMemory(os.str());
+}
+inline bool beyond_machine(size_t bytes) {
+  const std::uint64_t total = machine_memory_bytes();
+  return total && bytes > total;
+}
+inline std::string shape_text(const py::ssize_t* shape, int nd) {
+  std::ostringstream os;
+  os << "a float32 array of shape (";
+  for (int d = 0; d < nd; ++d) os << (d ? ", " : "") << shape[d];
+  os << (nd == 1 ? ",)" : ")");
+  return os.str();
+}
+
+// ---- gradients accumulated by concurrent calls ----------------------------------------------
+
+// Backward calls add (+=) into caller-given gradient arrays (a layer's parameter .grad) with the
+// GIL released. Two Python threads running backward into the same gradients (two backward
+// calls of one layer; PyTorch's .grad accumulation is thread safe) would interleave their
+// read-modify-writes: lost updates and bits that depend on timing. A call holds the byte ranges
+// it accumulates into for its whole computation and a call whose ranges overlap held ones
+// waits; all of a call's ranges are taken at once, so calls cannot deadlock, and calls into
+// separate memory never wait.
+class AccumulateRegistry {
+ public:
+  void acquire(const Span* r, int n) {
+    std::unique_lock<std::mutex> lock(m_);
+    cv_.wait(lock, [&] {
+      for (const Span& h : held_)
+        for (int i = 0; i < n; ++i)
+          if (overlap(h, r[i])) return false;
+      return true;
+    });
+    for (int i = 0; i < n; ++i) held_.push_back(r[i]);
+  }
+  void release(const Span* r, int n) {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      for (int i = 0; i < n; ++i)
+        for (auto it = held_.begin(); it != held_.end(); ++it)
+          if (it->p == r[i].p && it->n == r[i].n) {
+            held_.erase(it);
+            break;
+          }
+    }
+    cv_.notify_all();
+  }
+
+  // fork(): the child gets a registry of its own, unlocked and empty (the parent's other
+  // threads, whose ranges it lists, do not exist there). The parent's is locked across fork so
+  // that no thread is inside it at that moment (the child's copy is simply abandoned).
+  static AccumulateRegistry*& instance_ptr() {
+    static AccumulateRegistry* r = [] {
+      auto* p = new AccumulateRegistry;
+#if defined(LSTM_FAST_BIND_ATFORK)
+      pthread_atfork([] { instance_ptr()->m_.lock(); }, [] { instance_ptr()->m_.unlock(); },
+                     [] { instance_ptr() = new AccumulateRegistry; });
+#endif
+      return p;
+    }();
+    return r;
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<Span> held_;
+};
+
+// The caller-given gradient arrays of one call (None and empty ones are skipped), collected
+// with the GIL held; AccumulateGuard then holds them for the computation (without the GIL:
+// waiting for another call while holding it would deadlock that call's return).
+struct AccumulateSet {
+  Span r[8];
+  int n = 0;
+  void add(py::handle given) {
+    if (given.is_none() || n == 8) return;
+    const Span s = span_of(given);
+    if (s.n) r[n++] = s;
+  }
+};
+struct AccumulateGuard {
+  const AccumulateSet& set;
+  AccumulateRegistry* reg = nullptr;
+  explicit AccumulateGuard(const AccumulateSet& s) : set(s) {
+    if (!set.n) return;
+    reg = AccumulateRegistry::instance_ptr();
+    reg->acquire(set.r, set.n);
+  }
+  ~AccumulateGuard() {
+    if (reg) reg->release(set.r, set.n);
+  }
+  AccumulateGuard(const AccumulateGuard&) = delete;
+  AccumulateGuard& operator=(const AccumulateGuard&) = delete;
+};
+
 // Large scratch blocks are kept for the next call instead of going back to the system: the
 // pages of a fresh large allocation are zeroed by the kernel on first touch, which measured 12 %
 // of an S3 backward pass (a 210 MB dZ workspace per call), and smaller blocks repeatedly
@@ -374,6 +529,7 @@ class WorkspacePool {
 
   // A block of at least `bytes`; `bytes` is set to its capacity (give it back with that).
   void* take(size_t& bytes) {
+    if (beyond_machine(bytes)) return nullptr;  // the caller names it (never promised memory)
     if (bytes >= kPoolMin) {
       std::lock_guard<std::mutex> lock(m_);
       auto best = free_.end();
@@ -417,6 +573,9 @@ class WorkspacePool {
     kept_ = 0;
   }
 
+  void lock() { m_.lock(); }  // for fork() only (workspace_pool())
+  void unlock() { m_.unlock(); }
+
   size_t cached_bytes() {
     std::lock_guard<std::mutex> lock(m_);
     return kept_;
@@ -435,8 +594,17 @@ class WorkspacePool {
 };
 
 // One pool per process, never destroyed (a block may be handed back during interpreter exit).
+// Its mutex is held across fork() (a child forked while another thread was inside take or give,
+// e.g. freeing blocks in empty_cache(), inherited it locked and hung at its first large array).
 inline WorkspacePool& workspace_pool() {
-  static WorkspacePool* pool = new WorkspacePool;
+  static WorkspacePool* pool = [] {
+    auto* p = new WorkspacePool;
+#if defined(LSTM_FAST_BIND_ATFORK)
+    pthread_atfork([] { workspace_pool().lock(); }, [] { workspace_pool().unlock(); },
+                   [] { workspace_pool().unlock(); });
+#endif
+    return p;
+  }();
   return *pool;
 }
 
@@ -467,9 +635,10 @@ inline py::array_t<float, py::array::c_style> new_array(const py::ssize_t* shape
   size_t n = 1;
   for (int d = 0; d < nd; ++d) n *= static_cast<size_t>(shape[d]);
   size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+  if (beyond_machine(bytes)) throw_out_of_memory(bytes, shape_text(shape, nd), true);
   if (bytes < WorkspacePool::kPoolMin) return numpy_empty(shape, nd);
   void* block = workspace_pool().take(bytes);
-  if (!block) throw std::bad_alloc();
+  if (!block) throw_out_of_memory(bytes, shape_text(shape, nd), false);
   auto* owner = new std::pair<void*, size_t>(block, bytes);
   py::capsule base(owner, [](void* o) {
     auto* b = static_cast<std::pair<void*, size_t>*>(o);
@@ -493,7 +662,9 @@ struct Workspace {
     const size_t want = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
     bytes = want ? want : 64;
     void* block = workspace_pool().take(bytes);
-    if (!block) throw std::bad_alloc();
+    if (!block)
+      throw_out_of_memory(bytes, "scratch memory of " + std::to_string(n) + " floats",
+                          beyond_machine(bytes));
     p = static_cast<float*>(block);
   }
   ~Workspace() { workspace_pool().give(p, bytes); }

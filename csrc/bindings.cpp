@@ -279,8 +279,14 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   const bool scratch = !need_dx && !embedded && bs_ptr(c.batch_sizes) != nullptr;
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
+  AccumulateSet given;  // the caller's gradients this call adds into
+  for (py::handle h : {dweight_ih, dweight_hh, c.has_bias_ih ? dbias_ih : py::handle(Py_None),
+                       c.has_bias_hh ? dbias_hh : py::handle(Py_None),
+                       embedded ? dembedding : py::handle(Py_None)})
+    given.add(h);
   {
     py::gil_scoped_release nogil;
+    AccumulateGuard hold(given);
     Workspace ws(
         lstm_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr, nthreads));
     Workspace S(embedded ? std::max<index_t>(1, c.V * 4 * H) : 1);
@@ -355,8 +361,12 @@ py::array gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
   float* cp = static_cast<float*>(c.mutable_data());
+  AccumulateSet given;  // memory this call adds into (Linear's weight and bias gradients)
+  if (accumulate) given.add(out_obj);
+  given.add(sums);
   {
     py::gil_scoped_release nogil;
+    AccumulateGuard hold(given);
     const index_t lda = a.shape(1), ldb = b.shape(1);
     MatView A = trans_a ? MatView{cptr(a), 1, lda} : MatView{cptr(a), lda, 1};
     MatView Bv = trans_b ? MatView{cptr(b), 1, ldb} : MatView{cptr(b), ldb, 1};
@@ -498,7 +508,10 @@ void index_add_rows_py(py::handle out_obj, py::handle ids_obj, py::handle src_ob
                             std::to_string(ip[n]) + " at position " + std::to_string(n));
   float* op = static_cast<float*>(out.mutable_data());
   const float* sp = cptr(src);
+  AccumulateSet given;  // an embedding's gradient, added into
+  given.add(out);
   py::gil_scoped_release nogil;
+  AccumulateGuard hold(given);
   for (index_t n = 0; n < N; ++n) {
     float* o = op + ip[n] * E;
     const float* r = sp + n * E;

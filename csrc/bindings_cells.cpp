@@ -188,8 +188,13 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   const bool scratch = !need_dx && bs_ptr(c.batch_sizes) != nullptr;
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
+  AccumulateSet given;  // the caller's gradients this call adds into
+  for (py::handle h : {dweight_ih, dweight_hh, c.has_bias_ih ? dbias_ih : none,
+                       c.has_bias_hh ? dbias_hh : none})
+    given.add(h);
   {
     py::gil_scoped_release nogil;
+    AccumulateGuard hold(given);
     Workspace X(scratch ? std::max<index_t>(1, T * B * I) : 1);
     float* dxp = need_dx ? dx.mutable_data() : scratch ? X.p : nullptr;
     if (c.gates == 3) {

@@ -185,8 +185,13 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
   farray dx = need_dx ? empty_({T, B, I}) : farray(), dh0 = empty_({B, P}), dc0 = empty_({B, H});
   const Kernels& kern = active_kernels();
   const int nthreads = get_num_threads();
+  AccumulateSet given;  // the caller's gradients this call adds into
+  for (py::handle h : {dweight_ih, dweight_hh, dweight_hr, c.has_bias_ih ? dbias_ih : none,
+                       c.has_bias_hh ? dbias_hh : none})
+    given.add(h);
   {
     py::gil_scoped_release nogil;
+    AccumulateGuard hold(given);
     Workspace ws(lstm_proj_backward_workspace_size(kern, s, P, bs_ptr(c.batch_sizes) != nullptr));
     lstm_proj_backward(need_dx ? dx.mutable_data() : nullptr, dh0.mutable_data(),
                        dc0.mutable_data(), mptr(dW_ih),

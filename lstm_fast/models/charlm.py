@@ -323,18 +323,23 @@ def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: 
         raise ValueError(f"ids: expected at least 2 token ids, got {len(ids)}")
     was_training = model.training
     model.eval()
-    B = max(1, min(batch_size, (len(ids) - 1) // seq_len))
-    batcher = _data.BPTTBatcher(ids, B, seq_len, drop_last=False)
-    state = model.init_state(B)
-    total, count = 0.0, 0
-    for x, y in batcher:
-        logits, state = model(x, state)
-        loss, _ = softmax_cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum", need_grad=False
-        )
-        total += loss
-        count += y.size
-    model.train(was_training)
+    try:  # an error or Ctrl-C in the middle leaves the model in the mode it was given in
+        B = max(1, min(batch_size, (len(ids) - 1) // seq_len))
+        batcher = _data.BPTTBatcher(ids, B, seq_len, drop_last=False)
+        state = model.init_state(B)
+        total, count = 0.0, 0
+        for x, y in batcher:
+            logits, state = model(x, state)
+            loss, _ = softmax_cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                y.reshape(-1),
+                reduction="sum",
+                need_grad=False,
+            )
+            total += loss
+            count += y.size
+    finally:
+        model.train(was_training)
     return total / max(count, 1) / LN2
 
 

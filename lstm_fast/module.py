@@ -9,11 +9,16 @@ and a PyTorch state dict loads as is.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
+
+# Held while a backward replaces a None .grad with zeros (rnn.py / nn.py _ready_grads): two
+# threads must not each make their own array for one parameter.
+FRESH_GRAD_LOCK = threading.Lock()
 
 __all__ = ["Parameter", "Module"]  # (saved_versions, check_versions: for the layers)
 

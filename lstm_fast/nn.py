@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
+from .module import FRESH_GRAD_LOCK as _FRESH_GRAD_LOCK
 from .module import (
     Module,
     Parameter,
@@ -95,8 +96,13 @@ def _ready_grads(*named: tuple) -> None:
             )
         if not g.flags.writeable:
             raise ValueError(f"{name}.grad: expected a writeable array, got a read-only one")
-    for p in fresh:  # only once every gradient passed: a failed call changes nothing
-        p.grad = np.zeros_like(p.data)
+    # only once every gradient passed: a failed call changes nothing. Under the lock, and only
+    # if still None: two threads starting backward on one layer must add into the same new
+    # array (each making its own lost the other's whole contribution).
+    with _FRESH_GRAD_LOCK:
+        for p in fresh:
+            if p.grad is None:
+                p.grad = np.zeros_like(p.data)
 
 
 def _f32c_or_none(p: Optional[Parameter]) -> Optional[np.ndarray]:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import ops
+from .module import FRESH_GRAD_LOCK as _FRESH_GRAD_LOCK
 from .module import Module, Parameter, _from_torch, check_versions, make_rng, saved_versions
 from .ops import _finite
 
@@ -118,8 +119,13 @@ def _ready_grads(module: Module) -> None:
         if not g.flags.c_contiguous or not g.flags.writeable:
             what = "read-only" if not g.flags.writeable else f"strides {g.strides}"
             raise ValueError(f"{name}.grad: expected a writeable C-contiguous array, got {what}")
-    for p in fresh:  # only once every gradient passed: a failed call changes nothing
-        p.grad = np.zeros_like(p.data)
+    # only once every gradient passed: a failed call changes nothing. Under the lock, and only
+    # if still None: two threads starting backward on one layer must add into the same new
+    # array (each making its own lost the other's whole contribution).
+    with _FRESH_GRAD_LOCK:
+        for p in fresh:
+            if p.grad is None:
+                p.grad = np.zeros_like(p.data)
 
 
 def _as_float32(name: str, value: Any) -> np.ndarray:

@@ -659,6 +659,11 @@ struct Workspace {
   float* p = nullptr;
   size_t bytes = 0;
   explicit Workspace(index_t n) {
+    // A size that no memory holds (or a negative one, from a size computation that wrapped)
+    // is refused here, never rounded into a small block that the core would overrun.
+    if (n < 0 || static_cast<std::uint64_t>(n) > kMaxBytes / sizeof(float))
+      throw OutOfMemory("cannot allocate scratch memory of " + std::to_string(n) +
+                        " floats: more than 2^47 bytes (128 TiB), beyond any memory");
     const size_t want = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
     bytes = want ? want : 64;
     void* block = workspace_pool().take(bytes);

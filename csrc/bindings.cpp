@@ -535,12 +535,16 @@ farray take_rows_py(py::handle a_obj, py::handle index_obj) {
     if (ip[j] < 0 || ip[j] >= B)
       throw py::index_error("index: expected values in [0, B=" + std::to_string(B) + "), got " +
                             std::to_string(ip[j]) + " at position " + std::to_string(j));
+  check_output("index", "out", {{"T", T}, {"N", N}, {"F", F}});
   farray out = empty({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(N),
                       static_cast<py::ssize_t>(F)});
+  // Nothing to copy: a (T, B, 0) input may have any T and N (no product of them is bounded),
+  // and the row loop below would count T * N empty rows.
+  if (T == 0 || N == 0 || F == 0) return out;
   const float* src = cptr(a);
   float* dst = out.mutable_data();
   py::gil_scoped_release nogil;
-  const index_t rows = T * N;
+  const index_t rows = T * N;  // <= T * N * F, checked above
   const int P = rows * F >= (index_t(1) << 16) ? get_num_threads() : 1;
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1)

@@ -238,6 +238,25 @@ void bind_lstm_proj(py::module_& m) {
         py::arg("dweight_hh") = py::none(), py::arg("dbias_ih") = py::none(),
         py::arg("dbias_hh") = py::none(), py::arg("dweight_hr") = py::none(), py::kw_only(),
         py::arg("need_dx") = true);
+  // Floats of scratch memory lstm_proj_forward takes for these sizes (for tests of its size
+  // arithmetic at shapes too large to run): sizes >= 0 whose y (T, B, P) and c_n (B, H) could
+  // exist, as lstm_proj_forward checks them.
+  m.def(
+      "_proj_forward_workspace_floats",
+      [](index_t T, index_t B, index_t I, index_t H, index_t P, bool training) {
+        for (const index_t v : {T, B, I, H, P})
+          if (v < 0 || static_cast<std::uint64_t>(v) > kMaxBytes / sizeof(float))
+            throw py::value_error("sizes: expected values in [0, 2^45], got " +
+                                  std::to_string(v));
+        check_output("sizes", "y", {{"T", T}, {"B", B}, {"P", P}});
+        check_output("sizes", "c_n", {{"B", B}, {"H", H}});
+        check_output("sizes", "weight_hh", {{"4H", 4 * H}, {"P", P}});
+        check_output("sizes", "weight_ih", {{"4H", 4 * H}, {"I", I}});
+        return lstm_proj_forward_workspace_size(active_kernels(), LstmSizes{T, B, I, H}, P,
+                                                training);
+      },
+      py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("P"),
+      py::arg("training"));
   m.def(
       "_proj_choose_schedule",
       [](index_t T, index_t B, index_t I, index_t H, index_t P, int threads) {

@@ -145,7 +145,9 @@ index_t lstm_proj_forward_workspace_size(const Kernels& kern, const LstmSizes& s
   const index_t hr = num_panels(kern, P) * kern.NR * s.H;
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * G;
   const index_t wip = (G + kern.NR - 1) / kern.NR * kern.NR * s.I;  // W_ih^T packed once
-  const index_t unpacked = s.T * s.B * G;
+  // The unpacked path's (T*B, 4H) block, only for the T * B <= kUnpackedRows calls that take it
+  // (formed for every shape, T * B * 4H could wrap: y is (T, B, P), nothing bounds it).
+  const index_t unpacked = s.T * s.B <= kUnpackedRows ? s.T * s.B * G : 0;
   return std::max(panels + hr + xp + wip, unpacked) + 2 * s.B * s.H + s.B * std::max(s.H, P) +
          64;
 }

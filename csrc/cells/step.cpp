@@ -32,7 +32,9 @@ void step_forward(StepCell cell, float* h_out, float* c_out, const float* x, con
   float* hw = xp + B * G;        // (B, G): GRU only, h . W_hh^T
   // Work split: unit blocks of the LSTM's register width W (lstm_fwd_rows works on blocks).
   const index_t blk = kern.W, nblk = (H + blk - 1) / blk;
-  const int P = (G * (I + H) * B >= (index_t(1) << 17) && nthreads > 1 && nblk >= 2) ? nthreads : 1;
+  // (the cost estimate in double: an integer product of weights and rows could wrap)
+  const double flops = static_cast<double>(G) * static_cast<double>(I + H) * B;
+  const int P = (flops >= double(index_t(1) << 17) && nthreads > 1 && nblk >= 2) ? nthreads : 1;
   run_team(P, [&] {
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();

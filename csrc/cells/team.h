@@ -32,7 +32,9 @@ constexpr index_t kChunkFloats = index_t(1) << 18;
 constexpr index_t kWholeFloats = index_t(1) << 20;
 inline index_t chunk_steps(const LstmSizes& s) {
   const index_t per_step = std::max<index_t>(1, s.B * 4 * s.H);
-  if (s.T * per_step <= kWholeFloats) return std::max<index_t>(1, s.T);
+  // T * per_step <= kWholeFloats, without forming the product: T * B * 4H is not bounded by any
+  // array of an inference call with a projection (y is (T, B, P)), and could wrap.
+  if (s.T <= kWholeFloats / per_step) return std::max<index_t>(1, s.T);
   return std::max<index_t>(1, std::min<index_t>(s.T, kChunkFloats / per_step));
 }
 

@@ -196,17 +196,17 @@ LF_INLINE vf vfnmsub(vf a, vf b, vf c) {
 // vanish), plus the exponent bias.
 LF_INLINE vf pow2_of_rounded(vf t) { return (vf)(((vu)t << 23) + (127u << 23)); }
 
-// sigmoid(x) = 1 / (1 + e^-x): x clamped to [-88.3, 86] (e^-x <= 2.3e38: no overflow, and 2^n
-// stays normal; the result at -88.3 is below the smallest normal float, so flushed to 0 under
-// the kernels' flush-to-zero, as sigmoid(-inf) must be), -x = n ln2 + r, e^r by a degree-5 polynomial, 1 + 2^n e^r in one FMA
-// (a NaN in x reaches it through r, so it propagates).
 #if LF_W == 8
-// AVX2: the previous formulation (exp's SCALEF-free path, two-part reduction, 1 / (1 + e^-x)).
+// AVX2: sigmoid(x) = 1 / (1 + exp(-x)), the previous formulation (exp's two-part reduction).
 // The one below gave wrong values in some rows of the AVX2 LSTM step in the ASan+UBSan build
 // (GCC 12; the release build, the AVX-512 and generic kernels, and the function alone under
 // the sanitizers were right; not understood), so AVX2 keeps this one.
 LF_INLINE vf vsigmoid(vf x) { return vrecip(splat(1.0f) + vexp(-x)); }
 #else
+// sigmoid(x) = 1 / (1 + e^-x): x clamped to [-88.3, 86] (e^-x <= 2.3e38: no overflow, and 2^n
+// stays normal; the result at -88.3 is below the smallest normal float, so flushed to 0 under
+// the kernels' flush-to-zero, as sigmoid(-inf) must be), -x = n ln2 + r, e^r by a degree-5
+// polynomial, 1 + 2^n e^r in one FMA (a NaN in x reaches it through r, so it propagates).
 LF_INLINE vf vsigmoid(vf x) {
   x = vmax(vmin(x, splat(86.0f)), splat(-88.3f));
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer

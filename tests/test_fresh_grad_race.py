@@ -42,13 +42,20 @@ def _twice_concurrently(fn):
     assert not errors, errors
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_concurrent_backward_from_none_grads_sums_both(kind, monkeypatch):
-    rng = np.random.default_rng(0)
+def _layer(kind):
+    rng = np.random.default_rng(0 if kind != "Linear" else 1)
+    if kind == "Linear":
+        return nn.Linear(5, 3, seed=0), rng.standard_normal((4, 5)).astype(np.float32)
     m = getattr(lstm_fast, kind)(6, 5, seed=0)
-    x = rng.standard_normal((4, 3, 6)).astype(np.float32)
-    y = m(x)[0]
-    dy = rng.standard_normal(y.shape).astype(np.float32)
+    return m, rng.standard_normal((4, 3, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "Linear"])
+def test_concurrent_backward_from_none_grads_sums_both(kind, monkeypatch):
+    m, x = _layer(kind)
+    out = m(x)
+    y = out[0] if isinstance(out, tuple) else out
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
     m.zero_grad()
     m.backward(dy)
     once = {n: p.grad.copy() for n, p in m.named_parameters()}
@@ -57,21 +64,4 @@ def test_concurrent_backward_from_none_grads_sums_both(kind, monkeypatch):
     _slow_zeros_like(monkeypatch)
     _twice_concurrently(lambda: m.backward(dy))
     for n, p in m.named_parameters():
-        np.testing.assert_allclose(p.grad, 2 * once[n], rtol=1e-6, atol=1e-7, err_msg=n)
-
-
-def test_concurrent_linear_backward_from_none_grads_sums_both(monkeypatch):
-    rng = np.random.default_rng(1)
-    lin = nn.Linear(5, 3, seed=0)
-    x = rng.standard_normal((4, 5)).astype(np.float32)
-    y = lin(x)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    lin.zero_grad()
-    lin.backward(dy)
-    once = {n: p.grad.copy() for n, p in lin.named_parameters()}
-    for p in lin.parameters():
-        p.grad = None
-    _slow_zeros_like(monkeypatch)
-    _twice_concurrently(lambda: lin.backward(dy))
-    for n, p in lin.named_parameters():
         np.testing.assert_allclose(p.grad, 2 * once[n], rtol=1e-6, atol=1e-7, err_msg=n)

@@ -25,8 +25,11 @@ How tensors reach the kernels
       torch's modules accept a lower-precision input) a bfloat16/float16 input and states are
       cast to float32 explicitly and the kernels run in float32, as autocast's float32 ops do:
       the outputs are float32;
-    * parameters of another dtype (``model.double()``, ``.half()``) raise ``TypeError``; CUDA (or
-      any non-CPU) tensors raise ``RuntimeError``. Use :func:`restore_rnns` for those models.
+    * a module whose parameters are of another dtype (``model.double()``, ``.half()``) or on
+      another device (``.to("cuda")``) computes with torch's own implementation (it is torch's
+      subclass), exactly as the module it replaced: a model keeps working whatever is done to
+      it after :func:`replace_rnns`, and is fast again once it is float32 on the CPU. With
+      float32 CPU parameters, an input or state on another device raises ``RuntimeError``.
 
 Autograd
     One ``autograd.Function`` per layer and direction (per step for a cell, a sequence of
@@ -532,12 +535,28 @@ def _has_tangent(module: nn.Module, input, hx, weights) -> bool:
     )
 
 
+def _foreign_params(module: nn.Module, weights) -> bool:
+    """Whether a parameter named in ``weights`` is not a float32 CPU tensor (``model.double()``,
+    ``.half()``, ``.to("cuda")``): the kernels are float32 and CPU only, so torch's own
+    implementation computes such a module, as it would without :func:`replace_rnns`."""
+    for n in weights:
+        t = getattr(module, n, None)
+        if isinstance(t, torch.Tensor) and (t.dtype is not torch.float32 or not t.is_cpu):
+            return True
+    return False
+
+
 def _torch_computes(module: nn.Module, input, hx, weights) -> bool:
     """Whether this call is computed by torch's own implementation rather than the kernels: a
     graph being recorded (:func:`_graph_capture`), a ``torch.func`` transform
-    (:func:`_func_transform`) or a tangent on the input, a state or a parameter
-    (:func:`_has_tangent`)."""
-    return _graph_capture() or _func_transform() or _has_tangent(module, input, hx, weights)
+    (:func:`_func_transform`), a tangent on the input, a state or a parameter
+    (:func:`_has_tangent`), or parameters the kernels cannot take (:func:`_foreign_params`)."""
+    return (
+        _foreign_params(module, weights)
+        or _graph_capture()
+        or _func_transform()
+        or _has_tangent(module, input, hx, weights)
+    )
 
 
 # functorch's tests for a vmap-batched tensor (the engine's is_grads_batched uses the legacy one)
@@ -820,7 +839,7 @@ class LSTM(_FastRNNMixin, nn.LSTM):
     Args:
         input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
         bidirectional=False, proj_size=0, device=None, dtype=None: as ``torch.nn.LSTM``
-        (only float32 CPU parameters run).
+        (float32 CPU parameters run on the kernels, others on torch's implementation).
 
     Inputs: ``input, (h_0, c_0)``
         input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
@@ -859,8 +878,8 @@ class GRU(_FastRNNMixin, nn.GRU):
         h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
 
     Arguments, inputs (``input, h_0``), outputs (``output, h_n``) and attributes
-    (``weight_ih_l{k}`` (3H, I or D * H), ...) exactly as ``torch.nn.GRU``; float32 CPU tensors
-    only, as :class:`LSTM`.
+    (``weight_ih_l{k}`` (3H, I or D * H), ...) exactly as ``torch.nn.GRU``; dtypes and devices
+    as :class:`LSTM`.
 
     Example::
 
@@ -876,7 +895,7 @@ class RNN(_FastRNNMixin, nn.RNN):
     kernels: :math:`h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`.
 
     Arguments, inputs (``input, h_0``), outputs (``output, h_n``) and attributes exactly as
-    ``torch.nn.RNN``; float32 CPU tensors only, as :class:`LSTM`.
+    ``torch.nn.RNN``; dtypes and devices as :class:`LSTM`.
 
     Example::
 
@@ -1000,7 +1019,7 @@ class LSTMCell(_FastCellMixin, nn.LSTMCell):
 
     Args:
         input_size, hidden_size, bias=True, device=None, dtype=None: as ``torch.nn.LSTMCell``
-        (only float32 CPU parameters run).
+        (float32 CPU parameters run on the kernels, others on torch's implementation).
 
     Inputs: ``input, (h_0, c_0)``
         input: (B, I) or (I,) unbatched; float32 CPU tensor (any layout; non-contiguous input
@@ -1048,7 +1067,7 @@ class GRUCell(_FastCellMixin, nn.GRUCell):
 
     Arguments, inputs (``input, h_0``: (B, I) or (I,), (B, H) or (H,)), output ``h_1`` and
     attributes (``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih``, ``bias_hh`` (3H,),
-    rows r, z, n) exactly as ``torch.nn.GRUCell``; float32 CPU tensors only, as
+    rows r, z, n) exactly as ``torch.nn.GRUCell``; dtypes and devices as
     :class:`LSTMCell`.
 
     Example::
@@ -1069,7 +1088,7 @@ class RNNCell(_FastCellMixin, nn.RNNCell):
     Arguments, inputs (``input, h_0``), output ``h_1`` and attributes (``weight_ih`` (H, I),
     ``weight_hh`` (H, H), ``bias_ih``, ``bias_hh`` (H,)) exactly as ``torch.nn.RNNCell``
     (another ``nonlinearity`` raises ``RuntimeError`` at the first forward, as torch's);
-    float32 CPU tensors only, as :class:`LSTMCell`.
+    dtypes and devices as :class:`LSTMCell`.
 
     Example::
 

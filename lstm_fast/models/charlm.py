@@ -27,6 +27,7 @@ from .checkpoint import (
     atomic_write_text,
     check_arrays,
     interpreting,
+    json_text,
     load_npz,
     restore_module,
     save_npz,
@@ -421,6 +422,15 @@ def train_charlm(
         )
     train_ids, val_ids = _data.train_val_split(ids, cfg.val_fraction)
     val_ids = val_ids[: cfg.val_max_chars]
+    need = cfg.batch_size * cfg.seq_len + 1  # one full window of every stream, and its target
+    if len(train_ids) < need:  # (BPTTBatcher's own message named its internal "ids")
+        n_val = len(ids) - len(train_ids)
+        held = f" (of {len(ids)}: val_fraction={cfg.val_fraction:g} held out {n_val})"
+        raise ValueError(
+            f"corpus: expected at least batch_size * seq_len + 1 = {need} training characters "
+            f"(batch_size={cfg.batch_size}, seq_len={cfg.seq_len}), got {len(train_ids)}"
+            + (held if n_val else "")
+        )
     batcher = _data.BPTTBatcher(train_ids, cfg.batch_size, cfg.seq_len)
     opt = make_optimizer(cfg.optimizer, list(model.parameters()), lr=cfg.lr)
     hist: dict[str, list] = {"train_bpc": [], "val": []}
@@ -493,13 +503,15 @@ def train_charlm(
         raise
     if bar is not None:
         bar.close()
-    if len(val_ids) > cfg.seq_len and (not hist["val"] or hist["val"][-1][0] != step):
+    # (the periodic validation's condition: a held-out part shorter than seq_len is still
+    # evaluated, so the figure reported is the final weights', not an earlier step's)
+    if len(val_ids) > 1 and (not hist["val"] or hist["val"][-1][0] != step):
         val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
         hist["val"].append([step, val_bpc])
     elif hist["val"]:
         val_bpc = hist["val"][-1][1]
     checkpoint()
-    atomic_write_text(out / "vocab.json", json.dumps(vocab.to_dict(), ensure_ascii=False))
+    atomic_write_text(out / "vocab.json", json_text(vocab.to_dict()))
     plot = _plot(out, hist)
     tail = hist["train_bpc"][-max(1, min(50, len(hist["train_bpc"]))) :]
     return {

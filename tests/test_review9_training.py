@@ -1,0 +1,97 @@
+"""Edge cases found in the ninth review, training layer end to end: the char-LM's final validation
+figure, corpora too short for a window, text UTF-8 cannot encode (lone surrogates) in vocabularies
+and checkpoints, the classifier's validation file and LM corpus, the Naive Bayes smoothing, and the
+`train` command's corpus options.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lstm_fast import cli, data
+from lstm_fast.models.charlm import TrainConfig, evaluate_bpc, load_charlm, train_charlm
+from lstm_fast.models.checkpoint import load_npz, save_npz
+
+TINY_LM = dict(embed_size=4, hidden_size=6, num_layers=1, seq_len=8, batch_size=2)
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+# -- char-LM --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("val_every", [0, 2])
+def test_final_validation_is_of_the_final_weights_on_a_short_held_out_part(tmp_path, val_every):
+    """A held-out part of 2..seq_len characters was validated every val_every steps but not at
+    the end: the reported val_bpc was an earlier step's (or None with val_every=0)."""
+    text = "abcdefghij" * 10  # 100 characters: 5 held out, fewer than seq_len=8
+    cfg = TrainConfig(steps=3, val_every=val_every, checkpoint_every=0, lr=0.05, **TINY_LM)
+    res = train_charlm(cfg, tmp_path, text=text, progress=False, log=_quiet)
+    model, vocab, _, arrays = load_charlm(tmp_path)
+    _, val_ids = data.train_val_split(vocab.encode(text), cfg.val_fraction)
+    assert 2 <= len(val_ids) <= cfg.seq_len
+    want = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
+    assert res["val_bpc"] == want
+    assert arrays["hist/val"][-1].tolist() == [3.0, want]
+
+
+def test_a_corpus_too_short_for_a_window_is_named_with_the_sizes(tmp_path, capsys):
+    """The error named BPTTBatcher's internal ``ids`` ("ids: 190 tokens are too few ..."), not
+    the corpus, nor how many characters the sizes need."""
+    text = "ab" * 100
+    cfg = TrainConfig(steps=1, val_every=0, **dict(TINY_LM, batch_size=50, seq_len=5))
+    with pytest.raises(ValueError) as e:
+        train_charlm(cfg, tmp_path / "run", text=text, progress=False, log=_quiet)
+    msg = str(e.value)
+    assert msg.startswith("corpus: expected at least batch_size * seq_len + 1 = 251 ")
+    assert "got 190 (of 200: val_fraction=0.05 held out 10)" in msg
+    assert not (tmp_path / "run").exists()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(text, encoding="utf-8")
+    argv = ["train", str(corpus), "--out", str(tmp_path / "run"), "--batch-size", "50"]
+    argv += ["--seq-len", "5", "--steps", "1", "--quiet", "--hidden-size", "4"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train: CORPUS: expected at least batch_size * seq_len + 1 = 251 ")
+
+
+def test_train_refuses_corpus_and_default_corpus_together(tmp_path, capsys):
+    """`train FILE --default-corpus` trained on the standard library, ignoring FILE."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc" * 50, encoding="utf-8")
+    argv = ["train", str(corpus), "--default-corpus", "--out", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "give CORPUS" in err and "not both" in err and str(corpus) in err
+    assert not (tmp_path / "run").exists()
+
+
+# -- text UTF-8 cannot encode ---------------------------------------------------------------------
+def test_lone_surrogates_train_checkpoint_and_load(tmp_path):
+    """A text holding a lone surrogate (os.fsdecode, surrogateescape) trained to the end, then
+    the checkpoint's JSON failed to encode (UnicodeEncodeError): the run was lost."""
+    text = "ab\udcffcd\ud800" * 20
+    cfg = TrainConfig(steps=2, val_every=0, checkpoint_every=0, **TINY_LM)
+    res = train_charlm(cfg, tmp_path, text=text, progress=False, log=_quiet)
+    model, vocab, _, _ = load_charlm(tmp_path)
+    assert "\udcff" in vocab.itos and "\ud800" in vocab.itos
+    assert vocab.decode(vocab.encode(text)) == text
+    assert res["vocab_size"] == len(vocab)
+    saved = data.Vocab.from_dict(json.loads((tmp_path / "vocab.json").read_text("utf-8")))
+    assert saved.itos == vocab.itos
+
+
+def test_vocab_and_checkpoint_files_take_lone_surrogates(tmp_path):
+    v = data.Vocab.build("x\udc80y", level="char")
+    v.save(tmp_path / "v.json")  # raised UnicodeEncodeError, leaving v.json.tmp<pid> behind
+    assert data.Vocab.load(tmp_path / "v.json").itos == v.itos
+    assert [p.name for p in tmp_path.iterdir()] == ["v.json"]
+    save_npz(tmp_path / "c.npz", {"w": np.ones(2, np.float32)}, {"path": "/d/\udcffx", "k": "한"})
+    _, meta = load_npz(tmp_path / "c.npz")
+    assert meta["path"] == "/d/\udcffx" and meta["k"] == "한"
+    # text UTF-8 can encode stays readable in the file (not \\u escapes)
+    save_npz(tmp_path / "k.npz", {}, {"k": "한글"})
+    assert "한글".encode() in (tmp_path / "k.npz").read_bytes()

@@ -14,12 +14,19 @@ import pytest
 from lstm_fast import cli, data
 from lstm_fast.models.charlm import TrainConfig, evaluate_bpc, load_charlm, train_charlm
 from lstm_fast.models.checkpoint import load_npz, save_npz
+from lstm_fast.models.classifier import ClassifierConfig, train_classifier
+from lstm_fast.models.naive_bayes import NaiveBayes
 
 TINY_LM = dict(embed_size=4, hidden_size=6, num_layers=1, seq_len=8, batch_size=2)
 
 
 def _quiet(msg: str) -> None:
     pass
+
+
+def _tsv(path, rows):
+    path.write_text("".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
+    return path
 
 
 # -- char-LM --------------------------------------------------------------------------------------
@@ -95,3 +102,53 @@ def test_vocab_and_checkpoint_files_take_lone_surrogates(tmp_path):
     # text UTF-8 can encode stays readable in the file (not \\u escapes)
     save_npz(tmp_path / "k.npz", {}, {"k": "한글"})
     assert "한글".encode() in (tmp_path / "k.npz").read_bytes()
+
+
+# -- classifier ---------------------------------------------------------------------------------
+def test_classify_train_refuses_a_validation_file_without_rows(tmp_path, capsys):
+    """A --val file with only a header trained with no validation at all, reporting "trained on
+    every row" (the held-out split was not made either)."""
+    rows = [(1, "좋다"), (2, "별로"), (1, "최고"), (2, "최악")] * 3
+    train = _tsv(tmp_path / "t.tsv", rows)
+    val = tmp_path / "v.tsv"
+    val.write_text("label\ttext\n\n", encoding="utf-8")
+    cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1)
+    with pytest.raises(ValueError, match=r"v\.tsv: expected at least one 'label<TAB>text' row"):
+        train_classifier(train, tmp_path / "run", cfg, val_tsv=val, progress=False, log=_quiet)
+    assert not (tmp_path / "run").exists()
+    argv = ["classify", "train", str(train), "--out", str(tmp_path / "run"), "--val", str(val)]
+    assert cli.main(argv + ["--epochs", "1", "--quiet"]) == 1
+    assert "v.tsv: expected at least one 'label<TAB>text' row, got none" in capsys.readouterr().err
+
+
+def test_classify_lm_corpus_errors_name_the_option(tmp_path, capsys):
+    """A missing --lm-corpus was reported as "classify: corpus: ..." (no such option)."""
+    train = _tsv(tmp_path / "t.tsv", [(1, "가나"), (2, "다라")] * 4)
+    missing = tmp_path / "nope.txt"
+    cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, lm_steps=2, lm_corpus=missing)
+    with pytest.raises(FileNotFoundError, match=r"^lm_corpus: expected a text file or a dir"):
+        train_classifier(train, tmp_path / "run", cfg, progress=False, log=_quiet)
+    argv = ["classify", "train", str(train), "--out", str(tmp_path / "run"), "--quiet"]
+    argv += ["--lm-steps", "2", "--lm-corpus", str(missing)]
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.startswith("classify: --lm-corpus: expected a text file")
+
+
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, float("nan"), float("inf"), "1", None, True])
+def test_naive_bayes_refuses_a_bad_alpha(alpha):
+    """A negative or NaN alpha gave NaN scores (every prediction class 0), 0 gave -inf for any
+    feature a class never showed, and a str raised float()'s message naming nothing."""
+    with pytest.raises(ValueError, match=r"alpha: expected a finite float > 0, got"):
+        NaiveBayes(alpha=alpha)
+
+
+def test_naive_bayes_alpha_still_smooths_as_before():
+    """Guard: a valid alpha is the Laplace smoothing of the docstring's formula."""
+    texts, labels = ["aa b", "b c", "c"], [0, 1, 1]
+    nb = NaiveBayes(alpha=0.5, char_n=1, word_n=0).fit(texts, labels)
+    counts = {0: {"a": 2, " ": 1, "b": 1}, 1: {"b": 1, " ": 1, "c": 2}}
+    feats = sorted(nb.index, key=nb.index.get)
+    for c in (0, 1):
+        n = np.array([counts[c].get(f[2:], 0) for f in feats], float)
+        want = np.log(n + 0.5) - np.log(n.sum() + 0.5 * len(feats))
+        np.testing.assert_allclose(nb.log_prob[:, c], want)

@@ -595,6 +595,16 @@ class RMSprop(Optimizer):
             p.data -= _f32(self.lr) * (g / avg)
 
 
+def _sumsq(g: np.ndarray) -> float:
+    """The sum of squares of a gradient, in float64. float32 ones in lstm_fast's own kernel
+    (np.dot would wake NumPy's BLAS thread pool, which then spins next to the recurrent kernels'
+    OpenMP team), others squared in float64: np.dot of a float16 gradient summed in float16,
+    so 100 values of 300 (a norm of 3000) overflowed to inf and clipping zeroed them all."""
+    if g.dtype == _f32:
+        return _core.sumsq(np.ascontiguousarray(g))
+    return float(np.square(g, dtype=np.float64).sum())
+
+
 def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e-6) -> float:
     """Scale all gradients together so their global L2 norm is at most ``max_norm``
     (``params``: an iterable of parameters, or one parameter).
@@ -609,14 +619,7 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
     if not math.isfinite(eps):
         raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
     _check_grads("clip_grad_norm", params, kinds="f", writeable=True)
-    # float64 sums in lstm_fast's own kernel: np.dot would wake NumPy's BLAS thread pool, which
-    # then spins next to the recurrent kernels' OpenMP team
-    total = math.sqrt(
-        sum(
-            _core.sumsq(p.grad) if _fast(p) else float(np.dot(p.grad.ravel(), p.grad.ravel()))
-            for p in params
-        )
-    )
+    total = math.sqrt(sum(_sumsq(p.grad) for p in params))
     denom = total + eps
     coef = max_norm / denom if denom else math.inf  # (eps = 0 and all gradients zero)
     if coef < 1.0:

@@ -7,15 +7,17 @@ and checkpoints, the classifier's validation file and LM corpus, the Naive Bayes
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
-from lstm_fast import cli, data
+from lstm_fast import cli, data, optim
 from lstm_fast.models.charlm import TrainConfig, evaluate_bpc, load_charlm, train_charlm
 from lstm_fast.models.checkpoint import load_npz, save_npz
 from lstm_fast.models.classifier import ClassifierConfig, train_classifier
 from lstm_fast.models.naive_bayes import NaiveBayes
+from lstm_fast.module import Parameter
 
 TINY_LM = dict(embed_size=4, hidden_size=6, num_layers=1, seq_len=8, batch_size=2)
 
@@ -152,3 +154,37 @@ def test_naive_bayes_alpha_still_smooths_as_before():
         n = np.array([counts[c].get(f[2:], 0) for f in feats], float)
         want = np.log(n + 0.5) - np.log(n.sum() + 0.5 * len(feats))
         np.testing.assert_allclose(nb.log_prob[:, c], want)
+
+
+# -- optimizers -----------------------------------------------------------------------------------
+def test_clip_grad_norm_of_float16_gradients_as_torch():
+    """np.dot summed a float16 gradient's squares in float16: 100 values of 300 (norm 3000)
+    overflowed to inf, and clipping multiplied every gradient by 0."""
+    torch = pytest.importorskip("torch")
+    g = np.full(100, 300, np.float16)
+    h = np.linspace(-2, 2, 6, dtype=np.float16)
+    p, q = Parameter(np.zeros(100)), Parameter(np.zeros(6))
+    p.grad, q.grad = g.copy(), h.copy()
+    norm = optim.clip_grad_norm([p, q], 1.0)
+    want = math.sqrt(float(np.sum(g.astype(np.float64) ** 2) + np.sum(h.astype(np.float64) ** 2)))
+    assert norm == pytest.approx(want, rel=1e-12)
+    tp = [torch.nn.Parameter(torch.zeros(a.shape, dtype=torch.float16)) for a in (g, h)]
+    for t, a in zip(tp, (g, h)):
+        t.grad = torch.tensor(a)
+    tnorm = torch.nn.utils.clip_grad_norm_(tp, 1.0)
+    assert norm == pytest.approx(float(tnorm), rel=1e-3)
+    for ours, t in zip((p, q), tp):
+        assert ours.grad.dtype == np.float16
+        np.testing.assert_allclose(ours.grad, t.grad.numpy(), rtol=2e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["float64", "strided float32"])
+def test_clip_grad_norm_is_the_same_for_any_gradient_layout(layout):
+    """Guard: gradients the C++ kernel cannot read in place are summed in float64 too."""
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((5, 7)).astype(np.float32)
+    p, q = Parameter(np.zeros((5, 7))), Parameter(np.zeros((5, 7)))
+    p.grad = g.copy()
+    q.grad = g.astype(np.float64) if layout == "float64" else np.repeat(g, 2, axis=1)[:, ::2]
+    assert optim.clip_grad_norm([q], 0.5) == pytest.approx(optim.clip_grad_norm([p], 0.5), rel=1e-6)
+    np.testing.assert_allclose(q.grad, p.grad, rtol=1e-6)

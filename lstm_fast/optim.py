@@ -227,7 +227,12 @@ class Optimizer:
     def _grad(self, p: Parameter, weight_decay: float) -> np.ndarray:
         """The gradient the update uses: negated with ``maximize`` (PyTorch's order: before
         the L2 term), plus ``weight_decay * p``."""
-        g = -p.grad if getattr(self, "maximize", False) else p.grad
+        g = p.grad
+        if g.dtype.kind in "iu" or g.dtype.itemsize < 4:
+            # in float32: squared in its own dtype, an int8 gradient of 100 wrapped around and a
+            # float16 one of 300 overflowed to inf (Adam, RMSprop and Adagrad's g * g)
+            g = g.astype(_f32)
+        g = -g if getattr(self, "maximize", False) else g
         if weight_decay:
             return g + _f32(weight_decay) * p.data
         return g
@@ -451,7 +456,7 @@ class Adam(Optimizer):
         if self._decoupled:
             if self.weight_decay:
                 p.data *= _f32(1.0 - self.lr * self.weight_decay)
-            g = -p.grad if self.maximize else p.grad
+            g = self._grad(p, 0.0)
         else:
             g = self._grad(p, self.weight_decay)
         m = self._buf(i, "exp_avg")

@@ -188,3 +188,24 @@ def test_clip_grad_norm_is_the_same_for_any_gradient_layout(layout):
     q.grad = g.astype(np.float64) if layout == "float64" else np.repeat(g, 2, axis=1)[:, ::2]
     assert optim.clip_grad_norm([q], 0.5) == pytest.approx(optim.clip_grad_norm([p], 0.5), rel=1e-6)
     np.testing.assert_allclose(q.grad, p.grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad", "rmsprop"])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.float16])
+def test_narrow_gradients_update_as_their_float32_values(name, dtype, wd):
+    """Gradients of a narrow dtype (accepted by step) were squared in it: an int8 100 wrapped
+    around (100 * 100 = 16 in int8) and a float16 300 overflowed to inf, so Adam, RMSprop and
+    Adagrad stepped those weights by a wrong amount."""
+    values = [100, 3, 1, 120] if np.dtype(dtype).itemsize == 1 else [300, 3, 1, 250]
+    kw = dict(momentum=0.9) if name in ("sgd", "rmsprop") else {}
+    p, q = Parameter(np.zeros(4)), Parameter(np.zeros(4))
+    a = optim.make_optimizer(name, [p], lr=0.01, weight_decay=wd, **kw)
+    b = optim.make_optimizer(name, [q], lr=0.01, weight_decay=wd, **kw)
+    for _ in range(3):
+        p.grad = np.array(values, dtype=dtype)
+        q.grad = np.array(values, dtype=np.float32)
+        a.step()
+        b.step()
+    # (a float32 gradient takes Adam's fused kernel: the same maths, rounded in another order)
+    np.testing.assert_allclose(p.data, q.data, rtol=1e-6, atol=0)

@@ -209,3 +209,17 @@ def test_narrow_gradients_update_as_their_float32_values(name, dtype, wd):
         b.step()
     # (a float32 gradient takes Adam's fused kernel: the same maths, rounded in another order)
     np.testing.assert_allclose(p.data, q.data, rtol=1e-6, atol=0)
+
+
+def test_sample_refuses_a_prime_that_is_not_utf8(tmp_path, capsys):
+    """--prime with bytes that are not UTF-8 (they arrive as lone surrogates) was fed as unknown
+    tokens and then echoed: a UnicodeEncodeError traceback on a strict UTF-8 console."""
+    cfg = TrainConfig(steps=1, val_every=0, checkpoint_every=0, **TINY_LM)
+    train_charlm(cfg, tmp_path, text="abcdef" * 20, progress=False, log=_quiet)
+    capsys.readouterr()
+    assert cli.main(["sample", str(tmp_path), "--length", "3", "--prime", "a\udcff"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith("sample: --prime: expected UTF-8 text, got a byte that is not UTF-8")
+    assert cli.main(["sample", str(tmp_path), "--length", "3", "--prime", "ab"]) == 0
+    assert capsys.readouterr().out.startswith("ab")

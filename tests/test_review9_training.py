@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from lstm_fast import cli, data, optim
-from lstm_fast.models.charlm import TrainConfig, evaluate_bpc, load_charlm, train_charlm
+from lstm_fast.models.charlm import CharLM, TrainConfig, evaluate_bpc, load_charlm, train_charlm
 from lstm_fast.models.checkpoint import load_npz, save_npz
 from lstm_fast.models.classifier import ClassifierConfig, train_classifier
 from lstm_fast.models.naive_bayes import NaiveBayes
@@ -223,3 +224,20 @@ def test_sample_refuses_a_prime_that_is_not_utf8(tmp_path, capsys):
     assert out.err.startswith("sample: --prime: expected UTF-8 text, got a byte that is not UTF-8")
     assert cli.main(["sample", str(tmp_path), "--length", "3", "--prime", "ab"]) == 0
     assert capsys.readouterr().out.startswith("ab")
+
+
+def test_evaluate_bpc_checks_the_id_range_before_running(monkeypatch):
+    """An id >= V in the last position was reported as "targets: ..." (the loss's argument),
+    after every window before it had run; a negative one likewise."""
+    model = CharLM(7, 4, 6, 1, seed=0)
+    calls = []
+    forward = CharLM.forward
+    monkeypatch.setattr(CharLM, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    for bad, shown in (([1, 2, 3, 4, 9], "[1, 9]"), ([5, -1, 2], "[-1, 5]")):
+        with pytest.raises(
+            IndexError, match=re.escape(f"ids: expected values in [0, V=7), got {shown}")
+        ):
+            evaluate_bpc(model, np.array(bad), batch_size=1, seq_len=2)
+    assert calls == [] and model.training
+    ids = np.array([1, 2, 3, 4, 6, 0])
+    assert evaluate_bpc(model, ids, batch_size=1, seq_len=2) == evaluate_bpc(model, list(ids), 1, 2)

@@ -322,6 +322,12 @@ def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: 
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
     if len(ids) < 2:  # a character is predicted from the one before it
         raise ValueError(f"ids: expected at least 2 token ids, got {len(ids)}")
+    ids = np.asarray(ids)
+    V = model.config["vocab_size"]
+    # checked before any window runs: an id >= V at the end was reported as "targets" (the
+    # loss's argument) after the whole text but that window had been evaluated
+    if ids.ndim == 1 and ids.dtype.kind in "iu" and (ids.min() < 0 or ids.max() >= V):
+        raise IndexError(f"ids: expected values in [0, V={V}), got [{ids.min()}, {ids.max()}]")
     was_training = model.training
     model.eval()
     try:  # an error or Ctrl-C in the middle leaves the model in the mode it was given in

@@ -16,7 +16,7 @@ import pytest
 from lstm_fast import cli, data, optim
 from lstm_fast.models.charlm import CharLM, TrainConfig, evaluate_bpc, load_charlm, train_charlm
 from lstm_fast.models.checkpoint import load_npz, save_npz
-from lstm_fast.models.classifier import ClassifierConfig, train_classifier
+from lstm_fast.models.classifier import ClassifierConfig, load_classifier, train_classifier
 from lstm_fast.models.naive_bayes import NaiveBayes
 from lstm_fast.module import Parameter
 
@@ -241,3 +241,20 @@ def test_evaluate_bpc_checks_the_id_range_before_running(monkeypatch):
     assert calls == [] and model.training
     ids = np.array([1, 2, 3, 4, 6, 0])
     assert evaluate_bpc(model, ids, batch_size=1, seq_len=2) == evaluate_bpc(model, list(ids), 1, 2)
+
+
+def test_classify_ensemble_without_validation_rows(tmp_path, capsys):
+    """--ensemble K with --val-fraction 0 trained every member, then raised IndexError (no
+    validation accuracies to average) before anything was saved."""
+    train = _tsv(tmp_path / "t.tsv", [(1, "좋다"), (2, "별로"), (1, "최고"), (2, "최악")] * 2)
+    cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, ensemble=2, val_fraction=0.0)
+    res = train_classifier(train, tmp_path / "run", cfg, progress=False, log=_quiet)
+    assert res["accuracy"] is None and res["ensemble"] == 2
+    assert res["member_accuracies"] == [None, None] and res["ensemble_prefix_accuracies"] == []
+    model, _, _, meta = load_classifier(tmp_path / "run")
+    assert len(model) == 2 and meta["ensemble"] == 2
+    argv = ["classify", "train", str(train), "--out", str(tmp_path / "cli"), "--ensemble", "2"]
+    argv += ["--val-fraction", "0", "--epochs", "1", "--hidden-size", "4", "--embed-size", "4"]
+    capsys.readouterr()
+    assert cli.main(argv + ["--quiet"]) == 0
+    assert "accuracy: no validation data" in capsys.readouterr().out

@@ -730,7 +730,8 @@ def train_classifier(
             prefix_acc.append(float((mean_p.argmax(axis=1) == vlabels).mean()))
         if cfg.ensemble > 1:
             log(f"ensemble validation accuracy with 1..{cfg.ensemble} members: {prefix_acc}")
-    acc = prefix_acc[-1] if cfg.ensemble > 1 else runs[0]["accuracy"]
+    # (no validation rows, val_fraction=0: no prefix accuracies, and None as a single model's)
+    acc = prefix_acc[-1] if prefix_acc and cfg.ensemble > 1 else runs[0]["accuracy"]
     meta = {
         "kind": "classifier",
         "config": dataclasses.asdict(cfg),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -258,3 +259,25 @@ def test_classify_ensemble_without_validation_rows(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--quiet"]) == 0
     assert "accuracy: no validation data" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "texts, labels, kw",
+    [
+        (["good", "bad", "meh"], [0, 2, 2], {}),  # class 1 has no training row
+        (["good", "bad"], [0, 1], dict(char_n=0, word_n=0)),  # no features at all
+        (["", ""], [0, 1], dict(word_n=1)),  # empty texts: no features either
+    ],
+)
+def test_naive_bayes_fits_without_runtime_warnings(texts, labels, kw):
+    """`classify train` printed "RuntimeWarning: divide by zero encountered in log" when a
+    class had no training row (a small or skewed split) or there were no features (--nb-*-n 0):
+    log 0 = -inf is the intended value there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nb = NaiveBayes(**kw).fit(texts, labels)
+        pred = nb.predict(texts + ["unseen"])
+    counts = np.bincount(labels)
+    assert np.all(counts[pred] > 0)  # a class without training rows is never predicted
+    if not nb.index:  # no features: the prior decides
+        assert np.all(pred == np.argmax(counts))

@@ -74,8 +74,11 @@ class NaiveBayes:
     def _prepare(self) -> None:
         F = self.counts.shape[0]
         num = self.counts + self.alpha
-        self.log_prob = np.log(num) - np.log(self.counts.sum(0) + self.alpha * F)
-        self.log_prior = np.log(self.class_count / self.class_count.sum())
+        # log 0 = -inf is meant (no features at all: char_n = word_n = 0 or empty texts; a class
+        # id with no training row is never predicted), not a RuntimeWarning on the console
+        with np.errstate(divide="ignore"):
+            self.log_prob = np.log(num) - np.log(self.counts.sum(0) + self.alpha * F)
+            self.log_prior = np.log(self.class_count / self.class_count.sum())
 
     def decision_function(self, texts: Sequence[str]) -> np.ndarray:
         """(D, C) unnormalised log posteriors."""

@@ -326,9 +326,13 @@ class Vocab:
         return cls(itos[len(specials) :], level=level, unk=unk, pad=pad)
 
     def save(self, path) -> None:
+        # (serialised first: a token UTF-8 cannot encode failed half-way, leaving the temp file)
+        from .models.checkpoint import json_text
+
+        text = json_text(self.to_dict())
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
+            f.write(text)
         os.replace(tmp, path)
 
     @classmethod

@@ -227,7 +227,12 @@ class Optimizer:
     def _grad(self, p: Parameter, weight_decay: float) -> np.ndarray:
         """The gradient the update uses: negated with ``maximize`` (PyTorch's order: before
         the L2 term), plus ``weight_decay * p``."""
-        g = -p.grad if getattr(self, "maximize", False) else p.grad
+        g = p.grad
+        if g.dtype.kind in "iu" or g.dtype.itemsize < 4:
+            # in float32: squared in its own dtype, an int8 gradient of 100 wrapped around and a
+            # float16 one of 300 overflowed to inf (Adam, RMSprop and Adagrad's g * g)
+            g = g.astype(_f32)
+        g = -g if getattr(self, "maximize", False) else g
         if weight_decay:
             return g + _f32(weight_decay) * p.data
         return g
@@ -451,7 +456,7 @@ class Adam(Optimizer):
         if self._decoupled:
             if self.weight_decay:
                 p.data *= _f32(1.0 - self.lr * self.weight_decay)
-            g = -p.grad if self.maximize else p.grad
+            g = self._grad(p, 0.0)
         else:
             g = self._grad(p, self.weight_decay)
         m = self._buf(i, "exp_avg")
@@ -595,6 +600,16 @@ class RMSprop(Optimizer):
             p.data -= _f32(self.lr) * (g / avg)
 
 
+def _sumsq(g: np.ndarray) -> float:
+    """The sum of squares of a gradient, in float64. float32 ones in lstm_fast's own kernel
+    (np.dot would wake NumPy's BLAS thread pool, which then spins next to the recurrent kernels'
+    OpenMP team), others squared in float64: np.dot of a float16 gradient summed in float16,
+    so 100 values of 300 (a norm of 3000) overflowed to inf and clipping zeroed them all."""
+    if g.dtype == _f32:
+        return _core.sumsq(np.ascontiguousarray(g))
+    return float(np.square(g, dtype=np.float64).sum())
+
+
 def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e-6) -> float:
     """Scale all gradients together so their global L2 norm is at most ``max_norm``
     (``params``: an iterable of parameters, or one parameter).
@@ -609,14 +624,7 @@ def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e
     if not math.isfinite(eps):
         raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
     _check_grads("clip_grad_norm", params, kinds="f", writeable=True)
-    # float64 sums in lstm_fast's own kernel: np.dot would wake NumPy's BLAS thread pool, which
-    # then spins next to the recurrent kernels' OpenMP team
-    total = math.sqrt(
-        sum(
-            _core.sumsq(p.grad) if _fast(p) else float(np.dot(p.grad.ravel(), p.grad.ravel()))
-            for p in params
-        )
-    )
+    total = math.sqrt(sum(_sumsq(p.grad) for p in params))
     denom = total + eps
     coef = max_norm / denom if denom else math.inf  # (eps = 0 and all gradients zero)
     if coef < 1.0:

@@ -36,6 +36,15 @@ def run(args) -> int:
 
     from ..models.charlm import load_charlm, sample_text
 
+    try:  # bytes that are not UTF-8 arrive as lone surrogates (the console then failed on them)
+        args.prime.encode("utf-8")
+    except UnicodeEncodeError as e:
+        print(
+            f"sample: --prime: expected UTF-8 text, got a byte that is not UTF-8 at character "
+            f"{e.start} ({args.prime[e.start : e.end]!r})",
+            file=sys.stderr,
+        )
+        return 2
     set_threads(args)
     try:
         model, vocab, _, _ = load_charlm(args.dir)

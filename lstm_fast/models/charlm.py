@@ -27,6 +27,7 @@ from .checkpoint import (
     atomic_write_text,
     check_arrays,
     interpreting,
+    json_text,
     load_npz,
     restore_module,
     save_npz,
@@ -321,6 +322,12 @@ def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: 
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
     if len(ids) < 2:  # a character is predicted from the one before it
         raise ValueError(f"ids: expected at least 2 token ids, got {len(ids)}")
+    ids = np.asarray(ids)
+    V = model.config["vocab_size"]
+    # checked before any window runs: an id >= V at the end was reported as "targets" (the
+    # loss's argument) after the whole text but that window had been evaluated
+    if ids.ndim == 1 and ids.dtype.kind in "iu" and (ids.min() < 0 or ids.max() >= V):
+        raise IndexError(f"ids: expected values in [0, V={V}), got [{ids.min()}, {ids.max()}]")
     was_training = model.training
     model.eval()
     try:  # an error or Ctrl-C in the middle leaves the model in the mode it was given in
@@ -421,6 +428,15 @@ def train_charlm(
         )
     train_ids, val_ids = _data.train_val_split(ids, cfg.val_fraction)
     val_ids = val_ids[: cfg.val_max_chars]
+    need = cfg.batch_size * cfg.seq_len + 1  # one full window of every stream, and its target
+    if len(train_ids) < need:  # (BPTTBatcher's own message named its internal "ids")
+        n_val = len(ids) - len(train_ids)
+        held = f" (of {len(ids)}: val_fraction={cfg.val_fraction:g} held out {n_val})"
+        raise ValueError(
+            f"corpus: expected at least batch_size * seq_len + 1 = {need} training characters "
+            f"(batch_size={cfg.batch_size}, seq_len={cfg.seq_len}), got {len(train_ids)}"
+            + (held if n_val else "")
+        )
     batcher = _data.BPTTBatcher(train_ids, cfg.batch_size, cfg.seq_len)
     opt = make_optimizer(cfg.optimizer, list(model.parameters()), lr=cfg.lr)
     hist: dict[str, list] = {"train_bpc": [], "val": []}
@@ -493,13 +509,15 @@ def train_charlm(
         raise
     if bar is not None:
         bar.close()
-    if len(val_ids) > cfg.seq_len and (not hist["val"] or hist["val"][-1][0] != step):
+    # (the periodic validation's condition: a held-out part shorter than seq_len is still
+    # evaluated, so the figure reported is the final weights', not an earlier step's)
+    if len(val_ids) > 1 and (not hist["val"] or hist["val"][-1][0] != step):
         val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
         hist["val"].append([step, val_bpc])
     elif hist["val"]:
         val_bpc = hist["val"][-1][1]
     checkpoint()
-    atomic_write_text(out / "vocab.json", json.dumps(vocab.to_dict(), ensure_ascii=False))
+    atomic_write_text(out / "vocab.json", json_text(vocab.to_dict()))
     plot = _plot(out, hist)
     tail = hist["train_bpc"][-max(1, min(50, len(hist["train_bpc"]))) :]
     return {

@@ -65,6 +65,7 @@ __all__ = [
     "interpreting",
     "atomic_write_text",
     "atomic_write_bytes",
+    "json_text",
 ]
 
 # what a malformed archive or .npy entry can raise while it is parsed; all become CheckpointError
@@ -134,6 +135,19 @@ def _atomic_write(path, write: Callable[[Any], None]) -> None:
     _fsync_dir(os.path.dirname(path) or os.curdir)
 
 
+def json_text(obj, **kwargs) -> str:
+    """``json.dumps(obj, ensure_ascii=False)`` -- readable non-ASCII text -- unless ``obj`` holds a
+    string that UTF-8 cannot encode (a lone surrogate, as ``os.fsdecode`` or the
+    ``surrogateescape`` error handler make): then with ``\\uXXXX`` escapes, which ``json.loads``
+    turns back into the same string. Either way the result encodes as UTF-8."""
+    text = json.dumps(obj, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **kwargs)
+    return text
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably (see the module docstring)."""
     _atomic_write(path, lambda f: f.write(data))
@@ -167,7 +181,9 @@ def save_npz(path, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         payload[name] = a
     if not isinstance(meta, Mapping):
         raise TypeError(f"save_npz: meta: expected a mapping, got {type(meta).__name__}")
-    text = json.dumps(dict(meta, format_version=FORMAT_VERSION), ensure_ascii=False)
+    # (a lone surrogate in a vocabulary or path is escaped, not a UnicodeEncodeError at the end
+    # of a training run)
+    text = json_text(dict(meta, format_version=FORMAT_VERSION))
     payload[META] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def write(f) -> None:

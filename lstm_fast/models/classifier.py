@@ -647,6 +647,8 @@ def train_classifier(
     rng = np.random.default_rng(cfg.seed)
     if val_tsv is not None:
         vlabels, vtexts = _data.read_tsv(val_tsv)
+        if not len(vtexts):  # trained without validation (and said "on every row") silently
+            raise ValueError(f"{val_tsv}: expected at least one 'label<TAB>text' row, got none")
     else:
         perm = rng.permutation(len(texts))
         n_val = int(round(len(texts) * cfg.val_fraction))
@@ -666,7 +668,11 @@ def train_classifier(
     C = len(classes)
     lm_lines = None
     if cfg.lm_steps > 0 and cfg.lm_corpus is not None:
-        lm_lines = [t for t in _data.load_corpus(cfg.lm_corpus).splitlines() if t.strip()]
+        try:
+            lm_text = _data.load_corpus(cfg.lm_corpus)
+        except FileNotFoundError as e:  # named "corpus", which the caller never passed
+            raise FileNotFoundError(f"lm_corpus: {str(e).partition(': ')[2]}") from None
+        lm_lines = [t for t in lm_text.splitlines() if t.strip()]
     t0 = time.perf_counter()
     nb = NaiveBayes(char_n=cfg.nb_char_n, word_n=cfg.nb_word_n).fit(texts, labels)
     nb_acc = nb.accuracy(vtexts, vlabels) if len(vtexts) else None
@@ -724,7 +730,8 @@ def train_classifier(
             prefix_acc.append(float((mean_p.argmax(axis=1) == vlabels).mean()))
         if cfg.ensemble > 1:
             log(f"ensemble validation accuracy with 1..{cfg.ensemble} members: {prefix_acc}")
-    acc = prefix_acc[-1] if cfg.ensemble > 1 else runs[0]["accuracy"]
+    # (no validation rows, val_fraction=0: no prefix accuracies, and None as a single model's)
+    acc = prefix_acc[-1] if prefix_acc and cfg.ensemble > 1 else runs[0]["accuracy"]
     meta = {
         "kind": "classifier",
         "config": dataclasses.asdict(cfg),

@@ -3,6 +3,7 @@ baseline the sequence classifier is compared with on the same split."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,13 @@ class NaiveBayes:
     def __init__(self, alpha: float = 1.0, char_n: int = 3, word_n: int = 1):
         # int(1.5) silently made char_n=1.5 a 1
         self.char_n, self.word_n = check_int("char_n", char_n, 0), check_int("word_n", word_n, 0)
+        # float("x") raised unnamed; a negative or NaN alpha made every log-probability NaN, and
+        # alpha = 0 gave -inf (log 0) to any feature a class never showed, all silently
+        real = isinstance(alpha, (int, float, np.integer, np.floating)) and not isinstance(
+            alpha, (bool, np.bool_)
+        )
+        if not real or not 0.0 < alpha < math.inf:
+            raise ValueError(f"alpha: expected a finite float > 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.index: dict = {}
         self.counts = None  # (F, C)
@@ -66,8 +74,11 @@ class NaiveBayes:
     def _prepare(self) -> None:
         F = self.counts.shape[0]
         num = self.counts + self.alpha
-        self.log_prob = np.log(num) - np.log(self.counts.sum(0) + self.alpha * F)
-        self.log_prior = np.log(self.class_count / self.class_count.sum())
+        # log 0 = -inf is meant (no features at all: char_n = word_n = 0 or empty texts; a class
+        # id with no training row is never predicted), not a RuntimeWarning on the console
+        with np.errstate(divide="ignore"):
+            self.log_prob = np.log(num) - np.log(self.counts.sum(0) + self.alpha * F)
+            self.log_prior = np.log(self.class_count / self.class_count.sum())
 
     def decision_function(self, texts: Sequence[str]) -> np.ndarray:
         """(D, C) unnormalised log posteriors."""

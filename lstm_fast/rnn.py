@@ -1009,13 +1009,13 @@ class _RNNBase(Module):
 
         ``dy`` has the output's shape (after a PackedSequence input: a PackedSequence of the
         output's lengths, or the padded (T, B, D * P) array; dx is then padded (T, B, I), in
-        the caller's batch order); ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
-        (``c_n``), or None for zero. Returns ``(dx, (dh_0, dc_0))`` for the LSTM and
-        ``(dx, dh_0)`` for GRU/RNN. Accumulates (+=) into every parameter's ``.grad``; may be
-        called more than once for the same forward. ``need_dx=False``: the input needs no
-        gradient (raw features, as a torch input without ``requires_grad``): dx is returned as
-        None and the first layer skips its input-gradient GEMM; everything else is bitwise the
-        same.
+        the caller's batch order), or None for zero (a loss on the final state alone);
+        ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n`` (``c_n``), or None for zero.
+        Returns ``(dx, (dh_0, dc_0))`` for the LSTM and ``(dx, dh_0)`` for GRU/RNN.
+        Accumulates (+=) into every parameter's ``.grad``; may be called more than once for the
+        same forward. ``need_dx=False``: the input needs no gradient (raw features, as a torch
+        input without ``requires_grad``): dx is returned as None and the first layer skips its
+        input-gradient GEMM; everything else is bitwise the same.
         """
         if self._saved is None:
             raise RuntimeError(
@@ -1043,6 +1043,14 @@ class _RNNBase(Module):
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        if unbatched:
+            want = (T, D * P)
+        elif self.batch_first and packed is None:
+            want = (B, T, D * P)
+        else:
+            want = (T, B, D * P)
+        if dy is None:  # a loss on the final state alone: no gradient on the output
+            dy = np.zeros(want, np.float32)
         if _is_packed(dy):
             if packed is None:
                 raise TypeError(
@@ -1054,12 +1062,6 @@ class _RNNBase(Module):
 
             dy = pad_packed_sequence(dy, total_length=T)[0]
         dy = _as_float32("dy", dy)
-        if unbatched:
-            want = (T, D * P)
-        elif self.batch_first and packed is None:
-            want = (B, T, D * P)
-        else:
-            want = (T, B, D * P)
         if dy.shape != want:
             raise ValueError(f"dy: expected shape {want} (the output's), got {dy.shape}")
         if unbatched:

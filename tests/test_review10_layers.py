@@ -1,0 +1,99 @@
+"""Review 10: the layers and the functional API against PyTorch on unusual but legal calls.
+
+Each test failed before the fix it comes with. References are torch.nn (float64, loaded from
+the same weights) and lstm_fast.reference in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstm_fast
+
+torch = pytest.importorskip("torch")
+nn_utils = torch.nn.utils.rnn
+
+KINDS = ["LSTM", "GRU", "RNN"]
+
+
+def _pair(kind, *args, **kwargs):
+    """(torch float64 layer, lstm_fast layer) with the same weights."""
+    ours = getattr(lstm_fast, kind)(*args, seed=0, **kwargs)
+    theirs = getattr(torch.nn, kind)(*args, **kwargs).double()
+    theirs.load_state_dict(
+        {k: torch.from_numpy(v.astype(np.float64)) for k, v in ours.state_dict().items()}
+    )
+    return theirs, ours
+
+
+def _states(kind, h):
+    return h if kind == "LSTM" else (h,)
+
+
+# ---- backward(None, dh_n): a loss on the final state alone ----------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(),  # one layer, one direction (the plain path)
+        dict(num_layers=2, bidirectional=True, batch_first=True),
+        dict(num_layers=2, lengths=True),
+    ],
+    ids=["plain", "stack-bi-batch-first", "stack-lengths"],
+)
+def test_layer_backward_takes_dy_none_as_a_zero_output_gradient(kind, config, rng):
+    # A classifier on h_n has no gradient on y: backward(None, dh_n) is the gradient of
+    # sum(h_n * dh_n), as the ops and the cells already take None. It raised
+    # "dy: expected a real floating-point array, got dtype object".
+    config = dict(config)
+    use_lengths = config.pop("lengths", False)
+    theirs, ours = _pair(kind, 3, 5, **config)
+    bf = config.get("batch_first", False)
+    T, B = 6, 4
+    x = rng.standard_normal((B, T, 3) if bf else (T, B, 3))
+    lengths = [6, 2, 5, 1] if use_lengths else None
+    y, h = ours(x.astype(np.float32), lengths=lengths)
+    dh = [rng.standard_normal(a.shape) for a in _states(kind, h)]
+    dx, dstate = ours.backward(None, *[d.astype(np.float32) for d in dh])
+
+    xt = torch.from_numpy(x).requires_grad_()
+    inp = (
+        xt if lengths is None else nn_utils.pack_padded_sequence(xt, lengths, enforce_sorted=False)
+    )
+    _, ht = theirs(inp)
+    sum((a * torch.from_numpy(d)).sum() for a, d in zip(_states(kind, ht), dh)).backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    for name, p in theirs.named_parameters():
+        np.testing.assert_allclose(getattr(ours, name).grad, p.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+    # bitwise what an explicit zero dy gives
+    ours.zero_grad()
+    y, h = ours(x.astype(np.float32), lengths=lengths)
+    dx0, dstate0 = ours.backward(np.zeros(y.shape, np.float32), *[d.astype(np.float32) for d in dh])
+    np.testing.assert_array_equal(dx, dx0)
+    for a, b in zip(_states(kind, dstate), _states(kind, dstate0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_layer_backward_dy_none_for_unbatched_and_packed_input(rng):
+    lstm = lstm_fast.LSTM(3, 4, num_layers=2, seed=1)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    y, (h, c) = lstm(x)
+    dh = rng.standard_normal(h.shape).astype(np.float32)
+    dx, (dh0, dc0) = lstm.backward(None, dh)
+    y, (h, c) = lstm(x)
+    ex, (eh0, ec0) = lstm.backward(np.zeros_like(y), dh)
+    np.testing.assert_array_equal(dx, ex)
+    np.testing.assert_array_equal(dh0, eh0)
+
+    packed = nn_utils.pack_padded_sequence(
+        torch.from_numpy(rng.standard_normal((5, 3, 3)).astype(np.float32)),
+        [5, 2, 4],
+        enforce_sorted=False,
+    )
+    y, (h, c) = lstm(packed)
+    dx, _ = lstm.backward(None, None, np.ones(c.shape, np.float32))
+    assert dx.shape == (5, 3, 3) and np.isfinite(dx).all() and dx[2:, 1].max() == 0

@@ -1514,11 +1514,6 @@ class GRU(_RNNBase):
 
     _mode = "GRU"
 
-    def __init__(self, *args, **kwargs):
-        if kwargs.get("proj_size", 0) or len(args) > 7:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        super().__init__(*args, **kwargs)
-
 
 class RNN(_RNNBase):
     (

@@ -97,3 +97,21 @@ def test_layer_backward_dy_none_for_unbatched_and_packed_input(rng):
     y, (h, c) = lstm(packed)
     dx, _ = lstm.backward(None, None, np.ones(c.shape, np.float32))
     assert dx.shape == (5, 3, 3) and np.isfinite(dx).all() and dx[2:, 1].max() == 0
+
+
+# ---- GRU's positional proj_size ---------------------------------------------------------------
+
+
+def test_gru_takes_a_positional_proj_size_of_zero_as_torch():
+    # torch.nn.GRU passes its positional arguments to RNNBase, whose eighth is proj_size: 0 is
+    # accepted. Ours refused any eighth argument. (A projection is refused, keyword or not;
+    # torch 2.13 builds a GRU with proj_size=2 positionally that then fails in forward.)
+    args = (3, 4, 2, True, False, 0.0, True, 0)
+    gru = lstm_fast.GRU(*args)
+    assert repr(gru) == repr(torch.nn.GRU(*args))
+    assert [n for n, _ in gru.named_parameters()] == [
+        n for n, _ in torch.nn.GRU(*args).named_parameters()
+    ]
+    for bad in (dict(args=args[:7] + (2,)), dict(args=(3, 4), kwargs=dict(proj_size=2))):
+        with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+            lstm_fast.GRU(*bad["args"], **bad.get("kwargs", {}))

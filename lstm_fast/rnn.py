@@ -1233,6 +1233,7 @@ class _RNNBase(Module):
             else _as_float32("x_t", x_t)  # (a strided float32 view is copied too)
         )
         unbatched = x_t.ndim == 1
+        given = x_t, state  # as the caller shaped them, for check_finite's messages
         if unbatched:
             x_t = x_t[None]
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
@@ -1260,8 +1261,8 @@ class _RNNBase(Module):
             object.__setattr__(self, "_stream", st)
         if state is not None:
             state = st.check(state, unbatched)
-        if self.check_finite:
-            _guard_finite(self, x_t=x_t, state=state)
+        if self.check_finite:  # (after the shape checks; indices in the caller's shapes)
+            _guard_finite(self, x_t=given[0], state=given[1])
         try:
             y = st.run(x_t, state)
         except (TypeError, ValueError):

@@ -115,3 +115,30 @@ def test_gru_takes_a_positional_proj_size_of_zero_as_torch():
     for bad in (dict(args=args[:7] + (2,)), dict(args=(3, 4), kwargs=dict(proj_size=2))):
         with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
             lstm_fast.GRU(*bad["args"], **bad.get("kwargs", {}))
+
+
+# ---- check_finite of an unbatched step names the caller's index -------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbatched_step_check_finite_reports_the_callers_index(kind):
+    # step(x_t) with x_t (I,) and a (num_layers, H) state: the error gave the index in the
+    # internal (1, I) / (num_layers, 1, H) arrays, "(0, 2)" for element 2 of a vector.
+    layer = getattr(lstm_fast, kind)(4, 3, num_layers=2, check_finite=True, seed=0).eval()
+    x = np.ones(4, np.float32)
+    x[2] = np.nan
+    with pytest.raises(ValueError, match=r"x_t: expected finite values, got NaN at index \(2,\)$"):
+        layer.step(x)
+    h = np.zeros((2, 3), np.float32)
+    h[1, 2] = np.inf
+    state = (h, np.zeros((2, 3), np.float32)) if kind == "LSTM" else h
+    name = r"state\[0\]" if kind == "LSTM" else "state"
+    with pytest.raises(
+        ValueError, match=name + r": expected finite values, got Inf at index \(1, 2\)$"
+    ):
+        layer.step(np.ones(4, np.float32), state)
+    # the batched call still reports batched indices
+    with pytest.raises(
+        ValueError, match=r"x_t: expected finite values, got NaN at index \(0, 2\)$"
+    ):
+        layer.step(x[None])

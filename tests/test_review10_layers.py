@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
+from lstm_fast import reference as ref
 
 torch = pytest.importorskip("torch")
 nn_utils = torch.nn.utils.rnn
@@ -142,3 +143,53 @@ def test_unbatched_step_check_finite_reports_the_callers_index(kind):
         ValueError, match=r"x_t: expected finite values, got NaN at index \(0, 2\)$"
     ):
         layer.step(x[None])
+
+
+# ---- relu RNN: the gradient at a NaN output as torch's ----------------------------------------
+
+
+def test_relu_rnn_gradient_passes_through_nan_outputs_as_torch(isa, rng):
+    # torch's relu backward keeps the gradient wherever the output is not <= 0, so at a NaN
+    # output too (threshold_backward); the kernels zeroed it (y > 0 is false for NaN), so a NaN
+    # in the input changed the finite gradients of every step before it (dx of the steps after
+    # the NaN is finite in torch: zero here).
+    theirs, ours = _pair("RNN", 3, 6, nonlinearity="relu", num_layers=2)
+    x = rng.standard_normal((5, 2, 3))
+    x[2, 0, 1] = np.nan
+    xt = torch.from_numpy(x).requires_grad_()
+    yt, _ = theirs(xt)
+    dy = rng.standard_normal(yt.shape)
+    (yt * torch.from_numpy(dy)).sum().backward()
+    y, _ = ours(x.astype(np.float32))
+    dx, _ = ours.backward(dy.astype(np.float32))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(yt.detach().numpy()))
+    want = xt.grad.numpy()
+    assert np.isfinite(want[3:]).all()  # the steps after the NaN: finite in torch
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+    np.testing.assert_allclose(dx, want, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_relu_gradient_at_nan_outputs_and_nan_upstream_as_torch(rng):
+    # The reference multiplied by the mask (y > 0): a NaN output lost its gradient, and a NaN
+    # upstream gradient at a zero output gave NaN (0 * NaN); torch selects (0 where y <= 0).
+    T, B, I, H = 4, 2, 3, 5
+    w = ref.init_rnn_weights(I, H, seed=3, dtype=np.float64)
+    x = rng.standard_normal((T, B, I))
+    x[1, 1, 0] = np.nan
+    y, _, cache = ref.rnn_forward(x, **w, nonlinearity="relu")
+    dy = rng.standard_normal(y.shape)
+    dy[3][y[3] == 0] = np.nan  # upstream NaN where the output is zero: no effect in torch
+    g = ref.rnn_backward(cache, dy)
+
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = {k: torch.from_numpy(v).requires_grad_() for k, v in w.items()}
+    h = torch.zeros(B, H, dtype=torch.float64)
+    outs = []
+    for t in range(T):
+        h = torch.relu(
+            xt[t] @ wt["weight_ih"].T + wt["bias_ih"] + h @ wt["weight_hh"].T + wt["bias_hh"]
+        )
+        outs.append(h)
+    torch.autograd.backward(torch.stack(outs), grad_tensors=torch.from_numpy(dy))
+    np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.dweight_hh, wt["weight_hh"].grad.numpy(), rtol=1e-12, atol=1e-12)

@@ -877,7 +877,8 @@ class _RNNBase(Module):
     def forward_embedded(self, ids: Any, embedding: Any, hx: Any = None):
         """``self(embedding(ids), hx)`` with the embedding lookup folded into the first layer.
 
-        ``ids``: (T, B) integer token ids (time-major); ``embedding``: the
+        ``ids``: (T, B) integer token ids, laid out as ``forward``'s input ((B, T) with
+        ``batch_first``, (T,) unbatched); ``embedding``: the
         :class:`~lstm_fast.nn.Embedding` (or any module with a ``weight`` Parameter (V, I) and a
         ``backward``) whose rows feed this layer. The first layer's input projection is made
         once per token of the vocabulary (``weight . W_ih^T + b``, V rows) and gathered by id,
@@ -898,7 +899,8 @@ class _RNNBase(Module):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
         if ids.ndim not in (1, 2):
-            raise ValueError(f"ids: expected shape (T, B) (or (T,) unbatched), got {ids.shape}")
+            want = "(B, T)" if self.batch_first else "(T, B)"
+            raise ValueError(f"ids: expected shape {want} (or (T,) unbatched), got {ids.shape}")
         weight = getattr(getattr(embedding, "weight", None), "data", None)
         if not isinstance(weight, np.ndarray) or weight.ndim != 2:
             raise TypeError("embedding: expected an Embedding module (a weight Parameter (V, I))")

@@ -193,3 +193,22 @@ def test_reference_relu_gradient_at_nan_outputs_and_nan_upstream_as_torch(rng):
     torch.autograd.backward(torch.stack(outs), grad_tensors=torch.from_numpy(dy))
     np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(g.dweight_hh, wt["weight_hh"].grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ---- forward_embedded: ids are laid out as forward's input ------------------------------------
+
+
+def test_forward_embedded_ids_follow_batch_first(rng):
+    # The ids feed forward(embedding(ids), hx): (B, T) for a batch_first layer. The docstring
+    # said "(T, B) ... (time-major)" and a wrong rank was reported as "expected shape (T, B)".
+    from lstm_fast.nn import Embedding
+
+    emb = Embedding(7, 3, seed=2)
+    layer = lstm_fast.GRU(3, 4, batch_first=True, seed=1)
+    ids = rng.integers(0, 7, (2, 5))  # (B, T)
+    y, h = layer.forward_embedded(ids, emb)
+    assert y.shape == (2, 5, 4) and h.shape == (1, 2, 4)
+    with pytest.raises(ValueError, match=r"ids: expected shape \(B, T\) \(or \(T,\) unbatched\)"):
+        layer.forward_embedded(ids[None], emb)
+    with pytest.raises(ValueError, match=r"ids: expected shape \(T, B\)"):
+        lstm_fast.GRU(3, 4, seed=1).forward_embedded(ids[None], emb)

@@ -732,8 +732,9 @@ def rnn_backward(cache: RNNCache, dy=None, dh_n=None) -> RNNGrads:
         h_new = cache.h_new[t]
         if cache.nonlinearity == "tanh":
             da[t] = dh_t * (1 - h_new * h_new)
-        else:  # relu: derivative 1 where the output is positive, else 0
-            da[t] = dh_t * (h_new > 0)
+        else:  # relu: 0 where the output is <= 0, else the gradient passes (also at a NaN
+            # output, and a NaN gradient stops at a zero output: a select, as PyTorch's)
+            da[t] = np.where(h_new <= 0, 0, dh_t)
 
         dh = da[t] @ weight_hh
         if valid is not None:

@@ -877,7 +877,8 @@ class _RNNBase(Module):
     def forward_embedded(self, ids: Any, embedding: Any, hx: Any = None):
         """``self(embedding(ids), hx)`` with the embedding lookup folded into the first layer.
 
-        ``ids``: (T, B) integer token ids (time-major); ``embedding``: the
+        ``ids``: (T, B) integer token ids, laid out as ``forward``'s input ((B, T) with
+        ``batch_first``, (T,) unbatched); ``embedding``: the
         :class:`~lstm_fast.nn.Embedding` (or any module with a ``weight`` Parameter (V, I) and a
         ``backward``) whose rows feed this layer. The first layer's input projection is made
         once per token of the vocabulary (``weight . W_ih^T + b``, V rows) and gathered by id,
@@ -898,7 +899,8 @@ class _RNNBase(Module):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
         if ids.ndim not in (1, 2):
-            raise ValueError(f"ids: expected shape (T, B) (or (T,) unbatched), got {ids.shape}")
+            want = "(B, T)" if self.batch_first else "(T, B)"
+            raise ValueError(f"ids: expected shape {want} (or (T,) unbatched), got {ids.shape}")
         weight = getattr(getattr(embedding, "weight", None), "data", None)
         if not isinstance(weight, np.ndarray) or weight.ndim != 2:
             raise TypeError("embedding: expected an Embedding module (a weight Parameter (V, I))")
@@ -1009,13 +1011,13 @@ class _RNNBase(Module):
 
         ``dy`` has the output's shape (after a PackedSequence input: a PackedSequence of the
         output's lengths, or the padded (T, B, D * P) array; dx is then padded (T, B, I), in
-        the caller's batch order); ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n``
-        (``c_n``), or None for zero. Returns ``(dx, (dh_0, dc_0))`` for the LSTM and
-        ``(dx, dh_0)`` for GRU/RNN. Accumulates (+=) into every parameter's ``.grad``; may be
-        called more than once for the same forward. ``need_dx=False``: the input needs no
-        gradient (raw features, as a torch input without ``requires_grad``): dx is returned as
-        None and the first layer skips its input-gradient GEMM; everything else is bitwise the
-        same.
+        the caller's batch order), or None for zero (a loss on the final state alone);
+        ``dh_n`` (and for the LSTM ``dc_n``) the shape of ``h_n`` (``c_n``), or None for zero.
+        Returns ``(dx, (dh_0, dc_0))`` for the LSTM and ``(dx, dh_0)`` for GRU/RNN.
+        Accumulates (+=) into every parameter's ``.grad``; may be called more than once for the
+        same forward. ``need_dx=False``: the input needs no gradient (raw features, as a torch
+        input without ``requires_grad``): dx is returned as None and the first layer skips its
+        input-gradient GEMM; everything else is bitwise the same.
         """
         if self._saved is None:
             raise RuntimeError(
@@ -1043,6 +1045,14 @@ class _RNNBase(Module):
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
+        if unbatched:
+            want = (T, D * P)
+        elif self.batch_first and packed is None:
+            want = (B, T, D * P)
+        else:
+            want = (T, B, D * P)
+        if dy is None:  # a loss on the final state alone: no gradient on the output
+            dy = np.zeros(want, np.float32)
         if _is_packed(dy):
             if packed is None:
                 raise TypeError(
@@ -1054,12 +1064,6 @@ class _RNNBase(Module):
 
             dy = pad_packed_sequence(dy, total_length=T)[0]
         dy = _as_float32("dy", dy)
-        if unbatched:
-            want = (T, D * P)
-        elif self.batch_first and packed is None:
-            want = (B, T, D * P)
-        else:
-            want = (T, B, D * P)
         if dy.shape != want:
             raise ValueError(f"dy: expected shape {want} (the output's), got {dy.shape}")
         if unbatched:
@@ -1231,6 +1235,7 @@ class _RNNBase(Module):
             else _as_float32("x_t", x_t)  # (a strided float32 view is copied too)
         )
         unbatched = x_t.ndim == 1
+        given = x_t, state  # as the caller shaped them, for check_finite's messages
         if unbatched:
             x_t = x_t[None]
         if x_t.ndim != 2 or x_t.shape[1] != self.input_size:
@@ -1258,8 +1263,8 @@ class _RNNBase(Module):
             object.__setattr__(self, "_stream", st)
         if state is not None:
             state = st.check(state, unbatched)
-        if self.check_finite:
-            _guard_finite(self, x_t=x_t, state=state)
+        if self.check_finite:  # (after the shape checks; indices in the caller's shapes)
+            _guard_finite(self, x_t=given[0], state=given[1])
         try:
             y = st.run(x_t, state)
         except (TypeError, ValueError):
@@ -1511,11 +1516,6 @@ class GRU(_RNNBase):
     )
 
     _mode = "GRU"
-
-    def __init__(self, *args, **kwargs):
-        if kwargs.get("proj_size", 0) or len(args) > 7:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        super().__init__(*args, **kwargs)
 
 
 class RNN(_RNNBase):

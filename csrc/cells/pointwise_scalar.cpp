@@ -74,7 +74,8 @@ void rnn_bwd(index_t rows, index_t H, index_t u0, index_t u1, float* da, const f
     for (index_t u = u0; u < u1; ++u) {
       const index_t j = b * H + u;
       const float dh = dh_next[j] + (dy ? dy[j] : 0.0f);
-      da[j] = relu ? (y[j] > 0.0f ? dh : 0.0f) : dh * (1.0f - y[j] * y[j]);
+      // relu: 0 where the output is <= 0, dh elsewhere (also at a NaN output, as PyTorch's)
+      da[j] = relu ? (y[j] <= 0.0f ? 0.0f : dh) : dh * (1.0f - y[j] * y[j]);
     }
 }
 

@@ -136,8 +136,10 @@ struct RnnBwd {
     vf dh = ld<kFull>(dh_next + j, n);
     if (dy) dh = dh + ld<kFull>(dy + j, n);
     const vf yv = ld<kFull>(y + j, n);
-    st<kFull>(da + j, relu ? (yv > splat(0.0f) ? dh : splat(0.0f)) : dh * vfmadd(-yv, yv, splat(1.0f)),
-              n);
+    // relu: zero where y <= 0, dh elsewhere (a NaN y passes dh on, as PyTorch's threshold)
+    const vf zero = splat(0.0f);
+    const vf da_v = relu ? (yv <= zero ? zero : dh) : dh * vfmadd(-yv, yv, splat(1.0f));
+    st<kFull>(da + j, da_v, n);
   }
 };
 

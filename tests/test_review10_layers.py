@@ -1,0 +1,214 @@
+"""Review 10: the layers and the functional API against PyTorch on unusual but legal calls.
+
+Each test failed before the fix it comes with. References are torch.nn (float64, loaded from
+the same weights) and lstm_fast.reference in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import reference as ref
+
+torch = pytest.importorskip("torch")
+nn_utils = torch.nn.utils.rnn
+
+KINDS = ["LSTM", "GRU", "RNN"]
+
+
+def _pair(kind, *args, **kwargs):
+    """(torch float64 layer, lstm_fast layer) with the same weights."""
+    ours = getattr(lstm_fast, kind)(*args, seed=0, **kwargs)
+    theirs = getattr(torch.nn, kind)(*args, **kwargs).double()
+    theirs.load_state_dict(
+        {k: torch.from_numpy(v.astype(np.float64)) for k, v in ours.state_dict().items()}
+    )
+    return theirs, ours
+
+
+def _states(kind, h):
+    return h if kind == "LSTM" else (h,)
+
+
+# ---- backward(None, dh_n): a loss on the final state alone ----------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(),  # one layer, one direction (the plain path)
+        dict(num_layers=2, bidirectional=True, batch_first=True),
+        dict(num_layers=2, lengths=True),
+    ],
+    ids=["plain", "stack-bi-batch-first", "stack-lengths"],
+)
+def test_layer_backward_takes_dy_none_as_a_zero_output_gradient(kind, config, rng):
+    # A classifier on h_n has no gradient on y: backward(None, dh_n) is the gradient of
+    # sum(h_n * dh_n), as the ops and the cells already take None. It raised
+    # "dy: expected a real floating-point array, got dtype object".
+    config = dict(config)
+    use_lengths = config.pop("lengths", False)
+    theirs, ours = _pair(kind, 3, 5, **config)
+    bf = config.get("batch_first", False)
+    T, B = 6, 4
+    x = rng.standard_normal((B, T, 3) if bf else (T, B, 3))
+    lengths = [6, 2, 5, 1] if use_lengths else None
+    y, h = ours(x.astype(np.float32), lengths=lengths)
+    dh = [rng.standard_normal(a.shape) for a in _states(kind, h)]
+    dx, dstate = ours.backward(None, *[d.astype(np.float32) for d in dh])
+
+    xt = torch.from_numpy(x).requires_grad_()
+    inp = (
+        xt if lengths is None else nn_utils.pack_padded_sequence(xt, lengths, enforce_sorted=False)
+    )
+    _, ht = theirs(inp)
+    sum((a * torch.from_numpy(d)).sum() for a, d in zip(_states(kind, ht), dh)).backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    for name, p in theirs.named_parameters():
+        np.testing.assert_allclose(getattr(ours, name).grad, p.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+    # bitwise what an explicit zero dy gives
+    ours.zero_grad()
+    y, h = ours(x.astype(np.float32), lengths=lengths)
+    dx0, dstate0 = ours.backward(np.zeros(y.shape, np.float32), *[d.astype(np.float32) for d in dh])
+    np.testing.assert_array_equal(dx, dx0)
+    for a, b in zip(_states(kind, dstate), _states(kind, dstate0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_layer_backward_dy_none_for_unbatched_and_packed_input(rng):
+    lstm = lstm_fast.LSTM(3, 4, num_layers=2, seed=1)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    y, (h, c) = lstm(x)
+    dh = rng.standard_normal(h.shape).astype(np.float32)
+    dx, (dh0, dc0) = lstm.backward(None, dh)
+    y, (h, c) = lstm(x)
+    ex, (eh0, ec0) = lstm.backward(np.zeros_like(y), dh)
+    np.testing.assert_array_equal(dx, ex)
+    np.testing.assert_array_equal(dh0, eh0)
+
+    packed = nn_utils.pack_padded_sequence(
+        torch.from_numpy(rng.standard_normal((5, 3, 3)).astype(np.float32)),
+        [5, 2, 4],
+        enforce_sorted=False,
+    )
+    y, (h, c) = lstm(packed)
+    dx, _ = lstm.backward(None, None, np.ones(c.shape, np.float32))
+    assert dx.shape == (5, 3, 3) and np.isfinite(dx).all() and dx[2:, 1].max() == 0
+
+
+# ---- GRU's positional proj_size ---------------------------------------------------------------
+
+
+def test_gru_takes_a_positional_proj_size_of_zero_as_torch():
+    # torch.nn.GRU passes its positional arguments to RNNBase, whose eighth is proj_size: 0 is
+    # accepted. Ours refused any eighth argument. (A projection is refused, keyword or not;
+    # torch 2.13 builds a GRU with proj_size=2 positionally that then fails in forward.)
+    args = (3, 4, 2, True, False, 0.0, True, 0)
+    gru = lstm_fast.GRU(*args)
+    assert repr(gru) == repr(torch.nn.GRU(*args))
+    assert [n for n, _ in gru.named_parameters()] == [
+        n for n, _ in torch.nn.GRU(*args).named_parameters()
+    ]
+    for bad in (dict(args=args[:7] + (2,)), dict(args=(3, 4), kwargs=dict(proj_size=2))):
+        with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+            lstm_fast.GRU(*bad["args"], **bad.get("kwargs", {}))
+
+
+# ---- check_finite of an unbatched step names the caller's index -------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbatched_step_check_finite_reports_the_callers_index(kind):
+    # step(x_t) with x_t (I,) and a (num_layers, H) state: the error gave the index in the
+    # internal (1, I) / (num_layers, 1, H) arrays, "(0, 2)" for element 2 of a vector.
+    layer = getattr(lstm_fast, kind)(4, 3, num_layers=2, check_finite=True, seed=0).eval()
+    x = np.ones(4, np.float32)
+    x[2] = np.nan
+    with pytest.raises(ValueError, match=r"x_t: expected finite values, got NaN at index \(2,\)$"):
+        layer.step(x)
+    h = np.zeros((2, 3), np.float32)
+    h[1, 2] = np.inf
+    state = (h, np.zeros((2, 3), np.float32)) if kind == "LSTM" else h
+    name = r"state\[0\]" if kind == "LSTM" else "state"
+    with pytest.raises(
+        ValueError, match=name + r": expected finite values, got Inf at index \(1, 2\)$"
+    ):
+        layer.step(np.ones(4, np.float32), state)
+    # the batched call still reports batched indices
+    with pytest.raises(
+        ValueError, match=r"x_t: expected finite values, got NaN at index \(0, 2\)$"
+    ):
+        layer.step(x[None])
+
+
+# ---- relu RNN: the gradient at a NaN output as torch's ----------------------------------------
+
+
+def test_relu_rnn_gradient_passes_through_nan_outputs_as_torch(isa, rng):
+    # torch's relu backward keeps the gradient wherever the output is not <= 0, so at a NaN
+    # output too (threshold_backward); the kernels zeroed it (y > 0 is false for NaN), so a NaN
+    # in the input changed the finite gradients of every step before it (dx of the steps after
+    # the NaN is finite in torch: zero here).
+    theirs, ours = _pair("RNN", 3, 6, nonlinearity="relu", num_layers=2)
+    x = rng.standard_normal((5, 2, 3))
+    x[2, 0, 1] = np.nan
+    xt = torch.from_numpy(x).requires_grad_()
+    yt, _ = theirs(xt)
+    dy = rng.standard_normal(yt.shape)
+    (yt * torch.from_numpy(dy)).sum().backward()
+    y, _ = ours(x.astype(np.float32))
+    dx, _ = ours.backward(dy.astype(np.float32))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(yt.detach().numpy()))
+    want = xt.grad.numpy()
+    assert np.isfinite(want[3:]).all()  # the steps after the NaN: finite in torch
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+    np.testing.assert_allclose(dx, want, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_relu_gradient_at_nan_outputs_and_nan_upstream_as_torch(rng):
+    # The reference multiplied by the mask (y > 0): a NaN output lost its gradient, and a NaN
+    # upstream gradient at a zero output gave NaN (0 * NaN); torch selects (0 where y <= 0).
+    T, B, I, H = 4, 2, 3, 5
+    w = ref.init_rnn_weights(I, H, seed=3, dtype=np.float64)
+    x = rng.standard_normal((T, B, I))
+    x[1, 1, 0] = np.nan
+    y, _, cache = ref.rnn_forward(x, **w, nonlinearity="relu")
+    dy = rng.standard_normal(y.shape)
+    dy[3][y[3] == 0] = np.nan  # upstream NaN where the output is zero: no effect in torch
+    g = ref.rnn_backward(cache, dy)
+
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = {k: torch.from_numpy(v).requires_grad_() for k, v in w.items()}
+    h = torch.zeros(B, H, dtype=torch.float64)
+    outs = []
+    for t in range(T):
+        h = torch.relu(
+            xt[t] @ wt["weight_ih"].T + wt["bias_ih"] + h @ wt["weight_hh"].T + wt["bias_hh"]
+        )
+        outs.append(h)
+    torch.autograd.backward(torch.stack(outs), grad_tensors=torch.from_numpy(dy))
+    np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.dweight_hh, wt["weight_hh"].grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ---- forward_embedded: ids are laid out as forward's input ------------------------------------
+
+
+def test_forward_embedded_ids_follow_batch_first(rng):
+    # The ids feed forward(embedding(ids), hx): (B, T) for a batch_first layer. The docstring
+    # said "(T, B) ... (time-major)" and a wrong rank was reported as "expected shape (T, B)".
+    from lstm_fast.nn import Embedding
+
+    emb = Embedding(7, 3, seed=2)
+    layer = lstm_fast.GRU(3, 4, batch_first=True, seed=1)
+    ids = rng.integers(0, 7, (2, 5))  # (B, T)
+    y, h = layer.forward_embedded(ids, emb)
+    assert y.shape == (2, 5, 4) and h.shape == (1, 2, 4)
+    with pytest.raises(ValueError, match=r"ids: expected shape \(B, T\) \(or \(T,\) unbatched\)"):
+        layer.forward_embedded(ids[None], emb)
+    with pytest.raises(ValueError, match=r"ids: expected shape \(T, B\)"):
+        lstm_fast.GRU(3, 4, seed=1).forward_embedded(ids[None], emb)

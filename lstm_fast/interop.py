@@ -373,6 +373,11 @@ def onnx_attributes(layer) -> dict:
 
     Example::
 
+        >>> import onnx, lstm_fast
+        >>> from lstm_fast import interop
+        >>> gru = lstm_fast.GRU(10, 20, seed=0)
+        >>> interop.onnx_attributes(gru)
+        {'hidden_size': 20, 'direction': 'forward', 'linear_before_reset': 1}
         >>> node = onnx.helper.make_node("GRU", ["x", "W", "R", "B"], ["y"],
         ...                              **interop.onnx_attributes(gru))
     """

@@ -199,7 +199,16 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
 
 def to_torch(layer: Any):
     """The torch module equivalent to an lstm_fast layer or cell, with its weights copied."""
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        raise ModuleNotFoundError(
+            "to_torch needs PyTorch, which is not installed: "
+            "pip install 'lstm_fast[torch]' (or torch itself)",
+            name="torch",
+        ) from e
 
     kind = _kind(layer)
     if isinstance(layer, (_rnn.LSTMCell, _rnn.GRUCell, _rnn.RNNCell)):

@@ -101,7 +101,17 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError as e:  # torch itself missing, not something torch imports
+    if e.name != "torch":
+        raise
+    raise ModuleNotFoundError(
+        "lstm_fast.torch needs PyTorch, which is not installed: "
+        "pip install 'lstm_fast[torch]' (or torch itself)",
+        name="torch",
+    ) from e
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence

@@ -358,3 +358,52 @@ def test_inspect_without_matplotlib_writes_the_html_and_says_why_no_png(tmp_path
     assert not html.with_suffix(".png").exists()
     assert "matplotlib" in r.stderr and "lstm_fast[train]" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# The package's names
+
+
+def test_lstm_fast_interop_is_reachable_as_the_readme_writes_it():
+    """The README introduces ``lstm_fast.interop`` by that name; after ``import lstm_fast`` the
+    attribute did not exist (AttributeError) unless something had imported the submodule. It is
+    loaded on first use now, and still not at import."""
+    r = _run_python(
+        textwrap.dedent(
+            """
+            import sys
+            import lstm_fast
+
+            print("before", "lstm_fast.interop" in sys.modules, "interop" in dir(lstm_fast))
+            layer = lstm_fast.interop.from_torch(
+                lstm_fast.LSTM(3, 4, seed=0).state_dict()
+            )
+            print("after", type(layer).__name__, "torch" in sys.modules)
+            try:
+                lstm_fast.no_such_name
+            except AttributeError as e:
+                print("missing", e)
+            """
+        )
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "before False True",
+        "after LSTM False",
+        "missing module 'lstm_fast' has no attribute 'no_such_name'",
+    ]
+
+
+def test_all_names_exist_and_version_matches_the_project_metadata():
+    tomllib = pytest.importorskip("tomllib")
+    for name in lstm_fast.__all__:
+        assert hasattr(lstm_fast, name), name
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert lstm_fast.__version__ == project["version"]
+    assert project["scripts"]["lstm-fast"] == "lstm_fast.cli:main"
+    extras = project["optional-dependencies"]
+    # the extras the package's own messages name exist and hold what those messages need
+    assert any(r.startswith("torch") for r in extras["torch"])
+    assert any(r.startswith("matplotlib") for r in extras["train"])
+    assert any(r.startswith("matplotlib") for r in extras["bench"])
+    assert any(r.startswith("onnxruntime") for r in extras["bench"])

@@ -407,3 +407,16 @@ def test_all_names_exist_and_version_matches_the_project_metadata():
     assert any(r.startswith("matplotlib") for r in extras["train"])
     assert any(r.startswith("matplotlib") for r in extras["bench"])
     assert any(r.startswith("onnxruntime") for r in extras["bench"])
+
+
+def test_lstm_fast_torch_doc_quotes_the_dtype_error_it_raises():
+    """The module docstring quoted ``ValueError: input must have the type torch.float32, got type
+    torch.float64``, a message neither torch 2.13 nor lstm_fast.torch gives."""
+    torch = pytest.importorskip("torch")
+    lft = pytest.importorskip("lstm_fast.torch")
+    quoted = re.search(r"``(RNN input dtype .*?) \.\.\.``", " ".join(lft.__doc__.split()))
+    assert quoted, "the docstring quotes the dtype error"
+    for module in (lft.LSTM(3, 4), torch.nn.LSTM(3, 4)):
+        with pytest.raises(ValueError) as info:
+            module(torch.zeros(5, 2, 3, dtype=torch.float64))
+        assert str(info.value).startswith(quoted.group(1))

@@ -420,3 +420,24 @@ def test_lstm_fast_torch_doc_quotes_the_dtype_error_it_raises():
         with pytest.raises(ValueError) as info:
             module(torch.zeros(5, 2, 3, dtype=torch.float64))
         assert str(info.value).startswith(quoted.group(1))
+
+
+# --------------------------------------------------------------------------------------------
+# The command line does what its help says
+
+
+def test_train_refuses_a_corpus_and_default_corpus_together(tmp_path, capsys):
+    """``lstm-fast train novels.txt --default-corpus`` trained on the Python standard library
+    and silently ignored novels.txt; it is a usage error now, before anything is written."""
+    from lstm_fast.cli import main
+
+    corpus = tmp_path / "novels.txt"
+    corpus.write_text("a small text of my own\n" * 20, encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["train", str(corpus), "--default-corpus", "--out", str(out), "--steps", "1"]
+    argv += ["--max-chars", "2000", "--hidden-size", "4", "--embed-size", "2", "--seq-len", "4"]
+    argv += ["--batch-size", "1", "--quiet", "--threads", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "CORPUS" in err and "--default-corpus" in err and "not both" in err
+    assert not out.exists()

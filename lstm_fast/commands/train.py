@@ -73,6 +73,11 @@ def run(args) -> int:
     if args.corpus is None and not args.default_corpus:
         print("train: give CORPUS (a file or directory) or --default-corpus", file=sys.stderr)
         return 2
+    if args.corpus is not None and args.default_corpus:  # one of them would be ignored
+        print(
+            f"train: give CORPUS ({args.corpus!r}) or --default-corpus, not both", file=sys.stderr
+        )
+        return 2
     set_threads(args)
     names = option_names(args, corpus="CORPUS", out_dir="--out")
     try:  # every setting is checked here, before anything is read or written

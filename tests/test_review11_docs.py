@@ -441,3 +441,25 @@ def test_train_refuses_a_corpus_and_default_corpus_together(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "CORPUS" in err and "--default-corpus" in err and "not both" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "inspect"])
+def test_evaluate_and_inspect_name_their_text_argument(command, tmp_path, capsys):
+    """A missing TEXT was reported as ``corpus: expected a text file or a directory`` (the
+    loader's word): the argument is TEXT in these commands' usage."""
+    from lstm_fast.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcabcabc\n" * 10, encoding="utf-8")
+    run = tmp_path / "run"
+    argv = ["train", str(corpus), "--out", str(run), "--steps", "1", "--hidden-size", "4"]
+    argv += ["--embed-size", "2", "--seq-len", "4", "--batch-size", "1", "--quiet"]
+    assert main(argv + ["--threads", "1"]) == 0
+    capsys.readouterr()
+    missing = tmp_path / "missing.txt"
+    argv = [command, str(run), str(missing), "--threads", "1"]
+    if command == "inspect":
+        argv += ["--out", str(tmp_path / "cells.html")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"{command}: TEXT: expected a text file or a directory, got {str(missing)!r}"

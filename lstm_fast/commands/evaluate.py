@@ -3,7 +3,7 @@ lacks count as the unknown token)."""
 
 from __future__ import annotations
 
-from . import add_common, emit_json, int_at_least, set_threads
+from . import add_common, emit_json, in_option_terms, int_at_least, set_threads
 
 
 def add_arguments(parser) -> None:
@@ -26,8 +26,8 @@ def run(args) -> int:
     try:
         model, vocab, _, _ = load_charlm(args.dir)
         text = load_corpus(args.text, max_chars=args.max_chars)
-    except (OSError, ValueError) as e:
-        print(f"evaluate: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # the loader says "corpus": here it is TEXT
+        print(f"evaluate: {in_option_terms(e, {'corpus': 'TEXT'})}", file=sys.stderr)
         return 1
     ids = vocab.encode(text)
     if len(ids) < 2:  # bits per character need one character predicted from another

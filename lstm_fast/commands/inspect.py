@@ -7,7 +7,7 @@ with --feature (default in_quote) is shown."""
 
 from __future__ import annotations
 
-from . import add_common, emit_json, int_at_least, set_threads
+from . import add_common, emit_json, in_option_terms, int_at_least, set_threads
 
 
 def add_arguments(parser) -> None:
@@ -81,8 +81,8 @@ def run(args) -> int:
     try:
         model, vocab, _, _ = load_charlm(args.dir)
         text = load_corpus(args.text, max_chars=args.max_chars)
-    except (OSError, ValueError) as e:
-        print(f"inspect: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # the loader says "corpus": here it is TEXT
+        print(f"inspect: {in_option_terms(e, {'corpus': 'TEXT'})}", file=sys.stderr)
         return 1
     if len(text) < 2:  # correlations need two characters (an empty text crashed a reshape)
         print(

@@ -13,7 +13,9 @@ from . import add_common, emit_json, in_option_terms, int_at_least, set_threads
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="char-LM run directory")
     parser.add_argument("text", metavar="TEXT", help="UTF-8 text file to read")
-    parser.add_argument("--out", required=True, metavar="FILE.html")
+    parser.add_argument(
+        "--out", required=True, metavar="FILE.html", help="HTML to write (the PNG goes beside it)"
+    )
     parser.add_argument(
         "--cell",
         type=int,

@@ -165,21 +165,30 @@ def test_readme_layer_part_gives_the_shapes_it_claims(capsys):
     assert ns["dx"].shape == ns["x"].shape
 
 
-def _readme_command_lines() -> list[str]:
-    """Every ``lstm-fast ...`` command of the README's shell blocks, one argv string each."""
-    text = README.read_text(encoding="utf-8")
+def _command_lines(path: Path = README) -> list[str]:
+    """Every ``lstm-fast ...`` / ``python -m lstm_fast ...`` command of a Markdown file's code
+    blocks, one argv string each (line continuations joined, comments dropped)."""
+    text = path.read_text(encoding="utf-8")
     lines = []
-    for m in re.finditer(r"^```(?:bash|sh)\n(.*?)^```", text, re.S | re.M):
+    for m in re.finditer(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M):
         for raw in m.group(1).replace("\\\n", " ").splitlines():
             for part in raw.split("&&"):
                 part = part.split(" #")[0].strip()
-                if part.startswith("lstm-fast "):
-                    lines.append(part[len("lstm-fast ") :])
+                cmd = re.search(r"(?:^|\s)(?:lstm-fast|python -m lstm_fast)\s+(.*)", part)
+                if cmd:
+                    lines.append(cmd.group(1))
     return lines
 
 
-@pytest.mark.parametrize("command", _readme_command_lines())
-def test_readme_command_lines_parse(command):
+_readme_command_lines = _command_lines
+_DOCS = [README, ROOT / "docs" / "RESULTS.md"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(c, id=f"{p.name}:{c[:60]}") for p in _DOCS for c in _command_lines(p)],
+)
+def test_documented_command_lines_parse(command):
     import shlex
 
     from lstm_fast.cli import build_parser

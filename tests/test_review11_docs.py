@@ -365,8 +365,12 @@ def test_inspect_without_matplotlib_writes_the_html_and_says_why_no_png(tmp_path
     assert figures["html"] == str(html) and figures["png"] is None
     assert html.read_text(encoding="utf-8").startswith("<")
     assert not html.with_suffix(".png").exists()
-    assert "matplotlib" in r.stderr and "lstm_fast[train]" in r.stderr
+    assert "inspect: no PNG: matplotlib is not installed" in r.stderr
+    assert "lstm_fast[train]" in r.stderr
     assert "Traceback" not in r.stderr
+    # train had skipped its loss.png without a word
+    assert "train: no loss.png: matplotlib is not installed" in r.stderr
+    assert not (run / "loss.png").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -142,6 +142,12 @@ def run(args) -> int:
     except (OSError, ValueError) as e:  # OSError: --out is a file, an unreadable corpus, ...
         print(f"train: {in_option_terms(e, names)}", file=sys.stderr)
         return 1
+    if res.get("loss_png") is None:  # the plot is skipped only when matplotlib is missing
+        print(
+            "train: no loss.png: matplotlib is not installed (pip install matplotlib, or the "
+            "'train' extra: pip install 'lstm_fast[train]')",
+            file=sys.stderr,
+        )
 
     def fmt(v, spec):  # None when nothing was measured (no step run: --steps reached)
         return "n/a" if v is None else format(v, spec)

@@ -2,11 +2,22 @@
 
 The public names:
 
-* :mod:`lstm_fast.ops` — the functional API (arrays in, arrays out):
-  ``lstm_forward``, ``lstm_backward``, ``gemm``.
-* :class:`LSTM` — a layer with PyTorch's constructor, parameter names and shapes.
+* :class:`LSTM`, :class:`GRU`, :class:`RNN` and the cells :class:`LSTMCell`, :class:`GRUCell`,
+  :class:`RNNCell` — layers with PyTorch's constructors, parameter names and shapes, and a
+  ``backward``; :class:`Module` and :class:`Parameter`, their base classes.
 * :func:`set_num_threads`, :func:`get_num_threads`, :func:`cpu_info`, :func:`empty_cache`,
   :func:`cached_bytes`.
+
+The submodules:
+
+* :mod:`lstm_fast.ops` — the functional API (arrays in, arrays out): ``lstm_forward``,
+  ``lstm_backward``, ``gru_forward``, ``gru_backward``, ``rnn_forward``, ``rnn_backward``,
+  ``gemm``.
+* :mod:`lstm_fast.nn` (``Linear``, ``Embedding``, ``Dropout``, ``CrossEntropyLoss``),
+  :mod:`lstm_fast.optim`, :mod:`lstm_fast.data`, :mod:`lstm_fast.models` — training.
+* :mod:`lstm_fast.interop` — weights from and to PyTorch, Keras and ONNX (loaded on first use).
+* :mod:`lstm_fast.torch` — drop-in ``torch.nn`` modules (``import lstm_fast.torch``; needs the
+  ``torch`` extra, never imported by ``import lstm_fast``).
 * :mod:`lstm_fast.reference` — the NumPy reference the kernels are tested against.
 """
 
@@ -36,6 +47,23 @@ __all__ = [
     "set_num_threads",
     "__version__",
 ]
+
+
+# Submodules loaded on first use as attributes (``lstm_fast.interop.from_torch(...)``, as the
+# README writes it) without costing ``import lstm_fast`` anything.
+_LAZY_SUBMODULES = ("interop",)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 
 def set_num_threads(n: int) -> None:

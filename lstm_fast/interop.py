@@ -199,7 +199,16 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
 
 def to_torch(layer: Any):
     """The torch module equivalent to an lstm_fast layer or cell, with its weights copied."""
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        raise ModuleNotFoundError(
+            "to_torch needs PyTorch, which is not installed: "
+            "pip install 'lstm_fast[torch]' (or torch itself)",
+            name="torch",
+        ) from e
 
     kind = _kind(layer)
     if isinstance(layer, (_rnn.LSTMCell, _rnn.GRUCell, _rnn.RNNCell)):
@@ -373,6 +382,11 @@ def onnx_attributes(layer) -> dict:
 
     Example::
 
+        >>> import onnx, lstm_fast
+        >>> from lstm_fast import interop
+        >>> gru = lstm_fast.GRU(10, 20, seed=0)
+        >>> interop.onnx_attributes(gru)
+        {'hidden_size': 20, 'direction': 'forward', 'linear_before_reset': 1}
         >>> node = onnx.helper.make_node("GRU", ["x", "W", "R", "B"], ["y"],
         ...                              **interop.onnx_attributes(gru))
     """

@@ -19,8 +19,8 @@ Example::
     >>> opt = Adam([p], lr=0.1)
     >>> p.grad[...] = 1.0
     >>> opt.step()
-    >>> np.round(p.data, 4).tolist()
-    [0.9, 0.9, 0.9]
+    >>> print(np.round(p.data, 4))
+    [0.9 0.9 0.9]
 """
 
 from __future__ import annotations

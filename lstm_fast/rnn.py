@@ -1457,7 +1457,8 @@ _LAYER_DOC = r"""
 
 
 class LSTM(_RNNBase):
-    (
+    # a docstring built by concatenation must be assigned: a bare expression is not one
+    __doc__ = (
         r"""Multi-layer LSTM over a sequence (PyTorch's ``nn.LSTM`` API), computed by fused kernels.
 
     .. math::
@@ -1492,7 +1493,7 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    (
+    __doc__ = (
         r"""Multi-layer GRU (PyTorch's ``nn.GRU`` API, gates r, z, n), computed by fused kernels.
 
     .. math::
@@ -1519,7 +1520,7 @@ class GRU(_RNNBase):
 
 
 class RNN(_RNNBase):
-    (
+    __doc__ = (
         r"""Multi-layer Elman RNN (PyTorch's ``nn.RNN`` API): :math:`h_t = act(W_{ih} x_t + b_{ih} +
     W_{hh} h_{t-1} + b_{hh})`, act = tanh or relu (``nonlinearity``, default ``'tanh'``).
     """

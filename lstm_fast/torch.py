@@ -18,9 +18,10 @@ How tensors reach the kernels
     (``tensor.numpy()`` / ``torch.from_numpy``); other layouts are made contiguous first (one copy).
     The kernels are float32-only and CPU-only:
 
-    * the input's dtype must equal the parameters' dtype, as in ``torch.nn.LSTM``
-      (``ValueError: input must have the type torch.float32, got type torch.float64``; the cells
-      raise ``TypeError`` naming the argument: ``input``, ``hx[0]``, ...); a float64 input is
+    * the input's dtype must equal the parameters' dtype, as in ``torch.nn.LSTM`` (torch's own
+      ``ValueError``, which names both dtypes: ``RNN input dtype (torch.float64) does not match
+      weight dtype (torch.float32) ...``; the cells, and a state of another dtype, raise
+      ``TypeError`` naming the argument: ``input``, ``hx[0]``, ...); a float64 input is
       never converted silently — call ``x.float()``. Under ``torch.autocast("cpu")`` (where
       torch's modules accept a lower-precision input) a bfloat16/float16 input and states are
       cast to float32 explicitly and the kernels run in float32, as autocast's float32 ops do:
@@ -104,7 +105,17 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError as e:  # torch itself missing, not something torch imports
+    if e.name != "torch":
+        raise
+    raise ModuleNotFoundError(
+        "lstm_fast.torch needs PyTorch, which is not installed: "
+        "pip install 'lstm_fast[torch]' (or torch itself)",
+        name="torch",
+    ) from e
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     sub.required = True
     t = sub.add_parser("train", help="train the BiLSTM classifier and the Naive Bayes baseline")
     t.add_argument("tsv", metavar="TSV", help="training data, label<TAB>text per line")
-    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     t.add_argument(
         "--val",
         metavar="TSV",
@@ -171,8 +171,8 @@ def add_arguments(parser) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(t)
     e = sub.add_parser("eval", help="accuracy of a trained classifier and its baseline")
-    e.add_argument("dir", metavar="DIR")
-    e.add_argument("tsv", metavar="TSV")
+    e.add_argument("dir", metavar="DIR", help="run directory of `classify train`")
+    e.add_argument("tsv", metavar="TSV", help="test data, label<TAB>text per line")
     add_common(e)
 
 

@@ -3,15 +3,30 @@ lacks count as the unknown token)."""
 
 from __future__ import annotations
 
-from . import add_common, emit_json, int_at_least, set_threads
+from . import add_common, emit_json, in_option_terms, int_at_least, set_threads
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="run directory (or checkpoint .npz)")
-    parser.add_argument("text", metavar="TEXT", help="UTF-8 text file")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=32, help="parallel streams")
-    parser.add_argument("--seq-len", type=int_at_least(1), default=100)
-    parser.add_argument("--max-chars", type=int_at_least(0), default=None)
+    parser.add_argument("text", metavar="TEXT", help="UTF-8 text file (or a directory of them)")
+    parser.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        default=32,
+        help="parallel streams (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int_at_least(1),
+        default=100,
+        help="characters per window (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-chars",
+        type=int_at_least(0),
+        default=None,
+        help="read at most this many characters (default: all)",
+    )
     add_common(parser)
 
 
@@ -26,8 +41,8 @@ def run(args) -> int:
     try:
         model, vocab, _, _ = load_charlm(args.dir)
         text = load_corpus(args.text, max_chars=args.max_chars)
-    except (OSError, ValueError) as e:
-        print(f"evaluate: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # the loader says "corpus": here it is TEXT
+        print(f"evaluate: {in_option_terms(e, {'corpus': 'TEXT'})}", file=sys.stderr)
         return 1
     ids = vocab.encode(text)
     if len(ids) < 2:  # bits per character need one character predicted from another

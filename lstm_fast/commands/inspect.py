@@ -1,19 +1,21 @@
 """Find interpretable cells of a trained char-LM: record every hidden (h) and cell (c) activation
 over TEXT, rank units by correlation with text features (inside quotes, split into one-quote
 strings and triple-quoted ones; inside a comment; inside brackets, bracket depth; position in
-line, indentation, after a keyword), and write TEXT coloured by one unit's
-activation as HTML (--out) and PNG (same name, .png). Without --cell, the unit most correlated
+line, indentation, after a keyword), and write TEXT coloured by one unit's activation as HTML
+(--out) and PNG (same name, .png; needs matplotlib). Without --cell, the unit most correlated
 with --feature (default in_quote) is shown."""
 
 from __future__ import annotations
 
-from . import add_common, emit_json, int_at_least, set_threads
+from . import add_common, emit_json, in_option_terms, int_at_least, set_threads
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="char-LM run directory")
     parser.add_argument("text", metavar="TEXT", help="UTF-8 text file to read")
-    parser.add_argument("--out", required=True, metavar="FILE.html")
+    parser.add_argument(
+        "--out", required=True, metavar="FILE.html", help="HTML to write (the PNG goes beside it)"
+    )
     parser.add_argument(
         "--cell",
         type=int,
@@ -81,8 +83,8 @@ def run(args) -> int:
     try:
         model, vocab, _, _ = load_charlm(args.dir)
         text = load_corpus(args.text, max_chars=args.max_chars)
-    except (OSError, ValueError) as e:
-        print(f"inspect: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # the loader says "corpus": here it is TEXT
+        print(f"inspect: {in_option_terms(e, {'corpus': 'TEXT'})}", file=sys.stderr)
         return 1
     if len(text) < 2:  # correlations need two characters (an empty text crashed a reshape)
         print(
@@ -96,6 +98,15 @@ def run(args) -> int:
     if not 0 <= args.png_start < len(text):
         return usage_error(
             f"--png-start: expected 0 <= N < {len(text)} (characters read), got {args.png_start}"
+        )
+    try:  # the PNG needs matplotlib; without it the HTML is still written
+        import matplotlib  # noqa: F401
+    except ImportError:
+        png_out = None
+        print(
+            "inspect: no PNG: matplotlib is not installed (pip install matplotlib, or the "
+            "'train' extra: pip install 'lstm_fast[train]')",
+            file=sys.stderr,
         )
     feats = ins.text_features(text)
     if args.feature not in feats:
@@ -114,12 +125,14 @@ def run(args) -> int:
     title = f"unit #{index} ({kind}, layer {(index % (L * H)) // H}, unit {index % H})"
     try:
         out.write_text(ins.render_html(text, values, title), encoding="utf-8")
-        window = slice(args.png_start, args.png_start + args.png_chars)
-        png = ins.render_png(png_out, text[window], values[window], title)
+        png = None
+        if png_out is not None:
+            window = slice(args.png_start, args.png_start + args.png_chars)
+            png = ins.render_png(png_out, text[window], values[window], title)
     except OSError as e:
         print(f"inspect: --out: {e}", file=sys.stderr)
         return 1
-    print(f"unit #{index}: {out} and {png}")
+    print(f"unit #{index}: {out}" + (f" and {png}" if png else ""))
     emit_json(
         args,
         {

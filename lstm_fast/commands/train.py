@@ -2,8 +2,9 @@
 built-in default corpus (the Python standard library's own source code).
 
 Writes DIR/checkpoint.npz (weights, optimizer state, data position; atomic), DIR/config.json,
-DIR/vocab.json and DIR/loss.png. Ctrl-C writes a checkpoint; `--resume` continues exactly where
-the run stopped (the checkpoint's configuration wins; only --steps may be raised).
+DIR/vocab.json and DIR/loss.png (with matplotlib). Ctrl-C writes a checkpoint; `--resume`
+continues exactly where the run stopped (the checkpoint's configuration wins; only --steps may be
+raised).
 """
 
 from __future__ import annotations
@@ -27,36 +28,62 @@ def add_arguments(parser) -> None:
         default=None,
         help="use at most this many characters of the corpus (default corpus: 2,000,000)",
     )
-    parser.add_argument("--embed-size", type=int, default=64)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument(
+        "--embed-size", type=int, default=64, help="character embedding size (default %(default)s)"
+    )
+    parser.add_argument(
+        "--hidden-size", type=int, default=256, help="LSTM hidden size H (default %(default)s)"
+    )
+    parser.add_argument(
+        "--num-layers", type=int, default=2, help="stacked LSTM layers (default %(default)s)"
+    )
     parser.add_argument(
         "--dropout",
         type=float,
         default=0.0,
-        help="dropout between LSTM layers and before the decoder",
+        help="dropout between LSTM layers and before the decoder (default %(default)s)",
     )
-    parser.add_argument("--seq-len", type=int, default=100, help="truncated-BPTT window T")
-    parser.add_argument("--batch-size", type=int, default=32, help="parallel streams B")
-    parser.add_argument("--steps", type=int, default=1000, help="total optimizer steps")
-    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
-        "--optimizer", default="adam", choices=["adam", "adamw", "sgd", "adagrad", "rmsprop"]
+        "--seq-len", type=int, default=100, help="truncated-BPTT window T (default %(default)s)"
     )
-    parser.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip (0: off)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="parallel streams B (default %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="total optimizer steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=2e-3, help="learning rate (default %(default)s)"
+    )
+    parser.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["adam", "adamw", "sgd", "adagrad", "rmsprop"],
+        help="(default %(default)s)",
+    )
+    parser.add_argument(
+        "--clip", type=float, default=5.0, help="gradient-norm clip (0: off; default %(default)s)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights and the dropout masks (default %(default)s)",
+    )
     parser.add_argument(
         "--val-fraction",
         type=float,
         default=0.05,
-        help="tail of the corpus held out for validation",
+        help="tail of the corpus held out for validation (default %(default)s)",
     )
-    parser.add_argument("--val-every", type=int, default=200, help="validate every N steps")
+    parser.add_argument(
+        "--val-every", type=int, default=200, help="validate every N steps (default %(default)s)"
+    )
     parser.add_argument(
         "--checkpoint-every",
         type=int,
         default=200,
-        help="write a checkpoint every N steps (and at the end)",
+        help="write a checkpoint every N steps (and at the end; default %(default)s)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from DIR/checkpoint.npz if present"
@@ -73,8 +100,10 @@ def run(args) -> int:
     if args.corpus is None and not args.default_corpus:
         print("train: give CORPUS (a file or directory) or --default-corpus", file=sys.stderr)
         return 2
-    if args.corpus is not None and args.default_corpus:  # CORPUS was silently ignored
-        print(f"train: give CORPUS ({args.corpus}) or --default-corpus, not both", file=sys.stderr)
+    if args.corpus is not None and args.default_corpus:  # one of them would be ignored
+        print(
+            f"train: give CORPUS ({args.corpus!r}) or --default-corpus, not both", file=sys.stderr
+        )
         return 2
     set_threads(args)
     names = option_names(args, corpus="CORPUS", out_dir="--out")
@@ -113,6 +142,12 @@ def run(args) -> int:
     except (OSError, ValueError) as e:  # OSError: --out is a file, an unreadable corpus, ...
         print(f"train: {in_option_terms(e, names)}", file=sys.stderr)
         return 1
+    if res.get("loss_png") is None:  # the plot is skipped only when matplotlib is missing
+        print(
+            "train: no loss.png: matplotlib is not installed (pip install matplotlib, or the "
+            "'train' extra: pip install 'lstm_fast[train]')",
+            file=sys.stderr,
+        )
 
     def fmt(v, spec):  # None when nothing was measured (no step run: --steps reached)
         return "n/a" if v is None else format(v, spec)

@@ -223,12 +223,18 @@ class Vocab:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         if level == "char":
+            joins = 0
             if not isinstance(text, str):
+                joins = max(len(text) - 1, 0)
                 text = "\n".join(text)
             if _cython(use_cython):
                 cps, counts = _text.count_codepoints(text)
             else:
                 cps, counts = _py_count_codepoints(text)
+            if joins:  # the joining newlines are in no document: "\n" led every vocabulary
+                k = int(np.searchsorted(cps, ord("\n")))
+                counts[k] -= joins
+                cps, counts = cps[counts > 0], counts[counts > 0]
             order = np.lexsort((cps, -counts))
             toks = [(chr(int(cps[i])), int(counts[i])) for i in order]
         elif level == "word":

@@ -281,3 +281,18 @@ def test_naive_bayes_fits_without_runtime_warnings(texts, labels, kw):
     assert np.all(counts[pred] > 0)  # a class without training rows is never predicted
     if not nb.index:  # no features: the prior decides
         assert np.all(pred == np.argmax(counts))
+
+
+# -- data pipeline --------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_cython", [True, False])
+@pytest.mark.parametrize(
+    "docs", [["ab", "cd", "ef"], ["a\nb", "c", "", "c\n"], ["좋다", "😀😀", "좋아"], ["x"], []]
+)
+def test_char_vocab_of_documents_counts_only_their_characters(docs, use_cython):
+    """A list of documents was joined by newlines and counted: "\\n" got len(docs) - 1 phantom
+    counts, so it led the classifier's vocabulary (id 2, kept by min_freq=2 and max_size) even
+    when no text held one."""
+    for min_freq, max_size in ((1, None), (2, None), (1, 3)):
+        kw = dict(level="char", min_freq=min_freq, max_size=max_size, use_cython=use_cython)
+        got = data.Vocab.build(docs, **kw)
+        assert got.itos == data.Vocab.build("".join(docs), **kw).itos

@@ -20,6 +20,7 @@ from lstm_fast.models.checkpoint import load_npz, save_npz
 from lstm_fast.models.classifier import ClassifierConfig, load_classifier, train_classifier
 from lstm_fast.models.naive_bayes import NaiveBayes
 from lstm_fast.module import Parameter
+from lstm_fast.nn import Embedding, Linear
 
 TINY_LM = dict(embed_size=4, hidden_size=6, num_layers=1, seq_len=8, batch_size=2)
 
@@ -296,3 +297,45 @@ def test_char_vocab_of_documents_counts_only_their_characters(docs, use_cython):
         kw = dict(level="char", min_freq=min_freq, max_size=max_size, use_cython=use_cython)
         got = data.Vocab.build(docs, **kw)
         assert got.itos == data.Vocab.build("".join(docs), **kw).itos
+
+
+# -- layers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", ["decoder first", "embedding first"])
+def test_embedding_padding_row_keeps_a_tied_decoders_gradient(order):
+    """Embedding.backward zeroed the padding row of the whole accumulated gradient: the weight
+    tied to a decoder (a language model's output layer) lost the decoder's gradient for that
+    row, which PyTorch keeps (padding_idx only stops the lookup's own contribution)."""
+    torch = pytest.importorskip("torch")
+    V, E = 6, 4
+    rng = np.random.default_rng(0)
+    emb = Embedding(V, E, padding_idx=1, seed=0)
+    dec = Linear(E, V, bias=False, seed=1)
+    dec.weight = emb.weight
+    ids = np.array([[1, 2], [3, 1], [1, 5]])
+    x = rng.standard_normal((5, E)).astype(np.float32)
+    dy = rng.standard_normal((5, V)).astype(np.float32)
+    de = rng.standard_normal((3, 2, E)).astype(np.float32)
+    dec(x)
+    emb(ids)
+    emb.zero_grad()
+    for step in ((dec.backward, dy), (emb.backward, de))[:: 1 if order == "decoder first" else -1]:
+        step[0](step[1])
+    te = torch.nn.Embedding(V, E, padding_idx=1).double()
+    with torch.no_grad():
+        te.weight.copy_(torch.tensor(emb.weight.data.astype(np.float64)))
+    out = torch.nn.functional.linear(torch.tensor(x, dtype=torch.float64), te.weight)
+    e = te(torch.tensor(ids))
+    ((out * torch.tensor(dy)).sum() + (e * torch.tensor(de)).sum()).backward()
+    np.testing.assert_allclose(emb.weight.grad, te.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(emb.weight.grad[1]).sum() > 0
+
+
+def test_embedding_padding_row_gets_nothing_from_the_lookup():
+    """The lookup's own gradient skips the padding row, whose accumulated value (0.5 here) is
+    kept -- it was set to 0 -- with either gradient layout (the C++ scatter or np.add.at)."""
+    for fast in (True, False):
+        emb = Embedding(5, 3, padding_idx=-1, seed=0)
+        emb(np.array([4, 0, 4, 2]))
+        emb.weight.grad = np.full((5, 3), 0.5, np.float32 if fast else np.float64)
+        emb.backward(np.ones((4, 3), np.float32))
+        np.testing.assert_array_equal(emb.weight.grad[:, 0], [1.5, 0.5, 1.5, 0.5, 0.5])

@@ -68,6 +68,12 @@ def test_a_corpus_too_short_for_a_window_is_named_with_the_sizes(tmp_path, capsy
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("train: CORPUS: expected at least batch_size * seq_len + 1 = 251 ")
+    argv = ["train", "--default-corpus", "--max-chars", "40", "--out", str(tmp_path / "run")]
+    argv += ["--seq-len", "5", "--steps", "1", "--quiet", "--hidden-size", "4"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train: --default-corpus: expected at least batch_size * seq_len + 1")
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_refuses_corpus_and_default_corpus_together(tmp_path, capsys):

@@ -345,3 +345,34 @@ def test_embedding_padding_row_gets_nothing_from_the_lookup():
         emb.weight.grad = np.full((5, 3), 0.5, np.float32 if fast else np.float64)
         emb.backward(np.ones((4, 3), np.float32))
         np.testing.assert_array_equal(emb.weight.grad[:, 0], [1.5, 0.5, 1.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("command", ["train", "classify"])
+def test_out_below_a_file_is_refused_before_any_work(tmp_path, capsys, command):
+    """classify train --out FILE/run trained every epoch, then failed to make the directory
+    ('[Errno 20] Not a directory') and lost the run; train checked it only after the corpus
+    was read and the vocabulary built."""
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("keep me", encoding="utf-8")
+    out = blocker / "sub" / "run"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdef" * 40, encoding="utf-8")
+    tsv = _tsv(tmp_path / "t.tsv", [(1, "좋다"), (2, "별로")] * 4)
+    logged = []
+    with pytest.raises(NotADirectoryError, match=r"^out_dir: cannot create the run directory"):
+        if command == "train":
+            cfg = TrainConfig(steps=1, val_every=0, checkpoint_every=0, **TINY_LM)
+            train_charlm(cfg, out, progress=False, log=logged.append, text="x" * 10**6)
+        else:
+            cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1)
+            train_classifier(tsv, out, cfg, progress=False, log=logged.append)
+    assert logged == []  # (nothing trained, not even the Naive Bayes baseline)
+    if command == "train":
+        argv = ["train", str(corpus), "--out", str(out), "--steps", "1", "--quiet"]
+    else:
+        argv = ["classify", "train", str(tsv), "--out", str(out), "--epochs", "1", "--quiet"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: cannot create the run directory" in err
+    assert f"{str(blocker)!r} is a file" in err
+    assert blocker.read_text(encoding="utf-8") == "keep me"

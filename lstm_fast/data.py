@@ -198,8 +198,9 @@ class Vocab:
         pad: bool = False,
         use_cython: Optional[bool] = None,
     ) -> Vocab:
-        """From a str (or, for words, a str or a list of documents): tokens by descending
-        frequency, ties by first code point / alphabetically; ``max_size`` counts the specials."""
+        """From a str or a list of documents (only their own characters or words count):
+        tokens by descending frequency, ties by first code point / alphabetically;
+        ``max_size`` counts the specials."""
         if isinstance(text, (bytes, bytearray)):  # "\n".join(b"ab") complained about an int
             raise TypeError(
                 f"text: expected a str or a sequence of str, got {type(text).__name__} "

@@ -376,3 +376,33 @@ def test_out_below_a_file_is_refused_before_any_work(tmp_path, capsys, command):
     assert err.count("\n") == 1 and "--out: cannot create the run directory" in err
     assert f"{str(blocker)!r} is a file" in err
     assert blocker.read_text(encoding="utf-8") == "keep me"
+
+
+@pytest.mark.parametrize("norm_type", [1, 2, 3.5, float("inf"), "inf"])
+def test_clip_grad_norm_takes_torchs_positional_norm_type(norm_type):
+    """The third positional parameter was eps: torch's clip_grad_norm_(params, 1.0, 1) (an L1
+    norm) clipped the L2 norm with eps = 1 here, silently; norm_type is torch's now."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(s).astype(np.float32) * 3 for s in ((4, 5), (7,))]
+    ps = [Parameter(np.zeros(g.shape)) for g in grads]
+    tp = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
+    for p, t, g in zip(ps, tp, grads):
+        p.grad = g.copy()
+        t.grad = torch.tensor(g.astype(np.float64))
+    norm = optim.clip_grad_norm(ps, 1.0, norm_type)
+    tnorm = torch.nn.utils.clip_grad_norm_(tp, 1.0, norm_type)
+    assert norm == pytest.approx(float(tnorm), rel=1e-6)
+    for p, t in zip(ps, tp):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_clip_grad_norm_checks_norm_type_and_keeps_eps_by_keyword():
+    p = Parameter(np.zeros(2))
+    for bad in (0, -1.0, float("nan"), "l2", None, True):
+        p.grad = np.array([3.0, 4.0], np.float32)
+        with pytest.raises(ValueError, match=r"^norm_type: expected a float > 0 or inf, got"):
+            optim.clip_grad_norm([p], 1.0, bad)
+        np.testing.assert_array_equal(p.grad, [3.0, 4.0])  # nothing scaled
+    assert optim.clip_grad_norm([p], 1.0, eps=0.0) == 5.0
+    np.testing.assert_allclose(p.grad, [0.6, 0.8], rtol=1e-6)

@@ -198,8 +198,9 @@ class Vocab:
         pad: bool = False,
         use_cython: Optional[bool] = None,
     ) -> Vocab:
-        """From a str (or, for words, a str or a list of documents): tokens by descending
-        frequency, ties by first code point / alphabetically; ``max_size`` counts the specials."""
+        """From a str or a list of documents (only their own characters or words count):
+        tokens by descending frequency, ties by first code point / alphabetically;
+        ``max_size`` counts the specials."""
         if isinstance(text, (bytes, bytearray)):  # "\n".join(b"ab") complained about an int
             raise TypeError(
                 f"text: expected a str or a sequence of str, got {type(text).__name__} "
@@ -223,12 +224,18 @@ class Vocab:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         if level == "char":
+            joins = 0
             if not isinstance(text, str):
+                joins = max(len(text) - 1, 0)
                 text = "\n".join(text)
             if _cython(use_cython):
                 cps, counts = _text.count_codepoints(text)
             else:
                 cps, counts = _py_count_codepoints(text)
+            if joins:  # the joining newlines are in no document: "\n" led every vocabulary
+                k = int(np.searchsorted(cps, ord("\n")))
+                counts[k] -= joins
+                cps, counts = cps[counts > 0], counts[counts > 0]
             order = np.lexsort((cps, -counts))
             toks = [(chr(int(cps[i])), int(counts[i])) for i in order]
         elif level == "word":

@@ -329,12 +329,16 @@ class Embedding(Module):
         self._ready_grads()
         dy2 = dy.reshape(flat.size, self.embedding_dim)
         g = self.weight.grad
+        # the padding row gets nothing from this lookup, and keeps what it holds: zeroing it
+        # afterwards wiped the gradient a weight-tied decoder (or an earlier use) had put there
+        pad = self.padding_idx
+        kept = g[pad].copy() if pad is not None else None
         if _fast_grad(g):
             _core.index_add_rows(g, flat.astype(np.int64, copy=False), np.ascontiguousarray(dy2))
         else:
             np.add.at(g, flat, dy2)
-        if self.padding_idx is not None:
-            self.weight.grad[self.padding_idx] = 0
+        if pad is not None:
+            g[pad] = kept
         return None
 
 

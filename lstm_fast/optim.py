@@ -610,21 +610,46 @@ def _sumsq(g: np.ndarray) -> float:
     return float(np.square(g, dtype=np.float64).sum())
 
 
-def clip_grad_norm(params: Iterable[Parameter], max_norm: float, eps: float = 1e-6) -> float:
-    """Scale all gradients together so their global L2 norm is at most ``max_norm``
+def clip_grad_norm(
+    params: Iterable[Parameter],
+    max_norm: float,
+    norm_type: float = 2.0,
+    *,
+    eps: float = 1e-6,
+) -> float:
+    """Scale all gradients together so their global ``norm_type``-norm is at most ``max_norm``
     (``params``: an iterable of parameters, or one parameter).
 
-    Returns the norm before clipping (PyTorch's ``clip_grad_norm_``: ``coef = max_norm /
-    (norm + eps)``, ``eps`` 1e-6 as PyTorch's, applied when < 1). Every gradient must be a
-    writeable floating-point array of its parameter's shape, checked before any is scaled.
+    Returns the norm before clipping (PyTorch's ``clip_grad_norm_``, with its positional
+    ``norm_type``: 2 by default, any p > 0, or ``inf`` for the largest absolute value;
+    ``coef = max_norm / (norm + eps)``, ``eps`` 1e-6 as PyTorch's, applied when < 1). Every
+    gradient must be a writeable floating-point array of its parameter's shape, checked before
+    any is scaled.
     """
     params = _params(params)  # one Parameter too (as PyTorch's)
     max_norm = _check_number("max_norm", max_norm)  # a negative one would flip the gradients
+    # (eps was the third positional parameter: torch's clip_grad_norm_(params, 1.0, 1.0), an L1
+    # norm, clipped the L2 norm with eps = 1, silently)
+    if isinstance(norm_type, str) and norm_type.lower() == "inf":  # torch takes 'inf' too
+        norm_type = math.inf
+    real = isinstance(norm_type, (int, float, np.integer, np.floating)) and not isinstance(
+        norm_type, (bool, np.bool_)
+    )
+    if not real or not norm_type > 0:
+        raise ValueError(f"norm_type: expected a float > 0 or inf, got {norm_type!r}")
+    norm_type = float(norm_type)
     eps = _check_number("eps", eps)  # so would a negative eps, when norm + eps < 0
     if not math.isfinite(eps):
         raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
     _check_grads("clip_grad_norm", params, kinds="f", writeable=True)
-    total = math.sqrt(sum(_sumsq(p.grad) for p in params))
+    if norm_type == 2.0:
+        total = math.sqrt(sum(_sumsq(p.grad) for p in params))
+    elif norm_type == math.inf:
+        total = max((float(np.abs(p.grad).max()) for p in params if p.grad.size), default=0.0)
+    else:  # in float64, as the L2 sums
+        total = sum(
+            float(np.sum(np.abs(p.grad, dtype=np.float64) ** norm_type)) for p in params
+        ) ** (1.0 / norm_type)
     denom = total + eps
     coef = max_norm / denom if denom else math.inf  # (eps = 0 and all gradients zero)
     if coef < 1.0:

@@ -20,6 +20,7 @@ from lstm_fast.models.checkpoint import load_npz, save_npz
 from lstm_fast.models.classifier import ClassifierConfig, load_classifier, train_classifier
 from lstm_fast.models.naive_bayes import NaiveBayes
 from lstm_fast.module import Parameter
+from lstm_fast.nn import Embedding, Linear
 
 TINY_LM = dict(embed_size=4, hidden_size=6, num_layers=1, seq_len=8, batch_size=2)
 
@@ -67,6 +68,12 @@ def test_a_corpus_too_short_for_a_window_is_named_with_the_sizes(tmp_path, capsy
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("train: CORPUS: expected at least batch_size * seq_len + 1 = 251 ")
+    argv = ["train", "--default-corpus", "--max-chars", "40", "--out", str(tmp_path / "run")]
+    argv += ["--seq-len", "5", "--steps", "1", "--quiet", "--hidden-size", "4"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("train: --default-corpus: expected at least batch_size * seq_len + 1")
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_refuses_corpus_and_default_corpus_together(tmp_path, capsys):
@@ -281,3 +288,121 @@ def test_naive_bayes_fits_without_runtime_warnings(texts, labels, kw):
     assert np.all(counts[pred] > 0)  # a class without training rows is never predicted
     if not nb.index:  # no features: the prior decides
         assert np.all(pred == np.argmax(counts))
+
+
+# -- data pipeline --------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_cython", [True, False])
+@pytest.mark.parametrize(
+    "docs", [["ab", "cd", "ef"], ["a\nb", "c", "", "c\n"], ["좋다", "😀😀", "좋아"], ["x"], []]
+)
+def test_char_vocab_of_documents_counts_only_their_characters(docs, use_cython):
+    """A list of documents was joined by newlines and counted: "\\n" got len(docs) - 1 phantom
+    counts, so it led the classifier's vocabulary (id 2, kept by min_freq=2 and max_size) even
+    when no text held one."""
+    for min_freq, max_size in ((1, None), (2, None), (1, 3)):
+        kw = dict(level="char", min_freq=min_freq, max_size=max_size, use_cython=use_cython)
+        got = data.Vocab.build(docs, **kw)
+        assert got.itos == data.Vocab.build("".join(docs), **kw).itos
+
+
+# -- layers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", ["decoder first", "embedding first"])
+def test_embedding_padding_row_keeps_a_tied_decoders_gradient(order):
+    """Embedding.backward zeroed the padding row of the whole accumulated gradient: the weight
+    tied to a decoder (a language model's output layer) lost the decoder's gradient for that
+    row, which PyTorch keeps (padding_idx only stops the lookup's own contribution)."""
+    torch = pytest.importorskip("torch")
+    V, E = 6, 4
+    rng = np.random.default_rng(0)
+    emb = Embedding(V, E, padding_idx=1, seed=0)
+    dec = Linear(E, V, bias=False, seed=1)
+    dec.weight = emb.weight
+    ids = np.array([[1, 2], [3, 1], [1, 5]])
+    x = rng.standard_normal((5, E)).astype(np.float32)
+    dy = rng.standard_normal((5, V)).astype(np.float32)
+    de = rng.standard_normal((3, 2, E)).astype(np.float32)
+    dec(x)
+    emb(ids)
+    emb.zero_grad()
+    for step in ((dec.backward, dy), (emb.backward, de))[:: 1 if order == "decoder first" else -1]:
+        step[0](step[1])
+    te = torch.nn.Embedding(V, E, padding_idx=1).double()
+    with torch.no_grad():
+        te.weight.copy_(torch.tensor(emb.weight.data.astype(np.float64)))
+    out = torch.nn.functional.linear(torch.tensor(x, dtype=torch.float64), te.weight)
+    e = te(torch.tensor(ids))
+    ((out * torch.tensor(dy)).sum() + (e * torch.tensor(de)).sum()).backward()
+    np.testing.assert_allclose(emb.weight.grad, te.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(emb.weight.grad[1]).sum() > 0
+
+
+def test_embedding_padding_row_gets_nothing_from_the_lookup():
+    """The lookup's own gradient skips the padding row, whose accumulated value (0.5 here) is
+    kept -- it was set to 0 -- with either gradient layout (the C++ scatter or np.add.at)."""
+    for fast in (True, False):
+        emb = Embedding(5, 3, padding_idx=-1, seed=0)
+        emb(np.array([4, 0, 4, 2]))
+        emb.weight.grad = np.full((5, 3), 0.5, np.float32 if fast else np.float64)
+        emb.backward(np.ones((4, 3), np.float32))
+        np.testing.assert_array_equal(emb.weight.grad[:, 0], [1.5, 0.5, 1.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("command", ["train", "classify"])
+def test_out_below_a_file_is_refused_before_any_work(tmp_path, capsys, command):
+    """classify train --out FILE/run trained every epoch, then failed to make the directory
+    ('[Errno 20] Not a directory') and lost the run; train checked it only after the corpus
+    was read and the vocabulary built."""
+    blocker = tmp_path / "taken.txt"
+    blocker.write_text("keep me", encoding="utf-8")
+    out = blocker / "sub" / "run"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdef" * 40, encoding="utf-8")
+    tsv = _tsv(tmp_path / "t.tsv", [(1, "좋다"), (2, "별로")] * 4)
+    logged = []
+    with pytest.raises(NotADirectoryError, match=r"^out_dir: cannot create the run directory"):
+        if command == "train":
+            cfg = TrainConfig(steps=1, val_every=0, checkpoint_every=0, **TINY_LM)
+            train_charlm(cfg, out, progress=False, log=logged.append, text="x" * 10**6)
+        else:
+            cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1)
+            train_classifier(tsv, out, cfg, progress=False, log=logged.append)
+    assert logged == []  # (nothing trained, not even the Naive Bayes baseline)
+    if command == "train":
+        argv = ["train", str(corpus), "--out", str(out), "--steps", "1", "--quiet"]
+    else:
+        argv = ["classify", "train", str(tsv), "--out", str(out), "--epochs", "1", "--quiet"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: cannot create the run directory" in err
+    assert f"{str(blocker)!r} is a file" in err
+    assert blocker.read_text(encoding="utf-8") == "keep me"
+
+
+@pytest.mark.parametrize("norm_type", [1, 2, 3.5, float("inf"), "inf"])
+def test_clip_grad_norm_takes_torchs_positional_norm_type(norm_type):
+    """The third positional parameter was eps: torch's clip_grad_norm_(params, 1.0, 1) (an L1
+    norm) clipped the L2 norm with eps = 1 here, silently; norm_type is torch's now."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(s).astype(np.float32) * 3 for s in ((4, 5), (7,))]
+    ps = [Parameter(np.zeros(g.shape)) for g in grads]
+    tp = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
+    for p, t, g in zip(ps, tp, grads):
+        p.grad = g.copy()
+        t.grad = torch.tensor(g.astype(np.float64))
+    norm = optim.clip_grad_norm(ps, 1.0, norm_type)
+    tnorm = torch.nn.utils.clip_grad_norm_(tp, 1.0, norm_type)
+    assert norm == pytest.approx(float(tnorm), rel=1e-6)
+    for p, t in zip(ps, tp):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_clip_grad_norm_checks_norm_type_and_keeps_eps_by_keyword():
+    p = Parameter(np.zeros(2))
+    for bad in (0, -1.0, float("nan"), "l2", None, True):
+        p.grad = np.array([3.0, 4.0], np.float32)
+        with pytest.raises(ValueError, match=r"^norm_type: expected a float > 0 or inf, got"):
+            optim.clip_grad_norm([p], 1.0, bad)
+        np.testing.assert_array_equal(p.grad, [3.0, 4.0])  # nothing scaled
+    assert optim.clip_grad_norm([p], 1.0, eps=0.0) == 5.0
+    np.testing.assert_allclose(p.grad, [0.6, 0.8], rtol=1e-6)

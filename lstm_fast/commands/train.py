@@ -106,7 +106,9 @@ def run(args) -> int:
         )
         return 2
     set_threads(args)
-    names = option_names(args, corpus="CORPUS", out_dir="--out")
+    # ("corpus: ..." errors are about the default corpus when it was asked for)
+    corpus = "--default-corpus" if args.default_corpus else "CORPUS"
+    names = option_names(args, corpus=corpus, out_dir="--out")
     try:  # every setting is checked here, before anything is read or written
         cfg = TrainConfig(
             corpus=None if args.default_corpus else args.corpus,

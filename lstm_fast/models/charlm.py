@@ -26,6 +26,7 @@ from .checkpoint import (
     CheckpointError,
     atomic_write_text,
     check_arrays,
+    check_run_dir,
     interpreting,
     json_text,
     load_npz,
@@ -399,8 +400,9 @@ def train_charlm(
         raise TypeError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
     cfg.validate()  # (a field may have been changed since the config was made)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():  # mkdir raised FileExistsError
-        raise NotADirectoryError(f"out_dir: expected a run directory, got the file {str(out)!r}")
+    # a file there (mkdir raised FileExistsError) or in its path (the classifier trained every
+    # epoch before mkdir failed): refused before any work
+    check_run_dir(out)
     ckpt = out / CHECKPOINT
     arrays = meta = None
     if resume and ckpt.exists():

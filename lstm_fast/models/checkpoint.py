@@ -66,6 +66,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_bytes",
     "json_text",
+    "check_run_dir",
 ]
 
 # what a malformed archive or .npy entry can raise while it is parsed; all become CheckpointError
@@ -146,6 +147,30 @@ def json_text(obj, **kwargs) -> str:
     except UnicodeEncodeError:
         text = json.dumps(obj, ensure_ascii=True, **kwargs)
     return text
+
+
+def check_run_dir(path, what: str = "out_dir") -> None:
+    """Raise before any work unless ``path`` is a directory or ``os.makedirs`` can make it: an
+    existing file, or a file where an ancestor directory should be (``/dev/null/run``), raises
+    ``NotADirectoryError``, and an existing ancestor this process may not write into
+    ``PermissionError``; both messages start with ``what`` and name the path."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what}: expected a run directory, got the file {path!r}")
+    head = os.path.abspath(path)
+    while not os.path.exists(head):  # the nearest existing ancestor holds the new directories
+        parent = os.path.dirname(head)
+        if parent == head:  # pragma: no cover - the root always exists
+            break
+        head = parent
+    if not os.path.isdir(head):
+        raise NotADirectoryError(
+            f"{what}: cannot create the run directory {path!r}: {head!r} is a file"
+        )
+    if not os.access(head, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{what}: cannot create or write the run directory {path!r}: {head!r} is not writable"
+        )
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

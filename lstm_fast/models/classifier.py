@@ -23,6 +23,7 @@ from ._args import check_bool, check_choice, check_float, check_int
 from .checkpoint import (
     CheckpointError,
     check_arrays,
+    check_run_dir,
     interpreting,
     load_npz,
     restore_module,
@@ -637,8 +638,9 @@ def train_classifier(
         raise TypeError(f"cfg: expected a ClassifierConfig, got {type(cfg).__name__}")
     cfg.validate()  # (a field may have been changed since the config was made)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():  # mkdir raised FileExistsError
-        raise NotADirectoryError(f"out_dir: expected a run directory, got the file {str(out)!r}")
+    # a file there (mkdir raised FileExistsError) or in its path (the classifier trained every
+    # epoch before mkdir failed): refused before any work
+    check_run_dir(out)
     # every input is read before any work, and nothing is written until the end: a failed
     # retrain into an existing run directory left it half-replaced (a new naive_bayes.npz)
     labels, texts = _data.read_tsv(train_tsv, cfg.max_rows)

@@ -68,7 +68,10 @@ def __dir__() -> list:
 
 def set_num_threads(n: int) -> None:
     """Set the number of threads the kernels use, in [1, 4 x the hardware threads (at least
-    64)]. Applies to calls made afterwards, from any Python thread."""
+    64)]. Applies to calls made afterwards, from any Python thread.
+
+    In a process forked after this one ran a call on several threads, the kernels stay on one
+    thread whatever is asked here (``cpu_info()["forked_serial"]``; see :func:`get_num_threads`)."""
     if isinstance(n, bool) or not hasattr(n, "__index__"):
         raise TypeError(f"set_num_threads: n: expected an int >= 1, got {type(n).__name__}")
     n = operator.index(n)

@@ -502,3 +502,40 @@ def test_every_command_line_flag_is_explained_in_its_help():
 
     walk(build_parser(), [])
     assert not silent, silent
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_set_num_threads_in_a_forked_child_is_documented_as_staying_serial():
+    """In a child forked after a multi-threaded call, ``set_num_threads(2)`` leaves one thread
+    (GNU OpenMP's team is gone); its docstring said only that it applies to later calls."""
+    assert "forked" in lstm_fast.set_num_threads.__doc__
+    r = _run_python(
+        textwrap.dedent(
+            """
+            import os
+            import numpy as np
+            import lstm_fast
+
+            lstm_fast.set_num_threads(2)
+            m = lstm_fast.LSTM(16, 16, seed=0)
+            x = np.ones((8, 8, 16), np.float32)
+            y0, _ = m(x)
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    lstm_fast.set_num_threads(2)
+                    y, _ = m(x)
+                    info = lstm_fast.cpu_info()
+                    ok = info["forked_serial"] and lstm_fast.get_num_threads() == 1
+                    code = 0 if ok and np.array_equal(y, y0) else 3
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            print("child", os.waitstatus_to_exitcode(status))
+            """
+        ),
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "child 0"

@@ -67,6 +67,22 @@ def test_public_names_have_their_own_docstring(name):
     assert doc and doc.strip(), f"lstm_fast.{name} has no docstring of its own"
 
 
+@pytest.mark.parametrize("name", [n for n in lstm_fast.__all__ if n[0].isupper()])
+def test_public_methods_have_docstrings(name):
+    """``help(lstm_fast.LSTM)`` listed ``forward``, ``parameters``, ``train``, ``eval``,
+    ``zero_grad``, ``modules``, ... (and Parameter's ``zero_grad``, ``shape``, ...) with no text."""
+    cls = getattr(lstm_fast, name)
+    silent = []
+    for attr in dir(cls):
+        if attr.startswith("_"):
+            continue
+        static = inspect.getattr_static(cls, attr)
+        if isinstance(static, property) or inspect.isfunction(static):
+            if not inspect.getdoc(getattr(cls, attr)):
+                silent.append(attr)
+    assert not silent, f"{name}: {silent}"
+
+
 @pytest.mark.parametrize(
     "cls, torch_name", [("LSTM", "nn.LSTM"), ("GRU", "nn.GRU"), ("RNN", "nn.RNN")]
 )

@@ -25,7 +25,22 @@ from __future__ import annotations
 
 import operator
 
-from . import _core
+try:
+    from . import _core
+except ImportError:
+    import importlib.util as _util
+    import sys as _sys
+
+    if _util.find_spec(f"{__name__}._core") is not None:
+        raise  # built, but it does not load (a missing library, LSTM_FAST_ISA): its own error
+    # A source checkout that was never built: Python's own message blames a circular import.
+    raise ImportError(
+        f"lstm_fast's compiled core (lstm_fast._core) is not built in {__path__[0]} for this "
+        f"Python ({_sys.version_info[0]}.{_sys.version_info[1]}): install "
+        "the package (pip install .) or, in a source checkout, build it in place with "
+        "tools/dev-build.sh",
+        name=f"{__name__}._core",
+    ) from None
 from .module import Module, Parameter
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 

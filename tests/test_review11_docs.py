@@ -563,3 +563,26 @@ def test_set_num_threads_in_a_forked_child_is_documented_as_staying_serial():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "child 0"
+
+
+def test_an_unbuilt_source_checkout_says_so_on_import(tmp_path):
+    """``import lstm_fast`` from a source tree without the compiled core (a fresh clone, the
+    repository root on sys.path) failed with Python's "cannot import name '_core' from partially
+    initialized module 'lstm_fast' (most likely due to a circular import)"."""
+    import shutil
+
+    src = Path(lstm_fast.__file__).parent
+    shutil.copytree(src, tmp_path / "lstm_fast", ignore=shutil.ignore_patterns("*.so", "*.pyd"))
+    r = subprocess.run(
+        [sys.executable, "-c", "import lstm_fast"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+    )
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: lstm_fast's compiled core (lstm_fast._core) is not built")
+    assert "pip install ." in last and "tools/dev-build.sh" in last
+    assert "circular import" not in r.stderr

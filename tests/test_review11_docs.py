@@ -586,3 +586,13 @@ def test_an_unbuilt_source_checkout_says_so_on_import(tmp_path):
     assert last.startswith("ImportError: lstm_fast's compiled core (lstm_fast._core) is not built")
     assert "pip install ." in last and "tools/dev-build.sh" in last
     assert "circular import" not in r.stderr
+
+
+def test_readme_names_every_extra_the_package_declares():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    text = README.read_text(encoding="utf-8")
+    extras = text[text.index("Optional extras:") :].split("\n\n")[0]
+    for extra in project["optional-dependencies"]:
+        assert f"`{extra}`" in extras, extra
+    assert project["dependencies"] == ["numpy>=1.22"]  # "needs only NumPy"

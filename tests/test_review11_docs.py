@@ -596,3 +596,58 @@ def test_readme_names_every_extra_the_package_declares():
     for extra in project["optional-dependencies"]:
         assert f"`{extra}`" in extras, extra
     assert project["dependencies"] == ["numpy>=1.22"]  # "needs only NumPy"
+
+
+# --------------------------------------------------------------------------------------------
+# The environment variables the README documents
+
+
+def _documented_values(variable: str) -> list[str]:
+    m = re.search(rf"`{variable}=([a-z0-9|]+)`", README.read_text(encoding="utf-8"))
+    assert m, f"the README documents {variable}"
+    return m.group(1).split("|")
+
+
+_ENV_PROBE = textwrap.dedent(
+    """
+    import numpy as np
+    import lstm_fast
+
+    lstm_fast.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    m = lstm_fast.LSTM(16, 24, seed=0)
+    y, _ = m(rng.standard_normal((6, 9, 16)).astype(np.float32))
+    info = lstm_fast.cpu_info()
+    print(info["isa"], info["schedule"], y.astype(np.float64).sum().hex())
+    """
+)
+
+
+def test_documented_schedules_are_accepted_and_give_the_same_results():
+    """``LSTM_FAST_SCHEDULE=auto|units|batch|serial`` forces the recurrence's thread split; the
+    README promises bitwise the same results for any schedule."""
+    sums = set()
+    for value in _documented_values("LSTM_FAST_SCHEDULE"):
+        r = _run_python(_ENV_PROBE, env={"LSTM_FAST_SCHEDULE": value}, timeout=60)
+        assert r.returncode == 0, (value, r.stderr)
+        _, schedule, total = r.stdout.split()
+        assert schedule == value
+        sums.add(total)
+    assert len(sums) == 1
+    r = _run_python("import lstm_fast", env={"LSTM_FAST_SCHEDULE": "fastest"}, timeout=60)
+    assert r.returncode == 1
+    assert (
+        "ImportError: LSTM_FAST_SCHEDULE: expected one of" in r.stderr and "'fastest'" in r.stderr
+    )
+
+
+def test_documented_isas_are_accepted_where_the_cpu_has_them():
+    available = lstm_fast.cpu_info()["available_isas"]
+    values = _documented_values("LSTM_FAST_ISA")
+    assert set(values) >= set(available)
+    for value in values:
+        if value not in available:
+            continue
+        r = _run_python(_ENV_PROBE, env={"LSTM_FAST_ISA": value}, timeout=60)
+        assert r.returncode == 0, (value, r.stderr)
+        assert r.stdout.split()[0] == value

@@ -25,7 +25,22 @@ from __future__ import annotations
 
 import operator
 
-from . import _core
+try:
+    from . import _core
+except ImportError:
+    import importlib.util as _util
+    import sys as _sys
+
+    if _util.find_spec(f"{__name__}._core") is not None:
+        raise  # built, but it does not load (a missing library, LSTM_FAST_ISA): its own error
+    # A source checkout that was never built: Python's own message blames a circular import.
+    raise ImportError(
+        f"lstm_fast's compiled core (lstm_fast._core) is not built in {__path__[0]} for this "
+        f"Python ({_sys.version_info[0]}.{_sys.version_info[1]}): install "
+        "the package (pip install .) or, in a source checkout, build it in place with "
+        "tools/dev-build.sh",
+        name=f"{__name__}._core",
+    ) from None
 from .module import Module, Parameter
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
@@ -68,7 +83,10 @@ def __dir__() -> list:
 
 def set_num_threads(n: int) -> None:
     """Set the number of threads the kernels use, in [1, 4 x the hardware threads (at least
-    64)]. Applies to calls made afterwards, from any Python thread."""
+    64)]. Applies to calls made afterwards, from any Python thread.
+
+    In a process forked after this one ran a call on several threads, the kernels stay on one
+    thread whatever is asked here (``cpu_info()["forked_serial"]``; see :func:`get_num_threads`)."""
     if isinstance(n, bool) or not hasattr(n, "__index__"):
         raise TypeError(f"set_num_threads: n: expected an int >= 1, got {type(n).__name__}")
     n = operator.index(n)

@@ -91,9 +91,11 @@ class Parameter:
 
     @property
     def shape(self) -> tuple:
+        """``data.shape``."""
         return self.data.shape
 
     def zero_grad(self) -> None:
+        """Zero ``grad`` in place (a fresh zero array if it is None or no longer fits ``data``)."""
         g = self.grad
         if (
             isinstance(g, np.ndarray)
@@ -108,14 +110,17 @@ class Parameter:
 
     @property
     def dtype(self) -> np.dtype:
+        """``data.dtype``."""
         return self.data.dtype
 
     @property
     def ndim(self) -> int:
+        """``data.ndim``."""
         return self.data.ndim
 
     @property
     def size(self) -> int:
+        """``data.size``."""
         return self.data.size
 
     def __len__(self) -> int:
@@ -234,18 +239,22 @@ class Module:
 
     # -- traversal ------------------------------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` of the direct sub-modules, in registration order."""
         yield from self._modules.items()
 
     def children(self) -> Iterator[Module]:
+        """The direct sub-modules, in registration order."""
         for _, m in self.named_children():
             yield m
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(dotted name, module)`` of this module (name ``prefix``) and all below it."""
         yield prefix, self
         for name, m in self._modules.items():
             yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def modules(self) -> Iterator[Module]:
+        """This module and every module below it."""
         for _, m in self.named_modules():
             yield m
 
@@ -272,6 +281,7 @@ class Module:
             yield name, p
 
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        """The parameters (of the sub-modules too with ``recurse``), as :meth:`named_parameters`."""
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
@@ -331,6 +341,8 @@ class Module:
 
     # -- modes and gradients ----------------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=False``: inference) on this module and all below; returns
+        ``self``. Training-mode forwards keep what ``backward`` needs; dropout is active."""
         if not isinstance(mode, (bool, np.bool_)):  # "False" would be truthy (PyTorch raises too)
             raise TypeError(f"train: mode: expected a bool, got {type(mode).__name__}")
         for m in self.modules():
@@ -338,22 +350,28 @@ class Module:
         return self
 
     def eval(self) -> Module:
+        """``train(False)``: inference mode (no cache for ``backward``, no dropout); returns
+        ``self``."""
         return self.train(False)
 
     def zero_grad(self) -> None:
+        """Zero every parameter's ``grad`` in place (see :meth:`Parameter.zero_grad`)."""
         for p in self.parameters():
             p.zero_grad()
 
     def num_parameters(self) -> int:
+        """The number of trainable values (elements of all parameters)."""
         return int(sum(p.data.size for p in self.parameters()))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        """The computation, run by calling the module; subclasses implement it."""
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
 
     def extra_repr(self) -> str:
+        """The constructor arguments shown inside the module's ``repr``."""
         return ""
 
     def __repr__(self) -> str:

@@ -504,6 +504,7 @@ class _RNNBase(Module):
 
     @property
     def num_directions(self) -> int:
+        """D: 2 if bidirectional else 1."""
         return 2 if self.bidirectional else 1
 
     @property
@@ -763,6 +764,8 @@ class _RNNBase(Module):
         return y, ((hn[None], cn[None]) if lstm else hn[None])
 
     def forward(self, input: Any, hx: Any = None, lengths: Any = None):
+        """Run the layer over ``input`` (also by calling it): the class docstring's Inputs and
+        Outputs (LSTM ``output, (h_n, c_n)``; GRU and RNN ``output, h_n``)."""
         # A failed call must not leave the previous forward's cache for backward to use.
         object.__setattr__(self, "_saved", None)
         _check_complete(self)
@@ -1670,6 +1673,8 @@ class _CellBase(Module):
         return core.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h, nl, False, None)[1]
 
     def forward(self, input: Any, hx: Any = None):
+        """One step (also by calling the cell): LSTMCell ``(h', c')``, GRUCell and RNNCell
+        ``h'``; see the class docstring."""
         object.__setattr__(self, "_saved", None)  # (as in the layers' forward)
         _check_complete(self)
         if (

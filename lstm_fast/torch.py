@@ -832,6 +832,9 @@ class _FastRNNMixin(_GraphFallback):
         return y, self._torch_hidden(hidden)
 
     def forward(self, input, hx=None):
+        """torch's forward (same inputs, outputs and errors; a PackedSequence too) on lstm_fast's
+        kernels, or torch's own computation where the kernels cannot run (see the module
+        docstring: tracing, export, ``torch.func``, forward-mode AD)."""
         if _torch_computes(self, input, hx, self._flat_weights_names):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastRNNMixin._fast_forward)(self, input, hx)
@@ -1012,6 +1015,8 @@ class _FastCellMixin(_GraphFallback):
         return out if kernel.has_cell else out[0]
 
     def forward(self, input, hx=None):
+        """torch's cell forward (same inputs, outputs and errors) on lstm_fast's kernels, or
+        torch's own computation where the kernels cannot run (see the module docstring)."""
         if _torch_computes(self, input, hx, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastCellMixin._fast_forward)(self, input, hx)

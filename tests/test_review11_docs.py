@@ -68,6 +68,30 @@ def test_public_names_have_their_own_docstring(name):
 
 
 @pytest.mark.parametrize(
+    "module, name",
+    [("lstm_fast", n) for n in lstm_fast.__all__ if n[0].isupper()]
+    + [("lstm_fast.torch", n) for n in ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")],
+)
+def test_public_methods_have_docstrings(module, name):
+    """``help(lstm_fast.LSTM)`` listed ``forward``, ``parameters``, ``train``, ``eval``,
+    ``zero_grad``, ``modules``, ... (and Parameter's ``zero_grad``, ``shape``, ...) with no text;
+    ``help(lstm_fast.torch.LSTM)`` its ``forward``."""
+    if module == "lstm_fast.torch":
+        pytest.importorskip("torch")
+    cls = getattr(importlib.import_module(module), name)
+    silent = []
+    for attr in dir(cls):
+        if attr.startswith("_"):
+            continue
+        static = inspect.getattr_static(cls, attr)
+        if isinstance(static, property) or inspect.isfunction(static):
+            defined_in = getattr(getattr(static, "fget", static), "__module__", "") or ""
+            if defined_in.startswith("lstm_fast") and not inspect.getdoc(getattr(cls, attr)):
+                silent.append(attr)
+    assert not silent, f"{name}: {silent}"
+
+
+@pytest.mark.parametrize(
     "cls, torch_name", [("LSTM", "nn.LSTM"), ("GRU", "nn.GRU"), ("RNN", "nn.RNN")]
 )
 def test_layer_docstrings_describe_the_layer(cls, torch_name):
@@ -502,3 +526,128 @@ def test_every_command_line_flag_is_explained_in_its_help():
 
     walk(build_parser(), [])
     assert not silent, silent
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_set_num_threads_in_a_forked_child_is_documented_as_staying_serial():
+    """In a child forked after a multi-threaded call, ``set_num_threads(2)`` leaves one thread
+    (GNU OpenMP's team is gone); its docstring said only that it applies to later calls."""
+    assert "forked" in lstm_fast.set_num_threads.__doc__
+    r = _run_python(
+        textwrap.dedent(
+            """
+            import os
+            import numpy as np
+            import lstm_fast
+
+            lstm_fast.set_num_threads(2)
+            m = lstm_fast.LSTM(16, 16, seed=0)
+            x = np.ones((8, 8, 16), np.float32)
+            y0, _ = m(x)
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    lstm_fast.set_num_threads(2)
+                    y, _ = m(x)
+                    info = lstm_fast.cpu_info()
+                    ok = info["forked_serial"] and lstm_fast.get_num_threads() == 1
+                    code = 0 if ok and np.array_equal(y, y0) else 3
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            print("child", os.waitstatus_to_exitcode(status))
+            """
+        ),
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "child 0"
+
+
+def test_an_unbuilt_source_checkout_says_so_on_import(tmp_path):
+    """``import lstm_fast`` from a source tree without the compiled core (a fresh clone, the
+    repository root on sys.path) failed with Python's "cannot import name '_core' from partially
+    initialized module 'lstm_fast' (most likely due to a circular import)"."""
+    import shutil
+
+    src = Path(lstm_fast.__file__).parent
+    shutil.copytree(src, tmp_path / "lstm_fast", ignore=shutil.ignore_patterns("*.so", "*.pyd"))
+    r = subprocess.run(
+        [sys.executable, "-c", "import lstm_fast"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+    )
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: lstm_fast's compiled core (lstm_fast._core) is not built")
+    assert "pip install ." in last and "tools/dev-build.sh" in last
+    assert "circular import" not in r.stderr
+
+
+def test_readme_names_every_extra_the_package_declares():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    text = README.read_text(encoding="utf-8")
+    extras = text[text.index("Optional extras:") :].split("\n\n")[0]
+    for extra in project["optional-dependencies"]:
+        assert f"`{extra}`" in extras, extra
+    assert project["dependencies"] == ["numpy>=1.22"]  # "needs only NumPy"
+
+
+# --------------------------------------------------------------------------------------------
+# The environment variables the README documents
+
+
+def _documented_values(variable: str) -> list[str]:
+    m = re.search(rf"`{variable}=([a-z0-9|]+)`", README.read_text(encoding="utf-8"))
+    assert m, f"the README documents {variable}"
+    return m.group(1).split("|")
+
+
+_ENV_PROBE = textwrap.dedent(
+    """
+    import numpy as np
+    import lstm_fast
+
+    lstm_fast.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    m = lstm_fast.LSTM(16, 24, seed=0)
+    y, _ = m(rng.standard_normal((6, 9, 16)).astype(np.float32))
+    info = lstm_fast.cpu_info()
+    print(info["isa"], info["schedule"], y.astype(np.float64).sum().hex())
+    """
+)
+
+
+def test_documented_schedules_are_accepted_and_give_the_same_results():
+    """``LSTM_FAST_SCHEDULE=auto|units|batch|serial`` forces the recurrence's thread split; the
+    README promises bitwise the same results for any schedule."""
+    sums = set()
+    for value in _documented_values("LSTM_FAST_SCHEDULE"):
+        r = _run_python(_ENV_PROBE, env={"LSTM_FAST_SCHEDULE": value}, timeout=60)
+        assert r.returncode == 0, (value, r.stderr)
+        _, schedule, total = r.stdout.split()
+        assert schedule == value
+        sums.add(total)
+    assert len(sums) == 1
+    r = _run_python("import lstm_fast", env={"LSTM_FAST_SCHEDULE": "fastest"}, timeout=60)
+    assert r.returncode == 1
+    assert (
+        "ImportError: LSTM_FAST_SCHEDULE: expected one of" in r.stderr and "'fastest'" in r.stderr
+    )
+
+
+def test_documented_isas_are_accepted_where_the_cpu_has_them():
+    available = lstm_fast.cpu_info()["available_isas"]
+    values = _documented_values("LSTM_FAST_ISA")
+    assert set(values) >= set(available)
+    for value in values:
+        if value not in available:
+            continue
+        r = _run_python(_ENV_PROBE, env={"LSTM_FAST_ISA": value}, timeout=60)
+        assert r.returncode == 0, (value, r.stderr)
+        assert r.stdout.split()[0] == value

@@ -614,6 +614,7 @@ def clip_grad_norm(
     params: Iterable[Parameter],
     max_norm: float,
     norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
     *,
     eps: float = 1e-6,
 ) -> float:
@@ -625,6 +626,10 @@ def clip_grad_norm(
     ``coef = max_norm / (norm + eps)``, ``eps`` 1e-6 as PyTorch's, applied when < 1). Every
     gradient must be a writeable floating-point array of its parameter's shape, checked before
     any is scaled.
+
+    A NaN or infinite norm (a NaN or Inf gradient) is PyTorch's case too: with
+    ``error_if_nonfinite=True`` a ``RuntimeError`` is raised before any gradient changes; else
+    every gradient is multiplied by the NaN (or 0) coefficient, as ``clip_grad_norm_`` does.
     """
     params = _params(params)  # one Parameter too (as PyTorch's)
     max_norm = _check_number("max_norm", max_norm)  # a negative one would flip the gradients
@@ -645,16 +650,25 @@ def clip_grad_norm(
     if norm_type == 2.0:
         total = math.sqrt(sum(_sumsq(p.grad) for p in params))
     elif norm_type == math.inf:
-        total = max((float(np.abs(p.grad).max()) for p in params if p.grad.size), default=0.0)
+        # (np.max over the per-parameter maxima: a NaN anywhere makes the norm NaN, where
+        # Python's max would depend on the order of the parameters)
+        maxima = [float(np.abs(p.grad).max()) for p in params if p.grad.size]
+        total = float(np.max(maxima)) if maxima else 0.0
     else:  # in float64, as the L2 sums
         total = sum(
             float(np.sum(np.abs(p.grad, dtype=np.float64) ** norm_type)) for p in params
         ) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(
+            f"clip_grad_norm: the total norm of order {norm_type} of the gradients is {total}, "
+            "so they cannot be clipped (error_if_nonfinite=True; no gradient was changed)"
+        )
     denom = total + eps
     coef = max_norm / denom if denom else math.inf  # (eps = 0 and all gradients zero)
-    if coef < 1.0:
-        for p in params:
-            p.grad *= _f32(coef)
+    if coef < 1.0 or math.isnan(coef):  # NaN: every gradient becomes NaN, as PyTorch's
+        with np.errstate(invalid="ignore"):  # (Inf * 0 = NaN, as in PyTorch: no warning)
+            for p in params:
+                p.grad *= _f32(coef)
     return total
 
 

@@ -195,10 +195,12 @@ def _param_names(k: int, d: int) -> tuple:
 _LAYER0_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0")
 
 
-def _saved_meta(T: int, B: int, **given: Any) -> dict:
-    """What a layer's backward needs besides the caches: the input's layout (defaults: batched,
+def _saved_meta(T: int, B: int, batch_first: bool, **given: Any) -> dict:
+    """What a layer's backward needs besides the caches: the input's layout (``batch_first``
+    as the forward saw it: the attribute may be changed before backward; defaults: batched,
     no lengths, not packed) and any ``given`` entries (``embedding`` for forward_embedded)."""
     meta = dict(T=T, B=B, unbatched=False, order=None, inv=None, rev=None, packed=None, fused=False)
+    meta["batch_first"] = bool(batch_first)
     meta.update(given)
     return meta
 
@@ -754,7 +756,7 @@ class _RNNBase(Module):
             self._raise_named()
             raise
         if training:
-            meta = _saved_meta(x.shape[0], B, versions=saved_versions(self))
+            meta = _saved_meta(x.shape[0], B, self.batch_first, versions=saved_versions(self))
             object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
@@ -853,7 +855,15 @@ class _RNNBase(Module):
         y = layer_in
         if training:
             meta = _saved_meta(
-                T, B, unbatched=unbatched, order=order, inv=inv, rev=rev, packed=packed, fused=fused
+                T,
+                B,
+                self.batch_first,
+                unbatched=unbatched,
+                order=order,
+                inv=inv,
+                rev=rev,
+                packed=packed,
+                fused=fused,
             )
             meta["versions"] = saved_versions(self)
             object.__setattr__(self, "_saved", (saved, meta))
@@ -944,7 +954,7 @@ class _RNNBase(Module):
             versions = saved_versions(self) + (
                 ("embedding.weight", emb_p, getattr(emb_p, "_version", 0)),
             )
-            meta = _saved_meta(T, B, embedding=(embedding, True, frozen), versions=versions)
+            meta = _saved_meta(T, B, False, embedding=(embedding, True, frozen), versions=versions)
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
@@ -967,10 +977,10 @@ class _RNNBase(Module):
         """backward() after a plain forward (see _forward_plain) with float32 C-contiguous
         arrays of the expected shapes: the general path's core call and results without its
         per-call Python; None where anything is unusual (the general path then runs)."""
-        T, B = meta["T"], meta["B"]
+        T, B, batch_first = meta["T"], meta["B"], meta["batch_first"]
         H = self.hidden_size
         P = self.proj_size or H
-        want = (B, T, P) if self.batch_first else (T, B, P)
+        want = (B, T, P) if batch_first else (T, B, P)
         if not (
             type(dy) is np.ndarray
             and dy.dtype is _F32
@@ -984,7 +994,7 @@ class _RNNBase(Module):
         params = [get(n) for n in _LAYER0_NAMES]
         if any(q is not None and q.grad is None for q in params):
             _ready_grads(self)  # (one core call: it checks the other gradients before any work)
-        if self.batch_first:
+        if batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         grads = tuple([None if q is None else q.grad for q in params])
         try:
@@ -1000,7 +1010,7 @@ class _RNNBase(Module):
         except (TypeError, ValueError):
             _ready_grads(self)  # the core refused a .grad (before any work): name the parameter
             raise
-        if dx is not None and self.batch_first:
+        if dx is not None and batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         if self._has_cell:
             return dx, (dh0[None], dc0[None])
@@ -1044,10 +1054,11 @@ class _RNNBase(Module):
                 return out
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
+        batch_first = meta["batch_first"]  # (the forward's layout)
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
         if unbatched:
             want = (T, D * P)
-        elif self.batch_first and packed is None:
+        elif batch_first and packed is None:
             want = (B, T, D * P)
         else:
             want = (T, B, D * P)
@@ -1068,7 +1079,7 @@ class _RNNBase(Module):
             raise ValueError(f"dy: expected shape {want} (the output's), got {dy.shape}")
         if unbatched:
             dy = dy[:, None, :]
-        elif self.batch_first and packed is None:
+        elif batch_first and packed is None:
             dy = dy.transpose(1, 0, 2)
         dstates = []
         for nm, a, F in (("dh_n", dh_n, P), ("dc_n", dc_n, H)):
@@ -1172,7 +1183,7 @@ class _RNNBase(Module):
             dx = None if dx is None else dx[:, 0, :]
             dh0 = dh0[:, 0, :]
             dc0 = None if dc0 is None else dc0[:, 0, :]
-        elif self.batch_first and packed is None and dx is not None:
+        elif batch_first and packed is None and dx is not None:
             dx = dx.transpose(1, 0, 2)
         dx = None if dx is None else np.ascontiguousarray(dx)
         if emb is not None:  # forward_embedded's fallback: the embedding takes dx

@@ -212,3 +212,28 @@ def test_forward_embedded_ids_follow_batch_first(rng):
         layer.forward_embedded(ids[None], emb)
     with pytest.raises(ValueError, match=r"ids: expected shape \(T, B\)"):
         lstm_fast.GRU(3, 4, seed=1).forward_embedded(ids[None], emb)
+
+
+# ---- backward reads the layout its forward used -----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_backward_uses_the_forwards_layout_when_batch_first_changes(kind, num_layers, rng):
+    # batch_first is a plain attribute: set between a forward and its backward, backward read
+    # dy in the new layout. With T == B the shapes agree and the gradients were silently
+    # those of the transposed dy; with T != B it raised a shape error naming the wrong layout.
+    for T, B in [(4, 4), (5, 3)]:
+        layer = getattr(lstm_fast, kind)(3, 4, num_layers=num_layers, seed=0)
+        x = rng.standard_normal((T, B, 3)).astype(np.float32)
+        y, _ = layer(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        want_dx, _ = layer.backward(dy)
+        want = [p.grad.copy() for p in layer.parameters()]
+        layer.zero_grad()
+        layer(x)
+        layer.batch_first = True  # after the forward: its backward still takes (T, B, H)
+        dx, _ = layer.backward(dy)
+        np.testing.assert_array_equal(dx, want_dx)
+        for p, g in zip(layer.parameters(), want):
+            np.testing.assert_array_equal(p.grad, g)

@@ -962,15 +962,20 @@ class _RNNBase(Module):
 
     @staticmethod
     def _repack(y, packed):
+        """y (T, B, F) in the caller's batch order as a PackedSequence with the input's own
+        batch_sizes, sorted_indices and unsorted_indices (as torch's layers return it), so
+        that output.data lines up row for row with input.data. (Packing y again with a sort
+        of its own reordered rows of equal length, and gave an enforce_sorted input's output
+        sorted_indices.)"""
         import torch
-        from torch.nn.utils.rnn import pack_padded_sequence
+        from torch.nn.utils.rnn import PackedSequence
 
-        lens = (packed.batch_sizes[:, None] > torch.arange(y.shape[1])[None, :]).sum(0)
-        if packed.unsorted_indices is not None:
-            lens = lens[packed.unsorted_indices]
-        return pack_padded_sequence(
-            torch.from_numpy(np.ascontiguousarray(y)), lens, enforce_sorted=False
-        )
+        bs = packed.batch_sizes
+        order = packed.sorted_indices
+        rows = y if order is None else y[:, order.numpy()]  # sorted by length, longest first
+        active = np.arange(y.shape[1])[None, :] < bs.numpy()[:, None]  # (T, B): step t's rows
+        data = torch.from_numpy(np.ascontiguousarray(rows[: len(bs)][active]))
+        return PackedSequence(data, bs, order, packed.unsorted_indices)
 
     # -- backward -------------------------------------------------------------------------------
     def _backward_plain(self, cache, meta, dy, dh_n, dc_n, need_dx):

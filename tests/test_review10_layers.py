@@ -237,3 +237,69 @@ def test_backward_uses_the_forwards_layout_when_batch_first_changes(kind, num_la
         np.testing.assert_array_equal(dx, want_dx)
         for p, g in zip(layer.parameters(), want):
             np.testing.assert_array_equal(p.grad, g)
+
+
+# ---- a PackedSequence output keeps the input's packing ----------------------------------------
+
+
+def _packed_with_order(x, lengths, order):
+    """A PackedSequence of x (T, B, F) whose rows are sorted by ``order`` (a valid descending
+    sort of the lengths, ties in any order), built as pack_padded_sequence builds one."""
+    order = torch.as_tensor(order)
+    lens = torch.as_tensor(lengths)[order]
+    T = int(lens[0])
+    batch_sizes = (lens[None, :] > torch.arange(T)[:, None]).sum(1)
+    mask = torch.arange(len(order))[None, :] < batch_sizes[:, None]
+    data = x[:T][:, order][mask]
+    return nn_utils.PackedSequence(data, batch_sizes, order, torch.argsort(order))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_output_keeps_the_inputs_sorted_indices(kind, bidirectional):
+    # torch's layers return a PackedSequence with the input's batch_sizes, sorted_indices and
+    # unsorted_indices, so output.data lines up row for row with input.data (a residual
+    # connection, per-token targets packed alike). Ours re-packed y with its own sort: an
+    # enforce_sorted=True input (sorted_indices None) came back with sorted_indices set and,
+    # where lengths tie, its rows in another order; an input sorted another valid way (ties in
+    # another order) too.
+    g = torch.Generator().manual_seed(3)
+    theirs, ours = _pair(kind, 3, 4, bidirectional=bidirectional)
+    lengths = [4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 2, 1]
+    x = torch.randn(4, len(lengths), 3, generator=g, dtype=torch.float64)
+    stable = np.argsort(-np.array(lengths), kind="stable")
+    order = np.concatenate(
+        [stable[lengths_at][::-1] for lengths_at in _tie_groups(lengths, stable)]
+    )
+    inputs = [
+        nn_utils.pack_padded_sequence(x, lengths, enforce_sorted=True),
+        nn_utils.pack_padded_sequence(x.flip(1), lengths[::-1], enforce_sorted=False),
+        _packed_with_order(x, lengths, order),
+    ]
+    for packed in inputs:
+        want, _ = theirs(packed)
+        got, _ = ours(packed)
+        assert torch.equal(got.batch_sizes, want.batch_sizes)
+        for a, b in (
+            (got.sorted_indices, want.sorted_indices),
+            (got.unsorted_indices, want.unsorted_indices),
+        ):
+            assert (a is None) == (b is None)
+            assert a is None or torch.equal(a, b)
+        np.testing.assert_allclose(
+            got.data.numpy(), want.data.detach().numpy(), rtol=1e-5, atol=1e-6
+        )
+        # backward with a PackedSequence gradient of the output's packing
+        dy = nn_utils.PackedSequence(
+            torch.ones_like(got.data), got.batch_sizes, got.sorted_indices, got.unsorted_indices
+        )
+        dx, _ = ours.backward(dy)
+        assert dx.shape == (4, len(lengths), 3) and np.isfinite(dx).all()
+
+
+def _tie_groups(lengths, order):
+    """Index ranges into ``order`` of equal lengths (each a slice)."""
+    lens = np.array(lengths)[order]
+    starts = np.flatnonzero(np.r_[True, lens[1:] != lens[:-1]])
+    ends = np.r_[starts[1:], len(lens)]
+    return [slice(s, e) for s, e in zip(starts, ends)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import threading
 import warnings
 from typing import Any, Callable, Optional
@@ -57,6 +58,17 @@ def _check_parameter_memory(what: str, floats: int, sizes: str) -> None:
             f"{what}({sizes}): the parameters and their gradients need {need / 2**30:.1f} GiB, "
             f"more than this machine's {mem / 2**30:.1f} GiB of memory"
         )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the function calling this one that names
+    the first frame outside lstm_fast (the user's line, however many of the package's
+    ``__init__`` frames lie between: LSTM has none of its own, RNN one)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -456,7 +468,7 @@ class _RNNBase(Module):
                 f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
                 f"num_layers={num_layers}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=_caller_stacklevel(),
             )
         for name, v in (
             ("input_size", input_size),

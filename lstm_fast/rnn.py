@@ -116,7 +116,7 @@ def _ready_grads(module: Module) -> None:
         g = p.grad
         if type(g) is np.ndarray and g.dtype is _F32 and g.shape == p.data.shape:
             flags = g.flags
-            if flags.c_contiguous and flags.writeable:  # the usual case, checked cheaply
+            if flags.c_contiguous and flags.writeable and flags.aligned:  # the usual case
                 continue
         if g is None:
             fresh.append(p)
@@ -128,9 +128,17 @@ def _ready_grads(module: Module) -> None:
             raise ValueError(
                 f"{name}.grad: expected shape {p.data.shape} (the parameter's), got {g.shape}"
             )
-        if not g.flags.c_contiguous or not g.flags.writeable:
-            what = "read-only" if not g.flags.writeable else f"strides {g.strides}"
-            raise ValueError(f"{name}.grad: expected a writeable C-contiguous array, got {what}")
+        if not g.flags.c_contiguous or not g.flags.writeable or not g.flags.aligned:
+            what = (
+                "read-only"
+                if not g.flags.writeable
+                else f"strides {g.strides}"
+                if not g.flags.c_contiguous
+                else "a misaligned buffer"
+            )
+            raise ValueError(
+                f"{name}.grad: expected a writeable, float32-aligned C-contiguous array, got {what}"
+            )
     # only once every gradient passed: a failed call changes nothing. Under the lock, and only
     # if still None: two threads starting backward on one layer must add into the same new
     # array (each making its own lost the other's whole contribution).
@@ -141,7 +149,9 @@ def _ready_grads(module: Module) -> None:
 
 
 def _as_float32(name: str, value: Any) -> np.ndarray:
-    """Explicit conversion at the layer boundary: real floating input -> C-contiguous float32."""
+    """Explicit conversion at the layer boundary: real floating input -> C-contiguous, aligned
+    float32 (a misaligned float32 buffer, e.g. np.frombuffer at an odd offset, is copied: the
+    core refuses one)."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = _from_torch(value)
     try:
@@ -150,7 +160,8 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
         raise TypeError(f"{name}: expected a real floating-point array ({e})") from None
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")
-    return np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
+    out = np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
+    return out if out.flags.aligned else out.copy()
 
 
 def _read_only(y: np.ndarray) -> np.ndarray:
@@ -220,7 +231,11 @@ def _saved_meta(T: int, B: int, batch_first: bool, **given: Any) -> dict:
 def _plain_state(a: Any, B: int, F: int) -> bool:
     """A state the plain forward takes as is: a float32 C-contiguous (1, B, F) ndarray."""
     return (
-        type(a) is np.ndarray and a.dtype is _F32 and a.shape == (1, B, F) and a.flags.c_contiguous
+        type(a) is np.ndarray
+        and a.dtype is _F32
+        and a.shape == (1, B, F)
+        and a.flags.c_contiguous
+        and a.flags.aligned
     )
 
 
@@ -592,6 +607,11 @@ class _RNNBase(Module):
                             f"{name}: expected a C-contiguous array, got strides {a.strides} "
                             "(assign np.ascontiguousarray(...))"
                         )
+                    if not a.flags.aligned:
+                        return ValueError(
+                            f"{name}: expected float32-aligned data, got a misaligned buffer "
+                            "(assign a copy: p.data = p.data.copy())"
+                        )
         return None
 
     def _raise_named(self) -> None:
@@ -789,6 +809,7 @@ class _RNNBase(Module):
             and not self.bidirectional
             and not self.check_finite
             and input.flags.c_contiguous
+            and input.flags.aligned
         ):
             out = self._forward_plain(input, hx)
             if out is not None:
@@ -939,6 +960,7 @@ class _RNNBase(Module):
             and getattr(embedding, "padding_idx", None) is None
             and weight.dtype == np.float32
             and weight.flags.c_contiguous
+            and weight.flags.aligned
             and ids.ndim == 2
             and ids.size > 0
         )
@@ -1003,6 +1025,7 @@ class _RNNBase(Module):
             and dy.dtype is _F32
             and dy.shape == want
             and dy.flags.c_contiguous
+            and dy.flags.aligned
             and (dh_n is None or _plain_state(dh_n, B, P))
             and (dc_n is None or _plain_state(dc_n, B, H))
         ):
@@ -1231,6 +1254,7 @@ class _RNNBase(Module):
             and x_t.shape == st.xshape
             and x_t.dtype is _F32
             and x_t.flags.c_contiguous
+            and x_t.flags.aligned
             and (state is None or state is st.states[st.cur])
             and (
                 out is None
@@ -1259,7 +1283,10 @@ class _RNNBase(Module):
         _check_complete(self)
         x_t = (
             x_t
-            if isinstance(x_t, np.ndarray) and x_t.dtype == np.float32 and x_t.flags.c_contiguous
+            if isinstance(x_t, np.ndarray)
+            and x_t.dtype == np.float32
+            and x_t.flags.c_contiguous
+            and x_t.flags.aligned
             else _as_float32("x_t", x_t)  # (a strided float32 view is copied too)
         )
         unbatched = x_t.ndim == 1
@@ -1681,6 +1708,7 @@ class _CellBase(Module):
                     and a.dtype is _F32
                     and a.shape == (B, H)
                     and a.flags.c_contiguous
+                    and a.flags.aligned
                 ):
                     return None
         p = self._parameters
@@ -1707,6 +1735,7 @@ class _CellBase(Module):
             and input.dtype is _F32
             and input.shape[1] == self.input_size
             and input.flags.c_contiguous
+            and input.flags.aligned
         ):
             out = self._step_eval(input, hx)
             if out is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import threading
 import warnings
 from typing import Any, Callable, Optional
@@ -57,6 +58,17 @@ def _check_parameter_memory(what: str, floats: int, sizes: str) -> None:
             f"{what}({sizes}): the parameters and their gradients need {need / 2**30:.1f} GiB, "
             f"more than this machine's {mem / 2**30:.1f} GiB of memory"
         )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` in the function calling this one that names
+    the first frame outside lstm_fast (the user's line, however many of the package's
+    ``__init__`` frames lie between: LSTM has none of its own, RNN one)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -104,7 +116,7 @@ def _ready_grads(module: Module) -> None:
         g = p.grad
         if type(g) is np.ndarray and g.dtype is _F32 and g.shape == p.data.shape:
             flags = g.flags
-            if flags.c_contiguous and flags.writeable:  # the usual case, checked cheaply
+            if flags.c_contiguous and flags.writeable and flags.aligned:  # the usual case
                 continue
         if g is None:
             fresh.append(p)
@@ -116,9 +128,17 @@ def _ready_grads(module: Module) -> None:
             raise ValueError(
                 f"{name}.grad: expected shape {p.data.shape} (the parameter's), got {g.shape}"
             )
-        if not g.flags.c_contiguous or not g.flags.writeable:
-            what = "read-only" if not g.flags.writeable else f"strides {g.strides}"
-            raise ValueError(f"{name}.grad: expected a writeable C-contiguous array, got {what}")
+        if not g.flags.c_contiguous or not g.flags.writeable or not g.flags.aligned:
+            what = (
+                "read-only"
+                if not g.flags.writeable
+                else f"strides {g.strides}"
+                if not g.flags.c_contiguous
+                else "a misaligned buffer"
+            )
+            raise ValueError(
+                f"{name}.grad: expected a writeable, float32-aligned C-contiguous array, got {what}"
+            )
     # only once every gradient passed: a failed call changes nothing. Under the lock, and only
     # if still None: two threads starting backward on one layer must add into the same new
     # array (each making its own lost the other's whole contribution).
@@ -129,7 +149,9 @@ def _ready_grads(module: Module) -> None:
 
 
 def _as_float32(name: str, value: Any) -> np.ndarray:
-    """Explicit conversion at the layer boundary: real floating input -> C-contiguous float32."""
+    """Explicit conversion at the layer boundary: real floating input -> C-contiguous, aligned
+    float32 (a misaligned float32 buffer, e.g. np.frombuffer at an odd offset, is copied: the
+    core refuses one)."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = _from_torch(value)
     try:
@@ -138,7 +160,8 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
         raise TypeError(f"{name}: expected a real floating-point array ({e})") from None
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")
-    return np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
+    out = np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
+    return out if out.flags.aligned else out.copy()
 
 
 def _read_only(y: np.ndarray) -> np.ndarray:
@@ -195,10 +218,12 @@ def _param_names(k: int, d: int) -> tuple:
 _LAYER0_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0")
 
 
-def _saved_meta(T: int, B: int, **given: Any) -> dict:
-    """What a layer's backward needs besides the caches: the input's layout (defaults: batched,
+def _saved_meta(T: int, B: int, batch_first: bool, **given: Any) -> dict:
+    """What a layer's backward needs besides the caches: the input's layout (``batch_first``
+    as the forward saw it: the attribute may be changed before backward; defaults: batched,
     no lengths, not packed) and any ``given`` entries (``embedding`` for forward_embedded)."""
     meta = dict(T=T, B=B, unbatched=False, order=None, inv=None, rev=None, packed=None, fused=False)
+    meta["batch_first"] = bool(batch_first)
     meta.update(given)
     return meta
 
@@ -206,7 +231,11 @@ def _saved_meta(T: int, B: int, **given: Any) -> dict:
 def _plain_state(a: Any, B: int, F: int) -> bool:
     """A state the plain forward takes as is: a float32 C-contiguous (1, B, F) ndarray."""
     return (
-        type(a) is np.ndarray and a.dtype is _F32 and a.shape == (1, B, F) and a.flags.c_contiguous
+        type(a) is np.ndarray
+        and a.dtype is _F32
+        and a.shape == (1, B, F)
+        and a.flags.c_contiguous
+        and a.flags.aligned
     )
 
 
@@ -454,7 +483,7 @@ class _RNNBase(Module):
                 f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
                 f"num_layers={num_layers}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=_caller_stacklevel(),
             )
         for name, v in (
             ("input_size", input_size),
@@ -578,6 +607,11 @@ class _RNNBase(Module):
                         return ValueError(
                             f"{name}: expected a C-contiguous array, got strides {a.strides} "
                             "(assign np.ascontiguousarray(...))"
+                        )
+                    if not a.flags.aligned:
+                        return ValueError(
+                            f"{name}: expected float32-aligned data, got a misaligned buffer "
+                            "(assign a copy: p.data = p.data.copy())"
                         )
         return None
 
@@ -755,7 +789,7 @@ class _RNNBase(Module):
             self._raise_named()
             raise
         if training:
-            meta = _saved_meta(x.shape[0], B, versions=saved_versions(self))
+            meta = _saved_meta(x.shape[0], B, self.batch_first, versions=saved_versions(self))
             object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
@@ -778,6 +812,7 @@ class _RNNBase(Module):
             and not self.bidirectional
             and not self.check_finite
             and input.flags.c_contiguous
+            and input.flags.aligned
         ):
             out = self._forward_plain(input, hx)
             if out is not None:
@@ -856,7 +891,15 @@ class _RNNBase(Module):
         y = layer_in
         if training:
             meta = _saved_meta(
-                T, B, unbatched=unbatched, order=order, inv=inv, rev=rev, packed=packed, fused=fused
+                T,
+                B,
+                self.batch_first,
+                unbatched=unbatched,
+                order=order,
+                inv=inv,
+                rev=rev,
+                packed=packed,
+                fused=fused,
             )
             meta["versions"] = saved_versions(self)
             object.__setattr__(self, "_saved", (saved, meta))
@@ -920,6 +963,7 @@ class _RNNBase(Module):
             and getattr(embedding, "padding_idx", None) is None
             and weight.dtype == np.float32
             and weight.flags.c_contiguous
+            and weight.flags.aligned
             and ids.ndim == 2
             and ids.size > 0
         )
@@ -947,7 +991,7 @@ class _RNNBase(Module):
             versions = saved_versions(self) + (
                 ("embedding.weight", emb_p, getattr(emb_p, "_version", 0)),
             )
-            meta = _saved_meta(T, B, embedding=(embedding, True, frozen), versions=versions)
+            meta = _saved_meta(T, B, False, embedding=(embedding, True, frozen), versions=versions)
             object.__setattr__(self, "_saved", (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
@@ -955,30 +999,36 @@ class _RNNBase(Module):
 
     @staticmethod
     def _repack(y, packed):
+        """y (T, B, F) in the caller's batch order as a PackedSequence with the input's own
+        batch_sizes, sorted_indices and unsorted_indices (as torch's layers return it), so
+        that output.data lines up row for row with input.data. (Packing y again with a sort
+        of its own reordered rows of equal length, and gave an enforce_sorted input's output
+        sorted_indices.)"""
         import torch
-        from torch.nn.utils.rnn import pack_padded_sequence
+        from torch.nn.utils.rnn import PackedSequence
 
-        lens = (packed.batch_sizes[:, None] > torch.arange(y.shape[1])[None, :]).sum(0)
-        if packed.unsorted_indices is not None:
-            lens = lens[packed.unsorted_indices]
-        return pack_padded_sequence(
-            torch.from_numpy(np.ascontiguousarray(y)), lens, enforce_sorted=False
-        )
+        bs = packed.batch_sizes
+        order = packed.sorted_indices
+        rows = y if order is None else y[:, order.numpy()]  # sorted by length, longest first
+        active = np.arange(y.shape[1])[None, :] < bs.numpy()[:, None]  # (T, B): step t's rows
+        data = torch.from_numpy(np.ascontiguousarray(rows[: len(bs)][active]))
+        return PackedSequence(data, bs, order, packed.unsorted_indices)
 
     # -- backward -------------------------------------------------------------------------------
     def _backward_plain(self, cache, meta, dy, dh_n, dc_n, need_dx):
         """backward() after a plain forward (see _forward_plain) with float32 C-contiguous
         arrays of the expected shapes: the general path's core call and results without its
         per-call Python; None where anything is unusual (the general path then runs)."""
-        T, B = meta["T"], meta["B"]
+        T, B, batch_first = meta["T"], meta["B"], meta["batch_first"]
         H = self.hidden_size
         P = self.proj_size or H
-        want = (B, T, P) if self.batch_first else (T, B, P)
+        want = (B, T, P) if batch_first else (T, B, P)
         if not (
             type(dy) is np.ndarray
             and dy.dtype is _F32
             and dy.shape == want
             and dy.flags.c_contiguous
+            and dy.flags.aligned
             and (dh_n is None or _plain_state(dh_n, B, P))
             and (dc_n is None or _plain_state(dc_n, B, H))
         ):
@@ -987,7 +1037,7 @@ class _RNNBase(Module):
         params = [get(n) for n in _LAYER0_NAMES]
         if any(q is not None and q.grad is None for q in params):
             _ready_grads(self)  # (one core call: it checks the other gradients before any work)
-        if self.batch_first:
+        if batch_first:
             dy = np.ascontiguousarray(dy.transpose(1, 0, 2))
         grads = tuple([None if q is None else q.grad for q in params])
         try:
@@ -1003,7 +1053,7 @@ class _RNNBase(Module):
         except (TypeError, ValueError):
             _ready_grads(self)  # the core refused a .grad (before any work): name the parameter
             raise
-        if dx is not None and self.batch_first:
+        if dx is not None and batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         if self._has_cell:
             return dx, (dh0[None], dc0[None])
@@ -1047,10 +1097,11 @@ class _RNNBase(Module):
                 return out
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
+        batch_first = meta["batch_first"]  # (the forward's layout)
         L, D, H, P = self.num_layers, self.num_directions, self.hidden_size, self._out_size
         if unbatched:
             want = (T, D * P)
-        elif self.batch_first and packed is None:
+        elif batch_first and packed is None:
             want = (B, T, D * P)
         else:
             want = (T, B, D * P)
@@ -1071,7 +1122,7 @@ class _RNNBase(Module):
             raise ValueError(f"dy: expected shape {want} (the output's), got {dy.shape}")
         if unbatched:
             dy = dy[:, None, :]
-        elif self.batch_first and packed is None:
+        elif batch_first and packed is None:
             dy = dy.transpose(1, 0, 2)
         dstates = []
         for nm, a, F in (("dh_n", dh_n, P), ("dc_n", dc_n, H)):
@@ -1175,7 +1226,7 @@ class _RNNBase(Module):
             dx = None if dx is None else dx[:, 0, :]
             dh0 = dh0[:, 0, :]
             dc0 = None if dc0 is None else dc0[:, 0, :]
-        elif self.batch_first and packed is None and dx is not None:
+        elif batch_first and packed is None and dx is not None:
             dx = dx.transpose(1, 0, 2)
         dx = None if dx is None else np.ascontiguousarray(dx)
         if emb is not None:  # forward_embedded's fallback: the embedding takes dx
@@ -1206,6 +1257,7 @@ class _RNNBase(Module):
             and x_t.shape == st.xshape
             and x_t.dtype is _F32
             and x_t.flags.c_contiguous
+            and x_t.flags.aligned
             and (state is None or state is st.states[st.cur])
             and (
                 out is None
@@ -1234,7 +1286,10 @@ class _RNNBase(Module):
         _check_complete(self)
         x_t = (
             x_t
-            if isinstance(x_t, np.ndarray) and x_t.dtype == np.float32 and x_t.flags.c_contiguous
+            if isinstance(x_t, np.ndarray)
+            and x_t.dtype == np.float32
+            and x_t.flags.c_contiguous
+            and x_t.flags.aligned
             else _as_float32("x_t", x_t)  # (a strided float32 view is copied too)
         )
         unbatched = x_t.ndim == 1
@@ -1657,6 +1712,7 @@ class _CellBase(Module):
                     and a.dtype is _F32
                     and a.shape == (B, H)
                     and a.flags.c_contiguous
+                    and a.flags.aligned
                 ):
                     return None
         p = self._parameters
@@ -1685,6 +1741,7 @@ class _CellBase(Module):
             and input.dtype is _F32
             and input.shape[1] == self.input_size
             and input.flags.c_contiguous
+            and input.flags.aligned
         ):
             out = self._step_eval(input, hx)
             if out is not None:

@@ -212,3 +212,183 @@ def test_forward_embedded_ids_follow_batch_first(rng):
         layer.forward_embedded(ids[None], emb)
     with pytest.raises(ValueError, match=r"ids: expected shape \(T, B\)"):
         lstm_fast.GRU(3, 4, seed=1).forward_embedded(ids[None], emb)
+
+
+# ---- backward reads the layout its forward used -----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_backward_uses_the_forwards_layout_when_batch_first_changes(kind, num_layers, rng):
+    # batch_first is a plain attribute: set between a forward and its backward, backward read
+    # dy in the new layout. With T == B the shapes agree and the gradients were silently
+    # those of the transposed dy; with T != B it raised a shape error naming the wrong layout.
+    for T, B in [(4, 4), (5, 3)]:
+        layer = getattr(lstm_fast, kind)(3, 4, num_layers=num_layers, seed=0)
+        x = rng.standard_normal((T, B, 3)).astype(np.float32)
+        y, _ = layer(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        want_dx, _ = layer.backward(dy)
+        want = [p.grad.copy() for p in layer.parameters()]
+        layer.zero_grad()
+        layer(x)
+        layer.batch_first = True  # after the forward: its backward still takes (T, B, H)
+        dx, _ = layer.backward(dy)
+        np.testing.assert_array_equal(dx, want_dx)
+        for p, g in zip(layer.parameters(), want):
+            np.testing.assert_array_equal(p.grad, g)
+
+
+# ---- a PackedSequence output keeps the input's packing ----------------------------------------
+
+
+def _packed_with_order(x, lengths, order):
+    """A PackedSequence of x (T, B, F) whose rows are sorted by ``order`` (a valid descending
+    sort of the lengths, ties in any order), built as pack_padded_sequence builds one."""
+    order = torch.as_tensor(order)
+    lens = torch.as_tensor(lengths)[order]
+    T = int(lens[0])
+    batch_sizes = (lens[None, :] > torch.arange(T)[:, None]).sum(1)
+    mask = torch.arange(len(order))[None, :] < batch_sizes[:, None]
+    data = x[:T][:, order][mask]
+    return nn_utils.PackedSequence(data, batch_sizes, order, torch.argsort(order))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_output_keeps_the_inputs_sorted_indices(kind, bidirectional):
+    # torch's layers return a PackedSequence with the input's batch_sizes, sorted_indices and
+    # unsorted_indices, so output.data lines up row for row with input.data (a residual
+    # connection, per-token targets packed alike). Ours re-packed y with its own sort: an
+    # enforce_sorted=True input (sorted_indices None) came back with sorted_indices set and,
+    # where lengths tie, its rows in another order; an input sorted another valid way (ties in
+    # another order) too.
+    g = torch.Generator().manual_seed(3)
+    theirs, ours = _pair(kind, 3, 4, bidirectional=bidirectional)
+    lengths = [4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 2, 1]
+    x = torch.randn(4, len(lengths), 3, generator=g, dtype=torch.float64)
+    stable = np.argsort(-np.array(lengths), kind="stable")
+    order = np.concatenate(
+        [stable[lengths_at][::-1] for lengths_at in _tie_groups(lengths, stable)]
+    )
+    inputs = [
+        nn_utils.pack_padded_sequence(x, lengths, enforce_sorted=True),
+        nn_utils.pack_padded_sequence(x.flip(1), lengths[::-1], enforce_sorted=False),
+        _packed_with_order(x, lengths, order),
+    ]
+    for packed in inputs:
+        want, _ = theirs(packed)
+        got, _ = ours(packed)
+        assert torch.equal(got.batch_sizes, want.batch_sizes)
+        for a, b in (
+            (got.sorted_indices, want.sorted_indices),
+            (got.unsorted_indices, want.unsorted_indices),
+        ):
+            assert (a is None) == (b is None)
+            assert a is None or torch.equal(a, b)
+        np.testing.assert_allclose(
+            got.data.numpy(), want.data.detach().numpy(), rtol=1e-5, atol=1e-6
+        )
+        # backward with a PackedSequence gradient of the output's packing
+        dy = nn_utils.PackedSequence(
+            torch.ones_like(got.data), got.batch_sizes, got.sorted_indices, got.unsorted_indices
+        )
+        dx, _ = ours.backward(dy)
+        assert dx.shape == (4, len(lengths), 3) and np.isfinite(dx).all()
+
+
+def _tie_groups(lengths, order):
+    """Index ranges into ``order`` of equal lengths (each a slice)."""
+    lens = np.array(lengths)[order]
+    starts = np.flatnonzero(np.r_[True, lens[1:] != lens[:-1]])
+    ends = np.r_[starts[1:], len(lens)]
+    return [slice(s, e) for s, e in zip(starts, ends)]
+
+
+# ---- the dropout warning points at the caller's line ------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_single_layer_dropout_warning_points_at_the_callers_line(kind):
+    # As torch's: the UserWarning for dropout > 0 with num_layers = 1 names the line that
+    # built the layer. A fixed stacklevel=3 fitted RNN (whose __init__ calls the base's) but
+    # pointed one frame above the caller for LSTM and GRU (no __init__ of their own).
+    import inspect
+
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1") as w:
+        line = inspect.currentframe().f_lineno + 1
+        getattr(lstm_fast, kind)(3, 4, dropout=0.5)
+    assert w[0].filename == __file__
+    assert w[0].lineno == line
+
+
+# ---- misaligned float32 arrays are converted at the layer boundary ----------------------------
+
+
+def _misaligned(a):
+    """A C-contiguous float32 copy of ``a`` whose data starts one byte past an aligned address
+    (np.frombuffer at an odd offset: binary records, network buffers)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.ndarray(a.shape, np.float32, buf.data, offset=1)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_layers_take_misaligned_float32_arrays(kind, num_layers, rng):
+    # The layers convert any real floating array; a misaligned float32 one went to the core
+    # as is and was refused there ("x: expected float32-aligned data", naming the core's x, not
+    # input). torch.from_numpy takes such arrays. Forward (train and eval), hx, backward's dy
+    # and dh_n, the cells and step() now copy them.
+    theirs, ours = _pair(kind, 3, 5, num_layers=num_layers)
+    x = rng.standard_normal((4, 2, 3))
+    h = rng.standard_normal((num_layers, 2, 5))
+    hx_t = (torch.from_numpy(h), torch.from_numpy(h)) if kind == "LSTM" else torch.from_numpy(h)
+    hx_o = (_misaligned(h), _misaligned(h)) if kind == "LSTM" else _misaligned(h)
+    want_y, want_h = theirs(torch.from_numpy(x), hx_t)
+    for mode in ("eval", "train"):
+        getattr(ours, mode)()
+        y, hn = ours(_misaligned(x), hx_o)
+        np.testing.assert_allclose(y, want_y.detach().numpy(), rtol=1e-5, atol=1e-6)
+    dy = rng.standard_normal(y.shape)
+    dh = rng.standard_normal(_states(kind, hn)[0].shape)
+    dx, _ = ours.backward(_misaligned(dy), _misaligned(dh))
+    y, hn = ours(
+        x.astype(np.float32),
+        tuple(np.float32(a) for a in hx_o) if kind == "LSTM" else np.float32(hx_o),
+    )
+    ex, _ = ours.backward(dy.astype(np.float32), dh.astype(np.float32))
+    np.testing.assert_array_equal(dx, ex)
+
+    ours.eval()
+    y_t, state = ours.step(_misaligned(x[0]))
+    np.testing.assert_allclose(y_t, ours(x[:1].astype(np.float32))[0][0], rtol=1e-5, atol=1e-6)
+    cell = getattr(lstm_fast, kind + "Cell")(3, 5, seed=0)
+    for mode in ("eval", "train"):
+        getattr(cell, mode)()
+        hc = (_misaligned(h[0]), _misaligned(h[0])) if kind == "LSTM" else _misaligned(h[0])
+        got = cell(_misaligned(x[0]), hc)
+        ref_hc = (h[0].astype(np.float32),) * 2 if kind == "LSTM" else h[0].astype(np.float32)
+        want = cell(x[0].astype(np.float32), ref_hc)
+        for a, b in zip(_states(kind, got), _states(kind, want)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_misaligned_parameter_is_named(rng):
+    # A parameter's data assigned a misaligned array: the core's refusal named "weight_ih",
+    # not the layer's parameter.
+    layer = lstm_fast.GRU(3, 4, num_layers=2, seed=0)
+    layer.weight_hh_l1.data = _misaligned(layer.weight_hh_l1.data)
+    with pytest.raises(ValueError, match=r"^weight_hh_l1: expected float32-aligned data"):
+        layer(np.zeros((2, 1, 3), np.float32))
+    # a misaligned gradient array, likewise: named by the parameter, before any accumulation
+    layer = lstm_fast.GRU(3, 4, num_layers=2, seed=0)
+    y, _ = layer(np.zeros((2, 1, 3), np.float32))
+    layer.weight_ih_l1.grad = _misaligned(np.zeros_like(layer.weight_ih_l1.data))
+    before = layer.weight_hh_l1.grad.copy()
+    with pytest.raises(ValueError, match=r"^weight_ih_l1\.grad: .*got a misaligned buffer"):
+        layer.backward(np.ones(y.shape, np.float32))
+    np.testing.assert_array_equal(layer.weight_hh_l1.grad, before)

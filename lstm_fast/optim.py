@@ -290,7 +290,7 @@ class Optimizer:
         ``type`` is the class name, ``hyper`` the hyper-parameters by name, ``step`` the number
         of steps taken and ``arrays`` a flat ``{"<parameter index>.<slot>": array}`` dict of
         copies (``"3.exp_avg"``): JSON-able scalars and arrays a checkpoint stores without
-        pickle. Unlike torch's, it is keyed by the parameters' positions in ``params``.
+        pickle. As torch's, it is keyed by the parameters' positions in ``params``, not names.
         """
         arrays = {}
         for i, st in enumerate(self.state):

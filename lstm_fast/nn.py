@@ -214,7 +214,8 @@ class Linear(Module):
         ``.grad`` set to None starts from zeros). Raises ``RuntimeError`` when there is no saved
         forward (none yet, the last one failed or ran in eval mode) or the weight was updated in
         place since (an optimizer step: run the forward again), ``ValueError`` for a ``dy`` of
-        another shape or an unusable ``.grad`` (checked before any is changed).
+        another shape, ``ValueError`` / ``TypeError`` for an unusable ``.grad`` (all checked
+        before any gradient is changed).
         """
         if self._x is None:
             raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")

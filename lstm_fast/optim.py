@@ -413,7 +413,7 @@ class SGD(Optimizer):
 
     Args:
         params: the parameters to update (see :class:`Optimizer`).
-        lr: the learning rate :math:`\gamma` (default 1e-3; torch's is required).
+        lr: the learning rate :math:`\gamma` (default 1e-3, as PyTorch's).
         momentum: :math:`\mu` (default 0: no momentum buffer).
         dampening: :math:`\tau` (default 0).
         weight_decay: :math:`\lambda`, L2 penalty added to the gradient (default 0).
@@ -988,8 +988,8 @@ class CosineLR(_Schedule):
 
     ``lr = base_lr * f(step)``, ``step`` the optimizer's ``step_count`` (W ``warmup``,
     S ``total_steps``, m ``min_factor``). After the warm-up it is PyTorch's
-    ``CosineAnnealingLR`` with ``T_max = S - W`` and ``eta_min = m * base_lr``, but without
-    restarts: the rate stays at the minimum after S steps.
+    ``CosineAnnealingLR`` with ``T_max = S - W`` and ``eta_min = m * base_lr``, except after
+    S steps: the rate stays at the minimum (torch's cosine goes back up).
 
     Args:
         optimizer: the :class:`Optimizer` whose ``lr`` is set.

@@ -45,6 +45,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import tempfile
 
 import pytest
 
@@ -267,6 +268,7 @@ def test_the_examples_are_found():
 @pytest.mark.parametrize("test", DOCTESTS, ids=[t.name for t in DOCTESTS])
 def test_example_prints_exactly_what_it_claims(test, threads, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the examples' mkdtemp() files
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
     out: list[str] = []
     result = runner.run(test, out=out.append, clear_globs=True)

@@ -114,8 +114,38 @@ def featurize(
     word_n: int = 1,
     use_cython: Optional[bool] = None,
 ):
-    """Word 1..``word_n``-grams and character 1..``char_n``-grams of each document, CSR form:
-    ``(indptr (D+1,), ids (nnz,))``. ``index`` (feature -> id) grows when ``grow``."""
+    """Bag-of-n-gram feature ids of each document, in CSR form (the Naive Bayes features).
+
+    A document's features are its whitespace-word 1..``word_n``-grams (``"w:the cat"``), then
+    its character 1..``char_n``-grams (``"c:ca"``, spaces included), each looked up in
+    ``index``; repeated features repeat.
+
+    Args:
+        docs: D documents, a sequence of str (a single str is refused).
+        index: feature -> id; when ``grow`` (keyword only), unseen features are added with the
+            next id (``len(index)``), otherwise they are left out.
+        char_n: the longest character n-gram, >= 0 (default 2; 0: none).
+        word_n: the longest word n-gram, >= 0 (default 1; 0: none).
+        use_cython: run the Cython loop (default None: when it is built; True raises
+            ``RuntimeError`` if it is not) or the plain-Python one; the results are the same.
+
+    Returns:
+        ``(indptr (D+1,), ids (nnz,))``, int64: document d's feature ids are
+        ``ids[indptr[d]:indptr[d + 1]]``.
+
+    Raises ``TypeError`` for a str or a non-str document, ``ValueError`` / ``TypeError`` for a
+    negative or non-int ``char_n`` / ``word_n``.
+
+    Example::
+
+        >>> from lstm_fast.data import featurize
+        >>> index = {}
+        >>> indptr, ids = featurize(["ab a", "b"], index, grow=True, char_n=1, word_n=1)
+        >>> indptr.tolist(), ids.tolist()
+        ([0, 6, 8], [0, 1, 2, 3, 4, 2, 5, 3])
+        >>> list(index)
+        ['w:ab', 'w:a', 'c:a', 'c:b', 'c: ', 'w:b']
+    """
     if isinstance(docs, str):  # would be featurized as one document per character
         raise TypeError("docs: expected a sequence of str, got a str")
     docs = list(docs)
@@ -136,17 +166,37 @@ def featurize(
 
 # -- vocabulary ---------------------------------------------------------------------------------
 class Vocab:
-    """A token <-> id map with an unknown token at id 0.
+    """A token <-> id map with an unknown token at id 0 (and, optionally, a pad token at 1).
+
+    Characters are Unicode code points (Korean syllables are single characters); words are
+    whitespace-separated. Any token outside the vocabulary encodes as id 0. Usually made with
+    :meth:`build` from a text, saved with the model (:meth:`save`, :meth:`to_dict`).
 
     Args:
-        tokens: the known tokens (ids 1, 2, ... in this order).
-        level: ``"char"`` (tokens are single characters) or ``"word"`` (whitespace words).
-        unk: the unknown token's string (decoded as it; default U+FFFD for characters,
-            ``"<unk>"`` for words). Words also get ``"<pad>"`` at id 1 when ``pad`` is True.
+        tokens: the known tokens, ids following the specials in this order (tokens equal to a
+            special are skipped).
+        level: ``"char"`` (tokens are single characters, the default) or ``"word"``.
+        unk: the unknown token's string, id 0 (decoded as it; default None: U+FFFD for
+            characters, ``"<unk>"`` for words).
+        pad: add ``"<pad>"`` at id 1 (default False), e.g. to pad batches of sequences.
+
+    Attributes:
+        itos: the tokens by id (list).  stoi: token -> id (dict).  level, unk, pad: as given.
+        unk_id: 0.  pad_id: 1 or None.
+
+    Raises ``ValueError`` for another ``level``, a char token that is not one character, or
+    repeated tokens.
 
     Example::
 
+        >>> from lstm_fast.data import Vocab
         >>> v = Vocab.build("hello 세계", level="char")
+        >>> v
+        Vocab(level='char', size=8)
+        >>> v.itos[:4]  # the unknown token, then by frequency ('l' twice), then code point
+        ['\ufffd', 'l', ' ', 'e']
+        >>> v.encode("hel세x").tolist()
+        [4, 3, 1, 7, 0]
         >>> v.decode(v.encode("hel세x"))
         'hel세\ufffd'
     """
@@ -180,6 +230,7 @@ class Vocab:
 
     @property
     def pad_id(self) -> Optional[int]:
+        """The pad token's id: 1 when the vocabulary has one (``pad=True``), else None."""
         return 1 if self.pad else None
 
     def __len__(self) -> int:
@@ -198,9 +249,21 @@ class Vocab:
         pad: bool = False,
         use_cython: Optional[bool] = None,
     ) -> Vocab:
-        """From a str or a list of documents (only their own characters or words count):
-        tokens by descending frequency, ties by first code point / alphabetically;
-        ``max_size`` counts the specials."""
+        """A vocabulary of the tokens of ``text``, by descending frequency (ties: by code point
+        for characters, alphabetically for words).
+
+        Args:
+            text: a str, or a sequence of str documents (only their own characters or words
+                count, not the joins between them).
+            level: ``"char"`` (default) or ``"word"``.
+            min_freq: leave out tokens seen fewer times (default 1: keep all).
+            max_size: the largest vocabulary, specials included (default None: no limit).
+            pad: add the ``"<pad>"`` token at id 1 (default False).
+            use_cython: count with the Cython loop (default None: when it is built).
+
+        Raises ``TypeError`` for bytes or non-str documents, ``ValueError`` for a negative
+        ``min_freq`` / ``max_size`` or another ``level``.
+        """
         if isinstance(text, (bytes, bytearray)):  # "\n".join(b"ab") complained about an int
             raise TypeError(
                 f"text: expected a str or a sequence of str, got {type(text).__name__} "
@@ -262,10 +325,14 @@ class Vocab:
         return self._table
 
     def tokenize(self, text: str) -> list:
+        """The tokens of ``text`` at this vocabulary's level: its characters, or its whitespace
+        words (``str.split()``)."""
         return list(text) if self.level == "char" else text.split()
 
     def encode(self, text: str, use_cython: Optional[bool] = None) -> np.ndarray:
-        """int32 ids of ``text``'s characters (or whitespace words); unknown -> 0."""
+        """The ids (N,) int32 of ``text``'s N characters (or whitespace words); tokens not in
+        the vocabulary become 0. ``use_cython``: as in :meth:`build`. Raises ``TypeError``
+        for a ``text`` that is not a str."""
         if not isinstance(text, str):  # Cython took None as "", Python bytes as unknown ints
             raise TypeError(f"text: expected a str, got {type(text).__name__}")
         cy = _cython(use_cython)
@@ -279,6 +346,9 @@ class Vocab:
         )
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of token ``ids`` (any iterable of ints, an array too): characters joined
+        as they are, words joined by single spaces. Raises ``TypeError`` for a non-integer id
+        and ``IndexError`` for one outside [0, len(vocab))."""
         sep = "" if self.level == "char" else " "
         itos, n = self.itos, len(self.itos)
         out = []
@@ -294,6 +364,8 @@ class Vocab:
 
     # -- persistence ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """A JSON-able description: ``{"format_version", "level", "unk", "pad", "itos"}``
+        (:meth:`from_dict` turns it back into the same vocabulary)."""
         return {
             "format_version": FORMAT_VERSION,
             "level": self.level,
@@ -304,8 +376,8 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
-        """The vocabulary :meth:`to_dict` describes; content that is not such a description
-        raises ``ValueError`` naming the field."""
+        """The vocabulary that ``d`` (a dict made by :meth:`to_dict`) describes; content that
+        is not such a description raises ``ValueError`` naming the field."""
         if not isinstance(d, dict):
             raise ValueError(f"vocab: expected a dict (Vocab.to_dict()), got {type(d).__name__}")
         if d.get("format_version") != FORMAT_VERSION:
@@ -333,6 +405,9 @@ class Vocab:
         return cls(itos[len(specials) :], level=level, unk=unk, pad=pad)
 
     def save(self, path) -> None:
+        """Write :meth:`to_dict` as a UTF-8 JSON file at ``path`` (through a temporary file
+        renamed over it, so a failed write leaves any previous file intact); :meth:`load` reads
+        it back."""
         # (serialised first: a token UTF-8 cannot encode failed half-way, leaving the temp file)
         from .models.checkpoint import json_text
 
@@ -344,8 +419,18 @@ class Vocab:
 
     @classmethod
     def load(cls, path) -> Vocab:
-        """A vocabulary saved by :meth:`save`; a file that is not one raises ``ValueError``
-        naming ``path``."""
+        """A vocabulary saved by :meth:`save` at ``path``; a file that is not one raises
+        ``ValueError`` naming ``path``.
+
+        Example::
+
+            >>> import os, tempfile
+            >>> from lstm_fast.data import Vocab
+            >>> path = os.path.join(tempfile.mkdtemp(), "vocab.json")
+            >>> Vocab.build("to be or not to be", level="word").save(path)
+            >>> Vocab.load(path).itos
+            ['<unk>', 'be', 'to', 'not', 'or']
+        """
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
@@ -364,8 +449,25 @@ def _read(path: Path) -> str:
 
 
 def default_corpus(max_chars: Optional[int] = 2_000_000) -> str:
-    """The Python standard library's own ``.py`` sources (sorted paths; no tests, no
-    site-packages), concatenated up to ``max_chars`` characters."""
+    """The built-in corpus: the Python standard library's own ``.py`` sources, found on every
+    machine.
+
+    The files under ``sysconfig``'s ``stdlib`` directory (sorted paths; no test directories, no
+    site-packages), read as UTF-8 (undecodable bytes replaced, a byte-order mark dropped) and
+    joined by newlines. The text depends on the Python version.
+
+    Args:
+        max_chars: the most characters returned (default 2,000,000; None: all, tens of MB).
+
+    Raises ``FileNotFoundError`` when the directory holds no sources, ``ValueError`` /
+    ``TypeError`` for a negative or non-int ``max_chars``.
+
+    Example::
+
+        >>> from lstm_fast.data import default_corpus
+        >>> len(default_corpus(max_chars=1000))
+        1000
+    """
     _check_max_chars(max_chars)
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -396,9 +498,36 @@ def load_corpus(
     max_chars: Optional[int] = None,
     extensions: Sequence[str] = TEXT_EXTENSIONS,
 ) -> str:
-    """Text of a file, of every text file under a directory (sorted, recursive, joined by
-    newlines), or of the default corpus (``default=True`` or ``path=None``); at most
-    ``max_chars`` characters (None: all; the default corpus: 2,000,000)."""
+    """The text to train on: a file, every text file under a directory, or the default corpus.
+
+    Args:
+        path: a text file, or a directory whose files with one of ``extensions`` are read
+            (recursively, sorted by path, joined by newlines); None: the default corpus.
+        default: (keyword only) read the default corpus (:func:`default_corpus`) whatever
+            ``path`` is (default False).
+        max_chars: (keyword only) the most characters returned (default None: all; the default
+            corpus: 2,000,000).
+        extensions: (keyword only) the file suffixes a directory's files are read by
+            (lower-cased; default ``TEXT_EXTENSIONS``: .txt, .py, .md, .rst, .tsv, .csv, .json,
+            .c, .h).
+
+    Files are read as UTF-8, undecodable bytes replaced, a byte-order mark dropped. Raises
+    ``FileNotFoundError`` for a path that is neither a file nor a directory, or a directory
+    without text files.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from lstm_fast.data import load_corpus
+        >>> d = tempfile.mkdtemp()
+        >>> for name, text in [("b.txt", "second"), ("a.txt", "first"), ("c.bin", "skipped")]:
+        ...     with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+        ...         _ = f.write(text)
+        >>> load_corpus(d)
+        'first\\nsecond'
+        >>> load_corpus(os.path.join(d, "b.txt"), max_chars=3)
+        'sec'
+    """
     _check_max_chars(max_chars)  # a negative one sliced characters off the end
     if default or path is None:
         return default_corpus(max_chars if max_chars is not None else 2_000_000)
@@ -415,13 +544,41 @@ def load_corpus(
 
 
 def ids_digest(ids: np.ndarray) -> str:
-    """A short SHA-256 of the id array (checked on resume: same data, same run)."""
+    """A short fingerprint of a token id array: the first 16 hex digits of the SHA-256 of
+    ``ids`` as int32 (a resumed run checks its corpus has the same one).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.data import ids_digest
+        >>> d = ids_digest(np.arange(5))
+        >>> len(d), d == ids_digest([0, 1, 2, 3, 4]), d == ids_digest(np.arange(6))
+        (16, True, False)
+    """
     return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int32).tobytes()).hexdigest()[:16]
 
 
 def train_val_split(ids: np.ndarray, val_fraction: float = 0.05):
-    """``(train, val)``: the last ``val_fraction`` of the ids held out (contiguous, so the
-    validation text is text the model never saw)."""
+    """``(train, val)``: the last ``val_fraction`` of ``ids`` held out.
+
+    The split is contiguous (not shuffled), so the validation text is text the model never saw
+    in any window; both parts are views of ``ids``.
+
+    Args:
+        ids: a sequence or array of token ids (N,).
+        val_fraction: the held-out share, in [0, 1) (default 0.05); ``round(N *
+            val_fraction)`` ids go to ``val``.
+
+    Raises ``TypeError`` for a non-number and ``ValueError`` for a fraction outside [0, 1).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.data import train_val_split
+        >>> train, val = train_val_split(np.arange(20), 0.1)
+        >>> len(train), val.tolist()
+        (18, [18, 19])
+    """
     real = isinstance(val_fraction, (int, float, np.integer, np.floating))
     if not real or isinstance(val_fraction, (bool, np.bool_)):
         raise TypeError(
@@ -439,15 +596,48 @@ class BPTTBatcher:
 
     The ids are cut into ``B`` contiguous streams of ``n = (len(ids) - 1) // B`` steps; window
     ``k`` holds steps ``[k T, (k + 1) T)`` of every stream, so window ``k + 1`` continues where
-    window ``k`` stopped and the caller carries the hidden state across them (and resets it when
-    :meth:`window` reports the start of an epoch).
+    window ``k`` stopped and the caller carries the hidden state across them (and resets it at
+    the start of each pass, when ``k % num_windows == 0``, as :func:`~lstm_fast.models.train_charlm`
+    does). The last ``len(ids) - 1 - n B`` ids are not used.
 
     Args:
-        ids: int array (N,).  batch_size: B.  seq_len: T.
-        drop_last: use only full windows (training); else the last window may be shorter.
+        ids: token ids (N,), integers in [0, 2**31).
+        batch_size: B, the number of parallel streams, >= 1.
+        seq_len: T, the steps of a window, >= 1.
+        drop_last: use only full windows (default True, for training); False keeps a shorter
+            last window (evaluation).
+        use_cython: gather windows with the Cython loop (default None: when it is built).
 
     ``window(k)`` -> ``(x (T, B) int64, y (T, B) int64)``, y the next token of x; ``k`` wraps
     around (``k % num_windows``), so a step counter indexes the data deterministically.
+    Iterating yields the windows of one pass.
+
+    Attributes:
+        B, T: batch_size and seq_len.  n: steps per stream.  num_windows: windows per pass
+        (also ``len(batcher)``).  x, y: the streams (B, n), int32.
+
+    Raises ``TypeError`` for ids that are not a 1-D integer array or a non-int size,
+    ``ValueError`` for ids out of range, a size < 1, or too few ids for one window.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.data import BPTTBatcher
+        >>> b = BPTTBatcher(np.arange(13), batch_size=2, seq_len=3)
+        >>> b.n, len(b), b.tokens_per_window
+        (6, 2, 6)
+        >>> x, y = b.window(0)
+        >>> x.shape, x.dtype
+        ((3, 2), dtype('int64'))
+        >>> print(x.T)  # the 2 streams, steps 0..2
+        [[0 1 2]
+         [6 7 8]]
+        >>> print(y.T)  # the next tokens
+        [[1 2 3]
+         [7 8 9]]
+        >>> print(b.window(1)[0].T)  # each stream continues
+        [[ 3  4  5]
+         [ 9 10 11]]
     """
 
     def __init__(
@@ -490,9 +680,13 @@ class BPTTBatcher:
 
     @property
     def tokens_per_window(self) -> int:
+        """``B * T``, the tokens of a full window."""
         return self.B * self.T
 
     def window(self, k: int):
+        """Window ``k % num_windows``: ``(x, y)``, each (T, B) int64 (fewer steps for a short
+        last window), ``y`` the token after each of ``x``. Raises ``TypeError`` for a
+        non-int ``k``."""
         if not _is_int(k):  # "1" % n was string formatting; 1.5 a float start
             raise TypeError(f"k: expected an int window index, got {type(k).__name__}")
         k = int(k) % self.num_windows
@@ -511,9 +705,31 @@ class BPTTBatcher:
 
 
 def read_tsv(path, max_rows: Optional[int] = None):
-    """``(labels int64 (N,), texts list[str])`` from ``label<TAB>text`` lines (a header -- a
-    first non-blank line whose label is not an integer -- skipped, blank lines ignored, a UTF-8
-    byte-order mark ignored). Labels must be integers (``int()``'s syntax: ``+1``, `` 2``)."""
+    r"""Read a ``label<TAB>text`` file: ``(labels (N,) int64, texts list of N str)``.
+
+    The text is everything after the first tab (more tabs included). A header -- a first
+    non-blank line whose label is not an integer -- is skipped, blank lines are ignored, and a
+    UTF-8 byte-order mark too (undecodable bytes are replaced). Labels must be integers
+    (``int()``'s syntax: ``+1``, `` 2``) within int64.
+
+    Args:
+        path: the file.
+        max_rows: read at most this many rows (default None: all).
+
+    Raises ``ValueError`` naming the file and line for a line without a tab or a label that is
+    not an integer (after the first line), and for a negative ``max_rows``.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from lstm_fast.data import read_tsv
+        >>> path = os.path.join(tempfile.mkdtemp(), "reviews.tsv")
+        >>> with open(path, "w", encoding="utf-8") as f:
+        ...     _ = f.write("label\ttext\n1\tgreat film\n\n0\tdull\n")
+        >>> labels, texts = read_tsv(path)
+        >>> labels.tolist(), texts
+        ([1, 0], ['great film', 'dull'])
+    """
     if max_rows is not None and (
         isinstance(max_rows, (bool, np.bool_))
         or not isinstance(max_rows, (int, np.integer))

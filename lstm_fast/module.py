@@ -70,13 +70,33 @@ class IncompatibleKeys(NamedTuple):
 
 
 class Parameter:
-    """A trainable array: ``data`` (float32, C-contiguous) and ``grad`` (same shape).
+    """A trainable array: ``data`` and its gradient ``grad`` (PyTorch's ``nn.Parameter``, on
+    NumPy arrays).
+
+    Layers accumulate (``+=``) into ``grad`` in their ``backward``; optimizers update ``data`` in
+    place from it. ``np.asarray(p)`` is ``p.data`` (no copy); ``shape``, ``dtype``, ``ndim``,
+    ``size`` and ``len()`` are the data's.
+
+    Args:
+        data: the initial values (anything ``np.array`` takes; always copied).
+        dtype: the data's dtype (default float32, what every kernel takes).
+
+    Attributes:
+        data: C-contiguous array of ``dtype``.  grad: zeros of the same shape and dtype at
+            first (None is accepted later, as PyTorch's ``set_to_none``: the next backward or
+            ``zero_grad`` starts again from zeros).
 
     Example::
 
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
         >>> p = Parameter(np.zeros((2, 3)))
+        >>> p
+        Parameter(shape=(2, 3), dtype=float32)
         >>> p.data.shape, p.grad.dtype
         ((2, 3), dtype('float32'))
+        >>> np.asarray(p) is p.data
+        True
     """
 
     __slots__ = ("data", "grad", "_version")
@@ -146,7 +166,8 @@ class Parameter:
 def make_rng(seed: Any, what: str = "seed") -> np.random.Generator:
     """``np.random.default_rng(seed)`` for a module's ``seed`` argument: None (fresh entropy), an
     int >= 0, or NumPy's own Generator / BitGenerator / SeedSequence; anything else raises
-    naming the argument (NumPy's own message names none)."""
+    ``TypeError`` (``ValueError`` for a negative int) naming the argument as ``what`` (default
+    ``"seed"``; NumPy's own message names none)."""
     if seed is None or isinstance(
         seed, (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)
     ):
@@ -159,8 +180,9 @@ def make_rng(seed: Any, what: str = "seed") -> np.random.Generator:
 
 
 def check_writeable(what: str, params: dict) -> None:
-    """Before an all-or-nothing write into ``{name: Parameter}``: a parameter whose ``data`` is
-    read-only (or not a NumPy array) raises ValueError naming it, and nothing is written."""
+    """Before an all-or-nothing write into ``params`` (``{name: Parameter}``): a parameter whose
+    ``data`` is read-only (or not a NumPy array) raises ValueError naming it after ``what`` (the
+    caller, ``"load_state_dict"``), and nothing is written."""
     for name, p in params.items():
         d = p.data
         if not isinstance(d, np.ndarray) or not d.flags.writeable:
@@ -180,9 +202,10 @@ def saved_versions(module: Any) -> tuple:
 
 
 def check_versions(what: str, saved: tuple) -> None:
-    """Raise if a parameter recorded by :func:`saved_versions` was updated in place since (an
-    optimizer ``step()`` between a forward and its backward: the saved forward would mix the
-    old activations with the new weights)."""
+    """Raise ``RuntimeError`` (its message starting with ``what``, the caller) if a parameter
+    of ``saved`` (what :func:`saved_versions` recorded) was updated in place since: an
+    optimizer ``step()`` between a forward and its backward, whose saved forward would mix the
+    old activations with the new weights."""
     for name, p, v in saved:
         now = getattr(p, "_version", 0)
         if now != v:
@@ -194,9 +217,39 @@ def check_versions(what: str, saved: tuple) -> None:
 
 
 class Module:
-    """Base class: attribute assignment registers parameters and sub-modules.
+    """Base class of every layer and model: attribute assignment registers parameters and
+    sub-modules, as in PyTorch's ``nn.Module``.
 
-    Subclasses implement ``forward`` (called by ``__call__``) and, for training, ``backward``.
+    A :class:`Parameter` or ``Module`` assigned as an attribute is registered under that name,
+    so :meth:`named_parameters` and :meth:`state_dict` give PyTorch's dotted names
+    (``rnn.weight_ih_l0``) and a PyTorch state dict of the same model loads with
+    :meth:`load_state_dict`. Subclasses implement ``forward`` (run by calling the module) and,
+    for training, ``backward(dy)``, which accumulates into the parameters' ``grad`` (there is no
+    autograd). Replacing a registered parameter with anything but a Parameter raises
+    ``TypeError``.
+
+    Attributes:
+        training: True (the default) in training mode, False after :meth:`eval`.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Module, Parameter
+        >>> from lstm_fast.nn import Linear
+        >>> class Scale(Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = Parameter(np.full(2, 3.0))
+        ...         self.head = Linear(2, 1, seed=0)
+        ...     def forward(self, x):
+        ...         return self.head(x * self.w.data)
+        >>> m = Scale()
+        >>> [(name, p.shape) for name, p in m.named_parameters()]
+        [('w', (2,)), ('head.weight', (1, 2)), ('head.bias', (1,))]
+        >>> m(np.ones((4, 2), np.float32)).shape, m.num_parameters()
+        ((4, 1), 5)
+        >>> m.eval().training, m.head.training
+        (False, False)
     """
 
     training: bool
@@ -268,10 +321,11 @@ class Module:
     def named_parameters(
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(name, Parameter)`` in registration order, PyTorch's dotted names. A
-        parameter shared by several modules (tied weights) is yielded once, under its first
-        name, unless ``remove_duplicate=False`` (as PyTorch's): an optimizer given
-        ``parameters()`` updates it once."""
+        """Yield ``(name, Parameter)`` in registration order, PyTorch's dotted names, each
+        prefixed with ``prefix`` and a dot (default ``""``: none); with ``recurse`` (the
+        default) the sub-modules' too. A parameter shared by several modules (tied weights) is
+        yielded once, under its first name, unless ``remove_duplicate=False`` (as PyTorch's):
+        an optimizer given ``parameters()`` updates it once."""
         seen: set = set()
         for name, p in self._named_parameters_all(prefix, recurse):
             if remove_duplicate:
@@ -294,7 +348,8 @@ class Module:
         )
 
     def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
-        """Load arrays (NumPy, torch tensors, lists: anything ``np.asarray`` takes) by name.
+        """Load the arrays of ``state_dict`` (NumPy, torch tensors, lists: anything
+        ``np.asarray`` takes) into the parameters of the same dotted names.
 
         Every entry is checked (shape, finite conversion to float32) before any parameter is
         changed, so a failed load leaves the module as it was. With ``strict`` (the default)

@@ -119,27 +119,48 @@ def _set_rng_state(rng: np.random.Generator, state: Mapping) -> None:
 
 
 class Linear(Module):
-    r"""Affine map :math:`y = x W^T + b` (PyTorch's ``nn.Linear``).
+    r"""Affine map :math:`y = x W^T + b`, PyTorch's ``nn.Linear`` on NumPy arrays.
+
+    .. math::
+        y = x W^T + b, \qquad \partial x = \partial y\, W, \qquad
+        \partial W \mathrel{+}= \partial y^T x, \qquad
+        \partial b \mathrel{+}= \textstyle\sum_n \partial y_n
+
+    The constructor, the parameter names and shapes are ``torch.nn.Linear``'s (its state dict
+    loads as is); the product runs on lstm_fast's own GEMM. Unlike torch there is no autograd:
+    :meth:`backward` is called explicitly with the output's gradient.
 
     Args:
-        in_features: I.  out_features: O.
-        bias: learn an additive bias (default True).
-        seed: seed of the initialisation, U(-1/sqrt(I), 1/sqrt(I)) as PyTorch's.
+        in_features: I, the size of each input row.
+        out_features: O, the size of each output row.
+        bias: learn an additive bias ``b`` (default True; False leaves ``bias`` None).
+        seed: (keyword only) seed of the initialisation, default None (fresh entropy): weight
+            and bias are drawn from U(-1/sqrt(I), 1/sqrt(I)), as PyTorch's.
 
-    Inputs: x (..., I). Output: (..., O). ``backward(dy)`` takes dy as (..., O) or (N, O) and
+    Inputs: x (..., I), any real dtype (converted to float32). Output: y (..., O), float32.
+    ``backward(dy)`` takes dy as (..., O) or (N, O) (N: the product of the leading axes) and
     returns dx in the input's shape.
 
     Attributes:
-        weight: (O, I).  bias: (O,).
+        weight: :class:`~lstm_fast.module.Parameter` (O, I).  bias: Parameter (O,), or None.
+
+    Raises ``ValueError`` when x's last axis is not I (``x: expected shape (..., I=3), got
+    (4, 5)``) and ``TypeError`` for a complex, str or object x.
 
     Example::
 
         >>> import numpy as np
+        >>> from lstm_fast.nn import Linear
         >>> lin = Linear(3, 2, seed=0)
         >>> y = lin(np.ones((4, 3), np.float32))
         >>> dx = lin.backward(np.ones_like(y))
         >>> y.shape, dx.shape, lin.weight.grad.shape
         ((4, 2), (4, 3), (2, 3))
+        >>> print(lin.weight.grad)  # dy^T x, summed over the 4 rows
+        [[4. 4. 4.]
+         [4. 4. 4.]]
+        >>> lin
+        Linear(3, 2, bias=True)
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, seed=None):
@@ -158,9 +179,16 @@ class Linear(Module):
         self._versions: tuple = ()
 
     def extra_repr(self) -> str:
+        """``"I, O, bias=True"``: the constructor arguments shown in the ``repr``."""
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x: Any) -> np.ndarray:
+        """``y = x W^T + b`` for ``x`` (..., I); returns y (..., O), float32.
+
+        In training mode the input (as (N, I)), the weight used and the parameters' versions are
+        kept for :meth:`backward`; a call that raises keeps nothing. Raises ``TypeError`` for a
+        non-real ``x`` and ``ValueError`` when its last axis is not I.
+        """
         self._x = None  # a failed call leaves nothing for backward
         x = np.asarray(_real("x", x), dtype=np.float32)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
@@ -178,6 +206,17 @@ class Linear(Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def backward(self, dy: Any) -> np.ndarray:
+        """The gradients of the last training-mode :meth:`forward`, for its output gradient
+        ``dy`` ((..., O), the output's shape, or (N, O)).
+
+        Returns ``dx = dy W`` in the input's shape (float32), and accumulates (``+=``)
+        ``dy^T x`` into ``weight.grad`` and the column sums of ``dy`` into ``bias.grad`` (a
+        ``.grad`` set to None starts from zeros). Raises ``RuntimeError`` when there is no saved
+        forward (none yet, the last one failed or ran in eval mode) or the weight was updated in
+        place since (an optimizer step: run the forward again), ``ValueError`` for a ``dy`` of
+        another shape, ``ValueError`` / ``TypeError`` for an unusable ``.grad`` (all checked
+        before any gradient is changed).
+        """
         if self._x is None:
             raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")
         check_versions("Linear.backward", self._versions)
@@ -216,23 +255,41 @@ def _fast_grad(g: np.ndarray) -> bool:
 
 
 class Embedding(Module):
-    """Lookup table of ``V`` vectors of size ``E`` (PyTorch's ``nn.Embedding``).
+    """Lookup table of ``V`` vectors of size ``E``: PyTorch's ``nn.Embedding`` on NumPy arrays.
+
+    ``y[...] = weight[ids[...]]``; :meth:`backward` adds each row of the output gradient into
+    the ``weight.grad`` row it was read from (repeated ids add up). The constructor's first
+    three arguments, the initialisation N(0, 1) and the ``padding_idx`` rule are
+    ``torch.nn.Embedding``'s (``max_norm``, ``scale_grad_by_freq`` and ``sparse`` are not
+    offered).
 
     Args:
-        num_embeddings: V.  embedding_dim: E.
-        padding_idx: this row gets no gradient (and starts as zeros), or None.
-        seed: seed of the N(0, 1) initialisation.
+        num_embeddings: V, the number of rows (ids 0 .. V-1).
+        embedding_dim: E, the size of each vector.
+        padding_idx: a row that starts as zeros and never gets a gradient (default None: none);
+            negative values count from the end (-1: row V-1), as PyTorch's.
+        seed: (keyword only) seed of the N(0, 1) initialisation, default None (fresh entropy).
 
-    Inputs: integer ids of any shape (...). Output: (..., E).
+    Inputs: ids, an integer array of any shape (...), values in [0, V). Output: (..., E)
+    float32, a new array.
 
     Attributes:
-        weight: (V, E).
+        weight: :class:`~lstm_fast.module.Parameter` (V, E).  padding_idx: the row, or None.
+
+    Raises ``TypeError`` for non-integer ids, ``IndexError`` for ids outside [0, V),
+    ``ValueError`` for a ``padding_idx`` outside [-V, V).
 
     Example::
 
-        >>> emb = Embedding(10, 4, seed=0)
-        >>> emb(np.array([[1, 2], [3, 1]])).shape
+        >>> import numpy as np
+        >>> from lstm_fast.nn import Embedding
+        >>> emb = Embedding(10, 4, padding_idx=0, seed=0)
+        >>> y = emb(np.array([[1, 2], [3, 1]]))
+        >>> y.shape
         (2, 2, 4)
+        >>> emb.backward(np.ones_like(y))
+        >>> emb.weight.grad[:4, 0].tolist()  # id 1 was read twice
+        [0.0, 2.0, 1.0, 1.0]
     """
 
     def __init__(
@@ -267,10 +324,28 @@ class Embedding(Module):
         self._ids: Optional[np.ndarray] = None
 
     def extra_repr(self) -> str:
+        """``"V, E"``: the constructor arguments shown in the ``repr``."""
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
     @classmethod
     def from_pretrained(cls, weight: Any, padding_idx: Optional[int] = None) -> Embedding:
+        """An embedding holding a copy of ``weight`` (V, E) (NumPy, torch tensor or nested
+        lists), as ``torch.nn.Embedding.from_pretrained``, but trainable (there is no
+        ``freeze``: leave its parameter out of the optimizer to keep it fixed).
+
+        ``padding_idx`` marks a row that gets no gradient (its pretrained values are kept).
+        Raises ``ValueError`` for a weight that is not 2-D or does not fit float32, and
+        ``TypeError`` for a complex or non-numeric one.
+
+        Example::
+
+            >>> from lstm_fast.nn import Embedding
+            >>> emb = Embedding.from_pretrained([[0.0, 1.0], [2.0, 3.0]])
+            >>> emb
+            Embedding(2, 2)
+            >>> emb([1, 1]).tolist()
+            [[2.0, 3.0], [2.0, 3.0]]
+        """
         # checked as load_state_dict checks weights: a complex, str or 1e300 value is refused
         weight = _as_dtype("weight", weight)
         if weight.ndim != 2:
@@ -285,7 +360,12 @@ class Embedding(Module):
         _ready_grads(("weight", "(V, E)", self.weight))
 
     def load_glove(self, path: str, stoi: Mapping[str, int]) -> int:
-        """Overwrite the rows of words found in a GloVe-format text file; returns how many."""
+        """Overwrite the rows of the words of ``stoi`` (word -> id) found in the GloVe-format
+        text file ``path`` (see :func:`load_glove`); returns how many rows were written.
+
+        The file's vectors must have E values. Every id is checked first (``ValueError`` for an
+        id outside [0, V), and nothing is loaded); the other rows keep their values.
+        """
         vecs = load_glove(path, stoi, self.embedding_dim)
         V = self.num_embeddings
         for w, i in stoi.items():  # every id checked before any row is written
@@ -301,6 +381,11 @@ class Embedding(Module):
         return len(vecs)
 
     def forward(self, ids: Any) -> np.ndarray:
+        """``weight[ids]``: (..., E) float32 for integer ``ids`` (...) in [0, V).
+
+        In training mode a copy of the ids is kept for :meth:`backward`. Raises ``TypeError``
+        for non-integer ids and ``IndexError`` for ids outside [0, V).
+        """
         self._ids = None  # a failed call leaves nothing for backward
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
@@ -316,6 +401,14 @@ class Embedding(Module):
         return self.weight.data[ids]
 
     def backward(self, dy: Any) -> None:
+        """Accumulate the output gradient ``dy`` ((..., E), the output's shape, or (N, E)) into
+        ``weight.grad``: row ``ids[n]`` gets ``dy[n]`` (``+=``; a None ``.grad`` starts from
+        zeros), except the ``padding_idx`` row, which keeps what it holds. Returns None (ids
+        have no gradient).
+
+        Raises ``RuntimeError`` without a saved training-mode forward and ``ValueError`` for a
+        ``dy`` of another shape.
+        """
         if self._ids is None:
             raise RuntimeError("Embedding.backward: no saved forward (call it in training mode)")
         flat = self._ids.reshape(-1)
@@ -351,11 +444,30 @@ def _is_float(text: str) -> bool:
 
 
 def load_glove(path: str, stoi: Mapping[str, int], dim: Optional[int] = None) -> dict:
-    """Read a GloVe-format text file (``word v1 v2 ... vE`` per line, UTF-8).
+    r"""Read the vectors of known words from a GloVe-format text file.
 
-    Returns ``{id: vector (E,) float32}`` for the words of ``stoi`` found in the file. Lines whose
-    width differs from ``dim`` (or from the first line's when ``dim`` is None) raise ValueError
-    naming the line.
+    Args:
+        path: a UTF-8 text file of ``word v1 v2 ... vE`` lines, separated by single spaces (a
+            word2vec-style first line ``count dim`` is skipped, lines of one field ignored).
+        stoi: word -> id; only these words are kept.
+        dim: the number of values E every line must have (default None: the first line's).
+
+    Returns:
+        ``{id: vector (E,) float32}`` for the words of ``stoi`` found in the file.
+
+    Raises ``ValueError`` naming the file and line for a line with another width or a value that
+    is not a number.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from lstm_fast.nn import load_glove
+        >>> path = os.path.join(tempfile.mkdtemp(), "glove.txt")
+        >>> with open(path, "w", encoding="utf-8") as f:
+        ...     _ = f.write("the 0.5 1.0\ncat -1.0 2.0\ndog 3.0 4.0\n")
+        >>> vecs = load_glove(path, {"cat": 7, "the": 2, "fish": 3})
+        >>> sorted((i, v.tolist()) for i, v in vecs.items())
+        [(2, [0.5, 1.0]), (7, [-1.0, 2.0])]
     """
     out = {}
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -383,12 +495,38 @@ def load_glove(path: str, stoi: Mapping[str, int], dim: Optional[int] = None) ->
 
 
 class Dropout(Module):
-    """Zero each element with probability ``p`` in training mode and scale the rest by 1/(1-p).
+    r"""Zero each element with probability ``p`` in training mode and scale the rest by 1/(1-p).
+
+    .. math::
+        y = x \odot m / (1 - p), \qquad m_i \sim \mathrm{Bernoulli}(1 - p)
+
+    PyTorch's ``nn.Dropout`` (without ``inplace``): in eval mode, or with ``p = 0``, the input
+    comes back unchanged (as float32: the same array when it already is one). ``p = 1`` zeroes
+    everything. The masks come from the layer's own generator, whose state
+    :meth:`get_rng_state` returns, so a resumed run draws the same masks.
 
     Args:
-        p: drop probability (default 0.5).  seed: seed of the layer's own generator.
+        p: the probability of zeroing an element, in [0, 1] (default 0.5).
+        seed: (keyword only) seed of the layer's generator, default None (fresh entropy).
 
-    The generator's state is part of :meth:`get_rng_state`, so a resumed run draws the same masks.
+    Inputs: x of any shape, any real dtype. Output: the same shape, float32. ``backward(dy)``
+    returns ``dy`` times the same mask and scale.
+
+    Raises ``ValueError`` for a ``p`` outside [0, 1].
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.nn import Dropout
+        >>> drop = Dropout(0.5, seed=0)
+        >>> y = drop(np.ones((2, 4), np.float32))
+        >>> sorted(set(y.ravel().tolist()))  # dropped, or kept and scaled by 1 / (1 - p)
+        [0.0, 2.0]
+        >>> bool((drop.backward(np.ones_like(y)) == y).all())
+        True
+        >>> x = np.ones(3, np.float32)
+        >>> drop.eval()(x) is x
+        True
     """
 
     def __init__(self, p: float = 0.5, *, seed=None):
@@ -401,15 +539,23 @@ class Dropout(Module):
         self._mask: Optional[np.ndarray] = None
 
     def extra_repr(self) -> str:
+        """``"p=0.5"``: the constructor argument shown in the ``repr``."""
         return f"p={self.p}"
 
     def get_rng_state(self) -> dict:
+        """The state of the layer's mask generator, a JSON-able dict (NumPy's
+        ``bit_generator.state``), for :meth:`set_rng_state` on resume."""
         return _rng_state(self._rng)
 
     def set_rng_state(self, state: Mapping) -> None:
+        """Restore the mask generator to ``state``, a dict :meth:`get_rng_state` returned: the
+        masks drawn afterwards are those drawn after that call."""
         _set_rng_state(self._rng, state)
 
     def forward(self, x: Any) -> np.ndarray:
+        """``x`` with each element zeroed with probability ``p`` and the rest scaled by
+        1/(1-p) (training mode); ``x`` itself, as float32, in eval mode or with ``p = 0``.
+        Raises ``TypeError`` for a non-real ``x``."""
         self._mask = None  # a failed call leaves nothing for backward
         x = np.asarray(_real("x", x), dtype=np.float32)
         if not self.training or self.p == 0.0:
@@ -423,6 +569,9 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy: Any) -> np.ndarray:
+        """``dy`` times the last forward's mask and scale (``dy`` itself when that forward
+        dropped nothing: eval mode or ``p = 0``). Raises ``ValueError`` when ``dy`` does not
+        have the output's shape."""
         dy = np.asarray(_real("dy", dy), dtype=np.float32)
         if self._mask is None:
             return dy
@@ -434,7 +583,28 @@ class Dropout(Module):
 
 
 def log_softmax(logits: Any, axis: int = -1) -> np.ndarray:
-    """Numerically stable log-softmax (float32)."""
+    r"""Numerically stable log-softmax along ``axis``, PyTorch's ``F.log_softmax(x, dim)``.
+
+    .. math::
+        \mathrm{log\_softmax}(z)_v = z_v - \max z - \log \textstyle\sum_u e^{z_u - \max z}
+
+    Args:
+        logits: a real array of any shape (converted to float32).
+        axis: the axis the probabilities sum over (default -1, the last).
+
+    Returns a float32 array of the logits' shape. Raises ``TypeError`` for complex or non-numeric
+    logits.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.nn import log_softmax
+        >>> z = log_softmax(np.array([[0.0, 0.0], [1000.0, 0.0]]))
+        >>> print(np.round(z[0], 4))  # log(1/2)
+        [-0.6931 -0.6931]
+        >>> print(z[1])  # no overflow: exp(1000) is never computed
+        [    0. -1000.]
+    """
     z = np.asarray(_real("logits", logits), dtype=np.float32)
     z = z - z.max(axis=axis, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
@@ -480,6 +650,9 @@ def softmax_cross_entropy(
 ):
     r"""Fused softmax + cross-entropy: the loss and its gradient in one pass over the logits.
 
+    The loss is PyTorch's ``F.cross_entropy(logits, targets, ignore_index=..., reduction=...)``
+    with class-id targets; the gradient is what its backward would give for an upstream 1.
+
     .. math::
         \ell_n = -\log \frac{e^{z_{n,y_n}}}{\sum_v e^{z_{n,v}}}, \qquad
         \partial \ell_n / \partial z_{n,v} = \mathrm{softmax}(z_n)_v - [v = y_n]
@@ -497,7 +670,25 @@ def softmax_cross_entropy(
 
     Returns:
         ``(loss, dlogits)``: the loss as a Python float (computed in float64), and the gradient
-        with the logits' shape (float32), or None when ``need_grad`` is False.
+        with the logits' shape (float32), or None when ``need_grad`` is False. With
+        ``reduction="mean"`` and every row ignored, the loss is 0.0 (PyTorch's is NaN).
+
+    Raises ``ValueError`` for logits with no class axis or targets of another shape (a (B, T)
+    transpose of (T, B) logits too), a bad ``reduction``; ``TypeError`` for non-integer targets
+    or a non-int ``ignore_index``; ``IndexError`` for a target outside [0, V).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.nn import softmax_cross_entropy
+        >>> logits = np.zeros((3, 4), np.float32)
+        >>> loss, g = softmax_cross_entropy(logits, np.array([0, 2, -100]))
+        >>> round(loss, 4)  # log 4, the mean over the 2 counted rows
+        1.3863
+        >>> print(g)
+        [[-0.375  0.125  0.125  0.125]
+         [ 0.125  0.125 -0.375  0.125]
+         [ 0.     0.     0.     0.   ]]
     """
     reuse = (
         inplace
@@ -526,8 +717,34 @@ def softmax_cross_entropy(
 class CrossEntropyLoss(Module):
     """``loss = criterion(logits, targets)``; ``dlogits = criterion.backward()``.
 
-    A thin module over :func:`softmax_cross_entropy` (PyTorch's ``nn.CrossEntropyLoss`` API:
-    targets equal to ``ignore_index``, default -100, are left out).
+    A thin module over :func:`softmax_cross_entropy`, with the arguments of PyTorch's
+    ``nn.CrossEntropyLoss`` it supports: class-id targets, ``ignore_index`` and ``reduction``
+    ``"mean"`` or ``"sum"`` (no class ``weight``, ``label_smoothing``, probability targets or
+    ``reduction="none"``). The forward returns a Python float, and computes the gradient at the
+    same time; :meth:`backward` hands it out.
+
+    Args:
+        ignore_index: targets equal to it are left out of the loss and get a zero gradient
+            (default -100, as PyTorch's; None: every row counts).
+        reduction: ``"mean"`` over the counted rows (default) or ``"sum"``.
+
+    Inputs: logits (N, V) or (..., V), targets (N,) or the logits' shape without V, integer
+    class ids in [0, V). Output: the loss, a float.
+
+    Raises ``TypeError`` for a non-int ``ignore_index`` and ``ValueError`` for another
+    ``reduction``, at construction; the forward raises as :func:`softmax_cross_entropy`.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.nn import CrossEntropyLoss
+        >>> criterion = CrossEntropyLoss()
+        >>> loss = criterion(np.zeros((2, 4), np.float32), np.array([1, 3]))
+        >>> round(loss, 4)  # log 4: uniform logits
+        1.3863
+        >>> print(criterion.backward())
+        [[ 0.125 -0.375  0.125  0.125]
+         [ 0.125  0.125  0.125 -0.375]]
     """
 
     def __init__(self, ignore_index: Optional[int] = -100, reduction: str = "mean"):
@@ -544,6 +761,9 @@ class CrossEntropyLoss(Module):
         self._grad: Optional[np.ndarray] = None
 
     def forward(self, logits: Any, targets: Any) -> float:
+        """The loss of ``logits`` (..., V) against class ids ``targets`` (as
+        :func:`softmax_cross_entropy`), a float; the gradient is kept for :meth:`backward`
+        (in any mode). A call that raises keeps nothing."""
         self._grad = None  # a failed call leaves nothing for backward
         loss, g = softmax_cross_entropy(
             logits, targets, ignore_index=self.ignore_index, reduction=self.reduction
@@ -552,6 +772,10 @@ class CrossEntropyLoss(Module):
         return loss
 
     def backward(self, scale: float = 1.0) -> np.ndarray:
+        """The gradient of the last forward's loss with respect to its logits, times ``scale``
+        (default 1.0: the array kept by the forward itself; otherwise a scaled copy). Raises
+        ``RuntimeError`` before any forward and ``TypeError`` for a ``scale`` that is not a real
+        number."""
         if self._grad is None:
             raise RuntimeError("CrossEntropyLoss.backward: call forward first")
         # a real number (or 0-d array): a str was parsed as a number, a complex one truncated

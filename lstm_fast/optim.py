@@ -15,6 +15,7 @@ Example::
 
     >>> import numpy as np
     >>> from lstm_fast.module import Parameter
+    >>> from lstm_fast.optim import Adam
     >>> p = Parameter(np.ones(3))
     >>> opt = Adam([p], lr=0.1)
     >>> p.grad[...] = 1.0
@@ -119,7 +120,48 @@ def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
 
 
 class Optimizer:
-    """Base class: a list of parameters, hyper-parameters as attributes, per-parameter state."""
+    """Base class of the optimizers: a list of parameters, hyper-parameters as attributes,
+    per-parameter state arrays.
+
+    As ``torch.optim.Optimizer`` without parameter groups: one set of hyper-parameters for all
+    parameters, read from and writable as attributes (``opt.lr = 0.01``, what the schedules
+    do). Subclasses implement the update; :meth:`step` checks every gradient, then updates every
+    parameter in place and bumps its version (so a backward of a forward run before the step
+    refuses to mix old activations with the new weights).
+
+    Args:
+        params: an iterable of :class:`~lstm_fast.module.Parameter` (``model.parameters()``),
+            not empty; a parameter listed twice is updated twice (with a ``UserWarning``).
+        **hyper: the hyper-parameters, checked (a negative ``lr``, NaN, a non-bool switch raise
+            at construction, naming the argument).
+
+    Attributes:
+        params: the list of parameters.  step_count: the number of steps taken.
+        state: one ``{slot: float32 array}`` dict per parameter (``"exp_avg"``, ...).
+        initial_lr: the base rate the first schedule attached recorded (None before).
+
+    Raises ``TypeError`` for ``params`` that are not Parameters (or a single Parameter),
+    ``ValueError`` for an empty list or a hyper-parameter out of range.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import SGD
+        >>> p = Parameter(np.ones(2))
+        >>> opt = SGD([p], lr=0.1, momentum=0.9)
+        >>> p.grad[...] = 1.0
+        >>> opt.step(zero_grad=True)
+        >>> sd = opt.state_dict()
+        >>> sd["type"], sd["step"], sorted(sd["arrays"]), p.grad.tolist()
+        ('SGD', 1, ['0.momentum_buffer'], [0.0, 0.0])
+        >>> opt.state_spec()
+        {'0.momentum_buffer': ((2,), dtype('float32'))}
+        >>> resumed = SGD([Parameter(np.ones(2))], lr=0.1, momentum=0.9)
+        >>> resumed.load_state_dict(sd)
+        >>> resumed.step_count, resumed.state[0]["momentum_buffer"].tolist()
+        (1, [1.0, 1.0])
+    """
 
     _hyper: tuple = ("lr",)
     _slots: tuple = ()
@@ -189,6 +231,9 @@ class Optimizer:
             raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
 
     def zero_grad(self) -> None:
+        """Zero every parameter's ``grad`` in place (:meth:`Parameter.zero_grad
+        <lstm_fast.module.Parameter.zero_grad>`; a None ``grad`` becomes a zero array), as
+        ``torch.optim.Optimizer.zero_grad(set_to_none=False)``."""
         for p in self.params:
             p.zero_grad()
 
@@ -239,6 +284,14 @@ class Optimizer:
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The optimizer's state: ``{"type", "hyper", "step", "arrays"}`` (and ``"initial_lr"``
+        once a schedule set one).
+
+        ``type`` is the class name, ``hyper`` the hyper-parameters by name, ``step`` the number
+        of steps taken and ``arrays`` a flat ``{"<parameter index>.<slot>": array}`` dict of
+        copies (``"3.exp_avg"``): JSON-able scalars and arrays a checkpoint stores without
+        pickle. As torch's, it is keyed by the parameters' positions in ``params``, not names.
+        """
         arrays = {}
         for i, st in enumerate(self.state):
             for k, v in st.items():
@@ -272,9 +325,13 @@ class Optimizer:
         }
 
     def load_state_dict(self, sd: Mapping) -> None:
-        """Restore a :meth:`state_dict`. Everything is checked first -- the optimizer type, the
-        hyper-parameter names, the step, every array's name, shape and (real floating) dtype,
-        no array missing -- so a failed load leaves the optimizer as it was."""
+        """Restore ``sd``, a :meth:`state_dict` of the same optimizer type over parameters of
+        the same shapes (hyper-parameters, step count and state arrays).
+
+        Everything is checked first -- the optimizer type, the hyper-parameter names and
+        values, the step, every array's name, shape and (real floating) dtype, no array missing
+        -- so a failed load (``ValueError`` / ``TypeError`` naming the entry) leaves the
+        optimizer as it was."""
         if not isinstance(sd, Mapping) or sd.get("type") != type(self).__name__:
             got = sd.get("type") if isinstance(sd, Mapping) else type(sd).__name__
             raise ValueError(f"load_state_dict: expected a {type(self).__name__} state, got {got}")
@@ -346,10 +403,40 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent (PyTorch's ``optim.SGD``): with momentum ``mu``,
-    ``b = mu b + (1 - dampening) g`` (``b = g`` on the first step), the step is ``b``, or
-    ``g + mu b`` with Nesterov; ``g`` includes ``weight_decay * p``. ``maximize=True`` ascends
-    (``g`` is the negated gradient, as PyTorch's)."""
+    r"""Stochastic gradient descent, with PyTorch's ``optim.SGD`` update rule.
+
+    .. math::
+        g = \nabla + \lambda p, \qquad
+        b = \mu b + (1 - \tau) g \ (b = g \text{ on the first step}), \qquad
+        p \leftarrow p - \gamma \cdot \begin{cases} g + \mu b & \text{Nesterov} \\
+        b & \mu > 0 \\ g & \mu = 0 \end{cases}
+
+    Args:
+        params: the parameters to update (see :class:`Optimizer`).
+        lr: the learning rate :math:`\gamma` (default 1e-3, as PyTorch's).
+        momentum: :math:`\mu` (default 0: no momentum buffer).
+        dampening: :math:`\tau` (default 0).
+        weight_decay: :math:`\lambda`, L2 penalty added to the gradient (default 0).
+        nesterov: Nesterov momentum (default False; needs ``momentum > 0`` and
+            ``dampening = 0``).
+        maximize: (keyword only) ascend instead: the gradient is negated first (default
+            False).
+
+    State per parameter: ``momentum_buffer`` when ``momentum > 0``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import SGD
+        >>> p = Parameter(np.ones(2))
+        >>> opt = SGD([p], lr=0.1, momentum=0.9)
+        >>> for _ in range(2):
+        ...     p.grad[...] = 1.0
+        ...     opt.step()
+        >>> print(np.round(p.data, 4))  # 1 - 0.1 * 1, then - 0.1 * (0.9 + 1)
+        [0.71 0.71]
+    """
 
     _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _slots = ("momentum_buffer",)
@@ -394,10 +481,46 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (PyTorch's ``optim.Adam``, L2 ``weight_decay`` added to the gradient).
+    r"""Adam, with PyTorch's ``optim.Adam`` update rule (L2 ``weight_decay`` added to the
+    gradient).
 
-    ``amsgrad=True`` divides by the running maximum of the second moment (state
-    ``max_exp_avg_sq``); ``maximize=True`` ascends. Both as PyTorch's."""
+    .. math::
+        g = \nabla + \lambda p, \quad m = \beta_1 m + (1 - \beta_1) g, \quad
+        v = \beta_2 v + (1 - \beta_2) g^2, \quad
+        p \leftarrow p - \frac{\gamma}{1 - \beta_1^t} \cdot
+        \frac{m}{\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    The common case (float32 parameters, no ``amsgrad``, no ``maximize``) runs as one fused C++
+    pass per parameter with the same float32 arithmetic.
+
+    Args:
+        params: the parameters to update (see :class:`Optimizer`).
+        lr: :math:`\gamma` (default 1e-3).
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1) (default (0.9, 0.999)).
+        eps: :math:`\epsilon` (default 1e-8).
+        weight_decay: :math:`\lambda`, L2 penalty added to the gradient (default 0; for the
+            decoupled kind use :class:`AdamW`).
+        amsgrad: divide by the running maximum of :math:`v` (state ``max_exp_avg_sq``)
+            (default False).
+        maximize: (keyword only) ascend instead: the gradient is negated first (default False).
+
+    State per parameter: ``exp_avg`` (m), ``exp_avg_sq`` (v), and ``max_exp_avg_sq`` with
+    ``amsgrad``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import Adam
+        >>> p = Parameter(np.ones(2))
+        >>> opt = Adam([p], lr=0.1)
+        >>> p.grad[...] = [1.0, -2.0]
+        >>> opt.step()
+        >>> print(np.round(p.data, 4))  # the first step moves each weight by lr
+        [0.9 1.1]
+        >>> sorted(opt.state_dict()["arrays"])
+        ['0.exp_avg', '0.exp_avg_sq']
+    """
 
     _hyper = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
     _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -478,7 +601,31 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (PyTorch's ``optim.AdamW``: ``p *= 1 - lr * wd``)."""
+    r"""Adam with decoupled weight decay, PyTorch's ``optim.AdamW``.
+
+    Each step first shrinks the weights, :math:`p \leftarrow p (1 - \gamma \lambda)`, then
+    applies :class:`Adam`'s update with the plain gradient (no L2 term in it).
+
+    Args:
+        params: the parameters to update (see :class:`Optimizer`).
+        lr: :math:`\gamma` (default 1e-3).
+        betas: :math:`(\beta_1, \beta_2)` (default (0.9, 0.999)).
+        eps: (default 1e-8).
+        weight_decay: :math:`\lambda` (default 1e-2, as PyTorch's).
+        amsgrad: as :class:`Adam`'s (default False).
+        maximize: (keyword only) ascend instead (default False).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import AdamW
+        >>> p = Parameter(np.ones(2))
+        >>> opt = AdamW([p], lr=0.1, weight_decay=0.5)
+        >>> opt.step()  # a zero gradient: only the decay, 1 - 0.1 * 0.5
+        >>> print(np.round(p.data, 4))
+        [0.95 0.95]
+    """
 
     _decoupled = True
 
@@ -505,8 +652,36 @@ class AdamW(Adam):
 
 
 class Adagrad(Optimizer):
-    """Adagrad (PyTorch's ``optim.Adagrad``): ``s += g^2``,
-    ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``."""
+    r"""Adagrad, with PyTorch's ``optim.Adagrad`` update rule (min-char-rnn's optimizer).
+
+    .. math::
+        g = \nabla + \lambda p, \qquad s \mathrel{+}= g^2, \qquad
+        p \leftarrow p - \frac{\gamma}{1 + (t - 1)\,\eta} \cdot \frac{g}{\sqrt{s} + \epsilon}
+
+    Args:
+        params: the parameters to update (see :class:`Optimizer`).
+        lr: :math:`\gamma` (default 1e-2).
+        lr_decay: :math:`\eta` (default 0).
+        weight_decay: :math:`\lambda`, L2 penalty added to the gradient (default 0).
+        initial_accumulator_value: the starting value of :math:`s` (default 0).
+        eps: :math:`\epsilon` (default 1e-10).
+        maximize: (keyword only) ascend instead (default False).
+
+    State per parameter: ``sum`` (s).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import Adagrad
+        >>> p = Parameter(np.ones(1))
+        >>> opt = Adagrad([p], lr=0.1)
+        >>> for _ in range(2):
+        ...     p.grad[...] = 1.0
+        ...     opt.step()
+        >>> print(np.round(p.data, 4))  # 1 - 0.1 / sqrt(1) - 0.1 / sqrt(2)
+        [0.8293]
+    """
 
     _hyper = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
     _slots = ("sum",)
@@ -543,7 +718,44 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop (PyTorch's ``optim.RMSprop``, with ``momentum`` and ``centered``)."""
+    r"""RMSprop, with PyTorch's ``optim.RMSprop`` update rule (``momentum`` and ``centered``
+    included).
+
+    .. math::
+        g = \nabla + \lambda p, \quad v = \alpha v + (1 - \alpha) g^2, \quad
+        d = \sqrt{v - \bar g^2} + \epsilon \ (\text{centered; else } \sqrt{v} + \epsilon),
+        \quad p \leftarrow p - \gamma\, g / d
+
+    with momentum :math:`\mu > 0`, :math:`b = \mu b + g / d` and
+    :math:`p \leftarrow p - \gamma b`; centered keeps :math:`\bar g = \alpha \bar g +
+    (1 - \alpha) g`.
+
+    Args:
+        params: the parameters to update (see :class:`Optimizer`).
+        lr: :math:`\gamma` (default 1e-2).
+        alpha: :math:`\alpha`, the smoothing constant (default 0.99).
+        eps: :math:`\epsilon` (default 1e-8).
+        weight_decay: :math:`\lambda`, L2 penalty added to the gradient (default 0).
+        momentum: :math:`\mu` (default 0).
+        centered: normalise by the variance estimate instead of the second moment (default
+            False).
+        maximize: (keyword only) ascend instead (default False).
+
+    State per parameter: ``square_avg`` (v), ``grad_avg`` when centered, ``momentum_buffer``
+    with momentum.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import RMSprop
+        >>> p = Parameter(np.ones(1))
+        >>> opt = RMSprop([p], lr=0.01)
+        >>> p.grad[...] = 1.0
+        >>> opt.step()  # v = 0.01, so the step is 0.01 * 1 / 0.1
+        >>> print(np.round(p.data, 4))
+        [0.9]
+    """
 
     _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     _slots = ("square_avg", "grad_avg", "momentum_buffer")
@@ -618,18 +830,44 @@ def clip_grad_norm(
     *,
     eps: float = 1e-6,
 ) -> float:
-    """Scale all gradients together so their global ``norm_type``-norm is at most ``max_norm``
-    (``params``: an iterable of parameters, or one parameter).
+    r"""Scale all gradients together so their global ``norm_type``-norm is at most ``max_norm``.
 
-    Returns the norm before clipping (PyTorch's ``clip_grad_norm_``, with its positional
-    ``norm_type``: 2 by default, any p > 0, or ``inf`` for the largest absolute value;
-    ``coef = max_norm / (norm + eps)``, ``eps`` 1e-6 as PyTorch's, applied when < 1). Every
-    gradient must be a writeable floating-point array of its parameter's shape, checked before
-    any is scaled.
+    .. math::
+        n = \Big(\sum_{p} \sum_i |\nabla p_i|^{q}\Big)^{1/q}, \qquad
+        \nabla p \leftarrow \nabla p \cdot \frac{\text{max\_norm}}{n + \epsilon}
+        \quad \text{when that factor is} < 1
 
-    A NaN or infinite norm (a NaN or Inf gradient) is PyTorch's case too: with
-    ``error_if_nonfinite=True`` a ``RuntimeError`` is raised before any gradient changes; else
-    every gradient is multiplied by the NaN (or 0) coefficient, as ``clip_grad_norm_`` does.
+    PyTorch's ``torch.nn.utils.clip_grad_norm_`` (same positional order, same ``eps``), on
+    NumPy gradients, in place; it returns a Python float.
+
+    Args:
+        params: an iterable of :class:`~lstm_fast.module.Parameter`, or one parameter.
+        max_norm: the largest norm allowed, >= 0.
+        norm_type: :math:`q`, any float > 0, or ``inf`` (also the string ``"inf"``) for the
+            largest absolute value (default 2.0).
+        error_if_nonfinite: raise ``RuntimeError``, before any gradient changes, when the norm
+            is NaN or infinite (default False: every gradient is then multiplied by the NaN or 0
+            coefficient, as PyTorch's are).
+        eps: (keyword only) :math:`\epsilon`, added to the norm (default 1e-6, as PyTorch's).
+
+    Returns:
+        The norm :math:`n` of all gradients before clipping (float64 sums).
+
+    Every gradient must be a writeable floating-point array of its parameter's shape, checked
+    before any is scaled (``ValueError`` / ``TypeError`` naming the parameter); a negative
+    ``max_norm`` or ``eps`` and a ``norm_type`` <= 0 raise too.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import clip_grad_norm
+        >>> p = Parameter(np.zeros(2))
+        >>> p.grad[...] = [3.0, 4.0]
+        >>> clip_grad_norm([p], max_norm=1.0)
+        5.0
+        >>> print(np.round(p.grad, 4))
+        [0.6 0.8]
     """
     params = _params(params)  # one Parameter too (as PyTorch's)
     max_norm = _check_number("max_norm", max_norm)  # a negative one would flip the gradients
@@ -695,18 +933,52 @@ class _Schedule:
         self.set(optimizer.step_count)
 
     def factor(self, step: int) -> float:  # pragma: no cover - abstract
+        """The multiplier of ``base_lr`` after ``step`` optimizer steps (subclasses define it)."""
         raise NotImplementedError
 
     def set(self, step: int) -> float:
+        """Set ``optimizer.lr = base_lr * factor(step)`` for a given ``step``; returns the rate."""
         self.optimizer.lr = self.base_lr * self.factor(step)
         return self.optimizer.lr
 
     def step(self) -> float:
+        """Set the rate for the optimizer's current ``step_count`` (call it after each
+        ``optimizer.step()``); returns the rate. Calling it more often changes nothing: the
+        rate is a function of the optimizer's step, not of how many times this ran."""
         return self.set(self.optimizer.step_count)
 
 
 class StepLR(_Schedule):
-    """``lr = base_lr * gamma ** (step // step_size)``."""
+    """Step decay: ``lr = base_lr * gamma ** (step // step_size)``, ``step`` the optimizer's
+    ``step_count``.
+
+    PyTorch's ``optim.lr_scheduler.StepLR`` counts its own ``step()`` calls (often one per
+    epoch); this one reads the optimizer's step count, so ``step_size`` is in optimizer steps and
+    a resumed run gets the same rates. Called once after every optimizer step, the two agree.
+    The rate for the current step is set at construction.
+
+    Args:
+        optimizer: the :class:`Optimizer` whose ``lr`` is set.
+        step_size: the number of steps between decays, >= 1.
+        gamma: the decay factor, >= 0 (default 0.1).
+        base_lr: the undecayed rate (default None: the optimizer's ``initial_lr`` if a schedule
+            recorded one -- it is saved in its state dict --, else its current ``lr``).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import SGD, StepLR
+        >>> opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+        >>> sched = StepLR(opt, step_size=2, gamma=0.5)
+        >>> rates = []
+        >>> for _ in range(5):
+        ...     rates.append(opt.lr)
+        ...     opt.step()
+        ...     _ = sched.step()
+        >>> rates
+        [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1, base_lr=None):
         self.step_size = _check_int("step_size", step_size, 1)
@@ -714,12 +986,46 @@ class StepLR(_Schedule):
         super().__init__(optimizer, base_lr)
 
     def factor(self, step):
+        """``gamma ** (step // step_size)``."""
         return self.gamma ** (step // self.step_size)
 
 
 class CosineLR(_Schedule):
-    """Linear warm-up for ``warmup`` steps, then cosine decay to ``min_factor * base_lr`` at
-    ``total_steps`` (constant after)."""
+    r"""Linear warm-up for ``warmup`` steps, then cosine decay to ``min_factor * base_lr`` at
+    ``total_steps`` (constant after).
+
+    .. math::
+        f(s) = \begin{cases} (s + 1) / W & s < W \\
+        m + (1 - m) \tfrac12 \big(1 + \cos(\pi \min(1, \tfrac{s - W}{\max(S - W, 1)}))\big)
+        & s \ge W \end{cases}
+
+    ``lr = base_lr * f(step)``, ``step`` the optimizer's ``step_count`` (W ``warmup``,
+    S ``total_steps``, m ``min_factor``). After the warm-up it is PyTorch's
+    ``CosineAnnealingLR`` with ``T_max = S - W`` and ``eta_min = m * base_lr``, except after
+    S steps: the rate stays at the minimum (torch's cosine goes back up).
+
+    Args:
+        optimizer: the :class:`Optimizer` whose ``lr`` is set.
+        total_steps: S, the step at which the decay ends, >= 0.
+        warmup: W, the warm-up steps, >= 0 (default 0: none).
+        min_factor: m, the final rate as a fraction of ``base_lr``, >= 0 (default 0).
+        base_lr: the peak rate (default None: as :class:`StepLR`'s).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import SGD, CosineLR
+        >>> opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+        >>> sched = CosineLR(opt, total_steps=6, warmup=2)
+        >>> rates = []
+        >>> for _ in range(8):
+        ...     rates.append(round(opt.lr, 3))
+        ...     opt.step()
+        ...     _ = sched.step()
+        >>> rates
+        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0, 0.0]
+    """
 
     def __init__(
         self, optimizer, total_steps: int, warmup: int = 0, min_factor: float = 0.0, base_lr=None
@@ -730,6 +1036,7 @@ class CosineLR(_Schedule):
         super().__init__(optimizer, base_lr)
 
     def factor(self, step):
+        """The multiplier f(step) of the formula above."""
         if self.warmup and step < self.warmup:
             return (step + 1) / self.warmup
         span = max(self.total_steps - self.warmup, 1)
@@ -747,7 +1054,24 @@ _OPTIMIZERS = {
 
 
 def make_optimizer(name: str, params, **kwargs) -> Optimizer:
-    """Build an optimizer by name: sgd, adam, adamw, adagrad, rmsprop."""
+    """Build an optimizer by name (the CLI's ``--optimizer``).
+
+    Args:
+        name: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"adagrad"`` or ``"rmsprop"`` (any case).
+        params: the parameters to update.
+        **kwargs: the optimizer's hyper-parameters (``lr=...``).
+
+    Raises ``ValueError`` listing the names for any other ``name``.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import make_optimizer
+        >>> opt = make_optimizer("AdamW", [Parameter(np.zeros(3))], lr=0.01)
+        >>> type(opt).__name__, opt.lr, opt.weight_decay
+        ('AdamW', 0.01, 0.01)
+    """
     try:
         cls = _OPTIMIZERS[name.lower()]
     except (KeyError, AttributeError):  # an unknown name, or not a str at all

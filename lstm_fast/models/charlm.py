@@ -50,19 +50,47 @@ LN2 = math.log(2.0)
 
 
 class CharLM(Module):
-    r"""Embedding (V, E) -> LSTM (E -> H, ``num_layers``, dropout between layers) -> dropout ->
-    Linear (H -> V).
+    r"""Character-level language model: Embedding (V, E) -> LSTM (E -> H, ``num_layers``,
+    dropout between layers) -> dropout -> Linear (H -> V).
 
-    Inputs: ``x`` (T, B) int ids, ``state`` optional ``(h, c)`` each (L, B, H).
-    Outputs: ``logits`` (T, B, V), ``(h, c)`` the final state (carry it to the next window).
+    .. math::
+        \mathrm{logits}_t = W_{dec}\, \mathrm{drop}(h^{(L)}_t) + b_{dec}, \qquad
+        h^{(1)}_t = \mathrm{LSTM}(\mathrm{emb}[x_t], h^{(1)}_{t-1}, c^{(1)}_{t-1})
+
+    The embedding lookup is folded into the first LSTM layer
+    (:meth:`~lstm_fast.LSTM.forward_embedded`). Parameter names follow PyTorch
+    (``embedding.weight``, ``rnn.weight_ih_l0``, ..., ``decoder.weight``), so an equivalent
+    ``torch.nn`` model loads the same state dict.
+
+    Args:
+        vocab_size: V, the number of token ids.
+        embed_size: E (default 64).
+        hidden_size: H (default 256).
+        num_layers: L, stacked LSTM layers (default 2).
+        dropout: the drop probability between LSTM layers and before the decoder, in [0, 1]
+            (default 0).
+        seed: (keyword only) seed of the initialisation and the dropout masks, an int >= 0
+            (default 0; the sub-layers get seed, seed + 1, ...).
+
+    Inputs: ``x`` (T, B) int ids in [0, V); ``state`` optional ``(h, c)``, each (L, B, H)
+    (default zeros). Outputs: ``logits`` (T, B, V) float32 and ``(h, c)``, the final state
+    (carry it to the next window).
 
     ``backward(dlogits)`` accumulates every parameter's gradient (truncated BPTT: no gradient
-    flows into the incoming state). Parameter names follow PyTorch (``rnn.weight_ih_l0``, ...),
-    so an equivalent ``torch.nn`` model loads the same state dict.
+    flows into the incoming state).
+
+    Attributes:
+        embedding: :class:`~lstm_fast.nn.Embedding` (V, E).  rnn: :class:`~lstm_fast.LSTM`.
+        drop: :class:`~lstm_fast.nn.Dropout`.  decoder: :class:`~lstm_fast.nn.Linear` (H -> V).
+        config: the constructor's sizes, a dict (saved in checkpoints).
+
+    Raises ``ValueError`` naming the argument for a size < 1, a dropout outside [0, 1] or a
+    negative seed.
 
     Example::
 
         >>> import numpy as np
+        >>> from lstm_fast.models import CharLM
         >>> m = CharLM(vocab_size=20, embed_size=8, hidden_size=16, num_layers=2, seed=0)
         >>> logits, (h, c) = m(np.zeros((5, 3), np.int64))
         >>> logits.shape, h.shape
@@ -110,10 +138,14 @@ class CharLM(Module):
         self._saved = False  # a training forward ran (and did not fail) since the last one
 
     def init_state(self, batch_size: int):
+        """The zero state ``(h, c)`` for ``batch_size`` streams, each (L, B, H) float32."""
         L, H = self.config["num_layers"], self.config["hidden_size"]
         return (np.zeros((L, batch_size, H), np.float32), np.zeros((L, batch_size, H), np.float32))
 
     def forward(self, x, state=None):
+        """``(logits (T, B, V), (h, c))`` for the ids ``x`` (T, B) from ``state`` (``(h, c)``,
+        each (L, B, H); default None: zeros). In training mode what :meth:`backward` needs is
+        kept (a call that raises keeps nothing)."""
         # a failed call leaves nothing for backward (the decoder would still hold the last one's)
         self._saved = False
         # the embedding lookup folded into the first LSTM layer (LSTM.forward_embedded)
@@ -123,8 +155,9 @@ class CharLM(Module):
         return logits, (h, c)
 
     def forward_loss(self, x, targets, state=None):
-        """Forward and the mean softmax cross-entropy against ``targets`` (T, B): the training
-        step's first half. The loss is computed in the logits' own buffer (they are not kept).
+        """Forward ``x`` (T, B) from ``state`` and the mean softmax cross-entropy against
+        ``targets`` (T, B) (or (T * B,)): the training step's first half. The loss is computed
+        in the logits' own buffer (they are not kept).
 
         Returns ``(loss, dlogits, (h, c))``; ``backward(dlogits)`` then accumulates the
         gradients.
@@ -135,6 +168,9 @@ class CharLM(Module):
         return loss, g, state
 
     def backward(self, dlogits) -> None:
+        """Accumulate every parameter's gradient for the upstream gradient ``dlogits``
+        (T, B, V) of the last training-mode forward (truncated BPTT: nothing flows into its
+        incoming state). Raises ``RuntimeError`` without one."""
         if not self._saved:
             raise RuntimeError("CharLM.backward: no saved forward (call it in training mode)")
         dy = self.drop.backward(self.decoder.backward(dlogits))
@@ -142,19 +178,54 @@ class CharLM(Module):
 
     # the generators whose draws training consumes (dropout masks), for exact resume
     def rng_states(self) -> dict:
+        """The states of the generators training draws from (the LSTM's and the decoder
+        dropout's masks), ``{"rnn": ..., "drop": ...}``, JSON-able: saved in checkpoints."""
         return {"rnn": _rng_state(self.rnn._rng), "drop": self.drop.get_rng_state()}
 
     def set_rng_states(self, states: dict) -> None:
+        """Restore ``states``, a dict :meth:`rng_states` returned (exact resume)."""
         _set_rng_state(self.rnn._rng, states["rnn"])
         self.drop.set_rng_state(states["drop"])
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Hyper-parameters of a char-LM run (saved in the checkpoint).
+    """Hyper-parameters of a char-LM run (:func:`train_charlm`; saved in the checkpoint).
 
     Every field is checked when the config is made (and again by :func:`train_charlm`, before
     anything is read or written): a bad value raises ``ValueError`` naming the field.
+
+    Args:
+        corpus: a text file or a directory of them (default None: the default corpus, the
+            Python standard library's sources).
+        max_chars: read at most this many characters (default None: all; the default corpus
+            2,000,000).
+        embed_size, hidden_size, num_layers, dropout: the :class:`CharLM`'s (defaults 64, 256,
+            2, 0.0).
+        seq_len: T, the truncated-BPTT window (default 100).
+        batch_size: B, the parallel streams (default 32).
+        steps: the optimizer steps of the run (default 1000).
+        lr: the learning rate (default 2e-3).
+        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, ``"adagrad"`` or
+            ``"rmsprop"`` (:func:`~lstm_fast.optim.make_optimizer`).
+        clip: the gradient-norm clip (default 5.0; 0: off).
+        seed: initialisation and dropout seed (default 0).
+        val_fraction: the held-out tail of the text, in [0, 1) (default 0.05).
+        val_every: validate every this many steps (default 200; 0: only at the end).
+        val_max_chars: validate on at most this many held-out characters (default 200,000).
+        checkpoint_every: write a checkpoint every this many steps (default 200; 0: only at
+            the end).
+
+    Example::
+
+        >>> from lstm_fast.models import TrainConfig
+        >>> TrainConfig(steps=10).seq_len
+        100
+        >>> try:
+        ...     TrainConfig(batch_size=0)
+        ... except ValueError as e:
+        ...     print(e)
+        batch_size: expected an int >= 1, got 0
     """
 
     corpus: Optional[str] = None  # a text file or a directory; None: the default corpus
@@ -228,11 +299,27 @@ def _save(out_dir: Path, cfg, vocab, model, opt, state, hist, step, digest, extr
 
 
 def load_charlm(path):
-    """``(model, vocab, meta, arrays)`` from a run directory or a checkpoint file.
+    """``(model, vocab, meta, arrays)`` from ``path``, a run directory or a checkpoint file.
+
+    ``model`` is the :class:`CharLM` with the saved weights (in training mode), ``vocab`` its
+    :class:`~lstm_fast.data.Vocab`, ``meta`` the checkpoint's metadata (``"config"``,
+    ``"step"``, ...) and ``arrays`` every stored array by name.
 
     Raises ``FileNotFoundError`` if there is no checkpoint, :class:`CheckpointError` (a
     ``ValueError``) if the file is not a char-LM checkpoint or its arrays do not fit the model its
     metadata describes (each offending array named, with the expected and given shape and dtype).
+
+    Example::
+
+        >>> import tempfile
+        >>> from lstm_fast.models import TrainConfig, load_charlm, train_charlm
+        >>> out = tempfile.mkdtemp()
+        >>> cfg = TrainConfig(embed_size=4, hidden_size=8, num_layers=1, seq_len=8, batch_size=2,
+        ...                   steps=3, val_every=0, checkpoint_every=0)
+        >>> _ = train_charlm(cfg, out, text="abcab " * 40, progress=False, log=lambda s: None)
+        >>> model, vocab, meta, arrays = load_charlm(out)
+        >>> meta["step"], len(vocab), model.config["hidden_size"], "state/h" in arrays
+        (3, 5, 8, True)
     """
     p = Path(path)
     if p.is_dir():
@@ -316,8 +403,32 @@ def _restore_training(path, meta, arrays, model: CharLM, opt, batch_size: int):
 
 
 def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: int = 100) -> float:
-    """Bits per character of ``model`` on ``ids`` (eval mode, ``batch_size`` streams carrying
-    their state through windows of ``seq_len``)."""
+    r"""Bits per character of ``model`` on the token ids ``ids``: the mean of
+    :math:`-\log_2 p(x_{t+1} \mid x_{\le t})` over every id after the first.
+
+    The ids are read as ``batch_size`` streams (fewer when the text is short) carrying their
+    state through windows of ``seq_len`` (:class:`~lstm_fast.data.BPTTBatcher`, last window
+    kept), in eval mode; the model's own mode is restored afterwards.
+
+    Args:
+        model: a :class:`CharLM`.
+        ids: token ids (N,), N >= 2, in [0, V).
+        batch_size: the most streams (default 32).
+        seq_len: the window length (default 100).
+
+    Raises ``ValueError`` for fewer than 2 ids or a size < 1, ``IndexError`` for ids outside
+    [0, V) (before any window runs).
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.models import CharLM, evaluate_bpc
+        >>> m = CharLM(vocab_size=8, embed_size=4, hidden_size=8, num_layers=1, seed=0)
+        >>> m.decoder.weight.data[...] = 0  # zero logits: a uniform guess over 8 tokens
+        >>> m.decoder.bias.data[...] = 0
+        >>> round(evaluate_bpc(m, np.arange(50) % 8, batch_size=2, seq_len=10), 6)
+        3.0
+    """
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
@@ -391,10 +502,47 @@ def train_charlm(
 ) -> dict:
     """Train (or resume) a char-LM; returns the final figures.
 
-    ``text`` overrides the corpus of ``cfg``. With ``resume``, the run continues from
-    ``out_dir/checkpoint.npz`` (its configuration wins, except ``steps``) and ends with the same
-    weights an uninterrupted run would have. ``on_step(step, bpc)`` is called after every step;
-    a KeyboardInterrupt (Ctrl-C, or raised by it) writes a checkpoint at the current step first.
+    The corpus is read, a character :class:`~lstm_fast.data.Vocab` built from it, its tail held
+    out for validation; then ``cfg.steps`` truncated-BPTT steps (:class:`CharLM`, the state
+    carried from window to window and reset at each pass, gradient clipping, the optimizer of
+    ``cfg``). ``out_dir`` receives ``checkpoint.npz`` (weights, optimizer state, generator
+    states: the run resumes bitwise), ``config.json``, ``vocab.json`` and, with matplotlib,
+    ``loss.png``; nothing is written before every input has been checked.
+
+    Args:
+        cfg: a :class:`TrainConfig`.
+        out_dir: the run directory (created if needed).
+        resume: (keyword only) continue from ``out_dir/checkpoint.npz`` if there is one (its
+            configuration wins, except ``steps``) and end with the weights an uninterrupted run
+            would have (default False).
+        text: (keyword only) train on this text instead of ``cfg.corpus`` (default None).
+        progress: (keyword only) show a tqdm progress bar, if tqdm is installed (default True).
+        on_step: (keyword only) ``on_step(step, bpc)``, called after every step (default None).
+        log: (keyword only) where messages go (default ``print``).
+
+    Returns:
+        A dict: ``step``, ``train_bpc`` (the mean of the last <= 50 steps), ``val_bpc`` (at the
+        end; None without held-out text), ``chars_per_s``, ``train_seconds``, ``vocab_size``,
+        ``parameters``, ``loss_png`` (a path or None) and ``checkpoint`` (its path).
+
+    A KeyboardInterrupt (Ctrl-C, or raised by ``on_step``) writes a checkpoint at the current
+    step first. Raises ``TypeError`` for a ``cfg`` that is not a TrainConfig, ``ValueError`` for
+    a bad field, a corpus shorter than one window (``batch_size * seq_len + 1`` characters) or,
+    on resume, a corpus other than the checkpoint's, ``NotADirectoryError`` /
+    ``PermissionError`` for an ``out_dir`` that cannot be a directory.
+
+    Example::
+
+        >>> import tempfile
+        >>> from lstm_fast.models import TrainConfig, train_charlm
+        >>> cfg = TrainConfig(embed_size=4, hidden_size=8, num_layers=1, seq_len=8, batch_size=2,
+        ...                   steps=3, val_every=0, checkpoint_every=0)
+        >>> res = train_charlm(cfg, tempfile.mkdtemp(), text="abcab " * 40, progress=False,
+        ...                    log=lambda s: None)
+        >>> res["step"], res["vocab_size"], res["parameters"]
+        (3, 5, 513)
+        >>> res["val_bpc"] > 0
+        True
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
@@ -550,13 +698,23 @@ class Sampler:
     costs one row lookup, ``num_layers`` small matrix-vector products into preallocated outputs
     and the decoder's.
 
+    Args:
+        model: the :class:`CharLM` (its weights are copied: later changes are not seen).
+        seed: (keyword only) seed of the draws (default 0; None: fresh entropy).
+        exclude: (keyword only) ids never drawn (default ``(0,)``: the unknown token); ids
+            outside [0, V) are ignored, and excluding every id excludes none.
+
+    Attributes:
+        h, c: the state (L, H) after the tokens fed so far.  rng: the generator.
+
     Example::
 
+        >>> from lstm_fast.models import CharLM, Sampler
         >>> m = CharLM(5, 4, 8, 1, seed=0)
         >>> s = Sampler(m, seed=0)
         >>> ids = s.generate([1, 2], 10)
-        >>> len(ids)
-        10
+        >>> len(ids), 0 in ids  # the unknown token (id 0) is never drawn
+        (10, False)
     """
 
     def __init__(self, model: CharLM, *, seed: Optional[int] = 0, exclude: tuple = (0,)):
@@ -598,11 +756,13 @@ class Sampler:
         self.rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
+        """Zero the state (start a new text); the generator goes on."""
         self.h[...] = 0
         self.c[...] = 0
 
     def step(self, token: int) -> np.ndarray:
-        """Feed one token; returns the (preallocated) logits of the next one."""
+        """Feed one ``token`` (an int id in [0, V)); returns the logits (V,) of the next one, a
+        buffer the next call overwrites. Raises ``TypeError`` / ``IndexError`` for a bad id."""
         try:
             token = operator.index(token)  # 1.5 reached NumPy's indexing error
         except TypeError:
@@ -700,7 +860,31 @@ def sample_text(
     prime: str = "\n",
     seed: Optional[int] = 0,
 ) -> str:
-    """Prime with ``prime`` (default a newline) and return ``length`` sampled characters."""
+    """Sample ``length`` characters from ``model`` after priming it with the text ``prime``.
+
+    Args:
+        model: a :class:`CharLM`.
+        vocab: its character :class:`~lstm_fast.data.Vocab` (encodes ``prime``, decodes the
+            draws).
+        length: the characters to generate (default 500).
+        temperature: divides the logits; <= 0 picks the most likely character (default 1.0).
+        top_k: > 0 samples among the k most likely (default 0: all).
+        prime: the text fed first (default a newline; an empty one counts as a newline).
+        seed: seed of the draws (default 0; None: fresh entropy).
+
+    The unknown character (id 0) is never drawn (:class:`Sampler`).
+
+    Example::
+
+        >>> from lstm_fast.data import Vocab
+        >>> from lstm_fast.models import CharLM, sample_text
+        >>> vocab = Vocab.build("abc")
+        >>> m = CharLM(len(vocab), 4, 8, 1, seed=0)
+        >>> m.decoder.weight.data[...] = 0
+        >>> m.decoder.bias.data[vocab.stoi["b"]] = 10.0  # 'b' is by far the most likely
+        >>> sample_text(m, vocab, length=5, temperature=0, prime="a")
+        'bbbbb'
+    """
     s = Sampler(model, seed=seed)
     ids = vocab.encode(prime or "\n")
     return vocab.decode(s.generate(ids, length, temperature, top_k))

@@ -23,6 +23,8 @@ Example::
 
     >>> import os, tempfile
     >>> import numpy as np
+    >>> from lstm_fast.models.checkpoint import (
+    ...     FORMAT_VERSION, CheckpointError, check_arrays, load_npz, save_npz)
     >>> path = os.path.join(tempfile.mkdtemp(), "ck.npz")
     >>> save_npz(path, {"w": np.ones((2, 3), np.float32)}, {"kind": "demo"})
     >>> arrays, meta = load_npz(path)
@@ -287,7 +289,7 @@ def _parse_meta(shown: str, raw: np.ndarray) -> dict:
 
 
 def load_npz(path) -> tuple[dict, dict]:
-    """Read a checkpoint written by :func:`save_npz`: ``(arrays, meta)``.
+    """Read the checkpoint at ``path`` written by :func:`save_npz`: ``(arrays, meta)``.
 
     ``arrays`` is ``{name: ndarray}`` in the order written; ``meta`` the JSON object, with its
     ``format_version``. A missing file raises ``FileNotFoundError``; anything else that is not a
@@ -395,7 +397,9 @@ def check_arrays(
 
 
 def restore_module(path, module, arrays: Mapping[str, np.ndarray], prefix: str = "param/") -> None:
-    """Load ``arrays[prefix + name]`` into every parameter of ``module`` (``state_dict`` names).
+    """Load ``arrays[prefix + name]`` into every parameter of ``module`` (``state_dict`` names;
+    ``prefix`` default ``"param/"``); ``path`` (the file they were read from) is named in the
+    errors.
 
     All of them are checked first (present, same shape, same dtype, no unexpected
     ``prefix`` entries): on a mismatch :class:`CheckpointError` names each offending array with

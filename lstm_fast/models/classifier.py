@@ -77,17 +77,47 @@ class SequenceClassifier(Module):
     Output: logits (B, C).
 
     Args:
-        pool: ``"mean"`` or ``"max"`` over valid steps, ``"meanmax"`` (both, concatenated), or
-            ``"last"`` (the forward direction's state at the last valid step with the reverse
-            direction's at step 0).
-        dropout: on the pooled features.  embed_dropout: on the embeddings (the LSTM input).
-        bigram_vocab_size: V2, rows of the bigram embedding (0: none, the default).
-        bigram_pad_id: its padding row (zeros, no gradient), or None.
+        vocab_size: V, the token ids' range.
+        num_classes: C, the number of classes.
+        embed_size: E (default 64).
+        hidden_size: H per direction (default 128).
+        pool: ``"mean"`` (default) or ``"max"`` over valid steps, ``"meanmax"`` (both,
+            concatenated), or ``"last"`` (the forward direction's state at the last valid step
+            with the reverse direction's at step 0).
+        dropout: on the pooled features (default 0).
+        pad_id: the embedding's padding row (zeros, no gradient), or None (default).
+        embed_dropout: (keyword only) on the embeddings, the LSTM input (default 0).
+        bigram_vocab_size: (keyword only) V2, rows of the bigram embedding (default 0: none).
+        bigram_pad_id: (keyword only) its padding row (zeros, no gradient), or None (default).
+        seed: (keyword only) seed of the initialisation and dropout masks, an int >= 0
+            (default 0).
+
+    ``backward(dlogits)`` takes the logits' gradient (B, C) and accumulates every parameter's.
 
     Attributes:
         embedding.weight: (V, E).  bigram_embedding.weight: (V2, E) (``bigram_embedding`` is
             None without bigrams).
         rnn_fwd, rnn_bwd: :class:`~lstm_fast.LSTM` (E -> H).  head.weight: (C, 2H or 4H).
+        config: the constructor's arguments but the seed, a dict (saved in checkpoints).
+
+    Raises ``ValueError`` naming the argument for a size out of range, an unknown ``pool`` or a
+    dropout outside [0, 1]; the forward raises ``ValueError`` / ``TypeError`` for ids that are
+    not (T, B), lengths not (B,) integers in [1, T], or ``bigram_ids`` missing, unexpected or of
+    another shape.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.models import SequenceClassifier
+        >>> m = SequenceClassifier(vocab_size=10, num_classes=3, embed_size=4, hidden_size=5,
+        ...                        pad_id=1, seed=0)
+        >>> ids = np.array([[2, 3], [4, 1], [5, 1]])  # (T=3, B=2); the second text is 1 long
+        >>> logits = m(ids, [3, 1])
+        >>> logits.shape
+        (2, 3)
+        >>> m.backward(np.ones_like(logits))
+        >>> m.head.weight.grad.shape, m.embedding.weight.grad[1].tolist()  # no pad gradient
+        ((3, 10), [0.0, 0.0, 0.0, 0.0])
     """
 
     def __init__(
@@ -147,6 +177,9 @@ class SequenceClassifier(Module):
         self._cache = None
 
     def forward(self, ids, lengths, bigram_ids=None):
+        """Logits (B, C) of the padded token ``ids`` (T, B) with valid ``lengths`` (B,), and
+        ``bigram_ids`` (T, B) or (T, B, K) when the model has a bigram embedding (default None).
+        In training mode what :meth:`backward` needs is kept."""
         self._cache = None  # a failed call leaves nothing for backward
         ids = np.asarray(ids)
         if ids.ndim != 2:
@@ -205,6 +238,8 @@ class SequenceClassifier(Module):
         return logits
 
     def backward(self, dlogits) -> None:
+        """Accumulate every parameter's gradient for ``dlogits`` (B, C), the gradient of the
+        last training-mode forward's logits. Raises ``RuntimeError`` without one."""
         if self._cache is None:
             raise RuntimeError(
                 "SequenceClassifier.backward: no saved forward (call it in training mode)"
@@ -255,8 +290,13 @@ class ClassifierEnsemble:
     Attributes:
         members: list of the models.  config: the first member's ``config``.
 
+    Raises ``ValueError`` for no member, or members whose vocabulary size or class count differ
+    from the first's.
+
     Example::
 
+        >>> import numpy as np
+        >>> from lstm_fast.models import ClassifierEnsemble, SequenceClassifier
         >>> a = SequenceClassifier(9, 2, 4, 5, pad_id=1, seed=0)
         >>> b = SequenceClassifier(9, 2, 4, 5, pad_id=1, seed=1000)
         >>> ClassifierEnsemble([a, b])(np.zeros((3, 2), np.int64), [3, 1]).shape
@@ -287,11 +327,14 @@ class ClassifierEnsemble:
             return np.log(np.mean(probs, axis=0))
 
     def eval(self) -> ClassifierEnsemble:
+        """Put every member in eval mode (no dropout); returns the ensemble."""
         for m in self.members:
             m.eval()
         return self
 
     def train(self, mode: bool = True) -> ClassifierEnsemble:
+        """``member.train(mode)`` for every member (``mode=False``: eval); returns the
+        ensemble."""
         for m in self.members:
             m.train(mode)
         return self
@@ -331,6 +374,40 @@ class ClassifierConfig:
     epochs and keeps the last weights (choose ``epochs`` on a validation run first).
 
     The defaults were chosen on the validation split of NSMC's training file (docs/RESULTS.md).
+
+    Args:
+        embed_size, hidden_size, pool, dropout, embed_dropout: the
+            :class:`SequenceClassifier`'s (defaults 64, 128, ``"mean"``, 0.5, 0.2).
+        level: ``"char"`` (default) or ``"word"`` tokens.
+        min_freq: tokens seen fewer times in training are unknown (default 2).
+        bigrams: character-bigram features (default None: on for ``"char"``).
+        bigram_min_freq: (default 2).  words: whitespace-word features (default False).
+        bigram_dropout: (default 0.3).  ema: the weight average's decay, in [0, 1) (default
+            0.999; 0: off).
+        max_len: texts are cut to this many tokens (default 150).
+        batch_size: (default 64).  epochs: (default 10).  patience: early-stopping epochs
+            (default 3; 0: never stop early).
+        lr: Adam's learning rate (default 2e-3).  min_lr_factor: the final rate's share of
+            ``lr`` (default 0.05).  weight_decay: Adam's L2 penalty (default 0).
+        clip: the gradient-norm clip (default 5.0; 0: off).  seed: (default 0).
+        val_fraction: in [0, 1) (default 0.1).  max_rows: read at most this many training
+            rows (default None: all).
+        nb_char_n, nb_word_n: the Naive Bayes baseline's n-gram lengths (defaults 3, 1).
+        lm_steps: LM pretraining steps (default 0: none).  lm_seq_len, lm_batch_size: its
+            windows (defaults 100, 32).  lm_corpus: extra unlabelled text (default None).
+            lm_max_epochs: (default 3).
+        ensemble: K, the members trained (default 1).
+
+    Example::
+
+        >>> from lstm_fast.models import ClassifierConfig
+        >>> ClassifierConfig().bigrams, ClassifierConfig(level="word").bigrams
+        (True, False)
+        >>> try:
+        ...     ClassifierConfig(level="word", bigrams=True)
+        ... except ValueError as e:
+        ...     print(e)
+        bigrams: expected level 'char' (character bigrams), got level 'word'
     """
 
     embed_size: int = 64
@@ -450,8 +527,10 @@ def _words_of_chars(text: str) -> list:
 
 
 def build_bigram_vocab(texts: Sequence[str], min_freq: int = 2, words: bool = False) -> _data.Vocab:
-    """Character bigrams (and with ``words``, whitespace words) seen at least ``min_freq`` times,
-    by descending frequency, with an unknown token (id 0) and a pad token (id 1)."""
+    """A word-level :class:`~lstm_fast.data.Vocab` of the character bigrams of ``texts`` (and
+    with ``words``, their whitespace words, marked with a ``"\\x02"`` prefix) seen at least
+    ``min_freq`` times (default 2), by descending frequency, with an unknown token (id 0) and a
+    pad token (id 1). The bigram at a text's last character ends with ``"\\x03"``."""
     counts: Counter = Counter()
     for t in texts:
         counts.update(_bigrams(t))
@@ -525,7 +604,24 @@ def pretrain_lm(
 
     The forward stream is the texts in a seeded random order, each followed by the pad token as a
     separator; the backward stream is the same stream reversed, so ``rnn_bwd`` learns to predict
-    the previous character, as it reads in the classifier. Returns the last losses in bits/char.
+    the previous character, as it reads in the classifier.
+
+    Args:
+        model: the :class:`SequenceClassifier` (its embedding and both LSTMs are trained).
+        seqs: token id sequences (1-D int arrays).
+        steps: the most steps.
+        seq_len: (keyword only) the window length (default 100; shortened for a small stream).
+        batch_size: (keyword only) the streams (default 32; fewer for a small stream).
+        lr: (keyword only) Adam's rate, decayed by a cosine to a tenth (default 2e-3).
+        clip: (keyword only) the gradient-norm clip (default 5.0; 0: off).
+        max_epochs: (keyword only) the most passes over the stream (default 3).
+        seed: (keyword only) the order and the decoders' initialisation (default 0).
+        progress: (keyword only) log the losses every 50 steps (default False).
+        log: (keyword only) where messages go (default ``print``).
+
+    Returns:
+        ``{"lm_steps_run", "lm_bpc_forward", "lm_bpc_backward", "lm_seconds", "lm_chars"}``:
+        the bits/char are the means of the last <= 50 steps (None if no step ran).
     """
     V = model.config["vocab_size"]
     H = model.config["hidden_size"]
@@ -595,9 +691,11 @@ def pretrain_lm(
 
 
 def predict_log_proba(model, seqs, bseqs=None, batch_size: int = 256) -> np.ndarray:
-    """Log class probabilities (N, C) of token sequences ``seqs`` (and their bigram ids
-    ``bseqs`` when the model has a bigram embedding), for a :class:`SequenceClassifier` or a
-    :class:`ClassifierEnsemble`, in eval mode (the model's own mode is restored afterwards)."""
+    """Log class probabilities (N, C), float64, of N token sequences ``seqs`` (1-D int arrays;
+    and their bigram ids ``bseqs`` when the model has a bigram embedding, default None), for a
+    :class:`SequenceClassifier` or a :class:`ClassifierEnsemble` ``model``, in eval mode (the
+    model's own mode is restored afterwards), ``batch_size`` sequences of similar length at a
+    time (default 256)."""
     members = model.members if isinstance(model, ClassifierEnsemble) else [model]
     modes = [m.training for m in members]  # restored afterwards: a served model stays in eval
     model.eval()
@@ -618,7 +716,8 @@ def predict_log_proba(model, seqs, bseqs=None, batch_size: int = 256) -> np.ndar
 
 
 def predict(model, seqs, bseqs=None, batch_size: int = 256) -> np.ndarray:
-    """Class ids (N,): the argmax of :func:`predict_log_proba`."""
+    """Class ids (N,): the argmax of :func:`predict_log_proba` (same ``model``, ``seqs``,
+    ``bseqs`` and ``batch_size``)."""
     return predict_log_proba(model, seqs, bseqs, batch_size).argmax(axis=1)
 
 
@@ -631,9 +730,49 @@ def train_classifier(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train the BiLSTM classifier and the Naive Bayes baseline on the same training split;
-    report both accuracies on the validation split (``val_tsv``, or the held-out tail of a
-    seeded shuffle of ``train_tsv``)."""
+    r"""Train the BiLSTM classifier and the Naive Bayes baseline on the same training split;
+    report both accuracies on the validation split (``val_tsv``, or the held-out part of a
+    seeded shuffle of ``train_tsv``).
+
+    The labels may be any integers: the model's classes are their sorted distinct values
+    (``meta["classes"]``). ``out_dir`` receives ``classifier.npz`` (every member's weights,
+    vocabularies, configuration, history) and ``naive_bayes.npz``, written only at the end,
+    after every input has been read and checked.
+
+    Args:
+        train_tsv: the ``label<TAB>text`` training file (:func:`~lstm_fast.data.read_tsv`).
+        out_dir: the run directory (created if needed).
+        cfg: a :class:`ClassifierConfig`.
+        val_tsv: (keyword only) a validation file (default None: hold out ``cfg.val_fraction``
+            of the training rows).
+        progress: (keyword only) tqdm progress bars, if tqdm is installed (default True).
+        log: (keyword only) where messages go (default ``print``).
+
+    Returns:
+        A dict: ``accuracy`` (validation; the ensemble's with K > 1; None without validation
+        rows), ``classes``, ``nb_accuracy``, ``best_epoch``, ``epochs_run``,
+        ``train_examples``, ``val_examples``, ``examples_per_s``, ``train_seconds``, the LM
+        pretraining's figures when it ran, and per-member figures with K > 1.
+
+    Raises ``TypeError`` for a ``cfg`` that is not a ClassifierConfig, ``ValueError`` for a bad
+    field, an empty file or no training row left, ``FileNotFoundError`` for a missing file or
+    ``lm_corpus``.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from lstm_fast.models import ClassifierConfig, train_classifier
+        >>> d = tempfile.mkdtemp()
+        >>> tsv = os.path.join(d, "train.tsv")
+        >>> with open(tsv, "w", encoding="utf-8") as f:
+        ...     for i in range(40):
+        ...         _ = f.write(f"{i % 2}\t{'good fun' if i % 2 else 'bad dull'} {i}\n")
+        >>> cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, batch_size=8)
+        >>> run = os.path.join(d, "run")
+        >>> res = train_classifier(tsv, run, cfg, progress=False, log=lambda s: None)
+        >>> res["classes"], res["train_examples"], res["val_examples"], res["epochs_run"]
+        ([0, 1], 36, 4, 1)
+    """
     if not isinstance(cfg, ClassifierConfig):
         raise TypeError(f"cfg: expected a ClassifierConfig, got {type(cfg).__name__}")
     cfg.validate()  # (a field may have been changed since the config was made)
@@ -917,10 +1056,32 @@ def _train_member(
 
 
 def load_classifier(path):
-    """``(model, vocab, naive_bayes or None, meta)`` from a run directory; ``model`` is a
-    :class:`SequenceClassifier`, or a :class:`ClassifierEnsemble` when the run trained
-    ``ensemble > 1`` members. Class id ``c`` (what :func:`predict` returns) stands for the
-    training file's label ``meta["classes"][c]``."""
+    r"""``(model, vocab, naive_bayes or None, meta)`` from ``path``, a run directory of
+    :func:`train_classifier`.
+
+    ``model`` is a :class:`SequenceClassifier`, or a :class:`ClassifierEnsemble` when the run
+    trained ``ensemble > 1`` members. Class id ``c`` (what :func:`predict` returns) stands for
+    the training file's label ``meta["classes"][c]``. Raises ``FileNotFoundError`` without a
+    checkpoint and :class:`~lstm_fast.models.checkpoint.CheckpointError` (a ``ValueError``) for
+    one that is not a classifier's or does not fit the model its metadata describes.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from lstm_fast.models import ClassifierConfig, train_classifier
+        >>> d = tempfile.mkdtemp()
+        >>> tsv = os.path.join(d, "train.tsv")
+        >>> with open(tsv, "w", encoding="utf-8") as f:
+        ...     for i in range(40):
+        ...         _ = f.write(f"{i % 2}\t{'good fun' if i % 2 else 'bad dull'} {i}\n")
+        >>> cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, batch_size=8)
+        >>> run = os.path.join(d, "run")
+        >>> res = train_classifier(tsv, run, cfg, progress=False, log=lambda s: None)
+        >>> from lstm_fast.models import load_classifier
+        >>> model, vocab, nb, meta = load_classifier(run)
+        >>> type(model).__name__, meta["classes"], type(nb).__name__
+        ('SequenceClassifier', [0, 1], 'NaiveBayes')
+    """
     p = Path(path)
     ck = p / CHECKPOINT
     arrays, meta = load_npz(ck)
@@ -1024,8 +1185,30 @@ def _classes_of(meta: dict) -> np.ndarray:
 
 
 def evaluate_classifier(path, tsv) -> dict:
-    """Accuracy of a trained classifier (and of its Naive Bayes baseline) on a
-    ``label<TAB>text`` file; labels are those of the training file (``meta["classes"]``)."""
+    r"""Accuracy of the classifier of the run directory ``path`` (and of its Naive Bayes
+    baseline) on the ``label<TAB>text`` file ``tsv``; labels are those of the training file
+    (``meta["classes"]``; a label it did not have counts as a miss).
+
+    Returns ``{"accuracy", "nb_accuracy", "examples", "examples_per_s", "ensemble"}``. Raises
+    ``ValueError`` for a file without rows, and as :func:`load_classifier`.
+
+    Example::
+
+        >>> import os, tempfile
+        >>> from lstm_fast.models import ClassifierConfig, train_classifier
+        >>> d = tempfile.mkdtemp()
+        >>> tsv = os.path.join(d, "train.tsv")
+        >>> with open(tsv, "w", encoding="utf-8") as f:
+        ...     for i in range(40):
+        ...         _ = f.write(f"{i % 2}\t{'good fun' if i % 2 else 'bad dull'} {i}\n")
+        >>> cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, batch_size=8)
+        >>> run = os.path.join(d, "run")
+        >>> res = train_classifier(tsv, run, cfg, progress=False, log=lambda s: None)
+        >>> from lstm_fast.models import evaluate_classifier
+        >>> r = evaluate_classifier(run, tsv)
+        >>> r["examples"], r["ensemble"], r["nb_accuracy"]
+        (40, 1, 1.0)
+    """
     model, vocab, nb, meta = load_classifier(path)
     labels, texts = _data.read_tsv(tsv)
     if not len(texts):

@@ -20,7 +20,14 @@ _KEYWORDS = ("def", "class", "import", "from", "return", "if", "for", "while", "
 
 
 def record_activations(model, vocab, text: str) -> dict:
-    """``{"h": (N, L, H), "c": (N, L, H)}``: after reading character n (eval maths, one stream)."""
+    """Every hidden and cell activation of a char-LM over a text: ``{"h": (N, L, H), "c": (N,
+    L, H)}``, row n the state after reading character n (eval maths, one stream from zeros).
+
+    Args:
+        model: a :class:`~lstm_fast.models.CharLM`.
+        vocab: its :class:`~lstm_fast.data.Vocab` (encodes ``text``).
+        text: the N characters to read.
+    """
     ids = vocab.encode(text).astype(np.int64)
     x = np.ascontiguousarray(model.embedding.weight.data[ids][:, None, :])  # (N, 1, E)
     hs, cs = [], []
@@ -142,9 +149,12 @@ def _corr(acts: np.ndarray, feat: np.ndarray) -> np.ndarray:
 
 
 def rank_cells(acts: dict, feats: dict, top: int = 5) -> dict:
-    """``{feature: [{"kind", "layer", "unit", "index", "r"}, ...]}`` the ``top`` units by |r|.
+    """``{feature: [{"kind", "layer", "unit", "index", "r"}, ...]}``: for each feature, the
+    ``top`` units (default 5, >= 1) whose activations correlate most with it, by |Pearson r|.
 
-    ``index`` numbers units as in ``--cell``: kind c before h, layer by layer (L*H each)."""
+    ``acts`` is :func:`record_activations`' dict, ``feats`` ``{name: (N,) array}`` (as
+    :func:`text_features` gives). ``index`` numbers units as in ``--cell``: kind c before h,
+    layer by layer (L*H each). Raises ``ValueError`` for a ``top`` < 1."""
     check_int("top", top, 1)  # 0 left every list empty, -1 listed all units but one
     out = {}
     L, H = acts["c"].shape[1:]
@@ -172,6 +182,8 @@ def rank_cells(acts: dict, feats: dict, top: int = 5) -> dict:
 
 
 def unit_series(acts: dict, index: int) -> np.ndarray:
+    """The activations (N,) of unit ``index`` of ``acts`` (:func:`record_activations`'), in
+    :func:`rank_cells`' numbering: c units first, then h, layer by layer."""
     L, H = acts["c"].shape[1:]
     kind = "c" if index < L * H else "h"
     j = index % (L * H)
@@ -189,7 +201,9 @@ def _colour(v: float) -> str:
 
 
 def render_html(text: str, values: np.ndarray, title: str = "") -> str:
-    """The text with each character's background coloured by ``values`` (scaled to [-1, 1])."""
+    """An HTML page of ``text`` with each character's background coloured by its entry of
+    ``values`` (N,) (divided by their largest magnitude: blue -1, white 0, red +1), under the
+    heading ``title`` (default none)."""
     scale = max(float(np.abs(values).max()), 1e-6)
     spans = []
     for ch, v in zip(text, values / scale):
@@ -209,7 +223,9 @@ def render_html(text: str, values: np.ndarray, title: str = "") -> str:
 def render_png(
     path, text: str, values: np.ndarray, title: str = "", width: int = 80, max_lines: int = 40
 ) -> Optional[str]:
-    """A character grid (``width`` columns, lines wrapped) coloured by ``values``."""
+    """Write a PNG to ``path``: ``text`` as a character grid (``width`` columns, default 80,
+    long lines wrapped, at most ``max_lines`` lines, default 40) coloured by ``values`` (N,)
+    as :func:`render_html`, titled ``title``; returns the path. Needs matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")

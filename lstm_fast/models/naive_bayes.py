@@ -25,8 +25,17 @@ class NaiveBayes:
         char_n: character n-grams 1..char_n (default 3; spaces count).
         word_n: whitespace-word n-grams 1..word_n (default 1).
 
+    Features are :func:`~lstm_fast.data.featurize`'s (word and character n-grams, counted with
+    repetition). Raises ``ValueError`` for a non-positive or infinite ``alpha`` or a negative
+    n-gram length.
+
+    Attributes (after :meth:`fit`):
+        index: feature -> row.  counts: (F, C) feature counts per class.  class_count: (C,)
+        documents per class.
+
     Example::
 
+        >>> from lstm_fast.models import NaiveBayes
         >>> nb = NaiveBayes().fit(["good film", "bad film"], [1, 0])
         >>> nb.predict(["good", "bad"]).tolist()
         [1, 0]
@@ -48,6 +57,9 @@ class NaiveBayes:
         self.class_count = None  # (C,)
 
     def fit(self, texts: Sequence[str], labels) -> NaiveBayes:
+        """Count the features of ``texts`` (N str) per class, ``labels`` (N,) integer class ids
+        >= 0 (C = the largest + 1); returns the model. Raises ``ValueError`` / ``TypeError``
+        for labels of another length, non-integer or negative."""
         lab = np.asarray(labels)
         if lab.ndim != 1 or lab.shape[0] != len(texts) or not lab.size:
             raise ValueError(
@@ -81,7 +93,8 @@ class NaiveBayes:
             self.log_prior = np.log(self.class_count / self.class_count.sum())
 
     def decision_function(self, texts: Sequence[str]) -> np.ndarray:
-        """(D, C) unnormalised log posteriors."""
+        """The unnormalised log posteriors (D, C), float64, of D ``texts`` (features not seen
+        in training are left out)."""
         indptr, ids = _data.featurize(
             texts, self.index, grow=False, char_n=self.char_n, word_n=self.word_n
         )
@@ -92,12 +105,16 @@ class NaiveBayes:
         return scores
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """The most likely class id (D,) of each of the D ``texts``."""
         return self.decision_function(texts).argmax(axis=1)
 
     def accuracy(self, texts: Sequence[str], labels) -> float:
+        """The share of ``texts`` whose predicted class is their entry of ``labels``."""
         return float((self.predict(texts) == np.asarray(labels)).mean())
 
     def save(self, path) -> None:
+        """Write the model to ``path`` (a checkpoint ``.npz``: the counts and, in its metadata,
+        the feature list and settings); :meth:`load` reads it back."""
         feats = [None] * len(self.index)
         for f, i in self.index.items():
             feats[i] = f
@@ -112,9 +129,9 @@ class NaiveBayes:
 
     @classmethod
     def load(cls, path) -> NaiveBayes:
-        """Read a file written by :meth:`save`; :class:`CheckpointError` (a ``ValueError``) if it
-        is not one, or if its arrays do not fit its feature list: ``counts`` (F, C) and
-        ``class_count`` (C,), float64."""
+        """Read the file ``path`` written by :meth:`save`; :class:`CheckpointError` (a
+        ``ValueError``) if it is not one, or if its arrays do not fit its feature list:
+        ``counts`` (F, C) and ``class_count`` (C,), float64."""
         arrays, meta = load_npz(Path(path))
         if meta.get("kind") != "naive_bayes":
             raise CheckpointError(f"{path}: expected a naive_bayes file, got {meta.get('kind')!r}")

@@ -114,8 +114,18 @@ class Parameter:
         """``data.shape``."""
         return self.data.shape
 
-    def zero_grad(self) -> None:
-        """Zero ``grad`` in place (a fresh zero array if it is None or no longer fits ``data``)."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero ``grad`` in place (a fresh zero array if it is None or no longer fits ``data``).
+
+        Args:
+            set_to_none: set ``grad`` to None instead, as PyTorch's ``set_to_none=True``: the
+                next backward makes a fresh gradient (default False).
+        """
+        if not isinstance(set_to_none, (bool, np.bool_)):
+            raise TypeError(f"set_to_none: expected a bool, got {type(set_to_none).__name__}")
+        if set_to_none:
+            self.grad = None
+            return
         g = self.grad
         if (
             isinstance(g, np.ndarray)
@@ -409,10 +419,17 @@ class Module:
         ``self``."""
         return self.train(False)
 
-    def zero_grad(self) -> None:
-        """Zero every parameter's ``grad`` in place (see :meth:`Parameter.zero_grad`)."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every parameter's ``grad`` in place (see :meth:`Parameter.zero_grad`).
+
+        Args:
+            set_to_none: set every ``grad`` to None instead, as PyTorch's ``set_to_none=True``:
+                the next backward makes fresh gradients (default False).
+        """
+        if not isinstance(set_to_none, (bool, np.bool_)):
+            raise TypeError(f"set_to_none: expected a bool, got {type(set_to_none).__name__}")
         for p in self.parameters():
-            p.zero_grad()
+            p.zero_grad(set_to_none=set_to_none)
 
     def num_parameters(self) -> int:
         """The number of trainable values (elements of all parameters)."""

@@ -230,12 +230,18 @@ class Optimizer:
         if hyper.get("nesterov") and (hyper.get("momentum", 0) <= 0 or hyper.get("dampening")):
             raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = False) -> None:
         """Zero every parameter's ``grad`` in place (:meth:`Parameter.zero_grad
         <lstm_fast.module.Parameter.zero_grad>`; a None ``grad`` becomes a zero array), as
-        ``torch.optim.Optimizer.zero_grad(set_to_none=False)``."""
+        ``torch.optim.Optimizer.zero_grad(set_to_none=False)``.
+
+        Args:
+            set_to_none: set every ``grad`` to None instead (PyTorch's default there): the next
+                backward makes fresh gradients, and :meth:`step` refuses, naming it, a parameter
+                that got none (PyTorch's step would skip it) (default False).
+        """
         for p in self.params:
-            p.zero_grad()
+            p.zero_grad(set_to_none=set_to_none)
 
     def _buf(self, i: int, name: str, init: float = 0.0) -> np.ndarray:
         st = self.state[i]

@@ -544,7 +544,35 @@ class _RNNBase(Module):
     def _out_size(self) -> int:
         return self.proj_size or self.hidden_size
 
+    @property
+    def _flat_weights_names(self) -> list:
+        """Parameter names in PyTorch's order: per layer, per direction, ``weight_ih``,
+        ``weight_hh``, then ``bias_ih``, ``bias_hh`` (with ``bias``), then ``weight_hr`` (with
+        ``proj_size``)."""
+        names = []
+        for k in range(self.num_layers):
+            for d in range(self.num_directions):
+                wi, wh, bi, bh, wr = _param_names(k, d)
+                names += (
+                    [wi, wh] + ([bi, bh] if self.bias else []) + ([wr] if self.proj_size else [])
+                )
+        return names
+
+    @property
+    def all_weights(self) -> list:
+        """The parameters per layer and direction, each a list in PyTorch's order (``weight_ih``,
+        ``weight_hh``, ``bias_ih``, ``bias_hh``, ``weight_hr`` as the layer has them), as
+        ``torch.nn.LSTM.all_weights`` (:class:`~lstm_fast.module.Parameter` objects here)."""
+        per = len(self._flat_weights_names) // (self.num_layers * self.num_directions)
+        flat = [self._parameters[n] for n in self._flat_weights_names]
+        return [flat[i : i + per] for i in range(0, len(flat), per)]
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do (PyTorch's compacts the weights for cuDNN; the kernels here pack what
+        they need per call): kept so that code written for ``torch.nn.LSTM`` runs unchanged."""
+
     def extra_repr(self) -> str:
+        """The constructor arguments that differ from the defaults, as PyTorch's ``repr``."""
         s = f"{self.input_size}, {self.hidden_size}"
         if self.proj_size:
             s += f", proj_size={self.proj_size}"
@@ -1665,6 +1693,7 @@ class _CellBase(Module):
         object.__setattr__(self, "_needed", _needed(shapes))
 
     def extra_repr(self) -> str:
+        """The constructor arguments that differ from the defaults, as PyTorch's ``repr``."""
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"

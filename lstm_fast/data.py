@@ -257,12 +257,14 @@ class Vocab:
                 count, not the joins between them).
             level: ``"char"`` (default) or ``"word"``.
             min_freq: leave out tokens seen fewer times (default 1: keep all).
-            max_size: the largest vocabulary, specials included (default None: no limit).
+            max_size: the largest vocabulary, specials included (default None: no limit); at
+                least the number of specials, 1 (or 2 with ``pad``): that many keeps them alone.
             pad: add the ``"<pad>"`` token at id 1 (default False).
             use_cython: count with the Cython loop (default None: when it is built).
 
         Raises ``TypeError`` for bytes or non-str documents, ``ValueError`` for a negative
-        ``min_freq`` / ``max_size`` or another ``level``.
+        ``min_freq``, a ``max_size`` below the number of special tokens (before the text is
+        counted) or another ``level``.
         """
         if isinstance(text, (bytes, bytearray)):  # "\n".join(b"ab") complained about an int
             raise TypeError(
@@ -286,6 +288,14 @@ class Vocab:
                 continue
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+        # the limit counts the specials: one below them cannot be met (it was ignored, and
+        # max_size=0 gave a 1-token vocabulary). Refused before the text is counted.
+        specials = ["unknown", "pad"] if pad else ["unknown"]
+        if max_size is not None and max_size < len(specials):
+            raise ValueError(
+                f"max_size: expected an int >= {len(specials)}, the number of special tokens "
+                f"({', '.join(specials)}) the vocabulary includes, got {int(max_size)}"
+            )
         if level == "char":
             joins = 0
             if not isinstance(text, str):
@@ -311,7 +321,7 @@ class Vocab:
             raise ValueError(f"level: expected 'char' or 'word', got {level!r}")
         toks = [t for t, n in toks if n >= min_freq]
         if max_size is not None:
-            toks = toks[: max(0, max_size - 1 - int(pad))]
+            toks = toks[: max_size - len(specials)]
         return cls(toks, level=level, pad=pad)
 
     def _lookup_table(self) -> np.ndarray:

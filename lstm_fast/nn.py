@@ -4,7 +4,9 @@ cross-entropy, and the recurrent layers (``LSTM``, re-exported from :mod:`lstm_f
 Every layer follows one protocol: ``y = layer(x)`` (training mode keeps what backward needs),
 ``dx = layer.backward(dy)`` returns the input gradient and accumulates (``+=``) into each
 parameter's ``.grad``; the caller zeroes (``module.zero_grad()``; a ``.grad`` set to None starts
-again from zeros, and every gradient is checked before any is changed). Arrays are float32.
+again from zeros, and every gradient is checked before any is changed). The saved forward is kept
+until the next one, so ``backward`` may be called more than once for it, each call adding again
+(PyTorch's ``retain_graph=True``; the recurrent layers' rule too). Arrays are float32.
 Shapes use the legend: ``T`` steps, ``B`` batch, ``N`` rows, ``V`` vocabulary (classes),
 ``E`` embedding size, ``I``/``O`` input/output features.
 """
@@ -211,7 +213,9 @@ class Linear(Module):
 
         Returns ``dx = dy W`` in the input's shape (float32), and accumulates (``+=``)
         ``dy^T x`` into ``weight.grad`` and the column sums of ``dy`` into ``bias.grad`` (a
-        ``.grad`` set to None starts from zeros). Raises ``RuntimeError`` when there is no saved
+        ``.grad`` set to None starts from zeros). May be called more than once for the same
+        forward: each call adds again, as the recurrent layers' backward (two losses on one
+        output; PyTorch's ``retain_graph=True``). Raises ``RuntimeError`` when there is no saved
         forward (none yet, the last one failed or ran in eval mode) or the weight was updated in
         place since (an optimizer step: run the forward again), ``ValueError`` for a ``dy`` of
         another shape, ``ValueError`` / ``TypeError`` for an unusable ``.grad`` (all checked
@@ -404,7 +408,8 @@ class Embedding(Module):
         """Accumulate the output gradient ``dy`` ((..., E), the output's shape, or (N, E)) into
         ``weight.grad``: row ``ids[n]`` gets ``dy[n]`` (``+=``; a None ``.grad`` starts from
         zeros), except the ``padding_idx`` row, which keeps what it holds. Returns None (ids
-        have no gradient).
+        have no gradient). May be called more than once for the same forward: each call adds
+        again, as the recurrent layers' backward (PyTorch's ``retain_graph=True``).
 
         Raises ``RuntimeError`` without a saved training-mode forward and ``ValueError`` for a
         ``dy`` of another shape.
@@ -671,7 +676,9 @@ def softmax_cross_entropy(
     Returns:
         ``(loss, dlogits)``: the loss as a Python float (computed in float64), and the gradient
         with the logits' shape (float32), or None when ``need_grad`` is False. With
-        ``reduction="mean"`` and every row ignored, the loss is 0.0 (PyTorch's is NaN).
+        ``reduction="mean"`` and every row ignored, the loss is 0.0 where PyTorch's is NaN
+        (0/0), so that an all-padding batch does not poison a running mean; the gradient is
+        all zeros, as PyTorch's.
 
     Raises ``ValueError`` for logits with no class axis or targets of another shape (a (B, T)
     transpose of (T, B) logits too), a bad ``reduction``; ``TypeError`` for non-integer targets
@@ -726,7 +733,8 @@ class CrossEntropyLoss(Module):
     Args:
         ignore_index: targets equal to it are left out of the loss and get a zero gradient
             (default -100, as PyTorch's; None: every row counts).
-        reduction: ``"mean"`` over the counted rows (default) or ``"sum"``.
+        reduction: ``"mean"`` over the counted rows (default; 0.0 when every row is ignored,
+            where PyTorch's is NaN, with the same all-zero gradient) or ``"sum"``.
 
     Inputs: logits (N, V) or (..., V), targets (N,) or the logits' shape without V, integer
     class ids in [0, V). Output: the loss, a float.

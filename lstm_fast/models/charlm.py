@@ -170,7 +170,9 @@ class CharLM(Module):
     def backward(self, dlogits) -> None:
         """Accumulate every parameter's gradient for the upstream gradient ``dlogits``
         (T, B, V) of the last training-mode forward (truncated BPTT: nothing flows into its
-        incoming state). Raises ``RuntimeError`` without one."""
+        incoming state). May be called more than once for the same forward: each call adds
+        again, as its layers' backward (PyTorch's ``retain_graph=True``). Raises
+        ``RuntimeError`` without one."""
         if not self._saved:
             raise RuntimeError("CharLM.backward: no saved forward (call it in training mode)")
         dy = self.drop.backward(self.decoder.backward(dlogits))

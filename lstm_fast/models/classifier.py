@@ -239,7 +239,9 @@ class SequenceClassifier(Module):
 
     def backward(self, dlogits) -> None:
         """Accumulate every parameter's gradient for ``dlogits`` (B, C), the gradient of the
-        last training-mode forward's logits. Raises ``RuntimeError`` without one."""
+        last training-mode forward's logits. May be called more than once for the same
+        forward: each call adds again, as its layers' backward (PyTorch's
+        ``retain_graph=True``). Raises ``RuntimeError`` without one."""
         if self._cache is None:
             raise RuntimeError(
                 "SequenceClassifier.backward: no saved forward (call it in training mode)"

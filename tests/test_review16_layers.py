@@ -182,3 +182,96 @@ def test_forward_embedded_quotes_the_callers_uint64_id(big):
     ok = np.array([[1, 3], [9, 2]], np.uint64)
     y, _ = layer.forward_embedded(ok, emb)
     np.testing.assert_array_equal(y, layer.forward_embedded(ok.astype(np.int64), emb)[0])
+
+
+# ---- the benchmark tools' arguments and plot --------------------------------------------------
+
+
+def _family_ratios():
+    """benchmarks/family_ratios.py of this checkout, imported as a module."""
+    import importlib.util
+    import os
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(here, "benchmarks", "family_ratios.py")
+    if not os.path.exists(script):
+        pytest.skip("benchmarks/ not in this checkout")
+    spec = importlib.util.spec_from_file_location("_family_ratios_under_test", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threads", "0"], "--threads: expected an integer in [1, "),
+        (["--budget", "nan"], "--budget: expected a finite number of seconds >= 0, got 'nan'"),
+        (["--budget", "-1"], "--budget: expected a finite number of seconds >= 0, got '-1'"),
+        (["--budget", "inf"], "--budget: expected a finite number of seconds >= 0, got 'inf'"),
+    ],
+)
+def test_family_ratios_refuses_bad_budget_and_threads(argv, message, capsys):
+    """family_ratios.py took any float as --budget (NaN: never reached, 10,000 calls of every
+    implementation; negative: silently the minimum) and --threads 0 failed with a traceback
+    from set_num_threads after the imports; now argparse refuses them before any work."""
+    mod = _family_ratios()
+
+    def started(*args, **kwargs):  # (before the fix: the run went on, NaN for ever)
+        raise AssertionError("the benchmark started")
+
+    mod.run_group = started
+    with pytest.raises(SystemExit) as exc:
+        mod.main([*argv, "--no-torch"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_refuses_an_infinite_budget():
+    """lstm-fast bench --budget inf passed the check (only NaN and <= 0 were refused) and then
+    ran every cell to its maximum repeat count."""
+    import argparse
+
+    from lstm_fast import bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    for value in ("inf", "nan", "0"):
+        err = bench._check_args(p.parse_args(["--budget", value]))
+        assert err is not None and err.startswith("--budget: expected a positive, finite number")
+    assert bench._check_args(p.parse_args(["--budget", "0.01"])) is None
+
+
+def test_bench_plot_states_its_flop_model(tmp_path, monkeypatch):
+    """The plot's axis pointed to "the FLOP model of DESIGN.md", a file this project does not
+    have; it now states the model itself (as the table's footnote does)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    from lstm_fast import bench
+
+    labels = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        labels.extend(ax.get_ylabel() for ax in fig.axes)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    report = {
+        "results": [
+            {
+                "shape": "S6",
+                "mode": "forward",
+                "threads": 1,
+                "impls": {"lstm_fast": {"status": "ok", "gflops": 50.0}},
+            }
+        ],
+        "settings": {"impls": ["lstm_fast"]},
+        "peak": [{"threads": 1, "gflops": 100.0}],
+        "machine": {"cpu_model": "test"},
+        "date": "2026-12-04T00:00:00+00:00",
+    }
+    bench.write_plot(str(tmp_path / "p.png"), report)
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert labels == ["GFLOP/s (forward 2·T·B·(I+H)·4H FLOP, training 3x)"]

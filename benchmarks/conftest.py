@@ -6,7 +6,7 @@ Every test measures one call; tests of the same shape, mode and thread count sha
 side by side. Peers that are not installed are skipped.
 
 Environment:
-    LSTM_FAST_BENCH_SHAPES   canonical shapes of DESIGN.md, e.g. ``S1,S6`` or ``all``
+    LSTM_FAST_BENCH_SHAPES   canonical shapes of ``lstm-fast bench``, e.g. ``S1,S6`` or ``all``
                              (default ``S1,S4,S5,S6``)
     LSTM_FAST_BENCH_THREADS  thread counts, e.g. ``1,2`` (default: 1 and the core count)
 """

@@ -173,10 +173,44 @@ def vs_torch(fig: dict, key: str, label: str, t: dict, target: str) -> None:
     print(f"{line}  (target {target})", flush=True)
 
 
+def _seconds(text: str) -> float:
+    """--budget: a finite number of seconds >= 0 (0: each implementation's minimum repeats).
+    A NaN budget is never reached (10,000 calls each), a negative one passed silently."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return v
+
+
+def _threads(text: str) -> int:
+    """--threads: an integer in [1, the core's limit] (0 failed with a traceback after the
+    imports, in lstm_fast.set_num_threads)."""
+    limit = lstm_fast._core.max_threads()
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= limit:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {limit}], got {text!r}")
+    return n
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", type=float, default=2.0, help="seconds per implementation")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--budget",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds of timed calls per implementation and group, >= 0 (default 2; 0: only "
+        "the minimum of 5 calls each, the shortest run)",
+    )
+    p.add_argument(
+        "--threads", type=_threads, default=2, help="threads of both libraries (default 2)"
+    )
     p.add_argument("--no-torch", action="store_true", help="leave torch out")
     args = p.parse_args(argv)
     torch = None

@@ -506,8 +506,8 @@ def _unwritable(path: str) -> str | None:
 def _check_args(args: argparse.Namespace) -> str | None:
     """Errors argparse cannot express; None when fine. Checked before anything runs, so a bad
     option never costs a whole benchmark."""
-    if args.budget is not None and not args.budget > 0:
-        return f"--budget: expected a positive number of seconds, got {args.budget}"
+    if args.budget is not None and not 0 < args.budget < float("inf"):  # (NaN fails too)
+        return f"--budget: expected a positive, finite number of seconds, got {args.budget}"
     if args.repeats is not None and args.repeats < 1:
         return f"--repeats: expected an integer >= 1, got {args.repeats}"
     if args.peak_size is not None and not 16 <= args.peak_size <= MAX_PEAK_SIZE:
@@ -878,7 +878,7 @@ def write_plot(path: str, report: dict) -> None:
     ax.set_yscale("log")
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("GFLOP/s (FLOP model of DESIGN.md)")
+    ax.set_ylabel("GFLOP/s (forward 2·T·B·(I+H)·4H FLOP, training 3x)")
     m = report["machine"]
     ax.set_title(f"lstm_fast bench — {m['cpu_model']}, {report['date'][:10]}", fontsize=9)
     ax.legend(fontsize=7)

@@ -106,23 +106,76 @@ def _check(check_finite) -> bool:
     return bool(check_finite)
 
 
+def _nonfinite_at(a: np.ndarray, real=None):
+    """The first NaN or +-Inf of the floating array ``a`` in C order, as ``(index, is_nan)``,
+    or None. ``real``: optional boolean array of ``a``'s leading dimensions, True where the
+    kernels read ``a`` (the steps within each sequence's length); elements elsewhere (padding)
+    are not looked at. Float32 C-contiguous arrays are scanned by the core, others by NumPy; a
+    hit in the padding costs one gather of the real rows (vectorised, no loop over T * B)."""
+    if a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned:
+        hit = _core._find_nonfinite(a)
+        if hit is None:
+            return None
+        at, is_nan = hit
+    else:
+        flat = a.ravel(order="C")
+        bad = np.flatnonzero(~np.isfinite(flat))
+        if not bad.size:
+            return None
+        at, is_nan = int(bad[0]), bool(np.isnan(flat[bad[0]]))
+    where = tuple(int(i) for i in np.unravel_index(at, a.shape))
+    if real is None or real[where[: real.ndim]]:
+        return where, is_nan  # the first non-finite element of all is a real one
+    rows = np.flatnonzero(real)  # real positions of the leading dimensions, in C order
+    sub = a.reshape((-1,) + a.shape[real.ndim :])[rows]  # (N, ...) the real rows, a copy
+    hit = _nonfinite_at(sub)
+    if hit is None:
+        return None  # NaN/Inf in the padding only: never read
+    (r, *rest), is_nan = hit
+    lead = tuple(int(i) for i in np.unravel_index(int(rows[r]), real.shape))
+    return lead + tuple(rest), is_nan
+
+
 def _finite(**arrays) -> None:
     """Raise ValueError naming the first argument that holds NaN or +-Inf. Float32
     C-contiguous arrays are scanned by the core; other floating arrays (the layers' views) by
     NumPy; anything else is left to the core's own argument checks."""
     for name, a in arrays.items():
-        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fc":
-            continue
-        hit = _core._find_nonfinite(a)
-        if hit is None and not (a.dtype == np.float32 and a.flags.c_contiguous):
-            bad = np.flatnonzero(~np.isfinite(a.ravel(order="C")))
-            hit = (int(bad[0]), bool(np.isnan(a.ravel(order="C")[bad[0]]))) if bad.size else None
-        if hit is not None:
-            at, is_nan = hit
-            where = tuple(int(i) for i in np.unravel_index(at, a.shape))
-            raise ValueError(
-                f"{name}: expected finite values, got {'NaN' if is_nan else 'Inf'} at index {where}"
-            )
+        _finite_real(name, a)
+
+
+def _finite_real(name, a, real=None) -> None:
+    """:func:`_finite` of one argument, looking only where ``real`` is True (see
+    :func:`_nonfinite_at`; ``real`` must match ``a``'s leading dimensions)."""
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fc":
+        return
+    hit = _nonfinite_at(a, real)
+    if hit is not None:
+        where, is_nan = hit
+        raise ValueError(
+            f"{name}: expected finite values, got {'NaN' if is_nan else 'Inf'} at index {where}"
+        )
+
+
+def _real_steps(x, batch_sizes, sorted_indices=None):
+    """check_finite with ``batch_sizes``: the (T, B) mask of the steps of ``x`` (in x's own
+    batch order, through ``sorted_indices``) the kernels read, or None (scan all of x) when x
+    or the lengths are not what the core takes: the core then reports the bad argument."""
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or batch_sizes is None:
+        return None
+    T, B = x.shape[:2]
+    bs = batch_sizes
+    if bs.shape != (T,) or (T and (bs.min() < 0 or bs.max() > B or (np.diff(bs) > 0).any())):
+        return None
+    real = np.arange(B)[None, :] < bs[:, None]  # row r of the sorted batch runs step t
+    if sorted_indices is None:
+        return real
+    order = sorted_indices
+    if order.shape != (B,) or not np.array_equal(np.sort(order), np.arange(B)):
+        return None
+    out = np.empty_like(real)
+    out[:, order] = real  # sorted row r is x's row order[r]
+    return out
 
 
 def lstm_forward(
@@ -161,7 +214,8 @@ def lstm_forward(
             hold each row's state after its last real step, padding values of x are never read
             and no arithmetic is spent on them.
         check_finite: raise ``ValueError`` naming the argument if any float32 input holds NaN
-            or +-Inf (default False: they propagate into the outputs as NaN/Inf).
+            or +-Inf (default False: they propagate into the outputs as NaN/Inf); with
+            ``batch_sizes`` only the steps of x that are read count, not its padding.
         weight_hr: optional (P, H) projection of the hidden state, 0 < P < H (PyTorch's
             ``proj_size``, parameter ``weight_hr_l{k}``): h_t = m_t W_hr^T has P features.
         sorted_indices: optional, with ``batch_sizes`` (not with ``weight_hr``): a (B,)
@@ -207,8 +261,9 @@ def lstm_forward(
     sorted_indices = _int_vector("sorted_indices", sorted_indices)
     if sorted_indices is not None and weight_hr is not None:
         raise ValueError("sorted_indices: not supported with weight_hr (sort x's rows first)")
-    if _check(check_finite):
-        _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    if _check(check_finite):  # x only at the steps of each sequence (padding is never read)
+        _finite_real("x", x, _real_steps(x, batch_sizes, sorted_indices))
+        _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
         _finite(h0=h0, c0=c0)
     if weight_hr is not None:
         if check_finite:
@@ -367,8 +422,12 @@ def gru_forward(
         >>> y.shape
         (5, 3, 20)
     """
-    if _check(check_finite):
-        _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    check = _check(check_finite)
+    training = _training(training)
+    batch_sizes = _batch_sizes(batch_sizes)
+    if check:  # x only at the steps of each sequence (padding is never read)
+        _finite_real("x", x, _real_steps(x, batch_sizes))
+        _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
         _finite(h0=h0)
     return _core.gru_forward(
         x,
@@ -377,8 +436,8 @@ def gru_forward(
         bias_ih,
         bias_hh,
         h0,
-        _training(training),
-        _batch_sizes(batch_sizes),
+        training,
+        batch_sizes,
     )
 
 
@@ -418,8 +477,12 @@ def rnn_forward(
     """
     if not isinstance(nonlinearity, str):
         raise TypeError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-    if _check(check_finite):
-        _finite(x=x, weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+    check = _check(check_finite)
+    training = _training(training)
+    batch_sizes = _batch_sizes(batch_sizes)
+    if check:  # x only at the steps of each sequence (padding is never read)
+        _finite_real("x", x, _real_steps(x, batch_sizes))
+        _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
         _finite(h0=h0)
     return _core.rnn_forward(
         x,
@@ -429,8 +492,8 @@ def rnn_forward(
         bias_hh,
         h0,
         nonlinearity,
-        _training(training),
-        _batch_sizes(batch_sizes),
+        training,
+        batch_sizes,
     )
 
 

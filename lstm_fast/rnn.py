@@ -27,7 +27,7 @@ import numpy as np
 from . import ops
 from .module import FRESH_GRAD_LOCK as _FRESH_GRAD_LOCK
 from .module import Module, Parameter, _from_torch, check_versions, make_rng, saved_versions
-from .ops import _finite
+from .ops import _finite, _finite_real
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -205,6 +205,7 @@ def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
 
 
 _F32 = np.dtype(np.float32)
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 # Parameter names of layer 0's forward direction, in _Direction.forward's order.
@@ -216,6 +217,13 @@ def _param_names(k: int, d: int) -> tuple:
 
 
 _LAYER0_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0")
+
+
+def _real_steps(lens: np.ndarray, T: int, batch_first: bool) -> np.ndarray:
+    """check_finite with lengths: the (T, B) mask ((B, T) ``batch_first``) of the steps the
+    kernels read, True for step t of sequence b while t < lens[b]; its padding is never read."""
+    real = np.arange(T)[:, None] < lens[None, :]
+    return real.T if batch_first else real
 
 
 def _saved_meta(T: int, B: int, batch_first: bool, **given: Any) -> dict:
@@ -861,8 +869,14 @@ class _RNNBase(Module):
             _ = torch  # imported for PackedSequence construction below
         else:
             x = _as_float32("input", input)
+        given = x  # as the caller laid it out, for check_finite's messages
         if self.check_finite:
-            _guard_finite(self, input=x, hx=hx)
+            # A PackedSequence's data holds real steps only: its index is the caller's. With
+            # lengths, x is checked below at the real steps only (its padding is never read).
+            if packed is not None:
+                _guard_finite(self, input=packed, hx=hx)
+            else:
+                _guard_finite(self, input=x if lengths is None else None, hx=hx)
         D = self.num_directions
         if x.ndim == 2 and packed is None:
             unbatched = True
@@ -890,8 +904,11 @@ class _RNNBase(Module):
         h0, c0 = self._states_in(hx, B, unbatched)
         order = inv = bs = rev = None
         fused = False
+        lens = given_lens = None
         if lengths is not None:
-            lens = _lengths_of(lengths, T, B)
+            lens = given_lens = _lengths_of(lengths, T, B)
+            if self.check_finite and packed is None:
+                _finite_real("input", given, _real_steps(lens, T, self.batch_first))
             order = np.argsort(-lens, kind="stable")
             inv = np.argsort(order)
             lens = lens[order]
@@ -928,6 +945,7 @@ class _RNNBase(Module):
                 rev=rev,
                 packed=packed,
                 fused=fused,
+                lengths=given_lens,  # (B,) in the caller's order, or None
             )
             meta["versions"] = saved_versions(self)
             object.__setattr__(self, "_saved", (saved, meta))
@@ -1004,6 +1022,11 @@ class _RNNBase(Module):
         T, B = ids.shape
         training = self.training
         h0, c0 = self._states_in(hx, B, False)
+        if ids.dtype.kind == "u" and ids.dtype.itemsize >= 8 and ids.max() > _INT64_MAX:
+            # int64 would wrap these to negative numbers: quote the caller's first bad value
+            flat = ids.ravel()
+            bad = flat[int(np.argmax(flat >= weight.shape[0]))]
+            raise IndexError(f"ids: expected values in [0, V={weight.shape[0]}), got {bad}")
         ids64 = np.ascontiguousarray(ids, dtype=np.int64)
 
         def first(w, h0_0, c0_0):
@@ -1107,9 +1130,20 @@ class _RNNBase(Module):
         need_dx = ops._need_dx(need_dx)
         if not self._has_cell and dc_n is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc_n must be None")
-        if self.check_finite:
-            _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
         saved, meta = self._saved
+        if self.check_finite:
+            lens = meta.get("lengths")
+            if lens is not None and dy is not None and not _is_packed(dy):
+                # the padded dy of a forward with lengths: only its real steps are read
+                view = _finite_view(dy)
+                real = _real_steps(lens, meta["T"], meta["batch_first"] and meta["packed"] is None)
+                if isinstance(view, np.ndarray) and view.shape[:2] == real.shape:
+                    _finite_real("dy", view, real)
+                    _guard_finite(None, dh_n=dh_n, dc_n=dc_n)
+                else:
+                    _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
+            else:
+                _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
         check_versions(f"{type(self).__name__}.backward", meta.get("versions", ()))
         if (
             len(saved) == 2

@@ -77,7 +77,32 @@ bool cpu_has_avx512() {
   if (!(f && dq && bw && vl)) return false;
   return (xgetbv0() & 0xe6) == 0xe6;  // OS saves opmask and ZMM state
 }
+
+// AMD family 19h (Zen 3 and Zen 4; of these only Zen 4 has AVX-512), whose FMA units are 256
+// bits wide: a 512-bit FMA issues at one per cycle, half the rate of Intel's AVX-512 cores and
+// AMD Zen 5.
+bool cpu_fma512_half_rate() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  const bool amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
+  if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const unsigned base = (a >> 8) & 0xf, ext = (a >> 20) & 0xff;
+  return (base == 0xf ? base + ext : base) == 0x19;
+}
 #endif
+
+}  // namespace
+
+bool fma512_half_rate() {
+#if defined(LSTM_FAST_X86)
+  static const bool half = cpu_fma512_half_rate();
+  return half;
+#else
+  return false;
+#endif
+}
+
+namespace {
 
 const Kernels* table_for(const std::string& name) {
   if (name == "scalar") return &kernels_scalar();

@@ -106,6 +106,10 @@ void set_num_threads(int n);  // n >= 1
 // Recurrence schedule override (LSTM_FAST_SCHEDULE=auto|units|batch|serial), read at import.
 enum class Schedule { kAuto, kUnits, kBatch, kSerial };
 
+// True on CPUs whose 512-bit FMA runs at half the rate of two 512-bit FMA units (AMD Zen 4: its
+// FMA units are 256 bits wide); false elsewhere and off x86.
+bool fma512_half_rate();
+
 // Bytes of one core's L2 cache (sysconf; 1 MiB when the system does not say).
 index_t l2_cache_bytes();
 // Bytes of one core's L1 data cache (sysconf; 32 KiB when the system does not say).

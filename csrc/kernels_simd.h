@@ -861,13 +861,28 @@ LF_INLINE void lstm_rows_chunk(const StepArgs& a, int rr, index_t row, index_t u
   }
 }
 
-// Depth chunk: KC x 4 gates x W floats of packed W_hh stay in L1 while a block of RB rows
-// streams through it: 32 KiB where the L1 data cache holds 48 KiB or more (AMD Zen 5, Intel
-// since Ice Lake), else 16 KiB (Zen 4, Skylake). Fewer, longer chunks load and store the
+// Depth chunk sized for L1: KC x 4 gates x W floats of packed W_hh stay in L1 while a block of
+// RB rows streams through it: 32 KiB where the L1 data cache holds 48 KiB or more (AMD Zen 5,
+// Intel since Ice Lake), else 16 KiB (Zen 4, Skylake). Fewer, longer chunks load and store the
 // partial sums less often: AMD EPYC Zen 5, 1 thread, B = 64, H = 512: 170-175 -> 181-182
 // GFLOP/s; B = 32, H = 256: 157-165 -> 170-172 (40 KiB chunks: no better).
-inline index_t depth_chunk() {
+inline index_t l1_depth_chunk() {
   static const index_t kc = (l1d_cache_bytes() >= (48 << 10) ? 8192 : 4096) / (4 * W);
+  return kc;
+}
+
+// The depth chunk of the chunked sweep. Where a 512-bit FMA issues at one per cycle (Zen 4), a
+// 6-row tile's 24 FMAs per k take 24 cycles and its 4 panel vectors (256 bytes) can stream
+// from L2 (32 bytes per cycle) at a third of its rate, so the panels need not stay in L1: chunks
+// of up to 512 (128 KiB of panel) save the partial sums' loads and stores. AMD EPYC Zen 4, 1
+// thread, step probe, GFLOP/s for chunks of 64 / 128 / 256 / 512: B = 64, H = 512: 102 / 106 /
+// 109 / 110; B = 32, H = 256: 100 / 101 / 104.5 / 104.5; B = 16, H = 100: 86 / 88 / 88 / 88;
+// 2 threads, B = 64, H = 512: 204 -> 216-219 (512). The AVX2 kernels (12 FMAs per 4 panel
+// vectors, two FMAs per cycle) would need two thirds of L2's rate and gain nothing (101 / 100 /
+// 102 / 102 at B = 64, H = 512; 96 / 93 / 93 / 93 at B = 32, H = 256): they keep the L1 chunk,
+// as do CPUs with two full-width 512-bit FMA units.
+inline index_t depth_chunk() {
+  static const index_t kc = W == 16 && fma512_half_rate() ? 512 : l1_depth_chunk();
   return kc;
 }
 constexpr index_t RB = 8 * ROWS;
@@ -924,7 +939,7 @@ void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1,
   // accumulators on the stack and ran at half the speed (T=100, B=16, H=96).
   // A single row: whole-depth tiles at any depth (six unit blocks per tile keep 24 accumulators
   // in flight; a chunked one-row tile has only four: T=500, B=1, H=128 1.26 -> 1.10 ms).
-  const index_t KC = depth_chunk();
+  const index_t KC = l1_depth_chunk();
   if ((K <= KC + KC / 2 && rows < ROWS) || rows == 1)
     lstm_fwd_full(a, rows, ub0, ub1);
   else

@@ -104,8 +104,9 @@ def test_optional_arguments(isa, bias, state, upstream):
 # The last unit block of W_hh's packed panels: full, packed densely (its n < W units' four gates
 # side by side, when 4n <= 3W), or padded (4n > 3W). Hidden sizes whose last block holds each
 # number of units for W = 4, 8 and 16, with 1-5 rows (whole-depth tiles), 7 and 13 rows (depth
-# chunks) and a depth of 200+ (chunks at any row count).
-@pytest.mark.parametrize("H", [1, 3, 4, 5, 9, 12, 13, 15, 16, 20, 28, 29, 31, 100, 205, 211])
+# chunks) and a depth of 200+ (chunks at any row count; 530: chunks of 512 and 18 where the
+# chunked sweep walks the depth in chunks of 512, AVX-512 on AMD Zen 4).
+@pytest.mark.parametrize("H", [1, 3, 4, 5, 9, 12, 13, 15, 16, 20, 28, 29, 31, 100, 205, 211, 530])
 @pytest.mark.parametrize("B", [1, 3, 7, 13])
 def test_last_unit_block_layouts(isa, H, B):
     rng = np.random.default_rng(1000 * H + B)

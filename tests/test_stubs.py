@@ -463,6 +463,14 @@ def test_core_stub_covers_every_binding():
     assert len(stub.names()) == len(runtime_names(_core)) >= 37
 
 
+def test_package_declares_its_types():
+    """PEP 561: the py.typed marker sits in the package next to the stubs (a source checkout or
+    an installed wheel), so type checkers read lstm_fast's annotations and the compiled modules'
+    stubs instead of treating the package as untyped."""
+    marker = Path(_core.__file__).parent / "py.typed"
+    assert marker.is_file(), f"no PEP 561 marker at {marker}"
+
+
 def test_pybind_signature_parser():
     params, ret = pybind_signature(_core.lstm_backward)
     assert [p.name for p in params][:4] == ["cache", "dy", "dh_n", "dc_n"]

@@ -339,6 +339,12 @@ inline py::object check_sorted_indices(py::handle obj, const py::object& batch_s
   return std::move(copy);
 }
 
+// A cache's private int64 vector (batch_sizes, sorted_indices) for Python: None, or a copy (the
+// cache's own must not change under the backward that reads it).
+inline py::object vector_copy(const py::object& o) {
+  return !o || o.is_none() ? py::none() : o.attr("copy")();
+}
+
 inline const int64_t* order_ptr(const py::object& o) {
   return static_cast<const int64_t*>(data_of(o));
 }

@@ -642,6 +642,12 @@ PYBIND11_MODULE(_core, m) {
           "(PackedSequence's data layout: step t's batch_sizes[t] rows follow step t-1's); rows "
           "past sum(batch_sizes) are unused.")
       .def_property_readonly("cells", [](const LSTMCache& c) { return c.cells; })
+      .def_property_readonly(
+          "batch_sizes", [](const LSTMCache& c) { return vector_copy(c.batch_sizes); },
+          "The forward's batch_sizes (int64 (T,), a copy), or None.")
+      .def_property_readonly(
+          "sorted_indices", [](const LSTMCache& c) { return vector_copy(c.order); },
+          "The forward's sorted_indices (int64 (B,), a copy), or None.")
       .def_property_readonly("nbytes",
                              [](const LSTMCache& c) { return c.gates.nbytes() + c.cells.nbytes(); })
       .def("__repr__", [](const LSTMCache& c) {

@@ -235,6 +235,9 @@ void bind_cache(py::module_& m, const char* name) {
                              [](const Cache& c) {
                                return (c.gates == 3 ? c.gate_acts.nbytes() + c.hwn.nbytes() : 0);
                              })
+      .def_property_readonly(
+          "batch_sizes", [](const Cache& c) { return vector_copy(c.batch_sizes); },
+          "The forward's batch_sizes (int64 (T,), a copy), or None.")
       .def("__repr__", [name](const Cache& c) {
         std::ostringstream os;
         os << name << "(T=" << c.s.T << ", B=" << c.s.B << ", I=" << c.s.I << ", H=" << c.s.H

@@ -219,6 +219,9 @@ void bind_lstm_proj(py::module_& m) {
       .def_property_readonly("gates", [](const LSTMProjCache& c) { return c.gates; })
       .def_property_readonly("cells", [](const LSTMProjCache& c) { return c.cells; })
       .def_property_readonly("m", [](const LSTMProjCache& c) { return c.m; })
+      .def_property_readonly(
+          "batch_sizes", [](const LSTMProjCache& c) { return vector_copy(c.batch_sizes); },
+          "The forward's batch_sizes (int64 (T,), a copy), or None.")
       .def_property_readonly("nbytes",
                              [](const LSTMProjCache& c) {
                                return c.gates.nbytes() + c.cells.nbytes() + c.m.nbytes();

@@ -36,6 +36,12 @@ class LSTMCache:
     def cells(self) -> _F32:
         """(T, B, H) cell states."""
     @property
+    def batch_sizes(self) -> Optional[_I64]:
+        """The forward's batch_sizes (int64 (T,), a copy), or None."""
+    @property
+    def sorted_indices(self) -> Optional[_I64]:
+        """The forward's sorted_indices (int64 (B,), a copy), or None."""
+    @property
     def nbytes(self) -> int:
         """Bytes of the saved gates and cells."""
 
@@ -55,6 +61,9 @@ class LSTMProjCache:
     def m(self) -> _F32:
         """(T, B, H) o * tanh(c), before the projection."""
     @property
+    def batch_sizes(self) -> Optional[_I64]:
+        """The forward's batch_sizes (int64 (T,), a copy), or None."""
+    @property
     def nbytes(self) -> int:
         """Bytes of the saved gates, cells and m."""
 
@@ -65,6 +74,9 @@ class GRUCache:
     def shape(self) -> tuple[int, int, int, int]:
         """(T, B, I, H)."""
     @property
+    def batch_sizes(self) -> Optional[_I64]:
+        """The forward's batch_sizes (int64 (T,), a copy), or None."""
+    @property
     def nbytes(self) -> int:
         """Bytes of the saved activations."""
 
@@ -74,6 +86,9 @@ class RNNCache:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """(T, B, I, H)."""
+    @property
+    def batch_sizes(self) -> Optional[_I64]:
+        """The forward's batch_sizes (int64 (T,), a copy), or None."""
     @property
     def nbytes(self) -> int:
         """0: the RNN saves nothing of its own (its backward reads y)."""

@@ -19,6 +19,7 @@ __all__ = ["LSTMGrads", "lstm_forward", "lstm_backward", "gemm", "LSTMCache", "L
 
 LSTMCache = _core.LSTMCache
 LSTMProjCache = _core.LSTMProjCache
+_CACHES = (_core.LSTMCache, _core.LSTMProjCache, _core.GRUCache, _core.RNNCache)
 
 
 class _LSTMGradsTuple(NamedTuple):
@@ -178,6 +179,15 @@ def _real_steps(x, batch_sizes, sorted_indices=None):
     return out
 
 
+def _finite_dy(cache, dy) -> None:
+    """check_finite of a backward's ``dy``: with the forward's ``batch_sizes`` only at the steps
+    the kernels read (a padded step's gradient is never read, as the forward never reads x's
+    padding); anything that is no cache is left to the core to report."""
+    bs = getattr(cache, "batch_sizes", None) if isinstance(cache, _CACHES) else None
+    order = getattr(cache, "sorted_indices", None) if bs is not None else None
+    _finite_real("dy", dy, _real_steps(dy, bs, order))
+
+
 def lstm_forward(
     x,
     weight_ih,
@@ -308,10 +318,13 @@ def lstm_backward(
         the same.
 
         ``check_finite=True`` raises ``ValueError`` naming the upstream gradient that holds
-        NaN or +-Inf.
+        NaN or +-Inf (after a forward with ``batch_sizes``, ``dy`` only at the steps the
+        kernels read: its padding is never read; the cache's ``batch_sizes`` and
+        ``sorted_indices`` say which).
     """
     if _check(check_finite):
-        _finite(dy=dy, dh_n=dh_n, dc_n=dc_n)
+        _finite_dy(cache, dy)
+        _finite(dh_n=dh_n, dc_n=dc_n)
     if isinstance(cache, LSTMProjCache):
         return LSTMGrads(
             *_core.lstm_proj_backward(cache, dy, dh_n, dc_n, need_dx=_need_dx(need_dx))
@@ -446,7 +459,8 @@ def gru_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False)
     allocated. Unlike the LSTM's, the two bias gradients differ (b_hn is scaled by r).
     ``need_dx=False``: ``dx`` is None and its GEMM is skipped (as in :func:`lstm_backward`)."""
     if _check(check_finite):
-        _finite(dy=dy, dh_n=dh_n)
+        _finite_dy(cache, dy)
+        _finite(dh_n=dh_n)
     return GRUGrads(*_core.gru_backward(cache, dy, dh_n, need_dx=_need_dx(need_dx)))
 
 
@@ -501,5 +515,6 @@ def rnn_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False)
     """Backward (BPTT) through a training :func:`rnn_forward`: :class:`RNNGrads` (the two bias
     gradients are equal). ``need_dx=False``: ``dx`` is None and its GEMM is skipped."""
     if _check(check_finite):
-        _finite(dy=dy, dh_n=dh_n)
+        _finite_dy(cache, dy)
+        _finite(dh_n=dh_n)
     return RNNGrads(*_core.rnn_backward(cache, dy, dh_n, need_dx=_need_dx(need_dx)))

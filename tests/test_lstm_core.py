@@ -257,6 +257,39 @@ def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, 
             assert a.tobytes() == b.tobytes(), f"threads={n} schedule={sched} differs"
 
 
+# The batch split without lengths: each thread computes its own rows' input projection, chunk by
+# chunk, inside its recurrence's team region. Inference and training, one chunk and several
+# (T * B * 4H above 2^20 floats: chunks of 2^18), with and without bias, row counts that leave
+# the threads unequal shares: bitwise the serial results, and the float64 reference.
+@pytest.mark.parametrize(
+    "T,B,I,H,bias",
+    [(7, 8, 5, 16, True), (600, 9, 5, 64, True), (300, 13, 19, 33, False), (40, 64, 20, 100, True)],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_split_own_projection(isa, schedule, T, B, I, H, bias, training):
+    rng = np.random.default_rng(T + B + H)
+    x, w, h0, c0 = make_problem(rng, T, B, I, H, bias=bias)
+    x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))
+    w = {k: None if v is None else f32(v).astype(np.float64) for k, v in w.items()}
+    args = [None if a is None else f32(a) for a in (x, *w.values(), h0, c0)]
+    before = lstm_fast.get_num_threads()
+    outs = []
+    try:
+        for n, sched in [(1, "auto"), (2, "batch"), (3, "batch")]:
+            lstm_fast.set_num_threads(n)
+            schedule(sched)
+            outs.append(ops.lstm_forward(*args, training=training)[:3])
+    finally:
+        lstm_fast.set_num_threads(before)
+    ry, rhn, rcn, _ = reference.lstm_forward(x, *w.values(), h0, c0)
+    np.testing.assert_allclose(outs[0][0], ry, **FWD_TOL)
+    np.testing.assert_allclose(outs[0][1], rhn, **FWD_TOL)
+    np.testing.assert_allclose(outs[0][2], rcn, **FWD_TOL)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
 @pytest.mark.parametrize("state", [True, False])
 @pytest.mark.parametrize(
     "T,B,I,H",

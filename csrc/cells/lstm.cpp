@@ -21,10 +21,12 @@ constexpr index_t kKCb = 256;
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
-// W_ih^T is packed once per call when the projection runs in more than one chunk of steps
-// (else the single GEMM packs it itself): floats of that packed copy.
+// W_ih^T is packed once per call (by all threads) when the projection runs in more than one
+// chunk of steps, or when the threads may split the batch (then each computes its own rows'
+// projection, see lstm_forward); else the single GEMM packs it itself: floats of that copy.
 index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {
-  if (chunk_steps(s) >= s.T) return 0;
+  const bool batch_split = s.B >= 8 && 16.0 * s.H * s.H <= 2.0 * (1 << 20);  // may be chosen
+  if (chunk_steps(s) >= s.T && !batch_split) return 0;
   return (4 * s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
 }
 
@@ -313,6 +315,45 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1 && H >= 64)
 #endif
     for (index_t ub = 0; ub < nub; ++ub) pack_lstm_panels(kern, H, H, ub, W_hh, Wp);
+  }
+
+  // The batch split without batch_sizes: each thread computes the input projection of its own
+  // rows, chunk by chunk, in the team region of its recurrence (no fork and join per chunk),
+  // so the pre-activations it reads are in its own cache rather than half of them in the other
+  // core's, as after a GEMM that splits the chunk's rows its own way. The same products, each
+  // element summed in the same order: results are bitwise those of the shared GEMM.
+  if (sched == Schedule::kBatch && P > 1 && !bs && !ids && Wip) {
+    std::vector<float> bias;
+    if (b_ih || b_hh) {
+      bias.resize(static_cast<std::size_t>(G));
+      for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+    }
+    run_team(P, [&] {
+      DenormalGuard ftz;
+      const int p = team_id(), np = team_size();
+      index_t r0 = 0, r1 = B;
+      balanced_rows(nullptr, 0, T, B, kLengthsRowGrain, p, np, &r0, &r1);
+      if (r1 <= r0) return;
+      for (index_t t0 = 0; t0 < T; t0 += TC) {
+        const index_t t1 = std::min(T, t0 + TC);
+        float* xp = training ? gates + t0 * B * G : xp_buf;
+        for (index_t t = t0; t < t1; ++t)
+          gemm_packed_serial(kern, r1 - r0, G, I, MatView{x + (t * B + r0) * I, I, 1},
+                             MatView{W_ih, 1, I}, xp + ((t - t0) * B + r0) * G, G,
+                             bias.empty() ? nullptr : bias.data(), Wip);
+        for (index_t t = t0; t < t1; ++t) {
+          const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+          const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+          float* c_out = training ? cells + t * B * H : state;
+          float* xp_t = xp + (t - t0) * B * G;
+          kern.lstm_fwd_rows(r1 - r0, H, H, 0, nub, y + (t * B + r0) * H, H, c_out + r0 * H,
+                             training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
+                             c_prev + r0 * H, xp_t + r0 * G, Wp);
+        }
+      }
+    });
+    final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs, order);
+    return;
   }
 
   index_t off0 = 0;  // packed row of step t0's row 0

@@ -488,6 +488,12 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
   }
 }
 
+void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
+                        float* C, index_t ldc, const float* bias, const float* Bpre) {
+  DenormalGuard ftz;
+  gemm_serial_bias(kern, M, N, K, A, B, C, ldc, false, bias, Bpre);
+}
+
 void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                 float* C, index_t ldc, const float* b1, const float* b2, int nthreads,
                 const float* Bpre) {

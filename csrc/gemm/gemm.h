@@ -35,6 +35,12 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
           index_t ldc, bool accumulate, int nthreads, const float* bias = nullptr,
           const float* Bpre = nullptr, float* a_sums = nullptr);
 
+// C = bias + op(A) . op(B) (bias may be null) on the calling thread, always through the packed
+// micro-tiles, also for the one or two rows gemm() computes as dot products: each element is
+// bitwise what gemm() gives it in a product of more rows (Bpre as in gemm).
+void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
+                        float* C, index_t ldc, const float* bias, const float* Bpre = nullptr);
+
 // C = b1 + b2 + op(A) . op(B), either bias may be null (then zeros): the hoisted input
 // projection of every recurrent core (biases summed once, as b1[j] + b2[j]).
 void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,

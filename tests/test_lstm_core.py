@@ -258,12 +258,19 @@ def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, 
 
 
 # The batch split without lengths: each thread computes its own rows' input projection, chunk by
-# chunk, inside its recurrence's team region. Inference and training, one chunk and several
-# (T * B * 4H above 2^20 floats: chunks of 2^18), with and without bias, row counts that leave
-# the threads unequal shares: bitwise the serial results, and the float64 reference.
+# chunk, inside its recurrence's team region (from MR rows per thread: 12 with AVX-512, 6 AVX2,
+# 4 scalar). Inference and training, one chunk and several (T * B * 4H above 2^20 floats:
+# chunks of 2^18), with and without bias, row counts that leave the threads unequal shares, and
+# fewer rows than that (the shared GEMM): bitwise the serial results, and the float64 reference.
 @pytest.mark.parametrize(
     "T,B,I,H,bias",
-    [(7, 8, 5, 16, True), (600, 9, 5, 64, True), (300, 13, 19, 33, False), (40, 64, 20, 100, True)],
+    [
+        (7, 8, 5, 16, True),
+        (7, 40, 5, 16, True),
+        (600, 37, 5, 64, True),
+        (300, 26, 19, 33, False),
+        (40, 64, 20, 100, True),
+    ],
 )
 @pytest.mark.parametrize("training", [False, True])
 def test_batch_split_own_projection(isa, schedule, T, B, I, H, bias, training):

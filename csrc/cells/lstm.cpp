@@ -321,8 +321,14 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // rows, chunk by chunk, in the team region of its recurrence (no fork and join per chunk),
   // so the pre-activations it reads are in its own cache rather than half of them in the other
   // core's, as after a GEMM that splits the chunk's rows its own way. The same products, each
-  // element summed in the same order: results are bitwise those of the shared GEMM.
-  if (sched == Schedule::kBatch && P > 1 && !bs && !ids && Wip) {
+  // element summed in the same order: results are bitwise those of the shared GEMM. One
+  // product per step and thread: with fewer rows per thread than a micro-tile (MR) the shared
+  // GEMM's full tiles win. In-process A/B, 2 threads, AMD EPYC Zen 4, forward: S1 (16 rows per
+  // thread) 0.898x and 0.903x the time, (100, 64, 128, 128) 0.837x, training S1 0.949x; S6 (8
+  // rows per thread) 1.017x, hence the bound. With the other vCPU busy (another process's
+  // build and tests), S1 training took 0.51x the time in one such A/B: one parallel region per
+  // call instead of two per chunk.
+  if (sched == Schedule::kBatch && P > 1 && !bs && !ids && Wip && B >= P * kern.MR) {
     std::vector<float> bias;
     if (b_ih || b_hh) {
       bias.resize(static_cast<std::size_t>(G));

@@ -591,3 +591,54 @@ def test_packed_dropout_draws_torchs_masks(kind, kw):
     for a, b in zip(rdw, fdw):
         _close(a, b, GRAD_TOL, "weight grad")
     assert rnext == fnext
+
+
+_THREADS_SCRIPT = """
+import sys, threading
+if sys.argv[1] == "lstm_fast first":
+    import lstm_fast, torch
+else:
+    import torch, lstm_fast
+import lstm_fast.torch as lft
+seen = []
+for n in (1, 2, 1):
+    torch.set_num_threads(n)
+    seen.append(lstm_fast.get_num_threads())
+x = torch.randn(5, 2, 3)
+other = []
+def worker():  # a new thread whose first op is lstm_fast's
+    lft.LSTM(3, 4)(x)
+    other.append(lstm_fast.get_num_threads())
+    lft.GRUCell(3, 4)(x[0])
+    other.append(lstm_fast.get_num_threads())
+t = threading.Thread(target=worker)
+t.start(); t.join()
+lstm_fast.set_num_threads(2)
+torch.set_num_threads(1)
+print(seen, other, lstm_fast.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("order", ["lstm_fast first", "torch first"])
+def test_torch_set_num_threads_is_followed_until_lstm_fast_sets_its_own(order):
+    """README: ``torch.set_num_threads(n)`` sets lstm_fast's thread count too (one OpenMP
+    runtime) until ``lstm_fast.set_num_threads`` is called. A fresh process: the test suite's
+    own processes have called lstm_fast.set_num_threads."""
+    import os
+    import subprocess
+    import sys
+
+    import lstm_fast
+
+    if not sys.platform.startswith("linux") or not lstm_fast.cpu_info()["openmp"]:
+        pytest.skip("needs lstm_fast built with GNU OpenMP on Linux")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_SCRIPT, order],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "[1, 2, 1] [1, 1] 2"

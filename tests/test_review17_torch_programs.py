@@ -563,6 +563,137 @@ def test_unbatched_relu_rnn_gru_cells_h0_given_or_not():
     _compare_params(ref, fast)
 
 
+# -- 9. a recurrent GAN: two optimizers, detach, retain_graph ----------------------------------
+class Generator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 6, batch_first=True)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, z):
+        return torch.tanh(self.out(self.lstm(z)[0]))
+
+
+class Discriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(2, 5, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(10, 1)
+
+    def forward(self, x):
+        return self.out(self.gru(x)[0][:, -1])
+
+
+def _gan(use_lft, steps=3):
+    torch.manual_seed(0)
+    G, D = _prepare(Generator(), use_lft), _prepare(Discriminator(), use_lft)
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    g = torch.Generator().manual_seed(8)
+    losses = []
+    for _ in range(steps):
+        real = torch.sin(torch.linspace(0, 3, 7)).repeat(4, 2, 1).transpose(1, 2)
+        real = real + 0.1 * torch.randn(real.shape, generator=g)
+        fake = G(torch.randn(4, 7, 3, generator=g))
+        opt_d.zero_grad()
+        d_loss = bce(D(real), torch.ones(4, 1)) + bce(D(fake.detach()), torch.zeros(4, 1))
+        d_loss.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        g_out = D(fake)
+        g_loss = bce(g_out, torch.ones(4, 1))
+        g_loss.backward(retain_graph=True)  # a second loss on the same graph
+        (0.1 * fake.pow(2).mean() + 0.01 * g_out.mean()).backward()
+        opt_g.step()
+        losses.append((d_loss.item(), g_loss.item()))
+    return (G, D), losses
+
+
+def test_recurrent_gan_two_optimizers_retain_graph():
+    ((rg, rd), rl), ((fg, fd), fl) = _both(_gan)
+    for i, (a, b) in enumerate(zip(rl, fl)):
+        _close(a[0], b[0], OUT_TOL, f"D loss at step {i}")
+        _close(a[1], b[1], OUT_TOL, f"G loss at step {i}")
+    _compare_params(rg, fg, what="generator")
+    _compare_params(rd, fd, what="discriminator")
+
+
+# -- 10. the tutorial seq2seq: nn.GRU decoding one step at a time; AWD-LSTM weight drop ---------
+class WeightDrop(nn.Module):
+    """AWD-LSTM's DropConnect: the recurrent weight is a dropout of a raw parameter, set as a
+    plain tensor attribute before each call."""
+
+    def __init__(self, module, p=0.3):
+        super().__init__()
+        self.module, self.p = module, p
+        raw = module.weight_hh_l0
+        del module._parameters["weight_hh_l0"]
+        module.register_parameter("weight_hh_l0_raw", nn.Parameter(raw.detach().clone()))
+
+    def forward(self, *args):
+        w = F.dropout(self.module.weight_hh_l0_raw, self.p, self.training)
+        self.module.weight_hh_l0 = w
+        return self.module(*args)
+
+
+class StepDecoder(nn.Module):
+    def __init__(self, vocab=10, hidden=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, hidden)
+        self.encoder = WeightDrop(nn.LSTM(hidden, hidden, batch_first=True))
+        self.bridge = nn.Linear(2 * hidden, hidden)
+        self.decoder = nn.GRU(hidden, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, src, tgt_len, target=None):
+        _, (h, c) = self.encoder(self.emb(src))
+        hidden = torch.tanh(self.bridge(torch.cat([h, c], 2)))  # (1, B, H)
+        token = torch.zeros(src.shape[0], 1, dtype=torch.long)
+        outputs = []
+        for t in range(tgt_len):  # one nn.GRU call of T = 1 per step, the state carried
+            out, hidden = self.decoder(F.relu(self.emb(token)), hidden)
+            logits = self.out(out)
+            outputs.append(logits)
+            if target is not None:
+                token = target[:, t].unsqueeze(1)  # teacher forcing
+            else:
+                token = logits.topk(1)[1].squeeze(-1).detach()
+        return F.log_softmax(torch.cat(outputs, 1), dim=-1), hidden
+
+
+def _step_decoder(use_lft, steps=4):
+    torch.manual_seed(0)
+    model = _prepare(StepDecoder(), use_lft)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.NLLLoss()
+    g = torch.Generator().manual_seed(9)
+    losses = []
+    for i in range(steps):
+        src = torch.randint(1, 10, (3, 6), generator=g)
+        tgt = torch.randint(1, 10, (3, 4), generator=g)
+        opt.zero_grad()
+        logp, _ = model(src, 4, tgt if i % 2 == 0 else None)
+        loss = crit(logp.view(-1, 10), tgt.view(-1))
+        loss.backward()
+        nn.utils.clip_grad_value_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        decoded, h = model(src, 4)
+    return model, losses, decoded
+
+
+def test_tutorial_step_decoder_with_weight_drop():
+    (ref, rl, rd), (fast, fl, fd) = _both(_step_decoder)
+    assert type(fast.encoder.module) is lft.LSTM and type(fast.decoder) is lft.GRU
+    for i, (a, b) in enumerate(zip(rl, fl)):
+        _close(a, b, OUT_TOL, f"loss at step {i}")
+    _compare_params(ref, fast)
+    _close(rd, fd, GRAD_TOL, "greedy decoding")
+
+
 # -- regressions found by this review ----------------------------------------------------------
 @pytest.mark.parametrize(
     "kind, kw",

@@ -1200,6 +1200,8 @@ def replace_rnns(model: nn.Module) -> nn.Module:
     (``parametrizations.weight_norm``, ...: the weights are computed by the parametrization
     at each forward, their gradients flow back to it). The kernels
     need float32 CPU parameters: the first forward raises a clear error otherwise.
+    ``torch.ao.quantization.quantize_dynamic``, which matches exact types, leaves the swapped
+    modules in float32: quantize :func:`restore_rnns`'s model instead.
     """
     return _swap(model, _SWAPS, check=True)
 

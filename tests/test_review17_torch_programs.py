@@ -694,6 +694,21 @@ def test_tutorial_step_decoder_with_weight_drop():
     _close(rd, fd, GRAD_TOL, "greedy decoding")
 
 
+def test_dynamic_quantization_documented_difference():
+    """Documented (README): quantize_dynamic matches exact types and leaves lstm_fast's modules
+    in float32; quantizing restore_rnns(model) gives torch's quantized model."""
+    torch.manual_seed(0)
+    model = Regressor()
+    ref_q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.LSTM, nn.GRU})
+    fast = lft.replace_rnns(copy.deepcopy(model))
+    kept = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fast), {nn.LSTM, nn.GRU})
+    assert type(kept.rnn) is lft.LSTM and type(kept.gru) is lft.GRU
+    q = torch.ao.quantization.quantize_dynamic(lft.restore_rnns(fast), {nn.LSTM, nn.GRU})
+    assert type(q.rnn) is type(ref_q.rnn) and type(q.gru) is type(ref_q.gru)
+    x = torch.randn(2, 5, 3)
+    _close(ref_q(x), q(x), OUT_TOL, "quantized output")
+
+
 # -- regressions found by this review ----------------------------------------------------------
 @pytest.mark.parametrize(
     "kind, kw",

@@ -478,6 +478,16 @@ def _autocast_float(t):
     return t
 
 
+def _follow_torch_threads() -> None:
+    """Apply torch's thread count to this thread before the kernels run. torch keeps its count
+    (``torch.set_num_threads``) itself and hands it to OpenMP in each thread lazily, at the
+    thread's first parallel torch op; the kernels use OpenMP's count of the calling thread (the
+    runtime torch's is, README), so in a new thread (an inference server's worker) whose first
+    op is ours they would run on OpenMP's default instead. ``torch.get_num_threads()`` does
+    torch's lazy initialisation."""
+    torch.get_num_threads()
+
+
 def _reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """(T, B) time index reversing each sequence within its length (identity on the padding)."""
     t = torch.arange(T).unsqueeze(1)
@@ -725,8 +735,19 @@ class _FastRNNMixin(_GraphFallback):
                     s.append(r)
             layer_in = outs[0] if D == 1 else torch.cat(outs, 2)
             if self.dropout > 0 and self.training and k < L - 1:
-                layer_in = nn.functional.dropout(layer_in, self.dropout, True)
+                layer_in = self._dropout(layer_in, batch_sizes)
         return layer_in, tuple(torch.stack(s, 0) for s in states)
+
+    def _dropout(self, y: torch.Tensor, batch_sizes: Optional[torch.Tensor]) -> torch.Tensor:
+        """Dropout between layers on a (T, B, D*H) layer output, drawing torch's mask: on the
+        whole tensor, or with ``batch_sizes`` on the real steps only, in their packed
+        (step-major) order, as torch's module draws it on the packed data (the padding, which
+        the next layer never reads, stays zero)."""
+        if batch_sizes is None:
+            return nn.functional.dropout(y, self.dropout, True)
+        real = torch.arange(y.shape[1]).unsqueeze(0) < batch_sizes.unsqueeze(1)  # (T, B)
+        rows = nn.functional.dropout(y[real], self.dropout, True)
+        return y.new_zeros(y.shape).index_put((real,), rows)
 
     def _torch_hidden(self, hidden: tuple):
         """Our tuple of states in torch's form: (h, c) for LSTM, h alone for GRU/RNN."""
@@ -734,6 +755,7 @@ class _FastRNNMixin(_GraphFallback):
 
     def _fast_forward(self, input, hx=None):
         name = type(self).__name__
+        _follow_torch_threads()
         self._update_flat_weights()
         self._check_supported()
         batch_sizes = sorted_indices = unsorted_indices = None
@@ -996,6 +1018,7 @@ class _FastCellMixin(_GraphFallback):
 
     def _fast_forward(self, input, hx=None):
         name = type(self).__name__
+        _follow_torch_threads()
         kernel = _KERNELS[self._mode()]
         input, states = self._check_args(name, input, hx, kernel.has_cell)
         batched = input.dim() == 2
@@ -1177,6 +1200,8 @@ def replace_rnns(model: nn.Module) -> nn.Module:
     (``parametrizations.weight_norm``, ...: the weights are computed by the parametrization
     at each forward, their gradients flow back to it). The kernels
     need float32 CPU parameters: the first forward raises a clear error otherwise.
+    ``torch.ao.quantization.quantize_dynamic``, which matches exact types, leaves the swapped
+    modules in float32: quantize :func:`restore_rnns`'s model instead.
     """
     return _swap(model, _SWAPS, check=True)
 

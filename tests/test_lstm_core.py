@@ -297,45 +297,6 @@ def test_batch_split_own_projection(isa, schedule, T, B, I, H, bias, training):
             assert a.tobytes() == b.tobytes()
 
 
-# The units split without lengths: each thread computes the four gates' columns of its own units
-# (whole panels of W_ih^T: H a multiple of the micro-kernel's NR, 32 with AVX-512, 16 AVX2, 8
-# generic), the team meeting once per step through all chunks; H = 100 and 40 take the shared
-# GEMM on some ISAs. One chunk and several, with and without bias, 2 and 3 threads.
-@pytest.mark.parametrize(
-    "T,B,I,H,bias",
-    [
-        (9, 5, 7, 64, True),
-        (1000, 3, 5, 96, True),
-        (50, 16, 33, 128, False),
-        (30, 4, 9, 100, True),
-        (12, 2, 3, 40, True),
-    ],
-)
-@pytest.mark.parametrize("training", [False, True])
-def test_units_split_own_projection(isa, schedule, T, B, I, H, bias, training):
-    rng = np.random.default_rng(T + B + H + 1)
-    x, w, h0, c0 = make_problem(rng, T, B, I, H, bias=bias)
-    x, h0, c0 = (f32(a).astype(np.float64) for a in (x, h0, c0))
-    w = {k: None if v is None else f32(v).astype(np.float64) for k, v in w.items()}
-    args = [None if a is None else f32(a) for a in (x, *w.values(), h0, c0)]
-    before = lstm_fast.get_num_threads()
-    outs = []
-    try:
-        for n, sched in [(1, "auto"), (2, "units"), (3, "units")]:
-            lstm_fast.set_num_threads(n)
-            schedule(sched)
-            outs.append(ops.lstm_forward(*args, training=training)[:3])
-    finally:
-        lstm_fast.set_num_threads(before)
-    ry, rhn, rcn, _ = reference.lstm_forward(x, *w.values(), h0, c0)
-    np.testing.assert_allclose(outs[0][0], ry, **FWD_TOL)
-    np.testing.assert_allclose(outs[0][1], rhn, **FWD_TOL)
-    np.testing.assert_allclose(outs[0][2], rcn, **FWD_TOL)
-    for other in outs[1:]:
-        for a, b in zip(outs[0], other):
-            assert a.tobytes() == b.tobytes()
-
-
 @pytest.mark.parametrize("state", [True, False])
 @pytest.mark.parametrize(
     "T,B,I,H",

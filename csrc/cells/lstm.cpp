@@ -21,9 +21,12 @@ constexpr index_t kKCb = 256;
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
-// W_ih^T is packed once per call (by all threads), for every chunk of the projection or every
-// thread's own part of it (see lstm_forward): floats of that copy (as many as W_ih's).
+// W_ih^T is packed once per call (by all threads) when the projection runs in more than one
+// chunk of steps, or when the threads may split the batch (then each computes its own rows'
+// projection, see lstm_forward); else the single GEMM packs it itself: floats of that copy.
 index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {
+  const bool batch_split = s.B >= 8 && 16.0 * s.H * s.H <= 2.0 * (1 << 20);  // may be chosen
+  if (chunk_steps(s) >= s.T && !batch_split) return 0;
   return (4 * s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
 }
 
@@ -325,50 +328,12 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // rows per thread) 1.017x, hence the bound. With the other vCPU busy (another process's
   // build and tests), S1 training took 0.51x the time in one such A/B: one parallel region per
   // call instead of two per chunk.
-  //
-  // The units split likewise: each thread computes the four gates' columns of its own units (A's
-  // blocks packed once for the four), its units taken in whole panels of W_ih^T (NR columns), and
-  // the team meets once per step through all chunks.
-  const bool own_rows = sched == Schedule::kBatch && B >= P * kern.MR;
-  const bool own_units = sched == Schedule::kUnits && H % kern.NR == 0 && kern.NR % kern.W == 0;
-  std::vector<float> bias;
-  if (P > 1 && !bs && !ids && Wip && (own_rows || own_units) && (b_ih || b_hh)) {
-    bias.resize(static_cast<std::size_t>(G));
-    for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-  }
-  if (P > 1 && !bs && !ids && Wip && own_units) {
-    const index_t g = kern.NR / kern.W, groups = (nub + g - 1) / g;
-    StepBarrier step_barrier;
-    run_team(P, [&] {
-      DenormalGuard ftz;
-      BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
-      const int p = team_id(), np = team_size();
-      const index_t ub0 = std::min(nub, groups * p / np * g);
-      const index_t ub1 = std::min(nub, groups * (p + 1) / np * g);
-      const index_t u0 = std::min(H, ub0 * kern.W), u1 = std::min(H, ub1 * kern.W);
-      const index_t col0[4] = {u0, H + u0, 2 * H + u0, 3 * H + u0};
-      for (index_t t0 = 0; t0 < T; t0 += TC) {
-        const index_t t1 = std::min(T, t0 + TC);
-        float* xp = training ? gates + t0 * B * G : xp_buf;
-        if (u1 > u0)
-          gemm_packed_segments(kern, (t1 - t0) * B, I, MatView{x + t0 * B * I, I, 1}, 4, col0,
-                               u1 - u0, xp, G, bias.empty() ? nullptr : bias.data(), Wip);
-        for (index_t t = t0; t < t1; ++t) {
-          const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
-          const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
-          float* c_out = training ? cells + t * B * H : state;
-          float* xp_t = xp + (t - t0) * B * G;
-          if (ub1 > ub0)
-            kern.lstm_fwd_rows(B, H, H, ub0, ub1, y + t * B * H, H, c_out,
-                               training ? xp_t : nullptr, h_prev, H, c_prev, xp_t, Wp);
-          if (t + 1 < T) team_barrier();
-        }
-      }
-    });
-    final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs, order);
-    return;
-  }
-  if (P > 1 && !bs && !ids && Wip && own_rows) {
+  if (sched == Schedule::kBatch && P > 1 && !bs && !ids && Wip && B >= P * kern.MR) {
+    std::vector<float> bias;
+    if (b_ih || b_hh) {
+      bias.resize(static_cast<std::size_t>(G));
+      for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+    }
     run_team(P, [&] {
       DenormalGuard ftz;
       const int p = team_id(), np = team_size();

@@ -494,67 +494,6 @@ void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, Ma
   gemm_serial_bias(kern, M, N, K, A, B, C, ldc, false, bias, Bpre);
 }
 
-void gemm_packed_segments(const Kernels& kern, index_t M, index_t K, MatView A, int nseg,
-                          const index_t* col0, index_t ncols, float* C, index_t ldc,
-                          const float* bias, const float* Bpre) {
-  if (M <= 0 || ncols <= 0 || nseg <= 0) return;
-  if (K <= 0) {
-    for (int sg = 0; sg < nseg; ++sg) {
-      if (bias)
-        fill_rows(M, ncols, bias + col0[sg], C + col0[sg], ldc);
-      else
-        zero_or_keep(M, ncols, C + col0[sg], ldc, false);
-    }
-    return;
-  }
-  DenormalGuard ftz;
-  const int MR = kern.MR, NR = kern.NR;
-  const index_t MC = mc_for(kern);
-  thread_local std::unique_ptr<AlignedBuffer> a_buf;
-  const std::size_t a_need = static_cast<std::size_t>(MC * kKC);
-  if (!a_buf || a_buf->n < a_need) {
-    a_buf.reset();
-    a_buf = std::make_unique<AlignedBuffer>(a_need);
-  }
-  const float* Ap = a_buf->p;
-  const index_t njr = (ncols + NR - 1) / NR;
-  const int nlast = static_cast<int>(ncols - (njr - 1) * NR);
-  // As gemm_serial_bias with Bpre, A's block packed once for all segments: the same
-  // micro-kernel calls per element (a full panel, a narrow last one with the panel before it).
-  for (index_t pc = 0; pc < K; pc += kKC) {
-    const index_t kc = std::min(kKC, K - pc);
-    const bool acc = pc > 0 || bias;
-    const bool fill = bias && pc == 0;
-    for (index_t ic = 0; ic < M; ic += MC) {
-      const index_t mc = std::min(MC, M - ic);
-      pack_a(kern, mc, kc, A, ic, pc, a_buf->p);
-      for (int sg = 0; sg < nseg; ++sg) {
-        const index_t c0 = col0[sg];
-        const float* b0 = Bpre + (c0 / NR) * K * NR + pc * NR;
-        for (index_t ir = 0; ir * MR < mc; ++ir) {
-          const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
-          const float* ap = Ap + ir * kc * MR;
-          float* c = C + (ic + ir * MR) * ldc + c0;
-          for (index_t jr = 0; jr < njr; ++jr) {
-            const int n = jr + 1 < njr ? NR : nlast;
-            const float* bp = b0 + jr * K * NR;
-            if (jr + 2 == njr && nlast < NR) {
-              if (fill) {
-                fill_rows(m, NR, bias + c0 + jr * NR, c + jr * NR, ldc);
-                fill_rows(m, nlast, bias + c0 + (jr + 1) * NR, c + (jr + 1) * NR, ldc);
-              }
-              kern.gemm_micro_pair(kc, ap, bp, bp + K * NR, c + jr * NR, ldc, m, nlast, acc);
-              break;
-            }
-            if (fill) fill_rows(m, n, bias + c0 + jr * NR, c + jr * NR, ldc);
-            kern.gemm_micro(kc, ap, bp, c + jr * NR, ldc, m, n, acc);
-          }
-        }
-      }
-    }
-  }
-}
-
 void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                 float* C, index_t ldc, const float* b1, const float* b2, int nthreads,
                 const float* Bpre) {

@@ -41,14 +41,6 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
 void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                         float* C, index_t ldc, const float* bias, const float* Bpre = nullptr);
 
-// For each of nseg column segments [col0[s], col0[s] + ncols): C's columns = bias's + A . B's,
-// on the calling thread, B given only packed (Bpre: pack_b_panels over all of B's columns, each
-// col0[s] a multiple of NR). A's blocks are packed once for all segments. Each element bitwise
-// as gemm_packed_serial over all columns gives it.
-void gemm_packed_segments(const Kernels& kern, index_t M, index_t K, MatView A, int nseg,
-                          const index_t* col0, index_t ncols, float* C, index_t ldc,
-                          const float* bias, const float* Bpre);
-
 // C = b1 + b2 + op(A) . op(B), either bias may be null (then zeros): the hoisted input
 // projection of every recurrent core (biases summed once, as b1[j] + b2[j]).
 void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,

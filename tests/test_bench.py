@@ -4,6 +4,7 @@ missing peer as 'not installed', rejects bad arguments with clear messages. No t
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -267,8 +268,10 @@ def test_family_ratios_script_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     fig = json.loads(proc.stdout.strip().splitlines()[-1])
     assert fig["threads"] == 2 and fig["torch"] is None
-    assert 0 < fig["lengths_forward_over_full"] < 2 and 0 < fig["lengths_training_over_full"] < 2
-    assert fig["step_s4_us"] > 0
+    # ratios of timings: present and positive (their size is the machine's business, and a
+    # loaded machine moves them far: no timing assertions in tests)
+    for key in ("lengths_forward_over_full", "lengths_training_over_full", "step_s4_us"):
+        assert math.isfinite(fig[key]) and fig[key] > 0, key
     assert "GRU S2 training" in proc.stdout and "LSTM.step() S4" in proc.stdout
 
 

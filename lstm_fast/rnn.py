@@ -418,7 +418,7 @@ def _directions(run: Callable[[int], Any], D: int, shared: bool = False) -> list
     instead of each paying a barrier per step on the whole team. ``shared``: the two write
     the same memory (the gradient of a parameter both directions use) and run one after the
     other."""
-    P = ops._core.get_num_threads()
+    P = ops._core._team_threads()
     concurrent = BIDIRECTIONAL_CONCURRENT if BIDIRECTIONAL_CONCURRENT is not None else P >= 2
     if D == 1 or shared or not concurrent or P < 2:
         return [run(d) for d in range(D)]

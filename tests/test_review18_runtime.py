@@ -1,0 +1,120 @@
+"""Review 18: lstm_fast in the conditions users' programs create — more threads asked for than
+the process has CPUs, Ctrl-C in the middle of a training step, Python threads around the
+bidirectional helper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import lstm_fast
+
+
+def run_child(code: str, timeout: float = 120) -> str:
+    """Run `code` in a fresh interpreter (the default CPU bound, not the suite's) and return its
+    stdout; the child's failure fails the test with its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+# ---- more threads than CPUs -------------------------------------------------------------------
+
+_OVERSUBSCRIBED = """
+import os, sys
+import numpy as np
+import lstm_fast
+
+cpu = min(os.sched_getaffinity(0))
+if sys.argv[1] == "before_import":
+    os.sched_setaffinity(0, {cpu})
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+def work():
+    rng = np.random.default_rng(0)
+    out = []
+    for kind in ("LSTM", "GRU", "RNN"):
+        layer = getattr(lstm_fast, kind)(5, 24, num_layers=2, bidirectional=True, seed=0)
+        x = rng.standard_normal((12, 6, 5), dtype=np.float32)
+        y, _ = layer(x, lengths=[12, 3, 7, 12, 1, 5])
+        dx, _ = layer.backward(np.cos(y))
+        out += [y, dx] + [p.grad.copy() for p in layer.parameters()]
+        y1, _ = layer(x)  # no lengths: the direct path
+        out.append(y1)
+    a = rng.standard_normal((400, 300), dtype=np.float32)
+    out.append(lstm_fast.ops.gemm(a, a, trans_b=True))
+    return out
+
+if sys.argv[1] == "after_import":
+    os.sched_setaffinity(0, {cpu})  # read again by set_num_threads
+lstm_fast.set_num_threads(1)
+want = work()
+before = tasks()
+lstm_fast.set_num_threads(64)
+got = work()
+info = lstm_fast.cpu_info()
+same = all(np.array_equal(u, v) for u, v in zip(got, want))
+cpus = info.get("cpus", -1)
+print(info["num_threads"], cpus, lstm_fast.get_num_threads(), tasks() - before, int(same))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+@pytest.mark.parametrize("when", ["before_import", "after_import"])
+def test_more_threads_than_cpus_run_on_the_cpus(when):
+    """set_num_threads(64) in a process that may run on one CPU: the kernels run on one thread
+    (a team of 64 on one core made every step's barrier wait for 64 threads to be scheduled:
+    up to 60-90x the time of 2 threads on 2 CPUs), bitwise the results of one thread;
+    get_num_threads() still reports what was asked, cpu_info() the CPUs."""
+    out = run_child(_OVERSUBSCRIBED.replace("sys.argv[1]", repr(when)))
+    num_threads, cpus, asked, new_tasks, same = map(int, out.split())
+    assert same == 1
+    assert new_tasks < 4, f"{new_tasks} new OS threads for a process on one CPU"
+    assert (num_threads, cpus, asked) == (64, 1, 64)
+
+
+def test_omp_num_threads_above_the_cpus_is_bounded_too():
+    """OMP_NUM_THREADS=32 (the default thread count) is bounded the same way."""
+    code = """
+    import os
+    import numpy as np
+    import lstm_fast
+
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    lstm_fast.set_num_threads(lstm_fast.get_num_threads())  # reads the CPUs again
+    n0 = len(os.listdir("/proc/self/task"))
+    layer = lstm_fast.GRU(4, 40, bidirectional=True, seed=0)
+    y, _ = layer(np.ones((30, 20, 4), np.float32))
+    layer.backward(y)
+    print(lstm_fast.get_num_threads(), len(os.listdir("/proc/self/task")) - n0)
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity here")
+    env_before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "32"
+    try:
+        asked, new_tasks = map(int, run_child(code).split())
+    finally:
+        if env_before is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_before
+    assert asked == 32
+    assert new_tasks < 4
+
+
+def test_cpu_info_reports_the_cpus():
+    info = lstm_fast.cpu_info()
+    assert isinstance(info["cpus"], int) and info["cpus"] >= 1

@@ -118,3 +118,120 @@ def test_omp_num_threads_above_the_cpus_is_bounded_too():
 def test_cpu_info_reports_the_cpus():
     info = lstm_fast.cpu_info()
     assert isinstance(info["cpus"], int) and info["cpus"] >= 1
+
+
+# ---- Ctrl-C ---------------------------------------------------------------------------------
+
+_INTERRUPTED_STEP = """
+import os, signal
+import numpy as np
+import lstm_fast
+from lstm_fast import optim
+
+layer = lstm_fast.LSTM(3, 5, num_layers=2, seed=0)
+rng = np.random.default_rng(0)
+for p in layer.parameters():
+    p.grad[...] = rng.standard_normal(p.grad.shape)
+Opt = getattr(optim, KIND)
+
+
+class Probe(Opt):
+    def _update(self, i, p, zero_grad=False):
+        done = super()._update(i, p, zero_grad)
+        if i == 1:  # Ctrl-C after the second parameter's update
+            os.kill(os.getpid(), signal.SIGINT)
+        return done
+
+
+def states(opt):
+    return [p.data.copy() for p in opt.params]
+
+
+kw = {"momentum": 0.9} if KIND == "SGD" else {}
+ref = Opt(layer.parameters(), lr=0.1, **kw)
+want = [p.data.copy() for p in layer.parameters()]
+probe = Probe(layer.parameters(), lr=0.1, **kw)
+before = [p.data.copy() for p in layer.parameters()]
+try:
+    probe.step(zero_grad=ZERO)
+    print("no interrupt")
+except KeyboardInterrupt:
+    pass
+after = [p.data.copy() for p in layer.parameters()]
+changed = [int(not np.array_equal(a, b)) for a, b in zip(before, after)]
+grads_zero = [int(not p.grad.any()) for p in layer.parameters()]
+print(probe.step_count, *changed, "|", *grads_zero)
+"""
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+@pytest.mark.parametrize("zero_grad", [False, True])
+def test_ctrl_c_in_an_optimizer_step_waits_for_the_whole_step(kind, zero_grad):
+    """SIGINT while an optimizer step is half done: the KeyboardInterrupt comes after every
+    parameter is updated (it had come between two of them: two of eight updated, the step
+    counted), and is still raised."""
+    code = _INTERRUPTED_STEP.replace("KIND", repr(kind)).replace("ZERO", str(zero_grad))
+    out = run_child(code)
+    assert "no interrupt" not in out
+    counts, zeros = out.split("|")
+    step_count, *changed = map(int, counts.split())
+    assert step_count == 1
+    assert changed == [1] * len(changed)
+    assert list(map(int, zeros.split())) == [int(zero_grad)] * len(changed)
+
+
+def test_ctrl_c_while_clipping_scales_every_gradient():
+    code = """
+    import os, signal
+    import numpy as np
+    from lstm_fast.module import Parameter
+    from lstm_fast.optim import clip_grad_norm
+
+    class Grad(np.ndarray):  # sends SIGINT when the first gradient is scaled
+        def __imul__(self, other):
+            out = super().__imul__(other)
+            os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+    params = [Parameter(np.zeros(4, np.float32)) for _ in range(3)]
+    for p in params:
+        p.grad[...] = 10.0
+    params[0].grad = params[0].grad.view(Grad)
+    try:
+        clip_grad_norm(params, 1.0)
+        print("no interrupt")
+    except KeyboardInterrupt:
+        print(*[float(np.asarray(p.grad)[0]) < 10.0 for p in params])
+    """
+    assert run_child(code).split() == ["True", "True", "True"]
+
+
+def test_ctrl_c_during_a_bidirectional_call_joins_the_reverse_direction():
+    """The reverse direction of a bidirectional layer runs on a helper thread; a Ctrl-C while
+    the caller waited for it raised at once, while the helper went on writing the reverse
+    direction's gradients (into arrays the interrupt's handler may be saving or zeroing)."""
+    code = """
+    import signal, threading, time
+    import lstm_fast
+    from lstm_fast import rnn
+
+    lstm_fast.set_num_threads(2)
+    getattr(lstm_fast.ops._core, "_set_cpu_limit", int)(2)  # two threads whatever the machine
+    main = threading.main_thread().ident
+    finished = []
+
+    def run(d):
+        if d == 1:
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.3)
+            finished.append(d)
+        return d
+
+    rnn.BIDIRECTIONAL_CONCURRENT = True
+    try:
+        print(rnn._directions(run, 2))
+    except KeyboardInterrupt:
+        print("interrupted", finished)
+    print(rnn._directions(lambda d: d, 2))  # the helper still serves the next call
+    """
+    assert run_child(code).split("\n")[:2] == ["interrupted [1]", "[0, 1]"]

@@ -1179,6 +1179,14 @@ class _RNNBase(Module):
             out = self._backward_plain(saved[0], meta, dy, dh_n, dc_n, need_dx)
             if out is not None:
                 return out
+        # Ctrl-C is raised once every layer's gradients are in (an interrupt between two layers
+        # had left some accumulated and others not: a loop that zeroes them after its step
+        # would have added the next backward to half of this one).
+        with deferred_interrupt():
+            return self._backward_layers(saved, meta, dy, dh_n, dc_n, need_dx)
+
+    def _backward_layers(self, saved, meta, dy, dh_n, dc_n, need_dx):
+        """The general path of :meth:`backward` (several layers or directions, lengths, ...)."""
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
         batch_first = meta["batch_first"]  # (the forward's layout)

@@ -235,3 +235,40 @@ def test_ctrl_c_during_a_bidirectional_call_joins_the_reverse_direction():
     print(rnn._directions(lambda d: d, 2))  # the helper still serves the next call
     """
     assert run_child(code).split("\n")[:2] == ["interrupted [1]", "[0, 1]"]
+
+
+def test_ctrl_c_between_two_layers_of_a_backward_waits_for_all_of_them():
+    """SIGINT after the top layer's backward of a 2-layer LSTM: the KeyboardInterrupt comes once
+    every parameter's gradient is in (the bottom layer's had been left out)."""
+    code = """
+    import os, signal
+    import numpy as np
+    import lstm_fast
+    from lstm_fast import rnn
+
+    layer = lstm_fast.LSTM(3, 6, num_layers=2, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    y, _ = layer(x)
+    layer.backward(np.cos(y))
+    want = [p.grad.copy() for p in layer.parameters()]
+    layer.zero_grad()
+
+    original = rnn._Direction.backward
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls.append(1)
+        return out
+
+    rnn._Direction.backward = staticmethod(interrupted)
+    y, _ = layer(x)
+    try:
+        layer.backward(np.cos(y))
+        print("no interrupt")
+    except KeyboardInterrupt:
+        print(*[int(np.array_equal(p.grad, w)) for p, w in zip(layer.parameters(), want)])
+    """
+    assert run_child(code).split() == ["1"] * 8

@@ -32,7 +32,10 @@ class deferred_interrupt:
             and _sig.getsignal(_SIGINT) is _sig.default_int_handler
         )
         if self._armed:
-            _sig.signal(_SIGINT, self._note)
+            try:
+                _sig.signal(_SIGINT, self._note)
+            except ValueError:  # (a sub-interpreter: signals are the main interpreter's)
+                self._armed = False
 
     def _note(self, signum, frame) -> None:
         self._caught = True

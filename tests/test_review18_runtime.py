@@ -1,6 +1,6 @@
 """Review 18: lstm_fast in the conditions users' programs create — more threads asked for than
-the process has CPUs, Ctrl-C in the middle of a training step, Python threads around the
-bidirectional helper."""
+the process has CPUs (set_num_threads, OMP_NUM_THREADS), and Ctrl-C in the middle of an optimizer
+step, a gradient clipping, a multi-layer backward or a bidirectional call's helper thread."""
 
 from __future__ import annotations
 

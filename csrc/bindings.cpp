@@ -81,7 +81,7 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
   check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
   if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"4H", 4 * s.H}});
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   farray y = empty({s.T, s.B, s.H}), h_n = empty({s.B, s.H}), c_n = empty({s.B, s.H});
   farray gates = unset<farray>(), cells = unset<farray>();
   if (training) {
@@ -172,7 +172,7 @@ py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::h
   if (training) check_output("ids", "gates", {{"T", T}, {"B", B}, {"4H", G}});
   check_output("embedding", "table", {{"V", V}, {"4H", G}});
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   farray y = empty({T, B, H}), h_n = empty({B, H}), c_n = empty({B, H});
   farray gates = unset<farray>(), cells = unset<farray>();
   if (training) {
@@ -278,7 +278,7 @@ py::tuple lstm_backward_py(py::handle cache_obj, py::handle dy, py::handle dh_n,
   farray dx = need_dx ? empty({T, B, I}) : farray();
   const bool scratch = !need_dx && !embedded && bs_ptr(c.batch_sizes) != nullptr;
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   AccumulateSet given;  // the caller's gradients this call adds into
   for (py::handle h : {dweight_ih, dweight_hh, c.has_bias_ih ? dbias_ih : py::handle(Py_None),
                        c.has_bias_hh ? dbias_hh : py::handle(Py_None),
@@ -359,7 +359,7 @@ py::array gemm_py(py::handle a_obj, py::handle b_obj, bool trans_a, bool trans_b
           "a_row_sums: expected memory separate from bias, got an overlapping array");
   }
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   float* cp = static_cast<float*>(c.mutable_data());
   AccumulateSet given;  // memory this call adds into (Linear's weight and bias gradients)
   if (accumulate) given.add(out_obj);
@@ -391,7 +391,7 @@ py::array_t<double> softmax_xent_py(py::handle z_obj, py::handle t_obj, double s
   if (V == 0 && N > 0) throw py::value_error("z: expected V >= 1, got 0");
   py::array_t<double> nll(N);
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   {
     py::gil_scoped_release nogil;
     float* zp = static_cast<float*>(z.mutable_data());
@@ -421,7 +421,7 @@ py::array flat_arg(py::handle obj, const std::string& name, bool writeable) {
 // elements up (each element's arithmetic is the same wherever a slice starts).
 template <class F>
 void parallel_slices(index_t n, F&& f) {
-  const int P = n >= (index_t(1) << 16) ? get_num_threads() : 1;
+  const int P = n >= (index_t(1) << 16) ? team_threads() : 1;
   if (P <= 1) {
     f(index_t(0), n);
     return;
@@ -477,7 +477,7 @@ double sumsq_py(py::handle x_obj) {
   std::vector<double> part(static_cast<size_t>(nb));
   {
     py::gil_scoped_release nogil;
-    const int P = n >= (index_t(1) << 16) ? get_num_threads() : 1;
+    const int P = n >= (index_t(1) << 16) ? team_threads() : 1;
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
 #endif
@@ -545,7 +545,7 @@ farray take_rows_py(py::handle a_obj, py::handle index_obj) {
   float* dst = out.mutable_data();
   py::gil_scoped_release nogil;
   const index_t rows = T * N;  // <= T * N * F, checked above
-  const int P = rows * F >= (index_t(1) << 16) ? get_num_threads() : 1;
+  const int P = rows * F >= (index_t(1) << 16) ? team_threads() : 1;
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1)
 #endif
@@ -697,11 +697,16 @@ PYBIND11_MODULE(_core, m) {
   m.def("_get_local_threads", &get_local_num_threads);
   m.def("_find_nonfinite", &find_nonfinite_py, py::arg("a"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("_team_threads", &team_threads);
+  m.def(
+      "_set_cpu_limit", [](long long n) { set_cpu_limit(n == 0 ? 0 : checked_threads(n, "n")); },
+      py::arg("n"));
   m.def("cpu_info", []() {
     py::dict d;
     d["isa"] = active_kernels().name;
     d["available_isas"] = available_isas();
     d["num_threads"] = get_num_threads();
+    d["cpus"] = usable_cpus();
     d["forked_serial"] = forked_serial();
 #if defined(_OPENMP)
     d["openmp"] = true;

@@ -74,7 +74,7 @@ py::tuple gru_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
   if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"3H", 3 * s.H}});
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   farray y = new_array({s.T, s.B, s.H}), h_n = new_array({s.B, s.H});
   farray gates = unset<farray>(), hwn = unset<farray>();
   if (training) {
@@ -125,7 +125,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   check_output("x", "y", {{"T", s.T}, {"B", s.B}, {"H", s.H}});
   check_output("x", "h_n", {{"B", s.B}, {"H", s.H}});
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   farray y = new_array({s.T, s.B, s.H}), h_n = new_array({s.B, s.H});
   {
     py::gil_scoped_release nogil;
@@ -187,7 +187,7 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   farray dx = need_dx ? new_array({T, B, I}) : farray(), dh0 = new_array({B, H});
   const bool scratch = !need_dx && bs_ptr(c.batch_sizes) != nullptr;
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   AccumulateSet given;  // the caller's gradients this call adds into
   for (py::handle h : {dweight_ih, dweight_hh, c.has_bias_ih ? dbias_ih : none,
                        c.has_bias_hh ? dbias_hh : none})
@@ -328,7 +328,7 @@ void step_into_py(const std::string& mode, py::handle x, py::handle h, py::handl
         auto data = [](py::handle a) { return py::detail::array_proxy(a.ptr())->data; };
         auto f = [&](py::handle a) { return reinterpret_cast<float*>(data(a)); };
         const Kernels& kern = active_kernels();
-        const int nthreads = get_num_threads();
+        const int nthreads = team_threads();
         py::gil_scoped_release nogil;
         step_forward(step_cell(mode), f(h_out), lstm ? f(c_out) : nullptr, f(x), f(h),
                      lstm ? f(c) : nullptr, f(weight_ih), f(weight_hh),
@@ -365,7 +365,7 @@ void step_into_py(const std::string& mode, py::handle x, py::handle h, py::handl
   if (const char* msg = step_overlap(xa, ha, ca, wih, whh, bih, bhh, ho, co, ws))
     throw py::value_error(msg);
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   py::gil_scoped_release nogil;
   step_forward(step_cell(mode), mptr(ho), opt_mptr(co), cptr(xa), cptr(ha), opt_ptr(ca),
                cptr(wih), cptr(whh), opt_ptr(bih), opt_ptr(bhh), B, I, H, mptr(ws), kern,

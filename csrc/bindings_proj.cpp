@@ -91,7 +91,7 @@ py::tuple lstm_proj_forward_py(py::handle x, py::handle weight_ih, py::handle we
   check_output("x", "c_n", {{"B", s.B}, {"H", s.H}});
   if (training) check_output("x", "gates", {{"T", s.T}, {"B", s.B}, {"4H", 4 * s.H}});
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   farray y = empty_({s.T, s.B, P}), h_n = empty_({s.B, P}), c_n = empty_({s.B, s.H});
   farray gates = unset<farray>(), cells = unset<farray>(), m = unset<farray>();
   if (training) {
@@ -184,7 +184,7 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
                   {"cache's c0", c.c0}});
   farray dx = need_dx ? empty_({T, B, I}) : farray(), dh0 = empty_({B, P}), dc0 = empty_({B, H});
   const Kernels& kern = active_kernels();
-  const int nthreads = get_num_threads();
+  const int nthreads = team_threads();
   AccumulateSet given;  // the caller's gradients this call adds into
   for (py::handle h : {dweight_ih, dweight_hh, dweight_hr, c.has_bias_ih ? dbias_ih : none,
                        c.has_bias_hh ? dbias_hh : none})

@@ -97,7 +97,16 @@ void init_dispatch();
 // Per-OS-thread override of get_num_threads() (0 clears it).
 void set_local_num_threads(int n);
 int get_local_num_threads();
+// The thread count asked for (set_num_threads, this OS thread's override, else OMP_NUM_THREADS).
 int get_num_threads();
+// The CPUs this process may run on (its affinity mask, read at import and by set_num_threads).
+int usable_cpus();
+// The team a call runs on: get_num_threads(), at most usable_cpus() (more threads than CPUs only
+// take turns, and each step's barrier waits for every one of them). Results are bitwise the
+// same for any team size.
+int team_threads();
+// Tests: run teams of up to n threads whatever the CPUs (0: the affinity mask again).
+void set_cpu_limit(int n);
 // True in a process forked after this one's thread team started: every call runs on one thread
 // (GNU libgomp's team does not survive fork; see dispatch.cpp).
 bool forked_serial();

@@ -85,6 +85,10 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads the kernels use, in [1, 4 x the hardware threads (at least
     64)]. Applies to calls made afterwards, from any Python thread.
 
+    A call runs on at most ``cpu_info()["cpus"]`` threads, the CPUs this process may run on
+    (its affinity mask, read again here): more threads than CPUs would only take turns on them.
+    Results are bitwise the same for any thread count.
+
     In a process forked after this one ran a call on several threads, the kernels stay on one
     thread whatever is asked here (``cpu_info()["forked_serial"]``; see :func:`get_num_threads`)."""
     if isinstance(n, bool) or not hasattr(n, "__index__"):
@@ -97,7 +101,8 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the kernels use (default: OpenMP's, i.e. OMP_NUM_THREADS or cores).
+    """The number of threads asked for (default: OpenMP's, i.e. OMP_NUM_THREADS or cores); the
+    kernels use at most ``cpu_info()["cpus"]`` of them.
 
     1 in a process forked (``os.fork``, multiprocessing's "fork" start method, a DataLoader
     worker) after this one ran a call on several threads: GNU OpenMP's thread team does not
@@ -124,7 +129,8 @@ def cached_bytes() -> int:
 
 
 def cpu_info() -> dict:
-    """What the core runs on: ``isa`` (active kernels), ``available_isas``, ``num_threads``,
+    """What the core runs on: ``isa`` (active kernels), ``available_isas``, ``num_threads``
+    (asked for), ``cpus`` (the most threads a call runs on: the CPUs of this process),
     ``forked_serial`` (a forked child held to one thread, see :func:`get_num_threads`),
     ``openmp``, ``schedule`` (recurrence schedule override), GEMM tile and LSTM block width.
 

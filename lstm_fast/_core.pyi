@@ -316,7 +316,13 @@ def set_num_threads(n: int) -> None:
     """Threads of later calls, in [1, max_threads()]."""
 
 def get_num_threads() -> int:
-    """Threads a call uses now (1 in a forked child, see lstm_fast.get_num_threads)."""
+    """Threads asked for (1 in a forked child, see lstm_fast.get_num_threads)."""
+
+def _team_threads() -> int:
+    """Threads a call runs on now: get_num_threads(), at most cpu_info()["cpus"]."""
+
+def _set_cpu_limit(n: int) -> None:
+    """Tests: allow teams of up to n threads whatever the CPUs (0: the affinity mask)."""
 
 def max_threads() -> int:
     """The largest thread count accepted: 4 x the hardware threads, at least 64."""
@@ -334,7 +340,7 @@ def cached_bytes() -> int:
     """Bytes of scratch blocks kept for reuse."""
 
 def cpu_info() -> dict[str, Any]:
-    """isa, available_isas, num_threads, forked_serial, openmp, schedule, gemm_tile,
+    """isa, available_isas, num_threads, cpus, forked_serial, openmp, schedule, gemm_tile,
     lstm_units_per_block."""
 
 def _set_isa(name: str) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
+from ._interrupt import deferred_interrupt
 from .module import Parameter, _as_dtype
 from .rnn import _check_int
 
@@ -265,11 +266,12 @@ class Optimizer:
             if not p.data.flags.writeable or (zero_grad and not p.grad.flags.writeable):
                 what = "data" if not p.data.flags.writeable else "grad (zero_grad=True)"
                 raise ValueError(f"step: parameter {i}: {what}: expected a writeable array")
-        self.step_count += 1
-        for i, p in enumerate(self.params):
-            if not self._update(i, p, zero_grad) and zero_grad:
-                p.grad[...] = 0
-            p._version = getattr(p, "_version", 0) + 1  # a saved forward's backward refuses p
+        with deferred_interrupt():  # Ctrl-C: after the whole step, not between two parameters
+            self.step_count += 1
+            for i, p in enumerate(self.params):
+                if not self._update(i, p, zero_grad) and zero_grad:
+                    p.grad[...] = 0
+                p._version = getattr(p, "_version", 0) + 1  # a saved forward's backward refuses p
 
     def _update(self, i: int, p: Parameter, zero_grad: bool = False) -> bool:
         """Update p; return True when it also zeroed p.grad (asked by zero_grad)."""
@@ -910,7 +912,8 @@ def clip_grad_norm(
     denom = total + eps
     coef = max_norm / denom if denom else math.inf  # (eps = 0 and all gradients zero)
     if coef < 1.0 or math.isnan(coef):  # NaN: every gradient becomes NaN, as PyTorch's
-        with np.errstate(invalid="ignore"):  # (Inf * 0 = NaN, as in PyTorch: no warning)
+        # (Inf * 0 = NaN, as in PyTorch: no warning; Ctrl-C: after all gradients are scaled)
+        with np.errstate(invalid="ignore"), deferred_interrupt():
             for p in params:
                 p.grad *= _f32(coef)
     return total

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import ops
+from ._interrupt import deferred_interrupt
 from .module import FRESH_GRAD_LOCK as _FRESH_GRAD_LOCK
 from .module import Module, Parameter, _from_torch, check_versions, make_rng, saved_versions
 from .ops import _finite, _finite_real
@@ -418,7 +419,7 @@ def _directions(run: Callable[[int], Any], D: int, shared: bool = False) -> list
     instead of each paying a barrier per step on the whole team. ``shared``: the two write
     the same memory (the gradient of a parameter both directions use) and run one after the
     other."""
-    P = ops._core.get_num_threads()
+    P = ops._core._team_threads()
     concurrent = BIDIRECTIONAL_CONCURRENT if BIDIRECTIONAL_CONCURRENT is not None else P >= 2
     if D == 1 or shared or not concurrent or P < 2:
         return [run(d) for d in range(D)]
@@ -438,15 +439,36 @@ def _directions(run: Callable[[int], Any], D: int, shared: bool = False) -> list
         finally:
             ops._core._set_local_threads(before)
 
-    fut = _pool[0].submit(reverse)
-    before = ops._core._get_local_threads()
-    ops._core._set_local_threads(n0)
-    try:
-        r0 = run(0)
-    finally:
-        ops._core._set_local_threads(before)
-        r1 = fut.result()  # always joined (its exception, if any, propagates)
+    # Ctrl-C is raised once both directions are done: an interrupt between the submission and
+    # the join (or during the join) had left the helper writing the caller's arrays.
+    with deferred_interrupt():
+        fut = _pool[0].submit(reverse)
+        before = ops._core._get_local_threads()
+        ops._core._set_local_threads(n0)
+        try:
+            r0 = run(0)
+        finally:
+            ops._core._set_local_threads(before)
+            r1 = _join(fut)  # always joined (its exception, if any, propagates)
     return [r0, r1]
+
+
+def _join(fut: Any) -> Any:
+    """``fut.result()``, waited for through a KeyboardInterrupt (one a program's own SIGINT
+    handler raises), which is raised once the helper is done: until then it writes into the
+    caller's arrays (the reverse direction's gradients), and code that handles the interrupt (a
+    checkpoint saved, the next step of a notebook's loop) would use them at the same time."""
+    from concurrent.futures import wait
+
+    interrupted = False
+    while not fut.done():
+        try:
+            wait([fut])
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+    return fut.result()
 
 
 class _RNNBase(Module):
@@ -1157,6 +1179,14 @@ class _RNNBase(Module):
             out = self._backward_plain(saved[0], meta, dy, dh_n, dc_n, need_dx)
             if out is not None:
                 return out
+        # Ctrl-C is raised once every layer's gradients are in (an interrupt between two layers
+        # had left some accumulated and others not: a loop that zeroes them after its step
+        # would have added the next backward to half of this one).
+        with deferred_interrupt():
+            return self._backward_layers(saved, meta, dy, dh_n, dc_n, need_dx)
+
+    def _backward_layers(self, saved, meta, dy, dh_n, dc_n, need_dx):
+        """The general path of :meth:`backward` (several layers or directions, lengths, ...)."""
         T, B, unbatched, order = meta["T"], meta["B"], meta["unbatched"], meta["order"]
         rev, packed = meta["rev"], meta["packed"]
         batch_first = meta["batch_first"]  # (the forward's layout)

@@ -25,7 +25,8 @@ constexpr index_t kUnpackedRows = 4;
 // chunk of steps, or when the threads may split the batch (then each computes its own rows'
 // projection, see lstm_forward); else the single GEMM packs it itself: floats of that copy.
 index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {
-  const bool batch_split = s.B >= 8 && 16.0 * s.H * s.H <= 2.0 * (1 << 20);  // may be chosen
+  // the batch split may be chosen (W_hh <= 2 MiB) and give two threads MR rows each
+  const bool batch_split = s.B >= 2 * kern.MR && 16.0 * s.H * s.H <= 2.0 * (1 << 20);
   if (chunk_steps(s) >= s.T && !batch_split) return 0;
   return (4 * s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
 }

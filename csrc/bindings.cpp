@@ -91,7 +91,8 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
   {
     py::gil_scoped_release nogil;
     Workspace ws(
-        lstm_forward_workspace_size(kern, s, training, bs_ptr(a.batch_sizes) != nullptr));
+        lstm_forward_workspace_size(kern, s, training, bs_ptr(a.batch_sizes) != nullptr,
+                                    nthreads));
     lstm_forward(y.mutable_data(), h_n.mutable_data(), c_n.mutable_data(),
                  training ? gates.mutable_data() : nullptr,
                  training ? cells.mutable_data() : nullptr, cptr(a.x), opt_ptr(a.h0),
@@ -184,7 +185,7 @@ py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::h
     Workspace table(std::max<index_t>(1, V * G));
     gemm_bias2(kern, V, G, I, MatView{cptr(E), I, 1}, MatView{cptr(w_ih), 1, I}, table.p, G,
                opt_ptr(b_ih), opt_ptr(b_hh), nthreads);
-    Workspace ws(lstm_forward_workspace_size(kern, s, training, false));
+    Workspace ws(lstm_forward_workspace_size(kern, s, training, false, nthreads));
     lstm_forward(y.mutable_data(), h_n.mutable_data(), c_n.mutable_data(),
                  training ? gates.mutable_data() : nullptr,
                  training ? cells.mutable_data() : nullptr, nullptr, opt_ptr(h0a), opt_ptr(c0a),

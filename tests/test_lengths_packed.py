@@ -325,3 +325,63 @@ def test_sorted_indices_bad_input():
             sorted_indices=order,
             weight_hr=f32(np.ones((2, H))),
         )
+
+
+# The LSTM batch split with batch_sizes, from MR rows per thread in the first step (12 with
+# AVX-512, 6 AVX2, 4 scalar): each thread projects its own active rows, in blocks of steps of
+# at least 64 rows within each re-balanced segment (gathered from x through sorted_indices when
+# given), and keeps the batch split to the last step. Row counts on both sides of the bound for
+# 2 and 3 threads; blocks of one step (120 rows) and of many (few rows per thread); zero
+# lengths; SIMD tails. Against the float64 reference with NaN in x's padding, bitwise the serial
+# results in inference and training (the backward too), y's padding zero.
+@pytest.mark.parametrize(
+    "T,B,I,H,low",
+    [
+        (30, 24, 7, 17, 1),
+        (30, 36, 5, 33, 0),
+        (23, 37, 17, 16, 5),
+        (12, 120, 3, 7, 1),
+        (50, 48, 1, 1, 0),
+        (9, 26, 30, 100, 0),
+    ],
+)
+@pytest.mark.parametrize("sorted_input", [True, False])
+def test_lstm_batch_split_own_projection(isa, threads, schedule, T, B, I, H, low, sorted_input):
+    rng = np.random.default_rng(T * B + I + H + low)
+    x, w, h0, c0 = make_problem(rng, "lstm", T, B, I, H)
+    lengths = rng.integers(low, T + 1, B)
+    lengths[rng.integers(B)] = T
+    order = np.argsort(-lengths, kind="stable")
+    if sorted_input:  # the caller's rows already sorted: no order
+        x, h0, c0, lengths = x[:, order], h0[order], c0[order], lengths[order]
+        order = np.arange(B)
+    valid = np.arange(T)[:, None] < lengths[None, :]
+    xs = f32(x)
+    xs[~valid] = np.nan  # the padding of x is never read
+    bs = (lengths[order][None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.int64)
+    sidx = None if sorted_input else order.astype(np.int64)
+    dy, dhn, dcn = (rng.standard_normal(s) for s in ((T, B, H), (B, H), (B, H)))
+    # states in the sorted order, as the core takes them
+    args = [f32(a) for a in w] + [f32(h0[order]), f32(c0[order])]
+    results = []
+    for n, sched in [(1, "auto"), (2, "auto"), (2, "batch"), (3, "batch")]:
+        lstm_fast.set_num_threads(n)
+        schedule(sched)
+        y, hn, cn = ops.lstm_forward(xs, *args, batch_sizes=bs, sorted_indices=sidx)[:3]
+        yt, hnt, cnt, cache = ops.lstm_forward(
+            xs, *args, training=True, batch_sizes=bs, sorted_indices=sidx
+        )
+        g = ops.lstm_backward(cache, f32(dy), f32(dhn), f32(dcn))
+        results.append([y, hn, cn, yt, hnt, cnt, *[a for a in g if a is not None]])
+    y, hn, cn = results[0][:3]
+    ry, rhn, rcn, _ = reference.lstm_forward(x, *w, h0, c0, lengths=lengths)
+    np.testing.assert_allclose(y, ry, **FWD_TOL)
+    assert not np.any(y[~valid]), "outputs past a sequence's length are zero"
+    # h_n / c_n come back in the sorted order
+    np.testing.assert_allclose(hn, rhn[order], **FWD_TOL)
+    np.testing.assert_allclose(cn, rcn[order], **FWD_TOL)
+    for n, other in zip((2, 2, 3), results[1:]):
+        for i, (a, b) in enumerate(zip(results[0], other)):
+            assert a.tobytes() == b.tobytes(), f"threads={n}, array {i}"
+    for a, b in zip(results[0][:3], results[0][3:6]):  # inference == training forward
+        assert a.tobytes() == b.tobytes()

@@ -21,6 +21,16 @@ constexpr index_t kKCb = 256;
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
+// The batch split with batch_sizes: each thread projects at least this many of its active rows
+// at once (over several steps when its rows per step are fewer), see lstm_forward.
+constexpr index_t kOwnProjRows = 64;
+
+// Floats of that path's per-thread buffers: pre-activations (4H) and gathered x rows (I) of up
+// to B + nthreads * kOwnProjRows rows in all.
+index_t own_projection_floats(const LstmSizes& s, int nthreads) {
+  return nthreads > 1 ? (s.B + nthreads * kOwnProjRows) * (4 * s.H + s.I) : 0;
+}
+
 // W_ih^T is packed once per call (by all threads) when the projection runs in more than one
 // chunk of steps, or when the threads may split the batch (then each computes its own rows'
 // projection, see lstm_forward); else the single GEMM packs it itself: floats of that copy.
@@ -182,8 +192,13 @@ const char* schedule_name(Schedule s) {
 //  * else batch if every thread gets a row, else serial.
 // With batch_sizes the rows are counted as their mean over the steps: the active rows fall
 // over the sequence, and a batch split sized for the first steps streams the whole of W_hh on
-// every thread for rows that run out (S1 with lengths uniform in [T/4, T], 20 rows on average:
-// units forward 6.35 ms, batch 6.77 ms).
+// every thread for rows that run out. When the forward's own-rows path applies (at least MR
+// rows per thread in the first step, see lstm_forward) 4 mean rows per thread suffice: it
+// projects each thread's rows in blocks of steps and never meets. In-process, 2 threads, forward
+// batch / units time: S1 with lengths uniform in [T/4, T] (20 rows on average) 0.977, in [0, T]
+// 0.953, (100, 64, 256, 256) 0.978; 12 rows of length T and 20 of 1: 0.971, 8 of T and 24 of
+// T/10: 0.969; 4 of T and 28 of T/10: 1.047 (3.4 mean rows per thread); training within
+// 0.91-1.01. In the host's slow phases the units split lost 20-25 % more (see lstm_forward).
 Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthreads,
                               const index_t* bs, bool backward) {
   LstmSizes s = s0;
@@ -198,7 +213,9 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthr
   if (step_flops < serial_step_flops(nthreads, !backward) && s.B < 2 * nthreads)
     return Schedule::kSerial;
   const double whh_bytes = 16.0 * s.H * s.H;
-  const index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
+  index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
+  if (bs && batch_rows > 0 && s0.B >= nthreads * kern.MR)
+    batch_rows = std::min<index_t>(batch_rows, 4 * nthreads);
   if (batch_rows > 0 && s.B >= batch_rows) return Schedule::kBatch;
   if (nub >= 2 * nthreads) return Schedule::kUnits;
   if (s.B >= nthreads) return Schedule::kBatch;
@@ -207,13 +224,14 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthr
 }
 
 index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training,
-                                    bool lengths) {
+                                    bool lengths, int nthreads) {
   if (use_unpacked(s)) return s.T * s.B * 4 * s.H + 2 * s.B * s.H + 64;
   const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
   const index_t xg = lengths ? chunk_steps(s) * s.B * s.I : 0;  // a chunk's active rows of x
   const index_t ring = lengths ? 2 * s.B * s.H : 0;  // sorted h of two steps, with an order
-  return panels + xp + xg + ring + 2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
+  const index_t own = lengths ? own_projection_floats(s, nthreads) : 0;
+  return panels + xp + xg + ring + own + 2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
 }
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
@@ -293,6 +311,9 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // of two sorted (B, H) steps, and each thread copies what it computed to y's rows after the
   // step (a thread's rows or units of a step are read only by itself or after a barrier).
   float* ring = order ? Wip + packed_w_ih_size(kern, s) : nullptr;
+  // With batch_sizes and the batch split: the threads' own projections (own_projection_floats).
+  float* xo = Wip + packed_w_ih_size(kern, s) + (bs ? 2 * B * H : 0);
+  float* xgo = xo + (B + nthreads * kOwnProjRows) * G;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
@@ -318,45 +339,112 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     for (index_t ub = 0; ub < nub; ++ub) pack_lstm_panels(kern, H, H, ub, W_hh, Wp);
   }
 
-  // The batch split without batch_sizes: each thread computes the input projection of its own
-  // rows, chunk by chunk, in the team region of its recurrence (no fork and join per chunk),
-  // so the pre-activations it reads are in its own cache rather than half of them in the other
-  // core's, as after a GEMM that splits the chunk's rows its own way. The same products, each
-  // element summed in the same order: results are bitwise those of the shared GEMM. One
-  // product per step and thread: with fewer rows per thread than a micro-tile (MR) the shared
-  // GEMM's full tiles win. In-process A/B, 2 threads, AMD EPYC Zen 4, forward: S1 (16 rows per
-  // thread) 0.898x and 0.903x the time, (100, 64, 128, 128) 0.837x, training S1 0.949x; S6 (8
-  // rows per thread) 1.017x, hence the bound. With the other vCPU busy (another process's
-  // build and tests), S1 training took 0.51x the time in one such A/B: one parallel region per
-  // call instead of two per chunk.
-  if (sched == Schedule::kBatch && P > 1 && !bs && !ids && Wip && B >= P * kern.MR) {
+  // The batch split: each thread computes the input projection of its own rows in the team
+  // region of its recurrence (no fork and join per chunk), so the pre-activations it reads are
+  // in its own cache rather than half of them in the other core's, as after a GEMM that splits
+  // the rows its own way. The same products, each element summed in the same order: results
+  // are bitwise those of the shared GEMM. With fewer rows per thread than a micro-tile (MR) the
+  // shared GEMM's full tiles win. In-process A/B, 2 threads, AMD EPYC Zen 4, forward: S1 (16
+  // rows per thread) 0.898x and 0.903x the time, (100, 64, 128, 128) 0.837x, training S1
+  // 0.949x; S6 (8 rows per thread) 1.017x, hence the bound. With the other vCPU busy (another
+  // process's build and tests), S1 training took 0.51x the time in one such A/B: one parallel
+  // region per call instead of two per chunk.
+  // Without batch_sizes, chunk by chunk: a chunk's projection, then its steps. With batch_sizes
+  // (see below) in blocks of steps within each re-balanced segment. That path also keeps the
+  // batch split to the end of the sequence: the shared path below turns to the units split
+  // when the active rows run low, with a barrier and an exchange of h every step. The host's
+  // slow phases (cores apart, slower transfers between them) made those 20-25 % slower (S1 with
+  // lengths uniform in [T/4, T], forward 11.2 -> 14.1 ms, training 35 -> 43 ms), while the
+  // batch split without them moved by 3 %.
+  if (sched == Schedule::kBatch && P > 1 && !ids && Wip && B >= P * kern.MR) {
     std::vector<float> bias;
     if (b_ih || b_hh) {
       bias.resize(static_cast<std::size_t>(G));
       for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
     }
+    const float* bias_p = bias.empty() ? nullptr : bias.data();
+    StepBarrier step_barrier;
     run_team(P, [&] {
       DenormalGuard ftz;
+      BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
       index_t r0 = 0, r1 = B;
-      balanced_rows(nullptr, 0, T, B, kLengthsRowGrain, p, np, &r0, &r1);
-      if (r1 <= r0) return;
-      for (index_t t0 = 0; t0 < T; t0 += TC) {
-        const index_t t1 = std::min(T, t0 + TC);
-        float* xp = training ? gates + t0 * B * G : xp_buf;
-        for (index_t t = t0; t < t1; ++t)
-          gemm_packed_serial(kern, r1 - r0, G, I, MatView{x + (t * B + r0) * I, I, 1},
-                             MatView{W_ih, 1, I}, xp + ((t - t0) * B + r0) * G, G,
-                             bias.empty() ? nullptr : bias.data(), Wip);
-        for (index_t t = t0; t < t1; ++t) {
-          const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
-          const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
-          float* c_out = training ? cells + t * B * H : state;
-          float* xp_t = xp + (t - t0) * B * G;
-          kern.lstm_fwd_rows(r1 - r0, H, H, 0, nub, y + (t * B + r0) * H, H, c_out + r0 * H,
-                             training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
-                             c_prev + r0 * H, xp_t + r0 * G, Wp);
+      if (!bs) {
+        balanced_rows(nullptr, 0, T, B, kLengthsRowGrain, p, np, &r0, &r1);
+        if (r1 <= r0) return;
+        for (index_t t0 = 0; t0 < T; t0 += TC) {
+          const index_t t1 = std::min(T, t0 + TC);
+          float* xp = training ? gates + t0 * B * G : xp_buf;
+          for (index_t t = t0; t < t1; ++t)
+            gemm_packed_serial(kern, r1 - r0, G, I, MatView{x + (t * B + r0) * I, I, 1},
+                               MatView{W_ih, 1, I}, xp + ((t - t0) * B + r0) * G, G, bias_p,
+                               Wip);
+          for (index_t t = t0; t < t1; ++t) {
+            const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+            const float* c_prev =
+                training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+            float* c_out = training ? cells + t * B * H : state;
+            float* xp_t = xp + (t - t0) * B * G;
+            kern.lstm_fwd_rows(r1 - r0, H, H, 0, nub, y + (t * B + r0) * H, H, c_out + r0 * H,
+                               training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
+                               c_prev + r0 * H, xp_t + r0 * G, Wp);
+          }
         }
+        return;
+      }
+      // With batch_sizes: the rows are re-balanced every kBalanceSteps steps (a barrier when
+      // they change hands), as in the shared path below. Within such a segment each thread
+      // projects its active rows of a block of steps at once (gathered from x into its part of
+      // xo, in the caller's order with an order), at least kOwnProjRows rows while the segment
+      // lasts, so that W_ih^T streams through its cache once per block, not once per step as
+      // the active rows run low; the steps read their pre-activations there.
+      index_t off = 0;  // packed row of step t's row 0
+      index_t blk_end = 0;  // the steps [.., blk_end) have their projection in this thread's xo
+      float* xo_t = nullptr;  // this step's first row's pre-activations in xo
+      for (index_t t = 0; t < T; ++t) {
+        if (t % kBalanceSteps == 0) {
+          const index_t t2 = std::min(T, t + kBalanceSteps);
+          if (t > 0 && split_changes(bs, t - kBalanceSteps, t, t, t2, B, kLengthsRowGrain, np))
+            team_barrier();
+          balanced_rows(bs, t, t2, B, kLengthsRowGrain, p, np, &r0, &r1);
+          blk_end = t;
+        }
+        const index_t re = std::min(r1, bs[t]);
+        if (t >= blk_end && re > r0) {  // the projection of the next block of steps
+          const index_t seg_end = std::min(T, (t / kBalanceSteps + 1) * kBalanceSteps);
+          // this thread's rows of xo / xg: disjoint from the other threads' (r0 increasing)
+          float* xo_p = xo + (r0 + p * kOwnProjRows) * G;
+          float* xg_p = xgo + (r0 + p * kOwnProjRows) * I;
+          const index_t cap = std::max(r1 - r0, kOwnProjRows);
+          index_t m = 0, u = t;
+          for (; u < seg_end; ++u) {
+            const index_t n = std::max<index_t>(0, std::min(r1, bs[u]) - r0);
+            if (n == 0 || m + n > cap) break;
+            for (index_t r = r0; r < r0 + n; ++r)
+              std::memcpy(xg_p + (m + r - r0) * I,
+                          x + (u * B + (order ? order[r] : r)) * I, I * sizeof(float));
+            m += n;
+          }
+          gemm_packed_serial(kern, m, G, I, MatView{xg_p, I, 1}, MatView{W_ih, 1, I}, xo_p, G,
+                             bias_p, Wip);
+          blk_end = u;
+          xo_t = xo_p;
+        }
+        const float* h_prev = t == 0 ? h_init
+                              : ring  ? ring + ((t - 1) & 1) * B * H
+                                      : y + (t - 1) * B * H;
+        float* h_out = ring ? ring + (t & 1) * B * H : y + t * B * H;
+        const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+        float* c_out = training ? cells + t * B * H : state;
+        float* g_t = training ? gates + (off + r0) * G : nullptr;
+        off += bs[t];
+        if (re <= r0) continue;
+        kern.lstm_fwd_rows(re - r0, H, H, 0, nub, h_out + r0 * H, H, c_out + r0 * H, g_t,
+                           h_prev + r0 * H, H, c_prev + r0 * H, xo_t, Wp);
+        xo_t += (re - r0) * G;
+        if (ring)
+          for (index_t r = r0; r < re; ++r)
+            std::memcpy(y + (t * B + order[r]) * H, h_out + r * H, H * sizeof(float));
       }
     });
     final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs, order);

@@ -21,7 +21,7 @@ const char* schedule_name(Schedule s);
 // Floats of workspace lstm_forward needs (training: the gates cache holds the input projection;
 // lengths: batch_sizes will be given).
 index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training,
-                                    bool lengths);
+                                    bool lengths, int nthreads);
 
 // Variable lengths: with batch_sizes, rows are sorted by length (longest first) and step t
 // computes only rows [0, batch_sizes[t]) (PackedSequence's layout): y is zero for the other

@@ -270,6 +270,7 @@ def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, 
         (600, 37, 5, 64, True),
         (300, 26, 19, 33, False),
         (40, 64, 20, 100, True),
+        (6, 30, 9, 400, True),  # W_hh of 2.4 MiB (the own-rows split goes up to 4 MiB)
     ],
 )
 @pytest.mark.parametrize("training", [False, True])

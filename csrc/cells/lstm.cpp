@@ -21,6 +21,11 @@ constexpr index_t kKCb = 256;
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
+// The batch split with its own-rows projection (lstm_forward) is chosen without batch_sizes from
+// this many rows per thread, while W_hh takes at most kOwnRowsMaxWhh bytes (lstm_choose_schedule).
+constexpr index_t kOwnRowsPerThread = 12;
+constexpr double kOwnRowsMaxWhh = 4.0 * (1 << 20);
+
 // The batch split with batch_sizes: each thread projects at least this many of its active rows
 // at once (over several steps when its rows per step are fewer), see lstm_forward.
 constexpr index_t kOwnProjRows = 64;
@@ -35,8 +40,8 @@ index_t own_projection_floats(const LstmSizes& s, int nthreads) {
 // chunk of steps, or when the threads may split the batch (then each computes its own rows'
 // projection, see lstm_forward); else the single GEMM packs it itself: floats of that copy.
 index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {
-  // the batch split may be chosen (W_hh <= 2 MiB) and give two threads MR rows each
-  const bool batch_split = s.B >= 2 * kern.MR && 16.0 * s.H * s.H <= 2.0 * (1 << 20);
+  // the batch split may be chosen (lstm_choose_schedule) and give two threads MR rows each
+  const bool batch_split = s.B >= 2 * kern.MR && 16.0 * s.H * s.H <= kOwnRowsMaxWhh;
   if (chunk_steps(s) >= s.T && !batch_split) return 0;
   return (4 * s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
 }
@@ -183,11 +188,15 @@ const char* schedule_name(Schedule s) {
 //  * one thread, or a step too small to share (serial_step_flops: 3e4 FLOP on 2 threads, a
 //    fraction of a microsecond; the barrier per step would cost about as much as it saves)
 //    -> serial;
+//  * without batch_sizes, 12 rows per thread (and MR) with W_hh at most 4 MiB -> batch (the
+//    forward's own-rows path, below);
 //  * enough rows for the batch split (batch_split_min_rows: 4 per thread when W_hh fits in half
-//    an L2, 16 when each core streams it from a larger cache every step; never above 2 MiB) ->
-//    batch-parallel: threads own rows for the whole sequence and never meet (no barrier per
-//    step). With batch_sizes the forward changes to units once the active rows fall below that
-//    (the rows run out; the weights would still be streamed whole by every thread);
+//    an L2, 16 when each core streams it from a larger cache every step; never above 2 MiB;
+//    with batch_sizes and the own-rows path 4 mean rows per thread) -> batch-parallel: threads
+//    own rows for the whole sequence and never meet (no barrier per step). With batch_sizes on
+//    the shared path (fewer than MR rows per thread) the forward changes to units once the
+//    active rows fall below that (the rows run out; the weights would still be streamed whole
+//    by every thread);
 //  * enough unit blocks to share -> units (weight-stationary, one barrier per step);
 //  * else batch if every thread gets a row, else serial.
 // With batch_sizes the rows are counted as their mean over the steps: the active rows fall
@@ -199,6 +208,13 @@ const char* schedule_name(Schedule s) {
 // 0.953, (100, 64, 256, 256) 0.978; 12 rows of length T and 20 of 1: 0.971, 8 of T and 24 of
 // T/10: 0.969; 4 of T and 28 of T/10: 1.047 (3.4 mean rows per thread); training within
 // 0.91-1.01. In the host's slow phases the units split lost 20-25 % more (see lstm_forward).
+// Without batch_sizes the same path wins from 12 rows per thread (kOwnRowsPerThread) with W_hh
+// up to 4 MiB (H = 512), where each thread streams all of W_hh from L3 every step: in-process,
+// 2 threads, batch / units forward time at T = 50: H = 512, B = 24 0.963-0.965, B = 32 0.955,
+// B = 64 (S2) 0.950-0.956; H = 362, B = 24 0.908; H = 256, B = 24 0.995; but H = 512, B = 16
+// 1.030 and B = 20 1.024, and H = 1024 (16 MiB) 1.055-1.087 at B = 32-128. Training (both
+// passes split alike): 0.97-1.01, S2 0.94-0.98. The units split's barrier and exchange of h
+// every step cost most in the host's slow phases (S1 forced to units: 20.2 against 17.2 ms).
 Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthreads,
                               const index_t* bs, bool backward) {
   LstmSizes s = s0;
@@ -213,6 +229,9 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthr
   if (step_flops < serial_step_flops(nthreads, !backward) && s.B < 2 * nthreads)
     return Schedule::kSerial;
   const double whh_bytes = 16.0 * s.H * s.H;
+  if (!bs && whh_bytes <= kOwnRowsMaxWhh &&
+      s.B >= nthreads * std::max<index_t>(kOwnRowsPerThread, kern.MR))
+    return Schedule::kBatch;
   index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
   if (bs && batch_rows > 0 && s0.B >= nthreads * kern.MR)
     batch_rows = std::min<index_t>(batch_rows, 4 * nthreads);

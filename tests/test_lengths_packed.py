@@ -327,17 +327,18 @@ def test_sorted_indices_bad_input():
         )
 
 
-# The LSTM batch split with batch_sizes, from MR rows per thread in the first step (12 with
-# AVX-512, 6 AVX2, 4 scalar): each thread projects its own active rows, in blocks of steps of
-# at least 64 rows within each re-balanced segment (gathered from x through sorted_indices when
-# given), and keeps the batch split to the last step. Row counts on both sides of the bound for
-# 2 and 3 threads; blocks of one step (120 rows) and of many (few rows per thread); zero
-# lengths; SIMD tails. Against the float64 reference with NaN in x's padding, bitwise the serial
-# results in inference and training (the backward too), y's padding zero.
+# The LSTM batch split with batch_sizes: each thread projects its own active rows, in blocks of
+# steps of at least 64 rows within each re-balanced segment (gathered from x through
+# sorted_indices when given), and keeps the batch split to the last step. Few rows per thread
+# and many; blocks of one step (120 rows) and of many; zero lengths; SIMD tails. Against the
+# float64 reference with NaN in x's padding, bitwise the serial results in inference and
+# training (the backward too), y's padding zero.
 @pytest.mark.parametrize(
     "T,B,I,H,low",
     [
         (30, 24, 7, 17, 1),
+        (20, 5, 3, 17, 0),
+        (15, 9, 7, 33, 1),
         (30, 36, 5, 33, 0),
         (23, 37, 17, 16, 5),
         (12, 120, 3, 7, 1),

@@ -257,16 +257,19 @@ def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, 
             assert a.tobytes() == b.tobytes(), f"threads={n} schedule={sched} differs"
 
 
-# The batch split without lengths: each thread computes its own rows' input projection, chunk by
-# chunk, inside its recurrence's team region (from MR rows per thread: 12 with AVX-512, 6 AVX2,
-# 4 scalar). Inference and training, one chunk and several (T * B * 4H above 2^20 floats:
-# chunks of 2^18), with and without bias, row counts that leave the threads unequal shares, and
-# fewer rows than that (the shared GEMM): bitwise the serial results, and the float64 reference.
+# The batch split without lengths: each thread computes its own rows' input projection inside its
+# recurrence's team region, in blocks of steps of at least 64 rows (W_hh up to 4 MiB, two rows or
+# more). Inference and training, blocks of one step (more than 64 rows per thread) and of many,
+# one projection chunk and several (T * B * 4H above 2^20 floats), with and without bias, row
+# counts that leave the threads unequal shares: bitwise the serial results, and the float64
+# reference.
 @pytest.mark.parametrize(
     "T,B,I,H,bias",
     [
         (7, 8, 5, 16, True),
+        (9, 3, 4, 7, True),  # one row for one of the threads on 2 threads
         (7, 40, 5, 16, True),
+        (5, 150, 3, 9, False),  # 75 and 50 rows per thread: blocks of one step
         (600, 37, 5, 64, True),
         (300, 26, 19, 33, False),
         (40, 64, 20, 100, True),

@@ -21,28 +21,33 @@ constexpr index_t kKCb = 256;
 // At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
 constexpr index_t kUnpackedRows = 4;
 
-// The batch split with its own-rows projection (lstm_forward) is chosen without batch_sizes from
-// this many rows per thread, while W_hh takes at most kOwnRowsMaxWhh bytes (lstm_choose_schedule).
-constexpr index_t kOwnRowsPerThread = 12;
+// The batch split with its own-rows projection (lstm_forward) is chosen only while W_hh takes at
+// most this many bytes (lstm_choose_schedule).
 constexpr double kOwnRowsMaxWhh = 4.0 * (1 << 20);
 
 // The batch split with batch_sizes: each thread projects at least this many of its active rows
 // at once (over several steps when its rows per step are fewer), see lstm_forward.
 constexpr index_t kOwnProjRows = 64;
 
+// Whether lstm_forward's batch split may run with each thread projecting its own rows: two rows
+// or more and W_hh of at most kOwnRowsMaxWhh bytes (with more, the scheduler never splits the
+// batch).
+bool own_rows_possible(const LstmSizes& s) {
+  return s.B >= 2 && 16.0 * s.H * s.H <= kOwnRowsMaxWhh;
+}
+
 // Floats of that path's per-thread buffers: pre-activations (4H) and gathered x rows (I) of up
 // to B + nthreads * kOwnProjRows rows in all.
 index_t own_projection_floats(const LstmSizes& s, int nthreads) {
-  return nthreads > 1 ? (s.B + nthreads * kOwnProjRows) * (4 * s.H + s.I) : 0;
+  if (nthreads <= 1 || !own_rows_possible(s)) return 0;
+  return (s.B + nthreads * kOwnProjRows) * (4 * s.H + s.I);
 }
 
 // W_ih^T is packed once per call (by all threads) when the projection runs in more than one
 // chunk of steps, or when the threads may split the batch (then each computes its own rows'
 // projection, see lstm_forward); else the single GEMM packs it itself: floats of that copy.
 index_t packed_w_ih_size(const Kernels& kern, const LstmSizes& s) {
-  // the batch split may be chosen (lstm_choose_schedule) and give two threads MR rows each
-  const bool batch_split = s.B >= 2 * kern.MR && 16.0 * s.H * s.H <= kOwnRowsMaxWhh;
-  if (chunk_steps(s) >= s.T && !batch_split) return 0;
+  if (chunk_steps(s) >= s.T && !own_rows_possible(s)) return 0;
   return (4 * s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
 }
 
@@ -188,33 +193,30 @@ const char* schedule_name(Schedule s) {
 //  * one thread, or a step too small to share (serial_step_flops: 3e4 FLOP on 2 threads, a
 //    fraction of a microsecond; the barrier per step would cost about as much as it saves)
 //    -> serial;
-//  * without batch_sizes, 12 rows per thread (and MR) with W_hh at most 4 MiB -> batch (the
-//    forward's own-rows path, below);
+//  * without batch_sizes, W_hh of at most 4 MiB (H = 512) and 4 rows per thread (8 when W_hh
+//    is larger than one core's L2) -> batch, the forward's own-rows path (lstm_forward): each
+//    thread projects its own rows and streams all of W_hh every step, and the threads never
+//    meet;
 //  * enough rows for the batch split (batch_split_min_rows: 4 per thread when W_hh fits in half
 //    an L2, 16 when each core streams it from a larger cache every step; never above 2 MiB;
-//    with batch_sizes and the own-rows path 4 mean rows per thread) -> batch-parallel: threads
-//    own rows for the whole sequence and never meet (no barrier per step). With batch_sizes on
-//    the shared path (fewer than MR rows per thread) the forward changes to units once the
-//    active rows fall below that (the rows run out; the weights would still be streamed whole
-//    by every thread);
+//    with batch_sizes 4 mean rows per thread, the own-rows path again) -> batch-parallel:
+//    threads own rows for the whole sequence and never meet (no barrier per step);
 //  * enough unit blocks to share -> units (weight-stationary, one barrier per step);
 //  * else batch if every thread gets a row, else serial.
 // With batch_sizes the rows are counted as their mean over the steps: the active rows fall
 // over the sequence, and a batch split sized for the first steps streams the whole of W_hh on
-// every thread for rows that run out. When the forward's own-rows path applies (at least MR
-// rows per thread in the first step, see lstm_forward) 4 mean rows per thread suffice: it
-// projects each thread's rows in blocks of steps and never meets. In-process, 2 threads, forward
-// batch / units time: S1 with lengths uniform in [T/4, T] (20 rows on average) 0.977, in [0, T]
-// 0.953, (100, 64, 256, 256) 0.978; 12 rows of length T and 20 of 1: 0.971, 8 of T and 24 of
-// T/10: 0.969; 4 of T and 28 of T/10: 1.047 (3.4 mean rows per thread); training within
-// 0.91-1.01. In the host's slow phases the units split lost 20-25 % more (see lstm_forward).
-// Without batch_sizes the same path wins from 12 rows per thread (kOwnRowsPerThread) with W_hh
-// up to 4 MiB (H = 512), where each thread streams all of W_hh from L3 every step: in-process,
-// 2 threads, batch / units forward time at T = 50: H = 512, B = 24 0.963-0.965, B = 32 0.955,
-// B = 64 (S2) 0.950-0.956; H = 362, B = 24 0.908; H = 256, B = 24 0.995; but H = 512, B = 16
-// 1.030 and B = 20 1.024, and H = 1024 (16 MiB) 1.055-1.087 at B = 32-128. Training (both
-// passes split alike): 0.97-1.01, S2 0.94-0.98. The units split's barrier and exchange of h
-// every step cost most in the host's slow phases (S1 forced to units: 20.2 against 17.2 ms).
+// every thread for rows that run out. In-process, 2 threads, forward batch / units time (the
+// own-rows path, its projection per segment, before blocks across segments): S1 with lengths
+// uniform in [T/4, T] (20 rows on average) 0.977, in [0, T] 0.953, (100, 64, 256, 256) 0.978;
+// 12 rows of length T and 20 of 1: 0.971, 8 of T and 24 of T/10: 0.969; 4 of T and 28 of T/10:
+// 1.047 (3.4 mean rows per thread); training within 0.91-1.01.
+// Without batch_sizes, batch / units forward time with the projection in blocks: H = 256,
+// T = 100: B = 2 1.299, B = 4 1.038, B = 6 0.923, B = 8 0.895, B = 12-20 0.83-0.85; H = 512,
+// T = 50: B = 4 1.227, B = 8 0.995, B = 16 0.973, B = 20 0.955; before the blocks, B = 64 (S2)
+// 0.950-0.956 and H = 1024 (16 MiB) 1.055-1.087 at B = 32-128. Training (both passes split
+// alike): H = 256, B = 8 0.906, B = 16 0.848; H = 512, B = 16 0.932; S2 0.94-0.98. The units
+// split's barrier and exchange of h every step cost most in the host's slow phases (S1 with
+// lengths forced to units 14.1 ms against 11.2 in the fast phase, the batch split 11.7).
 Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthreads,
                               const index_t* bs, bool backward) {
   LstmSizes s = s0;
@@ -229,12 +231,11 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthr
   if (step_flops < serial_step_flops(nthreads, !backward) && s.B < 2 * nthreads)
     return Schedule::kSerial;
   const double whh_bytes = 16.0 * s.H * s.H;
-  if (!bs && whh_bytes <= kOwnRowsMaxWhh &&
-      s.B >= nthreads * std::max<index_t>(kOwnRowsPerThread, kern.MR))
+  if (!bs && own_rows_possible(s) &&
+      s.B >= nthreads * (whh_bytes <= static_cast<double>(l2_cache_bytes()) ? 4 : 8))
     return Schedule::kBatch;
   index_t batch_rows = batch_split_min_rows(whh_bytes, nthreads);
-  if (bs && batch_rows > 0 && s0.B >= nthreads * kern.MR)
-    batch_rows = std::min<index_t>(batch_rows, 4 * nthreads);
+  if (bs && batch_rows > 0 && s0.B >= 2) batch_rows = std::min<index_t>(batch_rows, 4 * nthreads);
   if (batch_rows > 0 && s.B >= batch_rows) return Schedule::kBatch;
   if (nub >= 2 * nthreads) return Schedule::kUnits;
   if (s.B >= nthreads) return Schedule::kBatch;
@@ -249,8 +250,8 @@ index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, boo
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
   const index_t xg = lengths ? chunk_steps(s) * s.B * s.I : 0;  // a chunk's active rows of x
   const index_t ring = lengths ? 2 * s.B * s.H : 0;  // sorted h of two steps, with an order
-  const index_t own = lengths ? own_projection_floats(s, nthreads) : 0;
-  return panels + xp + xg + ring + own + 2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
+  return panels + xp + xg + ring + own_projection_floats(s, nthreads) + 2 * s.B * s.H +
+         packed_w_ih_size(kern, s) + 64;
 }
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
@@ -329,10 +330,11 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // With an order, y's rows are in the caller's order: the recurrence reads h_prev from a ring
   // of two sorted (B, H) steps, and each thread copies what it computed to y's rows after the
   // step (a thread's rows or units of a step are read only by itself or after a barrier).
-  float* ring = order ? Wip + packed_w_ih_size(kern, s) : nullptr;
-  // With batch_sizes and the batch split: the threads' own projections (own_projection_floats).
-  float* xo = Wip + packed_w_ih_size(kern, s) + (bs ? 2 * B * H : 0);
+  // The batch split's own projections (own_projection_floats): pre-activations, then x rows.
+  float* xo = Wip + packed_w_ih_size(kern, s);
   float* xgo = xo + (B + nthreads * kOwnProjRows) * G;
+  const bool own_rows = own_projection_floats(s, nthreads) > 0;
+  float* ring = order ? xo + own_projection_floats(s, nthreads) : nullptr;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
@@ -344,11 +346,6 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
 
   const Schedule sched = lstm_choose_schedule(kern, s, nthreads, bs);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
-  // With batch_sizes and the batch split: the active rows below which the units split is
-  // faster (batch_split_min_rows), if the units can be shared; else never.
-  index_t units_below = 0;
-  if (bs && sched == Schedule::kBatch && schedule_override() == Schedule::kAuto && nub >= 2 * P)
-    units_below = batch_split_min_rows(16.0 * H * H, P);
 
   // Pack W_hh into gate-interleaved panels, one unit block per task.
   {
@@ -362,86 +359,71 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // region of its recurrence (no fork and join per chunk), so the pre-activations it reads are
   // in its own cache rather than half of them in the other core's, as after a GEMM that splits
   // the rows its own way. The same products, each element summed in the same order: results
-  // are bitwise those of the shared GEMM. With fewer rows per thread than a micro-tile (MR) the
-  // shared GEMM's full tiles win. In-process A/B, 2 threads, AMD EPYC Zen 4, forward: S1 (16
-  // rows per thread) 0.898x and 0.903x the time, (100, 64, 128, 128) 0.837x, training S1
-  // 0.949x; S6 (8 rows per thread) 1.017x, hence the bound. With the other vCPU busy (another
-  // process's build and tests), S1 training took 0.51x the time in one such A/B: one parallel
-  // region per call instead of two per chunk.
-  // Without batch_sizes, chunk by chunk: a chunk's projection, then its steps. With batch_sizes
-  // (see below) in blocks of steps within each re-balanced segment. That path also keeps the
-  // batch split to the end of the sequence: the shared path below turns to the units split
-  // when the active rows run low, with a barrier and an exchange of h every step. The host's
-  // slow phases (cores apart, slower transfers between them) made those 20-25 % slower (S1 with
-  // lengths uniform in [T/4, T], forward 11.2 -> 14.1 ms, training 35 -> 43 ms), while the
-  // batch split without them moved by 3 %.
-  if (sched == Schedule::kBatch && P > 1 && !ids && Wip && B >= P * kern.MR) {
+  // are bitwise those of the shared GEMM.
+  //
+  // A thread projects its active rows of a block of steps at once (gathered from x into its
+  // part of xgo, through the order when there is one), at least kOwnProjRows rows when its rows
+  // per step are fewer, so W_ih^T streams through its cache once per block; the steps read
+  // their pre-activations from its part of xo. With batch_sizes the rows are re-balanced every
+  // kBalanceSteps steps (a barrier when they change hands) and a block ends with its segment.
+  //
+  // In-process A/B, 2 threads, AMD EPYC Zen 4, forward, against the shared GEMM: S6 (8 rows per
+  // thread) 0.838x and 0.837x the time, (100, 20, 128, 128) 0.888x, (100, 8, 65, 100) 0.989x;
+  // against a projection per step and thread (whole chunks first): S1 0.990x, S2 1.003x,
+  // (100, 64, 128, 128) 0.990x, training 1.00-1.01x (the step then writes the gates cache
+  // instead of overwriting the projection in it); that per-step form had taken S1 forward to
+  // 0.90x and training to 0.95x of the shared GEMM's time.
+  //
+  // With batch_sizes this path keeps the batch split to the last step, where the shared path
+  // below (which an embedding input takes) would turn to the units split once the active rows
+  // run low, with a barrier and an exchange of h every step. In the host's slow phases (cores
+  // apart, slower transfers between them) that made S1 with lengths uniform in [T/4, T]
+  // 20-25 % slower (forward 11.2 -> 14.1 ms, training 35 -> 43 ms), where the batch split
+  // without an exchange moved by 3 %.
+  if (sched == Schedule::kBatch && P > 1 && !ids && Wip && own_rows) {
     std::vector<float> bias;
     if (b_ih || b_hh) {
       bias.resize(static_cast<std::size_t>(G));
       for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
     }
     const float* bias_p = bias.empty() ? nullptr : bias.data();
+    const index_t seg = bs ? kBalanceSteps : T;  // steps between re-balancings
     StepBarrier step_barrier;
     run_team(P, [&] {
       DenormalGuard ftz;
       BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
+      auto active = [&](index_t t) { return bs ? bs[t] : B; };
       index_t r0 = 0, r1 = B;
-      if (!bs) {
-        balanced_rows(nullptr, 0, T, B, kLengthsRowGrain, p, np, &r0, &r1);
-        if (r1 <= r0) return;
-        for (index_t t0 = 0; t0 < T; t0 += TC) {
-          const index_t t1 = std::min(T, t0 + TC);
-          float* xp = training ? gates + t0 * B * G : xp_buf;
-          for (index_t t = t0; t < t1; ++t)
-            gemm_packed_serial(kern, r1 - r0, G, I, MatView{x + (t * B + r0) * I, I, 1},
-                               MatView{W_ih, 1, I}, xp + ((t - t0) * B + r0) * G, G, bias_p,
-                               Wip);
-          for (index_t t = t0; t < t1; ++t) {
-            const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
-            const float* c_prev =
-                training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
-            float* c_out = training ? cells + t * B * H : state;
-            float* xp_t = xp + (t - t0) * B * G;
-            kern.lstm_fwd_rows(r1 - r0, H, H, 0, nub, y + (t * B + r0) * H, H, c_out + r0 * H,
-                               training ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
-                               c_prev + r0 * H, xp_t + r0 * G, Wp);
-          }
-        }
-        return;
-      }
-      // With batch_sizes: the rows are re-balanced every kBalanceSteps steps (a barrier when
-      // they change hands), as in the shared path below. Within such a segment each thread
-      // projects its active rows of a block of steps at once (gathered from x into its part of
-      // xo, in the caller's order with an order), at least kOwnProjRows rows while the segment
-      // lasts, so that W_ih^T streams through its cache once per block, not once per step as
-      // the active rows run low; the steps read their pre-activations there.
-      index_t off = 0;  // packed row of step t's row 0
-      index_t blk_end = 0;  // the steps [.., blk_end) have their projection in this thread's xo
+      index_t off = 0;        // packed row of step t's row 0
+      index_t blk_end = 0;    // the steps [.., blk_end) have their projection in xo
       float* xo_t = nullptr;  // this step's first row's pre-activations in xo
       for (index_t t = 0; t < T; ++t) {
-        if (t % kBalanceSteps == 0) {
-          const index_t t2 = std::min(T, t + kBalanceSteps);
-          if (t > 0 && split_changes(bs, t - kBalanceSteps, t, t, t2, B, kLengthsRowGrain, np))
+        if (t % seg == 0) {
+          const index_t t2 = std::min(T, t + seg);
+          if (bs && t > 0 && split_changes(bs, t - seg, t, t, t2, B, kLengthsRowGrain, np))
             team_barrier();
           balanced_rows(bs, t, t2, B, kLengthsRowGrain, p, np, &r0, &r1);
           blk_end = t;
         }
-        const index_t re = std::min(r1, bs[t]);
+        const index_t re = std::min(r1, active(t));
         if (t >= blk_end && re > r0) {  // the projection of the next block of steps
-          const index_t seg_end = std::min(T, (t / kBalanceSteps + 1) * kBalanceSteps);
-          // this thread's rows of xo / xg: disjoint from the other threads' (r0 increasing)
+          const index_t seg_end = std::min(T, (t / seg + 1) * seg);
+          // this thread's rows of xo / xgo: disjoint from the other threads' (r0 increasing)
           float* xo_p = xo + (r0 + p * kOwnProjRows) * G;
           float* xg_p = xgo + (r0 + p * kOwnProjRows) * I;
           const index_t cap = std::max(r1 - r0, kOwnProjRows);
           index_t m = 0, u = t;
           for (; u < seg_end; ++u) {
-            const index_t n = std::max<index_t>(0, std::min(r1, bs[u]) - r0);
+            const index_t n = std::max<index_t>(0, std::min(r1, active(u)) - r0);
             if (n == 0 || m + n > cap) break;
-            for (index_t r = r0; r < r0 + n; ++r)
-              std::memcpy(xg_p + (m + r - r0) * I,
-                          x + (u * B + (order ? order[r] : r)) * I, I * sizeof(float));
+            if (order) {
+              for (index_t r = r0; r < r0 + n; ++r)
+                std::memcpy(xg_p + (m + r - r0) * I, x + (u * B + order[r]) * I,
+                            I * sizeof(float));
+            } else {
+              std::memcpy(xg_p + m * I, x + (u * B + r0) * I, n * I * sizeof(float));
+            }
             m += n;
           }
           gemm_packed_serial(kern, m, G, I, MatView{xg_p, I, 1}, MatView{W_ih, 1, I}, xo_p, G,
@@ -456,7 +438,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
         float* c_out = training ? cells + t * B * H : state;
         float* g_t = training ? gates + (off + r0) * G : nullptr;
-        off += bs[t];
+        off += active(t);
         if (re <= r0) continue;
         kern.lstm_fwd_rows(re - r0, H, H, 0, nub, h_out + r0 * H, H, c_out + r0 * H, g_t,
                            h_prev + r0 * H, H, c_prev + r0 * H, xo_t, Wp);
@@ -492,29 +474,19 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
       index_t r0 = 0, r1 = B, ub0 = 0, ub1 = nub;
-      const index_t ub0u = nub * p / np, ub1u = nub * (p + 1) / np;  // this thread's units
-      if (sched == Schedule::kUnits) {
-        ub0 = ub0u;
-        ub1 = ub1u;
+      if (sched == Schedule::kUnits) {  // this thread's units
+        ub0 = nub * p / np;
+        ub1 = nub * (p + 1) / np;
       }
-      // Batch split: rows are independent, so threads never meet, except that with batch_sizes
-      // the rows are re-balanced every kBalanceSteps steps (in grains of kLengthsRowGrain rows;
-      // the step kernel balances its tile heights), and once fewer rows than units_below are
-      // active the team switches to the units split for the rest (bs never grows again).
+      // Batch split (forced, or an embedding input): rows are independent, so threads never
+      // meet, except that with batch_sizes the rows are re-balanced every kBalanceSteps steps
+      // (in grains of kLengthsRowGrain rows; the step kernel balances its tile heights).
       const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
       const index_t seg = rebalance ? kBalanceSteps : t1 - t0;
-      bool units_now = sched == Schedule::kUnits;
+      const bool units_now = sched == Schedule::kUnits;
       index_t off = 0;  // packed row (in the chunk) of step t's row 0
       for (index_t t = t0; t < t1; ++t) {
-        if (rebalance && !units_now && bs[t] < units_below) {
-          units_now = true;  // rows change hands: every thread's last step must be written
-          if (t > t0) team_barrier();
-          r0 = 0;
-          r1 = B;
-          ub0 = ub0u;
-          ub1 = ub1u;
-        }
-        if (sched == Schedule::kBatch && !units_now && (t - t0) % seg == 0) {
+        if (sched == Schedule::kBatch && (t - t0) % seg == 0) {
           const index_t tile = kLengthsRowGrain, t2 = std::min(t1, t + seg);
           // Rows changing hands: their h_prev / c_prev must be written first.
           if (rebalance && t > t0 && split_changes(bs, t - seg, t, t, t2, B, tile, np))

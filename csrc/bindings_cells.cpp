@@ -84,7 +84,8 @@ py::tuple gru_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   {
     py::gil_scoped_release nogil;
     Workspace ws(
-        gru_forward_workspace_size(kern, s, training, bs_ptr(a.batch_sizes) != nullptr));
+        gru_forward_workspace_size(kern, s, training, bs_ptr(a.batch_sizes) != nullptr,
+                                   nthreads));
     gru_forward(y.mutable_data(), h_n.mutable_data(), training ? gates.mutable_data() : nullptr,
                 training ? hwn.mutable_data() : nullptr, cptr(a.x), opt_ptr(a.h0), cptr(a.w_ih),
                 cptr(a.w_hh), opt_ptr(a.b_ih), opt_ptr(a.b_hh), s, bs_ptr(a.batch_sizes), ws.p,

@@ -231,3 +231,44 @@ def test_gru_matches_torch(rng):
     np.testing.assert_allclose(g.dx, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(g.dweight_hh, m.weight_hh_l0.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(g.dbias_hh, m.bias_hh_l0.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# The GRU's batch split: each thread projects its own rows (x . W_ih^T + b_ih) inside its
+# recurrence's team region, in blocks of steps of at least 64 rows (W_hh up to 4 MiB), with and
+# without lengths, on 2-4 threads: bitwise the serial results (inference, training, gradients),
+# and the float64 reference. Blocks of one step (150 rows) and of many; a thread with one row;
+# bias and h0 absent; SIMD tails.
+@pytest.mark.parametrize(
+    "T,B,I,H,bias,state",
+    [
+        (30, 32, 17, 33, True, True),
+        (9, 3, 4, 7, True, False),
+        (12, 150, 5, 9, False, True),
+        (20, 16, 65, 100, True, True),
+        (5, 26, 9, 400, True, True),  # W_hh of 1.9 MiB
+    ],
+)
+@pytest.mark.parametrize("lengths", [False, True])
+def test_gru_batch_split_own_projection(isa, threads, schedule, T, B, I, H, bias, state, lengths):
+    rng = np.random.default_rng(T * B + H)
+    x, w, h0 = make_problem(rng, "gru", T, B, I, H, bias=bias, state=state)
+    dy, dhn = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    lens, bs = sorted_lengths(rng, T, B) if lengths else (None, None)
+    if lengths:
+        lens[0] = T
+        bs = (np.arange(T)[:, None] < lens[None, :]).sum(axis=1)
+    results = []
+    for n, sched in [(1, "auto"), (2, "batch"), (2, "auto"), (3, "batch"), (4, "batch")]:
+        lstm_fast.set_num_threads(n)
+        schedule(sched)
+        args = [f32(a) for a in (x, *w, h0)]
+        yi, hi = ops.gru_forward(*args, batch_sizes=bs)[:2]
+        y, hn, g = run("gru", x, w, h0, dy, dhn, batch_sizes=bs)
+        results.append([yi, hi, y, hn, *[a for a in g if a is not None]])
+    ry, rhn, _ = run_ref("gru", x, w, h0, dy, dhn, lengths=lens)
+    np.testing.assert_allclose(results[0][0], ry, rtol=1e-5, atol=5e-6)
+    np.testing.assert_allclose(results[0][1], rhn, rtol=1e-5, atol=5e-6)
+    for n, other in zip((2, 2, 3, 4), results[1:]):
+        for i, (a, b) in enumerate(zip(results[0], other)):
+            assert a.tobytes() == b.tobytes(), f"threads={n}, array {i}"
+    assert results[0][0].tobytes() == results[0][2].tobytes()  # inference == training

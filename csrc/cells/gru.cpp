@@ -247,14 +247,30 @@ namespace {
 // At most this many rows in all (T * B): the forward reads W_hh's rows directly (GEMV per row),
 // packing would cost more than the steps.
 constexpr index_t kUnpackedRows = 4;
+
+// The batch split's own-rows projection (gru_forward): each thread projects at least this many
+// of its rows at once, while W_hh takes at most kOwnRowsMaxWhh bytes.
+constexpr index_t kOwnProjRows = 64;
+constexpr double kOwnRowsMaxWhh = 4.0 * (1 << 20);
+
+// Floats of that path's buffers (0 when it cannot run): W_ih^T packed, then per-thread
+// pre-activations (3H) and gathered x rows (I) of up to B + nthreads * kOwnProjRows rows.
+index_t own_rows_floats(const Kernels& kern, const CellSizes& s, int nthreads) {
+  if (nthreads <= 1 || s.B < 2 || s.T * s.B <= kUnpackedRows ||
+      12.0 * s.H * s.H > kOwnRowsMaxWhh)
+    return 0;
+  const index_t G = 3 * s.H;
+  return (G + kern.NR - 1) / kern.NR * kern.NR * s.I + (s.B + nthreads * kOwnProjRows) * (G + s.I);
+}
 }  // namespace
 
 index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training,
-                                   bool lengths) {
+                                   bool lengths, int nthreads) {
   const index_t G = 3 * s.H;
   const index_t panels = 3 * num_panels(kern, s.H) * s.H * kern.NR;
   const index_t xg = lengths ? s.T * s.B * s.I : 0;
-  return panels + (training ? 0 : s.T * s.B * G) + xg + s.B * G + s.B * s.H + 64;
+  return panels + (training ? 0 : s.T * s.B * G) + xg + s.B * G + s.B * s.H +
+         own_rows_floats(kern, s, nthreads) + 64;
 }
 
 void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x, const float* h0,
@@ -280,6 +296,11 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   float* xg = (training ? Wp + 3 * nbj * H * kern.NR : xp + T * B * G);
   float* hw = xg + (bs ? T * B * I : 0);
   float* zeros = hw + B * G;
+  // The batch split's own-rows projection (own_rows_floats): W_ih^T packed, pre-activations,
+  // gathered x rows.
+  float* Wip = zeros + B * H;
+  float* xo = Wip + (G + kern.NR - 1) / kern.NR * kern.NR * I;
+  float* xgo = xo + (B + nthreads * kOwnProjRows) * G;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   zero_padding(y, s, bs);
@@ -289,13 +310,34 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
     zero_padding(hwn, s, bs);
   }
 
-  // Hoisted input projection: x . W_ih^T + b_ih for all steps (b_hh stays in the step: b_hn is
-  // multiplied by the reset gate).
-  input_projection(kern, s, G, x, W_ih, b_ih, nullptr, xp, bs, xg, nthreads);
-
   Schedule sched = choose_schedule(kern, s, G, nthreads);
   if (unpacked) sched = (G * H >= (1 << 16) && nthreads > 1) ? Schedule::kUnits : Schedule::kSerial;
+  // With the own-rows projection below, the batch split wins from 4 rows per thread (8 when
+  // W_hh is larger than a core's L2) up to 4 MiB of W_hh, as for the LSTM. In-process, 2
+  // threads, Zen 4 (1 MiB L2), forward batch / units time: H = 256, B = 8 0.779, B = 16 0.770;
+  // H = 512, B = 16 0.936, B = 64 (S2) 0.931; but B = 4 at H = 256 1.172.
+  if (!bs && schedule_override() == Schedule::kAuto && own_rows_floats(kern, s, nthreads) > 0 &&
+      s.B >= nthreads * (12.0 * H * H <= static_cast<double>(l2_cache_bytes()) ? 4 : 8))
+    sched = Schedule::kBatch;
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
+  // The batch split: each thread projects its own rows inside its recurrence's team region, in
+  // blocks of steps of at least kOwnProjRows rows (a step's rows when more), as the LSTM's
+  // forward does (lstm.cpp): its pre-activations are in its own cache rather than half in the
+  // other core's, and W_ih^T streams through it once per block. Bitwise the shared GEMM's
+  // results (the same products, each element summed in the same order).
+  const bool own = sched == Schedule::kBatch && P > 1 && own_rows_floats(kern, s, nthreads) > 0;
+  std::vector<float> bias;  // own: b_ih as the shared GEMM adds it (gemm_bias2: b_ih + 0)
+  if (own) {
+    pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
+    if (b_ih) {
+      bias.resize(static_cast<std::size_t>(G));
+      for (index_t j = 0; j < G; ++j) bias[j] = b_ih[j] + 0.0f;
+    }
+  } else {
+    // Hoisted input projection: x . W_ih^T + b_ih for all steps (b_hh stays in the step: b_hn
+    // is multiplied by the reset gate).
+    input_projection(kern, s, G, x, W_ih, b_ih, nullptr, xp, bs, xg, nthreads);
+  }
   if (!unpacked) pack_gate_panels(kern, H, 3, W_hh, Wp, P);
 
   StepBarrier step_barrier;
@@ -318,6 +360,8 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
     // with batch_sizes (row tiles of MR).
     const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
     const index_t seg = rebalance ? kBalanceSteps : T;
+    index_t blk_end = 0;    // own: the steps [.., blk_end) have their projection in xo
+    float* xo_t = nullptr;  // own: this step's first row's pre-activations in xo
     for (index_t t = 0; t < T; ++t) {
       if (sched == Schedule::kBatch && t % seg == 0) {
         const index_t t2 = std::min(T, t + seg);
@@ -327,11 +371,35 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
           team_barrier();
         }
         balanced_rows(bs, t, t2, B, grain, p, np, &r0, &r1);
+        blk_end = t;
       }
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       float* xp_t = xp + off * G;
       off += bs ? bs[t] : B;
+      const float* xin = xp_t + r0 * G;  // this thread's first row's pre-activations
+      if (own && re > r0) {
+        if (t >= blk_end) {  // the projection of the next block of steps (within the segment)
+          const index_t seg_end = std::min(T, (t / seg + 1) * seg);
+          // this thread's rows of xo / xgo: disjoint from the other threads' (r0 increasing)
+          float* xo_p = xo + (r0 + p * kOwnProjRows) * G;
+          float* xg_p = xgo + (r0 + p * kOwnProjRows) * I;
+          const index_t cap = std::max(r1 - r0, kOwnProjRows);
+          index_t m = 0, u = t;
+          for (; u < seg_end; ++u) {
+            const index_t n = std::max<index_t>(0, std::min(r1, bs ? bs[u] : B) - r0);
+            if (n == 0 || m + n > cap) break;
+            std::memcpy(xg_p + m * I, x + (u * B + r0) * I, n * I * sizeof(float));
+            m += n;
+          }
+          gemm_packed_serial(kern, m, G, I, MatView{xg_p, I, 1}, MatView{W_ih, 1, I}, xo_p, G,
+                             bias.empty() ? nullptr : bias.data(), Wip);
+          blk_end = u;
+          xo_t = xo_p;
+        }
+        xin = xo_t;
+        xo_t += (re - r0) * G;
+      }
       if (re > r0 && u1 > u0) {
         // hw[:, gate q, my units] = h_prev . W_hq^T (the bias is added in the epilogue).
         if (unpacked) {
@@ -344,7 +412,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
         }
         ck.gru_fwd(re - r0, H, u0, u1, y + (t * B + r0) * H,
                    training ? xp_t + r0 * G : nullptr,
-                   training ? hwn + (t * B + r0) * H : nullptr, xp_t + r0 * G, hw + r0 * G, b_hh,
+                   training ? hwn + (t * B + r0) * H : nullptr, xin, hw + r0 * G, b_hh,
                    h_prev + r0 * H);
       }
       if (sched == Schedule::kUnits && np > 1 && t + 1 < T) {

@@ -19,9 +19,9 @@ struct CellSizes {
 // after its last real step; the padding of x is never read. The training gates cache then holds
 // packed rows (packed.h); hwn stays (T, B, H) with zero padding rows.
 
-// lengths: batch_sizes will be given.
+// lengths: batch_sizes will be given; nthreads: the team the call will run on.
 index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training,
-                                   bool lengths);
+                                   bool lengths, int nthreads);
 
 // Forward over the sequence. Inference when gates == hwn == nullptr; training when both are
 // given: post-activation gates r, z, n and hw_n = h W_hn^T + b_hn are kept for backward.

@@ -36,11 +36,21 @@ bool own_rows_possible(const LstmSizes& s) {
   return s.B >= 2 && 16.0 * s.H * s.H <= kOwnRowsMaxWhh;
 }
 
+// The rows a thread's projection block may take beyond its own rows of a step: kOwnProjRows, but
+// at most T * B / nthreads (0 is fine: blocks of one step), so that the buffers below stay
+// within about the size of x's rows and the pre-activations of all steps. With kOwnProjRows
+// alone they grew with the thread count whatever the problem: T = 3, B = 2, I = 5000 on 64
+// threads took an 83 MB workspace for a 120 kB x (the kernels run on up to as many threads as
+// the process has CPUs).
+index_t own_proj_rows(const LstmSizes& s, int nthreads) {
+  return std::min<index_t>(kOwnProjRows, s.T * s.B / std::max(1, nthreads));
+}
+
 // Floats of that path's per-thread buffers: pre-activations (4H) and gathered x rows (I) of up
-// to B + nthreads * kOwnProjRows rows in all.
+// to B + nthreads * own_proj_rows rows in all.
 index_t own_projection_floats(const LstmSizes& s, int nthreads) {
   if (nthreads <= 1 || !own_rows_possible(s)) return 0;
-  return (s.B + nthreads * kOwnProjRows) * (4 * s.H + s.I);
+  return (s.B + nthreads * own_proj_rows(s, nthreads)) * (4 * s.H + s.I);
 }
 
 // W_ih^T is packed once per call (by all threads) when the projection runs in more than one
@@ -332,7 +342,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // step (a thread's rows or units of a step are read only by itself or after a barrier).
   // The batch split's own projections (own_projection_floats): pre-activations, then x rows.
   float* xo = Wip + packed_w_ih_size(kern, s);
-  float* xgo = xo + (B + nthreads * kOwnProjRows) * G;
+  const index_t extra = own_proj_rows(s, nthreads);  // a block's rows beyond a step's
+  float* xgo = xo + (B + nthreads * extra) * G;
   const bool own_rows = own_projection_floats(s, nthreads) > 0;
   float* ring = order ? xo + own_projection_floats(s, nthreads) : nullptr;
   std::memset(zeros, 0, B * H * sizeof(float));
@@ -363,9 +374,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   //
   // A thread projects its active rows of a block of steps at once (gathered from x into its
   // part of xgo, through the order when there is one), at least kOwnProjRows rows when its rows
-  // per step are fewer, so W_ih^T streams through its cache once per block; the steps read
-  // their pre-activations from its part of xo. With batch_sizes the rows are re-balanced every
-  // kBalanceSteps steps (a barrier when they change hands) and a block ends with its segment.
+  // per step are fewer (own_proj_rows: fewer for a small T * B per thread), so W_ih^T streams
+  // through its cache once per block; the steps read their pre-activations from its part of xo.
+  // With batch_sizes the rows are re-balanced every kBalanceSteps steps (a barrier when they
+  // change hands) and a block ends with its segment.
   //
   // In-process A/B, 2 threads, AMD EPYC Zen 4, forward, against the shared GEMM: S6 (8 rows per
   // thread) 0.838x and 0.837x the time, (100, 20, 128, 128) 0.888x, (100, 8, 65, 100) 0.989x;
@@ -380,13 +392,13 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // apart, slower transfers between them) that made S1 with lengths uniform in [T/4, T]
   // 20-25 % slower (forward 11.2 -> 14.1 ms, training 35 -> 43 ms), where the batch split
   // without an exchange moved by 3 %.
+  std::vector<float> bias;  // b_ih + b_hh, as gemm_bias2 sums them
+  if (b_ih || b_hh) {
+    bias.resize(static_cast<std::size_t>(G));
+    for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+  }
+  const float* bias_p = bias.empty() ? nullptr : bias.data();
   if (sched == Schedule::kBatch && P > 1 && !ids && Wip && own_rows) {
-    std::vector<float> bias;
-    if (b_ih || b_hh) {
-      bias.resize(static_cast<std::size_t>(G));
-      for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-    }
-    const float* bias_p = bias.empty() ? nullptr : bias.data();
     const index_t seg = bs ? kBalanceSteps : T;  // steps between re-balancings
     StepBarrier step_barrier;
     run_team(P, [&] {
@@ -410,9 +422,9 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         if (t >= blk_end && re > r0) {  // the projection of the next block of steps
           const index_t seg_end = std::min(T, (t / seg + 1) * seg);
           // this thread's rows of xo / xgo: disjoint from the other threads' (r0 increasing)
-          float* xo_p = xo + (r0 + p * kOwnProjRows) * G;
-          float* xg_p = xgo + (r0 + p * kOwnProjRows) * I;
-          const index_t cap = std::max(r1 - r0, kOwnProjRows);
+          float* xo_p = xo + (r0 + p * extra) * G;
+          float* xg_p = xgo + (r0 + p * extra) * I;
+          const index_t cap = std::max(r1 - r0, extra);
           index_t m = 0, u = t;
           for (; u < seg_end; ++u) {
             const index_t n = std::max<index_t>(0, std::min(r1, active(u)) - r0);
@@ -463,8 +475,18 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       gather_rows(rows, G, ids + t0 * B, table, xp, nthreads);
     } else {
       if (bs) pack_steps(xg, x, I, B, bs, t0, t1, nthreads, order);
-      input_projection(kern, rows, G, I, bs ? xg : x + t0 * B * I, W_ih, b_ih, b_hh, xp,
-                       nthreads, Wip);
+      const float* xa = bs ? xg : x + t0 * B * I;
+      if (Wip && rows <= 2) {
+        // gemm() takes one or two rows as dot products over W_ih's rows (another summation
+        // order); the batch split's own-rows projection (above) always uses the packed
+        // micro-kernel, at any row count: a chunk of one or two active rows (the last chunk,
+        // with a long tail of batch_sizes or B = 2) must too, or the results would differ in
+        // the last bit between one thread and the batch split.
+        gemm_packed_serial(kern, rows, G, I, MatView{xa, I, 1}, MatView{W_ih, 1, I}, xp, G,
+                           bias_p, Wip);
+      } else {
+        input_projection(kern, rows, G, I, xa, W_ih, b_ih, b_hh, xp, nthreads, Wip);
+      }
     }
 
     // The recurrence: one parallel region for the chunk; per step one fused tile sweep.

@@ -272,3 +272,43 @@ def test_gru_batch_split_own_projection(isa, threads, schedule, T, B, I, H, bias
         for i, (a, b) in enumerate(zip(results[0], other)):
             assert a.tobytes() == b.tobytes(), f"threads={n}, array {i}"
     assert results[0][0].tobytes() == results[0][2].tobytes()  # inference == training
+
+
+@pytest.mark.parametrize("lengths", [[2, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]])
+def test_gru_one_or_two_active_rows_bitwise(isa, threads, schedule, lengths):
+    # One or two active rows in all (T * B above the unpacked path's 4): the shared projection
+    # computes them as dot products, so the batch split must not project them itself.
+    T, B, I, H = 4, len(lengths), 6, 7
+    rng = np.random.default_rng(B)
+    x, w, h0 = make_problem(rng, "gru", T, B, I, H)
+    bs = (np.arange(T)[:, None] < np.asarray(lengths)[None, :]).sum(axis=1)
+    results = []
+    for n, sched in [(1, "auto"), (2, "batch"), (3, "batch")]:
+        lstm_fast.set_num_threads(n)
+        schedule(sched)
+        args = [f32(a) for a in (x, *w, h0)]
+        y, hn = ops.gru_forward(*args, batch_sizes=bs)[:2]
+        results.append([y, hn])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_gru_workspace_bounded_by_problem(threads):
+    # The own-rows buffers hold at most about T * B rows, whatever the thread count (they had
+    # grown by 64 rows of 3H + I floats per thread).
+    rng = np.random.default_rng(10)
+    T, B, I, H = 3, 2, 5000, 8
+    x = f32(rng.standard_normal((T, B, I)))
+    w_ih = f32(rng.standard_normal((3 * H, I)) * 0.01)
+    w_hh = f32(rng.standard_normal((3 * H, H)) * 0.1)
+    lstm_fast.set_num_threads(1)
+    want = ops.gru_forward(x, w_ih, w_hh)[:2]
+    for n in (2, 16):
+        lstm_fast.empty_cache()
+        lstm_fast.set_num_threads(n)
+        got = ops.gru_forward(x, w_ih, w_hh)[:2]
+        for a, b in zip(want, got):
+            assert a.tobytes() == b.tobytes()
+        kept = lstm_fast.cached_bytes()
+        assert kept <= 2 * (x.nbytes + w_ih.nbytes), f"threads={n}: a workspace of {kept} bytes"

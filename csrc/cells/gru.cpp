@@ -253,14 +253,22 @@ constexpr index_t kUnpackedRows = 4;
 constexpr index_t kOwnProjRows = 64;
 constexpr double kOwnRowsMaxWhh = 4.0 * (1 << 20);
 
+// The rows a thread's projection block may take beyond its own rows of a step: kOwnProjRows,
+// but at most T * B / nthreads (0: blocks of one step), so the buffers stay within about the
+// size of x's rows and all steps' pre-activations whatever the thread count (as lstm.cpp's).
+index_t own_proj_rows(const CellSizes& s, int nthreads) {
+  return std::min<index_t>(kOwnProjRows, s.T * s.B / std::max(1, nthreads));
+}
+
 // Floats of that path's buffers (0 when it cannot run): W_ih^T packed, then per-thread
-// pre-activations (3H) and gathered x rows (I) of up to B + nthreads * kOwnProjRows rows.
+// pre-activations (3H) and gathered x rows (I) of up to B + nthreads * own_proj_rows rows.
 index_t own_rows_floats(const Kernels& kern, const CellSizes& s, int nthreads) {
   if (nthreads <= 1 || s.B < 2 || s.T * s.B <= kUnpackedRows ||
       12.0 * s.H * s.H > kOwnRowsMaxWhh)
     return 0;
   const index_t G = 3 * s.H;
-  return (G + kern.NR - 1) / kern.NR * kern.NR * s.I + (s.B + nthreads * kOwnProjRows) * (G + s.I);
+  return (G + kern.NR - 1) / kern.NR * kern.NR * s.I +
+         (s.B + nthreads * own_proj_rows(s, nthreads)) * (G + s.I);
 }
 }  // namespace
 
@@ -300,7 +308,8 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   // gathered x rows.
   float* Wip = zeros + B * H;
   float* xo = Wip + (G + kern.NR - 1) / kern.NR * kern.NR * I;
-  float* xgo = xo + (B + nthreads * kOwnProjRows) * G;
+  const index_t extra = own_proj_rows(s, nthreads);  // a block's rows beyond a step's
+  float* xgo = xo + (B + nthreads * extra) * G;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   zero_padding(y, s, bs);
@@ -325,7 +334,11 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   // forward does (lstm.cpp): its pre-activations are in its own cache rather than half in the
   // other core's, and W_ih^T streams through it once per block. Bitwise the shared GEMM's
   // results (the same products, each element summed in the same order).
-  const bool own = sched == Schedule::kBatch && P > 1 && own_rows_floats(kern, s, nthreads) > 0;
+  // (Not for one or two active rows in all: the shared GEMM computes those as dot products, in
+  // another summation order than the packed micro-kernel the own rows use, and one thread must
+  // give the same bits.)
+  const bool own = sched == Schedule::kBatch && P > 1 && N > 2 &&
+                   own_rows_floats(kern, s, nthreads) > 0;
   std::vector<float> bias;  // own: b_ih as the shared GEMM adds it (gemm_bias2: b_ih + 0)
   if (own) {
     pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
@@ -382,9 +395,9 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
         if (t >= blk_end) {  // the projection of the next block of steps (within the segment)
           const index_t seg_end = std::min(T, (t / seg + 1) * seg);
           // this thread's rows of xo / xgo: disjoint from the other threads' (r0 increasing)
-          float* xo_p = xo + (r0 + p * kOwnProjRows) * G;
-          float* xg_p = xgo + (r0 + p * kOwnProjRows) * I;
-          const index_t cap = std::max(r1 - r0, kOwnProjRows);
+          float* xo_p = xo + (r0 + p * extra) * G;
+          float* xg_p = xgo + (r0 + p * extra) * I;
+          const index_t cap = std::max(r1 - r0, extra);
           index_t m = 0, u = t;
           for (; u < seg_end; ++u) {
             const index_t n = std::max<index_t>(0, std::min(r1, bs ? bs[u] : B) - r0);

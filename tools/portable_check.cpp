@@ -208,13 +208,13 @@ Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in
   switch (cell) {
     case Cell::kLSTM: {
       {
-        Scratch ws(lstm_forward_workspace_size(kern, ls, false, bs != nullptr));
+        Scratch ws(lstm_forward_workspace_size(kern, ls, false, bs != nullptr, threads));
         lstm_forward(y_inf.data(), hn_inf.data(), cn_inf.data(), nullptr, nullptr, x.data(), h0,
                      c0, in.W_ih.data(), in.W_hh.data(), in.b_ih.data(), in.b_hh.data(), ls, bs,
                      ws.p, kern, threads);
       }
       {
-        Scratch ws(lstm_forward_workspace_size(kern, ls, true, bs != nullptr));
+        Scratch ws(lstm_forward_workspace_size(kern, ls, true, bs != nullptr, threads));
         lstm_forward(y.data(), h_n.data(), c_n.data(), gts.data(), aux.data(), x.data(), h0, c0,
                      in.W_ih.data(), in.W_hh.data(), in.b_ih.data(), in.b_hh.data(), ls, bs, ws.p,
                      kern, threads);
@@ -256,12 +256,12 @@ Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in
     }
     case Cell::kGRU: {
       {
-        Scratch ws(gru_forward_workspace_size(kern, cs, false, bs != nullptr));
+        Scratch ws(gru_forward_workspace_size(kern, cs, false, bs != nullptr, threads));
         gru_forward(y_inf.data(), hn_inf.data(), nullptr, nullptr, x.data(), h0, in.W_ih.data(),
                     in.W_hh.data(), in.b_ih.data(), in.b_hh.data(), cs, bs, ws.p, kern, threads);
       }
       {
-        Scratch ws(gru_forward_workspace_size(kern, cs, true, bs != nullptr));
+        Scratch ws(gru_forward_workspace_size(kern, cs, true, bs != nullptr, threads));
         gru_forward(y.data(), h_n.data(), gts.data(), aux.data(), x.data(), h0, in.W_ih.data(),
                     in.W_hh.data(), in.b_ih.data(), in.b_hh.data(), cs, bs, ws.p, kern, threads);
       }
@@ -273,12 +273,12 @@ Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in
     }
     default: {
       {
-        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr));
+        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr, threads));
         rnn_forward(y_inf.data(), hn_inf.data(), x.data(), h0, in.W_ih.data(), in.W_hh.data(),
                     in.b_ih.data(), in.b_hh.data(), relu, cs, bs, ws.p, kern, threads);
       }
       {
-        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr));
+        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr, threads));
         rnn_forward(y.data(), h_n.data(), x.data(), h0, in.W_ih.data(), in.W_hh.data(),
                     in.b_ih.data(), in.b_hh.data(), relu, cs, bs, ws.p, kern, threads);
       }

@@ -130,8 +130,7 @@ py::tuple rnn_forward_py(py::handle x, py::handle weight_ih, py::handle weight_h
   farray y = new_array({s.T, s.B, s.H}), h_n = new_array({s.B, s.H});
   {
     py::gil_scoped_release nogil;
-    Workspace ws(
-        rnn_forward_workspace_size(kern, s, bs_ptr(a.batch_sizes) != nullptr, nthreads));
+    Workspace ws(rnn_forward_workspace_size(kern, s, bs_ptr(a.batch_sizes) != nullptr));
     rnn_forward(y.mutable_data(), h_n.mutable_data(), cptr(a.x), opt_ptr(a.h0), cptr(a.w_ih),
                 cptr(a.w_hh), opt_ptr(a.b_ih), opt_ptr(a.b_hh), relu, s, bs_ptr(a.batch_sizes),
                 ws.p, kern, nthreads);

@@ -233,11 +233,11 @@ def test_gru_matches_torch(rng):
     np.testing.assert_allclose(g.dbias_hh, m.bias_hh_l0.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
-# The GRU's and RNN's batch split: each thread projects its own rows (x . W_ih^T + biases)
-# inside its recurrence's team region (the GRU in blocks of steps of at least 64 rows, with W_hh
-# up to 4 MiB; the RNN step by step), with and without lengths, on 2-4 threads: bitwise the
-# serial results (inference, training, gradients), and the float64 reference. Blocks of one
-# step (150 rows) and of many; a thread with one row; bias and h0 absent; SIMD tails.
+# The GRU's batch split: each thread projects its own rows (x . W_ih^T + b_ih) inside its
+# recurrence's team region, in blocks of steps of at least 64 rows (W_hh up to 4 MiB), with and
+# without lengths, on 2-4 threads: bitwise the serial results (inference, training, gradients),
+# and the float64 reference. Blocks of one step (150 rows) and of many; a thread with one row;
+# bias and h0 absent; SIMD tails.
 @pytest.mark.parametrize(
     "T,B,I,H,bias,state",
     [
@@ -249,10 +249,9 @@ def test_gru_matches_torch(rng):
     ],
 )
 @pytest.mark.parametrize("lengths", [False, True])
-@pytest.mark.parametrize("cell", CELLS)
-def test_batch_split_own_projection(isa, threads, schedule, cell, T, B, I, H, bias, state, lengths):
+def test_gru_batch_split_own_projection(isa, threads, schedule, T, B, I, H, bias, state, lengths):
     rng = np.random.default_rng(T * B + H)
-    x, w, h0 = make_problem(rng, cell, T, B, I, H, bias=bias, state=state)
+    x, w, h0 = make_problem(rng, "gru", T, B, I, H, bias=bias, state=state)
     dy, dhn = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
     lens, bs = sorted_lengths(rng, T, B) if lengths else (None, None)
     if lengths:
@@ -263,13 +262,10 @@ def test_batch_split_own_projection(isa, threads, schedule, cell, T, B, I, H, bi
         lstm_fast.set_num_threads(n)
         schedule(sched)
         args = [f32(a) for a in (x, *w, h0)]
-        if cell == "gru":
-            yi, hi = ops.gru_forward(*args, batch_sizes=bs)[:2]
-        else:
-            yi, hi = ops.rnn_forward(*args, nonlinearity=cell, batch_sizes=bs)[:2]
-        y, hn, g = run(cell, x, w, h0, dy, dhn, batch_sizes=bs)
+        yi, hi = ops.gru_forward(*args, batch_sizes=bs)[:2]
+        y, hn, g = run("gru", x, w, h0, dy, dhn, batch_sizes=bs)
         results.append([yi, hi, y, hn, *[a for a in g if a is not None]])
-    ry, rhn, _ = run_ref(cell, x, w, h0, dy, dhn, lengths=lens)
+    ry, rhn, _ = run_ref("gru", x, w, h0, dy, dhn, lengths=lens)
     np.testing.assert_allclose(results[0][0], ry, rtol=1e-5, atol=5e-6)
     np.testing.assert_allclose(results[0][1], rhn, rtol=1e-5, atol=5e-6)
     for n, other in zip((2, 2, 3, 4), results[1:]):
@@ -279,23 +275,19 @@ def test_batch_split_own_projection(isa, threads, schedule, cell, T, B, I, H, bi
 
 
 @pytest.mark.parametrize("lengths", [[2, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]])
-@pytest.mark.parametrize("cell", CELLS)
-def test_one_or_two_active_rows_bitwise(isa, threads, schedule, cell, lengths):
+def test_gru_one_or_two_active_rows_bitwise(isa, threads, schedule, lengths):
     # One or two active rows in all (T * B above the unpacked path's 4): the shared projection
     # computes them as dot products, so the batch split must not project them itself.
     T, B, I, H = 4, len(lengths), 6, 7
     rng = np.random.default_rng(B)
-    x, w, h0 = make_problem(rng, cell, T, B, I, H)
+    x, w, h0 = make_problem(rng, "gru", T, B, I, H)
     bs = (np.arange(T)[:, None] < np.asarray(lengths)[None, :]).sum(axis=1)
     results = []
     for n, sched in [(1, "auto"), (2, "batch"), (3, "batch")]:
         lstm_fast.set_num_threads(n)
         schedule(sched)
         args = [f32(a) for a in (x, *w, h0)]
-        if cell == "gru":
-            y, hn = ops.gru_forward(*args, batch_sizes=bs)[:2]
-        else:
-            y, hn = ops.rnn_forward(*args, nonlinearity=cell, batch_sizes=bs)[:2]
+        y, hn = ops.gru_forward(*args, batch_sizes=bs)[:2]
         results.append([y, hn])
     for other in results[1:]:
         for a, b in zip(results[0], other):

@@ -273,12 +273,12 @@ Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in
     }
     default: {
       {
-        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr, threads));
+        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr));
         rnn_forward(y_inf.data(), hn_inf.data(), x.data(), h0, in.W_ih.data(), in.W_hh.data(),
                     in.b_ih.data(), in.b_hh.data(), relu, cs, bs, ws.p, kern, threads);
       }
       {
-        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr, threads));
+        Scratch ws(rnn_forward_workspace_size(kern, cs, bs != nullptr));
         rnn_forward(y.data(), h_n.data(), x.data(), h0, in.W_ih.data(), in.W_hh.data(),
                     in.b_ih.data(), in.b_hh.data(), relu, cs, bs, ws.p, kern, threads);
       }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "cells/packed.h"
 #include "gemm/gemm.h"
@@ -15,24 +14,16 @@ namespace {
 constexpr index_t kUnpackedRows = 4;  // T * B at most: GEMV on W_hh's rows, no packing
 }
 
-// W_ih^T packed for the batch split's own-rows projection (rnn_forward), when it may run.
-index_t rnn_w_ih_floats(const Kernels& kern, const CellSizes& s, int nthreads) {
-  if (nthreads <= 1 || s.B < 2 || s.T * s.B <= kUnpackedRows) return 0;
-  return (s.H + kern.NR - 1) / kern.NR * kern.NR * s.I;
-}
-
-index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths,
-                                   int nthreads) {
+index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
   const index_t xg = lengths ? s.T * s.B * s.I : 0;  // x's active rows, packed
-  return num_panels(kern, s.H) * s.H * kern.NR + s.B * s.H + xg +
-         rnn_w_ih_floats(kern, s, nthreads) + 64;
+  return num_panels(kern, s.H) * s.H * kern.NR + s.B * s.H + xg + 64;
 }
 
 void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const float* W_ih,
                  const float* W_hh, const float* b_ih, const float* b_hh, bool relu,
                  const CellSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
                  int nthreads) {
-  const index_t T = s.T, B = s.B, I = s.I, H = s.H;
+  const index_t T = s.T, B = s.B, H = s.H;
   if (B == 0 || H == 0) return;
   if (T == 0) {
     for (index_t j = 0; j < B * H; ++j) h_n[j] = h0 ? h0[j] : 0.0f;
@@ -45,37 +36,17 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   float* Wp = workspace;                  // packed W_hh^T panels
   float* zeros = Wp + nbj * H * kern.NR;  // (B, H)
   float* xg = zeros + B * H;              // (T*B, I) with batch_sizes: x's active rows, packed
-  float* Wip = xg + (bs ? T * B * I : 0);  // W_ih^T packed (rnn_w_ih_floats)
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
+  // y starts as the hoisted input projection x . W_ih^T + b_ih + b_hh (zero on padding rows);
+  // each step adds h_prev . W_hh^T and applies the activation in place. With batch_sizes the
+  // projection lands packed at y's start and is then spread to its rows.
+  input_projection(kern, s, H, x, W_ih, b_ih, b_hh, y, bs, xg, nthreads);
+  if (bs) unpack_steps_in_place(y, H, B, bs, T);
 
   Schedule sched = choose_schedule(kern, s, H, nthreads);
   if (unpacked) sched = (H * H >= (1 << 16) && nthreads > 1) ? Schedule::kUnits : Schedule::kSerial;
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
-  // The batch split: each thread projects its own rows of each step into y just before the
-  // step (x . W_ih^T + b_ih + b_hh, W_ih^T packed once), in its recurrence's team region, so
-  // the pre-activations are in its own cache rather than half in the other core's, as the LSTM
-  // and GRU do (their blocks of steps matter less here: W_ih^T is a quarter and a third of
-  // theirs). Bitwise the shared GEMM's results; not for one or two active rows in all, which the
-  // shared GEMM computes as dot products.
-  const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
-  const bool own = sched == Schedule::kBatch && P > 1 && N > 2 &&
-                   rnn_w_ih_floats(kern, s, nthreads) > 0;
-  std::vector<float> bias;  // own: b_ih + b_hh, as gemm_bias2 sums them
-  if (own) {
-    pack_b_panels_parallel(kern, I, H, MatView{W_ih, 1, I}, Wip, nthreads);
-    if (b_ih || b_hh) {
-      bias.resize(static_cast<std::size_t>(H));
-      for (index_t j = 0; j < H; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-    }
-    zero_padding(y, s, bs);
-  } else {
-    // y starts as the hoisted input projection x . W_ih^T + b_ih + b_hh (zero on padding
-    // rows); each step adds h_prev . W_hh^T and applies the activation in place. With
-    // batch_sizes the projection lands packed at y's start and is then spread to its rows.
-    input_projection(kern, s, H, x, W_ih, b_ih, b_hh, y, bs, xg, nthreads);
-    if (bs) unpack_steps_in_place(y, H, B, bs, T);
-  }
   if (!unpacked) pack_gate_panels(kern, H, 1, W_hh, Wp, P);
 
   StepBarrier step_barrier;
@@ -108,10 +79,6 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
       const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       float* a = y + t * B * H;
-      if (own && re > r0)
-        gemm_packed_serial(kern, re - r0, H, I, MatView{x + (t * B + r0) * I, I, 1},
-                           MatView{W_ih, 1, I}, a + r0 * H, H,
-                           bias.empty() ? nullptr : bias.data(), Wip);
       if (re > r0 && u1 > u0) {
         if (unpacked) {
           for (index_t b = r0; b < re; ++b)

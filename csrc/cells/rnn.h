@@ -6,9 +6,7 @@
 
 namespace lstm_fast {
 
-// nthreads: the team the call will run on.
-index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths,
-                                   int nthreads);
+index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths);
 
 // Forward over the sequence. y doubles as the training cache (post-activation outputs).
 // h0 may be null (zeros); b_ih, b_hh may be null. batch_sizes as in gru.h.

@@ -397,17 +397,9 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
           // this thread's rows of xo / xgo: disjoint from the other threads' (r0 increasing)
           float* xo_p = xo + (r0 + p * extra) * G;
           float* xg_p = xgo + (r0 + p * extra) * I;
-          const index_t cap = std::max(r1 - r0, extra);
-          index_t m = 0, u = t;
-          for (; u < seg_end; ++u) {
-            const index_t n = std::max<index_t>(0, std::min(r1, bs ? bs[u] : B) - r0);
-            if (n == 0 || m + n > cap) break;
-            std::memcpy(xg_p + m * I, x + (u * B + r0) * I, n * I * sizeof(float));
-            m += n;
-          }
-          gemm_packed_serial(kern, m, G, I, MatView{xg_p, I, 1}, MatView{W_ih, 1, I}, xo_p, G,
-                             bias.empty() ? nullptr : bias.data(), Wip);
-          blk_end = u;
+          blk_end = project_rows_block(kern, x, B, I, G, bs, nullptr, t, seg_end, r0, r1,
+                                       std::max(r1 - r0, extra),
+                                       W_ih, bias.empty() ? nullptr : bias.data(), Wip, xg_p, xo_p);
           xo_t = xo_p;
         }
         xin = xo_t;

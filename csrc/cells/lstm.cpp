@@ -424,23 +424,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
           // this thread's rows of xo / xgo: disjoint from the other threads' (r0 increasing)
           float* xo_p = xo + (r0 + p * extra) * G;
           float* xg_p = xgo + (r0 + p * extra) * I;
-          const index_t cap = std::max(r1 - r0, extra);
-          index_t m = 0, u = t;
-          for (; u < seg_end; ++u) {
-            const index_t n = std::max<index_t>(0, std::min(r1, active(u)) - r0);
-            if (n == 0 || m + n > cap) break;
-            if (order) {
-              for (index_t r = r0; r < r0 + n; ++r)
-                std::memcpy(xg_p + (m + r - r0) * I, x + (u * B + order[r]) * I,
-                            I * sizeof(float));
-            } else {
-              std::memcpy(xg_p + m * I, x + (u * B + r0) * I, n * I * sizeof(float));
-            }
-            m += n;
-          }
-          gemm_packed_serial(kern, m, G, I, MatView{xg_p, I, 1}, MatView{W_ih, 1, I}, xo_p, G,
-                             bias_p, Wip);
-          blk_end = u;
+          blk_end = project_rows_block(kern, x, B, I, G, bs, order, t, seg_end, r0, r1,
+                                       std::max(r1 - r0, extra), W_ih, bias_p, Wip, xg_p, xo_p);
           xo_t = xo_p;
         }
         const float* h_prev = t == 0 ? h_init

@@ -1,9 +1,11 @@
-// Helpers shared by the recurrent cores (lstm.cpp, lstm_proj.cpp): unit blocks of the packed
-// panels and the step chunking of the hoisted input projection (the team helpers team_id,
-// team_size, team_barrier are in dispatch.h).
+// Helpers shared by the recurrent cores (lstm.cpp, lstm_proj.cpp, gru.cpp): unit blocks of the
+// packed panels, the step chunking of the hoisted input projection and the batch split's own-rows
+// blocks of it (the team helpers team_id, team_size, team_barrier are in dispatch.h).
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 
 #include "cells/lstm.h"
 #include "dispatch.h"
@@ -46,6 +48,32 @@ inline void input_projection(const Kernels& kern, index_t rows, index_t G, index
                              const float* Wip = nullptr) {
   gemm_bias2(kern, rows, G, I, MatView{x, I, 1}, MatView{W_ih, 1, I}, xp, G, b_ih, b_hh,
              nthreads, Wip);
+}
+
+// The batch split's own-rows input projection (lstm.cpp, gru.cpp), one block: the active rows
+// among [r0, r1) of steps t0, t0 + 1, ... (bs null: all B rows active), while the steps last
+// (to t1) and the rows fit in cap, are gathered from x (row order[r] of a step for sorted row r
+// when order is given) into xg, then xo = bias + xg . W_ih^T (G columns; W_ih^T packed in Wip,
+// bias may be null). The rows follow each other step by step. Returns the block's end step.
+inline index_t project_rows_block(const Kernels& kern, const float* x, index_t B, index_t I,
+                                  index_t G, const index_t* bs, const int64_t* order, index_t t0,
+                                  index_t t1, index_t r0, index_t r1, index_t cap,
+                                  const float* W_ih, const float* bias, const float* Wip,
+                                  float* xg, float* xo) {
+  index_t m = 0, u = t0;
+  for (; u < t1; ++u) {
+    const index_t n = std::max<index_t>(0, std::min(r1, bs ? bs[u] : B) - r0);
+    if (n == 0 || m + n > cap) break;
+    if (order) {
+      for (index_t r = r0; r < r0 + n; ++r)
+        std::memcpy(xg + (m + r - r0) * I, x + (u * B + order[r]) * I, I * sizeof(float));
+    } else {
+      std::memcpy(xg + m * I, x + (u * B + r0) * I, n * I * sizeof(float));
+    }
+    m += n;
+  }
+  gemm_packed_serial(kern, m, G, I, MatView{xg, I, 1}, MatView{W_ih, 1, I}, xo, G, bias, Wip);
+  return u;
 }
 
 // Gate-interleaved panels of W_hh (4H, K) for the fused step tile, unit block ub:

@@ -350,6 +350,16 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
+  // Step t's operands: h_prev and h_out (in y, or with an order in the ring of two sorted
+  // steps), c_prev and c_out (the training cache, or the inference state).
+  auto h_prev_of = [&](index_t t) -> const float* {
+    return t == 0 ? h_init : ring ? ring + ((t - 1) & 1) * B * H : y + (t - 1) * B * H;
+  };
+  auto h_out_of = [&](index_t t) { return ring ? ring + (t & 1) * B * H : y + t * B * H; };
+  auto c_prev_of = [&](index_t t) -> const float* {
+    return training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
+  };
+  auto c_out_of = [&](index_t t) { return training ? cells + t * B * H : state; };
   if (!ids && packed_w_ih_size(kern, s) > 0)
     pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
   else
@@ -428,12 +438,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
                                        std::max(r1 - r0, extra), W_ih, bias_p, Wip, xg_p, xo_p);
           xo_t = xo_p;
         }
-        const float* h_prev = t == 0 ? h_init
-                              : ring  ? ring + ((t - 1) & 1) * B * H
-                                      : y + (t - 1) * B * H;
-        float* h_out = ring ? ring + (t & 1) * B * H : y + t * B * H;
-        const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
-        float* c_out = training ? cells + t * B * H : state;
+        const float* h_prev = h_prev_of(t);
+        float* h_out = h_out_of(t);
+        const float* c_prev = c_prev_of(t);
+        float* c_out = c_out_of(t);
         float* g_t = training ? gates + (off + r0) * G : nullptr;
         off += active(t);
         if (re <= r0) continue;
@@ -490,7 +498,6 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
       // (in grains of kLengthsRowGrain rows; the step kernel balances its tile heights).
       const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
       const index_t seg = rebalance ? kBalanceSteps : t1 - t0;
-      const bool units_now = sched == Schedule::kUnits;
       index_t off = 0;  // packed row (in the chunk) of step t's row 0
       for (index_t t = t0; t < t1; ++t) {
         if (sched == Schedule::kBatch && (t - t0) % seg == 0) {
@@ -500,12 +507,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
             team_barrier();
           balanced_rows(bs, t, t2, B, tile, p, np, &r0, &r1);
         }
-        const float* h_prev = t == 0 ? h_init
-                              : ring  ? ring + ((t - 1) & 1) * B * H
-                                      : y + (t - 1) * B * H;
-        float* h_out = ring ? ring + (t & 1) * B * H : y + t * B * H;
-        const float* c_prev = training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
-        float* c_out = training ? cells + t * B * H : state;
+        const float* h_prev = h_prev_of(t);
+        float* h_out = h_out_of(t);
+        const float* c_prev = c_prev_of(t);
+        float* c_out = c_out_of(t);
         float* xp_t = xp + off * G;
         off += bs ? bs[t] : B;
         const index_t re = bs ? std::min(r1, bs[t]) : r1;
@@ -520,7 +525,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
                           (u1 - u0) * sizeof(float));
           }
         }
-        if (units_now && np > 1 && t + 1 < t1) team_barrier();  // (the region's end joins)
+        if (sched == Schedule::kUnits && np > 1 && t + 1 < t1)
+          team_barrier();  // (the region's end joins)
       }
     });
     off0 += rows;

@@ -327,6 +327,19 @@ void gemm_dual_rows(const Kernels& kern, index_t i0, index_t i1, index_t pc, ind
 
 }  // namespace
 
+// The number of chunks of about `per` MR-row slivers (mb in all) that a team of P threads takes
+// in turn from a shared counter: a multiple of P (at most mb), chunk c being the slivers
+// [mb * c / n, mb * (c + 1) / n). With ceil(mb / per) chunks the counts came out uneven: S6's dx
+// GEMM (134 slivers, 16 per chunk) ran 9 chunks, 5 on one thread and 4 on the other, and
+// gemm_dual's dW (34 slivers) 7 chunks of 5 per depth block, 4 against 3 before each block's
+// barrier.
+namespace {
+index_t even_chunks(index_t mb, index_t per, int P) {
+  const index_t n = ((mb + per - 1) / per + P - 1) / P * P;
+  return std::max<index_t>(1, std::min(n, mb));
+}
+}  // namespace
+
 void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp) {
   if (n1 > n0) pack_b(kern, K, n1 - n0, B, 0, n0, Bp);
 }
@@ -463,7 +476,7 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
             : std::min<index_t>(per_thread,
                                 std::clamp<index_t>((mb + 8 * P - 1) / (8 * P), min_per,
                                                     std::max(min_per, mc_for(kern) / kern.MR)));
-  const index_t nchunks = (mb + per - 1) / per;
+  const index_t nchunks = even_chunks(mb, per, P);
   if (!Bpre && !big_b) {
     thread_local std::unique_ptr<AlignedBuffer> shared;
     if (!shared || shared->n < b_floats) {
@@ -481,7 +494,8 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
     DenormalGuard ftz;
     for (index_t c = next.fetch_add(1, std::memory_order_relaxed); c < nchunks;
          c = next.fetch_add(1, std::memory_order_relaxed)) {
-      const index_t i0 = c * per * kern.MR, i1 = std::min(M, (c + 1) * per * kern.MR);
+      const index_t i0 = mb * c / nchunks * kern.MR;
+      const index_t i1 = std::min(M, mb * (c + 1) / nchunks * kern.MR);
       gemm_serial_bias(kern, i1 - i0, N, K, MatView{A.p + i0 * A.rs, A.rs, A.cs}, B,
                        C + i0 * ldc, ldc, accumulate, bias, Bpre, a_sums ? a_sums + i0 : nullptr);
     }
@@ -585,7 +599,7 @@ void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
   // of MR-row slivers in turn from the block's counter. Every element is still reduced over the
   // blocks in order by whichever thread takes its rows: bitwise the same at any thread count.
   const index_t per = std::max<index_t>(1, (mb + 4 * P - 1) / (4 * P));
-  const index_t nchunks = (mb + per - 1) / per, nblocks = (K + kKC - 1) / kKC;
+  const index_t nchunks = even_chunks(mb, per, P), nblocks = (K + kKC - 1) / kKC;
   std::unique_ptr<std::atomic<index_t>[]> next(new std::atomic<index_t>[nblocks]);
   for (index_t b = 0; b < nblocks; ++b) next[b].store(0, std::memory_order_relaxed);
 #if defined(_OPENMP)
@@ -603,7 +617,7 @@ void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
 #endif
       for (index_t c = next[b].fetch_add(1, std::memory_order_relaxed); c < nchunks;
            c = next[b].fetch_add(1, std::memory_order_relaxed)) {
-        const index_t i0 = c * per * MR, i1 = std::min(M, (c + 1) * per * MR);
+        const index_t i0 = mb * c / nchunks * MR, i1 = std::min(M, mb * (c + 1) / nchunks * MR);
         gemm_dual_rows(kern, i0, i1, pc, kc, A, Bb, nb1, N, C, ldc, accumulate, a_sums);
       }
     }

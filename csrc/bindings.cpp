@@ -710,6 +710,7 @@ PYBIND11_MODULE(_core, m) {
     d["available_isas"] = available_isas();
     d["num_threads"] = get_num_threads();
     d["cpus"] = usable_cpus();
+    d["cpu_quota"] = cpu_quota() > 0.0 ? py::object(py::float_(cpu_quota())) : py::object(py::none());
     d["forked_serial"] = forked_serial();
 #if defined(_OPENMP)
     d["openmp"] = true;
@@ -722,6 +723,13 @@ PYBIND11_MODULE(_core, m) {
     d["lstm_units_per_block"] = k.W;
     return d;
   });
+  m.def(
+      "_parse_cpu_quota",
+      [](const std::string& text) -> py::object {
+        const double q = parse_cpu_quota(text);
+        return q > 0.0 ? py::object(py::float_(q)) : py::object(py::none());
+      },
+      py::arg("text"));
   m.def("_set_isa", [](const std::string& name) { set_isa(name); }, py::arg("name"));
   m.def(
       "_set_schedule",

@@ -125,9 +125,11 @@ py::tuple lstm_forward_py(py::handle x, py::handle weight_ih, py::handle weight_
 
 // The first layer of an embedding -> LSTM stack in one call: x = E[ids] is never formed; the
 // input projection of each token is a row of table = E . W_ih^T + b_ih + b_hh (V rows, one GEMM
-// per call) gathered by id. Results are bitwise those of lstm_forward(E[ids], ...): each table
-// row is the same dot products in the same order. The cache remembers ids and E; its backward
-// sends the input gradient to E (dembedding) instead of dx.
+// per call) gathered by id. Results are bitwise those of lstm_forward(E[ids], ...) for every
+// shape: each table row is summed as that call sums a row of x on its path (unpacked or packed,
+// lstm_embedding_table). The cache remembers ids and E; its backward sends the input gradient
+// to E (dembedding) instead of dx: dZ's rows summed per token first, equal to the index-add of
+// lstm_backward's dx rows to float rounding.
 py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::handle weight_ih,
                                    py::handle weight_hh, py::handle bias_ih, py::handle bias_hh,
                                    py::handle h0, py::handle c0, bool training) {
@@ -183,8 +185,8 @@ py::tuple lstm_forward_embedded_py(py::handle ids_obj, py::handle emb_obj, py::h
   {
     py::gil_scoped_release nogil;
     Workspace table(std::max<index_t>(1, V * G));
-    gemm_bias2(kern, V, G, I, MatView{cptr(E), I, 1}, MatView{cptr(w_ih), 1, I}, table.p, G,
-               opt_ptr(b_ih), opt_ptr(b_hh), nthreads);
+    lstm_embedding_table(table.p, cptr(E), cptr(w_ih), opt_ptr(b_ih), opt_ptr(b_hh), s, V, kern,
+                         nthreads);
     Workspace ws(lstm_forward_workspace_size(kern, s, training, false, nthreads));
     lstm_forward(y.mutable_data(), h_n.mutable_data(), c_n.mutable_data(),
                  training ? gates.mutable_data() : nullptr,
@@ -708,6 +710,7 @@ PYBIND11_MODULE(_core, m) {
     d["available_isas"] = available_isas();
     d["num_threads"] = get_num_threads();
     d["cpus"] = usable_cpus();
+    d["cpu_quota"] = cpu_quota() > 0.0 ? py::object(py::float_(cpu_quota())) : py::object(py::none());
     d["forked_serial"] = forked_serial();
 #if defined(_OPENMP)
     d["openmp"] = true;
@@ -720,6 +723,13 @@ PYBIND11_MODULE(_core, m) {
     d["lstm_units_per_block"] = k.W;
     return d;
   });
+  m.def(
+      "_parse_cpu_quota",
+      [](const std::string& text) -> py::object {
+        const double q = parse_cpu_quota(text);
+        return q > 0.0 ? py::object(py::float_(q)) : py::object(py::none());
+      },
+      py::arg("text"));
   m.def("_set_isa", [](const std::string& name) { set_isa(name); }, py::arg("name"));
   m.def(
       "_set_schedule",

@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <thread>
 #include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <sstream>
 #include <stdexcept>
 
 #include <unistd.h>
@@ -64,7 +68,82 @@ int affinity_cpus() {
 #endif
   return std::max(1, g_hardware_threads);
 }
-std::atomic<int> g_cpus{affinity_cpus()};
+
+#if defined(__linux__)
+// A small file's contents (at most 4 KiB), or "" when it cannot be read.
+std::string read_small_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return {};
+  std::string text(4096, '\0');
+  f.read(&text[0], static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(f.gcount()));
+  return text;
+}
+
+// This process's cgroup path in the hierarchy of /proc/self/cgroup's line for `controller`
+// (cgroup v1: "N:cpu,cpuacct:/path"), or of the cgroup v2 line ("0::/path") when controller is
+// empty; "/" when there is no such line or the path leaves the namespace's root ("/..").
+std::string own_cgroup(const std::string& cgroup_file, const std::string& controller) {
+  std::istringstream lines(cgroup_file);
+  for (std::string line; std::getline(lines, line);) {
+    const std::size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string id = line.substr(0, a), ctrls = line.substr(a + 1, b - a - 1);
+    const std::string path = line.substr(b + 1);
+    bool match = false;
+    if (controller.empty()) {
+      match = id == "0" && ctrls.empty();
+    } else {
+      std::istringstream names(ctrls);
+      for (std::string n; std::getline(names, n, ',');) match = match || n == controller;
+    }
+    if (!match) continue;
+    if (path.empty() || path[0] != '/' || path.find("/..") != std::string::npos) return "/";
+    return path;
+  }
+  return "/";
+}
+
+// The smallest quota (in CPUs) of this process's cgroup and its ancestors up to the root, for
+// cgroup v2 (cpu.max) and v1 (the cpu controller's cpu.cfs_quota_us and cpu.cfs_period_us); 0
+// when none sets one. A container often sees its own cgroup as the root of the mount: its files
+// are then /sys/fs/cgroup/cpu.max (or /sys/fs/cgroup/cpu/cpu.cfs_*), the walk's last step.
+double cgroup_cpu_quota() {
+  const std::string self = read_small_file("/proc/self/cgroup");
+  double best = 0.0;
+  auto walk = [&](const std::string& root, std::string path, auto&& quota_at) {
+    while (true) {
+      const std::string dir = root + (path == "/" ? std::string() : path);
+      const double q = quota_at(dir);
+      if (q > 0.0 && (best == 0.0 || q < best)) best = q;
+      if (path == "/" || path.empty()) break;
+      const std::size_t cut = path.find_last_of('/');
+      path = cut == 0 || cut == std::string::npos ? "/" : path.substr(0, cut);
+    }
+  };
+  walk("/sys/fs/cgroup", own_cgroup(self, ""),
+       [](const std::string& dir) { return parse_cpu_quota(read_small_file(dir + "/cpu.max")); });
+  walk("/sys/fs/cgroup/cpu", own_cgroup(self, "cpu"), [](const std::string& dir) {
+    const std::string quota = read_small_file(dir + "/cpu.cfs_quota_us");
+    if (quota.empty()) return 0.0;
+    return parse_cpu_quota(quota + " " + read_small_file(dir + "/cpu.cfs_period_us"));
+  });
+  return best;
+}
+#else
+double cgroup_cpu_quota() { return 0.0; }
+#endif
+
+// The CPUs a quota of q CPUs gives a team: ceil(q), at least 1 (no bound for q = 0: none).
+int quota_cpus(double q) {
+  if (!(q > 0.0)) return std::numeric_limits<int>::max();
+  return static_cast<int>(std::max(1.0, std::ceil(std::min(q, 1e6))));
+}
+
+// The CPU quota (0: none) and the CPUs a team may use: the affinity mask's, at most the quota
+// rounded up; both read at import and again by set_num_threads.
+std::atomic<double> g_quota{cgroup_cpu_quota()};
+std::atomic<int> g_cpus{std::min(affinity_cpus(), quota_cpus(g_quota.load()))};
 std::atomic<int> g_cpu_limit{0};  // a test's override of g_cpus (0: none)
 
 int note_team(int n) {
@@ -262,6 +341,29 @@ int get_num_threads() {
 #endif
 }
 
+double parse_cpu_quota(const std::string& text) {
+  // Two fields and nothing else: QUOTA ("max", or an integer; negative: none) and PERIOD (a
+  // positive integer), microseconds each.
+  std::istringstream in(text);
+  std::string quota, period, extra;
+  if (!(in >> quota >> period) || (in >> extra)) return 0.0;
+  if (quota == "max") return 0.0;
+  auto integer = [](const std::string& f, long long* v) {
+    if (f.empty() || f.size() > 18) return false;
+    std::size_t i = f[0] == '-' ? 1 : 0;
+    if (i == f.size()) return false;
+    for (std::size_t j = i; j < f.size(); ++j)
+      if (f[j] < '0' || f[j] > '9') return false;
+    *v = std::stoll(f);
+    return true;
+  };
+  long long q = 0, p = 0;
+  if (!integer(quota, &q) || !integer(period, &p) || q <= 0 || p <= 0) return 0.0;
+  return static_cast<double>(q) / static_cast<double>(p);
+}
+
+double cpu_quota() { return g_quota.load(std::memory_order_relaxed); }
+
 int usable_cpus() {
   const int limit = g_cpu_limit.load(std::memory_order_relaxed);
   return limit > 0 ? limit : g_cpus.load(std::memory_order_relaxed);
@@ -277,8 +379,11 @@ void set_cpu_limit(int n) { g_cpu_limit.store(n < 0 ? 0 : n, std::memory_order_r
 bool forked_serial() { return g_forked_serial.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
-  // The affinity mask may have changed since import (os.sched_setaffinity): read it again.
-  g_cpus.store(affinity_cpus(), std::memory_order_relaxed);
+  // The affinity mask and the cgroup's CPU quota may have changed since import
+  // (os.sched_setaffinity, a container's limit updated): read them again.
+  const double quota = cgroup_cpu_quota();
+  g_quota.store(quota, std::memory_order_relaxed);
+  g_cpus.store(std::min(affinity_cpus(), quota_cpus(quota)), std::memory_order_relaxed);
   g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed);
 }
 

@@ -99,13 +99,22 @@ void set_local_num_threads(int n);
 int get_local_num_threads();
 // The thread count asked for (set_num_threads, this OS thread's override, else OMP_NUM_THREADS).
 int get_num_threads();
-// The CPUs this process may run on (its affinity mask, read at import and by set_num_threads).
+// The CPUs this process may use: its affinity mask's, at most its cgroup's CPU quota rounded up
+// (a container limited to 1.5 CPUs: 2), both read at import and by set_num_threads.
 int usable_cpus();
+// That quota in CPUs (quota / period, e.g. 1.5), the smallest of the process's cgroup and its
+// ancestors (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us); 0 when none is set
+// or off Linux.
+double cpu_quota();
+// The quota in CPUs that a cgroup file's text sets: "QUOTA PERIOD" as in cgroup v2's cpu.max
+// (QUOTA "max": none), or cgroup v1's cpu.cfs_quota_us and cpu.cfs_period_us joined by a space
+// (QUOTA -1: none). 0 for no limit, and for text that is not exactly two such fields.
+double parse_cpu_quota(const std::string& text);
 // The team a call runs on: get_num_threads(), at most usable_cpus() (more threads than CPUs only
 // take turns, and each step's barrier waits for every one of them). Results are bitwise the
 // same for any team size.
 int team_threads();
-// Tests: run teams of up to n threads whatever the CPUs (0: the affinity mask again).
+// Tests: run teams of up to n threads whatever the CPUs (0: usable_cpus() again).
 void set_cpu_limit(int n);
 // True in a process forked after this one's thread team started: every call runs on one thread
 // (GNU libgomp's team does not survive fork; see dispatch.cpp).

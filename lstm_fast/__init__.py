@@ -85,8 +85,9 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads the kernels use, in [1, 4 x the hardware threads (at least
     64)]. Applies to calls made afterwards, from any Python thread.
 
-    A call runs on at most ``cpu_info()["cpus"]`` threads, the CPUs this process may run on
-    (its affinity mask, read again here): more threads than CPUs would only take turns on them.
+    A call runs on at most ``cpu_info()["cpus"]`` threads, the CPUs this process may use (its
+    affinity mask, at most a container's CPU quota rounded up; both read again here): more
+    threads than CPUs would only take turns on them.
     Results are bitwise the same for any thread count.
 
     In a process forked after this one ran a call on several threads, the kernels stay on one
@@ -130,9 +131,11 @@ def cached_bytes() -> int:
 
 def cpu_info() -> dict:
     """What the core runs on: ``isa`` (active kernels), ``available_isas``, ``num_threads``
-    (asked for), ``cpus`` (the most threads a call runs on: the CPUs of this process),
-    ``forked_serial`` (a forked child held to one thread, see :func:`get_num_threads`),
-    ``openmp``, ``schedule`` (recurrence schedule override), GEMM tile and LSTM block width.
+    (asked for), ``cpus`` (the most threads a call runs on: the CPUs of this process, its
+    affinity mask's count capped at its CPU quota rounded up), ``cpu_quota`` (the cgroup's quota in
+    CPUs, quota / period, e.g. 1.5; None when there is none or off Linux), ``forked_serial``
+    (a forked child held to one thread, see :func:`get_num_threads`), ``openmp``,
+    ``schedule`` (recurrence schedule override), GEMM tile and LSTM block width.
 
     ``LSTM_FAST_ISA=scalar|generic|avx2|avx512`` (set before import) forces a kernel set;
     ``LSTM_FAST_SCHEDULE=auto|units|batch|serial`` forces the recurrence schedule.

@@ -322,7 +322,7 @@ def _team_threads() -> int:
     """Threads a call runs on now: get_num_threads(), at most cpu_info()["cpus"]."""
 
 def _set_cpu_limit(n: int) -> None:
-    """Tests: allow teams of up to n threads whatever the CPUs (0: the affinity mask)."""
+    """Tests: allow teams of up to n threads whatever the CPUs (0: the CPUs again)."""
 
 def max_threads() -> int:
     """The largest thread count accepted: 4 x the hardware threads, at least 64."""
@@ -340,8 +340,13 @@ def cached_bytes() -> int:
     """Bytes of scratch blocks kept for reuse."""
 
 def cpu_info() -> dict[str, Any]:
-    """isa, available_isas, num_threads, cpus, forked_serial, openmp, schedule, gemm_tile,
-    lstm_units_per_block."""
+    """isa, available_isas, num_threads, cpus, cpu_quota, forked_serial, openmp, schedule,
+    gemm_tile, lstm_units_per_block."""
+
+def _parse_cpu_quota(text: str) -> Optional[float]:
+    """The CPU quota (quota / period) a cgroup file's text sets: v2 cpu.max ("QUOTA PERIOD",
+    "max PERIOD"), or v1 cpu.cfs_quota_us and cpu.cfs_period_us joined by a space (quota -1:
+    none); None for no limit or malformed text."""
 
 def _set_isa(name: str) -> None:
     """Switch the active kernels ("scalar", "generic", "avx2", "avx512"; tests)."""

@@ -998,8 +998,8 @@ class _RNNBase(Module):
         once per token of the vocabulary (``weight . W_ih^T + b``, V rows) and gathered by id,
         instead of a GEMM over all T * B tokens; in :meth:`backward` the gradient goes straight
         to ``embedding.weight.grad`` (summed per token first, so its two products have V rows,
-        not T * B) and the returned input gradient is None. Outputs equal ``forward``'s up to
-        float rounding (bitwise for all but the tiniest shapes). Layers this does not cover
+        not T * B) and the returned input gradient is None. Outputs are bitwise
+        ``forward``'s, the gradients the same up to float rounding. Layers this does not cover
         (GRU/RNN, bidirectional, ``proj_size``, ``batch_first``, a ``padding_idx``, unbatched
         ``(T,)`` ids) run
         ``forward(embedding(ids), hx)`` and send the input gradient to ``embedding.backward`` --

@@ -190,6 +190,53 @@ bool use_unpacked(const LstmSizes& s) { return s.T * s.B <= kUnpackedRows || s.T
 
 }  // namespace
 
+// Each row of the table summed as lstm_forward sums a row of x on the path it takes for s: the
+// unpacked path's bias, then += dot products over W_ih's rows (gemm_nt; an element's sum
+// depends neither on the rows taken at once nor on the columns), or the packed micro-kernel of
+// the hoisted projection and of the batch split's own-rows blocks (bias + the depth blocks in
+// order). gemm() would take a table of one or two rows as dot products: gemm_packed_serial
+// does not.
+void lstm_embedding_table(float* table, const float* E, const float* W_ih, const float* b_ih,
+                          const float* b_hh, const LstmSizes& s, index_t V, const Kernels& kern,
+                          int nthreads) {
+  const index_t I = s.I, G = 4 * s.H;
+  if (V <= 0 || G <= 0) return;
+  std::vector<float> bias;  // b_ih + b_hh, as both paths sum them
+  if (b_ih || b_hh) {
+    bias.resize(static_cast<std::size_t>(G));
+    for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
+  }
+  const float* bias_p = bias.empty() ? nullptr : bias.data();
+  if (!use_unpacked(s)) {
+    if (V <= 2)
+      gemm_packed_serial(kern, V, G, I, MatView{E, I, 1}, MatView{W_ih, 1, I}, table, G, bias_p);
+    else
+      gemm(kern, V, G, I, MatView{E, I, 1}, MatView{W_ih, 1, I}, table, G, false, nthreads,
+           bias_p);
+    return;
+  }
+  // Threads split the rows in blocks of four (gemm_nt's row group).
+  const index_t blocks = (V + 3) / 4;
+  const double flops = 2.0 * static_cast<double>(V) * static_cast<double>(G) * I;
+  const int P = flops >= double(index_t(1) << 17) && nthreads > 1
+                    ? static_cast<int>(std::min<index_t>(nthreads, blocks))
+                    : 1;
+  run_team(P, [&] {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    const index_t v0 = std::min(V, blocks * p / np * 4);
+    const index_t v1 = std::min(V, blocks * (p + 1) / np * 4);
+    for (index_t v = v0; v < v1; ++v) {
+      float* dst = table + v * G;
+      if (bias_p)
+        std::memcpy(dst, bias_p, G * sizeof(float));
+      else
+        std::memset(dst, 0, G * sizeof(float));
+    }
+    if (v1 > v0) kern.gemm_nt(v1 - v0, G, I, E + v0 * I, I, W_ih, I, table + v0 * G, G);
+  });
+}
+
 const char* schedule_name(Schedule s) {
   switch (s) {
     case Schedule::kUnits: return "units";

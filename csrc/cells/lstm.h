@@ -53,12 +53,23 @@ void lstm_forward(float* y,            // (T, B, H)
                   const int64_t* order = nullptr);  // (B) with batch_sizes, or null
 // With ids (and table, no batch_sizes), the input is an embedding lookup: the input projection
 // of row r is table[ids[r]] (table = E . W_ih^T + b_ih + b_hh, one row per token of the
-// vocabulary, made once per call by the caller) -- a gather instead of a GEMM over every token;
-// x, W_ih and the biases are not read.
+// vocabulary, made once per call by the caller with lstm_embedding_table) -- a gather instead of
+// a GEMM over every token; x, W_ih and the biases are not read.
 // With order (batch_sizes given; a permutation of [0, B)), the rows of x and y are in the
 // caller's batch order: row r of the sorted batch is their row order[r] (PyTorch's
 // sorted_indices). x's rows are sorted by the packing copy of the active rows and y's rows
 // written in place after each step; h0, c0, h_n, c_n and the caches stay sorted.
+
+// The table of an embedding input (lstm_forward's ids): table[v] = b_ih + b_hh + E[v] . W_ih^T
+// for v < V, each row bitwise what lstm_forward computes as the input projection of a row
+// x = E[v] of a problem of sizes s, on whichever path it takes for s (any thread count and
+// schedule). b_ih, b_hh may be null.
+void lstm_embedding_table(float* table,       // (V, 4H)
+                          const float* E,     // (V, I)
+                          const float* W_ih,  // (4H, I)
+                          const float* b_ih,  // (4H) or null
+                          const float* b_hh,  // (4H) or null
+                          const LstmSizes& s, index_t V, const Kernels& kern, int nthreads);
 
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
                                      int nthreads);

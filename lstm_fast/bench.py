@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -107,11 +108,21 @@ def parse_threads(text: str) -> list[int]:
 
 
 def core_count() -> int:
-    """CPUs this process may run on."""
+    """CPUs this process may run on: its affinity mask, at most its cgroup's CPU quota rounded
+    up (``cpu_info()['cpu_quota']``), as lstm_fast's thread team."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    try:
+        from lstm_fast import cpu_info
+
+        quota = cpu_info().get("cpu_quota")
+    except ImportError:
+        quota = None
+    if quota:
+        n = min(n, max(1, math.ceil(quota)))
+    return n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

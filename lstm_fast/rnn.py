@@ -206,7 +206,6 @@ def _lengths_of(lengths: Any, T: int, B: int) -> np.ndarray:
 
 
 _F32 = np.dtype(np.float32)
-_INT64_MAX = np.iinfo(np.int64).max
 
 
 # Parameter names of layer 0's forward direction, in _Direction.forward's order.
@@ -1001,7 +1000,9 @@ class _RNNBase(Module):
         not T * B) and the returned input gradient is None. Outputs are bitwise
         ``forward``'s, the gradients the same up to float rounding. Layers this does not cover
         (GRU/RNN, bidirectional, ``proj_size``, ``batch_first``, a ``padding_idx``, unbatched
-        ``(T,)`` ids) run
+        ``(T,)`` ids), and calls with fewer tokens than the vocabulary has rows (T * B < V,
+        where the table would cost more than the tokens' own projection: generating one token
+        at a time), run
         ``forward(embedding(ids), hx)`` and send the input gradient to ``embedding.backward`` --
         the same contract either way. An embedding in eval mode (``embedding.eval()``, which
         keeps no forward for a backward of its own) is frozen: on either path it gets no
@@ -1022,7 +1023,7 @@ class _RNNBase(Module):
             raise ValueError(
                 f"embedding: expected weight of shape (V, I={self.input_size}), got {weight.shape}"
             )
-        fused = (
+        eligible = (
             self._mode == "LSTM"
             and not self.proj_size
             and self.num_directions == 1
@@ -1035,6 +1036,21 @@ class _RNNBase(Module):
             and ids.ndim == 2
             and ids.size > 0
         )
+        # the table has V rows, the plain projection T * B: a call with fewer tokens than the
+        # vocabulary (one token at a time while generating) gathers E[ids] instead
+        fused = eligible and weight.shape[0] <= ids.size
+        if eligible:
+            # the first bad id in C order, quoted as the caller gave it, on either path (as
+            # int64, uint64 ids above its range would wrap to negative numbers)
+            flat = ids.ravel()
+            wrong = (
+                flat >= weight.shape[0]
+                if ids.dtype.kind == "u"
+                else (flat < 0) | (flat >= weight.shape[0])
+            )
+            if wrong.any():
+                bad = flat[int(np.argmax(wrong))]
+                raise IndexError(f"ids: expected values in [0, V={weight.shape[0]}), got {bad}")
         frozen = not getattr(embedding, "training", True)
         if not fused:
             out = self.forward(embedding(ids), hx)
@@ -1044,11 +1060,6 @@ class _RNNBase(Module):
         T, B = ids.shape
         training = self.training
         h0, c0 = self._states_in(hx, B, False)
-        if ids.dtype.kind == "u" and ids.dtype.itemsize >= 8 and ids.max() > _INT64_MAX:
-            # int64 would wrap these to negative numbers: quote the caller's first bad value
-            flat = ids.ravel()
-            bad = flat[int(np.argmax(flat >= weight.shape[0]))]
-            raise IndexError(f"ids: expected values in [0, V={weight.shape[0]}), got {bad}")
         ids64 = np.ascontiguousarray(ids, dtype=np.int64)
 
         def first(w, h0_0, c0_0):

@@ -149,3 +149,53 @@ def test_backward_matches_gathered_input(isa, threads, T, B, V, I, H):
             np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
         runs.append([dE.tobytes()] + [a.tobytes() for a in r2[1:]])
     assert runs[0] == runs[1]
+
+
+# ---- the layer: the table only when the vocabulary has at most T * B rows --------------------
+
+
+@pytest.mark.parametrize("T,B,V", [(1, 1, 40), (2, 3, 7), (3, 4, 12), (5, 4, 12), (1, 1, 1)])
+def test_layer_forward_embedded_takes_the_table_only_when_it_is_smaller(T, B, V):
+    """A call with fewer tokens than the vocabulary (one token at a time while generating) ran
+    the table of all V rows: V times the projection work at T = B = 1. The plain gather runs
+    instead; outputs bitwise either way, the gradients to the embedding alike."""
+    from lstm_fast import nn
+
+    rng = np.random.default_rng(T * 100 + B * 10 + V)
+    layer = lstm_fast.LSTM(6, 5, seed=1)
+    emb = nn.Embedding(V, 6)
+    ids = rng.integers(0, V, size=(T, B))
+    y, (h, c) = layer.forward_embedded(ids, emb)
+    fused = layer._saved[1]["embedding"][1]
+    assert fused == (V <= T * B)
+    plain = lstm_fast.LSTM(6, 5, seed=1)
+    y2, (h2, c2) = plain(emb.weight.data[ids])
+    for a, b in ((y, y2), (h, h2), (c, c2)):
+        assert np.array_equal(a, b)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    emb.weight.grad = None
+    assert layer.backward(dy)[0] is None  # the input gradient went to the embedding
+    got = emb.weight.grad.copy()
+    dx = plain.backward(dy)[0]
+    want = np.zeros_like(got)
+    np.add.at(want, ids.ravel(), dx.reshape(-1, 6))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for p, q in zip(layer.parameters(), plain.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("T,B", [(1, 1), (4, 3)])
+@pytest.mark.parametrize("bad", [-1, 12, 2**64 - 1])
+def test_layer_forward_embedded_quotes_the_first_bad_id_on_either_path(T, B, bad):
+    """Both paths (the table for 12 tokens, the gather for 1) quote the caller's first bad id,
+    as given (uint64 above int64's range unwrapped)."""
+    from lstm_fast import nn
+
+    layer = lstm_fast.LSTM(4, 5, seed=0)
+    emb = nn.Embedding(10, 4)
+    dtype = np.uint64 if bad > 2**63 else np.int64
+    ids = np.full((T, B), 3, dtype)
+    ids.flat[-1] = bad
+    with pytest.raises(IndexError, match=rf"^ids: expected values in \[0, V=10\), got {bad}$"):
+        layer.forward_embedded(ids, emb)
+    assert layer._saved is None

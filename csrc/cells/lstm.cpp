@@ -201,11 +201,7 @@ void lstm_embedding_table(float* table, const float* E, const float* W_ih, const
                           int nthreads) {
   const index_t I = s.I, G = 4 * s.H;
   if (V <= 0 || G <= 0) return;
-  std::vector<float> bias;  // b_ih + b_hh, as both paths sum them
-  if (b_ih || b_hh) {
-    bias.resize(static_cast<std::size_t>(G));
-    for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-  }
+  const std::vector<float> bias = summed_bias(b_ih, b_hh, G);  // as both paths sum them
   const float* bias_p = bias.empty() ? nullptr : bias.data();
   if (!use_unpacked(s)) {
     if (V <= 2)
@@ -449,11 +445,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // apart, slower transfers between them) that made S1 with lengths uniform in [T/4, T]
   // 20-25 % slower (forward 11.2 -> 14.1 ms, training 35 -> 43 ms), where the batch split
   // without an exchange moved by 3 %.
-  std::vector<float> bias;  // b_ih + b_hh, as gemm_bias2 sums them
-  if (b_ih || b_hh) {
-    bias.resize(static_cast<std::size_t>(G));
-    for (index_t j = 0; j < G; ++j) bias[j] = (b_ih ? b_ih[j] : 0.0f) + (b_hh ? b_hh[j] : 0.0f);
-  }
+  const std::vector<float> bias = summed_bias(b_ih, b_hh, G);  // as gemm_bias2 sums them
   const float* bias_p = bias.empty() ? nullptr : bias.data();
   if (sched == Schedule::kBatch && P > 1 && !ids && Wip && own_rows) {
     const index_t seg = bs ? kBalanceSteps : T;  // steps between re-balancings

@@ -528,9 +528,16 @@ void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A,
                 float* C, index_t ldc, const float* b1, const float* b2, int nthreads,
                 const float* Bpre) {
   if (!b1 && !b2) return gemm(kern, M, N, K, A, B, C, ldc, false, nthreads, nullptr, Bpre);
-  std::vector<float> bias(static_cast<std::size_t>(std::max<index_t>(N, 0)));
-  for (index_t j = 0; j < N; ++j) bias[j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
+  const std::vector<float> bias = summed_bias(b1, b2, N);
   gemm(kern, M, N, K, A, B, C, ldc, false, nthreads, bias.data(), Bpre);
+}
+
+std::vector<float> summed_bias(const float* b1, const float* b2, index_t n) {
+  std::vector<float> bias;
+  if (!b1 && !b2) return bias;
+  bias.resize(static_cast<std::size_t>(std::max<index_t>(n, 0)));
+  for (index_t j = 0; j < n; ++j) bias[j] = (b1 ? b1[j] : 0.0f) + (b2 ? b2[j] : 0.0f);
+  return bias;
 }
 
 void pack_b_panels_parallel(const Kernels& kern, index_t K, index_t N, MatView B, float* Bp,

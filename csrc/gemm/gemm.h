@@ -5,6 +5,8 @@
 // TN are all the same call, and packing absorbs the layout.
 #pragma once
 
+#include <vector>
+
 #include "kernels.h"
 
 namespace lstm_fast {
@@ -40,6 +42,11 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
 // bitwise what gemm() gives it in a product of more rows (Bpre as in gemm).
 void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                         float* C, index_t ldc, const float* bias, const float* Bpre = nullptr);
+
+// b1 + b2 element by element, n of each (a null one counts as zeros; empty when both are
+// null): the bias gemm_bias2 adds, and what the LSTM's own projection blocks (cells/lstm.cpp)
+// must add to match it bitwise.
+std::vector<float> summed_bias(const float* b1, const float* b2, index_t n);
 
 // C = b1 + b2 + op(A) . op(B), either bias may be null (then zeros): the hoisted input
 // projection of every recurrent core (biases summed once, as b1[j] + b2[j]).

@@ -589,6 +589,16 @@ index_t dual_weight_grad_floats(const Kernels& kern, const LstmSizes& s) {
   return gemm_dual_scratch_floats(kern, s.T * s.B, s.I, s.H);
 }
 
+// Floats of W_ih packed in full-depth panels for the dx rows computed in the backward's step
+// loop (lstm_backward), or 0 where that is not done: one row (no slivers), or W_hh's and W_ih's
+// panels together over half of one core's L2 (each step streams both).
+index_t step_dx_floats(const Kernels& kern, const LstmSizes& s) {
+  const index_t nbj = (s.H + kern.NR - 1) / kern.NR, nbi = (s.I + kern.NR - 1) / kern.NR;
+  const double bytes = 4.0 * (nbj + nbi) * kern.NR * 4.0 * s.H;
+  if (s.B < 2 || s.I <= 0 || bytes > 0.5 * static_cast<double>(l2_cache_bytes())) return 0;
+  return nbi * kern.NR * 4 * s.H;
+}
+
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
                                      int nthreads) {
   const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
@@ -596,7 +606,7 @@ index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bo
   const index_t slabs = std::max(2, nthreads) * dz_slab(kern, s);
   const index_t dys = lengths ? std::max(1, nthreads) * s.B * s.H : 0;  // dy rows gathered
   return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys +
-         dual_weight_grad_floats(kern, s) + 64;
+         dual_weight_grad_floats(kern, s) + step_dx_floats(kern, s) + 64;
 }
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
@@ -646,6 +656,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // for a step into its own (B, H) buffer.
   float* dyg = dzp + std::max(2, nthreads) * slab;
   float* dual = dyg + (bs ? std::max(1, nthreads) * B * H : 0);  // gemm_dual's packed panels
+  float* Wib = dual + dual_floats;  // W_ih in full-depth panels (step_dx_floats)
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
@@ -662,6 +673,22 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // would cost more than the products (S4 training: a 1 MiB pack per call).
   const bool unpacked_dh = B == 1 && T <= 2;
   if (!unpacked_dh) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+  // dx's rows of a step computed in the step loop, right after dh_next, from the same slivers of
+  // dZ_t (still in L1) and W_ih packed once in full-depth panels, instead of one GEMM over all
+  // of dZ afterwards (which packs dZ again, a transposition, and reads it back from memory).
+  // The depth blocks, kernels and panel pairs are the GEMM's (gemm_serial_bias): bitwise its
+  // result. Threads owning rows (or one thread), without batch_sizes, at least 4 rows each
+  // (fewer: the tiles of a step waste more than the GEMM's pass costs; 1 thread, B = 2: 1.075x
+  // the time, B = 3 1.010x, B = 4 0.989x), when W_hh's and W_ih's panels fit in half an L2
+  // together (step_dx_floats). In-process A/B, training, against the GEMM after the loop: 2
+  // threads S6 0.974-1.002x, (100, 32, 128, 128) 0.961-0.983x, (100, 16, 128, 128) 0.980x; 1
+  // thread S6 0.995x, (100, 32, 128, 128) 0.960x.
+  const index_t nbi = (I + kern.NR - 1) / kern.NR;
+  const index_t rows_each = sched == Schedule::kSerial ? B : B / std::max(1, P);
+  const bool step_dx = need_dx && dx && !bs && !ids && !unpacked_dh &&
+                       sched != Schedule::kUnits && rows_each >= 4 &&
+                       step_dx_floats(kern, s) > 0;
+  if (step_dx) pack_b_panels(kern, G, 0, I, MatView{W_ih, I, 1}, Wib);
 
   StepBarrier step_barrier;
   run_team(P, [&] {
@@ -756,6 +783,27 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
         }
         if (pair) ++jr;  // the narrow panel is done
       }
+      if (step_dx && re > r0) {
+        const int nlast = static_cast<int>(I - (nbi - 1) * NR);
+        for (index_t r = r0; r < re; r += MR) {
+          const int m = static_cast<int>(std::min<index_t>(MR, re - r));
+          const float* ap0 = dzs + ((r - rbase) / MR) * G * MR;
+          float* c = dx + (t * B + r) * I;
+          for (index_t pc = 0; pc < G; pc += kGemmKC) {
+            const index_t kc = std::min(kGemmKC, G - pc);
+            for (index_t jr = 0; jr < nbi; ++jr) {
+              const float* bp = Wib + (jr * G + pc) * NR;
+              if (jr + 2 == nbi && nlast < NR) {  // the last full panel and the narrow one
+                kern.gemm_micro_pair(kc, ap0 + pc * MR, bp, bp + G * NR, c + jr * NR, I, m, nlast,
+                                     pc > 0);
+                break;
+              }
+              kern.gemm_micro(kc, ap0 + pc * MR, bp, c + jr * NR, I, m, jr + 1 < nbi ? NR : nlast,
+                              pc > 0);
+            }
+          }
+        }
+      }
     }
   });
 
@@ -774,7 +822,8 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
          nullptr, sums);
     gemm(kern, V, I, G, MatView{S, G, 1}, MatView{W_ih, I, 1}, dE, I, true, nthreads);
   } else if (!bs) {
-    if (need_dx) gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
+    if (need_dx && !step_dx)
+      gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     if ((h0 || T > 1) && dual_floats > 0) {
       // Both weight gradients in one pass over dZ^T: h_prev's rows are h0's (zeros without
       // h0), then the outputs of steps 0 .. T-2.

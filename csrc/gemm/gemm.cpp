@@ -22,7 +22,7 @@
 namespace lstm_fast {
 namespace {
 
-constexpr index_t kKC = 256;  // depth of a packed block (fixed: it sets the summation order)
+constexpr index_t kKC = kGemmKC;  // depth of a packed block (gemm.h)
 
 // Blocking (loop order pc -> pack B -> ic -> pack A -> jc -> ir -> jr, gemm_serial_bias): the
 // MR x KC sliver of packed A stays in L1 while the jr loop streams a KC x NC part of packed B

@@ -11,6 +11,11 @@
 
 namespace lstm_fast {
 
+// The depth of a packed block: each element of a product is the sum of its blocks in order,
+// each block summed from zero (fixed: it sets the summation order). Code that reproduces a
+// GEMM's result with the micro-kernels directly (lstm.cpp's dx per step) walks the same blocks.
+inline constexpr index_t kGemmKC = 256;
+
 struct MatView {
   const float* p;
   index_t rs, cs;  // row stride, column stride (in floats)

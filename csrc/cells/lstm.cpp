@@ -683,7 +683,6 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // together (step_dx_floats). In-process A/B, training, against the GEMM after the loop: 2
   // threads S6 0.974-1.002x, (100, 32, 128, 128) 0.961-0.983x, (100, 16, 128, 128) 0.980x; 1
   // thread S6 0.995x, (100, 32, 128, 128) 0.960x.
-  const index_t nbi = (I + kern.NR - 1) / kern.NR;
   const index_t rows_each = sched == Schedule::kSerial ? B : B / std::max(1, P);
   const bool step_dx = need_dx && dx && !bs && !ids && !unpacked_dh &&
                        sched != Schedule::kUnits && rows_each >= 4 &&
@@ -784,24 +783,12 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
         if (pair) ++jr;  // the narrow panel is done
       }
       if (step_dx && re > r0) {
-        const int nlast = static_cast<int>(I - (nbi - 1) * NR);
         for (index_t r = r0; r < re; r += MR) {
           const int m = static_cast<int>(std::min<index_t>(MR, re - r));
-          const float* ap0 = dzs + ((r - rbase) / MR) * G * MR;
-          float* c = dx + (t * B + r) * I;
-          for (index_t pc = 0; pc < G; pc += kGemmKC) {
-            const index_t kc = std::min(kGemmKC, G - pc);
-            for (index_t jr = 0; jr < nbi; ++jr) {
-              const float* bp = Wib + (jr * G + pc) * NR;
-              if (jr + 2 == nbi && nlast < NR) {  // the last full panel and the narrow one
-                kern.gemm_micro_pair(kc, ap0 + pc * MR, bp, bp + G * NR, c + jr * NR, I, m, nlast,
-                                     pc > 0);
-                break;
-              }
-              kern.gemm_micro(kc, ap0 + pc * MR, bp, c + jr * NR, I, m, jr + 1 < nbi ? NR : nlast,
-                              pc > 0);
-            }
-          }
+          const float* ap = dzs + ((r - rbase) / MR) * G * MR;
+          for (index_t pc = 0; pc < G; pc += kGemmKC)
+            sliver_times_panels(kern, std::min(kGemmKC, G - pc), ap + pc * MR, Wib + pc * NR,
+                                G * NR, I, dx + (t * B + r) * I, I, m, pc > 0);
         }
       }
     }

@@ -279,22 +279,8 @@ void gemm_serial_bias(const Kernels& kern, index_t M, index_t N, index_t K, MatV
           const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
           const float* ap = Ap.p + ir * kc * MR;
           float* c = C + (ic + ir * MR) * ldc + jc;
-          const index_t njr = (nc + NR - 1) / NR;
-          const int nlast = static_cast<int>(nc - (njr - 1) * NR);
-          for (index_t jr = 0; jr < njr; ++jr) {
-            const int n = jr + 1 < njr ? NR : nlast;
-            const float* bp = b0 + (jc / NR + jr) * bstride;
-            if (jr + 2 == njr && nlast < NR) {  // the last full panel and the narrow one
-              if (fill) {
-                fill_rows(m, NR, bias + jc + jr * NR, c + jr * NR, ldc);
-                fill_rows(m, nlast, bias + jc + (jr + 1) * NR, c + (jr + 1) * NR, ldc);
-              }
-              kern.gemm_micro_pair(kc, ap, bp, bp + bstride, c + jr * NR, ldc, m, nlast, acc);
-              break;
-            }
-            if (fill) fill_rows(m, n, bias + jc + jr * NR, c + jr * NR, ldc);
-            kern.gemm_micro(kc, ap, bp, c + jr * NR, ldc, m, n, acc);
-          }
+          if (fill) fill_rows(m, nc, bias + jc, c, ldc);
+          sliver_times_panels(kern, kc, ap, b0 + (jc / NR) * bstride, bstride, nc, c, ldc, m, acc);
         }
       }
     }
@@ -327,16 +313,7 @@ void gemm_dual_rows(const Kernels& kern, index_t i0, index_t i1, index_t pc, ind
         const int m = static_cast<int>(std::min<index_t>(MR, mc - ir * MR));
         const float* ap = Ap + ir * kc * MR;
         float* c = C[g] + (ic + ir * MR) * ldc[g];
-        const index_t njr = (N[g] + NR - 1) / NR;
-        const int nlast = static_cast<int>(N[g] - (njr - 1) * NR);
-        for (index_t jr = 0; jr < njr; ++jr) {
-          const float* bp = bg + jr * kc * NR;
-          if (jr + 2 == njr && nlast < NR) {  // the last full panel and the narrow one
-            kern.gemm_micro_pair(kc, ap, bp, bp + kc * NR, c + jr * NR, ldc[g], m, nlast, acc);
-            break;
-          }
-          kern.gemm_micro(kc, ap, bp, c + jr * NR, ldc[g], m, jr + 1 < njr ? NR : nlast, acc);
-        }
+        sliver_times_panels(kern, kc, ap, bg, kc * NR, N[g], c, ldc[g], m, acc);
       }
     }
   }
@@ -356,6 +333,20 @@ index_t even_chunks(index_t mb, index_t per, int P) {
   return std::max<index_t>(1, std::min(n, mb));
 }
 }  // namespace
+
+void sliver_times_panels(const Kernels& kern, index_t kc, const float* ap, const float* bp,
+                         index_t bstride, index_t n, float* c, index_t ldc, int m, bool acc) {
+  const int NR = kern.NR;
+  const index_t njr = (n + NR - 1) / NR;
+  const int nlast = static_cast<int>(n - (njr - 1) * NR);
+  for (index_t jr = 0; jr < njr; ++jr, bp += bstride) {
+    if (jr + 2 == njr && nlast < NR) {  // the last full panel and the narrow one
+      kern.gemm_micro_pair(kc, ap, bp, bp + bstride, c + jr * NR, ldc, m, nlast, acc);
+      return;
+    }
+    kern.gemm_micro(kc, ap, bp, c + jr * NR, ldc, m, jr + 1 < njr ? NR : nlast, acc);
+  }
+}
 
 void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp) {
   if (n1 > n0) pack_b(kern, K, n1 - n0, B, 0, n0, Bp);

@@ -48,6 +48,14 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
 void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                         float* C, index_t ldc, const float* bias, const float* Bpre = nullptr);
 
+// One row tile of a packed product: C's m rows at c (leading dimension ldc), n columns, get the
+// sliver ap (kc x MR, depth block of A) times the packed panels of B that cover them (panel j
+// at bp + j * bstride, kc x NR): gemm_micro per panel, the last full panel and a narrow last
+// one in one gemm_micro_pair; acc: add to C, else overwrite. The GEMMs' tile loop, also for
+// code that must give their results bitwise (lstm.cpp's dx rows per step).
+void sliver_times_panels(const Kernels& kern, index_t kc, const float* ap, const float* bp,
+                         index_t bstride, index_t n, float* c, index_t ldc, int m, bool acc);
+
 // b1 + b2 element by element, n of each (a null one counts as zeros; empty when both are
 // null): the bias gemm_bias2 adds, and what the LSTM's own projection blocks (cells/lstm.cpp)
 // must add to match it bitwise.

@@ -292,23 +292,3 @@ def test_gru_one_or_two_active_rows_bitwise(isa, threads, schedule, lengths):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert a.tobytes() == b.tobytes()
-
-
-def test_gru_workspace_bounded_by_problem(threads):
-    # The own-rows buffers hold at most about T * B rows, whatever the thread count (they had
-    # grown by 64 rows of 3H + I floats per thread).
-    rng = np.random.default_rng(10)
-    T, B, I, H = 3, 2, 5000, 8
-    x = f32(rng.standard_normal((T, B, I)))
-    w_ih = f32(rng.standard_normal((3 * H, I)) * 0.01)
-    w_hh = f32(rng.standard_normal((3 * H, H)) * 0.1)
-    lstm_fast.set_num_threads(1)
-    want = ops.gru_forward(x, w_ih, w_hh)[:2]
-    for n in (2, 16):
-        lstm_fast.empty_cache()
-        lstm_fast.set_num_threads(n)
-        got = ops.gru_forward(x, w_ih, w_hh)[:2]
-        for a, b in zip(want, got):
-            assert a.tobytes() == b.tobytes()
-        kept = lstm_fast.cached_bytes()
-        assert kept <= 2 * (x.nbytes + w_ih.nbytes), f"threads={n}: a workspace of {kept} bytes"

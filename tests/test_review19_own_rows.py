@@ -412,19 +412,21 @@ def test_embedding_input(threads, schedule):
 # Bug 2: the own-rows buffers took B + nthreads * 64 rows of (4H + I) floats whatever T * B: on
 # 16 threads a T = 3, B = 2 call with I = 5000 took a 21 MB workspace for a 120 kB x (83 MB on
 # 64 threads). Now a block's rows beyond a step's are at most T * B / nthreads: the workspace
-# stays about the size of the call's own arrays (packed W_ih is 640 kB here).
-def test_workspace_bounded_by_problem(threads):
+# stays about the size of the call's own arrays (packed W_ih is 640 kB here). The GRU's own-rows
+# buffers (3H + I floats a row) had the same bound added.
+@pytest.mark.parametrize("forward,gates", [(ops.lstm_forward, 4), (ops.gru_forward, 3)])
+def test_workspace_bounded_by_problem(threads, forward, gates):
     rng = np.random.default_rng(10)
     T, B, I, H = 3, 2, 5000, 8
     x = f32(rng.standard_normal((T, B, I)))
-    w_ih = f32(rng.standard_normal((4 * H, I)) * 0.01)
-    w_hh = f32(rng.standard_normal((4 * H, H)) * 0.1)
+    w_ih = f32(rng.standard_normal((gates * H, I)) * 0.01)
+    w_hh = f32(rng.standard_normal((gates * H, H)) * 0.1)
     lstm_fast.set_num_threads(1)
-    want = ops.lstm_forward(x, w_ih, w_hh)[:3]
+    want = forward(x, w_ih, w_hh)[: gates - 1]  # y, h_n (and c_n)
     for n in (2, 16):
         lstm_fast.empty_cache()
         lstm_fast.set_num_threads(n)
-        got = ops.lstm_forward(x, w_ih, w_hh)[:3]
+        got = forward(x, w_ih, w_hh)[: gates - 1]
         for a, b in zip(want, got):
             assert a.tobytes() == b.tobytes()
         kept = lstm_fast.cached_bytes()

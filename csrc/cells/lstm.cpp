@@ -296,6 +296,16 @@ Schedule lstm_choose_schedule(const Kernels& kern, const LstmSizes& s0, int nthr
   return Schedule::kSerial;
 }
 
+namespace {
+// One thread's copy of the packed W_hh panels and W_ih^T for the batch split with its own-rows
+// projection (lstm_forward; private_copy_floats), or 0.
+index_t own_rows_copy_floats(const Kernels& kern, const LstmSizes& s, int nthreads) {
+  if (own_projection_floats(s, nthreads) == 0 || packed_w_ih_size(kern, s) == 0) return 0;
+  const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
+  return private_copy_floats(panels + packed_w_ih_size(kern, s), nthreads);
+}
+}  // namespace
+
 index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, bool training,
                                     bool lengths, int nthreads) {
   if (use_unpacked(s)) return s.T * s.B * 4 * s.H + 2 * s.B * s.H + 64;
@@ -303,8 +313,10 @@ index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, boo
   const index_t xp = training ? 0 : chunk_steps(s) * s.B * 4 * s.H;
   const index_t xg = lengths ? chunk_steps(s) * s.B * s.I : 0;  // a chunk's active rows of x
   const index_t ring = lengths ? 2 * s.B * s.H : 0;  // sorted h of two steps, with an order
-  return panels + xp + xg + ring + own_projection_floats(s, nthreads) + 2 * s.B * s.H +
-         packed_w_ih_size(kern, s) + 64;
+  const index_t copy = own_rows_copy_floats(kern, s, nthreads);
+  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
+  return panels + xp + xg + ring + own_projection_floats(s, nthreads) + copies +
+         2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
 }
 
 void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, const float* x,
@@ -388,7 +400,11 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   const index_t extra = own_proj_rows(s, nthreads);  // a block's rows beyond a step's
   float* xgo = xo + (B + nthreads * extra) * G;
   const bool own_rows = own_projection_floats(s, nthreads) > 0;
-  float* ring = order ? xo + own_projection_floats(s, nthreads) : nullptr;
+  // The other threads' copies of the packed weights on that path (own_rows_copy_floats).
+  const index_t copy = own_rows_copy_floats(kern, s, nthreads);
+  float* copies = xo + own_projection_floats(s, nthreads);
+  if (copy > 0) copies = align_floats(copies);
+  float* ring = order ? copies + (nthreads - 1) * copy : nullptr;
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
@@ -403,16 +419,17 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     return training ? (t == 0 ? c_init : cells + (t - 1) * B * H) : state;
   };
   auto c_out_of = [&](index_t t) { return training ? cells + t * B * H : state; };
-  if (!ids && packed_w_ih_size(kern, s) > 0)
-    pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
-  else
-    Wip = nullptr;
-
+  if (ids || packed_w_ih_size(kern, s) == 0) Wip = nullptr;
   const Schedule sched = lstm_choose_schedule(kern, s, nthreads, bs);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
+  // The batch split with each thread projecting its own rows (below), and whether each thread
+  // packs its own copy of the weights there (own_rows_copy_floats).
+  const bool own_path = sched == Schedule::kBatch && P > 1 && Wip && own_rows;
+  const bool own_copies = own_path && copy > 0;
 
-  // Pack W_hh into gate-interleaved panels, one unit block per task.
-  {
+  if (!own_copies) {
+    if (Wip) pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
+    // Pack W_hh into gate-interleaved panels, one unit block per task.
 #if defined(_OPENMP)
 #pragma omp parallel for num_threads(P) schedule(static) if (P > 1 && H >= 64)
 #endif
@@ -447,13 +464,21 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // without an exchange moved by 3 %.
   const std::vector<float> bias = summed_bias(b_ih, b_hh, G);  // as gemm_bias2 sums them
   const float* bias_p = bias.empty() ? nullptr : bias.data();
-  if (sched == Schedule::kBatch && P > 1 && !ids && Wip && own_rows) {
+  if (own_path) {
     const index_t seg = bs ? kBalanceSteps : T;  // steps between re-balancings
+    const index_t panels = nub * H * 4 * kern.W;
     StepBarrier step_barrier;
     run_team(P, [&] {
       DenormalGuard ftz;
       BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
+      // This thread's packed weights: thread 0 packs the workspace's, the others their copies.
+      float* const Wp_p = own_copies && p > 0 ? copies + (p - 1) * copy : Wp;
+      float* const Wip_p = own_copies && p > 0 ? Wp_p + panels : Wip;
+      if (own_copies) {
+        for (index_t ub = 0; ub < nub; ++ub) pack_lstm_panels(kern, H, H, ub, W_hh, Wp_p);
+        pack_b_panels(kern, I, 0, G, MatView{W_ih, 1, I}, Wip_p);
+      }
       auto active = [&](index_t t) { return bs ? bs[t] : B; };
       index_t r0 = 0, r1 = B;
       index_t off = 0;        // packed row of step t's row 0
@@ -474,7 +499,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
           float* xo_p = xo + (r0 + p * extra) * G;
           float* xg_p = xgo + (r0 + p * extra) * I;
           blk_end = project_rows_block(kern, x, B, I, G, bs, order, t, seg_end, r0, r1,
-                                       std::max(r1 - r0, extra), W_ih, bias_p, Wip, xg_p, xo_p);
+                                       std::max(r1 - r0, extra), W_ih, bias_p, Wip_p, xg_p,
+                                       xo_p);
           xo_t = xo_p;
         }
         const float* h_prev = h_prev_of(t);
@@ -485,7 +511,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
         off += active(t);
         if (re <= r0) continue;
         kern.lstm_fwd_rows(re - r0, H, H, 0, nub, h_out + r0 * H, H, c_out + r0 * H, g_t,
-                           h_prev + r0 * H, H, c_prev + r0 * H, xo_t, Wp);
+                           h_prev + r0 * H, H, c_prev + r0 * H, xo_t, Wp_p);
         xo_t += (re - r0) * G;
         if (ring)
           for (index_t r = r0; r < re; ++r)
@@ -599,14 +625,26 @@ index_t step_dx_floats(const Kernels& kern, const LstmSizes& s) {
   return nbi * kern.NR * 4 * s.H;
 }
 
+namespace {
+// One thread's copy of W_hh's panels (and W_ih's for step_dx) for the backward's batch split
+// (lstm_backward; private_copy_floats), or 0.
+index_t backward_copy_floats(const Kernels& kern, const LstmSizes& s, int nthreads) {
+  if (s.B < 2) return 0;
+  const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
+  return private_copy_floats(nbj * kern.NR * 4 * s.H + step_dx_floats(kern, s), nthreads);
+}
+}  // namespace
+
 index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bool lengths,
                                      int nthreads) {
   const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
   const index_t slabs = std::max(2, nthreads) * dz_slab(kern, s);
   const index_t dys = lengths ? std::max(1, nthreads) * s.B * s.H : 0;  // dy rows gathered
+  const index_t copy = backward_copy_floats(kern, s, nthreads);
+  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
   return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys +
-         dual_weight_grad_floats(kern, s) + step_dx_floats(kern, s) + 64;
+         dual_weight_grad_floats(kern, s) + step_dx_floats(kern, s) + copies + 64;
 }
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
@@ -657,6 +695,8 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   float* dyg = dzp + std::max(2, nthreads) * slab;
   float* dual = dyg + (bs ? std::max(1, nthreads) * B * H : 0);  // gemm_dual's packed panels
   float* Wib = dual + dual_floats;  // W_ih in full-depth panels (step_dx_floats)
+  // The other threads' copies of W_hh's and W_ih's panels (backward_copy_floats).
+  float* const copies = align_floats(Wib + step_dx_floats(kern, s));  // (unused without copies)
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* c_init = c0 ? c0 : zeros;
 
@@ -672,7 +712,6 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // A single row over one or two steps: dZ_t . W_hh straight from W_hh (gemv_cols); packing it
   // would cost more than the products (S4 training: a 1 MiB pack per call).
   const bool unpacked_dh = B == 1 && T <= 2;
-  if (!unpacked_dh) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
   // dx's rows of a step computed in the step loop, right after dh_next, from the same slivers of
   // dZ_t (still in L1) and W_ih packed once in full-depth panels, instead of one GEMM over all
   // of dZ afterwards (which packs dZ again, a transposition, and reads it back from memory).
@@ -687,13 +726,28 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   const bool step_dx = need_dx && dx && !bs && !ids && !unpacked_dh &&
                        sched != Schedule::kUnits && rows_each >= 4 &&
                        step_dx_floats(kern, s) > 0;
-  if (step_dx) pack_b_panels(kern, G, 0, I, MatView{W_ih, I, 1}, Wib);
+  // Threads owning rows each pack their own copy of the panels in the team region where the
+  // copies are small (backward_copy_floats), as the forward's batch split does.
+  const index_t copy = backward_copy_floats(kern, s, nthreads);
+  const bool own_copies = sched == Schedule::kBatch && P > 1 && !unpacked_dh && copy > 0;
+  const index_t wb_floats = nbj * kern.NR * G;
+  if (!own_copies) {
+    if (!unpacked_dh) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+    if (step_dx) pack_b_panels(kern, G, 0, I, MatView{W_ih, I, 1}, Wib);
+  }
 
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
+    // This thread's panels: thread 0 packs the workspace's, the others their copies.
+    float* const Wb_p = own_copies && p > 0 ? copies + (p - 1) * copy : Wb;
+    float* const Wib_p = own_copies && p > 0 ? Wb_p + wb_floats : Wib;
+    if (own_copies) {
+      pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb_p);
+      if (step_dx) pack_b_panels(kern, G, 0, I, MatView{W_ih, I, 1}, Wib_p);
+    }
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     if (sched == Schedule::kUnits) {
       j0 = nbj * p / np;
@@ -766,13 +820,14 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
           const index_t kc = std::min(kKCb, G - k0);
           if (B == 1) {  // a single row: no MR-row tile
             if (re > r0)
-              kern.gemv_panel(kc, dz_t + k0, Wb + (jr * G + k0) * NR, dh0 + jr * NR, n, k0 > 0);
+              kern.gemv_panel(kc, dz_t + k0, Wb_p + (jr * G + k0) * NR, dh0 + jr * NR, n,
+                              k0 > 0);
             continue;
           }
           for (index_t r = r0; r < re; r += MR) {
             const int m = static_cast<int>(std::min<index_t>(MR, re - r));
             const float* ap = dzs + (((r - rbase) / MR) * G + k0) * MR;
-            const float* bp = Wb + (jr * G + k0) * NR;
+            const float* bp = Wb_p + (jr * G + k0) * NR;
             if (pair)
               kern.gemm_micro_pair(kc, ap, bp, bp + G * NR, dh0 + r * H + jr * NR, H, m, n2,
                                    k0 > 0);
@@ -787,7 +842,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
           const int m = static_cast<int>(std::min<index_t>(MR, re - r));
           const float* ap = dzs + ((r - rbase) / MR) * G * MR;
           for (index_t pc = 0; pc < G; pc += kGemmKC)
-            sliver_times_panels(kern, std::min(kGemmKC, G - pc), ap + pc * MR, Wib + pc * NR,
+            sliver_times_panels(kern, std::min(kGemmKC, G - pc), ap + pc * MR, Wib_p + pc * NR,
                                 G * NR, I, dx + (t * B + r) * I, I, m, pc > 0);
         }
       }

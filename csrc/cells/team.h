@@ -76,6 +76,25 @@ inline index_t project_rows_block(const Kernels& kern, const float* x, index_t B
   return u;
 }
 
+// Threads that split the batch all read the same packed weights every step. Where those fit
+// twice over in one core's L2 (at most half of it), each thread packs a copy of its own at the
+// start of the team region instead of sharing one copy that the threads packed in halves
+// beforehand: then every step read half of the weights from the other core's cache (slow on
+// these hosts), and the packing took parallel regions of its own. Floats of one copy of
+// `floats` floats, rounded up to a whole cache line; 0 where the copies are not made.
+inline index_t private_copy_floats(index_t floats, int nthreads) {
+  if (nthreads <= 1 || floats <= 0) return 0;
+  if (4.0 * static_cast<double>(floats) > 0.5 * static_cast<double>(l2_cache_bytes())) return 0;
+  return (floats + 15) / 16 * 16;
+}
+
+// p rounded up to a 64-byte boundary (the workspaces are 64-byte aligned and hold 16 floats to
+// spare for each pointer rounded up so).
+inline float* align_floats(float* p) {
+  const auto a = (reinterpret_cast<std::uintptr_t>(p) + 63) & ~static_cast<std::uintptr_t>(63);
+  return reinterpret_cast<float*>(a);
+}
+
 // Gate-interleaved panels of W_hh (4H, K) for the fused step tile, unit block ub:
 // Wp[((ub * K + k) * 4 + q) * W + w] = W_hh[q*H + ub*W + w, k], zero for units >= H (lstm.cpp).
 void pack_lstm_panels(const Kernels& kern, index_t H, index_t K, index_t ub, const float* W_hh,

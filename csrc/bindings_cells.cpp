@@ -199,7 +199,8 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
     Workspace X(scratch ? std::max<index_t>(1, T * B * I) : 1);
     float* dxp = need_dx ? dx.mutable_data() : scratch ? X.p : nullptr;
     if (c.gates == 3) {
-      Workspace ws(gru_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
+      Workspace ws(
+          gru_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr, nthreads));
       gru_backward(dxp, dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
                    opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a), opt_ptr(dhn_a), cptr(c.x),
                    opt_ptr(c.h0), cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y),

@@ -265,7 +265,7 @@ Result run_layer(const Kernels& kern, Cell cell, const Case& c, const Inputs& in
         gru_forward(y.data(), h_n.data(), gts.data(), aux.data(), x.data(), h0, in.W_ih.data(),
                     in.W_hh.data(), in.b_ih.data(), in.b_hh.data(), cs, bs, ws.p, kern, threads);
       }
-      Scratch ws(gru_backward_workspace_size(kern, cs, bs != nullptr));
+      Scratch ws(gru_backward_workspace_size(kern, cs, bs != nullptr, threads));
       gru_backward(dx.data(), dh0.data(), dW_ih.data(), dW_hh.data(), db_ih.data(), db_hh.data(),
                    in.dy.data(), in.dh_n.data(), x.data(), h0, in.W_ih.data(), in.W_hh.data(),
                    y.data(), gts.data(), aux.data(), cs, bs, ws.p, kern, threads);

@@ -270,6 +270,22 @@ index_t own_rows_floats(const Kernels& kern, const CellSizes& s, int nthreads) {
   return (G + kern.NR - 1) / kern.NR * kern.NR * s.I +
          (s.B + nthreads * own_proj_rows(s, nthreads)) * (G + s.I);
 }
+
+// One thread's copy of W_hh's gate panels and W_ih^T for the batch split with its own-rows
+// projection (gru_forward; private_copy_floats, team.h), or 0.
+index_t own_rows_copy_floats(const Kernels& kern, const CellSizes& s, int nthreads) {
+  if (own_rows_floats(kern, s, nthreads) == 0) return 0;
+  const index_t G = 3 * s.H;
+  return private_copy_floats(3 * num_panels(kern, s.H) * s.H * kern.NR +
+                                 (G + kern.NR - 1) / kern.NR * kern.NR * s.I,
+                             nthreads);
+}
+
+// One thread's copy of W_hh's panels for the backward's batch split (gru_backward), or 0.
+index_t backward_copy_floats(const Kernels& kern, const CellSizes& s, int nthreads) {
+  if (s.B < 2) return 0;
+  return private_copy_floats(num_panels(kern, s.H) * kern.NR * 3 * s.H, nthreads);
+}
 }  // namespace
 
 index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool training,
@@ -277,8 +293,10 @@ index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool
   const index_t G = 3 * s.H;
   const index_t panels = 3 * num_panels(kern, s.H) * s.H * kern.NR;
   const index_t xg = lengths ? s.T * s.B * s.I : 0;
+  const index_t copy = own_rows_copy_floats(kern, s, nthreads);
+  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
   return panels + (training ? 0 : s.T * s.B * G) + xg + s.B * G + s.B * s.H +
-         own_rows_floats(kern, s, nthreads) + 64;
+         own_rows_floats(kern, s, nthreads) + copies + 64;
 }
 
 void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x, const float* h0,
@@ -310,6 +328,9 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   float* xo = Wip + (G + kern.NR - 1) / kern.NR * kern.NR * I;
   const index_t extra = own_proj_rows(s, nthreads);  // a block's rows beyond a step's
   float* xgo = xo + (B + nthreads * extra) * G;
+  // The other threads' copies of the packed weights on that path (own_rows_copy_floats).
+  const index_t copy = own_rows_copy_floats(kern, s, nthreads);
+  float* const copies = align_floats(xgo + (B + nthreads * extra) * I);
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   zero_padding(y, s, bs);
@@ -339,9 +360,11 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   // give the same bits.)
   const bool own = sched == Schedule::kBatch && P > 1 && N > 2 &&
                    own_rows_floats(kern, s, nthreads) > 0;
+  // Each thread packs its own copy of the weights in the team region (private_copy_floats).
+  const bool own_copies = own && copy > 0;
   std::vector<float> bias;  // own: b_ih as the shared GEMM adds it (gemm_bias2: b_ih + 0)
   if (own) {
-    pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
+    if (!own_copies) pack_b_panels_parallel(kern, I, G, MatView{W_ih, 1, I}, Wip, nthreads);
     if (b_ih) {
       bias.resize(static_cast<std::size_t>(G));
       for (index_t j = 0; j < G; ++j) bias[j] = b_ih[j] + 0.0f;
@@ -351,13 +374,20 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
     // is multiplied by the reset gate).
     input_projection(kern, s, G, x, W_ih, b_ih, nullptr, xp, bs, xg, nthreads);
   }
-  if (!unpacked) pack_gate_panels(kern, H, 3, W_hh, Wp, P);
+  if (!unpacked && !own_copies) pack_gate_panels(kern, H, 3, W_hh, Wp, P);
 
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
+    // This thread's packed weights: thread 0 packs the workspace's, the others their copies.
+    float* const Wp_p = own_copies && p > 0 ? copies + (p - 1) * copy : Wp;
+    float* const Wip_p = own_copies && p > 0 ? Wp_p + 3 * nbj * H * kern.NR : Wip;
+    if (own_copies) {
+      pack_gate_panels(kern, H, 3, W_hh, Wp_p, 1);
+      pack_b_panels(kern, I, 0, G, MatView{W_ih, 1, I}, Wip_p);
+    }
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     const index_t ublk = unpacked ? 8 : kern.NR;  // unit granularity of a thread's slice
     const index_t nblk = (H + ublk - 1) / ublk;
@@ -399,7 +429,8 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
           float* xg_p = xgo + (r0 + p * extra) * I;
           blk_end = project_rows_block(kern, x, B, I, G, bs, nullptr, t, seg_end, r0, r1,
                                        std::max(r1 - r0, extra),
-                                       W_ih, bias.empty() ? nullptr : bias.data(), Wip, xg_p, xo_p);
+                                       W_ih, bias.empty() ? nullptr : bias.data(), Wip_p,
+                                       xg_p, xo_p);
           xo_t = xo_p;
         }
         xin = xo_t;
@@ -413,7 +444,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
               kern.gemv_rows(u1 - u0, H, W_hh + (q * H + u0) * H, H, h_prev + b * H,
                              hw + b * G + q * H + u0, false);
         } else {
-          recurrent_product(kern, H, 3, r0, re, j0, j1, h_prev, Wp, hw, false);
+          recurrent_product(kern, H, 3, r0, re, j0, j1, h_prev, Wp_p, hw, false);
         }
         ck.gru_fwd(re - r0, H, u0, u1, y + (t * B + r0) * H,
                    training ? xp_t + r0 * G : nullptr,
@@ -428,10 +459,14 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   final_state(h_n, y, h_init, s, bs);
 }
 
-index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
+index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths,
+                                    int nthreads) {
   const index_t G = 3 * s.H;
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
-  return 2 * s.T * s.B * G + num_panels(kern, s.H) * kern.NR * G + s.B * s.H + hp + 64;
+  const index_t copy = backward_copy_floats(kern, s, nthreads);
+  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
+  return 2 * s.T * s.B * G + num_panels(kern, s.H) * kern.NR * G + s.B * s.H + hp + copies +
+         64;
 }
 
 void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
@@ -456,17 +491,25 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   float* Wb = dhw + T * B * G;       // W_hh (3H x H) packed as the B operand of dhw_t . W_hh
   float* zeros = Wb + nbj * kern.NR * G;  // (B, H)
   float* hp = zeros + B * H;              // (N, H) with batch_sizes: packed h_prev rows
+  // The other threads' copies of W_hh's panels (backward_copy_floats).
+  float* const copies = align_floats(hp + (bs ? T * B * H : 0));  // (unused without copies)
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
-  pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
   const Schedule sched = choose_schedule(kern, s, G, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
+  // Threads owning rows each pack their own copy of the panels in the team region where the
+  // copies are small (backward_copy_floats), as in the forward.
+  const index_t copy = backward_copy_floats(kern, s, nthreads);
+  const bool own_copies = sched == Schedule::kBatch && P > 1 && copy > 0;
+  if (!own_copies) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
 
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
+    float* const Wb_p = own_copies && p > 0 ? copies + (p - 1) * copy : Wb;
+    if (own_copies) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb_p);
     index_t r0 = 0, r1 = B, j0 = 0, j1 = nbj;
     if (sched == Schedule::kUnits) {
       j0 = nbj * p / np;
@@ -500,7 +543,8 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
         team_barrier();
       }
       // dh_next[:, my columns] += dhw_t . W_hh[:, my columns] (reads every thread's dhw_t).
-      if (re > r0) recurrent_product_back(kern, H, G, r0, re, j0, j1, dhw + off * G, Wb, dh0, true);
+      if (re > r0)
+        recurrent_product_back(kern, H, G, r0, re, j0, j1, dhw + off * G, Wb_p, dh0, true);
     }
   });
   backward_products(kern, s, G, dxw, dx, dW_ih, nullptr, db_ih, x, h0, W_ih, y, bs, hp,

@@ -40,7 +40,8 @@ void gru_forward(float* y,            // (T, B, H)
                  const index_t* batch_sizes,  // (T) non-increasing, or null
                  float* workspace, const Kernels& kern, int nthreads);
 
-index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths);
+index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths,
+                                    int nthreads);
 
 // Backward (BPTT) from a training forward. dx, dh0 are overwritten; dW_ih, dW_hh, db_ih, db_hh
 // are accumulated into (+=); db_ih / db_hh may be null. dy, dh_n may be null (zero).

@@ -954,19 +954,18 @@ void pack_lstm_panels(const Kernels& kern, index_t H, index_t K, index_t ub, con
     }
     return;
   }
+  // Each gate's W source rows are transposed into its W lanes (transpose_rows: 4 x 4 blocks
+  // through registers, where one float per store to lines 4W floats apart made this pack 44 %
+  // of a forward at T = 10, B = 3, I = 300, H = 700); lanes of units >= H are zero.
+  const int rows = static_cast<int>(std::min<index_t>(W, H - ub * W));
   for (index_t k0 = 0; k0 < K; k0 += kPackK) {
     const index_t k1 = std::min(K, k0 + kPackK);
-    for (int q = 0; q < 4; ++q)
-      for (int w = 0; w < W; ++w) {
-        const index_t u = ub * W + w;
-        float* dst = panel + q * W + w;
-        if (u < H) {
-          const float* src = W_hh + (q * H + u) * K;
-          for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = src[k];
-        } else {
-          for (index_t k = k0; k < k1; ++k) dst[k * 4 * W] = 0.0f;
-        }
-      }
+    for (int q = 0; q < 4; ++q) {
+      float* dst = panel + k0 * 4 * W + q * W;
+      transpose_rows(W_hh + (q * H + ub * W) * K + k0, K, rows, k1 - k0, 4 * W, dst);
+      for (index_t k = 0; k < k1 - k0; ++k)
+        for (int w = rows; w < W; ++w) dst[k * 4 * W + w] = 0.0f;
+    }
   }
 }
 

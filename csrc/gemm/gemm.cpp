@@ -81,6 +81,8 @@ inline void zero_tail(float* q, int from, int w) {
 #endif
 }
 
+}  // namespace
+
 // dst[k * ld + r] = src[r * rs + k] for r < rows, k < kc: rows of the source become the
 // interleaved lanes of a packed panel (a transpose). On x86 four rows and four depths at a time
 // through SSE registers (4 stores per 16 values instead of 16); pairs of rows and the last row
@@ -131,6 +133,8 @@ void transpose_rows(const float* src, index_t rs, int rows, index_t kc, int ld, 
   for (; r < rows; ++r)
     for (index_t j = 0; j < kc; ++j) dst[j * ld + r] = src[r * rs + j];
 }
+
+namespace {
 
 // Panels of w columns from a block whose k-th row (kc rows, n columns) starts at src + k * ld:
 // dst[(p * kc + k) * w + c] = src[k * ld + p * w + c], zero past column n. Depth blocks of 8

@@ -106,6 +106,10 @@ void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
 // ceil((n1 - n0) / NR) * K * NR floats.
 void pack_b_panels(const Kernels& kern, index_t K, index_t n0, index_t n1, MatView B, float* Bp);
 
+// dst[k * ld + r] = src[r * rs + k] for r < rows, k < kc (rows of the source become the
+// interleaved lanes of a packed panel), four rows and four depths at a time on x86.
+void transpose_rows(const float* src, index_t rs, int rows, index_t kc, int ld, float* dst);
+
 // All N columns of B packed as by pack_b_panels (n0 = 0, n1 = N), threads splitting the panels.
 // Bp holds ceil(N / NR) * K * NR floats.
 void pack_b_panels_parallel(const Kernels& kern, index_t K, index_t N, MatView B, float* Bp,

@@ -460,6 +460,24 @@ def _check_tensor(module: str, name: str, t: torch.Tensor) -> None:
         )
 
 
+def _check_weight(module: str, name: str, t, shape: tuple, legend: str) -> None:
+    """A parameter the kernels will read: a tensor (torch's ``TypeError`` for a missing one,
+    e.g. after ``module.bias_ih_l0 = None``), on the CPU, float32, of the shape the module's
+    sizes give (a replaced ``nn.Parameter`` of another shape raises naming the parameter and
+    the module's shape, not the kernels' view of it)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(
+            f"lstm_fast.torch.{module}: {name}: expected a tensor of shape {legend} = {shape}, "
+            f"got {type(t).__name__}"
+        )
+    _check_tensor(module, name, t)
+    if tuple(t.shape) != shape:
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: {name}: expected shape {legend} = {shape} (the "
+            f"module's sizes), got {_shape(t)}"
+        )
+
+
 def _autocast_float(t):
     """``t`` as float32 when CPU autocast is on and ``t`` is a bfloat16 / float16 tensor (an
     activation from an autocast Linear), else ``t`` itself.
@@ -649,8 +667,27 @@ class _FastRNNMixin(_GraphFallback):
     """
 
     def _check_supported(self) -> None:
+        """Every parameter the kernels read: present, float32 on the CPU, and of the shape the
+        module's sizes give (as torch's constructor made it)."""
+        module = type(self).__name__
+        gates = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
+        H, P = self.hidden_size, getattr(self, "proj_size", 0)
+        H_out, D = P or H, 2 if self.bidirectional else 1
+        g = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
+        h_out = "proj_size" if P else "hidden_size"
         for name in self._flat_weights_names:
-            _check_tensor(type(self).__name__, name, getattr(self, name))
+            kind, k = name.split("_l")[0], int(name.split("_l")[1].split("_")[0])
+            if kind == "weight_ih":
+                i = "input_size" if k == 0 else f"{D}*{h_out}" if D > 1 else h_out
+                shape = (gates * H, self.input_size if k == 0 else D * H_out)
+                legend = f"({g}, {i})"
+            elif kind == "weight_hh":
+                shape, legend = (gates * H, H_out), f"({g}, {h_out})"
+            elif kind == "weight_hr":
+                shape, legend = (P, H), "(proj_size, hidden_size)"
+            else:  # bias_ih, bias_hh
+                shape, legend = (gates * H,), f"({g},)"
+            _check_weight(module, name, getattr(self, name, None), shape, legend)
 
     def _run(self, x, hx, batch_sizes):
         """x (T, B, I) sequence-major (padded, sorted by length when ``batch_sizes`` is given);
@@ -991,10 +1028,18 @@ class _FastCellMixin(_GraphFallback):
             if h.dim() not in (1, 2):
                 what = label if has_cell else "hidden"  # torch's own wording
                 raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
-        for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            t = getattr(self, p)
-            if t is not None:
-                _check_tensor(name, p, t)
+        gates = {"LSTM": 4, "GRU": 3}.get(self._mode(), 1)
+        g = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
+        G = gates * self.hidden_size
+        for p, shape, legend in (
+            ("weight_ih", (G, self.input_size), f"({g}, input_size)"),
+            ("weight_hh", (G, self.hidden_size), f"({g}, hidden_size)"),
+            ("bias_ih", (G,), f"({g},)"),
+            ("bias_hh", (G,), f"({g},)"),
+        ):
+            t = getattr(self, p, None)
+            if t is not None or p.startswith("weight"):  # a bias may be None, as in torch
+                _check_weight(name, p, t, shape, legend)
         input = _autocast_float(input)
         states = tuple(_autocast_float(h) for h in states)
         _check_tensor(name, "input", input)

@@ -506,6 +506,46 @@ def _follow_torch_threads() -> None:
     torch.get_num_threads()
 
 
+def _check_batch_sizes(module: str, batch_sizes, rows: int) -> None:
+    """A PackedSequence's ``batch_sizes`` as ``pack_padded_sequence`` makes them: a non-empty
+    1-D int64 CPU tensor of positive, non-increasing counts whose sum does not exceed the rows
+    of ``data``. Checked before anything reads them: torch's ``pad_packed_sequence`` (which
+    unpacks the input) trusts them, and a zero or negative count corrupts the heap there
+    (``malloc(): invalid next size``, a crash) where torch's module raises."""
+    if not isinstance(batch_sizes, torch.Tensor) or batch_sizes.dim() != 1:
+        got = (
+            f"{batch_sizes.dim()}-D tensor"
+            if isinstance(batch_sizes, torch.Tensor)
+            else type(batch_sizes).__name__
+        )
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected a 1-D int64 CPU tensor "
+            f"(a PackedSequence from pack_padded_sequence / pack_sequence), got a {got}"
+        )
+    if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected a 1-D int64 CPU tensor, "
+            f"got {batch_sizes.dtype} on {batch_sizes.device}"
+        )
+    if batch_sizes.numel() == 0:
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected at least one step, got none"
+        )
+    bad = ""
+    if int(batch_sizes.min()) < 1:
+        bad = "counts >= 1"
+    elif batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        bad = "non-increasing counts (sequences sorted by length, longest first)"
+    elif int(batch_sizes.sum()) > rows:
+        bad = f"counts summing to at most input.data's {rows} rows"
+    if bad:
+        shown = batch_sizes.tolist() if batch_sizes.numel() <= 16 else "[...]"
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected {bad}, got {shown} "
+            f"(sum {int(batch_sizes.sum())})"
+        )
+
+
 def _reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """(T, B) time index reversing each sequence within its length (identity on the padding)."""
     t = torch.arange(T).unsqueeze(1)
@@ -800,6 +840,7 @@ class _FastRNNMixin(_GraphFallback):
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)  # torch's dtype / size checks and messages
+            _check_batch_sizes(name, batch_sizes, data.shape[0])
             data = _autocast_float(data)
             _check_tensor(name, "input", data)
             checked = data

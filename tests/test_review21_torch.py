@@ -82,3 +82,63 @@ def test_a_cell_bias_set_to_none_still_matches_torch(kind, name):
     a, b = t(x), f(x)
     a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+# -- malformed PackedSequence ------------------------------------------------------------------
+
+_BAD_PACKS = {
+    "zero count": ("torch.randn(6, 5)", "[3, 0, 3]", r"expected counts >= 1, got \[3, 0, 3\]"),
+    "negative count": ("torch.randn(6, 5)", "[3, -1, 4]", r"expected counts >= 1"),
+    "increasing": ("torch.randn(6, 5)", "[1, 2, 3]", r"expected non-increasing counts"),
+    "too few rows": ("torch.randn(5, 5)", "[3, 2, 1]", r"summing to at most input.data's 5 rows"),
+    "empty": ("torch.randn(0, 5)", "torch.tensor([], dtype=torch.long)", "at least one step"),
+    "int32": ("torch.randn(6, 5)", "torch.tensor([3, 2, 1], dtype=torch.int32)", "int64"),
+}
+
+
+def test_a_malformed_packed_sequence_raises_instead_of_crashing():
+    """A PackedSequence built by hand with a zero or negative batch size crashed the process
+    (``malloc(): invalid next size``, ``free(): invalid pointer``: torch's pad_packed_sequence,
+    which unpacked the input, trusts batch_sizes and corrupts the heap) where torch's module
+    raises. Every case raises naming input.batch_sizes; run in one subprocess, since without
+    the check the interpreter dies."""
+    import subprocess
+    import sys
+
+    cases = [
+        (kind, data, bs if bs.startswith("torch") else f"torch.tensor({bs})", match)
+        for kind in ("LSTM", "GRU")
+        for data, bs, match in _BAD_PACKS.values()
+    ]
+    code = f"""
+import re, torch, lstm_fast.torch as lft
+from torch.nn.utils.rnn import PackedSequence
+for kind, data, bs, match in {cases!r}:
+    m = getattr(lft, kind)(5, 4, bidirectional=True)
+    for si in (None, torch.tensor([2, 0, 1])):
+        p = PackedSequence(eval(data), eval(bs), si)
+        try:
+            m(p)
+        except RuntimeError as e:
+            assert re.search(match, str(e)), (kind, bs, str(e))
+            assert kind + ": input.batch_sizes" in str(e), (kind, bs, str(e))
+        else:
+            raise SystemExit(f"no error: {{kind}} {{bs}}")
+print("raised")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "raised", (r.returncode, r.stderr[-2000:])
+
+
+def test_a_packed_sequence_with_extra_rows_still_runs_as_torch():
+    """torch's module accepts data with more rows than sum(batch_sizes) (ignoring the rest):
+    the check must not refuse it."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    t = nn.LSTM(5, 4)
+    f = lft.LSTM(5, 4)
+    f.load_state_dict(t.state_dict())
+    p = PackedSequence(torch.randn(7, 5), torch.tensor([3, 2, 1]))
+    (ot, (ht, ct)), (of, (hf, cf)) = t(p), f(p)
+    for a, b in ((ot.data, of.data), (ht, hf), (ct, cf)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

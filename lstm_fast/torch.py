@@ -727,7 +727,7 @@ class _FastRNNMixin(_GraphFallback):
                 shape, legend = (P, H), "(proj_size, hidden_size)"
             else:  # bias_ih, bias_hh
                 shape, legend = (gates * H,), f"({g},)"
-            _check_weight(module, name, getattr(self, name, None), shape, legend)
+            _check_weight(module, name, getattr(self, name), shape, legend)
 
     def _run(self, x, hx, batch_sizes):
         """x (T, B, I) sequence-major (padded, sorted by length when ``batch_sizes`` is given);
@@ -1078,7 +1078,7 @@ class _FastCellMixin(_GraphFallback):
             ("bias_ih", (G,), f"({g},)"),
             ("bias_hh", (G,), f"({g},)"),
         ):
-            t = getattr(self, p, None)
+            t = getattr(self, p)
             if t is not None or p.startswith("weight"):  # a bias may be None, as in torch
                 _check_weight(name, p, t, shape, legend)
         input = _autocast_float(input)

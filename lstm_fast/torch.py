@@ -460,6 +460,24 @@ def _check_tensor(module: str, name: str, t: torch.Tensor) -> None:
         )
 
 
+def _check_weight(module: str, name: str, t, shape: tuple, legend: str) -> None:
+    """A parameter the kernels will read: a tensor (torch's ``TypeError`` for a missing one,
+    e.g. after ``module.bias_ih_l0 = None``), on the CPU, float32, of the shape the module's
+    sizes give (a replaced ``nn.Parameter`` of another shape raises naming the parameter and
+    the module's shape, not the kernels' view of it)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(
+            f"lstm_fast.torch.{module}: {name}: expected a tensor of shape {legend} = {shape}, "
+            f"got {type(t).__name__}"
+        )
+    _check_tensor(module, name, t)
+    if tuple(t.shape) != shape:
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: {name}: expected shape {legend} = {shape} (the "
+            f"module's sizes), got {_shape(t)}"
+        )
+
+
 def _autocast_float(t):
     """``t`` as float32 when CPU autocast is on and ``t`` is a bfloat16 / float16 tensor (an
     activation from an autocast Linear), else ``t`` itself.
@@ -486,6 +504,46 @@ def _follow_torch_threads() -> None:
     op is ours they would run on OpenMP's default instead. ``torch.get_num_threads()`` does
     torch's lazy initialisation."""
     torch.get_num_threads()
+
+
+def _check_batch_sizes(module: str, batch_sizes, rows: int) -> None:
+    """A PackedSequence's ``batch_sizes`` as ``pack_padded_sequence`` makes them: a non-empty
+    1-D int64 CPU tensor of positive, non-increasing counts whose sum does not exceed the rows
+    of ``data``. Checked before anything reads them: torch's ``pad_packed_sequence`` (which
+    unpacks the input) trusts them, and a zero or negative count corrupts the heap there
+    (``malloc(): invalid next size``, a crash) where torch's module raises."""
+    if not isinstance(batch_sizes, torch.Tensor) or batch_sizes.dim() != 1:
+        got = (
+            f"{batch_sizes.dim()}-D tensor"
+            if isinstance(batch_sizes, torch.Tensor)
+            else type(batch_sizes).__name__
+        )
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected a 1-D int64 CPU tensor "
+            f"(a PackedSequence from pack_padded_sequence / pack_sequence), got a {got}"
+        )
+    if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected a 1-D int64 CPU tensor, "
+            f"got {batch_sizes.dtype} on {batch_sizes.device}"
+        )
+    if batch_sizes.numel() == 0:
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected at least one step, got none"
+        )
+    bad = ""
+    if int(batch_sizes.min()) < 1:
+        bad = "counts >= 1"
+    elif batch_sizes.numel() > 1 and bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        bad = "non-increasing counts (sequences sorted by length, longest first)"
+    elif int(batch_sizes.sum()) > rows:
+        bad = f"counts summing to at most input.data's {rows} rows"
+    if bad:
+        shown = batch_sizes.tolist() if batch_sizes.numel() <= 16 else "[...]"
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: input.batch_sizes: expected {bad}, got {shown} "
+            f"(sum {int(batch_sizes.sum())})"
+        )
 
 
 def _reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -649,8 +707,27 @@ class _FastRNNMixin(_GraphFallback):
     """
 
     def _check_supported(self) -> None:
+        """Every parameter the kernels read: present, float32 on the CPU, and of the shape the
+        module's sizes give (as torch's constructor made it)."""
+        module = type(self).__name__
+        gates = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
+        H, P = self.hidden_size, getattr(self, "proj_size", 0)
+        H_out, D = P or H, 2 if self.bidirectional else 1
+        g = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
+        h_out = "proj_size" if P else "hidden_size"
         for name in self._flat_weights_names:
-            _check_tensor(type(self).__name__, name, getattr(self, name))
+            kind, k = name.split("_l")[0], int(name.split("_l")[1].split("_")[0])
+            if kind == "weight_ih":
+                i = "input_size" if k == 0 else f"{D}*{h_out}" if D > 1 else h_out
+                shape = (gates * H, self.input_size if k == 0 else D * H_out)
+                legend = f"({g}, {i})"
+            elif kind == "weight_hh":
+                shape, legend = (gates * H, H_out), f"({g}, {h_out})"
+            elif kind == "weight_hr":
+                shape, legend = (P, H), "(proj_size, hidden_size)"
+            else:  # bias_ih, bias_hh
+                shape, legend = (gates * H,), f"({g},)"
+            _check_weight(module, name, getattr(self, name), shape, legend)
 
     def _run(self, x, hx, batch_sizes):
         """x (T, B, I) sequence-major (padded, sorted by length when ``batch_sizes`` is given);
@@ -763,6 +840,7 @@ class _FastRNNMixin(_GraphFallback):
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)  # torch's dtype / size checks and messages
+            _check_batch_sizes(name, batch_sizes, data.shape[0])
             data = _autocast_float(data)
             _check_tensor(name, "input", data)
             checked = data
@@ -991,10 +1069,18 @@ class _FastCellMixin(_GraphFallback):
             if h.dim() not in (1, 2):
                 what = label if has_cell else "hidden"  # torch's own wording
                 raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.dim()}D instead")
-        for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        gates = {"LSTM": 4, "GRU": 3}.get(self._mode(), 1)
+        g = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
+        G = gates * self.hidden_size
+        for p, shape, legend in (
+            ("weight_ih", (G, self.input_size), f"({g}, input_size)"),
+            ("weight_hh", (G, self.hidden_size), f"({g}, hidden_size)"),
+            ("bias_ih", (G,), f"({g},)"),
+            ("bias_hh", (G,), f"({g},)"),
+        ):
             t = getattr(self, p)
-            if t is not None:
-                _check_tensor(name, p, t)
+            if t is not None or p.startswith("weight"):  # a bias may be None, as in torch
+                _check_weight(name, p, t, shape, legend)
         input = _autocast_float(input)
         states = tuple(_autocast_float(h) for h in states)
         _check_tensor(name, "input", input)

@@ -708,13 +708,42 @@ class _FastRNNMixin(_GraphFallback):
 
     def _check_supported(self) -> None:
         """Every parameter the kernels read: present, float32 on the CPU, and of the shape the
-        module's sizes give (as torch's constructor made it)."""
+        module's sizes give (as torch's constructor made it). Runs on every call: the expected
+        shapes are worked out once per set of sizes, and a parameter that passes costs three
+        comparisons (the full check, with its message, runs only for one that does not)."""
+        key = (
+            self.mode,
+            self.input_size,
+            self.hidden_size,
+            getattr(self, "proj_size", 0),
+            self.bidirectional,
+            tuple(self._flat_weights_names),
+        )
+        cached = self.__dict__.get("_lf_expected")
+        if cached is None or cached[0] != key:
+            cached = (key, self._expected_shapes())
+            self.__dict__["_lf_expected"] = cached
         module = type(self).__name__
+        f32 = torch.float32
+        for name, shape, legend in cached[1]:
+            t = getattr(self, name)
+            if (
+                isinstance(t, torch.Tensor)
+                and t.dtype == f32
+                and t.shape == shape
+                and t.device.type == "cpu"
+            ):
+                continue
+            _check_weight(module, name, t, shape, legend)
+
+    def _expected_shapes(self) -> list:
+        """(name, shape, legend) of every parameter the kernels read, from the module's sizes."""
         gates = {"LSTM": 4, "GRU": 3}.get(self.mode, 1)
         H, P = self.hidden_size, getattr(self, "proj_size", 0)
         H_out, D = P or H, 2 if self.bidirectional else 1
         g = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
         h_out = "proj_size" if P else "hidden_size"
+        out = []
         for name in self._flat_weights_names:
             kind, k = name.split("_l")[0], int(name.split("_l")[1].split("_")[0])
             if kind == "weight_ih":
@@ -727,7 +756,8 @@ class _FastRNNMixin(_GraphFallback):
                 shape, legend = (P, H), "(proj_size, hidden_size)"
             else:  # bias_ih, bias_hh
                 shape, legend = (gates * H,), f"({g},)"
-            _check_weight(module, name, getattr(self, name), shape, legend)
+            out.append((name, shape, legend))
+        return out
 
     def _run(self, x, hx, batch_sizes):
         """x (T, B, I) sequence-major (padded, sorted by length when ``batch_sizes`` is given);

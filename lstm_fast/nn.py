@@ -49,8 +49,11 @@ _F32 = np.dtype(np.float32)
 
 
 def _f32c(a: np.ndarray) -> np.ndarray:
-    """a as a C-contiguous float32 array (no copy when it already is one)."""
-    return np.ascontiguousarray(a, dtype=np.float32)
+    """a as a C-contiguous, aligned float32 array (no copy when it already is one). A
+    misaligned float32 buffer (np.frombuffer at an odd offset) is copied: the core refuses one,
+    with an error naming its own argument (``a``, ``src``), not the caller's."""
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    return out if out.flags.aligned else out.copy()
 
 
 def _real(name: str, value: Any) -> np.ndarray:
@@ -197,7 +200,7 @@ class Linear(Module):
             raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
         # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
         # thread pool spinning between calls halved the recurrent kernels' speed next to it.
-        x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), self.in_features))
+        x2 = _f32c(x.reshape(math.prod(x.shape[:-1]), self.in_features))
         w = _f32c(self.weight.data)
         y = _core.gemm(x2, w, False, True, _f32c_or_none(self.bias))
         self._x = x2 if self.training else None
@@ -233,7 +236,7 @@ class Linear(Module):
                 f"{self.out_features}), got {dy.shape}"
             )
         _ready_grads(("weight", "(O, I)", self.weight), ("bias", "(O,)", self.bias))
-        dy2 = np.ascontiguousarray(dy.reshape(N, self.out_features))
+        dy2 = _f32c(dy.reshape(N, self.out_features))
         gw = self.weight.grad
         gb = None if self.bias is None else self.bias.grad
         if _fast_grad(gw) and (gb is None or _fast_grad(gb)):
@@ -249,12 +252,14 @@ class Linear(Module):
 
 
 def _fast_grad(g: np.ndarray) -> bool:
-    """A gradient the C++ kernels can accumulate into in place."""
+    """A gradient the C++ kernels can accumulate into in place (others, a misaligned buffer
+    too, are added into by NumPy)."""
     return (
         isinstance(g, np.ndarray)
         and g.dtype == np.float32
         and g.flags.c_contiguous
         and g.flags.writeable
+        and g.flags.aligned
     )
 
 
@@ -432,7 +437,7 @@ class Embedding(Module):
         pad = self.padding_idx
         kept = g[pad].copy() if pad is not None else None
         if _fast_grad(g):
-            _core.index_add_rows(g, flat.astype(np.int64, copy=False), np.ascontiguousarray(dy2))
+            _core.index_add_rows(g, flat.astype(np.int64, copy=False), _f32c(dy2))
         else:
             np.add.at(g, flat, dy2)
         if pad is not None:
@@ -670,8 +675,9 @@ def softmax_cross_entropy(
             default -100 as PyTorch's, None: every row counts.
         reduction: ``"mean"`` (over counted rows) or ``"sum"``.
         need_grad: also return the gradient (False saves the (N, V) buffer's second use).
-        inplace: work in the logits' own buffer when they are a C-contiguous float32 array
-            (they are overwritten, and the gradient shares their memory); else a copy is made.
+        inplace: work in the logits' own buffer when they are a writeable, aligned
+            C-contiguous float32 array (they are overwritten, and the gradient shares their
+            memory); else a copy is made.
 
     Returns:
         ``(loss, dlogits)``: the loss as a Python float (computed in float64), and the gradient
@@ -703,6 +709,7 @@ def softmax_cross_entropy(
         and logits.dtype == np.float32
         and logits.flags.c_contiguous
         and logits.flags.writeable
+        and logits.flags.aligned
     )
     # (one copy: the check converts nothing)
     z = logits if reuse else np.array(_real("logits", logits), dtype=np.float32, order="C")

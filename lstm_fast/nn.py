@@ -31,7 +31,7 @@ from .module import (
     make_rng,
     saved_versions,
 )
-from .rnn import LSTM, _check_bool, _check_int
+from .rnn import LSTM, _check_bool, _check_int, _check_parameter_memory
 
 __all__ = [
     "LSTM",
@@ -150,7 +150,9 @@ class Linear(Module):
         weight: :class:`~lstm_fast.module.Parameter` (O, I).  bias: Parameter (O,), or None.
 
     Raises ``ValueError`` when x's last axis is not I (``x: expected shape (..., I=3), got
-    (4, 5)``) and ``TypeError`` for a complex, str or object x.
+    (4, 5)``) and ``TypeError`` for a complex, str or object x; the constructor raises
+    ``ValueError`` naming the sizes when the weight and its gradient cannot fit in this
+    machine's memory.
 
     Example::
 
@@ -174,6 +176,11 @@ class Linear(Module):
         out_features = _check_int("out_features", out_features, 0)
         _check_bool("bias", bias)
         rng = make_rng(seed)
+        _check_parameter_memory(
+            "Linear",
+            out_features * (in_features + (1 if bias else 0)),
+            f"in_features={in_features}, out_features={out_features}",
+        )
         bound = 1.0 / math.sqrt(in_features) if in_features else 0.0  # (PyTorch's, for I = 0)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)))
@@ -286,7 +293,8 @@ class Embedding(Module):
         weight: :class:`~lstm_fast.module.Parameter` (V, E).  padding_idx: the row, or None.
 
     Raises ``TypeError`` for non-integer ids, ``IndexError`` for ids outside [0, V),
-    ``ValueError`` for a ``padding_idx`` outside [-V, V).
+    ``ValueError`` for a ``padding_idx`` outside [-V, V) or sizes whose weight and gradient
+    cannot fit in this machine's memory.
 
     Example::
 
@@ -324,6 +332,11 @@ class Embedding(Module):
                 )
             padding_idx = int(padding_idx) % V  # -1: the last row, as PyTorch stores it
         rng = make_rng(seed)
+        _check_parameter_memory(
+            "Embedding",
+            num_embeddings * embedding_dim,
+            f"num_embeddings={num_embeddings}, embedding_dim={embedding_dim}",
+        )
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
         w = rng.standard_normal((num_embeddings, embedding_dim))

@@ -82,3 +82,26 @@ def test_softmax_cross_entropy_inplace_misaligned_logits_are_copied():
     assert loss == pytest.approx(want_loss, rel=1e-6)
     np.testing.assert_allclose(g, want_g, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(z, before)  # not worked in: a copy was made
+
+
+# ---- sizes no memory holds ----------------------------------------------------------------------
+# The recurrent layers refuse parameters that cannot fit in memory with a ValueError naming the
+# sizes; Linear and Embedding went straight to NumPy: "array is too big; `arr.size *
+# arr.dtype.itemsize` is larger than the maximum possible size" (no argument named) or a
+# MemoryError about a float64 array the caller never asked for.
+
+
+@pytest.mark.parametrize(
+    "make, names",
+    [
+        (lambda: Linear(2**40, 2**40), ("in_features=1099511627776", "out_features=")),
+        (lambda: Linear(2**20, 2**20), ("in_features=1048576", "out_features=1048576")),
+        (lambda: Embedding(2**40, 2**10), ("num_embeddings=1099511627776", "embedding_dim=1024")),
+        (lambda: Embedding(2**62, 2**62), ("num_embeddings=", "embedding_dim=")),
+    ],
+)
+def test_linear_embedding_refuse_sizes_beyond_memory(make, names):
+    with pytest.raises(ValueError, match="memory") as err:
+        make()
+    for n in names:
+        assert n in str(err.value)

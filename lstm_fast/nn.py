@@ -700,8 +700,9 @@ def softmax_cross_entropy(
         all zeros, as PyTorch's.
 
     Raises ``ValueError`` for logits with no class axis or targets of another shape (a (B, T)
-    transpose of (T, B) logits too), a bad ``reduction``; ``TypeError`` for non-integer targets
-    or a non-int ``ignore_index``; ``IndexError`` for a target outside [0, V).
+    transpose of (T, B) logits too), a bad ``reduction``; ``TypeError`` for non-integer targets,
+    a non-int ``ignore_index`` or a ``need_grad`` / ``inplace`` that is not a bool;
+    ``IndexError`` for a target outside [0, V).
 
     Example::
 
@@ -716,6 +717,9 @@ def softmax_cross_entropy(
          [ 0.125  0.125 -0.375  0.125]
          [ 0.     0.     0.     0.   ]]
     """
+    # bool switches, not truthiness: inplace="False" overwrote the caller's logits
+    _check_bool("need_grad", need_grad)
+    _check_bool("inplace", inplace)
     reuse = (
         inplace
         and isinstance(logits, np.ndarray)

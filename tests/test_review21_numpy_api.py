@@ -105,3 +105,24 @@ def test_linear_embedding_refuse_sizes_beyond_memory(make, names):
         make()
     for n in names:
         assert n in str(err.value)
+
+
+# ---- bool switches ------------------------------------------------------------------------------
+# softmax_cross_entropy tested inplace and need_grad for truthiness: inplace="False" (a config
+# file's string) overwrote the caller's logits with the gradient, need_grad="no" returned it.
+
+
+@pytest.mark.parametrize("name", ["inplace", "need_grad"])
+@pytest.mark.parametrize("value", ["False", "no", 1, 0, None])
+def test_softmax_cross_entropy_bool_switches_are_checked(name, value):
+    z = np.random.default_rng(10).standard_normal((3, 4)).astype(np.float32)
+    before = z.copy()
+    with pytest.raises(TypeError, match=f"{name}: expected a bool"):
+        softmax_cross_entropy(z, np.array([0, 1, 3]), **{name: value})
+    np.testing.assert_array_equal(z, before)
+
+
+def test_softmax_cross_entropy_numpy_bools_accepted():
+    z = np.zeros((2, 3), np.float32)
+    loss, g = softmax_cross_entropy(z, [0, 1], need_grad=np.False_, inplace=np.True_)
+    assert g is None and loss == pytest.approx(np.log(3.0))

@@ -126,3 +126,36 @@ def test_softmax_cross_entropy_numpy_bools_accepted():
     z = np.zeros((2, 3), np.float32)
     loss, g = softmax_cross_entropy(z, [0, 1], need_grad=np.False_, inplace=np.True_)
     assert g is None and loss == pytest.approx(np.log(3.0))
+
+
+# ---- None (or another object) where an array is expected ----------------------------------------
+# The layers' conversion reported np.asarray(None)'s dtype: "c_0: expected a real floating-point
+# array, got dtype object" for lstm(x, (h0, None)), where the caller passed no array at all.
+
+
+@pytest.mark.parametrize(
+    "call, want",
+    [
+        (lambda l, x: l(x, (np.zeros((1, 2, 4), np.float32), None)), "c_0: .* got NoneType"),
+        (lambda l, x: l(None), "input: .* got NoneType"),
+        (lambda l, x: l({"x": x}), "input: .* got dict"),
+        (lambda l, x: l.step(None), "x_t: .* got NoneType"),
+        (lambda l, x: l.step(x[0], (None, None)), r"state\[0\] \(h\): .* got NoneType"),
+        (lambda l, x: l(np.array([None, None])), "input: .* got dtype object"),
+    ],
+)
+def test_layer_names_the_type_of_a_non_array(call, want):
+    from lstm_fast import LSTM
+
+    layer = LSTM(3, 4, seed=0)
+    x = np.zeros((5, 2, 3), np.float32)
+    with pytest.raises(TypeError, match=want):
+        call(layer, x)
+
+
+def test_cell_names_the_type_of_a_non_array():
+    from lstm_fast import LSTMCell
+
+    cell = LSTMCell(3, 4, seed=0)
+    with pytest.raises(TypeError, match="h_0: .* got NoneType"):
+        cell(np.zeros((2, 3), np.float32), (None, None))

@@ -190,6 +190,11 @@ class Linear(Module):
         self._w: Optional[np.ndarray] = None
         self._versions: tuple = ()
 
+    def _on_load(self) -> None:
+        # a parameter replaced (or deleted): the saved forward used the old weight (dx = dy W)
+        self._x = self._w = None
+        super()._on_load()
+
     def extra_repr(self) -> str:
         """``"I, O, bias=True"``: the constructor arguments shown in the ``repr``."""
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"

@@ -159,3 +159,48 @@ def test_cell_names_the_type_of_a_non_array():
     cell = LSTMCell(3, 4, seed=0)
     with pytest.raises(TypeError, match="h_0: .* got NoneType"):
         cell(np.zeros((2, 3), np.float32), (None, None))
+
+
+# ---- a parameter replaced between forward and backward ------------------------------------------
+# layer.weight_hh_l0 = Parameter(new) after a training forward: backward ran on the cache of the
+# old weights and added their gradient into the new Parameter's .grad (PyTorch's backward sends
+# it to the old Parameter, the one the forward used); Linear's dx used the old weight too. As
+# after load_state_dict (and del), the saved forward is dropped and backward raises.
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "Linear"])
+def test_backward_after_a_parameter_is_replaced_raises(kind):
+    import lstm_fast
+    from lstm_fast import Parameter
+
+    rng = np.random.default_rng(11)
+    if kind == "Linear":
+        mod, name, x = Linear(3, 4, seed=0), "weight", rng.standard_normal((2, 3))
+    elif kind == "LSTMCell":
+        mod, name, x = lstm_fast.LSTMCell(3, 4, seed=0), "weight_ih", rng.standard_normal((2, 3))
+    else:
+        mod = getattr(lstm_fast, kind)(3, 4, seed=0)
+        name, x = "weight_hh_l0", rng.standard_normal((5, 2, 3))
+    out = mod(x.astype(np.float32))
+    y = out[0] if isinstance(out, tuple) else out
+    old = getattr(mod, name)
+    new = Parameter(np.zeros_like(old.data))
+    setattr(mod, name, new)
+    with pytest.raises(RuntimeError, match="no saved forward"):
+        mod.backward(np.ones(y.shape, np.float32))
+    assert not new.grad.any() and not old.grad.any()
+    # a forward with the new parameter: its backward runs and accumulates into it
+    out = mod(x.astype(np.float32))
+    y = out[0] if isinstance(out, tuple) else out
+    mod.backward(np.ones(y.shape, np.float32))
+    assert getattr(mod, name) is new and new.grad.any() and not old.grad.any()
+
+
+def test_assigning_the_same_parameter_keeps_the_saved_forward():
+    import lstm_fast
+
+    layer = lstm_fast.LSTM(3, 4, seed=0)
+    y, _ = layer(np.ones((2, 1, 3), np.float32))
+    layer.weight_ih_l0 = layer.weight_ih_l0  # not new weights
+    dx, _ = layer.backward(np.ones(y.shape, np.float32))
+    assert dx.shape == (2, 1, 3)

@@ -190,11 +190,6 @@ class Linear(Module):
         self._w: Optional[np.ndarray] = None
         self._versions: tuple = ()
 
-    def _on_load(self) -> None:
-        # a parameter replaced (or deleted): the saved forward used the old weight (dx = dy W)
-        self._x = self._w = None
-        super()._on_load()
-
     def extra_repr(self) -> str:
         """``"I, O, bias=True"``: the constructor arguments shown in the ``repr``."""
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
@@ -239,6 +234,12 @@ class Linear(Module):
         if self._x is None:
             raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")
         check_versions("Linear.backward", self._versions)
+        for name, p, _ in self._versions:
+            if self._parameters.get(name) is not p:  # (PyTorch's backward would feed the old one)
+                raise RuntimeError(
+                    f"Linear.backward: {name} was replaced by another Parameter after the "
+                    "forward this backward differentiates; run the forward again"
+                )
         dy = np.asarray(_real("dy", dy), dtype=np.float32)
         out_shape = (*self._xshape[:-1], self.out_features)
         N = self._x.shape[0]

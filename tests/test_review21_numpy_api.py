@@ -186,7 +186,7 @@ def test_backward_after_a_parameter_is_replaced_raises(kind):
     old = getattr(mod, name)
     new = Parameter(np.zeros_like(old.data))
     setattr(mod, name, new)
-    with pytest.raises(RuntimeError, match="no saved forward"):
+    with pytest.raises(RuntimeError, match="no saved forward|weight was replaced"):
         mod.backward(np.ones(y.shape, np.float32))
     assert not new.grad.any() and not old.grad.any()
     # a forward with the new parameter: its backward runs and accumulates into it

@@ -236,7 +236,8 @@ class Module:
     :meth:`load_state_dict`. Subclasses implement ``forward`` (run by calling the module) and,
     for training, ``backward(dy)``, which accumulates into the parameters' ``grad`` (there is no
     autograd). Replacing a registered parameter with anything but a Parameter raises
-    ``TypeError``.
+    ``TypeError``; replacing it with another Parameter drops what the module saved from the old
+    one (as :meth:`load_state_dict` does: a ``backward`` then raises until the next forward).
 
     Attributes:
         training: True (the default) in training mode, False after :meth:`eval`.
@@ -285,6 +286,8 @@ class Module:
             raise TypeError(
                 f"cannot assign {type(value).__name__} as submodule {name!r} (a Module expected)"
             )
+        # another Parameter in place of a registered one: new weights, as for load_state_dict
+        replaced = name in params and params[name] is not value
         params.pop(name, None)
         mods.pop(name, None)
         if isinstance(value, Parameter):
@@ -292,6 +295,8 @@ class Module:
         elif isinstance(value, Module):
             mods[name] = value
         object.__setattr__(self, name, value)
+        if replaced:  # the saved forward read the old one: its backward must not run
+            self._on_load()
 
     def __delattr__(self, name: str) -> None:
         removed = self._parameters.pop(name, None) is not None

@@ -31,7 +31,7 @@ from .module import (
     make_rng,
     saved_versions,
 )
-from .rnn import LSTM, _check_bool, _check_int
+from .rnn import LSTM, _check_bool, _check_int, _check_parameter_memory
 
 __all__ = [
     "LSTM",
@@ -49,8 +49,11 @@ _F32 = np.dtype(np.float32)
 
 
 def _f32c(a: np.ndarray) -> np.ndarray:
-    """a as a C-contiguous float32 array (no copy when it already is one)."""
-    return np.ascontiguousarray(a, dtype=np.float32)
+    """a as a C-contiguous, aligned float32 array (no copy when it already is one). A
+    misaligned float32 buffer (np.frombuffer at an odd offset) is copied: the core refuses one,
+    with an error naming its own argument (``a``, ``src``), not the caller's."""
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    return out if out.flags.aligned else out.copy()
 
 
 def _real(name: str, value: Any) -> np.ndarray:
@@ -147,7 +150,9 @@ class Linear(Module):
         weight: :class:`~lstm_fast.module.Parameter` (O, I).  bias: Parameter (O,), or None.
 
     Raises ``ValueError`` when x's last axis is not I (``x: expected shape (..., I=3), got
-    (4, 5)``) and ``TypeError`` for a complex, str or object x.
+    (4, 5)``) and ``TypeError`` for a complex, str or object x; the constructor raises
+    ``ValueError`` naming the sizes when the weight and its gradient cannot fit in this
+    machine's memory.
 
     Example::
 
@@ -171,6 +176,11 @@ class Linear(Module):
         out_features = _check_int("out_features", out_features, 0)
         _check_bool("bias", bias)
         rng = make_rng(seed)
+        _check_parameter_memory(
+            "Linear",
+            out_features * (in_features + (1 if bias else 0)),
+            f"in_features={in_features}, out_features={out_features}",
+        )
         bound = 1.0 / math.sqrt(in_features) if in_features else 0.0  # (PyTorch's, for I = 0)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)))
@@ -197,7 +207,7 @@ class Linear(Module):
             raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
         # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
         # thread pool spinning between calls halved the recurrent kernels' speed next to it.
-        x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), self.in_features))
+        x2 = _f32c(x.reshape(math.prod(x.shape[:-1]), self.in_features))
         w = _f32c(self.weight.data)
         y = _core.gemm(x2, w, False, True, _f32c_or_none(self.bias))
         self._x = x2 if self.training else None
@@ -224,6 +234,12 @@ class Linear(Module):
         if self._x is None:
             raise RuntimeError("Linear.backward: no saved forward (call it in training mode)")
         check_versions("Linear.backward", self._versions)
+        for name, p, _ in self._versions:
+            if self._parameters.get(name) is not p:  # (PyTorch's backward would feed the old one)
+                raise RuntimeError(
+                    f"Linear.backward: {name} was replaced by another Parameter after the "
+                    "forward this backward differentiates; run the forward again"
+                )
         dy = np.asarray(_real("dy", dy), dtype=np.float32)
         out_shape = (*self._xshape[:-1], self.out_features)
         N = self._x.shape[0]
@@ -233,7 +249,7 @@ class Linear(Module):
                 f"{self.out_features}), got {dy.shape}"
             )
         _ready_grads(("weight", "(O, I)", self.weight), ("bias", "(O,)", self.bias))
-        dy2 = np.ascontiguousarray(dy.reshape(N, self.out_features))
+        dy2 = _f32c(dy.reshape(N, self.out_features))
         gw = self.weight.grad
         gb = None if self.bias is None else self.bias.grad
         if _fast_grad(gw) and (gb is None or _fast_grad(gb)):
@@ -249,12 +265,14 @@ class Linear(Module):
 
 
 def _fast_grad(g: np.ndarray) -> bool:
-    """A gradient the C++ kernels can accumulate into in place."""
+    """A gradient the C++ kernels can accumulate into in place (others, a misaligned buffer
+    too, are added into by NumPy)."""
     return (
         isinstance(g, np.ndarray)
         and g.dtype == np.float32
         and g.flags.c_contiguous
         and g.flags.writeable
+        and g.flags.aligned
     )
 
 
@@ -281,7 +299,8 @@ class Embedding(Module):
         weight: :class:`~lstm_fast.module.Parameter` (V, E).  padding_idx: the row, or None.
 
     Raises ``TypeError`` for non-integer ids, ``IndexError`` for ids outside [0, V),
-    ``ValueError`` for a ``padding_idx`` outside [-V, V).
+    ``ValueError`` for a ``padding_idx`` outside [-V, V) or sizes whose weight and gradient
+    cannot fit in this machine's memory.
 
     Example::
 
@@ -319,6 +338,11 @@ class Embedding(Module):
                 )
             padding_idx = int(padding_idx) % V  # -1: the last row, as PyTorch stores it
         rng = make_rng(seed)
+        _check_parameter_memory(
+            "Embedding",
+            num_embeddings * embedding_dim,
+            f"num_embeddings={num_embeddings}, embedding_dim={embedding_dim}",
+        )
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
         w = rng.standard_normal((num_embeddings, embedding_dim))
@@ -432,7 +456,7 @@ class Embedding(Module):
         pad = self.padding_idx
         kept = g[pad].copy() if pad is not None else None
         if _fast_grad(g):
-            _core.index_add_rows(g, flat.astype(np.int64, copy=False), np.ascontiguousarray(dy2))
+            _core.index_add_rows(g, flat.astype(np.int64, copy=False), _f32c(dy2))
         else:
             np.add.at(g, flat, dy2)
         if pad is not None:
@@ -670,8 +694,9 @@ def softmax_cross_entropy(
             default -100 as PyTorch's, None: every row counts.
         reduction: ``"mean"`` (over counted rows) or ``"sum"``.
         need_grad: also return the gradient (False saves the (N, V) buffer's second use).
-        inplace: work in the logits' own buffer when they are a C-contiguous float32 array
-            (they are overwritten, and the gradient shares their memory); else a copy is made.
+        inplace: work in the logits' own buffer when they are a writeable, aligned
+            C-contiguous float32 array (they are overwritten, and the gradient shares their
+            memory); else a copy is made.
 
     Returns:
         ``(loss, dlogits)``: the loss as a Python float (computed in float64), and the gradient
@@ -681,8 +706,9 @@ def softmax_cross_entropy(
         all zeros, as PyTorch's.
 
     Raises ``ValueError`` for logits with no class axis or targets of another shape (a (B, T)
-    transpose of (T, B) logits too), a bad ``reduction``; ``TypeError`` for non-integer targets
-    or a non-int ``ignore_index``; ``IndexError`` for a target outside [0, V).
+    transpose of (T, B) logits too), a bad ``reduction``; ``TypeError`` for non-integer targets,
+    a non-int ``ignore_index`` or a ``need_grad`` / ``inplace`` that is not a bool;
+    ``IndexError`` for a target outside [0, V).
 
     Example::
 
@@ -697,12 +723,16 @@ def softmax_cross_entropy(
          [ 0.125  0.125 -0.375  0.125]
          [ 0.     0.     0.     0.   ]]
     """
+    # bool switches, not truthiness: inplace="False" overwrote the caller's logits
+    _check_bool("need_grad", need_grad)
+    _check_bool("inplace", inplace)
     reuse = (
         inplace
         and isinstance(logits, np.ndarray)
         and logits.dtype == np.float32
         and logits.flags.c_contiguous
         and logits.flags.writeable
+        and logits.flags.aligned
     )
     # (one copy: the check converts nothing)
     z = logits if reuse else np.array(_real("logits", logits), dtype=np.float32, order="C")

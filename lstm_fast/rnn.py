@@ -160,7 +160,9 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
     except (ValueError, TypeError) as e:  # ragged nesting, (h, None) and the like
         raise TypeError(f"{name}: expected a real floating-point array ({e})") from None
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
-        raise TypeError(f"{name}: expected a real floating-point array, got dtype {arr.dtype}")
+        # None, a dict, ...: NumPy wraps the object itself in a 0-d object array
+        got = type(value).__name__ if arr.dtype == object and not arr.ndim else f"dtype {arr.dtype}"
+        raise TypeError(f"{name}: expected a real floating-point array, got {got}")
     out = np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
     return out if out.flags.aligned else out.copy()
 

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import data as _data
+from .._interrupt import deferred_interrupt
 from ..module import Module
 from ..nn import LSTM, Dropout, Embedding, Linear, _rng_state, _set_rng_state, softmax_cross_entropy
 from ..optim import _OPTIMIZERS, clip_grad_norm, make_optimizer
@@ -628,14 +629,19 @@ def train_charlm(
             model.backward(g)
             if cfg.clip:
                 clip_grad_norm(params, cfg.clip)
-            opt.step(zero_grad=True)  # the gradients start the next step at zero
-            state = new_state
-            step += 1
+            # Ctrl-C during the update is raised when it ends (deferred_interrupt): held back
+            # until the step is also counted, or the checkpoint the handler writes held the
+            # updated weights (and optimizer step) with the step before's count and state, and
+            # a resume trained that window a second time
+            with deferred_interrupt():
+                opt.step(zero_grad=True)  # the gradients start the next step at zero
+                state = new_state
+                step += 1
+                bpc = loss / LN2
+                hist["train_bpc"].append(bpc)
             dt = time.perf_counter() - t0
             train_time += dt
             trained += 1
-            bpc = loss / LN2
-            hist["train_bpc"].append(bpc)
             if bar is not None:
                 bar.set_postfix(bpc=f"{bpc:.3f}", chars_s=f"{trained * chars / train_time:,.0f}")
                 bar.update(1)

@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 
-from lstm_fast import optim
+from lstm_fast import cli, optim
 from lstm_fast.models import TrainConfig, load_charlm, train_charlm
 from lstm_fast.module import Parameter
 
@@ -67,3 +67,50 @@ def test_charlm_ctrl_c_during_the_optimizer_step_resumes_exactly(tmp_path, monke
     a, b = _weights(straight), _weights(cut)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# -- CLI: train --resume ---------------------------------------------------------------------------
+_TINY_ARGS = [
+    "--embed-size",
+    "4",
+    "--hidden-size",
+    "8",
+    "--num-layers",
+    "1",
+    "--seq-len",
+    "8",
+    "--batch-size",
+    "2",
+    "--val-every",
+    "0",
+    "--checkpoint-every",
+    "0",
+    "--quiet",
+]
+
+
+def test_cli_train_resume_reads_the_corpus_given_not_the_saved_path(tmp_path, monkeypatch, capsys):
+    """``train CORPUS --resume`` requires CORPUS but read the path saved in the checkpoint
+    instead, relative to the directory the first run was started in: resumed from another
+    directory with the right path (``a/c.txt``) it failed with ``CORPUS: expected a text file or
+    a directory, got 'c.txt'`` (a path the user never gave on that command line), and with
+    ``--default-corpus`` the same message named ``--default-corpus``. Now CORPUS is read where
+    it is given (its content must still be the checkpoint's: the data digest), and the resumed
+    run ends with the weights of a run straight through."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "c.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "other.txt").write_text(TEXT[::-1], encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "a")
+    assert cli.main(["train", "c.txt", "--out", "../cut", "--steps", "3"] + _TINY_ARGS) == 0
+    assert cli.main(["train", "c.txt", "--out", "../straight", "--steps", "6"] + _TINY_ARGS) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    args = ["train", "a/c.txt", "--out", "cut", "--steps", "6", "--resume"] + _TINY_ARGS
+    assert cli.main(args) == 0, capsys.readouterr().err
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "cut")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # another text is still refused, by its digest
+    args = ["train", "other.txt", "--out", "cut", "--steps", "7", "--resume"] + _TINY_ARGS
+    assert cli.main(args) == 1
+    assert "the corpus differs from the checkpoint's" in capsys.readouterr().err

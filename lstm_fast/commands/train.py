@@ -4,7 +4,7 @@ built-in default corpus (the Python standard library's own source code).
 Writes DIR/checkpoint.npz (weights, optimizer state, data position; atomic), DIR/config.json,
 DIR/vocab.json and DIR/loss.png (with matplotlib). Ctrl-C writes a checkpoint; `--resume`
 continues exactly where the run stopped (the checkpoint's configuration wins; only --steps may be
-raised).
+raised; CORPUS is read where it is given, and must hold the text the run was trained on).
 """
 
 from __future__ import annotations

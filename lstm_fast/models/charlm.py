@@ -516,8 +516,9 @@ def train_charlm(
         cfg: a :class:`TrainConfig`.
         out_dir: the run directory (created if needed).
         resume: (keyword only) continue from ``out_dir/checkpoint.npz`` if there is one (its
-            configuration wins, except ``steps``) and end with the weights an uninterrupted run
-            would have (default False).
+            configuration wins, except ``steps`` and ``corpus``: the text is read from
+            ``cfg.corpus`` or ``text``, and must be the checkpoint's) and end with the weights
+            an uninterrupted run would have (default False).
         text: (keyword only) train on this text instead of ``cfg.corpus`` (default None).
         progress: (keyword only) show a tqdm progress bar, if tqdm is installed (default True).
         on_step: (keyword only) ``on_step(step, bpc)``, called after every step (default None).
@@ -561,6 +562,11 @@ def train_charlm(
         with interpreting(ckpt, "__meta__ of a charlm checkpoint"):
             saved = dict(meta["config"])
             saved["steps"] = cfg.steps
+            # the text is read from where the caller says it is now (the CLI's CORPUS, which
+            # it requires): the saved path, relative to another directory or moved since, was
+            # read instead, and its errors named the CORPUS given. Its content must be the
+            # checkpoint's all the same (the data digest below).
+            saved["corpus"] = cfg.corpus
             cfg = TrainConfig(**saved)
             saved_digest = meta["data_digest"]
     elif resume:

@@ -114,3 +114,43 @@ def test_cli_train_resume_reads_the_corpus_given_not_the_saved_path(tmp_path, mo
     args = ["train", "other.txt", "--out", "cut", "--steps", "7", "--resume"] + _TINY_ARGS
     assert cli.main(args) == 1
     assert "the corpus differs from the checkpoint's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "name"),
+    [
+        ("evaluate", "lstm_fast.models.charlm", "evaluate_bpc"),
+        ("sample", "lstm_fast.models.charlm", "sample_text"),
+        ("classify", "lstm_fast.models.classifier", "_train_member"),
+    ],
+)
+def test_cli_ctrl_c_exits_130_without_a_traceback(
+    tmp_path, monkeypatch, capsys, command, module, name
+):
+    """Ctrl-C in ``evaluate``, ``sample``, ``classify`` (or ``inspect``) escaped ``cli.main`` as
+    a KeyboardInterrupt: a 30-line traceback through the kernels' bindings. ``train`` alone
+    caught it. Now every subcommand ends with one line and exit status 130 (128 + SIGINT)."""
+    import importlib
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    train_charlm(_cfg(steps=1), run, text=TEXT, progress=False, log=lambda s: 0)
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("".join(f"{i % 2}\tgood {i}\n" for i in range(20)), encoding="utf-8")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    argv = {
+        "evaluate": ["evaluate", str(run), str(corpus)],
+        "sample": ["sample", str(run), "--length", "5"],
+        "classify": ["classify", "train", str(tsv), "--out", str(tmp_path / "cls"), "--quiet"],
+    }[command]
+    try:
+        rc = cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail(f"{command}: KeyboardInterrupt escaped cli.main (a traceback)")
+    assert rc == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lstm-fast {command}: interrupted"

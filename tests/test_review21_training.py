@@ -69,6 +69,35 @@ def test_charlm_ctrl_c_during_the_optimizer_step_resumes_exactly(tmp_path, monke
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_charlm_ctrl_c_in_the_backward_with_dropout_resumes_exactly(tmp_path, monkeypatch):
+    """Ctrl-C in a step's forward or backward (where a run spends its time) checkpointed the
+    dropout generators *after* that step had drawn its masks; the resumed run redid the step
+    with the next masks instead, and ended with other weights than a run straight through
+    (by ~1e-2). Now the states from before the interrupted step are saved."""
+    from lstm_fast.models import CharLM
+
+    cfg = dict(num_layers=2, dropout=0.3)
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    train_charlm(_cfg(**cfg), straight, text=TEXT, progress=False, log=lambda s: 0)
+    backward, calls = CharLM.backward, []
+
+    def interrupted(self, dlogits):
+        calls.append(1)
+        if len(calls) == 3:  # in the middle of step 3, its masks drawn
+            raise KeyboardInterrupt
+        return backward(self, dlogits)
+
+    monkeypatch.setattr(CharLM, "backward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_charlm(_cfg(**cfg), cut, text=TEXT, progress=False, log=lambda s: 0)
+    monkeypatch.setattr(CharLM, "backward", backward)
+    assert load_charlm(cut)[2]["step"] == 2
+    train_charlm(_cfg(**cfg), cut, resume=True, text=TEXT, progress=False, log=lambda s: 0)
+    a, b = _weights(straight), _weights(cut)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 # -- CLI: train --resume ---------------------------------------------------------------------------
 _TINY_ARGS = [
     "--embed-size",

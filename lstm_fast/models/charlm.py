@@ -624,9 +624,14 @@ def train_charlm(
         _save(out, cfg, vocab, model, opt, state, hist, step, digest)
 
     model.zero_grad()
+    # the generators' states before the step under way: a Ctrl-C in its forward or backward
+    # (after its dropout masks were drawn) checkpoints these, so the resumed run draws the
+    # same masks for that step again (the states after the draws made it draw new ones)
+    rng_start = None
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
+            rng_start = model.rng_states()
             k = step % batcher.num_windows
             if k == 0:
                 state = model.init_state(cfg.batch_size)
@@ -645,6 +650,7 @@ def train_charlm(
                 step += 1
                 bpc = loss / LN2
                 hist["train_bpc"].append(bpc)
+                rng_start = None  # the step is complete
             dt = time.perf_counter() - t0
             train_time += dt
             trained += 1
@@ -666,6 +672,8 @@ def train_charlm(
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 checkpoint()
     except KeyboardInterrupt:
+        if rng_start is not None:  # interrupted in the middle of a step: it is redone
+            model.set_rng_states(rng_start)
         checkpoint()
         if bar is not None:
             bar.close()

@@ -538,6 +538,12 @@ def load_corpus(
         >>> load_corpus(os.path.join(d, "b.txt"), max_chars=3)
         'sec'
     """
+    return _load_corpus(path, default, max_chars, extensions)
+
+
+def _load_corpus(path, default, max_chars, extensions, exclude=None) -> str:
+    """:func:`load_corpus`; a directory's files under the directory ``exclude`` are left out
+    (:func:`~lstm_fast.models.train_charlm`: the run directory's own JSON files)."""
     _check_max_chars(max_chars)  # a negative one sliced characters off the end
     if default or path is None:
         return default_corpus(max_chars if max_chars is not None else 2_000_000)
@@ -547,6 +553,11 @@ def load_corpus(
         return text if max_chars is None else text[:max_chars]
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+        if exclude is not None and Path(exclude).is_dir():
+            skip = Path(exclude).resolve()
+            files = [
+                f for f in files if not {skip} & {f.parent.resolve(), *f.parent.resolve().parents}
+            ]
         if not files:
             raise FileNotFoundError(f"corpus: no text files ({', '.join(extensions)}) under {p}")
         return _concat(files, max_chars)

@@ -183,3 +183,24 @@ def test_cli_ctrl_c_exits_130_without_a_traceback(
         pytest.fail(f"{command}: KeyboardInterrupt escaped cli.main (a traceback)")
     assert rc == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"lstm-fast {command}: interrupted"
+
+
+def test_cli_train_corpus_directory_holding_the_run_directory(tmp_path, capsys):
+    """``train DIR --out DIR/runs/x``: the run's own ``config.json`` and ``vocab.json`` (text
+    extensions) were read as corpus by the next run in it, so ``--resume`` with the same CORPUS
+    failed (``the corpus differs from the checkpoint's``), and a fresh run there trained on
+    the previous run's JSON. Files under the run directory are no longer corpus."""
+    corpus = tmp_path / "src"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(TEXT, encoding="utf-8")
+    run = corpus / "runs" / "x"
+    args = ["train", str(corpus), "--out", str(run)] + _TINY_ARGS
+    assert cli.main(args + ["--steps", "2"]) == 0
+    assert (run / "vocab.json").exists()
+    assert cli.main(args + ["--steps", "4", "--resume"]) == 0, capsys.readouterr().err
+    straight = tmp_path / "straight"
+    assert cli.main(["train", str(corpus / "a.txt"), "--out", str(straight), "--steps", "4"]
+                    + _TINY_ARGS) == 0  # fmt: skip
+    a, b = _weights(straight), _weights(run)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -510,7 +510,8 @@ def train_charlm(
     carried from window to window and reset at each pass, gradient clipping, the optimizer of
     ``cfg``). ``out_dir`` receives ``checkpoint.npz`` (weights, optimizer state, generator
     states: the run resumes bitwise), ``config.json``, ``vocab.json`` and, with matplotlib,
-    ``loss.png``; nothing is written before every input has been checked.
+    ``loss.png``; nothing is written before every input has been checked. A corpus directory
+    may hold ``out_dir``: the files under it are not read as corpus.
 
     Args:
         cfg: a :class:`TrainConfig`.
@@ -572,7 +573,10 @@ def train_charlm(
     elif resume:
         log(f"resume: no checkpoint in {out}, starting from scratch")
     if text is None:
-        text = _data.load_corpus(cfg.corpus, max_chars=cfg.max_chars)
+        # a corpus directory holding the run directory: its config.json and vocab.json (text
+        # extensions) were read as corpus -- by a second run, and by --resume, whose corpus
+        # then differed from the checkpoint's (refused, though CORPUS was the same)
+        text = _data._load_corpus(cfg.corpus, False, cfg.max_chars, _data.TEXT_EXTENSIONS, out)
     if meta is None:
         vocab = _data.Vocab.build(text, level="char")
         model = CharLM(

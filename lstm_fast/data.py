@@ -158,7 +158,11 @@ def featurize(
             raise (ValueError if _is_int(v) else TypeError)(
                 f"{name}: expected an int >= 0, got {v!r}"
             )
-    char_n, word_n = int(char_n), int(word_n)
+    # no n-gram is longer than the longest document (in characters, so in words too): the
+    # loops over n ran to char_n / word_n for every document -- NaiveBayes(char_n=10**8) spun
+    # for minutes on 100 three-letter texts, and 2**31 was an unnamed OverflowError (Cython)
+    longest = max(map(len, docs), default=0)
+    char_n, word_n = min(int(char_n), longest), min(int(word_n), longest)
     if _cython(use_cython):
         return _text.featurize(docs, index, grow, char_n, word_n)
     return _py_featurize(docs, index, grow, char_n, word_n)

@@ -206,6 +206,34 @@ def test_cli_train_corpus_directory_holding_the_run_directory(tmp_path, capsys):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.parametrize("command", ["train", "classify"])
+def test_cli_empty_out_is_a_usage_error(tmp_path, monkeypatch, capsys, command):
+    """``--out ""`` (``--out "$RUN"`` with RUN unset) wrote the run -- checkpoint.npz,
+    config.json, vocab.json, loss.png, or classifier.npz -- into the working directory, over
+    whatever was there; ``train_charlm(cfg, "")`` and ``train_classifier(..., "")`` the same
+    (``Path("")`` is ``"."``). Now a usage error (exit 2) naming --out, and a ValueError naming
+    out_dir before any work."""
+    from lstm_fast.models import ClassifierConfig, train_classifier
+
+    (tmp_path / "c.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "t.tsv").write_text("".join(f"{i % 2}\tgood {i}\n" for i in range(20)))
+    monkeypatch.chdir(tmp_path)
+    argv = {
+        "train": ["train", "c.txt", "--out", ""] + _TINY_ARGS + ["--steps", "1"],
+        "classify": ["classify", "train", "t.tsv", "--out", "", "--quiet", "--epochs", "1"],
+    }[command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"{command}: --out: expected a run directory path, got an empty one ('')\n"
+    assert sorted(os.listdir(tmp_path)) == ["c.txt", "t.tsv"]
+    want = "^out_dir: expected a run directory path, got an empty one"
+    with pytest.raises(ValueError, match=want):
+        train_charlm(_cfg(steps=1), "", text=TEXT, progress=False, log=lambda s: 0)
+    with pytest.raises(ValueError, match=want):
+        train_classifier("t.tsv", "", ClassifierConfig(epochs=1), progress=False, log=print)
+    assert sorted(os.listdir(tmp_path)) == ["c.txt", "t.tsv"]
+
+
 # -- data ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("use_cython", [None, False])
 def test_featurize_n_gram_lengths_beyond_the_longest_document(use_cython):

@@ -105,6 +105,9 @@ def run(args) -> int:
             f"train: give CORPUS ({args.corpus!r}) or --default-corpus, not both", file=sys.stderr
         )
         return 2
+    if not args.out:  # --out "$UNSET": the run went into the working directory
+        print("train: --out: expected a run directory path, got an empty one ('')", file=sys.stderr)
+        return 2
     set_threads(args)
     # ("corpus: ..." errors are about the default corpus when it was asked for)
     corpus = "--default-corpus" if args.default_corpus else "CORPUS"

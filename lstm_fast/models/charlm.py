@@ -552,10 +552,10 @@ def train_charlm(
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
     cfg.validate()  # (a field may have been changed since the config was made)
-    out = Path(out_dir)
     # a file there (mkdir raised FileExistsError) or in its path (the classifier trained every
-    # epoch before mkdir failed): refused before any work
-    check_run_dir(out)
+    # epoch before mkdir failed): refused before any work; so is "" (before Path makes it ".")
+    check_run_dir(out_dir)
+    out = Path(out_dir)
     ckpt = out / CHECKPOINT
     arrays = meta = None
     if resume and ckpt.exists():

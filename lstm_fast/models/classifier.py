@@ -778,10 +778,10 @@ def train_classifier(
     if not isinstance(cfg, ClassifierConfig):
         raise TypeError(f"cfg: expected a ClassifierConfig, got {type(cfg).__name__}")
     cfg.validate()  # (a field may have been changed since the config was made)
-    out = Path(out_dir)
     # a file there (mkdir raised FileExistsError) or in its path (the classifier trained every
-    # epoch before mkdir failed): refused before any work
-    check_run_dir(out)
+    # epoch before mkdir failed): refused before any work; so is "" (before Path makes it ".")
+    check_run_dir(out_dir)
+    out = Path(out_dir)
     # every input is read before any work, and nothing is written until the end: a failed
     # retrain into an existing run directory left it half-replaced (a new naive_bayes.npz)
     labels, texts = _data.read_tsv(train_tsv, cfg.max_rows)

@@ -551,6 +551,8 @@ def _load_corpus(path, default, max_chars, extensions, exclude=None) -> str:
     _check_max_chars(max_chars)  # a negative one sliced characters off the end
     if default or path is None:
         return default_corpus(max_chars if max_chars is not None else 2_000_000)
+    if isinstance(path, (str, bytes)) and not path:  # Path("") is ".", the working directory
+        raise FileNotFoundError(f"corpus: expected a text file or a directory, got {path!r}")
     p = Path(path)
     if p.is_file():
         text = _read(p)

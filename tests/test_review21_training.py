@@ -234,6 +234,34 @@ def test_cli_empty_out_is_a_usage_error(tmp_path, monkeypatch, capsys, command):
     assert sorted(os.listdir(tmp_path)) == ["c.txt", "t.tsv"]
 
 
+def test_empty_corpus_path_is_not_the_working_directory(tmp_path, monkeypatch, capsys):
+    """``train "" --out run`` (``"$CORPUS"`` unset) trained on every text file under the working
+    directory (``Path("")`` is ``"."``), and ``evaluate run ""`` / ``inspect run ""`` read it
+    too, exit 0; ``ClassifierConfig(lm_corpus="")`` the same for pretraining. An empty path is
+    now refused, naming the argument."""
+    from lstm_fast import data
+    from lstm_fast.models import ClassifierConfig
+
+    (tmp_path / "notes.txt").write_text(TEXT, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "", "--out", "run", "--steps", "1"] + _TINY_ARGS) == 2
+    assert capsys.readouterr().err == (
+        "train: CORPUS: expected None or a path, got an empty one ('')\n"
+    )
+    assert not (tmp_path / "run").exists()
+    train_charlm(_cfg(steps=1), "run", text=TEXT, progress=False, log=lambda s: 0)
+    assert cli.main(["evaluate", "run", ""]) == 1
+    assert capsys.readouterr().err == (
+        "evaluate: TEXT: expected a text file or a directory, got ''\n"
+    )
+    with pytest.raises(FileNotFoundError, match="^corpus: expected a text file or a directory"):
+        data.load_corpus("")
+    with pytest.raises(ValueError, match=r"^corpus: expected None or a path, got an empty one"):
+        TrainConfig(corpus="")
+    with pytest.raises(ValueError, match=r"^lm_corpus: expected None or a path, got an empty"):
+        ClassifierConfig(lm_corpus="")
+
+
 # -- data ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("use_cython", [None, False])
 def test_featurize_n_gram_lengths_beyond_the_longest_document(use_cython):

@@ -260,6 +260,8 @@ class TrainConfig:
                     f"corpus: expected None or a path, got {type(self.corpus).__name__}"
                 )
             self.corpus = os.fspath(self.corpus)  # (saved as JSON in the checkpoint)
+            if not self.corpus:  # Path("") is ".": the working directory was the corpus
+                raise ValueError("corpus: expected None or a path, got an empty one ('')")
         # (stored as plain ints and floats: NumPy scalars would fail the checkpoint's JSON)
         self.max_chars = check_int("max_chars", self.max_chars, 1, optional=True)
         for name in ("embed_size", "hidden_size", "num_layers", "seq_len", "batch_size"):

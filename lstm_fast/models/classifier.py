@@ -490,6 +490,8 @@ class ClassifierConfig:
                     f"lm_corpus: expected None or a path, got {type(self.lm_corpus).__name__}"
                 )
             self.lm_corpus = os.fspath(self.lm_corpus)
+            if not self.lm_corpus:  # Path("") is ".": the working directory was the corpus
+                raise ValueError("lm_corpus: expected None or a path, got an empty one ('')")
         # bigrams are character bigrams: a word-level run never worked with them (it failed
         # after the Naive Bayes baseline was trained and saved); unset means "with char level"
         if self.bigrams is None:

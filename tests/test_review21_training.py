@@ -262,6 +262,27 @@ def test_empty_corpus_path_is_not_the_working_directory(tmp_path, monkeypatch, c
         ClassifierConfig(lm_corpus="")
 
 
+def test_cli_output_pipe_closed_early_is_no_traceback(tmp_path):
+    """``lstm-fast sample DIR | head -c 0``: the reader closed the pipe and the command died
+    with a ``BrokenPipeError`` traceback (or 'Exception ignored ... BrokenPipeError' at exit).
+    Now it ends quietly with exit status 1 (Python's own for EPIPE)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    train_charlm(_cfg(steps=1), run, text=TEXT, progress=False, log=lambda s: 0)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "lstm_fast.cli", "sample", str(run), "--length", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    p.stdout.close()  # the reader leaves before anything is written
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 # -- data ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("use_cython", [None, False])
 def test_featurize_n_gram_lengths_beyond_the_longest_document(use_cython):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand name -> (module, one-line help)
@@ -38,7 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return int(args._run(args) or 0)
+    try:
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # (a closed pipe raises here, not in the interpreter's exit)
+        return rc
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's 128 + SIGINT, no traceback
+        print(f"lstm-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `lstm-fast sample DIR | head`: the reader left, no traceback
+        # (stdout's unflushed rest would raise again at exit: it goes to /dev/null)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

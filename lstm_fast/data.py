@@ -158,7 +158,11 @@ def featurize(
             raise (ValueError if _is_int(v) else TypeError)(
                 f"{name}: expected an int >= 0, got {v!r}"
             )
-    char_n, word_n = int(char_n), int(word_n)
+    # no n-gram is longer than the longest document (in characters, so in words too): the
+    # loops over n ran to char_n / word_n for every document -- NaiveBayes(char_n=10**8) spun
+    # for minutes on 100 three-letter texts, and 2**31 was an unnamed OverflowError (Cython)
+    longest = max(map(len, docs), default=0)
+    char_n, word_n = min(int(char_n), longest), min(int(word_n), longest)
     if _cython(use_cython):
         return _text.featurize(docs, index, grow, char_n, word_n)
     return _py_featurize(docs, index, grow, char_n, word_n)
@@ -538,15 +542,28 @@ def load_corpus(
         >>> load_corpus(os.path.join(d, "b.txt"), max_chars=3)
         'sec'
     """
+    return _load_corpus(path, default, max_chars, extensions)
+
+
+def _load_corpus(path, default, max_chars, extensions, exclude=None) -> str:
+    """:func:`load_corpus`; a directory's files under the directory ``exclude`` are left out
+    (:func:`~lstm_fast.models.train_charlm`: the run directory's own JSON files)."""
     _check_max_chars(max_chars)  # a negative one sliced characters off the end
     if default or path is None:
         return default_corpus(max_chars if max_chars is not None else 2_000_000)
+    if isinstance(path, (str, bytes)) and not path:  # Path("") is ".", the working directory
+        raise FileNotFoundError(f"corpus: expected a text file or a directory, got {path!r}")
     p = Path(path)
     if p.is_file():
         text = _read(p)
         return text if max_chars is None else text[:max_chars]
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+        if exclude is not None and Path(exclude).is_dir():
+            skip = Path(exclude).resolve()
+            files = [
+                f for f in files if not {skip} & {f.parent.resolve(), *f.parent.resolve().parents}
+            ]
         if not files:
             raise FileNotFoundError(f"corpus: no text files ({', '.join(extensions)}) under {p}")
         return _concat(files, max_chars)

@@ -184,6 +184,12 @@ def run(args) -> int:
     set_threads(args)
     names = option_names(args, out_dir="--out", train_tsv="TSV", val_tsv="--val")
     if args.action == "train":
+        if not args.out:  # --out "$UNSET": the run went into the working directory
+            print(
+                "classify: --out: expected a run directory path, got an empty one ('')",
+                file=sys.stderr,
+            )
+            return 2
         try:  # every setting is checked here, before anything is read or written
             cfg = ClassifierConfig(
                 embed_size=args.embed_size,

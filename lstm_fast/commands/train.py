@@ -4,7 +4,7 @@ built-in default corpus (the Python standard library's own source code).
 Writes DIR/checkpoint.npz (weights, optimizer state, data position; atomic), DIR/config.json,
 DIR/vocab.json and DIR/loss.png (with matplotlib). Ctrl-C writes a checkpoint; `--resume`
 continues exactly where the run stopped (the checkpoint's configuration wins; only --steps may be
-raised).
+raised; CORPUS is read where it is given, and must hold the text the run was trained on).
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ def run(args) -> int:
         print(
             f"train: give CORPUS ({args.corpus!r}) or --default-corpus, not both", file=sys.stderr
         )
+        return 2
+    if not args.out:  # --out "$UNSET": the run went into the working directory
+        print("train: --out: expected a run directory path, got an empty one ('')", file=sys.stderr)
         return 2
     set_threads(args)
     # ("corpus: ..." errors are about the default corpus when it was asked for)

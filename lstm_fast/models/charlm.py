@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import data as _data
+from .._interrupt import deferred_interrupt
 from ..module import Module
 from ..nn import LSTM, Dropout, Embedding, Linear, _rng_state, _set_rng_state, softmax_cross_entropy
 from ..optim import _OPTIMIZERS, clip_grad_norm, make_optimizer
@@ -259,6 +260,8 @@ class TrainConfig:
                     f"corpus: expected None or a path, got {type(self.corpus).__name__}"
                 )
             self.corpus = os.fspath(self.corpus)  # (saved as JSON in the checkpoint)
+            if not self.corpus:  # Path("") is ".": the working directory was the corpus
+                raise ValueError("corpus: expected None or a path, got an empty one ('')")
         # (stored as plain ints and floats: NumPy scalars would fail the checkpoint's JSON)
         self.max_chars = check_int("max_chars", self.max_chars, 1, optional=True)
         for name in ("embed_size", "hidden_size", "num_layers", "seq_len", "batch_size"):
@@ -509,14 +512,16 @@ def train_charlm(
     carried from window to window and reset at each pass, gradient clipping, the optimizer of
     ``cfg``). ``out_dir`` receives ``checkpoint.npz`` (weights, optimizer state, generator
     states: the run resumes bitwise), ``config.json``, ``vocab.json`` and, with matplotlib,
-    ``loss.png``; nothing is written before every input has been checked.
+    ``loss.png``; nothing is written before every input has been checked. A corpus directory
+    may hold ``out_dir``: the files under it are not read as corpus.
 
     Args:
         cfg: a :class:`TrainConfig`.
         out_dir: the run directory (created if needed).
         resume: (keyword only) continue from ``out_dir/checkpoint.npz`` if there is one (its
-            configuration wins, except ``steps``) and end with the weights an uninterrupted run
-            would have (default False).
+            configuration wins, except ``steps`` and ``corpus``: the text is read from
+            ``cfg.corpus`` or ``text``, and must be the checkpoint's) and end with the weights
+            an uninterrupted run would have (default False).
         text: (keyword only) train on this text instead of ``cfg.corpus`` (default None).
         progress: (keyword only) show a tqdm progress bar, if tqdm is installed (default True).
         on_step: (keyword only) ``on_step(step, bpc)``, called after every step (default None).
@@ -549,10 +554,10 @@ def train_charlm(
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
     cfg.validate()  # (a field may have been changed since the config was made)
-    out = Path(out_dir)
     # a file there (mkdir raised FileExistsError) or in its path (the classifier trained every
-    # epoch before mkdir failed): refused before any work
-    check_run_dir(out)
+    # epoch before mkdir failed): refused before any work; so is "" (before Path makes it ".")
+    check_run_dir(out_dir)
+    out = Path(out_dir)
     ckpt = out / CHECKPOINT
     arrays = meta = None
     if resume and ckpt.exists():
@@ -560,12 +565,20 @@ def train_charlm(
         with interpreting(ckpt, "__meta__ of a charlm checkpoint"):
             saved = dict(meta["config"])
             saved["steps"] = cfg.steps
+            # the text is read from where the caller says it is now (the CLI's CORPUS, which
+            # it requires): the saved path, relative to another directory or moved since, was
+            # read instead, and its errors named the CORPUS given. Its content must be the
+            # checkpoint's all the same (the data digest below).
+            saved["corpus"] = cfg.corpus
             cfg = TrainConfig(**saved)
             saved_digest = meta["data_digest"]
     elif resume:
         log(f"resume: no checkpoint in {out}, starting from scratch")
     if text is None:
-        text = _data.load_corpus(cfg.corpus, max_chars=cfg.max_chars)
+        # a corpus directory holding the run directory: its config.json and vocab.json (text
+        # extensions) were read as corpus -- by a second run, and by --resume, whose corpus
+        # then differed from the checkpoint's (refused, though CORPUS was the same)
+        text = _data._load_corpus(cfg.corpus, False, cfg.max_chars, _data.TEXT_EXTENSIONS, out)
     if meta is None:
         vocab = _data.Vocab.build(text, level="char")
         model = CharLM(
@@ -617,9 +630,14 @@ def train_charlm(
         _save(out, cfg, vocab, model, opt, state, hist, step, digest)
 
     model.zero_grad()
+    # the generators' states before the step under way: a Ctrl-C in its forward or backward
+    # (after its dropout masks were drawn) checkpoints these, so the resumed run draws the
+    # same masks for that step again (the states after the draws made it draw new ones)
+    rng_start = None
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
+            rng_start = model.rng_states()
             k = step % batcher.num_windows
             if k == 0:
                 state = model.init_state(cfg.batch_size)
@@ -628,14 +646,20 @@ def train_charlm(
             model.backward(g)
             if cfg.clip:
                 clip_grad_norm(params, cfg.clip)
-            opt.step(zero_grad=True)  # the gradients start the next step at zero
-            state = new_state
-            step += 1
+            # Ctrl-C during the update is raised when it ends (deferred_interrupt): held back
+            # until the step is also counted, or the checkpoint the handler writes held the
+            # updated weights (and optimizer step) with the step before's count and state, and
+            # a resume trained that window a second time
+            with deferred_interrupt():
+                opt.step(zero_grad=True)  # the gradients start the next step at zero
+                state = new_state
+                step += 1
+                bpc = loss / LN2
+                hist["train_bpc"].append(bpc)
+                rng_start = None  # the step is complete
             dt = time.perf_counter() - t0
             train_time += dt
             trained += 1
-            bpc = loss / LN2
-            hist["train_bpc"].append(bpc)
             if bar is not None:
                 bar.set_postfix(bpc=f"{bpc:.3f}", chars_s=f"{trained * chars / train_time:,.0f}")
                 bar.update(1)
@@ -654,6 +678,8 @@ def train_charlm(
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 checkpoint()
     except KeyboardInterrupt:
+        if rng_start is not None:  # interrupted in the middle of a step: it is redone
+            model.set_rng_states(rng_start)
         checkpoint()
         if bar is not None:
             bar.close()

@@ -155,8 +155,11 @@ def check_run_dir(path, what: str = "out_dir") -> None:
     """Raise before any work unless ``path`` is a directory or ``os.makedirs`` can make it: an
     existing file, or a file where an ancestor directory should be (``/dev/null/run``), raises
     ``NotADirectoryError``, and an existing ancestor this process may not write into
-    ``PermissionError``; both messages start with ``what`` and name the path."""
+    ``PermissionError``; both messages start with ``what`` and name the path. An empty path
+    raises ``ValueError`` (``--out "$UNSET"`` wrote the run into the working directory)."""
     path = os.fspath(path)
+    if isinstance(path, (str, bytes)) and not path:
+        raise ValueError(f"{what}: expected a run directory path, got an empty one ({path!r})")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{what}: expected a run directory, got the file {path!r}")
     head = os.path.abspath(path)

@@ -490,6 +490,8 @@ class ClassifierConfig:
                     f"lm_corpus: expected None or a path, got {type(self.lm_corpus).__name__}"
                 )
             self.lm_corpus = os.fspath(self.lm_corpus)
+            if not self.lm_corpus:  # Path("") is ".": the working directory was the corpus
+                raise ValueError("lm_corpus: expected None or a path, got an empty one ('')")
         # bigrams are character bigrams: a word-level run never worked with them (it failed
         # after the Naive Bayes baseline was trained and saved); unset means "with char level"
         if self.bigrams is None:
@@ -778,10 +780,10 @@ def train_classifier(
     if not isinstance(cfg, ClassifierConfig):
         raise TypeError(f"cfg: expected a ClassifierConfig, got {type(cfg).__name__}")
     cfg.validate()  # (a field may have been changed since the config was made)
-    out = Path(out_dir)
     # a file there (mkdir raised FileExistsError) or in its path (the classifier trained every
-    # epoch before mkdir failed): refused before any work
-    check_run_dir(out)
+    # epoch before mkdir failed): refused before any work; so is "" (before Path makes it ".")
+    check_run_dir(out_dir)
+    out = Path(out_dir)
     # every input is read before any work, and nothing is written until the end: a failed
     # retrain into an existing run directory left it half-replaced (a new naive_bayes.npz)
     labels, texts = _data.read_tsv(train_tsv, cfg.max_rows)

@@ -57,13 +57,16 @@ _MAX_STEP = 2**63 - 1
 
 
 def _fast(p: Parameter) -> bool:
-    """True when the C++ update kernels can run on ``p`` in place (float32, C-contiguous)."""
+    """True when the C++ update kernels can run on ``p`` in place (float32, C-contiguous; the
+    data aligned: a float32 view at an odd byte offset takes the NumPy path, as the kernels
+    refuse misaligned data; a misaligned gradient goes to them as an aligned copy)."""
     d, g = p.data, p.grad
     return (
         d.dtype == _f32
         and g.dtype == _f32
         and d.flags.c_contiguous
         and g.flags.c_contiguous
+        and d.flags.aligned
         and d.flags.writeable
         and d.shape == g.shape
     )
@@ -569,9 +572,10 @@ class Adam(Optimizer):
             # one fused pass in C++ (the same float32 arithmetic as below, in a single sweep)
             t = self.step_count
             wd = float(self.weight_decay)
+            g = p.grad if p.grad.flags.aligned else p.grad.copy()
             _core.adam_step(
                 p.data,
-                p.grad,
+                g,
                 self._buf(i, "exp_avg"),
                 self._buf(i, "exp_avg_sq"),
                 float(b1),
@@ -583,6 +587,8 @@ class Adam(Optimizer):
                 decay=float(_f32(1.0 - self.lr * wd)) if self._decoupled and wd else 1.0,
                 zero_grad=zero_grad and p.grad.flags.writeable,
             )
+            if g is not p.grad and zero_grad and p.grad.flags.writeable:
+                p.grad[...] = 0.0  # the kernel zeroed the copy
             return zero_grad and p.grad.flags.writeable
         if self._decoupled:
             if self.weight_decay:
@@ -826,7 +832,8 @@ def _sumsq(g: np.ndarray) -> float:
     OpenMP team), others squared in float64: np.dot of a float16 gradient summed in float16,
     so 100 values of 300 (a norm of 3000) overflowed to inf and clipping zeroed them all."""
     if g.dtype == _f32:
-        return _core.sumsq(np.ascontiguousarray(g))
+        g = np.ascontiguousarray(g)
+        return _core.sumsq(g if g.flags.aligned else g.copy())
     return float(np.square(g, dtype=np.float64).sum())
 
 

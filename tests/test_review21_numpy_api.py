@@ -204,3 +204,25 @@ def test_assigning_the_same_parameter_keeps_the_saved_forward():
     layer.weight_ih_l0 = layer.weight_ih_l0  # not new weights
     dx, _ = layer.backward(np.ones(y.shape, np.float32))
     assert dx.shape == (2, 1, 3)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_optimizers_and_clipping_take_misaligned_float32_gradients(name):
+    """A float32 gradient at an odd byte offset (a view into a byte buffer) reached the C++
+    update kernels, which refuse misaligned data ("grad: expected float32-aligned data"), and
+    clip_grad_norm's sum of squares the same. Both now take such a gradient, with the results
+    of an aligned copy of it."""
+    from lstm_fast import optim
+    from lstm_fast.nn import Parameter
+
+    g = _misaligned((3, 4))
+    assert not g.flags.aligned
+    p = Parameter(np.ones((3, 4), np.float32))
+    q = Parameter(np.ones((3, 4), np.float32))
+    p.grad, q.grad = g, g.copy()
+    o_p, o_q = getattr(optim, name)([p], lr=0.1), getattr(optim, name)([q], lr=0.1)
+    for _ in range(3):
+        o_p.step()
+        o_q.step()
+    np.testing.assert_array_equal(p.data, q.data)
+    assert optim.clip_grad_norm([p], 1.0) == optim.clip_grad_norm([q], 1.0)

@@ -366,6 +366,35 @@ def _direction_inputs(inputs: tuple, d: int) -> tuple:
     return (inputs[d], inputs[2 + 2 * d], inputs[3 + 2 * d], *inputs[6 + 5 * d : 11 + 5 * d])
 
 
+def _direction_no_graph(
+    kernel, training, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None
+):
+    """:class:`_Direction`'s outputs for a call that records no graph (nothing requires grad,
+    or grad mode is off): the kernel's forward without a gradient cache, straight from the
+    module, where ``Function.apply`` cost 11 µs per call (a third of a one-step forward)."""
+    y, h_n, c_n, _ = _kernel_forward(
+        kernel, False, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+    )
+    outs = (torch.from_numpy(y), torch.from_numpy(h_n))
+    return outs + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
+
+
+def _both_no_graph(kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
+    """:class:`_BothDirections`' outputs for a call that records no graph (see
+    :func:`_direction_no_graph`)."""
+    inputs = (x0, x1, h00, c00, h01, c01, *w)
+
+    def run(d):
+        return _kernel_forward(kernel, False, batch_sizes, *_direction_inputs(inputs, d))
+
+    outs = []
+    for r in _rnn._directions(run, 2):
+        outs += [torch.from_numpy(r[0]), torch.from_numpy(r[1])]
+        if kernel.has_cell:
+            outs.append(torch.from_numpy(r[2]))
+    return tuple(outs)
+
+
 class _BothDirections(torch.autograd.Function):
     """The two directions of one bidirectional layer as one node: forward and backward each run
     the directions at once (:func:`lstm_fast.rnn._directions`: the reverse one on a helper
@@ -795,7 +824,7 @@ class _FastRNNMixin(_GraphFallback):
                     if hx is not None:
                         h0s[d] = hx[0][idx]
                         c0s[d] = hx[1][idx] if kernel.has_cell else None
-                res = _BothDirections.apply(
+                res = (_BothDirections.apply if need_grad else _both_no_graph)(
                     kernel,
                     need_grad,
                     bs_np,
@@ -823,7 +852,7 @@ class _FastRNNMixin(_GraphFallback):
                     h0 = hx[0][idx]
                     c0 = hx[1][idx] if kernel.has_cell else None
                 inp = layer_in if d == 0 else _reverse(layer_in, rev_index)
-                res = _Direction.apply(
+                res = (_Direction.apply if need_grad else _direction_no_graph)(
                     kernel,
                     need_grad,
                     bs_np,
@@ -1147,7 +1176,9 @@ class _FastCellMixin(_GraphFallback):
             t is not None and t.requires_grad for t in (input, *states, *params)
         )
         # A step is a sequence of T = 1: x (1, B, I) -> y (1, B, H) (unused), h_1, c_1 (B, H).
-        res = _Direction.apply(kernel, need_grad, None, input.unsqueeze(0), h0, c0, *params)
+        res = (_Direction.apply if need_grad else _direction_no_graph)(
+            kernel, need_grad, None, input.unsqueeze(0), h0, c0, *params
+        )
         out = res[1:]
         if not batched:
             out = tuple(o.squeeze(0) for o in out)

@@ -302,3 +302,28 @@ def test_featurize_n_gram_lengths_beyond_the_longest_document(use_cython):
         assert index == want_index
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7])
+def test_evaluate_bpc_scores_every_id_after_the_first(batch_size):
+    """evaluate_bpc reads the ids as B equal streams; the up to B - 1 ids past them were not
+    scored, although the docstring promises every id after the first. They are now scored from
+    the last stream's final state. A model whose prediction depends only on the current token
+    (no recurrent weights, forget gates shut) gives the single-stream mean for any B."""
+    from lstm_fast.models import CharLM, evaluate_bpc
+    from lstm_fast.nn import softmax_cross_entropy
+
+    V, H = 8, 8
+    m = CharLM(vocab_size=V, embed_size=4, hidden_size=H, num_layers=2, seed=0)
+    for k in range(2):
+        getattr(m.rnn, f"weight_hh_l{k}").data[...] = 0.0
+        getattr(m.rnn, f"bias_ih_l{k}").data[H : 2 * H] = -60.0  # forget gate: sigmoid ~ 0
+    ids = np.random.default_rng(1).integers(0, V, 203)  # 202 targets: 7 streams leave 6 over
+    m.eval()
+    logits, _ = m(ids[:-1, None].astype(np.int64))
+    total, _ = softmax_cross_entropy(
+        logits.reshape(-1, V), ids[1:], reduction="sum", need_grad=False
+    )
+    expected = total / (len(ids) - 1) / np.log(2)
+    got = evaluate_bpc(m, ids, batch_size=batch_size, seq_len=10)
+    assert got == pytest.approx(expected, rel=1e-6)

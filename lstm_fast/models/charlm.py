@@ -452,7 +452,8 @@ def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: 
         batcher = _data.BPTTBatcher(ids, B, seq_len, drop_last=False)
         state = model.init_state(B)
         total, count = 0.0, 0
-        for x, y in batcher:
+
+        def score(x, y, state):
             logits, state = model(x, state)
             loss, _ = softmax_cross_entropy(
                 logits.reshape(-1, logits.shape[-1]),
@@ -460,8 +461,21 @@ def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: 
                 reduction="sum",
                 need_grad=False,
             )
+            return loss, y.size, state
+
+        for x, y in batcher:
+            loss, n, state = score(x, y, state)
             total += loss
-            count += y.size
+            count += n
+        # The ids past the B equal streams (fewer than B) follow the last stream's text: scored
+        # from that stream's final state, so every id after the first counts.
+        tail = ids[B * batcher.n :].astype(np.int64)
+        if len(tail) > 1:
+            h, c = state
+            last = (h[:, B - 1 : B].copy(), c[:, B - 1 : B].copy())
+            loss, n, _ = score(tail[:-1, None], tail[1:, None], last)
+            total += loss
+            count += n
     finally:
         model.train(was_training)
     return total / max(count, 1) / LN2

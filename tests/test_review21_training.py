@@ -327,3 +327,14 @@ def test_evaluate_bpc_scores_every_id_after_the_first(batch_size):
     expected = total / (len(ids) - 1) / np.log(2)
     got = evaluate_bpc(m, ids, batch_size=batch_size, seq_len=10)
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_bad_threads_option_is_named_as_the_option(capsys):
+    """--threads 0 said "--threads: set_num_threads: n: expected ...", naming the function's
+    argument after the option; the message names the option alone, with the range."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--default-corpus", "--out", "unused-run-dir", "--threads", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads: expected an int in [1, " in err and "got 0" in err, err
+    assert "set_num_threads" not in err

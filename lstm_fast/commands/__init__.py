@@ -21,7 +21,9 @@ def set_threads(args) -> None:
         try:
             lstm_fast.set_num_threads(n)
         except (TypeError, ValueError) as e:  # a usage error, as argparse reports them
-            print(f"lstm-fast: error: --threads: {e}", file=sys.stderr)
+            # "set_num_threads: n: expected ..." names the function's argument: name the option
+            detail = str(e).split("n: ", 1)[-1] if str(e).startswith("set_num_threads") else e
+            print(f"lstm-fast: error: --threads: {detail}", file=sys.stderr)
             raise SystemExit(2) from None
 
 

@@ -735,11 +735,12 @@ class _FastRNNMixin(_GraphFallback):
     ``check_forward_args`` are torch's own; the kernel is chosen by torch's ``self.mode``.
     """
 
-    def _check_supported(self) -> None:
+    def _check_supported(self) -> list:
         """Every parameter the kernels read: present, float32 on the CPU, and of the shape the
         module's sizes give (as torch's constructor made it). Runs on every call: the expected
         shapes are worked out once per set of sizes, and a parameter that passes costs three
-        comparisons (the full check, with its message, runs only for one that does not)."""
+        comparisons (the full check, with its message, runs only for one that does not).
+        Returns the parameters as read (the kernels take these: each read once per call)."""
         key = (
             self.mode,
             self.input_size,
@@ -754,8 +755,10 @@ class _FastRNNMixin(_GraphFallback):
             self.__dict__["_lf_expected"] = cached
         module = type(self).__name__
         f32 = torch.float32
+        params = []
         for name, shape, legend in cached[1]:
             t = getattr(self, name)
+            params.append(t)
             if (
                 isinstance(t, torch.Tensor)
                 and t.dtype == f32
@@ -764,6 +767,7 @@ class _FastRNNMixin(_GraphFallback):
             ):
                 continue
             _check_weight(module, name, t, shape, legend)
+        return params
 
     def _expected_shapes(self) -> list:
         """(name, shape, legend) of every parameter the kernels read, from the module's sizes."""
@@ -788,14 +792,13 @@ class _FastRNNMixin(_GraphFallback):
             out.append((name, shape, legend))
         return out
 
-    def _run(self, x, hx, batch_sizes):
+    def _run(self, x, hx, batch_sizes, params):
         """x (T, B, I) sequence-major (padded, sorted by length when ``batch_sizes`` is given);
         hx None or a tuple of (L*D, B, H_out) [, (L*D, B, H)]. Returns (y (T, B, D*H_out), the
         final states); H_out = proj_size when projected, else hidden_size."""
         kernel = _KERNELS[self.mode]
         L, D = self.num_layers, 2 if self.bidirectional else 1
         grad = torch.is_grad_enabled()
-        params = [getattr(self, n) for n in self._flat_weights_names]
         proj = getattr(self, "proj_size", 0) > 0
         per_dir = (4 if self.bias else 2) + (1 if proj else 0)
         need_grad = grad and (
@@ -893,7 +896,7 @@ class _FastRNNMixin(_GraphFallback):
         name = type(self).__name__
         _follow_torch_threads()
         self._update_flat_weights()
-        self._check_supported()
+        params = self._check_supported()
         batch_sizes = sorted_indices = unsorted_indices = None
         is_batched = True
         if isinstance(input, PackedSequence):
@@ -964,7 +967,7 @@ class _FastRNNMixin(_GraphFallback):
                 f"{name}: input: Expected sequence length to be larger than 0 in RNN, got shape "
                 f"{given}: T = 0 in dim {dim}"
             )
-        y, hidden = self._run(x, hx, batch_sizes)
+        y, hidden = self._run(x, hx, batch_sizes, params)
         if (
             batch_sizes is None
             and not self.bidirectional

@@ -142,3 +142,14 @@ def test_a_packed_sequence_with_extra_rows_still_runs_as_torch():
     (ot, (ht, ct)), (of, (hf, cf)) = t(p), f(p)
     for a, b in ((ot.data, of.data), (ht, hf), (ct, cf)):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_a_deleted_parameter_is_never_replaced_by_the_last_weights_seen():
+    """torch's _flat_weights keeps the last tensor of a parameter deleted from _parameters
+    (its _weights_have_changed ignores a missing one): the kernels must read the parameters
+    themselves, so the call raises instead of running with the deleted weights."""
+    m = lft.LSTM(4, 3)
+    m(torch.randn(2, 1, 4))
+    del m._parameters["weight_hh_l0"]
+    with pytest.raises((AttributeError, TypeError), match="weight_hh_l0"):
+        m(torch.randn(2, 1, 4))

@@ -144,7 +144,9 @@ class Linear(Module):
 
     Inputs: x (..., I), any real dtype (converted to float32). Output: y (..., O), float32.
     ``backward(dy)`` takes dy as (..., O) or (N, O) (N: the product of the leading axes) and
-    returns dx in the input's shape.
+    returns dx in the input's shape. In training mode the forward keeps a reference to x when
+    it is already float32 and C-contiguous (no copy), as the recurrent layers do: do not modify
+    it in place before ``backward``, whose ``dW = dy^T x`` reads it.
 
     Attributes:
         weight: :class:`~lstm_fast.module.Parameter` (O, I).  bias: Parameter (O,), or None.

@@ -294,7 +294,7 @@ index_t gru_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool
   const index_t panels = 3 * num_panels(kern, s.H) * s.H * kern.NR;
   const index_t xg = lengths ? s.T * s.B * s.I : 0;
   const index_t copy = own_rows_copy_floats(kern, s, nthreads);
-  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
+  const index_t copies = private_copies_floats(copy, nthreads);
   return panels + (training ? 0 : s.T * s.B * G) + xg + s.B * G + s.B * s.H +
          own_rows_floats(kern, s, nthreads) + copies + 64;
 }
@@ -464,7 +464,7 @@ index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, boo
   const index_t G = 3 * s.H;
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
   const index_t copy = backward_copy_floats(kern, s, nthreads);
-  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
+  const index_t copies = private_copies_floats(copy, nthreads);
   return 2 * s.T * s.B * G + num_panels(kern, s.H) * kern.NR * G + s.B * s.H + hp + copies +
          64;
 }

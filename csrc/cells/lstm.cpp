@@ -314,7 +314,7 @@ index_t lstm_forward_workspace_size(const Kernels& kern, const LstmSizes& s, boo
   const index_t xg = lengths ? chunk_steps(s) * s.B * s.I : 0;  // a chunk's active rows of x
   const index_t ring = lengths ? 2 * s.B * s.H : 0;  // sorted h of two steps, with an order
   const index_t copy = own_rows_copy_floats(kern, s, nthreads);
-  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
+  const index_t copies = private_copies_floats(copy, nthreads);
   return panels + xp + xg + ring + own_projection_floats(s, nthreads) + copies +
          2 * s.B * s.H + packed_w_ih_size(kern, s) + 64;
 }
@@ -642,7 +642,7 @@ index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bo
   const index_t slabs = std::max(2, nthreads) * dz_slab(kern, s);
   const index_t dys = lengths ? std::max(1, nthreads) * s.B * s.H : 0;  // dy rows gathered
   const index_t copy = backward_copy_floats(kern, s, nthreads);
-  const index_t copies = copy > 0 ? (nthreads - 1) * copy + 16 : 0;  // (+16: alignment)
+  const index_t copies = private_copies_floats(copy, nthreads);
   return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys +
          dual_weight_grad_floats(kern, s) + step_dx_floats(kern, s) + copies + 64;
 }

@@ -88,6 +88,12 @@ inline index_t private_copy_floats(index_t floats, int nthreads) {
   return (floats + 15) / 16 * 16;
 }
 
+// Workspace floats for the copies of the threads other than the first (`copy` floats each, from
+// private_copy_floats), with room to align their start (align_floats); 0 without copies.
+inline index_t private_copies_floats(index_t copy, int nthreads) {
+  return copy > 0 ? (nthreads - 1) * copy + 16 : 0;
+}
+
 // p rounded up to a 64-byte boundary (the workspaces are 64-byte aligned and hold 16 floats to
 // spare for each pointer rounded up so).
 inline float* align_floats(float* p) {

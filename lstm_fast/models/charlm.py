@@ -862,7 +862,8 @@ class Sampler:
     def generate(self, prime_ids, length: int, temperature: float = 1.0, top_k: int = 0) -> list:
         """``length`` new token ids after feeding ``prime_ids`` (at least one id in [0, V)).
         ``temperature`` <= 0 picks the most likely token; ``top_k`` > 0 samples among the k
-        most likely. Everything is checked before the state changes."""
+        most likely (tokens whose logit ties the k-th's are kept too, as Hugging Face's top-k
+        filter keeps them). Everything is checked before the state changes."""
         ids = np.asarray(prime_ids)
         if ids.ndim != 1 or ids.size == 0:
             raise ValueError(f"prime_ids: expected at least one token id, got shape {ids.shape}")
@@ -910,7 +911,7 @@ def sample_text(
             draws).
         length: the characters to generate (default 500).
         temperature: divides the logits; <= 0 picks the most likely character (default 1.0).
-        top_k: > 0 samples among the k most likely (default 0: all).
+        top_k: > 0 samples among the k most likely (default 0: all; ties with the k-th kept).
         prime: the text fed first (default a newline; an empty one counts as a newline).
         seed: seed of the draws (default 0; None: fresh entropy).
 

@@ -338,3 +338,26 @@ def test_a_bad_threads_option_is_named_as_the_option(capsys):
     err = capsys.readouterr().err
     assert "--threads: expected an int in [1, " in err and "got 0" in err, err
     assert "set_num_threads" not in err
+
+
+def test_resume_says_which_settings_of_the_call_the_checkpoint_overrides(tmp_path):
+    """--resume continues with the checkpoint's settings and silently dropped the call's other
+    ones (a new --lr, say). It now logs each that differs, with both values; a call with the
+    same settings logs none."""
+    out = tmp_path / "run"
+    train_charlm(_cfg(steps=2), out, text=TEXT, progress=False, log=lambda s: 0)
+    same, other = [], []
+    train_charlm(_cfg(steps=3), out, text=TEXT, progress=False, resume=True, log=same.append)
+    train_charlm(
+        _cfg(steps=4, lr=0.5, hidden_size=12),
+        out,
+        text=TEXT,
+        progress=False,
+        resume=True,
+        log=other.append,
+    )
+    assert not any("settings are used" in m for m in same), same
+    said = [m for m in other if "settings are used" in m]
+    assert len(said) == 1, other
+    assert "lr 0.002 (this call: 0.5)" in said[0] and "hidden_size 8 (this call: 12)" in said[0]
+    assert load_charlm(out)[0].config["hidden_size"] == 8  # the checkpoint's, as before

@@ -584,8 +584,16 @@ def train_charlm(
             # read instead, and its errors named the CORPUS given. Its content must be the
             # checkpoint's all the same (the data digest below).
             saved["corpus"] = cfg.corpus
+            # the checkpoint's settings win: say which of this call's differ (they are not used)
+            differ = [
+                f"{k} {saved[k]!r} (this call: {getattr(cfg, k)!r})"
+                for k in saved
+                if hasattr(cfg, k) and getattr(cfg, k) != saved[k]
+            ]
             cfg = TrainConfig(**saved)
             saved_digest = meta["data_digest"]
+        if differ:
+            log("resume: the checkpoint's settings are used: " + ", ".join(differ))
     elif resume:
         log(f"resume: no checkpoint in {out}, starting from scratch")
     if text is None:

@@ -379,20 +379,27 @@ def _direction_no_graph(
     return outs + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
 
 
-def _both_no_graph(kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
-    """:class:`_BothDirections`' outputs for a call that records no graph (see
-    :func:`_direction_no_graph`)."""
-    inputs = (x0, x1, h00, c00, h01, c01, *w)
+def _both_forward(kernel, cached, batch_sizes, inputs):
+    """Both directions' kernel forwards at once (:func:`lstm_fast.rnn._directions`; inputs as
+    :class:`_BothDirections` takes them): the kernels' results and the output tensors, per
+    direction y, h_n (and c_n)."""
 
     def run(d):
-        return _kernel_forward(kernel, False, batch_sizes, *_direction_inputs(inputs, d))
+        return _kernel_forward(kernel, cached, batch_sizes, *_direction_inputs(inputs, d))
 
+    res = _rnn._directions(run, 2)
     outs = []
-    for r in _rnn._directions(run, 2):
+    for r in res:
         outs += [torch.from_numpy(r[0]), torch.from_numpy(r[1])]
         if kernel.has_cell:
             outs.append(torch.from_numpy(r[2]))
-    return tuple(outs)
+    return res, tuple(outs)
+
+
+def _both_no_graph(kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
+    """:class:`_BothDirections`' outputs for a call that records no graph (see
+    :func:`_direction_no_graph`)."""
+    return _both_forward(kernel, False, batch_sizes, (x0, x1, h00, c00, h01, c01, *w))[1]
 
 
 class _BothDirections(torch.autograd.Function):
@@ -408,25 +415,16 @@ class _BothDirections(torch.autograd.Function):
         inputs = (x0, x1, h00, c00, h01, c01, *w)
         ctx.recompute = training and _saved_tensor_hooks()  # see _Direction
         cached = training and not ctx.recompute
-
-        def run(d):
-            return _kernel_forward(kernel, cached, batch_sizes, *_direction_inputs(inputs, d))
-
-        res = _rnn._directions(run, 2)
+        res, outs = _both_forward(kernel, cached, batch_sizes, inputs)
         ctx.kernel = kernel
         ctx.batch_sizes = batch_sizes
         ctx.caches = [r[3] for r in res]
-        ys = [torch.from_numpy(r[0]) for r in res]
         if cached:
-            ctx.save_for_backward(*inputs, *ys)
+            n = 3 if kernel.has_cell else 2
+            ctx.save_for_backward(*inputs, outs[0], outs[n])  # the two directions' y
         elif ctx.recompute:
             ctx.save_for_backward(*inputs)
-        outs = []
-        for d, r in enumerate(res):
-            outs += [ys[d], torch.from_numpy(r[1])]
-            if kernel.has_cell:
-                outs.append(torch.from_numpy(r[2]))
-        return tuple(outs)
+        return outs
 
     @staticmethod
     def backward(ctx, *grads):

@@ -282,18 +282,8 @@ def _release_cache(ctx, attr: str) -> None:
 
 def _kernel_forward(kernel, training, batch_sizes, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
     """``kernel.forward`` on tensors (w_hr None without projection): (y, h_n, c_n, cache)."""
-    proj = {} if w_hr is None else {"w_hr": _array(w_hr)}
-    return kernel.forward(
-        _array(x),
-        _array(w_ih),
-        _array(w_hh),
-        _array(b_ih),
-        _array(b_hh),
-        _array(h0),
-        _array(c0),
-        training,
-        batch_sizes,
-        **proj,
+    return _forward_on(
+        kernel, training, batch_sizes, _array(x), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
     )
 
 
@@ -360,10 +350,28 @@ class _Direction(torch.autograd.Function):
         return (None, None, None, *_first_order(out, (*saved, dy, dh_n, dc_n)))
 
 
-def _direction_inputs(inputs: tuple, d: int) -> tuple:
-    """Direction ``d``'s (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) from :class:`_BothDirections`'
-    tensor inputs (x0, x1, h00, c00, h01, c01, then five weights per direction)."""
-    return (inputs[d], inputs[2 + 2 * d], inputs[3 + 2 * d], *inputs[6 + 5 * d : 11 + 5 * d])
+def _direction_args(inputs: tuple, d: int) -> tuple:
+    """Direction ``d``'s h0, c0 and five weights (w_ih, w_hh, b_ih, b_hh, w_hr) from
+    :class:`_BothDirections`' tensor inputs (x, h00, c00, h01, c01, then five weights per
+    direction)."""
+    return (inputs[1 + 2 * d], inputs[2 + 2 * d], *inputs[5 + 5 * d : 10 + 5 * d])
+
+
+def _forward_on(kernel, training, batch_sizes, x: np.ndarray, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    """:func:`_kernel_forward` with x already an array."""
+    proj = {} if w_hr is None else {"w_hr": _array(w_hr)}
+    return kernel.forward(
+        x,
+        _array(w_ih),
+        _array(w_hh),
+        _array(b_ih),
+        _array(b_hh),
+        _array(h0),
+        _array(c0),
+        training,
+        batch_sizes,
+        **proj,
+    )
 
 
 def _direction_no_graph(
@@ -379,86 +387,123 @@ def _direction_no_graph(
     return outs + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
 
 
-def _both_forward(kernel, cached, batch_sizes, inputs):
+def _flip(a: Optional[np.ndarray], rev: Optional[tuple]) -> Optional[np.ndarray]:
+    """A (T, B, F) array with each sequence reversed in time: ``a[::-1]``, or with lengths
+    ``a[rev]`` (``rev``: each row's time index reversed within its length, the identity on its
+    padding, and the row index) as a new C-contiguous array. NumPy, on purpose: a torch op of this
+    size runs on torch's thread pool, whose threads then spin, waiting for more work, on the
+    cores the two directions' kernels are about to run on (2-layer bidirectional S6 forward
+    15.6 ms with torch.flip and torch.cat against 9.1 ms with torch on one thread)."""
+    if a is None:
+        return None
+    return np.ascontiguousarray(a[::-1] if rev is None else a[rev])
+
+
+def _both_forward(kernel, cached, batch_sizes, rev, inputs):
     """Both directions' kernel forwards at once (:func:`lstm_fast.rnn._directions`; inputs as
-    :class:`_BothDirections` takes them): the kernels' results and the output tensors, per
-    direction y, h_n (and c_n)."""
+    :class:`_BothDirections` takes them): the kernels' results, and the output tensors y (both
+    directions' outputs side by side, the reverse one back in time order), then per direction
+    h_n (and c_n)."""
+    x = _array(inputs[0])
+    xs = (x, _flip(x, rev))
 
     def run(d):
-        return _kernel_forward(kernel, cached, batch_sizes, *_direction_inputs(inputs, d))
+        return _forward_on(kernel, cached, batch_sizes, xs[d], *_direction_args(inputs, d))
 
     res = _rnn._directions(run, 2)
-    outs = []
+    y0, y1 = res[0][0], res[1][0]
+    F = y0.shape[2]
+    y = np.empty(y0.shape[:2] + (2 * F,), np.float32)
+    y[:, :, :F] = y0
+    y[:, :, F:] = y1[::-1] if rev is None else y1[rev]
+    outs = [torch.from_numpy(y)]
     for r in res:
-        outs += [torch.from_numpy(r[0]), torch.from_numpy(r[1])]
+        outs.append(torch.from_numpy(r[1]))
         if kernel.has_cell:
             outs.append(torch.from_numpy(r[2]))
     return res, tuple(outs)
 
 
-def _both_no_graph(kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
+def _both_no_graph(kernel, training, batch_sizes, rev, x, h00, c00, h01, c01, *w):
     """:class:`_BothDirections`' outputs for a call that records no graph (see
     :func:`_direction_no_graph`)."""
-    return _both_forward(kernel, False, batch_sizes, (x0, x1, h00, c00, h01, c01, *w))[1]
+    return _both_forward(kernel, False, batch_sizes, rev, (x, h00, c00, h01, c01, *w))[1]
 
 
 class _BothDirections(torch.autograd.Function):
     """The two directions of one bidirectional layer as one node: forward and backward each run
     the directions at once (:func:`lstm_fast.rnn._directions`: the reverse one on a helper
     thread, each with half the thread team), where separate nodes would run one after the
-    other. Inputs: x of each direction (the reverse one already time-reversed), their h0/c0,
-    and their five weights each (w_ih, w_hh, b_ih, b_hh, w_hr; biases and w_hr may be None)."""
+    other. Inputs: the layer's input x, each direction's h0/c0, and their five weights each
+    (w_ih, w_hh, b_ih, b_hh, w_hr; biases and w_hr may be None); ``rev`` reverses sequences in
+    time (see :func:`_flip`). Outputs: y (T, B, 2 * H_out), then h_n (and c_n) per direction.
+    The reversal of the input, the concatenation of the outputs and, in backward, the split of
+    dy and the sum of the two directions' dx are NumPy copies inside the node (see _flip)."""
 
     @staticmethod
-    def forward(ctx, kernel, training, batch_sizes, x0, x1, h00, c00, h01, c01, *w):
+    def forward(ctx, kernel, training, batch_sizes, rev, x, h00, c00, h01, c01, *w):
         ctx.set_materialize_grads(False)
-        inputs = (x0, x1, h00, c00, h01, c01, *w)
+        inputs = (x, h00, c00, h01, c01, *w)
         ctx.recompute = training and _saved_tensor_hooks()  # see _Direction
         cached = training and not ctx.recompute
-        res, outs = _both_forward(kernel, cached, batch_sizes, inputs)
+        res, outs = _both_forward(kernel, cached, batch_sizes, rev, inputs)
         ctx.kernel = kernel
         ctx.batch_sizes = batch_sizes
+        ctx.rev = rev
+        ctx.out_size = res[0][0].shape[2]
         ctx.caches = [r[3] for r in res]
-        if cached:
-            n = 3 if kernel.has_cell else 2
-            ctx.save_for_backward(*inputs, outs[0], outs[n])  # the two directions' y
-        elif ctx.recompute:
+        if cached or ctx.recompute:
+            # The forward direction's cache refers to x's memory (torch's version-counter check;
+            # the reverse one's x and both y are the node's own arrays); with saved-tensor hooks
+            # the inputs go through them and backward rebuilds the caches.
             ctx.save_for_backward(*inputs)
         return outs
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx, dy, *dstates):
         saved = ctx.saved_tensors  # raises as in _Direction.backward
-        _refuse_batched_grads(grads)
+        _refuse_batched_grads((dy, *dstates))
         if ctx.caches[0] is None and not ctx.recompute:
             raise RuntimeError(
                 "lstm_fast.torch: the forward ran without a gradient cache (no input or "
                 "parameter required grad); it cannot be differentiated"
             )
-        n = 3 if ctx.kernel.has_cell else 2
-        per = [grads[d * n : (d + 1) * n] for d in (0, 1)]
-
+        n = 2 if ctx.kernel.has_cell else 1
+        rev, F = ctx.rev, ctx.out_size
+        dy_a = _array(dy)
+        dys = (None, None) if dy_a is None else (dy_a[:, :, :F], dy_a[:, :, F:])
         need = ctx.needs_input_grad
+        # inputs after the 4 non-tensors: x, h00, c00, h01, c01, w0 (5), w1 (5)
+        need_dx = need[4]
 
         def run(d):
-            g = per[d]
             cache = ctx.caches[d]
             if ctx.recompute:
-                args = _direction_inputs(saved, d)
-                cache = _kernel_forward(ctx.kernel, True, ctx.batch_sizes, *args)[3]
+                x = _array(saved[0])
+                x = x if d == 0 else _flip(x, rev)
+                cache = _forward_on(
+                    ctx.kernel, True, ctx.batch_sizes, x, *_direction_args(saved, d)
+                )
+                cache = cache[3]
+            g = dstates[d * n : (d + 1) * n]
+            g_y = dys[d]
+            if g_y is not None:
+                g_y = np.ascontiguousarray(g_y) if d == 0 else _flip(g_y, rev)
             return ctx.kernel.backward(
                 cache,
+                g_y,
                 _array(g[0]),
-                _array(g[1]),
-                _array(g[2]) if n == 3 else None,
-                need[3 + d],  # x0, x1: no input-gradient GEMM when not required
+                _array(g[1]) if n == 2 else None,
+                need_dx,  # no input-gradient GEMM when x does not require grad
             )
 
         res = _rnn._directions(run, 2)
         _release_cache(ctx, "caches")
-        # inputs after the 3 non-tensors: x0, x1, h00, c00, h01, c01, w0 (5), w1 (5)
-        out = [None, None, None]
-        out += [_tensor(res[0][0]) if need[3] else None, _tensor(res[1][0]) if need[4] else None]
+        dx = None
+        if need_dx and res[0][0] is not None:
+            dx = res[0][0]
+            dx += res[1][0][::-1] if rev is None else res[1][0][rev]
+        out = [_tensor(dx) if need_dx else None]
         for d in (0, 1):
             out += [
                 _tensor(res[d][1]) if need[5 + 2 * d] else None,
@@ -468,7 +513,7 @@ class _BothDirections(torch.autograd.Function):
             for j in range(5):  # w_ih, w_hh, b_ih, b_hh, w_hr
                 g = res[d][3 + j] if 3 + j < len(res[d]) else None
                 out.append(_tensor(g) if need[9 + 5 * d + j] and g is not None else None)
-        return (None, None, None, *_first_order(tuple(out[3:]), (*saved, *grads)))
+        return (None, None, None, None, *_first_order(tuple(out), (*saved, dy, *dstates)))
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -571,19 +616,6 @@ def _check_batch_sizes(module: str, batch_sizes, rows: int) -> None:
             f"lstm_fast.torch.{module}: input.batch_sizes: expected {bad}, got {shown} "
             f"(sum {int(batch_sizes.sum())})"
         )
-
-
-def _reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """(T, B) time index reversing each sequence within its length (identity on the padding)."""
-    t = torch.arange(T).unsqueeze(1)
-    n = lengths.unsqueeze(0)
-    return torch.where(t < n, n - 1 - t, t)
-
-
-def _reverse(x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
-    if index is None:
-        return x.flip(0)
-    return x.gather(0, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
 
 
 # torch.compiler.disable(f) of each module's _fast_forward, made on first use (it imports
@@ -805,17 +837,17 @@ class _FastRNNMixin(_GraphFallback):
             or (hx is not None and any(h.requires_grad for h in hx))
         )
         bs_np = None
-        rev_index = None
+        rev = None  # with lengths, the index that reverses each sequence (see _flip)
         if batch_sizes is not None:
             bs_np = batch_sizes.numpy()
             if D == 2:
-                lengths = (batch_sizes.unsqueeze(1) > torch.arange(x.shape[1])).sum(0)
-                rev_index = _reverse_index(lengths, x.shape[0])
+                B = x.shape[1]
+                lengths = (bs_np[:, None] > np.arange(B)[None, :]).sum(0)
+                rev = (_rnn._reverse_index(lengths, x.shape[0]), np.arange(B)[None, :])
         states: list[list[torch.Tensor]] = [[] for _ in range(2 if kernel.has_cell else 1)]
         layer_in = x
         for k in range(L):
-            outs = []
-            if D == 2:  # both directions as one node, run at once
+            if D == 2:  # both directions as one node, run at once; y side by side
                 ws, h0s, c0s = [], [None, None], [None, None]
                 for d in (0, 1):
                     idx = k * D + d
@@ -826,51 +858,36 @@ class _FastRNNMixin(_GraphFallback):
                         h0s[d] = hx[0][idx]
                         c0s[d] = hx[1][idx] if kernel.has_cell else None
                 res = (_BothDirections.apply if need_grad else _both_no_graph)(
-                    kernel,
-                    need_grad,
-                    bs_np,
-                    layer_in,
-                    _reverse(layer_in, rev_index),
-                    h0s[0],
-                    c0s[0],
-                    h0s[1],
-                    c0s[1],
-                    *ws,
+                    kernel, need_grad, bs_np, rev, layer_in, h0s[0], c0s[0], h0s[1], c0s[1], *ws
                 )
-                n = 3 if kernel.has_cell else 2
+                layer_in = res[0]
+                n = 2 if kernel.has_cell else 1
                 for d in (0, 1):
-                    r = res[d * n : (d + 1) * n]
-                    outs.append(r[0] if d == 0 else _reverse(r[0], rev_index))
-                    for s, t in zip(states, r[1:]):
+                    for s, t in zip(states, res[1 + d * n : 1 + (d + 1) * n]):
                         s.append(t)
-            for d in range(D if D == 1 else 0):
-                idx = k * D + d
-                w = params[idx * per_dir : (idx + 1) * per_dir]
-                w_ih, w_hh = w[0], w[1]
+            else:
+                w = params[k * per_dir : (k + 1) * per_dir]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
                 h0 = c0 = None
                 if hx is not None:
-                    h0 = hx[0][idx]
-                    c0 = hx[1][idx] if kernel.has_cell else None
-                inp = layer_in if d == 0 else _reverse(layer_in, rev_index)
+                    h0 = hx[0][k]
+                    c0 = hx[1][k] if kernel.has_cell else None
                 res = (_Direction.apply if need_grad else _direction_no_graph)(
                     kernel,
                     need_grad,
                     bs_np,
-                    inp,
+                    layer_in,
                     h0,
                     c0,
-                    w_ih,
-                    w_hh,
+                    w[0],
+                    w[1],
                     b_ih,
                     b_hh,
                     w[-1] if proj else None,
                 )
-                y = res[0] if d == 0 else _reverse(res[0], rev_index)
-                outs.append(y)
+                layer_in = res[0]
                 for s, r in zip(states, res[1:]):
                     s.append(r)
-            layer_in = outs[0] if D == 1 else torch.cat(outs, 2)
             if self.dropout > 0 and self.training and k < L - 1:
                 layer_in = self._dropout(layer_in, batch_sizes)
         return layer_in, tuple(torch.stack(s, 0) for s in states)

@@ -415,41 +415,47 @@ if hasattr(os, "register_at_fork"):
 
 def _directions(run: Callable[[int], Any], D: int, shared: bool = False) -> list:
     """``[run(0), run(1)]`` (or ``[run(0)]``). With two directions and at least two threads, the
-    reverse direction runs on a helper thread while the caller runs the forward one, each with
-    half the thread team (the kernels release the GIL): two independent recurrences overlap
-    instead of each paying a barrier per step on the whole team. ``shared``: the two write
-    the same memory (the gradient of a parameter both directions use) and run one after the
-    other."""
+    two run at once, each with half the thread team (the kernels release the GIL): two
+    independent recurrences overlap instead of each paying a barrier per step on the whole
+    team. On a team of two, the team's own two threads run them (``_core._run_pair``: the worker
+    that spins after every parallel region takes the reverse direction, instead of spinning
+    beside a third thread); on a larger team, the reverse direction runs on a helper thread of
+    its own, each direction with a team of its own. ``shared``: the two write the same memory
+    (the gradient of a parameter both directions use) and run one after the other."""
     P = ops._core._team_threads()
     concurrent = BIDIRECTIONAL_CONCURRENT if BIDIRECTIONAL_CONCURRENT is not None else P >= 2
     if D == 1 or shared or not concurrent or P < 2:
         return [run(d) for d in range(D)]
+    n1 = P // 2
+    n0 = P - n1
+
+    def on(d: int, n: int) -> Callable[[], Any]:
+        def direction():
+            before = ops._core._get_local_threads()
+            ops._core._set_local_threads(n)
+            try:
+                return run(d)
+            finally:
+                ops._core._set_local_threads(before)
+
+        return direction
+
+    if P == 2:
+        # Ctrl-C is raised once both directions are done (_run_pair returns after both).
+        with deferred_interrupt():
+            return list(ops._core._run_pair(on(0, 1), on(1, 1)))
     with _pool_lock:
         if not _pool:
             from concurrent.futures import ThreadPoolExecutor
 
             _pool.append(ThreadPoolExecutor(1, thread_name_prefix="lstm_fast-reverse"))
-    n1 = P // 2
-    n0 = P - n1
-
-    def reverse():
-        before = ops._core._get_local_threads()
-        ops._core._set_local_threads(n1)
-        try:
-            return run(1)
-        finally:
-            ops._core._set_local_threads(before)
-
     # Ctrl-C is raised once both directions are done: an interrupt between the submission and
     # the join (or during the join) had left the helper writing the caller's arrays.
     with deferred_interrupt():
-        fut = _pool[0].submit(reverse)
-        before = ops._core._get_local_threads()
-        ops._core._set_local_threads(n0)
+        fut = _pool[0].submit(on(1, n1))
         try:
-            r0 = run(0)
+            r0 = on(0, n0)()
         finally:
-            ops._core._set_local_threads(before)
             r1 = _join(fut)  # always joined (its exception, if any, propagates)
     return [r0, r1]
 

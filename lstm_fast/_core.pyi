@@ -8,7 +8,7 @@ Backward calls allocate dx, dh0, dc0 and add (+=) into given weight gradients (a
 zeroed when None). tests/test_stubs.py checks this file against the compiled module.
 """
 
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 from numpy.typing import NDArray
@@ -332,6 +332,10 @@ def _set_local_threads(n: int) -> None:
 
 def _get_local_threads() -> int:
     """This Python thread's override (0: none)."""
+
+def _run_pair(f0: Callable[[], Any], f1: Callable[[], Any]) -> tuple[Any, Any]:
+    """(f0(), f1()) at once on two threads of the OpenMP team (the caller's runs f0), each in a
+    region of one thread; an exception of either is raised once both are done (f0's first)."""
 
 def empty_cache() -> None:
     """Return the kept scratch blocks to the system."""

@@ -239,8 +239,8 @@ class Optimizer:
         >>> [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
         [(0.1, 0.5), (0.1, 0.0), (1.0, 0.5)]
         >>> opt.step()  # zero gradients: only the decay, 1 - lr * weight_decay
-        >>> [p.data.tolist() for p in (weight, bias, head)]
-        [[0.949999988079071, 0.949999988079071], [1.0, 1.0], [0.5, 0.5]]
+        >>> print(np.round(weight.data, 4), bias.data, head.data)
+        [0.95 0.95] [1. 1.] [0.5 0.5]
         >>> opt.weight_decay
         Traceback (most recent call last):
           ...

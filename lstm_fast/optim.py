@@ -331,6 +331,12 @@ class Optimizer:
         params = param_group["params"]
         if isinstance(params, Parameter):
             params = [params]
+        elif isinstance(params, (set, frozenset)):  # (as PyTorch: refused)
+            raise TypeError(
+                f"{where}: params: expected an ordered collection of Parameters (a list), got a "
+                f"{type(params).__name__}: its order, and so the positions of the state dict, "
+                "would change from run to run"
+            )
         elif isinstance(params, (str, bytes, Mapping, np.ndarray)):
             raise TypeError(
                 f"{where}: params: expected a Parameter or an iterable of Parameters, got "

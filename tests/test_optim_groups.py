@@ -830,6 +830,12 @@ def test_state_spec_with_groups():
             r"ndarray",
         ),
         (
+            lambda p, q: [{"params": {p, q}}],
+            TypeError,
+            r"^param group 0: params: expected an ordered collection of Parameters \(a list\), "
+            r"got a set: its order",
+        ),
+        (
             lambda p, q: [{"params": p}, {"lr": 0.1}],
             ValueError,
             r"^param group 1: params: expected a 'params' entry \(the group's parameters\), got "
@@ -926,3 +932,20 @@ def test_step_checks_every_group_before_updating():
     opt.step()
     np.testing.assert_allclose(ps[0].data, 0.9)
     np.testing.assert_allclose(ps[1].data, 0.9)
+
+
+def test_an_optimizer_with_groups_copies_and_pickles():
+    import pickle
+
+    ps = [Parameter(np.ones(2)), Parameter(np.ones(3))]
+    opt = optim.Adam([{"params": ps[0]}, {"params": ps[1], "lr": 0.5}], lr=0.1)
+    for p in ps:
+        p.grad[...] = 1.0
+    opt.step()
+    for other in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert [g["lr"] for g in other.param_groups] == [0.1, 0.5]
+        assert other._group_steps() == [1, 1] and other.params[0] is not ps[0]
+        other.lr = 0.3
+        other.step()
+        np.testing.assert_array_equal(other.state[1]["exp_avg"], np.full(3, 0.19, np.float32))
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5] and opt.step_count == 1

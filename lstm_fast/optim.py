@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 _f32 = np.float32
+# Optimizer attributes that are not hyper-parameters (__setattr__ sets them the quick way)
+_PLAIN_ATTRS = frozenset(["step_count", "state", "param_groups", "defaults", "_owner", "_current"])
 # The largest step count a state may hold: beta ** step must stay a float (10**400 overflows it)
 _MAX_STEP = 2**63 - 1
 
@@ -408,7 +410,11 @@ class Optimizer:
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if "param_groups" not in self.__dict__ or name not in self._attr_names():
+        if (
+            name in _PLAIN_ATTRS
+            or "param_groups" not in self.__dict__
+            or name not in self._attr_names()
+        ):
             object.__setattr__(self, name, value)
             return
         # a hyper-parameter: every group's, checked first (nothing is set when one refuses)
@@ -526,8 +532,7 @@ class Optimizer:
 
     def _group(self, i: int) -> tuple:
         """``(hyper-parameters, steps taken)`` of parameter ``i``'s group, during a step."""
-        gi = self._owner[i]
-        return self.param_groups[gi], max(self.step_count - self._group_starts[gi], 1)
+        return self._current[self._owner[i]]
 
     def step(self, *, zero_grad: bool = False) -> None:
         """One update of every parameter from its ``.grad``, with its group's hyper-parameters.
@@ -562,6 +567,10 @@ class Optimizer:
         with deferred_interrupt():  # Ctrl-C: after the whole step, not between two parameters
             self.step_count += 1
             self._owner = owner
+            self._current = [
+                (g, max(self.step_count - s, 1))
+                for g, s in zip(self.param_groups, self._group_starts)
+            ]
             for i, p in enumerate(params):
                 if not self._update(i, p, zero_grad) and zero_grad:
                     p.grad[...] = 0

@@ -1560,7 +1560,7 @@ def make_optimizer(name: str, params, **kwargs) -> Optimizer:
 
     Args:
         name: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"adagrad"`` or ``"rmsprop"`` (any case).
-        params: the parameters to update.
+        params: the parameters to update, or parameter groups (dicts; see :class:`Optimizer`).
         **kwargs: the optimizer's hyper-parameters (``lr=...``).
 
     Raises ``ValueError`` listing the names for any other ``name``.

@@ -6,10 +6,15 @@
 schedules (:class:`StepLR`, :class:`CosineLR` with linear warm-up) that are pure functions of the
 step, so a resumed run gets the same rates.
 
-Each optimizer's :meth:`Optimizer.state_dict` is ``{"type", "hyper", "step", "arrays"}``: JSON-able
-scalars and a flat ``{name: array}`` dict (``"3.exp_avg"`` = parameter 3's first moment), so a
-checkpoint can store it without pickle and resume bitwise exactly. Updates are in place, in float32,
-vectorised per parameter.
+As ``torch.optim``, the parameters may be split into parameter groups with hyper-parameters of
+their own (``[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]``,
+:meth:`Optimizer.add_param_group`); the schedules scale each group's own base rate.
+
+Each optimizer's :meth:`Optimizer.state_dict` is ``{"type", "hyper", "step", "arrays"}`` (with
+several parameter groups ``"param_groups"`` and ``"group_steps"`` in place of ``"hyper"``):
+JSON-able scalars and a flat ``{name: array}`` dict (``"3.exp_avg"`` = parameter 3's first
+moment), so a checkpoint can store it without pickle and resume bitwise exactly. Updates are in
+place, in float32, vectorised per parameter.
 
 Example::
 
@@ -29,7 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +57,8 @@ __all__ = [
 ]
 
 _f32 = np.float32
+# Optimizer attributes that are not hyper-parameters (__setattr__ sets them the quick way)
+_PLAIN_ATTRS = frozenset(["step_count", "state", "param_groups", "defaults", "_owner", "_current"])
 # The largest step count a state may hold: beta ** step must stay a float (10**400 overflows it)
 _MAX_STEP = 2**63 - 1
 
@@ -90,12 +97,44 @@ def _params(params: Any) -> list:
     return out
 
 
-def _check_grads(what: str, params: list, kinds: str = "fiu", writeable: bool = False) -> None:
+def _split_groups(params: Any) -> list:
+    """The groups of an optimizer's ``params``: its dicts, or one ``{"params": [...]}`` group
+    for an iterable of parameters (checked as :func:`_params` does)."""
+    if isinstance(params, Mapping):
+        raise TypeError(
+            "params: expected an iterable of Parameters or of dicts (parameter groups), got a "
+            "dict: pass a list of groups, [{'params': ...}]"
+        )
+    try:
+        items = list(params)
+    except TypeError:  # not iterable at all: None, a number, a Module
+        raise TypeError(
+            f"params: expected an iterable of Parameter objects (e.g. model.parameters()) or of "
+            f"parameter groups (dicts), got {type(params).__name__}"
+        ) from None
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    dicts = [isinstance(x, Mapping) for x in items]
+    if all(dicts):
+        return items
+    if any(dicts):
+        j, k = dicts.index(True), dicts.index(False)
+        raise TypeError(
+            f"params: expected Parameters or dicts (parameter groups), not both: got a dict at "
+            f"position {j} and a {type(items[k]).__name__} at position {k}"
+        )
+    return [{"params": _params(items)}]
+
+
+def _check_grads(
+    what: str, params: list, kinds: str = "fiu", writeable: bool = False, start: int = 0
+) -> None:
     """Raise naming the first parameter whose ``.grad`` is not an array of its shape (None, a
     scalar, a stale shape) with a real dtype (``kinds``: NumPy dtype kinds; complex, str and
     object gradients would raise in the middle of an update, or be truncated) -- and, with
-    ``writeable``, one the caller may write into -- before anything is changed."""
-    for i, p in enumerate(params):
+    ``writeable``, one the caller may write into -- before anything is changed. Parameters
+    are numbered from ``start``."""
+    for i, p in enumerate(params, start):
         g = p.grad
         if not isinstance(g, np.ndarray) or g.shape != p.data.shape:
             got = g.shape if isinstance(g, np.ndarray) else type(g).__name__
@@ -124,28 +163,54 @@ def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
 
 
 class Optimizer:
-    """Base class of the optimizers: a list of parameters, hyper-parameters as attributes,
-    per-parameter state arrays.
+    """Base class of the optimizers, as ``torch.optim.Optimizer``: parameter groups, each with
+    its own hyper-parameters, and per-parameter state arrays.
 
-    As ``torch.optim.Optimizer`` without parameter groups: one set of hyper-parameters for all
-    parameters, read from and writable as attributes (``opt.lr = 0.01``, what the schedules
-    do). Subclasses implement the update; :meth:`step` checks every gradient, then updates every
-    parameter in place and bumps its version (so a backward of a forward run before the step
-    refuses to mix old activations with the new weights).
+    ``params`` is either an iterable of parameters -- one group, with the constructor's
+    hyper-parameters -- or an iterable of dicts, one per parameter group: ``{"params": ...,
+    "lr": 0.01, ...}`` with any of the optimizer's hyper-parameters; a group takes the
+    constructor's value (:attr:`defaults`) for the ones it does not give. Each parameter is
+    updated with its group's hyper-parameters, and :meth:`add_param_group` adds a group during
+    training (a layer unfrozen for fine-tuning).
+
+    The hyper-parameters are also attributes (``opt.lr``, what :class:`StepLR` and
+    :class:`CosineLR` read): setting one (``opt.lr = 0.01``) sets it in every group; reading
+    one gives the groups' common value, and raises ``ValueError`` pointing to
+    :attr:`param_groups` when the groups hold different values. Subclasses implement the
+    update; :meth:`step` checks every group and gradient, then updates every parameter in place
+    and bumps its version (so a backward of a forward run before the step refuses to mix old
+    activations with the new weights).
 
     Args:
         params: an iterable of :class:`~lstm_fast.module.Parameter` (``model.parameters()``),
-            not empty; a parameter listed twice is updated twice (with a ``UserWarning``).
-        **hyper: the hyper-parameters, checked (a negative ``lr``, NaN, a non-bool switch raise
-            at construction, naming the argument).
+            not empty; or an iterable of dicts defining parameter groups, each with a
+            ``"params"`` entry (a parameter or an iterable of them, not empty) and
+            hyper-parameters of the optimizer (or ``"initial_lr"``, the base rate a schedule
+            scales); any other key raises. A parameter listed twice in a group is updated twice
+            (with a ``UserWarning``); one in two groups raises.
+        **defaults: the hyper-parameters, checked (a negative ``lr``, NaN, a non-bool switch
+            raise at construction, naming the argument); a group's own values are checked the
+            same way, the error naming the group (``param group 1: lr: ...``).
 
     Attributes:
-        params: the list of parameters.  step_count: the number of steps taken.
-        state: one ``{slot: float32 array}`` dict per parameter (``"exp_avg"``, ...).
-        initial_lr: the base rate the first schedule attached recorded (None before).
+        param_groups: one dict per group, ``{"params": [Parameter, ...], <every
+            hyper-parameter>: value}`` (and ``"initial_lr"`` once a schedule is attached);
+            change a value in place (``opt.param_groups[1]["lr"] = 0.1``) and the next step
+            uses it.
+        defaults: the constructor's hyper-parameters, the values a group without its own takes.
+        params: the parameters of every group, in group order (the positions the state and
+            :meth:`state_dict` use).
+        state: one ``{slot: float32 array}`` dict per parameter of :attr:`params`
+            (``"exp_avg"``, ...).
+        step_count: the number of steps taken. Bias corrections (Adam) and ``lr_decay``
+            (Adagrad) use the steps each group has taken, fewer for a group added later (as
+            PyTorch's per-parameter step).
+        initial_lr: the base rate the first schedule attached recorded (None before); each
+            group's ``"initial_lr"``.
 
-    Raises ``TypeError`` for ``params`` that are not Parameters (or a single Parameter),
-    ``ValueError`` for an empty list or a hyper-parameter out of range.
+    Raises ``TypeError`` for ``params`` that are not Parameters or dicts (or a single
+    Parameter), ``ValueError`` for an empty list or group, an unknown group key, a
+    hyper-parameter out of range, or a parameter in two groups.
 
     Example::
 
@@ -165,6 +230,27 @@ class Optimizer:
         >>> resumed.load_state_dict(sd)
         >>> resumed.step_count, resumed.state[0]["momentum_buffer"].tolist()
         (1, [1.0, 1.0])
+
+    Parameter groups: no weight decay on the bias, a larger rate for the head::
+
+        >>> from lstm_fast.optim import AdamW
+        >>> weight, bias, head = (Parameter(np.ones(2)) for _ in range(3))
+        >>> opt = AdamW([{"params": [weight]}, {"params": bias, "weight_decay": 0.0}],
+        ...             lr=0.1, weight_decay=0.5)
+        >>> opt.add_param_group({"params": [head], "lr": 1.0})
+        >>> [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
+        [(0.1, 0.5), (0.1, 0.0), (1.0, 0.5)]
+        >>> opt.step()  # zero gradients: only the decay, 1 - lr * weight_decay
+        >>> print(np.round(weight.data, 4), bias.data, head.data)
+        [0.95 0.95] [1. 1.] [0.5 0.5]
+        >>> opt.weight_decay
+        Traceback (most recent call last):
+          ...
+        ValueError: weight_decay: the 3 parameter groups hold different values (0.5, 0.0,
+        0.5); read or set each group's in optimizer.param_groups[i]['weight_decay']
+        >>> opt.lr = 0.01  # every group's
+        >>> opt.lr, opt.param_groups[2]["lr"]
+        (0.01, 0.01)
     """
 
     _hyper: tuple = ("lr",)
@@ -173,28 +259,219 @@ class Optimizer:
     # with these values (what the optimizer did before they existed)
     _hyper_defaults: dict = {"maximize": False, "amsgrad": False}
 
-    def __init__(self, params: Iterable[Parameter], **hyper: Any):
+    def __init__(self, params: Iterable[Any], **defaults: Any):
         if isinstance(params, Parameter):
             raise TypeError("params: expected an iterable of Parameter objects, got a Parameter")
-        self.params = _params(params)
-        if not self.params:
-            raise ValueError("optimizer got an empty parameter list")
-        if len({id(p) for p in self.params}) != len(self.params):
+        defaults = self._normalize(defaults)
+        self._check_hyper(defaults)
+        self.defaults = defaults
+        self.param_groups: list[dict] = []
+        self.state: list[dict] = []
+        self.step_count = 0
+        # the step_count at which each group was added: its own step count is step_count - that
+        self._group_starts: list[int] = []
+        for group in _split_groups(params):
+            self._add_group(group, stacklevel=5)  # (the warning points at the caller's line)
+
+    # -- parameter groups -----------------------------------------------------------------------
+    def add_param_group(self, param_group: Mapping) -> None:
+        """Add a parameter group, as ``torch.optim.Optimizer.add_param_group``: a layer to train
+        from now on (unfrozen for fine-tuning), with hyper-parameters of its own.
+
+        Args:
+            param_group: a dict with ``"params"`` (a :class:`~lstm_fast.module.Parameter` or an
+                iterable of them, not empty, none already in a group) and any of the
+                optimizer's hyper-parameters (or ``"initial_lr"``); the missing ones are taken
+                from :attr:`defaults`.
+
+        The group's parameters start with empty state and their own step count (Adam's bias
+        correction starts at their first step). Everything is checked first: an error (naming
+        the group by the index it would have, and the key) leaves the optimizer unchanged.
+
+        Example::
+
+            >>> import numpy as np
+            >>> from lstm_fast.module import Parameter
+            >>> from lstm_fast.optim import SGD
+            >>> opt = SGD([Parameter(np.ones(2))], lr=0.1)
+            >>> opt.add_param_group({"params": Parameter(np.ones(3)), "lr": 0.01})
+            >>> [(len(g["params"]), g["lr"]) for g in opt.param_groups]
+            [(1, 0.1), (1, 0.01)]
+            >>> opt.add_param_group({"params": [], "lr": 0.01})
+            Traceback (most recent call last):
+              ...
+            ValueError: param group 2: params: expected at least one Parameter, got none
+        """
+        self._add_group(param_group, stacklevel=4)
+
+    def _add_group(self, param_group: Any, stacklevel: int) -> None:
+        group = self._new_group(param_group, len(self.param_groups), stacklevel)
+        self.param_groups.append(group)
+        self.state.extend({} for _ in group["params"])
+        self._group_starts.append(self.step_count)
+
+    def _new_group(self, param_group: Any, index: int, stacklevel: int) -> dict:
+        """``param_group`` checked and completed with :attr:`defaults` (nothing is changed);
+        errors name the group by ``index``."""
+        where = f"param group {index}"
+        if not isinstance(param_group, Mapping):
+            raise TypeError(
+                f"{where}: expected a dict with a 'params' entry, got {type(param_group).__name__}"
+            )
+        if "params" not in param_group:
+            raise ValueError(
+                f"{where}: params: expected a 'params' entry (the group's parameters), got the "
+                f"keys {sorted(map(str, param_group))}"
+            )
+        allowed = ("params", *self._hyper, "initial_lr")
+        for k in param_group:
+            if k not in allowed:
+                raise ValueError(
+                    f"{where}: {k}: expected a key among {list(allowed)} ({type(self).__name__}'s "
+                    "hyper-parameters), got an unknown one"
+                )
+        params = param_group["params"]
+        if isinstance(params, Parameter):
+            params = [params]
+        elif isinstance(params, (set, frozenset)):  # (as PyTorch: refused)
+            raise TypeError(
+                f"{where}: params: expected an ordered collection of Parameters (a list), got a "
+                f"{type(params).__name__}: its order, and so the positions of the state dict, "
+                "would change from run to run"
+            )
+        elif isinstance(params, (str, bytes, Mapping, np.ndarray)):
+            raise TypeError(
+                f"{where}: params: expected a Parameter or an iterable of Parameters, got "
+                f"{type(params).__name__}"
+            )
+        else:
+            try:
+                params = list(params)
+            except TypeError:
+                raise TypeError(
+                    f"{where}: params: expected a Parameter or an iterable of Parameters, got "
+                    f"{type(params).__name__}"
+                ) from None
+        for j, p in enumerate(params):
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"{where}: params: expected Parameter objects, got {type(p).__name__} at "
+                    f"position {j}"
+                )
+        if not params:
+            raise ValueError(f"{where}: params: expected at least one Parameter, got none")
+        owner = {id(p): gi for gi, g in enumerate(self.param_groups) for p in g["params"]}
+        for j, p in enumerate(params):
+            if id(p) in owner:
+                raise ValueError(
+                    f"{where}: params: the parameter at position {j} (shape {p.data.shape}) is "
+                    f"already in param group {owner[id(p)]} (some parameters appear in more "
+                    "than one parameter group)"
+                )
+        if len({id(p) for p in params}) != len(params):
             warnings.warn(  # as PyTorch: each occurrence is stepped, so the parameter twice
                 "params: a parameter appears more than once; each occurrence is updated "
                 "(pass each once, e.g. list(dict.fromkeys(params)))",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-        self._check_hyper(hyper)
-        for k, v in hyper.items():
-            setattr(self, k, v)
-        self.step_count = 0
-        self.state: list[dict] = [{} for _ in self.params]
-        # the learning rate a schedule scales (PyTorch's "initial_lr"): set by the first
-        # schedule attached, saved in state_dict, so a schedule built after load_state_dict
-        # scales the run's base rate and not the decayed rate the state was saved with
-        self.initial_lr: Optional[float] = None
+        hyper = self._normalize({k: v for k, v in param_group.items() if k in self._hyper})
+        group = {"params": params, **self.defaults, **hyper}
+        try:
+            self._check_hyper(group)  # (the group's values with the defaults: nesterov's rule)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+        if param_group.get("initial_lr") is not None:
+            group["initial_lr"] = _check_number(f"{where}: initial_lr", param_group["initial_lr"])
+        return group
+
+    @property
+    def params(self) -> list:
+        """The parameters of every group, in group order: a new list (add parameters with
+        :meth:`add_param_group`). ``state[i]`` and the state dict's ``"<i>.<slot>"`` arrays
+        belong to ``params[i]``."""
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _attr_names(self) -> tuple:
+        return (*type(self)._hyper, "initial_lr")
+
+    def __getattr__(self, name: str) -> Any:
+        # (only called when the normal lookup fails: the hyper-parameters live in the groups)
+        groups = self.__dict__.get("param_groups")
+        if groups is None or name not in self._attr_names():
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        values = [g.get(name) for g in groups]
+        if all(v == values[0] for v in values[1:]):
+            return values[0]
+        shown = ", ".join(map(repr, values))
+        raise ValueError(
+            f"{name}: the {len(values)} parameter groups hold different values ({shown}); read "
+            f"or set each group's in optimizer.param_groups[i][{name!r}]"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            name in _PLAIN_ATTRS
+            or "param_groups" not in self.__dict__
+            or name not in self._attr_names()
+        ):
+            object.__setattr__(self, name, value)
+            return
+        # a hyper-parameter: every group's, checked first (nothing is set when one refuses)
+        if name == "initial_lr":
+            if value is not None:
+                value = _check_number("initial_lr", value)
+        else:
+            value = self._normalize({name: value})[name]
+            self._check_hyper({name: value})
+            for i, g in enumerate(self.param_groups):
+                try:
+                    self._check_hyper({**g, name: value})
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"param group {i}: {e}") from None
+        for g in self.param_groups:
+            if value is None:
+                g.pop(name, None)
+            else:
+                g[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._attr_names():
+            raise AttributeError(f"{name}: a hyper-parameter cannot be deleted")
+        object.__delattr__(self, name)
+
+    @staticmethod
+    def _normalize(hyper: Mapping) -> dict:
+        """``hyper`` with ``betas`` as a tuple (a list, array or generator; a non-iterable is
+        left for the check, which names it)."""
+        hyper = dict(hyper)
+        b = hyper.get("betas")
+        if b is not None and not isinstance(b, (str, tuple)):
+            try:
+                hyper["betas"] = tuple(b)
+            except TypeError:
+                pass
+        return hyper
+
+    def _group_steps(self) -> list:
+        """The number of steps each group has taken."""
+        return [max(self.step_count - s, 0) for s in self._group_starts]
+
+    def _layout(self, what: str) -> tuple:
+        """``(params, owner)``: every parameter and the index of its group, checked against
+        the state (a group's ``"params"`` list changed in place would misalign it)."""
+        params, owner = [], []
+        for gi, g in enumerate(self.param_groups):
+            params.extend(g["params"])
+            owner.extend([gi] * len(g["params"]))
+        if len(params) != len(self.state) or len(self._group_starts) != len(self.param_groups):
+            raise RuntimeError(
+                f"{what}: param_groups: expected {len(self.state)} parameters in "
+                f"{len(self._group_starts)} groups (the optimizer's state), got {len(params)} in "
+                f"{len(self.param_groups)}: add parameters with add_param_group, not by changing "
+                "the lists"
+            )
+        return params, owner
 
     # Hyper-parameters that must be real numbers >= 0 (PyTorch's checks).
     _NON_NEGATIVE = (
@@ -247,40 +524,65 @@ class Optimizer:
         for p in self.params:
             p.zero_grad(set_to_none=set_to_none)
 
-    def _buf(self, i: int, name: str, init: float = 0.0) -> np.ndarray:
+    def _buf(self, i: int, p: Parameter, name: str, init: float = 0.0) -> np.ndarray:
         st = self.state[i]
         if name not in st:
-            st[name] = np.full_like(self.params[i].data, init)
+            st[name] = np.full_like(p.data, init)
         return st[name]
 
+    def _group(self, i: int) -> tuple:
+        """``(hyper-parameters, steps taken)`` of parameter ``i``'s group, during a step."""
+        return self._current[self._owner[i]]
+
     def step(self, *, zero_grad: bool = False) -> None:
-        """One update of every parameter from its ``.grad``.
+        """One update of every parameter from its ``.grad``, with its group's hyper-parameters.
 
         ``zero_grad=True`` also sets every gradient to zero afterwards, as :meth:`zero_grad`
         would before the next backward; optimizers with a fused kernel (Adam, AdamW) do it in
         the same pass over memory as the update, so a training loop saves a pass of its own.
 
-        Every gradient's shape and (real) dtype, and that the arrays to write are writeable, is
-        checked first: a bad one raises before any parameter or state changes.
+        Every group's hyper-parameters (they may have been changed in place), every gradient's
+        shape and (real) dtype, and that the arrays to write are writeable, are checked first:
+        a bad one raises before any parameter or state changes.
         """
-        # (an unsigned gradient is negated by maximize: it would wrap around silently)
-        _check_grads("step", self.params, "fi" if getattr(self, "maximize", False) else "fiu")
-        for i, p in enumerate(self.params):
+        params, owner = self._layout("step")
+        for gi, g in enumerate(self.param_groups):
+            missing = [k for k in self._hyper if k not in g]
+            if missing:
+                raise ValueError(f"step: param group {gi}: missing the hyper-parameters {missing}")
+            try:
+                self._check_hyper(g)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"step: param group {gi}: {e}") from None
+        start = 0
+        for g in self.param_groups:
+            # (an unsigned gradient is negated by maximize: it would wrap around silently)
+            kinds = "fi" if g.get("maximize", False) else "fiu"
+            _check_grads("step", g["params"], kinds, start=start)
+            start += len(g["params"])
+        for i, p in enumerate(params):
             if not p.data.flags.writeable or (zero_grad and not p.grad.flags.writeable):
                 what = "data" if not p.data.flags.writeable else "grad (zero_grad=True)"
                 raise ValueError(f"step: parameter {i}: {what}: expected a writeable array")
         with deferred_interrupt():  # Ctrl-C: after the whole step, not between two parameters
             self.step_count += 1
-            for i, p in enumerate(self.params):
+            self._owner = owner
+            self._current = [
+                (g, max(self.step_count - s, 1))
+                for g, s in zip(self.param_groups, self._group_starts)
+            ]
+            for i, p in enumerate(params):
                 if not self._update(i, p, zero_grad) and zero_grad:
                     p.grad[...] = 0
                 p._version = getattr(p, "_version", 0) + 1  # a saved forward's backward refuses p
 
     def _update(self, i: int, p: Parameter, zero_grad: bool = False) -> bool:
-        """Update p; return True when it also zeroed p.grad (asked by zero_grad)."""
+        """Update p (``params[i]``, with ``self._group(i)``'s hyper-parameters); return True
+        when it also zeroed p.grad (asked by zero_grad)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _grad(self, p: Parameter, weight_decay: float) -> np.ndarray:
+    @staticmethod
+    def _grad(p: Parameter, weight_decay: float, maximize: bool = False) -> np.ndarray:
         """The gradient the update uses: negated with ``maximize`` (PyTorch's order: before
         the L2 term), plus ``weight_decay * p``."""
         g = p.grad
@@ -288,7 +590,7 @@ class Optimizer:
             # in float32: squared in its own dtype, an int8 gradient of 100 wrapped around and a
             # float16 one of 300 overflowed to inf (Adam, RMSprop and Adagrad's g * g)
             g = g.astype(_f32)
-        g = -g if getattr(self, "maximize", False) else g
+        g = -g if maximize else g
         if weight_decay:
             return g + _f32(weight_decay) * p.data
         return g
@@ -296,70 +598,187 @@ class Optimizer:
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The optimizer's state: ``{"type", "hyper", "step", "arrays"}`` (and ``"initial_lr"``
-        once a schedule set one).
+        once a schedule set one) with one parameter group; with several, ``{"type",
+        "param_groups", "step", "group_steps", "arrays"}``.
 
-        ``type`` is the class name, ``hyper`` the hyper-parameters by name, ``step`` the number
-        of steps taken and ``arrays`` a flat ``{"<parameter index>.<slot>": array}`` dict of
-        copies (``"3.exp_avg"``): JSON-able scalars and arrays a checkpoint stores without
-        pickle. As torch's, it is keyed by the parameters' positions in ``params``, not names.
+        ``type`` is the class name, ``step`` the number of steps taken and ``arrays`` a flat
+        ``{"<parameter index>.<slot>": array}`` dict of copies (``"3.exp_avg"``): JSON-able
+        scalars and arrays a checkpoint stores without pickle. As torch's, it is keyed by the
+        parameters' positions in :attr:`params`, not names. One group's hyper-parameters are
+        ``hyper`` (by name), the format written before parameter groups existed, which every
+        version loads. Several groups are ``param_groups``, one dict per group as
+        :attr:`param_groups` with ``"params"`` the list of its parameters' positions (as
+        torch's), and ``group_steps`` the steps each group has taken.
+
+        Example::
+
+            >>> import numpy as np
+            >>> from lstm_fast.module import Parameter
+            >>> from lstm_fast.optim import SGD
+            >>> opt = SGD([{"params": [Parameter(np.ones(2))]},
+            ...            {"params": [Parameter(np.ones(1))], "lr": 0.5}], lr=0.1)
+            >>> opt.state_dict()["param_groups"]  # doctest: +NORMALIZE_WHITESPACE
+            [{'params': [0], 'lr': 0.1, 'momentum': 0.0, 'dampening': 0.0, 'weight_decay': 0.0,
+              'nesterov': False, 'maximize': False},
+             {'params': [1], 'lr': 0.5, 'momentum': 0.0, 'dampening': 0.0, 'weight_decay': 0.0,
+              'nesterov': False, 'maximize': False}]
         """
         arrays = {}
         for i, st in enumerate(self.state):
             for k, v in st.items():
                 arrays[f"{i}.{k}"] = v.copy()
-        sd = {
+        if len(self.param_groups) == 1:
+            g = self.param_groups[0]
+            sd = {
+                "type": type(self).__name__,
+                "hyper": {k: g[k] for k in self._hyper},
+                "step": self.step_count,
+                "arrays": arrays,
+            }
+            if g.get("initial_lr") is not None:
+                sd["initial_lr"] = g["initial_lr"]
+            return sd
+        groups, start = [], 0
+        for g in self.param_groups:
+            n = len(g["params"])
+            entry = {"params": list(range(start, start + n)), **{k: g[k] for k in self._hyper}}
+            if g.get("initial_lr") is not None:
+                entry["initial_lr"] = g["initial_lr"]
+            groups.append(entry)
+            start += n
+        return {
             "type": type(self).__name__,
-            "hyper": {k: getattr(self, k) for k in self._hyper},
+            "param_groups": groups,
             "step": self.step_count,
+            "group_steps": self._group_steps(),
             "arrays": arrays,
         }
-        if self.initial_lr is not None:
-            sd["initial_lr"] = self.initial_lr
-        return sd
 
     def _state_slots(self, hyper: Mapping) -> tuple:
         """The state arrays every parameter holds after a step under ``hyper``."""
         return self._slots
 
-    def state_spec(self, hyper: Optional[Mapping] = None, step: Optional[int] = None) -> dict:
-        """``{name: (shape, dtype)}`` of the ``arrays`` a :meth:`state_dict` holds after ``step``
-        steps with hyper-parameters ``hyper`` (default: this optimizer's own): one float32 array
-        per parameter and state slot (``"3.exp_avg"``), none before the first step."""
-        hyper = {k: getattr(self, k) for k in self._hyper} if hyper is None else dict(hyper)
-        step = self.step_count if step is None else step
-        if not step:
-            return {}
-        return {
-            f"{i}.{slot}": (p.data.shape, np.dtype(np.float32))
-            for i, p in enumerate(self.params)
-            for slot in self._state_slots(hyper)
-        }
+    def state_spec(self, hyper: Any = None, step: Any = None) -> dict:
+        """``{name: (shape, dtype)}`` of the ``arrays`` a :meth:`state_dict` holds: one float32
+        array per parameter and state slot (``"3.exp_avg"``), none for a group before its first
+        step.
 
-    def load_state_dict(self, sd: Mapping) -> None:
-        """Restore ``sd``, a :meth:`state_dict` of the same optimizer type over parameters of
-        the same shapes (hyper-parameters, step count and state arrays).
+        Args:
+            hyper: the hyper-parameters: a mapping for every group, or a list with one mapping
+                per group (a state dict's ``param_groups``) (default None: each group's own).
+            step: the steps taken: an int for every group, or a list with one per group (a
+                state dict's ``group_steps``) (default None: each group's own).
+        """
+        n = len(self.param_groups)
+        if hyper is None:
+            hypers = self.param_groups
+        elif isinstance(hyper, Mapping):
+            hypers = [hyper] * n
+        else:
+            hypers = list(hyper)
+        if step is None:
+            steps = self._group_steps()
+        elif isinstance(step, (int, np.integer)):
+            steps = [step] * n
+        else:
+            steps = list(step)
+        if len(hypers) != n or len(steps) != n:
+            raise ValueError(
+                f"state_spec: expected one hyper-parameter mapping and step per parameter group "
+                f"({n}), got {len(hypers)} and {len(steps)}"
+            )
+        out, i = {}, 0
+        for g, h, s in zip(self.param_groups, hypers, steps):
+            for p in g["params"]:
+                if s:
+                    for slot in self._state_slots(h):
+                        out[f"{i}.{slot}"] = (p.data.shape, np.dtype(np.float32))
+                i += 1
+        return out
 
-        Everything is checked first -- the optimizer type, the hyper-parameter names and
-        values, the step, every array's name, shape and (real floating) dtype, no array missing
-        -- so a failed load (``ValueError`` / ``TypeError`` naming the entry) leaves the
-        optimizer as it was."""
-        if not isinstance(sd, Mapping) or sd.get("type") != type(self).__name__:
-            got = sd.get("type") if isinstance(sd, Mapping) else type(sd).__name__
-            raise ValueError(f"load_state_dict: expected a {type(self).__name__} state, got {got}")
-        hyper, step, arrays = sd.get("hyper"), sd.get("step"), sd.get("arrays")
+    def _loaded_hyper(self, what: str, hyper: Any, keys: str = "keys") -> dict:
+        """A saved group's hyper-parameters, checked (the ones added since filled in)."""
         if isinstance(hyper, Mapping):
             added = {k: v for k, v in self._hyper_defaults.items() if k in self._hyper}
-            hyper = {**added, **hyper}
+            hyper = self._normalize({**added, **hyper})
         if not isinstance(hyper, Mapping) or set(hyper) != set(self._hyper):
-            got = sorted(hyper) if isinstance(hyper, Mapping) else type(hyper).__name__
-            raise ValueError(
-                f"load_state_dict: hyper: expected the keys {sorted(self._hyper)}, got {got}"
-            )
-        # hyper-parameters and step first: state_spec (which arrays must be there) reads them
+            got = sorted(map(str, hyper)) if isinstance(hyper, Mapping) else type(hyper).__name__
+            raise ValueError(f"{what}: expected the {keys} {sorted(self._hyper)}, got {got}")
         try:
             self._check_hyper(hyper)
         except (TypeError, ValueError) as e:
-            raise type(e)(f"load_state_dict: hyper: {e}") from None
+            raise type(e)(f"{what}: {e}") from None
+        return hyper
+
+    def _loaded_groups(self, groups: Any) -> list:
+        """The hyper-parameters (with ``"initial_lr"``) of a state dict's ``param_groups``,
+        checked against this optimizer's groups."""
+        n = len(self.param_groups)
+        if not isinstance(groups, (list, tuple)):
+            raise TypeError(
+                f"load_state_dict: param_groups: expected a list of {n} dicts, got "
+                f"{type(groups).__name__}"
+            )
+        if len(groups) != n:
+            raise ValueError(
+                f"load_state_dict: param_groups: expected {n} parameter groups (this "
+                f"optimizer's), got {len(groups)}"
+            )
+        out, start = [], 0
+        for gi, (entry, own) in enumerate(zip(groups, self.param_groups)):
+            what = f"load_state_dict: param_groups[{gi}]"
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"{what}: expected a dict, got {type(entry).__name__}")
+            k = len(own["params"])
+            want = list(range(start, start + k))
+            idx = entry.get("params")
+            if not isinstance(idx, (list, tuple)) or len(idx) != k:
+                got = f"{len(idx)}" if isinstance(idx, (list, tuple)) else type(idx).__name__
+                raise ValueError(
+                    f"{what}: params: expected {k} parameter positions (this optimizer's group "
+                    f"{gi} has {k} parameters), got {got}"
+                )
+            if list(idx) != want:
+                raise ValueError(f"{what}: params: expected the positions {want}, got {list(idx)}")
+            hyper = {h: v for h, v in entry.items() if h not in ("params", "initial_lr")}
+            hyper = self._loaded_hyper(what, hyper, "hyper-parameters")
+            if entry.get("initial_lr") is not None:
+                hyper["initial_lr"] = _check_number(f"{what}: initial_lr", entry["initial_lr"])
+            out.append(hyper)
+            start += k
+        return out
+
+    def load_state_dict(self, sd: Mapping) -> None:
+        """Restore ``sd``, a :meth:`state_dict` of the same optimizer type over parameters of
+        the same shapes and groups (hyper-parameters, step counts and state arrays).
+
+        A one-group state (``"hyper"``, as every version wrote before parameter groups) loads
+        into an optimizer of one group; a ``"param_groups"`` state into one with as many groups
+        of as many parameters. Everything is checked first -- the optimizer type, the group
+        structure, the hyper-parameter names and values, the steps, every array's name, shape
+        and (real floating) dtype, no array missing -- so a failed load (``ValueError`` /
+        ``TypeError`` naming the entry) leaves the optimizer as it was."""
+        if not isinstance(sd, Mapping) or sd.get("type") != type(self).__name__:
+            got = sd.get("type") if isinstance(sd, Mapping) else type(sd).__name__
+            raise ValueError(f"load_state_dict: expected a {type(self).__name__} state, got {got}")
+        n = len(self.param_groups)
+        if "param_groups" in sd:
+            if "hyper" in sd or "initial_lr" in sd:
+                extra = "hyper" if "hyper" in sd else "initial_lr"
+                raise ValueError(
+                    f"load_state_dict: expected 'param_groups' (each group's hyper-parameters "
+                    f"and initial_lr) or 'hyper' (one group's), got both: {extra}"
+                )
+            groups = self._loaded_groups(sd["param_groups"])
+        else:
+            if n != 1:
+                raise ValueError(
+                    f"load_state_dict: expected a state of {n} parameter groups "
+                    "('param_groups'), got a one-group state ('hyper')"
+                )
+            groups = [self._loaded_hyper("load_state_dict: hyper", sd.get("hyper"))]
+        # hyper-parameters and step first: state_spec (which arrays must be there) reads them
+        step = sd.get("step")
         if (
             not isinstance(step, (int, np.integer))
             or isinstance(step, bool)
@@ -370,14 +789,32 @@ class Optimizer:
             raise ValueError(
                 f"load_state_dict: step: expected an int >= 0 (below 2**63), got {got}"
             )
-        initial_lr = sd.get("initial_lr")
-        if initial_lr is not None:
-            initial_lr = _check_number("load_state_dict: initial_lr", initial_lr)
+        step = int(step)
+        if "param_groups" in sd:
+            group_steps = sd.get("group_steps", [step] * n)
+            ok = isinstance(group_steps, (list, tuple)) and len(group_steps) == n
+            ok = ok and all(
+                isinstance(s, (int, np.integer)) and not isinstance(s, bool) and 0 <= s <= step
+                for s in group_steps
+            )
+            if not ok:
+                raise ValueError(
+                    f"load_state_dict: group_steps: expected {n} ints in [0, step={step}] (the "
+                    f"steps each group has taken), got {group_steps!r}"
+                )
+            group_steps = [int(s) for s in group_steps]
+        else:
+            group_steps = [step]
+            initial_lr = sd.get("initial_lr")
+            if initial_lr is not None:
+                groups[0]["initial_lr"] = _check_number("load_state_dict: initial_lr", initial_lr)
+        arrays = sd.get("arrays")
         if not isinstance(arrays, Mapping):
             raise ValueError(
                 f"load_state_dict: arrays: expected a mapping, got {type(arrays).__name__}"
             )
-        state: list[dict] = [{} for _ in self.params]
+        params = self.params
+        state: list[dict] = [{} for _ in params]
         for key, arr in arrays.items():
             i_str, _, name = str(key).partition(".")
             if not i_str.isdigit() or not name or (self._slots and name not in self._slots):
@@ -386,15 +823,15 @@ class Optimizer:
                     f"{list(self._slots)}"
                 )
             i = int(i_str)
-            if not 0 <= i < len(self.params):
+            if not 0 <= i < len(params):
                 raise ValueError(f"load_state_dict: {key}: no parameter {i}")
             try:
                 arr = np.asarray(arr)
             except (ValueError, TypeError) as e:  # ragged nesting and the like
                 raise TypeError(f"load_state_dict: {key}: expected a float32 array ({e})") from None
-            if arr.shape != self.params[i].data.shape:
+            if arr.shape != params[i].data.shape:
                 raise ValueError(
-                    f"load_state_dict: {key}: expected shape {self.params[i].data.shape}, "
+                    f"load_state_dict: {key}: expected shape {params[i].data.shape}, "
                     f"got {arr.shape}"
                 )
             if not np.issubdtype(arr.dtype, np.floating):
@@ -403,14 +840,16 @@ class Optimizer:
                 )
             # (1e300 in a float64 array would become inf)
             state[i][name] = np.array(_as_dtype(f"load_state_dict: {key}", arr), copy=True)
-        missing = [k for k in self.state_spec(hyper, step) if k not in arrays]
+        missing = [k for k in self.state_spec(groups, group_steps) if k not in arrays]
         if missing:
             raise ValueError(f"load_state_dict: missing arrays {missing[:6]} (step {step})")
-        for k, v in hyper.items():
-            setattr(self, k, v)
-        self.step_count = int(step)
+        # everything checked: replace
+        for g, new in zip(self.param_groups, groups):
+            g.pop("initial_lr", None)
+            g.update(new)
+        self.step_count = step
+        self._group_starts = [step - s for s in group_steps]
         self.state = state
-        self.initial_lr = initial_lr
 
 
 class SGD(Optimizer):
@@ -477,18 +916,19 @@ class SGD(Optimizer):
         return self._slots if hyper.get("momentum") else ()
 
     def _update(self, i, p, zero_grad=False):
-        g = self._grad(p, self.weight_decay)
-        if self.momentum:
+        h, _ = self._group(i)
+        g = self._grad(p, h["weight_decay"], h["maximize"])
+        if h["momentum"]:
             st = self.state[i]
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = np.array(g, dtype=np.float32, copy=True)
             else:
                 b = st["momentum_buffer"]
-                b *= _f32(self.momentum)
-                b += _f32(1.0 - self.dampening) * g
+                b *= _f32(h["momentum"])
+                b += _f32(1.0 - h["dampening"]) * g
             b = st["momentum_buffer"]
-            g = g + _f32(self.momentum) * b if self.nesterov else b
-        p.data -= _f32(self.lr) * g
+            g = g + _f32(h["momentum"]) * b if h["nesterov"] else b
+        p.data -= _f32(h["lr"]) * g
 
 
 class Adam(Optimizer):
@@ -548,12 +988,7 @@ class Adam(Optimizer):
         *,
         maximize=False,
     ):
-        if not isinstance(betas, str):
-            try:  # a list, array or generator as a tuple
-                betas = tuple(betas)
-            except TypeError:  # 0.9, None: not a pair; the check names betas
-                pass
-        super().__init__(
+        super().__init__(  # (betas: a list, array or generator as a tuple)
             params,
             lr=lr,
             betas=betas,
@@ -567,51 +1002,50 @@ class Adam(Optimizer):
         return self._slots if hyper.get("amsgrad") else self._slots[:2]
 
     def _update(self, i, p, zero_grad=False):
-        b1, b2 = self.betas
-        if _fast(p) and not self.amsgrad and not self.maximize:
+        h, t = self._group(i)
+        b1, b2 = h["betas"]
+        if _fast(p) and not h["amsgrad"] and not h["maximize"]:
             # one fused pass in C++ (the same float32 arithmetic as below, in a single sweep)
-            t = self.step_count
-            wd = float(self.weight_decay)
+            wd = float(h["weight_decay"])
             g = p.grad if p.grad.flags.aligned else p.grad.copy()
             _core.adam_step(
                 p.data,
                 g,
-                self._buf(i, "exp_avg"),
-                self._buf(i, "exp_avg_sq"),
+                self._buf(i, p, "exp_avg"),
+                self._buf(i, p, "exp_avg_sq"),
                 float(b1),
                 float(b2),
-                float(_f32(self.lr / (1.0 - b1**t))),
+                float(_f32(h["lr"] / (1.0 - b1**t))),
                 float(_f32(math.sqrt(1.0 - b2**t))),
-                float(self.eps),
+                float(h["eps"]),
                 l2=0.0 if self._decoupled else wd,
-                decay=float(_f32(1.0 - self.lr * wd)) if self._decoupled and wd else 1.0,
+                decay=float(_f32(1.0 - h["lr"] * wd)) if self._decoupled and wd else 1.0,
                 zero_grad=zero_grad and p.grad.flags.writeable,
             )
             if g is not p.grad and zero_grad and p.grad.flags.writeable:
                 p.grad[...] = 0.0  # the kernel zeroed the copy
             return zero_grad and p.grad.flags.writeable
         if self._decoupled:
-            if self.weight_decay:
-                p.data *= _f32(1.0 - self.lr * self.weight_decay)
-            g = self._grad(p, 0.0)
+            if h["weight_decay"]:
+                p.data *= _f32(1.0 - h["lr"] * h["weight_decay"])
+            g = self._grad(p, 0.0, h["maximize"])
         else:
-            g = self._grad(p, self.weight_decay)
-        m = self._buf(i, "exp_avg")
-        v = self._buf(i, "exp_avg_sq")
+            g = self._grad(p, h["weight_decay"], h["maximize"])
+        m = self._buf(i, p, "exp_avg")
+        v = self._buf(i, p, "exp_avg_sq")
         m *= _f32(b1)
         m += _f32(1.0 - b1) * g
         v *= _f32(b2)
         v += _f32(1.0 - b2) * (g * g)
-        t = self.step_count
         bc1 = 1.0 - b1**t
         bc2 = 1.0 - b2**t
-        if self.amsgrad:
-            vmax = self._buf(i, "max_exp_avg_sq")
+        if h["amsgrad"]:
+            vmax = self._buf(i, p, "max_exp_avg_sq")
             np.maximum(vmax, v, out=vmax)
             v = vmax
         denom = np.sqrt(v) / _f32(math.sqrt(bc2))
-        denom += _f32(self.eps)
-        p.data -= _f32(self.lr / bc1) * (m / denom)
+        denom += _f32(h["eps"])
+        p.data -= _f32(h["lr"] / bc1) * (m / denom)
 
 
 class AdamW(Adam):
@@ -681,7 +1115,8 @@ class Adagrad(Optimizer):
         eps: :math:`\epsilon` (default 1e-10).
         maximize: (keyword only) ascend instead (default False).
 
-    State per parameter: ``sum`` (s).
+    State per parameter: ``sum`` (s), starting at its group's ``initial_accumulator_value``
+    (PyTorch's starts every parameter's at the constructor's, whatever its group says).
 
     Example::
 
@@ -722,12 +1157,13 @@ class Adagrad(Optimizer):
         )
 
     def _update(self, i, p, zero_grad=False):
-        g = self._grad(p, self.weight_decay)
-        s = self._buf(i, "sum", self.initial_accumulator_value)
+        h, t = self._group(i)
+        g = self._grad(p, h["weight_decay"], h["maximize"])
+        s = self._buf(i, p, "sum", h["initial_accumulator_value"])
         s += g * g
-        clr = self.lr / (1.0 + (self.step_count - 1) * self.lr_decay)
+        clr = h["lr"] / (1.0 + (t - 1) * h["lr_decay"])
         std = np.sqrt(s)
-        std += _f32(self.eps)
+        std += _f32(h["eps"])
         p.data -= _f32(clr) * (g / std)
 
 
@@ -804,26 +1240,27 @@ class RMSprop(Optimizer):
         )
 
     def _update(self, i, p, zero_grad=False):
-        g = self._grad(p, self.weight_decay)
-        a = _f32(self.alpha)
-        sq = self._buf(i, "square_avg")
+        h, _ = self._group(i)
+        g = self._grad(p, h["weight_decay"], h["maximize"])
+        a = _f32(h["alpha"])
+        sq = self._buf(i, p, "square_avg")
         sq *= a
-        sq += _f32(1.0 - self.alpha) * (g * g)
-        if self.centered:
-            ga = self._buf(i, "grad_avg")
+        sq += _f32(1.0 - h["alpha"]) * (g * g)
+        if h["centered"]:
+            ga = self._buf(i, p, "grad_avg")
             ga *= a
-            ga += _f32(1.0 - self.alpha) * g
+            ga += _f32(1.0 - h["alpha"]) * g
             avg = np.sqrt(sq - ga * ga)
         else:
             avg = np.sqrt(sq)
-        avg += _f32(self.eps)
-        if self.momentum > 0:
-            buf = self._buf(i, "momentum_buffer")
-            buf *= _f32(self.momentum)
+        avg += _f32(h["eps"])
+        if h["momentum"] > 0:
+            buf = self._buf(i, p, "momentum_buffer")
+            buf *= _f32(h["momentum"])
             buf += g / avg
-            p.data -= _f32(self.lr) * buf
+            p.data -= _f32(h["lr"]) * buf
         else:
-            p.data -= _f32(self.lr) * (g / avg)
+            p.data -= _f32(h["lr"]) * (g / avg)
 
 
 def _sumsq(g: np.ndarray) -> float:
@@ -927,41 +1364,89 @@ def clip_grad_norm(
 
 
 class _Schedule:
-    """Sets ``optimizer.lr = base_lr * factor(step)``; call :meth:`step` once per optimizer step.
+    """Sets each parameter group's ``lr = base * factor(step)``, ``step`` the optimizer's
+    ``step_count``; call :meth:`step` once per optimizer step.
 
-    ``base_lr`` defaults to the optimizer's ``initial_lr`` -- the rate the first schedule
-    attached to it found (saved in its :meth:`~Optimizer.state_dict`) -- else its ``lr``; so a
-    schedule built on an optimizer restored from a state dict goes on from the same rates.
+    A group's base rate (PyTorch's per-group ``initial_lr``) is ``base_lr`` when given, else the
+    group's ``"initial_lr"`` -- recorded by the first schedule attached, and saved in the
+    optimizer's :meth:`~Optimizer.state_dict` -- else its ``lr``; a group without an
+    ``"initial_lr"`` gets its base rate recorded as one. So a schedule built on an optimizer
+    restored from a state dict goes on from the same rates, and each group is scaled from its
+    own rate. A group added after the schedule (:meth:`~Optimizer.add_param_group`) is scaled
+    from its ``"initial_lr"`` if it has one, else the ``lr`` it was added with.
+
+    Attributes:
+        optimizer: the :class:`Optimizer`.  base_lrs: the base rate of each group.
     """
 
-    def __init__(self, optimizer: Optimizer, base_lr: Optional[float] = None):
+    def __init__(self, optimizer: Optimizer, base_lr: Any = None):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
-        self.optimizer = optimizer
-        if base_lr is not None:
-            self.base_lr = _check_number("base_lr", base_lr)
-        elif optimizer.initial_lr is not None:
-            self.base_lr = optimizer.initial_lr
+        groups = optimizer.param_groups
+        if base_lr is None:
+            base_lrs = [g["lr"] if g.get("initial_lr") is None else g["initial_lr"] for g in groups]
+        elif isinstance(base_lr, (list, tuple)):
+            if len(base_lr) != len(groups):
+                raise ValueError(
+                    f"base_lr: expected a float or {len(groups)} floats (one per parameter "
+                    f"group), got {len(base_lr)}"
+                )
+            base_lrs = [_check_number(f"base_lr[{j}]", b) for j, b in enumerate(base_lr)]
         else:
-            self.base_lr = optimizer.lr
-        if optimizer.initial_lr is None:
-            optimizer.initial_lr = self.base_lr
+            base_lrs = [_check_number("base_lr", base_lr)] * len(groups)
+        self.optimizer = optimizer
+        self.base_lrs = base_lrs
+        for g, b in zip(groups, base_lrs):
+            if g.get("initial_lr") is None:
+                g["initial_lr"] = b
+        self._last_lr: list = []
         self.set(optimizer.step_count)
 
+    @property
+    def base_lr(self) -> float:
+        """The base rate, when every group has the same (``ValueError`` otherwise: read
+        ``base_lrs``); setting it sets every group's."""
+        if any(b != self.base_lrs[0] for b in self.base_lrs):
+            raise ValueError(
+                f"base_lr: the parameter groups have different base rates {self.base_lrs}; read "
+                "base_lrs"
+            )
+        return self.base_lrs[0]
+
+    @base_lr.setter
+    def base_lr(self, value: float) -> None:
+        self.base_lrs = [_check_number("base_lr", value)] * len(self.base_lrs)
+
     def factor(self, step: int) -> float:  # pragma: no cover - abstract
-        """The multiplier of ``base_lr`` after ``step`` optimizer steps (subclasses define it)."""
+        """The multiplier of the base rates after ``step`` optimizer steps (subclasses define
+        it)."""
         raise NotImplementedError
 
-    def set(self, step: int) -> float:
-        """Set ``optimizer.lr = base_lr * factor(step)`` for a given ``step``; returns the rate."""
-        self.optimizer.lr = self.base_lr * self.factor(step)
-        return self.optimizer.lr
+    def set(self, step: int) -> Any:
+        """Set every group's ``lr = base * factor(step)`` for a given ``step``; returns the rate
+        (a float with one parameter group, a list of one rate per group with several)."""
+        f = self.factor(step)
+        rates = []
+        for j, g in enumerate(self.optimizer.param_groups):
+            if j >= len(self.base_lrs):  # a group added since
+                if g.get("initial_lr") is None:
+                    g["initial_lr"] = g["lr"]
+                self.base_lrs.append(g["initial_lr"])
+            g["lr"] = self.base_lrs[j] * f
+            rates.append(g["lr"])
+        self._last_lr = rates
+        return rates[0] if len(rates) == 1 else rates
 
-    def step(self) -> float:
-        """Set the rate for the optimizer's current ``step_count`` (call it after each
-        ``optimizer.step()``); returns the rate. Calling it more often changes nothing: the
-        rate is a function of the optimizer's step, not of how many times this ran."""
+    def step(self) -> Any:
+        """Set the rates for the optimizer's current ``step_count`` (call it after each
+        ``optimizer.step()``); returns them as :meth:`set` does. Calling it more often changes
+        nothing: the rate is a function of the optimizer's step, not of how many times this
+        ran."""
         return self.set(self.optimizer.step_count)
+
+    def get_last_lr(self) -> list:
+        """The rates the schedule set last, one per parameter group (as PyTorch's)."""
+        return list(self._last_lr)
 
 
 class StepLR(_Schedule):
@@ -974,11 +1459,12 @@ class StepLR(_Schedule):
     The rate for the current step is set at construction.
 
     Args:
-        optimizer: the :class:`Optimizer` whose ``lr`` is set.
+        optimizer: the :class:`Optimizer` whose groups' ``lr`` are set.
         step_size: the number of steps between decays, >= 1.
         gamma: the decay factor, >= 0 (default 0.1).
-        base_lr: the undecayed rate (default None: the optimizer's ``initial_lr`` if a schedule
-            recorded one -- it is saved in its state dict --, else its current ``lr``).
+        base_lr: the undecayed rate, a float for every group or a list with one per group
+            (default None: each group's ``initial_lr`` if a schedule recorded one -- it is saved
+            in the state dict --, else its current ``lr``).
 
     Example::
 
@@ -1021,7 +1507,7 @@ class CosineLR(_Schedule):
     S steps: the rate stays at the minimum (torch's cosine goes back up).
 
     Args:
-        optimizer: the :class:`Optimizer` whose ``lr`` is set.
+        optimizer: the :class:`Optimizer` whose groups' ``lr`` are set.
         total_steps: S, the step at which the decay ends, >= 0.
         warmup: W, the warm-up steps, >= 0 (default 0: none).
         min_factor: m, the final rate as a fraction of ``base_lr``, >= 0 (default 0).
@@ -1074,7 +1560,7 @@ def make_optimizer(name: str, params, **kwargs) -> Optimizer:
 
     Args:
         name: ``"sgd"``, ``"adam"``, ``"adamw"``, ``"adagrad"`` or ``"rmsprop"`` (any case).
-        params: the parameters to update.
+        params: the parameters to update, or parameter groups (dicts; see :class:`Optimizer`).
         **kwargs: the optimizer's hyper-parameters (``lr=...``).
 
     Raises ``ValueError`` listing the names for any other ``name``.

@@ -1,0 +1,187 @@
+"""Review 22, weight interop: every layer shape through ONNX Runtime (chained nodes, initial
+states) and through the module to_torch builds, bitwise round trips, odd torch modules and state
+dicts, refused calls that leave the layer as it was."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import interop
+
+torch = pytest.importorskip("torch")
+
+# kind ("RNN-relu": nonlinearity relu), num_layers, bidirectional, bias, batch_first
+LAYER_CASES = list(
+    itertools.product(["LSTM", "GRU", "RNN", "RNN-relu"], [1, 2, 3], [False, True], [True, False])
+)
+CELL_CASES = list(
+    itertools.product(["LSTMCell", "GRUCell", "RNNCell", "RNNCell-relu"], [True, False])
+)
+I, H, T, B = 3, 4, 5, 2
+
+
+def _make(kind, seed=0, **kw):
+    """An lstm_fast layer or cell; ``kind`` may end in ``-relu``."""
+    if kind.endswith("-relu"):
+        kind, kw["nonlinearity"] = kind[: -len("-relu")], "relu"
+    return getattr(lstm_fast, kind)(I, H, seed=seed, **kw)
+
+
+def _state(layer):
+    return {k: v.copy() for k, v in layer.state_dict().items()}
+
+
+def _assert_bitwise(layer, state):
+    """Every parameter of ``layer`` has the bytes of ``state``'s (NaN payloads and -0.0 too)."""
+    now = layer.state_dict()
+    assert list(now) == list(state)
+    for k, v in now.items():
+        assert v.dtype == state[k].dtype and v.shape == state[k].shape, k
+        assert v.tobytes() == state[k].tobytes(), k
+
+
+def _randomize(layer, seed):
+    """Parameters drawn afresh (and one bias entry -0.0), so nothing can pass by coincidence."""
+    rng = np.random.default_rng(seed)
+    for _, p in layer.named_parameters():
+        p.data[...] = rng.uniform(-0.6, 0.6, p.data.shape).astype(np.float32)
+    if layer.bias:
+        next(p for n, p in layer.named_parameters() if n.startswith("bias")).data[0] = -0.0
+
+
+# ---- ONNX Runtime and torch run the exported weights ---------------------------------------
+
+
+def _onnx_session(layer, kind):
+    """A graph of one ONNX node per layer (to_onnx's initializers, onnx_attributes' attributes),
+    chained through Transpose/Reshape; inputs x (T, B, I) and each layer's initial states."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    cell = kind.endswith("Cell")
+    op = kind[: -len("Cell")] if cell else kind
+    L = 1 if cell else layer.num_layers
+    D = 1 if cell else layer.num_directions
+    Tn = 1 if cell else T
+    states = ["h", "c"] if op == "LSTM" else ["h"]
+    vi = helper.make_tensor_value_info
+    inputs = [vi("x", TensorProto.FLOAT, [Tn, B, I])]
+    nodes, inits, outputs, prev = [], [], [], "x"
+    for k in range(L):
+        init = interop.to_onnx(layer, k)
+        inits += [numpy_helper.from_array(v, f"{n}{k}") for n, v in init.items()]
+        inputs += [vi(f"{s}0_{k}", TensorProto.FLOAT, [D, B, H]) for s in states]
+        ins = [prev, f"W{k}", f"R{k}", f"B{k}" if "B" in init else "", ""]
+        ins += [f"{s}0_{k}" for s in states]
+        outs = [f"y{k}"] + [f"{s}n_{k}" for s in states]
+        nodes.append(helper.make_node(op, ins, outs, **interop.onnx_attributes(layer)))
+        nodes.append(helper.make_node("Transpose", [f"y{k}"], [f"yt{k}"], perm=[0, 2, 1, 3]))
+        inits.append(numpy_helper.from_array(np.array([Tn, B, D * H]), f"shape{k}"))
+        nodes.append(helper.make_node("Reshape", [f"yt{k}", f"shape{k}"], [f"x{k + 1}"]))
+        prev = f"x{k + 1}"
+        outputs += [vi(f"{s}n_{k}", TensorProto.FLOAT, [D, B, H]) for s in states]
+    outputs.insert(0, vi(prev, TensorProto.FLOAT, [Tn, B, D * H]))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess, states
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=str)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_layers_run_the_same_in_onnxruntime_and_torch_and_round_trip_bitwise(case, batch_first):
+    kind, L, bi, bias = case
+    layer = _make(kind, num_layers=L, bidirectional=bi, bias=bias, batch_first=batch_first)
+    _randomize(layer, seed=L)
+    layer.eval()
+    D, op = layer.num_directions, kind.split("-")[0]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    hx = [rng.standard_normal((L * D, B, H)).astype(np.float32) for _ in range(1 + (op == "LSTM"))]
+    xin = x.transpose(1, 0, 2).copy() if batch_first else x
+    y, st = layer(xin, tuple(hx) if op == "LSTM" else hx[0])
+    y = y.transpose(1, 0, 2) if batch_first else y
+    st = list(st) if op == "LSTM" else [st]
+
+    # ONNX Runtime: one node per layer, time-major whatever batch_first is
+    sess, states = _onnx_session(layer, op)
+    feed = {"x": x}
+    for k in range(L):
+        for s, h in zip(states, hx, strict=True):
+            feed[f"{s}0_{k}"] = h[k * D : (k + 1) * D]
+    got = sess.run(None, feed)
+    np.testing.assert_allclose(got[0], y, rtol=1e-5, atol=1e-5)
+    for j, ours in enumerate(st):
+        theirs = np.concatenate([got[1 + k * len(states) + j] for k in range(L)])
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+    # the torch module to_torch builds
+    mod = interop.to_torch(layer)
+    assert not mod.training and mod.batch_first == batch_first
+    thx = tuple(map(torch.from_numpy, hx)) if op == "LSTM" else torch.from_numpy(hx[0])
+    with torch.no_grad():
+        ty, tst = mod(torch.from_numpy(xin), thx)
+    ty = ty.numpy().transpose(1, 0, 2) if batch_first else ty.numpy()
+    np.testing.assert_allclose(ty, y, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(st, tst if op == "LSTM" else [tst], strict=True):
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+    # bitwise back: from the torch module, its state dict, ONNX initializers
+    want = _state(layer)
+    _assert_bitwise(interop.from_torch(mod), want)
+    opts = {"nonlinearity": layer.nonlinearity} if op == "RNN" else {}
+    _assert_bitwise(interop.from_torch(mod.state_dict(), batch_first=batch_first, **opts), want)
+    fresh = _make(kind, seed=9, num_layers=L, bidirectional=bi, bias=bias)
+    for k in range(L):
+        interop.from_onnx(
+            fresh, **interop.to_onnx(layer, k), k=k, node=interop.onnx_attributes(layer)
+        )
+    _assert_bitwise(fresh, want)
+    if op == "GRU" or not bias:  # Keras keeps both GRU biases; LSTM/RNN sum them (README)
+        fresh = _make(kind, seed=9, num_layers=L, bidirectional=bi, bias=bias)
+        for k, d in itertools.product(range(L), range(D)):
+            interop.from_keras(fresh, interop.to_keras(layer, k, d), k, d)
+        _assert_bitwise(fresh, want)
+
+
+@pytest.mark.parametrize("case", CELL_CASES, ids=str)
+def test_cells_run_the_same_in_onnxruntime_and_torch_and_round_trip_bitwise(case):
+    kind, bias = case
+    cell = _make(kind, bias=bias)
+    _randomize(cell, seed=3)
+    cell.eval()
+    op = kind.split("-")[0]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((B, I)).astype(np.float32)
+    hx = [rng.standard_normal((B, H)).astype(np.float32) for _ in range(1 + (op == "LSTMCell"))]
+    out = cell(x, tuple(hx) if op == "LSTMCell" else hx[0])
+    out = list(out) if op == "LSTMCell" else [out]
+
+    sess, states = _onnx_session(cell, op)
+    got = sess.run(None, {"x": x[None], **{f"{s}0_0": h[None] for s, h in zip(states, hx)}})
+    np.testing.assert_allclose(got[0][0], out[0], rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(out, got[1:], strict=True):
+        np.testing.assert_allclose(ours, theirs[0], rtol=1e-5, atol=1e-5)
+
+    mod = interop.to_torch(cell)
+    assert type(mod) is getattr(torch.nn, op) and not mod.training
+    thx = tuple(map(torch.from_numpy, hx)) if op == "LSTMCell" else torch.from_numpy(hx[0])
+    with torch.no_grad():
+        t_out = mod(torch.from_numpy(x), thx)
+    for ours, theirs in zip(out, t_out if op == "LSTMCell" else [t_out], strict=True):
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+    want = _state(cell)
+    _assert_bitwise(interop.from_torch(mod), want)
+    opts = {"nonlinearity": cell.nonlinearity} if op == "RNNCell" else {}
+    _assert_bitwise(interop.from_torch(mod.state_dict(), **opts), want)
+    fresh = _make(kind, seed=9, bias=bias)
+    interop.from_onnx(fresh, **interop.to_onnx(cell), node=interop.onnx_attributes(cell))
+    _assert_bitwise(fresh, want)

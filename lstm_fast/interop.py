@@ -435,14 +435,21 @@ def _check_onnx_node(layer, kind: str, node: Any) -> None:
     def text(v):
         return v.decode() if isinstance(v, bytes) else v
 
+    def integer(name, default, expected):
+        v = attrs.get(name, default)
+        if isinstance(v, (bool, np.bool_)):
+            v = int(v)
+        if not isinstance(v, (int, np.integer)):
+            raise ValueError(f"node: {name}: expected {expected}, got {v!r}")
+        return int(v)
+
     unknown = sorted(set(attrs) - _ONNX_ATTRIBUTES - _ONNX_OWN[kind])
     if unknown:
         raise ValueError(f"node: unknown ONNX {kind} attribute {unknown[0]!r}")
     H, D = int(layer.hidden_size), 1 if _is_cell(layer) else layer.num_directions
-    if "hidden_size" in attrs and int(attrs["hidden_size"]) != H:
-        raise ValueError(
-            f"node: hidden_size: expected {H} (the layer's), got {int(attrs['hidden_size'])}"
-        )
+    want_h = f"{H} (the layer's)"
+    if "hidden_size" in attrs and integer("hidden_size", H, want_h) != H:
+        raise ValueError(f"node: hidden_size: expected {want_h}, got {attrs['hidden_size']!r}")
     want = "bidirectional" if D == 2 else "forward"
     got = text(attrs.get("direction", "forward"))
     if got != want:
@@ -451,30 +458,45 @@ def _check_onnx_node(layer, kind: str, node: Any) -> None:
         raise ValueError(
             f"node: clip: expected none (the layer does not clip), got {attrs['clip']!r}"
         )
-    if kind == "LSTM" and int(attrs.get("input_forget", 0)) != 0:
-        raise ValueError(
-            f"node: input_forget: expected 0 (separate input and forget gates), got "
-            f"{int(attrs['input_forget'])}"
-        )
-    if kind == "GRU" and int(attrs.get("linear_before_reset", 0)) != 1:
-        got = attrs.get("linear_before_reset")
-        got = "0 (the ONNX default)" if got is None else int(got)
-        raise ValueError(f"node: linear_before_reset: expected 1 (PyTorch's GRU), got {got}")
+    if kind == "LSTM":
+        input_forget = integer("input_forget", 0, "0 (separate input and forget gates)")
+        if input_forget != 0:
+            raise ValueError(
+                f"node: input_forget: expected 0 (separate input and forget gates), got "
+                f"{input_forget}"
+            )
+    if kind == "GRU":
+        lbr = integer("linear_before_reset", 0, "1 (PyTorch's GRU)")
+        if lbr != 1:
+            got = "0 (the ONNX default)" if attrs.get("linear_before_reset") is None else lbr
+            raise ValueError(f"node: linear_before_reset: expected 1 (PyTorch's GRU), got {got}")
     if not _is_cell(layer):
         bf = bool(getattr(layer, "batch_first", False))
-        layout = int(attrs.get("layout", 0))
+        layout = integer("layout", 0, f"0 (the layer's batch_first={bf})")
         if layout not in (0, int(bf)):  # time-major always works; batch-major if batch_first
             raise ValueError(
                 f"node: layout: expected 0 (the layer's batch_first={bf}), got {layout}"
             )
-    if "activations" in attrs:
-        one = _onnx_activations(layer, kind)
-        given = [text(v) for v in attrs["activations"]]
-        if [v.lower() for v in given] not in (
-            [v.lower() for v in one * D],
-            [v.lower() for v in one],
-        ):
-            raise ValueError(f"node: activations: expected {one * D}, got {given}")
+    one = _onnx_activations(layer, kind)
+    if "activations" not in attrs:
+        # ONNX's defaults are Sigmoid/Tanh(/Tanh) and, for the RNN operator, Tanh: a ReLU
+        # layer cannot compute a node that leaves them out
+        if kind == "RNN" and layer.nonlinearity == "relu":
+            raise ValueError(
+                f"node: activations: expected {one * D}, got none (the ONNX default: Tanh)"
+            )
+        return
+    given = attrs["activations"]
+    if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+        raise ValueError(
+            f"node: activations: expected a list of names such as {one * D}, got {given!r}"
+        )
+    given = [text(v) for v in given]
+    if [str(v).lower() for v in given] not in (
+        [v.lower() for v in one * D],
+        [v.lower() for v in one],
+    ):
+        raise ValueError(f"node: activations: expected {one * D}, got {given}")
 
 
 def to_onnx(layer, k: int = 0) -> dict:

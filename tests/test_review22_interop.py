@@ -185,3 +185,67 @@ def test_cells_run_the_same_in_onnxruntime_and_torch_and_round_trip_bitwise(case
     fresh = _make(kind, seed=9, bias=bias)
     interop.from_onnx(fresh, **interop.to_onnx(cell), node=interop.onnx_attributes(cell))
     _assert_bitwise(fresh, want)
+
+
+# ---- findings ------------------------------------------------------------------------------
+
+
+def _onnx_run_one_node(layer, attrs):
+    """The output of one ONNX node with ``attrs`` on ``layer``'s initializers, for x (T, B, I)."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    init = interop.to_onnx(layer)
+    node = helper.make_node(type(layer).__name__, ["x", *init], ["y"], **attrs)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [vi("x", TensorProto.FLOAT, [T, B, I])],
+        [vi("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, n) for n, v in init.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    return x, sess.run(None, {"x": x})[0][:, 0]
+
+
+def test_from_onnx_relu_layer_refuses_a_node_without_activations():
+    """Before: a ReLU RNN took a node without ``activations``, whose ONNX default is Tanh (the
+    node computes tanh, ONNX Runtime included), and the layer then ran ReLU on its weights."""
+    onnx = pytest.importorskip("onnx")
+    relu = _make("RNN-relu")
+    x, y_onnx = _onnx_run_one_node(relu, {"hidden_size": H})  # the node: tanh
+    assert np.abs(relu.eval()(x)[0] - y_onnx).max() > 1e-2  # what loading it would have meant
+    before = _state(relu)
+    for node in (
+        {"hidden_size": H},
+        onnx.helper.make_node("RNN", ["x", "W", "R", "B"], ["y"], hidden_size=H),
+    ):
+        with pytest.raises(ValueError, match=r"activations: expected \['Relu'\], got none"):
+            interop.from_onnx(relu, **interop.to_onnx(_make("RNN-relu", seed=1)), node=node)
+        _assert_bitwise(relu, before)
+    # a tanh layer: the default is its activation
+    tanh = _make("RNN")
+    interop.from_onnx(tanh, **interop.to_onnx(_make("RNN", seed=1)), node={"hidden_size": H})
+    _assert_bitwise(tanh, _state(_make("RNN", seed=1)))
+
+
+def test_onnx_node_mapping_with_malformed_values():
+    """Before: {"hidden_size": "x"} raised int()'s "invalid literal for int() with base 10", a
+    string for ``activations`` was read letter by letter (got ['S', 'i', 'g', ...])."""
+    gru = _make("GRU")
+    init = interop.to_onnx(gru)
+    with pytest.raises(ValueError, match=r"node: hidden_size: expected 4 \(the layer's\), got 'x'"):
+        interop.from_onnx(gru, **init, node={"hidden_size": "x", "linear_before_reset": 1})
+    with pytest.raises(ValueError, match=r"node: hidden_size: expected 4 \(the layer's\), got 4.5"):
+        interop.from_onnx(gru, **init, node={"hidden_size": 4.5, "linear_before_reset": 1})
+    with pytest.raises(
+        ValueError, match=r"node: activations: expected a list of names such as \['Sigmoid', "
+    ):
+        interop.from_onnx(gru, **init, node={"linear_before_reset": 1, "activations": "Sigmoid"})
+
+
+# ---- coverage: Keras semantics, refused calls, odd values and modules -------------------------

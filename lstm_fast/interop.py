@@ -287,7 +287,9 @@ def _load(layer, staged: dict, what: str) -> None:
     """Write ``{parameter name: array}`` (every array already checked): all or nothing."""
     check_writeable(what, {name: layer._parameters[name] for name in staged})
     for name, value in staged.items():
-        layer._parameters[name].data[...] = value
+        p = layer._parameters[name]
+        p.data[...] = value
+        p._version = getattr(p, "_version", 0) + 1  # a saved forward's backward refuses p now
     layer._on_load()
 
 

@@ -233,6 +233,27 @@ def test_from_onnx_relu_layer_refuses_a_node_without_activations():
     _assert_bitwise(tanh, _state(_make("RNN", seed=1)))
 
 
+@pytest.mark.parametrize("how", ["from_keras", "from_onnx"])
+def test_from_keras_and_from_onnx_count_as_in_place_updates(how):
+    """Before: load_state_dict marked the parameters updated (a saved forward's backward then
+    refuses), from_keras/from_onnx did not: a Linear sharing weight_hh_l0 ran its backward
+    with the new weights against the old forward."""
+    from lstm_fast import nn as lnn
+
+    layer = _make("LSTM")
+    lin = lnn.Linear(H, 4 * H, seed=0)
+    lin.weight = layer.weight_hh_l0  # one Parameter, two modules
+    h = np.ones((2, H), np.float32)
+    lin(h)
+    other = _make("LSTM", seed=1)
+    if how == "from_keras":
+        interop.from_keras(layer, interop.to_keras(other))
+    else:
+        interop.from_onnx(layer, **interop.to_onnx(other))
+    with pytest.raises(RuntimeError, match="weight was updated in place"):
+        lin.backward(np.ones((2, 4 * H), np.float32))
+
+
 def test_onnx_node_mapping_with_malformed_values():
     """Before: {"hidden_size": "x"} raised int()'s "invalid literal for int() with base 10", a
     string for ``activations`` was read letter by letter (got ['S', 'i', 'g', ...])."""

@@ -44,13 +44,42 @@ def _tensor(name: str, a: Any) -> Any:
         return a
     if a.device.type == "meta":
         raise ValueError(f"{name}: expected a tensor with data, got one on the meta device")
+    if str(getattr(a, "layout", "torch.strided")) != "torch.strided" or a.is_quantized:
+        # (torch's load_state_dict refuses these too; .numpy() would fail naming no key)
+        got = "a quantized tensor" if a.is_quantized else f"layout {a.layout}"
+        raise ValueError(f"{name}: expected a dense tensor, got {got} (.to_dense() it first)")
     return _from_torch(a)
 
 
-def _np(name: str, a: Any) -> np.ndarray:
-    """An imported weight as float32, checked: real numbers that fit float32 (as
-    ``load_state_dict``'s), so a string, complex or 1e300 entry raises naming the array."""
-    return np.ascontiguousarray(_as_dtype(name, _tensor(name, a)))
+def _is_tensor_proto(a: Any) -> bool:
+    """An ``onnx.TensorProto`` (an ONNX model's initializer), without importing onnx."""
+    return type(a).__name__ == "TensorProto" and hasattr(a, "dims") and hasattr(a, "data_type")
+
+
+def _shape(a: Any) -> tuple | None:
+    """The shape of an array, tensor or TensorProto without converting it (None for lists and
+    the like)."""
+    if _is_tensor_proto(a):
+        return tuple(a.dims)
+    shape = getattr(a, "shape", None)
+    return None if shape is None or isinstance(a, (str, bytes)) else tuple(shape)
+
+
+def _np(name: str, a: Any, shape: tuple, legend: str) -> np.ndarray:
+    """An imported weight as float32 of ``shape`` (``legend`` its letters), checked: real
+    numbers that fit float32 (as ``load_state_dict``'s), so a string, complex or 1e300 entry
+    raises naming the array. The shape is checked first, before anything is converted (a large
+    wrong array raises naming it, not MemoryError)."""
+    given = _shape(a)
+    if given is not None and given != tuple(shape):
+        raise ValueError(f"{name}: expected shape {legend} = {tuple(shape)}, got {given}")
+    if _is_tensor_proto(a):
+        from onnx import numpy_helper
+
+        a = numpy_helper.to_array(a)
+    arr = np.ascontiguousarray(_as_dtype(name, _tensor(name, a)))
+    _expect(name, arr, shape, legend)
+    return arr
 
 
 def _kind(layer) -> str:
@@ -336,9 +365,8 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
         )
     w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
     (G, I), Hh = w_ih.shape, w_hh.shape[1]
-    kernel, recurrent = _np("kernel", weights[0]), _np("recurrent_kernel", weights[1])
-    _expect("kernel", kernel, (I, G), "(I, G)")
-    _expect("recurrent_kernel", recurrent, (Hh, G), "(H, G)")
+    kernel = _np("kernel", weights[0], (I, G), "(I, G)")
+    recurrent = _np("recurrent_kernel", weights[1], (Hh, G), "(H, G)")
     staged = {
         _pname(layer, "weight_ih", k, direction): _unorder(kernel.T, order),
         _pname(layer, "weight_hh", k, direction): _unorder(recurrent.T, order),
@@ -347,13 +375,12 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     if len(weights) > 2:
         if not layer.bias:
             raise ValueError("bias: given, but the layer was made with bias=False")
-        bias = _np("bias", weights[2])
         if kind == "GRU":
-            _expect("bias", bias, (2, G), "(2, 3H) (GRU reset_after=True)")
+            bias = _np("bias", weights[2], (2, G), "(2, 3H) (GRU reset_after=True)")
             staged[names[0]] = _unorder(bias[0], order)
             staged[names[1]] = _unorder(bias[1], order)
         else:
-            _expect("bias", bias, (G,), "(G,)")
+            bias = _np("bias", weights[2], (G,), "(G,)")
             staged[names[0]] = _unorder(bias, order)
             staged[names[1]] = np.zeros_like(bias)
     elif layer.bias:  # Keras use_bias=False: no bias at all
@@ -527,7 +554,8 @@ def to_onnx(layer, k: int = 0) -> dict:
 
 
 def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = None) -> None:
-    """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``.
+    """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``: arrays,
+    tensors or the model's ``onnx.TensorProto`` initializers themselves.
 
     ``B`` omitted: zero biases (the ONNX operator's default); a ``B`` for a layer made with
     ``bias=False`` raises. Every array is checked before any parameter changes.
@@ -547,14 +575,11 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = N
     k, _ = _check_index(layer, k, 0)
     D = 1 if _is_cell(layer) else layer.num_directions
     (G, I), Hh = _get(layer, "weight_ih", k, 0).shape, _get(layer, "weight_hh", k, 0).shape[1]
-    W, R = _np("W", W), _np("R", R)
-    _expect("W", W, (D, G, I), "(D, G, I)")
-    _expect("R", R, (D, G, Hh), "(D, G, H)")
+    W, R = _np("W", W, (D, G, I), "(D, G, I)"), _np("R", R, (D, G, Hh), "(D, G, H)")
     if B is not None:
         if not layer.bias:
             raise ValueError("B: given, but the layer was made with bias=False")
-        B = _np("B", B)
-        _expect("B", B, (D, 2 * G), "(D, 2G)")
+        B = _np("B", B, (D, 2 * G), "(D, 2G)")
     staged = {}
     for d in range(D):
         staged[_pname(layer, "weight_ih", k, d)] = _unorder(W[d], order)

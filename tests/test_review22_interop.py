@@ -254,6 +254,24 @@ def test_from_keras_and_from_onnx_count_as_in_place_updates(how):
         lin.backward(np.ones((2, 4 * H), np.float32))
 
 
+def test_from_torch_sparse_tensor_named():
+    """Before: a sparse tensor raised torch's "can't convert Sparse layout tensor to numpy",
+    naming no key (torch's own load_state_dict refuses it too)."""
+    sd = torch.nn.GRU(I, H).state_dict()
+    sd["weight_hh_l0"] = sd["weight_hh_l0"].to_sparse()
+    with pytest.raises(ValueError, match=r"weight_hh_l0: expected a dense tensor, got .*sparse"):
+        interop.from_torch(sd)
+    layer = _make("GRU")
+    before = _state(layer)
+    with pytest.raises(ValueError, match=r"W: expected a dense tensor, got .*sparse"):
+        interop.from_onnx(
+            layer,
+            torch.from_numpy(interop.to_onnx(layer)["W"]).to_sparse(),
+            interop.to_onnx(layer)["R"],
+        )
+    _assert_bitwise(layer, before)
+
+
 def test_onnx_node_mapping_with_malformed_values():
     """Before: {"hidden_size": "x"} raised int()'s "invalid literal for int() with base 10", a
     string for ``activations`` was read letter by letter (got ['S', 'i', 'g', ...])."""
@@ -267,6 +285,24 @@ def test_onnx_node_mapping_with_malformed_values():
         ValueError, match=r"node: activations: expected a list of names such as \['Sigmoid', "
     ):
         interop.from_onnx(gru, **init, node={"linear_before_reset": 1, "activations": "Sigmoid"})
+
+
+def test_from_onnx_takes_initializers_as_tensor_protos():
+    """Before: the initializers of an ONNX model (``onnx.TensorProto``, what
+    ``model.graph.initializer`` holds) raised "W: expected a real numeric array, got dtype
+    object"; they are read with onnx.numpy_helper, their shape checked first."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    src, dst = _make("LSTM", bidirectional=True), _make("LSTM", seed=1, bidirectional=True)
+    protos = {n: numpy_helper.from_array(v, n) for n, v in interop.to_onnx(src).items()}
+    assert isinstance(protos["W"], onnx.TensorProto)
+    interop.from_onnx(dst, **protos)
+    _assert_bitwise(dst, _state(src))
+    before = _state(dst)
+    with pytest.raises(ValueError, match=r"R: expected shape \(D, G, H\) = \(2, 16, 4\), got"):
+        interop.from_onnx(dst, protos["W"], protos["W"], protos["B"])
+    _assert_bitwise(dst, before)
 
 
 # ---- coverage: Keras semantics, refused calls, odd values and modules -------------------------

@@ -97,22 +97,77 @@ def _kind(layer) -> str:
 # ---- PyTorch -------------------------------------------------------------------------------------
 
 
+_KEYS = (
+    "state_dict: expected the keys of a torch LSTM/GRU/RNN (weight_ih_l0, weight_hh_l0, ...) or "
+    "cell (weight_ih, weight_hh, ...), got"
+)
+# Wrappers that add a prefix to every key of the module they hold, and change nothing else:
+# DataParallel / DistributedDataParallel (``module.``), torch.compile (``_orig_mod.``).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _without_wrapper_prefixes(sd: Mapping) -> Mapping:
+    """``sd`` with the wrapper prefixes every key shares taken off (as torch's
+    ``consume_prefix_in_state_dict_if_present``); any other prefix stays (and is named by the
+    error that follows)."""
+    while sd and all(isinstance(k, str) for k in sd):
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)
+        if prefix is None:
+            break
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def _keys_error(sd: Mapping) -> ValueError:
+    """The error for a mapping without a torch layer's first weights, naming the key at fault:
+    one under a sub-module's prefix (a model's state dict), else the first few keys."""
+    for k in sd:
+        for tail in ("weight_ih_l0", "weight_hh_l0", "weight_ih", "weight_hh"):
+            if isinstance(k, str) and k.endswith("." + tail):
+                prefix = k[: -len(tail)]
+                return ValueError(
+                    f"{_KEYS} {k!r} (a model's state dict? pass the entries under {prefix!r}, "
+                    f"without it: {{k[{len(prefix)}:]: v for k, v in sd.items() if "
+                    f"k.startswith({prefix!r})}})"
+                )
+    return ValueError(f"{_KEYS} {list(sd)[:8]}")
+
+
+def _same(given: Any, fixed: Any) -> bool:
+    """An option's value is the state dict's (a bool for a bool, an int for an int)."""
+    if isinstance(given, (bool, np.bool_)) != isinstance(fixed, bool):
+        return False
+    try:
+        return bool(given == fixed)
+    except (TypeError, ValueError):  # an array, ...
+        return False
+
+
 def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
     """The lstm_fast layer (or cell) a torch state dict describes: cell or layer, num_layers,
     bidirectional, bias and proj_size from its keys; I, H, P and the kind from the shapes
-    (G = 4H LSTM, 3H GRU, H RNN). ``options`` (batch_first, dropout, nonlinearity) as given."""
+    (G = 4H LSTM, 3H GRU, H RNN). ``options`` (batch_first, dropout, nonlinearity) as given;
+    an option the state dict fixes (num_layers, hidden_size, ...) must agree with it.
+
+    The keys and every entry's shape are checked before the layer's weights are converted (a
+    large unexpected or misshaped tensor raises naming it, without being copied)."""
 
     def shape(key):
         v = sd[key]
         return tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
 
-    cell = "weight_ih" in sd and "weight_ih_l0" not in sd
+    options = dict(options)
+    layer_keys = "weight_ih_l0" in sd or "weight_hh_l0" in sd
+    cell = not layer_keys and ("weight_ih" in sd or "weight_hh" in sd)
+    if not (layer_keys or cell):
+        raise _keys_error(sd)
     sfx = "" if cell else "_l0"
-    if "weight_ih" + sfx not in sd or "weight_hh" + sfx not in sd:
-        raise ValueError(
-            "state_dict: expected the keys of a torch LSTM/GRU/RNN (weight_ih_l0, weight_hh_l0, "
-            f"...) or cell (weight_ih, weight_hh, ...), got {list(sd)[:8]}"
-        )
+    for have, need in (("weight_ih", "weight_hh"), ("weight_hh", "weight_ih")):
+        if need + sfx not in sd:
+            raise ValueError(
+                f"state_dict: expected a key {need + sfx!r} beside {have + sfx!r}, got "
+                f"{list(sd)[:8]}"
+            )
     w_ih, w_hh = shape("weight_ih" + sfx), shape("weight_hh" + sfx)
     proj = not cell and "weight_hr_l0" in sd
     if len(w_ih) != 2 or len(w_hh) != 2 or (proj and len(shape("weight_hr_l0")) != 2):
@@ -128,7 +183,23 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
             f"state_dict: weight_ih{sfx}: expected G = 4H (LSTM), 3H (GRU) or H (RNN) rows "
             f"for H = {H}{' (weight_hr_l0, LSTM)' if proj else ''}, got {G}"
         )
-    bias = ("bias_ih" + sfx) in sd
+    fixed = {"input_size": I, "hidden_size": H, "bias": ("bias_ih" + sfx) in sd}
+    if not cell:
+        fixed["num_layers"] = 1 + max(
+            int(k[len("weight_ih_l") :].split("_")[0])
+            for k in sd
+            if isinstance(k, str)
+            and k.startswith("weight_ih_l")
+            and k[len("weight_ih_l") :].split("_")[0].isdigit()
+        )
+        fixed["bidirectional"] = "weight_ih_l0_reverse" in sd
+        if kind == "LSTM":
+            fixed["proj_size"] = shape("weight_hr_l0")[0] if proj else 0
+    for name, value in fixed.items():
+        if name in options:
+            given = options.pop(name)
+            if not _same(given, value):
+                raise ValueError(f"{name}: expected {value!r} (the state dict's), got {given!r}")
     if kind != "RNN" and "nonlinearity" in options:
         raise TypeError(f"nonlinearity: applies to an RNN state dict, not to this {kind} one")
     if kind == "RNN" and "nonlinearity" not in options:  # tanh or relu: the weights cannot tell
@@ -140,50 +211,100 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
         bad = set(options) - {"nonlinearity"}
         if bad:
             raise TypeError(f"{sorted(bad)}: not options of a cell ({kind}Cell)")
-        return _CELLS[kind + "Cell"](I, H, bias=bias, seed=seed, **options)
-    kw = dict(
-        num_layers=1
-        + max(
-            int(k[len("weight_ih_l") :].split("_")[0])
-            for k in sd
-            if isinstance(k, str)
-            and k.startswith("weight_ih_l")
-            and k[len("weight_ih_l") :].split("_")[0].isdigit()
-        ),
-        bias=bias,
-        bidirectional="weight_ih_l0_reverse" in sd,
-        seed=seed,
-        **options,
-    )
-    if proj:
-        kw["proj_size"] = shape("weight_hr_l0")[0]
-    return _LAYERS[kind](I, H, **kw)
+        layer = _CELLS[kind + "Cell"](I, H, bias=fixed["bias"], seed=seed, **options)
+    else:
+        size = {"input_size", "hidden_size"}
+        kw = {k: v for k, v in fixed.items() if k not in size}
+        layer = _LAYERS[kind](I, H, seed=seed, **kw, **options)
+    # the keys and shapes, before any entry is converted (load_state_dict's messages)
+    own = dict(layer.named_parameters())
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"load_state_dict for {type(layer).__name__}: missing keys {missing}, unexpected "
+            f"keys {unexpected}"
+        )
+    for k, p in own.items():
+        given = _shape(sd[k])
+        if given is not None and given != p.data.shape:
+            raise ValueError(f"load_state_dict: {k}: expected shape {p.data.shape}, got {given}")
+    return layer
+
+
+def _unwrap(module: Any) -> Any:
+    """The module a DataParallel / DistributedDataParallel (``.module``) or a torch.compile'd
+    module (``._orig_mod``) holds, however deep; any other object as it is."""
+    for _ in range(16):
+        names = {c.__name__ for c in type(module).__mro__}
+        if names & {"DataParallel", "DistributedDataParallel"} and hasattr(module, "module"):
+            module = module.module
+        elif "OptimizedModule" in names and hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            break
+    return module
+
+
+def _hook_weights(module: Any) -> dict:
+    """``{name: tensor}`` of the weights a forward pre-hook of ``torch.nn.utils``' (hook-based)
+    ``weight_norm``, ``spectral_norm`` or ``prune`` computes: the module's attribute holds the
+    value of the last forward (stale after an optimizer step), the next forward recomputes it.
+    Computed as that forward would (spectral_norm without a power iteration, as in eval mode)."""
+    hooks = getattr(module, "_forward_pre_hooks", None)
+    if not hooks:
+        return {}
+    try:
+        import torch
+        from torch.nn.utils.prune import BasePruningMethod
+        from torch.nn.utils.spectral_norm import SpectralNorm
+        from torch.nn.utils.weight_norm import WeightNorm
+    except ImportError:  # pragma: no cover - a torch without these utilities
+        return {}
+    out = {}
+    with torch.no_grad():
+        for hook in hooks.values():
+            if isinstance(hook, WeightNorm):
+                out[hook.name] = hook.compute_weight(module)
+            elif isinstance(hook, SpectralNorm):
+                out[hook.name] = hook.compute_weight(module, do_power_iteration=False)
+            elif isinstance(hook, BasePruningMethod):
+                out[hook._tensor_name] = hook.apply_mask(module)
+    return out
 
 
 def from_torch(module: Any, *, seed: int | None = None, **options: Any):
     """The lstm_fast layer (or cell) equivalent to a torch ``nn.LSTM/GRU/RNN`` (or cell), with
-    its weights copied. ``dropout`` and ``training`` mode carry over.
+    its weights copied. ``dropout`` and ``training`` mode carry over. A module wrapped in
+    ``DataParallel``/``DistributedDataParallel`` or ``torch.compile`` is read through the
+    wrapper.
 
     ``module`` may also be a torch state dict (of an ``nn.LSTM/GRU/RNN`` or cell, tensors or
-    arrays): the layer's kind, sizes, ``num_layers``, ``bidirectional``, ``bias`` and
+    arrays; the ``module.`` and ``_orig_mod.`` prefixes those wrappers give every key are taken
+    off): the layer's kind, sizes, ``num_layers``, ``bidirectional``, ``bias`` and
     ``proj_size`` are read from its keys and shapes; what a state dict does not hold comes from
     ``options`` (``batch_first``, ``dropout``; an RNN's ``nonlinearity`` is required, the
-    weights cannot tell tanh from relu). Missing, unexpected or misshaped entries raise,
-    naming them.
+    weights cannot tell tanh from relu). An option the state dict fixes may be given if it
+    agrees (``num_layers=2`` for two layers' keys), else it raises naming both values. Missing,
+    unexpected or misshaped entries raise, naming them, before any entry is converted.
 
     A module's effective weights are read by name (``module.weight_ih_l0``, ...), so extra
-    state of a subclass is ignored and parametrized weights (``weight_norm``) come as computed.
-    Weights must fit float32 (a float64 1e300 raises; float16/bfloat16 are widened exactly).
+    state of a subclass is ignored and parametrized weights (``parametrizations.weight_norm``)
+    come as computed; the hook-based ``weight_norm``, ``spectral_norm`` and ``prune`` of
+    ``torch.nn.utils`` are computed as the module's next forward would (the attribute they set
+    is stale after an optimizer step). Weights must fit float32 (a float64 1e300 raises;
+    float16/bfloat16 are widened exactly).
     """
     if isinstance(module, Mapping):
-        sd = {k: _tensor(f"load_state_dict: {k}", v) for k, v in module.items()}
+        sd = _without_wrapper_prefixes(module)
         layer = _layer_from_state_dict(sd, seed, options)
-        layer.load_state_dict(sd)
+        layer.load_state_dict({k: _tensor(f"load_state_dict: {k}", v) for k, v in sd.items()})
         return layer
     if options:
         raise TypeError(
             f"{sorted(options)}: options for a state dict only; a module brings its own"
         )
+    module = _unwrap(module)
     # The torch class a module is (a user subclass of nn.LSTM, or lstm_fast.torch's, included).
     name = next(
         (c.__name__ for c in type(module).__mro__ if c.__name__ in _LAYERS or c.__name__ in _CELLS),
@@ -215,9 +336,10 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
         layer = _CELLS[name](module.input_size, module.hidden_size, **kw)
     else:
         raise TypeError(f"module: expected a torch LSTM, GRU, RNN or cell, got {name}")
+    hooked = _hook_weights(module)
     sd = {}
     for key in layer.state_dict():
-        value = getattr(module, key, None)
+        value = hooked[key] if key in hooked else getattr(module, key, None)
         if value is None:
             raise ValueError(f"module: expected a weight {key} (as {name}'s), found none")
         sd[key] = _tensor(f"load_state_dict: {key}", getattr(value, "data", value))

@@ -254,6 +254,106 @@ def test_from_keras_and_from_onnx_count_as_in_place_updates(how):
         lin.backward(np.ones((2, 4 * H), np.float32))
 
 
+def test_from_torch_options_that_the_state_dict_fixes():
+    """Before: num_layers=/bidirectional=/bias=/hidden_size= raised Python's "got multiple values
+    for keyword argument", and proj_size= a missing-keys error; a value that agrees is now
+    accepted, one that contradicts the state dict raises naming both."""
+    sd = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).state_dict()
+    agree = dict(input_size=I, hidden_size=H, num_layers=2, bidirectional=True, bias=True)
+    layer = interop.from_torch(sd, proj_size=0, batch_first=True, **agree)
+    assert (layer.num_layers, layer.bidirectional, layer.proj_size) == (2, True, 0)
+    assert layer.batch_first
+    for name, given, fixed in [
+        ("num_layers", 3, 2),
+        ("bidirectional", False, True),
+        ("bias", False, True),
+        ("hidden_size", 5, H),
+        ("input_size", 2, I),
+        ("proj_size", 2, 0),
+        ("num_layers", True, 2),  # a bool is not the int 1 (nor 2)
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"{name}: expected {fixed!r} \(the state dict's\), got {given!r}"
+        ):
+            interop.from_torch(sd, **{name: given})
+    cell_sd = torch.nn.GRUCell(I, H, bias=False).state_dict()
+    assert not interop.from_torch(cell_sd, bias=False, hidden_size=H).bias
+    with pytest.raises(ValueError, match=r"bias: expected False \(the state dict's\), got True"):
+        interop.from_torch(cell_sd, bias=True)
+    with pytest.raises(TypeError, match=r"\['batch_first'\]: not options of a cell"):
+        interop.from_torch(cell_sd, batch_first=True)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "_orig_mod.module.", "module._orig_mod."]
+)
+def test_from_torch_state_dict_of_a_wrapped_module(prefix):
+    """Before: the state dict of a DataParallel/DistributedDataParallel (``module.``) or
+    torch.compile'd (``_orig_mod.``) LSTM raised "expected the keys of a torch LSTM"; these
+    wrappers add a prefix to every key and nothing else, so it is taken off (as torch's
+    consume_prefix_in_state_dict_if_present)."""
+    mod = torch.nn.GRU(I, H, num_layers=2).eval()
+    sd = {prefix + k: v for k, v in mod.state_dict().items()}
+    _assert_bitwise(interop.from_torch(sd), _state(interop.from_torch(mod)))
+
+
+def test_from_torch_wrapped_modules():
+    """Before: from_torch(DataParallel(lstm)) and from_torch(torch.compile(lstm)) raised
+    "expected a torch LSTM, GRU, RNN or cell, got DataParallel / OptimizedModule"."""
+    mod = torch.nn.LSTM(I, H, proj_size=2, batch_first=True).eval()
+    want = _state(interop.from_torch(mod))
+    for wrapped in (torch.nn.DataParallel(mod), torch.compile(mod)):
+        layer = interop.from_torch(wrapped)
+        assert layer.batch_first and layer.proj_size == 2 and not layer.training
+        _assert_bitwise(layer, want)
+
+
+def test_from_torch_state_dict_keys_named_in_errors():
+    """Before: a model's state dict (``encoder.rnn.weight_ih_l0``) or a misspelt key
+    (``weight_hh_10``) raised the same generic message; the key at fault is now named."""
+    sd = torch.nn.LSTM(I, H).state_dict()
+    with pytest.raises(
+        ValueError,
+        match=r"state_dict: expected the keys of a torch .* got 'encoder\.rnn\.weight_ih_l0' "
+        r".*the entries under 'encoder\.rnn\.'",
+    ):
+        interop.from_torch(
+            {"encoder.rnn." + k: v for k, v in sd.items()} | {"head.w": sd["bias_ih_l0"]}
+        )
+    bad = {("weight_hh_10" if k == "weight_hh_l0" else k): v for k, v in sd.items()}
+    with pytest.raises(ValueError, match=r"state_dict: expected a key 'weight_hh_l0' beside"):
+        interop.from_torch(bad)
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm", "prune"])
+def test_from_torch_reads_weights_as_the_next_forward_computes_them(kind):
+    """Before: with torch.nn.utils.weight_norm / spectral_norm (the hook versions) or prune, the
+    module's ``weight_hh_l0`` attribute is recomputed by a forward pre-hook, so after an
+    optimizer step it is stale until the next forward: from_torch copied the stale one and the
+    layer's outputs differed from the module's (by 2e-3 to 8e-3)."""
+    import torch.nn.utils.prune as prune
+
+    torch.manual_seed(0)
+    mod = torch.nn.LSTM(I, H)
+    if kind == "weight_norm":
+        torch.nn.utils.weight_norm(mod, "weight_hh_l0")
+    elif kind == "spectral_norm":
+        torch.nn.utils.spectral_norm(mod, "weight_hh_l0")
+    else:
+        prune.l1_unstructured(mod, "weight_hh_l0", amount=0.5)
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    opt = torch.optim.SGD(mod.parameters(), lr=0.5)
+    mod(torch.from_numpy(x))[0].sum().backward()
+    opt.step()
+    mod.eval()
+    layer = interop.from_torch(mod)
+    with torch.no_grad():
+        ref = mod(torch.from_numpy(x))[0].numpy()
+        np.testing.assert_array_equal(layer.weight_hh_l0.data, mod.weight_hh_l0.numpy())
+    np.testing.assert_allclose(layer(x)[0], ref, rtol=1e-5, atol=1e-5)
+
+
 def test_from_torch_sparse_tensor_named():
     """Before: a sparse tensor raised torch's "can't convert Sparse layout tensor to numpy",
     naming no key (torch's own load_state_dict refuses it too)."""
@@ -270,6 +370,30 @@ def test_from_torch_sparse_tensor_named():
             interop.to_onnx(layer)["R"],
         )
     _assert_bitwise(layer, before)
+
+
+def test_wrong_shapes_refused_before_any_conversion():
+    """Before: an array of the wrong shape was converted to float32 (a copy) before its shape was
+    checked, so a large wrong one (here a broadcast float64 view and an expanded bfloat16
+    tensor, next to no memory) failed with MemoryError / torch's allocator error, naming no
+    array; a state dict's unexpected key was converted before the keys were compared."""
+    layer = _make("GRU")
+    before = _state(layer)
+    huge64 = np.broadcast_to(np.float64(0), (1, 10**8, 10**8))
+    with pytest.raises(ValueError, match=r"W: expected shape \(D, G, I\) = \(1, 12, 3\)"):
+        interop.from_onnx(layer, huge64, np.zeros((1, 12, H)))
+    huge16 = torch.zeros(1, dtype=torch.bfloat16).expand(10**8, 10**8)
+    with pytest.raises(ValueError, match=r"kernel: expected shape \(I, G\) = \(3, 12\)"):
+        interop.from_keras(layer, [huge16, np.zeros((H, 12))])
+    with pytest.raises(ValueError, match=r"bias: expected shape \(2, 3H\)"):
+        w = interop.to_keras(layer)
+        interop.from_keras(layer, [w[0], w[1], np.broadcast_to(np.float64(0), (10**8, 10**8))])
+    _assert_bitwise(layer, before)
+    sd = torch.nn.GRU(I, H).state_dict()
+    with pytest.raises(RuntimeError, match=r"unexpected keys \['extra'\]"):
+        interop.from_torch({**sd, "extra": huge16})
+    with pytest.raises(ValueError, match=r"bias_hh_l0: expected shape \(12,\), got \(100000000, "):
+        interop.from_torch({**sd, "bias_hh_l0": huge16})
 
 
 def test_onnx_node_mapping_with_malformed_values():

@@ -429,6 +429,13 @@ def _get(layer, name, k, d):
     return None if p is None else p.data
 
 
+def _no_projection(layer, why: str) -> None:
+    """Refuse an LSTM with a projection (Keras's and ONNX's LSTM have none), ``why`` first."""
+    P = getattr(layer, "proj_size", 0)
+    if P:
+        raise ValueError(f"{why}: proj_size: expected 0, got {P}")
+
+
 def _expect(name: str, a: np.ndarray, shape: tuple, legend: str) -> None:
     if a.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {legend} = {tuple(shape)}, got {a.shape}")
@@ -453,8 +460,7 @@ def to_keras(layer, k: int = 0, direction: int = 0) -> list:
     Without bias (``bias=False``): ``[kernel, recurrent_kernel]`` (Keras ``use_bias=False``)."""
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("to_keras: Keras has no LSTM projection (proj_size > 0)")
+    _no_projection(layer, "to_keras: Keras has no LSTM projection")
     k, direction = _check_index(layer, k, direction)
     w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
     out = [_reorder(w_ih, order).T.copy(), _reorder(w_hh, order).T.copy()]
@@ -476,8 +482,7 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     """
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("from_keras: Keras has no LSTM projection (proj_size > 0)")
+    _no_projection(layer, "from_keras: Keras has no LSTM projection")
     k, direction = _check_index(layer, k, direction)
     if not isinstance(weights, (list, tuple)) or len(weights) not in (2, 3):
         got = f"{len(weights)} arrays" if isinstance(weights, (list, tuple)) else type(weights)
@@ -542,10 +547,7 @@ def onnx_attributes(layer) -> dict:
         ...                              **interop.onnx_attributes(gru))
     """
     kind = _kind(layer)
-    if getattr(layer, "proj_size", 0):
-        raise ValueError(
-            "onnx_attributes: the ONNX LSTM operator has no projection (proj_size > 0)"
-        )
+    _no_projection(layer, "onnx_attributes: the ONNX LSTM operator has no projection")
     D = 1 if _is_cell(layer) else layer.num_directions
     out = {
         "hidden_size": int(layer.hidden_size),
@@ -655,8 +657,7 @@ def to_onnx(layer, k: int = 0) -> dict:
     bidirectional), for the ONNX ``LSTM``/``GRU``/``RNN`` operator (GRU: linear_before_reset=1).
     Without bias (``bias=False``) there is no ``"B"`` (ONNX's default: zero)."""
     kind = _kind(layer)
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    _no_projection(layer, "to_onnx: the ONNX LSTM operator has no projection")
     k, _ = _check_index(layer, k, 0)
     order = _ONNX_ORDER[kind]
     D = 1 if _is_cell(layer) else layer.num_directions
@@ -692,8 +693,7 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = N
     if node is not None:
         _check_onnx_node(layer, kind, node)
     order = _ONNX_ORDER[kind]
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("from_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    _no_projection(layer, "from_onnx: the ONNX LSTM operator has no projection")
     k, _ = _check_index(layer, k, 0)
     D = 1 if _is_cell(layer) else layer.num_directions
     (G, I), Hh = _get(layer, "weight_ih", k, 0).shape, _get(layer, "weight_hh", k, 0).shape[1]

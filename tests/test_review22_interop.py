@@ -411,6 +411,27 @@ def test_onnx_node_mapping_with_malformed_values():
         interop.from_onnx(gru, **init, node={"linear_before_reset": 1, "activations": "Sigmoid"})
 
 
+def test_projection_refusals_name_proj_size_and_its_value():
+    """ONNX's LSTM and Keras's have no projection: to_onnx/from_onnx/onnx_attributes/to_keras/
+    from_keras refuse proj_size > 0, now saying so as the house's other errors (name, expected,
+    given), and a refused import leaves the layer as it was."""
+    layer = lstm_fast.LSTM(I, H, proj_size=2, num_layers=2, seed=0)
+    before = _state(layer)
+    plain = interop.to_onnx(lstm_fast.LSTM(I, H))
+    for f in (
+        lambda: interop.to_onnx(layer),
+        lambda: interop.onnx_attributes(layer),
+        lambda: interop.to_keras(layer),
+        lambda: interop.from_onnx(layer, **plain),
+        lambda: interop.from_keras(layer, interop.to_keras(lstm_fast.LSTM(I, H))),
+    ):
+        with pytest.raises(
+            ValueError, match=r"no (LSTM )?projection: proj_size: expected 0, got 2"
+        ):
+            f()
+    _assert_bitwise(layer, before)
+
+
 def test_from_onnx_takes_initializers_as_tensor_protos():
     """Before: the initializers of an ONNX model (``onnx.TensorProto``, what
     ``model.graph.initializer`` holds) raised "W: expected a real numeric array, got dtype

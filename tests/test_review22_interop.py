@@ -451,3 +451,199 @@ def test_from_onnx_takes_initializers_as_tensor_protos():
 
 
 # ---- coverage: Keras semantics, refused calls, odd values and modules -------------------------
+
+
+def _sig(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def _keras_layer(kind, x, kernel, rec, bias, act):
+    """Keras LSTM (i, f, c, o; one bias), GRU(reset_after=True) (z, r, h; bias (2, G)) or
+    SimpleRNN on x (T, B, I), zero initial state, float64."""
+    Hk = rec.shape[0]
+    h = c = np.zeros((x.shape[1], Hk))
+    bias = np.zeros(kernel.shape[1] * (2 if kind == "GRU" else 1)) if bias is None else bias
+    ys = []
+    for x_t in x:
+        if kind == "LSTM":
+            z = x_t @ kernel + h @ rec + bias
+            i, f, g, o = (z[:, q * Hk : (q + 1) * Hk] for q in range(4))
+            c = _sig(f) * c + _sig(i) * np.tanh(g)
+            h = _sig(o) * np.tanh(c)
+        elif kind == "GRU":
+            b = np.reshape(bias, (2, -1))
+            mx, mh = x_t @ kernel + b[0], h @ rec + b[1]
+            z = _sig(mx[:, :Hk] + mh[:, :Hk])
+            r = _sig(mx[:, Hk : 2 * Hk] + mh[:, Hk : 2 * Hk])
+            hh = np.tanh(mx[:, 2 * Hk :] + r * mh[:, 2 * Hk :])
+            h = z * h + (1 - z) * hh
+        else:
+            h = act(x_t @ kernel + h @ rec + bias)
+        ys.append(h)
+    return np.stack(ys)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "RNN-relu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_keras_exports_run_as_a_keras_stack(kind, bias):
+    """to_keras of every layer and direction, run with Keras's equations as a stack of
+    Bidirectional(concat) layers (the backward layer reads the reversed sequence, its output
+    reversed back), gives the layer's output: biases summed (LSTM/RNN) or kept (GRU)."""
+    layer = _make(kind, num_layers=2, bidirectional=True, bias=bias)
+    _randomize(layer, seed=5)
+    op = kind.split("-")[0]
+    act = (lambda v: np.maximum(v, 0)) if kind.endswith("relu") else np.tanh
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+    inp = x.astype(np.float64)
+    for k in range(2):
+        outs = []
+        for d in range(2):
+            w = [a.astype(np.float64) for a in interop.to_keras(layer, k, d)]
+            assert len(w) == (3 if bias else 2)
+            seq = inp[::-1] if d else inp
+            y = _keras_layer(op, seq, w[0], w[1], w[2] if bias else None, act)
+            outs.append(y[::-1] if d else y)
+        inp = np.concatenate(outs, axis=-1)
+    np.testing.assert_allclose(layer.eval()(x)[0], inp, rtol=1e-5, atol=1e-5)
+
+
+REFUSED = [
+    ("keras k=True", lambda L, w, o: interop.from_keras(L, w, k=True)),
+    ("keras k=1.0", lambda L, w, o: interop.from_keras(L, w, k=1.0)),
+    ("keras k=np.float64", lambda L, w, o: interop.from_keras(L, w, k=np.float64(0))),
+    ("keras direction=2", lambda L, w, o: interop.from_keras(L, w, direction=2)),
+    ("keras direction=-1", lambda L, w, o: interop.from_keras(L, w, direction=-1)),
+    ("keras kernel.T", lambda L, w, o: interop.from_keras(L, [w[0].T, w[1], w[2]])),
+    ("keras recurrent.T", lambda L, w, o: interop.from_keras(L, [w[0], w[1].T, w[2]])),
+    ("keras 3 gates", lambda L, w, o: interop.from_keras(L, [w[0][:, :12], w[1], w[2]])),
+    ("keras bias last bad", lambda L, w, o: interop.from_keras(L, [w[0], w[1], w[2][:-1]])),
+    ("keras complex", lambda L, w, o: interop.from_keras(L, [w[0], w[1] + 0j, w[2]])),
+    ("keras bool", lambda L, w, o: interop.from_keras(L, [w[0], w[1], w[2] > 0])),
+    (
+        "keras 1e300",
+        lambda L, w, o: interop.from_keras(L, [w[0], w[1], w[2].astype(np.float64) * 1e300]),
+    ),
+    ("keras strings", lambda L, w, o: interop.from_keras(L, [w[0], w[1].astype(str), w[2]])),
+    ("keras one array", lambda L, w, o: interop.from_keras(L, w[:1])),
+    ("keras dict", lambda L, w, o: interop.from_keras(L, dict(enumerate(w)))),
+    ("onnx k=np.bool_", lambda L, w, o: interop.from_onnx(L, **o, k=np.bool_(False))),
+    ("onnx k=2", lambda L, w, o: interop.from_onnx(L, **o, k=2)),
+    ("onnx W (G, I)", lambda L, w, o: interop.from_onnx(L, o["W"][0], o["R"], o["B"])),
+    ("onnx W.T", lambda L, w, o: interop.from_onnx(L, o["W"].transpose(0, 2, 1), o["R"])),
+    ("onnx B (2G,)", lambda L, w, o: interop.from_onnx(L, o["W"], o["R"], o["B"][0])),
+    (
+        "onnx B 1e300",
+        lambda L, w, o: interop.from_onnx(L, o["W"], o["R"], o["B"].astype(np.float64) * 1e300),
+    ),
+    ("onnx node clip", lambda L, w, o: interop.from_onnx(L, **o, node={"clip": 1.0})),
+    ("onnx node str", lambda L, w, o: interop.from_onnx(L, **o, node="LSTM")),
+]
+
+
+@pytest.mark.parametrize("name,call", REFUSED, ids=[n for n, _ in REFUSED])
+def test_refused_imports_leave_the_layer_and_its_saved_forward_as_they_were(name, call):
+    """Every refused from_keras/from_onnx raises a ValueError/TypeError naming what it refuses,
+    and changes nothing: every parameter bitwise, their versions, and the training forward's
+    cache (its backward still runs and gives the gradients it gives without the call)."""
+    layer = _make("LSTM", num_layers=2, bidirectional=True)
+    twin = _make("LSTM", num_layers=2, bidirectional=True)
+    x = np.random.default_rng(2).standard_normal((T, B, I)).astype(np.float32)
+    dy = np.random.default_rng(3).standard_normal((T, B, 2 * H)).astype(np.float32)
+    layer(x), twin(x)
+    before = _state(layer)
+    versions = [getattr(p, "_version", 0) for p in layer.parameters()]
+    other = _make("LSTM", seed=1, num_layers=2, bidirectional=True)
+    with pytest.raises((ValueError, TypeError)):
+        call(layer, interop.to_keras(other), interop.to_onnx(other))
+    _assert_bitwise(layer, before)
+    assert [getattr(p, "_version", 0) for p in layer.parameters()] == versions
+    layer.backward(dy), twin.backward(dy)
+    for (n, p), q in zip(layer.named_parameters(), twin.parameters(), strict=True):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=n)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_nan_inf_and_negative_zero_weights_round_trip_bitwise(kind):
+    """NaN (with a payload), +-inf and -0.0 are weights like any other: every export and
+    import keeps their bits (torch, its state dict, ONNX, Keras where the biases are kept)."""
+    layer = _make(kind, bias=True, **({} if kind.endswith("Cell") else {"bidirectional": True}))
+    payload = np.array([0x7FC01234], np.uint32).view(np.float32)[0]
+    for i, (_, p) in enumerate(layer.named_parameters()):
+        flat = p.data.reshape(-1)
+        flat[i % flat.size] = payload
+        flat[(i + 1) % flat.size] = np.inf
+        flat[(i + 2) % flat.size] = -np.inf
+        flat[(i + 3) % flat.size] = -0.0
+    want = _state(layer)
+    op = kind.replace("Cell", "")
+    opts = {"nonlinearity": "tanh"} if op == "RNN" else {}
+    _assert_bitwise(interop.from_torch(interop.to_torch(layer)), want)
+    _assert_bitwise(interop.from_torch(interop.to_torch(layer).state_dict(), **opts), want)
+    fresh = _make(kind, seed=3, **({} if kind.endswith("Cell") else {"bidirectional": True}))
+    interop.from_onnx(fresh, **interop.to_onnx(layer))
+    _assert_bitwise(fresh, want)
+    if op == "GRU":
+        fresh = _make(kind, seed=3, **({} if kind.endswith("Cell") else {"bidirectional": True}))
+        for d in range(1 if kind.endswith("Cell") else 2):
+            interop.from_keras(fresh, interop.to_keras(layer, 0, d), 0, d)
+        _assert_bitwise(fresh, want)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN-relu"])
+def test_input_and_hidden_size_one(kind):
+    """I = H = 1 (G = 4, 3, 1): the state dict's kind and sizes are read right, ONNX Runtime and
+    torch run the exports, everything round-trips."""
+    global I, H
+    saved = I, H
+    I, H = 1, 1
+    try:
+        layer = _make(kind, num_layers=2, bidirectional=True)
+        _randomize(layer, seed=4)
+        layer.eval()
+        op = kind.split("-")[0]
+        opts = {"nonlinearity": "relu"} if op == "RNN" else {}
+        again = interop.from_torch(interop.to_torch(layer).state_dict(), **opts)
+        assert type(again) is type(layer) and (again.input_size, again.hidden_size) == (1, 1)
+        _assert_bitwise(again, _state(layer))
+        x = np.random.default_rng(0).standard_normal((T, B, 1)).astype(np.float32)
+        sess, states = _onnx_session(layer, op)
+        zeros = {f"{s}0_{k}": np.zeros((2, B, 1), np.float32) for s in states for k in range(2)}
+        np.testing.assert_allclose(
+            sess.run(None, {"x": x, **zeros})[0], layer(x)[0], rtol=1e-5, atol=1e-5
+        )
+    finally:
+        I, H = saved
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "GRUCell"])
+def test_from_torch_odd_modules(kind, dtype):
+    """A module on another dtype, with a non-contiguous parameter, in training mode with
+    dropout: the weights come widened exactly (or rounded from float64), the settings and the
+    mode carry over, the outputs (in eval mode) match the module's in float32."""
+    torch.manual_seed(0)
+    cell = kind.endswith("Cell")
+    kw = {} if cell else {"num_layers": 2, "dropout": 0.25, "batch_first": True}
+    mod = getattr(torch.nn, kind)(I, H, **kw).to(getattr(torch, dtype)).train()
+    with torch.no_grad():
+        w = mod.weight_hh_l0 if not cell else mod.weight_hh
+        strided = torch.nn.Parameter(w.detach().t().contiguous().t())
+    assert not strided.is_contiguous() and strided.requires_grad
+    setattr(mod, "weight_hh" if cell else "weight_hh_l0", strided)
+    layer = interop.from_torch(mod)
+    assert layer.training
+    if not cell:
+        assert layer.dropout == 0.25 and layer.batch_first
+    for name, p in mod.named_parameters():
+        np.testing.assert_array_equal(
+            getattr(layer, name).data, p.detach().float().numpy(), strict=True
+        )
+    f32 = mod.float().eval()
+    layer.eval()
+    x = np.random.default_rng(0).standard_normal((B, T, I) if not cell else (B, I))
+    x = x.astype(np.float32)
+    with torch.no_grad():
+        ref = f32(torch.from_numpy(x))
+    ref = ref[0] if not cell else ref
+    got = layer(x)[0] if not cell else layer(x)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)

@@ -137,10 +137,9 @@ def _same(given: Any, fixed: Any) -> bool:
     """An option's value is the state dict's (a bool for a bool, an int for an int)."""
     if isinstance(given, (bool, np.bool_)) != isinstance(fixed, bool):
         return False
-    try:
-        return bool(given == fixed)
-    except (TypeError, ValueError):  # an array, ...
+    if not isinstance(given, (bool, np.bool_, int, np.integer)):  # 2.0, "2", an array, ...
         return False
+    return bool(given == fixed)
 
 
 def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):

@@ -260,7 +260,7 @@ def test_from_torch_options_that_the_state_dict_fixes():
     accepted, one that contradicts the state dict raises naming both."""
     sd = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).state_dict()
     agree = dict(input_size=I, hidden_size=H, num_layers=2, bidirectional=True, bias=True)
-    layer = interop.from_torch(sd, proj_size=0, batch_first=True, **agree)
+    layer = interop.from_torch(sd, proj_size=np.int64(0), batch_first=True, **agree)
     assert (layer.num_layers, layer.bidirectional, layer.proj_size) == (2, True, 0)
     assert layer.batch_first
     for name, given, fixed in [
@@ -271,6 +271,8 @@ def test_from_torch_options_that_the_state_dict_fixes():
         ("input_size", 2, I),
         ("proj_size", 2, 0),
         ("num_layers", True, 2),  # a bool is not the int 1 (nor 2)
+        ("num_layers", 2.0, 2),  # nor a float (the constructor refuses one)
+        ("bidirectional", 1, True),
     ]:
         with pytest.raises(
             ValueError, match=rf"{name}: expected {fixed!r} \(the state dict's\), got {given!r}"

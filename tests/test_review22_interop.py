@@ -649,3 +649,32 @@ def test_from_torch_odd_modules(kind, dtype):
     ref = ref[0] if not cell else ref
     got = layer(x)[0] if not cell else layer(x)
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "L,bi,bias,batch_first",
+    list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True])),
+)
+def test_projection_layers_run_the_same_in_to_torchs_module(L, bi, bias, batch_first):
+    """An LSTM with proj_size (which ONNX and Keras cannot hold, see above): the module to_torch
+    builds gives the layer's outputs and states, and comes back bitwise (module, state dict)."""
+    P = 2
+    layer = lstm_fast.LSTM(
+        I, H, num_layers=L, bidirectional=bi, bias=bias, batch_first=batch_first, proj_size=P
+    )
+    _randomize(layer, seed=L)
+    layer.eval()
+    D = 2 if bi else 1
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((L * D, B, P)).astype(np.float32)
+    c0 = rng.standard_normal((L * D, B, H)).astype(np.float32)
+    y, (hn, cn) = layer(x, (h0, c0))
+    mod = interop.to_torch(layer)
+    assert mod.proj_size == P and mod.batch_first == batch_first
+    with torch.no_grad():
+        ty, (thn, tcn) = mod(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    for ours, theirs in ((y, ty), (hn, thn), (cn, tcn)):
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
+    _assert_bitwise(interop.from_torch(mod), _state(layer))
+    _assert_bitwise(interop.from_torch(mod.state_dict(), batch_first=batch_first), _state(layer))

@@ -130,6 +130,11 @@ def _keys_error(sd: Mapping) -> ValueError:
                     f"without it: {{k[{len(prefix)}:]: v for k, v in sd.items() if "
                     f"k.startswith({prefix!r})}})"
                 )
+    if any(isinstance(k, str) and k.startswith("_all_weight_values.") for k in sd):
+        return ValueError(
+            f"{_KEYS} {list(sd)[:8]} (a quantized LSTM/GRU's, whose weights are packed: "
+            "convert the float module's state dict, before quantizing it)"
+        )
     return ValueError(f"{_KEYS} {list(sd)[:8]}")
 
 
@@ -245,6 +250,29 @@ def _unwrap(module: Any) -> Any:
     return module
 
 
+_MISSING = object()
+
+
+def _torch_kind(module: Any) -> str:
+    """The torch class a module is: its class's or a base's name (a user subclass of nn.LSTM,
+    or lstm_fast.torch's, included), a TorchScript module's ``original_name``; else its own
+    class name (refused by the caller). A quantized LSTM (its class also named LSTM, its
+    weights packed) raises naming it."""
+    for c in type(module).__mro__:
+        if c.__name__ in _LAYERS or c.__name__ in _CELLS:
+            if ".quantiz" in c.__module__:
+                raise ValueError(
+                    f"module: expected a float torch {c.__name__}, got {c.__module__}."
+                    f"{c.__name__} (quantized or quantizable, its weights held otherwise); "
+                    "convert the float module, before quantizing it"
+                )
+            return c.__name__
+    original = getattr(module, "original_name", None)  # torch.jit.script / trace
+    if type(module).__module__.startswith("torch.jit") and original in {**_LAYERS, **_CELLS}:
+        return original
+    return type(module).__name__
+
+
 def _hook_weights(module: Any) -> dict:
     """``{name: tensor}`` of the weights a forward pre-hook of ``torch.nn.utils``' (hook-based)
     ``weight_norm``, ``spectral_norm`` or ``prune`` computes: the module's attribute holds the
@@ -276,7 +304,8 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
     """The lstm_fast layer (or cell) equivalent to a torch ``nn.LSTM/GRU/RNN`` (or cell), with
     its weights copied. ``dropout`` and ``training`` mode carry over. A module wrapped in
     ``DataParallel``/``DistributedDataParallel`` or ``torch.compile`` is read through the
-    wrapper.
+    wrapper, a ``torch.jit.script``'ed one by its ``original_name``; a quantized one (its
+    weights packed) raises.
 
     ``module`` may also be a torch state dict (of an ``nn.LSTM/GRU/RNN`` or cell, tensors or
     arrays; the ``module.`` and ``_orig_mod.`` prefixes those wrappers give every key are taken
@@ -304,35 +333,36 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
             f"{sorted(options)}: options for a state dict only; a module brings its own"
         )
     module = _unwrap(module)
-    # The torch class a module is (a user subclass of nn.LSTM, or lstm_fast.torch's, included).
-    name = next(
-        (c.__name__ for c in type(module).__mro__ if c.__name__ in _LAYERS or c.__name__ in _CELLS),
-        type(module).__name__,
-    )
+    name = _torch_kind(module)
+
+    def setting(attr):
+        value = getattr(module, attr, _MISSING)
+        if value is _MISSING:
+            raise ValueError(
+                f"module: expected the setting {attr!r} of a torch {name}, found none on "
+                f"{type(module).__name__} (from_torch(module.state_dict(), ...) reads the weights)"
+            )
+        return value
+
     if name in _LAYERS:
         kw = dict(
-            num_layers=module.num_layers,
-            bias=module.bias,
-            batch_first=module.batch_first,
-            dropout=float(module.dropout),
-            bidirectional=module.bidirectional,
+            num_layers=setting("num_layers"),
+            bias=setting("bias"),
+            batch_first=setting("batch_first"),
+            dropout=float(setting("dropout")),
+            bidirectional=setting("bidirectional"),
             seed=seed,
         )
         if name == "LSTM":
-            layer = _rnn.LSTM(
-                module.input_size, module.hidden_size, proj_size=module.proj_size, **kw
-            )
-        elif name == "GRU":
-            layer = _rnn.GRU(module.input_size, module.hidden_size, **kw)
-        else:
-            layer = _rnn.RNN(
-                module.input_size, module.hidden_size, nonlinearity=module.nonlinearity, **kw
-            )
+            kw["proj_size"] = setting("proj_size")
+        elif name == "RNN":
+            kw["nonlinearity"] = setting("nonlinearity")
+        layer = _LAYERS[name](setting("input_size"), setting("hidden_size"), **kw)
     elif name in _CELLS:
-        kw = dict(bias=module.bias, seed=seed)
+        kw = dict(bias=setting("bias"), seed=seed)
         if name == "RNNCell":
-            kw["nonlinearity"] = module.nonlinearity
-        layer = _CELLS[name](module.input_size, module.hidden_size, **kw)
+            kw["nonlinearity"] = setting("nonlinearity")
+        layer = _CELLS[name](setting("input_size"), setting("hidden_size"), **kw)
     else:
         raise TypeError(f"module: expected a torch LSTM, GRU, RNN or cell, got {name}")
     hooked = _hook_weights(module)

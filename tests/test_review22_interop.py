@@ -678,3 +678,46 @@ def test_projection_layers_run_the_same_in_to_torchs_module(L, bi, bias, batch_f
         np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
     _assert_bitwise(interop.from_torch(mod), _state(layer))
     _assert_bitwise(interop.from_torch(mod.state_dict(), batch_first=batch_first), _state(layer))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("kind", ["LSTM", "RNN", "GRUCell", "RNNCell"])
+def test_from_torch_scripted_modules(kind):
+    """Before: a torch.jit.script'ed module raised "expected a torch LSTM, GRU, RNN or cell, got
+    RecursiveScriptModule", though it keeps the settings and weights; it is read by its
+    ``original_name`` now."""
+    kw = {"num_layers": 2, "proj_size": 2, "batch_first": True} if kind == "LSTM" else {}
+    if kind.startswith("RNN"):
+        kw["nonlinearity"] = "relu"
+    mod = getattr(torch.nn, kind)(I, H, **kw).eval()
+    layer = interop.from_torch(torch.jit.script(mod))
+    assert type(layer).__name__ == kind and not layer.training
+    _assert_bitwise(layer, _state(interop.from_torch(mod)))
+    if kind == "LSTM":
+        assert layer.batch_first and layer.proj_size == 2 and layer.num_layers == 2
+    if kind.startswith("RNN"):
+        assert layer.nonlinearity == "relu"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_from_torch_quantized_and_traced_modules_are_refused_clearly():
+    """Before: a dynamically quantized LSTM (torch.ao.quantization.quantize_dynamic, whose class is
+    also named LSTM) raised AttributeError "'LSTM' object has no attribute 'proj_size'", and its
+    state dict the generic keys message; a module without the settings (a traced one) would
+    raise AttributeError too. Each now names what it is and what is missing."""
+    seq = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(torch.nn.LSTM(I, H)), {torch.nn.LSTM}, dtype=torch.qint8
+    )
+    with pytest.raises(ValueError, match=r"module: expected a float torch LSTM, got .*quantized"):
+        interop.from_torch(seq[0])
+    with pytest.raises(ValueError, match=r"got \['_all_weight_values.0.param'\].*quantized"):
+        interop.from_torch(seq[0].state_dict())
+    with pytest.raises(ValueError, match=r"module: expected a float torch LSTM, got .*quantiz"):
+        interop.from_torch(torch.ao.nn.quantizable.LSTM(I, H))
+    traced = torch.jit.trace(torch.nn.GRU(I, H), (torch.zeros(T, B, I),))  # no settings kept
+    with pytest.raises(
+        ValueError, match=r"module: expected the setting 'num_layers' of a torch GRU"
+    ):
+        interop.from_torch(traced)
+    traced_sd = {k: v.detach() for k, v in traced.state_dict().items()}
+    _assert_bitwise(interop.from_torch(traced_sd), {k: v.numpy() for k, v in traced_sd.items()})

@@ -378,7 +378,8 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
 
 
 def to_torch(layer: Any):
-    """The torch module equivalent to an lstm_fast layer or cell, with its weights copied."""
+    """The torch module equivalent to an lstm_fast layer or cell, with its weights copied: float32
+    on the CPU (whatever torch's default dtype and device), in the layer's training mode."""
     try:
         import torch
     except ModuleNotFoundError as e:
@@ -391,8 +392,11 @@ def to_torch(layer: Any):
         ) from e
 
     kind = _kind(layer)
+    # float32 on the CPU, as the layer, whatever torch.set_default_dtype / _device say
+    # (float64 would not take float32 input; on "meta" the weights would be dropped)
+    where = dict(dtype=torch.float32, device="cpu")
     if isinstance(layer, (_rnn.LSTMCell, _rnn.GRUCell, _rnn.RNNCell)):
-        kw = dict(bias=layer.bias)
+        kw = dict(bias=layer.bias, **where)
         if kind == "RNN":
             kw["nonlinearity"] = layer.nonlinearity
         mod = getattr(torch.nn, kind + "Cell")(layer.input_size, layer.hidden_size, **kw)
@@ -403,6 +407,7 @@ def to_torch(layer: Any):
             batch_first=layer.batch_first,
             dropout=layer.dropout,
             bidirectional=layer.bidirectional,
+            **where,
         )
         if kind == "LSTM":
             kw["proj_size"] = layer.proj_size

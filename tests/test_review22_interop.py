@@ -721,3 +721,29 @@ def test_from_torch_quantized_and_traced_modules_are_refused_clearly():
         interop.from_torch(traced)
     traced_sd = {k: v.detach() for k, v in traced.state_dict().items()}
     _assert_bitwise(interop.from_torch(traced_sd), {k: v.numpy() for k, v in traced_sd.items()})
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRUCell"])
+def test_to_torch_ignores_torchs_default_dtype_and_device(kind):
+    """Before: to_torch built its module with torch's defaults, so after
+    torch.set_default_dtype(torch.float64) it was a float64 module (float32 input raised "input
+    dtype does not match weight dtype"), and under torch.set_default_device("meta") a module
+    without weights (load_state_dict into meta is a no-op, a warning). The module is float32 on
+    the CPU, as the layer; .to() moves it."""
+    layer = _make(kind)
+    want = _state(layer)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        mod = interop.to_torch(layer)
+    finally:
+        torch.set_default_dtype(old)
+    assert all(p.dtype == torch.float32 for p in mod.parameters())
+    _assert_bitwise(interop.from_torch(mod), want)
+    torch.set_default_device("meta")
+    try:
+        mod = interop.to_torch(layer)
+    finally:
+        torch.set_default_device(None)
+    assert all(p.device.type == "cpu" for p in mod.parameters())
+    _assert_bitwise(interop.from_torch(mod), want)

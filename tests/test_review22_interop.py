@@ -747,3 +747,34 @@ def test_to_torch_ignores_torchs_default_dtype_and_device(kind):
         torch.set_default_device(None)
     assert all(p.device.type == "cpu" for p in mod.parameters())
     _assert_bitwise(interop.from_torch(mod), want)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "RNN-relu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_from_onnx_reads_a_model_torch_onnx_export_wrote(kind, bias):
+    """What a user holding an ONNX file has: torch.onnx.export's model of a 2-layer bidirectional
+    torch module. Each layer's node and its initializers (TensorProtos, looked up by the node's
+    input names) load into a fresh layer bitwise equal to from_torch(module)."""
+    import io
+
+    onnx = pytest.importorskip("onnx")
+    op = kind.split("-")[0]
+    kw = {"nonlinearity": "relu"} if kind.endswith("relu") else {}
+    torch.manual_seed(0)
+    mod = getattr(torch.nn, op)(I, H, num_layers=2, bidirectional=True, bias=bias, **kw).eval()
+    f = io.BytesIO()
+    try:
+        torch.onnx.export(mod, (torch.zeros(T, B, I),), f, dynamo=False, opset_version=14)
+    except Exception as e:  # an exporter this torch no longer has
+        pytest.skip(f"torch.onnx.export: {type(e).__name__}: {e}")
+    model = onnx.load_from_string(f.getvalue())
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == op]
+    assert len(nodes) == 2
+    layer = _make(kind, seed=5, num_layers=2, bidirectional=True, bias=bias)
+    for k, node in enumerate(nodes):
+        W, R = inits[node.input[1]], inits[node.input[2]]
+        Bias = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
+        interop.from_onnx(layer, W, R, Bias, k, node=node)
+    _assert_bitwise(layer, _state(interop.from_torch(mod)))

@@ -46,8 +46,12 @@ def _tensor(name: str, a: Any) -> Any:
         raise ValueError(f"{name}: expected a tensor with data, got one on the meta device")
     if str(getattr(a, "layout", "torch.strided")) != "torch.strided" or a.is_quantized:
         # (torch's load_state_dict refuses these too; .numpy() would fail naming no key)
-        got = "a quantized tensor" if a.is_quantized else f"layout {a.layout}"
-        raise ValueError(f"{name}: expected a dense tensor, got {got} (.to_dense() it first)")
+        got, fix = (
+            ("a quantized tensor", ".dequantize()")
+            if a.is_quantized
+            else (f"layout {a.layout}", ".to_dense()")
+        )
+        raise ValueError(f"{name}: expected a dense tensor, got {got} ({fix} it first)")
     return _from_torch(a)
 
 
@@ -519,7 +523,13 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     _no_projection(layer, "from_keras: Keras has no LSTM projection")
     k, direction = _check_index(layer, k, direction)
     if not isinstance(weights, (list, tuple)) or len(weights) not in (2, 3):
-        got = f"{len(weights)} arrays" if isinstance(weights, (list, tuple)) else type(weights)
+        n = len(weights) if isinstance(weights, (list, tuple)) else None
+        got = f"{n} arrays" if n is not None else type(weights).__name__
+        if n in (4, 6):  # a Keras Bidirectional layer's get_weights(): forward, then backward
+            got += (
+                f" (a Bidirectional layer's? load weights[:{n // 2}] with direction=0 and "
+                f"weights[{n // 2}:] with direction=1)"
+            )
         raise ValueError(
             f"weights: expected [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias], "
             f"got {got}"

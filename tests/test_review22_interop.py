@@ -778,3 +778,24 @@ def test_from_onnx_reads_a_model_torch_onnx_export_wrote(kind, bias):
         Bias = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
         interop.from_onnx(layer, W, R, Bias, k, node=node)
     _assert_bitwise(layer, _state(interop.from_torch(mod)))
+
+
+def test_from_keras_names_a_bidirectional_layers_weights_and_a_quantized_tensor():
+    """A Keras Bidirectional layer's get_weights() holds both directions (6 arrays, 4 without
+    bias): the error said "got 6 arrays" only, now how to load them; a quantized tensor said
+    ".to_dense() it first" (a sparse tensor's fix), now .dequantize()."""
+    layer = _make("GRU", bidirectional=True)
+    both = interop.to_keras(layer, 0, 0) + interop.to_keras(layer, 0, 1)
+    with pytest.raises(ValueError, match=r"got 6 arrays \(a Bidirectional layer's\? load "):
+        interop.from_keras(layer, both)
+    fresh = _make("GRU", seed=1, bidirectional=True)
+    interop.from_keras(fresh, both[:3], direction=0)
+    interop.from_keras(fresh, both[3:], direction=1)
+    _assert_bitwise(fresh, _state(layer))
+    w, before = interop.to_keras(layer), _state(layer)
+    q = torch.quantize_per_tensor(torch.from_numpy(w[1]), 0.1, 0, torch.qint8)
+    with pytest.raises(
+        ValueError, match=r"recurrent_kernel: .*quantized tensor \(\.dequantize\(\)"
+    ):
+        interop.from_keras(layer, [w[0], q, w[2]])
+    _assert_bitwise(layer, before)

@@ -15,6 +15,7 @@ Shapes use the legend: ``I`` input, ``H`` hidden, ``G`` gate width (4H, 3H, H), 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,6 +143,47 @@ def _keys_error(sd: Mapping) -> ValueError:
     return ValueError(f"{_KEYS} {list(sd)[:8]}")
 
 
+_LAYER_KEY = re.compile(
+    r"(?P<what>weight|bias)_(?P<part>ih|hh|hr)_l(?P<layer>\d+)(?P<reverse>_reverse)?"
+)
+
+
+def _torch_keys(cell: bool, fixed: dict, proj: bool):
+    """The parameter names of a torch layer (or cell) of these settings, in torch's order
+    (a generator: a stray ``weight_ih_l99999999`` must not make a list of them all)."""
+    if cell:
+        yield from ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if fixed["bias"] else [])
+        return
+    for k in range(fixed["num_layers"]):
+        for sfx in ("", "_reverse")[: 2 if fixed["bidirectional"] else 1]:
+            yield from (f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}")
+            if fixed["bias"]:
+                yield from (f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}")
+            if proj:
+                yield f"weight_hr_l{k}{sfx}"
+
+
+def _is_torch_key(key: Any, cell: bool, fixed: dict, proj: bool) -> bool:
+    """``key`` is one of :func:`_torch_keys`'s (without listing them)."""
+    if cell:
+        return key in ("weight_ih", "weight_hh") or (
+            fixed["bias"] and key in ("bias_ih", "bias_hh")
+        )
+    m = _LAYER_KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None or int(m["layer"]) >= fixed["num_layers"] or str(int(m["layer"])) != m["layer"]:
+        return False
+    if m["reverse"] and not fixed["bidirectional"]:
+        return False
+    if m["part"] == "hr":
+        return proj and m["what"] == "weight"
+    return m["what"] == "weight" or fixed["bias"]
+
+
+def _few(keys: list, total: int) -> str:
+    """``keys`` (the first few of ``total``) as a list, counted when cut."""
+    return repr(keys) if len(keys) == total else f"{repr(keys)[:-1]}, ...] ({total} in all)"
+
+
 def _same(given: Any, fixed: Any) -> bool:
     """An option's value is the state dict's (a bool for a bool, an int for an int)."""
     if isinstance(given, (bool, np.bool_)) != isinstance(fixed, bool):
@@ -157,8 +199,9 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
     (G = 4H LSTM, 3H GRU, H RNN). ``options`` (batch_first, dropout, nonlinearity) as given;
     an option the state dict fixes (num_layers, hidden_size, ...) must agree with it.
 
-    The keys and every entry's shape are checked before the layer's weights are converted (a
-    large unexpected or misshaped tensor raises naming it, without being copied)."""
+    The keys are checked before the layer is built, every entry's shape before any is
+    converted (a large unexpected or misshaped tensor raises naming it, without being
+    copied)."""
 
     def shape(key):
         v = sd[key]
@@ -177,7 +220,7 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
                 f"{list(sd)[:8]}"
             )
     w_ih, w_hh = shape("weight_ih" + sfx), shape("weight_hh" + sfx)
-    proj = not cell and "weight_hr_l0" in sd
+    proj = not cell and "weight_hr_l0" in sd  # (another weight_hr_l* alone: named missing)
     if len(w_ih) != 2 or len(w_hh) != 2 or (proj and len(shape("weight_hr_l0")) != 2):
         raise ValueError(
             f"state_dict: weight_ih{sfx}, weight_hh{sfx}: expected 2-d arrays (G, I), (G, H), "
@@ -191,18 +234,34 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
             f"state_dict: weight_ih{sfx}: expected G = 4H (LSTM), 3H (GRU) or H (RNN) rows "
             f"for H = {H}{' (weight_hr_l0, LSTM)' if proj else ''}, got {G}"
         )
-    fixed = {"input_size": I, "hidden_size": H, "bias": ("bias_ih" + sfx) in sd}
-    if not cell:
-        fixed["num_layers"] = 1 + max(
-            int(k[len("weight_ih_l") :].split("_")[0])
-            for k in sd
-            if isinstance(k, str)
-            and k.startswith("weight_ih_l")
-            and k[len("weight_ih_l") :].split("_")[0].isdigit()
-        )
-        fixed["bidirectional"] = "weight_ih_l0_reverse" in sd
+    # The layout is what any key shows (a layer index, a _reverse, a bias): a key that is
+    # absent is then named missing, rather than the layer read smaller and the rest unexpected.
+    found = [m for k in sd if isinstance(k, str) and (m := _LAYER_KEY.fullmatch(k))]
+    fixed = {"input_size": I, "hidden_size": H}
+    if cell:
+        fixed["bias"] = "bias_ih" in sd or "bias_hh" in sd
+    else:
+        fixed["bias"] = any(m["what"] == "bias" for m in found)
+        fixed["num_layers"] = 1 + max(int(m["layer"]) for m in found)
+        fixed["bidirectional"] = any(m["reverse"] for m in found)
         if kind == "LSTM":
             fixed["proj_size"] = shape("weight_hr_l0")[0] if proj else 0
+    unexpected = [k for k in sd if not _is_torch_key(k, cell, fixed, proj)]
+    n_keys = 2 + 2 * fixed["bias"] + proj
+    if not cell:
+        n_keys *= fixed["num_layers"] * (1 + fixed["bidirectional"])
+    n_missing = n_keys - (len(sd) - len(unexpected))
+    if n_missing or unexpected:  # (load_state_dict's message, before anything is built)
+        missing = []
+        for k in _torch_keys(cell, fixed, proj):
+            if len(missing) == min(n_missing, 8):
+                break
+            if k not in sd:
+                missing.append(k)
+        raise RuntimeError(
+            f"load_state_dict for {kind}{'Cell' if cell else ''}: missing keys "
+            f"{_few(missing, n_missing)}, unexpected keys {_few(unexpected[:8], len(unexpected))}"
+        )
     for name, value in fixed.items():
         if name in options:
             given = options.pop(name)
@@ -224,16 +283,8 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
         size = {"input_size", "hidden_size"}
         kw = {k: v for k, v in fixed.items() if k not in size}
         layer = _LAYERS[kind](I, H, seed=seed, **kw, **options)
-    # the keys and shapes, before any entry is converted (load_state_dict's messages)
-    own = dict(layer.named_parameters())
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"load_state_dict for {type(layer).__name__}: missing keys {missing}, unexpected "
-            f"keys {unexpected}"
-        )
-    for k, p in own.items():
+    # the shapes, before any entry is converted (load_state_dict's message)
+    for k, p in layer.named_parameters():
         given = _shape(sd[k])
         if given is not None and given != p.data.shape:
             raise ValueError(f"load_state_dict: {k}: expected shape {p.data.shape}, got {given}")
@@ -317,8 +368,10 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
     ``proj_size`` are read from its keys and shapes; what a state dict does not hold comes from
     ``options`` (``batch_first``, ``dropout``; an RNN's ``nonlinearity`` is required, the
     weights cannot tell tanh from relu). An option the state dict fixes may be given if it
-    agrees (``num_layers=2`` for two layers' keys), else it raises naming both values. Missing,
-    unexpected or misshaped entries raise, naming them, before any entry is converted.
+    agrees (``num_layers=2`` for two layers' keys), else it raises naming both values. Missing
+    or unexpected keys raise, naming them, before the layer is built (the layout is what any
+    key shows: without ``weight_ih_l1`` among a second layer's keys, ``weight_ih_l1`` is
+    missing), misshaped entries before any is converted.
 
     A module's effective weights are read by name (``module.weight_ih_l0``, ...), so extra
     state of a subclass is ignored and parametrized weights (``parametrizations.weight_norm``)

@@ -799,3 +799,39 @@ def test_from_keras_names_a_bidirectional_layers_weights_and_a_quantized_tensor(
     ):
         interop.from_keras(layer, [w[0], q, w[2]])
     _assert_bitwise(layer, before)
+
+
+def test_from_torch_state_dict_keys_checked_before_the_layer_is_built(monkeypatch):
+    """Before: a stray key (``weight_ih_l999``, a corrupt or hand-edited file) made from_torch
+    build and randomly initialize a 1000-layer LSTM first, then raise a missing-keys error
+    listing some 4000 names. The keys are compared before anything is built, and the lists in
+    the message are cut to their first few names and counted."""
+    sd = torch.nn.LSTM(I, H, num_layers=2).state_dict()
+    bad = {**sd, "weight_ih_l999": sd["weight_ih_l1"]}
+
+    def boom(*a, **kw):
+        raise AssertionError("a layer was built for a state dict whose keys do not match")
+
+    monkeypatch.setitem(interop._LAYERS, "LSTM", boom)
+    with pytest.raises(
+        RuntimeError, match=r"missing keys \['weight_ih_l2', 'weight_hh_l2', .*\(3991 in all\)"
+    ) as e:
+        interop.from_torch(bad)
+    assert len(str(e.value)) < 1000
+    bad = {**sd, "weight_ih_l99999999": sd["weight_ih_l1"], "weight_hh_l01": sd["weight_hh_l1"]}
+    with pytest.raises(
+        RuntimeError, match=r"\(399999991 in all\), unexpected keys \['weight_hh_l01'\]"
+    ):
+        interop.from_torch(bad)  # (the names counted, not listed)
+    # a missing key is named as missing, whichever it is (before: without weight_ih_l1 the
+    # state dict was read as one layer's, and weight_hh_l1, bias_ih_l1, ... named unexpected)
+    for drop in ["bias_hh_l1", "weight_ih_l1", "bias_ih_l0"]:
+        partial = {k: v for k, v in sd.items() if k != drop}
+        with pytest.raises(RuntimeError, match=rf"missing keys \['{drop}'\], unexpected keys \[\]"):
+            interop.from_torch(partial)
+    bi = torch.nn.GRU(I, H, bidirectional=True, bias=False).state_dict()
+    partial = {k: v for k, v in bi.items() if k != "weight_ih_l0_reverse"}
+    with pytest.raises(RuntimeError, match=r"missing keys \['weight_ih_l0_reverse'\], unexp"):
+        interop.from_torch(partial)
+    monkeypatch.undo()
+    _assert_bitwise(interop.from_torch(sd), {k: v.numpy() for k, v in sd.items()})

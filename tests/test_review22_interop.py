@@ -835,3 +835,55 @@ def test_from_torch_state_dict_keys_checked_before_the_layer_is_built(monkeypatc
         interop.from_torch(partial)
     monkeypatch.undo()
     _assert_bitwise(interop.from_torch(sd), {k: v.numpy() for k, v in sd.items()})
+
+
+def test_random_sizes_round_trip_and_run_in_torch():
+    """Random kinds, sizes (I, H, P from 1), layers and flags (hypothesis, 40 examples): the state
+    dict alone rebuilds the layer bitwise, to_torch's module runs it, ONNX initializers (no
+    projection) round-trip bitwise."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        kind=st.sampled_from(["LSTM", "GRU", "RNN", "RNN-relu", "LSTMCell", "GRUCell", "RNNCell"]),
+        i=st.integers(1, 7),
+        h=st.integers(1, 7),
+        p=st.integers(0, 6),
+        L=st.integers(1, 3),
+        bi=st.booleans(),
+        bias=st.booleans(),
+        seed=st.integers(0, 2**16),
+    )
+    def check(kind, i, h, p, L, bi, bias, seed):
+        op = kind.split("-")[0]
+        cell = op.endswith("Cell")
+        kw = {"nonlinearity": "relu"} if kind.endswith("relu") else {}
+        if not cell:
+            kw.update(num_layers=L, bidirectional=bi)
+        if op == "LSTM" and p < h:
+            kw["proj_size"] = p
+        layer = getattr(lstm_fast, op)(i, h, bias=bias, seed=seed, **kw).eval()
+        want = _state(layer)
+        opts = {"nonlinearity": layer.nonlinearity} if op.startswith("RNN") else {}
+        _assert_bitwise(interop.from_torch(interop.to_torch(layer).state_dict(), **opts), want)
+        x = np.random.default_rng(seed).standard_normal((2, i) if cell else (3, 2, i))
+        x = x.astype(np.float32)
+        with torch.no_grad():
+            ref = interop.to_torch(layer)(torch.from_numpy(x))
+        ref = ref[0] if not cell or op == "LSTMCell" else ref
+        got = layer(x)[0] if not cell or op == "LSTMCell" else layer(x)
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-5, atol=1e-5)
+        if not getattr(layer, "proj_size", 0):
+            fresh = getattr(lstm_fast, op)(i, h, bias=bias, seed=seed + 1, **kw)
+            for k in range(1 if cell else L):
+                interop.from_onnx(fresh, **interop.to_onnx(layer, k), k=k)
+            _assert_bitwise(fresh, want)
+
+    check()

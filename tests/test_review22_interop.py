@@ -887,3 +887,42 @@ def test_random_sizes_round_trip_and_run_in_torch():
             _assert_bitwise(fresh, want)
 
     check()
+
+
+# ---- outside interop.py (lstm_fast/module.py): reported, xfail until fixed there ------------
+
+
+@pytest.mark.filterwarnings("ignore:.*quantize")
+@pytest.mark.xfail(
+    strict=True,
+    reason="module.py: Module.load_state_dict converts torch tensors with _from_torch (.numpy()) "
+    "before naming anything: a sparse tensor raises torch's 'can't convert Sparse layout tensor "
+    "to numpy', a quantized one 'Got unsupported ScalarType QInt8', neither naming the key "
+    "(interop._tensor now refuses both naming it; the layers' load_state_dict should too)",
+    raises=TypeError,
+)
+@pytest.mark.parametrize("how", ["sparse", "quantized"])
+def test_load_state_dict_names_a_sparse_or_quantized_tensor(how):
+    layer = _make("GRU")
+    sd = {k: torch.from_numpy(v) for k, v in layer.state_dict().items()}
+    w = sd["weight_ih_l0"]
+    sd["weight_ih_l0"] = (
+        w.to_sparse() if how == "sparse" else torch.quantize_per_tensor(w, 0.1, 0, torch.qint8)
+    )
+    with pytest.raises(ValueError, match=r"load_state_dict: weight_ih_l0: expected a dense"):
+        layer.load_state_dict(sd)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="module.py: _as_dtype widens a half/bfloat16 torch tensor (t.float(), a copy) before "
+    "comparing its shape, so a large wrong-shaped one (here an expanded view, next to no memory) "
+    "fails in torch's allocator naming nothing instead of 'weight_ih_l0: expected shape'",
+    raises=RuntimeError,
+)
+def test_load_state_dict_checks_the_shape_before_widening():
+    layer = _make("GRU")
+    sd = {k: torch.from_numpy(v) for k, v in layer.state_dict().items()}
+    sd["weight_ih_l0"] = torch.zeros(1, dtype=torch.bfloat16).expand(10**8, 10**8)
+    with pytest.raises(ValueError, match=r"weight_ih_l0: expected shape \(12, 3\)"):
+        layer.load_state_dict(sd)

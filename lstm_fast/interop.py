@@ -547,7 +547,9 @@ def _load(layer, staged: dict, what: str) -> None:
 
 def to_keras(layer, k: int = 0, direction: int = 0) -> list:
     """Keras weights ``[kernel, recurrent_kernel, bias]`` of layer ``k``, one direction (Keras
-    ``LSTM``, ``GRU(reset_after=True)``, ``SimpleRNN``; ``layer.set_weights(...)`` takes them).
+    ``LSTM``, ``GRU(reset_after=True)``, ``SimpleRNN``, with ``activation="relu"`` for a ReLU
+    RNN; ``layer.set_weights(...)`` takes them; a ``Bidirectional`` layer's are direction 0's
+    then direction 1's).
     Without bias (``bias=False``): ``[kernel, recurrent_kernel]`` (Keras ``use_bias=False``)."""
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]

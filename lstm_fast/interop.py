@@ -784,10 +784,10 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = N
 
     ``node`` (the ``onnx.NodeProto`` the initializers feed, or a mapping of its attributes) is
     checked first: attributes the layer cannot compute raise, naming the attribute, the
-    expected and the given value (``clip``, ``input_forget=1``, other ``activations``, GRU
-    ``linear_before_reset`` other than 1, LSTM peepholes ``P``, a ``hidden_size``,
-    ``direction`` or ``layout`` other than the layer's). Without it nothing is checked beyond
-    the shapes: the initializers alone cannot tell."""
+    expected and the given value (``clip``, ``input_forget=1``, other ``activations``, none
+    for a ReLU RNN (ONNX's default is Tanh), GRU ``linear_before_reset`` other than 1, LSTM
+    peepholes ``P``, a ``hidden_size``, ``direction`` or ``layout`` other than the layer's).
+    Without it nothing is checked beyond the shapes: the initializers alone cannot tell."""
     kind = _kind(layer)
     if node is not None:
         _check_onnx_node(layer, kind, node)

@@ -889,6 +889,24 @@ def test_random_sizes_round_trip_and_run_in_torch():
     check()
 
 
+def test_cell_and_layer_state_dicts_are_not_mixed_up():
+    """A cell's state dict builds a cell (a layer's option for it raises naming it), a layer's a
+    layer; loading one into the other raises naming every key, and changes nothing."""
+    cell_sd = torch.nn.LSTMCell(I, H).state_dict()
+    layer_sd = torch.nn.LSTM(I, H).state_dict()
+    assert isinstance(interop.from_torch(cell_sd), lstm_fast.LSTMCell)
+    assert isinstance(interop.from_torch(layer_sd), lstm_fast.LSTM)
+    with pytest.raises(TypeError, match=r"\['num_layers'\]: not options of a cell \(LSTMCell\)"):
+        interop.from_torch(cell_sd, num_layers=1)
+    for target, sd in ((_make("LSTM"), cell_sd), (_make("LSTMCell"), layer_sd)):
+        before = _state(target)
+        with pytest.raises(RuntimeError, match=r"missing keys \['weight_ih.*unexpected keys"):
+            target.load_state_dict(sd)
+        _assert_bitwise(target, before)
+    with pytest.raises(RuntimeError, match=r"unexpected keys \['weight_ih', 'weight_hh'"):
+        interop.from_torch({**layer_sd, **cell_sd})
+
+
 # ---- outside interop.py (lstm_fast/module.py): reported, xfail until fixed there ------------
 
 

@@ -15,6 +15,7 @@ Shapes use the legend: ``I`` input, ``H`` hidden, ``G`` gate width (4H, 3H, H), 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,13 +45,46 @@ def _tensor(name: str, a: Any) -> Any:
         return a
     if a.device.type == "meta":
         raise ValueError(f"{name}: expected a tensor with data, got one on the meta device")
+    if str(getattr(a, "layout", "torch.strided")) != "torch.strided" or a.is_quantized:
+        # (torch's load_state_dict refuses these too; .numpy() would fail naming no key)
+        got, fix = (
+            ("a quantized tensor", ".dequantize()")
+            if a.is_quantized
+            else (f"layout {a.layout}", ".to_dense()")
+        )
+        raise ValueError(f"{name}: expected a dense tensor, got {got} ({fix} it first)")
     return _from_torch(a)
 
 
-def _np(name: str, a: Any) -> np.ndarray:
-    """An imported weight as float32, checked: real numbers that fit float32 (as
-    ``load_state_dict``'s), so a string, complex or 1e300 entry raises naming the array."""
-    return np.ascontiguousarray(_as_dtype(name, _tensor(name, a)))
+def _is_tensor_proto(a: Any) -> bool:
+    """An ``onnx.TensorProto`` (an ONNX model's initializer), without importing onnx."""
+    return type(a).__name__ == "TensorProto" and hasattr(a, "dims") and hasattr(a, "data_type")
+
+
+def _shape(a: Any) -> tuple | None:
+    """The shape of an array, tensor or TensorProto without converting it (None for lists and
+    the like)."""
+    if _is_tensor_proto(a):
+        return tuple(a.dims)
+    shape = getattr(a, "shape", None)
+    return None if shape is None or isinstance(a, (str, bytes)) else tuple(shape)
+
+
+def _np(name: str, a: Any, shape: tuple, legend: str) -> np.ndarray:
+    """An imported weight as float32 of ``shape`` (``legend`` its letters), checked: real
+    numbers that fit float32 (as ``load_state_dict``'s), so a string, complex or 1e300 entry
+    raises naming the array. The shape is checked first, before anything is converted (a large
+    wrong array raises naming it, not MemoryError)."""
+    given = _shape(a)
+    if given is not None and given != tuple(shape):
+        raise ValueError(f"{name}: expected shape {legend} = {tuple(shape)}, got {given}")
+    if _is_tensor_proto(a):
+        from onnx import numpy_helper
+
+        a = numpy_helper.to_array(a)
+    arr = np.ascontiguousarray(_as_dtype(name, _tensor(name, a)))
+    _expect(name, arr, shape, legend)
+    return arr
 
 
 def _kind(layer) -> str:
@@ -68,24 +102,125 @@ def _kind(layer) -> str:
 # ---- PyTorch -------------------------------------------------------------------------------------
 
 
+_KEYS = (
+    "state_dict: expected the keys of a torch LSTM/GRU/RNN (weight_ih_l0, weight_hh_l0, ...) or "
+    "cell (weight_ih, weight_hh, ...), got"
+)
+# Wrappers that add a prefix to every key of the module they hold, and change nothing else:
+# DataParallel / DistributedDataParallel (``module.``), torch.compile (``_orig_mod.``).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _without_wrapper_prefixes(sd: Mapping) -> Mapping:
+    """``sd`` with the wrapper prefixes every key shares taken off (as torch's
+    ``consume_prefix_in_state_dict_if_present``); any other prefix stays (and is named by the
+    error that follows)."""
+    while sd and all(isinstance(k, str) for k in sd):
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)
+        if prefix is None:
+            break
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def _keys_error(sd: Mapping) -> ValueError:
+    """The error for a mapping without a torch layer's first weights, naming the key at fault:
+    one under a sub-module's prefix (a model's state dict), else the first few keys."""
+    for k in sd:
+        for tail in ("weight_ih_l0", "weight_hh_l0", "weight_ih", "weight_hh"):
+            if isinstance(k, str) and k.endswith("." + tail):
+                prefix = k[: -len(tail)]
+                return ValueError(
+                    f"{_KEYS} {k!r} (a model's state dict? pass the entries under {prefix!r}, "
+                    f"without it: {{k[{len(prefix)}:]: v for k, v in sd.items() if "
+                    f"k.startswith({prefix!r})}})"
+                )
+    if any(isinstance(k, str) and k.startswith("_all_weight_values.") for k in sd):
+        return ValueError(
+            f"{_KEYS} {list(sd)[:8]} (a quantized LSTM/GRU's, whose weights are packed: "
+            "convert the float module's state dict, before quantizing it)"
+        )
+    return ValueError(f"{_KEYS} {list(sd)[:8]}")
+
+
+_LAYER_KEY = re.compile(
+    r"(?P<what>weight|bias)_(?P<part>ih|hh|hr)_l(?P<layer>\d+)(?P<reverse>_reverse)?"
+)
+
+
+def _torch_keys(cell: bool, fixed: dict, proj: bool):
+    """The parameter names of a torch layer (or cell) of these settings, in torch's order
+    (a generator: a stray ``weight_ih_l99999999`` must not make a list of them all)."""
+    if cell:
+        yield from ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if fixed["bias"] else [])
+        return
+    for k in range(fixed["num_layers"]):
+        for sfx in ("", "_reverse")[: 2 if fixed["bidirectional"] else 1]:
+            yield from (f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}")
+            if fixed["bias"]:
+                yield from (f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}")
+            if proj:
+                yield f"weight_hr_l{k}{sfx}"
+
+
+def _is_torch_key(key: Any, cell: bool, fixed: dict, proj: bool) -> bool:
+    """``key`` is one of :func:`_torch_keys`'s (without listing them)."""
+    if cell:
+        return key in ("weight_ih", "weight_hh") or (
+            fixed["bias"] and key in ("bias_ih", "bias_hh")
+        )
+    m = _LAYER_KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None or int(m["layer"]) >= fixed["num_layers"] or str(int(m["layer"])) != m["layer"]:
+        return False
+    if m["reverse"] and not fixed["bidirectional"]:
+        return False
+    if m["part"] == "hr":
+        return proj and m["what"] == "weight"
+    return m["what"] == "weight" or fixed["bias"]
+
+
+def _few(keys: list, total: int) -> str:
+    """``keys`` (the first few of ``total``) as a list, counted when cut."""
+    return repr(keys) if len(keys) == total else f"{repr(keys)[:-1]}, ...] ({total} in all)"
+
+
+def _same(given: Any, fixed: Any) -> bool:
+    """An option's value is the state dict's (a bool for a bool, an int for an int)."""
+    if isinstance(given, (bool, np.bool_)) != isinstance(fixed, bool):
+        return False
+    if not isinstance(given, (bool, np.bool_, int, np.integer)):  # 2.0, "2", an array, ...
+        return False
+    return bool(given == fixed)
+
+
 def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
     """The lstm_fast layer (or cell) a torch state dict describes: cell or layer, num_layers,
     bidirectional, bias and proj_size from its keys; I, H, P and the kind from the shapes
-    (G = 4H LSTM, 3H GRU, H RNN). ``options`` (batch_first, dropout, nonlinearity) as given."""
+    (G = 4H LSTM, 3H GRU, H RNN). ``options`` (batch_first, dropout, nonlinearity) as given;
+    an option the state dict fixes (num_layers, hidden_size, ...) must agree with it.
+
+    The keys are checked before the layer is built, every entry's shape before any is
+    converted (a large unexpected or misshaped tensor raises naming it, without being
+    copied)."""
 
     def shape(key):
         v = sd[key]
         return tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
 
-    cell = "weight_ih" in sd and "weight_ih_l0" not in sd
+    options = dict(options)
+    layer_keys = "weight_ih_l0" in sd or "weight_hh_l0" in sd
+    cell = not layer_keys and ("weight_ih" in sd or "weight_hh" in sd)
+    if not (layer_keys or cell):
+        raise _keys_error(sd)
     sfx = "" if cell else "_l0"
-    if "weight_ih" + sfx not in sd or "weight_hh" + sfx not in sd:
-        raise ValueError(
-            "state_dict: expected the keys of a torch LSTM/GRU/RNN (weight_ih_l0, weight_hh_l0, "
-            f"...) or cell (weight_ih, weight_hh, ...), got {list(sd)[:8]}"
-        )
+    for have, need in (("weight_ih", "weight_hh"), ("weight_hh", "weight_ih")):
+        if need + sfx not in sd:
+            raise ValueError(
+                f"state_dict: expected a key {need + sfx!r} beside {have + sfx!r}, got "
+                f"{list(sd)[:8]}"
+            )
     w_ih, w_hh = shape("weight_ih" + sfx), shape("weight_hh" + sfx)
-    proj = not cell and "weight_hr_l0" in sd
+    proj = not cell and "weight_hr_l0" in sd  # (another weight_hr_l* alone: named missing)
     if len(w_ih) != 2 or len(w_hh) != 2 or (proj and len(shape("weight_hr_l0")) != 2):
         raise ValueError(
             f"state_dict: weight_ih{sfx}, weight_hh{sfx}: expected 2-d arrays (G, I), (G, H), "
@@ -99,7 +234,39 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
             f"state_dict: weight_ih{sfx}: expected G = 4H (LSTM), 3H (GRU) or H (RNN) rows "
             f"for H = {H}{' (weight_hr_l0, LSTM)' if proj else ''}, got {G}"
         )
-    bias = ("bias_ih" + sfx) in sd
+    # The layout is what any key shows (a layer index, a _reverse, a bias): a key that is
+    # absent is then named missing, rather than the layer read smaller and the rest unexpected.
+    found = [m for k in sd if isinstance(k, str) and (m := _LAYER_KEY.fullmatch(k))]
+    fixed = {"input_size": I, "hidden_size": H}
+    if cell:
+        fixed["bias"] = "bias_ih" in sd or "bias_hh" in sd
+    else:
+        fixed["bias"] = any(m["what"] == "bias" for m in found)
+        fixed["num_layers"] = 1 + max(int(m["layer"]) for m in found)
+        fixed["bidirectional"] = any(m["reverse"] for m in found)
+        if kind == "LSTM":
+            fixed["proj_size"] = shape("weight_hr_l0")[0] if proj else 0
+    unexpected = [k for k in sd if not _is_torch_key(k, cell, fixed, proj)]
+    n_keys = 2 + 2 * fixed["bias"] + proj
+    if not cell:
+        n_keys *= fixed["num_layers"] * (1 + fixed["bidirectional"])
+    n_missing = n_keys - (len(sd) - len(unexpected))
+    if n_missing or unexpected:  # (load_state_dict's message, before anything is built)
+        missing = []
+        for k in _torch_keys(cell, fixed, proj):
+            if len(missing) == min(n_missing, 8):
+                break
+            if k not in sd:
+                missing.append(k)
+        raise RuntimeError(
+            f"load_state_dict for {kind}{'Cell' if cell else ''}: missing keys "
+            f"{_few(missing, n_missing)}, unexpected keys {_few(unexpected[:8], len(unexpected))}"
+        )
+    for name, value in fixed.items():
+        if name in options:
+            given = options.pop(name)
+            if not _same(given, value):
+                raise ValueError(f"{name}: expected {value!r} (the state dict's), got {given!r}")
     if kind != "RNN" and "nonlinearity" in options:
         raise TypeError(f"nonlinearity: applies to an RNN state dict, not to this {kind} one")
     if kind == "RNN" and "nonlinearity" not in options:  # tanh or relu: the weights cannot tell
@@ -111,84 +278,154 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
         bad = set(options) - {"nonlinearity"}
         if bad:
             raise TypeError(f"{sorted(bad)}: not options of a cell ({kind}Cell)")
-        return _CELLS[kind + "Cell"](I, H, bias=bias, seed=seed, **options)
-    kw = dict(
-        num_layers=1
-        + max(
-            int(k[len("weight_ih_l") :].split("_")[0])
-            for k in sd
-            if isinstance(k, str)
-            and k.startswith("weight_ih_l")
-            and k[len("weight_ih_l") :].split("_")[0].isdigit()
-        ),
-        bias=bias,
-        bidirectional="weight_ih_l0_reverse" in sd,
-        seed=seed,
-        **options,
-    )
-    if proj:
-        kw["proj_size"] = shape("weight_hr_l0")[0]
-    return _LAYERS[kind](I, H, **kw)
+        layer = _CELLS[kind + "Cell"](I, H, bias=fixed["bias"], seed=seed, **options)
+    else:
+        size = {"input_size", "hidden_size"}
+        kw = {k: v for k, v in fixed.items() if k not in size}
+        layer = _LAYERS[kind](I, H, seed=seed, **kw, **options)
+    # the shapes, before any entry is converted (load_state_dict's message)
+    for k, p in layer.named_parameters():
+        given = _shape(sd[k])
+        if given is not None and given != p.data.shape:
+            raise ValueError(f"load_state_dict: {k}: expected shape {p.data.shape}, got {given}")
+    return layer
+
+
+def _unwrap(module: Any) -> Any:
+    """The module a DataParallel / DistributedDataParallel (``.module``) or a torch.compile'd
+    module (``._orig_mod``) holds, however deep; any other object as it is."""
+    for _ in range(16):
+        names = {c.__name__ for c in type(module).__mro__}
+        if names & {"DataParallel", "DistributedDataParallel"} and hasattr(module, "module"):
+            module = module.module
+        elif "OptimizedModule" in names and hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            break
+    return module
+
+
+_MISSING = object()
+
+
+def _torch_kind(module: Any) -> str:
+    """The torch class a module is: its class's or a base's name (a user subclass of nn.LSTM,
+    or lstm_fast.torch's, included), a TorchScript module's ``original_name``; else its own
+    class name (refused by the caller). A quantized LSTM (its class also named LSTM, its
+    weights packed) raises naming it."""
+    for c in type(module).__mro__:
+        if c.__name__ in _LAYERS or c.__name__ in _CELLS:
+            if ".quantiz" in c.__module__:
+                raise ValueError(
+                    f"module: expected a float torch {c.__name__}, got {c.__module__}."
+                    f"{c.__name__} (quantized or quantizable, its weights held otherwise); "
+                    "convert the float module, before quantizing it"
+                )
+            return c.__name__
+    original = getattr(module, "original_name", None)  # torch.jit.script / trace
+    if type(module).__module__.startswith("torch.jit") and original in {**_LAYERS, **_CELLS}:
+        return original
+    return type(module).__name__
+
+
+def _hook_weights(module: Any) -> dict:
+    """``{name: tensor}`` of the weights a forward pre-hook of ``torch.nn.utils``' (hook-based)
+    ``weight_norm``, ``spectral_norm`` or ``prune`` computes: the module's attribute holds the
+    value of the last forward (stale after an optimizer step), the next forward recomputes it.
+    Computed as that forward would (spectral_norm without a power iteration, as in eval mode)."""
+    hooks = getattr(module, "_forward_pre_hooks", None)
+    if not hooks:
+        return {}
+    try:
+        import torch
+        from torch.nn.utils.prune import BasePruningMethod
+        from torch.nn.utils.spectral_norm import SpectralNorm
+        from torch.nn.utils.weight_norm import WeightNorm
+    except ImportError:  # pragma: no cover - a torch without these utilities
+        return {}
+    out = {}
+    with torch.no_grad():
+        for hook in hooks.values():
+            if isinstance(hook, WeightNorm):
+                out[hook.name] = hook.compute_weight(module)
+            elif isinstance(hook, SpectralNorm):
+                out[hook.name] = hook.compute_weight(module, do_power_iteration=False)
+            elif isinstance(hook, BasePruningMethod):
+                out[hook._tensor_name] = hook.apply_mask(module)
+    return out
 
 
 def from_torch(module: Any, *, seed: int | None = None, **options: Any):
     """The lstm_fast layer (or cell) equivalent to a torch ``nn.LSTM/GRU/RNN`` (or cell), with
-    its weights copied. ``dropout`` and ``training`` mode carry over.
+    its weights copied. ``dropout`` and ``training`` mode carry over. A module wrapped in
+    ``DataParallel``/``DistributedDataParallel`` or ``torch.compile`` is read through the
+    wrapper, a ``torch.jit.script``'ed one by its ``original_name``; a quantized one (its
+    weights packed) raises.
 
     ``module`` may also be a torch state dict (of an ``nn.LSTM/GRU/RNN`` or cell, tensors or
-    arrays): the layer's kind, sizes, ``num_layers``, ``bidirectional``, ``bias`` and
+    arrays; the ``module.`` and ``_orig_mod.`` prefixes those wrappers give every key are taken
+    off): the layer's kind, sizes, ``num_layers``, ``bidirectional``, ``bias`` and
     ``proj_size`` are read from its keys and shapes; what a state dict does not hold comes from
     ``options`` (``batch_first``, ``dropout``; an RNN's ``nonlinearity`` is required, the
-    weights cannot tell tanh from relu). Missing, unexpected or misshaped entries raise,
-    naming them.
+    weights cannot tell tanh from relu). An option the state dict fixes may be given if it
+    agrees (``num_layers=2`` for two layers' keys), else it raises naming both values. Missing
+    or unexpected keys raise, naming them, before the layer is built (the layout is what any
+    key shows: without ``weight_ih_l1`` among a second layer's keys, ``weight_ih_l1`` is
+    missing), misshaped entries before any is converted.
 
     A module's effective weights are read by name (``module.weight_ih_l0``, ...), so extra
-    state of a subclass is ignored and parametrized weights (``weight_norm``) come as computed.
-    Weights must fit float32 (a float64 1e300 raises; float16/bfloat16 are widened exactly).
+    state of a subclass is ignored and parametrized weights (``parametrizations.weight_norm``)
+    come as computed; the hook-based ``weight_norm``, ``spectral_norm`` and ``prune`` of
+    ``torch.nn.utils`` are computed as the module's next forward would (the attribute they set
+    is stale after an optimizer step). Weights must fit float32 (a float64 1e300 raises;
+    float16/bfloat16 are widened exactly).
     """
     if isinstance(module, Mapping):
-        sd = {k: _tensor(f"load_state_dict: {k}", v) for k, v in module.items()}
+        sd = _without_wrapper_prefixes(module)
         layer = _layer_from_state_dict(sd, seed, options)
-        layer.load_state_dict(sd)
+        layer.load_state_dict({k: _tensor(f"load_state_dict: {k}", v) for k, v in sd.items()})
         return layer
     if options:
         raise TypeError(
             f"{sorted(options)}: options for a state dict only; a module brings its own"
         )
-    # The torch class a module is (a user subclass of nn.LSTM, or lstm_fast.torch's, included).
-    name = next(
-        (c.__name__ for c in type(module).__mro__ if c.__name__ in _LAYERS or c.__name__ in _CELLS),
-        type(module).__name__,
-    )
+    module = _unwrap(module)
+    name = _torch_kind(module)
+
+    def setting(attr):
+        value = getattr(module, attr, _MISSING)
+        if value is _MISSING:
+            raise ValueError(
+                f"module: expected the setting {attr!r} of a torch {name}, found none on "
+                f"{type(module).__name__} (from_torch(module.state_dict(), ...) reads the weights)"
+            )
+        return value
+
     if name in _LAYERS:
         kw = dict(
-            num_layers=module.num_layers,
-            bias=module.bias,
-            batch_first=module.batch_first,
-            dropout=float(module.dropout),
-            bidirectional=module.bidirectional,
+            num_layers=setting("num_layers"),
+            bias=setting("bias"),
+            batch_first=setting("batch_first"),
+            dropout=float(setting("dropout")),
+            bidirectional=setting("bidirectional"),
             seed=seed,
         )
         if name == "LSTM":
-            layer = _rnn.LSTM(
-                module.input_size, module.hidden_size, proj_size=module.proj_size, **kw
-            )
-        elif name == "GRU":
-            layer = _rnn.GRU(module.input_size, module.hidden_size, **kw)
-        else:
-            layer = _rnn.RNN(
-                module.input_size, module.hidden_size, nonlinearity=module.nonlinearity, **kw
-            )
+            kw["proj_size"] = setting("proj_size")
+        elif name == "RNN":
+            kw["nonlinearity"] = setting("nonlinearity")
+        layer = _LAYERS[name](setting("input_size"), setting("hidden_size"), **kw)
     elif name in _CELLS:
-        kw = dict(bias=module.bias, seed=seed)
+        kw = dict(bias=setting("bias"), seed=seed)
         if name == "RNNCell":
-            kw["nonlinearity"] = module.nonlinearity
-        layer = _CELLS[name](module.input_size, module.hidden_size, **kw)
+            kw["nonlinearity"] = setting("nonlinearity")
+        layer = _CELLS[name](setting("input_size"), setting("hidden_size"), **kw)
     else:
         raise TypeError(f"module: expected a torch LSTM, GRU, RNN or cell, got {name}")
+    hooked = _hook_weights(module)
     sd = {}
     for key in layer.state_dict():
-        value = getattr(module, key, None)
+        value = hooked[key] if key in hooked else getattr(module, key, None)
         if value is None:
             raise ValueError(f"module: expected a weight {key} (as {name}'s), found none")
         sd[key] = _tensor(f"load_state_dict: {key}", getattr(value, "data", value))
@@ -198,7 +435,8 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
 
 
 def to_torch(layer: Any):
-    """The torch module equivalent to an lstm_fast layer or cell, with its weights copied."""
+    """The torch module equivalent to an lstm_fast layer or cell, with its weights copied: float32
+    on the CPU (whatever torch's default dtype and device), in the layer's training mode."""
     try:
         import torch
     except ModuleNotFoundError as e:
@@ -211,8 +449,11 @@ def to_torch(layer: Any):
         ) from e
 
     kind = _kind(layer)
+    # float32 on the CPU, as the layer, whatever torch.set_default_dtype / _device say
+    # (float64 would not take float32 input; on "meta" the weights would be dropped)
+    where = dict(dtype=torch.float32, device="cpu")
     if isinstance(layer, (_rnn.LSTMCell, _rnn.GRUCell, _rnn.RNNCell)):
-        kw = dict(bias=layer.bias)
+        kw = dict(bias=layer.bias, **where)
         if kind == "RNN":
             kw["nonlinearity"] = layer.nonlinearity
         mod = getattr(torch.nn, kind + "Cell")(layer.input_size, layer.hidden_size, **kw)
@@ -223,6 +464,7 @@ def to_torch(layer: Any):
             batch_first=layer.batch_first,
             dropout=layer.dropout,
             bidirectional=layer.bidirectional,
+            **where,
         )
         if kind == "LSTM":
             kw["proj_size"] = layer.proj_size
@@ -278,6 +520,13 @@ def _get(layer, name, k, d):
     return None if p is None else p.data
 
 
+def _no_projection(layer, why: str) -> None:
+    """Refuse an LSTM with a projection (Keras's and ONNX's LSTM have none), ``why`` first."""
+    P = getattr(layer, "proj_size", 0)
+    if P:
+        raise ValueError(f"{why}: proj_size: expected 0, got {P}")
+
+
 def _expect(name: str, a: np.ndarray, shape: tuple, legend: str) -> None:
     if a.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {legend} = {tuple(shape)}, got {a.shape}")
@@ -287,7 +536,9 @@ def _load(layer, staged: dict, what: str) -> None:
     """Write ``{parameter name: array}`` (every array already checked): all or nothing."""
     check_writeable(what, {name: layer._parameters[name] for name in staged})
     for name, value in staged.items():
-        layer._parameters[name].data[...] = value
+        p = layer._parameters[name]
+        p.data[...] = value
+        p._version = getattr(p, "_version", 0) + 1  # a saved forward's backward refuses p now
     layer._on_load()
 
 
@@ -296,12 +547,13 @@ def _load(layer, staged: dict, what: str) -> None:
 
 def to_keras(layer, k: int = 0, direction: int = 0) -> list:
     """Keras weights ``[kernel, recurrent_kernel, bias]`` of layer ``k``, one direction (Keras
-    ``LSTM``, ``GRU(reset_after=True)``, ``SimpleRNN``; ``layer.set_weights(...)`` takes them).
+    ``LSTM``, ``GRU(reset_after=True)``, ``SimpleRNN``, with ``activation="relu"`` for a ReLU
+    RNN; ``layer.set_weights(...)`` takes them; a ``Bidirectional`` layer's are direction 0's
+    then direction 1's).
     Without bias (``bias=False``): ``[kernel, recurrent_kernel]`` (Keras ``use_bias=False``)."""
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("to_keras: Keras has no LSTM projection (proj_size > 0)")
+    _no_projection(layer, "to_keras: Keras has no LSTM projection")
     k, direction = _check_index(layer, k, direction)
     w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
     out = [_reorder(w_ih, order).T.copy(), _reorder(w_hh, order).T.copy()]
@@ -323,20 +575,24 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     """
     kind = _kind(layer)
     order = _KERAS_ORDER[kind]
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("from_keras: Keras has no LSTM projection (proj_size > 0)")
+    _no_projection(layer, "from_keras: Keras has no LSTM projection")
     k, direction = _check_index(layer, k, direction)
     if not isinstance(weights, (list, tuple)) or len(weights) not in (2, 3):
-        got = f"{len(weights)} arrays" if isinstance(weights, (list, tuple)) else type(weights)
+        n = len(weights) if isinstance(weights, (list, tuple)) else None
+        got = f"{n} arrays" if n is not None else type(weights).__name__
+        if n in (4, 6):  # a Keras Bidirectional layer's get_weights(): forward, then backward
+            got += (
+                f" (a Bidirectional layer's? load weights[:{n // 2}] with direction=0 and "
+                f"weights[{n // 2}:] with direction=1)"
+            )
         raise ValueError(
             f"weights: expected [kernel, recurrent_kernel] or [kernel, recurrent_kernel, bias], "
             f"got {got}"
         )
     w_ih, w_hh = _get(layer, "weight_ih", k, direction), _get(layer, "weight_hh", k, direction)
     (G, I), Hh = w_ih.shape, w_hh.shape[1]
-    kernel, recurrent = _np("kernel", weights[0]), _np("recurrent_kernel", weights[1])
-    _expect("kernel", kernel, (I, G), "(I, G)")
-    _expect("recurrent_kernel", recurrent, (Hh, G), "(H, G)")
+    kernel = _np("kernel", weights[0], (I, G), "(I, G)")
+    recurrent = _np("recurrent_kernel", weights[1], (Hh, G), "(H, G)")
     staged = {
         _pname(layer, "weight_ih", k, direction): _unorder(kernel.T, order),
         _pname(layer, "weight_hh", k, direction): _unorder(recurrent.T, order),
@@ -345,13 +601,12 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     if len(weights) > 2:
         if not layer.bias:
             raise ValueError("bias: given, but the layer was made with bias=False")
-        bias = _np("bias", weights[2])
         if kind == "GRU":
-            _expect("bias", bias, (2, G), "(2, 3H) (GRU reset_after=True)")
+            bias = _np("bias", weights[2], (2, G), "(2, 3H) (GRU reset_after=True)")
             staged[names[0]] = _unorder(bias[0], order)
             staged[names[1]] = _unorder(bias[1], order)
         else:
-            _expect("bias", bias, (G,), "(G,)")
+            bias = _np("bias", weights[2], (G,), "(G,)")
             staged[names[0]] = _unorder(bias, order)
             staged[names[1]] = np.zeros_like(bias)
     elif layer.bias:  # Keras use_bias=False: no bias at all
@@ -391,10 +646,7 @@ def onnx_attributes(layer) -> dict:
         ...                              **interop.onnx_attributes(gru))
     """
     kind = _kind(layer)
-    if getattr(layer, "proj_size", 0):
-        raise ValueError(
-            "onnx_attributes: the ONNX LSTM operator has no projection (proj_size > 0)"
-        )
+    _no_projection(layer, "onnx_attributes: the ONNX LSTM operator has no projection")
     D = 1 if _is_cell(layer) else layer.num_directions
     out = {
         "hidden_size": int(layer.hidden_size),
@@ -435,14 +687,21 @@ def _check_onnx_node(layer, kind: str, node: Any) -> None:
     def text(v):
         return v.decode() if isinstance(v, bytes) else v
 
+    def integer(name, default, expected):
+        v = attrs.get(name, default)
+        if isinstance(v, (bool, np.bool_)):
+            v = int(v)
+        if not isinstance(v, (int, np.integer)):
+            raise ValueError(f"node: {name}: expected {expected}, got {v!r}")
+        return int(v)
+
     unknown = sorted(set(attrs) - _ONNX_ATTRIBUTES - _ONNX_OWN[kind])
     if unknown:
         raise ValueError(f"node: unknown ONNX {kind} attribute {unknown[0]!r}")
     H, D = int(layer.hidden_size), 1 if _is_cell(layer) else layer.num_directions
-    if "hidden_size" in attrs and int(attrs["hidden_size"]) != H:
-        raise ValueError(
-            f"node: hidden_size: expected {H} (the layer's), got {int(attrs['hidden_size'])}"
-        )
+    want_h = f"{H} (the layer's)"
+    if "hidden_size" in attrs and integer("hidden_size", H, want_h) != H:
+        raise ValueError(f"node: hidden_size: expected {want_h}, got {attrs['hidden_size']!r}")
     want = "bidirectional" if D == 2 else "forward"
     got = text(attrs.get("direction", "forward"))
     if got != want:
@@ -451,30 +710,45 @@ def _check_onnx_node(layer, kind: str, node: Any) -> None:
         raise ValueError(
             f"node: clip: expected none (the layer does not clip), got {attrs['clip']!r}"
         )
-    if kind == "LSTM" and int(attrs.get("input_forget", 0)) != 0:
-        raise ValueError(
-            f"node: input_forget: expected 0 (separate input and forget gates), got "
-            f"{int(attrs['input_forget'])}"
-        )
-    if kind == "GRU" and int(attrs.get("linear_before_reset", 0)) != 1:
-        got = attrs.get("linear_before_reset")
-        got = "0 (the ONNX default)" if got is None else int(got)
-        raise ValueError(f"node: linear_before_reset: expected 1 (PyTorch's GRU), got {got}")
+    if kind == "LSTM":
+        input_forget = integer("input_forget", 0, "0 (separate input and forget gates)")
+        if input_forget != 0:
+            raise ValueError(
+                f"node: input_forget: expected 0 (separate input and forget gates), got "
+                f"{input_forget}"
+            )
+    if kind == "GRU":
+        lbr = integer("linear_before_reset", 0, "1 (PyTorch's GRU)")
+        if lbr != 1:
+            got = "0 (the ONNX default)" if attrs.get("linear_before_reset") is None else lbr
+            raise ValueError(f"node: linear_before_reset: expected 1 (PyTorch's GRU), got {got}")
     if not _is_cell(layer):
         bf = bool(getattr(layer, "batch_first", False))
-        layout = int(attrs.get("layout", 0))
+        layout = integer("layout", 0, f"0 (the layer's batch_first={bf})")
         if layout not in (0, int(bf)):  # time-major always works; batch-major if batch_first
             raise ValueError(
                 f"node: layout: expected 0 (the layer's batch_first={bf}), got {layout}"
             )
-    if "activations" in attrs:
-        one = _onnx_activations(layer, kind)
-        given = [text(v) for v in attrs["activations"]]
-        if [v.lower() for v in given] not in (
-            [v.lower() for v in one * D],
-            [v.lower() for v in one],
-        ):
-            raise ValueError(f"node: activations: expected {one * D}, got {given}")
+    one = _onnx_activations(layer, kind)
+    if "activations" not in attrs:
+        # ONNX's defaults are Sigmoid/Tanh(/Tanh) and, for the RNN operator, Tanh: a ReLU
+        # layer cannot compute a node that leaves them out
+        if kind == "RNN" and layer.nonlinearity == "relu":
+            raise ValueError(
+                f"node: activations: expected {one * D}, got none (the ONNX default: Tanh)"
+            )
+        return
+    given = attrs["activations"]
+    if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+        raise ValueError(
+            f"node: activations: expected a list of names such as {one * D}, got {given!r}"
+        )
+    given = [text(v) for v in given]
+    if [str(v).lower() for v in given] not in (
+        [v.lower() for v in one * D],
+        [v.lower() for v in one],
+    ):
+        raise ValueError(f"node: activations: expected {one * D}, got {given}")
 
 
 def to_onnx(layer, k: int = 0) -> dict:
@@ -482,8 +756,7 @@ def to_onnx(layer, k: int = 0) -> dict:
     bidirectional), for the ONNX ``LSTM``/``GRU``/``RNN`` operator (GRU: linear_before_reset=1).
     Without bias (``bias=False``) there is no ``"B"`` (ONNX's default: zero)."""
     kind = _kind(layer)
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("to_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    _no_projection(layer, "to_onnx: the ONNX LSTM operator has no projection")
     k, _ = _check_index(layer, k, 0)
     order = _ONNX_ORDER[kind]
     D = 1 if _is_cell(layer) else layer.num_directions
@@ -503,34 +776,31 @@ def to_onnx(layer, k: int = 0) -> dict:
 
 
 def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = None) -> None:
-    """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``.
+    """Load ONNX initializers W (D, G, I), R (D, G, H), B (D, 2G) into layer ``k``: arrays,
+    tensors or the model's ``onnx.TensorProto`` initializers themselves.
 
     ``B`` omitted: zero biases (the ONNX operator's default); a ``B`` for a layer made with
     ``bias=False`` raises. Every array is checked before any parameter changes.
 
     ``node`` (the ``onnx.NodeProto`` the initializers feed, or a mapping of its attributes) is
     checked first: attributes the layer cannot compute raise, naming the attribute, the
-    expected and the given value (``clip``, ``input_forget=1``, other ``activations``, GRU
-    ``linear_before_reset`` other than 1, LSTM peepholes ``P``, a ``hidden_size``,
-    ``direction`` or ``layout`` other than the layer's). Without it nothing is checked beyond
-    the shapes: the initializers alone cannot tell."""
+    expected and the given value (``clip``, ``input_forget=1``, other ``activations``, none
+    for a ReLU RNN (ONNX's default is Tanh), GRU ``linear_before_reset`` other than 1, LSTM
+    peepholes ``P``, a ``hidden_size``, ``direction`` or ``layout`` other than the layer's).
+    Without it nothing is checked beyond the shapes: the initializers alone cannot tell."""
     kind = _kind(layer)
     if node is not None:
         _check_onnx_node(layer, kind, node)
     order = _ONNX_ORDER[kind]
-    if getattr(layer, "proj_size", 0):
-        raise ValueError("from_onnx: the ONNX LSTM operator has no projection (proj_size > 0)")
+    _no_projection(layer, "from_onnx: the ONNX LSTM operator has no projection")
     k, _ = _check_index(layer, k, 0)
     D = 1 if _is_cell(layer) else layer.num_directions
     (G, I), Hh = _get(layer, "weight_ih", k, 0).shape, _get(layer, "weight_hh", k, 0).shape[1]
-    W, R = _np("W", W), _np("R", R)
-    _expect("W", W, (D, G, I), "(D, G, I)")
-    _expect("R", R, (D, G, Hh), "(D, G, H)")
+    W, R = _np("W", W, (D, G, I), "(D, G, I)"), _np("R", R, (D, G, Hh), "(D, G, H)")
     if B is not None:
         if not layer.bias:
             raise ValueError("B: given, but the layer was made with bias=False")
-        B = _np("B", B)
-        _expect("B", B, (D, 2 * G), "(D, 2G)")
+        B = _np("B", B, (D, 2 * G), "(D, 2G)")
     staged = {}
     for d in range(D):
         staged[_pname(layer, "weight_ih", k, d)] = _unorder(W[d], order)

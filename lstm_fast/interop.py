@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import rnn as _rnn
-from .module import _as_dtype, _from_torch, check_writeable
+from .module import _as_dtype, _check_dense_tensor, _from_torch, check_writeable
 
 __all__ = [
     "from_keras",
@@ -43,16 +43,7 @@ def _tensor(name: str, a: Any) -> Any:
     beyond float32's range instead of loading inf); half precision widened exactly."""
     if not hasattr(a, "detach"):
         return a
-    if a.device.type == "meta":
-        raise ValueError(f"{name}: expected a tensor with data, got one on the meta device")
-    if str(getattr(a, "layout", "torch.strided")) != "torch.strided" or a.is_quantized:
-        # (torch's load_state_dict refuses these too; .numpy() would fail naming no key)
-        got, fix = (
-            ("a quantized tensor", ".dequantize()")
-            if a.is_quantized
-            else (f"layout {a.layout}", ".to_dense()")
-        )
-        raise ValueError(f"{name}: expected a dense tensor, got {got} ({fix} it first)")
+    _check_dense_tensor(name, a)
     return _from_torch(a)
 
 

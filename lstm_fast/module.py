@@ -34,11 +34,31 @@ def _from_torch(t: Any) -> np.ndarray:
     return t.numpy()
 
 
+def _check_dense_tensor(what: str, t: Any) -> None:
+    """Raise ValueError naming ``what`` for a torch tensor :func:`_from_torch` cannot read: on
+    the meta device (no data), sparse or quantized (``.numpy()`` would fail naming nothing;
+    torch's own load_state_dict refuses these too)."""
+    if t.device.type == "meta":
+        raise ValueError(f"{what}: expected a tensor with data, got one on the meta device")
+    if str(getattr(t, "layout", "torch.strided")) != "torch.strided" or t.is_quantized:
+        got, fix = (
+            ("a quantized tensor", ".dequantize()")
+            if t.is_quantized
+            else (f"layout {t.layout}", ".to_dense()")
+        )
+        raise ValueError(f"{what}: expected a dense tensor, got {got} ({fix} it first)")
+
+
 def _as_dtype(what: str, value: Any, dtype: Any = np.float32, shape: Any = None) -> np.ndarray:
     """``value`` (NumPy, torch tensor, nested lists) as a ``dtype`` array, checked first: a real
     numeric array (of ``shape`` when given) whose finite values stay finite (1e300 does not fit
     float32). Errors start with ``what``: ``"load_state_dict: weight_ih_l0: expected ..."``."""
     if hasattr(value, "detach"):  # a torch tensor: no torch import needed
+        _check_dense_tensor(what, value)
+        # the shape first: widening a half-precision tensor copies it (a large wrong-shaped
+        # one, e.g. an expanded view, failed in torch's allocator naming nothing)
+        if shape is not None and tuple(value.shape) != tuple(shape):
+            raise ValueError(f"{what}: expected shape {tuple(shape)}, got {tuple(value.shape)}")
         value = _from_torch(value)
     try:
         arr = np.asarray(value)

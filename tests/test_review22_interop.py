@@ -907,18 +907,10 @@ def test_cell_and_layer_state_dicts_are_not_mixed_up():
         interop.from_torch({**layer_sd, **cell_sd})
 
 
-# ---- outside interop.py (lstm_fast/module.py): reported, xfail until fixed there ------------
+# ---- lstm_fast/module.py: load_state_dict names a tensor it cannot read, shape first ----------
 
 
 @pytest.mark.filterwarnings("ignore:.*quantize")
-@pytest.mark.xfail(
-    strict=True,
-    reason="module.py: Module.load_state_dict converts torch tensors with _from_torch (.numpy()) "
-    "before naming anything: a sparse tensor raises torch's 'can't convert Sparse layout tensor "
-    "to numpy', a quantized one 'Got unsupported ScalarType QInt8', neither naming the key "
-    "(interop._tensor now refuses both naming it; the layers' load_state_dict should too)",
-    raises=TypeError,
-)
 @pytest.mark.parametrize("how", ["sparse", "quantized"])
 def test_load_state_dict_names_a_sparse_or_quantized_tensor(how):
     layer = _make("GRU")
@@ -931,13 +923,6 @@ def test_load_state_dict_names_a_sparse_or_quantized_tensor(how):
         layer.load_state_dict(sd)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="module.py: _as_dtype widens a half/bfloat16 torch tensor (t.float(), a copy) before "
-    "comparing its shape, so a large wrong-shaped one (here an expanded view, next to no memory) "
-    "fails in torch's allocator naming nothing instead of 'weight_ih_l0: expected shape'",
-    raises=RuntimeError,
-)
 def test_load_state_dict_checks_the_shape_before_widening():
     layer = _make("GRU")
     sd = {k: torch.from_numpy(v) for k, v in layer.state_dict().items()}

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -752,6 +753,23 @@ PYBIND11_MODULE(_core, m) {
   m.def("_find_nonfinite", &find_nonfinite_py, py::arg("a"));
   m.def("get_num_threads", &get_num_threads);
   m.def("_team_threads", &team_threads);
+  m.def("_wake_state", [] {
+    py::dict d;
+    const std::int64_t gap = slow_wake_gap_ns();
+    d["slow_gap_ns"] = gap == std::numeric_limits<std::int64_t>::max() ? py::object(py::none())
+                                                                      : py::object(py::int_(gap));
+    d["last_region_end_ns"] = team_end_ns();
+    d["now_ns"] = monotonic_ns();
+    d["regions"] = team_regions();
+    d["slow"] = team_wake_slow();
+    return d;
+  });
+  m.def(
+      "_set_slow_wake_gap", [](long long ns) { set_slow_wake_gap_ns(ns); }, py::arg("ns"));
+  m.def(
+      "_note_team_region",
+      [](long long start_ns, long long late_ns) { note_team_region(start_ns, late_ns); },
+      py::arg("start_ns"), py::arg("late_ns"));
   m.def(
       "_set_cpu_limit", [](long long n) { set_cpu_limit(n == 0 ? 0 : checked_threads(n, "n")); },
       py::arg("n"));

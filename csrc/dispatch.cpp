@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <thread>
 #include <cstdlib>
@@ -375,6 +376,53 @@ int team_threads() {
 }
 
 void set_cpu_limit(int n) { g_cpu_limit.store(n < 0 ? 0 : n, std::memory_order_relaxed); }
+
+namespace {
+std::atomic<std::int64_t> g_team_end{0};  // monotonic_ns() when the last region ended (0: none)
+std::atomic<std::int64_t> g_slow_gap{std::numeric_limits<std::int64_t>::max()};
+std::atomic<std::int64_t> g_team_regions{0};
+}  // namespace
+
+std::int64_t monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void note_team_region(std::int64_t start_ns, std::int64_t late_ns) {
+  g_team_regions.fetch_add(1, std::memory_order_relaxed);
+  const std::int64_t end = g_team_end.exchange(monotonic_ns(), std::memory_order_relaxed);
+  if (end == 0 || late_ns < 0 || start_ns <= end) return;  // no gap known (first region, or
+                                                          // regions of threads running at once)
+  const std::int64_t gap = start_ns - end;
+  if (gap < kSlowWakeNs) return;  // the workers were still spinning
+  const std::int64_t known = g_slow_gap.load(std::memory_order_relaxed);
+  if (late_ns >= kSlowWakeNs) {
+    if (gap < known) g_slow_gap.store(gap, std::memory_order_relaxed);
+  } else if (late_ns < kSlowWakeNs / 4 && gap >= known) {
+    // a quick wake after a gap thought slow (the host is quieter now): only longer gaps are
+    g_slow_gap.store(gap + gap / 4, std::memory_order_relaxed);
+  }
+}
+
+bool team_wake_slow() {
+  const std::int64_t end = g_team_end.load(std::memory_order_relaxed);
+  return end != 0 && monotonic_ns() - end >= g_slow_gap.load(std::memory_order_relaxed);
+}
+
+std::int64_t slow_wake_gap_ns() { return g_slow_gap.load(std::memory_order_relaxed); }
+std::int64_t team_end_ns() { return g_team_end.load(std::memory_order_relaxed); }
+void set_slow_wake_gap_ns(std::int64_t ns) {
+  g_slow_gap.store(ns > 0 ? ns : std::numeric_limits<std::int64_t>::max(),
+                   std::memory_order_relaxed);
+}
+std::int64_t team_regions() { return g_team_regions.load(std::memory_order_relaxed); }
+
+int small_call_threads(double fma, int nthreads) {
+  if (nthreads <= 1 || fma < double(1 << 17)) return 1;
+  if (fma < double(1 << 22) && team_wake_slow()) return 1;
+  return nthreads;
+}
 
 bool forked_serial() { return g_forked_serial.load(std::memory_order_relaxed); }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -69,16 +70,53 @@ inline void team_barrier() {
 #endif
 }
 
+// ---- Waking the team after an idle gap ------------------------------------------------------
+// After a region the team's workers spin for a while, then sleep; a later region wakes them.
+// On a virtual machine whose idle vCPUs the host deschedules, that wake can take milliseconds:
+// here (2 vCPUs, AMD EPYC Zen 4 VM) a one-step call (H = 256, batch 1, `step()`) after an idle
+// gap of 25-100 ms took 4-7.8 ms on 2 threads against 0.35-0.39 ms on one (17 us against 31
+// back to back; torch.nn.LSTMCell 0.7-1.1 ms after such gaps), while after gaps of 3-15 ms the
+// two threads were still the faster. So each region run_team opens records when its first
+// worker arrived; a worker that came late (>= kSlowWakeNs) after an idle gap teaches the
+// process that gaps that long wake slowly, one that came quickly after a gap at least that
+// long unlearns it. A small call (small_call_threads) after such a gap then runs on the
+// calling thread alone. Results do not depend on the thread count.
+constexpr std::int64_t kSlowWakeNs = 1000000;  // 1 ms
+std::int64_t monotonic_ns();
+// After a region that started at start_ns, its first worker having arrived late_ns after.
+void note_team_region(std::int64_t start_ns, std::int64_t late_ns);
+// Whether the team has been idle for at least the gap after which it was seen to wake slowly.
+bool team_wake_slow();
+// Test hooks: the learned gap (INT64_MAX: none) and when the last region ended; set the gap.
+std::int64_t slow_wake_gap_ns();
+std::int64_t team_end_ns();
+void set_slow_wake_gap_ns(std::int64_t ns);
+// Regions of more than one thread opened by run_team so far (tests).
+std::int64_t team_regions();
+
+// The threads of a call of `fma` multiply-adds that would share them only above 2^17 (a
+// fraction of a microsecond of work per thread): nthreads, or 1 below that, or 1 when the call
+// is small (below 2^22, a few hundred microseconds on one thread) and the team would wake
+// slowly (team_wake_slow()).
+int small_call_threads(double fma, int nthreads);
+
 // Runs body() on a team of P threads, or directly on the calling thread when P <= 1: a region
 // with `if (false)` still builds and tears down a team in libgomp (about 3,000 instructions,
 // the cost of a whole one-step call at small sizes). Inside body, team_id()/team_size() and
-// the barriers work alike in both cases.
+// the barriers work alike in both cases. A region notes when its first worker arrived
+// (note_team_region).
 template <class F>
 inline void run_team(int P, F&& body) {
 #if defined(_OPENMP)
   if (P > 1) {
+    const std::int64_t start = monotonic_ns();
+    std::atomic<std::int64_t> late{-1};
 #pragma omp parallel num_threads(P)
-    body();
+    {
+      if (omp_get_thread_num() == 1) late.store(monotonic_ns() - start, std::memory_order_relaxed);
+      body();
+    }
+    note_team_region(start, late.load(std::memory_order_relaxed));
     return;
   }
 #endif

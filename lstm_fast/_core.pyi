@@ -321,6 +321,17 @@ def get_num_threads() -> int:
 def _team_threads() -> int:
     """Threads a call runs on now: get_num_threads(), at most cpu_info()["cpus"]."""
 
+def _wake_state() -> dict[str, Any]:
+    """The team's wake record: slow_gap_ns (the idle gap after which its workers were seen to
+    wake slowly, None if never), last_region_end_ns, now_ns, regions (run so far), slow (whether
+    small calls now run on one thread)."""
+
+def _set_slow_wake_gap(ns: int) -> None:
+    """Tests: set that gap (0: none known)."""
+
+def _note_team_region(start_ns: int, late_ns: int) -> None:
+    """Tests: record a region that started at start_ns whose first worker came late_ns after."""
+
 def _set_cpu_limit(n: int) -> None:
     """Tests: allow teams of up to n threads whatever the CPUs (0: the CPUs again)."""
 

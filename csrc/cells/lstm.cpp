@@ -130,7 +130,7 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   const index_t rows_all = T * B;
   // (the cost estimate in double: an integer product of weights and rows could wrap)
   const double flops = static_cast<double>(G) * static_cast<double>(H + I) * rows_all;
-  const int P = (flops >= double(index_t(1) << 17) && nthreads > 1) ? nthreads : 1;
+  const int P = small_call_threads(flops, nthreads);
   const index_t nub = num_unit_blocks(kern, H), nblk = (G + 7) / 8;
   StepBarrier step_barrier;
   run_team(P, [&] {

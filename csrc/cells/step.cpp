@@ -34,7 +34,7 @@ void step_forward(StepCell cell, float* h_out, float* c_out, const float* x, con
   const index_t blk = kern.W, nblk = (H + blk - 1) / blk;
   // (the cost estimate in double: an integer product of weights and rows could wrap)
   const double flops = static_cast<double>(G) * static_cast<double>(I + H) * B;
-  const int P = (flops >= double(index_t(1) << 17) && nthreads > 1 && nblk >= 2) ? nthreads : 1;
+  const int P = nblk >= 2 ? small_call_threads(flops, nthreads) : 1;
   run_team(P, [&] {
     DenormalGuard ftz;
     const int p = team_id(), np = team_size();

@@ -1,0 +1,80 @@
+"""Small calls after an idle gap that the team was seen to wake from slowly run on the calling
+thread alone (dispatch.h, "Waking the team after an idle gap"): the learning rule, the choice of
+one thread, and the same results either way. No timing is asserted: the learning is driven
+through _core._note_team_region, the choice through _core._set_slow_wake_gap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import _core
+
+MS = 1_000_000
+
+
+@pytest.fixture
+def wake():
+    """Two threads, a region run (so an end time is known), and the learned gap restored."""
+    before_threads = lstm_fast.get_num_threads()
+    before = _core._wake_state()["slow_gap_ns"]
+    lstm_fast.set_num_threads(2)
+    layer = lstm_fast.LSTM(256, 256, seed=0).eval()
+    layer(np.zeros((1, 1, 256), np.float32))  # a one-step call: 2^19 multiply-adds, 2 threads
+    yield layer
+    _core._set_slow_wake_gap(before or 0)
+    lstm_fast.set_num_threads(before_threads)
+
+
+def test_learns_the_gap_after_a_slow_wake_and_unlearns_it_after_a_quick_one(wake):
+    _core._set_slow_wake_gap(0)
+    assert _core._wake_state()["slow_gap_ns"] is None
+    end = _core._wake_state()["last_region_end_ns"]
+    assert end > 0
+    # a gap below 1 ms (the workers still spin) or an unknown arrival teaches nothing
+    _core._note_team_region(end + MS // 2, 5 * MS)
+    end = _core._wake_state()["last_region_end_ns"]
+    _core._note_team_region(end + 5 * MS, -1)
+    assert _core._wake_state()["slow_gap_ns"] is None
+    # a worker 2 ms late after a 30 ms gap: gaps of 30 ms wake slowly
+    end = _core._wake_state()["last_region_end_ns"]
+    _core._note_team_region(end + 30 * MS, 2 * MS)
+    assert _core._wake_state()["slow_gap_ns"] == 30 * MS
+    # a slow wake after a shorter gap lowers it, a quick one after a shorter gap changes nothing
+    end = _core._wake_state()["last_region_end_ns"]
+    _core._note_team_region(end + 20 * MS, 3 * MS)
+    assert _core._wake_state()["slow_gap_ns"] == 20 * MS
+    end = _core._wake_state()["last_region_end_ns"]
+    _core._note_team_region(end + 10 * MS, 10_000)
+    assert _core._wake_state()["slow_gap_ns"] == 20 * MS
+    # a quick wake after a gap at least that long: only longer gaps are slow now
+    end = _core._wake_state()["last_region_end_ns"]
+    _core._note_team_region(end + 40 * MS, 10_000)
+    assert _core._wake_state()["slow_gap_ns"] == 50 * MS
+
+
+def test_small_calls_run_on_one_thread_after_a_slow_gap(wake):
+    layer = wake
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    _core._set_slow_wake_gap(0)  # none known: the one-step call wakes the team
+    n0 = _core._wake_state()["regions"]
+    h_team, st_team = (np.copy(a) for a in layer.step(x, None)[1])
+    assert _core._wake_state()["regions"] > n0
+    _core._set_slow_wake_gap(1)  # every gap is slow: the calling thread alone
+    assert _core._wake_state()["slow"]
+    n1 = _core._wake_state()["regions"]
+    h_one, st_one = (np.copy(a) for a in layer.step(x, None)[1])
+    y_one, _ = layer(x[None])
+    assert _core._wake_state()["regions"] == n1
+    assert h_one.tobytes() == h_team.tobytes() and st_one.tobytes() == st_team.tobytes()
+    assert y_one[0].tobytes() == h_team.tobytes()
+
+
+def test_large_calls_keep_the_team_after_a_slow_gap(wake):
+    _core._set_slow_wake_gap(1)
+    x = np.random.default_rng(1).standard_normal((20, 16, 64)).astype(np.float32)
+    layer = lstm_fast.LSTM(64, 128, seed=0).eval()
+    n = _core._wake_state()["regions"]
+    layer(x)  # 20 * 16 * 512 * 192 multiply-adds: above the small calls' bound
+    assert _core._wake_state()["regions"] > n

@@ -396,13 +396,11 @@ void note_team_region(std::int64_t start_ns, std::int64_t late_ns) {
                                                           // regions of threads running at once)
   const std::int64_t gap = start_ns - end;
   if (gap < kSlowWakeNs) return;  // the workers were still spinning
-  const std::int64_t known = g_slow_gap.load(std::memory_order_relaxed);
-  if (late_ns >= kSlowWakeNs) {
-    if (gap < known) g_slow_gap.store(gap, std::memory_order_relaxed);
-  } else if (late_ns < kSlowWakeNs / 4 && gap >= known) {
-    // a quick wake after a gap thought slow (the host is quieter now): only longer gaps are
-    g_slow_gap.store(gap + gap / 4, std::memory_order_relaxed);
-  }
+  // Only learned, never unlearned: a quick arrival after a long gap proves little, as a region
+  // this one does not see (the GEMM's, torch's in the same runtime) may have woken the team
+  // just before, and a wrong "slow" costs a small call at most its time on one thread.
+  if (late_ns >= kSlowWakeNs && gap < g_slow_gap.load(std::memory_order_relaxed))
+    g_slow_gap.store(gap, std::memory_order_relaxed);
 }
 
 bool team_wake_slow() {

@@ -78,9 +78,8 @@ inline void team_barrier() {
 // back to back; torch.nn.LSTMCell 0.7-1.1 ms after such gaps), while after gaps of 3-15 ms the
 // two threads were still the faster. So each region run_team opens records when its first
 // worker arrived; a worker that came late (>= kSlowWakeNs) after an idle gap teaches the
-// process that gaps that long wake slowly, one that came quickly after a gap at least that
-// long unlearns it. A small call (small_call_threads) after such a gap then runs on the
-// calling thread alone. Results do not depend on the thread count.
+// process that gaps that long wake slowly. A small call (small_call_threads) after such a gap
+// then runs on the calling thread alone. Results do not depend on the thread count.
 constexpr std::int64_t kSlowWakeNs = 1000000;  // 1 ms
 std::int64_t monotonic_ns();
 // After a region that started at start_ns, its first worker having arrived late_ns after.

@@ -27,31 +27,35 @@ def wake():
     lstm_fast.set_num_threads(before_threads)
 
 
-def test_learns_the_gap_after_a_slow_wake_and_unlearns_it_after_a_quick_one(wake):
+def test_learns_the_shortest_gap_after_which_a_wake_was_slow(wake):
     _core._set_slow_wake_gap(0)
     assert _core._wake_state()["slow_gap_ns"] is None
     end = _core._wake_state()["last_region_end_ns"]
     assert end > 0
-    # a gap below 1 ms (the workers still spin) or an unknown arrival teaches nothing
+    # a gap below 1 ms (the workers still spin), an unknown arrival or a quick one teach nothing
     _core._note_team_region(end + MS // 2, 5 * MS)
     end = _core._wake_state()["last_region_end_ns"]
     _core._note_team_region(end + 5 * MS, -1)
+    end = _core._wake_state()["last_region_end_ns"]
+    _core._note_team_region(end + 50 * MS, 10_000)
     assert _core._wake_state()["slow_gap_ns"] is None
     # a worker 2 ms late after a 30 ms gap: gaps of 30 ms wake slowly
     end = _core._wake_state()["last_region_end_ns"]
     _core._note_team_region(end + 30 * MS, 2 * MS)
     assert _core._wake_state()["slow_gap_ns"] == 30 * MS
-    # a slow wake after a shorter gap lowers it, a quick one after a shorter gap changes nothing
+    # a slow wake after a shorter gap lowers it; one after a longer gap, or a quick wake after
+    # any gap, changes nothing (never unlearned)
     end = _core._wake_state()["last_region_end_ns"]
     _core._note_team_region(end + 20 * MS, 3 * MS)
     assert _core._wake_state()["slow_gap_ns"] == 20 * MS
+    for gap, late in ((40 * MS, 5 * MS), (10 * MS, 10_000), (60 * MS, 10_000)):
+        end = _core._wake_state()["last_region_end_ns"]
+        _core._note_team_region(end + gap, late)
+        assert _core._wake_state()["slow_gap_ns"] == 20 * MS
+    # a region that started before the last one ended (two calls at once): no gap
     end = _core._wake_state()["last_region_end_ns"]
-    _core._note_team_region(end + 10 * MS, 10_000)
+    _core._note_team_region(end - MS, 5 * MS)
     assert _core._wake_state()["slow_gap_ns"] == 20 * MS
-    # a quick wake after a gap at least that long: only longer gaps are slow now
-    end = _core._wake_state()["last_region_end_ns"]
-    _core._note_team_region(end + 40 * MS, 10_000)
-    assert _core._wake_state()["slow_gap_ns"] == 50 * MS
 
 
 def test_small_calls_run_on_one_thread_after_a_slow_gap(wake):

@@ -1,0 +1,350 @@
+"""Review 22: a randomised parity fuzzer of the layers against PyTorch, and targeted attacks.
+
+The fuzzer draws configurations from fixed seeds (deterministic): cell (LSTM, GRU, RNN tanh /
+relu), num_layers, bidirectional, batch_first, bias, proj_size, odd sizes (1, 7, 17, 33), T, B,
+unbatched input, hx given or not, lengths (list, NumPy array, torch tensor; any order, length 1
+rows, all equal) or a PackedSequence, dropout (eval mode only). It compares the NumPy layers
+(their ``backward``) and the ``lstm_fast.torch`` drop-ins (autograd) with a float64 torch
+module holding the same weights: outputs 1e-5, gradients of every parameter, x and hx for a
+random upstream gradient 1e-4. Then cells, streaming ``step``, and calls no earlier test made.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import _core
+
+torch = pytest.importorskip("torch")
+lft = pytest.importorskip("lstm_fast.torch")
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+
+SIZES = [1, 7, 17, 33]
+ISAS = lstm_fast.cpu_info()["available_isas"]
+KINDS = ["LSTM", "GRU", "tanh", "relu"]
+FWD = dict(rtol=1e-5, atol=1e-5)
+BWD = dict(rtol=1e-4, atol=1e-4)
+
+
+def _draw(seed: int) -> dict:
+    """One configuration, a function of the seed alone."""
+    r = random.Random(seed)
+    kind = r.choice(KINDS)
+    H = r.choice(SIZES)
+    cfg = dict(
+        seed=seed,
+        kind=kind,
+        I=r.choice(SIZES),
+        H=H,
+        L=r.randint(1, 3),
+        bi=r.random() < 0.5,
+        bf=r.random() < 0.5,
+        bias=r.random() < 0.8,
+        proj=r.randint(1, H - 1) if kind == "LSTM" and H > 1 and r.random() < 0.4 else 0,
+        T=r.choice([1, 2, 5, 13]),
+        B=r.choice([1, 2, 3, 9]),
+        hx=r.random() < 0.6,
+        dropout=0.0,
+    )
+    cfg["unbatched"] = r.random() < 0.15
+    cfg["lengths"] = None
+    if not cfg["unbatched"] and r.random() < 0.5:
+        T, B = cfg["T"], cfg["B"]
+        style = r.choice(["random", "equal", "ones", "full"])
+        if style == "random":
+            lens = [r.randint(1, T) for _ in range(B)]
+            lens[r.randrange(B)] = T  # torch's padded output then has T steps
+        elif style == "equal":
+            lens = [T] * B
+        elif style == "ones":
+            lens = [1] * B
+            lens[r.randrange(B)] = T
+        else:  # length-1 rows among full ones
+            lens = [r.choice([1, T]) for _ in range(B)]
+            lens[0] = T
+        r.shuffle(lens)
+        cfg["lengths"] = lens
+        cfg["lengths_as"] = r.choice(["list", "numpy", "torch", "packed"])
+    if cfg["L"] > 1 and r.random() < 0.2:
+        cfg["dropout"] = 0.5  # then eval mode only
+    # how the arrays reach the NumPy layer, and the drop-in's requires_grad, threads
+    cfg["layout"] = r.choice(["c", "c", "float64", "fortran", "negative", "strided", "torch"])
+    cfg["x_grad"] = r.random() < 0.8
+    cfg["threads"] = r.choice([1, 2, 3])
+    cfg["twice"] = r.random() < 0.2  # backward twice: gradients accumulate
+    cfg["isa"] = r.choice(ISAS)
+    cfg["schedule"] = r.choice(["auto", "auto", "units", "batch", "serial"])
+    if r.random() < 0.1:  # sizes past the kernels' tiles and blocks
+        cfg.update(I=r.choice([64, 129]), H=r.choice([64, 100]), B=r.choice([16, 33]))
+        cfg.update(T=min(cfg["T"], 5), L=min(cfg["L"], 2), lengths=None, unbatched=False)
+        if cfg["proj"]:
+            cfg["proj"] = r.choice([1, 31])
+    return cfg
+
+
+def _laid_out(a: np.ndarray, how: str):
+    """``a`` with the same values in the memory layout (or type) ``how``."""
+    if how == "float64":
+        return a.astype(np.float64)
+    if how == "fortran":
+        return np.asfortranarray(a)
+    if how == "negative":
+        return np.flip(np.flip(a, 0).copy(), 0)
+    if how == "strided":
+        b = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        b[..., ::2] = a
+        return b[..., ::2]
+    if how == "torch":
+        return torch.from_numpy(a.copy())
+    return a
+
+
+def _torch_ref(cfg: dict, dtype=torch.float64):
+    kind, kw = (
+        cfg["kind"],
+        dict(
+            num_layers=cfg["L"],
+            bidirectional=cfg["bi"],
+            batch_first=cfg["bf"],
+            bias=cfg["bias"],
+            dropout=cfg["dropout"],
+        ),
+    )
+    torch.manual_seed(cfg["seed"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "LSTM":
+            m = torch.nn.LSTM(cfg["I"], cfg["H"], proj_size=cfg["proj"], **kw)
+            fast = lft.LSTM(cfg["I"], cfg["H"], proj_size=cfg["proj"], **kw)
+        elif kind == "GRU":
+            m, fast = torch.nn.GRU(cfg["I"], cfg["H"], **kw), lft.GRU(cfg["I"], cfg["H"], **kw)
+        else:
+            m = torch.nn.RNN(cfg["I"], cfg["H"], nonlinearity=kind, **kw)
+            fast = lft.RNN(cfg["I"], cfg["H"], nonlinearity=kind, **kw)
+        if kind == "LSTM":
+            ours = lstm_fast.LSTM(cfg["I"], cfg["H"], proj_size=cfg["proj"], **kw)
+        elif kind == "GRU":
+            ours = lstm_fast.GRU(cfg["I"], cfg["H"], **kw)
+        else:
+            ours = lstm_fast.RNN(cfg["I"], cfg["H"], nonlinearity=kind, **kw)
+    sd = m.state_dict()  # torch's initialisation, U(-1/sqrt(H), 1/sqrt(H))
+    fast.load_state_dict(sd)
+    ours.load_state_dict({k: v.numpy() for k, v in sd.items()})
+    return m.to(dtype), fast, ours
+
+
+def _data(cfg: dict):
+    rng = np.random.default_rng(cfg["seed"])
+    T, B, I, H, L = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["L"]
+    D, P = (2 if cfg["bi"] else 1), (cfg["proj"] or H)
+    if cfg["unbatched"]:
+        xs, hs, cs, ys = (T, I), (L * D, P), (L * D, H), (T, D * P)
+    else:
+        xs = (B, T, I) if cfg["bf"] else (T, B, I)
+        hs, cs = (L * D, B, P), (L * D, B, H)
+        ys = (B, T, D * P) if cfg["bf"] else (T, B, D * P)
+
+    def f(*s):
+        return rng.standard_normal(s).astype(np.float32)
+
+    return dict(x=f(*xs), h0=f(*hs), c0=f(*cs), dy=f(*ys), dh=f(*hs), dc=f(*cs))
+
+
+def _lengths_arg(cfg):
+    lens = cfg["lengths"]
+    how = cfg.get("lengths_as")
+    if how == "numpy":
+        return np.asarray(lens, np.int32)
+    if how == "torch":
+        return torch.tensor(lens)
+    return list(lens)
+
+
+def _reference(cfg, m, d):
+    """The float64 torch forward and its gradients for the upstream (dy, dh, dc) of ``d``."""
+    lstm = cfg["kind"] == "LSTM"
+    x = torch.tensor(d["x"], dtype=torch.float64, requires_grad=True)
+    h0 = torch.tensor(d["h0"], dtype=torch.float64, requires_grad=True)
+    c0 = torch.tensor(d["c0"], dtype=torch.float64, requires_grad=True)
+    hx = ((h0, c0) if lstm else h0) if cfg["hx"] else None
+    m.zero_grad()
+    if cfg["lengths"] is not None:
+        pk = pack_padded_sequence(
+            x, torch.tensor(cfg["lengths"]), batch_first=cfg["bf"], enforce_sorted=False
+        )
+        y, hn = m(pk, hx)
+        y, _ = pad_packed_sequence(y, batch_first=cfg["bf"], total_length=cfg["T"])
+    else:
+        y, hn = m(x, hx)
+    states = hn if lstm else (hn,)
+    loss = (y * torch.tensor(d["dy"], dtype=torch.float64)).sum()
+    loss = loss + (states[0] * torch.tensor(d["dh"], dtype=torch.float64)).sum()
+    if lstm:
+        loss = loss + (states[1] * torch.tensor(d["dc"], dtype=torch.float64)).sum()
+    loss.backward()
+    grads = {n: p.grad.numpy() for n, p in m.named_parameters()}
+    return dict(
+        y=y.detach().numpy(),
+        states=[s.detach().numpy() for s in states],
+        dx=x.grad.numpy(),
+        dh0=h0.grad.numpy() if cfg["hx"] else None,
+        dc0=c0.grad.numpy() if cfg["hx"] and lstm else None,
+        grads=grads,
+    )
+
+
+def _valid(cfg):
+    """(T, B) mask of the real steps ((B, T) batch_first); all True without lengths."""
+    T = cfg["T"]
+    if cfg["lengths"] is None:
+        return None
+    real = np.arange(T)[:, None] < np.asarray(cfg["lengths"])[None, :]
+    return real.T if cfg["bf"] else real
+
+
+def _check_numpy_layer(cfg, ours, d, ref):
+    lstm = cfg["kind"] == "LSTM"
+    ours.train(cfg["dropout"] == 0)
+    lay = cfg["layout"]
+    h0, c0 = _laid_out(d["h0"], lay), _laid_out(d["c0"], lay)
+    hx = ((h0, c0) if lstm else h0) if cfg["hx"] else None
+    packed = cfg["lengths"] is not None and cfg.get("lengths_as") == "packed"
+    if packed:
+        inp = pack_padded_sequence(
+            torch.from_numpy(d["x"]),
+            torch.tensor(cfg["lengths"]),
+            batch_first=cfg["bf"],
+            enforce_sorted=False,
+        )
+        y, hn = ours(inp, hx)
+        y_pad = pad_packed_sequence(y, batch_first=cfg["bf"], total_length=cfg["T"])[0].numpy()
+    else:
+        lengths = None if cfg["lengths"] is None else _lengths_arg(cfg)
+        y, hn = ours(_laid_out(d["x"], lay), hx, lengths=lengths)
+        y_pad = y
+    states = hn if lstm else (hn,)
+    np.testing.assert_allclose(y_pad, ref["y"], **FWD, err_msg="numpy y")
+    for a, b, n in zip(states, ref["states"], ("h_n", "c_n")):
+        np.testing.assert_allclose(a, b, **FWD, err_msg=f"numpy {n}")
+    if cfg["dropout"]:
+        return
+    ours.zero_grad()
+    if packed:
+        dy = torch.from_numpy(d["dy"])
+        dy = pack_padded_sequence(
+            dy, torch.tensor(cfg["lengths"]), batch_first=cfg["bf"], enforce_sorted=False
+        )
+    else:
+        dy = _laid_out(d["dy"], lay)  # its padding (past each length) must not count
+    dh, dc = _laid_out(d["dh"], lay), _laid_out(d["dc"], lay) if lstm else None
+    dx, dstate = ours.backward(dy, dh, dc)
+    if cfg["twice"]:  # the same forward again: every parameter's gradient doubles
+        dx2, dstate2 = ours.backward(dy, dh, dc)
+        np.testing.assert_array_equal(dx2, dx)
+        for n in ref["grads"]:
+            getattr(ours, n).grad /= 2
+    dh0 = dstate[0] if lstm else dstate
+    dx = np.asarray(dx)
+    if packed:  # dx is padded (T, B, I): compare the real steps
+        valid = _valid(dict(cfg, bf=False))
+        refdx = ref["dx"].transpose(1, 0, 2) if cfg["bf"] else ref["dx"]
+        np.testing.assert_allclose(dx[valid], refdx[valid], **BWD, err_msg="numpy dx")
+    else:
+        np.testing.assert_allclose(dx, ref["dx"], **BWD, err_msg="numpy dx")
+    if cfg["hx"]:
+        np.testing.assert_allclose(dh0, ref["dh0"], **BWD, err_msg="numpy dh0")
+        if lstm:
+            np.testing.assert_allclose(dstate[1], ref["dc0"], **BWD, err_msg="numpy dc0")
+    for n, g in ref["grads"].items():
+        np.testing.assert_allclose(getattr(ours, n).grad, g, **BWD, err_msg=f"numpy {n}")
+
+
+def _check_drop_in(cfg, fast, d, ref):
+    lstm = cfg["kind"] == "LSTM"
+    fast.train(cfg["dropout"] == 0)
+    x = torch.tensor(d["x"], requires_grad=cfg["x_grad"])
+    h0 = torch.tensor(d["h0"], requires_grad=True)
+    c0 = torch.tensor(d["c0"], requires_grad=True)
+    hx = ((h0, c0) if lstm else h0) if cfg["hx"] else None
+    fast.zero_grad()
+    if cfg["lengths"] is not None:
+        pk = pack_padded_sequence(
+            x, torch.tensor(cfg["lengths"]), batch_first=cfg["bf"], enforce_sorted=False
+        )
+        y, hn = fast(pk, hx)
+        assert isinstance(y, torch.nn.utils.rnn.PackedSequence)
+        y, _ = pad_packed_sequence(y, batch_first=cfg["bf"], total_length=cfg["T"])
+    else:
+        y, hn = fast(x, hx)
+    states = hn if lstm else (hn,)
+    np.testing.assert_allclose(y.detach().numpy(), ref["y"], **FWD, err_msg="torch y")
+    for a, b, n in zip(states, ref["states"], ("h_n", "c_n")):
+        np.testing.assert_allclose(a.detach().numpy(), b, **FWD, err_msg=f"torch {n}")
+    loss = (y * torch.from_numpy(d["dy"])).sum() + (states[0] * torch.from_numpy(d["dh"])).sum()
+    if lstm:
+        loss = loss + (states[1] * torch.from_numpy(d["dc"])).sum()
+    loss.backward()
+    if cfg["x_grad"]:
+        np.testing.assert_allclose(x.grad.numpy(), ref["dx"], **BWD, err_msg="torch dx")
+    else:
+        assert x.grad is None
+    if cfg["hx"]:
+        np.testing.assert_allclose(h0.grad.numpy(), ref["dh0"], **BWD, err_msg="torch dh0")
+        if lstm:
+            np.testing.assert_allclose(c0.grad.numpy(), ref["dc0"], **BWD, err_msg="torch dc0")
+    for n, p in fast.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), ref["grads"][n], **BWD, err_msg=f"torch {n}")
+
+
+FUZZ_SEEDS = list(range(90))
+
+
+@pytest.mark.parametrize("seed", FUZZ_SEEDS)
+def test_fuzz_parity_with_torch(seed, threads, schedule):
+    """One drawn configuration: the NumPy layer (forward, backward) and the drop-in (forward,
+    autograd) against the float64 torch module of the same weights."""
+    cfg = _draw(seed)
+    m, fast, ours = _torch_ref(cfg)
+    m.train(cfg["dropout"] == 0)
+    d = _data(cfg)
+    ref = _reference(cfg, m, d)
+    lstm_fast.set_num_threads(cfg["threads"])
+    isa = lstm_fast.cpu_info()["isa"]
+    _core._set_isa(cfg["isa"])
+    _core._set_schedule(cfg["schedule"])
+    try:
+        _check_numpy_layer(cfg, ours, d, ref)
+        _check_drop_in(cfg, fast, d, ref)
+    except AssertionError as e:
+        raise AssertionError(f"config {cfg}") from e
+    finally:
+        _core._set_isa(isa)
+        _core._set_schedule("auto")
+
+
+def test_fuzz_covers_the_space():
+    """The seeds above draw every cell, layer count, option and lengths form at least once."""
+    cfgs = [_draw(s) for s in FUZZ_SEEDS]
+    assert {c["kind"] for c in cfgs} == set(KINDS)
+    assert {c["L"] for c in cfgs} == {1, 2, 3}
+    assert {c["T"] for c in cfgs} == {1, 2, 5, 13}
+    assert {c["B"] for c in cfgs} >= {1, 2, 3, 9}
+    assert {c["H"] for c in cfgs} >= set(SIZES) and {c["I"] for c in cfgs} >= set(SIZES)
+    assert {c["layout"] for c in cfgs} >= {"float64", "fortran", "negative", "strided", "torch"}
+    for key in ("bi", "bf", "bias", "hx", "unbatched", "x_grad", "twice"):
+        assert {c[key] for c in cfgs} == {False, True}, key
+    assert any(c["proj"] for c in cfgs) and any(c["dropout"] for c in cfgs)
+    assert {c["isa"] for c in cfgs} == set(ISAS) and {c["threads"] for c in cfgs} == {1, 2, 3}
+    assert {c["schedule"] for c in cfgs} == {"auto", "units", "batch", "serial"}
+    assert any(c["H"] == 100 for c in cfgs)
+    assert {c.get("lengths_as") for c in cfgs if c["lengths"]} == {
+        "list",
+        "numpy",
+        "torch",
+        "packed",
+    }

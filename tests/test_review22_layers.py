@@ -77,6 +77,8 @@ def _draw(seed: int) -> dict:
     cfg["x_grad"] = r.random() < 0.8
     cfg["threads"] = r.choice([1, 2, 3])
     cfg["twice"] = r.random() < 0.2  # backward twice: gradients accumulate
+    cfg["check_finite"] = r.random() < 0.2  # the checks, and the general path of one layer
+    cfg["need_dx"] = r.random() < 0.85
     cfg["isa"] = r.choice(ISAS)
     cfg["schedule"] = r.choice(["auto", "auto", "units", "batch", "serial"])
     if r.random() < 0.1:  # sizes past the kernels' tiles and blocks
@@ -210,6 +212,7 @@ def _valid(cfg):
 def _check_numpy_layer(cfg, ours, d, ref):
     lstm = cfg["kind"] == "LSTM"
     ours.train(cfg["dropout"] == 0)
+    ours.check_finite = cfg["check_finite"]
     lay = cfg["layout"]
     h0, c0 = _laid_out(d["h0"], lay), _laid_out(d["c0"], lay)
     hx = ((h0, c0) if lstm else h0) if cfg["hx"] else None
@@ -242,18 +245,21 @@ def _check_numpy_layer(cfg, ours, d, ref):
     else:
         dy = _laid_out(d["dy"], lay)  # its padding (past each length) must not count
     dh, dc = _laid_out(d["dh"], lay), _laid_out(d["dc"], lay) if lstm else None
-    dx, dstate = ours.backward(dy, dh, dc)
+    dx, dstate = ours.backward(dy, dh, dc, need_dx=cfg["need_dx"])
     if cfg["twice"]:  # the same forward again: every parameter's gradient doubles
-        dx2, dstate2 = ours.backward(dy, dh, dc)
-        np.testing.assert_array_equal(dx2, dx)
+        dx2, dstate2 = ours.backward(dy, dh, dc, need_dx=cfg["need_dx"])
+        if cfg["need_dx"]:
+            np.testing.assert_array_equal(dx2, dx)
         for n in ref["grads"]:
             getattr(ours, n).grad /= 2
     dh0 = dstate[0] if lstm else dstate
-    dx = np.asarray(dx)
-    if packed:  # dx is padded (T, B, I): compare the real steps
+    if not cfg["need_dx"]:
+        assert dx is None
+    elif packed:  # dx is padded (T, B, I): compare the real steps, the padding is zero
         valid = _valid(dict(cfg, bf=False))
         refdx = ref["dx"].transpose(1, 0, 2) if cfg["bf"] else ref["dx"]
         np.testing.assert_allclose(dx[valid], refdx[valid], **BWD, err_msg="numpy dx")
+        assert not dx[~valid].any()
     else:
         np.testing.assert_allclose(dx, ref["dx"], **BWD, err_msg="numpy dx")
     if cfg["hx"]:
@@ -262,6 +268,9 @@ def _check_numpy_layer(cfg, ours, d, ref):
             np.testing.assert_allclose(dstate[1], ref["dc0"], **BWD, err_msg="numpy dc0")
     for n, g in ref["grads"].items():
         np.testing.assert_allclose(getattr(ours, n).grad, g, **BWD, err_msg=f"numpy {n}")
+    if not packed:  # the inference kernels: the same outputs
+        y_eval, _ = ours.eval()(_laid_out(d["x"], lay), hx, lengths=lengths)
+        np.testing.assert_allclose(y_eval, ref["y"], **FWD, err_msg="numpy eval y")
 
 
 def _check_drop_in(cfg, fast, d, ref):
@@ -336,7 +345,17 @@ def test_fuzz_covers_the_space():
     assert {c["B"] for c in cfgs} >= {1, 2, 3, 9}
     assert {c["H"] for c in cfgs} >= set(SIZES) and {c["I"] for c in cfgs} >= set(SIZES)
     assert {c["layout"] for c in cfgs} >= {"float64", "fortran", "negative", "strided", "torch"}
-    for key in ("bi", "bf", "bias", "hx", "unbatched", "x_grad", "twice"):
+    for key in (
+        "bi",
+        "bf",
+        "bias",
+        "hx",
+        "unbatched",
+        "x_grad",
+        "twice",
+        "check_finite",
+        "need_dx",
+    ):
         assert {c[key] for c in cfgs} == {False, True}, key
     assert any(c["proj"] for c in cfgs) and any(c["dropout"] for c in cfgs)
     assert {c["isa"] for c in cfgs} == set(ISAS) and {c["threads"] for c in cfgs} == {1, 2, 3}

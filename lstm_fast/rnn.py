@@ -1754,6 +1754,7 @@ class _CellBase(Module):
         object.__setattr__(self, "hidden_size", hidden_size)
         object.__setattr__(self, "bias", bool(bias))
         object.__setattr__(self, "_saved", None)
+        object.__setattr__(self, "_unused_forwards", 0)  # training forwards since a backward
         rng = make_rng(seed)
         G, H = _GATES[self._mode] * hidden_size, hidden_size
         _check_parameter_memory(
@@ -1779,11 +1780,13 @@ class _CellBase(Module):
         return s
 
     def __getstate__(self) -> dict:
-        """As the layers': copies and pickles leave out the cache of the last training forward."""
-        return {**self.__dict__, "_saved": None}
+        """As the layers': copies and pickles leave out the cache of the last training forward
+        (``copy.copy(cell)`` shares the parameters and keeps a saved forward of its own)."""
+        return {**self.__dict__, "_saved": None, "_unused_forwards": 0}
 
     def _on_load(self) -> None:
         object.__setattr__(self, "_saved", None)  # as the layers': no backward across new weights
+        object.__setattr__(self, "_unused_forwards", 0)
         super()._on_load()
 
     def _w(self):
@@ -1838,6 +1841,8 @@ class _CellBase(Module):
         """One step (also by calling the cell): LSTMCell ``(h', c')``, GRUCell and RNNCell
         ``h'``; see the class docstring."""
         object.__setattr__(self, "_saved", None)  # (as in the layers' forward)
+        if not self.training:  # (backward after it raises: no saved forward)
+            object.__setattr__(self, "_unused_forwards", 0)
         _check_complete(self)
         if (
             not self.training
@@ -1890,17 +1895,41 @@ class _CellBase(Module):
         object.__setattr__(
             self, "_saved", (cache, unbatched, B, saved_versions(self)) if self.training else None
         )
+        if self.training:
+            object.__setattr__(
+                self, "_unused_forwards", self.__dict__.get("_unused_forwards", 0) + 1
+            )
         if unbatched:
             hn = hn[0]
             cn = None if cn is None else cn[0]
         return (hn, cn) if self._mode == "LSTM" else hn
 
     def backward(self, dh: Any, dc: Any = None, *, need_dx: bool = True):
-        """Gradients of a training-mode forward: ``(dx, (dh_0, dc_0))`` for the LSTM cell,
-        ``(dx, dh_0)`` otherwise; accumulates (+=) into the parameters' ``.grad``.
-        ``need_dx=False``: dx is None and its product is skipped."""
+        """Gradients of the cell's last training-mode forward: ``(dx, (dh_0, dc_0))`` for the
+        LSTM cell, ``(dx, dh_0)`` otherwise; accumulates (+=) into the parameters' ``.grad``.
+        ``need_dx=False``: dx is None and its product is skipped.
+
+        A cell keeps one saved forward, its last: to backpropagate through a loop of steps,
+        step a ``copy.copy(cell)`` per step (the copies share the Parameters and their
+        ``.grad``, each keeps its own forward) and call their ``backward`` in reverse order, or
+        run :class:`LSTM` (:class:`GRU`, :class:`RNN`) over the whole sequence. Backward after
+        several training forwards of the same cell warns (``UserWarning``): it differentiates
+        the last one only, whatever step the gradient belongs to."""
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
+        unused = self.__dict__.get("_unused_forwards", 0)
+        object.__setattr__(self, "_unused_forwards", 0)
+        if unused > 1:
+            name = type(self).__name__
+            warnings.warn(
+                f"{name}.backward: the cell ran {unused} training-mode forwards since its last "
+                "backward but keeps the last one only, which this backward differentiates. To "
+                f"backpropagate through a loop of steps, step a copy.copy(cell) per step (the "
+                f"copies share the parameters) or run the sequence layer "
+                f"({name[:-4]}) over the whole sequence",
+                UserWarning,
+                stacklevel=_caller_stacklevel(),
+            )
         need_dx = ops._need_dx(need_dx)
         if self._mode != "LSTM" and dc is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc must be None")

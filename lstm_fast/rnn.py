@@ -72,6 +72,33 @@ def _caller_stacklevel() -> int:
     return level
 
 
+def _keep_saved(mod: Any, saved: Any) -> None:
+    """A training forward's ``_saved`` for the next backward, counting the forwards whose saved
+    state nothing differentiated (see :func:`_warn_unused_forwards`)."""
+    d = mod.__dict__
+    d["_saved"] = saved
+    d["_unused_forwards"] = d.get("_unused_forwards", 0) + 1
+
+
+def _warn_unused_forwards(mod: Any, how: str) -> None:
+    """At a backward: warn if the module ran several training forwards since its last backward.
+    It keeps the last one only, so a module applied to several inputs (a shared encoder, a loop
+    of cell steps) and then differentiated once per input got the last input's gradients each
+    time, silently. ``how``: what to do instead."""
+    d = mod.__dict__
+    unused = d.get("_unused_forwards", 0)
+    d["_unused_forwards"] = 0
+    if unused > 1:
+        name = type(mod).__name__
+        warnings.warn(
+            f"{name}.backward: the {'cell' if name.endswith('Cell') else 'layer'} ran {unused} "
+            "training-mode forwards since its last backward but keeps the last one only, which "
+            f"this backward differentiates. {how}",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
@@ -688,13 +715,14 @@ class _RNNBase(Module):
         # place between forward and backward, too).
         object.__setattr__(self, "_stream", None)
         object.__setattr__(self, "_saved", None)
+        self.__dict__["_unused_forwards"] = 0
         super()._on_load()
 
     def __getstate__(self) -> dict:
         """``copy.deepcopy`` and pickle take the parameters and settings, not the kernels'
         cache of the last training forward (native memory): a copy's backward needs a forward
         of its own. Streaming buffers are made anew on the copy's first ``step``."""
-        state = {**self.__dict__, "_saved": None}
+        state = {**self.__dict__, "_saved": None, "_unused_forwards": 0}
         state.pop("_streams", None)
         return state
 
@@ -849,7 +877,7 @@ class _RNNBase(Module):
             raise
         if training:
             meta = _saved_meta(x.shape[0], B, self.batch_first, versions=saved_versions(self))
-            object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
+            _keep_saved(self, ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if training:
@@ -861,6 +889,8 @@ class _RNNBase(Module):
         Outputs (LSTM ``output, (h_n, c_n)``; GRU and RNN ``output, h_n``)."""
         # A failed call must not leave the previous forward's cache for backward to use.
         object.__setattr__(self, "_saved", None)
+        if not self.training:  # (backward after it raises: no saved forward)
+            self.__dict__["_unused_forwards"] = 0
         _check_complete(self)
         if (
             lengths is None
@@ -971,7 +1001,7 @@ class _RNNBase(Module):
                 lengths=given_lens,  # (B,) in the caller's order, or None
             )
             meta["versions"] = saved_versions(self)
-            object.__setattr__(self, "_saved", (saved, meta))
+            _keep_saved(self, (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
         if inv is not None:
@@ -1011,6 +1041,8 @@ class _RNNBase(Module):
         gradient, and the layer's own gradients are computed as usual.
         """
         object.__setattr__(self, "_saved", None)  # (as in forward)
+        if not self.training:
+            self.__dict__["_unused_forwards"] = 0
         _check_complete(self)
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
@@ -1078,7 +1110,7 @@ class _RNNBase(Module):
                 ("embedding.weight", emb_p, getattr(emb_p, "_version", 0)),
             )
             meta = _saved_meta(T, B, False, embedding=(embedding, True, frozen), versions=versions)
-            object.__setattr__(self, "_saved", (saved, meta))
+            _keep_saved(self, (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
         return (_read_only(y) if training else y), (h_n, c_n)
@@ -1146,7 +1178,7 @@ class _RNNBase(Module):
         return dx, dh0[None]
 
     def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None, *, need_dx: bool = True):
-        """Gradients of a training-mode forward, in the input's layout.
+        """Gradients of the layer's last training-mode forward, in the input's layout.
 
         ``dy`` has the output's shape (after a PackedSequence input: a PackedSequence of the
         output's lengths, or the padded (T, B, D * P) array; dx is then padded (T, B, I), in
@@ -1157,11 +1189,23 @@ class _RNNBase(Module):
         same forward. ``need_dx=False``: the input needs no gradient (raw features, as a torch
         input without ``requires_grad``): dx is returned as None and the first layer skips its
         input-gradient GEMM; everything else is bitwise the same.
+
+        The layer keeps one saved forward, its last: a layer applied to several inputs before
+        their backward (a shared encoder of two sentences) takes one ``copy.copy(layer)`` per
+        input (the copies share the Parameters and their ``.grad``, each keeps its own forward).
+        Backward after several training forwards warns (``UserWarning``): it differentiates the
+        last one only, whatever input the gradient belongs to.
         """
         if self._saved is None:
             raise RuntimeError(
                 "backward: no saved forward; call the layer in training mode (.train()) first"
             )
+        _warn_unused_forwards(
+            self,
+            "A layer applied to several inputs (a shared encoder) needs each backward right "
+            "after its forward, or one copy.copy(layer) per input (the copies share the "
+            "parameters, each keeps its own forward)",
+        )
         need_dx = ops._need_dx(need_dx)
         if not self._has_cell and dc_n is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc_n must be None")
@@ -1892,13 +1936,8 @@ class _CellBase(Module):
             self.training,
             False,
         )
-        object.__setattr__(
-            self, "_saved", (cache, unbatched, B, saved_versions(self)) if self.training else None
-        )
         if self.training:
-            object.__setattr__(
-                self, "_unused_forwards", self.__dict__.get("_unused_forwards", 0) + 1
-            )
+            _keep_saved(self, (cache, unbatched, B, saved_versions(self)))
         if unbatched:
             hn = hn[0]
             cn = None if cn is None else cn[0]
@@ -1917,19 +1956,12 @@ class _CellBase(Module):
         the last one only, whatever step the gradient belongs to."""
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
-        unused = self.__dict__.get("_unused_forwards", 0)
-        object.__setattr__(self, "_unused_forwards", 0)
-        if unused > 1:
-            name = type(self).__name__
-            warnings.warn(
-                f"{name}.backward: the cell ran {unused} training-mode forwards since its last "
-                "backward but keeps the last one only, which this backward differentiates. To "
-                f"backpropagate through a loop of steps, step a copy.copy(cell) per step (the "
-                f"copies share the parameters) or run the sequence layer "
-                f"({name[:-4]}) over the whole sequence",
-                UserWarning,
-                stacklevel=_caller_stacklevel(),
-            )
+        _warn_unused_forwards(
+            self,
+            "To backpropagate through a loop of steps, step a copy.copy(cell) per step (the "
+            "copies share the parameters, each keeps its own forward) or run the sequence "
+            f"layer ({type(self).__name__[:-4]}) over the whole sequence",
+        )
         need_dx = ops._need_dx(need_dx)
         if self._mode != "LSTM" and dc is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc must be None")

@@ -1592,6 +1592,8 @@ class _Stream:
             else:
                 h_in, c_in = state, None
             if h_in is not self.hs[cur]:
+                if c_in is not None and np.may_share_memory(c_in, self.hs[cur]):
+                    c_in = c_in.copy()  # (h, c) of the slot swapped: c is read before h is written
                 self.h[cur][...] = h_in
             if c_in is not None and c_in is not self.cs[cur]:
                 self.c[cur][...] = c_in

@@ -664,3 +664,168 @@ def test_layer_forward_backward_pairs_stay_silent():
         layer.backward(dy)
         layer(x, lengths=[3, 1])
         layer.backward(dy)
+
+
+# ---- streaming step ------------------------------------------------------------------------------
+
+
+def _layer(kind, I, H, **kw):
+    if kind in ("tanh", "relu"):
+        return lstm_fast.RNN(I, H, nonlinearity=kind, seed=0, **kw).eval()
+    return getattr(lstm_fast, kind)(I, H, seed=0, **kw).eval()
+
+
+def _copy_state(st):
+    return tuple(a.copy() for a in st) if isinstance(st, tuple) else st.copy()
+
+
+def _states(st):
+    return st if isinstance(st, tuple) else (st,)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("B", [None, 1, 3])
+def test_step_long_stream(kind, B, threads):
+    """60 steps through a 3-layer stack, with out= on every other call and the thread count
+    changed between calls (1, 2, 3): the sequence forward's outputs and final state, and
+    bitwise the same stream at one thread throughout (B None: unbatched x_t)."""
+    layer = _layer(kind, 7, 17, num_layers=3, bias=kind != "GRU")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, B or 1, 7)).astype(np.float32)
+    y_seq, hn = layer(x)
+    runs = []
+    for schedule in ([1], [1, 2, 3]):
+        state, ys = None, []
+        out = np.empty((B, 17) if B else (17,), np.float32)
+        for t in range(60):
+            lstm_fast.set_num_threads(schedule[t % len(schedule)])
+            x_t = x[t] if B else x[t, 0]
+            y_t, state = layer.step(x_t, state, out=out if t % 2 else None)
+            ys.append(y_t.copy())
+        runs.append((np.stack(ys), _copy_state(state)))
+    (y1, s1), (y2, s2) = runs
+    np.testing.assert_array_equal(y1, y2)
+    for a, b in zip(_states(s1), _states(s2)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(y1.reshape(y_seq.shape), y_seq, **FWD)
+    for a, b in zip(_states(s1), _states(hn)):
+        np.testing.assert_allclose(a.reshape(b.shape), b, **FWD)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_bad_out_raises_before_any_work(kind):
+    """out of the wrong shape, dtype, read-only, or not an array: ValueError naming out, and
+    the stream goes on exactly as if the call had not been made (its state untouched)."""
+    layer = _layer(kind, 5, 6, num_layers=2)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    y_seq, _ = layer(x)
+    state = None
+    for t in range(2):
+        _, state = layer.step(x[t], state)
+    before = _copy_state(state)
+    bad = [
+        np.empty((3, 7), np.float32),
+        np.empty((6,), np.float32),
+        np.empty((3, 6), np.float64),
+        np.empty((3, 6), np.int32),
+        np.broadcast_to(np.zeros(6, np.float32), (3, 6)),
+        [[0.0] * 6] * 3,
+    ]
+    for out in bad:
+        with pytest.raises(ValueError, match="out: expected a writeable array of shape"):
+            layer.step(x[2], state, out=out)
+        for a, b in zip(_states(state), _states(before)):
+            np.testing.assert_array_equal(a, b)
+    for t in range(2, 6):
+        y_t, state = layer.step(x[t], state)
+        np.testing.assert_allclose(y_t, y_seq[t], **FWD)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_out_aliasing_input_or_previous_output(kind):
+    """out= the x_t array itself (I == H), and out= the y_t the previous call returned (the
+    stream's own buffer), and y_t fed back as the next x_t (generation): all correct."""
+    layer = _layer(kind, 6, 6, num_layers=2)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 2, 6)).astype(np.float32)
+    y_seq, _ = layer(x)
+    state = None
+    for t in range(8):
+        x_t = x[t].copy()
+        y_t, state = layer.step(x_t, state, out=x_t)
+        assert y_t is x_t
+        np.testing.assert_allclose(y_t, y_seq[t], **FWD)
+    y_t, state = layer.step(x[0])
+    for t in range(1, 8):
+        y_t, state = layer.step(x[t], state, out=y_t)
+        np.testing.assert_allclose(y_t, y_seq[t], **FWD)
+    # generation: y_t (the stream's buffer) is the next input
+    y_t, state = layer.step(x[0])
+    feed, ys = [x[0]], [y_t.copy()]
+    for _ in range(5):
+        feed.append(y_t.copy())
+        y_t, state = layer.step(y_t, state)
+        ys.append(y_t.copy())
+    np.testing.assert_allclose(np.stack(ys), layer(np.stack(feed))[0], **FWD)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_state_of_another_size_raises_and_keeps_the_stream(kind):
+    layer = _layer(kind, 5, 6, num_layers=2)
+    other = _layer(kind, 5, 8, num_layers=2)
+    deeper = _layer(kind, 5, 6, num_layers=3)
+    x = np.random.default_rng(4).standard_normal((4, 3, 5)).astype(np.float32)
+    y_seq, _ = layer(x)
+    _, state = layer.step(x[0])
+    before = _copy_state(state)
+    for foreign in (other.step(x[0])[1], deeper.step(x[0])[1], other.step(x[0, 0])[1]):
+        with pytest.raises(ValueError, match=r"expected shape \(num_layers, B, H\) = \(2, 3, 6\)"):
+            layer.step(x[1], foreign)
+        for a, b in zip(_states(state), _states(before)):
+            np.testing.assert_array_equal(a, b)
+    for t in range(1, 4):
+        y_t, state = layer.step(x[t], state)
+        np.testing.assert_allclose(y_t, y_seq[t], **FWD)
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "in_place", "new_parameter", "data"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_uses_the_current_weights(kind, change):
+    """Weights changed between two steps (however): the next step computes with the new ones
+    from the stream's state, as a forward from that state does."""
+    from lstm_fast.module import Parameter
+
+    layer = _layer(kind, 5, 6, num_layers=2)
+    x = np.random.default_rng(5).standard_normal((3, 2, 5)).astype(np.float32)
+    _, state = layer.step(x[0])
+    _, state = layer.step(x[1], state)
+    kept = _copy_state(state)
+    new = _layer(kind, 5, 6, num_layers=2, bias=True)
+    new.load_state_dict({k: v * 1.5 for k, v in layer.state_dict().items()})
+    if change == "load_state_dict":
+        layer.load_state_dict(new.state_dict())
+    elif change == "in_place":
+        for n, p in layer.named_parameters():
+            p.data[...] = getattr(new, n).data
+    elif change == "new_parameter":
+        for n, _ in list(layer.named_parameters()):
+            setattr(layer, n, Parameter(getattr(new, n).data))
+    else:
+        for n, p in layer.named_parameters():
+            p.data = getattr(new, n).data.copy()
+    y_t, _ = layer.step(x[2], state)
+    want = new(x[2:3], kept)[0][0]
+    np.testing.assert_allclose(y_t, want, **FWD)
+
+
+def test_step_lstm_state_swapped_views():
+    """An LSTM state given as (c, h) of the stream's own buffers (the two swapped): h was
+    written first, so c read the new h and both came out wrong (the general path copies
+    state arrays into the stream's slot one after the other)."""
+    layer = _layer("LSTM", 4, 6, num_layers=2)
+    x = np.random.default_rng(6).standard_normal((2, 2, 4)).astype(np.float32)
+    _, (h, c) = layer.step(x[0])
+    want = layer(x[1:2], (c.copy(), h.copy()))[0][0]
+    y_t, _ = layer.step(x[1], (c, h))
+    np.testing.assert_allclose(y_t, want, **FWD)

@@ -12,7 +12,9 @@ random upstream gradient 1e-4. Then cells, streaming ``step``, and calls no earl
 from __future__ import annotations
 
 import copy
+import pickle
 import random
+import threading
 import warnings
 
 import numpy as np
@@ -829,3 +831,210 @@ def test_step_lstm_state_swapped_views():
     want = layer(x[1:2], (c.copy(), h.copy()))[0][0]
     y_t, _ = layer.step(x[1], (c, h))
     np.testing.assert_allclose(y_t, want, **FWD)
+
+
+# ---- calls no earlier test made ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inputs_of_other_dtypes_and_layouts(kind):
+    """float64, float16, int, Fortran, negative-stride, strided and torch inputs give what
+    their float32 C-contiguous copy gives (bitwise: the conversion is the only difference)."""
+    layer = _layer(kind, 4, 6, num_layers=2, bidirectional=True)
+    rng = np.random.default_rng(7)
+    x = rng.integers(-3, 4, (5, 3, 4)).astype(np.float32)  # exact in every dtype below
+    want, hn = layer(x)
+    for given in (
+        x.astype(np.float64),
+        x.astype(np.float16),
+        x.astype(np.int64),
+        x.astype(np.int8),
+        np.asfortranarray(x),
+        np.flip(np.flip(x, 1).copy(), 1),
+        _laid_out(x, "strided"),
+        torch.from_numpy(x).transpose(0, 1).contiguous().transpose(0, 1),
+        x.tolist(),
+    ):
+        y, h = layer(given)
+        np.testing.assert_array_equal(y, want)
+        for a, b in zip(_states(h), _states(hn)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_argument_errors_name_what_was_expected():
+    lstm = lstm_fast.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3, seed=0)
+    bf = lstm_fast.GRU(4, 6, batch_first=True, seed=0)
+    x = np.zeros((5, 3, 4), np.float32)
+    h, c = np.zeros((4, 3, 3), np.float32), np.zeros((4, 3, 6), np.float32)
+    cases = [
+        (lambda: lstm(np.zeros((5, 3, 5), np.float32)), r"input: expected shape \(T, B, I=4\)"),
+        (lambda: bf(np.zeros((3, 5, 5), np.float32)), r"input: expected shape \(B, T, I=4\)"),
+        (lambda: lstm(x, (c, c)), r"h_0: expected shape \(D\*num_layers, B, P\) = \(4, 3, 3\)"),
+        (lambda: lstm(x, (h, h)), r"c_0: expected shape \(D\*num_layers, B, H\) = \(4, 3, 6\)"),
+        (lambda: lstm(x, (h[:2], c[:2])), r"h_0: expected shape .* = \(4, 3, 3\), got \(2, 3, 3\)"),
+        (lambda: lstm(x, h), r"hx: expected a tuple \(h_0, c_0\)"),
+        (lambda: lstm(x[:, 0], (h[:, 0], c)), r"c_0: expected shape .* = \(4, 6\)"),
+        (lambda: lstm(x, lengths=[6, 1, 1]), r"lengths: expected values in \[0, T=5\], got 6"),
+        (lambda: lstm(x, lengths=[1, -1, 1]), r"got -1 at position 1"),
+        (lambda: lstm(x, lengths=[1.0, 2.0, 3.0]), r"lengths: expected integers, got dtype float"),
+        (lambda: lstm(x, lengths=torch.tensor([1.0, 2, 3])), r"lengths: expected integers"),
+        (lambda: lstm(x, lengths=[1, 2]), r"lengths: expected shape \(B=3,\), got \(2,\)"),
+        (lambda: lstm(x[:, 0], lengths=[5]), r"lengths: not allowed with unbatched"),
+        (lambda: lstm(x.astype(np.complex64)), r"input: expected a real floating-point array"),
+    ]
+    for call, match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lengths_forms_zeros_and_the_empty_batch(kind):
+    """lengths as a list, int32 / uint8 arrays or a torch tensor give the same result; a
+    zero length gives zero outputs, h_n = h_0 and dh_0 = dh_n (as the batch without it
+    otherwise); B = 0 and T = 0 run forward and backward with empty / pass-through results."""
+    layer = _layer(kind, 4, 6, num_layers=2, bidirectional=True)
+    lstm = kind == "LSTM"
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    h0 = rng.standard_normal((4, 3, 6)).astype(np.float32)
+    hx = (h0, h0 + 1) if lstm else h0
+    want, _ = layer(x, hx, lengths=[0, 5, 2])
+    for lens in (
+        np.array([0, 5, 2], np.int32),
+        np.array([0, 5, 2], np.uint8),
+        torch.tensor([0, 5, 2]),
+    ):
+        np.testing.assert_array_equal(layer(x, hx, lengths=lens)[0], want)
+    y, hn = layer.train()(x, hx, lengths=[0, 5, 2])
+    assert not y[:, 0].any()
+    np.testing.assert_array_equal(_states(hn)[0][:, 0], h0[:, 0])
+    dh = rng.standard_normal((4, 3, 6)).astype(np.float32)
+    _, ds = layer.backward(
+        rng.standard_normal(y.shape).astype(np.float32), dh, dh if lstm else None
+    )
+    np.testing.assert_array_equal(_states(ds)[0][:, 0], dh[:, 0])
+    for shape in ((5, 0, 4), (0, 3, 4)):
+        y, hn = layer(np.zeros(shape, np.float32))
+        assert y.shape == shape[:2] + (12,)
+        dx, ds = layer.backward(np.zeros(y.shape, np.float32), np.ones(_states(hn)[0].shape))
+        assert dx.shape == shape
+        if shape[0] == 0:  # T = 0: h_n = h_0 (zeros), dh_0 = dh_n
+            assert not _states(hn)[0].any()
+            np.testing.assert_array_equal(_states(ds)[0], 1)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_long_sequence_of_one_row(kind):
+    """T = 20000, B = 1: the forward equals the same sequence run in chunks with the state
+    carried over, and a training forward and backward give finite gradients."""
+    layer = _layer(kind, 3, 8)
+    x = np.random.default_rng(9).standard_normal((20000, 1, 3)).astype(np.float32)
+    y, _ = layer(x)
+    parts, state = [], None
+    for k in range(0, 20000, 5000):
+        yk, state = layer(x[k : k + 5000], state)
+        parts.append(yk)
+    np.testing.assert_allclose(np.concatenate(parts), y, **FWD)
+    layer.train()
+    y, _ = layer(x)
+    dx, _ = layer.backward(np.full(y.shape, 1e-3, np.float32))
+    assert dx.shape == x.shape and np.isfinite(dx).all()
+    assert all(np.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_threads_share_a_layer_for_inference(kind):
+    """Inference (bidirectional, with lengths: the helper thread of the reverse direction is
+    shared too) and step() streams from two Python threads on one layer: each thread gets
+    what it gets alone."""
+    layer = _layer(kind, 4, 6, num_layers=2, bidirectional=True)
+    uni = _layer(kind, 4, 6, num_layers=2)
+    rng = np.random.default_rng(10)
+    xs = [rng.standard_normal((30, 3, 4)).astype(np.float32) for _ in range(2)]
+    lens = [30, 7, 1]
+    want = [layer(x, lengths=lens)[0] for x in xs]
+    want_uni = [uni(x)[0] for x in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(10):
+                np.testing.assert_array_equal(layer(xs[i], lengths=lens)[0], want[i])
+            state = None
+            for t in range(30):
+                y_t, state = uni.step(xs[i][t], state)
+                np.testing.assert_allclose(y_t, want_uni[i][t], **FWD)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads_ = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_copies_pickles_and_state_dicts(kind):
+    """deepcopy and pickle of a layer after a training forward (the copy has no saved forward,
+    the original keeps its own), of a streaming layer, of a cell and of a drop-in; state dicts
+    round trip NumPy layer -> torch drop-in -> torch -> NumPy layer bitwise."""
+    layer = _layer(kind, 4, 6, num_layers=2, bidirectional=True).train()
+    x = np.random.default_rng(11).standard_normal((5, 3, 4)).astype(np.float32)
+    y, _ = layer(x)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        with pytest.raises(RuntimeError, match="no saved forward"):
+            clone.backward(np.ones(y.shape, np.float32))
+        np.testing.assert_array_equal(clone(x)[0], y)
+        assert all(p.data is not q.data for p, q in zip(clone.parameters(), layer.parameters()))
+    layer.backward(np.ones(y.shape, np.float32))  # the original's forward is still there
+    uni = _layer(kind, 4, 6).eval()
+    y_t, state = uni.step(x[0])
+    y2, _ = copy.deepcopy(uni).step(x[1], _copy_state(state))
+    np.testing.assert_array_equal(y2, uni.step(x[1], state)[0])
+    sd = layer.state_dict()
+    mode = {"tanh": "RNN", "relu": "RNN"}.get(kind, kind)
+    kw = dict(nonlinearity=kind) if mode == "RNN" else {}
+    fast = getattr(lft, mode)(4, 6, num_layers=2, bidirectional=True, **kw)
+    fast.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
+    fast = pickle.loads(pickle.dumps(copy.deepcopy(fast)))
+    ref = getattr(torch.nn, mode)(4, 6, num_layers=2, bidirectional=True, **kw)
+    ref.load_state_dict(fast.state_dict())
+    back = _layer(kind, 4, 6, num_layers=2, bidirectional=True)
+    back.load_state_dict(ref.state_dict())
+    for k, v in back.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k])
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(torch.from_numpy(x))[0].numpy(), y, **FWD)
+    cell = _cells(kind, 4, 6, True)[2]
+    h = cell(x[0])
+    for clone in (copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))):
+        for a, b in zip(_states(clone(x[0])), _states(h)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_eval_toggles(kind):
+    """eval() and train() in any order: a dropout-free layer gives the same outputs in both
+    modes; toggling between a forward and its backward keeps that forward's gradients; an
+    eval-mode forward drops the saved one (backward raises, as documented)."""
+    layer = _layer(kind, 4, 6, num_layers=2)
+    x = np.random.default_rng(12).standard_normal((5, 3, 4)).astype(np.float32)
+    dy = np.ones((5, 3, 6), np.float32)
+    y_eval = layer.eval()(x)[0]
+    np.testing.assert_allclose(layer.train()(x)[0], y_eval, **FWD)
+    layer.zero_grad()
+    layer.backward(dy)
+    want = [p.grad.copy() for p in layer.parameters()]
+    layer(x)
+    layer.eval().train().eval()
+    layer.zero_grad()
+    layer.backward(dy)
+    for p, g in zip(layer.parameters(), want):
+        np.testing.assert_array_equal(p.grad, g)
+    layer(x)
+    with pytest.raises(RuntimeError, match="no saved forward"):
+        layer.backward(dy)
+    with pytest.raises(TypeError, match="mode: expected a bool"):
+        layer.train("False")

@@ -1038,3 +1038,32 @@ def test_train_eval_toggles(kind):
         layer.backward(dy)
     with pytest.raises(TypeError, match="mode: expected a bool"):
         layer.train("False")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bi", [False, True])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "tanh"])
+def test_drop_in_training_dropout_draws_torch_masks(kind, bi, packed):
+    """A drop-in in training mode with dropout between its 3 layers, from the same torch seed
+    as torch's module (dense input or a PackedSequence): the same masks, so the same outputs
+    and gradients of x and every parameter."""
+    cfg = dict(_draw(1), kind=kind, I=5, H=7, L=3, bi=bi, bf=False, bias=True, proj=0)
+    cfg["dropout"] = 0.4
+    m, fast, _ = _torch_ref(cfg, dtype=torch.float32)
+    x0 = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(0))
+    res = []
+    for mod in (m, fast):
+        mod.train()
+        x = x0.clone().requires_grad_()
+        inp = (
+            pack_padded_sequence(x, torch.tensor([2, 6, 1]), enforce_sorted=False) if packed else x
+        )
+        torch.manual_seed(5)
+        out, _ = mod(inp)
+        y = out.data if packed else out
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        (y * g).sum().backward()
+        res.append([y.detach(), x.grad] + [p.grad for p in mod.parameters()])
+
+    for a, b in zip(res[1], res[0]):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)

@@ -285,19 +285,22 @@ def _check_drop_in(cfg, fast, d, ref):
     c0 = torch.tensor(d["c0"], requires_grad=True)
     hx = ((h0, c0) if lstm else h0) if cfg["hx"] else None
     fast.zero_grad()
-    if cfg["lengths"] is not None:
-        pk = pack_padded_sequence(
-            x, torch.tensor(cfg["lengths"]), batch_first=cfg["bf"], enforce_sorted=False
-        )
-        y, hn = fast(pk, hx)
-        assert isinstance(y, torch.nn.utils.rnn.PackedSequence)
-        y, _ = pad_packed_sequence(y, batch_first=cfg["bf"], total_length=cfg["T"])
-    else:
-        y, hn = fast(x, hx)
-    states = hn if lstm else (hn,)
-    np.testing.assert_allclose(y.detach().numpy(), ref["y"], **FWD, err_msg="torch y")
-    for a, b, n in zip(states, ref["states"], ("h_n", "c_n")):
-        np.testing.assert_allclose(a.detach().numpy(), b, **FWD, err_msg=f"torch {n}")
+    for graph in (False, True):  # the inference kernels (no graph), then the training ones
+        with torch.set_grad_enabled(graph):
+            if cfg["lengths"] is not None:
+                pk = pack_padded_sequence(
+                    x, torch.tensor(cfg["lengths"]), batch_first=cfg["bf"], enforce_sorted=False
+                )
+                y, hn = fast(pk, hx)
+                assert isinstance(y, torch.nn.utils.rnn.PackedSequence)
+                y, _ = pad_packed_sequence(y, batch_first=cfg["bf"], total_length=cfg["T"])
+            else:
+                y, hn = fast(x, hx)
+        assert y.requires_grad == graph
+        states = hn if lstm else (hn,)
+        np.testing.assert_allclose(y.detach().numpy(), ref["y"], **FWD, err_msg="torch y")
+        for a, b, n in zip(states, ref["states"], ("h_n", "c_n")):
+            np.testing.assert_allclose(a.detach().numpy(), b, **FWD, err_msg=f"torch {n}")
     loss = (y * torch.from_numpy(d["dy"])).sum() + (states[0] * torch.from_numpy(d["dh"])).sum()
     if lstm:
         loss = loss + (states[1] * torch.from_numpy(d["dc"])).sum()

@@ -1070,3 +1070,37 @@ def test_drop_in_training_dropout_draws_torch_masks(kind, bi, packed):
 
     for a, b in zip(res[1], res[0]):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_drop_in_errors_have_torch_types():
+    """Bad hx for the drop-ins raise the exception type torch's module raises (code written
+    for torch catches it): wrong shapes for bidirectional / proj_size stacks, the LSTM's hx
+    of three states, and LSTMCell's hx of one state (TypeError here before, torch raises
+    RuntimeError as the drop-in LSTM does)."""
+    x = torch.randn(5, 3, 4)
+    cases = [
+        (
+            "LSTM",
+            dict(num_layers=2, bidirectional=True, proj_size=3),
+            x,
+            (torch.zeros(4, 3, 6), torch.zeros(4, 3, 6)),
+        ),
+        (
+            "LSTM",
+            dict(num_layers=2, bidirectional=True, proj_size=3),
+            x,
+            (torch.zeros(2, 3, 3), torch.zeros(2, 3, 6)),
+        ),
+        ("GRU", dict(num_layers=2, bidirectional=True), x, torch.zeros(2, 3, 6)),
+        ("LSTM", {}, x, (torch.zeros(1, 3, 6),) * 3),
+        ("LSTMCell", {}, x[0], (torch.zeros(3, 6),)),
+        ("LSTMCell", {}, x[0], (torch.zeros(3, 6),) * 3),
+        ("GRUCell", {}, x[0], torch.zeros(2, 6)),
+    ]
+    for name, kw, inp, hx in cases:
+        raised = []
+        for cls in (getattr(torch.nn, name), getattr(lft, name)):
+            with pytest.raises(Exception) as e:
+                cls(4, 6, **kw)(inp, hx)
+            raised.append(e.type)
+        assert raised[1] is raised[0], (name, kw, raised)

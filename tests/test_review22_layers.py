@@ -675,9 +675,10 @@ def test_layer_forward_backward_pairs_stay_silent():
 
 
 def _layer(kind, I, H, **kw):
+    kw.setdefault("seed", 0)
     if kind in ("tanh", "relu"):
-        return lstm_fast.RNN(I, H, nonlinearity=kind, seed=0, **kw).eval()
-    return getattr(lstm_fast, kind)(I, H, seed=0, **kw).eval()
+        return lstm_fast.RNN(I, H, nonlinearity=kind, **kw).eval()
+    return getattr(lstm_fast, kind)(I, H, **kw).eval()
 
 
 def _copy_state(st):
@@ -1104,3 +1105,59 @@ def test_drop_in_errors_have_torch_types():
                 cls(4, 6, **kw)(inp, hx)
             raised.append(e.type)
         assert raised[1] is raised[0], (name, kw, raised)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_numpy_layer_training_dropout_against_masked_torch_layers(seed):
+    """A NumPy stack in training mode with dropout (layers, directions, proj_size, lengths,
+    batch_first drawn): its output and gradients equal those of torch float64 single-layer
+    modules of the same weights, chained with the masks the layer drew (read from its saved
+    forward, in the caller's batch order)."""
+    r = random.Random(5000 + seed)
+    kind, L, bi = r.choice(KINDS), r.choice([2, 3]), r.random() < 0.5
+    proj = r.choice([0, 2]) if kind == "LSTM" else 0
+    use_len, bf = r.random() < 0.5, r.random() < 0.5
+    I, H, T, B = 5, 6, 7, 4
+    kw = dict(num_layers=L, bidirectional=bi, batch_first=bf, dropout=0.4, seed=seed)
+    if kind == "LSTM":
+        kw["proj_size"] = proj
+    ours = _layer(kind, I, H, **kw).train()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, I) if bf else (T, B, I)).astype(np.float32)
+    lens = [T, 1, 4, T] if use_len else None
+    y, _ = ours(x, lengths=lens)
+    saved, meta = ours._saved
+    masks = [e[1] for e in saved if isinstance(e, tuple) and e and e[0] == "dropout"]
+    if meta["inv"] is not None and not meta["fused"]:  # drawn on the rows sorted by length
+        masks = [None if m is None else m[:, meta["inv"]] for m in masks]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    ours.zero_grad()
+    dx, _ = ours.backward(dy)
+    D, P, sd = (2 if bi else 1), (proj or H), ours.state_dict()
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    inp, mods = (xt.transpose(0, 1) if bf else xt), []
+    for k in range(L):
+        cfg = dict(_draw(0), kind=kind, I=I if k == 0 else D * P, H=H, L=1, bi=bi, bf=False)
+        m = _torch_ref(dict(cfg, bias=True, proj=proj, dropout=0.0))[0]
+        m.load_state_dict(
+            {
+                n.replace(f"_l{k}", "_l0"): torch.from_numpy(v)
+                for n, v in sd.items()
+                if f"_l{k}" in n
+            }
+        )
+        mods.append(m)
+        if lens is not None:
+            out, _ = m(pack_padded_sequence(inp, torch.tensor(lens), enforce_sorted=False))
+            out = pad_packed_sequence(out, total_length=T)[0]
+        else:
+            out, _ = m(inp)
+        inp = out * torch.from_numpy(masks[k].astype(np.float64)) if k < L - 1 else out
+    y_ref = inp.transpose(0, 1) if bf else inp
+    np.testing.assert_allclose(y, y_ref.detach().numpy(), **FWD)
+    (y_ref * torch.tensor(dy, dtype=torch.float64)).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **BWD)
+    for k, m in enumerate(mods):
+        for n, p in m.named_parameters():
+            got = getattr(ours, n.replace("_l0", f"_l{k}")).grad
+            np.testing.assert_allclose(got, p.grad.numpy(), **BWD, err_msg=f"{n} of layer {k}")

@@ -1394,7 +1394,9 @@ class _RNNBase(Module):
         stream through one layer at once): the returned y_t (unless ``out`` is given) and state
         live in internal buffers and are only valid until the thread's next call (copy them to
         keep them). An unbatched x_t also takes an unbatched forward's (num_layers, H) state;
-        ``check_finite`` layers check x_t and state.
+        ``check_finite`` layers check x_t and state. With ``proj_size`` P, y_t and h are (B, P)
+        and c is (B, H), as the forward's; each layer's step then runs the sequence core over
+        one step (which allocates its outputs per call).
         """
         st = self._stream
         # The streaming loop's call (a batched float32 x_t of the stream's batch size, the state
@@ -1430,8 +1432,6 @@ class _RNNBase(Module):
             return y, st.states[st.cur]
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence")
-        if self.proj_size:
-            raise NotImplementedError("step: proj_size > 0 is not supported in streaming mode")
         _check_complete(self)
         x_t = (
             x_t
@@ -1449,7 +1449,8 @@ class _RNNBase(Module):
             raise ValueError(f"x_t: expected shape (B, I={self.input_size}), got {x_t.shape}")
         B = x_t.shape[0]
         if out is not None:
-            want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+            P = self._out_size
+            want = (P,) if unbatched else (B, P)
             if (
                 not isinstance(out, np.ndarray)
                 or out.shape != want
@@ -1494,14 +1495,19 @@ class _Stream:
     def __init__(self, layer: _RNNBase, B: int):
         self.layer, self.B = layer, B
         L, H = layer.num_layers, layer.hidden_size
-        self.h = np.zeros((2, L, B, H), np.float32)
+        # P: features of h and y (proj_size, else H); the cell state c has H
+        self.P = P = layer._out_size
+        self.proj = bool(layer.proj_size)
+        self.h = np.zeros((2, L, B, P), np.float32)
         self.c = np.zeros((2, L, B, H), np.float32) if layer._has_cell else None
         self.cur = 0
         self.mode = layer._mode
         self.ws = []
         for k in range(L):
             I = layer.input_size if k == 0 else H
-            self.ws.append(np.empty(ops._core.step_workspace_size(self.mode, B, I, H), np.float32))
+            # (a projected LSTM steps through the sequence core, which sizes its own)
+            n = 0 if self.proj else ops._core.step_workspace_size(self.mode, B, I, H)
+            self.ws.append(np.empty(n, np.float32))
         # views [slot][layer] of h and c, and the parameter names of each layer
         self.hs = [self.h[0], self.h[1]]
         self.cs = [None, None] if self.c is None else [self.c[0], self.c[1]]
@@ -1518,7 +1524,7 @@ class _Stream:
             if B == 1
             else None
         )
-        self.xshape, self.yshape = (B, layer.input_size), (B, H)
+        self.xshape, self.yshape = (B, layer.input_size), (B, P)
         # Per slot, per layer: parameter names (the biases' None without them), workspace and
         # the state views read and written.
         names = [
@@ -1548,10 +1554,11 @@ class _Stream:
         return self.states[self.cur]
 
     def check(self, state, unbatched: bool = False):
-        """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (what step
-        returned, or h_n / c_n of a forward; (L, H) for an unbatched x_t, as an unbatched
-        forward's). Raises before anything is written; returns the state as (L, B, H) arrays."""
-        L, H = self.layer.num_layers, self.layer.hidden_size
+        """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (h (L, B, P)
+        with proj_size; what step returned, or h_n / c_n of a forward; (L, H) for an unbatched
+        x_t, as an unbatched forward's). Raises before anything is written; returns the state
+        as (L, B, .) arrays."""
+        L = self.layer.num_layers
         if self.c is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError("state: expected a tuple (h, c) as returned by step")
@@ -1566,6 +1573,8 @@ class _Stream:
         if self.states1 is not None:
             h1, c1 = self.states1[cur] if self.c is not None else (self.states1[cur], None)
         for name, a in items:
+            H = self.P if name.startswith("state[0]") or self.c is None else self.layer.hidden_size
+            letter = "P" if self.proj and H == self.P else "H"
             if a is self.hs[cur] or a is self.cs[cur]:
                 out.append(a)
                 continue
@@ -1576,9 +1585,9 @@ class _Stream:
             if unbatched and a.shape == (L, H):
                 a = a[:, None]
             if a.shape != (L, self.B, H):
-                unb = f" or (num_layers, H) = {(L, H)}" if unbatched else ""
+                unb = f" or (num_layers, {letter}) = {(L, H)}" if unbatched else ""
                 raise ValueError(
-                    f"{name}: expected shape (num_layers, B, H) = {(L, self.B, H)}{unb}, "
+                    f"{name}: expected shape (num_layers, B, {letter}) = {(L, self.B, H)}{unb}, "
                     f"got {a.shape}"
                 )
             out.append(a)
@@ -1606,6 +1615,25 @@ class _Stream:
             self.cur = nxt
             return self.hv[nxt][-1]
         inp = x_t
+        if self.proj:  # the sequence core over one step (it projects h; allocates per call)
+            for k, (n_ih, n_hh, n_bih, n_bhh, _, h_in, c_in, h_out, c_out) in enumerate(
+                self.plan[cur]
+            ):
+                _, hn, cn, _ = ops.lstm_forward(
+                    inp[None],
+                    params[n_ih].data,
+                    params[n_hh].data,
+                    None if n_bih is None else params[n_bih].data,
+                    None if n_bhh is None else params[n_bhh].data,
+                    h_in,
+                    c_in,
+                    weight_hr=params[f"weight_hr_l{k}"].data,
+                )
+                h_out[...] = hn
+                c_out[...] = cn
+                inp = h_out
+            self.cur = nxt
+            return inp
         for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
             step_into(
                 mode,

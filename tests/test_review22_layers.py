@@ -1161,3 +1161,35 @@ def test_numpy_layer_training_dropout_against_masked_torch_layers(seed):
         for n, p in m.named_parameters():
             got = getattr(ours, n.replace("_l0", f"_l{k}")).grad
             np.testing.assert_allclose(got, p.grad.numpy(), **BWD, err_msg=f"{n} of layer {k}")
+
+
+@pytest.mark.parametrize("L", [1, 3])
+@pytest.mark.parametrize("B", [None, 1, 3])
+def test_step_streams_a_projected_lstm(L, B):
+    """step() of an LSTM with proj_size (raised NotImplementedError): y_t and h are (.., P),
+    c is (.., H); the stream equals the sequence forward, takes out= of y's shape and a
+    forward's (h_n, c_n) as its state, and refuses a state or out of the unprojected size."""
+    layer = _layer("LSTM", 7, 17, num_layers=L, proj_size=5)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((9, B or 1, 7)).astype(np.float32)
+    y_seq, (hn, cn) = layer(x)
+    state, ys = None, []
+    out = np.empty((B, 5) if B else (5,), np.float32)
+    for t in range(9):
+        y_t, state = layer.step(x[t] if B else x[t, 0], state, out=out if t % 2 else None)
+        assert y_t.shape == out.shape
+        ys.append(y_t.copy())
+    np.testing.assert_allclose(np.stack(ys).reshape(y_seq.shape), y_seq, **FWD)
+    np.testing.assert_allclose(state[0].reshape(hn.shape), hn, **FWD)
+    np.testing.assert_allclose(state[1].reshape(cn.shape), cn, **FWD)
+    if B:
+        y2, (h2, c2) = layer(x[:4])
+        y_t, _ = layer.step(x[4], (h2, c2))
+        np.testing.assert_allclose(y_t, y_seq[4], **FWD)
+        with pytest.raises(
+            ValueError,
+            match=rf"state\[0\] \(h\): expected shape \(num_layers, B, P\) = \({L}, {B}, 5\)",
+        ):
+            layer.step(x[4], (c2, c2))
+        with pytest.raises(ValueError, match="out: expected a writeable array of shape"):
+            layer.step(x[4], (h2, c2), out=np.empty((B, 17), np.float32))

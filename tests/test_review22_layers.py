@@ -275,6 +275,16 @@ def _check_numpy_layer(cfg, ours, d, ref):
     if not packed:  # the inference kernels: the same outputs
         y_eval, _ = ours.eval()(_laid_out(d["x"], lay), hx, lengths=lengths)
         np.testing.assert_allclose(y_eval, ref["y"], **FWD, err_msg="numpy eval y")
+    if not cfg["bi"] and cfg["lengths"] is None:  # streaming, from the same state
+        state = ((d["h0"], d["c0"]) if lstm else d["h0"]) if cfg["hx"] else None
+        x = d["x"]
+        steps = []
+        for t in range(cfg["T"]):
+            x_t = x[t] if cfg["unbatched"] or not cfg["bf"] else x[:, t]
+            y_t, state = ours.step(x_t, state)
+            steps.append(y_t.copy())
+        y_steps = np.stack(steps, 1 if cfg["bf"] and not cfg["unbatched"] else 0)
+        np.testing.assert_allclose(y_steps, ref["y"], **FWD, err_msg="numpy step y")
 
 
 def _check_drop_in(cfg, fast, d, ref):

@@ -1203,3 +1203,51 @@ def test_step_streams_a_projected_lstm(L, B):
             layer.step(x[4], (c2, c2))
         with pytest.raises(ValueError, match="out: expected a writeable array of shape"):
             layer.step(x[4], (h2, c2), out=np.empty((B, 17), np.float32))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_drop_in_thread_counts_and_two_threads(kind, threads):
+    """A bidirectional drop-in: forward and backward bitwise the same whatever
+    torch.set_num_threads says between calls (1, 2, 3), and two Python threads running it at
+    once (inference and autograd) each get what they get alone."""
+    m = getattr(lft, kind)(7, 17, num_layers=2, bidirectional=True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 3, 7, generator=gen)
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            xg = x.clone().requires_grad_()
+            y, _ = m(xg)
+            y.backward(torch.ones_like(y))
+            runs.append([y.detach(), xg.grad] + [p.grad.clone() for p in m.parameters()])
+            m.zero_grad()
+    finally:
+        torch.set_num_threads(before)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+    xs = [torch.randn(20, 3, 7, generator=gen) for _ in range(2)]
+    with torch.no_grad():
+        want = [m(a)[0] for a in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                with torch.no_grad():
+                    assert torch.equal(m(xs[i])[0], want[i])
+                xg = xs[i].clone().requires_grad_()
+                y, _ = m(xg)
+                y.sum().backward()
+                assert torch.equal(y.detach(), want[i]) and xg.grad is not None
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors

@@ -72,6 +72,33 @@ def _caller_stacklevel() -> int:
     return level
 
 
+def _keep_saved(mod: Any, saved: Any) -> None:
+    """A training forward's ``_saved`` for the next backward, counting the forwards whose saved
+    state nothing differentiated (see :func:`_warn_unused_forwards`)."""
+    d = mod.__dict__
+    d["_saved"] = saved
+    d["_unused_forwards"] = d.get("_unused_forwards", 0) + 1
+
+
+def _warn_unused_forwards(mod: Any, how: str) -> None:
+    """At a backward: warn if the module ran several training forwards since its last backward.
+    It keeps the last one only, so a module applied to several inputs (a shared encoder, a loop
+    of cell steps) and then differentiated once per input got the last input's gradients each
+    time, silently. ``how``: what to do instead."""
+    d = mod.__dict__
+    unused = d.get("_unused_forwards", 0)
+    d["_unused_forwards"] = 0
+    if unused > 1:
+        name = type(mod).__name__
+        warnings.warn(
+            f"{name}.backward: the {'cell' if name.endswith('Cell') else 'layer'} ran {unused} "
+            "training-mode forwards since its last backward but keeps the last one only, which "
+            f"this backward differentiates. {how}",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
@@ -694,13 +721,14 @@ class _RNNBase(Module):
         # place between forward and backward, too).
         object.__setattr__(self, "_stream", None)
         object.__setattr__(self, "_saved", None)
+        self.__dict__["_unused_forwards"] = 0
         super()._on_load()
 
     def __getstate__(self) -> dict:
         """``copy.deepcopy`` and pickle take the parameters and settings, not the kernels'
         cache of the last training forward (native memory): a copy's backward needs a forward
         of its own. Streaming buffers are made anew on the copy's first ``step``."""
-        state = {**self.__dict__, "_saved": None}
+        state = {**self.__dict__, "_saved": None, "_unused_forwards": 0}
         state.pop("_streams", None)
         return state
 
@@ -855,7 +883,7 @@ class _RNNBase(Module):
             raise
         if training:
             meta = _saved_meta(x.shape[0], B, self.batch_first, versions=saved_versions(self))
-            object.__setattr__(self, "_saved", ([cache, ("dropout", None, 0.0)], meta))
+            _keep_saved(self, ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if training:
@@ -867,6 +895,8 @@ class _RNNBase(Module):
         Outputs (LSTM ``output, (h_n, c_n)``; GRU and RNN ``output, h_n``)."""
         # A failed call must not leave the previous forward's cache for backward to use.
         object.__setattr__(self, "_saved", None)
+        if not self.training:  # (backward after it raises: no saved forward)
+            self.__dict__["_unused_forwards"] = 0
         _check_complete(self)
         if (
             lengths is None
@@ -977,7 +1007,7 @@ class _RNNBase(Module):
                 lengths=given_lens,  # (B,) in the caller's order, or None
             )
             meta["versions"] = saved_versions(self)
-            object.__setattr__(self, "_saved", (saved, meta))
+            _keep_saved(self, (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
         if inv is not None:
@@ -1017,6 +1047,8 @@ class _RNNBase(Module):
         gradient, and the layer's own gradients are computed as usual.
         """
         object.__setattr__(self, "_saved", None)  # (as in forward)
+        if not self.training:
+            self.__dict__["_unused_forwards"] = 0
         _check_complete(self)
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
@@ -1084,7 +1116,7 @@ class _RNNBase(Module):
                 ("embedding.weight", emb_p, getattr(emb_p, "_version", 0)),
             )
             meta = _saved_meta(T, B, False, embedding=(embedding, True, frozen), versions=versions)
-            object.__setattr__(self, "_saved", (saved, meta))
+            _keep_saved(self, (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)
         return (_read_only(y) if training else y), (h_n, c_n)
@@ -1152,7 +1184,7 @@ class _RNNBase(Module):
         return dx, dh0[None]
 
     def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None, *, need_dx: bool = True):
-        """Gradients of a training-mode forward, in the input's layout.
+        """Gradients of the layer's last training-mode forward, in the input's layout.
 
         ``dy`` has the output's shape (after a PackedSequence input: a PackedSequence of the
         output's lengths, or the padded (T, B, D * P) array; dx is then padded (T, B, I), in
@@ -1163,11 +1195,23 @@ class _RNNBase(Module):
         same forward. ``need_dx=False``: the input needs no gradient (raw features, as a torch
         input without ``requires_grad``): dx is returned as None and the first layer skips its
         input-gradient GEMM; everything else is bitwise the same.
+
+        The layer keeps one saved forward, its last: a layer applied to several inputs before
+        their backward (a shared encoder of two sentences) takes one ``copy.copy(layer)`` per
+        input (the copies share the Parameters and their ``.grad``, each keeps its own forward).
+        Backward after several training forwards warns (``UserWarning``): it differentiates the
+        last one only, whatever input the gradient belongs to.
         """
         if self._saved is None:
             raise RuntimeError(
                 "backward: no saved forward; call the layer in training mode (.train()) first"
             )
+        _warn_unused_forwards(
+            self,
+            "A layer applied to several inputs (a shared encoder) needs each backward right "
+            "after its forward, or one copy.copy(layer) per input (the copies share the "
+            "parameters, each keeps its own forward)",
+        )
         need_dx = ops._need_dx(need_dx)
         if not self._has_cell and dc_n is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc_n must be None")
@@ -1356,7 +1400,9 @@ class _RNNBase(Module):
         stream through one layer at once): the returned y_t (unless ``out`` is given) and state
         live in internal buffers and are only valid until the thread's next call (copy them to
         keep them). An unbatched x_t also takes an unbatched forward's (num_layers, H) state;
-        ``check_finite`` layers check x_t and state.
+        ``check_finite`` layers check x_t and state. With ``proj_size`` P, y_t and h are (B, P)
+        and c is (B, H), as the forward's; each layer's step then runs the sequence core over
+        one step (which allocates its outputs per call).
         """
         st = self._stream
         # The streaming loop's call (a batched float32 x_t of the stream's batch size, the state
@@ -1392,8 +1438,6 @@ class _RNNBase(Module):
             return y, st.states[st.cur]
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence")
-        if self.proj_size:
-            raise NotImplementedError("step: proj_size > 0 is not supported in streaming mode")
         _check_complete(self)
         x_t = (
             x_t
@@ -1411,7 +1455,8 @@ class _RNNBase(Module):
             raise ValueError(f"x_t: expected shape (B, I={self.input_size}), got {x_t.shape}")
         B = x_t.shape[0]
         if out is not None:
-            want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+            P = self._out_size
+            want = (P,) if unbatched else (B, P)
             if (
                 not isinstance(out, np.ndarray)
                 or out.shape != want
@@ -1456,14 +1501,19 @@ class _Stream:
     def __init__(self, layer: _RNNBase, B: int):
         self.layer, self.B = layer, B
         L, H = layer.num_layers, layer.hidden_size
-        self.h = np.zeros((2, L, B, H), np.float32)
+        # P: features of h and y (proj_size, else H); the cell state c has H
+        self.P = P = layer._out_size
+        self.proj = bool(layer.proj_size)
+        self.h = np.zeros((2, L, B, P), np.float32)
         self.c = np.zeros((2, L, B, H), np.float32) if layer._has_cell else None
         self.cur = 0
         self.mode = layer._mode
         self.ws = []
         for k in range(L):
             I = layer.input_size if k == 0 else H
-            self.ws.append(np.empty(ops._core.step_workspace_size(self.mode, B, I, H), np.float32))
+            # (a projected LSTM steps through the sequence core, which sizes its own)
+            n = 0 if self.proj else ops._core.step_workspace_size(self.mode, B, I, H)
+            self.ws.append(np.empty(n, np.float32))
         # views [slot][layer] of h and c, and the parameter names of each layer
         self.hs = [self.h[0], self.h[1]]
         self.cs = [None, None] if self.c is None else [self.c[0], self.c[1]]
@@ -1480,7 +1530,7 @@ class _Stream:
             if B == 1
             else None
         )
-        self.xshape, self.yshape = (B, layer.input_size), (B, H)
+        self.xshape, self.yshape = (B, layer.input_size), (B, P)
         # Per slot, per layer: parameter names (the biases' None without them), workspace and
         # the state views read and written.
         names = [
@@ -1510,10 +1560,11 @@ class _Stream:
         return self.states[self.cur]
 
     def check(self, state, unbatched: bool = False):
-        """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (what step
-        returned, or h_n / c_n of a forward; (L, H) for an unbatched x_t, as an unbatched
-        forward's). Raises before anything is written; returns the state as (L, B, H) arrays."""
-        L, H = self.layer.num_layers, self.layer.hidden_size
+        """A state given to step: (h, c) for the LSTM, h otherwise, each (L, B, H) (h (L, B, P)
+        with proj_size; what step returned, or h_n / c_n of a forward; (L, H) for an unbatched
+        x_t, as an unbatched forward's). Raises before anything is written; returns the state
+        as (L, B, .) arrays."""
+        L = self.layer.num_layers
         if self.c is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError("state: expected a tuple (h, c) as returned by step")
@@ -1528,6 +1579,8 @@ class _Stream:
         if self.states1 is not None:
             h1, c1 = self.states1[cur] if self.c is not None else (self.states1[cur], None)
         for name, a in items:
+            H = self.P if name.startswith("state[0]") or self.c is None else self.layer.hidden_size
+            letter = "P" if self.proj and H == self.P else "H"
             if a is self.hs[cur] or a is self.cs[cur]:
                 out.append(a)
                 continue
@@ -1538,9 +1591,9 @@ class _Stream:
             if unbatched and a.shape == (L, H):
                 a = a[:, None]
             if a.shape != (L, self.B, H):
-                unb = f" or (num_layers, H) = {(L, H)}" if unbatched else ""
+                unb = f" or (num_layers, {letter}) = {(L, H)}" if unbatched else ""
                 raise ValueError(
-                    f"{name}: expected shape (num_layers, B, H) = {(L, self.B, H)}{unb}, "
+                    f"{name}: expected shape (num_layers, B, {letter}) = {(L, self.B, H)}{unb}, "
                     f"got {a.shape}"
                 )
             out.append(a)
@@ -1554,6 +1607,8 @@ class _Stream:
             else:
                 h_in, c_in = state, None
             if h_in is not self.hs[cur]:
+                if c_in is not None and np.may_share_memory(c_in, self.hs[cur]):
+                    c_in = c_in.copy()  # (h, c) of the slot swapped: c is read before h is written
                 self.h[cur][...] = h_in
             if c_in is not None and c_in is not self.cs[cur]:
                 self.c[cur][...] = c_in
@@ -1566,6 +1621,25 @@ class _Stream:
             self.cur = nxt
             return self.hv[nxt][-1]
         inp = x_t
+        if self.proj:  # the sequence core over one step (it projects h; allocates per call)
+            for k, (n_ih, n_hh, n_bih, n_bhh, _, h_in, c_in, h_out, c_out) in enumerate(
+                self.plan[cur]
+            ):
+                _, hn, cn, _ = ops.lstm_forward(
+                    inp[None],
+                    params[n_ih].data,
+                    params[n_hh].data,
+                    None if n_bih is None else params[n_bih].data,
+                    None if n_bhh is None else params[n_bhh].data,
+                    h_in,
+                    c_in,
+                    weight_hr=params[f"weight_hr_l{k}"].data,
+                )
+                h_out[...] = hn
+                c_out[...] = cn
+                inp = h_out
+            self.cur = nxt
+            return inp
         for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
             step_into(
                 mode,
@@ -1760,6 +1834,7 @@ class _CellBase(Module):
         object.__setattr__(self, "hidden_size", hidden_size)
         object.__setattr__(self, "bias", bool(bias))
         object.__setattr__(self, "_saved", None)
+        object.__setattr__(self, "_unused_forwards", 0)  # training forwards since a backward
         rng = make_rng(seed)
         G, H = _GATES[self._mode] * hidden_size, hidden_size
         _check_parameter_memory(
@@ -1785,11 +1860,13 @@ class _CellBase(Module):
         return s
 
     def __getstate__(self) -> dict:
-        """As the layers': copies and pickles leave out the cache of the last training forward."""
-        return {**self.__dict__, "_saved": None}
+        """As the layers': copies and pickles leave out the cache of the last training forward
+        (``copy.copy(cell)`` shares the parameters and keeps a saved forward of its own)."""
+        return {**self.__dict__, "_saved": None, "_unused_forwards": 0}
 
     def _on_load(self) -> None:
         object.__setattr__(self, "_saved", None)  # as the layers': no backward across new weights
+        object.__setattr__(self, "_unused_forwards", 0)
         super()._on_load()
 
     def _w(self):
@@ -1844,6 +1921,8 @@ class _CellBase(Module):
         """One step (also by calling the cell): LSTMCell ``(h', c')``, GRUCell and RNNCell
         ``h'``; see the class docstring."""
         object.__setattr__(self, "_saved", None)  # (as in the layers' forward)
+        if not self.training:  # (backward after it raises: no saved forward)
+            object.__setattr__(self, "_unused_forwards", 0)
         _check_complete(self)
         if (
             not self.training
@@ -1893,20 +1972,32 @@ class _CellBase(Module):
             self.training,
             False,
         )
-        object.__setattr__(
-            self, "_saved", (cache, unbatched, B, saved_versions(self)) if self.training else None
-        )
+        if self.training:
+            _keep_saved(self, (cache, unbatched, B, saved_versions(self)))
         if unbatched:
             hn = hn[0]
             cn = None if cn is None else cn[0]
         return (hn, cn) if self._mode == "LSTM" else hn
 
     def backward(self, dh: Any, dc: Any = None, *, need_dx: bool = True):
-        """Gradients of a training-mode forward: ``(dx, (dh_0, dc_0))`` for the LSTM cell,
-        ``(dx, dh_0)`` otherwise; accumulates (+=) into the parameters' ``.grad``.
-        ``need_dx=False``: dx is None and its product is skipped."""
+        """Gradients of the cell's last training-mode forward: ``(dx, (dh_0, dc_0))`` for the
+        LSTM cell, ``(dx, dh_0)`` otherwise; accumulates (+=) into the parameters' ``.grad``.
+        ``need_dx=False``: dx is None and its product is skipped.
+
+        A cell keeps one saved forward, its last: to backpropagate through a loop of steps,
+        step a ``copy.copy(cell)`` per step (the copies share the Parameters and their
+        ``.grad``, each keeps its own forward) and call their ``backward`` in reverse order, or
+        run :class:`LSTM` (:class:`GRU`, :class:`RNN`) over the whole sequence. Backward after
+        several training forwards of the same cell warns (``UserWarning``): it differentiates
+        the last one only, whatever step the gradient belongs to."""
         if self._saved is None:
             raise RuntimeError("backward: no saved forward; call the cell in training mode first")
+        _warn_unused_forwards(
+            self,
+            "To backpropagate through a loop of steps, step a copy.copy(cell) per step (the "
+            "copies share the parameters, each keeps its own forward) or run the sequence "
+            f"layer ({type(self).__name__[:-4]}) over the whole sequence",
+        )
         need_dx = ops._need_dx(need_dx)
         if self._mode != "LSTM" and dc is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc must be None")

@@ -1125,14 +1125,15 @@ class _FastCellMixin(_GraphFallback):
         if hx is None:
             states, labels = (), ()
         elif has_cell:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                got = (
-                    f"a {type(hx).__name__} of length {len(hx)}"
-                    if isinstance(hx, (tuple, list))
-                    else f"a {type(hx).__name__}"
-                )
+            if not isinstance(hx, (tuple, list)):
                 raise TypeError(
-                    f"lstm_fast.torch.{name}: hx: expected a tuple (h_0, c_0) of tensors, got {got}"
+                    f"lstm_fast.torch.{name}: hx: expected a tuple (h_0, c_0) of tensors, got a "
+                    f"{type(hx).__name__}"
+                )
+            if len(hx) != 2:  # torch.nn.LSTMCell: "lstm_cell expects two hidden states"
+                raise RuntimeError(
+                    f"lstm_fast.torch.{name}: hx: expected two hidden states (h_0, c_0), got "
+                    f"{len(hx)}"
                 )
             states, labels = tuple(hx), ("hx[0]", "hx[1]")
         else:

@@ -45,6 +45,7 @@ from .rnn import _check_int
 
 __all__ = [
     "Optimizer",
+    "GroupsDifferError",
     "SGD",
     "Adam",
     "AdamW",
@@ -162,6 +163,29 @@ def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
     return float(value)
 
 
+class GroupsDifferError(ValueError, AttributeError):
+    """Reading a hyper-parameter as an optimizer attribute (``opt.lr``) when its parameter
+    groups hold different values: a ``ValueError`` naming them, and an ``AttributeError``, so
+    ``hasattr(opt, "lr")`` is False and ``getattr(opt, "lr", None)`` gives None rather than
+    raising.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from lstm_fast.module import Parameter
+        >>> from lstm_fast.optim import SGD, GroupsDifferError
+        >>> a, b = Parameter(np.ones(2)), Parameter(np.ones(2))
+        >>> opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+        >>> try:
+        ...     opt.lr
+        ... except GroupsDifferError as e:
+        ...     print(isinstance(e, ValueError), isinstance(e, AttributeError))
+        True True
+        >>> getattr(opt, "lr", None), [g["lr"] for g in opt.param_groups]
+        (None, [0.1, 0.5])
+    """
+
+
 class Optimizer:
     """Base class of the optimizers, as ``torch.optim.Optimizer``: parameter groups, each with
     its own hyper-parameters, and per-parameter state arrays.
@@ -246,8 +270,11 @@ class Optimizer:
         >>> opt.weight_decay
         Traceback (most recent call last):
           ...
-        ValueError: weight_decay: the 3 parameter groups hold different values (0.5, 0.0,
-        0.5); read or set each group's in optimizer.param_groups[i]['weight_decay']
+        lstm_fast.optim.GroupsDifferError: weight_decay: the 3 parameter groups hold different
+        values (0.5, 0.0, 0.5); read or set each group's in
+        optimizer.param_groups[i]['weight_decay']
+        >>> hasattr(opt, "weight_decay")  # (a ValueError, and an AttributeError)
+        False
         >>> opt.lr = 0.01  # every group's
         >>> opt.lr, opt.param_groups[2]["lr"]
         (0.01, 0.01)
@@ -404,7 +431,7 @@ class Optimizer:
         if all(v == values[0] for v in values[1:]):
             return values[0]
         shown = ", ".join(map(repr, values))
-        raise ValueError(
+        raise GroupsDifferError(
             f"{name}: the {len(values)} parameter groups hold different values ({shown}); read "
             f"or set each group's in optimizer.param_groups[i][{name!r}]"
         )

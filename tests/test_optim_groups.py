@@ -949,3 +949,17 @@ def test_an_optimizer_with_groups_copies_and_pickles():
         other.step()
         np.testing.assert_array_equal(other.state[1]["exp_avg"], np.full(3, 0.19, np.float32))
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5] and opt.step_count == 1
+
+
+def test_groups_differ_error_is_a_value_and_attribute_error():
+    """Reading a hyper-parameter whose groups differ raises GroupsDifferError, a ValueError
+    naming the values and an AttributeError, so hasattr / getattr with a default stay quiet."""
+    a, b = Parameter(np.ones(3)), Parameter(np.ones(3))
+    opt = optim.Adam([{"params": [a]}, {"params": [b], "eps": 1e-3}], lr=0.1)
+    with pytest.raises(optim.GroupsDifferError, match=r"eps: the 2 parameter groups hold"):
+        _ = opt.eps
+    assert not hasattr(opt, "eps")
+    assert getattr(opt, "eps", "default") == "default"
+    assert opt.lr == 0.1 and hasattr(opt, "lr")
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        _ = opt.nonexistent

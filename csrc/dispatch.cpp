@@ -381,6 +381,8 @@ namespace {
 std::atomic<std::int64_t> g_team_end{0};  // monotonic_ns() when the last region ended (0: none)
 std::atomic<std::int64_t> g_slow_gap{std::numeric_limits<std::int64_t>::max()};
 std::atomic<std::int64_t> g_team_regions{0};
+std::atomic<std::int64_t> g_last_alone{0};  // when small_call_threads last chose one thread
+constexpr std::int64_t kBurstNs = 1000000;  // 1 ms
 }  // namespace
 
 std::int64_t monotonic_ns() {
@@ -418,7 +420,13 @@ std::int64_t team_regions() { return g_team_regions.load(std::memory_order_relax
 
 int small_call_threads(double fma, int nthreads) {
   if (nthreads <= 1 || fma < double(1 << 17)) return 1;
-  if (fma < double(1 << 22) && team_wake_slow()) return 1;
+  if (fma < double(1 << 22) && team_wake_slow()) {
+    // An isolated call runs alone; a call within kBurstNs of the previous one that did is a
+    // burst after the gap: it wakes the team, which its successors then find awake (without
+    // this, every call of the burst ran alone, the team's last region being long ago).
+    const std::int64_t now = monotonic_ns();
+    if (now - g_last_alone.exchange(now, std::memory_order_relaxed) >= kBurstNs) return 1;
+  }
   return nthreads;
 }
 

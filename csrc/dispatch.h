@@ -79,7 +79,8 @@ inline void team_barrier() {
 // two threads were still the faster. So each region run_team opens records when its first
 // worker arrived; a worker that came late (>= kSlowWakeNs) after an idle gap teaches the
 // process that gaps that long wake slowly. A small call (small_call_threads) after such a gap
-// then runs on the calling thread alone. Results do not depend on the thread count.
+// then runs on the calling thread alone, unless it follows such a call within a millisecond (a
+// burst of calls: it wakes the team for the rest). Results do not depend on the thread count.
 constexpr std::int64_t kSlowWakeNs = 1000000;  // 1 ms
 std::int64_t monotonic_ns();
 // After a region that started at start_ns, its first worker having arrived late_ns after.
@@ -95,8 +96,8 @@ std::int64_t team_regions();
 
 // The threads of a call of `fma` multiply-adds that would share them only above 2^17 (a
 // fraction of a microsecond of work per thread): nthreads, or 1 below that, or 1 when the call
-// is small (below 2^22, a few hundred microseconds on one thread) and the team would wake
-// slowly (team_wake_slow()).
+// is small (below 2^22, a few hundred microseconds on one thread), the team would wake slowly
+// (team_wake_slow()) and the call is not part of a burst (see above).
 int small_call_threads(double fma, int nthreads);
 
 // Runs body() on a team of P threads, or directly on the calling thread when P <= 1: a region

@@ -5,6 +5,8 @@ through _core._note_team_region, the choice through _core._set_slow_wake_gap."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -63,16 +65,24 @@ def test_small_calls_run_on_one_thread_after_a_slow_gap(wake):
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
     _core._set_slow_wake_gap(0)  # none known: the one-step call wakes the team
     n0 = _core._wake_state()["regions"]
-    h_team, st_team = (np.copy(a) for a in layer.step(x, None)[1])
+    h_team, c_team = (np.copy(a) for a in layer.step(x, None)[1])
     assert _core._wake_state()["regions"] > n0
-    _core._set_slow_wake_gap(1)  # every gap is slow: the calling thread alone
+    _core._set_slow_wake_gap(1)  # every gap is slow
     assert _core._wake_state()["slow"]
+    time.sleep(0.002)  # (more than a millisecond since the last call: not a burst)
     n1 = _core._wake_state()["regions"]
-    h_one, st_one = (np.copy(a) for a in layer.step(x, None)[1])
+    h_one, c_one = (np.copy(a) for a in layer.step(x, None)[1])
+    assert _core._wake_state()["regions"] == n1  # the calling thread alone
+    assert h_one.tobytes() == h_team.tobytes() and c_one.tobytes() == c_team.tobytes()
+    time.sleep(0.002)
     y_one, _ = layer(x[None])
     assert _core._wake_state()["regions"] == n1
-    assert h_one.tobytes() == h_team.tobytes() and st_one.tobytes() == st_team.tobytes()
     assert y_one[0].tobytes() == h_team.tobytes()
+    # calls following each other within a millisecond are a burst: they wake the team (one
+    # that the machine delays by a millisecond runs alone again, so a few are made)
+    for _ in range(50):
+        layer.step(x, None)
+    assert _core._wake_state()["regions"] > n1
 
 
 def test_large_calls_keep_the_team_after_a_slow_gap(wake):

@@ -125,7 +125,9 @@ def _teardown_abort(res) -> bool:
     which made it rare; it still hit 3 of 33 runs here (2026-12-05, torch 2.13.0), against 0
     of 16 with the code of the session before: too few runs to tell whether that code was
     spared, and nothing of lstm_fast's runs at that point (its calls are done; it starts no
-    C++ threads of its own)."""
+    C++ threads of its own). Under load it struck twice in a row in one CI run (2026-12-05,
+    another job building beside it); in a later stress run, 1 of 8 runs with lstm_fast's LSTM
+    and 0 of 8 with torch's under two busy loops, then 0 of 25."""
     return (
         res.returncode != 0
         and "step 2/2" in res.stdout
@@ -135,10 +137,12 @@ def _teardown_abort(res) -> bool:
 
 def test_example_script_under_torchrun(tmp_path):
     """examples/ddp_train.py runs under torchrun with 2 processes (2 steps, tiny model). A run
-    whose only failure is the abort at interpreter shutdown (_teardown_abort) is run once more;
-    the second must succeed."""
+    whose only failure is the abort at interpreter shutdown (_teardown_abort) is run again, up
+    to three runs in all; the last must succeed."""
     res = _run_example()
-    if _teardown_abort(res):
+    for _ in range(2):
+        if not _teardown_abort(res):
+            break
         res = _run_example()
     assert res.returncode == 0, res.stdout + res.stderr
     assert "step 2/2" in res.stdout, res.stdout

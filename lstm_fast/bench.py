@@ -192,13 +192,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--budget",
         type=float,
         metavar="SECONDS",
-        help="time budget per implementation and cell (default 1.0; --quick 0.1)",
+        help="time budget per implementation and cell, at most 3600 (default 1.0; --quick 0.1)",
     )
     t.add_argument(
         "--repeats",
         type=int,
         metavar="N",
-        help="minimum timed repeats per cell (default 5; --quick 1)",
+        help="minimum timed repeats per cell, 1 to 10000 (default 5; --quick 1)",
     )
     t.add_argument(
         "--peak-size",
@@ -511,6 +511,28 @@ def resolve(args: argparse.Namespace) -> Settings:
 
 # the peak matmul holds three N x N float32 matrices: 768 MiB at N = 8192
 MAX_PEAK_SIZE = 8192
+# --budget is per implementation and cell: an hour is far beyond any use, a typo beyond it
+MAX_BUDGET = 3600.0
+# --repeats: the timing loops stop at this many calls anyway (time_interleaved's max_repeats)
+MAX_REPEATS = 10_000
+
+
+def shape_bytes(T: int, B: int, I: int, H: int) -> int:
+    """A lower bound of the memory one cell of shape (T, B, I, H) needs: the problem's float32
+    x, dy, weights and states, lstm_fast's outputs and its training caches (gates, cells)."""
+    return 4 * (2 * T * B * I + 8 * T * B * H + 8 * H * (I + H) + 4 * B * H)
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (bytes), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def plot_path(path: str) -> str:
@@ -545,12 +567,20 @@ def _unwritable(path: str) -> str | None:
 def _check_args(args: argparse.Namespace) -> str | None:
     """Errors argparse cannot express; None when fine. Checked before anything runs, so a bad
     option never costs a whole benchmark."""
-    if args.budget is not None and not 0 < args.budget < float("inf"):  # (NaN fails too)
-        return f"--budget: expected a positive, finite number of seconds, got {args.budget}"
+    if args.budget is not None and not 0 < args.budget <= MAX_BUDGET:  # (NaN fails too)
+        return f"--budget: expected seconds in (0, {MAX_BUDGET:g}], got {args.budget}"
     if args.seed < 0:
         return f"--seed: expected an integer >= 0, got {args.seed}"
-    if args.repeats is not None and args.repeats < 1:
-        return f"--repeats: expected an integer >= 1, got {args.repeats}"
+    if args.repeats is not None and not 1 <= args.repeats <= MAX_REPEATS:
+        return f"--repeats: expected an integer in [1, {MAX_REPEATS}], got {args.repeats}"
+    avail = _available_bytes()
+    for shape in args.shape or []:
+        need = shape_bytes(*shape)
+        if avail is not None and need > avail:
+            return (
+                f"--shape {','.join(map(str, shape))}: needs about {need / 2**30:.3g} GiB "
+                f"(inputs, outputs and training caches), {avail / 2**30:.3g} GiB available"
+            )
     if args.peak_size is not None and not 16 <= args.peak_size <= MAX_PEAK_SIZE:
         return (
             f"--peak-size: expected an integer in [16, {MAX_PEAK_SIZE}] (three N x N float32 "
@@ -1080,6 +1110,9 @@ def run(args: argparse.Namespace) -> int:
         )
         if cold is not None:
             run_cold(st, out, cold)
+    except MemoryError as e:
+        print(f"lstm-fast bench: out of memory: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Ctrl-C: the cells measured so far still go to --json (marked interrupted), then the
         # command's one-line "interrupted" and exit status 130 (cli.main)

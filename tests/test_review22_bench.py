@@ -244,3 +244,37 @@ def test_broken_pipe_is_quiet():
     proc.wait(timeout=60)
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert proc.returncode in (1, 120)
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budget", "1e9"], "--budget: expected seconds in (0, 3600], got 1000000000.0"),
+        (["--repeats", "1000000"], "--repeats: expected an integer in [1, 10000], got 1000000"),
+        (
+            ["--shape", "1000000,10000,10000,1"],
+            "--shape 1000000,10000,10000,1: needs about",
+        ),
+    ],
+)
+def test_values_that_would_never_finish_or_fit_fail_up_front(argv, message, capsys):
+    t = time.perf_counter()
+    assert cli.main(["bench", "--quick", "--peak-size", "64", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert time.perf_counter() - t < 5
+
+
+def test_memory_error_during_the_run_is_one_line(monkeypatch, capsys):
+    def boom(*a, **k):
+        raise MemoryError("Unable to allocate 364. TiB")
+
+    monkeypatch.setattr(_peers, "make_problem", boom)
+    assert _bench("--threads", "1") == 1
+    err = capsys.readouterr().err
+    assert "lstm-fast bench: out of memory" in err and "364. TiB" in err
+    assert "Traceback" not in err

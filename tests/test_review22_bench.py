@@ -278,3 +278,27 @@ def test_memory_error_during_the_run_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "lstm-fast bench: out of memory" in err and "364. TiB" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ benchmarks/
+
+
+COMPARE = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compare_torch_charlm.py")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
+        (["--threads", "1000"], "argument --threads: expected an integer in [1, "),
+        (["--seq-len", "0"], "argument --seq-len: expected an integer >= 1, got '0'"),
+        (["--steps", "-3"], "argument --steps: expected an integer >= 1, got '-3'"),
+    ],
+)
+def test_compare_torch_charlm_bad_values_are_usage_errors(argv, message):
+    proc = subprocess.run(
+        [sys.executable, COMPARE, "--default-corpus", *argv],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -302,3 +302,24 @@ def test_compare_torch_charlm_bad_values_are_usage_errors(argv, message):
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_benchmark_suites_skip_without_torch_and_onnxruntime(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(
+        BLOCKER.replace("ImportError", "ModuleNotFoundError")
+    )
+    root = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    env = _env(
+        PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        LSTM_FAST_BENCH_SHAPES="S4",
+        LSTM_FAST_BENCH_THREADS="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable"]
+        + ["-rs", os.path.join(root, "test_torch_bench.py")]
+        + [os.path.join(root, "test_lstm_bench.py")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "error" not in proc.stdout.splitlines()[-1]
+    assert "could not import 'torch'" in proc.stdout and "not installed" in proc.stdout

@@ -1167,11 +1167,11 @@ def run(args: argparse.Namespace) -> int:
 def _write_json(path: str, report: dict) -> None:
     """Write ``report`` to ``path`` whole or not at all (a temporary file renamed over it: an
     interrupted or failed write leaves an existing file as it was)."""
-    real = os.path.realpath(path)
-    if os.path.exists(real) and not os.path.isfile(real):  # /dev/stdout, a FIFO: write through
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/stdout, a FIFO: write through
         with open(path, "w") as f:
             json.dump(report, f, indent=1)
         return
+    real = os.path.realpath(path)  # a symlink to a file: the file is replaced, not the link
     tmp = f"{real}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as f:

@@ -323,3 +323,19 @@ def test_benchmark_suites_skip_without_torch_and_onnxruntime(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "error" not in proc.stdout.splitlines()[-1]
     assert "could not import 'torch'" in proc.stdout and "not installed" in proc.stdout
+
+
+def test_json_to_dev_stdout_and_through_a_symlink(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lstm_fast", "bench", *TINY, "--threads", "1"]
+        + ["--modes", "forward", "--json", "/dev/stdout"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert '"schema": "lstm_fast.bench/1"' in proc.stdout
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert _bench("--threads", "1", "--modes", "forward", "--json", str(link)) == 0
+    assert link.is_symlink() and json.loads(target.read_text())["schema"] == bench.SCHEMA

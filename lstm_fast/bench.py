@@ -568,7 +568,10 @@ def _check_args(args: argparse.Namespace) -> str | None:
     """Errors argparse cannot express; None when fine. Checked before anything runs, so a bad
     option never costs a whole benchmark."""
     if args.budget is not None and not 0 < args.budget <= MAX_BUDGET:  # (NaN fails too)
-        return f"--budget: expected seconds in (0, {MAX_BUDGET:g}], got {args.budget}"
+        return (
+            f"--budget: expected a positive, finite number of seconds, at most {MAX_BUDGET:g}, "
+            f"got {args.budget}"
+        )
     if args.seed < 0:
         return f"--seed: expected an integer >= 0, got {args.seed}"
     if args.repeats is not None and not 1 <= args.repeats <= MAX_REPEATS:

@@ -77,6 +77,17 @@ def torch_bpc(model, ids, batch_size, seq_len, torch, data):
     return total / max(count, 1) / LN2
 
 
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (0 or a negative failed with a traceback deep in the run)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -84,21 +95,23 @@ def main(argv=None) -> int:
     src.add_argument(
         "--default-corpus", action="store_true", help="the Python standard library's sources"
     )
-    ap.add_argument("--max-chars", type=int, default=1_000_000, help="corpus cap (characters)")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--embed-size", type=int, default=64)
-    ap.add_argument("--hidden-size", type=int, default=256)
-    ap.add_argument("--num-layers", type=int, default=2)
-    ap.add_argument("--seq-len", type=int, default=100)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--max-chars", type=_positive_int, default=1_000_000, help="corpus cap (characters)"
+    )
+    ap.add_argument("--steps", type=_positive_int, default=300)
+    ap.add_argument("--embed-size", type=_positive_int, default=64)
+    ap.add_argument("--hidden-size", type=_positive_int, default=256)
+    ap.add_argument("--num-layers", type=_positive_int, default=2)
+    ap.add_argument("--seq-len", type=_positive_int, default=100)
+    ap.add_argument("--batch-size", type=_positive_int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--clip", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=10, help="steps per interleaved chunk")
+    ap.add_argument("--threads", type=_positive_int, default=2)
+    ap.add_argument("--chunk", type=_positive_int, default=10, help="steps per interleaved chunk")
     ap.add_argument("--val-fraction", type=float, default=0.05)
-    ap.add_argument("--val-max-chars", type=int, default=100_000)
-    ap.add_argument("--sample-length", type=int, default=400)
+    ap.add_argument("--val-max-chars", type=_positive_int, default=100_000)
+    ap.add_argument("--sample-length", type=_positive_int, default=400)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--prime", default=None, help="priming string of the samples")
     ap.add_argument(
@@ -109,6 +122,11 @@ def main(argv=None) -> int:
         "sample / evaluate / inspect)",
     )
     args = ap.parse_args(argv)
+    from lstm_fast._core import max_threads
+
+    limit = max_threads()
+    if args.threads > limit:
+        ap.error(f"argument --threads: expected an integer in [1, {limit}], got {args.threads}")
 
     import torch
 

@@ -15,6 +15,7 @@ S4 1,1,256,256  S5 500,1,64,128  S6 100,16,65,100.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -125,6 +126,21 @@ def core_count() -> int:
     return n
 
 
+def omp_num_threads() -> int | None:
+    """OMP_NUM_THREADS when it is one positive integer (lstm_fast's default team), else None."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", "").strip())
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+def default_threads() -> int:
+    """The larger default thread count: OMP_NUM_THREADS when set (as lstm_fast's own default
+    team; a user who set it to 1 gets no 2-thread rows), else :func:`core_count`."""
+    return omp_num_threads() or core_count()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     g = p.add_argument_group("what to run")
@@ -152,7 +168,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=parse_threads,
         metavar="1,2",
-        help=f"thread counts (default: 1 and the core count, here {core_count()})",
+        help=f"thread counts (default: 1 and the core count, here {core_count()}; "
+        "OMP_NUM_THREADS, when set, replaces the core count)",
     )
     g.add_argument(
         "--peers",
@@ -175,13 +192,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--budget",
         type=float,
         metavar="SECONDS",
-        help="time budget per implementation and cell (default 1.0; --quick 0.1)",
+        help="time budget per implementation and cell, at most 3600 (default 1.0; --quick 0.1)",
     )
     t.add_argument(
         "--repeats",
         type=int,
         metavar="N",
-        help="minimum timed repeats per cell (default 5; --quick 1)",
+        help="minimum timed repeats per cell, 1 to 10000 (default 5; --quick 1)",
     )
     t.add_argument(
         "--peak-size",
@@ -470,7 +487,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         shapes = [(n, SHAPES[n]) for n in args.shapes]
     else:
         shapes = [(n, s) for n, s in SHAPES.items() if not (quick and n == "S3")]
-    threads = args.threads or list(dict.fromkeys([1, core_count()]))
+    threads = args.threads or list(dict.fromkeys([1, default_threads()]))
     impls = ["lstm_fast"]
     if not args.no_reference:
         impls.append("numpy")
@@ -494,6 +511,28 @@ def resolve(args: argparse.Namespace) -> Settings:
 
 # the peak matmul holds three N x N float32 matrices: 768 MiB at N = 8192
 MAX_PEAK_SIZE = 8192
+# --budget is per implementation and cell: an hour is far beyond any use, a typo beyond it
+MAX_BUDGET = 3600.0
+# --repeats: the timing loops stop at this many calls anyway (time_interleaved's max_repeats)
+MAX_REPEATS = 10_000
+
+
+def shape_bytes(T: int, B: int, I: int, H: int) -> int:
+    """A lower bound of the memory one cell of shape (T, B, I, H) needs: the problem's float32
+    x, dy, weights and states, lstm_fast's outputs and its training caches (gates, cells)."""
+    return 4 * (2 * T * B * I + 8 * T * B * H + 8 * H * (I + H) + 4 * B * H)
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (bytes), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def plot_path(path: str) -> str:
@@ -503,7 +542,11 @@ def plot_path(path: str) -> str:
 
 
 def _unwritable(path: str) -> str | None:
-    """Why ``path`` cannot be written as a file; None when it can (as far as can be told)."""
+    """Why ``path`` cannot be written as a file; None when it can. A file that does not exist
+    yet is created and removed again (os.access passes anything for root, and some directories,
+    /proc or a read-only mount, look writable but refuse new files)."""
+    if not path:
+        return "expected a file path, got ''"
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         return f"directory {parent!r} does not exist"
@@ -511,16 +554,36 @@ def _unwritable(path: str) -> str | None:
         return f"expected a file path, got the directory {path!r}"
     if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return f"{path!r} is not writable"
+    if not os.path.exists(path):
+        try:
+            with open(path, "x"):
+                pass
+            os.remove(path)
+        except OSError as e:
+            return f"cannot create {path!r}: {e.strerror or e}"
     return None
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
     """Errors argparse cannot express; None when fine. Checked before anything runs, so a bad
     option never costs a whole benchmark."""
-    if args.budget is not None and not 0 < args.budget < float("inf"):  # (NaN fails too)
-        return f"--budget: expected a positive, finite number of seconds, got {args.budget}"
-    if args.repeats is not None and args.repeats < 1:
-        return f"--repeats: expected an integer >= 1, got {args.repeats}"
+    if args.budget is not None and not 0 < args.budget <= MAX_BUDGET:  # (NaN fails too)
+        return (
+            f"--budget: expected a positive, finite number of seconds, at most {MAX_BUDGET:g}, "
+            f"got {args.budget}"
+        )
+    if args.seed < 0:
+        return f"--seed: expected an integer >= 0, got {args.seed}"
+    if args.repeats is not None and not 1 <= args.repeats <= MAX_REPEATS:
+        return f"--repeats: expected an integer in [1, {MAX_REPEATS}], got {args.repeats}"
+    avail = _available_bytes()
+    for shape in args.shape or []:
+        need = shape_bytes(*shape)
+        if avail is not None and need > avail:
+            return (
+                f"--shape {','.join(map(str, shape))}: needs about {need / 2**30:.3g} GiB "
+                f"(inputs, outputs and training caches), {avail / 2**30:.3g} GiB available"
+            )
     if args.peak_size is not None and not 16 <= args.peak_size <= MAX_PEAK_SIZE:
         return (
             f"--peak-size: expected an integer in [16, {MAX_PEAK_SIZE}] (three N x N float32 "
@@ -532,9 +595,11 @@ def _check_args(args: argparse.Namespace) -> str | None:
         limit = max_threads()
         if max(args.threads) > limit:
             return f"--threads: expected thread counts in [1, {limit}], got {max(args.threads)}"
-    outputs = [("--json", args.json)] + ([("--plot", plot_path(args.plot))] if args.plot else [])
+    if args.plot is not None and os.path.isdir(args.plot):
+        return f"--plot: expected a file path, got the directory {args.plot!r}"
+    outputs = [("--json", args.json), ("--plot", args.plot and plot_path(args.plot))]
     for opt, path in outputs:
-        if path:
+        if path is not None:
             problem = _unwritable(path)
             if problem:
                 return f"{opt}: {problem}"
@@ -662,13 +727,22 @@ def _fmt_ms(ms: float) -> str:
     return f"{ms:.3f}"
 
 
+def _fmt_ratio(r: float) -> str:
+    """2.41x; 123x; below 0.1 two significant digits (0.0045x, not 0.00x)."""
+    if r >= 100:
+        return f"{r:.0f}x"
+    if r >= 0.1 or r <= 0 or not math.isfinite(r):
+        return f"{r:.2f}x"
+    return f"{r:.{1 - math.floor(math.log10(r))}f}x"
+
+
 def _peer_cell(res: dict) -> str:
     """'2.41x 29.7ms', or why there is no ratio: n/a, not installed, skipped, error, MISMATCH."""
     status = res.get("status", "?")
     if status == "ok":
         if "speedup" not in res:  # lstm_fast itself failed in this cell
             return f"{_fmt_ms(res['median_ms'])}ms"
-        return f"{res['speedup']:.2f}x {_fmt_ms(res['median_ms'])}ms"
+        return f"{_fmt_ratio(res['speedup'])} {_fmt_ms(res['median_ms'])}ms"
     for prefix, text in (
         ("not installed", "not installed"),
         ("not available", "unavailable"),
@@ -733,8 +807,12 @@ class Table:
         )
 
 
-def run_cells(st: Settings, peaks: dict[int, float], table: Table | None) -> list[dict]:
-    cells = []
+def run_cells(
+    st: Settings, peaks: dict[int, float], table: Table | None, cells: list | None = None
+) -> list[dict]:
+    """Time every cell; each one is appended to ``cells`` (a new list by default) as soon as
+    it is measured, so a caller holding the list keeps the finished cells on Ctrl-C."""
+    cells = [] if cells is None else cells
     for name, (T, B, I, H) in st.shapes:
         problem = _peers.make_problem(T, B, I, H, seed=st.seed)
         for mode in st.modes:
@@ -823,16 +901,21 @@ def cold_start(T, B, I, H, mode: str, threads: int, repeats: int) -> dict:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"status": "error", "error": f"exit {proc.returncode}: {tail[0]}"}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    last = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+    try:
+        res = json.loads(last)
+        res["first_over_steady"] = res["first_ms"] / res["steady_ms"]
+    except (ValueError, TypeError, KeyError, ZeroDivisionError):
+        return {"status": "error", "error": f"unexpected output: {last[:200]}"}
     res["status"] = "ok"
-    res["first_over_steady"] = res["first_ms"] / res["steady_ms"]
     return res
 
 
-def run_cold(st: Settings, out=sys.stdout) -> list[dict]:
+def run_cold(st: Settings, out=sys.stdout, rows: list | None = None) -> list[dict]:
+    """Cold-start rows, each appended to ``rows`` (a new list by default) when measured."""
     threads = max(st.threads)
     repeats = 3 if st.quick else 10
-    rows = []
+    rows = [] if rows is None else rows
     plural = "s" if threads > 1 else ""
     print(
         f"\ncold start (fresh process, {threads} thread{plural}; first call after import vs "
@@ -931,6 +1014,12 @@ def run(args: argparse.Namespace) -> int:
             "CPUs, timings will be noisy",
             file=out,
         )
+    if not args.threads and omp_num_threads():
+        print(
+            f"note: threads {', '.join(map(str, st.threads))} (OMP_NUM_THREADS="
+            f"{omp_num_threads()}; --threads to choose others)",
+            file=out,
+        )
     if max(st.threads) > mach["usable_cpus"]:
         print(
             f"note: {max(st.threads)} threads on {mach['usable_cpus']} usable CPUs: "
@@ -940,6 +1029,14 @@ def run(args: argparse.Namespace) -> int:
     if args.peers:
         peers = [f"{p} {vers[p] or 'not installed'}" for p in ("torch", "onnxruntime", "onnx")]
         print("peers: " + ", ".join(peers), file=out)
+        missing = [p for p in ("torch", "onnx", "onnxruntime") if not vers[p]]
+        if missing:
+            hint = []
+            if "torch" in missing:
+                hint.append("pip install torch==2.13.0")
+            if set(missing) - {"torch"}:
+                hint.append("pip install 'lstm_fast[bench]' (onnx, onnxruntime)")
+            print(f"note: {', '.join(missing)} not installed: " + "; ".join(hint), file=out)
     print(f"allocator: {_peers.steady_allocator()}", file=out)
 
     peaks = []
@@ -972,52 +1069,84 @@ def run(args: argparse.Namespace) -> int:
 
     table = Table(st.impls, out)
     table.header()
-    cells = run_cells(st, {p["threads"]: p["gflops"] for p in peaks}, table)
-    print(
-        "\nms: median per call of lstm_fast; GFLOP/s: 2*T*B*(I+H)*4H per forward, training 3x; "
-        "%peak: of the matmul rate at the same thread count.\n"
-        "vs X: X's time / lstm_fast's time (>= 1: lstm_fast faster), then X's ms.",
-        file=out,
-    )
+    cells: list[dict] = []
 
-    cold = run_cold(st, out) if args.cold_start else None
+    def report(cold: list | None, interrupted: bool) -> dict:
+        return {
+            "schema": SCHEMA,
+            "date": date,
+            "interrupted": interrupted,
+            "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+            "machine": mach,
+            "versions": vers,
+            "cpu_info": info,
+            "blas_threads_control": blas,
+            "blas": lib,
+            "allocator": _peers.steady_allocator(),
+            "settings": {
+                "shapes": [
+                    {"name": n, "T": s[0], "B": s[1], "I": s[2], "H": s[3]} for n, s in st.shapes
+                ],
+                "modes": st.modes,
+                "threads": st.threads,
+                "impls": st.impls,
+                "peers": bool(args.peers),
+                "quick": st.quick,
+                "budget_s": st.budget,
+                "min_repeats": st.min_repeats,
+                "peak_size": st.peak_size,
+                "seed": st.seed,
+            },
+            "peak": peaks,
+            "results": cells,
+            "cold_start": cold,
+        }
 
-    report = {
-        "schema": SCHEMA,
-        "date": date,
-        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-        "machine": mach,
-        "versions": vers,
-        "cpu_info": info,
-        "blas_threads_control": blas,
-        "blas": lib,
-        "allocator": _peers.steady_allocator(),
-        "settings": {
-            "shapes": [
-                {"name": n, "T": s[0], "B": s[1], "I": s[2], "H": s[3]} for n, s in st.shapes
-            ],
-            "modes": st.modes,
-            "threads": st.threads,
-            "impls": st.impls,
-            "peers": bool(args.peers),
-            "quick": st.quick,
-            "budget_s": st.budget,
-            "min_repeats": st.min_repeats,
-            "peak_size": st.peak_size,
-            "seed": st.seed,
-        },
-        "peak": peaks,
-        "results": cells,
-        "cold_start": cold,
-    }
+    cold: list | None = [] if args.cold_start else None
+    try:
+        run_cells(st, {p["threads"]: p["gflops"] for p in peaks}, table, cells)
+        print(
+            "\nms: median per call of lstm_fast; GFLOP/s: 2*T*B*(I+H)*4H per forward, training "
+            "3x; %peak: of the matmul rate at the same thread count.\n"
+            "vs X: X's time / lstm_fast's time (>= 1: lstm_fast faster), then X's ms.",
+            file=out,
+        )
+        if cold is not None:
+            run_cold(st, out, cold)
+    except MemoryError as e:
+        print(f"lstm-fast bench: out of memory: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: the cells measured so far still go to --json (marked interrupted), then the
+        # command's one-line "interrupted" and exit status 130 (cli.main)
+        if args.json:
+            try:
+                _write_json(args.json, report(cold, True))
+                print(
+                    f"lstm-fast bench: wrote the {len(cells)} finished cells to {args.json}",
+                    file=sys.stderr,
+                )
+            except OSError as e:
+                print(f"lstm-fast bench: --json: cannot write {args.json!r}: {e}", file=sys.stderr)
+        raise
+
+    final = report(cold, False)
+    failed_output = False
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"\nwrote {args.json}", file=out)
+        try:
+            _write_json(args.json, final)
+            print(f"\nwrote {args.json}", file=out)
+        except OSError as e:
+            print(f"lstm-fast bench: --json: cannot write {args.json!r}: {e}", file=sys.stderr)
+            failed_output = True
     if args.plot:
         png = plot_path(args.plot)
-        write_plot(png, report)
-        print(f"wrote {png}", file=out)
+        try:
+            write_plot(png, final)
+            print(f"wrote {png}", file=out)
+        except (OSError, ValueError) as e:
+            print(f"lstm-fast bench: --plot: cannot write {png!r}: {e}", file=sys.stderr)
+            failed_output = True
 
     problems = []
     for c in cells:
@@ -1030,6 +1159,28 @@ def run(args: argparse.Namespace) -> int:
                 )
             elif res["status"] == "error":
                 print(f"note: {c['shape']} {c['mode']} {impl}: {res['error']}", file=sys.stderr)
+    for r in cold or []:
+        if r["status"] != "ok":
+            problems.append(f"{r['shape']} {r['mode']} cold start: {r['error']}")
     for p in problems:
         print(f"lstm-fast bench: {p}", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if problems or failed_output else 0
+
+
+def _write_json(path: str, report: dict) -> None:
+    """Write ``report`` to ``path`` whole or not at all (a temporary file renamed over it: an
+    interrupted or failed write leaves an existing file as it was)."""
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/stdout, a FIFO: write through
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+        return
+    real = os.path.realpath(path)  # a symlink to a file: the file is replaced, not the link
+    tmp = f"{real}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

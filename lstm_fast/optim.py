@@ -80,18 +80,21 @@ def _fast(p: Parameter) -> bool:
     )
 
 
+def _listed(params: Any, expected: str) -> list:
+    """``list(params)``, or TypeError "params: expected <expected>, got <type>" for something
+    that is not iterable at all (None, a number, a Module)."""
+    try:
+        return list(params)
+    except TypeError:
+        raise TypeError(f"params: expected {expected}, got {type(params).__name__}") from None
+
+
 def _params(params: Any) -> list:
     """``params`` (an iterable of :class:`Parameter`, or one) as a list, checked: an error
     naming ``params`` for anything else (None, an array, a module)."""
     if isinstance(params, Parameter):
         return [params]
-    try:
-        out = list(params)
-    except TypeError:  # not iterable at all: None, a number, a Module
-        raise TypeError(
-            f"params: expected an iterable of Parameter objects (e.g. model.parameters()), got "
-            f"{type(params).__name__}"
-        ) from None
+    out = _listed(params, "an iterable of Parameter objects (e.g. model.parameters())")
     for p in out:
         if not isinstance(p, Parameter):
             raise TypeError(f"params: expected Parameter objects, got {type(p).__name__}")
@@ -106,13 +109,10 @@ def _split_groups(params: Any) -> list:
             "params: expected an iterable of Parameters or of dicts (parameter groups), got a "
             "dict: pass a list of groups, [{'params': ...}]"
         )
-    try:
-        items = list(params)
-    except TypeError:  # not iterable at all: None, a number, a Module
-        raise TypeError(
-            f"params: expected an iterable of Parameter objects (e.g. model.parameters()) or of "
-            f"parameter groups (dicts), got {type(params).__name__}"
-        ) from None
+    items = _listed(
+        params,
+        "an iterable of Parameter objects (e.g. model.parameters()) or of parameter groups (dicts)",
+    )
     if not items:
         raise ValueError("optimizer got an empty parameter list")
     dicts = [isinstance(x, Mapping) for x in items]

@@ -396,7 +396,12 @@ def _flip(a: Optional[np.ndarray], rev: Optional[tuple]) -> Optional[np.ndarray]
     15.6 ms with torch.flip and torch.cat against 9.1 ms with torch on one thread)."""
     if a is None:
         return None
-    return np.ascontiguousarray(a[::-1] if rev is None else a[rev])
+    return np.ascontiguousarray(_reversed(a, rev))
+
+
+def _reversed(a: np.ndarray, rev: Optional[tuple]) -> np.ndarray:
+    """``a`` with each sequence reversed in time (see :func:`_flip`): a view without lengths."""
+    return a[::-1] if rev is None else a[rev]
 
 
 def _both_forward(kernel, cached, batch_sizes, rev, inputs):
@@ -415,7 +420,7 @@ def _both_forward(kernel, cached, batch_sizes, rev, inputs):
     F = y0.shape[2]
     y = np.empty(y0.shape[:2] + (2 * F,), np.float32)
     y[:, :, :F] = y0
-    y[:, :, F:] = y1[::-1] if rev is None else y1[rev]
+    y[:, :, F:] = _reversed(y1, rev)
     outs = [torch.from_numpy(y)]
     for r in res:
         outs.append(torch.from_numpy(r[1]))
@@ -502,7 +507,7 @@ class _BothDirections(torch.autograd.Function):
         dx = None
         if need_dx and res[0][0] is not None:
             dx = res[0][0]
-            dx += res[1][0][::-1] if rev is None else res[1][0][rev]
+            dx += _reversed(res[1][0], rev)
         out = [_tensor(dx) if need_dx else None]
         for d in (0, 1):
             out += [

@@ -3,6 +3,8 @@
 # CMakeLists.txt does) into build/probe, then run it with the given arguments:
 #   tools/step-probe.sh B H K threads [steps] [--same-xp]
 #   LSTM_FAST_ISA=avx2 tools/step-probe.sh 32 256 0 1     # the epilogue alone, AVX2 kernels
+# PROBE=gemm_micro_probe runs tools/gemm_micro_probe.cpp instead (the GEMM micro-kernel alone):
+#   PROBE=gemm_micro_probe tools/step-probe.sh KC panels slivers threads
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=build/probe
@@ -28,5 +30,6 @@ for s in "${srcs[@]}"; do
   fi
   objs+=("$out/$s.o")
 done
-"$CXX" "${common[@]}" tools/step_probe.cpp "${objs[@]}" -o "$out/step_probe"
-exec "$out/step_probe" "$@"
+probe=${PROBE:-step_probe}
+"$CXX" "${common[@]}" "tools/$probe.cpp" "${objs[@]}" -o "$out/$probe"
+exec "$out/$probe" "$@"

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lstm_fast import _peers
@@ -165,3 +166,160 @@ def test_unknown_schedule_is_one_clear_import_error(tmp_path, value):
         "ImportError: LSTM_FAST_SCHEDULE: expected one of auto, units, batch, serial, "
         f"got {value!r}"
     )
+
+
+# ------------------------------------------------------------- 3. the cells' hx, against torch's
+
+I, H, B = 4, 3, 2
+CELLS = ["LSTMCell", "GRUCell", "RNNCell"]
+
+
+def _cells(name, training):
+    """lstm_fast's cell in training or eval mode and torch's, loaded with the same weights."""
+    import torch
+
+    import lstm_fast
+
+    ours = getattr(lstm_fast, name)(I, H, seed=0).train(training)
+    theirs = getattr(torch.nn, name)(I, H)
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            p.copy_(torch.from_numpy(getattr(ours, n).data))
+    return ours, theirs
+
+
+def _state(name, a):
+    return (a, a * np.float32(0.5)) if name == "LSTMCell" else a
+
+
+def _flat(out):
+    return [np.asarray(o.detach() if hasattr(o, "detach") else o) for o in _tup(out)]
+
+
+def _tup(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", CELLS)
+def test_cell_hx_accepted_as_torch_accepts_it(name, training):
+    import torch
+
+    ours, theirs = _cells(name, training)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((B, I)).astype(np.float32)
+    h = rng.standard_normal((B, H)).astype(np.float32)
+    T = torch.from_numpy
+    tstate = (lambda a: (T(a[0]), T(a[1]))) if name == "LSTMCell" else T
+    cases = [
+        (x, None),  # zeros
+        (x[0], _state(name, h[0])),  # unbatched input and state
+        (x[0], None),
+        (x, _state(name, h)),
+    ]
+    for xi, hx in cases:
+        want = _flat(theirs(T(xi), None if hx is None else tstate(hx)))
+        got = _flat(ours(xi, hx))
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", CELLS)
+def test_cell_hx_of_another_real_dtype_is_converted(name, training):
+    """Documented: any real dtype is converted to float32, as for the layers' states (torch
+    refuses a dtype other than the weights')."""
+    ours, _ = _cells(name, training)
+    x = np.random.default_rng(2).standard_normal((B, I)).astype(np.float32)
+    h = np.arange(B * H, dtype=np.float32).reshape(B, H) / 10
+    want = _flat(ours(x, _state(name, h)))
+    for dtype in (np.float64, np.float16):
+        got = _flat(ours(x, _state(name, h.astype(dtype))))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-3)
+    hi = np.ones((B, H), np.int64)
+    got = _flat(ours(x, _state(name, hi)))
+    for g, w in zip(got, _flat(ours(x, _state(name, hi.astype(np.float32))))):
+        np.testing.assert_array_equal(g, w)
+    assert all(g.dtype == np.float32 for g in got)
+
+
+def _hx_errors(name):
+    x = np.zeros((B, I), np.float32)
+    h = np.zeros((B, H), np.float32)
+    lstm = name == "LSTMCell"
+    want = r"\(B=2, H=3\)"
+    cases = [
+        # batched input, unbatched state (torch raises)
+        (x, _state(name, h[0]), ValueError,
+         r"^hx: h_0: expected shape \(2, 3\), got \(3,\): an unbatched state for a batched "
+         r"input \(B=2\)$"),
+        # unbatched input, batched state (torch raises)
+        (x[0], _state(name, h), ValueError,
+         r"^hx: h_0: expected shape \(3,\), got \(2, 3\): a batched state for an unbatched "),
+        (x, _state(name, h.astype(bool)), TypeError,
+         r"^hx: h_0: expected a real floating-point array, got dtype bool$"),
+        (x, _state(name, h.astype(np.complex64)), TypeError,
+         r"^hx: h_0: expected a real floating-point array, got dtype complex64$"),
+    ]  # fmt: skip
+    if lstm:
+        for hx, got in [((h,), "a tuple of 1"), ((h, h, h), "a tuple of 3"), (h, "ndarray")]:
+            msg = rf"^hx: expected a tuple \(h_0, c_0\), each of shape {want}, got {got}$"
+            cases.append((x, hx, TypeError, msg))
+        cases.append((x, (h, h[0]), ValueError, r"^hx: c_0: expected shape \(2, 3\), got \(3,\)"))
+    else:
+        for hx, got in [((h,), "a tuple of 1"), ((h, h), "a tuple of 2"), ([h, h], "a list of 2")]:
+            msg = (
+                rf"^hx: h_0: expected a real floating-point array of shape {want}, got {got} "
+                rf"\({name} has one state, h_0\)$"
+            )
+            cases.append((x, hx, TypeError, msg))
+    return cases
+
+
+@pytest.mark.parametrize("check_finite", [False, True])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", CELLS)
+def test_cell_hx_errors_name_hx_with_expected_and_given(name, training, check_finite):
+    import torch
+
+    import lstm_fast
+
+    ours = getattr(lstm_fast, name)(I, H, seed=0, check_finite=check_finite).train(training)
+    theirs = getattr(torch.nn, name)(I, H)
+    before = {
+        n: (p.data.copy(), None if p.grad is None else p.grad.copy())
+        for n, p in ours.named_parameters()
+    }
+    for x, hx, exc, msg in _hx_errors(name):
+        with pytest.raises(exc, match=msg):
+            ours(x, hx)
+        if exc is ValueError or isinstance(hx, (tuple, list)) and name != "LSTMCell":
+            # torch refuses these too (a dtype it would refuse as well, differently)
+            th = (
+                tuple(torch.from_numpy(np.asarray(a)) for a in hx)
+                if isinstance(hx, (tuple, list))
+                else torch.from_numpy(np.asarray(hx))
+            )
+            with pytest.raises((RuntimeError, TypeError, ValueError, AttributeError)):
+                theirs(torch.from_numpy(x), th)
+    for n, p in ours.named_parameters():  # nothing changed
+        np.testing.assert_array_equal(p.data, before[n][0])
+        if before[n][1] is None:
+            assert p.grad is None
+        else:
+            np.testing.assert_array_equal(p.grad, before[n][1])
+    with pytest.raises(RuntimeError, match="no saved forward"):
+        ours.backward(np.ones((B, H), np.float32))
+
+
+def test_gru_cell_hx_as_nested_lists_is_still_an_array():
+    import lstm_fast
+
+    cell = lstm_fast.GRUCell(I, H, seed=0)
+    x = np.ones((B, I), np.float32)
+    h = np.full((B, H), 0.25, np.float32)
+    want = cell(x, h)
+    np.testing.assert_array_equal(cell(x, h.tolist()), want)
+    np.testing.assert_array_equal(cell(x[0], [np.float32(0.25)] * H), want[0])

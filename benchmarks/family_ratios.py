@@ -216,9 +216,9 @@ def main(argv=None) -> int:
     torch = None
     if not args.no_torch:
         try:
-            import torch  # noqa: F811
-        except ImportError:
-            torch = None
+            torch = _peers.import_peer("torch")
+        except _peers.Unavailable as e:
+            print(f"torch left out: {e}")
     allocator = _peers.steady_allocator()  # the same malloc state for every group and library
     fig: dict = {"threads": args.threads, "torch": getattr(torch, "__version__", None)}
     with _peers.thread_limits(args.threads):

@@ -7,10 +7,13 @@ Run: ``PYTHONPATH=. python -m pytest benchmarks/test_family_bench.py --benchmark
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
 import lstm_fast
+from lstm_fast import _peers
 
 SHAPES = {
     "S1": (100, 32, 256, 256),
@@ -24,12 +27,8 @@ SHAPES = {
 def two_threads():
     before = lstm_fast.get_num_threads()
     lstm_fast.set_num_threads(2)
-    try:
-        import torch
-
-        torch.set_num_threads(2)
-    except ImportError:
-        pass
+    with contextlib.suppress(_peers.Unavailable):
+        _peers.import_peer("torch").set_num_threads(2)
     yield
     lstm_fast.set_num_threads(before)
 
@@ -51,7 +50,7 @@ def test_gru(benchmark, fshape, mode, impl):
     benchmark.group = f"GRU {fshape} {mode}"
     x = _x(T, B, I)
     if impl == "torch":
-        torch = pytest.importorskip("torch")
+        torch = _peers.importorskip("torch")
         m = torch.nn.GRU(I, H)
         xt = torch.from_numpy(x).requires_grad_(mode == "training")  # dx, like lstm_fast
         dy = torch.ones(T, B, H) * 0.1
@@ -84,7 +83,7 @@ def test_lstm_lengths_s1(benchmark, impl):
     x = _x(T, B, I)
     lengths = np.random.default_rng(1).integers(T // 4, T + 1, B)
     if impl == "torch-packed":
-        torch = pytest.importorskip("torch")
+        torch = _peers.importorskip("torch")
         m = torch.nn.LSTM(I, H)
         xt = torch.from_numpy(x).requires_grad_(True)  # dx, like lstm_fast's backward
         lt = torch.from_numpy(lengths)
@@ -112,7 +111,7 @@ def test_bilstm_2layer_s6(benchmark, impl):
     benchmark.group = "LSTM S6 2-layer bidirectional training"
     x = _x(T, B, I)
     if impl == "torch":
-        torch = pytest.importorskip("torch")
+        torch = _peers.importorskip("torch")
         m = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
         xt = torch.from_numpy(x).requires_grad_(True)  # dx, like lstm_fast's backward
 
@@ -137,7 +136,7 @@ def test_step_s4(benchmark, impl):
     benchmark.group = "LSTM S4 streaming step"
     x = _x(1, B, I)[0]
     if impl == "torch-cell":
-        torch = pytest.importorskip("torch")
+        torch = _peers.importorskip("torch")
         cell = torch.nn.LSTMCell(I, H)
         xt = torch.from_numpy(x)
         state = [None]

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 import lstm_fast
+from lstm_fast import _peers
 
 T, B, I, H = 100, 32, 256, 256
 THREADS = 2
@@ -91,12 +92,8 @@ _medians: dict[tuple[str, str], float] = {}
 def two_threads(request):
     before = lstm_fast.get_num_threads()
     lstm_fast.set_num_threads(THREADS)
-    try:
-        import torch
-
-        torch.set_num_threads(THREADS)
-    except ImportError:
-        pass
+    with contextlib.suppress(_peers.Unavailable):
+        _peers.import_peer("torch").set_num_threads(THREADS)
     yield
     lstm_fast.set_num_threads(before)
     plugins = request.config.pluginmanager
@@ -117,7 +114,7 @@ def inputs():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_lstm_lengths_s1(benchmark, inputs, impl, mode):
     if impl == "torch-packed":
-        pytest.importorskip("torch")
+        _peers.importorskip("torch")
     benchmark.group = f"LSTM S1 lengths U[T/4, T] {mode}, {THREADS} threads"
     call = make_call(impl, mode, *inputs)
     call()  # warm-up (first-call allocations, page faults)
@@ -151,10 +148,9 @@ def main(rounds: int = 15) -> None:
     lstm_fast.set_num_threads(THREADS)
     impls = list(IMPLS)
     try:
-        import torch
-
-        torch.set_num_threads(THREADS)
-    except ImportError:
+        _peers.import_peer("torch").set_num_threads(THREADS)
+    except _peers.Unavailable as e:
+        print(f"torch-packed skipped: torch {e}")
         impls.remove("torch-packed")
     data = make_inputs()
     calls = {(i, m): make_call(i, m, *data) for m in MODES for i in impls}

@@ -10,13 +10,14 @@ Run: ``PYTHONPATH=. python -m pytest benchmarks/test_proj_bench.py --benchmark-o
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 import pytest
 
 import lstm_fast
-from lstm_fast import reference
+from lstm_fast import _peers, reference
 
 SHAPES = {"S1-P128": (100, 32, 256, 256, 128), "S6-P50": (100, 16, 65, 100, 50)}
 
@@ -25,12 +26,8 @@ SHAPES = {"S1-P128": (100, 32, 256, 256, 128), "S6-P50": (100, 16, 65, 100, 50)}
 def two_threads():
     before = lstm_fast.get_num_threads()
     lstm_fast.set_num_threads(2)
-    try:
-        import torch
-
-        torch.set_num_threads(2)
-    except ImportError:
-        pass
+    with contextlib.suppress(_peers.Unavailable):
+        _peers.import_peer("torch").set_num_threads(2)
     yield
     lstm_fast.set_num_threads(before)
 
@@ -49,7 +46,7 @@ def test_lstm_proj(benchmark, fshape, mode, impl):
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
     dy = np.full((T, B, P), 0.1, np.float32)
     if impl == "torch":
-        torch = pytest.importorskip("torch")
+        torch = _peers.importorskip("torch")
         warnings.filterwarnings("ignore", "LSTM with projections is not supported with oneDNN")
         m = torch.nn.LSTM(I, H, proj_size=P)
         xt = torch.from_numpy(x)

@@ -29,7 +29,9 @@ import os
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from lstm_fast import _peers
+
+torch = _peers.importorskip("torch")
 import lstm_fast  # noqa: E402
 import lstm_fast.torch as lft  # noqa: E402
 

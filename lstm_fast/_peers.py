@@ -14,8 +14,9 @@ Modes: ``forward`` (inference) and ``training`` (forward keeping what backward n
 backward with a fixed random upstream gradient ``dy``).
 
 Peers are imported lazily. A missing package raises :class:`Unavailable` with the reason
-``"not installed"``; a peer that does not apply to a cell (ORT training, LSTMCell with T > 1)
-raises it with ``"n/a: ..."``; a peer whose output disagrees with lstm_fast raises
+``"not installed"``, an installed one whose import fails (in any way) ``"not available:
+<error>"``; a peer that does not apply to a cell (ORT training, LSTMCell with T > 1) raises it
+with ``"n/a: ..."``; a peer whose output disagrees with lstm_fast raises
 :class:`Mismatch` and is not timed.
 
 Threads: :func:`thread_limits` sets lstm_fast's OpenMP threads, NumPy's BLAS threads (through
@@ -45,6 +46,8 @@ __all__ = [
     "Problem",
     "Unavailable",
     "blas_control",
+    "import_peer",
+    "importorskip",
     "make",
     "make_problem",
     "peer_versions",
@@ -141,12 +144,37 @@ def make_problem(T: int, B: int, I: int, H: int, seed: int = 0) -> Problem:
 # --------------------------------------------------------------------------- versions / imports
 
 
-def _import(module: str):
-    """Import a peer's package, or raise Unavailable('not installed')."""
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked import, a module without a spec
+        return False
+
+
+def import_peer(module: str):
+    """Import a peer's package, or raise :class:`Unavailable` with the reason.
+
+    ``"not installed"`` when it cannot be found; ``"not available: <error>"`` when it is installed
+    but its import fails in any way (a shared library missing, an ABI mismatch: OSError,
+    ImportError, RuntimeError, ...), so a broken install is reported, not raised.
+    """
     try:
         return importlib.import_module(module)
-    except ImportError as e:
-        raise Unavailable("not installed") from e
+    except Exception as e:  # noqa: BLE001 - any failure of a peer's import makes it absent
+        if not _installed(module):
+            raise Unavailable("not installed") from e
+        raise Unavailable(f"not available: {type(e).__name__}: {e}") from e
+
+
+def importorskip(module: str):
+    """``pytest.importorskip`` for the benchmarks' peers: the module, or the test (or, called at
+    module level, the whole file) skipped with the reason, whatever the import raised."""
+    import pytest
+
+    try:
+        return import_peer(module)
+    except Unavailable as e:
+        pytest.skip(f"could not import {module!r}: {e}", allow_module_level=True)
 
 
 def _version(dist: str) -> str | None:
@@ -371,7 +399,7 @@ def _torch_tensors(torch, p: Problem, training: bool):
 
 
 def _torch_lstm(p: Problem, mode: str, threads: int) -> Callable[[], object]:
-    torch = _import("torch")
+    torch = import_peer("torch")
     torch.set_num_threads(threads)
     m = torch.nn.LSTM(p.I, p.H)
     with torch.no_grad():
@@ -408,7 +436,7 @@ def _torch_lstm(p: Problem, mode: str, threads: int) -> Callable[[], object]:
 
 
 def _torch_cell(p: Problem, mode: str, threads: int) -> Callable[[], object]:
-    torch = _import("torch")
+    torch = import_peer("torch")
     if p.T != 1:
         raise Unavailable("n/a: one step only (T = 1)")
     torch.set_num_threads(threads)
@@ -458,7 +486,7 @@ def onnx_lstm_model(p: Problem):
 
     Weights are initializers (constant, as in a deployed model); X, initial_h, initial_c inputs.
     """
-    onnx = _import("onnx")
+    onnx = import_peer("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     H = p.H
@@ -499,7 +527,7 @@ def onnx_lstm_model(p: Problem):
 
 
 def _onnxruntime(p: Problem, mode: str, threads: int) -> Callable[[], object]:
-    ort = _import("onnxruntime")
+    ort = import_peer("onnxruntime")
     if mode != "forward":
         raise Unavailable("n/a: forward only")
     model = onnx_lstm_model(p)

@@ -1149,8 +1149,11 @@ def run(args: argparse.Namespace) -> int:
             failed_output = True
 
     problems = []
+    unavailable = {}  # impl -> why, once: a broken install fails every cell the same way
     for c in cells:
         for impl, res in c["impls"].items():
+            if res["status"].startswith("not available"):
+                unavailable.setdefault(impl, res["status"])
             if res["status"] in ("error", "mismatch") and (
                 impl == "lstm_fast" or res["status"] == "mismatch"
             ):
@@ -1159,6 +1162,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             elif res["status"] == "error":
                 print(f"note: {c['shape']} {c['mode']} {impl}: {res['error']}", file=sys.stderr)
+    for impl, why in unavailable.items():
+        print(f"note: {impl} {why}", file=sys.stderr)
     for r in cold or []:
         if r["status"] != "ok":
             problems.append(f"{r['shape']} {r['mode']} cold start: {r['error']}")

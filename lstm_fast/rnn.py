@@ -1917,6 +1917,45 @@ class _CellBase(Module):
         nl = "tanh" if mode == "RNN_TANH" else "relu"
         return core.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h, nl, False, None)[1]
 
+    def _states_in(self, hx: Any, B: int, unbatched: bool):
+        """hx -> ``(h_0, c_0)``, C-contiguous float32 (B, H) (c_0 None but for LSTMCell; both
+        None for hx None: zeros). Real dtypes are converted, as the layers' states; anything
+        else is a TypeError or ValueError naming hx, with what was expected and given."""
+        if hx is None:
+            return None, None
+        H = self.hidden_size
+        want = (H,) if unbatched else (B, H)
+        letters = f"(H={H},)" if unbatched else f"(B={B}, H={H})"
+        seq = isinstance(hx, (tuple, list))
+        got = f"a {type(hx).__name__} of {len(hx)}" if seq else type(hx).__name__
+        if self._mode == "LSTM":
+            if not seq or len(hx) != 2:
+                raise TypeError(
+                    f"hx: expected a tuple (h_0, c_0), each of shape {letters}, got {got}"
+                )
+            items = (("h_0", hx[0]), ("c_0", hx[1]))
+        else:
+            # torch's GRUCell / RNNCell take one tensor: a tuple (or a list of arrays) is an
+            # LSTM-style state, not an array-like to stack
+            if isinstance(hx, tuple) or (seq and any(getattr(a, "ndim", 0) for a in hx)):
+                raise TypeError(
+                    f"hx: h_0: expected a real floating-point array of shape {letters}, got "
+                    f"{got} ({type(self).__name__} has one state, h_0)"
+                )
+            items = (("h_0", hx),)
+        out = []
+        for nm, a in items:
+            a = _as_float32(f"hx: {nm}", a)
+            if a.shape != want:
+                hint = ""
+                if a.ndim == 1 and not unbatched:
+                    hint = f": an unbatched state for a batched input (B={B})"
+                elif a.ndim == 2 and unbatched:
+                    hint = ": a batched state for an unbatched input (I,)"
+                raise ValueError(f"hx: {nm}: expected shape {want}, got {a.shape}{hint}")
+            out.append(_c(a.reshape(B, H)))
+        return out[0], (out[1] if len(out) == 2 else None)
+
     def forward(self, input: Any, hx: Any = None):
         """One step (also by calling the cell): LSTMCell ``(h', c')``, GRUCell and RNNCell
         ``h'``; see the class docstring."""
@@ -1938,8 +1977,6 @@ class _CellBase(Module):
             if out is not None:
                 return out
         x = _as_float32("input", input)
-        if self.check_finite:
-            _guard_finite(self, input=x, hx=hx)
         unbatched = x.ndim == 1
         if unbatched:
             x = x[None]
@@ -1947,21 +1984,11 @@ class _CellBase(Module):
             raise ValueError(
                 f"input: expected shape (B, I={self.input_size}) or (I,), got {np.shape(input)}"
             )
-        B, H = x.shape[0], self.hidden_size
-        want = (H,) if unbatched else (B, H)
-        h0 = c0 = None
-        if hx is not None:
-            parts = hx if self._mode == "LSTM" else (hx,)
-            if self._mode == "LSTM" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-                raise TypeError("hx: expected a tuple (h_0, c_0)")
-            arrs = []
-            for nm, a in zip(("h_0", "c_0"), parts):
-                a = _as_float32(nm, a)
-                if a.shape != want:
-                    raise ValueError(f"hx: {nm}: expected shape {want}, got {a.shape}")
-                arrs.append(_c(a.reshape(B, H)))
-            h0 = arrs[0]
-            c0 = arrs[1] if self._mode == "LSTM" else None
+        B = x.shape[0]
+        h0, c0 = self._states_in(hx, B, unbatched)
+        if self.check_finite:
+            states = None if h0 is None else h0 if c0 is None else (h0, c0)
+            _guard_finite(self, input=x, hx=states)
         y, hn, cn, cache = _Direction.forward(
             self._mode,
             np.ascontiguousarray(x[None]),
@@ -2040,7 +2067,8 @@ class LSTMCell(_CellBase):
     r"""One LSTM step (PyTorch's ``nn.LSTMCell`` API): ``h', c' = cell(x, (h, c))``.
 
     Args: input_size, hidden_size, bias (default True), seed, check_finite (as for the layers).
-    Inputs: input (B, I) or (I,); hx optional ``(h_0, c_0)`` each (B, H) or (H,).
+    Inputs: input (B, I) or (I,); hx optional ``(h_0, c_0)`` each (B, H) or (H,) as the input
+    is batched or not (zeros if omitted), any real dtype (converted to float32).
     Outputs: ``(h_1, c_1)``. Attributes: weight_ih (4H, I), weight_hh (4H, H), bias_ih, bias_hh.
 
     Example::
@@ -2058,14 +2086,16 @@ class LSTMCell(_CellBase):
 class GRUCell(_CellBase):
     """One GRU step (PyTorch's ``nn.GRUCell`` API): ``h' = cell(x, h)``.
 
-    Weights (3H, I) and (3H, H), gates r, z, n."""
+    Weights (3H, I) and (3H, H), gates r, z, n. Inputs: input (B, I) or (I,); hx optional,
+    one array h_0 (B, H) or (H,) as the input is batched or not (zeros if omitted), any real
+    dtype (converted to float32)."""
 
     _mode = "GRU"
 
 
 class RNNCell(_CellBase):
     """One Elman RNN step (PyTorch's ``nn.RNNCell`` API): ``h' = cell(x, h)``, ``nonlinearity``
-    ``'tanh'`` (default) or ``'relu'``."""
+    ``'tanh'`` (default) or ``'relu'``. Inputs and hx as :class:`GRUCell`'s."""
 
     def __init__(
         self,

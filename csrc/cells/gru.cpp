@@ -278,13 +278,13 @@ index_t own_rows_copy_floats(const Kernels& kern, const CellSizes& s, int nthrea
   const index_t G = 3 * s.H;
   return private_copy_floats(3 * num_panels(kern, s.H) * s.H * kern.NR +
                                  (G + kern.NR - 1) / kern.NR * kern.NR * s.I,
-                             nthreads);
+                             nthreads, s.T * s.B);
 }
 
 // One thread's copy of W_hh's panels for the backward's batch split (gru_backward), or 0.
 index_t backward_copy_floats(const Kernels& kern, const CellSizes& s, int nthreads) {
   if (s.B < 2) return 0;
-  return private_copy_floats(num_panels(kern, s.H) * kern.NR * 3 * s.H, nthreads);
+  return private_copy_floats(num_panels(kern, s.H) * kern.NR * 3 * s.H, nthreads, s.T * s.B);
 }
 }  // namespace
 

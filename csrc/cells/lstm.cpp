@@ -302,7 +302,7 @@ namespace {
 index_t own_rows_copy_floats(const Kernels& kern, const LstmSizes& s, int nthreads) {
   if (own_projection_floats(s, nthreads) == 0 || packed_w_ih_size(kern, s) == 0) return 0;
   const index_t panels = num_unit_blocks(kern, s.H) * s.H * 4 * kern.W;
-  return private_copy_floats(panels + packed_w_ih_size(kern, s), nthreads);
+  return private_copy_floats(panels + packed_w_ih_size(kern, s), nthreads, s.T * s.B);
 }
 }  // namespace
 
@@ -631,7 +631,8 @@ namespace {
 index_t backward_copy_floats(const Kernels& kern, const LstmSizes& s, int nthreads) {
   if (s.B < 2) return 0;
   const index_t nbj = (s.H + kern.NR - 1) / kern.NR;
-  return private_copy_floats(nbj * kern.NR * 4 * s.H + step_dx_floats(kern, s), nthreads);
+  return private_copy_floats(nbj * kern.NR * 4 * s.H + step_dx_floats(kern, s), nthreads,
+                             s.T * s.B);
 }
 }  // namespace
 

@@ -74,13 +74,16 @@ torch.compile
     fails; the graph is split (once per cell call in an unrolled loop; Dynamo logs the graph
     breaks and warns once that a disabled function was skipped).
 
-torch.jit.script, torch.jit.trace, torch.export
+torch.jit.script, torch.jit.trace, torch.export, torch.fx
     The kernels cannot be recorded into a graph, so these get torch's own computation with the
-    same parameters: under ``torch.jit.trace`` and ``torch.export`` the forward is torch's
-    (the traced or exported program runs torch's kernels; the module itself stays lstm_fast's),
-    and ``torch.jit.script`` compiles a copy of torch's class sharing the ``nn.Parameter``\ s.
-    torch's scripting also puts that copy into the model it came from, with a warning:
-    :func:`replace_rnns` accelerates the eager model again.
+    same parameters: under ``torch.jit.trace``, ``torch.export`` and ``make_fx`` the forward is
+    torch's (the traced or exported program runs torch's kernels; the module itself stays
+    lstm_fast's), and ``torch.jit.script`` compiles a copy of torch's class sharing the
+    ``nn.Parameter``\ s. torch's scripting also puts that copy into the model it came from, with
+    a warning: :func:`replace_rnns` accelerates the eager model again.
+    ``torch.fx.symbolic_trace`` records each module as one ``call_module`` node, as it records
+    torch's: the ``GraphModule`` runs lstm_fast's kernels. Under ``FakeTensorMode`` (shape and
+    memory estimation) the forward is torch's, as for parameters on the meta device.
 
 torch.func and forward-mode AD
     The kernels see neither functorch's wrapped tensors nor tangents, so under a ``torch.func``
@@ -117,6 +120,7 @@ except ModuleNotFoundError as e:  # torch itself missing, not something torch im
         name="torch",
     ) from e
 import torch.autograd.forward_ad as fwAD
+import torch.fx
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -641,14 +645,34 @@ def _eager(fast_forward: Callable) -> Callable:
 
 
 def _graph_capture() -> bool:
-    """Whether torch is recording a graph of the forward: ``torch.jit.trace`` or
-    ``torch.export``. The kernels (NumPy arrays behind a C++ call) cannot be recorded, so the
-    modules then compute with torch's own implementation, which can: the exported or traced
-    program runs torch's kernels, with the same parameters."""
+    """Whether torch is recording a graph of the forward: ``torch.jit.trace``, ``torch.export``
+    or ``make_fx`` (``torch.fx.experimental.proxy_tensor``, whose graph would otherwise hold the
+    kernels' outputs as constants, the same for every input). The kernels (NumPy arrays behind
+    a C++ call) cannot be recorded, so the modules then compute with torch's own
+    implementation, which can: the exported or traced program runs torch's kernels, with the
+    same parameters."""
     if torch.jit.is_tracing():
         return True
     exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(exporting is not None and exporting())
+    if exporting is not None and exporting():
+        return True
+    proxy_tensor = sys.modules.get("torch.fx.experimental.proxy_tensor")
+    proxy_mode = getattr(proxy_tensor, "get_proxy_mode", None)
+    return proxy_mode is not None and proxy_mode() is not None
+
+
+def _fx_call_module(module: nn.Module, input, hx):
+    """Under ``torch.fx.symbolic_trace`` (the input or a state is an ``fx.Proxy``): the
+    ``call_module`` node FX records for torch's own modules, which it keeps as leaves by their
+    ``torch.nn`` namespace and ours would trace into (the kernels cannot take a Proxy); None
+    otherwise. The ``GraphModule`` calls the module itself, so it runs on lstm_fast's kernels."""
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    proxy = next((t for t in (input, hx, *states) if isinstance(t, torch.fx.Proxy)), None)
+    if proxy is None:
+        return None
+    tracer = proxy.tracer
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
 
 
 _functorch = getattr(torch._C, "_functorch", None)
@@ -689,14 +713,26 @@ def _foreign_params(module: nn.Module, weights) -> bool:
     return False
 
 
+_FAKE_KEY = getattr(getattr(torch._C, "_TorchDispatchModeKey", None), "FAKE", None)
+
+
+def _fake_mode() -> bool:
+    """Whether a ``FakeTensorMode`` is active (shape and memory estimation on a model built
+    under it): its tensors have no data for the kernels, so torch's own implementation computes
+    the output shapes, as for parameters on the meta device."""
+    return _FAKE_KEY is not None and torch._C._get_dispatch_mode(_FAKE_KEY) is not None
+
+
 def _torch_computes(module: nn.Module, input, hx, weights) -> bool:
     """Whether this call is computed by torch's own implementation rather than the kernels: a
     graph being recorded (:func:`_graph_capture`), a ``torch.func`` transform
     (:func:`_func_transform`), a tangent on the input, a state or a parameter
-    (:func:`_has_tangent`), or parameters the kernels cannot take (:func:`_foreign_params`)."""
+    (:func:`_has_tangent`), parameters the kernels cannot take (:func:`_foreign_params`), or
+    fake tensors (:func:`_fake_mode`)."""
     return (
         _foreign_params(module, weights)
         or _graph_capture()
+        or _fake_mode()
         or _func_transform()
         or _has_tangent(module, input, hx, weights)
     )
@@ -967,11 +1003,13 @@ class _FastRNNMixin(_GraphFallback):
                     raise TypeError(f"{name}: hx[{i}]: expected a tensor, got {type(h).__name__}")
             n_dim = 3 if is_batched else 2
             if any(h.dim() != n_dim for h in hx):
+                # torch's wording: "(3-D, 2-D) tensors" for (h_0, c_0), "2-D tensor" for h_0
                 dims = ", ".join(f"{h.dim()}-D" for h in hx)
+                got = f"({dims}) tensors" if len(hx) > 1 else f"{dims} tensor"
                 what = "batched 3-D" if is_batched else "unbatched 2-D"
                 raise RuntimeError(
                     f"For {what} input, {'hx and cx' if len(hx) > 1 else 'hx'} should also be "
-                    f"{n_dim}-D but got ({dims}) tensors"
+                    f"{n_dim}-D but got {got}"
                 )
             if not is_batched:
                 hx = tuple(h.unsqueeze(1) for h in hx)
@@ -1017,6 +1055,9 @@ class _FastRNNMixin(_GraphFallback):
         """torch's forward (same inputs, outputs and errors; a PackedSequence too) on lstm_fast's
         kernels, or torch's own computation where the kernels cannot run (see the module
         docstring: tracing, export, ``torch.func``, forward-mode AD)."""
+        traced = _fx_call_module(self, input, hx)
+        if traced is not None:
+            return traced
         if _torch_computes(self, input, hx, self._flat_weights_names):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastRNNMixin._fast_forward)(self, input, hx)
@@ -1211,6 +1252,9 @@ class _FastCellMixin(_GraphFallback):
     def forward(self, input, hx=None):
         """torch's cell forward (same inputs, outputs and errors) on lstm_fast's kernels, or
         torch's own computation where the kernels cannot run (see the module docstring)."""
+        traced = _fx_call_module(self, input, hx)
+        if traced is not None:
+            return traced
         if _torch_computes(self, input, hx, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastCellMixin._fast_forward)(self, input, hx)

@@ -671,8 +671,16 @@ def _fx_call_module(module: nn.Module, input, hx):
     if proxy is None:
         return None
     tracer = proxy.tracer
+    path = tracer.path_of_module(module)
+    if not path:  # the traced root: FX traces its forward, which torch's cannot trace either
+        name = type(module).__name__
+        raise torch.fx.proxy.TraceError(
+            f"lstm_fast.torch.{name}: torch.fx.symbolic_trace cannot trace the module's own "
+            f"forward (lstm_fast's kernels take no Proxy; torch.nn.{name}'s forward is not "
+            "traceable either): trace a model that holds it, where it is one call_module node"
+        )
     args = (input,) if hx is None else (input, hx)
-    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+    return tracer.create_proxy("call_module", path, args, {})
 
 
 _functorch = getattr(torch._C, "_functorch", None)

@@ -162,3 +162,16 @@ def test_an_initial_state_of_the_wrong_rank_raises_torchs_message(kind, batched)
             m(x, hx)
         messages.append(str(info.value))
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRUCell"])
+def test_fx_symbolic_trace_of_the_module_itself_raises_a_trace_error(kind):
+    """Tracing the module itself (the root, whose forward FX traces into) raises a TraceError
+    as torch's module does, saying to trace a model that holds it; it raised a TypeError about
+    a weight being a Proxy."""
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(getattr(nn, kind)(3, 4))
+    with pytest.raises(
+        torch.fx.proxy.TraceError, match=f"lstm_fast.torch.{kind}: .*a model that holds it"
+    ):
+        torch.fx.symbolic_trace(getattr(lft, kind)(3, 4))

@@ -656,6 +656,8 @@ def _graph_capture() -> bool:
     exporting = getattr(torch.compiler, "is_exporting", None)
     if exporting is not None and exporting():
         return True
+    if torch.compiler.is_compiling():  # Dynamo (a constant there): no make_fx around the call
+        return False
     proxy_tensor = sys.modules.get("torch.fx.experimental.proxy_tensor")
     proxy_mode = getattr(proxy_tensor, "get_proxy_mode", None)
     return proxy_mode is not None and proxy_mode() is not None
@@ -665,7 +667,11 @@ def _fx_call_module(module: nn.Module, input, hx):
     """Under ``torch.fx.symbolic_trace`` (the input or a state is an ``fx.Proxy``): the
     ``call_module`` node FX records for torch's own modules, which it keeps as leaves by their
     ``torch.nn`` namespace and ours would trace into (the kernels cannot take a Proxy); None
-    otherwise. The ``GraphModule`` calls the module itself, so it runs on lstm_fast's kernels."""
+    otherwise. The ``GraphModule`` calls the module itself, so it runs on lstm_fast's kernels.
+    Skipped while Dynamo traces the forward (``torch.compile``: it sees no Proxy, and each check
+    here would be a graph break)."""
+    if torch.compiler.is_compiling():
+        return None
     states = hx if isinstance(hx, (tuple, list)) else (hx,)
     proxy = next((t for t in (input, hx, *states) if isinstance(t, torch.fx.Proxy)), None)
     if proxy is None:
@@ -727,7 +733,10 @@ _FAKE_KEY = getattr(getattr(torch._C, "_TorchDispatchModeKey", None), "FAKE", No
 def _fake_mode() -> bool:
     """Whether a ``FakeTensorMode`` is active (shape and memory estimation on a model built
     under it): its tensors have no data for the kernels, so torch's own implementation computes
-    the output shapes, as for parameters on the meta device."""
+    the output shapes, as for parameters on the meta device. (Not while Dynamo traces the
+    forward: its fake tensors never reach the kernels, which run eagerly.)"""
+    if torch.compiler.is_compiling():
+        return False
     return _FAKE_KEY is not None and torch._C._get_dispatch_mode(_FAKE_KEY) is not None
 
 

@@ -175,3 +175,31 @@ def test_fx_symbolic_trace_of_the_module_itself_raises_a_trace_error(kind):
         torch.fx.proxy.TraceError, match=f"lstm_fast.torch.{kind}: .*a model that holds it"
     ):
         torch.fx.symbolic_trace(getattr(lft, kind)(3, 4))
+
+
+@pytest.mark.parametrize("kind", ["GRUCell", "LSTMCell", "LSTM"])
+def test_the_checks_add_no_graph_break_under_torch_compile(kind):
+    """Guard for the checks above (fx Proxy, make_fx, FakeTensorMode), which run before the
+    kernels on every call: while Dynamo traces the forward they are skipped, so the graph of
+    an unrolled loop of steps is split only where the kernels' call is skipped (each check,
+    traced, was one more graph break per step: "Failed to convert args/kwargs to proxy").
+    Layers are traced into with ``allow_rnn``."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    fast = getattr(lft, kind)(3, 4)
+    layer = not kind.endswith("Cell")
+
+    def run(module, xs):
+        state, total = None, 0.0
+        for x_t in xs:
+            out = module(torch.tanh(x_t[None] if layer else x_t), state)
+            state = out[1] if layer else out
+            total = total + torch.tanh(_flat(out)[0]).sum()
+        return total
+
+    with torch._dynamo.config.patch(allow_rnn=True):
+        torch._dynamo.reset()
+        found = torch._dynamo.explain(run)(fast, torch.randn(3, 2, 3))
+    reasons = [str(b.reason).splitlines()[0] for b in found.break_reasons]
+    assert reasons and all("skip" in r.lower() for r in reasons), reasons

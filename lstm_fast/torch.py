@@ -644,6 +644,20 @@ def _eager(fast_forward: Callable) -> Callable:
     return disabled
 
 
+_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def _dispatch_modes() -> bool:
+    """Whether a ``TorchDispatchMode`` (``make_fx``'s proxy mode, ``FakeTensorMode``) may be
+    active around an eager call: a C counter (0.05 µs), so that the common case pays nothing
+    for :func:`_graph_capture`'s and :func:`_fake_mode`'s look-ups. False while Dynamo traces
+    the forward (``torch.compile``: its fake tensors never reach the kernels, which run
+    eagerly, and each look-up, traced, would be a graph break)."""
+    if torch.compiler.is_compiling():
+        return False
+    return _dispatch_stack_len is None or _dispatch_stack_len() > 0
+
+
 def _graph_capture() -> bool:
     """Whether torch is recording a graph of the forward: ``torch.jit.trace``, ``torch.export``
     or ``make_fx`` (``torch.fx.experimental.proxy_tensor``, whose graph would otherwise hold the
@@ -656,11 +670,15 @@ def _graph_capture() -> bool:
     exporting = getattr(torch.compiler, "is_exporting", None)
     if exporting is not None and exporting():
         return True
-    if torch.compiler.is_compiling():  # Dynamo (a constant there): no make_fx around the call
+    if not _dispatch_modes():
         return False
     proxy_tensor = sys.modules.get("torch.fx.experimental.proxy_tensor")
     proxy_mode = getattr(proxy_tensor, "get_proxy_mode", None)
     return proxy_mode is not None and proxy_mode() is not None
+
+
+# FX's flag for a running symbolic_trace (another torch version: the Proxy is looked for always)
+_fx_tracing = getattr(getattr(torch.fx, "_symbolic_trace", None), "is_fx_symbolic_tracing", None)
 
 
 def _fx_call_module(module: nn.Module, input, hx):
@@ -668,9 +686,9 @@ def _fx_call_module(module: nn.Module, input, hx):
     ``call_module`` node FX records for torch's own modules, which it keeps as leaves by their
     ``torch.nn`` namespace and ours would trace into (the kernels cannot take a Proxy); None
     otherwise. The ``GraphModule`` calls the module itself, so it runs on lstm_fast's kernels.
-    Skipped while Dynamo traces the forward (``torch.compile``: it sees no Proxy, and each check
-    here would be a graph break)."""
-    if torch.compiler.is_compiling():
+    Skipped outside FX's symbolic tracing, and while Dynamo traces the forward
+    (``torch.compile``: it sees no Proxy, and the look-up, traced, would be a graph break)."""
+    if torch.compiler.is_compiling() or (_fx_tracing is not None and not _fx_tracing()):
         return None
     states = hx if isinstance(hx, (tuple, list)) else (hx,)
     proxy = next((t for t in (input, hx, *states) if isinstance(t, torch.fx.Proxy)), None)
@@ -733,9 +751,8 @@ _FAKE_KEY = getattr(getattr(torch._C, "_TorchDispatchModeKey", None), "FAKE", No
 def _fake_mode() -> bool:
     """Whether a ``FakeTensorMode`` is active (shape and memory estimation on a model built
     under it): its tensors have no data for the kernels, so torch's own implementation computes
-    the output shapes, as for parameters on the meta device. (Not while Dynamo traces the
-    forward: its fake tensors never reach the kernels, which run eagerly.)"""
-    if torch.compiler.is_compiling():
+    the output shapes, as for parameters on the meta device."""
+    if not _dispatch_modes():
         return False
     return _FAKE_KEY is not None and torch._C._get_dispatch_mode(_FAKE_KEY) is not None
 

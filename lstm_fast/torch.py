@@ -696,12 +696,17 @@ def _fx_call_module(module: nn.Module, input, hx):
         return None
     tracer = proxy.tracer
     path = tracer.path_of_module(module)
-    if not path:  # the traced root: FX traces its forward, which torch's cannot trace either
-        name = type(module).__name__
+    own = type(module).forward in (_FastRNNMixin.forward, _FastCellMixin.forward)
+    if not path or not own:
+        # FX is tracing this forward from outside the module: the traced root, or a subclass
+        # overriding forward (its code before super().forward() is in the graph already, and
+        # a call_module node would run it twice). torch's forward cannot be traced either.
+        name = _torch_class(module).__name__
         raise torch.fx.proxy.TraceError(
-            f"lstm_fast.torch.{name}: torch.fx.symbolic_trace cannot trace the module's own "
-            f"forward (lstm_fast's kernels take no Proxy; torch.nn.{name}'s forward is not "
-            "traceable either): trace a model that holds it, where it is one call_module node"
+            f"lstm_fast.torch.{name}: torch.fx.symbolic_trace cannot trace the forward of "
+            f"{type(module).__name__} (lstm_fast's kernels take no Proxy; torch.nn.{name}'s "
+            "forward is not traceable either): trace a model that holds the module itself, "
+            "where it is one call_module node"
         )
     args = (input,) if hx is None else (input, hx)
     return tracer.create_proxy("call_module", path, args, {})

@@ -172,9 +172,37 @@ def test_fx_symbolic_trace_of_the_module_itself_raises_a_trace_error(kind):
     with pytest.raises(torch.fx.proxy.TraceError):
         torch.fx.symbolic_trace(getattr(nn, kind)(3, 4))
     with pytest.raises(
-        torch.fx.proxy.TraceError, match=f"lstm_fast.torch.{kind}: .*a model that holds it"
+        torch.fx.proxy.TraceError, match=f"lstm_fast.torch.{kind}: .*a model that holds the module"
     ):
         torch.fx.symbolic_trace(getattr(lft, kind)(3, 4))
+
+
+@pytest.mark.parametrize("kind", ["GRU", "RNNCell"])
+def test_fx_symbolic_trace_of_a_subclass_overriding_forward_raises(kind):
+    """A user subclass whose forward changes the input before super().forward(): FX has traced
+    that code when the module's forward is reached, so a call_module node would apply it twice
+    (a GraphModule silently computing another function). It raises a TraceError, as with a
+    subclass of torch's module."""
+
+    def model(base):
+        class Scaled(base):
+            def forward(self, x, hx=None):
+                return super().forward(x * 2, hx)
+
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn = Scaled(3, 4)
+
+            def forward(self, x):
+                return self.rnn(x)
+
+        return Model()
+
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(model(getattr(nn, kind)))
+    with pytest.raises(torch.fx.proxy.TraceError, match="forward of Scaled"):
+        torch.fx.symbolic_trace(model(getattr(lft, kind)))
 
 
 @pytest.mark.parametrize("kind", ["GRUCell", "LSTMCell", "LSTM"])

@@ -708,6 +708,23 @@ def _fx_call_module(module: nn.Module, input, hx):
             "forward is not traceable either): trace a model that holds the module itself, "
             "where it is one call_module node"
         )
+    module_hooks = sys.modules["torch.nn.modules.module"]
+    hooks = (
+        module._forward_pre_hooks,
+        module._forward_hooks,
+        getattr(module_hooks, "_global_forward_pre_hooks", None),
+        getattr(module_hooks, "_global_forward_hooks", None),
+    )
+    if any(hooks):
+        # FX ran the pre-hooks on the traced values already (torch's modules, leaves, run none
+        # while traced), and the GraphModule's call of the module runs them again.
+        raise torch.fx.proxy.TraceError(
+            f"lstm_fast.torch.{_torch_class(module).__name__}: torch.fx.symbolic_trace cannot "
+            f"record {path} ({type(module).__name__}) while it has forward hooks or pre-hooks "
+            "(module or global ones; torch.nn.utils.prune and weight_norm register some): "
+            "they would be applied twice. Trace before registering them, or trace torch's "
+            "module (lstm_fast.torch.restore_rnns(model))"
+        )
     args = (input,) if hx is None else (input, hx)
     return tracer.create_proxy("call_module", path, args, {})
 

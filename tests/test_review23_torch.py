@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 lft = pytest.importorskip("lstm_fast.torch")
+import torch.nn.utils.prune  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
 
@@ -231,3 +232,29 @@ def test_the_checks_add_no_graph_break_under_torch_compile(kind):
         found = torch._dynamo.explain(run)(fast, torch.randn(3, 2, 3))
     reasons = [str(b.reason).splitlines()[0] for b in found.break_reasons]
     assert reasons and all("skip" in r.lower() for r in reasons), reasons
+
+
+@pytest.mark.parametrize("hook", ["forward", "pre", "prune"])
+def test_fx_symbolic_trace_of_a_module_with_forward_hooks_raises(hook):
+    """FX runs a non-leaf module's forward hooks and pre-hooks on the traced values, so with a
+    call_module node the GraphModule applied them twice (torch's module, a leaf, runs none
+    while traced): a silently different function. It raises a TraceError naming the module."""
+    models = []
+    for swap in (False, True):
+        m = _Model("GRU", {})
+        if swap:
+            lft.replace_rnns(m)
+        if hook == "forward":
+            m.rnn.register_forward_hook(lambda mod, args, out: (out[0] * 2, out[1]))
+        elif hook == "pre":
+            m.rnn.register_forward_pre_hook(lambda mod, args: (args[0] + 1, *args[1:]))
+        else:
+            torch.manual_seed(1)
+            torch.nn.utils.prune.random_unstructured(m.rnn, "weight_hh_l0", amount=0.5)
+        models.append(m)
+    x = _input(1)
+    graph = torch.fx.symbolic_trace(models[0])
+    for a, b in zip(_flat(graph(x)), _flat(models[0](x))):
+        _close(a, b, OUT_TOL, "torch's module traced with hooks")
+    with pytest.raises(torch.fx.proxy.TraceError, match=r"cannot record rnn \(GRU\) while it has"):
+        torch.fx.symbolic_trace(models[1])

@@ -82,7 +82,9 @@ torch.jit.script, torch.jit.trace, torch.export, torch.fx
     ``nn.Parameter``\ s. torch's scripting also puts that copy into the model it came from, with
     a warning: :func:`replace_rnns` accelerates the eager model again.
     ``torch.fx.symbolic_trace`` records each module as one ``call_module`` node, as it records
-    torch's: the ``GraphModule`` runs lstm_fast's kernels. Under ``FakeTensorMode`` (shape and
+    torch's: the ``GraphModule`` runs lstm_fast's kernels (a module with forward hooks or
+    pre-hooks, e.g. from ``prune``, or a subclass overriding ``forward`` raises a ``TraceError``:
+    FX, tracing into it, would apply them twice). Under ``FakeTensorMode`` (shape and
     memory estimation) the forward is torch's, as for parameters on the meta device.
 
 torch.func and forward-mode AD

@@ -74,13 +74,18 @@ torch.compile
     fails; the graph is split (once per cell call in an unrolled loop; Dynamo logs the graph
     breaks and warns once that a disabled function was skipped).
 
-torch.jit.script, torch.jit.trace, torch.export
+torch.jit.script, torch.jit.trace, torch.export, torch.fx
     The kernels cannot be recorded into a graph, so these get torch's own computation with the
-    same parameters: under ``torch.jit.trace`` and ``torch.export`` the forward is torch's
-    (the traced or exported program runs torch's kernels; the module itself stays lstm_fast's),
-    and ``torch.jit.script`` compiles a copy of torch's class sharing the ``nn.Parameter``\ s.
-    torch's scripting also puts that copy into the model it came from, with a warning:
-    :func:`replace_rnns` accelerates the eager model again.
+    same parameters: under ``torch.jit.trace``, ``torch.export`` and ``make_fx`` the forward is
+    torch's (the traced or exported program runs torch's kernels; the module itself stays
+    lstm_fast's), and ``torch.jit.script`` compiles a copy of torch's class sharing the
+    ``nn.Parameter``\ s. torch's scripting also puts that copy into the model it came from, with
+    a warning: :func:`replace_rnns` accelerates the eager model again.
+    ``torch.fx.symbolic_trace`` records each module as one ``call_module`` node, as it records
+    torch's: the ``GraphModule`` runs lstm_fast's kernels (a module with forward hooks or
+    pre-hooks, e.g. from ``prune``, or a subclass overriding ``forward`` raises a ``TraceError``:
+    FX, tracing into it, would apply them twice). Under ``FakeTensorMode`` (shape and
+    memory estimation) the forward is torch's, as for parameters on the meta device.
 
 torch.func and forward-mode AD
     The kernels see neither functorch's wrapped tensors nor tangents, so under a ``torch.func``
@@ -117,6 +122,7 @@ except ModuleNotFoundError as e:  # torch itself missing, not something torch im
         name="torch",
     ) from e
 import torch.autograd.forward_ad as fwAD
+import torch.fx
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
@@ -640,15 +646,89 @@ def _eager(fast_forward: Callable) -> Callable:
     return disabled
 
 
+_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def _dispatch_modes() -> bool:
+    """Whether a ``TorchDispatchMode`` (``make_fx``'s proxy mode, ``FakeTensorMode``) may be
+    active around an eager call: a C counter (0.05 µs), so that the common case pays nothing
+    for :func:`_graph_capture`'s and :func:`_fake_mode`'s look-ups. False while Dynamo traces
+    the forward (``torch.compile``: its fake tensors never reach the kernels, which run
+    eagerly, and each look-up, traced, would be a graph break)."""
+    if torch.compiler.is_compiling():
+        return False
+    return _dispatch_stack_len is None or _dispatch_stack_len() > 0
+
+
 def _graph_capture() -> bool:
-    """Whether torch is recording a graph of the forward: ``torch.jit.trace`` or
-    ``torch.export``. The kernels (NumPy arrays behind a C++ call) cannot be recorded, so the
-    modules then compute with torch's own implementation, which can: the exported or traced
-    program runs torch's kernels, with the same parameters."""
+    """Whether torch is recording a graph of the forward: ``torch.jit.trace``, ``torch.export``
+    or ``make_fx`` (``torch.fx.experimental.proxy_tensor``, whose graph would otherwise hold the
+    kernels' outputs as constants, the same for every input). The kernels (NumPy arrays behind
+    a C++ call) cannot be recorded, so the modules then compute with torch's own
+    implementation, which can: the exported or traced program runs torch's kernels, with the
+    same parameters."""
     if torch.jit.is_tracing():
         return True
     exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(exporting is not None and exporting())
+    if exporting is not None and exporting():
+        return True
+    if not _dispatch_modes():
+        return False
+    proxy_tensor = sys.modules.get("torch.fx.experimental.proxy_tensor")
+    proxy_mode = getattr(proxy_tensor, "get_proxy_mode", None)
+    return proxy_mode is not None and proxy_mode() is not None
+
+
+# FX's flag for a running symbolic_trace (another torch version: the Proxy is looked for always)
+_fx_tracing = getattr(getattr(torch.fx, "_symbolic_trace", None), "is_fx_symbolic_tracing", None)
+
+
+def _fx_call_module(module: nn.Module, input, hx):
+    """Under ``torch.fx.symbolic_trace`` (the input or a state is an ``fx.Proxy``): the
+    ``call_module`` node FX records for torch's own modules, which it keeps as leaves by their
+    ``torch.nn`` namespace and ours would trace into (the kernels cannot take a Proxy); None
+    otherwise. The ``GraphModule`` calls the module itself, so it runs on lstm_fast's kernels.
+    Skipped outside FX's symbolic tracing, and while Dynamo traces the forward
+    (``torch.compile``: it sees no Proxy, and the look-up, traced, would be a graph break)."""
+    if torch.compiler.is_compiling() or (_fx_tracing is not None and not _fx_tracing()):
+        return None
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    proxy = next((t for t in (input, hx, *states) if isinstance(t, torch.fx.Proxy)), None)
+    if proxy is None:
+        return None
+    tracer = proxy.tracer
+    path = tracer.path_of_module(module)
+    own = type(module).forward in (_FastRNNMixin.forward, _FastCellMixin.forward)
+    if not path or not own:
+        # FX is tracing this forward from outside the module: the traced root, or a subclass
+        # overriding forward (its code before super().forward() is in the graph already, and
+        # a call_module node would run it twice). torch's forward cannot be traced either.
+        name = _torch_class(module).__name__
+        raise torch.fx.proxy.TraceError(
+            f"lstm_fast.torch.{name}: torch.fx.symbolic_trace cannot trace the forward of "
+            f"{type(module).__name__} (lstm_fast's kernels take no Proxy; torch.nn.{name}'s "
+            "forward is not traceable either): trace a model that holds the module itself, "
+            "where it is one call_module node"
+        )
+    module_hooks = sys.modules["torch.nn.modules.module"]
+    hooks = (
+        module._forward_pre_hooks,
+        module._forward_hooks,
+        getattr(module_hooks, "_global_forward_pre_hooks", None),
+        getattr(module_hooks, "_global_forward_hooks", None),
+    )
+    if any(hooks):
+        # FX ran the pre-hooks on the traced values already (torch's modules, leaves, run none
+        # while traced), and the GraphModule's call of the module runs them again.
+        raise torch.fx.proxy.TraceError(
+            f"lstm_fast.torch.{_torch_class(module).__name__}: torch.fx.symbolic_trace cannot "
+            f"record {path} ({type(module).__name__}) while it has forward hooks or pre-hooks "
+            "(module or global ones; torch.nn.utils.prune and weight_norm register some): "
+            "they would be applied twice. Trace before registering them, or trace torch's "
+            "module (lstm_fast.torch.restore_rnns(model))"
+        )
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", path, args, {})
 
 
 _functorch = getattr(torch._C, "_functorch", None)
@@ -689,14 +769,28 @@ def _foreign_params(module: nn.Module, weights) -> bool:
     return False
 
 
+_FAKE_KEY = getattr(getattr(torch._C, "_TorchDispatchModeKey", None), "FAKE", None)
+
+
+def _fake_mode() -> bool:
+    """Whether a ``FakeTensorMode`` is active (shape and memory estimation on a model built
+    under it): its tensors have no data for the kernels, so torch's own implementation computes
+    the output shapes, as for parameters on the meta device."""
+    if not _dispatch_modes():
+        return False
+    return _FAKE_KEY is not None and torch._C._get_dispatch_mode(_FAKE_KEY) is not None
+
+
 def _torch_computes(module: nn.Module, input, hx, weights) -> bool:
     """Whether this call is computed by torch's own implementation rather than the kernels: a
     graph being recorded (:func:`_graph_capture`), a ``torch.func`` transform
     (:func:`_func_transform`), a tangent on the input, a state or a parameter
-    (:func:`_has_tangent`), or parameters the kernels cannot take (:func:`_foreign_params`)."""
+    (:func:`_has_tangent`), parameters the kernels cannot take (:func:`_foreign_params`), or
+    fake tensors (:func:`_fake_mode`)."""
     return (
         _foreign_params(module, weights)
         or _graph_capture()
+        or _fake_mode()
         or _func_transform()
         or _has_tangent(module, input, hx, weights)
     )
@@ -967,11 +1061,13 @@ class _FastRNNMixin(_GraphFallback):
                     raise TypeError(f"{name}: hx[{i}]: expected a tensor, got {type(h).__name__}")
             n_dim = 3 if is_batched else 2
             if any(h.dim() != n_dim for h in hx):
+                # torch's wording: "(3-D, 2-D) tensors" for (h_0, c_0), "2-D tensor" for h_0
                 dims = ", ".join(f"{h.dim()}-D" for h in hx)
+                got = f"({dims}) tensors" if len(hx) > 1 else f"{dims} tensor"
                 what = "batched 3-D" if is_batched else "unbatched 2-D"
                 raise RuntimeError(
                     f"For {what} input, {'hx and cx' if len(hx) > 1 else 'hx'} should also be "
-                    f"{n_dim}-D but got ({dims}) tensors"
+                    f"{n_dim}-D but got {got}"
                 )
             if not is_batched:
                 hx = tuple(h.unsqueeze(1) for h in hx)
@@ -1017,6 +1113,9 @@ class _FastRNNMixin(_GraphFallback):
         """torch's forward (same inputs, outputs and errors; a PackedSequence too) on lstm_fast's
         kernels, or torch's own computation where the kernels cannot run (see the module
         docstring: tracing, export, ``torch.func``, forward-mode AD)."""
+        traced = _fx_call_module(self, input, hx)
+        if traced is not None:
+            return traced
         if _torch_computes(self, input, hx, self._flat_weights_names):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastRNNMixin._fast_forward)(self, input, hx)
@@ -1211,6 +1310,9 @@ class _FastCellMixin(_GraphFallback):
     def forward(self, input, hx=None):
         """torch's cell forward (same inputs, outputs and errors) on lstm_fast's kernels, or
         torch's own computation where the kernels cannot run (see the module docstring)."""
+        traced = _fx_call_module(self, input, hx)
+        if traced is not None:
+            return traced
         if _torch_computes(self, input, hx, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
             return _torch_class(self).forward(self, input, hx)
         return _eager(_FastCellMixin._fast_forward)(self, input, hx)

@@ -699,6 +699,19 @@ def train_charlm(
                     bar.write(f"step {step}: validation {val_bpc:.4f} bits/char")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 checkpoint()
+        if bar is not None:
+            bar.close()
+            bar = None
+        # (the periodic validation's condition: a held-out part shorter than seq_len is still
+        # evaluated, so the figure reported is the final weights', not an earlier step's)
+        # Inside the try: a Ctrl-C in this last validation (up to val_max_chars characters)
+        # wrote no checkpoint, and with checkpoint_every=0 the whole run was lost
+        if len(val_ids) > 1 and (not hist["val"] or hist["val"][-1][0] != step):
+            val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
+            hist["val"].append([step, val_bpc])
+        elif hist["val"]:
+            val_bpc = hist["val"][-1][1]
+        checkpoint()
     except KeyboardInterrupt:
         if rng_start is not None:  # interrupted in the middle of a step: it is redone
             model.set_rng_states(rng_start)
@@ -707,16 +720,6 @@ def train_charlm(
             bar.close()
         log(f"interrupted: checkpoint written at step {step}; continue with --resume")
         raise
-    if bar is not None:
-        bar.close()
-    # (the periodic validation's condition: a held-out part shorter than seq_len is still
-    # evaluated, so the figure reported is the final weights', not an earlier step's)
-    if len(val_ids) > 1 and (not hist["val"] or hist["val"][-1][0] != step):
-        val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
-        hist["val"].append([step, val_bpc])
-    elif hist["val"]:
-        val_bpc = hist["val"][-1][1]
-    checkpoint()
     atomic_write_text(out / "vocab.json", json_text(vocab.to_dict()))
     plot = _plot(out, hist)
     tail = hist["train_bpc"][-max(1, min(50, len(hist["train_bpc"]))) :]

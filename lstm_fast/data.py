@@ -457,9 +457,29 @@ class Vocab:
 
 
 # -- corpora ------------------------------------------------------------------------------------
-def _read(path: Path) -> str:
-    # utf-8-sig: a byte-order mark is not text (it would become a vocabulary character)
-    return path.read_text(encoding="utf-8-sig", errors="replace")
+def _read(path: Path, max_chars: Optional[int] = None) -> str:
+    # utf-8-sig: a byte-order mark is not text (it would become a vocabulary character).
+    # Only the characters wanted are read: the whole file was read, then cut (`inspect`'s
+    # default --max-chars 20000 of a 3 GB log needed 3 GB, a MemoryError under a limit)
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return f.read(-1 if max_chars is None else max_chars)
+
+
+def _check_extensions(extensions) -> tuple:
+    """``extensions`` as a tuple of lower-case suffixes, each with its leading dot."""
+    # a str was searched as one: ".txt" matched ".t", ".tx" and files without a suffix ("")
+    if isinstance(extensions, (str, bytes)) or not isinstance(extensions, Iterable):
+        raise TypeError(
+            f"extensions: expected a sequence of file suffixes such as ('.txt', '.md'), "
+            f"got {extensions!r}"
+        )
+    out = []
+    for e in extensions:
+        if not isinstance(e, str):
+            raise TypeError(f"extensions: expected str suffixes, got {e!r}")
+        # ".TXT" matched nothing (a file's suffix is lower-cased), "txt" nothing (no dot)
+        out.append(e.lower() if not e or e.startswith(".") else "." + e.lower())
+    return tuple(out)
 
 
 def default_corpus(max_chars: Optional[int] = 2_000_000) -> str:
@@ -496,7 +516,7 @@ def default_corpus(max_chars: Optional[int] = 2_000_000) -> str:
 def _concat(files: Sequence[Path], max_chars: Optional[int]) -> str:
     parts, total = [], 0
     for p in files:
-        t = _read(p)
+        t = _read(p, None if max_chars is None else max_chars - total)
         if max_chars is not None and total + len(t) >= max_chars:
             parts.append(t[: max_chars - total])
             break
@@ -521,13 +541,14 @@ def load_corpus(
             ``path`` is (default False).
         max_chars: (keyword only) the most characters returned (default None: all; the default
             corpus: 2,000,000).
-        extensions: (keyword only) the file suffixes a directory's files are read by
-            (lower-cased; default ``TEXT_EXTENSIONS``: .txt, .py, .md, .rst, .tsv, .csv, .json,
-            .c, .h).
+        extensions: (keyword only) the file suffixes a directory's files are read by, a
+            sequence of str (case-insensitive, the leading dot optional; default
+            ``TEXT_EXTENSIONS``: .txt, .py, .md, .rst, .tsv, .csv, .json, .c, .h).
 
-    Files are read as UTF-8, undecodable bytes replaced, a byte-order mark dropped. Raises
-    ``FileNotFoundError`` for a path that is neither a file nor a directory, or a directory
-    without text files.
+    Files are read as UTF-8, undecodable bytes replaced, a byte-order mark dropped; with
+    ``max_chars``, no more of them than that is read. Raises ``FileNotFoundError`` for a path
+    that is neither a file nor a directory, or a directory without text files, ``TypeError``
+    for a ``path`` that is not one or ``extensions`` that are not a sequence of str.
 
     Example::
 
@@ -549,14 +570,16 @@ def _load_corpus(path, default, max_chars, extensions, exclude=None) -> str:
     """:func:`load_corpus`; a directory's files under the directory ``exclude`` are left out
     (:func:`~lstm_fast.models.train_charlm`: the run directory's own JSON files)."""
     _check_max_chars(max_chars)  # a negative one sliced characters off the end
+    extensions = _check_extensions(extensions)
     if default or path is None:
         return default_corpus(max_chars if max_chars is not None else 2_000_000)
+    if not isinstance(path, (str, bytes, os.PathLike)):  # Path(5) raised unnamed
+        raise TypeError(f"corpus: expected None or a path, got {type(path).__name__}")
     if isinstance(path, (str, bytes)) and not path:  # Path("") is ".", the working directory
         raise FileNotFoundError(f"corpus: expected a text file or a directory, got {path!r}")
     p = Path(path)
     if p.is_file():
-        text = _read(p)
-        return text if max_chars is None else text[:max_chars]
+        return _read(p, max_chars)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
         if exclude is not None and Path(exclude).is_dir():

@@ -60,3 +60,55 @@ def test_ctrl_c_in_the_final_validation_writes_a_checkpoint(tmp_path, monkeypatc
     a, b = _weights(straight), _weights(cut)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# -- corpora ------------------------------------------------------------------------------------
+def test_load_corpus_reads_only_max_chars_of_a_large_file(tmp_path):
+    """``load_corpus(path, max_chars=N)`` read the whole file and then cut it: ``inspect`` (20,000
+    characters by default) or ``evaluate --max-chars`` on a multi-GB log needed the file's size
+    in memory (a MemoryError under a 1 GiB address-space limit for a 3 GB file). Now only N
+    characters are read, from a file and from a directory's files."""
+    import os
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:  # sparse: 3 GB of NUL bytes that take no disk space
+        f.write(b"ab\r\ncd")
+        f.truncate(3 << 30)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from lstm_fast.data import load_corpus\n"
+        "print(repr(load_corpus(sys.argv[1], max_chars=5)), repr(load_corpus(sys.argv[2], "
+        "max_chars=5)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(big), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["'ab\\ncd'"] * 2
+
+
+def test_load_corpus_extensions_are_suffixes_not_a_string(tmp_path):
+    """``extensions=".txt"`` (a str where a sequence is expected) was searched as a string:
+    files named ``a.t``, ``b.tx`` and ``README`` (no suffix: ``"" in ".txt"``) were read as
+    corpus, and ``extensions=(".TXT",)`` or ``("txt",)`` matched no file (a file's suffix is
+    lower-cased, and has its dot). Now a str is refused naming ``extensions``, and suffixes are
+    compared case-insensitively, the dot optional."""
+    from lstm_fast.data import load_corpus
+
+    for name, text in [("a.txt", "first"), ("b.t", "B"), ("README", "R"), ("c.TXT", "second")]:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(TypeError, match=r"extensions: expected a sequence .*got '\.txt'"):
+        load_corpus(tmp_path, extensions=".txt")
+    with pytest.raises(TypeError, match="extensions: expected str suffixes, got 1"):
+        load_corpus(tmp_path, extensions=[1])
+    for exts in ([".txt"], (".TXT",), ("txt",)):
+        assert load_corpus(tmp_path, extensions=exts) == "first\nsecond", exts
+    with pytest.raises(TypeError, match="corpus: expected None or a path, got int"):
+        load_corpus(5)

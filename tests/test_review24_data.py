@@ -112,3 +112,28 @@ def test_load_corpus_extensions_are_suffixes_not_a_string(tmp_path):
         assert load_corpus(tmp_path, extensions=exts) == "first\nsecond", exts
     with pytest.raises(TypeError, match="corpus: expected None or a path, got int"):
         load_corpus(5)
+
+
+# -- sampling and inspection ----------------------------------------------------------------------
+def test_sample_text_and_record_activations_refuse_another_models_vocabulary():
+    """``sample_text(model, vocab)`` with another run's vocabulary: a smaller one generated the
+    whole text and then failed in ``vocab.decode`` (an IndexError about ``ids``), a larger one
+    reported ``prime_ids`` or decoded the draws into the wrong characters, and
+    ``record_activations`` failed in NumPy's indexing. Now both refuse it first, naming
+    ``vocab`` with the expected and given sizes; a ``prime`` that is not a str is named too."""
+    from lstm_fast.data import Vocab
+    from lstm_fast.models import CharLM, sample_text
+    from lstm_fast.models.inspect import record_activations
+
+    model = CharLM(7, 4, 8, 1, seed=0)
+    for text in ("abc", "abcdefghijkl"):  # 4 and 13 tokens
+        vocab = Vocab.build(text)
+        msg = f"vocab: expected 7 tokens \\(the model's vocab_size\\), got {len(vocab)}"
+        with pytest.raises(ValueError, match=msg):
+            sample_text(model, vocab, length=50, prime="l")
+        with pytest.raises(ValueError, match=msg):
+            record_activations(model, vocab, "abcl")
+    vocab = Vocab.build("abcdef")
+    with pytest.raises(TypeError, match="prime: expected a str, got int"):
+        sample_text(model, vocab, length=5, prime=5)
+    assert len(sample_text(model, vocab, length=5, prime="a")) == 5

@@ -926,7 +926,9 @@ def sample_text(
         prime: the text fed first (default a newline; an empty one counts as a newline).
         seed: seed of the draws (default 0; None: fresh entropy).
 
-    The unknown character (id 0) is never drawn (:class:`Sampler`).
+    The unknown character (id 0) is never drawn (:class:`Sampler`). Raises ``ValueError`` for a
+    ``vocab`` whose size is not the model's ``vocab_size``, ``TypeError`` for a ``prime`` that is
+    not a str (and as :meth:`Sampler.generate`), before any character is generated.
 
     Example::
 
@@ -939,6 +941,13 @@ def sample_text(
         >>> sample_text(m, vocab, length=5, temperature=0, prime="a")
         'bbbbb'
     """
+    # another run's vocabulary: a smaller one failed in decode after the whole text had been
+    # generated, a larger one said "prime_ids" (or decoded the draws into the wrong characters)
+    V = model.config["vocab_size"]
+    if len(vocab) != V:
+        raise ValueError(f"vocab: expected {V} tokens (the model's vocab_size), got {len(vocab)}")
+    if not isinstance(prime, str):  # (vocab.encode's message named its own "text")
+        raise TypeError(f"prime: expected a str, got {type(prime).__name__}")
     s = Sampler(model, seed=seed)
     ids = vocab.encode(prime or "\n")
     return vocab.decode(s.generate(ids, length, temperature, top_k))

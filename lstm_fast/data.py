@@ -189,7 +189,7 @@ class Vocab:
         unk_id: 0.  pad_id: 1 or None.
 
     Raises ``ValueError`` for another ``level``, a char token that is not one character, or
-    repeated tokens.
+    repeated tokens, ``TypeError`` for a token or ``unk`` that is not a str.
 
     Example::
 
@@ -214,6 +214,16 @@ class Vocab:
     ):
         if level not in ("char", "word"):
             raise ValueError(f"level: expected 'char' or 'word', got {level!r}")
+        # (an int unk or token was kept, and the saved vocabulary then failed to load: from_dict
+        # takes str only; an int word token could never be encoded either)
+        if unk is not None and not isinstance(unk, str):
+            raise TypeError(f"unk: expected None or a str, got {type(unk).__name__}")
+        if isinstance(tokens, (bytes, bytearray)) or not isinstance(tokens, Iterable):
+            raise TypeError(f"tokens: expected an iterable of str, got {type(tokens).__name__}")
+        tokens = list(tokens)
+        for k, t in enumerate(tokens):
+            if not isinstance(t, str):
+                raise TypeError(f"tokens: expected str tokens, got {type(t).__name__} at {k}")
         self.level = level
         self.unk = unk if unk is not None else ("\ufffd" if level == "char" else "<unk>")
         self.pad = bool(pad)
@@ -227,7 +237,9 @@ class Vocab:
                 )
         self.stoi = {t: i for i, t in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
-            raise ValueError("tokens: expected unique tokens")
+            seen: set = set()
+            twice = next(t for t in self.itos if t in seen or seen.add(t))
+            raise ValueError(f"tokens: expected unique tokens, got {twice!r} twice")
         self._table = None
 
     unk_id = 0

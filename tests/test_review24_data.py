@@ -137,3 +137,27 @@ def test_sample_text_and_record_activations_refuse_another_models_vocabulary():
     with pytest.raises(TypeError, match="prime: expected a str, got int"):
         sample_text(model, vocab, length=5, prime=5)
     assert len(sample_text(model, vocab, length=5, prime="a")) == 5
+
+
+# -- vocabularies -------------------------------------------------------------------------------
+def test_vocab_refuses_tokens_and_unk_that_do_not_round_trip(tmp_path):
+    """``Vocab(["a"], unk=5)`` and ``Vocab([1, 2], level="word")`` were made (a char vocabulary
+    of ints failed with ``object of type 'int' has no len()``), but ``save`` then wrote a file
+    ``load`` refused (``unk: expected a str``, ``itos: expected a list of str``), and an int
+    word could never be encoded. Now the constructor refuses them, naming the argument;
+    a repeated token is named too."""
+    from lstm_fast.data import Vocab
+
+    with pytest.raises(TypeError, match="unk: expected None or a str, got int"):
+        Vocab(["a"], unk=5)
+    for level in ("char", "word"):
+        with pytest.raises(TypeError, match="tokens: expected str tokens, got int at 1"):
+            Vocab(["a", 2], level=level)
+    with pytest.raises(TypeError, match="tokens: expected an iterable of str, got NoneType"):
+        Vocab(None)
+    with pytest.raises(ValueError, match="tokens: expected unique tokens, got 'b' twice"):
+        Vocab(["a", "b", "b"])
+    v = Vocab(["a", "b"], unk="?", pad=True)
+    v.save(tmp_path / "v.json")
+    w = Vocab.load(tmp_path / "v.json")
+    assert (w.itos, w.unk, w.pad) == (v.itos, "?", True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lstm_fast import cli
 from lstm_fast.models import TrainConfig, load_charlm, train_charlm
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 30
@@ -161,3 +162,28 @@ def test_vocab_refuses_tokens_and_unk_that_do_not_round_trip(tmp_path):
     v.save(tmp_path / "v.json")
     w = Vocab.load(tmp_path / "v.json")
     assert (w.itos, w.unk, w.pad) == (v.itos, "?", True)
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_json_output_of_a_diverged_run_is_json(tmp_path, monkeypatch, capsys):
+    """``--json`` printed ``{"bpc": NaN, ...}`` for a diverged model (and ``Infinity`` for an
+    overflowed figure): not JSON (RFC 8259), so ``jq`` and strict parsers failed on the line
+    meant for them. Such figures are now null."""
+    import json
+
+    import lstm_fast.models.charlm as charlm
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    train_charlm(_cfg(steps=1), run, text=TEXT, progress=False, log=lambda s: 0)
+    capsys.readouterr()
+    monkeypatch.setattr(charlm, "evaluate_bpc", lambda *a, **k: float("nan"))
+    assert cli.main(["evaluate", str(run), str(corpus), "--json"]) == 0
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    figures = json.loads(line, parse_constant=refuse)
+    assert figures["bpc"] is None and figures["chars"] == len(TEXT)

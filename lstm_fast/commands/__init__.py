@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 
+def _json_safe(v):
+    """``v`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def emit_json(args, figures: dict) -> None:
-    """With ``--json``, print the final figures as one JSON object on the last line of stdout."""
+    """With ``--json``, print the final figures as one JSON object on the last line of stdout
+    (a NaN or infinite figure, a diverged run's, as null)."""
     if getattr(args, "json", False):
         sys.stdout.flush()
-        print(json.dumps(figures, ensure_ascii=False), flush=True)
+        # (json.dumps wrote NaN and Infinity, which are not JSON: jq and strict parsers failed)
+        print(json.dumps(_json_safe(figures), ensure_ascii=False, allow_nan=False), flush=True)
 
 
 def set_threads(args) -> None:

@@ -120,8 +120,9 @@ def test_sample_text_and_record_activations_refuse_another_models_vocabulary():
     """``sample_text(model, vocab)`` with another run's vocabulary: a smaller one generated the
     whole text and then failed in ``vocab.decode`` (an IndexError about ``ids``), a larger one
     reported ``prime_ids`` or decoded the draws into the wrong characters, and
-    ``record_activations`` failed in NumPy's indexing. Now both refuse it first, naming
-    ``vocab`` with the expected and given sizes; a ``prime`` that is not a str is named too."""
+    ``record_activations`` failed in NumPy's indexing (a larger one). Now both refuse it first,
+    naming ``vocab`` with the expected and given sizes; a ``prime`` that is not a str is named
+    too."""
     from lstm_fast.data import Vocab
     from lstm_fast.models import CharLM, sample_text
     from lstm_fast.models.inspect import record_activations
@@ -132,8 +133,9 @@ def test_sample_text_and_record_activations_refuse_another_models_vocabulary():
         msg = f"vocab: expected 7 tokens \\(the model's vocab_size\\), got {len(vocab)}"
         with pytest.raises(ValueError, match=msg):
             sample_text(model, vocab, length=50, prime="l")
-        with pytest.raises(ValueError, match=msg):
-            record_activations(model, vocab, "abcl")
+    with pytest.raises(ValueError, match="vocab: expected at most 7 tokens .*, got 13"):
+        record_activations(model, vocab, "abcl")
+    assert record_activations(model, Vocab.build("abc"), "abcl")["h"].shape == (4, 1, 8)
     vocab = Vocab.build("abcdef")
     with pytest.raises(TypeError, match="prime: expected a str, got int"):
         sample_text(model, vocab, length=5, prime=5)
@@ -187,3 +189,24 @@ def test_json_output_of_a_diverged_run_is_json(tmp_path, monkeypatch, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     figures = json.loads(line, parse_constant=refuse)
     assert figures["bpc"] is None and figures["chars"] == len(TEXT)
+
+
+def test_classify_lm_corpus_without_pretraining_steps_is_refused(tmp_path, capsys):
+    """``classify train TSV --lm-corpus BOOK`` without ``--lm-steps`` (default 0) trained for
+    minutes and never read BOOK -- not even to see that it exists -- and said nothing, as
+    ``ClassifierConfig(lm_corpus=...)`` alone. Now a usage error naming the option, before any
+    work (as ``--words`` without bigrams)."""
+    from lstm_fast.models import ClassifierConfig
+
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("".join(f"{i % 2}\tgood {i}\n" for i in range(20)), encoding="utf-8")
+    argv = ["classify", "train", str(tsv), "--out", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(argv + ["--lm-corpus", str(tmp_path / "missing.txt")]) == 2
+    assert capsys.readouterr().err == (
+        "classify: --lm-corpus: expected lm_steps > 0 (the pretraining that reads it), "
+        "got lm_steps=0\n"
+    )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=r"^lm_corpus: expected lm_steps > 0"):
+        ClassifierConfig(lm_corpus=str(tsv))
+    assert ClassifierConfig(lm_corpus=str(tsv), lm_steps=1).lm_corpus == str(tsv)

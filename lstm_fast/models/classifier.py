@@ -397,7 +397,7 @@ class ClassifierConfig:
         nb_char_n, nb_word_n: the Naive Bayes baseline's n-gram lengths (defaults 3, 1).
         lm_steps: LM pretraining steps (default 0: none).  lm_seq_len, lm_batch_size: its
             windows (defaults 100, 32).  lm_corpus: extra unlabelled text (default None).
-            lm_max_epochs: (default 3).
+            lm_max_epochs: (default 3). ``lm_corpus`` without ``lm_steps`` is refused.
         ensemble: K, the members trained (default 1).
 
     Example::
@@ -492,6 +492,11 @@ class ClassifierConfig:
             self.lm_corpus = os.fspath(self.lm_corpus)
             if not self.lm_corpus:  # Path("") is ".": the working directory was the corpus
                 raise ValueError("lm_corpus: expected None or a path, got an empty one ('')")
+            if not self.lm_steps:  # nothing read it: `--lm-corpus F` alone was ignored silently
+                raise ValueError(
+                    "lm_corpus: expected lm_steps > 0 (the pretraining that reads it), "
+                    "got lm_steps=0"
+                )
         # bigrams are character bigrams: a word-level run never worked with them (it failed
         # after the Naive Bayes baseline was trained and saved); unset means "with char level"
         if self.bigrams is None:

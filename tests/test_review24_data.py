@@ -210,3 +210,27 @@ def test_classify_lm_corpus_without_pretraining_steps_is_refused(tmp_path, capsy
     with pytest.raises(ValueError, match=r"^lm_corpus: expected lm_steps > 0"):
         ClassifierConfig(lm_corpus=str(tsv))
     assert ClassifierConfig(lm_corpus=str(tsv), lm_steps=1).lm_corpus == str(tsv)
+
+
+def test_classify_eval_takes_the_checkpoint_file_and_names_a_missing_one(tmp_path, capsys):
+    """``classify eval RUN/classifier.npz TSV`` (``sample`` and ``evaluate`` take a checkpoint
+    file) failed with ``[Errno 20] Not a directory: 'RUN/classifier.npz/classifier.npz'``; a
+    missing run printed a bare ``[Errno 2]``. Now the file is read (with the Naive Bayes file
+    beside it), and a missing one is ``no classifier checkpoint at ...``."""
+    from lstm_fast.models import ClassifierConfig, load_classifier, train_classifier
+
+    tsv = tmp_path / "t.tsv"
+    rows = "".join(f"{i % 2}\t{'good' if i % 2 else 'bad'} {i}\n" for i in range(20))
+    tsv.write_text(rows, encoding="utf-8")
+    run = tmp_path / "run"
+    cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, batch_size=8)
+    train_classifier(tsv, run, cfg, progress=False, log=lambda s: 0)
+    capsys.readouterr()
+    assert cli.main(["classify", "eval", str(run / "classifier.npz"), str(tsv)]) == 0
+    by_file = capsys.readouterr().out
+    assert cli.main(["classify", "eval", str(run), str(tsv)]) == 0
+    assert capsys.readouterr().out == by_file
+    assert load_classifier(run / "classifier.npz")[2] is not None  # the Naive Bayes beside it
+    assert cli.main(["classify", "eval", str(tmp_path / "none"), str(tsv)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"classify: no classifier checkpoint at {tmp_path / 'none' / 'classifier.npz'}\n"

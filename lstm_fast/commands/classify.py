@@ -171,7 +171,9 @@ def add_arguments(parser) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(t)
     e = sub.add_parser("eval", help="accuracy of a trained classifier and its baseline")
-    e.add_argument("dir", metavar="DIR", help="run directory of `classify train`")
+    e.add_argument(
+        "dir", metavar="DIR", help="run directory of `classify train` (or its classifier.npz)"
+    )
     e.add_argument("tsv", metavar="TSV", help="test data, label<TAB>text per line")
     add_common(e)
 

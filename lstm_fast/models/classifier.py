@@ -1066,7 +1066,7 @@ def _train_member(
 
 def load_classifier(path):
     r"""``(model, vocab, naive_bayes or None, meta)`` from ``path``, a run directory of
-    :func:`train_classifier`.
+    :func:`train_classifier` (or its ``classifier.npz``).
 
     ``model`` is a :class:`SequenceClassifier`, or a :class:`ClassifierEnsemble` when the run
     trained ``ensemble > 1`` members. Class id ``c`` (what :func:`predict` returns) stands for
@@ -1092,7 +1092,12 @@ def load_classifier(path):
         ('SequenceClassifier', [0, 1], 'NaiveBayes')
     """
     p = Path(path)
-    ck = p / CHECKPOINT
+    # (the checkpoint file itself was read as a directory: "Not a directory:
+    # 'run/classifier.npz/classifier.npz'"); the Naive Bayes file is the one beside it
+    ck = p if p.is_file() else p / CHECKPOINT
+    p = ck.parent
+    if not ck.exists():
+        raise FileNotFoundError(f"no classifier checkpoint at {ck}")
     arrays, meta = load_npz(ck)
     if meta.get("kind") != "classifier":
         raise CheckpointError(f"{ck}: expected a classifier checkpoint, got {meta.get('kind')!r}")

@@ -770,8 +770,9 @@ def read_tsv(path, max_rows: Optional[int] = None):
     r"""Read a ``label<TAB>text`` file: ``(labels (N,) int64, texts list of N str)``.
 
     The text is everything after the first tab (more tabs included). A header -- a first
-    non-blank line whose label is not an integer -- is skipped, blank lines are ignored, and a
-    UTF-8 byte-order mark too (undecodable bytes are replaced). Labels must be integers
+    non-blank line whose label is not an integer -- is skipped, blank lines (empty or only
+    whitespace) are ignored, and a UTF-8 byte-order mark too (undecodable bytes are
+    replaced). Labels must be integers
     (``int()``'s syntax: ``+1``, `` 2``) within int64.
 
     Args:
@@ -806,7 +807,7 @@ def read_tsv(path, max_rows: Optional[int] = None):
             if max_rows is not None and len(texts) >= max_rows:  # (max_rows=0: none)
                 break
             line = line.rstrip("\n").rstrip("\r")
-            if not line:
+            if not line.strip():  # (a line of spaces, an editor's last one, was "no tab")
                 continue
             lab, sep, text = line.partition("\t")
             if not sep:

@@ -234,3 +234,41 @@ def test_classify_eval_takes_the_checkpoint_file_and_names_a_missing_one(tmp_pat
     assert cli.main(["classify", "eval", str(tmp_path / "none"), str(tsv)]) == 1
     err = capsys.readouterr().err
     assert err == f"classify: no classifier checkpoint at {tmp_path / 'none' / 'classifier.npz'}\n"
+
+
+# -- labelled files and the Naive Bayes baseline --------------------------------------------------
+def test_read_tsv_skips_whitespace_only_lines(tmp_path):
+    """A line holding only spaces or a tab (an editor's trailing line, a spreadsheet's empty
+    row) is blank, as the docstring says blank lines are ignored; it failed the whole file with
+    ``expected 'label<TAB>text'`` (or ``label '' is not an integer``)."""
+    from lstm_fast.data import read_tsv
+
+    path = tmp_path / "t.tsv"
+    path.write_bytes(b"\xef\xbb\xbflabel\ttext\r\n1\tgood film\r\n   \r\n\t\r\n0\tdull\r\n  \n")
+    labels, texts = read_tsv(path)
+    assert labels.tolist() == [1, 0] and texts == ["good film", "dull"]
+    path.write_text("1\tok\nx y\n", encoding="utf-8")  # a line without a tab still fails
+    with pytest.raises(ValueError, match=r"t\.tsv:2: expected 'label<TAB>text'"):
+        read_tsv(path)
+
+
+def test_naive_bayes_accuracy_checks_the_labels_and_predict_needs_fit():
+    """``NaiveBayes.accuracy(texts, labels)`` broadcast labels of another length against the
+    predictions (1 text and 2 labels gave 0.5, silently; no text gave NaN with two
+    RuntimeWarnings), and ``predict`` before ``fit`` was an AttributeError about
+    ``log_prior``. Now ``labels`` is named with the expected and given shapes, and an unfitted
+    model says so."""
+    from lstm_fast.models import NaiveBayes
+
+    with pytest.raises(RuntimeError, match="NaiveBayes: not fitted"):
+        NaiveBayes().predict(["a"])
+    nb = NaiveBayes().fit(["good film", "bad film"], [1, 0])
+    with pytest.raises(ValueError, match=r"labels: expected shape \(N=1,\) .*got \(2,\)"):
+        nb.accuracy(["good"], [1, 0])
+    with pytest.raises(ValueError, match=r"labels: expected shape \(N=2,\) .*got \(1, 2\)"):
+        nb.accuracy(["good", "bad"], [[1, 0]])
+    with pytest.raises(ValueError, match=r"labels: expected shape \(N=0,\) with N >= 1"):
+        nb.accuracy([], [])
+    with pytest.raises(TypeError, match="texts: expected a sequence of str, got a str"):
+        nb.fit("good", [1, 0, 1, 1])
+    assert nb.accuracy(["good", "bad"], [1, 0]) == 1.0

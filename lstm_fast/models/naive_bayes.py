@@ -60,6 +60,8 @@ class NaiveBayes:
         """Count the features of ``texts`` (N str) per class, ``labels`` (N,) integer class ids
         >= 0 (C = the largest + 1); returns the model. Raises ``ValueError`` / ``TypeError``
         for labels of another length, non-integer or negative."""
+        if isinstance(texts, str):  # (featurize's message named its own "docs")
+            raise TypeError("texts: expected a sequence of str, got a str")
         lab = np.asarray(labels)
         if lab.ndim != 1 or lab.shape[0] != len(texts) or not lab.size:
             raise ValueError(
@@ -94,7 +96,11 @@ class NaiveBayes:
 
     def decision_function(self, texts: Sequence[str]) -> np.ndarray:
         """The unnormalised log posteriors (D, C), float64, of D ``texts`` (features not seen
-        in training are left out)."""
+        in training are left out). Raises ``RuntimeError`` before :meth:`fit`."""
+        if self.counts is None:  # (an AttributeError about log_prior)
+            raise RuntimeError("NaiveBayes: not fitted (call fit(texts, labels) first)")
+        if isinstance(texts, str):  # (featurize's message named its own "docs")
+            raise TypeError("texts: expected a sequence of str, got a str")
         indptr, ids = _data.featurize(
             texts, self.index, grow=False, char_n=self.char_n, word_n=self.word_n
         )
@@ -109,8 +115,16 @@ class NaiveBayes:
         return self.decision_function(texts).argmax(axis=1)
 
     def accuracy(self, texts: Sequence[str], labels) -> float:
-        """The share of ``texts`` whose predicted class is their entry of ``labels``."""
-        return float((self.predict(texts) == np.asarray(labels)).mean())
+        """The share of ``texts`` whose predicted class is their entry of ``labels`` (N,), N >=
+        1. Raises ``ValueError`` for labels of another shape."""
+        lab = np.asarray(labels)
+        # (labels of another length were broadcast against the predictions: 1 text and 2
+        # labels gave 0.5; none gave NaN with two RuntimeWarnings)
+        if lab.ndim != 1 or len(lab) != len(texts) or not len(lab):
+            raise ValueError(
+                f"labels: expected shape (N={len(texts)},) with N >= 1, got {lab.shape}"
+            )
+        return float((self.predict(texts) == lab).mean())
 
     def save(self, path) -> None:
         """Write the model to ``path`` (a checkpoint ``.npz``: the counts and, in its metadata,

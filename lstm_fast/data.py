@@ -435,13 +435,12 @@ class Vocab:
         renamed over it, so a failed write leaves any previous file intact); :meth:`load` reads
         it back."""
         # (serialised first: a token UTF-8 cannot encode failed half-way, leaving the temp file)
-        from .models.checkpoint import json_text
+        from .models.checkpoint import atomic_write_text, json_text
 
-        text = json_text(self.to_dict())
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        # the checkpoints' writer: a temporary file unique per writer, removed on any failure
+        # (a `path` that is a directory left "path.tmp<pid>" beside it, and two threads saving
+        # to one path shared that name)
+        atomic_write_text(path, json_text(self.to_dict()))
 
     @classmethod
     def load(cls, path) -> Vocab:

@@ -272,3 +272,17 @@ def test_naive_bayes_accuracy_checks_the_labels_and_predict_needs_fit():
     with pytest.raises(TypeError, match="texts: expected a sequence of str, got a str"):
         nb.fit("good", [1, 0, 1, 1])
     assert nb.accuracy(["good", "bad"], [1, 0]) == 1.0
+
+
+def test_vocab_save_that_fails_leaves_no_temporary_file(tmp_path):
+    """``Vocab.save(path)`` wrote ``path.tmp<pid>`` and renamed it: when the rename failed (a
+    ``path`` that is a directory) the temporary file stayed beside it, and two threads saving
+    to one path wrote into the same one. It now writes as the checkpoints do."""
+    from lstm_fast.data import Vocab
+
+    (tmp_path / "vocab.json").mkdir()
+    with pytest.raises(OSError):
+        Vocab.build("hello").save(tmp_path / "vocab.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab.json"]
+    Vocab.build("hello").save(tmp_path / "v.json")
+    assert Vocab.load(tmp_path / "v.json").itos == Vocab.build("hello").itos

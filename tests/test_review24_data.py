@@ -286,3 +286,31 @@ def test_vocab_save_that_fails_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab.json"]
     Vocab.build("hello").save(tmp_path / "v.json")
     assert Vocab.load(tmp_path / "v.json").itos == Vocab.build("hello").itos
+
+
+@pytest.mark.parametrize("where", ["reading", "training"])
+def test_cli_train_ctrl_c_says_it_was_interrupted(tmp_path, monkeypatch, capsys, where):
+    """``train`` caught a Ctrl-C itself and returned 130 without a word: interrupted while it
+    read the corpus (the default corpus, a large directory) it printed nothing at all, unlike
+    every other subcommand (``lstm-fast X: interrupted``). Now it ends with that line too,
+    after the training loop's own ``interrupted: checkpoint written ...``."""
+    import lstm_fast.data as data
+    from lstm_fast.models import CharLM
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "reading":
+        monkeypatch.setattr(data, "_load_corpus", interrupted)
+    else:
+        monkeypatch.setattr(CharLM, "backward", interrupted)
+    argv = ["train", str(corpus), "--out", str(tmp_path / "run"), "--quiet", "--steps", "3"]
+    argv += ["--embed-size", "4", "--hidden-size", "8", "--num-layers", "1"]
+    assert cli.main(argv + ["--seq-len", "8", "--batch-size", "2"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "lstm-fast train: interrupted"
+    if where == "training":
+        assert err[-2].startswith("interrupted: checkpoint written at step 0")

@@ -142,8 +142,8 @@ def run(args) -> int:
             progress=not args.quiet,
             log=lambda m: print(m, file=sys.stderr),
         )
-    except KeyboardInterrupt:
-        return 130
+    # (a KeyboardInterrupt goes to cli.main: "lstm-fast train: interrupted", exit 130; caught
+    # here, a Ctrl-C before the first step -- reading the corpus -- exited 130 saying nothing)
     except (OSError, ValueError) as e:  # OSError: --out is a file, an unreadable corpus, ...
         print(f"train: {in_option_terms(e, names)}", file=sys.stderr)
         return 1

@@ -724,6 +724,8 @@ class BPTTBatcher:
                 raise TypeError(f"{name}: expected an int >= 1, got {type(v).__name__}")
             if v < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {v}")
+        if not isinstance(drop_last, (bool, np.bool_)):  # "no" was truthy: drop_last=True
+            raise TypeError(f"drop_last: expected True or False, got {drop_last!r}")
         self.B, self.T = int(batch_size), int(seq_len)
         n = (len(ids) - 1) // self.B
         if n < 1 or (drop_last and n < self.T):
@@ -755,9 +757,10 @@ class BPTTBatcher:
         t = min(self.T, self.n - s)
         if self._cy:
             return _text.gather_windows(self.x, s, t), _text.gather_windows(self.y, s, t)
+        # C-contiguous as the Cython loop's (astype of the transposed view kept its F order)
         return (
-            self.x[:, s : s + t].T.astype(np.int64),
-            self.y[:, s : s + t].T.astype(np.int64),
+            np.ascontiguousarray(self.x[:, s : s + t].T, dtype=np.int64),
+            np.ascontiguousarray(self.y[:, s : s + t].T, dtype=np.int64),
         )
 
     def __iter__(self):

@@ -314,3 +314,21 @@ def test_cli_train_ctrl_c_says_it_was_interrupted(tmp_path, monkeypatch, capsys,
     assert err[-1] == "lstm-fast train: interrupted"
     if where == "training":
         assert err[-2].startswith("interrupted: checkpoint written at step 0")
+
+
+def test_bptt_windows_are_the_same_arrays_on_both_paths():
+    """``BPTTBatcher(use_cython=False).window(k)`` returned Fortran-ordered arrays (``astype`` of
+    the transposed view), the Cython loop C-contiguous ones: "the results are the same" held for
+    the values only. And ``drop_last="no"`` was truthy, so the short last window was dropped."""
+    from lstm_fast.data import BPTTBatcher
+
+    ids = np.arange(40, dtype=np.int32)[::2]  # non-contiguous int32 ids
+    for k in range(3):
+        a = BPTTBatcher(ids, 2, 3, drop_last=False, use_cython=True).window(k)
+        b = BPTTBatcher(ids, 2, 3, drop_last=False, use_cython=False).window(k)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+            assert u.dtype == v.dtype == np.int64
+            assert u.flags.c_contiguous and v.flags.c_contiguous
+    with pytest.raises(TypeError, match="drop_last: expected True or False, got 'no'"):
+        BPTTBatcher(ids, 2, 3, drop_last="no")

@@ -152,6 +152,9 @@ def featurize(
     for d, doc in enumerate(docs):
         if not isinstance(doc, str):
             raise TypeError(f"docs: expected a sequence of str, got {type(doc).__name__} at {d}")
+    # a str subclass as a plain str: the Cython loop takes exact str only (NumPy's str_, the
+    # elements of np.array(texts), raised "Expected str, got numpy.str_" there)
+    docs = [doc if type(doc) is str else str.__str__(doc) for doc in docs]
     # (the Cython path truncated char_n=1.5 to 1 where the Python one raised)
     for name, v in (("char_n", char_n), ("word_n", word_n)):
         if not _is_int(v) or v < 0:
@@ -317,6 +320,7 @@ class Vocab:
             if not isinstance(text, str):
                 joins = max(len(text) - 1, 0)
                 text = "\n".join(text)
+            text = str.__str__(text)  # a subclass (np.str_) as a plain str, which Cython takes
             if _cython(use_cython):
                 cps, counts = _text.count_codepoints(text)
             else:
@@ -361,6 +365,7 @@ class Vocab:
         for a ``text`` that is not a str."""
         if not isinstance(text, str):  # Cython took None as "", Python bytes as unknown ints
             raise TypeError(f"text: expected a str, got {type(text).__name__}")
+        text = str.__str__(text)  # a subclass (np.str_) as a plain str, which Cython takes
         cy = _cython(use_cython)
         if self.level == "char":
             if cy:

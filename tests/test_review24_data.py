@@ -332,3 +332,30 @@ def test_bptt_windows_are_the_same_arrays_on_both_paths():
             assert u.flags.c_contiguous and v.flags.c_contiguous
     with pytest.raises(TypeError, match="drop_last: expected True or False, got 'no'"):
         BPTTBatcher(ids, 2, 3, drop_last="no")
+
+
+def test_numpy_str_texts_on_the_cython_path():
+    """Texts that are ``np.str_`` (the elements of ``np.array(texts)``, a str subclass) passed
+    every check, then the Cython loops refused them: ``NaiveBayes().fit(np.array(texts), y)``
+    raised ``Expected str, got numpy.str_``, and ``vocab.encode`` / ``Vocab.build`` of one
+    ``Argument 'text' has incorrect type``, where the plain-Python path took them. Both paths
+    now give the same results for them as for plain str."""
+    from lstm_fast.data import Vocab, featurize
+    from lstm_fast.models import NaiveBayes
+
+    texts = ["good film 😀", "bad film"]
+    arr = np.array(texts)
+    assert type(arr[0]) is np.str_
+    for cy in (True, False):
+        a = featurize(arr, {}, grow=True, use_cython=cy)
+        b = featurize(texts, {}, grow=True, use_cython=cy)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+        assert Vocab.build(arr[0], use_cython=cy).itos == Vocab.build(texts[0]).itos
+        for level in ("char", "word"):
+            vocab = Vocab.build(texts, level=level)
+            np.testing.assert_array_equal(
+                vocab.encode(arr[0], use_cython=cy), vocab.encode(texts[0], use_cython=cy)
+            )
+    nb = NaiveBayes().fit(arr, np.array([1, 0], np.int32))
+    assert nb.predict(np.array(["good"])).tolist() == [1]

@@ -359,3 +359,22 @@ def test_numpy_str_texts_on_the_cython_path():
             )
     nb = NaiveBayes().fit(arr, np.array([1, 0], np.int32))
     assert nb.predict(np.array(["good"])).tolist() == [1]
+
+
+def test_classifier_predict_checks_its_arguments_first():
+    """``predict_log_proba(model, seqs, batch_size=-1)`` ran no batch and returned
+    ``np.empty``'s uninitialised memory as the probabilities (``batch_size=0``: a ``range()``
+    error); an empty sequence failed as ``lengths`` in the middle of the batches. Now each is
+    named before any batch runs."""
+    from lstm_fast.models import SequenceClassifier
+    from lstm_fast.models.classifier import predict, predict_log_proba
+
+    m = SequenceClassifier(10, 3, 4, 5, pad_id=1, seed=0)
+    seqs = [np.array([2, 3], np.int32), np.array([4], np.uint8), np.arange(2, 9)]
+    ref = predict_log_proba(m, seqs)
+    for bad in (-1, 0, 1.5):
+        with pytest.raises(ValueError, match=f"batch_size: expected an int >= 1, got {bad}"):
+            predict_log_proba(m, seqs, batch_size=bad)
+    with pytest.raises(ValueError, match="seqs: expected sequences of at least 1 token, got an"):
+        predict(m, seqs + [np.array([], np.int64)])
+    np.testing.assert_allclose(predict_log_proba(m, seqs, batch_size=1), ref, rtol=1e-6)

@@ -704,14 +704,25 @@ def predict_log_proba(model, seqs, bseqs=None, batch_size: int = 256) -> np.ndar
     and their bigram ids ``bseqs`` when the model has a bigram embedding, default None), for a
     :class:`SequenceClassifier` or a :class:`ClassifierEnsemble` ``model``, in eval mode (the
     model's own mode is restored afterwards), ``batch_size`` sequences of similar length at a
-    time (default 256)."""
+    time (default 256). Raises ``ValueError`` for an empty sequence, ``bseqs`` of another
+    length or a ``batch_size`` < 1, before any batch runs."""
+    # (batch_size=-1 returned np.empty's garbage as the probabilities, 0 a range() error; an
+    # empty sequence failed as "lengths" in the middle of the batches)
+    check_int("batch_size", batch_size, 1)
+    lens = [len(s) for s in seqs]
+    if 0 in lens:
+        raise ValueError(
+            f"seqs: expected sequences of at least 1 token, got an empty one at {lens.index(0)}"
+        )
+    if bseqs is not None and len(bseqs) != len(seqs):
+        raise ValueError(f"bseqs: expected {len(seqs)} sequences (one per seqs), got {len(bseqs)}")
     members = model.members if isinstance(model, ClassifierEnsemble) else [model]
     modes = [m.training for m in members]  # restored afterwards: a served model stays in eval
     model.eval()
     try:
         pad = model.config["pad_id"] or 0
         bpad = model.config.get("bigram_pad_id") or 0
-        order = np.argsort([len(s) for s in seqs], kind="stable")
+        order = np.argsort(lens, kind="stable")
         out = np.empty((len(seqs), model.config["num_classes"]), np.float64)
         for k in range(0, len(order), batch_size):
             idx = order[k : k + batch_size]

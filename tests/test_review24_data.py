@@ -378,3 +378,27 @@ def test_classifier_predict_checks_its_arguments_first():
     with pytest.raises(ValueError, match="seqs: expected sequences of at least 1 token, got an"):
         predict(m, seqs + [np.array([], np.int64)])
     np.testing.assert_allclose(predict_log_proba(m, seqs, batch_size=1), ref, rtol=1e-6)
+
+
+def test_inspector_helpers_on_empty_mismatched_and_surrogate_input(tmp_path):
+    """The inspector's public helpers: ``render_html`` / ``render_png`` cut ``values`` or the
+    text to the shorter of the two (``zip``) and failed on an empty text with NumPy's
+    ``zero-size array`` error; ``unit_series`` wrapped an index past the last unit around to
+    another unit (and -1 to the last c unit); ``text_features`` raised UnicodeEncodeError for a
+    lone surrogate (which training texts may hold); ``rank_cells`` failed to reshape 0 rows."""
+    from lstm_fast.models import inspect as ins
+
+    with pytest.raises(ValueError, match=r"values: expected shape \(N=3,\).*got \(2,\)"):
+        ins.render_html("abc", np.zeros(2))
+    with pytest.raises(ValueError, match=r"values: expected shape \(N=1,\).*got \(2,\)"):
+        ins.render_png(tmp_path / "a.png", "a", np.zeros(2))
+    assert ins.render_html("", np.zeros(0)).count("<span") == 0
+    acts = {"c": np.zeros((3, 1, 2)), "h": np.ones((3, 1, 2))}
+    for bad in (4, 7, -1):
+        with pytest.raises(ValueError, match=rf"index: expected an int in \[0, 4\), got {bad}"):
+            ins.unit_series(acts, bad)
+    assert ins.unit_series(acts, 3).tolist() == [1.0, 1.0, 1.0]
+    feats = ins.text_features('x = "a\udc80"\n')
+    assert feats["in_quote"].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0]
+    empty = {"c": np.zeros((0, 1, 2)), "h": np.zeros((0, 1, 2))}
+    assert len(ins.rank_cells(empty, ins.text_features(""), 1)["in_quote"]) == 1

@@ -63,7 +63,8 @@ def text_features(text: str) -> dict:
     keyword). Brackets and keywords inside strings and comments do not count (``"("`` opens
     nothing)."""
     n = len(text)
-    arr = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    # (surrogatepass: a lone surrogate, which a training text may hold, raised UnicodeEncodeError)
+    arr = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     newline = arr == ord("\n")
     idx = np.arange(n)
     line_start = np.maximum.accumulate(np.where(newline, idx + 1, 0))
@@ -164,9 +165,9 @@ def rank_cells(acts: dict, feats: dict, top: int = 5) -> dict:
     layer by layer (L*H each). Raises ``ValueError`` for a ``top`` < 1."""
     check_int("top", top, 1)  # 0 left every list empty, -1 listed all units but one
     out = {}
-    L, H = acts["c"].shape[1:]
-    series = np.concatenate(
-        [acts["c"].reshape(len(acts["c"]), -1), acts["h"].reshape(len(acts["h"]), -1)], axis=1
+    N, L, H = acts["c"].shape
+    series = np.concatenate(  # (reshape(N, -1) failed for N = 0)
+        [acts["c"].reshape(N, L * H), acts["h"].reshape(N, L * H)], axis=1
     ).astype(np.float64)
     for name, f in feats.items():
         r = _corr(series, f)
@@ -190,11 +191,29 @@ def rank_cells(acts: dict, feats: dict, top: int = 5) -> dict:
 
 def unit_series(acts: dict, index: int) -> np.ndarray:
     """The activations (N,) of unit ``index`` of ``acts`` (:func:`record_activations`'), in
-    :func:`rank_cells`' numbering: c units first, then h, layer by layer."""
+    :func:`rank_cells`' numbering: c units first, then h, layer by layer. Raises
+    ``ValueError`` for an ``index`` outside [0, 2 L H)."""
     L, H = acts["c"].shape[1:]
+    # (one past the last unit wrapped around to another, and -1 read the last c unit)
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+        raise ValueError(f"index: expected an int in [0, {2 * L * H}), got {index!r}")
+    if not 0 <= index < 2 * L * H:
+        raise ValueError(f"index: expected an int in [0, {2 * L * H}), got {index}")
     kind = "c" if index < L * H else "h"
     j = index % (L * H)
     return acts[kind][:, j // H, j % H]
+
+
+def _check_values(text: str, values) -> np.ndarray:
+    """``values`` as a float array (N,) for the N characters of ``text``: zip() cut the longer
+    one silently, and an empty text failed in max()."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(text),):
+        raise ValueError(
+            f"values: expected shape (N={len(text)},), one per character of text, "
+            f"got {values.shape}"
+        )
+    return values
 
 
 def _colour(v: float) -> str:
@@ -210,8 +229,10 @@ def _colour(v: float) -> str:
 def render_html(text: str, values: np.ndarray, title: str = "") -> str:
     """An HTML page of ``text`` with each character's background coloured by its entry of
     ``values`` (N,) (divided by their largest magnitude: blue -1, white 0, red +1), under the
-    heading ``title`` (default none)."""
-    scale = max(float(np.abs(values).max()), 1e-6)
+    heading ``title`` (default none). Raises ``ValueError`` unless ``values`` has one entry
+    per character."""
+    values = _check_values(text, values)
+    scale = max(float(np.abs(values).max(initial=0.0)), 1e-6)
     spans = []
     for ch, v in zip(text, values / scale):
         c = html.escape(ch) if ch != "\n" else "↵<br>"
@@ -233,12 +254,13 @@ def render_png(
     """Write a PNG to ``path``: ``text`` as a character grid (``width`` columns, default 80,
     long lines wrapped, at most ``max_lines`` lines, default 40) coloured by ``values`` (N,)
     as :func:`render_html`, titled ``title``; returns the path. Needs matplotlib."""
+    values = _check_values(text, values)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scale = max(float(np.abs(values).max()), 1e-6)
+    scale = max(float(np.abs(values).max(initial=0.0)), 1e-6)
     rows, cur, vals, vcur = [], [], [], []
     for ch, v in zip(text, values / scale):
         if ch == "\n" or len(cur) >= width:

@@ -148,6 +148,8 @@ def _literals(text: str):
 
 def _corr(acts: np.ndarray, feat: np.ndarray) -> np.ndarray:
     """Pearson correlation of each column of acts (N, U) with feat (N,); 0 where constant."""
+    if not len(acts):  # no rows: no correlation (the means warned "Mean of empty slice")
+        return np.zeros(acts.shape[1])
     a = acts - acts.mean(0)
     f = feat - feat.mean()
     den = np.sqrt((a * a).sum(0) * (f * f).sum())

@@ -380,12 +380,14 @@ def test_classifier_predict_checks_its_arguments_first():
     np.testing.assert_allclose(predict_log_proba(m, seqs, batch_size=1), ref, rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_inspector_helpers_on_empty_mismatched_and_surrogate_input(tmp_path):
     """The inspector's public helpers: ``render_html`` / ``render_png`` cut ``values`` or the
     text to the shorter of the two (``zip``) and failed on an empty text with NumPy's
     ``zero-size array`` error; ``unit_series`` wrapped an index past the last unit around to
     another unit (and -1 to the last c unit); ``text_features`` raised UnicodeEncodeError for a
-    lone surrogate (which training texts may hold); ``rank_cells`` failed to reshape 0 rows."""
+    lone surrogate (which training texts may hold); ``rank_cells`` failed to reshape 0 rows
+    (then warned "Mean of empty slice")."""
     from lstm_fast.models import inspect as ins
 
     with pytest.raises(ValueError, match=r"values: expected shape \(N=3,\).*got \(2,\)"):

@@ -404,3 +404,20 @@ def test_inspector_helpers_on_empty_mismatched_and_surrogate_input(tmp_path):
     assert feats["in_quote"].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0]
     empty = {"c": np.zeros((0, 1, 2)), "h": np.zeros((0, 1, 2))}
     assert len(ins.rank_cells(empty, ins.text_features(""), 1)["in_quote"]) == 1
+
+
+def test_sampler_exclude_and_init_state_are_checked():
+    """``Sampler(model, exclude=(1.5,))`` excluded id 1 (``int(1.5)``), ``exclude=("a",)`` or
+    ``None`` raised TypeErrors naming nothing, and ``CharLM.init_state(-1)`` NumPy's
+    ``negative dimensions are not allowed``. Each is now named."""
+    from lstm_fast.models import CharLM, Sampler
+
+    m = CharLM(5, 4, 8, 1, seed=0)
+    for bad in ((1.5,), ("a",), None):
+        with pytest.raises(TypeError, match="exclude: expected an iterable of int ids"):
+            Sampler(m, exclude=bad)
+    assert Sampler(m, exclude=np.array([1, 2, 9])).exclude.tolist() == [1, 2]
+    for bad in (-1, 2.0):
+        with pytest.raises(ValueError, match=f"batch_size: expected an int >= 0, got {bad}"):
+            m.init_state(bad)
+    assert m.init_state(np.int64(3))[0].shape == (1, 3, 8)

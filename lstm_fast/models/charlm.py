@@ -140,6 +140,7 @@ class CharLM(Module):
 
     def init_state(self, batch_size: int):
         """The zero state ``(h, c)`` for ``batch_size`` streams, each (L, B, H) float32."""
+        check_int("batch_size", batch_size, 0)  # (NumPy's "negative dimensions" named nothing)
         L, H = self.config["num_layers"], self.config["hidden_size"]
         return (np.zeros((L, batch_size, H), np.float32), np.zeros((L, batch_size, H), np.float32))
 
@@ -772,6 +773,10 @@ class Sampler:
 
     def __init__(self, model: CharLM, *, seed: Optional[int] = 0, exclude: tuple = (0,)):
         check_int("seed", seed, 0, optional=True)  # NumPy's error named no argument
+        try:  # (1.5 excluded id 1, "a" and None raised unnamed TypeErrors)
+            exclude = [operator.index(e) for e in exclude]
+        except TypeError:
+            raise TypeError(f"exclude: expected an iterable of int ids, got {exclude!r}") from None
         mc = model.config
         L, H, V = mc["num_layers"], mc["hidden_size"], mc["vocab_size"]
         self.L, self.H, self.V = L, H, V
@@ -803,7 +808,7 @@ class Sampler:
         self.work = np.empty(V, f32)
         self.mask = np.empty(V, bool)
         self.cdf = np.empty(V, np.float64)
-        excl = sorted({int(e) for e in exclude if 0 <= e < V})
+        excl = sorted({e for e in exclude if 0 <= e < V})
         # excluding every token would leave nothing to draw (all -inf): then exclude none
         self.exclude = np.array(excl if len(excl) < V else [], dtype=np.int64)
         self.rng = np.random.default_rng(seed)

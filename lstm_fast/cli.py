@@ -48,9 +48,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `lstm-fast sample DIR | head`: the reader left, no traceback
         # (stdout's unflushed rest would raise again at exit: it goes to /dev/null)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _discard_stdout()
         return 1
+    except OSError as e:  # the results could not be written (`> /dev/full`: a traceback)
+        what = ""
+        try:
+            sys.stdout.flush()
+        except OSError:  # stdout itself failed: its unflushed rest would raise again at exit
+            _discard_stdout()
+            what = "writing the output: "
+        print(f"lstm-fast {args.command}: {what}{e}", file=sys.stderr)
+        return 1
+
+
+def _discard_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -421,3 +421,37 @@ def test_sampler_exclude_and_init_state_are_checked():
         with pytest.raises(ValueError, match=f"batch_size: expected an int >= 0, got {bad}"):
             m.init_state(bad)
     assert m.init_state(np.int64(3))[0].shape == (1, 3, 8)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["sample", "evaluate"])
+def test_cli_output_to_a_full_disk_is_one_line(tmp_path, command):
+    """``lstm-fast sample DIR > /dev/full`` (a full disk, a quota) ended in an ``OSError: [Errno
+    28] No space left on device`` traceback through ``cli.main``; only a closed pipe was
+    handled. Now one line naming the subcommand and the error, exit status 1."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    train_charlm(_cfg(steps=1), run, text=TEXT, progress=False, log=lambda s: 0)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    argv = {
+        "sample": ["sample", str(run), "--length", "20"],
+        "evaluate": ["evaluate", str(run), str(corpus), "--json"],
+    }[command]
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(
+            [sys.executable, "-m", "lstm_fast.cli"] + argv,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+            timeout=120,
+        )
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"lstm-fast {command}: [Errno 28] No space left on device"
+    ]

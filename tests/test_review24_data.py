@@ -454,3 +454,36 @@ def test_cli_output_to_a_full_disk_is_one_line(tmp_path, command):
     assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr
     (line,) = p.stderr.strip().splitlines()
     assert line.startswith(f"lstm-fast {command}: ") and line.endswith("No space left on device")
+
+
+def test_ctrl_c_in_a_periodic_validation_resumes_with_it(tmp_path, monkeypatch):
+    """A Ctrl-C in the validation of step k (``val_every``) checkpointed step k without its
+    figure, and the resumed run went on to step k + 1: its history (``hist/val``, the loss plot)
+    lacked step k's validation, unlike a run straight through. Now the resumed run validates
+    step k first."""
+    import lstm_fast.models.charlm as charlm
+    from lstm_fast.models.checkpoint import load_npz
+
+    cfg = dict(steps=6, val_every=2)
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    train_charlm(_cfg(**cfg), straight, text=TEXT, progress=False, log=lambda s: 0)
+    evaluate = charlm.evaluate_bpc
+    calls = []
+
+    def interrupted_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(charlm, "evaluate_bpc", interrupted_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_charlm(_cfg(**cfg), cut, text=TEXT, progress=False, log=lambda s: 0)
+    monkeypatch.setattr(charlm, "evaluate_bpc", evaluate)
+    assert load_charlm(cut)[2]["step"] == 4
+    train_charlm(_cfg(**cfg), cut, resume=True, text=TEXT, progress=False, log=lambda s: 0)
+    a = load_npz(straight / "checkpoint.npz")[0]
+    b = load_npz(cut / "checkpoint.npz")[0]
+    assert a["hist/val"][:, 0].tolist() == [2, 4, 6]
+    np.testing.assert_array_equal(a["hist/val"], b["hist/val"])
+    np.testing.assert_array_equal(a["hist/train_bpc"], b["hist/train_bpc"])

@@ -652,12 +652,24 @@ def train_charlm(
     def checkpoint():
         _save(out, cfg, vocab, model, opt, state, hist, step, digest)
 
+    def periodic_validation():
+        nonlocal val_bpc
+        due = cfg.val_every and step > 0 and step % cfg.val_every == 0 and step < cfg.steps
+        if due and len(val_ids) > 1 and (not hist["val"] or hist["val"][-1][0] != step):
+            val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
+            hist["val"].append([step, val_bpc])
+            if bar is not None:
+                bar.write(f"step {step}: validation {val_bpc:.4f} bits/char")
+
     model.zero_grad()
     # the generators' states before the step under way: a Ctrl-C in its forward or backward
     # (after its dropout masks were drawn) checkpoints these, so the resumed run draws the
     # same masks for that step again (the states after the draws made it draw new ones)
     rng_start = None
     try:
+        # a run interrupted in (or before) the validation of its last step does it first:
+        # the resumed history is that of a run straight through (it lacked that entry)
+        periodic_validation()
         while step < cfg.steps:
             t0 = time.perf_counter()
             rng_start = model.rng_states()
@@ -688,16 +700,7 @@ def train_charlm(
                 bar.update(1)
             if on_step is not None:
                 on_step(step, bpc)
-            if (
-                cfg.val_every
-                and step % cfg.val_every == 0
-                and step < cfg.steps
-                and len(val_ids) > 1
-            ):
-                val_bpc = evaluate_bpc(model, val_ids, cfg.batch_size, cfg.seq_len)
-                hist["val"].append([step, val_bpc])
-                if bar is not None:
-                    bar.write(f"step {step}: validation {val_bpc:.4f} bits/char")
+            periodic_validation()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 checkpoint()
         if bar is not None:

@@ -487,3 +487,24 @@ def test_ctrl_c_in_a_periodic_validation_resumes_with_it(tmp_path, monkeypatch):
     assert a["hist/val"][:, 0].tolist() == [2, 4, 6]
     np.testing.assert_array_equal(a["hist/val"], b["hist/val"])
     np.testing.assert_array_equal(a["hist/train_bpc"], b["hist/train_bpc"])
+
+
+def test_out_dir_that_is_a_dangling_symbolic_link_is_refused_first(tmp_path):
+    """An ``--out`` that is (or is under) a symbolic link to a missing target passed the run
+    directory check as "missing", then ``mkdir`` raised ``FileExistsError``: for the classifier
+    after every epoch had been trained (it writes at the end). Now refused before any work,
+    naming the link and its target."""
+    from lstm_fast.models import ClassifierConfig, train_classifier
+
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone" / "run")
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("".join(f"{i % 2}\tgood {i}\n" for i in range(20)), encoding="utf-8")
+    logged = []
+    cfg = ClassifierConfig(embed_size=4, hidden_size=4, epochs=1, batch_size=8)
+    for out in (link, link / "sub"):
+        with pytest.raises(NotADirectoryError, match="is a symbolic link to the missing"):
+            train_classifier(tsv, out, cfg, progress=False, log=logged.append)
+        with pytest.raises(NotADirectoryError, match=f"{str(link)!r} is a symbolic link"):
+            train_charlm(_cfg(), out, text=TEXT, progress=False, log=logged.append)
+    assert logged == [] and not (tmp_path / "gone").exists()

@@ -154,23 +154,30 @@ def json_text(obj, **kwargs) -> str:
 def check_run_dir(path, what: str = "out_dir") -> None:
     """Raise before any work unless ``path`` is a directory or ``os.makedirs`` can make it: an
     existing file, or a file where an ancestor directory should be (``/dev/null/run``), raises
-    ``NotADirectoryError``, and an existing ancestor this process may not write into
-    ``PermissionError``; both messages start with ``what`` and name the path. An empty path
-    raises ``ValueError`` (``--out "$UNSET"`` wrote the run into the working directory)."""
+    ``NotADirectoryError`` (so does a symbolic link to a missing target there), and an
+    existing ancestor this process may not write into ``PermissionError``; both messages start
+    with ``what`` and name the path. An empty path raises ``ValueError`` (``--out "$UNSET"``
+    wrote the run into the working directory)."""
     path = os.fspath(path)
     if isinstance(path, (str, bytes)) and not path:
         raise ValueError(f"{what}: expected a run directory path, got an empty one ({path!r})")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{what}: expected a run directory, got the file {path!r}")
     head = os.path.abspath(path)
-    while not os.path.exists(head):  # the nearest existing ancestor holds the new directories
+    # the nearest existing ancestor holds the new directories; lexists: a dangling symbolic
+    # link passed as missing, and mkdir then raised FileExistsError (the classifier's after
+    # every epoch had been trained)
+    while not os.path.lexists(head):
         parent = os.path.dirname(head)
         if parent == head:  # pragma: no cover - the root always exists
             break
         head = parent
     if not os.path.isdir(head):
+        kind = "a file"
+        if os.path.islink(head) and not os.path.exists(head):
+            kind = f"a symbolic link to the missing {os.readlink(head)!r}"
         raise NotADirectoryError(
-            f"{what}: cannot create the run directory {path!r}: {head!r} is a file"
+            f"{what}: cannot create the run directory {path!r}: {head!r} is {kind}"
         )
     if not os.access(head, os.W_OK | os.X_OK):
         raise PermissionError(

@@ -508,3 +508,30 @@ def test_out_dir_that_is_a_dangling_symbolic_link_is_refused_first(tmp_path):
         with pytest.raises(NotADirectoryError, match=f"{str(link)!r} is a symbolic link"):
             train_charlm(_cfg(), out, text=TEXT, progress=False, log=logged.append)
     assert logged == [] and not (tmp_path / "gone").exists()
+
+
+def test_inspect_out_through_a_dangling_link_is_checked_first(tmp_path, capsys, monkeypatch):
+    """``inspect --out LINK.html`` with LINK pointing into a missing directory passed the output
+    check (its own directory exists), recorded every activation, then failed to write ``No
+    such file or directory``. Now a usage error first, naming the link and its target; a link
+    to a new file in an existing directory is still written through."""
+    from lstm_fast.models import inspect as ins
+
+    run = tmp_path / "run"
+    train_charlm(_cfg(steps=1), run, text=TEXT, progress=False, log=lambda s: 0)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    link = tmp_path / "out.html"
+    link.symlink_to(tmp_path / "gone" / "x.html")
+    recorded = []
+    record = ins.record_activations
+    monkeypatch.setattr(ins, "record_activations", lambda *a: recorded.append(1) or record(*a))
+    capsys.readouterr()
+    assert cli.main(["inspect", str(run), str(corpus), "--out", str(link)]) == 2
+    err = capsys.readouterr().err
+    assert "is a symbolic link to" in err and "whose directory does not exist" in err, err
+    assert recorded == []
+    ok = tmp_path / "ok.html"
+    ok.symlink_to(tmp_path / "new.html")
+    assert cli.main(["inspect", str(run), str(corpus), "--out", str(ok)]) == 0
+    assert (tmp_path / "new.html").stat().st_size > 0

@@ -47,9 +47,17 @@ def add_arguments(parser) -> None:
 def _output_problem(path) -> str | None:
     """Why ``path`` cannot be written as a file (None when it can, as far as can be told)."""
     import os
+    from pathlib import Path
 
     if path.is_dir():
         return f"expected a file path, got the directory {str(path)!r}"
+    if path.is_symlink() and not path.exists():  # written through: its target's directory
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():  # (failed after the activations had been recorded)
+            return (
+                f"{str(path)!r} is a symbolic link to {str(target)!r}, whose directory does "
+                "not exist"
+            )
     parent = path.parent
     if not parent.is_dir():
         return f"directory {str(parent)!r} does not exist"

@@ -535,3 +535,36 @@ def test_inspect_out_through_a_dangling_link_is_checked_first(tmp_path, capsys, 
     ok.symlink_to(tmp_path / "new.html")
     assert cli.main(["inspect", str(run), str(corpus), "--out", str(ok)]) == 0
     assert (tmp_path / "new.html").stat().st_size > 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_or_directory_as_checkpoint_is_refused_without_blocking(tmp_path):
+    """``lstm-fast sample FIFO`` (a named pipe where a checkpoint was expected) blocked in
+    ``open()`` until some writer came -- forever; a directory named ``checkpoint.npz`` was an
+    ``IsADirectoryError``. Both are now a :class:`CheckpointError` naming the path, before
+    anything is opened."""
+    import os
+    import subprocess
+    import sys
+
+    from lstm_fast.models.checkpoint import CheckpointError, load_npz
+
+    fifo = tmp_path / "ck.npz"
+    os.mkfifo(fifo)
+    p = subprocess.run(
+        [sys.executable, "-m", "lstm_fast.cli", "sample", str(fifo)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,  # a guard against the old hang, not a timing assertion
+    )
+    assert p.returncode == 1, p.stderr
+    assert (
+        p.stderr
+        == f"sample: {fifo}: not a regular file, not an lstm_fast checkpoint (a .npz file)\n"
+    )
+    (tmp_path / "run" / "checkpoint.npz").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="checkpoint.npz: a directory, not an lstm_fast"):
+        load_charlm(tmp_path / "run")
+    with pytest.raises(FileNotFoundError):
+        load_npz(tmp_path / "missing.npz")

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import struct
 import threading
 import zipfile
@@ -303,10 +304,15 @@ def load_npz(path) -> tuple[dict, dict]:
 
     ``arrays`` is ``{name: ndarray}`` in the order written; ``meta`` the JSON object, with its
     ``format_version``. A missing file raises ``FileNotFoundError``; anything else that is not a
-    well-formed checkpoint of this format version raises :class:`CheckpointError`. The entry
+    well-formed checkpoint of this format version (a directory, a FIFO too) raises
+    :class:`CheckpointError`. The entry
     names are checked first, then ``__meta__`` and its version, then the arrays.
     """
     shown = os.fspath(path)
+    # a FIFO (or a device) is no checkpoint: open() blocked until a writer came, forever
+    if not stat.S_ISREG(os.stat(shown).st_mode):  # (a missing path: FileNotFoundError)
+        kind = "a directory" if os.path.isdir(shown) else "not a regular file"
+        raise CheckpointError(f"{shown}: {kind}, not an lstm_fast checkpoint (a .npz file)")
     with open(shown, "rb") as f:
         head = f.read(8)
         size = f.seek(0, os.SEEK_END)

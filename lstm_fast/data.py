@@ -778,9 +778,8 @@ def read_tsv(path, max_rows: Optional[int] = None):
 
     The text is everything after the first tab (more tabs included). A header -- a first
     non-blank line whose label is not an integer -- is skipped, blank lines (empty or only
-    whitespace) are ignored, and a UTF-8 byte-order mark too (undecodable bytes are
-    replaced). Labels must be integers
-    (``int()``'s syntax: ``+1``, `` 2``) within int64.
+    whitespace) are ignored, and a UTF-8 byte-order mark too (undecodable bytes are replaced).
+    Labels must be integers (``int()``'s syntax: ``+1``, `` 2``) within int64.
 
     Args:
         path: the file.

@@ -305,8 +305,8 @@ def load_npz(path) -> tuple[dict, dict]:
     ``arrays`` is ``{name: ndarray}`` in the order written; ``meta`` the JSON object, with its
     ``format_version``. A missing file raises ``FileNotFoundError``; anything else that is not a
     well-formed checkpoint of this format version (a directory, a FIFO too) raises
-    :class:`CheckpointError`. The entry
-    names are checked first, then ``__meta__`` and its version, then the arrays.
+    :class:`CheckpointError`. The entry names are checked first, then ``__meta__`` and its
+    version, then the arrays.
     """
     shown = os.fspath(path)
     # a FIFO (or a device) is no checkpoint: open() blocked until a writer came, forever

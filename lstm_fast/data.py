@@ -155,6 +155,9 @@ def featurize(
     # a str subclass as a plain str: the Cython loop takes exact str only (NumPy's str_, the
     # elements of np.array(texts), raised "Expected str, got numpy.str_" there)
     docs = [doc if type(doc) is str else str.__str__(doc) for doc in docs]
+    # (grow="no" was truthy: the index grew where the caller meant it not to)
+    if not isinstance(grow, (bool, np.bool_)):
+        raise TypeError(f"grow: expected True or False, got {grow!r}")
     # (the Cython path truncated char_n=1.5 to 1 where the Python one raised)
     for name, v in (("char_n", char_n), ("word_n", word_n)):
         if not _is_int(v) or v < 0:
@@ -227,6 +230,8 @@ class Vocab:
         for k, t in enumerate(tokens):
             if not isinstance(t, str):
                 raise TypeError(f"tokens: expected str tokens, got {type(t).__name__} at {k}")
+        if not isinstance(pad, (bool, np.bool_)):  # (pad="no" was truthy: a pad token added)
+            raise TypeError(f"pad: expected True or False, got {pad!r}")
         self.level = level
         self.unk = unk if unk is not None else ("\ufffd" if level == "char" else "<unk>")
         self.pad = bool(pad)
@@ -652,6 +657,8 @@ def train_val_split(ids: np.ndarray, val_fraction: float = 0.05):
         )
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a float in [0, 1), got {val_fraction}")
+    if not hasattr(ids, "__len__") or not hasattr(ids, "__getitem__"):  # (len() failed unnamed)
+        raise TypeError(f"ids: expected a sequence or array of token ids, got {type(ids).__name__}")
     n_val = int(round(len(ids) * val_fraction))
     cut = len(ids) - n_val
     return ids[:cut], ids[cut:]

@@ -203,8 +203,8 @@ def test_classify_lm_corpus_without_pretraining_steps_is_refused(tmp_path, capsy
     argv = ["classify", "train", str(tsv), "--out", str(tmp_path / "run"), "--quiet"]
     assert cli.main(argv + ["--lm-corpus", str(tmp_path / "missing.txt")]) == 2
     assert capsys.readouterr().err == (
-        "classify: --lm-corpus: expected lm_steps > 0 (the pretraining that reads it), "
-        "got lm_steps=0\n"
+        "classify: --lm-corpus: expected --lm-steps > 0 (the pretraining that reads it), "
+        "got --lm-steps=0\n"
     )
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match=r"^lm_corpus: expected lm_steps > 0"):

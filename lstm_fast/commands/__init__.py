@@ -52,9 +52,20 @@ def option_names(args, **overrides) -> dict:
 def in_option_terms(error: BaseException, names: dict) -> str:
     """An error message that starts with a setting's name (``hidden_size: expected ...``, as the
     models' configs raise them) with the option's name instead (``--hidden-size: ...``)."""
+    import re
+
     msg = str(error)
     name, sep, rest = msg.partition(": ")
-    return f"{names[name]}: {rest}" if sep and name in names else msg
+    if not (sep and name in names):
+        return msg
+    # other settings the message names (``lm_corpus: expected lm_steps > 0``) as options too:
+    # names with an underscore (prose never holds one as a word) standing alone, not part of a
+    # path or a quoted value (``got '/tmp/out_dir'``)
+    for other, option in names.items():
+        if "_" in other:
+            pat = rf"(?<![\w/.'\"\\-]){re.escape(other)}(?=[\s=<>!,;)]|$)"
+            rest = re.sub(pat, option, rest)
+    return f"{names[name]}: {rest}"
 
 
 def int_at_least(lo: int):

@@ -31,16 +31,20 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import os
     import sys
     import time
 
-    from ..data import load_corpus
+    from ..data import TEXT_EXTENSIONS, _load_corpus
     from ..models.charlm import evaluate_bpc, load_charlm
 
     set_threads(args)
     try:
         model, vocab, _, _ = load_charlm(args.dir)
-        text = load_corpus(args.text, max_chars=args.max_chars)
+        # a TEXT directory holding the run: the run's own files (its JSON history and
+        # settings) left out, as `train` leaves them out of its corpus
+        run_dir = args.dir if os.path.isdir(args.dir) else os.path.dirname(args.dir) or "."
+        text = _load_corpus(args.text, False, args.max_chars, TEXT_EXTENSIONS, run_dir)
     except (OSError, ValueError) as e:  # the loader says "corpus": here it is TEXT
         print(f"evaluate: {in_option_terms(e, {'corpus': 'TEXT'})}", file=sys.stderr)
         return 1

@@ -67,10 +67,11 @@ def _output_problem(path) -> str | None:
 
 
 def run(args) -> int:
+    import os
     import sys
     from pathlib import Path
 
-    from ..data import load_corpus
+    from ..data import TEXT_EXTENSIONS, _load_corpus
     from ..models import inspect as ins
     from ..models.charlm import load_charlm
 
@@ -90,7 +91,10 @@ def run(args) -> int:
             return usage_error(f"{opt}: {problem}")
     try:
         model, vocab, _, _ = load_charlm(args.dir)
-        text = load_corpus(args.text, max_chars=args.max_chars)
+        # a TEXT directory holding the run: the run's own files (its JSON history and
+        # settings) left out, as `train` leaves them out of its corpus
+        run_dir = args.dir if os.path.isdir(args.dir) else os.path.dirname(args.dir) or "."
+        text = _load_corpus(args.text, False, args.max_chars, TEXT_EXTENSIONS, run_dir)
     except (OSError, ValueError) as e:  # the loader says "corpus": here it is TEXT
         print(f"inspect: {in_option_terms(e, {'corpus': 'TEXT'})}", file=sys.stderr)
         return 1

@@ -438,6 +438,8 @@ def evaluate_bpc(model: CharLM, ids: np.ndarray, batch_size: int = 32, seq_len: 
     for name, v in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    if not hasattr(ids, "__len__"):  # a generator: len() failed unnamed
+        raise TypeError(f"ids: expected a sequence or array of token ids, got {type(ids).__name__}")
     if len(ids) < 2:  # a character is predicted from the one before it
         raise ValueError(f"ids: expected at least 2 token ids, got {len(ids)}")
     ids = np.asarray(ids)

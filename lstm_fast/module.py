@@ -413,9 +413,14 @@ class Module:
         for name, p in own.items():
             if name not in state_dict:
                 continue
-            staged[name] = _as_dtype(
+            arr = _as_dtype(
                 f"load_state_dict: {name}", state_dict[name], p.data.dtype, p.data.shape
             )
+            # an entry that is (a view of) a parameter's own memory is copied first: written
+            # in turn, {"a": b.data, "b": a.data} loaded a's new values into b as well
+            if any(np.may_share_memory(arr, q.data) for q in own.values()):
+                arr = arr.copy()
+            staged[name] = arr
         check_writeable("load_state_dict", {n: own[n] for n in staged})
         for name, arr in staged.items():
             p = own[name]

@@ -78,16 +78,32 @@ def _np(name: str, a: Any, shape: tuple, legend: str) -> np.ndarray:
     return arr
 
 
-def _kind(layer) -> str:
+def _kind(layer, what: str) -> str:
+    """The layer's kind, after checking (for ``what``, the caller) that every parameter it
+    computes with is there, float32 of its shape: a deleted bias was exported as none (a
+    layer without bias) and a misshaped weight as malformed initializers, or an import
+    failed with a KeyError, or checked the given arrays against the misshaped weight."""
     if isinstance(layer, (_rnn.LSTM, _rnn.LSTMCell)):
-        return "LSTM"
-    if isinstance(layer, (_rnn.GRU, _rnn.GRUCell)):
-        return "GRU"
-    if isinstance(layer, (_rnn.RNN, _rnn.RNNCell)):
-        return "RNN"
-    raise TypeError(
-        f"layer: expected an lstm_fast LSTM, GRU or RNN layer, got {type(layer).__name__}"
-    )
+        kind = "LSTM"
+    elif isinstance(layer, (_rnn.GRU, _rnn.GRUCell)):
+        kind = "GRU"
+    elif isinstance(layer, (_rnn.RNN, _rnn.RNNCell)):
+        kind = "RNN"
+    else:
+        raise TypeError(
+            f"layer: expected an lstm_fast LSTM, GRU or RNN layer, got {type(layer).__name__}"
+        )
+    _rnn._check_complete(layer)  # (AttributeError naming a deleted parameter and its shape)
+    names, shapes, _ = layer._needed
+    for name, shape in zip(names, shapes):
+        a = layer._parameters[name].data
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
+            got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(
+                f"{what}: {name}: expected the layer's float32 parameter of shape {shape}, "
+                f"got {got}"
+            )
+    return kind
 
 
 # ---- PyTorch -------------------------------------------------------------------------------------
@@ -439,7 +455,7 @@ def to_torch(layer: Any):
             name="torch",
         ) from e
 
-    kind = _kind(layer)
+    kind = _kind(layer, "to_torch")
     # float32 on the CPU, as the layer, whatever torch.set_default_dtype / _device say
     # (float64 would not take float32 input; on "meta" the weights would be dropped)
     where = dict(dtype=torch.float32, device="cpu")
@@ -542,7 +558,7 @@ def to_keras(layer, k: int = 0, direction: int = 0) -> list:
     RNN; ``layer.set_weights(...)`` takes them; a ``Bidirectional`` layer's are direction 0's
     then direction 1's).
     Without bias (``bias=False``): ``[kernel, recurrent_kernel]`` (Keras ``use_bias=False``)."""
-    kind = _kind(layer)
+    kind = _kind(layer, "to_keras")
     order = _KERAS_ORDER[kind]
     _no_projection(layer, "to_keras: Keras has no LSTM projection")
     k, direction = _check_index(layer, k, direction)
@@ -563,8 +579,9 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     An LSTM/RNN bias goes to ``bias_ih`` (``bias_hh`` = 0); a GRU bias must be (2, 3H).
     Without a bias (Keras ``use_bias=False``) the layer's biases are set to zero; a bias for a
     layer made with ``bias=False`` raises. Every array is checked before any parameter changes.
+
     """
-    kind = _kind(layer)
+    kind = _kind(layer, "from_keras")
     order = _KERAS_ORDER[kind]
     _no_projection(layer, "from_keras: Keras has no LSTM projection")
     k, direction = _check_index(layer, k, direction)
@@ -636,7 +653,7 @@ def onnx_attributes(layer) -> dict:
         >>> node = onnx.helper.make_node("GRU", ["x", "W", "R", "B"], ["y"],
         ...                              **interop.onnx_attributes(gru))
     """
-    kind = _kind(layer)
+    kind = _kind(layer, "onnx_attributes")
     _no_projection(layer, "onnx_attributes: the ONNX LSTM operator has no projection")
     D = 1 if _is_cell(layer) else layer.num_directions
     out = {
@@ -746,7 +763,7 @@ def to_onnx(layer, k: int = 0) -> dict:
     """ONNX initializers ``{"W", "R", "B"}`` of layer ``k`` (both directions when
     bidirectional), for the ONNX ``LSTM``/``GRU``/``RNN`` operator (GRU: linear_before_reset=1).
     Without bias (``bias=False``) there is no ``"B"`` (ONNX's default: zero)."""
-    kind = _kind(layer)
+    kind = _kind(layer, "to_onnx")
     _no_projection(layer, "to_onnx: the ONNX LSTM operator has no projection")
     k, _ = _check_index(layer, k, 0)
     order = _ONNX_ORDER[kind]
@@ -779,7 +796,7 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = N
     for a ReLU RNN (ONNX's default is Tanh), GRU ``linear_before_reset`` other than 1, LSTM
     peepholes ``P``, a ``hidden_size``, ``direction`` or ``layout`` other than the layer's).
     Without it nothing is checked beyond the shapes: the initializers alone cannot tell."""
-    kind = _kind(layer)
+    kind = _kind(layer, "from_onnx")
     if node is not None:
         _check_onnx_node(layer, kind, node)
     order = _ONNX_ORDER[kind]

@@ -70,12 +70,42 @@ def _np(name: str, a: Any, shape: tuple, legend: str) -> np.ndarray:
     if given is not None and given != tuple(shape):
         raise ValueError(f"{name}: expected shape {legend} = {tuple(shape)}, got {given}")
     if _is_tensor_proto(a):
-        from onnx import numpy_helper
-
-        a = numpy_helper.to_array(a)
+        a = _onnx_array(name, a)
     arr = np.ascontiguousarray(_as_dtype(name, _tensor(name, a)))
     _expect(name, arr, shape, legend)
     return arr
+
+
+# The element types of an ONNX LSTM/GRU/RNN's W, R, B (tensor(float16/float/double)) and
+# bfloat16 (whose values float32 holds exactly too).
+_ONNX_FLOATS = ("FLOAT", "DOUBLE", "FLOAT16", "BFLOAT16")
+
+
+def _onnx_array(name: str, t: Any) -> np.ndarray:
+    """An ONNX initializer (``TensorProto``) as a NumPy array, checked first: a float element
+    type (an int8 initializer is a quantized weight, its values no weights' without the
+    scale: it loaded as those integers) and data in the proto (external data not loaded was
+    read from a file of that name in the working directory, if any)."""
+    from onnx import TensorProto, numpy_helper
+
+    dtypes = TensorProto.DataType
+    dtype = dtypes.Name(t.data_type) if t.data_type in dtypes.values() else str(t.data_type)
+    if dtype not in _ONNX_FLOATS:
+        hint = " (a quantized weight? dequantize it first)" if "INT" in dtype else ""
+        raise TypeError(f"{name}: expected a float initializer {_ONNX_FLOATS}, got {dtype}{hint}")
+    if t.data_location == TensorProto.EXTERNAL:
+        where = {e.key: e.value for e in t.external_data}.get("location", "?")
+        raise ValueError(
+            f"{name}: expected an initializer with its data, got a reference to external data "
+            f"in {where!r} (load it: onnx.load(path), or onnx.external_data_helper."
+            "load_external_data_for_model(model, base_dir))"
+        )
+    try:
+        a = numpy_helper.to_array(t)
+    except ValueError as e:  # raw_data of another size than the dims say, and the like
+        shape = tuple(t.dims)
+        raise ValueError(f"{name}: expected an initializer of shape {shape} ({e})") from None
+    return a.astype(np.float32) if dtype == "BFLOAT16" else a  # (exact; NumPy has no bfloat16)
 
 
 def _kind(layer, what: str) -> str:

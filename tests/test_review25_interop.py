@@ -102,3 +102,73 @@ def test_load_state_dict_of_the_layers_own_arrays_swapped(as_tensor):
         own = {k: torch.from_numpy(v) for k, v in own.items()}
     layer.load_state_dict(own)
     _assert_bitwise(layer, {k: before[other(k)] for k in before})
+
+
+# ---- ONNX initializers: external data, element types -----------------------------------------
+
+
+def _save_with_external_data(path, init):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    protos = [numpy_helper.from_array(v, n) for n, v in init.items()]
+    model = helper.make_model(helper.make_graph([], "g", [], [], initializer=protos))
+    path.mkdir()
+    onnx.save_model(
+        model,
+        str(path / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    return str(path / "m.onnx")
+
+
+def test_from_onnx_refuses_external_data_not_loaded(tmp_path, monkeypatch):
+    """Before: an initializer whose data is external and not loaded (``onnx.load(path,
+    load_external_data=False)``) was read from a file of that name in the working directory:
+    another model's weights.bin there loaded its weights, silently. Now it raises, naming the
+    initializer and the file, and the layer is unchanged; loaded, it imports bitwise."""
+    onnx = pytest.importorskip("onnx")
+    src, other = (lstm_fast.LSTM(3, 4, bidirectional=True, seed=s) for s in (0, 1))
+    path = _save_with_external_data(tmp_path / "a", interop.to_onnx(src))
+    _save_with_external_data(tmp_path / "b", interop.to_onnx(other))
+    monkeypatch.chdir(tmp_path / "b")  # another model's weights.bin in the working directory
+    protos = {t.name: t for t in onnx.load(path, load_external_data=False).graph.initializer}
+    dst = lstm_fast.LSTM(3, 4, bidirectional=True, seed=2)
+    before = _state(dst)
+    with pytest.raises(
+        ValueError, match=r"W: expected an initializer with its data, .*external data in "
+    ):
+        interop.from_onnx(dst, **protos)
+    _assert_bitwise(dst, before)
+    interop.from_onnx(dst, **{t.name: t for t in onnx.load(path).graph.initializer})
+    _assert_bitwise(dst, _state(src))
+
+
+def test_from_onnx_initializer_element_types():
+    """Before: a bfloat16 initializer raised "expected a real numeric array, got dtype
+    bfloat16" (its values fit float32 exactly, as a bfloat16 torch tensor's, which loads), an
+    int8 one (a quantized model's weight, meaningless without its scale) loaded its integers as
+    the weights, and raw_data of another size than the dims failed naming no initializer."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    src, dst = lstm_fast.GRU(3, 4, seed=0), lstm_fast.GRU(3, 4, seed=1)
+    init = interop.to_onnx(src)
+    # bfloat16: the float32 values rounded to bfloat16's 8 bits, loaded exactly
+    w16 = helper.make_tensor("W", TensorProto.BFLOAT16, init["W"].shape, init["W"].ravel())
+    interop.from_onnx(dst, w16, init["R"], init["B"])
+    bits = init["W"].view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).view(np.float32)
+    np.testing.assert_array_equal(interop.to_onnx(dst)["W"], rounded)
+    before = _state(dst)
+    w8 = numpy_helper.from_array(np.round(init["W"] * 100).astype(np.int8), "W")
+    with pytest.raises(TypeError, match=r"W: expected a float initializer .*got INT8 \(a quant"):
+        interop.from_onnx(dst, w8, init["R"], init["B"])
+    short = numpy_helper.from_array(init["R"], "R")
+    short.raw_data = short.raw_data[:-4]
+    with pytest.raises(ValueError, match=r"R: expected an initializer of shape \(1, 12, 4\)"):
+        interop.from_onnx(dst, init["W"], short, init["B"])
+    _assert_bitwise(dst, before)

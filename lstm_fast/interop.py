@@ -610,6 +610,11 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
     Without a bias (Keras ``use_bias=False``) the layer's biases are set to zero; a bias for a
     layer made with ``bias=False`` raises. Every array is checked before any parameter changes.
 
+    A GRU's weights must come from ``reset_after=True`` (Keras 2.3+'s default; PyTorch's GRU):
+    a ``reset_after=False`` bias (3H,) raises, but without a bias such a GRU's weights have the
+    same shapes, so check the Keras layer's config. A ``go_backwards=True`` layer's weights
+    (a ``Bidirectional`` layer's backward one: ``direction=1``) compute the forward layer on
+    the reversed input; ``return_state`` does not change the weights.
     """
     kind = _kind(layer, "from_keras")
     order = _KERAS_ORDER[kind]
@@ -640,6 +645,12 @@ def from_keras(layer, weights: list, k: int = 0, direction: int = 0) -> None:
         if not layer.bias:
             raise ValueError("bias: given, but the layer was made with bias=False")
         if kind == "GRU":
+            if _shape(weights[2]) == (G,):
+                raise ValueError(
+                    f"bias: expected shape (2, 3H) = {(2, G)} (Keras GRU reset_after=True), got "
+                    f"{(G,)}: a GRU(reset_after=False)'s, which applies the reset gate before "
+                    "the recurrent product: PyTorch's GRU (this layer) cannot compute it"
+                )
             bias = _np("bias", weights[2], (2, G), "(2, 3H) (GRU reset_after=True)")
             staged[names[0]] = _unorder(bias[0], order)
             staged[names[1]] = _unorder(bias[1], order)

@@ -172,3 +172,17 @@ def test_from_onnx_initializer_element_types():
     with pytest.raises(ValueError, match=r"R: expected an initializer of shape \(1, 12, 4\)"):
         interop.from_onnx(dst, init["W"], short, init["B"])
     _assert_bitwise(dst, before)
+
+
+# ---- Keras ----------------------------------------------------------------------------------
+
+
+def test_from_keras_names_a_gru_reset_after_false_bias():
+    """Before: a Keras GRU(reset_after=False)'s bias (3H,) was refused as a shape only; now
+    the message says whose bias it is and why the layer cannot compute that GRU."""
+    gru = lstm_fast.GRU(3, 4, seed=0)
+    kernel, recurrent, bias = interop.to_keras(gru)
+    before = _state(gru)
+    with pytest.raises(ValueError, match=r"bias: .*got \(12,\): a GRU\(reset_after=False\)'s"):
+        interop.from_keras(gru, [kernel, recurrent, bias[0]])
+    _assert_bitwise(gru, before)

@@ -108,6 +108,14 @@ def _onnx_array(name: str, t: Any) -> np.ndarray:
     return a.astype(np.float32) if dtype == "BFLOAT16" else a  # (exact; NumPy has no bfloat16)
 
 
+def _is_torch(obj: Any) -> bool:
+    """A ``torch.nn.Module`` (without importing torch)."""
+    return any(
+        c.__name__ == "Module" and c.__module__ == "torch.nn.modules.module"
+        for c in type(obj).__mro__
+    )
+
+
 def _kind(layer, what: str) -> str:
     """The layer's kind, after checking (for ``what``, the caller) that every parameter it
     computes with is there, float32 of its shape: a deleted bias was exported as none (a
@@ -119,9 +127,13 @@ def _kind(layer, what: str) -> str:
         kind = "GRU"
     elif isinstance(layer, (_rnn.RNN, _rnn.RNNCell)):
         kind = "RNN"
-    else:
+    else:  # the class's module too: "got LSTM" said nothing for a torch (or lstm_fast.torch) one
+        cls = type(layer)
+        hint = " (a torch module: from_torch(module) makes its lstm_fast layer)"
+        hint = hint if _is_torch(layer) else ""
         raise TypeError(
-            f"layer: expected an lstm_fast LSTM, GRU or RNN layer, got {type(layer).__name__}"
+            f"layer: expected an lstm_fast LSTM, GRU or RNN layer (or cell), got "
+            f"{cls.__module__}.{cls.__qualname__}{hint}"
         )
     _rnn._check_complete(layer)  # (AttributeError naming a deleted parameter and its shape)
     names, shapes, _ = layer._needed

@@ -80,6 +80,21 @@ def test_a_misshaped_or_float64_parameter_is_named(call, how):
     _assert_bitwise(layer, before)
 
 
+@pytest.mark.parametrize("call", ["to_keras", "to_onnx", "onnx_attributes", "to_torch"])
+def test_a_torch_module_given_for_a_layer_is_named_as_one(call):
+    """Before: ``interop.to_onnx(torch.nn.LSTM(3, 4))`` raised "expected an lstm_fast LSTM,
+    GRU or RNN layer, got LSTM"; now the class is named with its module, and what to do."""
+    torch = pytest.importorskip("torch")
+    import lstm_fast.torch as lft
+
+    for module, name in (
+        (torch.nn.LSTM(3, 4), "torch.nn.modules.rnn.LSTM"),
+        (lft.GRU(3, 4), "lstm_fast.torch.GRU"),
+    ):
+        with pytest.raises(TypeError, match=rf"got {name} \(a torch module: from_torch\(module\)"):
+            _CALLS[call](module, None)
+
+
 # ---- load_state_dict: entries that are the layer's own parameters ----------------------------
 
 

@@ -424,7 +424,8 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
 
     A module's effective weights are read by name (``module.weight_ih_l0``, ...), so extra
     state of a subclass is ignored and parametrized weights (``parametrizations.weight_norm``)
-    come as computed; the hook-based ``weight_norm``, ``spectral_norm`` and ``prune`` of
+    come as computed, in eval mode (``spectral_norm`` without a power iteration: the module is
+    left as it was); the hook-based ``weight_norm``, ``spectral_norm`` and ``prune`` of
     ``torch.nn.utils`` are computed as the module's next forward would (the attribute they set
     is stale after an optimizer step). Weights must fit float32 (a float64 1e300 raises;
     float16/bfloat16 are widened exactly).
@@ -472,12 +473,23 @@ def from_torch(module: Any, *, seed: int | None = None, **options: Any):
     else:
         raise TypeError(f"module: expected a torch LSTM, GRU, RNN or cell, got {name}")
     hooked = _hook_weights(module)
+    # parametrizations (torch.nn.utils.parametrize) read in eval mode, as the hook-based ones:
+    # in training mode reading spectral_norm's weight ran a power iteration, changing the
+    # module's _u/_v buffers (reading the weights changed the module read)
+    plist = getattr(module, "parametrizations", None)
+    frozen = [m for m in plist.modules() if m.training] if hasattr(plist, "modules") else []
     sd = {}
-    for key in layer.state_dict():
-        value = hooked[key] if key in hooked else getattr(module, key, None)
-        if value is None:
-            raise ValueError(f"module: expected a weight {key} (as {name}'s), found none")
-        sd[key] = _tensor(f"load_state_dict: {key}", getattr(value, "data", value))
+    try:
+        for m in frozen:
+            m.training = False
+        for key in layer.state_dict():
+            value = hooked[key] if key in hooked else getattr(module, key, None)
+            if value is None:
+                raise ValueError(f"module: expected a weight {key} (as {name}'s), found none")
+            sd[key] = _tensor(f"load_state_dict: {key}", getattr(value, "data", value))
+    finally:
+        for m in frozen:
+            m.training = True
     layer.load_state_dict(sd)
     layer.train(module.training)
     return layer

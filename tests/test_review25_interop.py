@@ -95,6 +95,35 @@ def test_a_torch_module_given_for_a_layer_is_named_as_one(call):
             _CALLS[call](module, None)
 
 
+def test_from_torch_leaves_a_spectral_norm_parametrization_as_it_was():
+    """Before: from_torch read a training module's parametrized weights in training mode, so
+    reading ``parametrizations.spectral_norm``'s weight ran a power iteration: the module's
+    ``_u``/``_v`` buffers changed (converting a module changed it). Now parametrizations are
+    read in eval mode (as the hook-based spectral_norm already was), their training flags
+    restored: the module's state dict is bitwise as before, the weights its eval-mode ones."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils import parametrizations
+
+    def make():
+        torch.manual_seed(0)
+        m = torch.nn.LSTM(3, 4)
+        parametrizations.spectral_norm(m, "weight_hh_l0")
+        parametrizations.weight_norm(m, "weight_ih_l0")
+        for _ in range(2):  # training forwards: the power iteration's vectors move
+            m(torch.randn(2, 1, 3))
+        return m
+
+    module, twin = make(), make().eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    layer = interop.from_torch(module)
+    after = module.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert all(m.training for m in module.modules())
+    with torch.no_grad():
+        for k, v in layer.state_dict().items():
+            np.testing.assert_array_equal(v, getattr(twin, k).numpy(), err_msg=k)
+
+
 # ---- load_state_dict: entries that are the layer's own parameters ----------------------------
 
 

@@ -172,6 +172,23 @@ def _without_wrapper_prefixes(sd: Mapping) -> Mapping:
     return sd
 
 
+_COMPUTED_KEY = re.compile(r"(weight|bias)_(ih|hh|hr)(_l\d+(_reverse)?)?_(g|v|u|orig|mask)")
+
+
+def _computed_hint(sd: Mapping) -> str:
+    """For an error about a state dict's keys: a hint when a key is a computed weight's
+    source (``parametrizations.*``, hook-based weight_norm's ``_g``/``_v``, spectral_norm's
+    and prune's ``_orig``), whose weight the state dict does not hold."""
+    for k in sd:
+        if isinstance(k, str) and (k.startswith("parametrizations.") or _COMPUTED_KEY.fullmatch(k)):
+            return (
+                f" ({k!r}: the state dict of a module whose weights are computed, by a "
+                "parametrization, weight_norm, spectral_norm or prune: from_torch(module) "
+                "reads them as computed)"
+            )
+    return ""
+
+
 def _keys_error(sd: Mapping) -> ValueError:
     """The error for a mapping without a torch layer's first weights, naming the key at fault:
     one under a sub-module's prefix (a model's state dict), else the first few keys."""
@@ -189,7 +206,7 @@ def _keys_error(sd: Mapping) -> ValueError:
             f"{_KEYS} {list(sd)[:8]} (a quantized LSTM/GRU's, whose weights are packed: "
             "convert the float module's state dict, before quantizing it)"
         )
-    return ValueError(f"{_KEYS} {list(sd)[:8]}")
+    return ValueError(f"{_KEYS} {list(sd)[:8]}{_computed_hint(sd)}")
 
 
 _LAYER_KEY = re.compile(
@@ -266,7 +283,7 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
         if need + sfx not in sd:
             raise ValueError(
                 f"state_dict: expected a key {need + sfx!r} beside {have + sfx!r}, got "
-                f"{list(sd)[:8]}"
+                f"{list(sd)[:8]}{_computed_hint(sd)}"
             )
     w_ih, w_hh = shape("weight_ih" + sfx), shape("weight_hh" + sfx)
     proj = not cell and "weight_hr_l0" in sd  # (another weight_hr_l* alone: named missing)
@@ -310,6 +327,7 @@ def _layer_from_state_dict(sd: Mapping, seed: int | None, options: dict):
         raise RuntimeError(
             f"load_state_dict for {kind}{'Cell' if cell else ''}: missing keys "
             f"{_few(missing, n_missing)}, unexpected keys {_few(unexpected[:8], len(unexpected))}"
+            f"{_computed_hint(unexpected)}"
         )
     for name, value in fixed.items():
         if name in options:

@@ -124,6 +124,29 @@ def test_from_torch_leaves_a_spectral_norm_parametrization_as_it_was():
             np.testing.assert_array_equal(v, getattr(twin, k).numpy(), err_msg=k)
 
 
+@pytest.mark.parametrize("how", ["parametrize", "parametrize-l1", "weight_norm", "prune"])
+def test_from_torch_state_dict_of_computed_weights_says_so(how):
+    """Before: the state dict of a module with parametrized, weight_norm'ed or pruned weights
+    (``parametrizations.weight_ih_l0.original0``, ``weight_hh_l0_g``/``_v``,
+    ``weight_ih_l0_orig``) was refused as a key missing, and no more; now the error names the
+    key that holds a computed weight's source, and from_torch(module) as the way."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils import parametrizations, prune
+
+    m = torch.nn.GRU(3, 4, num_layers=2)
+    if how.startswith("parametrize"):
+        parametrizations.weight_norm(m, "weight_ih_l1" if how.endswith("l1") else "weight_ih_l0")
+    elif how == "weight_norm":
+        torch.nn.utils.weight_norm(m, "weight_hh_l0")
+    else:
+        prune.l1_unstructured(m, "weight_ih_l0", 0.3)
+    with pytest.raises(
+        (ValueError, RuntimeError), match=r"the state dict of a module whose weights are computed"
+    ):
+        interop.from_torch(m.state_dict())
+    interop.from_torch(m)  # the module itself: its weights as computed
+
+
 # ---- load_state_dict: entries that are the layer's own parameters ----------------------------
 
 

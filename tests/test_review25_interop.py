@@ -124,6 +124,7 @@ def test_from_torch_leaves_a_spectral_norm_parametrization_as_it_was():
             np.testing.assert_array_equal(v, getattr(twin, k).numpy(), err_msg=k)
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm.* is deprecated:FutureWarning")
 @pytest.mark.parametrize("how", ["parametrize", "parametrize-l1", "weight_norm", "prune"])
 def test_from_torch_state_dict_of_computed_weights_says_so(how):
     """Before: the state dict of a module with parametrized, weight_norm'ed or pruned weights

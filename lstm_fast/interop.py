@@ -136,7 +136,7 @@ def _kind(layer, what: str) -> str:
             f"{cls.__module__}.{cls.__qualname__}{hint}"
         )
     _rnn._check_complete(layer)  # (AttributeError naming a deleted parameter and its shape)
-    names, shapes, _ = layer._needed
+    names, shapes, _ = getattr(layer, "_needed", None) or ((), (), None)  # (older pickles)
     for name, shape in zip(names, shapes):
         a = layer._parameters[name].data
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:

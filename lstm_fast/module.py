@@ -122,7 +122,9 @@ class Parameter:
     __slots__ = ("data", "grad", "_version")
 
     def __init__(self, data: Any, dtype: Any = np.float32):
-        self.data = np.ascontiguousarray(np.array(data, dtype=dtype, copy=True))
+        # (np.ascontiguousarray made a 0-d value 1-d: Parameter(3.0) had shape (1,), so a torch
+        # state dict holding a 0-d parameter no longer loaded into it)
+        self.data = np.array(data, dtype=dtype, copy=True, order="C")
         self.grad = np.zeros_like(self.data)
         # Counts the in-place updates by lstm_fast.optim (PyTorch's version counter): a training
         # forward remembers it and its backward refuses weights updated since (the cache reads

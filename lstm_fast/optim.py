@@ -136,6 +136,10 @@ def _check_grads(
     ``writeable``, one the caller may write into -- before anything is changed. Parameters
     are numbered from ``start``."""
     for i, p in enumerate(params, start):
+        if not isinstance(p.data, np.ndarray):  # (``p.data = [...]``: AttributeError on .shape)
+            raise TypeError(
+                f"{what}: parameter {i}: data: expected a NumPy array, got {type(p.data).__name__}"
+            )
         g = p.grad
         if not isinstance(g, np.ndarray) or g.shape != p.data.shape:
             got = g.shape if isinstance(g, np.ndarray) else type(g).__name__
@@ -152,6 +156,15 @@ def _check_grads(
             raise ValueError(
                 f"{what}: parameter {i}: grad: expected a writeable array, got a read-only one"
             )
+
+
+def _check_float_data(what: str, p: Parameter) -> None:
+    """Raise TypeError (starting with ``what``) unless ``p.data`` is a real floating-point
+    array: an optimizer cannot update integers in place (PyTorch refuses them too)."""
+    if p.data.dtype.kind != "f":
+        raise TypeError(
+            f"{what}: data: expected a floating-point array to update, got dtype {p.data.dtype}"
+        )
 
 
 def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
@@ -387,6 +400,13 @@ class Optimizer:
                 )
         if not params:
             raise ValueError(f"{where}: params: expected at least one Parameter, got none")
+        for j, p in enumerate(params):
+            if not isinstance(p.data, np.ndarray):
+                raise TypeError(
+                    f"{where}: params: parameter at position {j}: data: expected a NumPy array, "
+                    f"got {type(p.data).__name__}"
+                )
+            _check_float_data(f"{where}: params: parameter at position {j}", p)
         owner = {id(p): gi for gi, g in enumerate(self.param_groups) for p in g["params"]}
         for j, p in enumerate(params):
             if id(p) in owner:
@@ -591,6 +611,17 @@ class Optimizer:
             if not p.data.flags.writeable or (zero_grad and not p.grad.flags.writeable):
                 what = "data" if not p.data.flags.writeable else "grad (zero_grad=True)"
                 raise ValueError(f"step: parameter {i}: {what}: expected a writeable array")
+            # (an integer parameter, or state arrays of a parameter whose data was replaced by
+            # one of another shape, raised in the middle of the update: the parameters before it
+            # updated, step_count bumped)
+            _check_float_data(f"step: parameter {i}", p)
+            for slot, arr in self.state[i].items():
+                if arr.shape != p.data.shape:
+                    raise ValueError(
+                        f"step: parameter {i}: state {slot}: expected shape {p.data.shape} (the "
+                        f"parameter's), got {arr.shape} (its data was replaced by an array of "
+                        "another shape: give the optimizer new parameters, or reset its state)"
+                    )
         with deferred_interrupt():  # Ctrl-C: after the whole step, not between two parameters
             self.step_count += 1
             self._owner = owner

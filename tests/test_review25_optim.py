@@ -35,3 +35,72 @@ def test_a_zero_dim_parameter_stays_zero_dim_and_trains_as_torchs():
         opt.step()
         topt.step()
     np.testing.assert_allclose(m.t.data, tp.detach().numpy(), rtol=1e-6)
+
+
+# -- Optimizer.step: checked before anything changes ----------------------------------------------
+def _snapshot(opt):
+    return (
+        opt.step_count,
+        [p.data.copy() for p in opt.params],
+        [getattr(p, "_version", 0) for p in opt.params],
+        [{k: v.copy() for k, v in st.items()} for st in opt.state],
+    )
+
+
+def _same_snapshot(a, b):
+    assert a[0] == b[0] and a[2] == b[2]
+    for x, y in zip(a[1], b[1]):
+        np.testing.assert_array_equal(x, y)
+    for sa, sb in zip(a[3], b[3]):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k])
+
+
+@pytest.mark.parametrize(
+    "cls, kw",
+    [
+        (optim.Adam, {}),
+        (optim.Adam, {"amsgrad": True}),
+        (optim.SGD, {"momentum": 0.9}),
+        (optim.RMSprop, {"centered": True}),
+        (optim.Adagrad, {}),
+    ],
+)
+def test_step_refuses_state_of_a_replaced_parameter_before_updating(cls, kw):
+    """A parameter whose data was replaced by an array of another shape (a resized layer)
+    raised NumPy's broadcast error (or the kernel's) in the middle of the step: the parameters
+    before it were updated and step_count bumped."""
+    a, b = Parameter(np.ones(3)), Parameter(np.ones(4))
+    opt = cls([a, b], lr=0.1, **kw)
+    a.grad[...] = 1.0
+    b.grad[...] = 1.0
+    opt.step()
+    b.data = np.ones(5, np.float32)
+    b.grad = np.ones(5, np.float32)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"^step: parameter 1: state \w+: expected shape \(5,\)"):
+        opt.step()
+    _same_snapshot(before, _snapshot(opt))
+
+
+def test_integer_parameters_are_refused_naming_them():
+    """An integer parameter was taken at construction; step() then raised NumPy's casting
+    error after bumping step_count and the versions of the parameters before it."""
+    ints = Parameter(np.ones(3), dtype=np.int32)
+    with pytest.raises(TypeError, match=r"^param group 0: params: parameter at position 1: "):
+        optim.SGD([Parameter(np.ones(2)), ints], lr=0.1)
+    a, b = Parameter(np.ones(2)), Parameter(np.ones(3))
+    opt = optim.SGD([a, b], lr=0.1)
+    a.grad[...] = 1.0
+    b.data = np.ones(3, np.int64)  # replaced after construction
+    b.grad = np.ones(3, np.float32)
+    before = _snapshot(opt)
+    with pytest.raises(TypeError, match=r"^step: parameter 1: data: expected a floating-point"):
+        opt.step()
+    _same_snapshot(before, _snapshot(opt))
+    b.data = [1.0, 2.0, 3.0]  # not an array at all: AttributeError on .shape before
+    with pytest.raises(TypeError, match=r"^step: parameter 1: data: expected a NumPy array"):
+        opt.step()
+    with pytest.raises(TypeError, match=r"^clip_grad_norm: parameter 1: data: expected a NumPy"):
+        optim.clip_grad_norm([a, b], 1.0)

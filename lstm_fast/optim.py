@@ -173,7 +173,23 @@ def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
         raise TypeError(f"{name}: expected a float >= {minimum:g}, got {type(value).__name__}")
     if not value >= minimum:
         raise ValueError(f"{name}: expected a float >= {minimum:g}, got {value}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # (lr=10**400 escaped as "int too large to convert to float")
+        raise ValueError(
+            f"{name}: expected a float >= {minimum:g}, got an int of {len(str(value))} digits "
+            "(beyond a float's range)"
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars (also inside a tuple, as ``betas``) as Python ones: a
+    state dict must stay JSON-able, and ``lr=np.float32(0.1)`` made ``json.dumps`` of it fail."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 class GroupsDifferError(ValueError, AttributeError):
@@ -498,7 +514,8 @@ class Optimizer:
                 hyper["betas"] = tuple(b)
             except TypeError:
                 pass
-        return hyper
+        # NumPy scalars as Python ones (np.float32 lr, an array of betas): JSON-able state dicts
+        return {k: _plain(v) for k, v in hyper.items()}
 
     def _group_steps(self) -> list:
         """The number of steps each group has taken."""
@@ -689,19 +706,22 @@ class Optimizer:
             g = self.param_groups[0]
             sd = {
                 "type": type(self).__name__,
-                "hyper": {k: g[k] for k in self._hyper},
+                "hyper": {k: _plain(g[k]) for k in self._hyper},
                 "step": self.step_count,
                 "arrays": arrays,
             }
             if g.get("initial_lr") is not None:
-                sd["initial_lr"] = g["initial_lr"]
+                sd["initial_lr"] = _plain(g["initial_lr"])
             return sd
         groups, start = [], 0
         for g in self.param_groups:
             n = len(g["params"])
-            entry = {"params": list(range(start, start + n)), **{k: g[k] for k in self._hyper}}
+            entry = {
+                "params": list(range(start, start + n)),
+                **{k: _plain(g[k]) for k in self._hyper},  # (a value set in place may be NumPy's)
+            }
             if g.get("initial_lr") is not None:
-                entry["initial_lr"] = g["initial_lr"]
+                entry["initial_lr"] = _plain(g["initial_lr"])
             groups.append(entry)
             start += n
         return {

@@ -3,6 +3,8 @@ and dtypes, optimizer state dicts, gradient clipping and train()/eval()."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,47 @@ def test_integer_parameters_are_refused_naming_them():
         opt.step()
     with pytest.raises(TypeError, match=r"^clip_grad_norm: parameter 1: data: expected a NumPy"):
         optim.clip_grad_norm([a, b], 1.0)
+
+
+# -- hyper-parameters -----------------------------------------------------------------------------
+def test_numpy_scalar_hyper_parameters_keep_the_state_dict_json_able():
+    """The state dict promises JSON-able scalars, but a NumPy scalar given as a hyper-parameter
+    (lr=np.float32(...), betas from a float32 array, amsgrad=np.bool_) was kept as given, so
+    json.dumps of the state dict raised "Object of type float32 is not JSON serializable"."""
+    a, b = Parameter(np.ones(3)), Parameter(np.ones(2))
+    opt = optim.Adam(
+        [{"params": [a]}, {"params": [b], "weight_decay": np.int64(0)}],
+        lr=np.float32(0.01),
+        betas=np.array([0.9, 0.99], np.float32),
+        amsgrad=np.bool_(True),
+    )
+    opt.add_param_group({"params": Parameter(np.ones(1)), "eps": np.float64(1e-6)})
+    opt.param_groups[1]["lr"] = np.float32(0.5)  # set in place, after the checks
+    for p in opt.params:
+        p.grad[...] = 0.5
+    opt.step()
+    sd = opt.state_dict()
+    meta = json.loads(json.dumps({k: v for k, v in sd.items() if k != "arrays"}))
+    resumed = optim.Adam(
+        [{"params": [Parameter(np.ones(3))]}, {"params": [Parameter(np.ones(2))]}],
+        lr=0.01,
+        amsgrad=True,
+    )
+    resumed.add_param_group({"params": Parameter(np.ones(1))})
+    resumed.load_state_dict({**meta, "arrays": sd["arrays"]})
+    assert [g["lr"] for g in resumed.param_groups] == [g["lr"] for g in meta["param_groups"]]
+    one = optim.SGD([Parameter(np.ones(1))], lr=np.float32(0.25), momentum=np.float64(0.5))
+    one.lr = np.float32(0.125)
+    json.dumps({k: v for k, v in one.state_dict().items() if k != "arrays"})
+
+
+def test_a_huge_int_hyper_parameter_is_a_value_error_naming_it():
+    """lr=10**400 passed the range check, then float() raised a bare OverflowError."""
+    with pytest.raises(ValueError, match=r"^lr: expected a float >= 0, got an int of 401 digits"):
+        optim.SGD([Parameter(np.ones(1))], lr=10**400)
+    opt = optim.SGD([Parameter(np.ones(1))], lr=0.1)
+    with pytest.raises(
+        ValueError, match=r"^weight_decay: expected a float >= 0, got an int of 401"
+    ):
+        opt.weight_decay = 10**400
+    assert opt.weight_decay == 0.0

@@ -253,8 +253,8 @@ class Optimizer:
         defaults: the constructor's hyper-parameters, the values a group without its own takes.
         params: the parameters of every group, in group order (the positions the state and
             :meth:`state_dict` use).
-        state: one ``{slot: float32 array}`` dict per parameter of :attr:`params`
-            (``"exp_avg"``, ...).
+        state: one ``{slot: array}`` dict per parameter of :attr:`params` (``"exp_avg"``,
+            ...), each array of the parameter's dtype (float32 unless it is another).
         step_count: the number of steps taken. Bias corrections (Adam) and ``lr_decay``
             (Adagrad) use the steps each group has taken, fewer for a group added later (as
             PyTorch's per-parameter step).
@@ -737,9 +737,9 @@ class Optimizer:
         return self._slots
 
     def state_spec(self, hyper: Any = None, step: Any = None) -> dict:
-        """``{name: (shape, dtype)}`` of the ``arrays`` a :meth:`state_dict` holds: one float32
-        array per parameter and state slot (``"3.exp_avg"``), none for a group before its first
-        step.
+        """``{name: (shape, dtype)}`` of the ``arrays`` a :meth:`state_dict` holds: one array
+        per parameter and state slot (``"3.exp_avg"``), of the parameter's dtype (float32 but
+        for a parameter of another), none for a group before its first step.
 
         Args:
             hyper: the hyper-parameters: a mapping for every group, or a list with one mapping
@@ -770,7 +770,7 @@ class Optimizer:
             for p in g["params"]:
                 if s:
                     for slot in self._state_slots(h):
-                        out[f"{i}.{slot}"] = (p.data.shape, np.dtype(np.float32))
+                        out[f"{i}.{slot}"] = (p.data.shape, p.data.dtype)
                 i += 1
         return out
 
@@ -903,10 +903,11 @@ class Optimizer:
             i = int(i_str)
             if not 0 <= i < len(params):
                 raise ValueError(f"load_state_dict: {key}: no parameter {i}")
+            dtype = params[i].data.dtype  # (the state's: float32, or a float64 parameter's)
             try:
                 arr = np.asarray(arr)
             except (ValueError, TypeError) as e:  # ragged nesting and the like
-                raise TypeError(f"load_state_dict: {key}: expected a float32 array ({e})") from None
+                raise TypeError(f"load_state_dict: {key}: expected a {dtype} array ({e})") from None
             if arr.shape != params[i].data.shape:
                 raise ValueError(
                     f"load_state_dict: {key}: expected shape {params[i].data.shape}, "
@@ -914,10 +915,12 @@ class Optimizer:
                 )
             if not np.issubdtype(arr.dtype, np.floating):
                 raise TypeError(
-                    f"load_state_dict: {key}: expected a float32 array, got dtype {arr.dtype}"
+                    f"load_state_dict: {key}: expected a {dtype} array, got dtype {arr.dtype}"
                 )
-            # (1e300 in a float64 array would become inf)
-            state[i][name] = np.array(_as_dtype(f"load_state_dict: {key}", arr), copy=True)
+            # (1e300 in a float64 array would become inf.) In the parameter's dtype, as a step
+            # makes it: a float64 parameter's state was cut to float32, so a resumed run was no
+            # longer bitwise the uninterrupted one
+            state[i][name] = np.array(_as_dtype(f"load_state_dict: {key}", arr, dtype), copy=True)
         missing = [k for k in self.state_spec(groups, group_steps) if k not in arrays]
         if missing:
             raise ValueError(f"load_state_dict: missing arrays {missing[:6]} (step {step})")
@@ -999,7 +1002,8 @@ class SGD(Optimizer):
         if h["momentum"]:
             st = self.state[i]
             if "momentum_buffer" not in st:
-                st["momentum_buffer"] = np.array(g, dtype=np.float32, copy=True)
+                # (the parameter's dtype, as every other state array and torch's buffer)
+                st["momentum_buffer"] = np.array(g, dtype=p.data.dtype, copy=True)
             else:
                 b = st["momentum_buffer"]
                 b *= _f32(h["momentum"])

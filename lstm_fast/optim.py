@@ -1418,6 +1418,10 @@ def clip_grad_norm(
     eps = _check_number("eps", eps)  # so would a negative eps, when norm + eps < 0
     if not math.isfinite(eps):
         raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
+    if not isinstance(error_if_nonfinite, (bool, np.bool_)):  # ("False" would be truthy)
+        raise TypeError(
+            f"error_if_nonfinite: expected a bool, got {type(error_if_nonfinite).__name__}"
+        )
     _check_grads("clip_grad_norm", params, kinds="f", writeable=True)
     if norm_type == 2.0:
         total = math.sqrt(sum(_sumsq(p.grad) for p in params))
@@ -1426,10 +1430,20 @@ def clip_grad_norm(
         # Python's max would depend on the order of the parameters)
         maxima = [float(np.abs(p.grad).max()) for p in params if p.grad.size]
         total = float(np.max(maxima)) if maxima else 0.0
-    else:  # in float64, as the L2 sums
-        total = sum(
-            float(np.sum(np.abs(p.grad, dtype=np.float64) ** norm_type)) for p in params
-        ) ** (1.0 / norm_type)
+    else:  # in float64, as the L2 sums, each |g| divided by the largest first: |g| ** q
+        # overflowed (q = 1e10: an inf norm for gradients of 4, so every gradient was zeroed)
+        # and the final ** (1 / q) raised OverflowError (q = 1e-300)
+        maxima = [float(np.abs(p.grad).max()) for p in params if p.grad.size]
+        top = float(np.max(maxima)) if maxima else 0.0
+        total = top  # (0, inf or NaN: the norm itself)
+        if 0.0 < top < math.inf:
+            s = sum(
+                float(np.sum((np.abs(p.grad, dtype=np.float64) / top) ** norm_type)) for p in params
+            )
+            try:
+                total = top * s ** (1.0 / norm_type)
+            except OverflowError:
+                total = math.inf
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
             f"clip_grad_norm: the total norm of order {norm_type} of the gradients is {total}, "

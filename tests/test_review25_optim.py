@@ -202,3 +202,63 @@ def test_float64_parameters_resume_bitwise_through_an_npz_file(tmp_path, name, k
         resumed.step()
     for p, q in zip(ps, qs):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+# -- clip_grad_norm -------------------------------------------------------------------------------
+def _grad_params(*grads):
+    out = []
+    for g in grads:
+        p = Parameter(np.zeros(np.shape(g)))
+        p.grad = np.array(g, np.float32)
+        out.append(p)
+    return out
+
+
+def _pnorm(grads, q):
+    """The q-norm in float64 through logarithms (no overflow for any q)."""
+    a = np.abs(np.concatenate([np.ravel(g) for g in grads]).astype(np.float64))
+    a = a[a > 0]
+    top = a.max()
+    return float(top * np.exp(np.log(np.sum(np.exp(q * np.log(a / top)))) / q))
+
+
+@pytest.mark.parametrize("q", [1.0, 3.0, 0.5, 50.0, 1e10])
+def test_clip_grad_norm_of_large_orders_does_not_overflow(q):
+    """Each |g| ** q was summed as is: with q = 50 and gradients of 1e7 (an exploding step, what
+    clipping is for) the sum overflowed float64, the norm came out inf and every gradient was
+    multiplied by 0; q = 1e10 did so for gradients of 4."""
+    grads = [[3e7, -4e7, 5e5], [[2e7], [-1e6]]] if q >= 50 else [[3.0, -4.0, 0.5], [[2.0], [-1.0]]]
+    params = _grad_params(*grads)
+    want = _pnorm(grads, q)
+    total = optim.clip_grad_norm(params, max_norm=1.0, norm_type=q, error_if_nonfinite=True)
+    assert total == pytest.approx(want, rel=1e-9)
+    for p, g in zip(params, grads):
+        np.testing.assert_allclose(p.grad, np.array(g, np.float32) / (want + 1e-6), rtol=1e-6)
+    if q <= 3.0:  # and PyTorch's where its float32 sums do not overflow
+        tp = [torch.nn.Parameter(torch.zeros(np.shape(g))) for g in grads]
+        for t, g in zip(tp, grads):
+            t.grad = torch.tensor(g, dtype=torch.float32)
+        assert total == pytest.approx(float(torch.nn.utils.clip_grad_norm_(tp, 1.0, q)), rel=1e-6)
+
+
+def test_clip_grad_norm_of_a_tiny_order_is_inf_not_overflow_error():
+    """q = 1e-300: sum ** (1 / q) raised a bare OverflowError (no gradient changed, no clue);
+    the norm is inf, as PyTorch's, and the gradients are multiplied by 0 as for any inf norm
+    (or error_if_nonfinite raises its RuntimeError)."""
+    params = _grad_params([3.0, 4.0], [0.5])
+    with pytest.raises(RuntimeError, match=r"^clip_grad_norm: the total norm of order 1e-300"):
+        optim.clip_grad_norm(params, 1.0, 1e-300, error_if_nonfinite=True)
+    np.testing.assert_array_equal(params[0].grad, [3.0, 4.0])
+    assert optim.clip_grad_norm(params, 1.0, 1e-300) == float("inf")
+    np.testing.assert_array_equal(params[0].grad, [0.0, 0.0])
+    # one nonzero value: its own magnitude, whatever q
+    one = _grad_params([0.0, -2.5])
+    assert optim.clip_grad_norm(one, 10.0, 1e-300) == 2.5
+
+
+def test_clip_grad_norm_error_if_nonfinite_must_be_a_bool():
+    """error_if_nonfinite="False" was truthy: a NaN norm raised where the caller asked not to."""
+    params = _grad_params([np.nan, 1.0])
+    with pytest.raises(TypeError, match=r"^error_if_nonfinite: expected a bool, got str"):
+        optim.clip_grad_norm(params, 1.0, error_if_nonfinite="False")
+    assert np.isnan(params[0].grad[0]) and params[0].grad[1] == 1.0

@@ -442,8 +442,11 @@ class Module:
         ``self``. Training-mode forwards keep what ``backward`` needs; dropout is active."""
         if not isinstance(mode, (bool, np.bool_)):  # "False" would be truthy (PyTorch raises too)
             raise TypeError(f"train: mode: expected a bool, got {type(mode).__name__}")
-        for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+        object.__setattr__(self, "training", bool(mode))
+        # each child's own train(), as PyTorch: setting every module's flag directly skipped a
+        # child that overrides train() (one keeping a frozen part in eval mode)
+        for m in self.children():
+            m.train(mode)
         return self
 
     def eval(self) -> Module:

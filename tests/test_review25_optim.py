@@ -262,3 +262,40 @@ def test_clip_grad_norm_error_if_nonfinite_must_be_a_bool():
     with pytest.raises(TypeError, match=r"^error_if_nonfinite: expected a bool, got str"):
         optim.clip_grad_norm(params, 1.0, error_if_nonfinite="False")
     assert np.isnan(params[0].grad[0]) and params[0].grad[1] == 1.0
+
+
+# -- Module ---------------------------------------------------------------------------------------
+def test_train_and_eval_call_each_childs_own_train():
+    """Module.train set every descendant's flag directly, so a child that overrides train()
+    (PyTorch's way to keep a frozen part in eval mode) was bypassed by its parent's train() and
+    eval(): the frozen dropout came back on."""
+    from lstm_fast.nn import Dropout, Linear
+
+    class FrozenDropout(Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = Linear(2, 2, seed=0)
+            self.drop = Dropout(0.5, seed=0)
+            self.calls = []
+
+        def train(self, mode=True):
+            self.calls.append(mode)
+            super().train(mode)
+            self.drop.training = False  # always off
+            return self
+
+    class Net(Module):
+        def __init__(self):
+            super().__init__()
+            self.body = FrozenDropout()
+            self.head = Linear(2, 1, seed=0)
+
+    net = Net()
+    assert net.eval() is net
+    assert not net.training and not net.body.lin.training and not net.head.training
+    net.train()
+    assert net.body.calls == [False, True]
+    assert net.training and net.body.lin.training and net.head.training
+    assert not net.body.drop.training
+    x = np.ones((3, 2), np.float32)
+    np.testing.assert_array_equal(net.body.drop(x), x)

@@ -1469,7 +1469,10 @@ class _Schedule:
     ``"initial_lr"`` gets its base rate recorded as one. So a schedule built on an optimizer
     restored from a state dict goes on from the same rates, and each group is scaled from its
     own rate. A group added after the schedule (:meth:`~Optimizer.add_param_group`) is scaled
-    from its ``"initial_lr"`` if it has one, else the ``lr`` it was added with.
+    from its ``"initial_lr"`` if it has one, else the ``lr`` it was added with; a group whose
+    ``"initial_lr"`` was replaced since (the optimizer's
+    :meth:`~Optimizer.load_state_dict` of a checkpoint, after the schedule was built, as
+    PyTorch's resume goes) is scaled from that one from the next :meth:`step` on.
 
     Attributes:
         optimizer: the :class:`Optimizer`.  base_lrs: the base rate of each group.
@@ -1495,6 +1498,9 @@ class _Schedule:
         for g, b in zip(groups, base_lrs):
             if g.get("initial_lr") is None:
                 g["initial_lr"] = b
+        # each group's initial_lr as this schedule last saw it: one replaced since (by the
+        # optimizer's load_state_dict of a checkpoint) is the base rate from then on
+        self._seen_initial = [g["initial_lr"] for g in groups]
         self._last_lr: list = []
         self.set(optimizer.step_count)
 
@@ -1523,11 +1529,21 @@ class _Schedule:
         (a float with one parameter group, a list of one rate per group with several)."""
         f = self.factor(step)
         rates = []
+        seen = self.__dict__.setdefault("_seen_initial", list(self.base_lrs))  # (older pickles)
         for j, g in enumerate(self.optimizer.param_groups):
             if j >= len(self.base_lrs):  # a group added since
                 if g.get("initial_lr") is None:
                     g["initial_lr"] = g["lr"]
                 self.base_lrs.append(g["initial_lr"])
+                seen.append(g["initial_lr"])
+            init = g.get("initial_lr")
+            if init is None:  # (a state saved without a schedule was loaded): keep the rate
+                g["initial_lr"] = seen[j] = self.base_lrs[j]
+            elif init != seen[j]:
+                # the optimizer loaded a checkpoint after this schedule was built (PyTorch's
+                # order of resuming): its base rate was ignored, so the run went on from the
+                # rates of the new optimizer's lr instead of the checkpoint's
+                self.base_lrs[j] = seen[j] = init
             g["lr"] = self.base_lrs[j] * f
             rates.append(g["lr"])
         self._last_lr = rates

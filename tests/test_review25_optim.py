@@ -299,3 +299,39 @@ def test_train_and_eval_call_each_childs_own_train():
     assert not net.body.drop.training
     x = np.ones((3, 2), np.float32)
     np.testing.assert_array_equal(net.body.drop(x), x)
+
+
+# -- schedules ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [lambda o: optim.StepLR(o, 2, 0.5), lambda o: optim.CosineLR(o, 9)],
+    ids=["StepLR", "CosineLR"],
+)
+def test_a_schedule_built_before_the_optimizer_loads_a_checkpoint_goes_on_from_its_rates(make):
+    """PyTorch's resume order -- build the optimizer and its schedule, then load the
+    checkpoint -- kept the schedule's base rates from the new optimizer's lr, ignoring the
+    checkpoint's initial_lr: the resumed run went on at other rates than the uninterrupted one."""
+
+    def build(lrs):
+        groups = [{"params": [Parameter(np.ones(2))], "lr": lr} for lr in lrs]
+        opt = optim.SGD(groups, lr=lrs[0])
+        return opt, make(opt)
+
+    opt, sched = build([1.0, 0.1])
+    rates = []
+    for k in range(8):
+        if k == 3:
+            sd = opt.state_dict()
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    opt2, sched2 = build([7.0, 3.0])  # (other rates given at the resumed run's construction)
+    opt2.load_state_dict(sd)
+    sched2.step()
+    got = []
+    for _ in range(3, 8):
+        got.append([g["lr"] for g in opt2.param_groups])
+        opt2.step()
+        sched2.step()
+    np.testing.assert_allclose(got, rates[3:], rtol=1e-12)
+    assert sched2.base_lrs == [1.0, 0.1]

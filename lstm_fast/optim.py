@@ -646,10 +646,18 @@ class Optimizer:
                 (g, max(self.step_count - s, 1))
                 for g, s in zip(self.param_groups, self._group_starts)
             ]
+            # a parameter listed twice (or two sharing one gradient array): its gradient is
+            # zeroed after every update, not in the first one's pass -- the second occurrence
+            # stepped with a zero gradient, unlike step() followed by zero_grad()
+            grads = {id(p.grad) for p in params}
+            fused = zero_grad and len(grads) == len(params)
             for i, p in enumerate(params):
-                if not self._update(i, p, zero_grad) and zero_grad:
+                if not self._update(i, p, fused) and fused:
                     p.grad[...] = 0
                 p._version = getattr(p, "_version", 0) + 1  # a saved forward's backward refuses p
+            if zero_grad and not fused:
+                for p in params:
+                    p.grad[...] = 0
 
     def _update(self, i: int, p: Parameter, zero_grad: bool = False) -> bool:
         """Update p (``params[i]``, with ``self._group(i)``'s hyper-parameters); return True

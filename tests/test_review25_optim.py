@@ -152,6 +152,26 @@ def test_a_huge_int_hyper_parameter_is_a_value_error_naming_it():
     assert opt.weight_decay == 0.0
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop", "adagrad"])
+def test_step_zero_grad_with_a_parameter_listed_twice_is_step_then_zero_grad(name):
+    """step(zero_grad=True) zeroed a gradient in its parameter's own update: a parameter
+    listed twice (with the warning) took its second update with a zero gradient, so the result
+    differed from step() followed by zero_grad() -- what zero_grad=True stands for."""
+    results = []
+    for fused in (False, True):
+        p = Parameter(np.ones(3))
+        with pytest.warns(UserWarning, match="more than once"):
+            opt = optim.make_optimizer(name, [p, p], lr=0.1)
+        for _ in range(3):
+            p.grad[...] = [1.0, -2.0, 0.5]
+            opt.step(zero_grad=fused)
+            if not fused:
+                opt.zero_grad()
+            np.testing.assert_array_equal(p.grad, 0.0)
+        results.append(p.data)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 # -- state dicts ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, kw",

@@ -337,14 +337,26 @@ class Module:
         for _, m in self.named_children():
             yield m
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        """``(dotted name, module)`` of this module (name ``prefix``) and all below it."""
+    def named_modules(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Module]]:
+        """``(dotted name, module)`` of this module (name ``prefix``) and all below it. A module
+        held in several places (a shared encoder) is yielded once, under its first name, unless
+        ``remove_duplicate=False`` (as PyTorch's; it was yielded once per place, so
+        ``modules()`` listed it twice)."""
+        yield from self._named_modules(prefix, set() if remove_duplicate else None)
+
+    def _named_modules(self, prefix: str, memo: Optional[set]) -> Iterator[tuple[str, Module]]:
+        if memo is not None:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, m in self._modules.items():
-            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from m._named_modules(f"{prefix}.{name}" if prefix else name, memo)
 
     def modules(self) -> Iterator[Module]:
-        """This module and every module below it."""
+        """This module and every module below it, each once."""
         for _, m in self.named_modules():
             yield m
 

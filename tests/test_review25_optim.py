@@ -355,3 +355,30 @@ def test_a_schedule_built_before_the_optimizer_loads_a_checkpoint_goes_on_from_i
         sched2.step()
     np.testing.assert_allclose(got, rates[3:], rtol=1e-12)
     assert sched2.base_lrs == [1.0, 0.1]
+
+
+def test_a_shared_submodule_is_listed_once_as_torchs():
+    """named_modules() yielded a module held in two places once per place (PyTorch's, once),
+    so modules() listed a shared encoder twice."""
+    from lstm_fast.nn import Linear
+
+    class Twin(Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = Linear(2, 2, seed=0)
+            self.other = self.enc
+            self.head = Linear(2, 1, seed=0)
+
+    class TorchTwin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(2, 2)
+            self.other = self.enc
+            self.head = torch.nn.Linear(2, 1)
+
+    ours, theirs = Twin(), TorchTwin()
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+    assert [n for n, _ in ours.named_modules(remove_duplicate=False)] == [
+        n for n, _ in theirs.named_modules(remove_duplicate=False)
+    ]
+    assert len(list(ours.modules())) == 3

@@ -568,6 +568,7 @@ class Dropout(Module):
         self.p = float(p)
         self._rng = make_rng(seed)
         self._mask: Optional[np.ndarray] = None
+        self._ran = False  # a forward completed (its mask, or None: it dropped nothing)
 
     def extra_repr(self) -> str:
         """``"p=0.5"``: the constructor argument shown in the ``repr``."""
@@ -588,21 +589,30 @@ class Dropout(Module):
         1/(1-p) (training mode); ``x`` itself, as float32, in eval mode or with ``p = 0``.
         Raises ``TypeError`` for a non-real ``x``."""
         self._mask = None  # a failed call leaves nothing for backward
+        self._ran = False
         x = np.asarray(_real("x", x), dtype=np.float32)
         if not self.training or self.p == 0.0:
-            self._mask = None
+            self._ran = True
             return x
         if self.p == 1.0:
             self._mask = np.zeros_like(x)
         else:
             keep = self._rng.random(x.shape, dtype=np.float32) >= self.p
             self._mask = keep.astype(np.float32) * np.float32(1.0 / (1.0 - self.p))
+        self._ran = True
         return x * self._mask
 
     def backward(self, dy: Any) -> np.ndarray:
         """``dy`` times the last forward's mask and scale (``dy`` itself when that forward
         dropped nothing: eval mode or ``p = 0``). Raises ``ValueError`` when ``dy`` does not
-        have the output's shape."""
+        have the output's shape, ``RuntimeError`` when no forward completed (none yet, or the
+        last one raised)."""
+        # (without a forward dy came back unchanged, as if nothing had been dropped: a training
+        # forward that raised left the gradient of the one before it unmasked)
+        if not getattr(self, "_ran", True):  # (a Dropout pickled before the flag: as before)
+            raise RuntimeError(
+                "Dropout.backward: no saved forward (the last one raised, or none ran)"
+            )
         dy = np.asarray(_real("dy", dy), dtype=np.float32)
         if self._mask is None:
             return dy

@@ -382,3 +382,23 @@ def test_a_shared_submodule_is_listed_once_as_torchs():
         n for n, _ in theirs.named_modules(remove_duplicate=False)
     ]
     assert len(list(ours.modules())) == 3
+
+
+# -- nn -------------------------------------------------------------------------------------------
+def test_dropout_backward_without_a_forward_raises():
+    """Dropout.backward without a completed forward (none yet, or the last one raised) gave dy
+    back unchanged, as if nothing had been dropped, where Linear's and Embedding's raise."""
+    from lstm_fast.nn import Dropout
+
+    drop = Dropout(0.5, seed=0)
+    with pytest.raises(RuntimeError, match=r"^Dropout.backward: no saved forward"):
+        drop.backward(np.ones(4, np.float32))
+    y = drop(np.ones(4, np.float32))
+    np.testing.assert_array_equal(drop.backward(np.ones(4, np.float32)), y)
+    with pytest.raises(TypeError, match=r"^x: "):
+        drop(np.ones(4, np.complex64))
+    with pytest.raises(RuntimeError, match=r"^Dropout.backward: no saved forward"):
+        drop.backward(np.ones(4, np.float32))
+    x = np.arange(4, dtype=np.float32)  # eval mode: the identity, and its gradient too
+    assert drop.eval()(x) is x
+    np.testing.assert_array_equal(drop.backward(x), x)

@@ -62,6 +62,8 @@ def _check_max_chars(max_chars) -> None:
 def _cython(use_cython: Optional[bool]) -> bool:
     if use_cython is None:
         return _text is not None
+    if not isinstance(use_cython, (bool, np.bool_)):  # ("no" was truthy: the Cython loop)
+        raise TypeError(f"use_cython: expected None, True or False, got {use_cython!r}")
     if use_cython and _text is None:
         raise RuntimeError("lstm_fast._text (the Cython module) is not built")
     return bool(use_cython)

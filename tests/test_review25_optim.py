@@ -402,3 +402,18 @@ def test_dropout_backward_without_a_forward_raises():
     x = np.arange(4, dtype=np.float32)  # eval mode: the identity, and its gradient too
     assert drop.eval()(x) is x
     np.testing.assert_array_equal(drop.backward(x), x)
+
+
+# -- truncated BPTT -------------------------------------------------------------------------------
+def test_bptt_batcher_use_cython_must_be_a_bool():
+    """use_cython="no" was truthy: the Cython loop ran (or, unbuilt, RuntimeError blamed the
+    build) where the caller asked for the Python one."""
+    from lstm_fast.data import BPTTBatcher
+
+    with pytest.raises(TypeError, match=r"^use_cython: expected None, True or False, got 'no'"):
+        BPTTBatcher(np.arange(20), 2, 3, use_cython="no")
+    a = BPTTBatcher(np.arange(20), 2, 3, use_cython=np.False_)
+    b = BPTTBatcher(np.arange(20), 2, 3)
+    for k in range(len(a)):
+        for u, v in zip(a.window(k), b.window(k)):
+            np.testing.assert_array_equal(u, v)

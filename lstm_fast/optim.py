@@ -1537,7 +1537,10 @@ class _Schedule:
         (a float with one parameter group, a list of one rate per group with several)."""
         f = self.factor(step)
         rates = []
-        seen = self.__dict__.setdefault("_seen_initial", list(self.base_lrs))  # (older pickles)
+        if "_seen_initial" not in self.__dict__:  # (a schedule pickled before it was kept)
+            groups = self.optimizer.param_groups[: len(self.base_lrs)]
+            self._seen_initial = [g.get("initial_lr") for g in groups]
+        seen = self._seen_initial
         for j, g in enumerate(self.optimizer.param_groups):
             if j >= len(self.base_lrs):  # a group added since
                 if g.get("initial_lr") is None:

@@ -98,7 +98,10 @@ class Parameter:
     ``size`` and ``len()`` are the data's.
 
     Args:
-        data: the initial values (anything ``np.array`` takes; always copied).
+        data: the initial values, real numbers (NumPy, a torch tensor, nested lists; always
+            copied), checked as :meth:`Module.load_state_dict` checks them for a floating
+            ``dtype``: ``TypeError`` naming ``data`` for complex, str or object values,
+            ``ValueError`` for finite values beyond the dtype's range.
         dtype: the data's dtype (default float32, what every kernel takes).
 
     Attributes:
@@ -122,6 +125,11 @@ class Parameter:
     __slots__ = ("data", "grad", "_version")
 
     def __init__(self, data: Any, dtype: Any = np.float32):
+        if dtype is not None and np.dtype(dtype).kind == "f":
+            # checked as load_state_dict checks values: None became a NaN, a complex value lost
+            # its imaginary part (a warning only), 1e300 became inf, and a torch tensor that
+            # requires grad raised torch's "Can't call numpy()"
+            data = _as_dtype("data", data, dtype)
         # (np.ascontiguousarray made a 0-d value 1-d: Parameter(3.0) had shape (1,), so a torch
         # state dict holding a 0-d parameter no longer loaded into it)
         self.data = np.array(data, dtype=dtype, copy=True, order="C")

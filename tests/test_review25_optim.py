@@ -39,6 +39,33 @@ def test_a_zero_dim_parameter_stays_zero_dim_and_trains_as_torchs():
     np.testing.assert_allclose(m.t.data, tp.detach().numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "data, error, match",
+    [
+        (None, TypeError, r"^data: expected a real numeric array, got dtype object"),
+        (np.ones(2) + 1j, TypeError, r"^data: expected a real numeric array, got dtype complex"),
+        ("0.5", TypeError, r"^data: expected a real numeric array, got dtype <U3"),
+        (1e300, ValueError, r"^data: expected values within float32's range"),
+    ],
+)
+def test_parameter_data_is_checked_naming_it(data, error, match):
+    """Parameter(None) was a NaN parameter, a complex value lost its imaginary part with only
+    a ComplexWarning, 1e300 became inf, and "0.5" was parsed: each is refused as
+    load_state_dict refuses it."""
+    with pytest.raises(error, match=match):
+        Parameter(data)
+
+
+def test_parameter_of_a_torch_tensor_that_requires_grad():
+    """Parameter(torch.nn.Parameter(...)) raised torch's "Can't call numpy() on Tensor that
+    requires grad"; it takes a copy of the values, as load_state_dict does."""
+    t = torch.nn.Parameter(torch.arange(3.0))
+    p = Parameter(t)
+    np.testing.assert_array_equal(p.data, [0.0, 1.0, 2.0])
+    assert p.data.dtype == np.float32
+    assert Parameter(1e300, dtype=np.float64).data == 1e300  # (float64 holds it)
+
+
 # -- Optimizer.step: checked before anything changes ----------------------------------------------
 def _snapshot(opt):
     return (

@@ -67,12 +67,14 @@ def test_a_corpus_too_short_for_a_window_is_named_with_the_sizes(tmp_path, capsy
     argv += ["--seq-len", "5", "--steps", "1", "--quiet", "--hidden-size", "4"]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("train: CORPUS: expected at least batch_size * seq_len + 1 = 251 ")
+    # (the command line names the settings as its options: review 25)
+    assert err.startswith("train: CORPUS: expected at least --batch-size * --seq-len + 1 = 251 ")
+    assert "(of 200: --val-fraction=0.05 held out 10)" in err
     argv = ["train", "--default-corpus", "--max-chars", "40", "--out", str(tmp_path / "run")]
     argv += ["--seq-len", "5", "--steps", "1", "--quiet", "--hidden-size", "4"]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("train: --default-corpus: expected at least batch_size * seq_len + 1")
+    assert err.startswith("train: --default-corpus: expected at least --batch-size * --seq-len + 1")
     assert not (tmp_path / "run").exists()
 
 

@@ -16,8 +16,9 @@ backward with a fixed random upstream gradient ``dy``).
 Peers are imported lazily. A missing package raises :class:`Unavailable` with the reason
 ``"not installed"``, an installed one whose import fails (in any way) ``"not available:
 <error>"``; a peer that does not apply to a cell (ORT training, LSTMCell with T > 1) raises it
-with ``"n/a: ..."``; a peer whose output disagrees with lstm_fast raises
-:class:`Mismatch` and is not timed.
+with ``"n/a: ..."``; a peer whose output disagrees with lstm_fast (in training also its
+gradients dx, dh0, dc0: the same work as lstm_fast's backward) raises :class:`Mismatch` and is
+not timed.
 
 Threads: :func:`thread_limits` sets lstm_fast's OpenMP threads, NumPy's BLAS threads (through
 threadpoolctl if installed, else OpenBLAS's own setter found with ctypes) and, when torch is
@@ -121,6 +122,19 @@ class Problem:
             )
             self._expected["fwd"] = (y, h_n, c_n)
         return self._expected["fwd"]
+
+    def expected_grads(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """lstm_fast's training ``(dx, dh0, dc0)`` for ``dy``, computed once: what the peers'
+        training steps are checked against."""
+        if "bwd" not in self._expected:
+            from . import ops
+
+            *_, cache = ops.lstm_forward(
+                self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.h0, self.c0, training=True
+            )
+            g = ops.lstm_backward(cache, self.dy)
+            self._expected["bwd"] = (g.dx, g.dh0, g.dc0)
+        return self._expected["bwd"]
 
 
 def make_problem(T: int, B: int, I: int, H: int, seed: int = 0) -> Problem:
@@ -358,6 +372,19 @@ def _check(name: str, got: np.ndarray, want: np.ndarray) -> None:
         raise Mismatch(f"mismatch: {name} output differs from lstm_fast by up to {err:.3g}")
 
 
+def _check_grads(name: str, p: Problem, x, h0, c0) -> None:
+    """After one training step of a torch peer: its dx, dh0, dc0 against lstm_fast's (a step
+    that computed none, an input that did not require its gradient, does less work)."""
+    for what, t, want in zip(("dx", "dh0", "dc0"), (x, h0, c0), p.expected_grads()):
+        if t.grad is None:
+            raise Mismatch(f"mismatch: {name} training computes no {what} (lstm_fast's does)")
+        got = t.grad.numpy()
+        # (to the gradient's scale: it sums over up to 4H products, as float32 in both)
+        err = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
+        if not err <= CHECK_ATOL * max(1.0, float(np.max(np.abs(want), initial=0.0))):
+            raise Mismatch(f"mismatch: {name} {what} differs from lstm_fast's by up to {err:.3g}")
+
+
 def _lstm_fast(p: Problem, mode: str, threads: int) -> Callable[[], object]:
     from . import ops
 
@@ -432,6 +459,8 @@ def _torch_lstm(p: Problem, mode: str, threads: int) -> Callable[[], object]:
         y, _ = m(x, (h0[None], c0[None]))
         y.backward(dy)
 
+    step()
+    _check_grads("torch.nn.LSTM", p, x, h0, c0)
     return step
 
 
@@ -469,6 +498,8 @@ def _torch_cell(p: Problem, mode: str, threads: int) -> Callable[[], object]:
         h, _ = cell(x[0], (h0, c0))
         h.backward(dy1)
 
+    step()
+    _check_grads("torch.nn.LSTMCell", p, x, h0, c0)
     return step
 
 

@@ -35,10 +35,24 @@ def _from_env(name: str, parse, default: str):
 # Every suite runs with the same malloc state for all implementations (_peers.steady_allocator).
 ALLOCATOR = _peers.steady_allocator()
 
+
+def _threads(text: str) -> list[int]:
+    """bench.parse_threads, and at most lstm_fast's limit (a larger count failed every test in
+    set_num_threads instead of stopping the session with one usage error)."""
+    from lstm_fast._core import max_threads
+
+    threads = bench.parse_threads(text)
+    if max(threads) > max_threads():
+        raise argparse.ArgumentTypeError(
+            f"expected thread counts in [1, {max_threads()}], got {max(threads)}"
+        )
+    return threads
+
+
 SHAPE_NAMES = _from_env("LSTM_FAST_BENCH_SHAPES", bench.parse_shape_names, DEFAULT_SHAPES)
 THREADS = _from_env(
     "LSTM_FAST_BENCH_THREADS",
-    bench.parse_threads,
+    _threads,
     ",".join(map(str, dict.fromkeys([1, bench.core_count()]))),
 )
 

@@ -90,7 +90,7 @@ def parse_shape_names(text: str) -> list[str]:
             f"unknown shape {', '.join(map(repr, bad)) or repr(text)}; "
             f"expected names from {', '.join(SHAPES)} (or 'all'), or use --shape T,B,I,H"
         )
-    return names
+    return list(dict.fromkeys(names))  # (as --modes and --threads: "S1,S1" runs S1 once)
 
 
 def parse_modes(text: str) -> list[str]:
@@ -127,12 +127,17 @@ def core_count() -> int:
 
 
 def omp_num_threads() -> int | None:
-    """OMP_NUM_THREADS when it is one positive integer (lstm_fast's default team), else None."""
+    """OMP_NUM_THREADS when it is one positive integer, at most ``max_threads()`` (lstm_fast's
+    default team: OMP_NUM_THREADS=100 on a machine whose limit is 64 runs 64), else None."""
     try:
         n = int(os.environ.get("OMP_NUM_THREADS", "").strip())
     except ValueError:
         return None
-    return n if n >= 1 else None
+    if n < 1:
+        return None
+    from ._core import max_threads
+
+    return min(n, max_threads())
 
 
 def default_threads() -> int:
@@ -198,7 +203,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--repeats",
         type=int,
         metavar="N",
-        help="minimum timed repeats per cell, 1 to 10000 (default 5; --quick 1)",
+        help="minimum timed repeats per cell, 1 to 10000 (default 5; --quick 1; by default "
+        "at most 3 on big shapes such as S2, 2 on S3, and 1 of the reference there)",
     )
     t.add_argument(
         "--peak-size",
@@ -209,7 +215,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     o = p.add_argument_group("output")
-    o.add_argument("--json", metavar="PATH", help="write all raw results as JSON to PATH")
+    o.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write all raw results as JSON to PATH ('-': to stdout, and the table to stderr)",
+    )
     o.add_argument(
         "--plot",
         metavar="PATH.png",
@@ -475,6 +485,7 @@ class Settings:
     peak_size: int
     quick: bool
     seed: int
+    repeats_given: bool = False  # --repeats: the minimum of every cell, big shapes too
 
 
 def resolve(args: argparse.Namespace) -> Settings:
@@ -506,6 +517,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         peak_size=peak,
         quick=quick,
         seed=args.seed,
+        repeats_given=args.repeats is not None,
     )
 
 
@@ -599,7 +611,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--plot: expected a file path, got the directory {args.plot!r}"
     outputs = [("--json", args.json), ("--plot", args.plot and plot_path(args.plot))]
     for opt, path in outputs:
-        if path is not None:
+        if path is not None and not (opt == "--json" and path == "-"):
             problem = _unwritable(path)
             if problem:
                 return f"{opt}: {problem}"
@@ -669,12 +681,13 @@ def _cell_settings(name, mode, st: Settings, flops) -> tuple[int, int] | None:
     # call allocates (as in a training loop), so allocators that reuse memory (lstm_fast's pool,
     # torch's) reach their steady state on the third call. The first call is reported apart.
     warmup = 2
-    if big:
+    if big and not st.repeats_given:  # (an explicit --repeats is what the user asked for)
         min_rep = min(min_rep, 3)
-    if heavy:
+    if heavy and not st.repeats_given:
         min_rep = min(min_rep, 2)
     if name == "numpy" and big:
-        min_rep, warmup = 1, 0  # nothing to warm up in NumPy; one call is seconds long
+        warmup = 0  # nothing to warm up in NumPy; one call is seconds long
+        min_rep = min_rep if st.repeats_given else 1
     return min_rep, warmup
 
 
@@ -947,6 +960,14 @@ def run_cold(st: Settings, out=sys.stdout, rows: list | None = None) -> list[dic
 # ------------------------------------------------------------------------------------- plot
 
 
+def _shape_label(cell: dict) -> str:
+    """A cell's shape as the plot names it: S1, ... or, for a --shape, its T,B,I,H (every
+    --shape is "custom" in the results)."""
+    if cell["shape"] in SHAPES:
+        return cell["shape"]
+    return ",".join(str(cell[k]) for k in "TBIH")
+
+
 def write_plot(path: str, report: dict) -> None:
     """Grouped bars: GFLOP/s of each implementation per (shape, mode, threads), log scale."""
     import matplotlib
@@ -956,7 +977,7 @@ def write_plot(path: str, report: dict) -> None:
 
     cells = report["results"]
     impls = report["settings"]["impls"]
-    labels = [f"{c['shape']}\n{MODE_ABBR[c['mode']]} {c['threads']}t" for c in cells]
+    labels = [f"{_shape_label(c)}\n{MODE_ABBR[c['mode']]} {c['threads']}t" for c in cells]
     width = 0.8 / max(len(impls), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cells) + 2), 4.8))
     xs = np.arange(len(cells))
@@ -984,6 +1005,16 @@ def write_plot(path: str, report: dict) -> None:
 # ----------------------------------------------------------------------------------- main
 
 
+def _slow_peaks(peaks: list[dict]) -> list[str]:
+    """Thread counts whose measured peak is below the peak of a smaller thread count (more
+    threads can always do what fewer do: the machine was busy), as "2 threads", ..."""
+    return [
+        f"{p['threads']} threads"
+        for p in peaks
+        if any(q["threads"] < p["threads"] and q["gflops"] > p["gflops"] for q in peaks)
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     err = _check_args(args)
     if err:
@@ -992,7 +1023,7 @@ def run(args: argparse.Namespace) -> int:
     import lstm_fast
 
     st = resolve(args)
-    out = sys.stdout
+    out = sys.stderr if args.json == "-" else sys.stdout  # `--json - | jq`: stdout is the JSON
     info = lstm_fast.cpu_info()
     mach = machine_info()
     vers = versions()
@@ -1017,13 +1048,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.threads and omp_num_threads():
         print(
             f"note: threads {', '.join(map(str, st.threads))} (OMP_NUM_THREADS="
-            f"{omp_num_threads()}; --threads to choose others)",
+            f"{os.environ['OMP_NUM_THREADS'].strip()}; --threads to choose others)",
             file=out,
         )
     if max(st.threads) > mach["usable_cpus"]:
         print(
-            f"note: {max(st.threads)} threads on {mach['usable_cpus']} usable CPUs: "
-            "oversubscribed, expect slow per-step barriers",
+            f"note: {max(st.threads)} threads on {mach['usable_cpus']} usable CPUs: lstm_fast "
+            f"runs at most {info.get('cpus', mach['usable_cpus'])} of them (cpu_info()['cpus']), "
+            "NumPy's BLAS and the peers are oversubscribed",
             file=out,
         )
     if args.peers:
@@ -1039,37 +1071,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {', '.join(missing)} not installed: " + "; ".join(hint), file=out)
     print(f"allocator: {_peers.steady_allocator()}", file=out)
 
-    peaks = []
-    for n in st.threads:
-        peaks.append(measure_peak(n, st.peak_size, max(st.budget, 0.3), 3))
-    note = (
-        "" if blas != "none" else "  (NumPy's BLAS threads not controlled: install threadpoolctl)"
-    )
     lib = _peers.blas_control().describe()
-    what = " ".join(str(lib[k]) for k in ("internal_api", "version") if k in lib)
-    if lib.get("architecture"):
-        what += f", {lib['architecture']} kernels"
-    print(
-        f"peak (NumPy float32 matmul {st.peak_size}x{st.peak_size}"
-        + (f", {what}" if what else "")
-        + ", best repeat): "
-        + ", ".join(f"{p['threads']} thr {p['gflops']:.1f} GFLOP/s" for p in peaks)
-        + note,
-        file=out,
-        flush=True,
-    )
-    arch = str(lib.get("architecture", "")).lower()
-    if arch in _AVX2_BLAS_KERNELS and info.get("isa") == "avx512":
-        print(
-            f"note: NumPy's BLAS runs its {lib['architecture']} (AVX2) kernels on this CPU while "
-            "lstm_fast runs AVX-512 ones: the peak is an AVX2 one, and %peak can exceed 100",
-            file=out,
-        )
-    print(file=out)
-
-    table = Table(st.impls, out)
-    table.header()
+    peaks: list[dict] = []
     cells: list[dict] = []
+    cold: list | None = [] if args.cold_start else None
 
     def report(cold: list | None, interrupted: bool) -> dict:
         return {
@@ -1102,8 +1107,45 @@ def run(args: argparse.Namespace) -> int:
             "cold_start": cold,
         }
 
-    cold: list | None = [] if args.cold_start else None
-    try:
+    try:  # (Ctrl-C while the peak is measured also leaves an interrupted --json)
+        for n in st.threads:
+            peaks.append(measure_peak(n, st.peak_size, max(st.budget, 0.3), 3))
+        note = (
+            ""
+            if blas != "none"
+            else "  (NumPy's BLAS threads not controlled: install threadpoolctl)"
+        )
+        what = " ".join(str(lib[k]) for k in ("internal_api", "version") if k in lib)
+        if lib.get("architecture"):
+            what += f", {lib['architecture']} kernels"
+        print(
+            f"peak (NumPy float32 matmul {st.peak_size}x{st.peak_size}"
+            + (f", {what}" if what else "")
+            + ", best repeat): "
+            + ", ".join(f"{p['threads']} thr {p['gflops']:.1f} GFLOP/s" for p in peaks)
+            + note,
+            file=out,
+            flush=True,
+        )
+        slow = _slow_peaks(peaks)
+        if slow:
+            print(
+                f"note: the matmul ran slower on {', '.join(slow)} than on fewer threads: the "
+                "CPUs were busy while it was measured, and %peak there reads too high",
+                file=out,
+            )
+        arch = str(lib.get("architecture", "")).lower()
+        if arch in _AVX2_BLAS_KERNELS and info.get("isa") == "avx512":
+            print(
+                f"note: NumPy's BLAS runs its {lib['architecture']} (AVX2) kernels on this CPU "
+                "while lstm_fast runs AVX-512 ones: the peak is an AVX2 one, and %peak can "
+                "exceed 100",
+                file=out,
+            )
+        print(file=out)
+
+        table = Table(st.impls, out)
+        table.header()
         run_cells(st, {p["threads"]: p["gflops"] for p in peaks}, table, cells)
         print(
             "\nms: median per call of lstm_fast; GFLOP/s: 2*T*B*(I+H)*4H per forward, training "
@@ -1116,14 +1158,15 @@ def run(args: argparse.Namespace) -> int:
     except MemoryError as e:
         print(f"lstm-fast bench: out of memory: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        # Ctrl-C: the cells measured so far still go to --json (marked interrupted), then the
-        # command's one-line "interrupted" and exit status 130 (cli.main)
-        if args.json:
+    except (KeyboardInterrupt, BrokenPipeError) as e:
+        # Ctrl-C, or the reader of the table left (`| head`): the cells measured so far still
+        # go to --json (marked interrupted), then cli.main's one line and exit status (130, 1)
+        if args.json and not (args.json == "-" and isinstance(e, BrokenPipeError)):
             try:
                 _write_json(args.json, report(cold, True))
+                where = "stdout" if args.json == "-" else args.json
                 print(
-                    f"lstm-fast bench: wrote the {len(cells)} finished cells to {args.json}",
+                    f"lstm-fast bench: wrote the {len(cells)} finished cells to {where}",
                     file=sys.stderr,
                 )
             except OSError as e:
@@ -1135,7 +1178,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         try:
             _write_json(args.json, final)
-            print(f"\nwrote {args.json}", file=out)
+            if args.json != "-":
+                print(f"\nwrote {args.json}", file=out)
         except OSError as e:
             print(f"lstm-fast bench: --json: cannot write {args.json!r}: {e}", file=sys.stderr)
             failed_output = True
@@ -1174,7 +1218,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_json(path: str, report: dict) -> None:
     """Write ``report`` to ``path`` whole or not at all (a temporary file renamed over it: an
-    interrupted or failed write leaves an existing file as it was)."""
+    interrupted or failed write leaves an existing file as it was); ``"-"``: to stdout."""
+    if path == "-":
+        json.dump(report, sys.stdout, indent=1)
+        print(file=sys.stdout, flush=True)
+        return
     if os.path.exists(path) and not os.path.isfile(path):  # /dev/stdout, a FIFO: write through
         with open(path, "w") as f:
             json.dump(report, f, indent=1)

@@ -1175,22 +1175,28 @@ def run(args: argparse.Namespace) -> int:
 
     final = report(cold, False)
     failed_output = False
+    wrote: list[str] = []  # said once every file is written (a closed stdout stops no write)
     if args.json:
         try:
             _write_json(args.json, final)
-            if args.json != "-":
-                print(f"\nwrote {args.json}", file=out)
         except OSError as e:
-            print(f"lstm-fast bench: --json: cannot write {args.json!r}: {e}", file=sys.stderr)
+            if not (args.json == "-" and isinstance(e, BrokenPipeError)):  # (`| head`: quiet)
+                print(f"lstm-fast bench: --json: cannot write {args.json!r}: {e}", file=sys.stderr)
             failed_output = True
+        else:
+            if args.json != "-":
+                wrote.append(args.json)
     if args.plot:
         png = plot_path(args.plot)
         try:
             write_plot(png, final)
-            print(f"wrote {png}", file=out)
         except (OSError, ValueError) as e:
             print(f"lstm-fast bench: --plot: cannot write {png!r}: {e}", file=sys.stderr)
             failed_output = True
+        else:
+            wrote.append(png)
+    if wrote:
+        print("\n" + "\n".join(f"wrote {w}" for w in wrote), file=out)
 
     problems = []
     unavailable = {}  # impl -> why, once: a broken install fails every cell the same way

@@ -4,10 +4,12 @@ is measured and a closed pipe mid-run (no --json at all), an explicit --repeats 
 shapes, duplicate --shapes, a 2-thread peak measured below the 1-thread one (%peak in the
 thousands without a word), the oversubscription note, the plot's labels of --shape cells, the
 torch peers' training checked for the gradients lstm_fast's backward computes (dx, dh0, dc0),
-and LSTM_FAST_BENCH_THREADS above the limit in benchmarks/. Tiny shapes, no timing asserts."""
+LSTM_FAST_BENCH_THREADS above the limit in benchmarks/, and a stdout closed at the end (a
+"cannot write" for a whole --json, no plot). Tiny shapes, no timing asserts."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -195,3 +197,44 @@ def test_benchmark_threads_above_the_limit_are_a_usage_error(tmp_path):
     text = proc.stdout + proc.stderr
     limit = _core.max_threads()
     assert f"LSTM_FAST_BENCH_THREADS='1,100000': expected thread counts in [1, {limit}]" in text
+
+
+class _ClosedAfter(io.StringIO):
+    """A stdout whose reader leaves at the first write containing ``word`` ('' : at once)."""
+
+    def __init__(self, word: str):
+        super().__init__()
+        self.word = word
+
+    def write(self, s):
+        if self.word in s:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(s)
+
+
+def test_a_closed_stdout_at_the_end_is_no_failed_json_or_plot(tmp_path, monkeypatch, capsys):
+    # `... --json r.json --plot r.png | head`: the "wrote" line found stdout closed; it was
+    # inside the --json try (reported as "cannot write r.json" though r.json was whole) and
+    # the plot's, which was not written at all when the JSON's line raised first
+    pytest.importorskip("matplotlib")
+    path, png = tmp_path / "r.json", tmp_path / "r.png"
+    monkeypatch.setattr(sys, "stdout", _ClosedAfter("wrote"))
+    args = _args(
+        *TINY, "--threads", "1", "--modes", "forward", "--json", str(path), "--plot", str(png)
+    )
+    with pytest.raises(BrokenPipeError):
+        bench.run(args)
+    assert json.loads(path.read_text())["interrupted"] is False
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "cannot write" not in capsys.readouterr().err
+
+
+def test_json_dash_to_a_closed_stdout_is_quiet_and_still_plots(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "r.png"
+    monkeypatch.setattr(sys, "stdout", _ClosedAfter(""))  # only the JSON goes to stdout
+    args = _args(*TINY, "--threads", "1", "--modes", "forward", "--json", "-", "--plot", str(png))
+    assert bench.run(args) == 1  # (cli.main: exit 1, as for any reader that left)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    err = capsys.readouterr().err
+    assert "cannot write" not in err and "GFLOP/s" in err

@@ -1158,10 +1158,10 @@ def run(args: argparse.Namespace) -> int:
     except MemoryError as e:
         print(f"lstm-fast bench: out of memory: {e}", file=sys.stderr)
         return 1
-    except (KeyboardInterrupt, BrokenPipeError) as e:
+    except (KeyboardInterrupt, BrokenPipeError) as stop:
         # Ctrl-C, or the reader of the table left (`| head`): the cells measured so far still
         # go to --json (marked interrupted), then cli.main's one line and exit status (130, 1)
-        if args.json and not (args.json == "-" and isinstance(e, BrokenPipeError)):
+        if args.json and not (args.json == "-" and isinstance(stop, BrokenPipeError)):
             try:
                 _write_json(args.json, report(cold, True))
                 where = "stdout" if args.json == "-" else args.json

@@ -610,6 +610,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
     if args.plot is not None and os.path.isdir(args.plot):
         return f"--plot: expected a file path, got the directory {args.plot!r}"
     outputs = [("--json", args.json), ("--plot", args.plot and plot_path(args.plot))]
+    if args.json and args.plot and os.path.realpath(args.json) == os.path.realpath(outputs[1][1]):
+        return f"--plot: expected a file other than --json's, got {outputs[1][1]!r} for both"
     for opt, path in outputs:
         if path is not None and not (opt == "--json" and path == "-"):
             problem = _unwritable(path)

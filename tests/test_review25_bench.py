@@ -238,3 +238,12 @@ def test_json_dash_to_a_closed_stdout_is_quiet_and_still_plots(tmp_path, monkeyp
     assert png.read_bytes()[:4] == b"\x89PNG"
     err = capsys.readouterr().err
     assert "cannot write" not in err and "GFLOP/s" in err
+
+
+def test_json_and_plot_to_one_file_is_an_error(tmp_path, capsys):
+    # the plot was written over the JSON after the run (`--json r.png --plot r`)
+    path = str(tmp_path / "r.png")
+    assert cli.main(["bench", *TINY, "--json", path, "--plot", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"--plot: expected a file other than --json's, got {path!r} for both" in err
+    assert not os.path.exists(path)

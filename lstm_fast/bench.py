@@ -24,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -859,7 +860,12 @@ def run_cells(
 # ------------------------------------------------------------------------------- cold start
 
 _COLD_CODE = r"""
-import json, statistics, sys, time
+import json, os, site, statistics, sys, time
+# the parent's lstm_fast (argv[8], the directory holding it) goes first but after the standard
+# library: a site-packages there shadowed stdlib modules with backports named like them
+_site = {os.path.realpath(d) for d in [*site.getsitepackages(), site.getusersitepackages()]}
+_at = next((k for k, p in enumerate(sys.path) if os.path.realpath(p or ".") in _site), None)
+sys.path.insert(len(sys.path) if _at is None else _at, sys.argv[8])
 t0 = time.perf_counter()
 import numpy as np
 import lstm_fast
@@ -897,7 +903,6 @@ def cold_start(T, B, I, H, mode: str, threads: int, repeats: int) -> dict:
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(lstm_fast.__file__)))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = str(threads)
     # NumPy's BLAS on one thread in the child (it does no BLAS work): OpenBLAS starts its pool
     # when NumPy loads and those threads spin for about 0.1 s, past the first call; a team of
@@ -905,12 +910,17 @@ def cold_start(T, B, I, H, mode: str, threads: int, repeats: int) -> dict:
     # 20-30 ms instead of 2 ms). The first call measured is then lstm_fast's own one-off costs.
     env["OPENBLAS_NUM_THREADS"] = "1"
     env["MKL_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-c", _COLD_CODE, *map(str, (T, B, I, H, threads, repeats)), mode]
+    argv = [*map(str, (T, B, I, H, threads, repeats)), mode, root]
+    cmd = [sys.executable, "-c", _COLD_CODE, *argv]
     wait_quiet(0.2)  # this process's pools (torch's, ONNX Runtime's) go idle first
     try:
-        # cwd = the directory holding the imported package: `python -c` puts the cwd first on
-        # sys.path, and a source checkout there (without the compiled _core) would shadow it.
-        proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+        # cwd = an empty directory: `python -c` puts the cwd first on sys.path, where a source
+        # checkout (without the compiled _core) or a site-packages (whose backports named like
+        # stdlib modules then shadow them) would stand before the parent's lstm_fast and stdlib
+        with tempfile.TemporaryDirectory() as cwd:
+            proc = subprocess.run(
+                cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+            )
     except subprocess.TimeoutExpired:
         return {"status": "error", "error": "timed out after 600 s"}
     if proc.returncode != 0:

@@ -247,3 +247,26 @@ def test_json_and_plot_to_one_file_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--plot: expected a file other than --json's, got {path!r} for both" in err
     assert not os.path.exists(path)
+
+
+def test_cold_start_child_keeps_the_standard_library_first(tmp_path):
+    # an installed lstm_fast lives in site-packages: the child ran with it as cwd and first on
+    # PYTHONPATH, before the standard library, so a backport there named like a stdlib module
+    # (enum34's enum, pathlib, ...) shadowed it and every cold start failed
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "lstm_fast").symlink_to(os.path.dirname(os.path.abspath(lstm_fast.__file__)))
+    (site / "statistics.py").write_text("raise ImportError('a backport shadowed statistics')\n")
+    code = (
+        "import json, statistics, sys\n"  # (the parent's own stdlib comes first)
+        f"sys.path.insert(0, {str(site)!r})\n"
+        "from lstm_fast import bench\n"
+        f"assert bench.__file__.startswith({str(site)!r}), bench.__file__\n"
+        "print(json.dumps(bench.cold_start(2, 1, 3, 4, 'forward', 1, 1)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["status"] == "ok", res

@@ -4,8 +4,9 @@ is measured and a closed pipe mid-run (no --json at all), an explicit --repeats 
 shapes, duplicate --shapes, a 2-thread peak measured below the 1-thread one (%peak in the
 thousands without a word), the oversubscription note, the plot's labels of --shape cells, the
 torch peers' training checked for the gradients lstm_fast's backward computes (dx, dh0, dc0),
-LSTM_FAST_BENCH_THREADS above the limit in benchmarks/, and a stdout closed at the end (a
-"cannot write" for a whole --json, no plot). Tiny shapes, no timing asserts."""
+LSTM_FAST_BENCH_THREADS above the limit in benchmarks/, a stdout closed at the end (a
+"cannot write" for a whole --json, no plot), --json and --plot naming one file, and the
+cold-start child's sys.path (site-packages before the stdlib). Tiny shapes, no timing asserts."""
 
 from __future__ import annotations
 

@@ -1601,6 +1601,13 @@ class _Stream:
 
     def run(self, x_t, state):
         cur, nxt = self.cur, 1 - self.cur
+        if state is not self.states[cur] and (
+            np.may_share_memory(x_t, self.h)
+            or (self.c is not None and np.may_share_memory(x_t, self.c))
+        ):
+            # x_t is a y_t this stream returned (fed back, as in generation): it lives in the
+            # state slot that the zeros or the given state below overwrite before it is read
+            x_t = x_t.copy()
         if state is not None:
             if self.c is not None:
                 h_in, c_in = state

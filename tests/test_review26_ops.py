@@ -1,0 +1,41 @@
+"""Review 26: adversarial calls to the functional API, the NumPy layers and the bindings'
+argument checks (aliasing, fed-back buffers, ...). Each test failed before its fix."""
+
+import numpy as np
+import pytest
+
+from lstm_fast import GRU, LSTM, RNN
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: LSTM(6, 6, num_layers=n, seed=1),
+        lambda n: GRU(6, 6, num_layers=n, seed=1),
+        lambda n: RNN(6, 6, num_layers=n, seed=1),
+        lambda n: LSTM(4, 6, num_layers=n, proj_size=4, seed=1),
+    ],
+    ids=["lstm", "gru", "rnn", "lstm-proj"],
+)
+@pytest.mark.parametrize("given", ["zeros", "other"])
+def test_step_feeds_back_its_own_y_with_a_new_state(make, num_layers, given):
+    # Generation: y_t of one step is the next x_t. It lives in the stream's state slot, which
+    # step overwrote with the zeros (state=None) or the given state before reading x_t: the
+    # step silently ran on the state's values instead of y_t's.
+    rng = np.random.default_rng(0)
+    m = make(num_layers)
+    B, P, H = 3, m._out_size, m.hidden_size
+    if given == "zeros":
+        state = None
+    else:
+        h = rng.standard_normal((num_layers, B, P)).astype(np.float32)
+        c = rng.standard_normal((num_layers, B, H)).astype(np.float32)
+        state = (h, c) if isinstance(m, LSTM) else h
+    x0 = rng.standard_normal((B, m.input_size)).astype(np.float32)
+    y, _ = m.step(x0)
+    want, _ = m.step(y.copy(), state)
+    want = want.copy()
+    y, _ = m.step(x0)
+    got, _ = m.step(y, state)  # y itself, not a copy
+    np.testing.assert_array_equal(got, want)

@@ -221,6 +221,20 @@ inline int checked_threads(long long n, const char* what) {
   return static_cast<int>(n);
 }
 
+// A cache class is only instantiated by a training forward. Its type's own __new__
+// (Cache.__new__(Cache), or a subclass's) would give an object whose C++ value was never
+// constructed: its properties, repr and backward read uninitialised memory (a crash). The
+// forwards create their caches through tp_alloc, not tp_new, so refusing tp_new only stops that.
+inline PyObject* refuse_new(PyTypeObject* type, PyObject*, PyObject*) {
+  PyErr_Format(PyExc_TypeError,
+               "%s: cannot be created directly; a forward with training=True returns one",
+               type->tp_name);
+  return nullptr;
+}
+inline void forward_made_only(py::handle cls) {
+  reinterpret_cast<PyTypeObject*>(cls.ptr())->tp_new = refuse_new;
+}
+
 // Reaching a cache's saved input whose shape or layout the caller changed since forward.
 inline void check_unchanged(const py::array& a, const std::vector<py::ssize_t>& shape,
                             const std::string& name) {

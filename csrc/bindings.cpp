@@ -660,6 +660,7 @@ PYBIND11_MODULE(_core, m) {
            << ")";
         return os.str();
       });
+  forward_made_only(m.attr("LSTMCache"));
 
   m.def("lstm_forward", &lstm_forward_py, py::arg("x"), py::arg("weight_ih"),
         py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("h0"),

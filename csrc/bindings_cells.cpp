@@ -246,6 +246,7 @@ void bind_cache(py::module_& m, const char* name) {
            << ")";
         return os.str();
       });
+  forward_made_only(m.attr(name));
 }
 
 // ---- streaming: one step into caller-owned buffers (no allocation) ------------------------------

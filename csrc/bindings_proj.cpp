@@ -232,6 +232,7 @@ void bind_lstm_proj(py::module_& m) {
            << ", H=" << c.s.H << ", P=" << c.P << ")";
         return os.str();
       });
+  forward_made_only(m.attr("LSTMProjCache"));
   m.def("lstm_proj_forward", &lstm_proj_forward_py, py::arg("x"), py::arg("weight_ih"),
         py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("h0"),
         py::arg("c0"), py::arg("weight_hr"), py::arg("training"),

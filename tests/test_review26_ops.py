@@ -39,3 +39,40 @@ def test_step_feeds_back_its_own_y_with_a_new_state(make, num_layers, given):
     y, _ = m.step(x0)
     got, _ = m.step(y, state)  # y itself, not a copy
     np.testing.assert_array_equal(got, want)
+
+
+CACHES = ["LSTMCache", "GRUCache", "RNNCache", "LSTMProjCache"]
+
+
+@pytest.mark.parametrize("name", CACHES)
+def test_a_cache_made_without_a_forward_is_refused_not_a_crash(name):
+    # Cache.__new__(Cache) gave an object whose C++ value was never constructed: its repr
+    # printed garbage sizes and backward (or .gates) read uninitialised memory (SIGSEGV).
+    # Run in a child: before the fix the process died.
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np
+from lstm_fast import _core, ops
+C = _core.{name}
+made = []
+for how in (lambda: C.__new__(C), lambda: C(), lambda: type("X", (C,), {{}})()):
+    try:
+        made.append(how())
+    except TypeError:
+        pass
+for c in made:  # (before the fix: each of these read garbage)
+    repr(c), c.gates
+    ops.lstm_backward(c) if "LSTM" in C.__name__ else ops.gru_backward(c)
+print("refused", len(made))
+"""
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "refused 0", (r.returncode, r.stdout, r.stderr)

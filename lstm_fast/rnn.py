@@ -176,6 +176,37 @@ def _ready_grads(module: Module) -> None:
                 p.grad = np.zeros_like(p.data)
 
 
+# (first byte, end) of an array's memory: np.lib.array_utils from NumPy 2, np before
+_byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds", None) or np.byte_bounds
+
+
+def _grads_apart(module: Module, reads: list) -> None:
+    """Before a stacked backward accumulates anything (after :func:`_ready_grads`): no
+    parameter's ``.grad`` shares memory with a parameter or with an array of ``reads``
+    (``(name, array or None)``: the forward's input and states, dy, dh_n, dc_n). The core
+    refuses such a gradient too, but only once it reaches that layer: the layers above had
+    accumulated by then (and a reverse direction, which reads a copy of the input, wrote into
+    the input while the forward direction read it). One sweep over the byte ranges, sorted."""
+    spans = []  # (first byte, end, is a gradient, name)
+    for name, p in module._parameters.items():
+        if p is not None:
+            spans.append((*_byte_bounds(p.grad), True, f"{name}.grad"))
+            spans.append((*_byte_bounds(p.data), False, f"parameter {name}"))
+    for name, a in reads:
+        if isinstance(a, np.ndarray):
+            spans.append((*_byte_bounds(a), False, name))
+    reach = {True: (0, ""), False: (0, "")}  # the furthest end of each kind so far
+    for lo, hi, grad, name in sorted(spans, key=lambda s: s[0]):
+        if lo == hi:  # empty: overlaps nothing
+            continue
+        end, other = reach[not grad]
+        if end > lo:  # started before (or at) lo, ends after it
+            g, a = (name, other) if grad else (other, name)
+            raise ValueError(f"{g}: expected memory separate from {a}, got an overlapping array")
+        if hi > reach[grad][0]:
+            reach[grad] = (hi, name)
+
+
 def _as_float32(name: str, value: Any) -> np.ndarray:
     """Explicit conversion at the layer boundary: real floating input -> C-contiguous, aligned
     float32 (a misaligned float32 buffer, e.g. np.frombuffer at an odd offset, is copied: the
@@ -1005,6 +1036,9 @@ class _RNNBase(Module):
                 packed=packed,
                 fused=fused,
                 lengths=given_lens,  # (B,) in the caller's order, or None
+                # the first layer's input and states as its cores read them (the caches hold
+                # them already), for backward's _grads_apart
+                inputs=(("the input", x), ("h_0", h0), ("c_0", c0)),
             )
             meta["versions"] = saved_versions(self)
             _keep_saved(self, (saved, meta))
@@ -1280,11 +1314,13 @@ class _RNNBase(Module):
         elif batch_first and packed is None:
             dy = dy.transpose(1, 0, 2)
         dstates = []
+        reads = [("dy", dy)]  # for _grads_apart: what the cores read (converted, unsorted)
         for nm, a, F in (("dh_n", dh_n, P), ("dc_n", dc_n, H)):
             if a is None:
                 dstates.append(None)
                 continue
             a = _as_float32(nm, a)
+            reads.append((nm, a))
             st_want = (L * D, F) if unbatched else (L * D, B, F)
             if a.shape != st_want:
                 raise ValueError(f"{nm}: expected shape {st_want}, got {a.shape}")
@@ -1305,6 +1341,7 @@ class _RNNBase(Module):
             if frozen:  # an eval-mode embedding: no gradient on either path
                 emb = None
         _ready_grads(self)
+        _grads_apart(self, reads + list(meta.get("inputs", ())))
         if fused_embedding is not None and not frozen and isinstance(fused_embedding, Module):
             _ready_grads(fused_embedding)
         if emb is not None and not fused:  # the fallback's embedding, before any accumulation

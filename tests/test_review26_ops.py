@@ -76,3 +76,46 @@ print("refused", len(made))
         env={**os.environ},
     )
     assert r.returncode == 0 and r.stdout.strip() == "refused 0", (r.returncode, r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU, RNN])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("aliased", ["input", "h_0", "dy", "dh_n", "weight"])
+def test_stacked_backward_refuses_an_aliased_grad_before_any_layer_accumulates(
+    cls, bidirectional, aliased
+):
+    # weight_ih_l0.grad sharing memory with what backward reads (the input, h_0, dy, dh_n, a
+    # weight): the core refused it only on reaching layer 0, after the layers above (and the
+    # reverse direction) had added their gradients; a failed backward must change nothing.
+    rng = np.random.default_rng(0)
+    T, B, I, H = 4, 3, 5, 6
+    m = cls(I, H, num_layers=2, bidirectional=bidirectional, seed=0)
+    D = 2 if bidirectional else 1
+    params = dict(m.named_parameters())
+    n = params["weight_ih_l0"].data.size
+    buf = np.zeros(4096, np.float32)  # one memory for the aliased argument and the gradient
+    args = {
+        "input": rng.standard_normal((T, B, I)).astype(np.float32),
+        "h_0": rng.standard_normal((2 * D, B, H)).astype(np.float32),
+        "dy": rng.standard_normal((T, B, D * H)).astype(np.float32),
+        "dh_n": rng.standard_normal((2 * D, B, H)).astype(np.float32),
+    }
+    shape = params["weight_ih_l0"].data.shape
+    if aliased == "weight":
+        params["weight_ih_l0"].grad = params["weight_hh_l1"].data.reshape(-1)[:n].reshape(shape)
+    else:
+        a = args[aliased]
+        args[aliased] = buf[: a.size].reshape(a.shape)
+        args[aliased][...] = a
+        params["weight_ih_l0"].grad = buf[a.size - 3 : a.size - 3 + n].reshape(shape)
+    x, h0, dy, dh_n = args.values()
+    for name, p in params.items():
+        if name != "weight_ih_l0":
+            p.grad = np.zeros_like(p.data)
+    before = {k: p.grad.copy() for k, p in params.items()}
+    hx = (h0, np.zeros_like(h0)) if cls is LSTM else h0
+    m(x, hx)
+    with pytest.raises(ValueError, match=r"weight_ih_l0\.grad: expected memory separate from"):
+        m.backward(dy, dh_n)
+    for k, p in params.items():
+        np.testing.assert_array_equal(p.grad, before[k], err_msg=k)

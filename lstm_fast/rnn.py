@@ -1149,7 +1149,14 @@ class _RNNBase(Module):
             versions = saved_versions(self) + (
                 ("embedding.weight", emb_p, getattr(emb_p, "_version", 0)),
             )
-            meta = _saved_meta(T, B, False, embedding=(embedding, True, frozen), versions=versions)
+            meta = _saved_meta(
+                T,
+                B,
+                False,
+                embedding=(embedding, True, frozen),
+                versions=versions,
+                inputs=(("embedding.weight", weight), ("h_0", h0), ("c_0", c0)),
+            )
             _keep_saved(self, (saved, meta))
         else:
             object.__setattr__(self, "_saved", None)

@@ -119,3 +119,22 @@ def test_stacked_backward_refuses_an_aliased_grad_before_any_layer_accumulates(
         m.backward(dy, dh_n)
     for k, p in params.items():
         np.testing.assert_array_equal(p.grad, before[k], err_msg=k)
+
+
+def test_forward_embedded_backward_refuses_a_grad_on_the_table_before_any_layer_accumulates():
+    # The fused path's first layer reads embedding.weight: a .grad sharing its memory was
+    # refused by the core at layer 0, after layer 1 had accumulated.
+    from lstm_fast.nn import Embedding
+
+    rng = np.random.default_rng(0)
+    m, emb = LSTM(5, 6, num_layers=2, seed=0), Embedding(10, 5)
+    params = dict(m.named_parameters())
+    for p in params.values():
+        p.grad = np.zeros_like(p.data)
+    params["bias_ih_l0"].grad = emb.weight.data.reshape(-1)[:24]
+    y, _ = m.forward_embedded(rng.integers(0, 10, (8, 3)), emb)  # T * B >= V: fused
+    with pytest.raises(ValueError, match=r"bias_ih_l0\.grad: expected memory separate from emb"):
+        m.backward(np.ones_like(y))
+    for name, p in params.items():
+        if name != "bias_ih_l0":
+            assert not p.grad.any(), name

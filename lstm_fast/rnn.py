@@ -127,11 +127,16 @@ def _finite_view(a: Any) -> Any:
     if _is_packed(a):
         a = a.data
     if hasattr(a, "detach") and hasattr(a, "numpy"):
-        return _from_torch(a)
+        a = _from_torch(a)
     try:
-        return np.asarray(a)
+        a = np.asarray(a)
     except (ValueError, TypeError):  # ragged nesting: the conversion raises its TypeError
         return None
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+        # as the boundary converts it: a float64 beyond float32's range is +-Inf there
+        with np.errstate(over="ignore"):
+            a = a.astype(np.float32)
+    return a
 
 
 def _ready_grads(module: Module) -> None:

@@ -138,3 +138,33 @@ def test_forward_embedded_backward_refuses_a_grad_on_the_table_before_any_layer_
     for name, p in params.items():
         if name != "bias_ih_l0":
             assert not p.grad.any(), name
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("where", ["hx", "hx-lengths", "dy", "dy-lengths", "dh_n", "step-state"])
+def test_check_finite_sees_float64_values_beyond_float32_range(where):
+    # check_finite scanned the caller's float64 hx / dy / dh_n / step state (finite), then the
+    # boundary's float32 conversion made 1e39 an Inf that reached the kernels unreported.
+    rng = np.random.default_rng(0)
+    T, B, I, H = 4, 3, 5, 6
+    m = LSTM(I, H, check_finite=True, seed=0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    big = np.zeros((1, B, H))
+    big[0, 1, 2] = -1e39
+    lengths = [4, 3, 2] if where.endswith("lengths") else None
+    named = {"hx": r"hx\[0\]", "dy": "dy", "dh_n": "dh_n", "step": r"state\[0\]"}
+    match = named[where.split("-")[0]]
+    with pytest.raises(ValueError, match=match + ": expected finite values, got Inf"):
+        if where.startswith("hx"):
+            m(x, (big, np.zeros((1, B, H))), lengths=lengths)
+        elif where == "step-state":
+            m.eval()
+            m.step(x[0], (big, np.zeros((1, B, H))))
+        else:
+            y, _ = m(x, lengths=lengths)
+            dy = np.ones(y.shape)
+            if where.startswith("dy"):
+                dy[0, 1, 2] = 1e39
+                m.backward(dy)
+            else:
+                m.backward(dy, big)

@@ -1084,11 +1084,16 @@ class _FastRNNMixin(_GraphFallback):
                 f"{given}: T = 0 in dim {dim}"
             )
         y, hidden = self._run(x, hx, batch_sizes, params)
+        # torch's GRU and RNN hand out a batch_first output that is no view (the LSTM's is one):
+        # ``detach_()``, or an in-place op with grad enabled on an output made under no_grad,
+        # works on it. Ours gets the same strides, as a tensor of its own (below).
+        own_bf = batch_sizes is None and self.batch_first and is_batched and self.mode != "LSTM"
         if (
             batch_sizes is None
             and not self.bidirectional
             and y.requires_grad
             and (self.mode != "LSTM" or self.proj_size > 0)
+            and not own_bf
         ):
             # y is the last layer's kernel output, saved for backward (the cache refers to it),
             # so changing it in place would raise. torch's GRU, RNN and projected LSTM save no
@@ -1104,6 +1109,13 @@ class _FastRNNMixin(_GraphFallback):
             return output, self._torch_hidden(hidden)
         if self.batch_first:
             y = y.transpose(0, 1)
+        if own_bf:
+            # (B, T, D*H) with torch's strides: a copy when a graph is recorded (the copy the
+            # unidirectional output gets anyway, see above), else the same memory re-wrapped.
+            if y.requires_grad:
+                y = y.clone(memory_format=torch.preserve_format)
+            else:
+                y = torch.from_numpy(y.numpy())
         if not is_batched:
             y = y.squeeze(0 if self.batch_first else 1)
             hidden = tuple(h.squeeze(1) for h in hidden)

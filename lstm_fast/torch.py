@@ -46,7 +46,9 @@ Autograd
     Outputs follow torch's modules: a unidirectional GRU, RNN or projected LSTM hands out a copy
     of its last layer's output when a gradient is needed (one (T, B, H) copy), so it can be
     changed in place before ``backward`` as torch's own allow; a plain LSTM's output is saved
-    and raises, as torch's (oneDNN) LSTM does. As torch frees saved tensors, a backward that
+    and raises, as torch's (oneDNN) LSTM does. A batch_first GRU or RNN output is, as torch's, a
+    tensor of its own with the transposed strides, not a view (``detach_()`` works on it; the
+    LSTM's is a view, as torch's). As torch frees saved tensors, a backward that
     does not retain the graph releases the kernels' cache (gates, cell states): an output kept
     afterwards holds no training memory. Under saved-tensor hooks
     (``torch.utils.checkpoint(use_reentrant=False)``, ``saved_tensors_hooks``, ``save_on_cpu``),

@@ -760,12 +760,27 @@ def _has_tangent(module: nn.Module, input, hx, weights) -> bool:
     )
 
 
+def _parametrizations(module: nn.Module):
+    """The names of ``module``'s tensors that torch's ``parametrize`` computes (a container with
+    ``in``; empty without parametrizations)."""
+    p = module.__dict__["_modules"].get("parametrizations")
+    return () if p is None else p
+
+
 def _foreign_params(module: nn.Module, weights) -> bool:
     """Whether a parameter named in ``weights`` is not a float32 CPU tensor (``model.double()``,
     ``.half()``, ``.to("cuda")``): the kernels are float32 and CPU only, so torch's own
-    implementation computes such a module, as it would without :func:`replace_rnns`."""
+    implementation computes such a module, as it would without :func:`replace_rnns`.
+    A parametrized weight is judged by its original, not computed: each computation runs the
+    parametrization (a power iteration of ``spectral_norm`` in training mode, updating its
+    buffers), and the forward then computes it as often as torch's module does."""
+    parametrized = _parametrizations(module)
     for n in weights:
-        t = getattr(module, n, None)
+        if n in parametrized:
+            p = parametrized[n]
+            t = p.original if hasattr(p, "original") else getattr(p, "original0", None)
+        else:
+            t = getattr(module, n, None)
         if isinstance(t, torch.Tensor) and (t.dtype is not torch.float32 or not t.is_cpu):
             return True
     return False
@@ -871,7 +886,9 @@ class _FastRNNMixin(_GraphFallback):
         module's sizes give (as torch's constructor made it). Runs on every call: the expected
         shapes are worked out once per set of sizes, and a parameter that passes costs three
         comparisons (the full check, with its message, runs only for one that does not).
-        Returns the parameters as read (the kernels take these: each read once per call)."""
+        Returns the parameters as read (the kernels take these: each read once per call; a
+        parametrized one is taken from ``_flat_weights``, which ``_update_flat_weights`` has just
+        computed, so that a forward computes it as often as torch's does)."""
         key = (
             self.mode,
             self.input_size,
@@ -886,9 +903,10 @@ class _FastRNNMixin(_GraphFallback):
             self.__dict__["_lf_expected"] = cached
         module = type(self).__name__
         f32 = torch.float32
+        parametrized = _parametrizations(self)
         params = []
-        for name, shape, legend in cached[1]:
-            t = getattr(self, name)
+        for i, (name, shape, legend) in enumerate(cached[1]):
+            t = self._flat_weights[i] if name in parametrized else getattr(self, name)
             params.append(t)
             if (
                 isinstance(t, torch.Tensor)
@@ -1231,8 +1249,9 @@ class _FastCellMixin(_GraphFallback):
     def _mode(self) -> str:
         return type(self)._MODE
 
-    def _check_args(self, name: str, input, hx, has_cell: bool):
-        """torch's rank checks (same types and messages), then device, dtype and shapes.
+    def _check_args(self, name: str, input, hx, has_cell: bool, params: tuple):
+        """torch's rank checks (same types and messages), then device, dtype and shapes (of
+        ``params``: weight_ih, weight_hh, bias_ih, bias_hh as read once for this call).
         Returns the input and the states as a tuple of tensors (empty when ``hx`` is None),
         cast to float32 under CPU autocast."""
         if not isinstance(input, torch.Tensor):
@@ -1268,13 +1287,15 @@ class _FastCellMixin(_GraphFallback):
         gates = {"LSTM": 4, "GRU": 3}.get(self._mode(), 1)
         g = f"{gates}*hidden_size" if gates > 1 else "hidden_size"
         G = gates * self.hidden_size
-        for p, shape, legend in (
-            ("weight_ih", (G, self.input_size), f"({g}, input_size)"),
-            ("weight_hh", (G, self.hidden_size), f"({g}, hidden_size)"),
-            ("bias_ih", (G,), f"({g},)"),
-            ("bias_hh", (G,), f"({g},)"),
+        for t, (p, shape, legend) in zip(
+            params,
+            (
+                ("weight_ih", (G, self.input_size), f"({g}, input_size)"),
+                ("weight_hh", (G, self.hidden_size), f"({g}, hidden_size)"),
+                ("bias_ih", (G,), f"({g},)"),
+                ("bias_hh", (G,), f"({g},)"),
+            ),
         ):
-            t = getattr(self, p)
             if t is not None or p.startswith("weight"):  # a bias may be None, as in torch
                 _check_weight(name, p, t, shape, legend)
         input = _autocast_float(input)
@@ -1302,13 +1323,14 @@ class _FastCellMixin(_GraphFallback):
         name = type(self).__name__
         _follow_torch_threads()
         kernel = _KERNELS[self._mode()]
-        input, states = self._check_args(name, input, hx, kernel.has_cell)
+        # Each read once, as torch's cell does (a parametrized weight is computed at each read).
+        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        input, states = self._check_args(name, input, hx, kernel.has_cell, params)
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
             states = tuple(h.unsqueeze(0) for h in states)
         h0, c0 = (tuple(states) + (None, None))[:2]
-        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         need_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (input, *states, *params)
         )

@@ -168,3 +168,24 @@ def test_check_finite_sees_float64_values_beyond_float32_range(where):
                 m.backward(dy)
             else:
                 m.backward(dy, big)
+
+
+@pytest.mark.parametrize("derive", ["view", "memoryview"])
+def test_backward_refuses_an_input_derived_from_a_gradient_of_its_own_memory(derive):
+    # The check's fast path (every gradient an array of its own memory) must still see an input
+    # made from one of them: a view of it, or an array over a memoryview of it.
+    T, B, I, H = 4, 3, 5, 6
+    m = LSTM(I, H, num_layers=2, bidirectional=True, seed=0)
+    params = dict(m.named_parameters())
+    for p in params.values():
+        p.grad = np.zeros_like(p.data)
+    g = params["weight_ih_l0"].grad
+    flat = g.reshape(-1) if derive == "view" else np.frombuffer(memoryview(g), np.float32)
+    x = flat[: T * B * I].reshape(T, B, I)
+    x[...] = np.random.default_rng(0).standard_normal((T, B, I))
+    y, _ = m(x)
+    before = {k: p.grad.copy() for k, p in params.items()}
+    with pytest.raises(ValueError, match=r"weight_ih_l0\.grad: expected memory separate from"):
+        m.backward(np.ones_like(y))
+    for k, p in params.items():
+        np.testing.assert_array_equal(p.grad, before[k], err_msg=k)

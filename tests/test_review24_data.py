@@ -5,31 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_review21_training import TEXT, _weights  # (the same tiny run)
+from test_review21_training import _cfg as _cfg21
 
 from lstm_fast import cli
-from lstm_fast.models import TrainConfig, load_charlm, train_charlm
-
-TEXT = "the quick brown fox jumps over the lazy dog. " * 30
+from lstm_fast.models import load_charlm, train_charlm
 
 
 def _cfg(**kw):
-    base = dict(
-        embed_size=4,
-        hidden_size=8,
-        num_layers=1,
-        seq_len=8,
-        batch_size=2,
-        steps=4,
-        val_every=0,
-        checkpoint_every=0,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _weights(out):
-    model = load_charlm(out)[0]
-    return {k: v.copy() for k, v in model.state_dict().items()}
+    return _cfg21(**{"steps": 4, **kw})
 
 
 # -- char-LM training: Ctrl-C at the end of a run ------------------------------------------------

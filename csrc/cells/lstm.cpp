@@ -18,9 +18,6 @@ namespace {
 // Depth chunk of the backward step product dZ_t . W_hh (256 x NR floats of panel: 16 KiB AVX2).
 constexpr index_t kKCb = 256;
 
-// At most this many rows in all (T * B): the forward skips packing W_hh (see lstm_forward).
-constexpr index_t kUnpackedRows = 4;
-
 // The batch split with its own-rows projection (lstm_forward) is chosen only while W_hh takes at
 // most this many bytes (lstm_choose_schedule).
 constexpr double kOwnRowsMaxWhh = 4.0 * (1 << 20);
@@ -184,9 +181,9 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   });
 }
 
-// Few steps: packing W_hh (and W_ih for the projection GEMM) would cost more than the steps save
-// (a cell step, a short chunk), or a handful of rows in all.
-bool use_unpacked(const LstmSizes& s) { return s.T * s.B <= kUnpackedRows || s.T <= 2; }
+// Few rows in all: packing W_hh (and W_ih for the projection GEMM) would cost more than the
+// steps save (a cell step, a short chunk; unpacked_forward, team.h).
+bool use_unpacked(const LstmSizes& s) { return unpacked_forward(s.T, s.B, s.H); }
 
 }  // namespace
 

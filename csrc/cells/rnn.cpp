@@ -11,8 +11,10 @@ namespace lstm_fast {
 using namespace cell_detail;
 
 namespace {
-constexpr index_t kUnpackedRows = 4;  // T * B at most: GEMV on W_hh's rows, no packing
-}
+// Few rows in all (unpacked_forward, team.h): the weights' rows are read in place (dot
+// products, kernel gemm_nt, as the LSTM's and GRU's), packing would cost more.
+bool use_unpacked(const CellSizes& s) { return unpacked_forward(s.T, s.B, s.H); }
+}  // namespace
 
 index_t rnn_forward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
   const index_t xg = lengths ? s.T * s.B * s.I : 0;  // x's active rows, packed
@@ -31,7 +33,7 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   }
   if (bs && !has_padding(bs, T, B)) bs = nullptr;  // every row active: the packed layout is dense
   const CellKernels& ck = cell_kernels_for(kern);
-  const bool unpacked = T * B <= kUnpackedRows;
+  const bool unpacked = use_unpacked(s);
   const index_t nbj = num_panels(kern, H);
   float* Wp = workspace;                  // packed W_hh^T panels
   float* zeros = Wp + nbj * H * kern.NR;  // (B, H)
@@ -41,11 +43,20 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   // y starts as the hoisted input projection x . W_ih^T + b_ih + b_hh (zero on padding rows);
   // each step adds h_prev . W_hh^T and applies the activation in place. With batch_sizes the
   // projection lands packed at y's start and is then spread to its rows.
-  input_projection(kern, s, H, x, W_ih, b_ih, b_hh, y, bs, xg, nthreads);
-  if (bs) unpack_steps_in_place(y, H, B, bs, T);
+  // Unpacked: each thread projects its own units in the team region below.
+  if (!unpacked) {
+    input_projection(kern, s, H, x, W_ih, b_ih, b_hh, y, bs, xg, nthreads);
+    if (bs) unpack_steps_in_place(y, H, B, bs, T);
+  } else {
+    zero_padding(y, s, bs);
+  }
 
   Schedule sched = choose_schedule(kern, s, H, nthreads);
-  if (unpacked) sched = (H * H >= (1 << 16) && nthreads > 1) ? Schedule::kUnits : Schedule::kSerial;
+  if (unpacked) {
+    // (the cost estimate in double: an integer product of weights and rows could wrap)
+    const double flops = static_cast<double>(H) * static_cast<double>(H + s.I) * T * B;
+    sched = H > 8 && small_call_threads(flops, nthreads) > 1 ? Schedule::kUnits : Schedule::kSerial;
+  }
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   if (!unpacked) pack_gate_panels(kern, H, 1, W_hh, Wp, P);
 
@@ -62,6 +73,20 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
       j1 = nblk * (p + 1) / np;
     }
     const index_t u0 = std::min(H, j0 * ublk), u1 = std::min(H, j1 * ublk);
+    if (unpacked && u1 > u0) {
+      // The input projection of this thread's units, every step's active rows: b_ih + b_hh,
+      // then += x . W_ih^T (dot products over W_ih's rows, as step_forward sums them).
+      for (index_t t = 0; t < T; ++t) {
+        const index_t rows = bs ? bs[t] : B;
+        float* yt = y + t * B * H;
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t u = u0; u < u1; ++u)
+            yt[r * H + u] = (b_ih ? b_ih[u] : 0.0f) + (b_hh ? b_hh[u] : 0.0f);
+        if (rows > 0)
+          kern.gemm_nt(rows, u1 - u0, s.I, x + t * B * s.I, s.I, W_ih + u0 * s.I, s.I, yt + u0,
+                       H);
+      }
+    }
     // Batch split: rows are independent (no barrier), re-balanced every kBalanceSteps steps
     // with batch_sizes (row tiles of MR).
     const bool rebalance = sched == Schedule::kBatch && bs && np > 1;
@@ -80,9 +105,9 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
       const index_t re = bs ? std::min(r1, bs[t]) : r1;
       float* a = y + t * B * H;
       if (re > r0 && u1 > u0) {
-        if (unpacked) {
-          for (index_t b = r0; b < re; ++b)
-            kern.gemv_rows(u1 - u0, H, W_hh + u0 * H, H, h_prev + b * H, a + b * H + u0, true);
+        if (unpacked) {  // rows four at a time against W_hh's rows
+          kern.gemm_nt(re - r0, u1 - u0, H, h_prev + r0 * H, H, W_hh + u0 * H, H,
+                       a + r0 * H + u0, H);
         } else {
           recurrent_product(kern, H, 1, r0, re, j0, j1, h_prev, Wp, a, true);
         }

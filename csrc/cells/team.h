@@ -18,6 +18,22 @@
 
 namespace lstm_fast {
 
+// Whether a forward reads the weights' rows in place (dot products over them, kernel gemm_nt,
+// rows four at a time) instead of packing W_hh into panels and W_ih^T for the projection GEMM:
+// for few rows in all, packing costs more than the steps save. At most 4 rows in all; at most
+// two steps of at most 64 rows in all; from H = 256, a batch of one for at most 16 steps or of
+// at most four for 8 (the same for the LSTM, GRU and RNN). In-process A/B, 2 threads, forward,
+// I = H, time unpacked / packed: T = 1, B = 32, H = 512 LSTM 0.66; 64 rows 0.78 (T = 1, H =
+// 256), GRU 0.67 (H = 512); 128 rows 1.09-1.11 (H = 256), 256 rows 1.85-1.89 (H = 512); B = 1,
+// T = 8 and 16: LSTM 0.56-0.75, GRU 0.33-0.55 (H = 256, 512), 32: 0.73-1.31; B = 4, T = 8:
+// 0.73-0.85, 16: 0.95-1.12; H = 128: T = 8 0.99-1.00 (LSTM), 16 1.12-1.17.
+inline bool unpacked_forward(index_t T, index_t B, index_t H) {
+  if (T * B <= 4) return true;
+  if (T <= 2) return T * B <= 64;
+  if (H < 256) return false;
+  return (B == 1 && T <= 16) || (B <= 4 && T <= 8);
+}
+
 // Blocks of W hidden units (the packed W_hh panels' width), the last one padded.
 inline index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
 

@@ -1,0 +1,60 @@
+"""The forward's unpacked path (weights read in place, nothing packed) at the edges of where it is
+chosen (unpacked_forward in csrc/cells/team.h: at most 4 rows; at most two steps of at most 64
+rows; from H = 256 a batch of one for up to 16 steps or of up to four for 8), for the LSTM, GRU
+and RNN, on both sides of each edge: against the float64 reference (forward, training forward
+and backward with random upstream gradients, lengths with NaN padding), on every ISA, and
+bitwise across thread counts and schedules (test_review24_kernels's sweep). Also: a call's
+results do not depend on which side of an edge another call of the same layer took (a layer
+called with one step then a batch, no state kept between them).
+"""
+
+import numpy as np
+import pytest
+from test_review24_kernels import C, _ids, restore, sweep  # noqa: F401 (restore: a fixture)
+
+import lstm_fast
+
+EDGE_CASES = [
+    # two steps of at most 64 rows in all (unpacked) and one row past it (packed)
+    C("gru", 1, 64, 17, 33, lengths="random"),
+    C("gru", 1, 65, 17, 33),
+    C("tanh", 2, 32, 31, 65, lengths="zeros"),
+    C("relu", 2, 33, 31, 65, upstream="y"),
+    C("lstm", 2, 32, 7, 17, lengths="random", unsorted=True),
+    C("lstm", 1, 65, 7, 17, h0=False),
+    # from H = 256: batch 1 up to 16 steps, batches up to 4 up to 8 steps
+    C("gru", 16, 1, 17, 257, upstream="states"),
+    C("gru", 17, 1, 17, 257),
+    C("gru", 8, 4, 1, 256, lengths="random"),
+    C("gru", 9, 4, 1, 256, lengths="short", bias=False),
+    C("relu", 16, 1, 300, 263),
+    C("tanh", 8, 3, 2, 256, lengths="zeros", h0=False),
+    C("tanh", 8, 5, 2, 256),
+    C("lstm", 16, 1, 9, 257, upstream="y"),
+    C("lstm", 8, 4, 9, 256, lengths="random", unsorted=True),
+    C("lstm", 9, 2, 9, 256, lengths="short"),
+    # H = 255: the long-batch rules do not apply
+    C("gru", 5, 1, 3, 255),
+    C("lstm", 5, 2, 3, 255, lengths="random"),
+]
+
+
+@pytest.mark.parametrize("case", EDGE_CASES, ids=_ids(EDGE_CASES))
+def test_unpacked_edges_match_reference_on_every_isa_and_bitwise_across_runs(case, restore):
+    sweep(case, runs=[(1, "auto"), (2, "auto"), (2, "batch"), (2, "units")])
+
+
+@pytest.mark.parametrize("cls", [lstm_fast.LSTM, lstm_fast.GRU, lstm_fast.RNN])
+def test_layer_calls_on_both_sides_of_an_edge_are_independent(cls, restore):
+    """The same layer, called with shapes taking the unpacked path and the packed one in turn,
+    gives each call the bits of a fresh layer's call of that shape."""
+    rng = np.random.default_rng(5)
+    H = 256
+    layer = cls(3, H, seed=1)
+    shapes = [(1, 65), (1, 64), (17, 1), (16, 1), (9, 4), (8, 4), (2, 33), (2, 32)]
+    xs = [rng.standard_normal((T, B, 3)).astype(np.float32) for T, B in shapes]
+    first = [layer(x)[0].copy() for x in xs]
+    for x, y in zip(reversed(xs), reversed(first)):
+        fresh = cls(3, H, seed=1)
+        assert fresh(x)[0].tobytes() == y.tobytes()
+        assert layer(x)[0].tobytes() == y.tobytes()

@@ -39,13 +39,15 @@ EDGE_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("restore")
 @pytest.mark.parametrize("case", EDGE_CASES, ids=_ids(EDGE_CASES))
-def test_unpacked_edges_match_reference_on_every_isa_and_bitwise_across_runs(case, restore):
+def test_unpacked_edges_match_reference_on_every_isa_and_bitwise_across_runs(case):
     sweep(case, runs=[(1, "auto"), (2, "auto"), (2, "batch"), (2, "units")])
 
 
+@pytest.mark.usefixtures("restore")
 @pytest.mark.parametrize("cls", [lstm_fast.LSTM, lstm_fast.GRU, lstm_fast.RNN])
-def test_layer_calls_on_both_sides_of_an_edge_are_independent(cls, restore):
+def test_layer_calls_on_both_sides_of_an_edge_are_independent(cls):
     """The same layer, called with shapes taking the unpacked path and the packed one in turn,
     gives each call the bits of a fresh layer's call of that shape."""
     rng = np.random.default_rng(5)

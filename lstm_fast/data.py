@@ -19,6 +19,7 @@ import hashlib
 import json
 import operator
 import os
+import stat
 import sysconfig
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -559,7 +560,9 @@ def load_corpus(
 
     Args:
         path: a text file, or a directory whose files with one of ``extensions`` are read
-            (recursively, sorted by path, joined by newlines); None: the default corpus.
+            (recursively, sorted by path, joined by newlines), or a pipe (a named FIFO, a
+            shell's ``<(command)``, ``/dev/stdin``), read once as it streams; None: the default
+            corpus.
         default: (keyword only) read the default corpus (:func:`default_corpus`) whatever
             ``path`` is (default False).
         max_chars: (keyword only) the most characters returned (default None: all; the default
@@ -570,7 +573,7 @@ def load_corpus(
 
     Files are read as UTF-8, undecodable bytes replaced, a byte-order mark dropped; with
     ``max_chars``, no more of them than that is read. Raises ``FileNotFoundError`` for a path
-    that is neither a file nor a directory, or a directory without text files, ``TypeError``
+    that is neither a file, a directory nor a pipe, or a directory without text files, ``TypeError``
     for a ``path`` that is not one or ``extensions`` that are not a sequence of str.
 
     Example::
@@ -601,7 +604,9 @@ def _load_corpus(path, default, max_chars, extensions, exclude=None) -> str:
     if isinstance(path, (str, bytes)) and not path:  # Path("") is ".", the working directory
         raise FileNotFoundError(f"corpus: expected a text file or a directory, got {path!r}")
     p = Path(path)
-    if p.is_file():
+    if p.is_file() or _is_pipe(p):
+        # a pipe (``lstm-fast train <(zcat corpus.gz)``, /dev/stdin, a named FIFO) is read once,
+        # as it streams: nothing here needs a second pass over the text
         return _read(p, max_chars)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
@@ -613,12 +618,51 @@ def _load_corpus(path, default, max_chars, extensions, exclude=None) -> str:
         if not files:
             raise FileNotFoundError(f"corpus: no text files ({', '.join(extensions)}) under {p}")
         return _concat(files, max_chars)
+    if p.exists():  # a socket or a device (/dev/zero would be read forever)
+        raise FileNotFoundError(
+            f"corpus: expected a text file, a directory or a pipe, got {str(p)!r} (neither)"
+        )
     raise FileNotFoundError(f"corpus: expected a text file or a directory, got {str(p)!r}")
 
 
+def _is_pipe(path) -> bool:
+    """Whether ``path`` is a pipe: a named FIFO, or a shell's process substitution
+    (``<(command)``, a ``/dev/fd/N``) or ``/dev/stdin`` fed by a pipe. Such a path can be read
+    once only: the text streams through it and is gone."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, unreadable, or no path at all ("a\0b")
+        return False
+
+
+def _check_read_once(**paths) -> None:
+    """Raise ``ValueError`` when one pipe (:func:`is_pipe`) is given for two of ``paths``
+    (``name=path``, None for one not given): its text can be read once, so the second reader
+    would get nothing (or wait forever for a writer)."""
+    seen: dict = {}
+    for name, path in paths.items():
+        if path is None or not _is_pipe(path):
+            continue
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise ValueError(
+                f"{name}: the pipe {os.fspath(path)!r} is {seen[key]} too (a pipe can be read "
+                "once only); give a regular file, or one pipe each"
+            )
+        seen[key] = name
+
+
 def ids_digest(ids: np.ndarray) -> str:
-    """A short fingerprint of a token id array: the first 16 hex digits of the SHA-256 of
-    ``ids`` as int32 (a resumed run checks its corpus has the same one).
+    """A short fingerprint of a token id array: the first 16 hex digits of the SHA-256 of its
+    values (a resumed run checks its corpus has the same one).
+
+    Arrays of the same values have the same digest whatever their dtype (``[1, 2]`` as int64,
+    uint8 or float32); different values, different digests: ids that are integers within
+    int32 are hashed as int32 (the digest checkpoints hold), other integers as int64 (uint64
+    beyond it), and any other float values (0.5, NaN, 1e300) as float64 -- never truncated to
+    an integer first. Raises ``TypeError`` for an array that is not of numbers (str, complex,
+    object).
 
     Example::
 
@@ -628,7 +672,25 @@ def ids_digest(ids: np.ndarray) -> str:
         >>> len(d), d == ids_digest([0, 1, 2, 3, 4]), d == ids_digest(np.arange(6))
         (16, True, False)
     """
-    return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int32).tobytes()).hexdigest()[:16]
+    a = np.asarray(ids)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"ids: expected an array of integer token ids, got dtype {a.dtype}")
+    # (each prefix is 6 bytes and each value 8: such a message is never as long as an int32
+    # one, a multiple of 4 bytes, so no array of another kind can share its digest)
+    if a.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            integral = bool(np.all(np.isfinite(a) & (a == np.trunc(a))))
+        if not integral or not (a.size == 0 or -(2.0**63) <= a.min() and a.max() < 2.0**63):
+            data = b"f8ids:" + np.ascontiguousarray(a, dtype=np.float64).tobytes()
+            return hashlib.sha256(data).hexdigest()[:16]
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if -(2**31) <= lo and hi < 2**31:  # the common case, and the digest saved checkpoints hold
+        data = np.ascontiguousarray(a, dtype=np.int32).tobytes()
+    elif hi < 2**63:
+        data = b"i8ids:" + np.ascontiguousarray(a, dtype=np.int64).tobytes()
+    else:  # (uint64 values beyond int64; a float array of them is not integral at that size)
+        data = b"u8ids:" + np.ascontiguousarray(a, dtype=np.uint64).tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def train_val_split(ids: np.ndarray, val_fraction: float = 0.05):
@@ -785,7 +847,8 @@ class BPTTBatcher:
 def read_tsv(path, max_rows: Optional[int] = None):
     r"""Read a ``label<TAB>text`` file: ``(labels (N,) int64, texts list of N str)``.
 
-    The text is everything after the first tab (more tabs included). A header -- a first
+    The text is everything after the first tab (more tabs included, and any carriage return
+    ``\r`` within it: a line ends at ``\n`` or ``\r\n`` only). A header -- a first
     non-blank line whose label is not an integer -- is skipped, blank lines (empty or only
     whitespace) are ignored, and a UTF-8 byte-order mark too (undecodable bytes are replaced).
     Labels must be integers (``int()``'s syntax: ``+1``, `` 2``) within int64.
@@ -816,12 +879,18 @@ def read_tsv(path, max_rows: Optional[int] = None):
         raise ValueError(f"max_rows: expected None or an int >= 0, got {max_rows!r}")
     labels, texts = [], []
     first = True
-    # utf-8-sig: a BOM (Windows editors, spreadsheets) would make the first label "\ufeff1"
-    with open(path, encoding="utf-8-sig", errors="replace") as f:
+    # utf-8-sig: a BOM (Windows editors, spreadsheets) would make the first label "\ufeff1".
+    # newline="\n": a line ends at "\n" only (its "\r\n" too); Python's universal newlines
+    # also ended one at a lone "\r", so a text holding one was cut in two rows (the second
+    # "no tab", or a row of its own)
+    with open(path, encoding="utf-8-sig", errors="replace", newline="\n") as f:
         for lineno, line in enumerate(f, 1):
             if max_rows is not None and len(texts) >= max_rows:  # (max_rows=0: none)
                 break
-            line = line.rstrip("\n").rstrip("\r")
+            if line.endswith("\n"):
+                line = line[:-1]
+            if line.endswith("\r"):  # one "\r\n" line end (a text's own "\r" before it stays)
+                line = line[:-1]
             if not line.strip():  # (a line of spaces, an editor's last one, was "no tab")
                 continue
             lab, sep, text = line.partition("\t")

@@ -14,7 +14,10 @@ from . import add_common, emit_json, in_option_terms, int_at_least, option_names
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "corpus", nargs="?", metavar="CORPUS", help="a UTF-8 text file or a directory of them"
+        "corpus",
+        nargs="?",
+        metavar="CORPUS",
+        help="a UTF-8 text file, a directory of them, or a pipe (<(zcat corpus.gz), read once)",
     )
     parser.add_argument(
         "--default-corpus",

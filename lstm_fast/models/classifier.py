@@ -774,9 +774,12 @@ def train_classifier(
         ``train_examples``, ``val_examples``, ``examples_per_s``, ``train_seconds``, the LM
         pretraining's figures when it ran, and per-member figures with K > 1.
 
+    Each file (``train_tsv``, ``val_tsv``, ``cfg.lm_corpus``) is read once, so any may be a
+    pipe (a shell's ``<(zcat train.tsv.gz)``, a named FIFO), but not one pipe for two of them.
+
     Raises ``TypeError`` for a ``cfg`` that is not a ClassifierConfig, ``ValueError`` for a bad
-    field, an empty file or no training row left, ``FileNotFoundError`` for a missing file or
-    ``lm_corpus``.
+    field, an empty file, no training row left or one pipe given for two inputs,
+    ``FileNotFoundError`` for a missing file or ``lm_corpus``.
 
     Example::
 
@@ -802,6 +805,10 @@ def train_classifier(
     out = Path(out_dir)
     # every input is read before any work, and nothing is written until the end: a failed
     # retrain into an existing run directory left it half-replaced (a new naive_bayes.npz)
+    # each input is read once, as it streams (a pipe: ``<(zcat train.tsv.gz)``); one pipe given
+    # for two of them would leave the second reader nothing
+    lm_corpus = cfg.lm_corpus if cfg.lm_steps > 0 else None
+    _data._check_read_once(train_tsv=train_tsv, val_tsv=val_tsv, lm_corpus=lm_corpus)
     labels, texts = _data.read_tsv(train_tsv, cfg.max_rows)
     if not len(texts):
         raise ValueError(f"{train_tsv}: expected at least one 'label<TAB>text' row, got none")

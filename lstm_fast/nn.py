@@ -152,7 +152,8 @@ class Linear(Module):
         weight: :class:`~lstm_fast.module.Parameter` (O, I).  bias: Parameter (O,), or None.
 
     Raises ``ValueError`` when x's last axis is not I (``x: expected shape (..., I=3), got
-    (4, 5)``) and ``TypeError`` for a complex, str or object x; the constructor raises
+    (4, 5)``) or the weight (bias) is no longer (O, I) ((O,)), naming it with both shapes, and
+    ``TypeError`` for a complex, str or object x; the constructor raises
     ``ValueError`` naming the sizes when the weight and its gradient cannot fit in this
     machine's memory.
 
@@ -207,6 +208,16 @@ class Linear(Module):
         x = np.asarray(_real("x", x), dtype=np.float32)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., I={self.in_features}), got {x.shape}")
+        # a weight of another shape (set through weight.data, or a Parameter put in its place)
+        # gave the GEMM's error naming its own "b", or NumPy's reshape error (a (3, 3) weight
+        # for O = 2 made y (N, 3))
+        O, I = self.out_features, self.in_features
+        for name, p, want, legend in (
+            ("weight", self.weight, (O, I), f"(O={O}, I={I}) (out_features, in_features)"),
+            ("bias", self.bias, (O,), f"(O={O},) (out_features,)"),
+        ):
+            if p is not None and np.shape(p.data) != want:
+                raise ValueError(f"{name}: expected shape {legend}, got {np.shape(p.data)}")
         # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
         # thread pool spinning between calls halved the recurrent kernels' speed next to it.
         x2 = _f32c(x.reshape(math.prod(x.shape[:-1]), self.in_features))

@@ -239,8 +239,9 @@ class Optimizer:
             not empty; or an iterable of dicts defining parameter groups, each with a
             ``"params"`` entry (a parameter or an iterable of them, not empty) and
             hyper-parameters of the optimizer (or ``"initial_lr"``, the base rate a schedule
-            scales); any other key raises. A parameter listed twice in a group is updated twice
-            (with a ``UserWarning``); one in two groups raises.
+            scales); any other key raises. A parameter listed twice in a group is kept once
+            (at its first place, with a ``UserWarning``): one state, one update per step; one
+            in two groups raises.
         **defaults: the hyper-parameters, checked (a negative ``lr``, NaN, a non-bool switch
             raise at construction, naming the argument); a group's own values are checked the
             same way, the error naming the group (``param group 1: lr: ...``).
@@ -432,9 +433,19 @@ class Optimizer:
                     "than one parameter group)"
                 )
         if len({id(p) for p in params}) != len(params):
-            warnings.warn(  # as PyTorch: each occurrence is stepped, so the parameter twice
-                "params: a parameter appears more than once; each occurrence is updated "
-                "(pass each once, e.g. list(dict.fromkeys(params)))",
+            # One state per parameter and one update per step: each occurrence had a state of
+            # its own (two Adam moments for one weight, two entries in the state dict) and was
+            # stepped with it. PyTorch warns too (and will refuse such a group); the first
+            # occurrence is kept, in its place.
+            dropped = len(params) - len({id(p) for p in params})
+            first: dict = {}
+            for p in params:
+                first.setdefault(id(p), p)
+            params = list(first.values())
+            warnings.warn(
+                f"params: a parameter appears more than once ({dropped} repeat"
+                f"{'s' if dropped > 1 else ''} dropped): it is kept once, with one state, and "
+                "updated once per step",
                 UserWarning,
                 stacklevel=stacklevel,
             )
@@ -646,9 +657,9 @@ class Optimizer:
                 (g, max(self.step_count - s, 1))
                 for g, s in zip(self.param_groups, self._group_starts)
             ]
-            # a parameter listed twice (or two sharing one gradient array): its gradient is
-            # zeroed after every update, not in the first one's pass -- the second occurrence
-            # stepped with a zero gradient, unlike step() followed by zero_grad()
+            # two parameters sharing one gradient array: it is zeroed after every update, not
+            # in the first one's pass -- the second stepped with a zero gradient, unlike step()
+            # followed by zero_grad()
             grads = {id(p.grad) for p in params}
             fused = zero_grad and len(grads) == len(params)
             for i, p in enumerate(params):
@@ -1332,15 +1343,35 @@ class RMSprop(Optimizer):
     def _update(self, i, p, zero_grad=False):
         h, _ = self._group(i)
         g = self._grad(p, h["weight_decay"], h["maximize"])
-        a = _f32(h["alpha"])
+        alpha = h["alpha"]
         sq = self._buf(i, p, "square_avg")
-        sq *= a
-        sq += _f32(1.0 - h["alpha"]) * (g * g)
+        # The averages in float64 (as clip_grad_norm's sums), each rounded once into its state:
+        # (1 - alpha) * g * g in float32 overflowed to inf for |g| > 1.8e19, where the average
+        # itself (1e38 at |g| = 1e20) is a float32. The square is taken of sqrt(1 - alpha) * g,
+        # so a float64 parameter's overflows only where the average is beyond float64 too.
+        # An average beyond the state's range is stored as inf (its step is then 0), as Adam's.
+        g64 = g.astype(np.float64)
+        sq64 = sq.astype(np.float64)
+        sq64 *= alpha
+        with np.errstate(over="ignore"):
+            sq64 += np.square(math.sqrt(1.0 - alpha) * g64)
+            sq[...] = sq64
         if h["centered"]:
             ga = self._buf(i, p, "grad_avg")
-            ga *= a
-            ga += _f32(1.0 - h["alpha"]) * g
-            avg = np.sqrt(sq - ga * ga)
+            ga64 = ga.astype(np.float64)
+            ga64 *= alpha
+            ga64 += (1.0 - alpha) * g64
+            ga[...] = ga64
+            # The variance v - gbar^2 from the stored averages as (s - |gbar|)(s + |gbar|),
+            # s = sqrt(v), in float64: v - gbar * gbar was inf - inf = NaN once both squares
+            # overflowed (gradients near 1e38), and rounding could leave it just below 0 (the
+            # square root of it NaN too) where it is 0.
+            s = np.sqrt(sq, dtype=np.float64)
+            m = np.abs(ga, dtype=np.float64)
+            var = s - m
+            var *= s + m
+            np.maximum(var, 0.0, out=var)
+            avg = np.sqrt(var, out=var)
         else:
             avg = np.sqrt(sq)
         avg += _f32(h["eps"])

@@ -835,11 +835,21 @@ def _check_onnx_node(layer, kind: str, node: Any) -> None:
             f"node: activations: expected a list of names such as {one * D}, got {given!r}"
         )
     given = [text(v) for v in given]
-    if [str(v).lower() for v in given] not in (
-        [v.lower() for v in one * D],
-        [v.lower() for v in one],
-    ):
-        raise ValueError(f"node: activations: expected {one * D}, got {given}")
+    want = one * D
+    if given == want:
+        return
+    # ONNX's names are case-sensitive ("Sigmoid", "Tanh", "Relu": ONNX Runtime's RNN refuses
+    # "relu"), and a bidirectional node lists the activations of both directions, forward's
+    # then reverse's (ONNX Runtime refuses one list for both)
+    why = ""
+    if len(given) == len(want) and [str(v).lower() for v in given] == [v.lower() for v in want]:
+        why = " (ONNX's activation names are case-sensitive)"
+    elif D == 2 and given == one:
+        why = (
+            f" (a bidirectional node lists {len(want)} activations: the forward direction's, "
+            "then the reverse one's)"
+        )
+    raise ValueError(f"node: activations: expected {want}, got {given}{why}")
 
 
 def to_onnx(layer, k: int = 0) -> dict:
@@ -878,7 +888,11 @@ def from_onnx(layer, W: Any, R: Any, B: Any = None, k: int = 0, *, node: Any = N
     expected and the given value (``clip``, ``input_forget=1``, other ``activations``, none
     for a ReLU RNN (ONNX's default is Tanh), GRU ``linear_before_reset`` other than 1, LSTM
     peepholes ``P``, a ``hidden_size``, ``direction`` or ``layout`` other than the layer's).
-    Without it nothing is checked beyond the shapes: the initializers alone cannot tell."""
+    ``activations`` are checked as the ONNX operators define them: names are case-sensitive
+    (``"Sigmoid"``, ``"Tanh"``, ``"Relu"``; ``"relu"`` raises), and a bidirectional node lists
+    both directions' (the forward's, then the reverse one's: ``["Relu", "Relu"]`` for a
+    bidirectional ReLU RNN, 6 names for an LSTM). Without ``node`` nothing is checked beyond the
+    shapes: the initializers alone cannot tell."""
     kind = _kind(layer, "from_onnx")
     if node is not None:
         _check_onnx_node(layer, kind, node)

@@ -27,20 +27,51 @@ import operator
 
 try:
     from . import _core
-except ImportError:
+except ImportError as _error:
     import importlib.util as _util
     import sys as _sys
 
+    def _run_as_command() -> bool:
+        """Whether this import is the ``lstm-fast`` command starting: its console script
+        (whose first statement imports ``lstm_fast.cli``), or ``python -m lstm_fast`` / ``-m
+        lstm_fast.cli`` (sys.argv[0] is "-m" while runpy imports the package to find it)."""
+        import os
+
+        argv0 = _sys.argv[0] if _sys.argv else ""
+        if argv0 == "-m":
+            modules = (__name__, f"{__name__}.cli", f"{__name__}.__main__")
+            orig = list(getattr(_sys, "orig_argv", ()))
+            for i, a in enumerate(orig[:-1]):
+                if a == "-m":
+                    return orig[i + 1] in modules
+                if a.startswith("-m"):  # -mlstm_fast
+                    return a[2:] in modules
+            return False
+        scripts = ("lstm-fast", "lstm-fast.exe", "lstm-fast-script.py", "lstm-fast-script.pyw")
+        return os.path.basename(argv0).lower() in scripts
+
     if _util.find_spec(f"{__name__}._core") is not None:
-        raise  # built, but it does not load (a missing library, LSTM_FAST_ISA): its own error
-    # A source checkout that was never built: Python's own message blames a circular import.
-    raise ImportError(
-        f"lstm_fast's compiled core (lstm_fast._core) is not built in {__path__[0]} for this "
-        f"Python ({_sys.version_info[0]}.{_sys.version_info[1]}): install "
-        "the package (pip install .) or, in a source checkout, build it in place with "
-        "tools/dev-build.sh",
-        name=f"{__name__}._core",
-    ) from None
+        _failure = _error  # built, but it does not load (LSTM_FAST_ISA, a missing library)
+    else:  # a source checkout never built: Python's own message blames a circular import
+        _failure = ImportError(
+            f"lstm_fast's compiled core (lstm_fast._core) is not built in {__path__[0]} for this "
+            f"Python ({_sys.version_info[0]}.{_sys.version_info[1]}): install "
+            "the package (pip install .) or, in a source checkout, build it in place with "
+            "tools/dev-build.sh",
+            name=f"{__name__}._core",
+        )
+    if _run_as_command():
+        # The command's own first import (before its main() runs): the one line and the exit
+        # status of a usage error (2) for a bad LSTM_FAST_ISA / LSTM_FAST_SCHEDULE value (1
+        # otherwise), not a traceback ending in it. A library user gets the ImportError.
+        _msg = str(_failure)
+        print(f"lstm-fast: {_msg}", file=_sys.stderr)
+        raise SystemExit(
+            2 if _msg.startswith(("LSTM_FAST_ISA:", "LSTM_FAST_SCHEDULE:")) else 1
+        ) from None
+    if _failure is _error:
+        raise
+    raise _failure from None
 from .module import Module, Parameter
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 

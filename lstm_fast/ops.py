@@ -188,6 +188,23 @@ def _finite_dy(cache, dy) -> None:
     _finite_real("dy", dy, _real_steps(dy, bs, order))
 
 
+def _values_after_arguments(scan, run) -> None:
+    """check_finite's order: every argument's type, shape and range before any value. ``scan``
+    raises ``ValueError`` naming an input that holds NaN or +-Inf; when it does, ``run`` (the
+    core's call, which checks every argument before any work) runs first, so that a bad
+    argument -- sorted_indices that are no permutation, a weight of another shape -- is the
+    error reported, as without check_finite (the NaN scan read a padding that no longer was
+    one, or an array the core refuses). Only a call about to raise pays for ``run``."""
+    try:
+        scan()
+    except ValueError as e:
+        bad = e
+    else:
+        return
+    run()
+    raise bad
+
+
 def lstm_forward(
     x,
     weight_ih,
@@ -271,28 +288,34 @@ def lstm_forward(
     sorted_indices = _int_vector("sorted_indices", sorted_indices)
     if sorted_indices is not None and weight_hr is not None:
         raise ValueError("sorted_indices: not supported with weight_hr (sort x's rows first)")
-    if _check(check_finite):  # x only at the steps of each sequence (padding is never read)
-        _finite_real("x", x, _real_steps(x, batch_sizes, sorted_indices))
-        _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-        _finite(h0=h0, c0=c0)
-    if weight_hr is not None:
-        if check_finite:
-            _finite(weight_hr=weight_hr)
-        return _core.lstm_proj_forward(
-            x,
-            weight_ih,
-            weight_hh,
-            bias_ih,
-            bias_hh,
-            h0,
-            c0,
-            weight_hr,
-            training,
-            batch_sizes,
+
+    def run(training):
+        if weight_hr is not None:
+            return _core.lstm_proj_forward(
+                x,
+                weight_ih,
+                weight_hh,
+                bias_ih,
+                bias_hh,
+                h0,
+                c0,
+                weight_hr,
+                training,
+                batch_sizes,
+            )
+        return _core.lstm_forward(
+            x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, training, batch_sizes, sorted_indices
         )
-    return _core.lstm_forward(
-        x, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, training, batch_sizes, sorted_indices
-    )
+
+    if _check(check_finite):
+
+        def scan():  # x only at the steps of each sequence (padding is never read)
+            _finite_real("x", x, _real_steps(x, batch_sizes, sorted_indices))
+            _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+            _finite(h0=h0, c0=c0, weight_hr=weight_hr)
+
+        _values_after_arguments(scan, lambda: run(False))
+    return run(training)
 
 
 def lstm_backward(
@@ -322,14 +345,21 @@ def lstm_backward(
         kernels read: its padding is never read; the cache's ``batch_sizes`` and
         ``sorted_indices`` say which).
     """
+    need_dx = _need_dx(need_dx)
+
+    def run():
+        if isinstance(cache, LSTMProjCache):
+            return LSTMGrads(*_core.lstm_proj_backward(cache, dy, dh_n, dc_n, need_dx=need_dx))
+        return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n, need_dx=need_dx))
+
     if _check(check_finite):
-        _finite_dy(cache, dy)
-        _finite(dh_n=dh_n, dc_n=dc_n)
-    if isinstance(cache, LSTMProjCache):
-        return LSTMGrads(
-            *_core.lstm_proj_backward(cache, dy, dh_n, dc_n, need_dx=_need_dx(need_dx))
-        )
-    return LSTMGrads(*_core.lstm_backward(cache, dy, dh_n, dc_n, need_dx=_need_dx(need_dx)))
+
+        def scan():
+            _finite_dy(cache, dy)
+            _finite(dh_n=dh_n, dc_n=dc_n)
+
+        _values_after_arguments(scan, run)
+    return run()
 
 
 def gemm(
@@ -438,30 +468,35 @@ def gru_forward(
     check = _check(check_finite)
     training = _training(training)
     batch_sizes = _batch_sizes(batch_sizes)
-    if check:  # x only at the steps of each sequence (padding is never read)
-        _finite_real("x", x, _real_steps(x, batch_sizes))
-        _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-        _finite(h0=h0)
-    return _core.gru_forward(
-        x,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        h0,
-        training,
-        batch_sizes,
-    )
+
+    def run(training):
+        return _core.gru_forward(
+            x, weight_ih, weight_hh, bias_ih, bias_hh, h0, training, batch_sizes
+        )
+
+    if check:
+
+        def scan():  # x only at the steps of each sequence (padding is never read)
+            _finite_real("x", x, _real_steps(x, batch_sizes))
+            _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+            _finite(h0=h0)
+
+        _values_after_arguments(scan, lambda: run(False))
+    return run(training)
 
 
 def gru_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False) -> GRUGrads:
     """Backward (BPTT) through a training :func:`gru_forward`: :class:`GRUGrads`, freshly
     allocated. Unlike the LSTM's, the two bias gradients differ (b_hn is scaled by r).
     ``need_dx=False``: ``dx`` is None and its GEMM is skipped (as in :func:`lstm_backward`)."""
+    need_dx = _need_dx(need_dx)
+
+    def run():
+        return GRUGrads(*_core.gru_backward(cache, dy, dh_n, need_dx=need_dx))
+
     if _check(check_finite):
-        _finite_dy(cache, dy)
-        _finite(dh_n=dh_n)
-    return GRUGrads(*_core.gru_backward(cache, dy, dh_n, need_dx=_need_dx(need_dx)))
+        _values_after_arguments(lambda: _finite_dy(cache, dy) or _finite(dh_n=dh_n), run)
+    return run()
 
 
 def rnn_forward(
@@ -494,27 +529,31 @@ def rnn_forward(
     check = _check(check_finite)
     training = _training(training)
     batch_sizes = _batch_sizes(batch_sizes)
-    if check:  # x only at the steps of each sequence (padding is never read)
-        _finite_real("x", x, _real_steps(x, batch_sizes))
-        _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-        _finite(h0=h0)
-    return _core.rnn_forward(
-        x,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        h0,
-        nonlinearity,
-        training,
-        batch_sizes,
-    )
+
+    def run(training):
+        return _core.rnn_forward(
+            x, weight_ih, weight_hh, bias_ih, bias_hh, h0, nonlinearity, training, batch_sizes
+        )
+
+    if check:
+
+        def scan():  # x only at the steps of each sequence (padding is never read)
+            _finite_real("x", x, _real_steps(x, batch_sizes))
+            _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+            _finite(h0=h0)
+
+        _values_after_arguments(scan, lambda: run(False))
+    return run(training)
 
 
 def rnn_backward(cache, dy=None, dh_n=None, *, need_dx=True, check_finite=False) -> RNNGrads:
     """Backward (BPTT) through a training :func:`rnn_forward`: :class:`RNNGrads` (the two bias
     gradients are equal). ``need_dx=False``: ``dx`` is None and its GEMM is skipped."""
+    need_dx = _need_dx(need_dx)
+
+    def run():
+        return RNNGrads(*_core.rnn_backward(cache, dy, dh_n, need_dx=need_dx))
+
     if _check(check_finite):
-        _finite_dy(cache, dy)
-        _finite(dh_n=dh_n)
-    return RNNGrads(*_core.rnn_backward(cache, dy, dh_n, need_dx=_need_dx(need_dx)))
+        _values_after_arguments(lambda: _finite_dy(cache, dy) or _finite(dh_n=dh_n), run)
+    return run()

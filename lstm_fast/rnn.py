@@ -989,13 +989,6 @@ class _RNNBase(Module):
         else:
             x = _as_float32("input", input)
         given = x  # as the caller laid it out, for check_finite's messages
-        if self.check_finite:
-            # A PackedSequence's data holds real steps only: its index is the caller's. With
-            # lengths, x is checked below at the real steps only (its padding is never read).
-            if packed is not None:
-                _guard_finite(self, input=packed, hx=hx)
-            else:
-                _guard_finite(self, input=x if lengths is None else None, hx=hx)
         D = self.num_directions
         if x.ndim == 2 and packed is None:
             unbatched = True
@@ -1026,8 +1019,16 @@ class _RNNBase(Module):
         lens = given_lens = None
         if lengths is not None:
             lens = given_lens = _lengths_of(lengths, T, B)
-            if self.check_finite and packed is None:
-                _finite_real("input", given, _real_steps(lens, T, self.batch_first))
+        if self.check_finite:  # (after every argument's checks: arguments before values)
+            # A PackedSequence's data holds real steps only: its index is the caller's. With
+            # lengths, x is checked at the real steps only (its padding is never read).
+            if packed is not None:
+                _guard_finite(self, input=packed, hx=hx)
+            else:
+                _guard_finite(self, input=given if lengths is None else None, hx=hx)
+                if lengths is not None:
+                    _finite_real("input", given, _real_steps(lens, T, self.batch_first))
+        if lengths is not None:
             order = np.argsort(-lens, kind="stable")
             inv = np.argsort(order)
             lens = lens[order]
@@ -1628,6 +1629,7 @@ class _Stream:
             for s in (0, 1)
         ]
         self.step_into = ops._core.step_into
+        self.zeros = None  # [h, c] zeros read for a state of None (made on first use)
 
     def state(self):
         return self.states[self.cur]
@@ -1673,46 +1675,44 @@ class _Stream:
         return tuple(out) if self.c is not None else out[0]
 
     def run(self, x_t, state):
+        """One step: each layer reads its state from ``state`` (None: zeros) and writes the new
+        one into the other slot, whose state (two calls old) is no longer valid. Nothing the
+        caller may hold -- the state and y_t the last call returned, in slot ``cur`` -- is
+        written before every layer has run: a step that raises (a parameter of another shape
+        or dtype, found by the core at layer k) leaves them and the stream as they were."""
         cur, nxt = self.cur, 1 - self.cur
-        if state is not self.states[cur] and (
-            np.may_share_memory(x_t, self.h)
-            or (self.c is not None and np.may_share_memory(x_t, self.c))
-        ):
-            # x_t is a y_t this stream returned (fed back, as in generation): it lives in the
-            # state slot that the zeros or the given state below overwrite before it is read
-            x_t = x_t.copy()
-        if state is not None:
-            if self.c is not None:
-                h_in, c_in = state
-            else:
-                h_in, c_in = state, None
-            if h_in is not self.hs[cur]:
-                if c_in is not None and np.may_share_memory(c_in, self.hs[cur]):
-                    c_in = c_in.copy()  # (h, c) of the slot swapped: c is read before h is written
-                self.h[cur][...] = h_in
-            if c_in is not None and c_in is not self.cs[cur]:
-                self.c[cur][...] = c_in
+        if state is None:
+            if self.zeros is None:  # (read only: the cores never write a state they read)
+                self.zeros = [
+                    np.zeros((self.layer.num_layers, self.B, self.P), np.float32),
+                    None if self.c is None else np.zeros_like(self.c[0]),
+                ]
+            h_src, c_src = self.zeros
+        elif state is self.states[cur]:
+            h_src, c_src = self.hs[cur], self.cs[cur]
         else:
-            self.h[cur].fill(0)
-            if self.c is not None:
-                self.c[cur].fill(0)
+            h_src, c_src = state if self.c is not None else (state, None)
+            h_src, c_src = self._readable(h_src, nxt), self._readable(c_src, nxt)
+        if np.may_share_memory(x_t, self.h[nxt]) or (
+            self.c is not None and np.may_share_memory(x_t, self.c[nxt])
+        ):
+            # x_t is a y_t this stream returned two calls ago (in the slot written below)
+            x_t = x_t.copy()
         params, mode, step_into = self.layer._parameters, self.mode, self.step_into
         if not self.B:  # nothing to compute (the core would take the empty buffers as aliases)
             self.cur = nxt
             return self.hv[nxt][-1]
         inp = x_t
         if self.proj:  # the sequence core over one step (it projects h; allocates per call)
-            for k, (n_ih, n_hh, n_bih, n_bhh, _, h_in, c_in, h_out, c_out) in enumerate(
-                self.plan[cur]
-            ):
+            for k, (n_ih, n_hh, n_bih, n_bhh, _, _, _, h_out, c_out) in enumerate(self.plan[cur]):
                 _, hn, cn, _ = ops.lstm_forward(
                     inp[None],
                     params[n_ih].data,
                     params[n_hh].data,
                     None if n_bih is None else params[n_bih].data,
                     None if n_bhh is None else params[n_bhh].data,
-                    h_in,
-                    c_in,
+                    h_src[k],
+                    c_src[k],
                     weight_hr=params[f"weight_hr_l{k}"].data,
                 )
                 h_out[...] = hn
@@ -1720,23 +1720,55 @@ class _Stream:
                 inp = h_out
             self.cur = nxt
             return inp
-        for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
-            step_into(
-                mode,
-                inp,
-                h_in,
-                c_in,
-                params[n_ih].data,
-                params[n_hh].data,
-                None if n_bih is None else params[n_bih].data,
-                None if n_bhh is None else params[n_bhh].data,
-                h_out,
-                c_out,
-                ws,
-            )
-            inp = h_out
+        if h_src is self.hs[cur]:  # the streaming loop's call: the slot's own views
+            for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
+                step_into(
+                    mode,
+                    inp,
+                    h_in,
+                    c_in,
+                    params[n_ih].data,
+                    params[n_hh].data,
+                    None if n_bih is None else params[n_bih].data,
+                    None if n_bhh is None else params[n_bhh].data,
+                    h_out,
+                    c_out,
+                    ws,
+                )
+                inp = h_out
+        else:
+            for k, (n_ih, n_hh, n_bih, n_bhh, ws, _, _, h_out, c_out) in enumerate(self.plan[cur]):
+                step_into(
+                    mode,
+                    inp,
+                    h_src[k],
+                    None if c_src is None else c_src[k],
+                    params[n_ih].data,
+                    params[n_hh].data,
+                    None if n_bih is None else params[n_bih].data,
+                    None if n_bhh is None else params[n_bhh].data,
+                    h_out,
+                    c_out,
+                    ws,
+                )
+                inp = h_out
         self.cur = nxt
         return inp
+
+    def _readable(self, a, nxt):
+        """A given state array (checked: float32 (L, B, .)) as the layers read it: C-contiguous,
+        and a copy when it shares memory with slot ``nxt``, which the step writes as it goes
+        (a state returned two calls ago, or one of this stream's own views mixed up)."""
+        if a is None:
+            return None
+        if (
+            not a.flags.c_contiguous
+            or not a.flags.aligned
+            or np.may_share_memory(a, self.h[nxt])
+            or (self.c is not None and np.may_share_memory(a, self.c[nxt]))
+        ):
+            return np.array(a, dtype=np.float32, order="C")
+        return a
 
 
 _LAYER_DOC = r"""

@@ -40,9 +40,20 @@ Autograd
     (no cache, no workspace) under ``torch.no_grad()`` / ``torch.inference_mode()`` or when no
     input or parameter requires grad. Its backward calls lstm_fast's backward and returns fresh
     gradients, so autograd accumulates them into ``.grad`` as usual (hooks, DDP bucketing and
-    gradient accumulation work unchanged). Inputs, initial states, parameters and outputs the
-    kernel cache refers to are saved with ``save_for_backward``: modifying them in place before
-    ``backward`` raises torch's usual version-counter error instead of giving wrong gradients.
+    gradient accumulation work unchanged). The inputs, initial states, parameters and outputs
+    that the needed gradients read from the kernel cache are saved with ``save_for_backward``:
+    modifying one in place before ``backward`` raises torch's usual version-counter error
+    instead of giving wrong gradients. The others are not saved, as torch's own ops save only
+    what their backward reads: a bias never (its gradient is a sum of the gates'), weight_ih
+    only when the input needs a gradient, and a cell's (one step's) weight_hh only when the
+    state does, so a cell raises exactly where torch's raises.
+    Gradients and outputs are tensors over NumPy memory (``torch.from_numpy``), which torch
+    does not let grow: ``p.grad.resize_()`` to a larger size raises ``Trying to resize storage
+    that is not resizable`` (shrinking, and in-place ops of the same size, work; torch's
+    optimizers, clipping and DDP never resize a gradient). The same holds for every tensor the
+    kernels read (input, states, parameters): torch marks a storage non-resizable once
+    ``Tensor.numpy()`` has viewed it. ``p.grad = p.grad.clone()`` gives a tensor of torch's own
+    memory; copying every gradient so would cost each backward a pass over them.
     Outputs follow torch's modules: a unidirectional GRU, RNN or projected LSTM hands out a copy
     of its last layer's output when a gradient is needed (one (T, B, H) copy), so it can be
     changed in place before ``backward`` as torch's own allow; a plain LSTM's output is saved
@@ -309,6 +320,33 @@ def _saved_tensor_hooks() -> bool:
     return _top_hooks is not None and _top_hooks(False) is not None
 
 
+def _read_by_backward(need: tuple, T: int, inputs: tuple) -> tuple:
+    """``inputs`` (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr of one direction), each kept where
+    the kernels' backward reads it for a gradient that is needed (``need``: the inputs'
+    ``needs_input_grad``), None where it does not -- the tensors saved for torch's
+    version-counter check, as torch's own ops save only what their backward reads (its cells
+    raise for a weight changed in place only when its product's other side needs a gradient):
+
+    * x is read for dweight_ih only; weight_ih for dx only;
+    * weight_hh for dh0, and at every step of a longer sequence (the recurrence's gradient);
+    * the biases never (their gradients are sums of the gates');
+    * the states and weight_hr for every gradient (c0 and weight_hr in each gate's; h0 in
+      dweight_hh's and the GRU's update gate's).
+    """
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+    n_x, n_h0, _, n_ih = need[:4]
+    return (
+        x if n_ih else None,
+        h0,
+        c0,
+        w_ih if n_x else None,
+        w_hh if n_h0 or T > 1 else None,
+        None,
+        None,
+        w_hr,
+    )
+
+
 class _Direction(torch.autograd.Function):
     """One layer, one direction, over a whole (T, B, I) sequence; backward by lstm_fast."""
 
@@ -324,9 +362,18 @@ class _Direction(torch.autograd.Function):
         ctx.kernel = kernel
         ctx.batch_sizes = batch_sizes
         ctx.cache = cache
+        ctx.links = ()
         if cache is not None:
             # Only for torch's version-counter check: the cache refers to these tensors' memory.
-            ctx.save_for_backward(*inputs, y_t)
+            # Those the gradients needed read, not every input: a weight changed in place
+            # whose value no needed gradient depends on (a bias, an LSTMCell's weight_ih when
+            # the input needs no gradient) raised where torch's modules do not.
+            kept = _read_by_backward(ctx.needs_input_grad[3:11], x.shape[0], inputs)
+            ctx.save_for_backward(*kept, y_t)
+            # (the rest that require grad, for _first_order's links only; dropped with the cache)
+            ctx.links = tuple(
+                t for t, k in zip(inputs, kept) if k is None and t is not None and t.requires_grad
+            )
         elif ctx.recompute:
             ctx.save_for_backward(*inputs)  # through the hooks; the cache is rebuilt from them
         outs = (y_t, torch.from_numpy(h_n))
@@ -350,12 +397,14 @@ class _Direction(torch.autograd.Function):
             cache, _array(dy), _array(dh_n), _array(dc_n), ctx.needs_input_grad[3]
         )
         del cache
+        links = (*saved, *ctx.links, dy, dh_n, dc_n)
         _release_cache(ctx, "cache")
+        _release_cache(ctx, "links")
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads[:7]  # fresh arrays, never aliased
         dw_hr = grads[7] if len(grads) > 7 else None
         wanted = zip((dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), ctx.needs_input_grad[3:])
         out = tuple(_tensor(g) if n and g is not None else None for g, n in wanted)
-        return (None, None, None, *_first_order(out, (*saved, dy, dh_n, dc_n)))
+        return (None, None, None, *_first_order(out, links))
 
 
 def _direction_args(inputs: tuple, d: int) -> tuple:
@@ -465,11 +514,27 @@ class _BothDirections(torch.autograd.Function):
         ctx.rev = rev
         ctx.out_size = res[0][0].shape[2]
         ctx.caches = [r[3] for r in res]
-        if cached or ctx.recompute:
-            # The forward direction's cache refers to x's memory (torch's version-counter check;
-            # the reverse one's x and both y are the node's own arrays); with saved-tensor hooks
-            # the inputs go through them and backward rebuilds the caches.
+        ctx.links = ()
+        if ctx.recompute:
+            # with saved-tensor hooks the inputs go through them and backward rebuilds the caches
             ctx.save_for_backward(*inputs)
+        elif cached:
+            # The forward direction's cache refers to x's memory (torch's version-counter check;
+            # the reverse one's x and both y are the node's own arrays), and each direction's to
+            # its states and weights: those its needed gradients read (see _read_by_backward).
+            need, T = ctx.needs_input_grad[4:], x.shape[0]
+            kept = [None] * len(inputs)
+            for d in (0, 1):
+                # direction d's x, h0, c0 and five weights, at their places in inputs
+                at = (0, 1 + 2 * d, 2 + 2 * d, *range(5 + 5 * d, 10 + 5 * d))
+                one = _read_by_backward(tuple(need[i] for i in at), T, tuple(inputs[i] for i in at))
+                for i, t in zip(at, one):
+                    if t is not None:
+                        kept[i] = t
+            ctx.save_for_backward(*kept)
+            ctx.links = tuple(
+                t for t, k in zip(inputs, kept) if k is None and t is not None and t.requires_grad
+            )
         return outs
 
     @staticmethod
@@ -511,7 +576,9 @@ class _BothDirections(torch.autograd.Function):
             )
 
         res = _rnn._directions(run, 2)
+        links = (*saved, *ctx.links, dy, *dstates)
         _release_cache(ctx, "caches")
+        _release_cache(ctx, "links")
         dx = None
         if need_dx and res[0][0] is not None:
             dx = res[0][0]
@@ -526,7 +593,7 @@ class _BothDirections(torch.autograd.Function):
             for j in range(5):  # w_ih, w_hh, b_ih, b_hh, w_hr
                 g = res[d][3 + j] if 3 + j < len(res[d]) else None
                 out.append(_tensor(g) if need[9 + 5 * d + j] and g is not None else None)
-        return (None, None, None, None, *_first_order(tuple(out), (*saved, dy, *dstates)))
+        return (None, None, None, None, *_first_order(tuple(out), links))
 
 
 # -- checks ----------------------------------------------------------------------------------------

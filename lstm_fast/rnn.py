@@ -1720,7 +1720,7 @@ class _Stream:
                 inp = h_out
             self.cur = nxt
             return inp
-        if h_src is self.hs[cur]:  # the streaming loop's call: the slot's own views
+        if h_src is self.hs[cur] and c_src is self.cs[cur]:  # the streaming loop's: the slot's
             for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
                 step_into(
                     mode,

@@ -470,6 +470,11 @@ def test_step_that_fails_part_way_leaves_the_previous_state(make, given):
     np.testing.assert_array_equal(m.step(x, s)[0], want)
     want = ref.step(x, state)[0].copy()
     np.testing.assert_array_equal(m.step(x, state)[0], want)
+    if isinstance(s, tuple):  # the stream's own h (the state it returned last) with another c
+        y, s = m.step(x)
+        c = rng.standard_normal((L, 2, H)).astype(np.float32)
+        want = ref.step(x, (s[0].copy(), c))[0].copy()
+        np.testing.assert_array_equal(m.step(x, (s[0], c))[0], want)
 
 
 # ------------------------------------------------------------------------- 6. the torch drop-in

@@ -242,7 +242,9 @@ def lstm_forward(
             and no arithmetic is spent on them.
         check_finite: raise ``ValueError`` naming the argument if any float32 input holds NaN
             or +-Inf (default False: they propagate into the outputs as NaN/Inf); with
-            ``batch_sizes`` only the steps of x that are read count, not its padding.
+            ``batch_sizes`` only the steps of x that are read count, not its padding. A bad
+            argument (a shape, dtype, ``batch_sizes`` or ``sorted_indices`` the call refuses)
+            is reported first, as without it.
         weight_hr: optional (P, H) projection of the hidden state, 0 < P < H (PyTorch's
             ``proj_size``, parameter ``weight_hr_l{k}``): h_t = m_t W_hr^T has P features.
         sorted_indices: optional, with ``batch_sizes`` (not with ``weight_hr``): a (B,)

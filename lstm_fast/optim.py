@@ -1293,7 +1293,10 @@ class RMSprop(Optimizer):
         maximize: (keyword only) ascend instead (default False).
 
     State per parameter: ``square_avg`` (v), ``grad_avg`` when centered, ``momentum_buffer``
-    with momentum.
+    with momentum. The averages are updated in float64 and rounded once into the state, so they
+    stay finite wherever the state's dtype can hold them (|g| up to ~1e20 in float32; beyond,
+    v is inf and the step 0, as Adam's), and the centered variance is never NaN (it is 0 where
+    rounding would take it below).
 
     Example::
 

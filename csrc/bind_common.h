@@ -76,11 +76,38 @@ inline bool has_dtype(const py::array& a) {
                                                         py::dtype::of<T>().ptr());
 }
 
+// An instance of numpy.ndarray itself (not of a subclass: np.memmap, np.matrix, np.ma.MaskedArray).
+inline bool exact_ndarray(py::handle obj) {
+  return Py_TYPE(obj.ptr()) ==
+         reinterpret_cast<PyTypeObject*>(py::detail::npy_api::get().PyArray_Type_);
+}
+
+// A numpy.ma.MaskedArray with masked elements is refused: the kernels read the values under
+// the mask as data (a masked array is an ndarray, so it passed every other check and the
+// masked entries' values, whatever they held, went into the results silently). One without
+// masked elements is its data. Only subclass instances get here past the first test.
+inline void check_unmasked(py::handle obj, const std::string& name) {
+  if (exact_ndarray(obj)) return;
+  // (imported per call, not cached in a function static: the import may release the GIL, and
+  // a static's guard held meanwhile would deadlock another thread; numpy.ma is loaded by then)
+  py::module_ ma = py::module_::import("numpy.ma");
+  const int is = PyObject_IsInstance(obj.ptr(), ma.attr("MaskedArray").ptr());
+  if (is < 0) throw py::error_already_set();
+  if (!is) return;
+  const long long n = ma.attr("count_masked")(obj).cast<long long>();
+  if (n)
+    throw py::value_error(name + ": expected an array without masked values, got a " +
+                          "numpy.ma.MaskedArray with " + std::to_string(n) +
+                          " masked (lstm_fast reads values, not masks: fill them explicitly, " +
+                          "e.g. " + name + ".filled(0.0))");
+}
+
 // Type and dtype (a float32 numpy.ndarray, any shape); returns the array (no copy).
 inline py::array check_float_type(py::handle obj, const std::string& name) {
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(name + ": expected a numpy.ndarray of dtype float32, got " +
                          type_name(obj));
+  check_unmasked(obj, name);
   py::array a = py::reinterpret_borrow<py::array>(obj);
   if (!has_dtype<float>(a))
     throw py::type_error(name + ": expected dtype float32, got " +
@@ -128,7 +155,7 @@ inline index_t dim_size(const Dim& d) { return d.size; }
 template <class List>
 inline bool quick_ok(py::handle obj, const List& dims, bool writeable = false) {
   namespace d = py::detail;
-  if (!py::array::check_(obj)) return false;
+  if (!exact_ndarray(obj)) return false;  // subclasses (a masked array) take the full checks
   const auto* p = d::array_proxy(obj.ptr());
   if (p->nd != static_cast<int>(dims.size())) return false;
   int i = 0;

@@ -23,15 +23,19 @@ FRESH_GRAD_LOCK = threading.Lock()
 __all__ = ["Parameter", "Module"]  # (saved_versions, check_versions: for the layers)
 
 
-def _from_torch(t: Any) -> np.ndarray:
+def _from_torch(t: Any, what: str = "tensor") -> np.ndarray:
     """A torch tensor as a NumPy array, without importing torch. float16 / bfloat16 tensors
     come as float32 (NumPy has no bfloat16; both widen exactly); float64 stays float64, so
     that a checked cast (:func:`_as_dtype`) refuses values beyond float32's range instead of
-    turning them into inf."""
+    turning them into inf. A tensor without data to read (meta device, sparse, quantized)
+    raises ValueError naming ``what``; one with a negative or conjugate bit (``x.conj().imag``
+    of a complex x is a float tensor with the negative bit) is read as its values, where
+    ``.numpy()`` raised torch's "Can't call numpy() on Tensor that has negative bit set"."""
+    _check_dense_tensor(what, t)
     t = t.detach().cpu()
     if t.is_floating_point() and str(t.dtype) not in ("torch.float32", "torch.float64"):
         t = t.float()
-    return t.numpy()
+    return t.resolve_conj().resolve_neg().numpy()
 
 
 def _check_dense_tensor(what: str, t: Any) -> None:
@@ -49,6 +53,20 @@ def _check_dense_tensor(what: str, t: Any) -> None:
         raise ValueError(f"{what}: expected a dense tensor, got {got} ({fix} it first)")
 
 
+def _check_unmasked(what: str, value: Any) -> None:
+    """Raise ValueError naming ``what`` for a ``numpy.ma.MaskedArray`` with masked elements:
+    ``np.asarray`` (and every kernel) reads the values under the mask as data, so they went
+    into the results silently. A masked array without masked elements is its data."""
+    if isinstance(value, np.ma.MaskedArray):
+        n = int(np.ma.count_masked(value))
+        if n:
+            raise ValueError(
+                f"{what}: expected an array without masked values, got a numpy.ma.MaskedArray "
+                f"with {n} masked (lstm_fast reads values, not masks: fill them explicitly, "
+                "e.g. a.filled(0.0))"
+            )
+
+
 def _as_dtype(what: str, value: Any, dtype: Any = np.float32, shape: Any = None) -> np.ndarray:
     """``value`` (NumPy, torch tensor, nested lists) as a ``dtype`` array, checked first: a real
     numeric array (of ``shape`` when given) whose finite values stay finite (1e300 does not fit
@@ -59,14 +77,16 @@ def _as_dtype(what: str, value: Any, dtype: Any = np.float32, shape: Any = None)
         # one, e.g. an expanded view, failed in torch's allocator naming nothing)
         if shape is not None and tuple(value.shape) != tuple(shape):
             raise ValueError(f"{what}: expected shape {tuple(shape)}, got {tuple(value.shape)}")
-        value = _from_torch(value)
+        value = _from_torch(value, what)
+    _check_unmasked(what, value)
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as e:  # ragged nesting and the like
         raise TypeError(f"{what}: expected a real numeric array ({e})") from None
     if shape is not None and arr.shape != tuple(shape):
         raise ValueError(f"{what}: expected shape {tuple(shape)}, got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+    # (timedelta64 is a signedinteger to NumPy: durations loaded as their counts of units)
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr) or arr.dtype.kind == "m":
         raise TypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
         cast = arr.astype(dtype, copy=False)

@@ -25,13 +25,15 @@ from .module import (
     Module,
     Parameter,
     _as_dtype,
+    _check_unmasked,
     _from_torch,
     check_versions,
     check_writeable,
     make_rng,
     saved_versions,
 )
-from .rnn import LSTM, _check_bool, _check_int, _check_parameter_memory
+from .ops import _int_array
+from .rnn import LSTM, _check_bool, _check_int, _check_parameter_memory, _physical_memory
 
 __all__ = [
     "LSTM",
@@ -62,7 +64,8 @@ def _real(name: str, value: Any) -> np.ndarray:
     str one be parsed as numbers. Refused with a TypeError naming the argument, as the recurrent
     layers' inputs are; a torch tensor comes as float32 (one that requires grad too)."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
-        value = _from_torch(value)
+        value = _from_torch(value, name)
+    _check_unmasked(name, value)
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as e:  # ragged nesting and the like
@@ -428,9 +431,17 @@ class Embedding(Module):
         for non-integer ids and ``IndexError`` for ids outside [0, V).
         """
         self._ids = None  # a failed call leaves nothing for backward
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
+        ids = _int_array("ids", ids, "an integer array")
+        need = 4 * ids.size * self.embedding_dim  # bytes of the float32 output
+        mem = _physical_memory()
+        if mem is not None and need > mem:
+            # refused before the range check's pass over the ids (on a huge broadcast view of
+            # ids, minutes of scanning before NumPy's MemoryError at the gather)
+            raise MemoryError(
+                f"ids: {ids.size} ids of shape {ids.shape} need an output of "
+                f"{need / 2**30:.1f} GiB (E={self.embedding_dim} float32 per id), more than "
+                f"this machine's {mem / 2**30:.1f} GiB of memory"
+            )
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
             raise IndexError(
                 f"ids: expected values in [0, V={self.num_embeddings}), "
@@ -665,6 +676,9 @@ def log_softmax(logits: Any, axis: int = -1) -> np.ndarray:
 def _xent_targets(targets: Any, lead: tuple, V: int, ignore_index, reduction: str):
     """Checked targets as int64 with -1 for ignored rows, and the gradient's scale. ``lead``:
     the logits' shape without V; the targets have that shape or (N,)."""
+    if hasattr(targets, "detach") and hasattr(targets, "numpy"):  # a torch tensor
+        targets = _from_torch(targets, "targets")
+    _check_unmasked("targets", targets)
     t = np.asarray(targets)
     N = math.prod(lead)
     if t.shape != lead and t.shape != (N,):  # a transposed (B, T) for (T, B) is not taken

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import _core
+from .module import _check_unmasked, _from_torch
 
 __all__ = ["LSTMGrads", "lstm_forward", "lstm_backward", "gemm", "LSTMCache", "LSTMProjCache"]
 
@@ -60,23 +61,36 @@ class LSTMGrads(_LSTMGradsTuple):
         return type(self)(*_LSTMGradsTuple._replace(self, **kw), dweight_hr=hr)
 
 
+def _int_array(name, value, expected="integers"):
+    """``value`` (NumPy, a torch tensor, nested lists) as a NumPy integer array, not copied
+    yet: TypeError naming ``name`` for any other dtype (bool, float, timedelta64, ...),
+    ValueError for a masked array with masked elements or a tensor without data (meta,
+    sparse), whose values NumPy would read silently or torch refuse naming nothing."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = _from_torch(value, name)
+    _check_unmasked(name, value)
+    try:
+        v = np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nesting and the like
+        raise ValueError(f"{name}: expected a sequence of integers ({e})") from None
+    if v.size == 0 and v.dtype.kind == "f":  # [] is float64 to NumPy
+        v = v.astype(np.int64)
+    if v.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected {expected}, got dtype {v.dtype}")
+    return v
+
+
 def _int_vector(name, value):
     """None, or a fresh int64 C-contiguous copy (the core validates shape and values)."""
     if value is None:
         return None
-    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    try:
-        v = np.asarray(value)
-    except (ValueError, TypeError) as e:  # ragged nesting and the like
-        raise ValueError(f"{name}: expected a 1-D sequence of integers ({e})") from None
-    if v.size == 0 and v.dtype.kind == "f":  # [] is float64 to NumPy
-        v = v.astype(np.int64)
-    if v.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected integers, got dtype {v.dtype}")
+    v = _int_array(name, value)
     if v.dtype.kind == "u" and v.size and v.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name}: expected values in int64 range, got {v.max()}")
-    return np.array(v, dtype=np.int64, order="C")  # explicit, small copy
+    try:
+        return np.array(v, dtype=np.int64, order="C")  # explicit, small copy
+    except MemoryError as e:  # (a huge broadcast view: name the argument, not NumPy's array)
+        raise MemoryError(f"{name}: {e}") from None
 
 
 def _batch_sizes(batch_sizes):

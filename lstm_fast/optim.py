@@ -40,7 +40,7 @@ import numpy as np
 
 from . import _core
 from ._interrupt import deferred_interrupt
-from .module import Parameter, _as_dtype
+from .module import Parameter, _as_dtype, _check_unmasked, _from_torch
 from .rnn import _check_int
 
 __all__ = [
@@ -152,6 +152,7 @@ def _check_grads(
                 f"{what}: parameter {i}: grad: expected a real floating-point array, got dtype "
                 f"{g.dtype}"
             )
+        _check_unmasked(f"{what}: parameter {i}: grad", g)
         if writeable and not g.flags.writeable:
             raise ValueError(
                 f"{what}: parameter {i}: grad: expected a writeable array, got a read-only one"
@@ -923,6 +924,9 @@ class Optimizer:
             if not 0 <= i < len(params):
                 raise ValueError(f"load_state_dict: {key}: no parameter {i}")
             dtype = params[i].data.dtype  # (the state's: float32, or a float64 parameter's)
+            if hasattr(arr, "detach") and hasattr(arr, "numpy"):  # a torch tensor
+                arr = _from_torch(arr, f"load_state_dict: {key}")
+            _check_unmasked(f"load_state_dict: {key}", arr)
             try:
                 arr = np.asarray(arr)
             except (ValueError, TypeError) as e:  # ragged nesting and the like

@@ -27,7 +27,15 @@ import numpy as np
 from . import ops
 from ._interrupt import deferred_interrupt
 from .module import FRESH_GRAD_LOCK as _FRESH_GRAD_LOCK
-from .module import Module, Parameter, _from_torch, check_versions, make_rng, saved_versions
+from .module import (
+    Module,
+    Parameter,
+    _check_unmasked,
+    _from_torch,
+    check_versions,
+    make_rng,
+    saved_versions,
+)
 from .ops import _finite, _finite_real
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
@@ -111,23 +119,28 @@ def _guard_finite(layer, **arrays) -> None:
     for name, a in arrays.items():
         if isinstance(a, (tuple, list)) and not _is_packed(a):
             named.update(
-                {f"{name}[{i}]": _finite_view(v) for i, v in enumerate(a) if v is not None}
+                {
+                    f"{name}[{i}]": _finite_view(v, f"{name}[{i}]")
+                    for i, v in enumerate(a)
+                    if v is not None
+                }
             )
         elif a is not None:
-            named[name] = _finite_view(a)
+            named[name] = _finite_view(a, name)
     if layer is not None:
         named.update({n: p.data for n, p in layer.named_parameters()})
     _finite(**named)
 
 
-def _finite_view(a: Any) -> Any:
+def _finite_view(a: Any, name: str = "input") -> Any:
     """What check_finite scans of an argument: a torch tensor's values (one that requires grad
     or is bfloat16 as well, as the conversion at the boundary takes them), a PackedSequence's
     data; anything else as NumPy sees it (the boundary's conversion reports what is wrong)."""
     if _is_packed(a):
         a = a.data
     if hasattr(a, "detach") and hasattr(a, "numpy"):
-        a = _from_torch(a)
+        a = _from_torch(a, name)
+    _check_unmasked(name, a)
     try:
         a = np.asarray(a)
     except (ValueError, TypeError):  # ragged nesting: the conversion raises its TypeError
@@ -241,7 +254,8 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
     float32 (a misaligned float32 buffer, e.g. np.frombuffer at an odd offset, is copied: the
     core refuses one)."""
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
-        value = _from_torch(value)
+        value = _from_torch(value, name)
+    _check_unmasked(name, value)
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as e:  # ragged nesting, (h, None) and the like
@@ -250,8 +264,14 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
         # None, a dict, ...: NumPy wraps the object itself in a 0-d object array
         got = type(value).__name__ if arr.dtype == object and not arr.ndim else f"dtype {arr.dtype}"
         raise TypeError(f"{name}: expected a real floating-point array, got {got}")
-    out = np.asarray(arr, dtype=np.float32, order="C")  # unlike ascontiguousarray, 0-d stays 0-d
-    return out if out.flags.aligned else out.copy()
+    try:  # unlike ascontiguousarray, 0-d stays 0-d
+        out = np.asarray(arr, dtype=np.float32, order="C")
+        return out if out.flags.aligned else out.copy()
+    except MemoryError as e:  # a copy beyond memory (a huge broadcast view): name the argument
+        raise MemoryError(
+            f"{name}: {e} (a C-contiguous float32 copy of the {arr.dtype} array given, shape "
+            f"{arr.shape}, strides {arr.strides})"
+        ) from None
 
 
 def _read_only(y: np.ndarray) -> np.ndarray:
@@ -1114,9 +1134,7 @@ class _RNNBase(Module):
         if not self.training:
             self.__dict__["_unused_forwards"] = 0
         _check_complete(self)
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
+        ids = ops._int_array("ids", ids, "an integer array")
         if ids.ndim not in (1, 2):
             want = "(B, T)" if self.batch_first else "(T, B)"
             raise ValueError(f"ids: expected shape {want} (or (T,) unbatched), got {ids.shape}")
@@ -1291,7 +1309,7 @@ class _RNNBase(Module):
             lens = meta.get("lengths")
             if lens is not None and dy is not None and not _is_packed(dy):
                 # the padded dy of a forward with lengths: only its real steps are read
-                view = _finite_view(dy)
+                view = _finite_view(dy, "dy")
                 real = _real_steps(lens, meta["T"], meta["batch_first"] and meta["packed"] is None)
                 if isinstance(view, np.ndarray) and view.shape[:2] == real.shape:
                     _finite_real("dy", view, real)

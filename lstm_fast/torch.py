@@ -242,7 +242,13 @@ def _array(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     """A float32 CPU tensor as a C-contiguous array: a view when it is contiguous, else a copy."""
     if t is None:
         return None
-    return t.detach().contiguous().numpy()
+    t = t.detach().contiguous()
+    try:
+        return t.numpy()
+    except RuntimeError:
+        # a tensor with the negative or conjugate bit set (``x.conj().imag`` of a complex x, a
+        # float tensor torch's modules take): its values, resolved in a copy
+        return t.resolve_conj().resolve_neg().numpy()
 
 
 def _tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
@@ -646,6 +652,16 @@ def _autocast_float(t):
     ):
         return t.float()
     return t
+
+
+def _for_kernels(t):
+    """An input or state tensor as the kernels read it: a sparse (or other non-strided) tensor
+    as its dense values (``to_dense``, differentiable: torch's cells and a torch layer's
+    ``hx`` take sparse tensors; here ``.contiguous()`` raised "unsupported memory format
+    option Contiguous"), then :func:`_autocast_float`."""
+    if isinstance(t, torch.Tensor) and t.layout != torch.strided and t.device.type == "cpu":
+        t = t.to_dense()
+    return _autocast_float(t)
 
 
 def _follow_torch_threads() -> None:
@@ -1121,7 +1137,7 @@ class _FastRNNMixin(_GraphFallback):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)  # torch's dtype / size checks and messages
             _check_batch_sizes(name, batch_sizes, data.shape[0])
-            data = _autocast_float(data)
+            data = _for_kernels(data)
             _check_tensor(name, "input", data)
             checked = data
             # Padded (T, B, I) in sorted order (longest first), as the kernels' batch_sizes wants:
@@ -1145,7 +1161,7 @@ class _FastRNNMixin(_GraphFallback):
             if not is_batched:
                 input = input.unsqueeze(0 if self.batch_first else 1)
             self.check_input(input, None)
-            input = _autocast_float(input)
+            input = _for_kernels(input)
             _check_tensor(name, "input", input)
             checked = input
             x = input.transpose(0, 1) if self.batch_first else input
@@ -1180,7 +1196,7 @@ class _FastRNNMixin(_GraphFallback):
             if not is_batched:
                 hx = tuple(h.unsqueeze(1) for h in hx)
             self.check_forward_args(checked, self._torch_hidden(hx), batch_sizes)
-            hx = tuple(_autocast_float(h) for h in hx)
+            hx = tuple(_for_kernels(h) for h in hx)
             for i, h in enumerate(hx):
                 _check_tensor(name, f"hx[{i}]", h)
             if sorted_indices is not None:
@@ -1390,8 +1406,8 @@ class _FastCellMixin(_GraphFallback):
         ):
             if t is not None or p.startswith("weight"):  # a bias may be None, as in torch
                 _check_weight(name, p, t, shape, legend)
-        input = _autocast_float(input)
-        states = tuple(_autocast_float(h) for h in states)
+        input = _for_kernels(input)
+        states = tuple(_for_kernels(h) for h in states)
         _check_tensor(name, "input", input)
         for label, h in zip(labels, states):
             _check_tensor(name, label, h)

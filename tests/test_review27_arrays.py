@@ -1,0 +1,386 @@
+"""Review 27: how every public entry point treats the arrays it is given.
+
+* a ``numpy.ma.MaskedArray`` with masked elements is refused, naming the argument, wherever an
+  array enters (the functional API's float arrays and int vectors, the layers' and cells'
+  inputs, states, lengths and gradients, ``step``, ``load_state_dict``, ``Parameter``, the
+  optimizers' and ``clip_grad_norm``'s gradients, ``nn``'s inputs, ids and targets): NumPy and
+  the kernels read the values under the mask as data, silently; one without masked elements is
+  its data;
+* a torch tensor on the meta device or sparse, given to the NumPy API, raises naming the
+  argument (was torch's "Cannot copy out of meta tensor" / "can't convert Sparse layout tensor
+  to numpy"), and one with the negative bit set (``z.conj().imag``) is read as its values (was
+  torch's "Can't call numpy() on Tensor that has negative bit set") -- in the drop-in modules
+  too, whose cells (and layers' ``hx``) also take sparse tensors as torch's do;
+* ``load_state_dict`` / ``Parameter`` refuse timedelta64 arrays (NumPy counts them as integers);
+* sizes beyond memory: ``Embedding`` refuses ids whose output cannot exist before scanning them
+  (a broadcast view of 2**40 ids scanned for minutes), and the layers' conversion of a huge view
+  names the argument in its MemoryError.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import lstm_fast
+from lstm_fast import nn, ops, optim
+from lstm_fast.module import Parameter
+
+f32 = np.float32
+T, B, I, H = 3, 2, 4, 5
+MASKED = r"expected an array without masked values, got a numpy\.ma\.MaskedArray with \d+ masked"
+
+
+def _masked(a, first_only=True):
+    m = np.zeros(np.shape(a), bool)
+    if first_only:
+        m.flat[0] = True
+    else:
+        m[...] = True
+    return np.ma.masked_array(a, mask=m)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(27)
+    x = rng.standard_normal((T, B, I)).astype(f32)
+    w_ih = (rng.standard_normal((4 * H, I)) * 0.3).astype(f32)
+    w_hh = (rng.standard_normal((4 * H, H)) * 0.3).astype(f32)
+    b = (rng.standard_normal((2, 4 * H)) * 0.1).astype(f32)
+    return x, w_ih, w_hh, b[0], b[1]
+
+
+# ---- masked arrays: the functional API (the core's argument checks) -------------------------
+
+
+@pytest.mark.parametrize("which", range(5))
+def test_ops_refuse_masked_float_arguments(data, which):
+    args = list(data)
+    name = ("x", "weight_ih", "weight_hh", "bias_ih", "bias_hh")[which]
+    args[which] = _masked(args[which])
+    with pytest.raises(ValueError, match=rf"^{name}: {MASKED}"):
+        ops.lstm_forward(*args)
+    with pytest.raises(ValueError, match=rf"^{name}: {MASKED}"):
+        ops.lstm_forward(*args, training=True, check_finite=True)
+
+
+def test_ops_refuse_masked_states_gradients_and_gemm(data):
+    x, w_ih, w_hh, b_ih, b_hh = data
+    h0 = np.zeros((B, H), f32)
+    with pytest.raises(ValueError, match=rf"^h0: {MASKED}"):
+        ops.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, _masked(h0), h0)
+    y, _, _, cache = ops.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, training=True)
+    with pytest.raises(ValueError, match=rf"^dy: {MASKED}"):
+        ops.lstm_backward(cache, _masked(np.ones_like(y)))
+    with pytest.raises(ValueError, match=rf"^dh_n: {MASKED}"):
+        ops.lstm_backward(cache, None, _masked(np.ones((B, H), f32)))
+    g_ih = np.zeros((3 * H, I), f32)
+    with pytest.raises(ValueError, match=rf"^weight_ih: {MASKED}"):
+        ops.gru_forward(x, _masked(g_ih), np.zeros((3 * H, H), f32))
+    with pytest.raises(ValueError, match=rf"^weight_hr: {MASKED}"):
+        ops.lstm_forward(
+            x, w_ih, np.zeros((4 * H, 2), f32), weight_hr=_masked(np.zeros((2, H), f32))
+        )
+    a = np.ones((3, 4), f32)
+    with pytest.raises(ValueError, match=rf"^a: {MASKED}"):
+        ops.gemm(_masked(a), a.T.copy())
+    with pytest.raises(ValueError, match=rf"^b: {MASKED}"):
+        ops.gemm(a, _masked(a.T.copy()))
+
+
+def test_ops_refuse_masked_int_vectors(data):
+    x = data[0]
+    with pytest.raises(ValueError, match=rf"^batch_sizes: {MASKED}"):
+        ops.lstm_forward(*data, batch_sizes=_masked(np.array([2, 2, 1])))
+    with pytest.raises(ValueError, match=rf"^sorted_indices: {MASKED}"):
+        ops.lstm_forward(*data, batch_sizes=[2, 2, 1], sorted_indices=_masked(np.array([1, 0])))
+    with pytest.raises(ValueError, match=rf"^batch_sizes: {MASKED}"):
+        ops.rnn_forward(x, np.zeros((H, I), f32), np.zeros((H, H), f32), batch_sizes=_masked([2, 2, 1]))
+
+
+def test_masked_arrays_without_masked_values_are_their_data(data):
+    want = ops.lstm_forward(*data)
+    got = ops.lstm_forward(*[np.ma.masked_array(a) for a in data])  # mask: nomask
+    for w, g in zip(want[:3], got[:3]):
+        np.testing.assert_array_equal(w, g)
+    full = np.ma.masked_array(data[0], mask=np.zeros(data[0].shape, bool))  # a mask, all False
+    np.testing.assert_array_equal(ops.lstm_forward(full, *data[1:])[0], want[0])
+    layer = lstm_fast.LSTM(I, H, seed=0)
+    np.testing.assert_array_equal(layer(full)[0], layer(data[0])[0])
+
+
+# ---- masked arrays: layers, cells, step ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_layers_refuse_masked_inputs_states_lengths_and_gradients(data, mode):
+    x = data[0]
+    layer = getattr(lstm_fast, mode)(I, H, seed=0)
+    h0 = np.zeros((1, B, H), f32)
+    hx = (h0, h0) if mode == "LSTM" else h0
+    with pytest.raises(ValueError, match=rf"^input: {MASKED}"):
+        layer(_masked(x))
+    assert layer._saved is None  # nothing kept for a backward
+    bad_hx = (_masked(h0), h0) if mode == "LSTM" else _masked(h0)
+    with pytest.raises(ValueError, match=rf"^h_0: {MASKED}"):
+        layer(x, bad_hx)
+    with pytest.raises(ValueError, match=rf"^lengths: {MASKED}"):
+        layer(x, hx, lengths=_masked(np.array([3, 2])))
+    checked = getattr(lstm_fast, mode)(I, H, seed=0, check_finite=True)
+    with pytest.raises(ValueError, match=rf"^input: {MASKED}"):
+        checked(_masked(x))
+    y, _ = layer(x, hx)
+    before = [p.grad.copy() for p in layer.parameters()]
+    with pytest.raises(ValueError, match=rf"^dy: {MASKED}"):
+        layer.backward(_masked(np.ones(y.shape, f32)))
+    for p, g in zip(layer.parameters(), before):
+        np.testing.assert_array_equal(p.grad, g)  # nothing accumulated
+
+
+def test_step_and_cells_refuse_masked_arrays(data):
+    x = data[0]
+    layer = lstm_fast.LSTM(I, H, seed=0).eval()
+    layer.step(x[0])  # the stream exists: the fast path's checks too
+    with pytest.raises(ValueError, match=rf"^x_t: {MASKED}"):
+        layer.step(_masked(x[0]))
+    h = np.zeros((1, B, H), f32)
+    with pytest.raises(ValueError, match=rf"^state\[0\] \(h\): {MASKED}"):
+        layer.step(x[0], (_masked(h), h))
+    cell = lstm_fast.LSTMCell(I, H, seed=0)
+    with pytest.raises(ValueError, match=rf"^input: {MASKED}"):
+        cell(_masked(x[0]))
+    s = np.zeros((B, H), f32)
+    with pytest.raises(ValueError, match=rf"{MASKED}"):
+        cell(x[0], (s, _masked(s)))
+    cell(x[0])
+    with pytest.raises(ValueError, match=rf"^dh: {MASKED}"):
+        cell.backward(_masked(np.ones((B, H), f32)))
+
+
+# ---- masked arrays: parameters, state dicts, optimizers, nn ---------------------------------------
+
+
+def test_load_state_dict_and_parameter_refuse_masked_and_timedelta():
+    layer = lstm_fast.LSTM(I, H, seed=0)
+    sd = layer.state_dict()
+    for bad, exc, match in (
+        (_masked(sd["weight_ih_l0"]), ValueError, MASKED),
+        (np.zeros(sd["weight_ih_l0"].shape, "m8[s]"), TypeError, "expected a real numeric array"),
+    ):
+        with pytest.raises(exc, match=rf"^load_state_dict: weight_ih_l0: {match}"):
+            layer.load_state_dict({**sd, "weight_ih_l0": bad})
+        for k, v in layer.state_dict().items():
+            np.testing.assert_array_equal(v, sd[k])  # nothing loaded
+    with pytest.raises(ValueError, match=rf"^data: {MASKED}"):
+        Parameter(_masked(np.ones(3)))
+    with pytest.raises(TypeError, match="^data: expected a real numeric array, got dtype timedelta64"):
+        Parameter(np.zeros(3, "m8[s]"))
+    np.testing.assert_array_equal(Parameter(np.ma.masked_array([1.0, 2.0])).data, [1, 2])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop"])
+def test_optimizers_refuse_masked_gradients(name):
+    p, q = Parameter(np.ones((2, 3), f32)), Parameter(np.ones(4, f32))
+    opt = getattr(optim, name)([p, q], lr=0.1)
+    p.grad = np.ones((2, 3), f32)
+    q.grad = _masked(np.full(4, 1e9, f32))
+    with pytest.raises(ValueError, match=rf"^step: parameter 1: grad: {MASKED}"):
+        opt.step()
+    assert opt.step_count == 0
+    np.testing.assert_array_equal(p.data, 1)  # the parameter before it did not move either
+    np.testing.assert_array_equal(q.data, 1)
+    with pytest.raises(ValueError, match=rf"^clip_grad_norm: parameter 1: grad: {MASKED}"):
+        optim.clip_grad_norm([p, q], 1.0)
+    np.testing.assert_array_equal(p.grad, 1)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop"])
+def test_optimizer_load_state_dict_refuses_masked_state_arrays(name):
+    kw = {"momentum": 0.9} if name == "SGD" else {}
+    p = Parameter(np.ones(3, f32))
+    opt = getattr(optim, name)([p], lr=0.1, **kw)
+    p.grad = np.ones(3, f32)
+    opt.step()
+    sd = opt.state_dict()
+    key = next(iter(sd["arrays"]))
+    fresh = getattr(optim, name)([Parameter(np.ones(3, f32))], lr=0.1, **kw)
+    bad = {**sd, "arrays": {**sd["arrays"], key: _masked(sd["arrays"][key])}}
+    with pytest.raises(ValueError, match=rf"^load_state_dict: {key}: {MASKED}"):
+        fresh.load_state_dict(bad)
+    assert fresh.step_count == 0 and not fresh.state[0]
+
+
+def test_nn_refuses_masked_inputs_ids_and_targets():
+    lin = nn.Linear(3, 2, seed=0)
+    with pytest.raises(ValueError, match=rf"^x: {MASKED}"):
+        lin(_masked(np.ones((4, 3), f32)))
+    lin(np.ones((4, 3), f32))
+    with pytest.raises(ValueError, match=rf"^dy: {MASKED}"):
+        lin.backward(_masked(np.ones((4, 2), f32)))
+    emb = nn.Embedding(5, 3, seed=0)
+    with pytest.raises(ValueError, match=rf"^ids: {MASKED}"):
+        emb(_masked(np.array([1, 2, 99])))  # 99 is masked: was read (and raised IndexError)
+    with pytest.raises(ValueError, match=rf"^targets: {MASKED}"):
+        nn.CrossEntropyLoss()(np.zeros((3, 5), f32), _masked(np.array([1, 2, 3])))
+    layer = lstm_fast.LSTM(3, 4, seed=0)
+    with pytest.raises(ValueError, match=rf"^ids: {MASKED}"):
+        layer.forward_embedded(_masked(np.zeros((2, 2), np.int64)), emb)
+
+
+# ---- torch tensors in the NumPy API -----------------------------------------------------------
+
+
+def _neg_bit(t):
+    """``t``'s values as a contiguous float tensor with the negative bit set (the lazy negation
+    torch's conjugate views use: ``z.conj().imag`` of a complex z is a strided one)."""
+    import torch
+
+    out = torch._neg_view(-t)
+    assert out.is_neg() and out.is_contiguous()
+    return out
+
+
+def test_numpy_api_names_meta_and_sparse_tensors_and_reads_negative_bit_ones(data):
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(data[0])
+    layer = lstm_fast.LSTM(I, H, seed=0)
+    want = layer(data[0])[0]
+    np.testing.assert_array_equal(layer(_neg_bit(x))[0], want)
+    with pytest.raises(ValueError, match="^input: expected a tensor with data, got one on the meta"):
+        layer(torch.empty(T, B, I, device="meta"))
+    with pytest.raises(ValueError, match="^input: expected a dense tensor, got layout torch.sparse"):
+        layer(x.to_sparse())
+    with pytest.raises(ValueError, match="^h_0: expected a tensor with data"):
+        layer(x, (torch.empty(1, B, H, device="meta"), torch.zeros(1, B, H)))
+    with pytest.raises(ValueError, match="^lengths: expected a tensor with data"):
+        layer(x, lengths=torch.empty(B, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="^batch_sizes: expected a dense tensor"):
+        ops.lstm_forward(*data, batch_sizes=torch.tensor([2, 2, 1]).to_sparse())
+    layer.eval()
+    got = layer.step(_neg_bit(x[0]))[0].copy()  # (step's y lives in its buffers)
+    np.testing.assert_array_equal(got, layer.step(data[0][0])[0])
+    with pytest.raises(ValueError, match="^x_t: expected a tensor with data"):
+        layer.step(torch.empty(B, I, device="meta"))
+    cell = lstm_fast.LSTMCell(I, H, seed=0)
+    np.testing.assert_array_equal(cell(_neg_bit(x[0]))[0], cell(data[0][0])[0])
+    with pytest.raises(ValueError, match="^input: expected a dense tensor"):
+        cell(x[0].to_sparse())
+    with pytest.raises(ValueError, match="^data: expected"):
+        Parameter(torch.empty(3, device="meta"))
+    np.testing.assert_array_equal(Parameter(_neg_bit(torch.ones(3))).data, 1)
+
+
+# ---- torch drop-in: negative-bit and sparse tensors, as torch's modules take them ---------------
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("stack", [(1, False), (2, True)])
+def test_dropin_layers_take_negative_bit_inputs_and_states(kind, stack):
+    torch = pytest.importorskip("torch")
+    import lstm_fast.torch as lft
+
+    torch.manual_seed(0)
+    L, bi = stack
+    ours = getattr(lft, kind)(I, H, num_layers=L, bidirectional=bi)
+    ref = getattr(torch.nn, kind)(I, H, num_layers=L, bidirectional=bi)
+    ref.load_state_dict(ours.state_dict())
+    base = torch.randn(T, B, I, requires_grad=True)
+    h = torch.randn(L * (2 if bi else 1), B, H)
+    for grad in (False, True):
+        results = []
+        for m in (ours, ref):
+            base.grad = None
+            with torch.set_grad_enabled(grad):
+                x = _neg_bit(base)  # differentiable: its gradient reaches base
+                hx = (_neg_bit(h), _neg_bit(h)) if kind == "LSTM" else _neg_bit(h)
+                y, _ = m(x, hx)
+            if grad:
+                y.square().sum().backward()
+            results.append((y.detach(), None if base.grad is None else base.grad.clone()))
+        torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+        if grad:
+            torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_dropin_cells_take_negative_bit_and_sparse_tensors(kind):
+    torch = pytest.importorskip("torch")
+    import lstm_fast.torch as lft
+
+    torch.manual_seed(0)
+    ours = getattr(lft, kind)(I, H)
+    ref = getattr(torch.nn, kind)(I, H)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(B, I)
+    h = torch.randn(B, H)
+    # (torch's LSTMCell takes a sparse state too; its GRUCell and RNNCell raise for one)
+    sparse_h = h.to_sparse() if kind == "LSTMCell" else h
+    for xin, hin in ((_neg_bit(x), _neg_bit(h)), (x.to_sparse(), sparse_h)):
+        hx = (hin, h) if kind == "LSTMCell" else hin
+        got, want = ours(xin, hx), ref(xin, hx)
+        got, want = (got, want) if kind == "LSTMCell" else ((got,), (want,))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_dropin_lstm_takes_a_sparse_state_as_torch_does():
+    torch = pytest.importorskip("torch")
+    import lstm_fast.torch as lft
+
+    torch.manual_seed(0)
+    ours, ref = lft.LSTM(I, H), torch.nn.LSTM(I, H)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(T, B, I)
+    h = torch.randn(1, B, H)
+    hx = (h.to_sparse(), h)
+    torch.testing.assert_close(ours(x, hx)[0], ref(x, hx)[0], atol=1e-5, rtol=1e-5)
+
+
+# ---- sizes beyond memory ------------------------------------------------------------------------
+
+
+def test_embedding_refuses_ids_beyond_memory_before_scanning_them():
+    """2**40 ids (a broadcast view) were scanned for their range for minutes before NumPy's
+    MemoryError at the gather: now refused at once, naming ids (a child process, so that a
+    regression fails the test instead of hanging the suite)."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from numpy.lib.stride_tricks import as_strided
+        from lstm_fast import nn
+        ids = as_strided(np.zeros(1, np.int64), shape=(2**40,), strides=(0,))
+        try:
+            nn.Embedding(10, 3)(ids)
+        except MemoryError as e:
+            print("MemoryError", e)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("MemoryError ids: 1099511627776 ids of shape (1099511627776,)")
+    assert "more than this machine's" in out.stdout
+
+
+def test_huge_views_name_the_argument_in_their_memory_error():
+    from numpy.lib.stride_tricks import as_strided
+
+    huge = as_strided(np.zeros(1, f32), shape=(2**40, 2, I), strides=(0, 0, 0))
+    layer = lstm_fast.LSTM(I, H, seed=0)
+    with pytest.raises(MemoryError, match=r"^input: .*C-contiguous float32 copy"):
+        layer(huge)
+    with pytest.raises(MemoryError, match=r"^x_t: "):
+        layer.eval().step(huge[:, 0])
+    lens = as_strided(np.zeros(1, np.int64), shape=(2**40,), strides=(0,))
+    with pytest.raises(MemoryError, match=r"^batch_sizes: "):
+        ops.lstm_forward(
+            np.zeros((2, 3, 3), f32),
+            np.zeros((16, 3), f32),
+            np.zeros((16, 4), f32),
+            batch_sizes=lens,
+        )

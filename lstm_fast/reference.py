@@ -176,9 +176,28 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
+def _real(a, name: str) -> np.ndarray:
+    """``a`` as a NumPy array of a real numeric dtype (float or integer), not cast yet: complex
+    values lost their imaginary part in the cast (a ComplexWarning only), strings were parsed
+    as numbers, booleans, objects and timedelta64 taken as numbers, and a masked array's
+    masked values used as data; each raises naming the argument."""
+    if isinstance(a, np.ma.MaskedArray) and np.ma.count_masked(a):
+        raise ValueError(
+            f"{name}: expected an array without masked values, got a numpy.ma.MaskedArray with "
+            f"{np.ma.count_masked(a)} masked (fill them explicitly, e.g. a.filled(0.0))"
+        )
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as e:  # ragged nesting and the like
+        raise TypeError(f"{name}: expected a real numeric array ({e})") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
 def _input(x, name: str = "x", ndim: int = 3) -> np.ndarray:
     """x as an array of a floating dtype (integers become float64); checks its rank."""
-    x = np.asarray(x)
+    x = _real(x, name)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     if x.ndim != ndim:
@@ -190,7 +209,7 @@ def _cast(a, dtype, name: str, shape: tuple) -> np.ndarray | None:
     """a cast to dtype and checked against shape; None stays None."""
     if a is None:
         return None
-    a = np.asarray(a, dtype=dtype)
+    a = np.asarray(_real(a, name), dtype=dtype)
     if a.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
     return a
@@ -214,6 +233,8 @@ def _valid_mask(lengths, T: int, B: int) -> np.ndarray | None:
     """(T, B) bool, True where t < lengths[b] (a real step); None when lengths is None."""
     if lengths is None:
         return None
+    if isinstance(lengths, np.ma.MaskedArray) and np.ma.count_masked(lengths):
+        raise ValueError("lengths: expected an array without masked values")
     lengths = np.asarray(lengths)
     if lengths.dtype.kind not in "iu":
         raise ValueError(f"lengths: expected an integer array, got dtype {lengths.dtype}")

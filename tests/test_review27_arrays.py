@@ -32,6 +32,7 @@ from lstm_fast.module import Parameter
 
 f32 = np.float32
 T, B, I, H = 3, 2, 4, 5
+REAL = "expected a real numeric array"
 MASKED = r"expected an array without masked values, got a numpy\.ma\.MaskedArray with \d+ masked"
 
 
@@ -99,7 +100,9 @@ def test_ops_refuse_masked_int_vectors(data):
     with pytest.raises(ValueError, match=rf"^sorted_indices: {MASKED}"):
         ops.lstm_forward(*data, batch_sizes=[2, 2, 1], sorted_indices=_masked(np.array([1, 0])))
     with pytest.raises(ValueError, match=rf"^batch_sizes: {MASKED}"):
-        ops.rnn_forward(x, np.zeros((H, I), f32), np.zeros((H, H), f32), batch_sizes=_masked([2, 2, 1]))
+        ops.rnn_forward(
+            x, np.zeros((H, I), f32), np.zeros((H, H), f32), batch_sizes=_masked([2, 2, 1])
+        )
 
 
 def test_masked_arrays_without_masked_values_are_their_data(data):
@@ -161,7 +164,7 @@ def test_step_and_cells_refuse_masked_arrays(data):
         cell.backward(_masked(np.ones((B, H), f32)))
 
 
-# ---- masked arrays: parameters, state dicts, optimizers, nn ---------------------------------------
+# ---- masked arrays: parameters, state dicts, optimizers, nn ----------------------------------
 
 
 def test_load_state_dict_and_parameter_refuse_masked_and_timedelta():
@@ -177,7 +180,9 @@ def test_load_state_dict_and_parameter_refuse_masked_and_timedelta():
             np.testing.assert_array_equal(v, sd[k])  # nothing loaded
     with pytest.raises(ValueError, match=rf"^data: {MASKED}"):
         Parameter(_masked(np.ones(3)))
-    with pytest.raises(TypeError, match="^data: expected a real numeric array, got dtype timedelta64"):
+    with pytest.raises(
+        TypeError, match="^data: expected a real numeric array, got dtype timedelta64"
+    ):
         Parameter(np.zeros(3, "m8[s]"))
     np.testing.assert_array_equal(Parameter(np.ma.masked_array([1.0, 2.0])).data, [1, 2])
 
@@ -250,9 +255,13 @@ def test_numpy_api_names_meta_and_sparse_tensors_and_reads_negative_bit_ones(dat
     layer = lstm_fast.LSTM(I, H, seed=0)
     want = layer(data[0])[0]
     np.testing.assert_array_equal(layer(_neg_bit(x))[0], want)
-    with pytest.raises(ValueError, match="^input: expected a tensor with data, got one on the meta"):
+    with pytest.raises(
+        ValueError, match="^input: expected a tensor with data, got one on the meta"
+    ):
         layer(torch.empty(T, B, I, device="meta"))
-    with pytest.raises(ValueError, match="^input: expected a dense tensor, got layout torch.sparse"):
+    with pytest.raises(
+        ValueError, match="^input: expected a dense tensor, got layout torch.sparse"
+    ):
         layer(x.to_sparse())
     with pytest.raises(ValueError, match="^h_0: expected a tensor with data"):
         layer(x, (torch.empty(1, B, H, device="meta"), torch.zeros(1, B, H)))
@@ -359,9 +368,7 @@ def test_embedding_refuses_ids_beyond_memory_before_scanning_them():
             print("MemoryError", e)
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("MemoryError ids: 1099511627776 ids of shape (1099511627776,)")
     assert "more than this machine's" in out.stdout
@@ -384,3 +391,40 @@ def test_huge_views_name_the_argument_in_their_memory_error():
             np.zeros((16, 4), f32),
             batch_sizes=lens,
         )
+
+
+# ---- the NumPy reference ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", ["lstm_forward", "gru_forward", "rnn_forward"])
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda a: a.astype(np.complex64), TypeError, f"{REAL}, got dtype complex64"),
+        (lambda a: a.astype(str), TypeError, f"{REAL}, got dtype <U"),
+        (lambda a: a.astype(object), TypeError, f"{REAL}, got dtype object"),
+        (lambda a: a > 0, TypeError, f"{REAL}, got dtype bool"),
+        (lambda a: a.astype("m8[s]"), TypeError, f"{REAL}, got dtype timedelta"),
+        (lambda a: _masked(a), ValueError, "expected an array without masked values"),
+    ],
+    ids=["complex", "str", "object", "bool", "timedelta", "masked"],
+)
+def test_reference_refuses_what_it_would_misread(fn, make, exc, match):
+    """The reference cast complex values to real (a ComplexWarning only: the imaginary part
+    dropped), parsed strings as numbers, took booleans, objects and durations as numbers and
+    read masked values as data."""
+    from lstm_fast import reference
+
+    rng = np.random.default_rng(0)
+    G = {"lstm_forward": 4, "gru_forward": 3, "rnn_forward": 1}[fn]
+    x = rng.standard_normal((T, B, I)).astype(f32)
+    w_ih = rng.standard_normal((G * H, I)).astype(f32)
+    w_hh = rng.standard_normal((G * H, H)).astype(f32)
+    run = getattr(reference, fn)
+    with pytest.raises(exc, match=f"^x: {match}"):
+        run(make(x), w_ih, w_hh)
+    with pytest.raises(exc, match=f"^weight_hh: {match}"):
+        run(x, w_ih, make(w_hh))
+    with pytest.raises(exc, match=f"^h0: {match}"):
+        run(x, w_ih, w_hh, None, None, make(np.ones((B, H), f32)))
+    run(x.astype(np.int64), w_ih, w_hh)  # integers are numbers: computed in float64

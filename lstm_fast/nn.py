@@ -763,6 +763,7 @@ def softmax_cross_entropy(
     # bool switches, not truthiness: inplace="False" overwrote the caller's logits
     _check_bool("need_grad", need_grad)
     _check_bool("inplace", inplace)
+    _check_unmasked("logits", logits)  # (the in-place path reads a masked array's values too)
     reuse = (
         inplace
         and isinstance(logits, np.ndarray)

@@ -164,7 +164,10 @@ def _finite_real(name, a, real=None) -> None:
     :func:`_nonfinite_at`; ``real`` must match ``a``'s leading dimensions)."""
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "fc":
         return
-    hit = _nonfinite_at(a, real)
+    try:
+        hit = _nonfinite_at(a, real)
+    except MemoryError as e:  # the scan's copy of a huge view: name the argument
+        raise MemoryError(f"{name}: {e}") from None
     if hit is not None:
         where, is_nan = hit
         raise ValueError(

@@ -231,6 +231,11 @@ def test_nn_refuses_masked_inputs_ids_and_targets():
         emb(_masked(np.array([1, 2, 99])))  # 99 is masked: was read (and raised IndexError)
     with pytest.raises(ValueError, match=rf"^targets: {MASKED}"):
         nn.CrossEntropyLoss()(np.zeros((3, 5), f32), _masked(np.array([1, 2, 3])))
+    for inplace in (False, True):  # (the in-place path took the masked array's buffer as is)
+        with pytest.raises(ValueError, match=rf"^logits: {MASKED}"):
+            nn.softmax_cross_entropy(
+                _masked(np.zeros((3, 5), f32)), np.array([1, 2, 3]), inplace=inplace
+            )
     layer = lstm_fast.LSTM(3, 4, seed=0)
     with pytest.raises(ValueError, match=rf"^ids: {MASKED}"):
         layer.forward_embedded(_masked(np.zeros((2, 2), np.int64)), emb)
@@ -383,6 +388,9 @@ def test_huge_views_name_the_argument_in_their_memory_error():
         layer(huge)
     with pytest.raises(MemoryError, match=r"^x_t: "):
         layer.eval().step(huge[:, 0])
+    w_ih, w_hh = np.zeros((4 * H, I), f32), np.zeros((4 * H, H), f32)
+    with pytest.raises(MemoryError, match=r"^x: "):  # check_finite's scan of it
+        ops.lstm_forward(huge, w_ih, w_hh, check_finite=True)
     lens = as_strided(np.zeros(1, np.int64), shape=(2**40,), strides=(0,))
     with pytest.raises(MemoryError, match=r"^batch_sizes: "):
         ops.lstm_forward(

@@ -35,7 +35,14 @@ def _from_torch(t: Any, what: str = "tensor") -> np.ndarray:
     t = t.detach().cpu()
     if t.is_floating_point() and str(t.dtype) not in ("torch.float32", "torch.float64"):
         t = t.float()
-    return t.resolve_conj().resolve_neg().numpy()
+    t = t.resolve_conj().resolve_neg()
+    try:
+        return t.numpy()
+    except RuntimeError as e:  # a tensor subclass without data of its own (a wrapper)
+        raise TypeError(
+            f"{what}: expected a plain torch.Tensor, got a {type(t).__name__} whose values "
+            f"cannot be read ({e})"
+        ) from None
 
 
 def _check_dense_tensor(what: str, t: Any) -> None:
@@ -44,10 +51,18 @@ def _check_dense_tensor(what: str, t: Any) -> None:
     torch's own load_state_dict refuses these too)."""
     if t.device.type == "meta":
         raise ValueError(f"{what}: expected a tensor with data, got one on the meta device")
+    if type(t).__name__ == "MaskedTensor":  # torch.masked's: its data holds the masked values
+        raise ValueError(
+            f"{what}: expected a tensor without a mask, got a torch.masked.MaskedTensor "
+            "(lstm_fast reads values, not masks: fill the masked values explicitly, e.g. "
+            "t.to_tensor(0.0))"
+        )
     if str(getattr(t, "layout", "torch.strided")) != "torch.strided" or t.is_quantized:
         got, fix = (
             ("a quantized tensor", ".dequantize()")
             if t.is_quantized
+            else (f"layout {t.layout}", "torch.nested.to_padded_tensor(t, 0.0)")
+            if getattr(t, "is_nested", False)
             else (f"layout {t.layout}", ".to_dense()")
         )
         raise ValueError(f"{what}: expected a dense tensor, got {got} ({fix} it first)")

@@ -604,6 +604,23 @@ class _BothDirections(torch.autograd.Function):
 
 # -- checks ----------------------------------------------------------------------------------------
 def _check_tensor(module: str, name: str, t: torch.Tensor) -> None:
+    if type(t).__name__ == "MaskedTensor":  # (torch's own modules fail in its dispatch)
+        raise TypeError(
+            f"lstm_fast.torch.{module}: {name}: expected a tensor without a mask, got a "
+            "torch.masked.MaskedTensor (fill the masked values explicitly, e.g. "
+            "t.to_tensor(0.0))"
+        )
+    if t.layout != torch.strided:
+        hint = (
+            " (pad it: torch.nested.to_padded_tensor(t, 0.0), or pack the sequences as a "
+            "PackedSequence)"
+            if t.is_nested
+            else ""
+        )
+        raise RuntimeError(
+            f"lstm_fast.torch.{module}: {name}: expected a strided (dense) tensor, got layout "
+            f"{t.layout}{hint}"
+        )
     if t.device.type != "cpu":
         raise RuntimeError(
             f"lstm_fast.torch.{module}: {name} is on {t.device}; lstm_fast runs on the CPU only "
@@ -659,7 +676,12 @@ def _for_kernels(t):
     as its dense values (``to_dense``, differentiable: torch's cells and a torch layer's
     ``hx`` take sparse tensors; here ``.contiguous()`` raised "unsupported memory format
     option Contiguous"), then :func:`_autocast_float`."""
-    if isinstance(t, torch.Tensor) and t.layout != torch.strided and t.device.type == "cpu":
+    if (
+        isinstance(t, torch.Tensor)
+        and t.layout != torch.strided
+        and t.device.type == "cpu"
+        and not t.is_nested  # (a nested tensor's to_dense raises; _check_tensor names it)
+    ):
         t = t.to_dense()
     return _autocast_float(t)
 

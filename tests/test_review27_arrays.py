@@ -436,3 +436,47 @@ def test_reference_refuses_what_it_would_misread(fn, make, exc, match):
     with pytest.raises(exc, match=f"^h0: {match}"):
         run(x, w_ih, w_hh, None, None, make(np.ones((B, H), f32)))
     run(x.astype(np.int64), w_ih, w_hh)  # integers are numbers: computed in float64
+
+
+# ---- torch's masked and nested tensors ---------------------------------------------------------
+
+
+def _masked_tensor(torch, t):
+    import warnings
+
+    with warnings.catch_warnings():  # (torch.masked is a prototype: it warns so)
+        warnings.simplefilter("ignore")
+        mask = torch.ones(t.shape, dtype=torch.bool)
+        mask.view(-1)[0] = False
+        return torch.masked.masked_tensor(t, mask)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of MaskedTensors")
+def test_masked_and_nested_tensors_are_refused_naming_the_argument():
+    """torch.masked's MaskedTensor failed in ``.numpy()`` ("not supported for tensor
+    subclasses") and a jagged nested tensor in ``to_dense``, naming nothing; now the NumPy API
+    and the drop-in modules say which argument and what to do (torch's own modules fail on
+    both, in their dispatch)."""
+    torch = pytest.importorskip("torch")
+    import lstm_fast.torch as lft
+
+    x = torch.randn(T, B, I)
+    mt = _masked_tensor(torch, x)
+    nt = torch.nested.nested_tensor([torch.randn(3, I), torch.randn(2, I)], layout=torch.jagged)
+    layer = lstm_fast.LSTM(I, H, seed=0)
+    with pytest.raises(ValueError, match=r"^input: expected a tensor without a mask, got a torch"):
+        layer(mt)
+    with pytest.raises(ValueError, match=r"^input: expected a dense tensor, got layout torch.jag"):
+        layer(nt)
+    with pytest.raises(ValueError, match=r"^h_0: expected a tensor without a mask"):
+        layer(x.numpy(), (_masked_tensor(torch, torch.zeros(1, B, H)), np.zeros((1, B, H), f32)))
+    with pytest.raises(ValueError, match=r"^load_state_dict: weight_ih_l0: expected a tensor wi"):
+        sd = layer.state_dict()
+        layer.load_state_dict({**sd, "weight_ih_l0": _masked_tensor(torch, torch.zeros(4 * H, I))})
+    for m in (lft.LSTM(I, H), lft.GRU(I, H)):
+        with pytest.raises(TypeError, match=r"^lstm_fast.torch.\w+: input: expected a tensor wi"):
+            m(mt)
+        with pytest.raises(RuntimeError, match=r"input: expected a strided \(dense\) tensor, got"):
+            m(nt)
+    with pytest.raises(TypeError, match=r"^lstm_fast.torch.LSTMCell: hx\[0\]: expected a tens"):
+        lft.LSTMCell(I, H)(x[0], (_masked_tensor(torch, torch.zeros(B, H)), torch.zeros(B, H)))

@@ -28,6 +28,8 @@ from typing import Optional
 
 import numpy as np
 
+from .module import _check_unmasked
+
 try:
     from . import _text
 except ImportError:  # pragma: no cover - the package build always compiles it
@@ -672,6 +674,7 @@ def ids_digest(ids: np.ndarray) -> str:
         >>> len(d), d == ids_digest([0, 1, 2, 3, 4]), d == ids_digest(np.arange(6))
         (16, True, False)
     """
+    _check_unmasked("ids", ids)
     a = np.asarray(ids)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"ids: expected an array of integer token ids, got dtype {a.dtype}")
@@ -785,6 +788,7 @@ class BPTTBatcher:
         drop_last: bool = True,
         use_cython: Optional[bool] = None,
     ):
+        _check_unmasked("ids", ids)
         arr = np.asarray(ids)
         if arr.ndim != 1 or (arr.dtype.kind not in "iu" and arr.size):
             raise TypeError(

@@ -2,7 +2,9 @@
 
 All arrays are float32 NumPy arrays, C-contiguous, sequence-major. Nothing is converted
 silently: a float64 or non-contiguous argument raises an error that names it (convert with
-``np.ascontiguousarray(a, dtype=np.float32)`` where a copy is intended).
+``np.ascontiguousarray(a, dtype=np.float32)`` where a copy is intended), and so does a
+``numpy.ma.MaskedArray`` with masked elements (the kernels would read the values under the
+mask: fill them explicitly, ``a.filled(0.0)``).
 
 Shapes use the legend of the core: ``T`` steps, ``B`` batch, ``I`` input size, ``H`` hidden size.
 """

@@ -1807,7 +1807,8 @@ _LAYER_DOC = r"""
     Inputs: ``input, hx, lengths``
         input: (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched; or a
         ``torch.nn.utils.rnn.PackedSequence`` (the output is then one too). Any real floating
-        array (or torch tensor); converted to float32 explicitly.
+        array (or torch tensor); converted to float32 explicitly. A masked array with masked
+        elements (NumPy's or torch's) is refused: its masked values would be read as data.
         hx: optional initial state(s), each (D * num_layers, B, H) ((D * num_layers, H)
         unbatched), D = 2 if bidirectional else 1; zeros when omitted.
         lengths: optional (B,) integers in [0, T], any order: sequence b has lengths[b] real steps.

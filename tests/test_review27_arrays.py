@@ -480,3 +480,22 @@ def test_masked_and_nested_tensors_are_refused_naming_the_argument():
             m(nt)
     with pytest.raises(TypeError, match=r"^lstm_fast.torch.LSTMCell: hx\[0\]: expected a tens"):
         lft.LSTMCell(I, H)(x[0], (_masked_tensor(torch, torch.zeros(B, H)), torch.zeros(B, H)))
+
+
+# ---- the data pipeline's id arrays -------------------------------------------------------------
+
+
+def test_ids_digest_and_batcher_refuse_what_they_would_misread():
+    """``ids_digest`` truncated float ids (1.7 and 1 had one fingerprint), wrapped ids beyond
+    int32 (each now has a digest of its own: test_review27_leftovers) and read masked values;
+    ``BPTTBatcher`` read masked values as ids."""
+    from lstm_fast.data import BPTTBatcher, ids_digest
+
+    assert ids_digest(np.arange(5)) == ids_digest([0, 1, 2, 3, 4])
+    assert ids_digest([]) == ids_digest(np.array([], np.int64))
+    assert ids_digest(np.array([1.7, 2.0])) != ids_digest(np.array([1, 2]))
+    assert ids_digest(np.array([2**32 + 1])) != ids_digest(np.array([1]))
+    with pytest.raises(ValueError, match=rf"^ids: {MASKED}"):
+        ids_digest(_masked(np.arange(5)))
+    with pytest.raises(ValueError, match=rf"^ids: {MASKED}"):
+        BPTTBatcher(_masked(np.arange(20)), batch_size=2, seq_len=3)

@@ -785,6 +785,10 @@ class _RNNBase(Module):
                             f"{name}: expected float32-aligned data, got a misaligned buffer "
                             "(assign a copy: p.data = p.data.copy())"
                         )
+                    try:
+                        _check_unmasked(name, a)  # (the core refuses it naming weight_ih)
+                    except ValueError as e:
+                        return e
         return None
 
     def _raise_named(self) -> None:

@@ -144,6 +144,13 @@ def test_layers_refuse_masked_inputs_states_lengths_and_gradients(data, mode):
         np.testing.assert_array_equal(p.grad, g)  # nothing accumulated
 
 
+def test_a_masked_parameter_is_named_by_the_layer():
+    layer = lstm_fast.LSTM(I, H, num_layers=2, seed=0)
+    layer.weight_hh_l1.data = _masked(layer.weight_hh_l1.data)  # (assigned past the checks)
+    with pytest.raises(ValueError, match=rf"^weight_hh_l1: {MASKED}"):
+        layer(np.ones((T, B, I), f32))
+
+
 def test_step_and_cells_refuse_masked_arrays(data):
     x = data[0]
     layer = lstm_fast.LSTM(I, H, seed=0).eval()

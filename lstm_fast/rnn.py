@@ -30,6 +30,7 @@ from .module import FRESH_GRAD_LOCK as _FRESH_GRAD_LOCK
 from .module import (
     Module,
     Parameter,
+    _check_dense_tensor,
     _check_unmasked,
     _from_torch,
     check_versions,
@@ -1003,6 +1004,7 @@ class _RNNBase(Module):
 
             if lengths is not None:
                 raise ValueError("lengths: not allowed with a PackedSequence input")
+            _check_dense_tensor("input.data", input.data)  # (torch's unpacking fails unnamed)
             packed = input
             padded, lens = pad_packed_sequence(input, batch_first=False)
             x = _as_float32("input", padded)
@@ -1362,6 +1364,7 @@ class _RNNBase(Module):
                     "array of the output's shape"
                 )
             _check_same_packing("dy", dy, packed)
+            _check_dense_tensor("dy.data", dy.data)
             from torch.nn.utils.rnn import pad_packed_sequence
 
             dy = pad_packed_sequence(dy, total_length=T)[0]

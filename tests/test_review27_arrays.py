@@ -506,3 +506,19 @@ def test_ids_digest_and_batcher_refuse_what_they_would_misread():
         ids_digest(_masked(np.arange(5)))
     with pytest.raises(ValueError, match=rf"^ids: {MASKED}"):
         BPTTBatcher(_masked(np.arange(20)), batch_size=2, seq_len=3)
+
+
+def test_numpy_layer_names_a_packed_sequence_of_sparse_data():
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+    ps = pack_padded_sequence(torch.randn(T, B, I), torch.tensor([3, 1]), enforce_sorted=False)
+    layer = lstm_fast.LSTM(I, H, seed=0)
+    sparse = PackedSequence(ps.data.to_sparse(), *ps[1:])
+    with pytest.raises(ValueError, match=r"^input.data: expected a dense tensor, got layout"):
+        layer(sparse)  # (torch's unpacking raised "full(...) is not implemented for sparse")
+    y, _ = layer(ps)
+    dy = PackedSequence(torch.ones_like(y.data).to_sparse(), *y[1:])
+    with pytest.raises(ValueError, match=r"^dy.data: expected a dense tensor, got layout"):
+        layer.backward(dy)
+    layer.backward(PackedSequence(torch.ones_like(y.data), *y[1:]))

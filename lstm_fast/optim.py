@@ -80,6 +80,13 @@ def _fast(p: Parameter) -> bool:
     )
 
 
+def _fast_state(a: Any) -> bool:
+    """A state array the fused kernels can update in place (or None: not made yet)."""
+    return a is None or (
+        a.dtype == _f32 and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+    )
+
+
 def _listed(params: Any, expected: str) -> list:
     """``list(params)``, or TypeError "params: expected <expected>, got <type>" for something
     that is not iterable at all (None, a number, a Module)."""
@@ -645,12 +652,24 @@ class Optimizer:
             # updated, step_count bumped)
             _check_float_data(f"step: parameter {i}", p)
             for slot, arr in self.state[i].items():
+                # (a state array set by hand -- read-only, integer, a list, masked -- raised in
+                # the middle of the update, "output array is read-only", after the parameters
+                # before it had moved)
+                what = f"step: parameter {i}: state {slot}"
+                if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
+                    got = (
+                        f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                    )
+                    raise TypeError(f"{what}: expected a floating-point array, got {got}")
                 if arr.shape != p.data.shape:
                     raise ValueError(
-                        f"step: parameter {i}: state {slot}: expected shape {p.data.shape} (the "
+                        f"{what}: expected shape {p.data.shape} (the "
                         f"parameter's), got {arr.shape} (its data was replaced by an array of "
                         "another shape: give the optimizer new parameters, or reset its state)"
                     )
+                if not arr.flags.writeable:
+                    raise ValueError(f"{what}: expected a writeable array, got a read-only one")
+                _check_unmasked(what, arr)
         with deferred_interrupt():  # Ctrl-C: after the whole step, not between two parameters
             self.step_count += 1
             self._owner = owner
@@ -1109,7 +1128,14 @@ class Adam(Optimizer):
     def _update(self, i, p, zero_grad=False):
         h, t = self._group(i)
         b1, b2 = h["betas"]
-        if _fast(p) and not h["amsgrad"] and not h["maximize"]:
+        st = self.state[i]
+        if (
+            _fast(p)
+            and not h["amsgrad"]
+            and not h["maximize"]
+            # (state arrays set by hand in another layout or dtype take the NumPy path)
+            and all(_fast_state(st.get(k)) for k in ("exp_avg", "exp_avg_sq"))
+        ):
             # one fused pass in C++ (the same float32 arithmetic as below, in a single sweep)
             wd = float(h["weight_decay"])
             g = p.grad if p.grad.flags.aligned else p.grad.copy()

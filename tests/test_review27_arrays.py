@@ -522,3 +522,81 @@ def test_numpy_layer_names_a_packed_sequence_of_sparse_data():
     with pytest.raises(ValueError, match=r"^dy.data: expected a dense tensor, got layout"):
         layer.backward(dy)
     layer.backward(PackedSequence(torch.ones_like(y.data), *y[1:]))
+
+
+# ---- optimizer state arrays set by hand ---------------------------------------------------------
+
+_OPTS = [
+    ("SGD", {"momentum": 0.9}),
+    ("Adam", {}),
+    ("AdamW", {"weight_decay": 0.1}),
+    ("Adagrad", {}),
+    ("RMSprop", {"momentum": 0.5, "centered": True}),
+]
+
+
+def _stepped(name, kw):
+    p0, p1 = Parameter(np.ones((2, 3), f32)), Parameter(np.ones((2, 3), f32))
+    opt = getattr(optim, name)([p0, p1], lr=0.1, **kw)
+    p0.grad, p1.grad = np.full((2, 3), 0.5, f32), np.full((2, 3), -0.25, f32)
+    opt.step()
+    return opt, p0, p1
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("name, kw", _OPTS, ids=[o[0] for o in _OPTS])
+@pytest.mark.parametrize(
+    "bad, exc, match",
+    [
+        (_read_only, ValueError, "expected a writeable array, got a read-only one"),
+        (
+            lambda a: a.astype(np.int32),
+            TypeError,
+            "expected a floating-point array, got dtype int32",
+        ),
+        (lambda a: a.tolist(), TypeError, "expected a floating-point array, got list"),
+        (lambda a: _masked(a), ValueError, MASKED),
+    ],
+    ids=["read-only", "int", "list", "masked"],
+)
+def test_optimizer_state_set_by_hand_is_checked_before_any_update(name, kw, bad, exc, match):
+    """A state array replaced by hand raised in the middle of ``step`` ("output array is
+    read-only", a ufunc casting error, "'list' object has no attribute 'shape'") after the
+    parameters before it had moved; now refused first, naming the parameter and slot."""
+    opt, p0, p1 = _stepped(name, kw)
+    slot = next(iter(opt.state[1]))
+    opt.state[1][slot] = bad(opt.state[1][slot])
+    before = p0.data.copy(), p1.data.copy(), opt.step_count
+    with pytest.raises(exc, match=rf"^step: parameter 1: state {slot}: {match}"):
+        opt.step()
+    np.testing.assert_array_equal(p0.data, before[0])
+    np.testing.assert_array_equal(p1.data, before[1])
+    assert opt.step_count == before[2]
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("layout", ["fortran", "strided", "float64"])
+def test_adam_state_in_another_layout_takes_the_numpy_path(name, layout):
+    """The fused kernel refused a state array in another layout or dtype mid-step; such a
+    state now goes through the NumPy update (the same arithmetic)."""
+    kw = dict(_OPTS)[name]
+    want, q0, q1 = _stepped(name, kw)
+    opt, p0, p1 = _stepped(name, kw)
+    for slot in ("exp_avg", "exp_avg_sq"):
+        a = opt.state[1][slot]
+        if layout == "fortran":
+            a = np.asfortranarray(a)
+        elif layout == "strided":
+            a = np.repeat(a, 2, axis=1)[:, ::2]
+        else:
+            a = a.astype(np.float64)
+        opt.state[1][slot] = a
+    for o in (want, opt):
+        o.step()
+    np.testing.assert_array_equal(p0.data, q0.data)
+    np.testing.assert_allclose(p1.data, q1.data, rtol=1e-6, atol=1e-7)

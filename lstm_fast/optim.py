@@ -651,6 +651,9 @@ class Optimizer:
             # one of another shape, raised in the middle of the update: the parameters before it
             # updated, step_count bumped)
             _check_float_data(f"step: parameter {i}", p)
+            # (a masked array's masked entries kept their values in the NumPy update, and the
+            # fused kernel refused it mid-step, naming "param", after earlier parameters moved)
+            _check_unmasked(f"step: parameter {i}: data", p.data)
             for slot, arr in self.state[i].items():
                 # (a state array set by hand -- read-only, integer, a list, masked -- raised in
                 # the middle of the update, "output array is read-only", after the parameters

@@ -579,6 +579,17 @@ def test_optimizer_state_set_by_hand_is_checked_before_any_update(name, kw, bad,
     assert opt.step_count == before[2]
 
 
+@pytest.mark.parametrize("name, kw", _OPTS, ids=[o[0] for o in _OPTS])
+def test_optimizers_refuse_a_masked_parameter_before_any_update(name, kw):
+    opt, p0, p1 = _stepped(name, kw)
+    p1.data = _masked(p1.data)  # (assigned past Parameter's checks)
+    before = p0.data.copy(), opt.step_count
+    with pytest.raises(ValueError, match=rf"^step: parameter 1: data: {MASKED}"):
+        opt.step()
+    np.testing.assert_array_equal(p0.data, before[0])
+    assert opt.step_count == before[1]
+
+
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
 @pytest.mark.parametrize("layout", ["fortran", "strided", "float64"])
 def test_adam_state_in_another_layout_takes_the_numpy_path(name, layout):

@@ -160,6 +160,7 @@ class Parameter:
     __slots__ = ("data", "grad", "_version")
 
     def __init__(self, data: Any, dtype: Any = np.float32):
+        _check_unmasked("data", data)  # (np.array below drops a mask: any dtype)
         if dtype is not None and np.dtype(dtype).kind == "f":
             # checked as load_state_dict checks values: None became a NaN, a complex value lost
             # its imaginary part (a warning only), 1e300 became inf, and a torch tensor that

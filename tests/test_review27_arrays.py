@@ -185,8 +185,9 @@ def test_load_state_dict_and_parameter_refuse_masked_and_timedelta():
             layer.load_state_dict({**sd, "weight_ih_l0": bad})
         for k, v in layer.state_dict().items():
             np.testing.assert_array_equal(v, sd[k])  # nothing loaded
-    with pytest.raises(ValueError, match=rf"^data: {MASKED}"):
-        Parameter(_masked(np.ones(3)))
+    for dtype in (np.float32, np.float64, None, np.int32):
+        with pytest.raises(ValueError, match=rf"^data: {MASKED}"):
+            Parameter(_masked(np.ones(3)), dtype=dtype)
     with pytest.raises(
         TypeError, match="^data: expected a real numeric array, got dtype timedelta64"
     ):

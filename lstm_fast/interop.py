@@ -44,7 +44,7 @@ def _tensor(name: str, a: Any) -> Any:
     if not hasattr(a, "detach"):
         return a
     _check_dense_tensor(name, a)
-    return _from_torch(a)
+    return _from_torch(a, name)
 
 
 def _is_tensor_proto(a: Any) -> bool:

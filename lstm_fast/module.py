@@ -330,6 +330,10 @@ class Module:
     """
 
     training: bool
+    # The attributes in which a subclass keeps what its last training forward saved for
+    # ``backward``, each with its value when there is none: copies and pickles leave that out
+    # (see __getstate__).
+    _saved_forward: Mapping = {}
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -363,6 +367,40 @@ class Module:
         object.__setattr__(self, name, value)
         if replaced:  # the saved forward read the old one: its backward must not run
             self._on_load()
+
+    def __getstate__(self) -> dict:
+        """What ``copy.deepcopy``, ``copy.copy`` and pickle take: the attributes, without the
+        saved forward (the attributes of :attr:`_saved_forward` at their empty values), as
+        torch's copies leave the autograd graph out. A copy's ``backward`` needs a forward of
+        its own: a model copied after a training forward kept its head's saved input but not
+        its recurrent layer's cache, so the copy's backward accumulated into the head's
+        gradients and then raised."""
+        state = dict(self.__dict__)
+        for name, empty in self._saved_forward.items():
+            if name in state:
+                state[name] = empty
+        return state
+
+    def __copy__(self) -> Module:
+        """``copy.copy(module)``: a module sharing this one's Parameters and sub-modules (their
+        values and ``.grad``) with registries of its own. A parameter or sub-module assigned to
+        one afterwards is the other's no more: the shared ``_parameters`` dict of a plain
+        shallow copy put a Parameter assigned to the copy into the original's forward and
+        ``state_dict`` too, while the original's attribute still gave the old one. What
+        :meth:`__getstate__` leaves out (the saved forward, a layer's ``step`` buffers) is left
+        out here too: the copy keeps a forward of its own."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        state = dict(self.__getstate__())
+        for key in ("_parameters", "_modules"):
+            if key in state:
+                state[key] = OrderedDict(state[key])
+        setstate = getattr(new, "__setstate__", None)
+        if setstate is not None:
+            setstate(state)
+        else:
+            new.__dict__.update(state)
+        return new
 
     def __delattr__(self, name: str) -> None:
         removed = self._parameters.pop(name, None) is not None

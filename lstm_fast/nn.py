@@ -176,6 +176,9 @@ class Linear(Module):
         Linear(3, 2, bias=True)
     """
 
+    # what a training forward keeps for backward (copies and pickles leave it out)
+    _saved_forward = {"_x": None, "_w": None, "_versions": ()}
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, seed=None):
         super().__init__()
         in_features = _check_int("in_features", in_features, 0)
@@ -331,6 +334,8 @@ class Embedding(Module):
         [0.0, 2.0, 1.0, 1.0]
     """
 
+    _saved_forward = {"_ids": None, "_weight_p": None}  # (copies and pickles leave it out)
+
     def __init__(
         self,
         num_embeddings: int,
@@ -366,6 +371,7 @@ class Embedding(Module):
             w[padding_idx] = 0
         self.weight = Parameter(w)
         self._ids: Optional[np.ndarray] = None
+        self._weight_p: Optional[Parameter] = None
 
     def extra_repr(self) -> str:
         """``"V, E"``: the constructor arguments shown in the ``repr``."""
@@ -450,6 +456,9 @@ class Embedding(Module):
         # a copy: a batch buffer refilled in place before backward (a loader prefetching into
         # it) must not send the gradient to the next batch's rows
         self._ids = ids.copy() if self.training else None
+        # the Parameter looked up, whose gradient backward writes (as Linear's); not as an
+        # attribute assignment, which would register it as a parameter of its own
+        self.__dict__["_weight_p"] = self.weight if self.training else None
         return self.weight.data[ids]
 
     def backward(self, dy: Any) -> None:
@@ -464,6 +473,13 @@ class Embedding(Module):
         """
         if self._ids is None:
             raise RuntimeError("Embedding.backward: no saved forward (call it in training mode)")
+        used = getattr(self, "_weight_p", None)  # (None: pickled before it was kept)
+        if used is not None and used is not self.weight:
+            # the forward read the old one: its gradient went to a Parameter it never used
+            raise RuntimeError(
+                "Embedding.backward: weight was replaced by another Parameter after the "
+                "forward this backward differentiates; run the forward again"
+            )
         flat = self._ids.reshape(-1)
         dy = np.asarray(_real("dy", dy), dtype=np.float32)
         out_shape = (*self._ids.shape, self.embedding_dim)
@@ -581,6 +597,8 @@ class Dropout(Module):
         >>> drop.eval()(x) is x
         True
     """
+
+    _saved_forward = {"_mask": None, "_ran": False}  # (copies and pickles leave it out)
 
     def __init__(self, p: float = 0.5, *, seed=None):
         super().__init__()
@@ -822,6 +840,8 @@ class CrossEntropyLoss(Module):
         [[ 0.125 -0.375  0.125  0.125]
          [ 0.125  0.125  0.125 -0.375]]
     """
+
+    _saved_forward = {"_grad": None}  # (copies and pickles leave it out)
 
     def __init__(self, ignore_index: Optional[int] = -100, reduction: str = "mean"):
         super().__init__()

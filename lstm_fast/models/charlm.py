@@ -98,6 +98,9 @@ class CharLM(Module):
         ((5, 3, 20), (2, 3, 16))
     """
 
+    # a training forward ran (copies and pickles leave it out: their sub-layers keep none)
+    _saved_forward = {"_saved": False}
+
     def __init__(
         self,
         vocab_size: int,

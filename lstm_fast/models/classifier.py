@@ -120,6 +120,9 @@ class SequenceClassifier(Module):
         ((3, 10), [0.0, 0.0, 0.0, 0.0])
     """
 
+    # (copies and pickles leave the saved forward out: their sub-layers keep none)
+    _saved_forward = {"_cache": None}
+
     def __init__(
         self,
         vocab_size: int,

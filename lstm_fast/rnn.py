@@ -586,6 +586,12 @@ def _join(fut: Any) -> Any:
     return fut.result()
 
 
+# The settings a layer's step() buffers are sized by (assigning one drops them).
+_STREAM_SIZES = frozenset(
+    ("input_size", "hidden_size", "num_layers", "proj_size", "bias", "bidirectional")
+)
+
+
 class _RNNBase(Module):
     _mode = "LSTM"
 
@@ -760,6 +766,19 @@ class _RNNBase(Module):
             for d in range(D):
                 for name, q, (shape, legend) in zip(_param_names(k, d), self._params(k, d), want):
                     if q is None:
+                        # one the sizes read now need (num_layers raised after construction):
+                        # the core named its own argument, "weight_hh: ... got NoneType"
+                        kind = name.split("_l")[0]
+                        if (
+                            kind in ("weight_ih", "weight_hh")
+                            or (kind == "weight_hr" and self.proj_size)
+                            or (kind.startswith("bias") and self.bias)
+                        ):
+                            return AttributeError(
+                                f"{name}: missing, but {type(self).__name__}"
+                                f"({self.extra_repr()}) computes with it: assign a float32 "
+                                f"Parameter of shape {shape}"
+                            )
                         continue
                     a = q.data
                     if not isinstance(a, np.ndarray):
@@ -799,6 +818,13 @@ class _RNNBase(Module):
         if bad is not None:
             raise bad from None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _STREAM_SIZES:
+            # step()'s buffers (one state slot per layer, sized by these) are made anew: a
+            # stream kept from before ran the old number of layers while forward ran the new
+            object.__setattr__(self, "_stream", None)
+
     def _on_load(self) -> None:
         # New weights: the streaming buffers are made anew, and the cache of a training forward
         # (which refers to the weights' memory and holds gates of the old ones) is dropped, so a
@@ -809,11 +835,14 @@ class _RNNBase(Module):
         self.__dict__["_unused_forwards"] = 0
         super()._on_load()
 
+    # copies and pickles take the parameters and settings, not the kernels' cache of the last
+    # training forward (native memory): a copy's backward needs a forward of its own
+    _saved_forward = {"_saved": None, "_unused_forwards": 0}
+
     def __getstate__(self) -> dict:
-        """``copy.deepcopy`` and pickle take the parameters and settings, not the kernels'
-        cache of the last training forward (native memory): a copy's backward needs a forward
-        of its own. Streaming buffers are made anew on the copy's first ``step``."""
-        state = {**self.__dict__, "_saved": None, "_unused_forwards": 0}
+        """As :meth:`Module.__getstate__ <lstm_fast.module.Module.__getstate__>` (no saved
+        forward); streaming buffers are made anew on the copy's first ``step``."""
+        state = super().__getstate__()
         state.pop("_streams", None)
         return state
 
@@ -870,15 +899,17 @@ class _RNNBase(Module):
         h_n = np.empty((L * D, B, P), np.float32)
         c_n = np.empty((L * D, B, H), np.float32) if self._has_cell else None
         # A failed call changes nothing: the dropout generator is put back (a later layer's bad
-        # parameter is found after the earlier layers drew their masks).
+        # parameter is found after the earlier layers drew their masks; a KeyboardInterrupt
+        # between two layers too: the next forward draws the masks a fresh layer would).
         draws = training and self.dropout > 0 and L > 1
         rng_state = self._rng.bit_generator.state if draws else None
         try:
             return self._run_layers(x, h0, c0, B, bs, flip, first, order, h_n, c_n)
-        except (TypeError, ValueError):
+        except BaseException as e:
             if draws:
                 self._rng.bit_generator.state = rng_state
-            self._raise_named()
+            if isinstance(e, (TypeError, ValueError)):
+                self._raise_named()
             raise
 
     def _run_layers(self, x, h0, c0, B, bs, flip, first, order, h_n, c_n):
@@ -1528,7 +1559,7 @@ class _RNNBase(Module):
         ):
             try:
                 y = st.run(x_t, state)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, KeyError):  # (KeyError: a layer's weights missing)
                 self._raise_named()
                 raise
             if out is not None:
@@ -1580,7 +1611,7 @@ class _RNNBase(Module):
             _guard_finite(self, x_t=given[0], state=given[1])
         try:
             y = st.run(x_t, state)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):  # (KeyError: a layer's weights missing)
             self._raise_named()
             raise
         if out is not None:
@@ -1598,8 +1629,11 @@ class _Stream:
     by precomputed names on every call (in place updates and load_state_dict are seen)."""
 
     def __init__(self, layer: _RNNBase, B: int):
-        self.layer, self.B = layer, B
-        L, H = layer.num_layers, layer.hidden_size
+        # The layer's parameter registry and sizes, not the layer itself: the layer holds its
+        # streams, and a stream holding the layer made a reference cycle, so a layer that had
+        # streamed (and its buffers) outlived its last reference until a garbage collection.
+        self.params, self.B = layer._parameters, B
+        self.L, self.H = L, H = layer.num_layers, layer.hidden_size
         # P: features of h and y (proj_size, else H); the cell state c has H
         self.P = P = layer._out_size
         self.proj = bool(layer.proj_size)
@@ -1664,7 +1698,7 @@ class _Stream:
         with proj_size; what step returned, or h_n / c_n of a forward; (L, H) for an unbatched
         x_t, as an unbatched forward's). Raises before anything is written; returns the state
         as (L, B, .) arrays."""
-        L = self.layer.num_layers
+        L = self.L
         if self.c is not None:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError("state: expected a tuple (h, c) as returned by step")
@@ -1679,7 +1713,7 @@ class _Stream:
         if self.states1 is not None:
             h1, c1 = self.states1[cur] if self.c is not None else (self.states1[cur], None)
         for name, a in items:
-            H = self.P if name.startswith("state[0]") or self.c is None else self.layer.hidden_size
+            H = self.P if name.startswith("state[0]") or self.c is None else self.H
             letter = "P" if self.proj and H == self.P else "H"
             if a is self.hs[cur] or a is self.cs[cur]:
                 out.append(a)
@@ -1709,7 +1743,7 @@ class _Stream:
         if state is None:
             if self.zeros is None:  # (read only: the cores never write a state they read)
                 self.zeros = [
-                    np.zeros((self.layer.num_layers, self.B, self.P), np.float32),
+                    np.zeros((self.L, self.B, self.P), np.float32),
                     None if self.c is None else np.zeros_like(self.c[0]),
                 ]
             h_src, c_src = self.zeros
@@ -1723,7 +1757,7 @@ class _Stream:
         ):
             # x_t is a y_t this stream returned two calls ago (in the slot written below)
             x_t = x_t.copy()
-        params, mode, step_into = self.layer._parameters, self.mode, self.step_into
+        params, mode, step_into = self.params, self.mode, self.step_into
         if not self.B:  # nothing to compute (the core would take the empty buffers as aliases)
             self.cur = nxt
             return self.hv[nxt][-1]
@@ -1997,10 +2031,9 @@ class _CellBase(Module):
             s += f", nonlinearity={self.nonlinearity!r}"
         return s
 
-    def __getstate__(self) -> dict:
-        """As the layers': copies and pickles leave out the cache of the last training forward
-        (``copy.copy(cell)`` shares the parameters and keeps a saved forward of its own)."""
-        return {**self.__dict__, "_saved": None, "_unused_forwards": 0}
+    # as the layers': copies and pickles leave out the cache of the last training forward
+    # (``copy.copy(cell)`` shares the parameters and keeps a saved forward of its own)
+    _saved_forward = {"_saved": None, "_unused_forwards": 0}
 
     def _on_load(self) -> None:
         object.__setattr__(self, "_saved", None)  # as the layers': no backward across new weights

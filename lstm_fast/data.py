@@ -355,13 +355,25 @@ class Vocab:
         return cls(toks, level=level, pad=pad)
 
     def _lookup_table(self) -> np.ndarray:
-        if self._table is None:
-            top = max((ord(t) for t in self.itos if len(t) == 1), default=0)
+        """The code point -> id table of the Cython encoder, made from :attr:`stoi` (what the
+        Python encoder reads) and made again when ``itos`` or ``stoi`` was replaced or changed
+        size since: a vocabulary extended after its first ``encode`` (``itos.append``, ``stoi[t]
+        = i``) kept encoding the new tokens as unknown on this path only."""
+        key = (self.itos, len(self.itos), self.stoi, len(self.stoi))
+        old = getattr(self, "_table_key", None)
+        if (
+            self._table is None
+            or old is None
+            or old[0] is not key[0]
+            or old[2] is not key[2]
+            or old[1:4:2] != key[1:4:2]
+        ):
+            chars = [(t, i) for t, i in self.stoi.items() if isinstance(t, str) and len(t) == 1]
+            top = max((ord(t) for t, _ in chars), default=0)
             table = np.full(top + 1, -1, dtype=np.int32)
-            for i, t in enumerate(self.itos):
-                if len(t) == 1:
-                    table[ord(t)] = i
-            self._table = table
+            for t, i in chars:
+                table[ord(t)] = i
+            self._table, self._table_key = table, key
         return self._table
 
     def tokenize(self, text: str) -> list:

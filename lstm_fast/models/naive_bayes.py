@@ -73,15 +73,18 @@ class NaiveBayes:
             raise ValueError(f"labels: expected class ids >= 0, got {lab.min()}")
         labels = lab.astype(np.int64)
         C = int(labels.max()) + 1
-        self.index = {}
+        # a new index, made the model's once everything is counted: a fit that raised (a text
+        # that is no str) left the model with an emptied index and the old counts, so it went
+        # on predicting from the class priors alone, silently
+        index: dict = {}
         indptr, ids = _data.featurize(
-            texts, self.index, grow=True, char_n=self.char_n, word_n=self.word_n
+            texts, index, grow=True, char_n=self.char_n, word_n=self.word_n
         )
         doc_labels = np.repeat(labels, np.diff(indptr))
-        counts = np.zeros((len(self.index), C), np.float64)
+        counts = np.zeros((len(index), C), np.float64)
         np.add.at(counts, (ids, doc_labels), 1.0)
-        self.counts = counts
-        self.class_count = np.bincount(labels, minlength=C).astype(np.float64)
+        class_count = np.bincount(labels, minlength=C).astype(np.float64)
+        self.index, self.counts, self.class_count = index, counts, class_count
         self._prepare()
         return self
 

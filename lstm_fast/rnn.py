@@ -1664,11 +1664,13 @@ class _Stream:
             else None
         )
         self.xshape, self.yshape = (B, layer.input_size), (B, P)
-        # Per slot, per layer: parameter names (the biases' None without them), workspace and
+        # Per slot, per layer: parameter names, workspace and
         # the state views read and written.
         names = [
             tuple(
-                n + f"_l{k}" if layer.bias or n.startswith("weight") else None
+                # (the biases whatever ``bias`` says: the parameters present are used, as by
+                # forward; a bias assigned to a bias=False layer was left out of step only)
+                n + f"_l{k}"
                 for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             )
             for k in range(L)
@@ -1758,18 +1760,20 @@ class _Stream:
             # x_t is a y_t this stream returned two calls ago (in the slot written below)
             x_t = x_t.copy()
         params, mode, step_into = self.params, self.mode, self.step_into
+        get = params.get
         if not self.B:  # nothing to compute (the core would take the empty buffers as aliases)
             self.cur = nxt
             return self.hv[nxt][-1]
         inp = x_t
         if self.proj:  # the sequence core over one step (it projects h; allocates per call)
             for k, (n_ih, n_hh, n_bih, n_bhh, _, _, _, h_out, c_out) in enumerate(self.plan[cur]):
+                b_ih, b_hh = get(n_bih), get(n_bhh)
                 _, hn, cn, _ = ops.lstm_forward(
                     inp[None],
                     params[n_ih].data,
                     params[n_hh].data,
-                    None if n_bih is None else params[n_bih].data,
-                    None if n_bhh is None else params[n_bhh].data,
+                    None if b_ih is None else b_ih.data,
+                    None if b_hh is None else b_hh.data,
                     h_src[k],
                     c_src[k],
                     weight_hr=params[f"weight_hr_l{k}"].data,
@@ -1781,6 +1785,7 @@ class _Stream:
             return inp
         if h_src is self.hs[cur] and c_src is self.cs[cur]:  # the streaming loop's: the slot's
             for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
+                b_ih, b_hh = get(n_bih), get(n_bhh)
                 step_into(
                     mode,
                     inp,
@@ -1788,8 +1793,8 @@ class _Stream:
                     c_in,
                     params[n_ih].data,
                     params[n_hh].data,
-                    None if n_bih is None else params[n_bih].data,
-                    None if n_bhh is None else params[n_bhh].data,
+                    None if b_ih is None else b_ih.data,
+                    None if b_hh is None else b_hh.data,
                     h_out,
                     c_out,
                     ws,
@@ -1797,6 +1802,7 @@ class _Stream:
                 inp = h_out
         else:
             for k, (n_ih, n_hh, n_bih, n_bhh, ws, _, _, h_out, c_out) in enumerate(self.plan[cur]):
+                b_ih, b_hh = get(n_bih), get(n_bhh)
                 step_into(
                     mode,
                     inp,
@@ -1804,8 +1810,8 @@ class _Stream:
                     None if c_src is None else c_src[k],
                     params[n_ih].data,
                     params[n_hh].data,
-                    None if n_bih is None else params[n_bih].data,
-                    None if n_bhh is None else params[n_bhh].data,
+                    None if b_ih is None else b_ih.data,
+                    None if b_hh is None else b_hh.data,
                     h_out,
                     c_out,
                     ws,
@@ -2077,7 +2083,10 @@ class _CellBase(Module):
                     return None
         p = self._parameters
         w_ih, w_hh = p["weight_ih"].data, p["weight_hh"].data
-        b_ih, b_hh = (p["bias_ih"].data, p["bias_hh"].data) if self.bias else (None, None)
+        # the biases present, whatever ``bias`` says (as the general path and torch's cell)
+        b_ih, b_hh = p.get("bias_ih"), p.get("bias_hh")
+        b_ih = None if b_ih is None else b_ih.data
+        b_hh = None if b_hh is None else b_hh.data
         x = x[None]
         core = ops._core
         if lstm:

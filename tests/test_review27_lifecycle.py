@@ -221,6 +221,35 @@ def test_changed_num_layers_is_named_and_steps_follow_it(mode):
     np.testing.assert_allclose(y, m(x)[0][0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("make", [LSTMCell, GRUCell, RNNCell, LSTM, GRU, RNN])
+@pytest.mark.parametrize("change", ["bias-off", "biases-added"])
+def test_the_biases_present_are_used_on_every_path(make, change):
+    # Failed before its fix: the eval-mode short paths (a cell's one-step call, a layer's
+    # step()) read the biases by the ``bias`` setting, the other paths by the parameters
+    # present: with ``bias`` assigned False after construction, or biases assigned to a
+    # bias=False layer, a cell's eval output differed from its training output and a layer's
+    # step from its forward, silently.
+    cell = make in (LSTMCell, GRUCell, RNNCell)
+    m = make(5, 4, bias=change == "bias-off", seed=0)
+    if change == "bias-off":
+        m.bias = False
+    else:
+        rng = np.random.default_rng(1)
+        for k in range(1 if cell else m.num_layers):
+            sfx = "" if cell else f"_l{k}"
+            G = getattr(m, "weight_ih" + sfx).shape[0]
+            for n in ("bias_ih", "bias_hh"):
+                setattr(m, n + sfx, Parameter(rng.standard_normal(G)))
+    x = _x(T=1)
+    if cell:
+        a, b = m(x[0]), m.eval()(x[0])
+        a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+    else:
+        m.eval()
+        a, b = m(x)[0][0], m.step(x[0])[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_embedding_backward_refuses_a_replaced_weight():
     # Failed before its fix: the gradient of a lookup went to a Parameter assigned after the
     # forward (which never read it); Linear's and the recurrent layers' backward raise.

@@ -589,7 +589,16 @@ def _join(fut: Any) -> Any:
 # The settings a layer's step() buffers are sized by (assigning one drops them).
 _STREAM_SIZES = frozenset(
     ("input_size", "hidden_size", "num_layers", "proj_size", "bias", "bidirectional")
+    + ("nonlinearity",)
 )
+
+
+def _nonlinearity_mode(value: Any) -> str:
+    """RNN's and RNNCell's kernel for ``nonlinearity`` (assigned after construction too: the
+    kernel chosen at construction ran on, while the repr showed the new one)."""
+    if value not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{value}'. Select from 'tanh' or 'relu'.")
+    return "RNN_TANH" if value == "tanh" else "RNN_RELU"
 
 
 class _RNNBase(Module):
@@ -1974,11 +1983,7 @@ class RNN(_RNNBase):
         seed: Optional[int] = None,
         check_finite: bool = False,
     ):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(
-                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
-            )
-        object.__setattr__(self, "_mode", "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
+        object.__setattr__(self, "_mode", _nonlinearity_mode(nonlinearity))
         object.__setattr__(self, "nonlinearity", nonlinearity)
         super().__init__(
             input_size,
@@ -1991,6 +1996,11 @@ class RNN(_RNNBase):
             seed=seed,
             check_finite=check_finite,
         )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "nonlinearity":  # the kernel follows it (checked first)
+            object.__setattr__(self, "_mode", _nonlinearity_mode(value))
+        super().__setattr__(name, value)
 
 
 # ---- single-step cells --------------------------------------------------------------------------
@@ -2289,6 +2299,11 @@ class RNNCell(_CellBase):
     ):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity: {nonlinearity}")
-        object.__setattr__(self, "_mode", "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
+        object.__setattr__(self, "_mode", _nonlinearity_mode(nonlinearity))
         object.__setattr__(self, "nonlinearity", nonlinearity)
         super().__init__(input_size, hidden_size, bias, seed=seed, check_finite=check_finite)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "nonlinearity":  # the kernel follows it (checked first)
+            object.__setattr__(self, "_mode", _nonlinearity_mode(value))
+        super().__setattr__(name, value)

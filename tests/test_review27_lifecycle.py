@@ -250,6 +250,26 @@ def test_the_biases_present_are_used_on_every_path(make, change):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_nonlinearity_assigned_after_construction_is_computed():
+    # Failed before its fix: the kernel was chosen at construction, so an RNN or RNNCell given
+    # nonlinearity="relu" afterwards went on computing tanh while its repr said relu (torch's
+    # RNNCell reads the setting at each call); step() kept the old kernel too.
+    x = _x(T=2)
+    cell = RNNCell(5, 4, seed=0)
+    cell.nonlinearity = "relu"
+    assert "nonlinearity='relu'" in repr(cell)
+    np.testing.assert_array_equal(cell(x[0]), RNNCell(5, 4, nonlinearity="relu", seed=0)(x[0]))
+    m = RNN(5, 4, num_layers=2, seed=0).eval()
+    m.step(x[0])
+    m.nonlinearity = "relu"
+    ref = RNN(5, 4, num_layers=2, nonlinearity="relu", seed=0).eval()
+    np.testing.assert_array_equal(m(x)[0], ref(x)[0])
+    np.testing.assert_array_equal(m.step(x[0])[0], ref.step(x[0])[0])
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+        m.nonlinearity = "gelu"
+    assert m.nonlinearity == "relu"
+
+
 def test_embedding_backward_refuses_a_replaced_weight():
     # Failed before its fix: the gradient of a lookup went to a Parameter assigned after the
     # forward (which never read it); Linear's and the recurrent layers' backward raise.

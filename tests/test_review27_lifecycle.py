@@ -284,6 +284,24 @@ def test_embedding_backward_refuses_a_replaced_weight():
     assert e.weight.grad[1].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_linear_and_embedding_name_a_weight_replaced_by_another_shape():
+    # Failed before its fix: Linear's GEMM refused a weight assigned since with another shape
+    # naming its own argument ("b: expected shape (N=4, K=5), got (4, 6)"), and Embedding's
+    # lookup raised NumPy's "index 4 is out of bounds for axis 0 with size 3".
+    lin = Linear(5, 4, seed=0)
+    lin.weight = Parameter(np.ones((4, 6)))
+    with pytest.raises(ValueError, match=r"^weight: expected shape \(O=4, I=5\), got \(4, 6\)"):
+        lin(np.ones((2, 5)))
+    lin.weight = Parameter(np.ones((4, 5)))
+    lin.bias.data = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"^bias: expected shape \(O=4,\), got \(3,\)"):
+        lin(np.ones((2, 5)))
+    emb = Embedding(5, 3, seed=0)
+    emb.weight = Parameter(np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"^weight: expected shape \(V=5, E=3\), got \(3, 3\)"):
+        emb(np.array([4]))
+
+
 @pytest.mark.skipif(not _cython(None), reason="lstm_fast._text is not built")
 def test_vocab_lookup_table_follows_an_extended_vocabulary():
     # Failed before its fix: the Cython encoder's code point table was made at the first

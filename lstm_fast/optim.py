@@ -1068,8 +1068,8 @@ class Adam(Optimizer):
         p \leftarrow p - \frac{\gamma}{1 - \beta_1^t} \cdot
         \frac{m}{\sqrt{v} / \sqrt{1 - \beta_2^t} + \epsilon}
 
-    The common case (float32 parameters, no ``amsgrad``, no ``maximize``) runs as one fused C++
-    pass per parameter with the same float32 arithmetic.
+    The common case (float32 parameters and state, no ``amsgrad``, no ``maximize``) runs as one
+    fused C++ pass per parameter with the same float32 arithmetic.
 
     Args:
         params: the parameters to update (see :class:`Optimizer`).

@@ -391,10 +391,12 @@ class Module:
         out here too: the copy keeps a forward of its own."""
         cls = type(self)
         new = cls.__new__(cls)
-        state = dict(self.__getstate__())
-        for key in ("_parameters", "_modules"):
-            if key in state:
-                state[key] = OrderedDict(state[key])
+        state = self.__getstate__()
+        if isinstance(state, dict):  # (a subclass's own format goes to its __setstate__ as is)
+            state = dict(state)
+            for key in ("_parameters", "_modules"):
+                if key in state:
+                    state[key] = OrderedDict(state[key])
         setstate = getattr(new, "__setstate__", None)
         if setstate is not None:
             setstate(state)

@@ -1365,6 +1365,20 @@ class _RNNBase(Module):
             else:
                 _guard_finite(None, dy=dy, dh_n=dh_n, dc_n=dc_n)
         check_versions(f"{type(self).__name__}.backward", meta.get("versions", ()))
+        if "embedding" in meta:  # forward_embedded: the embedding read is the one written
+            emb_mod, fused_path, _ = meta["embedding"]
+            used = (
+                [p for n, p, _ in meta["versions"] if n == "embedding.weight"]
+                if fused_path
+                else [emb_mod.__dict__.get("_weight_p")]  # (its own forward's; None: unknown)
+            )
+            if used and used[0] is not None and getattr(emb_mod, "weight", None) is not used[0]:
+                # the forward read the old one: its gradient went to a Parameter it never used
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward: embedding.weight was replaced by another "
+                    "Parameter after the forward this backward differentiates; run the forward "
+                    "again"
+                )
         if (
             len(saved) == 2
             and meta["order"] is None

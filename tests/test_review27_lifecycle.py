@@ -284,6 +284,22 @@ def test_embedding_backward_refuses_a_replaced_weight():
     assert e.weight.grad[1].tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("make, V", [(LSTM, 6), (LSTM, 100), (GRU, 6)], ids=["fused", "few", "gru"])
+def test_forward_embedded_refuses_a_replaced_embedding_weight_before_accumulating(make, V):
+    # Failed before its fix: after forward_embedded, an embedding weight Parameter assigned
+    # anew got the gradient of the lookup on the fused path (the old one, read by the forward,
+    # got none), silently; on the fallback path (fewer tokens than the vocabulary, a GRU) the
+    # embedding's backward refused it only after the layer had accumulated its gradients.
+    emb, m = Embedding(V, 4, seed=0), make(4, 5, seed=0)
+    y, _ = m.forward_embedded(np.random.default_rng(0).integers(0, 6, (4, 3)), emb)
+    emb.weight = Parameter(np.zeros((V, 4)))
+    m.zero_grad()
+    with pytest.raises(RuntimeError, match="embedding.weight was replaced by another Parameter"):
+        m.backward(np.ones_like(y))
+    assert not any(np.any(p.grad) for p in m.parameters())
+    assert not np.any(emb.weight.grad)
+
+
 def test_linear_and_embedding_name_a_weight_replaced_by_another_shape():
     # Failed before its fix: Linear's GEMM refused a weight assigned since with another shape
     # naming its own argument ("b: expected shape (N=4, K=5), got (4, 6)"), and Embedding's

@@ -227,15 +227,6 @@ class Linear(Module):
         # lstm_fast's GEMM (its own thread team, bias in the same pass), not NumPy's BLAS: a BLAS
         # thread pool spinning between calls halved the recurrent kernels' speed next to it.
         x2 = _f32c(x.reshape(math.prod(x.shape[:-1]), self.in_features))
-        # the parameters as the sizes say (one assigned since, of another shape, was refused by
-        # the GEMM naming its own argument: "b: expected shape (N=4, K=5)")
-        O, I = self.out_features, self.in_features
-        for name, p, want, legend in (
-            ("weight", self.weight, (O, I), f"(O={O}, I={I})"),
-            ("bias", self.bias, (O,), f"(O={O},)"),
-        ):
-            if p is not None and np.shape(p.data) != want:
-                raise ValueError(f"{name}: expected shape {legend}, got {np.shape(p.data)}")
         w = _f32c(self.weight.data)
         y = _core.gemm(x2, w, False, True, _f32c_or_none(self.bias))
         self._x = x2 if self.training else None

@@ -316,11 +316,16 @@ def test_linear_and_embedding_name_a_weight_replaced_by_another_shape():
     # lookup raised NumPy's "index 4 is out of bounds for axis 0 with size 3".
     lin = Linear(5, 4, seed=0)
     lin.weight = Parameter(np.ones((4, 6)))
-    with pytest.raises(ValueError, match=r"^weight: expected shape \(O=4, I=5\), got \(4, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"^weight: expected shape \(O=4, I=5\) \(out_features, in_features\), got \(4, 6\)",
+    ):
         lin(np.ones((2, 5)))
     lin.weight = Parameter(np.ones((4, 5)))
     lin.bias.data = np.ones(3, np.float32)
-    with pytest.raises(ValueError, match=r"^bias: expected shape \(O=4,\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"^bias: expected shape \(O=4,\) \(out_features,\), got \(3,\)"
+    ):
         lin(np.ones((2, 5)))
     emb = Embedding(5, 3, seed=0)
     emb.weight = Parameter(np.ones((3, 3)))

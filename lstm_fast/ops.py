@@ -224,6 +224,18 @@ def _values_after_arguments(scan, run) -> None:
     raise bad
 
 
+def _cell_values_after_arguments(run, x, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0):
+    """check_finite of a GRU or RNN forward (:func:`_values_after_arguments`; ``run(training)``
+    is the core's call): x only at the steps of each sequence (padding is never read)."""
+
+    def scan():
+        _finite_real("x", x, _real_steps(x, batch_sizes))
+        _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
+        _finite(h0=h0)
+
+    _values_after_arguments(scan, lambda: run(False))
+
+
 def lstm_forward(
     x,
     weight_ih,
@@ -496,13 +508,9 @@ def gru_forward(
         )
 
     if check:
-
-        def scan():  # x only at the steps of each sequence (padding is never read)
-            _finite_real("x", x, _real_steps(x, batch_sizes))
-            _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-            _finite(h0=h0)
-
-        _values_after_arguments(scan, lambda: run(False))
+        _cell_values_after_arguments(
+            run, x, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0
+        )
     return run(training)
 
 
@@ -557,13 +565,9 @@ def rnn_forward(
         )
 
     if check:
-
-        def scan():  # x only at the steps of each sequence (padding is never read)
-            _finite_real("x", x, _real_steps(x, batch_sizes))
-            _finite(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-            _finite(h0=h0)
-
-        _values_after_arguments(scan, lambda: run(False))
+        _cell_values_after_arguments(
+            run, x, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0
+        )
     return run(training)
 
 

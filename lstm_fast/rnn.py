@@ -1806,40 +1806,28 @@ class _Stream:
                 inp = h_out
             self.cur = nxt
             return inp
-        if h_src is self.hs[cur] and c_src is self.cs[cur]:  # the streaming loop's: the slot's
-            for n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out in self.plan[cur]:
-                b_ih, b_hh = get(n_bih), get(n_bhh)
-                step_into(
-                    mode,
-                    inp,
-                    h_in,
-                    c_in,
-                    params[n_ih].data,
-                    params[n_hh].data,
-                    None if b_ih is None else b_ih.data,
-                    None if b_hh is None else b_hh.data,
-                    h_out,
-                    c_out,
-                    ws,
-                )
-                inp = h_out
-        else:
-            for k, (n_ih, n_hh, n_bih, n_bhh, ws, _, _, h_out, c_out) in enumerate(self.plan[cur]):
-                b_ih, b_hh = get(n_bih), get(n_bhh)
-                step_into(
-                    mode,
-                    inp,
-                    h_src[k],
-                    None if c_src is None else c_src[k],
-                    params[n_ih].data,
-                    params[n_hh].data,
-                    None if b_ih is None else b_ih.data,
-                    None if b_hh is None else b_hh.data,
-                    h_out,
-                    c_out,
-                    ws,
-                )
-                inp = h_out
+        # the streaming loop's state is the slot's own: its per-layer views are made once
+        own = h_src is self.hs[cur] and c_src is self.cs[cur]
+        for k, (n_ih, n_hh, n_bih, n_bhh, ws, h_in, c_in, h_out, c_out) in enumerate(
+            self.plan[cur]
+        ):
+            if not own:
+                h_in, c_in = h_src[k], None if c_src is None else c_src[k]
+            b_ih, b_hh = get(n_bih), get(n_bhh)
+            step_into(
+                mode,
+                inp,
+                h_in,
+                c_in,
+                params[n_ih].data,
+                params[n_hh].data,
+                None if b_ih is None else b_ih.data,
+                None if b_hh is None else b_hh.data,
+                h_out,
+                c_out,
+                ws,
+            )
+            inp = h_out
         self.cur = nxt
         return inp
 

@@ -279,3 +279,46 @@ def test_layer_functional_call_reads_the_given_weights():
         base = ref(x)[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, base, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_sequences_of_one_length(cls, bidirectional):
+    """A PackedSequence whose sequences all have one length (a single step, or a fixed-length
+    batch) has no padding: its rows are read and written in place of the scatter and gather.
+    Same outputs and gradients as torch; in a graph, changing the input's or the output's
+    packed data in place after the forward still leaves backward working (the rows are copies
+    there, as the scatter and gather made)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=bidirectional)
+    ref = getattr(nn, cls)(5, 7, **kw)
+    fast = getattr(lft, cls)(5, 7, **kw)
+    fast.load_state_dict(ref.state_dict())
+    for T, B in ((1, 3), (4, 3), (6, 1)):
+        x0 = torch.randn(T, B, 5)
+        lengths = torch.full((B,), T)
+        with torch.no_grad():
+            got = fast(pack_padded_sequence(x0, lengths))
+            want = ref(pack_padded_sequence(x0, lengths))
+        torch.testing.assert_close(got[0].data, want[0].data, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got[0].batch_sizes, want[0].batch_sizes)
+        results = []
+        for m in (fast, ref):
+            m.zero_grad()
+            x = x0.clone().requires_grad_(True)
+            packed = pack_padded_sequence(x, lengths)
+            out, _ = m(packed)
+            up = torch.randn(out.data.shape, generator=torch.Generator().manual_seed(T))
+            (out.data * up).sum().backward()
+            results.append([x.grad] + [p.grad for p in m.parameters()])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        # (torch's own module saves the input's rows and raises for the first one)
+        packed = pack_padded_sequence(x0.clone().requires_grad_(True), lengths)
+        out, _ = fast(packed)
+        with torch.no_grad():
+            packed.data.mul_(2.0)  # in place on the input's rows after the forward
+        out.data.add_(1.0)  # in place on the output's rows: not the saved y
+        out.data.sum().backward()

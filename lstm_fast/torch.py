@@ -248,7 +248,10 @@ def _array(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     # (1.0 µs for a contiguous tensor against 2.4 with detach().contiguous().numpy())
     if t.is_contiguous():
         return t.numpy(force=True)
-    return np.ascontiguousarray(t.numpy(force=True))
+    # torch's copy, not NumPy's of a view: numpy() marks the storage it views non-resizable, and
+    # that would be t's own (a batch_first input, an expanded state, the base of a transposed
+    # view), which the caller may still resize_() (the kernels never read it: they read the copy)
+    return t.detach().contiguous().numpy(force=True)
 
 
 def _tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:

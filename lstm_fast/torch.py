@@ -1575,6 +1575,10 @@ class _FastCellMixin(_GraphFallback):
             ):
                 return None
         params = self._parameters
+        if "bias_ih" not in params or "bias_hh" not in params:
+            # a deleted bias (``del cell.bias_ih``): torch's cell and the general path raise
+            # AttributeError, or read what was put in its place (a buffer, a plain tensor)
+            return None
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
         b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
         G = kernel.gates * H

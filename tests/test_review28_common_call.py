@@ -1,7 +1,7 @@
 """Review 28 of 7ee9733 (the cells' common eager call ``_FastCellMixin._common_call``,
 ``_array`` through ``numpy(force=True)``, the layers' parameter look-ups in ``_parameters``),
 differential against the code before it (d6eba6e): same calls, outputs, requires_grad flags,
-gradients, exception types and messages. Calls that behaved differently; each test below failed
+gradients, exception types and messages. Two calls behaved differently; each test below failed
 before its fix, or pins what the old code did and the new must keep.
 
 * ``_array`` took NumPy's view of a non-contiguous tensor and copied that: ``numpy()`` marks the
@@ -10,6 +10,9 @@ before its fix, or pins what the old code did and the new must keep.
   upstream gradient -- could no longer grow with ``resize_()`` after a forward or backward
   (``Trying to resize storage that is not resizable``). Before, the copy was torch's
   (``contiguous()``) and only the copy was marked.
+* ``_common_call`` read a deleted bias (``del cell.bias_ih``) as no bias: the cell ran where
+  torch's cell and the general path raise ``AttributeError``, and a bias put back as a buffer
+  or a plain tensor attribute was silently left out of the sum (outputs other than torch's).
 """
 
 from __future__ import annotations
@@ -104,3 +107,64 @@ def test_batch_first_layer_input_stays_resizable(cls, grad):
         y.sum().backward()
         assert x.grad is not None
     x.detach().resize_(3, 40, 5)
+
+
+# -------------------------------------------------------------- 2. a deleted or replaced bias
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("param", ["weight_ih", "weight_hh", "bias_ih", "bias_hh"])
+@pytest.mark.parametrize("name,kw", CELLS)
+def test_deleted_parameter_raises_as_torchs_cell(name, kw, param, grad):
+    """``del cell.<param>``: torch's cell raises AttributeError naming it at the next forward,
+    and so does ours (a deleted bias ran as ``bias=False`` on the common path)."""
+    ref, fast = _pair(name, kw)
+    x = torch.randn(3, 5)
+    for m in (ref, fast):
+        delattr(m, param)
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(AttributeError) as want:
+            ref(x)
+        with pytest.raises(AttributeError) as got:
+            fast(x)
+    assert str(got.value) == str(want.value)
+    assert param in str(got.value)
+
+
+@pytest.mark.parametrize("how", ["buffer", "attribute"])
+@pytest.mark.parametrize("name,kw", CELLS)
+def test_bias_put_back_as_a_tensor_is_read(name, kw, how):
+    """A bias deleted and put back as a buffer or a plain tensor attribute is what torch's cell
+    reads (``self.bias_hh``), and ours: it was left out of the sum on the common path, with no
+    error (outputs other than torch's)."""
+    ref, fast = _pair(name, kw)
+    bias = torch.randn(ref.bias_hh.shape)
+    for m in (ref, fast):
+        del m.bias_hh
+        if how == "buffer":
+            m.register_buffer("bias_hh", bias.clone())
+        else:
+            m.bias_hh = bias.clone()
+    x = torch.randn(3, 5, requires_grad=True)
+    h = torch.randn(3, 7)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            got, want = _tuple(fast(x, _hx(name, h))), _tuple(ref(x, _hx(name, h)))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            assert a.requires_grad == b.requires_grad == grad
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_layer_bias_put_back_as_a_buffer_is_read(cls):
+    """The layers' look-up in ``_parameters`` (``_check_supported``) falls back to the
+    attribute: a bias replaced by a buffer is read, as torch's layer reads it."""
+    torch.manual_seed(0)
+    ref = getattr(nn, cls)(5, 6, num_layers=2)
+    fast = getattr(lft, cls)(5, 6, num_layers=2)
+    fast.load_state_dict(ref.state_dict())
+    bias = torch.randn(ref.bias_hh_l1.shape)
+    for m in (ref, fast):
+        del m.bias_hh_l1
+        m.register_buffer("bias_hh_l1", bias.clone())
+    x = torch.randn(4, 3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)

@@ -1415,6 +1415,19 @@ def _shape(t: torch.Tensor) -> tuple:
     return tuple(t.shape)
 
 
+def _plain(t, cls: type, shape: tuple) -> bool:
+    """Whether ``t`` is exactly a ``cls`` (``torch.Tensor`` or ``nn.Parameter``, no subclass),
+    float32, strided, on the CPU and of ``shape``: a tensor the cells' common call takes as it
+    is."""
+    return (
+        type(t) is cls
+        and t.dtype is torch.float32
+        and t.layout is torch.strided
+        and t.is_cpu
+        and t.shape == shape
+    )
+
+
 class _FastCellMixin(_GraphFallback):
     """One step of a cell over lstm_fast's kernels (a sequence of T = 1), shared by the
     LSTMCell/GRUCell/RNNCell subclasses.
@@ -1566,13 +1579,7 @@ class _FastCellMixin(_GraphFallback):
             states = (hx,)
         shape = (B, H) if dim == 2 else (H,)
         for h in states:
-            if (
-                type(h) is not torch.Tensor
-                or h.dtype is not torch.float32
-                or h.layout is not torch.strided
-                or not h.is_cpu
-                or h.shape != shape
-            ):
+            if not _plain(h, torch.Tensor, shape):
                 return None
         params = self._parameters
         if "bias_ih" not in params or "bias_hh" not in params:
@@ -1587,13 +1594,7 @@ class _FastCellMixin(_GraphFallback):
                 if len(want) == 2:
                     return None
                 continue
-            if (
-                type(t) is not nn.Parameter
-                or t.dtype is not torch.float32
-                or t.layout is not torch.strided
-                or not t.is_cpu
-                or t.shape != want
-            ):
+            if not _plain(t, nn.Parameter, want):
                 return None
         _follow_torch_threads()
         weights = (w_ih, w_hh, b_ih, b_hh)

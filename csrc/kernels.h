@@ -119,6 +119,17 @@ struct Kernels {
   // panel's FMAs. Elsewhere (and when the registers would not hold both) two calls.
   void (*gemm_micro_pair)(index_t K, const float* Ap, const float* Bp, const float* Bp2, float* C,
                           index_t ldc, int m, int n2, bool accumulate);
+
+  // C[m * ldc + j] (= or +=) sum_k A[m * ars + k * acs] * B[k * ldb + j] for m < M, j < N: rows
+  // of A (any strides: dZ's rows, or its columns for dZ^T) times a row-major B, nothing packed.
+  // For products with few rows or little depth, where packing costs more than the product: the
+  // backward's dh_prev = dZ_t . W_hh and dx = dZ . W_ih at a few rows (B's rows streamed once
+  // for up to four rows of A), and dW = dZ^T . h_prev at a depth of a few rows (each row of C
+  // written once). Each element is summed over k in ascending order from zero, one multiply-add
+  // per term as in gemm_micro, then stored or added to C: a caller that walks the packed
+  // GEMM's depth blocks (kGemmKC) gets its results bitwise.
+  void (*gemm_rows_b)(index_t M, index_t N, index_t K, const float* A, index_t ars, index_t acs,
+                      const float* B, index_t ldb, float* C, index_t ldc, bool accumulate);
 };
 
 const Kernels& kernels_scalar();

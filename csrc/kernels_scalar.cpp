@@ -75,6 +75,16 @@ void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const
   for (index_t m = 0; m < M; ++m) gemv_rows(N, K, Wm, ldw, A + m * lda, C + m * ldc, true);
 }
 
+void gemm_rows_b(index_t M, index_t N, index_t K, const float* A, index_t ars, index_t acs,
+                 const float* B, index_t ldb, float* C, index_t ldc, bool accumulate) {
+  for (index_t m = 0; m < M; ++m)
+    for (index_t j = 0; j < N; ++j) {
+      float acc = 0.0f;  // the micro-kernel's sum: from zero, k ascending
+      for (index_t k = 0; k < K; ++k) acc += A[m * ars + k * acs] * B[k * ldb + j];
+      C[m * ldc + j] = accumulate ? C[m * ldc + j] + acc : acc;
+    }
+}
+
 void lstm_fwd_rows(index_t rows, index_t H, index_t K, index_t ub0, index_t ub1, float* h_out,
                    index_t ldh, float* c_out, float* gates_out, const float* h_prev,
                    index_t ldh_prev, const float* c_prev, const float* xp, const float* Wp) {
@@ -189,7 +199,7 @@ double sumsq(index_t n, const float* x) {
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq,
-                        gemm_micro_pair};
+                        gemm_micro_pair, gemm_rows_b};
 
 }  // namespace
 

@@ -304,6 +304,84 @@ void gemv_cols(index_t N, index_t K, const float* a, const float* B, index_t ldb
   if (j < N) gemv_cols_block<1>(K, a, B + j, ldb, y + j, static_cast<int>(N - j), accumulate);
 }
 
+// ---- Rows of A times a row-major B (no packing) ---------------------------------------------
+// MA rows of A (1..4) against CV vectors of B's columns: MA x CV accumulators over k, each
+// acc = vfmadd(a, b, acc) from zero (the micro-kernel's arithmetic per element), then stored or
+// added to C. n: the block's columns, CV * W, or fewer than W with CV = 1 (a partial vector:
+// nothing past column n is read or written).
+template <int MA, int CV>
+LF_INLINE void rows_b_block(index_t K, const float* A, index_t ars, index_t acs, const float* B,
+                            index_t ldb, float* C, index_t ldc, int n, bool accumulate) {
+  vf acc[MA][CV];
+#pragma GCC unroll 4
+  for (int i = 0; i < MA; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < CV; ++v) acc[i][v] = vf{};
+  if (n == CV * W) {
+    for (index_t k = 0; k < K; ++k) {
+      vf a[MA];
+#pragma GCC unroll 4
+      for (int i = 0; i < MA; ++i) a[i] = splat(A[i * ars + k * acs]);
+      const float* bk = B + k * ldb;
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) {
+        const vf b = load(bk + v * W);
+#pragma GCC unroll 4
+        for (int i = 0; i < MA; ++i) acc[i][v] = vfmadd(a[i], b, acc[i][v]);
+      }
+    }
+  } else {  // CV == 1, a partial vector
+    for (index_t k = 0; k < K; ++k) {
+      const vf b = load_n(B + k * ldb, n);
+#pragma GCC unroll 4
+      for (int i = 0; i < MA; ++i) acc[i][0] = vfmadd(splat(A[i * ars + k * acs]), b, acc[i][0]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MA; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < CV; ++v) {
+      if (v * W >= n) break;
+      const int nn = n - v * W < W ? n - v * W : W;
+      float* p = C + i * ldc + v * W;
+      store_n(p, accumulate ? load_n(p, nn) + acc[i][v] : acc[i][v], nn);
+    }
+}
+
+// Column vectors per block for MA rows: as many as the registers hold next to the MA
+// broadcasts (32 vector registers with AVX-512, 16 elsewhere but NEON's 32: kept at 16).
+template <int MA>
+constexpr int rows_b_cv() {
+  return W >= 16 ? (MA <= 2 ? 8 : 4) : (MA == 1 ? 8 : MA == 2 ? 4 : 2);
+}
+
+template <int MA>
+LF_INLINE void rows_b(index_t N, index_t K, const float* A, index_t ars, index_t acs,
+                      const float* B, index_t ldb, float* C, index_t ldc, bool accumulate) {
+  constexpr int CV = rows_b_cv<MA>();
+  index_t j = 0;
+  for (; j + CV * W <= N; j += CV * W)
+    rows_b_block<MA, CV>(K, A, ars, acs, B + j, ldb, C + j, ldc, CV * W, accumulate);
+  for (; j + W <= N; j += W)
+    rows_b_block<MA, 1>(K, A, ars, acs, B + j, ldb, C + j, ldc, W, accumulate);
+  if (j < N)
+    rows_b_block<MA, 1>(K, A, ars, acs, B + j, ldb, C + j, ldc, static_cast<int>(N - j),
+                        accumulate);
+}
+
+void gemm_rows_b(index_t M, index_t N, index_t K, const float* A, index_t ars, index_t acs,
+                 const float* B, index_t ldb, float* C, index_t ldc, bool accumulate) {
+  index_t m = 0;
+  for (; m + 4 <= M; m += 4)
+    rows_b<4>(N, K, A + m * ars, ars, acs, B, ldb, C + m * ldc, ldc, accumulate);
+  switch (M - m) {
+    case 3: return rows_b<3>(N, K, A + m * ars, ars, acs, B, ldb, C + m * ldc, ldc, accumulate);
+    case 2: return rows_b<2>(N, K, A + m * ars, ars, acs, B, ldb, C + m * ldc, ldc, accumulate);
+    case 1: return rows_b<1>(N, K, A + m * ars, ars, acs, B, ldb, C + m * ldc, ldc, accumulate);
+    default: return;
+  }
+}
+
 // ---- Matrix-vector product over rows (no packing) -------------------------------------------
 // Four rows at a time, each with its own vector accumulator over k, summed across lanes at the
 // end; the k tail goes through a zero-filled partial vector.
@@ -1102,7 +1180,7 @@ double sumsq(index_t n, const float* x) {
 const Kernels kTable = {LF_NAME,       W,         MR,         NR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq,
-                        gemm_micro_pair};
+                        gemm_micro_pair, gemm_rows_b};
 
 }  // namespace
 

@@ -19,6 +19,7 @@
 
 #include "bind_common.h"
 #include "cells/lstm.h"
+#include "cells/team.h"
 #include "dispatch.h"
 #include "gemm/gemm.h"
 
@@ -811,6 +812,10 @@ PYBIND11_MODULE(_core, m) {
         else throw py::value_error("schedule: expected auto, units, batch or serial, got '" + name + "'");
       },
       py::arg("name"));
+  m.def(
+      "_set_unpacked_backward", [](bool on) { set_unpacked_backward_enabled(on); },
+      py::arg("on"));
+  m.def("_unpacked_backward", [] { return unpacked_backward_enabled(); });
   m.def(
       "_choose_schedule",
       [](index_t T, index_t B, index_t I, index_t H, int threads) {

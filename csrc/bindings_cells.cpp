@@ -167,11 +167,14 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
   check_unchanged(c.h0, {B, H}, "h0");  // (the saved gates are the cache's own, not shown)
   py::object dy_a = opt_arg(dy, "dy", {{"T", T}, {"B", B}, {"H", H}});
   py::object dhn_a = opt_arg(dh_n, "dh_n", {{"B", B}, {"H", H}});
-  py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{g.c_str(), G}, {"I", I}});
-  py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{g.c_str(), G}, {"H", H}});
+  bool fresh[4] = {};  // gradients allocated here: the core writes them instead of adding
+  py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{g.c_str(), G}, {"I", I}}, &fresh[0]);
+  py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{g.c_str(), G}, {"H", H}}, &fresh[1]);
   py::object db_ih = py::none(), db_hh = py::none();
-  if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{g.c_str(), G}});
-  if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{g.c_str(), G}});
+  if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{g.c_str(), G}}, &fresh[2]);
+  if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{g.c_str(), G}}, &fresh[3]);
+  const unsigned fresh_mask =
+      (fresh[0] ? 1u : 0u) | (fresh[1] ? 2u : 0u) | (fresh[2] ? 4u : 0u) | (fresh[3] ? 8u : 0u);
   const py::handle none(Py_None);
   check_separate({{"dweight_ih", dweight_ih},
                   {"dweight_hh", dweight_hh},
@@ -205,13 +208,13 @@ py::tuple cell_backward_py(const CellCache& c, py::handle dy, py::handle dh_n,
                    opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a), opt_ptr(dhn_a), cptr(c.x),
                    opt_ptr(c.h0), cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y),
                    cptr(c.gate_acts), cptr(c.hwn), s, bs_ptr(c.batch_sizes), ws.p, kern,
-                   nthreads, need_dx);
+                   nthreads, need_dx, fresh_mask);
     } else {
       Workspace ws(rnn_backward_workspace_size(kern, s, bs_ptr(c.batch_sizes) != nullptr));
       rnn_backward(dxp, dh0.mutable_data(), mptr(dW_ih), mptr(dW_hh),
                    opt_mptr(db_ih), opt_mptr(db_hh), opt_ptr(dy_a), opt_ptr(dhn_a), cptr(c.x),
                    opt_ptr(c.h0), cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.y), c.relu, s,
-                   bs_ptr(c.batch_sizes), ws.p, kern, nthreads, need_dx);
+                   bs_ptr(c.batch_sizes), ws.p, kern, nthreads, need_dx, fresh_mask);
     }
   }
   return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dh0, dW_ih, dW_hh,

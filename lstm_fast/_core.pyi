@@ -369,5 +369,12 @@ def _set_isa(name: str) -> None:
 def _set_schedule(name: _Schedule) -> None:
     """Force the recurrence schedule (LSTM_FAST_SCHEDULE at run time)."""
 
+def _set_unpacked_backward(on: bool) -> None:
+    """Allow (True, the default) or forbid the backward's unpacked path for few rows in all
+    (T * B <= 4: weights read in place, nothing packed); tests and A/B timing."""
+
+def _unpacked_backward() -> bool:
+    """Whether the backward's unpacked path is allowed (_set_unpacked_backward)."""
+
 def _choose_schedule(T: int, B: int, I: int, H: int, threads: int) -> str:
     """The recurrence schedule lstm_forward picks for these sizes."""

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-aarch64}
 out=build/portable-${mode#--}
 mkdir -p "$out"
-srcs=(dispatch gemm/gemm cells/lstm cells/lstm_proj cells/gru cells/rnn cells/step cells/packed
+srcs=(dispatch gemm/gemm cells/lstm cells/lstm_proj cells/gru cells/rnn cells/step cells/packed cells/unpacked
       kernels_scalar kernels_generic cells/pointwise_scalar cells/pointwise_generic)
 common=(-std=c++17 -O3 -fopenmp -Wall -Wextra -Wno-unused-parameter -fno-math-errno -Icsrc)
 if [ "$mode" = --native ]; then

@@ -491,16 +491,87 @@ index_t gru_backward_workspace_size(const Kernels& kern, const CellSizes& s, boo
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
   const index_t copy = backward_copy_floats(kern, s, nthreads);
   const index_t copies = private_copies_floats(copy, nthreads);
+  // the unpacked path's rows of x and h_prev (gru_backward_unpacked)
+  const index_t rows = s.T * s.B <= kUnpackedBackwardRows ? s.T * s.B * (s.I + s.H) : 0;
   return 2 * s.T * s.B * G + num_panels(kern, s.H) * kern.NR * G + s.B * s.H + hp + copies +
-         64;
+         rows + 64;
 }
+
+namespace {
+// gru_backward for few rows in all (unpacked_backward, team.h): nothing packed. Threads own
+// slices of the hidden units: the pointwise step for their units, then (after the team meets:
+// the product reads every unit of dhw_t) dh_next[:, their units] += dhw_t . W_hh[:, their
+// units] from W_hh's rows in place, in the depth blocks of recurrent_product_back (its bits).
+// After the loop, dx, the weight gradients and the bias sums (unpacked_grads).
+void gru_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih,
+                           float* db_hh, const float* dy, const float* x, const float* h0,
+                           const float* W_ih, const float* W_hh, const float* y,
+                           const float* gates, const float* hwn, const CellSizes& s,
+                           const index_t* bs, float* workspace, const Kernels& kern,
+                           int nthreads, bool need_dx, unsigned fresh) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 3 * H;
+  const CellKernels& ck = cell_kernels_for(kern);
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B, n0 = bs ? bs[0] : B;
+  // Workspace: dxw, dhw (N, 3H) packed rows with batch_sizes; zeros (B, H); x's rows (N, I);
+  // h_prev's rows (N, H).
+  float* dxw = workspace;
+  float* dhw = dxw + T * B * G;
+  float* zeros = dhw + T * B * G;
+  float* xr = zeros + B * H;
+  float* hr = xr + T * B * I;
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* h_init = h0 ? h0 : zeros;
+  if (bs) pack_steps(xr, x, I, B, bs, 0, T, 1);  // never read x's padding
+  index_t h_skip = 0;
+  const float* hp = unpacked_h_prev(hr, h0, y, T, B, H, bs, nullptr, &h_skip);
+  // dW_hh in two blocks with h0 (step 0's rows, then the later steps'), as backward_products.
+  UnpackedGrads g{};
+  g.T = T, g.B = B, g.I = I, g.H = H, g.G = G, g.bs = bs, g.N = N;
+  g.dzx = dxw, g.dzh = dhw;
+  g.xr = bs ? xr : x, g.hr = hp, g.h_skip = h_skip, g.h_split = h0 && N > n0 ? n0 : 0;
+  g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
+  g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
+  const int P = H > 8 ? unpacked_backward_threads(N, G, I, H, nthreads) : 1;
+  StepBarrier step_barrier;
+  run_team(P, [&] {
+    DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
+    const int p = team_id(), np = team_size();
+    const index_t blocks = (H + 15) / 16;  // this thread's units, in 64-byte lines
+    const index_t u0 = std::min(H, blocks * p / np * 16);
+    const index_t u1 = std::min(H, blocks * (p + 1) / np * 16);
+    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
+    for (index_t t = T - 1; t >= 0; --t) {
+      const index_t rows = bs ? bs[t] : B;
+      off -= rows;
+      const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+      if (rows > 0 && u1 > u0)
+        ck.gru_bwd(rows, H, u0, u1, dxw + off * G, dhw + off * G, dh0,
+                   dy ? dy + t * B * H : nullptr, gates + off * G, hwn + t * B * H, h_prev);
+      if (np > 1) team_barrier();
+      rows_times_weights(kern, rows, G, u0, u1, dhw + off * G, G, W_hh, H, dh0, H, true);
+    }
+    if (np > 1) team_barrier();  // every unit of dxw, dhw written
+    unpacked_grads(kern, g, p, np);
+  });
+}
+}  // namespace
 
 void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
                   const float* dy, const float* dh_n, const float* x, const float* h0,
                   const float* W_ih, const float* W_hh, const float* y, const float* gates,
                   const float* hwn, const CellSizes& s, const index_t* bs, float* workspace,
-                  const Kernels& kern, int nthreads, bool need_dx) {
+                  const Kernels& kern, int nthreads, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 3 * H;
+  if (!db_ih) fresh &= ~4u;
+  if (!db_hh) fresh &= ~8u;
+  const bool unpacked = unpacked_backward(T, B) && B > 0 && H > 0 && T > 0;
+  if (!unpacked) {  // the gradients to write start from zeros: the packed path adds into them
+    if (fresh & 1u) std::memset(dW_ih, 0, G * I * sizeof(float));
+    if (fresh & 2u) std::memset(dW_hh, 0, G * H * sizeof(float));
+    if (fresh & 4u) std::memset(db_ih, 0, G * sizeof(float));
+    if (fresh & 8u) std::memset(db_hh, 0, G * sizeof(float));
+  }
   if (B == 0 || H == 0) {
     if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
@@ -508,6 +579,9 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
   if (T == 0) return;
   if (bs && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward: dense layout
+  if (unpacked)
+    return gru_backward_unpacked(dx, dh0, dW_ih, dW_hh, db_ih, db_hh, dy, x, h0, W_ih, W_hh, y,
+                                 gates, hwn, s, bs, workspace, kern, nthreads, need_dx, fresh);
   const CellKernels& ck = cell_kernels_for(kern);
   const index_t nbj = num_panels(kern, H);
   // With batch_sizes dxw, dhw and the gates cache hold packed rows (N in all).

@@ -63,7 +63,10 @@ void gru_backward(float* dx,           // (T, B, I)
                   const CellSizes& s,
                   const index_t* batch_sizes,  // (T) as given to the forward, or null
                   float* workspace, const Kernels& kern, int nthreads,
-                  bool need_dx = true);  // false: dx is scratch, not written with the gradient
+                  bool need_dx = true,  // false: dx is scratch, not written with the gradient
+                  unsigned fresh = 0);  // bits: dW_ih, dW_hh, db_ih, db_hh hold nothing yet
+// fresh: those gradients are written (=) instead of accumulated (+=); their contents on entry
+// are never read (as lstm_backward's).
 
 // ---- shared by gru.cpp and rnn.cpp --------------------------------------------------------------
 namespace cell_detail {

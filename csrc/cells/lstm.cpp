@@ -641,9 +641,84 @@ index_t lstm_backward_workspace_size(const Kernels& kern, const LstmSizes& s, bo
   const index_t dys = lengths ? std::max(1, nthreads) * s.B * s.H : 0;  // dy rows gathered
   const index_t copy = backward_copy_floats(kern, s, nthreads);
   const index_t copies = private_copies_floats(copy, nthreads);
+  // the unpacked path's rows of x and h_prev (lstm_backward_unpacked)
+  const index_t rows = s.T * s.B <= kUnpackedBackwardRows ? s.T * s.B * (s.I + s.H) : 0;
   return s.T * s.B * 4 * s.H + nbj * kern.NR * 4 * s.H + s.B * s.H + hp + slabs + dys +
-         dual_weight_grad_floats(kern, s) + step_dx_floats(kern, s) + copies + 64;
+         dual_weight_grad_floats(kern, s) + step_dx_floats(kern, s) + copies + rows + 64;
 }
+
+namespace {
+// lstm_backward for few rows in all (unpacked_backward, team.h; not with an embedding input):
+// nothing packed. Threads own slices of the hidden units: the pointwise step for their units,
+// then (after the team meets: the product reads every unit of dZ_t) dh_next[:, their units] =
+// dZ_t . W_hh[:, their units] from W_hh's rows in place, in depth blocks of kGemmKC. After the
+// loop, dx, the weight gradients and the bias sums (unpacked_grads). The workspace was sized
+// by lstm_backward_workspace_size (lengths given when bs is).
+void lstm_backward_unpacked(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh,
+                            float* db_ih, float* db_hh, const float* dy, const float* x,
+                            const float* h0, const float* c0, const float* W_ih,
+                            const float* W_hh, const float* y, const float* gates,
+                            const float* cells, const LstmSizes& s, const index_t* bs,
+                            float* workspace, const Kernels& kern, int nthreads,
+                            const int64_t* order, bool need_dx, unsigned fresh) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B, n0 = bs ? bs[0] : B;
+  // Workspace: dZ (N, 4H) packed rows with batch_sizes; zeros (B, H); x's rows (N, I); h_prev's
+  // rows (N, H); with an order, each thread's dy rows of a step gathered (B, H).
+  float* dz = workspace;
+  float* zeros = dz + T * B * G;
+  float* xr = zeros + B * H;
+  float* hr = xr + T * B * I;
+  float* dyg = hr + T * B * H;
+  std::memset(zeros, 0, B * H * sizeof(float));
+  const float* c_init = c0 ? c0 : zeros;
+  if (bs) pack_steps(xr, x, I, B, bs, 0, T, 1, order);  // never read x's padding
+  index_t h_skip = 0;
+  const float* hp = unpacked_h_prev(hr, h0, y, T, B, H, bs, order, &h_skip);
+  // dW_hh as the packed path sums it: one block (its gemm_dual), else h0's rows first.
+  const bool dual = dual_weight_grad_floats(kern, s) > 0;
+  UnpackedGrads g{};
+  g.T = T, g.B = B, g.I = I, g.H = H, g.G = G, g.bs = bs, g.order = order, g.N = N;
+  g.dzx = g.dzh = dz;
+  g.xr = bs ? xr : x, g.hr = hp, g.h_skip = h_skip;
+  g.h_split = h0 && !dual && N > n0 ? n0 : 0;
+  g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
+  g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
+  const int P = H > 8 ? unpacked_backward_threads(N, G, I, H, nthreads) : 1;
+  StepBarrier step_barrier;
+  run_team(P, [&] {
+    DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
+    const int p = team_id(), np = team_size();
+    const index_t blocks = (H + 15) / 16;  // this thread's units, in 64-byte lines
+    const index_t u0 = std::min(H, blocks * p / np * 16);
+    const index_t u1 = std::min(H, blocks * (p + 1) / np * 16);
+    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
+    for (index_t t = T - 1; t >= 0; --t) {
+      const index_t rows = bs ? bs[t] : B;
+      off -= rows;
+      float* dz_t = dz + off * G;
+      const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
+      const float* dy_t = dy ? dy + t * B * H : nullptr;
+      if (dy && order && rows > 0 && u1 > u0) {  // dy's rows are in the caller's order
+        float* gp = dyg + p * B * H;
+        for (index_t r = 0; r < rows; ++r)
+          std::memcpy(gp + r * H + u0, dy + (t * B + order[r]) * H + u0,
+                      (u1 - u0) * sizeof(float));
+        dy_t = gp;
+      }
+      if (rows > 0 && u1 > u0)
+        kern.lstm_bwd_pointwise(rows, H, u0, u1, dz_t, dc0, gates + off * G, cells + t * B * H,
+                                c_prev, dy_t, dh0);
+      if (np > 1) team_barrier();
+      // dh_next[:, my units] = dZ_t . W_hh[:, my units] (rows past `rows` pass through)
+      rows_times_weights(kern, rows, G, u0, u1, dz_t, G, W_hh, H, dh0, H, false);
+    }
+    if (np > 1) team_barrier();  // every unit of dZ written
+    unpacked_grads(kern, g, p, np);
+  });
+}
+}  // namespace
 
 void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh, float* db_ih,
                    float* db_hh, const float* dy, const float* dh_n, const float* dc_n,
@@ -679,6 +754,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   }
   if (T == 0) return;
   if (bs && !order && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward
+  if (!ids && unpacked_backward(T, B))
+    return lstm_backward_unpacked(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dy, x, h0, c0, W_ih,
+                                  W_hh, y, gates, cells, s, bs, workspace, kern, nthreads, order,
+                                  need_dx, fresh);
   const index_t nbj = (H + kern.NR - 1) / kern.NR;
   // dZ and the gates cache hold packed rows with batch_sizes (packed.h): N rows in all.
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cells/packed.h"
+#include "cells/team.h"
 #include "gemm/gemm.h"
 
 namespace lstm_fast {
@@ -123,16 +124,81 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
 
 index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s, bool lengths) {
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
+  // the unpacked path's rows of x and h_prev (rnn_backward_unpacked)
+  const index_t rows = s.T * s.B <= kUnpackedBackwardRows ? s.T * s.B * (s.I + s.H) : 0;
   return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + s.B * s.H + hp +
-         backward_dual_floats(kern, s) + 64;
+         backward_dual_floats(kern, s) + rows + 64;
 }
+
+namespace {
+// rnn_backward for few rows in all (unpacked_backward, team.h), as gru_backward_unpacked:
+// threads own slices of the hidden units for the pointwise step and dh_next = da_t . W_hh
+// (W_hh's rows in place, recurrent_product_back's depth blocks), then unpacked_grads.
+void rnn_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih,
+                           float* db_hh, const float* dy, const float* x, const float* h0,
+                           const float* W_ih, const float* W_hh, const float* y, bool relu,
+                           const CellSizes& s, const index_t* bs, float* workspace,
+                           const Kernels& kern, int nthreads, bool need_dx, unsigned fresh) {
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H;
+  const CellKernels& ck = cell_kernels_for(kern);
+  const index_t N = bs ? packed_rows(bs, 0, T) : T * B, n0 = bs ? bs[0] : B;
+  // Workspace: da (N, H) packed rows with batch_sizes; x's rows (N, I); h_prev's rows (N, H).
+  float* da = workspace;
+  float* xr = da + T * B * H;
+  float* hr = xr + T * B * I;
+  if (bs) pack_steps(xr, x, I, B, bs, 0, T, 1);  // never read x's padding
+  index_t h_skip = 0;
+  const float* hp = unpacked_h_prev(hr, h0, y, T, B, H, bs, nullptr, &h_skip);
+  // dW_hh as backward_products sums it: one block (its gemm_dual), else h0's rows first.
+  const bool dual = backward_dual_floats(kern, s) > 0;
+  UnpackedGrads g{};
+  g.T = T, g.B = B, g.I = I, g.H = H, g.G = H, g.bs = bs, g.N = N;
+  g.dzx = g.dzh = da;
+  g.xr = bs ? xr : x, g.hr = hp, g.h_skip = h_skip;
+  g.h_split = h0 && !dual && N > n0 ? n0 : 0;
+  g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
+  g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
+  const int P = H > 8 ? unpacked_backward_threads(N, H, I, H, nthreads) : 1;
+  StepBarrier step_barrier;
+  run_team(P, [&] {
+    DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
+    const int p = team_id(), np = team_size();
+    const index_t blocks = (H + 15) / 16;  // this thread's units, in 64-byte lines
+    const index_t u0 = std::min(H, blocks * p / np * 16);
+    const index_t u1 = std::min(H, blocks * (p + 1) / np * 16);
+    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
+    for (index_t t = T - 1; t >= 0; --t) {
+      const index_t rows = bs ? bs[t] : B;
+      off -= rows;
+      if (rows > 0 && u1 > u0)
+        ck.rnn_bwd(rows, H, u0, u1, da + off * H, dh0, dy ? dy + t * B * H : nullptr,
+                   y + t * B * H, relu);
+      if (np > 1) team_barrier();
+      // dh_next[:, my units] = da_t . W_hh[:, my units] (rows past `rows` pass through)
+      rows_times_weights(kern, rows, H, u0, u1, da + off * H, H, W_hh, H, dh0, H, false);
+    }
+    if (np > 1) team_barrier();  // every unit of da written
+    unpacked_grads(kern, g, p, np);
+  });
+}
+}  // namespace
 
 void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_ih, float* db_hh,
                   const float* dy, const float* dh_n, const float* x, const float* h0,
                   const float* W_ih, const float* W_hh, const float* y, bool relu,
                   const CellSizes& s, const index_t* bs, float* workspace, const Kernels& kern,
-                  int nthreads, bool need_dx) {
+                  int nthreads, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
+  if (!db_ih) fresh &= ~4u;
+  if (!db_hh) fresh &= ~8u;
+  const bool unpacked = unpacked_backward(T, B) && B > 0 && H > 0 && T > 0;
+  if (!unpacked) {  // the gradients to write start from zeros: the packed path adds into them
+    if (fresh & 1u) std::memset(dW_ih, 0, H * I * sizeof(float));
+    if (fresh & 2u) std::memset(dW_hh, 0, H * H * sizeof(float));
+    if (fresh & 4u) std::memset(db_ih, 0, H * sizeof(float));
+    if (fresh & 8u) std::memset(db_hh, 0, H * sizeof(float));
+  }
   if (B == 0 || H == 0) {
     if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
@@ -140,6 +206,9 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   for (index_t j = 0; j < B * H; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;  // running dh_next
   if (T == 0) return;
   if (bs && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward: dense layout
+  if (unpacked)
+    return rnn_backward_unpacked(dx, dh0, dW_ih, dW_hh, db_ih, db_hh, dy, x, h0, W_ih, W_hh, y,
+                                 relu, s, bs, workspace, kern, nthreads, need_dx, fresh);
   const CellKernels& ck = cell_kernels_for(kern);
   const index_t nbj = num_panels(kern, H);
   // With batch_sizes da holds packed rows (N in all).

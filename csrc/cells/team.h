@@ -34,6 +34,69 @@ inline bool unpacked_forward(index_t T, index_t B, index_t H) {
   return (B == 1 && T <= 16) || (B <= 4 && T <= 8);
 }
 
+// Whether a backward reads the weights' rows in place instead of packing W_hh (and running the
+// weight gradients and dx through the packed GEMM): at most kUnpackedBackwardRows rows in all
+// (T * B; the cells' training step T = 1, B = 1..4). Its per-step product dh_prev = dZ_t . W_hh
+// streams W_hh's rows, every thread its own columns (rows_times_weights), where packing would
+// read W_hh, write its panels and read them again for a product of a few rows; the weight
+// gradients of depth T * B are written row by row (each row of dW once, no zeroing pass), dx
+// streams W_ih's rows (unpacked_grads). The same arithmetic as the packed path element by
+// element (sums from zero in the GEMM's depth blocks), so where that path's order is the same
+// (one depth block of dW, the recurrent product in the same blocks) the bits are too.
+// unpacked_backward_enabled(): false only for tests and A/B timing (_set_unpacked_backward).
+constexpr index_t kUnpackedBackwardRows = 4;
+bool unpacked_backward_enabled();
+void set_unpacked_backward_enabled(bool on);
+inline bool unpacked_backward(index_t T, index_t B) {
+  return T * B <= kUnpackedBackwardRows && unpacked_backward_enabled();
+}
+
+// out[r, c] (= or +=) sum over j < G of dz[r * ldz + j] * Wm[j * ldw + c], for rows r < rows
+// and columns [c0, c1): rows of dZ times a row-major weight matrix, nothing packed, the depth
+// in blocks of kGemmKC (each summed from zero, then stored or added, the first one stored
+// unless accumulate): the packed GEMM's per-element arithmetic.
+void rows_times_weights(const Kernels& kern, index_t rows, index_t G, index_t c0, index_t c1,
+                        const float* dz, index_t ldz, const float* Wm, index_t ldw, float* out,
+                        index_t ldo, bool accumulate);
+
+// The products after an unpacked backward's step loop (unpacked_backward), run by every thread
+// p of a team of np (after the loop's last barrier), each on its own part: dx's columns (of I),
+// the weight gradients' rows and the bias sums' elements (of G). Nothing two threads write
+// overlaps, and each element is summed in one fixed order: bitwise the same for any np.
+struct UnpackedGrads {
+  index_t T, B, I, H, G;
+  const index_t* bs;      // batch_sizes (T) or null: dz's rows packed, N = sum(bs)
+  const int64_t* order;   // with bs: the caller's row of sorted row r (dx's rows), or null
+  index_t N;              // rows of dz
+  const float* dzx;       // (N, G): gradients of x . W_ih^T (+ b_ih): dx, dW_ih, db_ih
+  const float* dzh;       // (N, G): of h . W_hh^T (+ b_hh): dW_hh, db_hh (may be dzx)
+  const float* xr;        // (N, I): x's rows of dz's rows
+  const float* hr;        // (N - h_skip, H): h_prev's rows of dz's rows [h_skip, N)
+  index_t h_skip;         // dz's first rows whose h_prev is zero (step 0 without h0)
+  index_t h_split;        // > 0: dW_hh summed in two blocks, rows [0, h_split), then the rest
+                          // (as the packed path's two products h0 / later steps); 0: one
+  const float* W_ih;      // (G, I)
+  float* dx;              // (T, B, I) or null (not needed)
+  float* dW_ih;           // (G, I)
+  float* dW_hh;           // (G, H)
+  float* db_ih;           // (G) or null
+  float* db_hh;           // (G) or null
+  unsigned fresh;         // bits: dW_ih, dW_hh, db_ih, db_hh written (=) rather than added to
+};
+void unpacked_grads(const Kernels& kern, const UnpackedGrads& g, int p, int np);
+
+// The rows of h_prev for dz's rows [h_skip, N) into hr (floats for (N, H) reserved by the
+// caller), or a pointer to them in place: h0's rows for step 0 (with h0; without it h_skip =
+// step 0's rows, which are zero), then each later step's active rows of the previous outputs
+// y (row order[r] of a step for sorted row r with order). *h_skip is set.
+const float* unpacked_h_prev(float* hr, const float* h0, const float* y, index_t T, index_t B,
+                             index_t H, const index_t* bs, const int64_t* order,
+                             index_t* h_skip);
+
+// The threads of an unpacked backward: small_call_threads for its multiply-adds (1 under a
+// forced serial schedule). Results do not depend on it.
+int unpacked_backward_threads(index_t N, index_t G, index_t I, index_t H, int nthreads);
+
 // Blocks of W hidden units (the packed W_hh panels' width), the last one padded.
 inline index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
 

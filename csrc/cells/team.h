@@ -94,7 +94,7 @@ const float* unpacked_h_prev(float* hr, const float* h0, const float* y, index_t
                              index_t* h_skip);
 
 // The threads of an unpacked backward: small_call_threads for its multiply-adds (1 under a
-// forced serial schedule). Results do not depend on it.
+// forced serial schedule, all under another forced one). Results do not depend on it.
 int unpacked_backward_threads(index_t N, index_t G, index_t I, index_t H, int nthreads);
 
 // Blocks of W hidden units (the packed W_hh panels' width), the last one padded.

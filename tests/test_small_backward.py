@@ -1,7 +1,7 @@
-"""The backward's unpacked path for few rows in all (at most 4 rows, T * B: unpacked_backward in
-csrc/cells/team.h): W_hh's and W_ih's rows read in place for dh_prev and dx, each thread its own
-columns; the weight gradients written row by row (sums over the T * B rows in order, no zeroing
-pass); for the LSTM, GRU and RNN (tanh, relu).
+"""The backward's unpacked path for few rows in all (T * B at most 16, an LSTM's batch of one up
+to 4 steps: unpacked_backward in csrc/cells/team.h): W_hh's and W_ih's rows read in place for
+dh_prev and dx, each thread its own columns; the weight gradients written row by row (sums over
+the T * B rows in order, no zeroing pass); for the LSTM, GRU and RNN (tanh, relu).
 
 Every case runs on each available ISA against the float64 reference (random upstream gradients,
 lengths with NaN in x's and dy's padding) and must be bitwise identical at 1, 2 and 3 threads
@@ -51,6 +51,16 @@ def _cases():
         C("lstm", 1, 3, 5, 33, lengths="zeros", unsorted=True),
         C("tanh", 1, 2, 5, 300),  # dh_prev over two depth blocks of the GEMM's (256)
         C("gru", 1, 4, 17, 130, lengths="full"),
+        # up to 16 rows in all, and just past the edges (the packed path)
+        C("gru", 16, 1, 5, 33, lengths="random"),
+        C("gru", 17, 1, 5, 33),
+        C("tanh", 8, 2, 17, 17, h0=False),
+        C("relu", 3, 5, 1, 7, lengths="short"),
+        C("lstm", 2, 8, 5, 130, lengths="random", unsorted=True),
+        C("lstm", 4, 1, 17, 33, upstream="y"),
+        C("lstm", 5, 1, 17, 33),
+        C("lstm", 3, 6, 5, 17),
+        C("gru", 2, 8, 17, 65, bias=False, h0=False),
     ]
     return out
 

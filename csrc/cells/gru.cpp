@@ -531,7 +531,7 @@ void gru_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, fl
   g.xr = bs ? xr : x, g.hr = hp, g.h_skip = h_skip, g.h_split = h0 && N > n0 ? n0 : 0;
   g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
   g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
-  const int P = unpacked_backward_threads(N, G, I, H, nthreads);
+  const int P = unpacked_backward_threads(B, N, G, I, H, nthreads);
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;

@@ -684,7 +684,7 @@ void lstm_backward_unpacked(float* dx, float* dh0, float* dc0, float* dW_ih, flo
   g.h_split = h0 && !dual && N > n0 ? n0 : 0;
   g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
   g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
-  const int P = unpacked_backward_threads(N, G, I, H, nthreads);
+  const int P = unpacked_backward_threads(B, N, G, I, H, nthreads);
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;
@@ -754,7 +754,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   }
   if (T == 0) return;
   if (bs && !order && !has_padding(bs, T, B)) bs = nullptr;  // as in the forward
-  if (!ids && unpacked_backward(T, B))
+  if (!ids && unpacked_backward(T, B, /*one_row_kernel=*/true))
     return lstm_backward_unpacked(dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dy, x, h0, c0, W_ih,
                                   W_hh, y, gates, cells, s, bs, workspace, kern, nthreads, order,
                                   need_dx, fresh);

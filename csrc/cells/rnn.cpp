@@ -158,7 +158,7 @@ void rnn_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, fl
   g.h_split = h0 && !dual && N > n0 ? n0 : 0;
   g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
   g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
-  const int P = unpacked_backward_threads(N, H, I, H, nthreads);
+  const int P = unpacked_backward_threads(B, N, H, I, H, nthreads);
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;

@@ -36,19 +36,27 @@ inline bool unpacked_forward(index_t T, index_t B, index_t H) {
 
 // Whether a backward reads the weights' rows in place instead of packing W_hh (and running the
 // weight gradients and dx through the packed GEMM): at most kUnpackedBackwardRows rows in all
-// (T * B; the cells' training step T = 1, B = 1..4). Its per-step product dh_prev = dZ_t . W_hh
-// streams W_hh's rows, every thread its own columns (rows_times_weights), where packing would
-// read W_hh, write its panels and read them again for a product of a few rows; the weight
-// gradients of depth T * B are written row by row (each row of dW once, no zeroing pass), dx
-// streams W_ih's rows (unpacked_grads). The same arithmetic as the packed path element by
-// element (sums from zero in the GEMM's depth blocks), so where that path's order is the same
-// (one depth block of dW, the recurrent product in the same blocks) the bits are too.
+// (T * B; e.g. the cells' training step, T = 1, B = 1..4); for the LSTM (one_row_kernel: its
+// packed step has a kernel of its own for a batch of one) with B = 1 only up to 4 steps. Its
+// per-step product dh_prev = dZ_t . W_hh streams W_hh's rows, every thread its own columns
+// (rows_times_weights), where packing would read W_hh, write its panels and read them again
+// for a product of a few rows; the weight gradients of depth T * B are written row by row
+// (each row of dW once, no zeroing pass), dx streams W_ih's rows (unpacked_grads). The same
+// arithmetic as the packed path element by element (sums from zero in the GEMM's depth
+// blocks), so where that path's order is the same (dW's blocks, the recurrent product in the
+// same blocks) the bits are too. In-process A/B, backward only, time packed / unpacked, 1
+// thread: T = 1, B = 2, I = 1, H = 512 GRU 2.07, LSTM 1.75, RNN 2.14; 16 rows: GRU 1.16-1.58
+// (T = 16, B = 1; H = 64, 512), 1.42-1.46 (B = 16), LSTM B = 16 1.14-1.22, T = 2, B = 8 1.25,
+// but LSTM B = 1: T = 16 0.83-1.03, T = 8 0.92 (H = 64) - 1.19, T = 4 1.13-1.33. 2 threads:
+// 16 rows GRU 1.54-2.44, RNN 2.71 (B = 16, H = 512), LSTM 1.05 (H = 64) - 2.52; 32 rows
+// GRU 1.34-1.94, LSTM 1.15; 64 rows GRU 0.95-1.10.
 // unpacked_backward_enabled(): false only for tests and A/B timing (_set_unpacked_backward).
-constexpr index_t kUnpackedBackwardRows = 4;
+constexpr index_t kUnpackedBackwardRows = 16;
 bool unpacked_backward_enabled();
 void set_unpacked_backward_enabled(bool on);
-inline bool unpacked_backward(index_t T, index_t B) {
-  return T * B <= kUnpackedBackwardRows && unpacked_backward_enabled();
+inline bool unpacked_backward(index_t T, index_t B, bool one_row_kernel = false) {
+  if (T * B > kUnpackedBackwardRows || !unpacked_backward_enabled()) return false;
+  return B > 1 || T <= 4 || !one_row_kernel;
 }
 
 // out[r, c] (= or +=) sum over j < G of dz[r * ldz + j] * Wm[j * ldw + c], for rows r < rows
@@ -93,9 +101,18 @@ const float* unpacked_h_prev(float* hr, const float* h0, const float* y, index_t
                              index_t H, const index_t* bs, const int64_t* order,
                              index_t* h_skip);
 
-// The threads of an unpacked backward: small_call_threads for its multiply-adds (1 under a
-// forced serial schedule, all under another forced one). Results do not depend on it.
-int unpacked_backward_threads(index_t N, index_t G, index_t I, index_t H, int nthreads);
+// The threads of an unpacked backward: one below kUnpackedCallFma multiply-adds in all (dh,
+// dx, dW_ih, dW_hh: 2 N G (H + I)) or kUnpackedStepFma in a step's product (B G H), where the
+// team's wake-up and its barrier per step cost more than the second thread saves; else
+// small_call_threads. 1 under a forced serial schedule, all under another forced one. Results
+// do not depend on it. In-process, backward, 2 threads against 1 (H = 64, I = 17): RNN T = 16,
+// B = 1 (4 k per step) 15.5 against 8.4 us, GRU (12 k per step, 0.5 M in all) 30.4 against
+// 26.7; LSTM T = 1, B = 16 (0.26 M per step, 0.66 M in all) 24.3 against 22.3; GRU T = 1, B = 1,
+// I = 100, H = 256 (0.55 M in all) 36 against 93.
+constexpr double kUnpackedStepFma = 1 << 15;
+constexpr double kUnpackedCallFma = 1 << 19;
+int unpacked_backward_threads(index_t B, index_t N, index_t G, index_t I, index_t H,
+                              int nthreads);
 
 // Blocks of W hidden units (the packed W_hh panels' width), the last one padded.
 inline index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }

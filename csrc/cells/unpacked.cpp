@@ -129,13 +129,16 @@ const float* unpacked_h_prev(float* hr, const float* h0, const float* y, index_t
   return hr;
 }
 
-int unpacked_backward_threads(index_t N, index_t G, index_t I, index_t H, int nthreads) {
+int unpacked_backward_threads(index_t B, index_t N, index_t G, index_t I, index_t H,
+                              int nthreads) {
   const Schedule forced = schedule_override();
   if (forced == Schedule::kSerial) return 1;
   if (forced != Schedule::kAuto) return nthreads;  // (tests: every split at any size)
-  // dh, dW_hh, dx and dW_ih: N * G * (H + I) multiply-adds each pair (as a double: no overflow)
+  // (as doubles: products of sizes could wrap)
+  const double step = static_cast<double>(B) * static_cast<double>(G) * static_cast<double>(H);
   const double fma = 2.0 * static_cast<double>(N) * static_cast<double>(G) *
                      (static_cast<double>(H) + static_cast<double>(I));
+  if (step < kUnpackedStepFma || fma < kUnpackedCallFma) return 1;
   return small_call_threads(fma, nthreads);
 }
 

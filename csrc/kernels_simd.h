@@ -369,8 +369,49 @@ LF_INLINE void rows_b(index_t N, index_t K, const float* A, index_t ars, index_t
                         accumulate);
 }
 
+// Fewer than W columns of rows of A whose elements at one depth are contiguous (ars == 1: the
+// rows of dZ^T, for a weight gradient dZ^T . x with a narrow x): the rows become the vector
+// lanes, NC accumulators over k (acc = vfmadd(a, b, acc): the same rounding as rows_b_block's
+// vfmadd(b, a, acc), in the same order), so W rows take one pass instead of one partial vector
+// each (I = 1: a 4H x 1 gradient, 4H masked vectors).
+template <int NC>
+LF_INLINE void rows_b_narrow(index_t M, index_t K, const float* A, index_t acs, const float* B,
+                             index_t ldb, float* C, index_t ldc, bool accumulate) {
+  for (index_t m = 0; m < M; m += W) {
+    const int mm = M - m < W ? static_cast<int>(M - m) : W;
+    vf acc[NC];
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) acc[j] = vf{};
+    for (index_t k = 0; k < K; ++k) {
+      const vf a = load_n(A + k * acs + m, mm);
+#pragma GCC unroll 16
+      for (int j = 0; j < NC; ++j) acc[j] = vfmadd(a, splat(B[k * ldb + j]), acc[j]);
+    }
+    alignas(64) float t[NC * W];
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) store(t + j * W, acc[j]);
+    for (int r = 0; r < mm; ++r)
+      for (int j = 0; j < NC; ++j) {
+        float* c = C + (m + r) * ldc + j;
+        *c = accumulate ? *c + t[j * W + r] : t[j * W + r];
+      }
+  }
+}
+
+template <int NC>
+LF_INLINE void rows_b_narrow_n(index_t M, index_t N, index_t K, const float* A, index_t acs,
+                               const float* B, index_t ldb, float* C, index_t ldc,
+                               bool accumulate) {
+  if constexpr (NC >= 1) {
+    if (N != NC) return rows_b_narrow_n<NC - 1>(M, N, K, A, acs, B, ldb, C, ldc, accumulate);
+    rows_b_narrow<NC>(M, K, A, acs, B, ldb, C, ldc, accumulate);
+  }
+}
+
 void gemm_rows_b(index_t M, index_t N, index_t K, const float* A, index_t ars, index_t acs,
                  const float* B, index_t ldb, float* C, index_t ldc, bool accumulate) {
+  if (ars == 1 && N < W && M >= W && N > 0)
+    return rows_b_narrow_n<W - 1>(M, N, K, A, acs, B, ldb, C, ldc, accumulate);
   index_t m = 0;
   for (; m + 4 <= M; m += 4)
     rows_b<4>(N, K, A + m * ars, ars, acs, B, ldb, C + m * ldc, ldc, accumulate);

@@ -280,8 +280,10 @@ index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& 
                                           bool lengths) {
   const index_t G = 4 * s.H, TB = s.T * s.B;
   const index_t xz = lengths ? TB * s.I : 0;  // x with its padding rows zeroed
+  // the unpacked path's rows of h_prev (unpacked_backward, team.h)
+  const index_t hr = TB <= kUnpackedBackwardRows ? TB * P : 0;
   return TB * G + TB * P + 2 * s.B * s.H + num_panels(kern, P) * kern.NR * G +
-         num_panels(kern, s.H) * kern.NR * P + dual_floats(kern, s, P) + xz + 64;
+         num_panels(kern, s.H) * kern.NR * P + dual_floats(kern, s, P) + xz + hr + 64;
 }
 
 void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh,
@@ -322,6 +324,77 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
         std::memset(dz + (t * B + bs[t]) * G, 0, (B - bs[t]) * G * sizeof(float));
         std::memset(dhs + (t * B + bs[t]) * P, 0, (B - bs[t]) * P * sizeof(float));
       }
+  }
+
+  // Never read x's padding (it may hold anything, NaN included): with padding the weight
+  // gradient's operand is a copy of x whose padding rows are zero (dz's are too), so that one
+  // product runs over all T*B rows instead of one per step.
+  auto x_operand = [&]() -> const float* {
+    if (!padded) return x;
+    const int PC = TB * I >= (1 << 16) ? nthreads : 1;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(PC) schedule(static) if (PC > 1)
+#endif
+    for (index_t t = 0; t < T; ++t) {
+      std::memcpy(xz + t * B * I, x + t * B * I, bs[t] * I * sizeof(float));
+      std::memset(xz + (t * B + bs[t]) * I, 0, (B - bs[t]) * I * sizeof(float));
+    }
+    return xz;
+  };
+
+  if (unpacked_backward(T, B, /*one_row_kernel=*/true)) {
+    // Few rows in all: nothing packed (as lstm_backward's unpacked path). Threads own slices of
+    // P (dh_t, dh_next) and of the hidden units (dm, dZ); the products read W_hr's and W_hh's
+    // rows in place in the depth blocks of rows_times_panels (its bits where it uses the
+    // micro-kernel: batches of two or more). Then dx, dW_ih, dW_hh, the bias sums
+    // (unpacked_grads; padding rows of dz, x's copy and y are zero) and dW_hr = dh^T . m.
+    float* hr = xz + (bs ? TB * I : 0);  // h_prev's rows (T*B, P)
+    index_t h_skip = 0;
+    const float* hp = unpacked_h_prev(hr, h0, y, T, B, P, nullptr, nullptr, &h_skip);
+    UnpackedGrads g{};
+    g.T = T, g.B = B, g.I = I, g.H = P, g.G = G, g.N = TB;
+    g.dzx = g.dzh = dz;
+    g.xr = x_operand(), g.hr = hp, g.h_skip = h_skip;
+    g.h_split = h0 && dual_floats(kern, s, P) == 0 && T > 1 ? B : 0;  // as the GEMMs below
+    g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
+    g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh;
+    // (dh_next and dW_hh over P, dm and dW_hr P x H: about P + P / 4 columns of 4H)
+    const int NT = unpacked_backward_threads(B, TB, G, I, P + P / 4, nthreads);
+    StepBarrier step_barrier;
+    run_team(NT, [&] {
+      DenormalGuard ftz;
+      BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
+      const int p = team_id(), np = team_size();
+      auto slice = [&](index_t n, index_t* c0, index_t* c1) {  // in 64-byte lines
+        const index_t blocks = (n + 15) / 16;
+        *c0 = std::min(n, blocks * p / np * 16);
+        *c1 = std::min(n, blocks * (p + 1) / np * 16);
+      };
+      index_t q0, q1, u0, u1;
+      slice(P, &q0, &q1);
+      slice(H, &u0, &u1);
+      for (index_t t = T - 1; t >= 0; --t) {
+        float* dz_t = dz + t * B * G;
+        float* dh_t = dhs + t * B * P;
+        const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
+        const index_t rows = bs ? bs[t] : B;  // (rows past it: dh_next passes through)
+        for (index_t r = 0; r < rows; ++r)
+          for (index_t j = q0; j < q1; ++j)
+            dh_t[r * P + j] = dh0[r * P + j] + (dy ? dy[(t * B + r) * P + j] : 0.0f);
+        if (np > 1) team_barrier();
+        rows_times_weights(kern, rows, P, u0, u1, dh_t, P, W_hr, H, dm, H, false);
+        if (rows > 0 && u1 > u0)
+          kern.lstm_bwd_pointwise(rows, H, u0, u1, dz_t, dc0, gates + t * B * G,
+                                  cells + t * B * H, c_prev, nullptr, dm);
+        if (np > 1) team_barrier();
+        rows_times_weights(kern, rows, G, q0, q1, dz_t, G, W_hh, P, dh0, P, false);
+      }
+      if (np > 1) team_barrier();  // every unit of dz and column of dh written
+      unpacked_grads(kern, g, p, np);
+      unpacked_weight_rows(kern, P * p / np, P * (p + 1) / np, H, P, 0, TB, dhs, m, dW_hr,
+                           true);
+    });
+    return;
   }
 
   Schedule sched = lstm_proj_choose_schedule(kern, s, P, nthreads);
@@ -383,21 +456,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   std::vector<float> dbs((db_ih || db_hh) ? static_cast<std::size_t>(G) : 0, 0.0f);
   float* sums = dbs.empty() ? nullptr : dbs.data();
   if (need_dx) gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
-  // Never read x's padding (it may hold anything, NaN included): with padding the weight
-  // gradient's operand is a copy of x whose padding rows are zero (dz's are too), so that one
-  // product runs over all T*B rows instead of one per step.
-  const float* xa = x;
-  if (padded) {
-    const int PC = TB * I >= (1 << 16) ? nthreads : 1;
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(PC) schedule(static) if (PC > 1)
-#endif
-    for (index_t t = 0; t < T; ++t) {
-      std::memcpy(xz + t * B * I, x + t * B * I, bs[t] * I * sizeof(float));
-      std::memset(xz + (t * B + bs[t]) * I, 0, (B - bs[t]) * I * sizeof(float));
-    }
-    xa = xz;
-  }
+  const float* xa = x_operand();  // (x's padding never read)
   if ((h0 || T > 1) && dual_floats(kern, s, P) > 0) {
     // Both weight gradients in one pass over dZ^T: h_prev's rows are h0's (zeros without h0),
     // then the outputs of steps 0 .. T-2 (zero on padding rows).

@@ -93,6 +93,14 @@ struct UnpackedGrads {
 };
 void unpacked_grads(const Kernels& kern, const UnpackedGrads& g, int p, int np);
 
+// dW[j, :] (= or +=) sum over dz's rows k in [k0, k1) of dz[k * G + j] * src[(k - k0) * n + :]
+// for the rows j in [j0, j1) of dW (n columns): dZ^T . src as rows of dW, each row written once
+// per depth block of kGemmKC (the packed GEMM's blocks: its bits); no rows and !accumulate:
+// zeros. (unpacked_grads's weight gradients; lstm_proj.cpp's dW_hr.)
+void unpacked_weight_rows(const Kernels& kern, index_t j0, index_t j1, index_t n, index_t G,
+                          index_t k0, index_t k1, const float* dz, const float* src, float* dW,
+                          bool accumulate);
+
 // The rows of h_prev for dz's rows [h_skip, N) into hr (floats for (N, H) reserved by the
 // caller), or a pointer to them in place: h0's rows for step 0 (with h0; without it h_skip =
 // step 0's rows, which are zero), then each later step's active rows of the previous outputs

@@ -20,20 +20,6 @@ void column_slice(index_t n, int p, int np, index_t* c0, index_t* c1) {
   *c1 = std::min(n, blocks * (p + 1) / np * 16);
 }
 
-// dW[j, :] (= or +=) sum over dz's rows k in [k0, k1) of dz[k, j] * src[k - k0, :], for the
-// rows j in [j0, j1) of dW (n columns): dZ^T . src as rows of dW, each written once per depth
-// block of kGemmKC (the packed GEMM's blocks: its bits).
-void weight_rows(const Kernels& kern, index_t j0, index_t j1, index_t n, index_t G, index_t k0,
-                 index_t k1, const float* dz, const float* src, float* dW, bool accumulate) {
-  if (j1 <= j0 || n <= 0) return;
-  if (k1 <= k0 && !accumulate) std::memset(dW + j0 * n, 0, (j1 - j0) * n * sizeof(float));
-  for (index_t pc = k0; pc < k1; pc += kGemmKC) {
-    const index_t kc = std::min(kGemmKC, k1 - pc);
-    kern.gemm_rows_b(j1 - j0, n, kc, dz + pc * G + j0, 1, G, src + (pc - k0) * n, n,
-                     dW + j0 * n, n, accumulate || pc > k0);
-  }
-}
-
 // db[j] (= or +=) the sum of dz[k, j] over k < N in order, from zero, for j in [j0, j1).
 void column_sums(index_t j0, index_t j1, index_t N, index_t G, const float* dz, float* db,
                  bool fresh) {
@@ -44,6 +30,18 @@ void column_sums(index_t j0, index_t j1, index_t N, index_t G, const float* dz, 
   }
 }
 }  // namespace
+
+void unpacked_weight_rows(const Kernels& kern, index_t j0, index_t j1, index_t n, index_t G,
+                          index_t k0, index_t k1, const float* dz, const float* src, float* dW,
+                          bool accumulate) {
+  if (j1 <= j0 || n <= 0) return;
+  if (k1 <= k0 && !accumulate) std::memset(dW + j0 * n, 0, (j1 - j0) * n * sizeof(float));
+  for (index_t pc = k0; pc < k1; pc += kGemmKC) {
+    const index_t kc = std::min(kGemmKC, k1 - pc);
+    kern.gemm_rows_b(j1 - j0, n, kc, dz + pc * G + j0, 1, G, src + (pc - k0) * n, n,
+                     dW + j0 * n, n, accumulate || pc > k0);
+  }
+}
 
 bool unpacked_backward_enabled() { return g_unpacked_backward.load(std::memory_order_relaxed); }
 void set_unpacked_backward_enabled(bool on) {
@@ -92,13 +90,14 @@ void unpacked_grads(const Kernels& kern, const UnpackedGrads& g, int p, int np) 
   }
   // The weight gradients and the bias sums: this thread's rows of G.
   const index_t j0 = G * p / np, j1 = G * (p + 1) / np;
-  weight_rows(kern, j0, j1, I, G, 0, N, g.dzx, g.xr, g.dW_ih, !(g.fresh & 1u));
+  unpacked_weight_rows(kern, j0, j1, I, G, 0, N, g.dzx, g.xr, g.dW_ih, !(g.fresh & 1u));
   // (no rows at all, as one step from a zero state: zeros when written, else unchanged)
   const index_t ks = std::min(g.h_skip, N);
   const index_t split = g.h_split > ks && g.h_split < N ? g.h_split : N;
-  weight_rows(kern, j0, j1, H, G, ks, split, g.dzh, g.hr, g.dW_hh, !(g.fresh & 2u));
+  unpacked_weight_rows(kern, j0, j1, H, G, ks, split, g.dzh, g.hr, g.dW_hh, !(g.fresh & 2u));
   if (split < N)
-    weight_rows(kern, j0, j1, H, G, split, N, g.dzh, g.hr + (split - ks) * H, g.dW_hh, true);
+    unpacked_weight_rows(kern, j0, j1, H, G, split, N, g.dzh, g.hr + (split - ks) * H, g.dW_hh,
+                         true);
   if (g.db_ih) column_sums(j0, j1, N, G, g.dzx, g.db_ih, g.fresh & 4u);
   if (g.db_hh) {
     if (g.dzh == g.dzx && g.db_ih && (g.fresh & 12u) == 12u)  // the same sums, written

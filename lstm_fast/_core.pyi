@@ -371,8 +371,8 @@ def _set_schedule(name: _Schedule) -> None:
 
 def _set_unpacked_backward(on: bool) -> None:
     """Allow (True, the default) or forbid the backward's unpacked path for few rows in all
-    (T * B <= 16, an LSTM's batch of one up to 4 steps: weights read in place, nothing packed);
-    tests and A/B timing."""
+    (T * B <= 16, an LSTM's batch of one up to 4 steps, with a projection up to 4 rows: weights
+    read in place, nothing packed); tests and A/B timing."""
 
 def _unpacked_backward() -> bool:
     """Whether the backward's unpacked path is allowed (_set_unpacked_backward)."""

@@ -1,8 +1,8 @@
 """The backward's unpacked path for few rows in all (T * B at most 16, an LSTM's batch of one up
-to 4 steps: unpacked_backward in csrc/cells/team.h): W_hh's and W_ih's rows read in place for
-dh_prev and dx, each thread its own columns; the weight gradients written row by row (sums over
-the T * B rows in order, no zeroing pass); for the LSTM (with and without a projection), GRU
-and RNN (tanh, relu).
+to 4 steps, an LSTM with a projection 4 rows: unpacked_backward in csrc/cells/team.h): W_hh's
+and W_ih's rows read in place for dh_prev and dx, each thread its own columns; the weight
+gradients written row by row (sums over the T * B rows in order, no zeroing pass); for the LSTM
+(with and without a projection), GRU and RNN (tanh, relu).
 
 Every case runs on each available ISA against the float64 reference (random upstream gradients,
 lengths with NaN in x's and dy's padding) and must be bitwise identical at 1, 2 and 3 threads

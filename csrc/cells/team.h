@@ -37,9 +37,9 @@ inline bool unpacked_forward(index_t T, index_t B, index_t H) {
 // Whether a backward reads the weights' rows in place instead of packing W_hh (and running the
 // weight gradients and dx through the packed GEMM): at most kUnpackedBackwardRows rows in all
 // (T * B; e.g. the cells' training step, T = 1, B = 1..4); for the LSTM (one_row_kernel: its
-// packed step has a kernel of its own for a batch of one) with B = 1 only up to 4 steps. Its
-// per-step product dh_prev = dZ_t . W_hh streams W_hh's rows, every thread its own columns
-// (rows_times_weights), where packing would read W_hh, write its panels and read them again
+// packed step has a kernel of its own for a batch of one) with B = 1 only up to 4 steps (with
+// a projection, lstm_proj.cpp, at most 4 rows in all). Its per-step product dh_prev = dZ_t .
+// W_hh streams W_hh's rows, every thread its own columns (rows_times_weights), where packing would read W_hh, write its panels and read them again
 // for a product of a few rows; the weight gradients of depth T * B are written row by row
 // (each row of dW once, no zeroing pass), dx streams W_ih's rows (unpacked_grads). The same
 // arithmetic as the packed path element by element (sums from zero in the GEMM's depth

@@ -7,7 +7,10 @@ training -- and prints, per case, torch's time over lstm_fast's (below 1: lstm_f
 with both times, the slowest cases last. Same seed, same cases.
 
     PYTHONPATH=. python benchmarks/sweep_vs_torch.py [--api numpy|torch] [--cases N]
-        [--seed S] [--threads N] [--budget SECONDS]
+        [--seed S] [--threads N] [--budget SECONDS] [--case CELL,T,B,I,H,MODE ...]
+
+``--case`` times the cases given instead of random ones (default options; T is ignored by the
+cells), e.g. ``--api torch --case GRUCell,1,2,1,512,training``.
 
 ``--api numpy``: the NumPy layers (``lstm_fast.LSTM`` ...) with torch's weights loaded;
 ``--api torch``: the drop-in modules of ``lstm_fast.torch``. In training both sides compute
@@ -51,6 +54,14 @@ def draw(rng, api: str) -> dict:
             c["kw"]["nonlinearity"] = "relu"
         c["packed"] = api == "torch" and c["B"] > 1 and rng.random() < 0.3
     return c
+
+
+def given_case(text: str) -> dict:
+    """A case from ``CELL,T,B,I,H,MODE`` (default options)."""
+    cell, T, B, I, H, mode = text.split(",")
+    if mode not in ("forward", "training"):
+        raise SystemExit(f"--case {text}: MODE must be forward or training, got {mode!r}")
+    return dict(cell=cell, T=int(T), B=int(B), I=int(I), H=int(H), mode=mode, kw={}, packed=False)
 
 
 def describe(c: dict) -> str:
@@ -130,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", type=float, default=0.4, help="seconds per side and case")
+    ap.add_argument("--case", nargs="+", default=[], help="CELL,T,B,I,H,MODE: these cases only")
     args = ap.parse_args(argv)
     try:
         torch = _peers.import_peer("torch")
@@ -140,8 +152,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     rows = []
-    for _ in range(args.cases):
-        c = draw(rng, args.api)
+    given = [given_case(text) for text in args.case]
+    for i in range(len(given) or args.cases):
+        c = given[i] if given else draw(rng, args.api)
         torch.manual_seed(len(rows))
         ours, theirs = timers(c, args.api, torch, rng)
         r = time_interleaved(

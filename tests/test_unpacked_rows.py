@@ -1,11 +1,12 @@
 """The forward's unpacked path (weights read in place, nothing packed) at the edges of where it is
 chosen (unpacked_forward in csrc/cells/team.h: at most 4 rows; at most two steps of at most 64
-rows; from H = 256 a batch of one for up to 16 steps or of up to four for 8), for the LSTM, GRU
-and RNN, on both sides of each edge: against the float64 reference (forward, training forward
-and backward with random upstream gradients, lengths with NaN padding), on every ISA, and
-bitwise across thread counts and schedules (test_review24_kernels's sweep). Also: a call's
-results do not depend on which side of an edge another call of the same layer took (a layer
-called with one step then a batch, no state kept between them).
+rows, for the LSTM and GRU past 16 rows only with I + H >= 8 rows; from H = 256 a batch of one
+for up to 16 steps or of up to four for 8), for the LSTM, GRU and RNN, on both sides of each
+edge: against the float64 reference (forward, training forward and backward with random
+upstream gradients, lengths with NaN padding), on every ISA, and bitwise across thread counts
+and schedules (test_review24_kernels's sweep). Also: a call's results do not depend on which
+side of an edge another call of the same layer took (a layer called with one step then a batch,
+no state kept between them).
 """
 
 import numpy as np
@@ -15,13 +16,24 @@ from test_review24_kernels import C, _ids, restore, sweep  # noqa: F401 (restore
 import lstm_fast
 
 EDGE_CASES = [
-    # two steps of at most 64 rows in all (unpacked) and one row past it (packed)
-    C("gru", 1, 64, 17, 33, lengths="random"),
-    C("gru", 1, 65, 17, 33),
+    # two steps of at most 64 rows in all (unpacked) and one row past it (packed); for a gated
+    # cell past 16 rows only with I + H >= 8 rows
+    C("gru", 1, 64, 480, 33, lengths="random"),
+    C("gru", 1, 65, 480, 33),
     C("tanh", 2, 32, 31, 65, lengths="zeros"),
     C("relu", 2, 33, 31, 65, upstream="y"),
-    C("lstm", 2, 32, 7, 17, lengths="random", unsorted=True),
+    C("lstm", 2, 32, 450, 62, lengths="random", unsorted=True),
     C("lstm", 1, 65, 7, 17, h0=False),
+    # gated, 16 rows (unpacked) and 17 (packed: I + H short of 8 rows), and I + H at 8 rows
+    # (unpacked) and one short of it (packed)
+    C("gru", 1, 16, 17, 33, lengths="random"),
+    C("gru", 1, 17, 17, 33),
+    C("lstm", 2, 8, 7, 17, lengths="random", unsorted=True),
+    C("lstm", 2, 9, 7, 17, h0=False),
+    C("gru", 1, 32, 128, 128, upstream="states"),
+    C("gru", 1, 32, 127, 128, lengths="short"),
+    C("lstm", 1, 64, 256, 256, lengths="random"),
+    C("lstm", 1, 64, 255, 256),
     # from H = 256: batch 1 up to 16 steps, batches up to 4 up to 8 steps
     C("gru", 16, 1, 17, 257, upstream="states"),
     C("gru", 17, 1, 17, 257),

@@ -248,7 +248,7 @@ namespace {
 // products, kernel gemm_nt), as the LSTM's does; packing W_hh and W_ih^T would cost more than
 // the steps. T = 1, B = 16, I = 300, H = 512, 2 threads, in-process against torch.nn.GRU:
 // 0.74x torch's speed packed, 2.2x unpacked; T = 5, B = 1, I = 100: 0.77x packed.
-bool use_unpacked(const CellSizes& s) { return unpacked_forward(s.T, s.B, s.H); }
+bool use_unpacked(const CellSizes& s) { return unpacked_forward(s.T, s.B, s.H, s.I, true); }
 
 // The batch split's own-rows projection (gru_forward): each thread projects at least this many
 // of its rows at once, while W_hh takes at most kOwnRowsMaxWhh bytes.

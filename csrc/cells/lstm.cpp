@@ -183,7 +183,7 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
 
 // Few rows in all: packing W_hh (and W_ih for the projection GEMM) would cost more than the
 // steps save (a cell step, a short chunk; unpacked_forward, team.h).
-bool use_unpacked(const LstmSizes& s) { return unpacked_forward(s.T, s.B, s.H); }
+bool use_unpacked(const LstmSizes& s) { return unpacked_forward(s.T, s.B, s.H, s.I, true); }
 
 }  // namespace
 

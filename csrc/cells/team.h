@@ -27,9 +27,16 @@ namespace lstm_fast {
 // 256), GRU 0.67 (H = 512); 128 rows 1.09-1.11 (H = 256), 256 rows 1.85-1.89 (H = 512); B = 1,
 // T = 8 and 16: LSTM 0.56-0.75, GRU 0.33-0.55 (H = 256, 512), 32: 0.73-1.31; B = 4, T = 8:
 // 0.73-0.85, 16: 0.95-1.12; H = 128: T = 8 0.99-1.00 (LSTM), 16 1.12-1.17.
-inline bool unpacked_forward(index_t T, index_t B, index_t H) {
+// A gated cell (LSTM, GRU: 4 or 3 gates) of more than 16 rows in all is unpacked only where
+// each row's dot products are long enough, I + H >= 8 rows: short ones (I + H of a few hundred)
+// spend more on each output's lane sum than packing the weights once costs (GRU / LSTM time
+// packed / unpacked, T = 1, 2 threads: B = 64, I = 3, H = 64 0.38 / 0.48; B = 48, I = H = 100
+// 0.55 / 0.68; B = 32, I = 3, H = 128 0.65 / 0.68; B = 64, I = 256, H = 128 0.82 / 0.79; but
+// B = 32, I = 256, H = 128 0.99 / 1.16 and I = H = 256 1.81 / 2.01, kept unpacked). The RNN
+// (one gate) was faster unpacked at every such shape measured (B = 64, I = H = 100: packed 1.21).
+inline bool unpacked_forward(index_t T, index_t B, index_t H, index_t I = 0, bool gated = false) {
   if (T * B <= 4) return true;
-  if (T <= 2) return T * B <= 64;
+  if (T <= 2) return T * B <= 64 && (!gated || T * B <= 16 || I + H >= 8 * T * B);
   if (H < 256) return false;
   return (B == 1 && T <= 16) || (B <= 4 && T <= 8);
 }

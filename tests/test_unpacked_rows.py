@@ -72,3 +72,47 @@ def test_layer_calls_on_both_sides_of_an_edge_are_independent(cls):
         fresh = cls(3, H, seed=1)
         assert fresh(x)[0].tobytes() == y.tobytes()
         assert layer(x)[0].tobytes() == y.tobytes()
+
+
+@pytest.mark.usefixtures("restore")
+@pytest.mark.parametrize(
+    "cell,I,H,team",
+    [
+        # weights under 256 KiB: one thread; from 256 KiB the team (enough multiply-adds)
+        ("gru", 100, 100, False),
+        ("rnn", 100, 100, False),
+        ("gru", 128, 128, True),
+        ("rnn", 256, 256, True),
+    ],
+)
+def test_gru_rnn_unpacked_forward_threads(cell, I, H, team):
+    """The GRU's and RNN's unpacked forward (T = 1, B = 16) opens a team only for weights of
+    256 KiB or more (unpacked_forward_threads), a forced "units" schedule always splits it, and
+    the bits are the same whichever ran."""
+    from lstm_fast import _core, ops
+
+    if _core._team_threads() < 2:
+        lstm_fast.set_num_threads(2)
+    if _core._team_threads() < 2:
+        pytest.skip("one CPU: no team")
+    _core._set_slow_wake_gap(0)  # (no slow wake known: the size alone decides)
+    rng = np.random.default_rng(3)
+    G = 3 * H if cell == "gru" else H
+    w = [rng.standard_normal(s).astype(np.float32) * 0.1 for s in ((G, I), (G, H), (G,), (G,))]
+    x = rng.standard_normal((1, 16, I)).astype(np.float32)
+    h0 = rng.standard_normal((16, H)).astype(np.float32)
+
+    def run():
+        n0 = _core._wake_state()["regions"]
+        f = ops.gru_forward if cell == "gru" else ops.rnn_forward
+        y, h = f(x, *w, h0)[:2]
+        return y, h, _core._wake_state()["regions"] > n0
+
+    results = []
+    for sched in ("auto", "units", "serial"):
+        _core._set_schedule(sched)
+        results.append(run())
+    (y0, h0_, opened), (y1, h1, split), (y2, h2, alone) = results
+    assert opened == team and split and not alone
+    assert y0.tobytes() == y1.tobytes() == y2.tobytes()
+    assert h0_.tobytes() == h1.tobytes() == h2.tobytes()

@@ -343,9 +343,8 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
 
   Schedule sched = choose_schedule(kern, s, G, nthreads);
   if (unpacked) {
-    // (the cost estimate in double: an integer product of weights and rows could wrap)
-    const double flops = static_cast<double>(G) * static_cast<double>(H + I) * T * B;
-    sched = H > 8 && small_call_threads(flops, nthreads) > 1 ? Schedule::kUnits : Schedule::kSerial;
+    sched = H > 8 && unpacked_forward_threads(G, I, H, T, B, nthreads) > 1 ? Schedule::kUnits
+                                                                          : Schedule::kSerial;
   }
   // With the own-rows projection below, the batch split wins from 4 rows per thread (8 when
   // W_hh is larger than a core's L2) up to 4 MiB of W_hh, as for the LSTM. In-process, 2

@@ -54,9 +54,8 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
 
   Schedule sched = choose_schedule(kern, s, H, nthreads);
   if (unpacked) {
-    // (the cost estimate in double: an integer product of weights and rows could wrap)
-    const double flops = static_cast<double>(H) * static_cast<double>(H + s.I) * T * B;
-    sched = H > 8 && small_call_threads(flops, nthreads) > 1 ? Schedule::kUnits : Schedule::kSerial;
+    sched = H > 8 && unpacked_forward_threads(H, s.I, H, T, B, nthreads) > 1 ? Schedule::kUnits
+                                                                             : Schedule::kSerial;
   }
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   if (!unpacked) pack_gate_panels(kern, H, 1, W_hh, Wp, P);

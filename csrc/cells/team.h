@@ -129,6 +129,26 @@ constexpr double kUnpackedCallFma = 1 << 19;
 int unpacked_backward_threads(index_t B, index_t N, index_t G, index_t I, index_t H,
                               int nthreads);
 
+// The threads of a GRU's or RNN's unpacked forward (dot products over the weights' rows, the
+// units split between threads): one while its weights (G x (I + H) floats) take less than
+// 256 KiB, where the second thread did not pay for its wake-up and the barrier per step even
+// at a million multiply-adds (T = 1, in-process, 2 threads against 1: RNN I = H = 100, B = 16
+// 1.17, B = 64 1.00; I = H = 128, B = 64 0.98; GRU I = H = 100 (234 KiB), B = 8 1.23, B = 16
+// 1.12; but GRU I = H = 128 (384 KiB), B = 16 0.80, RNN I = H = 256 (512 KiB), B = 8 0.81);
+// else small_call_threads. 1 under a forced serial schedule, all under another forced one
+// (results do not depend on it). The LSTM's own unpacked forward keeps small_call_threads (it
+// scaled from 128 KiB: I = H = 64, B = 16 0.86).
+inline int unpacked_forward_threads(index_t G, index_t I, index_t H, index_t T, index_t B,
+                                    int nthreads) {
+  const Schedule forced = schedule_override();
+  if (forced == Schedule::kSerial) return 1;
+  if (forced != Schedule::kAuto) return nthreads;
+  const double weights = static_cast<double>(G) * static_cast<double>(I + H);
+  if (weights < double(1 << 16)) return 1;
+  // (in double: an integer product of weights and rows could wrap)
+  return small_call_threads(weights * static_cast<double>(T) * static_cast<double>(B), nthreads);
+}
+
 // Blocks of W hidden units (the packed W_hh panels' width), the last one padded.
 inline index_t num_unit_blocks(const Kernels& k, index_t H) { return (H + k.W - 1) / k.W; }
 

@@ -525,20 +525,11 @@ void gru_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, fl
   const float* hp = unpacked_h_prev(hr, h0, y, T, B, H, bs, nullptr, &h_skip);
   // dW_hh in two blocks with h0 (step 0's rows, then the later steps'), as backward_products.
   UnpackedGrads g{};
-  g.T = T, g.B = B, g.I = I, g.H = H, g.G = G, g.bs = bs, g.N = N;
-  g.dzx = dxw, g.dzh = dhw;
-  g.xr = bs ? xr : x, g.hr = hp, g.h_skip = h_skip, g.h_split = h0 && N > n0 ? n0 : 0;
-  g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
-  g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
+  g.set_rows(T, B, I, H, G, bs, N);
+  g.set_operands(dxw, dhw, bs ? xr : x, hp, h_skip, h0 && N > n0 ? n0 : 0);
+  g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, fresh);
   const int P = unpacked_backward_threads(B, N, G, I, H, nthreads);
-  StepBarrier step_barrier;
-  run_team(P, [&] {
-    DenormalGuard ftz;
-    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
-    const int p = team_id(), np = team_size();
-    const index_t blocks = (H + 15) / 16;  // this thread's units, in 64-byte lines
-    const index_t u0 = std::min(H, blocks * p / np * 16);
-    const index_t u1 = std::min(H, blocks * (p + 1) / np * 16);
+  run_unit_team(P, H, [&](int p, int np, index_t u0, index_t u1) {
     index_t off = N;  // packed row of step t's row 0 (after the decrement below)
     for (index_t t = T - 1; t >= 0; --t) {
       const index_t rows = bs ? bs[t] : B;
@@ -562,15 +553,8 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
                   const float* hwn, const CellSizes& s, const index_t* bs, float* workspace,
                   const Kernels& kern, int nthreads, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 3 * H;
-  if (!db_ih) fresh &= ~4u;
-  if (!db_hh) fresh &= ~8u;
   const bool unpacked = unpacked_backward(T, B) && B > 0 && H > 0 && T > 0;
-  if (!unpacked) {  // the gradients to write start from zeros: the packed path adds into them
-    if (fresh & 1u) std::memset(dW_ih, 0, G * I * sizeof(float));
-    if (fresh & 2u) std::memset(dW_hh, 0, G * H * sizeof(float));
-    if (fresh & 4u) std::memset(db_ih, 0, G * sizeof(float));
-    if (fresh & 8u) std::memset(db_hh, 0, G * sizeof(float));
-  }
+  fresh = start_fresh_grads(fresh, unpacked, G, I, H, dW_ih, dW_hh, db_ih, db_hh);
   if (B == 0 || H == 0) {
     if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;

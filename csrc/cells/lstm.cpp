@@ -678,21 +678,12 @@ void lstm_backward_unpacked(float* dx, float* dh0, float* dc0, float* dW_ih, flo
   // dW_hh as the packed path sums it: one block (its gemm_dual), else h0's rows first.
   const bool dual = dual_weight_grad_floats(kern, s) > 0;
   UnpackedGrads g{};
-  g.T = T, g.B = B, g.I = I, g.H = H, g.G = G, g.bs = bs, g.order = order, g.N = N;
-  g.dzx = g.dzh = dz;
-  g.xr = bs ? xr : x, g.hr = hp, g.h_skip = h_skip;
-  g.h_split = h0 && !dual && N > n0 ? n0 : 0;
-  g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
-  g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh, g.fresh = fresh;
+  g.set_rows(T, B, I, H, G, bs, N);
+  g.order = order;
+  g.set_operands(dz, dz, bs ? xr : x, hp, h_skip, h0 && !dual && N > n0 ? n0 : 0);
+  g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, fresh);
   const int P = unpacked_backward_threads(B, N, G, I, H, nthreads);
-  StepBarrier step_barrier;
-  run_team(P, [&] {
-    DenormalGuard ftz;
-    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
-    const int p = team_id(), np = team_size();
-    const index_t blocks = (H + 15) / 16;  // this thread's units, in 64-byte lines
-    const index_t u0 = std::min(H, blocks * p / np * 16);
-    const index_t u1 = std::min(H, blocks * (p + 1) / np * 16);
+  run_unit_team(P, H, [&](int p, int np, index_t u0, index_t u1) {
     index_t off = N;  // packed row of step t's row 0 (after the decrement below)
     for (index_t t = T - 1; t >= 0; --t) {
       const index_t rows = bs ? bs[t] : B;

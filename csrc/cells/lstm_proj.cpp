@@ -356,12 +356,12 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
     index_t h_skip = 0;
     const float* hp = unpacked_h_prev(hr, h0, y, T, B, P, nullptr, nullptr, &h_skip);
     UnpackedGrads g{};
-    g.T = T, g.B = B, g.I = I, g.H = P, g.G = G, g.N = TB;
-    g.dzx = g.dzh = dz;
-    g.xr = x_operand(), g.hr = hp, g.h_skip = h_skip;
-    g.h_split = h0 && dual_floats(kern, s, P) == 0 && T > 1 ? B : 0;  // as the GEMMs below
-    g.W_ih = W_ih, g.dx = need_dx ? dx : nullptr;
-    g.dW_ih = dW_ih, g.dW_hh = dW_hh, g.db_ih = db_ih, g.db_hh = db_hh;
+    g.set_rows(T, B, I, P, G, nullptr, TB);
+    // (h_split as the GEMMs below)
+    g.set_operands(dz, dz, x_operand(), hp, h_skip,
+                   h0 && dual_floats(kern, s, P) == 0 && T > 1 ? B : 0);
+    // (fresh 0: this binding zeroes its gradients first, they are added to)
+    g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, 0u);
     // (dh_next and dW_hh over P, dm and dW_hr P x H: about P + P / 4 columns of 4H)
     const int NT = unpacked_backward_threads(B, TB, G, I, P + P / 4, nthreads);
     StepBarrier step_barrier;
@@ -369,14 +369,9 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
       DenormalGuard ftz;
       BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
       const int p = team_id(), np = team_size();
-      auto slice = [&](index_t n, index_t* c0, index_t* c1) {  // in 64-byte lines
-        const index_t blocks = (n + 15) / 16;
-        *c0 = std::min(n, blocks * p / np * 16);
-        *c1 = std::min(n, blocks * (p + 1) / np * 16);
-      };
-      index_t q0, q1, u0, u1;
-      slice(P, &q0, &q1);
-      slice(H, &u0, &u1);
+      index_t q0, q1, u0, u1;  // this thread's columns of P and of H, in 64-byte lines
+      line_slice(P, p, np, &q0, &q1);
+      line_slice(H, p, np, &u0, &u1);
       for (index_t t = T - 1; t >= 0; --t) {
         float* dz_t = dz + t * B * G;
         float* dh_t = dhs + t * B * P;

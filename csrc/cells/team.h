@@ -97,8 +97,60 @@ struct UnpackedGrads {
   float* db_ih;           // (G) or null
   float* db_hh;           // (G) or null
   unsigned fresh;         // bits: dW_ih, dW_hh, db_ih, db_hh written (=) rather than added to
+
+  // The sizes and rows, and the operands of the products, every cell's unpacked backward hands
+  // over alike (order, for the LSTM's unsorted rows, is set apart).
+  void set_rows(index_t t, index_t b, index_t i, index_t h, index_t g, const index_t* bs_,
+                index_t n) {
+    T = t, B = b, I = i, H = h, G = g, bs = bs_, N = n;
+  }
+  void set_operands(const float* dz_x, const float* dz_h, const float* x_rows,
+                    const float* h_rows, index_t skip, index_t split) {
+    dzx = dz_x, dzh = dz_h, xr = x_rows, hr = h_rows, h_skip = skip, h_split = split;
+  }
+  // The weights and gradients every cell's unpacked backward hands over alike.
+  void set_outputs(const float* w_ih, float* dx_, float* dw_ih, float* dw_hh, float* db_ih_,
+                   float* db_hh_, unsigned fresh_) {
+    W_ih = w_ih, dx = dx_, dW_ih = dw_ih, dW_hh = dw_hh, db_ih = db_ih_, db_hh = db_hh_;
+    fresh = fresh_;
+  }
 };
 void unpacked_grads(const Kernels& kern, const UnpackedGrads& g, int p, int np);
+
+// The fresh bits of a backward (UnpackedGrads::fresh) without those of absent biases; where the
+// packed path runs (!unpacked), the gradients to be written are zeroed first, since it adds
+// into them. dW_ih (G x I), dW_hh (G x H), db_ih and db_hh (G).
+inline unsigned start_fresh_grads(unsigned fresh, bool unpacked, index_t G, index_t I, index_t H,
+                                  float* dW_ih, float* dW_hh, float* db_ih, float* db_hh) {
+  if (!db_ih) fresh &= ~4u;
+  if (!db_hh) fresh &= ~8u;
+  if (!unpacked) {
+    if (fresh & 1u) std::memset(dW_ih, 0, G * I * sizeof(float));
+    if (fresh & 2u) std::memset(dW_hh, 0, G * H * sizeof(float));
+    if (fresh & 4u) std::memset(db_ih, 0, G * sizeof(float));
+    if (fresh & 8u) std::memset(db_hh, 0, G * sizeof(float));
+  }
+  return fresh;
+}
+
+// [c0, c1) of n columns (hidden units, input features) for thread p of np, on multiples of 16
+// floats (whole 64-byte lines: no line written by two threads).
+void line_slice(index_t n, int p, int np, index_t* c0, index_t* c1);
+
+// body(p, np, u0, u1) on a team of P threads (flush-to-zero, the fast step barrier), thread p
+// of np owning the units [u0, u1) of H (line_slice): the unpacked backwards' team region.
+template <class F>
+void run_unit_team(int P, index_t H, F&& body) {
+  StepBarrier step_barrier;
+  run_team(P, [&] {
+    DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
+    const int p = team_id(), np = team_size();
+    index_t u0, u1;
+    line_slice(H, p, np, &u0, &u1);
+    body(p, np, u0, u1);
+  });
+}
 
 // dW[j, :] (= or +=) sum over dz's rows k in [k0, k1) of dz[k * G + j] * src[(k - k0) * n + :]
 // for the rows j in [j0, j1) of dW (n columns): dZ^T . src as rows of dW, each row written once

@@ -13,13 +13,6 @@ namespace lstm_fast {
 namespace {
 std::atomic<bool> g_unpacked_backward{true};
 
-// [c0, c1) of n columns for thread p of np, on multiples of 16 (a 64-byte line of floats).
-void column_slice(index_t n, int p, int np, index_t* c0, index_t* c1) {
-  const index_t blocks = (n + 15) / 16;
-  *c0 = std::min(n, blocks * p / np * 16);
-  *c1 = std::min(n, blocks * (p + 1) / np * 16);
-}
-
 // db[j] (= or +=) the sum of dz[k, j] over k < N in order, from zero, for j in [j0, j1).
 void column_sums(index_t j0, index_t j1, index_t N, index_t G, const float* dz, float* db,
                  bool fresh) {
@@ -43,6 +36,12 @@ void unpacked_weight_rows(const Kernels& kern, index_t j0, index_t j1, index_t n
   }
 }
 
+void line_slice(index_t n, int p, int np, index_t* c0, index_t* c1) {
+  const index_t blocks = (n + 15) / 16;
+  *c0 = std::min(n, blocks * p / np * 16);
+  *c1 = std::min(n, blocks * (p + 1) / np * 16);
+}
+
 bool unpacked_backward_enabled() { return g_unpacked_backward.load(std::memory_order_relaxed); }
 void set_unpacked_backward_enabled(bool on) {
   g_unpacked_backward.store(on, std::memory_order_relaxed);
@@ -62,7 +61,7 @@ void unpacked_grads(const Kernels& kern, const UnpackedGrads& g, int p, int np) 
   // dx = dZ . W_ih, this thread's columns; rows in (T, B, I) (padding rows zero).
   if (g.dx) {
     index_t c0, c1;
-    column_slice(I, p, np, &c0, &c1);
+    line_slice(I, p, np, &c0, &c1);
     if (c1 > c0) {
       if (!g.bs) {
         rows_times_weights(kern, N, G, c0, c1, g.dzx, G, g.W_ih, I, g.dx, I, false);

@@ -1587,7 +1587,7 @@ class _FastCellMixin(_GraphFallback):
             # AttributeError, or read what was put in its place (a buffer, a plain tensor)
             return None
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
-        b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+        b_ih, b_hh = params["bias_ih"], params["bias_hh"]
         G = kernel.gates * H
         for t, want in ((w_ih, (G, I)), (w_hh, (G, H)), (b_ih, (G,)), (b_hh, (G,))):
             if t is None:
@@ -1601,17 +1601,16 @@ class _FastCellMixin(_GraphFallback):
         if dim == 1:
             input = input.unsqueeze(0)
             states = tuple(h.unsqueeze(0) for h in states)
-        h0, c0 = (tuple(states) + (None, None))[:2]
-        if torch.is_grad_enabled() and (
+        h0, c0 = (states + (None, None))[:2]
+        need_grad = torch.is_grad_enabled() and (
             input.requires_grad
             or any(t.requires_grad for t in states)
             or any(t is not None and t.requires_grad for t in weights)
-        ):
-            out = _Direction.apply(kernel, True, None, input.unsqueeze(0), h0, c0, *weights)[1:]
-        else:
-            a = [_array(t) for t in (input, h0, c0, *weights)]
-            _, h_n, c_n, _ = kernel.forward(a[0][None], *a[3:], a[1], a[2], False, None)
-            out = (torch.from_numpy(h_n),) + ((torch.from_numpy(c_n),) if kernel.has_cell else ())
+        )
+        # (as the general path: a step is a sequence of T = 1, y unused)
+        out = (_Direction.apply if need_grad else _direction_no_graph)(
+            kernel, need_grad, None, input.unsqueeze(0), h0, c0, *weights
+        )[1:]
         if dim == 1:
             out = tuple(o.squeeze(0) for o in out)
         return out if kernel.has_cell else out[0]

@@ -10,6 +10,8 @@
 // Loop tails are handled here: a partial vector is loaded into a zeroed register-sized buffer
 // and stored back lane by lane, through the same arithmetic as full vectors, so the result of
 // every element is independent of where a tile or a thread's slice starts (bitwise determinism).
+#include <algorithm>
+
 #include "dispatch.h"
 #include "kernels.h"
 
@@ -651,16 +653,29 @@ void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* 
 }
 
 // C += A . Wm^T over rows of both: four rows of A at a time against four rows of Wm (16
-// accumulators, 8 loads per 16 FMAs), a row tail of A (M % 4) in one pass over Wm too.
+// accumulators, 8 loads per 16 FMAs), a row tail of A (M % 4) in one pass over Wm too. Wm's
+// rows go in blocks (a multiple of 4 rows, about 20 KiB) that stay in L1 while every row of A
+// runs against them, and each group of four A rows stays in L1 across the block's groups of
+// four W rows: A streams from L2 once per block instead of Wm once per four rows of A (with
+// many rows, Wm's 4 loads per 16 FMAs from L2 bound the loop). The tiles and each element's
+// arithmetic are those of an unblocked pass (blocks start at multiples of four rows of Wm).
 void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
              index_t ldw, float* C, index_t ldc) {
-  index_t m = 0;
-  for (; m + 4 <= M; m += 4) nt_rows<4>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
-  switch (M - m) {
-    case 3: return nt_rows<3>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
-    case 2: return nt_rows<2>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
-    case 1: return nt_rows<1>(N, K, A + m * lda, lda, Wm, ldw, C + m * ldc, ldc, true);
-    default: return;
+  constexpr index_t kBlockBytes = 20 << 10;
+  const index_t row_bytes = std::max<index_t>(1, K) * static_cast<index_t>(sizeof(float));
+  const index_t nb = M <= 4 ? N : std::clamp<index_t>(kBlockBytes / row_bytes / 4 * 4, 4, 256);
+  for (index_t n0 = 0; n0 < N; n0 += nb) {
+    const index_t n = std::min(nb, N - n0);
+    const float* Wb = Wm + n0 * ldw;
+    float* Cb = C + n0;
+    index_t m = 0;
+    for (; m + 4 <= M; m += 4) nt_rows<4>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true);
+    switch (M - m) {
+      case 3: nt_rows<3>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true); break;
+      case 2: nt_rows<2>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true); break;
+      case 1: nt_rows<1>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true); break;
+      default: break;
+    }
   }
 }
 

@@ -250,6 +250,12 @@ namespace {
 // 0.74x torch's speed packed, 2.2x unpacked; T = 5, B = 1, I = 100: 0.77x packed.
 bool use_unpacked(const CellSizes& s) { return unpacked_forward(s.T, s.B, s.H, s.I, true); }
 
+// A single step past the unpacked path's rows with large weights (one_step_weights, team.h):
+// the GEMMs of one_step_columns instead of W_hh packed whole for one step.
+bool one_step_gemm(const CellSizes& s) {
+  return s.T == 1 && one_step_weights(3 * s.H, s.I, s.H, kOneStepGatedBytes) && !use_unpacked(s);
+}
+
 // The batch split's own-rows projection (gru_forward): each thread projects at least this many
 // of its rows at once, while W_hh takes at most kOwnRowsMaxWhh bytes.
 constexpr index_t kOwnProjRows = 64;
@@ -341,6 +347,29 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
     zero_padding(hwn, s, bs);
   }
 
+  if (one_step_gemm(s)) {
+    // One step of many rows: xp = b_ih + x . W_ih^T and hw = h0 . W_hh^T from GEMMs over the
+    // threads' columns, then the gate maths of each thread's rows (team.h, one_step_columns).
+    const index_t rows = bs ? bs[0] : B;
+    const int P = one_step_threads(rows, G, I, H, h0 != nullptr, nthreads);
+    StepBarrier step_barrier;
+    run_team(P, [&] {
+      DenormalGuard ftz;
+      BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
+      const int p = team_id(), np = team_size();
+      index_t n0, n1;
+      column_share(G, kern.NR, p, np, &n0, &n1);
+      one_step_columns(kern, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh, b_ih, xp, hw);
+      if (np > 1) team_barrier();
+      const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
+      if (r1 > r0)
+        ck.gru_fwd(r1 - r0, H, 0, H, y + r0 * H, training ? xp + r0 * G : nullptr,
+                   training ? hwn + r0 * H : nullptr, xp + r0 * G, hw + r0 * G, b_hh,
+                   h_init + r0 * H);
+    });
+    final_state(h_n, y, h_init, s, bs);
+    return;
+  }
   Schedule sched = choose_schedule(kern, s, G, nthreads);
   if (unpacked) {
     sched = H > 8 && unpacked_forward_threads(G, I, H, T, B, nthreads) > 1 ? Schedule::kUnits

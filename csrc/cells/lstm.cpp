@@ -181,9 +181,51 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   });
 }
 
+// One step of many rows (one_step_gemm): the pre-activations from two GEMMs, xp = b_ih + b_hh
+// + x . W_ih^T, then xp += h0 . W_hh^T (none without h0: it is zero), and the gate maths with
+// the threads splitting the rows (the packed step kernel's epilogue, with no depth). Nothing is
+// packed for a recurrence: the GEMM packs each block of W_hh just before its use, where the
+// gate panels of the packed path are written whole and read back from L2 or L3 once, which
+// for a single step cost as much as its product. xp: the gates cache in training.
+void lstm_forward_one_step(float* y, float* gates, float* c_out, const float* x,
+                           const float* h0, const float* c_init, const float* W_ih,
+                           const float* W_hh, const float* b_ih, const float* b_hh,
+                           const LstmSizes& s, index_t rows, float* xp, const Kernels& kern,
+                           int nthreads) {
+  const index_t I = s.I, H = s.H, G = 4 * H;
+  if (rows <= 0) return;
+  const std::vector<float> bias = summed_bias(b_ih, b_hh, G);  // as gemm_bias2 sums them
+  const int P = one_step_threads(rows, G, I, H, h0 != nullptr, nthreads);
+  const float* h_prev = h0 ? h0 : c_init;  // (not read with no depth: any (rows, H) array)
+  StepBarrier step_barrier;
+  run_team(P, [&] {
+    DenormalGuard ftz;
+    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
+    const int p = team_id(), np = team_size();
+    index_t n0, n1;
+    column_share(G, kern.NR, p, np, &n0, &n1);
+    one_step_columns(kern, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh,
+                     bias.empty() ? nullptr : bias.data(), xp, nullptr);
+    if (np > 1) team_barrier();
+    // The gate maths of this thread's rows (the packed step kernel's epilogue, no depth).
+    const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
+    if (r1 > r0)
+      kern.lstm_fwd_rows(r1 - r0, H, 0, 0, num_unit_blocks(kern, H), y + r0 * H, H,
+                         c_out + r0 * H, gates ? xp + r0 * G : nullptr, h_prev + r0 * H, H,
+                         c_init + r0 * H, xp + r0 * G, nullptr);
+  });
+}
+
 // Few rows in all: packing W_hh (and W_ih for the projection GEMM) would cost more than the
 // steps save (a cell step, a short chunk; unpacked_forward, team.h).
 bool use_unpacked(const LstmSizes& s) { return unpacked_forward(s.T, s.B, s.H, s.I, true); }
+
+// A single step past the unpacked path's rows with large weights (one_step_weights, team.h),
+// from x (not an embedding's table) in the rows' own order: lstm_forward_one_step.
+bool one_step_gemm(const LstmSizes& s, const int64_t* order) {
+  return s.T == 1 && !order && one_step_weights(4 * s.H, s.I, s.H, kOneStepGatedBytes) &&
+         !use_unpacked(s);
+}
 
 }  // namespace
 
@@ -406,6 +448,12 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
+  if (!ids && one_step_gemm(s, order)) {
+    lstm_forward_one_step(y, gates, training ? cells : state, x, h0, c_init, W_ih, W_hh, b_ih,
+                          b_hh, s, bs ? bs[0] : B, training ? gates : xp_buf, kern, nthreads);
+    final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
+    return;
+  }
   // Step t's operands: h_prev and h_out (in y, or with an order in the ring of two sorted
   // steps), c_prev and c_out (the training cache, or the inference state).
   auto h_prev_of = [&](index_t t) -> const float* {

@@ -41,6 +41,25 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   float* xg = zeros + B * H;              // (T*B, I) with batch_sizes: x's active rows, packed
   std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
+  const index_t rows_1 = bs ? bs[0] : B;  // a single step's active rows
+  if (T == 1 && !unpacked && rows_1 >= kOneStepRnnRows &&
+      one_step_weights(H, s.I, H, kOneStepRnnBytes)) {
+    // One step of many rows: y = b_ih + b_hh + x . W_ih^T + h0 . W_hh^T from GEMMs over the
+    // threads' units (team.h, one_step_columns), then each thread's activation of its units.
+    const index_t rows = rows_1;
+    zero_padding(y, s, bs);
+    const std::vector<float> bias = summed_bias(b_ih, b_hh, H);  // as gemm_bias2 sums them
+    run_team(one_step_threads(rows, H, s.I, H, h0 != nullptr, nthreads), [&] {
+      DenormalGuard ftz;
+      index_t u0, u1;
+      column_share(H, kern.NR, team_id(), team_size(), &u0, &u1);
+      one_step_columns(kern, rows, H, s.I, H, u0, u1, x, h0, W_ih, W_hh,
+                       bias.empty() ? nullptr : bias.data(), y, nullptr);
+      if (u1 > u0 && rows > 0) ck.rnn_fwd(rows, H, u0, u1, y, relu);
+    });
+    final_state(h_n, y, h_init, s, bs);
+    return;
+  }
   // y starts as the hoisted input projection x . W_ih^T + b_ih + b_hh (zero on padding rows);
   // each step adds h_prev . W_hh^T and applies the activation in place. With batch_sizes the
   // projection lands packed at y's start and is then spread to its rows.

@@ -233,6 +233,69 @@ inline void input_projection(const Kernels& kern, index_t rows, index_t G, index
              nthreads, Wip);
 }
 
+// One step of many rows, where no recurrence amortises packing (the cells' one-step paths,
+// one_step_gemm in lstm.cpp and gru.cpp, rnn_forward): the pre-activations come from GEMMs
+// that pack each block of the weights just before using it, where the recurrent paths pack
+// W_hh whole first (written, then read back from L2 or L3: for one step about as costly as the
+// product) and run a step kernel made for long sequences. Taken past the unpacked path's rows
+// (unpacked_forward) when the weights (G x (I + H) floats) are large: from 768 KiB for the
+// LSTM and GRU, from 256 KiB and 128 rows for the RNN. Below that the batch split with the
+// weights packed into its own cache stays faster. In-process A/B, 2 threads, Xeon (2 MiB L2),
+// forward time new / old, (B, I, H): LSTM (128, 100, 256) 0.85, (64, 100, 256) 0.72,
+// (32, 256, 256) 0.84, (64, 200, 200) 0.66, (128, 512, 512) 0.75, (8, 64, 512) 0.88, but
+// (128, 128, 128) 1.07 and (256, 64, 64) 1.41; GRU (128, 100, 256) 0.72, (64, 100, 256) 0.67,
+// (64, 200, 200) 0.84, (128, 1024, 1024) 0.86, (32, 256, 256) and (64, 512, 512) 0.99-1.04,
+// (256, 128, 128) 1.15; RNN (128, 100, 256) 0.77-0.81, (128, 512, 512) 0.76,
+// (256, 256, 256) 0.93, 32 or 64 rows 0.99-1.01, (256, 128, 128) 1.29.
+inline bool one_step_weights(index_t G, index_t I, index_t H, double min_bytes) {
+  return 4.0 * static_cast<double>(G) * static_cast<double>(I + H) >= min_bytes;
+}
+constexpr double kOneStepGatedBytes = 768 << 10;
+constexpr double kOneStepRnnBytes = 256 << 10;
+constexpr index_t kOneStepRnnRows = 128;
+
+// The columns [n0, n1) of one step's products, on the calling thread (a team member):
+// xp[r, n0:n1] = bias[n0:n1] (0 when null) + x[r] . W_ih[n0:n1]^T, then h0[r] . W_hh[n0:n1]^T
+// added to it, or written to hw[r, n0:n1] when hw is given; h0 null: zero (nothing computed).
+// Each element is summed as one GEMM (gemm_bias2, gemm) over all columns would sum it, so the
+// bits do not depend on how the columns are split.
+inline void one_step_columns(const Kernels& kern, index_t rows, index_t G, index_t I,
+                             index_t H, index_t n0, index_t n1, const float* x, const float* h0,
+                             const float* W_ih, const float* W_hh, const float* bias, float* xp,
+                             float* hw) {
+  if (n1 <= n0 || rows <= 0) return;
+  const index_t n = n1 - n0;
+  for (index_t r = 0; r < rows; ++r) {
+    if (bias)
+      std::memcpy(xp + r * G + n0, bias + n0, n * sizeof(float));
+    else
+      std::memset(xp + r * G + n0, 0, n * sizeof(float));
+    if (hw && !h0) std::memset(hw + r * G + n0, 0, n * sizeof(float));
+  }
+  gemm_serial(kern, rows, n, I, MatView{x, I, 1}, MatView{W_ih + n0 * I, 1, I}, xp + n0, G, true);
+  if (!h0) return;
+  float* c = hw ? hw : xp;
+  gemm_serial(kern, rows, n, H, MatView{h0, H, 1}, MatView{W_hh + n0 * H, 1, H}, c + n0, G,
+              hw == nullptr);
+}
+
+// A thread's share [n0, n1) of G columns split in blocks of `grain` (team_id p of np).
+inline void column_share(index_t G, index_t grain, int p, int np, index_t* n0, index_t* n1) {
+  const index_t nblk = (G + grain - 1) / grain;
+  *n0 = std::min(G, nblk * p / np * grain);
+  *n1 = std::min(G, nblk * (p + 1) / np * grain);
+}
+
+// The team of a one-step path: small_call_threads of its multiply-adds, one under a forced
+// serial schedule.
+inline int one_step_threads(index_t rows, index_t G, index_t I, index_t H, bool h0,
+                            int nthreads) {
+  if (schedule_override() == Schedule::kSerial) return 1;
+  const double fma = static_cast<double>(rows) * static_cast<double>(G) *
+                     static_cast<double>(I + (h0 ? H : 0));
+  return small_call_threads(fma, nthreads);
+}
+
 // The batch split's own-rows input projection (lstm.cpp, gru.cpp), one block: the active rows
 // among [r0, r1) of steps t0, t0 + 1, ... (bs null: all B rows active), while the steps last
 // (to t1) and the rows fit in cap, are gathered from x (row order[r] of a step for sorted row r

@@ -613,10 +613,28 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   // copies are small (backward_copy_floats), as in the forward.
   const index_t copy = backward_copy_floats(kern, s, nthreads);
   const bool own_copies = sched == Schedule::kBatch && P > 1 && copy > 0;
-  if (!own_copies) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+  // One step of many rows with large weights (as the forward's one_step_gemm): the pointwise
+  // step, then dh0 += dhw . W_hh from the GEMM (W_hh's blocks packed just before their use)
+  // instead of W_hh's panels packed whole for a single product.
+  const bool one_step = T == 1 && one_step_weights(G, I, H, kOneStepGatedBytes);
+  if (one_step) {
+    const index_t rows = bs ? bs[0] : B;
+    run_team(one_step_threads(rows, G, H, 0, false, nthreads), [&] {
+      DenormalGuard ftz;
+      const int p = team_id(), np = team_size();
+      const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
+      if (r1 > r0)
+        ck.gru_bwd(r1 - r0, H, 0, H, dxw + r0 * G, dhw + r0 * G, dh0 + r0 * H,
+                   dy ? dy + r0 * H : nullptr, gates + r0 * G, hwn + r0 * H, h_init + r0 * H);
+    });
+    if (rows > 0)
+      gemm(kern, rows, H, G, MatView{dhw, G, 1}, MatView{W_hh, H, 1}, dh0, H, true, nthreads);
+  } else if (!own_copies) {
+    pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
+  }
 
   StepBarrier step_barrier;
-  run_team(P, [&] {
+  if (!one_step) run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();

@@ -838,22 +838,45 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   // together (step_dx_floats). In-process A/B, training, against the GEMM after the loop: 2
   // threads S6 0.974-1.002x, (100, 32, 128, 128) 0.961-0.983x, (100, 16, 128, 128) 0.980x; 1
   // thread S6 0.995x, (100, 32, 128, 128) 0.960x.
+  // One step of many rows with large weights (as the forward's one_step_gemm): the pointwise
+  // step, then dh0 = dZ . W_hh from the GEMM, which packs W_hh's blocks just before their use,
+  // instead of W_hh's panels packed whole for a single product (and W_ih's for the step's dx:
+  // dx comes from the GEMM below). In-process A/B, 2 threads, backward time new / old,
+  // (B, I, H): (32, 256, 256) 0.90, (128, 512, 512) 0.88, (65, 1, 256) 0.91, (8, 64, 512)
+  // 0.96, (64, 200, 200) 0.98, (128, 100, 256) 0.99.
+  const bool one_step = T == 1 && !ids && !order && !unpacked_dh &&
+                        one_step_weights(G, I, H, kOneStepGatedBytes);
   const index_t rows_each = sched == Schedule::kSerial ? B : B / std::max(1, P);
-  const bool step_dx = need_dx && dx && !bs && !ids && !unpacked_dh &&
+  const bool step_dx = !one_step && need_dx && dx && !bs && !ids && !unpacked_dh &&
                        sched != Schedule::kUnits && rows_each >= 4 &&
                        step_dx_floats(kern, s) > 0;
   // Threads owning rows each pack their own copy of the panels in the team region where the
   // copies are small (backward_copy_floats), as the forward's batch split does.
   const index_t copy = backward_copy_floats(kern, s, nthreads);
-  const bool own_copies = sched == Schedule::kBatch && P > 1 && !unpacked_dh && copy > 0;
+  const bool own_copies =
+      !one_step && sched == Schedule::kBatch && P > 1 && !unpacked_dh && copy > 0;
   const index_t wb_floats = nbj * kern.NR * G;
-  if (!own_copies) {
+  if (one_step) {
+    const index_t rows = bs ? bs[0] : B;
+    const int P1 = one_step_threads(rows, G, H, 0, false, nthreads);
+    run_team(P1, [&] {
+      DenormalGuard ftz;
+      const int p = team_id(), np = team_size();
+      const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
+      if (r1 > r0)
+        kern.lstm_bwd_pointwise(r1 - r0, H, 0, H, dz + r0 * G, dc0 + r0 * H, gates + r0 * G,
+                                cells + r0 * H, c_init + r0 * H, dy ? dy + r0 * H : nullptr,
+                                dh0 + r0 * H);
+    });
+    if (rows > 0)
+      gemm(kern, rows, H, G, MatView{dz, G, 1}, MatView{W_hh, H, 1}, dh0, H, false, nthreads);
+  } else if (!own_copies) {
     if (!unpacked_dh) pack_b_panels(kern, G, 0, H, MatView{W_hh, H, 1}, Wb);
     if (step_dx) pack_b_panels(kern, G, 0, I, MatView{W_ih, I, 1}, Wib);
   }
 
   StepBarrier step_barrier;
-  run_team(P, [&] {
+  if (!one_step) run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();

@@ -221,12 +221,29 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   // backward_products's gemm_dual scratch, when reserved (backward_dual_floats)
   float* dual = backward_dual_floats(kern, s) > 0 ? hp + (bs ? T * B * H : 0) : nullptr;
   std::memset(zeros, 0, B * H * sizeof(float));
-  pack_b_panels(kern, H, 0, H, MatView{W_hh, H, 1}, Wb);
   const Schedule sched = choose_schedule(kern, s, H, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
+  // One step of many rows with large weights (as the forward's): the pointwise step, then
+  // dh0 = da . W_hh from the GEMM instead of W_hh's panels packed whole for one product.
+  const index_t rows_1 = bs ? bs[0] : B;  // a single step's active rows
+  const bool one_step =
+      T == 1 && rows_1 >= kOneStepRnnRows && one_step_weights(H, I, H, kOneStepRnnBytes);
+  if (one_step) {
+    run_team(one_step_threads(rows_1, H, H, 0, false, nthreads), [&] {
+      DenormalGuard ftz;
+      const int p = team_id(), np = team_size();
+      const index_t r0 = rows_1 * p / np, r1 = rows_1 * (p + 1) / np;
+      if (r1 > r0)
+        ck.rnn_bwd(r1 - r0, H, 0, H, da + r0 * H, dh0 + r0 * H, dy ? dy + r0 * H : nullptr,
+                   y + r0 * H, relu);
+    });
+    gemm(kern, rows_1, H, H, MatView{da, H, 1}, MatView{W_hh, H, 1}, dh0, H, false, nthreads);
+  } else {
+    pack_b_panels(kern, H, 0, H, MatView{W_hh, H, 1}, Wb);
+  }
 
   StepBarrier step_barrier;
-  run_team(P, [&] {
+  if (!one_step) run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();

@@ -246,7 +246,11 @@ inline void input_projection(const Kernels& kern, index_t rows, index_t G, index
 // (128, 128, 128) 1.07 and (256, 64, 64) 1.41; GRU (128, 100, 256) 0.72, (64, 100, 256) 0.67,
 // (64, 200, 200) 0.84, (128, 1024, 1024) 0.86, (32, 256, 256) and (64, 512, 512) 0.99-1.04,
 // (256, 128, 128) 1.15; RNN (128, 100, 256) 0.77-0.81, (128, 512, 512) 0.76,
-// (256, 256, 256) 0.93, 32 or 64 rows 0.99-1.01, (256, 128, 128) 1.29.
+// (256, 256, 256) 0.93, 32 or 64 rows 0.99-1.01, (256, 128, 128) 1.29. The backwards of the
+// same shapes (past unpacked_backward's rows) take dh0 = dZ . W_hh from the GEMM as well, after
+// the pointwise step: backward time new / old LSTM (32, 256, 256) 0.90, (128, 512, 512) 0.88,
+// (128, 100, 256) 0.99; GRU (65, 17, 300) 0.89, (128, 512, 512) 0.96, (128, 100, 256) 1.01;
+// RNN (128, 100, 256) 0.92, (128, 512, 512) 0.89, (256, 256, 256) 0.84.
 inline bool one_step_weights(index_t G, index_t I, index_t H, double min_bytes) {
   return 4.0 * static_cast<double>(G) * static_cast<double>(I + H) >= min_bytes;
 }

@@ -1,7 +1,8 @@
-"""The forward's one-step path (a single step of many rows with large weights: the products
-from GEMMs over the threads' columns, then the gate maths; one_step_weights in
-csrc/cells/team.h: from 768 KiB of weights for the LSTM and GRU, from 256 KiB and 128 active
-rows for the RNN), on both sides of its edges, for the LSTM, GRU and RNN: against the float64
+"""The forward's one-step path (a single step of many rows with large weights, or two steps of
+an LSTM with every row active: the products from GEMMs over the threads' columns, then the gate
+maths; one_step_weights in csrc/cells/team.h: from 768 KiB of weights for the LSTM and GRU,
+from 256 KiB and 128 active rows for the RNN) and the backward's (dh0 from the GEMM), on both
+sides of their edges, for the LSTM, GRU and RNN: against the float64
 reference (forward, training forward and backward with random upstream gradients, lengths with
 NaN padding, no h0, no bias), on every ISA, and bitwise across thread counts and schedules.
 Also: a layer's one-step call after a sequence (the recurrent path) gives a fresh layer's bits
@@ -22,6 +23,11 @@ CASES = [
     C("lstm", 1, 70, 300, 129, lengths="zeros", bias=False),
     C("lstm", 1, 66, 300, 129, lengths="random", unsorted=True),  # an order: recurrent path
     C("lstm", 1, 65, 100, 128, upstream="y"),  # 456 KiB: recurrent path
+    # the LSTM's two-step form: every row active, T * B past the unpacked path's 64 rows
+    C("lstm", 2, 40, 200, 200),
+    C("lstm", 2, 33, 300, 129, h0=False, upstream="states", bias=False),
+    C("lstm", 2, 40, 17, 256, lengths="random"),  # lengths: recurrent path
+    C("lstm", 3, 40, 200, 200, upstream="y"),  # three steps: recurrent path
     # GRU: 12 H (I + H) bytes from 768 KiB
     C("gru", 1, 65, 17, 300),
     C("gru", 1, 70, 255, 200, lengths="random", bias=False),

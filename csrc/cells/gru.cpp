@@ -359,7 +359,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
       const int p = team_id(), np = team_size();
       index_t n0, n1;
       column_share(G, kern.NR, p, np, &n0, &n1);
-      one_step_columns(kern, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh, b_ih, xp, hw);
+      one_step_columns(kern, rows, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh, b_ih, xp, hw);
       if (np > 1) team_barrier();
       const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
       if (r1 > r0)

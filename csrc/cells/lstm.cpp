@@ -181,22 +181,25 @@ void lstm_forward_unpacked(float* y, float* gates, float* cells, const float* x,
   });
 }
 
-// One step of many rows (one_step_gemm): the pre-activations from two GEMMs, xp = b_ih + b_hh
-// + x . W_ih^T, then xp += h0 . W_hh^T (none without h0: it is zero), and the gate maths with
-// the threads splitting the rows (the packed step kernel's epilogue, with no depth). Nothing is
-// packed for a recurrence: the GEMM packs each block of W_hh just before its use, where the
-// gate panels of the packed path are written whole and read back from L2 or L3 once, which
-// for a single step cost as much as its product. xp: the gates cache in training.
-void lstm_forward_one_step(float* y, float* gates, float* c_out, const float* x,
+// One to kOneStepMaxT steps of many rows (one_step_gemm): the pre-activations from GEMMs over
+// each thread's columns, xp = b_ih + b_hh + x . W_ih^T for every step's rows, then per step
+// xp_t += h_prev . W_hh^T (none at step 0 without h0: it is zero) and, after the team meets,
+// the gate maths of each thread's rows (the packed step kernel's epilogue, with no depth).
+// Nothing is packed for a recurrence: the GEMM packs each block of W_hh just before its use,
+// where the gate panels of the packed path are written whole and read back from L2 or L3,
+// which for a step or two cost about as much as their products. rows: step 0's active rows
+// (all B for T > 1: no batch_sizes there); xp: the gates cache in training; cells: the
+// training cache (T, B, H), or null (inference: the c state in `state`).
+void lstm_forward_one_step(float* y, float* gates, float* cells, float* state, const float* x,
                            const float* h0, const float* c_init, const float* W_ih,
                            const float* W_hh, const float* b_ih, const float* b_hh,
                            const LstmSizes& s, index_t rows, float* xp, const Kernels& kern,
                            int nthreads) {
-  const index_t I = s.I, H = s.H, G = 4 * H;
+  const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   if (rows <= 0) return;
+  const index_t rows_x = T == 1 ? rows : T * B;
   const std::vector<float> bias = summed_bias(b_ih, b_hh, G);  // as gemm_bias2 sums them
-  const int P = one_step_threads(rows, G, I, H, h0 != nullptr, nthreads);
-  const float* h_prev = h0 ? h0 : c_init;  // (not read with no depth: any (rows, H) array)
+  const int P = one_step_threads(rows_x, G, I, H, h0 != nullptr || T > 1, nthreads);
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;
@@ -204,15 +207,25 @@ void lstm_forward_one_step(float* y, float* gates, float* c_out, const float* x,
     const int p = team_id(), np = team_size();
     index_t n0, n1;
     column_share(G, kern.NR, p, np, &n0, &n1);
-    one_step_columns(kern, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh,
+    one_step_columns(kern, rows_x, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh,
                      bias.empty() ? nullptr : bias.data(), xp, nullptr);
-    if (np > 1) team_barrier();
-    // The gate maths of this thread's rows (the packed step kernel's epilogue, no depth).
     const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
-    if (r1 > r0)
-      kern.lstm_fwd_rows(r1 - r0, H, 0, 0, num_unit_blocks(kern, H), y + r0 * H, H,
-                         c_out + r0 * H, gates ? xp + r0 * G : nullptr, h_prev + r0 * H, H,
-                         c_init + r0 * H, xp + r0 * G, nullptr);
+    for (index_t t = 0; t < T; ++t) {
+      float* xp_t = xp + t * B * G;
+      const float* h_prev = t == 0 ? (h0 ? h0 : c_init) : y + (t - 1) * B * H;
+      if (t > 0 && n1 > n0)
+        gemm_serial(kern, B, n1 - n0, H, MatView{h_prev, H, 1}, MatView{W_hh + n0 * H, 1, H},
+                    xp_t + n0, G, true);
+      if (np > 1) team_barrier();
+      // The gate maths of this thread's rows (with no depth, h_prev is not read).
+      const float* c_prev = t == 0 ? c_init : cells ? cells + (t - 1) * B * H : state;
+      float* c_out = cells ? cells + t * B * H : state;
+      if (r1 > r0)
+        kern.lstm_fwd_rows(r1 - r0, H, 0, 0, num_unit_blocks(kern, H), y + t * B * H + r0 * H, H,
+                           c_out + r0 * H, gates ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
+                           c_prev + r0 * H, xp_t + r0 * G, nullptr);
+      if (np > 1 && t + 1 < T) team_barrier();  // h_t complete before step t + 1's product
+    }
   });
 }
 
@@ -220,11 +233,13 @@ void lstm_forward_one_step(float* y, float* gates, float* c_out, const float* x,
 // steps save (a cell step, a short chunk; unpacked_forward, team.h).
 bool use_unpacked(const LstmSizes& s) { return unpacked_forward(s.T, s.B, s.H, s.I, true); }
 
-// A single step past the unpacked path's rows with large weights (one_step_weights, team.h),
-// from x (not an embedding's table) in the rows' own order: lstm_forward_one_step.
-bool one_step_gemm(const LstmSizes& s, const int64_t* order) {
-  return s.T == 1 && !order && one_step_weights(4 * s.H, s.I, s.H, kOneStepGatedBytes) &&
-         !use_unpacked(s);
+// One step (any rows) or up to kOneStepMaxT steps (all rows active) past the unpacked path's
+// rows with large weights (one_step_weights, team.h), from x (not an embedding's table) in the
+// rows' own order: lstm_forward_one_step.
+bool one_step_gemm(const LstmSizes& s, const index_t* bs, const int64_t* order) {
+  // (T > 1: the inference workspace holds the whole projection only when chunk_steps covers T)
+  return (s.T == 1 || (s.T <= kOneStepMaxT && !bs && chunk_steps(s) >= s.T)) && !order &&
+         one_step_weights(4 * s.H, s.I, s.H, kOneStepGatedBytes) && !use_unpacked(s);
 }
 
 }  // namespace
@@ -448,9 +463,10 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
   if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
-  if (!ids && one_step_gemm(s, order)) {
-    lstm_forward_one_step(y, gates, training ? cells : state, x, h0, c_init, W_ih, W_hh, b_ih,
-                          b_hh, s, bs ? bs[0] : B, training ? gates : xp_buf, kern, nthreads);
+  if (!ids && one_step_gemm(s, bs, order)) {
+    lstm_forward_one_step(y, gates, training ? cells : nullptr, state, x, h0, c_init, W_ih, W_hh,
+                          b_ih, b_hh, s, bs ? bs[0] : B, training ? gates : xp_buf, kern,
+                          nthreads);
     final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
     return;
   }

@@ -53,7 +53,7 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
       DenormalGuard ftz;
       index_t u0, u1;
       column_share(H, kern.NR, team_id(), team_size(), &u0, &u1);
-      one_step_columns(kern, rows, H, s.I, H, u0, u1, x, h0, W_ih, W_hh,
+      one_step_columns(kern, rows, rows, H, s.I, H, u0, u1, x, h0, W_ih, W_hh,
                        bias.empty() ? nullptr : bias.data(), y, nullptr);
       if (u1 > u0 && rows > 0) ck.rnn_fwd(rows, H, u0, u1, y, relu);
     });

@@ -257,29 +257,39 @@ inline bool one_step_weights(index_t G, index_t I, index_t H, double min_bytes) 
 constexpr double kOneStepGatedBytes = 768 << 10;
 constexpr double kOneStepRnnBytes = 256 << 10;
 constexpr index_t kOneStepRnnRows = 128;
+// The LSTM's few-step form (lstm.cpp, one_step_gemm): up to two steps with every row active.
+// Forward new / old (the packed path), 2 threads, (T, B, I, H): (2, 64, 256, 256) 0.81,
+// (2, 48, 300, 300) 0.79, (2, 40, 200, 200) 0.90, (2, 96, 256, 256) 0.91, (2, 128, 512, 512)
+// 0.88, (2, 128, 100, 256) 1.00; three steps gain less or lose where W_hh packed once serves
+// all of them: (3, 32, 512, 512) 0.78, (3, 64, 256, 256) 0.91, but (3, 64, 100, 256) 1.03,
+// (3, 128, 100, 256) 1.07.
+constexpr index_t kOneStepMaxT = 2;
 
-// The columns [n0, n1) of one step's products, on the calling thread (a team member):
-// xp[r, n0:n1] = bias[n0:n1] (0 when null) + x[r] . W_ih[n0:n1]^T, then h0[r] . W_hh[n0:n1]^T
-// added to it, or written to hw[r, n0:n1] when hw is given; h0 null: zero (nothing computed).
-// Each element is summed as one GEMM (gemm_bias2, gemm) over all columns would sum it, so the
-// bits do not depend on how the columns are split.
-inline void one_step_columns(const Kernels& kern, index_t rows, index_t G, index_t I,
-                             index_t H, index_t n0, index_t n1, const float* x, const float* h0,
-                             const float* W_ih, const float* W_hh, const float* bias, float* xp,
-                             float* hw) {
-  if (n1 <= n0 || rows <= 0) return;
+// The columns [n0, n1) of the one-step paths' products, on the calling thread (a team member):
+// xp[r, n0:n1] = bias[n0:n1] (0 when null) + x[r] . W_ih[n0:n1]^T for rows_x rows, then
+// h0[r] . W_hh[n0:n1]^T for the first rows_h of them, added to xp or written to hw[r, n0:n1]
+// when hw is given; h0 null: zero (nothing computed). Each element is summed as one GEMM
+// (gemm_bias2, gemm) over all columns would sum it, so the bits do not depend on how the
+// columns are split.
+inline void one_step_columns(const Kernels& kern, index_t rows_x, index_t rows_h, index_t G,
+                             index_t I, index_t H, index_t n0, index_t n1, const float* x,
+                             const float* h0, const float* W_ih, const float* W_hh,
+                             const float* bias, float* xp, float* hw) {
+  if (n1 <= n0 || rows_x <= 0) return;
   const index_t n = n1 - n0;
-  for (index_t r = 0; r < rows; ++r) {
+  for (index_t r = 0; r < rows_x; ++r) {
     if (bias)
       std::memcpy(xp + r * G + n0, bias + n0, n * sizeof(float));
     else
       std::memset(xp + r * G + n0, 0, n * sizeof(float));
-    if (hw && !h0) std::memset(hw + r * G + n0, 0, n * sizeof(float));
   }
-  gemm_serial(kern, rows, n, I, MatView{x, I, 1}, MatView{W_ih + n0 * I, 1, I}, xp + n0, G, true);
-  if (!h0) return;
+  if (hw && !h0)
+    for (index_t r = 0; r < rows_h; ++r) std::memset(hw + r * G + n0, 0, n * sizeof(float));
+  gemm_serial(kern, rows_x, n, I, MatView{x, I, 1}, MatView{W_ih + n0 * I, 1, I}, xp + n0, G,
+              true);
+  if (!h0 || rows_h <= 0) return;
   float* c = hw ? hw : xp;
-  gemm_serial(kern, rows, n, H, MatView{h0, H, 1}, MatView{W_hh + n0 * H, 1, H}, c + n0, G,
+  gemm_serial(kern, rows_h, n, H, MatView{h0, H, 1}, MatView{W_hh + n0 * H, 1, H}, c + n0, G,
               hw == nullptr);
 }
 

@@ -27,6 +27,8 @@ CASES = [
     C("lstm", 2, 40, 200, 200),
     C("lstm", 2, 33, 300, 129, h0=False, upstream="states", bias=False),
     C("lstm", 2, 40, 17, 256, lengths="random"),  # lengths: recurrent path
+    C("lstm", 2, 33, 17, 300, upstream="y"),  # H past the GEMM's depth block (256)
+    C("lstm", 2, 97, 17, 256),  # 97 rows: recurrent path
     C("lstm", 3, 40, 200, 200, upstream="y"),  # three steps: recurrent path
     # GRU: 12 H (I + H) bytes from 768 KiB
     C("gru", 1, 65, 17, 300),

@@ -233,12 +233,16 @@ void lstm_forward_one_step(float* y, float* gates, float* cells, float* state, c
 // steps save (a cell step, a short chunk; unpacked_forward, team.h).
 bool use_unpacked(const LstmSizes& s) { return unpacked_forward(s.T, s.B, s.H, s.I, true); }
 
-// One step (any rows) or up to kOneStepMaxT steps (all rows active) past the unpacked path's
-// rows with large weights (one_step_weights, team.h), from x (not an embedding's table) in the
-// rows' own order: lstm_forward_one_step.
+// One step (any rows) or up to kOneStepMaxT steps of at most kOneStepMaxRows rows (all active)
+// past the unpacked path's rows with large weights (one_step_weights, team.h), from x (not an
+// embedding's table) in the rows' own order: lstm_forward_one_step. (Not chosen by the thread
+// count: the bits must not depend on it. On one thread two steps took 1.02-1.06x the packed
+// path's time at 48-64 rows, 1.07x at 128, where 2 threads gained nothing.)
 bool one_step_gemm(const LstmSizes& s, const index_t* bs, const int64_t* order) {
   // (T > 1: the inference workspace holds the whole projection only when chunk_steps covers T)
-  return (s.T == 1 || (s.T <= kOneStepMaxT && !bs && chunk_steps(s) >= s.T)) && !order &&
+  const bool steps =
+      s.T <= kOneStepMaxT && s.B <= kOneStepMaxRows && !bs && chunk_steps(s) >= s.T;
+  return (s.T == 1 || steps) && !order &&
          one_step_weights(4 * s.H, s.I, s.H, kOneStepGatedBytes) && !use_unpacked(s);
 }
 

@@ -260,10 +260,11 @@ constexpr index_t kOneStepRnnRows = 128;
 // The LSTM's few-step form (lstm.cpp, one_step_gemm): up to two steps with every row active.
 // Forward new / old (the packed path), 2 threads, (T, B, I, H): (2, 64, 256, 256) 0.81,
 // (2, 48, 300, 300) 0.79, (2, 40, 200, 200) 0.90, (2, 96, 256, 256) 0.91, (2, 128, 512, 512)
-// 0.88, (2, 128, 100, 256) 1.00; three steps gain less or lose where W_hh packed once serves
+// 0.88, (2, 128, 100, 256) 1.00 (and 1.07 on one thread: up to 96 rows); three steps gain less or lose where W_hh packed once serves
 // all of them: (3, 32, 512, 512) 0.78, (3, 64, 256, 256) 0.91, but (3, 64, 100, 256) 1.03,
 // (3, 128, 100, 256) 1.07.
 constexpr index_t kOneStepMaxT = 2;
+constexpr index_t kOneStepMaxRows = 96;  // (rows per step of the two-step form)
 
 // The columns [n0, n1) of the one-step paths' products, on the calling thread (a team member):
 // xp[r, n0:n1] = bias[n0:n1] (0 when null) + x[r] . W_ih[n0:n1]^T for rows_x rows, then

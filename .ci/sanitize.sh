@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 PY=${PYTHON:-python3}
 PY=$("$PY" -c 'import sys; print(sys.executable)')
-tests=${SANITIZE_TESTS:-tests/test_lstm_core.py tests/test_bad_input.py tests/test_layer.py tests/test_gru_rnn.py tests/test_threads.py tests/test_fuzz.py}
+tests=${SANITIZE_TESTS:-tests/test_lstm_core.py tests/test_bad_input.py tests/test_layer.py tests/test_gru_rnn.py tests/test_threads.py tests/test_fuzz.py tests/test_one_step.py}
 # The fuzz suite at a third of its examples under the sanitizers (the main job runs all of it).
 export LSTM_FAST_FUZZ_SCALE=${LSTM_FAST_FUZZ_SCALE:-0.3}
 

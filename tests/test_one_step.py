@@ -1,8 +1,8 @@
 """The forward's one-step path (a single step of many rows with large weights, or two steps of
-an LSTM with every row active: the products from GEMMs over the threads' columns, then the gate
-maths; one_step_weights in csrc/cells/team.h: from 768 KiB of weights for the LSTM and GRU,
-from 256 KiB and 128 active rows for the RNN) and the backward's (dh0 from the GEMM), on both
-sides of their edges, for the LSTM, GRU and RNN: against the float64
+an LSTM or GRU of at most 96 rows, every row active: the products from GEMMs over the threads'
+columns, then the gate maths; one_step_weights in csrc/cells/team.h: from 768 KiB of weights
+for the LSTM and GRU, from 256 KiB and 128 active rows for the RNN) and the backward's (dh0
+from the GEMM), on both sides of their edges, for the LSTM, GRU and RNN: against the float64
 reference (forward, training forward and backward with random upstream gradients, lengths with
 NaN padding, no h0, no bias), on every ISA, and bitwise across thread counts and schedules.
 Also: a layer's one-step call after a sequence (the recurrent path) gives a fresh layer's bits
@@ -35,6 +35,9 @@ CASES = [
     C("gru", 1, 70, 255, 200, lengths="random", bias=False),
     C("gru", 1, 66, 1, 257, h0=False, upstream="y"),
     C("gru", 1, 65, 64, 128, upstream="states"),  # 288 KiB: recurrent path
+    C("gru", 2, 40, 200, 200),  # two steps
+    C("gru", 2, 33, 17, 300, h0=False, upstream="y"),
+    C("gru", 2, 97, 17, 300),  # 97 rows: recurrent path
     # RNN: 4 H (I + H) bytes from 256 KiB, and at least 128 active rows
     C("tanh", 1, 129, 300, 257),
     C("relu", 1, 128, 17, 300, h0=False, upstream="states"),

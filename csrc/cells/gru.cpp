@@ -250,10 +250,13 @@ namespace {
 // 0.74x torch's speed packed, 2.2x unpacked; T = 5, B = 1, I = 100: 0.77x packed.
 bool use_unpacked(const CellSizes& s) { return unpacked_forward(s.T, s.B, s.H, s.I, true); }
 
-// A single step past the unpacked path's rows with large weights (one_step_weights, team.h):
-// the GEMMs of one_step_columns instead of W_hh packed whole for one step.
-bool one_step_gemm(const CellSizes& s) {
-  return s.T == 1 && one_step_weights(3 * s.H, s.I, s.H, kOneStepGatedBytes) && !use_unpacked(s);
+// A single step (or, as the LSTM's, two steps of at most kOneStepMaxRows rows, all active)
+// past the unpacked path's rows with large weights (one_step_weights, team.h): the GEMMs of
+// one_step_columns instead of W_hh packed whole for a step or two.
+bool one_step_gemm(const CellSizes& s, const index_t* bs) {
+  const bool steps = s.T <= kOneStepMaxT && s.B <= kOneStepMaxRows && !bs;
+  return (s.T == 1 || steps) && one_step_weights(3 * s.H, s.I, s.H, kOneStepGatedBytes) &&
+         !use_unpacked(s);
 }
 
 // The batch split's own-rows projection (gru_forward): each thread projects at least this many
@@ -347,25 +350,28 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
     zero_padding(hwn, s, bs);
   }
 
-  if (one_step_gemm(s)) {
-    // One step of many rows: xp = b_ih + x . W_ih^T and hw = h0 . W_hh^T from GEMMs over the
-    // threads' columns, then the gate maths of each thread's rows (team.h, one_step_columns).
-    const index_t rows = bs ? bs[0] : B;
-    const int P = one_step_threads(rows, G, I, H, h0 != nullptr, nthreads);
-    StepBarrier step_barrier;
-    run_team(P, [&] {
-      DenormalGuard ftz;
-      BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
-      const int p = team_id(), np = team_size();
-      index_t n0, n1;
-      column_share(G, kern.NR, p, np, &n0, &n1);
-      one_step_columns(kern, rows, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh, b_ih, xp, hw);
-      if (np > 1) team_barrier();
+  if (one_step_gemm(s, bs)) {
+    // One step of many rows (or two, every row active): xp = b_ih + x . W_ih^T for every
+    // step's rows and per step hw = h_prev . W_hh^T from GEMMs over the threads' columns, then
+    // (after the team meets) the gate maths of each thread's rows (team.h, one_step_columns).
+    const index_t rows = bs ? bs[0] : B, rows_x = T == 1 ? rows : T * B;
+    const int P = one_step_threads(rows_x, G, I, H, h0 != nullptr || T > 1, nthreads);
+    run_column_team(P, G, kern.NR, [&](int p, int np, index_t n0, index_t n1) {
+      one_step_columns(kern, rows_x, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh, b_ih, xp, hw);
       const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
-      if (r1 > r0)
-        ck.gru_fwd(r1 - r0, H, 0, H, y + r0 * H, training ? xp + r0 * G : nullptr,
-                   training ? hwn + r0 * H : nullptr, xp + r0 * G, hw + r0 * G, b_hh,
-                   h_init + r0 * H);
+      for (index_t t = 0; t < T; ++t) {
+        const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+        if (t > 0 && n1 > n0)
+          gemm_serial(kern, B, n1 - n0, H, MatView{h_prev, H, 1}, MatView{W_hh + n0 * H, 1, H},
+                      hw + n0, G, false);
+        if (np > 1) team_barrier();
+        float* xp_t = xp + t * B * G;
+        if (r1 > r0)
+          ck.gru_fwd(r1 - r0, H, 0, H, y + (t * B + r0) * H, training ? xp_t + r0 * G : nullptr,
+                     training ? hwn + (t * B + r0) * H : nullptr, xp_t + r0 * G, hw + r0 * G,
+                     b_hh, h_prev + r0 * H);
+        if (np > 1 && t + 1 < T) team_barrier();  // h_t complete, hw read, before step t + 1
+      }
     });
     final_state(h_n, y, h_init, s, bs);
     return;

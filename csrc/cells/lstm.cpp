@@ -200,13 +200,7 @@ void lstm_forward_one_step(float* y, float* gates, float* cells, float* state, c
   const index_t rows_x = T == 1 ? rows : T * B;
   const std::vector<float> bias = summed_bias(b_ih, b_hh, G);  // as gemm_bias2 sums them
   const int P = one_step_threads(rows_x, G, I, H, h0 != nullptr || T > 1, nthreads);
-  StepBarrier step_barrier;
-  run_team(P, [&] {
-    DenormalGuard ftz;
-    BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
-    const int p = team_id(), np = team_size();
-    index_t n0, n1;
-    column_share(G, kern.NR, p, np, &n0, &n1);
+  run_column_team(P, G, kern.NR, [&](int p, int np, index_t n0, index_t n1) {
     one_step_columns(kern, rows_x, rows, G, I, H, n0, n1, x, h0, W_ih, W_hh,
                      bias.empty() ? nullptr : bias.data(), xp, nullptr);
     const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;

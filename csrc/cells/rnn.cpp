@@ -49,10 +49,8 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
     const index_t rows = rows_1;
     zero_padding(y, s, bs);
     const std::vector<float> bias = summed_bias(b_ih, b_hh, H);  // as gemm_bias2 sums them
-    run_team(one_step_threads(rows, H, s.I, H, h0 != nullptr, nthreads), [&] {
-      DenormalGuard ftz;
-      index_t u0, u1;
-      column_share(H, kern.NR, team_id(), team_size(), &u0, &u1);
+    const int P = one_step_threads(rows, H, s.I, H, h0 != nullptr, nthreads);
+    run_column_team(P, H, kern.NR, [&](int, int, index_t u0, index_t u1) {
       one_step_columns(kern, rows, rows, H, s.I, H, u0, u1, x, h0, W_ih, W_hh,
                        bias.empty() ? nullptr : bias.data(), y, nullptr);
       if (u1 > u0 && rows > 0) ck.rnn_fwd(rows, H, u0, u1, y, relu);

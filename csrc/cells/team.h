@@ -137,19 +137,27 @@ inline unsigned start_fresh_grads(unsigned fresh, bool unpacked, index_t G, inde
 // floats (whole 64-byte lines: no line written by two threads).
 void line_slice(index_t n, int p, int np, index_t* c0, index_t* c1);
 
-// body(p, np, u0, u1) on a team of P threads (flush-to-zero, the fast step barrier), thread p
-// of np owning the units [u0, u1) of H (line_slice): the unpacked backwards' team region.
-template <class F>
-void run_unit_team(int P, index_t H, F&& body) {
+// body(p, np, a, b) on a team of P threads (flush-to-zero, the fast step barrier), thread p of
+// np owning the slice [a, b) that slice(p, np, &a, &b) gives it.
+template <class S, class F>
+void run_sliced_team(int P, S&& slice, F&& body) {
   StepBarrier step_barrier;
   run_team(P, [&] {
     DenormalGuard ftz;
     BarrierScope barrier_scope(&step_barrier);  // team_barrier(): the fast one
     const int p = team_id(), np = team_size();
-    index_t u0, u1;
-    line_slice(H, p, np, &u0, &u1);
-    body(p, np, u0, u1);
+    index_t a, b;
+    slice(p, np, &a, &b);
+    body(p, np, a, b);
   });
+}
+
+// body(p, np, u0, u1) with thread p owning the units [u0, u1) of H (line_slice): the unpacked
+// backwards' team region.
+template <class F>
+void run_unit_team(int P, index_t H, F&& body) {
+  run_sliced_team(
+      P, [H](int p, int np, index_t* a, index_t* b) { line_slice(H, p, np, a, b); }, body);
 }
 
 // dW[j, :] (= or +=) sum over dz's rows k in [k0, k1) of dz[k * G + j] * src[(k - k0) * n + :]
@@ -257,14 +265,16 @@ inline bool one_step_weights(index_t G, index_t I, index_t H, double min_bytes) 
 constexpr double kOneStepGatedBytes = 768 << 10;
 constexpr double kOneStepRnnBytes = 256 << 10;
 constexpr index_t kOneStepRnnRows = 128;
-// The LSTM's few-step form (lstm.cpp, one_step_gemm): up to two steps with every row active.
-// Forward new / old (the packed path), 2 threads, (T, B, I, H): (2, 64, 256, 256) 0.81,
-// (2, 48, 300, 300) 0.79, (2, 40, 200, 200) 0.90, (2, 96, 256, 256) 0.91, (2, 128, 512, 512)
-// 0.88, (2, 128, 100, 256) 1.00 (and 1.07 on one thread: up to 96 rows); three steps gain less or lose where W_hh packed once serves
-// all of them: (3, 32, 512, 512) 0.78, (3, 64, 256, 256) 0.91, but (3, 64, 100, 256) 1.03,
-// (3, 128, 100, 256) 1.07.
+// The LSTM's and GRU's few-step form (one_step_gemm in lstm.cpp, gru.cpp): up to two steps of
+// at most 96 rows, with every row active. GRU forward new / old, 2 threads: (2, 64, 256, 256)
+// 0.81, (2, 48, 300, 300) 0.79, (2, 64, 100, 256) 0.87, (2, 96, 256, 256) 0.89; one thread
+// 1.02. LSTM forward new / old (the packed path), 2 threads, (T, B, I, H):
+// (2, 64, 256, 256) 0.81, (2, 48, 300, 300) 0.79, (2, 40, 200, 200) 0.90, (2, 96, 256, 256)
+// 0.91, (2, 128, 512, 512) 0.88, (2, 128, 100, 256) 1.00 (1.07 on one thread: the row bound);
+// three steps gain less or lose where W_hh packed once serves all of them: (3, 32, 512, 512)
+// 0.78, (3, 64, 256, 256) 0.91, but (3, 64, 100, 256) 1.03, (3, 128, 100, 256) 1.07.
 constexpr index_t kOneStepMaxT = 2;
-constexpr index_t kOneStepMaxRows = 96;  // (rows per step of the two-step form)
+constexpr index_t kOneStepMaxRows = 96;
 
 // The columns [n0, n1) of the one-step paths' products, on the calling thread (a team member):
 // xp[r, n0:n1] = bias[n0:n1] (0 when null) + x[r] . W_ih[n0:n1]^T for rows_x rows, then
@@ -299,6 +309,15 @@ inline void column_share(index_t G, index_t grain, int p, int np, index_t* n0, i
   const index_t nblk = (G + grain - 1) / grain;
   *n0 = std::min(G, nblk * p / np * grain);
   *n1 = std::min(G, nblk * (p + 1) / np * grain);
+}
+
+// body(p, np, n0, n1) with thread p owning the columns [n0, n1) of G in blocks of `grain`
+// (column_share): the one-step paths' team region.
+template <class F>
+void run_column_team(int P, index_t G, index_t grain, F&& body) {
+  run_sliced_team(
+      P, [G, grain](int p, int np, index_t* a, index_t* b) { column_share(G, grain, p, np, a, b); },
+      body);
 }
 
 // The team of a one-step path: small_call_threads of its multiply-adds, one under a forced

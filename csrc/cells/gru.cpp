@@ -625,13 +625,10 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const bool one_step = T == 1 && one_step_weights(G, I, H, kOneStepGatedBytes);
   if (one_step) {
     const index_t rows = bs ? bs[0] : B;
-    run_team(one_step_threads(rows, G, H, 0, false, nthreads), [&] {
-      DenormalGuard ftz;
-      const int p = team_id(), np = team_size();
-      const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
-      if (r1 > r0)
-        ck.gru_bwd(r1 - r0, H, 0, H, dxw + r0 * G, dhw + r0 * G, dh0 + r0 * H,
-                   dy ? dy + r0 * H : nullptr, gates + r0 * G, hwn + r0 * H, h_init + r0 * H);
+    const int P1 = one_step_threads(rows, G, H, 0, false, nthreads);
+    run_row_team(P1, rows, [&](index_t r0, index_t r1) {
+      ck.gru_bwd(r1 - r0, H, 0, H, dxw + r0 * G, dhw + r0 * G, dh0 + r0 * H,
+                 dy ? dy + r0 * H : nullptr, gates + r0 * G, hwn + r0 * H, h_init + r0 * H);
     });
     if (rows > 0)
       gemm(kern, rows, H, G, MatView{dhw, G, 1}, MatView{W_hh, H, 1}, dh0, H, true, nthreads);

@@ -873,14 +873,10 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   if (one_step) {
     const index_t rows = bs ? bs[0] : B;
     const int P1 = one_step_threads(rows, G, H, 0, false, nthreads);
-    run_team(P1, [&] {
-      DenormalGuard ftz;
-      const int p = team_id(), np = team_size();
-      const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
-      if (r1 > r0)
-        kern.lstm_bwd_pointwise(r1 - r0, H, 0, H, dz + r0 * G, dc0 + r0 * H, gates + r0 * G,
-                                cells + r0 * H, c_init + r0 * H, dy ? dy + r0 * H : nullptr,
-                                dh0 + r0 * H);
+    run_row_team(P1, rows, [&](index_t r0, index_t r1) {
+      kern.lstm_bwd_pointwise(r1 - r0, H, 0, H, dz + r0 * G, dc0 + r0 * H, gates + r0 * G,
+                              cells + r0 * H, c_init + r0 * H, dy ? dy + r0 * H : nullptr,
+                              dh0 + r0 * H);
     });
     if (rows > 0)
       gemm(kern, rows, H, G, MatView{dz, G, 1}, MatView{W_hh, H, 1}, dh0, H, false, nthreads);

@@ -227,13 +227,10 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const bool one_step =
       T == 1 && rows_1 >= kOneStepRnnRows && one_step_weights(H, I, H, kOneStepRnnBytes);
   if (one_step) {
-    run_team(one_step_threads(rows_1, H, H, 0, false, nthreads), [&] {
-      DenormalGuard ftz;
-      const int p = team_id(), np = team_size();
-      const index_t r0 = rows_1 * p / np, r1 = rows_1 * (p + 1) / np;
-      if (r1 > r0)
-        ck.rnn_bwd(r1 - r0, H, 0, H, da + r0 * H, dh0 + r0 * H, dy ? dy + r0 * H : nullptr,
-                   y + r0 * H, relu);
+    const int P1 = one_step_threads(rows_1, H, H, 0, false, nthreads);
+    run_row_team(P1, rows_1, [&](index_t r0, index_t r1) {
+      ck.rnn_bwd(r1 - r0, H, 0, H, da + r0 * H, dh0 + r0 * H, dy ? dy + r0 * H : nullptr,
+                 y + r0 * H, relu);
     });
     gemm(kern, rows_1, H, H, MatView{da, H, 1}, MatView{W_hh, H, 1}, dh0, H, false, nthreads);
   } else {

@@ -320,6 +320,18 @@ void run_column_team(int P, index_t G, index_t grain, F&& body) {
       body);
 }
 
+// body(r0, r1) on a team of P threads (flush-to-zero), thread p of np owning the rows [r0, r1)
+// of `rows` when not empty: the one-step backwards' pointwise steps.
+template <class F>
+void run_row_team(int P, index_t rows, F&& body) {
+  run_team(P, [&] {
+    DenormalGuard ftz;
+    const int p = team_id(), np = team_size();
+    const index_t r0 = rows * p / np, r1 = rows * (p + 1) / np;
+    if (r1 > r0) body(r0, r1);
+  });
+}
+
 // The team of a one-step path: small_call_threads of its multiply-adds, one under a forced
 // serial schedule.
 inline int one_step_threads(index_t rows, index_t G, index_t I, index_t H, bool h0,

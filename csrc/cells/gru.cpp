@@ -563,22 +563,14 @@ void gru_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, fl
   g.set_rows(T, B, I, H, G, bs, N);
   g.set_operands(dxw, dhw, bs ? xr : x, hp, h_skip, h0 && N > n0 ? n0 : 0);
   g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, fresh);
-  const int P = unpacked_backward_threads(B, N, G, I, H, nthreads);
-  run_unit_team(P, H, [&](int p, int np, index_t u0, index_t u1) {
-    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
-    for (index_t t = T - 1; t >= 0; --t) {
-      const index_t rows = bs ? bs[t] : B;
-      off -= rows;
-      const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
-      if (rows > 0 && u1 > u0)
-        ck.gru_bwd(rows, H, u0, u1, dxw + off * G, dhw + off * G, dh0,
-                   dy ? dy + t * B * H : nullptr, gates + off * G, hwn + t * B * H, h_prev);
-      if (np > 1) team_barrier();
-      rows_times_weights(kern, rows, G, u0, u1, dhw + off * G, G, W_hh, H, dh0, H, true);
-    }
-    if (np > 1) team_barrier();  // every unit of dxw, dhw written
-    unpacked_grads(kern, g, p, np);
-  });
+  // (the step leaves dh_next = dh * z in dh0: the product adds to it)
+  run_unpacked_backward(kern, g, nthreads, W_hh, dh0, true,
+                        [&](int, index_t t, index_t rows, index_t off, index_t u0, index_t u1) {
+                          const float* h_prev = t == 0 ? h_init : y + (t - 1) * B * H;
+                          ck.gru_bwd(rows, H, u0, u1, dxw + off * G, dhw + off * G, dh0,
+                                     dy ? dy + t * B * H : nullptr, gates + off * G,
+                                     hwn + t * B * H, h_prev);
+                        });
 }
 }  // namespace
 

@@ -744,32 +744,21 @@ void lstm_backward_unpacked(float* dx, float* dh0, float* dc0, float* dW_ih, flo
   g.order = order;
   g.set_operands(dz, dz, bs ? xr : x, hp, h_skip, h0 && !dual && N > n0 ? n0 : 0);
   g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, fresh);
-  const int P = unpacked_backward_threads(B, N, G, I, H, nthreads);
-  run_unit_team(P, H, [&](int p, int np, index_t u0, index_t u1) {
-    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
-    for (index_t t = T - 1; t >= 0; --t) {
-      const index_t rows = bs ? bs[t] : B;
-      off -= rows;
-      float* dz_t = dz + off * G;
-      const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
-      const float* dy_t = dy ? dy + t * B * H : nullptr;
-      if (dy && order && rows > 0 && u1 > u0) {  // dy's rows are in the caller's order
-        float* gp = dyg + p * B * H;
-        for (index_t r = 0; r < rows; ++r)
-          std::memcpy(gp + r * H + u0, dy + (t * B + order[r]) * H + u0,
-                      (u1 - u0) * sizeof(float));
-        dy_t = gp;
-      }
-      if (rows > 0 && u1 > u0)
-        kern.lstm_bwd_pointwise(rows, H, u0, u1, dz_t, dc0, gates + off * G, cells + t * B * H,
-                                c_prev, dy_t, dh0);
-      if (np > 1) team_barrier();
-      // dh_next[:, my units] = dZ_t . W_hh[:, my units] (rows past `rows` pass through)
-      rows_times_weights(kern, rows, G, u0, u1, dz_t, G, W_hh, H, dh0, H, false);
-    }
-    if (np > 1) team_barrier();  // every unit of dZ written
-    unpacked_grads(kern, g, p, np);
-  });
+  run_unpacked_backward(
+      kern, g, nthreads, W_hh, dh0, false,
+      [&](int p, index_t t, index_t rows, index_t off, index_t u0, index_t u1) {
+        const float* c_prev = t == 0 ? c_init : cells + (t - 1) * B * H;
+        const float* dy_t = dy ? dy + t * B * H : nullptr;
+        if (dy && order) {  // dy's rows are in the caller's order
+          float* gp = dyg + p * B * H;
+          for (index_t r = 0; r < rows; ++r)
+            std::memcpy(gp + r * H + u0, dy + (t * B + order[r]) * H + u0,
+                        (u1 - u0) * sizeof(float));
+          dy_t = gp;
+        }
+        kern.lstm_bwd_pointwise(rows, H, u0, u1, dz + off * G, dc0, gates + off * G,
+                                cells + t * B * H, c_prev, dy_t, dh0);
+      });
 }
 }  // namespace
 

@@ -171,22 +171,11 @@ void rnn_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, fl
   g.set_rows(T, B, I, H, H, bs, N);
   g.set_operands(da, da, bs ? xr : x, hp, h_skip, h0 && !dual && N > n0 ? n0 : 0);
   g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, fresh);
-  const int P = unpacked_backward_threads(B, N, H, I, H, nthreads);
-  run_unit_team(P, H, [&](int p, int np, index_t u0, index_t u1) {
-    index_t off = N;  // packed row of step t's row 0 (after the decrement below)
-    for (index_t t = T - 1; t >= 0; --t) {
-      const index_t rows = bs ? bs[t] : B;
-      off -= rows;
-      if (rows > 0 && u1 > u0)
-        ck.rnn_bwd(rows, H, u0, u1, da + off * H, dh0, dy ? dy + t * B * H : nullptr,
-                   y + t * B * H, relu);
-      if (np > 1) team_barrier();
-      // dh_next[:, my units] = da_t . W_hh[:, my units] (rows past `rows` pass through)
-      rows_times_weights(kern, rows, H, u0, u1, da + off * H, H, W_hh, H, dh0, H, false);
-    }
-    if (np > 1) team_barrier();  // every unit of da written
-    unpacked_grads(kern, g, p, np);
-  });
+  run_unpacked_backward(kern, g, nthreads, W_hh, dh0, false,
+                        [&](int, index_t t, index_t rows, index_t off, index_t u0, index_t u1) {
+                          ck.rnn_bwd(rows, H, u0, u1, da + off * H, dh0,
+                                     dy ? dy + t * B * H : nullptr, y + t * B * H, relu);
+                        });
 }
 }  // namespace
 

@@ -189,6 +189,33 @@ constexpr double kUnpackedCallFma = 1 << 19;
 int unpacked_backward_threads(index_t B, index_t N, index_t G, index_t I, index_t H,
                               int nthreads);
 
+// The unpacked backwards' team region (gru.cpp, rnn.cpp, lstm.cpp), on unpacked_backward_threads
+// of g's sizes: threads own units [u0, u1) (run_unit_team); for t = T - 1 .. 0,
+// pointwise(p, t, rows, off, u0, u1) writes step t's rows of g.dzx / g.dzh for those units
+// (called only with rows and units; off: the packed row of step t's row 0), the team meets,
+// and dh_next[:, units] = (or += with `accumulate`: the GRU's step leaves dh * z there)
+// g.dzh_t . W_hh[:, units] (rows_times_weights; rows past `rows` pass through). After the
+// loop, the team meets again and computes dx, the weight gradients and the bias sums
+// (unpacked_grads).
+template <class F>
+void run_unpacked_backward(const Kernels& kern, const UnpackedGrads& g, int nthreads,
+                           const float* W_hh, float* dh0, bool accumulate, F&& pointwise) {
+  const int P = unpacked_backward_threads(g.B, g.N, g.G, g.I, g.H, nthreads);
+  run_unit_team(P, g.H, [&](int p, int np, index_t u0, index_t u1) {
+    index_t off = g.N;  // packed row of step t's row 0 (after the decrement below)
+    for (index_t t = g.T - 1; t >= 0; --t) {
+      const index_t rows = g.bs ? g.bs[t] : g.B;
+      off -= rows;
+      if (rows > 0 && u1 > u0) pointwise(p, t, rows, off, u0, u1);
+      if (np > 1) team_barrier();
+      rows_times_weights(kern, rows, g.G, u0, u1, g.dzh + off * g.G, g.G, W_hh, g.H, dh0, g.H,
+                         accumulate);
+    }
+    if (np > 1) team_barrier();  // every unit of dZ written
+    unpacked_grads(kern, g, p, np);
+  });
+}
+
 // The threads of a GRU's or RNN's unpacked forward (dot products over the weights' rows, the
 // units split between threads): one while its weights (G x (I + H) floats) take less than
 // 256 KiB, where the second thread did not pay for its wake-up and the barrier per step even

@@ -327,7 +327,8 @@ LF_INLINE void rows_b_block(index_t K, const float* A, index_t ars, index_t acs,
       const float* bk = B + k * ldb;
 #pragma GCC unroll 8
       for (int v = 0; v < CV; ++v) {
-        const vf b = load(bk + v * W);
+        vf b = load(bk + v * W);
+        keep_in_register<MA * CV + MA + 1, MA>(b);
 #pragma GCC unroll 4
         for (int i = 0; i < MA; ++i) acc[i][v] = vfmadd(a[i], b, acc[i][v]);
       }
@@ -519,7 +520,10 @@ LF_INLINE void gemv_rows_shifted(index_t K, const float* w0, index_t ldw, const 
   for (; m + 1 < nq; ++m) {
     __m512 wv[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) wv[r] = _mm512_load_ps(q[r] + 16 * m);
+    for (int r = 0; r < R; ++r) {
+      wv[r] = _mm512_load_ps(q[r] + 16 * m);
+      keep_in_register<MA * R + R + 1, MA>(wv[r]);
+    }
 #pragma GCC unroll 4
     for (int i = 0; i < MA; ++i) {
       const __m512 xv = _mm512_loadu_ps(x + i * ldx + 16 * m - o);
@@ -567,7 +571,10 @@ LF_INLINE void gemv_rows_plain(index_t K, const float* w0, index_t ldw, const fl
   for (; k + W <= K; k += W) {
     vf wv[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) wv[r] = load(w0 + r * ldw + k);
+    for (int r = 0; r < R; ++r) {
+      wv[r] = load(w0 + r * ldw + k);
+      keep_in_register<MA * R + R + 1, MA>(wv[r]);
+    }
 #pragma GCC unroll 4
     for (int i = 0; i < MA; ++i) {
       const vf xv = load(x + i * ldx + k);
@@ -829,7 +836,10 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u)
 #pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) b[u][q] = load(panel[u] + (k * 4 + q) * W);
+      for (int q = 0; q < 4; ++q) {
+        b[u][q] = load(panel[u] + (k * 4 + q) * W);
+        keep_in_register<R * U * 4 + U * 4 + 1, R>(b[u][q]);
+      }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const vf h = splat(hp[r * a.ldh_prev + k]);
@@ -881,7 +891,10 @@ LF_INLINE void lstm_tail_tile(const StepArgs& a, index_t row, index_t ub, index_
   for (index_t k = k0; k < k1; ++k) {
     vf b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = load(panel + (k * NV + v) * W);
+    for (int v = 0; v < NV; ++v) {
+      b[v] = load(panel + (k * NV + v) * W);
+      keep_in_register<R * NV + NV + 1, R>(b[v]);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const vf h = splat(hp[r * a.ldh_prev + k]);
@@ -974,7 +987,13 @@ template <int R>
 LF_INLINE void lstm_rows_full(const StepArgs& a, int rr, index_t row, index_t ub0, index_t ub1) {
   if constexpr (R >= 1) {
     if (rr != R) return lstm_rows_full<R - 1>(a, rr, row, ub0, ub1);
-    constexpr int U = ROWS / R > 0 ? ROWS / R : 1;
+    // As many blocks as fit in the registers with their panel vectors (keep_in_register) when
+    // each panel vector serves several rows: 2 rows x 2 blocks (25 vectors), 3 rows x 1 block,
+    // not 2 x 3 or 3 x 2 (33-37 vectors, panel loads folded into the FMAs and re-issued per row:
+    // 2 and 3 rows at H = 64-160, one thread, 0.70-0.82x the time with both changes).
+    constexpr int U0 = ROWS / R > 0 ? ROWS / R : 1;
+    constexpr int Ufit = (kVecRegs - 1) / (4 * R + 4);
+    constexpr int U = R > 1 && Ufit >= 1 && Ufit < U0 ? Ufit : U0;
     const int nv = ub1 > ub0 ? dense_tail(a, ub1 - 1) : 0;
     const index_t ube = nv ? ub1 - 1 : ub1;  // the dense last block on its own
     index_t ub = ub0;

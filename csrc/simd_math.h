@@ -37,6 +37,25 @@ typedef float vfu __attribute__((vector_size(W * 4), aligned(4), may_alias));
 #define LF_OPAQUE(v) __asm__("" : "+r"(v))
 #endif
 
+// The vector registers of the target (x86: 32 with AVX-512, else 16; aarch64: 32).
+#if (defined(__AVX512F__) && LF_W == 16) || defined(__aarch64__)
+constexpr int kVecRegs = 32;
+#else
+constexpr int kVecRegs = 16;
+#endif
+
+// A vector loaded once and used by two or three FMAs of a tile: kept in a register (LF_OPAQUE
+// hides where it came from) where the tile's `live` vectors fit. GCC otherwise folds the load
+// into each FMA as a memory operand: a panel vector of an LSTM step tile of 3 rows was loaded
+// 3 times, 15 loads per 12 FMAs, more than the two load ports issue (3 rows took longer than
+// 4). With four or more uses GCC keeps the register itself, and the asm there only took
+// scheduling freedom (5 rows: 1.11x the time). Only the instructions change: each FMA's
+// operands and rounding are the same.
+template <int live, int uses, class V>
+LF_INLINE void keep_in_register(V& v) {
+  if constexpr (uses > 1 && uses <= 3 && live <= kVecRegs) LF_OPAQUE(v);
+}
+
 LF_INLINE vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 LF_INLINE void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
 LF_INLINE vf splat(float s) { return s - vf{}; }  // s - 0 folds to a plain broadcast

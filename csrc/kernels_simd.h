@@ -666,6 +666,15 @@ void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* 
 // four W rows: A streams from L2 once per block instead of Wm once per four rows of A (with
 // many rows, Wm's 4 loads per 16 FMAs from L2 bound the loop). The tiles and each element's
 // arithmetic are those of an unblocked pass (blocks start at multiples of four rows of Wm).
+// Groups of four rows of A where their 16 accumulators, four W vectors and an A vector fit in
+// the registers. With 16 registers (AVX2) four rows fold every W load into each row's FMA, 20
+// loads per 16 FMAs, more than two load ports issue: pairs of rows instead, where the depth is
+// long enough for the k loop to outweigh a call's fixed part (the masked k tail, the sums).
+// AVX2, 2 threads, in-process A/B against groups of four, forward T = 1: B = 16, H = 256 0.75x
+// the time, H = 128 0.82x, B = 32, H = 256 0.81x; at H = 100 pairs took 1.09-1.21x.
+constexpr bool kNtFour = 4 * 4 + 4 + 1 <= kVecRegs;
+constexpr index_t kNtPairMinDepth = 128;
+
 void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
              index_t ldw, float* C, index_t ldc) {
   constexpr index_t kBlockBytes = 20 << 10;
@@ -676,7 +685,12 @@ void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const
     const float* Wb = Wm + n0 * ldw;
     float* Cb = C + n0;
     index_t m = 0;
-    for (; m + 4 <= M; m += 4) nt_rows<4>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true);
+    if (kNtFour || K < kNtPairMinDepth)
+      for (; m + 4 <= M; m += 4)
+        nt_rows<4>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true);
+    else
+      for (; m + 2 <= M; m += 2)
+        nt_rows<2>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true);
     switch (M - m) {
       case 3: nt_rows<3>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true); break;
       case 2: nt_rows<2>(n, K, A + m * lda, lda, Wb, ldw, Cb + m * ldc, ldc, true); break;

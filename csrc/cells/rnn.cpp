@@ -54,8 +54,9 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
       one_step_columns(kern, rows, rows, H, s.I, H, u0, u1, x, h0, W_ih, W_hh,
                        bias.empty() ? nullptr : bias.data(), y, nullptr);
       if (u1 > u0 && rows > 0) ck.rnn_fwd(rows, H, u0, u1, y, relu);
+      if (!bs) copy_columns(rows, H, u0, u1, y, h_n);  // every row's last step is this one
     });
-    final_state(h_n, y, h_init, s, bs);
+    if (bs) final_state(h_n, y, h_init, s, bs);
     return;
   }
   // y starts as the hoisted input projection x . W_ih^T + b_ih + b_hh (zero on padding rows);

@@ -315,20 +315,26 @@ inline void one_step_columns(const Kernels& kern, index_t rows_x, index_t rows_h
                              const float* bias, float* xp, float* hw) {
   if (n1 <= n0 || rows_x <= 0) return;
   const index_t n = n1 - n0;
-  for (index_t r = 0; r < rows_x; ++r) {
-    if (bias)
-      std::memcpy(xp + r * G + n0, bias + n0, n * sizeof(float));
-    else
-      std::memset(xp + r * G + n0, 0, n * sizeof(float));
-  }
   if (hw && !h0)
     for (index_t r = 0; r < rows_h; ++r) std::memset(hw + r * G + n0, 0, n * sizeof(float));
-  gemm_serial(kern, rows_x, n, I, MatView{x, I, 1}, MatView{W_ih + n0 * I, 1, I}, xp + n0, G,
-              true);
+  // bias + x . W_ih^T, the bias written into each tile just before its first depth block (as
+  // if filled first: the same sums, without a pass of its own over xp)
+  gemm_packed_serial(kern, rows_x, n, I, MatView{x, I, 1}, MatView{W_ih + n0 * I, 1, I},
+                     xp + n0, G, bias ? bias + n0 : nullptr);
   if (!h0 || rows_h <= 0) return;
   float* c = hw ? hw : xp;
   gemm_serial(kern, rows_h, n, H, MatView{h0, H, 1}, MatView{W_hh + n0 * H, 1, H}, c + n0, G,
               hw == nullptr);
+}
+
+// dst[r, u0:u1] = src[r, u0:u1] for rows of width H: a one-step team's units of its outputs
+// into the final state while they are in its cache (no serial pass over the state after the
+// team region; 128 KiB at B = 128, H = 256).
+inline void copy_columns(index_t rows, index_t H, index_t u0, index_t u1, const float* src,
+                         float* dst) {
+  if (u1 <= u0) return;
+  for (index_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * H + u0, src + r * H + u0, (u1 - u0) * sizeof(float));
 }
 
 // A thread's share [n0, n1) of G columns split in blocks of `grain` (team_id p of np).

@@ -140,34 +140,42 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
-                       float* hp, int nthreads, float* db2, bool need_dx, float* dual) {
+                       float* hp, int nthreads, float* db2, bool need_dx, float* dual,
+                       unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
   const index_t n0 = bs ? bs[0] : B;  // step 0's rows
+  if (!db) {
+    std::swap(db, db2);
+    fresh = (fresh & 3u) | ((fresh & 8u) ? 4u : 0u);
+  }
+  bool ih_fresh = dW_ih && (fresh & 1u), hh_fresh = dW_hh && (fresh & 2u);
+  // The bias gradients from the column sums: written (fresh) or added.
+  auto add_sums = [&](const float* sums) {
+    for (index_t j = 0; db && j < G; ++j) {
+      db[j] = (fresh & 4u) ? sums[j] : db[j] + sums[j];
+      if (db2) db2[j] = (fresh & 8u) ? sums[j] : db2[j] + sums[j];
+    }
+  };
   if (dual && dW_ih && dW_hh && (!bs || dx) && (h0 || N > n0)) {
     // Both weight gradients in one pass over dz^T (the bias sums from its packing): h_prev's
     // rows are h0's (zeros without h0), then the previous outputs (packed with batch_sizes,
     // like x's rows, which dx's storage holds first).
-    if (!db) std::swap(db, db2);
     std::vector<float> sums(db ? static_cast<std::size_t>(G) : 0, 0.0f);
     if (bs) {
       pack_steps(dx, x, I, B, bs, 0, T, nthreads);
       if (N > n0) pack_previous_steps(hp, y, H, B, bs, T, nthreads);
     }
     gemm_dual(kern, G, N, MatView{dz, 1, G}, I, RowSource{bs ? dx : x, I, N, nullptr, 0}, dW_ih,
-              I, true, H, RowSource{h0, H, n0, bs ? hp : y, H}, dW_hh, H, true, dual, nthreads,
-              sums.empty() ? nullptr : sums.data());
+              I, !ih_fresh, H, RowSource{h0, H, n0, bs ? hp : y, H}, dW_hh, H, !hh_fresh, dual,
+              nthreads, sums.empty() ? nullptr : sums.data());
     if (dx && need_dx) {
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
       if (bs) unpack_steps_in_place(dx, I, B, bs, T);
     }
-    for (index_t j = 0; db && j < G; ++j) {
-      db[j] += sums[j];
-      if (db2) db2[j] += sums[j];
-    }
+    if (db) add_sums(sums.data());
     return;
   }
-  if (!db) std::swap(db, db2);
   // The bias gradient (dz's column sums) comes out of the dW_ih GEMM's packing of dz^T when
   // that GEMM runs, else out of the dW_hh GEMMs' (rows of step 0 first, summed directly when
   // there is no h0 to multiply them with); else a pass of its own (bias_sums).
@@ -179,21 +187,25 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
   if (hh_sums && dW_hh && !h0)
     for (index_t r = 0; r < n0; ++r)
       for (index_t j = 0; j < G; ++j) hh_sums[j] += dz[r * G + j];
+  // dW_hh += dz^T . h_prev over `rows` rows from dz's row r0: the first such product of a
+  // fresh dW_hh writes it
+  auto hh_product = [&](index_t r0, index_t rows, const float* hprev) {
+    gemm(kern, G, H, rows, MatView{dz + r0 * G, 1, G}, MatView{hprev, H, 1}, dW_hh, H,
+         !hh_fresh, nthreads, nullptr, nullptr, hh_sums);
+    hh_fresh = false;
+  };
   if (!bs) {
     if (dx && need_dx)
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
     if (dW_ih) {
-      gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, true, nthreads, nullptr,
-           nullptr, sums);
+      gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{x, I, 1}, dW_ih, I, !ih_fresh, nthreads,
+           nullptr, nullptr, sums);
+      ih_fresh = false;
       summed = true;
     }
     if (dW_hh) {
-      if (h0)
-        gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads,
-             nullptr, nullptr, hh_sums);
-      if (T > 1)
-        gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H,
-             true, nthreads, nullptr, nullptr, hh_sums);
+      if (h0) hh_product(0, B, h0);
+      if (T > 1) hh_product(B, (T - 1) * B, y);
       summed = summed || hh_sums != nullptr;
     }
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
@@ -201,8 +213,9 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
     if (dx) {
       if (dW_ih) {
         pack_steps(dx, x, I, B, bs, 0, T, nthreads);
-        gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, true, nthreads,
+        gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, !ih_fresh, nthreads,
              nullptr, nullptr, sums);
+        ih_fresh = false;
         summed = true;
       }
       if (need_dx) {
@@ -211,23 +224,23 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
       }
     }
     if (dW_hh) {  // step 0 against h0's active rows, steps 1.. against the previous outputs
-      if (h0)
-        gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, true, nthreads,
-             nullptr, nullptr, hh_sums);
+      if (h0) hh_product(0, bs[0], h0);
       const index_t n1 = N - bs[0];
       if (n1 > 0) {
         pack_previous_steps(hp, y, H, B, bs, T, nthreads);
-        gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, true,
-             nthreads, nullptr, nullptr, hh_sums);
+        hh_product(bs[0], n1, hp);
       }
       summed = summed || hh_sums != nullptr;
     }
   }
+  // fresh gradients no product reached (no h0 and a single step; dW_ih without dx): zeros
+  if (ih_fresh) std::memset(dW_ih, 0, G * I * sizeof(float));
+  if (hh_fresh) std::memset(dW_hh, 0, G * H * sizeof(float));
   if (db && summed) {
-    for (index_t j = 0; j < G; ++j) db[j] += sums[j];
-    if (db2)
-      for (index_t j = 0; j < G; ++j) db2[j] += sums[j];
+    add_sums(sums);
   } else if (db) {
+    if (fresh & 4u) std::memset(db, 0, G * sizeof(float));
+    if (db2 && (fresh & 8u)) std::memset(db2, 0, G * sizeof(float));
     bias_sums(N, G, dz, db, db2, nthreads);
   }
 }
@@ -341,7 +354,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
   // The other threads' copies of the packed weights on that path (own_rows_copy_floats).
   const index_t copy = own_rows_copy_floats(kern, s, nthreads);
   float* const copies = align_floats(xgo + (B + nthreads * extra) * I);
-  std::memset(zeros, 0, B * H * sizeof(float));
+  if (!h0) std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   zero_padding(y, s, bs);
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
@@ -553,7 +566,7 @@ void gru_backward_unpacked(float* dx, float* dh0, float* dW_ih, float* dW_hh, fl
   float* zeros = dhw + T * B * G;
   float* xr = zeros + B * H;
   float* hr = xr + T * B * I;
-  std::memset(zeros, 0, B * H * sizeof(float));
+  if (!h0) std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   if (bs) pack_steps(xr, x, I, B, bs, 0, T, 1);  // never read x's padding
   index_t h_skip = 0;
@@ -581,7 +594,10 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
                   const Kernels& kern, int nthreads, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 3 * H;
   const bool unpacked = unpacked_backward(T, B) && B > 0 && H > 0 && T > 0;
-  fresh = start_fresh_grads(fresh, unpacked, G, I, H, dW_ih, dW_hh, db_ih, db_hh);
+  // (the packed path's backward_products writes fresh gradients; with nothing to compute,
+  // the early returns below, they are zeroed here)
+  fresh = start_fresh_grads(fresh, B == 0 || H == 0 || T == 0, G, I, H, dW_ih, dW_hh, db_ih,
+                            db_hh);
   if (B == 0 || H == 0) {
     if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
@@ -603,7 +619,7 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   float* hp = zeros + B * H;              // (N, H) with batch_sizes: packed h_prev rows
   // The other threads' copies of W_hh's panels (backward_copy_floats).
   float* const copies = align_floats(hp + (bs ? T * B * H : 0));  // (unused without copies)
-  std::memset(zeros, 0, B * H * sizeof(float));
+  if (!h0) std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const Schedule sched = choose_schedule(kern, s, G, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
@@ -673,9 +689,9 @@ void gru_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
     }
   });
   backward_products(kern, s, G, dxw, dx, dW_ih, nullptr, db_ih, x, h0, W_ih, y, bs, hp,
-                    nthreads, nullptr, need_dx);
+                    nthreads, nullptr, need_dx, nullptr, fresh & 5u);
   backward_products(kern, s, G, dhw, nullptr, nullptr, dW_hh, db_hh, x, h0, W_ih, y, bs, hp,
-                    nthreads);
+                    nthreads, nullptr, true, nullptr, (fresh & 2u) | ((fresh & 8u) ? 4u : 0u));
 }
 
 }  // namespace lstm_fast

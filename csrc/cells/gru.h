@@ -115,11 +115,14 @@ void final_state(float* h_n, const float* y, const float* h_init, const CellSize
 // dW_hh needs hp (N, H) scratch. need_dx = false: dx is only that scratch (the dx GEMM is
 // skipped). dual: backward_dual_floats(kern, s) floats of scratch, or null; with it, and both
 // weight gradients to compute from the same dz (the RNN), one gemm_dual packs dz^T once for both.
+// fresh (bits 1: dW_ih, 2: dW_hh, 4: db, 8: db2): those gradients are written (=), not added
+// into, by their first product, and zeroed when no product reaches them (no pass of zeros
+// before the GEMMs).
 void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const float* dz,
                        float* dx, float* dW_ih, float* dW_hh, float* db, const float* x,
                        const float* h0, const float* W_ih, const float* y, const index_t* bs,
                        float* hp, int nthreads, float* db2 = nullptr, bool need_dx = true,
-                       float* dual = nullptr);
+                       float* dual = nullptr, unsigned fresh = 0);
 
 // Floats of backward_products's gemm_dual scratch (0 when its depth blocks would take more than
 // a quarter of L2: then two GEMMs).

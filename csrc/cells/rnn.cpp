@@ -39,7 +39,7 @@ void rnn_forward(float* y, float* h_n, const float* x, const float* h0, const fl
   float* Wp = workspace;                  // packed W_hh^T panels
   float* zeros = Wp + nbj * H * kern.NR;  // (B, H)
   float* xg = zeros + B * H;              // (T*B, I) with batch_sizes: x's active rows, packed
-  std::memset(zeros, 0, B * H * sizeof(float));
+  if (!h0) std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const index_t rows_1 = bs ? bs[0] : B;  // a single step's active rows
   if (T == 1 && !unpacked && rows_1 >= kOneStepRnnRows &&
@@ -187,7 +187,10 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
                   int nthreads, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H;
   const bool unpacked = unpacked_backward(T, B) && B > 0 && H > 0 && T > 0;
-  fresh = start_fresh_grads(fresh, unpacked, H, I, H, dW_ih, dW_hh, db_ih, db_hh);
+  // (the packed path's backward_products writes fresh gradients; with nothing to compute,
+  // the early returns below, they are zeroed here)
+  fresh = start_fresh_grads(fresh, B == 0 || H == 0 || T == 0, H, I, H, dW_ih, dW_hh, db_ih,
+                            db_hh);
   if (B == 0 || H == 0) {
     if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
     return;
@@ -204,11 +207,10 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
   float* da = workspace;         // (N, H): gradients of the pre-activations
   float* Wb = da + T * B * H;    // W_hh (H x H) packed as the B operand of da_t . W_hh
-  float* zeros = Wb + nbj * kern.NR * H;
-  float* hp = zeros + B * H;     // (N, H) with batch_sizes: packed h_prev rows
+  // (then B x H floats the forward's layout keeps for its zeros, unused here)
+  float* hp = Wb + nbj * kern.NR * H + B * H;  // (N, H) with batch_sizes: packed h_prev rows
   // backward_products's gemm_dual scratch, when reserved (backward_dual_floats)
   float* dual = backward_dual_floats(kern, s) > 0 ? hp + (bs ? T * B * H : 0) : nullptr;
-  std::memset(zeros, 0, B * H * sizeof(float));
   const Schedule sched = choose_schedule(kern, s, H, nthreads);
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   // One step of many rows with large weights (as the forward's): the pointwise step, then
@@ -267,7 +269,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   });
   // both biases enter the same pre-activation: the same column sums for each
   backward_products(kern, s, H, da, dx, dW_ih, dW_hh, db_ih, x, h0, W_ih, y, bs, hp, nthreads,
-                    db_hh, need_dx, dual);
+                    db_hh, need_dx, dual, fresh);
 }
 
 }  // namespace lstm_fast

@@ -117,14 +117,17 @@ struct UnpackedGrads {
 };
 void unpacked_grads(const Kernels& kern, const UnpackedGrads& g, int p, int np);
 
-// The fresh bits of a backward (UnpackedGrads::fresh) without those of absent biases; where the
-// packed path runs (!unpacked), the gradients to be written are zeroed first, since it adds
-// into them. dW_ih (G x I), dW_hh (G x H), db_ih and db_hh (G).
-inline unsigned start_fresh_grads(unsigned fresh, bool unpacked, index_t G, index_t I, index_t H,
-                                  float* dW_ih, float* dW_hh, float* db_ih, float* db_hh) {
+// The fresh bits of a backward (UnpackedGrads::fresh) without those of absent biases; where
+// neither path writes them (zero_first: a backward with nothing to compute, which returns
+// early), the gradients to be written are zeroed here. dW_ih (G x I), dW_hh (G x H), db_ih and
+// db_hh (G). (The unpacked path and backward_products write fresh gradients in their first
+// pass instead of adding into zeros.)
+inline unsigned start_fresh_grads(unsigned fresh, bool zero_first, index_t G, index_t I,
+                                  index_t H, float* dW_ih, float* dW_hh, float* db_ih,
+                                  float* db_hh) {
   if (!db_ih) fresh &= ~4u;
   if (!db_hh) fresh &= ~8u;
-  if (!unpacked) {
+  if (zero_first) {
     if (fresh & 1u) std::memset(dW_ih, 0, G * I * sizeof(float));
     if (fresh & 2u) std::memset(dW_hh, 0, G * H * sizeof(float));
     if (fresh & 4u) std::memset(db_ih, 0, G * sizeof(float));

@@ -517,6 +517,48 @@ void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, Ma
   gemm_serial_bias(kern, M, N, K, A, B, C, ldc, false, bias, Bpre);
 }
 
+void gemm_rows_serial(const Kernels& kern, index_t M, index_t N, index_t K, const float* A,
+                      index_t lda, MatView B, float* C, index_t ldc, bool accumulate,
+                      const float* bias) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (bias && !accumulate) return fill_rows(M, N, bias, C, ldc);
+    return zero_or_keep(M, N, C, ldc, accumulate);
+  }
+  DenormalGuard ftz;
+  const int MR = kern.MR, NR = kern.NR;
+  const index_t NC = nc_for(kern), kc_max = std::min(K, kKC);
+  thread_local std::unique_ptr<AlignedBuffer> b_buf;  // B's depth block, kept per thread
+  const std::size_t b_need = static_cast<std::size_t>(((N + NR - 1) / NR) * NR * kc_max);
+  if (!b_buf || b_buf->n < b_need) {
+    b_buf.reset();
+    b_buf = std::make_unique<AlignedBuffer>(b_need);
+  }
+  float* Bp = b_buf->p;
+  // The loops of gemm_serial_bias without A's blocks: the micro-tiles read A's rows in place.
+  for (index_t pc = 0; pc < K; pc += kKC) {
+    const index_t kc = std::min(kKC, K - pc);
+    const bool acc = accumulate || pc > 0 || bias;
+    const bool fill = bias && !accumulate && pc == 0;
+    pack_b(kern, kc, N, B, pc, 0, Bp);
+    for (index_t jc = 0; jc < N; jc += NC) {
+      const index_t nc = std::min(NC, N - jc);
+      const index_t njr = (nc + NR - 1) / NR;
+      for (index_t ir = 0; ir * MR < M; ++ir) {
+        const int m = static_cast<int>(std::min<index_t>(MR, M - ir * MR));
+        const float* a = A + ir * MR * lda + pc;
+        float* c = C + ir * MR * ldc + jc;
+        if (fill) fill_rows(m, nc, bias + jc, c, ldc);
+        const float* bp = Bp + (jc / NR) * kc * NR;
+        for (index_t jr = 0; jr < njr; ++jr, bp += kc * NR) {
+          const int n = static_cast<int>(std::min<index_t>(NR, nc - jr * NR));
+          kern.gemm_micro_rowA(kc, a, lda, bp, c + jr * NR, ldc, m, n, acc);
+        }
+      }
+    }
+  }
+}
+
 void gemm_bias2(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                 float* C, index_t ldc, const float* b1, const float* b2, int nthreads,
                 const float* Bpre) {

@@ -48,6 +48,15 @@ void gemm(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatVi
 void gemm_packed_serial(const Kernels& kern, index_t M, index_t N, index_t K, MatView A, MatView B,
                         float* C, index_t ldc, const float* bias, const float* Bpre = nullptr);
 
+// C (= or, accumulate, +=) op(A) . op(B) on the calling thread for a row-major A (row i at
+// A + i * lda), with bias (and !accumulate) C = bias + op(A) . op(B) as gemm_serial_bias writes
+// it: B packed per depth block, A's rows read in place by the micro-tiles (no packing of A:
+// for a product whose A is small and used once, e.g. a one-step call's rows, each thread
+// multiplying them by its own columns). Each element bitwise as gemm() gives it.
+void gemm_rows_serial(const Kernels& kern, index_t M, index_t N, index_t K, const float* A,
+                      index_t lda, MatView B, float* C, index_t ldc, bool accumulate,
+                      const float* bias = nullptr);
+
 // One row tile of a packed product: C's m rows at c (leading dimension ldc), n columns, get the
 // sliver ap (kc x MR, depth block of A) times the packed panels of B that cover them (panel j
 // at bp + j * bstride, kc x NR): gemm_micro per panel, the last full panel and a narrow last

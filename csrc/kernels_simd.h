@@ -659,13 +659,6 @@ void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* 
   nt_rows<1>(N, K, x, 0, Wm, ldw, y, 0, accumulate);
 }
 
-// C += A . Wm^T over rows of both: four rows of A at a time against four rows of Wm (16
-// accumulators, 8 loads per 16 FMAs), a row tail of A (M % 4) in one pass over Wm too. Wm's
-// rows go in blocks (a multiple of 4 rows, about 20 KiB) that stay in L1 while every row of A
-// runs against them, and each group of four A rows stays in L1 across the block's groups of
-// four W rows: A streams from L2 once per block instead of Wm once per four rows of A (with
-// many rows, Wm's 4 loads per 16 FMAs from L2 bound the loop). The tiles and each element's
-// arithmetic are those of an unblocked pass (blocks start at multiples of four rows of Wm).
 // Groups of four rows of A where their 16 accumulators, four W vectors and an A vector fit in
 // the registers. With 16 registers (AVX2) four rows fold every W load into each row's FMA, 20
 // loads per 16 FMAs, more than two load ports issue: pairs of rows instead, where the depth is
@@ -675,6 +668,13 @@ void gemv_rows(index_t N, index_t K, const float* Wm, index_t ldw, const float* 
 constexpr bool kNtFour = 4 * 4 + 4 + 1 <= kVecRegs;
 constexpr index_t kNtPairMinDepth = 128;
 
+// C += A . Wm^T over rows of both: four rows of A at a time (or two, kNtFour) against four
+// rows of Wm (16 accumulators, 8 loads per 16 FMAs), a row tail of A in one pass over Wm. Wm's
+// rows go in blocks (a multiple of 4 rows, about 20 KiB) that stay in L1 while every row of A
+// runs against them, and each group of four A rows stays in L1 across the block's groups of
+// four W rows: A streams from L2 once per block instead of Wm once per four rows of A (with
+// many rows, Wm's 4 loads per 16 FMAs from L2 bound the loop). The tiles and each element's
+// arithmetic are those of an unblocked pass (blocks start at multiples of four rows of Wm).
 void gemm_nt(index_t M, index_t N, index_t K, const float* A, index_t lda, const float* Wm,
              index_t ldw, float* C, index_t ldc) {
   constexpr index_t kBlockBytes = 20 << 10;

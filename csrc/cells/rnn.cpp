@@ -143,7 +143,7 @@ index_t rnn_backward_workspace_size(const Kernels& kern, const CellSizes& s, boo
   const index_t hp = lengths ? s.T * s.B * s.H : 0;  // packed h_prev rows for dW_hh
   // the unpacked path's rows of x and h_prev (rnn_backward_unpacked)
   const index_t rows = s.T * s.B <= kUnpackedBackwardRows ? s.T * s.B * (s.I + s.H) : 0;
-  return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + s.B * s.H + hp +
+  return s.T * s.B * s.H + num_panels(kern, s.H) * kern.NR * s.H + hp +
          backward_dual_floats(kern, s) + rows + 64;
 }
 
@@ -207,8 +207,7 @@ void rnn_backward(float* dx, float* dh0, float* dW_ih, float* dW_hh, float* db_i
   const index_t N = bs ? packed_rows(bs, 0, T) : T * B;
   float* da = workspace;         // (N, H): gradients of the pre-activations
   float* Wb = da + T * B * H;    // W_hh (H x H) packed as the B operand of da_t . W_hh
-  // (then B x H floats the forward's layout keeps for its zeros, unused here)
-  float* hp = Wb + nbj * kern.NR * H + B * H;  // (N, H) with batch_sizes: packed h_prev rows
+  float* hp = Wb + nbj * kern.NR * H;  // (N, H) with batch_sizes: packed h_prev rows
   // backward_products's gemm_dual scratch, when reserved (backward_dual_floats)
   float* dual = backward_dual_floats(kern, s) > 0 ? hp + (bs ? T * B * H : 0) : nullptr;
   const Schedule sched = choose_schedule(kern, s, H, nthreads);

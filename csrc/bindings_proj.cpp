@@ -157,12 +157,15 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
   py::object dy_a = opt_arg(dy, "dy", {{"T", T}, {"B", B}, {"P", P}});
   py::object dhn_a = opt_arg(dh_n, "dh_n", {{"B", B}, {"P", P}});
   py::object dcn_a = opt_arg(dc_n, "dc_n", {{"B", B}, {"H", H}});
-  py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{"4H", 4 * H}, {"I", I}});
-  py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{"4H", 4 * H}, {"P", P}});
-  py::array dW_hr = grad_out(dweight_hr, "dweight_hr", {{"P", P}, {"H", H}});
+  bool fresh[5] = {};  // gradients allocated here: the core writes them instead of adding
+  py::array dW_ih = grad_out(dweight_ih, "dweight_ih", {{"4H", 4 * H}, {"I", I}}, &fresh[0]);
+  py::array dW_hh = grad_out(dweight_hh, "dweight_hh", {{"4H", 4 * H}, {"P", P}}, &fresh[1]);
+  py::array dW_hr = grad_out(dweight_hr, "dweight_hr", {{"P", P}, {"H", H}}, &fresh[4]);
   py::object db_ih = py::none(), db_hh = py::none();
-  if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{"4H", 4 * H}});
-  if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{"4H", 4 * H}});
+  if (c.has_bias_ih) db_ih = grad_out(dbias_ih, "dbias_ih", {{"4H", 4 * H}}, &fresh[2]);
+  if (c.has_bias_hh) db_hh = grad_out(dbias_hh, "dbias_hh", {{"4H", 4 * H}}, &fresh[3]);
+  unsigned fresh_mask = 0;
+  for (int i = 0; i < 5; ++i) fresh_mask |= fresh[i] ? 1u << i : 0u;
   const py::handle none(Py_None);
   check_separate({{"dweight_ih", dweight_ih},
                   {"dweight_hh", dweight_hh},
@@ -199,7 +202,7 @@ py::tuple lstm_proj_backward_py(py::handle cache_obj, py::handle dy, py::handle 
                        opt_ptr(dhn_a), opt_ptr(dcn_a), cptr(c.x), opt_ptr(c.h0), opt_ptr(c.c0),
                        cptr(c.weight_ih), cptr(c.weight_hh), cptr(c.weight_hr), cptr(c.y),
                        cptr(c.gates), cptr(c.cells), cptr(c.m), s, P, bs_ptr(c.batch_sizes),
-                       ws.p, kern, nthreads, need_dx);
+                       ws.p, kern, nthreads, need_dx, fresh_mask);
   }
   return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dh0, dc0, dW_ih,
                         dW_hh, db_ih, db_hh, dW_hr);

@@ -293,16 +293,26 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
                         const float* W_hr, const float* y, const float* gates,
                         const float* cells, const float* m, const LstmSizes& s, index_t P,
                         const index_t* bs, float* workspace, const Kernels& kern,
-                        int nthreads, bool need_dx) {
+                        int nthreads, bool need_dx, unsigned fresh) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
+  if (!db_ih) fresh &= ~4u;
+  if (!db_hh) fresh &= ~8u;
+  // The fresh gradients of a call with nothing to compute (the early returns): zeros.
+  auto zero_fresh = [&] {
+    if (fresh & 1u) std::memset(dW_ih, 0, G * I * sizeof(float));
+    if (fresh & 2u) std::memset(dW_hh, 0, G * P * sizeof(float));
+    if (fresh & 4u) std::memset(db_ih, 0, G * sizeof(float));
+    if (fresh & 8u) std::memset(db_hh, 0, G * sizeof(float));
+    if (fresh & 16u) std::memset(dW_hr, 0, P * H * sizeof(float));
+  };
   if (B == 0 || H == 0 || P == 0) {
     if (need_dx && T * B * I > 0) std::memset(dx, 0, T * B * I * sizeof(float));
-    return;
+    return zero_fresh();
   }
   // dh0 / dc0 double as the running dh_next (B, P) / dc_next (B, H) of the reverse loop.
   for (index_t j = 0; j < B * P; ++j) dh0[j] = dh_n ? dh_n[j] : 0.0f;
   for (index_t j = 0; j < B * H; ++j) dc0[j] = dc_n ? dc_n[j] : 0.0f;
-  if (T == 0) return;
+  if (T == 0) return zero_fresh();
   const index_t TB = T * B, nbp = num_panels(kern, P), nbh = num_panels(kern, H);
   float* dz = workspace;               // (T, B, 4H)
   float* dhs = dz + TB * G;            // (T, B, P): dh_t, the gradient w.r.t. h_t (for dW_hr)
@@ -360,8 +370,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
     // (h_split as the GEMMs below)
     g.set_operands(dz, dz, x_operand(), hp, h_skip,
                    h0 && dual_floats(kern, s, P) == 0 && T > 1 ? B : 0);
-    // (fresh 0: this binding zeroes its gradients first, they are added to)
-    g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, 0u);
+    g.set_outputs(W_ih, need_dx ? dx : nullptr, dW_ih, dW_hh, db_ih, db_hh, fresh & 15u);
     // (dh_next and dW_hh over P, dm and dW_hr P x H: about P + P / 4 columns of 4H)
     const int NT = unpacked_backward_threads(B, TB, G, I, P + P / 4, nthreads);
     StepBarrier step_barrier;
@@ -391,7 +400,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
       if (np > 1) team_barrier();  // every unit of dz and column of dh written
       unpacked_grads(kern, g, p, np);
       unpacked_weight_rows(kern, P * p / np, P * (p + 1) / np, H, P, 0, TB, dhs, m, dW_hr,
-                           true);
+                           !(fresh & 16u));
     });
     return;
   }
@@ -456,24 +465,34 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   float* sums = dbs.empty() ? nullptr : dbs.data();
   if (need_dx) gemm(kern, TB, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
   const float* xa = x_operand();  // (x's padding never read)
+  // Fresh gradients are written by their first product (no pass of zeros before it).
+  const bool ih_acc = !(fresh & 1u);
+  bool hh_acc = !(fresh & 2u);
   if ((h0 || T > 1) && dual_floats(kern, s, P) > 0) {
     // Both weight gradients in one pass over dZ^T: h_prev's rows are h0's (zeros without h0),
     // then the outputs of steps 0 .. T-2 (zero on padding rows).
     gemm_dual(kern, G, TB, MatView{dz, 1, G}, I, RowSource{xa, I, TB, nullptr, 0}, dW_ih, I,
-              true, P, RowSource{h0, P, B, y, P}, dW_hh, P, true, dual, nthreads, sums);
+              ih_acc, P, RowSource{h0, P, B, y, P}, dW_hh, P, hh_acc, dual, nthreads, sums);
+    hh_acc = true;
   } else {
-    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{xa, I, 1}, dW_ih, I, true, nthreads, nullptr,
-         nullptr, sums);
-    if (h0) gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, true, nthreads);
-    if (T > 1)
-      gemm(kern, G, P, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, P, 1}, dW_hh, P, true,
-           nthreads);
+    gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{xa, I, 1}, dW_ih, I, ih_acc, nthreads,
+         nullptr, nullptr, sums);
+    if (h0) {
+      gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, hh_acc, nthreads);
+      hh_acc = true;
+    }
+    if (T > 1) {
+      gemm(kern, G, P, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, P, 1}, dW_hh, P,
+           hh_acc, nthreads);
+      hh_acc = true;
+    }
   }
+  if (!hh_acc) std::memset(dW_hh, 0, G * P * sizeof(float));  // one step from a zero state
   // dW_hr = sum_t dh_t^T m_t (padding rows: dh_t and m_t are zero).
-  gemm(kern, P, H, TB, MatView{dhs, 1, P}, MatView{m, H, 1}, dW_hr, H, true, nthreads);
+  gemm(kern, P, H, TB, MatView{dhs, 1, P}, MatView{m, H, 1}, dW_hr, H, !(fresh & 16u), nthreads);
   for (index_t j = 0; sums && j < G; ++j) {
-    if (db_ih) db_ih[j] += sums[j];
-    if (db_hh) db_hh[j] += sums[j];
+    if (db_ih) db_ih[j] = (fresh & 4u) ? sums[j] : db_ih[j] + sums[j];
+    if (db_hh) db_hh[j] = (fresh & 8u) ? sums[j] : db_hh[j] + sums[j];
   }
 }
 

@@ -49,7 +49,9 @@ index_t lstm_proj_backward_workspace_size(const Kernels& kern, const LstmSizes& 
                                           bool lengths);
 
 // Backward (BPTT) from a training forward. dx, dh0, dc0 are overwritten; dW_ih, dW_hh, dW_hr,
-// db_ih, db_hh are accumulated into (+=); db_ih / db_hh may be null (no bias).
+// db_ih, db_hh are accumulated into (+=), except those marked fresh (bits 1: dW_ih, 2: dW_hh,
+// 4: db_ih, 8: db_hh, 16: dW_hr), which are written (=, with no pass of zeros first);
+// db_ih / db_hh may be null (no bias).
 // dy, dh_n, dc_n may be null (zero upstream gradient).
 void lstm_proj_backward(float* dx,           // (T, B, I)
                         float* dh0,          // (B, P)
@@ -75,6 +77,7 @@ void lstm_proj_backward(float* dx,           // (T, B, I)
                         const LstmSizes& s, index_t P,
                         const index_t* batch_sizes,  // (T) as given to the forward, or null
                         float* workspace, const Kernels& kern, int nthreads,
-                        bool need_dx = true);  // false: dx is not written (may be scratch)
+                        bool need_dx = true,  // false: dx is not written (may be scratch)
+                        unsigned fresh = 0);
 
 }  // namespace lstm_fast

@@ -384,9 +384,11 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
                      training ? hwn + (t * B + r0) * H : nullptr, xp_t + r0 * G, hw + r0 * G,
                      b_hh, h_prev + r0 * H);
         if (np > 1 && t + 1 < T) team_barrier();  // h_t complete, hw read, before step t + 1
+        if (!bs && t + 1 == T && r1 > r0)  // this thread's rows of h_n, while in its cache
+          std::memcpy(h_n + r0 * H, y + (t * B + r0) * H, (r1 - r0) * H * sizeof(float));
       }
     });
-    final_state(h_n, y, h_init, s, bs);
+    if (bs) final_state(h_n, y, h_init, s, bs);  // (rows of no step: their h0)
     return;
   }
   Schedule sched = choose_schedule(kern, s, G, nthreads);

@@ -194,7 +194,7 @@ void lstm_forward_one_step(float* y, float* gates, float* cells, float* state, c
                            const float* h0, const float* c_init, const float* W_ih,
                            const float* W_hh, const float* b_ih, const float* b_hh,
                            const LstmSizes& s, index_t rows, float* xp, const Kernels& kern,
-                           int nthreads) {
+                           int nthreads, float* h_n, float* c_n) {
   const index_t T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H;
   if (rows <= 0) return;
   const index_t rows_x = T == 1 ? rows : T * B;
@@ -219,6 +219,10 @@ void lstm_forward_one_step(float* y, float* gates, float* cells, float* state, c
                            c_out + r0 * H, gates ? xp_t + r0 * G : nullptr, h_prev + r0 * H, H,
                            c_prev + r0 * H, xp_t + r0 * G, nullptr);
       if (np > 1 && t + 1 < T) team_barrier();  // h_t complete before step t + 1's product
+      if (h_n && t + 1 == T && r1 > r0) {  // this thread's rows of the final states, in cache
+        std::memcpy(h_n + r0 * H, y + t * B * H + r0 * H, (r1 - r0) * H * sizeof(float));
+        std::memcpy(c_n + r0 * H, c_out + r0 * H, (r1 - r0) * H * sizeof(float));
+      }
     }
   });
 }
@@ -421,7 +425,7 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
     float* xp_buf = workspace;
     float* state = xp_buf + T * B * G;
     float* zeros = state + B * H;
-    std::memset(zeros, 0, B * H * sizeof(float));
+    if (!h0 || !c0) std::memset(zeros, 0, B * H * sizeof(float));
     const float* h_init = h0 ? h0 : zeros;
     const float* c_init = c0 ? c0 : zeros;
     lstm_forward_unpacked(y, gates, cells, x, h_init, c_init, W_ih, W_hh, b_ih, b_hh, s, bs,
@@ -457,17 +461,19 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   float* copies = xo + own_projection_floats(s, nthreads);
   if (copy > 0) copies = align_floats(copies);
   float* ring = order ? copies + (nthreads - 1) * copy : nullptr;
-  std::memset(zeros, 0, B * H * sizeof(float));
+  if (!h0 || !c0) std::memset(zeros, 0, B * H * sizeof(float));
   const float* h_init = h0 ? h0 : zeros;
   const float* c_init = c0 ? c0 : zeros;
-  if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
   if (!ids && one_step_gemm(s, bs, order)) {
+    // (reads c_init at step 0: the state needs no copy of it; without padding rows the team
+    // writes h_n and c_n, with them final_states gives the rows of no step their initial ones)
     lstm_forward_one_step(y, gates, training ? cells : nullptr, state, x, h0, c_init, W_ih, W_hh,
                           b_ih, b_hh, s, bs ? bs[0] : B, training ? gates : xp_buf, kern,
-                          nthreads);
-    final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
+                          nthreads, bs ? nullptr : h_n, bs ? nullptr : c_n);
+    if (bs) final_states(h_n, c_n, y, cells, state, h_init, c_init, s, bs);
     return;
   }
+  if (!training) std::memcpy(state, c_init, B * H * sizeof(float));
   // Step t's operands: h_prev and h_out (in y, or with an order in the ring of two sorted
   // steps), c_prev and c_out (the training cache, or the inference state).
   auto h_prev_of = [&](index_t t) -> const float* {

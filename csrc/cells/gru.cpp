@@ -187,13 +187,6 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
   if (hh_sums && dW_hh && !h0)
     for (index_t r = 0; r < n0; ++r)
       for (index_t j = 0; j < G; ++j) hh_sums[j] += dz[r * G + j];
-  // dW_hh += dz^T . h_prev over `rows` rows from dz's row r0: the first such product of a
-  // fresh dW_hh writes it
-  auto hh_product = [&](index_t r0, index_t rows, const float* hprev) {
-    gemm(kern, G, H, rows, MatView{dz + r0 * G, 1, G}, MatView{hprev, H, 1}, dW_hh, H,
-         !hh_fresh, nthreads, nullptr, nullptr, hh_sums);
-    hh_fresh = false;
-  };
   if (!bs) {
     if (dx && need_dx)
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);
@@ -204,8 +197,9 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
       summed = true;
     }
     if (dW_hh) {
-      if (h0) hh_product(0, B, h0);
-      if (T > 1) hh_product(B, (T - 1) * B, y);
+      bool acc = !hh_fresh;
+      h_prev_products(kern, G, H, dz, h0, B, y, (T - 1) * B, dW_hh, &acc, nthreads, hh_sums);
+      hh_fresh = !acc;
       summed = summed || hh_sums != nullptr;
     }
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
@@ -224,12 +218,11 @@ void backward_products(const Kernels& kern, const CellSizes& s, index_t G, const
       }
     }
     if (dW_hh) {  // step 0 against h0's active rows, steps 1.. against the previous outputs
-      if (h0) hh_product(0, bs[0], h0);
       const index_t n1 = N - bs[0];
-      if (n1 > 0) {
-        pack_previous_steps(hp, y, H, B, bs, T, nthreads);
-        hh_product(bs[0], n1, hp);
-      }
+      if (n1 > 0) pack_previous_steps(hp, y, H, B, bs, T, nthreads);
+      bool acc = !hh_fresh;
+      h_prev_products(kern, G, H, dz, h0, bs[0], hp, n1, dW_hh, &acc, nthreads, hh_sums);
+      hh_fresh = !acc;
       summed = summed || hh_sums != nullptr;
     }
   }

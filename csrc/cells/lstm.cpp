@@ -1024,15 +1024,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
   if (dual_done) {
     // dW_hh came with dW_ih
   } else if (!bs) {
-    if (h0) {
-      gemm(kern, G, H, B, MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, hh_acc, nthreads);
-      hh_acc = true;
-    }
-    if (T > 1) {
-      gemm(kern, G, H, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, H, 1}, dW_hh, H,
-           hh_acc, nthreads);
-      hh_acc = true;
-    }
+    h_prev_products(kern, G, H, dz, h0, B, y, (T - 1) * B, dW_hh, &hh_acc, nthreads);
   } else {  // never read the padding of x (it may hold anything, NaN included) or of y
     // dx's storage first holds x's active rows, packed: the operand of dW_ih; then dx itself.
     pack_steps(dx, x, I, B, bs, 0, T, nthreads, order);
@@ -1049,16 +1041,7 @@ void lstm_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* dW_hh
     } else {
       gemm(kern, G, I, N, MatView{dz, 1, G}, MatView{dx, I, 1}, dW_ih, I, ih_acc, nthreads,
            nullptr, nullptr, sums);
-      if (h0) {
-        gemm(kern, G, H, bs[0], MatView{dz, 1, G}, MatView{h0, H, 1}, dW_hh, H, hh_acc,
-             nthreads);
-        hh_acc = true;
-      }
-      if (n1 > 0) {
-        gemm(kern, G, H, n1, MatView{dz + bs[0] * G, 1, G}, MatView{hp, H, 1}, dW_hh, H, hh_acc,
-             nthreads);
-        hh_acc = true;
-      }
+      h_prev_products(kern, G, H, dz, h0, bs[0], hp, n1, dW_hh, &hh_acc, nthreads);
     }
     if (need_dx) {
       gemm(kern, N, I, G, MatView{dz, G, 1}, MatView{W_ih, I, 1}, dx, I, false, nthreads);

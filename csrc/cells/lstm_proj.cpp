@@ -477,15 +477,7 @@ void lstm_proj_backward(float* dx, float* dh0, float* dc0, float* dW_ih, float* 
   } else {
     gemm(kern, G, I, TB, MatView{dz, 1, G}, MatView{xa, I, 1}, dW_ih, I, ih_acc, nthreads,
          nullptr, nullptr, sums);
-    if (h0) {
-      gemm(kern, G, P, B, MatView{dz, 1, G}, MatView{h0, P, 1}, dW_hh, P, hh_acc, nthreads);
-      hh_acc = true;
-    }
-    if (T > 1) {
-      gemm(kern, G, P, (T - 1) * B, MatView{dz + B * G, 1, G}, MatView{y, P, 1}, dW_hh, P,
-           hh_acc, nthreads);
-      hh_acc = true;
-    }
+    h_prev_products(kern, G, P, dz, h0, B, y, (T - 1) * B, dW_hh, &hh_acc, nthreads);
   }
   if (!hh_acc) std::memset(dW_hh, 0, G * P * sizeof(float));  // one step from a zero state
   // dW_hr = sum_t dh_t^T m_t (padding rows: dh_t and m_t are zero).

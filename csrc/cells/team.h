@@ -343,6 +343,27 @@ inline void one_step_columns(const Kernels& kern, index_t rows_x, index_t rows_h
   product(rows_h, H, h0, W_hh, c, hw == nullptr, nullptr);
 }
 
+// dW (G x F) (+)= dz^T . h_prev for a recurrent weight gradient, h_prev's rows being h0's n0
+// rows (none without h0: they are zeros) and then n1 rows of `later` (the previous outputs,
+// packed with lengths), dz's rows in the same order: one GEMM per part. The first product
+// writes dW when *acc is false (a fresh gradient), and *acc is true after any product (still
+// false when none ran: the caller zeroes a fresh dW). sums: dz's column sums, added by the
+// products as they pack dz^T (gemm's a_sums), or null.
+inline void h_prev_products(const Kernels& kern, index_t G, index_t F, const float* dz,
+                            const float* h0, index_t n0, const float* later, index_t n1,
+                            float* dW, bool* acc, int nthreads, float* sums = nullptr) {
+  if (h0 && n0 > 0) {
+    gemm(kern, G, F, n0, MatView{dz, 1, G}, MatView{h0, F, 1}, dW, F, *acc, nthreads, nullptr,
+         nullptr, sums);
+    *acc = true;
+  }
+  if (n1 > 0) {
+    gemm(kern, G, F, n1, MatView{dz + n0 * G, 1, G}, MatView{later, F, 1}, dW, F, *acc,
+         nthreads, nullptr, nullptr, sums);
+    *acc = true;
+  }
+}
+
 // dst[r, u0:u1] = src[r, u0:u1] for rows of width H: a one-step team's units of its outputs
 // into the final state while they are in its cache (no serial pass over the state after the
 // team region; 128 KiB at B = 128, H = 256).

@@ -14,22 +14,22 @@ run are printed.
 
     PYTHONPATH=. python -m pytest benchmarks/test_lengths_bench.py --benchmark-only
 
-Run as a script for ratios from interleaved rounds (more robust on a shared, loaded machine):
+Run as a script for ratios from interleaved batches (more robust on a shared, loaded machine):
 
-    PYTHONPATH=. python benchmarks/test_lengths_bench.py [rounds]
+    PYTHONPATH=. python benchmarks/test_lengths_bench.py [seconds per implementation and mode]
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import lstm_fast
 from lstm_fast import _peers
+from lstm_fast.bench import CallFailed, time_interleaved
 
 T, B, I, H = 100, 32, 256, 256
 THREADS = 2
@@ -144,7 +144,12 @@ def ratio_lines(times: dict[tuple[str, str], float]) -> list[str]:
 # ---- script: interleaved rounds -----------------------------------------------------------------
 
 
-def main(rounds: int = 15) -> None:
+def main(budget: float = 2.0) -> None:
+    """Each mode's three implementations timed in interleaved batches
+    (:func:`lstm_fast.bench.time_interleaved`: the starting implementation rotates and the other
+    runtimes' worker threads go idle before the next one runs; a fixed order of single calls put
+    every lengths call right after a torch call, whose spinning OpenMP team slowed it: forward
+    lengths / full 0.746-0.757 there against 0.700-0.704 interleaved, same build and hour)."""
     lstm_fast.set_num_threads(THREADS)
     impls = list(IMPLS)
     try:
@@ -152,22 +157,28 @@ def main(rounds: int = 15) -> None:
     except _peers.Unavailable as e:
         print(f"torch-packed skipped: torch {e}")
         impls.remove("torch-packed")
+    allocator = _peers.steady_allocator()  # the same malloc state for every implementation
     data = make_inputs()
-    calls = {(i, m): make_call(i, m, *data) for m in MODES for i in impls}
-    for call in calls.values():
-        call()
-    samples: dict[tuple[str, str], list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):  # one call of each per round: load changes hit all of them alike
-        for key, call in calls.items():
-            t = time.perf_counter()
-            call()
-            samples[key].append(time.perf_counter() - t)
-    print(f"S1 (T={T}, B={B}, I={I}, H={H}), {THREADS} threads, {rounds} interleaved rounds")
-    for name, reduce in (("median", np.median), ("min", np.min)):
+    print(
+        f"S1 (T={T}, B={B}, I={I}, H={H}), {THREADS} threads, interleaved batches, "
+        f"allocator: {allocator}"
+    )
+    medians: dict[tuple[str, str], float] = {}
+    mins: dict[tuple[str, str], float] = {}
+    for mode in MODES:
+        fns = {i: make_call(i, mode, *data) for i in impls}
+        timed = time_interleaved(
+            fns, budget=budget, min_repeats={k: 5 for k in fns}, warmup={k: 2 for k in fns}
+        )
+        for impl, t in timed.items():
+            if isinstance(t, CallFailed):
+                raise SystemExit(f"{impl} {mode} failed: {t}")
+            medians[(impl, mode)], mins[(impl, mode)] = t.median_s, t.min_s
+    for name, times in (("median", medians), ("min", mins)):
         print(f"-- {name}")
-        for line in ratio_lines({k: float(reduce(v)) for k, v in samples.items()}):
+        for line in ratio_lines(times):
             print(line)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 2.0)

@@ -810,9 +810,16 @@ LF_INLINE void epilogue_full(const StepArgs& a, index_t row, index_t ub, const v
     }
 }
 
-template <int R, int U>
+constexpr index_t kLineFloats = 16;  // floats per 64-byte cache line
+// Whether the chunked step sweep prefetches the next panel chunk (lstm_fwd_chunked): the
+// AVX-512 kernels only. In the AVX2 build the tiles with the prefetch kept their panel vectors
+// on the stack (16 registers), 1.19-1.23x the time at S1/S2.
+constexpr bool kChunkPrefetch = W == 16;
+
+template <int R, int U, bool kPrefetch = false>
 LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0, index_t k1,
-                         float* part, bool first, bool last) {
+                         float* part, bool first, bool last, const float* pf = nullptr,
+                         index_t pf_lines = 0) {
   const index_t H = a.H, G = 4 * H;
   vf acc[R][U][4];
 #pragma GCC unroll 16
@@ -854,6 +861,11 @@ LF_INLINE void lstm_tile(const StepArgs& a, index_t row, index_t ub, index_t k0,
         b[u][q] = load(panel[u] + (k * 4 + q) * W);
         keep_in_register<R * U * 4 + U * 4 + 1, R>(b[u][q]);
       }
+    if (kPrefetch) {  // this tile's share of the next panel chunk, into L2 (see the sweep)
+      const index_t j = k - k0, n = k1 - k0;
+      if (j < pf_lines) __builtin_prefetch(pf + j * kLineFloats, 0, 2);
+      if (j + n < pf_lines) __builtin_prefetch(pf + (j + n) * kLineFloats, 0, 2);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const vf h = splat(hp[r * a.ldh_prev + k]);
@@ -1021,10 +1033,15 @@ LF_INLINE void lstm_rows_full(const StepArgs& a, int rr, index_t row, index_t ub
 // One unit block, rows [row, row + rr), depth chunk [k0, k1).
 template <int R>
 LF_INLINE void lstm_rows_chunk(const StepArgs& a, int rr, index_t row, index_t ub, index_t k0,
-                               index_t k1, float* part, bool first, bool last) {
+                               index_t k1, float* part, bool first, bool last, const float* pf,
+                               index_t pf_lines) {
   if constexpr (R >= 1) {
-    if (rr != R) return lstm_rows_chunk<R - 1>(a, rr, row, ub, k0, k1, part, first, last);
-    lstm_tile<R, 1>(a, row, ub, k0, k1, part, first, last);
+    if (rr != R)
+      return lstm_rows_chunk<R - 1>(a, rr, row, ub, k0, k1, part, first, last, pf, pf_lines);
+    if (kChunkPrefetch && pf_lines > 0)
+      lstm_tile<R, 1, kChunkPrefetch>(a, row, ub, k0, k1, part, first, last, pf, pf_lines);
+    else
+      lstm_tile<R, 1>(a, row, ub, k0, k1, part, first, last);
   }
 }
 
@@ -1066,6 +1083,19 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
                                                 index_t ub1) {
   float part[RB * 4 * W];
   const index_t K = a.K, KC = depth_chunk();
+  // Each chunk of the panels is read from L2 or beyond by the first row tile that uses it and
+  // from L1 by the others: at S2 (W_hh 4 MiB, streamed from L3 every step) that first tile
+  // waited on its panel loads, the hottest instructions of the sweep. The tiles after the first
+  // prefetch the chunk used next into L2, a share of its lines each, one or two per depth
+  // step, while they compute from L1 (a tile alone prefetches it itself). Only where the
+  // thread's panels take a quarter of L2 or more (they are evicted between steps, or never
+  // fit). In-process A/B, 2 threads, AVX-512, forward: S2 0.896-0.914x the time, S1 (W_hh
+  // next to a copy of W_ih^T in each core's L2) 0.957-0.974x, S3 1.006x; 1 thread S2 0.950x;
+  // S6 and (100, 64, 128, 128), below the threshold, within 0.99-1.01x. (A prefetch of the
+  // next chunk by the first tile, into L1, had no effect on the Zen 4 host of the time.)
+  const bool prefetch =
+      kChunkPrefetch && static_cast<double>(ub1 - ub0) * K * 4 * W * sizeof(float) >=
+                            0.25 * static_cast<double>(l2_cache_bytes());
   for (index_t ub = ub0; ub < ub1; ++ub) {
     const int nv = dense_tail(a, ub);
     for (index_t rc = 0; rc < rows; rc += RB) {
@@ -1076,15 +1106,33 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
         // Tiles of balanced heights (8 rows: 4 + 4, not 6 + 2): a tile of one or two rows
         // has too few independent accumulators to keep the FMA units busy.
         const index_t nt = (nr + ROWS - 1) / ROWS, base = nr / nt, extra = nr % nt;
+        // The panel chunk used next (this block's next depth chunk, the first of the next row
+        // block, or the next unit block's first), prefetched into L2 by the tiles after the
+        // first, which read this chunk from L1: the first tile streams it from L2 or L3.
+        const float* pf = nullptr;
+        index_t pf_lines = 0, per = 0;
+        if (prefetch && !nv && K > 0) {
+          const index_t nub_ = k1 < K || rc + RB < rows ? ub : ub + 1;
+          const index_t nk0 = k1 < K ? k1 : 0, nk1 = K - nk0 < KC ? K : nk0 + KC;
+          if (nub_ < ub1) {
+            pf = a.Wp + (nub_ * K + nk0) * 4 * W;
+            pf_lines = (nk1 - nk0) * 4 * W / kLineFloats;
+            per = nt > 1 ? (pf_lines + nt - 2) / (nt - 1) : pf_lines;
+          }
+        }
         index_t lr = 0;
         for (index_t q = 0; q < nt; ++q) {
           const int rr = static_cast<int>(base + (q < extra ? 1 : 0));
+          // this tile's lines of the next chunk: [l0, l1) (none for the first of several)
+          const index_t l0 = nt > 1 && q > 0 ? (q - 1) * per : 0;
+          const index_t l1 = q == 0 && nt > 1 ? 0 : std::min(pf_lines, l0 + per);
           if (nv)
             lstm_tail_rows<ROWS>(a, rr, nv, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
                                  k1 == K);
           else
             lstm_rows_chunk<ROWS>(a, rr, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
-                                  k1 == K);
+                                  k1 == K, pf ? pf + l0 * kLineFloats : nullptr,
+                                  l1 > l0 ? l1 - l0 : 0);
           lr += rr;
         }
       }

@@ -130,6 +130,13 @@ struct Kernels {
   // GEMM's depth blocks (kGemmKC) gets its results bitwise.
   void (*gemm_rows_b)(index_t M, index_t N, index_t K, const float* A, index_t ars, index_t acs,
                       const float* B, index_t ldb, float* C, index_t ldc, bool accumulate);
+
+  // gemm_micro that also prefetches `lines` 64-byte lines from pf into L2, one or two per k
+  // (at most 2K lines): the next chunk of a B panel, fetched by a tile that reads its own
+  // chunk from L1 (micro_prefetching, gemm.h). The same results as gemm_micro. Where
+  // prefetching is not used (kernels other than AVX-512), gemm_micro itself.
+  void (*gemm_micro_pf)(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc,
+                        int m, int n, bool accumulate, const float* pf, index_t lines);
 };
 
 const Kernels& kernels_scalar();

@@ -196,10 +196,16 @@ double sumsq(index_t n, const float* x) {
   return total;
 }
 
+// (no prefetch here: gemm_micro)
+void gemm_micro_pf(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc, int m,
+                   int n, bool accumulate, const float*, index_t) {
+  gemm_micro(K, Ap, Bp, C, ldc, m, n, accumulate);
+}
+
 const Kernels kTable = {"scalar",      kW,        kMR,           kNR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq,
-                        gemm_micro_pair, gemm_rows_b};
+                        gemm_micro_pair, gemm_rows_b, gemm_micro_pf};
 
 }  // namespace
 

@@ -103,9 +103,10 @@ LF_INLINE void store_cols(const vf (&acc)[NC], float* C, index_t ldc, int m, boo
 // R <= MR rows of accumulators (A's packed panel is still MR wide): a tile of m rows runs with
 // the smallest R in {MR/3, 2MR/3, MR} that covers it, so a batch of, say, 64 rows does not
 // compute 72. Every element gets the same FMAs in the same order whatever R is.
-template <bool kRowA, int R, int NV = NR / W>
+template <bool kRowA, int R, int NV = NR / W, bool kPrefetch = false>
 LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, float* C,
-                     index_t ldc, int m, int n, bool accumulate) {
+                     index_t ldc, int m, int n, bool accumulate, const float* pf = nullptr,
+                     index_t lines = 0) {
   vf acc[R][NV];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
@@ -118,8 +119,13 @@ LF_INLINE void micro(index_t K, const float* A, index_t lda, const float* Bp, fl
   }
   // the C tile is read (accumulate) or written after the loop: fetch it now
   if (!kRowA) prefetch_tile<R>(C, ldc, NV * W);
-  for (index_t k = 0; k < K; ++k)
+  for (index_t k = 0; k < K; ++k) {
     tile_fma<R, NV>(acc, Bp + k * NR, [&](int r) { return kRowA ? arow[r][k] : A[k * MR + r]; });
+    if (kPrefetch) {  // lines k and K + k of the caller's next chunk, into L2
+      if (k < lines) __builtin_prefetch(pf + k * 16, 0, 2);
+      if (K + k < lines) __builtin_prefetch(pf + (K + k) * 16, 0, 2);
+    }
+  }
   store_tile<R, NV>(acc, C, ldc, m, n, accumulate);
 }
 
@@ -171,6 +177,25 @@ void gemm_micro(index_t K, const float* Ap, const float* Bp, float* C, index_t l
   if (m <= MR1) return micro<false, MR1>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   if (m <= MR2) return micro<false, MR2>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
   micro<false, MR>(K, Ap, MR, Bp, C, ldc, m, n, accumulate);
+}
+
+// gemm_micro with a prefetch of the caller's next B chunk (Kernels::gemm_micro_pf): full-width
+// panels of the AVX-512 kernels only (in the AVX2 build, the LSTM step tiles with a prefetch
+// kept their panel vectors on the stack); elsewhere gemm_micro.
+void gemm_micro_pf(index_t K, const float* Ap, const float* Bp, float* C, index_t ldc, int m,
+                   int n, bool accumulate, const float* pf, index_t lines) {
+  if constexpr (W == 16) {
+    if (n > W && lines > 0) {
+      if (m <= MR1)
+        return micro<false, MR1, NR / W, true>(K, Ap, MR, Bp, C, ldc, m, n, accumulate, pf,
+                                                lines);
+      if (m <= MR2)
+        return micro<false, MR2, NR / W, true>(K, Ap, MR, Bp, C, ldc, m, n, accumulate, pf,
+                                                lines);
+      return micro<false, MR, NR / W, true>(K, Ap, MR, Bp, C, ldc, m, n, accumulate, pf, lines);
+    }
+  }
+  gemm_micro(K, Ap, Bp, C, ldc, m, n, accumulate);
 }
 
 // A full panel and the narrow last panel after it (micro_cols's layout: the sliver's rows as
@@ -1317,7 +1342,7 @@ double sumsq(index_t n, const float* x) {
 const Kernels kTable = {LF_NAME,       W,         MR,         NR,
                         gemm_micro,    gemm_micro_rowA,   gemv_panel, gemv_rows, gemm_nt, gemv_cols, lstm_fwd_rows,
                         lstm_bwd_pointwise, sigmoid, tanh_, softmax_xent, adam, sumsq,
-                        gemm_micro_pair, gemm_rows_b};
+                        gemm_micro_pair, gemm_rows_b, gemm_micro_pf};
 
 }  // namespace
 

@@ -86,8 +86,24 @@ def test_matches_reference(isa, cell, T, B, I, H):
     assert_matches(run(cell, x, w, h0, dy, dhn), run_ref(cell, x, w, h0, dy, dhn))
 
 
+# H = 330: the step products' panels (3 x 1.4 MiB for the GRU) take over a quarter of L2, so
+# they prefetch their next chunks (micro_prefetching) on 1 and 2 threads, either split.
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("T,B,I,H", [(6, 5, 9, 19), (12, 16, 5, 33), (3, 4, 2, 1), (20, 2, 7, 130)])
+@pytest.mark.parametrize("n,sched", [(1, "auto"), (2, "units"), (2, "batch")])
+def test_prefetching_step_products_match_reference(isa, threads, schedule, cell, n, sched):
+    T, B, I, H = 3, 30, 9, 330
+    rng = np.random.default_rng(hash((cell, T, B, I, H)) % 2**32)
+    x, w, h0 = make_problem(rng, cell, T, B, I, H)
+    dy, dhn = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    lstm_fast.set_num_threads(n)
+    schedule(sched)
+    assert_matches(run(cell, x, w, h0, dy, dhn), run_ref(cell, x, w, h0, dy, dhn))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(
+    "T,B,I,H", [(6, 5, 9, 19), (12, 16, 5, 33), (3, 4, 2, 1), (20, 2, 7, 130), (3, 30, 9, 330)]
+)
 def test_lengths_match_reference(isa, cell, T, B, I, H):
     rng = np.random.default_rng(hash((cell, T, B, H, 1)) % 2**32)
     x, w, h0 = make_problem(rng, cell, T, B, I, H)
@@ -152,7 +168,9 @@ def test_inference_equals_training(isa, cell, rng):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("T,B,I,H", [(9, 13, 21, 70), (4, 40, 8, 33), (2, 1, 4, 200)])
+@pytest.mark.parametrize(
+    "T,B,I,H", [(9, 13, 21, 70), (4, 40, 8, 33), (2, 1, 4, 200), (3, 30, 9, 330)]
+)
 def test_bitwise_identical_across_threads_and_schedules(isa, cell, T, B, I, H, threads, schedule):
     rng = np.random.default_rng(5)
     x, w, h0 = make_problem(rng, cell, T, B, I, H)

@@ -229,7 +229,15 @@ def test_zero_sizes(T, B, I, H):
 
 
 @pytest.mark.parametrize(
-    "T,B,I,H", [(9, 16, 33, 64), (5, 3, 17, 130), (12, 1, 5, 40), (4, 40, 8, 7), (2, 2, 9, 70)]
+    "T,B,I,H",
+    [
+        (9, 16, 33, 64),
+        (5, 3, 17, 130),
+        (12, 1, 5, 40),
+        (4, 40, 8, 7),
+        (2, 2, 9, 70),
+        (3, 30, 9, 300),  # the step sweep prefetches its next panel chunks (W_hh 1.4 MiB)
+    ],
 )
 def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, T, B, I, H):
     rng = np.random.default_rng(3)

@@ -71,6 +71,8 @@ void recurrent_product(const Kernels& kern, index_t H, int gates, index_t r0, in
   const index_t G = gates * H, per_gate = num_panels(kern, H) * H * NR;
   float* Ap = step_slab(((r1 - r0) / MR + 1) * MR * H);
   pack_a_slivers(kern, r1 - r0, H, 0, H, A + r0 * H, H, Ap);
+  const index_t ns = (r1 - r0 + MR - 1) / MR;
+  const bool prefetch = step_prefetch((j1 - j0) * gates * H * NR * sizeof(float));
   for (index_t jr = j0; jr < j1; ++jr) {
     const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
     for (int q = 0; q < gates; ++q) {
@@ -78,10 +80,24 @@ void recurrent_product(const Kernels& kern, index_t H, int gates, index_t r0, in
       float* Cq = C + q * H + jr * NR;
       for (index_t k0 = 0; k0 < H; k0 += kKC) {
         const index_t kc = std::min(kKC, H - k0);
+        // the chunk used next: this panel's next depth chunk, or the next gate's or panel's
+        // first (none after the last)
+        const float* next = nullptr;
+        index_t next_floats = 0;
+        if (prefetch) {
+          if (k0 + kKC < H) {
+            next = panel + (k0 + kKC) * NR;
+            next_floats = std::min(kKC, H - k0 - kKC) * NR;
+          } else if (q + 1 < gates || jr + 1 < j1) {
+            next = q + 1 < gates ? panel + per_gate : Wp + (jr + 1) * H * NR;
+            next_floats = std::min(kKC, H) * NR;
+          }
+        }
         for (index_t r = r0; r < r1; r += MR) {
           const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
-          kern.gemm_micro(kc, Ap + (((r - r0) / MR) * H + k0) * MR, panel + k0 * NR, Cq + r * G,
-                          G, m, n, accumulate || k0 > 0);
+          micro_prefetching(kern, kc, Ap + (((r - r0) / MR) * H + k0) * MR, panel + k0 * NR,
+                            Cq + r * G, G, m, n, accumulate || k0 > 0, (r - r0) / MR, ns, next,
+                            next_floats);
         }
       }
     }
@@ -95,14 +111,23 @@ void recurrent_product_back(const Kernels& kern, index_t H, index_t G, index_t r
   if (r1 <= r0 || j1 <= j0) return;
   float* Ap = step_slab(((r1 - r0) / MR + 1) * MR * G);
   pack_a_slivers(kern, r1 - r0, G, 0, G, dz + r0 * G, G, Ap);
+  const index_t ns = (r1 - r0 + MR - 1) / MR;
+  const bool prefetch = step_prefetch((j1 - j0) * G * NR * sizeof(float));
   for (index_t jr = j0; jr < j1; ++jr) {
     const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
     for (index_t k0 = 0; k0 < G; k0 += kKC) {
       const index_t kc = std::min(kKC, G - k0);
+      // the chunk used next (the panels are consecutive: the next kKC depths, or the next
+      // panel's first; none after the last)
+      const bool more = k0 + kKC < G || jr + 1 < j1;
+      const float* next = prefetch && more ? Wb + (jr * G + k0 + kc) * NR : nullptr;
+      const index_t next_floats =
+          k0 + kKC < G ? std::min(kKC, G - k0 - kKC) * NR : std::min(kKC, G) * NR;
       for (index_t r = r0; r < r1; r += MR) {
         const int m = static_cast<int>(std::min<index_t>(MR, r1 - r));
-        kern.gemm_micro(kc, Ap + (((r - r0) / MR) * G + k0) * MR, Wb + (jr * G + k0) * NR,
-                        dh + r * H + jr * NR, H, m, n, accumulate || k0 > 0);
+        micro_prefetching(kern, kc, Ap + (((r - r0) / MR) * G + k0) * MR,
+                          Wb + (jr * G + k0) * NR, dh + r * H + jr * NR, H, m, n,
+                          accumulate || k0 > 0, (r - r0) / MR, ns, next, next_floats);
       }
     }
   }

@@ -252,7 +252,8 @@ def test_gru_matches_torch(rng):
 
 
 # The GRU's batch split: each thread projects its own rows (x . W_ih^T + b_ih) inside its
-# recurrence's team region, in blocks of steps of at least 64 rows (W_hh up to 4 MiB), with and
+# recurrence's team region, in blocks of steps of at least 64 rows (256 where W_ih^T takes over
+# half of L2; W_hh up to 4 MiB), with and
 # without lengths, on 2-4 threads: bitwise the serial results (inference, training, gradients),
 # and the float64 reference. Blocks of one step (150 rows) and of many; a thread with one row;
 # bias and h0 absent; SIMD tails.
@@ -264,6 +265,7 @@ def test_gru_matches_torch(rng):
         (12, 150, 5, 9, False, True),
         (20, 16, 65, 100, True, True),
         (5, 26, 9, 400, True, True),  # W_hh of 1.9 MiB
+        (24, 30, 400, 256, True, True),  # W_ih^T of 1.2 MiB: blocks of up to 256 rows
     ],
 )
 @pytest.mark.parametrize("lengths", [False, True])

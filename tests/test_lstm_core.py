@@ -282,6 +282,8 @@ def test_bitwise_identical_across_threads_and_schedules(isa, threads, schedule, 
         (300, 26, 19, 33, False),
         (40, 64, 20, 100, True),
         (6, 30, 9, 400, True),  # W_hh of 2.4 MiB (the own-rows split goes up to 4 MiB)
+        # W_ih^T of 1.2 MiB, over half of L2: blocks of up to 256 rows beyond a step's
+        (24, 30, 300, 256, True),
     ],
 )
 @pytest.mark.parametrize("training", [False, True])

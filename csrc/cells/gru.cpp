@@ -290,16 +290,14 @@ bool one_step_gemm(const CellSizes& s, const index_t* bs) {
          !use_unpacked(s);
 }
 
-// The batch split's own-rows projection (gru_forward): each thread projects at least this many
-// of its rows at once, while W_hh takes at most kOwnRowsMaxWhh bytes.
-constexpr index_t kOwnProjRows = 64;
+// The batch split's own-rows projection (gru_forward) runs while W_hh takes at most
+// kOwnRowsMaxWhh bytes.
 constexpr double kOwnRowsMaxWhh = 4.0 * (1 << 20);
 
-// The rows a thread's projection block may take beyond its own rows of a step: kOwnProjRows,
-// but at most T * B / nthreads (0: blocks of one step), so the buffers stay within about the
-// size of x's rows and all steps' pre-activations whatever the thread count (as lstm.cpp's).
+// The rows a thread's projection block may take beyond its own rows of a step
+// (own_proj_block_rows, team.h).
 index_t own_proj_rows(const CellSizes& s, int nthreads) {
-  return std::min<index_t>(kOwnProjRows, s.T * s.B / std::max(1, nthreads));
+  return own_proj_block_rows(3 * s.H, s.I, s.T * s.B, nthreads);
 }
 
 // Floats of that path's buffers (0 when it cannot run): W_ih^T packed, then per-thread
@@ -423,7 +421,7 @@ void gru_forward(float* y, float* h_n, float* gates, float* hwn, const float* x,
     sched = Schedule::kBatch;
   const int P = sched == Schedule::kSerial ? 1 : nthreads;
   // The batch split: each thread projects its own rows inside its recurrence's team region, in
-  // blocks of steps of at least kOwnProjRows rows (a step's rows when more), as the LSTM's
+  // blocks of steps of own_proj_rows rows or more (a step's rows when more), as the LSTM's
   // forward does (lstm.cpp): its pre-activations are in its own cache rather than half in the
   // other core's, and W_ih^T streams through it once per block. Bitwise the shared GEMM's
   // results (the same products, each element summed in the same order).

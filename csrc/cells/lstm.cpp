@@ -22,10 +22,6 @@ constexpr index_t kKCb = 256;
 // most this many bytes (lstm_choose_schedule).
 constexpr double kOwnRowsMaxWhh = 4.0 * (1 << 20);
 
-// The batch split with batch_sizes: each thread projects at least this many of its active rows
-// at once (over several steps when its rows per step are fewer), see lstm_forward.
-constexpr index_t kOwnProjRows = 64;
-
 // Whether lstm_forward's batch split may run with each thread projecting its own rows: two rows
 // or more and W_hh of at most kOwnRowsMaxWhh bytes (with more, the scheduler never splits the
 // batch).
@@ -33,14 +29,10 @@ bool own_rows_possible(const LstmSizes& s) {
   return s.B >= 2 && 16.0 * s.H * s.H <= kOwnRowsMaxWhh;
 }
 
-// The rows a thread's projection block may take beyond its own rows of a step: kOwnProjRows, but
-// at most T * B / nthreads (0 is fine: blocks of one step), so that the buffers below stay
-// within about the size of x's rows and the pre-activations of all steps. With kOwnProjRows
-// alone they grew with the thread count whatever the problem: T = 3, B = 2, I = 5000 on 64
-// threads took an 83 MB workspace for a 120 kB x (the kernels run on up to as many threads as
-// the process has CPUs).
+// The rows a thread's projection block may take beyond its own rows of a step
+// (own_proj_block_rows, team.h).
 index_t own_proj_rows(const LstmSizes& s, int nthreads) {
-  return std::min<index_t>(kOwnProjRows, s.T * s.B / std::max(1, nthreads));
+  return own_proj_block_rows(4 * s.H, s.I, s.T * s.B, nthreads);
 }
 
 // Floats of that path's per-thread buffers: pre-activations (4H) and gathered x rows (I) of up
@@ -509,7 +501,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   //
   // A thread projects its active rows of a block of steps at once (gathered from x into its
   // part of xgo, through the order when there is one), at least kOwnProjRows rows when its rows
-  // per step are fewer (own_proj_rows: fewer for a small T * B per thread), so W_ih^T streams
+  // per step are fewer (own_proj_rows: more where W_ih^T is large, fewer for a small T * B per
+  // thread), so W_ih^T streams
   // through its cache once per block; the steps read their pre-activations from its part of xo.
   // With batch_sizes the rows are re-balanced every kBalanceSteps steps (a barrier when they
   // change hands) and a block ends with its segment.

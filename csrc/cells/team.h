@@ -412,6 +412,28 @@ inline int one_step_threads(index_t rows, index_t G, index_t I, index_t H, bool 
   return small_call_threads(fma, nthreads);
 }
 
+// The batch split's own-rows input projection (lstm.cpp, gru.cpp) projects a block of at least
+// this many of a thread's rows at once (a step's rows when more), over several steps when its
+// rows per step are fewer, so that W_ih^T streams through its cache once per block:
+// kOwnProjRows while the packed W_ih^T (G x I) takes at most half of L2 (each thread keeps a
+// copy there, private_copy_floats, and larger blocks only evict it), kOwnProjRowsStreamed when
+// it is larger and comes from L3 for every block. But at most T * B / nthreads rows (0: blocks
+// of one step), so that the buffers stay within about the size of x's rows and the
+// pre-activations of all steps: with a fixed count alone they grew with the thread count
+// whatever the problem (T = 3, B = 2, I = 5000 on 64 threads took an 83 MB workspace for a
+// 120 kB x; the kernels run on up to as many threads as the process has CPUs). In-process A/B,
+// 2 threads, LSTM forward, 256 rows against 64 where W_ih^T is larger: S2 0.953x the time,
+// (50, 32, 384, 384) 0.949x, (50, 16, 512, 512) 0.968x, (100, 64, 1024, 256) 0.978x,
+// (50, 64, 256, 512) 0.964x (128 rows: S2 0.968x); at S1 (W_ih^T 1 MiB) 256 rows took 1.039x.
+constexpr index_t kOwnProjRows = 64;
+constexpr index_t kOwnProjRowsStreamed = 256;
+inline index_t own_proj_block_rows(index_t G, index_t I, index_t rows, int nthreads) {
+  const bool streamed =
+      4.0 * static_cast<double>(G) * static_cast<double>(I) > 0.5 * static_cast<double>(l2_cache_bytes());
+  return std::min<index_t>(streamed ? kOwnProjRowsStreamed : kOwnProjRows,
+                           rows / std::max(1, nthreads));
+}
+
 // The batch split's own-rows input projection (lstm.cpp, gru.cpp), one block: the active rows
 // among [r0, r1) of steps t0, t0 + 1, ... (bs null: all B rows active), while the steps last
 // (to t1) and the rows fit in cap, are gathered from x (row order[r] of a step for sorted row r

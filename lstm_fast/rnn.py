@@ -361,6 +361,86 @@ def _is_packed(x: Any) -> bool:
     return all(hasattr(x, a) for a in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"))
 
 
+def _check_packed(
+    where: str,
+    batch_sizes: Any,
+    sorted_indices: Any,
+    unsorted_indices: Any,
+    rows: int,
+    error: type = ValueError,
+    name: str = "input",
+) -> None:
+    """A PackedSequence's fields as ``pack_padded_sequence`` / ``pack_sequence`` make them,
+    checked before anything reads them (``where``: a prefix for the messages, ``name``: the
+    argument's name, ``error``: the exception raised): ``batch_sizes`` a non-empty 1-D int64
+    CPU tensor of positive, non-increasing counts summing to at most the ``rows`` of ``data``;
+    ``sorted_indices`` and ``unsorted_indices`` both None, or 1-D int64 tensors of
+    ``batch_sizes[0]`` elements, a permutation and its inverse. torch's
+    ``pad_packed_sequence`` trusts them: a negative count aborts the process there
+    (``free(): invalid pointer``), an index past the batch fails unnamed, and a sorted_indices
+    that is no permutation silently reads one sequence twice."""
+    import torch
+
+    if not isinstance(batch_sizes, torch.Tensor) or batch_sizes.dim() != 1:
+        got = (
+            f"{batch_sizes.dim()}-D tensor"
+            if isinstance(batch_sizes, torch.Tensor)
+            else type(batch_sizes).__name__
+        )
+        raise error(
+            f"{where}{name}.batch_sizes: expected a 1-D int64 CPU tensor "
+            f"(a PackedSequence from pack_padded_sequence / pack_sequence), got a {got}"
+        )
+    if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        raise error(
+            f"{where}{name}.batch_sizes: expected a 1-D int64 CPU tensor, "
+            f"got {batch_sizes.dtype} on {batch_sizes.device}"
+        )
+    if batch_sizes.numel() == 0:
+        raise error(f"{where}{name}.batch_sizes: expected at least one step, got none")
+    bs = batch_sizes.numpy(force=True)  # (NumPy: the same checks in torch ops took 10 µs)
+    bad = ""
+    if bs.min() < 1:
+        bad = "counts >= 1"
+    elif bs.size > 1 and (bs[1:] > bs[:-1]).any():
+        bad = "non-increasing counts (sequences sorted by length, longest first)"
+    elif bs.sum() > rows:
+        bad = f"counts summing to at most {name}.data's {rows} rows"
+    if bad:
+        shown = bs.tolist() if bs.size <= 16 else "[...]"
+        raise error(f"{where}{name}.batch_sizes: expected {bad}, got {shown} (sum {int(bs.sum())})")
+    if sorted_indices is None and unsorted_indices is None:
+        return
+    B = int(bs[0])
+    perms = {}
+    for field, ix in (("sorted_indices", sorted_indices), ("unsorted_indices", unsorted_indices)):
+        if ix is None:
+            raise error(
+                f"{where}{name}.{field}: expected a 1-D int64 tensor of {B} batch indices when "
+                f"the other of sorted_indices / unsorted_indices is given, got None"
+            )
+        if not isinstance(ix, torch.Tensor) or ix.dim() != 1 or ix.dtype != torch.int64:
+            got = (
+                f"a {ix.dim()}-D {ix.dtype} tensor"
+                if isinstance(ix, torch.Tensor)
+                else type(ix).__name__
+            )
+            raise error(f"{where}{name}.{field}: expected a 1-D int64 tensor, got {got}")
+        a = ix.numpy(force=True)
+        if a.size != B or a.min() < 0 or a.max() >= B or np.bincount(a, minlength=B).max() > 1:
+            shown = a.tolist() if a.size <= 16 else "[...]"
+            raise error(
+                f"{where}{name}.{field}: expected a permutation of the {B} batch indices "
+                f"0..{B - 1} (batch_sizes[0] = {B}), got {shown}"
+            )
+        perms[field] = a
+    if (perms["unsorted_indices"][perms["sorted_indices"]] != np.arange(B)).any():
+        raise error(
+            f"{where}{name}.unsorted_indices: expected the inverse permutation of "
+            f"{name}.sorted_indices"
+        )
+
+
 def _packed_lengths(ps: Any) -> list:
     """Each sequence's length in a PackedSequence, in the caller's (unsorted) batch order."""
     import torch
@@ -1007,7 +1087,14 @@ class _RNNBase(Module):
             self._raise_named()
             raise
         if training:
-            meta = _saved_meta(x.shape[0], B, self.batch_first, versions=saved_versions(self))
+            # (inputs: what the core read, for the names in an overlap error of the backward)
+            meta = _saved_meta(
+                x.shape[0],
+                B,
+                self.batch_first,
+                versions=saved_versions(self),
+                inputs=(("the input", x), ("h_0", h0), ("c_0", c0)),
+            )
             _keep_saved(self, ([cache, ("dropout", None, 0.0)], meta))
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
@@ -1045,6 +1132,13 @@ class _RNNBase(Module):
             if lengths is not None:
                 raise ValueError("lengths: not allowed with a PackedSequence input")
             _check_dense_tensor("input.data", input.data)  # (torch's unpacking fails unnamed)
+            _check_packed(
+                "",
+                input.batch_sizes,
+                input.sorted_indices,
+                input.unsorted_indices,
+                input.data.shape[0],
+            )
             packed = input
             padded, lens = pad_packed_sequence(input, batch_first=False)
             x = _as_float32("input", padded)
@@ -1309,8 +1403,13 @@ class _RNNBase(Module):
                 grads,
                 need_dx,
             )
-        except (TypeError, ValueError):
-            _ready_grads(self)  # the core refused a .grad (before any work): name the parameter
+        except (TypeError, ValueError) as e:
+            # the core refused a .grad (before any work): name the parameter (a wrong shape or
+            # dtype, or memory shared with an input or a parameter, as the general path does)
+            _ready_grads(self)
+            if "expected memory separate from" in str(e):
+                reads = [("dy", dy), ("dh_n", dh_n), ("dc_n", dc_n)]
+                _grads_apart(self, reads + list(meta.get("inputs", ())))
             raise
         if dx is not None and batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
@@ -1417,6 +1516,14 @@ class _RNNBase(Module):
                     "dy: got a PackedSequence, but the forward's input was not one: expected an "
                     "array of the output's shape"
                 )
+            _check_packed(
+                "",
+                dy.batch_sizes,
+                dy.sorted_indices,
+                dy.unsorted_indices,
+                dy.data.shape[0],
+                name="dy",
+            )
             _check_same_packing("dy", dy, packed)
             _check_dense_tensor("dy.data", dy.data)
             from torch.nn.utils.rnn import pad_packed_sequence
@@ -2192,7 +2299,9 @@ class _CellBase(Module):
             False,
         )
         if self.training:
-            _keep_saved(self, (cache, unbatched, B, saved_versions(self)))
+            # (inputs: what the core read, for the names in an overlap error of the backward)
+            inputs = (("the input", x), ("hx", h0), ("the cell state", c0))
+            _keep_saved(self, (cache, unbatched, B, saved_versions(self), inputs))
         if unbatched:
             hn = hn[0]
             cn = None if cn is None else cn[0]
@@ -2220,7 +2329,7 @@ class _CellBase(Module):
         need_dx = ops._need_dx(need_dx)
         if self._mode != "LSTM" and dc is not None:
             raise TypeError(f"{type(self).__name__}.backward: no cell state, dc must be None")
-        cache, unbatched, B, versions = self._saved
+        cache, unbatched, B, versions, inputs = self._saved
         check_versions(f"{type(self).__name__}.backward", versions)
         H = self.hidden_size
 
@@ -2244,8 +2353,12 @@ class _CellBase(Module):
         grads = tuple(None if q is None else q.grad for q in params) + (None,)
         try:
             dx, dh0, dc0 = _Direction.backward(self._mode, cache, None, dh, dc, grads, need_dx)
-        except (TypeError, ValueError):
-            _ready_grads(self)  # the core refused a .grad (before any work): name the parameter
+        except (TypeError, ValueError) as e:
+            # the core refused a .grad (before any work): name the parameter (a wrong shape or
+            # dtype, or memory shared with an input or a parameter)
+            _ready_grads(self)
+            if "expected memory separate from" in str(e):
+                _grads_apart(self, [("dh", dh), ("dc", dc), *inputs])
             raise
         dx = None if dx is None else dx[0]
         if unbatched:

@@ -732,45 +732,20 @@ def _padded(data: torch.Tensor, batch_sizes: torch.Tensor) -> torch.Tensor:
     return x.index_put_((_step_mask(batch_sizes, B),), rows)
 
 
-def _check_batch_sizes(module: str, batch_sizes, rows: int) -> None:
-    """A PackedSequence's ``batch_sizes`` as ``pack_padded_sequence`` makes them: a non-empty
-    1-D int64 CPU tensor of positive, non-increasing counts whose sum does not exceed the rows
-    of ``data``. Checked before anything reads them: torch's ``pad_packed_sequence`` (which
-    unpacks the input) trusts them, and a zero or negative count corrupts the heap there
-    (``malloc(): invalid next size``, a crash) where torch's module raises."""
-    if not isinstance(batch_sizes, torch.Tensor) or batch_sizes.dim() != 1:
-        got = (
-            f"{batch_sizes.dim()}-D tensor"
-            if isinstance(batch_sizes, torch.Tensor)
-            else type(batch_sizes).__name__
-        )
-        raise RuntimeError(
-            f"lstm_fast.torch.{module}: input.batch_sizes: expected a 1-D int64 CPU tensor "
-            f"(a PackedSequence from pack_padded_sequence / pack_sequence), got a {got}"
-        )
-    if batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
-        raise RuntimeError(
-            f"lstm_fast.torch.{module}: input.batch_sizes: expected a 1-D int64 CPU tensor, "
-            f"got {batch_sizes.dtype} on {batch_sizes.device}"
-        )
-    if batch_sizes.numel() == 0:
-        raise RuntimeError(
-            f"lstm_fast.torch.{module}: input.batch_sizes: expected at least one step, got none"
-        )
-    bs = batch_sizes.numpy(force=True)  # (NumPy: the same checks in torch ops took 10 µs)
-    bad = ""
-    if bs.min() < 1:
-        bad = "counts >= 1"
-    elif bs.size > 1 and (bs[1:] > bs[:-1]).any():
-        bad = "non-increasing counts (sequences sorted by length, longest first)"
-    elif bs.sum() > rows:
-        bad = f"counts summing to at most input.data's {rows} rows"
-    if bad:
-        shown = bs.tolist() if bs.size <= 16 else "[...]"
-        raise RuntimeError(
-            f"lstm_fast.torch.{module}: input.batch_sizes: expected {bad}, got {shown} "
-            f"(sum {int(bs.sum())})"
-        )
+def _check_packed_input(module: str, input: PackedSequence, rows: int) -> None:
+    """A PackedSequence's batch_sizes and sorted / unsorted indices as ``pack_padded_sequence``
+    makes them (:func:`lstm_fast.rnn._check_packed`), checked before anything reads them:
+    torch's ``pad_packed_sequence`` (which unpacks the input) trusts them, and a zero or
+    negative count corrupts the heap there (``malloc(): invalid next size``, a crash) where
+    torch's module raises."""
+    _rnn._check_packed(
+        f"lstm_fast.torch.{module}: ",
+        input.batch_sizes,
+        input.sorted_indices,
+        input.unsorted_indices,
+        rows,
+        RuntimeError,
+    )
 
 
 # torch.compiler.disable(f) of each module's _fast_forward, made on first use (it imports
@@ -1199,7 +1174,7 @@ class _FastRNNMixin(_GraphFallback):
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self.check_input(data, batch_sizes)  # torch's dtype / size checks and messages
-            _check_batch_sizes(name, batch_sizes, data.shape[0])
+            _check_packed_input(name, input, data.shape[0])
             data = _for_kernels(data)
             _check_tensor(name, "input", data)
             checked = data

@@ -254,8 +254,8 @@ def test_gru_matches_torch(rng):
 # The GRU's batch split: each thread projects its own rows (x . W_ih^T + b_ih) inside its
 # recurrence's team region, in blocks of steps of at least 64 rows (256 where W_ih^T takes over
 # half of L2; W_hh up to 4 MiB), with and without lengths, on 2-4 threads: bitwise the serial
-# results (inference, training, gradients), and the float64 reference. Blocks of one step (150 rows) and of many; a thread with one row;
-# bias and h0 absent; SIMD tails.
+# results (inference, training, gradients), and the float64 reference. Blocks of one step
+# (150 rows) and of many; a thread with one row; bias and h0 absent; SIMD tails.
 @pytest.mark.parametrize(
     "T,B,I,H,bias,state",
     [

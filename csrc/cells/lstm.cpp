@@ -502,8 +502,8 @@ void lstm_forward(float* y, float* h_n, float* c_n, float* gates, float* cells, 
   // A thread projects its active rows of a block of steps at once (gathered from x into its
   // part of xgo, through the order when there is one), at least kOwnProjRows rows when its rows
   // per step are fewer (own_proj_rows: more where W_ih^T is large, fewer for a small T * B per
-  // thread), so W_ih^T streams
-  // through its cache once per block; the steps read their pre-activations from its part of xo.
+  // thread), so W_ih^T streams through its cache once per block; the steps read their
+  // pre-activations from its part of xo.
   // With batch_sizes the rows are re-balanced every kBalanceSteps steps (a barrier when they
   // change hands) and a block ends with its segment.
   //

@@ -428,8 +428,8 @@ inline int one_step_threads(index_t rows, index_t G, index_t I, index_t H, bool 
 constexpr index_t kOwnProjRows = 64;
 constexpr index_t kOwnProjRowsStreamed = 256;
 inline index_t own_proj_block_rows(index_t G, index_t I, index_t rows, int nthreads) {
-  const bool streamed =
-      4.0 * static_cast<double>(G) * static_cast<double>(I) > 0.5 * static_cast<double>(l2_cache_bytes());
+  const double packed_bytes = 4.0 * static_cast<double>(G) * static_cast<double>(I);
+  const bool streamed = packed_bytes > 0.5 * static_cast<double>(l2_cache_bytes());
   return std::min<index_t>(streamed ? kOwnProjRowsStreamed : kOwnProjRows,
                            rows / std::max(1, nthreads));
 }

@@ -1574,23 +1574,37 @@ class _RNNBase(Module):
         dh0 = np.zeros((L * D, B, P), np.float32)
         dc0 = np.zeros((L * D, B, H), np.float32) if self._has_cell else None
         grad = np.asarray(dy, np.float32)
+        # Between two bidirectional layers: the gradient of the lower layer's output taken
+        # directly as each direction's contiguous part (the reverse one in its own time order)
+        # from the upper layer's two dx, instead of their sum in full and then a copy of each
+        # part: one pass over the memory instead of three.
+        split = None
         pos = len(saved)
         for k in reversed(range(L)):
             pos -= 1
             _, mask, pdrop = saved[pos]
-            if pdrop > 0:
+            if pdrop > 0 and split is not None:
+                if mask is None:
+                    split = tuple(np.zeros_like(g) for g in split)
+                else:
+                    split[0][...] *= mask[:, :, :P]
+                    split[1][...] *= flip(mask)[:, :, P:]
+            elif pdrop > 0:
                 grad = grad * mask if mask is not None else np.zeros_like(grad)
             caches = saved[pos - D : pos]  # direction d's cache is caches[d]
             pos -= D
 
             want_dx = need_dx or k > 0 or emb is not None  # the embedding fallback takes dx
 
-            def run(d, k=k, grad=grad, caches=caches, want_dx=want_dx):
+            def run(d, k=k, grad=grad, split=split, caches=caches, want_dx=want_dx):
                 idx = k * D + d
                 p = self._params(k, d)
                 grads = tuple(None if q is None else q.grad for q in p)
-                g = grad[:, :, d * P : (d + 1) * P]
-                g = np.ascontiguousarray(g if d == 0 else flip(g), dtype=np.float32)
+                if split is not None:
+                    g = split[d]
+                else:
+                    g = grad[:, :, d * P : (d + 1) * P]
+                    g = np.ascontiguousarray(g if d == 0 else flip(g), dtype=np.float32)
                 if k == 0 and fused_embedding is not None:  # the gradient goes to the table
                     # Tied arrays (weight_hh is weight_ih, ...) each get a zeroed temporary the
                     # core accumulates into, added afterwards (the core refuses overlaps).
@@ -1629,6 +1643,16 @@ class _RNNBase(Module):
                 dins.append(dx if d == 0 or dx is None else flip(dx))
             if k == 0 and fused_embedding is not None:
                 return None, (dh0, dc0)
+            split = None
+            if k > 0 and D == 2 and rev is None and dins[0] is not None:
+                # (rev None: the flip is a reversed view, so flip(flip(dx1)) is dx1 in the
+                # reverse direction's own time order)
+                a, b = dins  # both in forward time order, width D * P
+                split = (
+                    np.add(a[:, :, :P], b[:, :, :P]),
+                    np.add(flip(a)[:, :, P:], flip(b)[:, :, P:]),
+                )
+                continue
             grad = dins[0] if D == 1 or dins[0] is None else dins[0] + dins[1]
         dx = grad
         if order is not None:

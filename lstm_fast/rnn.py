@@ -1006,38 +1006,45 @@ class _RNNBase(Module):
         training = self.training
         saved = []
         layer_in = x
+        P = self._out_size
         for k in range(L):
-            outs = []
+            # Two directions: each writes its half of the layer's output from its own thread
+            # (the reverse one in forward time order), not a serial concatenation after both.
+            out = np.empty((x.shape[0], B, D * P), np.float32) if D == 2 else None
 
-            def run(d, k=k, layer_in=layer_in):
+            def run(d, k=k, layer_in=layer_in, out=out):
                 p = self._params(k, d)
                 w = tuple(None if q is None else q.data for q in p)
                 idx = k * D + d
                 h0_i = None if h0 is None else _c(h0[idx])
                 c0_i = None if c0 is None else _c(c0[idx])
                 if k == 0 and first is not None:
-                    return first(w, h0_i, c0_i)
-                inp = layer_in if d == 0 else np.ascontiguousarray(flip(layer_in))
-                return _Direction.forward(
-                    self._mode,
-                    inp,
-                    w,
-                    h0_i,
-                    c0_i,
-                    bs,
-                    training,
-                    bool(self.proj_size),
-                    order,
-                )
+                    res = first(w, h0_i, c0_i)
+                else:
+                    inp = layer_in if d == 0 else np.ascontiguousarray(flip(layer_in))
+                    res = _Direction.forward(
+                        self._mode,
+                        inp,
+                        w,
+                        h0_i,
+                        c0_i,
+                        bs,
+                        training,
+                        bool(self.proj_size),
+                        order,
+                    )
+                if out is not None:
+                    out[:, :, d * P : (d + 1) * P] = res[0] if d == 0 else flip(res[0])
+                return res
 
             for d, (y, hn, cn, cache) in enumerate(_directions(run, D)):
                 idx = k * D + d
                 h_n[idx] = hn
                 if c_n is not None:
                     c_n[idx] = cn
-                outs.append(y if d == 0 else flip(y))
+                if D == 1:
+                    out = y
                 saved.append(cache)
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             mask = None
             if training and self.dropout > 0 and k < L - 1:
                 pdrop = self.dropout

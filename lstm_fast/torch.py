@@ -476,17 +476,18 @@ def _both_forward(kernel, cached, batch_sizes, rev, inputs):
     directions' outputs side by side, the reverse one back in time order), then per direction
     h_n (and c_n)."""
     x = _array(inputs[0])
-    xs = (x, _flip(x, rev))
+    # Each direction reverses its input and writes its half of y from its own thread (the
+    # reverse one back in time order), not serially before and after both.
+    F = inputs[6].shape[1]  # the recurrent input's size: H, or P with a projection
+    y = np.empty((x.shape[0], x.shape[1], 2 * F), np.float32)
 
     def run(d):
-        return _forward_on(kernel, cached, batch_sizes, xs[d], *_direction_args(inputs, d))
+        xd = x if d == 0 else _flip(x, rev)
+        r = _forward_on(kernel, cached, batch_sizes, xd, *_direction_args(inputs, d))
+        y[:, :, d * F : (d + 1) * F] = r[0] if d == 0 else _reversed(r[0], rev)
+        return r
 
     res = _rnn._directions(run, 2)
-    y0, y1 = res[0][0], res[1][0]
-    F = y0.shape[2]
-    y = np.empty(y0.shape[:2] + (2 * F,), np.float32)
-    y[:, :, :F] = y0
-    y[:, :, F:] = _reversed(y1, rev)
     outs = [torch.from_numpy(y)]
     for r in res:
         outs.append(torch.from_numpy(r[1]))

@@ -171,6 +171,13 @@ index_t l2_cache_bytes();
 // Bytes of one core's L1 data cache (sysconf; 32 KiB when the system does not say).
 index_t l1d_cache_bytes();
 
+// Whether a per-step product prefetches the next chunks of the weight panels it streams (the
+// LSTM step sweep, the GRU/RNN step products): the thread's panels take a quarter of L2 or more
+// (below that they stay in L2 between steps).
+inline bool step_prefetch(double panel_bytes) {
+  return panel_bytes >= 0.25 * static_cast<double>(l2_cache_bytes());
+}
+
 // The fewest rows of a step for which a batch split of a recurrence (each thread computes its
 // rows over all units, so each streams all of W_hh every step) beats a units split (each thread
 // keeps its slice of W_hh in its own cache, one barrier per step); -1 when W_hh is too large

@@ -139,6 +139,20 @@ struct Kernels {
                         int m, int n, bool accumulate, const float* pf, index_t lines);
 };
 
+// The lines [*l0, *l1) of a next chunk of `lines` cache lines that tile i of n prefetches: the
+// tiles after the first share them (the first streams the current chunk for the others); a
+// single tile takes them all.
+inline void prefetch_share(index_t lines, index_t i, index_t n, index_t* l0, index_t* l1) {
+  if (n <= 1) {
+    *l0 = 0;
+    *l1 = lines;
+    return;
+  }
+  const index_t per = (lines + n - 2) / (n - 1);
+  *l0 = i > 0 ? (i - 1) * per : 0;
+  *l1 = i > 0 ? (*l0 + per < lines ? *l0 + per : lines) : 0;
+}
+
 const Kernels& kernels_scalar();
 const Kernels& kernels_generic();
 #if defined(LSTM_FAST_X86)

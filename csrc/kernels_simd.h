@@ -1119,8 +1119,7 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
   // S6 and (100, 64, 128, 128), below the threshold, within 0.99-1.01x. (A prefetch of the
   // next chunk by the first tile, into L1, had no effect on the Zen 4 host of the time.)
   const bool prefetch =
-      kChunkPrefetch && static_cast<double>(ub1 - ub0) * K * 4 * W * sizeof(float) >=
-                            0.25 * static_cast<double>(l2_cache_bytes());
+      kChunkPrefetch && step_prefetch(4.0 * static_cast<double>((ub1 - ub0) * K * 4 * W));
   for (index_t ub = ub0; ub < ub1; ++ub) {
     const int nv = dense_tail(a, ub);
     for (index_t rc = 0; rc < rows; rc += RB) {
@@ -1135,22 +1134,21 @@ __attribute__((noinline)) void lstm_fwd_chunked(const StepArgs& a, index_t rows,
         // block, or the next unit block's first), prefetched into L2 by the tiles after the
         // first, which read this chunk from L1: the first tile streams it from L2 or L3.
         const float* pf = nullptr;
-        index_t pf_lines = 0, per = 0;
+        index_t pf_lines = 0;
         if (prefetch && !nv && K > 0) {
           const index_t nub_ = k1 < K || rc + RB < rows ? ub : ub + 1;
           const index_t nk0 = k1 < K ? k1 : 0, nk1 = K - nk0 < KC ? K : nk0 + KC;
           if (nub_ < ub1) {
             pf = a.Wp + (nub_ * K + nk0) * 4 * W;
             pf_lines = (nk1 - nk0) * 4 * W / kLineFloats;
-            per = nt > 1 ? (pf_lines + nt - 2) / (nt - 1) : pf_lines;
           }
         }
         index_t lr = 0;
         for (index_t q = 0; q < nt; ++q) {
           const int rr = static_cast<int>(base + (q < extra ? 1 : 0));
           // this tile's lines of the next chunk: [l0, l1) (none for the first of several)
-          const index_t l0 = nt > 1 && q > 0 ? (q - 1) * per : 0;
-          const index_t l1 = q == 0 && nt > 1 ? 0 : std::min(pf_lines, l0 + per);
+          index_t l0 = 0, l1 = 0;
+          if (pf) prefetch_share(pf_lines, q, nt, &l0, &l1);
           if (nv)
             lstm_tail_rows<ROWS>(a, rr, nv, rc + lr, ub, k0, k1, part + lr * 4 * W, k0 == 0,
                                  k1 == K);

@@ -72,7 +72,7 @@ void recurrent_product(const Kernels& kern, index_t H, int gates, index_t r0, in
   float* Ap = step_slab(((r1 - r0) / MR + 1) * MR * H);
   pack_a_slivers(kern, r1 - r0, H, 0, H, A + r0 * H, H, Ap);
   const index_t ns = (r1 - r0 + MR - 1) / MR;
-  const bool prefetch = step_prefetch((j1 - j0) * gates * H * NR * sizeof(float));
+  const bool prefetch = step_prefetch(4.0 * static_cast<double>((j1 - j0) * gates * H * NR));
   for (index_t jr = j0; jr < j1; ++jr) {
     const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
     for (int q = 0; q < gates; ++q) {
@@ -112,7 +112,7 @@ void recurrent_product_back(const Kernels& kern, index_t H, index_t G, index_t r
   float* Ap = step_slab(((r1 - r0) / MR + 1) * MR * G);
   pack_a_slivers(kern, r1 - r0, G, 0, G, dz + r0 * G, G, Ap);
   const index_t ns = (r1 - r0 + MR - 1) / MR;
-  const bool prefetch = step_prefetch((j1 - j0) * G * NR * sizeof(float));
+  const bool prefetch = step_prefetch(4.0 * static_cast<double>((j1 - j0) * G * NR));
   for (index_t jr = j0; jr < j1; ++jr) {
     const int n = static_cast<int>(std::min<index_t>(NR, H - jr * NR));
     for (index_t k0 = 0; k0 < G; k0 += kKC) {

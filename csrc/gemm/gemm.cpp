@@ -1,7 +1,5 @@
 #include "gemm/gemm.h"
 
-#include "dispatch.h"
-
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -679,10 +677,6 @@ void gemm_dual(const Kernels& kern, index_t M, index_t K, MatView A, index_t N1,
       if (i1 > i0) gemm_dual_rows(kern, i0, i1, pc, kc, A, Bb, nb1, N, C, ldc, accumulate, a_sums);
     }
   }
-}
-
-bool step_prefetch(index_t panel_bytes) {
-  return static_cast<double>(panel_bytes) >= 0.25 * static_cast<double>(l2_cache_bytes());
 }
 
 }  // namespace lstm_fast

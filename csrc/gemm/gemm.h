@@ -140,19 +140,11 @@ void pack_a_slivers(const Kernels& kern, index_t m, index_t K, index_t c0, index
 inline void micro_prefetching(const Kernels& kern, index_t kc, const float* ap, const float* bp,
                               float* c, index_t ldc, int m, int n, bool accumulate, index_t s,
                               index_t ns, const float* next, index_t next_floats) {
-  if (next && ns > 0 && (ns == 1 || s > 0)) {
-    const index_t lines = next_floats / 16;
-    const index_t per = ns > 1 ? (lines + ns - 2) / (ns - 1) : lines;
-    const index_t l0 = ns > 1 ? (s - 1) * per : 0;
-    const index_t l1 = l0 + per < lines ? l0 + per : lines;
-    if (l1 > l0)
-      return kern.gemm_micro_pf(kc, ap, bp, c, ldc, m, n, accumulate, next + l0 * 16, l1 - l0);
-  }
+  index_t l0 = 0, l1 = 0;
+  if (next) prefetch_share(next_floats / 16, s, ns, &l0, &l1);
+  if (l1 > l0)
+    return kern.gemm_micro_pf(kc, ap, bp, c, ldc, m, n, accumulate, next + l0 * 16, l1 - l0);
   kern.gemm_micro(kc, ap, bp, c, ldc, m, n, accumulate);
 }
-
-// Whether a per-step product prefetches its next B chunks (micro_prefetching): the panels it
-// streams per step take a quarter of L2 or more (below that they stay in L2 between steps).
-bool step_prefetch(index_t panel_bytes);
 
 }  // namespace lstm_fast
